@@ -1,0 +1,13 @@
+//! Configuration: agent.yaml and instance configs, parsed strictly then validated.
+//!
+//! Two stages, as everywhere in this crate: raw serde structs with `deny_unknown_fields`
+//! (leaf values such as durations, regexes and URLs are checked while parsing, so their errors
+//! carry a line and column), then validated types with defaults applied and cross-field rules
+//! checked, with the old agent's error texts where it had them.
+
+pub mod duration;
+pub mod http;
+pub mod regex;
+pub mod relabel;
+pub mod secret;
+pub mod url;

@@ -1,0 +1,10 @@
+//! The agentctl daemon library: configuration, KV store, hash ring, scraping, write-ahead log,
+//! remote_write, cluster membership and the HTTP API.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod kv;
+pub mod logging;
+pub mod ring;
+pub mod scrape;
+pub mod wal;

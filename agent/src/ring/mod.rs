@@ -1,0 +1,1 @@
+//! The consistent hash ring: model, codec, token generation and lookup.

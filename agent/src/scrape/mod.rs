@@ -1,0 +1,1 @@
+//! The scrape engine: exposition parsing, scrape loops and the series cache.

@@ -1,0 +1,1 @@
+//! Write-ahead log in Prometheus's on-disk format.

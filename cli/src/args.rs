@@ -1,0 +1,350 @@
+//! The command tree. One clap derive for the whole binary, so that completions, the man page and
+//! the `--help` snapshots are generated from the same definition that parses arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit codes shared by every subcommand; printed in `--help` and the README.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (for `config diff` and `ring status`: no difference / all healthy)
+  1  invalid input, failed check, differences found, or an unhealthy ring member
+  2  usage error, unreachable agent or KV store, or a feature not implemented yet
+  3  conflict: a config changed behind the tool's back (config-sync)";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentctl",
+    version,
+    about = "Clustered Prometheus scraping service and its client tools",
+    long_about = "agentctl runs the clustered scraping service (`agentctl agent run`), the successor \
+of Grafana Agent's scraping service mode, and the tools that manage it: config validation, \
+config-sync from a directory of YAML files, ring status and WAL inspection.",
+    after_help = EXIT_CODES,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Only log messages with the given severity or above.
+    #[arg(long = "log.level", global = true, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Log line format.
+    #[arg(long = "log.format", global = true, value_enum, default_value_t = LogFormat::Logfmt)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent daemon.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+
+    /// Validate and inspect configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+
+    /// Make the API's configs equal a directory of YAML files (plan, then apply).
+    #[command(name = "config-sync", after_help = EXIT_CODES)]
+    ConfigSync(ConfigSyncArgs),
+
+    /// Inspect the hash ring of a cluster.
+    #[command(subcommand)]
+    Ring(RingCommand),
+
+    /// Inspect write-ahead logs.
+    #[command(subcommand)]
+    Wal(WalCommand),
+
+    /// Print a shell completion script to standard output.
+    Completions {
+        /// The shell to generate completions for.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+
+    /// Print the man page (roff) to standard output.
+    Man,
+
+    /// Old name of `config check` (prints `config valid` on success).
+    #[command(name = "config-check", hide = true)]
+    LegacyConfigCheck {
+        /// The agent config file to validate.
+        file: PathBuf,
+        /// Expand ${VAR} and ${VAR:-default} in the file.
+        #[arg(short = 'e', long = "expand-env")]
+        expand_env: bool,
+    },
+
+    /// Old name of `wal inspect`.
+    #[command(name = "wal-stats", hide = true)]
+    LegacyWalStats {
+        /// WAL directory (the instance directory or its `wal/` subdirectory).
+        dir: PathBuf,
+    },
+
+    /// Old name of `wal inspect --job J --instance I --by-metric`.
+    #[command(name = "target-stats", hide = true)]
+    LegacyTargetStats {
+        /// WAL directory.
+        dir: PathBuf,
+        /// Job label to match.
+        #[arg(short = 'j', long, required = true)]
+        job: String,
+        /// Instance label to match.
+        #[arg(short = 'i', long, required = true)]
+        instance: String,
+    },
+
+    /// Old name of `wal inspect --selector S --per-series`.
+    #[command(name = "sample-stats", hide = true)]
+    LegacySampleStats {
+        /// WAL directory.
+        dir: PathBuf,
+        /// Series selector, e.g. `{job="node"}`.
+        #[arg(short = 's', long, default_value = "{}")]
+        selector: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Run the clustered scraping daemon.
+    ///
+    /// Without --config.file the agent runs a single-node scraping service on an embedded KV
+    /// store under ./data-agent/, with the Config Management API on 127.0.0.1:12345.
+    /// Flags take the old agent's names; the single-dash spelling (-config.file=x) is accepted.
+    Run(AgentRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentRunArgs {
+    /// Agent configuration file (agent.yaml). Without it the embedded default is used.
+    #[arg(long = "config.file", value_name = "PATH")]
+    pub config_file: Option<PathBuf>,
+
+    /// Address the HTTP server listens on.
+    #[arg(long = "server.http.address", value_name = "HOST:PORT")]
+    pub http_address: Option<String>,
+
+    /// Expand ${VAR} and ${VAR:-default} in the config file.
+    #[arg(long = "config.expand-env")]
+    pub expand_env: bool,
+
+    /// Serve GET /-/config and GET /agent/api/v1/configs/{name} (secrets are redacted).
+    #[arg(long = "config.enable-read-api")]
+    pub enable_read_api: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConfigKind {
+    /// An agent configuration (agent.yaml).
+    Agent,
+    /// An instance configuration (scrape_configs + remote_write), as PUT to the API.
+    Instance,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate agent or instance config files; print every error.
+    ///
+    /// The kind of each file is detected from its top-level keys unless --kind is given.
+    #[command(after_help = "Exit codes:\n  0  every file is valid\n  1  at least one file is invalid\n  2  usage error")]
+    Check(ConfigCheckArgs),
+
+    /// Show what `config-sync DIR` would change, with a unified diff per changed config.
+    #[command(after_help = "Exit codes:\n  0  no difference\n  1  differences found\n  2  error")]
+    Diff(ConfigDiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigCheckArgs {
+    /// Files to validate.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// Treat every file as this kind instead of detecting it.
+    #[arg(long, value_enum)]
+    pub kind: Option<ConfigKind>,
+
+    /// Expand ${VAR} and ${VAR:-default} before parsing.
+    #[arg(short = 'e', long = "expand-env")]
+    pub expand_env: bool,
+}
+
+/// Where the client tools find the configs: an agent's API or the KV store itself.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// URL of an agent's API.
+    #[arg(short = 'a', long = "addr", value_name = "URL", default_value = "http://localhost:12345")]
+    pub addr: String,
+
+    /// Talk to the KV store directly instead: etcd://host:port[,host:port] or embedded:PATH.
+    #[arg(long = "kv", value_name = "SPEC")]
+    pub kv: Option<String>,
+
+    /// File holding a bearer token sent with every API request.
+    #[arg(long = "token-file", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigSyncArgs {
+    /// Directory of instance config files (*.yml, *.yaml); the file stem is the config name.
+    pub dir: PathBuf,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Plan only: validate every file and print what would change; write nothing.
+    #[arg(short = 'd', long = "dry-run")]
+    pub dry_run: bool,
+
+    /// Descend into subdirectories (the old tool read the top level only).
+    #[arg(long)]
+    pub recursive: bool,
+
+    /// Keep configs that are in the store but not in the directory.
+    #[arg(long = "no-prune")]
+    pub no_prune: bool,
+
+    /// Refuse to delete more than this many configs (N) or this share of the store (N%).
+    #[arg(long = "max-delete", value_name = "N|N%", default_value = "50%")]
+    pub max_delete: String,
+
+    /// Allow a plan that deletes every config in the store.
+    #[arg(long = "allow-delete-all")]
+    pub allow_delete_all: bool,
+
+    /// Output format of the plan and results.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigDiffArgs {
+    /// Directory of instance config files.
+    pub dir: PathBuf,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Descend into subdirectories.
+    #[arg(long)]
+    pub recursive: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RingCommand {
+    /// Show the ring's members, states, heartbeats and token ownership.
+    #[command(after_help = "Exit codes:\n  0  every member is ACTIVE and healthy\n  1  a member is not\n  2  the ring cannot be read")]
+    Status(RingStatusArgs),
+
+    /// Remove a member from the ring (what the Forget button of /debug/ring does).
+    Forget(RingForgetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RingSourceArgs {
+    /// URL of an agent whose /debug/ring is read.
+    #[arg(short = 'a', long = "addr", value_name = "URL", conflicts_with = "kv")]
+    pub addr: Option<String>,
+
+    /// Read the ring from the KV store: etcd://host:port[,host:port] or embedded:PATH.
+    #[arg(long = "kv", value_name = "SPEC")]
+    pub kv: Option<String>,
+
+    /// Key prefix of the ring in the KV store.
+    #[arg(long = "ring.prefix", default_value = "collectors/")]
+    pub ring_prefix: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RingStatusArgs {
+    #[command(flatten)]
+    pub source: RingSourceArgs,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// List each member's tokens.
+    #[arg(long)]
+    pub tokens: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RingForgetArgs {
+    /// Instance id of the member to remove.
+    pub id: String,
+
+    #[command(flatten)]
+    pub source: RingSourceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalCommand {
+    /// Show what a WAL holds: series, samples, time range, per target and per metric.
+    #[command(after_help = "Exit codes:\n  0  success\n  2  not a WAL directory or unreadable")]
+    Inspect(WalInspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WalInspectArgs {
+    /// WAL directory: an instance directory, its `wal/` subdirectory, or a Prometheus
+    /// agent-mode data directory.
+    pub dir: PathBuf,
+
+    /// Only count series matching this selector, e.g. `{job="node",instance=~"10.*"}`.
+    #[arg(short = 's', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+
+    /// Only count series with this job label.
+    #[arg(short = 'j', long)]
+    pub job: Option<String>,
+
+    /// Only count series with this instance label.
+    #[arg(short = 'i', long)]
+    pub instance: Option<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}

@@ -1,0 +1,84 @@
+//! agentctl's client tools and the glue between the command line and the daemon library.
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod compat;
+pub mod generate;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use args::{Command, ConfigCommand, RingCommand, WalCommand};
+
+/// Errors of the client tools; each maps to one documented exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Input was read and found invalid (exit 1). The details were already printed.
+    #[error("{0}")]
+    Invalid(String),
+    /// Wrong usage (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The subcommand exists in the tree but its implementation has not landed (exit 2).
+    #[error("`agentctl {0}` is not implemented yet in this version")]
+    NotImplemented(&'static str),
+    /// An I/O failure, with what was being done (exit 2).
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Invalid(_) => 1,
+            Error::Usage(_) | Error::NotImplemented(_) | Error::Io { .. } => 2,
+        }
+    }
+}
+
+/// Prints an error to standard error and returns its exit code. A broken pipe (the reader of
+/// our output went away, as with `| head`) is not an error.
+pub fn report(err: &Error) -> ExitCode {
+    if let Error::Io { source, .. } = err {
+        if source.kind() == std::io::ErrorKind::BrokenPipe {
+            return ExitCode::SUCCESS;
+        }
+    }
+    let _ = writeln!(std::io::stderr(), "error: {err}");
+    ExitCode::from(err.exit_code())
+}
+
+/// Runs every subcommand except `agent run`.
+pub fn run(command: Command) -> Result<ExitCode, Error> {
+    let mut stdout = std::io::stdout().lock();
+    match command {
+        Command::Agent(_) => Err(Error::NotImplemented("agent run")),
+        Command::Config(ConfigCommand::Check(_)) | Command::LegacyConfigCheck { .. } => {
+            Err(Error::NotImplemented("config check"))
+        }
+        Command::Config(ConfigCommand::Diff(_)) => Err(Error::NotImplemented("config diff")),
+        Command::ConfigSync(_) => Err(Error::NotImplemented("config-sync")),
+        Command::Ring(RingCommand::Status(_)) => Err(Error::NotImplemented("ring status")),
+        Command::Ring(RingCommand::Forget(_)) => Err(Error::NotImplemented("ring forget")),
+        Command::Wal(WalCommand::Inspect(_))
+        | Command::LegacyWalStats { .. }
+        | Command::LegacyTargetStats { .. }
+        | Command::LegacySampleStats { .. } => Err(Error::NotImplemented("wal inspect")),
+        Command::Completions { shell } => {
+            generate::completions(shell, &mut stdout).map_err(|e| io("writing completions", e))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            generate::man(&mut stdout).map_err(|e| io("writing the man page", e))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub(crate) fn io(context: &str, source: std::io::Error) -> Error {
+    Error::Io { context: context.to_owned(), source }
+}

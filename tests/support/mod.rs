@@ -1,0 +1,1 @@
+//! Helpers shared by the integration tests: the built binary, temp dirs, real servers.
