@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::args::{Cli, LogFormat, LogLevel};
+use cli::args::{AgentCommand, Cli, Command, LogFormat, LogLevel};
 
 fn main() -> ExitCode {
     // The old agent's flags are Go flags, spelled `-config.file=x`; accept that spelling so
@@ -25,10 +25,24 @@ fn main() -> ExitCode {
     };
     agent::logging::init(level, format);
 
-    let result = cli::run(cli.command);
+    let result = match cli.command {
+        Command::Agent(AgentCommand::Run(args)) => run_agent(args),
+        other => cli::run(other),
+    };
     match result {
         Ok(code) => code,
         Err(err) => cli::report(&err),
     }
 }
 
+fn run_agent(args: cli::args::AgentRunArgs) -> Result<ExitCode, cli::Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("agentctl")
+        .build()
+        .map_err(|e| cli::Error::Io {
+            context: "starting the async runtime".into(),
+            source: e,
+        })?;
+    runtime.block_on(cli::agent_run::run(args))
+}

@@ -1,3 +1,6 @@
 //! The one integration-test binary: modules per feature, shared helpers in `support`.
 
 mod support;
+
+mod agent;
+mod cli;

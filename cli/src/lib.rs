@@ -1,7 +1,9 @@
 //! agentctl's client tools and the glue between the command line and the daemon library.
 #![forbid(unsafe_code)]
 
+pub mod agent_run;
 pub mod args;
+pub mod check;
 pub mod compat;
 pub mod generate;
 
@@ -22,6 +24,9 @@ pub enum Error {
     /// The subcommand exists in the tree but its implementation has not landed (exit 2).
     #[error("`agentctl {0}` is not implemented yet in this version")]
     NotImplemented(&'static str),
+    /// The daemon failed to start or stopped with an error (exit 1).
+    #[error(transparent)]
+    Daemon(#[from] agent::daemon::Error),
     /// An I/O failure, with what was being done (exit 2).
     #[error("{context}: {source}")]
     Io {
@@ -34,7 +39,7 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Invalid(_) => 1,
+            Error::Invalid(_) | Error::Daemon(_) => 1,
             Error::Usage(_) | Error::NotImplemented(_) | Error::Io { .. } => 2,
         }
     }
@@ -55,11 +60,27 @@ pub fn report(err: &Error) -> ExitCode {
 /// Runs every subcommand except `agent run`.
 pub fn run(command: Command) -> Result<ExitCode, Error> {
     let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
     match command {
-        Command::Agent(_) => Err(Error::NotImplemented("agent run")),
-        Command::Config(ConfigCommand::Check(_)) | Command::LegacyConfigCheck { .. } => {
-            Err(Error::NotImplemented("config check"))
-        }
+        Command::Agent(_) => Err(Error::Usage(
+            "`agent run` is dispatched by the binary".into(),
+        )),
+        Command::Config(ConfigCommand::Check(a)) => check::run(
+            &a.files,
+            a.kind,
+            a.expand_env,
+            check::Style::Modern,
+            &mut stdout,
+            &mut stderr,
+        ),
+        Command::LegacyConfigCheck { file, expand_env } => check::run(
+            std::slice::from_ref(&file),
+            Some(args::ConfigKind::Agent),
+            expand_env,
+            check::Style::Legacy,
+            &mut stdout,
+            &mut stderr,
+        ),
         Command::Config(ConfigCommand::Diff(_)) => Err(Error::NotImplemented("config diff")),
         Command::ConfigSync(_) => Err(Error::NotImplemented("config-sync")),
         Command::Ring(RingCommand::Status(_)) => Err(Error::NotImplemented("ring status")),
@@ -80,5 +101,8 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
 }
 
 pub(crate) fn io(context: &str, source: std::io::Error) -> Error {
-    Error::Io { context: context.to_owned(), source }
+    Error::Io {
+        context: context.to_owned(),
+        source,
+    }
 }

@@ -5,9 +5,20 @@
 //! carry a line and column), then validated types with defaults applied and cross-field rules
 //! checked, with the old agent's error texts where it had them.
 
+pub mod agent;
 pub mod duration;
 pub mod http;
+pub mod instance;
+pub mod load;
 pub mod regex;
 pub mod relabel;
+pub mod remote_write;
+pub mod scrape;
+pub mod sd;
 pub mod secret;
 pub mod url;
+
+pub use agent::{AgentConfig, AgentConfigRaw};
+pub use instance::{GlobalConfig, InstanceConfig, InstanceConfigRaw};
+pub use load::{ConfigError, Kind};
+pub mod reference;

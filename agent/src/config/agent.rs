@@ -1,0 +1,494 @@
+//! `agent.yaml`: the `server` and `metrics` blocks the old agent's static mode reads.
+//!
+//! The `integrations`, `logs` and `traces` blocks of the old agent are accepted as written and
+//! ignored (reported as a warning), so an existing agent.yaml loads unchanged.
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::GoDuration;
+use super::instance::{GlobalConfig, GlobalConfigRaw, InstanceConfig, InstanceConfigRaw};
+use super::secret::Secret;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfigRaw {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerConfig>,
+    /// `prometheus:` was this block's name before v0.19.
+    #[serde(default, alias = "prometheus", skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfigRaw>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrations: Option<serde_yaml::Value>,
+    #[serde(default, alias = "loki", skip_serializing_if = "Option::is_none")]
+    pub logs: Option<serde_yaml::Value>,
+    #[serde(default, alias = "tempo", skip_serializing_if = "Option::is_none")]
+    pub traces: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_management: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_listen_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_listen_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_listen_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_listen_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_tls_config: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_tls_config: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graceful_shutdown_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_server_read_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_server_write_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_server_idle_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register_instrumentation: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfigRaw {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<GlobalConfigRaw>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_directory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_cleanup_age: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_cleanup_period: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scraping_service: Option<ScrapingServiceRaw>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scraping_service_client: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<InstanceConfigRaw>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_restart_backoff: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_disable_keepalives: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_idle_conn_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrapingServiceRaw {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reshard_interval: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reshard_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_reshard_event_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvstore: Option<KvStoreConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycler: Option<LifecyclerConfigRaw>,
+    #[serde(default)]
+    pub dangerous_allow_reading_files: bool,
+}
+
+/// dskit's `kv.Config`, plus `embedded` (this project's durable single-node store).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvStoreConfig {
+    /// `etcd`, `embedded` (the default), `inmemory`; `consul` and `multi` are parsed but not
+    /// supported at run time yet; `memberlist` never worked in the old agent and is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consul: Option<ConsulConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi: Option<MultiConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded: Option<EmbeddedConfig>,
+}
+
+pub const KV_STORES: [&str; 6] = [
+    "embedded",
+    "etcd",
+    "inmemory",
+    "consul",
+    "multi",
+    "memberlist",
+];
+
+impl KvStoreConfig {
+    pub fn store(&self) -> &str {
+        self.store
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("embedded")
+    }
+
+    pub fn validate(&self, field: &str) -> Result<(), String> {
+        match self.store() {
+            "memberlist" => Err(format!(
+                "{field}.store: memberlist is not supported (it never worked in the old agent's scraping service); use etcd or embedded"
+            )),
+            "etcd" if self.etcd.as_ref().is_none_or(|e| e.endpoints.is_empty()) => {
+                Err(format!("{field}.etcd.endpoints: at least one endpoint is required when store is etcd"))
+            }
+            s if KV_STORES.contains(&s) => Ok(()),
+            other => Err(format!(
+                "{field}.store: invalid KV store type {other:?} (one of: {})",
+                KV_STORES[..5].join(", ")
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl_token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_client_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_reads: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_rate_limit: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_burst_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cas_retry_delay: Option<GoDuration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dial_timeout: Option<GoDuration>,
+    /// Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_insecure_skip_verify: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cipher_suites: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_min_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultiConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_timeout: Option<GoDuration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// Directory of the embedded store. Default: `<wal_directory>/kv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RingConfigRaw {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvstore: Option<KvStoreConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout: Option<GoDuration>,
+    /// Forced to 1, as the old agent does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_awareness_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded_zones: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecyclerConfigRaw {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring: Option<RingConfigRaw>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_period: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observe_period: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_after: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ready_duration: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface_names: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_inet6: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_sleep: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_file_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unregister_on_shutdown: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_check_ring_health: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Beyond the old agent: a member whose heartbeat is older than this many
+    /// `heartbeat_timeout`s is removed by the healthy members. 0 disables. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_forget_unhealthy_periods: Option<u32>,
+}
+
+/// Validated lifecycler and ring settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifecyclerConfig {
+    pub ring_kvstore: KvStoreConfig,
+    pub ring_prefix: String,
+    pub heartbeat_timeout: GoDuration,
+    pub num_tokens: u32,
+    pub heartbeat_period: GoDuration,
+    pub observe_period: GoDuration,
+    pub join_after: GoDuration,
+    pub final_sleep: GoDuration,
+    pub tokens_file_path: Option<String>,
+    pub availability_zone: String,
+    pub unregister_on_shutdown: bool,
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub id: Option<String>,
+    pub auto_forget_unhealthy_periods: u32,
+}
+
+/// Validated scraping service settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapingServiceConfig {
+    pub enabled: bool,
+    pub reshard_interval: GoDuration,
+    pub reshard_timeout: GoDuration,
+    pub cluster_reshard_event_timeout: GoDuration,
+    pub kvstore: KvStoreConfig,
+    pub config_prefix: String,
+    pub lifecycler: LifecyclerConfig,
+    pub dangerous_allow_reading_files: bool,
+}
+
+/// How configs are grouped into running instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceMode {
+    Shared,
+    Distinct,
+}
+
+/// A validated agent config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub server: ServerConfig,
+    pub global: GlobalConfig,
+    pub wal_directory: String,
+    pub wal_cleanup_age: GoDuration,
+    pub wal_cleanup_period: GoDuration,
+    pub scraping_service: ScrapingServiceConfig,
+    pub configs: Vec<InstanceConfig>,
+    pub instance_restart_backoff: GoDuration,
+    pub instance_mode: InstanceMode,
+    /// Blocks of the old agent that this one does not run (`integrations`, `logs`, ...).
+    pub ignored_blocks: Vec<&'static str>,
+}
+
+impl AgentConfigRaw {
+    /// Applies defaults and the old agent's checks.
+    pub fn validate(&self) -> Result<AgentConfig, String> {
+        let metrics = self.metrics.clone().unwrap_or_default();
+        let global = metrics.global.clone().unwrap_or_default().validate()?;
+        let ss = metrics.scraping_service.clone().unwrap_or_default();
+        let wal_directory = metrics
+            .wal_directory
+            .clone()
+            .unwrap_or_else(|| "data-agent/".into());
+        if ss.enabled && wal_directory.is_empty() {
+            return Err("no wal_directory configured".into());
+        }
+        if ss.enabled && !metrics.configs.is_empty() {
+            return Err("cannot use configs when scraping_service mode is enabled".into());
+        }
+        let instance_mode = match metrics.instance_mode.as_deref() {
+            None | Some("") | Some("shared") => InstanceMode::Shared,
+            Some("distinct") => InstanceMode::Distinct,
+            Some(other) => {
+                return Err(format!(
+                    "unsupported instance_mode '{other}'. supported values 'shared', 'distinct'"
+                ))
+            }
+        };
+        let kvstore = ss.kvstore.clone().unwrap_or_default();
+        kvstore.validate("scraping_service.kvstore")?;
+        let lc = ss.lifecycler.clone().unwrap_or_default();
+        let ring = lc.ring.clone().unwrap_or_default();
+        let ring_kvstore = ring.kvstore.clone().unwrap_or_else(|| KvStoreConfig {
+            prefix: None,
+            ..kvstore.clone()
+        });
+        ring_kvstore.validate("scraping_service.lifecycler.ring.kvstore")?;
+        let num_tokens = lc.num_tokens.unwrap_or(128);
+        if num_tokens == 0 {
+            return Err("scraping_service.lifecycler.num_tokens must be greater than 0".into());
+        }
+        let heartbeat_period = lc.heartbeat_period.unwrap_or(GoDuration::from_secs(5));
+        if ss.enabled && heartbeat_period.is_zero() {
+            return Err(
+                "scraping_service.lifecycler.heartbeat_period must be greater than 0s".into(),
+            );
+        }
+
+        let mut configs = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in metrics.configs.iter().enumerate() {
+            let cfg = c.validate(&global).map_err(|e| {
+                if c.name.is_empty() {
+                    format!("metrics.configs[{i}]: {e}")
+                } else {
+                    format!("failed to apply defaults to {:?}: {e}", c.name)
+                }
+            })?;
+            if !names.insert(cfg.name.clone()) {
+                return Err(format!("prometheus instance names must be unique. found multiple instances with name {}", cfg.name));
+            }
+            configs.push(cfg);
+        }
+
+        let mut ignored_blocks = Vec::new();
+        for (name, present) in [
+            ("integrations", self.integrations.is_some()),
+            ("logs", self.logs.is_some()),
+            ("traces", self.traces.is_some()),
+            ("agent_management", self.agent_management.is_some()),
+        ] {
+            if present {
+                ignored_blocks.push(name);
+            }
+        }
+
+        Ok(AgentConfig {
+            server: self.server.clone().unwrap_or_default(),
+            global,
+            wal_directory,
+            wal_cleanup_age: metrics
+                .wal_cleanup_age
+                .unwrap_or(GoDuration::from_secs(12 * 3600)),
+            wal_cleanup_period: metrics
+                .wal_cleanup_period
+                .unwrap_or(GoDuration::from_secs(30 * 60)),
+            scraping_service: ScrapingServiceConfig {
+                enabled: ss.enabled,
+                reshard_interval: ss.reshard_interval.unwrap_or(GoDuration::from_secs(60)),
+                reshard_timeout: ss.reshard_timeout.unwrap_or(GoDuration::from_secs(30)),
+                cluster_reshard_event_timeout: ss
+                    .cluster_reshard_event_timeout
+                    .unwrap_or(GoDuration::from_secs(30)),
+                config_prefix: kvstore
+                    .prefix
+                    .clone()
+                    .unwrap_or_else(|| "configurations/".into()),
+                kvstore,
+                lifecycler: LifecyclerConfig {
+                    ring_prefix: ring_kvstore
+                        .prefix
+                        .clone()
+                        .unwrap_or_else(|| "collectors/".into()),
+                    ring_kvstore,
+                    heartbeat_timeout: ring.heartbeat_timeout.unwrap_or(GoDuration::from_secs(60)),
+                    num_tokens,
+                    heartbeat_period,
+                    observe_period: lc.observe_period.unwrap_or_default(),
+                    join_after: lc.join_after.unwrap_or_default(),
+                    final_sleep: lc.final_sleep.unwrap_or_default(),
+                    tokens_file_path: lc.tokens_file_path.clone().filter(|s| !s.is_empty()),
+                    availability_zone: lc.availability_zone.clone().unwrap_or_default(),
+                    unregister_on_shutdown: lc.unregister_on_shutdown.unwrap_or(true),
+                    address: lc.address.clone().filter(|s| !s.is_empty()),
+                    port: lc.port.filter(|p| *p != 0),
+                    id: lc.id.clone().filter(|s| !s.is_empty()),
+                    auto_forget_unhealthy_periods: lc.auto_forget_unhealthy_periods.unwrap_or(10),
+                },
+                dangerous_allow_reading_files: ss.dangerous_allow_reading_files,
+            },
+            configs,
+            instance_restart_backoff: metrics
+                .instance_restart_backoff
+                .unwrap_or(GoDuration::from_secs(5)),
+            instance_mode,
+            ignored_blocks,
+        })
+    }
+}
+
+impl AgentConfig {
+    /// The embedded default: a single-node scraping service on the embedded KV store.
+    pub fn embedded_default() -> AgentConfig {
+        let raw = AgentConfigRaw {
+            metrics: Some(MetricsConfigRaw {
+                scraping_service: Some(ScrapingServiceRaw {
+                    enabled: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        raw.validate()
+            .expect("the embedded default config is valid")
+    }
+}

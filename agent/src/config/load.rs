@@ -1,0 +1,568 @@
+//! Reading config text: strict YAML with errors that name the file, line, column and key;
+//! `${VAR}` expansion; telling an agent config from an instance config.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use super::agent::{AgentConfig, AgentConfigRaw};
+use super::instance::{GlobalConfig, InstanceConfig, InstanceConfigRaw};
+
+/// A config error: where (file, line, column when known) and what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ConfigError {
+            file: None,
+            line: None,
+            column: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn in_file(mut self, file: &Path) -> Self {
+        self.file = Some(file.to_path_buf());
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}:", file.display())?;
+        }
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{l}:{c}: ")?,
+            (Some(l), None) => write!(f, "{l}: ")?,
+            _ if self.file.is_some() => f.write_str(" ")?,
+            _ => {}
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Which kind of config a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Agent,
+    Instance,
+}
+
+const AGENT_KEYS: [&str; 9] = [
+    "server",
+    "metrics",
+    "prometheus",
+    "integrations",
+    "logs",
+    "loki",
+    "traces",
+    "tempo",
+    "agent_management",
+];
+const INSTANCE_KEYS: [&str; 10] = [
+    "name",
+    "host_filter",
+    "host_filter_relabel_configs",
+    "scrape_configs",
+    "remote_write",
+    "wal_truncate_frequency",
+    "min_wal_time",
+    "max_wal_time",
+    "remote_flush_deadline",
+    "write_stale_on_shutdown",
+];
+
+/// Tells the kind from the top-level keys.
+pub fn detect_kind(text: &str) -> Result<Kind, ConfigError> {
+    if is_blank_yaml(text) {
+        return Err(ConfigError::new(
+            "the file is empty: expected an agent or instance config",
+        ));
+    }
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| refine_location(yaml_error(&e), text))?;
+    let Some(map) = value.as_mapping() else {
+        return Err(ConfigError::new(
+            "expected a mapping of keys (an agent or instance config) at the top level",
+        ));
+    };
+    let keys: Vec<&str> = map.keys().filter_map(|k| k.as_str()).collect();
+    if keys.iter().any(|k| AGENT_KEYS.contains(k)) {
+        Ok(Kind::Agent)
+    } else if keys.iter().any(|k| INSTANCE_KEYS.contains(k)) {
+        Ok(Kind::Instance)
+    } else {
+        Err(ConfigError::new(format!(
+            "cannot tell an agent config from an instance config: none of the top-level keys ({}) is known; use --kind",
+            keys.join(", ")
+        )))
+    }
+}
+
+/// Strictly parses YAML into `T` (unknown and duplicate keys are errors).
+pub fn parse_strict<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, ConfigError> {
+    if is_blank_yaml(text) {
+        return Err(ConfigError::new(format!(
+            "the file is empty: expected {what}"
+        )));
+    }
+    serde_yaml::from_str(text).map_err(|e| refine_location(yaml_error(&e), text))
+}
+
+/// serde_yaml places errors raised inside a mapping (a bad value, a duplicate key) at the
+/// mapping's start. Move them to the line of the key the message names, searching forward.
+fn refine_location(mut e: ConfigError, text: &str) -> ConfigError {
+    let Some(line) = e.line else { return e };
+    let dup = e
+        .message
+        .split("duplicate field \"")
+        .nth(1)
+        .or_else(|| e.message.split("duplicate entry with key \"").nth(1));
+    let (key, nth) = if let Some(rest) = dup {
+        (rest.split('"').next().unwrap_or(""), 2)
+    } else if let Some(value) = e.message.split('"').nth(1).filter(|v| !v.is_empty()) {
+        // A bad value quoted in the message: find the line that holds it.
+        for (i, l) in text.lines().enumerate().skip(line - 1) {
+            if let Some((_, v)) = l.split_once(':') {
+                let v = v.trim().trim_matches(|c| c == '"' || c == '\'');
+                if v == value {
+                    e.line = Some(i + 1);
+                    e.column = Some(l.len() - l.trim_start().len() + 1);
+                    return e;
+                }
+            }
+        }
+        return e;
+    } else {
+        return e;
+    };
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return e;
+    }
+    let mut seen = 0;
+    for (i, l) in text.lines().enumerate().skip(line - 1) {
+        let trimmed = l.trim_start().trim_start_matches("- ").trim_start();
+        if let Some(after) = trimmed.strip_prefix(key) {
+            if after.trim_start().starts_with(':') {
+                seen += 1;
+                if seen == nth {
+                    e.line = Some(i + 1);
+                    e.column = Some(l.len() - trimmed.len() + 1);
+                    return e;
+                }
+            }
+        }
+    }
+    e
+}
+
+fn is_blank_yaml(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#') || l == "---" || l == "...")
+}
+
+/// Parses and validates an instance config with the given global settings. The name in the
+/// text is replaced by `name` when one is given (the URL's or the file stem's name wins, as in
+/// the old agent).
+pub fn parse_instance_named(
+    text: &str,
+    name: Option<&str>,
+    global: &GlobalConfig,
+) -> Result<(InstanceConfigRaw, InstanceConfig), ConfigError> {
+    let mut raw: InstanceConfigRaw = parse_strict(
+        text,
+        "an instance config (scrape_configs, remote_write, ...)",
+    )?;
+    if let Some(n) = name {
+        raw.name = n.to_owned();
+    }
+    let mut named = raw.clone();
+    if named.name.is_empty() {
+        named.name = "config".into();
+    }
+    let cfg = named
+        .validate(global)
+        .map_err(|m| locate_job(ConfigError::new(m), text))?;
+    Ok((raw, cfg))
+}
+
+/// [`parse_instance_named`] without a name override.
+pub fn parse_instance(
+    text: &str,
+    global: &GlobalConfig,
+) -> Result<(InstanceConfigRaw, InstanceConfig), ConfigError> {
+    parse_instance_named(text, None, global)
+}
+
+/// A validation error that names a job (`... job name "x"`) points at that job's line.
+fn locate_job(mut e: ConfigError, text: &str) -> ConfigError {
+    let Some(job) = e
+        .message
+        .split("job name \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+    else {
+        return e;
+    };
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim_start().trim_start_matches("- ").trim_start();
+        if let Some(v) = t.strip_prefix("job_name:") {
+            if v.trim().trim_matches(|c| c == '"' || c == '\'') == job {
+                e.line = Some(i + 1);
+                e.column = Some(l.len() - t.len() + 1);
+                break;
+            }
+        }
+    }
+    e
+}
+
+/// Parses and validates an agent config.
+pub fn parse_agent(text: &str) -> Result<(AgentConfigRaw, AgentConfig), ConfigError> {
+    let raw: AgentConfigRaw = parse_strict(text, "an agent config (server, metrics, ...)")?;
+    let cfg = raw.validate().map_err(ConfigError::new)?;
+    Ok((raw, cfg))
+}
+
+/// Reads a file, expanding `${VAR}` when asked.
+pub fn read_file(path: &Path, expand_env: bool) -> Result<String, ConfigError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| ConfigError::new(format!("cannot read file: {e}")).in_file(path))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        ConfigError::new(format!(
+            "not UTF-8 text (byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+        .in_file(path)
+    })?;
+    if expand_env {
+        expand_env_vars(&text, |k| std::env::var(k).ok()).map_err(|e| e.in_file(path))
+    } else {
+        Ok(text)
+    }
+}
+
+/// Loads and validates an agent config file.
+pub fn load_agent_file(path: &Path, expand_env: bool) -> Result<AgentConfig, ConfigError> {
+    let text = read_file(path, expand_env)?;
+    parse_agent(&text)
+        .map(|(_, c)| c)
+        .map_err(|e| e.in_file(path))
+}
+
+/// Expands `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`. A bare `$1` (relabel
+/// replacements) is left alone, unlike the old agent, which expanded it to nothing.
+/// An unset variable without a default expands to the empty string, as the old agent did.
+pub fn expand_env_vars(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(r) = after.strip_prefix('{') {
+            let end = r.find('}').ok_or_else(|| {
+                let line = text[..text.len() - rest.len() + pos].matches('\n').count() + 1;
+                ConfigError {
+                    line: Some(line),
+                    ..ConfigError::new("unterminated ${ in environment variable reference")
+                }
+            })?;
+            let inner = &r[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            let value = lookup(name).filter(|v| !v.is_empty() || default.is_none());
+            out.push_str(&value.unwrap_or_else(|| default.unwrap_or("").to_owned()));
+            rest = &r[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Turns a serde_yaml error into a `ConfigError` with line and column, and a message that
+/// names the key: `unknown field "scrape_intervl" (did you mean "scrape_interval"?)`.
+pub fn yaml_error(e: &serde_yaml::Error) -> ConfigError {
+    let loc = e.location();
+    let mut msg = e.to_string();
+    if let Some(l) = &loc {
+        let suffix = format!(" at line {} column {}", l.line(), l.column());
+        if let Some(i) = msg.find(&suffix) {
+            msg.replace_range(i..i + suffix.len(), "");
+        }
+    }
+    ConfigError {
+        file: None,
+        line: loc.as_ref().map(|l| l.line()),
+        column: loc.as_ref().map(|l| l.column()),
+        message: friendly(&msg),
+    }
+}
+
+fn friendly(msg: &str) -> String {
+    if let Some(start) = msg.find("unknown field `") {
+        let rest = &msg[start + "unknown field `".len()..];
+        if let Some(end) = rest.find('`') {
+            let field = &rest[..end];
+            let expected: Vec<&str> = rest[end..].split('`').skip(2).step_by(2).collect();
+            let mut out = format!("{}unknown field {field:?}", &msg[..start]);
+            if let Some(best) = closest(field, &expected) {
+                out.push_str(&format!(" (did you mean {best:?}?)"));
+            }
+            return out;
+        }
+    }
+    let mut out = msg.replace('`', "\"");
+    for (from, to) in [
+        ("struct InstanceConfigRaw", "an instance config mapping"),
+        ("struct AgentConfigRaw", "an agent config mapping"),
+        ("struct ScrapeConfigRaw", "a scrape config mapping"),
+        ("struct RemoteWriteConfigRaw", "a remote_write mapping"),
+        ("struct RelabelConfigRaw", "a relabel config mapping"),
+        ("struct StaticConfig", "a static config mapping"),
+        ("struct ", "mapping "),
+    ] {
+        out = out.replace(from, to);
+    }
+    out
+}
+
+/// The candidate within edit distance 3 (and less than the name's length) of `name`.
+fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(name, c), *c))
+        .filter(|(d, _)| *d <= 3 && *d < name.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn inst(text: &str) -> Result<InstanceConfig, ConfigError> {
+        parse_instance(text, &GlobalConfig::default()).map(|(_, c)| c)
+    }
+
+    #[test]
+    fn unknown_key_names_line_column_and_suggestion() {
+        let e = inst("scrape_configs:\n  - job_name: a\n    scrape_intervl: 1m\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert_eq!(e.column, Some(5), "{e}");
+        assert!(
+            e.message.contains("unknown field \"scrape_intervl\""),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("did you mean \"scrape_interval\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let e = inst("scrape_configs:\n  - job_name: a\n    job_name: b\n").unwrap_err();
+        assert!(
+            e.message.contains("duplicate entry with key \"job_name\""),
+            "{e}"
+        );
+        assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn fractional_prometheus_duration_rejected_with_location() {
+        let e = inst("scrape_configs:\n  - job_name: a\n    scrape_interval: 1.5h\n").unwrap_err();
+        assert!(
+            e.message.contains("not a valid duration string: \"1.5h\""),
+            "{e}"
+        );
+        assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn old_agent_texts() {
+        let e = inst(
+            "scrape_configs:\n  - job_name: j\n    scrape_interval: 10s\n    scrape_timeout: 20s\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "scrape timeout greater than scrape interval for scrape config with job name \"j\""
+        );
+        let e = inst("scrape_configs:\n  - job_name: j\n  - job_name: j\n").unwrap_err();
+        assert_eq!(
+            e.message,
+            "found multiple scrape configs with job name \"j\""
+        );
+        let e = inst("scrape_configs:\n  -\n").unwrap_err();
+        assert_eq!(e.message, "empty or null scrape config section");
+        let e = inst("min_wal_time: 5h\nmax_wal_time: 1h\n").unwrap_err();
+        assert_eq!(e.message, "min_wal_time must be less than max_wal_time");
+        let e = inst("wal_truncate_frequency: 0s\n").unwrap_err();
+        assert_eq!(e.message, "wal_truncate_frequency must be greater than 0s");
+        let e = inst("remote_write:\n  - url: http://a/\n  - url: http://a/\n").unwrap_err();
+        assert_eq!(e.message, "found two identical remote_write configs");
+        let e = inst(
+            "remote_write:\n  - url: http://a/\n    name: x\n  - url: http://b/\n    name: x\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "found duplicate remote write configs with name \"x\""
+        );
+    }
+
+    #[test]
+    fn defaults_follow_global() {
+        let c =
+            inst("scrape_configs:\n  - job_name: j\n    scrape_interval: 5s\n  - job_name: k\n")
+                .unwrap();
+        assert_eq!(c.scrape_configs[0].scrape_timeout.to_string(), "5s");
+        assert_eq!(c.scrape_configs[1].scrape_interval.to_string(), "1m");
+        assert_eq!(c.scrape_configs[1].scrape_timeout.to_string(), "10s");
+        assert_eq!(c.scrape_configs[1].metrics_path, "/metrics");
+        assert!(c.scrape_configs[1].honor_timestamps);
+    }
+
+    #[test]
+    fn remote_write_names_generated_and_stable() {
+        let a = inst("remote_write:\n  - url: http://a/\n").unwrap();
+        let b = inst("remote_write:\n  - url: http://a/\n").unwrap();
+        assert!(a.remote_write[0].name.starts_with("config-"));
+        assert_eq!(a.remote_write[0].name.len(), "config-".len() + 6);
+        assert_eq!(a.remote_write[0].name, b.remote_write[0].name);
+    }
+
+    #[test]
+    fn tabs_empty_and_wrong_shapes_are_clear_errors() {
+        let e = inst("scrape_configs:\n\t- job_name: a\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = inst("").unwrap_err();
+        assert!(e.message.contains("the file is empty"), "{e}");
+        let e = inst("# just a comment\n").unwrap_err();
+        assert!(e.message.contains("the file is empty"), "{e}");
+        let e = inst("- a\n- b\n").unwrap_err();
+        assert!(
+            e.message.contains("expected an instance config mapping"),
+            "{e}"
+        );
+        let e = inst("scrape_configs: {job_name: a}\n").unwrap_err();
+        assert!(e.message.contains("scrape_configs"), "{e}");
+    }
+
+    #[test]
+    fn agent_rejects_local_configs_with_scraping_service() {
+        let e = parse_agent(
+            "metrics:\n  scraping_service:\n    enabled: true\n  configs:\n    - name: a\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "cannot use configs when scraping_service mode is enabled"
+        );
+        let e = parse_agent("metrics:\n  instance_mode: weird\n").unwrap_err();
+        assert_eq!(
+            e.message,
+            "unsupported instance_mode 'weird'. supported values 'shared', 'distinct'"
+        );
+    }
+
+    #[test]
+    fn env_expansion() {
+        let lookup = |k: &str| match k {
+            "HOST" => Some("h:1".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(expand_env_vars("a ${HOST} b", lookup).unwrap(), "a h:1 b");
+        assert_eq!(expand_env_vars("${NOPE:-dflt}", lookup).unwrap(), "dflt");
+        assert_eq!(expand_env_vars("${EMPTY:-dflt}", lookup).unwrap(), "dflt");
+        assert_eq!(expand_env_vars("${NOPE}", lookup).unwrap(), "");
+        assert_eq!(expand_env_vars("$1 and $$x", lookup).unwrap(), "$1 and $x");
+        assert!(expand_env_vars("a\n${OPEN", lookup).unwrap_err().line == Some(2));
+    }
+
+    #[test]
+    fn kind_detection() {
+        assert_eq!(detect_kind("scrape_configs: []\n").unwrap(), Kind::Instance);
+        assert_eq!(
+            detect_kind("server:\n  log_level: debug\n").unwrap(),
+            Kind::Agent
+        );
+        assert!(detect_kind("foo: 1\n")
+            .unwrap_err()
+            .message
+            .contains("--kind"));
+    }
+
+    #[test]
+    fn secrets_redacted_unless_revealed() {
+        let (raw, _) = parse_instance(
+            "scrape_configs:\n  - job_name: a\n    basic_auth:\n      username: u\n      password: hunter2\n",
+            &GlobalConfig::default(),
+        )
+        .unwrap();
+        assert!(!raw.to_yaml(false).unwrap().contains("hunter2"));
+        assert!(raw.to_yaml(false).unwrap().contains("<secret>"));
+        assert!(raw.to_yaml(true).unwrap().contains("hunter2"));
+        assert!(!format!("{raw:?}").contains("hunter2"));
+    }
+
+    proptest! {
+        #[test]
+        fn random_yaml_never_panics(text in "[a-z_:\\- \\n\\t{}\\[\\],'\"0-9.&*!|>#]{0,200}") {
+            let _ = inst(&text);
+            let _ = parse_agent(&text);
+            let _ = detect_kind(&text);
+        }
+
+        #[test]
+        fn random_structured_yaml_never_panics(
+            keys in proptest::collection::vec("(scrape_configs|job_name|static_configs|targets|remote_write|url|relabel_configs|action|regex|scrape_interval|metrics|global|x)", 1..8),
+            vals in proptest::collection::vec("(1m|1.5h|\\[\\]|\\{\\}|null|-1|http://a/|'\\(.*'|hashmod|~)", 1..8),
+        ) {
+            let mut text = String::new();
+            for (i, (k, v)) in keys.iter().zip(vals.iter()).enumerate() {
+                text.push_str(&" ".repeat(i % 3 * 2));
+                text.push_str(&format!("{k}: {v}\n"));
+            }
+            let _ = inst(&text);
+            let _ = parse_agent(&text);
+        }
+    }
+}

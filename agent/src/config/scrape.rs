@@ -1,0 +1,412 @@
+//! Prometheus `scrape_config`, as written (raw) and validated (defaults applied).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::PromDuration;
+use super::http::{with_http_client, HttpClientConfig};
+use super::relabel::{self, RelabelConfig, RelabelConfigRaw};
+use super::sd::{
+    DnsSdConfig, FileCheck, FileSdConfig, HttpSdConfig, KubernetesSdConfig, StaticConfig,
+    OTHER_SD_KINDS,
+};
+use super::url::ByteSize;
+
+with_http_client! {
+    /// A scrape config as written. Every Prometheus 2.x field is accepted; absent fields take
+    /// their defaults in [`ScrapeConfig`].
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ScrapeConfigRaw {
+        #[serde(default)]
+        pub job_name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub honor_labels: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub honor_timestamps: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub track_timestamps_staleness: Option<bool>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        pub params: BTreeMap<String, Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub scrape_interval: Option<PromDuration>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub scrape_timeout: Option<PromDuration>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub scrape_protocols: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub enable_compression: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub metrics_path: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub scheme: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub body_size_limit: Option<ByteSize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub sample_limit: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub target_limit: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub label_limit: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub label_name_length_limit: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub label_value_length_limit: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub native_histogram_bucket_limit: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub keep_dropped_targets: Option<u64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub relabel_configs: Vec<RelabelConfigRaw>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub metric_relabel_configs: Vec<RelabelConfigRaw>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub static_configs: Vec<StaticConfig>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub file_sd_configs: Vec<FileSdConfig>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub http_sd_configs: Vec<HttpSdConfig>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub dns_sd_configs: Vec<DnsSdConfig>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub kubernetes_sd_configs: Vec<KubernetesSdConfig>,
+        // The other Prometheus SD kinds, kept as written (see `OTHER_SD_KINDS`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub azure_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub consul_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub digitalocean_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub docker_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub dockerswarm_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub ec2_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub eureka_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub gce_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub hetzner_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub ionos_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub kuma_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub lightsail_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub linode_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub marathon_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub nerve_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub nomad_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub openstack_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub ovhcloud_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub puppetdb_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub scaleway_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub serverset_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub triton_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub uyuni_sd_configs: Vec<serde_yaml::Value>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub vultr_sd_configs: Vec<serde_yaml::Value>,
+    }
+}
+
+/// Scrape-level limits; 0 means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub body_size_limit: u64,
+    pub sample_limit: u64,
+    pub target_limit: u64,
+    pub label_limit: u64,
+    pub label_name_length_limit: u64,
+    pub label_value_length_limit: u64,
+}
+
+/// A validated scrape config with every default applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapeConfig {
+    pub job_name: String,
+    pub honor_labels: bool,
+    pub honor_timestamps: bool,
+    pub track_timestamps_staleness: bool,
+    pub params: BTreeMap<String, Vec<String>>,
+    pub scrape_interval: PromDuration,
+    pub scrape_timeout: PromDuration,
+    pub enable_compression: bool,
+    pub metrics_path: String,
+    pub scheme: String,
+    pub limits: Limits,
+    pub relabel_configs: Vec<RelabelConfig>,
+    pub metric_relabel_configs: Vec<RelabelConfig>,
+    pub http_client: HttpClientConfig,
+    pub static_configs: Vec<StaticConfig>,
+    pub file_sd_configs: Vec<FileSdConfig>,
+    pub http_sd_configs: Vec<HttpSdConfig>,
+    pub dns_sd_configs: Vec<DnsSdConfig>,
+    pub kubernetes_sd_configs: Vec<KubernetesSdConfig>,
+    /// Kinds present in the config that the scrape engine cannot run yet.
+    pub unsupported_sd_kinds: Vec<String>,
+}
+
+/// Scrape defaults inherited from `global`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScrapeDefaults {
+    pub scrape_interval: PromDuration,
+    pub scrape_timeout: PromDuration,
+    pub limits: Limits,
+}
+
+impl Default for ScrapeDefaults {
+    fn default() -> Self {
+        ScrapeDefaults {
+            scrape_interval: PromDuration::from_secs(60),
+            scrape_timeout: PromDuration::from_secs(10),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl ScrapeConfigRaw {
+    /// The SD kinds accepted as written, with their entries.
+    pub fn other_sd_configs(&self) -> [(&'static str, &Vec<serde_yaml::Value>); 24] {
+        [
+            ("azure_sd_configs", &self.azure_sd_configs),
+            ("consul_sd_configs", &self.consul_sd_configs),
+            ("digitalocean_sd_configs", &self.digitalocean_sd_configs),
+            ("docker_sd_configs", &self.docker_sd_configs),
+            ("dockerswarm_sd_configs", &self.dockerswarm_sd_configs),
+            ("ec2_sd_configs", &self.ec2_sd_configs),
+            ("eureka_sd_configs", &self.eureka_sd_configs),
+            ("gce_sd_configs", &self.gce_sd_configs),
+            ("hetzner_sd_configs", &self.hetzner_sd_configs),
+            ("ionos_sd_configs", &self.ionos_sd_configs),
+            ("kuma_sd_configs", &self.kuma_sd_configs),
+            ("lightsail_sd_configs", &self.lightsail_sd_configs),
+            ("linode_sd_configs", &self.linode_sd_configs),
+            ("marathon_sd_configs", &self.marathon_sd_configs),
+            ("nerve_sd_configs", &self.nerve_sd_configs),
+            ("nomad_sd_configs", &self.nomad_sd_configs),
+            ("openstack_sd_configs", &self.openstack_sd_configs),
+            ("ovhcloud_sd_configs", &self.ovhcloud_sd_configs),
+            ("puppetdb_sd_configs", &self.puppetdb_sd_configs),
+            ("scaleway_sd_configs", &self.scaleway_sd_configs),
+            ("serverset_sd_configs", &self.serverset_sd_configs),
+            ("triton_sd_configs", &self.triton_sd_configs),
+            ("uyuni_sd_configs", &self.uyuni_sd_configs),
+            ("vultr_sd_configs", &self.vultr_sd_configs),
+        ]
+    }
+
+    /// Prometheus's per-scrape-config checks (everything that does not need the instance).
+    /// Interval/timeout defaults and cross-config rules are applied by the instance config,
+    /// in the old agent's order.
+    pub fn validate_self(&self) -> Result<(), String> {
+        if self.job_name.is_empty() {
+            return Err("job_name is empty".into());
+        }
+        if let Some(s) = &self.scheme {
+            if s != "http" && s != "https" {
+                return Err(format!("scheme must be \"http\" or \"https\", got {s:?}"));
+            }
+        }
+        if let Some(p) = &self.metrics_path {
+            if !p.starts_with('/') {
+                return Err(format!("metrics_path {p:?} must start with \"/\""));
+            }
+        }
+        self.http_client().validate()?;
+        for (i, s) in self.static_configs.iter().enumerate() {
+            s.validate()
+                .map_err(|e| format!("static_configs[{i}]: {e}"))?;
+        }
+        for (i, s) in self.file_sd_configs.iter().enumerate() {
+            s.validate()
+                .map_err(|e| format!("file_sd_configs[{i}]: {e}"))?;
+        }
+        for (i, s) in self.http_sd_configs.iter().enumerate() {
+            s.validate()
+                .map_err(|e| format!("http_sd_configs[{i}]: {e}"))?;
+        }
+        for (i, s) in self.dns_sd_configs.iter().enumerate() {
+            s.validate()
+                .map_err(|e| format!("dns_sd_configs[{i}]: {e}"))?;
+        }
+        for (i, s) in self.kubernetes_sd_configs.iter().enumerate() {
+            s.validate()
+                .map_err(|e| format!("kubernetes_sd_configs[{i}]: {e}"))?;
+        }
+        relabel::validate_all(&self.relabel_configs, "relabel_configs")?;
+        relabel::validate_all(&self.metric_relabel_configs, "metric_relabel_configs")?;
+        Ok(())
+    }
+
+    /// Applies defaults; `interval` and `timeout` were already resolved by the caller.
+    pub fn resolve(
+        &self,
+        interval: PromDuration,
+        timeout: PromDuration,
+        defaults: &ScrapeDefaults,
+    ) -> Result<ScrapeConfig, String> {
+        self.validate_self()?;
+        let g = defaults.limits;
+        let pick = |v: Option<u64>, d: u64| v.unwrap_or(d);
+        Ok(ScrapeConfig {
+            job_name: self.job_name.clone(),
+            honor_labels: self.honor_labels.unwrap_or(false),
+            honor_timestamps: self.honor_timestamps.unwrap_or(true),
+            track_timestamps_staleness: self.track_timestamps_staleness.unwrap_or(false),
+            params: self.params.clone(),
+            scrape_interval: interval,
+            scrape_timeout: timeout,
+            enable_compression: self.enable_compression.unwrap_or(true),
+            metrics_path: self
+                .metrics_path
+                .clone()
+                .unwrap_or_else(|| "/metrics".into()),
+            scheme: self.scheme.clone().unwrap_or_else(|| "http".into()),
+            limits: Limits {
+                body_size_limit: self.body_size_limit.map_or(g.body_size_limit, |b| b.0),
+                sample_limit: pick(self.sample_limit, g.sample_limit),
+                target_limit: pick(self.target_limit, g.target_limit),
+                label_limit: pick(self.label_limit, g.label_limit),
+                label_name_length_limit: pick(
+                    self.label_name_length_limit,
+                    g.label_name_length_limit,
+                ),
+                label_value_length_limit: pick(
+                    self.label_value_length_limit,
+                    g.label_value_length_limit,
+                ),
+            },
+            relabel_configs: relabel::validate_all(&self.relabel_configs, "relabel_configs")?,
+            metric_relabel_configs: relabel::validate_all(
+                &self.metric_relabel_configs,
+                "metric_relabel_configs",
+            )?,
+            http_client: self.http_client(),
+            static_configs: self.static_configs.clone(),
+            file_sd_configs: self.file_sd_configs.clone(),
+            http_sd_configs: self.http_sd_configs.clone(),
+            dns_sd_configs: self.dns_sd_configs.clone(),
+            kubernetes_sd_configs: self.kubernetes_sd_configs.clone(),
+            unsupported_sd_kinds: {
+                let mut kinds: Vec<String> = self
+                    .other_sd_configs()
+                    .iter()
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(k, _)| (*k).to_owned())
+                    .collect();
+                if !self.kubernetes_sd_configs.is_empty() {
+                    kinds.push("kubernetes_sd_configs".into());
+                }
+                kinds
+            },
+        })
+    }
+
+    /// The old agent's `dangerous_allow_reading_files` check for this scrape config: the error
+    /// text of its first violation, with the old agent's prefixes, or `None`.
+    pub fn file_reading_violation(&self, index: usize) -> Option<String> {
+        let msg = |field: &str| {
+            format!("{field} must be empty unless dangerous_allow_reading_files is set")
+        };
+        if let Some(f) = self.http_client().first_file_field() {
+            return Some(format!(
+                "failed to validate scrape_config at index {index}: {}",
+                msg(f)
+            ));
+        }
+        // SD configs in the order Prometheus lists them; index j counts across kinds.
+        let mut j = 0;
+        let sd_err = |j: usize, e: String| {
+            Some(format!(
+                "failed to validate service discovery at index {j} within scrape_config at index {index}: {e}"
+            ))
+        };
+        for c in &self.http_sd_configs {
+            if let Some(f) = c.http_client().first_file_field() {
+                return sd_err(j, msg(f));
+            }
+            j += 1;
+        }
+        for c in &self.kubernetes_sd_configs {
+            if let Some(f) = c.http_client().first_file_field() {
+                return sd_err(j, msg(f));
+            }
+            j += 1;
+        }
+        j += self.static_configs.len() + self.file_sd_configs.len() + self.dns_sd_configs.len();
+        for (kind, values) in self.other_sd_configs() {
+            let check = OTHER_SD_KINDS
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or(FileCheck::Unknown, |(_, c)| *c);
+            for v in values {
+                let found = match check {
+                    FileCheck::None => None,
+                    FileCheck::TlsOnly => opaque_tls_file_field(v),
+                    FileCheck::HttpClient => opaque_http_file_field(v).or_else(|| {
+                        (kind == "marathon_sd_configs" && opaque_str(v, &["auth_token_file"]))
+                            .then_some("auth_token_file")
+                    }),
+                    FileCheck::Unknown => {
+                        let name = kind.trim_end_matches("_sd_configs");
+                        return sd_err(
+                            j,
+                            format!(
+                                "unknown service discovery {name}; rejecting config for safety. set dangerous_allow_reading_files to ignore"
+                            ),
+                        );
+                    }
+                };
+                if let Some(f) = found {
+                    return sd_err(j, msg(f));
+                }
+                j += 1;
+            }
+        }
+        None
+    }
+}
+
+fn opaque_str(v: &serde_yaml::Value, path: &[&str]) -> bool {
+    let mut cur = v;
+    for p in path {
+        match cur.get(*p) {
+            Some(next) => cur = next,
+            None => return false,
+        }
+    }
+    cur.as_str().is_some_and(|s| !s.is_empty())
+}
+
+fn opaque_tls_file_field(v: &serde_yaml::Value) -> Option<&'static str> {
+    ["ca_file", "cert_file", "key_file"]
+        .into_iter()
+        .find(|f| opaque_str(v, &["tls_config", f]))
+}
+
+fn opaque_http_file_field(v: &serde_yaml::Value) -> Option<&'static str> {
+    if opaque_str(v, &["bearer_token_file"]) {
+        return Some("bearer_token_file");
+    }
+    if opaque_str(v, &["basic_auth", "password_file"]) {
+        return Some("password_file");
+    }
+    if opaque_str(v, &["authorization", "credentials_file"]) {
+        return Some("credentials_file");
+    }
+    opaque_tls_file_field(v)
+}

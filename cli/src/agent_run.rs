@@ -1,0 +1,47 @@
+//! `agentctl agent run`: turn flags into daemon options, wait for signals.
+
+use std::process::ExitCode;
+
+use agent::config::{load, AgentConfig};
+use agent::daemon::{self, Options, DEFAULT_HTTP_ADDRESS};
+use tokio_util::sync::CancellationToken;
+
+use crate::args::AgentRunArgs;
+use crate::Error;
+
+pub async fn run(args: AgentRunArgs) -> Result<ExitCode, Error> {
+    let config = match &args.config_file {
+        Some(path) => load::load_agent_file(path, args.expand_env)
+            .map_err(|e| Error::Invalid(format!("invalid configuration: {e}")))?,
+        None => AgentConfig::embedded_default(),
+    };
+    let options = Options {
+        config,
+        config_file: args.config_file,
+        http_address: args
+            .http_address
+            .unwrap_or_else(|| DEFAULT_HTTP_ADDRESS.to_owned()),
+        enable_read_api: args.enable_read_api,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    daemon::run(options, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down");
+    shutdown.cancel();
+}
