@@ -10,6 +10,7 @@ pub mod codec;
 pub mod hash;
 pub mod lookup;
 pub mod model;
+pub mod render;
 pub mod tokens;
 
 use std::path::PathBuf;
