@@ -1,0 +1,547 @@
+//! What people read about the ring: the `/debug/ring` page (HTML and JSON) and the
+//! `agentctl ring status` terminal table. Pure functions of a `Desc` and a fixed `now`, so the
+//! HTTP handler and the CLI share them and tests can snapshot them.
+//!
+//! Health shown here is the old ring page's: a member is `UNHEALTHY` when its last heartbeat
+//! is older than `heartbeat_timeout` (dskit's `Reporting` operation accepts every state).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::lookup::{heartbeat_age_nanos, unix_nanos, Operation, Ring};
+use super::model::{Desc, InstanceDesc, InstanceState};
+use crate::config::duration::GoDuration;
+use crate::logging::civil_from_days;
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC) for unix seconds; never overflows, whatever the KV holds.
+pub fn rfc3339_seconds(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    )
+}
+
+/// A heartbeat age such as `3s ago`, `2m5s ago`, `1h4m ago`, `3d2h ago`; `in 5s` for a
+/// timestamp ahead of `now` (clock skew); `never` for timestamp 0.
+pub fn heartbeat_age(timestamp: i64, now: SystemTime) -> String {
+    if timestamp == 0 {
+        return "never".to_owned();
+    }
+    let age = heartbeat_age_nanos(timestamp, now);
+    let secs = (age.abs() / 1_000_000_000).min(u64::MAX as i128) as u64;
+    let span = if secs < 60 {
+        format!("{secs}s")
+    } else if secs < 3600 {
+        format!("{}m{}s", secs / 60, secs % 60)
+    } else if secs < 86_400 {
+        format!("{}h{}m", secs / 3600, (secs % 3600) / 60)
+    } else {
+        format!("{}d{}h", secs / 86_400, (secs % 86_400) / 3600)
+    };
+    if age < 0 {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
+fn go_duration(d: Duration) -> GoDuration {
+    GoDuration::from_millis(d.as_millis().min(u128::from(u64::MAX / 1_000_000)) as u64)
+}
+
+/// State as the ring page shows it: the protobuf name, or `UNHEALTHY` for a stale heartbeat.
+fn page_state(inst: &InstanceDesc, heartbeat_timeout: Duration, now: SystemTime) -> String {
+    if inst.is_healthy(Operation::Reporting, heartbeat_timeout, now) {
+        inst.state_name()
+    } else {
+        "UNHEALTHY".to_owned()
+    }
+}
+
+fn registered_at(inst: &InstanceDesc) -> String {
+    if inst.registered_timestamp == 0 {
+        String::new()
+    } else {
+        rfc3339_seconds(inst.registered_timestamp)
+    }
+}
+
+fn now_rfc3339(now: SystemTime) -> String {
+    let ms = unix_nanos(now).div_euclid(1_000_000);
+    crate::logging::rfc3339_millis(ms.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
+}
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const PAGE_CSS: &str = "\
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; width: 100%; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.state-ACTIVE { color: #1a7f37; }
+.state-LEAVING, .state-JOINING, .state-PENDING { color: #9a6700; }
+.state-LEFT, .state-UNHEALTHY { color: #cf222e; font-weight: bold; }
+form { margin: 0; }
+p.tokens { font-family: monospace; word-break: break-all; }
+";
+
+/// The `/debug/ring` HTML page: a complete document, no JavaScript, no external assets.
+///
+/// `configs_owned` maps instance ID to the number of configs it owns (missing = 0). Each row's
+/// Forget button posts the form field `forget=<instance id>` to the page itself.
+pub fn render_html(
+    desc: &Desc,
+    now: SystemTime,
+    heartbeat_timeout: Duration,
+    show_tokens: bool,
+    configs_owned: &HashMap<String, usize>,
+) -> String {
+    let ring = Ring::new(desc.clone(), heartbeat_timeout);
+    let ownership = ring.ownership();
+    let mut h = String::new();
+    // `write!` to a String cannot fail; the results are ignored for that reason.
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <title>Ring status</title>\n<style>\n{PAGE_CSS}</style>\n</head>\n<body>\n\
+         <h1>Ring status</h1>\n\
+         <p>Current time: {}. Heartbeat timeout: {}. Members: {}.</p>\n",
+        now_rfc3339(now),
+        go_duration(heartbeat_timeout),
+        ring.instances().len(),
+    );
+    h.push_str(
+        "<table>\n<thead>\n<tr><th>Instance ID</th><th>Availability Zone</th><th>State</th>\
+         <th>Address</th><th>Registered At</th><th>Last Heartbeat</th><th>Tokens</th>\
+         <th>Ownership</th><th>Configs owned</th><th>Actions</th></tr>\n</thead>\n<tbody>\n",
+    );
+    for inst in ring.instances() {
+        let state = page_state(inst, heartbeat_timeout, now);
+        let id = html_escape(&inst.id);
+        let _ = writeln!(
+            h,
+            "<tr><td>{id}</td><td>{zone}</td><td class=\"state-{state_class}\">{state}</td>\
+             <td>{addr}</td><td>{registered}</td><td>{heartbeat} ({age})</td>\
+             <td class=\"num\">{tokens}</td><td class=\"num\">{own:.2}%</td>\
+             <td class=\"num\">{configs}</td>\
+             <td><form method=\"post\"><input type=\"hidden\" name=\"forget\" value=\"{id}\">\
+             <button type=\"submit\">Forget</button></form></td></tr>",
+            zone = html_escape(&inst.zone),
+            state_class = html_escape(&state),
+            state = html_escape(&state),
+            addr = html_escape(&inst.addr),
+            registered = registered_at(inst),
+            heartbeat = rfc3339_seconds(inst.timestamp),
+            age = heartbeat_age(inst.timestamp, now),
+            tokens = inst.tokens.len(),
+            own = ownership.get(&inst.id).copied().unwrap_or(0.0),
+            configs = configs_owned.get(&inst.id).copied().unwrap_or(0),
+        );
+    }
+    h.push_str("</tbody>\n</table>\n");
+    if show_tokens {
+        h.push_str("<p><a href=\"?tokens=false\">Hide tokens</a></p>\n");
+        for inst in ring.instances() {
+            let list: Vec<String> = inst.tokens.iter().map(u32::to_string).collect();
+            let _ = write!(
+                h,
+                "<h2>Instance: {}</h2>\n<p class=\"tokens\">Tokens: {}</p>\n",
+                html_escape(&inst.id),
+                list.join(" ")
+            );
+        }
+    } else {
+        h.push_str("<p><a href=\"?tokens=true\">Show tokens</a></p>\n");
+    }
+    h.push_str("</body>\n</html>\n");
+    h
+}
+
+/// One member in the JSON ring status (the old page's fields plus `ownership`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ShardJson {
+    pub id: String,
+    /// Protobuf state name, or `UNHEALTHY` for a stale heartbeat.
+    pub state: String,
+    pub address: String,
+    /// Last heartbeat, RFC 3339.
+    pub timestamp: String,
+    /// RFC 3339, or empty when unknown.
+    pub registered_timestamp: String,
+    pub zone: String,
+    pub tokens: Vec<u32>,
+    /// Percent of the hash space.
+    pub ownership: f64,
+}
+
+/// The JSON ring status: `{"shards":[...],"now":"..."}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StatusJson {
+    pub shards: Vec<ShardJson>,
+    pub now: String,
+}
+
+/// The JSON ring status as a value, members sorted by ID.
+pub fn status_json(desc: &Desc, now: SystemTime, heartbeat_timeout: Duration) -> StatusJson {
+    let ring = Ring::new(desc.clone(), heartbeat_timeout);
+    let ownership = ring.ownership();
+    let shards = ring
+        .instances()
+        .iter()
+        .map(|inst| ShardJson {
+            id: inst.id.clone(),
+            state: page_state(inst, heartbeat_timeout, now),
+            address: inst.addr.clone(),
+            timestamp: rfc3339_seconds(inst.timestamp),
+            registered_timestamp: registered_at(inst),
+            zone: inst.zone.clone(),
+            tokens: inst.tokens.clone(),
+            ownership: ownership.get(&inst.id).copied().unwrap_or(0.0),
+        })
+        .collect();
+    StatusJson {
+        shards,
+        now: now_rfc3339(now),
+    }
+}
+
+/// `/debug/ring` with `Accept: application/json`.
+pub fn render_json(desc: &Desc, now: SystemTime, heartbeat_timeout: Duration) -> String {
+    // Serializing plain strings, integers and finite floats cannot fail.
+    serde_json::to_string(&status_json(desc, now, heartbeat_timeout)).unwrap_or_default()
+}
+
+/// Terminal output must not carry control characters (an ID could hold an escape sequence).
+fn terminal_safe(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+fn state_color(state: Option<InstanceState>) -> &'static str {
+    match state {
+        Some(InstanceState::Active) => "\x1b[32m",
+        Some(InstanceState::Leaving | InstanceState::Joining | InstanceState::Pending) => {
+            "\x1b[33m"
+        }
+        Some(InstanceState::Left) | None => "\x1b[31m",
+    }
+}
+
+/// The `agentctl ring status` table: ID, STATE, ADDRESS, ZONE, HEARTBEAT, TOKENS, OWNERSHIP,
+/// HEALTH (`healthy` or `unhealthy` by heartbeat age). ANSI colours only when `color`.
+pub fn render_status_table(
+    desc: &Desc,
+    now: SystemTime,
+    heartbeat_timeout: Duration,
+    color: bool,
+) -> String {
+    let ring = Ring::new(desc.clone(), heartbeat_timeout);
+    let ownership = ring.ownership();
+    const HEADER: [&str; 8] = [
+        "ID",
+        "STATE",
+        "ADDRESS",
+        "ZONE",
+        "HEARTBEAT",
+        "TOKENS",
+        "OWNERSHIP",
+        "HEALTH",
+    ];
+    struct Row {
+        cells: [String; 8],
+        state_color: &'static str,
+        healthy: bool,
+    }
+    let rows: Vec<Row> = ring
+        .instances()
+        .iter()
+        .map(|inst| {
+            let healthy = inst.heartbeat_fresh(heartbeat_timeout, now);
+            let zone = if inst.zone.is_empty() {
+                "-".to_owned()
+            } else {
+                terminal_safe(&inst.zone)
+            };
+            Row {
+                cells: [
+                    terminal_safe(&inst.id),
+                    inst.state_name(),
+                    terminal_safe(&inst.addr),
+                    zone,
+                    heartbeat_age(inst.timestamp, now),
+                    inst.tokens.len().to_string(),
+                    format!("{:.2}%", ownership.get(&inst.id).copied().unwrap_or(0.0)),
+                    if healthy { "healthy" } else { "unhealthy" }.to_owned(),
+                ],
+                state_color: state_color(inst.instance_state()),
+                healthy,
+            }
+        })
+        .collect();
+    let mut widths = HEADER.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(&row.cells) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    // TOKENS and OWNERSHIP are right-aligned so the numbers line up.
+    let right = |col: usize| col == 5 || col == 6;
+    let last = HEADER.len() - 1;
+    let pad = |col: usize, text: &str| {
+        if col == last {
+            // No trailing blanks (nor blanks inside a colour code at the line's end).
+            return text.to_owned();
+        }
+        let fill = " ".repeat(widths[col] - text.chars().count());
+        if right(col) {
+            format!("{fill}{text}")
+        } else {
+            format!("{text}{fill}")
+        }
+    };
+    let mut out = String::new();
+    let header: Vec<String> = HEADER.iter().enumerate().map(|(i, h)| pad(i, h)).collect();
+    out.push_str(&header.join("  "));
+    out.push('\n');
+    for row in &rows {
+        let cells: Vec<String> = row
+            .cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let padded = pad(i, c);
+                // Colour wraps the padded text so the escape codes do not upset alignment.
+                match (color, i) {
+                    (true, 1) => format!("{}{padded}\x1b[0m", row.state_color),
+                    (true, 7) => {
+                        let code = if row.healthy { "\x1b[32m" } else { "\x1b[31m" };
+                        format!("{code}{padded}\x1b[0m")
+                    }
+                    _ => padded,
+                }
+            })
+            .collect();
+        out.push_str(&cells.join("  "));
+        out.push('\n');
+    }
+    if rows.is_empty() {
+        out.push_str("(the ring has no members)\n");
+    }
+    out
+}
+
+/// Exit code for `agentctl ring status`: 0 when the ring has members and every one is ACTIVE
+/// with a fresh heartbeat, 1 otherwise (including an empty ring, which can own nothing).
+pub fn status_exit_code(desc: &Desc, now: SystemTime, heartbeat_timeout: Duration) -> i32 {
+    let all_good = !desc.ingesters.is_empty()
+        && desc
+            .ingesters
+            .values()
+            .all(|i| i.is_healthy(Operation::Write, heartbeat_timeout, now));
+    if all_good {
+        0
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW_SECS: i64 = 1_764_000_000; // 2025-11-24T16:00:00Z
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(NOW_SECS as u64)
+    }
+
+    fn sample() -> Desc {
+        let mut d = Desc::default();
+        let members = [
+            (
+                "agent-2",
+                "10.0.0.2:12345",
+                InstanceState::Active,
+                vec![1u32 << 30, 3 << 30],
+                "eu-west-1b",
+                3,
+                1_763_990_000,
+            ),
+            (
+                "agent-1",
+                "10.0.0.1:12345",
+                InstanceState::Active,
+                vec![1000, 2 << 30],
+                "eu-west-1a",
+                125,
+                1_763_980_000,
+            ),
+            (
+                "agent-3",
+                "10.0.0.3:12345",
+                InstanceState::Leaving,
+                vec![5 << 28],
+                "",
+                0,
+                0,
+            ),
+            (
+                "<script>",
+                "evil\"&'",
+                InstanceState::Joining,
+                vec![],
+                "z<1>",
+                4000,
+                1_700_000_000,
+            ),
+        ];
+        for (id, addr, state, tokens, zone, age, reg) in members {
+            d.ingesters.insert(
+                id.to_owned(),
+                InstanceDesc {
+                    addr: addr.to_owned(),
+                    timestamp: NOW_SECS - age,
+                    state: state as i32,
+                    tokens,
+                    zone: zone.to_owned(),
+                    registered_timestamp: reg,
+                    id: id.to_owned(),
+                },
+            );
+        }
+        d
+    }
+
+    #[test]
+    fn formats_times() {
+        assert_eq!(rfc3339_seconds(NOW_SECS), "2025-11-24T16:00:00Z");
+        assert_eq!(rfc3339_seconds(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_seconds(-1), "1969-12-31T23:59:59Z");
+        // Extreme values from a hostile KV do not panic.
+        let _ = rfc3339_seconds(i64::MAX);
+        let _ = rfc3339_seconds(i64::MIN);
+        assert_eq!(heartbeat_age(NOW_SECS - 3, now()), "3s ago");
+        assert_eq!(heartbeat_age(NOW_SECS - 125, now()), "2m5s ago");
+        assert_eq!(heartbeat_age(NOW_SECS - 3840, now()), "1h4m ago");
+        assert_eq!(
+            heartbeat_age(NOW_SECS - 2 * 86_400 - 7200, now()),
+            "2d2h ago"
+        );
+        assert_eq!(heartbeat_age(NOW_SECS + 5, now()), "in 5s");
+        assert_eq!(heartbeat_age(0, now()), "never");
+        let _ = heartbeat_age(i64::MIN, now());
+        let _ = heartbeat_age(i64::MAX, now());
+    }
+
+    #[test]
+    fn html_page() {
+        let configs: HashMap<String, usize> =
+            [("agent-1".to_owned(), 4), ("agent-2".to_owned(), 7)].into();
+        let page = render_html(&sample(), now(), TIMEOUT, false, &configs);
+        assert!(!page.contains("<script>"), "IDs are escaped");
+        assert!(!page.contains("<script"), "no JavaScript at all");
+        assert!(
+            !page.contains("src=") && !page.contains("<link"),
+            "no external assets"
+        );
+        insta::assert_snapshot!("ring_page_html", page);
+    }
+
+    #[test]
+    fn html_page_with_tokens() {
+        let page = render_html(&sample(), now(), TIMEOUT, true, &HashMap::new());
+        assert!(page.contains("Tokens: 1000 2147483648"));
+        insta::assert_snapshot!("ring_page_html_tokens", page);
+    }
+
+    #[test]
+    fn json_status() {
+        let json = render_json(&sample(), now(), TIMEOUT);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        let total: f64 = v["shards"]
+            .as_array()
+            .expect("shards")
+            .iter()
+            .map(|s| s["ownership"].as_f64().expect("ownership"))
+            .sum();
+        assert!((total - 100.0).abs() < 1e-9);
+        insta::assert_snapshot!("ring_status_json", json);
+    }
+
+    #[test]
+    fn terminal_table() {
+        insta::assert_snapshot!(
+            "ring_status_table",
+            render_status_table(&sample(), now(), TIMEOUT, false)
+        );
+        let colored = render_status_table(&sample(), now(), TIMEOUT, true);
+        assert!(colored.contains("\x1b[32mACTIVE"));
+        assert!(colored.contains("\x1b[33mLEAVING"));
+        assert!(colored.contains("\x1b[31munhealthy"));
+        insta::assert_snapshot!("ring_status_table_color", colored.replace('\x1b', "<ESC>"));
+        assert_eq!(
+            render_status_table(&Desc::default(), now(), TIMEOUT, false),
+            "ID  STATE  ADDRESS  ZONE  HEARTBEAT  TOKENS  OWNERSHIP  HEALTH\n\
+             (the ring has no members)\n"
+        );
+    }
+
+    #[test]
+    fn table_escapes_control_characters() {
+        let mut d = Desc::default();
+        d.ingesters.insert(
+            "a\x1b[2Jb".to_owned(),
+            InstanceDesc {
+                timestamp: NOW_SECS,
+                ..Default::default()
+            },
+        );
+        let t = render_status_table(&d, now(), TIMEOUT, false);
+        assert!(!t.contains('\x1b'), "{t:?}");
+        assert!(t.contains("a\\u{1b}[2Jb"), "{t}");
+    }
+
+    #[test]
+    fn exit_code() {
+        assert_eq!(status_exit_code(&sample(), now(), TIMEOUT), 1);
+        let mut d = sample();
+        d.ingesters
+            .retain(|id, _| id == "agent-1" || id == "agent-2");
+        assert_eq!(status_exit_code(&d, now(), TIMEOUT), 1, "agent-1 is stale");
+        assert_eq!(status_exit_code(&d, now(), Duration::ZERO), 0);
+        d.ingesters.remove("agent-1");
+        assert_eq!(status_exit_code(&d, now(), TIMEOUT), 0);
+        assert_eq!(status_exit_code(&Desc::default(), now(), TIMEOUT), 1);
+    }
+}
