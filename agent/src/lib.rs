@@ -4,6 +4,8 @@
 
 pub mod config;
 pub mod daemon;
+pub mod discovery;
+pub mod httpclient;
 pub mod kv;
 pub mod logging;
 pub mod ring;
