@@ -141,7 +141,11 @@ pub fn job_names(yaml: &str) -> Vec<String> {
     };
     let mut jobs: Vec<String> = scrape
         .iter()
-        .filter_map(|sc| sc.get("job_name").and_then(|j| j.as_str()).map(str::to_owned))
+        .filter_map(|sc| {
+            sc.get("job_name")
+                .and_then(|j| j.as_str())
+                .map(str::to_owned)
+        })
         .collect();
     jobs.sort();
     jobs.dedup();
@@ -197,7 +201,12 @@ impl ConfigStore {
     /// Names of all stored configs, sorted. Deleted (zero-length) and undecodable values are
     /// left out.
     pub async fn list(&self) -> Result<Vec<String>, ConfigStoreError> {
-        Ok(self.all().await?.into_iter().map(|(name, _)| name).collect())
+        Ok(self
+            .all()
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
     }
 
     /// The YAML of config `name`, `None` when it does not exist.
@@ -244,7 +253,9 @@ impl ConfigStore {
         let key = self.key(name);
         let outcome = self
             .kv
-            .cas(&key, |_| Ok::<_, std::convert::Infallible>(Some(value.clone())))
+            .cas(&key, |_| {
+                Ok::<_, std::convert::Infallible>(Some(value.clone()))
+            })
             .await
             .map_err(|source| ConfigStoreError::Cas {
                 name: name.to_owned(),
@@ -388,13 +399,27 @@ mod tests {
     #[tokio::test]
     async fn put_get_list_delete() {
         let s = store();
-        assert_eq!(s.put("a", &cfg(&["x"])).await.expect("put"), PutOutcome::Created);
-        assert_eq!(s.put("a", &cfg(&["x", "y"])).await.expect("put"), PutOutcome::Updated);
-        assert_eq!(s.put("team/b", &cfg(&["z"])).await.expect("put"), PutOutcome::Created);
+        assert_eq!(
+            s.put("a", &cfg(&["x"])).await.expect("put"),
+            PutOutcome::Created
+        );
+        assert_eq!(
+            s.put("a", &cfg(&["x", "y"])).await.expect("put"),
+            PutOutcome::Updated
+        );
+        assert_eq!(
+            s.put("team/b", &cfg(&["z"])).await.expect("put"),
+            PutOutcome::Created
+        );
         assert_eq!(s.list().await.expect("list"), vec!["a", "team/b"]);
         assert_eq!(s.get("a").await.expect("get"), Some(cfg(&["x", "y"])));
         assert_eq!(s.get("nope").await.expect("get"), None);
-        assert!(s.kv().get("configurations/team/b").await.expect("get").is_some());
+        assert!(s
+            .kv()
+            .get("configurations/team/b")
+            .await
+            .expect("get")
+            .is_some());
         s.delete("a").await.expect("delete");
         let err = s.delete("a").await.expect_err("gone");
         assert_eq!(err.to_string(), "configuration a does not exist");
@@ -408,13 +433,18 @@ mod tests {
     async fn job_names_must_be_unique_across_configs() {
         let s = store();
         s.put("a", &cfg(&["shared"])).await.expect("put");
-        let err = s.put("b", &cfg(&["other", "shared"])).await.expect_err("dup");
+        let err = s
+            .put("b", &cfg(&["other", "shared"]))
+            .await
+            .expect_err("dup");
         assert_eq!(
             err.to_string(),
             "found multiple scrape configs in config store with job name \"shared\""
         );
         // The same config may keep its own job names.
-        s.put("a", &cfg(&["shared", "more"])).await.expect("update own");
+        s.put("a", &cfg(&["shared", "more"]))
+            .await
+            .expect("update own");
         // Once a deletes it (by update or delete), b may take it.
         s.put("a", &cfg(&["more"])).await.expect("put");
         s.put("b", &cfg(&["shared"])).await.expect("now free");
@@ -434,7 +464,10 @@ mod tests {
         assert!(matches!(err, ConfigStoreError::NotUnique { .. }), "{err}");
 
         // Another agent adds a job after our index exists: the follower must pick it up.
-        theirs.put("remote", &cfg(&["remote-job"])).await.expect("put");
+        theirs
+            .put("remote", &cfg(&["remote-job"]))
+            .await
+            .expect("put");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             match mine.put("mine", &cfg(&["remote-job"])).await {
@@ -445,7 +478,10 @@ mod tests {
                 Ok(_) => {
                     // The follower had not caught up yet; undo and retry.
                     mine.delete("mine").await.expect("delete");
-                    assert!(tokio::time::Instant::now() < deadline, "index never saw the remote put");
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "index never saw the remote put"
+                    );
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(other) => panic!("{other}"),
@@ -455,7 +491,10 @@ mod tests {
         theirs.delete("remote").await.expect("delete");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while mine.put("mine", &cfg(&["remote-job"])).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "index never saw the remote delete");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "index never saw the remote delete"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -469,7 +508,10 @@ mod tests {
             .put("configurations/broken", b"not gzip".to_vec())
             .await
             .expect("put");
-        s.kv().put("configurations/emptied", Vec::new()).await.expect("put");
+        s.kv()
+            .put("configurations/emptied", Vec::new())
+            .await
+            .expect("put");
         s.delete("team/a").await.expect("delete");
         assert_eq!(
             next(&mut watch).await,

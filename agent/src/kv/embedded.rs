@@ -81,7 +81,10 @@ impl RedbBackend {
             db,
         };
         // Create both tables up front so that readers never see "table does not exist".
-        let txn = backend.db.begin_write().map_err(|e| backend.err("open", e))?;
+        let txn = backend
+            .db
+            .begin_write()
+            .map_err(|e| backend.err("open", e))?;
         txn.open_table(KV).map_err(|e| backend.err("open", e))?;
         txn.open_table(META).map_err(|e| backend.err("open", e))?;
         txn.commit().map_err(|e| backend.err("open", e))?;
@@ -115,7 +118,11 @@ impl Backend for RedbBackend {
         }))
     }
 
-    fn range(&self, prefix: &str, values: bool) -> Result<(u64, Vec<(String, Versioned)>), KvError> {
+    fn range(
+        &self,
+        prefix: &str,
+        values: bool,
+    ) -> Result<(u64, Vec<(String, Versioned)>), KvError> {
         let txn = self.db.begin_read().map_err(|e| self.err("list", e))?;
         let meta = txn.open_table(META).map_err(|e| self.err("list", e))?;
         let revision = meta
@@ -223,20 +230,40 @@ mod tests {
     async fn survives_reopen_and_keeps_revisions_growing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path()).await;
-        store.put("configurations/a", b"1".to_vec()).await.expect("put");
-        store.put("configurations/b", b"2".to_vec()).await.expect("put");
+        store
+            .put("configurations/a", b"1".to_vec())
+            .await
+            .expect("put");
+        store
+            .put("configurations/b", b"2".to_vec())
+            .await
+            .expect("put");
         store.delete("configurations/b").await.expect("delete");
-        let before = store.get("configurations/a").await.expect("get").expect("present");
+        let before = store
+            .get("configurations/a")
+            .await
+            .expect("get")
+            .expect("present");
         drop(store);
 
         let store = open(dir.path()).await;
-        assert_eq!(store.list("").await.expect("list"), vec!["configurations/a"]);
+        assert_eq!(
+            store.list("").await.expect("list"),
+            vec!["configurations/a"]
+        );
         assert_eq!(
             store.get("configurations/a").await.expect("get"),
             Some(before.clone())
         );
-        store.put("configurations/c", b"3".to_vec()).await.expect("put");
-        let c = store.get("configurations/c").await.expect("get").expect("present");
+        store
+            .put("configurations/c", b"3".to_vec())
+            .await
+            .expect("put");
+        let c = store
+            .get("configurations/c")
+            .await
+            .expect("get")
+            .expect("present");
         // put a, put b, delete b = revision 3; the next write after reopen is 4.
         assert_eq!(c.revision, 4);
         assert!(c.revision > before.revision);
@@ -263,7 +290,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("not-a-dir");
         std::fs::write(&file, b"x").expect("write");
-        let err = EmbeddedStore::open(file.join("kv")).await.expect_err("bad dir");
+        let err = EmbeddedStore::open(file.join("kv"))
+            .await
+            .expect_err("bad dir");
         assert!(err.to_string().contains("not-a-dir"), "{err}");
     }
 
@@ -273,7 +302,10 @@ mod tests {
         let store = open(dir.path()).await;
         store.put("k", b"1".to_vec()).await.expect("put");
         let mut watch = store.watch_prefix("").await.expect("watch");
-        assert!(!store.put_if_revision("k", None, b"x".to_vec()).await.expect("cas"));
+        assert!(!store
+            .put_if_revision("k", None, b"x".to_vec())
+            .await
+            .expect("cas"));
         store.put("k2", b"2".to_vec()).await.expect("put");
         assert_eq!(
             watch.recv().await,
@@ -282,6 +314,14 @@ mod tests {
                 value: b"2".to_vec()
             })
         );
-        assert_eq!(store.get("k2").await.expect("get").expect("present").revision, 2);
+        assert_eq!(
+            store
+                .get("k2")
+                .await
+                .expect("get")
+                .expect("present")
+                .revision,
+            2
+        );
     }
 }

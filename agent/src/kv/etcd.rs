@@ -138,12 +138,7 @@ impl EtcdStore {
 
     /// Runs one etcd call bounded by `dial_timeout`, mapping errors to ones naming the
     /// endpoints, the operation and the key.
-    async fn call<T, Fut>(
-        &self,
-        operation: &'static str,
-        key: &str,
-        fut: Fut,
-    ) -> Result<T, KvError>
+    async fn call<T, Fut>(&self, operation: &'static str, key: &str, fut: Fut) -> Result<T, KvError>
     where
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
@@ -495,18 +490,30 @@ mod tests {
         .await
         .expect("lazy connect");
         let started = std::time::Instant::now();
-        let err = store.get("configurations/a").await.expect_err("unreachable");
-        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        let err = store
+            .get("configurations/a")
+            .await
+            .expect_err("unreachable");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
         let text = err.to_string();
         assert!(text.contains(&ep), "{text}");
         assert!(text.contains("configurations/a"), "{text}");
-        let err = store.watch_prefix("configurations/").await.expect_err("unreachable");
+        let err = store
+            .watch_prefix("configurations/")
+            .await
+            .expect_err("unreachable");
         assert!(err.to_string().contains(&ep), "{err}");
     }
 
     #[tokio::test]
     async fn refuses_empty_endpoints_and_tls() {
-        let err = EtcdStore::connect(EtcdConfig::default()).await.expect_err("empty");
+        let err = EtcdStore::connect(EtcdConfig::default())
+            .await
+            .expect_err("empty");
         assert!(err.to_string().contains("no endpoints"), "{err}");
         let err = EtcdStore::connect(EtcdConfig {
             endpoints: vec!["a:1".into()],

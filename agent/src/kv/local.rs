@@ -8,7 +8,7 @@
 //! snapshot's revision: nothing between the snapshot and the first event is lost.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
@@ -46,7 +46,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// A consistent snapshot: the store revision and every entry under `prefix`, sorted. With
     /// `values == false` the values may be left empty.
     #[allow(clippy::type_complexity)]
-    fn range(&self, prefix: &str, values: bool) -> Result<(u64, Vec<(String, Versioned)>), KvError>;
+    fn range(&self, prefix: &str, values: bool)
+        -> Result<(u64, Vec<(String, Versioned)>), KvError>;
     /// Applies `op` if its precondition holds (a delete of an absent key does not apply) and
     /// returns the revision it was written at.
     fn write(&self, op: &WriteOp<'_>) -> Result<Option<u64>, KvError>;
@@ -107,7 +108,12 @@ impl<B: Backend> LocalStore<B> {
             })?
     }
 
-    async fn write(&self, key: &str, value: Option<Vec<u8>>, expect: Expect) -> Result<bool, KvError> {
+    async fn write(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        expect: Expect,
+    ) -> Result<bool, KvError> {
         let key = key.to_owned();
         self.blocking(move |shared| {
             let _guard = lock(&shared.write_lock);
@@ -197,10 +203,17 @@ impl<B: Backend> KvStore for LocalStore<B> {
             let (revision, entries) = self.snapshot(prefix, false).await?;
             let known = entries.into_iter().map(|(k, _)| k).collect();
             let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
-            let store = LocalStore {
-                shared: Arc::clone(&self.shared),
-            };
-            let task = tokio::spawn(run_watch(store, prefix.to_owned(), sub, revision, known, tx));
+            // The task holds the store weakly: dropping the last handle must close the database
+            // (and release its lock) at once, not when the runtime gets round to the task.
+            let store = Arc::downgrade(&self.shared);
+            let task = tokio::spawn(run_watch(
+                store,
+                prefix.to_owned(),
+                sub,
+                revision,
+                known,
+                tx,
+            ));
             Ok(Watch::new(rx, task))
         })
     }
@@ -211,7 +224,7 @@ impl<B: Backend> KvStore for LocalStore<B> {
 }
 
 async fn run_watch<B: Backend>(
-    store: LocalStore<B>,
+    store: Weak<Shared<B>>,
     prefix: String,
     mut sub: broadcast::Receiver<(u64, WatchEvent)>,
     mut seen: u64,
@@ -234,7 +247,7 @@ async fn run_watch<B: Backend>(
                 }
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(store = %store.describe(), prefix, missed, "watch fell behind; re-listing");
+                tracing::warn!(prefix, missed, "KV watch fell behind; re-listing");
                 let Some((revision, entries)) = relist(&store, &prefix).await else {
                     return;
                 };
@@ -249,18 +262,21 @@ async fn run_watch<B: Backend>(
     }
 }
 
-/// Re-lists `prefix`, retrying with backoff while the backend fails. `None` = give up because
-/// the store is gone (never happens while the watch holds it, but keeps the loop total).
+/// Re-lists `prefix`, retrying with backoff while the backend fails. `None` = the store is gone.
 async fn relist<B: Backend>(
-    store: &LocalStore<B>,
+    store: &Weak<Shared<B>>,
     prefix: &str,
 ) -> Option<(u64, Vec<(String, Versioned)>)> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match store.snapshot(prefix, true).await {
+        let local = LocalStore {
+            shared: store.upgrade()?,
+        };
+        match local.snapshot(prefix, true).await {
             Ok(snapshot) => return Some(snapshot),
             Err(err) => {
-                tracing::warn!(store = %store.describe(), prefix, error = %err, "watch re-list failed; retrying");
+                tracing::warn!(store = %local.describe(), prefix, error = %err, "watch re-list failed; retrying");
+                drop(local);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -277,10 +293,17 @@ pub(crate) async fn emit_resync(
 ) -> Option<BTreeSet<String>> {
     let now: BTreeSet<String> = entries.iter().map(|(k, _)| k.clone()).collect();
     for gone in known.difference(&now) {
-        tx.send(WatchEvent::Delete { key: gone.clone() }).await.ok()?;
+        tx.send(WatchEvent::Delete { key: gone.clone() })
+            .await
+            .ok()?;
     }
     for (key, v) in entries {
-        tx.send(WatchEvent::Put { key, value: v.value }).await.ok()?;
+        tx.send(WatchEvent::Put {
+            key,
+            value: v.value,
+        })
+        .await
+        .ok()?;
     }
     Some(now)
 }
@@ -302,7 +325,11 @@ impl Backend for MemBackend {
         Ok(lock(&self.state).entries.get(key).cloned())
     }
 
-    fn range(&self, prefix: &str, values: bool) -> Result<(u64, Vec<(String, Versioned)>), KvError> {
+    fn range(
+        &self,
+        prefix: &str,
+        values: bool,
+    ) -> Result<(u64, Vec<(String, Versioned)>), KvError> {
         let state = lock(&self.state);
         let entries = state
             .entries
@@ -456,10 +483,23 @@ pub(crate) mod conformance {
 
     pub(crate) async fn basic_ops(store: Arc<dyn KvStore>) {
         assert_eq!(store.get("configurations/a").await.expect("get"), None);
-        store.put("configurations/a", b"one".to_vec()).await.expect("put");
-        store.put("configurations/team/b", b"two".to_vec()).await.expect("put");
-        store.put("collectors/agent", b"ring".to_vec()).await.expect("put");
-        let a = store.get("configurations/a").await.expect("get").expect("present");
+        store
+            .put("configurations/a", b"one".to_vec())
+            .await
+            .expect("put");
+        store
+            .put("configurations/team/b", b"two".to_vec())
+            .await
+            .expect("put");
+        store
+            .put("collectors/agent", b"ring".to_vec())
+            .await
+            .expect("put");
+        let a = store
+            .get("configurations/a")
+            .await
+            .expect("get")
+            .expect("present");
         assert_eq!(a.value, b"one");
         assert!(a.revision > 0);
         assert_eq!(
@@ -479,20 +519,32 @@ pub(crate) mod conformance {
         assert_eq!(store.get("configurations/a").await.expect("get"), None);
 
         // Conditional writes compare revisions; absent means "must not exist".
-        let b = store.get("configurations/team/b").await.expect("get").expect("present");
+        let b = store
+            .get("configurations/team/b")
+            .await
+            .expect("get")
+            .expect("present");
         assert!(!store
             .put_if_revision("configurations/team/b", None, b"x".to_vec())
             .await
             .expect("cas"));
         assert!(!store
-            .put_if_revision("configurations/team/b", Some(b.revision + 100), b"x".to_vec())
+            .put_if_revision(
+                "configurations/team/b",
+                Some(b.revision + 100),
+                b"x".to_vec()
+            )
             .await
             .expect("cas"));
         assert!(store
             .put_if_revision("configurations/team/b", Some(b.revision), b"three".to_vec())
             .await
             .expect("cas"));
-        let b2 = store.get("configurations/team/b").await.expect("get").expect("present");
+        let b2 = store
+            .get("configurations/team/b")
+            .await
+            .expect("get")
+            .expect("present");
         assert!(b2.revision > b.revision);
         assert!(store
             .put_if_revision("configurations/new", None, b"n".to_vec())
@@ -514,8 +566,14 @@ pub(crate) mod conformance {
             .await
             .expect("cas");
         assert_eq!(outcome, super::super::CasOutcome::Updated);
-        assert_eq!(store.get("k").await.expect("get").expect("present").value, b"12");
-        let outcome = store.cas("k", |_| Ok::<_, String>(None)).await.expect("cas");
+        assert_eq!(
+            store.get("k").await.expect("get").expect("present").value,
+            b"12"
+        );
+        let outcome = store
+            .cas("k", |_| Ok::<_, String>(None))
+            .await
+            .expect("cas");
         assert_eq!(outcome, super::super::CasOutcome::Unchanged);
         let err = store
             .cas("k", |_| Err::<Option<Vec<u8>>, _>("refused".to_owned()))
@@ -554,11 +612,23 @@ pub(crate) mod conformance {
     }
 
     pub(crate) async fn watch_reports_puts_and_deletes(store: Arc<dyn KvStore>) {
-        store.put("configurations/pre", b"p".to_vec()).await.expect("put");
+        store
+            .put("configurations/pre", b"p".to_vec())
+            .await
+            .expect("put");
         let mut watch = store.watch_prefix("configurations/").await.expect("watch");
-        store.put("collectors/agent", b"ignored".to_vec()).await.expect("put");
-        store.put("configurations/a", b"1".to_vec()).await.expect("put");
-        store.put("configurations/a", b"2".to_vec()).await.expect("put");
+        store
+            .put("collectors/agent", b"ignored".to_vec())
+            .await
+            .expect("put");
+        store
+            .put("configurations/a", b"1".to_vec())
+            .await
+            .expect("put");
+        store
+            .put("configurations/a", b"2".to_vec())
+            .await
+            .expect("put");
         store.delete("configurations/a").await.expect("delete");
         store.delete("configurations/pre").await.expect("delete");
         let put = |k: &str, v: &[u8]| WatchEvent::Put {
@@ -615,11 +685,16 @@ mod tests {
         // Overflow the broadcast buffer before the watch task forwards anything: it has to
         // re-list, and the result must still show "p/gone" deleted and the last value of "p/k".
         for i in 0..(BROADCAST_CAPACITY + WATCH_CHANNEL + 10) {
-            store.put("p/k", i.to_string().into_bytes()).await.expect("put");
+            store
+                .put("p/k", i.to_string().into_bytes())
+                .await
+                .expect("put");
         }
         let mut last_k = None;
         let mut gone_deleted = false;
-        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), watch.recv()).await {
+        while let Ok(Some(ev)) =
+            tokio::time::timeout(Duration::from_millis(500), watch.recv()).await
+        {
             match ev {
                 WatchEvent::Put { key, value } if key == "p/k" => last_k = Some(value),
                 WatchEvent::Delete { key } if key == "p/gone" => gone_deleted = true,
@@ -629,7 +704,11 @@ mod tests {
         assert!(gone_deleted);
         assert_eq!(
             last_k,
-            Some((BROADCAST_CAPACITY + WATCH_CHANNEL + 9).to_string().into_bytes())
+            Some(
+                (BROADCAST_CAPACITY + WATCH_CHANNEL + 9)
+                    .to_string()
+                    .into_bytes()
+            )
         );
     }
 

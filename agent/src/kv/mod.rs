@@ -198,7 +198,8 @@ impl dyn KvStore {
                 tokio::time::sleep(cas_backoff(attempt)).await;
             }
             let current = self.get(key).await?;
-            let next = f(current.as_ref().map(|v| v.value.as_slice())).map_err(CasError::Callback)?;
+            let next =
+                f(current.as_ref().map(|v| v.value.as_slice())).map_err(CasError::Callback)?;
             let Some(next) = next else {
                 return Ok(CasOutcome::Unchanged);
             };
@@ -219,10 +220,12 @@ impl dyn KvStore {
     }
 }
 
-/// A random pause in `[0, min(2^attempt ms, 128 ms))` before CAS attempt `attempt` (1-based).
+/// A random pause in `[0, min(5 ms * 2^(attempt-1), 1 s))` before retry `attempt` (>= 1). The
+/// base is of the order of one fsync'ed write, so that contenders spread over several commit
+/// slots instead of colliding again.
 fn cas_backoff(attempt: u32) -> Duration {
     use std::hash::{BuildHasher, Hasher};
-    let ceiling_us = 1000u64 << attempt.min(7);
+    let ceiling_us = (5_000u64 << attempt.saturating_sub(1).min(8)).min(1_000_000);
     // RandomState is seeded per instance from OS randomness: enough for jitter, no extra crate.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(attempt);
@@ -291,7 +294,9 @@ impl FromStr for KvSpec {
         }
         if let Some(path) = s.strip_prefix("embedded:") {
             if path.is_empty() {
-                return Err(invalid("the embedded store needs a directory after \"embedded:\""));
+                return Err(invalid(
+                    "the embedded store needs a directory after \"embedded:\"",
+                ));
             }
             return Ok(KvSpec::Embedded(PathBuf::from(path)));
         }
