@@ -28,7 +28,9 @@ use etcd_client::{
 use tokio::sync::mpsc;
 
 use super::local::emit_resync;
-use super::{prefix_end, BoxFuture, KvError, KvStore, Versioned, Watch, WatchEvent, WATCH_CHANNEL};
+use super::{
+    prefix_end, BoxFuture, KeyValues, KvError, KvStore, Versioned, Watch, WatchEvent, WATCH_CHANNEL,
+};
 use crate::config::secret::Secret;
 
 /// Keys per list request.
@@ -247,10 +249,7 @@ impl KvStore for EtcdStore {
         })
     }
 
-    fn list_values<'a>(
-        &'a self,
-        prefix: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<(String, Vec<u8>)>, KvError>> {
+    fn list_values<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<KeyValues, KvError>> {
         Box::pin(async move {
             let (_, entries) = self.range(prefix, true).await?;
             Ok(entries.into_iter().map(|(k, v)| (k, v.value)).collect())

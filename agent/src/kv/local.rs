@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 
-use super::{BoxFuture, KvError, KvStore, Versioned, Watch, WatchEvent, WATCH_CHANNEL};
+use super::{BoxFuture, KeyValues, KvError, KvStore, Versioned, Watch, WatchEvent, WATCH_CHANNEL};
 
 /// How many published changes a slow watch may fall behind before it has to re-list.
 const BROADCAST_CAPACITY: usize = 4096;
@@ -169,10 +169,7 @@ impl<B: Backend> KvStore for LocalStore<B> {
         })
     }
 
-    fn list_values<'a>(
-        &'a self,
-        prefix: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<(String, Vec<u8>)>, KvError>> {
+    fn list_values<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<KeyValues, KvError>> {
         Box::pin(async move {
             let (_, entries) = self.snapshot(prefix, true).await?;
             Ok(entries.into_iter().map(|(k, v)| (k, v.value)).collect())
@@ -412,7 +409,7 @@ macro_rules! delegate_kv_store {
             fn list_values<'a>(
                 &'a self,
                 prefix: &'a str,
-            ) -> $crate::kv::BoxFuture<'a, Result<Vec<(String, Vec<u8>)>, $crate::kv::KvError>> {
+            ) -> $crate::kv::BoxFuture<'a, Result<$crate::kv::KeyValues, $crate::kv::KvError>> {
                 self.0.list_values(prefix)
             }
             fn put<'a>(

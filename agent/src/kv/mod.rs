@@ -49,6 +49,9 @@ pub use local::InMemoryStore;
 /// A boxed, sendable future: what the object-safe [`KvStore`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Keys with their values, sorted by key.
+pub type KeyValues = Vec<(String, Vec<u8>)>;
+
 /// Default number of CAS attempts (dskit's etcd `max_retries` default).
 pub const DEFAULT_CAS_RETRIES: u32 = 10;
 
@@ -149,10 +152,7 @@ pub trait KvStore: Send + Sync + fmt::Debug {
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, KvError>>;
 
     /// All keys starting with `prefix` with their values, sorted by key, in one round trip.
-    fn list_values<'a>(
-        &'a self,
-        prefix: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<(String, Vec<u8>)>, KvError>>;
+    fn list_values<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<KeyValues, KvError>>;
 
     /// Unconditionally sets `key` to `value`.
     fn put<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<(), KvError>>;
