@@ -160,3 +160,5 @@ pub fn wait_http(addr: &str, path: &str, want: u16, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+pub mod etcd;

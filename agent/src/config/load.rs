@@ -397,8 +397,10 @@ mod tests {
     #[test]
     fn duplicate_keys_are_errors() {
         let e = inst("scrape_configs:\n  - job_name: a\n    job_name: b\n").unwrap_err();
+        // serde reports a repeated struct field; the YAML layer a repeated map key.
         assert!(
-            e.message.contains("duplicate entry with key \"job_name\""),
+            e.message.contains("duplicate field \"job_name\"")
+                || e.message.contains("duplicate entry with key \"job_name\""),
             "{e}"
         );
         assert_eq!(e.line, Some(3));

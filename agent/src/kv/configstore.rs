@@ -1,0 +1,549 @@
+//! The config store: named instance configs (YAML) in any [`KvStore`] under a prefix
+//! (default `configurations/`), encoded with [`codec`](super::codec), as the old agent's
+//! `configstore.Remote` does.
+//!
+//! - Key: `<prefix><name>`; names may contain `/` (`team/a` → `configurations/team/a`).
+//! - `put` is a CAS: "created" means the key did not exist.
+//! - `put` refuses a config that declares a scrape `job_name` another config (different name)
+//!   already declares, with the old agent's text. The old agent re-read every config on each PUT
+//!   (issue #398); here an index `job_name → config names` answers in O(jobs of this config). The
+//!   index is built once from the store, updated by this store's own writes immediately, and by
+//!   a watch on the prefix for writes from other agents.
+//! - Values that do not decode are logged with their key and skipped everywhere (list, all,
+//!   watch, index); they never stop a watcher.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
+
+use super::codec::{decode_config, encode_config};
+use super::{CasError, CasOutcome, KvError, KvStore, Watch, WatchEvent};
+
+/// The prefix the old agent uses for instance configs.
+pub const DEFAULT_PREFIX: &str = "configurations/";
+
+/// Errors from the config store.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigStoreError {
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// The old agent's `NotExistError` text.
+    #[error("configuration {name} does not exist")]
+    NotExist { name: String },
+    /// The old agent's `NotUniqueError` text.
+    #[error("found multiple scrape configs in config store with job name {job:?}")]
+    NotUnique { job: String, existing: String },
+    #[error("config name must not be empty")]
+    EmptyName,
+    #[error("failed to put config {name:?}: {source}")]
+    Cas {
+        name: String,
+        #[source]
+        source: CasError<std::convert::Infallible>,
+    },
+}
+
+/// What `put` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    Updated,
+}
+
+/// A change to a config, from [`ConfigStore::watch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigEvent {
+    Upserted { name: String, yaml: String },
+    Deleted { name: String },
+}
+
+/// `job_name → names of the configs declaring it`, and the reverse.
+#[derive(Debug, Default)]
+struct JobIndex {
+    by_job: HashMap<String, BTreeSet<String>>,
+    by_config: HashMap<String, Vec<String>>,
+}
+
+impl JobIndex {
+    fn set(&mut self, name: &str, jobs: Vec<String>) {
+        self.remove(name);
+        for job in &jobs {
+            self.by_job
+                .entry(job.clone())
+                .or_default()
+                .insert(name.to_owned());
+        }
+        if !jobs.is_empty() {
+            self.by_config.insert(name.to_owned(), jobs);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        let Some(jobs) = self.by_config.remove(name) else {
+            return;
+        };
+        for job in jobs {
+            if let Some(names) = self.by_job.get_mut(&job) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.by_job.remove(&job);
+                }
+            }
+        }
+    }
+
+    /// The first job of `jobs` that a config other than `name` declares, with that config.
+    fn conflict(&self, name: &str, jobs: &[String]) -> Option<(String, String)> {
+        jobs.iter().find_map(|job| {
+            self.by_job
+                .get(job)?
+                .iter()
+                .find(|other| other.as_str() != name)
+                .map(|other| (job.clone(), other.clone()))
+        })
+    }
+}
+
+#[derive(Debug)]
+struct IndexState {
+    index: Arc<std::sync::Mutex<JobIndex>>,
+    /// Keeps the index current with other agents' writes; aborted with the store.
+    follower: JoinHandle<()>,
+}
+
+impl Drop for IndexState {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+/// Named configs over a [`KvStore`].
+#[derive(Debug)]
+pub struct ConfigStore {
+    kv: Arc<dyn KvStore>,
+    prefix: String,
+    /// Built on the first `put`; the tokio mutex also serialises puts of this store, so the
+    /// check-then-write of two local puts cannot interleave.
+    index: Mutex<Option<IndexState>>,
+}
+
+/// `scrape_configs[*].job_name` of a config, read loosely so that the check does not depend on
+/// the config types (a config that does not parse declares no jobs here; validation rejects it
+/// elsewhere).
+pub fn job_names(yaml: &str) -> Vec<String> {
+    let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(yaml) else {
+        return Vec::new();
+    };
+    let Some(scrape) = doc.get("scrape_configs").and_then(|v| v.as_sequence()) else {
+        return Vec::new();
+    };
+    let mut jobs: Vec<String> = scrape
+        .iter()
+        .filter_map(|sc| {
+            sc.get("job_name")
+                .and_then(|j| j.as_str())
+                .map(str::to_owned)
+        })
+        .collect();
+    jobs.sort();
+    jobs.dedup();
+    jobs
+}
+
+fn lock_index(m: &std::sync::Mutex<JobIndex>) -> std::sync::MutexGuard<'_, JobIndex> {
+    // The index is only ever replaced entry by entry; a poisoned lock still holds usable data.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ConfigStore {
+    /// A store under [`DEFAULT_PREFIX`].
+    pub fn new(kv: Arc<dyn KvStore>) -> Self {
+        Self::with_prefix(kv, DEFAULT_PREFIX)
+    }
+
+    pub fn with_prefix(kv: Arc<dyn KvStore>, prefix: impl Into<String>) -> Self {
+        ConfigStore {
+            kv,
+            prefix: prefix.into(),
+            index: Mutex::new(None),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn kv(&self) -> &Arc<dyn KvStore> {
+        &self.kv
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn name<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(self.prefix.as_str())
+    }
+
+    /// Decodes `value` of `key`, logging and dropping what does not decode.
+    fn decode_logged(&self, key: &str, value: &[u8]) -> Option<String> {
+        match decode_config(key, value) {
+            Ok(yaml) => yaml,
+            Err(err) => {
+                tracing::warn!(store = %self.kv.describe(), key, error = %err, "skipping config that does not decode");
+                None
+            }
+        }
+    }
+
+    /// Names of all stored configs, sorted. Deleted (zero-length) and undecodable values are
+    /// left out.
+    pub async fn list(&self) -> Result<Vec<String>, ConfigStoreError> {
+        Ok(self
+            .all()
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// The YAML of config `name`, `None` when it does not exist.
+    pub async fn get(&self, name: &str) -> Result<Option<String>, ConfigStoreError> {
+        let key = self.key(name);
+        let Some(v) = self.kv.get(&key).await? else {
+            return Ok(None);
+        };
+        Ok(self.decode_logged(&key, &v.value))
+    }
+
+    /// Every config with its YAML, sorted by name, in one list request.
+    pub async fn all(&self) -> Result<Vec<(String, String)>, ConfigStoreError> {
+        let entries = self.kv.list_values(&self.prefix).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let yaml = self.decode_logged(&key, &value)?;
+                Some((self.name(&key)?.to_owned(), yaml))
+            })
+            .collect())
+    }
+
+    /// Stores `yaml` under `name` (CAS), refusing a scrape `job_name` another config declares.
+    pub async fn put(&self, name: &str, yaml: &str) -> Result<PutOutcome, ConfigStoreError> {
+        if name.is_empty() {
+            return Err(ConfigStoreError::EmptyName);
+        }
+        let jobs = job_names(yaml);
+        let mut guard = self.index.lock().await;
+        let index = match guard.as_ref() {
+            Some(state) => Arc::clone(&state.index),
+            None => {
+                let state = self.build_index().await?;
+                let index = Arc::clone(&state.index);
+                *guard = Some(state);
+                index
+            }
+        };
+        if let Some((job, existing)) = lock_index(&index).conflict(name, &jobs) {
+            return Err(ConfigStoreError::NotUnique { job, existing });
+        }
+        let value = encode_config(yaml);
+        let key = self.key(name);
+        let outcome = self
+            .kv
+            .cas(&key, |_| {
+                Ok::<_, std::convert::Infallible>(Some(value.clone()))
+            })
+            .await
+            .map_err(|source| ConfigStoreError::Cas {
+                name: name.to_owned(),
+                source,
+            })?;
+        lock_index(&index).set(name, jobs);
+        Ok(match outcome {
+            CasOutcome::Created => PutOutcome::Created,
+            CasOutcome::Updated | CasOutcome::Unchanged => PutOutcome::Updated,
+        })
+    }
+
+    /// Deletes config `name`; [`ConfigStoreError::NotExist`] when there is none.
+    pub async fn delete(&self, name: &str) -> Result<(), ConfigStoreError> {
+        let guard = self.index.lock().await;
+        if !self.kv.delete(&self.key(name)).await? {
+            return Err(ConfigStoreError::NotExist {
+                name: name.to_owned(),
+            });
+        }
+        if let Some(state) = guard.as_ref() {
+            lock_index(&state.index).remove(name);
+        }
+        Ok(())
+    }
+
+    /// Changes to configs from now on, deletes included. Undecodable values are logged and
+    /// skipped; a zero-length value is reported as a delete.
+    pub async fn watch(&self) -> Result<ConfigWatch, ConfigStoreError> {
+        let watch = self.kv.watch_prefix(&self.prefix).await?;
+        Ok(ConfigWatch {
+            watch,
+            prefix: self.prefix.clone(),
+            store: self.kv.describe(),
+        })
+    }
+
+    /// Builds the job index from the store and starts following the prefix. The watch starts
+    /// before the listing: an event older than the listing may be re-applied after it, but the
+    /// events after it follow in order, so the index converges on the store's state.
+    async fn build_index(&self) -> Result<IndexState, ConfigStoreError> {
+        let watch = self.watch().await?;
+        let mut index = JobIndex::default();
+        for (name, yaml) in self.all().await? {
+            index.set(&name, job_names(&yaml));
+        }
+        let index = Arc::new(std::sync::Mutex::new(index));
+        let follower = tokio::spawn(follow_index(watch, Arc::clone(&index)));
+        Ok(IndexState { index, follower })
+    }
+}
+
+async fn follow_index(mut watch: ConfigWatch, index: Arc<std::sync::Mutex<JobIndex>>) {
+    while let Some(event) = watch.recv().await {
+        let mut index = lock_index(&index);
+        match event {
+            ConfigEvent::Upserted { name, yaml } => index.set(&name, job_names(&yaml)),
+            ConfigEvent::Deleted { name } => index.remove(&name),
+        }
+    }
+}
+
+/// A running config watch; dropping it stops it.
+#[derive(Debug)]
+pub struct ConfigWatch {
+    watch: Watch,
+    prefix: String,
+    store: String,
+}
+
+impl ConfigWatch {
+    /// The next change; `None` when the store has gone away.
+    pub async fn recv(&mut self) -> Option<ConfigEvent> {
+        loop {
+            let event = self.watch.recv().await?;
+            let Some(name) = event.key().strip_prefix(self.prefix.as_str()) else {
+                continue;
+            };
+            let name = name.to_owned();
+            match event {
+                WatchEvent::Delete { .. } => return Some(ConfigEvent::Deleted { name }),
+                WatchEvent::Put { key, value } => match decode_config(&key, &value) {
+                    Ok(Some(yaml)) => return Some(ConfigEvent::Upserted { name, yaml }),
+                    Ok(None) => return Some(ConfigEvent::Deleted { name }),
+                    Err(err) => {
+                        tracing::warn!(store = %self.store, key, error = %err, "skipping config change that does not decode");
+                    }
+                },
+            }
+        }
+    }
+
+    /// Turns the watch into a channel fed by a background task (for `select!` loops that want
+    /// a plain receiver). The task ends when the receiver is dropped.
+    pub fn into_channel(mut self, capacity: usize) -> mpsc::Receiver<ConfigEvent> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        tokio::spawn(async move {
+            while let Some(ev) = self.recv().await {
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::InMemoryStore;
+    use std::time::Duration;
+
+    async fn next(w: &mut ConfigWatch) -> ConfigEvent {
+        tokio::time::timeout(Duration::from_secs(5), w.recv())
+            .await
+            .expect("event in time")
+            .expect("open")
+    }
+
+    fn store() -> ConfigStore {
+        ConfigStore::new(Arc::new(InMemoryStore::new()))
+    }
+
+    fn cfg(jobs: &[&str]) -> String {
+        let mut s = String::from("scrape_configs:\n");
+        for j in jobs {
+            s.push_str(&format!("- job_name: {j}\n  static_configs: []\n"));
+        }
+        s
+    }
+
+    #[test]
+    fn extracts_job_names_loosely() {
+        assert_eq!(job_names(&cfg(&["b", "a", "b"])), vec!["a", "b"]);
+        assert!(job_names("remote_write: []").is_empty());
+        assert!(job_names(": not yaml [").is_empty());
+        assert!(job_names("scrape_configs:\n- static_configs: []\n- job_name: 7\n").is_empty());
+    }
+
+    #[tokio::test]
+    async fn put_get_list_delete() {
+        let s = store();
+        assert_eq!(
+            s.put("a", &cfg(&["x"])).await.expect("put"),
+            PutOutcome::Created
+        );
+        assert_eq!(
+            s.put("a", &cfg(&["x", "y"])).await.expect("put"),
+            PutOutcome::Updated
+        );
+        assert_eq!(
+            s.put("team/b", &cfg(&["z"])).await.expect("put"),
+            PutOutcome::Created
+        );
+        assert_eq!(s.list().await.expect("list"), vec!["a", "team/b"]);
+        assert_eq!(s.get("a").await.expect("get"), Some(cfg(&["x", "y"])));
+        assert_eq!(s.get("nope").await.expect("get"), None);
+        assert!(s
+            .kv()
+            .get("configurations/team/b")
+            .await
+            .expect("get")
+            .is_some());
+        s.delete("a").await.expect("delete");
+        let err = s.delete("a").await.expect_err("gone");
+        assert_eq!(err.to_string(), "configuration a does not exist");
+        assert_eq!(
+            s.all().await.expect("all"),
+            vec![("team/b".to_owned(), cfg(&["z"]))]
+        );
+    }
+
+    #[tokio::test]
+    async fn job_names_must_be_unique_across_configs() {
+        let s = store();
+        s.put("a", &cfg(&["shared"])).await.expect("put");
+        let err = s
+            .put("b", &cfg(&["other", "shared"]))
+            .await
+            .expect_err("dup");
+        assert_eq!(
+            err.to_string(),
+            "found multiple scrape configs in config store with job name \"shared\""
+        );
+        // The same config may keep its own job names.
+        s.put("a", &cfg(&["shared", "more"]))
+            .await
+            .expect("update own");
+        // Once a deletes it (by update or delete), b may take it.
+        s.put("a", &cfg(&["more"])).await.expect("put");
+        s.put("b", &cfg(&["shared"])).await.expect("now free");
+        s.delete("b").await.expect("delete");
+        s.put("c", &cfg(&["shared"])).await.expect("free again");
+    }
+
+    #[tokio::test]
+    async fn index_sees_other_writers_and_preexisting_configs() {
+        let kv: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
+        kv.put("configurations/old", encode_config(&cfg(&["old-job"])))
+            .await
+            .expect("put");
+        let mine = ConfigStore::new(Arc::clone(&kv));
+        let theirs = ConfigStore::new(Arc::clone(&kv));
+        let err = mine.put("new", &cfg(&["old-job"])).await.expect_err("dup");
+        assert!(matches!(err, ConfigStoreError::NotUnique { .. }), "{err}");
+
+        // Another agent adds a job after our index exists: the follower must pick it up.
+        theirs
+            .put("remote", &cfg(&["remote-job"]))
+            .await
+            .expect("put");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match mine.put("mine", &cfg(&["remote-job"])).await {
+                Err(ConfigStoreError::NotUnique { job, existing }) => {
+                    assert_eq!((job.as_str(), existing.as_str()), ("remote-job", "remote"));
+                    break;
+                }
+                Ok(_) => {
+                    // The follower had not caught up yet; undo and retry.
+                    mine.delete("mine").await.expect("delete");
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "index never saw the remote put"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+        // ...and their delete frees it.
+        theirs.delete("remote").await.expect("delete");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while mine.put("mine", &cfg(&["remote-job"])).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "index never saw the remote delete"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn watch_reports_upserts_deletes_and_skips_corrupt_values() {
+        let s = store();
+        let mut watch = s.watch().await.expect("watch");
+        s.put("team/a", "a: 1\n").await.expect("put");
+        s.kv()
+            .put("configurations/broken", b"not gzip".to_vec())
+            .await
+            .expect("put");
+        s.kv()
+            .put("configurations/emptied", Vec::new())
+            .await
+            .expect("put");
+        s.delete("team/a").await.expect("delete");
+        assert_eq!(
+            next(&mut watch).await,
+            ConfigEvent::Upserted {
+                name: "team/a".into(),
+                yaml: "a: 1\n".into()
+            }
+        );
+        assert_eq!(
+            next(&mut watch).await,
+            ConfigEvent::Deleted {
+                name: "emptied".into()
+            }
+        );
+        assert_eq!(
+            next(&mut watch).await,
+            ConfigEvent::Deleted {
+                name: "team/a".into()
+            }
+        );
+        // Corrupt and zero-length values are not listed either.
+        assert!(s.list().await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn custom_prefix_and_empty_name() {
+        let s = ConfigStore::with_prefix(Arc::new(InMemoryStore::new()), "cfg/");
+        s.put("x", "a: 1\n").await.expect("put");
+        assert!(s.kv().get("cfg/x").await.expect("get").is_some());
+        assert!(matches!(
+            s.put("", "a: 1\n").await,
+            Err(ConfigStoreError::EmptyName)
+        ));
+    }
+}

@@ -1,0 +1,350 @@
+//! The KV layer against a real etcd and the embedded store: old-agent value compatibility,
+//! watches across an etcd outage, CAS under contention, durability and locking, job-name
+//! uniqueness.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent::kv::configstore::{ConfigEvent, ConfigStore, ConfigStoreError, ConfigWatch, PutOutcome};
+use agent::kv::{
+    connect, EmbeddedStore, EtcdConfig, EtcdStore, KvSpec, KvStore, Watch, WatchEvent,
+};
+
+use crate::support::etcd::EtcdServer;
+
+const YAML: &str =
+    "scrape_configs:\n- job_name: old-style\n  static_configs:\n  - targets: [localhost:9090]\n";
+
+fn cfg(jobs: &[&str]) -> String {
+    let mut s = String::from("scrape_configs:\n");
+    for j in jobs {
+        s.push_str(&format!("- job_name: {j}\n  static_configs: []\n"));
+    }
+    s
+}
+
+async fn etcd_store(server: &EtcdServer, backoff: Duration) -> Arc<dyn KvStore> {
+    Arc::new(
+        EtcdStore::connect(EtcdConfig {
+            endpoints: vec![server.endpoint()],
+            dial_timeout: Duration::from_secs(2),
+            watch_backoff_min: backoff,
+            watch_backoff_max: backoff,
+            ..EtcdConfig::default()
+        })
+        .await
+        .expect("etcd client"),
+    )
+}
+
+/// A plain etcd client, as `etcdctl` would use.
+async fn raw_client(server: &EtcdServer) -> etcd_client::Client {
+    etcd_client::Client::connect([server.endpoint()], None)
+        .await
+        .expect("raw etcd client")
+}
+
+async fn next(watch: &mut Watch) -> WatchEvent {
+    tokio::time::timeout(Duration::from_secs(20), watch.recv())
+        .await
+        .expect("watch event within 20s")
+        .expect("watch still open")
+}
+
+async fn recv_config(watch: &mut ConfigWatch) -> ConfigEvent {
+    tokio::time::timeout(Duration::from_secs(5), watch.recv())
+        .await
+        .expect("config event within 5s")
+        .expect("config watch still open")
+}
+
+fn put(key: &str, value: &str) -> WatchEvent {
+    WatchEvent::Put {
+        key: key.to_owned(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+fn del(key: &str) -> WatchEvent {
+    WatchEvent::Delete {
+        key: key.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_values_are_compatible_with_the_old_agent() {
+    let server = EtcdServer::start();
+    let mut raw = raw_client(&server).await;
+
+    // Written as the old agent (or `gzip | etcdctl put`) would: gzip at another level than ours.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(YAML.as_bytes()).expect("gzip");
+    raw.put("configurations/old-style", gz.finish().expect("gzip"), None)
+        .await
+        .expect("raw put");
+
+    let spec: KvSpec = format!("etcd://{}", server.endpoint())
+        .parse()
+        .expect("spec");
+    let store = ConfigStore::new(connect(&spec).await.expect("connect"));
+    assert_eq!(store.list().await.expect("list"), vec!["old-style"]);
+    assert_eq!(
+        store.get("old-style").await.expect("get").as_deref(),
+        Some(YAML)
+    );
+
+    // Written through the store: the raw bytes are plain gzip of the YAML.
+    let yaml = cfg(&["new-job"]);
+    assert_eq!(
+        store.put("team/new", &yaml).await.expect("put"),
+        PutOutcome::Created
+    );
+    let resp = raw
+        .get("configurations/team/new", None)
+        .await
+        .expect("raw get");
+    let raw_value = resp.kvs().first().expect("key present").value().to_vec();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(raw_value.as_slice())
+        .read_to_string(&mut text)
+        .expect("gunzip");
+    assert_eq!(text, yaml);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_watch_reports_deletes_and_survives_an_outage() {
+    let mut server = EtcdServer::start();
+    // A long, fixed backoff leaves a window after a restart in which another client can write
+    // before the watcher reconnects, so those changes must come from the replay.
+    let store = etcd_store(&server, Duration::from_secs(5)).await;
+    store
+        .put("configurations/pre", b"p".to_vec())
+        .await
+        .expect("put");
+    let mut watch = store.watch_prefix("configurations/").await.expect("watch");
+
+    store
+        .put("configurations/a", b"1".to_vec())
+        .await
+        .expect("put");
+    store
+        .put("collectors/agent", b"ring".to_vec())
+        .await
+        .expect("put");
+    store
+        .put("configurations/a", b"2".to_vec())
+        .await
+        .expect("put");
+    store.delete("configurations/a").await.expect("delete");
+    assert_eq!(next(&mut watch).await, put("configurations/a", "1"));
+    assert_eq!(next(&mut watch).await, put("configurations/a", "2"));
+    assert_eq!(next(&mut watch).await, del("configurations/a"));
+
+    // Changes made by another client while the watcher is disconnected are replayed in order.
+    server.kill();
+    server.restart();
+    let other = etcd_store(&server, Duration::from_millis(100)).await;
+    other
+        .put("configurations/b", b"1".to_vec())
+        .await
+        .expect("put");
+    other.delete("configurations/pre").await.expect("delete");
+    other
+        .put("configurations/b", b"2".to_vec())
+        .await
+        .expect("put");
+    assert_eq!(next(&mut watch).await, put("configurations/b", "1"));
+    assert_eq!(next(&mut watch).await, del("configurations/pre"));
+    assert_eq!(next(&mut watch).await, put("configurations/b", "2"));
+
+    // And the watch is live again afterwards.
+    store
+        .put("configurations/c", b"1".to_vec())
+        .await
+        .expect("put");
+    assert_eq!(next(&mut watch).await, put("configurations/c", "1"));
+
+    // Outage during which the history the watcher needs is compacted away: it re-lists,
+    // reporting every key that exists and a delete for each one it knew that is gone.
+    server.kill();
+    server.restart();
+    let mut raw = raw_client(&server).await;
+    raw.delete("configurations/b", None).await.expect("delete");
+    raw.put("configurations/d", "1", None).await.expect("put");
+    let rev = raw
+        .put("configurations/d", "2", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("header")
+        .revision();
+    raw.compact(rev, None).await.expect("compact");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next(&mut watch).await);
+    }
+    let got: BTreeSet<String> = got.into_iter().map(|e| format!("{e:?}")).collect();
+    let want: BTreeSet<String> = [
+        del("configurations/b"),
+        put("configurations/c", "1"),
+        put("configurations/d", "2"),
+    ]
+    .into_iter()
+    .map(|e| format!("{e:?}"))
+    .collect();
+    assert_eq!(got, want);
+
+    store
+        .put("configurations/e", b"1".to_vec())
+        .await
+        .expect("put");
+    assert_eq!(next(&mut watch).await, put("configurations/e", "1"));
+
+    // Outage: calls fail fast with the endpoint in the error; the watch neither ends nor
+    // reports anything.
+    server.kill();
+    let started = Instant::now();
+    let err = store
+        .get("configurations/a")
+        .await
+        .expect_err("etcd is down");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains(&server.endpoint()), "{err}");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), watch.recv())
+            .await
+            .is_err(),
+        "the watch must stay open and quiet while etcd is down"
+    );
+}
+
+async fn increment_concurrently(store: Arc<dyn KvStore>, tasks: usize, each: usize) -> String {
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            for _ in 0..each {
+                store
+                    .cas("counter", |old| {
+                        let n: u64 = match old {
+                            None => 0,
+                            Some(b) => String::from_utf8_lossy(b)
+                                .parse()
+                                .map_err(|e| format!("counter: {e}"))?,
+                        };
+                        Ok::<_, String>(Some((n + 1).to_string().into_bytes()))
+                    })
+                    .await
+                    .expect("cas");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("task");
+    }
+    let v = store.get("counter").await.expect("get").expect("counter");
+    String::from_utf8(v.value).expect("utf8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_under_contention_on_etcd() {
+    let server = EtcdServer::start();
+    let store = etcd_store(&server, Duration::from_millis(100)).await;
+    assert_eq!(increment_concurrently(store, 8, 100).await, "800");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_under_contention_on_the_embedded_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn KvStore> = Arc::new(
+        EmbeddedStore::open(dir.path().join("kv"))
+            .await
+            .expect("open"),
+    );
+    assert_eq!(increment_concurrently(store, 8, 100).await, "800");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_is_durable_watchable_and_locked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec: KvSpec = format!("embedded:{}", dir.path().join("kv").display())
+        .parse()
+        .expect("spec");
+    {
+        let store = ConfigStore::new(connect(&spec).await.expect("open"));
+        for i in 0..1000 {
+            store
+                .put(&format!("cfg-{i:04}"), &cfg(&[&format!("job-{i}")]))
+                .await
+                .expect("put");
+        }
+
+        let err = connect(&spec)
+            .await
+            .expect_err("second open while the first is open");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "embedded KV store at {} is locked by another process",
+                dir.path().join("kv").display()
+            )
+        );
+    }
+
+    let store = ConfigStore::new(connect(&spec).await.expect("reopen"));
+    let all = store.all().await.expect("all");
+    assert_eq!(all.len(), 1000);
+    assert_eq!(all[7], ("cfg-0007".to_owned(), cfg(&["job-7"])));
+
+    let mut watch = store.watch().await.expect("watch");
+    store.put("fresh", &cfg(&["fresh"])).await.expect("put");
+    store.delete("cfg-0000").await.expect("delete");
+    assert_eq!(
+        recv_config(&mut watch).await,
+        ConfigEvent::Upserted {
+            name: "fresh".into(),
+            yaml: cfg(&["fresh"])
+        }
+    );
+    assert_eq!(
+        recv_config(&mut watch).await,
+        ConfigEvent::Deleted {
+            name: "cfg-0000".into()
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_job_names_are_refused_with_the_old_agents_text() {
+    let server = EtcdServer::start();
+    let kv = etcd_store(&server, Duration::from_millis(100)).await;
+    let store = ConfigStore::new(Arc::clone(&kv));
+    store
+        .put("a", &cfg(&["node", "shared"]))
+        .await
+        .expect("put");
+    let err = store
+        .put("b", &cfg(&["shared"]))
+        .await
+        .expect_err("duplicate");
+    assert!(matches!(err, ConfigStoreError::NotUnique { .. }));
+    assert_eq!(
+        err.to_string(),
+        "found multiple scrape configs in config store with job name \"shared\""
+    );
+    assert_eq!(store.list().await.expect("list"), vec!["a"]);
+
+    // A second agent's store sees the first one's configs too.
+    let other = ConfigStore::new(etcd_store(&server, Duration::from_millis(100)).await);
+    let err = other
+        .put("c", &cfg(&["node"]))
+        .await
+        .expect_err("duplicate");
+    assert!(err.to_string().contains("\"node\""), "{err}");
+}
