@@ -15,7 +15,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::codec::{decode_config, encode_config};
@@ -346,20 +346,6 @@ impl ConfigWatch {
                 },
             }
         }
-    }
-
-    /// Turns the watch into a channel fed by a background task (for `select!` loops that want
-    /// a plain receiver). The task ends when the receiver is dropped.
-    pub fn into_channel(mut self, capacity: usize) -> mpsc::Receiver<ConfigEvent> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        tokio::spawn(async move {
-            while let Some(ev) = self.recv().await {
-                if tx.send(ev).await.is_err() {
-                    return;
-                }
-            }
-        });
-        rx
     }
 }
 
