@@ -374,6 +374,48 @@ mod tests {
         s
     }
 
+    proptest::proptest! {
+        /// After any sequence of upserts and deletes, the index answers exactly as a scan of
+        /// all configs (the old agent's O(all) check) would.
+        #[test]
+        fn index_matches_a_full_scan(
+            ops in proptest::collection::vec(
+                (0usize..5, proptest::option::of(proptest::collection::vec(0usize..6, 0..4))),
+                0..40,
+            ),
+            probe_name in 0usize..5,
+            probe_jobs in proptest::collection::vec(0usize..6, 0..4),
+        ) {
+            let mut index = JobIndex::default();
+            let mut model: HashMap<String, Vec<String>> = HashMap::new();
+            let job = |j: &usize| format!("job{j}");
+            for (name, jobs) in ops {
+                let name = format!("cfg{name}");
+                match jobs {
+                    Some(jobs) => {
+                        let mut jobs: Vec<String> = jobs.iter().map(job).collect();
+                        jobs.sort();
+                        jobs.dedup();
+                        index.set(&name, jobs.clone());
+                        model.insert(name, jobs);
+                    }
+                    None => {
+                        index.remove(&name);
+                        model.remove(&name);
+                    }
+                }
+            }
+            let name = format!("cfg{probe_name}");
+            let jobs: Vec<String> = probe_jobs.iter().map(job).collect();
+            let scan_conflicts = jobs.iter().any(|j| {
+                model.iter().any(|(other, theirs)| other != &name && theirs.contains(j))
+            });
+            proptest::prop_assert_eq!(index.conflict(&name, &jobs).is_some(), scan_conflicts);
+            // No empty sets linger for removed jobs.
+            proptest::prop_assert!(index.by_job.values().all(|names| !names.is_empty()));
+        }
+    }
+
     #[test]
     fn extracts_job_names_loosely() {
         assert_eq!(job_names(&cfg(&["b", "a", "b"])), vec!["a", "b"]);
