@@ -433,3 +433,41 @@ async fn etcd_basic_operations_and_paged_lists() {
     // The empty prefix lists every key.
     assert_eq!(store.list("").await.expect("list").len(), 1203);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_username_and_password_are_used() {
+    let server = EtcdServer::start();
+    let mut raw = raw_client(&server).await;
+    raw.user_add("root", "s3cret", None)
+        .await
+        .expect("user add");
+    raw.user_grant_role("root", "root").await.expect("grant");
+    raw.auth_enable().await.expect("auth enable");
+
+    let with = |password: &str| EtcdConfig {
+        endpoints: vec![server.endpoint()],
+        dial_timeout: Duration::from_secs(2),
+        username: "root".into(),
+        password: agent::config::secret::Secret::new(password),
+        ..EtcdConfig::default()
+    };
+    let store = EtcdStore::connect(with("s3cret")).await.expect("connect");
+    store
+        .put("configurations/a", b"1".to_vec())
+        .await
+        .expect("put");
+    assert!(store.get("configurations/a").await.expect("get").is_some());
+
+    let err = EtcdStore::connect(with("wrong"))
+        .await
+        .expect_err("bad password");
+    assert!(err.to_string().contains(&server.endpoint()), "{err}");
+
+    // Without credentials the server refuses, and the error says where.
+    let anonymous = etcd_store(&server, Duration::from_millis(100)).await;
+    let err = anonymous
+        .get("configurations/a")
+        .await
+        .expect_err("no credentials");
+    assert!(err.to_string().contains(&server.endpoint()), "{err}");
+}

@@ -85,14 +85,14 @@ impl WatchEvent {
 /// there is one, the key.
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
-    #[error("etcd at {endpoints}: {operation} {key:?} did not answer within {timeout:?} (is etcd running and reachable?)")]
+    #[error("etcd at {endpoints}: {operation}{} got no answer within {timeout:?} (is etcd running and reachable?)", on_key(.key))]
     EtcdTimeout {
         endpoints: String,
         operation: &'static str,
         key: String,
         timeout: Duration,
     },
-    #[error("etcd at {endpoints}: {operation} {key:?} failed: {source}")]
+    #[error("etcd at {endpoints}: {operation}{} failed: {source}", on_key(.key))]
     Etcd {
         endpoints: String,
         operation: &'static str,
@@ -121,6 +121,15 @@ pub enum KvError {
     KeyNotUtf8 { key: String },
     #[error("{store}: background task failed: {message}")]
     Task { store: String, message: String },
+}
+
+/// ` "key"` for an error message, nothing for operations on no key (connect).
+fn on_key(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" {key:?}")
+    }
 }
 
 /// An error from `<dyn KvStore>::cas`: the store failed, the callback refused, or every
