@@ -113,12 +113,24 @@ async fn etcd_values_are_compatible_with_the_old_agent() {
     assert_eq!(text, yaml);
 }
 
+/// The watcher retries `backoff` after the stream broke; the outage steps must be done by then
+/// for the test to exercise the replay (and compaction) path rather than live events.
+fn assert_within_window(killed: Instant, backoff: Duration) {
+    let elapsed = killed.elapsed();
+    assert!(
+        elapsed < backoff,
+        "etcd restart and writes took {elapsed:?}, longer than the watcher's {backoff:?} \
+         reconnect backoff: the test cannot tell a replay from live events"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_watch_reports_deletes_and_survives_an_outage() {
     let mut server = EtcdServer::start();
     // A long, fixed backoff leaves a window after a restart in which another client can write
     // before the watcher reconnects, so those changes must come from the replay.
-    let store = etcd_store(&server, Duration::from_secs(5)).await;
+    let backoff = Duration::from_secs(8);
+    let store = etcd_store(&server, backoff).await;
     store
         .put("configurations/pre", b"p".to_vec())
         .await
@@ -169,6 +181,7 @@ async fn etcd_watch_reports_deletes_and_survives_an_outage() {
     // Outage during which the history the watcher needs is compacted away: it re-lists,
     // reporting every key that exists and a delete for each one it knew that is gone.
     server.kill();
+    let killed = Instant::now();
     server.restart();
     let mut raw = raw_client(&server).await;
     raw.delete("configurations/b", None).await.expect("delete");
@@ -181,6 +194,7 @@ async fn etcd_watch_reports_deletes_and_survives_an_outage() {
         .expect("header")
         .revision();
     raw.compact(rev, None).await.expect("compact");
+    assert_within_window(killed, backoff);
     let mut got = Vec::new();
     for _ in 0..3 {
         got.push(next(&mut watch).await);
@@ -347,4 +361,113 @@ async fn duplicate_job_names_are_refused_with_the_old_agents_text() {
         .await
         .expect_err("duplicate");
     assert!(err.to_string().contains("\"node\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_basic_operations_and_paged_lists() {
+    let server = EtcdServer::start();
+    let store = etcd_store(&server, Duration::from_millis(100)).await;
+    assert_eq!(store.get("configurations/a").await.expect("get"), None);
+    store
+        .put("configurations/a", b"1".to_vec())
+        .await
+        .expect("put");
+    store
+        .put("configurations0", b"x".to_vec())
+        .await
+        .expect("put");
+    store
+        .put("collectors/agent", b"r".to_vec())
+        .await
+        .expect("put");
+    let a = store
+        .get("configurations/a")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(a.value, b"1");
+
+    // Conditional writes: a stale revision and "must not exist" both lose.
+    assert!(!store
+        .put_if_revision("configurations/a", None, b"x".to_vec())
+        .await
+        .expect("cas"));
+    assert!(!store
+        .put_if_revision("configurations/a", Some(a.revision - 1), b"x".to_vec())
+        .await
+        .expect("cas"));
+    assert!(store
+        .put_if_revision("configurations/a", Some(a.revision), b"2".to_vec())
+        .await
+        .expect("cas"));
+    assert!(store
+        .put_if_revision("configurations/new", None, b"n".to_vec())
+        .await
+        .expect("cas"));
+    assert!(store.delete("configurations/new").await.expect("delete"));
+    assert!(!store.delete("configurations/new").await.expect("delete"));
+
+    // More keys than one list page (500), written in transactions of 100 puts.
+    let mut raw = raw_client(&server).await;
+    for batch in 0..12 {
+        let ops: Vec<etcd_client::TxnOp> = (0..100)
+            .map(|i| {
+                let n = batch * 100 + i;
+                etcd_client::TxnOp::put(format!("configurations/p/{n:05}"), n.to_string(), None)
+            })
+            .collect();
+        raw.txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .expect("txn");
+    }
+    let keys = store.list("configurations/").await.expect("list");
+    assert_eq!(keys.len(), 1201);
+    assert_eq!(keys[0], "configurations/a");
+    assert_eq!(keys[1200], "configurations/p/01199");
+    let values = store.list_values("configurations/p/").await.expect("list");
+    assert_eq!(values.len(), 1200);
+    assert_eq!(
+        values[777],
+        ("configurations/p/00777".to_owned(), b"777".to_vec())
+    );
+    // The empty prefix lists every key.
+    assert_eq!(store.list("").await.expect("list").len(), 1203);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_username_and_password_are_used() {
+    let server = EtcdServer::start();
+    let mut raw = raw_client(&server).await;
+    raw.user_add("root", "s3cret", None)
+        .await
+        .expect("user add");
+    raw.user_grant_role("root", "root").await.expect("grant");
+    raw.auth_enable().await.expect("auth enable");
+
+    let with = |password: &str| EtcdConfig {
+        endpoints: vec![server.endpoint()],
+        dial_timeout: Duration::from_secs(2),
+        username: "root".into(),
+        password: agent::config::secret::Secret::new(password),
+        ..EtcdConfig::default()
+    };
+    let store = EtcdStore::connect(with("s3cret")).await.expect("connect");
+    store
+        .put("configurations/a", b"1".to_vec())
+        .await
+        .expect("put");
+    assert!(store.get("configurations/a").await.expect("get").is_some());
+
+    let err = EtcdStore::connect(with("wrong"))
+        .await
+        .expect_err("bad password");
+    assert!(err.to_string().contains(&server.endpoint()), "{err}");
+
+    // Without credentials the server refuses, and the error says where.
+    let anonymous = etcd_store(&server, Duration::from_millis(100)).await;
+    let err = anonymous
+        .get("configurations/a")
+        .await
+        .expect_err("no credentials");
+    assert!(err.to_string().contains(&server.endpoint()), "{err}");
 }

@@ -17,9 +17,13 @@ pub struct EtcdServer {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
+/// Two distinct free ports: both listeners are held until both are known, so the kernel cannot
+/// hand out the same port twice.
+fn free_ports() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let port = |l: &TcpListener| l.local_addr().expect("local addr").port();
+    (port(&a), port(&b))
 }
 
 impl EtcdServer {
@@ -31,10 +35,11 @@ impl EtcdServer {
             "{ETCD_BIN} is missing: these tests need a real etcd. Run the README's test command \
              (it installs Debian's etcd-server), or `apt-get install etcd-server`."
         );
+        let (client_port, peer_port) = free_ports();
         let mut server = EtcdServer {
             dir: tempfile::tempdir().expect("tempdir"),
-            client_port: free_port(),
-            peer_port: free_port(),
+            client_port,
+            peer_port,
             child: None,
         };
         server.spawn();

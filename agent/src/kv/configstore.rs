@@ -15,7 +15,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::codec::{decode_config, encode_config};
@@ -347,20 +347,6 @@ impl ConfigWatch {
             }
         }
     }
-
-    /// Turns the watch into a channel fed by a background task (for `select!` loops that want
-    /// a plain receiver). The task ends when the receiver is dropped.
-    pub fn into_channel(mut self, capacity: usize) -> mpsc::Receiver<ConfigEvent> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        tokio::spawn(async move {
-            while let Some(ev) = self.recv().await {
-                if tx.send(ev).await.is_err() {
-                    return;
-                }
-            }
-        });
-        rx
-    }
 }
 
 #[cfg(test)]
@@ -386,6 +372,48 @@ mod tests {
             s.push_str(&format!("- job_name: {j}\n  static_configs: []\n"));
         }
         s
+    }
+
+    proptest::proptest! {
+        /// After any sequence of upserts and deletes, the index answers exactly as a scan of
+        /// all configs (the old agent's O(all) check) would.
+        #[test]
+        fn index_matches_a_full_scan(
+            ops in proptest::collection::vec(
+                (0usize..5, proptest::option::of(proptest::collection::vec(0usize..6, 0..4))),
+                0..40,
+            ),
+            probe_name in 0usize..5,
+            probe_jobs in proptest::collection::vec(0usize..6, 0..4),
+        ) {
+            let mut index = JobIndex::default();
+            let mut model: HashMap<String, Vec<String>> = HashMap::new();
+            let job = |j: &usize| format!("job{j}");
+            for (name, jobs) in ops {
+                let name = format!("cfg{name}");
+                match jobs {
+                    Some(jobs) => {
+                        let mut jobs: Vec<String> = jobs.iter().map(job).collect();
+                        jobs.sort();
+                        jobs.dedup();
+                        index.set(&name, jobs.clone());
+                        model.insert(name, jobs);
+                    }
+                    None => {
+                        index.remove(&name);
+                        model.remove(&name);
+                    }
+                }
+            }
+            let name = format!("cfg{probe_name}");
+            let jobs: Vec<String> = probe_jobs.iter().map(job).collect();
+            let scan_conflicts = jobs.iter().any(|j| {
+                model.iter().any(|(other, theirs)| other != &name && theirs.contains(j))
+            });
+            proptest::prop_assert_eq!(index.conflict(&name, &jobs).is_some(), scan_conflicts);
+            // No empty sets linger for removed jobs.
+            proptest::prop_assert!(index.by_job.values().all(|names| !names.is_empty()));
+        }
     }
 
     #[test]

@@ -498,14 +498,53 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+        // A refused connection fails at once; a black-holed one after `dial_timeout`.
         let text = err.to_string();
-        assert!(text.contains(&ep), "{text}");
-        assert!(text.contains("configurations/a"), "{text}");
+        assert!(
+            text.starts_with(&format!("etcd at {ep}: get \"configurations/a\" ")),
+            "{text}"
+        );
+        assert!(
+            text.contains("Connection refused") || text.contains("got no answer within 500ms"),
+            "{text}"
+        );
         let err = store
             .watch_prefix("configurations/")
             .await
             .expect_err("unreachable");
         assert!(err.to_string().contains(&ep), "{err}");
+    }
+
+    #[tokio::test]
+    async fn silent_etcd_times_out_naming_the_endpoint() {
+        // Accepts TCP connections (the kernel does, from the backlog) but never speaks HTTP/2.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let ep = listener.local_addr().expect("addr").to_string();
+        let store = EtcdStore::connect(EtcdConfig {
+            endpoints: vec![ep.clone()],
+            dial_timeout: Duration::from_millis(500),
+            ..EtcdConfig::default()
+        })
+        .await
+        .expect("lazy connect");
+        let started = std::time::Instant::now();
+        let err = store
+            .put("configurations/a", b"x".to_vec())
+            .await
+            .expect_err("silent");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "etcd at {ep}: put \"configurations/a\" got no answer within 500ms \
+                 (is etcd running and reachable?)"
+            )
+        );
+        drop(listener);
     }
 
     #[tokio::test]

@@ -6,15 +6,17 @@
 //! Keys are full keys, exactly as they sit in etcd: `configurations/<name>` for instance configs
 //! (the name may contain `/`), `collectors/agent` for the hash ring. Values are opaque bytes; the
 //! config store writes gzip(YAML) (see [`codec`]), the ring writes snappy(protobuf). All three
-//! backends store the same keys and bytes, so a `--kv` switch never needs a migration step of its
-//! own: copy keys and values as they are.
+//! backends store the same keys and bytes, so moving between them is a plain copy of keys and
+//! values.
 //!
 //! # Revisions
 //!
 //! Every value carries a `revision`: the store-wide revision of the write that last modified the
 //! key (etcd's `mod_revision`). The embedded and in-memory stores keep one counter that grows by
 //! one per applied write, like etcd. [`KvStore::put_if_revision`] compares against it, which is
-//! what [`cas`](dyn KvStore::cas) is built on.
+//! what `<dyn KvStore>::cas` is built on (an inherent method of `dyn KvStore`, because its
+//! generic callback cannot be part of an object-safe trait: call it through an
+//! `Arc<dyn KvStore>` or a `&dyn KvStore`).
 //!
 //! # Watches
 //!
@@ -23,7 +25,8 @@
 //! backend cannot replay what it missed (etcd compaction while disconnected, a lagging local
 //! subscriber), the watch re-lists the prefix and reports a synthetic [`WatchEvent::Put`] for every
 //! key that exists and a [`WatchEvent::Delete`] for every key it had seen that is gone, so the
-//! consumer's view converges. Dropping the [`Watch`] stops its background task.
+//! consumer's view converges. Dropping the [`Watch`] stops its background task. To follow a single
+//! key (the ring's `collectors/agent`), watch it as a prefix and ignore the other keys.
 
 pub mod codec;
 pub mod configstore;
@@ -82,14 +85,14 @@ impl WatchEvent {
 /// there is one, the key.
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
-    #[error("etcd at {endpoints}: {operation} {key:?} did not answer within {timeout:?} (is etcd running and reachable?)")]
+    #[error("etcd at {endpoints}: {operation}{} got no answer within {timeout:?} (is etcd running and reachable?)", on_key(.key))]
     EtcdTimeout {
         endpoints: String,
         operation: &'static str,
         key: String,
         timeout: Duration,
     },
-    #[error("etcd at {endpoints}: {operation} {key:?} failed: {source}")]
+    #[error("etcd at {endpoints}: {operation}{} failed: {source}", on_key(.key))]
     Etcd {
         endpoints: String,
         operation: &'static str,
@@ -120,7 +123,16 @@ pub enum KvError {
     Task { store: String, message: String },
 }
 
-/// An error from [`cas`](dyn KvStore::cas): the store failed, the callback refused, or every
+/// ` "key"` for an error message, nothing for operations on no key (connect).
+fn on_key(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" {key:?}")
+    }
+}
+
+/// An error from `<dyn KvStore>::cas`: the store failed, the callback refused, or every
 /// attempt lost the race.
 #[derive(Debug, thiserror::Error)]
 pub enum CasError<E> {
@@ -132,7 +144,7 @@ pub enum CasError<E> {
     TooManyConflicts { key: String, attempts: u32 },
 }
 
-/// What a successful [`cas`](dyn KvStore::cas) did.
+/// What a successful `<dyn KvStore>::cas` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CasOutcome {
     /// The key did not exist and now holds the callback's value.
@@ -172,7 +184,7 @@ pub trait KvStore: Send + Sync + fmt::Debug {
     /// Watches every key under `prefix` from the current revision on; see the module docs.
     fn watch_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Watch, KvError>>;
 
-    /// Number of CAS attempts [`cas`](dyn KvStore::cas) makes (etcd: `max_retries`).
+    /// Number of CAS attempts `<dyn KvStore>::cas` makes (etcd: `max_retries`).
     fn cas_retries(&self) -> u32 {
         DEFAULT_CAS_RETRIES
     }
