@@ -69,42 +69,50 @@ pub struct LabelIter<'a> {
     escaped: bool,
 }
 
-fn is_separator(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b',')
-}
-
 impl<'a> Iterator for LabelIter<'a> {
     type Item = (&'a str, Cow<'a, str>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        // The text was validated by the parser, so this only has to tolerate what the grammar
-        // allows (whitespace in 0.0.4, a trailing comma) and never indexes past the end.
-        let s = self
-            .rest
-            .trim_start_matches(|c: char| c.is_ascii() && is_separator(c as u8));
-        if s.is_empty() {
-            self.rest = s;
+        // The text was validated by the parser, so this only has to step over what the
+        // grammar allows (whitespace in 0.0.4, commas, `=`) and never indexes past the end.
+        // Byte scanning: every position it stops at is an ASCII delimiter, hence a char
+        // boundary.
+        let s = self.rest;
+        let b = s.as_bytes();
+        let mut i = 0;
+        while matches!(b.get(i), Some(b' ' | b'\t' | b',')) {
+            i += 1;
+        }
+        if i >= b.len() {
+            self.rest = "";
             return None;
         }
-        let name_end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
-        let name = &s[..name_end];
-        let after_name = &s[name_end..];
-        let open = after_name.find('"')?;
-        let value_start = &after_name[open + 1..];
-        let bytes = value_start.as_bytes();
+        let name_start = i;
+        while b
+            .get(i)
+            .is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_')
+        {
+            i += 1;
+        }
+        let name = s.get(name_start..i)?;
+        while b.get(i).is_some_and(|&c| c != b'"') {
+            i += 1;
+        }
+        let value_start = i + 1;
+        let value_bytes = b.get(value_start..)?;
         let close = if self.escaped {
-            let mut i = 0;
+            let mut j = 0;
             loop {
-                match memchr::memchr2(b'"', b'\\', bytes.get(i..)?)? {
-                    k if bytes[i + k] == b'"' => break i + k,
-                    k => i += k + 2,
+                match memchr::memchr2(b'"', b'\\', value_bytes.get(j..)?)? {
+                    k if value_bytes[j + k] == b'"' => break j + k,
+                    k => j += k + 2,
                 }
             }
         } else {
-            memchr::memchr(b'"', bytes)?
+            memchr::memchr(b'"', value_bytes)?
         };
-        let value = &value_start[..close];
-        self.rest = &value_start[close + 1..];
+        let value = s.get(value_start..value_start + close)?;
+        self.rest = s.get(value_start + close + 1..)?;
         let value = if self.escaped {
             unescape(value, true)
         } else {

@@ -767,3 +767,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn huge_label_value_is_kept_whole() {
+    let body = std::fs::read(fixture_dir().join("huge_label_value.prom")).unwrap();
+    let entries = parse_all(&body, Format::PrometheusText).unwrap();
+    let s = samples(&entries);
+    let big = s[0].labels.get("big").unwrap();
+    assert!(big.len() >= 64 * 1024, "{}", big.len());
+    assert!(big.contains("ä€😀") && big.contains(",={}#\\\""));
+    assert_eq!(s[0].labels.get("after").as_deref(), Some("2"));
+    assert_eq!(s[1].name, "next");
+}
