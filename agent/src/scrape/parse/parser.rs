@@ -1,0 +1,690 @@
+//! The line parser; see the module docs for the grammar.
+
+use super::error::{excerpt, ParseError, ParseErrorKind};
+use super::float::parse_go_float;
+use super::labels::{unescape, Labels};
+use super::{Entry, Exemplar, Format, MetricType, Sample};
+
+/// Up to this many labels, duplicates are found by comparing each new name with the previous
+/// ones; above it, by sorting the names once at the end (a body with thousands of labels on
+/// one line must not cost quadratic time).
+const LINEAR_DUP_CHECK_MAX: usize = 16;
+
+/// Byte classes for names, looked up once per byte.
+const NAME_START: u8 = 1; // [a-zA-Z_:] for metric names
+const NAME_CHAR: u8 = 2; // [a-zA-Z0-9_:]
+const LABEL_START: u8 = 4; // [a-zA-Z_]
+const LABEL_CHAR: u8 = 8; // [a-zA-Z0-9_]
+
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        let alpha = c.is_ascii_alphabetic() || c == b'_';
+        let digit = c.is_ascii_digit();
+        let mut class = 0;
+        if alpha || c == b':' {
+            class |= NAME_START | NAME_CHAR;
+        }
+        if digit {
+            class |= NAME_CHAR | LABEL_CHAR;
+        }
+        if alpha {
+            class |= LABEL_START | LABEL_CHAR;
+        }
+        t[i] = class;
+        i += 1;
+    }
+    t
+};
+
+fn is(class: u8, b: Option<&u8>) -> bool {
+    b.is_some_and(|&b| CLASSES[b as usize] & class != 0)
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t')) {
+        i += 1;
+    }
+    i
+}
+
+/// End of the token starting at `i`: the next space or tab (and, in 0.0.4 values, `{`).
+fn token_end(b: &[u8], i: usize, stop_at_brace: bool) -> usize {
+    let rest = b.get(i..).unwrap_or_default();
+    let len = rest
+        .iter()
+        .position(|&c| c == b' ' || c == b'\t' || (stop_at_brace && c == b'{'))
+        .unwrap_or(rest.len());
+    i + len
+}
+
+/// Pull parser over one body. Yields entries until the end of the body, `# EOF` or the first
+/// error; after either of the last two it yields nothing more.
+///
+/// Steady state allocates nothing: the label-name scratch vector is reused across lines
+/// (reuse one `Parser` per target with [`Parser::reset`] to keep it across scrapes too).
+#[derive(Debug)]
+pub struct Parser<'a> {
+    body: &'a [u8],
+    pos: usize,
+    /// Number of the next line to read, 1-based.
+    line: usize,
+    format: Format,
+    done: bool,
+    seen_eof: bool,
+    /// The last `# TYPE`: family name and type.
+    family: Option<(&'a str, MetricType)>,
+    /// Scratch: label names of the series being parsed, for the duplicate check.
+    names: Vec<&'a str>,
+}
+
+impl<'a> Parser<'a> {
+    pub fn new(body: &'a [u8], format: Format) -> Self {
+        Parser {
+            body,
+            pos: 0,
+            line: 1,
+            format,
+            done: false,
+            seen_eof: false,
+            family: None,
+            names: Vec::new(),
+        }
+    }
+
+    /// Starts over on a new body, keeping the scratch buffer's capacity.
+    pub fn reset<'b>(self, body: &'b [u8], format: Format) -> Parser<'b> {
+        let mut names = self.names;
+        names.clear();
+        // The scratch holds no borrows once cleared, so it can take the new lifetime.
+        let names: Vec<&'b str> = names.into_iter().map(|_| "").collect();
+        Parser {
+            names,
+            ..Parser::new(body, format)
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The next entry, `Ok(None)` at the end.
+    pub fn next_entry(&mut self) -> Result<Option<Entry<'a>>, ParseError> {
+        let result = self.next_inner();
+        if result.is_err() {
+            self.done = true;
+        }
+        result
+    }
+
+    fn next_inner(&mut self) -> Result<Option<Entry<'a>>, ParseError> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let body = self.body;
+            if self.pos >= body.len() {
+                self.done = true;
+                if self.format == Format::OpenMetrics && !self.seen_eof {
+                    return Err(err(self.line, 0, ParseErrorKind::MissingEof));
+                }
+                return Ok(None);
+            }
+            let rest = &body[self.pos..];
+            let (line, has_newline) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], true),
+                None => (rest, false),
+            };
+            self.pos += line.len() + usize::from(has_newline);
+            let number = self.line;
+            self.line += 1;
+            let entry = match self.format {
+                Format::PrometheusText => self.prometheus_line(line, number)?,
+                Format::OpenMetrics => self.openmetrics_line(line, number, has_newline)?,
+            };
+            if let Some(entry) = entry {
+                return Ok(Some(entry));
+            }
+        }
+    }
+
+    fn prometheus_line(
+        &mut self,
+        line: &'a [u8],
+        number: usize,
+    ) -> Result<Option<Entry<'a>>, ParseError> {
+        let start = skip_ws(line, 0);
+        match line.get(start) {
+            None => Ok(None),
+            Some(b'#') => self.prometheus_comment(line, start, number).map(Some),
+            Some(_) => {
+                let text = utf8(line, number)?;
+                self.sample(text, start, number, false)
+                    .map(|s| Some(Entry::Sample(s)))
+            }
+        }
+    }
+
+    /// A 0.0.4 `#` line at `hash`: HELP, TYPE or a free comment.
+    fn prometheus_comment(
+        &mut self,
+        line: &'a [u8],
+        hash: usize,
+        number: usize,
+    ) -> Result<Entry<'a>, ParseError> {
+        let comment = Entry::Comment(&line[hash + 1..]);
+        let after_hash = skip_ws(line, hash + 1);
+        if after_hash == hash + 1 {
+            return Ok(comment);
+        }
+        let keyword = &line[after_hash..];
+        let is_help = keyword.starts_with(b"HELP");
+        if !(is_help || keyword.starts_with(b"TYPE"))
+            || !matches!(keyword.get(4), Some(b' ' | b'\t'))
+        {
+            return Ok(comment);
+        }
+        let text = utf8(line, number)?;
+        let name_start = skip_ws(line, after_hash + 4);
+        let name_end = metric_name_end(line, name_start, number, "metric name after HELP/TYPE")?;
+        let name = &text[name_start..name_end];
+        if is_help {
+            let help = match line.get(name_end) {
+                None => "",
+                Some(b' ' | b'\t') => &text[name_end + 1..],
+                Some(_) => {
+                    return Err(unexpected(
+                        line,
+                        name_end,
+                        number,
+                        "whitespace after metric name",
+                    ))
+                }
+            };
+            return Ok(Entry::Help {
+                name,
+                help: unescape(help, false),
+            });
+        }
+        let kind_start = skip_ws(line, name_end);
+        if kind_start == name_end {
+            return Err(unexpected(line, name_end, number, "metric type"));
+        }
+        // Trailing whitespace is tolerated here although Prometheus rejects it.
+        let kind_text = text[kind_start..].trim_end_matches([' ', '\t']);
+        let kind = MetricType::from_prometheus(kind_text).ok_or_else(|| {
+            err(
+                number,
+                kind_start,
+                ParseErrorKind::InvalidType(kind_text.to_owned()),
+            )
+        })?;
+        self.family = Some((name, kind));
+        Ok(Entry::Type { name, kind })
+    }
+
+    fn openmetrics_line(
+        &mut self,
+        line: &'a [u8],
+        number: usize,
+        has_newline: bool,
+    ) -> Result<Option<Entry<'a>>, ParseError> {
+        if line == b"# EOF" {
+            if self.pos < self.body.len() {
+                return Err(err(self.line, 0, ParseErrorKind::DataAfterEof));
+            }
+            self.seen_eof = true;
+            self.done = true;
+            return Ok(Some(Entry::Eof));
+        }
+        // Only `# EOF` may end the body without a newline.
+        if !has_newline {
+            return Err(err(number, line.len(), ParseErrorKind::MissingEof));
+        }
+        match line.first() {
+            None => Err(unexpected(
+                line,
+                0,
+                number,
+                "a sample or metadata (blank line)",
+            )),
+            Some(b'#') => self.openmetrics_metadata(line, number).map(Some),
+            Some(_) => {
+                let text = utf8(line, number)?;
+                self.sample(text, 0, number, true)
+                    .map(|s| Some(Entry::Sample(s)))
+            }
+        }
+    }
+
+    fn openmetrics_metadata(
+        &mut self,
+        line: &'a [u8],
+        number: usize,
+    ) -> Result<Entry<'a>, ParseError> {
+        let keyword = line.get(2..6).unwrap_or_default();
+        if !line.starts_with(b"# ")
+            || !matches!(keyword, b"HELP" | b"TYPE" | b"UNIT")
+            || line.get(6) != Some(&b' ')
+        {
+            return Err(unexpected(
+                line,
+                0,
+                number,
+                "\"# HELP \", \"# TYPE \", \"# UNIT \" or \"# EOF\"",
+            ));
+        }
+        let text = utf8(line, number)?;
+        let name_end = metric_name_end(line, 7, number, "metric name")?;
+        let name = &text[7..name_end];
+        if line.get(name_end) != Some(&b' ') {
+            return Err(unexpected(
+                line,
+                name_end,
+                number,
+                "a space after the metric name",
+            ));
+        }
+        let rest = &text[name_end + 1..];
+        match keyword {
+            b"HELP" => Ok(Entry::Help {
+                name,
+                help: unescape(rest, true),
+            }),
+            b"TYPE" => {
+                let kind = MetricType::from_openmetrics(rest).ok_or_else(|| {
+                    err(
+                        number,
+                        name_end + 1,
+                        ParseErrorKind::InvalidType(rest.to_owned()),
+                    )
+                })?;
+                self.family = Some((name, kind));
+                Ok(Entry::Type { name, kind })
+            }
+            _ => {
+                let unit = rest;
+                let is_suffix = unit.is_empty()
+                    || name
+                        .strip_suffix(unit)
+                        .is_some_and(|prefix| prefix.ends_with('_'));
+                if !is_suffix {
+                    return Err(err(
+                        number,
+                        name_end + 1,
+                        ParseErrorKind::UnitNotSuffix {
+                            metric: name.to_owned(),
+                            unit: unit.to_owned(),
+                        },
+                    ));
+                }
+                Ok(Entry::Unit { name, unit })
+            }
+        }
+    }
+
+    /// A sample line starting at `start`. `om` selects OpenMetrics rules: single spaces only,
+    /// float-second timestamps, exemplars.
+    fn sample(
+        &mut self,
+        text: &'a str,
+        start: usize,
+        number: usize,
+        om: bool,
+    ) -> Result<Sample<'a>, ParseError> {
+        let b = text.as_bytes();
+        let name_end = metric_name_end(b, start, number, "metric name")?;
+        let name = &text[start..name_end];
+        let mut i = if om { name_end } else { skip_ws(b, name_end) };
+        let (labels, series_end) = if b.get(i) == Some(&b'{') {
+            let (labels, end) = self.label_set(text, i + 1, number, om, true)?;
+            i = end;
+            (labels, end)
+        } else {
+            if i == name_end && i < b.len() && !om {
+                return Err(unexpected(
+                    b,
+                    i,
+                    number,
+                    "whitespace or '{' after metric name",
+                ));
+            }
+            (Labels::default(), name_end)
+        };
+        let series = &b[start..series_end];
+
+        // Value.
+        if om {
+            if b.get(i) != Some(&b' ') {
+                return Err(unexpected(b, i, number, "a space before the value"));
+            }
+            i += 1;
+        } else {
+            i = skip_ws(b, i);
+        }
+        let value_end = token_end(b, i, !om);
+        if value_end == i {
+            return Err(unexpected(b, i, number, "value"));
+        }
+        let value = float(text, i, value_end, number)?;
+        i = value_end;
+
+        let mut timestamp = None;
+        let mut exemplar = None;
+        if om {
+            if i < b.len() {
+                if b.get(i) != Some(&b' ') {
+                    return Err(unexpected(b, i, number, "a space after the value"));
+                }
+                i += 1;
+                if !b[i..].starts_with(b"# ") {
+                    let ts_end = token_end(b, i, false);
+                    timestamp = Some(seconds_to_millis(text, i, ts_end, number)?);
+                    i = ts_end;
+                    if i < b.len() {
+                        if !b[i..].starts_with(b" # ") {
+                            return Err(unexpected(b, i, number, "end of line or exemplar"));
+                        }
+                        i += 1;
+                    }
+                }
+                if i < b.len() {
+                    exemplar = Some(self.exemplar(text, i + 2, number)?);
+                }
+            }
+        } else {
+            i = skip_ws(b, i);
+            if i < b.len() {
+                let digits_end = i + b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+                if digits_end == i {
+                    return Err(unexpected(b, i, number, "timestamp or end of line"));
+                }
+                timestamp = Some(integer_millis(text, i, digits_end, number)?);
+                i = skip_ws(b, digits_end);
+                if i < b.len() {
+                    return Err(unexpected(b, i, number, "end of line after timestamp"));
+                }
+            }
+        }
+
+        let kind = match self.family {
+            Some((family, kind)) if kind.family_contains(family, name) => kind,
+            _ => MetricType::Unknown,
+        };
+        Ok(Sample {
+            series,
+            name,
+            labels,
+            value,
+            timestamp,
+            exemplar,
+            kind,
+        })
+    }
+
+    /// An OpenMetrics exemplar starting at `i` (the `{`), to the end of the line.
+    fn exemplar(
+        &mut self,
+        text: &'a str,
+        i: usize,
+        number: usize,
+    ) -> Result<Exemplar<'a>, ParseError> {
+        let b = text.as_bytes();
+        if b.get(i) != Some(&b'{') {
+            return Err(unexpected(b, i, number, "'{' opening the exemplar labels"));
+        }
+        let (labels, mut i) = self.label_set(text, i + 1, number, true, false)?;
+        if b.get(i) != Some(&b' ') {
+            return Err(unexpected(
+                b,
+                i,
+                number,
+                "a space before the exemplar value",
+            ));
+        }
+        i += 1;
+        let value_end = token_end(b, i, false);
+        if value_end == i {
+            return Err(unexpected(b, i, number, "exemplar value"));
+        }
+        let value = float(text, i, value_end, number)?;
+        i = value_end;
+        let mut timestamp = None;
+        if i < b.len() {
+            if b[i] != b' ' {
+                return Err(unexpected(
+                    b,
+                    i,
+                    number,
+                    "a space before the exemplar timestamp",
+                ));
+            }
+            i += 1;
+            let ts_end = token_end(b, i, false);
+            timestamp = Some(seconds_to_millis(text, i, ts_end, number)?);
+            if ts_end < b.len() {
+                return Err(unexpected(b, ts_end, number, "end of line after exemplar"));
+            }
+        }
+        Ok(Exemplar {
+            labels,
+            value,
+            timestamp,
+        })
+    }
+
+    /// The label pairs starting right after `{`; returns the set and the index after `}`.
+    fn label_set(
+        &mut self,
+        text: &'a str,
+        open: usize,
+        number: usize,
+        om: bool,
+        has_metric_name: bool,
+    ) -> Result<(Labels<'a>, usize), ParseError> {
+        let b = text.as_bytes();
+        let mut i = open;
+        let mut escaped = false;
+        self.names.clear();
+        loop {
+            if !om {
+                i = skip_ws(b, i);
+            }
+            if b.get(i) == Some(&b'}') {
+                break;
+            }
+            if !is(LABEL_START, b.get(i)) {
+                return Err(unexpected(b, i, number, "label name"));
+            }
+            let name_start = i;
+            i += 1;
+            while is(LABEL_CHAR, b.get(i)) {
+                i += 1;
+            }
+            let name = &text[name_start..i];
+            if !om {
+                i = skip_ws(b, i);
+            }
+            if b.get(i) != Some(&b'=') {
+                return Err(unexpected(b, i, number, "'=' after label name"));
+            }
+            i += 1;
+            if !om {
+                i = skip_ws(b, i);
+            }
+            if b.get(i) != Some(&b'"') {
+                return Err(unexpected(b, i, number, "'\"' opening the label value"));
+            }
+            i += 1;
+            loop {
+                let rest = b.get(i..).unwrap_or_default();
+                match memchr::memchr2(b'"', b'\\', rest) {
+                    None => {
+                        return Err(err(number, b.len(), ParseErrorKind::UnterminatedLabelValue))
+                    }
+                    Some(k) if rest[k] == b'"' => {
+                        i += k + 1;
+                        break;
+                    }
+                    Some(k) => {
+                        escaped = true;
+                        i += k + 2;
+                        if i > b.len() {
+                            return Err(err(
+                                number,
+                                b.len(),
+                                ParseErrorKind::UnterminatedLabelValue,
+                            ));
+                        }
+                    }
+                }
+            }
+            let duplicate = (has_metric_name && name == "__name__")
+                || (self.names.len() < LINEAR_DUP_CHECK_MAX && self.names.contains(&name));
+            if duplicate {
+                return Err(err(
+                    number,
+                    name_start,
+                    ParseErrorKind::DuplicateLabel(name.to_owned()),
+                ));
+            }
+            self.names.push(name);
+            if !om {
+                i = skip_ws(b, i);
+            }
+            match b.get(i) {
+                Some(b',') => i += 1,
+                Some(b'}') => {}
+                // Prometheus's 0.0.4 parser tolerates a missing comma between labels.
+                Some(_) if !om && is(LABEL_START, b.get(i)) => {}
+                _ => return Err(unexpected(b, i, number, "',' or '}' after label value")),
+            }
+        }
+        if self.names.len() > LINEAR_DUP_CHECK_MAX {
+            self.names.sort_unstable();
+            if let Some(pair) = self.names.windows(2).find(|w| w[0] == w[1]) {
+                return Err(err(
+                    number,
+                    open,
+                    ParseErrorKind::DuplicateLabel(pair[0].to_owned()),
+                ));
+            }
+        }
+        let len = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        Ok((Labels::new(&text[open..i], len, escaped), i + 1))
+    }
+}
+
+impl<'a> Iterator for Parser<'a> {
+    type Item = Result<Entry<'a>, ParseError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_entry().transpose()
+    }
+}
+
+fn err(line: usize, column0: usize, kind: ParseErrorKind) -> ParseError {
+    ParseError {
+        line,
+        column: column0 + 1,
+        kind,
+    }
+}
+
+fn unexpected(line: &[u8], pos: usize, number: usize, expected: &'static str) -> ParseError {
+    err(
+        number,
+        pos,
+        ParseErrorKind::Unexpected {
+            expected,
+            got: excerpt(line, pos),
+        },
+    )
+}
+
+fn utf8(line: &[u8], number: usize) -> Result<&str, ParseError> {
+    std::str::from_utf8(line).map_err(|e| err(number, e.valid_up_to(), ParseErrorKind::InvalidUtf8))
+}
+
+/// End of the metric name starting at `start`.
+fn metric_name_end(
+    b: &[u8],
+    start: usize,
+    number: usize,
+    expected: &'static str,
+) -> Result<usize, ParseError> {
+    if !is(NAME_START, b.get(start)) {
+        return Err(unexpected(b, start, number, expected));
+    }
+    let mut i = start + 1;
+    while is(NAME_CHAR, b.get(i)) {
+        i += 1;
+    }
+    Ok(i)
+}
+
+fn float(text: &str, start: usize, end: usize, number: usize) -> Result<f64, ParseError> {
+    let token = &text[start..end];
+    parse_go_float(token).map_err(|reason| {
+        err(
+            number,
+            start,
+            ParseErrorKind::InvalidValue {
+                text: token.to_owned(),
+                reason,
+            },
+        )
+    })
+}
+
+/// A 0.0.4 timestamp: `[0-9]+` milliseconds that fit an i64.
+fn integer_millis(text: &str, start: usize, end: usize, number: usize) -> Result<i64, ParseError> {
+    let token = &text[start..end];
+    token.parse::<i64>().map_err(|_| {
+        err(
+            number,
+            start,
+            ParseErrorKind::InvalidTimestamp {
+                text: token.to_owned(),
+                reason: "out of the int64 range",
+            },
+        )
+    })
+}
+
+/// An OpenMetrics timestamp: float seconds, truncated toward zero to milliseconds like
+/// Prometheus's `int64(ts * 1000)`, but rounded to the microsecond first so that a written
+/// `1520879607.789` is 1520879607789 and not, through binary float noise, ...788.
+fn seconds_to_millis(
+    text: &str,
+    start: usize,
+    end: usize,
+    number: usize,
+) -> Result<i64, ParseError> {
+    let token = &text[start..end];
+    let invalid = |reason| {
+        err(
+            number,
+            start,
+            ParseErrorKind::InvalidTimestamp {
+                text: token.to_owned(),
+                reason,
+            },
+        )
+    };
+    if end == start {
+        return Err(invalid("empty"));
+    }
+    let seconds = parse_go_float(token).map_err(invalid)?;
+    if !seconds.is_finite() {
+        return Err(invalid("not finite"));
+    }
+    let micros = (seconds * 1e6).round();
+    // Exclusive upper bound: 2^63 itself is representable as f64 but not as i64.
+    if !(-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&micros) {
+        return Err(invalid("out of the int64 millisecond range"));
+    }
+    Ok(micros as i64 / 1000)
+}
