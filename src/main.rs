@@ -31,4 +31,3 @@ fn main() -> ExitCode {
         Err(err) => cli::report(&err),
     }
 }
-
