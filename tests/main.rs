@@ -1,3 +1,4 @@
 //! The one integration-test binary: modules per feature, shared helpers in `support`.
 
 mod support;
+mod wal;
