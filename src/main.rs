@@ -31,3 +31,4 @@ fn main() -> ExitCode {
         Err(err) => cli::report(&err),
     }
 }
+

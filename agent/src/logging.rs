@@ -168,10 +168,7 @@ mod tests {
     fn rfc3339_known_instants() {
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(
-            rfc3339_millis(1_704_164_645_678),
-            "2024-01-02T03:04:05.678Z"
-        );
+        assert_eq!(rfc3339_millis(1_704_164_645_678), "2024-01-02T03:04:05.678Z");
         assert_eq!(rfc3339_millis(-1), "1969-12-31T23:59:59.999Z");
     }
 

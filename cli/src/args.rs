@@ -186,9 +186,7 @@ pub enum ConfigCommand {
     /// Validate agent or instance config files; print every error.
     ///
     /// The kind of each file is detected from its top-level keys unless --kind is given.
-    #[command(
-        after_help = "Exit codes:\n  0  every file is valid\n  1  at least one file is invalid\n  2  usage error"
-    )]
+    #[command(after_help = "Exit codes:\n  0  every file is valid\n  1  at least one file is invalid\n  2  usage error")]
     Check(ConfigCheckArgs),
 
     /// Show what `config-sync DIR` would change, with a unified diff per changed config.
@@ -215,12 +213,7 @@ pub struct ConfigCheckArgs {
 #[derive(Debug, Args)]
 pub struct TargetArgs {
     /// URL of an agent's API.
-    #[arg(
-        short = 'a',
-        long = "addr",
-        value_name = "URL",
-        default_value = "http://localhost:12345"
-    )]
+    #[arg(short = 'a', long = "addr", value_name = "URL", default_value = "http://localhost:12345")]
     pub addr: String,
 
     /// Talk to the KV store directly instead: etcd://host:port[,host:port] or embedded:PATH.
@@ -281,9 +274,7 @@ pub struct ConfigDiffArgs {
 #[derive(Debug, Subcommand)]
 pub enum RingCommand {
     /// Show the ring's members, states, heartbeats and token ownership.
-    #[command(
-        after_help = "Exit codes:\n  0  every member is ACTIVE and healthy\n  1  a member is not\n  2  the ring cannot be read"
-    )]
+    #[command(after_help = "Exit codes:\n  0  every member is ACTIVE and healthy\n  1  a member is not\n  2  the ring cannot be read")]
     Status(RingStatusArgs),
 
     /// Remove a member from the ring (what the Forget button of /debug/ring does).

@@ -15,18 +15,14 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
 }
 
 fn is_go_long_flag(s: &str) -> bool {
-    let Some(rest) = s.strip_prefix('-') else {
-        return false;
-    };
+    let Some(rest) = s.strip_prefix('-') else { return false };
     if rest.starts_with('-') {
         return false;
     }
     let name = rest.split('=').next().unwrap_or("");
     name.contains('.')
         && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c == '.' || c == '-' || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c == '.' || c == '-' || c == '_')
 }
 
 #[cfg(test)]
@@ -43,46 +39,16 @@ mod tests {
     #[test]
     fn go_flags_become_double_dash() {
         assert_eq!(
-            norm(&[
-                "agentctl",
-                "agent",
-                "run",
-                "-config.file=a.yaml",
-                "-server.http.address",
-                "x:1"
-            ]),
-            [
-                "agentctl",
-                "agent",
-                "run",
-                "--config.file=a.yaml",
-                "--server.http.address",
-                "x:1"
-            ]
+            norm(&["agentctl", "agent", "run", "-config.file=a.yaml", "-server.http.address", "x:1"]),
+            ["agentctl", "agent", "run", "--config.file=a.yaml", "--server.http.address", "x:1"]
         );
     }
 
     #[test]
     fn short_flags_values_and_double_dash_untouched() {
         assert_eq!(
-            norm(&[
-                "agentctl",
-                "config-sync",
-                "-d",
-                "-a",
-                "http://a.b:1",
-                "--log.level=debug",
-                "./x.y"
-            ]),
-            [
-                "agentctl",
-                "config-sync",
-                "-d",
-                "-a",
-                "http://a.b:1",
-                "--log.level=debug",
-                "./x.y"
-            ]
+            norm(&["agentctl", "config-sync", "-d", "-a", "http://a.b:1", "--log.level=debug", "./x.y"]),
+            ["agentctl", "config-sync", "-d", "-a", "http://a.b:1", "--log.level=debug", "./x.y"]
         );
         assert_eq!(norm(&["-1.5"]), ["-1.5"]);
     }

@@ -80,8 +80,5 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
 }
 
 pub(crate) fn io(context: &str, source: std::io::Error) -> Error {
-    Error::Io {
-        context: context.to_owned(),
-        source,
-    }
+    Error::Io { context: context.to_owned(), source }
 }

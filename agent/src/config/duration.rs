@@ -72,9 +72,7 @@ impl PromDuration {
             if pos == start {
                 return Err(invalid());
             }
-            let n: u64 = s[start..pos]
-                .parse()
-                .map_err(|_| "duration out of range".to_owned())?;
+            let n: u64 = s[start..pos].parse().map_err(|_| "duration out of range".to_owned())?;
             let rest = &s[pos..];
             let idx = (next_unit..UNITS.len())
                 .find(|&i| {
@@ -209,18 +207,10 @@ impl GoDuration {
                 other => return Err(format!("time: unknown unit {other:?} in duration {s:?}")),
             };
             rest = &rest[unit_len..];
-            let whole: u128 = if whole.is_empty() {
-                0
-            } else {
-                whole.parse().map_err(|_| invalid())?
-            };
+            let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| invalid())? };
             // Like Go, digits past nanosecond precision are dropped.
             let fraction = &fraction[..fraction.len().min(20)];
-            let frac_value: u128 = if fraction.is_empty() {
-                0
-            } else {
-                fraction.parse().map_err(|_| invalid())?
-            };
+            let frac_value: u128 = if fraction.is_empty() { 0 } else { fraction.parse().map_err(|_| invalid())? };
             let scale = 10u128.pow(fraction.len() as u32);
             total = total
                 .checked_add(whole.checked_mul(mult).ok_or_else(invalid)?)
@@ -354,10 +344,7 @@ mod tests {
             ("1d", DAY),
             ("1w", WEEK),
             ("1y", 365 * DAY),
-            (
-                "1y2w3d4h5m6s7ms",
-                YEAR + 2 * WEEK + 3 * DAY + 4 * HOUR + 5 * MIN + 6 * SEC + 7,
-            ),
+            ("1y2w3d4h5m6s7ms", YEAR + 2 * WEEK + 3 * DAY + 4 * HOUR + 5 * MIN + 6 * SEC + 7),
         ] {
             assert_eq!(PromDuration::parse(s), Ok(PromDuration(ms)), "{s}");
         }
@@ -365,20 +352,12 @@ mod tests {
 
     #[test]
     fn prom_rejects_what_prometheus_rejects() {
-        for s in [
-            "1.5h", "1h 30m", "30", "-1s", "1m1h", "1s1s", "h", "1x", " 1s", "1S",
-        ] {
+        for s in ["1.5h", "1h 30m", "30", "-1s", "1m1h", "1s1s", "h", "1x", " 1s", "1S"] {
             let err = PromDuration::parse(s).unwrap_err();
             assert_eq!(err, format!("not a valid duration string: {s:?}"), "{s}");
         }
-        assert_eq!(
-            PromDuration::parse("").unwrap_err(),
-            "empty duration string"
-        );
-        assert_eq!(
-            PromDuration::parse("99999999999y").unwrap_err(),
-            "duration out of range"
-        );
+        assert_eq!(PromDuration::parse("").unwrap_err(), "empty duration string");
+        assert_eq!(PromDuration::parse("99999999999y").unwrap_err(), "duration out of range");
     }
 
     #[test]
@@ -393,27 +372,12 @@ mod tests {
 
     #[test]
     fn go_durations() {
-        assert_eq!(
-            GoDuration::parse("1.5h").unwrap(),
-            GoDuration::from_secs(5400)
-        );
-        assert_eq!(
-            GoDuration::parse("1h0m0s").unwrap(),
-            GoDuration::from_secs(3600)
-        );
-        assert_eq!(
-            GoDuration::parse("100ms").unwrap(),
-            GoDuration::from_millis(100)
-        );
+        assert_eq!(GoDuration::parse("1.5h").unwrap(), GoDuration::from_secs(5400));
+        assert_eq!(GoDuration::parse("1h0m0s").unwrap(), GoDuration::from_secs(3600));
+        assert_eq!(GoDuration::parse("100ms").unwrap(), GoDuration::from_millis(100));
         assert_eq!(GoDuration::parse("0").unwrap(), GoDuration(0));
-        assert_eq!(
-            GoDuration::parse("1d").unwrap_err(),
-            "time: unknown unit \"d\" in duration \"1d\""
-        );
-        assert_eq!(
-            GoDuration::parse("30").unwrap_err(),
-            "time: missing unit in duration \"30\""
-        );
+        assert_eq!(GoDuration::parse("1d").unwrap_err(), "time: unknown unit \"d\" in duration \"1d\"");
+        assert_eq!(GoDuration::parse("30").unwrap_err(), "time: missing unit in duration \"30\"");
         assert!(GoDuration::parse("").is_err());
         assert!(GoDuration::parse("-5s").is_err());
         assert_eq!(GoDuration::from_secs(3600).to_string(), "1h0m0s");

@@ -89,14 +89,10 @@ impl TlsConfig {
 
     /// The first file-reading field that is set, in the old agent's order.
     fn first_file_field(&self) -> Option<&'static str> {
-        [
-            ("ca_file", &self.ca_file),
-            ("cert_file", &self.cert_file),
-            ("key_file", &self.key_file),
-        ]
-        .into_iter()
-        .find(|(_, v)| v.as_deref().is_some_and(|s| !s.is_empty()))
-        .map(|(name, _)| name)
+        [("ca_file", &self.ca_file), ("cert_file", &self.cert_file), ("key_file", &self.key_file)]
+            .into_iter()
+            .find(|(_, v)| v.as_deref().is_some_and(|s| !s.is_empty()))
+            .map(|(name, _)| name)
     }
 }
 
@@ -150,14 +146,9 @@ impl HttpClientConfig {
     /// Prometheus's `HTTPClientConfig.Validate`, with its error texts.
     pub fn validate(&self) -> Result<(), String> {
         let bearer = self.bearer_token.as_ref().is_some_and(|s| !s.is_empty());
-        let bearer_file = self
-            .bearer_token_file
-            .as_deref()
-            .is_some_and(|s| !s.is_empty());
+        let bearer_file = self.bearer_token_file.as_deref().is_some_and(|s| !s.is_empty());
         if bearer && bearer_file {
-            return Err(
-                "at most one of bearer_token & bearer_token_file must be configured".into(),
-            );
+            return Err("at most one of bearer_token & bearer_token_file must be configured".into());
         }
         if (self.basic_auth.is_some() || self.oauth2.is_some()) && (bearer || bearer_file) {
             return Err(
@@ -169,37 +160,25 @@ impl HttpClientConfig {
             if b.password.as_ref().is_some_and(|p| !p.is_empty())
                 && b.password_file.as_deref().is_some_and(|p| !p.is_empty())
             {
-                return Err(
-                    "at most one of basic_auth password & password_file must be configured".into(),
-                );
+                return Err("at most one of basic_auth password & password_file must be configured".into());
             }
         }
         if let Some(a) = &self.authorization {
             if bearer || bearer_file {
-                return Err(
-                    "authorization is not compatible with bearer_token & bearer_token_file".into(),
-                );
+                return Err("authorization is not compatible with bearer_token & bearer_token_file".into());
             }
             if a.credentials.is_some() && a.credentials_file.is_some() {
                 return Err(
                     "at most one of authorization credentials & credentials_file must be configured".into(),
                 );
             }
-            if a.kind
-                .as_deref()
-                .is_some_and(|t| t.eq_ignore_ascii_case("basic"))
-            {
-                return Err(
-                    r#"authorization type cannot be set to "basic", use "basic_auth" instead"#
-                        .into(),
-                );
+            if a.kind.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("basic")) {
+                return Err(r#"authorization type cannot be set to "basic", use "basic_auth" instead"#.into());
             }
         }
         if let Some(o) = &self.oauth2 {
             if self.basic_auth.is_some() {
-                return Err(
-                    "at most one of basic_auth, oauth2 & authorization must be configured".into(),
-                );
+                return Err("at most one of basic_auth, oauth2 & authorization must be configured".into());
             }
             if self.authorization.is_some() {
                 return Err("at most one of oauth2 & authorization must be configured".into());
@@ -208,10 +187,7 @@ impl HttpClientConfig {
                 return Err("oauth2 client_id must be configured".into());
             }
             if o.client_secret.is_some() && o.client_secret_file.is_some() {
-                return Err(
-                    "at most one of oauth2 client_secret & client_secret_file must be configured"
-                        .into(),
-                );
+                return Err("at most one of oauth2 client_secret & client_secret_file must be configured".into());
             }
             if o.token_url.is_none() {
                 return Err("oauth2 token_url must be configured".into());
@@ -221,13 +197,9 @@ impl HttpClientConfig {
             }
         }
         if self.basic_auth.is_some() && self.authorization.is_some() {
-            return Err(
-                "at most one of basic_auth, oauth2 & authorization must be configured".into(),
-            );
+            return Err("at most one of basic_auth, oauth2 & authorization must be configured".into());
         }
-        if self.proxy_from_environment == Some(true)
-            && (self.proxy_url.is_some() || self.no_proxy.is_some())
-        {
+        if self.proxy_from_environment == Some(true) && (self.proxy_url.is_some() || self.no_proxy.is_some()) {
             return Err("if proxy_from_environment is configured, proxy_url and no_proxy must not be configured".into());
         }
         if self.no_proxy.is_some() && self.proxy_url.is_none() {
@@ -247,30 +219,18 @@ impl HttpClientConfig {
         if set(&self.bearer_token_file) {
             return Some("bearer_token_file");
         }
-        if self
-            .basic_auth
-            .as_ref()
-            .is_some_and(|b| set(&b.password_file))
-        {
+        if self.basic_auth.as_ref().is_some_and(|b| set(&b.password_file)) {
             return Some("password_file");
         }
-        if self
-            .authorization
-            .as_ref()
-            .is_some_and(|a| set(&a.credentials_file))
-        {
+        if self.authorization.as_ref().is_some_and(|a| set(&a.credentials_file)) {
             return Some("credentials_file");
         }
-        self.tls_config
-            .as_ref()
-            .and_then(TlsConfig::first_file_field)
+        self.tls_config.as_ref().and_then(TlsConfig::first_file_field)
     }
 
     /// Only the TLS file fields (the check the old agent applies to consul, openstack, triton).
     pub fn first_tls_file_field(&self) -> Option<&'static str> {
-        self.tls_config
-            .as_ref()
-            .and_then(TlsConfig::first_file_field)
+        self.tls_config.as_ref().and_then(TlsConfig::first_file_field)
     }
 }
 
@@ -352,37 +312,22 @@ mod tests {
             "at most one of bearer_token & bearer_token_file must be configured"
         );
         let basic_and_bearer = HttpClientConfig {
-            basic_auth: Some(BasicAuth {
-                username: "u".into(),
-                ..Default::default()
-            }),
+            basic_auth: Some(BasicAuth { username: "u".into(), ..Default::default() }),
             bearer_token: Some(Secret::new("a")),
             ..Default::default()
         };
-        assert!(basic_and_bearer
-            .validate()
-            .unwrap_err()
-            .starts_with("at most one of basic_auth"));
+        assert!(basic_and_bearer.validate().unwrap_err().starts_with("at most one of basic_auth"));
         let basic_type = HttpClientConfig {
-            authorization: Some(Authorization {
-                kind: Some("Basic".into()),
-                ..Default::default()
-            }),
+            authorization: Some(Authorization { kind: Some("Basic".into()), ..Default::default() }),
             ..Default::default()
         };
-        assert!(basic_type
-            .validate()
-            .unwrap_err()
-            .contains("use \"basic_auth\" instead"));
+        assert!(basic_type.validate().unwrap_err().contains("use \"basic_auth\" instead"));
     }
 
     #[test]
     fn file_fields_in_old_agent_order() {
         let c = HttpClientConfig {
-            tls_config: Some(TlsConfig {
-                ca_file: Some("/ca".into()),
-                ..Default::default()
-            }),
+            tls_config: Some(TlsConfig { ca_file: Some("/ca".into()), ..Default::default() }),
             authorization: Some(Authorization {
                 credentials_file: Some("/c".into()),
                 ..Default::default()

@@ -16,16 +16,9 @@ pub struct PromRegex {
 impl PromRegex {
     pub fn new(source: &str) -> Result<Self, String> {
         let translated = ascii_perl_classes(source);
-        let re = regex::Regex::new(&format!("^(?:{translated})$")).map_err(|e| {
-            format!(
-                "invalid regular expression {source:?}: {}",
-                first_line(&e.to_string())
-            )
-        })?;
-        Ok(PromRegex {
-            source: source.to_owned(),
-            re,
-        })
+        let re = regex::Regex::new(&format!("^(?:{translated})$"))
+            .map_err(|e| format!("invalid regular expression {source:?}: {}", first_line(&e.to_string())))?;
+        Ok(PromRegex { source: source.to_owned(), re })
     }
     pub fn as_str(&self) -> &str {
         &self.source
@@ -40,12 +33,7 @@ impl PromRegex {
 
 fn first_line(s: &str) -> String {
     // regex's errors are multi-line drawings; the last line holds the reason.
-    s.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or(s)
-        .trim()
-        .to_owned()
+    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(s).trim().to_owned()
 }
 
 impl PartialEq for PromRegex {
@@ -177,9 +165,6 @@ mod tests {
     #[test]
     fn invalid_is_an_error_with_the_source() {
         let e = PromRegex::new("(unclosed").unwrap_err();
-        assert!(
-            e.starts_with("invalid regular expression \"(unclosed\""),
-            "{e}"
-        );
+        assert!(e.starts_with("invalid regular expression \"(unclosed\""), "{e}");
     }
 }

@@ -130,20 +130,14 @@ impl RelabelConfigRaw {
         }
         let cfg = RelabelConfig {
             source_labels: self.source_labels.clone().unwrap_or_default(),
-            separator: self
-                .separator
-                .clone()
-                .unwrap_or_else(|| DEFAULT_SEPARATOR.into()),
+            separator: self.separator.clone().unwrap_or_else(|| DEFAULT_SEPARATOR.into()),
             regex: match &self.regex {
                 Some(r) => r.clone(),
                 None => PromRegex::new(DEFAULT_REGEX).expect("default regex"),
             },
             modulus: self.modulus.unwrap_or(0),
             target_label: self.target_label.clone().unwrap_or_default(),
-            replacement: self
-                .replacement
-                .clone()
-                .unwrap_or_else(|| DEFAULT_REPLACEMENT.into()),
+            replacement: self.replacement.clone().unwrap_or_else(|| DEFAULT_REPLACEMENT.into()),
             action,
         };
         let default_regex = cfg.regex.as_str() == DEFAULT_REGEX;
@@ -162,46 +156,27 @@ impl RelabelConfigRaw {
                 | Action::DropEqual
         );
         if needs_target && cfg.target_label.is_empty() {
-            return Err(format!(
-                "relabel configuration for {name} action requires 'target_label' value"
-            ));
+            return Err(format!("relabel configuration for {name} action requires 'target_label' value"));
         }
         let templated_target = matches!(
             action,
-            Action::Replace
-                | Action::Lowercase
-                | Action::Uppercase
-                | Action::KeepEqual
-                | Action::DropEqual
+            Action::Replace | Action::Lowercase | Action::Uppercase | Action::KeepEqual | Action::DropEqual
         );
         if templated_target && !is_valid_relabel_target(&cfg.target_label) {
-            return Err(format!(
-                "{:?} is invalid 'target_label' for {name} action",
-                cfg.target_label
-            ));
+            return Err(format!("{:?} is invalid 'target_label' for {name} action", cfg.target_label));
         }
         let plain_target = matches!(
             action,
-            Action::Lowercase
-                | Action::Uppercase
-                | Action::KeepEqual
-                | Action::DropEqual
-                | Action::HashMod
+            Action::Lowercase | Action::Uppercase | Action::KeepEqual | Action::DropEqual | Action::HashMod
         );
         if plain_target && !is_valid_label_name(&cfg.target_label) {
-            return Err(format!(
-                "{:?} is invalid 'target_label' for {name} action",
-                cfg.target_label
-            ));
+            return Err(format!("{:?} is invalid 'target_label' for {name} action", cfg.target_label));
         }
         if matches!(action, Action::Lowercase | Action::Uppercase) && !default_replacement {
             return Err(format!("'replacement' can not be set for {name} action"));
         }
         if action == Action::LabelMap && !is_valid_relabel_target(&cfg.replacement) {
-            return Err(format!(
-                "{:?} is invalid 'replacement' for {name} action",
-                cfg.replacement
-            ));
+            return Err(format!("{:?} is invalid 'replacement' for {name} action", cfg.replacement));
         }
         if matches!(action, Action::KeepEqual | Action::DropEqual)
             && (!default_regex || cfg.modulus != 0 || !default_separator || !default_replacement)
@@ -217,9 +192,7 @@ impl RelabelConfigRaw {
                 || !default_separator
                 || !default_replacement)
         {
-            return Err(format!(
-                "{name} action requires only 'regex', and no other fields"
-            ));
+            return Err(format!("{name} action requires only 'regex', and no other fields"));
         }
         Ok(cfg)
     }
@@ -273,25 +246,14 @@ mod tests {
             parse("action: keepequal\ntarget_label: b\nregex: x").unwrap_err(),
             "keepequal action requires only 'source_labels' and `target_label`, and no other fields"
         );
-        assert!(parse("action: frobnicate")
-            .unwrap_err()
-            .contains("unknown relabel action \"frobnicate\""));
-        assert!(parse("source_labels: ['1bad']\ntarget_label: x")
-            .unwrap_err()
-            .contains("not a valid label name"));
-        assert!(parse("target_label: '1x'")
-            .unwrap_err()
-            .contains("is invalid 'target_label' for replace action"));
+        assert!(parse("action: frobnicate").unwrap_err().contains("unknown relabel action \"frobnicate\""));
+        assert!(parse("source_labels: ['1bad']\ntarget_label: x").unwrap_err().contains("not a valid label name"));
+        assert!(parse("target_label: '1x'").unwrap_err().contains("is invalid 'target_label' for replace action"));
     }
 
     #[test]
     fn templated_targets_and_case_insensitive_actions() {
         assert!(parse("target_label: '${1}_x'\nregex: '(.*)'").is_ok());
-        assert_eq!(
-            parse("action: LabelMap\nregex: __meta_(.+)")
-                .unwrap()
-                .action,
-            Action::LabelMap
-        );
+        assert_eq!(parse("action: LabelMap\nregex: __meta_(.+)").unwrap().action, Action::LabelMap);
     }
 }

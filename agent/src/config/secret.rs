@@ -79,10 +79,7 @@ mod tests {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?}"), "<secret>");
         assert_eq!(serde_yaml::to_string(&s).unwrap().trim(), "<secret>");
-        assert_eq!(
-            reveal_secrets(|| serde_yaml::to_string(&s).unwrap()).trim(),
-            "hunter2"
-        );
+        assert_eq!(reveal_secrets(|| serde_yaml::to_string(&s).unwrap()).trim(), "hunter2");
         assert_eq!(serde_yaml::to_string(&s).unwrap().trim(), "<secret>");
         assert_eq!(s.expose(), "hunter2");
     }

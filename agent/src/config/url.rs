@@ -10,9 +10,7 @@ pub struct ConfigUrl(pub url::Url);
 
 impl ConfigUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
-        url::Url::parse(s)
-            .map(ConfigUrl)
-            .map_err(|e| format!("invalid URL {s:?}: {e}"))
+        url::Url::parse(s).map(ConfigUrl).map_err(|e| format!("invalid URL {s:?}: {e}"))
     }
     pub fn as_url(&self) -> &url::Url {
         &self.0
@@ -91,29 +89,16 @@ impl ByteSize {
             "TB" | "TiB" => 40,
             "PB" | "PiB" => 50,
             "EB" | "EiB" => 60,
-            _ => {
-                return Err(format!(
-                    "invalid size {s:?}: unit must be one of B, KB, MB, GB, TB, PB, EB"
-                ))
-            }
+            _ => return Err(format!("invalid size {s:?}: unit must be one of B, KB, MB, GB, TB, PB, EB")),
         };
-        n.checked_mul(1u64 << shift)
-            .map(ByteSize)
-            .ok_or_else(|| format!("size {s:?} is too large"))
+        n.checked_mul(1u64 << shift).map(ByteSize).ok_or_else(|| format!("size {s:?} is too large"))
     }
 }
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        for (unit, shift) in [
-            ("EiB", 60),
-            ("PiB", 50),
-            ("TiB", 40),
-            ("GiB", 30),
-            ("MiB", 20),
-            ("KiB", 10),
-        ] {
+        for (unit, shift) in [("EiB", 60), ("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
             if n != 0 && n % (1u64 << shift) == 0 {
                 return write!(f, "{}{unit}", n >> shift);
             }
