@@ -16,13 +16,25 @@ use agent::wal::{inspect, record, segment, Reader, SegmentSource, Wal, WalOption
 fn wal_writer_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // <target>/<profile>/deps/integration-…
-    let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir").to_owned();
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("profile dir")
+        .to_owned();
     let target_dir = profile_dir.parent().expect("target dir").to_owned();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-q", "-p", "agentctl-agent", "--example", "wal_writer", "--target-dir"])
-        .arg(&target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.args([
+        "build",
+        "-q",
+        "-p",
+        "agentctl-agent",
+        "--example",
+        "wal_writer",
+        "--target-dir",
+    ])
+    .arg(&target_dir)
+    .current_dir(env!("CARGO_MANIFEST_DIR"));
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
@@ -36,12 +48,15 @@ fn timestamps_by_ref(dir: &Path) -> HashMap<u64, Vec<i64>> {
     let segs = segment::list_segments(dir).expect("segments");
     let mut r = Reader::new(
         segs.into_iter()
-            .map(|index| SegmentSource { index, path: segment::segment_path(dir, index) })
+            .map(|index| SegmentSource {
+                index,
+                path: segment::segment_path(dir, index),
+            })
             .collect(),
     );
     let mut out: HashMap<u64, Vec<i64>> = HashMap::new();
     let mut samples = Vec::new();
-    while r.next().expect("clean read after repair") {
+    while r.next_record().expect("clean read after repair") {
         if record::record_type(r.record()) == Some(record::SAMPLES) {
             samples.clear();
             record::decode_samples(r.record(), &mut samples).expect("samples");
@@ -56,11 +71,24 @@ fn timestamps_by_ref(dir: &Path) -> HashMap<u64, Vec<i64>> {
 #[test]
 fn sigkilled_writer_loses_nothing_it_acknowledged() {
     let bin = wal_writer_binary();
-    for round in 0..3u64 {
+    // (series, batches per fsync+ack): per-batch acks, then big multi-page records with
+    // unacknowledged batches in between so the kill can tear a record.
+    let rounds = [
+        (2000u64, 1u32),
+        (20_000, 4),
+        (20_000, 3),
+        (5_000, 2),
+        (20_000, 4),
+        (20_000, 4),
+    ];
+    let mut repaired = 0;
+    for (round, &(n_series, sync_every)) in rounds.iter().enumerate() {
+        let round = round as u64;
         let dir = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(&bin)
             .arg(dir.path())
-            .arg("2000")
+            .arg(n_series.to_string())
+            .arg(sync_every.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -79,7 +107,7 @@ fn sigkilled_writer_loses_nothing_it_acknowledged() {
         });
         // Kill after a varying number of acknowledgements, so the kill lands at different
         // points of the write cycle.
-        let want = 20 + round * 37;
+        let want = 5 + round * 7;
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut last = -1i64;
         while last < want as i64 && Instant::now() < deadline {
@@ -88,6 +116,8 @@ fn sigkilled_writer_loses_nothing_it_acknowledged() {
             }
         }
         assert!(last >= 0, "the writer acknowledged nothing");
+        // A varying delay moves the kill through the child's encode/write/fsync cycle.
+        std::thread::sleep(Duration::from_micros(round * 2_300 % 11_000));
         child.kill().expect("SIGKILL");
         child.wait().expect("wait");
         reader.join().expect("reader thread");
@@ -96,13 +126,23 @@ fn sigkilled_writer_loses_nothing_it_acknowledged() {
             last = last.max(i);
         }
 
-        let (_, state) =
-            Wal::open(dir.path(), WalOptions { segment_size: 8 * 32768, compress: true }).expect("reopen");
-        eprintln!("round {round}: killed after ACK {last}; repair on reopen: {:?}", state.repair);
-        assert_eq!(state.series.len(), 2000, "round {round}");
+        let (_, state) = Wal::open(
+            dir.path(),
+            WalOptions {
+                segment_size: 8 * 32768,
+                compress: true,
+            },
+        )
+        .expect("reopen");
+        eprintln!(
+            "round {round}: killed after ACK {last}; repair on reopen: {:?}",
+            state.repair
+        );
+        repaired += usize::from(state.repair.is_some());
+        assert_eq!(state.series.len() as u64, n_series, "round {round}");
         assert_eq!(state.unknown_refs, 0);
         let ts = timestamps_by_ref(dir.path());
-        assert_eq!(ts.len(), 2000);
+        assert_eq!(ts.len() as u64, n_series);
         for (sref, mut v) in ts {
             v.sort_unstable();
             v.dedup();
@@ -113,6 +153,7 @@ fn sigkilled_writer_loses_nothing_it_acknowledged() {
             );
         }
     }
+    eprintln!("{repaired} of {} rounds needed a repair", rounds.len());
 }
 
 /// Serves a fixed exposition body over HTTP/1.1 until dropped.
@@ -175,14 +216,21 @@ impl Drop for MetricsServer {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// Reads a WAL produced by Prometheus itself. Fails (does not skip) without the binary.
 #[test]
 fn reads_wal_written_by_prometheus_agent_mode() {
     let prom = Path::new("/usr/bin/prometheus");
-    assert!(prom.exists(), "/usr/bin/prometheus is required (Debian package `prometheus`)");
+    assert!(
+        prom.exists(),
+        "/usr/bin/prometheus is required (Debian package `prometheus`)"
+    );
     let server = MetricsServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("prometheus.yml");
@@ -209,9 +257,15 @@ fn reads_wal_written_by_prometheus_agent_mode() {
     while server.served.load(Ordering::SeqCst) < 5 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(server.served.load(Ordering::SeqCst) >= 5, "Prometheus did not scrape the target");
+    assert!(
+        server.served.load(Ordering::SeqCst) >= 5,
+        "Prometheus did not scrape the target"
+    );
     // SIGTERM for a clean shutdown that flushes the WAL's last page.
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().expect("try_wait").is_none() {
         if Instant::now() > deadline {
@@ -240,18 +294,31 @@ fn reads_wal_written_by_prometheus_agent_mode() {
     assert!(t.samples >= 8 * 3, "at least three scrapes: {st:?}");
     assert_eq!(st.invalid_refs, 0);
     assert_eq!(st.hash_collisions, 0);
-    let names: Vec<(&str, u64)> = st.metrics.iter().map(|m| (m.name.as_str(), m.series)).collect();
-    assert_eq!(names, vec![("golden_requests_total", 2), ("golden_temperature", 1)]);
+    let names: Vec<(&str, u64)> = st
+        .metrics
+        .iter()
+        .map(|m| (m.name.as_str(), m.series))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("golden_requests_total", 2), ("golden_temperature", 1)]
+    );
     let series = st.series.expect("per-series stats");
     assert_eq!(series.len(), 3);
-    assert!(series.iter().all(|s| s.samples >= 3 && s.oldest_sample_ms <= s.newest_sample_ms));
+    assert!(series
+        .iter()
+        .all(|s| s.samples >= 3 && s.oldest_sample_ms <= s.newest_sample_ms));
     let (Some(old), Some(new)) = (st.oldest_sample_ms, st.newest_sample_ms) else {
         panic!("no samples")
     };
-    assert!(new - old >= 2000 && new - old < 60_000, "time range {old}..{new}");
+    assert!(
+        new - old >= 2000 && new - old < 60_000,
+        "time range {old}..{new}"
+    );
 
     // Our own reader/replay accepts it too: Wal::open on Prometheus's WAL.
-    let (_, replay) = Wal::open(&data.join("wal"), WalOptions::default()).expect("open Prometheus WAL");
+    let (_, replay) =
+        Wal::open(&data.join("wal"), WalOptions::default()).expect("open Prometheus WAL");
     assert!(replay.repair.is_none());
     assert_eq!(replay.series.len(), 8);
 }

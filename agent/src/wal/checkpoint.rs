@@ -141,7 +141,7 @@ pub fn checkpoint(
     let mut tombstones: Vec<Tombstone> = Vec::new();
     let mut metadata: Vec<RefMetadata> = Vec::new();
     let mut latest_meta: std::collections::HashMap<u64, RefMetadata> = Default::default();
-    while reader.next()? {
+    while reader.next_record()? {
         let rec = reader.record();
         out.clear();
         match record::record_type(rec) {

@@ -319,7 +319,7 @@ pub fn stats(dir: &Path, opts: &StatsOptions) -> Result<WalStats, InspectError> 
     let (mut mint, mut maxt) = (i64::MAX, i64::MIN);
 
     let mut r = Reader::new(sources);
-    while r.next()? {
+    while r.next_record()? {
         let rec = r.record();
         match record::record_type(rec) {
             Some(record::SERIES) => {

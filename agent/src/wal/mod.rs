@@ -465,7 +465,7 @@ pub(crate) fn replay(
     let cp = checkpoint::last_checkpoint(dir)?;
     if let Some((_, cp_dir)) = &cp {
         let mut r = Reader::new(checkpoint::checkpoint_sources(cp_dir)?);
-        while r.next()? {
+        while r.next_record()? {
             f(r.record()).map_err(|e| r.record_error(e))?;
         }
     }
@@ -484,7 +484,7 @@ pub(crate) fn replay(
     let mut r = Reader::new(sources);
     let mut repair = None;
     loop {
-        let res = match r.next() {
+        let res = match r.next_record() {
             Ok(false) => break,
             Ok(true) => f(r.record()).map_err(|e| (r.record_start(), r.record_error(e))),
             Err(e) => Err((r.last_good_end(), e)),

@@ -87,7 +87,7 @@ impl Reader {
             .get(self.cur.min(self.segs.len().saturating_sub(1)))
     }
 
-    /// Offset of the first byte of the record last returned by [`next`](Self::next).
+    /// Offset of the first byte of the record last returned by [`next_record`](Self::next_record).
     pub fn record_start(&self) -> u64 {
         self.rec_start
     }
@@ -110,7 +110,7 @@ impl Reader {
     /// Advances to the next record; `false` at the end of the last segment. The record is
     /// then available from [`record`](Self::record) (a shared borrow, so error helpers can be
     /// called while it is in use).
-    pub fn next(&mut self) -> Result<bool, WalError> {
+    pub fn next_record(&mut self) -> Result<bool, WalError> {
         self.decompressed = false;
         self.rec.clear();
         let mut index = 0usize;
@@ -234,7 +234,7 @@ impl Reader {
         Ok(true)
     }
 
-    /// The record last returned by [`next`](Self::next), decompressed.
+    /// The record last returned by [`next_record`](Self::next_record), decompressed.
     pub fn record(&self) -> &[u8] {
         if self.decompressed {
             &self.out
@@ -245,10 +245,13 @@ impl Reader {
 
     /// An error for a record that reassembled fine but does not decode.
     pub fn record_error(&self, e: super::record::RecordError) -> WalError {
-        let s = &self.segs[self.cur.min(self.segs.len() - 1)];
+        let (path, segment) = match self.segment() {
+            Some(s) => (s.path.clone(), s.index),
+            None => (PathBuf::new(), 0),
+        };
         WalError::Corrupt {
-            path: s.path.clone(),
-            segment: s.index,
+            path,
+            segment,
             offset: self.rec_start,
             kind: e.into(),
         }

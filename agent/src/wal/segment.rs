@@ -177,11 +177,16 @@ impl SegmentWriter {
                 }
             }
         }
-        // Space left in this segment, counting a header per page.
-        let left_in_page = (PAGE_SIZE - self.alloc).saturating_sub(HEADER_SIZE);
-        let full_pages_left = self.pages_per_segment() - self.done_pages - 1;
-        let left = left_in_page + (PAGE_SIZE - HEADER_SIZE) * full_pages_left;
-        if payload.len() > left {
+        // Space left in this segment, counting a header per page. When the previous record
+        // ended exactly at the end of the segment's last page, no page is left at all.
+        let pages = self.pages_per_segment();
+        let left = if self.done_pages >= pages {
+            None
+        } else {
+            let left_in_page = (PAGE_SIZE - self.alloc).saturating_sub(HEADER_SIZE);
+            Some(left_in_page + (PAGE_SIZE - HEADER_SIZE) * (pages - self.done_pages - 1))
+        };
+        if left.is_none_or(|left| payload.len() > left) {
             let max = (PAGE_SIZE - HEADER_SIZE) * self.pages_per_segment();
             if payload.len() > max {
                 return Err(WalError::RecordTooLarge {

@@ -27,7 +27,7 @@ fn read_all(dir: &Path) -> (Vec<(u64, Labels)>, Vec<RefSample>) {
             })
             .collect(),
     );
-    while r.next().expect("read") {
+    while r.next_record().expect("read") {
         match record::record_type(r.record()) {
             Some(record::SERIES) => record::decode_series(r.record(), &mut series).expect("series"),
             Some(record::SAMPLES) => {
@@ -116,6 +116,60 @@ fn record_larger_than_a_segment_is_an_error_not_a_panic() {
         SegmentWriter::create(d.path(), 1, 1000, false),
         Err(WalError::BadSegmentSize(1000))
     ));
+}
+
+#[test]
+fn record_ending_exactly_at_segment_end_cuts_cleanly() {
+    let d = tempfile::tempdir().expect("tmp");
+    let mut w = SegmentWriter::create(d.path(), 0, PAGE_SIZE, false).expect("create");
+    // Fills the only page of segment 0 exactly.
+    let a = vec![1u8; PAGE_SIZE - 7];
+    w.log(&a).expect("log a");
+    let b = vec![2u8; 100];
+    w.log(&b).expect("log b");
+    w.flush().expect("flush");
+    assert_eq!(w.segment(), 1);
+    assert_eq!(
+        fs::metadata(segment::segment_path(d.path(), 0))
+            .expect("meta")
+            .len(),
+        PAGE_SIZE as u64
+    );
+    let mut r = Reader::new(
+        (0..2)
+            .map(|index| SegmentSource {
+                index,
+                path: segment::segment_path(d.path(), index),
+            })
+            .collect(),
+    );
+    assert!(r.next_record().expect("a"));
+    assert_eq!(r.record(), &a[..]);
+    assert!(r.next_record().expect("b"));
+    assert_eq!(r.record(), &b[..]);
+    assert!(!r.next_record().expect("end"));
+}
+
+#[test]
+fn page_with_exactly_seven_bytes_left_gets_an_empty_first_fragment() {
+    let d = tempfile::tempdir().expect("tmp");
+    let mut w = SegmentWriter::create(d.path(), 0, 4 * PAGE_SIZE, false).expect("create");
+    // 7 (header) + 32754 = 32761 used, 7 bytes left: not "fewer than 7", so the next record
+    // starts with a zero-length First fragment, as Prometheus's writer does.
+    w.log(&vec![1u8; PAGE_SIZE - 14]).expect("log");
+    w.log(&[9u8; 10]).expect("log");
+    w.flush().expect("flush");
+    let bytes = fs::read(segment::segment_path(d.path(), 0)).expect("read");
+    assert_eq!(bytes[PAGE_SIZE - 7], segment::REC_FIRST);
+    assert_eq!(&bytes[PAGE_SIZE - 6..PAGE_SIZE - 4], &[0, 0]);
+    assert_eq!(bytes[PAGE_SIZE], segment::REC_LAST);
+    let mut r = Reader::new(vec![SegmentSource {
+        index: 0,
+        path: segment::segment_path(d.path(), 0),
+    }]);
+    assert!(r.next_record().expect("first"));
+    assert!(r.next_record().expect("second"));
+    assert_eq!(r.record(), &[9u8; 10]);
 }
 
 proptest! {
