@@ -477,6 +477,84 @@ mod tests {
     }
 
     #[test]
+    fn stats_totals_targets_metrics_and_series() {
+        use crate::wal::{Wal, WalOptions};
+        let d = tempfile::tempdir().expect("tempdir");
+        let wal_dir = d.path().join("wal");
+        let (mut wal, _) = Wal::open(&wal_dir, WalOptions::default()).expect("open");
+        let a = Labels::from_pairs([("__name__", "up"), ("job", "j1"), ("instance", "a")]);
+        let b = Labels::from_pairs([("__name__", "up"), ("job", "j1"), ("instance", "b")]);
+        let c = Labels::from_pairs([("__name__", "x_total"), ("job", "j1"), ("instance", "b")]);
+        let n = Labels::from_pairs([("__name__", "x_total")]);
+        wal.append_series(&[(1, a.clone()), (2, b), (3, c), (4, n)])
+            .expect("series");
+        wal.append_samples(&[
+            (1, 1000, 1.0),
+            (2, 1000, 1.0),
+            (3, 1000, 5.0),
+            (1, 2000, 1.0),
+        ])
+        .expect("samples");
+        // A sample for a ref without a series record.
+        wal.append_samples(&[(99, 500, 0.0)]).expect("samples");
+        // The same label set again under a new ref (a re-created series).
+        wal.append_series(&[(5, a)]).expect("series");
+        wal.append_samples(&[(5, 3000, 1.0)]).expect("samples");
+        wal.commit().expect("commit");
+        drop(wal);
+
+        let opts = StatsOptions {
+            selector: Some(Selector::parse(r#"{job="j1", instance="b"}"#).expect("selector")),
+            per_series: true,
+        };
+        // The instance dir is accepted and resolves to its wal/ subdirectory.
+        let st = stats(d.path(), &opts).expect("stats");
+        assert_eq!(st.dir, wal_dir);
+        assert_eq!(
+            (st.oldest_sample_ms, st.newest_sample_ms),
+            (Some(500), Some(3000))
+        );
+        assert_eq!(st.total_series, 5);
+        assert_eq!(st.total_samples, 5);
+        assert_eq!(st.invalid_refs, 1);
+        assert_eq!(st.hash_collisions, 1);
+        assert_eq!(st.checkpoint_segment, None);
+        assert_eq!((st.first_segment, st.last_segment), (Some(0), Some(0)));
+        let t: Vec<(&str, &str, u64, u64)> = st
+            .targets
+            .iter()
+            .map(|t| (t.job.as_str(), t.instance.as_str(), t.series, t.samples))
+            .collect();
+        assert_eq!(
+            t,
+            vec![("j1", "a", 2, 3), ("j1", "b", 2, 2), ("", "", 1, 0)]
+        );
+        let m: Vec<(&str, u64)> = st
+            .metrics
+            .iter()
+            .map(|m| (m.name.as_str(), m.series))
+            .collect();
+        assert_eq!(m, vec![("up", 1), ("x_total", 1)]);
+        let series = st.series.as_ref().expect("per series");
+        assert_eq!(series.len(), 2);
+        assert_eq!(
+            series[1].labels,
+            r#"{__name__="x_total", instance="b", job="j1"}"#
+        );
+        assert_eq!(
+            (
+                series[1].samples,
+                series[1].oldest_sample_ms,
+                series[1].newest_sample_ms
+            ),
+            (1, Some(1000), Some(1000))
+        );
+        let json = serde_json::to_value(&st).expect("json");
+        assert_eq!(json["total_series"], 5);
+        assert_eq!(json["targets"][0]["instance"], "a");
+    }
+
+    #[test]
     fn not_a_wal() {
         let d = tempfile::tempdir().expect("tempdir");
         assert!(matches!(

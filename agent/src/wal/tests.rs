@@ -617,3 +617,60 @@ fn independent_reader_reads_our_segments() {
             .all(|(a, b)| a.0 == b.0 && a.1 == b.1 && a.2 == b.2));
     }
 }
+
+#[test]
+fn undecodable_record_is_cut_at_its_start() {
+    let d = tempfile::tempdir().expect("tmp");
+    let mut w = SegmentWriter::create(d.path(), 0, 4 * PAGE_SIZE, true).expect("create");
+    let mut rec = Vec::new();
+    let l = series_labels(1);
+    record::extend_series(&mut rec, [(1u64, l.as_ref())]);
+    w.log(&rec).expect("log");
+    record::encode_samples(&mut rec, &[(1, 10, 1.0), (1, 20, 2.0)]);
+    w.log(&rec).expect("log");
+    let good_end = w.segment_bytes();
+    // Valid fragments, but the Samples body ends inside its header.
+    w.log(&[record::SAMPLES, 0, 0, 0]).expect("log");
+    record::encode_samples(&mut rec, &[(1, 30, 3.0)]);
+    w.log(&rec).expect("log");
+    w.close().expect("close");
+
+    let (_, st) = Wal::open(d.path(), small()).expect("open");
+    let rep = st.repair.expect("repaired");
+    assert_eq!(rep.segment, 0);
+    assert_eq!(rep.truncated_at, good_end);
+    assert!(rep.reason.contains("bytes left in entry"), "{}", rep.reason);
+    assert_eq!(st.samples, 2);
+    assert_eq!(st.series, vec![(1, l)]);
+}
+
+#[test]
+fn corrupt_checkpoint_is_an_error_with_its_position() {
+    let d = tempfile::tempdir().expect("tmp");
+    let cp = d.path().join(checkpoint::checkpoint_name(3));
+    fs::create_dir_all(&cp).expect("mkdir");
+    let mut w = SegmentWriter::create(&cp, 0, PAGE_SIZE, false).expect("create");
+    w.log(&[record::SAMPLES]).expect("log");
+    w.close().expect("close");
+    let p = segment::segment_path(&cp, 0);
+    let mut bytes = fs::read(&p).expect("read");
+    bytes[7] ^= 1; // payload byte: checksum mismatch
+    fs::write(&p, bytes).expect("write");
+    let err = Wal::open(d.path(), small()).err().expect("error");
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            WalError::Corrupt {
+                segment: 0,
+                offset: 0,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("checkpoint.00000003") && msg.contains("unexpected checksum"),
+        "{msg}"
+    );
+}
