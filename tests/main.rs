@@ -6,3 +6,4 @@ mod agent;
 mod cli;
 mod discovery;
 mod kv;
+mod wal;

@@ -1,0 +1,317 @@
+//! Segment files and the page/fragment writer (Prometheus `tsdb/wlog`).
+//!
+//! A WAL directory holds segment files named `%08d` (`00000000`, `00000001`, …), contiguous,
+//! each at most [`DEFAULT_SEGMENT_SIZE`] (128 MiB) and made of 32 KiB pages. A record is cut
+//! into fragments that each fit in the rest of the current page, every fragment with a 7-byte
+//! header:
+//!
+//! ```text
+//! byte 0     : bits 0-2 fragment type (0 page terminator, 1 full, 2 first, 3 middle, 4 last)
+//!              bit 3 (0x08) snappy-compressed record, bit 4 (0x10) zstd-compressed record
+//! bytes 1..2 : big-endian u16 payload length (≤ 32768 - 7)
+//! bytes 3..6 : big-endian u32 CRC-32C (Castagnoli) of the payload as stored
+//! payload
+//! ```
+//!
+//! The writer starts a new page when fewer than 7 bytes remain in the current one (so a 0
+//! length fragment can occur when exactly 7 remain, as in Prometheus); the unused tail of a page
+//! is zero, which a reader sees as a type-0 terminator. A record is compressed as a whole with
+//! snappy *block* format before fragmenting, and only when that is smaller. A record never
+//! spans segments: when it does not fit in what is left of the segment, the segment is cut.
+//! A completed segment is zero-padded to a page boundary; the segment being written may end
+//! mid-page because partial pages are written out at every [`SegmentWriter::flush`].
+//!
+//! Durability policy: [`SegmentWriter::flush`] hands the bytes to the OS (a `write`), which
+//! survives a process crash but not a power loss; [`SegmentWriter::sync`] additionally fsyncs
+//! the segment. A segment is fsynced when it is cut, and the directory is fsynced when a
+//! segment is created, so only the tail written since the last `sync` can be lost on power
+//! failure. Calling `sync` periodically (timer) or per commit is the caller's choice.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::WalError;
+
+pub const PAGE_SIZE: usize = 32 * 1024;
+pub const HEADER_SIZE: usize = 7;
+pub const DEFAULT_SEGMENT_SIZE: usize = 128 * 1024 * 1024;
+
+pub const REC_PAGE_TERM: u8 = 0;
+pub const REC_FULL: u8 = 1;
+pub const REC_FIRST: u8 = 2;
+pub const REC_MIDDLE: u8 = 3;
+pub const REC_LAST: u8 = 4;
+pub const TYPE_MASK: u8 = 0x07;
+pub const FLAG_SNAPPY: u8 = 0x08;
+pub const FLAG_ZSTD: u8 = 0x10;
+
+/// `%08d`.
+pub fn segment_name(index: u32) -> String {
+    format!("{index:08}")
+}
+
+pub fn segment_path(dir: &Path, index: u32) -> PathBuf {
+    dir.join(segment_name(index))
+}
+
+/// Numeric segment files in `dir`, sorted. Like Prometheus, every name that parses as a
+/// decimal integer counts; other names (`*.corrupt`, `checkpoint.*`) are ignored. Errors if
+/// the indices are not contiguous.
+pub fn list_segments(dir: &Path) -> Result<Vec<u32>, WalError> {
+    let rd = fs::read_dir(dir).map_err(|e| WalError::io(dir, e))?;
+    let mut v = Vec::new();
+    for ent in rd {
+        let ent = ent.map_err(|e| WalError::io(dir, e))?;
+        let name = ent.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(i) = name.parse::<u32>() {
+            v.push(i);
+        }
+    }
+    v.sort_unstable();
+    for w in v.windows(2) {
+        if w[1] != w[0] + 1 {
+            return Err(WalError::NotSequential {
+                dir: dir.to_owned(),
+                after: w[0],
+                found: w[1],
+            });
+        }
+    }
+    Ok(v)
+}
+
+/// fsyncs a directory so that created, renamed or deleted entries are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| WalError::io(dir, e))
+}
+
+/// Appends records to a directory of segments. See the module doc for format and durability.
+pub struct SegmentWriter {
+    dir: PathBuf,
+    segment_size: usize,
+    compress: bool,
+    index: u32,
+    file: File,
+    /// Pages already complete in the current segment.
+    done_pages: usize,
+    page: Box<[u8]>,
+    /// Bytes used in `page`.
+    alloc: usize,
+    /// Bytes of `page` already written to the file.
+    flushed: usize,
+    snappy: snap::raw::Encoder,
+    cbuf: Vec<u8>,
+    /// Bytes written into the current segment, including unflushed ones.
+    bytes_in_segment: u64,
+}
+
+impl SegmentWriter {
+    /// Creates a new, empty segment `index` in `dir` (truncating any file of that name) and
+    /// writes to it.
+    pub fn create(
+        dir: &Path,
+        index: u32,
+        segment_size: usize,
+        compress: bool,
+    ) -> Result<Self, WalError> {
+        if segment_size < PAGE_SIZE || segment_size % PAGE_SIZE != 0 {
+            return Err(WalError::BadSegmentSize(segment_size));
+        }
+        let file = create_segment(dir, index)?;
+        Ok(SegmentWriter {
+            dir: dir.to_owned(),
+            segment_size,
+            compress,
+            index,
+            file,
+            done_pages: 0,
+            page: vec![0u8; PAGE_SIZE].into_boxed_slice(),
+            alloc: 0,
+            flushed: 0,
+            snappy: snap::raw::Encoder::new(),
+            cbuf: Vec::new(),
+            bytes_in_segment: 0,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Index of the segment being written.
+    pub fn segment(&self) -> u32 {
+        self.index
+    }
+
+    fn pages_per_segment(&self) -> usize {
+        self.segment_size / PAGE_SIZE
+    }
+
+    /// Appends one record (the bytes as the record codecs produce them). The record is in the
+    /// page buffer afterwards; call [`flush`](Self::flush) to write it out.
+    pub fn log(&mut self, rec: &[u8]) -> Result<(), WalError> {
+        let mut cbuf = std::mem::take(&mut self.cbuf);
+        let res = self.log_inner(rec, &mut cbuf);
+        self.cbuf = cbuf;
+        res
+    }
+
+    fn log_inner(&mut self, rec: &[u8], cbuf: &mut Vec<u8>) -> Result<(), WalError> {
+        let mut payload = rec;
+        let mut flag = 0u8;
+        if self.compress && !rec.is_empty() {
+            cbuf.resize(snap::raw::max_compress_len(rec.len()), 0);
+            // Only fails on inputs over 4 GiB, which the segment limit rules out anyway; the
+            // uncompressed form is always a valid fallback.
+            if let Ok(n) = self.snappy.compress(rec, cbuf) {
+                if n < rec.len() {
+                    payload = &cbuf[..n];
+                    flag = FLAG_SNAPPY;
+                }
+            }
+        }
+        // Space left in this segment, counting a header per page. When the previous record
+        // ended exactly at the end of the segment's last page, no page is left at all.
+        let pages = self.pages_per_segment();
+        let left = if self.done_pages >= pages {
+            None
+        } else {
+            let left_in_page = (PAGE_SIZE - self.alloc).saturating_sub(HEADER_SIZE);
+            Some(left_in_page + (PAGE_SIZE - HEADER_SIZE) * (pages - self.done_pages - 1))
+        };
+        if left.is_none_or(|left| payload.len() > left) {
+            let max = (PAGE_SIZE - HEADER_SIZE) * self.pages_per_segment();
+            if payload.len() > max {
+                return Err(WalError::RecordTooLarge {
+                    len: payload.len(),
+                    max,
+                });
+            }
+            self.next_segment()?;
+        }
+        let mut i = 0;
+        while i == 0 || !payload.is_empty() {
+            let room = PAGE_SIZE - self.alloc - HEADER_SIZE;
+            let n = payload.len().min(room);
+            let (part, rest) = payload.split_at(n);
+            let typ = match (i == 0, rest.is_empty()) {
+                (true, true) => REC_FULL,
+                (true, false) => REC_FIRST,
+                (false, true) => REC_LAST,
+                (false, false) => REC_MIDDLE,
+            };
+            let crc = crc32c::crc32c(part);
+            let h = &mut self.page[self.alloc..self.alloc + HEADER_SIZE];
+            h[0] = typ | flag;
+            h[1..3].copy_from_slice(&(n as u16).to_be_bytes());
+            h[3..7].copy_from_slice(&crc.to_be_bytes());
+            self.alloc += HEADER_SIZE;
+            self.page[self.alloc..self.alloc + n].copy_from_slice(part);
+            self.alloc += n;
+            self.bytes_in_segment += (HEADER_SIZE + n) as u64;
+            payload = rest;
+            if PAGE_SIZE - self.alloc < HEADER_SIZE {
+                self.flush_page(true)?;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes the unwritten part of the current page; with `clear`, pads the page with zeros
+    /// to its end and starts a new one.
+    fn flush_page(&mut self, clear: bool) -> Result<(), WalError> {
+        let end = if clear { PAGE_SIZE } else { self.alloc };
+        if end > self.flushed {
+            let path = segment_path(&self.dir, self.index);
+            self.file
+                .write_all(&self.page[self.flushed..end])
+                .map_err(|e| WalError::io(&path, e))?;
+            self.flushed = end;
+        }
+        if clear {
+            self.bytes_in_segment += (PAGE_SIZE - self.alloc) as u64;
+            self.page.fill(0);
+            self.alloc = 0;
+            self.flushed = 0;
+            self.done_pages += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes everything logged so far to the OS (no fsync).
+    pub fn flush(&mut self) -> Result<(), WalError> {
+        self.flush_page(false)
+    }
+
+    /// Flushes and fsyncs the current segment.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        self.flush()?;
+        let path = segment_path(&self.dir, self.index);
+        self.file.sync_data().map_err(|e| WalError::io(&path, e))
+    }
+
+    /// Completes the current segment (zero-padded to a page boundary, fsynced) and starts the
+    /// next one. Returns the new segment's index.
+    pub fn next_segment(&mut self) -> Result<u32, WalError> {
+        if self.alloc > 0 {
+            self.flush_page(true)?;
+        }
+        self.sync()?;
+        let next = self.index + 1;
+        self.file = create_segment(&self.dir, next)?;
+        self.index = next;
+        self.done_pages = 0;
+        self.bytes_in_segment = 0;
+        Ok(next)
+    }
+
+    /// Bytes written (or buffered) into the current segment.
+    pub fn segment_bytes(&self) -> u64 {
+        self.bytes_in_segment
+    }
+
+    /// Pads and fsyncs the current segment; used when a checkpoint is finished.
+    pub fn close(mut self) -> Result<(), WalError> {
+        if self.alloc > 0 {
+            self.flush_page(true)?;
+        }
+        self.sync()
+    }
+}
+
+fn create_segment(dir: &Path, index: u32) -> Result<File, WalError> {
+    let path = segment_path(dir, index);
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| WalError::io(&path, e))?;
+    sync_dir(dir)?;
+    Ok(f)
+}
+
+/// Zero-pads an existing segment to a page boundary (Prometheus does this when it reopens a
+/// segment whose last page is partial), so the next segment starts on a clean page.
+pub fn pad_to_page(path: &Path) -> Result<(), WalError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| WalError::io(path, e))?;
+    let len = f.metadata().map_err(|e| WalError::io(path, e))?.len();
+    let rem = len % PAGE_SIZE as u64;
+    if rem != 0 {
+        f.set_len(len + (PAGE_SIZE as u64 - rem))
+            .map_err(|e| WalError::io(path, e))?;
+        f.sync_all().map_err(|e| WalError::io(path, e))?;
+    }
+    Ok(())
+}
