@@ -319,7 +319,8 @@ impl LabelsBuilder {
         &self.entries
     }
 
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+    /// Keeps only the labels whose name satisfies `keep`.
+    pub fn retain_names(&mut self, mut keep: impl FnMut(&str) -> bool) {
         let arena = &self.arena;
         self.entries.retain(|e| keep(&arena[e.name.0..e.name.1]));
     }
@@ -437,7 +438,7 @@ mod tests {
         assert_eq!(ls.get("a"), Some("1"));
         assert_eq!(ls.get("c"), None);
         assert!(!ls.contains("zz"));
-        assert_eq!(ls.iter().rev().next(), Some(("b", "3")));
+        assert_eq!(ls.iter().next_back(), Some(("b", "3")));
         assert!(Labels::empty().is_empty());
     }
 

@@ -121,8 +121,8 @@ fn apply_with(
             }
             lb.snapshot = snap;
         }
-        Action::LabelDrop => lb.retain(|name| !re.is_match(name)),
-        Action::LabelKeep => lb.retain(|name| re.is_match(name)),
+        Action::LabelDrop => lb.retain_names(|name| !re.is_match(name)),
+        Action::LabelKeep => lb.retain_names(|name| re.is_match(name)),
     }
     true
 }

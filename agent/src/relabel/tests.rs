@@ -564,3 +564,18 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #[test]
+    fn expand_never_panics(template in "[$0-9a-z{}_é]{0,12}", hay in "[a-z0-9]{0,6}") {
+        let re = regex::Regex::new(r"^(?:(?P<n>[a-z]*)(\d*))$").expect("regex");
+        if let Some(caps) = re.captures(&hay) {
+            let mut s = String::new();
+            expand(&mut s, &template, &CapturesGroups(&caps));
+            // Without a `$` the template is copied as is.
+            if !template.contains('$') {
+                prop_assert_eq!(s, template);
+            }
+        }
+    }
+}
