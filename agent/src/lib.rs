@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod httpclient;
 pub mod kv;
 pub mod logging;
+pub mod relabel;
 pub mod ring;
 pub mod scrape;
 pub mod wal;

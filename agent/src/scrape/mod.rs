@@ -1,2 +1,4 @@
-//! The scrape engine: exposition parsing, scrape loops and the series cache.
+//! The scrape engine: exposition parsing, target label population, scrape loops and the
+//! series cache.
 pub mod parse;
+pub mod target;
