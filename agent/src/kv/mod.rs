@@ -203,12 +203,14 @@ impl dyn KvStore {
         F: FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
     {
         let attempts = self.cas_retries().max(1);
+        let mut round_trip = Duration::ZERO;
         for attempt in 0..attempts {
             if attempt > 0 {
                 // Contenders that retry at once tend to collide again; a random pause spreads
                 // them out (dskit's consul client does the same with `cas_retry_delay`).
-                tokio::time::sleep(cas_backoff(attempt)).await;
+                tokio::time::sleep(cas_backoff(attempt, round_trip)).await;
             }
+            let started = std::time::Instant::now();
             let current = self.get(key).await?;
             let next =
                 f(current.as_ref().map(|v| v.value.as_slice())).map_err(CasError::Callback)?;
@@ -223,6 +225,7 @@ impl dyn KvStore {
                     CasOutcome::Created
                 });
             }
+            round_trip = started.elapsed();
             tracing::debug!(key, store = %self.describe(), "CAS conflict, retrying");
         }
         Err(CasError::TooManyConflicts {
@@ -232,12 +235,16 @@ impl dyn KvStore {
     }
 }
 
-/// A random pause in `[0, min(5 ms * 2^(attempt-1), 1 s))` before retry `attempt` (>= 1). The
-/// base is of the order of one fsync'ed write, so that contenders spread over several commit
-/// slots instead of colliding again.
-fn cas_backoff(attempt: u32) -> Duration {
+/// A random pause before retry `attempt` (>= 1), in `[0, base * 2^(attempt-1))` capped at 1 s,
+/// where `base` is the larger of 5 ms and the last attempt's read-and-write round trip. The round
+/// trip is the window in which contenders collide, so a slow store (etcd under load) gets a
+/// wider spread instead of the same collisions again.
+fn cas_backoff(attempt: u32, round_trip: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
-    let ceiling_us = (5_000u64 << attempt.saturating_sub(1).min(8)).min(1_000_000);
+    let base_us = (round_trip.as_micros() as u64).max(5_000);
+    let ceiling_us = base_us
+        .saturating_mul(1 << attempt.saturating_sub(1).min(8))
+        .min(1_000_000);
     // RandomState is seeded per instance from OS randomness: enough for jitter, no extra crate.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(attempt);
