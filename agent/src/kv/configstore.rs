@@ -37,6 +37,12 @@ pub enum ConfigStoreError {
     NotUnique { job: String, existing: String },
     #[error("config name must not be empty")]
     EmptyName,
+    /// `If-Match` did not hold: the config changed (or appeared, or went away) meanwhile.
+    #[error("configuration {name} was changed concurrently (its current hash is {})", current.as_deref().unwrap_or("none: it does not exist"))]
+    PreconditionFailed {
+        name: String,
+        current: Option<String>,
+    },
     #[error("failed to put config {name:?}: {source}")]
     Cas {
         name: String,
@@ -127,6 +133,26 @@ pub struct ConfigStore {
     /// Built on the first `put`; the tokio mutex also serialises puts of this store, so the
     /// check-then-write of two local puts cannot interleave.
     index: Mutex<Option<IndexState>>,
+}
+
+/// The hash of a stored config's YAML that the API serves as its `ETag` and in
+/// `GET /agent/api/v1/configs?hashes=true`: hex MD5 of the YAML text (a change detector, not a
+/// security measure).
+pub fn content_hash(yaml: &str) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(yaml.as_bytes()))
+}
+
+/// A failed `If-Match`, carried through the CAS callback.
+#[derive(Debug)]
+struct Precondition {
+    have: Option<String>,
+}
+
+impl std::fmt::Display for Precondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("precondition failed")
+    }
 }
 
 /// `scrape_configs[*].job_name` of a config, read loosely so that the check does not depend on
@@ -232,54 +258,135 @@ impl ConfigStore {
 
     /// Stores `yaml` under `name` (CAS), refusing a scrape `job_name` another config declares.
     pub async fn put(&self, name: &str, yaml: &str) -> Result<PutOutcome, ConfigStoreError> {
+        self.put_if(name, yaml, None).await
+    }
+
+    /// [`put`](Self::put) with a precondition: with `Some(hash)`, the write happens only if
+    /// the stored config's [`content_hash`] is `hash` (`"*"`: the config must exist; `""`: it
+    /// must not), checked inside the CAS so a concurrent change is never overwritten.
+    ///
+    /// Puts of different names run concurrently: the job names are reserved in the index under
+    /// a short lock, the write happens without it, and a failed write gives the reservation back.
+    pub async fn put_if(
+        &self,
+        name: &str,
+        yaml: &str,
+        if_match: Option<&str>,
+    ) -> Result<PutOutcome, ConfigStoreError> {
         if name.is_empty() {
             return Err(ConfigStoreError::EmptyName);
         }
         let jobs = job_names(yaml);
-        let mut guard = self.index.lock().await;
-        let index = match guard.as_ref() {
-            Some(state) => Arc::clone(&state.index),
-            None => {
-                let state = self.build_index().await?;
-                let index = Arc::clone(&state.index);
-                *guard = Some(state);
-                index
+        let index = self.index().await?;
+        let previous = {
+            let mut idx = lock_index(&index);
+            if let Some((job, existing)) = idx.conflict(name, &jobs) {
+                return Err(ConfigStoreError::NotUnique { job, existing });
             }
+            let previous = idx.by_config.get(name).cloned();
+            idx.set(name, jobs);
+            previous
         };
-        if let Some((job, existing)) = lock_index(&index).conflict(name, &jobs) {
-            return Err(ConfigStoreError::NotUnique { job, existing });
-        }
         let value = encode_config(yaml);
         let key = self.key(name);
-        let outcome = self
+        let result = self
             .kv
-            .cas(&key, |_| {
-                Ok::<_, std::convert::Infallible>(Some(value.clone()))
+            .cas(&key, |current| {
+                if let Some(want) = if_match {
+                    let have = match current {
+                        Some(v) => decode_config(&key, v)
+                            .ok()
+                            .flatten()
+                            .map(|y| content_hash(&y)),
+                        None => None,
+                    };
+                    let ok = match (want, &have) {
+                        ("*", h) => h.is_some(),
+                        ("", h) => h.is_none(),
+                        (w, Some(h)) => w == h,
+                        (_, None) => false,
+                    };
+                    if !ok {
+                        return Err(Precondition { have });
+                    }
+                }
+                Ok(Some(value.clone()))
             })
-            .await
-            .map_err(|source| ConfigStoreError::Cas {
-                name: name.to_owned(),
-                source,
-            })?;
-        lock_index(&index).set(name, jobs);
-        Ok(match outcome {
-            CasOutcome::Created => PutOutcome::Created,
-            CasOutcome::Updated | CasOutcome::Unchanged => PutOutcome::Updated,
-        })
+            .await;
+        match result {
+            Ok(outcome) => Ok(match outcome {
+                CasOutcome::Created => PutOutcome::Created,
+                CasOutcome::Updated | CasOutcome::Unchanged => PutOutcome::Updated,
+            }),
+            Err(e) => {
+                let mut idx = lock_index(&index);
+                match previous {
+                    Some(jobs) => idx.set(name, jobs),
+                    None => idx.remove(name),
+                }
+                drop(idx);
+                Err(match e {
+                    CasError::Callback(Precondition { have }) => {
+                        ConfigStoreError::PreconditionFailed {
+                            name: name.to_owned(),
+                            current: have,
+                        }
+                    }
+                    CasError::Kv(e) => ConfigStoreError::Kv(e),
+                    CasError::TooManyConflicts { key, attempts } => ConfigStoreError::Cas {
+                        name: name.to_owned(),
+                        source: CasError::TooManyConflicts { key, attempts },
+                    },
+                })
+            }
+        }
     }
 
-    /// Deletes config `name`; [`ConfigStoreError::NotExist`] when there is none.
-    pub async fn delete(&self, name: &str) -> Result<(), ConfigStoreError> {
-        let guard = self.index.lock().await;
+    /// The job index, built from the store on first use.
+    async fn index(&self) -> Result<Arc<std::sync::Mutex<JobIndex>>, ConfigStoreError> {
+        let mut guard = self.index.lock().await;
+        if let Some(state) = guard.as_ref() {
+            return Ok(Arc::clone(&state.index));
+        }
+        let state = self.build_index().await?;
+        let index = Arc::clone(&state.index);
+        *guard = Some(state);
+        Ok(index)
+    }
+
+    /// Deletes config `name`; [`ConfigStoreError::NotExist`] when there is none. With
+    /// `if_match`, only when the stored config's [`content_hash`] is that hash (checked just
+    /// before the delete; etcd offers no compare on delete through this layer, so a change in
+    /// between the two calls is not detected).
+    pub async fn delete_if(
+        &self,
+        name: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), ConfigStoreError> {
+        if let Some(want) = if_match.filter(|w| *w != "*") {
+            let have = self.get(name).await?.map(|y| content_hash(&y));
+            if have.as_deref() != Some(want) {
+                return Err(ConfigStoreError::PreconditionFailed {
+                    name: name.to_owned(),
+                    current: have,
+                });
+            }
+        }
         if !self.kv.delete(&self.key(name)).await? {
             return Err(ConfigStoreError::NotExist {
                 name: name.to_owned(),
             });
         }
+        let guard = self.index.lock().await;
         if let Some(state) = guard.as_ref() {
             lock_index(&state.index).remove(name);
         }
         Ok(())
+    }
+
+    /// Deletes config `name`; [`ConfigStoreError::NotExist`] when there is none.
+    pub async fn delete(&self, name: &str) -> Result<(), ConfigStoreError> {
+        self.delete_if(name, None).await
     }
 
     /// Changes to configs from now on, deletes included. Undecodable values are logged and
@@ -422,6 +529,56 @@ mod tests {
         assert!(job_names("remote_write: []").is_empty());
         assert!(job_names(": not yaml [").is_empty());
         assert!(job_names("scrape_configs:\n- static_configs: []\n- job_name: 7\n").is_empty());
+    }
+
+    #[tokio::test]
+    async fn if_match_guards_puts_and_deletes() {
+        let s = store();
+        let v1 = cfg(&["x"]);
+        // "" = must not exist yet.
+        assert_eq!(
+            s.put_if("a", &v1, Some("")).await.unwrap(),
+            PutOutcome::Created
+        );
+        let err = s.put_if("a", &v1, Some("")).await.unwrap_err();
+        assert!(
+            matches!(err, ConfigStoreError::PreconditionFailed { .. }),
+            "{err}"
+        );
+        let h1 = content_hash(&v1);
+        let v2 = cfg(&["x", "y"]);
+        assert_eq!(
+            s.put_if("a", &v2, Some(&h1)).await.unwrap(),
+            PutOutcome::Updated
+        );
+        // The old hash is stale now: refused, and nothing overwritten.
+        let err = s.put_if("a", &cfg(&["q"]), Some(&h1)).await.unwrap_err();
+        assert!(
+            matches!(err, ConfigStoreError::PreconditionFailed { current: Some(ref c), .. } if *c == content_hash(&v2))
+        );
+        assert_eq!(s.get("a").await.unwrap(), Some(v2.clone()));
+        // A refused put gives its job reservation back: another config may take job "q".
+        assert_eq!(s.put("b", &cfg(&["q"])).await.unwrap(), PutOutcome::Created);
+        assert!(s.delete_if("a", Some(&h1)).await.is_err());
+        s.delete_if("a", Some(&content_hash(&v2))).await.unwrap();
+        assert_eq!(s.get("a").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn concurrent_puts_of_different_names_all_land() {
+        let s = Arc::new(store());
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let s = Arc::clone(&s);
+                tokio::spawn(
+                    async move { s.put(&format!("c{i}"), &cfg(&[&format!("job{i}")])).await },
+                )
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), PutOutcome::Created);
+        }
+        assert_eq!(s.list().await.unwrap().len(), 50);
     }
 
     #[tokio::test]
