@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod kv;
 pub mod logging;
+pub mod remote_write;
 pub mod ring;
 pub mod scrape;
 pub mod wal;
