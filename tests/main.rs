@@ -4,3 +4,4 @@ mod support;
 
 mod agent;
 mod cli;
+mod remote_write;

@@ -24,6 +24,10 @@
 //! - EWMA (α = 0.2) rates of samples in, samples out, and seconds spent in send calls;
 //! - `time_per_sample = send_seconds_rate / samples_out_rate` (the cost of one sample for one
 //!   shard, which sends serially);
+//! - `pending = max(samples queued, lag × samples_in_rate)`, where `lag` is the highest
+//!   timestamp received (appended, or reported by [`QueueManager::observe_wal_timestamp`])
+//!   minus the highest sent, in seconds. The lag term matters because the queue is bounded:
+//!   when sending is too slow the backlog builds up in the WAL, not in the queue;
 //! - `desired = time_per_sample × (samples_in_rate + 0.1 × pending / interval)`: enough shards
 //!   to keep up with the input plus drain a tenth of the backlog per interval;
 //! - no change while `desired` is within ±30% of the current count (no flapping), otherwise
@@ -163,6 +167,8 @@ struct Shared {
     states: Mutex<Vec<Arc<ShardState>>>,
     /// Highest timestamp finished by any shard, including shards retired by resharding.
     highest_done: AtomicI64,
+    /// Highest timestamp appended or reported as written to the WAL.
+    highest_received: AtomicI64,
     samples_in: AtomicU64,
     samples_out: AtomicU64,
     send_nanos: AtomicU64,
@@ -258,6 +264,7 @@ impl QueueManager {
             stopped: AtomicBool::new(false),
             states: Mutex::new(Vec::new()),
             highest_done: AtomicI64::new(NO_TIMESTAMP),
+            highest_received: AtomicI64::new(NO_TIMESTAMP),
             samples_in: AtomicU64::new(0),
             samples_out: AtomicU64::new(0),
             send_nanos: AtomicU64::new(0),
@@ -360,7 +367,7 @@ impl QueueManager {
         }
         shared.metrics.samples_dropped.inc_by(unknown + dropped);
         if let Some(max) = resolved.iter().map(|(_, p)| p.t).max() {
-            shared.metrics.observe_appended(max);
+            self.observe_wal_timestamp(max);
         }
 
         let shards = self.shards.read().await;
@@ -381,6 +388,15 @@ impl QueueManager {
         }
         shared.samples_in.fetch_add(total as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Reports the highest timestamp written to the WAL (the instance calls this on each
+    /// commit), so the shard calculation sees how far behind the queue is.
+    pub fn observe_wal_timestamp(&self, ts_ms: i64) {
+        self.shared
+            .highest_received
+            .fetch_max(ts_ms, Ordering::AcqRel);
+        self.shared.metrics.observe_appended(ts_ms);
     }
 
     fn stopped_error(&self, unsent: usize) -> QueueError {
@@ -765,7 +781,17 @@ async fn reshard_loop(shared: Arc<Shared>, shards: Arc<tokio::sync::RwLock<Shard
             samples_in_rate: r_in.update((now_in - last_in) as f64 / secs),
             samples_out_rate: r_out.update((now_out - last_out) as f64 / secs),
             send_seconds_rate: r_send.update((now_send - last_send) as f64 / 1e9 / secs),
-            pending: shared.pending_total() as f64,
+            pending: {
+                let queued = shared.pending_total() as f64;
+                let recv = shared.highest_received.load(Ordering::Acquire);
+                let sent = shared.highest_done.load(Ordering::Acquire);
+                let lag_secs = if recv == NO_TIMESTAMP || sent == NO_TIMESTAMP {
+                    0.0
+                } else {
+                    (recv.saturating_sub(sent)).max(0) as f64 / 1000.0
+                };
+                queued.max(lag_secs * r_in.value.unwrap_or(0.0))
+            },
             update_interval_secs: secs,
             current: shards.read().await.senders.len(),
             min: shared.settings.queue.min_shards,
