@@ -31,11 +31,14 @@ struct Seen {
     request: WriteRequest,
 }
 
+/// A scripted answer: status and extra response headers.
+type Answer = (u16, Vec<(&'static str, &'static str)>);
+
 /// A scripted receiver: answers the queued responses in order, then `fallback`.
 #[derive(Clone)]
 struct Receiver {
     seen: Arc<Mutex<Vec<Seen>>>,
-    script: Arc<Mutex<VecDeque<(u16, Vec<(&'static str, &'static str)>)>>>,
+    script: Arc<Mutex<VecDeque<Answer>>>,
     fallback: u16,
     delay: Duration,
 }
