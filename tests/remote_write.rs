@@ -584,3 +584,184 @@ async fn reshards_up_for_a_slow_receiver_and_keeps_per_series_order() {
     }
     assert_eq!(last.len(), 16);
 }
+
+/// A bare HTTPS receiver (the test certificate for `example.test` from `fixtures/tls`):
+/// answers every POST with 204 and records the samples of each decodable body.
+async fn tls_receiver() -> (String, Arc<Mutex<Vec<usize>>>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    install_crypto();
+    let dir = crate::support::fixture("tls");
+    let certs = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/api/v1/write", listener.local_addr().unwrap());
+    let got: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let record = got.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return; // handshake refused by the client: nothing to record
+                };
+                loop {
+                    // One request: head up to CRLFCRLF, then Content-Length bytes.
+                    let mut buf = Vec::new();
+                    let head_end = loop {
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        let mut chunk = [0u8; 4096];
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    if let Ok(req) = WriteRequest::decode_snappy(&buf[head_end..head_end + len]) {
+                        record.lock().unwrap().push(sample_count(&req));
+                    }
+                    let resp = b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n";
+                    if tls.write_all(resp).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, got)
+}
+
+fn tls_http(tls: agent::config::http::TlsConfig) -> HttpClientConfig {
+    HttpClientConfig {
+        tls_config: Some(tls),
+        ..Default::default()
+    }
+}
+
+async fn send_one(url: &str, http: HttpClientConfig, reg: &mut Registry) -> bool {
+    let metrics = RemoteWriteMetrics::register(reg);
+    let qm = QueueManager::new(
+        client(url, http),
+        QueueSettings::new(queue_config(100), BTreeMap::new()),
+        &metrics,
+        None,
+    );
+    qm.store_series([(1, labels(&[("__name__", "m")]))]);
+    qm.append_samples(&[(1, 1, 1.0), (1, 2, 2.0)])
+        .await
+        .unwrap();
+    qm.flush(Instant::now() + Duration::from_secs(2))
+        .await
+        .complete
+}
+
+#[tokio::test]
+async fn remote_write_over_tls_verifies_against_ca_and_server_name() {
+    let (url, got) = tls_receiver().await;
+    let ca = std::fs::read_to_string(crate::support::fixture("tls/ca.pem")).unwrap();
+    let mut reg = Registry::default();
+    let tls = agent::config::http::TlsConfig {
+        ca: Some(ca.clone()),
+        server_name: Some("example.test".into()),
+        ..Default::default()
+    };
+    assert!(send_one(&url, tls_http(tls), &mut reg).await);
+    assert_eq!(*got.lock().unwrap(), vec![2]);
+    assert_eq!(metric(&reg, "prometheus_remote_storage_samples_total"), 2.0);
+
+    // Without server_name the certificate (for example.test) does not match 127.0.0.1: the
+    // handshake fails, which is a recoverable error, retried until the flush deadline.
+    let mut reg = Registry::default();
+    let tls = agent::config::http::TlsConfig {
+        ca_file: Some(
+            crate::support::fixture("tls/ca.pem")
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        ..Default::default()
+    };
+    assert!(!send_one(&url, tls_http(tls), &mut reg).await);
+    assert_eq!(got.lock().unwrap().len(), 1, "nothing more arrived");
+    assert!(metric(&reg, "prometheus_remote_storage_samples_retried_total") >= 2.0);
+    assert_eq!(
+        metric(&reg, "prometheus_remote_storage_samples_dropped_total"),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn remote_write_over_tls_with_insecure_skip_verify() {
+    let (url, got) = tls_receiver().await;
+    let mut reg = Registry::default();
+    let tls = agent::config::http::TlsConfig {
+        insecure_skip_verify: true,
+        ..Default::default()
+    };
+    assert!(send_one(&url, tls_http(tls), &mut reg).await);
+    assert_eq!(*got.lock().unwrap(), vec![2]);
+}
+
+#[tokio::test]
+async fn bearer_token_file_is_read_per_request() {
+    let rx = Receiver::new(204);
+    let url = rx.serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first\n").unwrap();
+    let mut reg = Registry::default();
+    let metrics = RemoteWriteMetrics::register(&mut reg);
+    let http = HttpClientConfig {
+        bearer_token_file: Some(token.to_string_lossy().into_owned()),
+        ..Default::default()
+    };
+    let qm = QueueManager::new(
+        client(&url, http),
+        QueueSettings::new(queue_config(1), BTreeMap::new()),
+        &metrics,
+        None,
+    );
+    qm.store_series([(1, labels(&[("__name__", "m")]))]);
+    qm.append_samples(&[(1, 1, 1.0)]).await.unwrap();
+    while rx.requests().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::write(&token, "rotated").unwrap();
+    qm.append_samples(&[(1, 2, 1.0)]).await.unwrap();
+    assert!(
+        qm.flush(Instant::now() + Duration::from_secs(10))
+            .await
+            .complete
+    );
+    let auth: Vec<String> = rx
+        .requests()
+        .iter()
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(auth, ["Bearer first", "Bearer rotated"]);
+}
