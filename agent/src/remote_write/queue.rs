@@ -167,6 +167,8 @@ struct Shared {
     states: Mutex<Vec<Arc<ShardState>>>,
     /// Highest timestamp finished by any shard, including shards retired by resharding.
     highest_done: AtomicI64,
+    /// Highest timestamp delivered (2xx), for `queue_highest_sent_timestamp_seconds`.
+    highest_delivered: AtomicI64,
     /// Highest timestamp appended or reported as written to the WAL.
     highest_received: AtomicI64,
     samples_in: AtomicU64,
@@ -264,6 +266,7 @@ impl QueueManager {
             stopped: AtomicBool::new(false),
             states: Mutex::new(Vec::new()),
             highest_done: AtomicI64::new(NO_TIMESTAMP),
+            highest_delivered: AtomicI64::new(NO_TIMESTAMP),
             highest_received: AtomicI64::new(NO_TIMESTAMP),
             samples_in: AtomicU64::new(0),
             samples_out: AtomicU64::new(0),
@@ -374,6 +377,10 @@ impl QueueManager {
         let states: Vec<Arc<ShardState>> = shared.lock_states().clone();
         let n = shards.senders.len();
         let total = resolved.len();
+        if n == 0 || states.len() != n {
+            // Flushed while this call waited for the shard set.
+            return Err(self.stopped_error(total));
+        }
         for (i, (r, p)) in resolved.into_iter().enumerate() {
             let idx = shard_for(r, n);
             states[idx].pending.fetch_add(1, Ordering::AcqRel);
@@ -631,8 +638,10 @@ async fn send_batch(
             m.samples.inc_by(n as u64);
             m.bytes.inc_by(len);
             finish(shared, state, highest);
-            let overall = shared.highest_done.load(Ordering::Acquire);
-            m.highest_sent.set(overall as f64 / 1000.0);
+            let prev = shared
+                .highest_delivered
+                .fetch_max(highest, Ordering::AcqRel);
+            m.highest_sent.set(prev.max(highest) as f64 / 1000.0);
             let ms = shared.start.elapsed().as_millis() as i64;
             shared.last_success_ms.store(ms, Ordering::Release);
         }
