@@ -9,6 +9,7 @@ pub mod httpclient;
 pub mod kv;
 pub mod logging;
 pub mod relabel;
+pub mod remote_write;
 pub mod ring;
 pub mod scrape;
 pub mod wal;

@@ -1,0 +1,919 @@
+//! The queue manager: one per remote_write endpoint, shaped like Prometheus's
+//! `remote.QueueManager`.
+//!
+//! Data flow:
+//!
+//! ```text
+//! store_series(ref, labels) ──► series table: ref → labels + external labels, filtered,
+//!                               sorted (or "dropped")
+//! append_samples([(ref,t,v)]) ─► shard[ref % n] (bounded channel of `capacity` samples;
+//!                               the caller waits when it is full: the WAL is the buffer)
+//! shard task ─────────────────► batch of ≤ max_samples_per_send, sent when full or after
+//!                               batch_send_deadline; one request in flight per shard, so a
+//!                               series' samples arrive in order; retries until delivered,
+//!                               non-recoverably refused, or hard-stopped
+//! ```
+//!
+//! Every sample that enters `append_samples` ends in exactly one counter: `samples_total`
+//! (delivered), `samples_failed_total` (refused with a non-recoverable status),
+//! `samples_dropped_total` (series dropped by the filter, unknown series, or still queued when
+//! a flush ran out of time). Retries add to `samples_retried_total`.
+//!
+//! **Resharding** (a simplification of Prometheus's `calculateDesiredShards`), every
+//! `shard_update_interval` (10s):
+//! - EWMA (α = 0.2) rates of samples in, samples out, and seconds spent in send calls;
+//! - `time_per_sample = send_seconds_rate / samples_out_rate` (the cost of one sample for one
+//!   shard, which sends serially);
+//! - `pending = max(samples queued, lag × samples_in_rate)`, where `lag` is the highest
+//!   timestamp received (appended, or reported by [`QueueManager::observe_wal_timestamp`])
+//!   minus the highest sent, in seconds. The lag term matters because the queue is bounded:
+//!   when sending is too slow the backlog builds up in the WAL, not in the queue;
+//! - `desired = time_per_sample × (samples_in_rate + 0.1 × pending / interval)`: enough shards
+//!   to keep up with the input plus drain a tenth of the backlog per interval;
+//! - no change while `desired` is within ±30% of the current count (no flapping), otherwise
+//!   `ceil(desired)` clamped to `[min_shards, max_shards]`;
+//! - no resharding while sends fail (no success for `2 × batch_send_deadline` with samples
+//!   pending): more shards would not help a receiver that is down.
+//!
+//! A reshard takes the shard set exclusively (appenders wait), closes the old shards' queues,
+//! waits until they have sent everything (so per-series order holds across the change) and
+//! starts the new ones.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{ClientError, ClientSettings, RemoteClient, SendError};
+use super::metrics::{EndpointMetrics, RemoteWriteMetrics};
+use super::proto::{Label, MetricMetadata, Sample, SeriesRef as ProtoSeries, WriteRequestEncoder};
+use crate::config::instance::RemoteWriteConfig;
+use crate::config::remote_write::QueueConfig;
+
+/// A series reference as the WAL assigns it (`chunks.HeadSeriesRef`).
+pub type SeriesRef = u64;
+
+/// The series filter the instance provides (its `write_relabel_configs`): called once per
+/// series with its labels (external labels already added); may rewrite them; `false` drops the
+/// series and every sample of it.
+pub type SeriesFilter = Box<dyn Fn(&mut Vec<(String, String)>) -> bool + Send + Sync>;
+
+/// The shard a series is sent by, for `n` shards (Prometheus's `ref % n`).
+pub fn shard_for(series: SeriesRef, n: usize) -> usize {
+    (series % n.max(1) as u64) as usize
+}
+
+/// Adds each external label the series lacks; a label the series has keeps its own value.
+pub fn add_external_labels(
+    labels: &mut Vec<(String, String)>,
+    external: &BTreeMap<String, String>,
+) {
+    for (name, value) in external {
+        if !labels.iter().any(|(n, _)| n == name) {
+            labels.push((name.clone(), value.clone()));
+        }
+    }
+}
+
+/// How the queue behaves, from the remote_write entry and the instance.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub queue: QueueConfig,
+    pub external_labels: BTreeMap<String, String>,
+    /// Entries per metadata request (`metadata_config.max_samples_per_send`).
+    pub metadata_per_send: usize,
+    /// How often the shard count is reconsidered (Prometheus: 10s).
+    pub shard_update_interval: Duration,
+}
+
+impl QueueSettings {
+    pub fn new(queue: QueueConfig, external_labels: BTreeMap<String, String>) -> Self {
+        QueueSettings {
+            queue,
+            external_labels,
+            metadata_per_send: 2_000,
+            shard_update_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why samples were not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(
+        "remote_write {remote} ({url}): the queue is stopped; {unsent} samples were not queued"
+    )]
+    Stopped {
+        remote: String,
+        url: String,
+        unsent: usize,
+    },
+    #[error("remote_write {remote} ({url}): sending metadata: {reason}")]
+    Metadata {
+        remote: String,
+        url: String,
+        reason: String,
+    },
+}
+
+/// What [`QueueManager::flush`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Everything queued was delivered or refused before the deadline.
+    pub complete: bool,
+    /// Samples abandoned because the deadline passed (also in `samples_dropped_total`).
+    pub dropped: u64,
+}
+
+struct Pending {
+    labels: Arc<[Label]>,
+    t: i64,
+    v: f64,
+}
+
+enum SeriesEntry {
+    Kept(Arc<[Label]>),
+    Dropped,
+}
+
+const NO_TIMESTAMP: i64 = i64::MIN;
+
+struct ShardState {
+    /// Highest timestamp this shard has finished with (sent or refused).
+    highest_done: AtomicI64,
+    /// Samples queued or in flight.
+    pending: AtomicUsize,
+}
+
+struct Shards {
+    senders: Vec<mpsc::Sender<Pending>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Shared {
+    client: RemoteClient,
+    settings: QueueSettings,
+    metrics: EndpointMetrics,
+    /// Ends retries and abandons queued samples.
+    hard_stop: CancellationToken,
+    /// Ends the resharding loop.
+    soft_stop: CancellationToken,
+    stopped: AtomicBool,
+    states: Mutex<Vec<Arc<ShardState>>>,
+    /// Highest timestamp finished by any shard, including shards retired by resharding.
+    highest_done: AtomicI64,
+    /// Highest timestamp delivered (2xx), for `queue_highest_sent_timestamp_seconds`.
+    highest_delivered: AtomicI64,
+    /// Highest timestamp appended or reported as written to the WAL.
+    highest_received: AtomicI64,
+    samples_in: AtomicU64,
+    samples_out: AtomicU64,
+    send_nanos: AtomicU64,
+    dropped_on_stop: AtomicU64,
+    start: Instant,
+    /// Milliseconds after `start` of the last successful send; -1 when none.
+    last_success_ms: AtomicI64,
+}
+
+impl Shared {
+    fn remote(&self) -> &str {
+        self.client.remote_name()
+    }
+
+    fn lock_states(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ShardState>>> {
+        // A panic elsewhere cannot leave this vector half-updated (it is only swapped whole).
+        self.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pending_total(&self) -> usize {
+        self.lock_states()
+            .iter()
+            .map(|s| s.pending.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn lowest_sent(&self) -> Option<i64> {
+        let states = self.lock_states();
+        let busy = states
+            .iter()
+            .filter(|s| s.pending.load(Ordering::Acquire) > 0)
+            .map(|s| s.highest_done.load(Ordering::Acquire))
+            .min();
+        let ts = busy.unwrap_or_else(|| self.highest_done.load(Ordering::Acquire));
+        (ts != NO_TIMESTAMP).then_some(ts)
+    }
+}
+
+/// Sends one remote_write endpoint's samples. Must be created inside a tokio runtime.
+pub struct QueueManager {
+    shared: Arc<Shared>,
+    filter: Option<SeriesFilter>,
+    series: RwLock<HashMap<SeriesRef, SeriesEntry>>,
+    shards: Arc<tokio::sync::RwLock<Shards>>,
+    reshard_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for QueueManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueManager")
+            .field("remote_name", &self.shared.remote())
+            .field("url", &self.shared.client.url())
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueueManager {
+    /// Builds the client for `cfg` and starts the queue with `min_shards` shards.
+    pub fn from_config(
+        cfg: &RemoteWriteConfig,
+        external_labels: &BTreeMap<String, String>,
+        agent_id: Option<&str>,
+        metrics: &RemoteWriteMetrics,
+        filter: Option<SeriesFilter>,
+    ) -> Result<QueueManager, ClientError> {
+        let client = RemoteClient::new(ClientSettings::from_config(cfg, agent_id)?)?;
+        let mut settings = QueueSettings::new(cfg.raw.queue(), external_labels.clone());
+        settings.metadata_per_send = cfg.raw.metadata().max_samples_per_send;
+        Ok(QueueManager::new(client, settings, metrics, filter))
+    }
+
+    pub fn new(
+        client: RemoteClient,
+        mut settings: QueueSettings,
+        metrics: &RemoteWriteMetrics,
+        filter: Option<SeriesFilter>,
+    ) -> QueueManager {
+        let q = &mut settings.queue;
+        q.min_shards = q.min_shards.max(1);
+        q.max_shards = q.max_shards.max(q.min_shards);
+        q.capacity = q.capacity.max(1);
+        q.max_samples_per_send = q.max_samples_per_send.max(1);
+        let m = metrics.for_endpoint(client.remote_name(), client.url());
+        m.shards_min.set(q.min_shards as i64);
+        m.shards_max.set(q.max_shards as i64);
+        let initial = q.min_shards;
+        let shared = Arc::new(Shared {
+            client,
+            settings,
+            metrics: m,
+            hard_stop: CancellationToken::new(),
+            soft_stop: CancellationToken::new(),
+            stopped: AtomicBool::new(false),
+            states: Mutex::new(Vec::new()),
+            highest_done: AtomicI64::new(NO_TIMESTAMP),
+            highest_delivered: AtomicI64::new(NO_TIMESTAMP),
+            highest_received: AtomicI64::new(NO_TIMESTAMP),
+            samples_in: AtomicU64::new(0),
+            samples_out: AtomicU64::new(0),
+            send_nanos: AtomicU64::new(0),
+            dropped_on_stop: AtomicU64::new(0),
+            start: Instant::now(),
+            last_success_ms: AtomicI64::new(-1),
+        });
+        let shards = Arc::new(tokio::sync::RwLock::new(start_shards(&shared, initial)));
+        let reshard_task = tokio::spawn(reshard_loop(shared.clone(), shards.clone()));
+        QueueManager {
+            shared,
+            filter,
+            series: RwLock::new(HashMap::new()),
+            shards,
+            reshard_task: Mutex::new(Some(reshard_task)),
+        }
+    }
+
+    pub fn remote_name(&self) -> &str {
+        self.shared.remote()
+    }
+
+    /// Records (or replaces) series: external labels are added where the series lacks the
+    /// name, then the filter runs, then labels with empty values are removed and the rest
+    /// sorted by name, once per series.
+    pub fn store_series(&self, series: impl IntoIterator<Item = (SeriesRef, Vec<Label>)>) {
+        let processed: Vec<(SeriesRef, SeriesEntry)> = series
+            .into_iter()
+            .map(|(r, labels)| (r, self.process_series(labels)))
+            .collect();
+        let mut table = self.series.write().unwrap_or_else(|e| e.into_inner());
+        table.extend(processed);
+    }
+
+    fn process_series(&self, labels: Vec<Label>) -> SeriesEntry {
+        let mut l: Vec<(String, String)> = labels.into_iter().map(|l| (l.name, l.value)).collect();
+        add_external_labels(&mut l, &self.shared.settings.external_labels);
+        if let Some(f) = &self.filter {
+            if !f(&mut l) {
+                return SeriesEntry::Dropped;
+            }
+        }
+        l.retain(|(_, v)| !v.is_empty());
+        if l.is_empty() {
+            return SeriesEntry::Dropped;
+        }
+        l.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        SeriesEntry::Kept(l.into_iter().map(|(n, v)| Label::new(n, v)).collect())
+    }
+
+    /// Forgets series (the WAL dropped them in a checkpoint).
+    pub fn remove_series(&self, refs: &[SeriesRef]) {
+        let mut table = self.series.write().unwrap_or_else(|e| e.into_inner());
+        for r in refs {
+            table.remove(r);
+        }
+    }
+
+    /// Number of series in the table (kept and dropped).
+    pub fn series_count(&self) -> usize {
+        self.series.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Queues samples `(series ref, timestamp ms, value)`. Waits while the target shard's
+    /// queue is full. Samples of dropped or unknown series are counted as dropped.
+    pub async fn append_samples(
+        &self,
+        samples: &[(SeriesRef, i64, f64)],
+    ) -> Result<(), QueueError> {
+        let shared = &self.shared;
+        if shared.stopped.load(Ordering::Acquire) {
+            return Err(self.stopped_error(samples.len()));
+        }
+        let mut resolved = Vec::with_capacity(samples.len());
+        let mut unknown = 0u64;
+        let mut dropped = 0u64;
+        {
+            let table = self.series.read().unwrap_or_else(|e| e.into_inner());
+            for &(r, t, v) in samples {
+                match table.get(&r) {
+                    Some(SeriesEntry::Kept(labels)) => resolved.push((
+                        r,
+                        Pending {
+                            labels: labels.clone(),
+                            t,
+                            v,
+                        },
+                    )),
+                    Some(SeriesEntry::Dropped) => dropped += 1,
+                    None => unknown += 1,
+                }
+            }
+        }
+        if unknown > 0 {
+            tracing::warn!(
+                remote_name = shared.remote(),
+                samples = unknown,
+                "dropped samples of series that were never stored"
+            );
+        }
+        shared.metrics.samples_dropped.inc_by(unknown + dropped);
+        if let Some(max) = resolved.iter().map(|(_, p)| p.t).max() {
+            self.observe_wal_timestamp(max);
+        }
+
+        let shards = self.shards.read().await;
+        let states: Vec<Arc<ShardState>> = shared.lock_states().clone();
+        let n = shards.senders.len();
+        let total = resolved.len();
+        if n == 0 || states.len() != n {
+            // Flushed while this call waited for the shard set.
+            return Err(self.stopped_error(total));
+        }
+        for (i, (r, p)) in resolved.into_iter().enumerate() {
+            let idx = shard_for(r, n);
+            states[idx].pending.fetch_add(1, Ordering::AcqRel);
+            shared.metrics.samples_pending.inc();
+            if shards.senders[idx].send(p).await.is_err() {
+                // The shard is gone: the queue was hard-stopped while we waited.
+                states[idx].pending.fetch_sub(1, Ordering::AcqRel);
+                shared.metrics.samples_pending.dec();
+                shared.samples_in.fetch_add(i as u64, Ordering::Relaxed);
+                return Err(self.stopped_error(total - i));
+            }
+        }
+        shared.samples_in.fetch_add(total as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reports the highest timestamp written to the WAL (the instance calls this on each
+    /// commit), so the shard calculation sees how far behind the queue is.
+    pub fn observe_wal_timestamp(&self, ts_ms: i64) {
+        self.shared
+            .highest_received
+            .fetch_max(ts_ms, Ordering::AcqRel);
+        self.shared.metrics.observe_appended(ts_ms);
+    }
+
+    fn stopped_error(&self, unsent: usize) -> QueueError {
+        QueueError::Stopped {
+            remote: self.shared.remote().to_owned(),
+            url: self.shared.client.url().to_owned(),
+            unsent,
+        }
+    }
+
+    /// Sends metadata in requests of `metadata_per_send` entries, with the samples' retry
+    /// policy. Metadata does not go through the shards: it has no ordering constraint.
+    pub async fn send_metadata(&self, metadata: &[MetricMetadata]) -> Result<(), QueueError> {
+        let shared = &self.shared;
+        let mut enc = WriteRequestEncoder::new();
+        for chunk in metadata.chunks(shared.settings.metadata_per_send.max(1)) {
+            let body = bytes::Bytes::copy_from_slice(enc.encode([], chunk));
+            let n = chunk.len() as u64;
+            match send_with_backoff(shared, body, n, &shared.metrics.metadata_retried).await {
+                Outcome::Delivered => {
+                    shared.metrics.metadata.inc_by(n);
+                }
+                Outcome::Refused(reason) => {
+                    shared.metrics.metadata_failed.inc_by(n);
+                    return Err(QueueError::Metadata {
+                        remote: shared.remote().to_owned(),
+                        url: shared.client.url().to_owned(),
+                        reason,
+                    });
+                }
+                Outcome::Cancelled => {
+                    return Err(QueueError::Metadata {
+                        remote: shared.remote().to_owned(),
+                        url: shared.client.url().to_owned(),
+                        reason: "the queue was stopped".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The current number of shards.
+    pub async fn shard_count(&self) -> usize {
+        self.shards.read().await.senders.len()
+    }
+
+    /// For WAL truncation: a timestamp (ms) up to which this queue is done. Among shards
+    /// with samples queued or in flight, the lowest of their highest finished timestamps;
+    /// when nothing is pending, the highest finished timestamp. `None` before any batch
+    /// finished. Like Prometheus, this is a watermark, not an exact per-sample guarantee
+    /// (series within a shard may be out of timestamp order with one another).
+    pub fn lowest_sent_timestamp(&self) -> Option<i64> {
+        self.shared.lowest_sent()
+    }
+
+    /// Stops accepting samples, sends what is queued, and waits until `deadline` at most
+    /// (`remote_flush_deadline`). Whatever is still queued then is abandoned and counted as
+    /// dropped. Idempotent.
+    pub async fn flush(&self, deadline: Instant) -> FlushReport {
+        let shared = &self.shared;
+        shared.stopped.store(true, Ordering::Release);
+        shared.soft_stop.cancel();
+        let reshard = self
+            .reshard_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let mut complete = true;
+        let mut tasks = Vec::new();
+        let graceful = tokio::time::timeout_at(deadline, async {
+            if let Some(t) = reshard {
+                let _ = t.await;
+            }
+            let mut g = self.shards.write().await;
+            g.senders.clear(); // closes the queues: each shard sends what it has, then exits
+            std::mem::take(&mut g.tasks)
+        })
+        .await;
+        match graceful {
+            Ok(t) => tasks = t,
+            Err(_) => {
+                complete = false;
+                shared.hard_stop.cancel();
+                let mut g = self.shards.write().await;
+                g.senders.clear();
+                tasks.append(&mut g.tasks);
+            }
+        }
+        let mut done = 0;
+        let joined = tokio::time::timeout_at(deadline, async {
+            while done < tasks.len() {
+                let _ = (&mut tasks[done]).await;
+                done += 1;
+            }
+        })
+        .await;
+        if joined.is_err() {
+            complete = false;
+            shared.hard_stop.cancel();
+            for t in &mut tasks[done..] {
+                let _ = t.await;
+            }
+        }
+        if !complete {
+            tracing::warn!(
+                remote_name = shared.remote(),
+                url = shared.client.url(),
+                dropped = shared.dropped_on_stop.load(Ordering::Relaxed),
+                "remote_write flush deadline passed; queued samples were dropped"
+            );
+        }
+        shared.metrics.shards.set(0);
+        FlushReport {
+            complete,
+            dropped: shared.dropped_on_stop.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for QueueManager {
+    fn drop(&mut self) {
+        // Without a flush, nothing may keep running (or retrying) on its own.
+        self.shared.soft_stop.cancel();
+        self.shared.hard_stop.cancel();
+    }
+}
+
+fn start_shards(shared: &Arc<Shared>, n: usize) -> Shards {
+    let mut senders = Vec::with_capacity(n);
+    let mut tasks = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    // New shards start from the queue's watermark: everything older was finished by the
+    // shards they replace (a reshard drains those first).
+    let start = shared.lowest_sent().unwrap_or(NO_TIMESTAMP);
+    for _ in 0..n {
+        let (tx, rx) = mpsc::channel(shared.settings.queue.capacity);
+        let state = Arc::new(ShardState {
+            highest_done: AtomicI64::new(start),
+            pending: AtomicUsize::new(0),
+        });
+        tasks.push(tokio::spawn(run_shard(rx, state.clone(), shared.clone())));
+        senders.push(tx);
+        states.push(state);
+    }
+    *shared.lock_states() = states;
+    shared.metrics.shards.set(n as i64);
+    Shards { senders, tasks }
+}
+
+enum Outcome {
+    Delivered,
+    /// Non-recoverable refusal, with the reason.
+    Refused(String),
+    /// Hard stop during the send or its backoff.
+    Cancelled,
+}
+
+async fn run_shard(mut rx: mpsc::Receiver<Pending>, state: Arc<ShardState>, shared: Arc<Shared>) {
+    let max = shared.settings.queue.max_samples_per_send;
+    let deadline = shared.settings.queue.batch_send_deadline.as_std();
+    let mut batch: Vec<Pending> = Vec::with_capacity(max);
+    let mut samples: Vec<Sample> = Vec::with_capacity(max);
+    let mut enc = WriteRequestEncoder::new();
+    let timer = tokio::time::sleep(deadline);
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            () = shared.hard_stop.cancelled() => break,
+            msg = rx.recv() => match msg {
+                Some(p) => {
+                    if batch.is_empty() {
+                        timer.as_mut().reset(Instant::now() + deadline);
+                    }
+                    batch.push(p);
+                    if batch.len() >= max {
+                        send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
+                    }
+                }
+                None => {
+                    if !batch.is_empty() {
+                        send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
+                    }
+                    return;
+                }
+            },
+            () = &mut timer, if !batch.is_empty() => {
+                send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
+            }
+        }
+    }
+    // Hard stop: account for everything this shard still holds.
+    let mut left = batch.len() as u64;
+    rx.close();
+    while rx.try_recv().is_ok() {
+        left += 1;
+    }
+    if left > 0 {
+        shared.metrics.samples_dropped.inc_by(left);
+        shared.metrics.samples_pending.dec_by(left as i64);
+        shared.dropped_on_stop.fetch_add(left, Ordering::Relaxed);
+        state.pending.fetch_sub(left as usize, Ordering::AcqRel);
+    }
+}
+
+async fn send_batch(
+    shared: &Shared,
+    state: &ShardState,
+    enc: &mut WriteRequestEncoder,
+    batch: &mut Vec<Pending>,
+    samples: &mut Vec<Sample>,
+) {
+    let n = batch.len();
+    samples.clear();
+    samples.extend(batch.iter().map(|p| Sample {
+        value: p.v,
+        timestamp: p.t,
+    }));
+    let highest = batch.iter().map(|p| p.t).max().unwrap_or(NO_TIMESTAMP);
+    let views = batch.iter().zip(samples.iter()).map(|(p, s)| ProtoSeries {
+        labels: &p.labels,
+        samples: std::slice::from_ref(s),
+        exemplars: &[],
+    });
+    // One copy per batch into a refcounted buffer: retries reuse it, the encoder keeps its own.
+    let body = bytes::Bytes::copy_from_slice(enc.encode(views, &[]));
+    let len = body.len() as u64;
+    let m = &shared.metrics;
+    match send_with_backoff(shared, body, n as u64, &m.samples_retried).await {
+        Outcome::Delivered => {
+            m.samples.inc_by(n as u64);
+            m.bytes.inc_by(len);
+            finish(shared, state, highest);
+            let prev = shared
+                .highest_delivered
+                .fetch_max(highest, Ordering::AcqRel);
+            m.highest_sent.set(prev.max(highest) as f64 / 1000.0);
+            let ms = shared.start.elapsed().as_millis() as i64;
+            shared.last_success_ms.store(ms, Ordering::Release);
+        }
+        Outcome::Refused(reason) => {
+            m.samples_failed.inc_by(n as u64);
+            // Refused data will never be accepted: the WAL need not keep it for us.
+            finish(shared, state, highest);
+            tracing::error!(
+                remote_name = shared.remote(),
+                url = shared.client.url(),
+                samples = n,
+                error = %reason,
+                "non-recoverable error sending samples; batch dropped"
+            );
+        }
+        Outcome::Cancelled => {
+            m.samples_dropped.inc_by(n as u64);
+            shared
+                .dropped_on_stop
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+    m.samples_pending.dec_by(n as i64);
+    state.pending.fetch_sub(n, Ordering::AcqRel);
+    shared.samples_out.fetch_add(n as u64, Ordering::Relaxed);
+    batch.clear();
+}
+
+fn finish(shared: &Shared, state: &ShardState, highest: i64) {
+    state.highest_done.fetch_max(highest, Ordering::AcqRel);
+    shared.highest_done.fetch_max(highest, Ordering::AcqRel);
+}
+
+/// Sends until delivered, refused, or hard-stopped. Recoverable errors sleep `Retry-After`
+/// when the receiver gave one, else the current backoff; the next backoff is twice the sleep,
+/// capped at `max_backoff` (Prometheus's rule).
+async fn send_with_backoff(
+    shared: &Shared,
+    body: bytes::Bytes,
+    count: u64,
+    retried: &prometheus_client::metrics::counter::Counter,
+) -> Outcome {
+    let q = &shared.settings.queue;
+    let max_backoff = q.max_backoff.as_std();
+    let mut backoff = q.min_backoff.as_std();
+    loop {
+        let started = Instant::now();
+        let res = tokio::select! {
+            r = shared.client.store(body.clone()) => r,
+            () = shared.hard_stop.cancelled() => return Outcome::Cancelled,
+        };
+        let took = started.elapsed();
+        shared.metrics.batch_duration.observe(took.as_secs_f64());
+        shared
+            .send_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        let (reason, retry_after) = match res {
+            Ok(()) => return Outcome::Delivered,
+            Err(SendError::NonRecoverable { reason }) => return Outcome::Refused(reason),
+            Err(SendError::Recoverable {
+                reason,
+                retry_after,
+            }) => (reason, retry_after),
+        };
+        retried.inc_by(count);
+        let sleep = retry_after.unwrap_or(backoff);
+        tracing::warn!(
+            remote_name = shared.remote(),
+            url = shared.client.url(),
+            error = %reason,
+            retry_in = ?sleep,
+            "failed to send batch, retrying"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(sleep) => {}
+            () = shared.hard_stop.cancelled() => return Outcome::Cancelled,
+        }
+        backoff = (sleep * 2).min(max_backoff).max(q.min_backoff.as_std());
+    }
+}
+
+/// The inputs of one shard calculation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShardInputs {
+    pub samples_in_rate: f64,
+    pub samples_out_rate: f64,
+    /// Seconds spent in send calls per second.
+    pub send_seconds_rate: f64,
+    pub pending: f64,
+    pub update_interval_secs: f64,
+    pub current: usize,
+    pub min: usize,
+    pub max: usize,
+}
+
+/// The shard count the queue should run (see the module docs for the rule).
+pub fn desired_shards(i: &ShardInputs) -> usize {
+    if i.samples_out_rate <= 0.0 || i.update_interval_secs <= 0.0 {
+        return i.current.clamp(i.min, i.max);
+    }
+    let time_per_sample = i.send_seconds_rate / i.samples_out_rate;
+    let catch_up = 0.1 * i.pending / i.update_interval_secs;
+    let desired = time_per_sample * (i.samples_in_rate + catch_up);
+    let cur = i.current as f64;
+    if desired > cur * 0.7 && desired < cur * 1.3 {
+        return i.current.clamp(i.min, i.max);
+    }
+    (desired.ceil() as usize).clamp(i.min, i.max)
+}
+
+struct Ewma {
+    value: Option<f64>,
+}
+
+impl Ewma {
+    fn update(&mut self, sample: f64) -> f64 {
+        let v = match self.value {
+            None => sample,
+            Some(prev) => prev + 0.2 * (sample - prev),
+        };
+        self.value = Some(v);
+        v
+    }
+}
+
+async fn reshard_loop(shared: Arc<Shared>, shards: Arc<tokio::sync::RwLock<Shards>>) {
+    let interval = shared.settings.shard_update_interval;
+    let secs = interval.as_secs_f64();
+    let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut r_in, mut r_out, mut r_send) = (
+        Ewma { value: None },
+        Ewma { value: None },
+        Ewma { value: None },
+    );
+    let (mut last_in, mut last_out, mut last_send) = (0u64, 0u64, 0u64);
+    loop {
+        tokio::select! {
+            () = shared.soft_stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now_in = shared.samples_in.load(Ordering::Relaxed);
+        let now_out = shared.samples_out.load(Ordering::Relaxed);
+        let now_send = shared.send_nanos.load(Ordering::Relaxed);
+        let inputs = ShardInputs {
+            samples_in_rate: r_in.update((now_in - last_in) as f64 / secs),
+            samples_out_rate: r_out.update((now_out - last_out) as f64 / secs),
+            send_seconds_rate: r_send.update((now_send - last_send) as f64 / 1e9 / secs),
+            pending: {
+                let queued = shared.pending_total() as f64;
+                let recv = shared.highest_received.load(Ordering::Acquire);
+                let sent = shared.highest_done.load(Ordering::Acquire);
+                let lag_secs = if recv == NO_TIMESTAMP || sent == NO_TIMESTAMP {
+                    0.0
+                } else {
+                    (recv.saturating_sub(sent)).max(0) as f64 / 1000.0
+                };
+                queued.max(lag_secs * r_in.value.unwrap_or(0.0))
+            },
+            update_interval_secs: secs,
+            current: shards.read().await.senders.len(),
+            min: shared.settings.queue.min_shards,
+            max: shared.settings.queue.max_shards,
+        };
+        (last_in, last_out, last_send) = (now_in, now_out, now_send);
+        let desired = desired_shards(&inputs);
+        shared.metrics.shards_desired.set(desired as f64);
+        if desired == inputs.current {
+            continue;
+        }
+        // Prometheus's shouldReshard: not while sends are failing.
+        let last_ok = shared.last_success_ms.load(Ordering::Acquire);
+        let since_ok = shared.start.elapsed().as_millis() as i64 - last_ok;
+        let limit = 2 * shared
+            .settings
+            .queue
+            .batch_send_deadline
+            .as_std()
+            .as_millis() as i64;
+        if inputs.pending > 0.0 && (last_ok < 0 || since_ok > limit) {
+            tracing::debug!(
+                remote_name = shared.remote(),
+                desired,
+                "not resharding: sends are failing"
+            );
+            continue;
+        }
+        tracing::info!(
+            remote_name = shared.remote(),
+            from = inputs.current,
+            to = desired,
+            "remote_write resharding"
+        );
+        let mut g = shards.write().await;
+        g.senders.clear();
+        for t in std::mem::take(&mut g.tasks) {
+            let _ = t.await;
+        }
+        if shared.hard_stop.is_cancelled() {
+            return;
+        }
+        *g = start_shards(&shared, desired);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_assignment_is_stable_and_in_range() {
+        for n in 1..8 {
+            for r in [0u64, 1, 7, 12345, u64::MAX] {
+                let a = shard_for(r, n);
+                assert!(a < n);
+                assert_eq!(a, shard_for(r, n));
+                assert_eq!(a as u64, r % n as u64);
+            }
+        }
+        assert_eq!(shard_for(5, 0), 0);
+    }
+
+    #[test]
+    fn external_labels_only_fill_missing_names() {
+        let mut l = vec![
+            ("__name__".to_owned(), "up".to_owned()),
+            ("cluster".to_owned(), "own".to_owned()),
+        ];
+        let ext = BTreeMap::from([
+            ("cluster".to_owned(), "ext".to_owned()),
+            ("region".to_owned(), "eu".to_owned()),
+        ]);
+        add_external_labels(&mut l, &ext);
+        l.sort();
+        assert_eq!(
+            l,
+            vec![
+                ("__name__".to_owned(), "up".to_owned()),
+                ("cluster".to_owned(), "own".to_owned()),
+                ("region".to_owned(), "eu".to_owned()),
+            ]
+        );
+    }
+
+    fn inputs(in_rate: f64, out_rate: f64, send: f64, pending: f64, current: usize) -> ShardInputs {
+        ShardInputs {
+            samples_in_rate: in_rate,
+            samples_out_rate: out_rate,
+            send_seconds_rate: send,
+            pending,
+            update_interval_secs: 10.0,
+            current,
+            min: 1,
+            max: 50,
+        }
+    }
+
+    #[test]
+    fn desired_shards_rule() {
+        // 1000 samples/s out costing 0.5 s/s of sending: 0.5 ms per sample. 10000/s in needs 5.
+        assert_eq!(desired_shards(&inputs(10_000.0, 1_000.0, 0.5, 0.0, 1)), 5);
+        // Within ±30% of the current count: unchanged.
+        assert_eq!(desired_shards(&inputs(10_000.0, 1_000.0, 0.5, 0.0, 6)), 6);
+        // Backlog adds 0.1 × pending / interval to the rate to serve.
+        assert_eq!(
+            desired_shards(&inputs(0.0, 1_000.0, 0.5, 1_000_000.0, 1)),
+            5
+        );
+        // Idle: shrink to min. No output yet: keep.
+        assert_eq!(desired_shards(&inputs(0.0, 1_000.0, 0.001, 0.0, 10)), 1);
+        assert_eq!(desired_shards(&inputs(5.0, 0.0, 0.0, 100.0, 3)), 3);
+        // Clamped to max.
+        assert_eq!(desired_shards(&inputs(1e9, 1.0, 1.0, 0.0, 1)), 50);
+    }
+}

@@ -1,0 +1,77 @@
+//! A real Prometheus (Debian's `prometheus` package) as a remote-write receiver on loopback,
+//! with a temp TSDB; killed on drop.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, wait_http, ChildGuard};
+
+const BINARY: &str = "/usr/bin/prometheus";
+
+pub struct Prometheus {
+    pub addr: String,
+    _child: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts `prometheus --web.enable-remote-write-receiver` and waits for `/-/ready`.
+    pub fn start() -> Prometheus {
+        assert!(
+            Path::new(BINARY).exists(),
+            "{BINARY} is missing: run the test suite with the README's test command, ./scripts/test, \
+             which installs Debian's prometheus package"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, "global:\n  scrape_interval: 1m\n").expect("write config");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
+        let child = Command::new(BINARY)
+            .arg("--web.enable-remote-write-receiver")
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg(format!("--config.file={}", config.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prometheus");
+        let guard = ChildGuard::new("prometheus", child);
+        wait_http(&addr, "/-/ready", 200, Duration::from_secs(60));
+        Prometheus {
+            addr,
+            _child: guard,
+            _dir: dir,
+        }
+    }
+
+    pub fn write_url(&self) -> String {
+        format!("http://{}/api/v1/write", self.addr)
+    }
+
+    /// An instant query; returns the single result's value, or `None` for an empty result.
+    pub async fn query_scalar(&self, query: &str) -> Option<f64> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("reqwest client");
+        let url = reqwest::Url::parse_with_params(
+            &format!("http://{}/api/v1/query", self.addr),
+            &[("query", query)],
+        )
+        .expect("query url");
+        let resp = client.get(url).send().await.expect("query prometheus");
+        let status = resp.status();
+        let body: serde_json::Value =
+            serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
+        assert!(status.is_success(), "query {query}: {status} {body}");
+        let result = body["data"]["result"].as_array()?;
+        let first = result.first()?;
+        first["value"][1].as_str().and_then(|v| v.parse().ok())
+    }
+}
