@@ -259,7 +259,7 @@ _agentctl() {
             return 0
             ;;
         agentctl__subcmd__agent__subcmd__run)
-            opts="-h -V --config.file --server.http.address --config.expand-env --config.enable-read-api --log.level --log.format --help --version"
+            opts="-h -V --config.file --server.http.address --config.expand-env --config.enable-read-api --api.disable-get-config --api.token-file --api.max-body-bytes --log.level --log.format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -270,6 +270,14 @@ _agentctl() {
                     return 0
                     ;;
                 --server.http.address)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api.token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api.max-body-bytes)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -56,6 +56,8 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and not __fish_
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and not __fish_seen_subcommand_from run help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l config.file -d 'Agent configuration file (agent.yaml). Without it the embedded default is used' -r -F
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l server.http.address -d 'Address the HTTP server listens on' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l api.token-file -d 'File holding a bearer token that config writes (PUT, POST, DELETE) must present' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l api.max-body-bytes -d 'Largest accepted config body, in bytes (larger: 413)' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
 info\t''
 warn\t''
@@ -63,7 +65,8 @@ error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l config.expand-env -d 'Expand ${VAR} and ${VAR:-default} in the config file'
-complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l config.enable-read-api -d 'Serve GET /-/config and GET /agent/api/v1/configs/{name} (secrets are redacted)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l config.enable-read-api -d 'Serve GET /-/config (the loaded config file, secrets redacted)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l api.disable-get-config -d 'Do not serve GET /agent/api/v1/configs/{name} (on by default: secrets are redacted)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "run" -d 'Run the clustered scraping daemon'

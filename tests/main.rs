@@ -3,6 +3,7 @@
 mod support;
 
 mod agent;
+mod api;
 mod cli;
 mod discovery;
 mod kv;

@@ -11,12 +11,18 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use prometheus_client::registry::Registry;
+
+use crate::api::{self, ApiMetrics, ApiState, StoreSlot};
+use crate::config::agent::KvStoreConfig;
 use crate::config::{AgentConfig, ConfigError};
+use crate::kv::configstore::ConfigStore;
+use crate::kv::{self, KvError, KvStore};
 
 /// The old agent's default listen address.
 pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:12345";
@@ -31,6 +37,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open the config store: {0}")]
+    Kv(#[from] KvError),
     #[error("HTTP server on {addr} failed: {source}")]
     Serve {
         addr: SocketAddr,
@@ -46,12 +54,34 @@ pub struct Options {
     /// The config file, when one was given (`None`: the embedded default).
     pub config_file: Option<PathBuf>,
     pub http_address: String,
+    /// `-config.enable-read-api`: serve `GET /-/config`.
     pub enable_read_api: bool,
+    /// Serve `GET /agent/api/v1/configs/{name}` (secrets redacted). On by default.
+    pub enable_get_config: bool,
+    /// Bearer token required for config writes.
+    pub api_write_token: Option<String>,
+    pub api_max_body: usize,
+}
+
+impl Options {
+    /// Options for `config` with every flag at its default.
+    pub fn new(config: AgentConfig, http_address: impl Into<String>) -> Self {
+        Options {
+            config,
+            config_file: None,
+            http_address: http_address.into(),
+            enable_read_api: false,
+            enable_get_config: true,
+            api_write_token: None,
+            api_max_body: api::DEFAULT_MAX_BODY,
+        }
+    }
 }
 
 struct AppState {
     ready: AtomicBool,
     options: Options,
+    registry: Registry,
 }
 
 /// Runs the agent until `shutdown` is cancelled.
@@ -99,12 +129,47 @@ pub async fn serve(
             "config block ignored: agentctl runs the metrics subsystem only"
         );
     }
-    let state = Arc::new(AppState {
-        ready: AtomicBool::new(false),
-        options,
+    let mut registry = Registry::default();
+    let api_metrics = ApiMetrics::register(&mut registry);
+    let enabled = cfg.scraping_service.enabled;
+    let api_state = Arc::new(ApiState {
+        store: std::sync::RwLock::new(if enabled {
+            StoreSlot::Connecting("starting".into())
+        } else {
+            StoreSlot::Disabled
+        }),
+        global: cfg.global.clone(),
+        dangerous_allow_reading_files: cfg.scraping_service.dangerous_allow_reading_files,
+        enable_get: options.enable_get_config,
+        write_token: options.api_write_token.clone(),
+        max_body: options.api_max_body,
+        metrics: api_metrics,
     });
-    let app = router(state.clone());
-    state.ready.store(true, Ordering::Release);
+    let ss = &cfg.scraping_service;
+    let local_store = enabled && ss.kvstore.store() != "etcd";
+    if local_store {
+        // A local store either opens now or never (locked by another agent, bad path): fail
+        // the start-up with its error instead of serving 503 forever.
+        let store = open_store(&ss.kvstore, &cfg.wal_directory).await?;
+        tracing::info!(store = %store.describe(), prefix = %ss.config_prefix, "config store opened");
+        api_state.set_store(StoreSlot::Ready(Arc::new(ConfigStore::with_prefix(
+            store,
+            ss.config_prefix.clone(),
+        ))));
+    }
+    let state = Arc::new(AppState {
+        ready: AtomicBool::new(!enabled || local_store),
+        options,
+        registry,
+    });
+    if enabled && !local_store {
+        tokio::spawn(connect_store(
+            state.clone(),
+            api_state.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let app = router(state.clone()).merge(api::router(api_state));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -121,7 +186,8 @@ fn router(state: Arc<AppState>) -> Router {
         )
         .route("/-/ready", any(ready))
         .route("/-/config", any(show_config))
-        .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found\n") })
+        .route("/metrics", get(metrics))
+        .fallback(api::not_found)
         .with_state(state)
 }
 
@@ -167,4 +233,115 @@ async fn show_config(State(state): State<Arc<AppState>>) -> Response {
         None => "# embedded default: no config file\n".to_owned(),
     };
     ([(header::CONTENT_TYPE, "text/yaml; charset=utf-8")], body).into_response()
+}
+
+/// `GET /metrics`: the agent's own metrics in the Prometheus text format.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &state.registry) {
+        return text_owned(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}\n"),
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+fn text_owned(code: StatusCode, body: String) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// Opens the configured KV store. The embedded store lives in `wal_directory` (its file is
+/// `kv.redb`, which no instance WAL folder can clash with).
+pub async fn open_store(
+    cfg: &KvStoreConfig,
+    wal_directory: &str,
+) -> Result<Arc<dyn KvStore>, KvError> {
+    let spec = match cfg.store() {
+        "etcd" => {
+            let e = cfg.etcd.clone().unwrap_or_default();
+            let defaults = kv::EtcdConfig::default();
+            kv::KvSpec::Etcd(kv::EtcdConfig {
+                endpoints: e.endpoints,
+                dial_timeout: e.dial_timeout.map_or(defaults.dial_timeout, |d| d.as_std()),
+                max_retries: e.max_retries.unwrap_or(defaults.max_retries),
+                username: e.username.unwrap_or_default(),
+                password: e.password.unwrap_or_default(),
+                tls_enabled: e.tls_enabled,
+                ..defaults
+            })
+        }
+        "inmemory" => kv::KvSpec::InMemory,
+        "consul" => kv::KvSpec::Consul(
+            cfg.consul
+                .as_ref()
+                .and_then(|c| c.host.clone())
+                .unwrap_or_default(),
+        ),
+        "multi" => {
+            return Err(KvError::EtcdConfig {
+                endpoints: "multi".into(),
+                message: "the multi KV store is not supported yet; use etcd or the embedded store"
+                    .into(),
+            })
+        }
+        _ => {
+            let dir = cfg
+                .embedded
+                .as_ref()
+                .and_then(|e| e.path.clone())
+                .unwrap_or_else(|| wal_directory.to_owned());
+            kv::KvSpec::Embedded(PathBuf::from(dir))
+        }
+    };
+    kv::connect(&spec).await
+}
+
+/// Connects the config store, retrying with backoff while it is unreachable (the API answers
+/// 503 meanwhile, naming the error); configuration errors stop the retries.
+async fn connect_store(state: Arc<AppState>, api: Arc<ApiState>, shutdown: CancellationToken) {
+    let cfg = &state.options.config;
+    let ss = &cfg.scraping_service;
+    let mut delay = std::time::Duration::from_millis(250);
+    loop {
+        match open_store(&ss.kvstore, &cfg.wal_directory).await {
+            Ok(store) => {
+                tracing::info!(store = %store.describe(), prefix = %ss.config_prefix, "config store connected");
+                let configs = ConfigStore::with_prefix(store, ss.config_prefix.clone());
+                api.set_store(StoreSlot::Ready(Arc::new(configs)));
+                state.ready.store(true, Ordering::Release);
+                return;
+            }
+            Err(
+                e @ (KvError::ConsulUnsupported
+                | KvError::EtcdConfig { .. }
+                | KvError::EmbeddedLocked { .. }),
+            ) => {
+                tracing::error!(error = %e, "cannot use the configured KV store; the config API answers 503 until the agent is restarted with a usable one");
+                api.set_store(StoreSlot::Connecting(e.to_string()));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "KV store unreachable; retrying");
+                api.set_store(StoreSlot::Connecting(e.to_string()));
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
 }

@@ -2,6 +2,7 @@
 //! remote_write, cluster membership and the HTTP API.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod discovery;

@@ -15,14 +15,31 @@ pub async fn run(args: AgentRunArgs) -> Result<ExitCode, Error> {
             .map_err(|e| Error::Invalid(format!("invalid configuration: {e}")))?,
         None => AgentConfig::embedded_default(),
     };
-    let options = Options {
-        config,
-        config_file: args.config_file,
-        http_address: args
-            .http_address
-            .unwrap_or_else(|| DEFAULT_HTTP_ADDRESS.to_owned()),
-        enable_read_api: args.enable_read_api,
+    let api_write_token = match &args.api_token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path).map_err(|e| {
+                crate::io(&format!("reading --api.token-file {}", path.display()), e)
+            })?;
+            let token = token.trim().to_owned();
+            if token.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "--api.token-file {} is empty",
+                    path.display()
+                )));
+            }
+            Some(token)
+        }
+        None => None,
     };
+    let address = args
+        .http_address
+        .unwrap_or_else(|| DEFAULT_HTTP_ADDRESS.to_owned());
+    let mut options = Options::new(config, address);
+    options.config_file = args.config_file;
+    options.enable_read_api = args.enable_read_api;
+    options.enable_get_config = !args.disable_get_config;
+    options.api_write_token = api_write_token;
+    options.api_max_body = args.api_max_body_bytes;
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
     daemon::run(options, shutdown).await?;

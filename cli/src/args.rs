@@ -168,9 +168,21 @@ pub struct AgentRunArgs {
     #[arg(long = "config.expand-env")]
     pub expand_env: bool,
 
-    /// Serve GET /-/config and GET /agent/api/v1/configs/{name} (secrets are redacted).
+    /// Serve GET /-/config (the loaded config file, secrets redacted).
     #[arg(long = "config.enable-read-api")]
     pub enable_read_api: bool,
+
+    /// Do not serve GET /agent/api/v1/configs/{name} (on by default: secrets are redacted).
+    #[arg(long = "api.disable-get-config")]
+    pub disable_get_config: bool,
+
+    /// File holding a bearer token that config writes (PUT, POST, DELETE) must present.
+    #[arg(long = "api.token-file", value_name = "PATH")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// Largest accepted config body, in bytes (larger: 413).
+    #[arg(long = "api.max-body-bytes", value_name = "N", default_value_t = 4 << 20)]
+    pub api_max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -164,7 +164,8 @@ fn refine_location(mut e: ConfigError, text: &str) -> ConfigError {
     e
 }
 
-fn is_blank_yaml(text: &str) -> bool {
+/// Whether `text` holds no YAML content (only blank lines, comments and document markers).
+pub fn is_blank_yaml(text: &str) -> bool {
     text.lines()
         .map(str::trim)
         .all(|l| l.is_empty() || l.starts_with('#') || l == "---" || l == "...")
