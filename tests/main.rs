@@ -7,3 +7,4 @@ mod cli;
 mod discovery;
 mod kv;
 mod wal;
+mod wal_inspect;

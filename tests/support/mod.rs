@@ -162,3 +162,4 @@ pub fn wait_http(addr: &str, path: &str, want: u16, timeout: Duration) {
 }
 
 pub mod etcd;
+pub mod prometheus;

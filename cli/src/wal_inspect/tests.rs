@@ -198,7 +198,8 @@ fn legacy_errors_go_to_stdout_with_exit_1() {
     let d = tempfile::tempdir().expect("tempdir");
     let missing = d.path().join("nope");
     let want = format!("{} does not exist\n", missing.display());
-    let runs: [&dyn Fn(&mut Vec<u8>) -> Result<ExitCode, Error>; 3] = [
+    type Legacy<'a> = &'a dyn Fn(&mut Vec<u8>) -> Result<ExitCode, Error>;
+    let runs: [Legacy<'_>; 3] = [
         &|o| run_legacy_wal_stats(&missing, o),
         &|o| run_legacy_target_stats(&missing, "a", "b", o),
         &|o| run_legacy_sample_stats(&missing, "{", o),
