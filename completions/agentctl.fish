@@ -186,7 +186,7 @@ warn\t''
 error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand wal; and __fish_seen_subcommand_from inspect" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
-complete -c agentctl -n "__fish_agentctl_using_subcommand wal; and __fish_seen_subcommand_from inspect" -s h -l help -d 'Print help'
+complete -c agentctl -n "__fish_agentctl_using_subcommand wal; and __fish_seen_subcommand_from inspect" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentctl -n "__fish_agentctl_using_subcommand wal; and __fish_seen_subcommand_from inspect" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand wal; and __fish_seen_subcommand_from help" -f -a "inspect" -d 'Show what a WAL holds: series, samples, time range, per target and per metric'
 complete -c agentctl -n "__fish_agentctl_using_subcommand wal; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -201,8 +201,6 @@ fn unimplemented_subcommands_say_so_with_exit_2() {
         vec!["config-sync", "."],
         vec!["config", "diff", "."],
         vec!["ring", "status"],
-        vec!["wal", "inspect", "."],
-        vec!["wal-stats", "."],
     ] {
         let out = agentctl(&args, tmp.path());
         assert_eq!(out.status.code(), Some(2), "{args:?}");

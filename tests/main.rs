@@ -9,3 +9,4 @@ mod discovery;
 mod kv;
 mod remote_write;
 mod wal;
+mod wal_inspect;

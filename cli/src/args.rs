@@ -340,10 +340,30 @@ pub struct RingForgetArgs {
     pub source: RingSourceArgs,
 }
 
+const WAL_INSPECT_LONG: &str = "\
+Show what a WAL holds: series, samples, time range, per target and per metric.
+
+The report has a summary (totals over the whole WAL, never filtered), the targets (job and \
+instance labels; --job/--instance keep the matching ones), the top 20 metric names by series \
+(restricted by --job, --instance and --selector), and with --selector one row per matching \
+series. The directory is read only; nothing is repaired.
+
+--output json prints one object with these fields: dir, oldest_sample_ms, newest_sample_ms \
+(Unix ms or null), total_series, total_samples, hash_collisions, invalid_refs, \
+checkpoint_segment, first_segment, last_segment (numbers or null), targets [{job, instance, \
+series, samples}], metrics [{name, series}] (all names, not only 20), series (null without \
+--selector, else [{series_ref, labels, samples, oldest_sample_ms, newest_sample_ms}]).
+
+The old commands wal-stats DIR, target-stats DIR -j JOB -i INSTANCE and sample-stats DIR -s \
+SELECTOR still work and print the old formats.";
+
 #[derive(Debug, Subcommand)]
 pub enum WalCommand {
     /// Show what a WAL holds: series, samples, time range, per target and per metric.
-    #[command(after_help = "Exit codes:\n  0  success\n  2  not a WAL directory or unreadable")]
+    #[command(
+        long_about = WAL_INSPECT_LONG,
+        after_help = "Exit codes:\n  0  success\n  2  not a WAL directory or unreadable"
+    )]
     Inspect(WalInspectArgs),
 }
 

@@ -6,6 +6,7 @@ pub mod args;
 pub mod check;
 pub mod compat;
 pub mod generate;
+pub mod wal_inspect;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -24,6 +25,10 @@ pub enum Error {
     /// The subcommand exists in the tree but its implementation has not landed (exit 2).
     #[error("`agentctl {0}` is not implemented yet in this version")]
     NotImplemented(&'static str),
+    /// A WAL could not be inspected: not a WAL directory, missing, unreadable or corrupt; the
+    /// message names the path (exit 2).
+    #[error("{0}")]
+    Wal(String),
     /// The daemon failed to start or stopped with an error (exit 1).
     #[error(transparent)]
     Daemon(#[from] agent::daemon::Error),
@@ -40,7 +45,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Invalid(_) | Error::Daemon(_) => 1,
-            Error::Usage(_) | Error::NotImplemented(_) | Error::Io { .. } => 2,
+            Error::Usage(_) | Error::NotImplemented(_) | Error::Wal(_) | Error::Io { .. } => 2,
         }
     }
 }
@@ -85,10 +90,14 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
         Command::ConfigSync(_) => Err(Error::NotImplemented("config-sync")),
         Command::Ring(RingCommand::Status(_)) => Err(Error::NotImplemented("ring status")),
         Command::Ring(RingCommand::Forget(_)) => Err(Error::NotImplemented("ring forget")),
-        Command::Wal(WalCommand::Inspect(_))
-        | Command::LegacyWalStats { .. }
-        | Command::LegacyTargetStats { .. }
-        | Command::LegacySampleStats { .. } => Err(Error::NotImplemented("wal inspect")),
+        Command::Wal(WalCommand::Inspect(a)) => wal_inspect::run(&a, &mut stdout),
+        Command::LegacyWalStats { dir } => wal_inspect::run_legacy_wal_stats(&dir, &mut stdout),
+        Command::LegacyTargetStats { dir, job, instance } => {
+            wal_inspect::run_legacy_target_stats(&dir, &job, &instance, &mut stdout)
+        }
+        Command::LegacySampleStats { dir, selector } => {
+            wal_inspect::run_legacy_sample_stats(&dir, &selector, &mut stdout)
+        }
         Command::Completions { shell } => {
             generate::completions(shell, &mut stdout).map_err(|e| io("writing completions", e))?;
             Ok(ExitCode::SUCCESS)

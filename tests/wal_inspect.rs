@@ -1,0 +1,272 @@
+//! `agentctl wal inspect` and the old `wal-stats`/`target-stats`/`sample-stats` run as the
+//! real binary: on a WAL written by the test, on a directory that is not a WAL, and on a WAL
+//! written by Prometheus 2.42 in agent mode.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use agent::wal::{inspect, Labels, Wal, WalOptions};
+
+use crate::support::{agentctl, free_port, prometheus, wait_http};
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// 2024-01-02T03:04:05.678Z
+const T0: i64 = 1_704_164_645_678;
+
+/// An instance directory `<dir>/wal` with two targets of the `node` job.
+fn write_wal(dir: &Path) {
+    let (mut wal, _) = Wal::open(&dir.join("wal"), WalOptions::default()).expect("open");
+    let s = |r: u64, name: &str, inst: &str| {
+        (
+            r,
+            Labels::from_pairs([("__name__", name), ("job", "node"), ("instance", inst)]),
+        )
+    };
+    wal.append_series(&[
+        s(1, "up", "a:9100"),
+        s(2, "node_load1", "a:9100"),
+        s(3, "up", "b:9100"),
+    ])
+    .expect("series");
+    for i in 0..4 {
+        wal.append_samples(&[(1, T0 + i * 15_000, 1.0), (2, T0 + i * 15_000, 0.5)])
+            .expect("samples");
+    }
+    wal.append_samples(&[(3, T0, 1.0)]).expect("samples");
+    wal.commit().expect("commit");
+}
+
+#[test]
+fn inspect_report_json_and_legacy_formats() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_wal(tmp.path());
+    let dir = tmp.path().to_str().unwrap();
+
+    let out = agentctl(&["wal", "inspect", dir], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    for want in [
+        "Series:          3\n",
+        "Samples:         9\n",
+        "Oldest sample:   2024-01-02T03:04:05.678Z\n",
+        "Newest sample:   2024-01-02T03:04:50.678Z\n",
+        "Time span:       45s\n",
+        "node  a:9100         2        8\n",
+        "Top 20 metric names by series:\n",
+    ] {
+        assert!(text.contains(want), "{want:?} in\n{text}");
+    }
+
+    let out = agentctl(
+        &[
+            "wal", "inspect", dir, "--job", "node", "-i", "b:9100", "--output", "json",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["total_series"], 3, "totals are not filtered");
+    assert_eq!(v["targets"].as_array().map(Vec::len), Some(1));
+    assert_eq!(v["targets"][0]["instance"], "b:9100");
+    assert_eq!(
+        v["metrics"],
+        serde_json::json!([{"name": "up", "series": 1}])
+    );
+    assert_eq!(v["series"], serde_json::Value::Null);
+
+    let out = agentctl(&["wal", "inspect", dir, "-s", "node_load1"], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(
+            "{__name__=\"node_load1\", instance=\"a:9100\", job=\"node\"}        4  \
+             2024-01-02T03:04:05.678Z  2024-01-02T03:04:50.678Z\n"
+        ),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = agentctl(&["wal-stats", dir], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "Oldest Sample:      2024-01-02 03:04:05.678 +0000 UTC\n\
+         Newest Sample:      2024-01-02 03:04:50.678 +0000 UTC\n\
+         Total Series:       3\n\
+         Total Samples:      9\n\
+         Hash Collisions:    0\n\
+         Invalid Refs:       0\n\
+         Checkpoint Segment: 0\n\
+         First Segment:      0\n\
+         Latest Segment:     0\n\
+         \n\
+         Per-target stats:\n\
+         +------+----------+--------+---------+\n\
+         | JOB  | INSTANCE | SERIES | SAMPLES |\n\
+         +------+----------+--------+---------+\n\
+         | node | a:9100   |      2 |       8 |\n\
+         | node | b:9100   |      1 |       1 |\n\
+         +------+----------+--------+---------+\n"
+    );
+
+    let out = agentctl(
+        &["target-stats", dir, "-j", "node", "-i", "a:9100"],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "Metric cardinality:\n\nnode_load1: 1\nup: 1\n"
+    );
+
+    let out = agentctl(
+        &["sample-stats", dir, "-s", r#"{instance="b:9100"}"#],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "{__name__=\"up\", instance=\"b:9100\", job=\"node\"}\n  \
+         Oldest Sample:      2024-01-02 03:04:05.678 +0000 UTC\n  \
+         Newest Sample:      2024-01-02 03:04:05.678 +0000 UTC\n  \
+         Total Samples:      1\n"
+    );
+
+    // target-stats requires both flags, as with cobra.
+    let out = agentctl(&["target-stats", dir, "-j", "node"], tmp.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn not_a_wal_exits_2_naming_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("not-a-wal");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("notes.txt"), "hello").unwrap();
+    let d = dir.to_str().unwrap();
+    let out = agentctl(&["wal", "inspect", d], tmp.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout(&out).is_empty());
+    assert!(
+        stderr(&out).contains(&format!("{d} is not a WAL directory")),
+        "{}",
+        stderr(&out)
+    );
+
+    let missing = tmp.path().join("missing");
+    let m = missing.to_str().unwrap();
+    let out = agentctl(&["wal", "inspect", m], tmp.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&format!("{m} does not exist")),
+        "{}",
+        stderr(&out)
+    );
+
+    // The old commands: message on stdout, exit 1.
+    for cmd in ["wal-stats", "sample-stats"] {
+        let out = agentctl(&[cmd, "missing"], tmp.path());
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        assert_eq!(stdout(&out), "missing does not exist\n", "{cmd}");
+    }
+    let out = agentctl(&["wal-stats", d], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).starts_with(&format!("failed to get WAL stats: {d} is not a WAL")),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// Prometheus scrapes itself in agent mode; both command forms read its data directory.
+#[test]
+fn inspects_a_wal_written_by_prometheus_agent_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut prom = prometheus::start_agent_mode(
+        tmp.path(),
+        &format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 500ms\nscrape_configs:\n  \
+             - job_name: self\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ),
+        port,
+    );
+    let addr = format!("127.0.0.1:{port}");
+    // Start-up time varies a lot on a busy machine.
+    wait_http(&addr, "/-/ready", 200, Duration::from_secs(90));
+    let data = tmp.path().join("data");
+    let instance = addr.clone();
+    let scraped = |min: u64| {
+        // The WAL is being written, so a torn last page reads as an error: not yet.
+        inspect::stats(&data, &inspect::StatsOptions::default())
+            .ok()
+            .and_then(|st| {
+                st.targets
+                    .iter()
+                    .find(|t| t.job == "self" && t.instance == instance)
+                    .map(|t| t.samples >= min * t.series && t.series > 0)
+            })
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !scraped(3) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    prom.signal("TERM");
+    assert!(
+        prom.wait_exit(Duration::from_secs(30)).is_some(),
+        "Prometheus did not stop"
+    );
+    assert!(scraped(3), "Prometheus did not scrape itself three times");
+
+    let d = data.to_str().unwrap();
+    let out = agentctl(&["wal", "inspect", d, "--output", "json"], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["dir"], data.join("wal").to_str().unwrap());
+    assert_eq!(v["invalid_refs"], 0);
+    let t = v["targets"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["job"] == "self"))
+        .unwrap_or_else(|| panic!("no target of job self in {v}"));
+    assert_eq!(t["instance"], addr);
+    assert!(t["series"].as_u64().unwrap_or(0) > 5, "{t}");
+    assert!(
+        v["metrics"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["name"] == "up" && m["series"] == 1)),
+        "{v}"
+    );
+
+    let out = agentctl(&["wal-stats", d], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Invalid Refs:       0\n"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("| self ") && l.contains(&format!("| {addr} |"))),
+        "{text}"
+    );
+
+    let out = agentctl(&["sample-stats", d, "-s", "up"], tmp.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!(
+            "{{__name__=\"up\", instance=\"{addr}\", job=\"self\"}}\n  Oldest Sample:      "
+        )),
+        "{text}"
+    );
+    let samples: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("  Total Samples:      "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sample count in {text}"));
+    assert!(samples >= 3, "{text}");
+}
