@@ -10,3 +10,4 @@ mod kv;
 mod remote_write;
 mod wal;
 mod wal_inspect;
+mod wal_to_remote;

@@ -18,6 +18,7 @@ pub mod client;
 pub mod metrics;
 pub mod proto;
 pub mod queue;
+pub mod watcher;
 
 pub use client::{ClientError, ClientSettings, RemoteClient, SendError};
 pub use metrics::RemoteWriteMetrics;

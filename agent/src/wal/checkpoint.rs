@@ -68,7 +68,7 @@ pub fn delete_checkpoints(dir: &Path, max_index: u32) -> Result<(), WalError> {
 }
 
 /// Segment sources of a checkpoint directory (its own `00000000`…).
-pub(crate) fn checkpoint_sources(cp_dir: &Path) -> Result<Vec<SegmentSource>, WalError> {
+pub fn checkpoint_sources(cp_dir: &Path) -> Result<Vec<SegmentSource>, WalError> {
     Ok(list_segments(cp_dir)?
         .into_iter()
         .map(|index| SegmentSource {

@@ -14,6 +14,7 @@
 pub mod checkpoint;
 pub mod inspect;
 pub mod labels;
+pub mod live;
 pub mod reader;
 pub mod record;
 pub mod segment;
