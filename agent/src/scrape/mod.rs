@@ -2,3 +2,6 @@
 //! series cache.
 pub mod parse;
 pub mod target;
+pub mod appender;
+pub mod cache;
+pub mod scrape_loop;
