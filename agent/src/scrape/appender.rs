@@ -200,11 +200,7 @@ impl Appender for MemoryAppender<'_> {
     }
 
     fn append(&mut self, r: SeriesRef, t_ms: i64, v: f64) {
-        self.samples.push(RecordedSample {
-            series: r,
-            t_ms,
-            v,
-        });
+        self.samples.push(RecordedSample { series: r, t_ms, v });
     }
 
     fn append_exemplar(&mut self, r: SeriesRef, labels: &Labels, t_ms: i64, v: f64) {

@@ -169,11 +169,7 @@ impl SeriesCache {
                 last: self.iter,
             },
         );
-        Some(Lookup::Series {
-            slot,
-            r,
-            duplicate,
-        })
+        Some(Lookup::Series { slot, r, duplicate })
     }
 
     /// Caches a new series for `key` (seen in this iteration) and returns its slot.

@@ -264,8 +264,7 @@ impl ScrapeProcessor {
             &self.target_labels,
             self.cfg.honor_labels,
         );
-        if !relabel::process(&mut self.lb, &self.cfg.metric_relabel_configs) || self.lb.is_empty()
-        {
+        if !relabel::process(&mut self.lb, &self.cfg.metric_relabel_configs) || self.lb.is_empty() {
             self.cache.insert_dropped(s.series);
             return Ok(Outcome::Dropped);
         }
@@ -378,7 +377,8 @@ impl ScrapeProcessor {
     /// End of run: staleness markers at `t_ms` for every series of the last scrape and for
     /// the synthetic series.
     pub fn end_of_run(&mut self, app: &mut dyn Appender, t_ms: i64) {
-        self.cache.for_each_last(|r| app.append(r, t_ms, stale_nan()));
+        self.cache
+            .for_each_last(|r| app.append(r, t_ms, stale_nan()));
         for r in self.synthetic.iter().flatten() {
             app.append(*r, t_ms, stale_nan());
         }
@@ -398,7 +398,11 @@ enum Outcome {
 }
 
 /// Prometheus's `verifyLabelLimits` on the final labels of a new series.
-fn check_label_limits(lb: &LabelsBuilder, metric: &str, limits: &Limits) -> Result<(), ScrapeError> {
+fn check_label_limits(
+    lb: &LabelsBuilder,
+    metric: &str,
+    limits: &Limits,
+) -> Result<(), ScrapeError> {
     if limits.label_limit > 0 && lb.len() as u64 > limits.label_limit {
         return Err(ScrapeError::LabelLimit {
             metric: trunc50(metric),
@@ -410,8 +414,7 @@ fn check_label_limits(lb: &LabelsBuilder, metric: &str, limits: &Limits) -> Resu
         return Ok(());
     }
     for (n, v) in lb.iter() {
-        if limits.label_name_length_limit > 0 && n.len() as u64 > limits.label_name_length_limit
-        {
+        if limits.label_name_length_limit > 0 && n.len() as u64 > limits.label_name_length_limit {
             return Err(ScrapeError::LabelNameLengthLimit {
                 metric: trunc50(metric),
                 name: trunc50(n),
@@ -419,8 +422,7 @@ fn check_label_limits(lb: &LabelsBuilder, metric: &str, limits: &Limits) -> Resu
                 limit: limits.label_name_length_limit,
             });
         }
-        if limits.label_value_length_limit > 0 && v.len() as u64 > limits.label_value_length_limit
-        {
+        if limits.label_value_length_limit > 0 && v.len() as u64 > limits.label_value_length_limit {
             return Err(ScrapeError::LabelValueLengthLimit {
                 metric: trunc50(metric),
                 name: trunc50(n),
@@ -447,7 +449,10 @@ pub fn first_scrape_delay(hash: u64, interval: Duration, now: SystemTime) -> Dur
     if iv == 0 {
         return Duration::ZERO;
     }
-    let now_ns = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let now_ns = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
     let phase = u128::from(hash) % iv;
     let delay = (phase + iv - now_ns % iv) % iv;
     Duration::from_nanos(u64::try_from(delay).unwrap_or(u64::MAX))
@@ -585,11 +590,7 @@ impl ScrapeLoop {
 
     async fn run(mut self, cancel: CancellationToken, write_stale: Arc<AtomicBool>) {
         let interval = self.target.interval.as_std();
-        let delay = first_scrape_delay(
-            self.target.full_labels.hash(),
-            interval,
-            SystemTime::now(),
-        );
+        let delay = first_scrape_delay(self.target.full_labels.hash(), interval, SystemTime::now());
         let scraped = tokio::select! {
             _ = cancel.cancelled() => false,
             _ = tokio::time::sleep(delay) => true,

@@ -49,7 +49,16 @@ impl Harness {
         self.s
             .samples_of(&series(pairs))
             .into_iter()
-            .map(|(t, v)| (t, if is_stale_nan(v) { "stale".into() } else { v.to_string() }))
+            .map(|(t, v)| {
+                (
+                    t,
+                    if is_stale_nan(v) {
+                        "stale".into()
+                    } else {
+                        v.to_string()
+                    },
+                )
+            })
             .collect()
     }
 
@@ -74,7 +83,11 @@ fn steady_state_uses_the_cache_and_reports() {
     );
     let st = h.scrape(body, 2000).unwrap();
     assert_eq!(st.series_added, 0);
-    assert_eq!(h.s.new_series_calls(), 3 + 5, "3 series + 5 synthetic, once");
+    assert_eq!(
+        h.s.new_series_calls(),
+        3 + 5,
+        "3 series + 5 synthetic, once"
+    );
     assert_eq!(
         h.values(&[("__name__", "a_total"), ("x", "2")]),
         vec![(1000, "2".into()), (2000, "2".into())]
@@ -101,7 +114,11 @@ fn vanished_series_get_one_staleness_marker_and_are_evicted() {
     h.scrape("a 4\nb 4\n", 4000).unwrap();
     assert_eq!(
         h.values(&[("__name__", "b")]),
-        vec![(1000, "1".into()), (2000, "stale".into()), (4000, "4".into())]
+        vec![
+            (1000, "1".into()),
+            (2000, "stale".into()),
+            (4000, "4".into())
+        ]
     );
     assert_eq!(h.values(&[("__name__", "a")]).len(), 4);
 }
@@ -110,9 +127,8 @@ fn vanished_series_get_one_staleness_marker_and_are_evicted() {
 fn failed_scrape_marks_everything_stale_and_reports_down() {
     let mut h = Harness::new("");
     h.scrape("a 1\n", 1000).unwrap();
-    let err = h
-        .p
-        .append_scrape(
+    let err =
+        h.p.append_scrape(
             &h.s,
             Err(ScrapeError::Status {
                 status: "500 Internal Server Error".into(),
@@ -128,7 +144,11 @@ fn failed_scrape_marks_everything_stale_and_reports_down() {
     h.scrape("a 3\n", 3000).unwrap();
     assert_eq!(
         h.values(&[("__name__", "a")]),
-        vec![(1000, "1".into()), (2000, "stale".into()), (3000, "3".into())]
+        vec![
+            (1000, "1".into()),
+            (2000, "stale".into()),
+            (3000, "3".into())
+        ]
     );
     assert_eq!(
         h.up(),
@@ -155,7 +175,9 @@ fn sample_limit_fails_the_scrape_counting_post_relabel_samples() {
         "    sample_limit: 2\n    metric_relabel_configs:\n      - source_labels: [__name__]\n        regex: drop_me\n        action: drop\n",
     );
     h.scrape("a 1\ndrop_me 1\nb 1\n", 1000).unwrap();
-    let err = h.scrape("a 2\ndrop_me 2\nb 2\nc 2\nd 2\n", 2000).unwrap_err();
+    let err = h
+        .scrape("a 2\ndrop_me 2\nb 2\nc 2\nd 2\n", 2000)
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "sample_limit exceeded (samples: 4, limit: 2)"
@@ -208,9 +230,8 @@ fn label_limits_fail_the_scrape() {
 
 #[test]
 fn duplicates_are_skipped_and_counted() {
-    let mut h = Harness::new(
-        "    metric_relabel_configs:\n      - regex: x\n        action: labeldrop\n",
-    );
+    let mut h =
+        Harness::new("    metric_relabel_configs:\n      - regex: x\n        action: labeldrop\n");
     // Same text twice, and two texts that relabel to the same series.
     let st = h
         .scrape("a 1\na 2\nb{x=\"1\"} 1\nb{x=\"2\"} 2\n", 1000)
@@ -334,8 +355,14 @@ fn first_scrape_is_phase_locked_to_the_target_hash() {
     let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
     // hash mod 10s = 3s: from t=1s wait 2s, from t=5s wait 8s, at t=13s wait 0.
     let hash = 3_000_000_000 + 10_000_000_000 * 7;
-    assert_eq!(first_scrape_delay(hash, iv, at(1000)), Duration::from_secs(2));
-    assert_eq!(first_scrape_delay(hash, iv, at(5000)), Duration::from_secs(8));
+    assert_eq!(
+        first_scrape_delay(hash, iv, at(1000)),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        first_scrape_delay(hash, iv, at(5000)),
+        Duration::from_secs(8)
+    );
     assert_eq!(first_scrape_delay(hash, iv, at(13_000)), Duration::ZERO);
     for now in [0, 1, 999, 123_456_789] {
         assert!(first_scrape_delay(u64::MAX, iv, at(now)) < iv);
