@@ -6,4 +6,5 @@ mod agent;
 mod cli;
 mod discovery;
 mod kv;
+mod scrape;
 mod wal;

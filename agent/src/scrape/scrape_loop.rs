@@ -655,12 +655,12 @@ impl ScrapeLoop {
     async fn fetch(&mut self) -> Result<Format, ScrapeError> {
         let url = &self.target.url;
         let timeout = self.timeout;
+        // The deadline covers connecting, headers and the whole body.
         let fut = fetch_into(
             &self.client,
             url,
             &self.timeout_header,
             self.compression,
-            timeout,
             self.body_size_limit,
             &mut self.body,
         );
@@ -679,20 +679,33 @@ async fn fetch_into(
     url: &str,
     timeout_header: &str,
     compression: bool,
-    timeout: Duration,
     limit: u64,
     body: &mut Vec<u8>,
 ) -> Result<Format, ScrapeError> {
     body.clear();
-    let http = |e: &dyn std::fmt::Display| ScrapeError::Http {
+    // reqwest's top-level message ("error sending request") hides the cause; the API user
+    // wants it ("connection refused"), so the source chain is appended.
+    let http = |e: &dyn std::error::Error| {
+        let mut message = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            message.push_str(": ");
+            message.push_str(&c.to_string());
+            cause = c.source();
+        }
+        ScrapeError::Http {
+            url: url.to_owned(),
+            message,
+        }
+    };
+    // Its message already names the cause (e.g. an unreadable credentials file).
+    let rb = client.get(url).map_err(|e| ScrapeError::Http {
         url: url.to_owned(),
         message: e.to_string(),
-    };
-    let rb = client.get(url).map_err(|e| http(&e))?;
+    })?;
     let rb = rb
         .header(reqwest::header::ACCEPT, ACCEPT_HEADER)
-        .header("X-Prometheus-Scrape-Timeout-Seconds", timeout_header)
-        .timeout(timeout);
+        .header("X-Prometheus-Scrape-Timeout-Seconds", timeout_header);
     // With compression the client was built with gzip on: it sends `Accept-Encoding: gzip`
     // itself and decodes the body.
     let rb = if compression {
