@@ -8,6 +8,7 @@ mod cli;
 mod discovery;
 mod kv;
 mod remote_write;
+mod scrape;
 mod wal;
 mod wal_inspect;
 mod wal_to_remote;

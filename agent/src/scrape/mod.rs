@@ -1,4 +1,8 @@
 //! The scrape engine: exposition parsing, target label population, scrape loops and the
 //! series cache.
+pub mod appender;
+pub mod cache;
+pub mod manager;
 pub mod parse;
+pub mod scrape_loop;
 pub mod target;

@@ -1,0 +1,287 @@
+//! The scrape hot path without HTTP: one 1,000-series body (the parser benchmark's body with a
+//! `replica` label making every counter series distinct: counters, gauges and a histogram,
+//! five or six labels per series, ~160 KB) through
+//! [`ScrapeProcessor::process_body`] into a no-op appender, in steady state (every series
+//! cached), plus the cold first scrape for comparison.
+//!
+//! Before benchmarking, `main` counts allocations of steady-state scrapes under a counting
+//! global allocator and fails if they grow with the number of samples (the target is O(1) per
+//! scrape; it is 0 for the body path). It runs in `cargo test --benches` too.
+//!
+//! Run: `cargo bench -p agentctl-agent --bench scrape`.
+
+use std::alloc::System;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent::config::load::parse_instance;
+use agent::config::GlobalConfig;
+use agent::relabel::Labels;
+use agent::scrape::appender::{AppendError, Appender, SeriesRef, Storage};
+use agent::scrape::parse::Format;
+use agent::scrape::scrape_loop::ScrapeProcessor;
+use criterion::{Criterion, Throughput};
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const SERIES: usize = 1000;
+
+/// Deterministic pseudo-random numbers (xorshift), so every run parses the same body.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn body() -> String {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut out = String::new();
+    let instances = [
+        "10.0.3.17:9100",
+        "10.0.3.18:9100",
+        "10.0.4.2:9100",
+        "10.0.4.9:9100",
+    ];
+    let handlers = [
+        "/api/v1/query",
+        "/api/v1/query_range",
+        "/api/v1/series",
+        "/metrics",
+        "/-/ready",
+    ];
+    let methods = ["GET", "POST"];
+    let codes = ["200", "204", "400", "404", "500", "503"];
+
+    out.push_str("# HELP http_requests_total Total number of HTTP requests by handler, method and status code.\n");
+    out.push_str("# TYPE http_requests_total counter\n");
+    for i in 0..300 {
+        out.push_str(&format!(
+            "http_requests_total{{job=\"api-server\",instance=\"{}\",handler=\"{}\",method=\"{}\",code=\"{}\",replica=\"{}\"}} {}\n",
+            instances[i % 4],
+            handlers[(i / 4) % 5],
+            methods[(i / 20) % 2],
+            codes[(i / 40) % 6],
+            i / 240,
+            rng.below(10_000_000),
+        ));
+    }
+
+    out.push_str("# HELP node_filesystem_avail_bytes Filesystem space available to non-root users in bytes.\n");
+    out.push_str("# TYPE node_filesystem_avail_bytes gauge\n");
+    let mounts = ["/", "/boot", "/var/lib/docker", "/home", "/srv/data"];
+    let fstypes = ["ext4", "xfs", "overlay", "tmpfs"];
+    for i in 0..220 {
+        let avail = (rng.below(1 << 40) as f64) * 1.000_123;
+        out.push_str(&format!(
+            "node_filesystem_avail_bytes{{job=\"node\",instance=\"{}\",device=\"/dev/nvme{}n1p{}\",fstype=\"{}\",mountpoint=\"{}\"}} {:e}\n",
+            instances[i % 4],
+            i % 3,
+            i % 11,
+            fstypes[i % 4],
+            mounts[(i / 4) % 5],
+            avail,
+        ));
+    }
+
+    out.push_str("# HELP http_request_duration_seconds Latency of HTTP requests in seconds.\n");
+    out.push_str("# TYPE http_request_duration_seconds histogram\n");
+    let bounds = [
+        "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "+Inf",
+    ];
+    for i in 0..40 {
+        let labels = format!(
+            "job=\"api-server\",instance=\"{}\",handler=\"{}\",method=\"{}\"",
+            instances[i % 4],
+            handlers[(i / 4) % 5],
+            methods[(i / 20) % 2],
+        );
+        let mut count = 0;
+        for le in bounds {
+            count += rng.below(5000);
+            out.push_str(&format!(
+                "http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {count}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "http_request_duration_seconds_sum{{{labels},code=\"200\"}} {}.{:03}\n",
+            count / 7,
+            rng.below(1000)
+        ));
+        out.push_str(&format!(
+            "http_request_duration_seconds_count{{{labels},code=\"200\"}} {count}\n"
+        ));
+    }
+    out
+}
+
+/// Counts what it is given and keeps nothing.
+#[derive(Default)]
+struct NoopAppender {
+    next: SeriesRef,
+    sum: f64,
+}
+
+impl Appender for NoopAppender {
+    fn new_series(&mut self, _labels: &Labels) -> SeriesRef {
+        self.next += 1;
+        self.next
+    }
+    fn append(&mut self, r: SeriesRef, t_ms: i64, v: f64) {
+        self.sum += v + (r as i64 + t_ms) as f64;
+    }
+    fn commit(&mut self) -> Result<(), AppendError> {
+        Ok(())
+    }
+    fn rollback(&mut self) {}
+}
+
+struct NoopStorage;
+
+impl Storage for NoopStorage {
+    fn appender(&self) -> Box<dyn Appender + '_> {
+        Box::new(NoopAppender::default())
+    }
+}
+
+fn processor() -> ScrapeProcessor {
+    let yaml = "scrape_configs:\n  - job_name: bench\n    static_configs: [{targets: ['10.0.0.1:9100']}]\n    metric_relabel_configs:\n      - source_labels: [__name__]\n        regex: go_gc_.*\n        action: drop\n";
+    let (_, cfg) = parse_instance(yaml, &GlobalConfig::default()).expect("valid bench config");
+    let cfg = cfg.scrape_configs.into_iter().next().expect("one job");
+    ScrapeProcessor::new(
+        Arc::new(cfg),
+        Labels::from_pairs([("job", "bench"), ("instance", "10.0.0.1:9100")]),
+    )
+}
+
+fn scrape(p: &mut ScrapeProcessor, app: &mut NoopAppender, body: &[u8], t: i64) {
+    let (stats, res) = p.process_body(app, body, Format::PrometheusText, t);
+    assert!(res.is_ok(), "bench body must scrape cleanly");
+    assert_eq!(stats.scraped as usize, SERIES);
+}
+
+fn allocation_check(body: &[u8]) {
+    let mut p = processor();
+    let mut app = NoopAppender::default();
+    // First scrape fills the cache; the second settles any scratch growth.
+    scrape(&mut p, &mut app, body, 1);
+    scrape(&mut p, &mut app, body, 2);
+
+    const ROUNDS: usize = 50;
+    let region = Region::new(GLOBAL);
+    for i in 0..ROUNDS {
+        scrape(&mut p, &mut app, body, 3 + i as i64);
+    }
+    let body_path = region.change();
+
+    // The whole append side: body, staleness, synthetic series, commit.
+    let region = Region::new(GLOBAL);
+    for i in 0..ROUNDS {
+        let r = p.append_scrape(
+            &NoopStorage,
+            Ok((body, Format::PrometheusText)),
+            100 + i as i64,
+            Duration::from_millis(3),
+        );
+        assert!(r.is_ok());
+    }
+    let full = region.change();
+
+    let per = |s: &stats_alloc::Stats| (s.allocations + s.reallocations) as f64 / ROUNDS as f64;
+    println!(
+        "allocations per steady-state scrape of {SERIES} samples: process_body {:.2} ({} bytes total over {ROUNDS}), append_scrape {:.2}",
+        per(&body_path),
+        body_path.bytes_allocated,
+        per(&full),
+    );
+    assert!(
+        per(&body_path) < 1.0 && per(&full) < 8.0,
+        "steady-state scrape allocations must not depend on the sample count"
+    );
+    assert_eq!(
+        p.cache().series(),
+        SERIES,
+        "every series of the body is distinct"
+    );
+}
+
+fn quick_numbers(body: &[u8]) {
+    const ROUNDS: u32 = 300;
+    let mut p = processor();
+    let mut app = NoopAppender::default();
+    scrape(&mut p, &mut app, body, 1);
+    let start = Instant::now();
+    for i in 0..ROUNDS {
+        scrape(&mut p, &mut app, body, 2 + i64::from(i));
+    }
+    let per_body = start.elapsed() / ROUNDS;
+    println!(
+        "steady state: {:.0} ns/sample ({:.1} us per {SERIES}-sample scrape)",
+        per_body.as_nanos() as f64 / SERIES as f64,
+        per_body.as_secs_f64() * 1e6
+    );
+    const COLD: u32 = 30;
+    let start = Instant::now();
+    for _ in 0..COLD {
+        let mut p = processor();
+        scrape(&mut p, &mut app, body, 1);
+    }
+    let per_body = start.elapsed() / COLD;
+    println!(
+        "first scrape (every series a cache miss): {:.0} ns/sample",
+        per_body.as_nanos() as f64 / SERIES as f64
+    );
+    black_box(app.sum);
+}
+
+fn bench(c: &mut Criterion, body: &[u8]) {
+    let mut group = c.benchmark_group("scrape_1000_series");
+    group.throughput(Throughput::Elements(SERIES as u64));
+    let mut p = processor();
+    let mut app = NoopAppender::default();
+    scrape(&mut p, &mut app, body, 1);
+    let mut t = 1;
+    group.bench_function("steady_state_process_body", |b| {
+        b.iter(|| {
+            t += 1;
+            scrape(&mut p, &mut app, body, t);
+        })
+    });
+    group.bench_function("steady_state_append_scrape", |b| {
+        b.iter(|| {
+            t += 1;
+            black_box(p.append_scrape(
+                &NoopStorage,
+                Ok((body, Format::PrometheusText)),
+                t,
+                Duration::from_millis(3),
+            ))
+        })
+    });
+    group.finish();
+    black_box(app.sum);
+}
+
+fn main() {
+    let body = body();
+    let body = body.as_bytes();
+    allocation_check(body);
+    quick_numbers(body);
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20)
+        .configure_from_args();
+    bench(&mut c, body);
+    c.final_summary();
+}

@@ -1,0 +1,475 @@
+//! The scrape manager of one instance: a pool of scrape loops per job, kept in step with
+//! service discovery and with config reloads.
+//!
+//! Per job (scrape config) a sync task watches the job's discovery output. On every change it
+//! populates the targets ([`populate_labels`]), keeps the ones relabelling dropped for the API,
+//! and diffs the new set against the running loops by target identity, the
+//! [`Labels::hash`] of the target's full labels (reserved `__` labels included, so scheme,
+//! address, path and params are part of it). Unchanged targets keep their loop and cache; new
+//! ones get a loop; vanished ones are stopped with staleness markers. Identical targets within
+//! a job are scraped once.
+//!
+//! `target_limit` is Prometheus's: when a job has more targets than the limit, every one of its
+//! loops keeps running but fails each scrape with `target_limit exceeded (number of targets:
+//! N, limit: L)`, without contacting the target, until the count drops again.
+//!
+//! [`ScrapeManager::apply`] hot-reloads: jobs whose validated config is unchanged keep running
+//! untouched; removed jobs stop (staleness markers written); changed jobs are stopped
+//! (markers written) and started again with the new config.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use thiserror::Error;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::appender::Storage;
+use super::scrape_loop::{Health, LoopHandle, ScrapeLoop};
+use super::target::{discovered_labels, populate_labels, Target};
+use crate::config::scrape::ScrapeConfig;
+use crate::discovery::{self, TargetGroup};
+use crate::httpclient::{self, HttpClient};
+use crate::relabel::Labels;
+
+/// The user agent of scrape requests.
+pub const USER_AGENT: &str = concat!("agentctl/", env!("CARGO_PKG_VERSION"));
+
+/// A job that could not be started.
+#[derive(Debug, Error)]
+pub enum JobError {
+    #[error("{0}")]
+    Discovery(#[from] discovery::Error),
+    #[error("job {job:?}: {source}")]
+    Client {
+        job: String,
+        #[source]
+        source: httpclient::Error,
+    },
+}
+
+/// The jobs [`ScrapeManager::apply`] could not start; the others run.
+#[derive(Debug, Error)]
+#[error("{} scrape job(s) failed to start: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct ApplyError(pub Vec<JobError>);
+
+/// One entry of `/agent/api/v1/metrics/targets` (spec §2.4).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetInfo {
+    pub instance: String,
+    pub target_group: String,
+    pub endpoint: String,
+    pub state: &'static str,
+    pub labels: BTreeMap<String, String>,
+    pub discovered_labels: BTreeMap<String, String>,
+    /// RFC 3339 with nanoseconds as Go's `time.RFC3339Nano` writes it; the zero time
+    /// `0001-01-01T00:00:00Z` before the first scrape.
+    pub last_scrape: String,
+    pub scrape_duration_ms: i64,
+    pub scrape_error: String,
+}
+
+/// A target relabelling dropped, for the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DroppedTarget {
+    pub job: String,
+    pub discovered_labels: Labels,
+}
+
+fn to_map(l: &Labels) -> BTreeMap<String, String> {
+    l.iter()
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Go's `time.Time.Format(time.RFC3339Nano)` in UTC: fraction with trailing zeros removed.
+pub fn rfc3339_nano(t: Option<SystemTime>) -> String {
+    let Some(t) = t else {
+        return "0001-01-01T00:00:00Z".to_owned();
+    };
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (y, m, day) = crate::logging::civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    let mut out = format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    );
+    let nanos = d.subsec_nanos();
+    if nanos != 0 {
+        let frac = format!("{nanos:09}");
+        out.push('.');
+        out.push_str(frac.trim_end_matches('0'));
+    }
+    out.push('Z');
+    out
+}
+
+struct RunningTarget {
+    target: Arc<Target>,
+    handle: LoopHandle,
+}
+
+#[derive(Default)]
+struct Pool {
+    loops: HashMap<u64, RunningTarget>,
+    dropped: Vec<Labels>,
+}
+
+struct Job {
+    cfg: Arc<ScrapeConfig>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+    pool: Arc<Mutex<Pool>>,
+}
+
+fn lock_pool(p: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Job {
+    async fn stop(self, write_stale: bool) {
+        self.cancel.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(job = %self.cfg.job_name, error = %e, "scrape job sync task failed");
+        }
+        let loops: Vec<RunningTarget> = lock_pool(&self.pool)
+            .loops
+            .drain()
+            .map(|(_, t)| t)
+            .collect();
+        stop_all(loops, write_stale).await;
+    }
+}
+
+async fn stop_all(loops: Vec<RunningTarget>, write_stale: bool) {
+    let stops: Vec<_> = loops
+        .into_iter()
+        .map(|t| tokio::spawn(t.handle.stop(write_stale)))
+        .collect();
+    for s in stops {
+        let _ = s.await;
+    }
+}
+
+/// The scrape side of one instance.
+pub struct ScrapeManager {
+    instance: String,
+    storage: Arc<dyn Storage>,
+    base_dir: Option<PathBuf>,
+    jobs: Mutex<BTreeMap<String, Job>>,
+    /// Serializes `apply` and `stop`.
+    apply_lock: tokio::sync::Mutex<()>,
+}
+
+impl ScrapeManager {
+    /// `instance` names the instance in the targets API; `base_dir` resolves relative file
+    /// paths of the configs (file_sd, credentials).
+    pub fn new(
+        instance: impl Into<String>,
+        storage: Arc<dyn Storage>,
+        base_dir: Option<PathBuf>,
+    ) -> Self {
+        ScrapeManager {
+            instance: instance.into(),
+            storage,
+            base_dir,
+            jobs: Mutex::new(BTreeMap::new()),
+            apply_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn jobs(&self) -> MutexGuard<'_, BTreeMap<String, Job>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the running jobs match `configs` (see the module docs). Jobs that fail to start
+    /// are reported in the error; every other job runs.
+    pub async fn apply(&self, configs: &[ScrapeConfig]) -> Result<(), ApplyError> {
+        let _guard = self.apply_lock.lock().await;
+        let wanted: BTreeMap<&str, &ScrapeConfig> =
+            configs.iter().map(|c| (c.job_name.as_str(), c)).collect();
+        let to_stop: Vec<Job> = {
+            let mut jobs = self.jobs();
+            let names: Vec<String> = jobs
+                .iter()
+                .filter(|(name, job)| wanted.get(name.as_str()).is_none_or(|c| **c != *job.cfg))
+                .map(|(name, _)| name.clone())
+                .collect();
+            names.iter().filter_map(|n| jobs.remove(n)).collect()
+        };
+        for job in to_stop {
+            tracing::info!(job = %job.cfg.job_name, "stopping scrape job");
+            job.stop(true).await;
+        }
+        let mut errors = Vec::new();
+        for (name, cfg) in wanted {
+            if self.jobs().contains_key(name) {
+                continue;
+            }
+            match self.start_job(cfg) {
+                Ok(job) => {
+                    self.jobs().insert(name.to_owned(), job);
+                }
+                Err(e) => {
+                    tracing::warn!(job = name, error = %e, "scrape job not started");
+                    errors.push(e);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError(errors))
+        }
+    }
+
+    fn start_job(&self, cfg: &ScrapeConfig) -> Result<Job, JobError> {
+        let cfg = Arc::new(cfg.clone());
+        let client = HttpClient::new(
+            &cfg.http_client,
+            &httpclient::Options {
+                timeout: None,
+                base_dir: self.base_dir.clone(),
+                gzip: cfg.enable_compression,
+                user_agent: Some(USER_AGENT.to_owned()),
+            },
+        )
+        .map_err(|source| JobError::Client {
+            job: cfg.job_name.clone(),
+            source,
+        })?;
+        let cancel = CancellationToken::new();
+        let rx = discovery::start(&cfg, self.base_dir.as_deref(), cancel.clone())?;
+        let pool = Arc::new(Mutex::new(Pool::default()));
+        let task = tokio::spawn(sync_job(
+            cfg.clone(),
+            rx,
+            pool.clone(),
+            client,
+            self.storage.clone(),
+            cancel.clone(),
+        ));
+        tracing::info!(job = %cfg.job_name, "started scrape job");
+        Ok(Job {
+            cfg,
+            cancel,
+            task,
+            pool,
+        })
+    }
+
+    /// Stops every job. `write_stale: false` when the instance moved to another agent, which
+    /// continues the series.
+    pub async fn stop(&self, write_stale: bool) {
+        let _guard = self.apply_lock.lock().await;
+        let jobs: Vec<Job> = std::mem::take(&mut *self.jobs()).into_values().collect();
+        for job in jobs {
+            job.stop(write_stale).await;
+        }
+    }
+
+    /// The active targets, sorted as the API wants them: by job, then `job` label, then
+    /// `instance` label (the instance is the same for all).
+    pub fn targets(&self) -> Vec<TargetInfo> {
+        let jobs = self.jobs();
+        let mut out = Vec::new();
+        for (name, job) in jobs.iter() {
+            let pool = lock_pool(&job.pool);
+            for t in pool.loops.values() {
+                let st = t.handle.status();
+                out.push(TargetInfo {
+                    instance: self.instance.clone(),
+                    target_group: name.clone(),
+                    endpoint: t.target.url.clone(),
+                    state: st.health.as_str(),
+                    labels: to_map(&t.target.labels),
+                    discovered_labels: to_map(&t.target.discovered_labels),
+                    last_scrape: rfc3339_nano(st.last_scrape),
+                    scrape_duration_ms: st.last_duration.as_millis() as i64,
+                    scrape_error: if st.health == Health::Unknown {
+                        String::new()
+                    } else {
+                        st.last_error.unwrap_or_default()
+                    },
+                });
+            }
+        }
+        let key = |t: &TargetInfo| {
+            (
+                t.instance.clone(),
+                t.target_group.clone(),
+                t.labels.get("job").cloned().unwrap_or_default(),
+                t.labels.get("instance").cloned().unwrap_or_default(),
+                t.endpoint.clone(),
+            )
+        };
+        out.sort_by_cached_key(key);
+        out
+    }
+
+    /// Targets dropped by `relabel_configs`, per job.
+    pub fn dropped_targets(&self) -> Vec<DroppedTarget> {
+        let jobs = self.jobs();
+        let mut out = Vec::new();
+        for (name, job) in jobs.iter() {
+            for l in &lock_pool(&job.pool).dropped {
+                out.push(DroppedTarget {
+                    job: name.clone(),
+                    discovered_labels: l.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Number of completed scrapes per target URL (for tests and diagnostics).
+    pub fn scrape_counts(&self) -> BTreeMap<String, u64> {
+        let jobs = self.jobs();
+        let mut out = BTreeMap::new();
+        for job in jobs.values() {
+            for t in lock_pool(&job.pool).loops.values() {
+                out.insert(t.target.url.clone(), t.handle.status().scrapes);
+            }
+        }
+        out
+    }
+}
+
+/// The targets of one discovery snapshot: active ones by identity, and dropped ones.
+fn build_targets(
+    cfg: &ScrapeConfig,
+    groups: &[TargetGroup],
+) -> (HashMap<u64, Target>, Vec<Labels>) {
+    let mut active = HashMap::new();
+    let mut dropped = Vec::new();
+    for g in groups {
+        let group_labels = Labels::from_pairs(g.labels.iter());
+        for t in &g.targets {
+            let tl = Labels::from_pairs(t.iter());
+            match populate_labels(&group_labels, &tl, cfg, false) {
+                Ok(Some(target)) => {
+                    active.insert(target.full_labels.hash(), target);
+                }
+                Ok(None) => dropped.push(discovered_labels(&group_labels, &tl, cfg)),
+                Err(e) => {
+                    tracing::warn!(job = %cfg.job_name, source = %g.source, error = %e, "creating target failed");
+                }
+            }
+        }
+    }
+    (active, dropped)
+}
+
+async fn sync_job(
+    cfg: Arc<ScrapeConfig>,
+    mut rx: discovery::Targets,
+    pool: Arc<Mutex<Pool>>,
+    client: HttpClient,
+    storage: Arc<dyn Storage>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let groups = rx.borrow_and_update().clone();
+        let (mut desired, dropped) = build_targets(&cfg, &groups);
+        let limit = cfg.limits.target_limit;
+        let forced = (limit > 0 && desired.len() as u64 > limit).then(|| {
+            format!(
+                "target_limit exceeded (number of targets: {}, limit: {limit})",
+                desired.len()
+            )
+        });
+        let removed: Vec<RunningTarget> = {
+            let mut p = lock_pool(&pool);
+            p.dropped = dropped;
+            let gone: Vec<u64> = p
+                .loops
+                .keys()
+                .filter(|h| !desired.contains_key(h))
+                .copied()
+                .collect();
+            let removed = gone.iter().filter_map(|h| p.loops.remove(h)).collect();
+            for (h, running) in p.loops.iter_mut() {
+                // Same identity; discovered labels may still differ (e.g. `__meta_*`).
+                if let Some(t) = desired.remove(h) {
+                    if *running.target != t {
+                        running.target = Arc::new(t);
+                    }
+                }
+            }
+            for (h, t) in desired.drain() {
+                let target = Arc::new(t);
+                let handle =
+                    ScrapeLoop::new(cfg.clone(), target.clone(), client.clone(), storage.clone())
+                        .spawn();
+                p.loops.insert(h, RunningTarget { target, handle });
+            }
+            for t in p.loops.values() {
+                t.handle.set_forced_error(forced.clone());
+            }
+            removed
+        };
+        if !removed.is_empty() {
+            tracing::debug!(job = %cfg.job_name, count = removed.len(), "stopping scrape loops of vanished targets");
+            stop_all(removed, true).await;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() {
+                // Discovery ended (only on shutdown); keep the loops until the job stops.
+                cancel.cancelled().await;
+                return;
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_nano_trims_like_go() {
+        let at = |s: u64, n: u32| Some(SystemTime::UNIX_EPOCH + Duration::new(s, n));
+        assert_eq!(rfc3339_nano(None), "0001-01-01T00:00:00Z");
+        assert_eq!(rfc3339_nano(at(0, 0)), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339_nano(at(1_700_000_000, 120_000_000)),
+            "2023-11-14T22:13:20.12Z"
+        );
+        assert_eq!(
+            rfc3339_nano(at(1_700_000_000, 1)),
+            "2023-11-14T22:13:20.000000001Z"
+        );
+    }
+
+    #[test]
+    fn targets_are_identified_by_full_labels_and_dropped_ones_kept() {
+        let yaml = "scrape_configs:\n  - job_name: j\n    static_configs: [{targets: ['a:1', 'a:1', 'b:2', 'c:3']}]\n    relabel_configs:\n      - source_labels: [__address__]\n        regex: 'c:3'\n        action: drop\n";
+        let (_, cfg) =
+            crate::config::load::parse_instance(yaml, &crate::config::GlobalConfig::default())
+                .expect("valid");
+        let cfg = &cfg.scrape_configs[0];
+        let groups = vec![TargetGroup {
+            source: "0".into(),
+            targets: ["a:1", "a:1", "b:2", "c:3"]
+                .iter()
+                .map(|a| [("__address__".to_owned(), (*a).to_owned())].into())
+                .collect(),
+            labels: Default::default(),
+        }];
+        let (active, dropped) = build_targets(cfg, &groups);
+        assert_eq!(active.len(), 2, "duplicates collapse");
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].get("__address__"), Some("c:3"));
+        for (h, t) in &active {
+            assert_eq!(*h, t.full_labels.hash());
+        }
+    }
+}

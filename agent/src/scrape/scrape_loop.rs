@@ -1,0 +1,738 @@
+//! One target's scrape loop: fetch, parse, relabel, append, as Prometheus 2.42's `scrapeLoop`.
+//!
+//! # Schedule
+//!
+//! The first scrape happens at the next instant `t` (nanoseconds since the Unix epoch) with
+//! `t mod interval == hash(target) mod interval`, where `hash(target)` is
+//! [`Labels::hash`] of the target's full labels (its identity). Scrapes then follow every
+//! `interval`; a scrape that overruns skips the ticks it missed. The phase is pinned to
+//! absolute time, so the targets of a job spread over the interval and a target keeps its
+//! phase when its loop is restarted or moved to another agent. (Prometheus also mixes a hash of
+//! the external labels and host name into the offset; we do not, so every agent picks the same
+//! phase for the same target.)
+//!
+//! # One scrape
+//!
+//! `GET <Target::url>` with the headers Prometheus 2.42 sends:
+//! `Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1`,
+//! `Accept-Encoding: gzip` (with `enable_compression`, else `identity`) and
+//! `X-Prometheus-Scrape-Timeout-Seconds: <scrape_timeout in seconds>`. The whole request,
+//! body included, must finish within `scrape_timeout`; a (decompressed) body longer than
+//! `body_size_limit` fails the scrape. The body buffer is reused across scrapes.
+//!
+//! The body is parsed in the format its `Content-Type` names and every sample goes through
+//! [`ScrapeProcessor::process_body`]: a series-cache hit appends straight away; a miss builds the
+//! series labels (target labels merged per `honor_labels`, then `metric_relabel_configs`),
+//! checks the label limits, registers the series with the appender and caches the outcome.
+//! The timestamp is the scrape's start unless `honor_timestamps` and the sample has its own.
+//!
+//! After the body, the synthetic series `up`, `scrape_duration_seconds`,
+//! `scrape_samples_scraped`, `scrape_samples_post_metric_relabeling` and `scrape_series_added`
+//! are appended (target labels plus `__name__`, no metric relabelling) and the batch is
+//! committed. A failed scrape (HTTP error, timeout, body too large, parse error, a limit)
+//! rolls the body's samples back, appends staleness markers for every series of the previous
+//! scrape and reports `up 0`; the error is kept for the targets API.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::appender::{stale_nan, AppendError, Appender, SeriesRef, Storage};
+use super::cache::{Lookup, SeriesCache};
+use super::parse::{Entry, Format, ParseError, Parser, Sample};
+use super::target::{merge_target_labels_into, Target};
+use crate::config::scrape::{Limits, ScrapeConfig};
+use crate::httpclient::HttpClient;
+use crate::relabel::{self, go_quote, Labels, LabelsBuilder};
+
+/// The `Accept` header of Prometheus 2.42 (OpenMetrics preferred).
+pub const ACCEPT_HEADER: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// Names of the synthetic series, in the order they are appended.
+pub const SYNTHETIC_SERIES: [&str; 5] = [
+    "up",
+    "scrape_duration_seconds",
+    "scrape_samples_scraped",
+    "scrape_samples_post_metric_relabeling",
+    "scrape_series_added",
+];
+
+/// Why a scrape failed. Texts follow Prometheus where it has one.
+#[derive(Debug, Error)]
+pub enum ScrapeError {
+    #[error("Get {url:?}: {message}")]
+    Http { url: String, message: String },
+    #[error("Get {url:?}: context deadline exceeded (scrape_timeout {timeout:?})")]
+    Timeout { url: String, timeout: Duration },
+    #[error("server returned HTTP status {status}")]
+    Status { status: String },
+    #[error("body size limit exceeded (body_size_limit: {limit} bytes)")]
+    BodySizeLimit { limit: u64 },
+    #[error("{0}")]
+    Parse(#[from] ParseError),
+    #[error("sample_limit exceeded (samples: {samples}, limit: {limit})")]
+    SampleLimit { samples: u64, limit: u64 },
+    #[error("label_limit exceeded (metric: {metric}, number of labels: {labels}, limit: {limit})")]
+    LabelLimit {
+        metric: String,
+        labels: usize,
+        limit: u64,
+    },
+    #[error("label_name_length_limit exceeded (metric: {metric}, label name: {name}, length: {length}, limit: {limit})")]
+    LabelNameLengthLimit {
+        metric: String,
+        name: String,
+        length: usize,
+        limit: u64,
+    },
+    #[error("label_value_length_limit exceeded (metric: {metric}, label name: {name}, value: {}, length: {length}, limit: {limit})", go_quote(.value))]
+    LabelValueLengthLimit {
+        metric: String,
+        name: String,
+        value: String,
+        length: usize,
+        limit: u64,
+    },
+    #[error("missing metric name (__name__ label) in series {series}")]
+    MissingName { series: String },
+    #[error("{0}")]
+    Forced(String),
+    #[error("{0}")]
+    Append(#[from] AppendError),
+}
+
+/// Counts of one body, reported in the synthetic series.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BodyStats {
+    /// Samples in the body (`scrape_samples_scraped`).
+    pub scraped: u64,
+    /// Samples left after `metric_relabel_configs`, duplicates included
+    /// (`scrape_samples_post_metric_relabeling`).
+    pub post_relabel: u64,
+    /// Series new to the cache (`scrape_series_added`).
+    pub series_added: u64,
+    /// Samples skipped because their series already had a sample in this scrape.
+    pub duplicates: u64,
+}
+
+/// Prometheus's `%.50s`: at most 50 characters.
+fn trunc50(s: &str) -> String {
+    s.chars().take(50).collect()
+}
+
+/// The per-target state of the hot path, free of I/O so it can be driven directly (tests,
+/// benchmarks): series cache, label builder and parser scratch, reused across scrapes.
+pub struct ScrapeProcessor {
+    cfg: Arc<ScrapeConfig>,
+    target_labels: Labels,
+    cache: SeriesCache,
+    lb: LabelsBuilder,
+    parser: Option<Parser<'static>>,
+    synthetic: [Option<SeriesRef>; 5],
+}
+
+impl ScrapeProcessor {
+    pub fn new(cfg: Arc<ScrapeConfig>, target_labels: Labels) -> Self {
+        ScrapeProcessor {
+            cfg,
+            target_labels,
+            cache: SeriesCache::new(),
+            lb: LabelsBuilder::new(),
+            parser: Some(Parser::new(b"", Format::PrometheusText)),
+            synthetic: [None; 5],
+        }
+    }
+
+    /// The series cache (for inspection).
+    pub fn cache(&self) -> &SeriesCache {
+        &self.cache
+    }
+
+    /// Appends the samples of `body` at scrape time `t_ms`. On success the iteration is ended
+    /// (staleness markers for vanished series are appended, the cache evicts what it no longer
+    /// needs). On error the caller must roll `app` back and call [`ScrapeProcessor::fail`] with
+    /// a fresh appender; the stats are valid either way.
+    pub fn process_body(
+        &mut self,
+        app: &mut dyn Appender,
+        body: &[u8],
+        format: Format,
+        t_ms: i64,
+    ) -> (BodyStats, Result<(), ScrapeError>) {
+        let parser = self
+            .parser
+            .take()
+            .unwrap_or_else(|| Parser::new(b"", format));
+        let mut parser = parser.reset(body, format);
+        let mut stats = BodyStats::default();
+        let result = self.append_samples(&mut parser, app, t_ms, &mut stats);
+        self.parser = Some(parser.reset(b"", Format::PrometheusText));
+        if result.is_ok() {
+            self.cache
+                .end_successful(!body.is_empty(), |r| app.append(r, t_ms, stale_nan()));
+        }
+        (stats, result)
+    }
+
+    fn append_samples(
+        &mut self,
+        parser: &mut Parser<'_>,
+        app: &mut dyn Appender,
+        t_ms: i64,
+        stats: &mut BodyStats,
+    ) -> Result<(), ScrapeError> {
+        let limits = self.cfg.limits;
+        let honor_timestamps = self.cfg.honor_timestamps;
+        let track_ts = self.cfg.track_timestamps_staleness;
+        let mut over_limit = false;
+        while let Some(entry) = parser.next_entry()? {
+            let Entry::Sample(s) = entry else { continue };
+            stats.scraped += 1;
+            let (slot, r, duplicate) = match self.cache.lookup(s.series) {
+                Lookup::Series {
+                    slot, r, duplicate, ..
+                } => (slot, r, duplicate),
+                Lookup::Dropped => continue,
+                Lookup::Miss => match self.add_series(app, &s, over_limit)? {
+                    Outcome::Dropped => continue,
+                    Outcome::Uncached => (0, 0, true),
+                    Outcome::Series {
+                        slot,
+                        r,
+                        duplicate,
+                        new,
+                    } => {
+                        if new {
+                            stats.series_added += 1;
+                        }
+                        (slot, r, duplicate)
+                    }
+                },
+            };
+            stats.post_relabel += 1;
+            if limits.sample_limit > 0 && stats.post_relabel > limits.sample_limit {
+                // Keep counting the rest for the report, as Prometheus does; the batch is
+                // rolled back by the caller.
+                over_limit = true;
+            }
+            if over_limit {
+                continue;
+            }
+            if duplicate {
+                stats.duplicates += 1;
+                continue;
+            }
+            let (t, explicit) = match s.timestamp {
+                Some(ts) if honor_timestamps => (ts, true),
+                _ => (t_ms, false),
+            };
+            self.cache.set_tracked(slot, !explicit || track_ts);
+            app.append(r, t, s.value);
+            if let Some(ex) = &s.exemplar {
+                let labels = Labels::from_pairs(ex.labels.iter());
+                app.append_exemplar(r, &labels, ex.timestamp.unwrap_or(t), ex.value);
+            }
+        }
+        if over_limit {
+            return Err(ScrapeError::SampleLimit {
+                samples: stats.post_relabel,
+                limit: limits.sample_limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// The slow path for a series text not in the cache.
+    fn add_series(
+        &mut self,
+        app: &mut dyn Appender,
+        s: &Sample<'_>,
+        over_limit: bool,
+    ) -> Result<Outcome, ScrapeError> {
+        let mut scraped: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(s.labels.len() + 1);
+        scraped.push(("__name__", Cow::Borrowed(s.name)));
+        scraped.extend(s.labels.iter());
+        let pairs: Vec<(&str, &str)> = scraped.iter().map(|(n, v)| (*n, v.as_ref())).collect();
+        merge_target_labels_into(
+            &mut self.lb,
+            &pairs,
+            &self.target_labels,
+            self.cfg.honor_labels,
+        );
+        if !relabel::process(&mut self.lb, &self.cfg.metric_relabel_configs) || self.lb.is_empty() {
+            self.cache.insert_dropped(s.series);
+            return Ok(Outcome::Dropped);
+        }
+        let Some(metric) = self.lb.get("__name__") else {
+            return Err(ScrapeError::MissingName {
+                series: String::from_utf8_lossy(s.series).into_owned(),
+            });
+        };
+        check_label_limits(&self.lb, metric, &self.cfg.limits)?;
+        if over_limit {
+            // The batch is lost anyway; do not register series for it.
+            return Ok(Outcome::Uncached);
+        }
+        let labels = self.lb.labels();
+        let hash = labels.hash();
+        if let Some(Lookup::Series {
+            slot, r, duplicate, ..
+        }) = self.cache.link_existing(s.series, hash)
+        {
+            return Ok(Outcome::Series {
+                slot,
+                r,
+                duplicate,
+                new: false,
+            });
+        }
+        let r = app.new_series(&labels);
+        let slot = self.cache.insert_series(s.series, hash, r);
+        Ok(Outcome::Series {
+            slot,
+            r,
+            duplicate: false,
+            new: true,
+        })
+    }
+
+    /// Ends a failed scrape: staleness markers at `t_ms` for every series of the previous
+    /// scrape, appended to `app` (a fresh appender: the failed one was rolled back).
+    pub fn fail(&mut self, app: &mut dyn Appender, t_ms: i64) {
+        self.cache.end_failed(|r| app.append(r, t_ms, stale_nan()));
+    }
+
+    /// The whole append side of one scrape: the body (or the fetch error), staleness, the
+    /// synthetic series, commit. Returns the body's stats, or why the scrape failed.
+    pub fn append_scrape(
+        &mut self,
+        storage: &dyn Storage,
+        fetched: Result<(&[u8], Format), ScrapeError>,
+        t_ms: i64,
+        duration: Duration,
+    ) -> Result<BodyStats, ScrapeError> {
+        let mut app = storage.appender();
+        let (stats, error) = match fetched {
+            Ok((body, format)) => match self.process_body(&mut *app, body, format, t_ms) {
+                (stats, Ok(())) => (stats, None),
+                (stats, Err(e)) => {
+                    app.rollback();
+                    app = storage.appender();
+                    self.fail(&mut *app, t_ms);
+                    (stats, Some(e))
+                }
+            },
+            Err(e) => {
+                self.fail(&mut *app, t_ms);
+                (BodyStats::default(), Some(e))
+            }
+        };
+        self.report(&mut *app, t_ms, error.is_none(), duration, &stats);
+        let committed = app.commit();
+        match (error, committed) {
+            (Some(e), _) => Err(e),
+            (None, Err(e)) => Err(ScrapeError::Append(e)),
+            (None, Ok(())) => Ok(stats),
+        }
+    }
+
+    /// Appends the synthetic series of one scrape.
+    pub fn report(
+        &mut self,
+        app: &mut dyn Appender,
+        t_ms: i64,
+        up: bool,
+        duration: Duration,
+        stats: &BodyStats,
+    ) {
+        let values = [
+            if up { 1.0 } else { 0.0 },
+            duration.as_secs_f64(),
+            stats.scraped as f64,
+            stats.post_relabel as f64,
+            stats.series_added as f64,
+        ];
+        for (i, v) in values.into_iter().enumerate() {
+            let r = self.synthetic_ref(app, i);
+            app.append(r, t_ms, v);
+        }
+    }
+
+    fn synthetic_ref(&mut self, app: &mut dyn Appender, i: usize) -> SeriesRef {
+        if let Some(r) = self.synthetic[i] {
+            return r;
+        }
+        let mut lb = self.target_labels.builder();
+        lb.set("__name__", SYNTHETIC_SERIES[i]);
+        let r = app.new_series(&lb.labels());
+        self.synthetic[i] = Some(r);
+        r
+    }
+
+    /// End of run: staleness markers at `t_ms` for every series of the last scrape and for
+    /// the synthetic series.
+    pub fn end_of_run(&mut self, app: &mut dyn Appender, t_ms: i64) {
+        self.cache
+            .for_each_last(|r| app.append(r, t_ms, stale_nan()));
+        for r in self.synthetic.iter().flatten() {
+            app.append(*r, t_ms, stale_nan());
+        }
+    }
+}
+
+enum Outcome {
+    Dropped,
+    /// Counted but neither cached nor appended (over `sample_limit`).
+    Uncached,
+    Series {
+        slot: u32,
+        r: SeriesRef,
+        duplicate: bool,
+        new: bool,
+    },
+}
+
+/// Prometheus's `verifyLabelLimits` on the final labels of a new series.
+fn check_label_limits(
+    lb: &LabelsBuilder,
+    metric: &str,
+    limits: &Limits,
+) -> Result<(), ScrapeError> {
+    if limits.label_limit > 0 && lb.len() as u64 > limits.label_limit {
+        return Err(ScrapeError::LabelLimit {
+            metric: trunc50(metric),
+            labels: lb.len(),
+            limit: limits.label_limit,
+        });
+    }
+    if limits.label_name_length_limit == 0 && limits.label_value_length_limit == 0 {
+        return Ok(());
+    }
+    for (n, v) in lb.iter() {
+        if limits.label_name_length_limit > 0 && n.len() as u64 > limits.label_name_length_limit {
+            return Err(ScrapeError::LabelNameLengthLimit {
+                metric: trunc50(metric),
+                name: trunc50(n),
+                length: n.len(),
+                limit: limits.label_name_length_limit,
+            });
+        }
+        if limits.label_value_length_limit > 0 && v.len() as u64 > limits.label_value_length_limit {
+            return Err(ScrapeError::LabelValueLengthLimit {
+                metric: trunc50(metric),
+                name: trunc50(n),
+                value: trunc50(v),
+                length: v.len(),
+                limit: limits.label_value_length_limit,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Delay from `now` until the first scrape (see the module docs): the next instant whose
+/// offset within `interval` (measured from the Unix epoch) equals `hash mod interval`.
+pub fn first_scrape_delay(hash: u64, interval: Duration, now: SystemTime) -> Duration {
+    let iv = interval.as_nanos();
+    if iv == 0 {
+        return Duration::ZERO;
+    }
+    let now_ns = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let phase = u128::from(hash) % iv;
+    let delay = (phase + iv - now_ns % iv) % iv;
+    Duration::from_nanos(u64::try_from(delay).unwrap_or(u64::MAX))
+}
+
+/// A target's health for the targets API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+/// The outcome of a loop's last scrape, shared with the manager.
+#[derive(Debug, Clone)]
+pub struct ScrapeStatus {
+    pub health: Health,
+    /// Start of the last scrape.
+    pub last_scrape: Option<SystemTime>,
+    pub last_duration: Duration,
+    pub last_error: Option<String>,
+    /// Set by the manager to fail every scrape without contacting the target
+    /// (`target_limit`).
+    pub forced_error: Option<String>,
+    /// Completed scrapes, successful or not.
+    pub scrapes: u64,
+}
+
+impl Default for ScrapeStatus {
+    fn default() -> Self {
+        ScrapeStatus {
+            health: Health::Unknown,
+            last_scrape: None,
+            last_duration: Duration::ZERO,
+            last_error: None,
+            forced_error: None,
+            scrapes: 0,
+        }
+    }
+}
+
+/// Locks a status, ignoring poisoning (the data is plain and always consistent).
+pub(crate) fn lock_status(s: &Mutex<ScrapeStatus>) -> std::sync::MutexGuard<'_, ScrapeStatus> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A scrape loop: the processor plus HTTP.
+pub struct ScrapeLoop {
+    target: Arc<Target>,
+    client: HttpClient,
+    storage: Arc<dyn Storage>,
+    processor: ScrapeProcessor,
+    body: Vec<u8>,
+    timeout: Duration,
+    timeout_header: String,
+    compression: bool,
+    body_size_limit: u64,
+    status: Arc<Mutex<ScrapeStatus>>,
+}
+
+/// A running loop; stop it with [`LoopHandle::stop`].
+pub struct LoopHandle {
+    cancel: CancellationToken,
+    write_stale: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+    status: Arc<Mutex<ScrapeStatus>>,
+}
+
+impl LoopHandle {
+    pub fn status(&self) -> ScrapeStatus {
+        lock_status(&self.status).clone()
+    }
+
+    pub(crate) fn set_forced_error(&self, e: Option<String>) {
+        lock_status(&self.status).forced_error = e;
+    }
+
+    /// Stops the loop and waits for it. With `write_stale`, staleness markers are written for
+    /// every series of its last scrape and its synthetic series; without, nothing is written
+    /// (the config moved to another agent, which carries on with the same series).
+    pub async fn stop(self, write_stale: bool) {
+        self.write_stale.store(write_stale, Ordering::SeqCst);
+        self.cancel.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "scrape loop task failed");
+        }
+    }
+}
+
+impl ScrapeLoop {
+    pub fn new(
+        cfg: Arc<ScrapeConfig>,
+        target: Arc<Target>,
+        client: HttpClient,
+        storage: Arc<dyn Storage>,
+    ) -> Self {
+        let timeout = target.timeout.as_std();
+        ScrapeLoop {
+            processor: ScrapeProcessor::new(cfg.clone(), target.labels.clone()),
+            timeout,
+            timeout_header: format!("{}", timeout.as_secs_f64()),
+            compression: cfg.enable_compression,
+            body_size_limit: cfg.limits.body_size_limit,
+            target,
+            client,
+            storage,
+            body: Vec::new(),
+            status: Arc::new(Mutex::new(ScrapeStatus::default())),
+        }
+    }
+
+    /// Starts the loop on the current runtime.
+    pub fn spawn(self) -> LoopHandle {
+        let cancel = CancellationToken::new();
+        let write_stale = Arc::new(AtomicBool::new(true));
+        let status = self.status.clone();
+        let task = tokio::spawn(self.run(cancel.clone(), write_stale.clone()));
+        LoopHandle {
+            cancel,
+            write_stale,
+            task,
+            status,
+        }
+    }
+
+    async fn run(mut self, cancel: CancellationToken, write_stale: Arc<AtomicBool>) {
+        let interval = self.target.interval.as_std();
+        let delay = first_scrape_delay(self.target.full_labels.hash(), interval, SystemTime::now());
+        let scraped = tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        };
+        if scraped {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = ticker.tick() => {}
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = self.scrape_and_report() => {}
+                }
+            }
+        }
+        if write_stale.load(Ordering::SeqCst) {
+            let mut app = self.storage.appender();
+            self.processor.end_of_run(&mut *app, now_ms());
+            if let Err(e) = app.commit() {
+                tracing::warn!(target_url = %self.target.url, error = %e, "writing end-of-run staleness markers failed");
+            }
+        }
+    }
+
+    /// One scrape, appended and committed.
+    pub async fn scrape_and_report(&mut self) {
+        let started = SystemTime::now();
+        let start = Instant::now();
+        let t_ms = started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let forced = lock_status(&self.status).forced_error.clone();
+        let fetched = match forced {
+            Some(e) => Err(ScrapeError::Forced(e)),
+            None => self.fetch().await,
+        };
+        let duration = start.elapsed();
+        let body = fetched.map(|format| (self.body.as_slice(), format));
+        let error = self
+            .processor
+            .append_scrape(&*self.storage, body, t_ms, duration)
+            .err();
+        if let Some(e) = &error {
+            tracing::debug!(target_url = %self.target.url, error = %e, "scrape failed");
+        }
+        let mut st = lock_status(&self.status);
+        st.health = if error.is_none() {
+            Health::Up
+        } else {
+            Health::Down
+        };
+        st.last_scrape = Some(started);
+        st.last_duration = duration;
+        st.last_error = error.map(|e| e.to_string());
+        st.scrapes += 1;
+    }
+
+    /// GETs the target into `self.body`; returns the body's format.
+    async fn fetch(&mut self) -> Result<Format, ScrapeError> {
+        let url = &self.target.url;
+        let timeout = self.timeout;
+        // The deadline covers connecting, headers and the whole body.
+        let fut = fetch_into(
+            &self.client,
+            url,
+            &self.timeout_header,
+            self.compression,
+            self.body_size_limit,
+            &mut self.body,
+        );
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(ScrapeError::Timeout {
+                url: url.clone(),
+                timeout,
+            }),
+        }
+    }
+}
+
+async fn fetch_into(
+    client: &HttpClient,
+    url: &str,
+    timeout_header: &str,
+    compression: bool,
+    limit: u64,
+    body: &mut Vec<u8>,
+) -> Result<Format, ScrapeError> {
+    body.clear();
+    // reqwest's top-level message ("error sending request") hides the cause; the API user
+    // wants it ("connection refused"), so the source chain is appended.
+    let http = |e: &dyn std::error::Error| {
+        let mut message = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            message.push_str(": ");
+            message.push_str(&c.to_string());
+            cause = c.source();
+        }
+        ScrapeError::Http {
+            url: url.to_owned(),
+            message,
+        }
+    };
+    // Its message already names the cause (e.g. an unreadable credentials file).
+    let rb = client.get(url).map_err(|e| ScrapeError::Http {
+        url: url.to_owned(),
+        message: e.to_string(),
+    })?;
+    let rb = rb
+        .header(reqwest::header::ACCEPT, ACCEPT_HEADER)
+        .header("X-Prometheus-Scrape-Timeout-Seconds", timeout_header);
+    // With compression the client was built with gzip on: it sends `Accept-Encoding: gzip`
+    // itself and decodes the body.
+    let rb = if compression {
+        rb
+    } else {
+        rb.header(reqwest::header::ACCEPT_ENCODING, "identity")
+    };
+    let mut resp = rb.send().await.map_err(|e| http(&e))?;
+    if resp.status() != reqwest::StatusCode::OK {
+        let s = resp.status();
+        return Err(ScrapeError::Status {
+            status: format!("{} {}", s.as_u16(), s.canonical_reason().unwrap_or("")),
+        });
+    }
+    let format = Format::from_content_type(
+        resp.headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    while let Some(chunk) = resp.chunk().await.map_err(|e| http(&e))? {
+        if limit > 0 && (body.len() + chunk.len()) as u64 > limit {
+            return Err(ScrapeError::BodySizeLimit { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(format)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,370 @@
+use super::*;
+use crate::config::load::parse_instance;
+use crate::config::GlobalConfig;
+use crate::scrape::appender::{is_stale_nan, MemoryStorage};
+
+fn config(extra: &str) -> Arc<ScrapeConfig> {
+    let yaml = format!(
+        "scrape_configs:\n  - job_name: j\n    static_configs: [{{targets: ['h:1']}}]\n{extra}"
+    );
+    let (_, cfg) = parse_instance(&yaml, &GlobalConfig::default()).expect("valid config");
+    Arc::new(cfg.scrape_configs.into_iter().next().expect("one job"))
+}
+
+fn target_labels() -> Labels {
+    Labels::from_pairs([("job", "j"), ("instance", "h:1")])
+}
+
+fn series(pairs: &[(&str, &str)]) -> Labels {
+    let mut lb = target_labels().builder();
+    for (n, v) in pairs {
+        lb.set(n, v);
+    }
+    lb.labels()
+}
+
+struct Harness {
+    p: ScrapeProcessor,
+    s: MemoryStorage,
+}
+
+impl Harness {
+    fn new(extra: &str) -> Self {
+        Harness {
+            p: ScrapeProcessor::new(config(extra), target_labels()),
+            s: MemoryStorage::new(),
+        }
+    }
+
+    fn scrape(&mut self, body: &str, t: i64) -> Result<BodyStats, ScrapeError> {
+        self.p.append_scrape(
+            &self.s,
+            Ok((body.as_bytes(), Format::PrometheusText)),
+            t,
+            Duration::from_millis(5),
+        )
+    }
+
+    fn values(&self, pairs: &[(&str, &str)]) -> Vec<(i64, String)> {
+        self.s
+            .samples_of(&series(pairs))
+            .into_iter()
+            .map(|(t, v)| {
+                (
+                    t,
+                    if is_stale_nan(v) {
+                        "stale".into()
+                    } else {
+                        v.to_string()
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn up(&self) -> Vec<(i64, String)> {
+        self.values(&[("__name__", "up")])
+    }
+}
+
+#[test]
+fn steady_state_uses_the_cache_and_reports() {
+    let mut h = Harness::new("");
+    let body = "# TYPE a counter\na_total{x=\"1\"} 1\na_total{x=\"2\"} 2\nb 3\n";
+    let st = h.scrape(body, 1000).unwrap();
+    assert_eq!(
+        st,
+        BodyStats {
+            scraped: 3,
+            post_relabel: 3,
+            series_added: 3,
+            duplicates: 0
+        }
+    );
+    let st = h.scrape(body, 2000).unwrap();
+    assert_eq!(st.series_added, 0);
+    assert_eq!(
+        h.s.new_series_calls(),
+        3 + 5,
+        "3 series + 5 synthetic, once"
+    );
+    assert_eq!(
+        h.values(&[("__name__", "a_total"), ("x", "2")]),
+        vec![(1000, "2".into()), (2000, "2".into())]
+    );
+    assert_eq!(h.up(), vec![(1000, "1".into()), (2000, "1".into())]);
+    assert_eq!(
+        h.values(&[("__name__", "scrape_samples_scraped")]),
+        vec![(1000, "3".into()), (2000, "3".into())]
+    );
+    assert_eq!(
+        h.values(&[("__name__", "scrape_series_added")]),
+        vec![(1000, "3".into()), (2000, "0".into())]
+    );
+    assert_eq!(h.s.commits(), 2);
+}
+
+#[test]
+fn vanished_series_get_one_staleness_marker_and_are_evicted() {
+    let mut h = Harness::new("");
+    h.scrape("a 1\nb 1\n", 1000).unwrap();
+    h.scrape("a 2\n", 2000).unwrap();
+    assert_eq!(h.p.cache().series(), 1, "b evicted");
+    h.scrape("a 3\n", 3000).unwrap();
+    h.scrape("a 4\nb 4\n", 4000).unwrap();
+    assert_eq!(
+        h.values(&[("__name__", "b")]),
+        vec![
+            (1000, "1".into()),
+            (2000, "stale".into()),
+            (4000, "4".into())
+        ]
+    );
+    assert_eq!(h.values(&[("__name__", "a")]).len(), 4);
+}
+
+#[test]
+fn failed_scrape_marks_everything_stale_and_reports_down() {
+    let mut h = Harness::new("");
+    h.scrape("a 1\n", 1000).unwrap();
+    let err =
+        h.p.append_scrape(
+            &h.s,
+            Err(ScrapeError::Status {
+                status: "500 Internal Server Error".into(),
+            }),
+            2000,
+            Duration::ZERO,
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "server returned HTTP status 500 Internal Server Error"
+    );
+    h.scrape("a 3\n", 3000).unwrap();
+    assert_eq!(
+        h.values(&[("__name__", "a")]),
+        vec![
+            (1000, "1".into()),
+            (2000, "stale".into()),
+            (3000, "3".into())
+        ]
+    );
+    assert_eq!(
+        h.up(),
+        vec![(1000, "1".into()), (2000, "0".into()), (3000, "1".into())]
+    );
+}
+
+#[test]
+fn parse_error_rolls_back_the_body() {
+    let mut h = Harness::new("");
+    h.scrape("a 1\n", 1000).unwrap();
+    let err = h.scrape("a 2\nb{ 1\n", 2000).unwrap_err();
+    assert!(matches!(err, ScrapeError::Parse(_)), "{err}");
+    assert_eq!(
+        h.values(&[("__name__", "a")]),
+        vec![(1000, "1".into()), (2000, "stale".into())]
+    );
+    assert_eq!(h.s.rollbacks(), 1);
+}
+
+#[test]
+fn sample_limit_fails_the_scrape_counting_post_relabel_samples() {
+    let mut h = Harness::new(
+        "    sample_limit: 2\n    metric_relabel_configs:\n      - source_labels: [__name__]\n        regex: drop_me\n        action: drop\n",
+    );
+    h.scrape("a 1\ndrop_me 1\nb 1\n", 1000).unwrap();
+    let err = h
+        .scrape("a 2\ndrop_me 2\nb 2\nc 2\nd 2\n", 2000)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sample_limit exceeded (samples: 4, limit: 2)"
+    );
+    assert_eq!(
+        h.values(&[("__name__", "a")]),
+        vec![(1000, "1".into()), (2000, "stale".into())]
+    );
+    assert!(h.values(&[("__name__", "c")]).is_empty());
+    assert_eq!(
+        h.values(&[("__name__", "scrape_samples_post_metric_relabeling")]),
+        vec![(1000, "2".into()), (2000, "4".into())]
+    );
+    assert_eq!(
+        h.values(&[("__name__", "scrape_samples_scraped")]),
+        vec![(1000, "3".into()), (2000, "5".into())]
+    );
+    assert_eq!(h.up(), vec![(1000, "1".into()), (2000, "0".into())]);
+    assert!(h.values(&[("__name__", "drop_me")]).is_empty());
+}
+
+#[test]
+fn label_limits_fail_the_scrape() {
+    let cases = [
+        (
+            "    label_limit: 3\n",
+            "label_limit exceeded (metric: a, number of labels: 4, limit: 3)",
+        ),
+        (
+            "    label_name_length_limit: 8\n",
+            "label_name_length_limit exceeded (metric: a, label name: longername, length: 10, limit: 8)",
+        ),
+        (
+            "    label_value_length_limit: 3\n",
+            "label_value_length_limit exceeded (metric: a, label name: longername, value: \"abcd\", length: 4, limit: 3)",
+        ),
+    ];
+    for (cfg, want) in cases {
+        let mut h = Harness::new(cfg);
+        let err = h.scrape("a{longername=\"abcd\"} 1\n", 1000).unwrap_err();
+        assert_eq!(err.to_string(), want);
+        assert_eq!(h.up(), vec![(1000, "0".into())]);
+    }
+    // Within the limits (job, instance, __name__, longername = 4 labels).
+    let mut h = Harness::new(
+        "    label_limit: 4\n    label_name_length_limit: 10\n    label_value_length_limit: 4\n",
+    );
+    h.scrape("a{longername=\"abcd\"} 1\n", 1000).unwrap();
+}
+
+#[test]
+fn duplicates_are_skipped_and_counted() {
+    let mut h =
+        Harness::new("    metric_relabel_configs:\n      - regex: x\n        action: labeldrop\n");
+    // Same text twice, and two texts that relabel to the same series.
+    let st = h
+        .scrape("a 1\na 2\nb{x=\"1\"} 1\nb{x=\"2\"} 2\n", 1000)
+        .unwrap();
+    assert_eq!(st.duplicates, 2);
+    assert_eq!(st.post_relabel, 4);
+    assert_eq!(st.series_added, 2);
+    assert_eq!(h.values(&[("__name__", "a")]), vec![(1000, "1".into())]);
+    assert_eq!(h.values(&[("__name__", "b")]), vec![(1000, "1".into())]);
+    let st = h
+        .scrape("a 1\na 2\nb{x=\"1\"} 1\nb{x=\"2\"} 2\n", 2000)
+        .unwrap();
+    assert_eq!(st.duplicates, 2);
+}
+
+#[test]
+fn honor_labels_decides_clashes() {
+    let body = "a{job=\"exp\",instance=\"\",z=\"1\"} 1\n";
+    let mut h = Harness::new("");
+    h.scrape(body, 1000).unwrap();
+    assert_eq!(
+        h.values(&[("__name__", "a"), ("exported_job", "exp"), ("z", "1")]),
+        vec![(1000, "1".into())]
+    );
+    let mut h = Harness::new("    honor_labels: true\n");
+    h.scrape(body, 1000).unwrap();
+    // The exposed empty `instance` suppresses the target's.
+    let want = Labels::from_pairs([("__name__", "a"), ("job", "exp"), ("z", "1")]);
+    assert_eq!(h.s.samples_of(&want), vec![(1000, 1.0)]);
+}
+
+#[test]
+fn honor_timestamps_and_staleness_of_timestamped_series() {
+    let mut h = Harness::new("");
+    h.scrape("a 1 500\nb 1\n", 1000).unwrap();
+    h.scrape("", 2000).unwrap();
+    assert_eq!(h.values(&[("__name__", "a")]), vec![(500, "1".into())]);
+    assert_eq!(
+        h.values(&[("__name__", "b")]),
+        vec![(1000, "1".into()), (2000, "stale".into())]
+    );
+
+    let mut h = Harness::new("    honor_timestamps: false\n");
+    h.scrape("a 1 500\n", 1000).unwrap();
+    h.scrape("", 2000).unwrap();
+    assert_eq!(
+        h.values(&[("__name__", "a")]),
+        vec![(1000, "1".into()), (2000, "stale".into())]
+    );
+
+    let mut h = Harness::new("    track_timestamps_staleness: true\n");
+    h.scrape("a 1 500\n", 1000).unwrap();
+    h.scrape("", 2000).unwrap();
+    assert_eq!(
+        h.values(&[("__name__", "a")]),
+        vec![(500, "1".into()), (2000, "stale".into())]
+    );
+}
+
+#[test]
+fn dropped_series_are_cached_as_dropped() {
+    let mut h = Harness::new(
+        "    metric_relabel_configs:\n      - source_labels: [__name__]\n        regex: go_.*\n        action: drop\n",
+    );
+    let st = h.scrape("go_x 1\ngo_y 1\nkeep 1\n", 1000).unwrap();
+    assert_eq!((st.scraped, st.post_relabel), (3, 1));
+    h.scrape("go_x 1\ngo_y 1\nkeep 1\n", 2000).unwrap();
+    assert_eq!((h.p.cache().keys(), h.p.cache().series()), (3, 1));
+    assert_eq!(h.s.new_series_calls(), 1 + 5);
+}
+
+#[test]
+fn missing_name_after_relabel_fails() {
+    let mut h = Harness::new(
+        "    metric_relabel_configs:\n      - regex: __name__\n        action: labeldrop\n",
+    );
+    let err = h.scrape("a 1\n", 1000).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "missing metric name (__name__ label) in series a"
+    );
+}
+
+#[test]
+fn end_of_run_marks_last_series_and_synthetic_ones() {
+    let mut h = Harness::new("");
+    h.scrape("a 1\n", 1000).unwrap();
+    let mut app = h.s.appender();
+    h.p.end_of_run(&mut *app, 1500);
+    app.commit().unwrap();
+    drop(app);
+    assert_eq!(
+        h.values(&[("__name__", "a")]),
+        vec![(1000, "1".into()), (1500, "stale".into())]
+    );
+    assert_eq!(h.up(), vec![(1000, "1".into()), (1500, "stale".into())]);
+}
+
+#[test]
+fn openmetrics_exemplars_reach_the_appender() {
+    let mut h = Harness::new("");
+    h.p.append_scrape(
+        &h.s,
+        Ok((
+            b"# TYPE c counter\nc_total 3 # {trace_id=\"abc\"} 1.5 2.0\n# EOF\n",
+            Format::OpenMetrics,
+        )),
+        5000,
+        Duration::ZERO,
+    )
+    .unwrap();
+    let ex = h.s.exemplars();
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].1, Labels::from_pairs([("trace_id", "abc")]));
+    assert_eq!((ex[0].2, ex[0].3), (2000, 1.5));
+}
+
+#[test]
+fn first_scrape_is_phase_locked_to_the_target_hash() {
+    let iv = Duration::from_secs(10);
+    let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+    // hash mod 10s = 3s: from t=1s wait 2s, from t=5s wait 8s, at t=13s wait 0.
+    let hash = 3_000_000_000 + 10_000_000_000 * 7;
+    assert_eq!(
+        first_scrape_delay(hash, iv, at(1000)),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        first_scrape_delay(hash, iv, at(5000)),
+        Duration::from_secs(8)
+    );
+    assert_eq!(first_scrape_delay(hash, iv, at(13_000)), Duration::ZERO);
+    for now in [0, 1, 999, 123_456_789] {
+        assert!(first_scrape_delay(u64::MAX, iv, at(now)) < iv);
+    }
+}
