@@ -123,6 +123,13 @@ fn write_value(w: &mut impl fmt::Write, value: &str) -> fmt::Result {
     w.write_char('"')
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// The current UTC time as RFC 3339 with milliseconds, without a date-time crate.
 pub fn rfc3339_now() -> String {
     let now = std::time::SystemTime::now()

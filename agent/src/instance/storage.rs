@@ -1,0 +1,156 @@
+//! The scrape side's [`Storage`] on an instance's WAL.
+//!
+//! Each scrape gets a [`WalAppender`] that buffers its new series and samples; `commit` writes
+//! them to the WAL as one Series and one Samples record (the WAL's own batching), then bumps a
+//! commit counter the remote_write watchers wait on. New series are deduplicated by a 64-bit
+//! hash of their labels (what the scrape cache forgets and finds again gets its old ref back);
+//! the table keeps 16 bytes per series, not the labels (the WAL and the scrape cache have them).
+//! Two different label sets with the same 64-bit hash would share a ref; at a million series
+//! the chance is about 3 in 10^8.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use crate::relabel::Labels;
+use crate::scrape::appender::{AppendError, Appender, SeriesRef, Storage};
+use crate::wal::labels::Labels as WalLabels;
+use crate::wal::{Wal, WalError};
+
+struct Inner {
+    wal: Wal,
+    by_hash: HashMap<u64, SeriesRef>,
+    /// The newest sample timestamp written, for WAL truncation without remote_write.
+    newest_ms: i64,
+}
+
+/// An instance's WAL as scrape storage.
+pub struct WalStorage {
+    inner: Mutex<Inner>,
+    name: String,
+    commits: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for WalStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalStorage").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl WalStorage {
+    /// Wraps an opened WAL; `replayed` are the series [`Wal::open`] found in it, so a series
+    /// scraped again after a restart keeps its ref.
+    pub fn new(name: &str, wal: Wal, replayed: &[(SeriesRef, WalLabels)]) -> Self {
+        let (commits, _) = watch::channel(0);
+        let by_hash = replayed
+            .iter()
+            .map(|(r, l)| (Labels::from_pairs(l.iter()).hash(), *r))
+            .collect();
+        WalStorage {
+            inner: Mutex::new(Inner { wal, by_hash, newest_ms: i64::MIN }),
+            name: name.to_owned(),
+            commits,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notified after every commit (the value counts commits).
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
+    /// Runs `f` on the WAL under the storage lock (truncation, sync).
+    pub fn with_wal<T>(&self, f: impl FnOnce(&mut Wal) -> T) -> T {
+        f(&mut self.lock().wal)
+    }
+
+    pub fn newest_timestamp(&self) -> Option<i64> {
+        let n = self.lock().newest_ms;
+        (n != i64::MIN).then_some(n)
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.lock().by_hash.len()
+    }
+
+    /// Forgets series the WAL garbage-collected, so a later scrape re-creates them.
+    pub fn forget(&self, refs: &[SeriesRef]) {
+        if refs.is_empty() {
+            return;
+        }
+        let gone: std::collections::HashSet<SeriesRef> = refs.iter().copied().collect();
+        self.lock().by_hash.retain(|_, r| !gone.contains(r));
+    }
+}
+
+impl Storage for WalStorage {
+    fn appender(&self) -> Box<dyn Appender + '_> {
+        Box::new(WalAppender { storage: self, series: Vec::new(), samples: Vec::new() })
+    }
+}
+
+/// One scrape's writes.
+pub struct WalAppender<'a> {
+    storage: &'a WalStorage,
+    series: Vec<(SeriesRef, WalLabels)>,
+    samples: Vec<(SeriesRef, i64, f64)>,
+}
+
+impl Appender for WalAppender<'_> {
+    fn new_series(&mut self, labels: &Labels) -> SeriesRef {
+        let hash = labels.hash();
+        let mut inner = self.storage.lock();
+        if let Some(&r) = inner.by_hash.get(&hash) {
+            return r;
+        }
+        let r = inner.wal.alloc_ref();
+        inner.by_hash.insert(hash, r);
+        drop(inner);
+        self.series.push((r, WalLabels::from_pairs(labels.iter())));
+        r
+    }
+
+    fn append(&mut self, r: SeriesRef, t_ms: i64, v: f64) {
+        self.samples.push((r, t_ms, v));
+    }
+
+    fn commit(&mut self) -> Result<(), AppendError> {
+        let err = |e: WalError| AppendError::Storage { storage: self.storage.name.clone(), message: e.to_string() };
+        let mut inner = self.storage.lock();
+        let result = (|| {
+            if !self.series.is_empty() {
+                inner.wal.append_series(&self.series)?;
+            }
+            if !self.samples.is_empty() {
+                inner.wal.append_samples(&self.samples)?;
+            }
+            inner.wal.commit()
+        })();
+        if let Some(max) = self.samples.iter().map(|s| s.1).max() {
+            inner.newest_ms = inner.newest_ms.max(max);
+        }
+        drop(inner);
+        self.series.clear();
+        self.samples.clear();
+        result.map_err(err)?;
+        self.storage.commits.send_modify(|c| *c += 1);
+        Ok(())
+    }
+
+    fn rollback(&mut self) {
+        // Series refs handed out stay valid (the contract): log them without samples.
+        self.samples.clear();
+        if !self.series.is_empty() {
+            let mut inner = self.storage.lock();
+            let res = inner.wal.append_series(&self.series).and_then(|()| inner.wal.commit());
+            if let Err(e) = res {
+                tracing::error!(instance = %self.storage.name, error = %e, "WAL write failed on rollback");
+            }
+            self.series.clear();
+        }
+    }
+}
