@@ -200,7 +200,6 @@ fn unimplemented_subcommands_say_so_with_exit_2() {
     for args in [
         vec!["config-sync", "."],
         vec!["config", "diff", "."],
-        vec!["ring", "status"],
         vec!["wal", "inspect", "."],
         vec!["wal-stats", "."],
     ] {

@@ -6,4 +6,6 @@ mod agent;
 mod cli;
 mod discovery;
 mod kv;
+mod ring;
+mod ring_browser;
 mod wal;
