@@ -363,3 +363,69 @@ async fn ring_status_and_forget_against_etcd() {
     let out = agentctl_async(&["ring", "status", "--kv", "redis://x"]).await;
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// etcd down for longer than `auto_forget_unhealthy_periods × heartbeat_timeout`: when it
+/// returns every heartbeat in the ring is old, yet no member forgets another (the guard), and
+/// heartbeats resume on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_freezes_the_ring_and_forgets_nobody() {
+    let mut server = EtcdServer::start();
+    let period = Duration::from_millis(500);
+    let timeout = Duration::from_secs(2);
+    let mut members = Vec::new();
+    for id in ["agent-a", "agent-bb"] {
+        members.push(Lifecycler::start(
+            etcd_store(&server).await,
+            settings(id, period, timeout),
+        ));
+    }
+    let observer = etcd_store(&server).await;
+    wait_ring(&observer, Duration::from_secs(5), "both ACTIVE", |r| {
+        r.ingesters.len() == 2
+            && r.ingesters
+                .values()
+                .all(|i| i.instance_state() == Some(InstanceState::Active))
+    })
+    .await;
+    // Let the auto-forget guard (a heartbeat timeout of working KV access) open.
+    tokio::time::sleep(timeout + period).await;
+
+    server.kill();
+    tokio::time::sleep(2 * timeout + Duration::from_secs(1)).await;
+    server.restart();
+    let back = Instant::now();
+
+    // Both heartbeat again...
+    let resumed = wait_ring(
+        &observer,
+        Duration::from_secs(20),
+        "fresh heartbeats",
+        |r| {
+            r.ingesters.len() == 2
+                && r.ingesters
+                    .values()
+                    .all(|i| i.heartbeat_fresh(Duration::from_secs(1), SystemTime::now()))
+        },
+    )
+    .await;
+    println!("ring: heartbeats fresh again {resumed:?} after etcd came back");
+    // Target: converge within 2 heartbeat periods of the store's return; the slack covers the
+    // etcd clients' reconnect backoff on a loaded machine.
+    assert!(
+        resumed <= 2 * period + Duration::from_secs(4),
+        "{resumed:?}"
+    );
+    // ...and for a further forget window nobody disappears.
+    let until = Instant::now() + timeout + 2 * period;
+    while Instant::now() < until {
+        let ring = read_ring(observer.as_ref(), KEY).await.expect("ring");
+        assert_eq!(
+            ring.ingesters.len(),
+            2,
+            "a member was forgotten after the outage: {ring:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back.elapsed() < Duration::from_secs(30));
+    drop(members);
+}

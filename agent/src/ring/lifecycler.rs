@@ -1019,6 +1019,120 @@ mod tests {
         );
     }
 
+    /// A store whose next conditional write loses a race: just before it, another writer adds
+    /// its own member, so the CAS must re-run on the fresh value and keep that member.
+    #[derive(Debug)]
+    struct Racing {
+        inner: InMemoryStore,
+        race_next: std::sync::atomic::AtomicBool,
+    }
+
+    impl KvStore for Racing {
+        fn get<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Option<crate::kv::Versioned>, crate::kv::KvError>>
+        {
+            self.inner.get(key)
+        }
+        fn list<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Vec<String>, crate::kv::KvError>> {
+            self.inner.list(prefix)
+        }
+        fn list_values<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::KeyValues, crate::kv::KvError>> {
+            self.inner.list_values(prefix)
+        }
+        fn put<'a>(
+            &'a self,
+            key: &'a str,
+            value: Vec<u8>,
+        ) -> crate::kv::BoxFuture<'a, Result<(), crate::kv::KvError>> {
+            self.inner.put(key, value)
+        }
+        fn delete<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
+            self.inner.delete(key)
+        }
+        fn put_if_revision<'a>(
+            &'a self,
+            key: &'a str,
+            expected: Option<u64>,
+            value: Vec<u8>,
+        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
+            Box::pin(async move {
+                if self
+                    .race_next
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                {
+                    let mut ring = match self.inner.get(key).await? {
+                        Some(v) => crate::ring::store::decode_value(&v.value).unwrap_or_default(),
+                        None => Desc::default(),
+                    };
+                    ring.ingesters.insert(
+                        "intruder".into(),
+                        member(InstanceState::Active, vec![99], unix_now()),
+                    );
+                    let bytes = crate::ring::codec::encode(&ring).unwrap_or_default();
+                    self.inner.put(key, bytes).await?;
+                }
+                self.inner.put_if_revision(key, expected, value).await
+            })
+        }
+        fn watch_prefix<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::Watch, crate::kv::KvError>> {
+            self.inner.watch_prefix(prefix)
+        }
+        fn describe(&self) -> String {
+            "racing test store".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_cas_race_keeps_the_other_writers_member() {
+        let racing = Arc::new(Racing {
+            inner: InMemoryStore::new(),
+            race_next: std::sync::atomic::AtomicBool::new(true),
+        });
+        let store: Arc<dyn KvStore> = racing.clone();
+        let mut s = settings("a");
+        s.heartbeat_period = Duration::from_secs(3600);
+        s.join_after = Duration::from_secs(3600);
+        // Registration loses the race: the intruder is kept and "a" is registered.
+        let l = Lifecycler::start(store.clone(), s);
+        let ring = loop {
+            let ring = read_ring(store.as_ref(), KEY).await.expect("ring");
+            if ring.ingesters.contains_key("a") {
+                break ring;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(
+            ring.ingesters.keys().collect::<Vec<_>>(),
+            vec!["a", "intruder"]
+        );
+        // A heartbeat loses the race against a second write of the intruder: same result.
+        store.delete(KEY).await.expect("reset");
+        racing
+            .race_next
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let report = l.heartbeat().await.expect("heartbeat");
+        assert!(report.re_added);
+        let ring = read_ring(store.as_ref(), KEY).await.expect("ring");
+        assert_eq!(
+            ring.ingesters.keys().collect::<Vec<_>>(),
+            vec!["a", "intruder"]
+        );
+    }
+
     #[tokio::test]
     async fn a_dropped_lifecycler_stops_heartbeating_and_stays() {
         let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
