@@ -933,7 +933,7 @@ _agentctl() {
             return 0
             ;;
         agentctl__subcmd__ring__subcmd__status)
-            opts="-a -h -V --addr --kv --ring.prefix --output --tokens --log.level --log.format --help --version"
+            opts="-a -h -V --addr --kv --ring.prefix --output --tokens --ring.heartbeat-timeout --log.level --log.format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -957,6 +957,10 @@ _agentctl() {
                     ;;
                 --output)
                     COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --ring.heartbeat-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --log.level)

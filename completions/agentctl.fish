@@ -137,11 +137,12 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_s
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget help" -f -a "status" -d 'Show the ring\'s members, states, heartbeats and token ownership'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget help" -f -a "forget" -d 'Remove a member from the ring (what the Forget button of /debug/ring does)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -s a -l addr -d 'URL of an agent whose /debug/ring is read' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -s a -l addr -d 'URL of an agent whose /debug/ring is used [default: http://localhost:12345]' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l kv -d 'Read the ring from the KV store: etcd://host:port[,host:port] or embedded:PATH' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l ring.prefix -d 'Key prefix of the ring in the KV store' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l output -d 'Output format' -r -f -a "table\t''
 json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l ring.heartbeat-timeout -d 'Heartbeats older than this make a member unhealthy (the agents\' heartbeat_timeout)' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
 info\t''
 warn\t''
@@ -151,7 +152,7 @@ json\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l tokens -d 'List each member\'s tokens'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -s a -l addr -d 'URL of an agent whose /debug/ring is read' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -s a -l addr -d 'URL of an agent whose /debug/ring is used [default: http://localhost:12345]' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l kv -d 'Read the ring from the KV store: etcd://host:port[,host:port] or embedded:PATH' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l ring.prefix -d 'Key prefix of the ring in the KV store' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''

@@ -197,11 +197,7 @@ fn old_config_check_alias_prints_config_valid() {
 #[test]
 fn unimplemented_subcommands_say_so_with_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
-    for args in [
-        vec!["config-sync", "."],
-        vec!["config", "diff", "."],
-        vec!["ring", "status"],
-    ] {
+    for args in [vec!["config-sync", "."], vec!["config", "diff", "."]] {
         let out = agentctl(&args, tmp.path());
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(

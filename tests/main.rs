@@ -8,6 +8,8 @@ mod cli;
 mod discovery;
 mod kv;
 mod remote_write;
+mod ring;
+mod ring_browser;
 mod scrape;
 mod wal;
 mod wal_inspect;

@@ -304,7 +304,7 @@ pub enum RingCommand {
 
 #[derive(Debug, Args)]
 pub struct RingSourceArgs {
-    /// URL of an agent whose /debug/ring is read.
+    /// URL of an agent whose /debug/ring is used [default: http://localhost:12345]
     #[arg(short = 'a', long = "addr", value_name = "URL", conflicts_with = "kv")]
     pub addr: Option<String>,
 
@@ -329,6 +329,14 @@ pub struct RingStatusArgs {
     /// List each member's tokens.
     #[arg(long)]
     pub tokens: bool,
+
+    /// Heartbeats older than this make a member unhealthy (the agents' heartbeat_timeout).
+    #[arg(long = "ring.heartbeat-timeout", value_name = "DURATION", default_value = "1m", value_parser = parse_go_duration)]
+    pub heartbeat_timeout: std::time::Duration,
+}
+
+fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
+    agent::config::duration::GoDuration::parse(s).map(|d| d.as_std())
 }
 
 #[derive(Debug, Args)]

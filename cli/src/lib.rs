@@ -6,6 +6,7 @@ pub mod args;
 pub mod check;
 pub mod compat;
 pub mod generate;
+pub mod ring_status;
 pub mod wal_inspect;
 
 use std::io::Write as _;
@@ -29,6 +30,9 @@ pub enum Error {
     /// message names the path (exit 2).
     #[error("{0}")]
     Wal(String),
+    /// An agent or KV store could not be reached or read (exit 2).
+    #[error("{0}")]
+    Unavailable(String),
     /// The daemon failed to start or stopped with an error (exit 1).
     #[error(transparent)]
     Daemon(#[from] agent::daemon::Error),
@@ -45,7 +49,11 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Invalid(_) | Error::Daemon(_) => 1,
-            Error::Usage(_) | Error::NotImplemented(_) | Error::Wal(_) | Error::Io { .. } => 2,
+            Error::Usage(_)
+            | Error::Unavailable(_)
+            | Error::NotImplemented(_)
+            | Error::Wal(_)
+            | Error::Io { .. } => 2,
         }
     }
 }
@@ -88,8 +96,8 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
         ),
         Command::Config(ConfigCommand::Diff(_)) => Err(Error::NotImplemented("config diff")),
         Command::ConfigSync(_) => Err(Error::NotImplemented("config-sync")),
-        Command::Ring(RingCommand::Status(_)) => Err(Error::NotImplemented("ring status")),
-        Command::Ring(RingCommand::Forget(_)) => Err(Error::NotImplemented("ring forget")),
+        Command::Ring(RingCommand::Status(a)) => ring_status::status(&a, &mut stdout),
+        Command::Ring(RingCommand::Forget(a)) => ring_status::forget(&a, &mut stdout),
         Command::Wal(WalCommand::Inspect(a)) => wal_inspect::run(&a, &mut stdout),
         Command::LegacyWalStats { dir } => wal_inspect::run_legacy_wal_stats(&dir, &mut stdout),
         Command::LegacyTargetStats { dir, job, instance } => {

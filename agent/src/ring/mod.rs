@@ -1,27 +1,36 @@
 //! The consistent hash ring: model, codec, token generation and lookup.
 //!
-//! Everything here is pure: no KV access, no clock reads (callers pass `now`), no I/O except
-//! the tokens file. The ring is the value under `collectors/agent` (see [`codec`] for the
+//! The model, codec, lookup and rendering are pure: no KV access, no clock reads (callers pass
+//! `now`), no I/O except the tokens file. [`store`] reads and CASes the ring in the KV store,
+//! [`lifecycler`] keeps this agent's membership, [`view`] follows the ring through a watch, and
+//! [`http`] serves `/debug/ring`. The ring is the value under `collectors/agent` (see [`codec`] for the
 //! bytes, [`model`] for the protobuf schema); [`lookup`] decides who owns a config name the way
 //! the old agent does; [`render`] turns a ring into the ring page, its JSON and a terminal
 //! table.
 
 pub mod codec;
 pub mod hash;
+pub mod http;
+pub mod lifecycler;
 pub mod lookup;
 pub mod model;
 pub mod render;
+pub mod store;
 pub mod tokens;
+pub mod view;
 
 use std::path::PathBuf;
 
 pub use codec::{decode, encode};
 pub use hash::{fnv1_32, key_hash};
+pub use lifecycler::{HeartbeatReport, Lifecycler, LifecyclerSettings};
 pub use lookup::{members_to_forget, ownership, Operation, Ring};
 pub use model::{Desc, InstanceDesc, InstanceState};
+pub use store::{forget, modify_ring, read_ring, ring_key, RingStoreError};
 pub use tokens::{
     generate_tokens, load_tokens_file, save_tokens_file, TokenRng, DEFAULT_NUM_TOKENS,
 };
+pub use view::RingView;
 
 /// Errors of the ring module. The two lookup errors keep the old agent's texts, which
 /// operators search for.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::lookup::{heartbeat_age_nanos, unix_nanos, Operation, Ring};
 use super::model::{Desc, InstanceDesc, InstanceState};
@@ -180,8 +180,10 @@ pub fn render_html(
     h
 }
 
-/// One member in the JSON ring status (the old page's fields plus `ownership`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One member in the JSON ring status (the old page's fields plus `ownership` and
+/// `member_state`). Deserializable so `agentctl ring status --addr` can read it back, from this
+/// agent or the old one (whose extra fields are ignored and missing ones defaulted).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ShardJson {
     pub id: String,
     /// Protobuf state name, or `UNHEALTHY` for a stale heartbeat.
@@ -190,18 +192,164 @@ pub struct ShardJson {
     /// Last heartbeat, RFC 3339.
     pub timestamp: String,
     /// RFC 3339, or empty when unknown.
+    #[serde(default)]
     pub registered_timestamp: String,
+    #[serde(default)]
     pub zone: String,
+    #[serde(default)]
     pub tokens: Vec<u32>,
     /// Percent of the hash space.
+    #[serde(default)]
     pub ownership: f64,
+    /// The protobuf state even when `state` says `UNHEALTHY` (the old page hides it). Absent
+    /// in the old agent's JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_state: Option<String>,
 }
 
 /// The JSON ring status: `{"shards":[...],"now":"..."}`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusJson {
     pub shards: Vec<ShardJson>,
     pub now: String,
+}
+
+/// Why a JSON ring status could not be turned back into a ring.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatusJsonError {
+    #[error("member {id:?}: {field} {value:?} is not an RFC 3339 time")]
+    Time {
+        id: String,
+        field: &'static str,
+        value: String,
+    },
+    #[error("\"now\" {0:?} is not an RFC 3339 time")]
+    Now(String),
+}
+
+impl StatusJson {
+    /// The ring and the agent's `now` this status describes, so it can be shown with the same
+    /// functions as a ring read from the KV store. The old agent's JSON hides the state of a
+    /// member with a stale heartbeat (`UNHEALTHY`); without `member_state` such a member is
+    /// taken as ACTIVE, the state a crashed agent leaves behind.
+    pub fn to_desc(&self) -> Result<(Desc, SystemTime), StatusJsonError> {
+        let now = parse_rfc3339(&self.now).ok_or_else(|| StatusJsonError::Now(self.now.clone()))?;
+        let now =
+            SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(now).unwrap_or_default());
+        let mut desc = Desc::default();
+        for shard in &self.shards {
+            let time = |field: &'static str, value: &str| -> Result<i64, StatusJsonError> {
+                // Go's zero time is what the old agent prints for "unknown".
+                if value.is_empty() || value.starts_with("0001-01-01T00:00:00") {
+                    return Ok(0);
+                }
+                parse_rfc3339(value)
+                    .map(|ns| ns.div_euclid(1_000_000_000) as i64)
+                    .ok_or_else(|| StatusJsonError::Time {
+                        id: shard.id.clone(),
+                        field,
+                        value: value.to_owned(),
+                    })
+            };
+            let name = shard.member_state.as_deref().unwrap_or(&shard.state);
+            let state = match name {
+                "ACTIVE" | "UNHEALTHY" => InstanceState::Active as i32,
+                "LEAVING" => InstanceState::Leaving as i32,
+                "PENDING" => InstanceState::Pending as i32,
+                "JOINING" => InstanceState::Joining as i32,
+                "LEFT" => InstanceState::Left as i32,
+                // Unknown states are shown as numbers, which is how they arrive.
+                other => other.parse().unwrap_or(-1),
+            };
+            let mut tokens = shard.tokens.clone();
+            tokens.sort_unstable();
+            desc.ingesters.insert(
+                shard.id.clone(),
+                InstanceDesc {
+                    addr: shard.address.clone(),
+                    timestamp: time("timestamp", &shard.timestamp)?,
+                    state,
+                    tokens,
+                    zone: shard.zone.clone(),
+                    registered_timestamp: time(
+                        "registered_timestamp",
+                        &shard.registered_timestamp,
+                    )?,
+                    id: shard.id.clone(),
+                },
+            );
+        }
+        Ok((desc, now))
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of `civil_from_days`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses RFC 3339 (`2025-11-24T16:00:00Z`, `...00.123456789+01:00`; Go writes both) to
+/// nanoseconds since the Unix epoch. `None` when it is not RFC 3339.
+pub fn parse_rfc3339(s: &str) -> Option<i128> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        if t.bytes().all(|c| c.is_ascii_digit()) {
+            t.parse().ok()
+        } else {
+            None
+        }
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut frac_ns: i128 = 0;
+    if let Some(f) = rest.strip_prefix('.') {
+        let digits = f.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let mut scale = 100_000_000i128;
+        for c in f[..digits].bytes().take(9) {
+            frac_ns += i128::from(c - b'0') * scale;
+            scale /= 10;
+        }
+        rest = &f[digits..];
+    }
+    let offset_secs: i64 = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let rb = rest.as_bytes();
+            if rb.len() != 6 || rb[3] != b':' || !matches!(rb[0], b'+' | b'-') {
+                return None;
+            }
+            let oh: i64 = rest.get(1..3)?.parse().ok()?;
+            let om: i64 = rest.get(4..6)?.parse().ok()?;
+            let o = oh * 3600 + om * 60;
+            if rb[0] == b'-' {
+                -o
+            } else {
+                o
+            }
+        }
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset_secs;
+    Some(i128::from(secs) * 1_000_000_000 + frac_ns)
 }
 
 /// The JSON ring status as a value, members sorted by ID.
@@ -220,6 +368,7 @@ pub fn status_json(desc: &Desc, now: SystemTime, heartbeat_timeout: Duration) ->
             zone: inst.zone.clone(),
             tokens: inst.tokens.clone(),
             ownership: ownership.get(&inst.id).copied().unwrap_or(0.0),
+            member_state: Some(inst.state_name()),
         })
         .collect();
     StatusJson {
@@ -497,6 +646,64 @@ mod tests {
             .sum();
         assert!((total - 100.0).abs() < 1e-9);
         insta::assert_snapshot!("ring_status_json", json);
+    }
+
+    #[test]
+    fn parses_rfc3339() {
+        assert_eq!(
+            parse_rfc3339("2025-11-24T16:00:00Z"),
+            Some(i128::from(NOW_SECS) * 1_000_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2025-11-24T17:00:00.5+01:00"),
+            Some(i128::from(NOW_SECS) * 1_000_000_000 + 500_000_000)
+        );
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Some(-1_000_000_000));
+        for s in [now_rfc3339(now()), rfc3339_seconds(NOW_SECS - 12345)] {
+            assert!(parse_rfc3339(&s).is_some(), "{s}");
+        }
+        for bad in [
+            "",
+            "2025-11-24",
+            "2025-13-01T00:00:00Z",
+            "2025-11-24T16:00:00",
+            "2025-11-24T16:00:00.Z",
+            "2025-11-24T16:00:00+0100",
+            "２025-11-24T16:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_status_round_trips_to_the_same_table() {
+        let json = render_json(&sample(), now(), TIMEOUT);
+        let status: StatusJson = serde_json::from_str(&json).expect("parse");
+        let (desc, agent_now) = status.to_desc().expect("to_desc");
+        assert_eq!(agent_now, now());
+        assert_eq!(
+            render_status_table(&desc, agent_now, TIMEOUT, false),
+            render_status_table(&sample(), now(), TIMEOUT, false)
+        );
+        // The old agent's JSON: no ownership, no member_state, UNHEALTHY hides the state.
+        let old = r#"{"shards":[{"id":"a","state":"UNHEALTHY","address":"1.2.3.4:80","timestamp":"2025-11-24T15:00:00.123456789+00:00","registered_timestamp":"0001-01-01T00:00:00Z","zone":"","tokens":[5,1]}],"now":"2025-11-24T16:00:00Z"}"#;
+        let status: StatusJson = serde_json::from_str(old).expect("old JSON");
+        let (desc, _) = status.to_desc().expect("to_desc");
+        assert_eq!(desc.ingesters["a"].tokens, vec![1, 5]);
+        assert_eq!(desc.ingesters["a"].timestamp, NOW_SECS - 3600);
+        assert_eq!(status_exit_code(&desc, now(), TIMEOUT), 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rfc3339_parse_never_panics(s in ".{0,40}") {
+            let _ = parse_rfc3339(&s);
+        }
+
+        #[test]
+        fn rfc3339_round_trips(secs in -10_000_000_000i64..100_000_000_000) {
+            proptest::prop_assert_eq!(parse_rfc3339(&rfc3339_seconds(secs)), Some(i128::from(secs) * 1_000_000_000));
+        }
     }
 
     #[test]

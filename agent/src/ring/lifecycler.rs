@@ -1,0 +1,1164 @@
+//! The lifecycler: this agent's membership in the ring (dskit's `Lifecycler`, reproduced).
+//!
+//! State machine of the entry `<ring_prefix>agent` → `ingesters[<id>]`:
+//!
+//! ```text
+//! start ── register (one CAS) ──► PENDING ── join_after ──► JOINING ── observe_period ──► ACTIVE
+//!            │ entry present: adopt its tokens and state      (skipped when observe_period = 0)
+//!            │   JOINING → PENDING, LEAVING → ACTIVE (tokens topped up / trimmed to num_tokens)
+//!            │ tokens file with >= num_tokens tokens → ACTIVE at once
+//! leave():  any state ──► LEAVING ── hook (hand-over) ── final_sleep ── unregister (CAS delete)
+//! ```
+//!
+//! Every `heartbeat_period` a CAS sets `timestamp = now` on this member's entry (re-adding it,
+//! with `registered_timestamp = now`, when someone removed it). Every write is a read-modify-
+//! write that changes only this member's entry (see [`super::store::modify_ring`]); the others
+//! are kept as read.
+//!
+//! **Auto-forget** (not in the old agent): on its heartbeat, an ACTIVE member that has reached
+//! the KV store without failure for at least `heartbeat_timeout` removes every member whose
+//! heartbeat is older than `auto_forget_unhealthy_periods × heartbeat_timeout`. The removal is
+//! part of the heartbeat's CAS, so it is decided again on the fresh value at every attempt and
+//! exactly one member's write removes a dead entry. The "without failure for a heartbeat
+//! timeout" guard keeps a member that just got the KV store back after an outage (when every
+//! heartbeat in the ring is old) from removing members that have not had a chance to
+//! heartbeat yet.
+//!
+//! KV failures never stop the lifecycler: registration is retried with backoff, a failed
+//! heartbeat is logged with the store's description and the next one is tried on schedule.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::agent::LifecyclerConfig;
+use crate::kv::KvStore;
+
+use super::lookup::{heartbeat_age_nanos, members_to_forget};
+use super::model::{Desc, InstanceDesc, InstanceState};
+use super::store::{modify_ring, ring_key, RingStoreError};
+use super::tokens::{generate_tokens, load_tokens_file, save_tokens_file, TokenRng};
+
+/// Everything the lifecycler needs, resolved (identity decided, durations parsed).
+#[derive(Debug, Clone)]
+pub struct LifecyclerSettings {
+    /// Full ring key, e.g. `collectors/agent`.
+    pub ring_key: String,
+    /// Instance ID (the map key in the ring).
+    pub id: String,
+    /// `host:port` advertised; ownership is decided by it, so it must be unique.
+    pub addr: String,
+    pub zone: String,
+    pub num_tokens: usize,
+    pub heartbeat_period: Duration,
+    pub heartbeat_timeout: Duration,
+    pub observe_period: Duration,
+    pub join_after: Duration,
+    pub final_sleep: Duration,
+    pub tokens_file_path: Option<PathBuf>,
+    pub unregister_on_shutdown: bool,
+    /// 0 disables auto-forget.
+    pub auto_forget_unhealthy_periods: u32,
+}
+
+impl LifecyclerSettings {
+    /// Settings from the validated config. The ID defaults to the host name; the address to
+    /// `lifecycler.address` or else this host's outbound IPv4 address (127.0.0.1 when there is
+    /// no route), with `lifecycler.port` or else `default_port` (the port peers reach this
+    /// agent on).
+    pub fn from_config(cfg: &LifecyclerConfig, default_port: u16) -> Self {
+        let host = cfg.address.clone().unwrap_or_else(default_address);
+        let port = cfg.port.unwrap_or(default_port);
+        LifecyclerSettings {
+            ring_key: ring_key(&cfg.ring_prefix),
+            id: cfg.id.clone().unwrap_or_else(hostname),
+            addr: join_host_port(&host, port),
+            zone: cfg.availability_zone.clone(),
+            num_tokens: cfg.num_tokens as usize,
+            heartbeat_period: cfg.heartbeat_period.as_std(),
+            heartbeat_timeout: cfg.heartbeat_timeout.as_std(),
+            observe_period: cfg.observe_period.as_std(),
+            join_after: cfg.join_after.as_std(),
+            final_sleep: cfg.final_sleep.as_std(),
+            tokens_file_path: cfg.tokens_file_path.as_ref().map(PathBuf::from),
+            unregister_on_shutdown: cfg.unregister_on_shutdown,
+            auto_forget_unhealthy_periods: cfg.auto_forget_unhealthy_periods,
+        }
+    }
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The host name (`os.Hostname()` in the old agent), read from the kernel.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "agentctl".to_owned())
+}
+
+/// The IPv4 address the kernel would use to reach a private network. A UDP `connect` only
+/// selects a route; no packet is sent.
+fn default_address() -> String {
+    let probe = || -> std::io::Result<std::net::IpAddr> {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        sock.connect("10.255.255.254:9")?;
+        Ok(sock.local_addr()?.ip())
+    };
+    match probe() {
+        Ok(ip) if !ip.is_unspecified() => ip.to_string(),
+        _ => "127.0.0.1".to_owned(),
+    }
+}
+
+/// What one heartbeat did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeartbeatReport {
+    /// The entry was missing (forgotten by someone) and was added again.
+    pub re_added: bool,
+    /// Members this heartbeat removed (auto-forget), with their heartbeat age in seconds.
+    pub forgotten: Vec<(String, u64)>,
+}
+
+/// This member's view of its own entry. Guarded by one async mutex that every ring write
+/// holds, so a heartbeat never writes back a state that a concurrent `leave()` replaced.
+struct Local {
+    state: InstanceState,
+    tokens: Vec<u32>,
+    registered_at: i64,
+    registered: bool,
+    leaving: bool,
+    rng: TokenRng,
+    /// Since when every KV write succeeded (the auto-forget guard); `None` after a failure.
+    kv_ok_since: Option<Instant>,
+}
+
+struct Inner {
+    store: Arc<dyn KvStore>,
+    s: LifecyclerSettings,
+    local: Mutex<Local>,
+    state_tx: watch::Sender<InstanceState>,
+}
+
+/// A running lifecycler. Dropping it stops heartbeating without leaving (like a crash);
+/// call [`Lifecycler::leave`] for a graceful exit.
+pub struct Lifecycler {
+    inner: Arc<Inner>,
+    stop: CancellationToken,
+    task: StdMutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Lifecycler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycler")
+            .field("id", &self.inner.s.id)
+            .field("addr", &self.inner.s.addr)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// Exponential backoff from 100 ms to `max`, for retrying KV writes.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Backoff {
+            next: Duration::from_millis(100),
+            max: max.max(Duration::from_millis(100)),
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+}
+
+/// Attempts of the leave and unregister writes before giving up (shutdown must not hang on a
+/// dead KV store; the entry then ages out and is auto-forgotten).
+const SHUTDOWN_WRITE_ATTEMPTS: u32 = 5;
+
+impl Lifecycler {
+    /// Starts the lifecycler in the background: register, auto-join, heartbeat.
+    pub fn start(store: Arc<dyn KvStore>, settings: LifecyclerSettings) -> Lifecycler {
+        let (state_tx, _) = watch::channel(InstanceState::Pending);
+        let inner = Arc::new(Inner {
+            store,
+            s: settings,
+            local: Mutex::new(Local {
+                state: InstanceState::Pending,
+                tokens: Vec::new(),
+                registered_at: 0,
+                registered: false,
+                leaving: false,
+                rng: TokenRng::from_time_and_pid(),
+                kv_ok_since: None,
+            }),
+            state_tx,
+        });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let inner = inner.clone();
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = inner.run() => {}
+                }
+            }
+        });
+        Lifecycler {
+            inner,
+            stop,
+            task: StdMutex::new(Some(task)),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.s.id
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.inner.s.addr
+    }
+
+    pub fn settings(&self) -> &LifecyclerSettings {
+        &self.inner.s
+    }
+
+    /// The state this member last wrote (or is writing) to the ring.
+    pub fn state(&self) -> InstanceState {
+        *self.inner.state_tx.borrow()
+    }
+
+    /// Follows [`Lifecycler::state`].
+    pub fn subscribe_state(&self) -> watch::Receiver<InstanceState> {
+        self.inner.state_tx.subscribe()
+    }
+
+    /// This member's tokens, sorted.
+    pub async fn tokens(&self) -> Vec<u32> {
+        self.inner.local.lock().await.tokens.clone()
+    }
+
+    /// One heartbeat now (the background loop does this every `heartbeat_period`).
+    pub async fn heartbeat(&self) -> Result<HeartbeatReport, RingStoreError> {
+        self.inner.heartbeat().await
+    }
+
+    /// Graceful exit: state LEAVING (heartbeats continue), then `hook` (the cluster notifies
+    /// peers and hands configs over there), `final_sleep`, stop heartbeating, and remove the
+    /// entry when `unregister_on_shutdown`. KV failures are logged and retried a few times,
+    /// never fatal: shutdown always completes.
+    pub async fn leave<F, Fut>(&self, hook: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let inner = &self.inner;
+        {
+            let mut local = inner.local.lock().await;
+            local.leaving = true;
+            inner.set_state(&mut local, InstanceState::Leaving);
+            if local.registered {
+                inner
+                    .write_with_retries(&mut local, "leave", |inner, local, desc| {
+                        inner.write_entry(desc, local);
+                        true
+                    })
+                    .await;
+            }
+        }
+        tracing::info!(id = %inner.s.id, "ring state LEAVING; handing over");
+        hook().await;
+        if !inner.s.final_sleep.is_zero() {
+            tokio::time::sleep(inner.s.final_sleep).await;
+        }
+        self.stop.cancel();
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        if inner.s.unregister_on_shutdown {
+            let mut local = inner.local.lock().await;
+            if local.registered {
+                let id = inner.s.id.clone();
+                inner
+                    .write_with_retries(&mut local, "unregister", |_, _, desc| {
+                        desc.ingesters.remove(&id).is_some()
+                    })
+                    .await;
+                tracing::info!(id = %inner.s.id, "removed from the ring");
+            }
+        }
+    }
+}
+
+impl Drop for Lifecycler {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Inner {
+    fn set_state(&self, local: &mut Local, state: InstanceState) {
+        local.state = state;
+        self.state_tx.send_replace(state);
+    }
+
+    /// Writes this member's entry from `local`, with `timestamp = now`. A missing entry is
+    /// added with `registered_timestamp = now`. Returns whether it was missing.
+    fn write_entry(&self, desc: &mut Desc, local: &Local) -> bool {
+        let now = unix_now();
+        let mut re_added = false;
+        let entry = desc.ingesters.entry(self.s.id.clone()).or_insert_with(|| {
+            re_added = true;
+            InstanceDesc {
+                registered_timestamp: now,
+                ..Default::default()
+            }
+        });
+        entry.id.clone_from(&self.s.id);
+        entry.addr.clone_from(&self.s.addr);
+        entry.zone.clone_from(&self.s.zone);
+        entry.tokens.clone_from(&local.tokens);
+        entry.set_instance_state(local.state);
+        entry.timestamp = now;
+        if !re_added && entry.registered_timestamp == 0 {
+            entry.registered_timestamp = local.registered_at;
+        }
+        re_added
+    }
+
+    /// A ring write retried with backoff, a bounded number of times (used on shutdown).
+    async fn write_with_retries<F>(&self, local: &mut Local, action: &'static str, mut f: F)
+    where
+        F: FnMut(&Inner, &Local, &mut Desc) -> bool,
+    {
+        let mut backoff = Backoff::new(self.s.heartbeat_period);
+        for attempt in 1..=SHUTDOWN_WRITE_ATTEMPTS {
+            let loc: &Local = local;
+            match modify_ring(self.store.as_ref(), &self.s.ring_key, action, |d| {
+                f(self, loc, d)
+            })
+            .await
+            {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(
+                        store = %self.store.describe(),
+                        id = %self.s.id,
+                        attempt,
+                        error = %e,
+                        "ring {action} failed"
+                    );
+                    tokio::time::sleep(backoff.next()).await;
+                }
+            }
+        }
+        tracing::error!(
+            store = %self.store.describe(),
+            id = %self.s.id,
+            "giving up on ring {action}; the entry will age out"
+        );
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut backoff = Backoff::new(self.s.heartbeat_period);
+        loop {
+            match self.register().await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(
+                        store = %self.store.describe(),
+                        id = %self.s.id,
+                        error = %e,
+                        "cannot register in the ring; retrying"
+                    );
+                    tokio::time::sleep(backoff.next()).await;
+                }
+            }
+        }
+        let period = self.s.heartbeat_period.max(Duration::from_millis(10));
+        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_transition = match self.state_tx.borrow().to_owned() {
+            InstanceState::Pending => Some(Instant::now() + self.s.join_after),
+            _ => None,
+        };
+        let mut backoff = Backoff::new(self.s.heartbeat_period);
+        loop {
+            let transition_at = next_transition;
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if let Err(e) = self.heartbeat().await {
+                        tracing::warn!(
+                            store = %self.store.describe(),
+                            id = %self.s.id,
+                            error = %e,
+                            "ring heartbeat failed"
+                        );
+                    }
+                }
+                _ = sleep_until_opt(transition_at), if transition_at.is_some() => {
+                    match self.transition().await {
+                        Ok(next) => {
+                            next_transition = next;
+                            backoff = Backoff::new(self.s.heartbeat_period);
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                store = %self.store.describe(),
+                                id = %self.s.id,
+                                error = %e,
+                                "ring state change failed; retrying"
+                            );
+                            next_transition = Some(Instant::now() + backoff.next());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The initial CAS (dskit `initRing`).
+    async fn register(&self) -> Result<(), RingStoreError> {
+        let mut local = self.local.lock().await;
+        if local.leaving {
+            return Ok(());
+        }
+        let file_tokens = match &self.s.tokens_file_path {
+            None => None,
+            Some(path) => match load_tokens_file(path) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring the tokens file");
+                    None
+                }
+            },
+        };
+        let num = self.s.num_tokens;
+        let mut adopted: Option<(InstanceState, Vec<u32>, i64)> = None;
+        let mut gen_error = None;
+        let rng = local.rng.clone();
+        let mut rng_used = rng.clone();
+        modify_ring(self.store.as_ref(), &self.s.ring_key, "register", |desc| {
+            rng_used = rng.clone();
+            let now = unix_now();
+            let (state, tokens, registered_at) = match desc.ingesters.get(&self.s.id) {
+                None => {
+                    let tokens = file_tokens.clone().unwrap_or_default();
+                    let state = if num > 0 && tokens.len() >= num {
+                        InstanceState::Active
+                    } else {
+                        InstanceState::Pending
+                    };
+                    (state, tokens, now)
+                }
+                Some(existing) => {
+                    let mut tokens = existing.tokens.clone();
+                    tokens.sort_unstable();
+                    let registered = if existing.registered_timestamp == 0 {
+                        now
+                    } else {
+                        existing.registered_timestamp
+                    };
+                    let state = match existing.instance_state() {
+                        Some(InstanceState::Active) => InstanceState::Active,
+                        Some(InstanceState::Leaving) => {
+                            // A restart after a graceful leave without unregistering: back to
+                            // ACTIVE with exactly num_tokens tokens.
+                            tokens.truncate(num);
+                            if tokens.len() < num {
+                                let taken = desc.all_tokens();
+                                match generate_tokens(num - tokens.len(), &taken, &mut rng_used) {
+                                    Ok(more) => tokens.extend(more),
+                                    Err(e) => {
+                                        gen_error = Some(e);
+                                        return false;
+                                    }
+                                }
+                                tokens.sort_unstable();
+                            }
+                            InstanceState::Active
+                        }
+                        // JOINING was interrupted: join again. LEFT and states this version
+                        // does not know are treated the same way.
+                        _ => InstanceState::Pending,
+                    };
+                    (state, tokens, registered)
+                }
+            };
+            let candidate = Local {
+                state,
+                tokens: tokens.clone(),
+                registered_at,
+                registered: true,
+                leaving: false,
+                rng: rng.clone(),
+                kv_ok_since: None,
+            };
+            self.write_entry(desc, &candidate);
+            adopted = Some((state, tokens, registered_at));
+            true
+        })
+        .await?;
+        if let Some(e) = gen_error {
+            tracing::error!(error = %e, "cannot top up tokens");
+        }
+        if let Some((state, tokens, registered_at)) = adopted {
+            local.tokens = tokens;
+            local.registered_at = registered_at;
+            local.registered = true;
+            local.rng = rng_used;
+            local.kv_ok_since = Some(Instant::now());
+            self.set_state(&mut local, state);
+            tracing::info!(
+                id = %self.s.id,
+                addr = %self.s.addr,
+                state = %state,
+                tokens = local.tokens.len(),
+                "registered in the ring"
+            );
+            if state == InstanceState::Active {
+                self.save_tokens(&local.tokens);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next step of auto-join; returns when the following one is due (`None`: done).
+    async fn transition(&self) -> Result<Option<Instant>, RingStoreError> {
+        let state = self.local.lock().await.state;
+        match state {
+            InstanceState::Pending => self.auto_join().await,
+            InstanceState::Joining => self.observe_done().await,
+            _ => Ok(None),
+        }
+    }
+
+    /// PENDING → JOINING (with `observe_period`) or ACTIVE: take the missing tokens.
+    async fn auto_join(&self) -> Result<Option<Instant>, RingStoreError> {
+        let mut local = self.local.lock().await;
+        if local.leaving || local.state != InstanceState::Pending {
+            return Ok(None);
+        }
+        let target = if self.s.observe_period.is_zero() {
+            InstanceState::Active
+        } else {
+            InstanceState::Joining
+        };
+        let mut gen_error = None;
+        let mut new_tokens = Vec::new();
+        let mut rng = local.rng.clone();
+        let loc: &Local = &local;
+        let outcome = modify_ring(self.store.as_ref(), &self.s.ring_key, "join", |desc| {
+            rng = loc.rng.clone();
+            let mut tokens = loc.tokens.clone();
+            let need = self.s.num_tokens.saturating_sub(tokens.len());
+            let taken: Vec<u32> = desc
+                .ingesters
+                .iter()
+                .filter(|(id, _)| **id != self.s.id)
+                .flat_map(|(_, i)| i.tokens.iter().copied())
+                .chain(tokens.iter().copied())
+                .collect();
+            match generate_tokens(need, &taken, &mut rng) {
+                Ok(more) => tokens.extend(more),
+                Err(e) => {
+                    gen_error = Some(e);
+                    return false;
+                }
+            }
+            tokens.sort_unstable();
+            let candidate = Local {
+                state: target,
+                tokens: tokens.clone(),
+                ..copy_local(loc)
+            };
+            self.write_entry(desc, &candidate);
+            new_tokens = tokens;
+            true
+        })
+        .await;
+        outcome?;
+        if let Some(e) = gen_error {
+            tracing::error!(id = %self.s.id, error = %e, "cannot generate tokens");
+            return Ok(None);
+        }
+        local.tokens = new_tokens;
+        local.rng = rng;
+        self.set_state(&mut local, target);
+        tracing::info!(id = %self.s.id, state = %target, tokens = local.tokens.len(), "joined the ring");
+        if target == InstanceState::Active {
+            self.save_tokens(&local.tokens);
+            Ok(None)
+        } else {
+            Ok(Some(Instant::now() + self.s.observe_period))
+        }
+    }
+
+    /// End of `observe_period`: tokens also claimed by a member with a smaller ID (the one the
+    /// lookup prefers) are replaced and JOINING is observed again; otherwise → ACTIVE.
+    async fn observe_done(&self) -> Result<Option<Instant>, RingStoreError> {
+        let mut local = self.local.lock().await;
+        if local.leaving || local.state != InstanceState::Joining {
+            return Ok(None);
+        }
+        let mut result: Option<(InstanceState, Vec<u32>)> = None;
+        let mut rng = local.rng.clone();
+        let loc: &Local = &local;
+        modify_ring(self.store.as_ref(), &self.s.ring_key, "activate", |desc| {
+            rng = loc.rng.clone();
+            let lost: std::collections::HashSet<u32> = desc
+                .ingesters
+                .iter()
+                .filter(|(id, _)| id.as_str() < self.s.id.as_str())
+                .flat_map(|(_, i)| i.tokens.iter().copied())
+                .filter(|t| loc.tokens.binary_search(t).is_ok())
+                .collect();
+            let (state, tokens) = if lost.is_empty() {
+                (InstanceState::Active, loc.tokens.clone())
+            } else {
+                let mut kept: Vec<u32> = loc
+                    .tokens
+                    .iter()
+                    .copied()
+                    .filter(|t| !lost.contains(t))
+                    .collect();
+                let taken = desc.all_tokens();
+                if let Ok(more) = generate_tokens(lost.len(), &taken, &mut rng) {
+                    kept.extend(more);
+                }
+                kept.sort_unstable();
+                (InstanceState::Joining, kept)
+            };
+            let candidate = Local {
+                state,
+                tokens: tokens.clone(),
+                ..copy_local(loc)
+            };
+            self.write_entry(desc, &candidate);
+            result = Some((state, tokens));
+            true
+        })
+        .await?;
+        let Some((state, tokens)) = result else {
+            return Ok(None);
+        };
+        local.tokens = tokens;
+        local.rng = rng;
+        self.set_state(&mut local, state);
+        if state == InstanceState::Active {
+            tracing::info!(id = %self.s.id, "ring state ACTIVE");
+            self.save_tokens(&local.tokens);
+            Ok(None)
+        } else {
+            tracing::warn!(id = %self.s.id, "some tokens are also held by another member; replaced them, observing again");
+            Ok(Some(Instant::now() + self.s.observe_period))
+        }
+    }
+
+    async fn heartbeat(&self) -> Result<HeartbeatReport, RingStoreError> {
+        let mut local = self.local.lock().await;
+        if !local.registered {
+            return Ok(HeartbeatReport::default());
+        }
+        let forget = local.state == InstanceState::Active
+            && self.s.auto_forget_unhealthy_periods > 0
+            && local
+                .kv_ok_since
+                .is_some_and(|t| t.elapsed() >= self.s.heartbeat_timeout);
+        let mut report = HeartbeatReport::default();
+        let loc: &Local = &local;
+        let result = modify_ring(self.store.as_ref(), &self.s.ring_key, "heartbeat", |desc| {
+            // Decided again on every attempt's fresh value: only the write that lands counts.
+            report = HeartbeatReport::default();
+            if forget {
+                let now = SystemTime::now();
+                for id in members_to_forget(
+                    desc,
+                    now,
+                    self.s.heartbeat_timeout,
+                    self.s.auto_forget_unhealthy_periods,
+                ) {
+                    if id == self.s.id {
+                        continue;
+                    }
+                    if let Some(dead) = desc.ingesters.remove(&id) {
+                        let age = heartbeat_age_nanos(dead.timestamp, now).max(0) / 1_000_000_000;
+                        report
+                            .forgotten
+                            .push((id, age.min(u64::MAX as i128) as u64));
+                    }
+                }
+            }
+            report.re_added = self.write_entry(desc, loc);
+            true
+        })
+        .await;
+        if let Err(e) = result {
+            local.kv_ok_since = None;
+            return Err(e);
+        }
+        if local.kv_ok_since.is_none() {
+            local.kv_ok_since = Some(Instant::now());
+        }
+        if report.re_added {
+            local.registered_at = unix_now();
+            tracing::warn!(id = %self.s.id, "own ring entry was missing (forgotten?); added it again");
+        }
+        for (id, age) in &report.forgotten {
+            let last_heartbeat_age = Duration::from_secs(*age);
+            tracing::warn!(id = %id, last_heartbeat_age = ?last_heartbeat_age, "forgot unhealthy ring member");
+        }
+        Ok(report)
+    }
+
+    fn save_tokens(&self, tokens: &[u32]) {
+        if let Some(path) = &self.s.tokens_file_path {
+            if let Err(e) = save_tokens_file(path, tokens) {
+                tracing::warn!(error = %e, "cannot save the tokens file");
+            }
+        }
+    }
+}
+
+fn copy_local(l: &Local) -> Local {
+    Local {
+        state: l.state,
+        tokens: l.tokens.clone(),
+        registered_at: l.registered_at,
+        registered: l.registered,
+        leaving: l.leaving,
+        rng: l.rng.clone(),
+        kv_ok_since: l.kv_ok_since,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::InMemoryStore;
+    use crate::ring::store::read_ring;
+
+    const KEY: &str = "collectors/agent";
+
+    fn settings(id: &str) -> LifecyclerSettings {
+        LifecyclerSettings {
+            ring_key: KEY.into(),
+            id: id.into(),
+            addr: format!("{id}:9095"),
+            zone: "z1".into(),
+            num_tokens: 16,
+            heartbeat_period: Duration::from_millis(50),
+            heartbeat_timeout: Duration::from_secs(1),
+            observe_period: Duration::ZERO,
+            join_after: Duration::ZERO,
+            final_sleep: Duration::ZERO,
+            tokens_file_path: None,
+            unregister_on_shutdown: true,
+            auto_forget_unhealthy_periods: 2,
+        }
+    }
+
+    async fn wait_state(l: &Lifecycler, want: InstanceState) {
+        let mut rx = l.subscribe_state();
+        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| *s == want))
+            .await
+            .unwrap_or_else(|_| panic!("{} never reached {want}", l.id()))
+            .expect("state channel");
+    }
+
+    fn member(state: InstanceState, tokens: Vec<u32>, timestamp: i64) -> InstanceDesc {
+        InstanceDesc {
+            addr: "other:1".into(),
+            timestamp,
+            state: state as i32,
+            tokens,
+            zone: "z9".into(),
+            registered_timestamp: 42,
+            id: String::new(),
+        }
+    }
+
+    async fn seed(store: &Arc<dyn KvStore>, id: &str, inst: InstanceDesc) {
+        modify_ring(store.as_ref(), KEY, "seed", |d| {
+            d.ingesters.insert(id.into(), inst.clone());
+            true
+        })
+        .await
+        .expect("seed");
+    }
+
+    #[tokio::test]
+    async fn registers_joins_and_leaves() {
+        let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
+        let mut s = settings("a");
+        s.observe_period = Duration::from_millis(100);
+        let l = Lifecycler::start(store.clone(), s);
+        wait_state(&l, InstanceState::Joining).await;
+        wait_state(&l, InstanceState::Active).await;
+        let ring = read_ring(store.as_ref(), KEY).await.expect("ring");
+        let me = &ring.ingesters["a"];
+        assert_eq!(me.tokens.len(), 16);
+        assert_eq!(me.tokens, l.tokens().await);
+        assert_eq!((me.addr.as_str(), me.zone.as_str()), ("a:9095", "z1"));
+        assert!(me.registered_timestamp > 0);
+
+        let (hook_tx, hook_rx) = tokio::sync::oneshot::channel();
+        let store2 = store.clone();
+        l.leave(|| async move {
+            // During the hook the entry says LEAVING.
+            let ring = read_ring(store2.as_ref(), KEY).await.expect("ring");
+            let _ = hook_tx.send(ring.ingesters["a"].instance_state());
+        })
+        .await;
+        assert_eq!(
+            hook_rx.await.expect("hook ran"),
+            Some(InstanceState::Leaving)
+        );
+        assert!(read_ring(store.as_ref(), KEY)
+            .await
+            .expect("ring")
+            .ingesters
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn adopts_an_existing_entry() {
+        let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
+        let now = unix_now();
+        // A LEAVING entry with 3 tokens comes back ACTIVE with exactly num_tokens.
+        seed(
+            &store,
+            "a",
+            member(InstanceState::Leaving, vec![10, 20, 30], now),
+        )
+        .await;
+        // A JOINING entry goes back to PENDING and then joins, keeping its tokens.
+        seed(&store, "b", member(InstanceState::Joining, vec![5, 6], now)).await;
+        let mut sb = settings("b");
+        sb.join_after = Duration::from_secs(3600);
+        let a = Lifecycler::start(store.clone(), settings("a"));
+        let b = Lifecycler::start(store.clone(), sb);
+        wait_state(&a, InstanceState::Active).await;
+        // b starts out PENDING locally; wait for its registration to land in the ring.
+        let ring = loop {
+            let ring = read_ring(store.as_ref(), KEY).await.expect("ring");
+            if ring.ingesters["b"].addr == "b:9095" {
+                break ring;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(b.state(), InstanceState::Pending);
+        let ea = &ring.ingesters["a"];
+        assert_eq!(ea.instance_state(), Some(InstanceState::Active));
+        assert_eq!(ea.tokens.len(), 16);
+        assert!(
+            [10, 20, 30].iter().all(|t| ea.tokens.contains(t)),
+            "kept its tokens"
+        );
+        assert_eq!(ea.registered_timestamp, 42, "registration time kept");
+        assert_eq!(
+            (ea.addr.as_str(), ea.zone.as_str()),
+            ("a:9095", "z1"),
+            "addr and zone overwritten"
+        );
+        let eb = &ring.ingesters["b"];
+        assert_eq!(eb.instance_state(), Some(InstanceState::Pending));
+        assert_eq!(eb.tokens, vec![5, 6]);
+    }
+
+    #[tokio::test]
+    async fn tokens_file_is_used_and_saved() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokens.json");
+        let file_tokens: Vec<u32> = (1..=16).map(|i| i * 1000).collect();
+        save_tokens_file(&path, &file_tokens).expect("write");
+        let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
+        let mut s = settings("a");
+        s.tokens_file_path = Some(path.clone());
+        s.join_after = Duration::from_secs(3600);
+        let l = Lifecycler::start(store.clone(), s);
+        // Enough tokens in the file: ACTIVE at once, without waiting for join_after.
+        wait_state(&l, InstanceState::Active).await;
+        assert_eq!(l.tokens().await, file_tokens);
+
+        let path2 = dir.path().join("new.json");
+        let mut s = settings("b");
+        s.tokens_file_path = Some(path2.clone());
+        let l2 = Lifecycler::start(store.clone(), s);
+        wait_state(&l2, InstanceState::Active).await;
+        let saved = load_tokens_file(&path2).expect("read").expect("saved");
+        assert_eq!(saved, l2.tokens().await);
+        assert!(
+            saved.iter().all(|t| !file_tokens.contains(t)),
+            "avoids taken tokens"
+        );
+    }
+
+    #[tokio::test]
+    async fn heartbeat_merges_and_re_adds() {
+        let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
+        let mut s = settings("a");
+        s.heartbeat_period = Duration::from_secs(3600); // heartbeats by hand only
+        let l = Lifecycler::start(store.clone(), s);
+        wait_state(&l, InstanceState::Active).await;
+        // Someone else writes their entry; our heartbeat must keep it byte for byte.
+        let other = InstanceDesc {
+            id: "z".into(),
+            ..member(InstanceState::Joining, vec![7], unix_now())
+        };
+        seed(&store, "z", other.clone()).await;
+        let report = l.heartbeat().await.expect("heartbeat");
+        assert_eq!(report, HeartbeatReport::default());
+        let ring = read_ring(store.as_ref(), KEY).await.expect("ring");
+        assert_eq!(ring.ingesters["z"], other);
+        // Forgotten: the next heartbeat adds the entry back with the same tokens.
+        let tokens = l.tokens().await;
+        assert!(crate::ring::forget(&store, KEY, "a").await.expect("forget"));
+        let report = l.heartbeat().await.expect("heartbeat");
+        assert!(report.re_added);
+        let ring = read_ring(store.as_ref(), KEY).await.expect("ring");
+        assert_eq!(ring.ingesters["a"].tokens, tokens);
+        assert_eq!(
+            ring.ingesters["a"].instance_state(),
+            Some(InstanceState::Active)
+        );
+        assert_eq!(ring.ingesters["z"], other);
+    }
+
+    /// Two healthy members race to heartbeat; a dead member is removed by exactly one of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn auto_forget_happens_exactly_once() {
+        let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
+        let mut sa = settings("a");
+        sa.heartbeat_period = Duration::from_secs(3600);
+        let mut sb = settings("b");
+        sb.heartbeat_period = Duration::from_secs(3600);
+        let a = Lifecycler::start(store.clone(), sa);
+        let b = Lifecycler::start(store.clone(), sb);
+        wait_state(&a, InstanceState::Active).await;
+        wait_state(&b, InstanceState::Active).await;
+        // 2 periods × 1 s timeout: 3 s old is dead, 1 s old is merely unhealthy.
+        seed(
+            &store,
+            "dead",
+            member(InstanceState::Active, vec![1], unix_now() - 3),
+        )
+        .await;
+        seed(
+            &store,
+            "slow",
+            member(InstanceState::Active, vec![2], unix_now() - 1),
+        )
+        .await;
+        // Right after start the guard holds: no member forgets before a heartbeat timeout of
+        // working KV access.
+        assert!(a.heartbeat().await.expect("hb").forgotten.is_empty());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        seed(
+            &store,
+            "dead",
+            member(InstanceState::Active, vec![1], unix_now() - 3),
+        )
+        .await;
+        seed(
+            &store,
+            "slow",
+            member(InstanceState::Active, vec![2], unix_now()),
+        )
+        .await;
+        let (ra, rb) = tokio::join!(a.heartbeat(), b.heartbeat());
+        let (ra, rb) = (ra.expect("a"), rb.expect("b"));
+        let forgotten: Vec<_> = ra
+            .forgotten
+            .iter()
+            .chain(&rb.forgotten)
+            .map(|(id, _)| id.clone())
+            .collect();
+        assert_eq!(forgotten, vec!["dead".to_owned()], "a: {ra:?} b: {rb:?}");
+        let ring = read_ring(store.as_ref(), KEY).await.expect("ring");
+        assert_eq!(
+            ring.ingesters.keys().collect::<Vec<_>>(),
+            vec!["a", "b", "slow"]
+        );
+    }
+
+    /// A store whose next conditional write loses a race: just before it, another writer adds
+    /// its own member, so the CAS must re-run on the fresh value and keep that member.
+    #[derive(Debug)]
+    struct Racing {
+        inner: InMemoryStore,
+        race_next: std::sync::atomic::AtomicBool,
+    }
+
+    impl KvStore for Racing {
+        fn get<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Option<crate::kv::Versioned>, crate::kv::KvError>>
+        {
+            self.inner.get(key)
+        }
+        fn list<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Vec<String>, crate::kv::KvError>> {
+            self.inner.list(prefix)
+        }
+        fn list_values<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::KeyValues, crate::kv::KvError>> {
+            self.inner.list_values(prefix)
+        }
+        fn put<'a>(
+            &'a self,
+            key: &'a str,
+            value: Vec<u8>,
+        ) -> crate::kv::BoxFuture<'a, Result<(), crate::kv::KvError>> {
+            self.inner.put(key, value)
+        }
+        fn delete<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
+            self.inner.delete(key)
+        }
+        fn put_if_revision<'a>(
+            &'a self,
+            key: &'a str,
+            expected: Option<u64>,
+            value: Vec<u8>,
+        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
+            Box::pin(async move {
+                if self
+                    .race_next
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                {
+                    let mut ring = match self.inner.get(key).await? {
+                        Some(v) => crate::ring::store::decode_value(&v.value).unwrap_or_default(),
+                        None => Desc::default(),
+                    };
+                    ring.ingesters.insert(
+                        "intruder".into(),
+                        member(InstanceState::Active, vec![99], unix_now()),
+                    );
+                    let bytes = crate::ring::codec::encode(&ring).unwrap_or_default();
+                    self.inner.put(key, bytes).await?;
+                }
+                self.inner.put_if_revision(key, expected, value).await
+            })
+        }
+        fn watch_prefix<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::Watch, crate::kv::KvError>> {
+            self.inner.watch_prefix(prefix)
+        }
+        fn describe(&self) -> String {
+            "racing test store".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_cas_race_keeps_the_other_writers_member() {
+        let racing = Arc::new(Racing {
+            inner: InMemoryStore::new(),
+            race_next: std::sync::atomic::AtomicBool::new(true),
+        });
+        let store: Arc<dyn KvStore> = racing.clone();
+        let mut s = settings("a");
+        s.heartbeat_period = Duration::from_secs(3600);
+        s.join_after = Duration::from_secs(3600);
+        // Registration loses the race: the intruder is kept and "a" is registered.
+        let l = Lifecycler::start(store.clone(), s);
+        let ring = loop {
+            let ring = read_ring(store.as_ref(), KEY).await.expect("ring");
+            if ring.ingesters.contains_key("a") {
+                break ring;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(
+            ring.ingesters.keys().collect::<Vec<_>>(),
+            vec!["a", "intruder"]
+        );
+        // A heartbeat loses the race against a second write of the intruder: same result.
+        store.delete(KEY).await.expect("reset");
+        racing
+            .race_next
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let report = l.heartbeat().await.expect("heartbeat");
+        assert!(report.re_added);
+        let ring = read_ring(store.as_ref(), KEY).await.expect("ring");
+        assert_eq!(
+            ring.ingesters.keys().collect::<Vec<_>>(),
+            vec!["a", "intruder"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_lifecycler_stops_heartbeating_and_stays() {
+        let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
+        let l = Lifecycler::start(store.clone(), settings("a"));
+        wait_state(&l, InstanceState::Active).await;
+        drop(l);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = read_ring(store.as_ref(), KEY).await.expect("ring");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = read_ring(store.as_ref(), KEY).await.expect("ring");
+        assert_eq!(before, after, "no heartbeat after drop");
+        assert_eq!(
+            after.ingesters["a"].instance_state(),
+            Some(InstanceState::Active)
+        );
+    }
+
+    #[test]
+    fn settings_from_config() {
+        let cfg = crate::config::AgentConfig::embedded_default()
+            .scraping_service
+            .lifecycler;
+        let s = LifecyclerSettings::from_config(&cfg, 12345);
+        assert_eq!(s.ring_key, "collectors/agent");
+        assert!(s.addr.ends_with(":12345"), "{}", s.addr);
+        assert!(!s.id.is_empty());
+        assert_eq!(join_host_port("::1", 80), "[::1]:80");
+    }
+}

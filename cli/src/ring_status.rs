@@ -1,0 +1,201 @@
+//! `agentctl ring status` and `agentctl ring forget`.
+//!
+//! The ring comes from an agent's `/debug/ring` (JSON, `--addr`) or straight from the KV store
+//! (`--kv`, key `<ring.prefix>agent`). Both end up as a `Desc` and the agent's notion of "now",
+//! shown by the same functions the ring page uses.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use agent::kv::{KvSpec, KvStore};
+use agent::ring::render::{render_json, render_status_table, status_exit_code, StatusJson};
+use agent::ring::{read_ring, ring_key, Desc};
+
+use crate::args::{OutputFormat, RingForgetArgs, RingSourceArgs, RingStatusArgs};
+use crate::{io, Error};
+
+/// Where `--addr` points when neither `--addr` nor `--kv` is given.
+const DEFAULT_ADDR: &str = "http://localhost:12345";
+
+/// Time allowed for one request to an agent.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum Source {
+    Agent(String),
+    Kv(KvSpec),
+}
+
+fn source(args: &RingSourceArgs) -> Result<Source, Error> {
+    match (&args.kv, &args.addr) {
+        (Some(kv), _) => kv
+            .parse::<KvSpec>()
+            .map(Source::Kv)
+            .map_err(|e| Error::Usage(e.to_string())),
+        (None, addr) => Ok(Source::Agent(
+            addr.as_deref()
+                .unwrap_or(DEFAULT_ADDR)
+                .trim_end_matches('/')
+                .to_owned(),
+        )),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| io("starting the async runtime", e))
+}
+
+fn http_client() -> Result<reqwest::Client, Error> {
+    agent::httpclient::ensure_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| Error::Unavailable(format!("cannot build an HTTP client: {e}")))
+}
+
+async fn connect(spec: &KvSpec) -> Result<Arc<dyn KvStore>, Error> {
+    agent::kv::connect(spec)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot open the KV store {spec}: {e}")))
+}
+
+/// The ring and the "now" to judge heartbeats against (the agent's clock for `--addr`).
+async fn load(src: &Source, ring_prefix: &str) -> Result<(Desc, SystemTime), Error> {
+    match src {
+        Source::Kv(spec) => {
+            let store = connect(spec).await?;
+            let key = ring_key(ring_prefix);
+            let desc = read_ring(store.as_ref(), &key)
+                .await
+                .map_err(|e| Error::Unavailable(format!("cannot read the ring: {e}")))?;
+            Ok((desc, SystemTime::now()))
+        }
+        Source::Agent(base) => {
+            let url = format!("{base}/debug/ring");
+            let fail = |what: String| {
+                Error::Unavailable(format!("cannot read the ring from {url}: {what}"))
+            };
+            let resp = http_client()?
+                .get(&url)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .send()
+                .await
+                .map_err(|e| fail(error_chain(&e)))?;
+            let status = resp.status();
+            let body = resp.text().await.map_err(|e| fail(error_chain(&e)))?;
+            if !status.is_success() {
+                return Err(fail(format!("HTTP {status}: {}", body.trim())));
+            }
+            let json: StatusJson = serde_json::from_str(&body)
+                .map_err(|e| fail(format!("the answer is not the ring's JSON: {e}")))?;
+            json.to_desc().map_err(|e| fail(e.to_string()))
+        }
+    }
+}
+
+/// reqwest's top-level message ("error sending request") hides the cause (connection
+/// refused); users need the whole chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        cur = s.source();
+    }
+    msg
+}
+
+/// `agentctl ring status`: exit 0 when every member is ACTIVE and healthy, 1 otherwise, 2 when
+/// the ring cannot be read.
+pub fn status(args: &RingStatusArgs, out: &mut dyn Write) -> Result<ExitCode, Error> {
+    let src = source(&args.source)?;
+    let (desc, now) = runtime()?.block_on(load(&src, &args.source.ring_prefix))?;
+    let timeout = args.heartbeat_timeout;
+    let text = match args.output {
+        OutputFormat::Json => {
+            let mut s = render_json(&desc, now, timeout);
+            s.push('\n');
+            s
+        }
+        OutputFormat::Table => {
+            let color = std::io::stdout().is_terminal();
+            let mut s = render_status_table(&desc, now, timeout, color);
+            if args.tokens {
+                for inst in desc.ingesters.values() {
+                    let list: Vec<String> = inst.tokens.iter().map(u32::to_string).collect();
+                    s.push_str(&format!(
+                        "\ntokens of {} ({}):\n{}\n",
+                        inst.id.escape_default(),
+                        inst.tokens.len(),
+                        list.join(" ")
+                    ));
+                }
+            }
+            s
+        }
+    };
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| io("writing the ring status", e))?;
+    Ok(ExitCode::from(status_exit_code(&desc, now, timeout) as u8))
+}
+
+/// `agentctl ring forget ID`: a CAS on the KV store (`--kv`) or the ring page's Forget button
+/// (`--addr`, POST `forget=ID`, which answers 302 on success).
+pub fn forget(args: &RingForgetArgs, out: &mut dyn Write) -> Result<ExitCode, Error> {
+    let src = source(&args.source)?;
+    let message = runtime()?.block_on(async {
+        match &src {
+            Source::Kv(spec) => {
+                let store = connect(spec).await?;
+                let key = ring_key(&args.source.ring_prefix);
+                let removed = agent::ring::forget(&store, &key, &args.id)
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("cannot forget {:?}: {e}", args.id)))?;
+                Ok::<_, Error>(if removed {
+                    format!("forgot {} (removed from {key} in {spec})\n", args.id)
+                } else {
+                    format!(
+                        "{} is not in the ring ({key} in {spec}); nothing to do\n",
+                        args.id
+                    )
+                })
+            }
+            Source::Agent(base) => {
+                let url = format!("{base}/debug/ring");
+                let body: String = url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("forget", &args.id)
+                    .finish();
+                let resp = http_client()?
+                    .post(&url)
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("POST {url}: {}", error_chain(&e))))?;
+                let status = resp.status();
+                if status == reqwest::StatusCode::FOUND || status.is_success() {
+                    Ok(format!("forgot {} (via {url})\n", args.id))
+                } else {
+                    let text = resp.text().await.unwrap_or_default();
+                    Err(Error::Unavailable(format!(
+                        "POST {url}: HTTP {status}: {}",
+                        text.trim()
+                    )))
+                }
+            }
+        }
+    })?;
+    out.write_all(message.as_bytes())
+        .map_err(|e| io("writing the result", e))?;
+    Ok(ExitCode::SUCCESS)
+}
