@@ -269,7 +269,18 @@ async fn increment_concurrently(store: Arc<dyn KvStore>, tasks: usize, each: usi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cas_under_contention_on_etcd() {
     let server = EtcdServer::start();
-    let store = etcd_store(&server, Duration::from_millis(100)).await;
+    // Correctness under contention is the point: on a loaded CI machine 8 contenders can lose
+    // more than the default 10 rounds in a row, so give each increment room to retry.
+    let store: Arc<dyn KvStore> = Arc::new(
+        EtcdStore::connect(EtcdConfig {
+            endpoints: vec![server.endpoint()],
+            dial_timeout: Duration::from_secs(2),
+            max_retries: 200,
+            ..EtcdConfig::default()
+        })
+        .await
+        .expect("etcd client"),
+    );
     assert_eq!(increment_concurrently(store, 8, 100).await, "800");
 }
 
