@@ -118,7 +118,7 @@ async fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) 
     }
 }
 
-fn target<'a>(ts: &'a [TargetInfo], addr: SocketAddr) -> &'a TargetInfo {
+fn target(ts: &[TargetInfo], addr: SocketAddr) -> &TargetInfo {
     let a = addr.to_string();
     ts.iter()
         .find(|t| t.labels.get("instance") == Some(&a))
