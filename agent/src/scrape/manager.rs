@@ -339,18 +339,6 @@ impl ScrapeManager {
         }
         out
     }
-
-    /// Number of completed scrapes per target URL (for tests and diagnostics).
-    pub fn scrape_counts(&self) -> BTreeMap<String, u64> {
-        let jobs = self.jobs();
-        let mut out = BTreeMap::new();
-        for job in jobs.values() {
-            for t in lock_pool(&job.pool).loops.values() {
-                out.insert(t.target.url.clone(), t.handle.status().scrapes);
-            }
-        }
-        out
-    }
 }
 
 /// The targets of one discovery snapshot: active ones by identity, and dropped ones.
