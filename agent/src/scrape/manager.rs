@@ -110,6 +110,27 @@ pub fn rfc3339_nano(t: Option<SystemTime>) -> String {
     out
 }
 
+/// Sorts targets as the API lists them: by instance, target group, `job` label, `instance`
+/// label (then endpoint, to be deterministic). Use it when merging several managers.
+pub fn sort_targets(targets: &mut [TargetInfo]) {
+    targets.sort_by_cached_key(|t| {
+        (
+            t.instance.clone(),
+            t.target_group.clone(),
+            t.labels.get("job").cloned().unwrap_or_default(),
+            t.labels.get("instance").cloned().unwrap_or_default(),
+            t.endpoint.clone(),
+        )
+    });
+}
+
+/// The body of `GET /agent/api/v1/metrics/targets`: `{"status":"success","data":[TargetInfo…]}`
+/// with the targets sorted by [`sort_targets`].
+pub fn targets_response(mut targets: Vec<TargetInfo>) -> serde_json::Value {
+    sort_targets(&mut targets);
+    serde_json::json!({ "status": "success", "data": targets })
+}
+
 struct RunningTarget {
     target: Arc<Target>,
     handle: LoopHandle,
@@ -300,16 +321,7 @@ impl ScrapeManager {
                 });
             }
         }
-        let key = |t: &TargetInfo| {
-            (
-                t.instance.clone(),
-                t.target_group.clone(),
-                t.labels.get("job").cloned().unwrap_or_default(),
-                t.labels.get("instance").cloned().unwrap_or_default(),
-                t.endpoint.clone(),
-            )
-        };
-        out.sort_by_cached_key(key);
+        sort_targets(&mut out);
         out
     }
 
@@ -323,18 +335,6 @@ impl ScrapeManager {
                     job: name.clone(),
                     discovered_labels: l.clone(),
                 });
-            }
-        }
-        out
-    }
-
-    /// Number of completed scrapes per target URL (for tests and diagnostics).
-    pub fn scrape_counts(&self) -> BTreeMap<String, u64> {
-        let jobs = self.jobs();
-        let mut out = BTreeMap::new();
-        for job in jobs.values() {
-            for t in lock_pool(&job.pool).loops.values() {
-                out.insert(t.target.url.clone(), t.handle.status().scrapes);
             }
         }
         out
@@ -447,6 +447,60 @@ mod tests {
             rfc3339_nano(at(1_700_000_000, 1)),
             "2023-11-14T22:13:20.000000001Z"
         );
+    }
+
+    #[test]
+    fn targets_response_has_the_api_shape() {
+        let t = |inst: &str| TargetInfo {
+            instance: "i".into(),
+            target_group: "j".into(),
+            endpoint: format!("http://{inst}/metrics"),
+            state: "unknown",
+            labels: [
+                ("job".to_owned(), "j".to_owned()),
+                ("instance".to_owned(), inst.to_owned()),
+            ]
+            .into(),
+            discovered_labels: [("__address__".to_owned(), inst.to_owned())].into(),
+            last_scrape: rfc3339_nano(None),
+            scrape_duration_ms: 0,
+            scrape_error: String::new(),
+        };
+        let v = targets_response(vec![t("b:1"), t("a:1")]);
+        assert_eq!(v["status"], "success");
+        assert_eq!(v["data"][0]["labels"]["instance"], "a:1");
+        assert_eq!(
+            v["data"][1],
+            serde_json::json!({
+                "instance": "i", "target_group": "j", "endpoint": "http://b:1/metrics",
+                "state": "unknown", "labels": {"instance": "b:1", "job": "j"},
+                "discovered_labels": {"__address__": "b:1"},
+                "last_scrape": "0001-01-01T00:00:00Z", "scrape_duration_ms": 0, "scrape_error": ""
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_that_cannot_start_does_not_stop_the_others() {
+        let yaml = "scrape_configs:\n  - job_name: ok\n    static_configs: [{targets: ['127.0.0.1:9']}]\n  - job_name: consul\n    consul_sd_configs: [{server: 'localhost:8500'}]\n";
+        let (_, cfg) =
+            crate::config::load::parse_instance(yaml, &crate::config::GlobalConfig::default())
+                .expect("valid");
+        let storage = crate::scrape::appender::MemoryStorage::new();
+        let m = ScrapeManager::new("i", Arc::new(storage), None);
+        let err = m.apply(&cfg.scrape_configs).await.unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert!(err.to_string().contains("\"consul\""), "{err}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while m.targets().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "job ok never synced");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ts = m.targets();
+        assert_eq!(ts[0].target_group, "ok");
+        assert_eq!(ts[0].state, "unknown");
+        m.stop(false).await;
+        assert!(m.targets().is_empty());
     }
 
     #[test]

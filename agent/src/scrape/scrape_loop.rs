@@ -32,6 +32,19 @@
 //! committed. A failed scrape (HTTP error, timeout, body too large, parse error, a limit)
 //! rolls the body's samples back, appends staleness markers for every series of the previous
 //! scrape and reports `up 0`; the error is kept for the targets API.
+//!
+//! # Where this differs from Prometheus 2.42
+//!
+//! * Duplicates: a series that already had a sample in this scrape (the same text twice, or two
+//!   texts that relabel to the same labels) is skipped and counted in
+//!   [`BodyStats::duplicates`]. Prometheus hands both to storage, which rejects the second only
+//!   when its value differs; we never send storage two samples of one series at one time.
+//! * End of run: markers are written when the loop stops, at that time. Prometheus waits up to
+//!   two intervals first, so that a target recreated by a reload can take over; our manager
+//!   keeps unchanged targets' loops across reloads instead.
+//! * A scraped series whose final labels equal a synthetic one (`up{job,instance}`) gets both
+//!   samples appended; Prometheus logs the second as a duplicate.
+//! * A timed-out scrape reports `context deadline exceeded` like Prometheus, plus the timeout.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};

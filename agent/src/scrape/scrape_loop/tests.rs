@@ -368,3 +368,71 @@ fn first_scrape_is_phase_locked_to_the_target_hash() {
         assert!(first_scrape_delay(u64::MAX, iv, at(now)) < iv);
     }
 }
+
+mod model {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One scrape: `None` fails; otherwise each of 6 series is absent, present, or present
+    /// with an explicit timestamp (not tracked for staleness).
+    fn scrapes() -> impl Strategy<Value = Vec<Option<Vec<u8>>>> {
+        proptest::collection::vec(
+            proptest::option::weighted(0.8, proptest::collection::vec(0u8..3, 6)),
+            1..12,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Staleness markers match the model: at a successful scrape, the series tracked in
+        /// the previous iteration and absent now; at a failed one, all tracked ones.
+        #[test]
+        fn staleness_matches_the_model(plan in scrapes()) {
+            let mut h = Harness::new("");
+            let mut prev: BTreeSet<usize> = BTreeSet::new();
+            for (k, step) in plan.iter().enumerate() {
+                let t = 10_000 * (k as i64 + 1);
+                let want: BTreeSet<usize> = match step {
+                    None => {
+                        let res = h.p.append_scrape(
+                            &h.s,
+                            Err(ScrapeError::Forced("down".into())),
+                            t,
+                            Duration::ZERO,
+                        );
+                        prop_assert!(res.is_err());
+                        std::mem::take(&mut prev)
+                    }
+                    Some(states) => {
+                        let mut body = String::new();
+                        for (i, st) in states.iter().enumerate() {
+                            match st {
+                                1 => body.push_str(&format!("s{i} {k}\n")),
+                                2 => body.push_str(&format!("s{i} {k} {}\n", t - 1)),
+                                _ => {}
+                            }
+                        }
+                        h.scrape(&body, t).unwrap();
+                        let present: BTreeSet<usize> =
+                            (0..6).filter(|&i| states[i] != 0).collect();
+                        let want = prev.difference(&present).copied().collect();
+                        prev = (0..6).filter(|&i| states[i] == 1).collect();
+                        want
+                    }
+                };
+                let got: BTreeSet<usize> = (0..6)
+                    .filter(|i| {
+                        h.s.samples_of(&series(&[("__name__", &format!("s{i}"))]))
+                            .iter()
+                            .any(|&(ts, v)| ts == t && is_stale_nan(v))
+                    })
+                    .collect();
+                prop_assert_eq!(got, want, "scrape {} of {:?}", k, plan);
+            }
+        }
+    }
+}
