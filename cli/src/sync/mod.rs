@@ -311,7 +311,7 @@ pub fn run_diff(
         let plan = plan(&local, &hashes, true);
         let text = diff::render(&remote, &plan, tty.stdout).await?;
         out.write_all(text.as_bytes()).map_err(out_err)?;
-        out.write_all(plan.render_table().as_bytes())
+        out.write_all(plan.render_summary().as_bytes())
             .map_err(out_err)?;
         Ok(if plan.is_empty() {
             ExitCode::SUCCESS

@@ -136,6 +136,13 @@ impl Plan {
         for i in &self.items {
             let _ = writeln!(out, "{} {}", i.action.symbol(), i.name);
         }
+        out.push_str(&self.render_summary());
+        out
+    }
+
+    /// `Plan: N to create, …` or `No changes. …`, and the kept configs.
+    pub fn render_summary(&self) -> String {
+        let mut out = String::new();
         let c = self.counts();
         if self.items.is_empty() {
             let _ = writeln!(out, "No changes. {} configs up to date.", c.unchanged);
