@@ -502,6 +502,22 @@ fn crud_commands_and_exit_codes() {
     assert!(stderr(&o).contains(&dead), "{}", stderr(&o));
     let o = ctl(&["config", "diff", cfgs.to_str().unwrap(), "--addr", &dead]);
     assert_eq!(o.status.code(), Some(2));
+
+    // The embedded store directly (no agent holds its lock here).
+    let kv = format!("embedded:{}", tmp.path().join("kv").display());
+    let o = ctl(&["config-sync", cfgs.to_str().unwrap(), "--kv", &kv]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = ctl(&["config", "delete", "a.b", "--kv", &kv]);
+    assert_eq!(stdout(&o), "deleted a.b\n", "{}", stderr(&o));
+    let o = ctl(&["config", "list", "--kv", &kv]);
+    assert_eq!(stdout(&o).lines().count(), 19);
+    let o = ctl(&["config", "list", "--kv", "bogus:x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("invalid KV store \"bogus:x\""),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
