@@ -283,6 +283,22 @@ mod tests {
         assert!(errs[1].to_string().contains("bad2.yml:"), "{}", errs[1]);
     }
 
+    #[test]
+    fn file_references_are_warned_about_not_refused() {
+        let t = tempfile::tempdir().expect("tempdir");
+        write(
+            t.path(),
+            "f.yml",
+            "scrape_configs:\n  - job_name: j\n    bearer_token_file: /etc/token\n    static_configs:\n      - targets: ['127.0.0.1:1']\n",
+        );
+        let c = load_dir(t.path(), false).expect("valid locally").remove(0);
+        let w = c.file_reading_warning().expect("a warning");
+        assert!(
+            w.contains("f.yml") && w.contains("bearer_token_file must be empty"),
+            "{w}"
+        );
+    }
+
     #[cfg(unix)]
     #[test]
     fn a_symlinked_directory_argument_is_followed() {
