@@ -71,17 +71,21 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "run" -d 'Run the clustered scraping daemon'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff help" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff list get put delete help" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
 info\t''
 warn\t''
 error\t''"
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff help" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff list get put delete help" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff help" -s h -l help -d 'Print help'
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff help" -s V -l version -d 'Print version'
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff help" -f -a "check" -d 'Validate agent or instance config files; print every error'
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff help" -f -a "diff" -d 'Show what `config-sync DIR` would change, with a unified diff per changed config'
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff list get put delete help" -s h -l help -d 'Print help'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff list get put delete help" -s V -l version -d 'Print version'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff list get put delete help" -f -a "check" -d 'Validate agent or instance config files; print every error'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff list get put delete help" -f -a "diff" -d 'Show what `config-sync DIR` would change, with a unified diff per changed config'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff list get put delete help" -f -a "list" -d 'List the stored configs (names; with --output json also their content hashes)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff list get put delete help" -f -a "get" -d 'Print a stored config as YAML, secrets shown as <secret>'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff list get put delete help" -f -a "put" -d 'Validate FILE locally, then store it as config NAME (created or updated)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff list get put delete help" -f -a "delete" -d 'Delete a stored config'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and not __fish_seen_subcommand_from check diff list get put delete help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from check" -l kind -d 'Treat every file as this kind instead of detecting it' -r -f -a "agent\t'An agent configuration (agent.yaml)'
 instance\t'An instance configuration (scrape_configs + remote_write), as PUT to the API'"
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from check" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
@@ -102,11 +106,61 @@ warn\t''
 error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l recursive -d 'Descend into subdirectories'
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -s h -l help -d 'Print help'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l recursive -d 'Descend into subdirectories (names become relative paths: team/a.yml is team/a)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -s V -l version -d 'Print version'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -s a -l addr -d 'URL of an agent\'s API' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] or embedded:PATH' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l token-file -d 'File holding a bearer token sent with every API request' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l output -d 'Output format' -r -f -a "table\t''
+json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
+info\t''
+warn\t''
+error\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
+json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -s a -l addr -d 'URL of an agent\'s API' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] or embedded:PATH' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l token-file -d 'File holding a bearer token sent with every API request' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
+info\t''
+warn\t''
+error\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
+json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -s V -l version -d 'Print version'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -s a -l addr -d 'URL of an agent\'s API' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] or embedded:PATH' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l token-file -d 'File holding a bearer token sent with every API request' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
+info\t''
+warn\t''
+error\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
+json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -s h -l help -d 'Print help'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -s V -l version -d 'Print version'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -s a -l addr -d 'URL of an agent\'s API' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] or embedded:PATH' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l token-file -d 'File holding a bearer token sent with every API request' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
+info\t''
+warn\t''
+error\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
+json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "check" -d 'Validate agent or instance config files; print every error'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "diff" -d 'Show what `config-sync DIR` would change, with a unified diff per changed config'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "list" -d 'List the stored configs (names; with --output json also their content hashes)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "get" -d 'Print a stored config as YAML, secrets shown as <secret>'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "put" -d 'Validate FILE locally, then store it as config NAME (created or updated)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a stored config'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -s a -l addr -d 'URL of an agent\'s API' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] or embedded:PATH' -r
@@ -121,10 +175,10 @@ error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -s d -l dry-run -d 'Plan only: validate every file and print what would change; write nothing'
-complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l recursive -d 'Descend into subdirectories (the old tool read the top level only)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l recursive -d 'Descend into subdirectories (the old tool read the top level only); names become relative paths without the extension (team/a.yml is team/a)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l no-prune -d 'Keep configs that are in the store but not in the directory'
-complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l allow-delete-all -d 'Allow a plan that deletes every config in the store'
-complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -s h -l help -d 'Print help'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l allow-delete-all -d 'Skip the delete guard: allow an empty directory, a plan that deletes every config in the store, and any number of deletes'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget help" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
 info\t''
@@ -258,6 +312,10 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand help; and not __fish_s
 complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "run" -d 'Run the clustered scraping daemon'
 complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "check" -d 'Validate agent or instance config files; print every error'
 complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "diff" -d 'Show what `config-sync DIR` would change, with a unified diff per changed config'
+complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "list" -d 'List the stored configs (names; with --output json also their content hashes)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "get" -d 'Print a stored config as YAML, secrets shown as <secret>'
+complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "put" -d 'Validate FILE locally, then store it as config NAME (created or updated)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "delete" -d 'Delete a stored config'
 complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from ring" -f -a "status" -d 'Show the ring\'s members, states, heartbeats and token ownership'
 complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from ring" -f -a "forget" -d 'Remove a member from the ring (what the Forget button of /debug/ring does)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from wal" -f -a "inspect" -d 'Show what a WAL holds: series, samples, time range, per target and per metric'

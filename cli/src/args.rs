@@ -75,7 +75,7 @@ pub enum Command {
     Config(ConfigCommand),
 
     /// Make the API's configs equal a directory of YAML files (plan, then apply).
-    #[command(name = "config-sync", after_help = EXIT_CODES)]
+    #[command(name = "config-sync", long_about = CONFIG_SYNC_LONG, after_help = CONFIG_SYNC_EXIT_CODES)]
     ConfigSync(ConfigSyncArgs),
 
     /// Inspect the hash ring of a cluster.
@@ -204,9 +204,71 @@ pub enum ConfigCommand {
     Check(ConfigCheckArgs),
 
     /// Show what `config-sync DIR` would change, with a unified diff per changed config.
-    #[command(after_help = "Exit codes:\n  0  no difference\n  1  differences found\n  2  error")]
+    ///
+    /// Both sides are rendered as canonical YAML with secrets shown as <secret>; a change to a
+    /// secret alone is named but not shown. Colours only on a terminal.
+    #[command(
+        after_help = "Exit codes:\n  0  no difference\n  1  differences found\n  2  error (invalid file, unreachable agent or store)"
+    )]
     Diff(ConfigDiffArgs),
+
+    /// List the stored configs (names; with --output json also their content hashes).
+    #[command(after_help = CRUD_EXIT_CODES)]
+    List(ConfigListArgs),
+
+    /// Print a stored config as YAML, secrets shown as <secret>.
+    #[command(after_help = CRUD_EXIT_CODES)]
+    Get(ConfigGetArgs),
+
+    /// Validate FILE locally, then store it as config NAME (created or updated).
+    #[command(after_help = CRUD_EXIT_CODES)]
+    Put(ConfigPutArgs),
+
+    /// Delete a stored config.
+    #[command(after_help = CRUD_EXIT_CODES)]
+    Delete(ConfigDeleteArgs),
 }
+
+const CRUD_EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  invalid file, no such config, or refused by the agent
+  2  usage error, unreachable or failing agent or KV store";
+
+/// `config-sync`'s long help.
+const CONFIG_SYNC_LONG: &str = "\
+Make the stored configs equal a directory of YAML files: plan, then apply.
+
+Every *.yml and *.yaml file (case-sensitive) in DIR is parsed and validated first; one invalid \
+file stops the sync before anything is written. The config name is the file name without its \
+last extension (a.b.yml is a.b). Hidden files and directories are skipped. With --recursive, \
+subdirectories are read too and the name is the relative path without the extension \
+(team/a.yml is team/a).
+
+The plan compares content hashes (the store's secrets are never read back) and lists each \
+change, then a summary:
+
+  + new-config
+  ~ changed-config
+  - removed-config
+  Plan: 1 to create, 1 to update, 1 to delete, 17 unchanged.
+
+Unchanged configs are not written. Each write carries the hash it was planned against \
+(If-Match), so a config changed by someone else meanwhile is left alone and reported (exit 3). \
+Configs in the store but not in DIR are deleted unless --no-prune. The delete guard refuses a \
+missing or empty directory, a plan that deletes every stored config, and a plan that deletes \
+more than --max-delete, unless --allow-delete-all is given.
+
+--output json prints {\"plan\": [{name, action, hash_before, hash_after}], \"results\": [{name, \
+action, outcome, error}], \"summary\": {target, dry_run, create, update, delete, unchanged, kept, \
+applied, conflicts, failed}}.";
+
+const CONFIG_SYNC_EXIT_CODES: &str = "\
+Exit codes:
+  0  applied, or nothing to do
+  1  invalid file or directory, refused by the delete guard, or rejected by the agent
+  2  usage error, unreachable or failing agent or KV store
+  3  conflict: a config changed since the plan and was not overwritten; run again";
 
 #[derive(Debug, Args)]
 pub struct ConfigCheckArgs {
@@ -256,7 +318,8 @@ pub struct ConfigSyncArgs {
     #[arg(short = 'd', long = "dry-run")]
     pub dry_run: bool,
 
-    /// Descend into subdirectories (the old tool read the top level only).
+    /// Descend into subdirectories (the old tool read the top level only); names become
+    /// relative paths without the extension (team/a.yml is team/a).
     #[arg(long)]
     pub recursive: bool,
 
@@ -268,7 +331,8 @@ pub struct ConfigSyncArgs {
     #[arg(long = "max-delete", value_name = "N|N%", default_value = "50%")]
     pub max_delete: String,
 
-    /// Allow a plan that deletes every config in the store.
+    /// Skip the delete guard: allow an empty directory, a plan that deletes every config in
+    /// the store, and any number of deletes.
     #[arg(long = "allow-delete-all")]
     pub allow_delete_all: bool,
 
@@ -285,9 +349,49 @@ pub struct ConfigDiffArgs {
     #[command(flatten)]
     pub target: TargetArgs,
 
-    /// Descend into subdirectories.
+    /// Descend into subdirectories (names become relative paths: team/a.yml is team/a).
     #[arg(long)]
     pub recursive: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigListArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigGetArgs {
+    /// Config name.
+    pub name: String,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigPutArgs {
+    /// Config name (wins over a `name:` in the file).
+    pub name: String,
+
+    /// Instance config file.
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigDeleteArgs {
+    /// Config name.
+    pub name: String,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,9 +4,11 @@
 pub mod agent_run;
 pub mod args;
 pub mod check;
+pub mod client;
 pub mod compat;
 pub mod generate;
 pub mod ring_status;
+pub mod sync;
 pub mod wal_inspect;
 
 use std::io::Write as _;
@@ -36,6 +38,10 @@ pub enum Error {
     /// The daemon failed to start or stopped with an error (exit 1).
     #[error(transparent)]
     Daemon(#[from] agent::daemon::Error),
+    /// config-sync, config diff and the config CRUD commands; the exit code is the error's own
+    /// (see [`sync::SyncError::exit_code`]) unless overridden.
+    #[error("{0}")]
+    Sync(sync::SyncError, Option<u8>),
     /// An I/O failure, with what was being done (exit 2).
     #[error("{context}: {source}")]
     Io {
@@ -54,6 +60,7 @@ impl Error {
             | Error::NotImplemented(_)
             | Error::Wal(_)
             | Error::Io { .. } => 2,
+            Error::Sync(e, code) => code.unwrap_or_else(|| e.exit_code()),
         }
     }
 }
@@ -94,8 +101,26 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
             &mut stdout,
             &mut stderr,
         ),
-        Command::Config(ConfigCommand::Diff(_)) => Err(Error::NotImplemented("config diff")),
-        Command::ConfigSync(_) => Err(Error::NotImplemented("config-sync")),
+        Command::Config(ConfigCommand::Diff(a)) => {
+            // `config diff` has its own exit codes: any failure is 2 (1 means "differences").
+            sync::run_diff(&a, &mut stdout, &mut stderr, sync::Tty::detect())
+                .map_err(|e| Error::Sync(e, Some(2)))
+        }
+        Command::ConfigSync(a) => {
+            sync::run_sync(&a, &mut stdout, &mut stderr, sync::Tty::detect()).map_err(Error::from)
+        }
+        Command::Config(ConfigCommand::List(a)) => {
+            sync::run_list(&a, &mut stdout).map_err(Error::from)
+        }
+        Command::Config(ConfigCommand::Get(a)) => {
+            sync::run_get(&a, &mut stdout).map_err(Error::from)
+        }
+        Command::Config(ConfigCommand::Put(a)) => {
+            sync::run_put(&a, &mut stdout, &mut stderr).map_err(Error::from)
+        }
+        Command::Config(ConfigCommand::Delete(a)) => {
+            sync::run_delete(&a, &mut stdout).map_err(Error::from)
+        }
         Command::Ring(RingCommand::Status(a)) => ring_status::status(&a, &mut stdout),
         Command::Ring(RingCommand::Forget(a)) => ring_status::forget(&a, &mut stdout),
         Command::Wal(WalCommand::Inspect(a)) => wal_inspect::run(&a, &mut stdout),
@@ -114,6 +139,12 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
             generate::man(&mut stdout).map_err(|e| io("writing the man page", e))?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+impl From<sync::SyncError> for Error {
+    fn from(e: sync::SyncError) -> Self {
+        Error::Sync(e, None)
     }
 }
 
