@@ -5,6 +5,7 @@ mod support;
 mod agent;
 mod api;
 mod cli;
+mod cluster;
 mod config_sync;
 mod discovery;
 mod kv;

@@ -19,10 +19,14 @@ use tokio_util::sync::CancellationToken;
 use prometheus_client::registry::Registry;
 
 use crate::api::{self, ApiMetrics, ApiState, StoreSlot};
+use crate::cluster::Cluster;
 use crate::config::agent::KvStoreConfig;
 use crate::config::{AgentConfig, ConfigError};
+use crate::instance::{self, manager::InstanceManager};
 use crate::kv::configstore::ConfigStore;
 use crate::kv::{self, KvError, KvStore};
+use crate::ring::lifecycler::{Lifecycler, LifecyclerSettings};
+use crate::ring::view::RingView;
 
 /// The old agent's default listen address.
 pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:12345";
@@ -82,6 +86,11 @@ struct AppState {
     ready: AtomicBool,
     options: Options,
     registry: Registry,
+    manager: Arc<InstanceManager>,
+    /// `/debug/ring`, once the ring is reachable.
+    ring_page: std::sync::OnceLock<Router>,
+    /// The cluster's run loop; awaited on shutdown (it leaves the ring).
+    cluster_task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled.
@@ -132,6 +141,14 @@ pub async fn serve(
     let mut registry = Registry::default();
     let api_metrics = ApiMetrics::register(&mut registry);
     let enabled = cfg.scraping_service.enabled;
+    let ss = cfg.scraping_service.clone();
+    let lifecycler_settings = LifecyclerSettings::from_config(&ss.lifecycler, addr.port());
+    let shared = instance::Shared::new(
+        std::path::Path::new(&cfg.wal_directory),
+        &lifecycler_settings.id,
+        &mut registry,
+    );
+    let manager = InstanceManager::new(shared, cfg.instance_restart_backoff.as_std());
     let api_state = Arc::new(ApiState {
         store: std::sync::RwLock::new(if enabled {
             StoreSlot::Connecting("starting".into())
@@ -139,39 +156,71 @@ pub async fn serve(
             StoreSlot::Disabled
         }),
         global: cfg.global.clone(),
-        dangerous_allow_reading_files: cfg.scraping_service.dangerous_allow_reading_files,
+        dangerous_allow_reading_files: ss.dangerous_allow_reading_files,
         enable_get: options.enable_get_config,
         write_token: options.api_write_token.clone(),
         max_body: options.api_max_body,
         metrics: api_metrics,
     });
-    let ss = &cfg.scraping_service;
-    let local_store = enabled && ss.kvstore.store() != "etcd";
-    if local_store {
-        // A local store either opens now or never (locked by another agent, bad path): fail
-        // the start-up with its error instead of serving 503 forever.
-        let store = open_store(&ss.kvstore, &cfg.wal_directory).await?;
-        tracing::info!(store = %store.describe(), prefix = %ss.config_prefix, "config store opened");
-        api_state.set_store(StoreSlot::Ready(Arc::new(ConfigStore::with_prefix(
-            store,
-            ss.config_prefix.clone(),
-        ))));
-    }
+    // A local store either opens now or never (locked by another agent, bad path): fail the
+    // start-up with its error instead of serving 503 forever. etcd is retried in the background.
+    let local_store = if enabled && ss.kvstore.store() != "etcd" {
+        Some(open_store(&ss.kvstore, &cfg.wal_directory).await?)
+    } else {
+        None
+    };
+    let local_configs = cfg.configs.clone();
     let state = Arc::new(AppState {
-        ready: AtomicBool::new(!enabled || local_store),
+        ready: AtomicBool::new(false),
         options,
         registry,
+        manager: manager.clone(),
+        ring_page: std::sync::OnceLock::new(),
+        cluster_task: tokio::sync::Mutex::new(None),
     });
-    if enabled && !local_store {
-        tokio::spawn(connect_store(
-            state.clone(),
-            api_state.clone(),
-            shutdown.clone(),
-        ));
+    if enabled {
+        match local_store {
+            Some(store) => {
+                start_cluster(&state, &api_state, store, lifecycler_settings, &shutdown).await
+            }
+            None => {
+                tokio::spawn(connect_store(
+                    state.clone(),
+                    api_state.clone(),
+                    lifecycler_settings,
+                    shutdown.clone(),
+                ));
+            }
+        }
+    } else {
+        // No scraping service: the local `metrics.configs` run here.
+        for c in local_configs {
+            manager.apply(c).await;
+        }
+        state.ready.store(true, Ordering::Release);
+    }
+
+    // On shutdown: leave the ring (hand-over, flush), then stop serving HTTP.
+    let server_stop = CancellationToken::new();
+    {
+        let state = state.clone();
+        let server_stop = server_stop.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            let task = state.cluster_task.lock().await.take();
+            match task {
+                Some(t) => {
+                    let _ = t.await;
+                }
+                None => state.manager.stop_all(false).await,
+            }
+            server_stop.cancel();
+        });
     }
     let app = router(state.clone()).merge(api::router(api_state));
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .with_graceful_shutdown(server_stop.cancelled_owned())
         .await
         .map_err(|source| Error::Serve { addr, source })?;
     tracing::info!("agent stopped");
@@ -187,6 +236,11 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/-/ready", any(ready))
         .route("/-/config", any(show_config))
         .route("/metrics", get(metrics))
+        .route("/agent/api/v1/metrics/instances", get(instances))
+        .route("/agent/api/v1/instances", get(instances))
+        .route("/agent/api/v1/metrics/targets", get(targets))
+        .route("/agent/api/v1/targets", get(targets))
+        .route("/debug/ring", any(debug_ring))
         .fallback(api::not_found)
         .with_state(state)
 }
@@ -309,26 +363,24 @@ pub async fn open_store(
     kv::connect(&spec).await
 }
 
-/// Connects the config store, retrying with backoff while it is unreachable (the API answers
-/// 503 meanwhile, naming the error); configuration errors stop the retries.
-async fn connect_store(state: Arc<AppState>, api: Arc<ApiState>, shutdown: CancellationToken) {
+/// Connects the KV store, retrying with backoff while it is unreachable (the API answers 503
+/// meanwhile, naming the error); configuration errors stop the retries.
+async fn connect_store(
+    state: Arc<AppState>,
+    api: Arc<ApiState>,
+    settings: LifecyclerSettings,
+    shutdown: CancellationToken,
+) {
     let cfg = &state.options.config;
     let ss = &cfg.scraping_service;
     let mut delay = std::time::Duration::from_millis(250);
     loop {
         match open_store(&ss.kvstore, &cfg.wal_directory).await {
             Ok(store) => {
-                tracing::info!(store = %store.describe(), prefix = %ss.config_prefix, "config store connected");
-                let configs = ConfigStore::with_prefix(store, ss.config_prefix.clone());
-                api.set_store(StoreSlot::Ready(Arc::new(configs)));
-                state.ready.store(true, Ordering::Release);
+                start_cluster(&state, &api, store, settings, &shutdown).await;
                 return;
             }
-            Err(
-                e @ (KvError::ConsulUnsupported
-                | KvError::EtcdConfig { .. }
-                | KvError::EmbeddedLocked { .. }),
-            ) => {
+            Err(e @ (KvError::ConsulUnsupported | KvError::EtcdConfig { .. })) => {
                 tracing::error!(error = %e, "cannot use the configured KV store; the config API answers 503 until the agent is restarted with a usable one");
                 api.set_store(StoreSlot::Connecting(e.to_string()));
                 return;
@@ -343,5 +395,106 @@ async fn connect_store(state: Arc<AppState>, api: Arc<ApiState>, shutdown: Cance
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+/// Joins the ring and starts resharding on `store` (configs and, unless configured apart, the
+/// ring live in the same store).
+async fn start_cluster(
+    state: &Arc<AppState>,
+    api: &Arc<ApiState>,
+    store: Arc<dyn KvStore>,
+    settings: LifecyclerSettings,
+    shutdown: &CancellationToken,
+) {
+    let cfg = &state.options.config;
+    let ss = &cfg.scraping_service;
+    tracing::info!(store = %store.describe(), prefix = %ss.config_prefix, "config store connected");
+    let configs = Arc::new(ConfigStore::with_prefix(
+        store.clone(),
+        ss.config_prefix.clone(),
+    ));
+    api.set_store(StoreSlot::Ready(configs.clone()));
+
+    let same = KvStoreConfig {
+        prefix: None,
+        ..ss.lifecycler.ring_kvstore.clone()
+    } == KvStoreConfig {
+        prefix: None,
+        ..ss.kvstore.clone()
+    };
+    let ring_store = if same {
+        store
+    } else {
+        match open_store(&ss.lifecycler.ring_kvstore, &cfg.wal_directory).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the ring's KV store; this agent runs no configs");
+                return;
+            }
+        }
+    };
+    let heartbeat_timeout = ss.lifecycler.heartbeat_timeout.as_std();
+    let ring_key = settings.ring_key.clone();
+    tracing::info!(id = %settings.id, addr = %settings.addr, ring = %ring_key, "joining the ring");
+    let lifecycler = Lifecycler::start(ring_store.clone(), settings);
+    let view = RingView::start(ring_store.clone(), ring_key.clone(), heartbeat_timeout);
+    let cluster = Cluster::new(
+        configs,
+        lifecycler,
+        view,
+        state.manager.clone(),
+        cfg.global.clone(),
+        ss.reshard_interval.as_std(),
+        heartbeat_timeout,
+    );
+    let _ = state.ring_page.set(crate::ring::http::router(
+        crate::ring::http::RingPageState {
+            store: ring_store,
+            ring_key,
+            heartbeat_timeout,
+            configs_owned: cluster.owned_counts(),
+        },
+    ));
+    let mut ready = cluster.ready();
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            if ready.wait_for(|r| *r).await.is_ok() {
+                state.ready.store(true, Ordering::Release);
+                tracing::info!("initial reshard done; agent ready");
+            }
+        });
+    }
+    let task = tokio::spawn(cluster.run(shutdown.clone()));
+    *state.cluster_task.lock().await = Some(task);
+}
+
+/// `GET /agent/api/v1/metrics/instances`: the sorted names of the configs this agent runs.
+async fn instances(State(state): State<Arc<AppState>>) -> Response {
+    let names = state.manager.names().await;
+    api::success(StatusCode::OK, Some(serde_json::json!(names)))
+}
+
+/// `GET /agent/api/v1/metrics/targets`: this agent's targets (spec §2.4).
+async fn targets(State(state): State<Arc<AppState>>) -> Response {
+    let t = state.manager.targets().await;
+    let data = crate::scrape::manager::targets_response(t)["data"].take();
+    api::success(StatusCode::OK, Some(data))
+}
+
+/// `/debug/ring`, served by the ring module once the ring is reachable.
+async fn debug_ring(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
+    use tower::ServiceExt;
+    match state.ring_page.get() {
+        Some(r) => match r.clone().oneshot(req).await {
+            Ok(resp) => resp,
+            Err(e) => match e {},
+        },
+        None if !state.options.config.scraping_service.enabled => api::not_found().await,
+        None => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the ring is not reachable yet\n",
+        ),
     }
 }

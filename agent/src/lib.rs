@@ -3,10 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
 pub mod httpclient;
+pub mod instance;
 pub mod kv;
 pub mod logging;
 pub mod relabel;

@@ -29,9 +29,17 @@ use storage::WalStorage;
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
     #[error("instance {name}: opening the WAL in {dir}: {message}")]
-    Wal { name: String, dir: PathBuf, message: String },
+    Wal {
+        name: String,
+        dir: PathBuf,
+        message: String,
+    },
     #[error("instance {name}: remote_write {remote}: {message}")]
-    RemoteWrite { name: String, remote: String, message: String },
+    RemoteWrite {
+        name: String,
+        remote: String,
+        message: String,
+    },
     #[error("instance {name}: {message}")]
     Scrape { name: String, message: String },
 }
@@ -62,7 +70,10 @@ pub struct Instance {
 
 impl std::fmt::Debug for Instance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Instance").field("name", &self.cfg.name).field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Instance")
+            .field("name", &self.cfg.name)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,7 +89,9 @@ pub struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("wal_directory", &self.wal_directory).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("wal_directory", &self.wal_directory)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,11 +113,24 @@ impl Instance {
         let dir = shared.wal_directory.join(dir_name(&name));
         let wal_dir = dir.join("wal");
         let open_dir = wal_dir.clone();
-        let opened = tokio::task::spawn_blocking(move || Wal::open(&open_dir, WalOptions::default())).await;
+        let opened =
+            tokio::task::spawn_blocking(move || Wal::open(&open_dir, WalOptions::default())).await;
         let (wal, replay) = match opened {
             Ok(Ok(v)) => v,
-            Ok(Err(e)) => return Err(InstanceError::Wal { name, dir: wal_dir, message: e.to_string() }),
-            Err(e) => return Err(InstanceError::Wal { name, dir: wal_dir, message: e.to_string() }),
+            Ok(Err(e)) => {
+                return Err(InstanceError::Wal {
+                    name,
+                    dir: wal_dir,
+                    message: e.to_string(),
+                })
+            }
+            Err(e) => {
+                return Err(InstanceError::Wal {
+                    name,
+                    dir: wal_dir,
+                    message: e.to_string(),
+                })
+            }
         };
         if let Some(r) = &replay.repair {
             tracing::warn!(instance = %name, repair = ?r, "WAL repaired on open");
@@ -114,8 +140,18 @@ impl Instance {
 
         let mut remotes = Vec::new();
         for rw in &cfg.remote_write {
-            let queue = QueueManager::from_config(rw, &cfg.external_labels, Some(&shared.agent_id), &shared.metrics, None)
-                .map_err(|e| InstanceError::RemoteWrite { name: name.clone(), remote: rw.name.clone(), message: e.to_string() })?;
+            let queue = QueueManager::from_config(
+                rw,
+                &cfg.external_labels,
+                Some(&shared.agent_id),
+                &shared.metrics,
+                None,
+            )
+            .map_err(|e| InstanceError::RemoteWrite {
+                name: name.clone(),
+                remote: rw.name.clone(),
+                message: e.to_string(),
+            })?;
             let queue = Arc::new(queue);
             let rstop = stop.child_token();
             let progress = dir.join("remote_write").join(dir_name(&rw.name));
@@ -126,7 +162,11 @@ impl Instance {
                 storage.commits(),
                 rstop.clone(),
             ));
-            remotes.push(Remote { queue, watcher, stop: rstop });
+            remotes.push(Remote {
+                queue,
+                watcher,
+                stop: rstop,
+            });
         }
 
         let scrape = ScrapeManager::new(name.clone(), storage.clone(), shared.base_dir.clone());
@@ -135,10 +175,23 @@ impl Instance {
             tracing::error!(instance = %name, error = %e, "some scrape jobs could not start");
         }
         let queues: Vec<Arc<QueueManager>> = remotes.iter().map(|r| r.queue.clone()).collect();
-        let housekeeping = tokio::spawn(housekeeping(cfg.clone(), storage.clone(), queues, stop.clone()));
+        let housekeeping = tokio::spawn(housekeeping(
+            cfg.clone(),
+            storage.clone(),
+            queues,
+            stop.clone(),
+        ));
         tracing::info!(instance = %name, jobs = cfg.scrape_configs.len(), remote_writes = cfg.remote_write.len(),
             replayed_series = replay.series.len(), "instance started");
-        Ok(Instance { cfg, dir, storage, scrape, remotes, housekeeping, stop })
+        Ok(Instance {
+            cfg,
+            dir,
+            storage,
+            scrape,
+            remotes,
+            housekeeping,
+            stop,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -198,7 +251,12 @@ impl Instance {
 }
 
 /// fsyncs the WAL every second and truncates it every `wal_truncate_frequency`.
-async fn housekeeping(cfg: InstanceConfig, storage: Arc<WalStorage>, queues: Vec<Arc<QueueManager>>, stop: CancellationToken) {
+async fn housekeeping(
+    cfg: InstanceConfig,
+    storage: Arc<WalStorage>,
+    queues: Vec<Arc<QueueManager>>,
+    stop: CancellationToken,
+) {
     let mut last_truncate = tokio::time::Instant::now();
     let mut previous = None;
     loop {
@@ -254,7 +312,9 @@ async fn housekeeping(cfg: InstanceConfig, storage: Arc<WalStorage>, queues: Vec
                 storage.forget(&gone);
                 tracing::error!(instance = %cfg.name, error = %e, "WAL truncation failed");
             }
-            Err(e) => tracing::error!(instance = %cfg.name, error = %e, "WAL truncation task failed"),
+            Err(e) => {
+                tracing::error!(instance = %cfg.name, error = %e, "WAL truncation task failed")
+            }
         }
     }
 }

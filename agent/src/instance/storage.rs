@@ -9,7 +9,7 @@
 //! the chance is about 3 in 10^8.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
@@ -34,7 +34,9 @@ pub struct WalStorage {
 
 impl std::fmt::Debug for WalStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WalStorage").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("WalStorage")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -48,7 +50,11 @@ impl WalStorage {
             .map(|(r, l)| (Labels::from_pairs(l.iter()).hash(), *r))
             .collect();
         WalStorage {
-            inner: Mutex::new(Inner { wal, by_hash, newest_ms: i64::MIN }),
+            inner: Mutex::new(Inner {
+                wal,
+                by_hash,
+                newest_ms: i64::MIN,
+            }),
             name: name.to_owned(),
             commits,
         }
@@ -89,7 +95,11 @@ impl WalStorage {
 
 impl Storage for WalStorage {
     fn appender(&self) -> Box<dyn Appender + '_> {
-        Box::new(WalAppender { storage: self, series: Vec::new(), samples: Vec::new() })
+        Box::new(WalAppender {
+            storage: self,
+            series: Vec::new(),
+            samples: Vec::new(),
+        })
     }
 }
 
@@ -119,7 +129,10 @@ impl Appender for WalAppender<'_> {
     }
 
     fn commit(&mut self) -> Result<(), AppendError> {
-        let err = |e: WalError| AppendError::Storage { storage: self.storage.name.clone(), message: e.to_string() };
+        let err = |e: WalError| AppendError::Storage {
+            storage: self.storage.name.clone(),
+            message: e.to_string(),
+        };
         let mut inner = self.storage.lock();
         let result = (|| {
             if !self.series.is_empty() {
@@ -146,7 +159,10 @@ impl Appender for WalAppender<'_> {
         self.samples.clear();
         if !self.series.is_empty() {
             let mut inner = self.storage.lock();
-            let res = inner.wal.append_series(&self.series).and_then(|()| inner.wal.commit());
+            let res = inner
+                .wal
+                .append_series(&self.series)
+                .and_then(|()| inner.wal.commit());
             if let Err(e) = res {
                 tracing::error!(instance = %self.storage.name, error = %e, "WAL write failed on rollback");
             }

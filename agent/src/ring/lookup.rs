@@ -23,10 +23,14 @@
 //!    error `at least 1 healthy replica required, could only find 0 - unhealthy instances:
 //!    <addr>,<addr>`.
 //!
-//! Consequences, kept on purpose: a LEAVING/JOINING/PENDING owner hands its keys to the next
-//! member; an ACTIVE owner with a stale heartbeat (a crashed agent) makes the lookup fail on
-//! every agent, because the walk stops at it and the filter then removes it. Auto-forget
-//! ([`members_to_forget`]) is what ends that state without an operator.
+//! A LEAVING/JOINING/PENDING owner hands its keys to the next member, as in the old agent.
+//!
+//! **Where we deliberately differ:** the walk also extends past an ACTIVE member whose heartbeat
+//! is older than `heartbeat_timeout`. In the old agent such a member (a crashed agent) made the
+//! lookup fail on every agent, so its configs ran nowhere until someone clicked Forget
+//! (grafana/agent#130). Here its keys pass to the next healthy member as soon as the heartbeat
+//! is stale, and auto-forget ([`members_to_forget`]) later removes the dead entry. Every agent
+//! reads the same ring and the same clock rule, so they agree on the new owner.
 //!
 //! When two members hold the same token (a race dskit's joiners can lose), the member with the
 //! smaller instance ID comes first; dskit's order there is unspecified.
@@ -239,11 +243,14 @@ impl Ring {
                 continue;
             }
             taken.push(member);
-            if Operation::Write.extends_on(self.instances[member].instance_state()) {
+            let inst = &self.instances[member];
+            if Operation::Write.extends_on(inst.instance_state())
+                || !inst.is_healthy(Operation::Write, self.heartbeat_timeout, now)
+            {
                 n += 1;
             }
         }
-        // Step 3: at most one ACTIVE member can be in `taken` (the walk stops at the first).
+        // Step 3: at most one healthy ACTIVE member can be in `taken` (the walk stops there).
         taken
             .iter()
             .map(|&m| &self.instances[m])
@@ -400,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn stale_active_owner_fails_lookup_like_the_old_agent() {
+    fn stale_active_owner_hands_its_keys_to_the_next_healthy_member() {
         use InstanceState::*;
         let ring = Ring::new(
             desc(vec![
@@ -409,15 +416,19 @@ mod tests {
             ]),
             TIMEOUT,
         );
+        // The old agent failed this lookup until someone forgot `a`; we skip it.
+        assert_eq!(owner_id(&ring, 50), "b");
+        assert_eq!(owner_id(&ring, 150), "b");
+        // Exactly at the timeout is still healthy.
+        let ring = Ring::new(desc(vec![inst("a", Active, &[100], 60)]), TIMEOUT);
+        assert_eq!(owner_id(&ring, 50), "a");
+        // Nobody healthy: the old error, naming every member walked.
+        let ring = Ring::new(desc(vec![inst("a", Active, &[100], 61)]), TIMEOUT);
         let err = ring.owner_of_hash(50, now()).expect_err("stale owner");
         assert_eq!(
             err.to_string(),
             "at least 1 healthy replica required, could only find 0 - unhealthy instances: a:9095"
         );
-        // Exactly at the timeout is still healthy; the other member's keys are unaffected.
-        assert_eq!(owner_id(&ring, 150), "b");
-        let ring = Ring::new(desc(vec![inst("a", Active, &[100], 60)]), TIMEOUT);
-        assert_eq!(owner_id(&ring, 50), "a");
         // A zero timeout disables the check.
         let ring = Ring::new(
             desc(vec![inst("a", Active, &[100], 10_000)]),
@@ -427,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn leaving_then_stale_lists_every_walked_member() {
+    fn leaving_then_stale_passes_on_to_the_healthy_member() {
         use InstanceState::*;
         let ring = Ring::new(
             desc(vec![
@@ -437,12 +448,7 @@ mod tests {
             ]),
             TIMEOUT,
         );
-        let err = ring.owner_of_hash(50, now()).expect_err("stale");
-        assert!(
-            err.to_string()
-                .ends_with("unhealthy instances: a:9095,b:9095"),
-            "{err}"
-        );
+        assert_eq!(owner_id(&ring, 50), "c");
     }
 
     #[test]

@@ -1,0 +1,263 @@
+//! The clustered scraping service: which configs this agent runs (spec §6).
+//!
+//! Every agent holds a [`RingView`] (a watch on `collectors/agent`) and a watch on the config
+//! prefix. It recomputes what it owns:
+//!
+//! * on start, once its own ring entry is ACTIVE;
+//! * whenever the ring's topology or health changes (a member joins, leaves, changes state or
+//!   goes silent) — this replaces the old agent's gRPC `Reshard` calls between peers: a join or
+//!   leave is a ring write every agent's watch sees within milliseconds, with no extra RPC and
+//!   no peer list to keep (old agents sharing the ring still learn of it through their own
+//!   ring watch and their 1 minute refresh);
+//! * on every config event (put **and delete**: a DELETE stops the instance at once, where the
+//!   old agent waited for the next refresh);
+//! * every `reshard_interval`, as a backstop.
+//!
+//! A config is (re)applied only when its content changed (by hash), never because an event
+//! arrived. A config that no longer validates is logged with its name and skipped; the
+//! instance it had keeps running.
+//!
+//! Leaving (SIGTERM): the lifecycler marks this agent LEAVING, so the other agents' lookups
+//! pass its configs on and they start them; after a short hand-over pause this agent stops its
+//! instances (without staleness markers: the series continue elsewhere), flushes remote_write,
+//! and removes itself from the ring.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::load::parse_instance_named;
+use crate::config::GlobalConfig;
+use crate::instance::manager::InstanceManager;
+use crate::kv::configstore::{content_hash, ConfigEvent, ConfigStore};
+use crate::ring::lifecycler::Lifecycler;
+use crate::ring::lookup::Ring;
+use crate::ring::view::RingView;
+
+/// How long a leaving agent keeps its instances after marking itself LEAVING, so the new
+/// owners start scraping before it stops (make before break).
+pub const HANDOVER_PAUSE: Duration = Duration::from_millis(1500);
+
+pub struct Cluster {
+    pub store: Arc<ConfigStore>,
+    pub lifecycler: Lifecycler,
+    pub view: RingView,
+    pub manager: Arc<InstanceManager>,
+    pub global: GlobalConfig,
+    pub reshard_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    /// Content hash of each config this agent runs.
+    applied: tokio::sync::Mutex<HashMap<String, String>>,
+    /// Configs owned per ring member id, for `/debug/ring`.
+    owned_tx: watch::Sender<HashMap<String, usize>>,
+    ready_tx: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("id", &self.lifecycler.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    pub fn new(
+        store: Arc<ConfigStore>,
+        lifecycler: Lifecycler,
+        view: RingView,
+        manager: Arc<InstanceManager>,
+        global: GlobalConfig,
+        reshard_interval: Duration,
+        heartbeat_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Cluster {
+            store,
+            lifecycler,
+            view,
+            manager,
+            global,
+            reshard_interval,
+            heartbeat_timeout,
+            applied: tokio::sync::Mutex::new(HashMap::new()),
+            owned_tx: watch::channel(HashMap::new()).0,
+            ready_tx: watch::channel(false).0,
+        })
+    }
+
+    /// Configs owned per member id (for the ring page).
+    pub fn owned_counts(&self) -> watch::Receiver<HashMap<String, usize>> {
+        self.owned_tx.subscribe()
+    }
+
+    /// `true` once the first full reshard is done.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready_tx.subscribe()
+    }
+
+    fn ring(&self) -> Ring {
+        Ring::new((*self.view.current()).clone(), self.heartbeat_timeout)
+    }
+
+    fn owns(&self, ring: &Ring, name: &str) -> bool {
+        match ring.owns(name, self.lifecycler.addr(), SystemTime::now()) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(config = name, error = %e, "no owner for config");
+                false
+            }
+        }
+    }
+
+    /// Runs until `shutdown`, then leaves the ring.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        self.view.wait_ready().await;
+        let mut ring_rx = self.view.subscribe();
+        let mut watch = loop {
+            match self.store.watch().await {
+                Ok(w) => break Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the config store yet; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break None,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        // Own nothing until this agent is ACTIVE in the ring (PENDING/JOINING members own no
+        // keys), so readiness means "the configs this agent owns are running".
+        let mut state = self.lifecycler.subscribe_state();
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = state.wait_for(|s| *s == crate::ring::model::InstanceState::Active) => {}
+        }
+        self.view.wait_ready().await;
+        self.refresh().await;
+        let _ = self.ready_tx.send(true);
+        let mut next = tokio::time::Instant::now() + self.reshard_interval;
+        while !shutdown.is_cancelled() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = ring_rx.changed() => {
+                    if changed.is_err() { break; }
+                    self.refresh().await;
+                }
+                ev = async { match watch.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => {
+                    match ev {
+                        Some(ev) => self.handle_event(ev).await,
+                        None => {
+                            tracing::warn!("config watch ended; re-establishing it");
+                            watch = self.store.watch().await.ok();
+                            self.refresh().await;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(next) => {
+                    next = tokio::time::Instant::now() + self.reshard_interval;
+                    self.refresh().await;
+                }
+            }
+        }
+        self.leave().await;
+    }
+
+    /// Graceful leave: LEAVING, hand-over pause, stop instances, unregister.
+    async fn leave(&self) {
+        let manager = self.manager.clone();
+        self.lifecycler
+            .leave(|| async move {
+                tokio::time::sleep(HANDOVER_PAUSE).await;
+                manager.stop_all(false).await;
+            })
+            .await;
+        tracing::info!(id = %self.lifecycler.id(), "left the ring");
+    }
+
+    /// The full reshard: run what this agent owns, stop the rest.
+    pub async fn refresh(&self) {
+        let started = std::time::Instant::now();
+        let all = match self.store.all().await {
+            Ok(a) => a,
+            Err(e) => {
+                // Keep running what runs: an unreadable store is not a reason to stop scraping.
+                tracing::warn!(error = %e, "reshard: cannot list configs; keeping the current instances");
+                return;
+            }
+        };
+        let ring = self.ring();
+        let now = SystemTime::now();
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        let mut owned = Vec::new();
+        for (name, yaml) in &all {
+            if let Ok(owner) = ring.owner(name, now) {
+                *counts.entry(owner.id.clone()).or_default() += 1;
+                if owner.addr == self.lifecycler.addr() {
+                    owned.push((name, yaml));
+                }
+            }
+        }
+        let _ = self.owned_tx.send(counts);
+        let wanted: std::collections::HashSet<&str> =
+            owned.iter().map(|(n, _)| n.as_str()).collect();
+        for name in self.manager.names().await {
+            if !wanted.contains(name.as_str()) {
+                let deleted = !all.iter().any(|(n, _)| *n == name);
+                self.stop(&name, deleted).await;
+            }
+        }
+        for (name, yaml) in owned {
+            self.run_config(name, yaml).await;
+        }
+        tracing::debug!(configs = all.len(), took = ?started.elapsed(), "reshard done");
+    }
+
+    async fn handle_event(&self, ev: ConfigEvent) {
+        match ev {
+            ConfigEvent::Upserted { name, yaml } => {
+                let ring = self.ring();
+                if self.owns(&ring, &name) {
+                    self.run_config(&name, &yaml).await;
+                } else if self.manager.is_running(&name).await {
+                    self.stop(&name, false).await;
+                }
+            }
+            ConfigEvent::Deleted { name } => {
+                if self.manager.is_running(&name).await {
+                    self.stop(&name, true).await;
+                }
+            }
+        }
+    }
+
+    async fn stop(&self, name: &str, deleted: bool) {
+        let why = if deleted {
+            "config deleted"
+        } else {
+            "config moved to another agent"
+        };
+        tracing::info!(config = name, reason = why, "stopping instance");
+        self.applied.lock().await.remove(name);
+        // Staleness markers only when the series really end (deleted), not on a move.
+        self.manager.delete(name, deleted).await;
+    }
+
+    async fn run_config(&self, name: &str, yaml: &str) {
+        let hash = content_hash(yaml);
+        if self.applied.lock().await.get(name) == Some(&hash) {
+            return;
+        }
+        match parse_instance_named(yaml, Some(name), &self.global) {
+            Ok((_, cfg)) => {
+                tracing::info!(config = name, "running config");
+                self.manager.apply(cfg).await;
+                self.applied.lock().await.insert(name.to_owned(), hash);
+            }
+            Err(e) => tracing::error!(config = name, error = %e,
+                "config in the store does not validate; skipped (an instance it had keeps running)"),
+        }
+    }
+}

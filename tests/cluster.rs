@@ -1,0 +1,255 @@
+//! The clustered scraping service: real agent processes on a real etcd. Each config runs on
+//! exactly one agent; configs move when an agent is killed, stops or joins; a DELETE stops
+//! the instance at once.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::etcd::EtcdServer;
+use crate::support::{bin, free_port, http_full, wait_http, ChildGuard};
+
+struct Agent {
+    id: String,
+    addr: String,
+    guard: ChildGuard,
+}
+
+fn start_agent(dir: &std::path::Path, etcd: &str, id: &str) -> Agent {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let wal = dir.join(id);
+    std::fs::create_dir_all(&wal).unwrap();
+    let cfg = dir.join(format!("{id}.yml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "metrics:
+  wal_directory: {wal}
+  scraping_service:
+    enabled: true
+    reshard_interval: 30s
+    kvstore:
+      store: etcd
+      etcd:
+        endpoints: [{etcd}]
+    lifecycler:
+      id: {id}
+      address: 127.0.0.1
+      heartbeat_period: 1s
+      auto_forget_unhealthy_periods: 2
+      ring:
+        heartbeat_timeout: 4s
+",
+            wal = wal.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+    let child = Command::new(bin())
+        .args([
+            "agent",
+            "run",
+            "--config.file",
+            cfg.to_str().unwrap(),
+            "--server.http.address",
+            &addr,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let guard = ChildGuard::new(id, child);
+    wait_http(&addr, "/-/ready", 200, Duration::from_secs(20));
+    Agent {
+        id: id.to_owned(),
+        addr,
+        guard,
+    }
+}
+
+fn instances(a: &Agent) -> Vec<String> {
+    let r = http_full("GET", &a.addr, "/agent/api/v1/metrics/instances", &[], b"").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// config name → agents running it.
+fn placement(agents: &[&Agent]) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for a in agents {
+        for n in instances(a) {
+            m.entry(n).or_default().push(a.id.clone());
+        }
+    }
+    m
+}
+
+/// Waits until every one of `names` runs on exactly one of `agents`; returns how long it took.
+fn wait_placed(
+    agents: &[&Agent],
+    names: &[String],
+    within: Duration,
+) -> (Duration, BTreeMap<String, Vec<String>>) {
+    let start = Instant::now();
+    loop {
+        let p = placement(agents);
+        let ok =
+            p.len() == names.len() && names.iter().all(|n| p.get(n).is_some_and(|v| v.len() == 1));
+        if ok {
+            return (start.elapsed(), p);
+        }
+        assert!(
+            start.elapsed() < within,
+            "configs not placed exactly once within {within:?}: {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn config(i: usize) -> String {
+    format!(
+        "scrape_configs:\n  - job_name: job-{i}\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['127.0.0.1:9']\n"
+    )
+}
+
+#[test]
+fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a1 = start_agent(dir.path(), &etcd.endpoint(), "agent-1");
+    let a2 = start_agent(dir.path(), &etcd.endpoint(), "agent-2");
+    let mut a3 = start_agent(dir.path(), &etcd.endpoint(), "agent-3");
+
+    // 30 configs PUT through one agent.
+    let names: Vec<String> = (0..30).map(|i| format!("cfg-{i:02}")).collect();
+    let t0 = Instant::now();
+    for (i, n) in names.iter().enumerate() {
+        let r = http_full(
+            "PUT",
+            &a1.addr,
+            &format!("/agent/api/v1/config/{n}"),
+            &[],
+            config(i).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let (took, p) = wait_placed(
+        &[&a1, &a2, &a3],
+        &names,
+        Duration::from_secs(2) + t0.elapsed(),
+    );
+    eprintln!("30 configs placed exactly once {took:?} after the last PUT");
+    let on_3: Vec<String> = p
+        .iter()
+        .filter(|(_, v)| v[0] == "agent-3")
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(!on_3.is_empty(), "agent-3 owns some configs: {p:?}");
+
+    // kill -9 agent-3: its configs run elsewhere within heartbeat_timeout + 2 x heartbeat_period.
+    let killed = Instant::now();
+    a3.guard.signal("KILL");
+    a3.guard.wait_exit(Duration::from_secs(5));
+    let (_, p) = wait_placed(&[&a1, &a2], &names, Duration::from_secs(6));
+    let failover = killed.elapsed();
+    eprintln!("failover after kill -9: {failover:?} (limit 4s + 2 x 1s = 6s)");
+    assert!(p.values().all(|v| v[0] != "agent-3"));
+
+    // Its ring entry is auto-forgotten (2 x heartbeat_timeout).
+    let start = Instant::now();
+    loop {
+        let r = http_full(
+            "GET",
+            &a1.addr,
+            "/debug/ring",
+            &[("Accept", "application/json")],
+            b"",
+        )
+        .unwrap();
+        if !r.body.contains("agent-3") {
+            eprintln!(
+                "agent-3 auto-forgotten {:?} after the kill",
+                killed.elapsed()
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "agent-3 still in the ring: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A 4th agent joins and takes a share; nothing runs twice once settled.
+    let a4 = start_agent(dir.path(), &etcd.endpoint(), "agent-4");
+    let joined = Instant::now();
+    let p = loop {
+        let (_, p) = wait_placed(&[&a1, &a2, &a4], &names, Duration::from_secs(5));
+        if p.values().any(|v| v[0] == "agent-4") {
+            break p;
+        }
+        assert!(
+            joined.elapsed() < Duration::from_secs(5),
+            "agent-4 took no configs: {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "agent-4 took {} configs {:?} after it was ready",
+        p.values().filter(|v| v[0] == "agent-4").count(),
+        joined.elapsed()
+    );
+
+    // DELETE stops the owning agent's instance within a second.
+    let victim = names[7].clone();
+    let owner = p[&victim][0].clone();
+    let owner_agent = [&a1, &a2, &a4].into_iter().find(|a| a.id == owner).unwrap();
+    let deleted = Instant::now();
+    let r = http_full(
+        "DELETE",
+        &a2.addr,
+        &format!("/agent/api/v1/config/{victim}"),
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let victim = &victim;
+    loop {
+        if !instances(owner_agent).contains(victim) {
+            break;
+        }
+        assert!(
+            deleted.elapsed() < Duration::from_secs(1),
+            "{victim} still runs on {owner}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("DELETE stopped the instance after {:?}", deleted.elapsed());
+    let names: Vec<String> = names.iter().filter(|n| *n != victim).cloned().collect();
+
+    // SIGTERM agent-4: its configs move to the others, it exits 0 and leaves the ring.
+    let mut a4 = a4;
+    a4.guard.signal("TERM");
+    let (took, _) = wait_placed(&[&a1, &a2], &names, Duration::from_secs(5));
+    eprintln!("configs moved {took:?} after SIGTERM");
+    assert_eq!(a4.guard.wait_exit(Duration::from_secs(30)), Some(0));
+    let r = http_full(
+        "GET",
+        &a1.addr,
+        "/debug/ring",
+        &[("Accept", "application/json")],
+        b"",
+    )
+    .unwrap();
+    assert!(!r.body.contains("agent-4"), "{}", r.body);
+}
