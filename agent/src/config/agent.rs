@@ -228,7 +228,7 @@ pub struct MultiConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedConfig {
-    /// Directory of the embedded store. Default: `<wal_directory>/kv`.
+    /// Directory of the embedded store (file `kv.redb`). Default: `<wal_directory>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
 }
