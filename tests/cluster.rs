@@ -253,3 +253,87 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
     .unwrap();
     assert!(!r.body.contains("agent-4"), "{}", r.body);
 }
+
+/// PUT of a new config → the first scrape reaches the target quickly (p99 over 100 PUTs). The
+/// scrape loop starts at the target's phase within the interval (as Prometheus spreads load),
+/// so with a 1 s interval the first scrape comes within a second of the PUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_scrape_follows_a_put_within_a_second() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let first_hit: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let hits = first_hit.clone();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move |q: axum::extract::Query<HashMap<String, String>>| {
+            if let Some(c) = q.get("cfg") {
+                hits.lock()
+                    .unwrap()
+                    .entry(c.clone())
+                    .or_insert_with(Instant::now);
+            }
+            async { "# TYPE x gauge\nx 1\n" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(bin())
+        .args(["agent", "run", "--server.http.address", &addr])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _agent = ChildGuard::new("agent", child);
+    let a = addr.clone();
+    tokio::task::spawn_blocking(move || wait_http(&a, "/-/ready", 200, Duration::from_secs(20)))
+        .await
+        .unwrap();
+
+    let mut put_done = HashMap::new();
+    for i in 0..100 {
+        let body = format!(
+            "scrape_configs:\n  - job_name: first-{i}\n    scrape_interval: 1s\n    params:\n      cfg: ['{i}']\n    static_configs:\n      - targets: ['{target}']\n"
+        );
+        let a = addr.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            http_full(
+                "PUT",
+                &a,
+                &format!("/agent/api/v1/config/first-{i}"),
+                &[],
+                body.as_bytes(),
+            )
+            .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.status, 201, "{r:?}");
+        put_done.insert(i.to_string(), Instant::now());
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let hits = first_hit.lock().unwrap().clone();
+    let mut lat: Vec<Duration> = put_done
+        .iter()
+        .map(|(k, t)| {
+            hits.get(k)
+                .unwrap_or_else(|| panic!("config {k} was never scraped"))
+                .saturating_duration_since(*t)
+        })
+        .collect();
+    lat.sort();
+    let p50 = lat[49];
+    let p99 = lat[98];
+    eprintln!(
+        "PUT -> first scrape over 100 PUTs: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        lat[99]
+    );
+    assert!(p99 <= Duration::from_secs(1), "p99 {p99:?}");
+}

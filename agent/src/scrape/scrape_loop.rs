@@ -2,10 +2,12 @@
 //!
 //! # Schedule
 //!
-//! The first scrape happens at the next instant `t` (nanoseconds since the Unix epoch) with
+//! A new loop scrapes once within [`FIRST_SCRAPE_WINDOW`] (250 ms, spread by the target's hash),
+//! so a config PUT shows data at once (Prometheus waits up to an interval). From then on the
+//! loop scrapes at the instants `t` (nanoseconds since the Unix epoch) with
 //! `t mod interval == hash(target) mod interval`, where `hash(target)` is
-//! [`Labels::hash`] of the target's full labels (its identity). Scrapes then follow every
-//! `interval`; a scrape that overruns skips the ticks it missed. The phase is pinned to
+//! [`Labels::hash`] of the target's full labels (its identity), the first of them at least half
+//! an interval after the first scrape. A scrape that overruns skips the ticks it missed. The phase is pinned to
 //! absolute time, so the targets of a job spread over the interval and a target keeps its
 //! phase when its loop is restarted or moved to another agent. (Prometheus also mixes a hash of
 //! the external labels and host name into the offset; we do not, so every agent picks the same
@@ -448,6 +450,9 @@ fn check_label_limits(
     Ok(())
 }
 
+/// A new target's first scrape happens within this window after its loop starts.
+pub const FIRST_SCRAPE_WINDOW: Duration = Duration::from_millis(250);
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -603,11 +608,33 @@ impl ScrapeLoop {
 
     async fn run(mut self, cancel: CancellationToken, write_stale: Arc<AtomicBool>) {
         let interval = self.target.interval.as_std();
-        let delay = first_scrape_delay(self.target.full_labels.hash(), interval, SystemTime::now());
-        let scraped = tokio::select! {
+        let hash = self.target.full_labels.hash();
+        // A new target is scraped within FIRST_SCRAPE_WINDOW (spread by the same hash), so a
+        // config PUT shows data at once instead of up to an interval later; from the second
+        // scrape on, the loop keeps the target's phase within the interval (as Prometheus
+        // does), at least half an interval after the first scrape.
+        let window = interval.min(FIRST_SCRAPE_WINDOW).as_nanos().max(1);
+        let first = Duration::from_nanos((u128::from(hash) % window) as u64);
+        let mut scraped = tokio::select! {
             _ = cancel.cancelled() => false,
-            _ = tokio::time::sleep(delay) => true,
+            _ = tokio::time::sleep(first) => true,
         };
+        if scraped {
+            tokio::select! {
+                _ = cancel.cancelled() => scraped = false,
+                _ = self.scrape_and_report() => {}
+            }
+        }
+        if scraped {
+            let mut align = first_scrape_delay(hash, interval, SystemTime::now());
+            if align < interval / 2 {
+                align += interval;
+            }
+            scraped = tokio::select! {
+                _ = cancel.cancelled() => false,
+                _ = tokio::time::sleep(align) => true,
+            };
+        }
         if scraped {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
