@@ -16,6 +16,13 @@ struct Agent {
 }
 
 fn start_agent(dir: &std::path::Path, etcd: &str, id: &str) -> Agent {
+    let agent = spawn_agent(dir, etcd, id);
+    wait_http(&agent.addr, "/-/ready", 200, Duration::from_secs(20));
+    agent
+}
+
+/// Starts an agent without waiting for it to be ready.
+fn spawn_agent(dir: &std::path::Path, etcd: &str, id: &str) -> Agent {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let wal = dir.join(id);
@@ -61,7 +68,7 @@ fn start_agent(dir: &std::path::Path, etcd: &str, id: &str) -> Agent {
         .spawn()
         .unwrap();
     let guard = ChildGuard::new(id, child);
-    wait_http(&addr, "/-/ready", 200, Duration::from_secs(20));
+    wait_http(&addr, "/-/healthy", 200, Duration::from_secs(20));
     Agent {
         id: id.to_owned(),
         addr,
@@ -336,4 +343,55 @@ async fn first_scrape_follows_a_put_within_a_second() {
         lat[99]
     );
     assert!(p99 <= Duration::from_secs(1), "p99 {p99:?}");
+}
+
+/// etcd down when the agent starts: it keeps retrying (logging the endpoint), the API answers
+/// 503 naming the reason, and once etcd is up the agent joins and serves configs.
+#[test]
+fn an_agent_started_before_etcd_waits_for_it_and_answers_503_meanwhile() {
+    let mut etcd = EtcdServer::start();
+    etcd.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_agent(dir.path(), &etcd.endpoint(), "early");
+    std::thread::sleep(Duration::from_secs(1));
+    let r = http_full("GET", &a.addr, "/agent/api/v1/configs", &[], b"").unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        r.body.contains(&format!("etcd at {}", etcd.endpoint())),
+        "the error names the endpoint: {}",
+        r.body
+    );
+    assert_eq!(
+        http_full("GET", &a.addr, "/-/ready", &[], b"")
+            .unwrap()
+            .status,
+        503
+    );
+    let r = http_full(
+        "PUT",
+        &a.addr,
+        "/agent/api/v1/config/x",
+        &[],
+        config(1).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    let log = std::fs::read_to_string(dir.path().join("early.log")).unwrap();
+    assert!(
+        log.contains(&etcd.endpoint()),
+        "the log names the endpoint: {log}"
+    );
+
+    etcd.restart();
+    wait_http(&a.addr, "/-/ready", 200, Duration::from_secs(40));
+    let r = http_full(
+        "PUT",
+        &a.addr,
+        "/agent/api/v1/config/x",
+        &[],
+        config(1).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    wait_placed(&[&a], &["x".to_owned()], Duration::from_secs(2));
 }
