@@ -133,6 +133,8 @@ pub struct ConfigStore {
     /// Built on the first `put`; the tokio mutex also serialises puts of this store, so the
     /// check-then-write of two local puts cannot interleave.
     index: Mutex<Option<IndexState>>,
+    /// Names with a put in flight: their index entries are reservations, not lag.
+    pending: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// The hash of a stored config's YAML that the API serves as its `ETag` and in
@@ -194,6 +196,7 @@ impl ConfigStore {
             kv,
             prefix: prefix.into(),
             index: Mutex::new(None),
+            pending: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -278,14 +281,49 @@ impl ConfigStore {
         }
         let jobs = job_names(yaml);
         let index = self.index().await?;
-        let previous = {
-            let mut idx = lock_index(&index);
-            if let Some((job, existing)) = idx.conflict(name, &jobs) {
+        // The index follows the store through a watch, which may lag behind this store's own
+        // writes (an older event re-applied after a newer local write). So a conflict is
+        // confirmed against the store before a put is refused: the other config is read back
+        // and the index corrected. This costs a read only when there is a conflict.
+        let mut confirmed = 0;
+        let previous = loop {
+            let conflict = {
+                let mut idx = lock_index(&index);
+                match idx.conflict(name, &jobs) {
+                    None => {
+                        let previous = idx.by_config.get(name).cloned();
+                        idx.set(name, jobs.clone());
+                        self.pending
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(name.to_owned());
+                        break previous;
+                    }
+                    Some(c) => c,
+                }
+            };
+            let (job, existing) = conflict;
+            let in_flight = self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&existing);
+            if confirmed >= 3 || in_flight {
                 return Err(ConfigStoreError::NotUnique { job, existing });
             }
-            let previous = idx.by_config.get(name).cloned();
-            idx.set(name, jobs);
-            previous
+            confirmed += 1;
+            let fresh = self.get(&existing).await?;
+            let mut idx = lock_index(&index);
+            match fresh {
+                Some(y) => {
+                    let theirs = job_names(&y);
+                    if theirs.contains(&job) {
+                        return Err(ConfigStoreError::NotUnique { job, existing });
+                    }
+                    idx.set(&existing, theirs);
+                }
+                None => idx.remove(&existing),
+            }
         };
         let value = encode_config(yaml);
         let key = self.key(name);
@@ -313,6 +351,10 @@ impl ConfigStore {
                 Ok(Some(value.clone()))
             })
             .await;
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
         match result {
             Ok(outcome) => Ok(match outcome {
                 CasOutcome::Created => PutOutcome::Created,
