@@ -354,19 +354,13 @@ async fn housekeeping(
             continue;
         }
         last_truncate = tokio::time::Instant::now();
-        let lowest = if queues.is_empty() {
-            None
-        } else {
-            // Every endpoint must have sent it; one that never sent anything holds the WAL.
-            let sent: Option<Vec<i64>> = queues.iter().map(|q| q.lowest_sent_timestamp()).collect();
-            match sent {
-                Some(v) => v.into_iter().min(),
-                None => {
-                    tracing::debug!(instance = %cfg.name, "WAL truncation waits for every remote_write to send");
-                    continue;
-                }
-            }
-        };
+        // An endpoint that has not finished a batch yet counts as having sent nothing (the old
+        // agent's watermark starts at 0): the cut is then `now - max_wal_time`, so max_wal_time
+        // bounds the WAL even when a receiver has been down since the start.
+        let lowest = queues
+            .iter()
+            .map(|q| q.lowest_sent_timestamp().unwrap_or(0))
+            .min();
         let now = crate::logging::now_millis();
         let Some(mint) = crate::wal::checkpoint::truncation_point(
             lowest,
@@ -429,5 +423,53 @@ async fn housekeeping(
                 tracing::error!(instance = %cfg.name, error = %e, "WAL truncation task failed")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exposed names are the ones the docs and the old agent's dashboards use.
+    #[test]
+    fn shared_registers_wal_and_cleaner_metrics() {
+        let mut registry = Registry::default();
+        let shared = Shared::new(Path::new("/nonexistent"), "a", &mut registry);
+        let l = instance_label("team/a");
+        shared
+            .instance_metrics
+            .truncate_dropped_samples
+            .get_or_create(&l)
+            .inc_by(7);
+        shared.instance_metrics.truncations.get_or_create(&l).inc();
+        shared
+            .instance_metrics
+            .truncation_failures
+            .get_or_create(&l)
+            .inc();
+        shared
+            .instance_metrics
+            .active_series
+            .get_or_create(&l)
+            .set(3);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for want in [
+            "agent_wal_truncate_dropped_samples_total{instance_name=\"team/a\"} 7",
+            "agent_wal_truncations_total{instance_name=\"team/a\"} 1",
+            "agent_wal_storage_active_series{instance_name=\"team/a\"} 3",
+            "agent_wal_truncation_failures_total{instance_name=\"team/a\"} 1",
+            "agent_prometheus_cleaner_success_total 0",
+            "agent_prometheus_cleaner_errors_total 0",
+            "agent_prometheus_cleaner_abandoned_storage 0",
+            "agent_prometheus_cleaner_managed_storage 0",
+            "# TYPE agent_prometheus_cleaner_cleanup_seconds histogram",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        shared.instance_metrics.forget("team/a");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(!text.contains("agent_wal_storage_active_series{"));
     }
 }
