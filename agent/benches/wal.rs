@@ -11,6 +11,13 @@
 //!
 //! Prints samples/s, CPU time per million samples, bytes on disk per sample and the WAL's
 //! memory per active series. A plain `harness = false` main keeps the dev-dependencies small.
+//!
+//! Then a table of bytes per sample against the record layout (same on-disk format, only how
+//! many scrapes one Samples record holds and in which order): snappy compresses each record on
+//! its own, so it only finds repeats inside one record. `k` scrapes per record, in scrape order
+//! (what committing every `k` scrapes would write) or series-major (each series' `k` samples
+//! next to each other, still a valid record). This measures what bigger records would buy; the
+//! WAL itself keeps one record per scrape commit, because a commit is what remote_write reads.
 
 use std::time::Instant;
 
@@ -43,7 +50,28 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn run(series_n: usize, scrapes: usize, compress: bool, mix: &str) {
+/// How scrapes are grouped into Samples records.
+#[derive(Clone, Copy)]
+struct Layout {
+    scrapes_per_record: usize,
+    series_major: bool,
+}
+
+const ONE_PER_SCRAPE: Layout = Layout {
+    scrapes_per_record: 1,
+    series_major: false,
+};
+
+/// Runs one configuration; returns bytes on disk per sample (Samples records only) and prints
+/// the full line when `print`.
+fn run(
+    series_n: usize,
+    scrapes: usize,
+    compress: bool,
+    mix: &str,
+    layout: Layout,
+    print: bool,
+) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut wal, _) = Wal::open(
         dir.path(),
@@ -85,6 +113,7 @@ fn run(series_n: usize, scrapes: usize, compress: bool, mix: &str) {
         })
         .collect();
     let mut batch: Vec<RefSample> = Vec::with_capacity(series_n);
+    let mut pending: Vec<RefSample> = Vec::new();
     let t0 = 1_700_000_000_000i64;
     let start = Instant::now();
     let cpu0 = cpu_ns();
@@ -117,22 +146,78 @@ fn run(series_n: usize, scrapes: usize, compress: bool, mix: &str) {
             };
             batch.push((*r, ts, v));
         }
-        wal.append_samples(&batch).expect("append");
-        wal.commit().expect("commit");
+        if layout.scrapes_per_record == 1 {
+            wal.append_samples(&batch).expect("append");
+            wal.commit().expect("commit");
+            continue;
+        }
+        pending.extend_from_slice(&batch);
+        if (s + 1) % layout.scrapes_per_record == 0 || s + 1 == scrapes {
+            if layout.series_major {
+                // Stable: each series keeps its samples in time order.
+                pending.sort_by_key(|&(r, _, _)| r);
+            }
+            wal.append_samples(&pending).expect("append");
+            wal.commit().expect("commit");
+            pending.clear();
+        }
     }
     let wall = start.elapsed();
     let cpu = cpu_ns().zip(cpu0).map(|(a, b)| a - b);
     wal.sync().expect("sync");
     let total = dir_bytes(dir.path());
     let samples = (series_n * scrapes) as f64;
-    println!(
-        "mix={mix} compress={compress} series={series_n} scrapes={scrapes}: {:.1} M samples/s wall, CPU {} ms per million samples, {:.2} bytes/sample on disk (samples records only; series records {} bytes total), WAL memory {:.1} bytes/active series",
-        samples / wall.as_secs_f64() / 1e6,
-        cpu.map(|c| format!("{:.1}", c as f64 / 1e6 / (samples / 1e6))).unwrap_or_else(|| "n/a".into()),
-        (total - after_series) as f64 / samples,
-        after_series,
-        wal.series_heap_bytes() as f64 / series_n as f64,
-    );
+    let per_sample = (total - after_series) as f64 / samples;
+    if print {
+        println!(
+            "mix={mix} compress={compress} series={series_n} scrapes={scrapes}: {:.1} M samples/s wall, CPU {} ms per million samples, {:.2} bytes/sample on disk (samples records only; series records {} bytes total), WAL memory {:.1} bytes/active series",
+            samples / wall.as_secs_f64() / 1e6,
+            cpu.map(|c| format!("{:.1}", c as f64 / 1e6 / (samples / 1e6))).unwrap_or_else(|| "n/a".into()),
+            per_sample,
+            after_series,
+            wal.series_heap_bytes() as f64 / series_n as f64,
+        );
+    }
+    per_sample
+}
+
+/// Bytes per sample by record layout (see the module doc), as a Markdown table.
+fn layout_table(series_n: usize, scrapes: usize) {
+    let ks = [1usize, 2, 4, 8, 16, 40];
+    let mut header = String::from("| mix | order |");
+    for k in ks {
+        header.push_str(&format!(" {k} scrape(s)/record |"));
+    }
+    println!("\nbytes/sample on disk, {series_n} series, {scrapes} scrapes, snappy per record");
+    println!("{header}");
+    println!("|---|---|{}", "---|".repeat(ks.len()));
+    for mix in ["node", "node-zeros", "harsh"] {
+        for series_major in [false, true] {
+            let mut row = format!(
+                "| {mix} | {} |",
+                if series_major {
+                    "series-major"
+                } else {
+                    "scrape"
+                }
+            );
+            for k in ks {
+                let b = run(
+                    series_n,
+                    scrapes,
+                    true,
+                    mix,
+                    Layout {
+                        scrapes_per_record: k,
+                        series_major,
+                    },
+                    false,
+                );
+                row.push_str(&format!(" {b:.2} |"));
+            }
+            println!("{row}");
+        }
+    }
 }
 
 fn main() {
@@ -140,10 +225,11 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let scrapes = if quick { 20 } else { 2_000 };
     for mix in ["node", "node-zeros", "harsh"] {
-        run(1_000, scrapes, true, mix);
-        run(1_000, scrapes, false, mix);
+        run(1_000, scrapes, true, mix, ONE_PER_SCRAPE, true);
+        run(1_000, scrapes, false, mix, ONE_PER_SCRAPE, true);
     }
     if !quick {
-        run(100_000, 40, true, "node");
+        run(100_000, 40, true, "node", ONE_PER_SCRAPE, true);
     }
+    layout_table(1_000, if quick { 40 } else { 2_000 });
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use super::{Instance, Shared};
+use super::{dir_name, Instance, Shared};
 use crate::config::InstanceConfig;
 use crate::scrape::manager::TargetInfo;
 
@@ -61,6 +61,34 @@ impl InstanceManager {
             restart_backoff,
             inner: Mutex::new(Inner::default()),
         })
+    }
+
+    /// What every instance shares (WAL directory, metrics).
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Runs `f` unless a config whose folder is `dir` (a [`dir_name`]) runs or is retried,
+    /// holding off every start, update and retry until `f` finishes. The WAL cleaner removes
+    /// a folder this way, so a config assigned back to this agent at that moment starts on a
+    /// fresh WAL rather than on a half-removed one. `None` when it runs.
+    pub async fn unless_running<F, Fut, R>(&self, dir: &str, f: F) -> Option<R>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = R>,
+    {
+        let inner = self.inner.lock().await;
+        let busy = inner
+            .running
+            .keys()
+            .chain(inner.failed.keys())
+            .any(|n| dir_name(n) == dir);
+        if busy {
+            return None;
+        }
+        let r = f().await;
+        drop(inner);
+        Some(r)
     }
 
     /// Runs `cfg`: starts it, updates it in place, or restarts it when it cannot be updated.

@@ -9,6 +9,7 @@
 //! The WAL lives in `<wal_directory>/<instance>/wal`; each remote_write keeps its progress in
 //! `<wal_directory>/<instance>/remote_write/<name>`.
 
+pub mod cleaner;
 pub mod manager;
 pub mod storage;
 
@@ -16,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +70,7 @@ pub struct Instance {
     remotes: Vec<Remote>,
     housekeeping: JoinHandle<()>,
     stop: CancellationToken,
+    metrics: InstanceMetrics,
 }
 
 impl std::fmt::Debug for Instance {
@@ -77,12 +82,78 @@ impl std::fmt::Debug for Instance {
     }
 }
 
+type InstanceLabel = Vec<(String, String)>;
+
+fn instance_label(name: &str) -> InstanceLabel {
+    vec![("instance_name".to_owned(), name.to_owned())]
+}
+
+/// Per-instance WAL metrics, labelled `instance_name` like the old agent's instance metrics.
+#[derive(Clone)]
+pub struct InstanceMetrics {
+    /// Samples a truncation removed before remote_write sent them, because the cut was moved
+    /// forward to `now - max_wal_time` (see [`crate::wal::clamped_by_max_wal_time`]).
+    pub truncate_dropped_samples: Family<InstanceLabel, Counter>,
+    /// Truncations that wrote a checkpoint.
+    pub truncations: Family<InstanceLabel, Counter>,
+    pub truncation_failures: Family<InstanceLabel, Counter>,
+    /// Series the WAL tracks as active (the old agent's name, so its dashboards work).
+    pub active_series: Family<InstanceLabel, Gauge>,
+}
+
+impl std::fmt::Debug for InstanceMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InstanceMetrics")
+    }
+}
+
+impl InstanceMetrics {
+    /// Registers the families (counter names without `_total`: prometheus-client appends it).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = InstanceMetrics {
+            truncate_dropped_samples: Family::default(),
+            truncations: Family::default(),
+            truncation_failures: Family::default(),
+            active_series: Family::default(),
+        };
+        registry.register(
+            "agent_wal_truncate_dropped_samples",
+            "Samples removed by a WAL truncation before remote_write sent them, because the \
+             WAL was older than max_wal_time",
+            m.truncate_dropped_samples.clone(),
+        );
+        registry.register(
+            "agent_wal_truncations",
+            "WAL truncations that wrote a checkpoint",
+            m.truncations.clone(),
+        );
+        registry.register(
+            "agent_wal_truncation_failures",
+            "WAL truncations that failed",
+            m.truncation_failures.clone(),
+        );
+        registry.register(
+            "agent_wal_storage_active_series",
+            "Current number of active series being tracked by the WAL storage",
+            m.active_series.clone(),
+        );
+        m
+    }
+
+    /// Drops the gauge of a stopped instance (its counters stay, as counters do).
+    fn forget(&self, name: &str) {
+        self.active_series.remove(&instance_label(name));
+    }
+}
+
 /// What every instance of an agent shares.
 #[derive(Clone)]
 pub struct Shared {
     pub wal_directory: PathBuf,
     pub agent_id: String,
     pub metrics: RemoteWriteMetrics,
+    pub instance_metrics: InstanceMetrics,
+    pub cleaner_metrics: cleaner::CleanerMetrics,
     /// Directory relative file paths of configs are resolved against.
     pub base_dir: Option<PathBuf>,
 }
@@ -101,6 +172,8 @@ impl Shared {
             wal_directory: wal_directory.to_path_buf(),
             agent_id: agent_id.to_owned(),
             metrics: RemoteWriteMetrics::register(registry),
+            instance_metrics: InstanceMetrics::register(registry),
+            cleaner_metrics: cleaner::CleanerMetrics::register(registry),
             base_dir: None,
         }
     }
@@ -179,6 +252,7 @@ impl Instance {
             cfg.clone(),
             storage.clone(),
             queues,
+            shared.instance_metrics.clone(),
             stop.clone(),
         ));
         tracing::info!(instance = %name, jobs = cfg.scrape_configs.len(), remote_writes = cfg.remote_write.len(),
@@ -191,6 +265,7 @@ impl Instance {
             remotes,
             housekeeping,
             stop,
+            metrics: shared.instance_metrics.clone(),
         })
     }
 
@@ -236,6 +311,7 @@ impl Instance {
         let _ = self.storage.with_wal(|w| w.sync());
         self.stop.cancel();
         let _ = self.housekeeping.await;
+        self.metrics.forget(&name);
         let deadline = tokio::time::Instant::now() + self.cfg.remote_flush_deadline.as_std();
         for r in self.remotes {
             r.stop.cancel();
@@ -255,8 +331,10 @@ async fn housekeeping(
     cfg: InstanceConfig,
     storage: Arc<WalStorage>,
     queues: Vec<Arc<QueueManager>>,
+    metrics: InstanceMetrics,
     stop: CancellationToken,
 ) {
+    let label = instance_label(&cfg.name);
     let mut last_truncate = tokio::time::Instant::now();
     let mut previous = None;
     loop {
@@ -264,26 +342,25 @@ async fn housekeeping(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        if let Err(e) = storage.with_wal(|w| w.sync()) {
+        let (synced, series) = storage.with_wal(|w| (w.sync(), w.series_count()));
+        if let Err(e) = synced {
             tracing::error!(instance = %cfg.name, error = %e, "WAL fsync failed");
         }
+        metrics
+            .active_series
+            .get_or_create(&label)
+            .set(i64::try_from(series).unwrap_or(i64::MAX));
         if last_truncate.elapsed() < cfg.wal_truncate_frequency.as_std() {
             continue;
         }
         last_truncate = tokio::time::Instant::now();
-        let lowest = if queues.is_empty() {
-            None
-        } else {
-            // Every endpoint must have sent it; one that never sent anything holds the WAL.
-            let sent: Option<Vec<i64>> = queues.iter().map(|q| q.lowest_sent_timestamp()).collect();
-            match sent {
-                Some(v) => v.into_iter().min(),
-                None => {
-                    tracing::debug!(instance = %cfg.name, "WAL truncation waits for every remote_write to send");
-                    continue;
-                }
-            }
-        };
+        // An endpoint that has not finished a batch yet counts as having sent nothing (the old
+        // agent's watermark starts at 0): the cut is then `now - max_wal_time`, so max_wal_time
+        // bounds the WAL even when a receiver has been down since the start.
+        let lowest = queues
+            .iter()
+            .map(|q| q.lowest_sent_timestamp().unwrap_or(0))
+            .min();
         let now = crate::logging::now_millis();
         let Some(mint) = crate::wal::checkpoint::truncation_point(
             lowest,
@@ -295,26 +372,104 @@ async fn housekeeping(
             continue;
         };
         previous = Some(mint);
+        let clamped = crate::wal::clamped_by_max_wal_time(
+            lowest,
+            now,
+            cfg.min_wal_time.as_std(),
+            cfg.max_wal_time.as_std(),
+        );
+        // The watermark lets the checkpoint count what it drops unsent; without a clamp
+        // `mint <= lowest`, so that count is zero by construction.
+        let cut = crate::wal::Cut {
+            mint,
+            sent_up_to: lowest,
+        };
         let s = storage.clone();
         let result = tokio::task::spawn_blocking(move || {
             s.with_wal(|w| {
                 let gone = w.gc(mint);
-                (gone, w.gc_and_truncate(mint))
+                (gone, w.gc_and_truncate_at(cut))
             })
         })
         .await;
         match result {
             Ok((gone, Ok(stats))) => {
                 storage.forget(&gone);
-                tracing::info!(instance = %cfg.name, mint, stats = ?stats, "WAL truncated");
+                if let Some(st) = &stats {
+                    metrics.truncations.get_or_create(&label).inc();
+                    if st.dropped_unsent_samples > 0 {
+                        metrics
+                            .truncate_dropped_samples
+                            .get_or_create(&label)
+                            .inc_by(st.dropped_unsent_samples);
+                        tracing::warn!(instance = %cfg.name, dropped_samples = st.dropped_unsent_samples,
+                            lowest_sent = ?lowest, mint, max_wal_time = %cfg.max_wal_time,
+                            "WAL truncated at now - max_wal_time: samples remote_write had not sent are lost");
+                    }
+                }
+                if clamped {
+                    tracing::info!(instance = %cfg.name, mint, lowest_sent = ?lowest, stats = ?stats,
+                        "WAL truncated (cut moved forward to now - max_wal_time: remote_write is behind)");
+                } else {
+                    tracing::info!(instance = %cfg.name, mint, stats = ?stats, "WAL truncated");
+                }
             }
             Ok((gone, Err(e))) => {
                 storage.forget(&gone);
+                metrics.truncation_failures.get_or_create(&label).inc();
                 tracing::error!(instance = %cfg.name, error = %e, "WAL truncation failed");
             }
             Err(e) => {
                 tracing::error!(instance = %cfg.name, error = %e, "WAL truncation task failed")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exposed names are the ones the docs and the old agent's dashboards use.
+    #[test]
+    fn shared_registers_wal_and_cleaner_metrics() {
+        let mut registry = Registry::default();
+        let shared = Shared::new(Path::new("/nonexistent"), "a", &mut registry);
+        let l = instance_label("team/a");
+        shared
+            .instance_metrics
+            .truncate_dropped_samples
+            .get_or_create(&l)
+            .inc_by(7);
+        shared.instance_metrics.truncations.get_or_create(&l).inc();
+        shared
+            .instance_metrics
+            .truncation_failures
+            .get_or_create(&l)
+            .inc();
+        shared
+            .instance_metrics
+            .active_series
+            .get_or_create(&l)
+            .set(3);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for want in [
+            "agent_wal_truncate_dropped_samples_total{instance_name=\"team/a\"} 7",
+            "agent_wal_truncations_total{instance_name=\"team/a\"} 1",
+            "agent_wal_storage_active_series{instance_name=\"team/a\"} 3",
+            "agent_wal_truncation_failures_total{instance_name=\"team/a\"} 1",
+            "agent_prometheus_cleaner_success_total 0",
+            "agent_prometheus_cleaner_errors_total 0",
+            "agent_prometheus_cleaner_abandoned_storage 0",
+            "agent_prometheus_cleaner_managed_storage 0",
+            "# TYPE agent_prometheus_cleaner_cleanup_seconds histogram",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        shared.instance_metrics.forget("team/a");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(!text.contains("agent_wal_storage_active_series{"));
     }
 }

@@ -88,6 +88,28 @@ pub struct CheckpointStats {
     pub dropped_tombstones: u64,
     pub total_series: u64,
     pub total_samples: u64,
+    /// Of `dropped_samples`, those newer than [`Cut::sent_up_to`]: samples remote_write had
+    /// not sent by its watermark when the truncation removed them. An upper bound of what is
+    /// lost: some may already sit in a queue. Zero without a watermark.
+    pub dropped_unsent_samples: u64,
+}
+
+/// Where a truncation cuts: samples (and exemplars, tombstones) before `mint` are dropped.
+/// `sent_up_to` is remote_write's watermark (the lowest `lowest_sent_timestamp` of the
+/// endpoints), used only to count the dropped samples that were not sent yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub mint: i64,
+    pub sent_up_to: Option<i64>,
+}
+
+impl From<i64> for Cut {
+    fn from(mint: i64) -> Cut {
+        Cut {
+            mint,
+            sent_up_to: None,
+        }
+    }
 }
 
 /// Writes `checkpoint.<to>` from the previous checkpoint (if any) and segments `from..=to`
@@ -97,10 +119,12 @@ pub fn checkpoint(
     from: u32,
     to: u32,
     keep: impl Fn(u64) -> bool,
-    mint: i64,
+    cut: Cut,
     segment_size: usize,
     compress: bool,
 ) -> Result<CheckpointStats, WalError> {
+    let mint = cut.mint;
+    let unsent_after = cut.sent_up_to.unwrap_or(i64::MAX);
     let mut sources = Vec::new();
     let mut from = from;
     if let Some((idx, cp_dir)) = last_checkpoint(dir)? {
@@ -165,8 +189,16 @@ pub fn checkpoint(
                 record::decode_samples(rec, &mut samples).map_err(|e| reader.record_error(e))?;
                 stats.total_samples += samples.len() as u64;
                 let before = samples.len();
-                samples.retain(|s| s.1 >= mint);
+                let mut unsent = 0u64;
+                samples.retain(|s| {
+                    let keep = s.1 >= mint;
+                    if !keep && s.1 > unsent_after {
+                        unsent += 1;
+                    }
+                    keep
+                });
                 stats.dropped_samples += (before - samples.len()) as u64;
+                stats.dropped_unsent_samples += unsent;
                 record::extend_samples(&mut out, &samples);
             }
             Some(record::EXEMPLARS) => {
@@ -261,6 +293,24 @@ pub fn truncation_point(
     Some(ts)
 }
 
+/// Whether [`truncation_point`] moves the cut forward to `now - max_wal_time` past the
+/// remote_write watermark: `lowest_sent - min_wal_time < now - max_wal_time` (after the same
+/// clamp to ≥ 0). Then samples after `lowest_sent` may be truncated before they are sent:
+/// lost by design (the WAL must not grow without bound while a receiver is down), and counted
+/// with [`CheckpointStats::dropped_unsent_samples`]. Never without remote_write.
+pub fn clamped_by_max_wal_time(
+    lowest_sent_ms: Option<i64>,
+    now_ms: i64,
+    min_wal_time: Duration,
+    max_wal_time: Duration,
+) -> bool {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let Some(lowest) = lowest_sent_ms else {
+        return false;
+    };
+    lowest.saturating_sub(ms(min_wal_time)).max(0) < now_ms.saturating_sub(ms(max_wal_time))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +347,34 @@ mod tests {
             truncation_point(None, now, MIN, MAX, Some(now - 300_001)),
             Some(now - 300_000)
         );
+    }
+
+    #[test]
+    fn clamp_decision_matches_truncation_point() {
+        let now = 10 * 3600 * 1000;
+        let max_ms = 4 * 3600 * 1000;
+        // Up to date: lowest - min is well after now - max.
+        assert!(!clamped_by_max_wal_time(Some(now - 60_000), now, MIN, MAX));
+        // No remote_write: never clamped, nothing unsent.
+        assert!(!clamped_by_max_wal_time(None, now, MIN, MAX));
+        // Stuck for longer than max_wal_time - min_wal_time: clamped.
+        let stuck = now - max_ms;
+        assert!(clamped_by_max_wal_time(Some(stuck), now, MIN, MAX));
+        // The boundary: lowest - min == now - max is not clamped.
+        let edge = now - max_ms + 300_000;
+        assert!(!clamped_by_max_wal_time(Some(edge), now, MIN, MAX));
+        assert!(clamped_by_max_wal_time(Some(edge - 1), now, MIN, MAX));
+        // The decision agrees with the point: clamped iff the point is now - max and not
+        // lowest - min.
+        for lowest in [0, stuck, edge - 1, edge, edge + 1, now - 60_000, now] {
+            let point = truncation_point(Some(lowest), now, MIN, MAX, None).expect("point");
+            let unclamped = (lowest - 300_000).max(0);
+            assert_eq!(
+                clamped_by_max_wal_time(Some(lowest), now, MIN, MAX),
+                point != unclamped,
+                "lowest {lowest}"
+            );
+        }
     }
 
     #[test]

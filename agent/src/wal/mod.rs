@@ -25,7 +25,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use checkpoint::{truncation_point, CheckpointStats};
+pub use checkpoint::{clamped_by_max_wal_time, truncation_point, CheckpointStats, Cut};
 pub use labels::{Labels, LabelsRef};
 pub use reader::{Corruption, Reader, SegmentSource};
 pub use record::{RefExemplar, RefSample};
@@ -387,18 +387,25 @@ impl Wal {
         mint: i64,
         keep: impl Fn(u64) -> bool,
     ) -> Result<Option<CheckpointStats>, WalError> {
-        self.truncate_with(mint, |r, _| keep(r))
+        self.truncate_with(mint.into(), |r, _| keep(r))
     }
 
     /// [`gc`](Wal::gc) then truncate, keeping series that are active, or were removed while a
     /// segment after the checkpoint was current (their samples are still in the WAL). This is
     /// the agent's own policy.
     pub fn gc_and_truncate(&mut self, mint: i64) -> Result<Option<CheckpointStats>, WalError> {
+        self.gc_and_truncate_at(mint.into())
+    }
+
+    /// [`gc_and_truncate`](Wal::gc_and_truncate) at `cut.mint`, also counting the dropped
+    /// samples newer than `cut.sent_up_to` ([`CheckpointStats::dropped_unsent_samples`]).
+    pub fn gc_and_truncate_at(&mut self, cut: Cut) -> Result<Option<CheckpointStats>, WalError> {
+        let mint = cut.mint;
         self.gc(mint);
         let res = {
             let series = std::mem::take(&mut self.series);
             let deleted = std::mem::take(&mut self.deleted);
-            let r = self.truncate_with(mint, |r, cp| {
+            let r = self.truncate_with(cut, |r, cp| {
                 series.contains_key(&r) || deleted.get(&r).is_some_and(|&seg| seg > cp)
             });
             self.series = series;
@@ -414,7 +421,7 @@ impl Wal {
 
     fn truncate_with(
         &mut self,
-        mint: i64,
+        cut: Cut,
         keep: impl Fn(u64, u32) -> bool,
     ) -> Result<Option<CheckpointStats>, WalError> {
         self.commit()?;
@@ -431,7 +438,7 @@ impl Wal {
             first,
             cp,
             |r| keep(r, cp),
-            mint,
+            cut,
             self.opts.segment_size,
             self.opts.compress,
         )?;
@@ -441,7 +448,7 @@ impl Wal {
         }
         checkpoint::delete_checkpoints(&self.dir, cp)?;
         segment::sync_dir(&self.dir)?;
-        tracing::info!(dir = %self.dir.display(), checkpoint = cp, mint, dropped_series = stats.dropped_series,
+        tracing::info!(dir = %self.dir.display(), checkpoint = cp, mint = cut.mint, dropped_series = stats.dropped_series,
             dropped_samples = stats.dropped_samples, "WAL truncated");
         Ok(Some(stats))
     }

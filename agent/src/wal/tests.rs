@@ -674,3 +674,70 @@ fn corrupt_checkpoint_is_an_error_with_its_position() {
         "{msg}"
     );
 }
+
+/// A truncation with a remote_write watermark counts, among the samples it drops, exactly
+/// those newer than the watermark (checked against an independent count of the checkpointed
+/// segments).
+#[test]
+fn truncation_counts_dropped_unsent_samples() {
+    let d = tempfile::tempdir().expect("tmp");
+    let (mut wal, _) = Wal::open(d.path(), small()).expect("open");
+    let series: Vec<(u64, Labels)> = (0..100)
+        .map(|i| (wal.alloc_ref(), series_labels(i)))
+        .collect();
+    wal.append_series(&series).expect("series");
+    for t in 0..300i64 {
+        let batch: Vec<RefSample> = series.iter().map(|(r, _)| (*r, t, noise(*r, t))).collect();
+        wal.append_samples(&batch).expect("samples");
+        wal.commit().expect("commit");
+    }
+    let before = segment::list_segments(d.path()).expect("list");
+    let cp = checkpoint::checkpoint_bound(before[0], *before.last().expect("last"))
+        .expect("enough segments");
+    // What the checkpointed segments hold: samples with 40 < t < 250 are dropped unsent.
+    let mut expect_dropped = 0u64;
+    let mut expect_unsent = 0u64;
+    let mut r = Reader::new(
+        before
+            .iter()
+            .filter(|&&s| s <= cp)
+            .map(|&index| SegmentSource {
+                index,
+                path: segment::segment_path(d.path(), index),
+            })
+            .collect(),
+    );
+    let mut samples = Vec::new();
+    while r.next_record().expect("read") {
+        if record::record_type(r.record()) == Some(record::SAMPLES) {
+            samples.clear();
+            record::decode_samples(r.record(), &mut samples).expect("samples");
+            expect_dropped += samples.iter().filter(|s| s.1 < 250).count() as u64;
+            expect_unsent += samples.iter().filter(|s| s.1 > 40 && s.1 < 250).count() as u64;
+        }
+    }
+    assert!(expect_unsent > 0);
+    let stats = wal
+        .gc_and_truncate_at(Cut {
+            mint: 250,
+            sent_up_to: Some(40),
+        })
+        .expect("truncate")
+        .expect("checkpointed");
+    assert_eq!(stats.index, cp);
+    assert_eq!(stats.dropped_samples, expect_dropped);
+    assert_eq!(stats.dropped_unsent_samples, expect_unsent);
+
+    // Without a watermark nothing counts as unsent.
+    for t in 300..600i64 {
+        let batch: Vec<RefSample> = series.iter().map(|(r, _)| (*r, t, noise(*r, t))).collect();
+        wal.append_samples(&batch).expect("samples");
+        wal.commit().expect("commit");
+    }
+    let s2 = wal
+        .gc_and_truncate(500)
+        .expect("truncate")
+        .expect("checkpointed");
+    assert!(s2.dropped_samples > 0);
+    assert_eq!(s2.dropped_unsent_samples, 0);
+}
