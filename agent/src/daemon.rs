@@ -149,6 +149,12 @@ pub async fn serve(
         &mut registry,
     );
     let manager = InstanceManager::new(shared, cfg.instance_restart_backoff.as_std());
+    tokio::spawn(instance::cleaner::run(
+        manager.clone(),
+        cfg.wal_cleanup_age.as_std(),
+        cfg.wal_cleanup_period.as_std(),
+        shutdown.clone(),
+    ));
     let api_state = Arc::new(ApiState {
         store: std::sync::RwLock::new(if enabled {
             StoreSlot::Connecting("starting".into())
