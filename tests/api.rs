@@ -46,7 +46,7 @@ impl Agent {
     }
 }
 
-const CFG: &str = "scrape_configs:\n  - job_name: job-a\n    static_configs:\n      - targets: ['127.0.0.1:1']\nremote_write:\n  - url: http://127.0.0.1:2/push\n";
+const CFG: &str = "scrape_configs:\n  - job_name: job-a\n    static_configs:\n      - targets: ['127.0.0.1:1']\nremote_write:\n  - url: http://127.0.0.1:2/push\nremote_flush_deadline: 1s\n";
 
 fn cfg(job: &str) -> String {
     CFG.replace("job-a", job)
@@ -262,7 +262,7 @@ fn config_management_api_is_compatible_route_by_route() {
 fn secrets_are_never_shown_and_configs_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let a = Agent::start(dir.path(), &[]);
-    let secret_cfg = "scrape_configs:\n  - job_name: s\n    basic_auth:\n      username: u\n      password: hunter2-secret\n    static_configs:\n      - targets: ['127.0.0.1:1']\nremote_write:\n  - url: http://127.0.0.1:2/push\n    bearer_token: tok-secret-9\n";
+    let secret_cfg = "scrape_configs:\n  - job_name: s\n    basic_auth:\n      username: u\n      password: hunter2-secret\n    static_configs:\n      - targets: ['127.0.0.1:1']\nremote_write:\n  - url: http://127.0.0.1:2/push\n    bearer_token: tok-secret-9\nremote_flush_deadline: 1s\n";
     assert_eq!(
         a.req("PUT", "/agent/api/v1/config/s", &[], secret_cfg)
             .status,

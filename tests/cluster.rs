@@ -135,7 +135,10 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
     let mut a3 = start_agent(dir.path(), &etcd.endpoint(), "agent-3");
 
     // 30 configs PUT through one agent.
-    let names: Vec<String> = (0..30).map(|i| format!("cfg-{i:02}")).collect();
+    // Names that differ in their first bytes: FNV-1 (the old agent's key hash) mixes early
+    // bytes well and only XORs in the last one, so `cfg-00`..`cfg-29` would sit close together
+    // on the ring and land on one or two agents.
+    let names: Vec<String> = (0..30).map(|i| format!("{i:02}-cfg")).collect();
     let t0 = Instant::now();
     for (i, n) in names.iter().enumerate() {
         let r = http_full(
