@@ -573,6 +573,42 @@ mod tests {
         stop.cancel();
     }
 
+    /// Through `discovery::start`: a scrape config's dns_sd runs next to its static targets,
+    /// and the type is case-insensitive as in Prometheus.
+    #[tokio::test]
+    async fn scrape_config_dns_sd_is_started_with_the_other_providers() {
+        let zone: Zone = Arc::default();
+        zone.lock().unwrap().insert(
+            ("api.example.test.".to_owned(), RecordType::A),
+            Ok(vec![RData::A(A(Ipv4Addr::new(10, 1, 2, 3)))]),
+        );
+        let stop = CancellationToken::new();
+        let server = dns_server(zone, stop.clone()).await;
+        let yaml = "scrape_configs:\n  - job_name: j\n    static_configs:\n      - targets: ['s:1']\n    dns_sd_configs:\n      - names: ['api.example.test.']\n        type: a\n        port: 8080\n";
+        let (_, instance) =
+            crate::config::load::parse_instance(yaml, &crate::config::GlobalConfig::default())
+                .unwrap();
+        let mut rx = crate::discovery::start_with(
+            &instance.scrape_configs[0],
+            None,
+            stop.clone(),
+            Nameserver::At(server),
+        )
+        .unwrap();
+        let groups = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            rx.wait_for(|g| g.len() == 2),
+        )
+        .await
+        .expect("dns group within 20s")
+        .unwrap()
+        .clone();
+        assert_eq!(groups[0].targets[0]["__address__"], "s:1");
+        assert_eq!(groups[1].source, "api.example.test.");
+        assert_eq!(groups[1].targets[0]["__address__"], "10.1.2.3:8080");
+        stop.cancel();
+    }
+
     #[test]
     fn brackets_ipv6_hosts() {
         assert_eq!(super::join_host_port("::1", 80), "[::1]:80");

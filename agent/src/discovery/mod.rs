@@ -83,6 +83,16 @@ pub fn start(
     base_dir: Option<&std::path::Path>,
     shutdown: CancellationToken,
 ) -> Result<Targets, Error> {
+    start_with(cfg, base_dir, shutdown, dns::Nameserver::System)
+}
+
+/// [`start`] with dns_sd lookups sent to `nameserver` (tests use a local server).
+pub(crate) fn start_with(
+    cfg: &ScrapeConfig,
+    base_dir: Option<&std::path::Path>,
+    shutdown: CancellationToken,
+    nameserver: dns::Nameserver,
+) -> Result<Targets, Error> {
     if let Some(kind) = cfg.unsupported_sd_kinds.first() {
         return Err(Error::Unsupported {
             job: cfg.job_name.clone(),
@@ -132,7 +142,7 @@ pub fn start(
         slot += 1;
     }
     for d in &cfg.dns_sd_configs {
-        let provider = dns::Provider::new(d, dns::Nameserver::System);
+        let provider = dns::Provider::new(d, nameserver);
         tokio::spawn(provider.run(slot, tx.clone(), shutdown.clone()));
         slot += 1;
     }
