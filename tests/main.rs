@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod cluster;
 mod config_sync;
+mod differential;
 mod discovery;
 mod kv;
 mod remote_write;

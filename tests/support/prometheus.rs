@@ -18,6 +18,13 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts `prometheus --web.enable-remote-write-receiver` and waits for `/-/ready`.
     pub fn start() -> Prometheus {
+        Self::start_with_config("global:\n  scrape_interval: 1m\n")
+    }
+
+    /// Starts a normal Prometheus server (also a remote-write receiver) with `config_yaml` as
+    /// its `prometheus.yml` and its own TSDB in a temp dir; waits for `/-/ready`. Fails (does
+    /// not skip) without `/usr/bin/prometheus`.
+    pub fn start_with_config(config_yaml: &str) -> Prometheus {
         assert!(
             Path::new(BINARY).exists(),
             "{BINARY} is missing: run the test suite with the README's test command, ./scripts/test, \
@@ -25,7 +32,7 @@ impl Prometheus {
         );
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, "global:\n  scrape_interval: 1m\n").expect("write config");
+        std::fs::write(&config, config_yaml).expect("write config");
         let addr = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
         let child = Command::new(BINARY)
@@ -48,6 +55,36 @@ impl Prometheus {
             _child: guard,
             _dir: dir,
         }
+    }
+
+    /// What Prometheus logged so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// GET `/api/v1/<endpoint>` with `params`; returns the `data` member, panicking on an
+    /// error status.
+    pub async fn api(&self, endpoint: &str, params: &[(&str, &str)]) -> serde_json::Value {
+        // reqwest is built without a default rustls provider; installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("reqwest client");
+        let url = reqwest::Url::parse_with_params(
+            &format!("http://{}/api/v1/{endpoint}", self.addr),
+            params,
+        )
+        .expect("api url");
+        let resp = client.get(url).send().await.expect("query prometheus");
+        let status = resp.status();
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
+        assert!(
+            status.is_success(),
+            "{endpoint} {params:?}: {status} {body}"
+        );
+        body["data"].take()
     }
 
     pub fn write_url(&self) -> String {

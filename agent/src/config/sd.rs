@@ -122,7 +122,8 @@ impl DnsSdConfig {
         if self.names.is_empty() {
             return Err("DNS-SD config must contain at least one SRV record name".into());
         }
-        match self.record_type() {
+        // Prometheus upper-cases the type before checking it.
+        match self.record_type().to_ascii_uppercase().as_str() {
             "SRV" => Ok(()),
             "A" | "AAAA" | "MX" | "NS" => {
                 if self.port.is_none_or(|p| p == 0) {

@@ -1,8 +1,9 @@
 //! Service discovery: turns a scrape config's `*_sd_configs` into target groups, and keeps them
-//! current. Each provider (static, file, http) runs as a task and sends its whole set of
+//! current. Each provider (static, file, http, dns) runs as a task and sends its whole set of
 //! groups when it changes; one combiner per scrape config publishes the union on a `watch`
 //! channel, so the scrape side always sees a full snapshot and diffs it against its targets.
 
+pub mod dns;
 pub mod file;
 pub mod http;
 
@@ -82,6 +83,16 @@ pub fn start(
     base_dir: Option<&std::path::Path>,
     shutdown: CancellationToken,
 ) -> Result<Targets, Error> {
+    start_with(cfg, base_dir, shutdown, dns::Nameserver::System)
+}
+
+/// [`start`] with dns_sd lookups sent to `nameserver` (tests use a local server).
+pub(crate) fn start_with(
+    cfg: &ScrapeConfig,
+    base_dir: Option<&std::path::Path>,
+    shutdown: CancellationToken,
+    nameserver: dns::Nameserver,
+) -> Result<Targets, Error> {
     if let Some(kind) = cfg.unsupported_sd_kinds.first() {
         return Err(Error::Unsupported {
             job: cfg.job_name.clone(),
@@ -90,6 +101,7 @@ pub fn start(
     }
     let providers = cfg.file_sd_configs.len()
         + cfg.http_sd_configs.len()
+        + cfg.dns_sd_configs.len()
         + usize::from(!cfg.static_configs.is_empty());
     let (tx, rx) = mpsc::channel::<(usize, Vec<TargetGroup>)>(16);
     let mut slot = 0;
@@ -126,6 +138,11 @@ pub fn start(
             job: cfg.job_name.clone(),
             source,
         })?;
+        tokio::spawn(provider.run(slot, tx.clone(), shutdown.clone()));
+        slot += 1;
+    }
+    for d in &cfg.dns_sd_configs {
+        let provider = dns::Provider::new(d, nameserver);
         tokio::spawn(provider.run(slot, tx.clone(), shutdown.clone()));
         slot += 1;
     }

@@ -17,6 +17,7 @@
 //! label-value   = '"' ( '\' any-char-but-LF | any-char-but-'"'-'\'-LF )* '"'
 //!                 unescaped: \\ -> \   \" -> "   \n -> LF; any other \x stays as the two bytes
 //! label-set     = '{' [ label-name '=' label-value ( ',' label-name '=' label-value )* [','] ] '}'
+//!                 (the trailing ',' is 0.0.4 only: OpenMetrics rejects `{a="b",}`)
 //! float         = Go strconv.ParseFloat syntax without hex and without '_':
 //!                 [+-]? ( digits ['.' digits*] | '.' digits ) ( [eE] [+-]? digits )?
 //!                 | [+-]? ( "inf" | "infinity" )   (any case)

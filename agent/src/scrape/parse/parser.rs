@@ -555,6 +555,11 @@ impl<'a> Parser<'a> {
                 i = skip_ws(b, i);
             }
             match b.get(i) {
+                // OpenMetrics's grammar has no trailing comma (`{a="b",}`); Prometheus's
+                // OpenMetrics parser fails the scrape on it.
+                Some(b',') if om && b.get(i + 1) == Some(&b'}') => {
+                    return Err(unexpected(b, i + 1, number, "label name"))
+                }
                 Some(b',') => i += 1,
                 Some(b'}') => {}
                 // Prometheus's 0.0.4 parser tolerates a missing comma between labels.

@@ -335,6 +335,8 @@ fn openmetrics_errors() {
         ("m  1\n# EOF\n", "line 1, column 3: expected value, got \" \""),
         ("m 1 \n# EOF\n", "line 1, column 5: invalid timestamp \"\": empty"),
         ("m{a=\"b\" } 1\n# EOF\n", "line 1, column 8: expected ',' or '}' after label value, got \" \""),
+        ("m{a=\"b\",} 1\n# EOF\n", "line 1, column 9: expected label name, got \"}\""),
+        ("m 1 # {a=\"b\",} 1\n# EOF\n", "line 1, column 14: expected label name, got \"}\""),
         ("m 1 NaN\n# EOF\n", "line 1, column 5: invalid timestamp \"NaN\": not finite"),
         ("m 1 1e300\n# EOF\n", "line 1, column 5: invalid timestamp \"1e300\": out of the int64 millisecond range"),
         ("m 1 # {a=\"b\",a=\"c\"} 1\n# EOF\n", "line 1, column 14: label name \"a\" appears more than once in the series"),
