@@ -10,6 +10,7 @@ mod config_sync;
 mod discovery;
 mod kv;
 mod remote_write;
+mod remote_write_e2e;
 mod ring;
 mod ring_browser;
 mod scrape;
