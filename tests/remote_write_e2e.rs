@@ -771,15 +771,11 @@ async fn e2e_429_then_200_and_400_through_the_agent() {
 
 /// Shards that flush at different times (a batch goes when 100 samples are queued; the 100
 /// series spread over 4 shards, ~4 scrapes per batch), then a SIGKILL with the receiver up.
-///
-/// Known bug, reproduced here (run with `--ignored`): the progress file is saved once a second
-/// and holds one mark for all series, the lowest over the shards. After the restart the agent
-/// sends again batches the receiver already stored (those delivered after the last save, and
-/// every series of a shard that was ahead of the lowest); Prometheus refuses a series' samples
-/// older than its newest with 400 "out of order sample" for the whole batch, and the agent drops
-/// the batch, with the never-delivered samples of the last scrapes before the kill in it.
+/// After the restart nothing the receiver has may be sent again beyond a series' newest sample:
+/// with progress saved once a second as one mark for all shards, the agent resent whole
+/// batches, Prometheus refused them (400 "out of order sample") and the never-delivered
+/// samples of the last scrapes before the kill were dropped with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: after a crash, resent samples make Prometheus refuse whole batches (400 out of order), losing new samples"]
 async fn e2e_sigkill_with_shards_out_of_phase_loses_nothing() {
     install_crypto();
     let prom = tokio::task::spawn_blocking(Prometheus::start)
