@@ -264,8 +264,7 @@ pub async fn run(
     }
 
     let mut reader = Some(LiveReader::new(&wal_dir, start));
-    loop {
-        let Some(mut r) = reader.take() else { break };
+    while let Some(mut r) = reader.take() {
         let after = after.clone();
         let polled = tokio::task::spawn_blocking(move || {
             let after = after.as_ref().as_ref();
