@@ -7,7 +7,11 @@
 //! exactly which scrapes arrived: values `1..=n` without gaps means nothing was lost, and the
 //! receiver keeps one sample per timestamp. The target's request count is the number of scrapes
 //! it served; the one in flight when scraping stops (a DELETE or a SIGKILL) may be served but
-//! never committed, hence the "at most 1 missing" allowances.
+//! never committed, hence the "at most 1 missing" allowances. A scrape that failed (`up` 0, e.g.
+//! a timeout on a loaded machine) has no samples; every scrape with `up` 1 must have all 100.
+//!
+//! Besides the cases, a SIGKILL with the receiver up and shards flushing out of phase:
+//! it found that resent samples made Prometheus refuse whole batches (see that test).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
@@ -24,9 +28,10 @@ use crate::support::{bin, free_port, ChildGuard};
 
 const SERIES: u64 = 100;
 const JOB: &str = "e2e";
-/// Four shards sending every second: after a restart, the saved progress (the lowest
-/// timestamp every shard finished) is behind some shards, so samples the receiver already has
-/// are read again from the WAL.
+/// A batch every second, so that several requests reach the scripted receivers.
+const FAST_BATCHES: &str = "    queue_config:\n      batch_send_deadline: 1s\n";
+/// Four shards sending every second: after the restart each series resumes from its shard's
+/// saved mark.
 const SHARDED: &str = "    queue_config:\n      min_shards: 4\n      batch_send_deadline: 1s\n";
 
 fn install_crypto() {
@@ -681,7 +686,7 @@ async fn e2e_429_then_200_and_400_through_the_agent() {
     agent
         .put_config(
             "e2e-codes",
-            &instance_yaml(&target.addr, &[&url429, &url400], ""),
+            &instance_yaml(&target.addr, &[&url429, &url400], FAST_BATCHES),
         )
         .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -735,7 +740,11 @@ async fn e2e_429_then_200_and_400_through_the_agent() {
     // 400: dropped and counted, never retried.
     let reqs = r400.requests();
     let sent = sample_counts(&reqs, 400);
-    assert!(!sent.is_empty(), "the 400 receiver saw nothing");
+    assert!(
+        reqs.len() >= 2,
+        "the 400 receiver saw {} requests; several batches expected",
+        reqs.len()
+    );
     assert!(
         sent.values().all(|&c| c == 1),
         "a sample sent twice after a 400: {:?}",
