@@ -11,6 +11,7 @@ mod differential;
 mod discovery;
 mod kv;
 mod remote_write;
+mod remote_write_e2e;
 mod ring;
 mod ring_browser;
 mod scrape;

@@ -1,6 +1,7 @@
 //! A real Prometheus (Debian's `prometheus` package) as a remote-write receiver on loopback,
 //! with a temp TSDB; killed on drop.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,19 +12,18 @@ const BINARY: &str = "/usr/bin/prometheus";
 
 pub struct Prometheus {
     pub addr: String,
-    _child: ChildGuard,
-    _dir: tempfile::TempDir,
+    child: Option<ChildGuard>,
+    dir: tempfile::TempDir,
 }
 
 impl Prometheus {
     /// Starts `prometheus --web.enable-remote-write-receiver` and waits for `/-/ready`.
     pub fn start() -> Prometheus {
-        Self::start_with_config("global:\n  scrape_interval: 1m\n")
+        Prometheus::start_with_config("global:\n  scrape_interval: 1m\n")
     }
 
-    /// Starts a normal Prometheus server (also a remote-write receiver) with `config_yaml` as
-    /// its `prometheus.yml` and its own TSDB in a temp dir; waits for `/-/ready`. Fails (does
-    /// not skip) without `/usr/bin/prometheus`.
+    /// Like [`Prometheus::start`] with `config_yaml` as its `prometheus.yml` (scrape jobs, or
+    /// TSDB settings such as `out_of_order_time_window`).
     pub fn start_with_config(config_yaml: &str) -> Prometheus {
         assert!(
             Path::new(BINARY).exists(),
@@ -34,32 +34,64 @@ impl Prometheus {
         let config = dir.path().join("prometheus.yml");
         std::fs::write(&config, config_yaml).expect("write config");
         let addr = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
+        let mut p = Prometheus {
+            addr,
+            child: None,
+            dir,
+        };
+        p.spawn();
+        p
+    }
+
+    /// Starts the process on `self.addr` and `self.dir` (log appended), waits for `/-/ready`.
+    fn spawn(&mut self) {
+        let dir = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("prometheus.log"))
+            .expect("log file");
         let child = Command::new(BINARY)
             .arg("--web.enable-remote-write-receiver")
             .arg(format!(
                 "--storage.tsdb.path={}",
-                dir.path().join("data").display()
+                dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--web.listen-address={}", self.addr))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn prometheus");
-        let guard = ChildGuard::new("prometheus", child);
-        wait_http(&addr, "/-/ready", 200, Duration::from_secs(60));
-        Prometheus {
-            addr,
-            _child: guard,
-            _dir: dir,
+        self.child = Some(ChildGuard::new("prometheus", child));
+        wait_http(&self.addr, "/-/ready", 200, Duration::from_secs(60));
+    }
+
+    /// Stops the receiver (SIGTERM, so its TSDB closes cleanly; SIGKILL after 30 s). Its data
+    /// directory and address stay reserved for [`Prometheus::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.signal("TERM");
+            if child.wait_exit(Duration::from_secs(30)).is_none() {
+                child.signal("KILL");
+                child.wait_exit(Duration::from_secs(10));
+            }
         }
     }
 
-    /// What Prometheus logged so far (for failure messages).
+    /// Starts the receiver again on the same address and TSDB (after [`Prometheus::stop`]).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Prometheus's own log (stderr of every run).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
 
     /// GET `/api/v1/<endpoint>` with `params`; returns the `data` member, panicking on an
@@ -93,6 +125,14 @@ impl Prometheus {
 
     /// An instant query; returns the single result's value, or `None` for an empty result.
     pub async fn query_scalar(&self, query: &str) -> Option<f64> {
+        let body = self.query(query).await;
+        let result = body["data"]["result"].as_array()?;
+        let first = result.first()?;
+        first["value"][1].as_str().and_then(|v| v.parse().ok())
+    }
+
+    /// An instant query's JSON answer (asserts success).
+    async fn query(&self, query: &str) -> serde_json::Value {
         let client = reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -107,9 +147,46 @@ impl Prometheus {
         let body: serde_json::Value =
             serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
         assert!(status.is_success(), "query {query}: {status} {body}");
-        let result = body["data"]["result"].as_array()?;
-        let first = result.first()?;
-        first["value"][1].as_str().and_then(|v| v.parse().ok())
+        body
+    }
+
+    /// The raw samples of a range-vector query such as `up{job="x"}[10m]`: per series, its
+    /// labels and `(timestamp seconds, value)` in time order. Staleness markers are not
+    /// returned by Prometheus.
+    pub async fn query_samples(
+        &self,
+        query: &str,
+    ) -> Vec<(BTreeMap<String, String>, Vec<(f64, f64)>)> {
+        let body = self.query(query).await;
+        let Some(result) = body["data"]["result"].as_array() else {
+            return Vec::new();
+        };
+        result
+            .iter()
+            .map(|s| {
+                let labels = s["metric"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let values = s["values"]
+                    .as_array()
+                    .map(|vs| {
+                        vs.iter()
+                            .filter_map(|p| {
+                                let t = p[0].as_f64()?;
+                                let v = p[1].as_str()?.parse().ok()?;
+                                Some((t, v))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (labels, values)
+            })
+            .collect()
     }
 }
 

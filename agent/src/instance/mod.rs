@@ -59,6 +59,7 @@ struct Remote {
     queue: Arc<QueueManager>,
     watcher: JoinHandle<()>,
     stop: CancellationToken,
+    progress: PathBuf,
 }
 
 /// A running instance.
@@ -231,7 +232,7 @@ impl Instance {
             let watcher = tokio::spawn(crate::remote_write::watcher::run(
                 wal_dir.clone(),
                 queue.clone(),
-                progress,
+                progress.clone(),
                 storage.commits(),
                 rstop.clone(),
             ));
@@ -239,6 +240,7 @@ impl Instance {
                 queue,
                 watcher,
                 stop: rstop,
+                progress,
             });
         }
 
@@ -317,6 +319,16 @@ impl Instance {
             r.stop.cancel();
             let _ = r.watcher.await;
             let report = r.queue.flush(deadline).await;
+            // What the flush delivered is not sent again after a restart.
+            let (q, p) = (r.queue.clone(), r.progress.clone());
+            let saved = tokio::task::spawn_blocking(move || {
+                crate::remote_write::watcher::save_progress(&q, &p, true)
+            })
+            .await;
+            if let Ok(Err(e)) = saved {
+                tracing::warn!(instance = %name, remote_name = %r.queue.remote_name(), file = %r.progress.display(), error = %e,
+                    "cannot save remote_write progress");
+            }
             if !report.complete {
                 tracing::warn!(instance = %name, remote_name = %r.queue.remote_name(), dropped = report.dropped,
                     "remote_write flush did not finish before remote_flush_deadline; the rest stays in the WAL");

@@ -22,4 +22,6 @@ pub mod watcher;
 
 pub use client::{ClientError, ClientSettings, RemoteClient, SendError};
 pub use metrics::RemoteWriteMetrics;
-pub use queue::{FlushReport, QueueError, QueueManager, QueueSettings, SeriesFilter, SeriesRef};
+pub use queue::{
+    FlushReport, QueueError, QueueManager, QueueSettings, SentMarks, SeriesFilter, SeriesRef,
+};

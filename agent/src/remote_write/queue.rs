@@ -178,6 +178,8 @@ struct Shared {
     start: Instant,
     /// Milliseconds after `start` of the last successful send; -1 when none.
     last_success_ms: AtomicI64,
+    /// Counts finished batches (delivered or refused), for saving progress at once.
+    finished: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -206,6 +208,60 @@ impl Shared {
             .min();
         let ts = busy.unwrap_or_else(|| self.highest_done.load(Ordering::Acquire));
         (ts != NO_TIMESTAMP).then_some(ts)
+    }
+
+    /// Per shard: one millisecond before its highest finished timestamp while it has samples
+    /// pending, before the queue's highest when it has none. See [`SentMarks`].
+    fn sent_marks(&self) -> Option<SentMarks> {
+        let highest = self.highest_done.load(Ordering::Acquire);
+        let shards = self
+            .lock_states()
+            .iter()
+            .map(|s| {
+                let done = if s.pending.load(Ordering::Acquire) > 0 {
+                    s.highest_done.load(Ordering::Acquire)
+                } else {
+                    highest
+                };
+                (done != NO_TIMESTAMP).then(|| done - 1)
+            })
+            .collect::<Option<Vec<i64>>>()?;
+        let lowest = *shards.iter().min()?;
+        Some(SentMarks { lowest, shards })
+    }
+}
+
+/// How far a queue got, per shard, for resuming from the WAL after a crash without sending
+/// again what the receiver has: every sample of series `r` at or before
+/// `shards[shard_for(r, shards.len())]` is finished (delivered or refused for good).
+///
+/// Why per shard and why one millisecond back: a shard sends its samples in WAL order, one
+/// batch at a time, and the WAL of one scrape job is in timestamp order, so when a shard has
+/// finished a batch whose newest sample is at `t`, everything before `t` in it is finished;
+/// samples at `t` itself (the rest of that scrape) may still be queued. Resuming after
+/// `t - 1` resends at most one already delivered sample per series, its newest, which a
+/// receiver stores once. Resuming every series from one mark for all shards instead resends
+/// several samples per series of the shards that were ahead; Prometheus refuses samples older
+/// than a series' newest with 400 "out of order sample" for the whole batch, and the new
+/// samples in that batch are lost. (Several scrape jobs interleave timestamps in the WAL a
+/// little; as for [`QueueManager::lowest_sent_timestamp`], this is a watermark.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentMarks {
+    /// The lowest of `shards`: every sample at or before it is finished.
+    pub lowest: i64,
+    /// Per shard (index = `ref % len`).
+    pub shards: Vec<i64>,
+}
+
+impl SentMarks {
+    /// The mark for series `r`: its samples at or before it are finished.
+    pub fn for_series(&self, r: SeriesRef) -> i64 {
+        if self.shards.is_empty() {
+            return self.lowest;
+        }
+        self.shards
+            .get(shard_for(r, self.shards.len()))
+            .map_or(self.lowest, |&m| m.max(self.lowest))
     }
 }
 
@@ -274,6 +330,7 @@ impl QueueManager {
             dropped_on_stop: AtomicU64::new(0),
             start: Instant::now(),
             last_success_ms: AtomicI64::new(-1),
+            finished: tokio::sync::watch::channel(0).0,
         });
         let shards = Arc::new(tokio::sync::RwLock::new(start_shards(&shared, initial)));
         let reshard_task = tokio::spawn(reshard_loop(shared.clone(), shards.clone()));
@@ -458,6 +515,17 @@ impl QueueManager {
     /// (series within a shard may be out of timestamp order with one another).
     pub fn lowest_sent_timestamp(&self) -> Option<i64> {
         self.shared.lowest_sent()
+    }
+
+    /// How far each shard got; see [`SentMarks`]. `None` until every shard with samples
+    /// pending has finished a batch.
+    pub fn sent_marks(&self) -> Option<SentMarks> {
+        self.shared.sent_marks()
+    }
+
+    /// Changes after every finished batch (delivered or refused), to save progress at once.
+    pub fn finished_batches(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.finished.subscribe()
     }
 
     /// Stops accepting samples, sends what is queued, and waits until `deadline` at most
@@ -668,6 +736,7 @@ async fn send_batch(
     state.pending.fetch_sub(n, Ordering::AcqRel);
     shared.samples_out.fetch_add(n as u64, Ordering::Relaxed);
     batch.clear();
+    shared.finished.send_modify(|c| *c += 1);
 }
 
 fn finish(shared: &Shared, state: &ShardState, highest: i64) {

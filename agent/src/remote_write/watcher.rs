@@ -6,12 +6,24 @@
 //! 250 ms). Series records go to `store_series`, samples to `append_samples`, which waits
 //! while the queue is full: the back-pressure stops the watcher, not the scraper.
 //!
-//! **Progress survives restarts.** Every second the watcher writes the queue's
-//! `lowest_sent_timestamp` (every sample at or before it has been delivered or dropped for
-//! good) to a progress file, atomically (write, fsync, rename). After a restart, samples at or
-//! before that mark are skipped and everything after it is sent again. A sample sent just before
-//! a crash may be sent twice; receivers store a repeated identical sample once, so counts stay
-//! right. Without a progress file (a new endpoint) everything in the WAL is sent.
+//! **Progress survives restarts.** After every batch the queue finishes, the watcher saves the
+//! queue's [`SentMarks`] (how far each shard got) to a progress file, atomically (write,
+//! rename; fsync at most once a second and on stop):
+//!
+//! ```text
+//! <lowest>\n                          every sample at or before it is finished
+//! <mark 0> <mark 1> ... <mark n-1>\n  per shard (series `r` was in shard `r % n`): its
+//!                                     samples at or before the mark are finished
+//! ```
+//!
+//! Timestamps are milliseconds in decimal; a file with only the first line (as written before
+//! per-shard marks) resumes every series after `<lowest>`. After a restart each series' samples
+//! at or before its mark are skipped and everything after is sent again: at most the newest
+//! already delivered sample of a series, which receivers store once, plus a batch that was in
+//! flight at a crash. Saving at once and per shard matters: Prometheus refuses a series' samples
+//! older than its newest with 400 "out of order sample" for the whole batch, and the new samples
+//! in such a batch would be lost. Without a progress file (a new endpoint) everything in the
+//! WAL is sent.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +33,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::proto::Label;
-use super::queue::QueueManager;
+use super::queue::{QueueManager, SentMarks};
 use crate::wal::checkpoint;
 use crate::wal::live::{segment_numbers, LiveReader, Position};
 use crate::wal::reader::Reader;
@@ -36,7 +48,12 @@ struct Batch {
 }
 
 impl Batch {
-    fn absorb(&mut self, rec: &[u8], after: Option<i64>, scratch: &mut Vec<(u64, i64, f64)>) {
+    fn absorb(
+        &mut self,
+        rec: &[u8],
+        after: Option<&SentMarks>,
+        scratch: &mut Vec<(u64, i64, f64)>,
+    ) {
         match record::record_type(rec) {
             Some(record::SERIES) => {
                 let mut out = Vec::new();
@@ -61,7 +78,7 @@ impl Batch {
                     Ok(()) => self.samples.extend(
                         scratch
                             .iter()
-                            .filter(|(_, t, _)| after.is_none_or(|a| *t > a)),
+                            .filter(|(r, t, _)| after.is_none_or(|a| *t > a.for_series(*r))),
                     ),
                     Err(e) => self.errors.push(e.to_string()),
                 }
@@ -71,21 +88,109 @@ impl Batch {
     }
 }
 
-/// Reads the saved progress (the lowest timestamp known sent), if any.
+/// Reads the saved progress's lowest mark (every sample at or before it is finished), if any.
 pub fn read_progress(path: &Path) -> Option<i64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    read_marks(path).map(|m| m.lowest)
 }
 
-fn write_progress(path: &Path, ts: i64) -> std::io::Result<()> {
+/// Reads the saved progress (format in the module doc); `None` when absent or unreadable.
+pub fn read_marks(path: &Path) -> Option<SentMarks> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    let lowest = lines.next()?.trim().parse().ok()?;
+    // A damaged shard line only costs precision: every series resumes after `lowest`.
+    let shards = lines
+        .next()
+        .and_then(|l| {
+            l.split_ascii_whitespace()
+                .map(|v| v.parse::<i64>().ok())
+                .collect::<Option<Vec<i64>>>()
+        })
+        .unwrap_or_default();
+    Some(SentMarks { lowest, shards })
+}
+
+fn write_progress(path: &Path, marks: &SentMarks, fsync: bool) -> std::io::Result<()> {
     use std::io::Write as _;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    let shards: Vec<String> = marks.shards.iter().map(i64::to_string).collect();
+    let text = format!("{}\n{}\n", marks.lowest, shards.join(" "));
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(ts.to_string().as_bytes())?;
-    f.sync_all()?;
+    f.write_all(text.as_bytes())?;
+    if fsync {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)
+}
+
+/// What to save given the saved marks `prev` and the queue's `now`; `None` when the file
+/// should stay as it is. Marks never go back: with the same shard count they are merged shard
+/// by shard (a restarted queue's shards start from nothing); with another count (the queue had
+/// resharded before a restart) the old marks stay until `now.lowest` has passed all of them.
+fn next_marks(prev: Option<&SentMarks>, now: SentMarks) -> Option<SentMarks> {
+    let Some(prev) = prev else {
+        return Some(now);
+    };
+    let merged = if prev.shards.len() == now.shards.len() {
+        SentMarks {
+            lowest: prev.lowest.max(now.lowest),
+            shards: prev
+                .shards
+                .iter()
+                .zip(&now.shards)
+                .map(|(a, b)| *a.max(b))
+                .collect(),
+        }
+    } else if now.lowest >= prev.lowest && prev.shards.iter().all(|&m| now.lowest >= m) {
+        now
+    } else {
+        return None;
+    };
+    (merged != *prev).then_some(merged)
+}
+
+/// Saves the queue's progress to `path` when it moved; `fsync` for durability beyond a process
+/// crash. Only one task may save to a given file at a time (the temp file is shared).
+pub fn save_progress(queue: &QueueManager, path: &Path, fsync: bool) -> std::io::Result<()> {
+    let Some(now) = queue.sent_marks() else {
+        return Ok(());
+    };
+    match next_marks(read_marks(path).as_ref(), now) {
+        Some(next) => write_progress(path, &next, fsync),
+        None => Ok(()),
+    }
+}
+
+/// Saves progress after every finished batch until `shutdown`.
+async fn save_on_progress(queue: Arc<QueueManager>, path: PathBuf, shutdown: CancellationToken) {
+    let mut finished = queue.finished_batches();
+    let mut last_fsync = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = finished.changed() => if changed.is_err() { return },
+        }
+        let fsync = last_fsync.elapsed() >= Duration::from_secs(1);
+        let q = queue.clone();
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || save_progress(&q, &p, fsync)).await {
+            Ok(Ok(())) => {
+                if fsync {
+                    last_fsync = std::time::Instant::now();
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(remote_name = %queue.remote_name(), file = %path.display(), error = %e, "remote_write: cannot save progress")
+            }
+            Err(e) => {
+                tracing::error!(remote_name = %queue.remote_name(), error = %e, "remote_write: progress task failed");
+                return;
+            }
+        }
+    }
 }
 
 /// Runs until `shutdown`; returns when the queue is stopped or the WAL directory is gone.
@@ -96,13 +201,24 @@ pub async fn run(
     mut commits: watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
-    let after = read_progress(&progress_file);
+    let after = read_marks(&progress_file);
     let name = queue.remote_name().to_owned();
-    tracing::info!(remote_name = %name, wal = %wal_dir.display(), resume_after_ms = ?after, "remote_write: reading the WAL");
+    tracing::info!(remote_name = %name, wal = %wal_dir.display(), resume_after_ms = ?after.as_ref().map(|m| m.lowest),
+        resume_shards = after.as_ref().map_or(0, |m| m.shards.len()), "remote_write: reading the WAL");
+    // Stopped before the last save below, so that two saves never share the temp file.
+    let saver_stop = shutdown.child_token();
+    let saver = tokio::spawn(save_on_progress(
+        queue.clone(),
+        progress_file.clone(),
+        saver_stop.clone(),
+    ));
 
     // The checkpoint first (complete files), then the segments after it.
     let dir = wal_dir.clone();
+    let after = Arc::new(after);
+    let marks = after.clone();
     let start = tokio::task::spawn_blocking(move || -> Result<(Batch, Position), String> {
+        let after = marks.as_ref().as_ref();
         let mut batch = Batch::default();
         let mut scratch = Vec::new();
         let mut first_segment = 0;
@@ -136,19 +252,22 @@ pub async fn run(
         }
         Err(e) => {
             tracing::error!(remote_name = %name, error = %e, "remote_write: WAL reader task failed");
+            saver_stop.cancel();
+            let _ = saver.await;
             return;
         }
     };
     if !deliver(&queue, batch, &name).await {
+        saver_stop.cancel();
+        let _ = saver.await;
         return;
     }
 
     let mut reader = Some(LiveReader::new(&wal_dir, start));
-    let mut last_progress = std::time::Instant::now();
-    let mut saved = after;
-    loop {
-        let Some(mut r) = reader.take() else { return };
+    while let Some(mut r) = reader.take() {
+        let after = after.clone();
         let polled = tokio::task::spawn_blocking(move || {
+            let after = after.as_ref().as_ref();
             let mut batch = Batch::default();
             let mut scratch = Vec::new();
             let res = r.poll(|rec| batch.absorb(rec, after, &mut scratch));
@@ -159,7 +278,7 @@ pub async fn run(
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(remote_name = %name, error = %e, "remote_write: WAL reader task failed");
-                return;
+                break;
             }
         };
         reader = Some(r);
@@ -168,20 +287,7 @@ pub async fn run(
         }
         let idle = matches!(res, Ok(0));
         if !deliver(&queue, batch, &name).await {
-            return;
-        }
-        if last_progress.elapsed() >= Duration::from_secs(1) {
-            last_progress = std::time::Instant::now();
-            if let Some(ts) = queue.lowest_sent_timestamp() {
-                if saved.is_none_or(|s| ts > s) {
-                    match write_progress(&progress_file, ts) {
-                        Ok(()) => saved = Some(ts),
-                        Err(e) => {
-                            tracing::warn!(remote_name = %name, file = %progress_file.display(), error = %e, "remote_write: cannot save progress")
-                        }
-                    }
-                }
-            }
+            break;
         }
         if idle {
             tokio::select! {
@@ -193,11 +299,14 @@ pub async fn run(
             break;
         }
     }
-    // A last save of what was delivered, for the next start.
-    if let Some(ts) = queue.lowest_sent_timestamp() {
-        if saved.is_none_or(|s| ts > s) {
-            let _ = write_progress(&progress_file, ts);
-        }
+    // A last save of what was delivered, for the next start (the owner saves again after
+    // flushing the queue).
+    saver_stop.cancel();
+    let _ = saver.await;
+    let q = queue.clone();
+    let p = progress_file.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || save_progress(&q, &p, true)).await {
+        tracing::warn!(remote_name = %name, file = %progress_file.display(), error = %e, "remote_write: cannot save progress");
     }
 }
 
@@ -219,4 +328,70 @@ async fn deliver(queue: &QueueManager, batch: Batch, name: &str) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marks(lowest: i64, shards: &[i64]) -> SentMarks {
+        SentMarks {
+            lowest,
+            shards: shards.to_vec(),
+        }
+    }
+
+    #[test]
+    fn progress_file_round_trips_and_reads_the_one_line_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("remote_write").join("rw");
+        let m = marks(1000, &[1000, 3000, 2000]);
+        write_progress(&path, &m, true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "1000\n1000 3000 2000\n"
+        );
+        assert_eq!(read_marks(&path), Some(m));
+        assert_eq!(read_progress(&path), Some(1000));
+
+        std::fs::write(&path, "1234").unwrap();
+        assert_eq!(read_marks(&path), Some(marks(1234, &[])));
+        // A damaged shard line falls back to the lowest mark for every series.
+        std::fs::write(&path, "1234\n5 x 7\n").unwrap();
+        assert_eq!(read_marks(&path), Some(marks(1234, &[])));
+        std::fs::write(&path, "garbage\n").unwrap();
+        assert_eq!(read_marks(&path), None);
+        assert_eq!(read_marks(&dir.path().join("missing")), None);
+    }
+
+    #[test]
+    fn each_series_resumes_after_its_shards_mark() {
+        let m = marks(1000, &[1000, 3000, 2000]);
+        assert_eq!(m.for_series(0), 1000);
+        assert_eq!(m.for_series(1), 3000);
+        assert_eq!(m.for_series(5), 2000);
+        assert_eq!(marks(1000, &[]).for_series(7), 1000);
+        // A shard mark below the lowest (a hand-edited file) never goes below it.
+        assert_eq!(marks(1000, &[500]).for_series(0), 1000);
+    }
+
+    #[test]
+    fn saved_marks_never_go_back() {
+        assert_eq!(next_marks(None, marks(5, &[5, 6])), Some(marks(5, &[5, 6])));
+        // Same shard count: merged shard by shard (a restarted queue starts low).
+        assert_eq!(
+            next_marks(Some(&marks(5, &[5, 9])), marks(7, &[8, 7])),
+            Some(marks(7, &[8, 9]))
+        );
+        assert_eq!(
+            next_marks(Some(&marks(5, &[5, 9])), marks(4, &[5, 9])),
+            None
+        );
+        // Another shard count: the old marks stay until the new lowest passes all of them.
+        assert_eq!(next_marks(Some(&marks(5, &[5, 9])), marks(8, &[8])), None);
+        assert_eq!(
+            next_marks(Some(&marks(5, &[5, 9])), marks(9, &[9])),
+            Some(marks(9, &[9]))
+        );
+    }
 }

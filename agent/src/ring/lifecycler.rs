@@ -966,19 +966,23 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn auto_forget_happens_exactly_once() {
         let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
+        // A 2 s timeout (forget after 4 s) leaves the live members' own whole-second
+        // heartbeat stamps a wide margin on a loaded machine.
         let mut sa = settings("a");
         sa.heartbeat_period = Duration::from_secs(3600);
+        sa.heartbeat_timeout = Duration::from_secs(2);
         let mut sb = settings("b");
         sb.heartbeat_period = Duration::from_secs(3600);
+        sb.heartbeat_timeout = Duration::from_secs(2);
         let a = Lifecycler::start(store.clone(), sa);
         let b = Lifecycler::start(store.clone(), sb);
         wait_state(&a, InstanceState::Active).await;
         wait_state(&b, InstanceState::Active).await;
-        // 2 periods × 1 s timeout: 3 s old is dead, 1 s old is merely unhealthy.
+        // 2 periods × 2 s timeout: 10 s old is dead, 1 s old is merely unhealthy.
         seed(
             &store,
             "dead",
-            member(InstanceState::Active, vec![1], unix_now() - 3),
+            member(InstanceState::Active, vec![1], unix_now() - 10),
         )
         .await;
         seed(
@@ -990,11 +994,11 @@ mod tests {
         // Right after start the guard holds: no member forgets before a heartbeat timeout of
         // working KV access.
         assert!(a.heartbeat().await.expect("hb").forgotten.is_empty());
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        tokio::time::sleep(Duration::from_millis(2100)).await;
         seed(
             &store,
             "dead",
-            member(InstanceState::Active, vec![1], unix_now() - 3),
+            member(InstanceState::Active, vec![1], unix_now() - 10),
         )
         .await;
         seed(
