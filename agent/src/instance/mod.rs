@@ -54,6 +54,37 @@ pub fn dir_name(name: &str) -> String {
     name.replace('/', "--")
 }
 
+/// `write_relabel_configs` as the queue's per-series filter (run once per series, after the
+/// external labels are added, as Prometheus does); `None` when there are none.
+fn write_relabel_filter(
+    rw: &crate::config::instance::RemoteWriteConfig,
+) -> Option<crate::remote_write::SeriesFilter> {
+    if rw.raw.write_relabel_configs.is_empty() {
+        return None;
+    }
+    // Validated when the config was accepted; a rule that fails here would have failed there.
+    let rules = crate::config::relabel::validate_all(
+        &rw.raw.write_relabel_configs,
+        "write_relabel_configs",
+    )
+    .ok()?;
+    Some(Box::new(move |labels: &mut Vec<(String, String)>| {
+        let set = crate::relabel::Labels::from_pairs(
+            labels.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        );
+        match crate::relabel::process_labels(&set, &rules) {
+            Some(out) => {
+                *labels = out
+                    .iter()
+                    .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                    .collect();
+                true
+            }
+            None => false,
+        }
+    }))
+}
+
 /// One remote_write endpoint of an instance.
 struct Remote {
     queue: Arc<QueueManager>,
@@ -219,7 +250,7 @@ impl Instance {
                 &cfg.external_labels,
                 Some(&shared.agent_id),
                 &shared.metrics,
-                None,
+                write_relabel_filter(rw),
             )
             .map_err(|e| InstanceError::RemoteWrite {
                 name: name.clone(),
@@ -441,6 +472,34 @@ async fn housekeeping(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_relabel_configs_filter_and_rewrite_series() {
+        let (_, cfg) = crate::config::load::parse_instance(
+            "remote_write:\n  - url: http://r/\n    write_relabel_configs:\n      - source_labels: [__name__]\n        regex: 'keep_.*'\n        action: keep\n      - target_label: env\n        replacement: prod\n",
+            &crate::config::GlobalConfig::default(),
+        )
+        .unwrap();
+        let filter = write_relabel_filter(&cfg.remote_write[0]).expect("a filter");
+        let mut dropped = vec![("__name__".to_owned(), "other".to_owned())];
+        assert!(!filter(&mut dropped));
+        let mut kept = vec![
+            ("__name__".to_owned(), "keep_me".to_owned()),
+            ("a".to_owned(), "1".to_owned()),
+        ];
+        assert!(filter(&mut kept));
+        assert_eq!(
+            kept,
+            [("__name__", "keep_me"), ("a", "1"), ("env", "prod")]
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+        let (_, plain) = crate::config::load::parse_instance(
+            "remote_write:\n  - url: http://r/\n",
+            &crate::config::GlobalConfig::default(),
+        )
+        .unwrap();
+        assert!(write_relabel_filter(&plain.remote_write[0]).is_none());
+    }
 
     /// The exposed names are the ones the docs and the old agent's dashboards use.
     #[test]
