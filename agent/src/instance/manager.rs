@@ -30,6 +30,10 @@ struct Inner {
     running: BTreeMap<String, Instance>,
     /// Configs wanted but not running (start failed); retried.
     failed: BTreeMap<String, InstanceConfig>,
+    /// Instances being stopped in the background (flushing remote_write for up to
+    /// `remote_flush_deadline`). A config that comes back waits for its old stop to finish,
+    /// since both would use the same WAL folder.
+    stopping: BTreeMap<String, tokio::task::JoinHandle<()>>,
 }
 
 /// Retries a failed instance every `restart_backoff` while its config is still wanted.
@@ -82,6 +86,7 @@ impl InstanceManager {
             .running
             .keys()
             .chain(inner.failed.keys())
+            .chain(inner.stopping.keys())
             .any(|n| dir_name(n) == dir);
         if busy {
             return None;
@@ -95,6 +100,11 @@ impl InstanceManager {
     /// An unchanged config is left alone.
     pub async fn apply(self: &Arc<Self>, cfg: InstanceConfig) {
         let name = cfg.name.clone();
+        // A stop of this name still flushing: let it finish first (same WAL folder).
+        let pending = self.inner.lock().await.stopping.remove(&name);
+        if let Some(h) = pending {
+            let _ = h.await;
+        }
         let mut inner = self.inner.lock().await;
         inner.failed.remove(&name);
         if let Some(mut inst) = inner.running.remove(&name) {
@@ -108,7 +118,10 @@ impl InstanceManager {
                 return;
             }
             tracing::info!(instance = %name, "instance restarting for a changed config");
+            // Stop without holding the manager: other configs keep being applied meanwhile.
+            drop(inner);
             inst.stop(false).await;
+            inner = self.inner.lock().await;
         }
         match Instance::start(cfg.clone(), &self.shared).await {
             Ok(inst) => {
@@ -123,19 +136,24 @@ impl InstanceManager {
     }
 
     /// Stops `name` if it runs. `write_stale` only when the config was deleted (not moved).
+    /// Scraping stops at once; the remote_write flush (up to `remote_flush_deadline`) goes on
+    /// in the background, so one unreachable receiver does not hold up a reshard.
     pub async fn delete(&self, name: &str, write_stale: bool) -> bool {
-        let inst = {
-            let mut inner = self.inner.lock().await;
-            inner.failed.remove(name);
-            inner.running.remove(name)
+        let mut inner = self.inner.lock().await;
+        inner.failed.remove(name);
+        let Some(inst) = inner.running.remove(name) else {
+            return false;
         };
-        match inst {
-            Some(i) => {
-                i.stop(write_stale).await;
-                true
+        let previous = inner.stopping.remove(name);
+        let handle = tokio::spawn(async move {
+            if let Some(p) = previous {
+                let _ = p.await;
             }
-            None => false,
-        }
+            inst.stop(write_stale).await;
+        });
+        inner.stopping.insert(name.to_owned(), handle);
+        inner.stopping.retain(|_, h| !h.is_finished());
+        true
     }
 
     /// Names of the configs this agent runs (or retries), sorted.
@@ -166,14 +184,72 @@ impl InstanceManager {
 
     /// Stops everything (shutdown).
     pub async fn stop_all(&self, write_stale: bool) {
-        let all: Vec<Instance> = {
+        let (all, pending): (Vec<Instance>, Vec<tokio::task::JoinHandle<()>>) = {
             let mut inner = self.inner.lock().await;
             inner.failed.clear();
-            std::mem::take(&mut inner.running).into_values().collect()
+            (
+                std::mem::take(&mut inner.running).into_values().collect(),
+                std::mem::take(&mut inner.stopping).into_values().collect(),
+            )
         };
-        let stops: Vec<_> = all.into_iter().map(|i| i.stop(write_stale)).collect();
-        for s in stops {
-            s.await;
+        // Concurrently: each stop may wait up to its remote_flush_deadline.
+        let stops: Vec<_> = all
+            .into_iter()
+            .map(|i| tokio::spawn(i.stop(write_stale)))
+            .collect();
+        for h in stops.into_iter().chain(pending) {
+            let _ = h.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str) -> InstanceConfig {
+        // A receiver that refuses connections: the flush on stop runs into its deadline.
+        let yaml = "scrape_configs:\n  - job_name: j\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['127.0.0.1:9']\nremote_write:\n  - url: http://127.0.0.1:9/push\nremote_flush_deadline: 2s\n";
+        crate::config::load::parse_instance_named(
+            yaml,
+            Some(name),
+            &crate::config::GlobalConfig::default(),
+        )
+        .unwrap()
+        .1
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_flushes_in_the_background_and_a_comeback_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let shared = Shared::new(dir.path(), "t", &mut registry);
+        let m = InstanceManager::new(shared, Duration::from_secs(1));
+        m.apply(config("a")).await;
+        m.apply(config("b")).await;
+        // Let a scrape (of a closed port: up 0) reach the WAL so there is something to flush.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+
+        let t = std::time::Instant::now();
+        assert!(m.delete("a", false).await);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "delete waited for the flush: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(m.names().await, ["b"]);
+
+        // The same config again starts only after the old instance let go of its WAL.
+        m.apply(config("a")).await;
+        assert!(m.is_running("a").await);
+        let t = std::time::Instant::now();
+        m.stop_all(false).await;
+        // Both stops flush concurrently: about one deadline, not two.
+        assert!(
+            t.elapsed() < Duration::from_millis(3500),
+            "stop_all took {:?}",
+            t.elapsed()
+        );
+        assert!(m.names().await.is_empty());
     }
 }

@@ -277,6 +277,8 @@ impl RemoteClient {
     /// Builds the client: fixed headers, auth, TLS, proxy and redirect policy. Needs a rustls
     /// crypto provider installed as the process default unless `tls_config` is set.
     pub fn new(settings: ClientSettings) -> Result<RemoteClient, ClientError> {
+        // reqwest panics without a rustls provider; the binary installs one, library users may not.
+        crate::httpclient::ensure_crypto_provider();
         let remote = settings.remote_name.clone();
         let http_cfg = &settings.http;
         if http_cfg.oauth2.is_some() {
