@@ -2,6 +2,13 @@
 //!
 //! The HTTP server takes an already-bound listener and a shutdown token, so tests bind
 //! `127.0.0.1:0` and stop it without signals.
+//!
+//! `/-/reload` (any method) and SIGHUP re-read `-config.file` and apply it: the new file is
+//! validated fully first; an invalid file, or one changing a field that needs a restart (see
+//! [`crate::config::reload`]), is refused (400 with the error, naming file:line or the
+//! fields) and the running config stays. Every attempt sets `agent_config_last_load_successful`
+//! (1/0); successes set `agent_config_last_load_success_timestamp_seconds`, failures count in
+//! `agent_config_load_failures_total` (the old agent's names).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +58,19 @@ pub enum Error {
     },
 }
 
+/// Why a reload was refused (the running config stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not load or validate; the message names file:line where known.
+    #[error("{0}")]
+    Invalid(ConfigError),
+    #[error("{}: changing {} requires a restart; the running configuration is kept", .file.display(), .fields.join(", "))]
+    NeedsRestart {
+        file: PathBuf,
+        fields: Vec<&'static str>,
+    },
+}
+
 /// What `agent run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -65,6 +85,10 @@ pub struct Options {
     /// Bearer token required for config writes.
     pub api_write_token: Option<String>,
     pub api_max_body: usize,
+    /// `-config.expand-env`: also used when the file is re-read on a reload.
+    pub expand_env: bool,
+    /// Reload the config file on SIGHUP (the CLI sets it; in-process tests leave it off).
+    pub reload_on_sighup: bool,
 }
 
 impl Options {
@@ -78,6 +102,8 @@ impl Options {
             enable_get_config: true,
             api_write_token: None,
             api_max_body: api::DEFAULT_MAX_BODY,
+            expand_env: false,
+            reload_on_sighup: false,
         }
     }
 }
@@ -91,6 +117,73 @@ struct AppState {
     ring_page: std::sync::OnceLock<Router>,
     /// The cluster's run loop; awaited on shutdown (it leaves the ring).
     cluster_task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The config in effect (reloads replace it; the lock also serialises reloads).
+    config: tokio::sync::Mutex<AgentConfig>,
+    /// The cluster, once the store is connected (reloads pass settings to it).
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
+    api: Arc<ApiState>,
+    /// Stops the running WAL cleaner (restarted when its settings are reloaded).
+    cleaner_stop: std::sync::Mutex<CancellationToken>,
+    shutdown: CancellationToken,
+    load_metrics: LoadMetrics,
+}
+
+/// The old agent's config-load metrics.
+#[derive(Debug, Clone, Default)]
+struct LoadMetrics {
+    successful: prometheus_client::metrics::gauge::Gauge,
+    success_timestamp: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    failures: prometheus_client::metrics::counter::Counter,
+}
+
+impl LoadMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = LoadMetrics::default();
+        registry.register(
+            "agent_config_last_load_successful",
+            "Config loaded successfully.",
+            m.successful.clone(),
+        );
+        registry.register(
+            "agent_config_last_load_success_timestamp_seconds",
+            "Timestamp of the last successful configuration load.",
+            m.success_timestamp.clone(),
+        );
+        registry.register(
+            "agent_config_load_failures",
+            "Configuration load failures.",
+            m.failures.clone(),
+        );
+        m
+    }
+
+    fn record(&self, ok: bool) {
+        if ok {
+            self.successful.set(1);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.success_timestamp.set(now);
+        } else {
+            self.successful.set(0);
+            self.failures.inc();
+        }
+    }
+}
+
+fn spawn_cleaner(
+    manager: &Arc<InstanceManager>,
+    cfg: &AgentConfig,
+    shutdown: &CancellationToken,
+) -> CancellationToken {
+    let stop = shutdown.child_token();
+    tokio::spawn(instance::cleaner::run(
+        manager.clone(),
+        cfg.wal_cleanup_age.as_std(),
+        cfg.wal_cleanup_period.as_std(),
+        stop.clone(),
+    ));
+    stop
 }
 
 /// Runs the agent until `shutdown` is cancelled.
@@ -140,6 +233,8 @@ pub async fn serve(
     }
     let mut registry = Registry::default();
     let api_metrics = ApiMetrics::register(&mut registry);
+    let load_metrics = LoadMetrics::register(&mut registry);
+    load_metrics.record(true);
     let enabled = cfg.scraping_service.enabled;
     let ss = cfg.scraping_service.clone();
     let lifecycler_settings = LifecyclerSettings::from_config(&ss.lifecycler, addr.port());
@@ -148,21 +243,22 @@ pub async fn serve(
         &lifecycler_settings.id,
         &mut registry,
     );
-    let manager = InstanceManager::new(shared, cfg.instance_restart_backoff.as_std());
-    tokio::spawn(instance::cleaner::run(
-        manager.clone(),
-        cfg.wal_cleanup_age.as_std(),
-        cfg.wal_cleanup_period.as_std(),
-        shutdown.clone(),
-    ));
+    let manager = InstanceManager::new(
+        shared,
+        cfg.instance_restart_backoff.as_std(),
+        cfg.instance_mode,
+    );
+    let cleaner_stop = spawn_cleaner(&manager, cfg, &shutdown);
     let api_state = Arc::new(ApiState {
         store: std::sync::RwLock::new(if enabled {
             StoreSlot::Connecting("starting".into())
         } else {
             StoreSlot::Disabled
         }),
-        global: cfg.global.clone(),
-        dangerous_allow_reading_files: ss.dangerous_allow_reading_files,
+        global: std::sync::RwLock::new(cfg.global.clone()),
+        dangerous_allow_reading_files: std::sync::atomic::AtomicBool::new(
+            ss.dangerous_allow_reading_files,
+        ),
         enable_get: options.enable_get_config,
         write_token: options.api_write_token.clone(),
         max_body: options.api_max_body,
@@ -178,11 +274,17 @@ pub async fn serve(
     let local_configs = cfg.configs.clone();
     let state = Arc::new(AppState {
         ready: AtomicBool::new(false),
+        config: tokio::sync::Mutex::new(cfg.clone()),
         options,
         registry,
         manager: manager.clone(),
         ring_page: std::sync::OnceLock::new(),
         cluster_task: tokio::sync::Mutex::new(None),
+        cluster: std::sync::OnceLock::new(),
+        api: api_state.clone(),
+        cleaner_stop: std::sync::Mutex::new(cleaner_stop),
+        shutdown: shutdown.clone(),
+        load_metrics,
     });
     if enabled {
         match local_store {
@@ -201,9 +303,15 @@ pub async fn serve(
     } else {
         // No scraping service: the local `metrics.configs` run here.
         for c in local_configs {
-            manager.apply(c).await;
+            let name = c.name.clone();
+            if let Err(e) = manager.apply(c).await {
+                tracing::error!(config = %name, error = %e, "config not run");
+            }
         }
         state.ready.store(true, Ordering::Release);
+    }
+    if state.options.reload_on_sighup {
+        tokio::spawn(reload_on_sighup(state.clone()));
     }
 
     // On shutdown: leave the ring (hand-over, flush), then stop serving HTTP.
@@ -241,6 +349,7 @@ fn router(state: Arc<AppState>) -> Router {
         )
         .route("/-/ready", any(ready))
         .route("/-/config", any(show_config))
+        .route("/-/reload", any(reload_handler))
         .route("/metrics", get(metrics))
         .route("/agent/api/v1/metrics/instances", get(instances))
         .route("/agent/api/v1/instances", get(instances))
@@ -377,6 +486,7 @@ async fn connect_store(
     settings: LifecyclerSettings,
     shutdown: CancellationToken,
 ) {
+    // kvstore settings cannot change by a reload: the start-up config is the one to use.
     let cfg = &state.options.config;
     let ss = &cfg.scraping_service;
     let mut delay = std::time::Duration::from_millis(250);
@@ -413,7 +523,11 @@ async fn start_cluster(
     settings: LifecyclerSettings,
     shutdown: &CancellationToken,
 ) {
-    let cfg = &state.options.config;
+    // The config in effect now: a reload while the store was unreachable counts.
+    // Held until the cluster is registered, so a concurrent reload reaches it.
+    let config_guard = state.config.lock().await;
+    let current = config_guard.clone();
+    let cfg = &current;
     let ss = &cfg.scraping_service;
     tracing::info!(store = %store.describe(), prefix = %ss.config_prefix, "config store connected");
     let configs = Arc::new(ConfigStore::with_prefix(
@@ -472,6 +586,8 @@ async fn start_cluster(
             }
         });
     }
+    let _ = state.cluster.set(cluster.clone());
+    drop(config_guard);
     let task = tokio::spawn(cluster.run(shutdown.clone()));
     *state.cluster_task.lock().await = Some(task);
 }
@@ -502,5 +618,139 @@ async fn debug_ring(State(state): State<Arc<AppState>>, req: axum::extract::Requ
             StatusCode::SERVICE_UNAVAILABLE,
             "the ring is not reachable yet\n",
         ),
+    }
+}
+
+/// `/-/reload` (any method): 200 with an empty body when the config file was applied (or there
+/// is none), 400 with the reason otherwise.
+async fn reload_handler(State(state): State<Arc<AppState>>) -> Response {
+    match reload(&state).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => text_owned(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
+/// Reloads on every SIGHUP until shutdown; the outcome is logged by [`reload`].
+async fn reload_on_sighup(state: Arc<AppState>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; use /-/reload");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                tracing::info!(signal = "SIGHUP", "reloading the config file");
+                // The outcome is logged by `reload`.
+                let _ = reload(&state).await;
+            }
+        }
+    }
+}
+
+/// Re-reads `-config.file`, validates it, refuses changes that need a restart, and applies
+/// the rest live (see [`crate::config::reload`]). Logs what changed or why it was refused.
+async fn reload(state: &Arc<AppState>) -> Result<(), ReloadError> {
+    let Some(path) = state.options.config_file.clone() else {
+        tracing::info!(
+            "reload requested; running the embedded default (no config file), nothing to reload"
+        );
+        state.load_metrics.record(true);
+        return Ok(());
+    };
+    let mut current = state.config.lock().await;
+    let new = match crate::config::load::load_agent_file(&path, state.options.expand_env) {
+        Ok(c) => c,
+        Err(e) => {
+            state.load_metrics.record(false);
+            tracing::error!(file = %path.display(), error = %e, "reload refused: invalid configuration; the running configuration is kept");
+            return Err(ReloadError::Invalid(e));
+        }
+    };
+    let plan = crate::config::reload::plan(&current, &new);
+    if !plan.restart_required.is_empty() {
+        state.load_metrics.record(false);
+        let e = ReloadError::NeedsRestart {
+            file: path.clone(),
+            fields: plan.restart_required,
+        };
+        tracing::error!(error = %e, "reload refused");
+        return Err(e);
+    }
+    if plan.changed.is_empty() {
+        tracing::info!(file = %path.display(), "config reloaded; nothing changed");
+        *current = new;
+        state.load_metrics.record(true);
+        return Ok(());
+    }
+    tracing::info!(file = %path.display(), changed = %plan.changed.join(","), "config reloaded; applying");
+    apply_reloaded(state, &current, &new).await;
+    *current = new;
+    state.load_metrics.record(true);
+    Ok(())
+}
+
+/// Applies the live fields of `new` (already checked against `old` by the reload plan).
+async fn apply_reloaded(state: &Arc<AppState>, old: &AgentConfig, new: &AgentConfig) {
+    let manager = &state.manager;
+    manager.set_restart_backoff(new.instance_restart_backoff.as_std());
+    if (old.wal_cleanup_age, old.wal_cleanup_period)
+        != (new.wal_cleanup_age, new.wal_cleanup_period)
+    {
+        let fresh = spawn_cleaner(manager, new, &state.shutdown);
+        let previous = std::mem::replace(
+            &mut *state
+                .cleaner_stop
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            fresh,
+        );
+        previous.cancel();
+    }
+    *state
+        .api
+        .global
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = new.global.clone();
+    state.api.dangerous_allow_reading_files.store(
+        new.scraping_service.dangerous_allow_reading_files,
+        Ordering::Release,
+    );
+    let rejected = manager.set_mode(new.instance_mode).await;
+    if old.instance_mode != new.instance_mode {
+        tracing::info!(instance_mode = ?new.instance_mode, dropped = rejected.len(), "configs regrouped");
+    }
+    if let Some(cluster) = state.cluster.get() {
+        // Re-validates every owned config against the new global and re-applies by content;
+        // also places again the configs a mode switch could not regroup.
+        cluster
+            .reload(
+                new.global.clone(),
+                new.scraping_service.reshard_interval.as_std(),
+            )
+            .await;
+    } else if !new.scraping_service.enabled {
+        // Without the scraping service the file's `configs` are the whole truth.
+        let wanted: std::collections::HashSet<&str> =
+            new.configs.iter().map(|c| c.name.as_str()).collect();
+        for name in manager.names().await {
+            if !wanted.contains(name.as_str()) {
+                tracing::info!(config = %name, "config removed from the file; stopping");
+                manager.delete(&name, true).await;
+            }
+        }
+        for c in &new.configs {
+            let name = c.name.clone();
+            if let Err(e) = manager.apply(c.clone()).await {
+                tracing::error!(config = %name, error = %e, "config not run");
+            }
+        }
     }
 }

@@ -40,6 +40,8 @@ pub async fn run(args: AgentRunArgs) -> Result<ExitCode, Error> {
     options.enable_get_config = !args.disable_get_config;
     options.api_write_token = api_write_token;
     options.api_max_body = args.api_max_body_bytes;
+    options.expand_env = args.expand_env;
+    options.reload_on_sighup = true;
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
     daemon::run(options, shutdown).await?;

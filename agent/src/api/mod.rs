@@ -80,9 +80,10 @@ pub enum StoreSlot {
 #[derive(Debug)]
 pub struct ApiState {
     pub store: std::sync::RwLock<StoreSlot>,
-    /// For validation of PUT bodies (the agent's `ApplyDefaults`).
-    pub global: GlobalConfig,
-    pub dangerous_allow_reading_files: bool,
+    /// For validation of PUT bodies (the agent's `ApplyDefaults`); replaced on a reload.
+    pub global: std::sync::RwLock<GlobalConfig>,
+    /// Replaced on a reload.
+    pub dangerous_allow_reading_files: std::sync::atomic::AtomicBool,
     /// `GET /agent/api/v1/configs/{name}`; on unless disabled.
     pub enable_get: bool,
     /// Bearer token required for writes, when set.
@@ -412,14 +413,22 @@ fn validate_body(state: &ApiState, name: &str, text: &str) -> Result<String, Res
         }
     };
     raw.name = name.to_owned();
-    if let Err(e) = raw.validate(&state.global) {
+    let global = state
+        .global
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if let Err(e) = raw.validate(&global) {
         return Err(error(
             StatusCode::BAD_REQUEST,
             format!("failed to validate config: failed to apply defaults to {name:?}: {e}"),
         ));
     }
-    if !state.dangerous_allow_reading_files {
-        if let Some(e) = raw.file_reading_violation(&state.global) {
+    if !state
+        .dangerous_allow_reading_files
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        if let Some(e) = raw.file_reading_violation(&global) {
             return Err(error(
                 StatusCode::BAD_REQUEST,
                 format!("failed to validate config: {e}"),

@@ -46,14 +46,22 @@ pub struct Cluster {
     pub lifecycler: Lifecycler,
     pub view: RingView,
     pub manager: Arc<InstanceManager>,
-    pub global: GlobalConfig,
-    pub reshard_interval: Duration,
+    /// Reloadable settings (`/-/reload`): see [`Cluster::reload`].
+    settings: std::sync::RwLock<Reloadable>,
+    /// Wakes the run loop for a full reshard after a reload.
+    reloaded: tokio::sync::Notify,
     pub heartbeat_timeout: Duration,
     /// Content hash of each config this agent runs.
     applied: tokio::sync::Mutex<HashMap<String, String>>,
     /// Configs owned per ring member id, for `/debug/ring`.
     owned_tx: watch::Sender<HashMap<String, usize>>,
     ready_tx: watch::Sender<bool>,
+}
+
+#[derive(Debug, Clone)]
+struct Reloadable {
+    global: GlobalConfig,
+    reshard_interval: Duration,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -79,13 +87,43 @@ impl Cluster {
             lifecycler,
             view,
             manager,
-            global,
-            reshard_interval,
+            settings: std::sync::RwLock::new(Reloadable {
+                global,
+                reshard_interval,
+            }),
+            reloaded: tokio::sync::Notify::new(),
             heartbeat_timeout,
             applied: tokio::sync::Mutex::new(HashMap::new()),
             owned_tx: watch::channel(HashMap::new()).0,
             ready_tx: watch::channel(false).0,
         })
+    }
+
+    fn settings(&self) -> Reloadable {
+        self.settings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn reshard_interval(&self) -> Duration {
+        self.settings().reshard_interval
+    }
+
+    /// Applies reloaded settings: every owned config is validated again against the new
+    /// `global` and re-applied by content (an instance whose resulting config is unchanged is
+    /// left alone), and the reshard timer restarts with the new interval. Also the way to
+    /// re-place configs after an `instance_mode` switch dropped some.
+    pub async fn reload(&self, global: GlobalConfig, reshard_interval: Duration) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Reloadable {
+            global,
+            reshard_interval,
+        };
+        self.applied.lock().await.clear();
+        self.reloaded.notify_one();
     }
 
     /// Configs owned per member id (for the ring page).
@@ -138,7 +176,7 @@ impl Cluster {
         self.view.wait_ready().await;
         self.refresh().await;
         let _ = self.ready_tx.send(true);
-        let mut next = tokio::time::Instant::now() + self.reshard_interval;
+        let mut next = tokio::time::Instant::now() + self.reshard_interval();
         while !shutdown.is_cancelled() {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -157,7 +195,11 @@ impl Cluster {
                     }
                 }
                 _ = tokio::time::sleep_until(next) => {
-                    next = tokio::time::Instant::now() + self.reshard_interval;
+                    next = tokio::time::Instant::now() + self.reshard_interval();
+                    self.refresh().await;
+                }
+                _ = self.reloaded.notified() => {
+                    next = tokio::time::Instant::now() + self.reshard_interval();
                     self.refresh().await;
                 }
             }
@@ -250,11 +292,18 @@ impl Cluster {
         if self.applied.lock().await.get(name) == Some(&hash) {
             return;
         }
-        match parse_instance_named(yaml, Some(name), &self.global) {
+        let global = self.settings().global;
+        match parse_instance_named(yaml, Some(name), &global) {
             Ok((_, cfg)) => {
                 tracing::info!(config = name, "running config");
-                self.manager.apply(cfg).await;
-                self.applied.lock().await.insert(name.to_owned(), hash);
+                match self.manager.apply(cfg).await {
+                    Ok(()) => {
+                        self.applied.lock().await.insert(name.to_owned(), hash);
+                    }
+                    // Not marked applied: tried again at the next reshard (the clashing
+                    // config may be gone by then).
+                    Err(e) => tracing::error!(config = name, error = %e, "config not run"),
+                }
             }
             Err(e) => tracing::error!(config = name, error = %e,
                 "config in the store does not validate; skipped (an instance it had keeps running)"),

@@ -12,6 +12,7 @@ pub mod instance;
 pub mod load;
 pub mod regex;
 pub mod relabel;
+pub mod reload;
 pub mod remote_write;
 pub mod scrape;
 pub mod sd;

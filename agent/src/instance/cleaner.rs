@@ -9,7 +9,7 @@
 //!
 //! 1. are instance folders: directories holding a `wal/` directory (anything else, such as
 //!    the embedded KV store's `kv.redb` file or a folder someone put there, is never touched);
-//! 2. belong to no instance this agent runs or retries ([`InstanceManager::names`], compared
+//! 2. belong to no instance this agent runs or retries ([`InstanceManager::instance_names`], compared
 //!    by [`dir_name`]);
 //! 3. were last modified more than `wal_cleanup_age` ago: the newest modification time of any
 //!    file in the folder (WAL segments, checkpoints, remote_write progress); the `wal/`
@@ -270,7 +270,12 @@ pub async fn clean_once(
     metrics: &CleanerMetrics,
 ) -> Cleanup {
     let started = std::time::Instant::now();
-    let running: BTreeSet<String> = manager.names().await.iter().map(|n| dir_name(n)).collect();
+    let running: BTreeSet<String> = manager
+        .instance_names()
+        .await
+        .iter()
+        .map(|n| dir_name(n))
+        .collect();
     let dir = wal_directory.to_owned();
     let scanned =
         tokio::task::spawn_blocking(move || scan(&dir, &running, age, SystemTime::now())).await;
@@ -493,8 +498,12 @@ mod tests {
         let r = root.path();
         let mut registry = Registry::default();
         let shared = Shared::new(r, "agent-1", &mut registry);
-        let manager = InstanceManager::new(shared, Duration::from_secs(5));
-        manager.apply(instance_config("team/live")).await;
+        let manager = InstanceManager::new(
+            shared,
+            Duration::from_secs(5),
+            crate::config::agent::InstanceMode::Distinct,
+        );
+        manager.apply(instance_config("team/live")).await.unwrap();
         assert_eq!(manager.names().await, ["team/live"]);
         let live = r.join("team--live");
         assert!(live.join("wal").is_dir());
@@ -540,7 +549,11 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let r = root.path();
         let mut registry = Registry::default();
-        let manager = InstanceManager::new(Shared::new(r, "a", &mut registry), HOUR);
+        let manager = InstanceManager::new(
+            Shared::new(r, "a", &mut registry),
+            HOUR,
+            crate::config::agent::InstanceMode::Distinct,
+        );
         let gone = instance_folder(r, "gone", 13 * HOUR);
 
         let stop = CancellationToken::new();

@@ -1,12 +1,15 @@
-//! Starts, updates and stops instances by config name. An instance that fails to start is
-//! retried after `instance_restart_backoff` while its config is still wanted; a failure never
-//! takes the agent down.
+//! Starts, updates and stops instances. An instance that fails to start is retried after
+//! `instance_restart_backoff` while it is still wanted; a failure never takes the agent down.
 //!
-//! Each config runs as its own instance (the old agent's `instance_mode: distinct`). The
-//! default `shared` mode of the old agent merged configs with equal remote_write settings into
-//! one instance; here `shared` is accepted and runs configs the same way as `distinct` (one
-//! WAL per config), which is what its maintainers recommended for large stores
-//! (grafana/agent#849, #398).
+//! Callers speak in configs (apply, delete by config name); [`Groups`] maps them onto
+//! instances according to `instance_mode` (see [`super::group`]): in `distinct` mode each
+//! config is its own instance, named by the config; in `shared` mode (the default, as in the
+//! old agent) configs that differ only in name and scrape_configs run as one instance named by
+//! their group hash. A member added, changed or removed updates its group instance's scrape
+//! jobs in place (same WAL, same remote_write queues); the last member removed stops it.
+//! [`InstanceManager::names`] lists config names in both modes, as the old agent's
+//! `/agent/api/v1/metrics/instances` did (`ListConfigs`); the WAL folder, the targets'
+//! `instance` field and the metric label use the instance name.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,22 +17,37 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
+use super::group::{Action, GroupError, Groups};
 use super::{dir_name, Instance, Shared};
+use crate::config::agent::InstanceMode;
 use crate::config::InstanceConfig;
 use crate::scrape::manager::TargetInfo;
+
+/// The metric label naming an instance: `instance_group_name` for a shared group,
+/// `instance_name` for a distinct config (the old agent's labels).
+pub fn metric_label(mode: InstanceMode) -> &'static str {
+    match mode {
+        InstanceMode::Shared => "instance_group_name",
+        InstanceMode::Distinct => "instance_name",
+    }
+}
 
 #[derive(Debug)]
 pub struct InstanceManager {
     shared: Shared,
-    restart_backoff: Duration,
+    restart_backoff: std::sync::Mutex<Duration>,
+    /// Config membership. Held for a whole membership change (including the instance starts
+    /// and updates it causes), so changes to one group apply in the order they were made.
+    groups: Mutex<Groups>,
     inner: Mutex<Inner>,
 }
 
+/// Instances by instance name.
 #[derive(Debug, Default)]
 struct Inner {
     running: BTreeMap<String, Instance>,
-    /// Configs wanted but not running (start failed); retried.
-    failed: BTreeMap<String, InstanceConfig>,
+    /// Instances wanted but not running (start failed); retried. With the metric label.
+    failed: BTreeMap<String, (InstanceConfig, &'static str)>,
     /// Instances being stopped in the background (flushing remote_write for up to
     /// `remote_flush_deadline`). A config that comes back waits for its old stop to finish,
     /// since both would use the same WAL folder.
@@ -39,32 +57,85 @@ struct Inner {
 /// Retries a failed instance every `restart_backoff` while its config is still wanted.
 async fn retry(me: Arc<InstanceManager>, name: String) {
     loop {
-        tokio::time::sleep(me.restart_backoff).await;
+        let backoff = me.restart_backoff();
+        tokio::time::sleep(backoff).await;
         let mut inner = me.inner.lock().await;
-        let Some(cfg) = inner.failed.remove(&name) else {
+        let Some((cfg, label)) = inner.failed.remove(&name) else {
             return;
         };
-        match Instance::start(cfg.clone(), &me.shared).await {
+        match Instance::start(cfg.clone(), &me.shared, label).await {
             Ok(inst) => {
                 tracing::info!(instance = %name, "instance started after a retry");
                 inner.running.insert(name, inst);
                 return;
             }
             Err(e) => {
-                tracing::error!(instance = %name, error = %e, retry_in = ?me.restart_backoff, "instance failed to start");
-                inner.failed.insert(name.clone(), cfg);
+                tracing::error!(instance = %name, error = %e, retry_in = ?backoff, "instance failed to start");
+                inner.failed.insert(name.clone(), (cfg, label));
             }
         }
     }
 }
 
 impl InstanceManager {
-    pub fn new(shared: Shared, restart_backoff: Duration) -> Arc<Self> {
+    pub fn new(shared: Shared, restart_backoff: Duration, mode: InstanceMode) -> Arc<Self> {
         Arc::new(InstanceManager {
             shared,
-            restart_backoff,
+            restart_backoff: std::sync::Mutex::new(restart_backoff),
+            groups: Mutex::new(Groups::new(mode)),
             inner: Mutex::new(Inner::default()),
         })
+    }
+
+    fn restart_backoff(&self) -> Duration {
+        *self
+            .restart_backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `instance_restart_backoff` for the next retries (config reload).
+    pub fn set_restart_backoff(&self, d: Duration) {
+        *self
+            .restart_backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = d;
+    }
+
+    pub async fn mode(&self) -> InstanceMode {
+        self.groups.lock().await.mode()
+    }
+
+    /// Switches `instance_mode` (config reload): every config is regrouped, instances no longer
+    /// wanted stop (no staleness markers: the series continue in the new instances), the new
+    /// ones start. Returns the configs that could not be placed (job names clashing within a
+    /// new group); they no longer run and are logged.
+    pub async fn set_mode(self: &Arc<Self>, mode: InstanceMode) -> Vec<GroupError> {
+        let mut groups = self.groups.lock().await;
+        if groups.mode() == mode {
+            return Vec::new();
+        }
+        let (actions, rejected) = groups.set_mode(mode);
+        for e in &rejected {
+            tracing::error!(error = %e, "config dropped while regrouping for the new instance_mode");
+        }
+        // Stops first: they only stop scraping here (the flush goes on in the background).
+        let (stops, runs): (Vec<Action>, Vec<Action>) = actions
+            .into_iter()
+            .partition(|a| matches!(a, Action::Stop(_)));
+        for a in stops.into_iter().chain(runs) {
+            self.execute(a, false, metric_label(mode)).await;
+        }
+        rejected
+    }
+
+    async fn execute(self: &Arc<Self>, action: Action, write_stale: bool, label: &'static str) {
+        match action {
+            Action::Run(cfg) => self.run_instance(cfg, label).await,
+            Action::Stop(name) => {
+                self.stop_instance(&name, write_stale).await;
+            }
+        }
     }
 
     /// What every instance shares (WAL directory, metrics).
@@ -96,9 +167,28 @@ impl InstanceManager {
         Some(r)
     }
 
-    /// Runs `cfg`: starts it, updates it in place, or restarts it when it cannot be updated.
-    /// An unchanged config is left alone.
-    pub async fn apply(self: &Arc<Self>, cfg: InstanceConfig) {
+    /// Runs the config `cfg` (adds it to its group, or replaces its previous version). The
+    /// instance it belongs to is started, updated in place, or restarted when it cannot be
+    /// updated; an unchanged instance is left alone. In shared mode a job name already used by
+    /// another member of the group is refused and nothing changes.
+    pub async fn apply(self: &Arc<Self>, cfg: InstanceConfig) -> Result<(), GroupError> {
+        let mut groups = self.groups.lock().await;
+        let label = metric_label(groups.mode());
+        let name = cfg.name.clone();
+        let actions = groups.apply(cfg)?;
+        if let Some(i) = groups.instance_of(&name).filter(|i| *i != name) {
+            tracing::debug!(config = %name, instance = %i, "config runs in a shared instance");
+        }
+        for a in actions {
+            // A config that moved to another group: its series continue there.
+            self.execute(a, false, label).await;
+        }
+        drop(groups);
+        Ok(())
+    }
+
+    /// Starts, updates or restarts the instance `cfg.name`.
+    async fn run_instance(self: &Arc<Self>, cfg: InstanceConfig, label: &'static str) {
         let name = cfg.name.clone();
         // A stop of this name still flushing: let it finish first (same WAL folder).
         let pending = self.inner.lock().await.stopping.remove(&name);
@@ -123,22 +213,36 @@ impl InstanceManager {
             inst.stop(false).await;
             inner = self.inner.lock().await;
         }
-        match Instance::start(cfg.clone(), &self.shared).await {
+        match Instance::start(cfg.clone(), &self.shared, label).await {
             Ok(inst) => {
                 inner.running.insert(name, inst);
             }
             Err(e) => {
-                tracing::error!(instance = %name, error = %e, retry_in = ?self.restart_backoff, "instance failed to start");
-                inner.failed.insert(name.clone(), cfg);
+                tracing::error!(instance = %name, error = %e, retry_in = ?self.restart_backoff(), "instance failed to start");
+                inner.failed.insert(name.clone(), (cfg, label));
                 tokio::spawn(retry(Arc::clone(self), name));
             }
         }
     }
 
-    /// Stops `name` if it runs. `write_stale` only when the config was deleted (not moved).
-    /// Scraping stops at once; the remote_write flush (up to `remote_flush_deadline`) goes on
-    /// in the background, so one unreachable receiver does not hold up a reshard.
-    pub async fn delete(&self, name: &str, write_stale: bool) -> bool {
+    /// Removes the config `name`: its instance stops when it was the last member, otherwise
+    /// the group instance drops its jobs. `write_stale` only when the config was deleted (not
+    /// moved). `false` when the config was not running here.
+    pub async fn delete(self: &Arc<Self>, name: &str, write_stale: bool) -> bool {
+        let mut groups = self.groups.lock().await;
+        let label = metric_label(groups.mode());
+        let Some(action) = groups.remove(name) else {
+            return false;
+        };
+        self.execute(action, write_stale, label).await;
+        drop(groups);
+        true
+    }
+
+    /// Stops the instance `name` if it runs. Scraping stops at once; the remote_write flush
+    /// (up to `remote_flush_deadline`) goes on in the background, so one unreachable receiver
+    /// does not hold up a reshard.
+    async fn stop_instance(&self, name: &str, write_stale: bool) -> bool {
         let mut inner = self.inner.lock().await;
         inner.failed.remove(name);
         let Some(inst) = inner.running.remove(name) else {
@@ -156,8 +260,14 @@ impl InstanceManager {
         true
     }
 
-    /// Names of the configs this agent runs (or retries), sorted.
+    /// Names of the configs this agent runs (or retries), sorted, in both modes.
     pub async fn names(&self) -> Vec<String> {
+        self.groups.lock().await.config_names()
+    }
+
+    /// Names of the instances this agent runs (or retries), sorted: config names in distinct
+    /// mode, group hashes in shared mode. Their WAL folders are `dir_name(name)`.
+    pub async fn instance_names(&self) -> Vec<String> {
         let inner = self.inner.lock().await;
         let mut v: Vec<String> = inner
             .running
@@ -170,9 +280,9 @@ impl InstanceManager {
         v
     }
 
+    /// Whether the config `name` runs (or is retried) here.
     pub async fn is_running(&self, name: &str) -> bool {
-        let inner = self.inner.lock().await;
-        inner.running.contains_key(name) || inner.failed.contains_key(name)
+        self.groups.lock().await.contains(name)
     }
 
     pub async fn targets(&self) -> Vec<TargetInfo> {
@@ -184,6 +294,10 @@ impl InstanceManager {
 
     /// Stops everything (shutdown).
     pub async fn stop_all(&self, write_stale: bool) {
+        let mut groups = self.groups.lock().await;
+        let mode = groups.mode();
+        *groups = Groups::new(mode);
+        drop(groups);
         let (all, pending): (Vec<Instance>, Vec<tokio::task::JoinHandle<()>>) = {
             let mut inner = self.inner.lock().await;
             inner.failed.clear();
@@ -208,8 +322,12 @@ mod tests {
     use super::*;
 
     fn config(name: &str) -> InstanceConfig {
+        config_with_job(name, "j")
+    }
+
+    fn config_with_job(name: &str, job: &str) -> InstanceConfig {
         // A receiver that refuses connections: the flush on stop runs into its deadline.
-        let yaml = "scrape_configs:\n  - job_name: j\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['127.0.0.1:9']\nremote_write:\n  - url: http://127.0.0.1:9/push\nremote_flush_deadline: 2s\n";
+        let yaml = &format!("scrape_configs:\n  - job_name: {job}\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['127.0.0.1:9']\nremote_write:\n  - url: http://127.0.0.1:9/push\nremote_flush_deadline: 2s\n");
         crate::config::load::parse_instance_named(
             yaml,
             Some(name),
@@ -224,9 +342,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = prometheus_client::registry::Registry::default();
         let shared = Shared::new(dir.path(), "t", &mut registry);
-        let m = InstanceManager::new(shared, Duration::from_secs(1));
-        m.apply(config("a")).await;
-        m.apply(config("b")).await;
+        let m = InstanceManager::new(shared, Duration::from_secs(1), InstanceMode::Distinct);
+        m.apply(config("a")).await.unwrap();
+        m.apply(config("b")).await.unwrap();
         // Let a scrape (of a closed port: up 0) reach the WAL so there is something to flush.
         tokio::time::sleep(Duration::from_millis(600)).await;
 
@@ -240,7 +358,7 @@ mod tests {
         assert_eq!(m.names().await, ["b"]);
 
         // The same config again starts only after the old instance let go of its WAL.
-        m.apply(config("a")).await;
+        m.apply(config("a")).await.unwrap();
         assert!(m.is_running("a").await);
         let t = std::time::Instant::now();
         m.stop_all(false).await;
@@ -251,5 +369,78 @@ mod tests {
             t.elapsed()
         );
         assert!(m.names().await.is_empty());
+    }
+
+    fn jobs_by_instance(targets: &[TargetInfo]) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = targets
+            .iter()
+            .map(|t| (t.instance.clone(), t.target_group.clone()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Targets appear once discovery delivered them: poll for up to 3 s.
+    async fn wait_jobs(m: &InstanceManager, want: &[(&str, &str)]) {
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(i, j)| (i.to_string(), j.to_string()))
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let got = jobs_by_instance(&m.targets().await);
+            if got == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "targets by instance: {got:?}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shared_mode_runs_one_instance_per_group_and_updates_it_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let shared = Shared::new(dir.path(), "t", &mut registry);
+        let m = InstanceManager::new(shared, Duration::from_secs(1), InstanceMode::Shared);
+        let a = config_with_job("a", "ja");
+        let group = super::super::group::group_hash(&a);
+        m.apply(a).await.unwrap();
+        m.apply(config_with_job("b", "jb")).await.unwrap();
+        assert_eq!(m.names().await, ["a", "b"]);
+        assert_eq!(m.instance_names().await, [group.clone()]);
+        assert!(dir.path().join(&group).join("wal").is_dir());
+        wait_jobs(&m, &[(&group, "ja"), (&group, "jb")]).await;
+        let active = format!("agent_wal_storage_active_series{{instance_group_name=\"{group}\"}}");
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains(&active), "no {active} in\n{text}");
+
+        // A job name another member uses is refused; nothing changes.
+        assert!(m.apply(config_with_job("c", "ja")).await.is_err());
+        assert_eq!(m.names().await, ["a", "b"]);
+
+        // Removing a member drops its jobs from the same instance (no restart: same WAL).
+        assert!(m.delete("a", true).await);
+        assert_eq!(m.instance_names().await, [group.clone()]);
+        wait_jobs(&m, &[(&group, "jb")]).await;
+        // The last member stops the instance.
+        assert!(m.delete("b", true).await);
+        assert!(!m.delete("b", true).await);
+        assert!(m.instance_names().await.is_empty());
+        wait_jobs(&m, &[]).await;
+
+        // Switching to distinct regroups: one instance per config, named by it.
+        m.apply(config_with_job("a", "ja")).await.unwrap();
+        m.apply(config_with_job("b", "jb")).await.unwrap();
+        assert!(m.set_mode(InstanceMode::Distinct).await.is_empty());
+        assert_eq!(m.instance_names().await, ["a", "b"]);
+        wait_jobs(&m, &[("a", "ja"), ("b", "jb")]).await;
+        m.stop_all(false).await;
     }
 }

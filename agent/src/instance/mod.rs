@@ -10,6 +10,7 @@
 //! `<wal_directory>/<instance>/remote_write/<name>`.
 
 pub mod cleaner;
+pub mod group;
 pub mod manager;
 pub mod storage;
 
@@ -103,6 +104,7 @@ pub struct Instance {
     housekeeping: JoinHandle<()>,
     stop: CancellationToken,
     metrics: InstanceMetrics,
+    label: InstanceLabel,
 }
 
 impl std::fmt::Debug for Instance {
@@ -116,11 +118,14 @@ impl std::fmt::Debug for Instance {
 
 type InstanceLabel = Vec<(String, String)>;
 
-fn instance_label(name: &str) -> InstanceLabel {
-    vec![("instance_name".to_owned(), name.to_owned())]
+/// `key` is `instance_name` (distinct mode) or `instance_group_name` (shared mode), see
+/// [`manager::metric_label`].
+fn instance_label(key: &str, name: &str) -> InstanceLabel {
+    vec![(key.to_owned(), name.to_owned())]
 }
 
-/// Per-instance WAL metrics, labelled `instance_name` like the old agent's instance metrics.
+/// Per-instance WAL metrics, labelled like the old agent's instance metrics: `instance_name`
+/// in distinct mode, `instance_group_name` in shared mode.
 #[derive(Clone)]
 pub struct InstanceMetrics {
     /// Samples a truncation removed before remote_write sent them, because the cut was moved
@@ -173,8 +178,8 @@ impl InstanceMetrics {
     }
 
     /// Drops the gauge of a stopped instance (its counters stay, as counters do).
-    fn forget(&self, name: &str) {
-        self.active_series.remove(&instance_label(name));
+    fn forget(&self, label: &InstanceLabel) {
+        self.active_series.remove(label);
     }
 }
 
@@ -213,8 +218,14 @@ impl Shared {
 
 impl Instance {
     /// Opens (repairing and replaying) the WAL, starts remote_write from it, then scraping.
-    pub async fn start(cfg: InstanceConfig, shared: &Shared) -> Result<Instance, InstanceError> {
+    /// `label_key` names the instance in its metrics (see [`manager::metric_label`]).
+    pub async fn start(
+        cfg: InstanceConfig,
+        shared: &Shared,
+        label_key: &str,
+    ) -> Result<Instance, InstanceError> {
         let name = cfg.name.clone();
+        let label = instance_label(label_key, &name);
         let dir = shared.wal_directory.join(dir_name(&name));
         let wal_dir = dir.join("wal");
         let open_dir = wal_dir.clone();
@@ -286,6 +297,7 @@ impl Instance {
             storage.clone(),
             queues,
             shared.instance_metrics.clone(),
+            label.clone(),
             stop.clone(),
         ));
         tracing::info!(instance = %name, jobs = cfg.scrape_configs.len(), remote_writes = cfg.remote_write.len(),
@@ -299,6 +311,7 @@ impl Instance {
             housekeeping,
             stop,
             metrics: shared.instance_metrics.clone(),
+            label,
         })
     }
 
@@ -344,7 +357,7 @@ impl Instance {
         let _ = self.storage.with_wal(|w| w.sync());
         self.stop.cancel();
         let _ = self.housekeeping.await;
-        self.metrics.forget(&name);
+        self.metrics.forget(&self.label);
         let deadline = tokio::time::Instant::now() + self.cfg.remote_flush_deadline.as_std();
         for r in self.remotes {
             r.stop.cancel();
@@ -375,9 +388,9 @@ async fn housekeeping(
     storage: Arc<WalStorage>,
     queues: Vec<Arc<QueueManager>>,
     metrics: InstanceMetrics,
+    label: InstanceLabel,
     stop: CancellationToken,
 ) {
-    let label = instance_label(&cfg.name);
     let mut last_truncate = tokio::time::Instant::now();
     let mut previous = None;
     loop {
@@ -506,7 +519,7 @@ mod tests {
     fn shared_registers_wal_and_cleaner_metrics() {
         let mut registry = Registry::default();
         let shared = Shared::new(Path::new("/nonexistent"), "a", &mut registry);
-        let l = instance_label("team/a");
+        let l = instance_label("instance_name", "team/a");
         shared
             .instance_metrics
             .truncate_dropped_samples
@@ -538,7 +551,7 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
-        shared.instance_metrics.forget("team/a");
+        shared.instance_metrics.forget(&l);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         assert!(!text.contains("agent_wal_storage_active_series{"));
