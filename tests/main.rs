@@ -15,6 +15,7 @@ mod remote_write_e2e;
 mod ring;
 mod ring_browser;
 mod scrape;
+mod shared_reload;
 mod wal;
 mod wal_inspect;
 mod wal_to_remote;

@@ -231,12 +231,14 @@ impl Agent {
 }
 
 /// An agent.yaml: scraping service on the embedded store in `dir/wal`, `cluster: e2e`.
+/// `instance_mode: distinct`: the tests look at remote_write names (`rw0`) and WAL folders by
+/// config name, which shared mode replaces by group names.
 fn agent_yaml(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("agent.yaml");
     std::fs::write(
         &path,
         format!(
-            "metrics:\n  wal_directory: {}\n  global:\n    external_labels:\n      cluster: e2e\n  \
+            "metrics:\n  wal_directory: {}\n  instance_mode: distinct\n  global:\n    external_labels:\n      cluster: e2e\n  \
              scraping_service:\n    enabled: true\n",
             dir.join("wal").display()
         ),
