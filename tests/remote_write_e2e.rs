@@ -770,8 +770,13 @@ async fn e2e_429_then_200_and_400_through_the_agent() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let (failed, all_400) = loop {
         let before = count_400(&r400.requests());
+        // By URL: on the embedded default (instance_mode shared) the remote_write is renamed
+        // after its group.
         let failed = agent
-            .metric("prometheus_remote_storage_samples_failed_total", "rw1")
+            .metric(
+                "prometheus_remote_storage_samples_failed_total",
+                &format!("url=\"{url400}\""),
+            )
             .await;
         let after = count_400(&r400.requests());
         if before == after && failed as usize == after {
@@ -783,7 +788,7 @@ async fn e2e_429_then_200_and_400_through_the_agent() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(failed > 0.0, "samples_failed_total for rw1: {failed}");
+    assert!(failed > 0.0, "samples_failed_total for {url400}: {failed}");
     assert!(all_400 > 0);
     assert!(
         reqs.len() as u64 <= 2 * served,

@@ -196,7 +196,7 @@ fn shared_mode_groups_configs_and_a_delete_drops_only_that_job() {
         .filter(|e| e.path().join("wal").is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(folders, [group.clone()]);
+    assert_eq!(folders, std::slice::from_ref(&group));
     agent.wait_for("both targets scraped", Duration::from_secs(5), |_| {
         ta.hits() >= 2 && tb.hits() >= 2
     });

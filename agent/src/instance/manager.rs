@@ -412,7 +412,7 @@ mod tests {
         m.apply(a).await.unwrap();
         m.apply(config_with_job("b", "jb")).await.unwrap();
         assert_eq!(m.names().await, ["a", "b"]);
-        assert_eq!(m.instance_names().await, [group.clone()]);
+        assert_eq!(m.instance_names().await, std::slice::from_ref(&group));
         assert!(dir.path().join(&group).join("wal").is_dir());
         wait_jobs(&m, &[(&group, "ja"), (&group, "jb")]).await;
         let active = format!("agent_wal_storage_active_series{{instance_group_name=\"{group}\"}}");
@@ -427,7 +427,7 @@ mod tests {
 
         // Removing a member drops its jobs from the same instance (no restart: same WAL).
         assert!(m.delete("a", true).await);
-        assert_eq!(m.instance_names().await, [group.clone()]);
+        assert_eq!(m.instance_names().await, std::slice::from_ref(&group));
         wait_jobs(&m, &[(&group, "jb")]).await;
         // The last member stops the instance.
         assert!(m.delete("b", true).await);
