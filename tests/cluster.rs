@@ -120,6 +120,28 @@ fn wait_placed(
     }
 }
 
+/// job → agents scraping it, from each agent's `/metrics/targets`; also checks that each agent
+/// runs its configs as one shared instance (the default `instance_mode: shared`: these configs
+/// differ only in name and jobs).
+fn job_placement(agents: &[&Agent]) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for a in agents {
+        let r = http_full("GET", &a.addr, "/agent/api/v1/metrics/targets", &[], b"").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let targets = v["data"].as_array().unwrap();
+        let groups: std::collections::BTreeSet<&str> = targets
+            .iter()
+            .map(|t| t["instance"].as_str().unwrap())
+            .collect();
+        assert!(groups.len() <= 1, "{}: instances {groups:?}", a.id);
+        for t in targets {
+            let job = t["labels"]["job"].as_str().unwrap().to_owned();
+            m.entry(job).or_default().push(a.id.clone());
+        }
+    }
+    m
+}
+
 fn config(i: usize) -> String {
     format!(
         "scrape_configs:\n  - job_name: job-{i}\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['127.0.0.1:9']\n"
@@ -157,6 +179,25 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
         Duration::from_secs(2) + t0.elapsed(),
     );
     eprintln!("30 configs placed exactly once {took:?} after the last PUT");
+    // The jobs are scraped where the configs are placed, each by one agent.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let jobs = job_placement(&[&a1, &a2, &a3]);
+        let agreed = jobs.len() == 30
+            && p.iter().all(|(name, owners)| {
+                // `07-cfg` holds `job-7`.
+                let i: usize = name.trim_end_matches("-cfg").parse().unwrap();
+                jobs.get(&format!("job-{i}")) == Some(owners)
+            });
+        if agreed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "targets disagree with placement: jobs {jobs:?}, configs {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let on_3: Vec<String> = p
         .iter()
         .filter(|(_, v)| v[0] == "agent-3")
