@@ -141,17 +141,17 @@ impl LoadMetrics {
         let m = LoadMetrics::default();
         registry.register(
             "agent_config_last_load_successful",
-            "Config loaded successfully.",
+            "Whether the last config load (start or reload) succeeded (1) or not (0)",
             m.successful.clone(),
         );
         registry.register(
             "agent_config_last_load_success_timestamp_seconds",
-            "Timestamp of the last successful configuration load.",
+            "Timestamp of the last successful configuration load",
             m.success_timestamp.clone(),
         );
         registry.register(
             "agent_config_load_failures",
-            "Configuration load failures.",
+            "Configuration load failures",
             m.failures.clone(),
         );
         m
@@ -725,7 +725,15 @@ async fn apply_reloaded(state: &Arc<AppState>, old: &AgentConfig, new: &AgentCon
     );
     let rejected = manager.set_mode(new.instance_mode).await;
     if old.instance_mode != new.instance_mode {
-        tracing::info!(instance_mode = ?new.instance_mode, dropped = rejected.len(), "configs regrouped");
+        let mode = match new.instance_mode {
+            crate::config::agent::InstanceMode::Shared => "shared",
+            crate::config::agent::InstanceMode::Distinct => "distinct",
+        };
+        tracing::info!(
+            instance_mode = mode,
+            dropped = rejected.len(),
+            "configs regrouped"
+        );
     }
     if let Some(cluster) = state.cluster.get() {
         // Re-validates every owned config against the new global and re-applies by content;

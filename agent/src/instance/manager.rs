@@ -39,6 +39,9 @@ pub struct InstanceManager {
     /// Config membership. Held for a whole membership change (including the instance starts
     /// and updates it causes), so changes to one group apply in the order they were made.
     groups: Mutex<Groups>,
+    /// The member config names, updated with every membership change, so that listing them
+    /// (API, reshard) never waits behind an instance start or a restart's flush.
+    members: std::sync::RwLock<std::collections::BTreeSet<String>>,
     inner: Mutex<Inner>,
 }
 
@@ -83,8 +86,17 @@ impl InstanceManager {
             shared,
             restart_backoff: std::sync::Mutex::new(restart_backoff),
             groups: Mutex::new(Groups::new(mode)),
+            members: std::sync::RwLock::new(Default::default()),
             inner: Mutex::new(Inner::default()),
         })
+    }
+
+    fn publish_members(&self, groups: &Groups) {
+        *self
+            .members
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            groups.config_names().into_iter().collect();
     }
 
     fn restart_backoff(&self) -> Duration {
@@ -126,6 +138,7 @@ impl InstanceManager {
         for a in stops.into_iter().chain(runs) {
             self.execute(a, false, metric_label(mode)).await;
         }
+        self.publish_members(&groups);
         rejected
     }
 
@@ -183,6 +196,8 @@ impl InstanceManager {
             // A config that moved to another group: its series continue there.
             self.execute(a, false, label).await;
         }
+        // Listed once its instance runs (or is retried), as before grouping.
+        self.publish_members(&groups);
         drop(groups);
         Ok(())
     }
@@ -234,6 +249,7 @@ impl InstanceManager {
         let Some(action) = groups.remove(name) else {
             return false;
         };
+        self.publish_members(&groups);
         self.execute(action, write_stale, label).await;
         drop(groups);
         true
@@ -262,7 +278,12 @@ impl InstanceManager {
 
     /// Names of the configs this agent runs (or retries), sorted, in both modes.
     pub async fn names(&self) -> Vec<String> {
-        self.groups.lock().await.config_names()
+        self.members
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Names of the instances this agent runs (or retries), sorted: config names in distinct
@@ -282,7 +303,10 @@ impl InstanceManager {
 
     /// Whether the config `name` runs (or is retried) here.
     pub async fn is_running(&self, name: &str) -> bool {
-        self.groups.lock().await.contains(name)
+        self.members
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(name)
     }
 
     pub async fn targets(&self) -> Vec<TargetInfo> {
@@ -297,6 +321,7 @@ impl InstanceManager {
         let mut groups = self.groups.lock().await;
         let mode = groups.mode();
         *groups = Groups::new(mode);
+        self.publish_members(&groups);
         drop(groups);
         let (all, pending): (Vec<Instance>, Vec<tokio::task::JoinHandle<()>>) = {
             let mut inner = self.inner.lock().await;
