@@ -565,4 +565,40 @@ mod tests {
         want.sort();
         assert_eq!(runs, want);
     }
+
+    proptest::proptest! {
+        /// Any order and any names of the same remote_writes, any name and jobs: one group.
+        #[test]
+        fn the_group_ignores_order_names_and_jobs(
+            ports in proptest::collection::btree_set(1u16..2000, 1..5),
+            seed in proptest::num::u64::ANY,
+            job in "[a-z]{1,8}",
+        ) {
+            let rws: Vec<String> = ports
+                .iter()
+                .map(|p| format!("  - url: http://127.0.0.1:{p}/push\n"))
+                .collect();
+            let mut shuffled: Vec<String> = rws
+                .iter()
+                .enumerate()
+                .map(|(i, rw)| format!("{rw}    name: n{i}x{seed}\n"))
+                .collect();
+            shuffled.rotate_left((seed % rws.len() as u64) as usize);
+            if seed % 2 == 0 {
+                shuffled.reverse();
+            }
+            let refs: Vec<&str> = rws.iter().map(String::as_str).collect();
+            let srefs: Vec<&str> = shuffled.iter().map(String::as_str).collect();
+            let a = cfg("a", &with_job("x", &refs));
+            let b = cfg(&format!("b{seed}"), &with_job(&job, &srefs));
+            proptest::prop_assert_eq!(group_hash(&a), group_hash(&b));
+            let g = group_hash(&a);
+            // Both members merge into one config whatever their remote_write order was.
+            if job != "x" {
+                let merged = merge(&g, &[&a, &b]).unwrap();
+                proptest::prop_assert_eq!(merged.remote_write.len(), ports.len());
+                proptest::prop_assert_eq!(merged.scrape_configs.len(), 2);
+            }
+        }
+    }
 }
