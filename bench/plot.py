@@ -46,7 +46,7 @@ def main():
             bars = ax.bar(xs, ys, width, label=s, color=COLORS.get(s))
             ax.bar_label(bars, fmt="%.2f" if field.startswith("cpu") else "%.0f", fontsize=7)
         ax.axhline(target, color="grey", linestyle="--", linewidth=0.8)
-        ax.text(len(groups) - 0.5, target, " agentctl target", fontsize=7, va="bottom", ha="right", color="grey")
+        ax.text(-0.45, target, "agentctl target", fontsize=7, va="bottom", ha="left", color="grey")
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([f"{s // 1000}k series\nevery {i} s" for s, i in groups])
         ax.set_title(title)

@@ -75,6 +75,9 @@ enum Cmd {
         /// `{stem}` is replaced by the results file's name without extension.
         #[arg(long)]
         plot: Option<String>,
+        /// A markdown file of diagnosis and next steps to include in BENCHMARKS.md.
+        #[arg(long)]
+        analysis: Option<PathBuf>,
         /// perf-record agentctl after each window and put the top symbols in the results.
         #[arg(long)]
         profile: bool,
@@ -86,6 +89,9 @@ enum Cmd {
         json: PathBuf,
         #[arg(long)]
         out: Option<PathBuf>,
+        /// A markdown file of diagnosis and next steps to include.
+        #[arg(long)]
+        analysis: Option<PathBuf>,
     },
 }
 
@@ -139,6 +145,11 @@ fn start_sink(
     Ok((sink, addr))
 }
 
+fn read_analysis(path: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    path.map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()
+}
+
 fn ticks_s(ticks: u64) -> f64 {
     ticks as f64 / run::clk_tck()
 }
@@ -189,12 +200,17 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Report { json, out } => {
+        Cmd::Report {
+            json,
+            out,
+            analysis,
+        } => {
+            let analysis = read_analysis(analysis.as_deref())?;
             let text = std::fs::read_to_string(&json)
                 .with_context(|| format!("reading {}", json.display()))?;
             let r: report::Report = serde_json::from_str(&text)
                 .with_context(|| format!("parsing {}", json.display()))?;
-            let md = report::render(&r);
+            let md = report::render(&r, analysis.as_deref());
             match out {
                 Some(p) => {
                     std::fs::write(&p, md).with_context(|| format!("writing {}", p.display()))?
@@ -214,9 +230,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
             out_dir,
             benchmarks_md,
             plot,
+            analysis,
             profile,
             profile_seconds,
         } => {
+            let analysis = read_analysis(analysis.as_deref())?;
             let (mode, plans) = if !plans.is_empty() {
                 let p: Result<Vec<_>, _> = plans.iter().map(|p| run::Plan::parse(p)).collect();
                 ("custom", p.map_err(anyhow::Error::msg)?)
@@ -250,6 +268,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 out_dir,
                 benchmarks_md,
                 plot: plot.map(|p| p.replace("{stem}", &stem)),
+                analysis,
                 profile,
                 profile_s: profile_seconds,
                 command_line: std::env::args().collect::<Vec<_>>().join(" "),

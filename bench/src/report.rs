@@ -124,8 +124,9 @@ fn secs(v: Option<f64>) -> String {
     }
 }
 
-/// Renders BENCHMARKS.md.
-pub fn render(r: &Report) -> String {
+/// Renders BENCHMARKS.md; `analysis` is people's markdown (diagnosis, next steps), shown after
+/// the targets table.
+pub fn render(r: &Report, analysis: Option<&str>) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# Benchmarks\n");
     let _ = writeln!(
@@ -230,12 +231,13 @@ pub fn render(r: &Report) -> String {
         for run in runs {
             let _ = writeln!(
                 o,
-                "- {}: {:.2} CPU-s in the window; {}-{} scrapes per target; drained {:.1} s after the window; \
+                "- {}: {:.2} CPU-s in the window; {}-{} scrapes per target (the interval allows {}); drained {:.1} s after the window; \
                  duplicates {}, out of order {}; targets used {:.2} CPU-s, the sink {:.2} CPU-s{}",
                 run.scraper,
                 run.cpu_s,
                 run.scrapes_min,
                 run.scrapes_max,
+                run.window_s / run.interval_s.max(1),
                 run.drain_s,
                 run.duplicates,
                 run.out_of_order,
@@ -262,6 +264,9 @@ pub fn render(r: &Report) -> String {
                 p.trim_end()
             );
         }
+    }
+    if let Some(a) = analysis {
+        let _ = writeln!(o, "## Analysis\n\n{}\n", a.trim());
     }
     let _ = writeln!(o, "{METHOD}");
     o
@@ -393,7 +398,10 @@ mod tests {
     #[test]
     fn renders_benchmarks_md_from_json() {
         let r: Report = serde_json::from_str(FIXTURE).expect("fixture parses");
-        insta::assert_snapshot!(render(&r));
+        insta::assert_snapshot!(render(
+            &r,
+            Some("agentctl misses the RSS target: the series cache.\n")
+        ));
     }
 
     #[test]

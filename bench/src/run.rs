@@ -140,6 +140,8 @@ pub struct Options {
     pub out_dir: PathBuf,
     pub benchmarks_md: Option<PathBuf>,
     pub plot: Option<String>,
+    /// Markdown written by people (diagnosis, next steps), shown in BENCHMARKS.md.
+    pub analysis: Option<String>,
     pub profile: bool,
     pub profile_s: u64,
     pub command_line: String,
@@ -485,15 +487,26 @@ fn perf_profile(env: &Env<'_>, pid: u32, dir: &Path) -> Result<String, RunError>
         .output()
         .map_err(|e| fail(format!("perf report: {e}")))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let top: Vec<&str> = text
+    let top: Vec<String> = text
         .lines()
         .filter(|l| {
             let t = l.trim_start();
             !t.starts_with('#') && t.contains('%')
         })
         .take(15)
+        .map(tidy_perf_line)
         .collect();
     Ok(top.join("\n"))
+}
+
+/// `perf report` pads the symbol column to the widest symbol and may end lines with empty
+/// `-` columns: keep percentage, object and symbol, single-spaced.
+fn tidy_perf_line(line: &str) -> String {
+    let mut l = line.trim_end();
+    while let Some(rest) = l.strip_suffix('-') {
+        l = rest.trim_end();
+    }
+    l.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Measures one scraper at one plan. Errors inside are recorded in the result; only an
@@ -783,7 +796,7 @@ fn write_outputs(opts: &Options, report: &Report, stem: &str) -> Result<PathBuf,
     let text = serde_json::to_string_pretty(report).map_err(fail)?;
     std::fs::write(&json, text + "\n").map_err(|e| fail(format!("{}: {e}", json.display())))?;
     if let Some(md) = &opts.benchmarks_md {
-        std::fs::write(md, crate::report::render(report))
+        std::fs::write(md, crate::report::render(report, opts.analysis.as_deref()))
             .map_err(|e| fail(format!("{}: {e}", md.display())))?;
     }
     Ok(json)
@@ -812,6 +825,18 @@ mod tests {
         assert!(Plan::parse("10x1000@10s:5+5").is_err());
         assert_eq!(full_plans().len(), 4);
         assert_eq!(quick_plans().len(), 1);
+    }
+
+    #[test]
+    fn perf_lines_are_tidied() {
+        assert_eq!(
+            tidy_perf_line("    10.07%  agentctl   [.] a::b::{{closure}}      -      -      "),
+            "10.07% agentctl [.] a::b::{{closure}}"
+        );
+        assert_eq!(
+            tidy_perf_line(" 1.00%  x  [.] <T as c::D>::f   "),
+            "1.00% x [.] <T as c::D>::f"
+        );
     }
 
     #[test]
