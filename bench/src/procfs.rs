@@ -5,7 +5,8 @@
 //!   process has waited for (none of the three scrapers forks, but it costs nothing).
 //! - `/proc/PID/status`: `VmHWM` (peak RSS) and `VmRSS` in kB.
 //! - `/proc/PID/io`: `write_bytes` (bytes the process caused to be sent to the block layer,
-//!   accounted when pages are dirtied) and `wchar` (bytes passed to write calls).
+//!   accounted per page when a clean page is dirtied) and `wchar` (bytes passed to any write
+//!   call, sockets included).
 //! - `/proc/self/task/TID/stat` gives the same CPU fields per thread, which is how the
 //!   in-process targets and sink, each on its own named tokio runtime, report their own CPU.
 

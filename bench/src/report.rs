@@ -60,7 +60,8 @@ pub struct RunResult {
     /// `/proc/PID/io` write_bytes over the window.
     pub write_bytes: u64,
     pub write_bytes_per_sample: f64,
-    /// `/proc/PID/io` wchar over the window.
+    /// `/proc/PID/io` wchar over the window: every write call, sockets included (so the
+    /// remote-write bodies too); kept for reference, not a disk figure.
     pub wchar_bytes: u64,
     /// Quantiles of the scraper's own `scrape_duration_seconds` over the window.
     pub scrape_p50_s: Option<f64>,
