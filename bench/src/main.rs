@@ -8,6 +8,7 @@ mod report;
 mod run;
 mod sink;
 mod targets;
+mod wire;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

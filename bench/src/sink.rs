@@ -1,6 +1,6 @@
-//! The remote-write receiver: decodes every request (snappy block, then
-//! `prometheus.WriteRequest` protobuf, see `agent::remote_write::proto`) and counts what
-//! arrived, so delivery is checked rather than assumed.
+//! The remote-write receiver: decodes every request (snappy block, then a borrowing walk over
+//! the `prometheus.WriteRequest` protobuf, [`crate::wire`]) and counts what arrived, so
+//! delivery is checked rather than assumed.
 //!
 //! Accounting, per sample:
 //! - a staleness marker (NaN with Prometheus's stale bits) is counted apart and otherwise
@@ -15,17 +15,15 @@
 //!   [`Sink::delivered`] then sums the groups whose scrape number lies in a window of scrape
 //!   numbers recorded on the targets' side.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
-use agent::remote_write::proto::{DecodeError, WriteRequest};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 
 use crate::targets::SEQUENCE_METRIC;
+use crate::wire::{self, SeriesInfo};
 
 /// Prometheus's staleness marker: a NaN with this exact bit pattern.
 pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
@@ -46,6 +44,61 @@ struct State_ {
     /// `(timestamp, seconds)` of every `scrape_duration_seconds` sample.
     durations: Vec<(i64, f64)>,
     counts: Counts,
+}
+
+impl State_ {
+    fn count(&mut self, info: SeriesInfo<'_>, samples: &[(f64, i64)]) {
+        let name = info.name;
+        let auto = name == "up" || name.starts_with("scrape_");
+        for &(value, t) in samples {
+            if value.to_bits() == STALE_NAN_BITS {
+                self.counts.stale_markers += 1;
+                continue;
+            }
+            if auto {
+                self.counts.auto_samples += 1;
+                if name == "scrape_duration_seconds" {
+                    self.durations.push((t, value));
+                }
+                continue;
+            }
+            match self.series.get_mut(&info.key) {
+                Some(last) if t == *last => {
+                    self.counts.duplicates += 1;
+                    continue;
+                }
+                Some(last) if t < *last => self.counts.out_of_order += 1,
+                Some(last) => *last = t,
+                None => {
+                    self.series.insert(info.key, t);
+                    self.counts.series += 1;
+                }
+            }
+            self.counts.target_samples += 1;
+            let next = self.instances.len() as u32;
+            let inst = match self.instances.get(info.instance) {
+                Some(&i) => i,
+                None => {
+                    self.instances.insert(info.instance.to_owned(), next);
+                    next
+                }
+            };
+            let g = self.groups.entry((inst, t)).or_default();
+            g.samples += 1;
+            if name == SEQUENCE_METRIC && value >= 0.0 && value.fract() == 0.0 {
+                g.seq = Some(value as u64);
+            }
+        }
+    }
+}
+
+/// Why a remote-write body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("snappy block decompression failed: {0}")]
+    Snappy(snap::Error),
+    #[error("invalid prometheus.WriteRequest protobuf: {0}")]
+    Wire(#[from] wire::WireError),
 }
 
 /// Totals since the last reset.
@@ -97,83 +150,33 @@ impl Sink {
         self.lock().counts
     }
 
-    /// Decodes one HTTP body and counts it.
-    pub fn ingest_body(&self, body: &[u8]) -> Result<(), DecodeError> {
-        match WriteRequest::decode_snappy(body) {
-            Ok(req) => {
-                self.ingest(&req, body.len() as u64);
-                Ok(())
-            }
-            Err(e) => {
-                let mut st = self.lock();
-                st.counts.requests += 1;
-                st.counts.decode_errors += 1;
-                Err(e)
-            }
-        }
-    }
-
-    /// Counts one decoded request.
-    pub fn ingest(&self, req: &WriteRequest, body_bytes: u64) {
+    /// Decodes one HTTP body (snappy block, then a walk over the protobuf; see
+    /// [`crate::wire`]) and counts it. A body that does not decode counts as a decode error
+    /// and nothing of it is counted.
+    pub fn ingest_body(&self, body: &[u8]) -> Result<(), SinkError> {
+        let decoded = snap::raw::Decoder::new()
+            .decompress_vec(body)
+            .map_err(SinkError::Snappy)
+            .and_then(|raw| {
+                // Validate the whole message first so a bad body is not half counted.
+                let mut scratch = Vec::new();
+                wire::for_each_series(&raw, &mut scratch, |_, _| {})?;
+                Ok(raw)
+            });
         let mut st = self.lock();
-        let st = &mut *st;
         st.counts.requests += 1;
-        st.counts.bytes += body_bytes;
-        for ts in &req.timeseries {
-            let mut name = "";
-            let mut instance = "";
-            let mut h = DefaultHasher::new();
-            for l in &ts.labels {
-                match l.name.as_str() {
-                    "__name__" => name = &l.value,
-                    "instance" => instance = &l.value,
-                    _ => {}
-                }
-                l.name.hash(&mut h);
-                l.value.hash(&mut h);
+        let raw = match decoded {
+            Ok(raw) => raw,
+            Err(e) => {
+                st.counts.decode_errors += 1;
+                return Err(e);
             }
-            let auto = name == "up" || name.starts_with("scrape_");
-            let key = h.finish();
-            for s in &ts.samples {
-                if s.value.to_bits() == STALE_NAN_BITS {
-                    st.counts.stale_markers += 1;
-                    continue;
-                }
-                if auto {
-                    st.counts.auto_samples += 1;
-                    if name == "scrape_duration_seconds" {
-                        st.durations.push((s.timestamp, s.value));
-                    }
-                    continue;
-                }
-                match st.series.get_mut(&key) {
-                    Some(last) if s.timestamp == *last => {
-                        st.counts.duplicates += 1;
-                        continue;
-                    }
-                    Some(last) if s.timestamp < *last => st.counts.out_of_order += 1,
-                    Some(last) => *last = s.timestamp,
-                    None => {
-                        st.series.insert(key, s.timestamp);
-                        st.counts.series += 1;
-                    }
-                }
-                st.counts.target_samples += 1;
-                let next = st.instances.len() as u32;
-                let inst = match st.instances.get(instance) {
-                    Some(&i) => i,
-                    None => {
-                        st.instances.insert(instance.to_owned(), next);
-                        next
-                    }
-                };
-                let g = st.groups.entry((inst, s.timestamp)).or_default();
-                g.samples += 1;
-                if name == SEQUENCE_METRIC && s.value >= 0.0 && s.value.fract() == 0.0 {
-                    g.seq = Some(s.value as u64);
-                }
-            }
-        }
+        };
+        st.counts.bytes += body.len() as u64;
+        let st = &mut *st;
+        let mut scratch = Vec::new();
+        wire::for_each_series(&raw, &mut scratch, |info, samples| st.count(info, samples))?;
+        Ok(())
     }
 
     /// Target samples of the scrapes numbered `(from, to]` of each instance (`instance` ->
@@ -259,7 +262,7 @@ pub fn router(sink: std::sync::Arc<Sink>) -> axum::Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent::remote_write::proto::{Label, Sample, TimeSeries};
+    use agent::remote_write::proto::{Label, Sample, TimeSeries, WriteRequest};
     use prost::Message;
 
     fn series(name: &str, instance: &str, extra: &str, samples: &[(i64, f64)]) -> TimeSeries {
@@ -355,15 +358,12 @@ mod tests {
         let sink = Sink::new();
         assert!(matches!(
             sink.ingest_body(b"not snappy at all"),
-            Err(DecodeError::Snappy(_))
+            Err(SinkError::Snappy(_))
         ));
         let junk = snap::raw::Encoder::new()
             .compress_vec(&[0xff, 0xff, 0xff])
             .expect("snappy");
-        assert!(matches!(
-            sink.ingest_body(&junk),
-            Err(DecodeError::Protobuf(_))
-        ));
+        assert!(matches!(sink.ingest_body(&junk), Err(SinkError::Wire(_))));
         assert_eq!(sink.counts().decode_errors, 2);
     }
 
