@@ -5,6 +5,15 @@
 //! commit counter the remote_write watchers wait on. New series are deduplicated by a 64-bit
 //! hash of their labels (what the scrape cache forgets and finds again gets its old ref back);
 //! the table keeps 16 bytes per series, not the labels (the WAL and the scrape cache have them).
+//!
+//! Exemplars are always written to the WAL (as Prometheus in agent mode does, without a
+//! feature flag): whether an endpoint sends them is its `send_exemplars`, decided when the
+//! watcher reads them back. As the agent's `AppendExemplar`, labels with empty values are
+//! removed, label sets longer than 128 runes (names plus values, Prometheus's
+//! `ExemplarMaxLabelSetLength`) are dropped, and an exemplar equal to the last one written for
+//! its series (same timestamp, value and labels: a target shows its latest exemplar on every
+//! scrape until a new observation replaces it) is not written again. That costs 24 bytes per
+//! series that has exemplars.
 //! Two different label sets with the same 64-bit hash would share a ref; at a million series
 //! the chance is about 3 in 10^8.
 
@@ -16,11 +25,19 @@ use tokio::sync::watch;
 use crate::relabel::Labels;
 use crate::scrape::appender::{AppendError, Appender, SeriesRef, Storage};
 use crate::wal::labels::Labels as WalLabels;
-use crate::wal::{Wal, WalError};
+use crate::wal::{RefExemplar, Wal, WalError};
+
+/// Prometheus's `exemplar.ExemplarMaxLabelSetLength`: runes of names and values together.
+pub const EXEMPLAR_MAX_LABEL_SET_LENGTH: usize = 128;
+
+/// The last exemplar written for a series: timestamp, value bits, label hash.
+type LastExemplar = (i64, u64, u64);
 
 struct Inner {
     wal: Wal,
     by_hash: HashMap<u64, SeriesRef>,
+    /// Per series with exemplars, the last one written (for the duplicate check).
+    last_exemplar: HashMap<SeriesRef, LastExemplar>,
     /// The newest sample timestamp written, for WAL truncation without remote_write.
     newest_ms: i64,
 }
@@ -53,6 +70,7 @@ impl WalStorage {
             inner: Mutex::new(Inner {
                 wal,
                 by_hash,
+                last_exemplar: HashMap::new(),
                 newest_ms: i64::MIN,
             }),
             name: name.to_owned(),
@@ -89,7 +107,9 @@ impl WalStorage {
             return;
         }
         let gone: std::collections::HashSet<SeriesRef> = refs.iter().copied().collect();
-        self.lock().by_hash.retain(|_, r| !gone.contains(r));
+        let mut inner = self.lock();
+        inner.by_hash.retain(|_, r| !gone.contains(r));
+        inner.last_exemplar.retain(|r, _| !gone.contains(r));
     }
 }
 
@@ -99,6 +119,7 @@ impl Storage for WalStorage {
             storage: self,
             series: Vec::new(),
             samples: Vec::new(),
+            exemplars: Vec::new(),
         })
     }
 }
@@ -108,6 +129,20 @@ pub struct WalAppender<'a> {
     storage: &'a WalStorage,
     series: Vec<(SeriesRef, WalLabels)>,
     samples: Vec<(SeriesRef, i64, f64)>,
+    exemplars: Vec<(RefExemplar, u64)>,
+}
+
+/// The exemplar's labels without empty values, or `None` when they are longer than
+/// [`EXEMPLAR_MAX_LABEL_SET_LENGTH`] runes.
+fn exemplar_labels(labels: &Labels) -> Option<WalLabels> {
+    let mut runes = 0;
+    for (n, v) in labels.iter() {
+        if !v.is_empty() {
+            runes += n.chars().count() + v.chars().count();
+        }
+    }
+    (runes <= EXEMPLAR_MAX_LABEL_SET_LENGTH)
+        .then(|| WalLabels::from_pairs(labels.iter().filter(|(_, v)| !v.is_empty())))
 }
 
 impl Appender for WalAppender<'_> {
@@ -128,6 +163,22 @@ impl Appender for WalAppender<'_> {
         self.samples.push((r, t_ms, v));
     }
 
+    fn append_exemplar(&mut self, r: SeriesRef, labels: &Labels, t_ms: i64, v: f64) {
+        let Some(wal_labels) = exemplar_labels(labels) else {
+            tracing::debug!(instance = %self.storage.name, series = r, "exemplar label set longer than 128 runes; dropped");
+            return;
+        };
+        self.exemplars.push((
+            RefExemplar {
+                series_ref: r,
+                t: t_ms,
+                v,
+                labels: wal_labels,
+            },
+            labels.hash(),
+        ));
+    }
+
     fn commit(&mut self) -> Result<(), AppendError> {
         let err = |e: WalError| AppendError::Storage {
             storage: self.storage.name.clone(),
@@ -141,6 +192,21 @@ impl Appender for WalAppender<'_> {
             if !self.samples.is_empty() {
                 inner.wal.append_samples(&self.samples)?;
             }
+            if !self.exemplars.is_empty() {
+                let g = &mut *inner;
+                let last = &mut g.last_exemplar;
+                let new: Vec<RefExemplar> = self
+                    .exemplars
+                    .drain(..)
+                    .filter_map(|(e, hash)| {
+                        let key = (e.t, e.v.to_bits(), hash);
+                        (last.insert(e.series_ref, key) != Some(key)).then_some(e)
+                    })
+                    .collect();
+                if !new.is_empty() {
+                    g.wal.append_exemplars(&new)?;
+                }
+            }
             inner.wal.commit()
         })();
         if let Some(max) = self.samples.iter().map(|s| s.1).max() {
@@ -149,6 +215,7 @@ impl Appender for WalAppender<'_> {
         drop(inner);
         self.series.clear();
         self.samples.clear();
+        self.exemplars.clear();
         result.map_err(err)?;
         self.storage.commits.send_modify(|c| *c += 1);
         Ok(())
@@ -157,6 +224,7 @@ impl Appender for WalAppender<'_> {
     fn rollback(&mut self) {
         // Series refs handed out stay valid (the contract): log them without samples.
         self.samples.clear();
+        self.exemplars.clear();
         if !self.series.is_empty() {
             let mut inner = self.storage.lock();
             let res = inner
