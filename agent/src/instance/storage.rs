@@ -238,3 +238,82 @@ impl Appender for WalAppender<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::reader::{Reader, SegmentSource};
+    use crate::wal::{record, segment, WalOptions};
+
+    fn read_exemplars(dir: &std::path::Path) -> Vec<RefExemplar> {
+        let segs = segment::list_segments(dir).unwrap();
+        let mut r = Reader::new(
+            segs.into_iter()
+                .map(|index| SegmentSource {
+                    index,
+                    path: segment::segment_path(dir, index),
+                })
+                .collect(),
+        );
+        let mut out = Vec::new();
+        while r.next_record().unwrap() {
+            if record::record_type(r.record()) == Some(record::EXEMPLARS) {
+                record::decode_exemplars(r.record(), &mut out).unwrap();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn exemplars_reach_the_wal_once_and_within_the_length_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let storage = WalStorage::new("i", wal, &[]);
+        let series = Labels::from_pairs([("__name__", "rpc_seconds_bucket"), ("le", "0.1")]);
+        let ex = Labels::from_pairs([("trace_id", "abc"), ("span_id", "")]);
+        let long = Labels::from_pairs([("trace_id", "x".repeat(120).as_str()), ("abcdefghi", "")]);
+        let too_long = Labels::from_pairs([("trace_id", "x".repeat(121).as_str())]);
+
+        let mut app = storage.appender();
+        let r = app.new_series(&series);
+        app.append(r, 1_000, 3.0);
+        app.append_exemplar(r, &ex, 990, 0.07);
+        app.append_exemplar(r, &too_long, 995, 0.08);
+        app.commit().unwrap();
+        // The next scrape shows the same exemplar (not written again), then a new one, and an
+        // exemplar of exactly 128 runes once the empty label is removed.
+        let mut app = storage.appender();
+        app.append(r, 2_000, 4.0);
+        app.append_exemplar(r, &ex, 990, 0.07);
+        app.commit().unwrap();
+        let mut app = storage.appender();
+        app.append(r, 3_000, 5.0);
+        app.append_exemplar(r, &ex, 2_500, 0.09);
+        app.append_exemplar(r, &long, 2_600, 0.01);
+        app.commit().unwrap();
+        // Rolled back: nothing.
+        let mut app = storage.appender();
+        app.append_exemplar(r, &ex, 3_500, 0.02);
+        app.rollback();
+        drop(app);
+        storage.with_wal(|w| w.sync()).unwrap();
+
+        let got = read_exemplars(dir.path());
+        let view: Vec<(u64, i64, f64, Vec<(String, String)>)> = got
+            .iter()
+            .map(|e| {
+                let l = e.labels.iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
+                (e.series_ref, e.t, e.v, l)
+            })
+            .collect();
+        let l = |v: &str| vec![("trace_id".to_owned(), v.to_owned())];
+        assert_eq!(
+            view,
+            vec![
+                (r, 990, 0.07, l("abc")),
+                (r, 2_500, 0.09, l("abc")),
+                (r, 2_600, 0.01, l(&"x".repeat(120))),
+            ]
+        );
+    }
+}

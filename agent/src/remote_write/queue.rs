@@ -1059,6 +1059,133 @@ mod tests {
         );
     }
 
+    use super::super::proto::WriteRequest;
+    use crate::config::duration::PromDuration;
+
+    type Received = Arc<Mutex<Vec<WriteRequest>>>;
+
+    /// A receiver that decodes every request and answers 204.
+    async fn receiver() -> (url::Url, Received) {
+        let got: Received = Arc::default();
+        let g = got.clone();
+        let app = axum::Router::new().route(
+            "/write",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                match WriteRequest::decode_snappy(&body) {
+                    Ok(req) => {
+                        g.lock().unwrap().push(req);
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                    Err(_) => axum::http::StatusCode::BAD_REQUEST,
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (url::Url::parse(&format!("http://{addr}/write")).unwrap(), got)
+    }
+
+    fn queue(url: url::Url, send_exemplars: bool, metadata_per_send: usize) -> QueueManager {
+        let client = RemoteClient::new(ClientSettings {
+            remote_name: "r".into(),
+            url,
+            timeout: Duration::from_secs(5),
+            headers: BTreeMap::new(),
+            http: Default::default(),
+            retry_on_http_429: true,
+            agent_id: None,
+        })
+        .unwrap();
+        let mut settings = QueueSettings::new(
+            QueueConfig {
+                batch_send_deadline: PromDuration::from_millis(20),
+                ..QueueConfig::default()
+            },
+            BTreeMap::new(),
+        );
+        settings.send_exemplars = send_exemplars;
+        settings.metadata_per_send = metadata_per_send;
+        let metrics = RemoteWriteMetrics::register(&mut prometheus_client::registry::Registry::default());
+        QueueManager::new(client, settings, &metrics, None)
+    }
+
+    fn exemplar(trace: &str, t: i64) -> Exemplar {
+        Exemplar {
+            labels: vec![Label::new("trace_id", trace)],
+            value: 0.5,
+            timestamp: t,
+        }
+    }
+
+    #[tokio::test]
+    async fn exemplars_are_sent_only_with_send_exemplars() {
+        for send in [true, false] {
+            let (url, got) = receiver().await;
+            let q = queue(url, send, 500);
+            q.store_series([(1, vec![Label::new("__name__", "rpc_bucket")])]);
+            q.append_samples(&[(1, 1_000, 1.0)]).await.unwrap();
+            q.append_exemplars(vec![(1, exemplar("abc", 900)), (7, exemplar("lost", 950))])
+                .await
+                .unwrap();
+            let report = q.flush(Instant::now() + Duration::from_secs(5)).await;
+            assert!(report.complete);
+            let series: Vec<_> = got
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.timeseries.clone())
+                .collect();
+            let with_samples: Vec<_> = series.iter().filter(|t| !t.samples.is_empty()).collect();
+            let with_exemplars: Vec<_> = series.iter().filter(|t| !t.exemplars.is_empty()).collect();
+            assert_eq!(with_samples.len(), 1);
+            let m = &q.shared.metrics;
+            assert_eq!(m.samples.get(), 1);
+            if send {
+                assert_eq!(with_exemplars.len(), 1);
+                let ts = with_exemplars[0];
+                assert!(ts.samples.is_empty(), "an exemplar has a TimeSeries of its own");
+                assert_eq!(ts.labels, vec![Label::new("__name__", "rpc_bucket")]);
+                assert_eq!(ts.exemplars, vec![exemplar("abc", 900)]);
+                assert_eq!((m.exemplars.get(), m.exemplars_dropped.get()), (1, 1));
+            } else {
+                assert!(with_exemplars.is_empty());
+                assert_eq!((m.exemplars.get(), m.exemplars_dropped.get()), (0, 0));
+            }
+            assert_eq!(m.exemplars_pending.get(), 0);
+            assert_eq!(m.samples_pending.get(), 0);
+            // Exemplar timestamps do not move the watermark: only the sample's does.
+            assert_eq!(q.lowest_sent_timestamp(), Some(1_000));
+        }
+    }
+
+    #[tokio::test]
+    async fn metadata_goes_in_batches_without_samples() {
+        let (url, got) = receiver().await;
+        let q = queue(url, true, 2);
+        let md: Vec<MetricMetadata> = (0..5)
+            .map(|i| MetricMetadata {
+                r#type: 1,
+                metric_family_name: format!("m{i}"),
+                help: format!("help {i}"),
+                unit: String::new(),
+            })
+            .collect();
+        q.send_metadata(&md).await.unwrap();
+        let reqs = got.lock().unwrap().clone();
+        let sizes: Vec<usize> = reqs.iter().map(|r| r.metadata.len()).collect();
+        assert_eq!(sizes, vec![2, 2, 1]);
+        assert!(reqs.iter().all(|r| r.timeseries.is_empty()));
+        let all: Vec<MetricMetadata> = reqs.into_iter().flat_map(|r| r.metadata).collect();
+        assert_eq!(all, md);
+        let m = &q.shared.metrics;
+        assert_eq!(m.metadata.get(), 5);
+        assert!(m.metadata_bytes.get() > 0);
+        assert_eq!(m.bytes.get(), 0, "bytes_total counts data, not metadata");
+    }
+
     fn inputs(in_rate: f64, out_rate: f64, send: f64, pending: f64, current: usize) -> ShardInputs {
         ShardInputs {
             samples_in_rate: in_rate,

@@ -775,7 +775,7 @@ async fn fetch_into(
         }
     };
     // Its message already names the cause (e.g. an unreadable credentials file).
-    let rb = client.get(url).map_err(|e| ScrapeError::Http {
+    let rb = client.get(url).await.map_err(|e| ScrapeError::Http {
         url: url.to_owned(),
         message: e.to_string(),
     })?;
@@ -790,6 +790,9 @@ async fn fetch_into(
         rb.header(reqwest::header::ACCEPT_ENCODING, "identity")
     };
     let mut resp = rb.send().await.map_err(|e| http(&e))?;
+    if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+        client.unauthorized().await;
+    }
     if resp.status() != reqwest::StatusCode::OK {
         let s = resp.status();
         return Err(ScrapeError::Status {
