@@ -234,7 +234,8 @@ impl HttpClient {
             }
         }
         let auth = if let Some(o) = &cfg.oauth2 {
-            let http = oauth2_token_client(o, base, opts.timeout.unwrap_or(Duration::from_secs(30)))?;
+            let http =
+                oauth2_token_client(o, base, opts.timeout.unwrap_or(Duration::from_secs(30)))?;
             Auth::OAuth2(TokenSource::new(o, http, base)?)
         } else if let Some(ba) = &cfg.basic_auth {
             let password = match (&ba.password, &ba.password_file) {
@@ -296,7 +297,9 @@ impl HttpClient {
                 reqwest::header::AUTHORIZATION,
                 format!("{kind} {}", credentials.value()?),
             ),
-            Auth::OAuth2(ts) => rb.header(reqwest::header::AUTHORIZATION, ts.authorization().await?),
+            Auth::OAuth2(ts) => {
+                rb.header(reqwest::header::AUTHORIZATION, ts.authorization().await?)
+            }
         })
     }
 

@@ -143,7 +143,11 @@ pub fn parse_token_response(content_type: Option<&str>, body: &[u8]) -> Result<T
             let v: serde_json::Value =
                 serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
             let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
-            (s("access_token"), s("token_type"), v.get("expires_in").cloned())
+            (
+                s("access_token"),
+                s("token_type"),
+                v.get("expires_in").cloned(),
+            )
         };
     if access_token.is_empty() {
         return Err("server response missing access_token".into());
@@ -305,7 +309,8 @@ impl TokenSource {
             )
             .body(form);
         if in_header {
-            let q = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let q =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             rb = rb.basic_auth(q(&inner.client_id), Some(q(secret)));
         }
         let resp = rb.send().await.map_err(|e| OAuth2Error::Fetch {
@@ -382,7 +387,9 @@ mod tests {
             "server response missing access_token"
         );
         assert!(parse_token_response(None, b"not json").is_err());
-        assert!(parse_token_response(None, br#"{"access_token":"x","expires_in":"soon"}"#).is_err());
+        assert!(
+            parse_token_response(None, br#"{"access_token":"x","expires_in":"soon"}"#).is_err()
+        );
     }
 
     #[derive(Default)]
@@ -395,7 +402,11 @@ mod tests {
         expires_in: u64,
     }
 
-    async fn token(State(s): State<Arc<Server>>, headers: HeaderMap, body: String) -> impl IntoResponse {
+    async fn token(
+        State(s): State<Arc<Server>>,
+        headers: HeaderMap,
+        body: String,
+    ) -> impl IntoResponse {
         let auth = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -512,7 +523,10 @@ mod tests {
         cfg.client_secret_file = Some("/nonexistent/secret".into());
         let ts = TokenSource::new(&cfg, client(), None).unwrap();
         let e = ts.authorization().await.unwrap_err().to_string();
-        assert!(e.starts_with("oauth2: reading client_secret_file /nonexistent/secret"), "{e}");
+        assert!(
+            e.starts_with("oauth2: reading client_secret_file /nonexistent/secret"),
+            "{e}"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret"), "s3cr&t\n").unwrap();
@@ -520,7 +534,9 @@ mod tests {
         let ts = TokenSource::new(&cfg, client(), Some(dir.path())).unwrap();
         // Refused in the header, accepted as params with the trimmed file contents.
         assert_eq!(ts.authorization().await.unwrap(), "Bearer tok1");
-        assert!(s.seen.lock().unwrap()[1].1.ends_with("client_secret=s3cr%26t"));
+        assert!(s.seen.lock().unwrap()[1]
+            .1
+            .ends_with("client_secret=s3cr%26t"));
 
         let dead = format!("http://{}/token", {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -528,6 +544,9 @@ mod tests {
         });
         let ts = TokenSource::new(&config(&dead), client(), None).unwrap();
         let e = ts.authorization().await.unwrap_err().to_string();
-        assert!(e.starts_with(&format!("oauth2: cannot fetch token from {dead}")), "{e}");
+        assert!(
+            e.starts_with(&format!("oauth2: cannot fetch token from {dead}")),
+            "{e}"
+        );
     }
 }

@@ -151,13 +151,19 @@ async fn exemplars_reach_prometheus() {
     );
     assert!(
         agent
-            .metric("prometheus_remote_storage_exemplars_total", "remote_name=\"prom\"")
+            .metric(
+                "prometheus_remote_storage_exemplars_total",
+                "remote_name=\"prom\""
+            )
             .await
             >= 4.0
     );
     assert_eq!(
         agent
-            .metric("prometheus_remote_storage_exemplars_failed_total", "remote_name=\"prom\"")
+            .metric(
+                "prometheus_remote_storage_exemplars_failed_total",
+                "remote_name=\"prom\""
+            )
             .await,
         0.0
     );
@@ -296,19 +302,28 @@ async fn oauth2_and_metadata_reach_a_receiver() {
     }
     assert!(
         agent
-            .metric("prometheus_remote_storage_metadata_total", "remote_name=\"local\"")
+            .metric(
+                "prometheus_remote_storage_metadata_total",
+                "remote_name=\"local\""
+            )
             .await
             >= 2.0
     );
     assert!(
         agent
-            .metric("prometheus_remote_storage_metadata_bytes_total", "remote_name=\"local\"")
+            .metric(
+                "prometheus_remote_storage_metadata_bytes_total",
+                "remote_name=\"local\""
+            )
             .await
             > 0.0
     );
     assert_eq!(
         agent
-            .metric("prometheus_remote_storage_exemplars_total", "remote_name=\"local\"")
+            .metric(
+                "prometheus_remote_storage_exemplars_total",
+                "remote_name=\"local\""
+            )
             .await,
         0.0
     );

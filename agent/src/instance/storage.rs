@@ -302,7 +302,11 @@ mod tests {
         let view: Vec<(u64, i64, f64, Vec<(String, String)>)> = got
             .iter()
             .map(|e| {
-                let l = e.labels.iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
+                let l = e
+                    .labels
+                    .iter()
+                    .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                    .collect();
                 (e.series_ref, e.t, e.v, l)
             })
             .collect();

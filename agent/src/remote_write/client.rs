@@ -901,7 +901,9 @@ mod tests {
             let st = st.clone();
             move || async move {
                 let n = st.issued.fetch_add(1, Ordering::SeqCst) + 1;
-                axum::Json(serde_json::json!({"access_token": format!("tok{n}"), "token_type": "bearer", "expires_in": 3600}))
+                axum::Json(
+                    serde_json::json!({"access_token": format!("tok{n}"), "token_type": "bearer", "expires_in": 3600}),
+                )
             }
         };
         let write = {

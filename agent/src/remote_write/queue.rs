@@ -843,7 +843,9 @@ async fn send_batch(
     m.samples_pending.dec_by(n as i64);
     m.exemplars_pending.dec_by(n_ex as i64);
     state.pending.fetch_sub(total, Ordering::AcqRel);
-    shared.samples_out.fetch_add(total as u64, Ordering::Relaxed);
+    shared
+        .samples_out
+        .fetch_add(total as u64, Ordering::Relaxed);
     batch.clear();
     shared.finished.send_modify(|c| *c += 1);
 }
@@ -856,7 +858,11 @@ fn finish(shared: &Shared, state: &ShardState, highest: i64) {
 /// Sends until delivered, refused, or hard-stopped. Recoverable errors sleep `Retry-After`
 /// when the receiver gave one, else the current backoff; the next backoff is twice the sleep,
 /// capped at `max_backoff` (Prometheus's rule).
-async fn send_with_backoff(shared: &Shared, body: bytes::Bytes, retried: &(dyn Fn() + Sync)) -> Outcome {
+async fn send_with_backoff(
+    shared: &Shared,
+    body: bytes::Bytes,
+    retried: &(dyn Fn() + Sync),
+) -> Outcome {
     let q = &shared.settings.queue;
     let max_backoff = q.max_backoff.as_std();
     let mut backoff = q.min_backoff.as_std();
@@ -1085,7 +1091,10 @@ mod tests {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        (url::Url::parse(&format!("http://{addr}/write")).unwrap(), got)
+        (
+            url::Url::parse(&format!("http://{addr}/write")).unwrap(),
+            got,
+        )
     }
 
     fn queue(url: url::Url, send_exemplars: bool, metadata_per_send: usize) -> QueueManager {
@@ -1108,7 +1117,8 @@ mod tests {
         );
         settings.send_exemplars = send_exemplars;
         settings.metadata_per_send = metadata_per_send;
-        let metrics = RemoteWriteMetrics::register(&mut prometheus_client::registry::Registry::default());
+        let metrics =
+            RemoteWriteMetrics::register(&mut prometheus_client::registry::Registry::default());
         QueueManager::new(client, settings, &metrics, None)
     }
 
@@ -1139,14 +1149,18 @@ mod tests {
                 .flat_map(|r| r.timeseries.clone())
                 .collect();
             let with_samples: Vec<_> = series.iter().filter(|t| !t.samples.is_empty()).collect();
-            let with_exemplars: Vec<_> = series.iter().filter(|t| !t.exemplars.is_empty()).collect();
+            let with_exemplars: Vec<_> =
+                series.iter().filter(|t| !t.exemplars.is_empty()).collect();
             assert_eq!(with_samples.len(), 1);
             let m = &q.shared.metrics;
             assert_eq!(m.samples.get(), 1);
             if send {
                 assert_eq!(with_exemplars.len(), 1);
                 let ts = with_exemplars[0];
-                assert!(ts.samples.is_empty(), "an exemplar has a TimeSeries of its own");
+                assert!(
+                    ts.samples.is_empty(),
+                    "an exemplar has a TimeSeries of its own"
+                );
                 assert_eq!(ts.labels, vec![Label::new("__name__", "rpc_bucket")]);
                 assert_eq!(ts.exemplars, vec![exemplar("abc", 900)]);
                 assert_eq!((m.exemplars.get(), m.exemplars_dropped.get()), (1, 1));

@@ -101,7 +101,8 @@ impl Batch {
                         out.into_iter()
                             .filter(|e| after.is_none_or(|a| e.t > a.for_series(e.series_ref)))
                             .map(|e| {
-                                let labels = e.labels.iter().map(|(n, v)| Label::new(n, v)).collect();
+                                let labels =
+                                    e.labels.iter().map(|(n, v)| Label::new(n, v)).collect();
                                 (
                                     e.series_ref,
                                     Exemplar {

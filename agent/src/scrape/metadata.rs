@@ -157,12 +157,18 @@ mod tests {
         m.set_help("http_requests", "Requests.");
         let mut again = Vec::new();
         m.snapshot_into(&mut again);
-        let h = again.iter().find(|e| &*e.family == "http_requests").unwrap();
+        let h = again
+            .iter()
+            .find(|e| &*e.family == "http_requests")
+            .unwrap();
         assert!(Arc::ptr_eq(&h.help, &before));
         m.set_help("http_requests", "All requests.");
         let mut again = Vec::new();
         m.snapshot_into(&mut again);
-        let h = again.iter().find(|e| &*e.family == "http_requests").unwrap();
+        let h = again
+            .iter()
+            .find(|e| &*e.family == "http_requests")
+            .unwrap();
         assert_eq!(&*h.help, "All requests.");
 
         // latency_seconds was last seen in iteration 1; after more than 10 further scrapes
