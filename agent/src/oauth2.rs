@@ -392,6 +392,27 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever a token endpoint answers, parsing returns (no panic); a JSON answer built
+        /// from any token, type and lifetime reads back as given.
+        #[test]
+        fn token_responses_round_trip_and_never_panic(
+            token in "[ -~]{1,40}",
+            kind in "(bearer|Bearer|mac|basic|custom)?",
+            expires in proptest::option::of(1u32..1_000_000),
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+        ) {
+            let _ = parse_token_response(Some("application/x-www-form-urlencoded"), &junk);
+            let _ = parse_token_response(None, &junk);
+            let json = serde_json::json!({"access_token": token, "token_type": kind, "expires_in": expires});
+            let t = parse_token_response(None, json.to_string().as_bytes()).unwrap();
+            proptest::prop_assert_eq!(&t.access_token, &token);
+            proptest::prop_assert_eq!(t.expires_in, expires.map(|s| Duration::from_secs(u64::from(s))));
+            let suffix = format!(" {token}");
+            proptest::prop_assert!(t.header_value().ends_with(&suffix));
+        }
+    }
+
     #[derive(Default)]
     struct Server {
         /// Seen requests: (Authorization header, form body).
