@@ -299,7 +299,8 @@ mod tests {
         storage.with_wal(|w| w.sync()).unwrap();
 
         let got = read_exemplars(dir.path());
-        let view: Vec<(u64, i64, f64, Vec<(String, String)>)> = got
+        type View = (u64, i64, f64, Vec<(String, String)>);
+        let view: Vec<View> = got
             .iter()
             .map(|e| {
                 let l = e
