@@ -184,6 +184,18 @@ fn config_management_api_is_compatible_route_by_route() {
         400,
         &err_body("failed to validate config: failed to validate scrape_config at index 0: bearer_token_file must be empty unless dangerous_allow_reading_files is set"),
     );
+    // oauth2's client_secret_file reads the agent's disk too.
+    let r = a.req(
+        "PUT",
+        "/agent/api/v1/config/bad",
+        &[],
+        "remote_write:\n  - url: http://127.0.0.1:1/w\n    oauth2:\n      client_id: a\n      client_secret_file: /etc/passwd\n      token_url: http://127.0.0.1:1/t\n",
+    );
+    assert_resp(
+        &r,
+        400,
+        &err_body("failed to validate config: failed to validate remote_write at index 0: client_secret_file must be empty unless dangerous_allow_reading_files is set"),
+    );
     let r = a.req("PUT", "/agent/api/v1/config/dup", &[], &cfg("job-a"));
     assert_resp(
         &r,

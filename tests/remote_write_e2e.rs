@@ -857,3 +857,6 @@ async fn e2e_sigkill_with_shards_out_of_phase_loses_nothing() {
     );
     agent.stop();
 }
+
+/// Exemplars, metadata and oauth2, end to end (they reuse this module's agent helpers).
+mod extras;

@@ -4,7 +4,7 @@
 
 use std::hint::black_box;
 
-use agent::remote_write::proto::{Label, Sample, SeriesRef, WriteRequestEncoder};
+use agent::remote_write::proto::{Exemplar, Label, Sample, SeriesRef, WriteRequestEncoder};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const BATCH: usize = 2_000;
@@ -53,6 +53,41 @@ fn bench(c: &mut Criterion) {
                 exemplars: &[],
             });
             black_box(enc.encode(views, &[]).len())
+        })
+    });
+    g.finish();
+
+    // As the queue sends them: one TimeSeries per sample, plus one per exemplar (here one for
+    // every tenth sample, with a trace id), counted together as the batch's entries.
+    let exemplars: Vec<(usize, Exemplar)> = (0..BATCH)
+        .step_by(10)
+        .map(|i| {
+            (
+                i,
+                Exemplar {
+                    labels: vec![Label::new("trace_id", format!("{:032x}", i * 7919))],
+                    value: 0.042,
+                    timestamp: 1_700_000_000_000 + i as i64,
+                },
+            )
+        })
+        .collect();
+    let entries = BATCH + exemplars.len();
+    let mut g = c.benchmark_group("remote_write_batch_2000_plus_200_exemplars");
+    g.throughput(Throughput::Elements(entries as u64));
+    g.bench_function("encode_and_snappy", |b| {
+        b.iter(|| {
+            let samples = data.iter().map(|(l, s)| SeriesRef {
+                labels: l,
+                samples: std::slice::from_ref(s),
+                exemplars: &[],
+            });
+            let ex = exemplars.iter().map(|(i, e)| SeriesRef {
+                labels: &data[*i].0,
+                samples: &[],
+                exemplars: std::slice::from_ref(e),
+            });
+            black_box(enc.encode(samples.chain(ex), &[]).len())
         })
     });
     g.finish();

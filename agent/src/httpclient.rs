@@ -2,12 +2,15 @@
 //! TLS through rustls, auth applied to each request, redirects, proxies, timeouts.
 //!
 //! Credentials read from files (`bearer_token_file`, `password_file`, `credentials_file`) are
-//! re-read on every request, as Prometheus does, so rotated tokens are picked up.
+//! re-read on every request, as Prometheus does, so rotated tokens are picked up. `oauth2`
+//! tokens come from a [`TokenSource`] (cached until shortly before they expire; a 401 makes
+//! the next request fetch a new one, see [`HttpClient::unauthorized`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::http::HttpClientConfig;
+use crate::oauth2::{OAuth2Error, TokenSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -27,6 +30,8 @@ pub enum Error {
     Proxy(String),
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
+    #[error("{0}")]
+    OAuth2(#[from] OAuth2Error),
     #[error("building the HTTP client: {0}")]
     Build(String),
 }
@@ -52,6 +57,7 @@ enum Auth {
         kind: String,
         credentials: Secretish,
     },
+    OAuth2(TokenSource),
 }
 
 /// A credential given inline or read from a file on each use.
@@ -85,6 +91,29 @@ impl Secretish {
     }
 }
 
+/// The client for an `oauth2` block's token endpoint: its own `tls_config` and proxy fields,
+/// no auth. `timeout` bounds each token request.
+pub fn oauth2_token_client(
+    o: &crate::config::http::OAuth2,
+    base_dir: Option<&Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client, Error> {
+    let cfg = HttpClientConfig {
+        tls_config: o.tls_config.clone(),
+        proxy_url: o.proxy_url.clone(),
+        no_proxy: o.no_proxy.clone(),
+        proxy_from_environment: o.proxy_from_environment,
+        ..HttpClientConfig::default()
+    };
+    let opts = Options {
+        timeout: Some(timeout),
+        base_dir: base_dir.map(Path::to_path_buf),
+        gzip: false,
+        user_agent: None,
+    };
+    HttpClient::new(&cfg, &opts).map(|c| c.client)
+}
+
 /// A configured client plus the auth it adds to each request.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
@@ -116,9 +145,6 @@ impl HttpClient {
     pub fn new(cfg: &HttpClientConfig, opts: &Options) -> Result<Self, Error> {
         ensure_crypto_provider();
         let base = opts.base_dir.as_deref();
-        if cfg.oauth2.is_some() {
-            return Err(Error::Unsupported("oauth2"));
-        }
         let mut b = reqwest::Client::builder()
             .gzip(opts.gzip)
             .connect_timeout(Duration::from_secs(10))
@@ -207,7 +233,11 @@ impl HttpClient {
                 b = b.max_tls_version(version(v));
             }
         }
-        let auth = if let Some(ba) = &cfg.basic_auth {
+        let auth = if let Some(o) = &cfg.oauth2 {
+            let http =
+                oauth2_token_client(o, base, opts.timeout.unwrap_or(Duration::from_secs(30)))?;
+            Auth::OAuth2(TokenSource::new(o, http, base)?)
+        } else if let Some(ba) = &cfg.basic_auth {
             let password = match (&ba.password, &ba.password_file) {
                 (_, Some(f)) if !f.is_empty() => Secretish::File {
                     field: "password_file",
@@ -253,8 +283,8 @@ impl HttpClient {
         Ok(HttpClient { client, auth })
     }
 
-    /// A request with this client's auth applied.
-    pub fn request(
+    /// A request with this client's auth applied (fetching an oauth2 token if needed).
+    pub async fn request(
         &self,
         method: reqwest::Method,
         url: &str,
@@ -267,10 +297,20 @@ impl HttpClient {
                 reqwest::header::AUTHORIZATION,
                 format!("{kind} {}", credentials.value()?),
             ),
+            Auth::OAuth2(ts) => {
+                rb.header(reqwest::header::AUTHORIZATION, ts.authorization().await?)
+            }
         })
     }
 
-    pub fn get(&self, url: &str) -> Result<reqwest::RequestBuilder, Error> {
-        self.request(reqwest::Method::GET, url)
+    pub async fn get(&self, url: &str) -> Result<reqwest::RequestBuilder, Error> {
+        self.request(reqwest::Method::GET, url).await
+    }
+
+    /// Tells the client a request got 401: an oauth2 token is fetched anew next time.
+    pub async fn unauthorized(&self) {
+        if let Auth::OAuth2(ts) = &self.auth {
+            ts.clear().await;
+        }
     }
 }

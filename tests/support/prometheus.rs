@@ -14,6 +14,8 @@ pub struct Prometheus {
     pub addr: String,
     child: Option<ChildGuard>,
     dir: tempfile::TempDir,
+    /// Extra command-line arguments (e.g. `--enable-feature=exemplar-storage`).
+    args: Vec<String>,
 }
 
 impl Prometheus {
@@ -25,6 +27,11 @@ impl Prometheus {
     /// Like [`Prometheus::start`] with `config_yaml` as its `prometheus.yml` (scrape jobs, or
     /// TSDB settings such as `out_of_order_time_window`).
     pub fn start_with_config(config_yaml: &str) -> Prometheus {
+        Prometheus::start_with_args(config_yaml, &[])
+    }
+
+    /// Like [`Prometheus::start_with_config`] with extra command-line arguments.
+    pub fn start_with_args(config_yaml: &str, args: &[&str]) -> Prometheus {
         assert!(
             Path::new(BINARY).exists(),
             "{BINARY} is missing: run the test suite with the README's test command, ./scripts/test, \
@@ -38,6 +45,7 @@ impl Prometheus {
             addr,
             child: None,
             dir,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         p.spawn();
         p
@@ -62,6 +70,7 @@ impl Prometheus {
                 "--config.file={}",
                 dir.join("prometheus.yml").display()
             ))
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

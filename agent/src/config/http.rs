@@ -241,7 +241,8 @@ impl HttpClientConfig {
 
     /// The old agent's `validateHTTPNoFiles`: the first field that reads a file from the
     /// agent's disk, in its order: `bearer_token_file`, `password_file`, `credentials_file`,
-    /// `ca_file`, `cert_file`, `key_file`.
+    /// (ours: `oauth2.client_secret_file`), `ca_file`, `cert_file`, `key_file` (then the same
+    /// three of `oauth2.tls_config`).
     pub fn first_file_field(&self) -> Option<&'static str> {
         let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
         if set(&self.bearer_token_file) {
@@ -261,9 +262,24 @@ impl HttpClientConfig {
         {
             return Some("credentials_file");
         }
+        // Not in the old agent's list (it refused oauth2 configs' files nowhere), but reading
+        // a secret from the agent's disk is exactly what the flag guards.
+        if self
+            .oauth2
+            .as_ref()
+            .is_some_and(|o| set(&o.client_secret_file))
+        {
+            return Some("client_secret_file");
+        }
         self.tls_config
             .as_ref()
             .and_then(TlsConfig::first_file_field)
+            .or_else(|| {
+                self.oauth2
+                    .as_ref()
+                    .and_then(|o| o.tls_config.as_ref())
+                    .and_then(TlsConfig::first_file_field)
+            })
     }
 
     /// Only the TLS file fields (the check the old agent applies to consul, openstack, triton).
@@ -392,5 +408,23 @@ mod tests {
         assert_eq!(c.first_file_field(), Some("credentials_file"));
         assert_eq!(c.first_tls_file_field(), Some("ca_file"));
         assert_eq!(HttpClientConfig::default().first_file_field(), None);
+        let oauth = |secret_file: Option<&str>, ca_file: Option<&str>| HttpClientConfig {
+            oauth2: Some(OAuth2 {
+                client_id: "id".into(),
+                client_secret_file: secret_file.map(str::to_owned),
+                tls_config: Some(TlsConfig {
+                    ca_file: ca_file.map(str::to_owned),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            oauth(Some("/s"), Some("/ca")).first_file_field(),
+            Some("client_secret_file")
+        );
+        assert_eq!(oauth(None, Some("/ca")).first_file_field(), Some("ca_file"));
+        assert_eq!(oauth(None, None).first_file_field(), None);
     }
 }

@@ -174,7 +174,7 @@ impl RemoteWriteConfigRaw {
         MetadataConfig {
             send: m.send.unwrap_or(true),
             send_interval: m.send_interval.unwrap_or(PromDuration::from_secs(60)),
-            max_samples_per_send: m.max_samples_per_send.unwrap_or(2_000),
+            max_samples_per_send: m.max_samples_per_send.unwrap_or(500),
         }
     }
 

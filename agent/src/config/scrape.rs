@@ -408,5 +408,8 @@ fn opaque_http_file_field(v: &serde_yaml::Value) -> Option<&'static str> {
     if opaque_str(v, &["authorization", "credentials_file"]) {
         return Some("credentials_file");
     }
-    opaque_tls_file_field(v)
+    if opaque_str(v, &["oauth2", "client_secret_file"]) {
+        return Some("client_secret_file");
+    }
+    opaque_tls_file_field(v).or_else(|| v.get("oauth2").and_then(opaque_tls_file_field))
 }

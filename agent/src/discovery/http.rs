@@ -79,6 +79,7 @@ impl Provider {
         let resp = self
             .client
             .get(&self.url)
+            .await
             .map_err(|e| e.to_string())?
             .header("Accept", "application/json")
             .header(
@@ -89,6 +90,9 @@ impl Provider {
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            self.client.unauthorized().await;
+        }
         if status != reqwest::StatusCode::OK {
             return Err(format!("server returned HTTP status {status}"));
         }

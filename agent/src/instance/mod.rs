@@ -90,6 +90,8 @@ fn write_relabel_filter(
 struct Remote {
     queue: Arc<QueueManager>,
     watcher: JoinHandle<()>,
+    /// Sends the targets' metadata every `metadata_config.send_interval` (when `send`).
+    metadata: Option<JoinHandle<()>>,
     stop: CancellationToken,
     progress: PathBuf,
 }
@@ -99,7 +101,7 @@ pub struct Instance {
     cfg: InstanceConfig,
     dir: PathBuf,
     storage: Arc<WalStorage>,
-    scrape: ScrapeManager,
+    scrape: Arc<ScrapeManager>,
     remotes: Vec<Remote>,
     housekeeping: JoinHandle<()>,
     stop: CancellationToken,
@@ -281,15 +283,32 @@ impl Instance {
             remotes.push(Remote {
                 queue,
                 watcher,
+                metadata: None,
                 stop: rstop,
                 progress,
             });
         }
 
-        let scrape = ScrapeManager::new(name.clone(), storage.clone(), shared.base_dir.clone());
+        let scrape = Arc::new(ScrapeManager::new(
+            name.clone(),
+            storage.clone(),
+            shared.base_dir.clone(),
+        ));
         if let Err(e) = scrape.apply(&cfg.scrape_configs).await {
             // Jobs that could start run; the others are reported (unsupported SD, bad TLS...).
             tracing::error!(instance = %name, error = %e, "some scrape jobs could not start");
+        }
+        for (r, rw) in remotes.iter_mut().zip(&cfg.remote_write) {
+            let m = rw.raw.metadata();
+            if m.send {
+                let s = scrape.clone();
+                r.metadata = Some(tokio::spawn(crate::remote_write::metadata::run(
+                    r.queue.clone(),
+                    m.send_interval.as_std(),
+                    move || s.metadata(),
+                    r.stop.clone(),
+                )));
+            }
         }
         let queues: Vec<Arc<QueueManager>> = remotes.iter().map(|r| r.queue.clone()).collect();
         let housekeeping = tokio::spawn(housekeeping(
@@ -362,6 +381,9 @@ impl Instance {
         for r in self.remotes {
             r.stop.cancel();
             let _ = r.watcher.await;
+            if let Some(m) = r.metadata {
+                let _ = m.await;
+            }
             let report = r.queue.flush(deadline).await;
             // What the flush delivered is not sent again after a restart.
             let (q, p) = (r.queue.clone(), r.progress.clone());

@@ -11,7 +11,8 @@
 //! User-Agent: agentctl/<version>
 //! X-Agent-Id: <agent id>                  (when the agent has one, as the old agent sent)
 //! <configured headers>
-//! Authorization: Basic … | Bearer … | <type> <credentials>   (when configured)
+//! Authorization: Basic … | Bearer … | <type> <credentials>   (when configured; with `oauth2`
+//!                the token from the token endpoint, see [`crate::oauth2`])
 //!
 //! <snappy block of a prometheus.WriteRequest>
 //! ```
@@ -22,6 +23,8 @@
 //!   `Retry-After`).
 //! - 429: recoverable when `queue_config.retry_on_http_429` (the agent's default), else not.
 //! - any other status: non-recoverable; the batch is dropped and counted as failed.
+//! - with `oauth2`, a 401 first drops the cached token and the POST is sent once more with a
+//!   new one (a token revoked before its expiry must not cost a batch); a second 401 is final.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,6 +46,8 @@ use crate::config::instance::RemoteWriteConfig;
 pub const USER_AGENT: &str = concat!("agentctl/", env!("CARGO_PKG_VERSION"));
 /// The header carrying the agent's id (the old agent's `agentseed.HeaderName`).
 pub const AGENT_ID_HEADER: &str = "X-Agent-Id";
+/// How a 401's error message starts (see `store`).
+const UNAUTHORIZED_PREFIX: &str = "server returned HTTP status 401";
 /// Error bodies are cut to this many bytes in messages (Prometheus's `maxErrMsgLen`).
 const MAX_ERR_BODY: usize = 1024;
 
@@ -51,8 +56,8 @@ const MAX_ERR_BODY: usize = 1024;
 pub enum ClientError {
     #[error("remote_write {remote}: url is missing")]
     MissingUrl { remote: String },
-    #[error("remote_write {remote}: oauth2 is not supported yet")]
-    OAuth2Unsupported { remote: String },
+    #[error("remote_write {remote}: oauth2: {reason}")]
+    OAuth2 { remote: String, reason: String },
     #[error("remote_write {remote}: {what} is not supported")]
     Unsupported { remote: String, what: &'static str },
     #[error("remote_write {remote}: header {name:?}: {reason}")]
@@ -176,6 +181,7 @@ enum Auth {
         scheme: String,
         credentials: Credential,
     },
+    OAuth2(crate::oauth2::TokenSource),
 }
 
 /// The client settings of one remote_write endpoint.
@@ -281,11 +287,22 @@ impl RemoteClient {
         crate::httpclient::ensure_crypto_provider();
         let remote = settings.remote_name.clone();
         let http_cfg = &settings.http;
-        if http_cfg.oauth2.is_some() {
-            return Err(ClientError::OAuth2Unsupported { remote });
-        }
         let headers = build_headers(&settings)?;
-        let auth = build_auth(http_cfg);
+        let auth = match &http_cfg.oauth2 {
+            Some(o) => {
+                let err = |reason: String| ClientError::OAuth2 {
+                    remote: remote.clone(),
+                    reason,
+                };
+                let http = crate::httpclient::oauth2_token_client(o, None, settings.timeout)
+                    .map_err(|e| err(e.to_string()))?;
+                Auth::OAuth2(
+                    crate::oauth2::TokenSource::new(o, http, None)
+                        .map_err(|e| err(e.to_string()))?,
+                )
+            }
+            None => build_auth(http_cfg),
+        };
 
         let mut b = reqwest::Client::builder()
             .user_agent(USER_AGENT)
@@ -357,8 +374,40 @@ impl RemoteClient {
         &self.inner.url_label
     }
 
-    /// POSTs one compressed request, bounded by `remote_timeout`.
+    /// POSTs one compressed request, bounded by `remote_timeout` (twice with `oauth2` when the
+    /// first answer is 401).
     pub async fn store(&self, body: bytes::Bytes) -> Result<(), SendError> {
+        if let Auth::OAuth2(ts) = &self.inner.auth {
+            let header = ts
+                .authorization()
+                .await
+                .map_err(|e| SendError::Recoverable {
+                    reason: e.to_string(),
+                    retry_after: None,
+                })?;
+            let res = self.store_once(body.clone(), Some(&header)).await;
+            if matches!(&res, Err(SendError::NonRecoverable { reason }) if reason.starts_with(UNAUTHORIZED_PREFIX))
+            {
+                ts.invalidate(&header).await;
+                let header = ts
+                    .authorization()
+                    .await
+                    .map_err(|e| SendError::Recoverable {
+                        reason: e.to_string(),
+                        retry_after: None,
+                    })?;
+                return self.store_once(body, Some(&header)).await;
+            }
+            return res;
+        }
+        self.store_once(body, None).await
+    }
+
+    async fn store_once(
+        &self,
+        body: bytes::Bytes,
+        oauth2_header: Option<&str>,
+    ) -> Result<(), SendError> {
         let inner = &*self.inner;
         let mut req = inner
             .http
@@ -367,6 +416,11 @@ impl RemoteClient {
             .body(body);
         match &inner.auth {
             Auth::None => {}
+            Auth::OAuth2(_) => {
+                if let Some(h) = oauth2_header {
+                    req = req.header(reqwest::header::AUTHORIZATION, h);
+                }
+            }
             Auth::Basic { username, password } => {
                 let pw = password.get().await.map_err(|e| SendError::Recoverable {
                     reason: format!("basic_auth password: {e}"),
@@ -819,14 +873,88 @@ mod tests {
     }
 
     #[test]
-    fn oauth2_is_refused_clearly() {
+    fn oauth2_without_token_url_is_refused_clearly() {
         let mut s = settings();
         s.http.oauth2 = Some(OAuth2 {
             client_id: "id".into(),
             ..Default::default()
         });
         let err = RemoteClient::new(s).unwrap_err().to_string();
-        assert_eq!(err, "remote_write r: oauth2 is not supported yet");
+        assert_eq!(err, "remote_write r: oauth2: oauth2: token_url is missing");
+    }
+
+    /// A token endpoint issuing `tok1`, `tok2`, ... and a receiver accepting only the newest
+    /// token: the first POST carries `tok1`; after the receiver "revokes" it (accepting only
+    /// `tok2`), the client gets a 401, fetches `tok2` and the same POST goes through.
+    #[tokio::test]
+    async fn oauth2_token_is_sent_cached_and_renewed_after_a_401() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        #[derive(Default)]
+        struct St {
+            issued: AtomicUsize,
+            accepted: AtomicUsize,
+            seen: std::sync::Mutex<Vec<String>>,
+        }
+        let st = Arc::new(St::default());
+        st.accepted.store(1, Ordering::SeqCst);
+        let token = {
+            let st = st.clone();
+            move || async move {
+                let n = st.issued.fetch_add(1, Ordering::SeqCst) + 1;
+                axum::Json(
+                    serde_json::json!({"access_token": format!("tok{n}"), "token_type": "bearer", "expires_in": 3600}),
+                )
+            }
+        };
+        let write = {
+            let st = st.clone();
+            move |headers: axum::http::HeaderMap| async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                st.seen.lock().unwrap().push(auth.clone());
+                let want = format!("Bearer tok{}", st.accepted.load(Ordering::SeqCst));
+                if auth == want {
+                    axum::http::StatusCode::NO_CONTENT
+                } else {
+                    axum::http::StatusCode::UNAUTHORIZED
+                }
+            }
+        };
+        let app = axum::Router::new()
+            .route("/token", axum::routing::post(token))
+            .route("/write", axum::routing::post(write));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let mut s = settings();
+        s.url = url::Url::parse(&format!("http://{addr}/write")).unwrap();
+        s.http.oauth2 = Some(
+            serde_yaml::from_str(&format!(
+                "client_id: id\nclient_secret: secret\ntoken_url: http://{addr}/token\n"
+            ))
+            .unwrap(),
+        );
+        let c = RemoteClient::new(s).unwrap();
+        c.store(bytes::Bytes::from_static(b"x")).await.unwrap();
+        c.store(bytes::Bytes::from_static(b"x")).await.unwrap();
+        assert_eq!(st.issued.load(Ordering::SeqCst), 1, "the token is cached");
+        st.accepted.store(2, Ordering::SeqCst);
+        c.store(bytes::Bytes::from_static(b"x")).await.unwrap();
+        assert_eq!(
+            *st.seen.lock().unwrap(),
+            vec!["Bearer tok1", "Bearer tok1", "Bearer tok1", "Bearer tok2"]
+        );
+        // A receiver that refuses every token: one renewal, then the 401 is final.
+        st.accepted.store(99, Ordering::SeqCst);
+        let e = c.store(bytes::Bytes::from_static(b"x")).await.unwrap_err();
+        assert!(!e.is_recoverable(), "{e}");
+        assert!(e.to_string().starts_with(UNAUTHORIZED_PREFIX), "{e}");
+        assert_eq!(st.issued.load(Ordering::SeqCst), 3);
     }
 
     #[test]

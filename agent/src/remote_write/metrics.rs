@@ -37,6 +37,12 @@ pub struct RemoteWriteMetrics {
     metadata: Family<Labels, Counter>,
     metadata_failed: Family<Labels, Counter>,
     metadata_retried: Family<Labels, Counter>,
+    metadata_bytes: Family<Labels, Counter>,
+    exemplars: Family<Labels, Counter>,
+    exemplars_failed: Family<Labels, Counter>,
+    exemplars_retried: Family<Labels, Counter>,
+    exemplars_dropped: Family<Labels, Counter>,
+    exemplars_pending: Family<Labels, Gauge>,
     bytes: Family<Labels, Counter>,
     highest_sent: Family<Labels, FloatGauge>,
     shards: Family<Labels, Gauge>,
@@ -66,6 +72,12 @@ impl RemoteWriteMetrics {
             metadata: Family::default(),
             metadata_failed: Family::default(),
             metadata_retried: Family::default(),
+            metadata_bytes: Family::default(),
+            exemplars: Family::default(),
+            exemplars_failed: Family::default(),
+            exemplars_retried: Family::default(),
+            exemplars_dropped: Family::default(),
+            exemplars_pending: Family::default(),
             bytes: Family::default(),
             highest_sent: Family::default(),
             shards: Family::default(),
@@ -96,6 +108,24 @@ impl RemoteWriteMetrics {
         );
         registry.register(format!("{p}metadata_failed"), "Total number of metadata entries which failed on send to remote storage, non-recoverable errors.", m.metadata_failed.clone());
         registry.register(format!("{p}metadata_retried"), "Total number of metadata entries which failed on send to remote storage but were retried because the send error was recoverable.", m.metadata_retried.clone());
+        registry.register(
+            format!("{p}metadata_bytes"),
+            "The total number of bytes of metadata sent by the queue after compression.",
+            m.metadata_bytes.clone(),
+        );
+        registry.register(
+            format!("{p}exemplars"),
+            "Total number of exemplars sent to remote storage.",
+            m.exemplars.clone(),
+        );
+        registry.register(format!("{p}exemplars_failed"), "Total number of exemplars which failed on send to remote storage, non-recoverable errors.", m.exemplars_failed.clone());
+        registry.register(format!("{p}exemplars_retried"), "Total number of exemplars which failed on send to remote storage but were retried because the send error was recoverable.", m.exemplars_retried.clone());
+        registry.register(format!("{p}exemplars_dropped"), "Total number of exemplars which were dropped after being read from the WAL before being sent via remote write, either via relabelling, due to being unknown series, or because the queue was stopped before they could be sent.", m.exemplars_dropped.clone());
+        registry.register(
+            format!("{p}exemplars_pending"),
+            "The number of exemplars pending in the queues shards to be sent to the remote storage.",
+            m.exemplars_pending.clone(),
+        );
         registry.register(
             format!("{p}bytes"),
             "The total number of bytes of data (not metadata) sent by the queue after compression.",
@@ -142,6 +172,12 @@ impl RemoteWriteMetrics {
             metadata: self.metadata.get_or_create(&l).clone(),
             metadata_failed: self.metadata_failed.get_or_create(&l).clone(),
             metadata_retried: self.metadata_retried.get_or_create(&l).clone(),
+            metadata_bytes: self.metadata_bytes.get_or_create(&l).clone(),
+            exemplars: self.exemplars.get_or_create(&l).clone(),
+            exemplars_failed: self.exemplars_failed.get_or_create(&l).clone(),
+            exemplars_retried: self.exemplars_retried.get_or_create(&l).clone(),
+            exemplars_dropped: self.exemplars_dropped.get_or_create(&l).clone(),
+            exemplars_pending: self.exemplars_pending.get_or_create(&l).clone(),
             bytes: self.bytes.get_or_create(&l).clone(),
             highest_sent: self.highest_sent.get_or_create(&l).clone(),
             shards: self.shards.get_or_create(&l).clone(),
@@ -165,6 +201,12 @@ pub(crate) struct EndpointMetrics {
     pub metadata: Counter,
     pub metadata_failed: Counter,
     pub metadata_retried: Counter,
+    pub metadata_bytes: Counter,
+    pub exemplars: Counter,
+    pub exemplars_failed: Counter,
+    pub exemplars_retried: Counter,
+    pub exemplars_dropped: Counter,
+    pub exemplars_pending: Gauge,
     pub bytes: Counter,
     pub highest_sent: FloatGauge,
     pub shards: Gauge,

@@ -15,6 +15,7 @@
 //! [`QueueManager::lowest_sent_timestamp`].
 
 pub mod client;
+pub mod metadata;
 pub mod metrics;
 pub mod proto;
 pub mod queue;

@@ -8,6 +8,7 @@
 //!                               sorted (or "dropped")
 //! append_samples([(ref,t,v)]) ─► shard[ref % n] (bounded channel of `capacity` samples;
 //!                               the caller waits when it is full: the WAL is the buffer)
+//! append_exemplars([(ref,ex)]) ► the same shard and channel (only with `send_exemplars`)
 //! shard task ─────────────────► batch of ≤ max_samples_per_send, sent when full or after
 //!                               batch_send_deadline; one request in flight per shard, so a
 //!                               series' samples arrive in order; retries until delivered,
@@ -17,7 +18,11 @@
 //! Every sample that enters `append_samples` ends in exactly one counter: `samples_total`
 //! (delivered), `samples_failed_total` (refused with a non-recoverable status),
 //! `samples_dropped_total` (series dropped by the filter, unknown series, or still queued when
-//! a flush ran out of time). Retries add to `samples_retried_total`.
+//! a flush ran out of time). Retries add to `samples_retried_total`. Exemplars have the same
+//! five counters (`exemplars_total`, ...); they share the shards' channels and batches with
+//! the samples (`max_samples_per_send` counts both, as in Prometheus), each exemplar in a
+//! `TimeSeries` of its own with no samples. Exemplar timestamps come from the target and say
+//! nothing about WAL progress, so they never move the sent-timestamp watermark.
 //!
 //! **Resharding** (a simplification of Prometheus's `calculateDesiredShards`), every
 //! `shard_update_interval` (10s):
@@ -51,7 +56,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{ClientError, ClientSettings, RemoteClient, SendError};
 use super::metrics::{EndpointMetrics, RemoteWriteMetrics};
-use super::proto::{Label, MetricMetadata, Sample, SeriesRef as ProtoSeries, WriteRequestEncoder};
+use super::proto::{
+    Exemplar, Label, MetricMetadata, Sample, SeriesRef as ProtoSeries, WriteRequestEncoder,
+};
 use crate::config::instance::RemoteWriteConfig;
 use crate::config::remote_write::QueueConfig;
 
@@ -87,6 +94,8 @@ pub struct QueueSettings {
     pub external_labels: BTreeMap<String, String>,
     /// Entries per metadata request (`metadata_config.max_samples_per_send`).
     pub metadata_per_send: usize,
+    /// `send_exemplars`: exemplars are queued only when set.
+    pub send_exemplars: bool,
     /// How often the shard count is reconsidered (Prometheus: 10s).
     pub shard_update_interval: Duration,
 }
@@ -96,7 +105,8 @@ impl QueueSettings {
         QueueSettings {
             queue,
             external_labels,
-            metadata_per_send: 2_000,
+            metadata_per_send: 500,
+            send_exemplars: false,
             shard_update_interval: Duration::from_secs(10),
         }
     }
@@ -130,10 +140,13 @@ pub struct FlushReport {
     pub dropped: u64,
 }
 
+/// A queued sample, or an exemplar (then `t` and `v` are unused). Boxed so that a sample
+/// pays 8 bytes for the option.
 struct Pending {
     labels: Arc<[Label]>,
     t: i64,
     v: f64,
+    exemplar: Option<Box<Exemplar>>,
 }
 
 enum SeriesEntry {
@@ -295,6 +308,7 @@ impl QueueManager {
         let client = RemoteClient::new(ClientSettings::from_config(cfg, agent_id)?)?;
         let mut settings = QueueSettings::new(cfg.raw.queue(), external_labels.clone());
         settings.metadata_per_send = cfg.raw.metadata().max_samples_per_send;
+        settings.send_exemplars = cfg.raw.send_exemplars();
         Ok(QueueManager::new(client, settings, metrics, filter))
     }
 
@@ -411,6 +425,7 @@ impl QueueManager {
                             labels: labels.clone(),
                             t,
                             v,
+                            exemplar: None,
                         },
                     )),
                     Some(SeriesEntry::Dropped) => dropped += 1,
@@ -429,7 +444,55 @@ impl QueueManager {
         if let Some(max) = resolved.iter().map(|(_, p)| p.t).max() {
             self.observe_wal_timestamp(max);
         }
+        self.enqueue(resolved).await
+    }
 
+    /// Whether this endpoint sends exemplars (`send_exemplars`); when not, the watcher does
+    /// not even decode them.
+    pub fn sends_exemplars(&self) -> bool {
+        self.shared.settings.send_exemplars
+    }
+
+    /// Queues exemplars of series (their labels as read from the WAL). Without
+    /// `send_exemplars` they are ignored (not counted: they were never meant for this
+    /// endpoint). Exemplars of dropped or unknown series are counted as dropped.
+    pub async fn append_exemplars(
+        &self,
+        exemplars: Vec<(SeriesRef, Exemplar)>,
+    ) -> Result<(), QueueError> {
+        let shared = &self.shared;
+        if !shared.settings.send_exemplars || exemplars.is_empty() {
+            return Ok(());
+        }
+        if shared.stopped.load(Ordering::Acquire) {
+            return Err(self.stopped_error(exemplars.len()));
+        }
+        let mut resolved = Vec::with_capacity(exemplars.len());
+        let mut dropped = 0u64;
+        {
+            let table = self.series.read().unwrap_or_else(|e| e.into_inner());
+            for (r, e) in exemplars {
+                match table.get(&r) {
+                    Some(SeriesEntry::Kept(labels)) => resolved.push((
+                        r,
+                        Pending {
+                            labels: labels.clone(),
+                            t: e.timestamp,
+                            v: e.value,
+                            exemplar: Some(Box::new(e)),
+                        },
+                    )),
+                    _ => dropped += 1,
+                }
+            }
+        }
+        shared.metrics.exemplars_dropped.inc_by(dropped);
+        self.enqueue(resolved).await
+    }
+
+    /// Hands resolved entries to their shards, waiting while a shard's queue is full.
+    async fn enqueue(&self, resolved: Vec<(SeriesRef, Pending)>) -> Result<(), QueueError> {
+        let shared = &self.shared;
         let shards = self.shards.read().await;
         let states: Vec<Arc<ShardState>> = shared.lock_states().clone();
         let n = shards.senders.len();
@@ -440,12 +503,17 @@ impl QueueManager {
         }
         for (i, (r, p)) in resolved.into_iter().enumerate() {
             let idx = shard_for(r, n);
+            let pending_gauge = if p.exemplar.is_some() {
+                &shared.metrics.exemplars_pending
+            } else {
+                &shared.metrics.samples_pending
+            };
             states[idx].pending.fetch_add(1, Ordering::AcqRel);
-            shared.metrics.samples_pending.inc();
+            pending_gauge.inc();
             if shards.senders[idx].send(p).await.is_err() {
                 // The shard is gone: the queue was hard-stopped while we waited.
                 states[idx].pending.fetch_sub(1, Ordering::AcqRel);
-                shared.metrics.samples_pending.dec();
+                pending_gauge.dec();
                 shared.samples_in.fetch_add(i as u64, Ordering::Relaxed);
                 return Err(self.stopped_error(total - i));
             }
@@ -478,10 +546,15 @@ impl QueueManager {
         let mut enc = WriteRequestEncoder::new();
         for chunk in metadata.chunks(shared.settings.metadata_per_send.max(1)) {
             let body = bytes::Bytes::copy_from_slice(enc.encode([], chunk));
+            let len = body.len() as u64;
             let n = chunk.len() as u64;
-            match send_with_backoff(shared, body, n, &shared.metrics.metadata_retried).await {
+            let retried = || {
+                shared.metrics.metadata_retried.inc_by(n);
+            };
+            match send_with_backoff(shared, body, &retried).await {
                 Outcome::Delivered => {
                     shared.metrics.metadata.inc_by(n);
+                    shared.metrics.metadata_bytes.inc_by(len);
                 }
                 Outcome::Refused(reason) => {
                     shared.metrics.metadata_failed.inc_by(n);
@@ -665,17 +738,30 @@ async fn run_shard(mut rx: mpsc::Receiver<Pending>, state: Arc<ShardState>, shar
         }
     }
     // Hard stop: account for everything this shard still holds.
-    let mut left = batch.len() as u64;
     rx.close();
-    while rx.try_recv().is_ok() {
-        left += 1;
+    let (mut left, mut left_ex) = count_kinds(&batch);
+    while let Ok(p) = rx.try_recv() {
+        if p.exemplar.is_some() {
+            left_ex += 1;
+        } else {
+            left += 1;
+        }
     }
-    if left > 0 {
-        shared.metrics.samples_dropped.inc_by(left);
-        shared.metrics.samples_pending.dec_by(left as i64);
-        shared.dropped_on_stop.fetch_add(left, Ordering::Relaxed);
-        state.pending.fetch_sub(left as usize, Ordering::AcqRel);
-    }
+    let m = &shared.metrics;
+    m.samples_dropped.inc_by(left);
+    m.samples_pending.dec_by(left as i64);
+    m.exemplars_dropped.inc_by(left_ex);
+    m.exemplars_pending.dec_by(left_ex as i64);
+    shared.dropped_on_stop.fetch_add(left, Ordering::Relaxed);
+    state
+        .pending
+        .fetch_sub((left + left_ex) as usize, Ordering::AcqRel);
+}
+
+/// (samples, exemplars) in a batch.
+fn count_kinds(batch: &[Pending]) -> (u64, u64) {
+    let ex = batch.iter().filter(|p| p.exemplar.is_some()).count() as u64;
+    (batch.len() as u64 - ex, ex)
 }
 
 async fn send_batch(
@@ -685,25 +771,46 @@ async fn send_batch(
     batch: &mut Vec<Pending>,
     samples: &mut Vec<Sample>,
 ) {
-    let n = batch.len();
+    let total = batch.len();
+    let (n, n_ex) = count_kinds(batch);
     samples.clear();
     samples.extend(batch.iter().map(|p| Sample {
         value: p.v,
         timestamp: p.t,
     }));
-    let highest = batch.iter().map(|p| p.t).max().unwrap_or(NO_TIMESTAMP);
-    let views = batch.iter().zip(samples.iter()).map(|(p, s)| ProtoSeries {
-        labels: &p.labels,
-        samples: std::slice::from_ref(s),
-        exemplars: &[],
-    });
+    let highest = batch
+        .iter()
+        .filter(|p| p.exemplar.is_none())
+        .map(|p| p.t)
+        .max()
+        .unwrap_or(NO_TIMESTAMP);
+    let views = batch
+        .iter()
+        .zip(samples.iter())
+        .map(|(p, s)| match &p.exemplar {
+            None => ProtoSeries {
+                labels: &p.labels,
+                samples: std::slice::from_ref(s),
+                exemplars: &[],
+            },
+            Some(e) => ProtoSeries {
+                labels: &p.labels,
+                samples: &[],
+                exemplars: std::slice::from_ref(&**e),
+            },
+        });
     // One copy per batch into a refcounted buffer: retries reuse it, the encoder keeps its own.
     let body = bytes::Bytes::copy_from_slice(enc.encode(views, &[]));
     let len = body.len() as u64;
     let m = &shared.metrics;
-    match send_with_backoff(shared, body, n as u64, &m.samples_retried).await {
+    let retried = || {
+        m.samples_retried.inc_by(n);
+        m.exemplars_retried.inc_by(n_ex);
+    };
+    match send_with_backoff(shared, body, &retried).await {
         Outcome::Delivered => {
-            m.samples.inc_by(n as u64);
+            m.samples.inc_by(n);
+            m.exemplars.inc_by(n_ex);
             m.bytes.inc_by(len);
             finish(shared, state, highest);
             let prev = shared
@@ -714,27 +821,31 @@ async fn send_batch(
             shared.last_success_ms.store(ms, Ordering::Release);
         }
         Outcome::Refused(reason) => {
-            m.samples_failed.inc_by(n as u64);
+            m.samples_failed.inc_by(n);
+            m.exemplars_failed.inc_by(n_ex);
             // Refused data will never be accepted: the WAL need not keep it for us.
             finish(shared, state, highest);
             tracing::error!(
                 remote_name = shared.remote(),
                 url = shared.client.url(),
                 samples = n,
+                exemplars = n_ex,
                 error = %reason,
                 "non-recoverable error sending samples; batch dropped"
             );
         }
         Outcome::Cancelled => {
-            m.samples_dropped.inc_by(n as u64);
-            shared
-                .dropped_on_stop
-                .fetch_add(n as u64, Ordering::Relaxed);
+            m.samples_dropped.inc_by(n);
+            m.exemplars_dropped.inc_by(n_ex);
+            shared.dropped_on_stop.fetch_add(n, Ordering::Relaxed);
         }
     }
     m.samples_pending.dec_by(n as i64);
-    state.pending.fetch_sub(n, Ordering::AcqRel);
-    shared.samples_out.fetch_add(n as u64, Ordering::Relaxed);
+    m.exemplars_pending.dec_by(n_ex as i64);
+    state.pending.fetch_sub(total, Ordering::AcqRel);
+    shared
+        .samples_out
+        .fetch_add(total as u64, Ordering::Relaxed);
     batch.clear();
     shared.finished.send_modify(|c| *c += 1);
 }
@@ -750,8 +861,7 @@ fn finish(shared: &Shared, state: &ShardState, highest: i64) {
 async fn send_with_backoff(
     shared: &Shared,
     body: bytes::Bytes,
-    count: u64,
-    retried: &prometheus_client::metrics::counter::Counter,
+    retried: &(dyn Fn() + Sync),
 ) -> Outcome {
     let q = &shared.settings.queue;
     let max_backoff = q.max_backoff.as_std();
@@ -775,7 +885,7 @@ async fn send_with_backoff(
                 retry_after,
             }) => (reason, retry_after),
         };
-        retried.inc_by(count);
+        retried();
         let sleep = retry_after.unwrap_or(backoff);
         tracing::warn!(
             remote_name = shared.remote(),
@@ -953,6 +1063,141 @@ mod tests {
                 ("region".to_owned(), "eu".to_owned()),
             ]
         );
+    }
+
+    use super::super::proto::WriteRequest;
+    use crate::config::duration::PromDuration;
+
+    type Received = Arc<Mutex<Vec<WriteRequest>>>;
+
+    /// A receiver that decodes every request and answers 204.
+    async fn receiver() -> (url::Url, Received) {
+        let got: Received = Arc::default();
+        let g = got.clone();
+        let app = axum::Router::new().route(
+            "/write",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                match WriteRequest::decode_snappy(&body) {
+                    Ok(req) => {
+                        g.lock().unwrap().push(req);
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                    Err(_) => axum::http::StatusCode::BAD_REQUEST,
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (
+            url::Url::parse(&format!("http://{addr}/write")).unwrap(),
+            got,
+        )
+    }
+
+    fn queue(url: url::Url, send_exemplars: bool, metadata_per_send: usize) -> QueueManager {
+        let client = RemoteClient::new(ClientSettings {
+            remote_name: "r".into(),
+            url,
+            timeout: Duration::from_secs(5),
+            headers: BTreeMap::new(),
+            http: Default::default(),
+            retry_on_http_429: true,
+            agent_id: None,
+        })
+        .unwrap();
+        let mut settings = QueueSettings::new(
+            QueueConfig {
+                batch_send_deadline: PromDuration::from_millis(20),
+                ..QueueConfig::default()
+            },
+            BTreeMap::new(),
+        );
+        settings.send_exemplars = send_exemplars;
+        settings.metadata_per_send = metadata_per_send;
+        let metrics =
+            RemoteWriteMetrics::register(&mut prometheus_client::registry::Registry::default());
+        QueueManager::new(client, settings, &metrics, None)
+    }
+
+    fn exemplar(trace: &str, t: i64) -> Exemplar {
+        Exemplar {
+            labels: vec![Label::new("trace_id", trace)],
+            value: 0.5,
+            timestamp: t,
+        }
+    }
+
+    #[tokio::test]
+    async fn exemplars_are_sent_only_with_send_exemplars() {
+        for send in [true, false] {
+            let (url, got) = receiver().await;
+            let q = queue(url, send, 500);
+            q.store_series([(1, vec![Label::new("__name__", "rpc_bucket")])]);
+            q.append_samples(&[(1, 1_000, 1.0)]).await.unwrap();
+            q.append_exemplars(vec![(1, exemplar("abc", 900)), (7, exemplar("lost", 950))])
+                .await
+                .unwrap();
+            let report = q.flush(Instant::now() + Duration::from_secs(5)).await;
+            assert!(report.complete);
+            let series: Vec<_> = got
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.timeseries.clone())
+                .collect();
+            let with_samples: Vec<_> = series.iter().filter(|t| !t.samples.is_empty()).collect();
+            let with_exemplars: Vec<_> =
+                series.iter().filter(|t| !t.exemplars.is_empty()).collect();
+            assert_eq!(with_samples.len(), 1);
+            let m = &q.shared.metrics;
+            assert_eq!(m.samples.get(), 1);
+            if send {
+                assert_eq!(with_exemplars.len(), 1);
+                let ts = with_exemplars[0];
+                assert!(
+                    ts.samples.is_empty(),
+                    "an exemplar has a TimeSeries of its own"
+                );
+                assert_eq!(ts.labels, vec![Label::new("__name__", "rpc_bucket")]);
+                assert_eq!(ts.exemplars, vec![exemplar("abc", 900)]);
+                assert_eq!((m.exemplars.get(), m.exemplars_dropped.get()), (1, 1));
+            } else {
+                assert!(with_exemplars.is_empty());
+                assert_eq!((m.exemplars.get(), m.exemplars_dropped.get()), (0, 0));
+            }
+            assert_eq!(m.exemplars_pending.get(), 0);
+            assert_eq!(m.samples_pending.get(), 0);
+            // Exemplar timestamps do not move the watermark: only the sample's does.
+            assert_eq!(q.lowest_sent_timestamp(), Some(1_000));
+        }
+    }
+
+    #[tokio::test]
+    async fn metadata_goes_in_batches_without_samples() {
+        let (url, got) = receiver().await;
+        let q = queue(url, true, 2);
+        let md: Vec<MetricMetadata> = (0..5)
+            .map(|i| MetricMetadata {
+                r#type: 1,
+                metric_family_name: format!("m{i}"),
+                help: format!("help {i}"),
+                unit: String::new(),
+            })
+            .collect();
+        q.send_metadata(&md).await.unwrap();
+        let reqs = got.lock().unwrap().clone();
+        let sizes: Vec<usize> = reqs.iter().map(|r| r.metadata.len()).collect();
+        assert_eq!(sizes, vec![2, 2, 1]);
+        assert!(reqs.iter().all(|r| r.timeseries.is_empty()));
+        let all: Vec<MetricMetadata> = reqs.into_iter().flat_map(|r| r.metadata).collect();
+        assert_eq!(all, md);
+        let m = &q.shared.metrics;
+        assert_eq!(m.metadata.get(), 5);
+        assert!(m.metadata_bytes.get() > 0);
+        assert_eq!(m.bytes.get(), 0, "bytes_total counts data, not metadata");
     }
 
     fn inputs(in_rate: f64, out_rate: f64, send: f64, pending: f64, current: usize) -> ShardInputs {

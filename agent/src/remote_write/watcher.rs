@@ -4,7 +4,10 @@
 //! On start the watcher reads the last checkpoint (series and samples), then every segment
 //! after it, then tails the live segment (woken by the WAL writer's commit signal, or every
 //! 250 ms). Series records go to `store_series`, samples to `append_samples`, which waits
-//! while the queue is full: the back-pressure stops the watcher, not the scraper.
+//! while the queue is full: the back-pressure stops the watcher, not the scraper. Exemplar
+//! records go to `append_exemplars` when the endpoint has `send_exemplars` (otherwise they are
+//! not decoded); after a restart, exemplars are skipped by the same per-series marks as
+//! samples.
 //!
 //! **Progress survives restarts.** After every batch the queue finishes, the watcher saves the
 //! queue's [`SentMarks`] (how far each shard got) to a progress file, atomically (write,
@@ -32,7 +35,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::proto::Label;
+use super::proto::{Exemplar, Label};
 use super::queue::{QueueManager, SentMarks};
 use crate::wal::checkpoint;
 use crate::wal::live::{segment_numbers, LiveReader, Position};
@@ -44,7 +47,14 @@ use crate::wal::record;
 struct Batch {
     series: Vec<(u64, Vec<Label>)>,
     samples: Vec<(u64, i64, f64)>,
+    exemplars: Vec<(u64, Exemplar)>,
     errors: Vec<String>,
+}
+
+/// What the watcher reads besides series and samples.
+#[derive(Clone, Copy)]
+struct Wanted {
+    exemplars: bool,
 }
 
 impl Batch {
@@ -53,6 +63,7 @@ impl Batch {
         rec: &[u8],
         after: Option<&SentMarks>,
         scratch: &mut Vec<(u64, i64, f64)>,
+        wanted: Wanted,
     ) {
         match record::record_type(rec) {
             Some(record::SERIES) => {
@@ -79,6 +90,28 @@ impl Batch {
                         scratch
                             .iter()
                             .filter(|(r, t, _)| after.is_none_or(|a| *t > a.for_series(*r))),
+                    ),
+                    Err(e) => self.errors.push(e.to_string()),
+                }
+            }
+            Some(record::EXEMPLARS) if wanted.exemplars => {
+                let mut out = Vec::new();
+                match record::decode_exemplars(rec, &mut out) {
+                    Ok(()) => self.exemplars.extend(
+                        out.into_iter()
+                            .filter(|e| after.is_none_or(|a| e.t > a.for_series(e.series_ref)))
+                            .map(|e| {
+                                let labels =
+                                    e.labels.iter().map(|(n, v)| Label::new(n, v)).collect();
+                                (
+                                    e.series_ref,
+                                    Exemplar {
+                                        labels,
+                                        value: e.v,
+                                        timestamp: e.t,
+                                    },
+                                )
+                            }),
                     ),
                     Err(e) => self.errors.push(e.to_string()),
                 }
@@ -203,6 +236,9 @@ pub async fn run(
 ) {
     let after = read_marks(&progress_file);
     let name = queue.remote_name().to_owned();
+    let wanted = Wanted {
+        exemplars: queue.sends_exemplars(),
+    };
     tracing::info!(remote_name = %name, wal = %wal_dir.display(), resume_after_ms = ?after.as_ref().map(|m| m.lowest),
         resume_shards = after.as_ref().map_or(0, |m| m.shards.len()), "remote_write: reading the WAL");
     // Stopped before the last save below, so that two saves never share the temp file.
@@ -226,7 +262,7 @@ pub async fn run(
             let mut r =
                 Reader::new(checkpoint::checkpoint_sources(&cp_dir).map_err(|e| e.to_string())?);
             while r.next_record().map_err(|e| e.to_string())? {
-                batch.absorb(r.record(), after, &mut scratch);
+                batch.absorb(r.record(), after, &mut scratch, wanted);
             }
             first_segment = cp + 1;
         }
@@ -270,7 +306,7 @@ pub async fn run(
             let after = after.as_ref().as_ref();
             let mut batch = Batch::default();
             let mut scratch = Vec::new();
-            let res = r.poll(|rec| batch.absorb(rec, after, &mut scratch));
+            let res = r.poll(|rec| batch.absorb(rec, after, &mut scratch, wanted));
             (r, batch, res)
         })
         .await;
@@ -323,6 +359,12 @@ async fn deliver(queue: &QueueManager, batch: Batch, name: &str) -> bool {
     }
     for chunk in batch.samples.chunks(10_000) {
         if let Err(e) = queue.append_samples(chunk).await {
+            tracing::info!(remote_name = %name, error = %e, "remote_write: queue stopped");
+            return false;
+        }
+    }
+    if !batch.exemplars.is_empty() {
+        if let Err(e) = queue.append_exemplars(batch.exemplars).await {
             tracing::info!(remote_name = %name, error = %e, "remote_write: queue stopped");
             return false;
         }

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::appender::Storage;
+use super::metadata::{self, MetricMetadata};
 use super::scrape_loop::{Health, LoopHandle, ScrapeLoop};
 use super::target::{discovered_labels, populate_labels, Target};
 use crate::config::scrape::ScrapeConfig;
@@ -323,6 +324,21 @@ impl ScrapeManager {
         }
         sort_targets(&mut out);
         out
+    }
+
+    /// The metric metadata of every active target, without duplicates (several targets
+    /// exposing the same family with the same type, help and unit give one entry), as
+    /// Prometheus's metadata watcher collects it for remote_write.
+    pub fn metadata(&self) -> Vec<MetricMetadata> {
+        let mut all = Vec::new();
+        for job in self.jobs().values() {
+            for t in lock_pool(&job.pool).loops.values() {
+                metadata::lock(t.handle.metadata()).snapshot_into(&mut all);
+            }
+        }
+        let mut seen = std::collections::HashSet::with_capacity(all.len());
+        all.retain(|m| seen.insert(m.clone()));
+        all
     }
 
     /// Targets dropped by `relabel_configs`, per job.

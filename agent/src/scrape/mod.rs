@@ -3,6 +3,7 @@
 pub mod appender;
 pub mod cache;
 pub mod manager;
+pub mod metadata;
 pub mod parse;
 pub mod scrape_loop;
 pub mod target;

@@ -59,6 +59,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::appender::{stale_nan, AppendError, Appender, SeriesRef, Storage};
 use super::cache::{Lookup, SeriesCache};
+use super::metadata::{self, SharedMetadata};
 use super::parse::{Entry, Format, ParseError, Parser, Sample};
 use super::target::{merge_target_labels_into, Target};
 use crate::config::scrape::{Limits, ScrapeConfig};
@@ -149,6 +150,8 @@ pub struct ScrapeProcessor {
     lb: LabelsBuilder,
     parser: Option<Parser<'static>>,
     synthetic: [Option<SeriesRef>; 5],
+    /// The target's `# TYPE`/`# HELP`/`# UNIT` per family, read by remote_write.
+    metadata: SharedMetadata,
 }
 
 impl ScrapeProcessor {
@@ -160,7 +163,13 @@ impl ScrapeProcessor {
             lb: LabelsBuilder::new(),
             parser: Some(Parser::new(b"", Format::PrometheusText)),
             synthetic: [None; 5],
+            metadata: SharedMetadata::default(),
         }
+    }
+
+    /// The target's metadata, shared with readers.
+    pub fn metadata(&self) -> &SharedMetadata {
+        &self.metadata
     }
 
     /// The series cache (for inspection).
@@ -205,8 +214,26 @@ impl ScrapeProcessor {
         let honor_timestamps = self.cfg.honor_timestamps;
         let track_ts = self.cfg.track_timestamps_staleness;
         let mut over_limit = false;
+        // One lock per scrape; readers take it once per send interval.
+        let metadata = self.metadata.clone();
+        let mut metadata = metadata::lock(&metadata);
         while let Some(entry) = parser.next_entry()? {
-            let Entry::Sample(s) = entry else { continue };
+            let s = match entry {
+                Entry::Sample(s) => s,
+                Entry::Type { name, kind } => {
+                    metadata.set_type(name, kind);
+                    continue;
+                }
+                Entry::Help { name, help } => {
+                    metadata.set_help(name, &help);
+                    continue;
+                }
+                Entry::Unit { name, unit } => {
+                    metadata.set_unit(name, unit);
+                    continue;
+                }
+                Entry::Comment(_) | Entry::Eof => continue,
+            };
             stats.scraped += 1;
             let (slot, r, duplicate) = match self.cache.lookup(s.series) {
                 Lookup::Series {
@@ -253,6 +280,7 @@ impl ScrapeProcessor {
                 app.append_exemplar(r, &labels, ex.timestamp.unwrap_or(t), ex.value);
             }
         }
+        metadata.end_scrape();
         if over_limit {
             return Err(ScrapeError::SampleLimit {
                 samples: stats.post_relabel,
@@ -547,9 +575,15 @@ pub struct LoopHandle {
     write_stale: Arc<AtomicBool>,
     task: JoinHandle<()>,
     status: Arc<Mutex<ScrapeStatus>>,
+    metadata: SharedMetadata,
 }
 
 impl LoopHandle {
+    /// The target's metric metadata.
+    pub fn metadata(&self) -> &SharedMetadata {
+        &self.metadata
+    }
+
     pub fn status(&self) -> ScrapeStatus {
         lock_status(&self.status).clone()
     }
@@ -597,12 +631,14 @@ impl ScrapeLoop {
         let cancel = CancellationToken::new();
         let write_stale = Arc::new(AtomicBool::new(true));
         let status = self.status.clone();
+        let metadata = self.processor.metadata().clone();
         let task = tokio::spawn(self.run(cancel.clone(), write_stale.clone()));
         LoopHandle {
             cancel,
             write_stale,
             task,
             status,
+            metadata,
         }
     }
 
@@ -739,7 +775,7 @@ async fn fetch_into(
         }
     };
     // Its message already names the cause (e.g. an unreadable credentials file).
-    let rb = client.get(url).map_err(|e| ScrapeError::Http {
+    let rb = client.get(url).await.map_err(|e| ScrapeError::Http {
         url: url.to_owned(),
         message: e.to_string(),
     })?;
@@ -754,6 +790,9 @@ async fn fetch_into(
         rb.header(reqwest::header::ACCEPT_ENCODING, "identity")
     };
     let mut resp = rb.send().await.map_err(|e| http(&e))?;
+    if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+        client.unauthorized().await;
+    }
     if resp.status() != reqwest::StatusCode::OK {
         let s = resp.status();
         return Err(ScrapeError::Status {

@@ -350,6 +350,27 @@ fn openmetrics_exemplars_reach_the_appender() {
 }
 
 #[test]
+fn metadata_of_the_body_is_kept_per_family() {
+    let mut h = Harness::new("");
+    let body = "# HELP http_requests_total Requests.\n# TYPE http_requests_total counter\n\
+                http_requests_total{code=\"200\"} 1\n# TYPE temp gauge\ntemp 3\n";
+    h.scrape(body, 1000).unwrap();
+    let mut got = Vec::new();
+    crate::scrape::metadata::lock(h.p.metadata()).snapshot_into(&mut got);
+    got.sort_by(|a, b| a.family.cmp(&b.family));
+    use crate::scrape::parse::MetricType;
+    let view: Vec<(&str, MetricType, &str)> =
+        got.iter().map(|m| (&*m.family, m.kind, &*m.help)).collect();
+    assert_eq!(
+        view,
+        vec![
+            ("http_requests_total", MetricType::Counter, "Requests."),
+            ("temp", MetricType::Gauge, ""),
+        ]
+    );
+}
+
+#[test]
 fn first_scrape_is_phase_locked_to_the_target_hash() {
     let iv = Duration::from_secs(10);
     let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
