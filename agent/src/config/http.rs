@@ -264,6 +264,15 @@ impl HttpClientConfig {
         self.tls_config
             .as_ref()
             .and_then(TlsConfig::first_file_field)
+            // Beyond the old agent's list (it did not look inside oauth2): the same rule for the
+            // files oauth2 would read.
+            .or_else(|| {
+                let o = self.oauth2.as_ref()?;
+                if set(&o.client_secret_file) {
+                    return Some("client_secret_file");
+                }
+                o.tls_config.as_ref().and_then(TlsConfig::first_file_field)
+            })
     }
 
     /// Only the TLS file fields (the check the old agent applies to consul, openstack, triton).

@@ -546,6 +546,44 @@ mod tests {
         assert!(!format!("{raw:?}").contains("hunter2"));
     }
 
+    /// Every field that makes the agent read a file from its own disk is refused unless
+    /// `dangerous_allow_reading_files`, and the message names that setting.
+    #[test]
+    fn file_reading_fields_are_named_in_the_violation() {
+        let cases = [
+            ("bearer_token_file: /etc/passwd\n", "bearer_token_file"),
+            ("basic_auth:\n      username: u\n      password_file: /etc/passwd\n", "password_file"),
+            ("authorization:\n      credentials_file: /etc/passwd\n", "credentials_file"),
+            ("tls_config:\n      ca_file: /etc/passwd\n", "ca_file"),
+            ("tls_config:\n      cert_file: /a\n      key_file: /b\n", "cert_file"),
+            ("oauth2:\n      client_id: c\n      client_secret_file: /etc/passwd\n      token_url: http://127.0.0.1:1/t\n", "client_secret_file"),
+            ("oauth2:\n      client_id: c\n      client_secret: s\n      token_url: http://127.0.0.1:1/t\n      tls_config:\n        key_file: /k\n        cert_file: /c\n", "cert_file"),
+            ("file_sd_configs:\n      - files: ['/etc/*.json']\n", "file_sd_configs"),
+            ("kubernetes_sd_configs:\n      - role: pod\n        bearer_token_file: /t\n", "bearer_token_file"),
+        ];
+        for (fields, name) in cases {
+            let text = format!("scrape_configs:\n  - job_name: j\n    {fields}");
+            let (raw, _) = parse_instance(&text, &GlobalConfig::default())
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            let v = raw
+                .file_reading_violation(&GlobalConfig::default())
+                .unwrap_or_else(|| panic!("not refused: {text}"));
+            assert!(
+                v.contains(&format!("{name} must be empty unless dangerous_allow_reading_files is set")),
+                "{text}: {v}"
+            );
+        }
+        let rw = "remote_write:\n  - url: http://127.0.0.1:1/push\n    tls_config:\n      key_file: /k\n      cert_file: /c\n";
+        let (raw, _) = parse_instance(rw, &GlobalConfig::default()).expect("parse");
+        let v = raw
+            .file_reading_violation(&GlobalConfig::default())
+            .expect("refused");
+        assert!(v.starts_with("failed to validate remote_write at index 0: cert_file must be empty unless dangerous_allow_reading_files is set"), "{v}");
+        let ok = "scrape_configs:\n  - job_name: j\n    static_configs:\n      - targets: [a:1]\n";
+        let (raw, _) = parse_instance(ok, &GlobalConfig::default()).expect("parse");
+        assert_eq!(raw.file_reading_violation(&GlobalConfig::default()), None);
+    }
+
     proptest! {
         #[test]
         fn random_yaml_never_panics(text in "[a-z_:\\- \\n\\t{}\\[\\],'\"0-9.&*!|>#]{0,200}") {
