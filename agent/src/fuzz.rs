@@ -238,10 +238,7 @@ fn inputs(
     assert!(!corpus.is_empty(), "empty corpus");
     let corpus = Arc::new(corpus);
     let c = Arc::clone(&corpus);
-    let mutated = (
-        0..corpus.len(),
-        proptest::collection::vec(op(), 1..8),
-    )
+    let mutated = (0..corpus.len(), proptest::collection::vec(op(), 1..8))
         .prop_map(move |(seed, ops)| apply(c[seed].clone(), &ops, &c, tokens));
     let soup = proptest::collection::vec(
         prop_oneof![
@@ -271,13 +268,60 @@ fn read_dir_files(dir: &Path, keep: impl Fn(&Path) -> bool) -> Vec<Vec<u8>> {
 // Exposition parser
 
 const EXPOSITION_TOKENS: &[&[u8]] = &[
-    b"{", b"}", b"=", b"\"", b"\\", b"\\\"", b"\\n", b"\n", b"\r\n", b" ", b"\t", b",", b"#",
-    b"# TYPE ", b"# HELP ", b"# UNIT ", b"# EOF\n", b"# EOF", b" # {", b"counter", b"gauge",
-    b"histogram", b"summary", b"untyped", b"unknown", b"info", b"stateset", b"gaugehistogram",
-    b"NaN", b"+Inf", b"-Inf", b"Inf", b"1e308", b"1e309", b"-0", b"0x1p3", b"1_000",
-    b"9223372036854775807", b"-9223372036854775808", b"18446744073709551616", b"1.5e-300",
-    b"_bucket", b"_count", b"_sum", b"_total", b"_created", b"le=\"+Inf\"", b"quantile=\"0.5\"",
-    b"__name__", b"a:b", b"\xff", b"\xc3\x28", b"\xe2\x82\xac", b"\0",
+    b"{",
+    b"}",
+    b"=",
+    b"\"",
+    b"\\",
+    b"\\\"",
+    b"\\n",
+    b"\n",
+    b"\r\n",
+    b" ",
+    b"\t",
+    b",",
+    b"#",
+    b"# TYPE ",
+    b"# HELP ",
+    b"# UNIT ",
+    b"# EOF\n",
+    b"# EOF",
+    b" # {",
+    b"counter",
+    b"gauge",
+    b"histogram",
+    b"summary",
+    b"untyped",
+    b"unknown",
+    b"info",
+    b"stateset",
+    b"gaugehistogram",
+    b"NaN",
+    b"+Inf",
+    b"-Inf",
+    b"Inf",
+    b"1e308",
+    b"1e309",
+    b"-0",
+    b"0x1p3",
+    b"1_000",
+    b"9223372036854775807",
+    b"-9223372036854775808",
+    b"18446744073709551616",
+    b"1.5e-300",
+    b"_bucket",
+    b"_count",
+    b"_sum",
+    b"_total",
+    b"_created",
+    b"le=\"+Inf\"",
+    b"quantile=\"0.5\"",
+    b"__name__",
+    b"a:b",
+    b"\xff",
+    b"\xc3\x28",
+    b"\xe2\x82\xac",
+    b"\0",
 ];
 
 fn exposition_corpus() -> Vec<Vec<u8>> {
@@ -294,28 +338,20 @@ fn check_exposition(input: &[u8]) {
     for format in [Format::PrometheusText, Format::OpenMetrics] {
         let mut p = Parser::new(input, format);
         let mut steps = 0usize;
-        loop {
-            match p.next_entry() {
-                Ok(Some(_)) => {
-                    steps += 1;
-                    assert!(
-                        steps <= bound,
-                        "{format:?}: more than {bound} entries from {} lines: the parser loops",
-                        bound - 2
-                    );
-                }
-                Ok(None) | Err(_) => break,
-            }
+        while let Ok(Some(_)) = p.next_entry() {
+            steps += 1;
+            assert!(
+                steps <= bound,
+                "{format:?}: more than {bound} entries from {} lines: the parser loops",
+                bound - 2
+            );
         }
     }
 }
 
 #[test]
 fn exposition() {
-    run(
-        "exposition",
-        inputs(exposition_corpus(), EXPOSITION_TOKENS),
-    );
+    run("exposition", inputs(exposition_corpus(), EXPOSITION_TOKENS));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -323,11 +359,24 @@ fn exposition() {
 
 const WAL_TOKENS: &[&[u8]] = &[
     // Fragment headers: type (full/first/middle/last, snappy flag), length, CRC.
-    b"\x01\x00\x10", b"\x02\x00\x10", b"\x03\x00\x10", b"\x04\x00\x10", b"\x09\x00\x10",
-    b"\x01\x7f\xf9", b"\x01\xff\xff", b"\x00\x00\x00\x00\x00\x00\x00", b"\x05",
+    b"\x01\x00\x10",
+    b"\x02\x00\x10",
+    b"\x03\x00\x10",
+    b"\x04\x00\x10",
+    b"\x09\x00\x10",
+    b"\x01\x7f\xf9",
+    b"\x01\xff\xff",
+    b"\x00\x00\x00\x00\x00\x00\x00",
+    b"\x05",
     // Record types and varints.
-    b"\x01", b"\x02", b"\x03", b"\x04", b"\x06", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
-    b"\x80\x80\x80\x80\x10", b"\x7f",
+    b"\x01",
+    b"\x02",
+    b"\x03",
+    b"\x04",
+    b"\x06",
+    b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+    b"\x80\x80\x80\x80\x10",
+    b"\x7f",
 ];
 
 fn wal_options(compress: bool) -> crate::wal::WalOptions {
@@ -367,7 +416,13 @@ fn wal_segments() -> Vec<Vec<u8>> {
         for s in 0..3i64 {
             let batch: Vec<_> = series
                 .iter()
-                .map(|(r, _)| (*r, 1_700_000_000_000 + s * 15_000, (*r as f64) * 1.5 + s as f64))
+                .map(|(r, _)| {
+                    (
+                        *r,
+                        1_700_000_000_000 + s * 15_000,
+                        (*r as f64) * 1.5 + s as f64,
+                    )
+                })
                 .collect();
             let _ = wal.append_samples(&batch);
             let ex = RefExemplar {
@@ -434,7 +489,10 @@ fn check_wal_segment(input: &[u8]) {
         let mut records = 0usize;
         while let Ok(true) = r.next_record() {
             records += 1;
-            assert!(records <= bound, "more than {bound} records: the reader loops");
+            assert!(
+                records <= bound,
+                "more than {bound} records: the reader loops"
+            );
             decode_record(r.record());
         }
         let _ = crate::wal::repair(dir);
@@ -479,8 +537,18 @@ fn wal_record() {
 
 const RING_TOKENS: &[&[u8]] = &[
     // Protobuf keys of Desc/InstanceDesc (field << 3 | wire type) and long varints.
-    b"\x0a", b"\x12", b"\x10", b"\x18", b"\x20", b"\x2a", b"\x32", b"\x38", b"\x40",
-    b"\xff\xff\xff\xff\x0f", b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01", b"\x00",
+    b"\x0a",
+    b"\x12",
+    b"\x10",
+    b"\x18",
+    b"\x20",
+    b"\x2a",
+    b"\x32",
+    b"\x38",
+    b"\x40",
+    b"\xff\xff\xff\xff\x0f",
+    b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01",
+    b"\x00",
 ];
 
 fn ring_corpus() -> Vec<Vec<u8>> {
@@ -516,15 +584,75 @@ fn ring() {
 // Config YAML (instance and agent configs) and the KV config codec
 
 const YAML_TOKENS: &[&[u8]] = &[
-    b":", b": ", b"- ", b"\n", b"\n  ", b"  ", b"\t", b"&a ", b"*a", b"&b [*a, *a]", b"[", b"]",
-    b"{", b"}", b",", b"!!str ", b"!!binary ", b"!!map", b"<<: *a", b"'", b"\"", b"\\", b"? ",
-    b"|", b">-", b"---\n", b"...\n", b"#", b"~", b"null", b"true", b"0x10", b"1e400", b"-0",
-    b"1y", b"0s", b"5m", b"1.5s", b"-1s", b"9223372036854775807", b"job_name: ",
-    b"scrape_configs:\n", b"remote_write:\n", b"static_configs:\n", b"targets: ",
-    b"relabel_configs:\n", b"regex: ", b"(", b")", b"*", b"\\d", b"action: hashmod",
-    b"action: labelmap", b"modulus: 0", b"url: ", b"http://", b"[::1]:", b"%", b"${X}",
-    b"bearer_token_file: ", b"file_sd_configs:\n", b"tls_config:\n", b"basic_auth:\n",
-    b"scraping_service:\n", b"kvstore:\n", b"store: etcd\n", b"\xff", b"\xe2\x80\xa8", b"\0",
+    b":",
+    b": ",
+    b"- ",
+    b"\n",
+    b"\n  ",
+    b"  ",
+    b"\t",
+    b"&a ",
+    b"*a",
+    b"&b [*a, *a]",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b",",
+    b"!!str ",
+    b"!!binary ",
+    b"!!map",
+    b"<<: *a",
+    b"'",
+    b"\"",
+    b"\\",
+    b"? ",
+    b"|",
+    b">-",
+    b"---\n",
+    b"...\n",
+    b"#",
+    b"~",
+    b"null",
+    b"true",
+    b"0x10",
+    b"1e400",
+    b"-0",
+    b"1y",
+    b"0s",
+    b"5m",
+    b"1.5s",
+    b"-1s",
+    b"9223372036854775807",
+    b"job_name: ",
+    b"scrape_configs:\n",
+    b"remote_write:\n",
+    b"static_configs:\n",
+    b"targets: ",
+    b"relabel_configs:\n",
+    b"regex: ",
+    b"(",
+    b")",
+    b"*",
+    b"\\d",
+    b"action: hashmod",
+    b"action: labelmap",
+    b"modulus: 0",
+    b"url: ",
+    b"http://",
+    b"[::1]:",
+    b"%",
+    b"${X}",
+    b"bearer_token_file: ",
+    b"file_sd_configs:\n",
+    b"tls_config:\n",
+    b"basic_auth:\n",
+    b"scraping_service:\n",
+    b"kvstore:\n",
+    b"store: etcd\n",
+    b"\xff",
+    b"\xe2\x80\xa8",
+    b"\0",
 ];
 
 fn config_corpus(kind: crate::config::load::Kind) -> Vec<Vec<u8>> {
@@ -598,7 +726,10 @@ fn kv_codec() {
         .iter()
         .map(|b| crate::kv::codec::encode_config(&String::from_utf8_lossy(b)))
         .collect();
-    run("kv_codec", inputs(corpus, &[b"\x1f\x8b\x08\x00", b"\x00", b"\xff"]));
+    run(
+        "kv_codec",
+        inputs(corpus, &[b"\x1f\x8b\x08\x00", b"\x00", b"\xff"]),
+    );
 }
 
 /// Every input under `fixtures/fuzz/<target>/` (crashes found and fixed) still passes.
@@ -610,7 +741,13 @@ fn replay_fixtures() {
         for input in read_dir_files(&base.join(name), |p| {
             p.extension().is_none_or(|e| e != "md")
         }) {
+            let t = Instant::now();
             check(&input);
+            assert!(
+                t.elapsed() < MAX_CASE,
+                "{name}: a fixture took {:?}",
+                t.elapsed()
+            );
             replayed += 1;
         }
     }

@@ -168,7 +168,13 @@ mod tests {
         assert!(bomb.len() < 1 << 20, "{}", bomb.len());
         let err = decode_config("configurations/bomb", &bomb).expect_err("too large");
         assert!(
-            matches!(err, CodecError::TooLarge { max: MAX_DECODED_LEN, .. }),
+            matches!(
+                err,
+                CodecError::TooLarge {
+                    max: MAX_DECODED_LEN,
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(err.to_string().contains("configurations/bomb"), "{err}");

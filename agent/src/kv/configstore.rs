@@ -161,6 +161,10 @@ impl std::fmt::Display for Precondition {
 /// the config types (a config that does not parse declares no jobs here; validation rejects it
 /// elsewhere).
 pub fn job_names(yaml: &str) -> Vec<String> {
+    // Configs come from other writers too (etcdctl, old agents): no YAML bomb is expanded here.
+    if crate::config::load::check_yaml_limits(yaml).is_err() {
+        return Vec::new();
+    }
     let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(yaml) else {
         return Vec::new();
     };
@@ -722,7 +726,10 @@ mod tests {
         let s = ConfigStore::new(Arc::new(kv));
         let mine = cfg(&["mine"]);
         s.put("a", &mine).await.unwrap();
-        let err = s.delete_if("a", Some(&content_hash(&mine))).await.unwrap_err();
+        let err = s
+            .delete_if("a", Some(&content_hash(&mine)))
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, ConfigStoreError::PreconditionFailed { current: Some(ref c), .. } if *c == content_hash(&theirs)),
             "{err}"

@@ -132,7 +132,9 @@ impl<B: Backend> LocalStore<B> {
                     },
                 ),
                 None => (
-                    shared.backend.write(&WriteOp::Delete { key: &key, expect })?,
+                    shared
+                        .backend
+                        .write(&WriteOp::Delete { key: &key, expect })?,
                     WatchEvent::Delete { key: key.clone() },
                 ),
             };
