@@ -142,8 +142,9 @@ pub fn check_yaml_limits(text: &str) -> Result<(), ConfigError> {
             "YAML flow collections ([ ] or {{ }}) are nested deeper than {MAX_FLOW_DEPTH} levels"
         )));
     }
-    // Aliases start with `*`; without one there is nothing to expand.
-    if !text.contains('*') {
+    // An alias (`*a`) needs an anchor (`&a`); without both there is nothing to expand (and a
+    // regex's `.*` alone does not cost a second pass).
+    if !text.contains('*') || !text.contains('&') {
         return Ok(());
     }
     let budget = MIN_EXPANSION_BUDGET.max(text.len().saturating_mul(2));
