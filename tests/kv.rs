@@ -418,6 +418,30 @@ async fn etcd_basic_operations_and_paged_lists() {
     assert!(store.delete("configurations/new").await.expect("delete"));
     assert!(!store.delete("configurations/new").await.expect("delete"));
 
+    // Conditional deletes (DELETE with If-Match): a stale revision or an absent key loses.
+    let now = store
+        .get("configurations/a")
+        .await
+        .expect("get")
+        .expect("present");
+    assert!(!store
+        .delete_if_revision("configurations/a", now.revision - 1)
+        .await
+        .expect("delete"));
+    assert!(!store
+        .delete_if_revision("configurations/none", now.revision)
+        .await
+        .expect("delete"));
+    assert!(store
+        .delete_if_revision("configurations/a", now.revision)
+        .await
+        .expect("delete"));
+    assert_eq!(store.get("configurations/a").await.expect("get"), None);
+    store
+        .put("configurations/a", b"2".to_vec())
+        .await
+        .expect("put");
+
     // More keys than one list page (500), written in transactions of 100 puts.
     let mut raw = raw_client(&server).await;
     for batch in 0..12 {

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod abuse;
 mod agent;
 mod api;
 mod cli;

@@ -17,3 +17,6 @@ pub mod remote_write;
 pub mod ring;
 pub mod scrape;
 pub mod wal;
+
+#[cfg(test)]
+mod fuzz;

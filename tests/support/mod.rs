@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `agentctl` binary cargo built for these tests.
+/// The `agentctl` binary cargo built for these tests, or `$AGENTCTL_TEST_BIN` when set (a
+/// target directory shared by several checkouts holds whichever `agentctl` was built last).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_agentctl"))
+    std::env::var_os("AGENTCTL_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_agentctl")))
 }
 
 /// The repository root (for fixtures).

@@ -103,7 +103,32 @@ pub fn router(state: Arc<ApiState>) -> Router {
             post(put_config).put(put_config).delete(delete_config),
         )
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body,
+            refuse_declared_oversize,
+        ))
         .with_state(state)
+}
+
+/// A `Content-Length` over the limit is answered 413 at once, without waiting for (or
+/// reading) the body; chunked bodies are cut off by `DefaultBodyLimit` once they pass it.
+async fn refuse_declared_oversize(
+    State(max): State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {max} bytes"),
+        );
+    }
+    next.run(req).await
 }
 
 impl ApiState {
@@ -246,15 +271,27 @@ fn check_write_auth(state: &ApiState, headers: &HeaderMap) -> Result<(), Respons
     let Some(token) = &state.write_token else {
         return Ok(());
     };
+    // The scheme is case-insensitive (RFC 7235 §2.1); the token is compared exactly.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        });
     match given {
-        None => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "a bearer token is required for writes",
-        )),
+        None => {
+            let mut resp = error(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required for writes",
+            );
+            // RFC 6750 §3: a 401 names the scheme the client should use.
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            Err(resp)
+        }
         Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(error(
             StatusCode::FORBIDDEN,
@@ -354,10 +391,24 @@ async fn put_config(
             )
         }
     };
-    let stored = match validate_body(&state, &name, text) {
-        Ok(y) => y,
-        Err(r) => return r,
+    // Parsing and validating up to `max_body` bytes of YAML is CPU work: off the runtime's
+    // worker threads, so a flood of large bodies cannot stall other requests and heartbeats.
+    let stored = {
+        let (state, name, text) = (Arc::clone(&state), name.clone(), text.to_owned());
+        match tokio::task::spawn_blocking(move || validate_body(&state, &name, &text)).await {
+            Ok(Ok(y)) => y,
+            Ok(Err(r)) => return r,
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("failed to validate config: {e}"),
+                )
+            }
+        }
     };
+    if let Some(r) = shared_wal_folder(&store, &name).await {
+        return r;
+    }
     match store
         .put_if(&name, &stored, if_match(&headers).as_deref())
         .await
@@ -383,6 +434,24 @@ async fn put_config(
     }
 }
 
+/// A 400 when another config's WAL folder would be this one's (`a/b` and `a--b` are both
+/// `a--b`, see [`dir_name`](crate::instance::dir_name)). Only names with `/` or `--` can
+/// collide, so only those pay for the listing. The instance manager refuses to run two such
+/// configs at once anyway (for configs written around the API); this says so up front.
+async fn shared_wal_folder(store: &ConfigStore, name: &str) -> Option<Response> {
+    use crate::instance::dir_name;
+    if !name.contains('/') && !name.contains("--") {
+        return None;
+    }
+    let dir = dir_name(name);
+    let names = store.list().await.ok()?;
+    let other = names.iter().find(|n| *n != name && dir_name(n) == dir)?;
+    Some(error(
+        StatusCode::BAD_REQUEST,
+        format!("failed to validate config: config {name:?} would share its WAL folder {dir:?} with config {other:?} (`/` in names is stored as `--`); choose another name"),
+    ))
+}
+
 fn with_etag(mut resp: Response, stored: &str) -> Response {
     if let Ok(v) = format!("\"{}\"", content_hash(stored)).parse() {
         resp.headers_mut().insert(header::ETAG, v);
@@ -400,6 +469,12 @@ fn validate_body(state: &ApiState, name: &str, text: &str) -> Result<String, Res
         return Err(error(
             StatusCode::BAD_REQUEST,
             "could not unmarshal config: EOF",
+        ));
+    }
+    if let Err(e) = crate::config::load::check_yaml_limits(text) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("could not unmarshal config: {e}"),
         ));
     }
     let mut raw: InstanceConfigRaw = match serde_yaml::from_str(text) {

@@ -87,6 +87,7 @@ pub fn detect_kind(text: &str) -> Result<Kind, ConfigError> {
             "the file is empty: expected an agent or instance config",
         ));
     }
+    check_yaml_limits(text)?;
     let value: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| refine_location(yaml_error(&e), text))?;
     let Some(map) = value.as_mapping() else {
@@ -114,7 +115,216 @@ pub fn parse_strict<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, Co
             "the file is empty: expected {what}"
         )));
     }
+    check_yaml_limits(text)?;
     serde_yaml::from_str(text).map_err(|e| refine_location(yaml_error(&e), text))
+}
+
+/// Deepest flow nesting (`[` `{`) accepted. serde_yaml refuses nesting over 128 anyway, but
+/// only after its parser has read the whole document, and that parser spends time proportional
+/// to depth x length on flow collections: 100,000 `{a: ` took 44 s of CPU. Checked before.
+pub const MAX_FLOW_DEPTH: usize = 256;
+
+/// Smallest budget for what a document expands to through aliases (see [`check_yaml_limits`]).
+pub const MIN_EXPANSION_BUDGET: usize = 16 << 20;
+
+/// Refuses YAML that would cost far more to parse than its size suggests, before it is parsed:
+///
+/// * flow nesting deeper than [`MAX_FLOW_DEPTH`] (time: see there);
+/// * alias expansion ("billion laughs"): serde_yaml replays an anchor's events at every alias
+///   and only bounds the number of jumps, so a 400 KB anchor referenced 2,000 times became
+///   3 GiB and 160 s. The document is walked once through the deserializer without building
+///   anything, counting one unit per node plus the bytes of every scalar, and refused once that
+///   passes `max(16 MiB, 2 x its length)` (without aliases a document never gets near that).
+pub fn check_yaml_limits(text: &str) -> Result<(), ConfigError> {
+    let depth = max_flow_depth(text);
+    if depth > MAX_FLOW_DEPTH {
+        return Err(ConfigError::new(format!(
+            "YAML flow collections ([ ] or {{ }}) are nested deeper than {MAX_FLOW_DEPTH} levels"
+        )));
+    }
+    // An alias (`*a`) needs an anchor (`&a`); without both there is nothing to expand (and a
+    // regex's `.*` alone does not cost a second pass).
+    if !text.contains('*') || !text.contains('&') {
+        return Ok(());
+    }
+    let budget = MIN_EXPANSION_BUDGET.max(text.len().saturating_mul(2));
+    let left = std::cell::Cell::new(budget);
+    let de = serde_yaml::Deserializer::from_str(text);
+    match serde::de::DeserializeSeed::deserialize(Expansion { left: &left }, de) {
+        Err(e) if e.to_string().contains(EXPANSION_MARK) => Err(ConfigError::new(format!(
+            "YAML aliases expand the document to more than {budget} bytes; refusing it"
+        ))),
+        // Other errors are the real parse's to report, with its wording and location.
+        _ => Ok(()),
+    }
+}
+
+const EXPANSION_MARK: &str = "expansion budget exhausted";
+
+/// Walks a document without keeping anything, charging `left` for every node and scalar byte.
+#[derive(Clone, Copy)]
+struct Expansion<'a> {
+    left: &'a std::cell::Cell<usize>,
+}
+
+impl Expansion<'_> {
+    fn take<E: serde::de::Error>(self, n: usize) -> Result<(), E> {
+        let left = self.left.get();
+        if n > left {
+            return Err(E::custom(EXPANSION_MARK));
+        }
+        self.left.set(left - n);
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Expansion<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Expansion<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.take(1)
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.take(1)
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.take(1)
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.take(1)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.take(1 + v.len())
+    }
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<(), E> {
+        self.take(1 + v.len())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.take(1)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        self.take(1)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.take(1)?;
+        d.deserialize_any(self)
+    }
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.take(1)?;
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.take(1)?;
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.take(1)?;
+        while map.next_key_seed(self)?.is_some() {
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
+    /// A tagged node (`!tag value`).
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        use serde::de::VariantAccess;
+        self.take(1)?;
+        let (serde::de::IgnoredAny, variant) = data.variant()?;
+        variant.newtype_variant_seed(self)
+    }
+}
+
+/// The deepest nesting of flow collections in `text`, as a YAML scanner would see it; brackets
+/// in quoted scalars and comments do not count. A quote opens a scalar only where a scalar can
+/// start (after indentation, `- `, `: `, `? `, `[`, `{`, `,`, a tag or an anchor), so the
+/// apostrophe in `it's` is text. To leave no way to hide brackets behind a quote this lexer
+/// misreads, the result is also at least the depth counted with every bracket, quoted or not
+/// (so more than 256 unclosed brackets inside quotes are refused too: a price for having no
+/// blind spot).
+fn max_flow_depth(text: &str) -> usize {
+    let b = text.as_bytes();
+    let (mut depth, mut max, mut raw_depth, mut raw_max) = (0usize, 0usize, 0usize, 0usize);
+    for &c in b {
+        match c {
+            b'[' | b'{' => {
+                raw_depth += 1;
+                raw_max = raw_max.max(raw_depth);
+            }
+            b']' | b'}' => raw_depth = raw_depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    // Where a scalar may start: line start, after `- `/`: `/`? `, a flow indicator, or the
+    // whitespace after a tag or anchor.
+    let mut scalar_start = true;
+    // The current token is a tag (`!…`) or anchor (`&…`), whose end is also a scalar start.
+    let mut in_property = false;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\n' | b'\r' => {
+                scalar_start = true;
+                in_property = false;
+            }
+            b' ' | b'\t' => {
+                if in_property {
+                    scalar_start = true;
+                    in_property = false;
+                }
+            }
+            b'#' if i == 0 || matches!(b[i - 1], b' ' | b'\t' | b'\n' | b'\r') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' | b'\'' if scalar_start => {
+                i += 1;
+                while i < b.len() {
+                    match b[i] {
+                        b'\\' if c == b'"' => i += 1,
+                        b'\'' if c == b'\'' && b.get(i + 1) == Some(&b'\'') => i += 1,
+                        q if q == c => break,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                scalar_start = false;
+            }
+            b'[' | b'{' | b',' => {
+                if c != b',' {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                scalar_start = true;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                scalar_start = false;
+            }
+            b'-' | b':' | b'?' if scalar_start || c == b':' => {
+                // An indicator only when followed by whitespace (or, for `:`, in flow style
+                // right before a quote: `{"a":"b"}`); otherwise part of a plain scalar.
+                let next = b.get(i + 1).copied().unwrap_or(b' ');
+                scalar_start = matches!(next, b' ' | b'\t' | b'\n' | b'\r')
+                    || (c == b':' && depth > 0 && matches!(next, b'"' | b'\''));
+            }
+            b'!' | b'&' if scalar_start => in_property = true,
+            _ => scalar_start = false,
+        }
+        i += 1;
+    }
+    max.max(raw_max)
 }
 
 /// serde_yaml places errors raised inside a mapping (a bad value, a duplicate key) at the
@@ -544,6 +754,113 @@ mod tests {
         assert!(raw.to_yaml(false).unwrap().contains("<secret>"));
         assert!(raw.to_yaml(true).unwrap().contains("hunter2"));
         assert!(!format!("{raw:?}").contains("hunter2"));
+    }
+
+    /// Every field that makes the agent read a file from its own disk is refused unless
+    /// `dangerous_allow_reading_files`, and the message names that setting.
+    #[test]
+    fn file_reading_fields_are_named_in_the_violation() {
+        let cases = [
+            ("bearer_token_file: /etc/passwd\n", "bearer_token_file"),
+            ("basic_auth:\n      username: u\n      password_file: /etc/passwd\n", "password_file"),
+            ("authorization:\n      credentials_file: /etc/passwd\n", "credentials_file"),
+            ("tls_config:\n      ca_file: /etc/passwd\n", "ca_file"),
+            ("tls_config:\n      cert_file: /a\n      key_file: /b\n", "cert_file"),
+            ("oauth2:\n      client_id: c\n      client_secret_file: /etc/passwd\n      token_url: http://127.0.0.1:1/t\n", "client_secret_file"),
+            ("oauth2:\n      client_id: c\n      client_secret: s\n      token_url: http://127.0.0.1:1/t\n      tls_config:\n        key_file: /k\n        cert_file: /c\n", "cert_file"),
+            ("file_sd_configs:\n      - files: ['/etc/*.json']\n", "file_sd_configs"),
+            ("kubernetes_sd_configs:\n      - role: pod\n        bearer_token_file: /t\n", "bearer_token_file"),
+        ];
+        for (fields, name) in cases {
+            let text = format!("scrape_configs:\n  - job_name: j\n    {fields}");
+            let (raw, _) = parse_instance(&text, &GlobalConfig::default())
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            let v = raw
+                .file_reading_violation(&GlobalConfig::default())
+                .unwrap_or_else(|| panic!("not refused: {text}"));
+            assert!(
+                v.contains(&format!(
+                    "{name} must be empty unless dangerous_allow_reading_files is set"
+                )),
+                "{text}: {v}"
+            );
+        }
+        let rw = "remote_write:\n  - url: http://127.0.0.1:1/push\n    tls_config:\n      key_file: /k\n      cert_file: /c\n";
+        let (raw, _) = parse_instance(rw, &GlobalConfig::default()).expect("parse");
+        let v = raw
+            .file_reading_violation(&GlobalConfig::default())
+            .expect("refused");
+        assert!(v.starts_with("failed to validate remote_write at index 0: cert_file must be empty unless dangerous_allow_reading_files is set"), "{v}");
+        let ok = "scrape_configs:\n  - job_name: j\n    static_configs:\n      - targets: [a:1]\n";
+        let (raw, _) = parse_instance(ok, &GlobalConfig::default()).expect("parse");
+        assert_eq!(raw.file_reading_violation(&GlobalConfig::default()), None);
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_before_parsing() {
+        let t = std::time::Instant::now();
+        for body in [
+            "[".repeat(100_000),
+            "{a: ".repeat(100_000),
+            format!(
+                "scrape_configs:\n  - job_name: x\n    consul_sd_configs:\n      - x: {}{}\n",
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            ),
+            // Quotes the lexer must not be fooled by: an apostrophe in a plain scalar, a tag.
+            format!("x: it's {}", "[".repeat(300)),
+            format!("x: {}", "[!t \"]\" ".repeat(300)),
+        ] {
+            let e = inst(&body).unwrap_err();
+            assert!(e.message.contains("nested deeper than 256"), "{e}");
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
+        // Brackets in quoted scalars and comments are text.
+        let ok = format!(
+            "scrape_configs:\n  - job_name: 'a[{}'\n    # {}\n    static_configs: [{{targets: ['a:1']}}]\n",
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert!(check_yaml_limits(&ok).is_ok());
+        assert!(inst(&ok).is_ok());
+        assert_eq!(max_flow_depth("a: [b, {c: \"]]]\", d: '}}'}]\n"), 2);
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_and_ordinary_anchors_work() {
+        let mut laughs = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            laughs.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let big = format!("[{}]", vec!["\"0123456789abcdef\""; 20_000].join(", "));
+        let wide = format!("a: &big {big}\nb: [{}]\n", vec!["*big"; 2_000].join(", "));
+        let t = std::time::Instant::now();
+        // Nested anchors hit serde_yaml's own repetition limit; one wide anchor does not.
+        assert!(detect_kind(&laughs).is_err());
+        assert!(parse_agent(&laughs).is_err());
+        let e = check_yaml_limits(&wide).unwrap_err();
+        assert!(
+            e.message.contains("YAML aliases expand the document"),
+            "{e}"
+        );
+        assert!(detect_kind(&wide).is_err());
+        assert!(parse_agent(&wide).is_err());
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            t.elapsed()
+        );
+        // Anchors and merge keys as people use them for shared settings still parse.
+        let dry = "scrape_configs:\n  - job_name: a\n    static_configs: &t [{targets: ['a:1']}]\n  - job_name: b\n    static_configs: *t\n";
+        assert!(check_yaml_limits(dry).is_ok());
+        assert_eq!(inst(dry).unwrap().scrape_configs.len(), 2);
     }
 
     proptest! {

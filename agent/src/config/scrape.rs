@@ -347,7 +347,13 @@ impl ScrapeConfigRaw {
             }
             j += 1;
         }
-        j += self.static_configs.len() + self.file_sd_configs.len() + self.dns_sd_configs.len();
+        // Beyond the old agent, which allowed file_sd_configs: its globs let an API client make
+        // the agent read any path its user can (`/dev/zero` never ends, `/proc/…` leaks through
+        // target labels and parse errors), which is what this rule exists to stop.
+        if !self.file_sd_configs.is_empty() {
+            return sd_err(j + self.static_configs.len(), msg("file_sd_configs"));
+        }
+        j += self.static_configs.len() + self.dns_sd_configs.len();
         for (kind, values) in self.other_sd_configs() {
             let check = OTHER_SD_KINDS
                 .iter()

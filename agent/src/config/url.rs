@@ -12,7 +12,7 @@ impl ConfigUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
         url::Url::parse(s)
             .map(ConfigUrl)
-            .map_err(|e| format!("invalid URL {s:?}: {e}"))
+            .map_err(|e| format!("invalid URL {:?}: {e}", redact_unparsed(s)))
     }
     pub fn as_url(&self) -> &url::Url {
         &self.0
@@ -24,6 +24,21 @@ impl ConfigUrl {
             let _ = u.set_password(Some(super::secret::REDACTED));
         }
         u.to_string()
+    }
+}
+
+/// A URL that did not parse, for an error message: whatever precedes the last `@` (after any
+/// `scheme://`) may be `user:password` and is shown as `<secret>`.
+fn redact_unparsed(s: &str) -> String {
+    let start = s.find("://").map_or(0, |i| i + 3);
+    match s[start..].rfind('@') {
+        Some(at) => format!(
+            "{}{}{}",
+            &s[..start],
+            super::secret::REDACTED,
+            &s[start + at..]
+        ),
+        None => s.to_owned(),
     }
 }
 
@@ -144,6 +159,20 @@ impl<'de> Deserialize<'de> for ByteSize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unparsable_urls_do_not_echo_credentials() {
+        for (bad, shown) in [
+            (":pw-1@bad", "\"<secret>@bad\""),
+            ("http://u:pw-1@[::1/x", "\"http://<secret>@[::1/x\""),
+            ("http://u:pw-1@a@b:99999/", "\"http://<secret>@b:99999/\""),
+            ("no-credentials", "\"no-credentials\""),
+        ] {
+            let e = ConfigUrl::parse(bad).unwrap_err();
+            assert!(!e.contains("pw-1"), "{e}");
+            assert!(e.starts_with(&format!("invalid URL {shown}")), "{e}");
+        }
+    }
 
     #[test]
     fn label_names() {

@@ -105,6 +105,7 @@ pub fn read_file(path: &Path) -> Result<Vec<TargetGroup>, String> {
     } else if text.trim().is_empty() {
         Vec::new()
     } else {
+        crate::config::load::check_yaml_limits(&text).map_err(|e| e.to_string())?;
         serde_yaml::from_str(&text).map_err(|e| e.to_string())?
     };
     let name = path.display().to_string();

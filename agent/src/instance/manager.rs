@@ -57,6 +57,40 @@ struct Inner {
     stopping: BTreeMap<String, tokio::task::JoinHandle<()>>,
 }
 
+/// Starts `cfg` unless another config's instance (running or still stopping) has the same WAL
+/// folder: `a/b` and `a--b` both map to `a--b` (see [`dir_name`]), and two WAL writers in one
+/// folder would corrupt each other. The second one fails to start (and is retried, so it runs
+/// once the first is gone).
+async fn start_checked(
+    inner: &Inner,
+    cfg: InstanceConfig,
+    shared: &Shared,
+    label: &'static str,
+) -> Result<Instance, super::InstanceError> {
+    let dir = dir_name(&cfg.name);
+    let other = inner
+        .running
+        .keys()
+        .chain(
+            inner
+                .stopping
+                .iter()
+                .filter(|(_, h)| !h.is_finished())
+                .map(|(n, _)| n),
+        )
+        .find(|n| **n != cfg.name && dir_name(n) == dir);
+    if let Some(other) = other {
+        return Err(super::InstanceError::Wal {
+            name: cfg.name.clone(),
+            dir: shared.wal_directory.join(&dir).join("wal"),
+            message: format!(
+                "the WAL folder is in use by config {other:?} (config names map to folders with `/` as `--`); rename one of them"
+            ),
+        });
+    }
+    Instance::start(cfg, shared, label).await
+}
+
 /// Retries a failed instance every `restart_backoff` while its config is still wanted.
 async fn retry(me: Arc<InstanceManager>, name: String) {
     loop {
@@ -66,7 +100,7 @@ async fn retry(me: Arc<InstanceManager>, name: String) {
         let Some((cfg, label)) = inner.failed.remove(&name) else {
             return;
         };
-        match Instance::start(cfg.clone(), &me.shared, label).await {
+        match start_checked(&inner, cfg.clone(), &me.shared, label).await {
             Ok(inst) => {
                 tracing::info!(instance = %name, "instance started after a retry");
                 inner.running.insert(name, inst);
@@ -228,7 +262,7 @@ impl InstanceManager {
             inst.stop(false).await;
             inner = self.inner.lock().await;
         }
-        match Instance::start(cfg.clone(), &self.shared, label).await {
+        match start_checked(&inner, cfg.clone(), &self.shared, label).await {
             Ok(inst) => {
                 inner.running.insert(name, inst);
             }
@@ -360,6 +394,40 @@ mod tests {
         )
         .unwrap()
         .1
+    }
+
+    /// `a/b` and `a--b` map to the same WAL folder: only one runs at a time, the other is
+    /// retried and starts once the first is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_configs_never_share_a_wal_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let shared = Shared::new(dir.path(), "t", &mut registry);
+        let m = InstanceManager::new(shared, Duration::from_millis(200), InstanceMode::Distinct);
+        m.apply(config("a/b")).await.unwrap();
+        m.apply(config("a--b")).await.unwrap();
+        let running = |m: &Arc<InstanceManager>| {
+            let m = Arc::clone(m);
+            async move {
+                m.inner
+                    .lock()
+                    .await
+                    .running
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(running(&m).await, ["a/b"]);
+        // Still wanted: it is retried.
+        assert!(m.is_running("a--b").await);
+        assert!(m.delete("a/b", false).await);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while running(&m).await != ["a--b"] {
+            assert!(std::time::Instant::now() < deadline, "a--b never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        m.stop_all(false).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,10 @@ pub enum CodecError {
         #[source]
         source: std::io::Error,
     },
+    /// More than [`MAX_DECODED_LEN`] bytes after gunzip: a corrupt value or a gzip bomb (gzip
+    /// expands up to ~1000:1, so a 1.5 MiB etcd value could otherwise take 1.5 GB).
+    #[error("value of {key:?} is larger than {max} bytes after gunzip")]
+    TooLarge { key: String, max: usize },
     #[error("value of {key:?} is not UTF-8 YAML after gunzip: {source}")]
     Utf8 {
         key: String,
@@ -31,6 +35,10 @@ pub enum CodecError {
         source: std::string::FromUtf8Error,
     },
 }
+
+/// Largest YAML accepted when decoding a value. The API refuses bodies over 4 MiB; configs
+/// written by other tools may be larger, but not by this much.
+pub const MAX_DECODED_LEN: usize = 64 << 20;
 
 /// gzip of the YAML text, as the old agent stores it.
 pub fn encode_config(yaml: &str) -> Vec<u8> {
@@ -57,13 +65,21 @@ pub fn decode_config(key: &str, value: &[u8]) -> Result<Option<String>, CodecErr
     if value.is_empty() {
         return Ok(None);
     }
-    let mut out = Vec::with_capacity(value.len() * 4);
+    let mut out = Vec::with_capacity(value.len().saturating_mul(4).min(MAX_DECODED_LEN));
+    // One byte over the limit tells "exactly at the limit" from "over it".
     MultiGzDecoder::new(value)
+        .take(MAX_DECODED_LEN as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|source| CodecError::Gzip {
             key: key.to_owned(),
             source,
         })?;
+    if out.len() > MAX_DECODED_LEN {
+        return Err(CodecError::TooLarge {
+            key: key.to_owned(),
+            max: MAX_DECODED_LEN,
+        });
+    }
     String::from_utf8(out)
         .map(Some)
         .map_err(|source| CodecError::Utf8 {
@@ -138,6 +154,30 @@ mod tests {
         let err =
             decode_config("configurations/bin", &encode_bytes(&[0xff, 0xfe])).expect_err("utf8");
         assert!(err.to_string().contains("not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_without_inflating_it_all() {
+        // 65 MiB of spaces compress to ~65 KiB; decoding stops one byte past the limit.
+        let mut enc = GzEncoder::new(Vec::new(), Compression::default());
+        let chunk = vec![b' '; 1 << 20];
+        for _ in 0..65 {
+            enc.write_all(&chunk).expect("write");
+        }
+        let bomb = enc.finish().expect("finish");
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        let err = decode_config("configurations/bomb", &bomb).expect_err("too large");
+        assert!(
+            matches!(
+                err,
+                CodecError::TooLarge {
+                    max: MAX_DECODED_LEN,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("configurations/bomb"), "{err}");
     }
 
     fn encode_bytes(raw: &[u8]) -> Vec<u8> {

@@ -161,6 +161,10 @@ impl std::fmt::Display for Precondition {
 /// the config types (a config that does not parse declares no jobs here; validation rejects it
 /// elsewhere).
 pub fn job_names(yaml: &str) -> Vec<String> {
+    // Configs come from other writers too (etcdctl, old agents): no YAML bomb is expanded here.
+    if crate::config::load::check_yaml_limits(yaml).is_err() {
+        return Vec::new();
+    }
     let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(yaml) else {
         return Vec::new();
     };
@@ -397,33 +401,73 @@ impl ConfigStore {
     }
 
     /// Deletes config `name`; [`ConfigStoreError::NotExist`] when there is none. With
-    /// `if_match`, only when the stored config's [`content_hash`] is that hash (checked just
-    /// before the delete; etcd offers no compare on delete through this layer, so a change in
-    /// between the two calls is not detected).
+    /// `if_match`, only when the stored config's [`content_hash`] is that hash: the hash is
+    /// checked on a read, and the delete is conditional on the revision of that read (an etcd
+    /// transaction, a single write transaction in the embedded store), so a change in between is
+    /// seen, never deleted unseen.
     pub async fn delete_if(
         &self,
         name: &str,
         if_match: Option<&str>,
     ) -> Result<(), ConfigStoreError> {
-        if let Some(want) = if_match.filter(|w| *w != "*") {
-            let have = self.get(name).await?.map(|y| content_hash(&y));
-            if have.as_deref() != Some(want) {
-                return Err(ConfigStoreError::PreconditionFailed {
-                    name: name.to_owned(),
-                    current: have,
-                });
+        let key = self.key(name);
+        match if_match.filter(|w| *w != "*") {
+            None => {
+                if !self.kv.delete(&key).await? {
+                    return Err(ConfigStoreError::NotExist {
+                        name: name.to_owned(),
+                    });
+                }
             }
-        }
-        if !self.kv.delete(&self.key(name)).await? {
-            return Err(ConfigStoreError::NotExist {
-                name: name.to_owned(),
-            });
+            Some(want) => self.delete_matching(name, &key, want).await?,
         }
         let guard = self.index.lock().await;
         if let Some(state) = guard.as_ref() {
             lock_index(&state.index).remove(name);
         }
         Ok(())
+    }
+
+    /// The conditional part of [`delete_if`](Self::delete_if). A conflict (written between the
+    /// read and the delete) is read again: the new value may still have the wanted hash (a put
+    /// of the same YAML), and otherwise the precondition fails with the new hash.
+    async fn delete_matching(
+        &self,
+        name: &str,
+        key: &str,
+        want: &str,
+    ) -> Result<(), ConfigStoreError> {
+        let attempts = self.kv.cas_retries().max(1);
+        for _ in 0..attempts {
+            let current = self.kv.get(key).await?;
+            let have = current.as_ref().and_then(|v| {
+                decode_config(key, &v.value)
+                    .ok()
+                    .flatten()
+                    .map(|y| content_hash(&y))
+            });
+            match current {
+                Some(current) if have.as_deref() == Some(want) => {
+                    if self.kv.delete_if_revision(key, current.revision).await? {
+                        return Ok(());
+                    }
+                }
+                _ => {
+                    return Err(ConfigStoreError::PreconditionFailed {
+                        name: name.to_owned(),
+                        current: have,
+                    })
+                }
+            }
+            tracing::debug!(key, store = %self.kv.describe(), "conditional delete conflict, retrying");
+        }
+        Err(ConfigStoreError::Cas {
+            name: name.to_owned(),
+            source: CasError::TooManyConflicts {
+                key: key.to_owned(),
+                attempts,
+            },
+        })
     }
 
     /// Deletes config `name`; [`ConfigStoreError::NotExist`] when there is none.
@@ -604,6 +648,135 @@ mod tests {
         assert!(s.delete_if("a", Some(&h1)).await.is_err());
         s.delete_if("a", Some(&content_hash(&v2))).await.unwrap();
         assert_eq!(s.get("a").await.unwrap(), None);
+    }
+
+    /// A store in which another writer changes `configurations/a` just before each
+    /// conditional delete, as a racing client would between the read and the delete.
+    #[derive(Debug)]
+    struct PutBeforeDelete {
+        inner: InMemoryStore,
+        value: Vec<u8>,
+    }
+
+    impl KvStore for PutBeforeDelete {
+        fn get<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Option<crate::kv::Versioned>, KvError>> {
+            self.inner.get(key)
+        }
+        fn list<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Vec<String>, KvError>> {
+            self.inner.list(prefix)
+        }
+        fn list_values<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::KeyValues, KvError>> {
+            self.inner.list_values(prefix)
+        }
+        fn put<'a>(
+            &'a self,
+            key: &'a str,
+            value: Vec<u8>,
+        ) -> crate::kv::BoxFuture<'a, Result<(), KvError>> {
+            self.inner.put(key, value)
+        }
+        fn delete<'a>(&'a self, key: &'a str) -> crate::kv::BoxFuture<'a, Result<bool, KvError>> {
+            self.inner.delete(key)
+        }
+        fn delete_if_revision<'a>(
+            &'a self,
+            key: &'a str,
+            expected: u64,
+        ) -> crate::kv::BoxFuture<'a, Result<bool, KvError>> {
+            Box::pin(async move {
+                self.inner.put(key, self.value.clone()).await?;
+                self.inner.delete_if_revision(key, expected).await
+            })
+        }
+        fn put_if_revision<'a>(
+            &'a self,
+            key: &'a str,
+            expected: Option<u64>,
+            value: Vec<u8>,
+        ) -> crate::kv::BoxFuture<'a, Result<bool, KvError>> {
+            self.inner.put_if_revision(key, expected, value)
+        }
+        fn watch_prefix<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Watch, KvError>> {
+            self.inner.watch_prefix(prefix)
+        }
+        fn describe(&self) -> String {
+            "racing test store".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_between_the_read_and_the_delete_fails_the_precondition() {
+        let theirs = cfg(&["theirs"]);
+        let kv = PutBeforeDelete {
+            inner: InMemoryStore::new(),
+            value: encode_config(&theirs),
+        };
+        let s = ConfigStore::new(Arc::new(kv));
+        let mine = cfg(&["mine"]);
+        s.put("a", &mine).await.unwrap();
+        let err = s
+            .delete_if("a", Some(&content_hash(&mine)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ConfigStoreError::PreconditionFailed { current: Some(ref c), .. } if *c == content_hash(&theirs)),
+            "{err}"
+        );
+        // Their write survives: not deleted unseen.
+        assert_eq!(s.get("a").await.unwrap(), Some(theirs));
+    }
+
+    /// DELETE with If-Match against a PUT with the same If-Match, racing on the embedded store:
+    /// exactly one wins each round, and the outcome is the winner's (never "both succeeded and
+    /// the update was deleted").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_delete_if_match_and_put_if_match_exactly_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = crate::kv::EmbeddedStore::open(dir.path().to_owned())
+            .await
+            .unwrap();
+        let s = Arc::new(ConfigStore::new(Arc::new(kv)));
+        let (mut puts, mut deletes) = (0, 0);
+        for round in 0..60 {
+            let v1 = cfg(&[&format!("v1-{round}")]);
+            let v2 = cfg(&[&format!("v2-{round}")]);
+            s.put("a", &v1).await.unwrap();
+            let h1 = content_hash(&v1);
+            let (sp, sd) = (Arc::clone(&s), Arc::clone(&s));
+            let (hp, hd) = (h1.clone(), h1.clone());
+            let v2c = v2.clone();
+            let put = tokio::spawn(async move { sp.put_if("a", &v2c, Some(&hp)).await });
+            let del = tokio::spawn(async move { sd.delete_if("a", Some(&hd)).await });
+            let (put, del) = (put.await.unwrap(), del.await.unwrap());
+            let now = s.get("a").await.unwrap();
+            match (&put, &del) {
+                (Ok(_), Err(ConfigStoreError::PreconditionFailed { .. })) => {
+                    assert_eq!(now.as_deref(), Some(v2.as_str()), "round {round}");
+                    puts += 1;
+                }
+                (Err(ConfigStoreError::PreconditionFailed { .. }), Ok(())) => {
+                    assert_eq!(now, None, "round {round}");
+                    deletes += 1;
+                }
+                _ => panic!("round {round}: put {put:?}, delete {del:?}, now {now:?}"),
+            }
+            if now.is_some() {
+                s.delete("a").await.unwrap();
+            }
+        }
+        assert_eq!(puts + deletes, 60);
     }
 
     #[tokio::test]

@@ -174,10 +174,21 @@ impl Backend for RedbBackend {
                         false
                     }
                 }
-                WriteOp::Delete { key } => table
-                    .remove(key)
-                    .map_err(|e| self.err("delete", e))?
-                    .is_some(),
+                WriteOp::Delete { key, expect } => {
+                    let current = table
+                        .get(key)
+                        .map_err(|e| self.err("delete", e))?
+                        .map(|g| g.value().0);
+                    // Checked and removed in one write transaction: nothing can come between.
+                    if current.is_some() && expect_holds(expect, current) {
+                        table
+                            .remove(key)
+                            .map_err(|e| self.err("delete", e))?
+                            .is_some()
+                    } else {
+                        false
+                    }
+                }
             };
             if applied {
                 meta.insert(REVISION, revision)

@@ -272,6 +272,25 @@ impl KvStore for EtcdStore {
         })
     }
 
+    fn delete_if_revision<'a>(
+        &'a self,
+        key: &'a str,
+        expected: u64,
+    ) -> BoxFuture<'a, Result<bool, KvError>> {
+        Box::pin(async move {
+            let Ok(rev) = i64::try_from(expected) else {
+                return Ok(false);
+            };
+            // mod_revision = rev also means the key exists (an absent key compares as 0).
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
+                .and_then([TxnOp::delete(key, None)]);
+            let mut kv = self.client.kv_client();
+            let resp = self.call("conditional delete", key, kv.txn(txn)).await?;
+            Ok(resp.succeeded())
+        })
+    }
+
     fn put_if_revision<'a>(
         &'a self,
         key: &'a str,

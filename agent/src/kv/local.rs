@@ -36,6 +36,8 @@ pub(crate) enum WriteOp<'a> {
     },
     Delete {
         key: &'a str,
+        /// `Any` or `Revision`; a delete of an absent key never applies.
+        expect: Expect,
     },
 }
 
@@ -130,7 +132,9 @@ impl<B: Backend> LocalStore<B> {
                     },
                 ),
                 None => (
-                    shared.backend.write(&WriteOp::Delete { key: &key })?,
+                    shared
+                        .backend
+                        .write(&WriteOp::Delete { key: &key, expect })?,
                     WatchEvent::Delete { key: key.clone() },
                 ),
             };
@@ -182,6 +186,14 @@ impl<B: Backend> KvStore for LocalStore<B> {
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, KvError>> {
         Box::pin(self.write(key, None, Expect::Any))
+    }
+
+    fn delete_if_revision<'a>(
+        &'a self,
+        key: &'a str,
+        expected: u64,
+    ) -> BoxFuture<'a, Result<bool, KvError>> {
+        Box::pin(self.write(key, None, Expect::Revision(expected)))
     }
 
     fn put_if_revision<'a>(
@@ -366,10 +378,12 @@ impl Backend for MemBackend {
                 );
                 Ok(Some(revision))
             }
-            WriteOp::Delete { key } => {
-                if state.entries.remove(key).is_none() {
+            WriteOp::Delete { key, expect } => {
+                let current = state.entries.get(key).map(|v| v.revision);
+                if current.is_none() || !expect_holds(expect, current) {
                     return Ok(None);
                 }
+                state.entries.remove(key);
                 state.revision += 1;
                 Ok(Some(state.revision))
             }
@@ -432,6 +446,13 @@ macro_rules! delegate_kv_store {
                 value: Vec<u8>,
             ) -> $crate::kv::BoxFuture<'a, Result<bool, $crate::kv::KvError>> {
                 self.0.put_if_revision(key, expected, value)
+            }
+            fn delete_if_revision<'a>(
+                &'a self,
+                key: &'a str,
+                expected: u64,
+            ) -> $crate::kv::BoxFuture<'a, Result<bool, $crate::kv::KvError>> {
+                self.0.delete_if_revision(key, expected)
             }
             fn watch_prefix<'a>(
                 &'a self,

@@ -172,6 +172,15 @@ pub trait KvStore: Send + Sync + fmt::Debug {
     /// Deletes `key`; `true` when it existed.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, KvError>>;
 
+    /// Deletes `key` only if its current revision is `expected`, atomically (a write in between
+    /// is a conflict, not a lost update). `true` when deleted, `false` when the key is absent or
+    /// at another revision.
+    fn delete_if_revision<'a>(
+        &'a self,
+        key: &'a str,
+        expected: u64,
+    ) -> BoxFuture<'a, Result<bool, KvError>>;
+
     /// Sets `key` to `value` only if its current revision is `expected` (`None` = the key must
     /// not exist). `true` when written, `false` on a conflict.
     fn put_if_revision<'a>(

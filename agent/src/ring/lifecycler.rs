@@ -1064,6 +1064,13 @@ mod tests {
         ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
             self.inner.delete(key)
         }
+        fn delete_if_revision<'a>(
+            &'a self,
+            key: &'a str,
+            expected: u64,
+        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
+            self.inner.delete_if_revision(key, expected)
+        }
         fn put_if_revision<'a>(
             &'a self,
             key: &'a str,
