@@ -10,6 +10,7 @@ mod config_sync;
 mod differential;
 mod discovery;
 mod kv;
+mod reliability;
 mod remote_write;
 mod remote_write_e2e;
 mod ring;

@@ -516,6 +516,15 @@ async fn e2e_scrape_to_prometheus_and_receiver_down_60s() {
          samples served {expected} arrived {arrived}, {up:?}",
         s2 - down_at
     );
+    // Lost = served by the target but not at the receiver, beyond the scrape in flight at the
+    // DELETE and failed scrapes (check_series allows only those); duplicates fail check_series.
+    println!(
+        "RELIABILITY receiver_down_60s_samples_lost={} receiver_down_60s_drain_seconds={:.1}",
+        expected
+            .saturating_sub(arrived)
+            .saturating_sub(SERIES * (up.failed as u64 + 1)),
+        drain.as_secs_f64()
+    );
     agent.stop();
 }
 
@@ -594,6 +603,13 @@ async fn e2e_sigkill_while_receiver_down_resends_the_wal() {
     // all but the newest of a series as out of order (a 400 for the whole batch).
     let rejected = prom.log().matches("Out of order sample").count();
     eprintln!("e2e SIGKILL: Prometheus logged {rejected} out-of-order rejections");
+    println!(
+        "RELIABILITY sigkill_restart_wal_samples_lost={} sigkill_restart_resend_seconds={:.1}",
+        expected
+            .saturating_sub(arrived)
+            .saturating_sub(SERIES * (up.failed as u64 + 2)),
+        drain.as_secs_f64()
+    );
     agent.stop();
 }
 

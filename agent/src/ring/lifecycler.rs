@@ -134,6 +134,22 @@ pub struct HeartbeatReport {
     pub forgotten: Vec<(String, u64)>,
 }
 
+/// Whether this member's heartbeats reach the KV store. While they do not, nobody's do (the
+/// store is down or unreachable from here) and the heartbeat ages in the ring say nothing about
+/// the members; right after they land again, every other member still needs up to one
+/// heartbeat period to refresh its own. The cluster uses this to not move configs away from
+/// members that are only "unhealthy" because the store was gone (see
+/// [`crate::cluster::heartbeat_grace`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvHealth {
+    /// Every heartbeat since the start landed (or none was tried yet).
+    Ok,
+    /// The last heartbeat failed.
+    Failing,
+    /// Heartbeats land again since this instant, after failing.
+    RecoveredAt(std::time::Instant),
+}
+
 /// This member's view of its own entry. Guarded by one async mutex that every ring write
 /// holds, so a heartbeat never writes back a state that a concurrent `leave()` replaced.
 struct Local {
@@ -152,6 +168,7 @@ struct Inner {
     s: LifecyclerSettings,
     local: Mutex<Local>,
     state_tx: watch::Sender<InstanceState>,
+    kv_health_tx: watch::Sender<KvHealth>,
 }
 
 /// A running lifecycler. Dropping it stops heartbeating without leaving (like a crash);
@@ -221,6 +238,7 @@ impl Lifecycler {
                 kv_ok_since: None,
             }),
             state_tx,
+            kv_health_tx: watch::channel(KvHealth::Ok).0,
         });
         let stop = CancellationToken::new();
         let task = tokio::spawn({
@@ -260,6 +278,11 @@ impl Lifecycler {
     /// Follows [`Lifecycler::state`].
     pub fn subscribe_state(&self) -> watch::Receiver<InstanceState> {
         self.inner.state_tx.subscribe()
+    }
+
+    /// Follows whether this member's heartbeats reach the KV store.
+    pub fn subscribe_kv_health(&self) -> watch::Receiver<KvHealth> {
+        self.inner.kv_health_tx.subscribe()
     }
 
     /// This member's tokens, sorted.
@@ -422,7 +445,7 @@ impl Inner {
                             store = %self.store.describe(),
                             id = %self.s.id,
                             error = %e,
-                            "ring heartbeat failed"
+                            "ring heartbeat failed; configs stay where they are and joins/leaves wait until the store answers"
                         );
                     }
                 }
@@ -725,8 +748,23 @@ impl Inner {
         .await;
         if let Err(e) = result {
             local.kv_ok_since = None;
+            self.kv_health_tx.send_if_modified(|h| {
+                let was = *h;
+                *h = KvHealth::Failing;
+                was != KvHealth::Failing
+            });
             return Err(e);
         }
+        self.kv_health_tx.send_if_modified(|h| {
+            if *h == KvHealth::Failing {
+                tracing::info!(store = %self.store.describe(), id = %self.s.id,
+                    "ring heartbeats land again; members' heartbeat ages get a grace of one heartbeat_timeout");
+                *h = KvHealth::RecoveredAt(std::time::Instant::now());
+                true
+            } else {
+                false
+            }
+        });
         if local.kv_ok_since.is_none() {
             local.kv_ok_since = Some(Instant::now());
         }
