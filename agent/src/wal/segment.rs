@@ -273,6 +273,56 @@ impl SegmentWriter {
         Ok(next)
     }
 
+    /// The writer's position, to go back to with [`reset`](Self::reset) when a later write
+    /// fails.
+    pub fn mark(&self) -> WriterMark {
+        WriterMark {
+            index: self.index,
+            done_pages: self.done_pages,
+            alloc: self.alloc,
+            flushed: self.flushed,
+            bytes_in_segment: self.bytes_in_segment,
+            unflushed: self.page[self.flushed..self.alloc].to_vec(),
+        }
+    }
+
+    /// Goes back to `mark` after a failed write (ENOSPC, EIO): the segment file is cut to the
+    /// length it had at the mark, so a record half-written by `write(2)` (a short write before
+    /// the error) leaves no torn bytes that the next record would follow, and segments
+    /// started since the mark are removed. Everything logged since the mark is gone.
+    pub fn reset(&mut self, mark: &WriterMark) -> Result<(), WalError> {
+        use std::io::{Seek, SeekFrom};
+        if self.index != mark.index {
+            for i in mark.index + 1..=self.index {
+                let path = segment_path(&self.dir, i);
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(WalError::io(&path, e)),
+                }
+            }
+            let path = segment_path(&self.dir, mark.index);
+            self.file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| WalError::io(&path, e))?;
+            self.index = mark.index;
+        }
+        let path = segment_path(&self.dir, self.index);
+        let len = (mark.done_pages * PAGE_SIZE + mark.flushed) as u64;
+        self.file
+            .set_len(len)
+            .and_then(|()| self.file.seek(SeekFrom::Start(len)).map(|_| ()))
+            .map_err(|e| WalError::io(&path, e))?;
+        self.done_pages = mark.done_pages;
+        self.alloc = mark.alloc;
+        self.flushed = mark.flushed;
+        self.bytes_in_segment = mark.bytes_in_segment;
+        self.page.fill(0);
+        self.page[mark.flushed..mark.alloc].copy_from_slice(&mark.unflushed);
+        Ok(())
+    }
+
     /// Bytes written (or buffered) into the current segment.
     pub fn segment_bytes(&self) -> u64 {
         self.bytes_in_segment
@@ -285,6 +335,18 @@ impl SegmentWriter {
         }
         self.sync()
     }
+}
+
+/// A [`SegmentWriter`] position (see [`SegmentWriter::mark`]).
+#[derive(Debug, Clone)]
+pub struct WriterMark {
+    index: u32,
+    done_pages: usize,
+    alloc: usize,
+    flushed: usize,
+    bytes_in_segment: u64,
+    /// The buffered, not yet written part of the current page.
+    unflushed: Vec<u8>,
 }
 
 fn create_segment(dir: &Path, index: u32) -> Result<File, WalError> {
