@@ -16,6 +16,7 @@ mod remote_write_e2e;
 mod ring;
 mod ring_browser;
 mod scrape;
+mod slow;
 mod wal;
 mod wal_inspect;
 mod wal_to_remote;

@@ -165,6 +165,8 @@ pub struct Wal {
     /// Series records logged since `mark`: a failed commit puts them back to be logged again
     /// (their refs are handed out and in use).
     series_since_mark: Vec<Vec<u8>>,
+    /// An [`abort`](Wal::abort) could not zero the failed write's bytes yet.
+    needs_reset: bool,
     /// Samples appended since `mark` (what an abort drops).
     samples_since_mark: usize,
     /// Series records taken back by [`abort`](Wal::abort), logged first by the next commit.
@@ -251,6 +253,7 @@ impl Wal {
             series_since_mark: Vec::new(),
             requeued_series: Vec::new(),
             samples_since_mark: 0,
+            needs_reset: false,
         };
         Ok((wal, state))
     }
@@ -318,6 +321,10 @@ impl Wal {
 
     /// Logs pending records in the agent's order: Series, Samples, Exemplars.
     fn log_pending(&mut self) -> Result<(), WalError> {
+        if self.needs_reset {
+            self.writer.reset(&self.mark)?;
+            self.needs_reset = false;
+        }
         // Series records an aborted commit took back come first, in their order.
         while !self.requeued_series.is_empty() {
             let rec = self.requeued_series.remove(0);
@@ -343,11 +350,12 @@ impl Wal {
     }
 
     /// Undoes everything written since the last successful commit after a write failed
-    /// (typically ENOSPC): the segment is cut back to where that commit ended (no torn record
-    /// stays on disk for the reader or the next append), pending samples and exemplars are
-    /// dropped (returned: they cannot be made durable) and the Series records since that
-    /// commit are queued again, since their refs are in use. The next commit writes them
-    /// first. Returns the number of samples dropped.
+    /// (typically ENOSPC): what reached the segment since is zeroed (page padding to every
+    /// reader, so no torn record stays on disk for the reader or the next append, see
+    /// [`SegmentWriter::reset`]), pending samples and exemplars are dropped (they cannot be
+    /// made durable; their number is returned) and the Series records since that commit are
+    /// queued again, since their refs are in use: the next commit writes them first. When the
+    /// zeroing itself fails, the next commit tries it again before writing.
     pub fn abort(&mut self) -> Result<usize, WalError> {
         let dropped = std::mem::take(&mut self.samples_since_mark);
         self.samples_rec.clear();
@@ -357,7 +365,9 @@ impl Wal {
             series.push(std::mem::take(&mut self.series_rec));
         }
         self.requeued_series = series;
+        self.needs_reset = true;
         self.writer.reset(&self.mark)?;
+        self.needs_reset = false;
         Ok(dropped)
     }
 

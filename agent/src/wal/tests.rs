@@ -742,9 +742,10 @@ fn truncation_counts_dropped_unsent_samples() {
     assert_eq!(s2.dropped_unsent_samples, 0);
 }
 
-/// A failed commit (ENOSPC after a short write) is undone by `abort`: the torn bytes and any
-/// segment started since the last commit are gone, the pending samples are dropped (counted),
-/// the new series are written by the next commit, and the WAL reads back cleanly.
+/// A failed commit (ENOSPC after a short write) is undone by `abort`: the torn bytes and what
+/// went to a segment started since the last commit are zeroed (padding), the pending samples
+/// are dropped (counted), the new series are written by the next commit, and the WAL reads
+/// back cleanly.
 #[test]
 fn abort_after_a_failed_write_cuts_back_and_keeps_series() {
     let d = tempfile::tempdir().expect("tempdir");
@@ -784,11 +785,6 @@ fn abort_after_a_failed_write_cuts_back_and_keeps_series() {
 
     let dropped = wal.abort().expect("abort");
     assert_eq!(dropped, big.len());
-    assert_eq!(wal.segment(), seg_at_mark);
-    assert!(
-        !torn.exists(),
-        "the segment started since the mark is removed"
-    );
 
     // Space is back: the next commit writes the requeued Series first.
     let after: Vec<RefSample> = fresh
