@@ -497,11 +497,8 @@ fn fill(path: &Path) -> u64 {
     let mut f = std::fs::File::create(path).expect("filler");
     let chunk = vec![0u8; 64 * 1024];
     let mut written = 0u64;
-    loop {
-        match f.write_all(&chunk) {
-            Ok(()) => written += chunk.len() as u64,
-            Err(_) => break,
-        }
+    while f.write_all(&chunk).is_ok() {
+        written += chunk.len() as u64;
     }
     // The last partial chunk may hold a few more pages; fill them byte-wise-ish.
     let small = vec![0u8; 512];
@@ -639,12 +636,12 @@ fn disk_full_wal_drops_and_counts_then_resumes() {
     );
 }
 
+/// Records with the offset just past each.
+type Records = Vec<(Vec<u8>, u64)>;
+
 /// The records of one segment file with the offset just past each; `Err` carries the records
 /// read before the first corruption and the error text.
-fn segment_records(
-    path: &Path,
-    index: u32,
-) -> Result<Vec<(Vec<u8>, u64)>, (Vec<(Vec<u8>, u64)>, String)> {
+fn segment_records(path: &Path, index: u32) -> Result<Records, (Records, String)> {
     let mut r = agent::wal::Reader::new(vec![agent::wal::SegmentSource {
         index,
         path: path.to_owned(),
