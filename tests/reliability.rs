@@ -238,8 +238,9 @@ fn max_gap(ts: &[f64], from: f64, to: f64) -> f64 {
 /// Issue 11 item 5: etcd stopped for 60 s under two agents scraping six configs into a real
 /// Prometheus. Asserts: no gap in `up` at the receiver over the outage (max gap <= 1.5 x the
 /// 1 s interval); PUT answers 503 naming the KV store; the running configs stay where they are;
-/// a third agent started during the outage takes nothing (not ready) until etcd is back; after
-/// etcd returns the three agents converge (every config once, the newcomer with a share).
+/// a third agent started during the outage takes nothing (not ready) until etcd is back; within
+/// 3 s after etcd returns the three agents converge (every config once, the newcomer ACTIVE)
+/// and nothing that ran through the outage was stopped except what moved to the newcomer.
 #[test]
 fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
     let outage = Duration::from_secs(
@@ -363,10 +364,10 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
 
     // Converge: agent-3 ACTIVE in the ring and ready, every config once over the three agents
     // (agent-3 usually with a share; with random tokens it may own none of the ten).
-    // The issue asks for 2 heartbeat periods; measured ~3.5 s here (agent-3's first reshard
-    // waits for its config watch, retried every second). 10 s keeps the test meaningful on a
-    // loaded machine while the figure is printed.
-    let converge_deadline = Duration::from_secs(10);
+    // The issue asks for 2 heartbeat periods (2 s); measured under 1 s since the watches
+    // retry at most a second apart (they backed off to 5-10 s before, ~3.5 s here). One
+    // more second of slack for a loaded machine.
+    let converge_deadline = Duration::from_secs(3);
     let converged = loop {
         let p = placement(&[&a1, &a2, &a3]);
         let ring = http_full(
