@@ -235,7 +235,7 @@ fn max_gap(ts: &[f64], from: f64, to: f64) -> f64 {
     gap.max(to - prev)
 }
 
-/// Issue 11 item 5: etcd stopped for 60 s under two agents scraping six configs into a real
+/// Issue 11 item 5: etcd stopped for 60 s under two agents scraping ten configs into a real
 /// Prometheus. Asserts: no gap in `up` at the receiver over the outage (max gap <= 1.5 x the
 /// 1 s interval); PUT answers 503 naming the KV store; the running configs stay where they are;
 /// a third agent started during the outage takes nothing (not ready) until etcd is back; within
