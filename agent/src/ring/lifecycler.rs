@@ -1138,6 +1138,122 @@ mod tests {
         }
     }
 
+    /// A store that can be switched off: reads and writes fail like an unreachable etcd.
+    #[derive(Debug)]
+    struct Switchable {
+        inner: InMemoryStore,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl Switchable {
+        fn check(&self) -> Result<(), crate::kv::KvError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::kv::KvError::EtcdTimeout {
+                    endpoints: "test".into(),
+                    operation: "get",
+                    key: KEY.into(),
+                    timeout: Duration::ZERO,
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl KvStore for Switchable {
+        fn get<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Option<crate::kv::Versioned>, crate::kv::KvError>>
+        {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.get(key).await
+            })
+        }
+        fn list<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Vec<String>, crate::kv::KvError>> {
+            self.inner.list(prefix)
+        }
+        fn list_values<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::KeyValues, crate::kv::KvError>> {
+            self.inner.list_values(prefix)
+        }
+        fn put<'a>(
+            &'a self,
+            key: &'a str,
+            value: Vec<u8>,
+        ) -> crate::kv::BoxFuture<'a, Result<(), crate::kv::KvError>> {
+            self.inner.put(key, value)
+        }
+        fn delete<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
+            self.inner.delete(key)
+        }
+        fn put_if_revision<'a>(
+            &'a self,
+            key: &'a str,
+            expected: Option<u64>,
+            value: Vec<u8>,
+        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.put_if_revision(key, expected, value).await
+            })
+        }
+        fn watch_prefix<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::Watch, crate::kv::KvError>> {
+            self.inner.watch_prefix(prefix)
+        }
+        fn describe(&self) -> String {
+            "switchable test store".into()
+        }
+    }
+
+    /// Failed heartbeats report `Failing`; the first one that lands again reports
+    /// `RecoveredAt` (the cluster's grace), and the member is not forgotten or re-added.
+    #[tokio::test]
+    async fn kv_health_follows_heartbeats_through_an_outage() {
+        let sw = Arc::new(Switchable {
+            inner: InMemoryStore::new(),
+            down: std::sync::atomic::AtomicBool::new(false),
+        });
+        let store: Arc<dyn KvStore> = sw.clone();
+        let mut s = settings("a");
+        s.heartbeat_period = Duration::from_secs(3600);
+        let l = Lifecycler::start(store.clone(), s);
+        wait_state(&l, InstanceState::Active).await;
+        let health = l.subscribe_kv_health();
+        assert_eq!(*health.borrow(), KvHealth::Ok);
+        l.heartbeat().await.expect("heartbeat");
+        assert_eq!(*health.borrow(), KvHealth::Ok);
+
+        sw.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(l.heartbeat().await.is_err());
+        assert_eq!(*health.borrow(), KvHealth::Failing);
+        assert!(l.heartbeat().await.is_err());
+        assert_eq!(*health.borrow(), KvHealth::Failing);
+
+        sw.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        let report = l.heartbeat().await.expect("heartbeat after the outage");
+        assert!(
+            !report.re_added && report.forgotten.is_empty(),
+            "{report:?}"
+        );
+        assert!(matches!(*health.borrow(), KvHealth::RecoveredAt(_)));
+        // Later heartbeats keep the recovery instant (the grace runs from it).
+        let at = *health.borrow();
+        l.heartbeat().await.expect("heartbeat");
+        assert_eq!(*health.borrow(), at);
+    }
+
     #[tokio::test]
     async fn a_lost_cas_race_keeps_the_other_writers_member() {
         let racing = Arc::new(Racing {
