@@ -501,7 +501,7 @@ fn fill(path: &Path) -> u64 {
     while f.write_all(&chunk).is_ok() {
         written += chunk.len() as u64;
     }
-    // The last partial chunk may hold a few more pages; fill them byte-wise-ish.
+    // Less than a chunk may still fit: fill that too, in small writes.
     let small = vec![0u8; 512];
     while f.write_all(&small).is_ok() {
         written += small.len() as u64;
