@@ -338,7 +338,15 @@ fn path_traversal_names_never_leave_the_wal_directory() {
     let outer = tempfile::tempdir().unwrap();
     let dir = outer.path().join("agent");
     std::fs::create_dir(&dir).unwrap();
-    let a = Agent::start(&dir, &[]);
+    // `distinct`: each config gets a WAL folder named after it, which is what this test is
+    // about (shared mode names folders by a hex group hash, never by a config name).
+    let agent_yaml = dir.join("agent.yaml");
+    std::fs::write(
+        &agent_yaml,
+        "metrics:\n  wal_directory: data-agent\n  instance_mode: distinct\n  scraping_service:\n    enabled: true\n",
+    )
+    .unwrap();
+    let a = Agent::start(&dir, &["--config.file", agent_yaml.to_str().unwrap()]);
     let refused = [
         "..%2F..%2Fescaped",
         "..%2Fescaped",
@@ -422,7 +430,7 @@ fn path_traversal_names_never_leave_the_wal_directory() {
         .collect();
     let mut top_sorted = top.clone();
     top_sorted.sort();
-    assert_eq!(top_sorted, ["agent.log", "data-agent"], "{:?}", tree(&dir));
+    assert_eq!(top_sorted, ["agent.log", "agent.yaml", "data-agent"], "{:?}", tree(&dir));
     assert!(!outer.path().join("escaped").exists());
     assert!(!log.contains("panicked"), "{log}");
     figure("api_traversal_names_refused", refused.len());

@@ -212,7 +212,14 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
     let (_, p) = wait_placed(&[&a1, &a2], &names, Duration::from_secs(6));
     let failover = killed.elapsed();
     eprintln!("failover after kill -9: {failover:?} (limit 4s + 2 x 1s = 6s)");
+    println!(
+        "RELIABILITY sigkill_failover_seconds={:.2}",
+        failover.as_secs_f64()
+    );
     assert!(p.values().all(|v| v[0] != "agent-3"));
+    // Settled: still exactly once a few heartbeats later (no late duplicate from a stale view).
+    std::thread::sleep(Duration::from_secs(2));
+    wait_placed(&[&a1, &a2], &names, Duration::from_secs(1));
 
     // Its ring entry is auto-forgotten (2 x heartbeat_timeout).
     let start = Instant::now();
@@ -229,6 +236,10 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
             eprintln!(
                 "agent-3 auto-forgotten {:?} after the kill",
                 killed.elapsed()
+            );
+            println!(
+                "RELIABILITY sigkill_auto_forget_seconds={:.2}",
+                killed.elapsed().as_secs_f64()
             );
             break;
         }
@@ -288,11 +299,66 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
     eprintln!("DELETE stopped the instance after {:?}", deleted.elapsed());
     let names: Vec<String> = names.iter().filter(|n| *n != victim).cloned().collect();
 
-    // SIGTERM agent-4: its configs move to the others, it exits 0 and leaves the ring.
+    // SIGTERM agent-4: its configs move to the others (make before break: no config is
+    // unowned for more than one scrape interval, 1 s), it exits 0 and leaves the ring.
     let mut a4 = a4;
+    let termed = Instant::now();
     a4.guard.signal("TERM");
-    let (took, _) = wait_placed(&[&a1, &a2], &names, Duration::from_secs(5));
-    eprintln!("configs moved {took:?} after SIGTERM");
+    let mut unowned_since: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut max_unowned = Duration::ZERO;
+    loop {
+        // agent-4 answers until it exits; afterwards only the other two count.
+        let mut p = placement(&[&a1, &a2]);
+        if let Ok(r) = http_full("GET", &a4.addr, "/agent/api/v1/metrics/instances", &[], b"") {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.body) {
+                for n in v["data"].as_array().into_iter().flatten() {
+                    if let Some(n) = n.as_str() {
+                        p.entry(n.to_owned()).or_default().push("agent-4".into());
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        for n in &names {
+            if p.get(n).is_some_and(|v| !v.is_empty()) {
+                if let Some(since) = unowned_since.remove(n) {
+                    max_unowned = max_unowned.max(now - since);
+                }
+            } else {
+                let since = *unowned_since.entry(n.clone()).or_insert(now);
+                max_unowned = max_unowned.max(now - since);
+            }
+        }
+        let a4_gone = a4
+            .guard
+            .child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+        let settled = a4_gone
+            && names
+                .iter()
+                .all(|n| p.get(n).is_some_and(|v| v.len() == 1 && v[0] != "agent-4"));
+        if settled {
+            break;
+        }
+        assert!(
+            termed.elapsed() < Duration::from_secs(30),
+            "not settled 30 s after SIGTERM: {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "configs moved {:?} after SIGTERM; longest a config ran nowhere: {max_unowned:?}",
+        termed.elapsed()
+    );
+    println!(
+        "RELIABILITY sigterm_max_unowned_seconds={:.2}",
+        max_unowned.as_secs_f64()
+    );
+    assert!(
+        max_unowned <= Duration::from_secs(1),
+        "a config ran nowhere for {max_unowned:?} (> one scrape interval) after SIGTERM"
+    );
     assert_eq!(a4.guard.wait_exit(Duration::from_secs(30)), Some(0));
     let r = http_full(
         "GET",

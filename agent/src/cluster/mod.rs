@@ -33,8 +33,9 @@ use crate::config::load::parse_instance_named;
 use crate::config::GlobalConfig;
 use crate::instance::manager::InstanceManager;
 use crate::kv::configstore::{content_hash, ConfigEvent, ConfigStore};
-use crate::ring::lifecycler::Lifecycler;
+use crate::ring::lifecycler::{KvHealth, Lifecycler};
 use crate::ring::lookup::Ring;
+use crate::ring::model::Desc;
 use crate::ring::view::RingView;
 
 /// How long a leaving agent keeps its instances after marking itself LEAVING, so the new
@@ -137,7 +138,10 @@ impl Cluster {
     }
 
     fn ring(&self) -> Ring {
-        Ring::new((*self.view.current()).clone(), self.heartbeat_timeout)
+        let mut desc = (*self.view.current()).clone();
+        let health = *self.lifecycler.subscribe_kv_health().borrow();
+        heartbeat_grace(&mut desc, health, self.heartbeat_timeout, SystemTime::now());
+        Ring::new(desc, self.heartbeat_timeout)
     }
 
     fn owns(&self, ring: &Ring, name: &str) -> bool {
@@ -177,9 +181,26 @@ impl Cluster {
         self.refresh().await;
         let _ = self.ready_tx.send(true);
         let mut next = tokio::time::Instant::now() + self.reshard_interval();
+        let mut kv_rx = self.lifecycler.subscribe_kv_health();
+        // When the grace after a KV outage ends, members that still have not heartbeated are
+        // really gone: reshard then (the ring view does not wake for it, the grace is ours).
+        let mut grace_end: Option<tokio::time::Instant> = None;
         while !shutdown.is_cancelled() {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                changed = kv_rx.changed() => {
+                    if changed.is_err() { break; }
+                    let health = *kv_rx.borrow_and_update();
+                    if let KvHealth::RecoveredAt(at) = health {
+                        grace_end = Some(tokio::time::Instant::from_std(at + self.heartbeat_timeout)
+                            + Duration::from_millis(100));
+                        self.refresh().await;
+                    }
+                }
+                _ = async { match grace_end { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                    grace_end = None;
+                    self.refresh().await;
+                }
                 changed = ring_rx.changed() => {
                     if changed.is_err() { break; }
                     self.refresh().await;
@@ -196,6 +217,11 @@ impl Cluster {
                 }
                 _ = tokio::time::sleep_until(next) => {
                     next = tokio::time::Instant::now() + self.reshard_interval();
+                    if watch.is_none() {
+                        // The watch could not be re-established when it ended (the store was
+                        // down then): try again, or config events would only arrive here.
+                        watch = self.store.watch().await.ok();
+                    }
                     self.refresh().await;
                 }
                 _ = self.reloaded.notified() => {
@@ -308,5 +334,118 @@ impl Cluster {
             Err(e) => tracing::error!(config = name, error = %e,
                 "config in the store does not validate; skipped (an instance it had keeps running)"),
         }
+    }
+}
+
+/// Adjusts the heartbeat timestamps of a ring snapshot for ownership decisions after (and
+/// during) a KV store outage.
+///
+/// While this agent's own heartbeats fail, every member's timestamp is stale for the same
+/// reason, so none of them is judged by it (every timestamp counts as now): configs stay where
+/// they run. Once heartbeats land again (`RecoveredAt(t)`), a member whose timestamp predates
+/// `t` is given until `t + heartbeat_timeout` to heartbeat, as if it had heartbeated at `t`:
+/// without this, the first ring read after the outage shows every other member (and this one)
+/// unhealthy and configs would move around and back within a heartbeat period. A member that
+/// died during the outage is noticed `heartbeat_timeout` after the store returned.
+pub fn heartbeat_grace(
+    desc: &mut Desc,
+    health: KvHealth,
+    heartbeat_timeout: Duration,
+    now: SystemTime,
+) {
+    let floor = match health {
+        KvHealth::Ok => return,
+        KvHealth::Failing => now,
+        KvHealth::RecoveredAt(at) => {
+            let since = at.elapsed();
+            if since >= heartbeat_timeout {
+                return;
+            }
+            now.checked_sub(since).unwrap_or(now)
+        }
+    };
+    let floor_secs = floor
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    for member in desc.ingesters.values_mut() {
+        if member.timestamp < floor_secs {
+            member.timestamp = floor_secs;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::model::{InstanceDesc, InstanceState};
+
+    fn desc(timestamps: &[(&str, i64)]) -> Desc {
+        let mut d = Desc::default();
+        for (id, ts) in timestamps {
+            d.ingesters.insert(
+                (*id).to_owned(),
+                InstanceDesc {
+                    addr: format!("{id}:80"),
+                    timestamp: *ts,
+                    state: InstanceState::Active as i32,
+                    tokens: vec![1],
+                    zone: String::new(),
+                    registered_timestamp: 0,
+                    id: (*id).to_owned(),
+                },
+            );
+        }
+        d
+    }
+
+    fn unix(t: SystemTime) -> i64 {
+        t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64
+    }
+
+    #[test]
+    fn no_grace_when_heartbeats_always_landed() {
+        let now = SystemTime::now();
+        let mut d = desc(&[("a", unix(now) - 100)]);
+        heartbeat_grace(&mut d, KvHealth::Ok, Duration::from_secs(4), now);
+        assert_eq!(d.ingesters["a"].timestamp, unix(now) - 100);
+    }
+
+    #[test]
+    fn while_failing_every_member_counts_as_fresh() {
+        let now = SystemTime::now();
+        let mut d = desc(&[("a", unix(now) - 100), ("b", unix(now) - 1)]);
+        heartbeat_grace(&mut d, KvHealth::Failing, Duration::from_secs(4), now);
+        assert!(d.ingesters.values().all(|m| m.timestamp >= unix(now)));
+        let ring = Ring::new(d, Duration::from_secs(4));
+        assert!(ring.owner("cfg", now).is_ok(), "a and b are both healthy");
+    }
+
+    #[test]
+    fn after_recovery_stale_members_get_one_heartbeat_timeout() {
+        let now = SystemTime::now();
+        let recovered = std::time::Instant::now() - Duration::from_secs(1);
+        let mut d = desc(&[("stale", unix(now) - 60), ("fresh", unix(now))]);
+        heartbeat_grace(
+            &mut d,
+            KvHealth::RecoveredAt(recovered),
+            Duration::from_secs(4),
+            now,
+        );
+        // As if it had heartbeated when the store came back (1 s ago, rounded down).
+        let ts = d.ingesters["stale"].timestamp;
+        assert!((unix(now) - 2..=unix(now) - 1).contains(&ts), "{ts}");
+        assert_eq!(d.ingesters["fresh"].timestamp, unix(now));
+
+        // After the grace, the real timestamps count again.
+        let mut d = desc(&[("stale", unix(now) - 60)]);
+        let long_ago = std::time::Instant::now() - Duration::from_secs(5);
+        heartbeat_grace(
+            &mut d,
+            KvHealth::RecoveredAt(long_ago),
+            Duration::from_secs(4),
+            now,
+        );
+        assert_eq!(d.ingesters["stale"].timestamp, unix(now) - 60);
     }
 }

@@ -136,6 +136,8 @@ pub struct InstanceMetrics {
     /// Truncations that wrote a checkpoint.
     pub truncations: Family<InstanceLabel, Counter>,
     pub truncation_failures: Family<InstanceLabel, Counter>,
+    pub write_failures: Family<InstanceLabel, Counter>,
+    pub write_dropped_samples: Family<InstanceLabel, Counter>,
     /// Series the WAL tracks as active (the old agent's name, so its dashboards work).
     pub active_series: Family<InstanceLabel, Gauge>,
 }
@@ -153,6 +155,8 @@ impl InstanceMetrics {
             truncate_dropped_samples: Family::default(),
             truncations: Family::default(),
             truncation_failures: Family::default(),
+            write_failures: Family::default(),
+            write_dropped_samples: Family::default(),
             active_series: Family::default(),
         };
         registry.register(
@@ -170,6 +174,16 @@ impl InstanceMetrics {
             "agent_wal_truncation_failures",
             "WAL truncations that failed",
             m.truncation_failures.clone(),
+        );
+        registry.register(
+            "agent_wal_write_failures",
+            "WAL writes (commits) that failed, e.g. the disk was full; their samples are dropped",
+            m.write_failures.clone(),
+        );
+        registry.register(
+            "agent_wal_write_dropped_samples",
+            "Samples dropped because their WAL write failed (e.g. the disk was full)",
+            m.write_dropped_samples.clone(),
         );
         registry.register(
             "agent_wal_storage_active_series",
@@ -253,7 +267,21 @@ impl Instance {
         if let Some(r) = &replay.repair {
             tracing::warn!(instance = %name, repair = ?r, "WAL repaired on open");
         }
-        let storage = Arc::new(WalStorage::new(&name, wal, &replay.series));
+        let label = instance_label(&name);
+        let counters = storage::WriteFailureCounters {
+            failures: shared
+                .instance_metrics
+                .write_failures
+                .get_or_create(&label)
+                .clone(),
+            dropped_samples: shared
+                .instance_metrics
+                .write_dropped_samples
+                .get_or_create(&label)
+                .clone(),
+        };
+        let storage =
+            Arc::new(WalStorage::new(&name, wal, &replay.series).with_failure_counters(counters));
         let stop = CancellationToken::new();
 
         let mut remotes = Vec::new();

@@ -47,6 +47,15 @@ pub struct WalStorage {
     inner: Mutex<Inner>,
     name: String,
     commits: watch::Sender<u64>,
+    failures: WriteFailureCounters,
+}
+
+/// Counters of failed WAL writes (`agent_wal_write_failures_total`) and of the samples they
+/// dropped (`agent_wal_write_dropped_samples_total`), per instance.
+#[derive(Debug, Clone, Default)]
+pub struct WriteFailureCounters {
+    pub failures: prometheus_client::metrics::counter::Counter,
+    pub dropped_samples: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for WalStorage {
@@ -75,7 +84,14 @@ impl WalStorage {
             }),
             name: name.to_owned(),
             commits,
+            failures: WriteFailureCounters::default(),
         }
+    }
+
+    /// Counts failed writes in `counters` (the instance's metric families).
+    pub fn with_failure_counters(mut self, counters: WriteFailureCounters) -> Self {
+        self.failures = counters;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -209,7 +225,23 @@ impl Appender for WalAppender<'_> {
             }
             inner.wal.commit()
         })();
-        if let Some(max) = self.samples.iter().map(|s| s.1).max() {
+        if let Err(e) = &result {
+            // Disk full or an I/O error: these samples cannot be made durable and are dropped
+            // (counted); the segment goes back to the last commit so nothing torn stays on
+            // disk, and the next commit (when space returns) appends cleanly.
+            let dropped = match inner.wal.abort() {
+                Ok(n) => n,
+                Err(reset) => {
+                    tracing::error!(instance = %self.storage.name, error = %reset,
+                        "cannot cut the WAL segment back after a failed write");
+                    self.samples.len()
+                }
+            };
+            self.storage.failures.failures.inc();
+            self.storage.failures.dropped_samples.inc_by(dropped as u64);
+            tracing::error!(instance = %self.storage.name, error = %e, dropped_samples = dropped,
+                "WAL write failed; this scrape's samples are dropped, scraping continues");
+        } else if let Some(max) = self.samples.iter().map(|s| s.1).max() {
             inner.newest_ms = inner.newest_ms.max(max);
         }
         drop(inner);
@@ -232,6 +264,11 @@ impl Appender for WalAppender<'_> {
                 .append_series(&self.series)
                 .and_then(|()| inner.wal.commit());
             if let Err(e) = res {
+                if let Err(reset) = inner.wal.abort() {
+                    tracing::error!(instance = %self.storage.name, error = %reset,
+                        "cannot cut the WAL segment back after a failed write");
+                }
+                self.storage.failures.failures.inc();
                 tracing::error!(instance = %self.storage.name, error = %e, "WAL write failed on rollback");
             }
             self.series.clear();

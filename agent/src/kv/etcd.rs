@@ -64,7 +64,10 @@ impl Default for EtcdConfig {
             password: Secret::default(),
             tls_enabled: false,
             watch_backoff_min: Duration::from_millis(100),
-            watch_backoff_max: Duration::from_secs(5),
+            // A watch re-created at most a second after etcd returns: the ring and config
+            // views catch up within about one heartbeat period (a retry a second against a
+            // dead etcd costs nothing).
+            watch_backoff_max: Duration::from_secs(1),
         }
     }
 }

@@ -134,6 +134,22 @@ pub struct HeartbeatReport {
     pub forgotten: Vec<(String, u64)>,
 }
 
+/// Whether this member's heartbeats reach the KV store. While they do not, nobody's do (the
+/// store is down or unreachable from here) and the heartbeat ages in the ring say nothing about
+/// the members; right after they land again, every other member still needs up to one
+/// heartbeat period to refresh its own. The cluster uses this to not move configs away from
+/// members that are only "unhealthy" because the store was gone (see
+/// [`crate::cluster::heartbeat_grace`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvHealth {
+    /// Every heartbeat since the start landed (or none was tried yet).
+    Ok,
+    /// The last heartbeat failed.
+    Failing,
+    /// Heartbeats land again since this instant, after failing.
+    RecoveredAt(std::time::Instant),
+}
+
 /// This member's view of its own entry. Guarded by one async mutex that every ring write
 /// holds, so a heartbeat never writes back a state that a concurrent `leave()` replaced.
 struct Local {
@@ -152,6 +168,7 @@ struct Inner {
     s: LifecyclerSettings,
     local: Mutex<Local>,
     state_tx: watch::Sender<InstanceState>,
+    kv_health_tx: watch::Sender<KvHealth>,
 }
 
 /// A running lifecycler. Dropping it stops heartbeating without leaving (like a crash);
@@ -221,6 +238,7 @@ impl Lifecycler {
                 kv_ok_since: None,
             }),
             state_tx,
+            kv_health_tx: watch::channel(KvHealth::Ok).0,
         });
         let stop = CancellationToken::new();
         let task = tokio::spawn({
@@ -260,6 +278,11 @@ impl Lifecycler {
     /// Follows [`Lifecycler::state`].
     pub fn subscribe_state(&self) -> watch::Receiver<InstanceState> {
         self.inner.state_tx.subscribe()
+    }
+
+    /// Follows whether this member's heartbeats reach the KV store.
+    pub fn subscribe_kv_health(&self) -> watch::Receiver<KvHealth> {
+        self.inner.kv_health_tx.subscribe()
     }
 
     /// This member's tokens, sorted.
@@ -422,7 +445,7 @@ impl Inner {
                             store = %self.store.describe(),
                             id = %self.s.id,
                             error = %e,
-                            "ring heartbeat failed"
+                            "ring heartbeat failed; configs stay where they are and joins/leaves wait until the store answers"
                         );
                     }
                 }
@@ -725,8 +748,23 @@ impl Inner {
         .await;
         if let Err(e) = result {
             local.kv_ok_since = None;
+            self.kv_health_tx.send_if_modified(|h| {
+                let was = *h;
+                *h = KvHealth::Failing;
+                was != KvHealth::Failing
+            });
             return Err(e);
         }
+        self.kv_health_tx.send_if_modified(|h| {
+            if *h == KvHealth::Failing {
+                tracing::info!(store = %self.store.describe(), id = %self.s.id,
+                    "ring heartbeats land again; members' heartbeat ages get a grace of one heartbeat_timeout");
+                *h = KvHealth::RecoveredAt(std::time::Instant::now());
+                true
+            } else {
+                false
+            }
+        });
         if local.kv_ok_since.is_none() {
             local.kv_ok_since = Some(Instant::now());
         }
@@ -1105,6 +1143,122 @@ mod tests {
         fn describe(&self) -> String {
             "racing test store".into()
         }
+    }
+
+    /// A store that can be switched off: reads and writes fail like an unreachable etcd.
+    #[derive(Debug)]
+    struct Switchable {
+        inner: InMemoryStore,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl Switchable {
+        fn check(&self) -> Result<(), crate::kv::KvError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::kv::KvError::EtcdTimeout {
+                    endpoints: "test".into(),
+                    operation: "get",
+                    key: KEY.into(),
+                    timeout: Duration::ZERO,
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl KvStore for Switchable {
+        fn get<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Option<crate::kv::Versioned>, crate::kv::KvError>>
+        {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.get(key).await
+            })
+        }
+        fn list<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<Vec<String>, crate::kv::KvError>> {
+            self.inner.list(prefix)
+        }
+        fn list_values<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::KeyValues, crate::kv::KvError>> {
+            self.inner.list_values(prefix)
+        }
+        fn put<'a>(
+            &'a self,
+            key: &'a str,
+            value: Vec<u8>,
+        ) -> crate::kv::BoxFuture<'a, Result<(), crate::kv::KvError>> {
+            self.inner.put(key, value)
+        }
+        fn delete<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
+            self.inner.delete(key)
+        }
+        fn put_if_revision<'a>(
+            &'a self,
+            key: &'a str,
+            expected: Option<u64>,
+            value: Vec<u8>,
+        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.put_if_revision(key, expected, value).await
+            })
+        }
+        fn watch_prefix<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::Watch, crate::kv::KvError>> {
+            self.inner.watch_prefix(prefix)
+        }
+        fn describe(&self) -> String {
+            "switchable test store".into()
+        }
+    }
+
+    /// Failed heartbeats report `Failing`; the first one that lands again reports
+    /// `RecoveredAt` (the cluster's grace), and the member is not forgotten or re-added.
+    #[tokio::test]
+    async fn kv_health_follows_heartbeats_through_an_outage() {
+        let sw = Arc::new(Switchable {
+            inner: InMemoryStore::new(),
+            down: std::sync::atomic::AtomicBool::new(false),
+        });
+        let store: Arc<dyn KvStore> = sw.clone();
+        let mut s = settings("a");
+        s.heartbeat_period = Duration::from_secs(3600);
+        let l = Lifecycler::start(store.clone(), s);
+        wait_state(&l, InstanceState::Active).await;
+        let health = l.subscribe_kv_health();
+        assert_eq!(*health.borrow(), KvHealth::Ok);
+        l.heartbeat().await.expect("heartbeat");
+        assert_eq!(*health.borrow(), KvHealth::Ok);
+
+        sw.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(l.heartbeat().await.is_err());
+        assert_eq!(*health.borrow(), KvHealth::Failing);
+        assert!(l.heartbeat().await.is_err());
+        assert_eq!(*health.borrow(), KvHealth::Failing);
+
+        sw.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        let report = l.heartbeat().await.expect("heartbeat after the outage");
+        assert!(
+            !report.re_added && report.forgotten.is_empty(),
+            "{report:?}"
+        );
+        assert!(matches!(*health.borrow(), KvHealth::RecoveredAt(_)));
+        // Later heartbeats keep the recovery instant (the grace runs from it).
+        let at = *health.borrow();
+        l.heartbeat().await.expect("heartbeat");
+        assert_eq!(*health.borrow(), at);
     }
 
     #[tokio::test]

@@ -78,6 +78,10 @@ impl Drop for RingView {
     }
 }
 
+/// Longest pause between attempts to (re)establish the ring watch: once the store is back, a
+/// joining agent sees the ring within about a second.
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
 async fn follow(
     store: Arc<dyn KvStore>,
     key: String,
@@ -105,7 +109,7 @@ async fn follow(
             Err(e) => {
                 tracing::warn!(store = %store.describe(), key, error = %e, "cannot watch the ring; retrying");
                 tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(Duration::from_secs(10));
+                retry = (retry * 2).min(RETRY_MAX);
                 continue;
             }
         };
@@ -114,7 +118,7 @@ async fn follow(
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the ring; retrying");
                 tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(Duration::from_secs(10));
+                retry = (retry * 2).min(RETRY_MAX);
                 continue;
             }
         }

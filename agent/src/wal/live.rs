@@ -289,6 +289,39 @@ mod tests {
         Labels::from_pairs([("__name__", "m"), ("i", &i.to_string())])
     }
 
+    /// A writer that undoes a failed write (see `SegmentWriter::reset`) after the reader read
+    /// part of it: the reader reads on over the zeroed bytes as padding and gets what is
+    /// written next.
+    #[test]
+    fn follows_a_segment_cut_back_by_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = crate::wal::SegmentWriter::create(dir.path(), 0, 4 * 32 * 1024, false).unwrap();
+        let mut reader = LiveReader::new(
+            dir.path(),
+            Position {
+                segment: 0,
+                offset: 0,
+            },
+        );
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        // (The reader may see records of a write that is undone afterwards: remote_write
+        // then sends samples that are counted as dropped, never the reverse.)
+        w.log(b"first").unwrap();
+        w.flush().unwrap();
+        let mark = w.mark();
+        w.log(b"read, then cut away").unwrap();
+        w.flush().unwrap();
+        reader.poll(|r| seen.push(r.to_vec())).unwrap();
+        w.reset(&mark).unwrap();
+        w.log(b"after the cut").unwrap();
+        w.flush().unwrap();
+        reader.poll(|r| seen.push(r.to_vec())).unwrap();
+        assert_eq!(
+            seen,
+            [&b"first"[..], b"read, then cut away", b"after the cut"]
+        );
+    }
+
     #[test]
     fn tails_records_as_they_are_committed_across_segments() {
         let dir = tempfile::tempdir().unwrap();

@@ -160,6 +160,17 @@ pub struct Wal {
     samples_rec: Vec<u8>,
     exemplars_rec: Vec<u8>,
     max_pending: usize,
+    /// Where the last successful commit left the writer.
+    mark: segment::WriterMark,
+    /// Series records logged since `mark`: a failed commit puts them back to be logged again
+    /// (their refs are handed out and in use).
+    series_since_mark: Vec<Vec<u8>>,
+    /// An [`abort`](Wal::abort) could not zero the failed write's bytes yet.
+    needs_reset: bool,
+    /// Samples appended since `mark` (what an abort drops).
+    samples_since_mark: usize,
+    /// Series records taken back by [`abort`](Wal::abort), logged first by the next commit.
+    requeued_series: Vec<Vec<u8>>,
 }
 
 impl Wal {
@@ -226,6 +237,7 @@ impl Wal {
         }
         let writer = SegmentWriter::create(dir, next, opts.segment_size, opts.compress)?;
         let max_pending = MAX_PENDING_RECORD.min(opts.segment_size / 4);
+        let mark = writer.mark();
         let wal = Wal {
             dir: dir.to_owned(),
             opts,
@@ -237,6 +249,11 @@ impl Wal {
             samples_rec: Vec::new(),
             exemplars_rec: Vec::new(),
             max_pending,
+            mark,
+            series_since_mark: Vec::new(),
+            requeued_series: Vec::new(),
+            samples_since_mark: 0,
+            needs_reset: false,
         };
         Ok((wal, state))
     }
@@ -277,6 +294,7 @@ impl Wal {
     /// Queues samples; one Samples record per commit.
     pub fn append_samples(&mut self, samples: &[RefSample]) -> Result<(), WalError> {
         record::extend_samples(&mut self.samples_rec, samples);
+        self.samples_since_mark += samples.len();
         for &(r, t, _) in samples {
             if let Some(ts) = self.series.get_mut(&r) {
                 if t > *ts {
@@ -303,6 +321,21 @@ impl Wal {
 
     /// Logs pending records in the agent's order: Series, Samples, Exemplars.
     fn log_pending(&mut self) -> Result<(), WalError> {
+        if self.needs_reset {
+            self.writer.reset(&self.mark)?;
+            self.needs_reset = false;
+        }
+        // Series records an aborted commit took back come first, in their order.
+        while !self.requeued_series.is_empty() {
+            let rec = self.requeued_series.remove(0);
+            self.series_since_mark.push(rec);
+            if let Some(rec) = self.series_since_mark.last() {
+                self.writer.log(rec)?;
+            }
+        }
+        if !self.series_rec.is_empty() {
+            self.series_since_mark.push(self.series_rec.clone());
+        }
         for buf in [
             &mut self.series_rec,
             &mut self.samples_rec,
@@ -316,12 +349,38 @@ impl Wal {
         Ok(())
     }
 
+    /// Undoes everything written since the last successful commit after a write failed
+    /// (typically ENOSPC): what reached the segment since is zeroed (page padding to every
+    /// reader, so no torn record stays on disk for the reader or the next append, see
+    /// [`SegmentWriter::reset`]), pending samples and exemplars are dropped (they cannot be
+    /// made durable; their number is returned) and the Series records since that commit are
+    /// queued again, since their refs are in use: the next commit writes them first. When the
+    /// zeroing itself fails, the next commit tries it again before writing.
+    pub fn abort(&mut self) -> Result<usize, WalError> {
+        let dropped = std::mem::take(&mut self.samples_since_mark);
+        self.samples_rec.clear();
+        self.exemplars_rec.clear();
+        let mut series = std::mem::take(&mut self.series_since_mark);
+        if !self.series_rec.is_empty() {
+            series.push(std::mem::take(&mut self.series_rec));
+        }
+        self.requeued_series = series;
+        self.needs_reset = true;
+        self.writer.reset(&self.mark)?;
+        self.needs_reset = false;
+        Ok(dropped)
+    }
+
     /// Writes the pending records to the segment and hands them to the OS (no fsync; see
     /// [`sync`](Wal::sync)). A process crash after `commit` loses nothing; a power loss may
     /// lose what was committed since the last `sync`.
     pub fn commit(&mut self) -> Result<(), WalError> {
         self.log_pending()?;
-        self.writer.flush()
+        self.writer.flush()?;
+        self.mark = self.writer.mark();
+        self.series_since_mark.clear();
+        self.samples_since_mark = 0;
+        Ok(())
     }
 
     /// Discards pending (uncommitted) samples and exemplars. Like the agent's `Rollback`,
@@ -430,6 +489,10 @@ impl Wal {
             return Ok(None);
         };
         self.writer.next_segment()?;
+        // Nothing is pending after the commit: the new segment's start is the new mark.
+        self.mark = self.writer.mark();
+        self.series_since_mark.clear();
+        self.samples_since_mark = 0;
         let Some(cp) = checkpoint::checkpoint_bound(first, last) else {
             return Ok(None);
         };

@@ -273,6 +273,85 @@ impl SegmentWriter {
         Ok(next)
     }
 
+    /// The writer's position, to go back to with [`reset`](Self::reset) when a later write
+    /// fails.
+    pub fn mark(&self) -> WriterMark {
+        WriterMark {
+            index: self.index,
+            done_pages: self.done_pages,
+            alloc: self.alloc,
+            flushed: self.flushed,
+            bytes_in_segment: self.bytes_in_segment,
+            unflushed: self.page[self.flushed..self.alloc].to_vec(),
+        }
+    }
+
+    /// Undoes the writes since `mark` after a write failed (ENOSPC, EIO). What reached the
+    /// files since the mark (a short write's torn bytes, or whole records a reader may
+    /// already have consumed) is overwritten with zeros, which every reader takes for page
+    /// padding; writing goes on at the next page boundary after it, in the current segment
+    /// (segments started since the mark stay, zeroed: a live reader may already be in one, and
+    /// an all-zero segment reads as empty). Nothing is cut, so a reader's position is never
+    /// past the end or inside a record written later. Marks are taken right after a flush
+    /// (nothing buffered); a mark with buffered bytes keeps them buffered when nothing reached
+    /// the file since. Returns the bytes zeroed.
+    pub fn reset(&mut self, mark: &WriterMark) -> Result<u64, WalError> {
+        use std::io::{Seek, SeekFrom};
+        let mark_pos = (mark.done_pages * PAGE_SIZE + mark.flushed) as u64;
+        let mut zeroed = 0u64;
+        for index in mark.index..=self.index {
+            let path = segment_path(&self.dir, index);
+            let from = if index == mark.index { mark_pos } else { 0 };
+            let mut f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| WalError::io(&path, e))?;
+            let len = f.metadata().map_err(|e| WalError::io(&path, e))?.len();
+            if len > from {
+                let zeros = vec![0u8; (len - from).min(PAGE_SIZE as u64) as usize];
+                f.seek(SeekFrom::Start(from))
+                    .map_err(|e| WalError::io(&path, e))?;
+                let mut left = len - from;
+                while left > 0 {
+                    let n = left.min(zeros.len() as u64) as usize;
+                    f.write_all(&zeros[..n])
+                        .map_err(|e| WalError::io(&path, e))?;
+                    left -= n as u64;
+                }
+                zeroed += len - from;
+            }
+        }
+        let path = segment_path(&self.dir, self.index);
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| WalError::io(&path, e))?
+            .len();
+        if self.index == mark.index && len <= mark_pos {
+            // Nothing reached the file since the mark: back to it, buffer included.
+            self.done_pages = mark.done_pages;
+            self.alloc = mark.alloc;
+            self.flushed = mark.flushed;
+            self.bytes_in_segment = mark.bytes_in_segment;
+            self.page.fill(0);
+            self.page[mark.flushed..mark.alloc].copy_from_slice(&mark.unflushed);
+            self.file
+                .seek(SeekFrom::Start(mark_pos))
+                .map_err(|e| WalError::io(&path, e))?;
+            return Ok(zeroed);
+        }
+        let pages = len.div_ceil(PAGE_SIZE as u64) as usize;
+        self.done_pages = pages;
+        self.alloc = 0;
+        self.flushed = 0;
+        self.bytes_in_segment = (pages * PAGE_SIZE) as u64;
+        self.page.fill(0);
+        self.file
+            .seek(SeekFrom::Start((pages * PAGE_SIZE) as u64))
+            .map_err(|e| WalError::io(&path, e))?;
+        Ok(zeroed)
+    }
+
     /// Bytes written (or buffered) into the current segment.
     pub fn segment_bytes(&self) -> u64 {
         self.bytes_in_segment
@@ -285,6 +364,18 @@ impl SegmentWriter {
         }
         self.sync()
     }
+}
+
+/// A [`SegmentWriter`] position (see [`SegmentWriter::mark`]).
+#[derive(Debug, Clone)]
+pub struct WriterMark {
+    index: u32,
+    done_pages: usize,
+    alloc: usize,
+    flushed: usize,
+    bytes_in_segment: u64,
+    /// The buffered, not yet written part of the current page.
+    unflushed: Vec<u8>,
 }
 
 fn create_segment(dir: &Path, index: u32) -> Result<File, WalError> {

@@ -741,3 +741,61 @@ fn truncation_counts_dropped_unsent_samples() {
     assert!(s2.dropped_samples > 0);
     assert_eq!(s2.dropped_unsent_samples, 0);
 }
+
+/// A failed commit (ENOSPC after a short write) is undone by `abort`: the torn bytes and what
+/// went to a segment started since the last commit are zeroed (padding), the pending samples
+/// are dropped (counted), the new series are written by the next commit, and the WAL reads
+/// back cleanly.
+#[test]
+fn abort_after_a_failed_write_cuts_back_and_keeps_series() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _) = Wal::open(d.path(), small()).expect("open");
+    let (mut series, mut samples) = write_scrapes(&mut wal, 5, 2);
+    let seg_at_mark = wal.segment();
+
+    // A big uncommitted write that spills into the segment files (and past the segment
+    // size), then torn bytes as a short write before ENOSPC would leave them.
+    let fresh: Vec<(u64, Labels)> = (100..150)
+        .map(|i| (wal.alloc_ref(), series_labels(i)))
+        .collect();
+    wal.append_series(&fresh).expect("series");
+    let big: Vec<RefSample> = (0..12_000)
+        .map(|i| {
+            (
+                fresh[i % 50].0,
+                1_800_000_000_000 + i as i64,
+                noise(i as u64, 7),
+            )
+        })
+        .collect();
+    for chunk in big.chunks(1000) {
+        wal.append_samples(chunk).expect("samples");
+    }
+    assert!(
+        wal.segment() > seg_at_mark,
+        "the test spills into a new segment"
+    );
+    let torn = segment::segment_path(d.path(), wal.segment());
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(&torn)
+        .expect("open");
+    std::io::Write::write_all(&mut f, &[0xAB; 777]).expect("torn bytes");
+    drop(f);
+
+    let dropped = wal.abort().expect("abort");
+    assert_eq!(dropped, big.len());
+
+    // Space is back: the next commit writes the requeued Series first.
+    let after: Vec<RefSample> = fresh
+        .iter()
+        .map(|(r, _)| (*r, 1_900_000_000_000, 1.0))
+        .collect();
+    wal.append_samples(&after).expect("samples");
+    wal.commit().expect("commit");
+    series.extend(fresh);
+    samples.extend(after);
+    let (got_series, got_samples) = read_all(d.path());
+    assert_eq!(got_series, series);
+    assert_eq!(got_samples, samples);
+}

@@ -1,0 +1,844 @@
+//! Issue 11's fault tests against real processes: etcd stopped for 60 s under a running
+//! cluster, the WAL's disk full, a torn WAL tail. (SIGKILL/SIGTERM of an agent are in
+//! `cluster.rs`, the receiver outage and the SIGKILL mid-stream in `remote_write_e2e.rs`.)
+//!
+//! Each test prints its measured figures as `RELIABILITY name=value` lines on stdout (run with
+//! `--nocapture` and grep them) for the README's "Reliability" table.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::support::etcd::EtcdServer;
+use crate::support::prometheus::Prometheus;
+use crate::support::{bin, free_port, http_full, wait_http, ChildGuard};
+
+/// A scrape target on its own thread and runtime, so that a test blocked in a probe never
+/// delays a scrape (a delayed scrape would look like a gap in `up`).
+pub struct Target {
+    pub addr: String,
+    served: Arc<AtomicU64>,
+}
+
+impl Target {
+    /// Serves `/metrics`: `rel_metric{series="0".."n"} <request number>`.
+    pub fn start(series: usize) -> Target {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind target");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let served = Arc::new(AtomicU64::new(0));
+        let counter = served.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("target runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                        async move {
+                            let mut body = String::from("# TYPE rel_metric counter\n");
+                            for i in 0..series {
+                                body.push_str(&format!("rel_metric{{series=\"{i}\"}} {n}\n"));
+                            }
+                            body
+                        }
+                    }),
+                );
+                let _ = axum::serve(listener, app).await;
+            });
+        });
+        Target { addr, served }
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    // reqwest (the Prometheus queries) is built without a default rustls provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// An agent process; logs to `dir/<id>.log`.
+struct Agent {
+    id: String,
+    addr: String,
+    guard: ChildGuard,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn spawn(dir: &Path, id: &str, config_yaml: &str) -> Agent {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let cfg = dir.join(format!("{id}.yml"));
+        std::fs::write(&cfg, config_yaml).unwrap();
+        let log = dir.join(format!("{id}.log"));
+        let child = Command::new(bin())
+            .args(["agent", "run", "--config.file"])
+            .arg(&cfg)
+            .args(["--server.http.address", &addr])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let agent = Agent {
+            id: id.to_owned(),
+            addr,
+            guard: ChildGuard::new(id, child),
+            log,
+        };
+        wait_http(&agent.addr, "/-/healthy", 200, Duration::from_secs(20));
+        agent
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The instances it runs, or `None` when the API does not answer.
+    fn instances(&self) -> Option<Vec<String>> {
+        let r = http_full(
+            "GET",
+            &self.addr,
+            "/agent/api/v1/metrics/instances",
+            &[],
+            b"",
+        )
+        .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        Some(
+            v["data"]
+                .as_array()?
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect(),
+        )
+    }
+
+    fn status(&self, path: &str) -> u16 {
+        http_full("GET", &self.addr, path, &[], b"").map_or(0, |r| r.status)
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let body = http_full("GET", &self.addr, "/metrics", &[], b"")
+            .map(|r| r.body)
+            .unwrap_or_default();
+        body.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// config name → ids of the agents running it.
+fn placement(agents: &[&Agent]) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for a in agents {
+        for n in a.instances().unwrap_or_default() {
+            m.entry(n).or_default().push(a.id.clone());
+        }
+    }
+    m
+}
+
+fn placed_once(p: &BTreeMap<String, Vec<String>>, names: &[String]) -> bool {
+    p.len() == names.len() && names.iter().all(|n| p.get(n).is_some_and(|v| v.len() == 1))
+}
+
+fn cluster_agent_yaml(dir: &Path, etcd: &str, id: &str) -> String {
+    format!(
+        "metrics:
+  wal_directory: {wal}
+  global:
+    external_labels:
+      cluster: reliability
+  scraping_service:
+    enabled: true
+    reshard_interval: 30s
+    kvstore:
+      store: etcd
+      etcd:
+        endpoints: [{etcd}]
+    lifecycler:
+      id: {id}
+      address: 127.0.0.1
+      heartbeat_period: 1s
+      auto_forget_unhealthy_periods: 2
+      ring:
+        heartbeat_timeout: 4s
+",
+        wal = dir.join(format!("wal-{id}")).display()
+    )
+}
+
+/// An instance config scraping `target` every second into `job`, remote_writing every second.
+fn instance_yaml(job: &str, target: &str, write_url: &str) -> String {
+    format!(
+        "scrape_configs:\n  - job_name: {job}\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    \
+         static_configs:\n      - targets: ['{target}']\nremote_write:\n  - url: {write_url}\n    \
+         queue_config:\n      batch_send_deadline: 1s\n"
+    )
+}
+
+/// Per job: the timestamps (seconds) of `up` samples at the receiver in `[from, to]`.
+fn up_timestamps(
+    prom: &Prometheus,
+    job_re: &str,
+    from: f64,
+    to: f64,
+) -> BTreeMap<String, Vec<f64>> {
+    let samples = block_on(prom.query_samples(&format!("up{{job=~\"{job_re}\"}}[30m]")));
+    samples
+        .into_iter()
+        .map(|(labels, values)| {
+            let job = labels.get("job").cloned().unwrap_or_default();
+            let ts = values
+                .into_iter()
+                .filter(|(t, v)| *t >= from && *t <= to && *v == 1.0)
+                .map(|(t, _)| t)
+                .collect();
+            (job, ts)
+        })
+        .collect()
+}
+
+/// The largest distance between consecutive timestamps, including from `from` to the first and
+/// from the last to `to`.
+fn max_gap(ts: &[f64], from: f64, to: f64) -> f64 {
+    let mut prev = from;
+    let mut gap: f64 = 0.0;
+    for &t in ts {
+        gap = gap.max(t - prev);
+        prev = t;
+    }
+    gap.max(to - prev)
+}
+
+/// Issue 11 item 5: etcd stopped for 60 s under two agents scraping ten configs into a real
+/// Prometheus. Asserts: no gap in `up` at the receiver over the outage (max gap <= 1.5 x the
+/// 1 s interval); PUT answers 503 naming the KV store; the running configs stay where they are;
+/// a third agent started during the outage takes nothing (not ready) until etcd is back; within
+/// 3 s after etcd returns the three agents converge (every config once, the newcomer ACTIVE)
+/// and nothing that ran through the outage was stopped except what moved to the newcomer.
+#[test]
+fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
+    let outage = Duration::from_secs(
+        std::env::var("RELIABILITY_ETCD_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    let prom = Prometheus::start();
+    let target = Target::start(5);
+    let mut etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a1 = Agent::spawn(
+        d,
+        "agent-1",
+        &cluster_agent_yaml(d, &etcd.endpoint(), "agent-1"),
+    );
+    let a2 = Agent::spawn(
+        d,
+        "agent-2",
+        &cluster_agent_yaml(d, &etcd.endpoint(), "agent-2"),
+    );
+    wait_http(&a1.addr, "/-/ready", 200, Duration::from_secs(20));
+    wait_http(&a2.addr, "/-/ready", 200, Duration::from_secs(20));
+    let logs = |agents: &[&Agent]| -> String {
+        agents
+            .iter()
+            .map(|a| format!("--- {}\n{}", a.id, a.log()))
+            .collect()
+    };
+
+    // Names spread over the ring (FNV-1 mixes the first bytes best).
+    let names: Vec<String> = (0..10).map(|i| format!("{i}-etcd-outage")).collect();
+    for (i, n) in names.iter().enumerate() {
+        let r = http_full(
+            "PUT",
+            &a1.addr,
+            &format!("/agent/api/v1/config/{n}"),
+            &[],
+            instance_yaml(&format!("rel-etcd-{i}"), &target.addr, &prom.write_url()).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let p = placement(&[&a1, &a2]);
+        if placed_once(&p, &names) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "not placed: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // A few scrapes before the outage.
+    std::thread::sleep(Duration::from_secs(4));
+
+    let down_at = SystemTime::now();
+    etcd.kill();
+    let t_down = Instant::now();
+
+    // During the outage: writes answer 503 naming the store, reads of what runs still work,
+    // nothing moves.
+    std::thread::sleep(Duration::from_secs(2));
+    let r = http_full(
+        "PUT",
+        &a2.addr,
+        "/agent/api/v1/config/during-outage",
+        &[],
+        instance_yaml("rel-etcd-late", &target.addr, &prom.write_url()).as_bytes(),
+    )
+    .unwrap();
+    let put_status = r.status;
+    assert_eq!(r.status, 503, "PUT during the etcd outage: {r:?}");
+    assert!(
+        r.body.contains("etcd") && r.body.contains(&etcd.endpoint()),
+        "the 503 names the KV store and its endpoint: {}",
+        r.body
+    );
+    let r = http_full(
+        "DELETE",
+        &a1.addr,
+        &format!("/agent/api/v1/config/{}", names[0]),
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 503, "DELETE during the etcd outage: {r:?}");
+    assert_eq!(a1.status("/-/healthy"), 200);
+
+    // A third agent started during the outage cannot join: it takes no config.
+    let a3 = Agent::spawn(
+        d,
+        "agent-3",
+        &cluster_agent_yaml(d, &etcd.endpoint(), "agent-3"),
+    );
+    let mut moved = Vec::new();
+    while t_down.elapsed() < outage {
+        let p = placement(&[&a1, &a2, &a3]);
+        if p != before {
+            moved.push(p);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        moved.is_empty(),
+        "configs moved or stopped while etcd was down (first {:?} of {} changes): {:?}\n{}",
+        moved.first(),
+        moved.len(),
+        before,
+        logs(&[&a1, &a2, &a3])
+    );
+    assert_eq!(
+        a3.status("/-/ready"),
+        503,
+        "an agent that could not join is not ready"
+    );
+    let up_at = SystemTime::now();
+    etcd.restart();
+    let t_up = Instant::now();
+
+    // Converge: agent-3 ACTIVE in the ring and ready, every config once over the three agents
+    // (agent-3 usually with a share; with random tokens it may own none of the ten).
+    // The issue asks for 2 heartbeat periods (2 s); measured under 1 s since the watches
+    // retry at most a second apart (they backed off to 5-10 s before, ~3.5 s here). One
+    // more second of slack for a loaded machine.
+    let converge_deadline = Duration::from_secs(3);
+    let converged = loop {
+        let p = placement(&[&a1, &a2, &a3]);
+        let ring = http_full(
+            "GET",
+            &a1.addr,
+            "/debug/ring",
+            &[("Accept", "application/json")],
+            b"",
+        )
+        .map(|r| r.body)
+        .unwrap_or_default();
+        let ring: serde_json::Value = serde_json::from_str(&ring).unwrap_or_default();
+        let a3_active = ring["shards"].as_array().is_some_and(|shards| {
+            shards
+                .iter()
+                .any(|m| m["id"] == "agent-3" && m["state"] == "ACTIVE")
+        }) && a3.status("/-/ready") == 200;
+        if a3_active && placed_once(&p, &names) {
+            break t_up.elapsed();
+        }
+        assert!(
+            t_up.elapsed() < converge_deadline,
+            "not converged {converge_deadline:?} after etcd returned: {p:?}\n{}",
+            logs(&[&a1, &a2, &a3])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Once settled, still once (no stale duplicate).
+    std::thread::sleep(Duration::from_secs(3));
+    let p = placement(&[&a1, &a2, &a3]);
+    assert!(placed_once(&p, &names), "after settling: {p:?}");
+    let on_3 = p.values().filter(|v| v[0] == "agent-3").count();
+    // Nothing that ran through the outage was stopped and started again when etcd returned
+    // (a stale ring read must not move configs around and back).
+    let stops: usize = [&a1, &a2]
+        .iter()
+        .map(|a| a.log().matches("stopping instance").count())
+        .sum();
+    assert_eq!(
+        stops,
+        on_3,
+        "instances stopped on agent-1/2 after etcd returned vs configs moved to agent-3\n{}",
+        logs(&[&a1, &a2, &a3])
+    );
+
+    // No gap in `up` at the receiver over the outage: wait until every job's samples up to
+    // the end of the outage arrived, then look at the timestamps.
+    let from = unix_secs(down_at) - 2.0;
+    let to = unix_secs(up_at);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ups = loop {
+        let ups = up_timestamps(&prom, "rel-etcd-[0-9]+", from, to + 5.0);
+        let done =
+            ups.len() == names.len() && ups.values().all(|ts| ts.last().is_some_and(|&t| t >= to));
+        if done {
+            break up_timestamps(&prom, "rel-etcd-[0-9]+", from, to);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outage's samples did not reach the receiver: {:?}\n{}",
+            ups.iter()
+                .map(|(j, t)| (j, t.len(), t.last()))
+                .collect::<Vec<_>>(),
+            logs(&[&a1, &a2, &a3])
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let mut worst: f64 = 0.0;
+    for (job, ts) in &ups {
+        let gap = max_gap(ts, from, to);
+        worst = worst.max(gap);
+        assert!(
+            gap <= 1.5,
+            "{job}: {gap:.2} s without an `up` sample during the etcd outage ({} samples)\n{}",
+            ts.len(),
+            logs(&[&a1, &a2, &a3])
+        );
+    }
+    eprintln!(
+        "etcd down {outage:?}: PUT {put_status}; nothing moved; largest `up` gap {worst:.2} s; \
+         converged (agent-3 joined with {on_3} configs, every config once) {converged:?} after \
+         etcd was back; target served {} scrapes",
+        target.served()
+    );
+    println!(
+        "RELIABILITY etcd_down_seconds={} etcd_down_max_up_gap_seconds={worst:.2} \
+         etcd_back_converge_seconds={:.2}",
+        outage.as_secs(),
+        converged.as_secs_f64()
+    );
+}
+
+/// A tmpfs mounted for a test, unmounted on drop.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. "8m") at a fresh directory under `parent`, or returns
+    /// why it cannot (not root, no CAP_SYS_ADMIN, no mount(8)).
+    fn mount(parent: &Path, size: &str) -> Result<Tmpfs, String> {
+        let path = parent.join("tmpfs");
+        std::fs::create_dir_all(&path).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { path })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Writes zeros to `path` until the filesystem is full; returns the bytes written.
+fn fill(path: &Path) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("filler");
+    let chunk = vec![0u8; 64 * 1024];
+    let mut written = 0u64;
+    while f.write_all(&chunk).is_ok() {
+        written += chunk.len() as u64;
+    }
+    // Less than a chunk may still fit: fill that too, in small writes.
+    let small = vec![0u8; 512];
+    while f.write_all(&small).is_ok() {
+        written += small.len() as u64;
+    }
+    let _ = f.sync_all();
+    written
+}
+
+/// Issue 11 item 6: the WAL's disk fills up (a tmpfs). The agent logs the failed write with
+/// the segment's path, drops and counts that time's samples (they cannot be made durable:
+/// `agent_wal_write_dropped_samples_total`), keeps serving the API, does not exit, and when
+/// space returns the next scrapes are written and arrive at the receiver; the WAL reads back
+/// without corruption (`agentctl wal inspect`, and no repair needed on open).
+#[test]
+fn disk_full_wal_drops_and_counts_then_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = match Tmpfs::mount(dir.path(), "6m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("SKIPPED: disk_full_wal_drops_and_counts_then_resumes: {why} (needs root)");
+            return;
+        }
+    };
+    let prom = Prometheus::start();
+    let target = Target::start(200);
+    let wal_dir = fs.path.join("wal");
+    let yaml = format!(
+        "metrics:\n  wal_directory: {}\n  scraping_service:\n    enabled: true\n",
+        wal_dir.display()
+    );
+    let agent = Agent::spawn(dir.path(), "diskfull", &yaml);
+    wait_http(&agent.addr, "/-/ready", 200, Duration::from_secs(20));
+    let r = http_full(
+        "PUT",
+        &agent.addr,
+        "/agent/api/v1/config/diskfull",
+        &[],
+        instance_yaml("rel-disk", &target.addr, &prom.write_url()).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while up_timestamps(&prom, "rel-disk", 0.0, f64::MAX)
+        .values()
+        .all(|t| t.len() < 3)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no samples before the disk filled\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Fill the disk and keep it full for a few scrapes.
+    let filler = fs.path.join("filler");
+    let filled = fill(&filler);
+    let full_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.metric("agent_wal_write_dropped_samples_total") == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no WAL write failure counted with the disk full\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let dropped = agent.metric("agent_wal_write_dropped_samples_total");
+    let failures = agent.metric("agent_wal_write_failures_total");
+    assert_eq!(
+        agent.status("/-/healthy"),
+        200,
+        "healthy while the disk is full"
+    );
+    let r = http_full("GET", &agent.addr, "/agent/api/v1/configs", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "GET configs while the disk is full: {r:?}");
+    assert!(
+        agent.guard.child.as_ref().is_some(),
+        "the agent process is still there"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("WAL write failed") && log.contains(&wal_dir.display().to_string()),
+        "the failed write is logged with its path:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+
+    // Space returns.
+    std::fs::remove_file(&filler).unwrap();
+    let back = SystemTime::now();
+    let back_secs = unix_secs(back);
+    let t_back = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let resumed = loop {
+        let ups = up_timestamps(&prom, "rel-disk", back_secs + 1.0, f64::MAX);
+        if ups.values().any(|t| t.len() >= 3) {
+            break t_back.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no samples scraped after the disk had space again reached the receiver\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let log = agent.log();
+    assert!(!log.contains("panicked"), "{log}");
+
+    // Stop the agent and read its WAL back.
+    let mut agent = agent;
+    agent.guard.signal("TERM");
+    assert_eq!(agent.guard.wait_exit(Duration::from_secs(30)), Some(0));
+    let inst_wal = wal_dir.join("diskfull").join("wal");
+    let out = crate::support::agentctl(&["wal", "inspect", inst_wal.to_str().unwrap()], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.to_lowercase().contains("corrupt"),
+        "wal inspect: {:?}\n{stderr}",
+        out.status
+    );
+    let repaired = agent::wal::repair(&inst_wal).expect("read the WAL");
+    assert!(repaired.is_none(), "the WAL needed a repair: {repaired:?}");
+    eprintln!(
+        "disk full: filler {filled} bytes; {failures} failed WAL writes dropped {dropped} samples \
+         over {:?}; API served throughout; samples arrived again {resumed:?} after space returned",
+        full_at.elapsed()
+    );
+    println!(
+        "RELIABILITY disk_full_dropped_samples={dropped} disk_full_resume_seconds={:.2} \
+         disk_full_corrupt_segments=0",
+        resumed.as_secs_f64()
+    );
+}
+
+/// Records with the offset just past each.
+type Records = Vec<(Vec<u8>, u64)>;
+
+/// The records of one segment file with the offset just past each; `Err` carries the records
+/// read before the first corruption and the error text.
+fn segment_records(path: &Path, index: u32) -> Result<Records, (Records, String)> {
+    let mut r = agent::wal::Reader::new(vec![agent::wal::SegmentSource {
+        index,
+        path: path.to_owned(),
+    }]);
+    let mut out = Vec::new();
+    loop {
+        match r.next_record() {
+            Ok(true) => out.push((r.record().to_vec(), r.last_good_end())),
+            Ok(false) => return Ok(out),
+            Err(e) => return Err((out, e.to_string())),
+        }
+    }
+}
+
+/// Segment numbers in a WAL directory (files named by 8 digits).
+fn segments(dir: &Path) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+fn copy_flat(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// xorshift64*: a seeded, printed sequence of cut offsets (no dependency needed).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Issue 11 item 7: a WAL written by a real scrape, the agent SIGKILLed, then the last segment
+/// truncated at random offsets and/or bytes flipped (seeded: `RELIABILITY_SEED`, printed).
+/// On each restart the agent starts (no panic), logs the repair with segment and offset when
+/// the tail was torn, keeps every complete record before the damage (read back with our
+/// reader), and continues appending in a new segment.
+#[test]
+fn torn_wal_tail_is_repaired_on_restart() {
+    let seed = std::env::var("RELIABILITY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    println!("RELIABILITY torn_tail_seed={seed}");
+    let mut rng = Rng(seed);
+    let target = Target::start(50);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let yaml = format!(
+        "metrics:\n  wal_directory: {}\n  scraping_service:\n    enabled: true\n",
+        d.join("data").display()
+    );
+    let config = format!(
+        "scrape_configs:\n  - job_name: torn\n    scrape_interval: 1s\n    \
+         static_configs:\n      - targets: ['{}']\n",
+        target.addr
+    );
+    let wal = d.join("data").join("torn").join("wal");
+
+    // A WAL from a real scrape, ended by SIGKILL.
+    let mut agent = Agent::spawn(d, "torn-0", &yaml);
+    wait_http(&agent.addr, "/-/ready", 200, Duration::from_secs(20));
+    let r = http_full(
+        "PUT",
+        &agent.addr,
+        "/agent/api/v1/config/torn",
+        &[],
+        config.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while target.served() < 8 {
+        assert!(Instant::now() < deadline, "not scraped\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    agent.guard.signal("KILL");
+    agent.guard.wait_exit(Duration::from_secs(10));
+    let pristine = d.join("pristine");
+    copy_flat(&wal, &pristine);
+    let last = *segments(&pristine).last().expect("a segment");
+    let last_path = pristine.join(format!("{last:08}"));
+    let len = std::fs::metadata(&last_path).unwrap().len();
+    let records = segment_records(&last_path, last).expect("the pristine tail reads cleanly");
+    assert!(records.len() >= 3, "a few records: {}", records.len());
+
+    let rounds = 6;
+    let mut repaired_rounds = 0;
+    let mut kept_total = 0;
+    for round in 0..rounds {
+        copy_flat(&pristine, &wal);
+        let seg = wal.join(format!("{last:08}"));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        // Damage: 0 = truncate, 1 = flip one byte, 2 = both (flip before the cut).
+        let kind = rng.below(3);
+        let cut = 1 + rng.below(len - 1);
+        let mut damage_at = cut;
+        if kind != 0 {
+            let flip = rng.below(cut);
+            bytes[flip as usize] ^= 1 << rng.below(8);
+            damage_at = flip;
+        }
+        if kind != 1 {
+            bytes.truncate(cut as usize);
+        } else {
+            damage_at = damage_at.min(len);
+        }
+        std::fs::write(&seg, &bytes).unwrap();
+        let torn = segment_records(&seg, last).is_err();
+        let intact_before: usize = records.iter().filter(|(_, end)| *end <= damage_at).count();
+
+        let id = format!("torn-{}", round + 1);
+        let mut agent = Agent::spawn(d, &id, &yaml);
+        wait_http(&agent.addr, "/-/ready", 200, Duration::from_secs(20));
+        // It continues appending in a new segment.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let next = segments(&wal).into_iter().filter(|&s| s > last).max();
+            let appended = next.is_some_and(|s| {
+                segment_records(&wal.join(format!("{s:08}")), s).is_ok_and(|r| r.len() >= 2)
+            });
+            if appended {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: nothing appended after the restart\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = agent.log();
+        assert!(!log.contains("panicked"), "round {round}:\n{log}");
+        if torn {
+            repaired_rounds += 1;
+            assert!(
+                log.contains("WAL repaired")
+                    && log.contains(&format!("segment={last}"))
+                    && log.contains("offset="),
+                "round {round}: the repair is logged with segment and offset:\n{log}"
+            );
+        }
+        agent.guard.signal("KILL");
+        agent.guard.wait_exit(Duration::from_secs(10));
+
+        // Every complete record before the damage is still there, in order, and nothing else
+        // from the damaged segment.
+        let kept = segment_records(&seg, last)
+            .unwrap_or_else(|(_, e)| panic!("round {round}: the repaired segment: {e}"));
+        assert!(
+            kept.len() >= intact_before && kept.len() <= records.len(),
+            "round {round} (kind {kind}, cut {cut}, damage at {damage_at}): kept {} records, \
+             {intact_before} were complete before the damage, {} in all",
+            kept.len(),
+            records.len()
+        );
+        for (i, ((got, _), (want, _))) in kept.iter().zip(&records).enumerate() {
+            assert_eq!(got, want, "round {round}: record {i} differs");
+        }
+        kept_total += kept.len();
+        eprintln!(
+            "torn tail round {round}: kind {kind}, cut {cut}/{len}, damage at {damage_at}: \
+             torn {torn}, kept {}/{} records ({intact_before} complete before the damage)",
+            kept.len(),
+            records.len()
+        );
+    }
+    println!(
+        "RELIABILITY torn_tail_rounds={rounds} torn_tail_repaired_rounds={repaired_rounds} \
+         torn_tail_complete_records_lost=0 torn_tail_records_kept={kept_total}"
+    );
+}
