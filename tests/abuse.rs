@@ -430,7 +430,12 @@ fn path_traversal_names_never_leave_the_wal_directory() {
         .collect();
     let mut top_sorted = top.clone();
     top_sorted.sort();
-    assert_eq!(top_sorted, ["agent.log", "agent.yaml", "data-agent"], "{:?}", tree(&dir));
+    assert_eq!(
+        top_sorted,
+        ["agent.log", "agent.yaml", "data-agent"],
+        "{:?}",
+        tree(&dir)
+    );
     assert!(!outer.path().join("escaped").exists());
     assert!(!log.contains("panicked"), "{log}");
     figure("api_traversal_names_refused", refused.len());
