@@ -267,7 +267,6 @@ impl Instance {
         if let Some(r) = &replay.repair {
             tracing::warn!(instance = %name, repair = ?r, "WAL repaired on open");
         }
-        let label = instance_label(&name);
         let counters = storage::WriteFailureCounters {
             failures: shared
                 .instance_metrics

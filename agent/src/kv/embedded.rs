@@ -204,20 +204,10 @@ impl Backend for RedbBackend {
         Ok(applied)
     }
 
-    /// All contenders live in this process and a retry costs a local read and write, so
-    /// conflicts are retried far longer than over the network: on a loaded 2-core machine
-    /// 8 tasks incrementing one key lost 10 rounds in a row.
-    fn cas_retries(&self) -> u32 {
-        EMBEDDED_CAS_RETRIES
-    }
-
     fn describe(&self) -> String {
         format!("embedded KV store at {}", self.dir.display())
     }
 }
-
-/// CAS attempts on the embedded store (see [`EmbeddedStore::cas_retries`]).
-const EMBEDDED_CAS_RETRIES: u32 = 100;
 
 #[cfg(test)]
 mod tests {

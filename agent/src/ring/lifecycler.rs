@@ -1202,6 +1202,16 @@ mod tests {
         ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
             self.inner.delete(key)
         }
+        fn delete_if_revision<'a>(
+            &'a self,
+            key: &'a str,
+            expected: u64,
+        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.delete_if_revision(key, expected).await
+            })
+        }
         fn put_if_revision<'a>(
             &'a self,
             key: &'a str,
