@@ -529,7 +529,7 @@ fn disk_full_wal_drops_and_counts_then_resumes() {
     let target = Target::start(200);
     let wal_dir = fs.path.join("wal");
     let yaml = format!(
-        "metrics:\n  wal_directory: {}\n  scraping_service:\n    enabled: true\n",
+        "metrics:\n  wal_directory: {}\n  instance_mode: distinct\n  scraping_service:\n    enabled: true\n",
         wal_dir.display()
     );
     let agent = Agent::spawn(dir.path(), "diskfull", &yaml);
@@ -718,7 +718,7 @@ fn torn_wal_tail_is_repaired_on_restart() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let yaml = format!(
-        "metrics:\n  wal_directory: {}\n  scraping_service:\n    enabled: true\n",
+        "metrics:\n  wal_directory: {}\n  instance_mode: distinct\n  scraping_service:\n    enabled: true\n",
         d.join("data").display()
     );
     let config = format!(
