@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("encode_protobuf", |b| {
         b.iter(|| {
             let views = data.iter().map(|(l, s)| SeriesRef {
-                labels: l,
+                labels: l.into(),
                 samples: std::slice::from_ref(s),
                 exemplars: &[],
             });
@@ -48,7 +48,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("encode_and_snappy", |b| {
         b.iter(|| {
             let views = data.iter().map(|(l, s)| SeriesRef {
-                labels: l,
+                labels: l.into(),
                 samples: std::slice::from_ref(s),
                 exemplars: &[],
             });
@@ -78,12 +78,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("encode_and_snappy", |b| {
         b.iter(|| {
             let samples = data.iter().map(|(l, s)| SeriesRef {
-                labels: l,
+                labels: l.into(),
                 samples: std::slice::from_ref(s),
                 exemplars: &[],
             });
             let ex = exemplars.iter().map(|(i, e)| SeriesRef {
-                labels: &data[*i].0,
+                labels: (&data[*i].0).into(),
                 samples: &[],
                 exemplars: std::slice::from_ref(e),
             });
@@ -93,13 +93,13 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     let views = data.iter().map(|(l, s)| SeriesRef {
-        labels: l,
+        labels: l.into(),
         samples: std::slice::from_ref(s),
         exemplars: &[],
     });
     let raw = enc.encode_protobuf(views, &[]).len();
     let views = data.iter().map(|(l, s)| SeriesRef {
-        labels: l,
+        labels: l.into(),
         samples: std::slice::from_ref(s),
         exemplars: &[],
     });
