@@ -817,25 +817,28 @@ async fn run_shard(mut rx: mpsc::Receiver<Pending>, state: Arc<ShardState>, shar
     let mut enc = WriteRequestEncoder::new();
     let timer = tokio::time::sleep(deadline);
     tokio::pin!(timer);
+    // Everything queued is taken per wake-up (up to what fills the batch), not one entry per
+    // `select!`: one poll of the stop token, the timer and the channel per wake-up instead of
+    // per sample. `batch` is below `max` here (it is sent when it reaches it), so the limit is
+    // at least 1; `recv_many` returns 0 only when the channel is closed and empty.
+    let mut incoming: Vec<Pending> = Vec::with_capacity(max);
     loop {
         tokio::select! {
             biased;
             () = shared.hard_stop.cancelled() => break,
-            msg = rx.recv() => match msg {
-                Some(p) => {
-                    if batch.is_empty() {
-                        timer.as_mut().reset(Instant::now() + deadline);
-                    }
-                    batch.push(p);
-                    if batch.len() >= max {
-                        send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
-                    }
-                }
-                None => {
+            got = rx.recv_many(&mut incoming, max - batch.len()) => {
+                if got == 0 {
                     if !batch.is_empty() {
                         send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
                     }
                     return;
+                }
+                if batch.is_empty() {
+                    timer.as_mut().reset(Instant::now() + deadline);
+                }
+                batch.append(&mut incoming);
+                if batch.len() >= max {
+                    send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
                 }
             },
             () = &mut timer, if !batch.is_empty() => {
