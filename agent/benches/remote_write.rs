@@ -4,7 +4,9 @@
 
 use std::hint::black_box;
 
-use agent::remote_write::proto::{Exemplar, Label, Sample, SeriesRef, WriteRequestEncoder};
+use agent::remote_write::proto::{
+    EncodedLabels, Exemplar, Label, Sample, SeriesRef, WriteRequestEncoder,
+};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const BATCH: usize = 2_000;
@@ -49,6 +51,18 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let views = data.iter().map(|(l, s)| SeriesRef {
                 labels: l.into(),
+                samples: std::slice::from_ref(s),
+                exemplars: &[],
+            });
+            black_box(enc.encode(views, &[]).len())
+        })
+    });
+    // As the queue stores labels (pre-encoded once per series).
+    let encoded: Vec<EncodedLabels> = data.iter().map(|(l, _)| EncodedLabels::new(l)).collect();
+    g.bench_function("encode_and_snappy_preencoded_labels", |b| {
+        b.iter(|| {
+            let views = data.iter().zip(&encoded).map(|((_, s), e)| SeriesRef {
+                labels: e.into(),
                 samples: std::slice::from_ref(s),
                 exemplars: &[],
             });
