@@ -10,9 +10,9 @@
 //!
 //! The WAL watcher (tailing segments) plugs in by calling
 //! [`QueueManager::store_series`] for series records and
-//! [`QueueManager::append_samples`] for sample records, and
-//! [`QueueManager::remove_series`] after checkpoints; the instance truncates the WAL below
-//! [`QueueManager::lowest_sent_timestamp`].
+//! [`QueueManager::append_samples`] for sample records; the instance truncates the WAL below
+//! [`QueueManager::lowest_sent_timestamp`]. Series are never removed from a queue's table
+//! (its memory is bounded by the series the WAL ever held while the queue ran).
 
 pub mod client;
 pub mod metadata;

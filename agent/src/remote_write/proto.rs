@@ -140,9 +140,74 @@ pub fn sort_labels(labels: &mut [Label]) {
 /// One time series of a request, borrowed: its labels must already be sorted by name.
 #[derive(Debug, Clone, Copy)]
 pub struct SeriesRef<'a> {
-    pub labels: &'a [Label],
+    pub labels: SeriesLabels<'a>,
     pub samples: &'a [Sample],
     pub exemplars: &'a [Exemplar],
+}
+
+/// A series' labels, as structs or already encoded ([`EncodedLabels`]).
+#[derive(Debug, Clone, Copy)]
+pub enum SeriesLabels<'a> {
+    Labels(&'a [Label]),
+    Encoded(&'a EncodedLabels),
+}
+
+impl<'a> From<&'a [Label]> for SeriesLabels<'a> {
+    fn from(l: &'a [Label]) -> Self {
+        SeriesLabels::Labels(l)
+    }
+}
+
+impl<'a> From<&'a Vec<Label>> for SeriesLabels<'a> {
+    fn from(l: &'a Vec<Label>) -> Self {
+        SeriesLabels::Labels(l)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [Label; N]> for SeriesLabels<'a> {
+    fn from(l: &'a [Label; N]) -> Self {
+        SeriesLabels::Labels(l)
+    }
+}
+
+impl<'a> From<&'a EncodedLabels> for SeriesLabels<'a> {
+    fn from(l: &'a EncodedLabels) -> Self {
+        SeriesLabels::Encoded(l)
+    }
+}
+
+/// A sorted label set stored as the bytes it has inside a `TimeSeries`: the `labels` fields
+/// (`0x0a <len> 0x0a <len> name 0x12 <len> value`, one per label), in one allocation.
+/// The queue manager keeps each series' labels like this: about the size of the label text
+/// instead of two `String`s per label, and encoding a sample copies the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedLabels(Box<[u8]>);
+
+impl std::fmt::Debug for EncodedLabels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.to_labels()).finish()
+    }
+}
+
+impl EncodedLabels {
+    /// Encodes `labels`, which must be sorted by name.
+    pub fn new(labels: &[Label]) -> Self {
+        let mut buf = Vec::with_capacity(labels_len(labels));
+        put_labels(&mut buf, 1, labels);
+        EncodedLabels(buf.into_boxed_slice())
+    }
+
+    /// The encoded bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Decodes the labels back (for tests and debugging; the bytes were written by
+    /// [`EncodedLabels::new`], so they always decode).
+    pub fn to_labels(&self) -> Vec<Label> {
+        let ts = <TimeSeries as prost::Message>::decode(&*self.0).unwrap_or_default();
+        ts.labels
+    }
 }
 
 /// Writes `WriteRequest`s into buffers it keeps and reuses, then snappy-compresses them.
@@ -266,8 +331,15 @@ fn exemplar_body_len(e: &Exemplar) -> usize {
     labels_len(&e.labels) + double_len(e.value) + int64_len(e.timestamp)
 }
 
+fn series_labels_len(l: SeriesLabels<'_>) -> usize {
+    match l {
+        SeriesLabels::Labels(l) => labels_len(l),
+        SeriesLabels::Encoded(e) => e.0.len(),
+    }
+}
+
 fn series_body_len(s: &SeriesRef<'_>) -> usize {
-    labels_len(s.labels)
+    series_labels_len(s.labels)
         + s.samples
             .iter()
             .map(|x| len_field(sample_body_len(x)))
@@ -323,7 +395,10 @@ impl WriteRequestEncoder {
         for s in series {
             buf.push(key(1, LEN));
             put_varint(buf, series_body_len(&s) as u64);
-            put_labels(buf, 1, s.labels);
+            match s.labels {
+                SeriesLabels::Labels(l) => put_labels(buf, 1, l),
+                SeriesLabels::Encoded(e) => buf.extend_from_slice(&e.0),
+            }
             for x in s.samples {
                 buf.push(key(2, LEN));
                 put_varint(buf, sample_body_len(x) as u64);
@@ -403,7 +478,7 @@ mod tests {
         let got = enc
             .encode_protobuf(
                 [SeriesRef {
-                    labels: &labels,
+                    labels: (&labels).into(),
                     samples: &samples,
                     exemplars: &[],
                 }],
@@ -444,7 +519,7 @@ mod tests {
         let got = enc
             .encode_protobuf(
                 [SeriesRef {
-                    labels: &labels,
+                    labels: (&labels).into(),
                     samples: &[],
                     exemplars: &ex,
                 }],
@@ -474,7 +549,7 @@ mod tests {
         let body = enc
             .encode(
                 [SeriesRef {
-                    labels: &labels,
+                    labels: (&labels).into(),
                     samples: &samples,
                     exemplars: &[],
                 }],
@@ -565,12 +640,23 @@ mod tests {
                 let req = WriteRequest { timeseries: series.clone(), metadata: metadata.clone() };
                 let want = req.to_protobuf();
                 let views = series.iter().map(|s| SeriesRef {
-                    labels: &s.labels, samples: &s.samples, exemplars: &s.exemplars,
+                    labels: (&s.labels).into(), samples: &s.samples, exemplars: &s.exemplars,
                 });
                 let body = enc.encode(views, &metadata).to_vec();
                 prop_assert_eq!(enc.last_protobuf(), want.as_slice());
                 let back = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
-                prop_assert_eq!(back, want);
+                prop_assert_eq!(back, want.clone());
+                // Pre-encoded labels (as the queue stores them) give the same bytes.
+                let encoded: Vec<EncodedLabels> =
+                    series.iter().map(|s| EncodedLabels::new(&s.labels)).collect();
+                for (e, s) in encoded.iter().zip(&series) {
+                    prop_assert_eq!(&e.to_labels(), &s.labels);
+                }
+                let views = series.iter().zip(&encoded).map(|(s, e)| SeriesRef {
+                    labels: e.into(), samples: &s.samples, exemplars: &s.exemplars,
+                });
+                enc.encode_protobuf(views, &metadata);
+                prop_assert_eq!(enc.last_protobuf(), want.as_slice());
             }
         }
     }

@@ -57,7 +57,8 @@ use tokio_util::sync::CancellationToken;
 use super::client::{ClientError, ClientSettings, RemoteClient, SendError};
 use super::metrics::{EndpointMetrics, RemoteWriteMetrics};
 use super::proto::{
-    Exemplar, Label, MetricMetadata, Sample, SeriesRef as ProtoSeries, WriteRequestEncoder,
+    EncodedLabels, Exemplar, Label, MetricMetadata, Sample, SeriesRef as ProtoSeries,
+    WriteRequestEncoder,
 };
 use crate::config::instance::RemoteWriteConfig;
 use crate::config::remote_write::QueueConfig;
@@ -141,17 +142,117 @@ pub struct FlushReport {
 }
 
 /// A queued sample, or an exemplar (then `t` and `v` are unused). Boxed so that a sample
-/// pays 8 bytes for the option.
+/// pays 8 bytes for the option. The series' labels are looked up in the series table when
+/// the batch is encoded (once per sample, under one read lock per batch), not carried here:
+/// cloning a label `Arc` per sample cost an atomic increment and decrement on a counter that
+/// is a cache miss at 100k series. Series are only ever added or replaced, never removed, so
+/// a series stored when its sample was queued is still there at encode time.
 struct Pending {
-    labels: Arc<[Label]>,
+    series: SeriesRef,
     t: i64,
     v: f64,
     exemplar: Option<Box<Exemplar>>,
 }
 
 enum SeriesEntry {
-    Kept(Arc<[Label]>),
+    /// The final labels, already protobuf-encoded: one allocation about the size of the label
+    /// text (a `Vec<Label>` with two `String`s per label was ~890 B per series), copied as is
+    /// into each request.
+    Kept(EncodedLabels),
     Dropped,
+}
+
+/// A multiply-shift hasher for `u64` keys (the FxHash step): series refs are not chosen by an
+/// attacker (they come from our own WAL), so SipHash's DoS resistance buys nothing here.
+#[derive(Default, Clone, Copy)]
+struct RefHasher(u64);
+
+impl std::hash::Hasher for RefHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type RefMap<V> = HashMap<SeriesRef, V, std::hash::BuildHasherDefault<RefHasher>>;
+
+/// The series table, ref → entry. Our WAL assigns refs densely and in order, so most refs
+/// index a `Vec` (`dense[r - base]`); refs far outside it (a sparse or foreign WAL, a
+/// checkpoint whose series were mostly dropped) go to a hash map, so memory stays bounded by
+/// the number of series whatever the refs are.
+#[derive(Default)]
+struct SeriesTable {
+    /// The ref of `dense[0]`; set by the first stored series.
+    base: Option<SeriesRef>,
+    dense: Vec<Option<SeriesEntry>>,
+    sparse: RefMap<SeriesEntry>,
+    len: usize,
+}
+
+impl SeriesTable {
+    /// A ref is stored densely when it falls at most this many slots past the end (or the
+    /// dense part stays at most half empty).
+    const MAX_GAP: u64 = 1024;
+
+    fn get(&self, r: SeriesRef) -> Option<&SeriesEntry> {
+        if let Some(base) = self.base {
+            if let Some(slot) = r
+                .checked_sub(base)
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| self.dense.get(i))
+                .and_then(Option::as_ref)
+            {
+                return Some(slot);
+            }
+        }
+        // Not in the dense part: sparse, possibly a ref that the dense part grew over later.
+        if self.sparse.is_empty() {
+            return None;
+        }
+        self.sparse.get(&r)
+    }
+
+    fn insert(&mut self, r: SeriesRef, entry: SeriesEntry) {
+        let base = *self.base.get_or_insert(r);
+        if let Some(i) = r.checked_sub(base).and_then(|i| usize::try_from(i).ok()) {
+            let len = self.dense.len();
+            let dense = if let Some(slot) = self.dense.get_mut(i) {
+                slot.replace(entry).is_some()
+            } else {
+                let gap = (i - len) as u64;
+                if gap > Self::MAX_GAP && gap > (self.len as u64) {
+                    return self.insert_sparse(r, entry);
+                }
+                self.dense.resize_with(i, || None);
+                self.dense.push(Some(entry));
+                false
+            };
+            // A ref stored sparsely before the dense part grew over it moves here.
+            let moved = !self.sparse.is_empty() && self.sparse.remove(&r).is_some();
+            if !dense && !moved {
+                self.len += 1;
+            }
+            return;
+        }
+        self.insert_sparse(r, entry);
+    }
+
+    fn insert_sparse(&mut self, r: SeriesRef, entry: SeriesEntry) {
+        if self.sparse.insert(r, entry).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
 }
 
 const NO_TIMESTAMP: i64 = i64::MIN;
@@ -193,11 +294,18 @@ struct Shared {
     last_success_ms: AtomicI64,
     /// Counts finished batches (delivered or refused), for saving progress at once.
     finished: tokio::sync::watch::Sender<u64>,
+    /// Written by `store_series`, read per `append_samples` call and per batch sent.
+    series: RwLock<SeriesTable>,
 }
 
 impl Shared {
     fn remote(&self) -> &str {
         self.client.remote_name()
+    }
+
+    fn read_series(&self) -> std::sync::RwLockReadGuard<'_, SeriesTable> {
+        // The table is only changed by whole inserts; a panic cannot leave it inconsistent.
+        self.series.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_states(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ShardState>>> {
@@ -282,7 +390,6 @@ impl SentMarks {
 pub struct QueueManager {
     shared: Arc<Shared>,
     filter: Option<SeriesFilter>,
-    series: RwLock<HashMap<SeriesRef, SeriesEntry>>,
     shards: Arc<tokio::sync::RwLock<Shards>>,
     reshard_task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -345,13 +452,13 @@ impl QueueManager {
             start: Instant::now(),
             last_success_ms: AtomicI64::new(-1),
             finished: tokio::sync::watch::channel(0).0,
+            series: RwLock::new(SeriesTable::default()),
         });
         let shards = Arc::new(tokio::sync::RwLock::new(start_shards(&shared, initial)));
         let reshard_task = tokio::spawn(reshard_loop(shared.clone(), shards.clone()));
         QueueManager {
             shared,
             filter,
-            series: RwLock::new(HashMap::new()),
             shards,
             reshard_task: Mutex::new(Some(reshard_task)),
         }
@@ -369,8 +476,14 @@ impl QueueManager {
             .into_iter()
             .map(|(r, labels)| (r, self.process_series(labels)))
             .collect();
-        let mut table = self.series.write().unwrap_or_else(|e| e.into_inner());
-        table.extend(processed);
+        let mut table = self
+            .shared
+            .series
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        for (r, e) in processed {
+            table.insert(r, e);
+        }
     }
 
     fn process_series(&self, labels: Vec<Label>) -> SeriesEntry {
@@ -386,20 +499,13 @@ impl QueueManager {
             return SeriesEntry::Dropped;
         }
         l.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        SeriesEntry::Kept(l.into_iter().map(|(n, v)| Label::new(n, v)).collect())
-    }
-
-    /// Forgets series (the WAL dropped them in a checkpoint).
-    pub fn remove_series(&self, refs: &[SeriesRef]) {
-        let mut table = self.series.write().unwrap_or_else(|e| e.into_inner());
-        for r in refs {
-            table.remove(r);
-        }
+        let labels: Vec<Label> = l.into_iter().map(|(n, v)| Label::new(n, v)).collect();
+        SeriesEntry::Kept(EncodedLabels::new(&labels))
     }
 
     /// Number of series in the table (kept and dropped).
     pub fn series_count(&self) -> usize {
-        self.series.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.shared.read_series().len()
     }
 
     /// Queues samples `(series ref, timestamp ms, value)`. Waits while the target shard's
@@ -416,13 +522,13 @@ impl QueueManager {
         let mut unknown = 0u64;
         let mut dropped = 0u64;
         {
-            let table = self.series.read().unwrap_or_else(|e| e.into_inner());
+            let table = shared.read_series();
             for &(r, t, v) in samples {
-                match table.get(&r) {
-                    Some(SeriesEntry::Kept(labels)) => resolved.push((
+                match table.get(r) {
+                    Some(SeriesEntry::Kept(_)) => resolved.push((
                         r,
                         Pending {
-                            labels: labels.clone(),
+                            series: r,
                             t,
                             v,
                             exemplar: None,
@@ -470,13 +576,13 @@ impl QueueManager {
         let mut resolved = Vec::with_capacity(exemplars.len());
         let mut dropped = 0u64;
         {
-            let table = self.series.read().unwrap_or_else(|e| e.into_inner());
+            let table = shared.read_series();
             for (r, e) in exemplars {
-                match table.get(&r) {
-                    Some(SeriesEntry::Kept(labels)) => resolved.push((
+                match table.get(r) {
+                    Some(SeriesEntry::Kept(_)) => resolved.push((
                         r,
                         Pending {
-                            labels: labels.clone(),
+                            series: r,
                             t: e.timestamp,
                             v: e.value,
                             exemplar: Some(Box::new(e)),
@@ -711,25 +817,28 @@ async fn run_shard(mut rx: mpsc::Receiver<Pending>, state: Arc<ShardState>, shar
     let mut enc = WriteRequestEncoder::new();
     let timer = tokio::time::sleep(deadline);
     tokio::pin!(timer);
+    // Everything queued is taken per wake-up (up to what fills the batch), not one entry per
+    // `select!`: one poll of the stop token, the timer and the channel per wake-up instead of
+    // per sample. `batch` is below `max` here (it is sent when it reaches it), so the limit is
+    // at least 1; `recv_many` returns 0 only when the channel is closed and empty.
+    let mut incoming: Vec<Pending> = Vec::with_capacity(max);
     loop {
         tokio::select! {
             biased;
             () = shared.hard_stop.cancelled() => break,
-            msg = rx.recv() => match msg {
-                Some(p) => {
-                    if batch.is_empty() {
-                        timer.as_mut().reset(Instant::now() + deadline);
-                    }
-                    batch.push(p);
-                    if batch.len() >= max {
-                        send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
-                    }
-                }
-                None => {
+            got = rx.recv_many(&mut incoming, max - batch.len()) => {
+                if got == 0 {
                     if !batch.is_empty() {
                         send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
                     }
                     return;
+                }
+                if batch.is_empty() {
+                    timer.as_mut().reset(Instant::now() + deadline);
+                }
+                batch.append(&mut incoming);
+                if batch.len() >= max {
+                    send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
                 }
             },
             () = &mut timer, if !batch.is_empty() => {
@@ -784,23 +893,43 @@ async fn send_batch(
         .map(|p| p.t)
         .max()
         .unwrap_or(NO_TIMESTAMP);
-    let views = batch
-        .iter()
-        .zip(samples.iter())
-        .map(|(p, s)| match &p.exemplar {
-            None => ProtoSeries {
-                labels: &p.labels,
-                samples: std::slice::from_ref(s),
-                exemplars: &[],
-            },
-            Some(e) => ProtoSeries {
-                labels: &p.labels,
-                samples: &[],
-                exemplars: std::slice::from_ref(&**e),
-            },
+    // One read lock per batch. Every queued entry's series was `Kept` when it was queued and
+    // entries are never removed; a series replaced since by one the filter drops (a WAL that
+    // reuses a ref for other labels, which Prometheus never writes) loses its queued entries,
+    // counted as dropped, as if they had arrived after the replacement.
+    let lost = std::cell::Cell::new((0u64, 0u64));
+    let body = {
+        let table = shared.read_series();
+        let views = batch.iter().zip(samples.iter()).filter_map(|(p, s)| {
+            let Some(SeriesEntry::Kept(labels)) = table.get(p.series) else {
+                let (a, b) = lost.get();
+                lost.set(if p.exemplar.is_some() {
+                    (a, b + 1)
+                } else {
+                    (a + 1, b)
+                });
+                return None;
+            };
+            Some(match &p.exemplar {
+                None => ProtoSeries {
+                    labels: labels.into(),
+                    samples: std::slice::from_ref(s),
+                    exemplars: &[],
+                },
+                Some(e) => ProtoSeries {
+                    labels: labels.into(),
+                    samples: &[],
+                    exemplars: std::slice::from_ref(&**e),
+                },
+            })
         });
-    // One copy per batch into a refcounted buffer: retries reuse it, the encoder keeps its own.
-    let body = bytes::Bytes::copy_from_slice(enc.encode(views, &[]));
+        // One copy per batch into a refcounted buffer: retries reuse it, the encoder keeps
+        // its own.
+        bytes::Bytes::copy_from_slice(enc.encode(views, &[]))
+    };
+    let (lost, lost_ex) = lost.get();
+    let (queued, queued_ex) = (n, n_ex);
+    let (n, n_ex) = (n - lost, n_ex - lost_ex);
     let len = body.len() as u64;
     let m = &shared.metrics;
     let retried = || {
@@ -840,8 +969,10 @@ async fn send_batch(
             shared.dropped_on_stop.fetch_add(n, Ordering::Relaxed);
         }
     }
-    m.samples_pending.dec_by(n as i64);
-    m.exemplars_pending.dec_by(n_ex as i64);
+    m.samples_dropped.inc_by(lost);
+    m.exemplars_dropped.inc_by(lost_ex);
+    m.samples_pending.dec_by(queued as i64);
+    m.exemplars_pending.dec_by(queued_ex as i64);
     state.pending.fetch_sub(total, Ordering::AcqRel);
     shared
         .samples_out
@@ -1029,6 +1160,71 @@ async fn reshard_loop(shared: Arc<Shared>, shards: Arc<tokio::sync::RwLock<Shard
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kept(name: &str) -> SeriesEntry {
+        SeriesEntry::Kept(EncodedLabels::new(&[Label::new("__name__", name)]))
+    }
+
+    fn name_of(t: &SeriesTable, r: SeriesRef) -> Option<String> {
+        match t.get(r)? {
+            SeriesEntry::Kept(l) => Some(l.to_labels()[0].value.clone()),
+            SeriesEntry::Dropped => Some("<dropped>".into()),
+        }
+    }
+
+    #[test]
+    fn series_table_is_dense_for_ordered_refs_and_correct_for_sparse_ones() {
+        let mut t = SeriesTable::default();
+        // A checkpoint starting at ref 1000, then refs in order with small holes.
+        for r in (1000..1100).step_by(3) {
+            t.insert(r, kept(&r.to_string()));
+        }
+        t.insert(1200, SeriesEntry::Dropped);
+        // Far away, below the base, and at the very top: the sparse map.
+        t.insert(5_000_000, kept("far"));
+        t.insert(3, kept("below"));
+        t.insert(u64::MAX, kept("max"));
+        assert!(t.dense.len() <= 201, "dense part {}", t.dense.len());
+        assert_eq!(t.sparse.len(), 3);
+        assert_eq!(t.len(), 34 + 1 + 3);
+        assert_eq!(name_of(&t, 1000).as_deref(), Some("1000"));
+        assert_eq!(name_of(&t, 1099).as_deref(), Some("1099"));
+        assert_eq!(name_of(&t, 1001), None);
+        assert_eq!(name_of(&t, 1200).as_deref(), Some("<dropped>"));
+        assert_eq!(name_of(&t, 5_000_000).as_deref(), Some("far"));
+        assert_eq!(name_of(&t, 3).as_deref(), Some("below"));
+        assert_eq!(name_of(&t, u64::MAX).as_deref(), Some("max"));
+        assert_eq!(name_of(&t, 4), None);
+        assert_eq!(name_of(&t, 999), None);
+        // Replacing keeps the count.
+        t.insert(1000, kept("again"));
+        t.insert(3, kept("again"));
+        assert_eq!(t.len(), 38);
+        assert_eq!(name_of(&t, 1000).as_deref(), Some("again"));
+        assert_eq!(name_of(&t, 3).as_deref(), Some("again"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn series_table_behaves_like_a_map(refs in proptest::collection::vec(
+            proptest::prop_oneof![0u64..5_000, proptest::num::u64::ANY], 0..200)) {
+            let mut t = SeriesTable::default();
+            let mut m = std::collections::BTreeMap::new();
+            for (i, r) in refs.iter().enumerate() {
+                t.insert(*r, kept(&i.to_string()));
+                m.insert(*r, i.to_string());
+            }
+            proptest::prop_assert_eq!(t.len(), m.len());
+            for (r, name) in &m {
+                proptest::prop_assert_eq!(name_of(&t, *r), Some(name.clone()));
+            }
+            for r in [0u64, 1, 4_999, 5_000, u64::MAX - 1] {
+                if !m.contains_key(&r) {
+                    proptest::prop_assert_eq!(name_of(&t, r), None);
+                }
+            }
+        }
+    }
 
     #[test]
     fn shard_assignment_is_stable_and_in_range() {

@@ -3,7 +3,7 @@
 //!
 //! On start the watcher reads the last checkpoint (series and samples), then every segment
 //! after it, then tails the live segment (woken by the WAL writer's commit signal, or every
-//! 250 ms). Series records go to `store_series`, samples to `append_samples`, which waits
+//! 250 ms). Series records go to `store_series` as they are read, samples to `append_samples`, which waits
 //! while the queue is full: the back-pressure stops the watcher, not the scraper. Exemplar
 //! records go to `append_exemplars` when the endpoint has `send_exemplars` (otherwise they are
 //! not decoded); after a restart, exemplars are skipped by the same per-series marks as
@@ -42,10 +42,12 @@ use crate::wal::live::{segment_numbers, LiveReader, Position};
 use crate::wal::reader::Reader;
 use crate::wal::record;
 
-/// What one poll found.
+/// What one poll found. Series records are not collected here: they go to the queue's table
+/// as each record is read (before any sample of the poll is appended, which is all the order
+/// needs), so a poll over a WAL full of new series never holds them all as `Vec<Label>`s at
+/// once (that transient copy set agentctl's peak RSS).
 #[derive(Default)]
 struct Batch {
-    series: Vec<(u64, Vec<Label>)>,
     samples: Vec<(u64, i64, f64)>,
     exemplars: Vec<(u64, Exemplar)>,
     errors: Vec<String>,
@@ -60,6 +62,7 @@ struct Wanted {
 impl Batch {
     fn absorb(
         &mut self,
+        queue: &QueueManager,
         rec: &[u8],
         after: Option<&SentMarks>,
         scratch: &mut Vec<(u64, i64, f64)>,
@@ -69,7 +72,7 @@ impl Batch {
             Some(record::SERIES) => {
                 let mut out = Vec::new();
                 match record::decode_series(rec, &mut out) {
-                    Ok(()) => self.series.extend(out.into_iter().map(|(r, l)| {
+                    Ok(()) => queue.store_series(out.into_iter().map(|(r, l)| {
                         (
                             r,
                             l.iter()
@@ -253,6 +256,7 @@ pub async fn run(
     let dir = wal_dir.clone();
     let after = Arc::new(after);
     let marks = after.clone();
+    let q = queue.clone();
     let start = tokio::task::spawn_blocking(move || -> Result<(Batch, Position), String> {
         let after = marks.as_ref().as_ref();
         let mut batch = Batch::default();
@@ -262,7 +266,7 @@ pub async fn run(
             let mut r =
                 Reader::new(checkpoint::checkpoint_sources(&cp_dir).map_err(|e| e.to_string())?);
             while r.next_record().map_err(|e| e.to_string())? {
-                batch.absorb(r.record(), after, &mut scratch, wanted);
+                batch.absorb(&q, r.record(), after, &mut scratch, wanted);
             }
             first_segment = cp + 1;
         }
@@ -302,11 +306,12 @@ pub async fn run(
     let mut reader = Some(LiveReader::new(&wal_dir, start));
     while let Some(mut r) = reader.take() {
         let after = after.clone();
+        let q = queue.clone();
         let polled = tokio::task::spawn_blocking(move || {
             let after = after.as_ref().as_ref();
             let mut batch = Batch::default();
             let mut scratch = Vec::new();
-            let res = r.poll(|rec| batch.absorb(rec, after, &mut scratch, wanted));
+            let res = r.poll(|rec| batch.absorb(&q, rec, after, &mut scratch, wanted));
             (r, batch, res)
         })
         .await;
@@ -350,9 +355,6 @@ pub async fn run(
 async fn deliver(queue: &QueueManager, batch: Batch, name: &str) -> bool {
     for e in &batch.errors {
         tracing::error!(remote_name = %name, error = %e, "remote_write: skipping an undecodable WAL record");
-    }
-    if !batch.series.is_empty() {
-        queue.store_series(batch.series);
     }
     if let Some(max) = batch.samples.iter().map(|s| s.1).max() {
         queue.observe_wal_timestamp(max);

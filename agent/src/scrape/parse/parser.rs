@@ -409,10 +409,6 @@ impl<'a> Parser<'a> {
             }
         }
 
-        let kind = match self.family {
-            Some((family, kind)) if kind.family_contains(family, name) => kind,
-            _ => MetricType::Unknown,
-        };
         Ok(Sample {
             series,
             name,
@@ -420,7 +416,7 @@ impl<'a> Parser<'a> {
             value,
             timestamp,
             exemplar,
-            kind,
+            family: self.family,
         })
     }
 

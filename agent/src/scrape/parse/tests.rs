@@ -198,7 +198,10 @@ fn families_tag_samples() {
         "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_count 1\nh_sum 2\nh 3\nother 1\n# TYPE c_total counter\nc_total 4\n",
     )
     .unwrap();
-    let kinds: Vec<_> = samples(&entries).iter().map(|s| (s.name, s.kind)).collect();
+    let kinds: Vec<_> = samples(&entries)
+        .iter()
+        .map(|s| (s.name, s.kind()))
+        .collect();
     assert_eq!(
         kinds,
         vec![
@@ -303,7 +306,7 @@ fn openmetrics_body() {
     );
     let s = samples(&entries);
     assert_eq!(s[0].timestamp, Some(1_520_879_607_789));
-    assert_eq!(s[0].kind, MetricType::Counter);
+    assert_eq!(s[0].kind(), MetricType::Counter);
     let ex = s[0].exemplar.as_ref().unwrap();
     assert_eq!(
         pairs(&ex.labels),
@@ -311,7 +314,7 @@ fn openmetrics_body() {
     );
     assert_eq!((ex.value, ex.timestamp), (0.67, Some(1_520_879_602_500)));
     assert_eq!(s[1].name, "foo_created");
-    assert_eq!(s[1].kind, MetricType::Counter);
+    assert_eq!(s[1].kind(), MetricType::Counter);
     assert_eq!(s[1].value, 1_520_430_000.123);
     let ex = s[2].exemplar.as_ref().unwrap();
     assert!(ex.labels.is_empty());
@@ -375,7 +378,7 @@ fn dump(body: &[u8], format: Format) -> String {
                 if s.timestamp.is_none() {
                     line.push_str(" -");
                 }
-                line = format!("sample {line} {}", s.kind.as_str());
+                line = format!("sample {line} {}", s.kind().as_str());
                 if let Some(ex) = s.exemplar {
                     let mut text = Vec::new();
                     format_sample(&mut text, "", ex.labels.iter(), ex.value, ex.timestamp);
