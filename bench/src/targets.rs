@@ -441,7 +441,7 @@ mod tests {
                         .map(|(k, v)| (k.to_owned(), v.into_owned()))
                         .collect(),
                     s.value,
-                    s.kind,
+                    s.kind(),
                 )),
                 _ => None,
             })
