@@ -320,32 +320,55 @@ fn render_targets(o: &mut String, r: &Report) {
         list(&|x| format!("{:.0}", x.rss_bytes_per_series)),
         met(rss <= TARGET_RSS_PER_SERIES)
     );
-    let disk = worst(&|x| x.disk_bytes_per_sample.max(x.write_bytes_per_sample));
+    // The target is the WAL's size on disk (what Prometheus's "about 8" measures); the bytes
+    // the process wrote (`write_bytes`: rewritten pages, the progress file) are a separate
+    // figure, shown and judged on their own row so neither hides the other.
+    let disk = worst(&|x| x.disk_bytes_per_sample);
     let _ = writeln!(
         o,
-        "| <= {TARGET_DISK_PER_SAMPLE} B on disk per sample (dir growth and write_bytes) | {} | {} |",
-        list(&|x| format!(
-            "{:.2} / {:.2}",
-            x.disk_bytes_per_sample, x.write_bytes_per_sample
-        )),
+        "| <= {TARGET_DISK_PER_SAMPLE} B on disk per sample (WAL directory growth) | {} | {} |",
+        list(&|x| format!("{:.2}", x.disk_bytes_per_sample)),
         met(disk <= TARGET_DISK_PER_SAMPLE)
+    );
+    let written = worst(&|x| x.write_bytes_per_sample);
+    let _ = writeln!(
+        o,
+        "| <= {TARGET_DISK_PER_SAMPLE} B written per sample (`write_bytes`, not a target of the issue) | {} | {} |",
+        list(&|x| format!("{:.2}", x.write_bytes_per_sample)),
+        met(written <= TARGET_DISK_PER_SAMPLE)
     );
     let all_exact = r
         .runs
         .iter()
         .all(|x| x.delivered_samples >= x.expected_samples && x.expected_samples > 0);
+    // One entry per scraper: its worst run (and how many runs it had).
+    let mut scrapers: Vec<&str> = Vec::new();
+    for x in &r.runs {
+        if !scrapers.contains(&x.scraper.as_str()) {
+            scrapers.push(&x.scraper);
+        }
+    }
+    let per_scraper = scrapers
+        .iter()
+        .filter_map(|name| {
+            let runs: Vec<&RunResult> = r.runs.iter().filter(|x| x.scraper == *name).collect();
+            let worst = runs.iter().min_by(|a, b| {
+                let fa = a.delivered_samples as f64 / a.expected_samples.max(1) as f64;
+                let fb = b.delivered_samples as f64 / b.expected_samples.max(1) as f64;
+                fa.total_cmp(&fb)
+            })?;
+            let lowest = ratio(worst.delivered_samples, worst.expected_samples);
+            Some(if runs.len() == 1 {
+                format!("{name} {lowest}")
+            } else {
+                format!("{name} {lowest} (lowest of {} runs)", runs.len())
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let _ = writeln!(
         o,
-        "| delivered / expected = 1.000 for all three | {} | {} |",
-        r.runs
-            .iter()
-            .map(|x| format!(
-                "{} {}",
-                x.scraper,
-                ratio(x.delivered_samples, x.expected_samples)
-            ))
-            .collect::<Vec<_>>()
-            .join(", "),
+        "| delivered / expected = 1.000 for all three | {per_scraper} | {} |",
         met(all_exact)
     );
     let _ = writeln!(o);
