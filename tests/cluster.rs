@@ -77,25 +77,12 @@ fn spawn_agent(dir: &std::path::Path, etcd: &str, id: &str) -> Agent {
 }
 
 fn instances(a: &Agent) -> Vec<String> {
-    let r = http_full("GET", &a.addr, "/agent/api/v1/metrics/instances", &[], b"").unwrap();
-    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-    v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap().to_owned())
-        .collect()
+    crate::support::running_configs(&a.addr).expect("the agent's API answers")
 }
 
 /// config name → agents running it.
 fn placement(agents: &[&Agent]) -> BTreeMap<String, Vec<String>> {
-    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for a in agents {
-        for n in instances(a) {
-            m.entry(n).or_default().push(a.id.clone());
-        }
-    }
-    m
+    crate::support::placement(agents.iter().map(|a| (a.id.as_str(), a.addr.as_str())))
 }
 
 /// Waits until every one of `names` runs on exactly one of `agents`; returns how long it took.

@@ -116,26 +116,6 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The instances it runs, or `None` when the API does not answer.
-    fn instances(&self) -> Option<Vec<String>> {
-        let r = http_full(
-            "GET",
-            &self.addr,
-            "/agent/api/v1/metrics/instances",
-            &[],
-            b"",
-        )
-        .ok()?;
-        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
-        Some(
-            v["data"]
-                .as_array()?
-                .iter()
-                .filter_map(|n| n.as_str().map(str::to_owned))
-                .collect(),
-        )
-    }
-
     fn status(&self, path: &str) -> u16 {
         http_full("GET", &self.addr, path, &[], b"").map_or(0, |r| r.status)
     }
@@ -153,13 +133,7 @@ impl Agent {
 
 /// config name → ids of the agents running it.
 fn placement(agents: &[&Agent]) -> BTreeMap<String, Vec<String>> {
-    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for a in agents {
-        for n in a.instances().unwrap_or_default() {
-            m.entry(n).or_default().push(a.id.clone());
-        }
-    }
-    m
+    crate::support::placement(agents.iter().map(|a| (a.id.as_str(), a.addr.as_str())))
 }
 
 fn placed_once(p: &BTreeMap<String, Vec<String>>, names: &[String]) -> bool {

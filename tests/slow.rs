@@ -132,26 +132,6 @@ fn start_agent(dir: &Path, etcd: &str, id: &str) -> Agent {
 }
 
 impl Agent {
-    fn instances(&self) -> Vec<String> {
-        http_full(
-            "GET",
-            &self.addr,
-            "/agent/api/v1/metrics/instances",
-            &[],
-            b"",
-        )
-        .ok()
-        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-        .and_then(|v| {
-            v["data"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|n| n.as_str().map(str::to_owned))
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
-    }
-
     /// Resident set size in MiB, from /proc.
     fn rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.guard.pid()))
@@ -174,13 +154,7 @@ impl Agent {
 }
 
 fn placement(agents: &[&Agent]) -> BTreeMap<String, Vec<String>> {
-    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for a in agents {
-        for n in a.instances() {
-            m.entry(n).or_default().push(a.id.clone());
-        }
-    }
-    m
+    crate::support::placement(agents.iter().map(|a| (a.id.as_str(), a.addr.as_str())))
 }
 
 /// Configs not running exactly once.

@@ -207,4 +207,32 @@ pub fn wait_http(addr: &str, path: &str, want: u16, timeout: Duration) {
     }
 }
 
+/// The config names an agent runs (`/agent/api/v1/metrics/instances`), or `None` when its API
+/// does not answer.
+pub fn running_configs(addr: &str) -> Option<Vec<String>> {
+    let r = http_full("GET", addr, "/agent/api/v1/metrics/instances", &[], b"").ok()?;
+    let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    Some(
+        v["data"]
+            .as_array()?
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// config name → ids of the agents running it, from `(id, addr)` pairs. An agent whose API
+/// does not answer runs nothing.
+pub fn placement<'a>(
+    agents: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (id, addr) in agents {
+        for n in running_configs(addr).unwrap_or_default() {
+            m.entry(n).or_default().push(id.to_owned());
+        }
+    }
+    m
+}
+
 pub mod etcd;
