@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use agent::clock::Clock;
+
 use crate::support::etcd::EtcdServer;
 use crate::support::prometheus::Prometheus;
 use crate::support::{bin, free_port, http_full, wait_http, ChildGuard};
@@ -272,7 +274,7 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
     // A few scrapes before the outage.
     std::thread::sleep(Duration::from_secs(4));
 
-    let down_at = SystemTime::now();
+    let down_at = Clock::system().now();
     etcd.kill();
     let t_down = Instant::now();
 
@@ -332,7 +334,7 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
         503,
         "an agent that could not join is not ready"
     );
-    let up_at = SystemTime::now();
+    let up_at = Clock::system().now();
     etcd.restart();
     let t_up = Instant::now();
 
@@ -566,7 +568,7 @@ fn disk_full_wal_drops_and_counts_then_resumes() {
 
     // Space returns.
     std::fs::remove_file(&filler).unwrap();
-    let back = SystemTime::now();
+    let back = Clock::system().now();
     let back_secs = unix_secs(back);
     let t_back = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -680,12 +682,7 @@ fn torn_wal_tail_is_repaired_on_restart() {
     let seed = std::env::var("RELIABILITY_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
+        .unwrap_or_else(|| agent::clock::unix_nanos(Clock::system().now()) as u64 | 1);
     println!("RELIABILITY torn_tail_seed={seed}");
     let mut rng = Rng(seed);
     let target = Target::start(50);

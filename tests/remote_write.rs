@@ -161,13 +161,6 @@ fn metric(reg: &Registry, name: &str) -> f64 {
         .sum()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_100_series_x_10_samples_to_prometheus_with_external_labels() {
     let prom = tokio::task::spawn_blocking(Prometheus::start)
@@ -196,7 +189,7 @@ async fn delivers_100_series_x_10_samples_to_prometheus_with_external_labels() {
         }
         (i, labels(&l))
     }));
-    let base = now_ms() - 20_000;
+    let base = agent::clock::Clock::system().unix_millis() - 20_000;
     let mut last = 0;
     for j in 0..10i64 {
         let t = base + j * 1_000;

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use agent::clock::Clock;
 use agent::kv::{EtcdConfig, EtcdStore, KvStore};
 use agent::ring::http::{router, RingPageState};
 use agent::ring::{
@@ -51,10 +52,7 @@ pub fn settings(id: &str, period: Duration, timeout: Duration) -> LifecyclerSett
 }
 
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
+    Clock::system().unix_secs()
 }
 
 /// Polls the ring until `pred` holds; returns the time it took. Panics after `limit`.
@@ -91,7 +89,7 @@ async fn lifecyclers_join_leave_and_a_dead_member_is_forgotten() {
     let period = Duration::from_millis(500);
     let timeout = Duration::from_secs(2);
 
-    let view = RingView::start(observer.clone(), KEY.into(), timeout);
+    let view = RingView::start(observer.clone(), KEY.into(), timeout, Clock::system());
     view.wait_ready().await;
     let mut changes = view.subscribe();
 
@@ -100,7 +98,11 @@ async fn lifecyclers_join_leave_and_a_dead_member_is_forgotten() {
     let mut members = Vec::new();
     for id in ["agent-a", "agent-bb", "agent-ccc"] {
         let store = etcd_store(&server).await;
-        members.push(Lifecycler::start(store, settings(id, period, timeout)));
+        members.push(Lifecycler::start(
+            store,
+            settings(id, period, timeout),
+            Clock::system(),
+        ));
     }
     let join_time = wait_ring(&observer, 2 * period, "all three ACTIVE", |r| {
         r.ingesters.len() == 3
@@ -151,7 +153,9 @@ async fn lifecyclers_join_leave_and_a_dead_member_is_forgotten() {
             .expect("view alive");
         let ring = changes.borrow_and_update().clone();
         match ring.ingesters.get("agent-bb") {
-            Some(i) if !i.heartbeat_fresh(timeout, SystemTime::now()) => break killed.elapsed(),
+            Some(i) if !i.heartbeat_fresh(timeout, Clock::system().now()) => {
+                break killed.elapsed()
+            }
             None => panic!("forgotten before being seen unhealthy"),
             _ => {}
         }
@@ -234,7 +238,11 @@ async fn fixed_members(server: &EtcdServer, dir: &Path) -> Vec<Lifecycler> {
         s.tokens_file_path = Some(path);
         s.addr = format!("10.0.0.{}:12345", i + 1);
         s.zone = format!("zone-{}", i + 1);
-        out.push(Lifecycler::start(etcd_store(server).await, s));
+        out.push(Lifecycler::start(
+            etcd_store(server).await,
+            s,
+            Clock::system(),
+        ));
     }
     out
 }
@@ -320,6 +328,7 @@ async fn ring_status_and_forget_against_etcd() {
         ring_key: KEY.into(),
         heartbeat_timeout: Duration::from_secs(60),
         configs_owned,
+        clock: Clock::system(),
     };
     tokio::spawn(async move { axum::serve(listener, router(page)).await });
     let out = agentctl_async(&["ring", "status", "--addr", &addr]).await;
@@ -377,6 +386,7 @@ async fn an_etcd_outage_freezes_the_ring_and_forgets_nobody() {
         members.push(Lifecycler::start(
             etcd_store(&server).await,
             settings(id, period, timeout),
+            Clock::system(),
         ));
     }
     let observer = etcd_store(&server).await;
@@ -404,7 +414,7 @@ async fn an_etcd_outage_freezes_the_ring_and_forgets_nobody() {
             r.ingesters.len() == 2
                 && r.ingesters
                     .values()
-                    .all(|i| i.heartbeat_fresh(Duration::from_secs(1), SystemTime::now()))
+                    .all(|i| i.heartbeat_fresh(Duration::from_secs(1), Clock::system().now()))
         },
     )
     .await;

@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agent::clock::Clock;
 use agent::kv::KvStore;
 use agent::ring::http::{router, RingPageState};
 use agent::ring::{generate_tokens, modify_ring, read_ring, InstanceDesc, InstanceState, TokenRng};
@@ -268,6 +269,7 @@ async fn ring_page_in_chromium_forget_button_removes_the_member() {
         ring_key: KEY.into(),
         heartbeat_timeout: Duration::from_secs(60),
         configs_owned,
+        clock: Clock::system(),
     };
     tokio::spawn(async move { axum::serve(listener, router(page)).await });
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -43,13 +43,6 @@ fn queue(url: &str, metrics: &RemoteWriteMetrics) -> Arc<QueueManager> {
     ))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// Appends `rounds` scrapes of 50 series (new series on the first call only).
 fn append(wal: &mut Wal, refs: &mut Vec<u64>, base: i64, rounds: std::ops::Range<i64>) {
     if refs.is_empty() {
@@ -100,7 +93,7 @@ async fn wal_watcher_delivers_everything_and_resumes_after_restart() {
     let progress = dir.path().join("remote_write").join("wal-test");
     let (mut wal, _) = Wal::open(&wal_dir, WalOptions::default()).unwrap();
     let mut refs = Vec::new();
-    let base = now_ms() - 60_000;
+    let base = agent::clock::Clock::system().unix_millis() - 60_000;
     append(&mut wal, &mut refs, base, 0..10);
 
     let mut reg = Registry::default();

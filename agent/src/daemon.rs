@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use prometheus_client::registry::Registry;
 
 use crate::api::{self, ApiMetrics, ApiState, StoreSlot};
+use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::agent::KvStoreConfig;
 use crate::config::{AgentConfig, ConfigError};
@@ -131,14 +132,18 @@ struct AppState {
 /// The old agent's config-load metrics.
 #[derive(Debug, Clone, Default)]
 struct LoadMetrics {
+    clock: Clock,
     successful: prometheus_client::metrics::gauge::Gauge,
     success_timestamp: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
     failures: prometheus_client::metrics::counter::Counter,
 }
 
 impl LoadMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let m = LoadMetrics::default();
+    fn register(registry: &mut Registry, clock: Clock) -> Self {
+        let m = LoadMetrics {
+            clock,
+            ..LoadMetrics::default()
+        };
         registry.register(
             "agent_config_last_load_successful",
             "Whether the last config load (start or reload) succeeded (1) or not (0)",
@@ -160,9 +165,7 @@ impl LoadMetrics {
     fn record(&self, ok: bool) {
         if ok {
             self.successful.set(1);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
+            let now = self.clock.unix_millis() as f64 / 1000.0;
             self.success_timestamp.set(now);
         } else {
             self.successful.set(0);
@@ -231,9 +234,10 @@ pub async fn serve(
             "config block ignored: agentctl runs the metrics subsystem only"
         );
     }
+    let clock = Clock::system();
     let mut registry = Registry::default();
     let api_metrics = ApiMetrics::register(&mut registry);
-    let load_metrics = LoadMetrics::register(&mut registry);
+    let load_metrics = LoadMetrics::register(&mut registry, clock);
     load_metrics.record(true);
     let enabled = cfg.scraping_service.enabled;
     let ss = cfg.scraping_service.clone();
@@ -242,6 +246,7 @@ pub async fn serve(
         std::path::Path::new(&cfg.wal_directory),
         &lifecycler_settings.id,
         &mut registry,
+        clock,
     );
     let manager = InstanceManager::new(
         shared,
@@ -557,8 +562,14 @@ async fn start_cluster(
     let heartbeat_timeout = ss.lifecycler.heartbeat_timeout.as_std();
     let ring_key = settings.ring_key.clone();
     tracing::info!(id = %settings.id, addr = %settings.addr, ring = %ring_key, "joining the ring");
-    let lifecycler = Lifecycler::start(ring_store.clone(), settings);
-    let view = RingView::start(ring_store.clone(), ring_key.clone(), heartbeat_timeout);
+    let clock = state.manager.shared().clock;
+    let lifecycler = Lifecycler::start(ring_store.clone(), settings, clock);
+    let view = RingView::start(
+        ring_store.clone(),
+        ring_key.clone(),
+        heartbeat_timeout,
+        clock,
+    );
     let cluster = Cluster::new(
         configs,
         lifecycler,
@@ -566,7 +577,7 @@ async fn start_cluster(
         state.manager.clone(),
         cfg.global.clone(),
         ss.reshard_interval.as_std(),
-        heartbeat_timeout,
+        clock,
     );
     let _ = state.ring_page.set(crate::ring::http::router(
         crate::ring::http::RingPageState {
@@ -574,6 +585,7 @@ async fn start_cluster(
             ring_key,
             heartbeat_timeout,
             configs_owned: cluster.owned_counts(),
+            clock,
         },
     ));
     let mut ready = cluster.ready();

@@ -82,12 +82,8 @@ fn run(name: &str, strategy: impl Strategy<Value = Vec<u8>>) {
         FAST_CASES
     });
     let budget = secs.map(Duration::from_secs);
-    let seed = env_u64("AGENTCTL_FUZZ_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    });
+    let seed = env_u64("AGENTCTL_FUZZ_SEED")
+        .unwrap_or_else(|| crate::clock::unix_nanos(crate::clock::Clock::system().now()) as u64);
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
     seed_bytes[8..16].copy_from_slice(&fnv(name.as_bytes()).to_le_bytes());

@@ -256,7 +256,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let sink_rt = runtime(run::SINK_THREAD, cpus())?;
             watch_signals(&sink_rt);
             let (sink, sink_addr) = start_sink(&sink_rt, "127.0.0.1:0")?;
-            let date = agent::logging::rfc3339_now();
+            let date = agent::clock::rfc3339_millis(agent::clock::Clock::system().unix_millis());
             let stem = run::stem(&date, mode);
             let opts = run::Options {
                 mode: mode.to_owned(),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::http;
 use crate::procfs;
@@ -260,12 +260,6 @@ pub fn clk_tck() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The first non-empty line a `--version` prints (stdout or stderr).
@@ -569,7 +563,7 @@ fn measure_inner(
     let disk0 = procfs::dir_bytes(&data);
     let tcpu0 = procfs::thread_cpu_ticks(TARGETS_THREAD);
     let scpu0 = procfs::thread_cpu_ticks(SINK_THREAD);
-    let t0 = now_ms();
+    let t0 = agent::clock::Clock::system().unix_millis();
     let start = Instant::now();
     clock.say(format!("  window {} s", plan.window_s));
     let mut rss = Vec::new();
@@ -595,7 +589,7 @@ fn measure_inner(
     let disk1 = procfs::dir_bytes(&data);
     let tcpu1 = procfs::thread_cpu_ticks(TARGETS_THREAD);
     let scpu1 = procfs::thread_cpu_ticks(SINK_THREAD);
-    let t1 = now_ms();
+    let t1 = agent::clock::Clock::system().unix_millis();
     r.peak_rss_bytes = procfs::status_bytes(pid, "VmHWM").map_err(proc_err)?;
 
     let per = targets.layout.series() as u64;

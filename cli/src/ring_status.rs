@@ -73,7 +73,7 @@ async fn load(src: &Source, ring_prefix: &str) -> Result<(Desc, SystemTime), Err
             let desc = read_ring(store.as_ref(), &key)
                 .await
                 .map_err(|e| Error::Unavailable(format!("cannot read the ring: {e}")))?;
-            Ok((desc, SystemTime::now()))
+            Ok((desc, agent::clock::Clock::system().now()))
         }
         Source::Agent(base) => {
             let url = format!("{base}/debug/ring");

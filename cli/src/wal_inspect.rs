@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use agent::logging::{civil_from_days, rfc3339_millis};
+use agent::clock::{civil_from_days, rfc3339_millis};
 use agent::wal::inspect::{self, InspectError, Selector, StatsOptions, WalStats};
 
 use crate::args::{OutputFormat, WalInspectArgs};

@@ -12,7 +12,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use agent::clock::Clock;
 
 use agent::remote_write::proto::{MetricMetadata, WriteRequest};
 use axum::http::{HeaderMap, StatusCode};
@@ -32,10 +34,7 @@ async fn openmetrics_target() -> String {
             let served = served.clone();
             async move {
                 let n = served.fetch_add(1, Ordering::SeqCst) + 1;
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs_f64();
+                let now = Clock::system().unix_millis() as f64 / 1000.0;
                 let body = format!(
                     "# TYPE ex_requests counter\n\
                      # HELP ex_requests Requests served.\n\
@@ -82,11 +81,7 @@ async fn exemplars_reach_prometheus() {
     let target = openmetrics_target().await;
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(dir.path(), Some(&agent_yaml(dir.path()))).await;
-    let start = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 60;
+    let start = Clock::system().unix_secs() as u64 - 60;
     agent
         .put_config(
             "ex",

@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::load::parse_instance_named;
 use crate::config::GlobalConfig;
 use crate::instance::manager::InstanceManager;
@@ -52,6 +53,8 @@ pub struct Cluster {
     /// Wakes the run loop for a full reshard after a reload.
     reloaded: tokio::sync::Notify,
     pub heartbeat_timeout: Duration,
+    /// "Now" for heartbeat ages in ownership decisions.
+    clock: Clock,
     /// Content hash of each config this agent runs.
     applied: tokio::sync::Mutex<HashMap<String, String>>,
     /// Configs owned per ring member id, for `/debug/ring`.
@@ -81,8 +84,10 @@ impl Cluster {
         manager: Arc<InstanceManager>,
         global: GlobalConfig,
         reshard_interval: Duration,
-        heartbeat_timeout: Duration,
+        clock: Clock,
     ) -> Arc<Self> {
+        // The lifecycler's heartbeat timeout is the ring's (`lifecycler.ring.heartbeat_timeout`).
+        let heartbeat_timeout = lifecycler.settings().heartbeat_timeout;
         Arc::new(Cluster {
             store,
             lifecycler,
@@ -94,6 +99,7 @@ impl Cluster {
             }),
             reloaded: tokio::sync::Notify::new(),
             heartbeat_timeout,
+            clock,
             applied: tokio::sync::Mutex::new(HashMap::new()),
             owned_tx: watch::channel(HashMap::new()).0,
             ready_tx: watch::channel(false).0,
@@ -140,12 +146,12 @@ impl Cluster {
     fn ring(&self) -> Ring {
         let mut desc = (*self.view.current()).clone();
         let health = *self.lifecycler.subscribe_kv_health().borrow();
-        heartbeat_grace(&mut desc, health, self.heartbeat_timeout, SystemTime::now());
+        heartbeat_grace(&mut desc, health, self.heartbeat_timeout, self.clock.now());
         Ring::new(desc, self.heartbeat_timeout)
     }
 
     fn owns(&self, ring: &Ring, name: &str) -> bool {
-        match ring.owns(name, self.lifecycler.addr(), SystemTime::now()) {
+        match ring.owns(name, self.lifecycler.addr(), self.clock.now()) {
             Ok(o) => o,
             Err(e) => {
                 tracing::debug!(config = name, error = %e, "no owner for config");
@@ -192,8 +198,7 @@ impl Cluster {
                     if changed.is_err() { break; }
                     let health = *kv_rx.borrow_and_update();
                     if let KvHealth::RecoveredAt(at) = health {
-                        grace_end = Some(tokio::time::Instant::from_std(at + self.heartbeat_timeout)
-                            + Duration::from_millis(100));
+                        grace_end = Some(at + self.heartbeat_timeout + Duration::from_millis(100));
                         self.refresh().await;
                     }
                 }
@@ -257,7 +262,7 @@ impl Cluster {
             }
         };
         let ring = self.ring();
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let mut counts: HashMap<String, usize> = HashMap::new();
         let mut owned = Vec::new();
         for (name, yaml) in &all {
@@ -364,10 +369,7 @@ pub fn heartbeat_grace(
             now.checked_sub(since).unwrap_or(now)
         }
     };
-    let floor_secs = floor
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default();
+    let floor_secs = crate::clock::unix_secs(floor);
     for member in desc.ingesters.values_mut() {
         if member.timestamp < floor_secs {
             member.timestamp = floor_secs;
@@ -400,12 +402,12 @@ mod tests {
     }
 
     fn unix(t: SystemTime) -> i64 {
-        t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64
+        crate::clock::unix_secs(t)
     }
 
     #[test]
     fn no_grace_when_heartbeats_always_landed() {
-        let now = SystemTime::now();
+        let now = Clock::system().now();
         let mut d = desc(&[("a", unix(now) - 100)]);
         heartbeat_grace(&mut d, KvHealth::Ok, Duration::from_secs(4), now);
         assert_eq!(d.ingesters["a"].timestamp, unix(now) - 100);
@@ -413,7 +415,7 @@ mod tests {
 
     #[test]
     fn while_failing_every_member_counts_as_fresh() {
-        let now = SystemTime::now();
+        let now = Clock::system().now();
         let mut d = desc(&[("a", unix(now) - 100), ("b", unix(now) - 1)]);
         heartbeat_grace(&mut d, KvHealth::Failing, Duration::from_secs(4), now);
         assert!(d.ingesters.values().all(|m| m.timestamp >= unix(now)));
@@ -423,8 +425,8 @@ mod tests {
 
     #[test]
     fn after_recovery_stale_members_get_one_heartbeat_timeout() {
-        let now = SystemTime::now();
-        let recovered = std::time::Instant::now() - Duration::from_secs(1);
+        let now = Clock::system().now();
+        let recovered = tokio::time::Instant::now() - Duration::from_secs(1);
         let mut d = desc(&[("stale", unix(now) - 60), ("fresh", unix(now))]);
         heartbeat_grace(
             &mut d,
@@ -439,7 +441,7 @@ mod tests {
 
         // After the grace, the real timestamps count again.
         let mut d = desc(&[("stale", unix(now) - 60)]);
-        let long_ago = std::time::Instant::now() - Duration::from_secs(5);
+        let long_ago = tokio::time::Instant::now() - Duration::from_secs(5);
         heartbeat_grace(
             &mut d,
             KvHealth::RecoveredAt(long_ago),

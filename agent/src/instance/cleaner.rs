@@ -277,8 +277,10 @@ pub async fn clean_once(
         .map(|n| dir_name(n))
         .collect();
     let dir = wal_directory.to_owned();
-    let scanned =
-        tokio::task::spawn_blocking(move || scan(&dir, &running, age, SystemTime::now())).await;
+    let scanned = {
+        let now = manager.shared().clock.now();
+        tokio::task::spawn_blocking(move || scan(&dir, &running, age, now)).await
+    };
     let s = match scanned {
         Ok(s) => s,
         Err(e) => {
@@ -381,6 +383,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
     use crate::config::GlobalConfig;
     use crate::instance::Shared;
     use std::fs;
@@ -390,7 +393,7 @@ mod tests {
 
     /// Sets the modification time of every file under `dir` to `ago` before now.
     fn age_files(dir: &Path, ago: Duration) {
-        let t = SystemTime::now() - ago;
+        let t = Clock::system().now() - ago;
         let mut stack = vec![dir.to_owned()];
         while let Some(d) = stack.pop() {
             for ent in fs::read_dir(&d).expect("read_dir") {
@@ -444,7 +447,7 @@ mod tests {
         fs::create_dir_all(r.join("empty").join("wal")).expect("mkdir");
 
         let running = BTreeSet::from(["running".to_owned()]);
-        let s = scan(r, &running, AGE, SystemTime::now());
+        let s = scan(r, &running, AGE, Clock::system().now());
         assert!(s.errors.is_empty(), "{:?}", s.errors);
         assert_eq!(names(&s.abandoned), ["old", "team--a"]);
         assert_eq!(names(&s.managed), ["running"]);
@@ -464,7 +467,7 @@ mod tests {
             &root.path().join("absent"),
             &BTreeSet::new(),
             AGE,
-            SystemTime::now(),
+            Clock::system().now(),
         );
         assert!(s.errors.is_empty() && s.abandoned.is_empty() && s.managed.is_empty());
     }
@@ -477,9 +480,9 @@ mod tests {
             .write(true)
             .open(dir.join("wal").join("00000000"))
             .expect("open")
-            .set_modified(SystemTime::now() + HOUR)
+            .set_modified(Clock::system().now() + HOUR)
             .expect("set_modified");
-        let s = scan(root.path(), &BTreeSet::new(), AGE, SystemTime::now());
+        let s = scan(root.path(), &BTreeSet::new(), AGE, Clock::system().now());
         assert_eq!(names(&s.recent), ["skewed"]);
         assert_eq!(s.recent[0].idle, Duration::ZERO);
     }
@@ -497,7 +500,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let r = root.path();
         let mut registry = Registry::default();
-        let shared = Shared::new(r, "agent-1", &mut registry);
+        let shared = Shared::new(r, "agent-1", &mut registry, Clock::system());
         let manager = InstanceManager::new(
             shared,
             Duration::from_secs(5),
@@ -518,7 +521,7 @@ mod tests {
             .write(true)
             .open(r.join("kv.redb"))
             .expect("open")
-            .set_modified(SystemTime::now() - 100 * HOUR)
+            .set_modified(Clock::system().now() - 100 * HOUR)
             .expect("set_modified");
 
         let metrics = manager.shared().cleaner_metrics.clone();
@@ -550,7 +553,7 @@ mod tests {
         let r = root.path();
         let mut registry = Registry::default();
         let manager = InstanceManager::new(
-            Shared::new(r, "a", &mut registry),
+            Shared::new(r, "a", &mut registry, Clock::system()),
             HOUR,
             crate::config::agent::InstanceMode::Distinct,
         );

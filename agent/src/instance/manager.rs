@@ -379,6 +379,7 @@ impl InstanceManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
 
     fn config(name: &str) -> InstanceConfig {
         config_with_job(name, "j")
@@ -402,7 +403,7 @@ mod tests {
     async fn two_configs_never_share_a_wal_folder() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = prometheus_client::registry::Registry::default();
-        let shared = Shared::new(dir.path(), "t", &mut registry);
+        let shared = Shared::new(dir.path(), "t", &mut registry, Clock::system());
         let m = InstanceManager::new(shared, Duration::from_millis(200), InstanceMode::Distinct);
         m.apply(config("a/b")).await.unwrap();
         m.apply(config("a--b")).await.unwrap();
@@ -434,7 +435,7 @@ mod tests {
     async fn a_stop_flushes_in_the_background_and_a_comeback_waits_for_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = prometheus_client::registry::Registry::default();
-        let shared = Shared::new(dir.path(), "t", &mut registry);
+        let shared = Shared::new(dir.path(), "t", &mut registry, Clock::system());
         let m = InstanceManager::new(shared, Duration::from_secs(1), InstanceMode::Distinct);
         m.apply(config("a")).await.unwrap();
         m.apply(config("b")).await.unwrap();
@@ -498,7 +499,7 @@ mod tests {
     async fn shared_mode_runs_one_instance_per_group_and_updates_it_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = prometheus_client::registry::Registry::default();
-        let shared = Shared::new(dir.path(), "t", &mut registry);
+        let shared = Shared::new(dir.path(), "t", &mut registry, Clock::system());
         let m = InstanceManager::new(shared, Duration::from_secs(1), InstanceMode::Shared);
         let a = config_with_job("a", "ja");
         let group = super::super::group::group_hash(&a);

@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::InstanceConfig;
 use crate::remote_write::{QueueManager, RemoteWriteMetrics};
 use crate::scrape::manager::{ScrapeManager, TargetInfo};
@@ -209,6 +210,8 @@ pub struct Shared {
     pub cleaner_metrics: cleaner::CleanerMetrics,
     /// Directory relative file paths of configs are resolved against.
     pub base_dir: Option<PathBuf>,
+    /// Stamps samples and judges WAL ages.
+    pub clock: Clock,
 }
 
 impl std::fmt::Debug for Shared {
@@ -220,7 +223,12 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub fn new(wal_directory: &Path, agent_id: &str, registry: &mut Registry) -> Self {
+    pub fn new(
+        wal_directory: &Path,
+        agent_id: &str,
+        registry: &mut Registry,
+        clock: Clock,
+    ) -> Self {
         Shared {
             wal_directory: wal_directory.to_path_buf(),
             agent_id: agent_id.to_owned(),
@@ -228,6 +236,7 @@ impl Shared {
             instance_metrics: InstanceMetrics::register(registry),
             cleaner_metrics: cleaner::CleanerMetrics::register(registry),
             base_dir: None,
+            clock,
         }
     }
 }
@@ -316,11 +325,10 @@ impl Instance {
             });
         }
 
-        let scrape = Arc::new(ScrapeManager::new(
-            name.clone(),
-            storage.clone(),
-            shared.base_dir.clone(),
-        ));
+        let scrape = Arc::new(
+            ScrapeManager::new(name.clone(), storage.clone(), shared.base_dir.clone())
+                .with_clock(shared.clock),
+        );
         if let Err(e) = scrape.apply(&cfg.scrape_configs).await {
             // Jobs that could start run; the others are reported (unsupported SD, bad TLS...).
             tracing::error!(instance = %name, error = %e, "some scrape jobs could not start");
@@ -344,6 +352,7 @@ impl Instance {
             queues,
             shared.instance_metrics.clone(),
             label.clone(),
+            shared.clock,
             stop.clone(),
         ));
         tracing::info!(instance = %name, jobs = cfg.scrape_configs.len(), remote_writes = cfg.remote_write.len(),
@@ -438,6 +447,7 @@ async fn housekeeping(
     queues: Vec<Arc<QueueManager>>,
     metrics: InstanceMetrics,
     label: InstanceLabel,
+    clock: Clock,
     stop: CancellationToken,
 ) {
     let mut last_truncate = tokio::time::Instant::now();
@@ -466,7 +476,7 @@ async fn housekeeping(
             .iter()
             .map(|q| q.lowest_sent_timestamp().unwrap_or(0))
             .min();
-        let now = crate::logging::now_millis();
+        let now = clock.unix_millis();
         let Some(mint) = crate::wal::checkpoint::truncation_point(
             lowest,
             now,
@@ -567,7 +577,12 @@ mod tests {
     #[test]
     fn shared_registers_wal_and_cleaner_metrics() {
         let mut registry = Registry::default();
-        let shared = Shared::new(Path::new("/nonexistent"), "a", &mut registry);
+        let shared = Shared::new(
+            Path::new("/nonexistent"),
+            "a",
+            &mut registry,
+            Clock::system(),
+        );
         let l = instance_label("instance_name", "team/a");
         shared
             .instance_metrics

@@ -452,7 +452,7 @@ impl RemoteClient {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            .and_then(|v| parse_retry_after(v, crate::clock::Clock::system().now()));
         // Reading the body lets the connection be reused, and gives the error message.
         let body = resp.bytes().await.unwrap_or_default();
         let reason = || {

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -22,6 +22,7 @@ use axum::routing::any;
 use axum::Router;
 use tokio::sync::watch;
 
+use crate::clock::Clock;
 use crate::kv::KvStore;
 
 use super::render::{render_html, render_json};
@@ -36,6 +37,8 @@ pub struct RingPageState {
     pub heartbeat_timeout: Duration,
     /// Number of configs each instance ID owns, for the "Configs owned" column.
     pub configs_owned: watch::Receiver<HashMap<String, usize>>,
+    /// "Now" for heartbeat ages.
+    pub clock: Clock,
 }
 
 /// A router serving `/debug/ring` (any method).
@@ -99,7 +102,7 @@ async fn ring_page(
             )
         }
     };
-    let now = SystemTime::now();
+    let now = state.clock.now();
     let wants_json = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -131,10 +134,7 @@ mod tests {
 
     async fn app() -> (String, Arc<dyn KvStore>) {
         let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_default();
+        let now = Clock::system().unix_secs();
         modify_ring(store.as_ref(), "collectors/agent", "seed", |d| {
             for (id, token) in [("agent-1", 100u32), ("agent-2", 1 << 31)] {
                 d.ingesters.insert(
@@ -159,6 +159,7 @@ mod tests {
             ring_key: "collectors/agent".into(),
             heartbeat_timeout: Duration::from_secs(60),
             configs_owned,
+            clock: Clock::system(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -30,13 +30,14 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::agent::LifecyclerConfig;
 use crate::kv::KvStore;
 
@@ -147,7 +148,7 @@ pub enum KvHealth {
     /// The last heartbeat failed.
     Failing,
     /// Heartbeats land again since this instant, after failing.
-    RecoveredAt(std::time::Instant),
+    RecoveredAt(Instant),
 }
 
 /// This member's view of its own entry. Guarded by one async mutex that every ring write
@@ -166,6 +167,8 @@ struct Local {
 struct Inner {
     store: Arc<dyn KvStore>,
     s: LifecyclerSettings,
+    /// Heartbeat and registration timestamps; ages of the other members.
+    clock: Clock,
     local: Mutex<Local>,
     state_tx: watch::Sender<InstanceState>,
     kv_health_tx: watch::Sender<KvHealth>,
@@ -187,13 +190,6 @@ impl std::fmt::Debug for Lifecycler {
             .field("state", &self.state())
             .finish()
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
 }
 
 /// Exponential backoff from 100 ms to `max`, for retrying KV writes.
@@ -222,19 +218,25 @@ impl Backoff {
 const SHUTDOWN_WRITE_ATTEMPTS: u32 = 5;
 
 impl Lifecycler {
-    /// Starts the lifecycler in the background: register, auto-join, heartbeat.
-    pub fn start(store: Arc<dyn KvStore>, settings: LifecyclerSettings) -> Lifecycler {
+    /// Starts the lifecycler in the background: register, auto-join, heartbeat. `clock`
+    /// stamps its heartbeats and judges the other members' ages.
+    pub fn start(
+        store: Arc<dyn KvStore>,
+        settings: LifecyclerSettings,
+        clock: Clock,
+    ) -> Lifecycler {
         let (state_tx, _) = watch::channel(InstanceState::Pending);
         let inner = Arc::new(Inner {
             store,
             s: settings,
+            clock,
             local: Mutex::new(Local {
                 state: InstanceState::Pending,
                 tokens: Vec::new(),
                 registered_at: 0,
                 registered: false,
                 leaving: false,
-                rng: TokenRng::from_time_and_pid(),
+                rng: TokenRng::from_entropy(),
                 kv_ok_since: None,
             }),
             state_tx,
@@ -358,7 +360,7 @@ impl Inner {
     /// Writes this member's entry from `local`, with `timestamp = now`. A missing entry is
     /// added with `registered_timestamp = now`. Returns whether it was missing.
     fn write_entry(&self, desc: &mut Desc, local: &Local) -> bool {
-        let now = unix_now();
+        let now = self.clock.unix_secs();
         let mut re_added = false;
         let entry = desc.ingesters.entry(self.s.id.clone()).or_insert_with(|| {
             re_added = true;
@@ -493,7 +495,7 @@ impl Inner {
         let mut rng_used = rng.clone();
         modify_ring(self.store.as_ref(), &self.s.ring_key, "register", |desc| {
             rng_used = rng.clone();
-            let now = unix_now();
+            let now = self.clock.unix_secs();
             let (state, tokens, registered_at) = match desc.ingesters.get(&self.s.id) {
                 None => {
                     let tokens = file_tokens.clone().unwrap_or_default();
@@ -724,7 +726,7 @@ impl Inner {
             // Decided again on every attempt's fresh value: only the write that lands counts.
             report = HeartbeatReport::default();
             if forget {
-                let now = SystemTime::now();
+                let now = self.clock.now();
                 for id in members_to_forget(
                     desc,
                     now,
@@ -759,7 +761,7 @@ impl Inner {
             if *h == KvHealth::Failing {
                 tracing::info!(store = %self.store.describe(), id = %self.s.id,
                     "ring heartbeats land again; members' heartbeat ages get a grace of one heartbeat_timeout");
-                *h = KvHealth::RecoveredAt(std::time::Instant::now());
+                *h = KvHealth::RecoveredAt(Instant::now());
                 true
             } else {
                 false
@@ -769,7 +771,7 @@ impl Inner {
             local.kv_ok_since = Some(Instant::now());
         }
         if report.re_added {
-            local.registered_at = unix_now();
+            local.registered_at = self.clock.unix_secs();
             tracing::warn!(id = %self.s.id, "own ring entry was missing (forgotten?); added it again");
         }
         for (id, age) in &report.forgotten {
@@ -814,6 +816,14 @@ mod tests {
     use crate::ring::store::read_ring;
 
     const KEY: &str = "collectors/agent";
+
+    fn unix_now() -> i64 {
+        Clock::system().unix_secs()
+    }
+
+    fn start(store: &Arc<dyn KvStore>, s: LifecyclerSettings) -> Lifecycler {
+        Lifecycler::start(store.clone(), s, Clock::system())
+    }
 
     fn settings(id: &str) -> LifecyclerSettings {
         LifecyclerSettings {
@@ -867,7 +877,7 @@ mod tests {
         let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
         let mut s = settings("a");
         s.observe_period = Duration::from_millis(100);
-        let l = Lifecycler::start(store.clone(), s);
+        let l = start(&store, s);
         wait_state(&l, InstanceState::Joining).await;
         wait_state(&l, InstanceState::Active).await;
         let ring = read_ring(store.as_ref(), KEY).await.expect("ring");
@@ -911,8 +921,8 @@ mod tests {
         seed(&store, "b", member(InstanceState::Joining, vec![5, 6], now)).await;
         let mut sb = settings("b");
         sb.join_after = Duration::from_secs(3600);
-        let a = Lifecycler::start(store.clone(), settings("a"));
-        let b = Lifecycler::start(store.clone(), sb);
+        let a = start(&store, settings("a"));
+        let b = start(&store, sb);
         wait_state(&a, InstanceState::Active).await;
         // b starts out PENDING locally; wait for its registration to land in the ring.
         let ring = loop {
@@ -951,7 +961,7 @@ mod tests {
         let mut s = settings("a");
         s.tokens_file_path = Some(path.clone());
         s.join_after = Duration::from_secs(3600);
-        let l = Lifecycler::start(store.clone(), s);
+        let l = start(&store, s);
         // Enough tokens in the file: ACTIVE at once, without waiting for join_after.
         wait_state(&l, InstanceState::Active).await;
         assert_eq!(l.tokens().await, file_tokens);
@@ -959,7 +969,7 @@ mod tests {
         let path2 = dir.path().join("new.json");
         let mut s = settings("b");
         s.tokens_file_path = Some(path2.clone());
-        let l2 = Lifecycler::start(store.clone(), s);
+        let l2 = start(&store, s);
         wait_state(&l2, InstanceState::Active).await;
         let saved = load_tokens_file(&path2).expect("read").expect("saved");
         assert_eq!(saved, l2.tokens().await);
@@ -974,7 +984,7 @@ mod tests {
         let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
         let mut s = settings("a");
         s.heartbeat_period = Duration::from_secs(3600); // heartbeats by hand only
-        let l = Lifecycler::start(store.clone(), s);
+        let l = start(&store, s);
         wait_state(&l, InstanceState::Active).await;
         // Someone else writes their entry; our heartbeat must keep it byte for byte.
         let other = InstanceDesc {
@@ -1001,48 +1011,46 @@ mod tests {
     }
 
     /// Two healthy members race to heartbeat; a dead member is removed by exactly one of them.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    /// Paused time: the auto-forget guard's heartbeat timeout passes by `advance`, and the
+    /// members' clock follows it.
+    #[tokio::test(start_paused = true)]
     async fn auto_forget_happens_exactly_once() {
         let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
-        // A 2 s timeout (forget after 4 s) leaves the live members' own whole-second
-        // heartbeat stamps a wide margin on a loaded machine.
+        let clock = Clock::following_tokio(
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        );
+        let now = || clock.unix_secs();
         let mut sa = settings("a");
         sa.heartbeat_period = Duration::from_secs(3600);
         sa.heartbeat_timeout = Duration::from_secs(2);
         let mut sb = settings("b");
         sb.heartbeat_period = Duration::from_secs(3600);
         sb.heartbeat_timeout = Duration::from_secs(2);
-        let a = Lifecycler::start(store.clone(), sa);
-        let b = Lifecycler::start(store.clone(), sb);
+        let a = Lifecycler::start(store.clone(), sa, clock);
+        let b = Lifecycler::start(store.clone(), sb, clock);
         wait_state(&a, InstanceState::Active).await;
         wait_state(&b, InstanceState::Active).await;
         // 2 periods × 2 s timeout: 10 s old is dead, 1 s old is merely unhealthy.
         seed(
             &store,
             "dead",
-            member(InstanceState::Active, vec![1], unix_now() - 10),
+            member(InstanceState::Active, vec![1], now() - 10),
         )
         .await;
         seed(
             &store,
             "slow",
-            member(InstanceState::Active, vec![2], unix_now() - 1),
+            member(InstanceState::Active, vec![2], now() - 1),
         )
         .await;
         // Right after start the guard holds: no member forgets before a heartbeat timeout of
         // working KV access.
         assert!(a.heartbeat().await.expect("hb").forgotten.is_empty());
-        tokio::time::sleep(Duration::from_millis(2100)).await;
-        seed(
-            &store,
-            "dead",
-            member(InstanceState::Active, vec![1], unix_now() - 10),
-        )
-        .await;
+        tokio::time::advance(Duration::from_millis(2100)).await;
         seed(
             &store,
             "slow",
-            member(InstanceState::Active, vec![2], unix_now()),
+            member(InstanceState::Active, vec![2], now()),
         )
         .await;
         let (ra, rb) = tokio::join!(a.heartbeat(), b.heartbeat());
@@ -1245,7 +1253,7 @@ mod tests {
         let store: Arc<dyn KvStore> = sw.clone();
         let mut s = settings("a");
         s.heartbeat_period = Duration::from_secs(3600);
-        let l = Lifecycler::start(store.clone(), s);
+        let l = start(&store, s);
         wait_state(&l, InstanceState::Active).await;
         let health = l.subscribe_kv_health();
         assert_eq!(*health.borrow(), KvHealth::Ok);
@@ -1282,7 +1290,7 @@ mod tests {
         s.heartbeat_period = Duration::from_secs(3600);
         s.join_after = Duration::from_secs(3600);
         // Registration loses the race: the intruder is kept and "a" is registered.
-        let l = Lifecycler::start(store.clone(), s);
+        let l = start(&store, s);
         let ring = loop {
             let ring = read_ring(store.as_ref(), KEY).await.expect("ring");
             if ring.ingesters.contains_key("a") {
@@ -1308,15 +1316,17 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    /// Paused time: 300 ms are six heartbeat periods, passed without sleeping.
+    #[tokio::test(start_paused = true)]
     async fn a_dropped_lifecycler_stops_heartbeating_and_stays() {
         let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
-        let l = Lifecycler::start(store.clone(), settings("a"));
+        let clock = Clock::following_tokio(std::time::SystemTime::UNIX_EPOCH);
+        let l = Lifecycler::start(store.clone(), settings("a"), clock);
         wait_state(&l, InstanceState::Active).await;
         drop(l);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::task::yield_now().await;
         let before = read_ring(store.as_ref(), KEY).await.expect("ring");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::advance(Duration::from_millis(300)).await;
         let after = read_ring(store.as_ref(), KEY).await.expect("ring");
         assert_eq!(before, after, "no heartbeat after drop");
         assert_eq!(

@@ -77,18 +77,10 @@ impl Operation {
     }
 }
 
-/// Nanoseconds since the Unix epoch, negative before it; i128 so no timestamp overflows.
-pub(crate) fn unix_nanos(t: SystemTime) -> i128 {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
-    }
-}
-
 /// How long ago a heartbeat at `timestamp` (unix seconds) was, in nanoseconds; negative when
 /// the heartbeat is in the future (clock skew).
 pub(crate) fn heartbeat_age_nanos(timestamp: i64, now: SystemTime) -> i128 {
-    unix_nanos(now) - i128::from(timestamp) * 1_000_000_000
+    crate::clock::unix_nanos(now) - i128::from(timestamp) * 1_000_000_000
 }
 
 impl InstanceDesc {

@@ -40,14 +40,13 @@ impl TokenRng {
         TokenRng(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
     }
 
-    /// Seeded from the clock and the process ID, so two agents started in the same
-    /// nanosecond on different hosts (or the same host) still draw different tokens.
-    pub fn from_time_and_pid() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or_default();
-        Self::with_seed(nanos ^ (u64::from(std::process::id()) << 32))
+    /// Seeded from the operating system's randomness (the standard library's per-process
+    /// hash keys), so two agents started at the same moment still draw different tokens.
+    pub fn from_entropy() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        Self::with_seed(h.finish())
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -157,7 +156,7 @@ mod tests {
         let a2 = generate_tokens(16, &[], &mut TokenRng::with_seed(1)).expect("a2");
         assert_ne!(a, b);
         assert_eq!(a, a2);
-        let t1 = generate_tokens(16, &[], &mut TokenRng::from_time_and_pid()).expect("t1");
+        let t1 = generate_tokens(16, &[], &mut TokenRng::from_entropy()).expect("t1");
         assert_eq!(t1.len(), 16);
     }
 

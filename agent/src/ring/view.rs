@@ -10,6 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::clock::Clock;
+
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -47,11 +49,24 @@ pub struct RingView {
 
 impl RingView {
     /// Starts following `ring_key`. Until the first successful read the ring is empty (see
-    /// [`RingView::wait_ready`]); KV failures are logged and retried, never fatal.
-    pub fn start(store: Arc<dyn KvStore>, ring_key: String, heartbeat_timeout: Duration) -> Self {
+    /// [`RingView::wait_ready`]); KV failures are logged and retried, never fatal. `clock`
+    /// judges heartbeat ages.
+    pub fn start(
+        store: Arc<dyn KvStore>,
+        ring_key: String,
+        heartbeat_timeout: Duration,
+        clock: Clock,
+    ) -> Self {
         let (tx, rx) = watch::channel(Arc::new(Desc::default()));
         let (ready_tx, ready) = watch::channel(false);
-        let task = tokio::spawn(follow(store, ring_key, heartbeat_timeout, tx, ready_tx));
+        let task = tokio::spawn(follow(
+            store,
+            ring_key,
+            heartbeat_timeout,
+            clock,
+            tx,
+            ready_tx,
+        ));
         RingView { rx, ready, task }
     }
 
@@ -86,12 +101,13 @@ async fn follow(
     store: Arc<dyn KvStore>,
     key: String,
     heartbeat_timeout: Duration,
+    clock: Clock,
     tx: watch::Sender<Arc<Desc>>,
     ready: watch::Sender<bool>,
 ) {
     let mut last: Option<Topology> = None;
     let mut publish = |desc: Desc, tx: &watch::Sender<Arc<Desc>>| {
-        let topo = topology(&desc, heartbeat_timeout, SystemTime::now());
+        let topo = topology(&desc, heartbeat_timeout, clock.now());
         let changed = last.as_ref() != Some(&topo);
         last = Some(topo);
         tx.send_if_modified(|cur| {
@@ -159,10 +175,7 @@ mod tests {
     const KEY: &str = "collectors/agent";
 
     fn now_secs() -> i64 {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_default()
+        Clock::system().unix_secs()
     }
 
     async fn set(store: &Arc<dyn KvStore>, state: InstanceState, timestamp: i64) {
@@ -196,7 +209,12 @@ mod tests {
             .put("collectors/agent2", b"x".to_vec())
             .await
             .expect("put");
-        let view = RingView::start(store.clone(), KEY.into(), Duration::from_secs(60));
+        let view = RingView::start(
+            store.clone(),
+            KEY.into(),
+            Duration::from_secs(60),
+            Clock::system(),
+        );
         view.wait_ready().await;
         let mut rx = view.subscribe();
         rx.borrow_and_update();
@@ -234,13 +252,15 @@ mod tests {
         assert!(rx.borrow_and_update().ingesters.is_empty());
     }
 
-    #[tokio::test]
+    /// Paused time: the heartbeat ages by `advance`, the view's clock following it.
+    #[tokio::test(start_paused = true)]
     async fn wakes_when_a_heartbeat_gets_too_old() {
         let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
-        let view = RingView::start(store.clone(), KEY.into(), Duration::from_secs(1));
+        let clock = Clock::following_tokio(SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30));
+        let view = RingView::start(store.clone(), KEY.into(), Duration::from_secs(1), clock);
         view.wait_ready().await;
         let mut rx = view.subscribe();
-        set(&store, InstanceState::Active, now_secs()).await;
+        set(&store, InstanceState::Active, clock.unix_secs()).await;
         assert!(changed_within(&mut rx, Duration::from_secs(2)).await);
         rx.borrow_and_update();
         // No write at all: the member just stops heartbeating.

@@ -31,6 +31,7 @@ use super::appender::Storage;
 use super::metadata::{self, MetricMetadata};
 use super::scrape_loop::{Health, LoopHandle, ScrapeLoop};
 use super::target::{discovered_labels, populate_labels, Target};
+use crate::clock::Clock;
 use crate::config::scrape::ScrapeConfig;
 use crate::discovery::{self, TargetGroup};
 use crate::httpclient::{self, HttpClient};
@@ -86,29 +87,16 @@ fn to_map(l: &Labels) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Go's `time.Time.Format(time.RFC3339Nano)` in UTC: fraction with trailing zeros removed.
+/// Go's `time.Time.Format(time.RFC3339Nano)` in UTC (fraction with trailing zeros removed); Go's
+/// zero time for a target never scraped.
 pub fn rfc3339_nano(t: Option<SystemTime>) -> String {
-    let Some(t) = t else {
-        return "0001-01-01T00:00:00Z".to_owned();
-    };
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (y, m, day) = crate::logging::civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    let mut out = format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    );
-    let nanos = d.subsec_nanos();
-    if nanos != 0 {
-        let frac = format!("{nanos:09}");
-        out.push('.');
-        out.push_str(frac.trim_end_matches('0'));
+    match t {
+        Some(t) => crate::clock::rfc3339(
+            crate::clock::unix_nanos(t),
+            crate::clock::Fraction::NanosTrimmed,
+        ),
+        None => "0001-01-01T00:00:00Z".to_owned(),
     }
-    out.push('Z');
-    out
 }
 
 /// Sorts targets as the API lists them: by instance, target group, `job` label, `instance`
@@ -184,6 +172,8 @@ pub struct ScrapeManager {
     instance: String,
     storage: Arc<dyn Storage>,
     base_dir: Option<PathBuf>,
+    /// Stamps the samples of every scrape loop.
+    clock: Clock,
     jobs: Mutex<BTreeMap<String, Job>>,
     /// Serializes `apply` and `stop`.
     apply_lock: tokio::sync::Mutex<()>,
@@ -201,9 +191,16 @@ impl ScrapeManager {
             instance: instance.into(),
             storage,
             base_dir,
+            clock: Clock::system(),
             jobs: Mutex::new(BTreeMap::new()),
             apply_lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The clock the scrape loops stamp samples with (the system clock unless given).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn jobs(&self) -> MutexGuard<'_, BTreeMap<String, Job>> {
@@ -275,6 +272,7 @@ impl ScrapeManager {
             pool.clone(),
             client,
             self.storage.clone(),
+            self.clock,
             cancel.clone(),
         ));
         tracing::info!(job = %cfg.job_name, "started scrape job");
@@ -388,6 +386,7 @@ async fn sync_job(
     pool: Arc<Mutex<Pool>>,
     client: HttpClient,
     storage: Arc<dyn Storage>,
+    clock: Clock,
     cancel: CancellationToken,
 ) {
     loop {
@@ -420,9 +419,14 @@ async fn sync_job(
             }
             for (h, t) in desired.drain() {
                 let target = Arc::new(t);
-                let handle =
-                    ScrapeLoop::new(cfg.clone(), target.clone(), client.clone(), storage.clone())
-                        .spawn();
+                let handle = ScrapeLoop::new(
+                    cfg.clone(),
+                    target.clone(),
+                    client.clone(),
+                    storage.clone(),
+                    clock,
+                )
+                .spawn();
                 p.loops.insert(h, RunningTarget { target, handle });
             }
             for t in p.loops.values() {

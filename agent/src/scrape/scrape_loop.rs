@@ -62,6 +62,7 @@ use super::cache::{Lookup, SeriesCache};
 use super::metadata::{self, SharedMetadata};
 use super::parse::{Entry, Format, ParseError, Parser, Sample};
 use super::target::{merge_target_labels_into, Target};
+use crate::clock::Clock;
 use crate::config::scrape::{Limits, ScrapeConfig};
 use crate::httpclient::HttpClient;
 use crate::relabel::{self, go_quote, Labels, LabelsBuilder};
@@ -481,13 +482,6 @@ fn check_label_limits(
 /// A new target's first scrape happens within this window after its loop starts.
 pub const FIRST_SCRAPE_WINDOW: Duration = Duration::from_millis(250);
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Delay from `now` until the first scrape (see the module docs): the next instant whose
 /// offset within `interval` (measured from the Unix epoch) equals `hash mod interval`.
 pub fn first_scrape_delay(hash: u64, interval: Duration, now: SystemTime) -> Duration {
@@ -567,6 +561,7 @@ pub struct ScrapeLoop {
     compression: bool,
     body_size_limit: u64,
     status: Arc<Mutex<ScrapeStatus>>,
+    clock: Clock,
 }
 
 /// A running loop; stop it with [`LoopHandle::stop`].
@@ -610,6 +605,7 @@ impl ScrapeLoop {
         target: Arc<Target>,
         client: HttpClient,
         storage: Arc<dyn Storage>,
+        clock: Clock,
     ) -> Self {
         let timeout = target.timeout.as_std();
         ScrapeLoop {
@@ -623,6 +619,7 @@ impl ScrapeLoop {
             storage,
             body: Vec::new(),
             status: Arc::new(Mutex::new(ScrapeStatus::default())),
+            clock,
         }
     }
 
@@ -662,7 +659,7 @@ impl ScrapeLoop {
             }
         }
         if scraped {
-            let mut align = first_scrape_delay(hash, interval, SystemTime::now());
+            let mut align = first_scrape_delay(hash, interval, self.clock.now());
             if align < interval / 2 {
                 align += interval;
             }
@@ -687,7 +684,8 @@ impl ScrapeLoop {
         }
         if write_stale.load(Ordering::SeqCst) {
             let mut app = self.storage.appender();
-            self.processor.end_of_run(&mut *app, now_ms());
+            self.processor
+                .end_of_run(&mut *app, self.clock.unix_millis());
             if let Err(e) = app.commit() {
                 tracing::warn!(target_url = %self.target.url, error = %e, "writing end-of-run staleness markers failed");
             }
@@ -696,11 +694,9 @@ impl ScrapeLoop {
 
     /// One scrape, appended and committed.
     pub async fn scrape_and_report(&mut self) {
-        let started = SystemTime::now();
+        let started = self.clock.now();
         let start = Instant::now();
-        let t_ms = started
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let t_ms = crate::clock::unix_millis(started);
         let forced = lock_status(&self.status).forced_error.clone();
         let fetched = match forced {
             Some(e) => Err(ScrapeError::Forced(e)),
