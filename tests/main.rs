@@ -10,6 +10,7 @@ mod cluster;
 mod config_sync;
 mod differential;
 mod discovery;
+mod ignored_fields;
 mod kv;
 mod reliability;
 mod remote_write;

@@ -234,6 +234,9 @@ pub async fn serve(
             "config block ignored: agentctl runs the metrics subsystem only"
         );
     }
+    for f in &cfg.ignored_fields {
+        tracing::warn!(field = %f.field, advice = f.advice, "config field ignored");
+    }
     let clock = Clock::system();
     let mut registry = Registry::default();
     let api_metrics = ApiMetrics::register(&mut registry);

@@ -20,6 +20,10 @@ pub fn init(level: Level, format: Format) {
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        // A failed write (standard error closed: the reader went away) is dropped. Reporting it
+        // would `eprintln!` to that same closed stream, which panics the task that logged, and a
+        // panicked signal task never starts the shutdown.
+        .log_internal_errors(false)
         .with_ansi(false);
     let _ = match format {
         Format::Logfmt => builder.event_format(Logfmt).try_init(),

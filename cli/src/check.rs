@@ -45,6 +45,7 @@ pub fn check_file(
                     "the `{block}` block is ignored: agentctl runs the metrics subsystem only"
                 ));
             }
+            warnings.extend(cfg.ignored_fields.iter().map(|f| f.to_string()));
             let ss = &cfg.scraping_service;
             for (field, store) in [
                 ("scraping_service.kvstore", ss.kvstore.store()),

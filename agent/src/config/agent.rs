@@ -346,11 +346,27 @@ pub struct AgentConfig {
     pub instance_mode: InstanceMode,
     /// Blocks of the old agent that this one does not run (`integrations`, `logs`, ...).
     pub ignored_blocks: Vec<&'static str>,
+    /// Fields set in the file that have no effect (see [`super::ignored`]).
+    pub ignored_fields: Vec<super::ignored::IgnoredField>,
 }
 
 impl AgentConfigRaw {
     /// Applies defaults and the old agent's checks.
     pub fn validate(&self) -> Result<AgentConfig, String> {
+        if let Some(tls) = self
+            .server
+            .as_ref()
+            .and_then(|s| s.http_tls_config.as_ref())
+        {
+            if super::ignored::asks_for_tls(tls) {
+                return Err(
+                    "server.http_tls_config: TLS for the agent's own HTTP server is not \
+                    supported yet, and the agent will not serve plain HTTP in its place; remove \
+                    the block and terminate TLS in front of the agent (a reverse proxy)"
+                        .into(),
+                );
+            }
+        }
         let metrics = self.metrics.clone().unwrap_or_default();
         let global = metrics.global.clone().unwrap_or_default().validate()?;
         let ss = metrics.scraping_service.clone().unwrap_or_default();
@@ -471,6 +487,7 @@ impl AgentConfigRaw {
                 .unwrap_or(GoDuration::from_secs(5)),
             instance_mode,
             ignored_blocks,
+            ignored_fields: super::ignored::ignored_fields(self),
         })
     }
 }

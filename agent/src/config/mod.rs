@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod duration;
 pub mod http;
+pub mod ignored;
 pub mod instance;
 pub mod load;
 pub mod regex;

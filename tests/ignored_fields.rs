@@ -1,0 +1,147 @@
+//! agent.yaml fields that agentctl accepts but does not honour are never silent: `config check`
+//! and `agent run` warn about each one, naming the field and what to use instead, and a TLS
+//! block for the agent's own server stops the agent instead of serving plain HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{agentctl, bin, ChildGuard};
+
+/// Fields an old agent's agent.yaml commonly sets that agentctl does not honour.
+const AGENT_YAML: &str = "\
+server:
+  log_level: debug
+  http_listen_port: 9999
+  grpc_listen_port: 9095
+metrics:
+  wal_directory: data
+  global:
+    scrape_interval: 15s
+    evaluation_interval: 15s
+  scraping_service:
+    enabled: true
+    reshard_timeout: 10s
+    lifecycler:
+      heartbeat_period: 1s
+      min_ready_duration: 0s
+";
+
+const EXPECTED: [&str; 6] = [
+    "server.log_level is ignored: use --log.level",
+    "server.http_listen_port is ignored: the listen address comes from the command line: use --server.http.address HOST:PORT",
+    "server.grpc_listen_port is ignored: agentctl serves no gRPC",
+    "metrics.global.evaluation_interval is ignored: agentctl evaluates no rules",
+    "metrics.scraping_service.reshard_timeout is ignored: resharding is local to each agent",
+    "metrics.scraping_service.lifecycler.min_ready_duration is ignored: an agent is ready once",
+];
+
+#[test]
+fn config_check_warns_about_every_ignored_field_and_stays_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("agent.yaml"), AGENT_YAML).unwrap();
+    let out = agentctl(&["config", "check", "agent.yaml"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "agent.yaml: valid agent config\n"
+    );
+    let warnings: Vec<&str> = stderr.lines().collect();
+    assert_eq!(warnings.len(), EXPECTED.len(), "{stderr}");
+    for (line, want) in warnings.iter().zip(EXPECTED) {
+        assert!(
+            line.starts_with(&format!("agent.yaml: warning: {want}")),
+            "{line:?} should start with {want:?}"
+        );
+    }
+}
+
+#[test]
+fn agent_run_logs_every_ignored_field_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("agent.yaml"), AGENT_YAML).unwrap();
+    let child = Command::new(bin())
+        .args([
+            "agent",
+            "run",
+            "--config.file",
+            "agent.yaml",
+            "--server.http.address",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut agent = ChildGuard::new("agent", child);
+    let stderr = agent.child.as_mut().unwrap().stderr.take().unwrap();
+    // Lines until the agent says it is ready (the warnings come before).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("agent not ready within 30 s; log so far:\n{lines:#?}"));
+        let ready = line.contains("agent ready");
+        lines.push(line);
+        if ready {
+            break;
+        }
+    }
+    let warned: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("level=warn") && l.contains("msg=\"config field ignored\""))
+        .collect();
+    assert_eq!(warned.len(), EXPECTED.len(), "{lines:#?}");
+    for (line, want) in warned.iter().zip(EXPECTED) {
+        let (field, advice) = want.split_once(" is ignored: ").unwrap();
+        assert!(line.contains(&format!("field={field} ")), "{line}");
+        assert!(line.contains(advice), "{line}");
+    }
+    agent.signal("TERM");
+    let code = agent.wait_exit(Duration::from_secs(20));
+    lines.extend(rx.try_iter());
+    assert_eq!(code, Some(0), "{lines:#?}");
+}
+
+#[test]
+fn a_tls_block_stops_the_agent_and_fails_config_check() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("agent.yaml"),
+        "server:\n  http_tls_config:\n    cert_file: /etc/agentctl/cert.pem\n    key_file: /etc/agentctl/key.pem\n",
+    )
+    .unwrap();
+    let out = agentctl(
+        &[
+            "agent",
+            "run",
+            "--config.file",
+            "agent.yaml",
+            "--server.http.address",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("server.http_tls_config")
+            && stderr.contains("will not serve plain HTTP in its place"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("agent listening"), "{stderr}");
+
+    let out = agentctl(&["config", "check", "agent.yaml"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("server.http_tls_config"), "{stderr}");
+}
