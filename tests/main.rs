@@ -12,6 +12,7 @@ mod differential;
 mod discovery;
 mod ignored_fields;
 mod kv;
+mod progress;
 mod reliability;
 mod remote_write;
 mod remote_write_e2e;

@@ -8,6 +8,7 @@ use agent::config::load::{self, ConfigError, Kind};
 use agent::config::GlobalConfig;
 
 use crate::args::ConfigKind;
+use crate::progress::{Progress, Unit};
 use crate::{io, Error};
 
 /// Output conventions: ours, or the old tool's (`config valid`, `failed to validate config:`).
@@ -91,44 +92,51 @@ fn unsupported_sd_warnings(
 }
 
 /// Runs the check over every file, printing every error; exit 0 when all are valid, else 1.
+/// With `progress`, a bar on standard error counts the files (see [`crate::progress`]).
 pub fn run(
     files: &[PathBuf],
     kind: Option<ConfigKind>,
     expand_env: bool,
     style: Style,
+    progress: bool,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<ExitCode, Error> {
+    let bar = Progress::new(progress, files.len() as u64, Unit::Items);
     let mut failed = 0;
     for file in files {
         match check_file(file, kind, expand_env) {
             Ok(checked) => {
                 for w in &checked.warnings {
-                    writeln!(err, "{}: warning: {w}", file.display())
+                    bar.println(err, &format!("{}: warning: {w}", file.display()))
                         .map_err(|e| io("writing output", e))?;
                 }
-                match style {
-                    Style::Legacy => writeln!(out, "config valid"),
+                let line = match style {
+                    Style::Legacy => "config valid".to_owned(),
                     Style::Modern => {
                         let what = match checked.kind {
                             Kind::Agent => "agent config",
                             Kind::Instance => "instance config",
                         };
-                        writeln!(out, "{}: valid {what}", file.display())
+                        format!("{}: valid {what}", file.display())
                     }
-                }
-                .map_err(|e| io("writing output", e))?;
+                };
+                bar.println(out, &line)
+                    .map_err(|e| io("writing output", e))?;
             }
             Err(e) => {
                 failed += 1;
-                match style {
-                    Style::Legacy => writeln!(err, "failed to validate config: {e}"),
-                    Style::Modern => writeln!(err, "{e}"),
-                }
-                .map_err(|e| io("writing output", e))?;
+                let line = match style {
+                    Style::Legacy => format!("failed to validate config: {e}"),
+                    Style::Modern => e.to_string(),
+                };
+                bar.println(err, &line)
+                    .map_err(|e| io("writing output", e))?;
             }
         }
+        bar.inc(1);
     }
+    bar.finish();
     if failed == 0 {
         Ok(ExitCode::SUCCESS)
     } else {

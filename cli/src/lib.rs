@@ -7,6 +7,7 @@ pub mod check;
 pub mod client;
 pub mod compat;
 pub mod generate;
+pub mod progress;
 pub mod ring_status;
 pub mod sync;
 pub mod wal_inspect;
@@ -90,6 +91,7 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
             a.kind,
             a.expand_env,
             check::Style::Modern,
+            a.files.len() > 1 && sync::Tty::detect().stderr,
             &mut stdout,
             &mut stderr,
         ),
@@ -98,6 +100,7 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
             Some(args::ConfigKind::Agent),
             expand_env,
             check::Style::Legacy,
+            false,
             &mut stdout,
             &mut stderr,
         ),
@@ -123,7 +126,10 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
         }
         Command::Ring(RingCommand::Status(a)) => ring_status::status(&a, &mut stdout),
         Command::Ring(RingCommand::Forget(a)) => ring_status::forget(&a, &mut stdout),
-        Command::Wal(WalCommand::Inspect(a)) => wal_inspect::run(&a, &mut stdout),
+        Command::Wal(WalCommand::Inspect(a)) => {
+            let progress = a.output == args::OutputFormat::Table && sync::Tty::detect().stderr;
+            wal_inspect::run(&a, progress, &mut stdout)
+        }
         Command::LegacyWalStats { dir } => wal_inspect::run_legacy_wal_stats(&dir, &mut stdout),
         Command::LegacyTargetStats { dir, job, instance } => {
             wal_inspect::run_legacy_target_stats(&dir, &job, &instance, &mut stdout)

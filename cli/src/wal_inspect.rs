@@ -15,13 +15,14 @@ use agent::clock::{civil_from_days, rfc3339_millis};
 use agent::wal::inspect::{self, InspectError, Selector, StatsOptions, WalStats};
 
 use crate::args::{OutputFormat, WalInspectArgs};
+use crate::progress::{Progress, Unit};
 use crate::{io, Error};
 
 /// How many metric names the report lists.
 pub const TOP_METRICS: usize = 20;
 
-/// `agentctl wal inspect`.
-pub fn run(args: &WalInspectArgs, out: &mut impl Write) -> Result<ExitCode, Error> {
+/// `agentctl wal inspect`; with `progress`, a bar on standard error counts the bytes read.
+pub fn run(args: &WalInspectArgs, progress: bool, out: &mut impl Write) -> Result<ExitCode, Error> {
     let mut matchers = Vec::new();
     if let Some(s) = &args.selector {
         matchers.extend(
@@ -40,7 +41,13 @@ pub fn run(args: &WalInspectArgs, out: &mut impl Write) -> Result<ExitCode, Erro
         selector: filtered.then_some(Selector { matchers }),
         per_series: args.selector.is_some(),
     };
-    let mut st = inspect::stats(&args.dir, &opts).map_err(|e| wal_error(&args.dir, e))?;
+    let mut bar: Option<Progress> = None;
+    let mut st = inspect::stats_with_progress(&args.dir, &opts, &mut |done, total| {
+        bar.get_or_insert_with(|| Progress::new(progress, total, Unit::Bytes))
+            .set_position(done);
+    })
+    .map_err(|e| wal_error(&args.dir, e))?;
+    drop(bar);
     st.targets.retain(|t| {
         args.job.as_ref().is_none_or(|j| *j == t.job)
             && args.instance.as_ref().is_none_or(|i| *i == t.instance)

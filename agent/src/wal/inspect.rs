@@ -279,6 +279,16 @@ pub fn resolve_dir(dir: &Path) -> Result<PathBuf, InspectError> {
 }
 
 pub fn stats(dir: &Path, opts: &StatsOptions) -> Result<WalStats, InspectError> {
+    stats_with_progress(dir, opts, &mut |_, _| {})
+}
+
+/// [`stats`], calling `progress(bytes read, bytes in total)` every few thousand records (for
+/// a progress bar; the total is the size of the checkpoint and segment files when started).
+pub fn stats_with_progress(
+    dir: &Path,
+    opts: &StatsOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<WalStats, InspectError> {
     let dir = resolve_dir(dir)?;
     let segs = list_segments(&dir)?;
     let cp = last_checkpoint(&dir)?;
@@ -318,8 +328,28 @@ pub fn stats(dir: &Path, opts: &StatsOptions) -> Result<WalStats, InspectError> 
     let mut samples: Vec<RefSample> = Vec::new();
     let (mut mint, mut maxt) = (i64::MAX, i64::MIN);
 
+    // Where each source starts in the whole read, for progress.
+    let mut starts = Vec::with_capacity(sources.len());
+    let mut total_bytes = 0;
+    for s in &sources {
+        starts.push((s.path.clone(), total_bytes));
+        total_bytes += std::fs::metadata(&s.path).map_or(0, |m| m.len());
+    }
+    let mut source = 0;
+    let mut records: u64 = 0;
+    progress(0, total_bytes);
+
     let mut r = Reader::new(sources);
     while r.next_record()? {
+        records += 1;
+        if records % 4096 == 0 {
+            if let Some(seg) = r.segment() {
+                while source + 1 < starts.len() && starts[source].0 != seg.path {
+                    source += 1;
+                }
+                progress(starts[source].1 + r.record_start(), total_bytes);
+            }
+        }
         let rec = r.record();
         match record::record_type(rec) {
             Some(record::SERIES) => {
@@ -395,6 +425,7 @@ pub fn stats(dir: &Path, opts: &StatsOptions) -> Result<WalStats, InspectError> 
             _ => {}
         }
     }
+    progress(total_bytes, total_bytes);
     if mint <= maxt {
         st.oldest_sample_ms = Some(mint);
         st.newest_sample_ms = Some(maxt);

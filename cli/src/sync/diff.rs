@@ -9,15 +9,32 @@ use similar::TextDiff;
 use super::plan::{Action, Plan};
 use super::remote::Remote;
 use super::SyncError;
+use crate::progress::Progress;
 
-/// The diff of every planned change, coloured when `color`.
-pub async fn render(remote: &Remote, plan: &Plan, color: bool) -> Result<String, SyncError> {
+/// How many stored configs [`render`] reads (one per update and delete).
+pub fn fetches(plan: &Plan) -> u64 {
+    plan.items
+        .iter()
+        .filter(|i| i.action != Action::Create)
+        .count() as u64
+}
+
+/// The diff of every planned change, coloured when `color`; `progress` counts the stored
+/// configs read.
+pub async fn render(
+    remote: &Remote,
+    plan: &Plan,
+    color: bool,
+    progress: &Progress,
+) -> Result<String, SyncError> {
     let mut out = String::new();
     for item in &plan.items {
         let stored = match item.action {
             Action::Create => String::new(),
             Action::Update | Action::Delete => {
-                remote.get_redacted(&item.name).await?.unwrap_or_default()
+                let stored = remote.get_redacted(&item.name).await?.unwrap_or_default();
+                progress.inc(1);
+                stored
             }
         };
         let local = item

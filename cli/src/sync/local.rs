@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use agent::config::load::{self, ConfigError};
 use agent::config::{GlobalConfig, InstanceConfigRaw};
 use agent::kv::configstore::content_hash;
+use walkdir::WalkDir;
 
 use super::SyncError;
 
@@ -92,8 +93,7 @@ pub fn load_dir(dir: &Path, recursive: bool) -> Result<Vec<LocalConfig>, SyncErr
         }
         Err(e) => return Err(dir_err(format!("cannot be read: {e}"))),
     }
-    let mut files = Vec::new();
-    collect(dir, dir, recursive, &mut files)?;
+    let files = collect(dir, recursive)?;
 
     let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
     for (name, path) in &files {
@@ -122,43 +122,41 @@ pub fn load_dir(dir: &Path, recursive: bool) -> Result<Vec<LocalConfig>, SyncErr
     Ok(configs)
 }
 
-/// Appends `(name, path)` of the config files under `dir` (relative names to `root`).
-fn collect(
-    root: &Path,
-    dir: &Path,
-    recursive: bool,
-    out: &mut Vec<(String, PathBuf)>,
-) -> Result<(), SyncError> {
-    let read_err = |path: &Path, e: std::io::Error| SyncError::Dir {
-        path: path.to_path_buf(),
-        reason: format!("cannot be read: {e}"),
-    };
-    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
-        .map_err(|e| read_err(dir, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| read_err(dir, e))?;
-    entries.sort_by_key(std::fs::DirEntry::file_name);
-    for entry in entries {
+/// The `(name, path)` of the config files under `root`, in lexical order of each directory.
+fn collect(root: &Path, recursive: bool) -> Result<Vec<(String, PathBuf)>, SyncError> {
+    let walk = WalkDir::new(root)
+        .min_depth(1)
+        .max_depth(if recursive { usize::MAX } else { 1 })
+        // The directory argument is followed when it is a symlink; a symlinked directory
+        // inside it is not (it could loop back), a symlink to a file is read (below).
+        .follow_root_links(true)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        // Hidden files and directories, and everything under a hidden directory.
+        .filter_entry(|e| !e.file_name().to_str().is_some_and(|n| n.starts_with('.')));
+    let mut out = Vec::new();
+    for entry in walk {
+        let entry = entry.map_err(|e| SyncError::Dir {
+            path: e.path().unwrap_or(root).to_path_buf(),
+            reason: match e.io_error() {
+                Some(io) => format!("cannot be read: {io}"),
+                None => format!("cannot be read: {e}"),
+            },
+        })?;
         let path = entry.path();
-        let Some(file_name) = entry.file_name().to_str().map(str::to_owned) else {
+        let Some(file_name) = entry.file_name().to_str() else {
             return Err(SyncError::Dir {
-                path,
+                path: path.to_path_buf(),
                 reason: "has a name that is not UTF-8 (config names are text)".into(),
             });
         };
-        if file_name.starts_with('.') {
-            continue;
-        }
-        let ft = entry.file_type().map_err(|e| read_err(&path, e))?;
+        let ft = entry.file_type();
         if ft.is_dir() {
-            if recursive {
-                collect(root, &path, recursive, out)?;
-            }
             continue;
         }
         let is_file = if ft.is_symlink() {
-            // A symlink to a file is read; to a directory it is not followed (cycles).
-            std::fs::metadata(&path)
+            std::fs::metadata(path)
                 .map(|m| m.is_file())
                 .unwrap_or(false)
         } else {
@@ -192,9 +190,9 @@ fn collect(
         } else {
             format!("{rel_dir}/{stem}")
         };
-        out.push((name, path));
+        out.push((name, path.to_path_buf()));
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -297,6 +295,46 @@ mod tests {
             w.contains("f.yml") && w.contains("bearer_token_file must be empty"),
             "{w}"
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn recursion_skips_hidden_and_symlinked_directories_and_never_loops() {
+        let t = tempfile::tempdir().expect("tempdir");
+        write(t.path(), "b/z.yml", &CFG.replace("j\n", "z\n"));
+        write(t.path(), "b/a.yml", &CFG.replace("j\n", "a\n"));
+        write(t.path(), "a.yml", CFG);
+        write(t.path(), ".git/x.yml", CFG);
+        write(t.path(), "b/.cache/y.yml", CFG);
+        write(t.path(), "elsewhere/w.yml", &CFG.replace("j\n", "w\n"));
+        // A loop back to the top, and a link to a directory outside the walk.
+        std::os::unix::fs::symlink(t.path(), t.path().join("b/loop")).expect("link");
+        std::os::unix::fs::symlink(t.path().join("elsewhere"), t.path().join("c")).expect("link");
+        std::os::unix::fs::symlink(t.path().join("a.yml"), t.path().join("b/file-link.yml"))
+            .expect("link");
+        let names: Vec<String> = load_dir(t.path(), true)
+            .expect("valid")
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["a", "b/a", "b/file-link", "b/z", "elsewhere/w"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_name_that_is_not_utf8_is_an_error_naming_the_path() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir().expect("tempdir");
+        write(t.path(), "a.yml", CFG);
+        let bad = t.path().join(std::ffi::OsStr::from_bytes(b"sub\xff"));
+        std::fs::create_dir(&bad).expect("mkdir");
+        match load_dir(t.path(), true) {
+            Err(SyncError::Dir { path, reason }) => {
+                assert_eq!(path, bad);
+                assert!(reason.contains("not UTF-8"), "{reason}");
+            }
+            other => panic!("expected a directory error, got {other:?}"),
+        }
     }
 
     #[cfg(unix)]

@@ -33,6 +33,7 @@ use crate::args::{
     OutputFormat,
 };
 use crate::client::ClientError;
+use crate::progress::{Progress, Unit};
 
 /// Errors of the config tools; [`SyncError::exit_code`] gives the documented exit code.
 #[derive(Debug, thiserror::Error)]
@@ -190,30 +191,15 @@ pub fn run_sync(
         let results = if args.dry_run || plan.is_empty() {
             Vec::new()
         } else {
-            let progress = tty.stderr && !json;
-            let results = apply(Arc::clone(&remote), &plan, |r, done, total| {
-                if progress {
-                    let _ = write!(err, "\r\x1b[K");
-                }
+            let progress = Progress::new(tty.stderr && !json, plan.items.len() as u64, Unit::Items);
+            let results = apply(Arc::clone(&remote), &plan, |r, _done, _total| {
                 if !json {
-                    let _ = writeln!(out, "{}", r.line());
+                    let _ = progress.println(out, &r.line());
                 }
-                if progress {
-                    let width = 30;
-                    let filled = done * width / total.max(1);
-                    let _ = write!(
-                        err,
-                        "[{}{}] {done}/{total}",
-                        "#".repeat(filled),
-                        " ".repeat(width - filled)
-                    );
-                    let _ = err.flush();
-                }
+                progress.inc(1);
             })
             .await;
-            if progress {
-                let _ = write!(err, "\r\x1b[K");
-            }
+            progress.finish();
             results
         };
         let ok = results.iter().filter(|r| r.outcome == Outcome::Ok).count();
@@ -309,7 +295,9 @@ pub fn run_diff(
         let remote = Remote::connect(&args.target).await?;
         let hashes = remote.hashes().await?;
         let plan = plan(&local, &hashes, true);
-        let text = diff::render(&remote, &plan, tty.stdout).await?;
+        let progress = Progress::new(tty.stderr, diff::fetches(&plan), Unit::Items);
+        let text = diff::render(&remote, &plan, tty.stdout, &progress).await?;
+        progress.finish();
         out.write_all(text.as_bytes()).map_err(out_err)?;
         out.write_all(plan.render_summary().as_bytes())
             .map_err(out_err)?;
