@@ -22,6 +22,10 @@
 //! instances (without staleness markers: the series continue elsewhere), flushes remote_write,
 //! and removes itself from the ring.
 
+pub mod assign;
+#[cfg(test)]
+mod sim;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
