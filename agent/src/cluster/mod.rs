@@ -25,6 +25,7 @@
 pub mod assign;
 #[cfg(test)]
 mod sim;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;

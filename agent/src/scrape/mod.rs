@@ -2,6 +2,7 @@
 //! series cache.
 pub mod appender;
 pub mod cache;
+pub mod identity;
 pub mod manager;
 pub mod metadata;
 pub mod parse;
