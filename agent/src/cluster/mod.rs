@@ -23,6 +23,7 @@
 //! and removes itself from the ring.
 
 pub mod assign;
+pub mod handoff;
 #[cfg(test)]
 mod sim;
 pub mod store;
