@@ -53,7 +53,9 @@
 //! X moving back to A while A is releasing: A simply stays the writer.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::store::{AgentStatus, TargetKey};
 

@@ -7,7 +7,9 @@
 //! --nocapture | grep SIMULATION`) and asserts the acceptance figures.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+use crate::clock::Clock;
 
 use super::assign::{assign, max_over_mean, score, Members, Plan};
 use crate::ring::lookup::Ring;
@@ -175,7 +177,7 @@ impl ConfigRing {
     /// Owner per target (every target of a config on the config's owner).
     fn owners(&self, world: &World) -> Vec<String> {
         let ring = Ring::new(self.desc.clone(), Duration::ZERO);
-        let now = SystemTime::now();
+        let now = Clock::system().now();
         world
             .configs
             .iter()
@@ -188,9 +190,7 @@ impl ConfigRing {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    Clock::system().unix_secs()
 }
 
 /// One line of figures for `agents` members and `targets` targets in `configs` configs.
