@@ -9,79 +9,29 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::{bin, free_port, http_full, wait_http, ChildGuard, HttpResponse};
+use crate::support::{Agent, HttpResponse};
 
-/// A running agent on the embedded default (or `config`) in its own directory.
-struct Agent {
-    guard: ChildGuard,
-    addr: String,
-    log: PathBuf,
+/// Panics unless the agent answers `/-/healthy` within two seconds: it survived.
+fn assert_alive(a: &Agent) {
+    let t = Instant::now();
+    let r = a.get("/-/healthy");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "healthy took {:?}",
+        t.elapsed()
+    );
 }
 
-impl Agent {
-    fn start(dir: &Path, extra: &[&str]) -> Agent {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let log = dir.join("agent.log");
-        let child = Command::new(bin())
-            .args(["agent", "run", "--server.http.address", &addr])
-            .args(extra)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let guard = ChildGuard::new("agent", child);
-        wait_http(&addr, "/-/ready", 200, Duration::from_secs(20));
-        Agent { guard, addr, log }
-    }
-
-    fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
-        http_full(method, &self.addr, path, headers, body.as_bytes())
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    }
-
-    fn put(&self, name: &str, body: &str) -> HttpResponse {
-        self.req("PUT", &format!("/agent/api/v1/config/{name}"), &[], body)
-    }
-
-    /// Panics unless the agent answers `/-/healthy` within a second: it survived.
-    fn assert_alive(&self) {
-        let t = Instant::now();
-        let r = self.req("GET", "/-/healthy", &[], "");
-        assert_eq!(r.status, 200, "{r:?}");
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "healthy took {:?}",
-            t.elapsed()
-        );
-    }
-
-    /// Resident set size in KiB (`VmRSS` of /proc/PID/status).
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.guard.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(mut self) -> String {
-        self.guard.signal("TERM");
-        assert_eq!(self.guard.wait_exit(Duration::from_secs(30)), Some(0));
-        self.log()
-    }
+/// Stops the agent (SIGTERM, exit 0) and returns everything it logged.
+fn stop(mut a: Agent) -> String {
+    assert_eq!(a.stop(), Some(0), "{}", a.log());
+    a.log()
 }
 
 fn cfg(job: &str) -> String {
@@ -131,20 +81,20 @@ fn oversized_bodies_are_refused_with_and_without_content_length() {
 
     // Chunked, no Content-Length: 64 MiB offered, refused once 1 MiB is passed.
     let t = Instant::now();
-    let code = put_chunked(&a.addr, "/agent/api/v1/config/chunked", 64 << 20);
+    let code = put_chunked(a.addr(), "/agent/api/v1/config/chunked", 64 << 20);
     let chunked_ms = t.elapsed().as_millis();
     assert_eq!(code, 413);
-    a.assert_alive();
+    assert_alive(&a);
 
     // A Content-Length far over the limit is refused from the header alone (the body is never
     // sent here: an agent that waited for it would time out this request).
-    let mut s = TcpStream::connect(&a.addr).unwrap();
+    let mut s = TcpStream::connect(a.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let t = Instant::now();
     s.write_all(
         format!(
             "PUT /agent/api/v1/config/huge HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 107374182400\r\n\r\n",
-            a.addr
+            a.addr()
         )
         .as_bytes(),
     )
@@ -158,7 +108,7 @@ fn oversized_bodies_are_refused_with_and_without_content_length() {
     // Many at once: the agent buffers at most the limit per request.
     let threads: Vec<_> = (0..8)
         .map(|i| {
-            let addr = a.addr.clone();
+            let addr = a.addr().to_owned();
             std::thread::spawn(move || {
                 put_chunked(&addr, &format!("/agent/api/v1/config/c{i}"), 8 << 20)
             })
@@ -167,11 +117,11 @@ fn oversized_bodies_are_refused_with_and_without_content_length() {
     for t in threads {
         assert_eq!(t.join().unwrap(), 413);
     }
-    a.assert_alive();
+    assert_alive(&a);
     let rss1 = a.rss_kib();
 
     // Exactly at the limit is fine, and nothing of the refused bodies was stored.
-    assert_eq!(a.put("ok", &cfg("ok")).status, 201);
+    assert_eq!(a.put_config("ok", &cfg("ok")).status, 201);
     let list = a.req("GET", "/agent/api/v1/configs", &[], "");
     assert_eq!(
         list.body,
@@ -184,7 +134,7 @@ fn oversized_bodies_are_refused_with_and_without_content_length() {
         rss1.saturating_sub(rss0) < 200 << 10,
         "RSS grew from {rss0} to {rss1} KiB"
     );
-    a.stop();
+    stop(a);
 }
 
 #[test]
@@ -217,7 +167,7 @@ fn deeply_nested_yaml_is_refused_quickly_without_stack_overflow() {
     ];
     for (kind, body) in &bodies {
         let t = Instant::now();
-        let r = a.put("deep", body);
+        let r = a.put_config("deep", body);
         let ms = t.elapsed().as_millis();
         assert_eq!(r.status, 400, "{kind}: {r:?}");
         assert!(
@@ -226,14 +176,14 @@ fn deeply_nested_yaml_is_refused_quickly_without_stack_overflow() {
             r.body
         );
         assert!(ms < 5_000, "{kind}: {ms} ms");
-        a.assert_alive();
+        assert_alive(&a);
         figure(&format!("api_nested_yaml_{kind}_ms"), ms);
     }
     assert_eq!(
         a.req("GET", "/agent/api/v1/configs/deep", &[], "").status,
         404
     );
-    a.stop();
+    stop(a);
 }
 
 #[test]
@@ -266,12 +216,12 @@ fn yaml_bombs_are_bounded_in_time_and_memory() {
     let mut worst_ms = 0;
     for (kind, body) in [("nested", &laughs), ("top_level", &top), ("wide", &wide)] {
         let t = Instant::now();
-        let r = a.put("bomb", body);
+        let r = a.put_config("bomb", body);
         let ms = t.elapsed().as_millis();
         worst_ms = worst_ms.max(ms);
         assert_eq!(r.status, 400, "{kind}: {r:?}");
         assert!(ms < 10_000, "{kind}: {ms} ms");
-        a.assert_alive();
+        assert_alive(&a);
         figure(&format!("api_yaml_bomb_{kind}_ms"), ms);
         eprintln!("{kind}: {}", r.body);
     }
@@ -283,7 +233,7 @@ fn yaml_bombs_are_bounded_in_time_and_memory() {
         a.req("GET", "/agent/api/v1/configs/bomb", &[], "").status,
         404
     );
-    a.stop();
+    stop(a);
 }
 
 #[test]
@@ -306,14 +256,14 @@ fn invalid_utf8_and_control_characters_in_names_are_400() {
             );
         }
     }
-    let r = a.put("%FF", &cfg("utf8"));
+    let r = a.put_config("%FF", &cfg("utf8"));
     assert!(r.body.contains("UTF-8"), "{}", r.body);
-    a.assert_alive();
+    assert_alive(&a);
     assert_eq!(
         a.req("GET", "/agent/api/v1/configs", &[], "").body,
         r#"{"status":"success","data":{"configs":[]}}"#
     );
-    a.stop();
+    stop(a);
 }
 
 /// Every file and folder under `dir`, relative, sorted.
@@ -360,7 +310,7 @@ fn path_traversal_names_never_leave_the_wal_directory() {
         "a%2F%2Fb",
     ];
     for name in refused {
-        let r = a.put(name, &cfg(&format!("job-{}", name.len())));
+        let r = a.put_config(name, &cfg(&format!("job-{}", name.len())));
         assert_eq!(r.status, 400, "{name}: {r:?}");
         assert!(r.body.contains("invalid config name"), "{name}: {}", r.body);
     }
@@ -375,7 +325,7 @@ fn path_traversal_names_never_leave_the_wal_directory() {
         ("%E2%82%AC", "euro"),
     ];
     for (name, job) in accepted {
-        let r = a.put(name, &cfg(job));
+        let r = a.put_config(name, &cfg(job));
         assert_eq!(r.status, 201, "{name}: {r:?}");
     }
     let list = a.req("GET", "/agent/api/v1/configs", &[], "");
@@ -413,8 +363,8 @@ fn path_traversal_names_never_leave_the_wal_directory() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    a.assert_alive();
-    let log = a.stop();
+    assert_alive(&a);
+    let log = stop(a);
     // Nothing outside the agent's directory; inside it, only its data folder and its log.
     assert_eq!(
         tree(outer.path())
@@ -432,7 +382,7 @@ fn path_traversal_names_never_leave_the_wal_directory() {
     top_sorted.sort();
     assert_eq!(
         top_sorted,
-        ["agent.log", "agent.yaml", "data-agent"],
+        ["agent.addr", "agent.log", "agent.yaml", "data-agent"],
         "{:?}",
         tree(&dir)
     );
@@ -447,8 +397,8 @@ fn two_names_never_share_a_wal_folder() {
     let a = Agent::start(dir.path(), &[]);
     // `a/b` is stored in the folder `a--b`; a config literally named `a--b` must not get the
     // same folder (two WAL writers in one folder corrupt each other).
-    assert_eq!(a.put("a%2Fb", &cfg("slash")).status, 201);
-    let r = a.put("a--b", &cfg("dashes"));
+    assert_eq!(a.put_config("a%2Fb", &cfg("slash")).status, 201);
+    let r = a.put_config("a--b", &cfg("dashes"));
     assert_eq!(r.status, 400, "{r:?}");
     assert!(
         r.body
@@ -457,10 +407,10 @@ fn two_names_never_share_a_wal_folder() {
         r.body
     );
     // The other way round too.
-    assert_eq!(a.put("x--y", &cfg("dashes2")).status, 201);
-    assert_eq!(a.put("x%2Fy", &cfg("slash2")).status, 400);
-    a.assert_alive();
-    a.stop();
+    assert_eq!(a.put_config("x--y", &cfg("dashes2")).status, 201);
+    assert_eq!(a.put_config("x%2Fy", &cfg("slash2")).status, 400);
+    assert_alive(&a);
+    stop(a);
 }
 
 /// How many configs `ten_thousand_configs` stores: 10,000 with `AGENTCTL_ABUSE_FULL=1`, else
@@ -490,7 +440,7 @@ fn ten_thousand_configs() {
                 }
                 // No scrape jobs (nothing to scrape), but each config is a real instance.
                 let body = format!("scrape_configs: []\nremote_write:\n  - url: http://127.0.0.1:2/push/{i}\nremote_flush_deadline: 1s\n");
-                let r = a.put(&format!("cfg-{i:05}"), &body);
+                let r = a.put_config(&format!("cfg-{i:05}"), &body);
                 assert_eq!(r.status, 201, "cfg-{i}: {r:?}");
             })
         })
@@ -543,9 +493,9 @@ fn ten_thousand_configs() {
         "healthy took {healthy_max} ms during the puts"
     );
     assert!(list_ms[0] < 5_000, "list took {list_ms:?} ms");
-    a.assert_alive();
+    assert_alive(&a);
     let a = Arc::into_inner(a).unwrap();
-    let log = a.stop();
+    let log = stop(a);
     assert!(!log.contains("panicked"), "{log}");
 }
 
@@ -574,7 +524,7 @@ fn counter_of(yaml: &str) -> usize {
 fn concurrent_puts_with_one_if_match_have_exactly_one_winner() {
     let dir = tempfile::tempdir().unwrap();
     let a = Arc::new(Agent::start(dir.path(), &[]));
-    assert_eq!(a.put("race", &counted(0)).status, 201);
+    assert_eq!(a.put_config("race", &counted(0)).status, 201);
     let (tag, _) = etag(&a, "race");
     let start = Arc::new(std::sync::Barrier::new(200));
     let t = Instant::now();
@@ -615,7 +565,7 @@ fn concurrent_puts_with_one_if_match_have_exactly_one_winner() {
     );
     figure("api_200_if_match_puts_winners", winners.len());
     figure("api_200_if_match_puts_ms", ms);
-    Arc::into_inner(a).unwrap().stop();
+    stop(Arc::into_inner(a).unwrap());
 }
 
 #[test]
@@ -623,7 +573,7 @@ fn read_modify_write_with_if_match_loses_no_update() {
     let clients = 200;
     let dir = tempfile::tempdir().unwrap();
     let a = Arc::new(Agent::start(dir.path(), &[]));
-    assert_eq!(a.put("counter", &counted(0)).status, 201);
+    assert_eq!(a.put_config("counter", &counted(0)).status, 201);
     let retries = Arc::new(AtomicUsize::new(0));
     let t = Instant::now();
     let threads: Vec<_> = (0..clients)
@@ -664,7 +614,7 @@ fn read_modify_write_with_if_match_loses_no_update() {
         retries.load(Ordering::Relaxed),
     );
     figure("api_200_read_modify_write_ms", ms);
-    Arc::into_inner(a).unwrap().stop();
+    stop(Arc::into_inner(a).unwrap());
 }
 
 #[test]
@@ -674,7 +624,7 @@ fn delete_if_match_racing_put_if_match_has_one_winner() {
     let rounds = 30;
     let (mut puts, mut deletes) = (0, 0);
     for round in 0..rounds {
-        assert_eq!(a.put("rd", &counted(round)).status, 201);
+        assert_eq!(a.put_config("rd", &counted(round)).status, 201);
         let (tag, _) = etag(&a, "rd");
         let (ap, ad) = (Arc::clone(&a), Arc::clone(&a));
         let (tp, td) = (tag.clone(), tag);
@@ -724,7 +674,7 @@ fn delete_if_match_racing_put_if_match_has_one_winner() {
     figure("api_delete_vs_put_if_match_rounds", rounds);
     figure("api_delete_vs_put_if_match_put_wins", puts);
     figure("api_delete_vs_put_if_match_delete_wins", deletes);
-    Arc::into_inner(a).unwrap().stop();
+    stop(Arc::into_inner(a).unwrap());
 }
 
 /// Scrape-config snippets that make the agent read a file, with the field the refusal names.
@@ -753,7 +703,7 @@ fn file_reading_fields_are_refused_unless_dangerous_allow_reading_files() {
     let mut refused = 0;
     for (i, (field, snippet)) in file_reading_cases(&f).into_iter().enumerate() {
         let body = format!("scrape_configs:\n  - job_name: f{i}\n{snippet}");
-        let r = a.put(&format!("f{i}"), &body);
+        let r = a.put_config(&format!("f{i}"), &body);
         assert_eq!(r.status, 400, "{field}: {r:?}");
         assert!(
             r.body.contains(&format!(
@@ -767,10 +717,10 @@ fn file_reading_fields_are_refused_unless_dangerous_allow_reading_files() {
     // remote_write's client too.
     let body =
         format!("remote_write:\n  - url: http://127.0.0.1:2/push\n    bearer_token_file: {f}\n");
-    let r = a.put("rw", &body);
+    let r = a.put_config("rw", &body);
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.body.contains("failed to validate remote_write at index 0: bearer_token_file must be empty unless dangerous_allow_reading_files is set"), "{}", r.body);
-    let log = a.stop();
+    let log = stop(a);
     assert!(!log.contains("file-secret-0451"), "{log}");
 
     // With the setting, the same configs are accepted.
@@ -783,12 +733,12 @@ fn file_reading_fields_are_refused_unless_dangerous_allow_reading_files() {
     let b = Agent::start(dir2.path(), &["--config.file", "agent.yaml"]);
     for (i, (field, snippet)) in file_reading_cases(&f).into_iter().enumerate() {
         let body = format!("scrape_configs:\n  - job_name: f{i}\n{snippet}");
-        let r = b.put(&format!("f{i}"), &body);
+        let r = b.put_config(&format!("f{i}"), &body);
         assert_eq!(r.status, 201, "{field}: {r:?}");
     }
     let list = b.req("GET", "/agent/api/v1/configs", &[], "");
     assert!(!list.body.contains("file-secret-0451"));
-    b.stop();
+    stop(b);
     figure("api_file_reading_fields_refused", refused + 1);
 }
 
@@ -814,30 +764,30 @@ fn no_secret_in_any_response_or_log_line() {
         responses.push(format!("{} {:?} {}", r.status, r.headers, r.body));
         r
     };
-    let r = record(a.put("full", full));
+    let r = record(a.put_config("full", full));
     assert_eq!(r.status, 201, "{r:?}");
     // oauth2 is not supported by the scraper; accepted or refused, it must not echo the secret.
-    record(a.put("oauth", oauth));
+    record(a.put_config("oauth", oauth));
     // Errors about configs holding secrets: bad values next to them, a duplicate job, a
     // secret where a list is expected.
-    record(a.put(
+    record(a.put_config(
         "err1",
         &full.replace("scrape_timeout: 500ms", "scrape_timeout: 5s"),
     ));
-    record(a.put("err2", &full.replace("job_name: s2", "job_name: s1")));
-    record(a.put(
+    record(a.put_config("err2", &full.replace("job_name: s2", "job_name: s1")));
+    record(a.put_config(
         "err3",
         &full.replace("password: sec-basic-pw-1", "password: [sec-basic-pw-1]"),
     ));
-    record(a.put(
+    record(a.put_config(
         "err4",
         &full.replace(
             "    bearer_token: sec-bearer-2\n",
             "    bearer_token: sec-bearer-2\n    bearer_token_file: /x\n",
         ),
     ));
-    record(a.put("err5", "remote_write:\n  - url: ':sec-rw-url-7@bad'\n"));
-    record(a.put("dup", &full.replace("job_name: s", "job_name: t")));
+    record(a.put_config("err5", "remote_write:\n  - url: ':sec-rw-url-7@bad'\n"));
+    record(a.put_config("dup", &full.replace("job_name: s", "job_name: t")));
     for path in [
         "/agent/api/v1/configs",
         "/agent/api/v1/configs?hashes=true",
@@ -852,10 +802,25 @@ fn no_secret_in_any_response_or_log_line() {
     ] {
         record(a.req("GET", path, &[], ""));
     }
-    // Let scrapes, SD and remote_write fail a few times (with debug logging) before reading
-    // the log.
-    std::thread::sleep(Duration::from_secs(4));
-    let log = a.stop();
+    // Scrapes, http_sd and remote_write (the URL with a password too) have failed, with debug
+    // logging, before the log is read: every kind of line that could carry a secret is there.
+    for needle in [
+        "scrape failed",
+        "http_sd: refresh failed",
+        "failed to send batch, retrying",
+    ] {
+        a.wait_log(needle, Duration::from_secs(30));
+    }
+    a.wait_until(
+        "a failed send to the URL with a password",
+        Duration::from_secs(30),
+        |a| {
+            a.log()
+                .lines()
+                .any(|l| l.contains("failed to send batch") && l.contains("push3"))
+        },
+    );
+    let log = stop(a);
     for s in secrets {
         for r in &responses {
             assert!(!r.contains(s), "secret {s} in a response: {r}");
@@ -949,7 +914,7 @@ fn bearer_auth_guards_every_write_route() {
         a.req("DELETE", "/agent/api/v1/config/x", &good, "").status,
         200
     );
-    let log = a.stop();
+    let log = stop(a);
     assert!(!log.contains("s3cret-token"), "{log}");
     figure("api_auth_refusals_checked", checked);
 }

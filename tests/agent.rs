@@ -1,24 +1,25 @@
 //! `agentctl agent run` as a real process.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{bin, free_port, http, wait_http, ChildGuard};
+use crate::support::{bin, http, Agent};
 
 #[test]
 fn embedded_default_starts_serves_health_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(bin())
-        .args(["agent", "run", "--server.http.address", &addr])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut agent = ChildGuard::new("agent", child);
-    wait_http(&addr, "/-/ready", 200, Duration::from_secs(10));
+    let mut agent = Agent::start(dir.path(), &[]);
+    let addr = agent.addr().to_owned();
+    // Port 0: the address it bound is logged, and written to the address file.
+    agent.wait_log(
+        &format!("msg=\"agent listening\" addr={addr}"),
+        Duration::from_secs(1),
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("agent.addr")).unwrap(),
+        format!("{addr}\n")
+    );
+    assert_ne!(addr, "127.0.0.1:0");
     assert_eq!(
         http("GET", &addr, "/-/healthy", b"").unwrap(),
         (200, "Agent is Healthy.\n".into())
@@ -33,8 +34,7 @@ fn embedded_default_starts_serves_health_and_stops_on_sigterm() {
         http("GET", &addr, "/-/config", b"").unwrap(),
         (404, "404 - config endpoint is disabled".into())
     );
-    agent.signal("TERM");
-    assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(agent.stop(), Some(0));
 }
 
 #[test]

@@ -2,49 +2,9 @@
 //! store: every route and status code of the old agent's API (spec §2.2), and what we add
 //! (ETag/If-Match, hashes, body limit, bearer auth, redaction).
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use crate::support::{bin, free_port, http_full, wait_http, ChildGuard, HttpResponse};
-
-/// A running agent on the embedded default in its own directory.
-struct Agent {
-    guard: ChildGuard,
-    addr: String,
-    log: std::path::PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &std::path::Path, extra: &[&str]) -> Agent {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let log = dir.join(format!("agent-{}.log", addr.replace([':', '.'], "_")));
-        let child = Command::new(bin())
-            .args(["agent", "run", "--server.http.address", &addr])
-            .args(extra)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let guard = ChildGuard::new("agent", child);
-        wait_http(&addr, "/-/ready", 200, Duration::from_secs(15));
-        Agent { guard, addr, log }
-    }
-
-    fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
-        http_full(method, &self.addr, path, headers, body.as_bytes()).unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(mut self) {
-        self.guard.signal("TERM");
-        assert_eq!(self.guard.wait_exit(Duration::from_secs(10)), Some(0));
-    }
-}
+use crate::support::{bin, Agent, HttpResponse};
 
 const CFG: &str = "scrape_configs:\n  - job_name: job-a\n    static_configs:\n      - targets: ['127.0.0.1:1']\nremote_write:\n  - url: http://127.0.0.1:2/push\nremote_flush_deadline: 1s\n";
 
@@ -66,7 +26,7 @@ fn err_body(msg: &str) -> String {
 #[test]
 fn config_management_api_is_compatible_route_by_route() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Agent::start(dir.path(), &[]);
+    let mut a = Agent::start(dir.path(), &[]);
     let list = |a: &Agent| a.req("GET", "/agent/api/v1/configs", &[], "");
 
     // Empty list; JSON envelope, no trailing newline.
@@ -267,13 +227,13 @@ fn config_management_api_is_compatible_route_by_route() {
         "{}",
         m.body
     );
-    a.stop();
+    assert_eq!(a.stop(), Some(0));
 }
 
 #[test]
 fn secrets_are_never_shown_and_configs_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Agent::start(dir.path(), &[]);
+    let mut a = Agent::start(dir.path(), &[]);
     let secret_cfg = "scrape_configs:\n  - job_name: s\n    basic_auth:\n      username: u\n      password: hunter2-secret\n    static_configs:\n      - targets: ['127.0.0.1:1']\nremote_write:\n  - url: http://127.0.0.1:2/push\n    bearer_token: tok-secret-9\nremote_flush_deadline: 1s\n";
     assert_eq!(
         a.req("PUT", "/agent/api/v1/config/s", &[], secret_cfg)
@@ -288,18 +248,18 @@ fn secrets_are_never_shown_and_configs_survive_a_restart() {
         got.body
     );
     assert!(got.body.contains("<secret>"), "{}", got.body);
-    a.stop();
+    assert_eq!(a.stop(), Some(0));
 
     // Restart on the same directory: the config is still there, secrets intact in the store
     // (a PUT of the redacted GET would corrupt them, so the store keeps the real value).
-    let b = Agent::start(dir.path(), &[]);
+    let mut b = Agent::start(dir.path(), &[]);
     let list = b.req("GET", "/agent/api/v1/configs", &[], "");
     assert_eq!(
         list.body,
         r#"{"status":"success","data":{"configs":["s"]}}"#
     );
     let log = b.log();
-    b.stop();
+    assert_eq!(b.stop(), Some(0));
     assert!(
         !log.contains("hunter2-secret") && !log.contains("tok-secret-9"),
         "{log}"
@@ -311,7 +271,7 @@ fn writes_need_the_bearer_token_when_configured() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "s3cret\n").unwrap();
-    let a = Agent::start(
+    let mut a = Agent::start(
         dir.path(),
         &["--api.token-file", token_file.to_str().unwrap()],
     );
@@ -345,25 +305,20 @@ fn writes_need_the_bearer_token_when_configured() {
         200,
         "reads stay open"
     );
-    a.stop();
+    assert_eq!(a.stop(), Some(0));
 }
 
 #[test]
 fn a_second_agent_on_the_same_directory_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Agent::start(dir.path(), &[]);
+    let mut a = Agent::start(dir.path(), &[]);
     let out = Command::new(bin())
-        .args([
-            "agent",
-            "run",
-            "--server.http.address",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
+        .args(["agent", "run", "--server.http.address", "127.0.0.1:0"])
         .current_dir(dir.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is locked by another process"), "{err}");
-    a.stop();
+    assert_eq!(a.stop(), Some(0));
 }

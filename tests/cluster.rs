@@ -3,86 +3,33 @@
 //! the instance at once.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::agent::{placement, AgentBuilder, ClusterMember};
 use crate::support::etcd::EtcdServer;
-use crate::support::{bin, free_port, http_full, wait_http, ChildGuard};
+use crate::support::{http_full, Agent};
 
-struct Agent {
-    id: String,
-    addr: String,
-    guard: ChildGuard,
+/// An agent of the cluster on `etcd`: its config is `<dir>/<id>.yml`, its WAL `<dir>/<id>/`.
+fn agent(dir: &std::path::Path, etcd: &str, id: &str) -> AgentBuilder {
+    let wal = dir.join(id);
+    let member = ClusterMember {
+        id,
+        etcd,
+        wal_directory: &wal,
+        heartbeat_timeout: "4s",
+        auto_forget_periods: Some(2),
+        reshard_interval: "30s",
+        metrics_extra: "",
+    };
+    Agent::builder(dir).name(id).config(&member.yaml())
 }
 
 fn start_agent(dir: &std::path::Path, etcd: &str, id: &str) -> Agent {
-    let agent = spawn_agent(dir, etcd, id);
-    wait_http(&agent.addr, "/-/ready", 200, Duration::from_secs(20));
-    agent
-}
-
-/// Starts an agent without waiting for it to be ready.
-fn spawn_agent(dir: &std::path::Path, etcd: &str, id: &str) -> Agent {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let wal = dir.join(id);
-    std::fs::create_dir_all(&wal).unwrap();
-    let cfg = dir.join(format!("{id}.yml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "metrics:
-  wal_directory: {wal}
-  scraping_service:
-    enabled: true
-    reshard_interval: 30s
-    kvstore:
-      store: etcd
-      etcd:
-        endpoints: [{etcd}]
-    lifecycler:
-      id: {id}
-      address: 127.0.0.1
-      heartbeat_period: 1s
-      auto_forget_unhealthy_periods: 2
-      ring:
-        heartbeat_timeout: 4s
-",
-            wal = wal.display()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
-    let child = Command::new(bin())
-        .args([
-            "agent",
-            "run",
-            "--config.file",
-            cfg.to_str().unwrap(),
-            "--server.http.address",
-            &addr,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let guard = ChildGuard::new(id, child);
-    wait_http(&addr, "/-/healthy", 200, Duration::from_secs(20));
-    Agent {
-        id: id.to_owned(),
-        addr,
-        guard,
-    }
+    agent(dir, etcd, id).start()
 }
 
 fn instances(a: &Agent) -> Vec<String> {
-    crate::support::running_configs(&a.addr).expect("the agent's API answers")
-}
-
-/// config name → agents running it.
-fn placement(agents: &[&Agent]) -> BTreeMap<String, Vec<String>> {
-    crate::support::placement(agents.iter().map(|a| (a.id.as_str(), a.addr.as_str())))
+    a.running_configs().expect("the agent's API answers")
 }
 
 /// Waits until every one of `names` runs on exactly one of `agents`; returns how long it took.
@@ -113,17 +60,17 @@ fn wait_placed(
 fn job_placement(agents: &[&Agent]) -> BTreeMap<String, Vec<String>> {
     let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for a in agents {
-        let r = http_full("GET", &a.addr, "/agent/api/v1/metrics/targets", &[], b"").unwrap();
+        let r = a.get("/agent/api/v1/metrics/targets");
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         let targets = v["data"].as_array().unwrap();
         let groups: std::collections::BTreeSet<&str> = targets
             .iter()
             .map(|t| t["instance"].as_str().unwrap())
             .collect();
-        assert!(groups.len() <= 1, "{}: instances {groups:?}", a.id);
+        assert!(groups.len() <= 1, "{}: instances {groups:?}", a.name());
         for t in targets {
             let job = t["labels"]["job"].as_str().unwrap().to_owned();
-            m.entry(job).or_default().push(a.id.clone());
+            m.entry(job).or_default().push(a.name().to_owned());
         }
     }
     m
@@ -150,14 +97,7 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
     let names: Vec<String> = (0..30).map(|i| format!("{i:02}-cfg")).collect();
     let t0 = Instant::now();
     for (i, n) in names.iter().enumerate() {
-        let r = http_full(
-            "PUT",
-            &a1.addr,
-            &format!("/agent/api/v1/config/{n}"),
-            &[],
-            config(i).as_bytes(),
-        )
-        .unwrap();
+        let r = a1.put_config(n, &config(i));
         assert_eq!(r.status, 201, "{r:?}");
     }
     let (took, p) = wait_placed(
@@ -194,8 +134,7 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
 
     // kill -9 agent-3: its configs run elsewhere within heartbeat_timeout + 2 x heartbeat_period.
     let killed = Instant::now();
-    a3.guard.signal("KILL");
-    a3.guard.wait_exit(Duration::from_secs(5));
+    a3.kill();
     let (_, p) = wait_placed(&[&a1, &a2], &names, Duration::from_secs(6));
     let failover = killed.elapsed();
     eprintln!("failover after kill -9: {failover:?} (limit 4s + 2 x 1s = 6s)");
@@ -204,21 +143,22 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
         failover.as_secs_f64()
     );
     assert!(p.values().all(|v| v[0] != "agent-3"));
-    // Settled: still exactly once a few heartbeats later (no late duplicate from a stale view).
-    std::thread::sleep(Duration::from_secs(2));
-    wait_placed(&[&a1, &a2], &names, Duration::from_secs(1));
+    // Settled: exactly once at every look for two heartbeat periods (no late duplicate from a
+    // stale view).
+    let settled = Instant::now();
+    while settled.elapsed() < Duration::from_secs(2) {
+        let p = placement(&[&a1, &a2]);
+        assert!(
+            names.iter().all(|n| p.get(n).is_some_and(|v| v.len() == 1)),
+            "not exactly once after failover: {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // Its ring entry is auto-forgotten (2 x heartbeat_timeout).
     let start = Instant::now();
     loop {
-        let r = http_full(
-            "GET",
-            &a1.addr,
-            "/debug/ring",
-            &[("Accept", "application/json")],
-            b"",
-        )
-        .unwrap();
+        let r = a1.req("GET", "/debug/ring", &[("Accept", "application/json")], "");
         if !r.body.contains("agent-3") {
             eprintln!(
                 "agent-3 auto-forgotten {:?} after the kill",
@@ -261,11 +201,14 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
     // DELETE stops the owning agent's instance within a second.
     let victim = names[7].clone();
     let owner = p[&victim][0].clone();
-    let owner_agent = [&a1, &a2, &a4].into_iter().find(|a| a.id == owner).unwrap();
+    let owner_agent = [&a1, &a2, &a4]
+        .into_iter()
+        .find(|a| a.name() == owner)
+        .unwrap();
     let deleted = Instant::now();
     let r = http_full(
         "DELETE",
-        &a2.addr,
+        a2.addr(),
         &format!("/agent/api/v1/config/{victim}"),
         &[],
         b"",
@@ -290,13 +233,19 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
     // unowned for more than one scrape interval, 1 s), it exits 0 and leaves the ring.
     let mut a4 = a4;
     let termed = Instant::now();
-    a4.guard.signal("TERM");
+    a4.signal("TERM");
     let mut unowned_since: BTreeMap<String, Instant> = BTreeMap::new();
     let mut max_unowned = Duration::ZERO;
     loop {
         // agent-4 answers until it exits; afterwards only the other two count.
         let mut p = placement(&[&a1, &a2]);
-        if let Ok(r) = http_full("GET", &a4.addr, "/agent/api/v1/metrics/instances", &[], b"") {
+        if let Ok(r) = http_full(
+            "GET",
+            a4.addr(),
+            "/agent/api/v1/metrics/instances",
+            &[],
+            b"",
+        ) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.body) {
                 for n in v["data"].as_array().into_iter().flatten() {
                     if let Some(n) = n.as_str() {
@@ -316,11 +265,7 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
                 max_unowned = max_unowned.max(now - since);
             }
         }
-        let a4_gone = a4
-            .guard
-            .child
-            .as_mut()
-            .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+        let a4_gone = !a4.is_running();
         let settled = a4_gone
             && names
                 .iter()
@@ -346,15 +291,8 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
         max_unowned <= Duration::from_secs(1),
         "a config ran nowhere for {max_unowned:?} (> one scrape interval) after SIGTERM"
     );
-    assert_eq!(a4.guard.wait_exit(Duration::from_secs(30)), Some(0));
-    let r = http_full(
-        "GET",
-        &a1.addr,
-        "/debug/ring",
-        &[("Accept", "application/json")],
-        b"",
-    )
-    .unwrap();
+    assert_eq!(a4.wait_exit(Duration::from_secs(30)), Some(0));
+    let r = a1.req("GET", "/debug/ring", &[("Accept", "application/json")], "");
     assert!(!r.body.contains("agent-4"), "{}", r.body);
 }
 
@@ -386,43 +324,28 @@ async fn first_scrape_follows_a_put_within_a_second() {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(bin())
-        .args(["agent", "run", "--server.http.address", &addr])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _agent = ChildGuard::new("agent", child);
-    let a = addr.clone();
-    tokio::task::spawn_blocking(move || wait_http(&a, "/-/ready", 200, Duration::from_secs(20)))
-        .await
-        .unwrap();
+    // The harness blocks; the target above runs on the other worker meanwhile.
+    let agent = tokio::task::block_in_place(|| Agent::start(dir.path(), &[]));
 
     let mut put_done = HashMap::new();
     for i in 0..100 {
         let body = format!(
             "scrape_configs:\n  - job_name: first-{i}\n    scrape_interval: 1s\n    params:\n      cfg: ['{i}']\n    static_configs:\n      - targets: ['{target}']\n"
         );
-        let a = addr.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            http_full(
-                "PUT",
-                &a,
-                &format!("/agent/api/v1/config/first-{i}"),
-                &[],
-                body.as_bytes(),
-            )
-            .unwrap()
-        })
-        .await
-        .unwrap();
+        let r = tokio::task::block_in_place(|| agent.put_config(&format!("first-{i}"), &body));
         assert_eq!(r.status, 201, "{r:?}");
         put_done.insert(i.to_string(), Instant::now());
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every config scraped at least once (latencies are judged below).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first_hit.lock().unwrap().len() < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "not every config was scraped within 30 s; log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let hits = first_hit.lock().unwrap().clone();
     let mut lat: Vec<Duration> = put_done
         .iter()
@@ -449,46 +372,20 @@ fn an_agent_started_before_etcd_waits_for_it_and_answers_503_meanwhile() {
     let mut etcd = EtcdServer::start();
     etcd.kill();
     let dir = tempfile::tempdir().unwrap();
-    let a = spawn_agent(dir.path(), &etcd.endpoint(), "early");
-    std::thread::sleep(Duration::from_secs(1));
-    let r = http_full("GET", &a.addr, "/agent/api/v1/configs", &[], b"").unwrap();
+    let a = agent(dir.path(), &etcd.endpoint(), "early").spawn();
+    // Until the first attempt to connect fails the API says "starting"; then it names etcd.
+    a.wait_until("503 naming etcd", Duration::from_secs(20), |a| {
+        let r = a.get("/agent/api/v1/configs");
+        r.status == 503 && r.body.contains(&format!("etcd at {}", etcd.endpoint()))
+    });
+    assert_eq!(a.get("/-/ready").status, 503);
+    let r = a.put_config("x", &config(1));
     assert_eq!(r.status, 503, "{r:?}");
-    assert!(
-        r.body.contains(&format!("etcd at {}", etcd.endpoint())),
-        "the error names the endpoint: {}",
-        r.body
-    );
-    assert_eq!(
-        http_full("GET", &a.addr, "/-/ready", &[], b"")
-            .unwrap()
-            .status,
-        503
-    );
-    let r = http_full(
-        "PUT",
-        &a.addr,
-        "/agent/api/v1/config/x",
-        &[],
-        config(1).as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 503, "{r:?}");
-    let log = std::fs::read_to_string(dir.path().join("early.log")).unwrap();
-    assert!(
-        log.contains(&etcd.endpoint()),
-        "the log names the endpoint: {log}"
-    );
+    a.wait_log(&etcd.endpoint(), Duration::from_secs(5));
 
     etcd.restart();
-    wait_http(&a.addr, "/-/ready", 200, Duration::from_secs(40));
-    let r = http_full(
-        "PUT",
-        &a.addr,
-        "/agent/api/v1/config/x",
-        &[],
-        config(1).as_bytes(),
-    )
-    .unwrap();
+    a.wait_ready(Duration::from_secs(40));
+    let r = a.put_config("x", &config(1));
     assert_eq!(r.status, 201, "{r:?}");
     wait_placed(&[&a], &["x".to_owned()], Duration::from_secs(2));
 }

@@ -3,88 +3,29 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::support::etcd::EtcdServer;
-use crate::support::{bin, free_port, http_full, wait_http, ChildGuard};
+use crate::support::{bin, http_full, Agent};
 
-/// A running agent in its own directory (embedded store by default).
-struct Agent {
-    _guard: ChildGuard,
-    addr: String,
+/// `agentctl ARGS --addr <agent>`.
+fn ctl_at(agent: &Agent, args: &[&str]) -> Output {
+    let mut all: Vec<&str> = args.to_vec();
+    let url = agent.url();
+    all.extend(["--addr", &url]);
+    ctl(&all)
 }
 
-impl Agent {
-    fn start(dir: &Path, extra: &[&str]) -> Agent {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let log = dir.join(format!("agent-{}.log", addr.replace([':', '.'], "_")));
-        let child = Command::new(bin())
-            .args(["agent", "run", "--server.http.address", &addr])
-            .args(extra)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let guard = ChildGuard::new("agent", child);
-        wait_http(&addr, "/-/ready", 200, Duration::from_secs(15));
-        Agent {
-            _guard: guard,
-            addr,
-        }
-    }
+/// The agent's `{name: hash}` of stored configs.
+fn stored_hashes(agent: &Agent) -> serde_json::Value {
+    agent.data("/agent/api/v1/configs?hashes=true")["hashes"].take()
+}
 
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// `agentctl ARGS --addr <this agent>`.
-    fn ctl(&self, args: &[&str]) -> Output {
-        let mut all: Vec<&str> = args.to_vec();
-        let url = self.url();
-        all.extend(["--addr", &url]);
-        ctl(&all)
-    }
-
-    fn hashes(&self) -> serde_json::Value {
-        let r = http_full(
-            "GET",
-            &self.addr,
-            "/agent/api/v1/configs?hashes=true",
-            &[],
-            b"",
-        )
-        .unwrap();
-        assert_eq!(r.status, 200, "{r:?}");
-        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-        v["data"]["hashes"].clone()
-    }
-
-    fn put(&self, name: &str, body: &str) -> u16 {
-        http_full(
-            "PUT",
-            &self.addr,
-            &format!("/agent/api/v1/config/{name}"),
-            &[],
-            body.as_bytes(),
-        )
-        .unwrap()
-        .status
-    }
-
-    /// (created, updated, deleted) from /metrics.
-    fn counters(&self) -> (u64, u64, u64) {
-        let r = http_full("GET", &self.addr, "/metrics", &[], b"").unwrap();
-        let get = |name: &str| {
-            r.body
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("agent_metrics_ha_configs_{name}_total ")))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or_else(|| panic!("no {name} counter in {}", r.body))
-        };
-        (get("created"), get("updated"), get("deleted"))
-    }
+/// (created, updated, deleted) from the agent's /metrics.
+fn counters(agent: &Agent) -> (u64, u64, u64) {
+    let get =
+        |name: &str| agent.metric(&format!("agent_metrics_ha_configs_{name}_total"), "") as u64;
+    (get("created"), get("updated"), get("deleted"))
 }
 
 fn ctl(args: &[&str]) -> Output {
@@ -148,7 +89,7 @@ fn sync_plans_applies_and_second_run_writes_nothing() {
     let dir = cfgs.to_str().unwrap();
 
     // First run: 20 creates, named by stem.
-    let o = agent.ctl(&["config-sync", dir]);
+    let o = ctl_at(&agent, &["config-sync", dir]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(
         stdout(&o).contains("Plan: 20 to create, 0 to update, 0 to delete, 0 unchanged."),
@@ -158,17 +99,17 @@ fn sync_plans_applies_and_second_run_writes_nothing() {
     assert!(stdout(&o).contains("+ a.b\n"), "{}", stdout(&o));
     assert!(stdout(&o).contains("created a.b\n"), "{}", stdout(&o));
     assert_no_secret(&o);
-    let hashes = agent.hashes();
+    let hashes = stored_hashes(&agent);
     let stored: Vec<&String> = hashes.as_object().unwrap().keys().collect();
     assert_eq!(stored, names.iter().collect::<Vec<_>>());
-    assert_eq!(agent.counters(), (20, 0, 0));
+    assert_eq!(counters(&agent), (20, 0, 0));
 
     // Second run: nothing to do, zero writes.
-    let o = agent.ctl(&["config-sync", dir]);
+    let o = ctl_at(&agent, &["config-sync", dir]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "No changes. 20 configs up to date.\n");
-    assert_eq!(agent.counters(), (20, 0, 0));
-    let o = agent.ctl(&["config", "diff", dir]);
+    assert_eq!(counters(&agent), (20, 0, 0));
+    let o = ctl_at(&agent, &["config", "diff", dir]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
 
     // One file changed: diff shows the line (exit 1), sync updates exactly that config.
@@ -177,22 +118,22 @@ fn sync_plans_applies_and_second_run_writes_nothing() {
         config(3).replace("scrape_interval: 30s", "scrape_interval: 15s"),
     )
     .unwrap();
-    let o = agent.ctl(&["config", "diff", dir]);
+    let o = ctl_at(&agent, &["config", "diff", dir]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let d = stdout(&o);
     assert!(d.contains("~ c03\n"), "{d}");
     assert!(d.contains("-  scrape_interval: 30s\n"), "{d}");
     assert!(d.contains("+  scrape_interval: 15s\n"), "{d}");
     assert_no_secret(&o);
-    let before = agent.hashes();
-    let o = agent.ctl(&["config-sync", dir]);
+    let before = stored_hashes(&agent);
+    let o = ctl_at(&agent, &["config-sync", dir]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
         "~ c03\nPlan: 0 to create, 1 to update, 0 to delete, 19 unchanged.\nupdated c03\nApplied: 0 created, 1 updated, 0 deleted.\n"
     );
-    assert_eq!(agent.counters(), (20, 1, 0));
-    let after = agent.hashes();
+    assert_eq!(counters(&agent), (20, 1, 0));
+    let after = stored_hashes(&agent);
     for n in &names {
         assert_eq!(before[n] == after[n], n != "c03", "{n}");
     }
@@ -203,7 +144,7 @@ fn sync_plans_applies_and_second_run_writes_nothing() {
         config(4).replace(SECRET, "other-pass"),
     )
     .unwrap();
-    let o = agent.ctl(&["config", "diff", dir]);
+    let o = ctl_at(&agent, &["config", "diff", dir]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stdout(&o).contains("~ c04\n  only secret values differ (not shown)\n"),
@@ -215,23 +156,23 @@ fn sync_plans_applies_and_second_run_writes_nothing() {
 
     // A file removed: --no-prune keeps its config, a plain run deletes it.
     std::fs::remove_file(cfgs.join("c19.yml")).unwrap();
-    let o = agent.ctl(&["config-sync", "--no-prune", dir]);
+    let o = ctl_at(&agent, &["config-sync", "--no-prune", dir]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
         "No changes. 19 configs up to date.\n1 stored configs not in the directory are kept (--no-prune).\n"
     );
-    assert!(agent.hashes().get("c19").is_some());
-    let o = agent.ctl(&["config-sync", dir]);
+    assert!(stored_hashes(&agent).get("c19").is_some());
+    let o = ctl_at(&agent, &["config-sync", dir]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("- c19\n"), "{}", stdout(&o));
-    assert!(agent.hashes().get("c19").is_none());
-    assert_eq!(agent.counters(), (20, 1, 1));
+    assert!(stored_hashes(&agent).get("c19").is_none());
+    assert_eq!(counters(&agent), (20, 1, 1));
 
     // An empty and a missing directory: nothing deleted, exit 1, and why.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let o = agent.ctl(&["config-sync", empty.to_str().unwrap()]);
+    let o = ctl_at(&agent, &["config-sync", empty.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains(
@@ -241,10 +182,10 @@ fn sync_plans_applies_and_second_run_writes_nothing() {
         stderr(&o)
     );
     let missing = tmp.path().join("missing");
-    let o = agent.ctl(&["config-sync", missing.to_str().unwrap()]);
+    let o = ctl_at(&agent, &["config-sync", missing.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
-    assert_eq!(agent.hashes().as_object().unwrap().len(), 19);
+    assert_eq!(stored_hashes(&agent).as_object().unwrap().len(), 19);
 
     // Deleting too many: the guard refuses (default 50%), a larger --max-delete allows.
     let few = tmp.path().join("few");
@@ -252,7 +193,7 @@ fn sync_plans_applies_and_second_run_writes_nothing() {
     for n in ["c00", "c01"] {
         std::fs::copy(cfgs.join(format!("{n}.yml")), few.join(format!("{n}.yml"))).unwrap();
     }
-    let o = agent.ctl(&["config-sync", few.to_str().unwrap()]);
+    let o = ctl_at(&agent, &["config-sync", few.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("the plan deletes 17 of 19 configs")
@@ -260,8 +201,8 @@ fn sync_plans_applies_and_second_run_writes_nothing() {
         "{}",
         stderr(&o)
     );
-    assert_eq!(agent.hashes().as_object().unwrap().len(), 19);
-    assert_eq!(agent.counters(), (20, 1, 1));
+    assert_eq!(stored_hashes(&agent).as_object().unwrap().len(), 19);
+    assert_eq!(counters(&agent), (20, 1, 1));
 
     // One invalid file among 20: exit 1, file and line named, the store untouched.
     std::fs::write(cfgs.join("c19.yml"), config(19)).unwrap();
@@ -270,8 +211,8 @@ fn sync_plans_applies_and_second_run_writes_nothing() {
         config(5).replace("scrape_interval: 30s", "scrape_intervl: 30s"),
     )
     .unwrap();
-    let before = agent.hashes();
-    let o = agent.ctl(&["config-sync", dir]);
+    let before = stored_hashes(&agent);
+    let o = ctl_at(&agent, &["config-sync", dir]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(
@@ -280,8 +221,8 @@ fn sync_plans_applies_and_second_run_writes_nothing() {
     );
     assert!(e.contains("c05.yml:3:"), "{e}");
     assert!(e.contains("scrape_intervl"), "{e}");
-    assert_eq!(agent.hashes(), before);
-    assert_eq!(agent.counters(), (20, 1, 1));
+    assert_eq!(stored_hashes(&agent), before);
+    assert_eq!(counters(&agent), (20, 1, 1));
 }
 
 #[test]
@@ -291,17 +232,20 @@ fn plan_output_snapshots_table_and_json() {
     let cfgs = tmp.path().join("configs");
     write_twenty(&cfgs);
     let dir = cfgs.to_str().unwrap();
-    assert_eq!(agent.ctl(&["config-sync", dir]).status.code(), Some(0));
+    assert_eq!(ctl_at(&agent, &["config-sync", dir]).status.code(), Some(0));
     // One create, one update, one delete.
     std::fs::write(cfgs.join("new.yml"), config(30)).unwrap();
     std::fs::write(cfgs.join("c01.yml"), config(1).replace("30s", "20s")).unwrap();
     std::fs::remove_file(cfgs.join("c02.yml")).unwrap();
 
-    let o = agent.ctl(&["config-sync", "--dry-run", dir]);
+    let o = ctl_at(&agent, &["config-sync", "--dry-run", dir]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     insta::assert_snapshot!("config_sync_plan_table", stdout(&o));
 
-    let o = agent.ctl(&["config-sync", "--dry-run", "--output", "json", dir]);
+    let o = ctl_at(
+        &agent,
+        &["config-sync", "--dry-run", "--output", "json", dir],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let mut v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     // Hashes and the agent's port vary; their presence is what matters here.
@@ -319,9 +263,9 @@ fn plan_output_snapshots_table_and_json() {
         "config_sync_plan_json",
         serde_json::to_string_pretty(&v).unwrap()
     );
-    assert_eq!(agent.counters(), (20, 0, 0), "a dry run writes nothing");
+    assert_eq!(counters(&agent), (20, 0, 0), "a dry run writes nothing");
 
-    let o = agent.ctl(&["config-sync", "--output", "json", dir]);
+    let o = ctl_at(&agent, &["config-sync", "--output", "json", dir]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["summary"]["applied"], 3);
@@ -333,7 +277,7 @@ fn plan_output_snapshots_table_and_json() {
             {"name": "new", "action": "create", "outcome": "ok"},
         ])
     );
-    assert_eq!(agent.counters(), (21, 1, 1));
+    assert_eq!(counters(&agent), (21, 1, 1));
 }
 
 #[test]
@@ -346,8 +290,7 @@ fn a_change_behind_the_tools_back_is_a_conflict_and_not_overwritten() {
         std::fs::write(cfgs.join(format!("c{i}.yml")), config(i)).unwrap();
     }
     assert_eq!(
-        agent
-            .ctl(&["config-sync", cfgs.to_str().unwrap()])
+        ctl_at(&agent, &["config-sync", cfgs.to_str().unwrap()])
             .status
             .code(),
         Some(0)
@@ -392,9 +335,19 @@ fn a_change_behind_the_tools_back_is_a_conflict_and_not_overwritten() {
         );
         // Someone else changes c0, c2 and creates c9 between plan and apply.
         let theirs = config(0).replace("30s", "45s");
-        assert_eq!(agent.put("c0", &theirs), 200);
-        assert_eq!(agent.put("c2", &config(2).replace("30s", "45s")), 200);
-        assert_eq!(agent.put("c9", &config(9).replace("30s", "45s")), 201);
+        assert_eq!(agent.put_config("c0", &theirs).status, 200);
+        assert_eq!(
+            agent
+                .put_config("c2", &config(2).replace("30s", "45s"))
+                .status,
+            200
+        );
+        assert_eq!(
+            agent
+                .put_config("c9", &config(9).replace("30s", "45s"))
+                .status,
+            201
+        );
         cli::sync::apply(remote, &plan, |_, _, _| {}).await
     });
     let outcomes: Vec<(&str, cli::sync::Outcome)> = results
@@ -419,7 +372,7 @@ fn a_change_behind_the_tools_back_is_a_conflict_and_not_overwritten() {
     for name in ["c0", "c2", "c9"] {
         let r = http_full(
             "GET",
-            &agent.addr,
+            agent.addr(),
             &format!("/agent/api/v1/configs/{name}"),
             &[],
             b"",
@@ -448,22 +401,22 @@ fn crud_commands_and_exit_codes() {
     std::fs::write(&file, config(1)).unwrap();
     let f = file.to_str().unwrap();
 
-    let o = agent.ctl(&["config", "put", "team/a", f]);
+    let o = ctl_at(&agent, &["config", "put", "team/a", f]);
     assert_eq!(
         (o.status.code(), stdout(&o).as_str()),
         (Some(0), "created team/a\n"),
         "{}",
         stderr(&o)
     );
-    let o = agent.ctl(&["config", "put", "team/a", f]);
+    let o = ctl_at(&agent, &["config", "put", "team/a", f]);
     assert_eq!(stdout(&o), "updated team/a\n");
-    let o = agent.ctl(&["config", "list"]);
+    let o = ctl_at(&agent, &["config", "list"]);
     assert_eq!(stdout(&o), "team/a\n");
-    let o = agent.ctl(&["config", "list", "--output", "json"]);
+    let o = ctl_at(&agent, &["config", "list", "--output", "json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["configs"][0]["name"], "team/a");
     assert_eq!(v["configs"][0]["hash"].as_str().unwrap().len(), 32);
-    let o = agent.ctl(&["config", "get", "team/a"]);
+    let o = ctl_at(&agent, &["config", "get", "team/a"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).starts_with("name: team/a\n"), "{}", stdout(&o));
     assert!(stdout(&o).contains("password: <secret>"), "{}", stdout(&o));
@@ -471,27 +424,28 @@ fn crud_commands_and_exit_codes() {
 
     // Invalid file: refused locally, exit 1.
     std::fs::write(&file, "scrape_configs: [").unwrap();
-    let o = agent.ctl(&["config", "put", "bad", f]);
+    let o = ctl_at(&agent, &["config", "put", "bad", f]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("x.yml:"), "{}", stderr(&o));
 
-    let o = agent.ctl(&["config", "delete", "team/a"]);
+    let o = ctl_at(&agent, &["config", "delete", "team/a"]);
     assert_eq!(
         (o.status.code(), stdout(&o).as_str()),
         (Some(0), "deleted team/a\n")
     );
-    let o = agent.ctl(&["config", "get", "team/a"]);
+    let o = ctl_at(&agent, &["config", "get", "team/a"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("configuration team/a does not exist"),
         "{}",
         stderr(&o)
     );
-    let o = agent.ctl(&["config", "delete", "team/a"]);
+    let o = ctl_at(&agent, &["config", "delete", "team/a"]);
     assert_eq!(o.status.code(), Some(1));
 
     // Unreachable agent: exit 2, the URL named.
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    // Port 1 (tcpmux) on loopback: nothing listens there, connections are refused.
+    let dead = "http://127.0.0.1:1".to_owned();
     let o = ctl(&["config", "list", "--addr", &dead]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains(&dead), "{}", stderr(&o));
@@ -529,7 +483,7 @@ fn writes_carry_the_bearer_token() {
     let cfgs = tmp.path().join("configs");
     write_twenty(&cfgs);
     let dir = cfgs.to_str().unwrap();
-    let o = agent.ctl(&["config-sync", dir]);
+    let o = ctl_at(&agent, &["config-sync", dir]);
     assert_eq!(
         o.status.code(),
         Some(1),
@@ -546,9 +500,12 @@ fn writes_carry_the_bearer_token() {
         "{}",
         stderr(&o)
     );
-    let o = agent.ctl(&["config-sync", dir, "--token-file", token.to_str().unwrap()]);
+    let o = ctl_at(
+        &agent,
+        &["config-sync", dir, "--token-file", token.to_str().unwrap()],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(agent.hashes().as_object().unwrap().len(), 20);
+    assert_eq!(stored_hashes(&agent).as_object().unwrap().len(), 20);
 }
 
 #[test]
@@ -591,7 +548,7 @@ fn sync_through_etcd_matches_what_the_api_stores() {
     )
     .unwrap();
     let agent = Agent::start(tmp.path(), &["--config.file", agent_yaml.to_str().unwrap()]);
-    let o = agent.ctl(&["config-sync", dir]);
+    let o = ctl_at(&agent, &["config-sync", dir]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "No changes. 20 configs up to date.\n");
 
@@ -603,7 +560,7 @@ fn sync_through_etcd_matches_what_the_api_stores() {
     assert_no_secret(&o);
     let o = ctl(&["config-sync", dir, "--kv", &kv]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(agent.hashes().get("c00").is_none());
+    assert!(stored_hashes(&agent).get("c00").is_none());
 
     // etcd down: exit 2 and the store named.
     drop(agent);
@@ -631,13 +588,13 @@ fn bench_sync_1000_configs() {
     }
     let dir = cfgs.to_str().unwrap();
     let t = Instant::now();
-    let o = agent.ctl(&["config-sync", dir]);
+    let o = ctl_at(&agent, &["config-sync", dir]);
     let first = t.elapsed();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let t = Instant::now();
-    let o = agent.ctl(&["config-sync", dir]);
+    let o = ctl_at(&agent, &["config-sync", dir]);
     let second = t.elapsed();
     assert_eq!(stdout(&o), "No changes. 1000 configs up to date.\n");
-    assert_eq!(agent.counters(), (1000, 0, 0));
+    assert_eq!(counters(&agent), (1000, 0, 0));
     println!("config-sync 1000 configs from scratch: {first:?}; no-change run: {second:?}");
 }

@@ -10,11 +10,10 @@
 //! except where the two differ by design (see `EXCLUDED`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::prometheus::Prometheus;
-use crate::support::{bin, fixture, free_port, http_full, wait_http, ChildGuard};
+use crate::support::{fixture, Agent};
 
 type Series = BTreeMap<String, String>;
 
@@ -271,26 +270,8 @@ async fn agentctl_scrapes_the_exposition_corpus_like_prometheus() {
         .expect("start receiving prometheus");
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let log = dir.path().join("agent.log");
-    let child = Command::new(bin())
-        .args(["agent", "run", "--server.http.address", &addr])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("agent log"))
-        .spawn()
-        .expect("spawn agentctl");
-    let _agent = ChildGuard::new("agent", child);
-    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    {
-        let addr = addr.clone();
-        tokio::task::spawn_blocking(move || {
-            wait_http(&addr, "/-/ready", 200, Duration::from_secs(30))
-        })
-        .await
-        .expect("agent ready");
-    }
+    let agent = tokio::task::block_in_place(|| Agent::start(dir.path(), &[]));
+    let agent_log = || agent.log();
     // One instance config per file: each has its own WAL and remote_write queue, so a batch
     // the receiver refuses cannot hide another file's series.
     for b in &files {
@@ -300,13 +281,7 @@ async fn agentctl_scrapes_the_exposition_corpus_like_prometheus() {
             scrape_config(job, &b.path, &target),
             recv.write_url()
         );
-        let (addr, path) = (addr.clone(), format!("/agent/api/v1/config/{job}"));
-        let resp = tokio::task::spawn_blocking(move || {
-            http_full("PUT", &addr, &path, &[], body.as_bytes())
-        })
-        .await
-        .expect("join")
-        .expect("PUT config");
+        let resp = tokio::task::block_in_place(|| agent.put_config(job, &body));
         assert!(
             resp.status == 201 || resp.status == 200,
             "PUT {job}: {} {}",

@@ -68,10 +68,17 @@ async fn file_sd_sees_changes_within_a_second() {
     )
     .await;
     std::fs::write(&f, "[{not json").unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(addresses(&rx.borrow()), ["a:9100", "b:9100", "c:1"]);
+    // A later change to another file: once it shows, the broken file was read too (each poll
+    // reads every file that changed), and its targets were kept.
+    std::fs::write(dir.path().join("zz.json"), r#"[{"targets":["d:1"]}]"#).unwrap();
+    wait_for(
+        &mut rx,
+        &["a:9100", "b:9100", "c:1", "d:1"],
+        Duration::from_secs(1),
+    )
+    .await;
     std::fs::remove_file(&f).unwrap();
-    wait_for(&mut rx, &["c:1"], Duration::from_secs(1)).await;
+    wait_for(&mut rx, &["c:1", "d:1"], Duration::from_secs(1)).await;
     stop.cancel();
 }
 

@@ -2,11 +2,9 @@
 //! and `agent run` warn about each one, naming the field and what to use instead, and a TLS
 //! block for the agent's own server stops the agent instead of serving plain HTTP.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{agentctl, bin, ChildGuard};
+use crate::support::{agentctl, Agent};
 
 /// Fields an old agent's agent.yaml commonly sets that agentctl does not honour.
 const AGENT_YAML: &str = "\
@@ -60,56 +58,21 @@ fn config_check_warns_about_every_ignored_field_and_stays_valid() {
 #[test]
 fn agent_run_logs_every_ignored_field_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("agent.yaml"), AGENT_YAML).unwrap();
-    let child = Command::new(bin())
-        .args([
-            "agent",
-            "run",
-            "--config.file",
-            "agent.yaml",
-            "--server.http.address",
-            "127.0.0.1:0",
-        ])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut agent = ChildGuard::new("agent", child);
-    let stderr = agent.child.as_mut().unwrap().stderr.take().unwrap();
-    // Lines until the agent says it is ready (the warnings come before).
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut lines = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("agent not ready within 30 s; log so far:\n{lines:#?}"));
-        let ready = line.contains("agent ready");
-        lines.push(line);
-        if ready {
-            break;
-        }
-    }
-    let warned: Vec<&String> = lines
-        .iter()
+    let mut agent = Agent::builder(dir.path()).config(AGENT_YAML).start();
+    // The warnings come before the agent says it is ready.
+    agent.wait_log("agent ready", Duration::from_secs(30));
+    let log = agent.log();
+    let warned: Vec<&str> = log
+        .lines()
         .filter(|l| l.contains("level=warn") && l.contains("msg=\"config field ignored\""))
         .collect();
-    assert_eq!(warned.len(), EXPECTED.len(), "{lines:#?}");
+    assert_eq!(warned.len(), EXPECTED.len(), "{log}");
     for (line, want) in warned.iter().zip(EXPECTED) {
         let (field, advice) = want.split_once(" is ignored: ").unwrap();
         assert!(line.contains(&format!("field={field} ")), "{line}");
         assert!(line.contains(advice), "{line}");
     }
-    agent.signal("TERM");
-    let code = agent.wait_exit(Duration::from_secs(20));
-    lines.extend(rx.try_iter());
-    assert_eq!(code, Some(0), "{lines:#?}");
+    assert_eq!(agent.stop(), Some(0), "{}", agent.log());
 }
 
 #[test]

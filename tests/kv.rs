@@ -1,6 +1,7 @@
-//! The KV layer against a real etcd and the embedded store: old-agent value compatibility,
-//! watches across an etcd outage, CAS under contention, durability and locking, job-name
-//! uniqueness.
+//! The KV layer: the one conformance suite (`agent::kv::testing::conformance`) against every
+//! store (in-memory, embedded, a real etcd), and what is particular to each: old-agent value
+//! compatibility and watches across an outage on etcd, list paging, durability and locking of
+//! the embedded store, job-name uniqueness.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent::kv::configstore::{ConfigEvent, ConfigStore, ConfigStoreError, ConfigWatch, PutOutcome};
+use agent::kv::testing::conformance::{self, Contention};
 use agent::kv::{
     connect, EmbeddedStore, EtcdConfig, EtcdStore, KvSpec, KvStore, Watch, WatchEvent,
 };
@@ -238,61 +240,40 @@ async fn etcd_watch_reports_deletes_and_survives_an_outage() {
     );
 }
 
-async fn increment_concurrently(store: Arc<dyn KvStore>, tasks: usize, each: usize) -> String {
-    let mut handles = Vec::new();
-    for _ in 0..tasks {
-        let store = Arc::clone(&store);
-        handles.push(tokio::spawn(async move {
-            for _ in 0..each {
-                store
-                    .cas("counter", |old| {
-                        let n: u64 = match old {
-                            None => 0,
-                            Some(b) => String::from_utf8_lossy(b)
-                                .parse()
-                                .map_err(|e| format!("counter: {e}"))?,
-                        };
-                        Ok::<_, String>(Some((n + 1).to_string().into_bytes()))
-                    })
-                    .await
-                    .expect("cas");
-            }
-        }));
-    }
-    for h in handles {
-        h.await.expect("task");
-    }
-    let v = store.get("counter").await.expect("get").expect("counter");
-    String::from_utf8(v.value).expect("utf8")
+/// Contenders racing increments through CAS in every store's conformance run.
+const CONTENTION: Contention = Contention {
+    tasks: 8,
+    each: 100,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_in_memory() {
+    conformance::run(Arc::new(agent::kv::InMemoryStore::new()), CONTENTION).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cas_under_contention_on_etcd() {
+async fn conformance_embedded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path().join("kv"))
+        .await
+        .expect("open");
+    conformance::run(Arc::new(store), CONTENTION).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_etcd() {
     let server = EtcdServer::start();
     // Correctness under contention is the point: on a loaded CI machine 8 contenders can lose
     // more than the default 10 rounds in a row, so give each increment room to retry.
-    let store: Arc<dyn KvStore> = Arc::new(
-        EtcdStore::connect(EtcdConfig {
-            endpoints: vec![server.endpoint()],
-            dial_timeout: Duration::from_secs(2),
-            max_retries: 200,
-            ..EtcdConfig::default()
-        })
-        .await
-        .expect("etcd client"),
-    );
-    assert_eq!(increment_concurrently(store, 8, 100).await, "800");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cas_under_contention_on_the_embedded_store() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn KvStore> = Arc::new(
-        EmbeddedStore::open(dir.path().join("kv"))
-            .await
-            .expect("open"),
-    );
-    assert_eq!(increment_concurrently(store, 8, 100).await, "800");
+    let store = EtcdStore::connect(EtcdConfig {
+        endpoints: vec![server.endpoint()],
+        dial_timeout: Duration::from_secs(2),
+        max_retries: 200,
+        ..EtcdConfig::default()
+    })
+    .await
+    .expect("etcd client");
+    conformance::run(Arc::new(store), CONTENTION).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,13 +355,14 @@ async fn duplicate_job_names_are_refused_with_the_old_agents_text() {
     assert!(err.to_string().contains("\"node\""), "{err}");
 }
 
+/// The etcd store reads a prefix in pages of 500 keys (agent/src/kv/etcd.rs): a list of more
+/// returns every key, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_basic_operations_and_paged_lists() {
+async fn etcd_lists_page_through_more_than_one_page() {
     let server = EtcdServer::start();
     let store = etcd_store(&server, Duration::from_millis(100)).await;
-    assert_eq!(store.get("configurations/a").await.expect("get"), None);
     store
-        .put("configurations/a", b"1".to_vec())
+        .put("configurations/a", b"2".to_vec())
         .await
         .expect("put");
     store
@@ -389,56 +371,6 @@ async fn etcd_basic_operations_and_paged_lists() {
         .expect("put");
     store
         .put("collectors/agent", b"r".to_vec())
-        .await
-        .expect("put");
-    let a = store
-        .get("configurations/a")
-        .await
-        .expect("get")
-        .expect("present");
-    assert_eq!(a.value, b"1");
-
-    // Conditional writes: a stale revision and "must not exist" both lose.
-    assert!(!store
-        .put_if_revision("configurations/a", None, b"x".to_vec())
-        .await
-        .expect("cas"));
-    assert!(!store
-        .put_if_revision("configurations/a", Some(a.revision - 1), b"x".to_vec())
-        .await
-        .expect("cas"));
-    assert!(store
-        .put_if_revision("configurations/a", Some(a.revision), b"2".to_vec())
-        .await
-        .expect("cas"));
-    assert!(store
-        .put_if_revision("configurations/new", None, b"n".to_vec())
-        .await
-        .expect("cas"));
-    assert!(store.delete("configurations/new").await.expect("delete"));
-    assert!(!store.delete("configurations/new").await.expect("delete"));
-
-    // Conditional deletes (DELETE with If-Match): a stale revision or an absent key loses.
-    let now = store
-        .get("configurations/a")
-        .await
-        .expect("get")
-        .expect("present");
-    assert!(!store
-        .delete_if_revision("configurations/a", now.revision - 1)
-        .await
-        .expect("delete"));
-    assert!(!store
-        .delete_if_revision("configurations/none", now.revision)
-        .await
-        .expect("delete"));
-    assert!(store
-        .delete_if_revision("configurations/a", now.revision)
-        .await
-        .expect("delete"));
-    assert_eq!(store.get("configurations/a").await.expect("get"), None);
-    store
-        .put("configurations/a", b"2".to_vec())
         .await
         .expect("put");
 

@@ -7,16 +7,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use agent::clock::Clock;
 
+use crate::support::agent::{placement, ClusterMember};
 use crate::support::etcd::EtcdServer;
 use crate::support::prometheus::Prometheus;
-use crate::support::{bin, free_port, http_full, wait_http, ChildGuard};
+use crate::support::{http_full, Agent};
 
 /// A scrape target on its own thread and runtime, so that a test blocked in a probe never
 /// delays a scrape (a delayed scrape would look like a gap in `up`).
@@ -80,62 +81,14 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-/// An agent process; logs to `dir/<id>.log`.
-struct Agent {
-    id: String,
-    addr: String,
-    guard: ChildGuard,
-    log: PathBuf,
+/// An agent process named `id` with config `yaml`; logs to `dir/<id>.log`. Not waited ready.
+fn spawn(dir: &Path, id: &str, yaml: &str) -> Agent {
+    Agent::builder(dir).name(id).config(yaml).spawn()
 }
 
-impl Agent {
-    fn spawn(dir: &Path, id: &str, config_yaml: &str) -> Agent {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let cfg = dir.join(format!("{id}.yml"));
-        std::fs::write(&cfg, config_yaml).unwrap();
-        let log = dir.join(format!("{id}.log"));
-        let child = Command::new(bin())
-            .args(["agent", "run", "--config.file"])
-            .arg(&cfg)
-            .args(["--server.http.address", &addr])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let agent = Agent {
-            id: id.to_owned(),
-            addr,
-            guard: ChildGuard::new(id, child),
-            log,
-        };
-        wait_http(&agent.addr, "/-/healthy", 200, Duration::from_secs(20));
-        agent
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn status(&self, path: &str) -> u16 {
-        http_full("GET", &self.addr, path, &[], b"").map_or(0, |r| r.status)
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        let body = http_full("GET", &self.addr, "/metrics", &[], b"")
-            .map(|r| r.body)
-            .unwrap_or_default();
-        body.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-/// config name → ids of the agents running it.
-fn placement(agents: &[&Agent]) -> BTreeMap<String, Vec<String>> {
-    crate::support::placement(agents.iter().map(|a| (a.id.as_str(), a.addr.as_str())))
+/// The status `GET path` answers, 0 when the agent does not answer.
+fn status(a: &Agent, path: &str) -> u16 {
+    a.try_req("GET", path, &[], b"").map_or(0, |r| r.status)
 }
 
 fn placed_once(p: &BTreeMap<String, Vec<String>>, names: &[String]) -> bool {
@@ -143,29 +96,16 @@ fn placed_once(p: &BTreeMap<String, Vec<String>>, names: &[String]) -> bool {
 }
 
 fn cluster_agent_yaml(dir: &Path, etcd: &str, id: &str) -> String {
-    format!(
-        "metrics:
-  wal_directory: {wal}
-  global:
-    external_labels:
-      cluster: reliability
-  scraping_service:
-    enabled: true
-    reshard_interval: 30s
-    kvstore:
-      store: etcd
-      etcd:
-        endpoints: [{etcd}]
-    lifecycler:
-      id: {id}
-      address: 127.0.0.1
-      heartbeat_period: 1s
-      auto_forget_unhealthy_periods: 2
-      ring:
-        heartbeat_timeout: 4s
-",
-        wal = dir.join(format!("wal-{id}")).display()
-    )
+    ClusterMember {
+        id,
+        etcd,
+        wal_directory: &dir.join(format!("wal-{id}")),
+        heartbeat_timeout: "4s",
+        auto_forget_periods: Some(2),
+        reshard_interval: "30s",
+        metrics_extra: "  global:\n    external_labels:\n      cluster: reliability\n",
+    }
+    .yaml()
 }
 
 /// An instance config scraping `target` every second into `job`, remote_writing every second.
@@ -230,36 +170,32 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
     let mut etcd = EtcdServer::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let a1 = Agent::spawn(
+    let a1 = spawn(
         d,
         "agent-1",
         &cluster_agent_yaml(d, &etcd.endpoint(), "agent-1"),
     );
-    let a2 = Agent::spawn(
+    let a2 = spawn(
         d,
         "agent-2",
         &cluster_agent_yaml(d, &etcd.endpoint(), "agent-2"),
     );
-    wait_http(&a1.addr, "/-/ready", 200, Duration::from_secs(20));
-    wait_http(&a2.addr, "/-/ready", 200, Duration::from_secs(20));
+    a1.wait_ready(Duration::from_secs(20));
+    a2.wait_ready(Duration::from_secs(20));
     let logs = |agents: &[&Agent]| -> String {
         agents
             .iter()
-            .map(|a| format!("--- {}\n{}", a.id, a.log()))
+            .map(|a| format!("--- {}\n{}", a.name(), a.log()))
             .collect()
     };
 
     // Names spread over the ring (FNV-1 mixes the first bytes best).
     let names: Vec<String> = (0..10).map(|i| format!("{i}-etcd-outage")).collect();
     for (i, n) in names.iter().enumerate() {
-        let r = http_full(
-            "PUT",
-            &a1.addr,
-            &format!("/agent/api/v1/config/{n}"),
-            &[],
-            instance_yaml(&format!("rel-etcd-{i}"), &target.addr, &prom.write_url()).as_bytes(),
-        )
-        .unwrap();
+        let r = a1.put_config(
+            n,
+            &instance_yaml(&format!("rel-etcd-{i}"), &target.addr, &prom.write_url()),
+        );
         assert_eq!(r.status, 201, "{r:?}");
     }
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -271,8 +207,17 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
         assert!(Instant::now() < deadline, "not placed: {p:?}");
         std::thread::sleep(Duration::from_millis(100));
     };
-    // A few scrapes before the outage.
-    std::thread::sleep(Duration::from_secs(4));
+    // A few scrapes of every config before the outage.
+    let served = target.served();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while target.served() < served + 4 * names.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "not scraping: {}",
+            logs(&[&a1, &a2])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let down_at = Clock::system().now();
     etcd.kill();
@@ -280,15 +225,10 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
 
     // During the outage: writes answer 503 naming the store, reads of what runs still work,
     // nothing moves.
-    std::thread::sleep(Duration::from_secs(2));
-    let r = http_full(
-        "PUT",
-        &a2.addr,
-        "/agent/api/v1/config/during-outage",
-        &[],
-        instance_yaml("rel-etcd-late", &target.addr, &prom.write_url()).as_bytes(),
-    )
-    .unwrap();
+    let r = a2.put_config(
+        "during-outage",
+        &instance_yaml("rel-etcd-late", &target.addr, &prom.write_url()),
+    );
     let put_status = r.status;
     assert_eq!(r.status, 503, "PUT during the etcd outage: {r:?}");
     assert!(
@@ -298,17 +238,17 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
     );
     let r = http_full(
         "DELETE",
-        &a1.addr,
+        a1.addr(),
         &format!("/agent/api/v1/config/{}", names[0]),
         &[],
         b"",
     )
     .unwrap();
     assert_eq!(r.status, 503, "DELETE during the etcd outage: {r:?}");
-    assert_eq!(a1.status("/-/healthy"), 200);
+    assert_eq!(status(&a1, "/-/healthy"), 200);
 
     // A third agent started during the outage cannot join: it takes no config.
-    let a3 = Agent::spawn(
+    let a3 = spawn(
         d,
         "agent-3",
         &cluster_agent_yaml(d, &etcd.endpoint(), "agent-3"),
@@ -330,7 +270,7 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
         logs(&[&a1, &a2, &a3])
     );
     assert_eq!(
-        a3.status("/-/ready"),
+        status(&a3, "/-/ready"),
         503,
         "an agent that could not join is not ready"
     );
@@ -348,7 +288,7 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
         let p = placement(&[&a1, &a2, &a3]);
         let ring = http_full(
             "GET",
-            &a1.addr,
+            a1.addr(),
             "/debug/ring",
             &[("Accept", "application/json")],
             b"",
@@ -360,7 +300,7 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
             shards
                 .iter()
                 .any(|m| m["id"] == "agent-3" && m["state"] == "ACTIVE")
-        }) && a3.status("/-/ready") == 200;
+        }) && status(&a3, "/-/ready") == 200;
         if a3_active && placed_once(&p, &names) {
             break t_up.elapsed();
         }
@@ -371,10 +311,14 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    // Once settled, still once (no stale duplicate).
-    std::thread::sleep(Duration::from_secs(3));
-    let p = placement(&[&a1, &a2, &a3]);
-    assert!(placed_once(&p, &names), "after settling: {p:?}");
+    // Once settled, still once at every look for three heartbeat periods (no stale duplicate).
+    let settled = Instant::now();
+    let mut p = placement(&[&a1, &a2, &a3]);
+    while settled.elapsed() < Duration::from_secs(3) {
+        p = placement(&[&a1, &a2, &a3]);
+        assert!(placed_once(&p, &names), "after settling: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let on_3 = p.values().filter(|v| v[0] == "agent-3").count();
     // Nothing that ran through the outage was stopped and started again when etcd returned
     // (a stale ring read must not move configs around and back).
@@ -508,16 +452,12 @@ fn disk_full_wal_drops_and_counts_then_resumes() {
         "metrics:\n  wal_directory: {}\n  instance_mode: distinct\n  scraping_service:\n    enabled: true\n",
         wal_dir.display()
     );
-    let agent = Agent::spawn(dir.path(), "diskfull", &yaml);
-    wait_http(&agent.addr, "/-/ready", 200, Duration::from_secs(20));
-    let r = http_full(
-        "PUT",
-        &agent.addr,
-        "/agent/api/v1/config/diskfull",
-        &[],
-        instance_yaml("rel-disk", &target.addr, &prom.write_url()).as_bytes(),
-    )
-    .unwrap();
+    let mut agent = spawn(dir.path(), "diskfull", &yaml);
+    agent.wait_ready(Duration::from_secs(20));
+    let r = agent.put_config(
+        "diskfull",
+        &instance_yaml("rel-disk", &target.addr, &prom.write_url()),
+    );
     assert_eq!(r.status, 201, "{r:?}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while up_timestamps(&prom, "rel-disk", 0.0, f64::MAX)
@@ -537,7 +477,7 @@ fn disk_full_wal_drops_and_counts_then_resumes() {
     let filled = fill(&filler);
     let full_at = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while agent.metric("agent_wal_write_dropped_samples_total") == 0.0 {
+    while agent.metric("agent_wal_write_dropped_samples_total", "") == 0.0 {
         assert!(
             Instant::now() < deadline,
             "no WAL write failure counted with the disk full\n{}",
@@ -545,20 +485,26 @@ fn disk_full_wal_drops_and_counts_then_resumes() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_secs(3));
-    let dropped = agent.metric("agent_wal_write_dropped_samples_total");
-    let failures = agent.metric("agent_wal_write_failures_total");
+    // Keep it full for a few scrapes: three failed commits.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.metric("agent_wal_write_failures_total", "") < 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than 3 failed WAL writes with the disk full\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let dropped = agent.metric("agent_wal_write_dropped_samples_total", "");
+    let failures = agent.metric("agent_wal_write_failures_total", "");
     assert_eq!(
-        agent.status("/-/healthy"),
+        status(&agent, "/-/healthy"),
         200,
         "healthy while the disk is full"
     );
-    let r = http_full("GET", &agent.addr, "/agent/api/v1/configs", &[], b"").unwrap();
+    let r = agent.get("/agent/api/v1/configs");
     assert_eq!(r.status, 200, "GET configs while the disk is full: {r:?}");
-    assert!(
-        agent.guard.child.as_ref().is_some(),
-        "the agent process is still there"
-    );
+    assert!(agent.is_running(), "the agent process is still there");
     let log = agent.log();
     assert!(
         log.contains("WAL write failed") && log.contains(&wal_dir.display().to_string()),
@@ -588,9 +534,7 @@ fn disk_full_wal_drops_and_counts_then_resumes() {
     assert!(!log.contains("panicked"), "{log}");
 
     // Stop the agent and read its WAL back.
-    let mut agent = agent;
-    agent.guard.signal("TERM");
-    assert_eq!(agent.guard.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(agent.stop(), Some(0));
     let inst_wal = wal_dir.join("diskfull").join("wal");
     let out = crate::support::agentctl(&["wal", "inspect", inst_wal.to_str().unwrap()], dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -700,25 +644,19 @@ fn torn_wal_tail_is_repaired_on_restart() {
     let wal = d.join("data").join("torn").join("wal");
 
     // A WAL from a real scrape, ended by SIGKILL.
-    let mut agent = Agent::spawn(d, "torn-0", &yaml);
-    wait_http(&agent.addr, "/-/ready", 200, Duration::from_secs(20));
-    let r = http_full(
-        "PUT",
-        &agent.addr,
-        "/agent/api/v1/config/torn",
-        &[],
-        config.as_bytes(),
-    )
-    .unwrap();
+    let mut agent = spawn(d, "torn-0", &yaml);
+    agent.wait_ready(Duration::from_secs(20));
+    let r = agent.put_config("torn", &config);
     assert_eq!(r.status, 201, "{r:?}");
+    // Killed once the last segment holds a few complete records (scrapes committed).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while target.served() < 8 {
+    while segments(&wal).last().is_none_or(|&s| {
+        segment_records(&wal.join(format!("{s:08}")), s).map_or(0, |r| r.len()) < 4
+    }) {
         assert!(Instant::now() < deadline, "not scraped\n{}", agent.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    agent.guard.signal("KILL");
-    agent.guard.wait_exit(Duration::from_secs(10));
+    agent.kill();
     let pristine = d.join("pristine");
     copy_flat(&wal, &pristine);
     let last = *segments(&pristine).last().expect("a segment");
@@ -753,8 +691,8 @@ fn torn_wal_tail_is_repaired_on_restart() {
         let intact_before: usize = records.iter().filter(|(_, end)| *end <= damage_at).count();
 
         let id = format!("torn-{}", round + 1);
-        let mut agent = Agent::spawn(d, &id, &yaml);
-        wait_http(&agent.addr, "/-/ready", 200, Duration::from_secs(20));
+        let mut agent = spawn(d, &id, &yaml);
+        agent.wait_ready(Duration::from_secs(20));
         // It continues appending in a new segment.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -783,8 +721,7 @@ fn torn_wal_tail_is_repaired_on_restart() {
                 "round {round}: the repair is logged with segment and offset:\n{log}"
             );
         }
-        agent.guard.signal("KILL");
-        agent.guard.wait_exit(Duration::from_secs(10));
+        agent.kill();
 
         // Every complete record before the damage is still there, in order, and nothing else
         // from the damaged segment.

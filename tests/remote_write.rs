@@ -491,8 +491,14 @@ async fn producer_waits_when_the_queue_is_full_and_flush_deadline_counts_the_res
             qm.append_samples(&samples).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(700)).await;
     // 5 in the batch being retried + 5 in the queue; the producer is held on the 11th.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&reg, "prometheus_remote_storage_samples_pending") < 11.0
+        || metric(&reg, "prometheus_remote_storage_samples_retried_total") < 5.0
+    {
+        assert!(Instant::now() < deadline, "the queue never filled up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
         !producer.is_finished(),
         "the producer must wait, not buffer without bound"

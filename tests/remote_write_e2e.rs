@@ -14,7 +14,6 @@
 //! it found that resent samples made Prometheus refuse whole batches (see that test).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::support::prometheus::Prometheus;
-use crate::support::{bin, free_port, ChildGuard};
+use crate::support::Agent;
 
 const SERIES: u64 = 100;
 const JOB: &str = "e2e";
@@ -36,15 +35,6 @@ const SHARDED: &str = "    queue_config:\n      min_shards: 4\n      batch_send_
 
 fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-fn client() -> reqwest::Client {
-    install_crypto();
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("reqwest client")
 }
 
 /// The scrape target: 100 counters whose value is the scrape's number.
@@ -84,149 +74,72 @@ impl Target {
     }
 }
 
-/// An `agentctl agent run` process in `dir` (its cwd); logs to `dir/agent-N.log`.
-struct Agent {
-    addr: String,
-    guard: ChildGuard,
-    log: std::path::PathBuf,
+/// An agent in `dir` (the embedded default without `config_file`), ready. The harness blocks:
+/// these tests run on a multi-thread runtime, so the in-process target and receivers keep
+/// serving meanwhile.
+fn start_agent(dir: &std::path::Path, config_file: Option<&std::path::Path>) -> Agent {
+    let b = Agent::builder(dir);
+    let b = match config_file {
+        Some(f) => b.config_file(f),
+        None => b,
+    };
+    tokio::task::block_in_place(|| b.start())
 }
 
-impl Agent {
-    async fn start(dir: &std::path::Path, config_file: Option<&std::path::Path>) -> Agent {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let log = dir.join(format!("agent-{}.log", addr.replace([':', '.'], "_")));
-        let mut cmd = Command::new(bin());
-        cmd.args(["agent", "run", "--server.http.address", &addr]);
-        if let Some(f) = config_file {
-            cmd.arg("--config.file").arg(f);
+/// PUTs the instance config `name` and waits until the agent runs it.
+async fn put_config(agent: &Agent, name: &str, yaml: &str) {
+    let r = tokio::task::block_in_place(|| agent.put_config(name, yaml));
+    assert!(r.status == 201 || r.status == 200, "PUT {name}: {r:?}");
+    wait_instance(agent, name, true).await;
+}
+
+/// DELETEs the config and waits until its instance stopped (flushed remote_write).
+async fn delete_config(agent: &Agent, name: &str) {
+    let r = tokio::task::block_in_place(|| agent.delete_config(name));
+    assert_eq!(r.status, 200, "DELETE {name}: {r:?}");
+    wait_instance(agent, name, false).await;
+}
+
+async fn wait_instance(agent: &Agent, name: &str, running: bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let configs = tokio::task::block_in_place(|| agent.running_configs());
+        if configs.is_some_and(|c| c.iter().any(|n| n == name) == running) {
+            return;
         }
-        let child = cmd
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let agent = Agent {
-            addr,
-            guard: ChildGuard::new("agent", child),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if agent.get("/-/ready").await.is_some_and(|(s, _)| s == 200) {
-                return agent;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready within 20 s:\n{}",
-                agent.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn request(&self, method: reqwest::Method, path: &str, body: &str) -> (u16, String) {
-        let resp = client()
-            .request(method, format!("http://{}{path}", self.addr))
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("agent request");
-        let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap_or_default())
-    }
-
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let resp = client()
-            .get(format!("http://{}{path}", self.addr))
-            .send()
-            .await
-            .ok()?;
-        let status = resp.status().as_u16();
-        Some((status, resp.text().await.unwrap_or_default()))
-    }
-
-    /// PUTs the instance config `name` and waits until this agent runs it.
-    async fn put_config(&self, name: &str, yaml: &str) {
-        let (status, body) = self
-            .request(
-                reqwest::Method::PUT,
-                &format!("/agent/api/v1/config/{name}"),
-                yaml,
-            )
-            .await;
         assert!(
-            status == 201 || status == 200,
-            "PUT {name}: {status} {body}"
+            Instant::now() < deadline,
+            "instance {name} running={running} not reached within 90 s:\n{}",
+            agent.log()
         );
-        self.wait_instance(name, true).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
 
-    /// DELETEs the config and waits until its instance stopped (flushed remote_write).
-    async fn delete_config(&self, name: &str) {
-        let (status, body) = self
-            .request(
-                reqwest::Method::DELETE,
-                &format!("/agent/api/v1/config/{name}"),
-                "",
-            )
-            .await;
-        assert_eq!(status, 200, "DELETE {name}: {body}");
-        self.wait_instance(name, false).await;
-    }
+/// The sum of the agent's metric `name` over the label sets containing `label_part`.
+fn metric(agent: &Agent, name: &str, label_part: &str) -> f64 {
+    tokio::task::block_in_place(|| agent.metric(name, label_part))
+}
 
-    async fn wait_instance(&self, name: &str, running: bool) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Some((200, body)) = self.get("/agent/api/v1/metrics/instances").await {
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                let has = v["data"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|n| n.as_str() == Some(name)));
-                if has == running {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "instance {name} running={running} not reached within 90 s:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+/// SIGTERM; the agent must exit 0.
+fn stop(mut agent: Agent) {
+    let code = tokio::task::block_in_place(|| agent.stop());
+    assert_eq!(code, Some(0), "agent exit:\n{}", agent.log());
+}
 
-    /// The sum over the agent's own `/metrics` lines of `name{...}` whose labels contain
-    /// `label_part`.
-    async fn metric(&self, name: &str, label_part: &str) -> f64 {
-        let (_, text) = self.get("/metrics").await.expect("GET /metrics");
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') && rest.contains(label_part))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill(mut self) {
-        self.guard.signal("KILL");
-        self.guard.wait_exit(Duration::from_secs(10));
-    }
-
-    fn stop(mut self) {
-        self.guard.signal("TERM");
-        assert_eq!(
-            self.guard.wait_exit(Duration::from_secs(30)),
-            Some(0),
-            "agent exit:\n{}",
-            self.log()
+/// Waits until the target served `n` more scrapes (one a second): the tests measure phases in
+/// scrapes, not in seconds of wall time, so a slow machine still gets every phase in full.
+async fn scrapes(target: &Target, n: u64) {
+    let from = target.served();
+    let within = Duration::from_secs(3 * n + 30);
+    let deadline = Instant::now() + within;
+    while target.served() < from + n {
+        assert!(
+            Instant::now() < deadline,
+            "{n} scrapes not served within {within:?} ({} so far)",
+            target.served() - from
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -358,7 +271,7 @@ fn logs(dir: &std::path::Path, prom: &Prometheus) -> String {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("agent-") && name.ends_with(".log") {
+            if name.starts_with("agent") && name.ends_with(".log") {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();
                 out.push_str(&format!("--- {name}\n{text}"));
             }
@@ -430,16 +343,16 @@ async fn e2e_scrape_to_prometheus_and_receiver_down_60s() {
     let target = Target::start().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = agent_yaml(dir.path());
-    let agent = Agent::start(dir.path(), Some(&cfg)).await;
-    agent
-        .put_config(
-            "e2e-main",
-            &instance_yaml(&target.addr, &[&prom.write_url()], ""),
-        )
-        .await;
+    let agent = start_agent(dir.path(), Some(&cfg));
+    put_config(
+        &agent,
+        "e2e-main",
+        &instance_yaml(&target.addr, &[&prom.write_url()], ""),
+    )
+    .await;
 
-    // 1. Ten seconds of scraping with the receiver up.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // 1. Ten scrapes with the receiver up.
+    scrapes(&target, 10).await;
     let s1 = target.served();
     let t = Instant::now();
     wait_for(
@@ -469,30 +382,17 @@ async fn e2e_scrape_to_prometheus_and_receiver_down_60s() {
     );
 
     // 2. The receiver is down for 60 s while the agent keeps scraping.
-    let mut p = prom;
-    p = tokio::task::spawn_blocking(move || {
-        p.stop();
-        p
-    })
-    .await
-    .unwrap();
-    prom = p;
+    tokio::task::block_in_place(|| prom.stop());
     let down_at = target.served();
-    // 60 s in CI; the slow suite (tests/slow/run) sets 300 (issue 11: "receiver down 5 minutes").
+    // 60 scrapes (one a second) in CI; the slow suite (tests/slow/run) sets 300: the receiver
+    // down for five minutes.
     let outage_secs: u64 = std::env::var("RECEIVER_OUTAGE_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    tokio::time::sleep(Duration::from_secs(outage_secs)).await;
+    scrapes(&target, outage_secs).await;
     let s2 = target.served();
-    let mut p = prom;
-    p = tokio::task::spawn_blocking(move || {
-        p.restart();
-        p
-    })
-    .await
-    .unwrap();
-    prom = p;
+    tokio::task::block_in_place(|| prom.restart());
     let back = Instant::now();
     wait_for(
         "the outage's scrapes at the receiver",
@@ -502,9 +402,9 @@ async fn e2e_scrape_to_prometheus_and_receiver_down_60s() {
     .await;
     let drain = back.elapsed();
 
-    // A few more seconds live, then stop scraping and compare with what the target served.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    agent.delete_config("e2e-main").await;
+    // A few more scrapes live, then stop scraping and compare with what the target served.
+    scrapes(&target, 3).await;
+    delete_config(&agent, "e2e-main").await;
     let total = target.served();
     wait_settled(&prom).await;
     let got = received(&prom, &target.addr).await;
@@ -513,9 +413,11 @@ async fn e2e_scrape_to_prometheus_and_receiver_down_60s() {
     let up = up(&prom).await;
     let (expected, arrived) = check_series(&got, total, &may_miss, up)
         .unwrap_or_else(|e| panic!("{e}\n{}", logs(dir.path(), &prom)));
-    let pending = agent
-        .metric("prometheus_remote_storage_samples_failed_total", "rw0")
-        .await;
+    let pending = metric(
+        &agent,
+        "prometheus_remote_storage_samples_failed_total",
+        "rw0",
+    );
     assert_eq!(pending, 0.0, "samples failed for good");
     eprintln!(
         "e2e receiver down 60 s: {} scrapes during the outage ({down_at}..{s2}); \
@@ -533,7 +435,7 @@ async fn e2e_scrape_to_prometheus_and_receiver_down_60s() {
             .saturating_sub(SERIES * (up.failed as u64 + 1)),
         drain.as_secs_f64()
     );
-    agent.stop();
+    stop(agent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,13 +447,13 @@ async fn e2e_sigkill_while_receiver_down_resends_the_wal() {
     let target = Target::start().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = agent_yaml(dir.path());
-    let agent = Agent::start(dir.path(), Some(&cfg)).await;
-    agent
-        .put_config(
-            "e2e-kill",
-            &instance_yaml(&target.addr, &[&prom.write_url()], SHARDED),
-        )
-        .await;
+    let mut agent = start_agent(dir.path(), Some(&cfg));
+    put_config(
+        &agent,
+        "e2e-kill",
+        &instance_yaml(&target.addr, &[&prom.write_url()], SHARDED),
+    )
+    .await;
     wait_for(
         "first scrapes at the receiver",
         Duration::from_secs(30),
@@ -559,31 +461,17 @@ async fn e2e_sigkill_while_receiver_down_resends_the_wal() {
     )
     .await;
 
-    let mut p = prom;
-    p = tokio::task::spawn_blocking(move || {
-        p.stop();
-        p
-    })
-    .await
-    .unwrap();
-    prom = p;
+    tokio::task::block_in_place(|| prom.stop());
     let down_at = target.served();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    scrapes(&target, 8).await;
     agent.kill();
     let killed_at = target.served();
 
-    let mut p = prom;
-    p = tokio::task::spawn_blocking(move || {
-        p.restart();
-        p
-    })
-    .await
-    .unwrap();
-    prom = p;
+    tokio::task::block_in_place(|| prom.restart());
     let back = Instant::now();
     // The same directory: the embedded store still has the config, the WAL has the scrapes.
-    let agent = Agent::start(dir.path(), Some(&cfg)).await;
-    agent.wait_instance("e2e-kill", true).await;
+    let agent = start_agent(dir.path(), Some(&cfg));
+    wait_instance(&agent, "e2e-kill", true).await;
     wait_for(
         "the WAL's scrapes at the receiver",
         Duration::from_secs(90),
@@ -591,8 +479,8 @@ async fn e2e_sigkill_while_receiver_down_resends_the_wal() {
     )
     .await;
     let drain = back.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    agent.delete_config("e2e-kill").await;
+    scrapes(&target, 2).await;
+    delete_config(&agent, "e2e-kill").await;
     let total = target.served();
     wait_settled(&prom).await;
     let got = received(&prom, &target.addr).await;
@@ -618,7 +506,7 @@ async fn e2e_sigkill_while_receiver_down_resends_the_wal() {
             .saturating_sub(SERIES * (up.failed as u64 + 2)),
         drain.as_secs_f64()
     );
-    agent.stop();
+    stop(agent);
 }
 
 /// A receiver answering a script of statuses (then `then`), recording each request.
@@ -706,15 +594,15 @@ async fn e2e_429_then_200_and_400_through_the_agent() {
     let target = Target::start().await;
     let dir = tempfile::tempdir().unwrap();
     // The embedded default: no config file, everything under the temp dir.
-    let agent = Agent::start(dir.path(), None).await;
-    agent
-        .put_config(
-            "e2e-codes",
-            &instance_yaml(&target.addr, &[&url429, &url400], FAST_BATCHES),
-        )
-        .await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    agent.delete_config("e2e-codes").await;
+    let agent = start_agent(dir.path(), None);
+    put_config(
+        &agent,
+        "e2e-codes",
+        &instance_yaml(&target.addr, &[&url429, &url400], FAST_BATCHES),
+    )
+    .await;
+    scrapes(&target, 5).await;
+    delete_config(&agent, "e2e-codes").await;
     let served = target.served();
 
     // 429 then 204: the first batch is retried after Retry-After and every scrape arrives once.
@@ -794,12 +682,11 @@ async fn e2e_429_then_200_and_400_through_the_agent() {
         let before = count_400(&r400.requests());
         // By URL: on the embedded default (instance_mode shared) the remote_write is renamed
         // after its group.
-        let failed = agent
-            .metric(
-                "prometheus_remote_storage_samples_failed_total",
-                &format!("url=\"{url400}\""),
-            )
-            .await;
+        let failed = metric(
+            &agent,
+            "prometheus_remote_storage_samples_failed_total",
+            &format!("url=\"{url400}\""),
+        );
         let after = count_400(&r400.requests());
         if before == after && failed as usize == after {
             break (failed, after);
@@ -822,7 +709,7 @@ async fn e2e_429_then_200_and_400_through_the_agent() {
          prometheus_remote_storage_samples_failed_total = {failed}",
         reqs.len()
     );
-    agent.stop();
+    stop(agent);
 }
 
 /// Shards that flush at different times (a batch goes when 100 samples are queued; the 100
@@ -840,24 +727,24 @@ async fn e2e_sigkill_with_shards_out_of_phase_loses_nothing() {
     let target = Target::start().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = agent_yaml(dir.path());
-    let agent = Agent::start(dir.path(), Some(&cfg)).await;
+    let mut agent = start_agent(dir.path(), Some(&cfg));
     let queue = "    queue_config:\n      min_shards: 4\n      max_samples_per_send: 100\n      \
                  batch_send_deadline: 30s\n";
-    agent
-        .put_config(
-            "e2e-phase",
-            &instance_yaml(&target.addr, &[&prom.write_url()], queue),
-        )
-        .await;
-    tokio::time::sleep(Duration::from_millis(12_500)).await;
+    put_config(
+        &agent,
+        "e2e-phase",
+        &instance_yaml(&target.addr, &[&prom.write_url()], queue),
+    )
+    .await;
+    scrapes(&target, 12).await;
     let progress = dir.path().join("wal/e2e-phase/remote_write/rw0");
     let marks = std::fs::read_to_string(&progress).unwrap_or_default();
     agent.kill();
     let killed_at = target.served();
-    let agent = Agent::start(dir.path(), Some(&cfg)).await;
-    agent.wait_instance("e2e-phase", true).await;
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    agent.delete_config("e2e-phase").await;
+    let agent = start_agent(dir.path(), Some(&cfg));
+    wait_instance(&agent, "e2e-phase", true).await;
+    scrapes(&target, 8).await;
+    delete_config(&agent, "e2e-phase").await;
     let total = target.served();
     wait_settled(&prom).await;
     let got = received(&prom, &target.addr).await;
@@ -877,7 +764,7 @@ async fn e2e_sigkill_with_shards_out_of_phase_loses_nothing() {
          {marks:?}); total {total} scrapes served, samples served {expected} arrived {arrived}, \
          {up:?}, out-of-order rejections {rejected}"
     );
-    agent.stop();
+    stop(agent);
 }
 
 /// Exemplars, metadata and oauth2, end to end (they reuse this module's agent helpers).

@@ -16,8 +16,8 @@ use agent::ring::{
     LifecyclerSettings, RingView,
 };
 
+use crate::support::bin;
 use crate::support::etcd::EtcdServer;
-use crate::support::{bin, free_port};
 
 pub const KEY: &str = "collectors/agent";
 
@@ -351,7 +351,8 @@ async fn ring_status_and_forget_against_etcd() {
     );
 
     // Unreachable sources: exit 2, and the error names them.
-    let dead_port = free_port();
+    // Port 1 (tcpmux) on loopback: nothing listens there, connections are refused.
+    let dead_port = 1;
     let dead_kv = format!("etcd://127.0.0.1:{dead_port}");
     let out = agentctl_async(&["ring", "status", "--kv", &dead_kv]).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::ring::{etcd_store, unix_now, KEY};
 use crate::support::etcd::EtcdServer;
-use crate::support::{free_port, root, ChildGuard};
+use crate::support::{root, ChildGuard};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -128,6 +128,27 @@ async fn seed(store: &Arc<dyn KvStore>) {
 }
 
 /// A W3C WebDriver session on chromedriver, spoken over plain HTTP.
+/// The port in chromedriver's `ChromeDriver was started successfully on port N.` line.
+async fn driver_port(log: &std::path::Path) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let port = text
+            .split("started successfully on port ")
+            .nth(1)
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|p| p.trim().parse().ok());
+        if let Some(port) = port {
+            return port;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chromedriver did not start within 20 s: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 struct WebDriver {
     http: reqwest::Client,
     base: String,
@@ -318,16 +339,18 @@ async fn ring_page_in_chromium_forget_button_removes_the_member() {
             .expect("write docs/ring-page.png");
     }
 
-    // 3. Click agent-4's Forget button through chromedriver.
-    let port = free_port();
+    // 3. Click agent-4's Forget button through chromedriver. It binds port 0 itself and says
+    // which port it got on standard output.
+    let driver_log = tmp.path().join("chromedriver.log");
     let driver = std::process::Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
+        .arg("--port=0")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(&driver_log).expect("chromedriver log"))
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn chromedriver");
     let _driver = ChildGuard::new("chromedriver", driver);
+    let port = driver_port(&driver_log).await;
     let wd = WebDriver::start(format!("http://127.0.0.1:{port}"), &tmp.path().join("p3")).await;
     wd.navigate(&url).await;
     assert!(wd.source().await.contains("<td>agent-4</td>"));

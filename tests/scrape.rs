@@ -396,8 +396,12 @@ async fn file_sd_adds_and_removes_targets_while_running() {
         1,
         "exactly one marker: {a_m:?}"
     );
-    let hits = a.hits();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // b is scraped twice more (400 ms at its interval) and a never again.
+    let (hits, b_hits) = (a.hits(), b.hits());
+    wait_until("b scraped twice more", Duration::from_secs(5), || {
+        b.hits() >= b_hits + 2
+    })
+    .await;
     assert_eq!(a.hits(), hits, "a's loop stopped");
     assert!(storage.samples().len() > before);
 

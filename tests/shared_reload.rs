@@ -4,13 +4,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::{bin, free_port, http, http_full, wait_http, ChildGuard};
+use crate::support::Agent;
 
 /// A scrape target on 127.0.0.1 counting the requests it served.
 struct Target {
@@ -54,100 +53,47 @@ impl Target {
     }
 }
 
-struct Agent {
-    addr: String,
-    guard: ChildGuard,
-    log: PathBuf,
+/// `(status, body)` of one request to the agent.
+fn call(a: &Agent, method: &str, path: &str, body: &str) -> (u16, String) {
+    let r = a.req(method, path, &[], body);
+    (r.status, r.body)
 }
 
-impl Agent {
-    /// Starts `agent run` in `dir` (the embedded default without `config`) and waits for ready.
-    fn start(dir: &Path, config: Option<&Path>) -> Agent {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let log = dir.join("agent.log");
-        let mut args = vec![
-            "agent".to_owned(),
-            "run".into(),
-            "--server.http.address".into(),
-            addr.clone(),
-        ];
-        if let Some(c) = config {
-            args.push("--config.file".into());
-            args.push(c.display().to_string());
-        }
-        let child = Command::new(bin())
-            .args(&args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let agent = Agent {
-            addr,
-            guard: ChildGuard::new("agent", child),
-            log,
-        };
-        wait_http(&agent.addr, "/-/ready", 200, Duration::from_secs(20));
-        agent
-    }
+fn instances(a: &Agent) -> Vec<String> {
+    a.running_configs().expect("the agent answers")
+}
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+/// (instance, job) of every target, sorted.
+fn target_jobs(a: &Agent) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = a
+        .data("/agent/api/v1/metrics/targets")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["instance"].as_str().unwrap().to_owned(),
+                t["labels"]["job"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
 
-    fn req(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        http(method, &self.addr, path, body.as_bytes()).expect("agent answers")
-    }
+fn metrics(a: &Agent) -> String {
+    a.get("/metrics").body
+}
 
-    fn data(&self, path: &str) -> serde_json::Value {
-        let (code, body) = self.req("GET", path, "");
-        assert_eq!(code, 200, "{path}: {body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["data"].clone()
-    }
-
-    fn instances(&self) -> Vec<String> {
-        serde_json::from_value(self.data("/agent/api/v1/metrics/instances")).unwrap()
-    }
-
-    /// (instance, job) of every target, sorted.
-    fn jobs(&self) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = self
-            .data("/agent/api/v1/metrics/targets")
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| {
-                (
-                    t["instance"].as_str().unwrap().to_owned(),
-                    t["labels"]["job"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    }
-
-    /// Polls until `f` holds, up to `timeout`.
-    fn wait_for(&self, what: &str, timeout: Duration, f: impl Fn(&Agent) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !f(self) {
-            assert!(
-                Instant::now() < deadline,
-                "{what} not reached within {timeout:?}; instances {:?}, targets {:?}\n{}",
-                self.instances(),
-                self.jobs(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn metrics(&self) -> String {
-        self.req("GET", "/metrics", "").1
-    }
+/// Waits until `target` served `n` more scrapes.
+fn wait_hits(a: &Agent, target: &Target, n: usize) {
+    let from = target.hits();
+    a.wait_until(
+        &format!("{n} more scrapes"),
+        Duration::from_secs(10),
+        |_| target.hits() >= from + n,
+    );
 }
 
 fn instance_yaml(job: &str, target: &str) -> String {
@@ -167,20 +113,21 @@ fn is_group_hash(s: &str) -> bool {
 fn shared_mode_groups_configs_and_a_delete_drops_only_that_job() {
     let dir = tempfile::tempdir().unwrap();
     let (ta, tb) = (Target::start(), Target::start());
-    let agent = Agent::start(dir.path(), None);
+    let agent = Agent::start(dir.path(), &[]);
     for (name, job, t) in [("a", "ja", &ta), ("b", "jb", &tb)] {
-        let (code, body) = agent.req(
+        let (code, body) = call(
+            &agent,
             "PUT",
             &format!("/agent/api/v1/config/{name}"),
             &instance_yaml(job, &t.addr),
         );
         assert_eq!(code, 201, "{body}");
     }
-    agent.wait_for("both jobs in one instance", Duration::from_secs(5), |a| {
-        let j = a.jobs();
+    agent.wait_until("both jobs in one instance", Duration::from_secs(5), |a| {
+        let j = target_jobs(a);
         j.len() == 2 && j[0].0 == j[1].0
     });
-    let jobs = agent.jobs();
+    let jobs = target_jobs(&agent);
     let group = jobs[0].0.clone();
     assert!(is_group_hash(&group), "instance {group:?}");
     assert_eq!(
@@ -188,7 +135,7 @@ fn shared_mode_groups_configs_and_a_delete_drops_only_that_job() {
         [(group.clone(), "ja".into()), (group.clone(), "jb".into())]
     );
     // The old agent's `/metrics/instances` lists config names in both modes.
-    assert_eq!(agent.instances(), ["a", "b"]);
+    assert_eq!(instances(&agent), ["a", "b"]);
     // One instance: one WAL folder, named by the group.
     let folders: Vec<String> = std::fs::read_dir(dir.path().join("data-agent"))
         .unwrap()
@@ -197,33 +144,33 @@ fn shared_mode_groups_configs_and_a_delete_drops_only_that_job() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(folders, std::slice::from_ref(&group));
-    agent.wait_for("both targets scraped", Duration::from_secs(5), |_| {
+    agent.wait_until("both targets scraped", Duration::from_secs(5), |_| {
         ta.hits() >= 2 && tb.hits() >= 2
     });
-    agent.wait_for("the group's WAL metric", Duration::from_secs(5), |a| {
-        a.metrics().contains(&format!(
+    agent.wait_until("the group's WAL metric", Duration::from_secs(5), |a| {
+        metrics(a).contains(&format!(
             "agent_wal_storage_active_series{{instance_group_name=\"{group}\"}}"
         ))
     });
 
-    let (code, _) = agent.req("DELETE", "/agent/api/v1/config/a", "");
+    let (code, _) = call(&agent, "DELETE", "/agent/api/v1/config/a", "");
     assert_eq!(code, 200);
-    // Scrapes already under way may still land; after 1 s none may start.
-    std::thread::sleep(Duration::from_millis(1000));
-    let (a_then, b_then) = (ta.hits(), tb.hits());
-    std::thread::sleep(Duration::from_millis(1500));
+    agent.wait_until("a's job gone", Duration::from_secs(1), |a| {
+        target_jobs(a).len() == 1
+    });
+    // A scrape of a already under way may still land while b is scraped twice more; after
+    // that, b keeps being scraped and a never again.
+    wait_hits(&agent, &tb, 2);
+    let a_then = ta.hits();
+    wait_hits(&agent, &tb, 3);
     assert_eq!(
         ta.hits(),
         a_then,
         "the deleted config's target is still scraped"
     );
-    assert!(
-        tb.hits() >= b_then + 3,
-        "the other member stopped being scraped"
-    );
-    assert_eq!(agent.instances(), ["b"]);
+    assert_eq!(instances(&agent), ["b"]);
     // Same instance (updated in place, same WAL), now with b's job only.
-    assert_eq!(agent.jobs(), [(group.clone(), "jb".into())]);
+    assert_eq!(target_jobs(&agent), [(group.clone(), "jb".into())]);
     assert!(
         !agent.log().contains("instance restarting"),
         "the group instance was restarted:\n{}",
@@ -231,7 +178,7 @@ fn shared_mode_groups_configs_and_a_delete_drops_only_that_job() {
     );
 
     // Without a config file a reload has nothing to do.
-    assert_eq!(agent.req("POST", "/-/reload", ""), (200, String::new()));
+    assert_eq!(call(&agent, "POST", "/-/reload", ""), (200, String::new()));
 }
 
 fn write(path: &Path, text: &str) {
@@ -261,14 +208,12 @@ fn reload_applies_live_fields_and_refuses_bad_or_restart_only_changes() {
         y
     };
     write(&cfg, &config("distinct", &[("one", "j1", &t1)]));
-    let agent = Agent::start(dir.path(), Some(&cfg));
-    assert_eq!(agent.instances(), ["one"]);
-    agent.wait_for("one scraped", Duration::from_secs(5), |a| {
-        a.jobs() == [("one".to_owned(), "j1".to_owned())]
+    let agent = Agent::builder(dir.path()).config_file(&cfg).start();
+    assert_eq!(instances(&agent), ["one"]);
+    agent.wait_until("one scraped", Duration::from_secs(5), |a| {
+        target_jobs(a) == [("one".to_owned(), "j1".to_owned())]
     });
-    assert!(agent
-        .metrics()
-        .contains("agent_config_last_load_successful 1"));
+    assert!(metrics(&agent).contains("agent_config_last_load_successful 1"));
 
     // A live change: a second config and shared mode.
     write(
@@ -276,13 +221,13 @@ fn reload_applies_live_fields_and_refuses_bad_or_restart_only_changes() {
         &config("shared", &[("one", "j1", &t1), ("two", "j2", &t2)]),
     );
     let t = Instant::now();
-    assert_eq!(agent.req("POST", "/-/reload", ""), (200, String::new()));
-    assert_eq!(agent.instances(), ["one", "two"]);
-    agent.wait_for("both jobs in one group", Duration::from_secs(5), |a| {
-        let j = a.jobs();
+    assert_eq!(call(&agent, "POST", "/-/reload", ""), (200, String::new()));
+    assert_eq!(instances(&agent), ["one", "two"]);
+    agent.wait_until("both jobs in one group", Duration::from_secs(5), |a| {
+        let j = target_jobs(a);
         j.len() == 2 && j[0].0 == j[1].0 && is_group_hash(&j[0].0)
     });
-    agent.wait_for("the new target scraped", Duration::from_secs(5), |_| {
+    agent.wait_until("the new target scraped", Duration::from_secs(5), |_| {
         t2.hits() >= 2
     });
     println!("reload to a scraped new config: {:?}", t.elapsed());
@@ -299,7 +244,7 @@ fn reload_applies_live_fields_and_refuses_bad_or_restart_only_changes() {
         &cfg,
         "metrics:\n  wal_directory: /x\n  instance_mod: shared\n",
     );
-    let r = http_full("GET", &agent.addr, "/-/reload", &[], b"").unwrap();
+    let r = agent.get("/-/reload");
     assert_eq!(r.status, 400, "{}", r.body);
     let want = format!("{}:3:3: ", cfg.display());
     assert!(
@@ -307,13 +252,9 @@ fn reload_applies_live_fields_and_refuses_bad_or_restart_only_changes() {
         "{}",
         r.body
     );
-    assert!(agent
-        .metrics()
-        .contains("agent_config_last_load_successful 0"));
-    assert!(agent
-        .metrics()
-        .contains("agent_config_load_failures_total 1"));
-    assert_eq!(agent.instances(), ["one", "two"]);
+    assert!(metrics(&agent).contains("agent_config_last_load_successful 0"));
+    assert!(metrics(&agent).contains("agent_config_load_failures_total 1"));
+    assert_eq!(instances(&agent), ["one", "two"]);
 
     // A field that needs a restart: refused, naming it.
     let moved = config("shared", &[("one", "j1", &t1)]).replace(
@@ -321,29 +262,30 @@ fn reload_applies_live_fields_and_refuses_bad_or_restart_only_changes() {
         &dir.path().join("elsewhere").display().to_string(),
     );
     write(&cfg, &moved);
-    let (code, body) = agent.req("POST", "/-/reload", "");
+    let (code, body) = call(&agent, "POST", "/-/reload", "");
     assert_eq!(code, 400);
     assert!(
         body.contains("changing metrics.wal_directory requires a restart"),
         "{body}"
     );
-    assert_eq!(agent.instances(), ["one", "two"]);
+    assert_eq!(instances(&agent), ["one", "two"]);
     t2.hits(); // still scraped below
 
     // SIGHUP applies a valid change: "two" removed.
     write(&cfg, &config("shared", &[("one", "j1", &t1)]));
-    agent.guard.signal("HUP");
-    agent.wait_for("two removed by SIGHUP", Duration::from_secs(5), |a| {
-        a.instances() == ["one"]
+    agent.signal("HUP");
+    agent.wait_until("two removed by SIGHUP", Duration::from_secs(5), |a| {
+        instances(a) == ["one"]
     });
+    // A scrape of two under way may still land while one is scraped twice more; after that,
+    // one keeps being scraped and two never again.
+    wait_hits(&agent, &t1, 2);
     let n = t2.hits();
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(t2.hits() <= n + 1, "the removed config is still scraped");
+    wait_hits(&agent, &t1, 3);
+    assert_eq!(t2.hits(), n, "the removed config is still scraped");
     assert!(agent.log().contains("signal=SIGHUP"), "{}", agent.log());
-    assert!(agent
-        .metrics()
-        .contains("agent_config_last_load_successful 1"));
-    wait_http(&agent.addr, "/-/healthy", 200, Duration::from_secs(1));
+    assert!(metrics(&agent).contains("agent_config_last_load_successful 1"));
+    assert_eq!(agent.get("/-/healthy").status, 200);
 }
 
 /// Scraping service on the embedded store: a changed `global` is applied to the running
@@ -360,19 +302,22 @@ fn reload_in_scraping_service_mode_applies_global_and_refuses_kvstore_changes() 
         )
     };
     write(&cfg, &yaml("env: a", "configurations/"));
-    let agent = Agent::start(dir.path(), Some(&cfg));
-    let (code, body) = agent.req(
+    let agent = Agent::builder(dir.path()).config_file(&cfg).start();
+    let (code, body) = call(
+        &agent,
         "PUT",
         "/agent/api/v1/config/c",
         &instance_yaml("j", &t1.addr),
     );
     assert_eq!(code, 201, "{body}");
-    agent.wait_for("c runs", Duration::from_secs(5), |a| a.jobs().len() == 1);
+    agent.wait_until("c runs", Duration::from_secs(5), |a| {
+        target_jobs(a).len() == 1
+    });
 
     write(&cfg, &yaml("env: b", "configurations/"));
-    assert_eq!(agent.req("POST", "/-/reload", ""), (200, String::new()));
+    assert_eq!(call(&agent, "POST", "/-/reload", ""), (200, String::new()));
     // New external labels change what remote_write sends: the instance restarts with them.
-    agent.wait_for("instance restarted", Duration::from_secs(5), |a| {
+    agent.wait_until("instance restarted", Duration::from_secs(5), |a| {
         a.log().contains("instance restarting for a changed config")
     });
     assert!(
@@ -380,19 +325,17 @@ fn reload_in_scraping_service_mode_applies_global_and_refuses_kvstore_changes() 
         "{}",
         agent.log()
     );
-    agent.wait_for("c runs again", Duration::from_secs(5), |a| {
-        a.jobs().len() == 1
+    agent.wait_until("c runs again", Duration::from_secs(5), |a| {
+        target_jobs(a).len() == 1
     });
 
     write(&cfg, &yaml("env: b", "other/"));
-    let (code, body) = agent.req("POST", "/-/reload", "");
+    let (code, body) = call(&agent, "POST", "/-/reload", "");
     assert_eq!(code, 400);
     assert!(
         body.contains("changing metrics.scraping_service.kvstore requires a restart"),
         "{body}"
     );
-    assert_eq!(agent.instances(), ["c"]);
-    let n = t1.hits();
-    std::thread::sleep(Duration::from_millis(800));
-    assert!(t1.hits() > n, "c stopped being scraped");
+    assert_eq!(instances(&agent), ["c"]);
+    wait_hits(&agent, &t1, 2);
 }

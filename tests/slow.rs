@@ -1,4 +1,4 @@
-//! The slow suite (issue 11 item 10), `#[ignore]`d so CI's `cargo test` skips it; run by
+//! The slow suite, `#[ignore]`d so CI's `cargo test` skips it; run by
 //! `tests/slow/run` with `--ignored`. Three agents on a real etcd share 1,000 configs that
 //! scrape 10,000 targets on loopback (100 listening ports x 100 paths: each config scrapes 10
 //! ports on its own `metrics_path`, so every (address, path) pair is scraped by exactly one
@@ -9,13 +9,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::agent::{placement, ClusterMember};
 use crate::support::etcd::EtcdServer;
-use crate::support::{bin, free_port, http_full, wait_http, ChildGuard};
+use crate::support::{http_full, Agent};
 
 const PORTS: usize = 100;
 const PATHS: usize = 100;
@@ -78,83 +78,34 @@ fn start_targets() -> (Vec<u16>, Arc<AtomicU64>) {
     (ports, served)
 }
 
-struct Agent {
-    id: String,
-    addr: String,
-    guard: ChildGuard,
-    log: std::path::PathBuf,
-}
-
 fn start_agent(dir: &Path, etcd: &str, id: &str) -> Agent {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let cfg = dir.join(format!("{id}.yml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "metrics:
-  wal_directory: {wal}
-  scraping_service:
-    enabled: true
-    reshard_interval: 60s
-    kvstore:
-      store: etcd
-      etcd:
-        endpoints: [{etcd}]
-    lifecycler:
-      id: {id}
-      address: 127.0.0.1
-      heartbeat_period: 1s
-      ring:
-        heartbeat_timeout: 15s
-",
-            wal = dir.join(format!("wal-{id}")).display()
-        ),
-    )
-    .unwrap();
-    let log = dir.join(format!("{id}.log"));
-    let child = Command::new(bin())
-        .args(["agent", "run", "--config.file"])
-        .arg(&cfg)
-        .args(["--server.http.address", &addr])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let agent = Agent {
-        id: id.to_owned(),
-        addr,
-        guard: ChildGuard::new(id, child),
-        log,
+    let member = ClusterMember {
+        id,
+        etcd,
+        wal_directory: &dir.join(format!("wal-{id}")),
+        heartbeat_timeout: "15s",
+        auto_forget_periods: None,
+        reshard_interval: "60s",
+        metrics_extra: "",
     };
-    wait_http(&agent.addr, "/-/ready", 200, Duration::from_secs(60));
-    agent
+    Agent::builder(dir)
+        .name(id)
+        .config(&member.yaml())
+        .ready_timeout(Duration::from_secs(60))
+        .start()
 }
 
-impl Agent {
-    /// Resident set size in MiB, from /proc.
-    fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.guard.pid()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    }
-
-    fn errors(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("level=error"))
-            .map(str::to_owned)
-            .collect()
-    }
+/// Resident set size in MiB, from /proc.
+fn rss_mib(a: &Agent) -> f64 {
+    a.rss_kib() as f64 / 1024.0
 }
 
-fn placement(agents: &[&Agent]) -> BTreeMap<String, Vec<String>> {
-    crate::support::placement(agents.iter().map(|a| (a.id.as_str(), a.addr.as_str())))
+fn errors(a: &Agent) -> Vec<String> {
+    a.log()
+        .lines()
+        .filter(|l| l.contains("level=error"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Configs not running exactly once.
@@ -194,7 +145,7 @@ fn slow_load_3_agents_1000_configs_10000_targets() {
         );
         let r = http_full(
             "PUT",
-            &agents[i % 3].addr,
+            agents[i % 3].addr(),
             &format!("/agent/api/v1/config/{name}"),
             &[],
             yaml.as_bytes(),
@@ -218,13 +169,18 @@ fn slow_load_3_agents_1000_configs_10000_targets() {
     };
     let share: Vec<usize> = agents
         .iter()
-        .map(|a| p.values().filter(|v| v[0] == a.id).count())
+        .map(|a| p.values().filter(|v| v[0] == a.name()).count())
         .collect();
     eprintln!("load: 1,000 configs PUT in {put_took:?}, placed {share:?}");
 
-    // One full scrape round before the memory baseline.
-    std::thread::sleep(Duration::from_secs(interval + 5));
-    let rss_start: Vec<f64> = agents.iter().map(Agent::rss_mib).collect();
+    // One full scrape round (every target scraped once more) before the memory baseline.
+    let round = served.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(3 * interval + 60);
+    while served.load(Ordering::Relaxed) < round + (PORTS * PATHS) as u64 {
+        assert!(Instant::now() < deadline, "no full scrape round");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let rss_start: Vec<f64> = agents.iter().map(rss_mib).collect();
     let served_start = served.load(Ordering::Relaxed);
     let start = Instant::now();
     let mut checks = 0;
@@ -242,11 +198,11 @@ fn slow_load_3_agents_1000_configs_10000_targets() {
         checks += 1;
     }
     let elapsed = start.elapsed();
-    let rss_end: Vec<f64> = agents.iter().map(Agent::rss_mib).collect();
+    let rss_end: Vec<f64> = agents.iter().map(rss_mib).collect();
     let scrapes = served.load(Ordering::Relaxed) - served_start;
     let rate = scrapes as f64 / elapsed.as_secs_f64();
     let want_rate = (PORTS * PATHS) as f64 / interval as f64;
-    let errors: Vec<String> = agents.iter().flat_map(Agent::errors).collect();
+    let errors: Vec<String> = agents.iter().flat_map(errors).collect();
     eprintln!(
         "load: {elapsed:?}, {checks} placement checks all exactly-once; RSS MiB start {rss_start:.1?} \
          end {rss_end:.1?}; {scrapes} scrapes = {rate:.1}/s (configured {want_rate:.1}/s); \

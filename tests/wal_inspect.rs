@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use agent::wal::{inspect, Labels, Wal, WalOptions};
 
-use crate::support::{agentctl, free_port, prometheus, wait_http};
+use crate::support::{agentctl, prometheus, wait_http};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -188,18 +188,20 @@ fn not_a_wal_exits_2_naming_the_path() {
 #[test]
 fn inspects_a_wal_written_by_prometheus_agent_mode() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut prom = prometheus::start_agent_mode(
-        tmp.path(),
-        &format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 500ms\nscrape_configs:\n  \
-             - job_name: self\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
-        ),
-        port,
-    );
-    let addr = format!("127.0.0.1:{port}");
+    // Prometheus picks its port; once it is known, the scrape of itself is configured and
+    // loaded with SIGHUP.
+    let global = "global:\n  scrape_interval: 1s\n  scrape_timeout: 500ms\n";
+    let (mut prom, addr) = prometheus::start_agent_mode(tmp.path(), global);
     // Start-up time varies a lot on a busy machine.
     wait_http(&addr, "/-/ready", 200, Duration::from_secs(90));
+    std::fs::write(
+        tmp.path().join("prometheus.yml"),
+        format!(
+            "{global}scrape_configs:\n  - job_name: self\n    static_configs:\n      - targets: ['{addr}']\n"
+        ),
+    )
+    .unwrap();
+    prom.signal("HUP");
     let data = tmp.path().join("data");
     let instance = addr.clone();
     let scraped = |min: u64| {

@@ -51,6 +51,12 @@ pub enum Error {
     },
     #[error("cannot open the config store: {0}")]
     Kv(#[from] KvError),
+    #[error("cannot write the bound address to {}: {source}", .path.display())]
+    AddressFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("HTTP server on {addr} failed: {source}")]
     Serve {
         addr: SocketAddr,
@@ -79,6 +85,8 @@ pub struct Options {
     /// The config file, when one was given (`None`: the embedded default).
     pub config_file: Option<PathBuf>,
     pub http_address: String,
+    /// Where to write the address the server bound (`--server.http.address-file`).
+    pub address_file: Option<PathBuf>,
     /// `-config.enable-read-api`: serve `GET /-/config`.
     pub enable_read_api: bool,
     /// Serve `GET /agent/api/v1/configs/{name}` (secrets redacted). On by default.
@@ -99,6 +107,7 @@ impl Options {
             config,
             config_file: None,
             http_address: http_address.into(),
+            address_file: None,
             enable_read_api: false,
             enable_get_config: true,
             api_write_token: None,
@@ -228,6 +237,12 @@ pub async fn serve(
         wal_directory = %cfg.wal_directory,
         "agent listening"
     );
+    if let Some(path) = &options.address_file {
+        write_address_file(path, addr).map_err(|source| Error::AddressFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
     for block in &cfg.ignored_blocks {
         tracing::warn!(
             block,
@@ -347,6 +362,15 @@ pub async fn serve(
         .map_err(|source| Error::Serve { addr, source })?;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Writes `addr` to `path` through a temporary file and a rename, so a reader never sees a
+/// partial address.
+fn write_address_file(path: &std::path::Path, addr: SocketAddr) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)
 }
 
 fn router(state: Arc<AppState>) -> Router {

@@ -36,6 +36,7 @@ pub async fn run(args: AgentRunArgs) -> Result<ExitCode, Error> {
         .unwrap_or_else(|| DEFAULT_HTTP_ADDRESS.to_owned());
     let mut options = Options::new(config, address);
     options.config_file = args.config_file;
+    options.address_file = args.http_address_file;
     options.enable_read_api = args.enable_read_api;
     options.enable_get_config = !args.disable_get_config;
     options.api_write_token = api_write_token;

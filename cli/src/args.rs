@@ -160,9 +160,16 @@ pub struct AgentRunArgs {
     #[arg(long = "config.file", value_name = "PATH")]
     pub config_file: Option<PathBuf>,
 
-    /// Address the HTTP server listens on.
+    /// Address the HTTP server listens on [default: 127.0.0.1:12345]. Port 0 takes a free
+    /// port; the address bound is logged (`msg="agent listening" addr=...`) and written to
+    /// --server.http.address-file.
     #[arg(long = "server.http.address", value_name = "HOST:PORT")]
     pub http_address: Option<String>,
+
+    /// Write the address the HTTP server bound (`127.0.0.1:41234`) to this file once it
+    /// listens, replacing the file atomically (for port 0, and for scripts and tests).
+    #[arg(long = "server.http.address-file", value_name = "PATH")]
+    pub http_address_file: Option<PathBuf>,
 
     /// Expand ${VAR} and ${VAR:-default} in the config file.
     #[arg(long = "config.expand-env")]

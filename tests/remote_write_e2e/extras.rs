@@ -19,7 +19,7 @@ use agent::clock::Clock;
 use agent::remote_write::proto::{MetricMetadata, WriteRequest};
 use axum::http::{HeaderMap, StatusCode};
 
-use super::{agent_yaml, Agent};
+use super::{agent_yaml, metric, put_config, start_agent, stop};
 use crate::support::prometheus::Prometheus;
 
 /// An OpenMetrics target: a counter and a histogram, each scrape with fresh exemplars
@@ -80,20 +80,20 @@ async fn exemplars_reach_prometheus() {
     );
     let target = openmetrics_target().await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(dir.path(), Some(&agent_yaml(dir.path()))).await;
+    let agent = start_agent(dir.path(), Some(&agent_yaml(dir.path())));
     let start = Clock::system().unix_secs() as u64 - 60;
-    agent
-        .put_config(
-            "ex",
-            &instance(
-                &target,
-                &format!(
-                    "  - name: prom\n    url: {}\n    queue_config:\n      batch_send_deadline: 1s\n",
-                    prom.write_url()
-                ),
+    put_config(
+        &agent,
+        "ex",
+        &instance(
+            &target,
+            &format!(
+                "  - name: prom\n    url: {}\n    queue_config:\n      batch_send_deadline: 1s\n",
+                prom.write_url()
             ),
-        )
-        .await;
+        ),
+    )
+    .await;
 
     // Per series name, the trace ids Prometheus holds.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -145,24 +145,21 @@ async fn exemplars_reach_prometheus() {
         "{rpc:?}"
     );
     assert!(
-        agent
-            .metric(
-                "prometheus_remote_storage_exemplars_total",
-                "remote_name=\"prom\""
-            )
-            .await
-            >= 4.0
+        metric(
+            &agent,
+            "prometheus_remote_storage_exemplars_total",
+            "remote_name=\"prom\""
+        ) >= 4.0
     );
     assert_eq!(
-        agent
-            .metric(
-                "prometheus_remote_storage_exemplars_failed_total",
-                "remote_name=\"prom\""
-            )
-            .await,
+        metric(
+            &agent,
+            "prometheus_remote_storage_exemplars_failed_total",
+            "remote_name=\"prom\""
+        ),
         0.0
     );
-    agent.stop();
+    stop(agent);
 }
 
 /// What the oauth2-protected receiver saw.
@@ -228,22 +225,22 @@ async fn oauth2_and_metadata_reach_a_receiver() {
 
     let target = openmetrics_target().await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(dir.path(), Some(&agent_yaml(dir.path()))).await;
-    agent
-        .put_config(
-            "md",
-            &instance(
-                &target,
-                &format!(
-                    "  - name: local\n    url: http://{addr}/write\n    send_exemplars: false\n    \
+    let agent = start_agent(dir.path(), Some(&agent_yaml(dir.path())));
+    put_config(
+        &agent,
+        "md",
+        &instance(
+            &target,
+            &format!(
+                "  - name: local\n    url: http://{addr}/write\n    send_exemplars: false\n    \
                      queue_config:\n      batch_send_deadline: 1s\n    \
                      metadata_config:\n      send_interval: 1s\n    \
                      oauth2:\n      client_id: agent\n      client_secret: s3cret\n      \
                      scopes: [metrics.write]\n      token_url: http://{addr}/token\n"
-                ),
             ),
-        )
-        .await;
+        ),
+    )
+    .await;
 
     let want = |name: &str, kind: i32, help: &str, unit: &str| MetricMetadata {
         r#type: kind,
@@ -296,31 +293,26 @@ async fn oauth2_and_metadata_reach_a_receiver() {
         }
     }
     assert!(
-        agent
-            .metric(
-                "prometheus_remote_storage_metadata_total",
-                "remote_name=\"local\""
-            )
-            .await
-            >= 2.0
+        metric(
+            &agent,
+            "prometheus_remote_storage_metadata_total",
+            "remote_name=\"local\""
+        ) >= 2.0
     );
     assert!(
-        agent
-            .metric(
-                "prometheus_remote_storage_metadata_bytes_total",
-                "remote_name=\"local\""
-            )
-            .await
-            > 0.0
+        metric(
+            &agent,
+            "prometheus_remote_storage_metadata_bytes_total",
+            "remote_name=\"local\""
+        ) > 0.0
     );
     assert_eq!(
-        agent
-            .metric(
-                "prometheus_remote_storage_exemplars_total",
-                "remote_name=\"local\""
-            )
-            .await,
+        metric(
+            &agent,
+            "prometheus_remote_storage_exemplars_total",
+            "remote_name=\"local\""
+        ),
         0.0
     );
-    agent.stop();
+    stop(agent);
 }

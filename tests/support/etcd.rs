@@ -1,8 +1,16 @@
-//! A real etcd (Debian's `etcd-server`, 3.4) on loopback for the tests: temp data dir, free
-//! ports, killed on drop, restartable on the same data dir and ports.
+//! A real etcd (Debian's `etcd-server`, 3.4) on loopback for the tests: temp data dir, killed
+//! on drop, restartable on the same data dir and ports.
+//!
+//! Ports: etcd binds `127.0.0.1:0` itself for its client and peer listeners and logs what it
+//! bound (`serving insecure client requests on 127.0.0.1:PORT`, `listening for peers on
+//! 127.0.0.1:PORT`), which is read from its log; nothing picks a port and releases it. A
+//! restart binds the same ports again (clients hold the endpoint): should another process
+//! have taken one meanwhile, the restart fails with etcd's "address already in use" in the
+//! message. (Only the gRPC API, which every test uses, works on port 0: etcd's HTTP/JSON
+//! gateway dials the advertised `:0` URL and answers errors.)
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,18 +20,22 @@ pub const ETCD_BIN: &str = "/usr/bin/etcd";
 /// One single-member etcd cluster.
 pub struct EtcdServer {
     dir: tempfile::TempDir,
+    /// 0 until the first start has bound them.
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
 }
 
-/// Two distinct free ports: both listeners are held until both are known, so the kernel cannot
-/// hand out the same port twice.
-fn free_ports() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    let port = |l: &TcpListener| l.local_addr().expect("local addr").port();
-    (port(&a), port(&b))
+/// The port of the first log line after `offset` with `prefix` followed by `127.0.0.1:PORT`.
+fn logged_port(log: &str, offset: usize, prefix: &str) -> Option<u16> {
+    let tail = log.get(offset..)?;
+    let at = tail.find(prefix)? + prefix.len();
+    let port: String = tail[at..]
+        .strip_prefix("127.0.0.1:")?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    port.parse().ok().filter(|p| *p != 0)
 }
 
 impl EtcdServer {
@@ -35,11 +47,10 @@ impl EtcdServer {
             "{ETCD_BIN} is missing: these tests need a real etcd. Run the README's test command \
              (it installs Debian's etcd-server), or `apt-get install etcd-server`."
         );
-        let (client_port, peer_port) = free_ports();
         let mut server = EtcdServer {
             dir: tempfile::tempdir().expect("tempdir"),
-            client_port,
-            peer_port,
+            client_port: 0,
+            peer_port: 0,
             child: None,
         };
         server.spawn();
@@ -62,6 +73,7 @@ impl EtcdServer {
     fn spawn(&mut self) {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let offset = self.log().len();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -81,11 +93,12 @@ impl EtcdServer {
             .spawn()
             .expect("spawn etcd");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready(offset);
     }
 
-    /// Polls `/health` on the client port (etcd serves HTTP and gRPC on it).
-    fn wait_ready(&mut self) {
+    /// Reads the bound ports from the log (first start), then polls `/health` on the client
+    /// port (etcd serves HTTP and gRPC on it).
+    fn wait_ready(&mut self, offset: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -93,7 +106,15 @@ impl EtcdServer {
                     panic!("etcd exited early ({status}); log:\n{}", self.log());
                 }
             }
-            if self.healthy() {
+            if self.client_port == 0 || self.peer_port == 0 {
+                let log = self.log();
+                if let (Some(c), Some(p)) = (
+                    logged_port(&log, offset, "serving insecure client requests on "),
+                    logged_port(&log, offset, "listening for peers on "),
+                ) {
+                    (self.client_port, self.peer_port) = (c, p);
+                }
+            } else if self.healthy() {
                 return;
             }
             assert!(

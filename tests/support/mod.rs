@@ -1,12 +1,19 @@
-//! Helpers shared by the integration tests: the built binary, free ports, child processes that
-//! are killed on drop, and a minimal HTTP/1.1 client (no client library needed for probes).
+//! Helpers shared by the integration tests: the agent harness ([`agent::Agent`]), real etcd and
+//! Prometheus servers, child processes that are killed on drop, and a minimal HTTP/1.1 client
+//! (no client library needed for probes).
+//!
+//! No helper picks a free port by binding and releasing it: every server here (agents, etcd,
+//! Prometheus, the tests' own targets) binds port 0 itself and reports what it bound.
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod prometheus;
 
+pub use agent::Agent;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -38,16 +45,8 @@ pub fn agentctl(args: &[&str], dir: &Path) -> Output {
         .expect("run agentctl")
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests on loopback).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A child process that is killed when dropped.
+#[derive(Debug)]
 pub struct ChildGuard {
     pub child: Option<Child>,
     pub name: String,

@@ -1,12 +1,18 @@
 //! A real Prometheus (Debian's `prometheus` package) as a remote-write receiver on loopback,
 //! with a temp TSDB; killed on drop.
+//!
+//! Ports: Prometheus binds `--web.listen-address=127.0.0.1:0` itself and logs the address it
+//! bound (`msg="Listening on" address=127.0.0.1:PORT`), which is read from its log; nothing
+//! picks a port and releases it. A restart binds the same address again (the agents under
+//! test hold its URL): should another process have taken the port meanwhile, the restart
+//! fails with Prometheus's "address already in use" in the message.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{free_port, wait_http, ChildGuard};
+use super::{wait_http, ChildGuard};
 
 const BINARY: &str = "/usr/bin/prometheus";
 
@@ -40,9 +46,8 @@ impl Prometheus {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("prometheus.yml");
         std::fs::write(&config, config_yaml).expect("write config");
-        let addr = format!("127.0.0.1:{}", free_port());
         let mut p = Prometheus {
-            addr,
+            addr: String::new(),
             child: None,
             dir,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
@@ -51,9 +56,16 @@ impl Prometheus {
         p
     }
 
-    /// Starts the process on `self.addr` and `self.dir` (log appended), waits for `/-/ready`.
+    /// Starts the process on `self.addr` (port 0 the first time) and `self.dir` (log
+    /// appended), waits for `/-/ready`.
     fn spawn(&mut self) {
         let dir = self.dir.path();
+        let offset = self.log().len();
+        let listen = if self.addr.is_empty() {
+            "127.0.0.1:0"
+        } else {
+            &self.addr
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -65,7 +77,7 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address={}", self.addr))
+            .arg(format!("--web.listen-address={listen}"))
             .arg(format!(
                 "--config.file={}",
                 dir.join("prometheus.yml").display()
@@ -76,7 +88,9 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .expect("spawn prometheus");
-        self.child = Some(ChildGuard::new("prometheus", child));
+        let mut child = ChildGuard::new("prometheus", child);
+        self.addr = listening_address(&mut child, &dir.join("prometheus.log"), offset);
+        self.child = Some(child);
         wait_http(&self.addr, "/-/ready", 200, Duration::from_secs(60));
     }
 
@@ -199,11 +213,38 @@ impl Prometheus {
     }
 }
 
+/// The address in the first `msg="Listening on" address=HOST:PORT` line of the log at `log`
+/// after `offset`, waiting up to a minute; panics with the log if the process exits first.
+fn listening_address(child: &mut ChildGuard, log: &Path, offset: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let found = text.get(offset..).and_then(|t| {
+            t.lines()
+                .filter(|l| l.contains("msg=\"Listening on\""))
+                .find_map(|l| l.split_once(" address=").map(|(_, a)| a))
+                .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
+        });
+        if let Some(a) = found.filter(|a| !a.ends_with(":0")) {
+            return a;
+        }
+        if child.wait_exit(Duration::ZERO).is_some() || child.child.is_none() {
+            panic!("prometheus exited before it listened; log:\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus did not listen within a minute; log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Starts `prometheus --enable-feature=agent` with `config_yaml` written to
-/// `<dir>/prometheus.yml`, its WAL under `<dir>/data/wal`, listening on `127.0.0.1:<port>`.
-/// Fails (does not skip) without `/usr/bin/prometheus`. Stop it with `signal("TERM")` and
-/// `wait_exit` so the last WAL page is flushed.
-pub fn start_agent_mode(dir: &Path, config_yaml: &str, port: u16) -> ChildGuard {
+/// `<dir>/prometheus.yml`, its WAL under `<dir>/data/wal`, listening on a port of its own
+/// choosing (returned; its log is `<dir>/prometheus.log`). Fails (does not skip) without
+/// `/usr/bin/prometheus`. Stop it with `signal("TERM")` and `wait_exit` so the last WAL page
+/// is flushed.
+pub fn start_agent_mode(dir: &Path, config_yaml: &str) -> (ChildGuard, String) {
     let prom = Path::new("/usr/bin/prometheus");
     assert!(
         prom.exists(),
@@ -218,11 +259,13 @@ pub fn start_agent_mode(dir: &Path, config_yaml: &str, port: u16) -> ChildGuard 
             "--storage.agent.path={}",
             dir.join("data").display()
         ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--web.listen-address=127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).expect("log file"))
         .spawn()
         .expect("start prometheus");
-    ChildGuard::new("prometheus", child)
+    let mut child = ChildGuard::new("prometheus", child);
+    let addr = listening_address(&mut child, &dir.join("prometheus.log"), 0);
+    (child, addr)
 }

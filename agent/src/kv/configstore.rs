@@ -545,6 +545,7 @@ impl ConfigWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::testing::{FaultyStore, Op};
     use crate::kv::InMemoryStore;
     use std::time::Duration;
 
@@ -650,80 +651,22 @@ mod tests {
         assert_eq!(s.get("a").await.unwrap(), None);
     }
 
-    /// A store in which another writer changes `configurations/a` just before each
-    /// conditional delete, as a racing client would between the read and the delete.
-    #[derive(Debug)]
-    struct PutBeforeDelete {
-        inner: InMemoryStore,
-        value: Vec<u8>,
-    }
-
-    impl KvStore for PutBeforeDelete {
-        fn get<'a>(
-            &'a self,
-            key: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<Option<crate::kv::Versioned>, KvError>> {
-            self.inner.get(key)
-        }
-        fn list<'a>(
-            &'a self,
-            prefix: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<Vec<String>, KvError>> {
-            self.inner.list(prefix)
-        }
-        fn list_values<'a>(
-            &'a self,
-            prefix: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::KeyValues, KvError>> {
-            self.inner.list_values(prefix)
-        }
-        fn put<'a>(
-            &'a self,
-            key: &'a str,
-            value: Vec<u8>,
-        ) -> crate::kv::BoxFuture<'a, Result<(), KvError>> {
-            self.inner.put(key, value)
-        }
-        fn delete<'a>(&'a self, key: &'a str) -> crate::kv::BoxFuture<'a, Result<bool, KvError>> {
-            self.inner.delete(key)
-        }
-        fn delete_if_revision<'a>(
-            &'a self,
-            key: &'a str,
-            expected: u64,
-        ) -> crate::kv::BoxFuture<'a, Result<bool, KvError>> {
-            Box::pin(async move {
-                self.inner.put(key, self.value.clone()).await?;
-                self.inner.delete_if_revision(key, expected).await
-            })
-        }
-        fn put_if_revision<'a>(
-            &'a self,
-            key: &'a str,
-            expected: Option<u64>,
-            value: Vec<u8>,
-        ) -> crate::kv::BoxFuture<'a, Result<bool, KvError>> {
-            self.inner.put_if_revision(key, expected, value)
-        }
-        fn watch_prefix<'a>(
-            &'a self,
-            prefix: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<Watch, KvError>> {
-            self.inner.watch_prefix(prefix)
-        }
-        fn describe(&self) -> String {
-            "racing test store".into()
-        }
-    }
-
     #[tokio::test]
     async fn a_change_between_the_read_and_the_delete_fails_the_precondition() {
         let theirs = cfg(&["theirs"]);
-        let kv = PutBeforeDelete {
-            inner: InMemoryStore::new(),
-            value: encode_config(&theirs),
-        };
-        let s = ConfigStore::new(Arc::new(kv));
+        // Another writer changes the config between the read and every conditional delete.
+        let kv = FaultyStore::new(Arc::new(InMemoryStore::new()));
+        let value = encode_config(&theirs);
+        kv.before(Op::DeleteIfRevision, true, move |inner| {
+            let value = value.clone();
+            Box::pin(async move {
+                inner
+                    .put("configurations/a", value)
+                    .await
+                    .expect("their write");
+            })
+        });
+        let s = ConfigStore::new(kv);
         let mine = cfg(&["mine"]);
         s.put("a", &mine).await.unwrap();
         let err = s

@@ -211,30 +211,11 @@ impl Backend for RedbBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::super::local::conformance;
     use super::super::{KvStore, WatchEvent};
     use super::*;
 
     async fn open(dir: &Path) -> Arc<dyn KvStore> {
         Arc::new(EmbeddedStore::open(dir.to_owned()).await.expect("open"))
-    }
-
-    #[tokio::test]
-    async fn basic_ops() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        conformance::basic_ops(open(dir.path()).await).await;
-    }
-
-    #[tokio::test]
-    async fn cas() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        conformance::cas_semantics(open(dir.path()).await).await;
-    }
-
-    #[tokio::test]
-    async fn watch() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        conformance::watch_reports_puts_and_deletes(open(dir.path()).await).await;
     }
 
     #[tokio::test]

@@ -33,6 +33,8 @@ pub mod configstore;
 mod embedded;
 mod etcd;
 mod local;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 use std::fmt;
 use std::future::Future;

@@ -812,6 +812,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::testing::{FaultyStore, Op};
     use crate::kv::InMemoryStore;
     use crate::ring::store::read_ring;
 
@@ -1069,187 +1070,29 @@ mod tests {
         );
     }
 
-    /// A store whose next conditional write loses a race: just before it, another writer adds
-    /// its own member, so the CAS must re-run on the fresh value and keep that member.
-    #[derive(Debug)]
-    struct Racing {
-        inner: InMemoryStore,
-        race_next: std::sync::atomic::AtomicBool,
-    }
-
-    impl KvStore for Racing {
-        fn get<'a>(
-            &'a self,
-            key: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<Option<crate::kv::Versioned>, crate::kv::KvError>>
-        {
-            self.inner.get(key)
-        }
-        fn list<'a>(
-            &'a self,
-            prefix: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<Vec<String>, crate::kv::KvError>> {
-            self.inner.list(prefix)
-        }
-        fn list_values<'a>(
-            &'a self,
-            prefix: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::KeyValues, crate::kv::KvError>> {
-            self.inner.list_values(prefix)
-        }
-        fn put<'a>(
-            &'a self,
-            key: &'a str,
-            value: Vec<u8>,
-        ) -> crate::kv::BoxFuture<'a, Result<(), crate::kv::KvError>> {
-            self.inner.put(key, value)
-        }
-        fn delete<'a>(
-            &'a self,
-            key: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
-            self.inner.delete(key)
-        }
-        fn delete_if_revision<'a>(
-            &'a self,
-            key: &'a str,
-            expected: u64,
-        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
-            self.inner.delete_if_revision(key, expected)
-        }
-        fn put_if_revision<'a>(
-            &'a self,
-            key: &'a str,
-            expected: Option<u64>,
-            value: Vec<u8>,
-        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
+    /// Before the next conditional write, another writer adds its own member to the ring: the
+    /// CAS must re-run on the fresh value and keep that member.
+    fn intruder_before_next_cas(store: &FaultyStore) {
+        store.before(Op::PutIfRevision, false, |inner| {
             Box::pin(async move {
-                if self
-                    .race_next
-                    .swap(false, std::sync::atomic::Ordering::SeqCst)
-                {
-                    let mut ring = match self.inner.get(key).await? {
-                        Some(v) => crate::ring::store::decode_value(&v.value).unwrap_or_default(),
-                        None => Desc::default(),
-                    };
-                    ring.ingesters.insert(
+                modify_ring(inner.as_ref(), KEY, "intruder", |d| {
+                    d.ingesters.insert(
                         "intruder".into(),
                         member(InstanceState::Active, vec![99], unix_now()),
                     );
-                    let bytes = crate::ring::codec::encode(&ring).unwrap_or_default();
-                    self.inner.put(key, bytes).await?;
-                }
-                self.inner.put_if_revision(key, expected, value).await
+                    true
+                })
+                .await
+                .expect("intruder write");
             })
-        }
-        fn watch_prefix<'a>(
-            &'a self,
-            prefix: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::Watch, crate::kv::KvError>> {
-            self.inner.watch_prefix(prefix)
-        }
-        fn describe(&self) -> String {
-            "racing test store".into()
-        }
-    }
-
-    /// A store that can be switched off: reads and writes fail like an unreachable etcd.
-    #[derive(Debug)]
-    struct Switchable {
-        inner: InMemoryStore,
-        down: std::sync::atomic::AtomicBool,
-    }
-
-    impl Switchable {
-        fn check(&self) -> Result<(), crate::kv::KvError> {
-            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(crate::kv::KvError::EtcdTimeout {
-                    endpoints: "test".into(),
-                    operation: "get",
-                    key: KEY.into(),
-                    timeout: Duration::ZERO,
-                });
-            }
-            Ok(())
-        }
-    }
-
-    impl KvStore for Switchable {
-        fn get<'a>(
-            &'a self,
-            key: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<Option<crate::kv::Versioned>, crate::kv::KvError>>
-        {
-            Box::pin(async move {
-                self.check()?;
-                self.inner.get(key).await
-            })
-        }
-        fn list<'a>(
-            &'a self,
-            prefix: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<Vec<String>, crate::kv::KvError>> {
-            self.inner.list(prefix)
-        }
-        fn list_values<'a>(
-            &'a self,
-            prefix: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::KeyValues, crate::kv::KvError>> {
-            self.inner.list_values(prefix)
-        }
-        fn put<'a>(
-            &'a self,
-            key: &'a str,
-            value: Vec<u8>,
-        ) -> crate::kv::BoxFuture<'a, Result<(), crate::kv::KvError>> {
-            self.inner.put(key, value)
-        }
-        fn delete<'a>(
-            &'a self,
-            key: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
-            self.inner.delete(key)
-        }
-        fn delete_if_revision<'a>(
-            &'a self,
-            key: &'a str,
-            expected: u64,
-        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
-            Box::pin(async move {
-                self.check()?;
-                self.inner.delete_if_revision(key, expected).await
-            })
-        }
-        fn put_if_revision<'a>(
-            &'a self,
-            key: &'a str,
-            expected: Option<u64>,
-            value: Vec<u8>,
-        ) -> crate::kv::BoxFuture<'a, Result<bool, crate::kv::KvError>> {
-            Box::pin(async move {
-                self.check()?;
-                self.inner.put_if_revision(key, expected, value).await
-            })
-        }
-        fn watch_prefix<'a>(
-            &'a self,
-            prefix: &'a str,
-        ) -> crate::kv::BoxFuture<'a, Result<crate::kv::Watch, crate::kv::KvError>> {
-            self.inner.watch_prefix(prefix)
-        }
-        fn describe(&self) -> String {
-            "switchable test store".into()
-        }
+        });
     }
 
     /// Failed heartbeats report `Failing`; the first one that lands again reports
     /// `RecoveredAt` (the cluster's grace), and the member is not forgotten or re-added.
     #[tokio::test]
     async fn kv_health_follows_heartbeats_through_an_outage() {
-        let sw = Arc::new(Switchable {
-            inner: InMemoryStore::new(),
-            down: std::sync::atomic::AtomicBool::new(false),
-        });
+        let sw = FaultyStore::new(Arc::new(InMemoryStore::new()));
         let store: Arc<dyn KvStore> = sw.clone();
         let mut s = settings("a");
         s.heartbeat_period = Duration::from_secs(3600);
@@ -1260,13 +1103,13 @@ mod tests {
         l.heartbeat().await.expect("heartbeat");
         assert_eq!(*health.borrow(), KvHealth::Ok);
 
-        sw.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        sw.set_down(true);
         assert!(l.heartbeat().await.is_err());
         assert_eq!(*health.borrow(), KvHealth::Failing);
         assert!(l.heartbeat().await.is_err());
         assert_eq!(*health.borrow(), KvHealth::Failing);
 
-        sw.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        sw.set_down(false);
         let report = l.heartbeat().await.expect("heartbeat after the outage");
         assert!(
             !report.re_added && report.forgotten.is_empty(),
@@ -1281,10 +1124,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_lost_cas_race_keeps_the_other_writers_member() {
-        let racing = Arc::new(Racing {
-            inner: InMemoryStore::new(),
-            race_next: std::sync::atomic::AtomicBool::new(true),
-        });
+        let racing = FaultyStore::new(Arc::new(InMemoryStore::new()));
+        intruder_before_next_cas(&racing);
         let store: Arc<dyn KvStore> = racing.clone();
         let mut s = settings("a");
         s.heartbeat_period = Duration::from_secs(3600);
@@ -1304,9 +1145,7 @@ mod tests {
         );
         // A heartbeat loses the race against a second write of the intruder: same result.
         store.delete(KEY).await.expect("reset");
-        racing
-            .race_next
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        intruder_before_next_cas(&racing);
         let report = l.heartbeat().await.expect("heartbeat");
         assert!(report.re_added);
         let ring = read_ring(store.as_ref(), KEY).await.expect("ring");
