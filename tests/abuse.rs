@@ -685,7 +685,10 @@ fn file_reading_cases(f: &str) -> Vec<(&'static str, String)> {
         ("credentials_file", format!("    authorization:\n      credentials_file: {f}\n")),
         ("ca_file", format!("    tls_config:\n      ca_file: {f}\n")),
         ("cert_file", format!("    tls_config:\n      cert_file: {f}\n      key_file: {f}\n")),
-        ("key_file", format!("    tls_config:\n      key_file: {f}\n      cert_file: ''\n")),
+        // An empty cert_file is no certificate (Prometheus refuses the key alone); an inline
+        // cert leaves key_file the first field that reads a file.
+        ("key_file", format!("    tls_config:\n      key_file: {f}\n      cert: inline-pem\n")),
+        ("username_file", format!("    basic_auth:\n      username_file: {f}\n")),
         ("client_secret_file", format!("    oauth2:\n      client_id: c\n      client_secret_file: {f}\n      token_url: http://127.0.0.1:1/token\n")),
         ("file_sd_configs", format!("    file_sd_configs:\n      - files: ['{f}.json']\n")),
         ("bearer_token_file", format!("    kubernetes_sd_configs:\n      - role: pod\n        api_server: http://127.0.0.1:1\n        bearer_token_file: {f}\n")),

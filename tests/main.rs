@@ -10,6 +10,7 @@ mod cluster;
 mod config_sync;
 mod differential;
 mod discovery;
+mod http_client;
 mod ignored_fields;
 mod kv;
 mod progress;

@@ -127,7 +127,7 @@ fn client(url: &str, http: HttpClientConfig) -> RemoteClient {
         url: reqwest::Url::parse(url).unwrap(),
         timeout: Duration::from_secs(10),
         headers: BTreeMap::from([("X-Scope-OrgID".to_owned(), "tenant-1".to_owned())]),
-        http,
+        http: http.settings().expect("valid http client config"),
         retry_on_http_429: true,
         agent_id: Some("agent-under-test".into()),
     })
@@ -372,7 +372,7 @@ async fn sends_the_protocol_headers_auth_and_sorted_labels() {
         basic_auth: Some(BasicAuth {
             username: "user".into(),
             password: Some(Secret::new("pass")),
-            password_file: None,
+            ..Default::default()
         }),
         ..Default::default()
     };

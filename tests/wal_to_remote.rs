@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent::config::duration::PromDuration;
-use agent::config::http::HttpClientConfig;
 use agent::config::remote_write::QueueConfig;
 use agent::remote_write::{
     ClientSettings, QueueManager, QueueSettings, RemoteClient, RemoteWriteMetrics,
@@ -25,7 +24,7 @@ fn queue(url: &str, metrics: &RemoteWriteMetrics) -> Arc<QueueManager> {
         url: reqwest::Url::parse(url).unwrap(),
         timeout: Duration::from_secs(10),
         headers: BTreeMap::new(),
-        http: HttpClientConfig::default(),
+        http: Default::default(),
         retry_on_http_429: true,
         agent_id: None,
     })

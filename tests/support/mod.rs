@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod prometheus;
+pub mod tls;
 
 pub use agent::Agent;
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::secret::Secret;
+use super::secret::{Secret, SecretSource};
 use super::url::ConfigUrl;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -17,6 +17,8 @@ use super::url::ConfigUrl;
 pub struct BasicAuth {
     #[serde(default)]
     pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_file: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,29 +64,51 @@ pub struct TlsConfig {
 
 impl TlsConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.ca.is_some() && self.ca_file.is_some() {
+        self.settings().map(drop)
+    }
+
+    /// Validates (Prometheus's `TLSConfig.Validate`, with its texts) into typed settings.
+    pub fn settings(&self) -> Result<TlsSettings, String> {
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+        let key_set = self.key.as_ref().is_some_and(|k| !k.is_empty());
+        if set(&self.ca) && set(&self.ca_file) {
             return Err("at most one of ca and ca_file must be configured".into());
         }
-        if self.cert.is_some() && self.cert_file.is_some() {
+        if set(&self.cert) && set(&self.cert_file) {
             return Err("at most one of cert and cert_file must be configured".into());
         }
-        if self.key.is_some() && self.key_file.is_some() {
+        if key_set && set(&self.key_file) {
             return Err("at most one of key and key_file must be configured".into());
         }
-        let has_cert = self.cert.is_some() || self.cert_file.is_some();
-        let has_key = self.key.is_some() || self.key_file.is_some();
+        let has_cert = set(&self.cert) || set(&self.cert_file);
+        let has_key = key_set || set(&self.key_file);
         if has_cert && !has_key {
             return Err("exactly one of key or key_file must be configured when a client certificate is configured".into());
         }
         if has_key && !has_cert {
             return Err("exactly one of cert or cert_file must be configured when a client key is configured".into());
         }
-        for v in [&self.min_version, &self.max_version].into_iter().flatten() {
-            if !matches!(v.as_str(), "TLS10" | "TLS11" | "TLS12" | "TLS13") {
-                return Err(format!("unknown TLS version: {v}"));
-            }
-        }
-        Ok(())
+        let version = |v: &Option<String>| -> Result<Option<TlsVersion>, String> {
+            v.as_deref()
+                .filter(|v| !v.is_empty())
+                .map(|v| TlsVersion::parse(v).ok_or_else(|| format!("unknown TLS version: {v}")))
+                .transpose()
+        };
+        let key = self.key.as_ref().filter(|k| !k.is_empty());
+        let pem = |s: &Option<String>| s.as_ref().filter(|s| !s.is_empty()).map(Secret::new);
+        let cert = SecretSource::from_fields(pem(&self.cert).as_ref(), self.cert_file.as_deref());
+        let key = SecretSource::from_fields(key, self.key_file.as_deref());
+        Ok(TlsSettings {
+            ca: SecretSource::from_fields(pem(&self.ca).as_ref(), self.ca_file.as_deref()),
+            client_cert: match (cert, key) {
+                (Some(cert), Some(key)) => Some(ClientCert { cert, key }),
+                _ => None,
+            },
+            server_name: self.server_name.clone().filter(|s| !s.is_empty()),
+            insecure_skip_verify: self.insecure_skip_verify,
+            min_version: version(&self.min_version)?,
+            max_version: version(&self.max_version)?,
+        })
     }
 
     /// The first file-reading field that is set, in the old agent's order.
@@ -149,6 +173,12 @@ pub struct HttpClientConfig {
 impl HttpClientConfig {
     /// Prometheus's `HTTPClientConfig.Validate`, with its error texts.
     pub fn validate(&self) -> Result<(), String> {
+        self.settings().map(drop)
+    }
+
+    /// Validates (Prometheus's `HTTPClientConfig.Validate`, with its error texts) into the typed
+    /// settings every HTTP client is built from.
+    pub fn settings(&self) -> Result<HttpClientSettings, String> {
         let bearer = self.bearer_token.as_ref().is_some_and(|s| !s.is_empty());
         let bearer_file = self
             .bearer_token_file
@@ -166,6 +196,11 @@ impl HttpClientConfig {
             );
         }
         if let Some(b) = &self.basic_auth {
+            if !b.username.is_empty() && b.username_file.as_deref().is_some_and(|f| !f.is_empty()) {
+                return Err(
+                    "at most one of basic_auth username & username_file must be configured".into(),
+                );
+            }
             if b.password.as_ref().is_some_and(|p| !p.is_empty())
                 && b.password_file.as_deref().is_some_and(|p| !p.is_empty())
             {
@@ -174,26 +209,49 @@ impl HttpClientConfig {
                 );
             }
         }
+        let mut auth = Auth::None;
         if let Some(a) = &self.authorization {
             if bearer || bearer_file {
                 return Err(
                     "authorization is not compatible with bearer_token & bearer_token_file".into(),
                 );
             }
-            if a.credentials.is_some() && a.credentials_file.is_some() {
+            if a.credentials.as_ref().is_some_and(|c| !c.is_empty())
+                && a.credentials_file.as_deref().is_some_and(|f| !f.is_empty())
+            {
                 return Err(
                     "at most one of authorization credentials & credentials_file must be configured".into(),
                 );
             }
-            if a.kind
-                .as_deref()
-                .is_some_and(|t| t.eq_ignore_ascii_case("basic"))
-            {
+            let kind = a.kind.as_deref().map(str::trim).unwrap_or("");
+            let kind = if kind.is_empty() { "Bearer" } else { kind };
+            if kind.eq_ignore_ascii_case("basic") {
                 return Err(
                     r#"authorization type cannot be set to "basic", use "basic_auth" instead"#
                         .into(),
                 );
             }
+            if self.basic_auth.is_some() || self.oauth2.is_some() {
+                return Err(
+                    "at most one of basic_auth, oauth2 & authorization must be configured".into(),
+                );
+            }
+            auth = Auth::Authorization {
+                kind: kind.to_owned(),
+                credentials: SecretSource::from_fields(
+                    a.credentials.as_ref(),
+                    a.credentials_file.as_deref(),
+                ),
+            };
+        } else if bearer || bearer_file {
+            // Prometheus turns the deprecated fields into `authorization` of type Bearer.
+            auth = Auth::Authorization {
+                kind: "Bearer".into(),
+                credentials: SecretSource::from_fields(
+                    self.bearer_token.as_ref(),
+                    self.bearer_token_file.as_deref(),
+                ),
+            };
         }
         if let Some(o) = &self.oauth2 {
             if self.basic_auth.is_some() {
@@ -201,42 +259,69 @@ impl HttpClientConfig {
                     "at most one of basic_auth, oauth2 & authorization must be configured".into(),
                 );
             }
-            if self.authorization.is_some() {
-                return Err("at most one of oauth2 & authorization must be configured".into());
-            }
             if o.client_id.is_empty() {
                 return Err("oauth2 client_id must be configured".into());
             }
-            if o.client_secret.is_some() && o.client_secret_file.is_some() {
+            let token_url = o
+                .token_url
+                .as_ref()
+                .ok_or("oauth2 token_url must be configured")?;
+            if o.client_secret.as_ref().is_some_and(|s| !s.is_empty())
+                && o.client_secret_file
+                    .as_deref()
+                    .is_some_and(|f| !f.is_empty())
+            {
                 return Err(
                     "at most one of oauth2 client_secret & client_secret_file must be configured"
                         .into(),
                 );
             }
-            if o.token_url.is_none() {
-                return Err("oauth2 token_url must be configured".into());
-            }
-            if let Some(t) = &o.tls_config {
-                t.validate()?;
-            }
+            let proxy = proxy_settings(
+                &o.proxy_url,
+                &o.no_proxy,
+                o.proxy_from_environment,
+                &o.proxy_connect_header,
+            )?;
+            let tls = o.tls_config.clone().unwrap_or_default().settings()?;
+            auth = Auth::OAuth2(Box::new(OAuth2Settings {
+                client_id: o.client_id.clone(),
+                client_secret: SecretSource::from_fields(
+                    o.client_secret.as_ref(),
+                    o.client_secret_file.as_deref(),
+                ),
+                scopes: o.scopes.clone(),
+                token_url: token_url.clone(),
+                endpoint_params: o.endpoint_params.clone(),
+                tls,
+                proxy,
+            }));
         }
-        if self.basic_auth.is_some() && self.authorization.is_some() {
-            return Err(
-                "at most one of basic_auth, oauth2 & authorization must be configured".into(),
-            );
+        if let Some(b) = &self.basic_auth {
+            auth = Auth::Basic {
+                username: SecretSource::from_fields(
+                    Some(&Secret::new(b.username.clone())),
+                    b.username_file.as_deref(),
+                ),
+                password: SecretSource::from_fields(
+                    b.password.as_ref(),
+                    b.password_file.as_deref(),
+                ),
+            };
         }
-        if self.proxy_from_environment == Some(true)
-            && (self.proxy_url.is_some() || self.no_proxy.is_some())
-        {
-            return Err("if proxy_from_environment is configured, proxy_url and no_proxy must not be configured".into());
-        }
-        if self.no_proxy.is_some() && self.proxy_url.is_none() {
-            return Err("if no_proxy is configured, proxy_url must also be configured".into());
-        }
-        if let Some(t) = &self.tls_config {
-            t.validate()?;
-        }
-        Ok(())
+        let proxy = proxy_settings(
+            &self.proxy_url,
+            &self.no_proxy,
+            self.proxy_from_environment,
+            &self.proxy_connect_header,
+        )?;
+        let tls = self.tls_config.clone().unwrap_or_default().settings()?;
+        Ok(HttpClientSettings {
+            auth,
+            tls,
+            proxy,
+            follow_redirects: self.follow_redirects.unwrap_or(true),
+            enable_http2: self.enable_http2.unwrap_or(true),
+        })
     }
 
     /// The old agent's `validateHTTPNoFiles`: the first field that reads a file from the
@@ -248,12 +333,14 @@ impl HttpClientConfig {
         if set(&self.bearer_token_file) {
             return Some("bearer_token_file");
         }
-        if self
-            .basic_auth
-            .as_ref()
-            .is_some_and(|b| set(&b.password_file))
-        {
-            return Some("password_file");
+        if let Some(b) = &self.basic_auth {
+            // username_file is newer than the old agent's list; it reads the agent's disk too.
+            if set(&b.username_file) {
+                return Some("username_file");
+            }
+            if set(&b.password_file) {
+                return Some("password_file");
+            }
         }
         if self
             .authorization
@@ -287,6 +374,183 @@ impl HttpClientConfig {
         self.tls_config
             .as_ref()
             .and_then(TlsConfig::first_file_field)
+    }
+}
+
+/// Prometheus's `ProxyConfig.Validate`, with its texts, into typed settings.
+fn proxy_settings(
+    url: &Option<ConfigUrl>,
+    no_proxy: &Option<String>,
+    from_environment: Option<bool>,
+    connect_header: &BTreeMap<String, Vec<Secret>>,
+) -> Result<Proxy, String> {
+    let from_env = from_environment == Some(true);
+    let no_proxy = no_proxy.clone().filter(|s| !s.is_empty());
+    if !connect_header.is_empty() && !from_env && url.is_none() {
+        return Err("if proxy_connect_header is configured, proxy_url or proxy_from_environment must also be configured".into());
+    }
+    if from_env && url.is_some() {
+        return Err(
+            "if proxy_from_environment is configured, proxy_url must not be configured".into(),
+        );
+    }
+    if from_env && no_proxy.is_some() {
+        return Err(
+            "if proxy_from_environment is configured, no_proxy must not be configured".into(),
+        );
+    }
+    if url.is_none() && no_proxy.is_some() {
+        return Err("if no_proxy is configured, proxy_url must also be configured".into());
+    }
+    let mut headers = Vec::new();
+    for (name, values) in connect_header {
+        reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| format!("proxy_connect_header {name:?}: {e}"))?;
+        for v in values {
+            reqwest::header::HeaderValue::from_str(v.expose())
+                .map_err(|e| format!("proxy_connect_header {name:?}: {e}"))?;
+            headers.push((name.clone(), v.clone()));
+        }
+    }
+    Ok(match url {
+        Some(url) => Proxy::Url {
+            url: url.clone(),
+            no_proxy,
+            connect_header: headers,
+        },
+        None if from_env => Proxy::FromEnvironment {
+            connect_header: headers,
+        },
+        None => Proxy::None,
+    })
+}
+
+/// A TLS protocol version as configs name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls10,
+    Tls11,
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    pub fn parse(s: &str) -> Option<TlsVersion> {
+        Some(match s {
+            "TLS10" => TlsVersion::Tls10,
+            "TLS11" => TlsVersion::Tls11,
+            "TLS12" => TlsVersion::Tls12,
+            "TLS13" => TlsVersion::Tls13,
+            _ => return None,
+        })
+    }
+}
+
+/// A client certificate and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert: SecretSource,
+    pub key: SecretSource,
+}
+
+/// A validated `tls_config`. PEM data given as files is read when a client is built and read
+/// again when the files change (see `crate::httpclient`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Replaces the system roots when set (as Go does).
+    pub ca: Option<SecretSource>,
+    pub client_cert: Option<ClientCert>,
+    /// The name the server's certificate is verified against instead of the URL's host.
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
+    pub min_version: Option<TlsVersion>,
+    pub max_version: Option<TlsVersion>,
+}
+
+impl TlsSettings {
+    /// The files this config reads, for reloading when they change.
+    pub fn files(&self) -> Vec<&std::path::Path> {
+        let mut out = Vec::new();
+        if let Some(p) = self.ca.as_ref().and_then(SecretSource::path) {
+            out.push(p);
+        }
+        if let Some(c) = &self.client_cert {
+            out.extend(c.cert.path());
+            out.extend(c.key.path());
+        }
+        out
+    }
+}
+
+/// A validated proxy choice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Proxy {
+    /// No proxy, whatever the environment says (Prometheus's default).
+    #[default]
+    None,
+    /// `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY` (and their lowercase forms), as Go reads them.
+    FromEnvironment {
+        connect_header: Vec<(String, Secret)>,
+    },
+    Url {
+        url: ConfigUrl,
+        no_proxy: Option<String>,
+        /// Sent with each CONNECT; values are secrets.
+        connect_header: Vec<(String, Secret)>,
+    },
+}
+
+/// A validated `oauth2` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuth2Settings {
+    pub client_id: String,
+    pub client_secret: Option<SecretSource>,
+    pub scopes: Vec<String>,
+    pub token_url: ConfigUrl,
+    pub endpoint_params: BTreeMap<String, String>,
+    /// For the token endpoint.
+    pub tls: TlsSettings,
+    pub proxy: Proxy,
+}
+
+/// How requests are authenticated: exactly one way (validation refuses combinations).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Auth {
+    #[default]
+    None,
+    /// `basic_auth`; an absent password is sent as empty.
+    Basic {
+        username: Option<SecretSource>,
+        password: Option<SecretSource>,
+    },
+    /// `Authorization: <kind> <credentials>` (`authorization`, `bearer_token[_file]`).
+    Authorization {
+        kind: String,
+        credentials: Option<SecretSource>,
+    },
+    OAuth2(Box<OAuth2Settings>),
+}
+
+/// A validated HTTP client config: what `crate::httpclient::HttpClient` is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpClientSettings {
+    pub auth: Auth,
+    pub tls: TlsSettings,
+    pub proxy: Proxy,
+    pub follow_redirects: bool,
+    pub enable_http2: bool,
+}
+
+impl Default for HttpClientSettings {
+    /// No auth, the system roots, no proxy, redirects followed, HTTP/2 offered.
+    fn default() -> Self {
+        HttpClientSettings {
+            auth: Auth::None,
+            tls: TlsSettings::default(),
+            proxy: Proxy::None,
+            follow_redirects: true,
+            enable_http2: true,
+        }
     }
 }
 

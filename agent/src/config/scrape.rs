@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::duration::PromDuration;
-use super::http::{with_http_client, HttpClientConfig};
+use super::http::{with_http_client, HttpClientSettings};
 use super::relabel::{self, RelabelConfig, RelabelConfigRaw};
 use super::sd::{
-    DnsSdConfig, FileCheck, FileSdConfig, HttpSdConfig, KubernetesSdConfig, StaticConfig,
+    DnsSdConfig, FileCheck, FileSdConfig, HttpSd, HttpSdConfig, KubernetesSdConfig, StaticConfig,
     OTHER_SD_KINDS,
 };
 use super::url::ByteSize;
@@ -150,10 +150,10 @@ pub struct ScrapeConfig {
     pub limits: Limits,
     pub relabel_configs: Vec<RelabelConfig>,
     pub metric_relabel_configs: Vec<RelabelConfig>,
-    pub http_client: HttpClientConfig,
+    pub http_client: HttpClientSettings,
     pub static_configs: Vec<StaticConfig>,
     pub file_sd_configs: Vec<FileSdConfig>,
-    pub http_sd_configs: Vec<HttpSdConfig>,
+    pub http_sd_configs: Vec<HttpSd>,
     pub dns_sd_configs: Vec<DnsSdConfig>,
     pub kubernetes_sd_configs: Vec<KubernetesSdConfig>,
     /// Kinds present in the config that the scrape engine cannot run yet.
@@ -295,10 +295,14 @@ impl ScrapeConfigRaw {
                 &self.metric_relabel_configs,
                 "metric_relabel_configs",
             )?,
-            http_client: self.http_client(),
+            http_client: self.http_client().settings()?,
             static_configs: self.static_configs.clone(),
             file_sd_configs: self.file_sd_configs.clone(),
-            http_sd_configs: self.http_sd_configs.clone(),
+            http_sd_configs: self
+                .http_sd_configs
+                .iter()
+                .map(HttpSdConfig::settings)
+                .collect::<Result<_, _>>()?,
             dns_sd_configs: self.dns_sd_configs.clone(),
             kubernetes_sd_configs: self.kubernetes_sd_configs.clone(),
             unsupported_sd_kinds: {

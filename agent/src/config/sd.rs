@@ -81,10 +81,23 @@ with_http_client! {
     }
 }
 
+/// A validated `http_sd_configs` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSd {
+    pub url: ConfigUrl,
+    pub refresh_interval: PromDuration,
+    pub http_client: super::http::HttpClientSettings,
+}
+
 impl HttpSdConfig {
     pub const DEFAULT_REFRESH: PromDuration = PromDuration::from_secs(60);
 
     pub fn validate(&self) -> Result<(), String> {
+        self.settings().map(drop)
+    }
+
+    /// Prometheus's checks, with its texts, into the validated entry.
+    pub fn settings(&self) -> Result<HttpSd, String> {
         let url = self.url.as_ref().ok_or("URL is missing")?;
         if !matches!(url.as_url().scheme(), "http" | "https") {
             return Err("URL scheme must be 'http' or 'https'".into());
@@ -92,7 +105,11 @@ impl HttpSdConfig {
         if url.as_url().host_str().is_none_or(str::is_empty) {
             return Err("host is missing in URL".into());
         }
-        self.http_client().validate()
+        Ok(HttpSd {
+            url: url.clone(),
+            refresh_interval: self.refresh_interval.unwrap_or(Self::DEFAULT_REFRESH),
+            http_client: self.http_client().settings()?,
+        })
     }
 }
 

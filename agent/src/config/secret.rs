@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -50,6 +51,80 @@ impl Serialize for Secret {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         super::duration::scalar_string(d).map(Secret)
+    }
+}
+
+/// A value given inline or named by a file that is read at each use, so a rotated credential or
+/// certificate is picked up without a restart. The one "inline or file" type of every validated
+/// config (HTTP client credentials, PEM data, etcd and sigv4 secrets).
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Inline(Secret),
+    File(PathBuf),
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Inline(_) => f.write_str(REDACTED),
+            SecretSource::File(p) => write!(f, "file {}", p.display()),
+        }
+    }
+}
+
+impl SecretSource {
+    /// The source of a pair of config fields (`password` / `password_file`): a non-empty file
+    /// name wins, then a non-empty inline value; `None` when both are unset or empty.
+    pub fn from_fields(inline: Option<&Secret>, file: Option<&str>) -> Option<SecretSource> {
+        match (inline, file) {
+            (_, Some(f)) if !f.is_empty() => Some(SecretSource::File(PathBuf::from(f))),
+            (Some(s), _) if !s.is_empty() => Some(SecretSource::Inline(s.clone())),
+            _ => None,
+        }
+    }
+
+    /// The same source with a relative file name resolved against `base`.
+    pub fn resolved(&self, base: Option<&Path>) -> SecretSource {
+        match (self, base) {
+            (SecretSource::File(p), Some(b)) if p.is_relative() => SecretSource::File(b.join(p)),
+            _ => self.clone(),
+        }
+    }
+
+    /// The file this value is read from, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            SecretSource::File(p) => Some(p),
+            SecretSource::Inline(_) => None,
+        }
+    }
+
+    /// The raw bytes (PEM data), read from the file off the async workers.
+    pub async fn bytes(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            SecretSource::Inline(s) => Ok(s.expose().as_bytes().to_vec()),
+            SecretSource::File(p) => tokio::fs::read(p).await,
+        }
+    }
+
+    /// The raw bytes, read with a blocking call: for building clients outside a request.
+    pub fn bytes_blocking(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            SecretSource::Inline(s) => Ok(s.expose().as_bytes().to_vec()),
+            SecretSource::File(p) => std::fs::read(p),
+        }
+    }
+
+    /// The value as a credential: a file's contents with surrounding whitespace trimmed, as
+    /// Prometheus reads `password_file` and `bearer_token_file`.
+    pub async fn value(&self) -> std::io::Result<Secret> {
+        match self {
+            SecretSource::Inline(s) => Ok(s.clone()),
+            SecretSource::File(p) => {
+                let text = tokio::fs::read_to_string(p).await?;
+                Ok(Secret::new(text.trim()))
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{TargetGroup, TargetGroupDoc};
-use crate::config::sd::HttpSdConfig;
+use crate::config::sd::HttpSd;
 use crate::httpclient::{self, HttpClient};
 
 pub(crate) struct Provider {
@@ -20,29 +20,20 @@ pub(crate) struct Provider {
 }
 
 impl Provider {
-    pub(crate) fn new(
-        cfg: &HttpSdConfig,
-        base_dir: Option<&Path>,
-    ) -> Result<Self, httpclient::Error> {
-        let refresh = cfg
-            .refresh_interval
-            .unwrap_or(HttpSdConfig::DEFAULT_REFRESH)
-            .as_std();
+    pub(crate) fn new(cfg: &HttpSd, base_dir: Option<&Path>) -> Result<Self, httpclient::Error> {
+        let refresh = cfg.refresh_interval.as_std();
         let client = HttpClient::new(
-            &cfg.http_client(),
+            &cfg.http_client,
             &httpclient::Options {
                 timeout: Some(refresh.max(Duration::from_secs(1))),
                 base_dir: base_dir.map(Path::to_path_buf),
                 gzip: true,
                 user_agent: Some(format!("agentctl/{}", env!("CARGO_PKG_VERSION"))),
+                ..Default::default()
             },
         )?;
-        let url = cfg
-            .url
-            .as_ref()
-            .map(|u| u.as_url().to_string())
-            .unwrap_or_default();
-        let shown_url = cfg.url.as_ref().map(|u| u.redacted()).unwrap_or_default();
+        let url = cfg.url.as_url().to_string();
+        let shown_url = cfg.url.redacted();
         Ok(Provider {
             url,
             shown_url,
@@ -76,23 +67,16 @@ impl Provider {
     }
 
     async fn fetch(&self) -> Result<Vec<TargetGroup>, String> {
-        let resp = self
+        let rb = self
             .client
             .get(&self.url)
-            .await
-            .map_err(|e| e.to_string())?
             .header("Accept", "application/json")
             .header(
                 "X-Prometheus-Refresh-Interval-Seconds",
                 self.refresh.as_secs().to_string(),
-            )
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            );
+        let resp = self.client.send(rb).await.map_err(|e| e.to_string())?;
         let status = resp.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            self.client.unauthorized().await;
-        }
         if status != reqwest::StatusCode::OK {
             return Err(format!("server returned HTTP status {status}"));
         }
@@ -108,7 +92,10 @@ impl Provider {
         if !ct_ok {
             return Err(format!("unsupported content type {ct:?}"));
         }
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| httpclient::error_chain(&e.without_url()))?;
         parse(&body, &self.shown_url)
     }
 }

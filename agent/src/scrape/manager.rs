@@ -257,6 +257,7 @@ impl ScrapeManager {
                 base_dir: self.base_dir.clone(),
                 gzip: cfg.enable_compression,
                 user_agent: Some(USER_AGENT.to_owned()),
+                ..Default::default()
             },
         )
         .map_err(|source| JobError::Client {

@@ -755,27 +755,14 @@ async fn fetch_into(
     body: &mut Vec<u8>,
 ) -> Result<Format, ScrapeError> {
     body.clear();
-    // reqwest's top-level message ("error sending request") hides the cause; the API user
-    // wants it ("connection refused"), so the source chain is appended.
-    let http = |e: &dyn std::error::Error| {
-        let mut message = e.to_string();
-        let mut cause = e.source();
-        while let Some(c) = cause {
-            message.push_str(": ");
-            message.push_str(&c.to_string());
-            cause = c.source();
-        }
-        ScrapeError::Http {
-            url: url.to_owned(),
-            message,
-        }
-    };
-    // Its message already names the cause (e.g. an unreadable credentials file).
-    let rb = client.get(url).await.map_err(|e| ScrapeError::Http {
+    // The client's error text already names the cause ("connection refused", an unreadable
+    // credentials file), which the API user wants.
+    let http = |message: String| ScrapeError::Http {
         url: url.to_owned(),
-        message: e.to_string(),
-    })?;
-    let rb = rb
+        message,
+    };
+    let rb = client
+        .get(url)
         .header(reqwest::header::ACCEPT, ACCEPT_HEADER)
         .header("X-Prometheus-Scrape-Timeout-Seconds", timeout_header);
     // With compression the client was built with gzip on: it sends `Accept-Encoding: gzip`
@@ -785,10 +772,7 @@ async fn fetch_into(
     } else {
         rb.header(reqwest::header::ACCEPT_ENCODING, "identity")
     };
-    let mut resp = rb.send().await.map_err(|e| http(&e))?;
-    if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-        client.unauthorized().await;
-    }
+    let mut resp = client.send(rb).await.map_err(|e| http(e.to_string()))?;
     if resp.status() != reqwest::StatusCode::OK {
         let s = resp.status();
         return Err(ScrapeError::Status {
@@ -800,7 +784,11 @@ async fn fetch_into(
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
-    while let Some(chunk) = resp.chunk().await.map_err(|e| http(&e))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| http(crate::httpclient::error_chain(&e.without_url())))?
+    {
         if limit > 0 && (body.len() + chunk.len()) as u64 > limit {
             return Err(ScrapeError::BodySizeLimit { limit });
         }

@@ -26,12 +26,14 @@
 //! every token request, so a rotated secret is picked up.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::http::OAuth2;
+use super::HttpClient;
+use crate::config::http::OAuth2Settings;
+use crate::config::secret::SecretSource;
 
 /// Go's `expiryDelta`: a token this close to its expiry counts as expired.
 pub const EXPIRY_DELTA: Duration = Duration::from_secs(10);
@@ -47,8 +49,6 @@ const STYLE_PARAMS: u8 = 2;
 pub enum OAuth2Error {
     #[error("oauth2: reading client_secret_file {path}: {reason}")]
     SecretFile { path: PathBuf, reason: String },
-    #[error("oauth2: token_url is missing")]
-    MissingTokenUrl,
     #[error("oauth2: cannot fetch token from {url}: {reason}")]
     Fetch { url: String, reason: String },
     #[error("oauth2: cannot fetch token from {url}: server returned HTTP status {status}: {body}")]
@@ -61,12 +61,6 @@ pub enum OAuth2Error {
     Response { url: String, reason: String },
 }
 
-#[derive(Debug, Clone)]
-enum Secret {
-    Inline(String),
-    File(PathBuf),
-}
-
 struct Cached {
     /// The whole `Authorization` header value.
     header: String,
@@ -74,9 +68,9 @@ struct Cached {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    http: HttpClient,
     client_id: String,
-    secret: Secret,
+    secret: Option<SecretSource>,
     scopes: Vec<String>,
     token_url: url::Url,
     endpoint_params: BTreeMap<String, String>,
@@ -175,41 +169,20 @@ pub fn parse_token_response(content_type: Option<&str>, body: &[u8]) -> Result<T
 
 impl TokenSource {
     /// `http` is the client for the token endpoint (built from the block's `tls_config` and
-    /// proxy fields by the caller); `base_dir` resolves a relative `client_secret_file`.
-    pub fn new(
-        cfg: &OAuth2,
-        http: reqwest::Client,
-        base_dir: Option<&std::path::Path>,
-    ) -> Result<Self, OAuth2Error> {
-        let token_url = cfg
-            .token_url
-            .as_ref()
-            .ok_or(OAuth2Error::MissingTokenUrl)?
-            .as_url()
-            .clone();
-        let secret = match (&cfg.client_secret, cfg.client_secret_file.as_deref()) {
-            (_, Some(f)) if !f.is_empty() => {
-                let p = PathBuf::from(f);
-                Secret::File(match base_dir {
-                    Some(b) if p.is_relative() => b.join(p),
-                    _ => p,
-                })
-            }
-            (Some(s), _) => Secret::Inline(s.expose().to_owned()),
-            _ => Secret::Inline(String::new()),
-        };
-        Ok(TokenSource {
+    /// proxy fields, without auth); `base_dir` resolves a relative `client_secret_file`.
+    pub fn new(cfg: &OAuth2Settings, http: HttpClient, base_dir: Option<&Path>) -> Self {
+        TokenSource {
             inner: Arc::new(Inner {
                 http,
                 client_id: cfg.client_id.clone(),
-                secret,
+                secret: cfg.client_secret.as_ref().map(|s| s.resolved(base_dir)),
                 scopes: cfg.scopes.clone(),
-                token_url,
+                token_url: cfg.token_url.as_url().clone(),
                 endpoint_params: cfg.endpoint_params.clone(),
                 style: AtomicU8::new(STYLE_UNKNOWN),
                 cache: tokio::sync::Mutex::new(None),
             }),
-        })
+        }
     }
 
     /// The `Authorization` header value for the next request: the cached token while it is
@@ -247,14 +220,16 @@ impl TokenSource {
     async fn fetch(&self) -> Result<Token, OAuth2Error> {
         let inner = &*self.inner;
         let secret = match &inner.secret {
-            Secret::Inline(s) => s.clone(),
-            Secret::File(p) => tokio::fs::read_to_string(p)
+            None => String::new(),
+            Some(src) => src
+                .value()
                 .await
-                .map(|s| s.trim().to_owned())
                 .map_err(|e| OAuth2Error::SecretFile {
-                    path: p.clone(),
+                    path: src.path().map(Path::to_path_buf).unwrap_or_default(),
                     reason: e.to_string(),
-                })?,
+                })?
+                .expose()
+                .to_owned(),
         };
         match inner.style.load(Ordering::Acquire) {
             STYLE_HEADER => self.request(&secret, true).await,
@@ -302,7 +277,7 @@ impl TokenSource {
         let form = self.form(secret, in_header);
         let mut rb = inner
             .http
-            .post(inner.token_url.clone())
+            .request(reqwest::Method::POST, inner.token_url.clone())
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
@@ -313,10 +288,14 @@ impl TokenSource {
                 |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             rb = rb.basic_auth(q(&inner.client_id), Some(q(secret)));
         }
-        let resp = rb.send().await.map_err(|e| OAuth2Error::Fetch {
-            url: url.clone(),
-            reason: chain(&e),
-        })?;
+        let resp = inner
+            .http
+            .send_without_auth(rb)
+            .await
+            .map_err(|e| OAuth2Error::Fetch {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         let status = resp.status();
         let content_type = resp
             .headers()
@@ -325,7 +304,7 @@ impl TokenSource {
             .map(str::to_owned);
         let body = resp.bytes().await.map_err(|e| OAuth2Error::Fetch {
             url: url.clone(),
-            reason: chain(&e),
+            reason: super::error_chain(&e.without_url()),
         })?;
         if !status.is_success() {
             let cut = &body[..body.len().min(MAX_ERR_BODY)];
@@ -338,17 +317,6 @@ impl TokenSource {
         parse_token_response(content_type.as_deref(), &body)
             .map_err(|reason| OAuth2Error::Response { url, reason })
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
@@ -457,16 +425,27 @@ mod tests {
         format!("http://{addr}/token")
     }
 
-    fn client() -> reqwest::Client {
-        crate::httpclient::ensure_crypto_provider();
-        reqwest::Client::new()
+    fn client() -> HttpClient {
+        HttpClient::new(&Default::default(), &Default::default()).unwrap()
     }
 
-    fn config(url: &str) -> OAuth2 {
+    fn config(url: &str) -> OAuth2Settings {
         let yaml = format!(
             "client_id: my id\nclient_secret: s3cr&t\nscopes: [read, write]\ntoken_url: {url}\nendpoint_params:\n  audience: metrics\n"
         );
-        serde_yaml::from_str(&yaml).unwrap()
+        oauth2_settings(&yaml)
+    }
+
+    fn oauth2_settings(yaml: &str) -> OAuth2Settings {
+        let o: crate::config::http::OAuth2 = serde_yaml::from_str(yaml).unwrap();
+        let cfg = crate::config::http::HttpClientConfig {
+            oauth2: Some(o),
+            ..Default::default()
+        };
+        match cfg.settings().unwrap().auth {
+            crate::config::http::Auth::OAuth2(o) => *o,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]
@@ -476,7 +455,7 @@ mod tests {
             ..Default::default()
         });
         let url = serve(s.clone()).await;
-        let ts = TokenSource::new(&config(&url), client(), None).unwrap();
+        let ts = TokenSource::new(&config(&url), client(), None);
         assert_eq!(ts.authorization().await.unwrap(), "Bearer tok1");
         assert_eq!(ts.authorization().await.unwrap(), "Bearer tok1", "cached");
         {
@@ -506,7 +485,7 @@ mod tests {
             ..Default::default()
         });
         let url = serve(s.clone()).await;
-        let ts = TokenSource::new(&config(&url), client(), None).unwrap();
+        let ts = TokenSource::new(&config(&url), client(), None);
         assert_eq!(ts.authorization().await.unwrap(), "Bearer tok1");
         assert_eq!(ts.authorization().await.unwrap(), "Bearer tok2");
     }
@@ -519,7 +498,7 @@ mod tests {
             ..Default::default()
         });
         let url = serve(s.clone()).await;
-        let ts = TokenSource::new(&config(&url), client(), None).unwrap();
+        let ts = TokenSource::new(&config(&url), client(), None);
         assert_eq!(ts.authorization().await.unwrap(), "Bearer tok1");
         assert_eq!(ts.authorization().await.unwrap(), "Bearer tok2");
         let seen = s.seen.lock().unwrap();
@@ -540,9 +519,8 @@ mod tests {
         });
         let url = serve(s.clone()).await;
         let mut cfg = config(&url);
-        cfg.client_secret = None;
-        cfg.client_secret_file = Some("/nonexistent/secret".into());
-        let ts = TokenSource::new(&cfg, client(), None).unwrap();
+        cfg.client_secret = Some(SecretSource::File("/nonexistent/secret".into()));
+        let ts = TokenSource::new(&cfg, client(), None);
         let e = ts.authorization().await.unwrap_err().to_string();
         assert!(
             e.starts_with("oauth2: reading client_secret_file /nonexistent/secret"),
@@ -551,8 +529,8 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret"), "s3cr&t\n").unwrap();
-        cfg.client_secret_file = Some("secret".into());
-        let ts = TokenSource::new(&cfg, client(), Some(dir.path())).unwrap();
+        cfg.client_secret = Some(SecretSource::File("secret".into()));
+        let ts = TokenSource::new(&cfg, client(), Some(dir.path()));
         // Refused in the header, accepted as params with the trimmed file contents.
         assert_eq!(ts.authorization().await.unwrap(), "Bearer tok1");
         assert!(s.seen.lock().unwrap()[1]
@@ -563,7 +541,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         });
-        let ts = TokenSource::new(&config(&dead), client(), None).unwrap();
+        let ts = TokenSource::new(&config(&dead), client(), None);
         let e = ts.authorization().await.unwrap_err().to_string();
         assert!(
             e.starts_with(&format!("oauth2: cannot fetch token from {dead}")),

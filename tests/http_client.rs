@@ -1,0 +1,387 @@
+//! The one HTTP client (agent/src/httpclient): every field of Prometheus's HTTP client config,
+//! against TLS servers with generated certificates, a CONNECT proxy and credential files, and a
+//! real Prometheus serving TLS with client-certificate auth (as a scrape target and as the
+//! remote-write receiver).
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use agent::config::http::HttpClientConfig;
+use agent::httpclient::{HttpClient, Options};
+use axum::extract::ConnectInfo;
+use axum::http::HeaderMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::tls::{self, Ca, TlsPeer};
+
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The settings of an HTTP client config written in YAML (as inside a scrape config).
+fn settings(yaml: &str) -> agent::config::http::HttpClientSettings {
+    let sc: agent::config::scrape::ScrapeConfigRaw =
+        serde_yaml::from_str(&format!("job_name: t\n{yaml}")).expect("parse");
+    sc.http_client().settings().expect("valid")
+}
+
+fn client(yaml: &str) -> HttpClient {
+    install_crypto();
+    HttpClient::new(
+        &settings(yaml),
+        &Options {
+            timeout: Some(Duration::from_secs(10)),
+            ..Default::default()
+        },
+    )
+    .expect("client")
+}
+
+async fn get(c: &HttpClient, url: &str) -> Result<(u16, String), String> {
+    let resp = c.send(c.get(url)).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await.map_err(|e| e.to_string())?))
+}
+
+/// Polls `f` until it returns `Some`, for up to 20 s.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TLS server answering with the name of the client certificate it was shown.
+async fn whoami_server(
+    config: tls::SharedConfig,
+    names: Vec<(Vec<u8>, &'static str)>,
+) -> std::net::SocketAddr {
+    let names = Arc::new(names);
+    let app = axum::Router::new().route(
+        "/whoami",
+        axum::routing::get(move |ConnectInfo(peer): ConnectInfo<TlsPeer>| {
+            let names = names.clone();
+            async move {
+                let cert = peer.client_cert.unwrap_or_default();
+                names
+                    .iter()
+                    .find(|(der, _)| *der == cert)
+                    .map_or("unknown", |(_, n)| *n)
+                    .to_owned()
+            }
+        }),
+    );
+    tls::serve(app, config).await
+}
+
+/// A client certificate and CA replaced on disk are used for new connections without a new
+/// client: client-1 → client-2 (same CA), then a server certificate from a new CA with the
+/// client's `ca_file` rewritten. `server_name` verifies a certificate that does not name the
+/// URL's host (refused for scrapes before the one client).
+#[tokio::test]
+async fn rotated_certificate_files_are_used_without_a_restart() {
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let ca1 = Ca::new("ca-1");
+    let client_ca = Ca::new("client-ca");
+    let c1 = client_ca.client("client-1");
+    let c2 = client_ca.client("client-2");
+    let server_cfg = Arc::new(RwLock::new(tls::server_config(
+        &ca1.server(&["agent.test"]),
+        Some(&client_ca),
+    )));
+    let addr = whoami_server(
+        server_cfg.clone(),
+        vec![(c1.der.clone(), "client-1"), (c2.der.clone(), "client-2")],
+    )
+    .await;
+    let ca_file = ca1.write(dir.path(), "ca.pem");
+    let (cert_file, key_file) = c1.write(dir.path(), "client");
+    let c = client(&format!(
+        "tls_config:\n  ca_file: {}\n  cert_file: {}\n  key_file: {}\n  server_name: agent.test\n",
+        ca_file.display(),
+        cert_file.display(),
+        key_file.display()
+    ));
+    let url = format!("https://127.0.0.1:{}/whoami", addr.port());
+    assert_eq!(get(&c, &url).await.unwrap(), (200, "client-1".into()));
+
+    c2.write(dir.path(), "client");
+    eventually("the rotated client certificate", || async {
+        (get(&c, &url).await.ok()? == (200, "client-2".into())).then_some(())
+    })
+    .await;
+
+    // The server moves to a certificate of another CA; the client's ca_file follows.
+    let ca2 = Ca::new("ca-2");
+    *server_cfg.write().unwrap() =
+        tls::server_config(&ca2.server(&["agent.test"]), Some(&client_ca));
+    ca2.write(dir.path(), "ca.pem");
+    eventually("the rotated CA", || async {
+        (get(&c, &url).await.ok()? == (200, "client-2".into())).then_some(())
+    })
+    .await;
+    // A new client that still trusts only the old CA is refused by the rotated server.
+    std::fs::write(dir.path().join("old-ca.pem"), ca1.pem()).unwrap();
+    let stale = client(&format!(
+        "tls_config:\n  ca_file: {}\n  cert_file: {}\n  key_file: {}\n  server_name: agent.test\n",
+        dir.path().join("old-ca.pem").display(),
+        cert_file.display(),
+        key_file.display()
+    ));
+    let err = get(&stale, &url).await.unwrap_err();
+    assert!(err.contains("certificate"), "{err}");
+}
+
+/// Without `server_name`, a certificate that does not name the URL's host is refused, with the
+/// reason in the error; `insecure_skip_verify` accepts it; `min_version: TLS13` still connects.
+#[tokio::test]
+async fn certificate_checks_and_their_errors() {
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let cfg = Arc::new(RwLock::new(tls::server_config(
+        &ca.server(&["agent.test"]),
+        None,
+    )));
+    let addr = whoami_server(cfg, vec![]).await;
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let url = format!("https://127.0.0.1:{}/whoami", addr.port());
+    let err = get(
+        &client(&format!("tls_config:\n  ca_file: {}\n", ca_file.display())),
+        &url,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("certificate not valid for name"), "{err}");
+    // The system roots do not know the test CA.
+    let err = get(&client(""), &url).await.unwrap_err();
+    assert!(err.contains("certificate"), "{err}");
+    assert_eq!(
+        get(&client("tls_config:\n  insecure_skip_verify: true\n"), &url)
+            .await
+            .unwrap(),
+        (200, "unknown".into())
+    );
+    assert_eq!(
+        get(
+            &client(&format!(
+                "tls_config:\n  ca: |\n{}  server_name: agent.test\n  min_version: TLS13\n",
+                ca.pem()
+                    .lines()
+                    .map(|l| format!("    {l}\n"))
+                    .collect::<String>()
+            )),
+            &url
+        )
+        .await
+        .unwrap(),
+        (200, "unknown".into())
+    );
+    // Without a client certificate, a server that requires one refuses the handshake.
+    let client_ca = Ca::new("client-ca");
+    let strict = Arc::new(RwLock::new(tls::server_config(
+        &ca.server(&["127.0.0.1"]),
+        Some(&client_ca),
+    )));
+    let addr = whoami_server(strict, vec![]).await;
+    let err = get(
+        &client(&format!("tls_config:\n  ca_file: {}\n", ca_file.display())),
+        &format!("https://127.0.0.1:{}/whoami", addr.port()),
+    )
+    .await
+    .unwrap_err();
+    assert!(!err.is_empty());
+}
+
+/// A CONNECT proxy that records each CONNECT request's head, then tunnels.
+async fn connect_proxy() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if sock.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                record.lock().unwrap().push(head.clone());
+                let target = head
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned();
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut sock, &mut upstream).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+/// `proxy_url` with `proxy_connect_header` (once remote_write only) for any client; `no_proxy`
+/// bypasses the proxy.
+#[tokio::test]
+async fn proxy_url_connect_headers_and_no_proxy() {
+    install_crypto();
+    let ca = Ca::new("ca");
+    let cfg = Arc::new(RwLock::new(tls::server_config(
+        &ca.server(&["127.0.0.1"]),
+        None,
+    )));
+    let addr = whoami_server(cfg, vec![]).await;
+    let (proxy, seen) = connect_proxy().await;
+    let url = format!("https://127.0.0.1:{}/whoami", addr.port());
+    let c = client(&format!(
+        "tls_config:\n  insecure_skip_verify: true\nproxy_url: {proxy}\nproxy_connect_header:\n  X-Proxy-Token: [sec-proxy-1]\n"
+    ));
+    assert_eq!(get(&c, &url).await.unwrap().0, 200);
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].starts_with(&format!("CONNECT 127.0.0.1:{} ", addr.port())),
+            "{}",
+            seen[0]
+        );
+        assert!(
+            seen[0]
+                .to_ascii_lowercase()
+                .contains("x-proxy-token: sec-proxy-1"),
+            "{}",
+            seen[0]
+        );
+    }
+    let c = client(&format!(
+        "tls_config:\n  insecure_skip_verify: true\nproxy_url: {proxy}\nno_proxy: 127.0.0.1\n"
+    ));
+    assert_eq!(get(&c, &url).await.unwrap().0, 200);
+    assert_eq!(seen.lock().unwrap().len(), 1, "no_proxy bypassed the proxy");
+}
+
+/// A plain HTTP server answering with the request's Authorization header.
+async fn echo_auth_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(|h: HeaderMap| async move {
+            h.get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/")
+}
+
+/// The `Authorization` value of basic auth (built by reqwest, not by the code under test).
+fn basic(user: &str, pass: &str) -> String {
+    let req = reqwest::Client::new()
+        .get("http://x/")
+        .basic_auth(user, Some(pass))
+        .build()
+        .unwrap();
+    req.headers()["authorization"].to_str().unwrap().to_owned()
+}
+
+/// `basic_auth.username_file` (new in the old agent's last Prometheus) and `password_file` are
+/// read on every request; `authorization.credentials_file` too; `type` defaults to Bearer.
+#[tokio::test]
+async fn credential_files_are_read_per_request() {
+    install_crypto();
+    let url = echo_auth_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let user = dir.path().join("user");
+    let pass = dir.path().join("pass");
+    std::fs::write(&user, "alice\n").unwrap();
+    std::fs::write(&pass, "pw-1\n").unwrap();
+    let c = client(&format!(
+        "basic_auth:\n  username_file: {}\n  password_file: {}\n",
+        user.display(),
+        pass.display()
+    ));
+    assert_eq!(get(&c, &url).await.unwrap().1, basic("alice", "pw-1"));
+    std::fs::write(&pass, "pw-2").unwrap();
+    assert_eq!(get(&c, &url).await.unwrap().1, basic("alice", "pw-2"));
+    std::fs::remove_file(&pass).unwrap();
+    let err = get(&c, &url).await.unwrap_err();
+    assert!(
+        err.starts_with(&format!("cannot read password_file {}", pass.display())),
+        "{err}"
+    );
+
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tok-1\n").unwrap();
+    let c = client(&format!(
+        "authorization:\n  credentials_file: {}\n",
+        token.display()
+    ));
+    assert_eq!(get(&c, &url).await.unwrap().1, "Bearer tok-1");
+    let c = client("authorization:\n  type: Custom\n  credentials: x\n");
+    assert_eq!(get(&c, &url).await.unwrap().1, "Custom x");
+    let c = client(&format!("bearer_token_file: {}\n", token.display()));
+    assert_eq!(get(&c, &url).await.unwrap().1, "Bearer tok-1");
+}
+
+/// The validation texts of the fields this client added (Prometheus's, from
+/// prometheus/common v0.53, the old agent's last version).
+#[test]
+fn validation_texts_of_new_fields() {
+    let err = |yaml: &str| {
+        let sc: agent::config::scrape::ScrapeConfigRaw =
+            serde_yaml::from_str(&format!("job_name: t\n{yaml}")).unwrap();
+        sc.http_client().settings().unwrap_err()
+    };
+    assert_eq!(
+        err("basic_auth:\n  username: a\n  username_file: /f\n"),
+        "at most one of basic_auth username & username_file must be configured"
+    );
+    assert_eq!(
+        err("proxy_connect_header:\n  A: [b]\n"),
+        "if proxy_connect_header is configured, proxy_url or proxy_from_environment must also be configured"
+    );
+    assert_eq!(
+        err("proxy_from_environment: true\nproxy_url: http://p:3128\n"),
+        "if proxy_from_environment is configured, proxy_url must not be configured"
+    );
+    assert_eq!(
+        err("oauth2:\n  client_id: a\n  token_url: http://t/\n  no_proxy: x\n"),
+        "if no_proxy is configured, proxy_url must also be configured"
+    );
+    let ok: agent::config::scrape::ScrapeConfigRaw = serde_yaml::from_str(
+        "job_name: t\nproxy_from_environment: true\nproxy_connect_header:\n  A: [b]\n",
+    )
+    .unwrap();
+    assert!(ok.http_client().settings().is_ok());
+    assert_eq!(
+        HttpClientConfig::default().settings().unwrap(),
+        Default::default()
+    );
+}
