@@ -202,14 +202,7 @@ pub fn client_config(
                 field: "ca",
                 message: e.to_string(),
             })?,
-            None => Arc::new(
-                rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|e| {
-                    TlsError::Invalid {
-                        field: "ca",
-                        message: format!("loading the system roots: {e}"),
-                    }
-                })?,
-            ),
+            None => system_verifier(&provider)?,
         };
         match &t.server_name {
             Some(name) => {
@@ -236,6 +229,26 @@ pub fn client_config(
     };
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(cfg)
+}
+
+/// The verifier for the system's trust store, made once per process: loading the system roots
+/// costs milliseconds, and every scrape job, SD provider and remote_write builds a client.
+fn system_verifier(
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    static SYSTEM: std::sync::OnceLock<Arc<dyn ServerCertVerifier>> = std::sync::OnceLock::new();
+    if let Some(v) = SYSTEM.get() {
+        return Ok(v.clone());
+    }
+    let v: Arc<dyn ServerCertVerifier> = Arc::new(
+        rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|e| {
+            TlsError::Invalid {
+                field: "ca",
+                message: format!("loading the system roots: {e}"),
+            }
+        })?,
+    );
+    Ok(SYSTEM.get_or_init(|| v).clone())
 }
 
 /// `insecure_skip_verify`: accepts any certificate, but still checks the handshake signature
