@@ -126,7 +126,10 @@ fn client(url: &str, http: HttpClientConfig) -> RemoteClient {
         remote_name: "test-remote".into(),
         url: reqwest::Url::parse(url).unwrap(),
         timeout: Duration::from_secs(10),
-        headers: BTreeMap::from([("X-Scope-OrgID".to_owned(), "tenant-1".to_owned())]),
+        headers: reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::HeaderName::from_static("x-scope-orgid"),
+            reqwest::header::HeaderValue::from_static("tenant-1"),
+        )]),
         http: http.settings().expect("valid http client config"),
         retry_on_http_429: true,
         agent_id: Some("agent-under-test".into()),

@@ -23,7 +23,7 @@ fn queue(url: &str, metrics: &RemoteWriteMetrics) -> Arc<QueueManager> {
         remote_name: "wal-test".into(),
         url: reqwest::Url::parse(url).unwrap(),
         timeout: Duration::from_secs(10),
-        headers: BTreeMap::new(),
+        headers: Default::default(),
         http: Default::default(),
         retry_on_http_429: true,
         agent_id: None,

@@ -156,7 +156,7 @@ fn main() {
             remote_name: "bench".into(),
             url: reqwest::Url::parse("http://127.0.0.1:9/api/v1/write").expect("url"),
             timeout: Duration::from_secs(1),
-            headers: BTreeMap::new(),
+            headers: Default::default(),
             http: Default::default(),
             retry_on_http_429: true,
             agent_id: None,

@@ -122,12 +122,7 @@ pub struct InstanceConfigRaw {
     pub write_stale_on_shutdown: bool,
 }
 
-/// A remote_write entry after the instance applied defaults (its name is always set).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RemoteWriteConfig {
-    pub name: String,
-    pub raw: RemoteWriteConfigRaw,
-}
+pub use super::remote_write::RemoteWriteConfig;
 
 /// A validated instance config.
 #[derive(Debug, Clone, PartialEq)]
@@ -238,12 +233,10 @@ impl InstanceConfigRaw {
                     format!("found duplicate remote write configs with name {name:?}")
                 });
             }
-            rw.validate_self()
+            let validated = rw
+                .validate(name.clone())
                 .map_err(|e| format!("remote_write {name:?}: {e}"))?;
-            remote_write.push(RemoteWriteConfig {
-                name,
-                raw: rw.clone(),
-            });
+            remote_write.push(validated);
         }
 
         Ok(InstanceConfig {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::duration::PromDuration;
-use super::http::with_http_client;
-use super::relabel::RelabelConfigRaw;
+use super::http::{with_http_client, HttpClientSettings};
+use super::relabel::{RelabelConfig, RelabelConfigRaw};
 use super::url::ConfigUrl;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -126,17 +126,87 @@ const RESERVED_HEADERS: [&str; 12] = [
     "x-prometheus-remote-write-version",
 ];
 
+/// A validated remote_write entry: everything the instance runs with, checked and compiled
+/// once when the config is accepted. It can only be made by [`RemoteWriteConfigRaw::validate`]
+/// (and renamed by the instance groups), so no component downstream sees an unvalidated value.
+///
+/// ```compile_fail
+/// // Building one by hand, around validation, does not compile (it did while the instance
+/// // compiled `write_relabel_configs` again at run time and sent everything when that failed):
+/// let rw = agent::config::instance::RemoteWriteConfig {
+///     name: "r".into(),
+///     raw: Default::default(),
+/// };
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteWriteConfig {
+    /// Unique within the instance (the configured name, or one the instance generated).
+    pub name: String,
+    pub url: ConfigUrl,
+    pub remote_timeout: PromDuration,
+    /// Extra headers, names and values checked (reserved names refused).
+    pub headers: reqwest::header::HeaderMap,
+    /// Compiled rules, applied to each series before it is sent.
+    pub write_relabel_configs: Vec<RelabelConfig>,
+    pub send_exemplars: bool,
+    pub send_native_histograms: bool,
+    pub queue: QueueConfig,
+    pub metadata: MetadataConfig,
+    /// TLS, proxy and the one auth (basic, authorization, oauth2, sigv4 or azuread).
+    pub http: HttpClientSettings,
+    /// The entry as written: its identity for instance groups and generated names, never read
+    /// to run it.
+    as_written: RemoteWriteConfigRaw,
+}
+
+impl RemoteWriteConfig {
+    /// The entry as written (hashed for instance groups and generated names).
+    pub fn as_written(&self) -> &RemoteWriteConfigRaw {
+        &self.as_written
+    }
+
+    /// The same entry under another name, its written `name` field cleared (instance groups
+    /// name their merged remote_writes by content).
+    pub fn renamed(&self, name: String) -> RemoteWriteConfig {
+        RemoteWriteConfig {
+            name,
+            as_written: RemoteWriteConfigRaw {
+                name: None,
+                ..self.as_written.clone()
+            },
+            ..self.clone()
+        }
+    }
+}
+
 impl RemoteWriteConfigRaw {
-    /// Prometheus's checks of one remote_write entry.
+    /// Prometheus's checks of one remote_write entry (for `global.remote_write`, which is
+    /// validated again, named, by each instance that inherits it).
     pub fn validate_self(&self) -> Result<(), String> {
+        self.validate(String::new()).map(drop)
+    }
+
+    /// Prometheus's checks of one remote_write entry, with its texts, into the validated entry
+    /// named `name`.
+    pub fn validate(&self, name: String) -> Result<RemoteWriteConfig, String> {
         let url = self.url.as_ref().ok_or("url for remote_write is empty")?;
         if !matches!(url.as_url().scheme(), "http" | "https") {
             return Err(format!("remote_write url {url} must use http or https"));
         }
-        for h in self.headers.keys() {
-            if RESERVED_HEADERS.contains(&h.to_ascii_lowercase().as_str()) {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (h, v) in &self.headers {
+            let lower = h.to_ascii_lowercase();
+            if lower == "authorization" {
+                return Err("authorization header must be changed via the basic_auth, authorization, oauth2, sigv4, or azuread parameter".into());
+            }
+            if RESERVED_HEADERS.contains(&lower.as_str()) {
                 return Err(format!("{h} is a reserved header. It must not be changed"));
             }
+            let name = reqwest::header::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|e| format!("header {h:?}: {e}"))?;
+            let value = reqwest::header::HeaderValue::from_str(v)
+                .map_err(|e| format!("header {h:?}: {e}"))?;
+            headers.insert(name, value);
         }
         let auths = [
             self.basic_auth.is_some(),
@@ -148,18 +218,26 @@ impl RemoteWriteConfigRaw {
         if auths.iter().filter(|b| **b).count() > 1 {
             return Err("at most one of basic_auth, authorization, oauth2, sigv4, & azuread must be configured".into());
         }
-        self.http_client().validate()?;
-        for (i, r) in self.write_relabel_configs.iter().enumerate() {
-            r.validate()
-                .map_err(|e| format!("write_relabel_configs[{i}]: {e}"))?;
+        let http = self.http_client().settings()?;
+        let write_relabel_configs =
+            super::relabel::validate_all(&self.write_relabel_configs, "write_relabel_configs")?;
+        let queue = self.queue();
+        if queue.min_shards > queue.max_shards {
+            return Err("queue_config: min_shards must not be greater than max_shards".into());
         }
-        if let Some(q) = &self.queue_config {
-            let q = q.resolve();
-            if q.min_shards > q.max_shards {
-                return Err("queue_config: min_shards must not be greater than max_shards".into());
-            }
-        }
-        Ok(())
+        Ok(RemoteWriteConfig {
+            name,
+            url: url.clone(),
+            remote_timeout: self.remote_timeout(),
+            headers,
+            write_relabel_configs,
+            send_exemplars: self.send_exemplars(),
+            send_native_histograms: self.send_native_histograms.unwrap_or(false),
+            queue,
+            metadata: self.metadata(),
+            http,
+            as_written: self.clone(),
+        })
     }
 
     pub fn queue(&self) -> QueueConfig {
@@ -210,5 +288,59 @@ impl QueueConfigRaw {
             retry_on_http_429: self.retry_on_http_429.unwrap_or(d.retry_on_http_429),
             sample_age_limit: self.sample_age_limit.unwrap_or(d.sample_age_limit),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(yaml: &str) -> Result<RemoteWriteConfig, String> {
+        let raw: RemoteWriteConfigRaw = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+        raw.validate("r".into())
+    }
+
+    #[test]
+    fn validated_entry_holds_compiled_and_typed_values() {
+        let rw = validate(
+            "url: http://r/push\nremote_timeout: 5s\nheaders:\n  X-Scope-OrgID: t1\nwrite_relabel_configs:\n  - source_labels: [__name__]\n    regex: 'up|keep_.*'\n    action: keep\nqueue_config:\n  max_shards: 3\nmetadata_config:\n  send: false\nbearer_token: tok\n",
+        )
+        .unwrap();
+        assert_eq!(rw.name, "r");
+        assert_eq!(rw.remote_timeout, PromDuration::from_secs(5));
+        assert_eq!(rw.headers["x-scope-orgid"], "t1");
+        assert_eq!(rw.write_relabel_configs.len(), 1);
+        assert!(rw.write_relabel_configs[0].regex.is_match("keep_me"));
+        assert_eq!(rw.queue.max_shards, 3);
+        assert_eq!(rw.queue.capacity, QueueConfig::default().capacity);
+        assert!(!rw.metadata.send);
+        assert!(rw.send_exemplars);
+        assert!(matches!(
+            rw.http.auth,
+            crate::config::http::Auth::Authorization { ref kind, .. } if kind == "Bearer"
+        ));
+        assert_eq!(rw.renamed("g-1".into()).name, "g-1");
+        assert_eq!(rw.renamed("g-1".into()).as_written().name, None);
+    }
+
+    #[test]
+    fn errors_use_prometheus_texts_and_name_the_header() {
+        assert_eq!(
+            validate("url: http://r/\nheaders:\n  Authorization: x\n").unwrap_err(),
+            "authorization header must be changed via the basic_auth, authorization, oauth2, sigv4, or azuread parameter"
+        );
+        assert_eq!(
+            validate("url: http://r/\nheaders:\n  User-Agent: x\n").unwrap_err(),
+            "User-Agent is a reserved header. It must not be changed"
+        );
+        // Once refused only when the instance started; now when the config is accepted.
+        let e = validate("url: http://r/\nheaders:\n  X-Bad: \"a\\nb\"\n").unwrap_err();
+        assert!(e.starts_with("header \"X-Bad\": "), "{e}");
+        let e = validate("url: http://r/\nheaders:\n  \"bad name\": x\n").unwrap_err();
+        assert!(e.starts_with("header \"bad name\": "), "{e}");
+        assert_eq!(
+            validate("url: http://r/\nwrite_relabel_configs:\n  - action: hashmod\n").unwrap_err(),
+            "write_relabel_configs[0]: relabel configuration for hashmod requires non-zero modulus"
+        );
     }
 }

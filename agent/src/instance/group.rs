@@ -96,8 +96,8 @@ pub fn group_hash(cfg: &InstanceConfig) -> String {
         .remote_write
         .iter()
         .map(|rw| RemoteWriteConfigRaw {
-            name: Some(rw_hash6(&rw.raw)),
-            ..rw.raw.clone()
+            name: Some(rw_hash6(rw.as_written())),
+            ..rw.as_written().clone()
         })
         .collect();
     remote_write.sort_by(|a, b| a.name.cmp(&b.name));
@@ -137,12 +137,9 @@ pub fn merge(group: &str, members: &[&InstanceConfig]) -> Result<InstanceConfig,
         .map(|rw| {
             let raw = RemoteWriteConfigRaw {
                 name: None,
-                ..rw.raw.clone()
+                ..rw.as_written().clone()
             };
-            crate::config::instance::RemoteWriteConfig {
-                name: format!("{prefix}-{}", rw_hash6(&raw)),
-                raw,
-            }
+            rw.renamed(format!("{prefix}-{}", rw_hash6(&raw)))
         })
         .collect();
     remote_write.sort_by(|a, b| a.name.cmp(&b.name));
@@ -425,12 +422,15 @@ mod tests {
             .map(|r| r.name.as_str())
             .collect();
         let mut expected = vec![
-            format!("{}-{}", &g[..6], rw_hash6(&a.remote_write[0].raw)),
-            format!("{}-{}", &g[..6], rw_hash6(&a.remote_write[1].raw)),
+            format!("{}-{}", &g[..6], rw_hash6(a.remote_write[0].as_written())),
+            format!("{}-{}", &g[..6], rw_hash6(a.remote_write[1].as_written())),
         ];
         expected.sort();
         assert_eq!(names, expected);
-        assert!(merged.remote_write.iter().all(|r| r.raw.name.is_none()));
+        assert!(merged
+            .remote_write
+            .iter()
+            .all(|r| r.as_written().name.is_none()));
         // Member order does not change the result.
         assert_eq!(merge(&g, &[&a, &b]).unwrap(), merged);
     }

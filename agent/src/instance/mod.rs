@@ -57,19 +57,15 @@ pub fn dir_name(name: &str) -> String {
 }
 
 /// `write_relabel_configs` as the queue's per-series filter (run once per series, after the
-/// external labels are added, as Prometheus does); `None` when there are none.
+/// external labels are added, as Prometheus does); `None` when there are none. The rules were
+/// compiled when the config was validated: nothing here can fail.
 fn write_relabel_filter(
     rw: &crate::config::instance::RemoteWriteConfig,
 ) -> Option<crate::remote_write::SeriesFilter> {
-    if rw.raw.write_relabel_configs.is_empty() {
+    if rw.write_relabel_configs.is_empty() {
         return None;
     }
-    // Validated when the config was accepted; a rule that fails here would have failed there.
-    let rules = crate::config::relabel::validate_all(
-        &rw.raw.write_relabel_configs,
-        "write_relabel_configs",
-    )
-    .ok()?;
+    let rules = rw.write_relabel_configs.clone();
     Some(Box::new(move |labels: &mut Vec<(String, String)>| {
         let set = crate::relabel::Labels::from_pairs(
             labels.iter().map(|(n, v)| (n.as_str(), v.as_str())),
@@ -334,7 +330,7 @@ impl Instance {
             tracing::error!(instance = %name, error = %e, "some scrape jobs could not start");
         }
         for (r, rw) in remotes.iter_mut().zip(&cfg.remote_write) {
-            let m = rw.raw.metadata();
+            let m = rw.metadata;
             if m.send {
                 let s = scrape.clone();
                 r.metadata = Some(tokio::spawn(crate::remote_write::metadata::run(

@@ -30,7 +30,6 @@
 //! Auth, TLS, proxies, redirects and HTTP/2 come from the one HTTP client builder
 //! ([`crate::httpclient`]), as for scrapes.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -130,7 +129,8 @@ pub struct ClientSettings {
     pub remote_name: String,
     pub url: url::Url,
     pub timeout: Duration,
-    pub headers: BTreeMap<String, String>,
+    /// Extra headers (validated with the config).
+    pub headers: HeaderMap,
     pub http: HttpClientSettings,
     pub retry_on_http_429: bool,
     /// Sent as `X-Agent-Id`.
@@ -161,43 +161,14 @@ impl ClientSettings {
         cfg: &RemoteWriteConfig,
         agent_id: Option<&str>,
     ) -> Result<ClientSettings, ClientError> {
-        let url = cfg
-            .raw
-            .url
-            .as_ref()
-            .ok_or_else(|| ClientError::MissingUrl {
-                remote: cfg.name.clone(),
-            })?;
         Ok(ClientSettings {
             remote_name: cfg.name.clone(),
-            url: url.as_url().clone(),
-            timeout: cfg.raw.remote_timeout().as_std(),
-            headers: cfg.raw.headers.clone(),
-            http: cfg
-                .raw
-                .http_client()
-                .settings()
-                .map_err(|reason| ClientError::Invalid {
-                    remote: cfg.name.clone(),
-                    reason,
-                })?,
-            retry_on_http_429: cfg.raw.queue().retry_on_http_429,
+            url: cfg.url.as_url().clone(),
+            timeout: cfg.remote_timeout.as_std(),
+            headers: cfg.headers.clone(),
+            http: cfg.http.clone(),
+            retry_on_http_429: cfg.queue.retry_on_http_429,
             agent_id: agent_id.map(str::to_owned),
-        })
-        .and_then(|s| {
-            if cfg.raw.sigv4.is_some() {
-                return Err(ClientError::Unsupported {
-                    remote: cfg.name.clone(),
-                    what: "sigv4",
-                });
-            }
-            if cfg.raw.azuread.is_some() {
-                return Err(ClientError::Unsupported {
-                    remote: cfg.name.clone(),
-                    what: "azuread",
-                });
-            }
-            Ok(s)
         })
     }
 }
@@ -329,9 +300,8 @@ fn build_headers(s: &ClientSettings) -> Result<HeaderMap, ClientError> {
     let mut h = HeaderMap::new();
     // Configured headers first; the protocol headers below then win (config validation
     // already rejects the reserved names).
-    for (name, value) in &s.headers {
-        let (n, v) = header_pair(&s.remote_name, name, value)?;
-        h.insert(n, v);
+    for (n, v) in &s.headers {
+        h.insert(n.clone(), v.clone());
     }
     if let Some(id) = &s.agent_id {
         let (n, v) = header_pair(&s.remote_name, AGENT_ID_HEADER, id)?;
@@ -398,7 +368,10 @@ mod tests {
             remote_name: "r".into(),
             url: url::Url::parse("http://127.0.0.1:1/api/v1/write").unwrap(),
             timeout: Duration::from_secs(1),
-            headers: BTreeMap::from([("X-Scope-OrgID".to_owned(), "tenant".to_owned())]),
+            headers: HeaderMap::from_iter([(
+                HeaderName::from_static("x-scope-orgid"),
+                HeaderValue::from_static("tenant"),
+            )]),
             http: HttpClientSettings::default(),
             retry_on_http_429: true,
             agent_id: Some("agent-1".into()),
@@ -414,9 +387,12 @@ mod tests {
         assert_eq!(h["x-agent-id"], "agent-1");
         assert_eq!(h["x-scope-orgid"], "tenant");
         let mut bad = settings();
-        bad.headers.insert("X-Bad".into(), "a\nb".into());
+        bad.agent_id = Some("a\nb".into());
         let err = build_headers(&bad).unwrap_err().to_string();
-        assert!(err.contains("remote_write r: header \"X-Bad\""), "{err}");
+        assert!(
+            err.contains("remote_write r: header \"X-Agent-Id\""),
+            "{err}"
+        );
     }
 
     /// A token endpoint issuing `tok1`, `tok2`, ... and a receiver accepting only the newest

@@ -413,9 +413,9 @@ impl QueueManager {
         filter: Option<SeriesFilter>,
     ) -> Result<QueueManager, ClientError> {
         let client = RemoteClient::new(ClientSettings::from_config(cfg, agent_id)?)?;
-        let mut settings = QueueSettings::new(cfg.raw.queue(), external_labels.clone());
-        settings.metadata_per_send = cfg.raw.metadata().max_samples_per_send;
-        settings.send_exemplars = cfg.raw.send_exemplars();
+        let mut settings = QueueSettings::new(cfg.queue, external_labels.clone());
+        settings.metadata_per_send = cfg.metadata.max_samples_per_send;
+        settings.send_exemplars = cfg.send_exemplars;
         Ok(QueueManager::new(client, settings, metrics, filter))
     }
 
@@ -1298,7 +1298,7 @@ mod tests {
             remote_name: "r".into(),
             url,
             timeout: Duration::from_secs(5),
-            headers: BTreeMap::new(),
+            headers: Default::default(),
             http: Default::default(),
             retry_on_http_429: true,
             agent_id: None,
