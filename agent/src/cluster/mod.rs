@@ -24,9 +24,13 @@
 
 pub mod assign;
 pub mod handoff;
+pub mod leader;
+pub mod metrics;
+pub mod publish;
 #[cfg(test)]
 mod sim;
 pub mod store;
+pub mod view;
 
 use std::collections::HashMap;
 use std::sync::Arc;

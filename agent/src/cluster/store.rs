@@ -260,6 +260,12 @@ impl AssignmentDoc {
     }
 }
 
+impl Default for AssignmentDoc {
+    fn default() -> Self {
+        AssignmentDoc::empty()
+    }
+}
+
 /// `sharding/agents/<id>`: what one agent does, for the others (handoffs) and for the ring page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentStatus {
@@ -415,15 +421,31 @@ fn decode_json<T: DeserializeOwned>(key: &str, gz: &[u8]) -> Result<T, StoreErro
     serde_json::from_slice(&json).map_err(|e| StoreError::corrupt(key, e))
 }
 
+/// Values larger than this are decoded on a blocking thread, off the async workers.
+const DECODE_INLINE: usize = 64 << 10;
+
+async fn decode_off_workers<T: DeserializeOwned + Send + 'static>(
+    key: &str,
+    gz: Vec<u8>,
+) -> Result<T, StoreError> {
+    if gz.len() <= DECODE_INLINE {
+        return decode_json(key, &gz);
+    }
+    let k = key.to_owned();
+    tokio::task::spawn_blocking(move || decode_json(&k, &gz))
+        .await
+        .map_err(|e| StoreError::corrupt(key, format!("decoding task failed: {e}")))?
+}
+
 /// Decodes the value `head` of `key` (from a read or a watch event), fetching its parts when
 /// it is a manifest.
-pub async fn decode<T: DeserializeOwned>(
+pub async fn decode<T: DeserializeOwned + Send + 'static>(
     kv: &dyn KvStore,
     key: &str,
     head: &[u8],
 ) -> Result<T, StoreError> {
     let Some(m) = manifest(key, head)? else {
-        return decode_json(key, head);
+        return decode_off_workers(key, head.to_vec()).await;
     };
     let mut gz = Vec::with_capacity(m.bytes.min(MAX_DECODED));
     for part in 0..m.parts {
@@ -442,11 +464,11 @@ pub async fn decode<T: DeserializeOwned>(
             format!("parts of {} do not match their digest", m.digest),
         ));
     }
-    decode_json(key, &gz)
+    decode_off_workers(key, gz).await
 }
 
 /// Reads and decodes `key`: `None` when absent; with the key's revision (for [`write`]).
-pub async fn read<T: DeserializeOwned>(
+pub async fn read<T: DeserializeOwned + Send + 'static>(
     kv: &dyn KvStore,
     key: &str,
 ) -> Result<Option<(T, u64)>, StoreError> {

@@ -357,7 +357,7 @@ impl ScrapeManager {
 }
 
 /// The targets of one discovery snapshot: active ones by identity, and dropped ones.
-fn build_targets(
+pub(crate) fn build_targets(
     cfg: &ScrapeConfig,
     groups: &[TargetGroup],
 ) -> (HashMap<u64, Target>, Vec<Labels>) {

@@ -1,0 +1,395 @@
+//! The assignment leader: the ring owner of [`LEADER_KEY`] assigns every published target to
+//! an eligible member ([`super::assign`]) and writes `sharding/assignment` with the next epoch,
+//! by compare-and-swap (two agents that both believe they lead during a ring change cannot both
+//! write an epoch).
+//!
+//! Eligible: a ring member healthy for ownership (ACTIVE, heartbeat fresh, with the KV-outage
+//! grace of [`super::heartbeat_grace`] already applied to the ring it is given) that publishes
+//! an agent key (it runs in target sharding mode). LEAVING members are not eligible, so a
+//! graceful leave moves exactly the leaver's targets; a dead member stops being eligible when
+//! its heartbeat is older than `heartbeat_timeout`.
+//!
+//! The leader recomputes when the ring's topology or health changes, when a config's targets or
+//! an agent key change, and writes only when the result differs from the assignment in the
+//! store. Once a minute it also removes what nobody else will: agent keys of members gone from
+//! the ring for [`AGENT_KEY_RETENTION`], targets of configs that no longer exist, and orphaned
+//! chunks.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::assign::{assign, Members};
+use super::store::{
+    self, agent_key, targets_key, AssignmentDoc, ConfigOwners, Expect, TargetKey, ASSIGNMENT_KEY,
+    FORMAT_VERSION,
+};
+use super::view::ShardState;
+use crate::clock::{self, Clock};
+use crate::kv::configstore::ConfigStore;
+use crate::kv::KvStore;
+use crate::ring::lookup::{Operation, Ring};
+
+/// The ring key whose owner is the assignment leader (hashed with FNV-1 like a config name).
+pub const LEADER_KEY: &str = "__target_assignment__";
+
+/// How long the key of an agent that left the ring is kept (its last `released` entries are
+/// still read by the agents that took its targets over).
+pub const AGENT_KEY_RETENTION: Duration = Duration::from_secs(600);
+
+/// The members eligible for targets, sorted by ID (see the module docs).
+pub fn eligible(ring: &Ring, state: &ShardState, now: SystemTime) -> Vec<String> {
+    let mut ids: Vec<String> = ring
+        .instances()
+        .iter()
+        .filter(|m| m.is_healthy(Operation::Write, ring.heartbeat_timeout(), now))
+        .filter(|m| state.agents.contains_key(&m.id))
+        .map(|m| m.id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The next assignment for `state`'s targets over `eligible` (sorted IDs), or `None` when it
+/// would not change the one in `state` (or there is no member to assign to).
+pub fn compute(
+    state: &ShardState,
+    eligible: &[String],
+    leader: &str,
+    now_ms: i64,
+    load_factor: f64,
+) -> Option<AssignmentDoc> {
+    if eligible.is_empty() {
+        return None;
+    }
+    let prev = &state.assignment;
+    let members = Members::new(eligible.iter().cloned());
+    // The previous owner (as an index into the new members) and since-epoch of every key.
+    let mut before: HashMap<TargetKey, (Option<u32>, u64)> = HashMap::new();
+    for c in &prev.configs {
+        for ((k, &o), &since) in c.keys.iter().zip(&c.owners).zip(&c.since) {
+            let owner = prev
+                .members
+                .get(o as usize)
+                .and_then(|id| members.index_of(id));
+            before.insert(*k, (owner, since));
+        }
+    }
+    // Every distinct key once (a 64-bit collision makes two targets one unit).
+    let mut index: HashMap<TargetKey, usize> = HashMap::new();
+    let mut keys: Vec<u64> = Vec::new();
+    let mut previous: Vec<Option<u32>> = Vec::new();
+    for ct in state.targets.values() {
+        for k in &ct.keys {
+            index.entry(*k).or_insert_with(|| {
+                keys.push(k.0);
+                previous.push(before.get(k).and_then(|(o, _)| *o));
+                keys.len() - 1
+            });
+        }
+    }
+    let plan = assign(&keys, &members, &previous, load_factor);
+    let epoch = prev
+        .epoch
+        .max(state.agents.values().map(|a| a.epoch).max().unwrap_or(0))
+        + 1;
+    let configs: Vec<ConfigOwners> = state
+        .targets
+        .iter()
+        .map(|(name, ct)| {
+            let owners: Vec<u32> = ct
+                .keys
+                .iter()
+                .map(|k| plan.owners[index[k]].unwrap_or(0))
+                .collect();
+            let since = ct
+                .keys
+                .iter()
+                .zip(&owners)
+                .map(|(k, &o)| match before.get(k) {
+                    Some((Some(p), s)) if *p == o => *s,
+                    _ => epoch,
+                })
+                .collect();
+            ConfigOwners {
+                config: name.clone(),
+                keys: ct.keys.clone(),
+                owners,
+                since,
+            }
+        })
+        .collect();
+    let same = prev.members == members.ids()
+        && prev.configs.len() == configs.len()
+        && prev
+            .configs
+            .iter()
+            .zip(&configs)
+            .all(|(a, b)| a.config == b.config && a.keys == b.keys && a.owners == b.owners);
+    if same && prev.epoch > 0 {
+        return None;
+    }
+    Some(AssignmentDoc {
+        v: FORMAT_VERSION,
+        epoch,
+        published_ms: now_ms,
+        leader: leader.to_owned(),
+        cap: plan.cap,
+        members: members.ids().to_vec(),
+        configs,
+    })
+}
+
+/// What the leader needs from the cluster around it.
+pub struct LeaderContext {
+    pub kv: Arc<dyn KvStore>,
+    pub configs: Arc<ConfigStore>,
+    /// This agent's ring ID and advertised address (ownership is decided by address).
+    pub id: String,
+    pub addr: String,
+    pub clock: Clock,
+    pub load_factor: f64,
+    /// The ring to decide on, with the KV-outage heartbeat grace applied.
+    pub ring: Box<dyn Fn() -> Ring + Send + Sync>,
+}
+
+/// Runs until `shutdown`: recomputes on every change of `ring` or `view` (see the module docs).
+pub async fn run(
+    cx: LeaderContext,
+    mut ring: watch::Receiver<Arc<crate::ring::model::Desc>>,
+    mut view: watch::Receiver<Arc<ShardState>>,
+    shutdown: CancellationToken,
+) {
+    let mut next_gc = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut leading = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = ring.changed() => if r.is_err() { return },
+            v = view.changed() => if v.is_err() { return },
+            _ = tokio::time::sleep_until(next_gc) => {}
+        }
+        // Coalesce a burst (a config owner publishing many configs, a member's key and its
+        // ring entry written one after the other).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = (cx.ring)();
+        let now = cx.clock.now();
+        let is_leader = r.owns(LEADER_KEY, &cx.addr, now).unwrap_or(false);
+        if is_leader != leading {
+            leading = is_leader;
+            tracing::info!(leader = is_leader, "target assignment leadership changed");
+        }
+        if !is_leader {
+            continue;
+        }
+        let state = view.borrow_and_update().clone();
+        let members = eligible(&r, &state, now);
+        if let Some(doc) = compute(
+            &state,
+            &members,
+            &cx.id,
+            clock::unix_millis(now),
+            cx.load_factor,
+        ) {
+            publish(&cx, &state, doc).await;
+        }
+        if tokio::time::Instant::now() >= next_gc {
+            next_gc = tokio::time::Instant::now() + Duration::from_secs(60);
+            if let Err(e) = gc(&cx, &r, &state, now).await {
+                tracing::warn!(error = %e, "sharding: removing stale keys failed");
+            }
+        }
+    }
+}
+
+/// Writes `doc` if the store still holds the assignment it was computed from.
+async fn publish(cx: &LeaderContext, state: &ShardState, doc: AssignmentDoc) {
+    let current = match store::read::<AssignmentDoc>(&*cx.kv, ASSIGNMENT_KEY).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the target assignment; not writing a new one");
+            return;
+        }
+    };
+    let expect = match &current {
+        Some((c, rev)) if c.epoch == state.assignment.epoch => Expect::Revision(Some(*rev)),
+        None if state.assignment.epoch == 0 => Expect::Revision(None),
+        // The view is behind the store: its watch brings the newer value, and a recompute.
+        _ => return,
+    };
+    let counts = doc.counts();
+    match store::write(&*cx.kv, ASSIGNMENT_KEY, &doc, expect).await {
+        Ok(true) => tracing::info!(
+            epoch = doc.epoch,
+            members = doc.members.len(),
+            targets = counts.iter().sum::<usize>(),
+            cap = doc.cap,
+            "target assignment written"
+        ),
+        Ok(false) => tracing::debug!(
+            epoch = doc.epoch,
+            "target assignment changed concurrently; recomputing"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot write the target assignment"),
+    }
+}
+
+async fn gc(
+    cx: &LeaderContext,
+    ring: &Ring,
+    state: &ShardState,
+    now: SystemTime,
+) -> Result<(), store::StoreError> {
+    let in_ring: BTreeSet<&str> = ring.instances().iter().map(|m| m.id.as_str()).collect();
+    let now_ms = clock::unix_millis(now);
+    for (id, st) in &state.agents {
+        let age = Duration::from_millis(now_ms.saturating_sub(st.updated_ms).max(0) as u64);
+        if !in_ring.contains(id.as_str()) && age > AGENT_KEY_RETENTION {
+            tracing::info!(agent = %id, "removing the sharding key of an agent gone from the ring");
+            store::delete(&*cx.kv, &agent_key(id)).await?;
+        }
+    }
+    match cx.configs.list().await {
+        Ok(names) => {
+            let names: BTreeSet<String> = names.into_iter().collect();
+            for config in state.targets.keys() {
+                if !names.contains(config) {
+                    tracing::info!(config = %config, "removing the targets of a deleted config");
+                    store::delete(&*cx.kv, &targets_key(config)).await?;
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list configs for the sharding cleanup"),
+    }
+    let removed = store::gc_chunks(&*cx.kv).await?;
+    if !removed.is_empty() {
+        tracing::info!(
+            digests = removed.len(),
+            "removed orphaned sharding value parts"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::store::{AgentStatus, PublishedJob, PublishedTargets};
+    use crate::cluster::view::ConfigTargets;
+    use crate::ring::model::{Desc, InstanceDesc, InstanceState};
+
+    fn targets(config: &str, n: usize) -> Arc<ConfigTargets> {
+        Arc::new(ConfigTargets::new(PublishedTargets {
+            v: 1,
+            config: config.into(),
+            jobs: vec![PublishedJob {
+                job: "j".into(),
+                forced_error: None,
+                targets: (0..n)
+                    .map(|i| vec!["__address__".into(), format!("{config}-{i}:1")])
+                    .collect(),
+            }],
+        }))
+    }
+
+    fn status(epoch: u64) -> Arc<AgentStatus> {
+        Arc::new(AgentStatus {
+            v: 1,
+            addr: String::new(),
+            epoch,
+            ready: vec![],
+            releasing: vec![],
+            released: vec![],
+            targets: 0,
+            active_series: 0,
+            updated_ms: 0,
+        })
+    }
+
+    fn state(configs: &[(&str, usize)], agents: &[&str]) -> ShardState {
+        ShardState {
+            targets: configs
+                .iter()
+                .map(|(c, n)| ((*c).to_owned(), targets(c, *n)))
+                .collect(),
+            assignment: Arc::new(AssignmentDoc::empty()),
+            agents: agents
+                .iter()
+                .map(|a| ((*a).to_owned(), status(0)))
+                .collect(),
+        }
+    }
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn first_assignment_then_nothing_until_something_changes() {
+        let mut s = state(&[("a", 30), ("b", 10)], &["x", "y"]);
+        let doc = compute(&s, &ids(&["x", "y"]), "x", 5, 1.0).expect("first");
+        assert_eq!(doc.epoch, 1);
+        assert_eq!(doc.counts(), vec![20, 20]);
+        assert_eq!(doc.cap, 20);
+        assert!(doc.configs.iter().all(|c| c.since.iter().all(|&e| e == 1)));
+        doc.validate().unwrap();
+        s.assignment = Arc::new(doc.clone());
+        assert!(compute(&s, &ids(&["x", "y"]), "x", 6, 1.0).is_none());
+
+        // A third member: the cap falls to 14, epoch 2; kept targets keep since = 1.
+        let doc2 = compute(&s, &ids(&["x", "y", "z"]), "x", 7, 1.0).expect("join");
+        assert_eq!(doc2.epoch, 2);
+        assert_eq!(doc2.counts().iter().sum::<usize>(), 40);
+        assert!(doc2.counts().iter().all(|&c| c <= 14));
+        let kept = doc2
+            .configs
+            .iter()
+            .flat_map(|c| c.since.iter())
+            .filter(|&&e| e == 1)
+            .count();
+        assert_eq!(kept, 40 - doc2.counts()[2], "only z's targets are new");
+    }
+
+    #[test]
+    fn the_epoch_stays_above_what_agents_applied_after_a_reset() {
+        let mut s = state(&[("a", 4)], &["x"]);
+        s.agents.insert("x".into(), status(41));
+        assert_eq!(compute(&s, &ids(&["x"]), "x", 0, 1.0).unwrap().epoch, 42);
+        assert!(
+            compute(&s, &[], "x", 0, 1.0).is_none(),
+            "nobody to assign to"
+        );
+    }
+
+    fn member(id: &str, state: InstanceState, ts: i64) -> InstanceDesc {
+        InstanceDesc {
+            addr: format!("{id}:1"),
+            timestamp: ts,
+            state: state as i32,
+            tokens: vec![crate::ring::hash::key_hash(id)],
+            zone: String::new(),
+            registered_timestamp: 0,
+            id: id.into(),
+        }
+    }
+
+    #[test]
+    fn eligible_members_are_healthy_active_and_publish_a_key() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut d = Desc::default();
+        for m in [
+            member("ok", InstanceState::Active, 1_000),
+            member("leaving", InstanceState::Leaving, 1_000),
+            member("dead", InstanceState::Active, 900),
+            member("old-mode", InstanceState::Active, 1_000),
+        ] {
+            d.ingesters.insert(m.id.clone(), m);
+        }
+        let ring = Ring::new(d, Duration::from_secs(10));
+        let s = state(&[], &["ok", "leaving", "dead"]);
+        assert_eq!(eligible(&ring, &s, now), ids(&["ok"]));
+    }
+}
