@@ -13,6 +13,7 @@ mod discovery;
 mod http_client;
 mod ignored_fields;
 mod kv;
+mod package;
 mod progress;
 mod reliability;
 mod remote_write;

@@ -332,6 +332,7 @@ pub async fn serve(
             }
         }
         state.ready.store(true, Ordering::Release);
+        crate::notify::ready("running the local configs (no scraping service)");
     }
     if state.options.reload_on_sighup {
         tokio::spawn(reload_on_sighup(state.clone()));
@@ -345,6 +346,7 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
+            crate::notify::stopping();
             let task = state.cluster_task.lock().await.take();
             match task {
                 Some(t) => {
@@ -622,6 +624,7 @@ async fn start_cluster(
             if ready.wait_for(|r| *r).await.is_ok() {
                 state.ready.store(true, Ordering::Release);
                 tracing::info!("initial reshard done; agent ready");
+                crate::notify::ready("joined the ring; configs placed");
             }
         });
     }
@@ -697,6 +700,22 @@ async fn reload_on_sighup(state: Arc<AppState>) {
 /// Re-reads `-config.file`, validates it, refuses changes that need a restart, and applies
 /// the rest live (see [`crate::config::reload`]). Logs what changed or why it was refused.
 async fn reload(state: &Arc<AppState>) -> Result<(), ReloadError> {
+    // The service manager hears of reloads only once it was told the agent is ready.
+    let notify = state.ready.load(Ordering::Acquire);
+    if notify {
+        crate::notify::reloading();
+    }
+    let result = reload_file(state).await;
+    if notify {
+        crate::notify::ready(match &result {
+            Ok(()) => "config reloaded",
+            Err(_) => "config reload refused; running the previous config",
+        });
+    }
+    result
+}
+
+async fn reload_file(state: &Arc<AppState>) -> Result<(), ReloadError> {
     let Some(path) = state.options.config_file.clone() else {
         tracing::info!(
             "reload requested; running the embedded default (no config file), nothing to reload"

@@ -12,7 +12,7 @@ pub mod httpclient;
 pub mod instance;
 pub mod kv;
 pub mod logging;
-
+pub mod notify;
 pub mod relabel;
 pub mod remote_write;
 pub mod ring;

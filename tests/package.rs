@@ -1,0 +1,289 @@
+//! The Debian package (`scripts/deb`): built from the test binary, unpacked into a temporary
+//! root with `dpkg -x`, its files checked, its systemd unit verified by `systemd-analyze`, and
+//! the unit's ExecStart run by hand with `NOTIFY_SOCKET` set, as systemd would run it, until
+//! the agent says READY=1 (and answers /-/ready), RELOADING=1 on the unit's ExecReload and
+//! STOPPING=1 on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{agentctl, bin, http, root, ChildGuard};
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Builds the package from the test binary (uncompressed: fast) and unpacks it into `dir/root`.
+fn build_and_unpack(dir: &Path) -> (PathBuf, PathBuf) {
+    let deb = run(Command::new(root().join("scripts/deb"))
+        .args(["--fast", "--binary"])
+        .arg(bin())
+        .arg("--out")
+        .arg(dir))
+    .trim()
+    .to_owned();
+    let deb = PathBuf::from(deb);
+    assert!(deb.is_file(), "{}", deb.display());
+    let unpacked = dir.join("root");
+    run(Command::new("dpkg").arg("-x").arg(&deb).arg(&unpacked));
+    (deb, unpacked)
+}
+
+/// The value of `Key=` in a unit file (the last one, as systemd reads it).
+fn unit_value<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .collect()
+}
+
+#[test]
+fn the_deb_holds_the_binary_docs_config_and_a_hardened_notify_unit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (deb, r) = build_and_unpack(tmp.path());
+
+    let control = run(Command::new("dpkg-deb").arg("--field").arg(&deb));
+    let version = String::from_utf8_lossy(
+        &Command::new(bin())
+            .arg("--version")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .split_whitespace()
+    .nth(1)
+    .unwrap()
+    .to_owned();
+    assert!(control.contains("Package: agentctl\n"), "{control}");
+    assert!(
+        control.contains(&format!("Version: {version}-1\n")),
+        "{control}"
+    );
+    let depends = control
+        .lines()
+        .find_map(|l| l.strip_prefix("Depends: "))
+        .expect("Depends");
+    assert!(depends.starts_with("libc6 (>= 2."), "{depends}");
+    assert!(
+        depends.contains("procps"),
+        "ExecReload runs kill: {depends}"
+    );
+
+    // The binary, runnable.
+    let binary = r.join("usr/bin/agentctl");
+    assert_eq!(
+        std::fs::metadata(&binary).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    let out = run(Command::new(&binary).arg("--version"));
+    assert_eq!(out.trim(), format!("agentctl {version}"));
+
+    // The man page and the completions, as the binary generates them.
+    let man = run(Command::new("gzip")
+        .arg("-dc")
+        .arg(r.join("usr/share/man/man1/agentctl.1.gz")));
+    assert!(man.contains(".TH agentctl 1"), "{man}");
+    for (shell, path) in [
+        ("bash", "usr/share/bash-completion/completions/agentctl"),
+        ("zsh", "usr/share/zsh/vendor-completions/_agentctl"),
+        ("fish", "usr/share/fish/vendor_completions.d/agentctl.fish"),
+    ] {
+        let want = agentctl(&["completions", shell], tmp.path()).stdout;
+        assert_eq!(std::fs::read(r.join(path)).unwrap(), want, "{path}");
+    }
+
+    // The default config: valid, without warnings, embedded store, WAL in the state directory.
+    let cfg = r.join("etc/agentctl/agent.yaml");
+    let check = agentctl(&["config", "check", cfg.to_str().unwrap()], tmp.path());
+    assert_eq!(check.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&check.stderr), "", "no warnings");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        text.contains("  wal_directory: /var/lib/agentctl\n"),
+        "{text}"
+    );
+    assert!(text.contains("      store: embedded\n"), "{text}");
+    let ctrl = tmp.path().join("control");
+    run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&ctrl));
+    assert_eq!(
+        std::fs::read_to_string(ctrl.join("conffiles")).unwrap(),
+        "/etc/agentctl/agent.yaml\n/etc/default/agentctl\n"
+    );
+    for script in ["postinst", "prerm", "postrm"] {
+        run(Command::new("sh").arg("-n").arg(ctrl.join(script)));
+    }
+    let postinst = std::fs::read_to_string(ctrl.join("postinst")).unwrap();
+    assert!(postinst.contains("systemd-sysusers /usr/lib/sysusers.d/agentctl.conf"));
+    assert_eq!(
+        std::fs::read_to_string(r.join("usr/lib/sysusers.d/agentctl.conf"))
+            .unwrap()
+            .lines()
+            .find(|l| !l.starts_with('#')),
+        Some("u agentctl - \"agentctl scraping agent\" /var/lib/agentctl")
+    );
+
+    // The unit.
+    let unit = std::fs::read_to_string(r.join("lib/systemd/system/agentctl.service")).unwrap();
+    for (key, want) in [
+        ("Type", "notify"),
+        ("User", "agentctl"),
+        ("Group", "agentctl"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("StateDirectory", "agentctl"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("PrivateTmp", "yes"),
+        ("ReadWritePaths", "/var/lib/agentctl"),
+        ("WantedBy", "multi-user.target"),
+    ] {
+        assert_eq!(
+            unit_value(&unit, key).last(),
+            Some(&want),
+            "{key}= in\n{unit}"
+        );
+    }
+
+    // systemd-analyze verify, in a root that has the package, systemd's own units and kill(1)
+    // (what an installed system has).
+    let units = r.join("lib/systemd/system");
+    for e in
+        std::fs::read_dir("/lib/systemd/system").expect("systemd's units (scripts/deps: systemd)")
+    {
+        let e = e.unwrap();
+        let to = units.join(e.file_name());
+        if !to.exists() {
+            let _ = Command::new("cp").arg("-a").arg(e.path()).arg(&to).status();
+        }
+    }
+    std::fs::create_dir_all(r.join("bin")).unwrap();
+    std::fs::copy("/bin/kill", r.join("bin/kill")).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(format!("--root={}", r.display()))
+        .arg("lib/systemd/system/agentctl.service")
+        .output()
+        .expect("systemd-analyze (scripts/deps: systemd)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(verify.status.success(), "{said}");
+    assert_eq!(said, "", "systemd-analyze verify had warnings");
+}
+
+/// Waits for the next datagram on the notify socket.
+fn next_notification(sock: &UnixDatagram, within: Duration) -> String {
+    sock.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no notification within {within:?}: {e}"));
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn the_units_exec_start_reports_ready_reload_and_stop_over_notify_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, r) = build_and_unpack(tmp.path());
+    let unit = std::fs::read_to_string(r.join("lib/systemd/system/agentctl.service")).unwrap();
+
+    // The package's default AGENTCTL_OPTS is empty; a test listens on a port of its own.
+    let default = std::fs::read_to_string(r.join("etc/default/agentctl")).unwrap();
+    assert!(
+        default.lines().any(|l| l == "AGENTCTL_OPTS=\"\""),
+        "{default}"
+    );
+    // The config as shipped, its state directory moved into the temporary root.
+    let state = tmp.path().join("var/lib/agentctl");
+    std::fs::create_dir_all(&state).unwrap();
+    let cfg = tmp.path().join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(r.join("etc/agentctl/agent.yaml"))
+            .unwrap()
+            .replace("/var/lib/agentctl", state.to_str().unwrap()),
+    )
+    .unwrap();
+
+    let exec_start = unit_value(&unit, "ExecStart")[0];
+    let mut words = exec_start.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/bin/agentctl"));
+    let args: Vec<String> = words
+        .map(|w| match w {
+            "--config.file=/etc/agentctl/agent.yaml" => format!("--config.file={}", cfg.display()),
+            "$AGENTCTL_OPTS" => "--server.http.address=127.0.0.1:0".to_owned(),
+            other => other.to_owned(),
+        })
+        .collect();
+
+    let notify_path = tmp.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let child = Command::new(r.join("usr/bin/agentctl"))
+        .args(&args)
+        .current_dir(&state)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut agent = ChildGuard::new("packaged agent", child);
+    let stderr = agent.child.as_mut().unwrap().stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+
+    let started = Instant::now();
+    let ready = next_notification(&notify, Duration::from_secs(60));
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    let log: Vec<String> = rx.try_iter().collect();
+    let addr = log
+        .iter()
+        .find_map(|l| {
+            let rest = l.split(" addr=").nth(1)?;
+            l.contains("agent listening")
+                .then(|| rest.split_whitespace().next().unwrap().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no listening address in {log:#?}"));
+    // READY=1 is sent once the agent is ready, not before.
+    assert_eq!(
+        http("GET", &addr, "/-/ready", b"").unwrap(),
+        (200, "Agent is Ready.\n".into())
+    );
+    eprintln!("READY=1 {:?} after start", started.elapsed());
+
+    // ExecReload, as systemd runs it.
+    let reload = unit_value(&unit, "ExecReload")[0].replace("$MAINPID", &agent.pid().to_string());
+    let mut words = reload.split_whitespace();
+    run(Command::new(words.next().unwrap()).args(words));
+    let reloading = next_notification(&notify, Duration::from_secs(30));
+    assert!(
+        reloading.lines().any(|l| l == "RELOADING=1"),
+        "{reloading:?}"
+    );
+    let ready = next_notification(&notify, Duration::from_secs(30));
+    assert!(
+        ready.lines().any(|l| l == "READY=1") && ready.contains("STATUS=config reloaded"),
+        "{ready:?}"
+    );
+
+    agent.signal("TERM");
+    let stopping = next_notification(&notify, Duration::from_secs(30));
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    assert_eq!(agent.wait_exit(Duration::from_secs(60)), Some(0));
+}
