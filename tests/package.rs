@@ -4,14 +4,13 @@
 //! the agent says READY=1 (and answers /-/ready), RELOADING=1 on the unit's ExecReload and
 //! STOPPING=1 on SIGTERM.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{agentctl, bin, http, root, ChildGuard};
+use crate::support::{agentctl, bin, root, Agent};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -218,53 +217,32 @@ fn the_units_exec_start_reports_ready_reload_and_stop_over_notify_socket() {
     .unwrap();
 
     let exec_start = unit_value(&unit, "ExecStart")[0];
-    let mut words = exec_start.split_whitespace();
-    assert_eq!(words.next(), Some("/usr/bin/agentctl"));
-    let args: Vec<String> = words
-        .map(|w| match w {
-            "--config.file=/etc/agentctl/agent.yaml" => format!("--config.file={}", cfg.display()),
-            "$AGENTCTL_OPTS" => "--server.http.address=127.0.0.1:0".to_owned(),
-            other => other.to_owned(),
-        })
-        .collect();
+    let words: Vec<&str> = exec_start.split_whitespace().collect();
+    assert_eq!(
+        words,
+        [
+            "/usr/bin/agentctl",
+            "agent",
+            "run",
+            "--config.file=/etc/agentctl/agent.yaml",
+            "$AGENTCTL_OPTS"
+        ]
+    );
 
+    // The harness adds its own listen address (port 0) to the unit's arguments.
     let notify_path = tmp.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    let child = Command::new(r.join("usr/bin/agentctl"))
-        .args(&args)
-        .current_dir(&state)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut agent = ChildGuard::new("packaged agent", child);
-    let stderr = agent.child.as_mut().unwrap().stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-
     let started = Instant::now();
+    let mut agent = Agent::builder(&state)
+        .binary(&r.join("usr/bin/agentctl"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .arg(format!("--config.file={}", cfg.display()))
+        .spawn();
     let ready = next_notification(&notify, Duration::from_secs(60));
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
-    let log: Vec<String> = rx.try_iter().collect();
-    let addr = log
-        .iter()
-        .find_map(|l| {
-            let rest = l.split(" addr=").nth(1)?;
-            l.contains("agent listening")
-                .then(|| rest.split_whitespace().next().unwrap().to_owned())
-        })
-        .unwrap_or_else(|| panic!("no listening address in {log:#?}"));
     // READY=1 is sent once the agent is ready, not before.
-    assert_eq!(
-        http("GET", &addr, "/-/ready", b"").unwrap(),
-        (200, "Agent is Ready.\n".into())
-    );
+    let r = agent.get("/-/ready");
+    assert_eq!((r.status, r.body.as_str()), (200, "Agent is Ready.\n"));
     eprintln!("READY=1 {:?} after start", started.elapsed());
 
     // ExecReload, as systemd runs it.
@@ -282,8 +260,7 @@ fn the_units_exec_start_reports_ready_reload_and_stop_over_notify_socket() {
         "{ready:?}"
     );
 
-    agent.signal("TERM");
-    let stopping = next_notification(&notify, Duration::from_secs(30));
+    assert_eq!(agent.stop(), Some(0), "SIGTERM");
+    let stopping = next_notification(&notify, Duration::from_secs(1));
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
-    assert_eq!(agent.wait_exit(Duration::from_secs(60)), Some(0));
 }

@@ -36,6 +36,8 @@ pub struct AgentBuilder {
     args: Vec<OsString>,
     config: Option<PathBuf>,
     ready_timeout: Duration,
+    binary: Option<PathBuf>,
+    env: Vec<(OsString, OsString)>,
 }
 
 impl AgentBuilder {
@@ -73,6 +75,18 @@ impl AgentBuilder {
     /// Runs with `--config.file path`.
     pub fn config_file(mut self, path: &Path) -> Self {
         self.config = Some(path.to_owned());
+        self
+    }
+
+    /// Runs this `agentctl` binary instead of the one built for the tests (a packaged copy).
+    pub fn binary(mut self, path: &Path) -> Self {
+        self.binary = Some(path.to_owned());
+        self
+    }
+
+    /// An environment variable of the process.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -119,6 +133,8 @@ impl Agent {
             args: Vec::new(),
             config: None,
             ready_timeout: READY_TIMEOUT,
+            binary: None,
+            env: Vec::new(),
         }
     }
 
@@ -145,7 +161,8 @@ impl Agent {
             .append(true)
             .open(self.log_path())
             .expect("agent log file");
-        let mut cmd = Command::new(bin());
+        let mut cmd = Command::new(self.opts.binary.clone().unwrap_or_else(bin));
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         cmd.args(["agent", "run", "--server.http.address", "127.0.0.1:0"])
             .arg("--server.http.address-file")
             .arg(&addr_file);

@@ -60,7 +60,7 @@ const SERVER: Fields = &[
     // an empty one is only a warning.
     (
         "http_tls_config",
-        Use::Ignored("the block is empty, so the agent serves plain HTTP; remove it"),
+        Use::Ignored("it names no certificate, so the agent serves plain HTTP; remove it"),
     ),
     ("grpc_tls_config", Use::Ignored(GRPC)),
     (
@@ -299,17 +299,15 @@ fn lookup<'a>(root: &'a Value, path: &[&str]) -> Option<&'a Mapping> {
     v.as_mapping()
 }
 
-/// Whether `server.http_tls_config` asks for TLS: any value set in it (an empty block, or one
-/// whose values are all empty, asks for nothing).
+/// Whether `server.http_tls_config` asks for TLS: the old agent served HTTPS when the block
+/// names a certificate or a key. A block without them (an old agent's config dump has one with
+/// every value empty, `false` or `0`) asks for nothing.
 pub fn asks_for_tls(block: &Value) -> bool {
-    match block {
-        Value::Null => false,
-        Value::String(s) => !s.is_empty(),
-        Value::Sequence(s) => s.iter().any(asks_for_tls),
-        Value::Mapping(m) => m.values().any(asks_for_tls),
-        Value::Tagged(t) => asks_for_tls(&t.value),
-        Value::Bool(_) | Value::Number(_) => true,
-    }
+    ["cert_file", "key_file"].iter().any(|k| {
+        block
+            .get(*k)
+            .is_some_and(|v| !matches!(v, Value::Null) && v.as_str() != Some(""))
+    })
 }
 
 #[cfg(test)]
@@ -466,9 +464,12 @@ metrics:
         let msg = err.to_string();
         assert!(msg.contains("server.http_tls_config"), "{msg}");
         assert!(msg.contains("plain HTTP"), "{msg}");
+        // The old agent's config dump: every value empty, false or 0.
+        let dump = "server:\n  http_tls_config:\n    cert_file: \"\"\n    key_file: \"\"\n    client_auth_type: \"\"\n    client_ca_file: \"\"\n    cipher_suites: []\n    curve_preferences: []\n    min_version: 0\n    max_version: 0\n    prefer_server_cipher_suites: false\n";
         for empty in [
             "server:\n  http_tls_config: {}\n",
             "server:\n  http_tls_config:\n    cert_file: ''\n",
+            dump,
         ] {
             let got = ignored(empty);
             assert_eq!(got.len(), 1, "{empty}: {got:?}");
