@@ -65,7 +65,7 @@ warn\t''
 error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
-complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l config.expand-env -d 'Expand ${VAR} and ${VAR:-default} in the config file'
+complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l config.expand-env -d 'Expand ${VAR} and ${VAR:-default} in the config file; all-digit names such as ${1} (relabel capture references) are left as written'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l config.enable-read-api -d 'Serve GET /-/config (the loaded config file, secrets redacted)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l api.disable-get-config -d 'Do not serve GET /agent/api/v1/configs/{name} (on by default: secrets are redacted)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -95,7 +95,7 @@ warn\t''
 error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from check" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from check" -s e -l expand-env -d 'Expand ${VAR} and ${VAR:-default} before parsing'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from check" -s e -l expand-env -d 'Expand ${VAR} and ${VAR:-default} before parsing; all-digit names such as ${1} (relabel capture references) are left as written'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from check" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -s a -l addr -d 'URL of an agent\'s API' -r
@@ -268,7 +268,7 @@ warn\t''
 error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-check" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
-complete -c agentctl -n "__fish_agentctl_using_subcommand config-check" -s e -l expand-env -d 'Expand ${VAR} and ${VAR:-default} in the file'
+complete -c agentctl -n "__fish_agentctl_using_subcommand config-check" -s e -l expand-env -d 'Expand ${VAR} and ${VAR:-default} in the file (${1} is left as written)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-check" -s h -l help -d 'Print help'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-check" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand wal-stats" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''

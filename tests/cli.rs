@@ -178,6 +178,117 @@ fn expand_env_substitutes_variables() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
+/// The kubelet/cAdvisor job as the old agent's docs write it: `${1}` is a capture reference,
+/// which `--expand-env` must leave alone (it used to become empty, turning the replacement into
+/// `/api/v1/nodes//proxy/metrics` and `target_label: ${1}` into an error).
+#[test]
+fn expand_env_leaves_capture_references_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("cadvisor.yml");
+    std::fs::write(
+        &f,
+        "scrape_configs:\n  - job_name: cadvisor\n    static_configs: [{targets: ['kubernetes.default.svc:443']}]\n    relabel_configs:\n      - source_labels: [__address__]\n        regex: (.+):443\n        target_label: __metrics_path__\n        replacement: /api/v1/nodes/${1}/proxy/metrics/cadvisor\n      - source_labels: [__address__]\n        regex: ([a-z]+).*\n        target_label: ${1}\n        replacement: ${AGENTCTL_TEST_UNSET:-yes}\n",
+    )
+    .unwrap();
+    let out = agentctl(
+        &["config", "check", "--expand-env", f.to_str().unwrap()],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let bad = tmp.path().join("bad.yml");
+    std::fs::write(&bad, "scrape_configs:\n  - job_name: ${JOB\n").unwrap();
+    let out = agentctl(
+        &["config", "check", "-e", bad.to_str().unwrap()],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("bad.yml:2: unable to substitute config with environment variables: missing closing brace"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// What Windows Notepad's "Unicode" and its siblings write: UTF-16 and UTF-32 with a byte-order
+/// mark are converted, as the old agent's config encoder did; a UTF-8 BOM is skipped.
+#[test]
+fn utf16_and_utf32_files_with_a_bom_are_converted() {
+    let text =
+        "scrape_configs:\n  - job_name: \u{e9}t\u{e9}\n    static_configs: [{targets: ['a:1']}]\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let utf16 = |be: bool| -> Vec<u8> {
+        let mut out = if be {
+            vec![0xfe, 0xff]
+        } else {
+            vec![0xff, 0xfe]
+        };
+        for u in text.encode_utf16() {
+            out.extend(if be { u.to_be_bytes() } else { u.to_le_bytes() });
+        }
+        out
+    };
+    let utf32 = |be: bool| -> Vec<u8> {
+        let mut out = if be {
+            vec![0, 0, 0xfe, 0xff]
+        } else {
+            vec![0xff, 0xfe, 0, 0]
+        };
+        for c in text.chars() {
+            let c = c as u32;
+            out.extend(if be { c.to_be_bytes() } else { c.to_le_bytes() });
+        }
+        out
+    };
+    let mut utf8 = vec![0xef, 0xbb, 0xbf];
+    utf8.extend_from_slice(text.as_bytes());
+    for (name, bytes) in [
+        ("utf16le", utf16(false)),
+        ("utf16be", utf16(true)),
+        ("utf32le", utf32(false)),
+        ("utf32be", utf32(true)),
+        ("utf8bom", utf8),
+    ] {
+        let f = tmp.path().join(format!("{name}.yml"));
+        std::fs::write(&f, bytes).unwrap();
+        let out = agentctl(&["config", "check", f.to_str().unwrap()], tmp.path());
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", stderr(&out));
+    }
+    // Neither UTF-8 nor a known byte-order mark: refused, naming the offset.
+    let f = tmp.path().join("latin1.yml");
+    std::fs::write(&f, b"scrape_configs:\n  - job_name: \xe9t\xe9\n").unwrap();
+    let out = agentctl(&["config", "check", f.to_str().unwrap()], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not UTF-8 text"), "{}", stderr(&out));
+    // A UTF-16 file cut in the middle of a character.
+    let f = tmp.path().join("odd.yml");
+    std::fs::write(&f, [0xff, 0xfe, b'a', 0, b'b']).unwrap();
+    let out = agentctl(&["config", "check", f.to_str().unwrap()], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("UTF-16"), "{}", stderr(&out));
+}
+
+/// The blocks an old agent.yaml calls `prometheus`, `loki` and `tempo` are read under those
+/// names, and warnings name the key the file used.
+#[test]
+fn old_block_names_are_named_as_written() {
+    let f = fixture("config/valid/agent-old-block-names.yml");
+    let out = agentctl(&["config", "check", f.to_str().unwrap()], &root());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: the `loki` block is ignored"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: the `tempo` block is ignored"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("`logs`") && !err.contains("`traces`"),
+        "{err}"
+    );
+}
+
 #[test]
 fn old_config_check_alias_prints_config_valid() {
     let good = fixture("config/valid/scraping-service-agent.yml");

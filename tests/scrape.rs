@@ -217,7 +217,11 @@ async fn gzip_openmetrics_and_disabled_compression() {
     m.apply(&jobs(&format!(
         "scrape_configs:\n{}{}",
         job("gz", &[t.addr], ""),
-        job("plain", &[plain.addr], "    enable_compression: false\n")
+        job(
+            "plain",
+            &[plain.addr],
+            "    enable_compression: false\n    scrape_protocols: [PrometheusText0.0.4, PrometheusProto, OpenMetricsText1.0.0]\n"
+        )
     )))
     .await
     .unwrap();
@@ -237,6 +241,11 @@ async fn gzip_openmetrics_and_disabled_compression() {
         .all(|v| *v == Some(1.0)));
     let h = plain.requests.lock().unwrap()[0].clone();
     assert_eq!(h["accept-encoding"], "identity");
+    // scrape_protocols, weighted as Prometheus 2.49 does; the protobuf format is not asked for.
+    assert_eq!(
+        h["accept"],
+        "text/plain;version=0.0.4;q=0.5,application/openmetrics-text;version=1.0.0;q=0.3,*/*;q=0.2"
+    );
     assert!(!values(&storage, &series("plain", plain.addr, "p", &[])).is_empty());
 }
 

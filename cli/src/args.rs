@@ -101,7 +101,7 @@ pub enum Command {
     LegacyConfigCheck {
         /// The agent config file to validate.
         file: PathBuf,
-        /// Expand ${VAR} and ${VAR:-default} in the file.
+        /// Expand ${VAR} and ${VAR:-default} in the file (${1} is left as written).
         #[arg(short = 'e', long = "expand-env")]
         expand_env: bool,
     },
@@ -171,7 +171,8 @@ pub struct AgentRunArgs {
     #[arg(long = "server.http.address-file", value_name = "PATH")]
     pub http_address_file: Option<PathBuf>,
 
-    /// Expand ${VAR} and ${VAR:-default} in the config file.
+    /// Expand ${VAR} and ${VAR:-default} in the config file; all-digit names such as ${1}
+    /// (relabel capture references) are left as written.
     #[arg(long = "config.expand-env")]
     pub expand_env: bool,
 
@@ -287,7 +288,8 @@ pub struct ConfigCheckArgs {
     #[arg(long, value_enum)]
     pub kind: Option<ConfigKind>,
 
-    /// Expand ${VAR} and ${VAR:-default} before parsing.
+    /// Expand ${VAR} and ${VAR:-default} before parsing; all-digit names such as ${1}
+    /// (relabel capture references) are left as written.
     #[arg(short = 'e', long = "expand-env")]
     pub expand_env: bool,
 }

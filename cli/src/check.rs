@@ -82,6 +82,17 @@ fn unsupported_sd_warnings(
     warnings: &mut Vec<String>,
 ) {
     for sc in scrape {
+        let proto = agent::config::scrape::ScrapeProtocol::PrometheusProto;
+        if sc
+            .scrape_protocols
+            .is_some_and(|p| p.iter().any(|p| p == proto))
+        {
+            warnings.push(format!(
+                "job {:?}: scrape_protocols: {} is accepted but not asked for; agentctl parses the text formats only",
+                sc.job_name,
+                proto.name()
+            ));
+        }
         for kind in &sc.unsupported_sd_kinds {
             warnings.push(format!(
                 "job {:?}: {kind} is accepted but not run by this version; its targets will not be scraped",

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::GoDuration;
 use super::instance::{GlobalConfig, GlobalConfigRaw, InstanceConfig, InstanceConfigRaw};
+use super::invalid::{Invalid, Seg};
 use super::secret::Secret;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -14,15 +15,23 @@ use super::secret::Secret;
 pub struct AgentConfigRaw {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerConfig>,
-    /// `prometheus:` was this block's name before v0.19.
-    #[serde(default, alias = "prometheus", skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfigRaw>,
+    /// This block's name before v0.19; at most one of the two may be given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<MetricsConfigRaw>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integrations: Option<serde_yaml::Value>,
-    #[serde(default, alias = "loki", skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs: Option<serde_yaml::Value>,
-    #[serde(default, alias = "tempo", skip_serializing_if = "Option::is_none")]
+    /// The old name of `logs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loki: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traces: Option<serde_yaml::Value>,
+    /// The old name of `traces`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tempo: Option<serde_yaml::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_management: Option<serde_yaml::Value>,
 }
@@ -351,41 +360,84 @@ pub struct AgentConfig {
 }
 
 impl AgentConfigRaw {
-    /// Applies defaults and the old agent's checks.
-    pub fn validate(&self) -> Result<AgentConfig, String> {
+    /// Applies defaults and the old agent's checks; errors carry the path of their node.
+    pub fn validate(&self) -> Result<AgentConfig, Invalid> {
         if let Some(tls) = self
             .server
             .as_ref()
             .and_then(|s| s.http_tls_config.as_ref())
         {
             if super::ignored::asks_for_tls(tls) {
-                return Err(
+                return Err(Invalid::at(
                     "server.http_tls_config: TLS for the agent's own HTTP server is not \
                     supported yet, and the agent will not serve plain HTTP in its place; remove \
-                    the block and terminate TLS in front of the agent (a reverse proxy)"
-                        .into(),
-                );
+                    the block and terminate TLS in front of the agent (a reverse proxy)",
+                    [Seg::from("server"), Seg::from("http_tls_config")],
+                ));
             }
         }
-        let metrics = self.metrics.clone().unwrap_or_default();
-        let global = metrics.global.clone().unwrap_or_default().validate()?;
+        // The old agent's renamed blocks: either name, not both.
+        for (old, new, both) in [
+            (
+                "prometheus",
+                "metrics",
+                self.prometheus.is_some() && self.metrics.is_some(),
+            ),
+            ("loki", "logs", self.loki.is_some() && self.logs.is_some()),
+            (
+                "tempo",
+                "traces",
+                self.tempo.is_some() && self.traces.is_some(),
+            ),
+        ] {
+            if both {
+                return Err(Invalid::at(
+                    format!("at most one of {old} and {new} should be specified"),
+                    [Seg::from(old)],
+                ));
+            }
+        }
+        let metrics_key = if self.prometheus.is_some() {
+            "prometheus"
+        } else {
+            "metrics"
+        };
+        let metrics = self
+            .metrics
+            .clone()
+            .or_else(|| self.prometheus.clone())
+            .unwrap_or_default();
+        let global = metrics
+            .global
+            .clone()
+            .unwrap_or_default()
+            .validate()
+            .map_err(|e| Invalid::at(e, [Seg::from(metrics_key), Seg::from("global")]))?;
         let ss = metrics.scraping_service.clone().unwrap_or_default();
         let wal_directory = metrics
             .wal_directory
             .clone()
             .unwrap_or_else(|| "data-agent/".into());
+        let at =
+            |m: String, key: &'static str| Invalid::at(m, [Seg::from(metrics_key), Seg::from(key)]);
         if ss.enabled && wal_directory.is_empty() {
-            return Err("no wal_directory configured".into());
+            return Err(at("no wal_directory configured".into(), "wal_directory"));
         }
         if ss.enabled && !metrics.configs.is_empty() {
-            return Err("cannot use configs when scraping_service mode is enabled".into());
+            return Err(at(
+                "cannot use configs when scraping_service mode is enabled".into(),
+                "configs",
+            ));
         }
         let instance_mode = match metrics.instance_mode.as_deref() {
             None | Some("") | Some("shared") => InstanceMode::Shared,
             Some("distinct") => InstanceMode::Distinct,
             Some(other) => {
-                return Err(format!(
+                return Err(at(
+                    format!(
                     "unsupported instance_mode '{other}'. supported values 'shared', 'distinct'"
+                ),
+                    "instance_mode",
                 ))
             }
         };
@@ -412,24 +464,32 @@ impl AgentConfigRaw {
         let mut configs = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, c) in metrics.configs.iter().enumerate() {
+            let within = [Seg::from(metrics_key), Seg::from("configs"), Seg::from(i)];
             let cfg = c.validate(&global).map_err(|e| {
+                let e = e.within(within.clone());
                 if c.name.is_empty() {
-                    format!("metrics.configs[{i}]: {e}")
+                    e.prefixed(format_args!("{metrics_key}.configs[{i}]"))
                 } else {
-                    format!("failed to apply defaults to {:?}: {e}", c.name)
+                    e.prefixed(format_args!("failed to apply defaults to {:?}", c.name))
                 }
             })?;
             if !names.insert(cfg.name.clone()) {
-                return Err(format!("prometheus instance names must be unique. found multiple instances with name {}", cfg.name));
+                return Err(Invalid::at(
+                    format!("prometheus instance names must be unique. found multiple instances with name {}", cfg.name),
+                    within.into_iter().chain([Seg::from("name")]),
+                ));
             }
             configs.push(cfg);
         }
 
+        // Named as the file names them, so the warning points at a key the user can find.
         let mut ignored_blocks = Vec::new();
         for (name, present) in [
             ("integrations", self.integrations.is_some()),
             ("logs", self.logs.is_some()),
+            ("loki", self.loki.is_some()),
             ("traces", self.traces.is_some()),
+            ("tempo", self.tempo.is_some()),
             ("agent_management", self.agent_management.is_some()),
         ] {
             if present {

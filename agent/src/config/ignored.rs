@@ -112,10 +112,7 @@ const GLOBAL: Fields = &[
         "evaluation_interval",
         Use::Ignored("agentctl evaluates no rules (as the old agent); remove it"),
     ),
-    (
-        "scrape_protocols",
-        Use::Ignored("scrapes ask for OpenMetrics, then the text format, with Prometheus 2.42's Accept header; remove it"),
-    ),
+    ("scrape_protocols", Use::Honoured),
     ("external_labels", Use::Honoured),
     (
         "query_log_file",
@@ -267,9 +264,19 @@ pub fn ignored_fields(raw: &AgentConfigRaw) -> Vec<IgnoredField> {
     let Ok(root) = serde_yaml::to_value(raw) else {
         return Vec::new();
     };
+    // A file from before v0.19 calls the metrics block `prometheus`.
+    let metrics_key = if raw.prometheus.is_some() {
+        "prometheus"
+    } else {
+        "metrics"
+    };
     let mut out = Vec::new();
     for (path, fields) in SECTIONS {
-        let Some(section) = lookup(&root, path) else {
+        let path: Vec<&str> = path
+            .iter()
+            .map(|k| if *k == "metrics" { metrics_key } else { k })
+            .collect();
+        let Some(section) = lookup(&root, &path) else {
             continue;
         };
         for (key, value) in section {

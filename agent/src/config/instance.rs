@@ -7,10 +7,12 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::duration::{GoDuration, PromDuration};
+use super::invalid::Invalid;
 use super::relabel::{self, RelabelConfig, RelabelConfigRaw};
 use super::remote_write::RemoteWriteConfigRaw;
-use super::scrape::{Limits, ScrapeConfig, ScrapeConfigRaw, ScrapeDefaults};
+use super::scrape::{Limits, ScrapeConfig, ScrapeConfigRaw, ScrapeDefaults, ScrapeProtocols};
 use super::url::{is_valid_label_name, ByteSize};
+use crate::path;
 
 /// `metrics.global`: Prometheus's global config plus the default `remote_write`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -67,6 +69,12 @@ impl GlobalConfigRaw {
         if timeout > interval {
             return Err("global scrape timeout greater than scrape interval".into());
         }
+        let scrape_protocols = match &self.scrape_protocols {
+            Some(names) => {
+                Some(ScrapeProtocols::parse(names).map_err(|e| format!("{e} for global config"))?)
+            }
+            None => None,
+        };
         for name in self.external_labels.keys() {
             if !is_valid_label_name(name) {
                 return Err(format!("{name:?} is not a valid label name"));
@@ -80,6 +88,7 @@ impl GlobalConfigRaw {
             scrape: ScrapeDefaults {
                 scrape_interval: interval,
                 scrape_timeout: timeout,
+                scrape_protocols,
                 limits: Limits {
                     body_size_limit: self.body_size_limit.map_or(0, |b| b.0),
                     sample_limit: self.sample_limit.unwrap_or(0),
@@ -103,7 +112,11 @@ pub struct InstanceConfigRaw {
     pub name: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host_filter: bool,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "relabel::host_filter_rules",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub host_filter_relabel_configs: Vec<RelabelConfigRaw>,
     /// `Option` entries so that a `- ` (null) entry gets the old agent's error, not a parse error.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -146,33 +159,50 @@ pub const DEFAULT_MAX_WAL_TIME: GoDuration = GoDuration::from_secs(4 * 60 * 60);
 pub const DEFAULT_REMOTE_FLUSH_DEADLINE: GoDuration = GoDuration::from_secs(60);
 
 impl InstanceConfigRaw {
-    /// The old agent's `ApplyDefaults(global)`, in its order, with its texts.
-    pub fn validate(&self, global: &GlobalConfig) -> Result<InstanceConfig, String> {
+    /// The old agent's `ApplyDefaults(global)`, in its order, with its texts. Each error
+    /// carries the path of the node it is about, for [`super::load`] to turn into a line.
+    pub fn validate(&self, global: &GlobalConfig) -> Result<InstanceConfig, Invalid> {
         if self.name.is_empty() {
-            return Err("missing instance name".into());
+            return Err(Invalid::at("missing instance name", path!["name"]));
         }
         let wal_truncate_frequency = self
             .wal_truncate_frequency
             .unwrap_or(DEFAULT_WAL_TRUNCATE_FREQUENCY);
         if wal_truncate_frequency.is_zero() {
-            return Err("wal_truncate_frequency must be greater than 0s".into());
+            return Err(Invalid::at(
+                "wal_truncate_frequency must be greater than 0s",
+                path!["wal_truncate_frequency"],
+            ));
         }
         let remote_flush_deadline = self
             .remote_flush_deadline
             .unwrap_or(DEFAULT_REMOTE_FLUSH_DEADLINE);
         if remote_flush_deadline.is_zero() {
-            return Err("remote_flush_deadline must be greater than 0s".into());
+            return Err(Invalid::at(
+                "remote_flush_deadline must be greater than 0s",
+                path!["remote_flush_deadline"],
+            ));
         }
         let min_wal_time = self.min_wal_time.unwrap_or(DEFAULT_MIN_WAL_TIME);
         let max_wal_time = self.max_wal_time.unwrap_or(DEFAULT_MAX_WAL_TIME);
         if min_wal_time > max_wal_time {
-            return Err("min_wal_time must be less than max_wal_time".into());
+            return Err(Invalid::at(
+                "min_wal_time must be less than max_wal_time",
+                path!["min_wal_time"],
+            ));
         }
 
         let mut jobs = HashSet::new();
         let mut scrape_configs = Vec::with_capacity(self.scrape_configs.len());
-        for sc in &self.scrape_configs {
-            let sc = sc.as_ref().ok_or("empty or null scrape config section")?;
+        for (i, sc) in self.scrape_configs.iter().enumerate() {
+            let at =
+                |m: String, field: &'static str| Invalid::at(m, path!["scrape_configs", i, field]);
+            let Some(sc) = sc.as_ref() else {
+                return Err(Invalid::at(
+                    "empty or null scrape config section",
+                    path!["scrape_configs", i],
+                ));
+            };
             let job = &sc.job_name;
             let interval = match sc.scrape_interval {
                 Some(i) if !i.is_zero() => i,
@@ -180,13 +210,15 @@ impl InstanceConfigRaw {
             };
             let timeout = sc.scrape_timeout.unwrap_or_default();
             if timeout > interval {
-                return Err(format!(
-                    "scrape timeout greater than scrape interval for scrape config with job name {job:?}"
+                return Err(at(
+                    format!("scrape timeout greater than scrape interval for scrape config with job name {job:?}"),
+                    "scrape_timeout",
                 ));
             }
             if interval.millis() * 1_000_000 > wal_truncate_frequency.nanos() {
-                return Err(format!(
-                    "scrape interval greater than wal_truncate_frequency for scrape config with job name {job:?}"
+                return Err(at(
+                    format!("scrape interval greater than wal_truncate_frequency for scrape config with job name {job:?}"),
+                    "scrape_interval",
                 ));
             }
             let timeout = if timeout.is_zero() {
@@ -195,15 +227,17 @@ impl InstanceConfigRaw {
                 timeout
             };
             if !jobs.insert(job.as_str()) {
-                return Err(format!(
-                    "found multiple scrape configs with job name {job:?}"
+                return Err(at(
+                    format!("found multiple scrape configs with job name {job:?}"),
+                    "job_name",
                 ));
             }
             let resolved = sc.resolve(interval, timeout, &global.scrape).map_err(|e| {
+                let e = e.within(path!["scrape_configs", i]);
                 if job.is_empty() {
-                    e
+                    e.prefixed(format_args!("scrape_configs[{i}]"))
                 } else {
-                    format!("scrape config with job name {job:?}: {e}")
+                    e.prefixed(format_args!("scrape config with job name {job:?}"))
                 }
             })?;
             scrape_configs.push(resolved);
@@ -211,31 +245,52 @@ impl InstanceConfigRaw {
 
         let mut remote_write = Vec::new();
         let from_global: Vec<Option<RemoteWriteConfigRaw>>;
-        let rws = if self.remote_write.is_empty() {
+        let (rws, in_this_config) = if self.remote_write.is_empty() {
             from_global = global.remote_write.iter().cloned().map(Some).collect();
-            &from_global
+            (&from_global, false)
         } else {
-            &self.remote_write
+            (&self.remote_write, true)
         };
         let mut names = HashSet::new();
-        for rw in rws {
-            let rw = rw
-                .as_ref()
-                .ok_or("empty or null remote write config section")?;
+        for (i, rw) in rws.iter().enumerate() {
+            // An entry is named by its index and URL: a generated name means nothing to the
+            // person who wrote the file. Entries inherited from the agent's `global` are not in
+            // this text, so they carry no position.
+            let locate = |e: Invalid| {
+                let url = rw
+                    .as_ref()
+                    .and_then(|r| r.url.as_ref())
+                    .map(|u| format!(" ({u})"))
+                    .unwrap_or_default();
+                if in_this_config {
+                    e.prefixed(format_args!("remote_write[{i}]{url}"))
+                        .within(path!["remote_write", i])
+                } else {
+                    Invalid::new(format!("global remote_write[{i}]{url}: {}", e.message))
+                }
+            };
+            let Some(rw) = rw.as_ref() else {
+                return Err(locate(Invalid::new(
+                    "empty or null remote write config section",
+                )));
+            };
             let (name, generated) = match rw.name.as_deref() {
                 Some(n) if !n.is_empty() => (n.to_owned(), false),
                 _ => (format!("{}-{}", self.name, rw.content_hash6()), true),
             };
             if !names.insert(name.clone()) {
-                return Err(if generated {
-                    "found two identical remote_write configs".into()
+                return Err(locate(if generated {
+                    Invalid::new("found two identical remote_write configs")
                 } else {
-                    format!("found duplicate remote write configs with name {name:?}")
-                });
+                    Invalid::at(
+                        format!("found duplicate remote write configs with name {name:?}"),
+                        path!["name"],
+                    )
+                }));
             }
             let validated = rw
                 .validate(name.clone())
-                .map_err(|e| format!("remote_write {name:?}: {e}"))?;
+                .map_err(|e| locate(Invalid::new(e)))?;
             remote_write.push(validated);
         }
 

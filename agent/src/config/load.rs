@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::agent::{AgentConfig, AgentConfigRaw};
 use super::instance::{GlobalConfig, InstanceConfig, InstanceConfigRaw};
+use super::invalid::Invalid;
 
 /// A config error: where (file, line, column when known) and what.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -400,9 +401,7 @@ pub fn parse_instance_named(
     if named.name.is_empty() {
         named.name = "config".into();
     }
-    let cfg = named
-        .validate(global)
-        .map_err(|m| locate_job(ConfigError::new(m), text))?;
+    let cfg = named.validate(global).map_err(|e| located(e, text))?;
     Ok((raw, cfg))
 }
 
@@ -414,33 +413,23 @@ pub fn parse_instance(
     parse_instance_named(text, None, global)
 }
 
-/// A validation error that names a job (`... job name "x"`) points at that job's line.
-fn locate_job(mut e: ConfigError, text: &str) -> ConfigError {
-    let Some(job) = e
-        .message
-        .split("job name \"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-    else {
-        return e;
-    };
-    for (i, l) in text.lines().enumerate() {
-        let t = l.trim_start().trim_start_matches("- ").trim_start();
-        if let Some(v) = t.strip_prefix("job_name:") {
-            if v.trim().trim_matches(|c| c == '"' || c == '\'') == job {
-                e.line = Some(i + 1);
-                e.column = Some(l.len() - t.len() + 1);
-                break;
-            }
-        }
+/// A validation error with the line and column of the node it is about, or of its nearest
+/// ancestor that is written in `text` (a missing field is reported at its mapping).
+fn located(e: Invalid, text: &str) -> ConfigError {
+    let position = (0..=e.path.len())
+        .rev()
+        .find_map(|n| super::invalid::locate(text, &e.path[..n]));
+    ConfigError {
+        line: position.map(|p| p.0),
+        column: position.map(|p| p.1),
+        ..ConfigError::new(e.message)
     }
-    e
 }
 
 /// Parses and validates an agent config.
 pub fn parse_agent(text: &str) -> Result<(AgentConfigRaw, AgentConfig), ConfigError> {
     let raw: AgentConfigRaw = parse_strict(text, "an agent config (server, metrics, ...)")?;
-    let cfg = raw.validate().map_err(ConfigError::new)?;
+    let cfg = raw.validate().map_err(|e| located(e, text))?;
     Ok((raw, cfg))
 }
 
@@ -448,17 +437,81 @@ pub fn parse_agent(text: &str) -> Result<(AgentConfigRaw, AgentConfig), ConfigEr
 pub fn read_file(path: &Path, expand_env: bool) -> Result<String, ConfigError> {
     let bytes = std::fs::read(path)
         .map_err(|e| ConfigError::new(format!("cannot read file: {e}")).in_file(path))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        ConfigError::new(format!(
-            "not UTF-8 text (byte {})",
-            e.utf8_error().valid_up_to()
-        ))
-        .in_file(path)
-    })?;
+    let text = decode_text(bytes).map_err(|m| ConfigError::new(m).in_file(path))?;
     if expand_env {
-        expand_env_vars(&text, |k| std::env::var(k).ok()).map_err(|e| e.in_file(path))
+        expand_env_vars(&text, |k| {
+            std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())
+        })
+        .map_err(|e| e.in_file(path))
     } else {
         Ok(text)
+    }
+}
+
+/// A config file's text: UTF-8 (a leading byte-order mark is dropped), or UTF-16 or UTF-32
+/// with a byte-order mark (what Windows Notepad's "Unicode" saves), converted as the old
+/// agent's config encoder did. Unlike it, a malformed UTF-16/32 sequence is an error naming
+/// its offset rather than a silent U+FFFD.
+pub fn decode_text(bytes: Vec<u8>) -> Result<String, String> {
+    let (encoding, width, big_endian, bom) = match bytes.as_slice() {
+        [0xef, 0xbb, 0xbf, ..] => ("UTF-8", 1, false, 3),
+        // UTF-32LE's mark starts like UTF-16LE's, so it is checked first.
+        [0xff, 0xfe, 0, 0, ..] => ("UTF-32LE", 4, false, 4),
+        [0, 0, 0xfe, 0xff, ..] => ("UTF-32BE", 4, true, 4),
+        [0xff, 0xfe, ..] => ("UTF-16LE", 2, false, 2),
+        [0xfe, 0xff, ..] => ("UTF-16BE", 2, true, 2),
+        _ => ("UTF-8", 1, false, 0),
+    };
+    let body = &bytes[bom..];
+    let bad = |offset: usize, what: &str| {
+        format!("{encoding} text (byte-order mark found) with {what} at byte {offset}")
+    };
+    match width {
+        1 => match std::str::from_utf8(body) {
+            Ok(t) => Ok(t.to_owned()),
+            Err(e) => Err(format!(
+                "not UTF-8 text (byte {}), nor UTF-16 or UTF-32 with a byte-order mark",
+                bom + e.valid_up_to()
+            )),
+        },
+        2 => {
+            if body.len() % 2 != 0 {
+                return Err(bad(bytes.len() - 1, "a truncated character"));
+            }
+            let units = body.chunks_exact(2).map(|c| {
+                let pair = [c[0], c[1]];
+                if big_endian {
+                    u16::from_be_bytes(pair)
+                } else {
+                    u16::from_le_bytes(pair)
+                }
+            });
+            let mut out = String::with_capacity(body.len() / 2);
+            let mut unit = 0;
+            for c in char::decode_utf16(units) {
+                let c = c.map_err(|_| bad(bom + 2 * unit, "an unpaired surrogate"))?;
+                unit += c.len_utf16();
+                out.push(c);
+            }
+            Ok(out)
+        }
+        _ => {
+            if body.len() % 4 != 0 {
+                return Err(bad(bytes.len() - body.len() % 4, "a truncated character"));
+            }
+            body.chunks_exact(4)
+                .enumerate()
+                .map(|(i, c)| {
+                    let unit = [c[0], c[1], c[2], c[3]];
+                    let v = if big_endian {
+                        u32::from_be_bytes(unit)
+                    } else {
+                        u32::from_le_bytes(unit)
+                    };
+                    char::from_u32(v).ok_or_else(|| bad(bom + 4 * i, "an invalid character"))
+                })
+                .collect()
+        }
     }
 }
 
@@ -470,44 +523,19 @@ pub fn load_agent_file(path: &Path, expand_env: bool) -> Result<AgentConfig, Con
         .map_err(|e| e.in_file(path))
 }
 
-/// Expands `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`. A bare `$1` (relabel
-/// replacements) is left alone, unlike the old agent, which expanded it to nothing.
-/// An unset variable without a default expands to the empty string, as the old agent did.
+/// Expands `${VAR}` references as the old agent's `-config.expand-env` did (see
+/// [`super::envsubst`] for the syntax): `$$` is a literal `$`, an unset variable is empty, and
+/// a name made only of digits (`${1}`, a regex capture reference) is left as written.
 pub fn expand_env_vars(
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<String, ConfigError> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(r) = after.strip_prefix('$') {
-            out.push('$');
-            rest = r;
-        } else if let Some(r) = after.strip_prefix('{') {
-            let end = r.find('}').ok_or_else(|| {
-                let line = text[..text.len() - rest.len() + pos].matches('\n').count() + 1;
-                ConfigError {
-                    line: Some(line),
-                    ..ConfigError::new("unterminated ${ in environment variable reference")
-                }
-            })?;
-            let inner = &r[..end];
-            let (name, default) = match inner.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (inner, None),
-            };
-            let value = lookup(name).filter(|v| !v.is_empty() || default.is_none());
-            out.push_str(&value.unwrap_or_else(|| default.unwrap_or("").to_owned()));
-            rest = &r[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
+    super::envsubst::expand(text, lookup).map_err(|e| ConfigError {
+        line: Some(e.line),
+        ..ConfigError::new(format!(
+            "unable to substitute config with environment variables: {e}"
+        ))
+    })
 }
 
 /// Turns a serde_yaml error into a `ConfigError` with line and column, and a message that
@@ -649,15 +677,20 @@ mod tests {
         let e = inst("wal_truncate_frequency: 0s\n").unwrap_err();
         assert_eq!(e.message, "wal_truncate_frequency must be greater than 0s");
         let e = inst("remote_write:\n  - url: http://a/\n  - url: http://a/\n").unwrap_err();
-        assert_eq!(e.message, "found two identical remote_write configs");
+        assert_eq!(
+            e.message,
+            "remote_write[1] (http://a/): found two identical remote_write configs"
+        );
+        assert_eq!((e.line, e.column), (Some(3), Some(5)));
         let e = inst(
             "remote_write:\n  - url: http://a/\n    name: x\n  - url: http://b/\n    name: x\n",
         )
         .unwrap_err();
         assert_eq!(
             e.message,
-            "found duplicate remote write configs with name \"x\""
+            "remote_write[1] (http://b/): found duplicate remote write configs with name \"x\""
         );
+        assert_eq!((e.line, e.column), (Some(5), Some(5)));
     }
 
     #[test]
@@ -727,7 +760,58 @@ mod tests {
         assert_eq!(expand_env_vars("${EMPTY:-dflt}", lookup).unwrap(), "dflt");
         assert_eq!(expand_env_vars("${NOPE}", lookup).unwrap(), "");
         assert_eq!(expand_env_vars("$1 and $$x", lookup).unwrap(), "$1 and $x");
-        assert!(expand_env_vars("a\n${OPEN", lookup).unwrap_err().line == Some(2));
+        assert_eq!(
+            expand_env_vars("replacement: /api/v1/nodes/${1}/proxy/metrics", lookup).unwrap(),
+            "replacement: /api/v1/nodes/${1}/proxy/metrics"
+        );
+        let e = expand_env_vars("a\n${OPEN", lookup).unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert_eq!(
+            e.message,
+            "unable to substitute config with environment variables: missing closing brace"
+        );
+    }
+
+    #[test]
+    fn text_encodings() {
+        let text = "a: \u{e9}\u{1f600}\n";
+        let mut le16 = vec![0xff, 0xfe];
+        let mut be32 = vec![0, 0, 0xfe, 0xff];
+        for u in text.encode_utf16() {
+            le16.extend(u.to_le_bytes());
+        }
+        for c in text.chars() {
+            be32.extend((c as u32).to_be_bytes());
+        }
+        assert_eq!(decode_text(le16.clone()).unwrap(), text);
+        assert_eq!(decode_text(be32).unwrap(), text);
+        assert_eq!(decode_text(b"\xef\xbb\xbfa: 1".to_vec()).unwrap(), "a: 1");
+        // An unpaired surrogate after a pair: the offset counts bytes, not characters.
+        let mut bad = le16;
+        bad.extend([0x00, 0xd8, b'x', 0]);
+        let e = decode_text(bad).unwrap_err();
+        assert!(e.contains("UTF-16LE") && e.contains("byte 16"), "{e}");
+        let e = decode_text(b"a: \xe9".to_vec()).unwrap_err();
+        assert!(e.starts_with("not UTF-8 text (byte 3)"), "{e}");
+        let e = decode_text(vec![0xff, 0xfe, 0, 0, 1]).unwrap_err();
+        assert!(e.contains("UTF-32LE") && e.contains("truncated"), "{e}");
+    }
+
+    /// `agent run --config.expand-env` reads through here: `${1}` reaches the relabel rule.
+    #[test]
+    fn agent_file_expansion_keeps_capture_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("agent.yml");
+        std::fs::write(
+            &f,
+            "metrics:\n  configs:\n    - name: a\n      scrape_configs:\n        - job_name: k\n          relabel_configs:\n            - source_labels: [__address__]\n              regex: (.+)\n              target_label: __metrics_path__\n              replacement: /api/v1/nodes/${1}/proxy/metrics\n",
+        )
+        .unwrap();
+        let cfg = load_agent_file(&f, true).unwrap();
+        assert_eq!(
+            cfg.configs[0].scrape_configs[0].relabel_configs[0].replacement,
+            "/api/v1/nodes/${1}/proxy/metrics"
+        );
     }
 
     #[test]

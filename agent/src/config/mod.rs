@@ -7,9 +7,11 @@
 
 pub mod agent;
 pub mod duration;
+pub mod envsubst;
 pub mod http;
 pub mod ignored;
 pub mod instance;
+pub mod invalid;
 pub mod load;
 pub mod regex;
 pub mod relabel;

@@ -2,10 +2,12 @@
 //! defaults (`separator: ;`, `regex: (.*)`, `replacement: $1`, `action: replace`) and its
 //! error texts.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
+use super::invalid::Invalid;
 use super::regex::PromRegex;
 use super::url::is_valid_label_name;
+use crate::path;
 
 /// A relabelling action. Names are matched case-insensitively, as Prometheus does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,23 +75,124 @@ impl<'de> Deserialize<'de> for Action {
 }
 
 /// A relabel rule as written; absent fields take Prometheus's defaults in [`RelabelConfig`].
+///
+/// A field written as `null` is not absent: as in Prometheus (whose YAML decoder sets a null
+/// field to its zero value, over the default), `separator: null` and `replacement: null` are
+/// empty, `regex: null` is the empty regex (it matches only the empty string), and
+/// `action: null` is an error.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelabelConfigRaw {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_labels: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub separator: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty_regex",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub regex: Option<PromRegex>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modulus: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_label: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub replacement: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_no_action",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub action: Option<Action>,
+}
+
+/// Called only for a field that is present: `null` is Go's zero value, not the default.
+fn null_is_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Some(Option::<String>::deserialize(d)?.unwrap_or_default()))
+}
+
+fn null_is_empty_regex<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PromRegex>, D::Error> {
+    match Option::<PromRegex>::deserialize(d)? {
+        Some(r) => Ok(Some(r)),
+        None => Ok(Some(PromRegex::new("").map_err(serde::de::Error::custom)?)),
+    }
+}
+
+fn null_is_no_action<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Action>, D::Error> {
+    match Option::<Action>::deserialize(d)? {
+        Some(a) => Ok(Some(a)),
+        None => Err(serde::de::Error::custom("relabel action cannot be empty")),
+    }
+}
+
+/// A list of entries none of which may be null (`- ` alone), failing with `message` at the
+/// first null one, as Prometheus does; a null list is an empty one.
+pub(crate) fn non_null_entries<'de, D, T>(d: D, message: &'static str) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T>(&'static str, std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(entry) = seq.next_element::<Option<T>>()? {
+                out.push(entry.ok_or_else(|| serde::de::Error::custom(self.0))?);
+            }
+            Ok(out)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Vec<T>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Vec<T>, E> {
+            Ok(Vec::new())
+        }
+    }
+    d.deserialize_seq(V(message, std::marker::PhantomData))
+}
+
+/// `relabel_configs`, with Prometheus's text for a null rule.
+pub(crate) fn target_rules<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<RelabelConfigRaw>, D::Error> {
+    non_null_entries(d, "empty or null target relabeling rule in scrape config")
+}
+
+/// `metric_relabel_configs`, with Prometheus's text for a null rule.
+pub(crate) fn metric_rules<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<RelabelConfigRaw>, D::Error> {
+    non_null_entries(d, "empty or null metric relabeling rule in scrape config")
+}
+
+/// `write_relabel_configs`, with Prometheus's text for a null rule.
+pub(crate) fn write_rules<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<RelabelConfigRaw>, D::Error> {
+    non_null_entries(d, "empty or null relabeling rule in remote write config")
+}
+
+/// `host_filter_relabel_configs` (a null rule crashed the old agent at run time).
+pub(crate) fn host_filter_rules<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<RelabelConfigRaw>, D::Error> {
+    non_null_entries(
+        d,
+        "empty or null relabeling rule in host_filter_relabel_configs",
+    )
 }
 
 /// A validated relabel rule with every default applied.
@@ -121,13 +224,22 @@ fn is_valid_relabel_target(s: &str) -> bool {
 impl RelabelConfigRaw {
     /// Applies defaults and Prometheus's checks (`relabel.Config.Validate`).
     pub fn validate(&self) -> Result<RelabelConfig, String> {
+        self.validate_located().map_err(|e| e.message)
+    }
+
+    /// [`Self::validate`], with the field each error is about.
+    pub fn validate_located(&self) -> Result<RelabelConfig, Invalid> {
         let action = self.action.unwrap_or(Action::Replace);
         let name = action.as_str();
-        for l in self.source_labels.iter().flatten() {
+        for (i, l) in self.source_labels.iter().flatten().enumerate() {
             if !is_valid_label_name(l) {
-                return Err(format!("{l:?} is not a valid label name"));
+                return Err(Invalid::at(
+                    format!("{l:?} is not a valid label name"),
+                    path!["source_labels", i],
+                ));
             }
         }
+        let target = |m: String| Invalid::at(m, path!["target_label"]);
         let cfg = RelabelConfig {
             source_labels: self.source_labels.clone().unwrap_or_default(),
             separator: self
@@ -150,7 +262,10 @@ impl RelabelConfigRaw {
         let default_replacement = cfg.replacement == DEFAULT_REPLACEMENT;
         let default_separator = cfg.separator == DEFAULT_SEPARATOR;
         if cfg.modulus == 0 && action == Action::HashMod {
-            return Err("relabel configuration for hashmod requires non-zero modulus".into());
+            return Err(Invalid::at(
+                "relabel configuration for hashmod requires non-zero modulus",
+                path!["modulus"],
+            ));
         }
         let needs_target = matches!(
             action,
@@ -162,9 +277,9 @@ impl RelabelConfigRaw {
                 | Action::DropEqual
         );
         if needs_target && cfg.target_label.is_empty() {
-            return Err(format!(
+            return Err(target(format!(
                 "relabel configuration for {name} action requires 'target_label' value"
-            ));
+            )));
         }
         let templated_target = matches!(
             action,
@@ -175,10 +290,10 @@ impl RelabelConfigRaw {
                 | Action::DropEqual
         );
         if templated_target && !is_valid_relabel_target(&cfg.target_label) {
-            return Err(format!(
+            return Err(target(format!(
                 "{:?} is invalid 'target_label' for {name} action",
                 cfg.target_label
-            ));
+            )));
         }
         let plain_target = matches!(
             action,
@@ -189,26 +304,32 @@ impl RelabelConfigRaw {
                 | Action::HashMod
         );
         if plain_target && !is_valid_label_name(&cfg.target_label) {
-            return Err(format!(
+            return Err(target(format!(
                 "{:?} is invalid 'target_label' for {name} action",
                 cfg.target_label
-            ));
+            )));
         }
         if matches!(action, Action::Lowercase | Action::Uppercase) && !default_replacement {
-            return Err(format!("'replacement' can not be set for {name} action"));
+            return Err(Invalid::at(
+                format!("'replacement' can not be set for {name} action"),
+                path!["replacement"],
+            ));
         }
         if action == Action::LabelMap && !is_valid_relabel_target(&cfg.replacement) {
-            return Err(format!(
-                "{:?} is invalid 'replacement' for {name} action",
-                cfg.replacement
+            return Err(Invalid::at(
+                format!(
+                    "{:?} is invalid 'replacement' for {name} action",
+                    cfg.replacement
+                ),
+                path!["replacement"],
             ));
         }
         if matches!(action, Action::KeepEqual | Action::DropEqual)
             && (!default_regex || cfg.modulus != 0 || !default_separator || !default_replacement)
         {
-            return Err(format!(
+            return Err(Invalid::new(format!(
                 "{name} action requires only 'source_labels' and `target_label`, and no other fields"
-            ));
+            )));
         }
         if matches!(action, Action::LabelDrop | Action::LabelKeep)
             && (self.source_labels.is_some()
@@ -217,19 +338,28 @@ impl RelabelConfigRaw {
                 || !default_separator
                 || !default_replacement)
         {
-            return Err(format!(
+            return Err(Invalid::new(format!(
                 "{name} action requires only 'regex', and no other fields"
-            ));
+            )));
         }
         Ok(cfg)
     }
 }
 
-/// Validates a list, prefixing errors with the rule's index.
-pub fn validate_all(raw: &[RelabelConfigRaw], field: &str) -> Result<Vec<RelabelConfig>, String> {
+/// Validates a list, prefixing errors with the rule's index; the error's path starts at
+/// `field`.
+pub fn validate_all(
+    raw: &[RelabelConfigRaw],
+    field: &'static str,
+) -> Result<Vec<RelabelConfig>, Invalid> {
     raw.iter()
         .enumerate()
-        .map(|(i, r)| r.validate().map_err(|e| format!("{field}[{i}]: {e}")))
+        .map(|(i, r)| {
+            r.validate_located().map_err(|e| {
+                e.prefixed(format_args!("{field}[{i}]"))
+                    .within(path![field, i])
+            })
+        })
         .collect()
 }
 
@@ -282,6 +412,40 @@ mod tests {
         assert!(parse("target_label: '1x'")
             .unwrap_err()
             .contains("is invalid 'target_label' for replace action"));
+    }
+
+    /// A field written as `null` is Go's zero value, not the default (Prometheus's YAML
+    /// decoder sets it so); `action: null` is Prometheus's error.
+    #[test]
+    fn null_fields_are_zero_values() {
+        let c = parse("target_label: x\nseparator: null\nreplacement: null\nregex: null").unwrap();
+        assert_eq!(c.separator, "");
+        assert_eq!(c.replacement, "");
+        assert_eq!(c.regex.as_str(), "");
+        assert!(c.regex.is_match("") && !c.regex.is_match("a"));
+        assert!(parse("target_label: x\naction: null")
+            .unwrap_err()
+            .contains("relabel action cannot be empty"));
+        assert!(parse("target_label: x\naction: ''")
+            .unwrap_err()
+            .contains("relabel action cannot be empty"));
+        // Absent fields still take the defaults.
+        let c = parse("target_label: x").unwrap();
+        assert_eq!((c.separator.as_str(), c.replacement.as_str()), (";", "$1"));
+    }
+
+    #[test]
+    fn errors_name_their_field() {
+        let raw: RelabelConfigRaw =
+            serde_yaml::from_str("source_labels: [a, '1b']\ntarget_label: x").unwrap();
+        let e = raw.validate_located().unwrap_err();
+        assert_eq!(e.path, path!["source_labels", 1usize]);
+        let raw: RelabelConfigRaw =
+            serde_yaml::from_str("action: hashmod\ntarget_label: x").unwrap();
+        assert_eq!(raw.validate_located().unwrap_err().path, path!["modulus"]);
+        let e = validate_all(&[RelabelConfigRaw::default()], "relabel_configs").unwrap_err();
+        assert_eq!(e.path, path!["relabel_configs", 0usize, "target_label"]);
+        assert!(e.message.starts_with("relabel_configs[0]: "), "{e}");
     }
 
     #[test]

@@ -91,7 +91,11 @@ with_http_client! {
         pub remote_timeout: Option<PromDuration>,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         pub headers: BTreeMap<String, String>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "super::relabel::write_rules",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub write_relabel_configs: Vec<RelabelConfigRaw>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub name: Option<String>,

@@ -6,12 +6,14 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::PromDuration;
 use super::http::{with_http_client, HttpClientSettings};
+use super::invalid::{Invalid, Seg};
 use super::relabel::{self, RelabelConfig, RelabelConfigRaw};
 use super::sd::{
     DnsSdConfig, FileCheck, FileSdConfig, HttpSd, HttpSdConfig, KubernetesSdConfig, StaticConfig,
     OTHER_SD_KINDS,
 };
 use super::url::ByteSize;
+use crate::path;
 
 with_http_client! {
     /// A scrape config as written. Every Prometheus 2.x field is accepted; absent fields take
@@ -35,6 +37,11 @@ with_http_client! {
         pub scrape_timeout: Option<PromDuration>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub scrape_protocols: Option<Vec<String>>,
+        /// Whether to keep a classic histogram that is also exposed as a native one. Accepted
+        /// and always in effect: this agent negotiates only the text formats, which carry
+        /// classic histograms alone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub scrape_classic_histograms: Option<bool>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub enable_compression: Option<bool>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,69 +64,351 @@ with_http_client! {
         pub native_histogram_bucket_limit: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub keep_dropped_targets: Option<u64>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "relabel::target_rules",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub relabel_configs: Vec<RelabelConfigRaw>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "relabel::metric_rules",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub metric_relabel_configs: Vec<RelabelConfigRaw>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::static_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub static_configs: Vec<StaticConfig>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::file_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub file_sd_configs: Vec<FileSdConfig>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::http_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub http_sd_configs: Vec<HttpSdConfig>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::dns_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub dns_sd_configs: Vec<DnsSdConfig>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::kubernetes_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub kubernetes_sd_configs: Vec<KubernetesSdConfig>,
         // The other Prometheus SD kinds, kept as written (see `OTHER_SD_KINDS`).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::azure_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub azure_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::consul_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub consul_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::digitalocean_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub digitalocean_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::docker_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub docker_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::dockerswarm_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub dockerswarm_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::ec2_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub ec2_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::eureka_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub eureka_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::gce_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub gce_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::hetzner_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub hetzner_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::ionos_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub ionos_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::kuma_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub kuma_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::lightsail_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub lightsail_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::linode_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub linode_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::marathon_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub marathon_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::nerve_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub nerve_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::nomad_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub nomad_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::openstack_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub openstack_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::ovhcloud_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub ovhcloud_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::puppetdb_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub puppetdb_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::scaleway_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub scaleway_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::serverset_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub serverset_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::triton_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub triton_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::uyuni_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub uyuni_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::vultr_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         pub vultr_sd_configs: Vec<serde_yaml::Value>,
+    }
+}
+
+/// The SD lists' deserializers: a null entry is Prometheus's `empty or null section in <key>`.
+mod sd_entries {
+    macro_rules! lists {
+        ($($field:ident),* $(,)?) => {$(
+            pub(super) fn $field<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+            where
+                D: serde::Deserializer<'de>,
+                T: serde::Deserialize<'de>,
+            {
+                $crate::config::relabel::non_null_entries(
+                    d,
+                    concat!("empty or null section in ", stringify!($field)),
+                )
+            }
+        )*};
+    }
+    lists!(
+        static_configs,
+        file_sd_configs,
+        http_sd_configs,
+        dns_sd_configs,
+        kubernetes_sd_configs,
+        azure_sd_configs,
+        consul_sd_configs,
+        digitalocean_sd_configs,
+        docker_sd_configs,
+        dockerswarm_sd_configs,
+        ec2_sd_configs,
+        eureka_sd_configs,
+        gce_sd_configs,
+        hetzner_sd_configs,
+        ionos_sd_configs,
+        kuma_sd_configs,
+        lightsail_sd_configs,
+        linode_sd_configs,
+        marathon_sd_configs,
+        nerve_sd_configs,
+        nomad_sd_configs,
+        openstack_sd_configs,
+        ovhcloud_sd_configs,
+        puppetdb_sd_configs,
+        scaleway_sd_configs,
+        serverset_sd_configs,
+        triton_sd_configs,
+        uyuni_sd_configs,
+        vultr_sd_configs,
+    );
+}
+
+/// A `scrape_protocols` entry (Prometheus 2.49; the old agent's Prometheus predates it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScrapeProtocol {
+    PrometheusProto,
+    PrometheusText004,
+    OpenMetricsText001,
+    OpenMetricsText100,
+}
+
+impl ScrapeProtocol {
+    /// Every protocol with its name and media type, sorted by name (Prometheus lists them so
+    /// in its error).
+    const ALL: [(ScrapeProtocol, &'static str, &'static str); 4] = [
+        (
+            ScrapeProtocol::OpenMetricsText001,
+            "OpenMetricsText0.0.1",
+            "application/openmetrics-text;version=0.0.1",
+        ),
+        (
+            ScrapeProtocol::OpenMetricsText100,
+            "OpenMetricsText1.0.0",
+            "application/openmetrics-text;version=1.0.0",
+        ),
+        (
+            ScrapeProtocol::PrometheusProto,
+            "PrometheusProto",
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited",
+        ),
+        (
+            ScrapeProtocol::PrometheusText004,
+            "PrometheusText0.0.4",
+            "text/plain;version=0.0.4",
+        ),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(p, _, _)| *p == self)
+            .map_or("", |e| e.1)
+    }
+
+    fn media_type(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(p, _, _)| *p == self)
+            .map_or("", |e| e.2)
+    }
+}
+
+/// A validated `scrape_protocols` list: at most the four protocols, each once, in preference
+/// order. `Copy`, so it travels in [`ScrapeDefaults`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScrapeProtocols {
+    list: [ScrapeProtocol; 4],
+    len: usize,
+}
+
+impl ScrapeProtocols {
+    /// Prometheus 2.49's `validateAcceptScrapeProtocols`, with its texts.
+    pub fn parse(names: &[String]) -> Result<ScrapeProtocols, String> {
+        if names.is_empty() {
+            return Err("scrape_protocols cannot be empty".into());
+        }
+        let mut out = ScrapeProtocols {
+            list: [ScrapeProtocol::PrometheusText004; 4],
+            len: 0,
+        };
+        for name in names {
+            let Some(&(p, _, _)) = ScrapeProtocol::ALL.iter().find(|(_, n, _)| n == name) else {
+                let supported: Vec<&str> = ScrapeProtocol::ALL.iter().map(|e| e.1).collect();
+                return Err(format!(
+                    "scrape_protocols: unknown scrape protocol {name}, supported: [{}]",
+                    supported.join(" ")
+                ));
+            };
+            let dup = out.iter().any(|q| q.name().eq_ignore_ascii_case(name));
+            if dup || out.len == out.list.len() {
+                return Err(format!(
+                    "duplicated protocol in scrape_protocols, got [{}]",
+                    names.join(" ")
+                ));
+            }
+            out.list[out.len] = p;
+            out.len += 1;
+        }
+        Ok(out)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = ScrapeProtocol> + '_ {
+        self.list[..self.len].iter().copied()
+    }
+
+    /// The `Accept` header for this list, weighted as Prometheus 2.49 weights it. The protobuf
+    /// format is left out: this agent parses only the text formats.
+    pub fn accept_header(&self) -> String {
+        let mut weight = ScrapeProtocol::ALL.len() + 1;
+        let mut vals = Vec::new();
+        for p in self.iter() {
+            if p != ScrapeProtocol::PrometheusProto {
+                vals.push(format!("{};q=0.{weight}", p.media_type()));
+            }
+            weight -= 1;
+        }
+        vals.push(format!("*/*;q=0.{weight}"));
+        vals.join(",")
     }
 }
 
@@ -145,6 +434,8 @@ pub struct ScrapeConfig {
     pub scrape_interval: PromDuration,
     pub scrape_timeout: PromDuration,
     pub enable_compression: bool,
+    /// `None`: Prometheus 2.42's (and the old agent's) fixed preference.
+    pub scrape_protocols: Option<ScrapeProtocols>,
     pub metrics_path: String,
     pub scheme: String,
     pub limits: Limits,
@@ -165,6 +456,7 @@ pub struct ScrapeConfig {
 pub struct ScrapeDefaults {
     pub scrape_interval: PromDuration,
     pub scrape_timeout: PromDuration,
+    pub scrape_protocols: Option<ScrapeProtocols>,
     pub limits: Limits,
 }
 
@@ -173,6 +465,7 @@ impl Default for ScrapeDefaults {
         ScrapeDefaults {
             scrape_interval: PromDuration::from_secs(60),
             scrape_timeout: PromDuration::from_secs(10),
+            scrape_protocols: None,
             limits: Limits::default(),
         }
     }
@@ -211,41 +504,86 @@ impl ScrapeConfigRaw {
 
     /// Prometheus's per-scrape-config checks (everything that does not need the instance).
     /// Interval/timeout defaults and cross-config rules are applied by the instance config,
-    /// in the old agent's order.
-    pub fn validate_self(&self) -> Result<(), String> {
+    /// in the old agent's order. Error paths are relative to this scrape config.
+    pub fn validate_self(&self) -> Result<(), Invalid> {
         if self.job_name.is_empty() {
-            return Err("job_name is empty".into());
+            return Err(Invalid::at("job_name is empty", path!["job_name"]));
         }
         if let Some(s) = &self.scheme {
             if s != "http" && s != "https" {
-                return Err(format!("scheme must be \"http\" or \"https\", got {s:?}"));
+                return Err(Invalid::at(
+                    format!("scheme must be \"http\" or \"https\", got {s:?}"),
+                    path!["scheme"],
+                ));
             }
         }
         if let Some(p) = &self.metrics_path {
             if !p.starts_with('/') {
-                return Err(format!("metrics_path {p:?} must start with \"/\""));
+                return Err(Invalid::at(
+                    format!("metrics_path {p:?} must start with \"/\""),
+                    path!["metrics_path"],
+                ));
             }
         }
         self.http_client().validate()?;
+        // Prometheus's check for URLs put in target groups, which relabelling could fix.
+        if self.relabel_configs.is_empty() {
+            for (i, s) in self.static_configs.iter().enumerate() {
+                for (j, t) in s.targets.iter().enumerate() {
+                    if t.contains('/') {
+                        return Err(Invalid::at(
+                            format!("{t:?} is not a valid hostname"),
+                            path!["static_configs", i, "targets", j],
+                        ));
+                    }
+                }
+            }
+        }
         for (i, s) in self.static_configs.iter().enumerate() {
-            s.validate()
-                .map_err(|e| format!("static_configs[{i}]: {e}"))?;
+            s.validate().map_err(|e| {
+                // The label name at fault, when it is one.
+                let key = s
+                    .labels
+                    .keys()
+                    .find(|k| !super::url::is_valid_label_name(k));
+                let mut path: Vec<Seg> = path!["static_configs", i].into();
+                if let Some(k) = key {
+                    path.extend([Seg::from("labels"), Seg::Key(k.clone().into())]);
+                }
+                Invalid::at(format!("static_configs[{i}]: {e}"), path)
+            })?;
         }
         for (i, s) in self.file_sd_configs.iter().enumerate() {
-            s.validate()
-                .map_err(|e| format!("file_sd_configs[{i}]: {e}"))?;
+            s.validate().map_err(|e| {
+                Invalid::at(
+                    format!("file_sd_configs[{i}]: {e}"),
+                    path!["file_sd_configs", i],
+                )
+            })?;
         }
         for (i, s) in self.http_sd_configs.iter().enumerate() {
-            s.validate()
-                .map_err(|e| format!("http_sd_configs[{i}]: {e}"))?;
+            s.validate().map_err(|e| {
+                Invalid::at(
+                    format!("http_sd_configs[{i}]: {e}"),
+                    path!["http_sd_configs", i],
+                )
+            })?;
         }
         for (i, s) in self.dns_sd_configs.iter().enumerate() {
-            s.validate()
-                .map_err(|e| format!("dns_sd_configs[{i}]: {e}"))?;
+            s.validate().map_err(|e| {
+                Invalid::at(
+                    format!("dns_sd_configs[{i}]: {e}"),
+                    path!["dns_sd_configs", i],
+                )
+            })?;
         }
         for (i, s) in self.kubernetes_sd_configs.iter().enumerate() {
-            s.validate()
-                .map_err(|e| format!("kubernetes_sd_configs[{i}]: {e}"))?;
+            s.validate().map_err(|e| {
+                Invalid::at(
+                    format!("kubernetes_sd_configs[{i}]: {e}"),
+                    path!["kubernetes_sd_configs", i],
+                )
+            })?;
         }
         relabel::validate_all(&self.relabel_configs, "relabel_configs")?;
         relabel::validate_all(&self.metric_relabel_configs, "metric_relabel_configs")?;
@@ -258,7 +596,7 @@ impl ScrapeConfigRaw {
         interval: PromDuration,
         timeout: PromDuration,
         defaults: &ScrapeDefaults,
-    ) -> Result<ScrapeConfig, String> {
+    ) -> Result<ScrapeConfig, Invalid> {
         self.validate_self()?;
         let g = defaults.limits;
         let pick = |v: Option<u64>, d: u64| v.unwrap_or(d);
@@ -271,6 +609,13 @@ impl ScrapeConfigRaw {
             scrape_interval: interval,
             scrape_timeout: timeout,
             enable_compression: self.enable_compression.unwrap_or(true),
+            scrape_protocols: match &self.scrape_protocols {
+                Some(names) => Some(
+                    ScrapeProtocols::parse(names)
+                        .map_err(|e| Invalid::at(e, path!["scrape_protocols"]))?,
+                ),
+                None => defaults.scrape_protocols,
+            },
             metrics_path: self
                 .metrics_path
                 .clone()
@@ -422,4 +767,36 @@ fn opaque_http_file_field(v: &serde_yaml::Value) -> Option<&'static str> {
         return Some("client_secret_file");
     }
     opaque_tls_file_field(v).or_else(|| v.get("oauth2").and_then(opaque_tls_file_field))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrape_protocols_as_prometheus_2_49() {
+        let names = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let p = ScrapeProtocols::parse(&names(&[
+            "PrometheusProto",
+            "OpenMetricsText1.0.0",
+            "PrometheusText0.0.4",
+        ]))
+        .unwrap();
+        assert_eq!(
+            p.accept_header(),
+            "application/openmetrics-text;version=1.0.0;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+        );
+        assert_eq!(
+            ScrapeProtocols::parse(&[]).unwrap_err(),
+            "scrape_protocols cannot be empty"
+        );
+        assert_eq!(
+            ScrapeProtocols::parse(&names(&["PrometheusText0.0.4", "PrometheusText0.0.4"]))
+                .unwrap_err(),
+            "duplicated protocol in scrape_protocols, got [PrometheusText0.0.4 PrometheusText0.0.4]"
+        );
+        assert!(ScrapeProtocols::parse(&names(&["prometheustext0.0.4"]))
+            .unwrap_err()
+            .starts_with("scrape_protocols: unknown scrape protocol prometheustext0.0.4, supported: [OpenMetricsText0.0.1 "));
+    }
 }

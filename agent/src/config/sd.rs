@@ -25,8 +25,8 @@ pub struct StaticConfig {
 
 impl StaticConfig {
     pub fn validate(&self) -> Result<(), String> {
-        // Targets may hold URLs here (blackbox probes); Prometheus checks `__address__` for a
-        // `/` only after relabelling, and so does the scrape engine.
+        // Targets may hold URLs only when relabelling rewrites them (blackbox probes): the
+        // scrape config refuses a URL target when it has no relabel_configs, as Prometheus does.
         for name in self.labels.keys() {
             if !is_valid_label_name(name) {
                 return Err(format!("{name:?} is not a valid label name"));

@@ -16,7 +16,8 @@
 //! # One scrape
 //!
 //! `GET <Target::url>` with the headers Prometheus 2.42 sends:
-//! `Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1`,
+//! `Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1`
+//! (or, with `scrape_protocols`, the weighted list Prometheus 2.49 sends),
 //! `Accept-Encoding: gzip` (with `enable_compression`, else `identity`) and
 //! `X-Prometheus-Scrape-Timeout-Seconds: <scrape_timeout in seconds>`. The whole request,
 //! body included, must finish within `scrape_timeout`; a (decompressed) body longer than
@@ -67,7 +68,8 @@ use crate::config::scrape::{Limits, ScrapeConfig};
 use crate::httpclient::HttpClient;
 use crate::relabel::{self, go_quote, Labels, LabelsBuilder};
 
-/// The `Accept` header of Prometheus 2.42 (OpenMetrics preferred).
+/// The `Accept` header of Prometheus 2.42 (OpenMetrics preferred), sent unless the config sets
+/// `scrape_protocols` ([`crate::config::scrape::ScrapeProtocols::accept_header`]).
 pub const ACCEPT_HEADER: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 /// Names of the synthetic series, in the order they are appended.
@@ -558,6 +560,8 @@ pub struct ScrapeLoop {
     body: Vec<u8>,
     timeout: Duration,
     timeout_header: String,
+    /// [`ACCEPT_HEADER`], or the one `scrape_protocols` asks for.
+    accept: Cow<'static, str>,
     compression: bool,
     body_size_limit: u64,
     status: Arc<Mutex<ScrapeStatus>>,
@@ -612,6 +616,9 @@ impl ScrapeLoop {
             processor: ScrapeProcessor::new(cfg.clone(), target.labels.clone()),
             timeout,
             timeout_header: format!("{}", timeout.as_secs_f64()),
+            accept: cfg
+                .scrape_protocols
+                .map_or(Cow::Borrowed(ACCEPT_HEADER), |p| Cow::Owned(p.accept_header())),
             compression: cfg.enable_compression,
             body_size_limit: cfg.limits.body_size_limit,
             target,
@@ -732,6 +739,7 @@ impl ScrapeLoop {
             &self.client,
             url,
             &self.timeout_header,
+            &self.accept,
             self.compression,
             self.body_size_limit,
             &mut self.body,
@@ -750,6 +758,7 @@ async fn fetch_into(
     client: &HttpClient,
     url: &str,
     timeout_header: &str,
+    accept: &str,
     compression: bool,
     limit: u64,
     body: &mut Vec<u8>,
@@ -763,7 +772,7 @@ async fn fetch_into(
     };
     let rb = client
         .get(url)
-        .header(reqwest::header::ACCEPT, ACCEPT_HEADER)
+        .header(reqwest::header::ACCEPT, accept)
         .header("X-Prometheus-Scrape-Timeout-Seconds", timeout_header);
     // With compression the client was built with gzip on: it sends `Accept-Encoding: gzip`
     // itself and decodes the body.
