@@ -6,8 +6,11 @@
 //! - `agentctl agent run` (embedded default), one instance config per file PUT to its API,
 //!   remote-writing to a second Prometheus.
 //!
-//! Both TSDBs must then hold the same series (label sets) per job, with the same latest values,
-//! except where the two differ by design (see `EXCLUDED`).
+//! Both TSDBs must then hold the same series (label sets) per job, with the same latest values
+//! (the synthetic `up`, `scrape_samples_scraped`, ... included), except where the two differ by
+//! design (see `EXCLUDED`). Some bodies both must refuse (`BOTH_FAIL`, and extras such as a body
+//! of exactly `body_size_limit` bytes): there `up` is 0 on both sides and agentctl's error holds
+//! Prometheus's text.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -34,50 +37,66 @@ const EXCLUDED: &[(&str, &str)] = &[];
 /// nothing about the scrape. The same setting on both sides keeps them comparable.
 const TSDB: &str = "storage:\n  tsdb:\n    out_of_order_time_window: 100y\n";
 
-/// Jobs whose scrape Prometheus 2.42 fails while agentctl succeeds, with the error
-/// Prometheus reports first and why agentctl is right. For these the test checks exactly that
-/// (Prometheus `up` 0 with that error, agentctl `up` 1) instead of comparing series; the
-/// `_normalized` job serves the same body without the whitespace Prometheus trips on, so the
-/// rest of the file is still compared.
-const PROMETHEUS_FAILS: &[(&str, &str, &str)] = &[(
-    "comments_and_blank_lines_prom",
-    "invalid metric name",
-    "Prometheus 2.42's text lexer keeps the leading whitespace of an indented sample line in \
-     the metric name (\"   indented_sample\") and then fails the whole scrape on the invalid \
-     name; likewise it takes trailing whitespace after `# TYPE name gauge` as part of the \
-     type (`invalid metric type \"gauge   \\t\"`). The text format documents leading and \
-     trailing whitespace as ignored, and the parser's fixture pins that down",
-)];
+/// Corpus files both must refuse (they are `invalid_*`, which the corpus otherwise skips),
+/// with Prometheus 2.42's error: both report `up` 0, agentctl's error contains Prometheus's
+/// text, and every synthetic series (`scrape_samples_scraped`, ...) has the same value.
+const BOTH_FAIL: &[(&str, &str)] = &[
+    // The type is the rest of the line less one separator: trailing whitespace is part of it.
+    (
+        "invalid_type_trailing_whitespace.prom",
+        "invalid metric type \"gauge   \\t\"",
+    ),
+    // ... and so is a second space before it; the sample before it is counted as scraped.
+    (
+        "invalid_type_double_space.prom",
+        "invalid metric type \" gauge\"",
+    ),
+];
 
-/// The body Prometheus 2.42 accepts: no leading whitespace on any line, none trailing on
-/// `# TYPE` lines.
-fn normalize_whitespace(bytes: &[u8]) -> Vec<u8> {
-    let is_ws = |b: &u8| *b == b' ' || *b == b'\t';
-    bytes
-        .split(|&b| b == b'\n')
-        .map(|line| {
-            let start = line.iter().position(|b| !is_ws(b)).unwrap_or(line.len());
-            let mut line = &line[start..];
-            if line.starts_with(b"# TYPE ") {
-                let end = line.iter().rposition(|b| !is_ws(b)).map_or(0, |i| i + 1);
-                line = &line[..end];
-            }
-            line
-        })
-        .collect::<Vec<_>>()
-        .join(&b'\n')
+/// Bodies built here rather than read from the corpus, with their own scrape settings and,
+/// when both must fail, Prometheus's error.
+struct Extra {
+    job: &'static str,
+    body: Vec<u8>,
+    /// Lines added to the scrape config.
+    config: String,
+    fails: Option<&'static str>,
 }
 
-/// One served body: its path (`/<path>`), the job scraping it, Content-Type and bytes.
+fn extras() -> Vec<Extra> {
+    let body = b"limited_series 1\nlimited_series_two 2\n".to_vec();
+    let len = body.len();
+    vec![
+        // A body of exactly `body_size_limit` bytes fails: Prometheus refuses when the body
+        // reaches the limit (`n >= limit`), not only past it.
+        Extra {
+            job: "body_at_the_limit",
+            body: body.clone(),
+            config: format!("    body_size_limit: {len}B\n"),
+            fails: Some("body size limit exceeded"),
+        },
+        Extra {
+            job: "body_under_the_limit",
+            body,
+            config: format!("    body_size_limit: {}B\n", len + 1),
+            fails: None,
+        },
+    ]
+}
+
+/// One served body: its path (`/<path>`), the job scraping it, its scrape settings,
+/// Content-Type, bytes, and the error both must report, if any.
 struct Body {
     path: String,
     job: String,
+    config: String,
     content_type: &'static str,
     bytes: Vec<u8>,
+    fails: Option<&'static str>,
 }
 
 /// The valid corpus files (every `.prom`/`.om` whose name does not start with `invalid_`),
-/// plus a whitespace-normalized copy of each file Prometheus fails on.
+/// the `BOTH_FAIL` files and the extras.
 fn corpus() -> Vec<Body> {
     let dir = fixture("exposition");
     let mut out = Vec::new();
@@ -95,24 +114,32 @@ fn corpus() -> Vec<Body> {
         } else {
             continue;
         };
-        if name.starts_with("invalid_") {
+        let fails = BOTH_FAIL.iter().find(|(f, _)| *f == name).map(|(_, e)| *e);
+        if name.starts_with("invalid_") && fails.is_none() {
             continue;
         }
-        let job = name.replace('.', "_");
-        let bytes = std::fs::read(&path).expect("read fixture");
-        if PROMETHEUS_FAILS.iter().any(|(j, _, _)| *j == job) {
-            out.push(Body {
-                path: format!("normalized/{name}"),
-                job: format!("{job}_normalized"),
-                content_type,
-                bytes: normalize_whitespace(&bytes),
-            });
-        }
         out.push(Body {
+            job: name.replace('.', "_"),
             path: name,
-            job,
+            config: String::new(),
             content_type,
-            bytes,
+            bytes: std::fs::read(&path).expect("read fixture"),
+            fails,
+        });
+    }
+    assert_eq!(
+        out.iter().filter(|b| b.fails.is_some()).count(),
+        BOTH_FAIL.len(),
+        "every BOTH_FAIL file exists"
+    );
+    for e in extras() {
+        out.push(Body {
+            path: format!("extra/{}", e.job),
+            job: e.job.to_owned(),
+            config: e.config,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            bytes: e.body,
+            fails: e.fails,
         });
     }
     out.sort_by(|a, b| a.job.cmp(&b.job));
@@ -141,9 +168,10 @@ async fn serve_corpus(bodies: &[Body]) -> String {
     addr
 }
 
-fn scrape_config(job: &str, file: &str, target: &str) -> String {
+fn scrape_config(b: &Body, target: &str) -> String {
     format!(
-        "  - job_name: {job}\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    metrics_path: /{file}\n    static_configs:\n      - targets: ['{target}']\n"
+        "  - job_name: {}\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    metrics_path: /{}\n{}    static_configs:\n      - targets: ['{target}']\n",
+        b.job, b.path, b.config
     )
 }
 
@@ -176,44 +204,42 @@ fn name_of(s: &Series) -> &str {
 }
 
 /// The differences, one line each; empty when both agree.
-async fn differences(prom: &Prometheus, recv: &Prometheus, jobs: &[String]) -> Vec<String> {
+async fn differences(
+    prom: &Prometheus,
+    recv: &Prometheus,
+    agent: &Agent,
+    bodies: &[Body],
+) -> Vec<String> {
     let excluded = |s: &Series| EXCLUDED.iter().any(|(n, _)| *n == name_of(s));
     let (ps, rs) = (series(prom).await, series(recv).await);
     let (pv, rv) = (latest(prom).await, latest(recv).await);
     let mut diffs = Vec::new();
-    // Why Prometheus failed a scrape, to tell a parser difference from a transport problem.
+    // Why each side failed a scrape: Prometheus's text must be in agentctl's.
     let targets = prom.api("targets", &[]).await;
+    let mut prom_errors = BTreeMap::new();
     for t in targets["activeTargets"].as_array().into_iter().flatten() {
-        let error = t["lastError"].as_str().unwrap_or_default();
-        let job = t["labels"]["job"].as_str().unwrap_or_default();
-        match PROMETHEUS_FAILS.iter().find(|(j, _, _)| *j == job) {
-            Some((_, want, _)) if !error.contains(want) => diffs.push(format!(
-                "job {job}: expected Prometheus's scrape to fail with {want:?}, got {error:?}"
-            )),
-            Some(_) => {}
-            None if !error.is_empty() => diffs.push(format!(
-                "job {job}: Prometheus's last scrape failed: {error}"
-            )),
-            None => {}
-        }
+        let job = t["labels"]["job"].as_str().unwrap_or_default().to_owned();
+        prom_errors.insert(job, t["lastError"].as_str().unwrap_or_default().to_owned());
     }
-    let up = |values: &BTreeMap<Series, String>, job: &str| {
-        values
-            .iter()
-            .find(|(s, _)| name_of(s) == "up" && s.get("job").map(String::as_str) == Some(job))
-            .map(|(_, v)| v.clone())
-    };
-    for (job, _, _) in PROMETHEUS_FAILS {
-        let (p, a) = (up(&pv, job), up(&rv, job));
-        if p.as_deref() != Some("0") || a.as_deref() != Some("1") {
-            diffs.push(format!(
-                "job {job}: expected up 0 in Prometheus and 1 in agentctl, got {p:?} and {a:?}"
-            ));
-        }
-    }
-    for job in jobs {
-        if PROMETHEUS_FAILS.iter().any(|(j, _, _)| j == job) {
-            continue;
+    let agent_errors = agent_errors(agent);
+    for b in bodies {
+        let job = &b.job;
+        let p = prom_errors.get(job).map(String::as_str).unwrap_or_default();
+        let a = agent_errors
+            .get(job)
+            .map(String::as_str)
+            .unwrap_or_default();
+        match b.fails {
+            Some(want) if !p.contains(want) => diffs.push(format!(
+                "job {job}: expected Prometheus's scrape to fail with {want:?}, got {p:?}"
+            )),
+            Some(_) if !a.contains(p) => diffs.push(format!(
+                "job {job}: agentctl's error {a:?} does not contain Prometheus's {p:?}"
+            )),
+            None if !p.is_empty() || !a.is_empty() => diffs.push(format!(
+                "job {job}: a scrape failed: Prometheus {p:?}, agentctl {a:?}"
+            )),
+            _ => {}
         }
         let empty = BTreeSet::new();
         let p: BTreeSet<&Series> = ps
@@ -252,6 +278,20 @@ async fn differences(prom: &Prometheus, recv: &Prometheus, jobs: &[String]) -> V
     diffs
 }
 
+/// agentctl's last scrape error per job, from its targets API.
+fn agent_errors(agent: &Agent) -> BTreeMap<String, String> {
+    let data = tokio::task::block_in_place(|| agent.data("/agent/api/v1/metrics/targets"));
+    let mut out = BTreeMap::new();
+    for t in data.as_array().into_iter().flatten() {
+        let job = t["labels"]["job"].as_str().unwrap_or_default().to_owned();
+        out.insert(
+            job,
+            t["scrape_error"].as_str().unwrap_or_default().to_owned(),
+        );
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agentctl_scrapes_the_exposition_corpus_like_prometheus() {
     let files = corpus();
@@ -260,7 +300,7 @@ async fn agentctl_scrapes_the_exposition_corpus_like_prometheus() {
 
     let mut prom_cfg = format!("{TSDB}global:\n  scrape_interval: 1s\nscrape_configs:\n");
     for b in &files {
-        prom_cfg.push_str(&scrape_config(&b.job, &b.path, &target));
+        prom_cfg.push_str(&scrape_config(b, &target));
     }
     let prom = tokio::task::spawn_blocking(move || Prometheus::start_with_config(&prom_cfg))
         .await
@@ -278,7 +318,7 @@ async fn agentctl_scrapes_the_exposition_corpus_like_prometheus() {
         let job = &b.job;
         let body = format!(
             "scrape_configs:\n{}remote_write:\n  - url: {}\n",
-            scrape_config(job, &b.path, &target),
+            scrape_config(b, &target),
             recv.write_url()
         );
         let resp = tokio::task::block_in_place(|| agent.put_config(job, &body));
@@ -314,7 +354,7 @@ async fn agentctl_scrapes_the_exposition_corpus_like_prometheus() {
     // agree or the diff stays for 20s.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let diffs = differences(&prom, &recv, &jobs).await;
+        let diffs = differences(&prom, &recv, &agent, &files).await;
         if diffs.is_empty() {
             break;
         }

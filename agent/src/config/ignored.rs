@@ -126,7 +126,9 @@ const GLOBAL: Fields = &[
     ("label_value_length_limit", Use::Honoured),
     (
         "keep_dropped_targets",
-        Use::Ignored("the targets API lists active targets only, as the old agent's did; remove it"),
+        Use::Ignored(
+            "the targets API lists active targets only, as the old agent's did; remove it",
+        ),
     ),
     ("remote_write", Use::Honoured),
 ];

@@ -274,16 +274,18 @@ fn put_string(buf: &mut Vec<u8>, field: u8, s: &str) {
     }
 }
 
-// `!= 0.0` on purpose: proto3 (prost and gogo alike) skips -0.0 too, and writes every NaN.
+// Skipped only when the bits are +0.0: -0.0 is written, so the receiver gets the sign the
+// target exposed (prost and gogo compare with `!= 0` and send -0 as +0; a proto3 decoder reads
+// an explicitly written default all the same).
 fn put_double(buf: &mut Vec<u8>, field: u8, v: f64) {
-    if v != 0.0 {
+    if v.to_bits() != 0 {
         buf.push(key(field, FIXED64));
         buf.extend_from_slice(&v.to_bits().to_le_bytes());
     }
 }
 
 fn double_len(v: f64) -> usize {
-    if v != 0.0 {
+    if v.to_bits() != 0 {
         9
     } else {
         0
@@ -538,6 +540,47 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    /// A scraped `-0` reaches the receiver as -0: the value is written although it compares
+    /// equal to proto3's default, and decodes with its sign bit.
+    #[test]
+    fn negative_zero_is_written() {
+        let labels = [lbl("n", "v")];
+        let samples = [
+            Sample {
+                value: -0.0,
+                timestamp: 1,
+            },
+            Sample {
+                value: 0.0,
+                timestamp: 2,
+            },
+        ];
+        let mut enc = WriteRequestEncoder::new();
+        let got = enc
+            .encode_protobuf(
+                [SeriesRef {
+                    labels: (&labels).into(),
+                    samples: &samples,
+                    exemplars: &[],
+                }],
+                &[],
+            )
+            .to_vec();
+        let mut want = vec![
+            0x0a, 25, // timeseries, 25 bytes
+            0x0a, 6, 0x0a, 1, b'n', 0x12, 1, b'v', // labels {n="v"}
+            0x12, 11,   // TimeSeries.samples (2, LEN), 11 bytes
+            0x09, // Sample.value (1, FIXED64)
+        ];
+        want.extend_from_slice(&(-0.0f64).to_bits().to_le_bytes());
+        want.extend_from_slice(&[0x10, 1]); // Sample.timestamp 1
+        want.extend_from_slice(&[0x12, 2, 0x10, 2]); // +0.0 absent, timestamp 2
+        assert_eq!(got, want);
+        let back = WriteRequest::decode(want.as_slice()).unwrap();
+        let v = back.timeseries[0].samples[0].value;
+        assert!(v == 0.0 && v.is_sign_negative());
+    }
+
     #[test]
     fn compressed_body_is_snappy_block_and_roundtrips() {
         let labels = [lbl("__name__", "up"), lbl("job", "x")];
@@ -587,18 +630,30 @@ mod tests {
         ("[a-z_]{0,8}", "\\PC{0,12}").prop_map(|(n, v)| Label::new(n, v))
     }
 
+    /// Any value but -0.0, which prost drops and this encoder writes
+    /// (`negative_zero_is_written`).
+    fn arb_value() -> impl Strategy<Value = f64> {
+        any::<f64>().prop_map(|v| {
+            if v.to_bits() == (-0.0f64).to_bits() {
+                0.0
+            } else {
+                v
+            }
+        })
+    }
+
     fn arb_series() -> impl Strategy<Value = TimeSeries> {
         (
             prop::collection::vec(arb_label(), 0..4),
             prop::collection::vec(
-                (any::<f64>(), any::<i64>())
+                (arb_value(), any::<i64>())
                     .prop_map(|(value, timestamp)| Sample { value, timestamp }),
                 0..4,
             ),
             prop::collection::vec(
                 (
                     prop::collection::vec(arb_label(), 0..2),
-                    any::<f64>(),
+                    arb_value(),
                     any::<i64>(),
                 )
                     .prop_map(|(labels, value, timestamp)| Exemplar {

@@ -20,8 +20,8 @@
 //! (or, with `scrape_protocols`, the weighted list Prometheus 2.49 sends),
 //! `Accept-Encoding: gzip` (with `enable_compression`, else `identity`) and
 //! `X-Prometheus-Scrape-Timeout-Seconds: <scrape_timeout in seconds>`. The whole request,
-//! body included, must finish within `scrape_timeout`; a (decompressed) body longer than
-//! `body_size_limit` fails the scrape. The body buffer is reused across scrapes.
+//! body included, must finish within `scrape_timeout`; a (decompressed) body of
+//! `body_size_limit` bytes or more fails the scrape. The body buffer is reused across scrapes.
 //!
 //! The body is parsed in the format its `Content-Type` names and every sample goes through
 //! [`ScrapeProcessor::process_body`]: a series-cache hit appends straight away; a miss builds the
@@ -618,7 +618,9 @@ impl ScrapeLoop {
             timeout_header: format!("{}", timeout.as_secs_f64()),
             accept: cfg
                 .scrape_protocols
-                .map_or(Cow::Borrowed(ACCEPT_HEADER), |p| Cow::Owned(p.accept_header())),
+                .map_or(Cow::Borrowed(ACCEPT_HEADER), |p| {
+                    Cow::Owned(p.accept_header())
+                }),
             compression: cfg.enable_compression,
             body_size_limit: cfg.limits.body_size_limit,
             target,
@@ -798,7 +800,8 @@ async fn fetch_into(
         .await
         .map_err(|e| http(crate::httpclient::error_chain(&e.without_url())))?
     {
-        if limit > 0 && (body.len() + chunk.len()) as u64 > limit {
+        // A body that reaches the limit fails, as in Prometheus (`n >= limit`).
+        if limit > 0 && (body.len() + chunk.len()) as u64 >= limit {
             return Err(ScrapeError::BodySizeLimit { limit });
         }
         body.extend_from_slice(&chunk);

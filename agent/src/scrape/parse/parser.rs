@@ -190,35 +190,26 @@ impl<'a> Parser<'a> {
         let name_start = skip_ws(line, after_hash + 4);
         let name_end = metric_name_end(line, name_start, number, "metric name after HELP/TYPE")?;
         let name = &text[name_start..name_end];
+        // The rest of the line less its first byte is the text, as Prometheus's lexer has it
+        // (it takes everything after the name and drops one separator character, whatever it
+        // is): `# TYPE m  gauge` is the type " gauge", and trailing whitespace belongs to the
+        // type, which makes both invalid there too.
+        let meta_start = (name_end + 1).min(line.len());
+        if !text.is_char_boundary(meta_start) {
+            return Err(err(number, name_end, ParseErrorKind::InvalidUtf8));
+        }
+        let meta = &text[meta_start..];
         if is_help {
-            let help = match line.get(name_end) {
-                None => "",
-                Some(b' ' | b'\t') => &text[name_end + 1..],
-                Some(_) => {
-                    return Err(unexpected(
-                        line,
-                        name_end,
-                        number,
-                        "whitespace after metric name",
-                    ))
-                }
-            };
             return Ok(Entry::Help {
                 name,
-                help: unescape(help, false),
+                help: unescape(meta, false),
             });
         }
-        let kind_start = skip_ws(line, name_end);
-        if kind_start == name_end {
-            return Err(unexpected(line, name_end, number, "metric type"));
-        }
-        // Trailing whitespace is tolerated here although Prometheus rejects it.
-        let kind_text = text[kind_start..].trim_end_matches([' ', '\t']);
-        let kind = MetricType::from_prometheus(kind_text).ok_or_else(|| {
+        let kind = MetricType::from_prometheus(meta).ok_or_else(|| {
             err(
                 number,
-                kind_start,
-                ParseErrorKind::InvalidType(kind_text.to_owned()),
+                meta_start,
+                ParseErrorKind::InvalidType(meta.to_owned()),
             )
         })?;
         self.family = Some((name, kind));

@@ -186,10 +186,46 @@ fn metadata_and_comments() {
     let e = prom_err("# TYPE m gaugehistogram\n");
     assert_eq!(e.kind, ParseErrorKind::InvalidType("gaugehistogram".into()));
     assert_eq!((e.line, e.column), (1, 10));
-    assert!(matches!(
-        prom_err("# TYPE m\n").kind,
-        ParseErrorKind::Unexpected { .. }
-    ));
+    // The type is the rest of the line less one separator byte, as Prometheus reads it.
+    for (line, kind) in [
+        ("# TYPE m\n", ""),
+        ("# TYPE m gauge \n", "gauge "),
+        ("# TYPE m gauge\t\n", "gauge\t"),
+        ("# TYPE m  gauge\n", " gauge"),
+    ] {
+        assert_eq!(
+            prom_err(line).kind,
+            ParseErrorKind::InvalidType(kind.into()),
+            "{line:?}"
+        );
+    }
+    assert_eq!(
+        prom_err("# TYPE m gauge   \t\n").to_string(),
+        "line 1, column 10: invalid metric type \"gauge   \\t\""
+    );
+    let entries = prom("# TYPE m\tgauge\n# HELP m  two spaces \n# HELP m-x odd\n").unwrap();
+    assert_eq!(
+        entries,
+        vec![
+            Entry::Type {
+                name: "m",
+                kind: MetricType::Gauge
+            },
+            Entry::Help {
+                name: "m",
+                help: Cow::Borrowed(" two spaces ")
+            },
+            Entry::Help {
+                name: "m",
+                help: Cow::Borrowed("x odd")
+            },
+        ]
+    );
+    let e = prom_err("# HELP m\u{e9}t\u{e9}\n");
+    assert_eq!(
+        (e.line, e.column, e.kind),
+        (1, 9, ParseErrorKind::InvalidUtf8)
+    );
 }
 
 #[test]
