@@ -449,3 +449,77 @@ async fn changed_job_config_restarts_only_that_job() {
         .all(|v| v.is_some()));
     m.stop(true).await;
 }
+
+/// The first scrape waits for the target's slot (Prometheus's offset from the target's hash)
+/// instead of happening at once, every scrape keeps that phase, and a loop started again (as
+/// when a config moves to another agent) keeps it too, so that two scrapes of the target are
+/// never closer than the interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_keep_the_target_phase_across_restarts() {
+    let clock = agent::clock::Clock::system();
+    let arrivals: Arc<Mutex<Vec<std::time::SystemTime>>> = Arc::default();
+    let rec = arrivals.clone();
+    let t = TestTarget::start(Arc::new(move |_| {
+        rec.lock().unwrap().push(clock.now());
+        text("x 1\n")
+    }))
+    .await;
+    let cfgs = jobs(&format!(
+        "scrape_configs:\n  - job_name: phase\n    scrape_interval: 2s\n    scrape_timeout: 1s\n    static_configs: [{{targets: ['{}']}}]\n",
+        t.addr
+    ));
+    let addr = t.addr.to_string();
+    let target = agent::scrape::target::populate_labels(
+        &Labels::empty(),
+        &Labels::from_pairs([("__address__", addr.as_str())]),
+        &cfgs[0],
+        false,
+    )
+    .unwrap()
+    .unwrap();
+    let iv = Duration::from_secs(2).as_nanos();
+    let phase = u128::from(target.scrape_hash()) % iv;
+    // Generous for a loaded 2-core machine; the interval is 2 s.
+    let tolerance = Duration::from_millis(300).as_nanos();
+    let off_phase = |at: std::time::SystemTime| {
+        let ns = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % iv;
+        let d = ns.abs_diff(phase);
+        d.min(iv - d)
+    };
+    let storage = MemoryStorage::new();
+    for want in [3, 2] {
+        let before = arrivals.lock().unwrap().len();
+        let started = clock.now();
+        let m = manager(&storage);
+        m.apply(&cfgs).await.unwrap();
+        wait_until("scrapes", Duration::from_secs(15), || {
+            arrivals.lock().unwrap().len() >= before + want
+        })
+        .await;
+        m.stop(false).await;
+        let first = arrivals.lock().unwrap()[before];
+        // At once only if the loop happened to start on the target's slot.
+        if off_phase(started) > tolerance {
+            assert!(
+                first.duration_since(started).unwrap().as_nanos() > tolerance,
+                "first scrape at once"
+            );
+        }
+    }
+    let arrivals = arrivals.lock().unwrap().clone();
+    for (i, at) in arrivals.iter().enumerate() {
+        assert!(
+            off_phase(*at) <= tolerance,
+            "scrape {i} is {} ms off the target's phase",
+            off_phase(*at) / 1_000_000
+        );
+    }
+    for pair in arrivals.windows(2) {
+        let gap = pair[1].duration_since(pair[0]).unwrap().as_nanos();
+        assert!(
+            gap + tolerance >= iv,
+            "two scrapes {} ms apart",
+            gap / 1_000_000
+        );
+    }
+}

@@ -2,16 +2,18 @@
 //!
 //! # Schedule
 //!
-//! A new loop scrapes once within [`FIRST_SCRAPE_WINDOW`] (250 ms, spread by the target's hash),
-//! so a config PUT shows data at once (Prometheus waits up to an interval). From then on the
-//! loop scrapes at the instants `t` (nanoseconds since the Unix epoch) with
-//! `t mod interval == hash(target) mod interval`, where `hash(target)` is
-//! [`Labels::hash`] of the target's full labels (its identity), the first of them at least half
-//! an interval after the first scrape. A scrape that overruns skips the ticks it missed. The phase is pinned to
+//! As Prometheus 2.42 and the old agent: a new loop waits for the target's slot, then scrapes
+//! once per interval; a scrape that overruns skips the ticks it missed, so two scrapes of one
+//! target are never closer than the interval. The slots are the instants `t` (nanoseconds since
+//! the Unix epoch) with `t mod interval == hash mod interval` ([`scrape_offset`], Prometheus's
+//! `Target.offset`), where `hash` is Prometheus's `Target.hash()` of the target's labels and
+//! URL ([`Target::scrape_hash`](super::target::Target::scrape_hash)). The phase is pinned to
 //! absolute time, so the targets of a job spread over the interval and a target keeps its
-//! phase when its loop is restarted or moved to another agent. (Prometheus also mixes a hash of
-//! the external labels and host name into the offset; we do not, so every agent picks the same
-//! phase for the same target.)
+//! phase when its loop is restarted or its config moves to another agent. (Prometheus also
+//! mixes a hash of its host name and external labels into the offset, so that two servers
+//! scrape a target at different times; agentctl does not, so that every agent picks the same
+//! phase for the same target: a moved config's scrapes stay an interval apart.) A scrape that
+//! starts within 2 ms of its slot is stamped with the slot's time ([`aligned_scrape_time`]).
 //!
 //! # One scrape
 //!
@@ -481,12 +483,11 @@ fn check_label_limits(
     Ok(())
 }
 
-/// A new target's first scrape happens within this window after its loop starts.
-pub const FIRST_SCRAPE_WINDOW: Duration = Duration::from_millis(250);
-
-/// Delay from `now` until the first scrape (see the module docs): the next instant whose
-/// offset within `interval` (measured from the Unix epoch) equals `hash mod interval`.
-pub fn first_scrape_delay(hash: u64, interval: Duration, now: SystemTime) -> Duration {
+/// Prometheus's `Target.offset` (with no per-host seed): the wait from `now` until the
+/// target's next slot, in `(0, interval]`. The slots are the instants `t` (nanoseconds since
+/// the Unix epoch) with `t mod interval == hash mod interval`; `hash` is
+/// [`Target::scrape_hash`](super::target::Target::scrape_hash).
+pub fn scrape_offset(hash: u64, interval: Duration, now: SystemTime) -> Duration {
     let iv = interval.as_nanos();
     if iv == 0 {
         return Duration::ZERO;
@@ -495,9 +496,33 @@ pub fn first_scrape_delay(hash: u64, interval: Duration, now: SystemTime) -> Dur
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    let phase = u128::from(hash) % iv;
-    let delay = (phase + iv - now_ns % iv) % iv;
-    Duration::from_nanos(u64::try_from(delay).unwrap_or(u64::MAX))
+    let base = iv - now_ns % iv;
+    let mut next = base + u128::from(hash) % iv;
+    if next > iv {
+        next -= iv;
+    }
+    Duration::from_nanos(u64::try_from(next).unwrap_or(u64::MAX))
+}
+
+/// How far from its slot a scrape may start and still be stamped with the slot's time
+/// (Prometheus's `ScrapeTimestampTolerance`).
+pub const SCRAPE_TIMESTAMP_TOLERANCE: Duration = Duration::from_millis(2);
+
+/// A scrape's timestamp: its slot when the timer fired within
+/// [`SCRAPE_TIMESTAMP_TOLERANCE`] of it (and the interval is over 100 times that), else the
+/// time it started. Samples of a target are then exactly an interval apart, which compresses
+/// better, as Prometheus's `AlignScrapeTimestamps`; unlike Prometheus the slot is absolute
+/// (not counted from the loop's first scrape), so every agent stamps a target's slot alike.
+pub fn aligned_scrape_time(now: SystemTime, slot: SystemTime, interval: Duration) -> SystemTime {
+    let off = match now.duration_since(slot) {
+        Ok(late) => late,
+        Err(early) => early.duration(),
+    };
+    if interval > SCRAPE_TIMESTAMP_TOLERANCE * 100 && off <= SCRAPE_TIMESTAMP_TOLERANCE {
+        slot
+    } else {
+        now
+    }
 }
 
 /// A target's health for the targets API.
@@ -650,34 +675,17 @@ impl ScrapeLoop {
 
     async fn run(mut self, cancel: CancellationToken, write_stale: Arc<AtomicBool>) {
         let interval = self.target.interval.as_std();
-        let hash = self.target.full_labels.hash();
-        // A new target is scraped within FIRST_SCRAPE_WINDOW (spread by the same hash), so a
-        // config PUT shows data at once instead of up to an interval later; from the second
-        // scrape on, the loop keeps the target's phase within the interval (as Prometheus
-        // does), at least half an interval after the first scrape.
-        let window = interval.min(FIRST_SCRAPE_WINDOW).as_nanos().max(1);
-        let first = Duration::from_nanos((u128::from(hash) % window) as u64);
-        let mut scraped = tokio::select! {
+        // The first scrape waits for the target's slot, as in Prometheus; from then on one
+        // scrape per interval, ticks missed by an overrunning scrape skipped, so two scrapes
+        // of a target are never closer than its interval (see the module docs).
+        let now = self.clock.now();
+        let wait = scrape_offset(self.target.scrape_hash(), interval, now);
+        let mut slot = now + wait;
+        let started = tokio::select! {
             _ = cancel.cancelled() => false,
-            _ = tokio::time::sleep(first) => true,
+            _ = tokio::time::sleep(wait) => true,
         };
-        if scraped {
-            tokio::select! {
-                _ = cancel.cancelled() => scraped = false,
-                _ = self.scrape_and_report() => {}
-            }
-        }
-        if scraped {
-            let mut align = first_scrape_delay(hash, interval, self.clock.now());
-            if align < interval / 2 {
-                align += interval;
-            }
-            scraped = tokio::select! {
-                _ = cancel.cancelled() => false,
-                _ = tokio::time::sleep(align) => true,
-            };
-        }
-        if scraped {
+        if started {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
@@ -685,9 +693,14 @@ impl ScrapeLoop {
                     _ = cancel.cancelled() => break,
                     _ = ticker.tick() => {}
                 }
+                let now = self.clock.now();
+                while now.duration_since(slot).is_ok_and(|late| late >= interval) {
+                    slot += interval;
+                }
+                let scrape_time = aligned_scrape_time(now, slot, interval);
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = self.scrape_and_report() => {}
+                    _ = self.scrape_and_report(scrape_time) => {}
                 }
             }
         }
@@ -701,9 +714,8 @@ impl ScrapeLoop {
         }
     }
 
-    /// One scrape, appended and committed.
-    pub async fn scrape_and_report(&mut self) {
-        let started = self.clock.now();
+    /// One scrape at `started` (its samples' timestamp), appended and committed.
+    pub async fn scrape_and_report(&mut self, started: SystemTime) {
         let start = Instant::now();
         let t_ms = crate::clock::unix_millis(started);
         let forced = lock_status(&self.status).forced_error.clone();

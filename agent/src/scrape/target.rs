@@ -98,6 +98,36 @@ pub struct Target {
 }
 
 impl Target {
+    /// The hash that places this target's scrapes within its interval: Prometheus's
+    /// `Target.hash()`, computed the same way on every agent and every version, so a target
+    /// keeps its scrape phase when its loop restarts or its config moves to another agent:
+    ///
+    /// ```text
+    /// labels_hash = xxHash64(seed 0, name₁ 0xff value₁ 0xff name₂ 0xff value₂ 0xff ...)
+    ///               over `full_labels` in name order (Prometheus's `labels.Hash()`)
+    /// hash        = FNV-1a 64 over the bytes of format!("{labels_hash:016}") then `url`
+    /// ```
+    pub fn scrape_hash(&self) -> u64 {
+        let mut xx = twox_hash::XxHash64::with_seed(0);
+        for (name, value) in &self.full_labels {
+            std::hash::Hasher::write(&mut xx, name.as_bytes());
+            std::hash::Hasher::write(&mut xx, &[0xff]);
+            std::hash::Hasher::write(&mut xx, value.as_bytes());
+            std::hash::Hasher::write(&mut xx, &[0xff]);
+        }
+        let labels_hash = std::hash::Hasher::finish(&xx);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in format!("{labels_hash:016}")
+            .as_bytes()
+            .iter()
+            .chain(self.url.as_bytes())
+        {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+
     /// The scrape URL parsed for an HTTP client.
     pub fn http_url(&self) -> Result<url::Url, TargetError> {
         url::Url::parse(&self.url).map_err(|e| TargetError::InvalidUrl {

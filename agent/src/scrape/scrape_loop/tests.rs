@@ -371,23 +371,38 @@ fn metadata_of_the_body_is_kept_per_family() {
 }
 
 #[test]
-fn first_scrape_is_phase_locked_to_the_target_hash() {
+fn first_scrape_waits_for_the_target_slot_as_prometheus() {
     let iv = Duration::from_secs(10);
     let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
-    // hash mod 10s = 3s: from t=1s wait 2s, from t=5s wait 8s, at t=13s wait 0.
+    // hash mod 10s = 3s: from t=1s wait 2s, from t=5s wait 8s, and exactly on the slot
+    // (t=13s) a whole interval, never 0: Prometheus's offset is in (0, interval].
     let hash = 3_000_000_000 + 10_000_000_000 * 7;
-    assert_eq!(
-        first_scrape_delay(hash, iv, at(1000)),
-        Duration::from_secs(2)
-    );
-    assert_eq!(
-        first_scrape_delay(hash, iv, at(5000)),
-        Duration::from_secs(8)
-    );
-    assert_eq!(first_scrape_delay(hash, iv, at(13_000)), Duration::ZERO);
+    assert_eq!(scrape_offset(hash, iv, at(1000)), Duration::from_secs(2));
+    assert_eq!(scrape_offset(hash, iv, at(5000)), Duration::from_secs(8));
+    assert_eq!(scrape_offset(hash, iv, at(13_000)), iv);
     for now in [0, 1, 999, 123_456_789] {
-        assert!(first_scrape_delay(u64::MAX, iv, at(now)) < iv);
+        let d = scrape_offset(u64::MAX, iv, at(now));
+        assert!(d > Duration::ZERO && d <= iv, "{d:?}");
+        // Whenever the loop starts, the first scrape lands on the same phase.
+        let first = at(now) + d;
+        let phase = first.duration_since(UNIX_EPOCH).unwrap().as_nanos() % iv.as_nanos();
+        assert_eq!(phase, u128::from(u64::MAX) % iv.as_nanos());
     }
+}
+
+#[test]
+fn scrape_timestamps_snap_to_the_slot_within_two_milliseconds() {
+    let iv = Duration::from_secs(10);
+    let slot = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let ms = Duration::from_millis;
+    assert_eq!(aligned_scrape_time(slot + ms(2), slot, iv), slot);
+    assert_eq!(aligned_scrape_time(slot - ms(1), slot, iv), slot);
+    assert_eq!(aligned_scrape_time(slot + ms(3), slot, iv), slot + ms(3));
+    // Not for intervals of 200 ms or less, as in Prometheus.
+    assert_eq!(
+        aligned_scrape_time(slot + ms(1), slot, ms(200)),
+        slot + ms(1)
+    );
 }
 
 mod model {

@@ -684,3 +684,32 @@ mod props {
         }
     }
 }
+
+/// Prometheus's `Target.hash()`: agents of every version must agree on it (a moved config
+/// keeps its phase), so the formula is restated here and one value pinned.
+#[test]
+fn scrape_hash_is_prometheus_target_hash() {
+    let t = active(&[("__address__", "node-1:9100")], &https_job(), false);
+    let mut bytes = Vec::new();
+    for (n, v) in &t.full_labels {
+        bytes.extend_from_slice(n.as_bytes());
+        bytes.push(0xff);
+        bytes.extend_from_slice(v.as_bytes());
+        bytes.push(0xff);
+    }
+    let labels_hash = twox_hash::XxHash64::oneshot(0, &bytes);
+    let mut fnv: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{labels_hash:016}").bytes().chain(t.url.bytes()) {
+        fnv = (fnv ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    assert_eq!(t.scrape_hash(), fnv);
+    // The URL and every label count; the scrape phase is pinned to these.
+    let other = active(&[("__address__", "node-2:9100")], &https_job(), false);
+    assert_ne!(t.scrape_hash(), other.scrape_hash());
+    assert_eq!(t.url, "https://node-1:9100/metrics");
+    assert_eq!(t.scrape_hash(), PINNED_SCRAPE_HASH);
+}
+
+/// `scrape_hash_is_prometheus_target_hash`'s target, hashed once (and checked against an
+/// independent xxHash64 + FNV-1a implementation): never change it.
+const PINNED_SCRAPE_HASH: u64 = 10_701_560_908_394_998_504;
