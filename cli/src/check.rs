@@ -47,20 +47,6 @@ pub fn check_file(
                 ));
             }
             warnings.extend(cfg.ignored_fields.iter().map(|f| f.to_string()));
-            let ss = &cfg.scraping_service;
-            for (field, store) in [
-                ("scraping_service.kvstore", ss.kvstore.store()),
-                (
-                    "scraping_service.lifecycler.ring.kvstore",
-                    ss.lifecycler.ring_kvstore.store(),
-                ),
-            ] {
-                if matches!(store, "consul" | "multi") {
-                    warnings.push(format!(
-                        "{field}.store: {store} is not supported yet; the agent will refuse to start with it (use etcd or embedded)"
-                    ));
-                }
-            }
             for c in &cfg.configs {
                 unsupported_sd_warnings(&c.scrape_configs, &mut warnings);
             }

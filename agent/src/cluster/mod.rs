@@ -1,4 +1,4 @@
-//! The clustered scraping service: which configs this agent runs (spec §6).
+//! The clustered scraping service: which configs this agent runs.
 //!
 //! Every agent holds a [`RingView`] (a watch on `collectors/agent`) and a watch on the config
 //! prefix. It recomputes what it owns:
@@ -44,7 +44,8 @@ use crate::config::load::parse_instance_named;
 use crate::config::GlobalConfig;
 use crate::instance::manager::InstanceManager;
 use crate::kv::configstore::{content_hash, ConfigEvent, ConfigStore};
-use crate::ring::lifecycler::{KvHealth, Lifecycler};
+use crate::kv::KvStore;
+use crate::ring::lifecycler::{KvHealth, Lifecycler, LifecyclerSettings};
 use crate::ring::lookup::Ring;
 use crate::ring::model::Desc;
 use crate::ring::view::RingView;
@@ -86,7 +87,54 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// What joining the ring needs besides the stores, from the validated agent config.
+#[derive(Debug, Clone)]
+pub struct JoinSettings {
+    pub lifecycler: LifecyclerSettings,
+    pub global: GlobalConfig,
+    pub reshard_interval: Duration,
+    pub clock: Clock,
+}
+
 impl Cluster {
+    /// Joins the ring in `ring_kv` (starts this agent's lifecycler and a view of the ring) and
+    /// follows the configs in `configs`. Returns the cluster, to be driven by
+    /// [`Cluster::run`], and its `/debug/ring` page.
+    pub fn join(
+        configs: Arc<ConfigStore>,
+        ring_kv: Arc<dyn KvStore>,
+        manager: Arc<InstanceManager>,
+        s: JoinSettings,
+    ) -> (Arc<Cluster>, axum::Router) {
+        let ring_key = s.lifecycler.ring_key.clone();
+        let heartbeat_timeout = s.lifecycler.heartbeat_timeout;
+        tracing::info!(id = %s.lifecycler.id, addr = %s.lifecycler.addr, ring = %ring_key, "joining the ring");
+        let lifecycler = Lifecycler::start(ring_kv.clone(), s.lifecycler, s.clock);
+        let view = RingView::start(
+            ring_kv.clone(),
+            ring_key.clone(),
+            heartbeat_timeout,
+            s.clock,
+        );
+        let cluster = Cluster::new(
+            configs,
+            lifecycler,
+            view,
+            manager,
+            s.global,
+            s.reshard_interval,
+            s.clock,
+        );
+        let page = crate::ring::http::router(crate::ring::http::RingPageState {
+            store: ring_kv,
+            ring_key,
+            heartbeat_timeout,
+            configs_owned: cluster.owned_counts(),
+            clock: s.clock,
+        });
+        (cluster, page)
+    }
+
     pub fn new(
         store: Arc<ConfigStore>,
         lifecycler: Lifecycler,

@@ -119,8 +119,9 @@ pub struct ScrapingServiceRaw {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KvStoreConfig {
-    /// `etcd`, `embedded` (the default), `inmemory`; `consul` and `multi` are parsed but not
-    /// supported at run time yet; `memberlist` never worked in the old agent and is refused.
+    /// `etcd`, `embedded` (the default), `inmemory`; `consul` and `multi` are refused when the
+    /// scraping service is on (agentctl cannot open them) and unused otherwise; `memberlist`
+    /// never worked in the old agent and is refused. Validated into a [`KvBackend`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,36 +136,69 @@ pub struct KvStoreConfig {
     pub embedded: Option<EmbeddedConfig>,
 }
 
-pub const KV_STORES: [&str; 6] = [
-    "embedded",
-    "etcd",
-    "inmemory",
-    "consul",
-    "multi",
-    "memberlist",
-];
-
 impl KvStoreConfig {
-    pub fn store(&self) -> &str {
-        self.store
+    /// The store this block selects, validated. `field` names the block in errors
+    /// (`scraping_service.kvstore`). `consul` and `multi` are accepted only when `in_use` is
+    /// false (the scraping service is off, so nothing opens the store).
+    pub fn validate(&self, field: &str, in_use: bool) -> Result<KvBackend, String> {
+        let name = self
+            .store
             .as_deref()
             .filter(|s| !s.is_empty())
-            .unwrap_or("embedded")
-    }
-
-    pub fn validate(&self, field: &str) -> Result<(), String> {
-        match self.store() {
+            .unwrap_or("embedded");
+        match name {
+            "embedded" => Ok(KvBackend::Embedded {
+                dir: self
+                    .embedded
+                    .as_ref()
+                    .and_then(|e| e.path.clone())
+                    .filter(|p| !p.is_empty()),
+            }),
+            "etcd" => match &self.etcd {
+                Some(e) if !e.endpoints.is_empty() => Ok(KvBackend::Etcd(Box::new(e.clone()))),
+                _ => Err(format!(
+                    "{field}.etcd.endpoints: at least one endpoint is required when store is etcd"
+                )),
+            },
+            "inmemory" => Ok(KvBackend::InMemory),
+            "consul" | "multi" if in_use => Err(format!(
+                "{field}.store: {name} is not supported by agentctl; use etcd or embedded"
+            )),
+            "consul" => Ok(KvBackend::Unused("consul")),
+            "multi" => Ok(KvBackend::Unused("multi")),
             "memberlist" => Err(format!(
                 "{field}.store: memberlist is not supported (it never worked in the old agent's scraping service); use etcd or embedded"
             )),
-            "etcd" if self.etcd.as_ref().is_none_or(|e| e.endpoints.is_empty()) => {
-                Err(format!("{field}.etcd.endpoints: at least one endpoint is required when store is etcd"))
-            }
-            s if KV_STORES.contains(&s) => Ok(()),
             other => Err(format!(
-                "{field}.store: invalid KV store type {other:?} (one of: {})",
-                KV_STORES[..5].join(", ")
+                "{field}.store: invalid KV store type {other:?} (one of: embedded, etcd, inmemory, consul, multi)"
             )),
+        }
+    }
+}
+
+/// A validated `kvstore` block: the store the agent opens and its settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KvBackend {
+    /// The embedded, durable single-node store in `dir` (`embedded.path`; `None`: the WAL
+    /// directory).
+    Embedded { dir: Option<String> },
+    /// etcd, with at least one endpoint.
+    Etcd(Box<EtcdConfig>),
+    /// A process-local store that forgets everything on exit.
+    InMemory,
+    /// `consul` or `multi`, written in a config whose scraping service is off: nothing opens
+    /// it (with the scraping service on, validation refuses them).
+    Unused(&'static str),
+}
+
+impl KvBackend {
+    /// The `store:` name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            KvBackend::Embedded { .. } => "embedded",
+            KvBackend::Etcd(_) => "etcd",
+            KvBackend::InMemory => "inmemory",
+            KvBackend::Unused(name) => name,
         }
     }
 }
@@ -304,7 +338,8 @@ pub struct LifecyclerConfigRaw {
 /// Validated lifecycler and ring settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LifecyclerConfig {
-    pub ring_kvstore: KvStoreConfig,
+    /// The ring's store (`lifecycler.ring.kvstore`; by default the config store's).
+    pub ring_kvstore: KvBackend,
     pub ring_prefix: String,
     pub heartbeat_timeout: GoDuration,
     pub num_tokens: u32,
@@ -328,7 +363,8 @@ pub struct ScrapingServiceConfig {
     pub reshard_interval: GoDuration,
     pub reshard_timeout: GoDuration,
     pub cluster_reshard_event_timeout: GoDuration,
-    pub kvstore: KvStoreConfig,
+    /// The config store.
+    pub kvstore: KvBackend,
     pub config_prefix: String,
     pub lifecycler: LifecyclerConfig,
     pub dangerous_allow_reading_files: bool,
@@ -441,15 +477,16 @@ impl AgentConfigRaw {
                 ))
             }
         };
-        let kvstore = ss.kvstore.clone().unwrap_or_default();
-        kvstore.validate("scraping_service.kvstore")?;
+        let kvstore_raw = ss.kvstore.clone().unwrap_or_default();
+        let kvstore = kvstore_raw.validate("scraping_service.kvstore", ss.enabled)?;
         let lc = ss.lifecycler.clone().unwrap_or_default();
         let ring = lc.ring.clone().unwrap_or_default();
-        let ring_kvstore = ring.kvstore.clone().unwrap_or_else(|| KvStoreConfig {
+        let ring_kvstore_raw = ring.kvstore.clone().unwrap_or_else(|| KvStoreConfig {
             prefix: None,
-            ..kvstore.clone()
+            ..kvstore_raw.clone()
         });
-        ring_kvstore.validate("scraping_service.lifecycler.ring.kvstore")?;
+        let ring_kvstore =
+            ring_kvstore_raw.validate("scraping_service.lifecycler.ring.kvstore", ss.enabled)?;
         let num_tokens = lc.num_tokens.unwrap_or(128);
         if num_tokens == 0 {
             return Err("scraping_service.lifecycler.num_tokens must be greater than 0".into());
@@ -514,13 +551,13 @@ impl AgentConfigRaw {
                 cluster_reshard_event_timeout: ss
                     .cluster_reshard_event_timeout
                     .unwrap_or(GoDuration::from_secs(30)),
-                config_prefix: kvstore
+                config_prefix: kvstore_raw
                     .prefix
                     .clone()
                     .unwrap_or_else(|| "configurations/".into()),
                 kvstore,
                 lifecycler: LifecyclerConfig {
-                    ring_prefix: ring_kvstore
+                    ring_prefix: ring_kvstore_raw
                         .prefix
                         .clone()
                         .unwrap_or_else(|| "collectors/".into()),
@@ -567,5 +604,76 @@ impl AgentConfig {
         };
         raw.validate()
             .expect("the embedded default config is valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backends(yaml: &str) -> Result<(KvBackend, KvBackend), String> {
+        let raw: AgentConfigRaw = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+        let cfg = raw.validate()?;
+        let ss = cfg.scraping_service;
+        Ok((ss.kvstore, ss.lifecycler.ring_kvstore))
+    }
+
+    #[test]
+    fn the_store_kind_is_validated_into_an_enum_at_load() {
+        let on = |store: &str| {
+            format!(
+                "metrics:\n  scraping_service:\n    enabled: true\n    kvstore:\n      {store}\n"
+            )
+        };
+        assert_eq!(
+            backends(&on("store: embedded\n      embedded: {path: /kv}")),
+            Ok((
+                KvBackend::Embedded {
+                    dir: Some("/kv".into())
+                },
+                KvBackend::Embedded {
+                    dir: Some("/kv".into())
+                }
+            ))
+        );
+        assert_eq!(
+            backends(&on("store: inmemory")).map(|b| b.0),
+            Ok(KvBackend::InMemory)
+        );
+        let etcd = backends(&on("store: etcd\n      etcd: {endpoints: ['e:2379']}")).unwrap();
+        assert!(matches!(&etcd.0, KvBackend::Etcd(e) if e.endpoints == ["e:2379"]));
+        assert_eq!(etcd.0, etcd.1, "the ring uses the config store by default");
+        // No store named: the embedded store in the WAL directory.
+        assert_eq!(
+            backends("metrics:\n  scraping_service:\n    enabled: true\n").map(|b| b.0),
+            Ok(KvBackend::Embedded { dir: None })
+        );
+        // Stores agentctl cannot open are refused at load, not found out at run time.
+        for (store, want) in [
+            (
+                "consul",
+                "scraping_service.kvstore.store: consul is not supported by agentctl",
+            ),
+            (
+                "multi",
+                "scraping_service.kvstore.store: multi is not supported by agentctl",
+            ),
+            ("memberlist", "memberlist is not supported"),
+            ("redis", "invalid KV store type \"redis\""),
+            (
+                "etcd",
+                "scraping_service.kvstore.etcd.endpoints: at least one endpoint",
+            ),
+        ] {
+            let err = backends(&on(&format!("store: {store}"))).unwrap_err();
+            assert!(err.contains(want), "{store}: {err}");
+        }
+        // Without the scraping service nothing opens the store: an old agent's consul block
+        // still loads.
+        assert_eq!(
+            backends("metrics:\n  scraping_service:\n    kvstore:\n      store: consul\n")
+                .map(|b| b.0),
+            Ok(KvBackend::Unused("consul"))
+        );
     }
 }

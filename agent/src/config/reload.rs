@@ -17,7 +17,7 @@
 //! (listen address and log level come from flags), so changing them changes nothing.
 //! `reshard_timeout` and `cluster_reshard_event_timeout` are accepted and unused, as at start.
 
-use super::agent::AgentConfig;
+use super::agent::{AgentConfig, KvBackend};
 
 /// The differences between the running config and a reloaded one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub fn plan(old: &AgentConfig, new: &AgentConfig) -> ReloadPlan {
         "metrics.scraping_service.lifecycler.ring.heartbeat_timeout",
     );
     let rest_of = |l: &super::agent::LifecyclerConfig| super::agent::LifecyclerConfig {
-        ring_kvstore: Default::default(),
+        ring_kvstore: KvBackend::InMemory,
         ring_prefix: String::new(),
         heartbeat_timeout: Default::default(),
         ..l.clone()

@@ -115,8 +115,8 @@ pub enum KvError {
     },
     #[error("embedded KV store at {path}: {message}")]
     EmbeddedIo { path: PathBuf, message: String },
-    #[error("the consul KV store is not supported yet; use etcd or the embedded store")]
-    ConsulUnsupported,
+    #[error("the {store} KV store is not supported; use etcd or the embedded store")]
+    Unsupported { store: &'static str },
     #[error("key {key:?} holds a value whose revision is out of range: {revision}")]
     BadRevision { key: String, revision: i64 },
     #[error("key is not valid UTF-8: {key:?}")]
@@ -389,7 +389,66 @@ pub async fn connect(spec: &KvSpec) -> Result<Arc<dyn KvStore>, KvError> {
         KvSpec::Etcd(cfg) => Ok(Arc::new(EtcdStore::connect(cfg.clone()).await?)),
         KvSpec::Embedded(path) => Ok(Arc::new(EmbeddedStore::open(path.clone()).await?)),
         KvSpec::InMemory => Ok(Arc::new(InMemoryStore::new())),
-        KvSpec::Consul(_) => Err(KvError::ConsulUnsupported),
+        KvSpec::Consul(_) => Err(KvError::Unsupported { store: "consul" }),
+    }
+}
+
+/// Opens the store a validated `kvstore` block selects. The embedded store lives in
+/// `embedded.path`, else in `wal_directory` (its file is `kv.redb`, which no instance WAL
+/// folder can clash with).
+pub async fn open(
+    backend: &crate::config::agent::KvBackend,
+    wal_directory: &std::path::Path,
+) -> Result<Arc<dyn KvStore>, KvError> {
+    use crate::config::agent::KvBackend;
+    let spec = match backend {
+        KvBackend::Etcd(e) => {
+            let defaults = EtcdConfig::default();
+            KvSpec::Etcd(EtcdConfig {
+                endpoints: e.endpoints.clone(),
+                dial_timeout: e.dial_timeout.map_or(defaults.dial_timeout, |d| d.as_std()),
+                max_retries: e.max_retries.unwrap_or(defaults.max_retries),
+                username: e.username.clone().unwrap_or_default(),
+                password: e.password.clone().unwrap_or_default(),
+                tls_enabled: e.tls_enabled,
+                ..defaults
+            })
+        }
+        KvBackend::InMemory => KvSpec::InMemory,
+        KvBackend::Embedded { dir } => KvSpec::Embedded(
+            dir.as_ref()
+                .map_or_else(|| wal_directory.to_owned(), PathBuf::from),
+        ),
+        KvBackend::Unused(store) => return Err(KvError::Unsupported { store }),
+    };
+    connect(&spec).await
+}
+
+/// [`open`], retried with backoff (250 ms doubling up to 30 s) while the store is unreachable
+/// (etcd down at start). `on_error` hears each failure (and whether it is retried). Gives up,
+/// returning `None`, on an error retrying cannot fix (an unsupported store, a bad etcd
+/// setting) or when `shutdown` is cancelled.
+pub async fn open_retrying(
+    backend: &crate::config::agent::KvBackend,
+    wal_directory: &std::path::Path,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut on_error: impl FnMut(&KvError, Option<Duration>),
+) -> Option<Arc<dyn KvStore>> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match open(backend, wal_directory).await {
+            Ok(store) => return Some(store),
+            Err(e @ (KvError::Unsupported { .. } | KvError::EtcdConfig { .. })) => {
+                on_error(&e, None);
+                return None;
+            }
+            Err(e) => on_error(&e, Some(delay)),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -472,7 +531,22 @@ mod tests {
             .expect_err("consul");
         assert_eq!(
             err.to_string(),
-            "the consul KV store is not supported yet; use etcd or the embedded store"
+            "the consul KV store is not supported; use etcd or the embedded store"
+        );
+    }
+
+    /// A store kind agentctl has no backend for is its own error, not an etcd setting.
+    #[tokio::test]
+    async fn an_unused_store_kind_does_not_open() {
+        let err = open(
+            &crate::config::agent::KvBackend::Unused("multi"),
+            std::path::Path::new("/nonexistent"),
+        )
+        .await
+        .expect_err("multi");
+        assert_eq!(
+            err.to_string(),
+            "the multi KV store is not supported; use etcd or the embedded store"
         );
     }
 
