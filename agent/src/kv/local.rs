@@ -469,6 +469,9 @@ macro_rules! delegate_kv_store {
             ) -> $crate::kv::BoxFuture<'a, Result<$crate::kv::Watch, $crate::kv::KvError>> {
                 self.0.watch_prefix(prefix)
             }
+            fn cas_retries(&self) -> u32 {
+                self.0.cas_retries()
+            }
             fn describe(&self) -> String {
                 self.0.describe()
             }
