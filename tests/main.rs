@@ -19,6 +19,7 @@ mod progress;
 mod reliability;
 mod remote_write;
 mod remote_write_e2e;
+mod replay;
 mod ring;
 mod ring_browser;
 mod scrape;

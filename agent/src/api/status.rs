@@ -160,14 +160,14 @@ async fn metrics(State(state): State<Arc<StatusState>>) -> Response {
 
 /// `GET /agent/api/v1/metrics/instances`: the sorted names of the configs this agent runs.
 async fn instances(State(state): State<Arc<StatusState>>) -> Response {
-    let names = state.manager.names().await;
+    let names = state.manager.names();
     success(StatusCode::OK, Some(serde_json::json!(names)))
 }
 
 /// `GET /agent/api/v1/metrics/targets`: this agent's targets, in the old agent's shape
 /// (`agent/src/scrape/manager.rs` builds it).
 async fn targets(State(state): State<Arc<StatusState>>) -> Response {
-    let t = state.manager.targets().await;
+    let t = state.manager.targets();
     let data = crate::scrape::manager::targets_response(t)["data"].take();
     success(StatusCode::OK, Some(data))
 }

@@ -67,7 +67,7 @@ pub struct Cluster {
     /// "Now" for heartbeat ages in ownership decisions.
     clock: Clock,
     /// Content hash of each config this agent runs.
-    applied: tokio::sync::Mutex<HashMap<String, String>>,
+    applied: std::sync::Mutex<HashMap<String, String>>,
     /// Configs owned per ring member id, for `/debug/ring`.
     owned_tx: watch::Sender<HashMap<String, usize>>,
     ready_tx: watch::Sender<bool>,
@@ -158,10 +158,16 @@ impl Cluster {
             reloaded: tokio::sync::Notify::new(),
             heartbeat_timeout,
             clock,
-            applied: tokio::sync::Mutex::new(HashMap::new()),
+            applied: std::sync::Mutex::new(HashMap::new()),
             owned_tx: watch::channel(HashMap::new()).0,
             ready_tx: watch::channel(false).0,
         })
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn settings(&self) -> Reloadable {
@@ -187,7 +193,7 @@ impl Cluster {
             global,
             reshard_interval,
         };
-        self.applied.lock().await.clear();
+        self.applied().clear();
         self.reloaded.notify_one();
     }
 
@@ -196,7 +202,8 @@ impl Cluster {
         self.owned_tx.subscribe()
     }
 
-    /// `true` once the first full reshard is done.
+    /// `true` once the first full reshard is done and the instances it started tried their
+    /// configs.
     pub fn ready(&self) -> watch::Receiver<bool> {
         self.ready_tx.subscribe()
     }
@@ -243,6 +250,11 @@ impl Cluster {
         }
         self.view.wait_ready().await;
         self.refresh().await;
+        // Ready once the instances it owns started (or failed and are retried).
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = self.manager.settled() => {}
+        }
         let _ = self.ready_tx.send(true);
         let mut next = tokio::time::Instant::now() + self.reshard_interval();
         let mut kv_rx = self.lifecycler.subscribe_kv_health();
@@ -334,7 +346,7 @@ impl Cluster {
         let _ = self.owned_tx.send(counts);
         let wanted: std::collections::HashSet<&str> =
             owned.iter().map(|(n, _)| n.as_str()).collect();
-        for name in self.manager.names().await {
+        for name in self.manager.names() {
             if !wanted.contains(name.as_str()) {
                 let deleted = !all.iter().any(|(n, _)| *n == name);
                 self.stop(&name, deleted).await;
@@ -352,12 +364,12 @@ impl Cluster {
                 let ring = self.ring();
                 if self.owns(&ring, &name) {
                     self.run_config(&name, &yaml).await;
-                } else if self.manager.is_running(&name).await {
+                } else if self.manager.is_running(&name) {
                     self.stop(&name, false).await;
                 }
             }
             ConfigEvent::Deleted { name } => {
-                if self.manager.is_running(&name).await {
+                if self.manager.is_running(&name) {
                     self.stop(&name, true).await;
                 }
             }
@@ -371,14 +383,14 @@ impl Cluster {
             "config moved to another agent"
         };
         tracing::info!(config = name, reason = why, "stopping instance");
-        self.applied.lock().await.remove(name);
+        self.applied().remove(name);
         // Staleness markers only when the series really end (deleted), not on a move.
         self.manager.delete(name, deleted).await;
     }
 
     async fn run_config(&self, name: &str, yaml: &str) {
         let hash = content_hash(yaml);
-        if self.applied.lock().await.get(name) == Some(&hash) {
+        if self.applied().get(name) == Some(&hash) {
             return;
         }
         let global = self.settings().global;
@@ -387,7 +399,7 @@ impl Cluster {
                 tracing::info!(config = name, "running config");
                 match self.manager.apply(cfg).await {
                     Ok(()) => {
-                        self.applied.lock().await.insert(name.to_owned(), hash);
+                        self.applied().insert(name.to_owned(), hash);
                     }
                     // Not marked applied: tried again at the next reshard (the clashing
                     // config may be gone by then).

@@ -162,7 +162,11 @@ impl Supervisor {
                     tracing::error!(config = %name, error = %e, "config not run");
                 }
             }
-            self.ready.send_replace(true);
+            let (manager, ready) = (self.manager.clone(), self.ready.clone());
+            tokio::spawn(async move {
+                manager.settled().await;
+                ready.send_replace(true);
+            });
         }
         loop {
             tokio::select! {
@@ -362,7 +366,7 @@ impl Supervisor {
             // Without the scraping service the file's `configs` are the whole truth.
             let wanted: std::collections::HashSet<&str> =
                 new.configs.iter().map(|c| c.name.as_str()).collect();
-            for name in manager.names().await {
+            for name in manager.names() {
                 if !wanted.contains(name.as_str()) {
                     tracing::info!(config = %name, "config removed from the file; stopping");
                     manager.delete(&name, true).await;

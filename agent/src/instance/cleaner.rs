@@ -272,7 +272,6 @@ pub async fn clean_once(
     let started = std::time::Instant::now();
     let running: BTreeSet<String> = manager
         .instance_names()
-        .await
         .iter()
         .map(|n| dir_name(n))
         .collect();
@@ -507,7 +506,9 @@ mod tests {
             crate::config::agent::InstanceMode::Distinct,
         );
         manager.apply(instance_config("team/live")).await.unwrap();
-        assert_eq!(manager.names().await, ["team/live"]);
+        assert_eq!(manager.names(), ["team/live"]);
+        // The instance starts in the background.
+        manager.settled().await;
         let live = r.join("team--live");
         assert!(live.join("wal").is_dir());
         age_files(&live, 30 * HOUR);

@@ -1,27 +1,49 @@
-//! Starts, updates and stops instances. An instance that fails to start is retried after
-//! `instance_restart_backoff` while it is still wanted; a failure never takes the agent down.
+//! Starts, updates and stops instances, without ever making one config wait for another.
 //!
 //! Callers speak in configs (apply, delete by config name); [`Groups`] maps them onto
 //! instances according to `instance_mode` (see [`super::group`]): in `distinct` mode each
 //! config is its own instance, named by the config; in `shared` mode (the default, as in the
 //! old agent) configs that differ only in name and scrape_configs run as one instance named by
-//! their group hash. A member added, changed or removed updates its group instance's scrape
-//! jobs in place (same WAL, same remote_write queues); the last member removed stops it.
-//! [`InstanceManager::names`] lists config names in both modes, as the old agent's
-//! `/agent/api/v1/metrics/instances` did (`ListConfigs`); the WAL folder, the targets'
-//! `instance` field and the metric label use the instance name.
+//! their group hash. [`InstanceManager::names`] lists config names in both modes, as the old
+//! agent's `/agent/api/v1/metrics/instances` did; the WAL folder, the targets' `instance` field
+//! and the metric label use the instance name.
+//!
+//! # Tasks
+//!
+//! ```text
+//! callers ──Command──► manager task ──desired state (watch)──► one worker task per instance
+//!    ▲                  owns Groups,                             owns its Instance: opens and
+//!    └──── reply ────── the workers, the                        replays the WAL, updates,
+//!                       blocked and the                          restarts, retries, stops
+//!                       reserved folders ◄──Attempted/Stopped─── (flushing remote_write)
+//! ```
+//!
+//! The manager task only decides: a command changes the membership and sets the desired state
+//! of the instances it touches, and the answer goes back at once. Every slow step (replaying a
+//! large WAL, stopping scrape loops, flushing remote_write for up to `remote_flush_deadline`)
+//! runs in the instance's own worker, which converges on the latest desired state (a newer
+//! one replaces an older one not yet acted on). So a WAL replaying for minutes delays its own
+//! instance only; no lock is held across any of it. Readers ([`InstanceManager::names`],
+//! [`InstanceManager::targets`]) read published snapshots and never wait for the task.
+//!
+//! Two instances never share a WAL folder: `a/b` and `a--b` both map to `a--b` (see
+//! [`dir_name`]), and two writers in one folder corrupt each other. An instance whose folder
+//! is in use (by another instance, running or still flushing, or by the WAL cleaner removing
+//! it) waits, logged, and starts when the folder is free. A start that fails is retried every
+//! `instance_restart_backoff` while the config is wanted; a failure never takes the agent
+//! down.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::group::{Action, GroupError, Groups};
 use super::{dir_name, Instance, Shared};
 use crate::config::agent::InstanceMode;
 use crate::config::InstanceConfig;
-use crate::scrape::manager::TargetInfo;
+use crate::scrape::manager::{ScrapeManager, TargetInfo};
 
 /// The metric label naming an instance: `instance_group_name` for a shared group,
 /// `instance_name` for a distinct config (the old agent's labels).
@@ -32,107 +54,42 @@ pub fn metric_label(mode: InstanceMode) -> &'static str {
     }
 }
 
+/// The handle to the manager task; cheap to share (`Arc`).
 #[derive(Debug)]
 pub struct InstanceManager {
     shared: Shared,
-    restart_backoff: std::sync::Mutex<Duration>,
-    /// Config membership. Held for a whole membership change (including the instance starts
-    /// and updates it causes), so changes to one group apply in the order they were made.
-    groups: Mutex<Groups>,
-    /// The member config names, updated with every membership change, so that listing them
-    /// (API, reshard) never waits behind an instance start or a restart's flush.
-    members: std::sync::RwLock<std::collections::BTreeSet<String>>,
-    inner: Mutex<Inner>,
+    commands: mpsc::UnboundedSender<Command>,
+    snapshot: watch::Receiver<Snapshot>,
+    views: Views,
 }
 
-/// Instances by instance name.
-#[derive(Debug, Default)]
-struct Inner {
-    running: BTreeMap<String, Instance>,
-    /// Instances wanted but not running (start failed); retried. With the metric label.
-    failed: BTreeMap<String, (InstanceConfig, &'static str)>,
-    /// Instances being stopped in the background (flushing remote_write for up to
-    /// `remote_flush_deadline`). A config that comes back waits for its old stop to finish,
-    /// since both would use the same WAL folder.
-    stopping: BTreeMap<String, tokio::task::JoinHandle<()>>,
+/// What readers see without asking the task.
+#[derive(Debug, Clone, Default)]
+struct Snapshot {
+    /// Member config names, sorted.
+    members: Vec<String>,
+    /// Instances wanted (running, starting, retried or waiting for their folder), sorted.
+    instances: Vec<String>,
+    /// Every wanted instance has tried its latest config at least once.
+    settled: bool,
 }
 
-/// Starts `cfg` unless another config's instance (running or still stopping) has the same WAL
-/// folder: `a/b` and `a--b` both map to `a--b` (see [`dir_name`]), and two WAL writers in one
-/// folder would corrupt each other. The second one fails to start (and is retried, so it runs
-/// once the first is gone).
-async fn start_checked(
-    inner: &Inner,
-    cfg: InstanceConfig,
-    shared: &Shared,
-    label: &'static str,
-) -> Result<Instance, super::InstanceError> {
-    let dir = dir_name(&cfg.name);
-    let other = inner
-        .running
-        .keys()
-        .chain(
-            inner
-                .stopping
-                .iter()
-                .filter(|(_, h)| !h.is_finished())
-                .map(|(n, _)| n),
-        )
-        .find(|n| **n != cfg.name && dir_name(n) == dir);
-    if let Some(other) = other {
-        return Err(super::InstanceError::Wal {
-            name: cfg.name.clone(),
-            dir: shared.wal_directory.join(&dir).join("wal"),
-            message: format!(
-                "the WAL folder is in use by config {other:?} (config names map to folders with `/` as `--`); rename one of them"
-            ),
-        });
-    }
-    Instance::start(cfg, shared, label).await
+/// Written by the workers and read by [`InstanceManager::targets`], never across an `.await`.
+#[derive(Clone, Default)]
+struct Views {
+    scrapes: Arc<RwLock<BTreeMap<String, Arc<ScrapeManager>>>>,
+    restart_backoff: Arc<Mutex<Duration>>,
 }
 
-/// Retries a failed instance every `restart_backoff` while its config is still wanted.
-async fn retry(me: Arc<InstanceManager>, name: String) {
-    loop {
-        let backoff = me.restart_backoff();
-        tokio::time::sleep(backoff).await;
-        let mut inner = me.inner.lock().await;
-        let Some((cfg, label)) = inner.failed.remove(&name) else {
-            return;
-        };
-        match start_checked(&inner, cfg.clone(), &me.shared, label).await {
-            Ok(inst) => {
-                tracing::info!(instance = %name, "instance started after a retry");
-                inner.running.insert(name, inst);
-                return;
-            }
-            Err(e) => {
-                tracing::error!(instance = %name, error = %e, retry_in = ?backoff, "instance failed to start");
-                inner.failed.insert(name.clone(), (cfg, label));
-            }
-        }
+impl std::fmt::Debug for Views {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Views")
+            .field("restart_backoff", &self.restart_backoff())
+            .finish_non_exhaustive()
     }
 }
 
-impl InstanceManager {
-    pub fn new(shared: Shared, restart_backoff: Duration, mode: InstanceMode) -> Arc<Self> {
-        Arc::new(InstanceManager {
-            shared,
-            restart_backoff: std::sync::Mutex::new(restart_backoff),
-            groups: Mutex::new(Groups::new(mode)),
-            members: std::sync::RwLock::new(Default::default()),
-            inner: Mutex::new(Inner::default()),
-        })
-    }
-
-    fn publish_members(&self, groups: &Groups) {
-        *self
-            .members
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            groups.config_names().into_iter().collect();
-    }
-
+impl Views {
     fn restart_backoff(&self) -> Duration {
         *self
             .restart_backoff
@@ -140,239 +97,537 @@ impl InstanceManager {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `instance_restart_backoff` for the next retries (config reload).
-    pub fn set_restart_backoff(&self, d: Duration) {
-        *self
-            .restart_backoff
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = d;
+    fn set_scrape(&self, name: &str, scrape: Option<Arc<ScrapeManager>>) {
+        let mut m = self
+            .scrapes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match scrape {
+            Some(s) => m.insert(name.to_owned(), s),
+            None => m.remove(name),
+        };
+    }
+}
+
+enum Command {
+    Apply(InstanceConfig, oneshot::Sender<Result<(), GroupError>>),
+    Delete(String, bool, oneshot::Sender<bool>),
+    SetMode(InstanceMode, oneshot::Sender<Vec<GroupError>>),
+    StopAll(bool, oneshot::Sender<()>),
+    /// The WAL cleaner wants to remove the folder: `true` when no instance uses it; starts in
+    /// it then wait until [`Command::ReleaseDir`].
+    ReserveDir(String, oneshot::Sender<bool>),
+    ReleaseDir(String),
+    /// From a worker: it acted on its desired state `generation` (started, updated, or failed
+    /// and will retry).
+    Attempted(String, u64),
+    /// From a worker: it stopped for its desired state `generation`.
+    Stopped(String, u64),
+}
+
+/// What a worker should make true.
+#[derive(Debug, Clone)]
+enum Want {
+    Run {
+        cfg: Box<InstanceConfig>,
+        label: &'static str,
+    },
+    Stop {
+        write_stale: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Desired {
+    generation: u64,
+    want: Want,
+}
+
+struct Worker {
+    desired: watch::Sender<Desired>,
+    generation: u64,
+    attempted: u64,
+}
+
+impl Worker {
+    fn running(&self) -> bool {
+        matches!(self.desired.borrow().want, Want::Run { .. })
+    }
+}
+
+impl InstanceManager {
+    /// Starts the manager task on the current runtime.
+    pub fn new(shared: Shared, restart_backoff: Duration, mode: InstanceMode) -> Arc<Self> {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (snapshot_tx, snapshot) = watch::channel(Snapshot {
+            settled: true,
+            ..Snapshot::default()
+        });
+        let views = Views {
+            restart_backoff: Arc::new(Mutex::new(restart_backoff)),
+            ..Views::default()
+        };
+        let task = Task {
+            shared: shared.clone(),
+            groups: Groups::new(mode),
+            workers: BTreeMap::new(),
+            blocked: BTreeMap::new(),
+            reserved: BTreeSet::new(),
+            stop_all_waiters: Vec::new(),
+            commands: commands.clone(),
+            snapshot: snapshot_tx,
+            views: views.clone(),
+        };
+        tokio::spawn(task.run(rx));
+        Arc::new(InstanceManager {
+            shared,
+            commands,
+            snapshot,
+            views,
+        })
     }
 
-    pub async fn mode(&self) -> InstanceMode {
-        self.groups.lock().await.mode()
+    /// What every instance shares (WAL directory, metrics, clock).
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Sends `command` and waits for its answer (`None`: the task is gone, only at exit).
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(command(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    /// Runs the config `cfg` (adds it to its group, or replaces its previous version): its
+    /// instance is started, updated in place, or restarted when it cannot be updated, in the
+    /// background; an unchanged instance is left alone. In shared mode a job name already used
+    /// by another member of the group is refused and nothing changes.
+    pub async fn apply(&self, cfg: InstanceConfig) -> Result<(), GroupError> {
+        self.ask(|tx| Command::Apply(cfg, tx))
+            .await
+            .unwrap_or(Ok(()))
+    }
+
+    /// Removes the config `name`: its instance stops when it was the last member, otherwise
+    /// the group instance drops its jobs. `write_stale` only when the config was deleted (not
+    /// moved). `false` when the config was not running here. Scraping stops at once; the
+    /// remote_write flush goes on in the background.
+    pub async fn delete(&self, name: &str, write_stale: bool) -> bool {
+        self.ask(|tx| Command::Delete(name.to_owned(), write_stale, tx))
+            .await
+            .unwrap_or(false)
     }
 
     /// Switches `instance_mode` (config reload): every config is regrouped, instances no longer
     /// wanted stop (no staleness markers: the series continue in the new instances), the new
     /// ones start. Returns the configs that could not be placed (job names clashing within a
     /// new group); they no longer run and are logged.
-    pub async fn set_mode(self: &Arc<Self>, mode: InstanceMode) -> Vec<GroupError> {
-        let mut groups = self.groups.lock().await;
-        if groups.mode() == mode {
-            return Vec::new();
-        }
-        let (actions, rejected) = groups.set_mode(mode);
-        for e in &rejected {
-            tracing::error!(error = %e, "config dropped while regrouping for the new instance_mode");
-        }
-        // Stops first: they only stop scraping here (the flush goes on in the background).
-        let (stops, runs): (Vec<Action>, Vec<Action>) = actions
-            .into_iter()
-            .partition(|a| matches!(a, Action::Stop(_)));
-        for a in stops.into_iter().chain(runs) {
-            self.execute(a, false, metric_label(mode)).await;
-        }
-        self.publish_members(&groups);
-        rejected
+    pub async fn set_mode(&self, mode: InstanceMode) -> Vec<GroupError> {
+        self.ask(|tx| Command::SetMode(mode, tx))
+            .await
+            .unwrap_or_default()
     }
 
-    async fn execute(self: &Arc<Self>, action: Action, write_stale: bool, label: &'static str) {
-        match action {
-            Action::Run(cfg) => self.run_instance(cfg, label).await,
-            Action::Stop(name) => {
-                self.stop_instance(&name, write_stale).await;
-            }
-        }
+    /// `instance_restart_backoff` for the next retries (config reload).
+    pub fn set_restart_backoff(&self, d: Duration) {
+        *self
+            .views
+            .restart_backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = d;
     }
 
-    /// What every instance shares (WAL directory, metrics).
-    pub fn shared(&self) -> &Shared {
-        &self.shared
+    /// Stops everything (shutdown), every instance's flush concurrently; returns once all
+    /// stopped.
+    pub async fn stop_all(&self, write_stale: bool) {
+        self.ask(|tx| Command::StopAll(write_stale, tx)).await;
     }
 
-    /// Runs `f` unless a config whose folder is `dir` (a [`dir_name`]) runs or is retried,
-    /// holding off every start, update and retry until `f` finishes. The WAL cleaner removes
-    /// a folder this way, so a config assigned back to this agent at that moment starts on a
-    /// fresh WAL rather than on a half-removed one. `None` when it runs.
+    /// Runs `f` unless an instance whose folder is `dir` (a [`dir_name`]) is wanted or still
+    /// stopping, holding off every start in that folder until `f` finishes. The WAL cleaner
+    /// removes a folder this way, so a config assigned back to this agent at that moment
+    /// starts on a fresh WAL rather than on a half-removed one. `None` when one runs.
     pub async fn unless_running<F, Fut, R>(&self, dir: &str, f: F) -> Option<R>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = R>,
     {
-        let inner = self.inner.lock().await;
-        let busy = inner
-            .running
-            .keys()
-            .chain(inner.failed.keys())
-            .chain(inner.stopping.keys())
-            .any(|n| dir_name(n) == dir);
-        if busy {
+        if !self
+            .ask(|tx| Command::ReserveDir(dir.to_owned(), tx))
+            .await?
+        {
             return None;
         }
+        let release = ReleaseOnDrop(self.commands.clone(), dir.to_owned());
         let r = f().await;
-        drop(inner);
+        drop(release);
         Some(r)
     }
 
-    /// Runs the config `cfg` (adds it to its group, or replaces its previous version). The
-    /// instance it belongs to is started, updated in place, or restarted when it cannot be
-    /// updated; an unchanged instance is left alone. In shared mode a job name already used by
-    /// another member of the group is refused and nothing changes.
-    pub async fn apply(self: &Arc<Self>, cfg: InstanceConfig) -> Result<(), GroupError> {
-        let mut groups = self.groups.lock().await;
-        let label = metric_label(groups.mode());
-        let name = cfg.name.clone();
-        let actions = groups.apply(cfg)?;
-        if let Some(i) = groups.instance_of(&name).filter(|i| *i != name) {
-            tracing::debug!(config = %name, instance = %i, "config runs in a shared instance");
-        }
-        for a in actions {
-            // A config that moved to another group: its series continue there.
-            self.execute(a, false, label).await;
-        }
-        // Listed once its instance runs (or is retried), as before grouping.
-        self.publish_members(&groups);
-        drop(groups);
-        Ok(())
-    }
-
-    /// Starts, updates or restarts the instance `cfg.name`.
-    async fn run_instance(self: &Arc<Self>, cfg: InstanceConfig, label: &'static str) {
-        let name = cfg.name.clone();
-        // A stop of this name still flushing: let it finish first (same WAL folder).
-        let pending = self.inner.lock().await.stopping.remove(&name);
-        if let Some(h) = pending {
-            let _ = h.await;
-        }
-        let mut inner = self.inner.lock().await;
-        inner.failed.remove(&name);
-        if let Some(mut inst) = inner.running.remove(&name) {
-            if inst.config() == &cfg {
-                inner.running.insert(name, inst);
-                return;
-            }
-            if inst.update(cfg.clone()).await {
-                tracing::info!(instance = %name, "instance updated in place");
-                inner.running.insert(name, inst);
-                return;
-            }
-            tracing::info!(instance = %name, "instance restarting for a changed config");
-            // Stop without holding the manager: other configs keep being applied meanwhile.
-            drop(inner);
-            inst.stop(false).await;
-            inner = self.inner.lock().await;
-        }
-        match start_checked(&inner, cfg.clone(), &self.shared, label).await {
-            Ok(inst) => {
-                inner.running.insert(name, inst);
-            }
-            Err(e) => {
-                tracing::error!(instance = %name, error = %e, retry_in = ?self.restart_backoff(), "instance failed to start");
-                inner.failed.insert(name.clone(), (cfg, label));
-                tokio::spawn(retry(Arc::clone(self), name));
-            }
-        }
-    }
-
-    /// Removes the config `name`: its instance stops when it was the last member, otherwise
-    /// the group instance drops its jobs. `write_stale` only when the config was deleted (not
-    /// moved). `false` when the config was not running here.
-    pub async fn delete(self: &Arc<Self>, name: &str, write_stale: bool) -> bool {
-        let mut groups = self.groups.lock().await;
-        let label = metric_label(groups.mode());
-        let Some(action) = groups.remove(name) else {
-            return false;
-        };
-        self.publish_members(&groups);
-        self.execute(action, write_stale, label).await;
-        drop(groups);
-        true
-    }
-
-    /// Stops the instance `name` if it runs. Scraping stops at once; the remote_write flush
-    /// (up to `remote_flush_deadline`) goes on in the background, so one unreachable receiver
-    /// does not hold up a reshard.
-    async fn stop_instance(&self, name: &str, write_stale: bool) -> bool {
-        let mut inner = self.inner.lock().await;
-        inner.failed.remove(name);
-        let Some(inst) = inner.running.remove(name) else {
-            return false;
-        };
-        let previous = inner.stopping.remove(name);
-        let handle = tokio::spawn(async move {
-            if let Some(p) = previous {
-                let _ = p.await;
-            }
-            inst.stop(write_stale).await;
-        });
-        inner.stopping.insert(name.to_owned(), handle);
-        inner.stopping.retain(|_, h| !h.is_finished());
-        true
-    }
-
     /// Names of the configs this agent runs (or retries), sorted, in both modes.
-    pub async fn names(&self) -> Vec<String> {
-        self.members
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
-    }
-
-    /// Names of the instances this agent runs (or retries), sorted: config names in distinct
-    /// mode, group hashes in shared mode. Their WAL folders are `dir_name(name)`.
-    pub async fn instance_names(&self) -> Vec<String> {
-        let inner = self.inner.lock().await;
-        let mut v: Vec<String> = inner
-            .running
-            .keys()
-            .chain(inner.failed.keys())
-            .cloned()
-            .collect();
-        v.sort();
-        v.dedup();
-        v
+    pub fn names(&self) -> Vec<String> {
+        self.snapshot.borrow().members.clone()
     }
 
     /// Whether the config `name` runs (or is retried) here.
-    pub async fn is_running(&self, name: &str) -> bool {
-        self.members
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(name)
+    pub fn is_running(&self, name: &str) -> bool {
+        self.snapshot
+            .borrow()
+            .members
+            .binary_search_by(|n| n.as_str().cmp(name))
+            .is_ok()
     }
 
-    pub async fn targets(&self) -> Vec<TargetInfo> {
-        let inner = self.inner.lock().await;
-        let mut all: Vec<TargetInfo> = inner.running.values().flat_map(|i| i.targets()).collect();
+    /// Names of the instances wanted here (running, starting, retried or waiting for their
+    /// folder), sorted: config names in distinct mode, group hashes in shared mode. Their WAL
+    /// folders are `dir_name(name)`.
+    pub fn instance_names(&self) -> Vec<String> {
+        self.snapshot.borrow().instances.clone()
+    }
+
+    /// Waits until every wanted instance has tried its latest config once (started, updated,
+    /// or failed and being retried): what readiness waits for after the first reshard.
+    pub async fn settled(&self) {
+        let mut rx = self.snapshot.clone();
+        let _ = rx.wait_for(|s| s.settled).await;
+    }
+
+    /// The targets of every running instance, sorted as the API lists them.
+    pub fn targets(&self) -> Vec<TargetInfo> {
+        let scrapes: Vec<Arc<ScrapeManager>> = self
+            .views
+            .scrapes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let mut all: Vec<TargetInfo> = scrapes.iter().flat_map(|s| s.targets()).collect();
         crate::scrape::manager::sort_targets(&mut all);
         all
     }
 
-    /// Stops everything (shutdown).
-    pub async fn stop_all(&self, write_stale: bool) {
-        let mut groups = self.groups.lock().await;
-        let mode = groups.mode();
-        *groups = Groups::new(mode);
-        self.publish_members(&groups);
-        drop(groups);
-        let (all, pending): (Vec<Instance>, Vec<tokio::task::JoinHandle<()>>) = {
-            let mut inner = self.inner.lock().await;
-            inner.failed.clear();
-            (
-                std::mem::take(&mut inner.running).into_values().collect(),
-                std::mem::take(&mut inner.stopping).into_values().collect(),
-            )
-        };
-        // Concurrently: each stop may wait up to its remote_flush_deadline.
-        let stops: Vec<_> = all
-            .into_iter()
-            .map(|i| tokio::spawn(i.stop(write_stale)))
-            .collect();
-        for h in stops.into_iter().chain(pending) {
-            let _ = h.await;
+    /// Instances whose start succeeded and that run now (tests).
+    #[cfg(test)]
+    fn started(&self) -> Vec<String> {
+        self.views
+            .scrapes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
+
+struct ReleaseOnDrop(mpsc::UnboundedSender<Command>, String);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .send(Command::ReleaseDir(std::mem::take(&mut self.1)));
+    }
+}
+
+/// The manager task's state; see the module docs.
+struct Task {
+    shared: Shared,
+    groups: Groups,
+    workers: BTreeMap<String, Worker>,
+    /// Instances wanted whose WAL folder is in use; started when it is free.
+    blocked: BTreeMap<String, Want>,
+    /// Folders the WAL cleaner is removing.
+    reserved: BTreeSet<String>,
+    stop_all_waiters: Vec<oneshot::Sender<()>>,
+    commands: mpsc::UnboundedSender<Command>,
+    snapshot: watch::Sender<Snapshot>,
+    views: Views,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        while let Some(command) = rx.recv().await {
+            self.handle(command);
+            self.publish();
         }
+    }
+
+    /// Applies one command. Answers go out after the snapshot is published, so a caller sees
+    /// its own change in [`InstanceManager::names`] at once.
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Apply(cfg, reply) => {
+                let label = metric_label(self.groups.mode());
+                let name = cfg.name.clone();
+                let result = self.groups.apply(cfg).map(|actions| {
+                    if let Some(i) = self.groups.instance_of(&name).filter(|i| *i != name) {
+                        tracing::debug!(config = %name, instance = %i, "config runs in a shared instance");
+                    }
+                    // A config that moved to another group: its series continue there.
+                    self.execute(actions, false, label);
+                });
+                self.publish();
+                let _ = reply.send(result);
+            }
+            Command::Delete(name, write_stale, reply) => {
+                let label = metric_label(self.groups.mode());
+                let action = self.groups.remove(&name);
+                let found = action.is_some();
+                self.execute(action.into_iter().collect(), write_stale, label);
+                self.publish();
+                let _ = reply.send(found);
+            }
+            Command::SetMode(mode, reply) => {
+                if self.groups.mode() == mode {
+                    self.publish();
+                    let _ = reply.send(Vec::new());
+                    return;
+                }
+                let (actions, rejected) = self.groups.set_mode(mode);
+                for e in &rejected {
+                    tracing::error!(error = %e, "config dropped while regrouping for the new instance_mode");
+                }
+                self.execute(actions, false, metric_label(mode));
+                self.publish();
+                let _ = reply.send(rejected);
+            }
+            Command::StopAll(write_stale, reply) => {
+                self.groups = Groups::new(self.groups.mode());
+                self.blocked.clear();
+                let names: Vec<String> = self.workers.keys().cloned().collect();
+                for name in names {
+                    self.want(&name, Want::Stop { write_stale });
+                }
+                self.stop_all_waiters.push(reply);
+                self.notify_stopped_all();
+            }
+            Command::ReserveDir(dir, reply) => {
+                let busy = self.reserved.contains(&dir)
+                    || self
+                        .workers
+                        .keys()
+                        .chain(self.blocked.keys())
+                        .any(|n| dir_name(n) == dir);
+                if !busy {
+                    self.reserved.insert(dir);
+                }
+                self.publish();
+                let _ = reply.send(!busy);
+            }
+            Command::ReleaseDir(dir) => {
+                self.reserved.remove(&dir);
+                self.unblock(&dir);
+            }
+            Command::Attempted(name, generation) => {
+                if let Some(w) = self.workers.get_mut(&name) {
+                    w.attempted = w.attempted.max(generation);
+                }
+            }
+            Command::Stopped(name, generation) => {
+                let done = self
+                    .workers
+                    .get(&name)
+                    .is_some_and(|w| w.generation == generation && !w.running());
+                if done {
+                    // Dropping the sender ends the worker; the folder is free.
+                    self.workers.remove(&name);
+                    self.unblock(&dir_name(&name));
+                    self.notify_stopped_all();
+                }
+            }
+        }
+    }
+
+    /// Stops first: they only stop scraping here (the flush goes on in the background).
+    fn execute(&mut self, actions: Vec<Action>, write_stale: bool, label: &'static str) {
+        let (stops, runs): (Vec<Action>, Vec<Action>) = actions
+            .into_iter()
+            .partition(|a| matches!(a, Action::Stop(_)));
+        for a in stops.into_iter().chain(runs) {
+            match a {
+                Action::Run(cfg) => {
+                    let name = cfg.name.clone();
+                    let cfg = Box::new(cfg);
+                    self.want(&name, Want::Run { cfg, label });
+                }
+                Action::Stop(name) => self.want(&name, Want::Stop { write_stale }),
+            }
+        }
+    }
+
+    /// Sets the desired state of the instance `name`, starting its worker when needed.
+    fn want(&mut self, name: &str, want: Want) {
+        if let Some(w) = self.workers.get_mut(name) {
+            w.generation += 1;
+            w.desired.send_replace(Desired {
+                generation: w.generation,
+                want,
+            });
+            return;
+        }
+        match want {
+            Want::Stop { .. } => {
+                self.blocked.remove(name);
+            }
+            Want::Run { .. } => {
+                let dir = dir_name(name);
+                let other = self.workers.keys().find(|n| dir_name(n) == dir).cloned();
+                if let Some(other) = other {
+                    tracing::error!(instance = %name, other = %other, folder = %dir,
+                        "instance waits: its WAL folder is in use by another config (config names map to folders with `/` as `--`); rename one of them");
+                    self.blocked.insert(name.to_owned(), want);
+                } else if self.reserved.contains(&dir) {
+                    tracing::info!(instance = %name, folder = %dir, "instance waits for the WAL cleaner to finish with its folder");
+                    self.blocked.insert(name.to_owned(), want);
+                } else {
+                    self.blocked.remove(name);
+                    self.spawn_worker(name, want);
+                }
+            }
+        }
+    }
+
+    fn spawn_worker(&mut self, name: &str, want: Want) {
+        let (desired, rx) = watch::channel(Desired {
+            generation: 1,
+            want,
+        });
+        tokio::spawn(work(
+            name.to_owned(),
+            self.shared.clone(),
+            rx,
+            self.commands.clone(),
+            self.views.clone(),
+        ));
+        self.workers.insert(
+            name.to_owned(),
+            Worker {
+                desired,
+                generation: 1,
+                attempted: 0,
+            },
+        );
+    }
+
+    /// Starts the first instance waiting for the folder `dir`, if it is free now.
+    fn unblock(&mut self, dir: &str) {
+        if self.reserved.contains(dir) || self.workers.keys().any(|n| dir_name(n) == dir) {
+            return;
+        }
+        let next = self.blocked.keys().find(|n| dir_name(n) == dir).cloned();
+        if let Some(name) = next {
+            if let Some(want) = self.blocked.remove(&name) {
+                tracing::info!(instance = %name, folder = %dir, "WAL folder free; starting the instance that waited for it");
+                self.spawn_worker(&name, want);
+            }
+        }
+    }
+
+    fn notify_stopped_all(&mut self) {
+        if self.workers.is_empty() && !self.stop_all_waiters.is_empty() {
+            self.publish();
+            for w in self.stop_all_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let mut instances: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.running())
+            .map(|(n, _)| n.clone())
+            .chain(self.blocked.keys().cloned())
+            .collect();
+        instances.sort();
+        instances.dedup();
+        let settled = self
+            .workers
+            .values()
+            .all(|w| !w.running() || w.attempted >= w.generation);
+        let snapshot = Snapshot {
+            members: self.groups.config_names(),
+            instances,
+            settled,
+        };
+        self.snapshot.send_replace(snapshot);
+    }
+}
+
+/// One instance's worker: converges on the latest desired state until the manager drops it.
+async fn work(
+    name: String,
+    shared: Shared,
+    mut desired: watch::Receiver<Desired>,
+    manager: mpsc::UnboundedSender<Command>,
+    views: Views,
+) {
+    let mut current: Option<Instance> = None;
+    let mut failed = false;
+    loop {
+        let Desired { generation, want } = desired.borrow_and_update().clone();
+        let mut retry = false;
+        match want {
+            Want::Run { cfg, label } => {
+                let cfg = *cfg;
+                if let Some(inst) = current.as_mut().filter(|i| i.config() != &cfg) {
+                    if inst.update(cfg.clone()).await {
+                        tracing::info!(instance = %name, "instance updated in place");
+                    } else {
+                        tracing::info!(instance = %name, "instance restarting for a changed config");
+                        views.set_scrape(&name, None);
+                        if let Some(old) = current.take() {
+                            old.stop(false).await;
+                        }
+                    }
+                }
+                if current.is_none() {
+                    match Instance::start(cfg, &shared, label).await {
+                        Ok(inst) => {
+                            if failed {
+                                tracing::info!(instance = %name, "instance started after a retry");
+                            }
+                            failed = false;
+                            views.set_scrape(&name, Some(inst.scrape_manager()));
+                            current = Some(inst);
+                        }
+                        Err(e) => {
+                            tracing::error!(instance = %name, error = %e, retry_in = ?views.restart_backoff(), "instance failed to start");
+                            failed = true;
+                            retry = true;
+                        }
+                    }
+                }
+                let _ = manager.send(Command::Attempted(name.clone(), generation));
+            }
+            Want::Stop { write_stale } => {
+                failed = false;
+                if let Some(inst) = current.take() {
+                    views.set_scrape(&name, None);
+                    inst.stop(write_stale).await;
+                }
+                let _ = manager.send(Command::Stopped(name.clone(), generation));
+            }
+        }
+        let next = if retry {
+            tokio::select! {
+                changed = desired.changed() => changed,
+                _ = tokio::time::sleep(views.restart_backoff()) => Ok(()),
+            }
+        } else {
+            desired.changed().await
+        };
+        if next.is_err() {
+            break;
+        }
+    }
+    // The manager is gone (the agent exits) with this instance still running.
+    if let Some(inst) = current {
+        views.set_scrape(&name, None);
+        inst.stop(false).await;
     }
 }
 
@@ -380,6 +635,7 @@ impl InstanceManager {
 mod tests {
     use super::*;
     use crate::clock::Clock;
+    use std::time::Instant;
 
     fn config(name: &str) -> InstanceConfig {
         config_with_job(name, "j")
@@ -397,64 +653,83 @@ mod tests {
         .1
     }
 
-    /// `a/b` and `a--b` map to the same WAL folder: only one runs at a time, the other is
-    /// retried and starts once the first is gone.
+    fn manager(
+        dir: &std::path::Path,
+        registry: &mut prometheus_client::registry::Registry,
+        backoff: Duration,
+        mode: InstanceMode,
+    ) -> Arc<InstanceManager> {
+        let shared = Shared::new(dir, "t", registry, Clock::system());
+        InstanceManager::new(shared, backoff, mode)
+    }
+
+    /// Polls `f` until it holds (10 s at most).
+    async fn wait(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}: not within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `a/b` and `a--b` map to the same WAL folder: only one runs at a time; the other waits
+    /// and starts once the first is gone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_configs_never_share_a_wal_folder() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = prometheus_client::registry::Registry::default();
-        let shared = Shared::new(dir.path(), "t", &mut registry, Clock::system());
-        let m = InstanceManager::new(shared, Duration::from_millis(200), InstanceMode::Distinct);
+        let m = manager(
+            dir.path(),
+            &mut registry,
+            Duration::from_millis(200),
+            InstanceMode::Distinct,
+        );
         m.apply(config("a/b")).await.unwrap();
         m.apply(config("a--b")).await.unwrap();
-        let running = |m: &Arc<InstanceManager>| {
-            let m = Arc::clone(m);
-            async move {
-                m.inner
-                    .lock()
-                    .await
-                    .running
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-            }
-        };
-        assert_eq!(running(&m).await, ["a/b"]);
-        // Still wanted: it is retried.
-        assert!(m.is_running("a--b").await);
+        wait("a/b started", || m.started() == ["a/b"]).await;
+        // Still wanted: it waits for the folder.
+        assert!(m.is_running("a--b"));
+        assert_eq!(m.instance_names(), ["a--b", "a/b"]);
         assert!(m.delete("a/b", false).await);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while running(&m).await != ["a--b"] {
-            assert!(std::time::Instant::now() < deadline, "a--b never started");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait("a--b started", || m.started() == ["a--b"]).await;
         m.stop_all(false).await;
+        assert!(m.started().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stop_flushes_in_the_background_and_a_comeback_waits_for_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = prometheus_client::registry::Registry::default();
-        let shared = Shared::new(dir.path(), "t", &mut registry, Clock::system());
-        let m = InstanceManager::new(shared, Duration::from_secs(1), InstanceMode::Distinct);
+        let m = manager(
+            dir.path(),
+            &mut registry,
+            Duration::from_secs(1),
+            InstanceMode::Distinct,
+        );
         m.apply(config("a")).await.unwrap();
         m.apply(config("b")).await.unwrap();
-        // Let a scrape (of a closed port: up 0) reach the WAL so there is something to flush.
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // A scrape (of a closed port: up 0) in the WAL, so there is something to flush.
+        wait("a scraped", || {
+            m.targets()
+                .iter()
+                .any(|t| t.instance == "a" && t.last_scrape != "0001-01-01T00:00:00Z")
+        })
+        .await;
 
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         assert!(m.delete("a", false).await);
         assert!(
             t.elapsed() < Duration::from_millis(500),
             "delete waited for the flush: {:?}",
             t.elapsed()
         );
-        assert_eq!(m.names().await, ["b"]);
+        assert_eq!(m.names(), ["b"]);
 
         // The same config again starts only after the old instance let go of its WAL.
         m.apply(config("a")).await.unwrap();
-        assert!(m.is_running("a").await);
-        let t = std::time::Instant::now();
+        assert!(m.is_running("a"));
+        wait("a started again", || m.started() == ["a", "b"]).await;
+        let t = Instant::now();
         m.stop_all(false).await;
         // Both stops flush concurrently: about one deadline, not two.
         assert!(
@@ -462,7 +737,7 @@ mod tests {
             "stop_all took {:?}",
             t.elapsed()
         );
-        assert!(m.names().await.is_empty());
+        assert!(m.names().is_empty());
     }
 
     fn jobs_by_instance(targets: &[TargetInfo]) -> Vec<(String, String)> {
@@ -475,65 +750,65 @@ mod tests {
         v
     }
 
-    /// Targets appear once discovery delivered them: poll for up to 3 s.
+    /// Targets appear once discovery delivered them.
     async fn wait_jobs(m: &InstanceManager, want: &[(&str, &str)]) {
         let want: Vec<(String, String)> = want
             .iter()
             .map(|(i, j)| (i.to_string(), j.to_string()))
             .collect();
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        loop {
-            let got = jobs_by_instance(&m.targets().await);
-            if got == want {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "targets by instance: {got:?}, want {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait(&format!("targets by instance {want:?}"), || {
+            jobs_by_instance(&m.targets()) == want
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shared_mode_runs_one_instance_per_group_and_updates_it_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = prometheus_client::registry::Registry::default();
-        let shared = Shared::new(dir.path(), "t", &mut registry, Clock::system());
-        let m = InstanceManager::new(shared, Duration::from_secs(1), InstanceMode::Shared);
+        let m = manager(
+            dir.path(),
+            &mut registry,
+            Duration::from_secs(1),
+            InstanceMode::Shared,
+        );
+        let registry = Arc::new(registry);
         let a = config_with_job("a", "ja");
         let group = super::super::group::group_hash(&a);
         m.apply(a).await.unwrap();
         m.apply(config_with_job("b", "jb")).await.unwrap();
-        assert_eq!(m.names().await, ["a", "b"]);
-        assert_eq!(m.instance_names().await, std::slice::from_ref(&group));
-        assert!(dir.path().join(&group).join("wal").is_dir());
+        assert_eq!(m.names(), ["a", "b"]);
+        assert_eq!(m.instance_names(), std::slice::from_ref(&group));
         wait_jobs(&m, &[(&group, "ja"), (&group, "jb")]).await;
+        assert!(dir.path().join(&group).join("wal").is_dir());
+        // The WAL's housekeeping sets the gauge on its first tick.
         let active = format!("agent_wal_storage_active_series{{instance_group_name=\"{group}\"}}");
-        tokio::time::sleep(Duration::from_millis(1300)).await;
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains(&active), "no {active} in\n{text}");
+        wait("the group's WAL gauge", || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text.contains(&active)
+        })
+        .await;
 
         // A job name another member uses is refused; nothing changes.
         assert!(m.apply(config_with_job("c", "ja")).await.is_err());
-        assert_eq!(m.names().await, ["a", "b"]);
+        assert_eq!(m.names(), ["a", "b"]);
 
         // Removing a member drops its jobs from the same instance (no restart: same WAL).
         assert!(m.delete("a", true).await);
-        assert_eq!(m.instance_names().await, std::slice::from_ref(&group));
+        assert_eq!(m.instance_names(), std::slice::from_ref(&group));
         wait_jobs(&m, &[(&group, "jb")]).await;
         // The last member stops the instance.
         assert!(m.delete("b", true).await);
         assert!(!m.delete("b", true).await);
-        assert!(m.instance_names().await.is_empty());
+        assert!(m.instance_names().is_empty());
         wait_jobs(&m, &[]).await;
 
         // Switching to distinct regroups: one instance per config, named by it.
         m.apply(config_with_job("a", "ja")).await.unwrap();
         m.apply(config_with_job("b", "jb")).await.unwrap();
         assert!(m.set_mode(InstanceMode::Distinct).await.is_empty());
-        assert_eq!(m.instance_names().await, ["a", "b"]);
+        assert_eq!(m.instance_names(), ["a", "b"]);
         wait_jobs(&m, &[("a", "ja"), ("b", "jb")]).await;
         m.stop_all(false).await;
     }

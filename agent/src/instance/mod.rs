@@ -399,6 +399,11 @@ impl Instance {
         self.scrape.targets()
     }
 
+    /// The scrape side, to read the targets of a running instance from elsewhere.
+    pub fn scrape_manager(&self) -> Arc<ScrapeManager> {
+        self.scrape.clone()
+    }
+
     /// Stops scraping (staleness markers only when `write_stale`, i.e. not when the config
     /// moved to another agent that continues the series), then flushes remote_write for up to
     /// `remote_flush_deadline`.

@@ -15,7 +15,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::codec::{decode_config, encode_config};
@@ -132,7 +131,7 @@ pub struct ConfigStore {
     prefix: String,
     /// Built on the first `put`; the tokio mutex also serialises puts of this store, so the
     /// check-then-write of two local puts cannot interleave.
-    index: Mutex<Option<IndexState>>,
+    index: tokio::sync::OnceCell<IndexState>,
     /// Names with a put in flight: their index entries are reservations, not lag.
     pending: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -199,7 +198,7 @@ impl ConfigStore {
         ConfigStore {
             kv,
             prefix: prefix.into(),
-            index: Mutex::new(None),
+            index: tokio::sync::OnceCell::new(),
             pending: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
@@ -390,14 +389,8 @@ impl ConfigStore {
 
     /// The job index, built from the store on first use.
     async fn index(&self) -> Result<Arc<std::sync::Mutex<JobIndex>>, ConfigStoreError> {
-        let mut guard = self.index.lock().await;
-        if let Some(state) = guard.as_ref() {
-            return Ok(Arc::clone(&state.index));
-        }
-        let state = self.build_index().await?;
-        let index = Arc::clone(&state.index);
-        *guard = Some(state);
-        Ok(index)
+        let state = self.index.get_or_try_init(|| self.build_index()).await?;
+        Ok(Arc::clone(&state.index))
     }
 
     /// Deletes config `name`; [`ConfigStoreError::NotExist`] when there is none. With
@@ -421,8 +414,7 @@ impl ConfigStore {
             }
             Some(want) => self.delete_matching(name, &key, want).await?,
         }
-        let guard = self.index.lock().await;
-        if let Some(state) = guard.as_ref() {
+        if let Some(state) = self.index.get() {
             lock_index(&state.index).remove(name);
         }
         Ok(())
