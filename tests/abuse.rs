@@ -153,7 +153,7 @@ fn deeply_nested_yaml_is_refused_quickly_without_stack_overflow() {
         (
             "in_scrape_config",
             format!(
-                "scrape_configs:\n  - job_name: deep\n    consul_sd_configs:\n      - x: {}{}\n",
+                "scrape_configs:\n  - job_name: deep\n    ec2_sd_configs:\n      - x: {}{}\n",
                 "[".repeat(depth),
                 "]".repeat(depth)
             ),
@@ -195,7 +195,7 @@ fn yaml_bombs_are_bounded_in_time_and_memory() {
     // sit where arbitrary YAML is accepted (an SD config passed through as-is), so they are not
     // refused as unknown fields before expansion.
     let mut laughs = String::from(
-        "scrape_configs:\n  - job_name: bomb\n    consul_sd_configs:\n      - a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+        "scrape_configs:\n  - job_name: bomb\n    ec2_sd_configs:\n      - a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
     );
     for i in 1..10 {
         let p = i - 1;
@@ -205,12 +205,12 @@ fn yaml_bombs_are_bounded_in_time_and_memory() {
     }
     // The same at the top level, and a wide one: one big anchor referenced many times.
     let top = laughs.replace(
-        "scrape_configs:\n  - job_name: bomb\n    consul_sd_configs:\n      - a0",
+        "scrape_configs:\n  - job_name: bomb\n    ec2_sd_configs:\n      - a0",
         "a0",
     );
     let big = format!("[{}]", vec!["\"0123456789abcdef\""; 20_000].join(", "));
     let wide = format!(
-        "scrape_configs:\n  - job_name: wide\n    consul_sd_configs:\n      - a: &big {big}\n        b: [{}]\n",
+        "scrape_configs:\n  - job_name: wide\n    ec2_sd_configs:\n      - a: &big {big}\n        b: [{}]\n",
         vec!["*big"; 2_000].join(", ")
     );
     let mut worst_ms = 0;

@@ -12,7 +12,7 @@ fn job(yaml: &str) -> agent::config::scrape::ScrapeConfig {
     cfg.scrape_configs.into_iter().next().unwrap()
 }
 
-fn addresses(groups: &[TargetGroup]) -> Vec<String> {
+fn addresses(groups: &[std::sync::Arc<TargetGroup>]) -> Vec<String> {
     let mut v: Vec<String> = groups
         .iter()
         .flat_map(|g| g.targets.iter().map(|t| t["__address__"].clone()))
@@ -130,11 +130,11 @@ async fn http_sd_against_a_local_server() {
 #[tokio::test]
 async fn unsupported_sd_kind_is_named() {
     let cfg =
-        job("scrape_configs:\n  - job_name: k\n    kubernetes_sd_configs:\n      - role: pod\n");
+        job("scrape_configs:\n  - job_name: e\n    ec2_sd_configs:\n      - region: eu-west-1\n");
     let err = discovery::start(&cfg, None, CancellationToken::new()).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "job \"k\": kubernetes_sd_configs is not supported yet by this version of agentctl"
+        "job \"e\": ec2_sd_configs is not supported yet by this version of agentctl"
     );
 }
 

@@ -13,6 +13,7 @@ mod differential;
 mod discovery;
 mod http_client;
 mod ignored_fields;
+mod kubernetes_sd;
 mod kv;
 mod package;
 mod progress;

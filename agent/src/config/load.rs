@@ -853,7 +853,7 @@ mod tests {
             ("oauth2:\n      client_id: c\n      client_secret_file: /etc/passwd\n      token_url: http://127.0.0.1:1/t\n", "client_secret_file"),
             ("oauth2:\n      client_id: c\n      client_secret: s\n      token_url: http://127.0.0.1:1/t\n      tls_config:\n        key_file: /k\n        cert_file: /c\n", "cert_file"),
             ("file_sd_configs:\n      - files: ['/etc/*.json']\n", "file_sd_configs"),
-            ("kubernetes_sd_configs:\n      - role: pod\n        bearer_token_file: /t\n", "bearer_token_file"),
+            ("kubernetes_sd_configs:\n      - role: pod\n        api_server: https://k8s:6443\n        bearer_token_file: /t\n", "bearer_token_file"),
         ];
         for (fields, name) in cases {
             let text = format!("scrape_configs:\n  - job_name: j\n    {fields}");
@@ -887,7 +887,7 @@ mod tests {
             "[".repeat(100_000),
             "{a: ".repeat(100_000),
             format!(
-                "scrape_configs:\n  - job_name: x\n    consul_sd_configs:\n      - x: {}{}\n",
+                "scrape_configs:\n  - job_name: x\n    ec2_sd_configs:\n      - x: {}{}\n",
                 "[".repeat(100_000),
                 "]".repeat(100_000)
             ),

@@ -12,6 +12,7 @@ pub mod http;
 pub mod ignored;
 pub mod instance;
 pub mod invalid;
+pub mod kubernetes_selector;
 pub mod load;
 pub mod regex;
 pub mod relabel;

@@ -9,8 +9,8 @@ use super::http::{with_http_client, HttpClientSettings};
 use super::invalid::{Invalid, Seg};
 use super::relabel::{self, RelabelConfig, RelabelConfigRaw};
 use super::sd::{
-    DnsSdConfig, FileCheck, FileSdConfig, HttpSd, HttpSdConfig, KubernetesSdConfig, StaticConfig,
-    OTHER_SD_KINDS,
+    ConsulSd, ConsulSdConfig, DnsSdConfig, FileCheck, FileSdConfig, HttpSd, HttpSdConfig,
+    KubernetesSd, KubernetesSdConfig, StaticConfig, OTHER_SD_KINDS,
 };
 use super::url::ByteSize;
 use crate::path;
@@ -106,6 +106,12 @@ with_http_client! {
             skip_serializing_if = "Vec::is_empty"
         )]
         pub kubernetes_sd_configs: Vec<KubernetesSdConfig>,
+        #[serde(
+            default,
+            deserialize_with = "sd_entries::consul_sd_configs",
+            skip_serializing_if = "Vec::is_empty"
+        )]
+        pub consul_sd_configs: Vec<ConsulSdConfig>,
         // The other Prometheus SD kinds, kept as written (see `OTHER_SD_KINDS`).
         #[serde(
             default,
@@ -113,12 +119,6 @@ with_http_client! {
             skip_serializing_if = "Vec::is_empty"
         )]
         pub azure_sd_configs: Vec<serde_yaml::Value>,
-        #[serde(
-            default,
-            deserialize_with = "sd_entries::consul_sd_configs",
-            skip_serializing_if = "Vec::is_empty"
-        )]
-        pub consul_sd_configs: Vec<serde_yaml::Value>,
         #[serde(
             default,
             deserialize_with = "sd_entries::digitalocean_sd_configs",
@@ -446,7 +446,8 @@ pub struct ScrapeConfig {
     pub file_sd_configs: Vec<FileSdConfig>,
     pub http_sd_configs: Vec<HttpSd>,
     pub dns_sd_configs: Vec<DnsSdConfig>,
-    pub kubernetes_sd_configs: Vec<KubernetesSdConfig>,
+    pub kubernetes_sd_configs: Vec<KubernetesSd>,
+    pub consul_sd_configs: Vec<ConsulSd>,
     /// Kinds present in the config that the scrape engine cannot run yet.
     pub unsupported_sd_kinds: Vec<String>,
 }
@@ -473,10 +474,9 @@ impl Default for ScrapeDefaults {
 
 impl ScrapeConfigRaw {
     /// The SD kinds accepted as written, with their entries.
-    pub fn other_sd_configs(&self) -> [(&'static str, &Vec<serde_yaml::Value>); 24] {
+    pub fn other_sd_configs(&self) -> [(&'static str, &Vec<serde_yaml::Value>); 23] {
         [
             ("azure_sd_configs", &self.azure_sd_configs),
-            ("consul_sd_configs", &self.consul_sd_configs),
             ("digitalocean_sd_configs", &self.digitalocean_sd_configs),
             ("docker_sd_configs", &self.docker_sd_configs),
             ("dockerswarm_sd_configs", &self.dockerswarm_sd_configs),
@@ -585,6 +585,10 @@ impl ScrapeConfigRaw {
                 )
             })?;
         }
+        for (i, s) in self.consul_sd_configs.iter().enumerate() {
+            s.validate()
+                .map_err(|e| format!("consul_sd_configs[{i}]: {e}"))?;
+        }
         relabel::validate_all(&self.relabel_configs, "relabel_configs")?;
         relabel::validate_all(&self.metric_relabel_configs, "metric_relabel_configs")?;
         Ok(())
@@ -649,19 +653,22 @@ impl ScrapeConfigRaw {
                 .map(HttpSdConfig::settings)
                 .collect::<Result<_, _>>()?,
             dns_sd_configs: self.dns_sd_configs.clone(),
-            kubernetes_sd_configs: self.kubernetes_sd_configs.clone(),
-            unsupported_sd_kinds: {
-                let mut kinds: Vec<String> = self
-                    .other_sd_configs()
-                    .iter()
-                    .filter(|(_, v)| !v.is_empty())
-                    .map(|(k, _)| (*k).to_owned())
-                    .collect();
-                if !self.kubernetes_sd_configs.is_empty() {
-                    kinds.push("kubernetes_sd_configs".into());
-                }
-                kinds
-            },
+            kubernetes_sd_configs: self
+                .kubernetes_sd_configs
+                .iter()
+                .map(KubernetesSdConfig::resolve)
+                .collect::<Result<_, _>>()?,
+            consul_sd_configs: self
+                .consul_sd_configs
+                .iter()
+                .map(ConsulSdConfig::resolve)
+                .collect::<Result<_, _>>()?,
+            unsupported_sd_kinds: self
+                .other_sd_configs()
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, _)| (*k).to_owned())
+                .collect(),
         })
     }
 
@@ -703,7 +710,18 @@ impl ScrapeConfigRaw {
             return sd_err(j + self.static_configs.len(), msg("file_sd_configs"));
         }
         j += self.static_configs.len() + self.dns_sd_configs.len();
+        let mut consul_done = false;
         for (kind, values) in self.other_sd_configs() {
+            // consul is checked in its alphabetical place among the others, TLS files only.
+            if !consul_done && kind > "consul_sd_configs" {
+                consul_done = true;
+                for c in &self.consul_sd_configs {
+                    if let Some(f) = c.http_client().first_tls_file_field() {
+                        return sd_err(j, msg(f));
+                    }
+                    j += 1;
+                }
+            }
             let check = OTHER_SD_KINDS
                 .iter()
                 .find(|(k, _)| *k == kind)

@@ -1,11 +1,16 @@
 //! Service discovery: turns a scrape config's `*_sd_configs` into target groups, and keeps them
-//! current. Each provider (static, file, http, dns) runs as a task and sends its whole set of
-//! groups when it changes; one combiner per scrape config publishes the union on a `watch`
-//! channel, so the scrape side always sees a full snapshot and diffs it against its targets.
+//! current. Each provider runs as a task. File, http and dns providers send their whole set of
+//! groups when it changes; kubernetes and consul send only the groups that changed, by source
+//! (a group without targets removes its source). One combiner per scrape config publishes the
+//! union on a `watch` channel, so the scrape side always sees a full snapshot. Groups are
+//! shared (`Arc`): a snapshot after one pod changed holds the same `Arc`s as the one before for
+//! every other group, which is how the scrape side knows what it need not relabel again.
 
+pub mod consul;
 pub mod dns;
 pub mod file;
 pub mod http;
+pub mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -70,10 +75,24 @@ pub enum Error {
         #[source]
         source: crate::httpclient::Error,
     },
+    #[error("job {job:?}: kubernetes_sd_configs[{index}]: {source}")]
+    Kubernetes {
+        job: String,
+        index: usize,
+        #[source]
+        source: kubernetes::client::Error,
+    },
+    #[error("job {job:?}: consul_sd_configs[{index}]: {source}")]
+    Consul {
+        job: String,
+        index: usize,
+        #[source]
+        source: crate::httpclient::Error,
+    },
 }
 
 /// The current targets of one scrape config.
-pub type Targets = watch::Receiver<Arc<Vec<TargetGroup>>>;
+pub type Targets = watch::Receiver<Arc<Vec<Arc<TargetGroup>>>>;
 
 /// Starts the providers of `cfg`. `base_dir` resolves relative file paths. The returned
 /// receiver holds the union of every provider's groups; it starts empty and is updated as
@@ -102,25 +121,56 @@ pub(crate) fn start_with(
     let providers = cfg.file_sd_configs.len()
         + cfg.http_sd_configs.len()
         + cfg.dns_sd_configs.len()
+        + cfg.kubernetes_sd_configs.len()
+        + cfg.consul_sd_configs.len()
         + usize::from(!cfg.static_configs.is_empty());
-    let (tx, rx) = mpsc::channel::<(usize, Vec<TargetGroup>)>(16);
-    let mut slot = 0;
-    let mut initial = vec![Vec::new(); providers];
-    if !cfg.static_configs.is_empty() {
-        initial[slot] = cfg
-            .static_configs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| TargetGroup {
-                source: i.to_string(),
-                targets: s
-                    .targets
-                    .iter()
-                    .map(|t| LabelSet::from([("__address__".to_owned(), t.clone())]))
-                    .collect(),
-                labels: s.labels.clone(),
+    // Providers are built before any is spawned, so an error starts nothing.
+    let kube = cfg
+        .kubernetes_sd_configs
+        .iter()
+        .enumerate()
+        .map(|(index, k)| {
+            kubernetes::Discovery::new(k, base_dir).map_err(|source| Error::Kubernetes {
+                job: cfg.job_name.clone(),
+                index,
+                source,
             })
-            .collect();
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let consuls = cfg
+        .consul_sd_configs
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            consul::Discovery::new(c, base_dir).map_err(|source| Error::Consul {
+                job: cfg.job_name.clone(),
+                index,
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (tx, rx) = mpsc::channel::<(usize, Vec<TargetGroup>)>(16);
+    let (ctx, crx) = mpsc::channel::<(usize, Vec<TargetGroup>)>(16);
+    let mut slot = 0;
+    let mut initial: Vec<Slot> = (0..providers).map(|_| Slot::List(Vec::new())).collect();
+    if !cfg.static_configs.is_empty() {
+        initial[slot] = Slot::List(
+            cfg.static_configs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    Arc::new(TargetGroup {
+                        source: i.to_string(),
+                        targets: s
+                            .targets
+                            .iter()
+                            .map(|t| LabelSet::from([("__address__".to_owned(), t.clone())]))
+                            .collect(),
+                        labels: s.labels.clone(),
+                    })
+                })
+                .collect(),
+        );
         slot += 1;
     }
     for f in &cfg.file_sd_configs {
@@ -146,37 +196,118 @@ pub(crate) fn start_with(
         tokio::spawn(provider.run(slot, tx.clone(), shutdown.clone()));
         slot += 1;
     }
+    for k in kube {
+        initial[slot] = Slot::Map(BTreeMap::new());
+        let s = slot;
+        tokio::spawn(k.run(ctx.clone(), move |g| (s, g), shutdown.clone()));
+        slot += 1;
+    }
+    for c in consuls {
+        initial[slot] = Slot::Map(BTreeMap::new());
+        let s = slot;
+        tokio::spawn(c.run(ctx.clone(), move |g| (s, g), shutdown.clone()));
+        slot += 1;
+    }
     drop(tx);
-    let flat: Vec<TargetGroup> = initial.iter().flatten().cloned().collect();
-    let (out_tx, out_rx) = watch::channel(Arc::new(flat));
-    tokio::spawn(combine(initial, rx, out_tx, shutdown));
+    drop(ctx);
+    let (out_tx, out_rx) = watch::channel(Arc::new(flatten(&initial)));
+    tokio::spawn(combine(initial, rx, crx, out_tx, shutdown));
     Ok(out_rx)
 }
 
+/// One provider's current groups.
+enum Slot {
+    /// The whole set, as last sent (file, http, dns, static).
+    List(Vec<Arc<TargetGroup>>),
+    /// By source, updated by changed groups (kubernetes, consul).
+    Map(BTreeMap<String, Arc<TargetGroup>>),
+}
+
+impl Slot {
+    /// Replaces the whole set; returns whether anything changed. Groups equal to the one at
+    /// the same position keep their `Arc`.
+    fn replace(&mut self, groups: Vec<TargetGroup>) -> bool {
+        let Slot::List(old) = self else {
+            return false;
+        };
+        if old.len() == groups.len() && old.iter().zip(&groups).all(|(a, b)| **a == *b) {
+            return false;
+        }
+        let new = groups
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| match old.get(i) {
+                Some(a) if **a == g => a.clone(),
+                _ => Arc::new(g),
+            })
+            .collect();
+        *old = new;
+        true
+    }
+
+    /// Applies changed groups; a group without targets removes its source.
+    fn update(&mut self, groups: Vec<TargetGroup>) -> bool {
+        let Slot::Map(map) = self else {
+            return false;
+        };
+        let mut changed = false;
+        for g in groups {
+            if g.targets.is_empty() {
+                changed |= map.remove(&g.source).is_some();
+                continue;
+            }
+            match map.get(&g.source) {
+                Some(old) if **old == g => {}
+                _ => {
+                    map.insert(g.source.clone(), Arc::new(g));
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+}
+
+fn flatten(slots: &[Slot]) -> Vec<Arc<TargetGroup>> {
+    let mut out = Vec::new();
+    for s in slots {
+        match s {
+            Slot::List(v) => out.extend(v.iter().cloned()),
+            Slot::Map(m) => out.extend(m.values().cloned()),
+        }
+    }
+    out
+}
+
 async fn combine(
-    mut slots: Vec<Vec<TargetGroup>>,
-    mut rx: mpsc::Receiver<(usize, Vec<TargetGroup>)>,
-    out: watch::Sender<Arc<Vec<TargetGroup>>>,
+    mut slots: Vec<Slot>,
+    mut whole: mpsc::Receiver<(usize, Vec<TargetGroup>)>,
+    mut changes: mpsc::Receiver<(usize, Vec<TargetGroup>)>,
+    out: watch::Sender<Arc<Vec<Arc<TargetGroup>>>>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let (i, groups) = tokio::select! {
+    let (mut whole_open, mut changes_open) = (true, true);
+    while whole_open || changes_open {
+        let changed = tokio::select! {
             _ = shutdown.cancelled() => return,
-            msg = rx.recv() => match msg {
-                Some(m) => m,
-                None => return,
+            msg = whole.recv(), if whole_open => match msg {
+                Some((i, g)) => slots[i].replace(g),
+                None => { whole_open = false; false }
+            },
+            msg = changes.recv(), if changes_open => match msg {
+                Some((i, g)) => slots[i].update(g),
+                None => { changes_open = false; false }
             },
         };
-        if slots[i] == groups {
-            continue;
-        }
-        slots[i] = groups;
         // Several providers may report at once; take what is queued before publishing.
-        while let Ok((j, g)) = rx.try_recv() {
-            slots[j] = g;
+        let mut more = false;
+        while let Ok((j, g)) = whole.try_recv() {
+            more |= slots[j].replace(g);
         }
-        let flat: Vec<TargetGroup> = slots.iter().flatten().cloned().collect();
-        if out.send(Arc::new(flat)).is_err() {
+        while let Ok((j, g)) = changes.try_recv() {
+            more |= slots[j].update(g);
+        }
+        if (changed || more) && out.send(Arc::new(flatten(&slots))).is_err() {
             return;
         }
     }

@@ -356,26 +356,63 @@ impl ScrapeManager {
     }
 }
 
-/// The targets of one discovery snapshot: active ones by identity, and dropped ones.
+/// The targets built from one discovery group: active ones with their identity, and the
+/// discovered labels of the ones relabelling dropped.
+struct BuiltGroup {
+    /// Held so that the address the cache is keyed by cannot be reused by another group.
+    group: Arc<TargetGroup>,
+    active: Vec<(u64, Arc<Target>)>,
+    dropped: Vec<Labels>,
+}
+
+fn build_group(cfg: &ScrapeConfig, group: &Arc<TargetGroup>) -> BuiltGroup {
+    let mut active = Vec::new();
+    let mut dropped = Vec::new();
+    let group_labels = Labels::from_pairs(group.labels.iter());
+    for t in &group.targets {
+        let tl = Labels::from_pairs(t.iter());
+        match populate_labels(&group_labels, &tl, cfg, false) {
+            Ok(Some(target)) => active.push((target.full_labels.hash(), Arc::new(target))),
+            Ok(None) => dropped.push(discovered_labels(&group_labels, &tl, cfg)),
+            Err(e) => {
+                tracing::warn!(job = %cfg.job_name, source = %group.source, error = %e, "creating target failed");
+            }
+        }
+    }
+    BuiltGroup {
+        group: group.clone(),
+        active,
+        dropped,
+    }
+}
+
+/// The targets of a discovery snapshot, relabelling only groups not seen before: `cache` holds
+/// the groups of the previous snapshot by address, and discovery hands unchanged groups over
+/// as the same `Arc`, so one changed pod among 10,000 costs one group's relabelling.
 pub(crate) fn build_targets(
     cfg: &ScrapeConfig,
-    groups: &[TargetGroup],
-) -> (HashMap<u64, Target>, Vec<Labels>) {
+    groups: &[Arc<TargetGroup>],
+    cache: &mut HashMap<usize, BuiltGroup>,
+) -> (HashMap<u64, Arc<Target>>, Vec<Labels>) {
+    let mut next = HashMap::with_capacity(groups.len());
+    for g in groups {
+        let key = Arc::as_ptr(g) as usize;
+        let built = match cache.remove(&key) {
+            Some(b) if Arc::ptr_eq(&b.group, g) => b,
+            _ => build_group(cfg, g),
+        };
+        next.insert(key, built);
+    }
+    *cache = next;
     let mut active = HashMap::new();
     let mut dropped = Vec::new();
+    // In snapshot order: of identical targets the last one's discovered labels are kept.
     for g in groups {
-        let group_labels = Labels::from_pairs(g.labels.iter());
-        for t in &g.targets {
-            let tl = Labels::from_pairs(t.iter());
-            match populate_labels(&group_labels, &tl, cfg, false) {
-                Ok(Some(target)) => {
-                    active.insert(target.full_labels.hash(), target);
-                }
-                Ok(None) => dropped.push(discovered_labels(&group_labels, &tl, cfg)),
-                Err(e) => {
-                    tracing::warn!(job = %cfg.job_name, source = %g.source, error = %e, "creating target failed");
-                }
+        if let Some(b) = cache.get(&(Arc::as_ptr(g) as usize)) {
+            for (h, t) in &b.active {
+                active.insert(*h, t.clone());
             }
+            dropped.extend(b.dropped.iter().cloned());
         }
     }
     (active, dropped)
@@ -390,9 +427,10 @@ async fn sync_job(
     clock: Clock,
     cancel: CancellationToken,
 ) {
+    let mut cache = HashMap::new();
     loop {
         let groups = rx.borrow_and_update().clone();
-        let (mut desired, dropped) = build_targets(&cfg, &groups);
+        let (mut desired, dropped) = build_targets(&cfg, &groups, &mut cache);
         let limit = cfg.limits.target_limit;
         let forced = (limit > 0 && desired.len() as u64 > limit).then(|| {
             format!(
@@ -413,13 +451,12 @@ async fn sync_job(
             for (h, running) in p.loops.iter_mut() {
                 // Same identity; discovered labels may still differ (e.g. `__meta_*`).
                 if let Some(t) = desired.remove(h) {
-                    if *running.target != t {
-                        running.target = Arc::new(t);
+                    if !Arc::ptr_eq(&running.target, &t) && *running.target != *t {
+                        running.target = t;
                     }
                 }
             }
-            for (h, t) in desired.drain() {
-                let target = Arc::new(t);
+            for (h, target) in desired.drain() {
                 let handle = ScrapeLoop::new(
                     cfg.clone(),
                     target.clone(),
@@ -503,7 +540,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_that_cannot_start_does_not_stop_the_others() {
-        let yaml = "scrape_configs:\n  - job_name: ok\n    static_configs: [{targets: ['127.0.0.1:9']}]\n  - job_name: consul\n    consul_sd_configs: [{server: 'localhost:8500'}]\n";
+        let yaml = "scrape_configs:\n  - job_name: ok\n    static_configs: [{targets: ['127.0.0.1:9']}]\n  - job_name: ec2\n    ec2_sd_configs: [{region: 'eu-west-1'}]\n";
         let (_, cfg) =
             crate::config::load::parse_instance(yaml, &crate::config::GlobalConfig::default())
                 .expect("valid");
@@ -511,7 +548,7 @@ mod tests {
         let m = ScrapeManager::new("i", Arc::new(storage), None);
         let err = m.apply(&cfg.scrape_configs).await.unwrap_err();
         assert_eq!(err.0.len(), 1);
-        assert!(err.to_string().contains("\"consul\""), "{err}");
+        assert!(err.to_string().contains("\"ec2\""), "{err}");
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while m.targets().is_empty() {
             assert!(std::time::Instant::now() < deadline, "job ok never synced");
@@ -531,20 +568,34 @@ mod tests {
             crate::config::load::parse_instance(yaml, &crate::config::GlobalConfig::default())
                 .expect("valid");
         let cfg = &cfg.scrape_configs[0];
-        let groups = vec![TargetGroup {
+        let groups = vec![Arc::new(TargetGroup {
             source: "0".into(),
             targets: ["a:1", "a:1", "b:2", "c:3"]
                 .iter()
                 .map(|a| [("__address__".to_owned(), (*a).to_owned())].into())
                 .collect(),
             labels: Default::default(),
-        }];
-        let (active, dropped) = build_targets(cfg, &groups);
+        })];
+        let mut cache = HashMap::new();
+        let (active, dropped) = build_targets(cfg, &groups, &mut cache);
         assert_eq!(active.len(), 2, "duplicates collapse");
         assert_eq!(dropped.len(), 1);
         assert_eq!(dropped[0].get("__address__"), Some("c:3"));
         for (h, t) in &active {
             assert_eq!(*h, t.full_labels.hash());
         }
+        // The same group again is not relabelled: its targets are the very same.
+        let (again, _) = build_targets(cfg, &groups, &mut cache);
+        for (h, t) in &again {
+            assert!(Arc::ptr_eq(t, &active[h]));
+        }
+        // A new group (even an equal one) is built anew, and the old one leaves the cache.
+        let other = vec![Arc::new((*groups[0]).clone())];
+        let (fresh, _) = build_targets(cfg, &other, &mut cache);
+        assert_eq!(fresh.len(), 2);
+        for (h, t) in &fresh {
+            assert!(!Arc::ptr_eq(t, &active[h]));
+        }
+        assert_eq!(cache.len(), 1);
     }
 }
