@@ -9,6 +9,7 @@ mod ci_examples;
 mod cli;
 mod cluster;
 mod config_sync;
+mod consul_sd;
 mod differential;
 mod discovery;
 mod http_client;

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod consul;
 pub mod kube;
 pub mod prometheus;
 pub mod tls;
