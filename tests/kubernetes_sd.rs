@@ -171,12 +171,24 @@ async fn wait_watching(server: &FakeKube, n: usize) {
 /// applies changes in order, so everything before it was applied). Returns the sentinel's
 /// source, to be left out of comparisons.
 async fn barrier(server: &FakeKube, sd: &KubernetesSd, namespace: &str, seen: &Seen) -> String {
-    let target = server.resource_version();
     let paths: Vec<String> = server
         .paths()
         .into_iter()
         .filter(|p| server.watches(p) > 0)
         .collect();
+    resume_at(server, &paths, server.resource_version()).await;
+    let (object, source) = sentinel(sd.role, namespace);
+    server.create(object);
+    wait_until("the sentinel group", Duration::from_secs(10), || {
+        seen.lock().unwrap().contains_key(&source)
+    })
+    .await;
+    source
+}
+
+/// Sends bookmarks and cuts the watches of `paths` until each one resumes from `version` or
+/// later: every event up to `version` was then handed to discovery.
+async fn resume_at(server: &FakeKube, paths: &[String], version: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let before: Vec<usize> = paths.iter().map(|p| server.watches(p)).collect();
@@ -200,23 +212,16 @@ async fn barrier(server: &FakeKube, sd: &KubernetesSd, namespace: &str, seen: &S
                 .watch_versions(p)
                 .last()
                 .and_then(|v| v.parse::<u64>().ok())
-                .is_some_and(|v| v >= target)
+                .is_some_and(|v| v >= version)
         });
         if caught_up {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "watches never caught up with {target}"
+            "watches never resumed from {version}"
         );
     }
-    let (object, source) = sentinel(sd.role, namespace);
-    server.create(object);
-    wait_until("the sentinel group", Duration::from_secs(10), || {
-        seen.lock().unwrap().contains_key(&source)
-    })
-    .await;
-    source
 }
 
 /// An object of `role`'s kind that has a non-empty group.
@@ -489,14 +494,13 @@ async fn watches_resume_from_bookmarks_without_listing_again() {
         server.create(json!({"kind": "Service", "apiVersion": "v1",
                              "metadata": {"name": format!("s{i}"), "namespace": "default"}}));
     }
-    let now = server.resource_version();
-    let before = server.watches("/api/v1/pods");
-    server.bookmark();
-    wait_until("bookmark read", Duration::from_secs(10), || {
-        server.cut_watches();
-        let v = server.watch_versions("/api/v1/pods");
-        v.len() > before && v.last().unwrap().parse::<u64>().unwrap() >= now
-    })
+    // Resuming from the current version is only possible through a bookmark: the last pod
+    // event is older.
+    resume_at(
+        &server,
+        &["/api/v1/pods".to_owned()],
+        server.resource_version(),
+    )
     .await;
     server.create(pod("default", "b", "10.0.0.2", json!({})));
     wait_addresses(&seen, &["10.0.0.1:8080", "10.0.0.2:8080"]).await;
@@ -621,5 +625,38 @@ async fn kubeconfig_file_reaches_the_server() {
         }
     });
     wait_addresses(&seen, &["10.0.0.1:8080"]).await;
+    stop.cancel();
+}
+
+/// Beyond Prometheus 2.49: a change to a pod reaches the endpoints targets that refer to it,
+/// even when the Endpoints object does not change (2.49 waited for the Endpoints object).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_changes_reach_endpoints_targets() {
+    let server = FakeKube::start();
+    server.create(pod("default", "a", "10.0.0.1", json!({"v": "1"})));
+    server.create(json!({"kind": "Endpoints", "apiVersion": "v1",
+        "metadata": {"name": "svc", "namespace": "default"},
+        "subsets": [{"addresses": [{"ip": "10.0.0.1", "targetRef": {"kind": "Pod", "name": "a", "namespace": "default"}}],
+                     "ports": [{"name": "m", "port": 8080, "protocol": "TCP"}]}]}));
+    let cfg: serde_yaml::Value = serde_yaml::from_str("role: endpoints").unwrap();
+    let sd = sd_config(&yaml_to_json(cfg), &server);
+    let stop = CancellationToken::new();
+    let seen = spawn(&sd, connection(&server, None, None), &stop);
+    let label = |seen: &Seen| {
+        seen.lock()
+            .unwrap()
+            .get("endpoints/default/svc")
+            .and_then(|g| g.targets.first().cloned())
+            .and_then(|t| t.get("__meta_kubernetes_pod_label_v").cloned())
+    };
+    wait_until("initial group", Duration::from_secs(10), || {
+        label(&seen).as_deref() == Some("1")
+    })
+    .await;
+    server.update(pod("default", "a", "10.0.0.1", json!({"v": "2"})));
+    wait_until("the pod's new label", Duration::from_secs(10), || {
+        label(&seen).as_deref() == Some("2")
+    })
+    .await;
     stop.cancel();
 }

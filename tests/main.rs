@@ -25,6 +25,7 @@ mod replay;
 mod ring;
 mod ring_browser;
 mod scrape;
+mod sd_vmagent;
 mod shared_reload;
 mod slow;
 mod wal;

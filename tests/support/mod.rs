@@ -12,6 +12,7 @@ pub mod consul;
 pub mod kube;
 pub mod prometheus;
 pub mod tls;
+pub mod vmagent;
 
 pub use agent::Agent;
 

@@ -19,8 +19,10 @@
 //! burst of events. A group depends on: its own object; for endpoints/endpointslice the service
 //! of the same name (the slice's `kubernetes.io/service-name` label) and, with
 //! `attach_metadata.node`, the nodes it is indexed under (`targets::endpoints_nodes`); for pods
-//! with `attach_metadata.node`, the pod's node. Changes to a pod do not refresh the endpoints
-//! that reference it until the endpoints object itself changes, as in Prometheus 2.49.
+//! with `attach_metadata.node`, the pod's node. Beyond Prometheus 2.49, an endpoints or
+//! endpointslice group is also built again when a pod it refers to changes: 2.49 waited for the
+//! Endpoints object itself to change, so a target could keep a pod's old labels for good when the
+//! pod's update arrived after the endpoints' (the two come on separate watches).
 //!
 //! Only what the groups need is kept: the objects other groups are built from (pods, services
 //! and nodes for the endpoint roles and node metadata), and for the primary objects of the
@@ -290,6 +292,10 @@ impl<T: Object> Store<T> {
             Op::Put(mut o) => {
                 o.meta_mut().resource_version.clear();
                 let key = o.key();
+                // Most updates (status heartbeats, restart counts) touch nothing kept here.
+                if matches!(self.map.get(&key), Some(Some(prev)) if *prev == o) {
+                    return changed;
+                }
                 let old = self.map.insert(key.clone(), Some(o)).flatten();
                 changed.push((key, old));
             }
@@ -374,6 +380,8 @@ struct State {
     ingresses: Store<Ingress>,
     /// Node name -> keys of the primary objects built with its metadata.
     by_node: HashMap<String, BTreeSet<String>>,
+    /// Pod `namespace/name` -> keys of the endpoints or slices that refer to it.
+    by_pod: HashMap<String, BTreeSet<String>>,
     /// `namespace/service` -> keys of the endpoint slices of that service.
     slices_by_service: HashMap<String, BTreeSet<String>>,
     /// Keys of primary objects whose group must be built again.
@@ -401,6 +409,7 @@ impl State {
             slices: Store::new(true),
             ingresses: Store::new(false),
             by_node: HashMap::new(),
+            by_pod: HashMap::new(),
             slices_by_service: HashMap::new(),
             dirty: BTreeSet::new(),
         }
@@ -432,7 +441,11 @@ impl State {
             Change::Pod(op) => {
                 let changed = self.pods.apply(scope, op);
                 if role != KubernetesRole::Pod {
-                    // Endpoints pick up pod changes only when they change themselves.
+                    for (key, _) in changed {
+                        if let Some(keys) = self.by_pod.get(&key) {
+                            self.dirty.extend(keys.iter().cloned());
+                        }
+                    }
                     return;
                 }
                 for (key, old) in changed {
@@ -478,6 +491,17 @@ impl State {
             }
             Change::Endpoints(op) => {
                 for (key, old) in self.endpoints.apply(scope, op) {
+                    for p in old.iter().flat_map(targets::endpoints_pods) {
+                        index_remove(&mut self.by_pod, &p, &key);
+                    }
+                    for p in self
+                        .endpoints
+                        .get(&key)
+                        .map(targets::endpoints_pods)
+                        .unwrap_or_default()
+                    {
+                        index_add(&mut self.by_pod, p, &key);
+                    }
                     if self.attach {
                         for n in old.iter().flat_map(targets::endpoints_nodes) {
                             index_remove(&mut self.by_node, &n, &key);
@@ -496,6 +520,17 @@ impl State {
             }
             Change::EndpointSlice(op) => {
                 for (key, old) in self.slices.apply(scope, op) {
+                    for p in old.iter().flat_map(targets::endpointslice_pods) {
+                        index_remove(&mut self.by_pod, &p, &key);
+                    }
+                    for p in self
+                        .slices
+                        .get(&key)
+                        .map(targets::endpointslice_pods)
+                        .unwrap_or_default()
+                    {
+                        index_add(&mut self.by_pod, p, &key);
+                    }
                     let ns = key.split('/').next().unwrap_or_default().to_owned();
                     if let Some(svc) = old.as_ref().and_then(targets::slice_service_name) {
                         index_remove(&mut self.slices_by_service, &format!("{ns}/{svc}"), &key);

@@ -673,6 +673,28 @@ pub fn endpoints_nodes(eps: &Endpoints) -> Vec<String> {
     out
 }
 
+/// The `namespace/name` of every pod an Endpoints object refers to (ready or not).
+pub fn endpoints_pods(eps: &Endpoints) -> Vec<String> {
+    eps.subsets
+        .iter()
+        .flat_map(|ss| ss.addresses.iter().chain(&ss.not_ready_addresses))
+        .filter_map(|a| a.target_ref.as_ref())
+        .filter(|r| r.kind == "Pod")
+        .map(|r| format!("{}/{}", r.namespace, r.name))
+        .collect()
+}
+
+/// [`endpoints_pods`] for an EndpointSlice.
+pub fn endpointslice_pods(slice: &EndpointSlice) -> Vec<String> {
+    slice
+        .endpoints
+        .iter()
+        .filter_map(|e| e.target_ref.as_ref())
+        .filter(|r| r.kind == "Pod")
+        .map(|r| format!("{}/{}", r.namespace, r.name))
+        .collect()
+}
+
 /// [`endpoints_nodes`] for an EndpointSlice.
 pub fn endpointslice_nodes(slice: &EndpointSlice) -> Vec<String> {
     let mut out = Vec::new();
