@@ -102,6 +102,7 @@ mod tests {
                 "kubernetes attach_metadata",
                 fields_of::<sd::KubernetesAttachMetadata>(),
             ),
+            ("consul_sd_config", fields_of::<sd::ConsulSdConfig>()),
             (
                 "remote_write",
                 fields_of::<remote_write::RemoteWriteConfigRaw>(),
