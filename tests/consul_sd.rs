@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agent::config::http::Auth;
 use agent::config::sd::ConsulSdConfig;
+use agent::config::secret::SecretSource;
 use agent::discovery::consul::{should_watch, Discovery};
 use agent::discovery::{LabelSet, TargetGroup};
 use serde_json::{json, Value};
@@ -171,10 +173,18 @@ fn prometheus_unmarshal_cases() {
             Some(want) => assert_eq!(raw.resolve().unwrap_err(), want, "{name}"),
             None => {
                 let sd = raw.resolve().unwrap_or_else(|e| panic!("{name}: {e}"));
-                let ba = sd.http_client.basic_auth.expect("basic_auth");
                 let want = strings(&c["basic_auth"]);
-                assert_eq!(ba.username, want[0]);
-                assert_eq!(ba.password.unwrap().expose(), want[1]);
+                let inline = |s: &Option<SecretSource>| match s {
+                    Some(SecretSource::Inline(v)) => v.expose().to_owned(),
+                    other => panic!("{name}: {other:?}"),
+                };
+                match &sd.http_client.auth {
+                    Auth::Basic { username, password } => {
+                        assert_eq!(inline(username), want[0]);
+                        assert_eq!(inline(password), want[1]);
+                    }
+                    other => panic!("{name}: {other:?}"),
+                }
                 // The defaults of DefaultSDConfig.
                 assert_eq!(sd.tag_separator, ",");
                 assert_eq!(sd.scheme, "http");

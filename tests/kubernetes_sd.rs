@@ -112,7 +112,7 @@ fn connection(server: &FakeKube, own_namespace: Option<&str>, token: Option<&str
     Connection {
         base: server.url(),
         shown_base: server.url(),
-        client: HttpClient::new(&cfg, &Options::default()).unwrap(),
+        client: HttpClient::new(&cfg.settings().unwrap(), &Options::default()).unwrap(),
         own_namespace: own_namespace.map(str::to_owned),
     }
 }
@@ -576,7 +576,7 @@ async fn bearer_token_file_is_read_again_after_401() {
     let conn = Connection {
         base: server.url(),
         shown_base: server.url(),
-        client: HttpClient::new(&cfg, &Options::default()).unwrap(),
+        client: HttpClient::new(&cfg.settings().unwrap(), &Options::default()).unwrap(),
         own_namespace: None,
     };
     let sd = pod_sd(&server, "");
@@ -658,5 +658,57 @@ async fn pod_changes_reach_endpoints_targets() {
         label(&seen).as_deref() == Some("2")
     })
     .await;
+    stop.cancel();
+}
+
+/// In-cluster config: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`, verified with
+/// the service account's CA, its token as bearer token, and its namespace as `own_namespace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_cluster_service_account_over_tls() {
+    use agent::discovery::kubernetes::client::{connect, Environment};
+    let ca = crate::support::tls::Ca::new("kubernetes CA");
+    let leaf = ca.server(&["127.0.0.1"]);
+    let server = FakeKube::start_tls(crate::support::tls::server_config(&leaf, None));
+    server.require_token("sa-token");
+    server.create(pod("monitoring", "a", "10.0.0.1", json!({})));
+    server.create(pod("other", "b", "10.0.0.2", json!({})));
+    let sa = tempfile::tempdir().unwrap();
+    std::fs::write(sa.path().join("token"), "sa-token").unwrap();
+    std::fs::write(sa.path().join("ca.crt"), ca.pem()).unwrap();
+    std::fs::write(sa.path().join("namespace"), "monitoring").unwrap();
+    let (host, port) = server.addr.rsplit_once(':').unwrap();
+    let env = Environment {
+        service_host: Some(host.to_owned()),
+        service_port: Some(port.to_owned()),
+        service_account_dir: sa.path().to_path_buf(),
+    };
+    let raw: KubernetesSdConfig =
+        serde_yaml::from_str("role: pod\nnamespaces: {own_namespace: true}\n").unwrap();
+    let sd = raw.resolve().unwrap();
+    agent::httpclient::ensure_crypto_provider();
+    let conn = connect(&sd, None, &env).unwrap();
+    assert_eq!(conn.own_namespace.as_deref(), Some("monitoring"));
+    let stop = CancellationToken::new();
+    let seen = spawn(&sd, conn, &stop);
+    wait_addresses(&seen, &["10.0.0.1:8080"]).await;
+    assert_eq!(server.paths(), ["/api/v1/namespaces/monitoring/pods"]);
+    // Another CA: the server is not trusted and nothing is discovered.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("token"), "sa-token").unwrap();
+    std::fs::write(
+        other.path().join("ca.crt"),
+        crate::support::tls::Ca::new("other").pem(),
+    )
+    .unwrap();
+    let env = Environment {
+        service_account_dir: other.path().to_path_buf(),
+        ..env
+    };
+    let raw: KubernetesSdConfig = serde_yaml::from_str("role: pod\n").unwrap();
+    let conn = connect(&raw.resolve().unwrap(), None, &env).unwrap();
+    let url = format!("{}/api/v1/pods", conn.base);
+    let e = conn.client.send(conn.client.get(&url)).await.unwrap_err();
+    let chain = agent::httpclient::error_chain(&e);
+    assert!(chain.contains("certificate"), "{chain}");
     stop.cancel();
 }

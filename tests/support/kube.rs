@@ -81,6 +81,7 @@ impl Shared {
 /// The server; stopped on drop.
 pub struct FakeKube {
     pub addr: String,
+    https: bool,
     shared: Shared,
     stop: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -134,9 +135,15 @@ fn key_of(object: &Value) -> (String, String) {
 
 impl FakeKube {
     pub fn start() -> FakeKube {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        Self::start_with(None)
+    }
+
+    /// The same over HTTPS with `tls` (see `support::tls`).
+    pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> FakeKube {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> FakeKube {
         let (changed, _) = watch::channel(0);
         let (bookmarks, _) = watch::channel(0);
         let shared = Shared {
@@ -150,13 +157,14 @@ impl FakeKube {
         };
         let stop = CancellationToken::new();
         let (s, st) = (shared.clone(), stop.clone());
+        let https = tls.is_some();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let app = axum::Router::new()
                     .route("/version", get(version))
                     .route("/api/{version}/{plural}", get(core_cluster))
@@ -167,6 +175,17 @@ impl FakeKube {
                         get(group_ns),
                     )
                     .with_state(s);
+                if let Some(tls) = tls {
+                    let cfg = Arc::new(std::sync::RwLock::new(tls));
+                    let addr = super::tls::serve(app, cfg).await;
+                    addr_tx.send(addr.to_string()).unwrap();
+                    st.cancelled().await;
+                    return;
+                }
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx
+                    .send(listener.local_addr().unwrap().to_string())
+                    .unwrap();
                 // Not a graceful shutdown: a client's idle keep-alive connection would hold it.
                 tokio::select! {
                     r = axum::serve(listener, app) => r.unwrap(),
@@ -174,8 +193,10 @@ impl FakeKube {
                 }
             });
         });
+        let addr = addr_rx.recv().expect("fake kube address");
         FakeKube {
             addr,
+            https,
             shared,
             stop,
             thread: Some(thread),
@@ -183,7 +204,8 @@ impl FakeKube {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Requires `Authorization: Bearer <token>` from now on.

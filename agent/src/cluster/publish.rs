@@ -49,7 +49,8 @@ pub fn published(config: &str, jobs: &[JobTargets<'_>]) -> (PublishedTargets, us
     let mut out = Vec::with_capacity(jobs.len());
     let mut collisions = 0;
     for (cfg, groups) in jobs {
-        let (active, _dropped) = build_targets(cfg, groups);
+        // Every group is relabelled again here: this runs once per second at most.
+        let (active, _dropped) = build_targets(cfg, groups, &mut HashMap::new());
         collisions += count_collisions(active.values().map(|t| t.identity(&cfg.job_name)));
         let limit = cfg.limits.target_limit;
         let forced_error = (limit > 0 && active.len() as u64 > limit).then(|| {
@@ -85,7 +86,7 @@ pub fn published(config: &str, jobs: &[JobTargets<'_>]) -> (PublishedTargets, us
 }
 
 /// A job's config and its current discovery snapshot.
-pub type JobTargets<'a> = (&'a ScrapeConfig, &'a [discovery::TargetGroup]);
+pub type JobTargets<'a> = (&'a ScrapeConfig, &'a [Arc<discovery::TargetGroup>]);
 
 struct Running {
     cfg: InstanceConfig,
@@ -234,7 +235,8 @@ async fn run_config(
         }
         let settled = jobs.iter().all(|j| j.reported) || started.elapsed() >= SETTLE;
         if settled {
-            let snapshots: Vec<(Arc<ScrapeConfig>, Arc<Vec<discovery::TargetGroup>>)> = jobs
+            type Snapshot = (Arc<ScrapeConfig>, Arc<Vec<Arc<discovery::TargetGroup>>>);
+            let snapshots: Vec<Snapshot> = jobs
                 .iter_mut()
                 .map(|j| (j.cfg.clone(), j.rx.borrow_and_update().clone()))
                 .collect();

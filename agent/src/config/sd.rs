@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::duration::PromDuration;
-use super::http::{with_http_client, BasicAuth, HttpClientConfig, TlsConfig};
+use super::http::{with_http_client, BasicAuth, HttpClientConfig, HttpClientSettings, TlsConfig};
 use super::kubernetes_selector::{check_field_selector, check_label_selector};
 use super::secret::Secret;
 use super::url::{is_valid_label_name, ConfigUrl};
@@ -273,7 +273,7 @@ pub enum KubernetesApi {
     /// `api_server`, with the HTTP client fields of the block.
     Server {
         url: ConfigUrl,
-        http_client: Box<HttpClientConfig>,
+        http_client: Box<HttpClientSettings>,
     },
     /// Neither `api_server` nor `kubeconfig_file`: the pod's service account
     /// (`KUBERNETES_SERVICE_HOST`/`_PORT`, token and CA under
@@ -354,9 +354,9 @@ impl KubernetesSdConfig {
         let role = role.ok_or(
             "role missing (one of: pod, service, endpoints, endpointslice, node, ingress)",
         )?;
-        let http_client = self.http_client();
-        http_client.validate()?;
-        let custom_http = !is_default_http_client(&http_client);
+        let raw_http = self.http_client();
+        let http_client = raw_http.settings()?;
+        let custom_http = !is_default_http_client(&raw_http);
         let kubeconfig = self.kubeconfig_file.as_deref().filter(|f| !f.is_empty());
         let own_namespace = self.namespaces.as_ref().is_some_and(|n| n.own_namespace);
         if self.api_server.is_some() && kubeconfig.is_some() {
@@ -488,7 +488,7 @@ pub struct ConsulSd {
     pub tags: Vec<String>,
     pub node_meta: BTreeMap<String, String>,
     /// The HTTP client fields, `username`/`password` folded into `basic_auth`.
-    pub http_client: HttpClientConfig,
+    pub http_client: HttpClientSettings,
 }
 
 impl ConsulSdConfig {
@@ -518,7 +518,7 @@ impl ConsulSdConfig {
             http_client.basic_auth = Some(BasicAuth {
                 username,
                 password: Some(password),
-                password_file: None,
+                ..BasicAuth::default()
             });
         }
         let token = self.token.clone().filter(|t| !t.is_empty());
@@ -528,7 +528,7 @@ impl ConsulSdConfig {
                 "at most one of consul SD token, authorization, or oauth2 can be configured".into(),
             );
         }
-        http_client.validate()?;
+        let http_client = http_client.settings()?;
         // Beyond Prometheus, which accepts any scheme and fails on every request.
         let scheme = self.scheme.clone().unwrap_or_else(|| "http".into());
         if scheme != "http" && scheme != "https" {

@@ -198,6 +198,7 @@ impl Discovery {
                 base_dir: base_dir.map(Path::to_path_buf),
                 gzip: true,
                 user_agent: Some(super::kubernetes::client::user_agent()),
+                ..httpclient::Options::default()
             },
         )?;
         // The Consul client library: `scheme://` in the address wins, a path after it is the
@@ -289,15 +290,12 @@ impl Discovery {
     /// GET `url`: the body and the `X-Consul-Index` (0 when absent). Errors read as the Consul
     /// client's (`Unexpected response code: 500 (body)`).
     async fn get(&self, url: &str) -> Result<(bytes::Bytes, u64), String> {
-        let mut rb = self.client.get(url).await.map_err(|e| e.to_string())?;
+        let mut rb = self.client.get(url);
         if let Some(t) = &self.token {
             rb = rb.header("X-Consul-Token", t);
         }
-        let resp = rb.send().await.map_err(|e| e.to_string())?;
+        let resp = self.client.send(rb).await.map_err(|e| e.to_string())?;
         let status = resp.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            self.client.unauthorized().await;
-        }
         let index = resp
             .headers()
             .get("X-Consul-Index")

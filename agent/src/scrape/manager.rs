@@ -358,7 +358,7 @@ impl ScrapeManager {
 
 /// The targets built from one discovery group: active ones with their identity, and the
 /// discovered labels of the ones relabelling dropped.
-struct BuiltGroup {
+pub(crate) struct BuiltGroup {
     /// Held so that the address the cache is keyed by cannot be reused by another group.
     group: Arc<TargetGroup>,
     active: Vec<(u64, Arc<Target>)>,

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::http::{BasicAuth, HttpClientConfig, TlsConfig};
+use crate::config::http::{
+    Auth, BasicAuth, HttpClientConfig, HttpClientSettings, TlsConfig, TlsSettings,
+};
 use crate::config::sd::{KubernetesApi, KubernetesSd};
-use crate::config::secret::Secret;
+use crate::config::secret::{Secret, SecretSource};
 use crate::httpclient::{self, HttpClient};
 
 /// The service account directory of a pod.
@@ -86,6 +88,7 @@ fn options(base_dir: Option<&Path>) -> httpclient::Options {
         base_dir: base_dir.map(Path::to_path_buf),
         gzip: true,
         user_agent: Some(user_agent()),
+        ..httpclient::Options::default()
     }
 }
 
@@ -132,20 +135,23 @@ fn in_cluster(own_namespace: bool, env: &Environment) -> Result<Connection, Erro
         });
     }
     let ca = dir.join("ca.crt");
-    let tls_config = if ca.exists() {
-        Some(TlsConfig {
-            ca_file: Some(ca.display().to_string()),
-            ..TlsConfig::default()
-        })
+    let tls = if ca.exists() {
+        TlsSettings {
+            ca: Some(SecretSource::File(ca)),
+            ..TlsSettings::default()
+        }
     } else {
         // client-go goes on with the system roots too.
         tracing::warn!(path = %ca.display(), "kubernetes_sd: no service account CA; verifying the API server with the system roots");
-        None
+        TlsSettings::default()
     };
-    let cfg = HttpClientConfig {
-        bearer_token_file: Some(token.display().to_string()),
-        tls_config,
-        ..HttpClientConfig::default()
+    let settings = HttpClientSettings {
+        auth: Auth::Authorization {
+            kind: "Bearer".into(),
+            credentials: Some(SecretSource::File(token)),
+        },
+        tls,
+        ..HttpClientSettings::default()
     };
     let own = if own_namespace {
         let path = dir.join("namespace");
@@ -165,7 +171,7 @@ fn in_cluster(own_namespace: bool, env: &Environment) -> Result<Connection, Erro
     Ok(Connection {
         shown_base: base.clone(),
         base,
-        client: HttpClient::new(&cfg, &options(None))?,
+        client: HttpClient::new(&settings, &options(None))?,
         own_namespace: own,
     })
 }
@@ -339,7 +345,7 @@ fn kubeconfig(path: &Path) -> Result<Connection, Error> {
         cfg.basic_auth = Some(BasicAuth {
             username: u.username.clone(),
             password: Some(Secret::new(u.password.clone())),
-            password_file: None,
+            ..BasicAuth::default()
         });
     }
     if !c.proxy_url.is_empty() {
@@ -348,7 +354,7 @@ fn kubeconfig(path: &Path) -> Result<Connection, Error> {
                 .map_err(|e| err(format!("proxy-url: {e}")))?,
         );
     }
-    cfg.validate().map_err(err)?;
+    let settings = cfg.settings().map_err(err)?;
     url::Url::parse(&c.server).map_err(|e| Error::Url {
         url: c.server.clone(),
         message: e.to_string(),
@@ -359,7 +365,7 @@ fn kubeconfig(path: &Path) -> Result<Connection, Error> {
             .map(|u| trim_base(&u.redacted()))
             .unwrap_or_else(|_| base.clone()),
         base,
-        client: HttpClient::new(&cfg, &options(Some(dir)))?,
+        client: HttpClient::new(&settings, &options(Some(dir)))?,
         own_namespace: None,
     })
 }

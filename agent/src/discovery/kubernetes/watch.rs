@@ -236,20 +236,13 @@ async fn list<T: DeserializeOwned>(
             q.push(format!("continue={}", encode(&cont)));
         }
         let full = format!("{url}?{}", q.join("&"));
-        let resp = conn
+        let rb = conn
             .client
             .get(&full)
-            .await
-            .map_err(|e| e.to_string())?
             .header("Accept", "application/json")
-            .timeout(LIST_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .timeout(LIST_TIMEOUT);
+        let resp = conn.client.send(rb).await.map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
-            if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-                conn.client.unauthorized().await;
-            }
             let (code, msg) = status_error(resp).await;
             // An expired continue token: start the list over.
             if code == 410 && !cont.is_empty() {
@@ -290,12 +283,8 @@ where
     q.push(format!("resourceVersion={}", encode(rv)));
     q.push(format!("timeoutSeconds={timeout}"));
     let full = format!("{url}?{}", q.join("&"));
-    let rb = match conn.client.get(&full).await {
-        Ok(rb) => rb,
-        Err(e) => return WatchEnd::Failed(e.to_string()),
-    };
-    let send = rb.header("Accept", "application/json").send();
-    let mut resp = match tokio::time::timeout(LIST_TIMEOUT, send).await {
+    let rb = conn.client.get(&full).header("Accept", "application/json");
+    let mut resp = match tokio::time::timeout(LIST_TIMEOUT, conn.client.send(rb)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return WatchEnd::Failed(e.to_string()),
         Err(_) => return WatchEnd::Failed("no response within 120s".into()),
@@ -304,9 +293,6 @@ where
         return WatchEnd::Expired;
     }
     if !resp.status().is_success() {
-        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-            conn.client.unauthorized().await;
-        }
         return WatchEnd::Failed(status_error(resp).await.1);
     }
     let silence = Duration::from_secs(timeout) + WATCH_SILENCE_GRACE;
