@@ -10,7 +10,9 @@
 //! (the synthetic `up`, `scrape_samples_scraped`, ... included), except where the two differ by
 //! design (see `EXCLUDED`). Some bodies both must refuse (`BOTH_FAIL`, and extras such as a body
 //! of exactly `body_size_limit` bytes): there `up` is 0 on both sides and agentctl's error holds
-//! Prometheus's text.
+//! Prometheus's text. A few bodies only Prometheus 2.42 refuses, where agentctl follows the old
+//! agent's Prometheus 2.48 (`PROMETHEUS_2_42_ONLY_FAILS`). Exemplars are compared too (label sets and values), except for one
+//! deliberate difference (`EXEMPLARS_ESCAPED_BY_PROMETHEUS`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -29,6 +31,15 @@ const VALUES_DIFFER: &[(&str, &str)] = &[(
 
 /// Series that only one side has, by `__name__`, with the reason.
 const EXCLUDED: &[(&str, &str)] = &[];
+
+/// Jobs whose exemplar label values differ by design: OpenMetrics escapes (`\"`, `\\`,
+/// `\n`) in an exemplar's label values are unescaped by agentctl, as everywhere else in the
+/// format, while Prometheus 2.42 (and the old agent's 2.48) store them still escaped. The test
+/// checks that the difference is exactly that: Prometheus's values, unescaped, equal agentctl's.
+const EXEMPLARS_ESCAPED_BY_PROMETHEUS: &[&str] = &["exemplar_escapes_om"];
+
+/// Both sides keep exemplars, so they are compared too.
+const EXEMPLAR_STORAGE: &str = "--enable-feature=exemplar-storage";
 
 /// Both TSDBs accept samples of any age. Some bodies carry explicit timestamps from 1970 to
 /// 2023, older than the head: Prometheus's scrape loop drops just those samples, but its
@@ -50,6 +61,17 @@ const BOTH_FAIL: &[(&str, &str)] = &[
     (
         "invalid_type_double_space.prom",
         "invalid metric type \" gauge\"",
+    ),
+];
+
+/// Corpus files Prometheus 2.42 refuses and the old agent (Prometheus 2.48) accepts, where
+/// agentctl follows the old agent, with 2.42's error: Prometheus reports `up` 0 with it,
+/// agentctl `up` 1 and no error.
+const PROMETHEUS_2_42_ONLY_FAILS: &[(&str, &str)] = &[
+    // 2.42's OpenMetrics parser allows exemplars only on `_total` and `_bucket` samples.
+    (
+        "exemplar_on_a_gauge.om",
+        "metric name temperature does not support exemplars",
     ),
 ];
 
@@ -93,6 +115,8 @@ struct Body {
     content_type: &'static str,
     bytes: Vec<u8>,
     fails: Option<&'static str>,
+    /// Prometheus 2.42's error where only it fails (`PROMETHEUS_2_42_ONLY_FAILS`).
+    only_prometheus_fails: Option<&'static str>,
 }
 
 /// The valid corpus files (every `.prom`/`.om` whose name does not start with `invalid_`),
@@ -118,6 +142,10 @@ fn corpus() -> Vec<Body> {
         if name.starts_with("invalid_") && fails.is_none() {
             continue;
         }
+        let only_prometheus_fails = PROMETHEUS_2_42_ONLY_FAILS
+            .iter()
+            .find(|(f, _)| *f == name)
+            .map(|(_, e)| *e);
         out.push(Body {
             job: name.replace('.', "_"),
             path: name,
@@ -125,6 +153,7 @@ fn corpus() -> Vec<Body> {
             content_type,
             bytes: std::fs::read(&path).expect("read fixture"),
             fails,
+            only_prometheus_fails,
         });
     }
     assert_eq!(
@@ -140,6 +169,7 @@ fn corpus() -> Vec<Body> {
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             bytes: e.body,
             fails: e.fails,
+            only_prometheus_fails: None,
         });
     }
     out.sort_by(|a, b| a.job.cmp(&b.job));
@@ -199,6 +229,48 @@ async fn latest(p: &Prometheus) -> BTreeMap<Series, String> {
     out
 }
 
+/// Every exemplar of every job: series labels, exemplar labels and value (timestamps are
+/// each scraper's own when the body has none), grouped by job.
+type Exemplars = BTreeMap<String, BTreeSet<(Series, Series, String)>>;
+
+async fn exemplars(p: &Prometheus) -> Exemplars {
+    let data = p
+        .api("query_exemplars", &[("query", r#"{job=~".+"}"#)])
+        .await;
+    let mut out: Exemplars = BTreeMap::new();
+    for s in data.as_array().into_iter().flatten() {
+        let series: Series = serde_json::from_value(s["seriesLabels"].clone()).expect("labels");
+        let job = series.get("job").cloned().unwrap_or_default();
+        for e in s["exemplars"].as_array().into_iter().flatten() {
+            let labels: Series = serde_json::from_value(e["labels"].clone()).expect("labels");
+            let value = e["value"].as_str().unwrap_or_default().to_owned();
+            out.entry(job.clone())
+                .or_default()
+                .insert((series.clone(), labels, value));
+        }
+    }
+    out
+}
+
+/// OpenMetrics label-value unescaping (`\\`, `\"`, `\n`).
+fn unescape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('\\', Some('\\')) => out.push('\\'),
+            ('\\', Some('"')) => out.push('"'),
+            ('\\', Some('n')) => out.push('\n'),
+            _ => {
+                out.push(c);
+                continue;
+            }
+        }
+        chars.next();
+    }
+    out
+}
+
 fn name_of(s: &Series) -> &str {
     s.get("__name__").map(String::as_str).unwrap_or_default()
 }
@@ -213,7 +285,35 @@ async fn differences(
     let excluded = |s: &Series| EXCLUDED.iter().any(|(n, _)| *n == name_of(s));
     let (ps, rs) = (series(prom).await, series(recv).await);
     let (pv, rv) = (latest(prom).await, latest(recv).await);
+    let (pe, re) = (exemplars(prom).await, exemplars(recv).await);
     let mut diffs = Vec::new();
+    let none = BTreeSet::new();
+    for b in bodies {
+        if b.only_prometheus_fails.is_some() {
+            continue;
+        }
+        let job = &b.job;
+        let p = pe.get(job).unwrap_or(&none);
+        let r = re.get(job).unwrap_or(&none);
+        if EXEMPLARS_ESCAPED_BY_PROMETHEUS.contains(&job.as_str()) {
+            let unescaped: BTreeSet<_> = p
+                .iter()
+                .map(|(s, l, v)| {
+                    let l = l.iter().map(|(k, v)| (k.clone(), unescape(v))).collect();
+                    (s.clone(), l, v.clone())
+                })
+                .collect();
+            if p == r || &unescaped != r {
+                diffs.push(format!(
+                    "job {job}: expected Prometheus's exemplars to be agentctl's with escapes kept: Prometheus {p:?}, agentctl {r:?}"
+                ));
+            }
+        } else if p != r {
+            diffs.push(format!(
+                "job {job}: exemplars differ: Prometheus {p:?}, agentctl {r:?}"
+            ));
+        }
+    }
     // Why each side failed a scrape: Prometheus's text must be in agentctl's.
     let targets = prom.api("targets", &[]).await;
     let mut prom_errors = BTreeMap::new();
@@ -229,6 +329,27 @@ async fn differences(
             .get(job)
             .map(String::as_str)
             .unwrap_or_default();
+        if let Some(want) = b.only_prometheus_fails {
+            let up = |values: &BTreeMap<Series, String>| {
+                values
+                    .iter()
+                    .find(|(s, _)| {
+                        name_of(s) == "up" && s.get("job").map(String::as_str) == Some(job)
+                    })
+                    .map(|(_, v)| v.clone())
+            };
+            let (pu, au) = (up(&pv), up(&rv));
+            if !p.contains(want)
+                || pu.as_deref() != Some("0")
+                || au.as_deref() != Some("1")
+                || !a.is_empty()
+            {
+                diffs.push(format!(
+                    "job {job}: expected only Prometheus 2.42 to fail, with {want:?}: Prometheus up {pu:?} {p:?}, agentctl up {au:?} {a:?}"
+                ));
+            }
+            continue;
+        }
         match b.fails {
             Some(want) if !p.contains(want) => diffs.push(format!(
                 "job {job}: expected Prometheus's scrape to fail with {want:?}, got {p:?}"
@@ -302,12 +423,15 @@ async fn agentctl_scrapes_the_exposition_corpus_like_prometheus() {
     for b in &files {
         prom_cfg.push_str(&scrape_config(b, &target));
     }
-    let prom = tokio::task::spawn_blocking(move || Prometheus::start_with_config(&prom_cfg))
-        .await
-        .expect("start scraping prometheus");
-    let recv = tokio::task::spawn_blocking(|| Prometheus::start_with_config(TSDB))
-        .await
-        .expect("start receiving prometheus");
+    let prom = tokio::task::spawn_blocking(move || {
+        Prometheus::start_with_args(&prom_cfg, &[EXEMPLAR_STORAGE])
+    })
+    .await
+    .expect("start scraping prometheus");
+    let recv =
+        tokio::task::spawn_blocking(|| Prometheus::start_with_args(TSDB, &[EXEMPLAR_STORAGE]))
+            .await
+            .expect("start receiving prometheus");
 
     let dir = tempfile::tempdir().expect("temp dir");
     let agent = tokio::task::block_in_place(|| Agent::start(dir.path(), &[]));

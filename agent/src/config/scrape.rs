@@ -25,7 +25,11 @@ with_http_client! {
         pub job_name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub honor_labels: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "null_is_false",
+            skip_serializing_if = "Option::is_none"
+        )]
         pub honor_timestamps: Option<bool>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub track_timestamps_staleness: Option<bool>,
@@ -42,7 +46,11 @@ with_http_client! {
         /// classic histograms alone.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub scrape_classic_histograms: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "null_is_false",
+            skip_serializing_if = "Option::is_none"
+        )]
         pub enable_compression: Option<bool>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub metrics_path: Option<String>,
@@ -252,6 +260,12 @@ with_http_client! {
         )]
         pub vultr_sd_configs: Vec<serde_yaml::Value>,
     }
+}
+
+/// A boolean written as `null` is false, as Prometheus's YAML decoder makes it (over a `true`
+/// default); absent, it keeps its default.
+fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Ok(Some(Option::<bool>::deserialize(d)?.unwrap_or(false)))
 }
 
 /// The SD lists' deserializers: a null entry is Prometheus's `empty or null section in <key>`.
@@ -790,6 +804,19 @@ fn opaque_http_file_field(v: &serde_yaml::Value) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn null_booleans_are_false_as_in_prometheus() {
+        let raw: ScrapeConfigRaw =
+            serde_yaml::from_str("job_name: a\nhonor_timestamps: null\nenable_compression:\n")
+                .unwrap();
+        assert_eq!(
+            (raw.honor_timestamps, raw.enable_compression),
+            (Some(false), Some(false))
+        );
+        let raw: ScrapeConfigRaw = serde_yaml::from_str("job_name: a\n").unwrap();
+        assert_eq!((raw.honor_timestamps, raw.enable_compression), (None, None));
+    }
 
     #[test]
     fn scrape_protocols_as_prometheus_2_49() {
