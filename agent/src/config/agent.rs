@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::GoDuration;
 use super::instance::{GlobalConfig, GlobalConfigRaw, InstanceConfig, InstanceConfigRaw};
+use super::http::{parse_cipher_suites, ClientCert, TlsSettings, TlsVersion};
 use super::invalid::{Invalid, Seg};
-use super::secret::Secret;
+use super::secret::{Secret, SecretSource};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,7 +157,10 @@ impl KvStoreConfig {
                     .filter(|p| !p.is_empty()),
             }),
             "etcd" => match &self.etcd {
-                Some(e) if !e.endpoints.is_empty() => Ok(KvBackend::Etcd(Box::new(e.clone()))),
+                Some(e) if !e.endpoints.is_empty() => e
+                    .settings()
+                    .map(|s| KvBackend::Etcd(Box::new(s)))
+                    .map_err(|m| format!("{field}.etcd: {m}")),
                 _ => Err(format!(
                     "{field}.etcd.endpoints: at least one endpoint is required when store is etcd"
                 )),
@@ -183,7 +188,7 @@ pub enum KvBackend {
     /// directory).
     Embedded { dir: Option<String> },
     /// etcd, with at least one endpoint.
-    Etcd(Box<EtcdConfig>),
+    Etcd(Box<EtcdSettings>),
     /// A process-local store that forgets everything on exit.
     InMemory,
     /// `consul` or `multi`, written in a config whose scraping service is off: nothing opens
@@ -253,6 +258,73 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+}
+
+/// A validated `kvstore.etcd` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub dial_timeout: std::time::Duration,
+    pub max_retries: u32,
+    pub username: String,
+    pub password: Secret,
+    /// `Some` with `tls_enabled: true`: TLS to every endpoint.
+    pub tls: Option<TlsSettings>,
+}
+
+/// dskit's defaults for `kvstore.etcd`.
+pub const ETCD_DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const ETCD_MAX_RETRIES: u32 = 10;
+
+impl EtcdConfig {
+    /// dskit's checks, with its texts where it has them, into the validated settings. Unlike
+    /// dskit (which left them to etcd's client defaults), `tls_min_version` and
+    /// `tls_cipher_suites` are honoured.
+    pub fn settings(&self) -> Result<EtcdSettings, String> {
+        let tls = if self.tls_enabled {
+            let path = |p: &Option<String>| p.clone().filter(|s| !s.is_empty()).map(PathBuf::from);
+            let client_cert = match (path(&self.tls_cert_path), path(&self.tls_key_path)) {
+                (Some(cert), Some(key)) => Some(ClientCert {
+                    cert: SecretSource::File(cert),
+                    key: SecretSource::File(key),
+                }),
+                (Some(_), None) => return Err("certificate given but no key configured".into()),
+                (None, Some(_)) => return Err("key given but no certificate configured".into()),
+                (None, None) => None,
+            };
+            let min_version = match self.tls_min_version.as_deref().filter(|v| !v.is_empty()) {
+                None => None,
+                Some(v) => Some(
+                    v.strip_prefix("Version")
+                        .and_then(TlsVersion::parse)
+                        .ok_or_else(|| format!("unknown minimum TLS version: {v:?}"))?,
+                ),
+            };
+            Some(TlsSettings {
+                ca: path(&self.tls_ca_path).map(SecretSource::File),
+                client_cert,
+                server_name: self.tls_server_name.clone().filter(|s| !s.is_empty()),
+                insecure_skip_verify: self.tls_insecure_skip_verify,
+                min_version,
+                max_version: None,
+                cipher_suites: parse_cipher_suites(
+                    self.tls_cipher_suites.as_deref().unwrap_or(""),
+                )?,
+            })
+        } else {
+            None
+        };
+        Ok(EtcdSettings {
+            endpoints: self.endpoints.clone(),
+            dial_timeout: self
+                .dial_timeout
+                .map_or(ETCD_DIAL_TIMEOUT, |d| d.as_std()),
+            max_retries: self.max_retries.unwrap_or(ETCD_MAX_RETRIES),
+            username: self.username.clone().unwrap_or_default(),
+            password: self.password.clone().unwrap_or_default(),
+            tls,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -108,6 +108,7 @@ impl TlsConfig {
             insecure_skip_verify: self.insecure_skip_verify,
             min_version: version(&self.min_version)?,
             max_version: version(&self.max_version)?,
+            cipher_suites: Vec::new(),
         })
     }
 
@@ -465,6 +466,46 @@ pub struct TlsSettings {
     pub insecure_skip_verify: bool,
     pub min_version: Option<TlsVersion>,
     pub max_version: Option<TlsVersion>,
+    /// TLS 1.2 cipher suites by their Go names (empty: rustls's defaults). TLS 1.3 suites are
+    /// not configurable, as in Go. Not a field of Prometheus's `tls_config`; the etcd client
+    /// and the agent's own server take it.
+    pub cipher_suites: Vec<String>,
+}
+
+/// The cipher suites rustls (ring) has, by their Go names: every AEAD ECDHE suite of TLS 1.2,
+/// and the TLS 1.3 suites (accepted by name, always enabled, as in Go). Go's CBC, RSA key
+/// exchange, 3DES and RC4 suites do not exist here.
+pub const CIPHER_SUITES: [&str; 9] = [
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+];
+
+/// Parses a Go-style cipher suite list (comma-separated, spaces ignored, Go's short names for
+/// the ChaCha20 suites accepted), with dskit's error text for an unknown name.
+pub fn parse_cipher_suites(list: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for name in list.split(',').map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let canonical = match name {
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" => "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+            n => n,
+        };
+        if !CIPHER_SUITES.contains(&canonical) {
+            return Err(format!(
+                "unsupported cipher suite: {name:?} (supported: {})",
+                CIPHER_SUITES.join(", ")
+            ));
+        }
+        out.push(canonical.to_owned());
+    }
+    Ok(out)
 }
 
 impl TlsSettings {

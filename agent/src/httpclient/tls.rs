@@ -108,6 +108,24 @@ pub fn provider() -> Arc<CryptoProvider> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
+/// The provider restricted to `suites` (Go names, validated by the config): the listed TLS 1.2
+/// suites plus every TLS 1.3 suite (not configurable, as in Go). Empty: the provider as is.
+pub fn provider_with_suites(suites: &[String]) -> Arc<CryptoProvider> {
+    let base = provider();
+    if suites.is_empty() {
+        return base;
+    }
+    let mut p = (*base).clone();
+    p.cipher_suites.retain(|s| match s {
+        rustls::SupportedCipherSuite::Tls13(_) => true,
+        rustls::SupportedCipherSuite::Tls12(_) => {
+            let name = format!("{:?}", s.suite());
+            suites.iter().any(|want| *want == name)
+        }
+    });
+    Arc::new(p)
+}
+
 /// Parses every certificate of a PEM bundle.
 pub fn certificates(
     field: &'static str,
@@ -182,7 +200,7 @@ pub fn client_config(
     m: &Material,
     alpn: &[&[u8]],
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let provider = provider();
+    let provider = provider_with_suites(&t.cipher_suites);
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions(t.min_version, t.max_version)?)
         .map_err(|e| TlsError::Invalid {
@@ -375,6 +393,29 @@ mod tests {
         };
         let cfg = client_config(&t, &Material::default(), &[b"http/1.1"]).unwrap();
         assert_eq!(cfg.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let names = |suites: &[&str]| {
+            let owned: Vec<String> = suites.iter().map(|s| (*s).to_owned()).collect();
+            provider_with_suites(&owned)
+                .cipher_suites
+                .iter()
+                .map(|s| format!("{:?}", s.suite()))
+                .collect::<Vec<_>>()
+        };
+        // Every Go name the config accepts is a suite rustls has, by the same name.
+        let all = names(&crate::config::http::CIPHER_SUITES);
+        for name in crate::config::http::CIPHER_SUITES {
+            let want = if name.starts_with("TLS_ECDHE") {
+                name.to_owned()
+            } else {
+                format!("TLS13_{}", &name[4..])
+            };
+            assert!(all.contains(&want), "{name}: {all:?}");
+        }
+        let one = names(&["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]);
+        assert_eq!(
+            one.iter().filter(|n| !n.starts_with("TLS13_")).collect::<Vec<_>>(),
+            ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]
+        );
         let t = TlsSettings {
             max_version: Some(TlsVersion::Tls11),
             ..Default::default()

@@ -402,18 +402,7 @@ pub async fn open(
 ) -> Result<Arc<dyn KvStore>, KvError> {
     use crate::config::agent::KvBackend;
     let spec = match backend {
-        KvBackend::Etcd(e) => {
-            let defaults = EtcdConfig::default();
-            KvSpec::Etcd(EtcdConfig {
-                endpoints: e.endpoints.clone(),
-                dial_timeout: e.dial_timeout.map_or(defaults.dial_timeout, |d| d.as_std()),
-                max_retries: e.max_retries.unwrap_or(defaults.max_retries),
-                username: e.username.clone().unwrap_or_default(),
-                password: e.password.clone().unwrap_or_default(),
-                tls_enabled: e.tls_enabled,
-                ..defaults
-            })
-        }
+        KvBackend::Etcd(e) => KvSpec::Etcd(EtcdConfig::from_settings(e)),
         KvBackend::InMemory => KvSpec::InMemory,
         KvBackend::Embedded { dir } => KvSpec::Embedded(
             dir.as_ref()

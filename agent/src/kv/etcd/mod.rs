@@ -1,4 +1,5 @@
-//! The etcd v3 store (`etcd-client`, gRPC over plain HTTP/2).
+//! The etcd v3 store (`etcd-client`, gRPC over HTTP/2, TLS optional; see [`transport`] for
+//! the connection: failover across endpoints, TLS, certificate reload).
 //!
 //! - Values sit under the full key; a value's revision is etcd's `mod_revision`.
 //! - CAS: `Txn(If(mod_revision(key) == v)).Then(Put)`, or `If(create_revision(key) == 0)` when
@@ -27,10 +28,14 @@ use etcd_client::{
 };
 use tokio::sync::mpsc;
 
+mod transport;
+
 use super::local::emit_resync;
 use super::{
     prefix_end, BoxFuture, KeyValues, KvError, KvStore, Versioned, Watch, WatchEvent, WATCH_CHANNEL,
 };
+use crate::config::agent::EtcdSettings;
+use crate::config::http::TlsSettings;
 use crate::config::secret::Secret;
 
 /// Keys per list request.
@@ -47,9 +52,9 @@ pub struct EtcdConfig {
     pub max_retries: u32,
     pub username: String,
     pub password: Secret,
-    /// Accepted for compatibility with the old config; TLS is not implemented yet, so
-    /// [`EtcdStore::connect`] refuses `true`.
-    pub tls_enabled: bool,
+    /// TLS to every endpoint (`tls_enabled: true`); endpoints written `https://` use TLS
+    /// anyway (the system roots when this is `None`).
+    pub tls: Option<TlsSettings>,
     pub watch_backoff_min: Duration,
     pub watch_backoff_max: Duration,
 }
@@ -62,12 +67,28 @@ impl Default for EtcdConfig {
             max_retries: super::DEFAULT_CAS_RETRIES,
             username: String::new(),
             password: Secret::default(),
-            tls_enabled: false,
+            tls: None,
             watch_backoff_min: Duration::from_millis(100),
             // A watch re-created at most a second after etcd returns: the ring and config
             // views catch up within about one heartbeat period (a retry a second against a
             // dead etcd costs nothing).
             watch_backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl EtcdConfig {
+    /// The connection settings of a validated `kvstore.etcd` block (the watch backoff stays at
+    /// its default).
+    pub fn from_settings(s: &EtcdSettings) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: s.endpoints.clone(),
+            dial_timeout: s.dial_timeout,
+            max_retries: s.max_retries,
+            username: s.username.clone(),
+            password: s.password.clone(),
+            tls: s.tls.clone(),
+            ..EtcdConfig::default()
         }
     }
 }
@@ -98,21 +119,29 @@ impl EtcdStore {
         if cfg.endpoints.is_empty() {
             return Err(config_err("no endpoints configured".to_owned()));
         }
-        if cfg.tls_enabled {
-            return Err(config_err("TLS to etcd is not supported yet".to_owned()));
-        }
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(cfg.dial_timeout)
-            // HTTP/2 pings notice a silently dead connection (no RST, e.g. a partition), so a
-            // watch does not sit on it forever.
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
+        let targets = cfg
+            .endpoints
+            .iter()
+            .map(|e| transport::parse_endpoint(e, cfg.tls.is_some()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(config_err)?;
+        let connector = transport::Connector::new(targets, cfg.tls.clone(), cfg.dial_timeout)
+            .await
+            .map_err(|e| config_err(e.to_string()))?;
+        // HTTP/2 pings notice a silently dead connection (no RST, e.g. a partition), so a watch
+        // does not sit on it forever; the next connection goes to another member.
+        let channel = tonic::transport::Endpoint::from_static("http://etcd")
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_with_connector_lazy(connector);
+        let mut options = ConnectOptions::new();
         if !cfg.username.is_empty() {
             options = options.with_user(cfg.username.clone(), cfg.password.expose().to_owned());
         }
         let client = match tokio::time::timeout(
             cfg.dial_timeout,
-            Client::connect(&cfg.endpoints, Some(options)),
+            Client::from_channel(etcd_client::Channel::Tonic(channel), Some(options)),
         )
         .await
         {
@@ -570,18 +599,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refuses_empty_endpoints_and_tls() {
+    async fn refuses_empty_endpoints_bad_endpoints_and_unreadable_certificates() {
         let err = EtcdStore::connect(EtcdConfig::default())
             .await
             .expect_err("empty");
         assert!(err.to_string().contains("no endpoints"), "{err}");
         let err = EtcdStore::connect(EtcdConfig {
+            endpoints: vec!["a".into()],
+            ..EtcdConfig::default()
+        })
+        .await
+        .expect_err("no port");
+        assert!(err.to_string().contains("is not [http[s]://]host:port"), "{err}");
+        let err = EtcdStore::connect(EtcdConfig {
             endpoints: vec!["a:1".into()],
-            tls_enabled: true,
+            tls: Some(TlsSettings {
+                ca: Some(crate::config::secret::SecretSource::File(
+                    "/nonexistent/ca.pem".into(),
+                )),
+                ..Default::default()
+            }),
             ..EtcdConfig::default()
         })
         .await
         .expect_err("tls");
-        assert!(err.to_string().contains("etcd at a:1: TLS"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("etcd at a:1: cannot read tls_config.ca_file /nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 }
