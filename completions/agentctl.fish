@@ -99,20 +99,33 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_see
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from check" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -s a -l addr -d 'URL of an agent\'s API' -r
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] or embedded:PATH' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] (etcds:// for TLS) or embedded:PATH' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l token-file -d 'File holding a bearer token sent with every API request' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l ca-file -d 'CA certificates (PEM) that sign the agent\'s or etcd\'s certificate, instead of the system\'s' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l cert-file -d 'Client certificate (PEM) to present, with --key-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l key-file -d 'Private key (PEM) of --cert-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l server-name -d 'Verify the server\'s certificate against this name instead of the host' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l kv-username -d 'etcd user' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l kv-password-file -d 'File holding the etcd user\'s password (first line; a file, so it stays out of the process list and the shell history)' -r -F
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
 info\t''
 warn\t''
 error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l insecure-skip-verify -d 'Accept any server certificate (for tests; the connection is then not authenticated)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -l recursive -d 'Descend into subdirectories (names become relative paths: team/a.yml is team/a)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from diff" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -s a -l addr -d 'URL of an agent\'s API' -r
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] or embedded:PATH' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] (etcds:// for TLS) or embedded:PATH' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l token-file -d 'File holding a bearer token sent with every API request' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l ca-file -d 'CA certificates (PEM) that sign the agent\'s or etcd\'s certificate, instead of the system\'s' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l cert-file -d 'Client certificate (PEM) to present, with --key-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l key-file -d 'Private key (PEM) of --cert-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l server-name -d 'Verify the server\'s certificate against this name instead of the host' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l kv-username -d 'etcd user' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l kv-password-file -d 'File holding the etcd user\'s password (first line; a file, so it stays out of the process list and the shell history)' -r -F
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l output -d 'Output format' -r -f -a "table\t''
 json\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
@@ -121,39 +134,61 @@ warn\t''
 error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -l insecure-skip-verify -d 'Accept any server certificate (for tests; the connection is then not authenticated)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -s a -l addr -d 'URL of an agent\'s API' -r
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] or embedded:PATH' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] (etcds:// for TLS) or embedded:PATH' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l token-file -d 'File holding a bearer token sent with every API request' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l ca-file -d 'CA certificates (PEM) that sign the agent\'s or etcd\'s certificate, instead of the system\'s' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l cert-file -d 'Client certificate (PEM) to present, with --key-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l key-file -d 'Private key (PEM) of --cert-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l server-name -d 'Verify the server\'s certificate against this name instead of the host' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l kv-username -d 'etcd user' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l kv-password-file -d 'File holding the etcd user\'s password (first line; a file, so it stays out of the process list and the shell history)' -r -F
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
 info\t''
 warn\t''
 error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -l insecure-skip-verify -d 'Accept any server certificate (for tests; the connection is then not authenticated)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from get" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -s a -l addr -d 'URL of an agent\'s API' -r
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] or embedded:PATH' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] (etcds:// for TLS) or embedded:PATH' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l token-file -d 'File holding a bearer token sent with every API request' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l ca-file -d 'CA certificates (PEM) that sign the agent\'s or etcd\'s certificate, instead of the system\'s' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l cert-file -d 'Client certificate (PEM) to present, with --key-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l key-file -d 'Private key (PEM) of --cert-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l server-name -d 'Verify the server\'s certificate against this name instead of the host' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l kv-username -d 'etcd user' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l kv-password-file -d 'File holding the etcd user\'s password (first line; a file, so it stays out of the process list and the shell history)' -r -F
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
 info\t''
 warn\t''
 error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -l insecure-skip-verify -d 'Accept any server certificate (for tests; the connection is then not authenticated)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -s h -l help -d 'Print help'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from put" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -s a -l addr -d 'URL of an agent\'s API' -r
-complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] or embedded:PATH' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] (etcds:// for TLS) or embedded:PATH' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l token-file -d 'File holding a bearer token sent with every API request' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l ca-file -d 'CA certificates (PEM) that sign the agent\'s or etcd\'s certificate, instead of the system\'s' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l cert-file -d 'Client certificate (PEM) to present, with --key-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l key-file -d 'Private key (PEM) of --cert-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l server-name -d 'Verify the server\'s certificate against this name instead of the host' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l kv-username -d 'etcd user' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l kv-password-file -d 'File holding the etcd user\'s password (first line; a file, so it stays out of the process list and the shell history)' -r -F
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
 info\t''
 warn\t''
 error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -l insecure-skip-verify -d 'Accept any server certificate (for tests; the connection is then not authenticated)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from delete" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "check" -d 'Validate agent or instance config files; print every error'
@@ -164,8 +199,14 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_see
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a stored config'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -s a -l addr -d 'URL of an agent\'s API' -r
-complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] or embedded:PATH' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l kv -d 'Talk to the KV store directly instead: etcd://host:port[,host:port] (etcds:// for TLS) or embedded:PATH' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l token-file -d 'File holding a bearer token sent with every API request' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l ca-file -d 'CA certificates (PEM) that sign the agent\'s or etcd\'s certificate, instead of the system\'s' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l cert-file -d 'Client certificate (PEM) to present, with --key-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l key-file -d 'Private key (PEM) of --cert-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l server-name -d 'Verify the server\'s certificate against this name instead of the host' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l kv-username -d 'etcd user' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l kv-password-file -d 'File holding the etcd user\'s password (first line; a file, so it stays out of the process list and the shell history)' -r -F
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l max-delete -d 'Refuse to delete more than this many configs (N) or this share of the store (N%)' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l output -d 'Output format of the plan and results' -r -f -a "table\t''
 json\t''"
@@ -175,6 +216,7 @@ warn\t''
 error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l insecure-skip-verify -d 'Accept any server certificate (for tests; the connection is then not authenticated)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -s d -l dry-run -d 'Plan only: validate every file and print what would change; write nothing'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l recursive -d 'Descend into subdirectories (the old tool read the top level only); names become relative paths without the extension (team/a.yml is team/a)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l no-prune -d 'Keep configs that are in the store but not in the directory'
@@ -193,8 +235,14 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_s
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget help" -f -a "forget" -d 'Remove a member from the ring (what the Forget button of /debug/ring does)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -s a -l addr -d 'URL of an agent whose /debug/ring is used [default: http://localhost:12345]' -r
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l kv -d 'Read the ring from the KV store: etcd://host:port[,host:port] or embedded:PATH' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l kv -d 'Read the ring from the KV store: etcd://host:port[,host:port] (etcds:// for TLS) or embedded:PATH' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l ring.prefix -d 'Key prefix of the ring in the KV store' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l ca-file -d 'CA certificates (PEM) that sign the agent\'s or etcd\'s certificate, instead of the system\'s' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l cert-file -d 'Client certificate (PEM) to present, with --key-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l key-file -d 'Private key (PEM) of --cert-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l server-name -d 'Verify the server\'s certificate against this name instead of the host' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l kv-username -d 'etcd user' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l kv-password-file -d 'File holding the etcd user\'s password (first line; a file, so it stays out of the process list and the shell history)' -r -F
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l output -d 'Output format' -r -f -a "table\t''
 json\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l ring.heartbeat-timeout -d 'Heartbeats older than this make a member unhealthy (the agents\' heartbeat_timeout)' -r
@@ -204,18 +252,26 @@ warn\t''
 error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l insecure-skip-verify -d 'Accept any server certificate (for tests; the connection is then not authenticated)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l tokens -d 'List each member\'s tokens'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -s a -l addr -d 'URL of an agent whose /debug/ring is used [default: http://localhost:12345]' -r
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l kv -d 'Read the ring from the KV store: etcd://host:port[,host:port] or embedded:PATH' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l kv -d 'Read the ring from the KV store: etcd://host:port[,host:port] (etcds:// for TLS) or embedded:PATH' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l ring.prefix -d 'Key prefix of the ring in the KV store' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l ca-file -d 'CA certificates (PEM) that sign the agent\'s or etcd\'s certificate, instead of the system\'s' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l cert-file -d 'Client certificate (PEM) to present, with --key-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l key-file -d 'Private key (PEM) of --cert-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l server-name -d 'Verify the server\'s certificate against this name instead of the host' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l kv-username -d 'etcd user' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l kv-password-file -d 'File holding the etcd user\'s password (first line; a file, so it stays out of the process list and the shell history)' -r -F
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
 info\t''
 warn\t''
 error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l insecure-skip-verify -d 'Accept any server certificate (for tests; the connection is then not authenticated)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -s h -l help -d 'Print help'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show the ring\'s members, states, heartbeats and token ownership'

@@ -314,6 +314,8 @@ fn a_change_behind_the_tools_back_is_a_conflict_and_not_overwritten() {
         addr: agent.url(),
         kv: None,
         token_file: None,
+        tls: Default::default(),
+        kv_auth: Default::default(),
     };
     let results = rt.block_on(async {
         let local = cli::sync::load_dir(&cfgs, false).unwrap();

@@ -12,6 +12,7 @@ mod config_sync;
 mod consul_sd;
 mod differential;
 mod discovery;
+mod etcd_tls;
 mod http_client;
 mod ignored_fields;
 mod kubernetes_sd;

@@ -306,13 +306,62 @@ pub struct TargetArgs {
     )]
     pub addr: String,
 
-    /// Talk to the KV store directly instead: etcd://host:port[,host:port] or embedded:PATH.
+    /// Talk to the KV store directly instead: etcd://host:port[,host:port] (etcds:// for
+    /// TLS) or embedded:PATH.
     #[arg(long = "kv", value_name = "SPEC")]
     pub kv: Option<String>,
 
     /// File holding a bearer token sent with every API request.
     #[arg(long = "token-file", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
+    pub kv_auth: KvAuthArgs,
+}
+
+/// TLS for an https:// agent (--addr) or an etcds:// store (--kv).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// CA certificates (PEM) that sign the agent's or etcd's certificate, instead of the
+    /// system's.
+    #[arg(long = "ca-file", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) to present, with --key-file.
+    #[arg(long = "cert-file", value_name = "PATH", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert-file.
+    #[arg(long = "key-file", value_name = "PATH", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+
+    /// Verify the server's certificate against this name instead of the host.
+    #[arg(long = "server-name", value_name = "NAME")]
+    pub server_name: Option<String>,
+
+    /// Accept any server certificate (for tests; the connection is then not authenticated).
+    #[arg(long = "insecure-skip-verify")]
+    pub insecure_skip_verify: bool,
+}
+
+/// Credentials for an etcd with authentication enabled (--kv).
+#[derive(Debug, Clone, Default, Args)]
+pub struct KvAuthArgs {
+    /// etcd user.
+    #[arg(long = "kv-username", value_name = "USER", requires = "kv")]
+    pub kv_username: Option<String>,
+
+    /// File holding the etcd user's password (first line; a file, so it stays out of the
+    /// process list and the shell history).
+    #[arg(
+        long = "kv-password-file",
+        value_name = "PATH",
+        requires = "kv_username"
+    )]
+    pub kv_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -421,13 +470,20 @@ pub struct RingSourceArgs {
     #[arg(short = 'a', long = "addr", value_name = "URL", conflicts_with = "kv")]
     pub addr: Option<String>,
 
-    /// Read the ring from the KV store: etcd://host:port[,host:port] or embedded:PATH.
+    /// Read the ring from the KV store: etcd://host:port[,host:port] (etcds:// for TLS) or
+    /// embedded:PATH.
     #[arg(long = "kv", value_name = "SPEC")]
     pub kv: Option<String>,
 
     /// Key prefix of the ring in the KV store.
     #[arg(long = "ring.prefix", default_value = "collectors/")]
     pub ring_prefix: String,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
+    pub kv_auth: KvAuthArgs,
 }
 
 #[derive(Debug, Args)]

@@ -21,9 +21,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use agent::config::http::{ClientCert, HttpClientSettings, TlsSettings};
+use agent::config::secret::{Secret, SecretSource};
+use agent::httpclient::HttpClient;
 use agent::kv::configstore::PutOutcome;
+use agent::kv::KvSpec;
 use reqwest::header::{HeaderValue, AUTHORIZATION, ETAG, IF_MATCH};
 use reqwest::{Method, StatusCode};
+
+use crate::args::{KvAuthArgs, TlsArgs};
 
 /// How many times a request is sent at most (connection errors and 5xx answers are retried).
 const ATTEMPTS: u32 = 4;
@@ -72,12 +78,98 @@ impl ClientError {
     }
 }
 
+/// The TLS settings the flags give, or `None` when none is given.
+pub fn tls_settings(tls: &TlsArgs) -> Option<TlsSettings> {
+    let given = tls.ca_file.is_some()
+        || tls.cert_file.is_some()
+        || tls.server_name.is_some()
+        || tls.insecure_skip_verify;
+    given.then(|| TlsSettings {
+        ca: tls.ca_file.clone().map(SecretSource::File),
+        client_cert: match (&tls.cert_file, &tls.key_file) {
+            (Some(cert), Some(key)) => Some(ClientCert {
+                cert: SecretSource::File(cert.clone()),
+                key: SecretSource::File(key.clone()),
+            }),
+            _ => None,
+        },
+        server_name: tls.server_name.clone(),
+        insecure_skip_verify: tls.insecure_skip_verify,
+        ..TlsSettings::default()
+    })
+}
+
+const TLS_FLAGS: &str =
+    "--ca-file, --cert-file, --key-file, --server-name and --insecure-skip-verify";
+
+/// An HTTP client for `url` (`http` or `https`) with the TLS flags; the flags on a plain
+/// `http://` URL are an error rather than silently unused.
+pub fn http_client(
+    url: &reqwest::Url,
+    tls: &TlsArgs,
+    follow_redirects: bool,
+    timeout: Duration,
+) -> Result<HttpClient, String> {
+    let settings = tls_settings(tls);
+    if settings.is_some() && url.scheme() != "https" {
+        return Err(format!("{TLS_FLAGS} need an https:// address (got {url})"));
+    }
+    HttpClient::new(
+        &HttpClientSettings {
+            tls: settings.unwrap_or_default(),
+            follow_redirects,
+            ..HttpClientSettings::default()
+        },
+        &agent::httpclient::Options {
+            timeout: Some(timeout),
+            connect_timeout: Some(Duration::from_secs(5)),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The KV store `--kv` names, with the TLS flags (for `etcds://`) and the etcd credentials.
+pub fn kv_spec(spec: &str, tls: &TlsArgs, auth: &KvAuthArgs) -> Result<KvSpec, String> {
+    let mut parsed: KvSpec = spec
+        .parse()
+        .map_err(|e: agent::kv::KvSpecError| e.to_string())?;
+    let settings = tls_settings(tls);
+    match &mut parsed {
+        KvSpec::Etcd(cfg) => {
+            if let Some(t) = settings {
+                if cfg.tls.is_none() {
+                    return Err(format!("{TLS_FLAGS} need --kv etcds://... (got {spec})"));
+                }
+                cfg.tls = Some(t);
+            }
+            if let Some(user) = &auth.kv_username {
+                cfg.username = user.clone();
+                if let Some(path) = &auth.kv_password_file {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        format!("cannot read --kv-password-file {}: {e}", path.display())
+                    })?;
+                    cfg.password = Secret::new(text.lines().next().unwrap_or("").trim_end());
+                }
+            }
+        }
+        _ if settings.is_some() => {
+            return Err(format!("{TLS_FLAGS} need --kv etcds://... (got {spec})"));
+        }
+        _ if auth.kv_username.is_some() => {
+            return Err(format!("--kv-username needs an etcd store (got {spec})"));
+        }
+        _ => {}
+    }
+    Ok(parsed)
+}
+
 /// The API client.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     /// `scheme://host:port[/prefix]` without a trailing slash.
     base: String,
-    http: reqwest::Client,
+    http: HttpClient,
     token: Option<String>,
 }
 
@@ -104,9 +196,10 @@ pub fn encode_name(name: &str) -> String {
 }
 
 impl ApiClient {
-    /// A client for the agent at `addr` (`http://host:port`; a bare `host:port` gets
-    /// `http://`). `token` is sent as `Authorization: Bearer` on every request.
-    pub fn new(addr: &str, token: Option<String>) -> Result<Self, ClientError> {
+    /// A client for the agent at `addr` (`http://host:port` or `https://...`; a bare
+    /// `host:port` gets `http://`). `token` is sent as `Authorization: Bearer` on every
+    /// request; `tls` applies to https.
+    pub fn new(addr: &str, token: Option<String>, tls: &TlsArgs) -> Result<Self, ClientError> {
         let bad = |reason: &str| ClientError::BadAddr {
             addr: addr.to_owned(),
             reason: reason.to_owned(),
@@ -130,12 +223,7 @@ impl ApiClient {
         if url.query().is_some() || url.fragment().is_some() {
             return Err(bad("it must not have a query or fragment"));
         }
-        agent::httpclient::ensure_crypto_provider();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| bad(&format!("cannot build an HTTP client: {e}")))?;
+        let http = http_client(&url, tls, true, Duration::from_secs(30)).map_err(|e| bad(&e))?;
         Ok(ApiClient {
             base: url.as_str().trim_end_matches('/').to_owned(),
             http,
@@ -175,7 +263,7 @@ impl ApiClient {
                     .header(reqwest::header::CONTENT_TYPE, "application/yaml")
                     .body(b.to_owned());
             }
-            match req.send().await {
+            match self.http.send(req).await {
                 Ok(resp) => {
                     let status = resp.status();
                     let etag = resp
@@ -188,7 +276,10 @@ impl ApiClient {
                         Err(e) => {
                             last_err = Some(ClientError::Unreachable {
                                 url: url.clone(),
-                                message: format!("reading the response failed: {e}"),
+                                message: format!(
+                                    "reading the response failed: {}",
+                                    agent::httpclient::error_chain(&e.without_url())
+                                ),
                             });
                             continue;
                         }
@@ -209,7 +300,7 @@ impl ApiClient {
                     tracing::debug!(%url, attempt, error = %e, "retrying after a connection error");
                     last_err = Some(ClientError::Unreachable {
                         url: url.clone(),
-                        message: error_chain(&e),
+                        message: e.to_string(),
                     });
                 }
             }
@@ -391,21 +482,6 @@ fn status_error(method: &Method, url: &str, status: StatusCode, body: &str) -> C
     }
 }
 
-/// A reqwest error with its causes ("error sending request: connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,16 +497,16 @@ mod tests {
     #[test]
     fn addresses_are_checked() {
         assert!(matches!(
-            ApiClient::new("", None),
+            ApiClient::new("", None, &TlsArgs::default()),
             Err(ClientError::BadAddr { .. })
         ));
         assert!(matches!(
-            ApiClient::new("ftp://x:1", None),
+            ApiClient::new("ftp://x:1", None, &TlsArgs::default()),
             Err(ClientError::BadAddr { .. })
         ));
-        let c = ApiClient::new("127.0.0.1:9/", None).expect("bare host:port");
+        let c = ApiClient::new("127.0.0.1:9/", None, &TlsArgs::default()).expect("bare host:port");
         assert_eq!(c.base(), "http://127.0.0.1:9");
-        let c = ApiClient::new("http://h:1/prefix/", None).expect("prefix");
+        let c = ApiClient::new("http://h:1/prefix/", None, &TlsArgs::default()).expect("prefix");
         assert_eq!(c.base(), "http://h:1/prefix");
     }
 

@@ -29,10 +29,9 @@ enum Source {
 
 fn source(args: &RingSourceArgs) -> Result<Source, Error> {
     match (&args.kv, &args.addr) {
-        (Some(kv), _) => kv
-            .parse::<KvSpec>()
+        (Some(kv), _) => crate::client::kv_spec(kv, &args.tls, &args.kv_auth)
             .map(Source::Kv)
-            .map_err(|e| Error::Usage(e.to_string())),
+            .map_err(Error::Usage),
         (None, addr) => Ok(Source::Agent(
             addr.as_deref()
                 .unwrap_or(DEFAULT_ADDR)
@@ -49,13 +48,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(|e| io("starting the async runtime", e))
 }
 
-fn http_client() -> Result<reqwest::Client, Error> {
-    agent::httpclient::ensure_crypto_provider();
-    reqwest::Client::builder()
-        .timeout(HTTP_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Error::Unavailable(format!("cannot build an HTTP client: {e}")))
+/// The client for `url`, with the TLS flags; redirects are not followed (Forget answers 302).
+fn http_client(
+    url: &str,
+    tls: &crate::args::TlsArgs,
+) -> Result<agent::httpclient::HttpClient, Error> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| Error::Usage(format!("invalid --addr {url:?}: {e}")))?;
+    crate::client::http_client(&parsed, tls, false, HTTP_TIMEOUT).map_err(Error::Usage)
 }
 
 async fn connect(spec: &KvSpec) -> Result<Arc<dyn KvStore>, Error> {
@@ -65,7 +65,11 @@ async fn connect(spec: &KvSpec) -> Result<Arc<dyn KvStore>, Error> {
 }
 
 /// The ring and the "now" to judge heartbeats against (the agent's clock for `--addr`).
-async fn load(src: &Source, ring_prefix: &str) -> Result<(Desc, SystemTime), Error> {
+async fn load(
+    src: &Source,
+    ring_prefix: &str,
+    tls: &crate::args::TlsArgs,
+) -> Result<(Desc, SystemTime), Error> {
     match src {
         Source::Kv(spec) => {
             let store = connect(spec).await?;
@@ -80,14 +84,20 @@ async fn load(src: &Source, ring_prefix: &str) -> Result<(Desc, SystemTime), Err
             let fail = |what: String| {
                 Error::Unavailable(format!("cannot read the ring from {url}: {what}"))
             };
-            let resp = http_client()?
-                .get(&url)
-                .header(reqwest::header::ACCEPT, "application/json")
-                .send()
+            let client = http_client(&url, tls)?;
+            let resp = client
+                .send(
+                    client
+                        .get(&url)
+                        .header(reqwest::header::ACCEPT, "application/json"),
+                )
                 .await
-                .map_err(|e| fail(error_chain(&e)))?;
+                .map_err(|e| fail(e.to_string()))?;
             let status = resp.status();
-            let body = resp.text().await.map_err(|e| fail(error_chain(&e)))?;
+            let body = resp
+                .text()
+                .await
+                .map_err(|e| fail(agent::httpclient::error_chain(&e.without_url())))?;
             if !status.is_success() {
                 return Err(fail(format!("HTTP {status}: {}", body.trim())));
             }
@@ -98,24 +108,12 @@ async fn load(src: &Source, ring_prefix: &str) -> Result<(Desc, SystemTime), Err
     }
 }
 
-/// reqwest's top-level message ("error sending request") hides the cause (connection
-/// refused); users need the whole chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        cur = s.source();
-    }
-    msg
-}
-
 /// `agentctl ring status`: exit 0 when every member is ACTIVE and healthy, 1 otherwise, 2 when
 /// the ring cannot be read.
 pub fn status(args: &RingStatusArgs, out: &mut dyn Write) -> Result<ExitCode, Error> {
     let src = source(&args.source)?;
-    let (desc, now) = runtime()?.block_on(load(&src, &args.source.ring_prefix))?;
+    let (desc, now) =
+        runtime()?.block_on(load(&src, &args.source.ring_prefix, &args.source.tls))?;
     let timeout = args.heartbeat_timeout;
     let text = match args.output {
         OutputFormat::Json => {
@@ -172,16 +170,19 @@ pub fn forget(args: &RingForgetArgs, out: &mut dyn Write) -> Result<ExitCode, Er
                 let body: String = url::form_urlencoded::Serializer::new(String::new())
                     .append_pair("forget", &args.id)
                     .finish();
-                let resp = http_client()?
-                    .post(&url)
-                    .header(
-                        reqwest::header::CONTENT_TYPE,
-                        "application/x-www-form-urlencoded",
+                let client = http_client(&url, &args.source.tls)?;
+                let resp = client
+                    .send(
+                        client
+                            .request(reqwest::Method::POST, &url)
+                            .header(
+                                reqwest::header::CONTENT_TYPE,
+                                "application/x-www-form-urlencoded",
+                            )
+                            .body(body),
                     )
-                    .body(body)
-                    .send()
                     .await
-                    .map_err(|e| Error::Unavailable(format!("POST {url}: {}", error_chain(&e))))?;
+                    .map_err(|e| Error::Unavailable(format!("POST {url}: {e}")))?;
                 let status = resp.status();
                 if status == reqwest::StatusCode::FOUND || status.is_success() {
                     Ok(format!("forgot {} (via {url})\n", args.id))

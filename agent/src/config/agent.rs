@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::duration::GoDuration;
-use super::instance::{GlobalConfig, GlobalConfigRaw, InstanceConfig, InstanceConfigRaw};
 use super::http::{parse_cipher_suites, ClientCert, TlsSettings, TlsVersion};
+use super::instance::{GlobalConfig, GlobalConfigRaw, InstanceConfig, InstanceConfigRaw};
 use super::invalid::{Invalid, Seg};
 use super::secret::{Secret, SecretSource};
 use std::path::PathBuf;
@@ -316,9 +316,7 @@ impl EtcdConfig {
         };
         Ok(EtcdSettings {
             endpoints: self.endpoints.clone(),
-            dial_timeout: self
-                .dial_timeout
-                .map_or(ETCD_DIAL_TIMEOUT, |d| d.as_std()),
+            dial_timeout: self.dial_timeout.map_or(ETCD_DIAL_TIMEOUT, |d| d.as_std()),
             max_retries: self.max_retries.unwrap_or(ETCD_MAX_RETRIES),
             username: self.username.clone().unwrap_or_default(),
             password: self.password.clone().unwrap_or_default(),

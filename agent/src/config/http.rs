@@ -493,7 +493,9 @@ pub fn parse_cipher_suites(list: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for name in list.split(',').map(|n| n.trim()).filter(|n| !n.is_empty()) {
         let canonical = match name {
-            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" => "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" => {
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
+            }
             "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
             n => n,
         };

@@ -120,7 +120,7 @@ pub fn provider_with_suites(suites: &[String]) -> Arc<CryptoProvider> {
         rustls::SupportedCipherSuite::Tls13(_) => true,
         rustls::SupportedCipherSuite::Tls12(_) => {
             let name = format!("{:?}", s.suite());
-            suites.iter().any(|want| *want == name)
+            suites.contains(&name)
         }
     });
     Arc::new(p)
@@ -413,7 +413,9 @@ mod tests {
         }
         let one = names(&["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]);
         assert_eq!(
-            one.iter().filter(|n| !n.starts_with("TLS13_")).collect::<Vec<_>>(),
+            one.iter()
+                .filter(|n| !n.starts_with("TLS13_"))
+                .collect::<Vec<_>>(),
             ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]
         );
         let t = TlsSettings {

@@ -293,12 +293,14 @@ impl Drop for Watch {
 /// Which KV store to use, as given to `--kv`:
 ///
 /// - `etcd://host:port[,host:port...]` — etcd v3 at these endpoints (plain HTTP/2),
+/// - `etcds://host:port[,host:port...]` — the same over TLS (the system roots; callers add
+///   certificates and credentials to the [`EtcdConfig`]),
 /// - `embedded:PATH` — the embedded, durable store in directory `PATH`,
 /// - `inmemory` — a process-local store that forgets everything on exit,
 /// - `consul://host:port` — recognised so the error can say it is not supported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvSpec {
-    Etcd(EtcdConfig),
+    Etcd(Box<EtcdConfig>),
     Embedded(PathBuf),
     InMemory,
     Consul(String),
@@ -307,7 +309,7 @@ pub enum KvSpec {
 /// Why a `--kv` value could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvSpecError {
-    #[error("invalid KV store {spec:?}: {reason}; expected etcd://host:port[,host:port], embedded:PATH or inmemory")]
+    #[error("invalid KV store {spec:?}: {reason}; expected etcd://host:port[,host:port], etcds://host:port[,host:port], embedded:PATH or inmemory")]
     Invalid { spec: String, reason: String },
 }
 
@@ -330,16 +332,21 @@ impl FromStr for KvSpec {
             }
             return Ok(KvSpec::Embedded(PathBuf::from(path)));
         }
-        if let Some(rest) = s.strip_prefix("etcd://") {
+        let etcd = s
+            .strip_prefix("etcd://")
+            .map(|r| (r, false))
+            .or_else(|| s.strip_prefix("etcds://").map(|r| (r, true)));
+        if let Some((rest, tls)) = etcd {
             let mut endpoints = Vec::new();
             for ep in rest.split(',') {
                 validate_host_port(ep).map_err(|reason| invalid(&reason))?;
                 endpoints.push(ep.to_owned());
             }
-            return Ok(KvSpec::Etcd(EtcdConfig {
+            return Ok(KvSpec::Etcd(Box::new(EtcdConfig {
                 endpoints,
+                tls: tls.then(crate::config::http::TlsSettings::default),
                 ..EtcdConfig::default()
-            }));
+            })));
         }
         if let Some(rest) = s.strip_prefix("consul://") {
             return Ok(KvSpec::Consul(rest.to_owned()));
@@ -373,7 +380,10 @@ fn validate_host_port(ep: &str) -> Result<(), String> {
 impl fmt::Display for KvSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KvSpec::Etcd(cfg) => write!(f, "etcd://{}", cfg.endpoints.join(",")),
+            KvSpec::Etcd(cfg) => {
+                let scheme = if cfg.tls.is_some() { "etcds" } else { "etcd" };
+                write!(f, "{scheme}://{}", cfg.endpoints.join(","))
+            }
             KvSpec::Embedded(path) => write!(f, "embedded:{}", path.display()),
             KvSpec::InMemory => f.write_str("inmemory"),
             KvSpec::Consul(host) if host.is_empty() => f.write_str("consul"),
@@ -386,7 +396,7 @@ impl fmt::Display for KvSpec {
 /// unreachable); the embedded store opens (and locks) its directory now.
 pub async fn connect(spec: &KvSpec) -> Result<Arc<dyn KvStore>, KvError> {
     match spec {
-        KvSpec::Etcd(cfg) => Ok(Arc::new(EtcdStore::connect(cfg.clone()).await?)),
+        KvSpec::Etcd(cfg) => Ok(Arc::new(EtcdStore::connect((**cfg).clone()).await?)),
         KvSpec::Embedded(path) => Ok(Arc::new(EmbeddedStore::open(path.clone()).await?)),
         KvSpec::InMemory => Ok(Arc::new(InMemoryStore::new())),
         KvSpec::Consul(_) => Err(KvError::Unsupported { store: "consul" }),
@@ -402,7 +412,7 @@ pub async fn open(
 ) -> Result<Arc<dyn KvStore>, KvError> {
     use crate::config::agent::KvBackend;
     let spec = match backend {
-        KvBackend::Etcd(e) => KvSpec::Etcd(EtcdConfig::from_settings(e)),
+        KvBackend::Etcd(e) => KvSpec::Etcd(Box::new(EtcdConfig::from_settings(e))),
         KvBackend::InMemory => KvSpec::InMemory,
         KvBackend::Embedded { dir } => KvSpec::Embedded(
             dir.as_ref()

@@ -29,9 +29,8 @@ impl Remote {
     /// The target the flags name: `--kv` when given, else `--addr` (with `--token-file`).
     pub async fn connect(target: &TargetArgs) -> Result<Remote, SyncError> {
         if let Some(spec) = &target.kv {
-            let parsed: KvSpec = spec
-                .parse()
-                .map_err(|e: agent::kv::KvSpecError| SyncError::Usage(e.to_string()))?;
+            let parsed: KvSpec = crate::client::kv_spec(spec, &target.tls, &target.kv_auth)
+                .map_err(SyncError::Usage)?;
             let kv = agent::kv::connect(&parsed)
                 .await
                 .map_err(|e| SyncError::Store {
@@ -59,7 +58,11 @@ impl Remote {
             }
             None => None,
         };
-        Ok(Remote::Api(ApiClient::new(&target.addr, token)?))
+        Ok(Remote::Api(ApiClient::new(
+            &target.addr,
+            token,
+            &target.tls,
+        )?))
     }
 
     /// The agent's URL or the store's spec, for messages.

@@ -610,7 +610,10 @@ mod tests {
         })
         .await
         .expect_err("no port");
-        assert!(err.to_string().contains("is not [http[s]://]host:port"), "{err}");
+        assert!(
+            err.to_string().contains("is not [http[s]://]host:port"),
+            "{err}"
+        );
         let err = EtcdStore::connect(EtcdConfig {
             endpoints: vec!["a:1".into()],
             tls: Some(TlsSettings {

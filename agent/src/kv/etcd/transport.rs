@@ -66,7 +66,11 @@ pub(super) fn parse_endpoint(ep: &str, tls_default: bool) -> Result<Target, Stri
     if host.is_empty() || host.contains(['/', '@']) {
         return Err(bad());
     }
-    let port = port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(bad)?;
     Ok(Target {
         host: host.to_owned(),
         port,
@@ -181,7 +185,11 @@ impl Connector {
             return Ok(Box::new(tcp));
         };
         let cfg = self.tls_config(st).await?;
-        let name = st.settings.server_name.clone().unwrap_or_else(|| t.host.clone());
+        let name = st
+            .settings
+            .server_name
+            .clone()
+            .unwrap_or_else(|| t.host.clone());
         let name = ServerName::try_from(name)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let stream = tokio_rustls::TlsConnector::from(cfg)
@@ -252,9 +260,18 @@ mod tests {
         };
         assert_eq!(parse_endpoint("a:1", false), Ok(t("a", 1, false)));
         assert_eq!(parse_endpoint("a:1", true), Ok(t("a", 1, true)));
-        assert_eq!(parse_endpoint("https://a:2379", false), Ok(t("a", 2379, true)));
-        assert_eq!(parse_endpoint("http://a:2379/", true), Ok(t("a", 2379, false)));
-        assert_eq!(parse_endpoint("[::1]:2379", false), Ok(t("::1", 2379, false)));
+        assert_eq!(
+            parse_endpoint("https://a:2379", false),
+            Ok(t("a", 2379, true))
+        );
+        assert_eq!(
+            parse_endpoint("http://a:2379/", true),
+            Ok(t("a", 2379, false))
+        );
+        assert_eq!(
+            parse_endpoint("[::1]:2379", false),
+            Ok(t("::1", 2379, false))
+        );
         assert_eq!(t("::1", 2379, false).to_string(), "[::1]:2379");
         for bad in ["a", "a:0", ":1", "a:x", "u@a:1", "https://", "a/b:1"] {
             assert!(parse_endpoint(bad, false).is_err(), "{bad}");
