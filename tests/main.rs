@@ -17,6 +17,7 @@ mod http_client;
 mod ignored_fields;
 mod kubernetes_sd;
 mod kv;
+mod mixin;
 mod package;
 mod progress;
 mod reliability;

@@ -101,6 +101,15 @@ fn the_deb_holds_the_binary_docs_config_and_a_hardened_notify_unit() {
         assert_eq!(std::fs::read(r.join(path)).unwrap(), want, "{path}");
     }
 
+    // The dashboard and the alerting rules, as in the repository.
+    for f in ["agentctl-dashboard.json", "agentctl-alerts.yaml"] {
+        assert_eq!(
+            std::fs::read(r.join("usr/share/agentctl/mixin").join(f)).unwrap(),
+            std::fs::read(root().join("packaging/mixin").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+
     // The default config: valid, without warnings, embedded store, WAL in the state directory.
     let cfg = r.join("etc/agentctl/agent.yaml");
     let check = agentctl(&["config", "check", cfg.to_str().unwrap()], tmp.path());

@@ -17,6 +17,7 @@ pub mod relabel;
 pub mod remote_write;
 pub mod ring;
 pub mod scrape;
+pub mod telemetry;
 pub mod wal;
 
 #[cfg(test)]

@@ -62,6 +62,11 @@ pub struct StatusState {
     /// `-config.enable-read-api`).
     pub read_api: Option<ReadApi>,
     pub reloader: Reloader,
+    /// Read at each `/metrics` scrape.
+    pub agent_metrics: crate::telemetry::AgentMetrics,
+    pub wal_directory: PathBuf,
+    /// The cluster, once joined.
+    pub cluster: Arc<OnceLock<Arc<crate::cluster::Cluster>>>,
 }
 
 /// What `GET /-/config` shows.
@@ -141,6 +146,15 @@ async fn reload(State(state): State<Arc<StatusState>>) -> Response {
 
 /// `GET /metrics`: the agent's own metrics in the Prometheus text format.
 async fn metrics(State(state): State<Arc<StatusState>>) -> Response {
+    state
+        .agent_metrics
+        .refresh(&state.manager, &state.wal_directory)
+        .await;
+    if let Some(cluster) = state.cluster.get() {
+        state
+            .agent_metrics
+            .refresh_cluster(cluster, state.manager.shared().clock.now());
+    }
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &state.registry) {
         return text(

@@ -70,6 +70,8 @@ pub struct Cluster {
     applied: std::sync::Mutex<HashMap<String, String>>,
     /// Configs owned per ring member id, for `/debug/ring`.
     owned_tx: watch::Sender<HashMap<String, usize>>,
+    /// Configs in the store at the last full reshard (`agent_scraping_service_configs`).
+    stored_tx: watch::Sender<usize>,
     ready_tx: watch::Sender<bool>,
 }
 
@@ -160,6 +162,7 @@ impl Cluster {
             clock,
             applied: std::sync::Mutex::new(HashMap::new()),
             owned_tx: watch::channel(HashMap::new()).0,
+            stored_tx: watch::channel(0).0,
             ready_tx: watch::channel(false).0,
         })
     }
@@ -200,6 +203,11 @@ impl Cluster {
     /// Configs owned per member id (for the ring page).
     pub fn owned_counts(&self) -> watch::Receiver<HashMap<String, usize>> {
         self.owned_tx.subscribe()
+    }
+
+    /// Configs in the store at the last full reshard.
+    pub fn stored_configs(&self) -> usize {
+        *self.stored_tx.borrow()
     }
 
     /// `true` once the first full reshard is done and the instances it started tried their
@@ -344,6 +352,7 @@ impl Cluster {
             }
         }
         let _ = self.owned_tx.send(counts);
+        self.stored_tx.send_replace(all.len());
         let wanted: std::collections::HashSet<&str> =
             owned.iter().map(|(n, _)| n.as_str()).collect();
         for name in self.manager.names() {

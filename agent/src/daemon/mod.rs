@@ -27,10 +27,12 @@ use tokio_util::sync::CancellationToken;
 use crate::api::status::{ReadApi, Reloader, StatusState};
 use crate::api::{self, ApiMetrics, ApiState, StoreSlot};
 use crate::clock::Clock;
+use crate::cluster::Cluster;
 use crate::config::{AgentConfig, ConfigError};
 use crate::instance::{self, manager::InstanceManager};
 use crate::kv::{self, KvError, KvStore};
 use crate::ring::lifecycler::LifecyclerSettings;
+use crate::telemetry::AgentMetrics;
 use supervisor::{LoadMetrics, Supervisor};
 
 /// The old agent's default listen address.
@@ -129,6 +131,10 @@ pub struct Agent {
     manager: Arc<InstanceManager>,
     api: Arc<ApiState>,
     load_metrics: LoadMetrics,
+    /// Agent-wide metrics, read at each `/metrics` scrape (see [`crate::telemetry`]).
+    agent_metrics: AgentMetrics,
+    /// The cluster, once joined (its ring and stored configs are read for `/metrics`).
+    cluster: Arc<OnceLock<Arc<Cluster>>>,
     lifecycler: LifecyclerSettings,
     /// The embedded or in-memory config store, opened here (etcd is connected by `run`).
     local_store: Option<Arc<dyn KvStore>>,
@@ -163,6 +169,7 @@ impl Agent {
         let api_metrics = ApiMetrics::register(&mut registry);
         let load_metrics = LoadMetrics::register(&mut registry, clock);
         load_metrics.record(true);
+        let agent_metrics = AgentMetrics::register(&mut registry);
         let lifecycler = LifecyclerSettings::from_config(&ss.lifecycler, addr.port());
         let shared = instance::Shared::new(
             std::path::Path::new(&cfg.wal_directory),
@@ -204,6 +211,8 @@ impl Agent {
             manager,
             api,
             load_metrics,
+            agent_metrics,
+            cluster: Arc::new(OnceLock::new()),
             lifecycler,
             local_store,
             ready: watch::channel(false).0,
@@ -247,8 +256,15 @@ impl Agent {
             scraping_service: self.options.config.scraping_service.enabled,
             read_api,
             reloader: reloader.clone(),
+            agent_metrics: self.agent_metrics.clone(),
+            wal_directory: self.options.config.wal_directory.clone().into(),
+            cluster: self.cluster.clone(),
         });
-        let app = api::router(self.api.clone(), status);
+        let app =
+            api::router(self.api.clone(), status).layer(axum::middleware::from_fn_with_state(
+                self.agent_metrics.api_requests(),
+                crate::telemetry::count_requests,
+            ));
         if self.options.reload_on_sighup {
             tokio::spawn(supervisor::reload_on_sighup(reloader, shutdown.clone()));
         }

@@ -104,6 +104,8 @@ pub struct Supervisor {
     local_store: Option<Arc<dyn KvStore>>,
     ready: watch::Sender<bool>,
     ring_page: Arc<OnceLock<axum::Router>>,
+    /// The cluster for `/metrics`, once joined.
+    cluster_cell: Arc<OnceLock<Arc<Cluster>>>,
     /// Once the KV store is reachable.
     cluster: Option<(Arc<Cluster>, JoinHandle<()>)>,
     /// Stops the running WAL cleaner (restarted when its settings are reloaded).
@@ -124,6 +126,7 @@ impl Supervisor {
             local_store: agent.local_store,
             ready: agent.ready,
             ring_page,
+            cluster_cell: agent.cluster,
             cluster: None,
             cleaner_stop: CancellationToken::new(),
             shutdown: CancellationToken::new(),
@@ -239,6 +242,7 @@ impl Supervisor {
             },
         );
         let _ = self.ring_page.set(page);
+        let _ = self.cluster_cell.set(cluster.clone());
         let mut cluster_ready = cluster.ready();
         let ready = self.ready.clone();
         tokio::spawn(async move {

@@ -137,6 +137,10 @@ pub struct InstanceMetrics {
     pub write_dropped_samples: Family<InstanceLabel, Counter>,
     /// Series the WAL tracks as active (the old agent's name, so its dashboards work).
     pub active_series: Family<InstanceLabel, Gauge>,
+    /// Samples written to the WAL (the old agent's name).
+    pub samples_appended: Family<InstanceLabel, Counter>,
+    /// Corrupt or torn WAL tails repaired when the WAL was opened.
+    pub corruptions: Family<InstanceLabel, Counter>,
 }
 
 impl std::fmt::Debug for InstanceMetrics {
@@ -155,6 +159,8 @@ impl InstanceMetrics {
             write_failures: Family::default(),
             write_dropped_samples: Family::default(),
             active_series: Family::default(),
+            samples_appended: Family::default(),
+            corruptions: Family::default(),
         };
         registry.register(
             "agent_wal_truncate_dropped_samples",
@@ -181,6 +187,17 @@ impl InstanceMetrics {
             "agent_wal_write_dropped_samples",
             "Samples dropped because their WAL write failed (e.g. the disk was full)",
             m.write_dropped_samples.clone(),
+        );
+        registry.register(
+            "agent_wal_samples_appended",
+            "Samples written to the WAL (scraped samples that reached the WAL)",
+            m.samples_appended.clone(),
+        );
+        registry.register(
+            "agent_wal_corruptions",
+            "Corrupt or torn WAL tails found (and repaired: cut at the last complete record) \
+             when the WAL was opened",
+            m.corruptions.clone(),
         );
         registry.register(
             "agent_wal_storage_active_series",
@@ -269,8 +286,19 @@ impl Instance {
                 })
             }
         };
+        // Created now, so they read 0 (not absent) until something happens.
+        let m = &shared.instance_metrics;
+        for family in [
+            &m.truncate_dropped_samples,
+            &m.truncations,
+            &m.truncation_failures,
+        ] {
+            let _ = family.get_or_create(&label);
+        }
+        let corruptions = m.corruptions.get_or_create(&label).clone();
         if let Some(r) = &replay.repair {
             tracing::warn!(instance = %name, repair = ?r, "WAL repaired on open");
+            corruptions.inc();
         }
         let counters = storage::WriteFailureCounters {
             failures: shared
@@ -281,6 +309,11 @@ impl Instance {
             dropped_samples: shared
                 .instance_metrics
                 .write_dropped_samples
+                .get_or_create(&label)
+                .clone(),
+            samples_appended: shared
+                .instance_metrics
+                .samples_appended
                 .get_or_create(&label)
                 .clone(),
         };

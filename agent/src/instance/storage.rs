@@ -51,11 +51,13 @@ pub struct WalStorage {
 }
 
 /// Counters of failed WAL writes (`agent_wal_write_failures_total`) and of the samples they
-/// dropped (`agent_wal_write_dropped_samples_total`), per instance.
+/// dropped (`agent_wal_write_dropped_samples_total`), per instance; and of the samples written
+/// (`agent_wal_samples_appended_total`).
 #[derive(Debug, Clone, Default)]
 pub struct WriteFailureCounters {
     pub failures: prometheus_client::metrics::counter::Counter,
     pub dropped_samples: prometheus_client::metrics::counter::Counter,
+    pub samples_appended: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for WalStorage {
@@ -241,8 +243,14 @@ impl Appender for WalAppender<'_> {
             self.storage.failures.dropped_samples.inc_by(dropped as u64);
             tracing::error!(instance = %self.storage.name, error = %e, dropped_samples = dropped,
                 "WAL write failed; this scrape's samples are dropped, scraping continues");
-        } else if let Some(max) = self.samples.iter().map(|s| s.1).max() {
-            inner.newest_ms = inner.newest_ms.max(max);
+        } else {
+            self.storage
+                .failures
+                .samples_appended
+                .inc_by(self.samples.len() as u64);
+            if let Some(max) = self.samples.iter().map(|s| s.1).max() {
+                inner.newest_ms = inner.newest_ms.max(max);
+            }
         }
         drop(inner);
         self.series.clear();
