@@ -192,12 +192,12 @@ fn the_deb_holds_the_binary_docs_config_and_a_hardened_notify_unit() {
 }
 
 /// Waits for the next datagram on the notify socket.
-fn next_notification(sock: &UnixDatagram, within: Duration) -> String {
+fn next_notification(sock: &UnixDatagram, within: Duration, want: &str) -> String {
     sock.set_read_timeout(Some(within)).unwrap();
     let mut buf = [0u8; 4096];
     let n = sock
         .recv(&mut buf)
-        .unwrap_or_else(|e| panic!("no notification within {within:?}: {e}"));
+        .unwrap_or_else(|e| panic!("no notification ({want} expected) within {within:?}: {e}"));
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
@@ -247,7 +247,7 @@ fn the_units_exec_start_reports_ready_reload_and_stop_over_notify_socket() {
         .env("NOTIFY_SOCKET", &notify_path)
         .arg(format!("--config.file={}", cfg.display()))
         .spawn();
-    let ready = next_notification(&notify, Duration::from_secs(60));
+    let ready = next_notification(&notify, Duration::from_secs(60), "READY=1");
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
     // READY=1 is sent once the agent is ready, not before.
     let r = agent.get("/-/ready");
@@ -258,18 +258,25 @@ fn the_units_exec_start_reports_ready_reload_and_stop_over_notify_socket() {
     let reload = unit_value(&unit, "ExecReload")[0].replace("$MAINPID", &agent.pid().to_string());
     let mut words = reload.split_whitespace();
     run(Command::new(words.next().unwrap()).args(words));
-    let reloading = next_notification(&notify, Duration::from_secs(30));
+    let reloading = next_notification(&notify, Duration::from_secs(30), "RELOADING=1");
     assert!(
         reloading.lines().any(|l| l == "RELOADING=1"),
         "{reloading:?}"
     );
-    let ready = next_notification(&notify, Duration::from_secs(30));
+    let ready = next_notification(&notify, Duration::from_secs(30), "READY=1 after the reload");
     assert!(
         ready.lines().any(|l| l == "READY=1") && ready.contains("STATUS=config reloaded"),
         "{ready:?}"
     );
 
     assert_eq!(agent.stop(), Some(0), "SIGTERM");
-    let stopping = next_notification(&notify, Duration::from_secs(1));
+    notify
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let stopping = match notify.recv(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(e) => panic!("no STOPPING=1 ({e}); log:\n{}", agent.log()),
+    };
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
 }
