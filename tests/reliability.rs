@@ -600,22 +600,6 @@ fn copy_flat(from: &Path, to: &Path) {
     }
 }
 
-/// xorshift64*: a seeded, printed sequence of cut offsets (no dependency needed).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// Issue 11 item 7: a WAL written by a real scrape, the agent SIGKILLed, then the last segment
 /// truncated at random offsets and/or bytes flipped (seeded: `RELIABILITY_SEED`, printed).
 /// On each restart the agent starts (no panic), logs the repair with segment and offset when
@@ -628,7 +612,7 @@ fn torn_wal_tail_is_repaired_on_restart() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| agent::clock::unix_nanos(Clock::system().now()) as u64 | 1);
     println!("RELIABILITY torn_tail_seed={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = agent::rng::Rng::with_seed(seed);
     let target = Target::start(50);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

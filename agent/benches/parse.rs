@@ -23,99 +23,11 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const SERIES: usize = 1000;
 
-/// Deterministic pseudo-random numbers (xorshift), so every run parses the same body.
-struct Rng(u64);
+mod common;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
+/// The shared realistic body (see `agent/benches/common/mod.rs`).
 fn body() -> String {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut out = String::new();
-    let instances = [
-        "10.0.3.17:9100",
-        "10.0.3.18:9100",
-        "10.0.4.2:9100",
-        "10.0.4.9:9100",
-    ];
-    let handlers = [
-        "/api/v1/query",
-        "/api/v1/query_range",
-        "/api/v1/series",
-        "/metrics",
-        "/-/ready",
-    ];
-    let methods = ["GET", "POST"];
-    let codes = ["200", "204", "400", "404", "500", "503"];
-
-    out.push_str("# HELP http_requests_total Total number of HTTP requests by handler, method and status code.\n");
-    out.push_str("# TYPE http_requests_total counter\n");
-    for i in 0..300 {
-        out.push_str(&format!(
-            "http_requests_total{{job=\"api-server\",instance=\"{}\",handler=\"{}\",method=\"{}\",code=\"{}\"}} {}\n",
-            instances[i % 4],
-            handlers[(i / 4) % 5],
-            methods[(i / 20) % 2],
-            codes[(i / 40) % 6],
-            rng.below(10_000_000),
-        ));
-    }
-
-    out.push_str("# HELP node_filesystem_avail_bytes Filesystem space available to non-root users in bytes.\n");
-    out.push_str("# TYPE node_filesystem_avail_bytes gauge\n");
-    let mounts = ["/", "/boot", "/var/lib/docker", "/home", "/srv/data"];
-    let fstypes = ["ext4", "xfs", "overlay", "tmpfs"];
-    for i in 0..220 {
-        let avail = (rng.below(1 << 40) as f64) * 1.000_123;
-        out.push_str(&format!(
-            "node_filesystem_avail_bytes{{job=\"node\",instance=\"{}\",device=\"/dev/nvme{}n1p{}\",fstype=\"{}\",mountpoint=\"{}\"}} {:e}\n",
-            instances[i % 4],
-            i % 3,
-            i % 11,
-            fstypes[i % 4],
-            mounts[(i / 4) % 5],
-            avail,
-        ));
-    }
-
-    out.push_str("# HELP http_request_duration_seconds Latency of HTTP requests in seconds.\n");
-    out.push_str("# TYPE http_request_duration_seconds histogram\n");
-    let bounds = [
-        "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "+Inf",
-    ];
-    for i in 0..40 {
-        let labels = format!(
-            "job=\"api-server\",instance=\"{}\",handler=\"{}\",method=\"{}\"",
-            instances[i % 4],
-            handlers[(i / 4) % 5],
-            methods[(i / 20) % 2],
-        );
-        let mut count = 0;
-        for le in bounds {
-            count += rng.below(5000);
-            out.push_str(&format!(
-                "http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {count}\n"
-            ));
-        }
-        out.push_str(&format!(
-            "http_request_duration_seconds_sum{{{labels},code=\"200\"}} {}.{:03}\n",
-            count / 7,
-            rng.below(1000)
-        ));
-        out.push_str(&format!(
-            "http_request_duration_seconds_count{{{labels},code=\"200\"}} {count}\n"
-        ));
-    }
-    out
+    common::exposition_body(false)
 }
 
 /// Parses and touches every sample's value; labels untouched (the series-cache-hit path).

@@ -29,16 +29,6 @@ fn cpu_ns() -> Option<u64> {
     s.split_whitespace().next()?.parse().ok()
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -81,7 +71,7 @@ fn run(
         },
     )
     .expect("open");
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = agent::rng::Rng::with_seed(0x1234_5678_9abc_def1);
     let series: Vec<(u64, Labels)> = (0..series_n)
         .map(|i| {
             let name = format!(
@@ -106,10 +96,10 @@ fn run(
 
     let mut values: Vec<f64> = (0..series_n)
         .map(|i| match i % 4 {
-            0 => (rng.next() % 1_000_000) as f64,
+            0 => (rng.next_u64() % 1_000_000) as f64,
             1 => 50.0,
-            2 => (rng.next() % 2) as f64,
-            _ => (rng.next() % 100_000_000_000) as f64,
+            2 => (rng.next_u64() % 2) as f64,
+            _ => (rng.next_u64() % 100_000_000_000) as f64,
         })
         .collect();
     let mut batch: Vec<RefSample> = Vec::with_capacity(series_n);
@@ -130,19 +120,20 @@ fn run(
                 100 => 0.0,
                 // Integer counter.
                 0..=7 => {
-                    values[i] += (rng.next() % 50) as f64;
+                    values[i] += (rng.next_u64() % 50) as f64;
                     values[i]
                 }
                 // Float counter, two decimals.
                 8..=11 => {
-                    values[i] =
-                        ((values[i] + (rng.next() % 1500) as f64 / 100.0) * 100.0).round() / 100.0;
+                    values[i] = ((values[i] + (rng.next_u64() % 1500) as f64 / 100.0) * 100.0)
+                        .round()
+                        / 100.0;
                     values[i]
                 }
                 // Constant gauge.
                 17..=19 => values[i],
                 // Gauge: level + jitter, two decimals.
-                _ => ((values[i] * 100.0 + (rng.next() % 200) as f64 - 100.0).round()) / 100.0,
+                _ => ((values[i] * 100.0 + (rng.next_u64() % 200) as f64 - 100.0).round()) / 100.0,
             };
             batch.push((*r, ts, v));
         }

@@ -16,6 +16,7 @@ pub mod notify;
 pub mod relabel;
 pub mod remote_write;
 pub mod ring;
+pub mod rng;
 pub mod scrape;
 pub mod telemetry;
 pub mod wal;

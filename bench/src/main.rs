@@ -272,7 +272,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 analysis,
                 profile,
                 profile_s: profile_seconds,
-                command_line: std::env::args().collect::<Vec<_>>().join(" "),
+                command_line: portable_command_line(std::env::args()),
             };
             match run::run(&opts, &targets_rt, sink, sink_addr, &date) {
                 Ok((report, json)) => {
@@ -306,5 +306,57 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 Err(e) => Err(e.into()),
             }
         }
+    }
+}
+
+/// The command line as a reader can run it elsewhere: the program by its name, paths under
+/// the current directory relative to it, other absolute paths by their file name (no
+/// developer's home or target directory in BENCHMARKS.md).
+fn portable_command_line(args: impl IntoIterator<Item = String>) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let path = std::path::Path::new(&a);
+            if i == 0 {
+                path.file_name()
+                    .map_or(a.clone(), |n| n.to_string_lossy().into_owned())
+            } else if path.is_absolute() {
+                match path.strip_prefix(&cwd) {
+                    Ok(p) => p.display().to_string(),
+                    Err(_) => path
+                        .file_name()
+                        .map_or(a.clone(), |n| n.to_string_lossy().into_owned()),
+                }
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod command_line_tests {
+    use super::portable_command_line;
+
+    #[test]
+    fn the_program_is_named_and_paths_under_the_current_directory_are_relative() {
+        let cwd = std::env::current_dir().unwrap();
+        let args = [
+            "/home/dev/target/release/agentctl-bench".to_owned(),
+            "run".to_owned(),
+            "--agentctl".to_owned(),
+            cwd.join("target/release/agentctl").display().to_string(),
+            "--out-dir".to_owned(),
+            "bench/results".to_owned(),
+            "--prometheus".to_owned(),
+            "/opt/prom/bin/prometheus".to_owned(),
+        ];
+        assert_eq!(
+            portable_command_line(args),
+            "agentctl-bench run --agentctl target/release/agentctl --out-dir bench/results \
+             --prometheus prometheus"
+        );
     }
 }

@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use agent::rng::Rng;
 use agent::scrape::parse::format_value;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -206,24 +207,6 @@ impl Layout {
     }
 }
 
-/// xorshift64*: cheap deterministic pseudo-random numbers for values.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// One target's changing values.
 #[derive(Debug)]
 pub struct TargetState {
@@ -239,7 +222,7 @@ pub struct TargetState {
 impl TargetState {
     pub fn new(layout: &Layout, seed: u64) -> TargetState {
         TargetState {
-            rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+            rng: Rng::with_seed(seed),
             seq: 0,
             counters: vec![0.0; layout.counters],
             gauges: vec![0.0; layout.gauges],

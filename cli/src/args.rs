@@ -10,7 +10,7 @@ pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success (for `config diff` and `ring status`: no difference / all healthy)
   1  invalid input, failed check, differences found, or an unhealthy ring member
-  2  usage error, unreachable agent or KV store, or a feature not implemented yet
+  2  usage error, unreachable agent or KV store
   3  conflict: a config changed behind the tool's back (config-sync)";
 
 #[derive(Debug, Parser)]

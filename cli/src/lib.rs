@@ -26,9 +26,6 @@ pub enum Error {
     /// Wrong usage (exit 2).
     #[error("{0}")]
     Usage(String),
-    /// The subcommand exists in the tree but its implementation has not landed (exit 2).
-    #[error("`agentctl {0}` is not implemented yet in this version")]
-    NotImplemented(&'static str),
     /// A WAL could not be inspected: not a WAL directory, missing, unreadable or corrupt; the
     /// message names the path (exit 2).
     #[error("{0}")]
@@ -56,11 +53,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Invalid(_) | Error::Daemon(_) => 1,
-            Error::Usage(_)
-            | Error::Unavailable(_)
-            | Error::NotImplemented(_)
-            | Error::Wal(_)
-            | Error::Io { .. } => 2,
+            Error::Usage(_) | Error::Unavailable(_) | Error::Wal(_) | Error::Io { .. } => 2,
             Error::Sync(e, code) => code.unwrap_or_else(|| e.exit_code()),
         }
     }

@@ -23,46 +23,8 @@ use super::Error;
 /// The default `lifecycler.num_tokens`.
 pub const DEFAULT_NUM_TOKENS: usize = 128;
 
-/// A small xorshift64* generator. Tokens need to be spread uniformly, not to be
-/// unpredictable, so this avoids a dependency on `rand`.
-#[derive(Clone, Debug)]
-pub struct TokenRng(u64);
-
-impl TokenRng {
-    /// A generator with a fixed seed, for reproducible tests and simulations.
-    pub fn with_seed(seed: u64) -> Self {
-        // splitmix64 turns similar seeds (0, 1, 2, ...) into unrelated states. xorshift can
-        // never leave the all-zero state, so that one output is replaced.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        TokenRng(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
-    }
-
-    /// Seeded from the operating system's randomness (the standard library's per-process
-    /// hash keys), so two agents started at the same moment still draw different tokens.
-    pub fn from_entropy() -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        Self::with_seed(h.finish())
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    pub fn next_u32(&mut self) -> u32 {
-        // The high half of xorshift64* output is the better-mixed half.
-        (self.next_u64() >> 32) as u32
-    }
-}
+/// The generator tokens are drawn with (see `agent/src/rng.rs`).
+pub type TokenRng = crate::rng::Rng;
 
 /// Draws `n` distinct tokens that are not in `taken`, sorted ascending.
 pub fn generate_tokens(n: usize, taken: &[u32], rng: &mut TokenRng) -> Result<Vec<u32>, Error> {
