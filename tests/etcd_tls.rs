@@ -10,8 +10,8 @@ use agent::kv::{EtcdConfig, EtcdStore, KvStore};
 
 use crate::support::agent::Agent;
 use crate::support::agentctl;
-use crate::support::etcd::{EtcdServer, EtcdTls};
-use crate::support::tls::Ca;
+use crate::support::etcd::EtcdServer;
+use crate::support::tls::{Ca, Pki};
 
 fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -33,47 +33,6 @@ async fn round_trip(s: &EtcdStore, key: &str) -> Result<(), String> {
     match s.get(key).await.map_err(|e| e.to_string())? {
         Some(v) if v.value == b"v" => Ok(()),
         other => Err(format!("read back {other:?}")),
-    }
-}
-
-struct Pki {
-    ca: Ca,
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    /// A CA, etcd's certificate for `names`, and a client certificate, as files.
-    fn new(names: &[&str]) -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::new("etcd-ca");
-        ca.write(dir.path(), "ca.pem");
-        ca.server(names).write(dir.path(), "server");
-        // etcd takes a client certificate's common name as the user when no password is
-        // given: this one names no user, so only the password authenticates.
-        ca.client("tls-client").write(dir.path(), "client");
-        Pki { ca, dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    fn etcd_tls(&self, client_auth: bool) -> EtcdTls {
-        EtcdTls {
-            cert: self.dir.path().join("server.crt"),
-            key: self.dir.path().join("server.key"),
-            client_ca: client_auth.then(|| self.dir.path().join("ca.pem")),
-        }
-    }
-
-    /// The agent.yaml TLS fields with the client certificate.
-    fn fields(&self) -> String {
-        format!(
-            "tls_enabled: true\ntls_ca_path: {}\ntls_cert_path: {}\ntls_key_path: {}\n",
-            self.path("ca.pem"),
-            self.path("client.crt"),
-            self.path("client.key")
-        )
     }
 }
 

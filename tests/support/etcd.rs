@@ -293,7 +293,35 @@ impl EtcdCluster {
         (1..=n).map(|i| format!("{base}.{i}")).collect()
     }
 
-    /// Every member's endpoint, comma-separated.
+    /// The index of the member that leads now: the one whose log says it "became leader" at
+    /// the highest term (raft logs that line only on the winner). Waits up to 20 s for one.
+    pub fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let best = self
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.child.is_some())
+                .filter_map(|(i, m)| {
+                    let log = m.log();
+                    let line = log
+                        .lines()
+                        .rev()
+                        .find(|l| l.contains(" became leader at term "))?;
+                    let term: u64 = line.rsplit(' ').next()?.trim().parse().ok()?;
+                    Some((term, i))
+                })
+                .max();
+            if let Some((_, i)) = best {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "no etcd member became leader");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every member's endpoint.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(EtcdServer::endpoint).collect()
     }

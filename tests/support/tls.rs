@@ -207,3 +207,45 @@ pub async fn serve(router: axum::Router, config: SharedConfig) -> SocketAddr {
     });
     addr
 }
+
+/// A CA with etcd's server certificate and a client certificate, as files in a temp dir.
+pub struct Pki {
+    pub ca: Ca,
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// A CA, etcd's certificate for `names`, and a client certificate, as files.
+    pub fn new(names: &[&str]) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("etcd-ca");
+        ca.write(dir.path(), "ca.pem");
+        ca.server(names).write(dir.path(), "server");
+        // etcd takes a client certificate's common name as the user when no password is
+        // given: this one names no user, so only the password authenticates.
+        ca.client("tls-client").write(dir.path(), "client");
+        Pki { ca, dir }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    pub fn etcd_tls(&self, client_auth: bool) -> super::etcd::EtcdTls {
+        super::etcd::EtcdTls {
+            cert: self.dir.path().join("server.crt"),
+            key: self.dir.path().join("server.key"),
+            client_ca: client_auth.then(|| self.dir.path().join("ca.pem")),
+        }
+    }
+
+    /// The agent.yaml TLS fields with the client certificate.
+    pub fn fields(&self) -> String {
+        format!(
+            "tls_enabled: true\ntls_ca_path: {}\ntls_cert_path: {}\ntls_key_path: {}\n",
+            self.path("ca.pem"),
+            self.path("client.crt"),
+            self.path("client.key")
+        )
+    }
+}

@@ -170,26 +170,51 @@ impl EtcdStore {
         })
     }
 
-    /// Runs one etcd call bounded by `dial_timeout`, mapping errors to ones naming the
-    /// endpoints, the operation and the key.
-    async fn call<T, Fut>(&self, operation: &'static str, key: &str, fut: Fut) -> Result<T, KvError>
+    /// Runs one etcd call (made anew by `make` for each attempt), bounded by `dial_timeout`,
+    /// mapping errors to ones naming the endpoints, the operation and the key. A call that
+    /// failed because a member was unavailable is repeated (50 ms doubling to 500 ms) while the
+    /// bound allows, when `retry` says that is safe: a member killed, or an election under way,
+    /// costs a short delay instead of a failed request.
+    async fn call<T, Fut>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        retry: Retry,
+        mut make: impl FnMut() -> Fut,
+    ) -> Result<T, KvError>
     where
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(self.cfg.dial_timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(source)) => Err(KvError::Etcd {
-                endpoints: self.endpoints.clone(),
-                operation,
-                key: key.to_owned(),
-                source,
-            }),
-            Err(_) => Err(KvError::EtcdTimeout {
-                endpoints: self.endpoints.clone(),
-                operation,
-                key: key.to_owned(),
-                timeout: self.cfg.dial_timeout,
-            }),
+        let deadline = tokio::time::Instant::now() + self.cfg.dial_timeout;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, make()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(source)) => {
+                    let again =
+                        retry.allows(&source) && tokio::time::Instant::now() + delay < deadline;
+                    if !again {
+                        return Err(KvError::Etcd {
+                            endpoints: self.endpoints.clone(),
+                            operation,
+                            key: key.to_owned(),
+                            source,
+                        });
+                    }
+                    tracing::debug!(endpoints = %self.endpoints, operation, key, error = %source, retry_in = ?delay, "etcd call failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
+                Err(_) => {
+                    return Err(KvError::EtcdTimeout {
+                        endpoints: self.endpoints.clone(),
+                        operation,
+                        key: key.to_owned(),
+                        timeout: self.cfg.dial_timeout,
+                    })
+                }
+            }
         }
     }
 
@@ -217,9 +242,12 @@ impl EtcdStore {
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let mut kv = self.client.kv_client();
+            let kv = self.client.kv_client();
             let resp = self
-                .call("list", prefix, kv.get(start.clone(), Some(options)))
+                .call("list", prefix, Retry::Unavailable, || {
+                    let (mut kv, start, options) = (kv.clone(), start.clone(), options.clone());
+                    async move { kv.get(start, Some(options)).await }
+                })
                 .await?;
             if revision == 0 {
                 revision = resp.header().map_or(0, |h| h.revision());
@@ -262,8 +290,13 @@ fn to_revision(key: &[u8], revision: i64) -> Result<u64, KvError> {
 impl KvStore for EtcdStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, KvError>> {
         Box::pin(async move {
-            let mut kv = self.client.kv_client();
-            let resp = self.call("get", key, kv.get(key, None)).await?;
+            let kv = self.client.kv_client();
+            let resp = self
+                .call("get", key, Retry::Unavailable, || {
+                    let mut kv = kv.clone();
+                    async move { kv.get(key, None).await }
+                })
+                .await?;
             match resp.kvs().first() {
                 None => Ok(None),
                 Some(item) => Ok(Some(Versioned {
@@ -290,16 +323,26 @@ impl KvStore for EtcdStore {
 
     fn put<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<(), KvError>> {
         Box::pin(async move {
-            let mut kv = self.client.kv_client();
-            self.call("put", key, kv.put(key, value, None)).await?;
+            let kv = self.client.kv_client();
+            // Putting the same value again is harmless.
+            self.call("put", key, Retry::Unavailable, || {
+                let (mut kv, value) = (kv.clone(), value.clone());
+                async move { kv.put(key, value, None).await }
+            })
+            .await?;
             Ok(())
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, KvError>> {
         Box::pin(async move {
-            let mut kv = self.client.kv_client();
-            let resp = self.call("delete", key, kv.delete(key, None)).await?;
+            let kv = self.client.kv_client();
+            let resp = self
+                .call("delete", key, Retry::NotApplied, || {
+                    let mut kv = kv.clone();
+                    async move { kv.delete(key, None).await }
+                })
+                .await?;
             Ok(resp.deleted() > 0)
         })
     }
@@ -317,8 +360,13 @@ impl KvStore for EtcdStore {
             let txn = Txn::new()
                 .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
                 .and_then([TxnOp::delete(key, None)]);
-            let mut kv = self.client.kv_client();
-            let resp = self.call("conditional delete", key, kv.txn(txn)).await?;
+            let kv = self.client.kv_client();
+            let resp = self
+                .call("conditional delete", key, Retry::NotApplied, || {
+                    let (mut kv, txn) = (kv.clone(), txn.clone());
+                    async move { kv.txn(txn).await }
+                })
+                .await?;
             Ok(resp.succeeded())
         })
     }
@@ -343,8 +391,13 @@ impl KvStore for EtcdStore {
             let txn = Txn::new()
                 .when([compare])
                 .and_then([TxnOp::put(key, value, None)]);
-            let mut kv = self.client.kv_client();
-            let resp = self.call("CAS", key, kv.txn(txn)).await?;
+            let kv = self.client.kv_client();
+            let resp = self
+                .call("CAS", key, Retry::NotApplied, || {
+                    let (mut kv, txn) = (kv.clone(), txn.clone());
+                    async move { kv.txn(txn).await }
+                })
+                .await?;
             Ok(resp.succeeded())
         })
     }
@@ -374,6 +427,56 @@ impl KvStore for EtcdStore {
     fn describe(&self) -> String {
         format!("etcd at {}", self.endpoints)
     }
+}
+
+/// When a failed call may be sent again.
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    /// Reads, watches and unconditional puts: after any "unavailable" answer or broken
+    /// connection.
+    Unavailable,
+    /// Transactions and deletes (a repeat is not harmless if the first one was applied): only
+    /// when etcd says the request was not applied (`leader changed`, `no leader`: its error
+    /// descriptions on the wire, which Go's client reads the same way) or no connection was
+    /// made.
+    NotApplied,
+}
+
+impl Retry {
+    fn allows(self, e: &etcd_client::Error) -> bool {
+        let status = match e {
+            etcd_client::Error::GRpcStatus(s) => s,
+            etcd_client::Error::TransportError(_) => return true,
+            _ => return false,
+        };
+        if status.code() != tonic::Code::Unavailable {
+            return false;
+        }
+        match self {
+            Retry::Unavailable => true,
+            Retry::NotApplied => {
+                let m = status.message();
+                m.contains("etcdserver: leader changed")
+                    || m.contains("etcdserver: no leader")
+                    || never_connected(status)
+            }
+        }
+    }
+}
+
+/// Whether the error comes from a connection attempt that failed (our connector reports that
+/// no endpoint accepted a connection as `ConnectionRefused`).
+fn never_connected(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Why one watch stream ended.
@@ -447,9 +550,13 @@ async fn watch_once(
         .with_prefix()
         .with_start_revision(start)
         .with_progress_notify();
-    let mut client = store.client.watch_client();
+    let client = store.client.watch_client();
+    let create = store.call("watch", prefix, Retry::Unavailable, || {
+        let (mut client, options) = (client.clone(), options.clone());
+        async move { client.watch(prefix, Some(options)).await }
+    });
     let mut stream = tokio::select! {
-        res = store.call("watch", prefix, client.watch(prefix, Some(options))) => match res {
+        res = create => match res {
             Ok(stream) => stream,
             Err(err) => return StreamEnd::Broken(err.to_string()),
         },
@@ -631,5 +738,36 @@ mod tests {
                 .contains("etcd at a:1: cannot read tls_config.ca_file /nonexistent/ca.pem"),
             "{err}"
         );
+    }
+
+    /// A transaction or delete is sent again only when etcd says it was not applied or no
+    /// connection was made; a read or put after any "unavailable".
+    #[test]
+    fn retry_only_what_is_safe_to_repeat() {
+        let status = |s: tonic::Status| etcd_client::Error::GRpcStatus(s);
+        let changed = status(tonic::Status::unavailable("etcdserver: leader changed"));
+        let no_leader = status(tonic::Status::unavailable("etcdserver: no leader"));
+        let timed_out = status(tonic::Status::unavailable("etcdserver: request timed out"));
+        let mut refused = tonic::Status::unavailable("tcp connect error");
+        refused.set_source(std::sync::Arc::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "no endpoint accepted a connection",
+        )));
+        let refused = status(refused);
+        let denied = status(tonic::Status::permission_denied(
+            "etcdserver: permission denied",
+        ));
+        for e in [&changed, &no_leader, &timed_out, &refused] {
+            assert!(Retry::Unavailable.allows(e), "{e}");
+        }
+        assert!(Retry::NotApplied.allows(&changed));
+        assert!(Retry::NotApplied.allows(&no_leader));
+        assert!(Retry::NotApplied.allows(&refused), "never sent");
+        assert!(
+            !Retry::NotApplied.allows(&timed_out),
+            "may have been applied"
+        );
+        assert!(!Retry::Unavailable.allows(&denied));
+        assert!(!Retry::NotApplied.allows(&denied));
     }
 }
