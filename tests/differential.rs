@@ -48,79 +48,195 @@ const EXEMPLAR_STORAGE: &str = "--enable-feature=exemplar-storage";
 /// nothing about the scrape. The same setting on both sides keeps them comparable.
 const TSDB: &str = "storage:\n  tsdb:\n    out_of_order_time_window: 100y\n";
 
-/// Corpus files both must refuse (they are `invalid_*`, which the corpus otherwise skips),
-/// with Prometheus 2.42's error: both report `up` 0, agentctl's error contains Prometheus's
-/// text, and every synthetic series (`scrape_samples_scraped`, ...) has the same value.
-const BOTH_FAIL: &[(&str, &str)] = &[
+/// What both sides must do with a body besides storing the same series.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// Both scrape it successfully.
+    Agree,
+    /// Both fail the scrape (`up` 0 and every synthetic series equal, such as
+    /// `scrape_samples_scraped`), Prometheus with this error; with `Text::Same` agentctl's
+    /// error contains Prometheus's, with `Text::Own` it has its own wording.
+    BothFail(&'static str, Text),
+    /// Prometheus 2.42 fails with this error where the old agent (Prometheus 2.48) does not,
+    /// and agentctl follows the old agent: Prometheus `up` 0, agentctl `up` 1.
+    OnlyPrometheus242Fails(&'static str),
+    /// A deliberate difference (docs/configuration.md): agentctl fails the scrape (its error
+    /// contains the text), Prometheus does not.
+    OnlyAgentctlFails(&'static str),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Text {
+    Same,
+    Own,
+}
+
+/// Corpus files with an expectation other than `Agree` (every `invalid_*` file not listed
+/// here is skipped: those are the parser's own test cases).
+const CORPUS_EXPECT: &[(&str, Expect)] = &[
     // The type is the rest of the line less one separator: trailing whitespace is part of it.
     (
         "invalid_type_trailing_whitespace.prom",
-        "invalid metric type \"gauge   \\t\"",
+        Expect::BothFail("invalid metric type \"gauge   \\t\"", Text::Same),
     ),
     // ... and so is a second space before it; the sample before it is counted as scraped.
     (
         "invalid_type_double_space.prom",
-        "invalid metric type \" gauge\"",
+        Expect::BothFail("invalid metric type \" gauge\"", Text::Same),
     ),
-];
-
-/// Corpus files Prometheus 2.42 refuses and the old agent (Prometheus 2.48) accepts, where
-/// agentctl follows the old agent, with 2.42's error: Prometheus reports `up` 0 with it,
-/// agentctl `up` 1 and no error.
-const PROMETHEUS_2_42_ONLY_FAILS: &[(&str, &str)] = &[
+    // Leading whitespace is part of the metric name, which is then invalid.
+    (
+        "invalid_indented_sample.prom",
+        Expect::BothFail(
+            "invalid metric name or label names: {__name__=\"   indented_sample\", ",
+            Text::Same,
+        ),
+    ),
+    // A repeated label name fails in storage, after the line was counted.
+    (
+        "invalid_duplicate_label.prom",
+        Expect::BothFail("label name \"a\" is not unique: invalid sample", Text::Same),
+    ),
+    (
+        "invalid_name_label_in_set.prom",
+        Expect::BothFail(
+            "label name \"__name__\" is not unique: invalid sample",
+            Text::Same,
+        ),
+    ),
     // 2.42's OpenMetrics parser allows exemplars only on `_total` and `_bucket` samples.
     (
         "exemplar_on_a_gauge.om",
-        "metric name temperature does not support exemplars",
+        Expect::OnlyPrometheus242Fails("metric name temperature does not support exemplars"),
     ),
 ];
 
-/// Bodies built here rather than read from the corpus, with their own scrape settings and,
-/// when both must fail, Prometheus's error.
+/// Bodies built here rather than read from the corpus, with their own scrape settings.
 struct Extra {
     job: &'static str,
     body: Vec<u8>,
+    openmetrics: bool,
     /// Lines added to the scrape config.
     config: String,
-    fails: Option<&'static str>,
+    expect: Expect,
+}
+
+fn extra(job: &'static str, body: &[u8], config: &str, expect: Expect) -> Extra {
+    Extra {
+        job,
+        body: body.to_vec(),
+        openmetrics: job.starts_with("om_"),
+        config: config.to_owned(),
+        expect,
+    }
 }
 
 fn extras() -> Vec<Extra> {
-    let body = b"limited_series 1\nlimited_series_two 2\n".to_vec();
+    let body = b"limited_series 1\nlimited_series_two 2\n";
     let len = body.len();
+    let rename = "    metric_relabel_configs:\n      - source_labels: [__name__]\n        regex: renamed\n        target_label: __name__\n        replacement: 1invalid\n";
+    let labelmap = "    metric_relabel_configs:\n      - action: labelmap\n        regex: x_(.*)\n";
+    let trim = "    metric_relabel_configs:\n      - source_labels: [__name__]\n        regex: '\\s*(.+)'\n        target_label: __name__\n";
     vec![
         // A body of exactly `body_size_limit` bytes fails: Prometheus refuses when the body
         // reaches the limit (`n >= limit`), not only past it.
-        Extra {
-            job: "body_at_the_limit",
-            body: body.clone(),
-            config: format!("    body_size_limit: {len}B\n"),
-            fails: Some("body size limit exceeded"),
-        },
-        Extra {
-            job: "body_under_the_limit",
+        extra(
+            "body_at_the_limit",
             body,
-            config: format!("    body_size_limit: {}B\n", len + 1),
-            fails: None,
-        },
+            &format!("    body_size_limit: {len}B\n"),
+            Expect::BothFail("body size limit exceeded", Text::Same),
+        ),
+        extra(
+            "body_under_the_limit",
+            body,
+            &format!("    body_size_limit: {}B\n", len + 1),
+            Expect::Agree,
+        ),
+        // Names made by metric relabelling are checked like scraped ones.
+        extra(
+            "relabel_invalid_name",
+            b"kept 1\nrenamed 2\n",
+            rename,
+            Expect::BothFail(
+                "invalid metric name or label names: {__name__=\"1invalid\", ",
+                Text::Same,
+            ),
+        ),
+        extra(
+            "labelmap_invalid_name",
+            b"m{x_9=\"a\",x_ok=\"b\"} 1\n",
+            labelmap,
+            Expect::BothFail(
+                "invalid metric name or label names: {9=\"a\", __name__=\"m\", ",
+                Text::Same,
+            ),
+        ),
+        // ... and a relabelling that repairs an indented name makes the scrape good.
+        extra(
+            "indented_renamed",
+            b"   indented_renamed 1\n",
+            trim,
+            Expect::Agree,
+        ),
+        // NUL bytes: where they fail a scrape, and how many lines count before.
+        extra(
+            "om_nul_line",
+            b"a_total 1\n\x00\n# EOF\n",
+            "",
+            Expect::BothFail("is not a valid start token", Text::Own),
+        ),
+        extra(
+            "om_nul_value",
+            b"a_total 1\nb 2\x00\n# EOF\n",
+            "",
+            Expect::BothFail("expected timestamp or # symbol", Text::Own),
+        ),
+        extra(
+            "om_nul_after_value",
+            b"a 1 \x00\n# EOF\n",
+            "",
+            Expect::BothFail("expected timestamp or # symbol", Text::Own),
+        ),
+        extra(
+            "om_nul_in_label_value",
+            b"a_total 1\nb{x=\"y\x00z\"} 2\n# EOF\n",
+            "",
+            Expect::Agree,
+        ),
+        // Prometheus's text lexer takes a NUL where a line starts as the end of the body and
+        // drops the rest without an error; agentctl fails the scrape instead (a deliberate
+        // difference: nothing is dropped silently).
+        extra(
+            "nul_line",
+            b"a 1\n\x00\nb 2\n",
+            "",
+            Expect::OnlyAgentctlFails("line 2, column 1: expected metric name"),
+        ),
+        extra(
+            "nul_value",
+            b"a 1\nb 2\x00\n",
+            "",
+            Expect::BothFail("expected timestamp or new record", Text::Own),
+        ),
     ]
 }
 
 /// One served body: its path (`/<path>`), the job scraping it, its scrape settings,
-/// Content-Type, bytes, and the error both must report, if any.
+/// Content-Type, bytes, and what both must do with it.
 struct Body {
     path: String,
     job: String,
     config: String,
     content_type: &'static str,
     bytes: Vec<u8>,
-    fails: Option<&'static str>,
-    /// Prometheus 2.42's error where only it fails (`PROMETHEUS_2_42_ONLY_FAILS`).
-    only_prometheus_fails: Option<&'static str>,
+    expect: Expect,
 }
 
+const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// The valid corpus files (every `.prom`/`.om` whose name does not start with `invalid_`),
-/// the `BOTH_FAIL` files and the extras.
+/// the `invalid_*` files in `CORPUS_EXPECT` and the extras.
 fn corpus() -> Vec<Body> {
     let dir = fixture("exposition");
     let mut out = Vec::new();
@@ -132,44 +248,43 @@ fn corpus() -> Vec<Body> {
             .unwrap_or_default()
             .to_owned();
         let content_type = if name.ends_with(".prom") {
-            "text/plain; version=0.0.4; charset=utf-8"
+            TEXT
         } else if name.ends_with(".om") {
-            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            OPENMETRICS
         } else {
             continue;
         };
-        let fails = BOTH_FAIL.iter().find(|(f, _)| *f == name).map(|(_, e)| *e);
-        if name.starts_with("invalid_") && fails.is_none() {
-            continue;
-        }
-        let only_prometheus_fails = PROMETHEUS_2_42_ONLY_FAILS
+        let listed = CORPUS_EXPECT
             .iter()
             .find(|(f, _)| *f == name)
             .map(|(_, e)| *e);
+        if name.starts_with("invalid_") && listed.is_none() {
+            continue;
+        }
         out.push(Body {
             job: name.replace('.', "_"),
             path: name,
             config: String::new(),
             content_type,
             bytes: std::fs::read(&path).expect("read fixture"),
-            fails,
-            only_prometheus_fails,
+            expect: listed.unwrap_or(Expect::Agree),
         });
     }
     assert_eq!(
-        out.iter().filter(|b| b.fails.is_some()).count(),
-        BOTH_FAIL.len(),
-        "every BOTH_FAIL file exists"
+        out.iter()
+            .filter(|b| !matches!(b.expect, Expect::Agree))
+            .count(),
+        CORPUS_EXPECT.len(),
+        "every file in CORPUS_EXPECT exists"
     );
     for e in extras() {
         out.push(Body {
             path: format!("extra/{}", e.job),
             job: e.job.to_owned(),
             config: e.config,
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            content_type: if e.openmetrics { OPENMETRICS } else { TEXT },
             bytes: e.body,
-            fails: e.fails,
-            only_prometheus_fails: None,
+            expect: e.expect,
         });
     }
     out.sort_by(|a, b| a.job.cmp(&b.job));
@@ -289,7 +404,10 @@ async fn differences(
     let mut diffs = Vec::new();
     let none = BTreeSet::new();
     for b in bodies {
-        if b.only_prometheus_fails.is_some() {
+        if matches!(
+            b.expect,
+            Expect::OnlyPrometheus242Fails(_) | Expect::OnlyAgentctlFails(_)
+        ) {
             continue;
         }
         let job = &b.job;
@@ -329,35 +447,48 @@ async fn differences(
             .get(job)
             .map(String::as_str)
             .unwrap_or_default();
-        if let Some(want) = b.only_prometheus_fails {
-            let up = |values: &BTreeMap<Series, String>| {
-                values
-                    .iter()
-                    .find(|(s, _)| {
-                        name_of(s) == "up" && s.get("job").map(String::as_str) == Some(job)
-                    })
-                    .map(|(_, v)| v.clone())
-            };
-            let (pu, au) = (up(&pv), up(&rv));
-            if !p.contains(want)
-                || pu.as_deref() != Some("0")
-                || au.as_deref() != Some("1")
-                || !a.is_empty()
-            {
-                diffs.push(format!(
-                    "job {job}: expected only Prometheus 2.42 to fail, with {want:?}: Prometheus up {pu:?} {p:?}, agentctl up {au:?} {a:?}"
-                ));
+        let up = |values: &BTreeMap<Series, String>| {
+            values
+                .iter()
+                .find(|(s, _)| name_of(s) == "up" && s.get("job").map(String::as_str) == Some(job))
+                .map(|(_, v)| v.clone())
+        };
+        let (pu, au) = (up(&pv), up(&rv));
+        match b.expect {
+            Expect::OnlyPrometheus242Fails(want) => {
+                if !p.contains(want)
+                    || pu.as_deref() != Some("0")
+                    || au.as_deref() != Some("1")
+                    || !a.is_empty()
+                {
+                    diffs.push(format!(
+                        "job {job}: expected only Prometheus 2.42 to fail, with {want:?}: Prometheus up {pu:?} {p:?}, agentctl up {au:?} {a:?}"
+                    ));
+                }
+                continue;
             }
-            continue;
-        }
-        match b.fails {
-            Some(want) if !p.contains(want) => diffs.push(format!(
+            Expect::OnlyAgentctlFails(want) => {
+                if !a.contains(want)
+                    || au.as_deref() != Some("0")
+                    || pu.as_deref() != Some("1")
+                    || !p.is_empty()
+                {
+                    diffs.push(format!(
+                        "job {job}: expected only agentctl to fail, with {want:?}: Prometheus up {pu:?} {p:?}, agentctl up {au:?} {a:?}"
+                    ));
+                }
+                continue;
+            }
+            Expect::BothFail(want, _) if !p.contains(want) => diffs.push(format!(
                 "job {job}: expected Prometheus's scrape to fail with {want:?}, got {p:?}"
             )),
-            Some(_) if !a.contains(p) => diffs.push(format!(
+            Expect::BothFail(_, Text::Same) if !a.contains(p) => diffs.push(format!(
                 "job {job}: agentctl's error {a:?} does not contain Prometheus's {p:?}"
             )),
-            None if !p.is_empty() || !a.is_empty() => diffs.push(format!(
+            Expect::BothFail(_, Text::Own) if a.is_empty() => {
+                diffs.push(format!("job {job}: agentctl's scrape did not fail"))
+            }
+            Expect::Agree if !p.is_empty() || !a.is_empty() => diffs.push(format!(
                 "job {job}: a scrape failed: Prometheus {p:?}, agentctl {a:?}"
             )),
             _ => {}

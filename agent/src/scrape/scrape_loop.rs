@@ -28,8 +28,9 @@
 //! The body is parsed in the format its `Content-Type` names and every sample goes through
 //! [`ScrapeProcessor::process_body`]: a series-cache hit appends straight away; a miss builds the
 //! series labels (target labels merged per `honor_labels`, then `metric_relabel_configs`),
+//! checks the names are legacy Prometheus names (`invalid metric name or label names`),
 //! checks the label limits, registers the series with the appender and caches the outcome.
-//! The timestamp is the scrape's start unless `honor_timestamps` and the sample has its own.
+//! The timestamp is the scrape's (see Schedule) unless `honor_timestamps` and the sample has its own.
 //!
 //! After the body, the synthetic series `up`, `scrape_duration_seconds`,
 //! `scrape_samples_scraped`, `scrape_samples_post_metric_relabeling` and `scrape_series_added`
@@ -63,10 +64,11 @@ use tokio_util::sync::CancellationToken;
 use super::appender::{stale_nan, AppendError, Appender, SeriesRef, Storage};
 use super::cache::{Lookup, SeriesCache};
 use super::metadata::{self, SharedMetadata};
-use super::parse::{Entry, Format, ParseError, Parser, Sample};
+use super::parse::{Entry, Format, ParseError, ParseErrorKind, Parser, Sample};
 use super::target::{merge_target_labels_into, Target};
 use crate::clock::Clock;
 use crate::config::scrape::{Limits, ScrapeConfig};
+use crate::config::url::{is_valid_label_name, is_valid_metric_name};
 use crate::httpclient::HttpClient;
 use crate::relabel::{self, go_quote, Labels, LabelsBuilder};
 
@@ -121,6 +123,10 @@ pub enum ScrapeError {
     },
     #[error("missing metric name (__name__ label) in series {series}")]
     MissingName { series: String },
+    /// A name that is not a legacy Prometheus name after metric relabelling (or, from the
+    /// body, a metric name with the line's leading whitespace).
+    #[error("invalid metric name or label names: {labels}")]
+    InvalidNames { labels: Labels },
     #[error("{0}")]
     Forced(String),
     #[error("{0}")]
@@ -161,12 +167,18 @@ pub struct ScrapeProcessor {
 
 impl ScrapeProcessor {
     pub fn new(cfg: Arc<ScrapeConfig>, target_labels: Labels) -> Self {
+        let mut parser = Parser::new(b"", Format::PrometheusText);
+        // The target's labels replace scraped ones of the same name (without honor_labels),
+        // so a series may repeat those names, as in Prometheus.
+        if !cfg.honor_labels {
+            parser.tolerate(target_labels.iter().map(|(n, _)| n));
+        }
         ScrapeProcessor {
             cfg,
             target_labels,
             cache: SeriesCache::new(),
             lb: LabelsBuilder::new(),
-            parser: Some(Parser::new(b"", Format::PrometheusText)),
+            parser: Some(parser),
             synthetic: [None; 5],
             metadata: SharedMetadata::default(),
         }
@@ -222,7 +234,18 @@ impl ScrapeProcessor {
         // One lock per scrape; readers take it once per send interval.
         let metadata = self.metadata.clone();
         let mut metadata = metadata::lock(&metadata);
-        while let Some(entry) = parser.next_entry()? {
+        loop {
+            let entry = match parser.next_entry() {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                // Prometheus's parser lets a repeated label name through and its storage
+                // refuses the sample: the line counts as scraped.
+                Err(e) if matches!(e.kind, ParseErrorKind::DuplicateLabel(_)) => {
+                    stats.scraped += 1;
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            };
             let s = match entry {
                 Entry::Sample(s) => s,
                 Entry::Type { name, kind } => {
@@ -321,6 +344,16 @@ impl ScrapeProcessor {
                 series: String::from_utf8_lossy(s.series).into_owned(),
             });
         };
+        // Legacy names only, checked on the final labels as the old agent does: a scraped
+        // name, or one made by metric relabelling (`__name__` set to `1x`, a `labelmap` that
+        // produces `9`), that a receiver with name validation would refuse fails the scrape.
+        let valid =
+            is_valid_metric_name(metric) && self.lb.iter().all(|(n, _)| is_valid_label_name(n));
+        if !valid {
+            return Err(ScrapeError::InvalidNames {
+                labels: self.lb.labels(),
+            });
+        }
         check_label_limits(&self.lb, metric, &self.cfg.limits)?;
         if over_limit {
             // The batch is lost anyway; do not register series for it.

@@ -23,7 +23,8 @@ pub enum ParseErrorKind {
     InvalidValue { text: String, reason: &'static str },
     #[error("invalid timestamp {text:?}: {reason}")]
     InvalidTimestamp { text: String, reason: &'static str },
-    #[error("label name {0:?} appears more than once in the series")]
+    /// Prometheus's storage text for the same series (its parser lets it through).
+    #[error("label name {0:?} is not unique: invalid sample")]
     DuplicateLabel(String),
     #[error("invalid metric type {0:?}")]
     InvalidType(String),

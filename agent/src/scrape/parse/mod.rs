@@ -28,17 +28,22 @@
 //! ## Prometheus text format 0.0.4
 //!
 //! ```text
-//! line     = ws* ( sample | "#" ws+ "HELP" ws+ metric-name [ws help-text]
-//!                         | "#" ws+ "TYPE" ws+ metric-name ws+ type ws*
-//!                         | "#" comment-text | "" ) LF        (the last LF may be missing)
+//! line     = ws* ( "#" ws+ "HELP" ws+ metric-name [any-byte help-text]
+//!               | "#" ws+ "TYPE" ws+ metric-name any-byte type
+//!               | "#" comment-text | "" )
+//!          | ws* sample                    (each ends at LF; the last LF may be missing)
 //! sample   = metric-name ws* [label-set] ws* float [ws+ digits] ws*
 //! ws       = ' ' | '\t'
 //! type     = counter | gauge | histogram | summary | untyped
 //! ```
-//! Whitespace may also stand around `{`, `}`, `=` and `,` inside a label set, and, as in
-//! Prometheus, a missing comma between two labels is tolerated. A metric name without labels
-//! must be followed by whitespace. Timestamps are integer milliseconds (`[0-9]+`, no sign).
-//! HELP text is everything after the one separator following the name, unescaped for `\\` and
+//! Leading whitespace on a sample line is part of the metric name (Prometheus's series starts
+//! at the line's first byte), which makes the name invalid: the scrape fails on it after metric
+//! relabelling, as Prometheus's does. Whitespace may also stand around `{`, `}`, `=` and `,`
+//! inside a label set, and, as in Prometheus, a missing comma between two labels is tolerated.
+//! A metric name without labels must be followed by whitespace. Timestamps are integer
+//! milliseconds (`[0-9]+`, no sign). The text of HELP and TYPE is the rest of the line after
+//! the one byte following the name, whatever that byte is (so `# TYPE m gauge ` and
+//! `# TYPE m  gauge` are invalid types, as in Prometheus); HELP text is unescaped for `\\` and
 //! `\n` only. Other `#` lines (including `# UNIT`, `# EOF` and `#HELP`) are comments.
 //!
 //! ## OpenMetrics 1.0 text

@@ -78,6 +78,8 @@ pub struct Parser<'a> {
     family: Option<(&'a str, MetricType)>,
     /// Scratch: label names of the series being parsed, for the duplicate check.
     names: Vec<&'a str>,
+    /// Label names whose repetition in a series is not an error (see [`Parser::tolerate`]).
+    tolerated: Vec<Box<str>>,
 }
 
 impl<'a> Parser<'a> {
@@ -91,10 +93,12 @@ impl<'a> Parser<'a> {
             seen_eof: false,
             family: None,
             names: Vec::new(),
+            tolerated: Vec::new(),
         }
     }
 
-    /// Starts over on a new body, keeping the scratch buffer's capacity.
+    /// Starts over on a new body, keeping the scratch buffer's capacity and the tolerated
+    /// names.
     pub fn reset<'b>(self, body: &'b [u8], format: Format) -> Parser<'b> {
         let mut names = self.names;
         names.clear();
@@ -102,8 +106,21 @@ impl<'a> Parser<'a> {
         let names: Vec<&'b str> = names.into_iter().map(|_| "").collect();
         Parser {
             names,
+            tolerated: self.tolerated,
             ..Parser::new(body, format)
         }
+    }
+
+    /// Label names a series may repeat: the caller overwrites them (the scrape sets the
+    /// target's labels over the scraped ones), so, as in Prometheus, where only the final label
+    /// set must be free of repeats, a repeat of one of these is no error. The first value is
+    /// the one a [`Labels`] lookup finds. `__name__` is never tolerated.
+    pub fn tolerate<'n>(&mut self, names: impl IntoIterator<Item = &'n str>) {
+        self.tolerated = names
+            .into_iter()
+            .filter(|n| *n != "__name__")
+            .map(Box::from)
+            .collect();
     }
 
     pub fn format(&self) -> Format {
@@ -327,7 +344,12 @@ impl<'a> Parser<'a> {
     ) -> Result<Sample<'a>, ParseError> {
         let b = text.as_bytes();
         let name_end = metric_name_end(b, start, number, "metric name")?;
-        let name = &text[start..name_end];
+        // A 0.0.4 sample line's leading whitespace belongs to its name and series, as in
+        // Prometheus's parser (its lexer skips the whitespace, its series starts at the line):
+        // `   m 1` names the metric "   m", which the scrape then refuses as an invalid name
+        // unless metric relabelling renames it.
+        let name = &text[..name_end];
+        let start = if om { start } else { 0 };
         let mut i = if om { name_end } else { skip_ws(b, name_end) };
         let (labels, series_end) = if b.get(i) == Some(&b'{') {
             let (labels, end) = self.label_set(text, i + 1, number, om, true)?;
@@ -528,8 +550,12 @@ impl<'a> Parser<'a> {
                     }
                 }
             }
-            let duplicate = (has_metric_name && name == "__name__")
-                || (self.names.len() < LINEAR_DUP_CHECK_MAX && self.names.contains(&name));
+            // An exemplar may repeat a name (Prometheus stores it, the last value shows).
+            let duplicate = has_metric_name
+                && (name == "__name__"
+                    || (self.names.len() < LINEAR_DUP_CHECK_MAX
+                        && self.names.contains(&name)
+                        && !self.tolerated.iter().any(|t| **t == *name)));
             if duplicate {
                 return Err(err(
                     number,
@@ -554,9 +580,14 @@ impl<'a> Parser<'a> {
                 _ => return Err(unexpected(b, i, number, "',' or '}' after label value")),
             }
         }
-        if self.names.len() > LINEAR_DUP_CHECK_MAX {
+        if has_metric_name && self.names.len() > LINEAR_DUP_CHECK_MAX {
             self.names.sort_unstable();
-            if let Some(pair) = self.names.windows(2).find(|w| w[0] == w[1]) {
+            let tolerated = |n: &str| self.tolerated.iter().any(|t| **t == *n);
+            if let Some(pair) = self
+                .names
+                .windows(2)
+                .find(|w| w[0] == w[1] && !tolerated(w[0]))
+            {
                 return Err(err(
                     number,
                     open,
