@@ -1,7 +1,8 @@
 //! The Grafana dashboard and the Prometheus alerting rules of `packaging/mixin/`: the rules
-//! pass `promtool check rules`, every dashboard query parses (checked by promtool as a
-//! recording rule), and every metric and label they use is exposed by a running agent's
-//! `/metrics` with a config running, so renaming a metric or a label breaks this test.
+//! pass `promtool check rules` and their unit tests (`promtool test rules`), every dashboard
+//! query parses (checked by promtool as a recording rule), and every metric and label they use
+//! is exposed by a running agent's `/metrics` with a config running, so renaming a metric or a
+//! label breaks this test.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -76,6 +77,24 @@ fn the_rules_and_every_dashboard_query_pass_promtool() {
     let file = tmp.path().join("dashboard-queries.yaml");
     std::fs::write(&file, rules).unwrap();
     promtool_check_rules(&file);
+}
+
+/// The rules' unit tests (`agentctl-alerts.test.yaml`): histories of the agents' metrics and
+/// the alerts that must and must not fire, e.g. a receiver gone for good fires
+/// AgentctlRemoteWriteStalled.
+#[test]
+fn the_alerts_fire_on_the_histories_of_their_unit_tests() {
+    let out = Command::new("promtool")
+        .args(["test", "rules", "agentctl-alerts.test.yaml"])
+        .current_dir(root().join("packaging/mixin"))
+        .output()
+        .expect("promtool (scripts/deps: prometheus)");
+    assert!(
+        out.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Metric name -> label names, from the samples of an exposition.
