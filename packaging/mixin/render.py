@@ -8,6 +8,7 @@ Time series panels are queried over [START, END] (unix seconds) with query_range
 show their last value. `$job` is `agentctl`, `$__rate_interval` 30s. Used by render-demo.
 """
 import json
+import math
 import re
 import sys
 import urllib.parse
@@ -132,8 +133,8 @@ def main():
         # `u=unit`: bound now; the formatter runs at savefig, after the loop.
         ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _, u=unit: fmt_value(v, u)))
         # Room above the highest value, so a flat line is not drawn on the frame.
-        top = max((max(ys) for _, _, ys in series if ys), default=0)
-        ax.set_ylim(bottom=0, top=top * 1.15 if top > 0 else 1)
+        highest = max((y for _, _, ys in series for y in ys if math.isfinite(y)), default=0)
+        ax.set_ylim(bottom=0, top=highest * 1.15 if highest > 0 else 1)
         if series:
             ax.legend(fontsize=6, loc="upper left", facecolor=PANEL, edgecolor=GRID,
                       labelcolor=TEXT, ncol=1 if len(series) < 5 else 2)
