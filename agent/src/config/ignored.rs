@@ -133,6 +133,9 @@ const GLOBAL: Fields = &[
     ("remote_write", Use::Honoured),
 ];
 
+/// Every key of `scraping_service` but `enabled`, while the service is off.
+const SCRAPING_SERVICE_OFF: &str = "the scraping service is off, so the agent runs only metrics.configs: set scraping_service.enabled: true to use it, or remove it";
+
 const NO_PEER_CALLS: &str = "resharding is local to each agent, which watches the ring and the config store; nothing to time out, remove it";
 
 const SCRAPING_SERVICE: Fields = &[
@@ -273,6 +276,10 @@ pub fn ignored_fields(raw: &AgentConfigRaw) -> Vec<IgnoredField> {
         "metrics"
     };
     let mut out = Vec::new();
+    // With the scraping service off, its keys have no effect whatever their value: one warning
+    // a key written (a bool at its default is not), nothing from inside its blocks.
+    let service_off = lookup(&root, &[metrics_key, "scraping_service"])
+        .filter(|ss| ss.get("enabled").and_then(Value::as_bool) != Some(true));
     for (path, fields) in SECTIONS {
         let path: Vec<&str> = path
             .iter()
@@ -281,6 +288,22 @@ pub fn ignored_fields(raw: &AgentConfigRaw) -> Vec<IgnoredField> {
         let Some(section) = lookup(&root, &path) else {
             continue;
         };
+        if service_off.is_some() && path.get(1) == Some(&"scraping_service") {
+            if path.len() == 2 {
+                for (key, value) in section {
+                    let Some(key) = key.as_str().filter(|k| *k != "enabled") else {
+                        continue;
+                    };
+                    if !matches!(value, Value::Null | Value::Bool(false)) {
+                        out.push(IgnoredField {
+                            field: format!("{}.{key}", path.join(".")),
+                            advice: SCRAPING_SERVICE_OFF,
+                        });
+                    }
+                }
+            }
+            continue;
+        }
         for (key, value) in section {
             let Some(key) = key.as_str() else { continue };
             let advice = match fields.iter().find(|(name, _)| *name == key) {
@@ -461,6 +484,58 @@ metrics:
                 "metrics.scraping_service.lifecycler.ring.replication_factor",
                 "metrics.scraping_service.lifecycler.ring.kvstore.etcd.tls_server_name",
             ]
+        );
+    }
+
+    #[test]
+    fn the_scraping_service_blocks_are_reported_when_the_service_is_off() {
+        // A cluster's settings without `enabled: true`: the agent runs static configs only.
+        let yaml = "\
+metrics:
+  scraping_service:
+    reshard_interval: 10s
+    reshard_timeout: 10s
+    kvstore:
+      store: etcd
+      etcd:
+        endpoints: [a:2379]
+        tls_ca_path: /ca.pem
+    lifecycler:
+      heartbeat_timeout: 1m
+";
+        let got = ignored(yaml);
+        let fields: Vec<&str> = got.iter().map(|f| f.split(' ').next().unwrap()).collect();
+        // One warning a key; nothing inside a block that has no effect as a whole.
+        assert_eq!(
+            fields,
+            [
+                "metrics.scraping_service.reshard_interval",
+                "metrics.scraping_service.reshard_timeout",
+                "metrics.scraping_service.kvstore",
+                "metrics.scraping_service.lifecycler",
+            ]
+        );
+        assert!(
+            got.iter().all(|f| f.ends_with(SCRAPING_SERVICE_OFF)),
+            "{got:?}"
+        );
+        // `enabled: false` written out, and the flag's default: only the blocks are reported.
+        let got = ignored(
+            "metrics:\n  scraping_service:\n    enabled: false\n    dangerous_allow_reading_files: false\n    kvstore: {store: inmemory}\n",
+        );
+        assert_eq!(
+            got,
+            [format!(
+                "metrics.scraping_service.kvstore is ignored: {SCRAPING_SERVICE_OFF}"
+            )]
+        );
+        let got =
+            ignored("metrics:\n  scraping_service:\n    dangerous_allow_reading_files: true\n");
+        assert_eq!(got.len(), 1, "{got:?}");
+        // An empty block says nothing.
+        assert_eq!(
+            ignored("metrics:\n  scraping_service: {}\n"),
+            Vec::<String>::new()
         );
     }
 
