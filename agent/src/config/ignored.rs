@@ -148,16 +148,38 @@ const SCRAPING_SERVICE: Fields = &[
     ("dangerous_allow_reading_files", Use::Honoured),
 ];
 
-/// `consul` and `multi` are refused at start-up (and warned about by `config check`) when
-/// selected; their blocks are only read when selected, as in the old agent.
+/// A store's block is read only when `store` selects it, as in the old agent. `consul` and
+/// `multi` are never read: selecting them is refused while the scraping service is on.
 const KVSTORE: Fields = &[
     ("store", Use::Honoured),
     ("prefix", Use::Honoured),
-    ("consul", Use::Honoured),
-    ("etcd", Use::Section),
-    ("multi", Use::Honoured),
-    ("embedded", Use::Honoured),
+    (
+        "consul",
+        Use::Ignored("agentctl cannot use a Consul store (store: consul is refused); use etcd or embedded, and remove it"),
+    ),
+    ("etcd", Use::When(|_, kv| unselected(kv, "etcd"))),
+    (
+        "multi",
+        Use::Ignored("agentctl cannot use a multi store (store: multi is refused); use etcd or embedded, and remove it"),
+    ),
+    ("embedded", Use::When(|_, kv| unselected(kv, "embedded"))),
 ];
+
+/// The store a `kvstore` block selects: `embedded` when it names none.
+fn selected(kvstore: &Mapping) -> &str {
+    kvstore
+        .get("store")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("embedded")
+}
+
+fn unselected(kvstore: &Mapping, store: &str) -> Option<&'static str> {
+    (selected(kvstore) != store).then_some(match store {
+        "etcd" => "only read with store: etcd; remove it",
+        _ => "only read with store: embedded; remove it",
+    })
+}
 
 fn without_tls(_: &Value, etcd: &Mapping) -> Option<&'static str> {
     let enabled = etcd.get("tls_enabled").and_then(Value::as_bool) == Some(true);
@@ -288,6 +310,12 @@ pub fn ignored_fields(raw: &AgentConfigRaw) -> Vec<IgnoredField> {
         let Some(section) = lookup(&root, &path) else {
             continue;
         };
+        // An etcd block its kvstore does not select is reported whole, not field by field.
+        if path.last() == Some(&"etcd")
+            && lookup(&root, &path[..path.len() - 1]).is_some_and(|kv| selected(kv) != "etcd")
+        {
+            continue;
+        }
         if service_off.is_some() && path.get(1) == Some(&"scraping_service") {
             if path.len() == 2 {
                 for (key, value) in section {
@@ -484,6 +512,52 @@ metrics:
                 "metrics.scraping_service.lifecycler.ring.replication_factor",
                 "metrics.scraping_service.lifecycler.ring.kvstore.etcd.tls_server_name",
             ]
+        );
+    }
+
+    #[test]
+    fn a_store_block_the_store_does_not_select_is_reported() {
+        let yaml = "\
+metrics:
+  scraping_service:
+    enabled: true
+    kvstore:
+      store: etcd
+      etcd: {endpoints: ['a:2379']}
+      consul: {host: 'c:8500'}
+      embedded: {path: /kv}
+    lifecycler:
+      ring:
+        kvstore:
+          store: inmemory
+          etcd:
+            endpoints: ['b:2379']
+            tls_ca_path: /ca.pem
+";
+        let got = ignored(yaml);
+        let fields: Vec<&str> = got.iter().map(|f| f.split(' ').next().unwrap()).collect();
+        // Nothing from inside a block that is not read (the ring's etcd.tls_ca_path).
+        assert_eq!(
+            fields,
+            [
+                "metrics.scraping_service.kvstore.consul",
+                "metrics.scraping_service.kvstore.embedded",
+                "metrics.scraping_service.lifecycler.ring.kvstore.etcd",
+            ],
+            "{got:?}"
+        );
+        assert!(
+            got[1].ends_with("only read with store: embedded; remove it"),
+            "{got:?}"
+        );
+        assert!(
+            got[2].ends_with("only read with store: etcd; remove it"),
+            "{got:?}"
+        );
+        // No store named is the embedded store: its block is read.
+        assert_eq!(
+            ignored("metrics:\n  scraping_service:\n    enabled: true\n    kvstore:\n      embedded: {path: /kv}\n"),
+            Vec::<String>::new()
         );
     }
 
