@@ -51,3 +51,73 @@ fn port_in_use_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }
+
+/// A line about an instance, about one of its scrape targets and about one of its remote_write
+/// endpoints names them (`instance=`, `job=`/`target_url=`, `remote_name=`) in both log
+/// formats, though no log call repeats those fields: they come from the spans the instance's
+/// tasks run in.
+#[test]
+fn log_lines_name_their_instance_target_and_endpoint() {
+    const CONFIG: &str = "scrape_configs:\n  - job_name: down\n    scrape_interval: 1s\n    scrape_timeout: 500ms\n    static_configs:\n      - targets: ['127.0.0.1:1']\nremote_write:\n  - url: http://127.0.0.1:1/api/v1/write\n    queue_config:\n      min_backoff: 100ms\n      max_backoff: 100ms\nremote_flush_deadline: 1s\n";
+    let t = Duration::from_secs(30);
+    for format in ["logfmt", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = Agent::start(
+            dir.path(),
+            &["--log.level", "debug", "--log.format", format],
+        );
+        assert_eq!(agent.put_config("spans", CONFIG).status, 201);
+        // (message, the fields the line must carry; `None`: any value)
+        type Fields<'a> = &'a [(&'a str, Option<&'a str>)];
+        let expected: [(&str, Fields); 3] = [
+            ("instance started", &[("instance", None)]),
+            (
+                "scrape failed",
+                &[
+                    ("instance", None),
+                    ("job", Some("down")),
+                    ("target_url", Some("http://127.0.0.1:1/metrics")),
+                ],
+            ),
+            (
+                "failed to send batch, retrying",
+                // In a shared instance, the endpoint is renamed after the instance and the URL.
+                &[("instance", None), ("remote_name", None)],
+            ),
+        ];
+        let mut instances = Vec::new();
+        for (message, fields) in expected {
+            let line: std::collections::BTreeMap<String, String> = if format == "logfmt" {
+                let line = agent.wait_log(&format!("msg=\"{message}\""), t);
+                line.split(' ')
+                    .filter_map(|f| f.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            } else {
+                let line = agent.wait_log(&format!("\"message\":\"{message}\""), t);
+                let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+                v.as_object()
+                    .expect("an object")
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            };
+            for (k, want) in fields {
+                let got = line.get(*k);
+                assert!(got.is_some(), "{format}: no {k} in {message:?}: {line:?}");
+                if let Some(want) = want {
+                    assert_eq!(got.unwrap(), want, "{format}: {k} in {message:?}");
+                }
+            }
+            instances.push(line["instance"].clone());
+        }
+        // The instance the config runs in (a shared one: its name is a hash of the config).
+        assert!(
+            instances
+                .iter()
+                .all(|i| *i == instances[0] && !i.is_empty()),
+            "{format}: {instances:?}"
+        );
+        assert_eq!(agent.stop(), Some(0));
+    }
+}

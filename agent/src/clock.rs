@@ -107,6 +107,8 @@ pub enum Fraction {
     None,
     /// `2024-01-02T03:04:05.678Z`: always three digits (log lines, the old agent's `ts=`).
     Millis,
+    /// `2024-01-02T03:04:05.678901Z`: always six digits (JSON log lines).
+    Micros,
     /// Go's `time.RFC3339Nano`: up to nine digits, trailing zeros and a bare dot dropped
     /// (`…05.12Z`, `…05Z`), as the old agent's targets API prints `lastScrape`.
     NanosTrimmed,
@@ -128,6 +130,7 @@ pub fn rfc3339(nanos: i128, fraction: Fraction) -> String {
     match fraction {
         Fraction::None => {}
         Fraction::Millis => out.push_str(&format!(".{:03}", sub / 1_000_000)),
+        Fraction::Micros => out.push_str(&format!(".{:06}", sub / 1_000)),
         Fraction::NanosTrimmed if sub != 0 => {
             out.push('.');
             out.push_str(format!("{sub:09}").trim_end_matches('0'));

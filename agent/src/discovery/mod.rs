@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::scrape::ScrapeConfig;
 
@@ -97,6 +98,7 @@ pub type Targets = watch::Receiver<Arc<Vec<Arc<TargetGroup>>>>;
 /// Starts the providers of `cfg`. `base_dir` resolves relative file paths. The returned
 /// receiver holds the union of every provider's groups; it starts empty and is updated as
 /// providers report. Providers stop when `shutdown` is cancelled.
+/// Their tasks run in the current span (the scrape job's, see agent/src/logging.rs).
 pub fn start(
     cfg: &ScrapeConfig,
     base_dir: Option<&std::path::Path>,
@@ -174,13 +176,16 @@ pub(crate) fn start_with(
         slot += 1;
     }
     for f in &cfg.file_sd_configs {
-        tokio::spawn(file::run(
-            f.clone(),
-            base_dir.map(|p| p.to_path_buf()),
-            slot,
-            tx.clone(),
-            shutdown.clone(),
-        ));
+        tokio::spawn(
+            file::run(
+                f.clone(),
+                base_dir.map(|p| p.to_path_buf()),
+                slot,
+                tx.clone(),
+                shutdown.clone(),
+            )
+            .in_current_span(),
+        );
         slot += 1;
     }
     for h in &cfg.http_sd_configs {
@@ -188,30 +193,44 @@ pub(crate) fn start_with(
             job: cfg.job_name.clone(),
             source,
         })?;
-        tokio::spawn(provider.run(slot, tx.clone(), shutdown.clone()));
+        tokio::spawn(
+            provider
+                .run(slot, tx.clone(), shutdown.clone())
+                .in_current_span(),
+        );
         slot += 1;
     }
     for d in &cfg.dns_sd_configs {
         let provider = dns::Provider::new(d, nameserver);
-        tokio::spawn(provider.run(slot, tx.clone(), shutdown.clone()));
+        tokio::spawn(
+            provider
+                .run(slot, tx.clone(), shutdown.clone())
+                .in_current_span(),
+        );
         slot += 1;
     }
     for k in kube {
         initial[slot] = Slot::Map(BTreeMap::new());
         let s = slot;
-        tokio::spawn(k.run(ctx.clone(), move |g| (s, g), shutdown.clone()));
+        tokio::spawn(
+            k.run(ctx.clone(), move |g| (s, g), shutdown.clone())
+                .in_current_span(),
+        );
         slot += 1;
     }
     for c in consuls {
         initial[slot] = Slot::Map(BTreeMap::new());
         let s = slot;
-        tokio::spawn(c.run(ctx.clone(), move |g| (s, g), shutdown.clone()));
+        tokio::spawn(
+            c.run(ctx.clone(), move |g| (s, g), shutdown.clone())
+                .in_current_span(),
+        );
         slot += 1;
     }
     drop(tx);
     drop(ctx);
     let (out_tx, out_rx) = watch::channel(Arc::new(flatten(&initial)));
-    tokio::spawn(combine(initial, rx, crx, out_tx, shutdown));
+    tokio::spawn(combine(initial, rx, crx, out_tx, shutdown).in_current_span());
     Ok(out_rx)
 }
 

@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 use super::group::{Action, GroupError, Groups};
 use super::{dir_name, Instance, Shared};
@@ -475,11 +476,11 @@ impl Task {
                 let dir = dir_name(name);
                 let other = self.workers.keys().find(|n| dir_name(n) == dir).cloned();
                 if let Some(other) = other {
-                    tracing::error!(instance = %name, other = %other, folder = %dir,
-                        "instance waits: its WAL folder is in use by another config (config names map to folders with `/` as `--`); rename one of them");
+                    super::span(name).in_scope(|| tracing::error!(other = %other, folder = %dir,
+                        "instance waits: its WAL folder is in use by another config (config names map to folders with `/` as `--`); rename one of them"));
                     self.blocked.insert(name.to_owned(), want);
                 } else if self.reserved.contains(&dir) {
-                    tracing::info!(instance = %name, folder = %dir, "instance waits for the WAL cleaner to finish with its folder");
+                    super::span(name).in_scope(|| tracing::info!(folder = %dir, "instance waits for the WAL cleaner to finish with its folder"));
                     self.blocked.insert(name.to_owned(), want);
                 } else {
                     self.blocked.remove(name);
@@ -494,13 +495,16 @@ impl Task {
             generation: 1,
             want,
         });
-        tokio::spawn(work(
-            name.to_owned(),
-            self.shared.clone(),
-            rx,
-            self.commands.clone(),
-            self.views.clone(),
-        ));
+        tokio::spawn(
+            work(
+                name.to_owned(),
+                self.shared.clone(),
+                rx,
+                self.commands.clone(),
+                self.views.clone(),
+            )
+            .instrument(super::span(name)),
+        );
         self.workers.insert(
             name.to_owned(),
             Worker {
@@ -519,7 +523,7 @@ impl Task {
         let next = self.blocked.keys().find(|n| dir_name(n) == dir).cloned();
         if let Some(name) = next {
             if let Some(want) = self.blocked.remove(&name) {
-                tracing::info!(instance = %name, folder = %dir, "WAL folder free; starting the instance that waited for it");
+                super::span(&name).in_scope(|| tracing::info!(folder = %dir, "WAL folder free; starting the instance that waited for it"));
                 self.spawn_worker(&name, want);
             }
         }
@@ -575,9 +579,9 @@ async fn work(
                 let cfg = *cfg;
                 if let Some(inst) = current.as_mut().filter(|i| i.config() != &cfg) {
                     if inst.update(cfg.clone()).await {
-                        tracing::info!(instance = %name, "instance updated in place");
+                        tracing::info!("instance updated in place");
                     } else {
-                        tracing::info!(instance = %name, "instance restarting for a changed config");
+                        tracing::info!("instance restarting for a changed config");
                         views.set_scrape(&name, None);
                         if let Some(old) = current.take() {
                             old.stop(false).await;
@@ -588,14 +592,14 @@ async fn work(
                     match Instance::start(cfg, &shared, label).await {
                         Ok(inst) => {
                             if failed {
-                                tracing::info!(instance = %name, "instance started after a retry");
+                                tracing::info!("instance started after a retry");
                             }
                             failed = false;
                             views.set_scrape(&name, Some(inst.scrape_manager()));
                             current = Some(inst);
                         }
                         Err(e) => {
-                            tracing::error!(instance = %name, error = %e, retry_in = ?views.restart_backoff(), "instance failed to start");
+                            tracing::error!(error = %e, retry_in = ?views.restart_backoff(), "instance failed to start");
                             failed = true;
                             retry = true;
                         }

@@ -24,6 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::config::InstanceConfig;
@@ -48,6 +49,12 @@ pub enum InstanceError {
     },
     #[error("instance {name}: {message}")]
     Scrape { name: String, message: String },
+}
+
+/// The span an instance's tasks run in: every line they log carries `instance=<name>` (see
+/// agent/src/logging.rs). At ERROR level so that it is enabled whatever `--log.level` is.
+pub fn span(name: &str) -> tracing::Span {
+    tracing::error_span!("instance", instance = %name)
 }
 
 /// The folder name of an instance under `wal_directory`: the config name with `/` (allowed in
@@ -256,7 +263,8 @@ impl Shared {
 
 impl Instance {
     /// Opens (repairing and replaying) the WAL, starts remote_write from it, then scraping.
-    /// `label_key` names the instance in its metrics (see [`manager::metric_label`]).
+    /// `label_key` names the instance in its metrics (see [`manager::metric_label`]). Runs, as
+    /// the tasks it starts do, in the caller's span: the instance's worker's [`span`].
     pub async fn start(
         cfg: InstanceConfig,
         shared: &Shared,
@@ -297,7 +305,7 @@ impl Instance {
         }
         let corruptions = m.corruptions.get_or_create(&label).clone();
         if let Some(r) = &replay.repair {
-            tracing::warn!(instance = %name, repair = ?r, "WAL repaired on open");
+            tracing::warn!(repair = ?r, "WAL repaired on open");
             corruptions.inc();
         }
         let counters = storage::WriteFailureCounters {
@@ -338,13 +346,16 @@ impl Instance {
             let queue = Arc::new(queue);
             let rstop = stop.child_token();
             let progress = dir.join("remote_write").join(dir_name(&rw.name));
-            let watcher = tokio::spawn(crate::remote_write::watcher::run(
-                wal_dir.clone(),
-                queue.clone(),
-                progress.clone(),
-                storage.commits(),
-                rstop.clone(),
-            ));
+            let watcher = tokio::spawn(
+                crate::remote_write::watcher::run(
+                    wal_dir.clone(),
+                    queue.clone(),
+                    progress.clone(),
+                    storage.commits(),
+                    rstop.clone(),
+                )
+                .instrument(queue.span().clone()),
+            );
             remotes.push(Remote {
                 queue,
                 watcher,
@@ -360,32 +371,42 @@ impl Instance {
         );
         if let Err(e) = scrape.apply(&cfg.scrape_configs).await {
             // Jobs that could start run; the others are reported (unsupported SD, bad TLS...).
-            tracing::error!(instance = %name, error = %e, "some scrape jobs could not start");
+            tracing::error!(error = %e, "some scrape jobs could not start");
         }
         for (r, rw) in remotes.iter_mut().zip(&cfg.remote_write) {
             let m = rw.metadata;
             if m.send {
                 let s = scrape.clone();
-                r.metadata = Some(tokio::spawn(crate::remote_write::metadata::run(
-                    r.queue.clone(),
-                    m.send_interval.as_std(),
-                    move || s.metadata(),
-                    r.stop.clone(),
-                )));
+                r.metadata = Some(tokio::spawn(
+                    crate::remote_write::metadata::run(
+                        r.queue.clone(),
+                        m.send_interval.as_std(),
+                        move || s.metadata(),
+                        r.stop.clone(),
+                    )
+                    .instrument(r.queue.span().clone()),
+                ));
             }
         }
         let queues: Vec<Arc<QueueManager>> = remotes.iter().map(|r| r.queue.clone()).collect();
-        let housekeeping = tokio::spawn(housekeeping(
-            cfg.clone(),
-            storage.clone(),
-            queues,
-            shared.instance_metrics.clone(),
-            label.clone(),
-            shared.clock,
-            stop.clone(),
-        ));
-        tracing::info!(instance = %name, jobs = cfg.scrape_configs.len(), remote_writes = cfg.remote_write.len(),
-            replayed_series = replay.series.len(), "instance started");
+        let housekeeping = tokio::spawn(
+            housekeeping(
+                cfg.clone(),
+                storage.clone(),
+                queues,
+                shared.instance_metrics.clone(),
+                label.clone(),
+                shared.clock,
+                stop.clone(),
+            )
+            .in_current_span(),
+        );
+        tracing::info!(
+            jobs = cfg.scrape_configs.len(),
+            remote_writes = cfg.remote_write.len(),
+            replayed_series = replay.series.len(),
+            "instance started"
+        );
         Ok(Instance {
             cfg,
             dir,
@@ -422,7 +443,7 @@ impl Instance {
             return false;
         }
         if let Err(e) = self.scrape.apply(&cfg.scrape_configs).await {
-            tracing::error!(instance = %cfg.name, error = %e, "some scrape jobs could not start");
+            tracing::error!(error = %e, "some scrape jobs could not start");
         }
         self.cfg = cfg;
         true
@@ -441,7 +462,6 @@ impl Instance {
     /// moved to another agent that continues the series), then flushes remote_write for up to
     /// `remote_flush_deadline`.
     pub async fn stop(self, write_stale: bool) {
-        let name = self.cfg.name.clone();
         self.scrape.stop(write_stale).await;
         let _ = self.storage.with_wal(|w| w.sync());
         self.stop.cancel();
@@ -461,16 +481,18 @@ impl Instance {
                 crate::remote_write::watcher::save_progress(&q, &p, true)
             })
             .await;
-            if let Ok(Err(e)) = saved {
-                tracing::warn!(instance = %name, remote_name = %r.queue.remote_name(), file = %r.progress.display(), error = %e,
-                    "cannot save remote_write progress");
-            }
-            if !report.complete {
-                tracing::warn!(instance = %name, remote_name = %r.queue.remote_name(), dropped = report.dropped,
-                    "remote_write flush did not finish before remote_flush_deadline; the rest stays in the WAL");
-            }
+            r.queue.span().in_scope(|| {
+                if let Ok(Err(e)) = saved {
+                    tracing::warn!(file = %r.progress.display(), error = %e,
+                        "cannot save remote_write progress");
+                }
+                if !report.complete {
+                    tracing::warn!(dropped = report.dropped,
+                        "remote_write flush did not finish before remote_flush_deadline; the rest stays in the WAL");
+                }
+            });
         }
-        tracing::info!(instance = %name, "instance stopped");
+        tracing::info!("instance stopped");
     }
 }
 
@@ -493,7 +515,7 @@ async fn housekeeping(
         }
         let (synced, series) = storage.with_wal(|w| (w.sync(), w.series_count()));
         if let Err(e) = synced {
-            tracing::error!(instance = %cfg.name, error = %e, "WAL fsync failed");
+            tracing::error!(error = %e, "WAL fsync failed");
         }
         metrics
             .active_series
@@ -551,25 +573,25 @@ async fn housekeeping(
                             .truncate_dropped_samples
                             .get_or_create(&label)
                             .inc_by(st.dropped_unsent_samples);
-                        tracing::warn!(instance = %cfg.name, dropped_samples = st.dropped_unsent_samples,
+                        tracing::warn!(dropped_samples = st.dropped_unsent_samples,
                             lowest_sent = ?lowest, mint, max_wal_time = %cfg.max_wal_time,
                             "WAL truncated at now - max_wal_time: samples remote_write had not sent are lost");
                     }
                 }
                 if clamped {
-                    tracing::info!(instance = %cfg.name, mint, lowest_sent = ?lowest, stats = ?stats,
+                    tracing::info!(mint, lowest_sent = ?lowest, stats = ?stats,
                         "WAL truncated (cut moved forward to now - max_wal_time: remote_write is behind)");
                 } else {
-                    tracing::info!(instance = %cfg.name, mint, stats = ?stats, "WAL truncated");
+                    tracing::info!(mint, stats = ?stats, "WAL truncated");
                 }
             }
             Ok((gone, Err(e))) => {
                 storage.forget(&gone);
                 metrics.truncation_failures.get_or_create(&label).inc();
-                tracing::error!(instance = %cfg.name, error = %e, "WAL truncation failed");
+                tracing::error!(error = %e, "WAL truncation failed");
             }
             Err(e) => {
-                tracing::error!(instance = %cfg.name, error = %e, "WAL truncation task failed")
+                tracing::error!(error = %e, "WAL truncation task failed")
             }
         }
     }

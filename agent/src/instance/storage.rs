@@ -183,7 +183,10 @@ impl Appender for WalAppender<'_> {
 
     fn append_exemplar(&mut self, r: SeriesRef, labels: &Labels, t_ms: i64, v: f64) {
         let Some(wal_labels) = exemplar_labels(labels) else {
-            tracing::debug!(instance = %self.storage.name, series = r, "exemplar label set longer than 128 runes; dropped");
+            tracing::debug!(
+                series = r,
+                "exemplar label set longer than 128 runes; dropped"
+            );
             return;
         };
         self.exemplars.push((
@@ -234,14 +237,14 @@ impl Appender for WalAppender<'_> {
             let dropped = match inner.wal.abort() {
                 Ok(n) => n,
                 Err(reset) => {
-                    tracing::error!(instance = %self.storage.name, error = %reset,
+                    tracing::error!(error = %reset,
                         "cannot cut the WAL segment back after a failed write");
                     self.samples.len()
                 }
             };
             self.storage.failures.failures.inc();
             self.storage.failures.dropped_samples.inc_by(dropped as u64);
-            tracing::error!(instance = %self.storage.name, error = %e, dropped_samples = dropped,
+            tracing::error!(error = %e, dropped_samples = dropped,
                 "WAL write failed; this scrape's samples are dropped, scraping continues");
         } else {
             self.storage
@@ -273,11 +276,11 @@ impl Appender for WalAppender<'_> {
                 .and_then(|()| inner.wal.commit());
             if let Err(e) = res {
                 if let Err(reset) = inner.wal.abort() {
-                    tracing::error!(instance = %self.storage.name, error = %reset,
+                    tracing::error!(error = %reset,
                         "cannot cut the WAL segment back after a failed write");
                 }
                 self.storage.failures.failures.inc();
-                tracing::error!(instance = %self.storage.name, error = %e, "WAL write failed on rollback");
+                tracing::error!(error = %e, "WAL write failed on rollback");
             }
             self.series.clear();
         }

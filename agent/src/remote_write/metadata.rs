@@ -41,6 +41,7 @@ pub fn to_proto(m: &MetricMetadata) -> proto::MetricMetadata {
 
 /// Sends `source()` every `interval` until `stop`. A send that is still retrying when the
 /// next one is due delays it (one send at a time, as in Prometheus); `stop` abandons it.
+/// Run it in the queue's span ([`QueueManager::span`]).
 pub async fn run(
     queue: Arc<QueueManager>,
     interval: Duration,
@@ -63,7 +64,7 @@ pub async fn run(
             () = stop.cancelled() => return,
             res = queue.send_metadata(&entries) => {
                 if let Err(e) = res {
-                    tracing::warn!(remote_name = %queue.remote_name(), error = %e, "remote_write: metadata not sent");
+                    tracing::warn!(error = %e, "remote_write: metadata not sent");
                 }
             }
         }

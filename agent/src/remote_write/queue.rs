@@ -53,6 +53,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::client::{ClientError, ClientSettings, RemoteClient, SendError};
 use super::metrics::{EndpointMetrics, RemoteWriteMetrics};
@@ -270,6 +271,8 @@ struct Shards {
 }
 
 struct Shared {
+    /// The endpoint's `remote_write` span (`remote_name=…`): its tasks run in it.
+    span: tracing::Span,
     client: RemoteClient,
     settings: QueueSettings,
     metrics: EndpointMetrics,
@@ -434,7 +437,11 @@ impl QueueManager {
         m.shards_min.set(q.min_shards as i64);
         m.shards_max.set(q.max_shards as i64);
         let initial = q.min_shards;
+        // Inside the current span (the instance's). At ERROR level so that it is enabled
+        // whatever `--log.level` is (see agent/src/logging.rs).
+        let span = tracing::error_span!("remote_write", remote_name = %client.remote_name());
         let shared = Arc::new(Shared {
+            span,
             client,
             settings,
             metrics: m,
@@ -455,7 +462,9 @@ impl QueueManager {
             series: RwLock::new(SeriesTable::default()),
         });
         let shards = Arc::new(tokio::sync::RwLock::new(start_shards(&shared, initial)));
-        let reshard_task = tokio::spawn(reshard_loop(shared.clone(), shards.clone()));
+        let reshard_task = tokio::spawn(
+            reshard_loop(shared.clone(), shards.clone()).instrument(shared.span.clone()),
+        );
         QueueManager {
             shared,
             filter,
@@ -466,6 +475,12 @@ impl QueueManager {
 
     pub fn remote_name(&self) -> &str {
         self.shared.remote()
+    }
+
+    /// The endpoint's `remote_write` span (`remote_name=…`, inside the instance's span): run
+    /// the tasks that feed this queue in it, and log about the endpoint in it.
+    pub fn span(&self) -> &tracing::Span {
+        &self.shared.span
     }
 
     /// Records (or replaces) series: external labels are added where the series lacks the
@@ -541,7 +556,6 @@ impl QueueManager {
         }
         if unknown > 0 {
             tracing::warn!(
-                remote_name = shared.remote(),
                 samples = unknown,
                 "dropped samples of series that were never stored"
             );
@@ -756,12 +770,13 @@ impl QueueManager {
             }
         }
         if !complete {
-            tracing::warn!(
-                remote_name = shared.remote(),
-                url = shared.client.url(),
-                dropped = shared.dropped_on_stop.load(Ordering::Relaxed),
-                "remote_write flush deadline passed; queued samples were dropped"
-            );
+            shared.span.in_scope(|| {
+                tracing::warn!(
+                    url = shared.client.url(),
+                    dropped = shared.dropped_on_stop.load(Ordering::Relaxed),
+                    "remote_write flush deadline passed; queued samples were dropped"
+                )
+            });
         }
         shared.metrics.shards.set(0);
         FlushReport {
@@ -792,7 +807,9 @@ fn start_shards(shared: &Arc<Shared>, n: usize) -> Shards {
             highest_done: AtomicI64::new(start),
             pending: AtomicUsize::new(0),
         });
-        tasks.push(tokio::spawn(run_shard(rx, state.clone(), shared.clone())));
+        tasks.push(tokio::spawn(
+            run_shard(rx, state.clone(), shared.clone()).instrument(shared.span.clone()),
+        ));
         senders.push(tx);
         states.push(state);
     }
@@ -955,7 +972,6 @@ async fn send_batch(
             // Refused data will never be accepted: the WAL need not keep it for us.
             finish(shared, state, highest);
             tracing::error!(
-                remote_name = shared.remote(),
                 url = shared.client.url(),
                 samples = n,
                 exemplars = n_ex,
@@ -1019,7 +1035,6 @@ async fn send_with_backoff(
         retried();
         let sleep = retry_after.unwrap_or(backoff);
         tracing::warn!(
-            remote_name = shared.remote(),
             url = shared.client.url(),
             error = %reason,
             retry_in = ?sleep,
@@ -1132,15 +1147,10 @@ async fn reshard_loop(shared: Arc<Shared>, shards: Arc<tokio::sync::RwLock<Shard
             .as_std()
             .as_millis() as i64;
         if inputs.pending > 0.0 && (last_ok < 0 || since_ok > limit) {
-            tracing::debug!(
-                remote_name = shared.remote(),
-                desired,
-                "not resharding: sends are failing"
-            );
+            tracing::debug!(desired, "not resharding: sends are failing");
             continue;
         }
         tracing::info!(
-            remote_name = shared.remote(),
             from = inputs.current,
             to = desired,
             "remote_write resharding"

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::proto::{Exemplar, Label};
 use super::queue::{QueueManager, SentMarks};
@@ -219,17 +220,18 @@ async fn save_on_progress(queue: Arc<QueueManager>, path: PathBuf, shutdown: Can
                 }
             }
             Ok(Err(e)) => {
-                tracing::warn!(remote_name = %queue.remote_name(), file = %path.display(), error = %e, "remote_write: cannot save progress")
+                tracing::warn!(file = %path.display(), error = %e, "remote_write: cannot save progress")
             }
             Err(e) => {
-                tracing::error!(remote_name = %queue.remote_name(), error = %e, "remote_write: progress task failed");
+                tracing::error!(error = %e, "remote_write: progress task failed");
                 return;
             }
         }
     }
 }
 
-/// Runs until `shutdown`; returns when the queue is stopped or the WAL directory is gone.
+/// Runs until `shutdown`; returns when the queue is stopped or the WAL directory is gone. Run
+/// it in the queue's span ([`QueueManager::span`]): its log lines name the endpoint from there.
 pub async fn run(
     wal_dir: PathBuf,
     queue: Arc<QueueManager>,
@@ -238,19 +240,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let after = read_marks(&progress_file);
-    let name = queue.remote_name().to_owned();
     let wanted = Wanted {
         exemplars: queue.sends_exemplars(),
     };
-    tracing::info!(remote_name = %name, wal = %wal_dir.display(), resume_after_ms = ?after.as_ref().map(|m| m.lowest),
+    tracing::info!(wal = %wal_dir.display(), resume_after_ms = ?after.as_ref().map(|m| m.lowest),
         resume_shards = after.as_ref().map_or(0, |m| m.shards.len()), "remote_write: reading the WAL");
     // Stopped before the last save below, so that two saves never share the temp file.
     let saver_stop = shutdown.child_token();
-    let saver = tokio::spawn(save_on_progress(
-        queue.clone(),
-        progress_file.clone(),
-        saver_stop.clone(),
-    ));
+    let saver = tokio::spawn(
+        save_on_progress(queue.clone(), progress_file.clone(), saver_stop.clone())
+            .in_current_span(),
+    );
 
     // The checkpoint first (complete files), then the segments after it.
     let dir = wal_dir.clone();
@@ -281,7 +281,7 @@ pub async fn run(
     let (batch, start) = match start {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
-            tracing::error!(remote_name = %name, error = %e, "remote_write: cannot read the WAL checkpoint; starting from the segments");
+            tracing::error!(error = %e, "remote_write: cannot read the WAL checkpoint; starting from the segments");
             (
                 Batch::default(),
                 Position {
@@ -291,13 +291,13 @@ pub async fn run(
             )
         }
         Err(e) => {
-            tracing::error!(remote_name = %name, error = %e, "remote_write: WAL reader task failed");
+            tracing::error!(error = %e, "remote_write: WAL reader task failed");
             saver_stop.cancel();
             let _ = saver.await;
             return;
         }
     };
-    if !deliver(&queue, batch, &name).await {
+    if !deliver(&queue, batch).await {
         saver_stop.cancel();
         let _ = saver.await;
         return;
@@ -318,16 +318,16 @@ pub async fn run(
         let (r, batch, res) = match polled {
             Ok(v) => v,
             Err(e) => {
-                tracing::error!(remote_name = %name, error = %e, "remote_write: WAL reader task failed");
+                tracing::error!(error = %e, "remote_write: WAL reader task failed");
                 break;
             }
         };
         reader = Some(r);
         if let Err(e) = &res {
-            tracing::error!(remote_name = %name, error = %e, "remote_write: cannot read the WAL tail; retrying");
+            tracing::error!(error = %e, "remote_write: cannot read the WAL tail; retrying");
         }
         let idle = matches!(res, Ok(0));
-        if !deliver(&queue, batch, &name).await {
+        if !deliver(&queue, batch).await {
             break;
         }
         if idle {
@@ -347,27 +347,27 @@ pub async fn run(
     let q = queue.clone();
     let p = progress_file.clone();
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || save_progress(&q, &p, true)).await {
-        tracing::warn!(remote_name = %name, file = %progress_file.display(), error = %e, "remote_write: cannot save progress");
+        tracing::warn!(file = %progress_file.display(), error = %e, "remote_write: cannot save progress");
     }
 }
 
 /// Hands a batch to the queue; `false` when the queue has stopped.
-async fn deliver(queue: &QueueManager, batch: Batch, name: &str) -> bool {
+async fn deliver(queue: &QueueManager, batch: Batch) -> bool {
     for e in &batch.errors {
-        tracing::error!(remote_name = %name, error = %e, "remote_write: skipping an undecodable WAL record");
+        tracing::error!(error = %e, "remote_write: skipping an undecodable WAL record");
     }
     if let Some(max) = batch.samples.iter().map(|s| s.1).max() {
         queue.observe_wal_timestamp(max);
     }
     for chunk in batch.samples.chunks(10_000) {
         if let Err(e) = queue.append_samples(chunk).await {
-            tracing::info!(remote_name = %name, error = %e, "remote_write: queue stopped");
+            tracing::info!(error = %e, "remote_write: queue stopped");
             return false;
         }
     }
     if !batch.exemplars.is_empty() {
         if let Err(e) = queue.append_exemplars(batch.exemplars).await {
-            tracing::info!(remote_name = %name, error = %e, "remote_write: queue stopped");
+            tracing::info!(error = %e, "remote_write: queue stopped");
             return false;
         }
     }

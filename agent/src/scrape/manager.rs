@@ -26,6 +26,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::appender::Storage;
 use super::metadata::{self, MetricMetadata};
@@ -133,6 +134,8 @@ struct Pool {
 
 struct Job {
     cfg: Arc<ScrapeConfig>,
+    /// The `scrape_job` span (`job=<job_name>`) its tasks and target loops run in.
+    span: tracing::Span,
     cancel: CancellationToken,
     task: JoinHandle<()>,
     pool: Arc<Mutex<Pool>>,
@@ -144,16 +147,21 @@ fn lock_pool(p: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
 
 impl Job {
     async fn stop(self, write_stale: bool) {
-        self.cancel.cancel();
-        if let Err(e) = self.task.await {
-            tracing::error!(job = %self.cfg.job_name, error = %e, "scrape job sync task failed");
+        let span = self.span.clone();
+        async move {
+            self.cancel.cancel();
+            if let Err(e) = self.task.await {
+                tracing::error!(error = %e, "scrape job sync task failed");
+            }
+            let loops: Vec<RunningTarget> = lock_pool(&self.pool)
+                .loops
+                .drain()
+                .map(|(_, t)| t)
+                .collect();
+            stop_all(loops, write_stale).await;
         }
-        let loops: Vec<RunningTarget> = lock_pool(&self.pool)
-            .loops
-            .drain()
-            .map(|(_, t)| t)
-            .collect();
-        stop_all(loops, write_stale).await;
+        .instrument(span)
+        .await
     }
 }
 
@@ -223,7 +231,7 @@ impl ScrapeManager {
             names.iter().filter_map(|n| jobs.remove(n)).collect()
         };
         for job in to_stop {
-            tracing::info!(job = %job.cfg.job_name, "stopping scrape job");
+            job.span.in_scope(|| tracing::info!("stopping scrape job"));
             job.stop(true).await;
         }
         let mut errors = Vec::new();
@@ -265,20 +273,28 @@ impl ScrapeManager {
             source,
         })?;
         let cancel = CancellationToken::new();
-        let rx = discovery::start(&cfg, self.base_dir.as_deref(), cancel.clone())?;
+        // At ERROR level so that it is enabled whatever `--log.level` is (see logging.rs).
+        let span = tracing::error_span!("scrape_job", job = %cfg.job_name);
+        // Discovery's tasks are spawned in it too.
+        let rx =
+            span.in_scope(|| discovery::start(&cfg, self.base_dir.as_deref(), cancel.clone()))?;
         let pool = Arc::new(Mutex::new(Pool::default()));
-        let task = tokio::spawn(sync_job(
-            cfg.clone(),
-            rx,
-            pool.clone(),
-            client,
-            self.storage.clone(),
-            self.clock,
-            cancel.clone(),
-        ));
-        tracing::info!(job = %cfg.job_name, "started scrape job");
+        let task = tokio::spawn(
+            sync_job(
+                cfg.clone(),
+                rx,
+                pool.clone(),
+                client,
+                self.storage.clone(),
+                self.clock,
+                cancel.clone(),
+            )
+            .instrument(span.clone()),
+        );
+        span.in_scope(|| tracing::info!("started scrape job"));
         Ok(Job {
             cfg,
+            span,
             cancel,
             task,
             pool,
@@ -375,7 +391,7 @@ fn build_group(cfg: &ScrapeConfig, group: &Arc<TargetGroup>) -> BuiltGroup {
             Ok(Some(target)) => active.push((target.full_labels.hash(), Arc::new(target))),
             Ok(None) => dropped.push(discovered_labels(&group_labels, &tl, cfg)),
             Err(e) => {
-                tracing::warn!(job = %cfg.job_name, source = %group.source, error = %e, "creating target failed");
+                tracing::warn!(source = %group.source, error = %e, "creating target failed");
             }
         }
     }
@@ -473,7 +489,10 @@ async fn sync_job(
             removed
         };
         if !removed.is_empty() {
-            tracing::debug!(job = %cfg.job_name, count = removed.len(), "stopping scrape loops of vanished targets");
+            tracing::debug!(
+                count = removed.len(),
+                "stopping scrape loops of vanished targets"
+            );
             stop_all(removed, true).await;
         }
         tokio::select! {

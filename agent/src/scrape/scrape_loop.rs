@@ -60,6 +60,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::appender::{stale_nan, AppendError, Appender, SeriesRef, Storage};
 use super::cache::{Lookup, SeriesCache};
@@ -628,6 +629,8 @@ pub struct ScrapeLoop {
 
 /// A running loop; stop it with [`LoopHandle::stop`].
 pub struct LoopHandle {
+    /// The loop's `target` span (`target_url=…`).
+    span: tracing::Span,
     cancel: CancellationToken,
     write_stale: Arc<AtomicBool>,
     task: JoinHandle<()>,
@@ -656,7 +659,8 @@ impl LoopHandle {
         self.write_stale.store(write_stale, Ordering::SeqCst);
         self.cancel.cancel();
         if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "scrape loop task failed");
+            self.span
+                .in_scope(|| tracing::error!(error = %e, "scrape loop task failed"));
         }
     }
 }
@@ -690,14 +694,21 @@ impl ScrapeLoop {
         }
     }
 
-    /// Starts the loop on the current runtime.
+    /// Starts the loop on the current runtime, in a `target` span (`target_url=…`) inside the
+    /// current one (its job's, inside its instance's). At ERROR level so that it is enabled
+    /// whatever `--log.level` is (see agent/src/logging.rs).
     pub fn spawn(self) -> LoopHandle {
+        let span = tracing::error_span!("target", target_url = %self.target.url);
         let cancel = CancellationToken::new();
         let write_stale = Arc::new(AtomicBool::new(true));
         let status = self.status.clone();
         let metadata = self.processor.metadata().clone();
-        let task = tokio::spawn(self.run(cancel.clone(), write_stale.clone()));
+        let task = tokio::spawn(
+            self.run(cancel.clone(), write_stale.clone())
+                .instrument(span.clone()),
+        );
         LoopHandle {
+            span,
             cancel,
             write_stale,
             task,
@@ -742,7 +753,7 @@ impl ScrapeLoop {
             self.processor
                 .end_of_run(&mut *app, self.clock.unix_millis());
             if let Err(e) = app.commit() {
-                tracing::warn!(target_url = %self.target.url, error = %e, "writing end-of-run staleness markers failed");
+                tracing::warn!(error = %e, "writing end-of-run staleness markers failed");
             }
         }
     }
@@ -763,7 +774,7 @@ impl ScrapeLoop {
             .append_scrape(&*self.storage, body, t_ms, duration)
             .err();
         if let Some(e) = &error {
-            tracing::debug!(target_url = %self.target.url, error = %e, "scrape failed");
+            tracing::debug!(error = %e, "scrape failed");
         }
         let mut st = lock_status(&self.status);
         st.health = if error.is_none() {
