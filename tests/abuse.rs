@@ -1,4 +1,4 @@
-//! API abuse (issue 11, item 9) against a real `agentctl agent run` process on the embedded
+//! API abuse against a real `agentctl agent run` process on the embedded
 //! default: oversized and chunked bodies, deeply nested YAML, a YAML bomb, invalid UTF-8 and
 //! path-traversal names, 10,000 configs, 200 concurrent PUTs with If-Match, file-reading
 //! fields, secrets in responses and logs, bearer auth on every write route. What tests/api.rs

@@ -1,5 +1,5 @@
 //! The Config Management API against a real `agentctl agent run` process on the embedded
-//! store: every route and status code of the old agent's API (spec §2.2), and what we add
+//! store: every route and status code of the old agent's API (docs/compat.md), and what we add
 //! (ETag/If-Match, hashes, body limit, bearer auth, redaction).
 
 use std::process::Command;

@@ -1,4 +1,4 @@
-//! Issue 11's fault tests against real processes: etcd stopped for 60 s under a running
+//! Fault tests against real processes: etcd stopped for 60 s under a running
 //! cluster, the WAL's disk full, a torn WAL tail. (SIGKILL/SIGTERM of an agent are in
 //! `cluster.rs`, the receiver outage and the SIGKILL mid-stream in `remote_write_e2e.rs`.)
 //!
@@ -152,7 +152,7 @@ fn max_gap(ts: &[f64], from: f64, to: f64) -> f64 {
     gap.max(to - prev)
 }
 
-/// Issue 11 item 5: etcd stopped for 60 s under two agents scraping ten configs into a real
+/// etcd stopped for 60 s under two agents scraping ten configs into a real
 /// Prometheus. Asserts: no gap in `up` at the receiver over the outage (max gap <= 1.5 x the
 /// 1 s interval); PUT answers 503 naming the KV store; the running configs stay where they are;
 /// a third agent started during the outage takes nothing (not ready) until etcd is back; within
@@ -657,7 +657,7 @@ fn fill(path: &Path) -> u64 {
     written
 }
 
-/// Issue 11 item 6: the WAL's disk fills up (a tmpfs). The agent logs the failed write with
+/// The WAL's disk fills up (a tmpfs). The agent logs the failed write with
 /// the segment's path, drops and counts that time's samples (they cannot be made durable:
 /// `agent_wal_write_dropped_samples_total`), keeps serving the API, does not exit, and when
 /// space returns the next scrapes are written and arrive at the receiver; the WAL reads back
@@ -827,7 +827,7 @@ fn copy_flat(from: &Path, to: &Path) {
     }
 }
 
-/// Issue 11 item 7: a WAL written by a real scrape, the agent SIGKILLed, then the last segment
+/// A WAL written by a real scrape, the agent SIGKILLed, then the last segment
 /// truncated at random offsets and/or bytes flipped (seeded: `RELIABILITY_SEED`, printed).
 /// On each restart the agent starts (no panic), logs the repair with segment and offset when
 /// the tail was torn, keeps every complete record before the damage (read back with our

@@ -1,4 +1,4 @@
-//! Issue 7's acceptance tests: real `agentctl agent run` processes scrape a local target into
+//! Scrape to WAL to remote_write end to end: real `agentctl agent run` processes scrape a local target into
 //! their WAL and remote_write to a real Prometheus (or to small receivers in the test), through
 //! a receiver outage, a SIGKILL of the agent, 429s and 400s.
 //!

@@ -294,7 +294,7 @@ fn render_targets(o: &mut String, r: &Report) {
     } else {
         (at_100k, String::new())
     };
-    let _ = writeln!(o, "## agentctl against the targets of issue 10{note}\n");
+    let _ = writeln!(o, "## agentctl against its cost targets{note}\n");
     let _ = writeln!(o, "| target | measured | met |");
     let _ = writeln!(o, "|---|---|---|");
     let met = |ok: bool| if ok { "met" } else { "**missed**" };

@@ -1,4 +1,5 @@
-//! A client for an agent's Config Management API (spec §2.1-2.2 plus this project's
+//! A client for an agent's Config Management API (docs/compat.md, *API envelope* and
+//! *Config Management API*, plus this project's
 //! additions).
 //!
 //! Wire format used here:

@@ -1,5 +1,5 @@
 //! `agentctl wal inspect DIR` and the old tool's `wal-stats`, `target-stats` and
-//! `sample-stats` (spec §8.4–8.6), all on top of [`agent::wal::inspect::stats`].
+//! `sample-stats` (docs/compat.md, *WAL tools*), all on top of [`agent::wal::inspect::stats`].
 //!
 //! The modern command prints a readable report or the whole [`WalStats`] as JSON and exits 2
 //! when the directory is not a readable WAL. The legacy aliases print byte-for-byte the old
@@ -501,7 +501,7 @@ pub fn run_legacy_sample_stats(
     }
 }
 
-/// `wal-stats` output (spec §8.4). The old tool started the newest time at 0 and the oldest
+/// `wal-stats` output (docs/compat.md, *WAL tools*). The old tool started the newest time at 0 and the oldest
 /// at `math.MaxInt64`, printed checkpoint 0 without a checkpoint and segments -1 without
 /// segments; all kept.
 pub fn render_legacy_wal_stats(st: &WalStats) -> String {
@@ -542,7 +542,7 @@ pub fn render_legacy_wal_stats(st: &WalStats) -> String {
     s
 }
 
-/// `target-stats` output (spec §8.5): the metric names of the selected target by count.
+/// `target-stats` output (docs/compat.md, *WAL tools*): the metric names of the selected target by count.
 pub fn render_legacy_target_stats(st: &WalStats) -> String {
     let mut s = String::from("Metric cardinality:\n\n");
     for m in &st.metrics {
@@ -551,7 +551,7 @@ pub fn render_legacy_target_stats(st: &WalStats) -> String {
     s
 }
 
-/// `sample-stats` output (spec §8.6), in ref order (the old tool used map order). A series
+/// `sample-stats` output (docs/compat.md, *WAL tools*), in ref order (the old tool used map order). A series
 /// without samples shows the Unix epoch, as the old tool did.
 pub fn render_legacy_sample_stats(st: &WalStats) -> String {
     let mut s = String::new();

@@ -1,7 +1,7 @@
 //! What a config reload (`/-/reload`, SIGHUP) may change while the agent runs.
 //!
 //! Unlike the old agent, which left and rejoined the ring with new tokens on any change in
-//! `scraping_service` (spec §6.6), a reload here never touches ring membership or the config
+//! `scraping_service` (docs/compat.md, *Config reload*), a reload here never touches ring membership or the config
 //! store. Fields that would need that are refused, naming them, and the running config stays:
 //!
 //! | needs a restart | applied live |

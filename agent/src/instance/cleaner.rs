@@ -1,5 +1,5 @@
-//! The WAL cleaner: removes the folders of instances that left this agent (spec §6.3 end,
-//! §7.1 `wal_cleanup_age` / `wal_cleanup_period`, grafana/agent#132).
+//! The WAL cleaner: removes the folders of instances that left this agent
+//! (`wal_cleanup_age`, `wal_cleanup_period`; docs/compat.md, *WAL cleaner*).
 //!
 //! A config that moves to another agent, or is deleted, leaves its folder
 //! `<wal_directory>/<dir_name(config)>/` (with `wal/` and maybe `remote_write/`) behind: the

@@ -1,4 +1,4 @@
-//! `instance_mode`: which configs share one running instance (spec §7.6).
+//! `instance_mode`: which configs share one running instance (docs/compat.md, *Instance modes*).
 //!
 //! * `distinct`: one instance per config, named by the config name.
 //! * `shared` (the default, as in the old agent): configs whose settings other than `name` and

@@ -1,4 +1,5 @@
-//! A running instance: one config's scraping, WAL and remote_write (spec §6.3, §7.4).
+//! A running instance: one config's scraping, WAL and remote_write (docs/compat.md,
+//! *Instance config* and *Instance lifecycle*).
 //!
 //! ```text
 //! discovery → scrape loops → WalStorage (WAL) ─commit signal→ watcher → QueueManager → receiver

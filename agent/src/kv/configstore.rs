@@ -6,7 +6,7 @@
 //! - `put` is a CAS: "created" means the key did not exist.
 //! - `put` refuses a config that declares a scrape `job_name` another config (different name)
 //!   already declares, with the old agent's text. The old agent re-read every config on each PUT
-//!   (issue #398); here an index `job_name → config names` answers in O(jobs of this config). The
+//!   (docs/compat.md, *Config Management API*); here an index `job_name → config names` answers in O(jobs of this config). The
 //!   index is built once from the store, updated by this store's own writes immediately, and by
 //!   a watch on the prefix for writes from other agents.
 //! - Values that do not decode are logged with their key and skipped everywhere (list, all,

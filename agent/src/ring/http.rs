@@ -1,4 +1,4 @@
-//! `/debug/ring`, as the old agent serves it (dskit's ring page, spec §2.6):
+//! `/debug/ring`, as the old agent serves it (dskit's ring page; docs/compat.md, *Ring page*):
 //!
 //! - `GET` (any method but POST): the HTML page; `?tokens=true` lists every member's tokens.
 //! - `GET` with an `Accept` header containing `application/json`:

@@ -28,7 +28,7 @@
 //! **Where we deliberately differ:** the walk also extends past an ACTIVE member whose heartbeat
 //! is older than `heartbeat_timeout`. In the old agent such a member (a crashed agent) made the
 //! lookup fail on every agent, so its configs ran nowhere until someone clicked Forget
-//! (grafana/agent#130). Here its keys pass to the next healthy member as soon as the heartbeat
+//! (docs/compat.md, *The ring*). Here its keys pass to the next healthy member as soon as the heartbeat
 //! is stale, and auto-forget ([`members_to_forget`]) later removes the dead entry. Every agent
 //! reads the same ring and the same clock rule, so they agree on the new owner.
 //!

@@ -59,7 +59,7 @@ pub enum JobError {
 #[error("{} scrape job(s) failed to start: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
 pub struct ApplyError(pub Vec<JobError>);
 
-/// One entry of `/agent/api/v1/metrics/targets` (spec §2.4).
+/// One entry of `/agent/api/v1/metrics/targets` (docs/compat.md, *Agent API*).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TargetInfo {
     pub instance: String,

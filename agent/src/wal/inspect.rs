@@ -1,5 +1,5 @@
 //! Read-only WAL statistics for `agentctl wal inspect` (the old `wal-stats`, `target-stats`
-//! and `sample-stats`, spec §8.4–8.6) in one pass.
+//! and `sample-stats`, docs/compat.md *WAL tools*) in one pass.
 //!
 //! Iterates the last checkpoint, then the segments after it (or all segments without a
 //! checkpoint). Series records map each ref to its `(job, instance)` bucket and count the

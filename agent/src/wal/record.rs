@@ -490,7 +490,7 @@ mod tests {
         Labels::from_pairs(pairs.iter().copied())
     }
 
-    /// Bytes built by hand from the tables in spec §9.3.
+    /// Bytes built by hand from the record table of docs/compat.md (*WAL format*).
     #[test]
     fn series_golden() {
         let lab = l(&[("job", "j"), ("__name__", "up")]);

@@ -1,5 +1,5 @@
 //! Tests of the WAL as a whole: write/read, repair, checkpoints, replay, and an independent
-//! decoder written from the format description (spec §9.2/9.3) only.
+//! decoder written from the format description (docs/compat.md, *WAL format*) only.
 
 use std::fs;
 use std::path::Path;
