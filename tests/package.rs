@@ -2,8 +2,10 @@
 //! root with `dpkg -x`, its files checked, its systemd unit verified by `systemd-analyze`, and
 //! the unit's ExecStart run by hand with `NOTIFY_SOCKET` set, as systemd would run it, until
 //! the agent says READY=1 (and answers /-/ready), RELOADING=1 on the unit's ExecReload and
-//! STOPPING=1 on SIGTERM.
+//! STOPPING=1 on SIGTERM; and every syscall a traced agent makes is allowed by the unit's
+//! SystemCallFilter.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -279,4 +281,149 @@ fn the_units_exec_start_reports_ready_reload_and_stop_over_notify_socket() {
         Err(e) => panic!("no STOPPING=1 ({e}); log:\n{}", agent.log()),
     };
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+}
+
+/// The syscalls of `systemd-analyze syscall-filter SET`, groups resolved.
+fn syscall_set(set: &str) -> BTreeSet<String> {
+    let out = run(Command::new("systemd-analyze")
+        .args(["syscall-filter", "--no-pager"])
+        .arg(set));
+    let mut names = BTreeSet::new();
+    for word in out
+        .lines()
+        .filter(|l| l.starts_with(char::is_whitespace))
+        .map(str::trim)
+        .filter(|w| !w.is_empty() && !w.starts_with('#'))
+    {
+        if word.starts_with('@') {
+            names.extend(syscall_set(word));
+        } else {
+            names.insert(word.to_owned());
+        }
+    }
+    assert!(!names.is_empty(), "{set}: no syscalls in\n{out}");
+    names
+}
+
+/// SIGKILLs the traced agent (strace's child) when the test ends, passed or not: strace
+/// killed by the harness would leave its tracee running.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// systemd does not run as PID 1 here, so the unit cannot be started in its sandbox; its
+/// syscall filter is checked instead. Every syscall an agent makes while it starts, runs a
+/// config (scrapes, WAL, remote_write to a closed port), serves the API, reloads and stops
+/// (traced by strace) is allowed by the unit's `SystemCallFilter=` lines: in each allow-list
+/// set and in none of the `~` deny-list sets. A dependency that starts calling, say,
+/// `setrlimit` (in `@resources`) would get EPERM under systemd; this test names it.
+#[test]
+fn the_units_syscall_filter_allows_every_syscall_the_agent_makes() {
+    let unit = std::fs::read_to_string(root().join("packaging/agentctl.service")).unwrap();
+    let (mut allowed, mut denied) = (Vec::new(), BTreeSet::new());
+    for line in unit_value(&unit, "SystemCallFilter") {
+        match line.strip_prefix('~') {
+            Some(deny) => deny
+                .split_whitespace()
+                .for_each(|s| denied.extend(syscall_set(s))),
+            None => allowed.push(
+                line.split_whitespace()
+                    .flat_map(syscall_set)
+                    .collect::<BTreeSet<_>>(),
+            ),
+        }
+    }
+    assert!(
+        !allowed.is_empty() && !denied.is_empty(),
+        "the unit has an allow-list and a deny-list:\n{unit}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("trace");
+    let wrapper = tmp.path().join("agentctl-traced");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec strace -f -qq -o '{}' -- '{}' \"$@\"\n",
+            trace.display(),
+            bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The packaged config, its state directory in the temporary root.
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let cfg_file = tmp.path().join("agent.yaml");
+    std::fs::write(
+        &cfg_file,
+        std::fs::read_to_string(root().join("packaging/agent.yaml"))
+            .unwrap()
+            .replace("/var/lib/agentctl", state.to_str().unwrap()),
+    )
+    .unwrap();
+    let mut agent = Agent::builder(&state)
+        .binary(&wrapper)
+        .config_file(&cfg_file)
+        .ready_timeout(Duration::from_secs(120))
+        .start();
+    // The agent is strace's child; signals go to it directly.
+    let children = format!("/proc/{0}/task/{0}/children", agent.pid());
+    let pid: u32 = std::fs::read_to_string(&children)
+        .unwrap_or_else(|e| panic!("{children}: {e}"))
+        .split_whitespace()
+        .next()
+        .expect("strace runs the agent")
+        .parse()
+        .unwrap();
+    let _traced = KillOnDrop(pid);
+    let signal = |sig: &str| run(Command::new("kill").args([sig, &pid.to_string()]));
+
+    let cfg = format!(
+        "scrape_configs:\n  - job_name: self\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{}']\nremote_write:\n  - url: http://127.0.0.1:1/api/v1/write\nremote_flush_deadline: 1s\n",
+        agent.addr()
+    );
+    assert!(matches!(agent.put_config("self", &cfg).status, 200 | 201));
+    agent.wait_until("samples in the WAL", Duration::from_secs(60), |a| {
+        a.metric("agent_wal_samples_appended_total", "") > 0.0
+    });
+    assert_eq!(agent.get("/agent/api/v1/configs").status, 200);
+    let offset = agent.log().len();
+    signal("-HUP");
+    agent.wait_log_after(offset, "config reloaded", Duration::from_secs(30));
+    signal("-TERM");
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(60)),
+        Some(0),
+        "log:\n{}",
+        agent.log()
+    );
+
+    // `PID name(...`, `PID <... name resumed>...`; signals and exits are not calls.
+    let call = regex::Regex::new(r"^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)[( ]").unwrap();
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let used: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| call.captures(l).map(|c| c[1].to_owned()))
+        .collect();
+    assert!(
+        used.contains("openat") && used.contains("accept4") && used.contains("fdatasync"),
+        "the trace has the agent's calls: {used:?}"
+    );
+    let refused: Vec<String> = used
+        .iter()
+        .filter(|s| allowed.iter().any(|set| !set.contains(*s)) || denied.contains(*s))
+        .cloned()
+        .collect();
+    eprintln!("{} syscalls traced: {used:?}", used.len());
+    assert!(
+        refused.is_empty(),
+        "under agentctl.service these calls fail with EPERM: {refused:?}"
+    );
 }
