@@ -65,6 +65,7 @@ warn\t''
 error\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l server.http.enable-tls -d 'Serve HTTPS with server.http_tls_config (the old agent\'s flag; its spelling in the old docs, --server.http.tls-enabled, works too). agentctl serves HTTPS whenever server.http_tls_config names cert_file and key_file; with this flag, a config without them is refused instead of serving plain HTTP'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l config.expand-env -d 'Expand ${VAR} and ${VAR:-default} in the config file; all-digit names such as ${1} (relabel capture references) are left as written'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l config.enable-read-api -d 'Serve GET /-/config (the loaded config file, secrets redacted)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l api.disable-get-config -d 'Do not serve GET /agent/api/v1/configs/{name} (on by default: secrets are redacted)'

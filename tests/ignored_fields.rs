@@ -75,8 +75,11 @@ fn agent_run_logs_every_ignored_field_at_start() {
     assert_eq!(agent.stop(), Some(0), "{}", agent.log());
 }
 
+/// A TLS block is honoured (tests/server_tls.rs serves HTTPS with it): `config check` accepts it
+/// without a warning, and an agent whose certificate file cannot be read does not start,
+/// naming the field and the file, rather than serving plain HTTP.
 #[test]
-fn a_tls_block_stops_the_agent_and_fails_config_check() {
+fn a_tls_block_is_honoured_and_an_unreadable_certificate_stops_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("agent.yaml"),
@@ -97,14 +100,38 @@ fn a_tls_block_stops_the_agent_and_fails_config_check() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("server.http_tls_config")
-            && stderr.contains("will not serve plain HTTP in its place"),
+        stderr.contains("server.http_tls_config.cert_file /etc/agentctl/cert.pem: cannot read"),
         "{stderr}"
     );
     assert!(!stderr.contains("agent listening"), "{stderr}");
 
     let out = agentctl(&["config", "check", "agent.yaml"], dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("http_tls_config"), "{stderr}");
+
+    // The old agent's flag, without a certificate to serve: refused, never plain HTTP.
+    std::fs::write(
+        dir.path().join("plain.yaml"),
+        "server:\n  log_level: info\n",
+    )
+    .unwrap();
+    let out = agentctl(
+        &[
+            "agent",
+            "run",
+            "--config.file",
+            "plain.yaml",
+            "--server.http.enable-tls",
+            "--server.http.address",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("server.http_tls_config"), "{stderr}");
+    assert!(
+        stderr.contains("--server.http.enable-tls") && stderr.contains("plain.yaml"),
+        "{stderr}"
+    );
 }

@@ -28,6 +28,7 @@ mod ring;
 mod ring_browser;
 mod scrape;
 mod sd_vmagent;
+mod server_tls;
 mod shared_reload;
 mod slow;
 mod wal;

@@ -15,6 +15,16 @@ pub async fn run(args: AgentRunArgs) -> Result<ExitCode, Error> {
             .map_err(|e| Error::Invalid(format!("invalid configuration: {e}")))?,
         None => AgentConfig::embedded_default(),
     };
+    if args.http_enable_tls && config.http_tls.is_none() {
+        return Err(Error::Invalid(format!(
+            "--server.http.enable-tls: {} has no server.http_tls_config with cert_file and \
+             key_file; the agent will not serve plain HTTP in its place",
+            args.config_file.as_ref().map_or_else(
+                || "the embedded default".to_owned(),
+                |p| p.display().to_string()
+            )
+        )));
+    }
     let api_write_token = match &args.api_token_file {
         Some(path) => {
             let token = std::fs::read_to_string(path).map_err(|e| {

@@ -171,6 +171,13 @@ pub struct AgentRunArgs {
     #[arg(long = "server.http.address-file", value_name = "PATH")]
     pub http_address_file: Option<PathBuf>,
 
+    /// Serve HTTPS with server.http_tls_config (the old agent's flag; its spelling in the old
+    /// docs, --server.http.tls-enabled, works too). agentctl serves HTTPS whenever
+    /// server.http_tls_config names cert_file and key_file; with this flag, a config without
+    /// them is refused instead of serving plain HTTP.
+    #[arg(long = "server.http.enable-tls", alias = "server.http.tls-enabled")]
+    pub http_enable_tls: bool,
+
     /// Expand ${VAR} and ${VAR:-default} in the config file; all-digit names such as ${1}
     /// (relabel capture references) are left as written.
     #[arg(long = "config.expand-env")]

@@ -13,10 +13,11 @@
 //! application/json`, no trailing newline.
 //!
 //! [`serve`] is where the HTTP server runs on its listener: the one place to change how
-//! connections are accepted (for example TLS).
+//! connections are accepted; with `server.http_tls_config` it serves HTTPS ([`tls`]).
 
 pub mod configs;
 pub mod status;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -36,15 +37,26 @@ pub fn router(configs: Arc<ApiState>, status: Arc<status::StatusState>) -> Route
         .fallback(not_found)
 }
 
-/// Serves `app` on `listener` until `stop` is cancelled; connections in flight then finish.
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `stop` is cancelled;
+/// connections in flight then finish.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<tls::ServerTls>>,
     app: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+        Some(tls) => {
+            axum::serve(tls::TlsListener::new(listener, tls), app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    }
 }
 
 fn envelope(code: StatusCode, body: String) -> Response {

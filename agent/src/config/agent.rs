@@ -54,7 +54,7 @@ pub struct ServerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_listen_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_tls_config: Option<serde_yaml::Value>,
+    pub http_tls_config: Option<super::http::ServerTlsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_tls_config: Option<serde_yaml::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -451,6 +451,8 @@ pub enum InstanceMode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
     pub server: ServerConfig,
+    /// `server.http_tls_config` when it asks for HTTPS (names a certificate).
+    pub http_tls: Option<super::http::ServerTlsSettings>,
     pub global: GlobalConfig,
     pub wal_directory: String,
     pub wal_cleanup_age: GoDuration,
@@ -468,20 +470,23 @@ pub struct AgentConfig {
 impl AgentConfigRaw {
     /// Applies defaults and the old agent's checks; errors carry the path of their node.
     pub fn validate(&self) -> Result<AgentConfig, Invalid> {
-        if let Some(tls) = self
+        let http_tls = match self
             .server
             .as_ref()
             .and_then(|s| s.http_tls_config.as_ref())
         {
-            if super::ignored::asks_for_tls(tls) {
-                return Err(Invalid::at(
-                    "server.http_tls_config: TLS for the agent's own HTTP server is not \
-                    supported yet, and the agent will not serve plain HTTP in its place; remove \
-                    the block and terminate TLS in front of the agent (a reverse proxy)",
-                    [Seg::from("server"), Seg::from("http_tls_config")],
-                ));
-            }
-        }
+            None => None,
+            Some(tls) => tls.settings().map_err(|(field, message)| {
+                Invalid::at(
+                    format!("server.http_tls_config.{field}: {message}"),
+                    [
+                        Seg::from("server"),
+                        Seg::from("http_tls_config"),
+                        Seg::from(field),
+                    ],
+                )
+            })?,
+        };
         // The old agent's renamed blocks: either name, not both.
         for (old, new, both) in [
             (
@@ -606,6 +611,7 @@ impl AgentConfigRaw {
 
         Ok(AgentConfig {
             server: self.server.clone().unwrap_or_default(),
+            http_tls,
             global,
             wal_directory,
             wal_cleanup_age: metrics

@@ -659,6 +659,199 @@ macro_rules! with_http_client {
 }
 pub(crate) use with_http_client;
 
+/// `server.http_tls_config`: TLS for the agent's own HTTP server, with the old agent's fields
+/// (its `server.TLSConfig`). The server serves HTTPS when the block names a certificate and a
+/// key (see [`ServerTlsConfig::settings`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub curve_preferences: Vec<String>,
+    /// `TLS10`..`TLS13`; an old agent's config dump writes an unset version as `0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_version: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer_server_cipher_suites: Option<bool>,
+    /// Windows only in the old agent: refused here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows_certificate_filter: Option<serde_yaml::Value>,
+}
+
+/// Which client certificates the agent's server asks for and how it checks them (Go's
+/// `tls.ClientAuthType`, by the names the old agent took).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// `NoClientCert` (or empty): none asked for.
+    #[default]
+    None,
+    /// `RequestClientCert`: asked for, not required, not verified.
+    Request,
+    /// `RequireAnyClientCert` (or `RequireClientCert`): required, not verified.
+    RequireAny,
+    /// `VerifyClientCertIfGiven`: not required; verified against `client_ca_file` when sent.
+    VerifyIfGiven,
+    /// `RequireAndVerifyClientCert`: required and verified against `client_ca_file`.
+    RequireAndVerify,
+}
+
+/// A key exchange group of `curve_preferences` that rustls (ring) has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Curve {
+    X25519,
+    P256,
+    P384,
+}
+
+/// A validated `server.http_tls_config` that asks for HTTPS. The files are read when the
+/// server starts and read again when they change (see `crate::api::tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTlsSettings {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    pub client_auth: ClientAuth,
+    pub client_ca_file: Option<std::path::PathBuf>,
+    pub min_version: Option<TlsVersion>,
+    pub max_version: Option<TlsVersion>,
+    /// TLS 1.2 suites by their Go names (empty: rustls's defaults).
+    pub cipher_suites: Vec<String>,
+    /// In order of preference (empty: rustls's defaults).
+    pub curves: Vec<Curve>,
+    /// The server picks the suite by its own order (rustls `ignore_client_order`).
+    pub prefer_server_cipher_suites: bool,
+}
+
+impl ServerTlsConfig {
+    /// Validates the block; `Ok(None)` when it names no certificate and no key (the server
+    /// then serves plain HTTP). Errors are `(field, message)`.
+    pub fn settings(&self) -> Result<Option<ServerTlsSettings>, (&'static str, String)> {
+        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        let version = |field: &'static str, v: &Option<serde_yaml::Value>| match v {
+            None | Some(serde_yaml::Value::Null) => Ok(None),
+            Some(serde_yaml::Value::Number(n)) if n.as_u64() == Some(0) => Ok(None),
+            Some(serde_yaml::Value::String(s)) if s.is_empty() => Ok(None),
+            Some(serde_yaml::Value::String(s)) => TlsVersion::parse(s)
+                .map(Some)
+                .ok_or_else(|| (field, format!("unknown TLS version: {s}"))),
+            Some(other) => Err((
+                field,
+                format!(
+                    "unknown TLS version: {} (one of TLS10, TLS11, TLS12, TLS13)",
+                    serde_yaml::to_string(other).unwrap_or_default().trim()
+                ),
+            )),
+        };
+        let min_version = version("min_version", &self.min_version)?;
+        let max_version = version("max_version", &self.max_version)?;
+        let client_auth = match self.client_auth_type.as_deref().unwrap_or("") {
+            "" | "NoClientCert" => ClientAuth::None,
+            "RequestClientCert" => ClientAuth::Request,
+            "RequireAnyClientCert" | "RequireClientCert" => ClientAuth::RequireAny,
+            "VerifyClientCertIfGiven" => ClientAuth::VerifyIfGiven,
+            "RequireAndVerifyClientCert" => ClientAuth::RequireAndVerify,
+            other => {
+                return Err((
+                    "client_auth_type",
+                    format!(
+                        "invalid ClientAuth {other:?} (one of NoClientCert, RequestClientCert, \
+                         RequireAnyClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert)"
+                    ),
+                ))
+            }
+        };
+        let cipher_suites =
+            parse_cipher_suites(&self.cipher_suites.join(",")).map_err(|e| ("cipher_suites", e))?;
+        let mut curves = Vec::new();
+        for name in &self.curve_preferences {
+            curves.push(match name.as_str() {
+                "X25519" => Curve::X25519,
+                "CurveP256" => Curve::P256,
+                "CurveP384" => Curve::P384,
+                "CurveP521" => {
+                    return Err((
+                        "curve_preferences",
+                        "CurveP521 is not available in agentctl's TLS library (rustls with ring); \
+                         use X25519, CurveP256 or CurveP384"
+                            .into(),
+                    ))
+                }
+                other => return Err(("curve_preferences", format!("unknown curve: {other}"))),
+            });
+        }
+        if self.windows_certificate_filter.is_some() {
+            return Err((
+                "windows_certificate_filter",
+                "the Windows certificate store is not available on this platform; use cert_file \
+                 and key_file"
+                    .into(),
+            ));
+        }
+        let (cert_file, key_file) = match (nonempty(&self.cert_file), nonempty(&self.key_file)) {
+            (None, None) => return Ok(None),
+            (None, Some(_)) => return Err(("cert_file", "missing certificate file".into())),
+            (Some(_), None) => return Err(("key_file", "missing key file".into())),
+            (Some(c), Some(k)) => (c, k),
+        };
+        let client_ca_file = nonempty(&self.client_ca_file).map(std::path::PathBuf::from);
+        if client_ca_file.is_some() && client_auth == ClientAuth::None {
+            return Err((
+                "client_ca_file",
+                "Client CAs have been configured without a ClientAuth policy (set \
+                 client_auth_type, e.g. RequireAndVerifyClientCert)"
+                    .into(),
+            ));
+        }
+        if client_ca_file.is_none()
+            && matches!(
+                client_auth,
+                ClientAuth::VerifyIfGiven | ClientAuth::RequireAndVerify
+            )
+        {
+            return Err((
+                "client_ca_file",
+                "client_auth_type verifies client certificates: name the CA that signs them in \
+                 client_ca_file"
+                    .into(),
+            ));
+        }
+        if let (Some(min), Some(max)) = (min_version, max_version) {
+            if max < TlsVersion::Tls12 || min > max {
+                return Err((
+                    "max_version",
+                    format!(
+                        "no TLS version between min_version {min:?} and max_version {max:?} is \
+                         available (agentctl speaks TLS12 and TLS13)"
+                    ),
+                ));
+            }
+        } else if max_version.is_some_and(|m| m < TlsVersion::Tls12) {
+            return Err(("max_version", "agentctl speaks TLS12 and TLS13 only".into()));
+        }
+        Ok(Some(ServerTlsSettings {
+            cert_file: cert_file.into(),
+            key_file: key_file.into(),
+            client_auth,
+            client_ca_file,
+            min_version,
+            max_version,
+            cipher_suites,
+            curves,
+            prefer_server_cipher_suites: self.prefer_server_cipher_suites.unwrap_or(false),
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -733,5 +926,69 @@ mod tests {
         );
         assert_eq!(oauth(None, Some("/ca")).first_file_field(), Some("ca_file"));
         assert_eq!(oauth(None, None).first_file_field(), None);
+    }
+
+    #[test]
+    fn server_tls_is_validated_with_the_old_agents_texts() {
+        let parse = |yaml: &str| {
+            serde_yaml::from_str::<ServerTlsConfig>(yaml)
+                .unwrap()
+                .settings()
+                .map_err(|(f, m)| format!("{f}: {m}"))
+        };
+        let base = "cert_file: c.pem\nkey_file: k.pem\n";
+        let ok = parse(&format!("{base}client_auth_type: RequireAndVerifyClientCert\nclient_ca_file: ca.pem\nmin_version: TLS13\ncipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]\ncurve_preferences: [X25519, CurveP256]\n"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.client_auth, ClientAuth::RequireAndVerify);
+        assert_eq!(ok.min_version, Some(TlsVersion::Tls13));
+        assert_eq!(ok.curves, [Curve::X25519, Curve::P256]);
+        assert_eq!(parse("min_version: 0\ncert_file: ''\n"), Ok(None));
+        for (yaml, want) in [
+            ("key_file: ''\n", "key_file: missing key file"),
+            ("cert_file: ''\n", "cert_file: missing certificate file"),
+            (
+                "client_auth_type: Always\n",
+                "client_auth_type: invalid ClientAuth \"Always\"",
+            ),
+            (
+                "client_ca_file: ca.pem\n",
+                "client_ca_file: Client CAs have been configured without a ClientAuth policy",
+            ),
+            (
+                "client_auth_type: VerifyClientCertIfGiven\n",
+                "client_ca_file: client_auth_type verifies client certificates",
+            ),
+            (
+                "min_version: TLS14\n",
+                "min_version: unknown TLS version: TLS14",
+            ),
+            (
+                "max_version: TLS11\n",
+                "max_version: agentctl speaks TLS12 and TLS13 only",
+            ),
+            (
+                "cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]\n",
+                "cipher_suites: unsupported cipher suite: \"TLS_RSA_WITH_AES_128_CBC_SHA\"",
+            ),
+            (
+                "curve_preferences: [CurveP521]\n",
+                "curve_preferences: CurveP521 is not available",
+            ),
+            (
+                "windows_certificate_filter: {server: {store: My}}\n",
+                "windows_certificate_filter: the Windows certificate store is not available",
+            ),
+        ] {
+            // The case's field replaces the same one of `base`.
+            let field = yaml.split(':').next().unwrap();
+            let rest: String = base
+                .lines()
+                .filter(|l| !l.starts_with(field))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let err = parse(&format!("{rest}{yaml}")).unwrap_err();
+            assert!(err.starts_with(want), "{yaml}: {err}");
+        }
     }
 }

@@ -56,12 +56,9 @@ const SERVER: Fields = &[
     ("http_listen_port", Use::Ignored(LISTEN)),
     ("grpc_listen_address", Use::Ignored(GRPC)),
     ("grpc_listen_port", Use::Ignored(GRPC)),
-    // A block with a certificate is refused by validation (never plain HTTP in its place);
-    // an empty one is only a warning.
-    (
-        "http_tls_config",
-        Use::Ignored("it names no certificate, so the agent serves plain HTTP; remove it"),
-    ),
+    // A block with a certificate makes the server serve HTTPS; an empty one (an old agent's
+    // config dump has one) is only a warning.
+    ("http_tls_config", Use::When(tls_without_certificate)),
     ("grpc_tls_config", Use::Ignored(GRPC)),
     (
         "graceful_shutdown_timeout",
@@ -359,6 +356,11 @@ fn lookup<'a>(root: &'a Value, path: &[&str]) -> Option<&'a Mapping> {
     v.as_mapping()
 }
 
+fn tls_without_certificate(block: &Value, _: &Mapping) -> Option<&'static str> {
+    (!asks_for_tls(block))
+        .then_some("it names no certificate, so the agent serves plain HTTP; remove it")
+}
+
 /// Whether `server.http_tls_config` asks for TLS: the old agent served HTTPS when the block
 /// names a certificate or a key. A block without them (an old agent's config dump has one with
 /// every value empty, `false` or `0`) asks for nothing.
@@ -614,14 +616,14 @@ metrics:
     }
 
     #[test]
-    fn a_tls_block_with_a_certificate_is_refused_and_an_empty_one_is_a_warning() {
-        let err = parse_agent(
+    fn a_tls_block_with_a_certificate_is_honoured_and_an_empty_one_is_a_warning() {
+        let (_, cfg) = parse_agent(
             "server:\n  http_tls_config:\n    cert_file: /etc/agent/cert.pem\n    key_file: /etc/agent/key.pem\n",
         )
-        .expect_err("TLS is refused, never served as plain HTTP");
-        let msg = err.to_string();
-        assert!(msg.contains("server.http_tls_config"), "{msg}");
-        assert!(msg.contains("plain HTTP"), "{msg}");
+        .expect("TLS is served");
+        assert!(cfg.ignored_fields.is_empty(), "{:?}", cfg.ignored_fields);
+        let tls = cfg.http_tls.expect("HTTPS");
+        assert_eq!(tls.cert_file, std::path::Path::new("/etc/agent/cert.pem"));
         // The old agent's config dump: every value empty, false or 0.
         let dump = "server:\n  http_tls_config:\n    cert_file: \"\"\n    key_file: \"\"\n    client_auth_type: \"\"\n    client_ca_file: \"\"\n    cipher_suites: []\n    curve_preferences: []\n    min_version: 0\n    max_version: 0\n    prefer_server_cipher_suites: false\n";
         for empty in [
@@ -632,6 +634,7 @@ metrics:
             let got = ignored(empty);
             assert_eq!(got.len(), 1, "{empty}: {got:?}");
             assert!(got[0].starts_with("server.http_tls_config is ignored"));
+            assert_eq!(parse_agent(empty).expect("valid").1.http_tls, None);
         }
     }
 }

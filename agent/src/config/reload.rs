@@ -13,7 +13,9 @@
 //! | | `metrics.scraping_service.reshard_interval`, `dangerous_allow_reading_files` |
 //! | | `metrics.configs` (without the scraping service) |
 //!
-//! `server` and the ignored blocks (`integrations`, `logs`, `traces`) are not used by agentctl
+//! `server.http_tls_config` is applied live (new connections use the new certificates and
+//! settings) while the server keeps serving HTTPS; turning HTTPS on or off needs a restart.
+//! The rest of `server` and the ignored blocks (`integrations`, `logs`, `traces`) are not used by agentctl
 //! (listen address and log level come from flags), so changing them changes nothing.
 //! `reshard_timeout` and `cluster_reshard_event_timeout` are accepted and unused, as at start.
 
@@ -37,6 +39,10 @@ pub fn plan(old: &AgentConfig, new: &AgentConfig) -> ReloadPlan {
             p.restart_required.push(field);
         }
     };
+    restart(
+        old.http_tls.is_some() != new.http_tls.is_some(),
+        "server.http_tls_config",
+    );
     restart(
         old.wal_directory != new.wal_directory,
         "metrics.wal_directory",
@@ -71,6 +77,10 @@ pub fn plan(old: &AgentConfig, new: &AgentConfig) -> ReloadPlan {
             p.changed.push(field);
         }
     };
+    live(
+        old.http_tls.is_some() && old.http_tls != new.http_tls,
+        "server.http_tls_config",
+    );
     live(old.global != new.global, "metrics.global");
     live(
         old.instance_mode != new.instance_mode,
@@ -164,5 +174,24 @@ mod tests {
             plan(&cfg(BASE), &cfg(&wal)).restart_required,
             ["metrics.wal_directory"]
         );
+    }
+
+    #[test]
+    fn https_settings_reload_live_but_turning_https_on_or_off_needs_a_restart() {
+        let tls = |auth: &str| {
+            cfg(&format!(
+                "server:\n  http_tls_config:\n    cert_file: /c.pem\n    key_file: /k.pem\n    client_auth_type: {auth}\n{BASE}"
+            ))
+        };
+        let p = plan(&tls("NoClientCert"), &tls("RequireAnyClientCert"));
+        assert_eq!(p.changed, ["server.http_tls_config"], "{p:?}");
+        assert!(p.restart_required.is_empty(), "{p:?}");
+        for (old, new) in [
+            (cfg(BASE), tls("NoClientCert")),
+            (tls("NoClientCert"), cfg(BASE)),
+        ] {
+            let p = plan(&old, &new);
+            assert_eq!(p.restart_required, ["server.http_tls_config"], "{p:?}");
+        }
     }
 }

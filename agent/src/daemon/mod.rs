@@ -50,6 +50,8 @@ pub enum Error {
     },
     #[error("cannot open the config store: {0}")]
     Kv(#[from] KvError),
+    #[error("cannot serve HTTPS: {0}")]
+    ServerTls(#[from] api::tls::ServerTlsError),
     #[error("cannot write the bound address to {}: {source}", .path.display())]
     AddressFile {
         path: PathBuf,
@@ -138,6 +140,8 @@ pub struct Agent {
     lifecycler: LifecyclerSettings,
     /// The embedded or in-memory config store, opened here (etcd is connected by `run`).
     local_store: Option<Arc<dyn KvStore>>,
+    /// `server.http_tls_config`'s certificates, when the server serves HTTPS.
+    server_tls: Option<Arc<api::tls::ServerTls>>,
     ready: watch::Sender<bool>,
 }
 
@@ -147,8 +151,14 @@ impl Agent {
     pub async fn build(options: Options, addr: SocketAddr) -> Result<Agent, Error> {
         let cfg = &options.config;
         let ss = &cfg.scraping_service;
+        // Unusable certificate files stop the start, naming the file.
+        let server_tls = match &cfg.http_tls {
+            Some(settings) => Some(api::tls::ServerTls::load(settings).await?),
+            None => None,
+        };
         tracing::info!(
             addr = %addr,
+            scheme = if server_tls.is_some() { "https" } else { "http" },
             config = %options.config_file.as_ref().map_or_else(|| "embedded default".to_owned(), |p| p.display().to_string()),
             scraping_service = ss.enabled,
             kvstore = if ss.enabled { ss.kvstore.name() } else { "none" },
@@ -215,6 +225,7 @@ impl Agent {
             cluster: Arc::new(OnceLock::new()),
             lifecycler,
             local_store,
+            server_tls,
             ready: watch::channel(false).0,
             options,
         })
@@ -274,6 +285,7 @@ impl Agent {
             "running the local configs (no scraping service)"
         };
         tokio::spawn(announce_ready(self.ready.subscribe(), why));
+        let server_tls = self.server_tls.clone();
         let supervisor = Supervisor::new(self, ring_page);
         let server_stop = CancellationToken::new();
         let task = {
@@ -283,7 +295,7 @@ impl Agent {
                 server_stop.cancel();
             })
         };
-        api::serve(listener, app, server_stop)
+        api::serve(listener, server_tls, app, server_stop)
             .await
             .map_err(|source| Error::Serve { addr, source })?;
         let _ = task.await;

@@ -102,6 +102,8 @@ pub struct Supervisor {
     load_metrics: LoadMetrics,
     lifecycler: LifecyclerSettings,
     local_store: Option<Arc<dyn KvStore>>,
+    /// The HTTPS server's certificates (a reload may change the settings).
+    server_tls: Option<Arc<crate::api::tls::ServerTls>>,
     ready: watch::Sender<bool>,
     ring_page: Arc<OnceLock<axum::Router>>,
     /// The cluster for `/metrics`, once joined.
@@ -124,6 +126,7 @@ impl Supervisor {
             load_metrics: agent.load_metrics,
             lifecycler: agent.lifecycler,
             local_store: agent.local_store,
+            server_tls: agent.server_tls,
             ready: agent.ready,
             ring_page,
             cluster_cell: agent.cluster,
@@ -312,6 +315,16 @@ impl Supervisor {
             };
             tracing::error!(error = %e, "reload refused");
             return Err(e);
+        }
+        if let (Some(tls), Some(settings)) = (&self.server_tls, &new.http_tls) {
+            if self.config.http_tls.as_ref() != Some(settings) {
+                if let Err(e) = tls.replace(settings).await {
+                    self.load_metrics.record(false);
+                    let e = ReloadError::Invalid(ConfigError::new(e.to_string()).in_file(&path));
+                    tracing::error!(error = %e, "reload refused; the running configuration is kept");
+                    return Err(e);
+                }
+            }
         }
         if plan.changed.is_empty() {
             tracing::info!(file = %path.display(), "config reloaded; nothing changed");
