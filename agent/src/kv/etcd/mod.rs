@@ -628,12 +628,10 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    /// A port nothing listens on: bind, read the port, close.
+    /// A port nothing listens on: port 1 (tcpmux) is privileged and unused on loopback. A port
+    /// bound and released instead could be taken by another process before the test connects.
     fn dead_endpoint() -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        drop(listener);
-        format!("127.0.0.1:{port}")
+        "127.0.0.1:1".to_owned()
     }
 
     #[tokio::test]
