@@ -9,6 +9,8 @@
 //!   call, sockets included).
 //! - `/proc/self/task/TID/stat` gives the same CPU fields per thread, which is how the
 //!   in-process targets and sink, each on its own named tokio runtime, report their own CPU.
+//! - `/proc/PID/fd` and `/proc/net/tcp`: the port a process listens on (its socket inodes
+//!   among the LISTEN rows), so the scrapers can bind port 0 themselves.
 
 use std::path::Path;
 
@@ -57,6 +59,42 @@ fn parse_stat(path: &str, text: &str) -> Result<(String, u64), ProcError> {
 }
 
 /// CPU ticks used by a process (and its waited-for children).
+/// The port of the IPv4 TCP socket `pid` listens on, once it listens (the first, if several).
+pub fn listening_port(pid: u32) -> Option<u16> {
+    listening_ports(pid).into_iter().next()
+}
+
+/// The ports of the IPv4 TCP sockets `pid` listens on.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    listening_ports_of(pid).unwrap_or_default()
+}
+
+fn listening_ports_of(pid: u32) -> Option<Vec<u16>> {
+    let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let inode = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?;
+            Some(inode.to_owned())
+        })
+        .collect();
+    // Rows: `sl local_address rem_address st ... inode`; state 0A is LISTEN.
+    let table = read("/proc/net/tcp").ok()?;
+    let ports = table.lines().skip(1).filter_map(|row| {
+        let f: Vec<&str> = row.split_whitespace().collect();
+        if f.len() > 9 && f[3] == "0A" && sockets.iter().any(|s| s == f[9]) {
+            u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()
+        } else {
+            None
+        }
+    });
+    Some(ports.collect())
+}
+
 pub fn cpu_ticks(pid: u32) -> Result<u64, ProcError> {
     let path = format!("/proc/{pid}/stat");
     let text = read(&path)?;
@@ -179,6 +217,17 @@ mod tests {
             ("a) b".to_owned(), 13)
         );
         assert!(parse_stat("x", "42 (a) S 1").is_err());
+    }
+
+    #[test]
+    fn a_listening_socket_is_found_with_its_port() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let pid = std::process::id();
+        assert!(listening_ports(pid).contains(&port), "{port}");
+        assert!(listening_port(pid).is_some());
+        drop(l);
+        assert!(!listening_ports(pid).contains(&port), "{port} closed");
     }
 
     #[test]

@@ -246,13 +246,6 @@ impl Drop for ScraperProc {
     }
 }
 
-fn free_port() -> Result<u16, RunError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| fail(format!("no free port on 127.0.0.1: {e}")))
-}
-
 pub fn clk_tck() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -326,8 +319,9 @@ fn start_scraper(
     dir: &Path,
     data: &Path,
 ) -> Result<ScraperProc, RunError> {
-    let port = free_port()?;
-    let listen = format!("127.0.0.1:{port}");
+    // Each scraper binds port 0 itself (a port picked here and released could be taken by
+    // someone else first); the port it got is read from its listening socket below.
+    let listen = "127.0.0.1:0";
     let log = dir.join(format!("{}.log", scraper.name()));
     let logf = std::fs::File::create(&log).map_err(|e| fail(format!("{}: {e}", log.display())))?;
     let logf2 = logf
@@ -339,7 +333,7 @@ fn start_scraper(
     let (mut cmd, ready_path, instance_cfg) = match scraper {
         Scraper::Agentctl => {
             let mut c = Command::new(&env.opts.agentctl);
-            c.args(["agent", "run", "--server.http.address", &listen])
+            c.args(["agent", "run", "--server.http.address", listen])
                 .current_dir(data);
             let cfg = format!("{scrape}remote_write:\n  - url: {write_url}\n");
             (c, "/-/ready", Some(cfg))
@@ -382,6 +376,20 @@ fn start_scraper(
         name: scraper.name(),
         child: Some(child),
         log,
+    };
+    let t = Instant::now();
+    let listen = loop {
+        if let Some(port) = procfs::listening_port(proc.pid()) {
+            break format!("127.0.0.1:{port}");
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            return Err(fail(format!(
+                "{} did not listen after 5 minutes; log:\n{}",
+                scraper.name(),
+                proc.log_tail()
+            )));
+        }
+        sleep(Duration::from_millis(100), Some(&mut proc))?;
     };
     // Ready: its HTTP server answers. No fixed deadline: a slow start on a loaded machine is
     // not a failure, a dead process is (checked while waiting); give up after 5 minutes.
