@@ -20,6 +20,7 @@ fn agent(dir: &std::path::Path, etcd: &str, id: &str) -> AgentBuilder {
         auto_forget_periods: Some(2),
         reshard_interval: "30s",
         metrics_extra: "",
+        etcd_extra: "",
     };
     Agent::builder(dir).name(id).config(&member.yaml())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use agent::config::agent::EtcdConfig as EtcdYaml;
 use agent::kv::{EtcdConfig, EtcdStore, KvStore};
 
-use crate::support::agent::Agent;
+use crate::support::agent::{Agent, ClusterMember};
 use crate::support::agentctl;
 use crate::support::etcd::EtcdServer;
 use crate::support::tls::{Ca, Pki};
@@ -143,30 +143,17 @@ async fn etcd_with_tls_and_auth(pki: &Pki, password: &str) -> EtcdServer {
 const PASSWORD: &str = "etcd-pw-sec-4471";
 
 fn agent_yaml(dir: &Path, pki: &Pki, ep: &str, id: &str) -> String {
-    let fields: String = pki
-        .fields()
-        .lines()
-        .map(|l| format!("        {l}\n"))
-        .collect();
-    format!(
-        "metrics:
-  wal_directory: {wal}
-  scraping_service:
-    enabled: true
-    reshard_interval: 5s
-    kvstore:
-      store: etcd
-      etcd:
-        endpoints: [{ep}]
-{fields}        username: agent
-        password: {PASSWORD}
-    lifecycler:
-      id: {id}
-      address: 127.0.0.1
-      heartbeat_period: 1s
-",
-        wal = dir.join(format!("wal-{id}")).display(),
-    )
+    ClusterMember {
+        id,
+        etcd: ep,
+        etcd_extra: &format!("{}username: agent\npassword: {PASSWORD}\n", pki.fields()),
+        wal_directory: &dir.join(format!("wal-{id}")),
+        heartbeat_timeout: "1m",
+        auto_forget_periods: None,
+        reshard_interval: "5s",
+        metrics_extra: "",
+    }
+    .yaml()
 }
 
 /// An agent on etcd with TLS, client certificates and a user: its config store and its ring

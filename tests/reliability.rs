@@ -97,9 +97,15 @@ fn placed_once(p: &BTreeMap<String, Vec<String>>, names: &[String]) -> bool {
 }
 
 fn cluster_agent_yaml(dir: &Path, etcd: &str, id: &str) -> String {
+    cluster_agent_yaml_with(dir, etcd, "", id)
+}
+
+/// A member of the cluster, with further fields of its `etcd:` block (`etcd_extra`, unindented).
+fn cluster_agent_yaml_with(dir: &Path, etcd: &str, etcd_extra: &str, id: &str) -> String {
     ClusterMember {
         id,
         etcd,
+        etcd_extra,
         wal_directory: &dir.join(format!("wal-{id}")),
         heartbeat_timeout: "4s",
         auto_forget_periods: Some(2),
@@ -381,41 +387,6 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
     );
 }
 
-/// An agent.yaml for a member of a scraping-service cluster on etcd `endpoints` (all of them)
-/// with TLS and a client certificate from `pki`.
-fn tls_cluster_agent_yaml(dir: &Path, endpoints: &[String], pki: &Pki, id: &str) -> String {
-    let tls: String = pki
-        .fields()
-        .lines()
-        .map(|l| format!("        {l}\n"))
-        .collect();
-    format!(
-        "metrics:
-  wal_directory: {wal}
-  global:
-    external_labels:
-      cluster: reliability
-  scraping_service:
-    enabled: true
-    reshard_interval: 30s
-    kvstore:
-      store: etcd
-      etcd:
-        endpoints: [{eps}]
-        dial_timeout: 5s
-{tls}    lifecycler:
-      id: {id}
-      address: 127.0.0.1
-      heartbeat_period: 1s
-      auto_forget_unhealthy_periods: 2
-      ring:
-        heartbeat_timeout: 4s
-",
-        wal = dir.join(format!("wal-{id}")).display(),
-        eps = endpoints.join(", "),
-    )
-}
-
 /// Two agents on a 3-member etcd cluster with TLS and client certificates, knowing all three
 /// endpoints. The member they talk to (the first endpoint), which is also the cluster's
 /// leader, is SIGKILLed for 20 s, then restarted. Asserts: no config stops or moves (every
@@ -443,15 +414,16 @@ fn etcd_cluster_member_killed_with_tls_nothing_stops_writes_go_on() {
     endpoints.rotate_left(leader);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let tls_fields = format!("dial_timeout: 5s\n{}", pki.fields());
     let a1 = spawn(
         d,
         "agent-1",
-        &tls_cluster_agent_yaml(d, &endpoints, &pki, "agent-1"),
+        &cluster_agent_yaml_with(d, &endpoints.join(", "), &tls_fields, "agent-1"),
     );
     let a2 = spawn(
         d,
         "agent-2",
-        &tls_cluster_agent_yaml(d, &endpoints, &pki, "agent-2"),
+        &cluster_agent_yaml_with(d, &endpoints.join(", "), &tls_fields, "agent-2"),
     );
     a1.wait_ready(Duration::from_secs(30));
     a2.wait_ready(Duration::from_secs(30));

@@ -87,6 +87,7 @@ fn start_agent(dir: &Path, etcd: &str, id: &str) -> Agent {
         auto_forget_periods: None,
         reshard_interval: "60s",
         metrics_extra: "",
+        etcd_extra: "",
     };
     Agent::builder(dir)
         .name(id)

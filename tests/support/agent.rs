@@ -428,8 +428,11 @@ pub fn placement(agents: &[&Agent]) -> std::collections::BTreeMap<String, Vec<St
 #[derive(Debug, Clone)]
 pub struct ClusterMember<'a> {
     pub id: &'a str,
-    /// `host:port` of etcd.
+    /// `host:port` of etcd; several endpoints separated by `, `.
     pub etcd: &'a str,
+    /// Further fields of the `etcd:` block, one `key: value` per line, unindented (the TLS
+    /// fields of `Pki::fields`, `dial_timeout: 5s`, credentials): `yaml` indents them.
+    pub etcd_extra: &'a str,
     pub wal_directory: &'a Path,
     /// `lifecycler.ring.heartbeat_timeout`, e.g. `4s`.
     pub heartbeat_timeout: &'a str,
@@ -446,6 +449,11 @@ impl ClusterMember<'_> {
             .auto_forget_periods
             .map(|n| format!("      auto_forget_unhealthy_periods: {n}\n"))
             .unwrap_or_default();
+        let etcd_extra: String = self
+            .etcd_extra
+            .lines()
+            .map(|l| format!("        {l}\n"))
+            .collect();
         format!(
             "metrics:
   wal_directory: {wal}
@@ -456,7 +464,7 @@ impl ClusterMember<'_> {
       store: etcd
       etcd:
         endpoints: [{etcd}]
-    lifecycler:
+{etcd_extra}    lifecycler:
       id: {id}
       address: 127.0.0.1
       heartbeat_period: 1s
