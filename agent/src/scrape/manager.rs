@@ -129,7 +129,8 @@ struct RunningTarget {
 #[derive(Default)]
 struct Pool {
     loops: HashMap<u64, RunningTarget>,
-    dropped: Vec<Labels>,
+    /// Per discovery group, shared with the build cache (a sync copies no labels).
+    dropped: DroppedTargets,
 }
 
 struct Job {
@@ -341,6 +342,14 @@ impl ScrapeManager {
         out
     }
 
+    /// How many targets are scraped (one loop each), without building their descriptions.
+    pub fn active_targets(&self) -> usize {
+        self.jobs()
+            .values()
+            .map(|j| lock_pool(&j.pool).loops.len())
+            .sum()
+    }
+
     /// The metric metadata of every active target, without duplicates (several targets
     /// exposing the same family with the same type, help and unit give one entry), as
     /// Prometheus's metadata watcher collects it for remote_write.
@@ -361,7 +370,7 @@ impl ScrapeManager {
         let jobs = self.jobs();
         let mut out = Vec::new();
         for (name, job) in jobs.iter() {
-            for l in &lock_pool(&job.pool).dropped {
+            for l in lock_pool(&job.pool).dropped.iter().flat_map(|d| d.iter()) {
                 out.push(DroppedTarget {
                     job: name.clone(),
                     discovered_labels: l.clone(),
@@ -378,7 +387,7 @@ pub(crate) struct BuiltGroup {
     /// Held so that the address the cache is keyed by cannot be reused by another group.
     group: Arc<TargetGroup>,
     active: Vec<(u64, Arc<Target>)>,
-    dropped: Vec<Labels>,
+    dropped: Arc<[Labels]>,
 }
 
 fn build_group(cfg: &ScrapeConfig, group: &Arc<TargetGroup>) -> BuiltGroup {
@@ -398,9 +407,12 @@ fn build_group(cfg: &ScrapeConfig, group: &Arc<TargetGroup>) -> BuiltGroup {
     BuiltGroup {
         group: group.clone(),
         active,
-        dropped,
+        dropped: dropped.into(),
     }
 }
+
+/// The dropped targets of a snapshot, one slice per group (shared with the build cache).
+pub(crate) type DroppedTargets = Vec<Arc<[Labels]>>;
 
 /// The targets of a discovery snapshot, relabelling only groups not seen before: `cache` holds
 /// the groups of the previous snapshot by address, and discovery hands unchanged groups over
@@ -409,7 +421,7 @@ pub(crate) fn build_targets(
     cfg: &ScrapeConfig,
     groups: &[Arc<TargetGroup>],
     cache: &mut HashMap<usize, BuiltGroup>,
-) -> (HashMap<u64, Arc<Target>>, Vec<Labels>) {
+) -> (HashMap<u64, Arc<Target>>, DroppedTargets) {
     let mut next = HashMap::with_capacity(groups.len());
     for g in groups {
         let key = Arc::as_ptr(g) as usize;
@@ -428,7 +440,9 @@ pub(crate) fn build_targets(
             for (h, t) in &b.active {
                 active.insert(*h, t.clone());
             }
-            dropped.extend(b.dropped.iter().cloned());
+            if !b.dropped.is_empty() {
+                dropped.push(b.dropped.clone());
+            }
         }
     }
     (active, dropped)
@@ -599,7 +613,8 @@ mod tests {
         let (active, dropped) = build_targets(cfg, &groups, &mut cache);
         assert_eq!(active.len(), 2, "duplicates collapse");
         assert_eq!(dropped.len(), 1);
-        assert_eq!(dropped[0].get("__address__"), Some("c:3"));
+        assert_eq!(dropped[0].len(), 1);
+        assert_eq!(dropped[0][0].get("__address__"), Some("c:3"));
         for (h, t) in &active {
             assert_eq!(*h, t.full_labels.hash());
         }
