@@ -48,7 +48,7 @@ async fn file_sd_sees_changes_within_a_second() {
         dir.path().display()
     ));
     let stop = CancellationToken::new();
-    let mut rx = discovery::start(&cfg, None, stop.clone()).unwrap();
+    let mut rx = discovery::start(&cfg, None, stop.clone()).unwrap().targets;
     wait_for(&mut rx, &["a:9100"], Duration::from_secs(2)).await;
     assert_eq!(
         rx.borrow()[0].labels["__meta_filepath"],
@@ -116,7 +116,7 @@ async fn http_sd_against_a_local_server() {
     let cfg = job(&format!(
         "scrape_configs:\n  - job_name: h\n    http_sd_configs:\n      - url: http://{addr}/sd\n        refresh_interval: 1s\n        bearer_token: sd-token\n"
     ));
-    let mut rx = discovery::start(&cfg, None, stop.clone()).unwrap();
+    let mut rx = discovery::start(&cfg, None, stop.clone()).unwrap().targets;
     wait_for(&mut rx, &["x:1"], Duration::from_secs(3)).await;
     assert_eq!(
         rx.borrow()[0].labels["__meta_url"],
@@ -141,8 +141,9 @@ async fn unsupported_sd_kind_is_named() {
 #[tokio::test]
 async fn static_targets_are_published_at_once() {
     let cfg = job("scrape_configs:\n  - job_name: s\n    static_configs:\n      - targets: [a:1]\n        labels: {x: y}\n");
-    let rx = discovery::start(&cfg, None, CancellationToken::new()).unwrap();
-    let groups = rx.borrow();
+    let d = discovery::start(&cfg, None, CancellationToken::new()).unwrap();
+    assert!(*d.synced.borrow(), "static targets are complete at once");
+    let groups = d.targets.borrow();
     assert_eq!(addresses(&groups), ["a:1"]);
     assert_eq!(groups[0].labels["x"], "y");
 }

@@ -5,7 +5,9 @@
 //!   groups, which discovery must reproduce exactly (sources, labels, target order);
 //! - the watch protocol: bookmarks, 410 Gone (as an event and as a status), resuming a cut
 //!   watch without listing again, retrying with a backoff, a bearer token;
-//! - one change to one pod among 10,000 reaching the scrape targets, timed.
+//! - `discovery::start`'s `synced` signal once every watch has listed.
+//!
+//! The scale figures (10,000 pods in one watch) are measured by agent/benches/kubernetes_sd.rs.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -589,6 +591,50 @@ async fn bearer_token_file_is_read_again_after_401() {
     assert!(addresses(&seen).is_empty());
     std::fs::write(&token, "s3cret\n").unwrap();
     wait_addresses(&seen, &["10.0.0.1:8080"]).await;
+    stop.cancel();
+}
+
+/// `discovery::start`'s `synced`: false while a watch has not listed (here every list is
+/// refused until the token file holds the right token), then true with every group already in
+/// the targets it publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synced_once_every_watch_has_listed() {
+    let server = FakeKube::start();
+    server.require_token("s3cret");
+    server.create(pod("a", "p1", "10.0.0.1", json!({})));
+    server.create(pod("b", "p2", "10.0.0.2", json!({})));
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "old-token\n").unwrap();
+    // Three watches: pods in a, pods in b, nodes.
+    let yaml = format!(
+        "scrape_configs:\n  - job_name: k\n    kubernetes_sd_configs:\n      - role: pod\n        api_server: {}\n        bearer_token_file: {}\n        namespaces: {{names: [a, b]}}\n        attach_metadata: {{node: true}}\n",
+        server.url(),
+        token.display()
+    );
+    let (_, cfg) =
+        agent::config::load::parse_instance(&yaml, &agent::config::GlobalConfig::default())
+            .unwrap();
+    let stop = CancellationToken::new();
+    let mut d = agent::discovery::start(&cfg.scrape_configs[0], None, stop.clone()).unwrap();
+    wait_until("every list refused once", Duration::from_secs(10), || {
+        server.refused() >= 3
+    })
+    .await;
+    assert!(!*d.synced.borrow());
+    assert!(d.targets.borrow().is_empty());
+    std::fs::write(&token, "s3cret\n").unwrap();
+    tokio::time::timeout(Duration::from_secs(30), d.synced.wait_for(|s| *s))
+        .await
+        .expect("synced within 30 s")
+        .unwrap();
+    let sources: Vec<String> = d
+        .targets
+        .borrow()
+        .iter()
+        .map(|g| g.source.clone())
+        .collect();
+    assert_eq!(sources, ["pod/a/p1", "pod/b/p2"]);
     stop.cancel();
 }
 

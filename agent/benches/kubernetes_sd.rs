@@ -249,7 +249,9 @@ fn main() {
         let region = Region::new(GLOBAL);
         let (cpu0, t0) = (cpu_time(), Instant::now());
         let stop = CancellationToken::new();
-        let rx = agent::discovery::start(&job, None, stop.clone()).expect("discovery");
+        let rx = agent::discovery::start(&job, None, stop.clone())
+            .expect("discovery")
+            .targets;
         wait_for("discovery of every pod", || rx.borrow().len() == n).await;
         let (sync_wall, sync_cpu) = (t0.elapsed(), cpu_time() - cpu0);
         let discovery_heap = held(&region);

@@ -4,10 +4,11 @@
 //!
 //! * A value is written only when the targets changed, at most once per [`MIN_INTERVAL`] per
 //!   config, so a burst of discovery events (a Kubernetes rollout) is one write.
-//! * Nothing is written before every job's discovery has reported, or [`SETTLE`] after start:
-//!   an agent that just took a config over would otherwise replace its published targets with
-//!   a half-discovered list, and the scrapers would stop the rest with staleness markers. A
-//!   job whose providers are all `static_configs` has reported at once.
+//! * Nothing is written before every job's discovery has reported (its `synced` signal: every
+//!   provider's first discovery is complete), or [`SETTLE`] after start: an agent that just
+//!   took a config over would otherwise replace its published targets with a half-discovered
+//!   list, and the scrapers would stop the rest with staleness markers. A job whose providers
+//!   are all `static_configs` has reported at once.
 //! * `target_limit` is judged here, where the whole job is seen, and published per job.
 //! * Losing a config to another owner stops its discovery and leaves its value (the new owner
 //!   overwrites it); a deleted config's value is deleted.
@@ -39,8 +40,8 @@ pub const SETTLE: Duration = Duration::from_secs(30);
 struct JobSd {
     cfg: Arc<ScrapeConfig>,
     rx: discovery::Targets,
-    /// Whether it has reported since it started.
-    reported: bool,
+    /// Whether every provider has reported since it started.
+    synced: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The published targets of `jobs` (sorted, so equal sets compare equal), and the number of
@@ -196,25 +197,25 @@ async fn run_config(
     let mut jobs = Vec::new();
     for sc in &cfg.scrape_configs {
         match discovery::start(sc, base_dir.as_deref(), cancel.child_token()) {
-            Ok(rx) => {
-                let dynamic =
-                    sc.file_sd_configs.len() + sc.http_sd_configs.len() + sc.dns_sd_configs.len();
-                let mut watch = rx.clone();
+            Ok(d) => {
+                let (mut watch, mut synced) = (d.targets.clone(), d.synced.clone());
                 let notify = changed.clone();
                 let stop = cancel.clone();
                 tokio::spawn(async move {
+                    let mut synced_open = true;
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => return,
                             r = watch.changed() => if r.is_err() { return },
+                            r = synced.changed(), if synced_open => synced_open = r.is_ok(),
                         }
                         notify.notify_one();
                     }
                 });
                 jobs.push(JobSd {
                     cfg: Arc::new(sc.clone()),
-                    rx,
-                    reported: dynamic == 0,
+                    rx: d.targets,
+                    synced: d.synced,
                 });
             }
             Err(e) => {
@@ -226,14 +227,7 @@ async fn run_config(
     let mut last: Option<PublishedTargets> = None;
     let mut last_write = started - MIN_INTERVAL;
     loop {
-        for j in &mut jobs {
-            // The combiner publishes once a provider reports something; the static part is in
-            // the first value already.
-            if j.rx.has_changed().unwrap_or(false) {
-                j.reported = true;
-            }
-        }
-        let settled = jobs.iter().all(|j| j.reported) || started.elapsed() >= SETTLE;
+        let settled = jobs.iter().all(|j| *j.synced.borrow()) || started.elapsed() >= SETTLE;
         if settled {
             type Snapshot = (Arc<ScrapeConfig>, Arc<Vec<Arc<discovery::TargetGroup>>>);
             let snapshots: Vec<Snapshot> = jobs
@@ -389,12 +383,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn waits_for_discovery_before_the_first_write() {
         let kv: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
-        // A file that never appears: its job never reports.
+        // An http_sd server that never answers: its job never reports.
         let yaml = "scrape_configs:
   - job_name: static
     static_configs: [{targets: ['a:1']}]
-  - job_name: files
-    file_sd_configs: [{files: ['/nonexistent/agentctl-test/*.json']}]
+  - job_name: remote
+    http_sd_configs: [{url: 'http://127.0.0.1:1/sd'}]
 ";
         let mut p = Publisher::new(kv.clone(), None, ShardingMetrics::default());
         p.set(vec![config(yaml)]).await;

@@ -28,7 +28,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::kubernetes::targets::{join_host_port, sanitize};
@@ -326,6 +326,8 @@ impl Discovery {
     }
 
     /// Runs until `shutdown`, sending each changed group through `tx` (wrapped by `wrap`).
+    /// Once the first catalog answer and every service it watches have answered, an empty
+    /// batch says the first discovery is complete.
     pub async fn run<M, F>(self, tx: mpsc::Sender<M>, wrap: F, shutdown: CancellationToken)
     where
         M: Send + 'static,
@@ -356,15 +358,20 @@ impl Discovery {
         let wrap = std::sync::Arc::new(wrap);
         let (d, _) = &*this;
         if !d.cfg.services.is_empty() && d.cfg.tags.is_empty() {
+            let mut firsts = Vec::new();
             for name in d.cfg.services.clone() {
+                let (first, answered) = oneshot::channel();
+                firsts.push(answered);
                 tokio::spawn(watch_service(
                     this.clone(),
                     name,
                     tx.clone(),
                     wrap.clone(),
+                    first,
                     shutdown.clone(),
                 ));
             }
+            report_when_answered(firsts, &tx, &*wrap, &shutdown).await;
             shutdown.cancelled().await;
             return;
         }
@@ -375,6 +382,8 @@ impl Discovery {
         // Stops the service watchers when this loop ends for any reason.
         let local = shutdown.child_token();
         let _stop_all = local.clone().drop_guard();
+        // Until the first discovery is reported: the first answers of the services watched.
+        let mut firsts: Option<Vec<oneshot::Receiver<()>>> = Some(Vec::new());
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -412,11 +421,16 @@ impl Discovery {
                     continue;
                 }
                 let stop = local.child_token();
+                let (first, answered) = oneshot::channel();
+                if let Some(f) = firsts.as_mut() {
+                    f.push(answered);
+                }
                 tokio::spawn(watch_service(
                     this.clone(),
                     name.clone(),
                     tx.clone(),
                     wrap.clone(),
+                    first,
                     stop.clone(),
                 ));
                 watched.insert(name.clone(), stop);
@@ -441,8 +455,31 @@ impl Discovery {
             if watched.is_empty() && tx.send(wrap(vec![TargetGroup::default()])).await.is_err() {
                 return;
             }
+            if let Some(f) = firsts.take() {
+                let (tx, wrap, stop) = (tx.clone(), wrap.clone(), local.clone());
+                tokio::spawn(async move { report_when_answered(f, &tx, &*wrap, &stop).await });
+            }
         }
     }
+}
+
+/// Sends the empty batch that reports the first discovery once every service watcher in
+/// `firsts` has sent its first group (or stopped).
+async fn report_when_answered<M, F>(
+    firsts: Vec<oneshot::Receiver<()>>,
+    tx: &mpsc::Sender<M>,
+    wrap: &F,
+    stop: &CancellationToken,
+) where
+    F: Fn(Vec<TargetGroup>) -> M,
+{
+    for answered in firsts {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = answered => {}
+        }
+    }
+    let _ = tx.send(wrap(Vec::new())).await;
 }
 
 async fn watch_service<M, F>(
@@ -450,10 +487,13 @@ async fn watch_service<M, F>(
     name: String,
     tx: mpsc::Sender<M>,
     wrap: std::sync::Arc<F>,
+    first: oneshot::Sender<()>,
     stop: CancellationToken,
 ) where
     F: Fn(Vec<TargetGroup>) -> M,
 {
+    // Fired once this service's first answer was sent on (or dropped if it stops before).
+    let mut first = Some(first);
     let (d, dc) = &*this;
     let mut ticker = tokio::time::interval(d.cfg.refresh_interval.as_std());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -488,13 +528,15 @@ async fn watch_service<M, F>(
                 continue;
             }
         };
-        if index == last_index {
-            continue;
+        if index != last_index {
+            last_index = index;
+            let group = service_group(&name, dc, &d.cfg.tag_separator, &entries);
+            if tx.send(wrap(vec![group])).await.is_err() {
+                return;
+            }
         }
-        last_index = index;
-        let group = service_group(&name, dc, &d.cfg.tag_separator, &entries);
-        if tx.send(wrap(vec![group])).await.is_err() {
-            return;
+        if let Some(f) = first.take() {
+            let _ = f.send(());
         }
     }
 }

@@ -594,7 +594,8 @@ mod tests {
             stop.clone(),
             Nameserver::At(server),
         )
-        .unwrap();
+        .unwrap()
+        .targets;
         let groups = tokio::time::timeout(
             std::time::Duration::from_secs(20),
             rx.wait_for(|g| g.len() == 2),

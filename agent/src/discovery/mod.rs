@@ -5,6 +5,15 @@
 //! union on a `watch` channel, so the scrape side always sees a full snapshot. Groups are
 //! shared (`Arc`): a snapshot after one pod changed holds the same `Arc`s as the one before for
 //! every other group, which is how the scrape side knows what it need not relabel again.
+//!
+//! A second `watch` channel says when every provider has reported once (its first discovery is
+//! complete), so a reader that must not act on a half-discovered job (target sharding's
+//! publisher) can wait for it. A provider reports: static targets at once; file, http and dns
+//! with their first set (file and dns after their first attempt, even a failed one, as their
+//! later sets; http after its first successful refresh); kubernetes and consul with an empty
+//! batch of changes once their first discovery is complete (kubernetes: every watch has listed
+//! and the resulting groups were sent; consul: the first catalog answer and every service it
+//! watches answered). A provider that cannot reach its server has not reported.
 
 pub mod consul;
 pub mod dns;
@@ -95,15 +104,25 @@ pub enum Error {
 /// The current targets of one scrape config.
 pub type Targets = watch::Receiver<Arc<Vec<Arc<TargetGroup>>>>;
 
-/// Starts the providers of `cfg`. `base_dir` resolves relative file paths. The returned
-/// receiver holds the union of every provider's groups; it starts empty and is updated as
-/// providers report. Providers stop when `shutdown` is cancelled.
-/// Their tasks run in the current span (the scrape job's, see agent/src/logging.rs).
+/// A scrape config's running discovery.
+#[derive(Debug, Clone)]
+pub struct Discovered {
+    /// The union of every provider's groups; starts with the static targets and is updated as
+    /// providers report.
+    pub targets: Targets,
+    /// Becomes `true` (and stays so) once every provider has reported once; `targets` holds
+    /// what they reported by then. `true` at once for a job with static targets only.
+    pub synced: watch::Receiver<bool>,
+}
+
+/// Starts the providers of `cfg`. `base_dir` resolves relative file paths. Providers stop
+/// when `shutdown` is cancelled. Their tasks run in the current span (the scrape job's, see
+/// agent/src/logging.rs).
 pub fn start(
     cfg: &ScrapeConfig,
     base_dir: Option<&std::path::Path>,
     shutdown: CancellationToken,
-) -> Result<Targets, Error> {
+) -> Result<Discovered, Error> {
     start_with(cfg, base_dir, shutdown, dns::Nameserver::System)
 }
 
@@ -113,7 +132,7 @@ pub(crate) fn start_with(
     base_dir: Option<&std::path::Path>,
     shutdown: CancellationToken,
     nameserver: dns::Nameserver,
-) -> Result<Targets, Error> {
+) -> Result<Discovered, Error> {
     if let Some(kind) = cfg.unsupported_sd_kinds.first() {
         return Err(Error::Unsupported {
             job: cfg.job_name.clone(),
@@ -155,7 +174,9 @@ pub(crate) fn start_with(
     let (ctx, crx) = mpsc::channel::<(usize, Vec<TargetGroup>)>(16);
     let mut slot = 0;
     let mut initial: Vec<Slot> = (0..providers).map(|_| Slot::List(Vec::new())).collect();
+    let mut reported = vec![false; providers];
     if !cfg.static_configs.is_empty() {
+        reported[slot] = true;
         initial[slot] = Slot::List(
             cfg.static_configs
                 .iter()
@@ -230,8 +251,17 @@ pub(crate) fn start_with(
     drop(tx);
     drop(ctx);
     let (out_tx, out_rx) = watch::channel(Arc::new(flatten(&initial)));
-    tokio::spawn(combine(initial, rx, crx, out_tx, shutdown).in_current_span());
-    Ok(out_rx)
+    let (synced_tx, synced_rx) = watch::channel(reported.iter().all(|r| *r));
+    let out = Outputs {
+        targets: out_tx,
+        synced: synced_tx,
+        reported,
+    };
+    tokio::spawn(combine(initial, rx, crx, out, shutdown).in_current_span());
+    Ok(Discovered {
+        targets: out_rx,
+        synced: synced_rx,
+    })
 }
 
 /// One provider's current groups.
@@ -298,11 +328,34 @@ fn flatten(slots: &[Slot]) -> Vec<Arc<TargetGroup>> {
     out
 }
 
+/// What the combiner publishes, and which providers have reported.
+struct Outputs {
+    targets: watch::Sender<Arc<Vec<Arc<TargetGroup>>>>,
+    synced: watch::Sender<bool>,
+    reported: Vec<bool>,
+}
+
+impl Outputs {
+    /// A whole set from a file, http or dns provider: its first one is its report.
+    fn whole(&mut self, slots: &mut [Slot], (i, groups): (usize, Vec<TargetGroup>)) -> bool {
+        self.reported[i] = true;
+        slots[i].replace(groups)
+    }
+
+    /// Changes from a kubernetes or consul provider: an empty batch is its report.
+    fn changes(&mut self, slots: &mut [Slot], (i, groups): (usize, Vec<TargetGroup>)) -> bool {
+        if groups.is_empty() {
+            self.reported[i] = true;
+        }
+        slots[i].update(groups)
+    }
+}
+
 async fn combine(
     mut slots: Vec<Slot>,
     mut whole: mpsc::Receiver<(usize, Vec<TargetGroup>)>,
     mut changes: mpsc::Receiver<(usize, Vec<TargetGroup>)>,
-    out: watch::Sender<Arc<Vec<Arc<TargetGroup>>>>,
+    mut out: Outputs,
     shutdown: CancellationToken,
 ) {
     let (mut whole_open, mut changes_open) = (true, true);
@@ -310,24 +363,28 @@ async fn combine(
         let changed = tokio::select! {
             _ = shutdown.cancelled() => return,
             msg = whole.recv(), if whole_open => match msg {
-                Some((i, g)) => slots[i].replace(g),
+                Some(m) => out.whole(&mut slots, m),
                 None => { whole_open = false; false }
             },
             msg = changes.recv(), if changes_open => match msg {
-                Some((i, g)) => slots[i].update(g),
+                Some(m) => out.changes(&mut slots, m),
                 None => { changes_open = false; false }
             },
         };
         // Several providers may report at once; take what is queued before publishing.
         let mut more = false;
-        while let Ok((j, g)) = whole.try_recv() {
-            more |= slots[j].replace(g);
+        while let Ok(m) = whole.try_recv() {
+            more |= out.whole(&mut slots, m);
         }
-        while let Ok((j, g)) = changes.try_recv() {
-            more |= slots[j].update(g);
+        while let Ok(m) = changes.try_recv() {
+            more |= out.changes(&mut slots, m);
         }
-        if (changed || more) && out.send(Arc::new(flatten(&slots))).is_err() {
+        if (changed || more) && out.targets.send(Arc::new(flatten(&slots))).is_err() {
             return;
+        }
+        // After the snapshot it covers: a reader that sees `true` reads a complete one.
+        if !*out.synced.borrow() && out.reported.iter().all(|r| *r) {
+            out.synced.send_replace(true);
         }
     }
 }

@@ -277,8 +277,9 @@ impl ScrapeManager {
         // At ERROR level so that it is enabled whatever `--log.level` is (see logging.rs).
         let span = tracing::error_span!("scrape_job", job = %cfg.job_name);
         // Discovery's tasks are spawned in it too.
-        let rx =
-            span.in_scope(|| discovery::start(&cfg, self.base_dir.as_deref(), cancel.clone()))?;
+        let rx = span
+            .in_scope(|| discovery::start(&cfg, self.base_dir.as_deref(), cancel.clone()))?
+            .targets;
         let pool = Arc::new(Mutex::new(Pool::default()));
         let task = tokio::spawn(
             sync_job(

@@ -91,7 +91,9 @@ impl Discovery {
     }
 
     /// Runs until `shutdown`, sending each batch of changed groups through `tx` (wrapped by
-    /// `wrap`). A group without targets and labels is a deleted object.
+    /// `wrap`). A group without targets and labels is a deleted object. Once every watch has
+    /// listed and the groups that gave were sent, an empty batch says the first discovery is
+    /// complete.
     pub async fn run<M, F>(self, tx: mpsc::Sender<M>, wrap: F, shutdown: CancellationToken)
     where
         M: Send + 'static,
@@ -197,6 +199,7 @@ impl Discovery {
         drop(etx);
         let mut state = State::new(role, attach, scopes);
         let _stop_watchers = stop.drop_guard();
+        let mut reported = false;
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -220,6 +223,13 @@ impl Discovery {
             let groups = state.flush();
             if !groups.is_empty() && tx.send(wrap(groups)).await.is_err() {
                 return;
+            }
+            // The first discovery is complete: say so with an empty batch (see discovery/mod.rs).
+            if !reported {
+                reported = true;
+                if tx.send(wrap(Vec::new())).await.is_err() {
+                    return;
+                }
             }
         }
     }
