@@ -321,3 +321,52 @@ async fn synced_once_every_service_answered() {
     assert_eq!(sources, ["s0", "s1", "s2", "s3", "s4"]);
     stop.cancel();
 }
+
+/// The options no Prometheus case covers: `datacenter`, `namespace` and `partition` go with
+/// every request as `dc`, `ns` and `partition` (the agent is not asked for its datacenter);
+/// `tag_separator` joins `__meta_consul_tags`; the instance's namespace and partition become
+/// labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_options_reach_the_requests_and_labels() {
+    let server = FakeConsul::start();
+    let mut web = instance(
+        "web",
+        "web-1",
+        "n1",
+        "10.0.0.1",
+        80,
+        &["prod", "eu"],
+        "passing",
+    );
+    web["Service"]["Namespace"] = json!("team");
+    web["Service"]["Partition"] = json!("part");
+    server.register("web", web);
+    let stop = CancellationToken::new();
+    let config = json!({"datacenter": "dc9", "namespace": "team", "partition": "part",
+                        "tag_separator": ";", "refresh_interval": "100ms", "tags": ["prod"]});
+    let seen = spawn(&config, &server.addr, &stop);
+    wait_addresses(&seen, &["10.0.0.1:80"]).await;
+    let web = last_groups(&seen)["web"].clone();
+    assert_eq!(web.labels["__meta_consul_dc"], "dc9");
+    let t = &web.targets[0];
+    assert_eq!(t["__meta_consul_tags"], ";prod;eu;");
+    assert_eq!(t["__meta_consul_namespace"], "team");
+    assert_eq!(t["__meta_consul_partition"], "part");
+    let reqs = server.requests();
+    for path in ["/v1/catalog/services?", "/v1/health/service/web?"] {
+        let r = reqs
+            .iter()
+            .find(|r| r.starts_with(path))
+            .unwrap_or_else(|| panic!("no {path} request: {reqs:?}"));
+        let url = reqwest::Url::parse(&format!("http://consul{r}")).unwrap();
+        let q: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(q.get("dc").map(String::as_str), Some("dc9"), "{r}");
+        assert_eq!(q.get("ns").map(String::as_str), Some("team"), "{r}");
+        assert_eq!(q.get("partition").map(String::as_str), Some("part"), "{r}");
+    }
+    assert!(
+        !reqs.iter().any(|r| r.starts_with("/v1/agent/self")),
+        "{reqs:?}"
+    );
+    stop.cancel();
+}
