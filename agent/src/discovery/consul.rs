@@ -30,6 +30,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::kubernetes::targets::{join_host_port, sanitize};
 use super::{LabelSet, TargetGroup};
@@ -362,14 +363,17 @@ impl Discovery {
             for name in d.cfg.services.clone() {
                 let (first, answered) = oneshot::channel();
                 firsts.push(answered);
-                tokio::spawn(watch_service(
-                    this.clone(),
-                    name,
-                    tx.clone(),
-                    wrap.clone(),
-                    first,
-                    shutdown.clone(),
-                ));
+                tokio::spawn(
+                    watch_service(
+                        this.clone(),
+                        name,
+                        tx.clone(),
+                        wrap.clone(),
+                        first,
+                        shutdown.clone(),
+                    )
+                    .in_current_span(),
+                );
             }
             report_when_answered(firsts, &tx, &*wrap, &shutdown).await;
             shutdown.cancelled().await;
@@ -425,14 +429,17 @@ impl Discovery {
                 if let Some(f) = firsts.as_mut() {
                     f.push(answered);
                 }
-                tokio::spawn(watch_service(
-                    this.clone(),
-                    name.clone(),
-                    tx.clone(),
-                    wrap.clone(),
-                    first,
-                    stop.clone(),
-                ));
+                tokio::spawn(
+                    watch_service(
+                        this.clone(),
+                        name.clone(),
+                        tx.clone(),
+                        wrap.clone(),
+                        first,
+                        stop.clone(),
+                    )
+                    .in_current_span(),
+                );
                 watched.insert(name.clone(), stop);
             }
             let gone: Vec<String> = watched
@@ -457,7 +464,10 @@ impl Discovery {
             }
             if let Some(f) = firsts.take() {
                 let (tx, wrap, stop) = (tx.clone(), wrap.clone(), local.clone());
-                tokio::spawn(async move { report_when_answered(f, &tx, &*wrap, &stop).await });
+                tokio::spawn(
+                    async move { report_when_answered(f, &tx, &*wrap, &stop).await }
+                        .in_current_span(),
+                );
             }
         }
     }

@@ -39,6 +39,7 @@ use std::path::Path;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use self::client::{Connection, Environment};
 use self::objects::{EndpointSlice, Endpoints, Ingress, Node, Object, Pod, Service};
@@ -127,48 +128,36 @@ impl Discovery {
             let tx = etx.clone();
             let stop = stop.clone();
             match kind {
-                Kind::Pod => tokio::spawn(watch::run(
-                    conn,
-                    res,
-                    tx,
-                    move |op| (id, Change::Pod(op)),
-                    stop,
-                )),
-                Kind::Node => tokio::spawn(watch::run(
-                    conn,
-                    res,
-                    tx,
-                    move |op| (id, Change::Node(op)),
-                    stop,
-                )),
-                Kind::Service => tokio::spawn(watch::run(
-                    conn,
-                    res,
-                    tx,
-                    move |op| (id, Change::Service(op)),
-                    stop,
-                )),
-                Kind::Endpoints => tokio::spawn(watch::run(
-                    conn,
-                    res,
-                    tx,
-                    move |op| (id, Change::Endpoints(op)),
-                    stop,
-                )),
-                Kind::EndpointSlice => tokio::spawn(watch::run(
-                    conn,
-                    res,
-                    tx,
-                    move |op| (id, Change::EndpointSlice(op)),
-                    stop,
-                )),
-                Kind::Ingress => tokio::spawn(watch::run(
-                    conn,
-                    res,
-                    tx,
-                    move |op| (id, Change::Ingress(op)),
-                    stop,
-                )),
+                Kind::Pod => tokio::spawn(
+                    watch::run(conn, res, tx, move |op| (id, Change::Pod(op)), stop)
+                        .in_current_span(),
+                ),
+                Kind::Node => tokio::spawn(
+                    watch::run(conn, res, tx, move |op| (id, Change::Node(op)), stop)
+                        .in_current_span(),
+                ),
+                Kind::Service => tokio::spawn(
+                    watch::run(conn, res, tx, move |op| (id, Change::Service(op)), stop)
+                        .in_current_span(),
+                ),
+                Kind::Endpoints => tokio::spawn(
+                    watch::run(conn, res, tx, move |op| (id, Change::Endpoints(op)), stop)
+                        .in_current_span(),
+                ),
+                Kind::EndpointSlice => tokio::spawn(
+                    watch::run(
+                        conn,
+                        res,
+                        tx,
+                        move |op| (id, Change::EndpointSlice(op)),
+                        stop,
+                    )
+                    .in_current_span(),
+                ),
+                Kind::Ingress => tokio::spawn(
+                    watch::run(conn, res, tx, move |op| (id, Change::Ingress(op)), stop)
+                        .in_current_span(),
+                ),
             };
         };
         let primary = match role {
