@@ -8,11 +8,14 @@
 //!
 //! Both TSDBs must then hold the same series (label sets) per job, with the same latest values
 //! (the synthetic `up`, `scrape_samples_scraped`, ... included), except where the two differ by
-//! design (see `EXCLUDED`). Some bodies both must refuse (`BOTH_FAIL`, and extras such as a body
+//! design (see `EXCLUDED`). Some bodies both must refuse (`Expect::BothFail`, and extras such as a body
 //! of exactly `body_size_limit` bytes): there `up` is 0 on both sides and agentctl's error holds
 //! Prometheus's text. A few bodies only Prometheus 2.42 refuses, where agentctl follows the old
-//! agent's Prometheus 2.48 (`PROMETHEUS_2_42_ONLY_FAILS`). Exemplars are compared too (label sets and values), except for one
-//! deliberate difference (`EXEMPLARS_ESCAPED_BY_PROMETHEUS`).
+//! agent's Prometheus 2.48 (`Expect::OnlyPrometheus242Fails`). Exemplars are compared too
+//! (label sets and values), except for one deliberate difference
+//! (`EXEMPLARS_ESCAPED_BY_PROMETHEUS`). Some bodies are served differently on each scraper's
+//! first request (`after`): a successful scrape, then failing ones, so that the latest values
+//! show which series each side marked stale after a failure.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -116,6 +119,9 @@ struct Extra {
     job: &'static str,
     body: Vec<u8>,
     openmetrics: bool,
+    /// Served instead of `body` on each scraper's first request (told apart by User-Agent):
+    /// the successful scrape whose series a failing `body` then finds.
+    first: Option<Vec<u8>>,
     /// Lines added to the scrape config.
     config: String,
     expect: Expect,
@@ -125,9 +131,20 @@ fn extra(job: &'static str, body: &[u8], config: &str, expect: Expect) -> Extra 
     Extra {
         job,
         body: body.to_vec(),
+        first: None,
         openmetrics: job.starts_with("om_"),
         config: config.to_owned(),
         expect,
+    }
+}
+
+/// A body that fails every scrape after a first one of `first` succeeded. Prometheus marks
+/// stale only the series of the last successful scrape that the failing one did not append
+/// before it failed; the latest values show which.
+fn after(first: &[u8], job: &'static str, body: &[u8], config: &str, expect: Expect) -> Extra {
+    Extra {
+        first: Some(first.to_vec()),
+        ..extra(job, body, config, expect)
     }
 }
 
@@ -218,6 +235,59 @@ fn extras() -> Vec<Extra> {
             "",
             Expect::BothFail("expected timestamp or new record", Text::Own),
         ),
+        // Staleness after a failed scrape, at each point a scrape can fail. Prometheus keeps
+        // (no staleness marker) the series appended before the failure and marks the rest.
+        // A parse error: `a` and `b` kept, `c` stale.
+        after(
+            b"a 1\nb 2\nc 3\n",
+            "stale_after_parse_error",
+            b"a 1\nb 2\nc 3\x00\n",
+            "",
+            Expect::BothFail("expected timestamp or new record", Text::Own),
+        ),
+        // The sample limit: the samples within the limit kept (`a` new, `b`), `c` over it.
+        after(
+            b"b 2\nc 3\n",
+            "stale_after_sample_limit",
+            b"a 1\nb 2\nc 3\n",
+            "    sample_limit: 2\n",
+            Expect::BothFail("sample limit exceeded", Text::Own),
+        ),
+        // A label limit on a new series: `a` kept, `b` and `c` after it stale.
+        after(
+            b"a 1\nb 2\nc 3\n",
+            "stale_after_label_limit",
+            b"a 1\nd{x=\"1\"} 4\nb 2\nc 3\n",
+            "    label_limit: 3\n",
+            Expect::BothFail(
+                "label_limit exceeded (metric: d, number of labels: 4, limit: 3)",
+                Text::Same,
+            ),
+        ),
+        // A series storage refuses (a repeated label name): `a` kept.
+        after(
+            b"a 1\nb 2\nc 3\n",
+            "stale_after_repeated_label",
+            b"a 1\nb{x=\"1\",x=\"2\"} 2\nc 3\n",
+            "",
+            Expect::BothFail("label name \"x\" is not unique: invalid sample", Text::Same),
+        ),
+        // The end of an OpenMetrics body: everything parsed, so nothing stale.
+        after(
+            b"a_total 1\nb 2\n# EOF\n",
+            "om_stale_without_eof",
+            b"a_total 1\nb 2\n",
+            "",
+            Expect::BothFail("data does not end with # EOF", Text::Same),
+        ),
+        // A failed fetch appends nothing: every series is stale.
+        after(
+            b"a 1\n",
+            "stale_after_body_limit",
+            b"a 1\nb 2\n",
+            "    body_size_limit: 6B\n",
+            Expect::BothFail("body size limit exceeded", Text::Same),
+        ),
     ]
 }
 
@@ -229,6 +299,8 @@ struct Body {
     config: String,
     content_type: &'static str,
     bytes: Vec<u8>,
+    /// Served instead of `bytes` on each scraper's first request.
+    first: Option<Vec<u8>>,
     expect: Expect,
 }
 
@@ -267,6 +339,7 @@ fn corpus() -> Vec<Body> {
             config: String::new(),
             content_type,
             bytes: std::fs::read(&path).expect("read fixture"),
+            first: None,
             expect: listed.unwrap_or(Expect::Agree),
         });
     }
@@ -284,6 +357,7 @@ fn corpus() -> Vec<Body> {
             config: e.config,
             content_type: if e.openmetrics { OPENMETRICS } else { TEXT },
             bytes: e.body,
+            first: e.first,
             expect: e.expect,
         });
     }
@@ -292,15 +366,26 @@ fn corpus() -> Vec<Body> {
     out
 }
 
-/// Serves `/<path>` with its bytes and Content-Type.
+/// Serves `/<path>` with its bytes and Content-Type (its `first` bytes to each User-Agent's
+/// first request).
 async fn serve_corpus(bodies: &[Body]) -> String {
     let mut router = axum::Router::new();
     for b in bodies {
-        let (bytes, ct) = (b.bytes.clone(), b.content_type);
+        let (bytes, first, ct) = (b.bytes.clone(), b.first.clone(), b.content_type);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::<String>::new()));
         router = router.route(
             &format!("/{}", b.path),
-            axum::routing::get(move || {
-                let bytes = bytes.clone();
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                let agent = headers
+                    .get(axum::http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let is_first = seen.lock().unwrap().insert(agent);
+                let bytes = match &first {
+                    Some(first) if is_first => first.clone(),
+                    _ => bytes.clone(),
+                };
                 async move { ([(axum::http::header::CONTENT_TYPE, ct)], bytes) }
             }),
         );

@@ -16,11 +16,13 @@
 //! appended by ref. Per series this costs the key text plus about 70 bytes.
 //!
 //! Iterations. Each scrape is one iteration. A series is *tracked* for staleness in an
-//! iteration when it was appended without an explicit timestamp (or with
-//! `track_timestamps_staleness`). At the end of a successful iteration, series tracked in the
-//! previous iteration but not seen in this one get a staleness marker; at the end of a failed
-//! one, every series tracked in the previous iteration does (a failed scrape counts as an
-//! empty one). Eviction follows Prometheus 2.42's `iterDone`: after a successful non-empty
+//! iteration when a sample of it was appended without an explicit timestamp (or with
+//! `track_timestamps_staleness`). At the end of every iteration, successful or failed, the
+//! series tracked in the previous iteration but not in this one get a staleness marker, as in
+//! Prometheus's `scrapeCache` (`trackStaleness` after each appended sample, then
+//! `forEachStale`): a scrape that fails part-way keeps the series it appended before the
+//! failure, though they are rolled back, and marks the rest; a failed fetch tracks nothing
+//! and marks them all. Eviction follows Prometheus 2.42's `iterDone`: after a successful non-empty
 //! scrape, keys and series not seen in it are forgotten; after failed ones the cache is
 //! flushed the same way only once it has grown past twice its last successful size plus 1,000
 //! entries, so failing scrapes of a target with churning labels cannot grow it without bound.
@@ -64,7 +66,7 @@ struct Slot {
     hash: u64,
     /// Iteration the series was last seen in (0 = never, or free).
     last: u32,
-    /// Seen without an explicit timestamp in iteration `last`.
+    /// Appended without an explicit timestamp in iteration `last` (reset when `last` moves on).
     tracked: bool,
     /// Tracked in the previous iteration: due a marker if missing from this one.
     in_prev: bool,
@@ -130,6 +132,7 @@ impl SeriesCache {
         match self.slots.get_mut(k.slot as usize) {
             Some(s) => {
                 let duplicate = s.last == iter;
+                s.tracked &= duplicate;
                 s.last = iter;
                 Lookup::Series {
                     slot: k.slot,
@@ -160,6 +163,7 @@ impl SeriesCache {
         let &slot = self.by_hash.get(&hash)?;
         let s = self.slots.get_mut(slot as usize)?;
         let duplicate = s.last == self.iter;
+        s.tracked &= duplicate;
         s.last = self.iter;
         let r = s.r;
         self.keys.insert(
@@ -202,7 +206,8 @@ impl SeriesCache {
         slot
     }
 
-    /// Sets whether the series in `slot` counts for staleness in this iteration.
+    /// Sets whether the series in `slot` counts for staleness in this iteration (call it when
+    /// a sample of the series is appended; a series seen but not appended is not tracked).
     #[inline]
     pub fn set_tracked(&mut self, slot: u32, tracked: bool) {
         if let Some(s) = self.slots.get_mut(slot as usize) {
@@ -211,32 +216,29 @@ impl SeriesCache {
     }
 
     /// Ends a successful iteration: calls `stale` for each series tracked in the previous
-    /// iteration and missing from this one, then evicts as described in the module docs
+    /// iteration and not in this one, then evicts as described in the module docs
     /// (`non_empty`: the scrape body was not empty).
-    pub fn end_successful(&mut self, non_empty: bool, mut stale: impl FnMut(SeriesRef)) {
-        let iter = self.iter;
-        for s in &mut self.slots {
-            if s.last == 0 {
-                continue;
-            }
-            let seen = s.last == iter;
-            if s.in_prev && !seen {
-                stale(s.r);
-            }
-            s.in_prev = seen && s.tracked;
-        }
+    pub fn end_successful(&mut self, non_empty: bool, stale: impl FnMut(SeriesRef)) {
+        self.mark_stale(stale);
         self.iter_done(non_empty);
     }
 
-    /// Ends a failed iteration: calls `stale` for every series tracked in the previous one.
-    pub fn end_failed(&mut self, mut stale: impl FnMut(SeriesRef)) {
+    /// Ends a failed iteration (its samples rolled back): calls `stale` for each series
+    /// tracked in the previous iteration and not in this one, as for a successful one.
+    pub fn end_failed(&mut self, stale: impl FnMut(SeriesRef)) {
+        self.mark_stale(stale);
+        self.iter_done(false);
+    }
+
+    fn mark_stale(&mut self, mut stale: impl FnMut(SeriesRef)) {
+        let iter = self.iter;
         for s in &mut self.slots {
-            if s.in_prev {
+            let tracked = s.last == iter && s.tracked;
+            if s.in_prev && !tracked {
                 stale(s.r);
             }
-            s.in_prev = false;
+            s.in_prev = tracked;
         }
-        self.iter_done(false);
     }
 
     /// Calls `f` for every series tracked in the last completed iteration (end of run).
@@ -371,6 +373,41 @@ mod tests {
         assert_eq!((c.keys(), c.series()), (1100, 0));
         c.end_failed(|_| {});
         assert_eq!(c.keys(), 0);
+    }
+
+    #[test]
+    fn a_failed_scrape_keeps_what_it_appended_before_failing() {
+        let mut c = SeriesCache::new();
+        for (k, r) in [("a", 1), ("b", 2), ("c", 3), ("d", 4)] {
+            see(&mut c, k, r);
+        }
+        assert!(stale_of(&mut c, true).is_empty());
+        // Fails after appending `a` and `b`; `c` was looked up but not appended (over the
+        // sample limit); `d` never reached. As in Prometheus: `c` and `d` are marked.
+        see(&mut c, "a", 1);
+        see(&mut c, "b", 2);
+        assert!(matches!(c.lookup(b"c"), Lookup::Series { .. }));
+        assert_eq!(stale_of(&mut c, false), vec![3, 4]);
+        // What the failed scrape kept is what the next one compares with.
+        see(&mut c, "a", 1);
+        assert_eq!(stale_of(&mut c, true), vec![2]);
+        // A failed fetch appends nothing: everything left is marked, once.
+        assert_eq!(stale_of(&mut c, false), vec![1]);
+        assert!(stale_of(&mut c, false).is_empty());
+    }
+
+    #[test]
+    fn a_series_that_turns_to_explicit_timestamps_is_marked() {
+        // Prometheus tracks only samples without a timestamp: a tracked series whose next
+        // sample carries one gets a marker at the scrape time.
+        let mut c = SeriesCache::new();
+        see(&mut c, "a", 1);
+        assert!(stale_of(&mut c, true).is_empty());
+        let Lookup::Series { slot, .. } = c.lookup(b"a") else {
+            panic!("cached")
+        };
+        c.set_tracked(slot, false);
+        assert_eq!(stale_of(&mut c, true), vec![1]);
     }
 
     #[test]

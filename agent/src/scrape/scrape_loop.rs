@@ -36,8 +36,9 @@
 //! `scrape_samples_scraped`, `scrape_samples_post_metric_relabeling` and `scrape_series_added`
 //! are appended (target labels plus `__name__`, no metric relabelling) and the batch is
 //! committed. A failed scrape (HTTP error, timeout, body too large, parse error, a limit)
-//! rolls the body's samples back, appends staleness markers for every series of the previous
-//! scrape and reports `up 0`; the error is kept for the targets API.
+//! rolls the body's samples back, appends staleness markers for the series of the previous
+//! scrape that it did not append before failing (all of them when the fetch failed), as
+//! Prometheus does, and reports `up 0`; the error is kept for the targets API.
 //!
 //! # Where this differs from Prometheus 2.42
 //!
@@ -383,8 +384,9 @@ impl ScrapeProcessor {
         })
     }
 
-    /// Ends a failed scrape: staleness markers at `t_ms` for every series of the previous
-    /// scrape, appended to `app` (a fresh appender: the failed one was rolled back).
+    /// Ends a failed scrape: staleness markers at `t_ms` for the series of the previous scrape
+    /// that this one did not append before it failed, appended to `app` (a fresh appender: the
+    /// failed one was rolled back).
     pub fn fail(&mut self, app: &mut dyn Appender, t_ms: i64) {
         self.cache.end_failed(|r| app.append(r, t_ms, stale_nan()));
     }

@@ -159,11 +159,14 @@ fn failed_scrape_marks_everything_stale_and_reports_down() {
 #[test]
 fn parse_error_rolls_back_the_body() {
     let mut h = Harness::new("");
-    h.scrape("a 1\n", 1000).unwrap();
-    let err = h.scrape("a 2\nb{ 1\n", 2000).unwrap_err();
+    h.scrape("a 1\nc 1\n", 1000).unwrap();
+    let err = h.scrape("a 2\nb{ 1\nc 2\n", 2000).unwrap_err();
     assert!(matches!(err, ScrapeError::Parse(_)), "{err}");
+    // `a`, appended before the error, is rolled back but not marked stale (as Prometheus);
+    // `c`, after it, is.
+    assert_eq!(h.values(&[("__name__", "a")]), vec![(1000, "1".into())]);
     assert_eq!(
-        h.values(&[("__name__", "a")]),
+        h.values(&[("__name__", "c")]),
         vec![(1000, "1".into()), (2000, "stale".into())]
     );
     assert_eq!(h.s.rollbacks(), 1);
@@ -176,14 +179,17 @@ fn sample_limit_fails_the_scrape_counting_post_relabel_samples() {
     );
     h.scrape("a 1\ndrop_me 1\nb 1\n", 1000).unwrap();
     let err = h
-        .scrape("a 2\ndrop_me 2\nb 2\nc 2\nd 2\n", 2000)
+        .scrape("a 2\ndrop_me 2\nc 2\nb 2\nd 2\n", 2000)
         .unwrap_err();
     assert_eq!(
         err.to_string(),
         "sample_limit exceeded (samples: 4, limit: 2)"
     );
+    // Within the limit (`a`, then `c`): rolled back, not marked stale; `b` over it is marked,
+    // as in Prometheus.
+    assert_eq!(h.values(&[("__name__", "a")]), vec![(1000, "1".into())]);
     assert_eq!(
-        h.values(&[("__name__", "a")]),
+        h.values(&[("__name__", "b")]),
         vec![(1000, "1".into()), (2000, "stale".into())]
     );
     assert!(h.values(&[("__name__", "c")]).is_empty());
@@ -412,11 +418,20 @@ mod model {
 
     use super::*;
 
-    /// One scrape: `None` fails; otherwise each of 6 series is absent, present, or present
-    /// with an explicit timestamp (not tracked for staleness).
-    fn scrapes() -> impl Strategy<Value = Vec<Option<Vec<u8>>>> {
+    /// One scrape: `None`: the fetch fails; otherwise each of 6 series is absent, present, or
+    /// present with an explicit timestamp (not tracked for staleness), in order, and with
+    /// `Some(j)` the body fails to parse just before series `j` (6: at the end).
+    type Step = Option<(Vec<u8>, Option<usize>)>;
+
+    fn scrapes() -> impl Strategy<Value = Vec<Step>> {
         proptest::collection::vec(
-            proptest::option::weighted(0.8, proptest::collection::vec(0u8..3, 6)),
+            proptest::option::weighted(
+                0.8,
+                (
+                    proptest::collection::vec(0u8..3, 6),
+                    proptest::option::weighted(0.3, 0usize..7),
+                ),
+            ),
             1..12,
         )
     }
@@ -424,8 +439,9 @@ mod model {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
-        /// Staleness markers match the model: at a successful scrape, the series tracked in
-        /// the previous iteration and absent now; at a failed one, all tracked ones.
+        /// Staleness markers match Prometheus's model: at every scrape, the series tracked in
+        /// the previous one and not now, where a series is tracked when a sample of it
+        /// without a timestamp was appended (before the error, in a failing body).
         #[test]
         fn staleness_matches_the_model(plan in scrapes()) {
             let mut h = Harness::new("");
@@ -443,20 +459,28 @@ mod model {
                         prop_assert!(res.is_err());
                         std::mem::take(&mut prev)
                     }
-                    Some(states) => {
+                    Some((states, fail_at)) => {
                         let mut body = String::new();
                         for (i, st) in states.iter().enumerate() {
+                            if *fail_at == Some(i) {
+                                body.push_str("bad{ 1\n");
+                            }
                             match st {
                                 1 => body.push_str(&format!("s{i} {k}\n")),
                                 2 => body.push_str(&format!("s{i} {k} {}\n", t - 1)),
                                 _ => {}
                             }
                         }
-                        h.scrape(&body, t).unwrap();
-                        let present: BTreeSet<usize> =
-                            (0..6).filter(|&i| states[i] != 0).collect();
-                        let want = prev.difference(&present).copied().collect();
-                        prev = (0..6).filter(|&i| states[i] == 1).collect();
+                        if *fail_at == Some(6) {
+                            body.push_str("bad{ 1\n");
+                        }
+                        let res = h.scrape(&body, t);
+                        prop_assert_eq!(res.is_err(), fail_at.is_some());
+                        let end = fail_at.unwrap_or(6);
+                        let tracked: BTreeSet<usize> =
+                            (0..end).filter(|&i| states[i] == 1).collect();
+                        let want = prev.difference(&tracked).copied().collect();
+                        prev = tracked;
                         want
                     }
                 };
