@@ -280,6 +280,15 @@ fn extras() -> Vec<Extra> {
             "",
             Expect::BothFail("data does not end with # EOF", Text::Same),
         ),
+        // Not a failure: a series whose sample now carries its own timestamp is no longer
+        // tracked, so it is marked stale at the scrape's time, as a vanished one.
+        after(
+            b"a 1\nb 2\n",
+            "stale_when_timestamped",
+            b"a 1 1000\nb 2\n",
+            "",
+            Expect::Agree,
+        ),
         // A failed fetch appends nothing: every series is stale.
         after(
             b"a 1\n",

@@ -13,7 +13,9 @@
 //! mixes a hash of its host name and external labels into the offset, so that two servers
 //! scrape a target at different times; agentctl does not, so that every agent picks the same
 //! phase for the same target: a moved config's scrapes stay an interval apart.) A scrape that
-//! starts within 2 ms of its slot is stamped with the slot's time ([`aligned_scrape_time`]).
+//! starts within 2 ms of its slot (before or after it) is stamped with the slot's time
+//! ([`scrape_time`]). The timer is due at the slots themselves, so a late wake-up delays only
+//! its own scrape.
 //!
 //! # One scrape
 //!
@@ -540,6 +542,37 @@ pub fn scrape_offset(hash: u64, interval: Duration, now: SystemTime) -> Duration
     Duration::from_nanos(u64::try_from(next).unwrap_or(u64::MAX))
 }
 
+/// The target's slot nearest to `now`: the timer may fire a little before the wall clock
+/// reaches the slot (the two clocks drift apart) as well as after it.
+pub fn nearest_slot(hash: u64, interval: Duration, now: SystemTime) -> SystemTime {
+    let next = now + scrape_offset(hash, interval, now);
+    match next.checked_sub(interval) {
+        Some(prev)
+            if now.duration_since(prev).unwrap_or_default()
+                < next.duration_since(now).unwrap_or_default() =>
+        {
+            prev
+        }
+        _ => next,
+    }
+}
+
+/// The timestamp of a scrape that starts at `now`: [`aligned_scrape_time`] with the nearest
+/// slot, unless that slot is not after the `last` scrape's timestamp (a tick that came almost
+/// an interval late, just before the next slot): then `now`, so that timestamps only grow.
+pub fn scrape_time(
+    hash: u64,
+    interval: Duration,
+    now: SystemTime,
+    last: Option<SystemTime>,
+) -> SystemTime {
+    let slot = nearest_slot(hash, interval, now);
+    match last {
+        Some(last) if slot <= last => now,
+        _ => aligned_scrape_time(now, slot, interval),
+    }
+}
+
 /// How far from its slot a scrape may start and still be stamped with the slot's time
 /// (Prometheus's `ScrapeTimestampTolerance`).
 pub const SCRAPE_TIMESTAMP_TOLERANCE: Duration = Duration::from_millis(2);
@@ -724,30 +757,24 @@ impl ScrapeLoop {
         // The first scrape waits for the target's slot, as in Prometheus; from then on one
         // scrape per interval, ticks missed by an overrunning scrape skipped, so two scrapes
         // of a target are never closer than its interval (see the module docs).
-        let now = self.clock.now();
-        let wait = scrape_offset(self.target.scrape_hash(), interval, now);
-        let mut slot = now + wait;
-        let started = tokio::select! {
-            _ = cancel.cancelled() => false,
-            _ = tokio::time::sleep(wait) => true,
-        };
-        if started {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = ticker.tick() => {}
-                }
-                let now = self.clock.now();
-                while now.duration_since(slot).is_ok_and(|late| late >= interval) {
-                    slot += interval;
-                }
-                let scrape_time = aligned_scrape_time(now, slot, interval);
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = self.scrape_and_report(scrape_time) => {}
-                }
+        // The ticks are due at the slots themselves (not counted from when the first wait
+        // ended), so a first wake-up that comes late does not shift every later scrape.
+        let hash = self.target.scrape_hash();
+        let wait = scrape_offset(hash, interval, self.clock.now());
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + wait, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            let now = self.clock.now();
+            let scrape_time = scrape_time(hash, interval, now, last);
+            last = Some(scrape_time);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.scrape_and_report(scrape_time) => {}
             }
         }
         if write_stale.load(Ordering::SeqCst) {

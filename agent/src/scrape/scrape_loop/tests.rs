@@ -411,6 +411,106 @@ fn scrape_timestamps_snap_to_the_slot_within_two_milliseconds() {
     );
 }
 
+#[test]
+fn the_nearest_slot_is_taken_on_either_side() {
+    let iv = Duration::from_secs(10);
+    let hash = 3_000_000_000; // slots at 3 s past every 10 s
+    let slot = UNIX_EPOCH + Duration::from_secs(1_700_000_003);
+    let ms = Duration::from_millis;
+    for now in [
+        slot,
+        slot + ms(1),
+        slot - ms(1),
+        slot + ms(4_999),
+        slot - ms(4_999),
+    ] {
+        assert_eq!(nearest_slot(hash, iv, now), slot, "{now:?}");
+    }
+    assert_eq!(nearest_slot(hash, iv, slot + ms(5_001)), slot + iv);
+    assert_eq!(nearest_slot(hash, iv, slot - ms(5_001)), slot - iv);
+    // Stamped with the slot within 2 ms either side...
+    assert_eq!(scrape_time(hash, iv, slot - ms(1), Some(slot - iv)), slot);
+    assert_eq!(scrape_time(hash, iv, slot + ms(2), None), slot);
+    assert_eq!(scrape_time(hash, iv, slot + ms(3), None), slot + ms(3));
+    // ... unless the last scrape already had it: the one before came 9.999 s late, just
+    // before this slot, and was stamped with it; this one, on time, is stamped when it starts.
+    assert_eq!(
+        scrape_time(hash, iv, slot + ms(1), Some(slot)),
+        slot + ms(1)
+    );
+}
+
+/// The loop's schedule on tokio's paused clock, which makes it exact: every scrape is stamped
+/// with its slot, the first one waits for the target's slot, a first wake-up that comes late
+/// does not shift the later scrapes, and a loop started again mid-interval (a config moved to
+/// another agent) continues on the same slots.
+#[tokio::test(start_paused = true)]
+async fn the_loop_stamps_every_scrape_with_its_slot_across_restarts() {
+    let cfg = config("    scrape_interval: 10s\n    scrape_timeout: 5s\n");
+    let target = crate::scrape::target::populate_labels(
+        &Labels::empty(),
+        &Labels::from_pairs([("__address__", "h:1")]),
+        &cfg,
+        false,
+    )
+    .expect("valid target")
+    .expect("not dropped");
+    let (hash, iv) = (target.scrape_hash(), Duration::from_secs(10));
+    let target = Arc::new(target);
+    let client = HttpClient::new(&Default::default(), &Default::default()).expect("client");
+    let storage = MemoryStorage::new();
+    let epoch = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+    let clock = Clock::following_tokio(epoch);
+    let start = || {
+        let lp = ScrapeLoop::new(
+            cfg.clone(),
+            target.clone(),
+            client.clone(),
+            Arc::new(storage.clone()),
+            clock,
+        );
+        // Every scrape fails without a request: only the schedule is under test.
+        lock_status(&lp.status).forced_error = Some("down".into());
+        lp.spawn()
+    };
+    let ms = Duration::from_millis;
+    let first = epoch + scrape_offset(hash, iv, epoch);
+
+    let h = start();
+    tokio::task::yield_now().await;
+    // The first wake-up comes 5 ms late (a busy machine): that scrape is stamped when it
+    // started, the next ones with their slots again.
+    tokio::time::advance(first.duration_since(epoch).unwrap() + ms(5)).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    h.stop(false).await;
+    let stopped = clock.now();
+    // Started again 3.3 s later: the next slot, not at once.
+    tokio::time::sleep(ms(3_300)).await;
+    let restarted = clock.now();
+    let h = start();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    h.stop(false).await;
+    let end = clock.now();
+
+    let slots = |from: SystemTime, to: SystemTime| {
+        let mut out = Vec::new();
+        let mut s = from + scrape_offset(hash, iv, from);
+        while s < to {
+            out.push(s);
+            s += iv;
+        }
+        out
+    };
+    let mut want: Vec<SystemTime> = slots(epoch, stopped);
+    want[0] += ms(5);
+    want.extend(slots(restarted, end));
+    let want: Vec<i64> = want.into_iter().map(crate::clock::unix_millis).collect();
+    let up = series(&[("__name__", "up")]);
+    let got: Vec<i64> = storage.samples_of(&up).iter().map(|(t, _)| *t).collect();
+    assert_eq!(got, want, "first slot {first:?}");
+    assert!(want.len() >= 5, "{want:?}");
+}
+
 mod model {
     use std::collections::BTreeSet;
 
