@@ -30,6 +30,7 @@ mod scrape;
 mod sd_vmagent;
 mod server_tls;
 mod shared_reload;
+mod sigv4;
 mod slow;
 mod wal;
 mod wal_inspect;

@@ -572,6 +572,63 @@ pub enum Auth {
         credentials: Option<SecretSource>,
     },
     OAuth2(Box<OAuth2Settings>),
+    /// remote_write's `sigv4`: each request signed with AWS Signature Version 4.
+    SigV4(Box<SigV4Settings>),
+}
+
+/// remote_write's `sigv4` block, with Prometheus's fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigV4Config {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+}
+
+/// A validated `sigv4` block. What is not given here comes from the environment when a request
+/// is signed, as the AWS SDK's default chain does (see `crate::httpclient::sigv4`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigV4Settings {
+    pub region: Option<String>,
+    /// `access_key` and `secret_key`, both or neither.
+    pub keys: Option<(String, Secret)>,
+    pub profile: Option<String>,
+}
+
+impl SigV4Config {
+    /// Prometheus's checks (and texts), plus a refusal of `role_arn`.
+    pub fn settings(&self) -> Result<SigV4Settings, String> {
+        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        let access_key = nonempty(&self.access_key);
+        let secret_key = self.secret_key.clone().filter(|s| !s.is_empty());
+        let keys = match (access_key, secret_key) {
+            (Some(a), Some(s)) => Some((a, s)),
+            (None, None) => None,
+            _ => {
+                return Err("must provide a AWS SigV4 Access key and Secret Key if credentials are specified in the SigV4 config".into())
+            }
+        };
+        if let Some(arn) = nonempty(&self.role_arn) {
+            return Err(format!(
+                "sigv4.role_arn {arn:?}: assuming a role (AWS STS AssumeRole) is not supported by \
+                 agentctl; give the role's credentials through access_key and secret_key, the \
+                 environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or a \
+                 profile of the shared credentials file"
+            ));
+        }
+        Ok(SigV4Settings {
+            region: nonempty(&self.region),
+            keys,
+            profile: nonempty(&self.profile),
+        })
+    }
 }
 
 /// A validated HTTP client config: what `crate::httpclient::HttpClient` is built from.

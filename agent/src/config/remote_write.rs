@@ -108,7 +108,7 @@ with_http_client! {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub metadata_config: Option<MetadataConfigRaw>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub sigv4: Option<serde_yaml::Value>,
+        pub sigv4: Option<super::http::SigV4Config>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub azuread: Option<serde_yaml::Value>,
     }
@@ -222,7 +222,10 @@ impl RemoteWriteConfigRaw {
         if auths.iter().filter(|b| **b).count() > 1 {
             return Err("at most one of basic_auth, authorization, oauth2, sigv4, & azuread must be configured".into());
         }
-        let http = self.http_client().settings()?;
+        let mut http = self.http_client().settings()?;
+        if let Some(sigv4) = &self.sigv4 {
+            http.auth = super::http::Auth::SigV4(Box::new(sigv4.settings()?));
+        }
         let write_relabel_configs =
             super::relabel::validate_all(&self.write_relabel_configs, "write_relabel_configs")?;
         let queue = self.queue();

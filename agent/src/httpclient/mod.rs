@@ -21,6 +21,7 @@
 //!   each CONNECT.
 
 pub mod oauth2;
+pub mod sigv4;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
@@ -60,6 +61,9 @@ pub enum Error {
     },
     #[error("{0}")]
     OAuth2(#[from] OAuth2Error),
+    /// Boxed: the error type stays small for everyone who returns it.
+    #[error("{0}")]
+    SigV4(Box<sigv4::SigV4Error>),
     #[error("building the HTTP client: {0}")]
     Build(String),
     /// Sending the request or reading its answer failed; the text is reqwest's cause chain
@@ -116,6 +120,7 @@ enum Authorizer {
         credentials: Option<SecretSource>,
     },
     OAuth2(TokenSource),
+    SigV4(sigv4::Signer),
 }
 
 /// A configured client plus the auth it adds to each request. Cheap to clone.
@@ -312,6 +317,7 @@ impl HttpClient {
                 )?;
                 Authorizer::OAuth2(TokenSource::new(o, token_client, base))
             }
+            Auth::SigV4(s) => Authorizer::SigV4(sigv4::Signer::new(s)),
         };
         let reload = (!tls.files().is_empty()).then(|| Reload {
             state: Mutex::new(ReloadState {
@@ -414,7 +420,8 @@ impl HttpClient {
             }
         };
         Ok(match &self.inner.auth {
-            Authorizer::None => (rb, None),
+            // Signed in `send`, once the request is complete.
+            Authorizer::None | Authorizer::SigV4(_) => (rb, None),
             Authorizer::Basic { username, password } => {
                 let user = match username {
                     Some(u) => read("username_file", u).await?.expose().to_owned(),
@@ -447,6 +454,18 @@ impl HttpClient {
     /// returned as is.
     pub async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
         self.reload_tls().await;
+        if let Authorizer::SigV4(signer) = &self.inner.auth {
+            let mut req = rb.build().map_err(|e| Error::Http(e.without_url()))?;
+            signer
+                .sign(&mut req)
+                .await
+                .map_err(|e| Error::SigV4(Box::new(e)))?;
+            return self
+                .current()
+                .execute(req)
+                .await
+                .map_err(|e| Error::Http(e.without_url()));
+        }
         let retry = match self.inner.auth {
             Authorizer::OAuth2(_) => rb.try_clone(),
             _ => None,
