@@ -5,6 +5,7 @@ mod support;
 mod abuse;
 mod agent;
 mod api;
+mod azuread;
 mod ci_examples;
 mod cli;
 mod cluster;

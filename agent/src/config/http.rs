@@ -574,6 +574,149 @@ pub enum Auth {
     OAuth2(Box<OAuth2Settings>),
     /// remote_write's `sigv4`: each request signed with AWS Signature Version 4.
     SigV4(Box<SigV4Settings>),
+    /// remote_write's `azuread`: a bearer token from Azure AD (Azure Monitor).
+    AzureAd(Box<AzureAdSettings>),
+}
+
+/// remote_write's `azuread` block, with Prometheus's fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureAdConfig {
+    /// `AzurePublic` (default), `AzureChina` or `AzureGovernment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_identity: Option<AzureManagedIdentityConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<AzureOAuthConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureManagedIdentityConfig {
+    #[serde(default)]
+    pub client_id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureOAuthConfig {
+    #[serde(default)]
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<Secret>,
+    #[serde(default)]
+    pub tenant_id: String,
+}
+
+/// The Azure cloud a token is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AzureCloud {
+    Public,
+    China,
+    Government,
+}
+
+/// How an Azure AD token is obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AzureCredential {
+    /// The instance metadata service's token for a user-assigned managed identity.
+    ManagedIdentity { client_id: String },
+    /// OAuth 2.0 client credentials of an app registration.
+    OAuth {
+        client_id: String,
+        client_secret: Secret,
+        tenant_id: String,
+    },
+}
+
+/// A validated `azuread` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureAdSettings {
+    pub cloud: AzureCloud,
+    pub credential: AzureCredential,
+}
+
+/// Go's `uuid.Parse` for the canonical form (8-4-4-4-12 hex digits).
+fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+impl AzureAdConfig {
+    /// Prometheus's checks, with its texts.
+    pub fn settings(&self) -> Result<AzureAdSettings, String> {
+        let cloud = match self.cloud.as_deref().unwrap_or("AzurePublic") {
+            "AzurePublic" | "" => AzureCloud::Public,
+            "AzureChina" => AzureCloud::China,
+            "AzureGovernment" => AzureCloud::Government,
+            _ => return Err("must provide a cloud in the Azure AD config".into()),
+        };
+        let credential = match (&self.managed_identity, &self.oauth) {
+            (None, None) => {
+                return Err(
+                    "must provide an Azure Managed Identity or Azure OAuth in the Azure AD config"
+                        .into(),
+                )
+            }
+            (Some(_), Some(_)) => return Err(
+                "cannot provide both Azure Managed Identity and Azure OAuth in the Azure AD config"
+                    .into(),
+            ),
+            (Some(m), None) => {
+                if m.client_id.is_empty() {
+                    return Err(
+                        "must provide an Azure Managed Identity client_id in the Azure AD config"
+                            .into(),
+                    );
+                }
+                if !is_uuid(&m.client_id) {
+                    return Err("the provided Azure Managed Identity client_id is invalid".into());
+                }
+                AzureCredential::ManagedIdentity {
+                    client_id: m.client_id.clone(),
+                }
+            }
+            (None, Some(o)) => {
+                let secret = o.client_secret.clone().filter(|s| !s.is_empty());
+                if o.client_id.is_empty() {
+                    return Err(
+                        "must provide an Azure OAuth client_id in the Azure AD config".into(),
+                    );
+                }
+                let Some(client_secret) = secret else {
+                    return Err(
+                        "must provide an Azure OAuth client_secret in the Azure AD config".into(),
+                    );
+                };
+                if o.tenant_id.is_empty() {
+                    return Err(
+                        "must provide an Azure OAuth tenant_id in the Azure AD config".into(),
+                    );
+                }
+                if !is_uuid(&o.client_id) {
+                    return Err("the provided Azure OAuth client_id is invalid".into());
+                }
+                let tenant_ok = o
+                    .tenant_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                if !tenant_ok {
+                    return Err("the provided Azure OAuth tenant_id is invalid".into());
+                }
+                AzureCredential::OAuth {
+                    client_id: o.client_id.clone(),
+                    client_secret,
+                    tenant_id: o.tenant_id.clone(),
+                }
+            }
+        };
+        Ok(AzureAdSettings { cloud, credential })
+    }
 }
 
 /// remote_write's `sigv4` block, with Prometheus's fields.

@@ -110,7 +110,7 @@ with_http_client! {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub sigv4: Option<super::http::SigV4Config>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub azuread: Option<serde_yaml::Value>,
+        pub azuread: Option<super::http::AzureAdConfig>,
     }
 }
 
@@ -225,6 +225,9 @@ impl RemoteWriteConfigRaw {
         let mut http = self.http_client().settings()?;
         if let Some(sigv4) = &self.sigv4 {
             http.auth = super::http::Auth::SigV4(Box::new(sigv4.settings()?));
+        }
+        if let Some(azuread) = &self.azuread {
+            http.auth = super::http::Auth::AzureAd(Box::new(azuread.settings()?));
         }
         let write_relabel_configs =
             super::relabel::validate_all(&self.write_relabel_configs, "write_relabel_configs")?;
@@ -349,5 +352,33 @@ mod tests {
             validate("url: http://r/\nwrite_relabel_configs:\n  - action: hashmod\n").unwrap_err(),
             "write_relabel_configs[0]: relabel configuration for hashmod requires non-zero modulus"
         );
+    }
+
+    /// sigv4 and azuread are validated with Prometheus's texts into the auth the client uses
+    /// (they were accepted and then ignored: requests went out unsigned).
+    #[test]
+    fn sigv4_and_azuread_become_the_auth_or_are_refused_with_prometheus_texts() {
+        let rw = |yaml: &str| {
+            serde_yaml::from_str::<RemoteWriteConfigRaw>(&format!("url: http://h/w\n{yaml}"))
+                .unwrap()
+                .validate("r".into())
+        };
+        let ok = rw("sigv4: {region: us-east-1, access_key: A, secret_key: S}").unwrap();
+        assert!(matches!(ok.http.auth, super::super::http::Auth::SigV4(_)));
+        let ok = rw("azuread: {oauth: {client_id: 00000000-0000-0000-0000-000000000001, client_secret: s, tenant_id: t}}").unwrap();
+        assert!(matches!(ok.http.auth, super::super::http::Auth::AzureAd(_)));
+        for (yaml, want) in [
+            ("sigv4: {access_key: A}", "must provide a AWS SigV4 Access key and Secret Key if credentials are specified in the SigV4 config"),
+            ("sigv4: {role_arn: 'arn:aws:iam::1:role/x'}", "sigv4.role_arn \"arn:aws:iam::1:role/x\": assuming a role (AWS STS AssumeRole) is not supported"),
+            ("azuread: {}", "must provide an Azure Managed Identity or Azure OAuth in the Azure AD config"),
+            ("azuread: {cloud: Mars, managed_identity: {client_id: x}}", "must provide a cloud in the Azure AD config"),
+            ("azuread: {managed_identity: {client_id: x}, oauth: {client_id: y}}", "cannot provide both Azure Managed Identity and Azure OAuth in the Azure AD config"),
+            ("azuread: {oauth: {client_id: 00000000-0000-0000-0000-000000000001, tenant_id: t}}", "must provide an Azure OAuth client_secret in the Azure AD config"),
+            ("azuread: {oauth: {client_id: 00000000-0000-0000-0000-000000000001, client_secret: s, tenant_id: 't/x'}}", "the provided Azure OAuth tenant_id is invalid"),
+            ("sigv4: {}\nazuread: {managed_identity: {client_id: x}}", "at most one of basic_auth, authorization, oauth2, sigv4, & azuread must be configured"),
+        ] {
+            let err = rw(yaml).unwrap_err();
+            assert!(err.starts_with(want), "{yaml}: {err}");
+        }
     }
 }

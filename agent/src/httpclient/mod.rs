@@ -20,6 +20,7 @@
 //!   their lowercase forms, read when the client is built); `proxy_connect_header` is sent with
 //!   each CONNECT.
 
+pub mod azuread;
 pub mod oauth2;
 pub mod sigv4;
 pub mod tls;
@@ -30,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::http::{Auth, HttpClientSettings, Proxy, TlsSettings};
+use crate::config::http::{
+    Auth, AzureCredential, HttpClientSettings, OAuth2Settings, Proxy, TlsSettings,
+};
 use crate::config::secret::SecretSource;
 pub use oauth2::{OAuth2Error, TokenSource};
 
@@ -61,6 +64,8 @@ pub enum Error {
     },
     #[error("{0}")]
     OAuth2(#[from] OAuth2Error),
+    #[error("{0}")]
+    AzureAd(String),
     /// Boxed: the error type stays small for everyone who returns it.
     #[error("{0}")]
     SigV4(Box<sigv4::SigV4Error>),
@@ -121,6 +126,7 @@ enum Authorizer {
     },
     OAuth2(TokenSource),
     SigV4(sigv4::Signer),
+    AzureManagedIdentity(Arc<azuread::ManagedIdentity>),
 }
 
 /// A configured client plus the auth it adds to each request. Cheap to clone.
@@ -280,6 +286,24 @@ fn build_reqwest(
     b.build().map_err(|e| Error::Build(error_chain(&e)))
 }
 
+/// A client without auth for a token endpoint.
+fn token_client(tls: TlsSettings, proxy: Proxy, opts: &Options) -> Result<HttpClient, Error> {
+    HttpClient::new(
+        &HttpClientSettings {
+            tls,
+            proxy,
+            ..HttpClientSettings::default()
+        },
+        &Options {
+            timeout: Some(opts.timeout.unwrap_or(Duration::from_secs(30))),
+            connect_timeout: opts.connect_timeout,
+            base_dir: opts.base_dir.clone(),
+            gzip: false,
+            user_agent: opts.user_agent.clone(),
+        },
+    )
+}
+
 impl HttpClient {
     /// Builds the client: TLS (reading `tls_config`'s files now), proxy, redirects, HTTP/2, and
     /// the auth [`send`](Self::send) applies.
@@ -301,23 +325,40 @@ impl HttpClient {
             },
             Auth::OAuth2(o) => {
                 // The token endpoint's own tls_config and proxy, no auth.
-                let token_client = HttpClient::new(
-                    &HttpClientSettings {
-                        tls: o.tls.clone(),
-                        proxy: o.proxy.clone(),
-                        ..HttpClientSettings::default()
-                    },
-                    &Options {
-                        timeout: Some(opts.timeout.unwrap_or(Duration::from_secs(30))),
-                        connect_timeout: opts.connect_timeout,
-                        base_dir: opts.base_dir.clone(),
-                        gzip: false,
-                        user_agent: opts.user_agent.clone(),
-                    },
-                )?;
+                let token_client = token_client(o.tls.clone(), o.proxy.clone(), opts)?;
                 Authorizer::OAuth2(TokenSource::new(o, token_client, base))
             }
             Auth::SigV4(s) => Authorizer::SigV4(sigv4::Signer::new(s)),
+            Auth::AzureAd(a) => {
+                let env = |k: &str| std::env::var(k).ok();
+                let http = token_client(TlsSettings::default(), Proxy::None, opts)?;
+                match &a.credential {
+                    AzureCredential::ManagedIdentity { client_id } => {
+                        Authorizer::AzureManagedIdentity(Arc::new(azuread::ManagedIdentity::new(
+                            a.cloud, client_id, http, env,
+                        )))
+                    }
+                    AzureCredential::OAuth {
+                        client_id,
+                        client_secret,
+                        tenant_id,
+                    } => {
+                        let url = azuread::token_url(a.cloud, tenant_id, env);
+                        let token_url = crate::config::url::ConfigUrl::parse(&url)
+                            .map_err(|e| Error::Build(format!("azuread token URL {url}: {e}")))?;
+                        let o = OAuth2Settings {
+                            client_id: client_id.clone(),
+                            client_secret: Some(SecretSource::Inline(client_secret.clone())),
+                            scopes: vec![azuread::scope(a.cloud).to_owned()],
+                            token_url,
+                            endpoint_params: Default::default(),
+                            tls: TlsSettings::default(),
+                            proxy: Proxy::None,
+                        };
+                        Authorizer::OAuth2(TokenSource::new(&o, http, base))
+                    }
+                }
+            }
         };
         let reload = (!tls.files().is_empty()).then(|| Reload {
             state: Mutex::new(ReloadState {
@@ -422,6 +463,14 @@ impl HttpClient {
         Ok(match &self.inner.auth {
             // Signed in `send`, once the request is complete.
             Authorizer::None | Authorizer::SigV4(_) => (rb, None),
+            Authorizer::AzureManagedIdentity(m) => {
+                let header = m
+                    .authorization()
+                    .await
+                    .map_err(|e| Error::AzureAd(e.to_string()))?;
+                let (n, v) = header_pair("azuread", "Authorization", &header)?;
+                (rb.header(n, v), Some(header))
+            }
             Authorizer::Basic { username, password } => {
                 let user = match username {
                     Some(u) => read("username_file", u).await?.expose().to_owned(),
@@ -473,6 +522,11 @@ impl HttpClient {
         let (rb, token) = self.authorize(rb).await?;
         let resp = self.execute(rb).await?;
         if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        if let Authorizer::AzureManagedIdentity(m) = &self.inner.auth {
+            // The next request fetches a new token.
+            m.clear().await;
             return Ok(resp);
         }
         let (Authorizer::OAuth2(ts), Some(token)) = (&self.inner.auth, token) else {
