@@ -97,6 +97,43 @@ fn the_alerts_fire_on_the_histories_of_their_unit_tests() {
     );
 }
 
+/// The remote_write lag the dashboard and AgentctlRemoteWriteBehind read keeps growing while
+/// the receiver is down: `prometheus_remote_storage_highest_timestamp_in_seconds` follows what
+/// the WAL holds, also once the queue is full and the WAL is no longer read for sending (it
+/// used to stop there, capping the lag at about capacity / sample rate).
+#[test]
+fn the_remote_write_lag_grows_while_the_receiver_is_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = Agent::start(tmp.path(), &[]);
+    // Port 1 refuses connections: every send fails and is retried, nothing is delivered.
+    let cfg = format!(
+        "scrape_configs:\n  - job_name: self\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{}']\nremote_write:\n  - url: http://127.0.0.1:1/api/v1/write\n    queue_config: {{capacity: 100, min_shards: 1, max_shards: 1, max_samples_per_send: 50}}\nremote_flush_deadline: 1s\n",
+        agent.addr()
+    );
+    assert!(matches!(agent.put_config("self", &cfg).status, 200 | 201));
+    let highest_in =
+        |a: &Agent| a.metric("prometheus_remote_storage_highest_timestamp_in_seconds", "");
+    agent.wait_until("the queue full", Duration::from_secs(60), |a| {
+        a.metric("prometheus_remote_storage_samples_pending", "") >= 100.0
+    });
+    let when_full = highest_in(&agent);
+    assert!(when_full > 0.0);
+    // Scrapes go on every second: the newest sample in rises with them.
+    agent.wait_until(
+        "highest_timestamp_in 5 s past the moment the queue filled",
+        Duration::from_secs(30),
+        |a| highest_in(a) >= when_full + 5.0,
+    );
+    assert_eq!(
+        agent.metric(
+            "prometheus_remote_storage_queue_highest_sent_timestamp_seconds",
+            ""
+        ),
+        0.0,
+        "nothing was delivered"
+    );
+}
+
 /// Metric name -> label names, from the samples of an exposition.
 fn exposed(text: &str) -> BTreeMap<String, BTreeSet<String>> {
     let sample = Regex::new(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? ").unwrap();

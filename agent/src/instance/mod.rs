@@ -497,7 +497,8 @@ impl Instance {
     }
 }
 
-/// fsyncs the WAL every second and truncates it every `wal_truncate_frequency`.
+/// fsyncs the WAL every second, reports its newest sample to the remote_write queues, and
+/// truncates it every `wal_truncate_frequency`.
 async fn housekeeping(
     cfg: InstanceConfig,
     storage: Arc<WalStorage>,
@@ -517,6 +518,13 @@ async fn housekeeping(
         let (synced, series) = storage.with_wal(|w| (w.sync(), w.series_count()));
         if let Err(e) = synced {
             tracing::error!(error = %e, "WAL fsync failed");
+        }
+        // highest_timestamp_in follows what the WAL holds, as Prometheus's appender sets it: the
+        // watchers raise it only as they read, and stop reading while their queue is full.
+        if let Some(newest) = storage.newest_timestamp() {
+            for q in &queues {
+                q.observe_wal_timestamp(newest);
+            }
         }
         metrics
             .active_series

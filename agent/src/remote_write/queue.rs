@@ -642,8 +642,9 @@ impl QueueManager {
         Ok(())
     }
 
-    /// Reports the highest timestamp written to the WAL (the instance calls this on each
-    /// commit), so the shard calculation sees how far behind the queue is.
+    /// Reports the highest timestamp written to the WAL (the instance's housekeeping calls this
+    /// every second, the watcher as it reads), so the shard calculation sees how far behind the
+    /// queue is.
     pub fn observe_wal_timestamp(&self, ts_ms: i64) {
         self.shared
             .highest_received
