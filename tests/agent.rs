@@ -121,3 +121,57 @@ fn log_lines_name_their_instance_target_and_endpoint() {
         assert_eq!(agent.stop(), Some(0));
     }
 }
+
+/// `GET /-/config` (with `-config.enable-read-api`) shows the config in effect: as it was
+/// loaded (a UTF-16 file decoded, `${VAR}` expanded with `-config.expand-env`), secrets as
+/// `<secret>`; an edit of the file shows only once a reload has applied it.
+#[test]
+fn read_api_shows_the_config_in_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal-from-env");
+    let yaml = |interval: &str| {
+        format!(
+            "metrics:\n  wal_directory: ${{AGENT_WAL}}\n  global:\n    scrape_interval: {interval}\n    remote_write:\n      - url: http://127.0.0.1:1/push\n        basic_auth:\n          username: u\n          password: sec-read-api-3\n"
+        )
+    };
+    let file = dir.path().join("agent.yml");
+    // UTF-16LE with a byte-order mark.
+    let utf16: Vec<u8> = [0xff, 0xfe]
+        .into_iter()
+        .chain(yaml("7s").encode_utf16().flat_map(u16::to_le_bytes))
+        .collect();
+    std::fs::write(&file, utf16).unwrap();
+    let mut agent = Agent::builder(dir.path())
+        .config_file(&file)
+        .env("AGENT_WAL", &wal)
+        .args(["--config.enable-read-api", "--config.expand-env"])
+        .start();
+    let shown = |a: &Agent| {
+        let r = a.get("/-/config");
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body
+    };
+    let first = shown(&agent);
+    assert!(
+        first.contains(&format!("wal_directory: {}", wal.display())),
+        "{first}"
+    );
+    assert!(first.contains("7s"), "{first}");
+    assert!(
+        first.contains("<secret>") && !first.contains("sec-read-api-3"),
+        "{first}"
+    );
+
+    // Edited, not reloaded: still the config in effect.
+    std::fs::write(&file, yaml("9s")).unwrap();
+    assert_eq!(shown(&agent), first);
+    let r = agent.req("POST", "/-/reload", &[], "");
+    assert_eq!(r.status, 200, "{r:?}");
+    let reloaded = shown(&agent);
+    assert!(
+        reloaded.contains("9s") && !reloaded.contains("7s"),
+        "{reloaded}"
+    );
+    assert!(!reloaded.contains("sec-read-api-3"), "{reloaded}");
+    assert_eq!(agent.stop(), Some(0));
+}

@@ -10,10 +10,11 @@ use crate::args::AgentRunArgs;
 use crate::Error;
 
 pub async fn run(args: AgentRunArgs) -> Result<ExitCode, Error> {
-    let config = match &args.config_file {
-        Some(path) => load::load_agent_file(path, args.expand_env)
+    let (config, config_shown) = match &args.config_file {
+        Some(path) => load::load_agent_file_shown(path, args.expand_env)
+            .map(|(c, shown)| (c, Some(shown)))
             .map_err(|e| Error::Invalid(format!("invalid configuration: {e}")))?,
-        None => AgentConfig::embedded_default(),
+        None => (AgentConfig::embedded_default(), None),
     };
     if args.http_enable_tls && config.http_tls.is_none() {
         return Err(Error::Invalid(format!(
@@ -46,6 +47,7 @@ pub async fn run(args: AgentRunArgs) -> Result<ExitCode, Error> {
         .unwrap_or_else(|| DEFAULT_HTTP_ADDRESS.to_owned());
     let mut options = Options::new(config, address);
     options.config_file = args.config_file;
+    options.config_shown = config_shown;
     options.address_file = args.http_address_file;
     options.enable_read_api = args.enable_read_api;
     options.enable_get_config = !args.disable_get_config;

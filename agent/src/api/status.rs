@@ -58,7 +58,7 @@ pub struct StatusState {
     /// `/debug/ring`, once the ring is reachable.
     pub ring_page: Arc<OnceLock<Router>>,
     pub scraping_service: bool,
-    /// `GET /-/config` shows this file (`None`: the route answers 404, as without
+    /// What `GET /-/config` shows (`None`: the route answers 404, as without
     /// `-config.enable-read-api`).
     pub read_api: Option<ReadApi>,
     pub reloader: Reloader,
@@ -72,7 +72,9 @@ pub struct StatusState {
 /// What `GET /-/config` shows.
 #[derive(Debug, Clone)]
 pub enum ReadApi {
-    File(PathBuf),
+    /// The config in effect, as loaded (decoded, `-config.expand-env` applied, secrets as
+    /// `<secret>`): set at start and by each successful reload, whatever the file holds now.
+    Loaded(watch::Receiver<Option<String>>),
     EmbeddedDefault,
 }
 
@@ -105,33 +107,22 @@ async fn ready(State(state): State<Arc<StatusState>>) -> Response {
     }
 }
 
-/// `GET /-/config`: the loaded config file, secrets redacted; only with the read API enabled.
+/// `GET /-/config`: the config in effect (as loaded at start or by the last successful reload),
+/// secrets redacted; only with the read API enabled.
 async fn show_config(State(state): State<Arc<StatusState>>) -> Response {
     let body = match &state.read_api {
         None => {
             return (StatusCode::NOT_FOUND, "404 - config endpoint is disabled").into_response()
         }
         Some(ReadApi::EmbeddedDefault) => "# embedded default: no config file\n".to_owned(),
-        Some(ReadApi::File(path)) => {
-            let path = path.clone();
-            let shown = tokio::task::spawn_blocking(move || {
-                std::fs::read_to_string(path)
-                    .ok()
-                    .and_then(|t| serde_yaml::from_str::<crate::config::AgentConfigRaw>(&t).ok())
-                    .and_then(|raw| serde_yaml::to_string(&raw).ok())
-            })
-            .await
-            .ok()
-            .flatten();
-            match shown {
-                Some(yaml) => yaml,
-                None => {
-                    return text(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "could not read the config file\n",
-                    )
-                }
-            }
+        Some(ReadApi::Loaded(shown)) => {
+            let Some(yaml) = shown.borrow().clone() else {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "could not render the loaded config\n",
+                );
+            };
+            yaml
         }
     };
     ([(header::CONTENT_TYPE, "text/yaml; charset=utf-8")], body).into_response()

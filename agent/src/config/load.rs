@@ -517,10 +517,20 @@ pub fn decode_text(bytes: Vec<u8>) -> Result<String, String> {
 
 /// Loads and validates an agent config file.
 pub fn load_agent_file(path: &Path, expand_env: bool) -> Result<AgentConfig, ConfigError> {
+    load_agent_file_shown(path, expand_env).map(|(c, _)| c)
+}
+
+/// [`load_agent_file`], and the config as `GET /-/config` shows it: the YAML of what was read
+/// (decoded, `-config.expand-env` applied), secrets as `<secret>`.
+pub fn load_agent_file_shown(
+    path: &Path,
+    expand_env: bool,
+) -> Result<(AgentConfig, String), ConfigError> {
     let text = read_file(path, expand_env)?;
-    parse_agent(&text)
-        .map(|(_, c)| c)
-        .map_err(|e| e.in_file(path))
+    let (raw, cfg) = parse_agent(&text).map_err(|e| e.in_file(path))?;
+    let shown = serde_yaml::to_string(&raw)
+        .map_err(|e| ConfigError::new(format!("cannot render the config: {e}")).in_file(path))?;
+    Ok((cfg, shown))
 }
 
 /// Expands `${VAR}` references as the old agent's `-config.expand-env` did (see

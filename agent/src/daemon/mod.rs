@@ -72,6 +72,9 @@ pub struct Options {
     pub config: AgentConfig,
     /// The config file, when one was given (`None`: the embedded default).
     pub config_file: Option<PathBuf>,
+    /// `config` as `GET /-/config` shows it (`config::load::load_agent_file_shown`); reloads
+    /// replace it. `None` with a `config_file`: the route says it cannot show the file.
+    pub config_shown: Option<String>,
     pub http_address: String,
     /// Where to write the address the server bound (`--server.http.address-file`).
     pub address_file: Option<PathBuf>,
@@ -94,6 +97,7 @@ impl Options {
         Options {
             config,
             config_file: None,
+            config_shown: None,
             http_address: http_address.into(),
             address_file: None,
             enable_read_api: false,
@@ -252,11 +256,13 @@ impl Agent {
         }
         let (reloader, reloads) = Reloader::channel();
         let ring_page = Arc::new(OnceLock::new());
+        // What `/-/config` shows: the config in effect, replaced by each successful reload.
+        let (shown_tx, shown) = watch::channel(self.options.config_shown.clone());
         let read_api = self
             .options
             .enable_read_api
             .then(|| match &self.options.config_file {
-                Some(p) => ReadApi::File(p.clone()),
+                Some(_) => ReadApi::Loaded(shown),
                 None => ReadApi::EmbeddedDefault,
             });
         let status = Arc::new(StatusState {
@@ -286,7 +292,7 @@ impl Agent {
         };
         tokio::spawn(announce_ready(self.ready.subscribe(), why));
         let server_tls = self.server_tls.clone();
-        let supervisor = Supervisor::new(self, ring_page);
+        let supervisor = Supervisor::new(self, ring_page, shown_tx);
         let server_stop = CancellationToken::new();
         let task = {
             let server_stop = server_stop.clone();

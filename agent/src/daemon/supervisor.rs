@@ -106,6 +106,8 @@ pub struct Supervisor {
     server_tls: Option<Arc<crate::api::tls::ServerTls>>,
     ready: watch::Sender<bool>,
     ring_page: Arc<OnceLock<axum::Router>>,
+    /// The config in effect as `GET /-/config` shows it.
+    shown: watch::Sender<Option<String>>,
     /// The cluster for `/metrics`, once joined.
     cluster_cell: Arc<OnceLock<Arc<Cluster>>>,
     /// Once the KV store is reachable.
@@ -116,7 +118,11 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub(super) fn new(agent: Agent, ring_page: Arc<OnceLock<axum::Router>>) -> Supervisor {
+    pub(super) fn new(
+        agent: Agent,
+        ring_page: Arc<OnceLock<axum::Router>>,
+        shown: watch::Sender<Option<String>>,
+    ) -> Supervisor {
         Supervisor {
             config: agent.options.config.clone(),
             options: agent.options,
@@ -129,6 +135,7 @@ impl Supervisor {
             server_tls: agent.server_tls,
             ready: agent.ready,
             ring_page,
+            shown,
             cluster_cell: agent.cluster,
             cluster: None,
             cleaner_stop: CancellationToken::new(),
@@ -288,11 +295,11 @@ impl Supervisor {
         let loaded = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
-                crate::config::load::load_agent_file(&path, expand_env)
+                crate::config::load::load_agent_file_shown(&path, expand_env)
             })
             .await
         };
-        let new = match loaded {
+        let (new, shown) = match loaded {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 self.load_metrics.record(false);
@@ -333,6 +340,7 @@ impl Supervisor {
             self.apply(&new).await;
         }
         self.config = new;
+        self.shown.send_replace(Some(shown));
         self.load_metrics.record(true);
         Ok(())
     }
