@@ -289,6 +289,33 @@ fn extras() -> Vec<Extra> {
             "",
             Expect::Agree,
         ),
+        // The other checks of a new series' final labels, with Prometheus's texts.
+        extra(
+            "relabel_drops_the_name",
+            b"a 1\n",
+            "    metric_relabel_configs:\n      - action: labeldrop\n        regex: __name__\n",
+            Expect::BothFail("missing metric name (__name__ label)", Text::Same),
+        ),
+        extra(
+            "label_name_length_limit",
+            b"ok 1\nm{abcdefghij=\"v\"} 1\n",
+            "    label_name_length_limit: 8\n",
+            Expect::BothFail(
+                "label_name_length_limit exceeded (metric: m, label name: abcdefghij, length: 10, limit: 8)",
+                Text::Same,
+            ),
+        ),
+        extra(
+            "label_value_length_limit",
+            b"ok 1\nm{a=\"0123456789012345678901234567890123456789\"} 1\n",
+            "    label_value_length_limit: 30\n",
+            Expect::BothFail(
+                "label_value_length_limit exceeded (metric: m, label name: a, value: \"0123456789012345678901234567890123456789\", length: 40, limit: 30)",
+                Text::Same,
+            ),
+        ),
+        // A target that exposes a series named like a synthetic one, with the same labels.
+        extra("exposes_up", b"up 5\nx 1\n", "", Expect::Agree),
         // A failed fetch appends nothing: every series is stale.
         after(
             b"a 1\n",
