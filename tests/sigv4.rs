@@ -140,3 +140,64 @@ remote_write:
     assert!(!r.body.contains("block-secret"), "{r:?}");
     eprintln!("botocore verified: {stats}");
 }
+
+/// `config diff` never prints the secrets of `sigv4` and `azuread`: a changed secret is named
+/// without its value, and the diff of another field shows no secret around it.
+#[test]
+fn config_diff_hides_sigv4_and_azuread_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let cfgs = dir.path().join("configs");
+    std::fs::create_dir(&cfgs).unwrap();
+    let config = |region: &str, aws: &str, azure: &str| {
+        format!(
+            "remote_write:
+  - url: http://127.0.0.1:1/aws
+    sigv4:
+      region: {region}
+      access_key: AKIDDIFF
+      secret_key: {aws}
+  - url: http://127.0.0.1:1/azure
+    azuread:
+      oauth:
+        client_id: 00000000-0000-0000-0000-000000000001
+        client_secret: {azure}
+        tenant_id: t
+"
+        )
+    };
+    let file = cfgs.join("cloud.yml");
+    std::fs::write(&file, config("us-east-1", "aws-secret-0", "azure-secret-0")).unwrap();
+    let url = agent.url();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--addr", &url]);
+        let o = crate::support::agentctl(&all, dir.path());
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        for s in ["aws-secret-", "azure-secret-"] {
+            assert!(!out.contains(s), "a secret was printed: {out}");
+        }
+        (o.status.code(), out)
+    };
+    let dir_arg = cfgs.to_str().unwrap();
+    let (code, out) = run(&["config-sync", dir_arg]);
+    assert_eq!(code, Some(0), "{out}");
+    std::fs::write(&file, config("us-east-1", "aws-secret-1", "azure-secret-1")).unwrap();
+    let (code, out) = run(&["config", "diff", dir_arg]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("only secret values differ (not shown)"),
+        "{out}"
+    );
+    std::fs::write(&file, config("eu-west-1", "aws-secret-1", "azure-secret-1")).unwrap();
+    let (code, out) = run(&["config", "diff", dir_arg]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("+    region: eu-west-1"), "{out}");
+    assert!(out.contains("secret_key: <secret>"), "{out}");
+    let (code, out) = run(&["config", "get", "cloud"]);
+    assert_eq!(code, Some(0), "{out}");
+}
