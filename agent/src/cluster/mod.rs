@@ -30,6 +30,7 @@ pub mod publish;
 #[cfg(test)]
 mod sim;
 pub mod store;
+pub mod targets;
 pub mod view;
 
 use std::collections::HashMap;

@@ -149,6 +149,9 @@ pub struct InstanceMetrics {
     pub samples_appended: Family<InstanceLabel, Counter>,
     /// Corrupt or torn WAL tails repaired when the WAL was opened.
     pub corruptions: Family<InstanceLabel, Counter>,
+    /// The same per instance, summed by [`InstanceMetrics::active_series_total`] (a metric
+    /// family cannot be read back).
+    active_by_instance: Arc<std::sync::Mutex<std::collections::HashMap<InstanceLabel, u64>>>,
 }
 
 impl std::fmt::Debug for InstanceMetrics {
@@ -169,6 +172,7 @@ impl InstanceMetrics {
             active_series: Family::default(),
             samples_appended: Family::default(),
             corruptions: Family::default(),
+            active_by_instance: Arc::default(),
         };
         registry.register(
             "agent_wal_truncate_dropped_samples",
@@ -218,6 +222,27 @@ impl InstanceMetrics {
     /// Drops the gauge of a stopped instance (its counters stay, as counters do).
     fn forget(&self, label: &InstanceLabel) {
         self.active_series.remove(label);
+        self.lock_active().remove(label);
+    }
+
+    fn lock_active(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<InstanceLabel, u64>> {
+        self.active_by_instance
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_active_series(&self, label: &InstanceLabel, series: usize) {
+        self.active_series
+            .get_or_create(label)
+            .set(i64::try_from(series).unwrap_or(i64::MAX));
+        self.lock_active().insert(label.clone(), series as u64);
+    }
+
+    /// Active series over every running instance (the ring page's load figure).
+    pub fn active_series_total(&self) -> u64 {
+        self.lock_active().values().sum()
     }
 }
 
@@ -526,10 +551,7 @@ async fn housekeeping(
                 q.observe_wal_timestamp(newest);
             }
         }
-        metrics
-            .active_series
-            .get_or_create(&label)
-            .set(i64::try_from(series).unwrap_or(i64::MAX));
+        metrics.set_active_series(&label, series);
         if last_truncate.elapsed() < cfg.wal_truncate_frequency.as_std() {
             continue;
         }

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::appender::Storage;
+use super::assigned::{AssignedJob, AssignedSource, Barrier, LoopEvent, Mode};
 use super::metadata::{self, MetricMetadata};
 use super::scrape_loop::{Health, LoopHandle, ScrapeLoop};
 use super::target::{discovered_labels, populate_labels, Target};
@@ -186,6 +187,8 @@ pub struct ScrapeManager {
     jobs: Mutex<BTreeMap<String, Job>>,
     /// Serializes `apply` and `stop`.
     apply_lock: tokio::sync::Mutex<()>,
+    /// Target sharding: jobs take their targets from here instead of discovery.
+    assigned: Option<(Arc<dyn AssignedSource>, Barrier)>,
 }
 
 impl ScrapeManager {
@@ -203,7 +206,16 @@ impl ScrapeManager {
             clock: Clock::system(),
             jobs: Mutex::new(BTreeMap::new()),
             apply_lock: tokio::sync::Mutex::new(()),
+            assigned: None,
         }
+    }
+
+    /// Jobs take their targets from `source` (target sharding: see
+    /// [`crate::scrape::assigned`]) instead of running discovery; `barrier` resolves once what
+    /// the instance appended so far has been delivered by its remote_write queues.
+    pub fn with_assigned(mut self, source: Arc<dyn AssignedSource>, barrier: Barrier) -> Self {
+        self.assigned = Some((source, barrier));
+        self
     }
 
     /// The clock the scrape loops stamp samples with (the system clock unless given).
@@ -276,11 +288,38 @@ impl ScrapeManager {
         let cancel = CancellationToken::new();
         // At ERROR level so that it is enabled whatever `--log.level` is (see logging.rs).
         let span = tracing::error_span!("scrape_job", job = %cfg.job_name);
+        let pool = Arc::new(Mutex::new(Pool::default()));
+        if let Some((source, barrier)) = &self.assigned {
+            let rx = source.subscribe(&self.instance, &cfg.job_name);
+            let task = tokio::spawn(
+                sync_assigned(
+                    Assigned {
+                        cfg: cfg.clone(),
+                        pool: pool.clone(),
+                        client,
+                        storage: self.storage.clone(),
+                        clock: self.clock,
+                        source: source.clone(),
+                        barrier: barrier.clone(),
+                    },
+                    rx,
+                    cancel.clone(),
+                )
+                .instrument(span.clone()),
+            );
+            span.in_scope(|| tracing::info!("started scrape job on assigned targets"));
+            return Ok(Job {
+                cfg,
+                span,
+                cancel,
+                task,
+                pool,
+            });
+        }
         // Discovery's tasks are spawned in it too.
         let rx = span
             .in_scope(|| discovery::start(&cfg, self.base_dir.as_deref(), cancel.clone()))?
             .targets;
-        let pool = Arc::new(Mutex::new(Pool::default()));
         let task = tokio::spawn(
             sync_job(
                 cfg.clone(),
@@ -514,6 +553,125 @@ async fn sync_job(
             _ = cancel.cancelled() => return,
             changed = rx.changed() => if changed.is_err() {
                 // Discovery ended (only on shutdown); keep the loops until the job stops.
+                cancel.cancelled().await;
+                return;
+            },
+        }
+    }
+}
+
+/// What the sync task of a job on assigned targets works with.
+struct Assigned {
+    cfg: Arc<ScrapeConfig>,
+    pool: Arc<Mutex<Pool>>,
+    client: HttpClient,
+    storage: Arc<dyn Storage>,
+    clock: Clock,
+    source: Arc<dyn AssignedSource>,
+    barrier: Barrier,
+}
+
+/// Keeps a job's loops in step with its assigned targets (see [`crate::scrape::assigned`]):
+/// new keys get a loop (holding or writing), keys gone from the job stop with staleness
+/// markers, released keys stop without them and are reported once their samples are delivered.
+async fn sync_assigned(
+    a: Assigned,
+    mut rx: tokio::sync::watch::Receiver<Arc<AssignedJob>>,
+    cancel: CancellationToken,
+) {
+    let mut modes: HashMap<u64, tokio::sync::watch::Sender<Mode>> = HashMap::new();
+    let mut releasing: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    loop {
+        let job = rx.borrow_and_update().clone();
+        let release: std::collections::HashSet<u64> = job.release.iter().copied().collect();
+        let (gone, released) = {
+            let mut p = lock_pool(&a.pool);
+            let mut gone = Vec::new();
+            let mut released = Vec::new();
+            let keys: Vec<u64> = p.loops.keys().copied().collect();
+            for k in keys {
+                let wanted = job.targets.iter().any(|t| t.key == k);
+                if release.contains(&k) || !wanted {
+                    if let Some(t) = p.loops.remove(&k) {
+                        if release.contains(&k) {
+                            released.push((k, t));
+                        } else {
+                            gone.push(t);
+                        }
+                    }
+                    modes.remove(&k);
+                }
+            }
+            for t in &job.targets {
+                if release.contains(&t.key) {
+                    continue;
+                }
+                if p.loops.contains_key(&t.key) {
+                    if let Some(tx) = modes.get(&t.key) {
+                        tx.send_if_modified(|m| {
+                            let changed = *m != t.mode;
+                            *m = t.mode;
+                            changed
+                        });
+                        if matches!(t.mode, Mode::Write { .. }) {
+                            // Writing is for good: the loop no longer follows the mode.
+                            modes.remove(&t.key);
+                        }
+                    }
+                    continue;
+                }
+                let mut lp = ScrapeLoop::new(
+                    a.cfg.clone(),
+                    t.target.clone(),
+                    a.client.clone(),
+                    a.storage.clone(),
+                    a.clock,
+                );
+                if t.mode == Mode::Hold {
+                    let (tx, mode) = tokio::sync::watch::channel(t.mode);
+                    lp = lp.with_handover(t.key, mode, a.source.clone());
+                    modes.insert(t.key, tx);
+                }
+                p.loops.insert(
+                    t.key,
+                    RunningTarget {
+                        target: t.target.clone(),
+                        handle: lp.spawn(),
+                    },
+                );
+            }
+            for t in p.loops.values() {
+                t.handle.set_forced_error(job.forced_error.clone());
+            }
+            (gone, released)
+        };
+        for (key, t) in released {
+            releasing.insert(key);
+            let source = a.source.clone();
+            let barrier = a.barrier.clone();
+            tokio::spawn(async move {
+                let status = t.handle.stop_and_status(false).await;
+                barrier().await;
+                source.event(LoopEvent::Released {
+                    key,
+                    last_ms: status.last_appended_ms,
+                });
+            });
+        }
+        // A key released before this job ever ran it appended nothing here.
+        for &key in &release {
+            if releasing.insert(key) {
+                a.source.event(LoopEvent::Released { key, last_ms: None });
+            }
+        }
+        releasing.retain(|k| release.contains(k));
+        if !gone.is_empty() {
+            tracing::debug!(job = %a.cfg.job_name, count = gone.len(), "stopping scrape loops of targets no longer assigned or discovered");
+            stop_all(gone, true).await;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() {
                 cancel.cancelled().await;
                 return;
             },

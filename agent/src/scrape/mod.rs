@@ -1,6 +1,7 @@
 //! The scrape engine: exposition parsing, target label population, scrape loops and the
 //! series cache.
 pub mod appender;
+pub mod assigned;
 pub mod cache;
 pub mod identity;
 pub mod manager;

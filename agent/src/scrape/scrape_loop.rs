@@ -61,11 +61,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::appender::{stale_nan, AppendError, Appender, SeriesRef, Storage};
+use super::assigned::{AssignedSource, LoopEvent, Mode};
 use super::cache::{Lookup, SeriesCache};
 use super::metadata::{self, SharedMetadata};
 use super::parse::{Entry, Format, ParseError, ParseErrorKind, Parser, Sample};
@@ -625,6 +627,11 @@ pub struct ScrapeStatus {
     pub forced_error: Option<String>,
     /// Completed scrapes, successful or not.
     pub scrapes: u64,
+    /// Scrape time (Unix ms) of the last scrape whose samples were committed; a held scrape
+    /// (target sharding, see [`crate::scrape::assigned`]) does not count until written.
+    pub last_appended_ms: Option<i64>,
+    /// Whether the loop holds its scrapes instead of appending them.
+    pub holding: bool,
 }
 
 impl Default for ScrapeStatus {
@@ -636,6 +643,8 @@ impl Default for ScrapeStatus {
             last_error: None,
             forced_error: None,
             scrapes: 0,
+            last_appended_ms: None,
+            holding: false,
         }
     }
 }
@@ -660,6 +669,42 @@ pub struct ScrapeLoop {
     body_size_limit: u64,
     status: Arc<Mutex<ScrapeStatus>>,
     clock: Clock,
+    /// Set for a target handed over to this agent (target sharding).
+    handover: Option<Handover>,
+}
+
+/// How many held scrapes a loop keeps (the oldest goes first): a handover normally completes
+/// within one scrape interval.
+pub const MAX_HELD: usize = 3;
+
+/// A scrape taken while holding: appended later if it is after the cutoff.
+struct Held {
+    t_ms: i64,
+    duration: Duration,
+    fetched: Result<(Vec<u8>, Format), ScrapeError>,
+}
+
+/// The handover state of a loop whose target another agent may still write (see
+/// [`crate::scrape::assigned`]).
+struct Handover {
+    key: u64,
+    mode: watch::Receiver<Mode>,
+    held: std::collections::VecDeque<Held>,
+    reported: bool,
+    source: Arc<dyn AssignedSource>,
+}
+
+/// The next mode change of `h`; pending forever without a handover.
+async fn mode_change(h: &mut Option<Handover>) -> Mode {
+    match h {
+        Some(h) => {
+            if h.mode.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            *h.mode.borrow_and_update()
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// A running loop; stop it with [`LoopHandle::stop`].
@@ -698,6 +743,14 @@ impl LoopHandle {
                 .in_scope(|| tracing::error!(error = %e, "scrape loop task failed"));
         }
     }
+
+    /// [`LoopHandle::stop`], returning the loop's final status (its last appended scrape).
+    pub async fn stop_and_status(self, write_stale: bool) -> ScrapeStatus {
+        let status = self.status.clone();
+        self.stop(write_stale).await;
+        let st = lock_status(&status).clone();
+        st
+    }
 }
 
 impl ScrapeLoop {
@@ -726,6 +779,66 @@ impl ScrapeLoop {
             body: Vec::new(),
             status: Arc::new(Mutex::new(ScrapeStatus::default())),
             clock,
+            handover: None,
+        }
+    }
+
+    /// A loop for target `key` handed over to this agent: it follows `mode`, holding its
+    /// scrapes while it says [`Mode::Hold`] and reporting the first successful one to `source`.
+    pub fn with_handover(
+        mut self,
+        key: u64,
+        mode: watch::Receiver<Mode>,
+        source: Arc<dyn AssignedSource>,
+    ) -> Self {
+        self.handover = Some(Handover {
+            key,
+            mode,
+            held: std::collections::VecDeque::new(),
+            reported: false,
+            source,
+        });
+        self.apply_mode();
+        self
+    }
+
+    /// Acts on the handover's current mode: on [`Mode::Write`], appends the held scrapes later
+    /// than its cutoff, in order, and stops holding for good.
+    fn apply_mode(&mut self) {
+        let Some(h) = self.handover.as_mut() else {
+            return;
+        };
+        let mode = *h.mode.borrow_and_update();
+        let Mode::Write { after_ms } = mode else {
+            lock_status(&self.status).holding = true;
+            return;
+        };
+        let held = std::mem::take(&mut h.held);
+        self.handover = None;
+        lock_status(&self.status).holding = false;
+        for x in held {
+            if after_ms.is_some_and(|a| x.t_ms <= a) {
+                continue;
+            }
+            let Held {
+                t_ms,
+                duration,
+                fetched,
+            } = x;
+            let body;
+            let fetched = match fetched {
+                Ok((b, format)) => {
+                    body = b;
+                    Ok((body.as_slice(), format))
+                }
+                Err(e) => Err(e),
+            };
+            let result = self
+                .processor
+                .append_scrape(&*self.storage, fetched, t_ms, duration);
+            if !matches!(result, Err(ScrapeError::Append(_))) {
+                lock_status(&self.status).last_appended_ms = Some(t_ms);
+            }
         }
     }
 
@@ -758,16 +871,20 @@ impl ScrapeLoop {
         // scrape per interval, ticks missed by an overrunning scrape skipped, so two scrapes
         // of a target are never closer than its interval (see the module docs).
         // The ticks are due at the slots themselves (not counted from when the first wait
-        // ended), so a first wake-up that comes late does not shift every later scrape.
+        // ended), so a first wake-up that comes late does not shift every later scrape. A
+        // handed-over target's mode changes are acted on while waiting.
         let hash = self.target.scrape_hash();
         let wait = scrape_offset(hash, interval, self.clock.now());
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + wait, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last = None;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = ticker.tick() => {}
+        'ticks: loop {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break 'ticks,
+                    _ = ticker.tick() => break,
+                    _ = mode_change(&mut self.handover) => self.apply_mode(),
+                }
             }
             let now = self.clock.now();
             let scrape_time = scrape_time(hash, interval, now, last);
@@ -797,11 +914,37 @@ impl ScrapeLoop {
             None => self.fetch().await,
         };
         let duration = start.elapsed();
+        if let Some(h) = self.handover.as_mut() {
+            // Holding: another agent still writes this target (see `crate::scrape::assigned`).
+            let ok = fetched.is_ok();
+            let error = fetched.as_ref().err().map(|e| e.to_string());
+            let fetched = fetched.map(|format| (std::mem::take(&mut self.body), format));
+            h.held.push_back(Held {
+                t_ms,
+                duration,
+                fetched,
+            });
+            if h.held.len() > MAX_HELD {
+                h.held.pop_front();
+            }
+            if ok && !h.reported {
+                h.reported = true;
+                h.source.event(LoopEvent::Scraped { key: h.key });
+            }
+            let mut st = lock_status(&self.status);
+            st.health = if ok { Health::Up } else { Health::Down };
+            st.last_scrape = Some(started);
+            st.last_duration = duration;
+            st.last_error = error;
+            st.scrapes += 1;
+            return;
+        }
         let body = fetched.map(|format| (self.body.as_slice(), format));
-        let error = self
+        let result = self
             .processor
-            .append_scrape(&*self.storage, body, t_ms, duration)
-            .err();
+            .append_scrape(&*self.storage, body, t_ms, duration);
+        let appended = !matches!(result, Err(ScrapeError::Append(_)));
+        let error = result.err();
         if let Some(e) = &error {
             tracing::debug!(error = %e, "scrape failed");
         }
@@ -815,6 +958,9 @@ impl ScrapeLoop {
         st.last_duration = duration;
         st.last_error = error.map(|e| e.to_string());
         st.scrapes += 1;
+        if appended {
+            st.last_appended_ms = Some(t_ms);
+        }
     }
 
     /// GETs the target into `self.body`; returns the body's format.

@@ -188,7 +188,25 @@ pub fn populate_labels(
     if !relabel::process(&mut lb, &cfg.relabel_configs) {
         return Ok(None);
     }
+    finish(lb, discovered, cfg, no_default_port).map(Some)
+}
 
+/// The target whose full labels (relabelled, `__meta_*` removed: [`Target::full_labels`]) are
+/// `full`, without discovering or relabelling again: what an agent that scrapes a target
+/// another agent discovered builds (target sharding). Steps 3-7 of the module docs leave such
+/// a set unchanged, so the result equals the discovering agent's target, except that its
+/// discovered labels are the full labels (the `__meta_*` labels stay with the discoverer).
+pub fn from_full_labels(full: &Labels, cfg: &ScrapeConfig) -> Result<Target, TargetError> {
+    finish(full.builder(), full.clone(), cfg, false)
+}
+
+/// Steps 3-7 of the module docs, on relabelled labels.
+fn finish(
+    mut lb: LabelsBuilder,
+    discovered: Labels,
+    cfg: &ScrapeConfig,
+    no_default_port: bool,
+) -> Result<Target, TargetError> {
     let mut addr = lb.get(ADDRESS_LABEL).unwrap_or("").to_owned();
     if addr.is_empty() {
         return Err(TargetError::NoAddress);
@@ -249,14 +267,14 @@ pub fn populate_labels(
     if let Some((bad, _)) = lb.iter().find(|(n, _)| !is_valid_label_name(n)) {
         return Err(TargetError::InvalidLabelName(bad.to_owned()));
     }
-    Ok(Some(Target {
+    Ok(Target {
         labels: lb.labels(),
         full_labels: full,
         discovered_labels: discovered,
         url,
         interval,
         timeout,
-    }))
+    })
 }
 
 /// Go's `net.SplitHostPort`, returning `None` where Go returns an error.

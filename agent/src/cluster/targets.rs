@@ -1,0 +1,696 @@
+//! Target sharding on one agent (`scraping_service.sharding: targets`): the task that turns the
+//! `sharding/` keys into scrape loops.
+//!
+//! ```text
+//! config ring owner ──discovery──► sharding/targets/<config>  (publish.rs)
+//! leader (ring owner of __target_assignment__) ──► sharding/assignment   (leader.rs)
+//! every agent: ShardView ──► this task ──► Handoffs (handoff.rs) ──► AssignedJob per job
+//!                  ▲                           │                        │ (Registry, read by
+//!                  └── sharding/agents/<id> ◄──┘ status writer          ▼  the scrape managers)
+//!                                                            loops: hold / write / release
+//! ```
+//!
+//! The task owns its state and reacts to: the sharding keys changing (a new epoch, another
+//! agent's handoff lists), the ring (who is live), the loops' reports (first successful scrape
+//! of a held target, a release delivered), the config store (through [`TargetSharding::set_configs`])
+//! and handoff timeouts. Per change it applies the newest epoch, lets [`Handoffs`] decide, and
+//! publishes to every scrape job the targets it must hold, write or release. An instance (WAL,
+//! remote_write) runs for each config this agent has targets of; it stops, without staleness
+//! markers, when the last one has been handed over.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::handoff::{Action, Handoffs, Peers};
+use super::leader::{self, LeaderContext};
+use super::metrics::ShardingMetrics;
+use super::publish::Publisher;
+use super::store::{self, agent_key, AgentStatus, Expect, TargetKey, FORMAT_VERSION};
+use super::view::{ShardState, ShardView};
+use crate::clock::Clock;
+use crate::config::agent::InstanceMode;
+use crate::config::duration::PromDuration;
+use crate::config::InstanceConfig;
+use crate::instance::group::group_hash;
+use crate::instance::manager::InstanceManager;
+use crate::kv::configstore::ConfigStore;
+use crate::kv::KvStore;
+use crate::relabel::Labels;
+use crate::ring::lookup::Ring;
+use crate::ring::model::Desc;
+use crate::scrape::assigned::{AssignedJob, AssignedSource, AssignedTarget, LoopEvent, Mode};
+use crate::scrape::target::{from_full_labels, Target};
+
+/// How often the agent key is rewritten without a change (its load figures).
+const STATUS_REFRESH: Duration = Duration::from_secs(10);
+
+/// Per (instance, job): the sender of its assigned targets.
+type Jobs = HashMap<(String, String), watch::Sender<Arc<AssignedJob>>>;
+
+/// The assigned targets of every scrape job of this agent, read by the scrape managers.
+#[derive(Debug)]
+pub struct Registry {
+    jobs: Mutex<Jobs>,
+    events: mpsc::UnboundedSender<LoopEvent>,
+}
+
+impl Registry {
+    /// A registry and the receiver of its loops' reports (for [`TargetSharding::start`]).
+    pub fn new() -> (Arc<Registry>, mpsc::UnboundedReceiver<LoopEvent>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(Registry {
+                jobs: Mutex::new(HashMap::new()),
+                events,
+            }),
+            rx,
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Jobs> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Publishes `job`'s targets; the loops are woken only when it changed.
+    fn set(&self, instance: &str, job: &str, value: AssignedJob) {
+        let mut jobs = self.lock();
+        let tx = jobs
+            .entry((instance.to_owned(), job.to_owned()))
+            .or_insert_with(|| watch::channel(Arc::new(AssignedJob::default())).0);
+        tx.send_if_modified(|cur| {
+            if **cur == value {
+                return false;
+            }
+            *cur = Arc::new(value);
+            true
+        });
+    }
+
+    fn published(&self) -> Vec<(String, String)> {
+        self.lock().keys().cloned().collect()
+    }
+}
+
+impl AssignedSource for Registry {
+    fn subscribe(&self, instance: &str, job: &str) -> watch::Receiver<Arc<AssignedJob>> {
+        self.lock()
+            .entry((instance.to_owned(), job.to_owned()))
+            .or_insert_with(|| watch::channel(Arc::new(AssignedJob::default())).0)
+            .subscribe()
+    }
+
+    fn event(&self, event: LoopEvent) {
+        let _ = self.events.send(event);
+    }
+}
+
+/// What the runtime needs from the agent around it.
+pub struct Context {
+    pub kv: Arc<dyn KvStore>,
+    pub configs: Arc<ConfigStore>,
+    pub manager: Arc<InstanceManager>,
+    pub registry: Arc<Registry>,
+    pub events: mpsc::UnboundedReceiver<LoopEvent>,
+    /// The ring (woken on topology and health changes).
+    pub ring: watch::Receiver<Arc<Desc>>,
+    /// The ring to decide on, with the KV-outage heartbeat grace applied.
+    pub ring_now: Arc<dyn Fn() -> Ring + Send + Sync>,
+    pub id: String,
+    pub addr: String,
+    pub clock: Clock,
+    pub metrics: ShardingMetrics,
+    pub instance_mode: InstanceMode,
+    pub base_dir: Option<PathBuf>,
+    pub load_factor: f64,
+}
+
+enum Command {
+    Configs {
+        all: Vec<InstanceConfig>,
+        owned: Vec<InstanceConfig>,
+    },
+    Deleted(String),
+    /// Resolved once every target was handed over (or at the deadline) and the agent key says so.
+    Leave(tokio::time::Instant, oneshot::Sender<()>),
+}
+
+/// The handle of the running task.
+#[derive(Debug)]
+pub struct TargetSharding {
+    commands: mpsc::UnboundedSender<Command>,
+    view: Arc<ShardView>,
+    registry: Arc<Registry>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    stop: CancellationToken,
+}
+
+impl TargetSharding {
+    /// Starts following the sharding keys, the leader and the task.
+    pub fn start(cx: Context) -> Arc<Self> {
+        let view = Arc::new(ShardView::start(cx.kv.clone()));
+        let stop = CancellationToken::new();
+        let (commands, rx) = mpsc::unbounded_channel();
+        let registry = cx.registry.clone();
+        let ring_now = cx.ring_now.clone();
+        tokio::spawn(leader::run(
+            LeaderContext {
+                kv: cx.kv.clone(),
+                configs: cx.configs.clone(),
+                id: cx.id.clone(),
+                addr: cx.addr.clone(),
+                clock: cx.clock,
+                load_factor: cx.load_factor,
+                ring: Box::new(move || ring_now()),
+            },
+            cx.ring.clone(),
+            view.subscribe(),
+            stop.clone(),
+        ));
+        let (status_tx, status_rx) = watch::channel(None);
+        let (written_tx, written_rx) = watch::channel(0u64);
+        tokio::spawn(write_status(
+            cx.kv.clone(),
+            agent_key(&cx.id),
+            status_rx,
+            written_tx,
+            stop.clone(),
+        ));
+        let runtime = Runtime {
+            publisher: Publisher::new(cx.kv.clone(), cx.base_dir.clone(), cx.metrics.clone()),
+            view: view.subscribe(),
+            handoffs: Handoffs::new(),
+            modes: HashMap::new(),
+            configs: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            mine: HashSet::new(),
+            index: Index::default(),
+            owners: Owners::default(),
+            built: HashMap::new(),
+            status: status_tx,
+            written: written_rx,
+            leaving: None,
+            last_status: tokio::time::Instant::now(),
+            first_epoch: true,
+            cx,
+        };
+        let task = tokio::spawn(runtime.run(rx, stop.clone()));
+        Arc::new(TargetSharding {
+            commands,
+            view,
+            registry,
+            task: Mutex::new(Some(task)),
+            stop,
+        })
+    }
+
+    /// The configs in the store (`all`, validated) and the ones this agent owns on the config
+    /// ring (`owned`: it runs their discovery).
+    pub fn set_configs(&self, all: Vec<InstanceConfig>, owned: Vec<InstanceConfig>) {
+        let _ = self.commands.send(Command::Configs { all, owned });
+    }
+
+    /// A config was deleted from the store.
+    pub fn deleted(&self, name: &str) {
+        let _ = self.commands.send(Command::Deleted(name.to_owned()));
+    }
+
+    /// The latest sharding keys (for the ring page and `ring owner`).
+    pub fn state(&self) -> Arc<ShardState> {
+        self.view.current()
+    }
+
+    /// The assigned source the instances' scrape managers read.
+    pub fn source(&self) -> Arc<dyn AssignedSource> {
+        self.registry.clone()
+    }
+
+    /// Graceful leave, once the ring says LEAVING: waits until every target this agent wrote
+    /// has been handed over and its agent key says so (or until `deadline`), then stops.
+    pub async fn leave(&self, deadline: tokio::time::Instant) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Leave(deadline, tx)).is_ok() {
+            let _ = tokio::time::timeout_at(deadline, rx).await;
+        }
+        self.stop.cancel();
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Where each published target is, for the current `ShardState`.
+#[derive(Default)]
+struct Index {
+    /// The `ConfigTargets` it was built from (by pointer): rebuilt when one changes.
+    from: Vec<(String, usize)>,
+    by_key: HashMap<TargetKey, TargetRef>,
+}
+
+#[derive(Clone)]
+struct TargetRef {
+    config: String,
+    job: usize,
+    target: usize,
+    interval: Duration,
+}
+
+impl Index {
+    fn refresh(&mut self, state: &ShardState) {
+        let from: Vec<(String, usize)> = state
+            .targets
+            .iter()
+            .map(|(c, t)| (c.clone(), Arc::as_ptr(t) as usize))
+            .collect();
+        if from == self.from {
+            return;
+        }
+        self.by_key.clear();
+        for (config, ct) in &state.targets {
+            for ((j, i), key) in ct.positions().zip(&ct.keys) {
+                let interval = ct.doc.jobs[j]
+                    .labels(i)
+                    .find(|(n, _)| *n == "__scrape_interval__")
+                    .and_then(|(_, v)| PromDuration::parse(v).ok())
+                    .map_or(Duration::from_secs(60), PromDuration::as_std);
+                self.by_key.insert(
+                    *key,
+                    TargetRef {
+                        config: config.clone(),
+                        job: j,
+                        target: i,
+                        interval,
+                    },
+                );
+            }
+        }
+        self.from = from;
+    }
+}
+
+/// The owner of every key in the current assignment.
+#[derive(Default)]
+struct Owners {
+    epoch: u64,
+    from: usize,
+    by_key: HashMap<TargetKey, String>,
+}
+
+impl Owners {
+    fn refresh(&mut self, state: &ShardState) {
+        let ptr = Arc::as_ptr(&state.assignment) as usize;
+        if ptr == self.from {
+            return;
+        }
+        let a = &state.assignment;
+        self.by_key.clear();
+        for c in &a.configs {
+            for (k, &o) in c.keys.iter().zip(&c.owners) {
+                if let Some(id) = a.members.get(o as usize) {
+                    self.by_key.insert(*k, id.clone());
+                }
+            }
+        }
+        self.epoch = a.epoch;
+        self.from = ptr;
+    }
+}
+
+/// What a target's loop must do, as published in its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Hold,
+    Write { after_ms: Option<i64> },
+    Release,
+}
+
+struct Runtime {
+    cx: Context,
+    view: watch::Receiver<Arc<ShardState>>,
+    publisher: Publisher,
+    handoffs: Handoffs,
+    modes: HashMap<TargetKey, Want>,
+    /// Every valid config in the store, by name.
+    configs: BTreeMap<String, InstanceConfig>,
+    /// Configs run as instances here.
+    applied: BTreeMap<String, InstanceConfig>,
+    /// Keys this agent owns in the epoch it applied.
+    mine: HashSet<TargetKey>,
+    index: Index,
+    owners: Owners,
+    /// Targets built from published labels, with the config they were built for.
+    built: HashMap<TargetKey, (Arc<Target>, usize)>,
+    status: watch::Sender<Option<Arc<AgentStatus>>>,
+    written: watch::Receiver<u64>,
+    leaving: Option<(tokio::time::Instant, oneshot::Sender<()>)>,
+    last_status: tokio::time::Instant,
+    first_epoch: bool,
+}
+
+impl Runtime {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        stop: CancellationToken,
+    ) {
+        let mut ring = self.cx.ring.clone();
+        loop {
+            let deadline = self
+                .handoffs
+                .next_deadline()
+                .map_or(self.last_status + STATUS_REFRESH, |d| {
+                    d.min(self.last_status + STATUS_REFRESH)
+                });
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                cmd = commands.recv() => match cmd {
+                    None => break,
+                    Some(Command::Configs { all, owned }) => {
+                        self.configs = all.into_iter().map(|c| (c.name.clone(), c)).collect();
+                        self.built.clear();
+                        self.publisher.set(owned).await;
+                    }
+                    Some(Command::Deleted(name)) => {
+                        self.configs.remove(&name);
+                        self.publisher.deleted(&name).await;
+                    }
+                    Some(Command::Leave(deadline, tx)) => self.leaving = Some((deadline, tx)),
+                },
+                changed = self.view.changed() => if changed.is_err() { break },
+                changed = ring.changed() => if changed.is_err() { break },
+                event = self.cx.events.recv() => match event {
+                    None => break,
+                    Some(LoopEvent::Scraped { key }) => self.handoffs.scraped(TargetKey(key)),
+                    Some(LoopEvent::Released { key, last_ms }) => {
+                        let key = TargetKey(key);
+                        self.modes.remove(&key);
+                        let now = tokio::time::Instant::now();
+                        let acts = self.handoffs.flushed(key, last_ms, self.mine.contains(&key), now, self.cx.clock.unix_millis());
+                        self.perform(acts);
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            self.step().await;
+            if let Some((deadline, _)) = &self.leaving {
+                let done = self.handoffs.handed_over()
+                    && self.handoffs.writing() == 0
+                    && *self.written.borrow() >= self.handoffs.epoch();
+                if done || tokio::time::Instant::now() >= *deadline {
+                    if !done {
+                        tracing::warn!(
+                            writing = self.handoffs.writing(),
+                            "leaving before every target was handed over"
+                        );
+                    }
+                    if let Some((_, tx)) = self.leaving.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        }
+        self.publisher.stop_all().await;
+    }
+
+    fn perform(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Hold(k) => {
+                    self.modes.insert(k, Want::Hold);
+                }
+                Action::Write { key, after_ms } => {
+                    self.modes.insert(key, Want::Write { after_ms });
+                }
+                Action::Release(k) => {
+                    self.modes.insert(k, Want::Release);
+                }
+                Action::Drop(k) => {
+                    self.modes.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// One round: apply the newest epoch, decide, publish to the loops and the store.
+    async fn step(&mut self) {
+        let state = self.view.borrow_and_update().clone();
+        let now = tokio::time::Instant::now();
+        let now_ms = self.cx.clock.unix_millis();
+        self.index.refresh(&state);
+        self.owners.refresh(&state);
+
+        if self.first_epoch || state.assignment.epoch > self.handoffs.epoch() {
+            let mine: HashMap<TargetKey, Duration> = self
+                .owners
+                .by_key
+                .iter()
+                .filter(|(_, o)| **o == self.cx.id)
+                .filter_map(|(k, _)| {
+                    let r = self.index.by_key.get(k)?;
+                    self.configs
+                        .contains_key(&r.config)
+                        .then_some((*k, r.interval))
+                })
+                .collect();
+            let owners = &self.owners.by_key;
+            let acts = self.handoffs.apply_epoch(
+                state.assignment.epoch,
+                &mine,
+                |k| owners.get(&k).cloned(),
+                now,
+                now_ms,
+            );
+            let keys: HashSet<TargetKey> = mine.keys().copied().collect();
+            if !self.first_epoch {
+                let moved_in = keys.difference(&self.mine).count() as u64;
+                let moved_out = self.mine.difference(&keys).count() as u64;
+                self.cx.metrics.moved("in").inc_by(moved_in);
+                self.cx.metrics.moved("out").inc_by(moved_out);
+            }
+            self.first_epoch = false;
+            self.mine = keys;
+            self.cx.metrics.targets_assigned.set(self.mine.len() as i64);
+            self.cx
+                .metrics
+                .assignment_epoch
+                .set(state.assignment.epoch as i64);
+            self.perform(acts);
+        }
+        let unassigned = self
+            .index
+            .by_key
+            .keys()
+            .filter(|k| !self.owners.by_key.contains_key(k))
+            .count();
+        self.cx.metrics.targets_unassigned.set(unassigned as i64);
+
+        // Targets no longer published are gone: their loops stop with staleness markers.
+        let gone: Vec<TargetKey> = self
+            .modes
+            .keys()
+            .filter(|k| !self.index.by_key.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            if self.modes.get(&k) != Some(&Want::Release) {
+                self.modes.remove(&k);
+                self.handoffs.forget(k);
+            }
+        }
+
+        let ring = (self.cx.ring_now)();
+        let timeout = ring.heartbeat_timeout();
+        let wall = self.cx.clock.now();
+        let live: BTreeSet<&str> = ring
+            .instances()
+            .iter()
+            .filter(|m| m.heartbeat_fresh(timeout, wall))
+            .map(|m| m.id.as_str())
+            .collect();
+        let peers = Peers::new(
+            state
+                .agents
+                .iter()
+                .filter(|(id, _)| **id != self.cx.id)
+                .map(|(id, st)| (id.as_str(), &**st, live.contains(id.as_str()))),
+        );
+        let acts = self.handoffs.evaluate(&peers, now);
+        self.perform(acts);
+
+        self.publish_jobs(&state).await;
+        if self.handoffs.take_dirty() || now >= self.last_status + STATUS_REFRESH {
+            self.publish_status(now_ms);
+            self.last_status = now;
+        }
+    }
+
+    /// Publishes every job's targets and runs exactly the instances they need.
+    async fn publish_jobs(&mut self, state: &ShardState) {
+        let mut jobs: BTreeMap<(String, String), AssignedJob> = BTreeMap::new();
+        let mut wanted: BTreeSet<String> = BTreeSet::new();
+        let keys: Vec<(TargetKey, Want)> = self.modes.iter().map(|(k, w)| (*k, *w)).collect();
+        for (key, want) in keys {
+            let Some(r) = self.index.by_key.get(&key).cloned() else {
+                // A released target no longer published: it is only in its job's release list.
+                continue;
+            };
+            let (Some(cfg), Some(ct)) = (self.configs.get(&r.config), state.targets.get(&r.config))
+            else {
+                continue;
+            };
+            let job_name = &ct.doc.jobs[r.job].job;
+            let Some(sc) = cfg.scrape_configs.iter().find(|s| &s.job_name == job_name) else {
+                continue;
+            };
+            let instance = match self.cx.instance_mode {
+                InstanceMode::Distinct => cfg.name.clone(),
+                InstanceMode::Shared => group_hash(cfg),
+            };
+            wanted.insert(r.config.clone());
+            let entry = jobs
+                .entry((instance, job_name.clone()))
+                .or_insert_with(|| AssignedJob {
+                    forced_error: ct.doc.jobs[r.job].forced_error.clone(),
+                    ..AssignedJob::default()
+                });
+            let mode = match want {
+                Want::Release => {
+                    entry.release.push(key.0);
+                    continue;
+                }
+                Want::Hold => Mode::Hold,
+                Want::Write { after_ms } => Mode::Write { after_ms },
+            };
+            let ptr = Arc::as_ptr(ct) as usize;
+            let target = match self.built.get(&key) {
+                Some((t, p)) if *p == ptr => t.clone(),
+                _ => {
+                    let labels = Labels::from_pairs(ct.doc.jobs[r.job].labels(r.target));
+                    match from_full_labels(&labels, sc) {
+                        Ok(t) => {
+                            let t = Arc::new(t);
+                            self.built.insert(key, (t.clone(), ptr));
+                            t
+                        }
+                        Err(e) => {
+                            tracing::warn!(config = %r.config, job = %job_name, target_key = %key, error = %e, "assigned target is not valid here");
+                            continue;
+                        }
+                    }
+                }
+            };
+            entry.targets.push(AssignedTarget {
+                key: key.0,
+                target,
+                mode,
+            });
+        }
+        // Instances first, so a job's subscription exists when its targets arrive.
+        for name in &wanted {
+            let cfg = &self.configs[name];
+            if self.applied.get(name) != Some(cfg) {
+                match self.cx.manager.apply(cfg.clone()).await {
+                    Ok(()) => {
+                        self.applied.insert(name.clone(), cfg.clone());
+                    }
+                    Err(e) => tracing::error!(config = %name, error = %e, "config not run"),
+                }
+            }
+        }
+        for (instance, job) in self.cx.registry.published() {
+            if !jobs.contains_key(&(instance.clone(), job.clone())) {
+                self.cx
+                    .registry
+                    .set(&instance, &job, AssignedJob::default());
+            }
+        }
+        for ((instance, job), mut value) in jobs {
+            value.targets.sort_by_key(|t| t.key);
+            value.release.sort_unstable();
+            self.cx.registry.set(&instance, &job, value);
+        }
+        let stale: Vec<String> = self
+            .applied
+            .keys()
+            .filter(|n| !wanted.contains(*n))
+            .cloned()
+            .collect();
+        for name in stale {
+            // Its targets were handed over or are gone (their loops wrote what they had to).
+            self.cx.manager.delete(&name, false).await;
+            self.applied.remove(&name);
+        }
+    }
+
+    fn publish_status(&mut self, now_ms: i64) {
+        let (ready, releasing, released) = self.handoffs.published();
+        let active_series = self
+            .cx
+            .manager
+            .shared()
+            .instance_metrics
+            .active_series_total();
+        let st = AgentStatus {
+            v: FORMAT_VERSION,
+            addr: self.cx.addr.clone(),
+            epoch: self.handoffs.epoch(),
+            ready,
+            releasing,
+            released,
+            targets: self.handoffs.writing(),
+            active_series,
+            updated_ms: now_ms,
+        };
+        self.status.send_replace(Some(Arc::new(st)));
+    }
+}
+
+/// Writes the newest status, retrying while the store is unreachable; reports the epoch of the
+/// last status written.
+async fn write_status(
+    kv: Arc<dyn KvStore>,
+    key: String,
+    mut rx: watch::Receiver<Option<Arc<AgentStatus>>>,
+    written: watch::Sender<u64>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+        let Some(st) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        loop {
+            match store::write(&*kv, &key, &*st, Expect::Any).await {
+                Ok(_) => {
+                    written.send_replace(st.epoch);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write this agent's sharding key; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    if rx.has_changed().unwrap_or(false) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
