@@ -469,6 +469,18 @@ pub enum RingCommand {
 
     /// Remove a member from the ring (what the Forget button of /debug/ring does).
     Forget(RingForgetArgs),
+
+    /// Which agent scrapes a target, and why (scraping_service.sharding: targets).
+    #[command(
+        long_about = "Which agent scrapes a target, and why (scraping_service.sharding: targets).\n\n\
+TARGET is a scrape URL (http://10.0.0.3:9100/metrics), an address (10.0.0.3:9100), an \
+instance label value or a target key (16 hex digits); every published target it names is \
+shown with its config, job, owner, the epoch since which it is there, any handoff in progress \
+and the reason for its place. --addr asks an agent (GET /agent/api/v1/ring/owner?target=...), \
+--kv reads the store's sharding/ keys.",
+        after_help = "Exit codes:\n  0  the target was found\n  1  no published target matches\n  2  the agent or the KV store cannot be read"
+    )]
+    Owner(RingOwnerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -513,6 +525,19 @@ pub struct RingStatusArgs {
 
 fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
     agent::config::duration::GoDuration::parse(s).map(|d| d.as_std())
+}
+
+#[derive(Debug, Args)]
+pub struct RingOwnerArgs {
+    /// A scrape URL, address, instance label value or target key.
+    pub target: String,
+
+    #[command(flatten)]
+    pub source: RingSourceArgs,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Args)]

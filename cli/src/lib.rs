@@ -119,6 +119,7 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
         }
         Command::Ring(RingCommand::Status(a)) => ring_status::status(&a, &mut stdout),
         Command::Ring(RingCommand::Forget(a)) => ring_status::forget(&a, &mut stdout),
+        Command::Ring(RingCommand::Owner(a)) => ring_status::owner(&a, &mut stdout, &mut stderr),
         Command::Wal(WalCommand::Inspect(a)) => {
             let progress = a.output == args::OutputFormat::Table && sync::Tty::detect().stderr;
             wal_inspect::run(&a, progress, &mut stdout)

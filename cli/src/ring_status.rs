@@ -9,11 +9,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use agent::cluster::report::{owners, summary, OwnerAnswer};
+use agent::cluster::view::load as load_sharding;
 use agent::kv::{KvSpec, KvStore};
-use agent::ring::render::{render_json, render_status_table, status_exit_code, StatusJson};
+use agent::ring::render::{
+    render_json, render_status_table, status_exit_code, StatusJson, TargetsSummary,
+};
 use agent::ring::{read_ring, ring_key, Desc};
 
-use crate::args::{OutputFormat, RingForgetArgs, RingSourceArgs, RingStatusArgs};
+use crate::args::{OutputFormat, RingForgetArgs, RingOwnerArgs, RingSourceArgs, RingStatusArgs};
 use crate::{io, Error};
 
 /// Where `--addr` points when neither `--addr` nor `--kv` is given.
@@ -64,12 +68,15 @@ async fn connect(spec: &KvSpec) -> Result<Arc<dyn KvStore>, Error> {
         .map_err(|e| Error::Unavailable(format!("cannot open the KV store {spec}: {e}")))
 }
 
-/// The ring and the "now" to judge heartbeats against (the agent's clock for `--addr`).
+/// What `ring status` shows: the ring, the "now" to judge heartbeats against (the agent's
+/// clock for `--addr`), and target sharding's figures when the cluster shards targets.
+type Loaded = (Desc, SystemTime, Option<TargetsSummary>);
+
 async fn load(
     src: &Source,
     ring_prefix: &str,
     tls: &crate::args::TlsArgs,
-) -> Result<(Desc, SystemTime), Error> {
+) -> Result<Loaded, Error> {
     match src {
         Source::Kv(spec) => {
             let store = connect(spec).await?;
@@ -77,7 +84,12 @@ async fn load(
             let desc = read_ring(store.as_ref(), &key)
                 .await
                 .map_err(|e| Error::Unavailable(format!("cannot read the ring: {e}")))?;
-            Ok((desc, agent::clock::Clock::system().now()))
+            let sharding = load_sharding(store.as_ref())
+                .await
+                .map_err(|e| Error::Unavailable(format!("cannot read the sharding keys: {e}")))?;
+            let targets = (!sharding.agents.is_empty() || sharding.assignment.epoch > 0)
+                .then(|| summary(&sharding));
+            Ok((desc, agent::clock::Clock::system().now(), targets))
         }
         Source::Agent(base) => {
             let url = format!("{base}/debug/ring");
@@ -103,7 +115,8 @@ async fn load(
             }
             let json: StatusJson = serde_json::from_str(&body)
                 .map_err(|e| fail(format!("the answer is not the ring's JSON: {e}")))?;
-            json.to_desc().map_err(|e| fail(e.to_string()))
+            let (desc, now) = json.to_desc().map_err(|e| fail(e.to_string()))?;
+            Ok((desc, now, json.targets))
         }
     }
 }
@@ -112,18 +125,18 @@ async fn load(
 /// the ring cannot be read.
 pub fn status(args: &RingStatusArgs, out: &mut dyn Write) -> Result<ExitCode, Error> {
     let src = source(&args.source)?;
-    let (desc, now) =
+    let (desc, now, targets) =
         runtime()?.block_on(load(&src, &args.source.ring_prefix, &args.source.tls))?;
     let timeout = args.heartbeat_timeout;
     let text = match args.output {
         OutputFormat::Json => {
-            let mut s = render_json(&desc, now, timeout);
+            let mut s = render_json(&desc, now, timeout, targets.as_ref());
             s.push('\n');
             s
         }
         OutputFormat::Table => {
             let color = std::io::stdout().is_terminal();
-            let mut s = render_status_table(&desc, now, timeout, color);
+            let mut s = render_status_table(&desc, now, timeout, color, targets.as_ref());
             if args.tokens {
                 for inst in desc.ingesters.values() {
                     let list: Vec<String> = inst.tokens.iter().map(u32::to_string).collect();
@@ -199,4 +212,131 @@ pub fn forget(args: &RingForgetArgs, out: &mut dyn Write) -> Result<ExitCode, Er
     out.write_all(message.as_bytes())
         .map_err(|e| io("writing the result", e))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `agentctl ring owner TARGET`: exit 0 when found, 1 when no published target matches, 2 when
+/// the agent or the store cannot be read.
+pub fn owner(
+    args: &RingOwnerArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<ExitCode, Error> {
+    let src = source(&args.source)?;
+    let found: Result<Vec<OwnerAnswer>, String> = runtime()?.block_on(async {
+        match &src {
+            Source::Kv(spec) => {
+                let store = connect(spec).await?;
+                let state = load_sharding(store.as_ref()).await.map_err(|e| {
+                    Error::Unavailable(format!("cannot read the sharding keys: {e}"))
+                })?;
+                if state.targets.is_empty() && state.assignment.epoch == 0 {
+                    return Ok(Err(format!(
+                        "{spec} holds no sharding/ keys: target sharding is off (scraping_service.sharding: configs) or no agent has published yet"
+                    )));
+                }
+                let found = owners(&state, &args.target);
+                Ok(if found.is_empty() {
+                    Err(format!(
+                        "no published target matches {:?} (by scrape URL, __address__, instance label or key)",
+                        args.target
+                    ))
+                } else {
+                    Ok(found)
+                })
+            }
+            Source::Agent(base) => {
+                let query: String = url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("target", &args.target)
+                    .finish();
+                let url = format!("{base}/agent/api/v1/ring/owner?{query}");
+                let client = http_client(&url, &args.source.tls)?;
+                let resp = client
+                    .send(client.get(&url))
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("GET {url}: {e}")))?;
+                let status = resp.status();
+                let body = resp.text().await.map_err(|e| {
+                    Error::Unavailable(format!(
+                        "GET {url}: {}",
+                        agent::httpclient::error_chain(&e.without_url())
+                    ))
+                })?;
+                #[derive(serde::Deserialize)]
+                struct Envelope {
+                    #[serde(default)]
+                    data: Vec<OwnerAnswer>,
+                    #[serde(default)]
+                    error: String,
+                }
+                let env: Envelope = serde_json::from_str(&body).map_err(|e| {
+                    Error::Unavailable(format!(
+                        "GET {url}: HTTP {status}, not the API's JSON ({e}): {}",
+                        body.trim()
+                    ))
+                })?;
+                if status == reqwest::StatusCode::NOT_FOUND {
+                    return Ok(Err(env.error));
+                }
+                if !status.is_success() {
+                    return Err(Error::Unavailable(format!(
+                        "GET {url}: HTTP {status}: {}",
+                        env.error
+                    )));
+                }
+                Ok(Ok(env.data))
+            }
+        }
+    })?;
+    let answers = match found {
+        Ok(a) => a,
+        Err(msg) => {
+            err.write_all(format!("{msg}\n").as_bytes())
+                .map_err(|e| io("writing the result", e))?;
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let text = match args.output {
+        OutputFormat::Json => {
+            let mut s = serde_json::to_string_pretty(&answers).unwrap_or_default();
+            s.push('\n');
+            s
+        }
+        OutputFormat::Table => answers
+            .iter()
+            .map(owner_text)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| io("writing the result", e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn owner_text(a: &OwnerAnswer) -> String {
+    let safe = |s: &str| s.escape_default().to_string();
+    let labels: Vec<String> = a
+        .labels
+        .iter()
+        .map(|(n, v)| format!("{}={:?}", safe(n), v))
+        .collect();
+    let owner = match (&a.owner, &a.owner_address) {
+        (Some(o), Some(addr)) => format!("{} ({})", safe(o), safe(addr)),
+        (Some(o), None) => safe(o),
+        (None, _) => "none".to_owned(),
+    };
+    let mut s = format!(
+        "{}\n  config:  {}  job: {}  key: {}\n  labels:  {{{}}}\n  owner:   {owner}, epoch {}\n",
+        safe(&a.url),
+        safe(&a.config),
+        safe(&a.job),
+        a.key,
+        labels.join(", "),
+        a.epoch
+    );
+    for h in &a.handoff {
+        s.push_str(&format!("  handoff: {}\n", safe(h)));
+    }
+    s.push_str(&format!("  why:     {}\n", safe(&a.why)));
+    s
 }

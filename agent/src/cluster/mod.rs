@@ -27,6 +27,7 @@ pub mod handoff;
 pub mod leader;
 pub mod metrics;
 pub mod publish;
+pub mod report;
 #[cfg(test)]
 mod sim;
 pub mod store;
@@ -134,6 +135,7 @@ impl Cluster {
             heartbeat_timeout,
             configs_owned: cluster.owned_counts(),
             clock: s.clock,
+            targets: None,
         });
         (cluster, page)
     }

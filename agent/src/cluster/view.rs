@@ -103,6 +103,16 @@ impl Drop for ShardView {
 
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// Reads every `sharding/` key once (for `agentctl ring status --kv` and `ring owner --kv`).
+/// Values that do not decode are logged and skipped, as the watch does.
+pub async fn load(store: &dyn KvStore) -> Result<ShardState, crate::kv::KvError> {
+    let mut state = ShardState::default();
+    for (key, value) in store.list_values(PREFIX).await? {
+        apply(store, &mut state, WatchEvent::Put { key, value }, true).await;
+    }
+    Ok(state)
+}
+
 async fn follow(
     store: Arc<dyn KvStore>,
     tx: watch::Sender<Arc<ShardState>>,

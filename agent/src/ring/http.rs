@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::kv::KvStore;
 
-use super::render::{render_html, render_json};
+use super::render::{render_html, render_json, TargetsSummary};
 use super::store::{forget, read_ring};
 
 /// What the ring page needs.
@@ -39,6 +39,18 @@ pub struct RingPageState {
     pub configs_owned: watch::Receiver<HashMap<String, usize>>,
     /// "Now" for heartbeat ages.
     pub clock: Clock,
+    /// Under target sharding: who scrapes how many targets (`None` in config sharding).
+    pub targets: Option<TargetsSource>,
+}
+
+/// Computes the target sharding figures when the page is read.
+#[derive(Clone)]
+pub struct TargetsSource(pub Arc<dyn Fn() -> TargetsSummary + Send + Sync>);
+
+impl std::fmt::Debug for TargetsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TargetsSource")
+    }
 }
 
 /// A router serving `/debug/ring` (any method).
@@ -103,6 +115,7 @@ async fn ring_page(
         }
     };
     let now = state.clock.now();
+    let targets = state.targets.as_ref().map(|t| (t.0)());
     let wants_json = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -111,7 +124,7 @@ async fn ring_page(
         return (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
-            render_json(&desc, now, state.heartbeat_timeout),
+            render_json(&desc, now, state.heartbeat_timeout, targets.as_ref()),
         )
             .into_response();
     }
@@ -120,7 +133,14 @@ async fn ring_page(
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        render_html(&desc, now, state.heartbeat_timeout, show_tokens, &owned),
+        render_html(
+            &desc,
+            now,
+            state.heartbeat_timeout,
+            show_tokens,
+            &owned,
+            targets.as_ref(),
+        ),
     )
         .into_response()
 }
@@ -160,6 +180,7 @@ mod tests {
             heartbeat_timeout: Duration::from_secs(60),
             configs_owned,
             clock: Clock::system(),
+            targets: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

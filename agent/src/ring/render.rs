@@ -5,7 +5,7 @@
 //! Health shown here is the old ring page's: a member is `UNHEALTHY` when its last heartbeat
 //! is older than `heartbeat_timeout` (dskit's `Reporting` operation accepts every state).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
@@ -15,6 +15,52 @@ use super::lookup::{heartbeat_age_nanos, Operation, Ring};
 use super::model::{Desc, InstanceDesc, InstanceState};
 use crate::clock::{parse_rfc3339, rfc3339, unix_nanos, Fraction};
 use crate::config::duration::GoDuration;
+
+/// Target sharding's figures (`scraping_service.sharding: targets`), computed by the cluster
+/// from the sharding keys and shown next to the ring: who scrapes how many targets and series,
+/// and how balanced that is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TargetsSummary {
+    /// The assignment epoch.
+    pub epoch: u64,
+    /// The member that wrote it.
+    pub leader: String,
+    /// The most targets a member may hold.
+    pub cap: usize,
+    /// Targets discovered and published.
+    pub targets: usize,
+    /// Published targets the assignment gives to nobody.
+    pub unassigned: usize,
+    /// Busiest member's targets over the average, over the members holding targets in the
+    /// assignment (1.0 when there are none).
+    pub balance: f64,
+    /// By member ID.
+    pub members: BTreeMap<String, MemberTargets>,
+}
+
+/// One member's share under target sharding.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberTargets {
+    /// Targets assigned to it.
+    pub targets: usize,
+    /// Active series in its WAL storage, as it last published.
+    pub active_series: u64,
+}
+
+impl TargetsSummary {
+    /// One line for the page and the terminal.
+    pub fn headline(&self) -> String {
+        format!(
+            "target sharding: epoch {} (leader {}), {} targets, {} unassigned, cap {} per member, balance max/mean {:.3}",
+            self.epoch,
+            if self.leader.is_empty() { "none yet" } else { &self.leader },
+            self.targets,
+            self.unassigned,
+            self.cap,
+            self.balance
+        )
+    }
+}
 
 /// `YYYY-MM-DDTHH:MM:SSZ` (UTC) for unix seconds; never overflows, whatever the KV holds.
 pub fn rfc3339_seconds(secs: i64) -> String {
@@ -109,6 +155,7 @@ pub fn render_html(
     heartbeat_timeout: Duration,
     show_tokens: bool,
     configs_owned: &HashMap<String, usize>,
+    targets: Option<&TargetsSummary>,
 ) -> String {
     let ring = Ring::new(desc.clone(), heartbeat_timeout);
     let ownership = ring.ownership();
@@ -124,11 +171,22 @@ pub fn render_html(
         go_duration(heartbeat_timeout),
         ring.instances().len(),
     );
+    if let Some(t) = targets {
+        let _ = writeln!(
+            h,
+            "<p>{}. Configs owned: configs whose service discovery runs on the member.</p>",
+            html_escape(&t.headline())
+        );
+    }
     h.push_str(
         "<table>\n<thead>\n<tr><th>Instance ID</th><th>Availability Zone</th><th>State</th>\
          <th>Address</th><th>Registered At</th><th>Last Heartbeat</th><th>Tokens</th>\
-         <th>Ownership</th><th>Configs owned</th><th>Actions</th></tr>\n</thead>\n<tbody>\n",
+         <th>Ownership</th><th>Configs owned</th>",
     );
+    if targets.is_some() {
+        h.push_str("<th>Targets</th><th>Active series</th>");
+    }
+    h.push_str("<th>Actions</th></tr>\n</thead>\n<tbody>\n");
     for inst in ring.instances() {
         let state = page_state(inst, heartbeat_timeout, now);
         let id = html_escape(&inst.id);
@@ -137,7 +195,7 @@ pub fn render_html(
             "<tr><td>{id}</td><td>{zone}</td><td class=\"state-{state_class}\">{state}</td>\
              <td>{addr}</td><td>{registered}</td><td>{heartbeat} ({age})</td>\
              <td class=\"num\">{tokens}</td><td class=\"num\">{own:.2}%</td>\
-             <td class=\"num\">{configs}</td>\
+             <td class=\"num\">{configs}</td>{sharding}\
              <td><form method=\"post\"><input type=\"hidden\" name=\"forget\" value=\"{id}\">\
              <button type=\"submit\">Forget</button></form></td></tr>",
             zone = html_escape(&inst.zone),
@@ -150,6 +208,13 @@ pub fn render_html(
             tokens = inst.tokens.len(),
             own = ownership.get(&inst.id).copied().unwrap_or(0.0),
             configs = configs_owned.get(&inst.id).copied().unwrap_or(0),
+            sharding = targets.map_or(String::new(), |t| {
+                let m = t.members.get(&inst.id).cloned().unwrap_or_default();
+                format!(
+                    "<td class=\"num\">{}</td><td class=\"num\">{}</td>",
+                    m.targets, m.active_series
+                )
+            }),
         );
     }
     h.push_str("</tbody>\n</table>\n");
@@ -198,11 +263,14 @@ pub struct ShardJson {
     pub member_state: Option<String>,
 }
 
-/// The JSON ring status: `{"shards":[...],"now":"..."}`.
+/// The JSON ring status: `{"shards":[...],"now":"..."}`, plus `"targets":{...}` under target
+/// sharding.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusJson {
     pub shards: Vec<ShardJson>,
     pub now: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<TargetsSummary>,
 }
 
 /// Why a JSON ring status could not be turned back into a ring.
@@ -275,7 +343,12 @@ impl StatusJson {
 }
 
 /// The JSON ring status as a value, members sorted by ID.
-pub fn status_json(desc: &Desc, now: SystemTime, heartbeat_timeout: Duration) -> StatusJson {
+pub fn status_json(
+    desc: &Desc,
+    now: SystemTime,
+    heartbeat_timeout: Duration,
+    targets: Option<&TargetsSummary>,
+) -> StatusJson {
     let ring = Ring::new(desc.clone(), heartbeat_timeout);
     let ownership = ring.ownership();
     let shards = ring
@@ -296,13 +369,19 @@ pub fn status_json(desc: &Desc, now: SystemTime, heartbeat_timeout: Duration) ->
     StatusJson {
         shards,
         now: now_rfc3339(now),
+        targets: targets.cloned(),
     }
 }
 
 /// `/debug/ring` with `Accept: application/json`.
-pub fn render_json(desc: &Desc, now: SystemTime, heartbeat_timeout: Duration) -> String {
+pub fn render_json(
+    desc: &Desc,
+    now: SystemTime,
+    heartbeat_timeout: Duration,
+    targets: Option<&TargetsSummary>,
+) -> String {
     // Serializing plain strings, integers and finite floats cannot fail.
-    serde_json::to_string(&status_json(desc, now, heartbeat_timeout)).unwrap_or_default()
+    serde_json::to_string(&status_json(desc, now, heartbeat_timeout, targets)).unwrap_or_default()
 }
 
 /// Terminal output must not carry control characters (an ID could hold an escape sequence).
@@ -329,16 +408,18 @@ fn state_color(state: Option<InstanceState>) -> &'static str {
 }
 
 /// The `agentctl ring status` table: ID, STATE, ADDRESS, ZONE, HEARTBEAT, TOKENS, OWNERSHIP,
-/// HEALTH (`healthy` or `unhealthy` by heartbeat age). ANSI colours only when `color`.
+/// HEALTH (`healthy` or `unhealthy` by heartbeat age); under target sharding also TARGETS and
+/// SERIES per member and the headline under the table. ANSI colours only when `color`.
 pub fn render_status_table(
     desc: &Desc,
     now: SystemTime,
     heartbeat_timeout: Duration,
     color: bool,
+    targets: Option<&TargetsSummary>,
 ) -> String {
     let ring = Ring::new(desc.clone(), heartbeat_timeout);
     let ownership = ring.ownership();
-    const HEADER: [&str; 8] = [
+    let mut header = vec![
         "ID",
         "STATE",
         "ADDRESS",
@@ -346,10 +427,14 @@ pub fn render_status_table(
         "HEARTBEAT",
         "TOKENS",
         "OWNERSHIP",
-        "HEALTH",
     ];
+    if targets.is_some() {
+        header.extend(["TARGETS", "SERIES"]);
+    }
+    header.push("HEALTH");
+    let last = header.len() - 1;
     struct Row {
-        cells: [String; 8],
+        cells: Vec<String>,
         state_color: &'static str,
         healthy: bool,
     }
@@ -363,31 +448,36 @@ pub fn render_status_table(
             } else {
                 terminal_safe(&inst.zone)
             };
+            let mut cells = vec![
+                terminal_safe(&inst.id),
+                inst.state_name(),
+                terminal_safe(&inst.addr),
+                zone,
+                heartbeat_age(inst.timestamp, now),
+                inst.tokens.len().to_string(),
+                format!("{:.2}%", ownership.get(&inst.id).copied().unwrap_or(0.0)),
+            ];
+            if let Some(t) = targets {
+                let m = t.members.get(&inst.id).cloned().unwrap_or_default();
+                cells.push(m.targets.to_string());
+                cells.push(m.active_series.to_string());
+            }
+            cells.push(if healthy { "healthy" } else { "unhealthy" }.to_owned());
             Row {
-                cells: [
-                    terminal_safe(&inst.id),
-                    inst.state_name(),
-                    terminal_safe(&inst.addr),
-                    zone,
-                    heartbeat_age(inst.timestamp, now),
-                    inst.tokens.len().to_string(),
-                    format!("{:.2}%", ownership.get(&inst.id).copied().unwrap_or(0.0)),
-                    if healthy { "healthy" } else { "unhealthy" }.to_owned(),
-                ],
+                cells,
                 state_color: state_color(inst.instance_state()),
                 healthy,
             }
         })
         .collect();
-    let mut widths = HEADER.map(str::len);
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(&row.cells) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    // TOKENS and OWNERSHIP are right-aligned so the numbers line up.
-    let right = |col: usize| col == 5 || col == 6;
-    let last = HEADER.len() - 1;
+    // The numbers (TOKENS, OWNERSHIP, TARGETS, SERIES) are right-aligned so they line up.
+    let right = |col: usize| (5..last).contains(&col);
     let pad = |col: usize, text: &str| {
         if col == last {
             // No trailing blanks (nor blanks inside a colour code at the line's end).
@@ -401,8 +491,8 @@ pub fn render_status_table(
         }
     };
     let mut out = String::new();
-    let header: Vec<String> = HEADER.iter().enumerate().map(|(i, h)| pad(i, h)).collect();
-    out.push_str(&header.join("  "));
+    let head: Vec<String> = header.iter().enumerate().map(|(i, h)| pad(i, h)).collect();
+    out.push_str(&head.join("  "));
     out.push('\n');
     for row in &rows {
         let cells: Vec<String> = row
@@ -412,13 +502,13 @@ pub fn render_status_table(
             .map(|(i, c)| {
                 let padded = pad(i, c);
                 // Colour wraps the padded text so the escape codes do not upset alignment.
-                match (color, i) {
-                    (true, 1) => format!("{}{padded}\x1b[0m", row.state_color),
-                    (true, 7) => {
-                        let code = if row.healthy { "\x1b[32m" } else { "\x1b[31m" };
-                        format!("{code}{padded}\x1b[0m")
-                    }
-                    _ => padded,
+                if color && i == 1 {
+                    format!("{}{padded}\x1b[0m", row.state_color)
+                } else if color && i == last {
+                    let code = if row.healthy { "\x1b[32m" } else { "\x1b[31m" };
+                    format!("{code}{padded}\x1b[0m")
+                } else {
+                    padded
                 }
             })
             .collect();
@@ -427,6 +517,10 @@ pub fn render_status_table(
     }
     if rows.is_empty() {
         out.push_str("(the ring has no members)\n");
+    }
+    if let Some(t) = targets {
+        out.push_str(&t.headline());
+        out.push('\n');
     }
     out
 }
@@ -539,7 +633,7 @@ mod tests {
     fn html_page() {
         let configs: HashMap<String, usize> =
             [("agent-1".to_owned(), 4), ("agent-2".to_owned(), 7)].into();
-        let page = render_html(&sample(), now(), TIMEOUT, false, &configs);
+        let page = render_html(&sample(), now(), TIMEOUT, false, &configs, None);
         assert!(!page.contains("<script>"), "IDs are escaped");
         assert!(!page.contains("<script"), "no JavaScript at all");
         assert!(
@@ -551,14 +645,14 @@ mod tests {
 
     #[test]
     fn html_page_with_tokens() {
-        let page = render_html(&sample(), now(), TIMEOUT, true, &HashMap::new());
+        let page = render_html(&sample(), now(), TIMEOUT, true, &HashMap::new(), None);
         assert!(page.contains("Tokens: 1000 2147483648"));
         insta::assert_snapshot!("ring_page_html_tokens", page);
     }
 
     #[test]
     fn json_status() {
-        let json = render_json(&sample(), now(), TIMEOUT);
+        let json = render_json(&sample(), now(), TIMEOUT, None);
         let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         let total: f64 = v["shards"]
             .as_array()
@@ -579,13 +673,13 @@ mod tests {
 
     #[test]
     fn json_status_round_trips_to_the_same_table() {
-        let json = render_json(&sample(), now(), TIMEOUT);
+        let json = render_json(&sample(), now(), TIMEOUT, None);
         let status: StatusJson = serde_json::from_str(&json).expect("parse");
         let (desc, agent_now) = status.to_desc().expect("to_desc");
         assert_eq!(agent_now, now());
         assert_eq!(
-            render_status_table(&desc, agent_now, TIMEOUT, false),
-            render_status_table(&sample(), now(), TIMEOUT, false)
+            render_status_table(&desc, agent_now, TIMEOUT, false, None),
+            render_status_table(&sample(), now(), TIMEOUT, false, None)
         );
         // The old agent's JSON: no ownership, no member_state, UNHEALTHY hides the state.
         let old = r#"{"shards":[{"id":"a","state":"UNHEALTHY","address":"1.2.3.4:80","timestamp":"2025-11-24T15:00:00.123456789+00:00","registered_timestamp":"0001-01-01T00:00:00Z","zone":"","tokens":[5,1]}],"now":"2025-11-24T16:00:00Z"}"#;
@@ -600,15 +694,15 @@ mod tests {
     fn terminal_table() {
         insta::assert_snapshot!(
             "ring_status_table",
-            render_status_table(&sample(), now(), TIMEOUT, false)
+            render_status_table(&sample(), now(), TIMEOUT, false, None)
         );
-        let colored = render_status_table(&sample(), now(), TIMEOUT, true);
+        let colored = render_status_table(&sample(), now(), TIMEOUT, true, None);
         assert!(colored.contains("\x1b[32mACTIVE"));
         assert!(colored.contains("\x1b[33mLEAVING"));
         assert!(colored.contains("\x1b[31munhealthy"));
         insta::assert_snapshot!("ring_status_table_color", colored.replace('\x1b', "<ESC>"));
         assert_eq!(
-            render_status_table(&Desc::default(), now(), TIMEOUT, false),
+            render_status_table(&Desc::default(), now(), TIMEOUT, false, None),
             "ID  STATE  ADDRESS  ZONE  HEARTBEAT  TOKENS  OWNERSHIP  HEALTH\n\
              (the ring has no members)\n"
         );
@@ -624,7 +718,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let t = render_status_table(&d, now(), TIMEOUT, false);
+        let t = render_status_table(&d, now(), TIMEOUT, false, None);
         assert!(!t.contains('\x1b'), "{t:?}");
         assert!(t.contains("a\\u{1b}[2Jb"), "{t}");
     }
@@ -640,5 +734,63 @@ mod tests {
         d.ingesters.remove("agent-1");
         assert_eq!(status_exit_code(&d, now(), TIMEOUT), 0);
         assert_eq!(status_exit_code(&Desc::default(), now(), TIMEOUT), 1);
+    }
+
+    fn targets_summary() -> TargetsSummary {
+        TargetsSummary {
+            epoch: 42,
+            leader: "agent-1".into(),
+            cap: 1000,
+            targets: 2990,
+            unassigned: 0,
+            balance: 1.003,
+            members: [
+                (
+                    "agent-1".to_owned(),
+                    MemberTargets {
+                        targets: 1000,
+                        active_series: 52_000,
+                    },
+                ),
+                (
+                    "agent-2".to_owned(),
+                    MemberTargets {
+                        targets: 995,
+                        active_series: 51_200,
+                    },
+                ),
+                (
+                    "agent-3".to_owned(),
+                    MemberTargets {
+                        targets: 995,
+                        active_series: 49_900,
+                    },
+                ),
+            ]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn targets_on_the_page_the_json_and_the_table() {
+        let t = targets_summary();
+        let page = render_html(&sample(), now(), TIMEOUT, false, &HashMap::new(), Some(&t));
+        assert!(page.contains("<th>Targets</th><th>Active series</th>"));
+        assert!(page.contains(
+            "target sharding: epoch 42 (leader agent-1), 2990 targets, 0 unassigned, cap 1000 per member, balance max/mean 1.003"
+        ));
+        assert!(page.contains("<td class=\"num\">995</td><td class=\"num\">51200</td>"));
+
+        let json: StatusJson =
+            serde_json::from_str(&render_json(&sample(), now(), TIMEOUT, Some(&t))).unwrap();
+        assert_eq!(json.targets, Some(t.clone()));
+        let plain: StatusJson =
+            serde_json::from_str(&render_json(&sample(), now(), TIMEOUT, None)).unwrap();
+        assert_eq!(plain.targets, None);
+
+        insta::assert_snapshot!(
+            "ring_status_table_targets",
+            render_status_table(&sample(), now(), TIMEOUT, false, Some(&t))
+        );
     }
 }

@@ -301,7 +301,7 @@ fn split_host_port(hostport: &str) -> Option<(&str, &str)> {
 }
 
 /// `Target.URL().String()` for these labels and the config's params.
-fn scrape_url(labels: &Labels, params: &BTreeMap<String, Vec<String>>) -> String {
+pub(crate) fn scrape_url(labels: &Labels, params: &BTreeMap<String, Vec<String>>) -> String {
     let mut query: BTreeMap<&str, Vec<&str>> = params
         .iter()
         .map(|(k, v)| (k.as_str(), v.iter().map(String::as_str).collect()))
