@@ -333,6 +333,7 @@ async fn ring_status_and_forget_against_etcd() {
         heartbeat_timeout: Duration::from_secs(60),
         configs_owned,
         clock: Clock::system(),
+        targets: None,
     };
     tokio::spawn(async move { axum::serve(listener, router(page)).await });
     let out = agentctl_async(&["ring", "status", "--addr", &addr]).await;

@@ -291,6 +291,7 @@ async fn ring_page_in_chromium_forget_button_removes_the_member() {
         heartbeat_timeout: Duration::from_secs(60),
         configs_owned,
         clock: Clock::system(),
+        targets: None,
     };
     tokio::spawn(async move { axum::serve(listener, router(page)).await });
     let tmp = tempfile::tempdir().expect("tempdir");

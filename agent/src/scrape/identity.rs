@@ -6,15 +6,6 @@
 //! other labels (the same address listed in two static groups with different labels, say).
 //! Both are scraped, as Prometheus does, since their series differ; [`count_collisions`] counts
 //! them so an operator can see it.
-//!
-//! # The stable hash
-//!
-//! [`TargetIdentity::hash`] is the same on every agent and every version, because two agents
-//! must agree on it (a target that moves to another agent keeps its scrape phase):
-//!
-//! ```text
-//! hash = xxHash64(seed 0, job_name ‖ 0x00 ‖ url)      (UTF-8 bytes)
-//! ```
 
 use std::collections::HashMap;
 use std::fmt;
@@ -31,15 +22,6 @@ pub struct TargetIdentity<'a> {
 impl<'a> TargetIdentity<'a> {
     pub fn new(job: &'a str, url: &'a str) -> Self {
         TargetIdentity { job, url }
-    }
-
-    /// The stable hash (see the module docs).
-    pub fn hash(&self) -> u64 {
-        let mut h = twox_hash::XxHash64::with_seed(0);
-        std::hash::Hasher::write(&mut h, self.job.as_bytes());
-        std::hash::Hasher::write(&mut h, &[0]);
-        std::hash::Hasher::write(&mut h, self.url.as_bytes());
-        std::hash::Hasher::finish(&h)
     }
 }
 
@@ -76,27 +58,6 @@ pub fn count_collisions<'a>(identities: impl IntoIterator<Item = TargetIdentity<
 mod tests {
     use super::*;
     use crate::scrape::target::populate_labels;
-
-    #[test]
-    fn hash_is_pinned() {
-        // Agents of different versions must agree: never change these.
-        assert_eq!(
-            TargetIdentity::new("", "").hash(),
-            twox_hash::XxHash64::oneshot(0, b"\0")
-        );
-        assert_eq!(
-            TargetIdentity::new("node", "http://a:9100/metrics").hash(),
-            twox_hash::XxHash64::oneshot(0, b"node\0http://a:9100/metrics")
-        );
-        assert_eq!(
-            twox_hash::XxHash64::oneshot(0, b"\0"),
-            0xe934_a84a_db05_2768
-        );
-        assert_ne!(
-            TargetIdentity::new("a", "bc").hash(),
-            TargetIdentity::new("ab", "c").hash()
-        );
-    }
 
     fn targets(yaml: &str) -> (String, Vec<Target>) {
         let (_, cfg) =
@@ -153,8 +114,8 @@ mod tests {
             count_collisions(ts[1..2].iter().map(|t| t.identity(&job))),
             0
         );
-        assert_eq!(ts[0].identity(&job).hash(), ts[2].identity(&job).hash());
-        assert_ne!(ts[0].identity(&job).hash(), ts[1].identity(&job).hash());
+        assert_eq!(ts[0].identity(&job), ts[2].identity(&job));
+        assert_ne!(ts[0].identity(&job), ts[1].identity(&job));
     }
 
     #[test]
