@@ -503,6 +503,14 @@ pub struct RingSourceArgs {
 
     #[command(flatten)]
     pub kv_auth: KvAuthArgs,
+
+    /// Key prefix of target sharding's keys in the KV store.
+    #[arg(
+        long = "sharding.prefix",
+        value_name = "PREFIX",
+        default_value = "sharding/"
+    )]
+    pub sharding_prefix: String,
 }
 
 #[derive(Debug, Args)]

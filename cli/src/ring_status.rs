@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use agent::cluster::report::{owners, summary, OwnerAnswer};
+use agent::cluster::store::Layout;
 use agent::cluster::view::load as load_sharding;
 use agent::kv::{KvSpec, KvStore};
 use agent::ring::render::{
@@ -72,11 +73,9 @@ async fn connect(spec: &KvSpec) -> Result<Arc<dyn KvStore>, Error> {
 /// clock for `--addr`), and target sharding's figures when the cluster shards targets.
 type Loaded = (Desc, SystemTime, Option<TargetsSummary>);
 
-async fn load(
-    src: &Source,
-    ring_prefix: &str,
-    tls: &crate::args::TlsArgs,
-) -> Result<Loaded, Error> {
+async fn load(src: &Source, args: &RingSourceArgs) -> Result<Loaded, Error> {
+    let ring_prefix = &args.ring_prefix;
+    let tls = &args.tls;
     match src {
         Source::Kv(spec) => {
             let store = connect(spec).await?;
@@ -84,7 +83,8 @@ async fn load(
             let desc = read_ring(store.as_ref(), &key)
                 .await
                 .map_err(|e| Error::Unavailable(format!("cannot read the ring: {e}")))?;
-            let sharding = load_sharding(store.as_ref())
+            let layout = Layout::new(args.sharding_prefix.clone());
+            let sharding = load_sharding(store.as_ref(), &layout)
                 .await
                 .map_err(|e| Error::Unavailable(format!("cannot read the sharding keys: {e}")))?;
             let targets = (!sharding.agents.is_empty() || sharding.assignment.epoch > 0)
@@ -125,8 +125,7 @@ async fn load(
 /// the ring cannot be read.
 pub fn status(args: &RingStatusArgs, out: &mut dyn Write) -> Result<ExitCode, Error> {
     let src = source(&args.source)?;
-    let (desc, now, targets) =
-        runtime()?.block_on(load(&src, &args.source.ring_prefix, &args.source.tls))?;
+    let (desc, now, targets) = runtime()?.block_on(load(&src, &args.source))?;
     let timeout = args.heartbeat_timeout;
     let text = match args.output {
         OutputFormat::Json => {
@@ -226,12 +225,14 @@ pub fn owner(
         match &src {
             Source::Kv(spec) => {
                 let store = connect(spec).await?;
-                let state = load_sharding(store.as_ref()).await.map_err(|e| {
+                let layout = Layout::new(args.source.sharding_prefix.clone());
+                let state = load_sharding(store.as_ref(), &layout).await.map_err(|e| {
                     Error::Unavailable(format!("cannot read the sharding keys: {e}"))
                 })?;
                 if state.targets.is_empty() && state.assignment.epoch == 0 {
                     return Ok(Err(format!(
-                        "{spec} holds no sharding/ keys: target sharding is off (scraping_service.sharding: configs) or no agent has published yet"
+                        "{spec} holds no {} keys: target sharding is off (scraping_service.sharding: configs) or no agent has published yet",
+                        layout.prefix()
                     )));
                 }
                 let found = owners(&state, &args.target);

@@ -23,10 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::assign::{assign, Members};
-use super::store::{
-    self, agent_key, targets_key, AssignmentDoc, ConfigOwners, Expect, TargetKey, ASSIGNMENT_KEY,
-    FORMAT_VERSION,
-};
+use super::store::{self, AssignmentDoc, ConfigOwners, Expect, Layout, TargetKey, FORMAT_VERSION};
 use super::view::ShardState;
 use crate::clock::{self, Clock};
 use crate::kv::configstore::ConfigStore;
@@ -146,6 +143,7 @@ pub fn compute(
 /// What the leader needs from the cluster around it.
 pub struct LeaderContext {
     pub kv: Arc<dyn KvStore>,
+    pub layout: Layout,
     pub configs: Arc<ConfigStore>,
     /// This agent's ring ID and advertised address (ownership is decided by address).
     pub id: String,
@@ -207,7 +205,8 @@ pub async fn run(
 
 /// Writes `doc` if the store still holds the assignment it was computed from.
 async fn publish(cx: &LeaderContext, state: &ShardState, doc: AssignmentDoc) {
-    let current = match store::read::<AssignmentDoc>(&*cx.kv, ASSIGNMENT_KEY).await {
+    let key = cx.layout.assignment_key();
+    let current = match store::read::<AssignmentDoc>(&*cx.kv, &cx.layout, &key).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the target assignment; not writing a new one");
@@ -221,7 +220,7 @@ async fn publish(cx: &LeaderContext, state: &ShardState, doc: AssignmentDoc) {
         _ => return,
     };
     let counts = doc.counts();
-    match store::write(&*cx.kv, ASSIGNMENT_KEY, &doc, expect).await {
+    match store::write(&*cx.kv, &cx.layout, &key, &doc, expect).await {
         Ok(true) => tracing::info!(
             epoch = doc.epoch,
             members = doc.members.len(),
@@ -249,7 +248,7 @@ async fn gc(
         let age = Duration::from_millis(now_ms.saturating_sub(st.updated_ms).max(0) as u64);
         if !in_ring.contains(id.as_str()) && age > AGENT_KEY_RETENTION {
             tracing::info!(agent = %id, "removing the sharding key of an agent gone from the ring");
-            store::delete(&*cx.kv, &agent_key(id)).await?;
+            store::delete(&*cx.kv, &cx.layout, &cx.layout.agent_key(id)).await?;
         }
     }
     match cx.configs.list().await {
@@ -258,13 +257,13 @@ async fn gc(
             for config in state.targets.keys() {
                 if !names.contains(config) {
                     tracing::info!(config = %config, "removing the targets of a deleted config");
-                    store::delete(&*cx.kv, &targets_key(config)).await?;
+                    store::delete(&*cx.kv, &cx.layout, &cx.layout.targets_key(config)).await?;
                 }
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot list configs for the sharding cleanup"),
     }
-    let removed = store::gc_chunks(&*cx.kv).await?;
+    let removed = store::gc_chunks(&*cx.kv, &cx.layout).await?;
     if !removed.is_empty() {
         tracing::info!(
             digests = removed.len(),

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::ShardingMetrics;
-use super::store::{self, targets_key, Expect, PublishedJob, PublishedTargets, FORMAT_VERSION};
+use super::store::{self, Expect, Layout, PublishedJob, PublishedTargets, FORMAT_VERSION};
 use crate::config::scrape::ScrapeConfig;
 use crate::config::InstanceConfig;
 use crate::discovery;
@@ -98,6 +98,7 @@ struct Running {
 /// The configs whose discovery this agent runs.
 pub struct Publisher {
     kv: Arc<dyn KvStore>,
+    layout: Layout,
     base_dir: Option<PathBuf>,
     metrics: ShardingMetrics,
     running: HashMap<String, Running>,
@@ -112,9 +113,15 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    pub fn new(kv: Arc<dyn KvStore>, base_dir: Option<PathBuf>, metrics: ShardingMetrics) -> Self {
+    pub fn new(
+        kv: Arc<dyn KvStore>,
+        layout: Layout,
+        base_dir: Option<PathBuf>,
+        metrics: ShardingMetrics,
+    ) -> Self {
         Publisher {
             kv,
+            layout,
             base_dir,
             metrics,
             running: HashMap::new(),
@@ -149,6 +156,7 @@ impl Publisher {
             let cancel = CancellationToken::new();
             let task = tokio::spawn(run_config(
                 self.kv.clone(),
+                self.layout.clone(),
                 cfg.clone(),
                 self.base_dir.clone(),
                 self.metrics.clone(),
@@ -170,7 +178,8 @@ impl Publisher {
     /// The config was deleted: stop its discovery and delete its targets.
     pub async fn deleted(&mut self, name: &str) {
         self.stop(name).await;
-        if let Err(e) = store::delete(&*self.kv, &targets_key(name)).await {
+        let key = self.layout.targets_key(name);
+        if let Err(e) = store::delete(&*self.kv, &self.layout, &key).await {
             // The leader removes targets of deleted configs once a minute as well.
             tracing::warn!(config = name, error = %e, "cannot delete the targets of a deleted config");
         }
@@ -187,6 +196,7 @@ impl Publisher {
 
 async fn run_config(
     kv: Arc<dyn KvStore>,
+    layout: Layout,
     cfg: InstanceConfig,
     base_dir: Option<PathBuf>,
     metrics: ShardingMetrics,
@@ -255,7 +265,9 @@ async fn run_config(
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
                 }
-                match store::write(&*kv, &targets_key(&name), &doc, Expect::Any).await {
+                match store::write(&*kv, &layout, &layout.targets_key(&name), &doc, Expect::Any)
+                    .await
+                {
                     Ok(_) => {
                         tracing::debug!(config = %name, targets = doc.len(), collisions, "published targets");
                         last = Some(doc);
@@ -305,7 +317,13 @@ mod tests {
     ) -> PublishedTargets {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(Some((doc, _))) = read::<PublishedTargets>(kv, &targets_key("c")).await {
+            if let Ok(Some((doc, _))) = read::<PublishedTargets>(
+                kv,
+                &Layout::default(),
+                &Layout::default().targets_key("c"),
+            )
+            .await
+            {
                 if f(&doc) {
                     return doc;
                 }
@@ -342,7 +360,7 @@ mod tests {
             file.display()
         );
         let metrics = ShardingMetrics::default();
-        let mut p = Publisher::new(kv.clone(), None, metrics.clone());
+        let mut p = Publisher::new(kv.clone(), Layout::default(), None, metrics.clone());
         p.set(vec![config(&yaml)]).await;
         let doc = wait_published(&*kv, |d| d.len() == 5).await;
         assert_eq!(doc.config, "c");
@@ -373,10 +391,18 @@ mod tests {
 
         // Losing the config leaves the value; deleting it removes it.
         p.set(vec![]).await;
-        assert!(kv.get(&targets_key("c")).await.unwrap().is_some());
+        assert!(kv
+            .get(&Layout::default().targets_key("c"))
+            .await
+            .unwrap()
+            .is_some());
         p.set(vec![config(&yaml)]).await;
         p.deleted("c").await;
-        assert!(kv.get(&targets_key("c")).await.unwrap().is_none());
+        assert!(kv
+            .get(&Layout::default().targets_key("c"))
+            .await
+            .unwrap()
+            .is_none());
         assert!(p.configs().is_empty());
     }
 
@@ -390,11 +416,19 @@ mod tests {
   - job_name: remote
     http_sd_configs: [{url: 'http://127.0.0.1:1/sd'}]
 ";
-        let mut p = Publisher::new(kv.clone(), None, ShardingMetrics::default());
+        let mut p = Publisher::new(
+            kv.clone(),
+            Layout::default(),
+            None,
+            ShardingMetrics::default(),
+        );
         p.set(vec![config(yaml)]).await;
         tokio::time::sleep(SETTLE - Duration::from_secs(1)).await;
         assert!(
-            kv.get(&targets_key("c")).await.unwrap().is_none(),
+            kv.get(&Layout::default().targets_key("c"))
+                .await
+                .unwrap()
+                .is_none(),
             "published before settling"
         );
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -1,6 +1,6 @@
 //! Target sharding's KV layout and value codec.
 //!
-//! # Keys (in the config store, next to `configurations/`)
+//! # Keys (in the config store, next to `configurations/`: see [`Layout`])
 //!
 //! | key | written by | value |
 //! |---|---|---|
@@ -40,12 +40,71 @@ use serde::{Deserialize, Serialize};
 
 use crate::kv::{KvError, KvStore};
 
-/// The prefix of every target sharding key.
-pub const PREFIX: &str = "sharding/";
-pub const TARGETS_PREFIX: &str = "sharding/targets/";
-pub const AGENTS_PREFIX: &str = "sharding/agents/";
-pub const CHUNKS_PREFIX: &str = "sharding/chunks/";
-pub const ASSIGNMENT_KEY: &str = "sharding/assignment";
+/// Where target sharding's keys live: `<prefix>targets/<config>`, `<prefix>assignment`,
+/// `<prefix>agents/<id>`, `<prefix>chunks/<digest>/<i>`.
+///
+/// The prefix sits next to the config prefix (`kvstore.prefix`): `configurations/` gives
+/// `sharding/`, `prod/configurations/` gives `prod/sharding/` ([`Layout::for_config_prefix`]),
+/// so clusters that share an etcd under different prefixes do not share sharding keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    prefix: String,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout::new(DEFAULT_PREFIX)
+    }
+}
+
+/// The prefix next to the old agent's default config prefix, `configurations/`.
+pub const DEFAULT_PREFIX: &str = "sharding/";
+
+impl Layout {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Layout {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The layout next to config prefix `config_prefix` (see
+    /// [`crate::config::agent::sharding_prefix`]).
+    pub fn for_config_prefix(config_prefix: &str) -> Self {
+        Layout::new(crate::config::agent::sharding_prefix(config_prefix))
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn targets_prefix(&self) -> String {
+        format!("{}targets/", self.prefix)
+    }
+
+    pub fn targets_key(&self, config: &str) -> String {
+        format!("{}targets/{config}", self.prefix)
+    }
+
+    pub fn agents_prefix(&self) -> String {
+        format!("{}agents/", self.prefix)
+    }
+
+    pub fn agent_key(&self, id: &str) -> String {
+        format!("{}agents/{id}", self.prefix)
+    }
+
+    pub fn assignment_key(&self) -> String {
+        format!("{}assignment", self.prefix)
+    }
+
+    pub fn chunks_prefix(&self) -> String {
+        format!("{}chunks/", self.prefix)
+    }
+
+    fn chunk_key(&self, digest: &str, part: usize) -> String {
+        format!("{}chunks/{digest}/{part}", self.prefix)
+    }
+}
 
 /// The largest value written as one KV value (below etcd's default 1.5 MiB request limit,
 /// leaving room for the key and the request's framing).
@@ -57,18 +116,6 @@ pub const MAX_DECODED: usize = 1 << 30;
 
 /// The version written in every value; a reader refuses a higher one by name.
 pub const FORMAT_VERSION: u32 = 1;
-
-pub fn targets_key(config: &str) -> String {
-    format!("{TARGETS_PREFIX}{config}")
-}
-
-pub fn agent_key(id: &str) -> String {
-    format!("{AGENTS_PREFIX}{id}")
-}
-
-fn chunk_key(digest: &str, part: usize) -> String {
-    format!("{CHUNKS_PREFIX}{digest}/{part}")
-}
 
 /// A target's key in the assignment: stable across agents and versions (see [`target_key`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -351,8 +398,8 @@ pub fn gzip_json<T: Serialize>(value: &T) -> Vec<u8> {
     }
 }
 
-/// Encodes `value` for `key` (see the module docs), splitting it when larger than `max`.
-pub fn encode<T: Serialize>(value: &T, max: usize) -> Encoded {
+/// Encodes `value` (see the module docs), splitting it when larger than `max`.
+pub fn encode<T: Serialize>(layout: &Layout, value: &T, max: usize) -> Encoded {
     let gz = gzip_json(value);
     if gz.len() <= max {
         return Encoded {
@@ -364,7 +411,7 @@ pub fn encode<T: Serialize>(value: &T, max: usize) -> Encoded {
     let parts: Vec<(String, Vec<u8>)> = gz
         .chunks(max)
         .enumerate()
-        .map(|(i, c)| (chunk_key(&digest, i), c.to_vec()))
+        .map(|(i, c)| (layout.chunk_key(&digest, i), c.to_vec()))
         .collect();
     let manifest = Manifest {
         chunked: ChunkRef {
@@ -441,6 +488,7 @@ async fn decode_off_workers<T: DeserializeOwned + Send + 'static>(
 /// it is a manifest.
 pub async fn decode<T: DeserializeOwned + Send + 'static>(
     kv: &dyn KvStore,
+    layout: &Layout,
     key: &str,
     head: &[u8],
 ) -> Result<T, StoreError> {
@@ -449,7 +497,7 @@ pub async fn decode<T: DeserializeOwned + Send + 'static>(
     };
     let mut gz = Vec::with_capacity(m.bytes.min(MAX_DECODED));
     for part in 0..m.parts {
-        let Some(v) = kv.get(&chunk_key(&m.digest, part)).await? else {
+        let Some(v) = kv.get(&layout.chunk_key(&m.digest, part)).await? else {
             return Err(StoreError::Changed {
                 key: key.to_owned(),
                 digest: m.digest,
@@ -470,12 +518,13 @@ pub async fn decode<T: DeserializeOwned + Send + 'static>(
 /// Reads and decodes `key`: `None` when absent; with the key's revision (for [`write`]).
 pub async fn read<T: DeserializeOwned + Send + 'static>(
     kv: &dyn KvStore,
+    layout: &Layout,
     key: &str,
 ) -> Result<Option<(T, u64)>, StoreError> {
     let Some(v) = kv.get(key).await? else {
         return Ok(None);
     };
-    let value = decode(kv, key, &v.value).await?;
+    let value = decode(kv, layout, key, &v.value).await?;
     Ok(Some((value, v.revision)))
 }
 
@@ -492,17 +541,19 @@ pub enum Expect {
 /// `false` when `expect` did not hold (nothing written but the new parts, removed again).
 pub async fn write<T: Serialize>(
     kv: &dyn KvStore,
+    layout: &Layout,
     key: &str,
     value: &T,
     expect: Expect,
 ) -> Result<bool, StoreError> {
-    let enc = encode(value, MAX_VALUE);
-    write_encoded(kv, key, enc, expect).await
+    let enc = encode(layout, value, MAX_VALUE);
+    write_encoded(kv, layout, key, enc, expect).await
 }
 
 /// [`write`] of an already encoded value.
 pub async fn write_encoded(
     kv: &dyn KvStore,
+    layout: &Layout,
     key: &str,
     enc: Encoded,
     expect: Expect,
@@ -522,56 +573,60 @@ pub async fn write_encoded(
     let old_digest = old.as_ref().and_then(|o| referenced_digest(&o.value));
     if written {
         if let Some(d) = old_digest.filter(|d| Some(d) != new_digest.as_ref()) {
-            delete_parts(kv, &d).await?;
+            delete_parts(kv, layout, &d).await?;
         }
     } else if let Some(d) = new_digest {
         // Our parts were for nothing, unless the value that won refers to the same ones.
         let current = kv.get(key).await?;
         if current.and_then(|c| referenced_digest(&c.value)).as_ref() != Some(&d) {
-            delete_parts(kv, &d).await?;
+            delete_parts(kv, layout, &d).await?;
         }
     }
     Ok(written)
 }
 
-async fn delete_parts(kv: &dyn KvStore, digest: &str) -> Result<(), KvError> {
-    for k in kv.list(&format!("{CHUNKS_PREFIX}{digest}/")).await? {
+async fn delete_parts(kv: &dyn KvStore, layout: &Layout, digest: &str) -> Result<(), KvError> {
+    for k in kv
+        .list(&format!("{}{digest}/", layout.chunks_prefix()))
+        .await?
+    {
         kv.delete(&k).await?;
     }
     Ok(())
 }
 
 /// Deletes `key` and the parts its value refers to.
-pub async fn delete(kv: &dyn KvStore, key: &str) -> Result<bool, StoreError> {
+pub async fn delete(kv: &dyn KvStore, layout: &Layout, key: &str) -> Result<bool, StoreError> {
     let old = kv.get(key).await?;
     let existed = kv.delete(key).await?;
     if let Some(d) = old.and_then(|o| referenced_digest(&o.value)) {
-        delete_parts(kv, &d).await?;
+        delete_parts(kv, layout, &d).await?;
     }
     Ok(existed)
 }
 
-/// Removes parts no key under [`PREFIX`] refers to (left by a writer that died between writing
-/// the parts and the key). Returns the digests removed.
-pub async fn gc_chunks(kv: &dyn KvStore) -> Result<Vec<String>, StoreError> {
+/// Removes parts no sharding key refers to (left by a writer that died between writing the
+/// parts and the key). Returns the digests removed.
+pub async fn gc_chunks(kv: &dyn KvStore, layout: &Layout) -> Result<Vec<String>, StoreError> {
+    let chunks = layout.chunks_prefix();
     let mut referenced = BTreeSet::new();
-    for (k, v) in kv.list_values(PREFIX).await? {
-        if !k.starts_with(CHUNKS_PREFIX) {
+    for (k, v) in kv.list_values(layout.prefix()).await? {
+        if !k.starts_with(&chunks) {
             if let Some(d) = referenced_digest(&v) {
                 referenced.insert(d);
             }
         }
     }
     let mut orphans = BTreeSet::new();
-    for k in kv.list(CHUNKS_PREFIX).await? {
-        if let Some(d) = k[CHUNKS_PREFIX.len()..].split('/').next() {
+    for k in kv.list(&chunks).await? {
+        if let Some(d) = k[chunks.len()..].split('/').next() {
             if !referenced.contains(d) {
                 orphans.insert(d.to_owned());
             }
         }
     }
     for d in &orphans {
-        delete_parts(kv, d).await?;
+        delete_parts(kv, layout, d).await?;
     }
     Ok(orphans.into_iter().collect())
 }
@@ -581,6 +636,30 @@ mod tests {
     use super::*;
     use crate::kv::InMemoryStore;
     use crate::ring::tokens::TokenRng;
+
+    static L: std::sync::LazyLock<Layout> = std::sync::LazyLock::new(Layout::default);
+
+    #[test]
+    fn the_layout_sits_next_to_the_config_prefix() {
+        assert_eq!(
+            Layout::for_config_prefix("configurations/").prefix(),
+            "sharding/"
+        );
+        assert_eq!(
+            Layout::for_config_prefix("prod/configurations/").prefix(),
+            "prod/sharding/"
+        );
+        assert_eq!(
+            Layout::for_config_prefix("prod/configs").prefix(),
+            "prod/sharding/"
+        );
+        assert_eq!(Layout::for_config_prefix("cfg/").prefix(), "sharding/");
+        let l = Layout::new("p/sharding/");
+        assert_eq!(l.targets_key("team/a"), "p/sharding/targets/team/a");
+        assert_eq!(l.agent_key("a1"), "p/sharding/agents/a1");
+        assert_eq!(l.assignment_key(), "p/sharding/assignment");
+        assert_eq!(l.chunks_prefix(), "p/sharding/chunks/");
+    }
 
     fn job(n: usize, seed: u64) -> PublishedJob {
         let mut rng = TokenRng::with_seed(seed);
@@ -716,7 +795,15 @@ mod tests {
 
     /// Writes with a small part size, so the chunked paths run on small values.
     async fn write_small<T: Serialize>(kv: &dyn KvStore, key: &str, v: &T, e: Expect) -> bool {
-        write_encoded(kv, key, encode(v, 2048), e).await.unwrap()
+        write_encoded(
+            kv,
+            &Layout::default(),
+            key,
+            encode(&Layout::default(), v, 2048),
+            e,
+        )
+        .await
+        .unwrap()
     }
 
     fn targets(config: &str, n: usize, seed: u64) -> PublishedTargets {
@@ -731,22 +818,25 @@ mod tests {
     async fn large_values_are_chunked_below_the_limit_and_read_back() {
         let kv = InMemoryStore::new();
         let big = targets("big", 1000, 1);
-        let enc = encode(&big, 2048);
+        let enc = encode(&Layout::default(), &big, 2048);
         assert!(enc.parts.len() >= 4, "{}", enc.parts.len());
         assert!(enc.parts.iter().all(|(_, p)| p.len() <= 2048));
         assert!(enc.head.len() < 200);
-        assert!(encode(&big, MAX_VALUE).parts.is_empty());
-        let key = targets_key("big");
+        assert!(encode(&Layout::default(), &big, MAX_VALUE).parts.is_empty());
+        let key = L.targets_key("big");
         assert!(write_small(&kv, &key, &big, Expect::Any).await);
-        let (back, _) = read::<PublishedTargets>(&kv, &key).await.unwrap().unwrap();
+        let (back, _) = read::<PublishedTargets>(&kv, &L, &key)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(back, big);
 
         // Replacing it removes the old parts; a small value needs none.
         let small = targets("big", 3, 2);
         assert!(write_small(&kv, &key, &small, Expect::Any).await);
-        assert!(kv.list(CHUNKS_PREFIX).await.unwrap().is_empty());
+        assert!(kv.list(&L.chunks_prefix()).await.unwrap().is_empty());
         assert_eq!(
-            read::<PublishedTargets>(&kv, &key)
+            read::<PublishedTargets>(&kv, &L, &key)
                 .await
                 .unwrap()
                 .unwrap()
@@ -759,50 +849,58 @@ mod tests {
     async fn compare_and_swap_and_lost_races_leave_no_parts() {
         let kv = InMemoryStore::new();
         let big = targets("c", 1000, 3);
-        assert!(write_small(&kv, ASSIGNMENT_KEY, &big, Expect::Revision(None)).await);
-        let rev = kv.get(ASSIGNMENT_KEY).await.unwrap().unwrap().revision;
-        let parts_before = kv.list(CHUNKS_PREFIX).await.unwrap();
+        assert!(write_small(&kv, &L.assignment_key(), &big, Expect::Revision(None)).await);
+        let rev = kv.get(&L.assignment_key()).await.unwrap().unwrap().revision;
+        let parts_before = kv.list(&L.chunks_prefix()).await.unwrap();
         assert!(!parts_before.is_empty());
         // A stale expectation loses and cleans up its own parts, keeping the winner's.
         let other = targets("c", 1000, 4);
-        assert!(!write_small(&kv, ASSIGNMENT_KEY, &other, Expect::Revision(None)).await);
-        assert_eq!(kv.list(CHUNKS_PREFIX).await.unwrap(), parts_before);
+        assert!(!write_small(&kv, &L.assignment_key(), &other, Expect::Revision(None)).await);
+        assert_eq!(kv.list(&L.chunks_prefix()).await.unwrap(), parts_before);
         // Losing with the very same content keeps the parts the winner refers to.
-        assert!(!write_small(&kv, ASSIGNMENT_KEY, &big, Expect::Revision(None)).await);
-        assert_eq!(kv.list(CHUNKS_PREFIX).await.unwrap(), parts_before);
-        assert!(write_small(&kv, ASSIGNMENT_KEY, &other, Expect::Revision(Some(rev))).await);
-        let (back, _) = read::<PublishedTargets>(&kv, ASSIGNMENT_KEY)
+        assert!(!write_small(&kv, &L.assignment_key(), &big, Expect::Revision(None)).await);
+        assert_eq!(kv.list(&L.chunks_prefix()).await.unwrap(), parts_before);
+        assert!(
+            write_small(
+                &kv,
+                &L.assignment_key(),
+                &other,
+                Expect::Revision(Some(rev))
+            )
+            .await
+        );
+        let (back, _) = read::<PublishedTargets>(&kv, &L, &L.assignment_key())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(back, other);
-        let parts_after = kv.list(CHUNKS_PREFIX).await.unwrap();
+        let parts_after = kv.list(&L.chunks_prefix()).await.unwrap();
         assert!(parts_after.iter().all(|p| !parts_before.contains(p)));
-        assert!(delete(&kv, ASSIGNMENT_KEY).await.unwrap());
-        assert!(kv.list(PREFIX).await.unwrap().is_empty());
+        assert!(delete(&kv, &L, &L.assignment_key()).await.unwrap());
+        assert!(kv.list(L.prefix()).await.unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn missing_parts_and_orphans() {
         let kv = InMemoryStore::new();
-        let key = targets_key("c");
+        let key = L.targets_key("c");
         write_small(&kv, &key, &targets("c", 1000, 5), Expect::Any).await;
         let head = kv.get(&key).await.unwrap().unwrap().value;
-        let parts = kv.list(CHUNKS_PREFIX).await.unwrap();
+        let parts = kv.list(&L.chunks_prefix()).await.unwrap();
         kv.delete(&parts[1]).await.unwrap();
-        let err = decode::<PublishedTargets>(&kv, &key, &head)
+        let err = decode::<PublishedTargets>(&kv, &L, &key, &head)
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Changed { part: 1, .. }), "{err}");
         assert!(err.to_string().contains("read it again"), "{err}");
 
         // A writer that died after its parts: gc removes them and nothing else.
-        for (k, v) in encode(&targets("d", 1000, 6), 2048).parts {
+        for (k, v) in encode(&Layout::default(), &targets("d", 1000, 6), 2048).parts {
             kv.put(&k, v).await.unwrap();
         }
-        let removed = gc_chunks(&kv).await.unwrap();
+        let removed = gc_chunks(&kv, &L).await.unwrap();
         assert_eq!(removed.len(), 1);
-        let left = kv.list(CHUNKS_PREFIX).await.unwrap();
+        let left = kv.list(&L.chunks_prefix()).await.unwrap();
         assert_eq!(
             left.len(),
             parts.len() - 1,

@@ -31,7 +31,7 @@ use super::handoff::{Action, Handoffs, Peers};
 use super::leader::{self, LeaderContext};
 use super::metrics::ShardingMetrics;
 use super::publish::Publisher;
-use super::store::{self, agent_key, AgentStatus, Expect, TargetKey, FORMAT_VERSION};
+use super::store::{self, AgentStatus, Expect, Layout, TargetKey, FORMAT_VERSION};
 use super::view::{ShardState, ShardView};
 use crate::clock::Clock;
 use crate::config::agent::InstanceMode;
@@ -115,6 +115,7 @@ impl AssignedSource for Registry {
 /// What the runtime needs from the agent around it.
 pub struct Context {
     pub kv: Arc<dyn KvStore>,
+    pub layout: Layout,
     pub configs: Arc<ConfigStore>,
     pub manager: Arc<InstanceManager>,
     pub registry: Arc<Registry>,
@@ -155,7 +156,7 @@ pub struct TargetSharding {
 impl TargetSharding {
     /// Starts following the sharding keys, the leader and the task.
     pub fn start(cx: Context) -> Arc<Self> {
-        let view = Arc::new(ShardView::start(cx.kv.clone()));
+        let view = Arc::new(ShardView::start(cx.kv.clone(), cx.layout.clone()));
         let stop = CancellationToken::new();
         let (commands, rx) = mpsc::unbounded_channel();
         let registry = cx.registry.clone();
@@ -163,6 +164,7 @@ impl TargetSharding {
         tokio::spawn(leader::run(
             LeaderContext {
                 kv: cx.kv.clone(),
+                layout: cx.layout.clone(),
                 configs: cx.configs.clone(),
                 id: cx.id.clone(),
                 addr: cx.addr.clone(),
@@ -178,13 +180,19 @@ impl TargetSharding {
         let (written_tx, written_rx) = watch::channel(0u64);
         tokio::spawn(write_status(
             cx.kv.clone(),
-            agent_key(&cx.id),
+            cx.layout.clone(),
+            cx.layout.agent_key(&cx.id),
             status_rx,
             written_tx,
             stop.clone(),
         ));
         let runtime = Runtime {
-            publisher: Publisher::new(cx.kv.clone(), cx.base_dir.clone(), cx.metrics.clone()),
+            publisher: Publisher::new(
+                cx.kv.clone(),
+                cx.layout.clone(),
+                cx.base_dir.clone(),
+                cx.metrics.clone(),
+            ),
             view: view.subscribe(),
             handoffs: Handoffs::new(),
             modes: HashMap::new(),
@@ -661,6 +669,7 @@ impl Runtime {
 /// last status written.
 async fn write_status(
     kv: Arc<dyn KvStore>,
+    layout: Layout,
     key: String,
     mut rx: watch::Receiver<Option<Arc<AgentStatus>>>,
     written: watch::Sender<u64>,
@@ -675,7 +684,7 @@ async fn write_status(
             continue;
         };
         loop {
-            match store::write(&*kv, &key, &*st, Expect::Any).await {
+            match store::write(&*kv, &layout, &key, &*st, Expect::Any).await {
                 Ok(_) => {
                     written.send_replace(st.epoch);
                     break;

@@ -18,8 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::store::{
-    self, AgentStatus, AssignmentDoc, PublishedTargets, StoreError, TargetKey, AGENTS_PREFIX,
-    ASSIGNMENT_KEY, PREFIX, TARGETS_PREFIX,
+    self, AgentStatus, AssignmentDoc, Layout, PublishedTargets, StoreError, TargetKey,
 };
 use crate::kv::{KvStore, WatchEvent};
 
@@ -73,10 +72,10 @@ pub struct ShardView {
 
 impl ShardView {
     /// Starts following the prefix; KV failures are logged and retried.
-    pub fn start(store: Arc<dyn KvStore>) -> Self {
+    pub fn start(store: Arc<dyn KvStore>, layout: Layout) -> Self {
         let (tx, rx) = watch::channel(Arc::new(ShardState::default()));
         let (ready_tx, ready) = watch::channel(false);
-        let task = tokio::spawn(follow(store, tx, ready_tx));
+        let task = tokio::spawn(follow(store, layout, tx, ready_tx));
         ShardView { rx, ready, task }
     }
 
@@ -105,22 +104,30 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Reads every `sharding/` key once (for `agentctl ring status --kv` and `ring owner --kv`).
 /// Values that do not decode are logged and skipped, as the watch does.
-pub async fn load(store: &dyn KvStore) -> Result<ShardState, crate::kv::KvError> {
+pub async fn load(store: &dyn KvStore, layout: &Layout) -> Result<ShardState, crate::kv::KvError> {
     let mut state = ShardState::default();
-    for (key, value) in store.list_values(PREFIX).await? {
-        apply(store, &mut state, WatchEvent::Put { key, value }, true).await;
+    for (key, value) in store.list_values(layout.prefix()).await? {
+        apply(
+            store,
+            layout,
+            &mut state,
+            WatchEvent::Put { key, value },
+            true,
+        )
+        .await;
     }
     Ok(state)
 }
 
 async fn follow(
     store: Arc<dyn KvStore>,
+    layout: Layout,
     tx: watch::Sender<Arc<ShardState>>,
     ready: watch::Sender<bool>,
 ) {
     let mut retry = Duration::from_millis(100);
     loop {
-        let mut watch = match store.watch_prefix(PREFIX).await {
+        let mut watch = match store.watch_prefix(layout.prefix()).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch the sharding keys; retrying");
@@ -129,7 +136,7 @@ async fn follow(
                 continue;
             }
         };
-        let listed = match store.list_values(PREFIX).await {
+        let listed = match store.list_values(layout.prefix()).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list the sharding keys; retrying");
@@ -141,12 +148,19 @@ async fn follow(
         retry = Duration::from_millis(100);
         let mut state = ShardState::default();
         for (key, value) in listed {
-            apply(&*store, &mut state, WatchEvent::Put { key, value }, true).await;
+            apply(
+                &*store,
+                &layout,
+                &mut state,
+                WatchEvent::Put { key, value },
+                true,
+            )
+            .await;
         }
         tx.send_replace(Arc::new(state.clone()));
         let _ = ready.send(true);
         while let Some(event) = watch.recv().await {
-            if apply(&*store, &mut state, event, false).await {
+            if apply(&*store, &layout, &mut state, event, false).await {
                 tx.send_replace(Arc::new(state.clone()));
             }
         }
@@ -155,14 +169,20 @@ async fn follow(
 }
 
 /// Applies one change; `true` when the state changed.
-async fn apply(kv: &dyn KvStore, state: &mut ShardState, event: WatchEvent, listing: bool) -> bool {
+async fn apply(
+    kv: &dyn KvStore,
+    layout: &Layout,
+    state: &mut ShardState,
+    event: WatchEvent,
+    listing: bool,
+) -> bool {
     let key = event.key().to_owned();
-    if let Some(config) = key.strip_prefix(TARGETS_PREFIX) {
+    if let Some(config) = key.strip_prefix(&*layout.targets_prefix()) {
         let config = config.to_owned();
         match event {
             WatchEvent::Delete { .. } => state.targets.remove(&config).is_some(),
             WatchEvent::Put { value, .. } => {
-                match decode_or_reread::<PublishedTargets>(kv, &key, value).await {
+                match decode_or_reread::<PublishedTargets>(kv, layout, &key, value).await {
                     Some(doc) => {
                         let ct = tokio::task::spawn_blocking(move || ConfigTargets::new(doc))
                             .await
@@ -179,12 +199,12 @@ async fn apply(kv: &dyn KvStore, state: &mut ShardState, event: WatchEvent, list
                 }
             }
         }
-    } else if let Some(id) = key.strip_prefix(AGENTS_PREFIX) {
+    } else if let Some(id) = key.strip_prefix(&*layout.agents_prefix()) {
         let id = id.to_owned();
         match event {
             WatchEvent::Delete { .. } => state.agents.remove(&id).is_some(),
             WatchEvent::Put { value, .. } => {
-                match decode_or_reread::<AgentStatus>(kv, &key, value).await {
+                match decode_or_reread::<AgentStatus>(kv, layout, &key, value).await {
                     Some(st) => {
                         state.agents.insert(id, Arc::new(st));
                         true
@@ -193,7 +213,7 @@ async fn apply(kv: &dyn KvStore, state: &mut ShardState, event: WatchEvent, list
                 }
             }
         }
-    } else if key == ASSIGNMENT_KEY {
+    } else if key == layout.assignment_key() {
         match event {
             WatchEvent::Delete { .. } => {
                 tracing::warn!("the target assignment was deleted; starting over from epoch 0");
@@ -201,7 +221,8 @@ async fn apply(kv: &dyn KvStore, state: &mut ShardState, event: WatchEvent, list
                 true
             }
             WatchEvent::Put { value, .. } => {
-                let Some(doc) = decode_or_reread::<AssignmentDoc>(kv, &key, value).await else {
+                let Some(doc) = decode_or_reread::<AssignmentDoc>(kv, layout, &key, value).await
+                else {
                     return false;
                 };
                 if let Err(e) = doc.validate() {
@@ -230,11 +251,12 @@ async fn apply(kv: &dyn KvStore, state: &mut ShardState, event: WatchEvent, list
 /// for it follows anyway). `None` (logged) when it does not decode.
 async fn decode_or_reread<T: serde::de::DeserializeOwned + Send + 'static>(
     kv: &dyn KvStore,
+    layout: &Layout,
     key: &str,
     mut value: Vec<u8>,
 ) -> Option<T> {
     for _ in 0..3 {
-        match store::decode(kv, key, &value).await {
+        match store::decode(kv, layout, key, &value).await {
             Ok(v) => return Some(v),
             Err(StoreError::Changed { .. }) => match kv.get(key).await {
                 Ok(Some(v)) => value = v.value,
@@ -257,8 +279,10 @@ async fn decode_or_reread<T: serde::de::DeserializeOwned + Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::store::{agent_key, targets_key, write, Expect, PublishedJob};
+    use crate::cluster::store::{write, Expect, PublishedJob};
     use crate::kv::InMemoryStore;
+
+    static L: std::sync::LazyLock<Layout> = std::sync::LazyLock::new(|| Layout::new("p/sharding/"));
 
     fn published(config: &str, addrs: &[&str]) -> PublishedTargets {
         PublishedTargets {
@@ -298,16 +322,17 @@ mod tests {
         let kv: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
         write(
             &*kv,
-            &targets_key("a"),
+            &L,
+            &L.targets_key("a"),
             &published("a", &["x:1"]),
             Expect::Any,
         )
         .await
         .unwrap();
-        write(&*kv, ASSIGNMENT_KEY, &assignment(5), Expect::Any)
+        write(&*kv, &L, &L.assignment_key(), &assignment(5), Expect::Any)
             .await
             .unwrap();
-        let view = ShardView::start(kv.clone());
+        let view = ShardView::start(kv.clone(), L.clone());
         view.wait_ready().await;
         let s = view.current();
         assert_eq!(s.targets["a"].keys.len(), 1);
@@ -316,7 +341,8 @@ mod tests {
 
         write(
             &*kv,
-            &targets_key("team/b"),
+            &L,
+            &L.targets_key("team/b"),
             &published("team/b", &["y:1", "z:1"]),
             Expect::Any,
         )
@@ -328,10 +354,10 @@ mod tests {
         .await;
 
         // An older epoch is ignored, a newer one taken.
-        write(&*kv, ASSIGNMENT_KEY, &assignment(3), Expect::Any)
+        write(&*kv, &L, &L.assignment_key(), &assignment(3), Expect::Any)
             .await
             .unwrap();
-        write(&*kv, ASSIGNMENT_KEY, &assignment(6), Expect::Any)
+        write(&*kv, &L, &L.assignment_key(), &assignment(6), Expect::Any)
             .await
             .unwrap();
         wait_for(&mut rx, "epoch 6", |s| s.assignment.epoch == 6).await;
@@ -347,7 +373,7 @@ mod tests {
             active_series: 10,
             updated_ms: 1,
         };
-        write(&*kv, &agent_key("agent-1"), &st, Expect::Any)
+        write(&*kv, &L, &L.agent_key("agent-1"), &st, Expect::Any)
             .await
             .unwrap();
         wait_for(&mut rx, "agent-1", |s| {
@@ -357,12 +383,12 @@ mod tests {
         })
         .await;
 
-        kv.delete(&targets_key("a")).await.unwrap();
+        kv.delete(&L.targets_key("a")).await.unwrap();
         wait_for(&mut rx, "a deleted", |s| !s.targets.contains_key("a")).await;
         // Deleting the assignment starts over.
-        kv.delete(ASSIGNMENT_KEY).await.unwrap();
+        kv.delete(&L.assignment_key()).await.unwrap();
         wait_for(&mut rx, "reset", |s| s.assignment.epoch == 0).await;
-        write(&*kv, ASSIGNMENT_KEY, &assignment(1), Expect::Any)
+        write(&*kv, &L, &L.assignment_key(), &assignment(1), Expect::Any)
             .await
             .unwrap();
         wait_for(&mut rx, "epoch 1", |s| s.assignment.epoch == 1).await;
@@ -371,24 +397,26 @@ mod tests {
     #[tokio::test]
     async fn a_value_that_does_not_decode_keeps_the_previous_one() {
         let kv: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
-        let view = ShardView::start(kv.clone());
+        let view = ShardView::start(kv.clone(), L.clone());
         view.wait_ready().await;
         let mut rx = view.subscribe();
         write(
             &*kv,
-            &targets_key("a"),
+            &L,
+            &L.targets_key("a"),
             &published("a", &["x:1"]),
             Expect::Any,
         )
         .await
         .unwrap();
         wait_for(&mut rx, "a", |s| s.targets.contains_key("a")).await;
-        kv.put(&targets_key("a"), b"garbage".to_vec())
+        kv.put(&L.targets_key("a"), b"garbage".to_vec())
             .await
             .unwrap();
         write(
             &*kv,
-            &targets_key("b"),
+            &L,
+            &L.targets_key("b"),
             &published("b", &["x:1"]),
             Expect::Any,
         )

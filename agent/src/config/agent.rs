@@ -115,6 +115,10 @@ pub struct ScrapingServiceRaw {
     pub lifecycler: Option<LifecyclerConfigRaw>,
     #[serde(default)]
     pub dangerous_allow_reading_files: bool,
+    /// Beyond the old agent: `configs` (default) runs each config whole on the ring owner of its
+    /// name; `targets` assigns the configs' discovered targets to the agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharding: Option<String>,
 }
 
 /// dskit's `kv.Config`, plus `embedded` (this project's durable single-node store).
@@ -438,6 +442,39 @@ pub struct ScrapingServiceConfig {
     pub config_prefix: String,
     pub lifecycler: LifecyclerConfig,
     pub dangerous_allow_reading_files: bool,
+    pub sharding: Sharding,
+}
+
+/// Where target sharding keeps its keys: next to the config prefix, its last path segment
+/// replaced by `sharding/` (`configurations/` → `sharding/`, `prod/configurations/` →
+/// `prod/sharding/`), so clusters sharing an etcd under different prefixes stay apart.
+pub fn sharding_prefix(config_prefix: &str) -> String {
+    let trimmed = config_prefix.trim_end_matches('/');
+    let parent = match trimmed.rfind('/') {
+        Some(i) => &trimmed[..=i],
+        None => "",
+    };
+    format!("{parent}sharding/")
+}
+
+/// What the scraping service distributes over its agents (`scraping_service.sharding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sharding {
+    /// Each config runs whole on the ring owner of its name (the old agent's way).
+    #[default]
+    Configs,
+    /// Each config's discovery runs on the ring owner of its name; its targets are assigned
+    /// to the agents by a capacity-capped, sticky assignment.
+    Targets,
+}
+
+impl Sharding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sharding::Configs => "configs",
+            Sharding::Targets => "targets",
+        }
+    }
 }
 
 /// How configs are grouped into running instances.
@@ -554,6 +591,38 @@ impl AgentConfigRaw {
         };
         let kvstore_raw = ss.kvstore.clone().unwrap_or_default();
         let kvstore = kvstore_raw.validate("scraping_service.kvstore", ss.enabled)?;
+        let sharding_path = [
+            Seg::from(metrics_key),
+            Seg::from("scraping_service"),
+            Seg::from("sharding"),
+        ];
+        let sharding = match ss.sharding.as_deref() {
+            None | Some("") | Some("configs") => Sharding::Configs,
+            Some("targets") => Sharding::Targets,
+            Some(other) => {
+                return Err(Invalid::at(
+                    format!(
+                    "scraping_service.sharding: invalid value {other:?} (one of: configs, targets)"
+                ),
+                    sharding_path,
+                ))
+            }
+        };
+        let config_prefix = kvstore_raw
+            .prefix
+            .clone()
+            .unwrap_or_else(|| "configurations/".into());
+        if sharding == Sharding::Targets {
+            let keys = sharding_prefix(&config_prefix);
+            if keys.starts_with(&config_prefix) {
+                return Err(Invalid::at(
+                    format!(
+                        "scraping_service.sharding: targets keeps its keys under {keys:?}, inside scraping_service.kvstore.prefix {config_prefix:?} where every key is a config; use a prefix such as \"configurations/\""
+                    ),
+                    sharding_path,
+                ));
+            }
+        }
         let lc = ss.lifecycler.clone().unwrap_or_default();
         let ring = lc.ring.clone().unwrap_or_default();
         let ring_kvstore_raw = ring.kvstore.clone().unwrap_or_else(|| KvStoreConfig {
@@ -627,10 +696,7 @@ impl AgentConfigRaw {
                 cluster_reshard_event_timeout: ss
                     .cluster_reshard_event_timeout
                     .unwrap_or(GoDuration::from_secs(30)),
-                config_prefix: kvstore_raw
-                    .prefix
-                    .clone()
-                    .unwrap_or_else(|| "configurations/".into()),
+                config_prefix,
                 kvstore,
                 lifecycler: LifecyclerConfig {
                     ring_prefix: ring_kvstore_raw
@@ -653,6 +719,7 @@ impl AgentConfigRaw {
                     auto_forget_unhealthy_periods: lc.auto_forget_unhealthy_periods.unwrap_or(10),
                 },
                 dangerous_allow_reading_files: ss.dangerous_allow_reading_files,
+                sharding,
             },
             configs,
             instance_restart_backoff: metrics

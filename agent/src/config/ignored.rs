@@ -143,6 +143,7 @@ const SCRAPING_SERVICE: Fields = &[
     ("kvstore", Use::Section),
     ("lifecycler", Use::Section),
     ("dangerous_allow_reading_files", Use::Honoured),
+    ("sharding", Use::Honoured),
 ];
 
 /// A store's block is read only when `store` selects it, as in the old agent. `consul` and

@@ -759,6 +759,35 @@ mod tests {
     }
 
     #[test]
+    fn agent_sharding_mode() {
+        use crate::config::agent::Sharding;
+        let ok = |y: &str| parse_agent(y).expect("valid").1.scraping_service.sharding;
+        assert_eq!(
+            ok("metrics:\n  scraping_service:\n    enabled: true\n"),
+            Sharding::Configs
+        );
+        assert_eq!(
+            ok("metrics:\n  scraping_service:\n    enabled: true\n    sharding: targets\n"),
+            Sharding::Targets
+        );
+        let e = parse_agent("metrics:\n  scraping_service:\n    sharding: config\n").unwrap_err();
+        assert_eq!(
+            e.message,
+            "scraping_service.sharding: invalid value \"config\" (one of: configs, targets)"
+        );
+        assert_eq!((e.line, e.column), (Some(3), Some(5)), "{e}");
+        let e = parse_agent(
+            "metrics:\n  scraping_service:\n    sharding: targets\n    kvstore:\n      prefix: ''\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("inside scraping_service.kvstore.prefix \"\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn env_expansion() {
         let lookup = |k: &str| match k {
             "HOST" => Some("h:1".to_owned()),

@@ -7,7 +7,7 @@
 //! | needs a restart | applied live |
 //! |---|---|
 //! | `metrics.wal_directory` | `metrics.global` (instances re-validated and reloaded by content) |
-//! | `metrics.scraping_service.enabled` | `metrics.instance_mode` (configs regrouped) |
+//! | `metrics.scraping_service.enabled`, `.sharding` | `metrics.instance_mode` (configs regrouped) |
 //! | `metrics.scraping_service.kvstore` | `metrics.wal_cleanup_age`, `metrics.wal_cleanup_period` |
 //! | `metrics.scraping_service.lifecycler` (ring store, tokens, heartbeats, id, address) | `metrics.instance_restart_backoff` |
 //! | | `metrics.scraping_service.reshard_interval`, `dangerous_allow_reading_files` |
@@ -48,6 +48,10 @@ pub fn plan(old: &AgentConfig, new: &AgentConfig) -> ReloadPlan {
         "metrics.wal_directory",
     );
     restart(o.enabled != n.enabled, "metrics.scraping_service.enabled");
+    restart(
+        o.sharding != n.sharding,
+        "metrics.scraping_service.sharding",
+    );
     restart(
         o.kvstore != n.kvstore || o.config_prefix != n.config_prefix,
         "metrics.scraping_service.kvstore",
