@@ -166,6 +166,9 @@ _agentctl() {
             agentctl__subcmd__help__subcmd__ring,forget)
                 cmd="agentctl__subcmd__help__subcmd__ring__subcmd__forget"
                 ;;
+            agentctl__subcmd__help__subcmd__ring,owner)
+                cmd="agentctl__subcmd__help__subcmd__ring__subcmd__owner"
+                ;;
             agentctl__subcmd__help__subcmd__ring,status)
                 cmd="agentctl__subcmd__help__subcmd__ring__subcmd__status"
                 ;;
@@ -178,6 +181,9 @@ _agentctl() {
             agentctl__subcmd__ring,help)
                 cmd="agentctl__subcmd__ring__subcmd__help"
                 ;;
+            agentctl__subcmd__ring,owner)
+                cmd="agentctl__subcmd__ring__subcmd__owner"
+                ;;
             agentctl__subcmd__ring,status)
                 cmd="agentctl__subcmd__ring__subcmd__status"
                 ;;
@@ -186,6 +192,9 @@ _agentctl() {
                 ;;
             agentctl__subcmd__ring__subcmd__help,help)
                 cmd="agentctl__subcmd__ring__subcmd__help__subcmd__help"
+                ;;
+            agentctl__subcmd__ring__subcmd__help,owner)
+                cmd="agentctl__subcmd__ring__subcmd__help__subcmd__owner"
                 ;;
             agentctl__subcmd__ring__subcmd__help,status)
                 cmd="agentctl__subcmd__ring__subcmd__help__subcmd__status"
@@ -1135,7 +1144,7 @@ _agentctl() {
             return 0
             ;;
         agentctl__subcmd__help__subcmd__ring)
-            opts="status forget"
+            opts="status forget owner"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1149,6 +1158,20 @@ _agentctl() {
             return 0
             ;;
         agentctl__subcmd__help__subcmd__ring__subcmd__forget)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        agentctl__subcmd__help__subcmd__ring__subcmd__owner)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1269,7 +1292,7 @@ _agentctl() {
             return 0
             ;;
         agentctl__subcmd__ring)
-            opts="-h -V --log.level --log.format --help --version status forget help"
+            opts="-h -V --log.level --log.format --help --version status forget owner help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1291,7 +1314,7 @@ _agentctl() {
             return 0
             ;;
         agentctl__subcmd__ring__subcmd__forget)
-            opts="-a -h -V --addr --kv --ring.prefix --ca-file --cert-file --key-file --server-name --insecure-skip-verify --kv-username --kv-password-file --log.level --log.format --help --version"
+            opts="-a -h -V --addr --kv --ring.prefix --ca-file --cert-file --key-file --server-name --insecure-skip-verify --kv-username --kv-password-file --sharding.prefix --log.level --log.format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1337,6 +1360,10 @@ _agentctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --sharding.prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --log.level)
                     COMPREPLY=($(compgen -W "debug info warn error" -- "${cur}"))
                     return 0
@@ -1353,7 +1380,7 @@ _agentctl() {
             return 0
             ;;
         agentctl__subcmd__ring__subcmd__help)
-            opts="status forget help"
+            opts="status forget owner help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1394,6 +1421,20 @@ _agentctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        agentctl__subcmd__ring__subcmd__help__subcmd__owner)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         agentctl__subcmd__ring__subcmd__help__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -1408,8 +1449,8 @@ _agentctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        agentctl__subcmd__ring__subcmd__status)
-            opts="-a -h -V --addr --kv --ring.prefix --ca-file --cert-file --key-file --server-name --insecure-skip-verify --kv-username --kv-password-file --output --tokens --ring.heartbeat-timeout --log.level --log.format --help --version"
+        agentctl__subcmd__ring__subcmd__owner)
+            opts="-a -h -V --addr --kv --ring.prefix --ca-file --cert-file --key-file --server-name --insecure-skip-verify --kv-username --kv-password-file --sharding.prefix --output --log.level --log.format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1452,6 +1493,80 @@ _agentctl() {
                     return 0
                     ;;
                 --kv-password-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sharding.prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --log.level)
+                    COMPREPLY=($(compgen -W "debug info warn error" -- "${cur}"))
+                    return 0
+                    ;;
+                --log.format)
+                    COMPREPLY=($(compgen -W "logfmt json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        agentctl__subcmd__ring__subcmd__status)
+            opts="-a -h -V --addr --kv --ring.prefix --ca-file --cert-file --key-file --server-name --insecure-skip-verify --kv-username --kv-password-file --sharding.prefix --output --tokens --ring.heartbeat-timeout --log.level --log.format --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --addr)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -a)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kv)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ring.prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cert-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server-name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kv-username)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kv-password-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sharding.prefix)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -224,17 +224,18 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l no-pru
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -l allow-delete-all -d 'Skip the delete guard: allow an empty directory, a plan that deletes every config in the store, and any number of deletes'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentctl -n "__fish_agentctl_using_subcommand config-sync" -s V -l version -d 'Print version'
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget help" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget owner help" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
 info\t''
 warn\t''
 error\t''"
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget help" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget owner help" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
 json\t''"
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget help" -s h -l help -d 'Print help'
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget help" -s V -l version -d 'Print version'
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget help" -f -a "status" -d 'Show the ring\'s members, states, heartbeats and token ownership'
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget help" -f -a "forget" -d 'Remove a member from the ring (what the Forget button of /debug/ring does)'
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget owner help" -s h -l help -d 'Print help'
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget owner help" -s V -l version -d 'Print version'
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget owner help" -f -a "status" -d 'Show the ring\'s members, states, heartbeats and token ownership'
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget owner help" -f -a "forget" -d 'Remove a member from the ring (what the Forget button of /debug/ring does)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget owner help" -f -a "owner" -d 'Which agent scrapes a target, and why (scraping_service.sharding: targets)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget owner help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -s a -l addr -d 'URL of an agent whose /debug/ring is used [default: http://localhost:12345]' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l kv -d 'Read the ring from the KV store: etcd://host:port[,host:port] (etcds:// for TLS) or embedded:PATH' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l ring.prefix -d 'Key prefix of the ring in the KV store' -r
@@ -244,6 +245,7 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l server-name -d 'Verify the server\'s certificate against this name instead of the host' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l kv-username -d 'etcd user' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l kv-password-file -d 'File holding the etcd user\'s password (first line; a file, so it stays out of the process list and the shell history)' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l sharding.prefix -d 'Key prefix of target sharding\'s keys in the KV store' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l output -d 'Output format' -r -f -a "table\t''
 json\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l ring.heartbeat-timeout -d 'Heartbeats older than this make a member unhealthy (the agents\' heartbeat_timeout)' -r
@@ -266,6 +268,7 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l server-name -d 'Verify the server\'s certificate against this name instead of the host' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l kv-username -d 'etcd user' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l kv-password-file -d 'File holding the etcd user\'s password (first line; a file, so it stays out of the process list and the shell history)' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l sharding.prefix -d 'Key prefix of target sharding\'s keys in the KV store' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
 info\t''
 warn\t''
@@ -275,8 +278,30 @@ json\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l insecure-skip-verify -d 'Accept any server certificate (for tests; the connection is then not authenticated)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -s h -l help -d 'Print help'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -s V -l version -d 'Print version'
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -s a -l addr -d 'URL of an agent whose /debug/ring is used [default: http://localhost:12345]' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l kv -d 'Read the ring from the KV store: etcd://host:port[,host:port] (etcds:// for TLS) or embedded:PATH' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l ring.prefix -d 'Key prefix of the ring in the KV store' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l ca-file -d 'CA certificates (PEM) that sign the agent\'s or etcd\'s certificate, instead of the system\'s' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l cert-file -d 'Client certificate (PEM) to present, with --key-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l key-file -d 'Private key (PEM) of --cert-file' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l server-name -d 'Verify the server\'s certificate against this name instead of the host' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l kv-username -d 'etcd user' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l kv-password-file -d 'File holding the etcd user\'s password (first line; a file, so it stays out of the process list and the shell history)' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l sharding.prefix -d 'Key prefix of target sharding\'s keys in the KV store' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l output -d 'Output format' -r -f -a "table\t''
+json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
+info\t''
+warn\t''
+error\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l log.format -d 'Log line format' -r -f -a "logfmt\t''
+json\t''"
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l insecure-skip-verify -d 'Accept any server certificate (for tests; the connection is then not authenticated)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show the ring\'s members, states, heartbeats and token ownership'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "forget" -d 'Remove a member from the ring (what the Forget button of /debug/ring does)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "owner" -d 'Which agent scrapes a target, and why (scraping_service.sharding: targets)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand wal; and not __fish_seen_subcommand_from inspect help" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
 info\t''
@@ -376,4 +401,5 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_
 complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "delete" -d 'Delete a stored config'
 complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from ring" -f -a "status" -d 'Show the ring\'s members, states, heartbeats and token ownership'
 complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from ring" -f -a "forget" -d 'Remove a member from the ring (what the Forget button of /debug/ring does)'
+complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from ring" -f -a "owner" -d 'Which agent scrapes a target, and why (scraping_service.sharding: targets)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand help; and __fish_seen_subcommand_from wal" -f -a "inspect" -d 'Show what a WAL holds: series, samples, time range, per target and per metric'
