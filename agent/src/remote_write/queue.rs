@@ -263,6 +263,10 @@ struct ShardState {
     highest_done: AtomicI64,
     /// Samples queued or in flight.
     pending: AtomicUsize,
+    /// Entries ever queued to this shard, and ever finished by it (delivered, refused or
+    /// dropped), for [`QueueManager::delivered_through`].
+    queued: AtomicU64,
+    done: AtomicU64,
 }
 
 struct Shards {
@@ -297,6 +301,12 @@ struct Shared {
     last_success_ms: AtomicI64,
     /// Counts finished batches (delivered or refused), for saving progress at once.
     finished: tokio::sync::watch::Sender<u64>,
+    /// The WAL commit counter the watcher has read through (see [`QueueManager::read_through`]).
+    read_through: tokio::sync::watch::Sender<u64>,
+    /// [`QueueManager::delivered_through`] calls waiting: shards send what they hold at once
+    /// instead of at `batch_send_deadline`. Bumped when one starts waiting, to wake the shards.
+    barriers: AtomicUsize,
+    barrier_gen: tokio::sync::watch::Sender<u64>,
     /// Written by `store_series`, read per `append_samples` call and per batch sent.
     series: RwLock<SeriesTable>,
 }
@@ -459,6 +469,9 @@ impl QueueManager {
             start: Instant::now(),
             last_success_ms: AtomicI64::new(-1),
             finished: tokio::sync::watch::channel(0).0,
+            read_through: tokio::sync::watch::channel(0).0,
+            barriers: AtomicUsize::new(0),
+            barrier_gen: tokio::sync::watch::channel(0).0,
             series: RwLock::new(SeriesTable::default()),
         });
         let shards = Arc::new(tokio::sync::RwLock::new(start_shards(&shared, initial)));
@@ -629,10 +642,12 @@ impl QueueManager {
                 &shared.metrics.samples_pending
             };
             states[idx].pending.fetch_add(1, Ordering::AcqRel);
+            states[idx].queued.fetch_add(1, Ordering::AcqRel);
             pending_gauge.inc();
             if shards.senders[idx].send(p).await.is_err() {
                 // The shard is gone: the queue was hard-stopped while we waited.
                 states[idx].pending.fetch_sub(1, Ordering::AcqRel);
+                states[idx].queued.fetch_sub(1, Ordering::AcqRel);
                 pending_gauge.dec();
                 shared.samples_in.fetch_add(i as u64, Ordering::Relaxed);
                 return Err(self.stopped_error(total - i));
@@ -722,6 +737,57 @@ impl QueueManager {
         self.shared.finished.subscribe()
     }
 
+    /// The watcher has read every WAL commit up to `commit` (the instance's commit counter)
+    /// and handed its samples to this queue.
+    pub fn read_through(&self, commit: u64) {
+        self.shared.read_through.send_if_modified(|c| {
+            let newer = commit > *c;
+            if newer {
+                *c = commit;
+            }
+            newer
+        });
+    }
+
+    /// Resolves once every sample of the WAL commits up to `commit` has finished here
+    /// (delivered, refused for good, or dropped), or the queue was hard-stopped. Target
+    /// sharding's flush barrier: a target's next writer appends only after this agent's last
+    /// samples of it reached the receiver. A partial batch goes out at `batch_send_deadline`.
+    pub async fn delivered_through(&self, commit: u64) {
+        let shared = &self.shared;
+        let mut read = shared.read_through.subscribe();
+        tokio::select! {
+            r = read.wait_for(|c| *c >= commit) => if r.is_err() { return },
+            _ = shared.hard_stop.cancelled() => return,
+        }
+        // Shards send partial batches at once while this waits.
+        struct Waiting<'a>(&'a Shared);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.barriers.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        shared.barriers.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(shared);
+        shared.barrier_gen.send_modify(|g| *g += 1);
+        // Everything read so far is in these shards (a reshard drains the shards it replaces).
+        let marks: Vec<(Arc<ShardState>, u64)> = shared
+            .lock_states()
+            .iter()
+            .map(|s| (s.clone(), s.queued.load(Ordering::Acquire)))
+            .collect();
+        let mut finished = shared.finished.subscribe();
+        while !marks
+            .iter()
+            .all(|(s, q)| s.done.load(Ordering::Acquire) >= *q)
+        {
+            tokio::select! {
+                r = finished.changed() => if r.is_err() { return },
+                _ = shared.hard_stop.cancelled() => return,
+            }
+        }
+    }
+
     /// Stops accepting samples, sends what is queued, and waits until `deadline` at most
     /// (`remote_flush_deadline`). Whatever is still queued then is abandoned and counted as
     /// dropped. Idempotent.
@@ -807,6 +873,8 @@ fn start_shards(shared: &Arc<Shared>, n: usize) -> Shards {
         let state = Arc::new(ShardState {
             highest_done: AtomicI64::new(start),
             pending: AtomicUsize::new(0),
+            queued: AtomicU64::new(0),
+            done: AtomicU64::new(0),
         });
         tasks.push(tokio::spawn(
             run_shard(rx, state.clone(), shared.clone()).instrument(shared.span.clone()),
@@ -840,10 +908,17 @@ async fn run_shard(mut rx: mpsc::Receiver<Pending>, state: Arc<ShardState>, shar
     // per sample. `batch` is below `max` here (it is sent when it reaches it), so the limit is
     // at least 1; `recv_many` returns 0 only when the channel is closed and empty.
     let mut incoming: Vec<Pending> = Vec::with_capacity(max);
+    let mut barrier = shared.barrier_gen.subscribe();
     loop {
         tokio::select! {
             biased;
             () = shared.hard_stop.cancelled() => break,
+            // A flush barrier started waiting: what this shard holds goes now.
+            r = barrier.changed(), if !batch.is_empty() => {
+                if r.is_ok() {
+                    send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
+                }
+            },
             got = rx.recv_many(&mut incoming, max - batch.len()) => {
                 if got == 0 {
                     if !batch.is_empty() {
@@ -855,7 +930,7 @@ async fn run_shard(mut rx: mpsc::Receiver<Pending>, state: Arc<ShardState>, shar
                     timer.as_mut().reset(Instant::now() + deadline);
                 }
                 batch.append(&mut incoming);
-                if batch.len() >= max {
+                if batch.len() >= max || shared.barriers.load(Ordering::Acquire) > 0 {
                     send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
                 }
             },
@@ -883,6 +958,7 @@ async fn run_shard(mut rx: mpsc::Receiver<Pending>, state: Arc<ShardState>, shar
     state
         .pending
         .fetch_sub((left + left_ex) as usize, Ordering::AcqRel);
+    state.done.fetch_add(left + left_ex, Ordering::AcqRel);
 }
 
 /// (samples, exemplars) in a batch.
@@ -991,6 +1067,7 @@ async fn send_batch(
     m.samples_pending.dec_by(queued as i64);
     m.exemplars_pending.dec_by(queued_ex as i64);
     state.pending.fetch_sub(total, Ordering::AcqRel);
+    state.done.fetch_add(total as u64, Ordering::AcqRel);
     shared
         .samples_out
         .fetch_add(total as u64, Ordering::Relaxed);
@@ -1380,6 +1457,52 @@ mod tests {
             // Exemplar timestamps do not move the watermark: only the sample's does.
             assert_eq!(q.lowest_sent_timestamp(), Some(1_000));
         }
+    }
+
+    #[tokio::test]
+    async fn delivered_through_waits_for_the_read_commit_and_its_samples() {
+        let (url, got) = receiver().await;
+        let q = Arc::new(queue(url, false, 500));
+        q.store_series((1..=8).map(|r| (r, vec![Label::new("__name__", format!("m{r}"))])));
+        let barrier = {
+            let q = q.clone();
+            tokio::spawn(async move { q.delivered_through(3).await })
+        };
+        q.append_samples(&(1..=8).map(|r| (r, 1_000, 1.0)).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        q.read_through(2);
+        // Commit 3 is not read yet: however long the samples take, the barrier waits.
+        tokio::time::timeout(Duration::from_millis(300), async {
+            while q.shared.metrics.samples.get() < 8 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .ok();
+        assert!(!barrier.is_finished(), "resolved before commit 3 was read");
+        q.append_samples(&[(1, 2_000, 2.0), (5, 2_000, 2.0)])
+            .await
+            .unwrap();
+        q.read_through(3);
+        tokio::time::timeout(Duration::from_secs(10), barrier)
+            .await
+            .expect("barrier resolves")
+            .unwrap();
+        let delivered: usize = got
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.timeseries.iter().map(|t| t.samples.len()))
+            .sum();
+        assert_eq!(
+            delivered, 10,
+            "every sample queued before commit 3 was read is delivered"
+        );
+        // An older commit resolves at once.
+        tokio::time::timeout(Duration::from_secs(1), q.delivered_through(1))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

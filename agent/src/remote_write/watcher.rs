@@ -305,6 +305,8 @@ pub async fn run(
 
     let mut reader = Some(LiveReader::new(&wal_dir, start));
     while let Some(mut r) = reader.take() {
+        // Every commit up to `seen` is in the files this poll reads.
+        let seen = *commits.borrow_and_update();
         let after = after.clone();
         let q = queue.clone();
         let polled = tokio::task::spawn_blocking(move || {
@@ -329,6 +331,10 @@ pub async fn run(
         let idle = matches!(res, Ok(0));
         if !deliver(&queue, batch).await {
             break;
+        }
+        if res.is_ok() {
+            // A poll reads to the end of what is written: every commit up to `seen` is queued.
+            queue.read_through(seen);
         }
         if idle {
             tokio::select! {
