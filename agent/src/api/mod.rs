@@ -6,6 +6,7 @@
 //! | `/-/healthy`, `/-/ready`, `/-/config`, `/-/reload`, `GET /metrics` | [`status`] |
 //! | `GET /agent/api/v1/metrics/instances` (and `/agent/api/v1/instances`), `GET /agent/api/v1/metrics/targets` (and `/agent/api/v1/targets`) | [`status`] |
 //! | `/debug/ring` (HTML, JSON, the Forget button's POST) | [`crate::ring::http`], mounted by [`status`] once the ring is reachable |
+//! | `GET /agent/api/v1/ring/owner?target=…` (target sharding: who scrapes a target, and why) | [`crate::cluster::report`], mounted with the ring page |
 //! | anything else | [`not_found`]: `404 page not found` |
 //!
 //! JSON answers use the old agent's envelopes: `{"status":"success","data":…}` (data left out

@@ -93,6 +93,7 @@ pub fn router(state: Arc<StatusState>) -> Router {
         .route("/agent/api/v1/metrics/targets", get(targets))
         .route("/agent/api/v1/targets", get(targets))
         .route("/debug/ring", any(debug_ring))
+        .route("/agent/api/v1/ring/owner", get(debug_ring))
         .with_state(state)
 }
 
@@ -177,7 +178,8 @@ async fn targets(State(state): State<Arc<StatusState>>) -> Response {
     success(StatusCode::OK, Some(data))
 }
 
-/// `/debug/ring`, served by the ring module once the ring is reachable.
+/// `/debug/ring` and `/agent/api/v1/ring/owner`, served by the cluster's ring page router
+/// (`agent/src/ring/http.rs`, `agent/src/cluster/report.rs`) once the ring is reachable.
 async fn debug_ring(
     State(state): State<Arc<StatusState>>,
     req: axum::extract::Request,

@@ -21,6 +21,11 @@
 //! pass its configs on and they start them; after a short hand-over pause this agent stops its
 //! instances (without staleness markers: the series continue elsewhere), flushes remote_write,
 //! and removes itself from the ring.
+//!
+//! With `scraping_service.sharding: targets` the same loop decides which configs this agent
+//! *discovers* (the ring owner of a config's name runs its discovery and publishes its
+//! targets); what it *scrapes* is decided by the assignment, run by [`targets`]. Leaving then
+//! waits until every target this agent wrote was handed over (make before break).
 
 pub mod assign;
 pub mod handoff;
@@ -35,15 +40,17 @@ pub mod targets;
 pub mod view;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::config::agent::InstanceMode;
 use crate::config::load::parse_instance_named;
-use crate::config::GlobalConfig;
+use crate::config::{GlobalConfig, InstanceConfig};
 use crate::instance::manager::InstanceManager;
 use crate::kv::configstore::{content_hash, ConfigEvent, ConfigStore};
 use crate::kv::KvStore;
@@ -51,10 +58,28 @@ use crate::ring::lifecycler::{KvHealth, Lifecycler, LifecyclerSettings};
 use crate::ring::lookup::Ring;
 use crate::ring::model::Desc;
 use crate::ring::view::RingView;
+use crate::scrape::assigned::LoopEvent;
+use targets::TargetSharding;
 
 /// How long a leaving agent keeps its instances after marking itself LEAVING, so the new
 /// owners start scraping before it stops (make before break).
 pub const HANDOVER_PAUSE: Duration = Duration::from_millis(1500);
+
+/// Under target sharding, how long a leaving agent waits at most for its targets to be taken
+/// over (each handover needs the new agent's first scrape and this agent's remote_write to
+/// deliver; its own timeouts, from the scrape interval, end a stuck one sooner).
+pub const TARGETS_LEAVE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What target sharding needs to start (`scraping_service.sharding: targets`).
+pub struct TargetShardingSetup {
+    /// The assigned targets the instances' scrape managers read (also in
+    /// [`crate::instance::Shared::assigned`]), and the receiver of their loops' reports.
+    pub registry: Arc<targets::Registry>,
+    pub events: mpsc::UnboundedReceiver<LoopEvent>,
+    pub metrics: metrics::ShardingMetrics,
+    pub instance_mode: InstanceMode,
+    pub base_dir: Option<PathBuf>,
+}
 
 pub struct Cluster {
     pub store: Arc<ConfigStore>,
@@ -72,6 +97,8 @@ pub struct Cluster {
     applied: std::sync::Mutex<HashMap<String, String>>,
     /// Configs owned per ring member id, for `/debug/ring`.
     owned_tx: watch::Sender<HashMap<String, usize>>,
+    /// Target sharding, when on: configs owned here are only discovered here.
+    targets: Option<Arc<TargetSharding>>,
     /// Configs in the store at the last full reshard (`agent_scraping_service_configs`).
     stored_tx: watch::Sender<usize>,
     ready_tx: watch::Sender<bool>,
@@ -109,6 +136,7 @@ impl Cluster {
         ring_kv: Arc<dyn KvStore>,
         manager: Arc<InstanceManager>,
         s: JoinSettings,
+        sharding: Option<TargetShardingSetup>,
     ) -> (Arc<Cluster>, axum::Router) {
         let ring_key = s.lifecycler.ring_key.clone();
         let heartbeat_timeout = s.lifecycler.heartbeat_timeout;
@@ -120,6 +148,29 @@ impl Cluster {
             heartbeat_timeout,
             s.clock,
         );
+        let targets = sharding.map(|t| {
+            let (ring, health, clock) =
+                (view.subscribe(), lifecycler.subscribe_kv_health(), s.clock);
+            TargetSharding::start(targets::Context {
+                kv: configs.kv().clone(),
+                layout: store::Layout::for_config_prefix(configs.prefix()),
+                configs: configs.clone(),
+                manager: manager.clone(),
+                registry: t.registry,
+                events: t.events,
+                ring: view.subscribe(),
+                ring_now: Arc::new(move || {
+                    ring_with_grace(&ring.borrow(), *health.borrow(), heartbeat_timeout, clock)
+                }),
+                id: lifecycler.id().to_owned(),
+                addr: lifecycler.addr().to_owned(),
+                clock,
+                metrics: t.metrics,
+                instance_mode: t.instance_mode,
+                base_dir: t.base_dir,
+                load_factor: 1.0,
+            })
+        });
         let cluster = Cluster::new(
             configs,
             lifecycler,
@@ -128,18 +179,36 @@ impl Cluster {
             s.global,
             s.reshard_interval,
             s.clock,
+            targets.clone(),
         );
+        let (summary, state): (
+            Option<crate::ring::http::TargetsSource>,
+            report::StateSource,
+        ) = match &targets {
+            Some(t) => {
+                let (a, b) = (t.clone(), t.clone());
+                (
+                    Some(crate::ring::http::TargetsSource(Arc::new(move || {
+                        report::summary(&a.state())
+                    }))),
+                    Some(Arc::new(move || b.state())),
+                )
+            }
+            None => (None, None),
+        };
         let page = crate::ring::http::router(crate::ring::http::RingPageState {
             store: ring_kv,
             ring_key,
             heartbeat_timeout,
             configs_owned: cluster.owned_counts(),
             clock: s.clock,
-            targets: None,
-        });
+            targets: summary,
+        })
+        .merge(report::router(state));
         (cluster, page)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<ConfigStore>,
         lifecycler: Lifecycler,
@@ -148,6 +217,7 @@ impl Cluster {
         global: GlobalConfig,
         reshard_interval: Duration,
         clock: Clock,
+        targets: Option<Arc<TargetSharding>>,
     ) -> Arc<Self> {
         // The lifecycler's heartbeat timeout is the ring's (`lifecycler.ring.heartbeat_timeout`).
         let heartbeat_timeout = lifecycler.settings().heartbeat_timeout;
@@ -165,6 +235,7 @@ impl Cluster {
             clock,
             applied: std::sync::Mutex::new(HashMap::new()),
             owned_tx: watch::channel(HashMap::new()).0,
+            targets,
             stored_tx: watch::channel(0).0,
             ready_tx: watch::channel(false).0,
         })
@@ -220,10 +291,13 @@ impl Cluster {
     }
 
     fn ring(&self) -> Ring {
-        let mut desc = (*self.view.current()).clone();
         let health = *self.lifecycler.subscribe_kv_health().borrow();
-        heartbeat_grace(&mut desc, health, self.heartbeat_timeout, self.clock.now());
-        Ring::new(desc, self.heartbeat_timeout)
+        ring_with_grace(
+            &self.view.current(),
+            health,
+            self.heartbeat_timeout,
+            self.clock,
+        )
     }
 
     fn owns(&self, ring: &Ring, name: &str) -> bool {
@@ -319,12 +393,20 @@ impl Cluster {
         self.leave().await;
     }
 
-    /// Graceful leave: LEAVING, hand-over pause, stop instances, unregister.
+    /// Graceful leave: LEAVING, hand-over pause (target sharding: until every target was
+    /// handed over), stop instances, unregister.
     async fn leave(&self) {
         let manager = self.manager.clone();
+        let targets = self.targets.clone();
         self.lifecycler
             .leave(|| async move {
-                tokio::time::sleep(HANDOVER_PAUSE).await;
+                match targets {
+                    Some(t) => {
+                        t.leave(tokio::time::Instant::now() + TARGETS_LEAVE_DEADLINE)
+                            .await
+                    }
+                    None => tokio::time::sleep(HANDOVER_PAUSE).await,
+                }
                 manager.stop_all(false).await;
             })
             .await;
@@ -356,6 +438,30 @@ impl Cluster {
         }
         let _ = self.owned_tx.send(counts);
         self.stored_tx.send_replace(all.len());
+        if let Some(t) = &self.targets {
+            // Every valid config (scraped wherever its targets are assigned), and the ones
+            // this agent discovers.
+            let global = self.settings().global;
+            let mut valid: Vec<InstanceConfig> = Vec::with_capacity(all.len());
+            let mut mine: Vec<InstanceConfig> = Vec::new();
+            let owned: std::collections::HashSet<&str> =
+                owned.iter().map(|(n, _)| n.as_str()).collect();
+            for (name, yaml) in &all {
+                match parse_instance_named(yaml, Some(name), &global) {
+                    Ok((_, cfg)) => {
+                        if owned.contains(name.as_str()) {
+                            mine.push(cfg.clone());
+                        }
+                        valid.push(cfg);
+                    }
+                    Err(e) => tracing::error!(config = %name, error = %e,
+                        "config in the store does not validate; skipped"),
+                }
+            }
+            t.set_configs(valid, mine);
+            tracing::debug!(configs = all.len(), took = ?started.elapsed(), "target sharding: configs refreshed");
+            return;
+        }
         let wanted: std::collections::HashSet<&str> =
             owned.iter().map(|(n, _)| n.as_str()).collect();
         for name in self.manager.names() {
@@ -371,6 +477,12 @@ impl Cluster {
     }
 
     async fn handle_event(&self, ev: ConfigEvent) {
+        if let Some(t) = &self.targets {
+            if let ConfigEvent::Deleted { name } = &ev {
+                t.deleted(name);
+            }
+            return self.refresh().await;
+        }
         match ev {
             ConfigEvent::Upserted { name, yaml } => {
                 let ring = self.ring();
@@ -422,6 +534,18 @@ impl Cluster {
                 "config in the store does not validate; skipped (an instance it had keeps running)"),
         }
     }
+}
+
+/// The ring to decide on: `desc` with [`heartbeat_grace`] applied.
+fn ring_with_grace(
+    desc: &Desc,
+    health: KvHealth,
+    heartbeat_timeout: Duration,
+    clock: Clock,
+) -> Ring {
+    let mut desc = desc.clone();
+    heartbeat_grace(&mut desc, health, heartbeat_timeout, clock.now());
+    Ring::new(desc, heartbeat_timeout)
 }
 
 /// Adjusts the heartbeat timestamps of a ring snapshot for ownership decisions after (and

@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::status::{ReadApi, Reloader, StatusState};
 use crate::api::{self, ApiMetrics, ApiState, StoreSlot};
 use crate::clock::Clock;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, TargetShardingSetup};
+use crate::config::agent::Sharding;
 use crate::config::{AgentConfig, ConfigError};
 use crate::instance::{self, manager::InstanceManager};
 use crate::kv::{self, KvError, KvStore};
@@ -146,6 +147,8 @@ pub struct Agent {
     local_store: Option<Arc<dyn KvStore>>,
     /// `server.http_tls_config`'s certificates, when the server serves HTTPS.
     server_tls: Option<Arc<api::tls::ServerTls>>,
+    /// `scraping_service.sharding: targets`: what the cluster needs to run it.
+    sharding: Option<TargetShardingSetup>,
     ready: watch::Sender<bool>,
 }
 
@@ -185,12 +188,23 @@ impl Agent {
         load_metrics.record(true);
         let agent_metrics = AgentMetrics::register(&mut registry);
         let lifecycler = LifecyclerSettings::from_config(&ss.lifecycler, addr.port());
-        let shared = instance::Shared::new(
+        let mut shared = instance::Shared::new(
             std::path::Path::new(&cfg.wal_directory),
             &lifecycler.id,
             &mut registry,
             clock,
         );
+        let sharding = (ss.enabled && ss.sharding == Sharding::Targets).then(|| {
+            let (assigned, events) = crate::cluster::targets::Registry::new();
+            shared.assigned = Some(assigned.clone());
+            TargetShardingSetup {
+                registry: assigned,
+                events,
+                metrics: crate::cluster::metrics::ShardingMetrics::register(&mut registry),
+                instance_mode: cfg.instance_mode,
+                base_dir: shared.base_dir.clone(),
+            }
+        });
         let manager = InstanceManager::new(
             shared,
             cfg.instance_restart_backoff.as_std(),
@@ -230,6 +244,7 @@ impl Agent {
             lifecycler,
             local_store,
             server_tls,
+            sharding,
             ready: watch::channel(false).0,
             options,
         })

@@ -26,7 +26,7 @@ use super::{Agent, Options};
 use crate::api::status::ReloadRequest;
 use crate::api::{ApiState, StoreSlot};
 use crate::clock::Clock;
-use crate::cluster::{Cluster, JoinSettings};
+use crate::cluster::{Cluster, JoinSettings, TargetShardingSetup};
 use crate::config::agent::InstanceMode;
 use crate::config::{AgentConfig, ConfigError};
 use crate::instance::manager::InstanceManager;
@@ -104,6 +104,8 @@ pub struct Supervisor {
     local_store: Option<Arc<dyn KvStore>>,
     /// The HTTPS server's certificates (a reload may change the settings).
     server_tls: Option<Arc<crate::api::tls::ServerTls>>,
+    /// Target sharding's parts, handed to the cluster when it starts.
+    sharding: Option<TargetShardingSetup>,
     ready: watch::Sender<bool>,
     ring_page: Arc<OnceLock<axum::Router>>,
     /// The config in effect as `GET /-/config` shows it.
@@ -133,6 +135,7 @@ impl Supervisor {
             lifecycler: agent.lifecycler,
             local_store: agent.local_store,
             server_tls: agent.server_tls,
+            sharding: agent.sharding,
             ready: agent.ready,
             ring_page,
             shown,
@@ -250,6 +253,7 @@ impl Supervisor {
                 reshard_interval: ss.reshard_interval.as_std(),
                 clock: self.clock,
             },
+            self.sharding.take(),
         );
         let _ = self.ring_page.set(page);
         let _ = self.cluster_cell.set(cluster.clone());

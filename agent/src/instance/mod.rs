@@ -258,6 +258,8 @@ pub struct Shared {
     pub base_dir: Option<PathBuf>,
     /// Stamps samples and judges WAL ages.
     pub clock: Clock,
+    /// Target sharding: where the scrape jobs get their targets (`None`: their discovery).
+    pub assigned: Option<Arc<dyn crate::scrape::assigned::AssignedSource>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -283,8 +285,27 @@ impl Shared {
             cleaner_metrics: cleaner::CleanerMetrics::register(registry),
             base_dir: None,
             clock,
+            assigned: None,
         }
     }
+}
+
+/// Resolves once everything committed to the WAL before the call was delivered (or refused
+/// for good) by every remote_write queue of the instance (see
+/// [`QueueManager::delivered_through`]).
+fn flush_barrier(
+    commits: tokio::sync::watch::Receiver<u64>,
+    queues: Vec<Arc<QueueManager>>,
+) -> crate::scrape::assigned::Barrier {
+    Arc::new(move || {
+        let commit = *commits.borrow();
+        let queues = queues.clone();
+        Box::pin(async move {
+            for q in &queues {
+                q.delivered_through(commit).await;
+            }
+        })
+    })
 }
 
 impl Instance {
@@ -391,10 +412,13 @@ impl Instance {
             });
         }
 
-        let scrape = Arc::new(
-            ScrapeManager::new(name.clone(), storage.clone(), shared.base_dir.clone())
-                .with_clock(shared.clock),
-        );
+        let mut scrape = ScrapeManager::new(name.clone(), storage.clone(), shared.base_dir.clone())
+            .with_clock(shared.clock);
+        if let Some(source) = &shared.assigned {
+            let queues: Vec<Arc<QueueManager>> = remotes.iter().map(|r| r.queue.clone()).collect();
+            scrape = scrape.with_assigned(source.clone(), flush_barrier(storage.commits(), queues));
+        }
+        let scrape = Arc::new(scrape);
         if let Err(e) = scrape.apply(&cfg.scrape_configs).await {
             // Jobs that could start run; the others are reported (unsupported SD, bad TLS...).
             tracing::error!(error = %e, "some scrape jobs could not start");
