@@ -407,7 +407,9 @@ impl Handoffs {
         for (k, e) in &self.targets {
             match e.state {
                 State::Incoming { ready: true } => ready.push(*k),
-                State::Releasing { .. } => releasing.push(*k),
+                // Until its last samples are delivered (`flushed`), a released target is still
+                // this agent's: the next writer must wait for its `released` entry.
+                State::Releasing { .. } | State::Flushing => releasing.push(*k),
                 _ => {}
             }
         }
@@ -587,6 +589,11 @@ mod tests {
         );
         assert_eq!(a.h.describe(X), Some("flushing"));
         assert!(!a.h.handed_over());
+        assert_eq!(a.h.published().1, vec![X], "a lists X until it is flushed");
+        assert!(
+            b.h.evaluate(&peers(&[&a, &b], "b"), t0).is_empty(),
+            "a's last samples are not delivered yet: b keeps holding"
+        );
         // a's last appended scrape was at 1_000_000 ms, now delivered.
         assert!(a.h.flushed(X, Some(1_000_000), false, t0, 0).is_empty());
         assert_eq!(a.h.published().2, vec![(X, Some(1_000_000))]);

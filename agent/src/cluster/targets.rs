@@ -360,7 +360,8 @@ struct Runtime {
     owners: Owners,
     /// Targets built from published labels, with the config they were built for.
     built: HashMap<TargetKey, (Arc<Target>, usize)>,
-    status: watch::Sender<Option<Arc<AgentStatus>>>,
+    /// The newest status, numbered; `written` is the number of the last one in the store.
+    status: watch::Sender<Option<(u64, Arc<AgentStatus>)>>,
     written: watch::Receiver<u64>,
     leaving: Option<(tokio::time::Instant, oneshot::Sender<()>)>,
     last_status: tokio::time::Instant,
@@ -397,6 +398,8 @@ impl Runtime {
                     Some(Command::Leave(deadline, tx)) => self.leaving = Some((deadline, tx)),
                 },
                 changed = self.view.changed() => if changed.is_err() { break },
+                // Leaving: the final status reaching the store may be what it waits for.
+                changed = self.written.changed(), if self.leaving.is_some() => if changed.is_err() { break },
                 changed = ring.changed() => if changed.is_err() { break },
                 event = self.cx.events.recv() => match event {
                     None => break,
@@ -415,7 +418,7 @@ impl Runtime {
             if let Some((deadline, _)) = &self.leaving {
                 let done = self.handoffs.handed_over()
                     && self.handoffs.writing() == 0
-                    && *self.written.borrow() >= self.handoffs.epoch();
+                    && *self.written.borrow() >= self.status_seq();
                 if done || tokio::time::Instant::now() >= *deadline {
                     if !done {
                         tracing::warn!(
@@ -661,17 +664,24 @@ impl Runtime {
             active_series,
             updated_ms: now_ms,
         };
-        self.status.send_replace(Some(Arc::new(st)));
+        let seq = self.status_seq() + 1;
+        self.status.send_replace(Some((seq, Arc::new(st))));
+    }
+
+    /// The number of the newest status published (0: none yet).
+    fn status_seq(&self) -> u64 {
+        self.status.borrow().as_ref().map_or(0, |(seq, _)| *seq)
     }
 }
 
-/// Writes the newest status, retrying while the store is unreachable; reports the epoch of the
-/// last status written.
+/// Writes the newest status, retrying while the store is unreachable; reports the number of
+/// the last status written (so a leaving agent stops only once its final handoff entries are in the
+/// store, where the next writers read their cutoff).
 async fn write_status(
     kv: Arc<dyn KvStore>,
     layout: Layout,
     key: String,
-    mut rx: watch::Receiver<Option<Arc<AgentStatus>>>,
+    mut rx: watch::Receiver<Option<(u64, Arc<AgentStatus>)>>,
     written: watch::Sender<u64>,
     stop: CancellationToken,
 ) {
@@ -680,13 +690,13 @@ async fn write_status(
             _ = stop.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
         }
-        let Some(st) = rx.borrow_and_update().clone() else {
+        let Some((seq, st)) = rx.borrow_and_update().clone() else {
             continue;
         };
         loop {
             match store::write(&*kv, &layout, &key, &*st, Expect::Any).await {
                 Ok(_) => {
-                    written.send_replace(st.epoch);
+                    written.send_replace(seq);
                     break;
                 }
                 Err(e) => {
