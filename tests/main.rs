@@ -30,6 +30,7 @@ mod ring_browser;
 mod scrape;
 mod sd_vmagent;
 mod server_tls;
+mod sharding;
 mod shared_reload;
 mod sigv4;
 mod slow;

@@ -622,11 +622,6 @@ impl AgentConfigRaw {
                     sharding_path,
                 ));
             }
-            // Refused, not accepted and ignored, until `agent run` runs it end to end.
-            return Err(Invalid::at(
-                "scraping_service.sharding: targets is not available in this version yet (`agent run` does not run it); remove the field or set it to configs (the default)",
-                sharding_path,
-            ));
         }
         let lc = ss.lifecycler.clone().unwrap_or_default();
         let ring = lc.ring.clone().unwrap_or_default();

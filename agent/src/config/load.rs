@@ -766,16 +766,10 @@ mod tests {
             ok("metrics:\n  scraping_service:\n    enabled: true\n"),
             Sharding::Configs
         );
-        let e = parse_agent(
-            "metrics:\n  scraping_service:\n    enabled: true\n    sharding: targets\n",
-        )
-        .unwrap_err();
-        assert!(
-            e.message
-                .starts_with("scraping_service.sharding: targets is not available"),
-            "{e}"
+        assert_eq!(
+            ok("metrics:\n  scraping_service:\n    enabled: true\n    sharding: targets\n"),
+            Sharding::Targets
         );
-        assert_eq!((e.line, e.column), (Some(4), Some(5)), "{e}");
         let e = parse_agent("metrics:\n  scraping_service:\n    sharding: config\n").unwrap_err();
         assert_eq!(
             e.message,

@@ -1,0 +1,531 @@
+//! Target sharding (`scraping_service.sharding: targets`) against real processes: agents on a
+//! real etcd, a real Prometheus as the remote-write receiver (out-of-order ingestion off, its
+//! default), and a recording receiver that keeps every sample with the agent that sent it
+//! (`X-Agent-Id`), so gaps, overlaps, staleness markers and out-of-order arrivals are measured
+//! per series.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent::remote_write::proto::WriteRequest;
+
+use crate::support::agent::{AgentBuilder, ClusterMember};
+use crate::support::etcd::EtcdServer;
+use crate::support::prometheus::Prometheus;
+use crate::support::{agentctl, http, Agent};
+
+/// Prometheus's staleness marker.
+const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
+
+/// One received sample: when it arrived, who sent it, its timestamp and value bits.
+#[derive(Debug, Clone, Copy)]
+struct Got {
+    agent: usize,
+    t: i64,
+    stale: bool,
+}
+
+/// Every sample received, per series (its labels, sorted), in arrival order.
+#[derive(Default)]
+struct Recorded {
+    agents: Vec<String>,
+    series: HashMap<String, Vec<Got>>,
+}
+
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Recorded>>);
+
+impl Recorder {
+    /// Serves `POST /write` on 127.0.0.1:0 in `rt`; returns the URL.
+    fn serve(&self, rt: &tokio::runtime::Runtime) -> String {
+        let me = self.clone();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/write",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let me = me.clone();
+                    async move {
+                        let Ok(req) = WriteRequest::decode_snappy(&body) else {
+                            return axum::http::StatusCode::BAD_REQUEST;
+                        };
+                        let agent = headers
+                            .get("x-agent-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("?")
+                            .to_owned();
+                        me.record(&agent, req);
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                },
+            ),
+        );
+        rt.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}/write")
+    }
+
+    fn record(&self, agent: &str, req: WriteRequest) {
+        let mut r = self.0.lock().unwrap();
+        let idx = match r.agents.iter().position(|a| a == agent) {
+            Some(i) => i,
+            None => {
+                r.agents.push(agent.to_owned());
+                r.agents.len() - 1
+            }
+        };
+        for ts in req.timeseries {
+            let mut labels: Vec<(String, String)> =
+                ts.labels.into_iter().map(|l| (l.name, l.value)).collect();
+            labels.sort();
+            let key = labels
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let list = r.series.entry(key).or_default();
+            for s in ts.samples {
+                list.push(Got {
+                    agent: idx,
+                    t: s.timestamp,
+                    stale: s.value.to_bits() == STALE_NAN,
+                });
+            }
+        }
+    }
+
+    /// The newest sample time of `up` per target (`instance` label), and who sent it.
+    fn latest_up(&self) -> BTreeMap<String, (i64, String)> {
+        let r = self.0.lock().unwrap();
+        let mut out = BTreeMap::new();
+        for (k, v) in &r.series {
+            if !k.starts_with("__name__=up,") {
+                continue;
+            }
+            let instance = k
+                .split(',')
+                .find_map(|p| p.strip_prefix("instance="))
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(g) = v.iter().max_by_key(|g| g.t) {
+                out.insert(instance, (g.t, r.agents[g.agent].clone()));
+            }
+        }
+        out
+    }
+}
+
+/// Figures over every series received between `from_ms` and `to_ms`.
+#[derive(Debug, Default)]
+struct Figures {
+    series: usize,
+    /// Largest gap between consecutive samples of a series, outside `excused`.
+    max_gap_ms: i64,
+    /// Largest number of scrape slots of a series written by two agents.
+    max_overlap_slots: usize,
+    stale_markers: usize,
+    /// Samples that arrived older than (or as old as) the newest one of their series.
+    out_of_order: usize,
+    /// Series whose writer changed (a handover was seen).
+    moved_series: usize,
+    /// A few offending series: arrival order of (agent, timestamp) around the first problem.
+    examples: Vec<String>,
+}
+
+fn figures(rec: &Recorder, from_ms: i64, to_ms: i64, excused: (i64, i64)) -> Figures {
+    let r = rec.0.lock().unwrap();
+    let mut f = Figures::default();
+    for list in r.series.values() {
+        let window: Vec<Got> = list
+            .iter()
+            .copied()
+            .filter(|g| g.t >= from_ms && g.t <= to_ms)
+            .collect();
+        if window.is_empty() {
+            continue;
+        }
+        f.series += 1;
+        f.stale_markers += window.iter().filter(|g| g.stale).count();
+        let mut newest = i64::MIN;
+        for (i, g) in window.iter().enumerate() {
+            if g.t <= newest {
+                f.out_of_order += 1;
+                if f.examples.len() < 6 {
+                    let around: Vec<String> = window
+                        [i.saturating_sub(4)..(i + 3).min(window.len())]
+                        .iter()
+                        .map(|g| format!("{}@{}", r.agents[g.agent], g.t - from_ms))
+                        .collect();
+                    f.examples
+                        .push(format!("{}: {}", key_of(list, &r), around.join(" ")));
+                }
+            }
+            newest = newest.max(g.t);
+        }
+        let mut by_t: BTreeMap<i64, BTreeSet<usize>> = BTreeMap::new();
+        for g in &window {
+            by_t.entry(g.t).or_default().insert(g.agent);
+        }
+        f.max_overlap_slots = f
+            .max_overlap_slots
+            .max(by_t.values().filter(|a| a.len() > 1).count());
+        let ts: Vec<i64> = by_t.keys().copied().collect();
+        for w in ts.windows(2) {
+            let in_excused = w[0] < excused.1 && w[1] > excused.0;
+            if !in_excused {
+                f.max_gap_ms = f.max_gap_ms.max(w[1] - w[0]);
+            }
+        }
+        let mut writers = window.iter().map(|g| g.agent);
+        let first = writers.next();
+        if writers.any(|a| Some(a) != first) {
+            f.moved_series += 1;
+        }
+    }
+    f
+}
+
+/// The series key of `list` (for messages).
+fn key_of(list: &[Got], r: &Recorded) -> String {
+    r.series
+        .iter()
+        .find(|(_, v)| std::ptr::eq(v.as_ptr(), list.as_ptr()))
+        .map(|(k, _)| k.clone())
+        .unwrap_or_default()
+}
+
+fn now_ms() -> i64 {
+    agent::clock::Clock::system().unix_millis()
+}
+
+/// Serves `n` scrape targets (`GET /metrics`: one gauge) on 127.0.0.1; returns their addresses.
+fn targets(rt: &tokio::runtime::Runtime, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let body =
+                format!("# TYPE shard_test_value gauge\nshard_test_value{{n=\"{i}\"}} {i}\n");
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let body = body.clone();
+                    async move { body }
+                }),
+            );
+            rt.spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            addr
+        })
+        .collect()
+}
+
+fn member(dir: &std::path::Path, etcd: &str, id: &str) -> AgentBuilder {
+    let wal = dir.join(id);
+    let yaml = ClusterMember {
+        id,
+        etcd,
+        wal_directory: &wal,
+        heartbeat_timeout: "4s",
+        auto_forget_periods: Some(2),
+        reshard_interval: "30s",
+        metrics_extra: "",
+        etcd_extra: "",
+    }
+    .yaml()
+    .replace(
+        "    enabled: true\n",
+        "    enabled: true\n    sharding: targets\n",
+    );
+    Agent::builder(dir).name(id).config(&yaml)
+}
+
+/// Sum of the samples of `name` in Prometheus's own `/metrics` whose labels contain `part`.
+fn prometheus_counter(prom: &Prometheus, name: &str, part: &str) -> f64 {
+    let (status, body) = http("GET", &prom.addr, "/metrics", b"").expect("prometheus /metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| l.split(['{', ' ']).next().is_some_and(|n| n == name) && l.contains(part))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        + 0.0
+}
+
+/// Waits until `f` holds, polling every 100 ms; panics with `what` after `timeout`.
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+/// Until every target has a sample newer than `after_ms` from one of `agents`; returns the
+/// writers.
+fn wait_all_written_after(
+    rec: &Recorder,
+    addrs: &[String],
+    after_ms: i64,
+    agents: &[&str],
+    timeout: Duration,
+) -> BTreeMap<String, String> {
+    let mut writers = BTreeMap::new();
+    wait("every target written after the change", timeout, || {
+        let up = rec.latest_up();
+        writers = up
+            .iter()
+            .filter(|(_, (t, a))| *t > after_ms && agents.contains(&a.as_str()))
+            .map(|(i, (_, a))| (i.clone(), a.clone()))
+            .collect();
+        addrs.iter().all(|a| writers.contains_key(a))
+    });
+    writers
+}
+
+/// The ring page, the owner route and CLI, and the metrics agree with who writes each target
+/// at the receiver (`writers`: target address -> agent), once the assignment is settled.
+fn observability_agrees(
+    agents: &[&Agent],
+    writers: &BTreeMap<String, String>,
+    etcd: &str,
+    dir: &std::path::Path,
+) {
+    let n = agents.len();
+    let per = writers.len() / n;
+    let ring = || {
+        let r = agents[0].req("GET", "/debug/ring", &[("Accept", "application/json")], "");
+        assert_eq!(r.status, 200, "{r:?}");
+        let mut v: serde_json::Value = serde_json::from_str(&r.body).expect("ring JSON");
+        v["targets"].take()
+    };
+    // Active series are published with each agent's load figures (every 10 s at the latest).
+    wait(
+        "every member's active series on the ring page",
+        Duration::from_secs(30),
+        || {
+            let t = ring();
+            agents
+                .iter()
+                .all(|a| t["members"][a.name()]["active_series"].as_u64() > Some(0))
+        },
+    );
+    let t = ring();
+    assert_eq!(t["targets"], writers.len(), "{t}");
+    assert_eq!(t["unassigned"], 0, "{t}");
+    assert_eq!(t["balance"].as_f64(), Some(1.0), "{t}");
+    for a in agents {
+        assert_eq!(t["members"][a.name()]["targets"], per, "{t}");
+        assert_eq!(a.metric("agent_targets_assigned", ""), per as f64);
+        assert!(a.metric("agent_assignment_epoch", "") >= 1.0);
+        assert_eq!(a.metric("agent_targets_unassigned", ""), 0.0);
+    }
+    for (i, (addr, writer)) in writers.iter().enumerate() {
+        let asked = agents[i % n];
+        let d = asked.data(&format!("/agent/api/v1/ring/owner?target={addr}"));
+        assert_eq!(d[0]["owner"], writer.as_str(), "{addr}: {d}");
+    }
+    let (addr, writer) = writers.iter().next().unwrap();
+    let out = agentctl(&["ring", "owner", addr, "--addr", &agents[1].url()], dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains(&format!("owner:   {writer} (")), "{text}");
+    let out = agentctl(&["ring", "status", "--kv", &format!("etcd://{etcd}")], dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("balance max/mean 1.000"), "{text}");
+    eprintln!("ring status with targets:\n{text}");
+}
+
+#[test]
+fn targets_are_handed_over_without_gap_overlap_staleness_or_out_of_order() {
+    const INTERVAL_MS: i64 = 2000;
+    const TARGETS: usize = 12;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rec = Recorder::default();
+    let rec_url = rec.serve(&rt);
+    let addrs = targets(&rt, TARGETS);
+    let prom = Prometheus::start();
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ep = etcd.endpoint();
+
+    let a1 = member(dir.path(), &ep, "agent-1").start();
+    let mut a2 = member(dir.path(), &ep, "agent-2").start();
+    let list = addrs
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cfg = format!(
+        "scrape_configs:\n  - job_name: shard\n    scrape_interval: {INTERVAL_MS}ms\n    static_configs:\n      - targets: [{list}]\nremote_write:\n  - url: {}\n  - url: {rec_url}\n",
+        prom.write_url()
+    );
+    let r = a1.put_config("cfg-a", &cfg);
+    assert_eq!(r.status, 201, "{r:?}");
+    let start_ms = now_ms();
+    let w = wait_all_written_after(
+        &rec,
+        &addrs,
+        start_ms,
+        &["agent-1", "agent-2"],
+        Duration::from_secs(60),
+    );
+    let per = |w: &BTreeMap<String, String>, id: &str| w.values().filter(|a| *a == id).count();
+    eprintln!(
+        "2 agents: agent-1 {} / agent-2 {} targets",
+        per(&w, "agent-1"),
+        per(&w, "agent-2")
+    );
+    // Steady for a few intervals before the first change.
+    std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS as u64));
+
+    // Join: agent-3 takes its share (ceil(12/3) = 4 at most per agent).
+    let join_ms = now_ms();
+    let mut a3 = member(dir.path(), &ep, "agent-3").start();
+    let mut joined = BTreeMap::new();
+    let took = wait("agent-3 writes its share", Duration::from_secs(60), || {
+        joined = wait_all_written_after(
+            &rec,
+            &addrs,
+            now_ms() - INTERVAL_MS,
+            &["agent-1", "agent-2", "agent-3"],
+            Duration::from_secs(60),
+        );
+        ["agent-1", "agent-2", "agent-3"]
+            .iter()
+            .all(|id| per(&joined, id) == TARGETS / 3)
+    });
+    eprintln!("join: balanced 4/4/4 {took:?} after agent-3 started");
+    observability_agrees(&[&a1, &a2, &a3], &joined, &ep, dir.path());
+    std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS as u64));
+
+    // Graceful leave of agent-2: its targets go to agent-1 and agent-3 (6 each).
+    let leave_ms = now_ms();
+    a2.signal("TERM");
+    assert_eq!(
+        a2.wait_exit(Duration::from_secs(60)),
+        Some(0),
+        "agent-2 left cleanly: {}",
+        a2.log()
+    );
+    let left = wait_all_written_after(
+        &rec,
+        &addrs,
+        now_ms(),
+        &["agent-1", "agent-3"],
+        Duration::from_secs(30),
+    );
+    eprintln!(
+        "leave: agent-1 {} / agent-3 {} targets, agent-2 exited {:?} after SIGTERM",
+        per(&left, "agent-1"),
+        per(&left, "agent-3"),
+        Duration::from_millis((now_ms() - leave_ms) as u64)
+    );
+    for (t, a) in &joined {
+        if a != "agent-2" {
+            assert_eq!(&left[t], a, "a target not on the leaver moved: {t}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS as u64));
+    let before_kill_ms = now_ms();
+    let graceful = figures(&rec, start_ms, before_kill_ms, (0, 0));
+    eprintln!("join + graceful leave, every series: {graceful:?}");
+
+    // kill -9 of agent-3: its targets are scraped again by agent-1 within heartbeat_timeout
+    // (4s) + 2 x heartbeat_period (1s) (+ up to one interval to the target's scrape slot).
+    let on_3: Vec<String> = left
+        .iter()
+        .filter(|(_, a)| *a == "agent-3")
+        .map(|(t, _)| t.clone())
+        .collect();
+    a3.kill();
+    let kill_ms = now_ms();
+    let back = wait_all_written_after(&rec, &addrs, kill_ms, &["agent-1"], Duration::from_secs(60));
+    assert_eq!(back.len(), TARGETS);
+    let first_after_kill = {
+        let r = rec.0.lock().unwrap();
+        let a1_idx = r.agents.iter().position(|a| a == "agent-1").unwrap();
+        on_3.iter()
+            .map(|t| {
+                r.series
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.starts_with("__name__=up,") && k.contains(&format!("instance={t}"))
+                    })
+                    .flat_map(|(_, v)| v.iter())
+                    .filter(|g| g.agent == a1_idx && g.t > kill_ms)
+                    .map(|g| g.t - kill_ms)
+                    .min()
+                    .unwrap()
+            })
+            .max()
+            .unwrap()
+    };
+    eprintln!(
+        "kill -9: agent-3's {} targets scraped again by agent-1 at most {first_after_kill} ms after the kill",
+        on_3.len()
+    );
+    assert!(
+        first_after_kill <= 4000 + 2 * 1000 + INTERVAL_MS,
+        "{first_after_kill} ms"
+    );
+    std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS as u64));
+    let end_ms = now_ms();
+    let all = figures(
+        &rec,
+        start_ms,
+        end_ms,
+        (kill_ms - INTERVAL_MS, kill_ms + 10_000),
+    );
+    eprintln!("whole run, the kill window excused for gaps: {all:?}");
+    eprintln!(
+        "phases (ms after the first target was written): join {}, leave {}, kill {}, end {}",
+        join_ms - start_ms,
+        leave_ms - start_ms,
+        kill_ms - start_ms,
+        end_ms - start_ms
+    );
+    for a in [&a1, &a2, &a3] {
+        for l in a.log().lines().filter(|l| {
+            l.contains("level=warn") || l.contains("level=error") || l.contains("handoff")
+        }) {
+            eprintln!("{}: {l}", a.name());
+        }
+    }
+    let ooo = prometheus_counter(&prom, "prometheus_tsdb_out_of_order_samples_total", "");
+    let bad_writes = prometheus_counter(
+        &prom,
+        "prometheus_http_requests_total",
+        "handler=\"/api/v1/write\",code=\"400\"",
+    );
+    eprintln!(
+        "prometheus: {ooo} out-of-order samples, {bad_writes} remote-write requests refused (400)"
+    );
+
+    assert!(graceful.moved_series > 0, "nothing moved: {graceful:?}");
+    assert!(
+        graceful.max_gap_ms * 2 <= 3 * INTERVAL_MS,
+        "largest gap {} ms > 1.5 intervals: {graceful:?}",
+        graceful.max_gap_ms
+    );
+    assert!(graceful.max_overlap_slots <= 1, "{graceful:?}");
+    assert_eq!(graceful.stale_markers, 0, "{graceful:?}");
+    assert_eq!(all.stale_markers, 0, "{all:?}");
+    assert_eq!(all.out_of_order, 0, "{all:?}");
+    assert!(all.max_gap_ms * 2 <= 3 * INTERVAL_MS, "{all:?}");
+    assert_eq!(ooo, 0.0, "prometheus refused out-of-order samples");
+    assert_eq!(bad_writes, 0.0, "prometheus refused remote-write requests");
+}
