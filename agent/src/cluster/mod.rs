@@ -95,6 +95,9 @@ pub struct Cluster {
     clock: Clock,
     /// Content hash of each config this agent runs.
     applied: std::sync::Mutex<HashMap<String, String>>,
+    /// Target sharding: every stored config validated, by name, with its content hash (parsed
+    /// again only when it changed; `None` when it does not validate).
+    parsed: std::sync::Mutex<HashMap<String, (String, Option<InstanceConfig>)>>,
     /// Configs owned per ring member id, for `/debug/ring`.
     owned_tx: watch::Sender<HashMap<String, usize>>,
     /// Target sharding, when on: configs owned here are only discovered here.
@@ -234,6 +237,7 @@ impl Cluster {
             heartbeat_timeout,
             clock,
             applied: std::sync::Mutex::new(HashMap::new()),
+            parsed: std::sync::Mutex::new(HashMap::new()),
             owned_tx: watch::channel(HashMap::new()).0,
             targets,
             stored_tx: watch::channel(0).0,
@@ -271,6 +275,10 @@ impl Cluster {
             reshard_interval,
         };
         self.applied().clear();
+        self.parsed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         self.reloaded.notify_one();
     }
 
@@ -446,18 +454,36 @@ impl Cluster {
             let mut mine: Vec<InstanceConfig> = Vec::new();
             let owned: std::collections::HashSet<&str> =
                 owned.iter().map(|(n, _)| n.as_str()).collect();
+            let mut parsed = self
+                .parsed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            parsed.retain(|name, _| all.iter().any(|(n, _)| n == name));
             for (name, yaml) in &all {
-                match parse_instance_named(yaml, Some(name), &global) {
-                    Ok((_, cfg)) => {
-                        if owned.contains(name.as_str()) {
-                            mine.push(cfg.clone());
-                        }
-                        valid.push(cfg);
+                let hash = content_hash(yaml);
+                let entry = match parsed.get(name) {
+                    Some((h, cfg)) if *h == hash => cfg.clone(),
+                    _ => {
+                        let cfg = match parse_instance_named(yaml, Some(name), &global) {
+                            Ok((_, cfg)) => Some(cfg),
+                            Err(e) => {
+                                tracing::error!(config = %name, error = %e,
+                                    "config in the store does not validate; skipped");
+                                None
+                            }
+                        };
+                        parsed.insert(name.clone(), (hash, cfg.clone()));
+                        cfg
                     }
-                    Err(e) => tracing::error!(config = %name, error = %e,
-                        "config in the store does not validate; skipped"),
+                };
+                if let Some(cfg) = entry {
+                    if owned.contains(name.as_str()) {
+                        mine.push(cfg.clone());
+                    }
+                    valid.push(cfg);
                 }
             }
+            drop(parsed);
             t.set_configs(valid, mine);
             tracing::debug!(configs = all.len(), took = ?started.elapsed(), "target sharding: configs refreshed");
             return;

@@ -15,8 +15,8 @@
 //! of a held target, a release delivered), the config store (through [`TargetSharding::set_configs`])
 //! and handoff timeouts. Per change it applies the newest epoch, lets [`Handoffs`] decide, and
 //! publishes to every scrape job the targets it must hold, write or release. An instance (WAL,
-//! remote_write) runs for each config this agent has targets of; it stops, without staleness
-//! markers, when the last one has been handed over.
+//! remote_write) runs for each config this agent has had targets of, until the config is deleted
+//! (started again, it would replay its WAL and resend delivered samples).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -387,8 +387,13 @@ impl Runtime {
                 cmd = commands.recv() => match cmd {
                     None => break,
                     Some(Command::Configs { all, owned }) => {
-                        self.configs = all.into_iter().map(|c| (c.name.clone(), c)).collect();
-                        self.built.clear();
+                        let configs: BTreeMap<String, InstanceConfig> =
+                            all.into_iter().map(|c| (c.name.clone(), c)).collect();
+                        if configs != self.configs {
+                            // Targets are built again for changed scrape configs.
+                            self.configs = configs;
+                            self.built.clear();
+                        }
                         self.publisher.set(owned).await;
                     }
                     Some(Command::Deleted(name)) => {
@@ -632,14 +637,18 @@ impl Runtime {
             value.release.sort_unstable();
             self.cx.registry.set(&instance, &job, value);
         }
+        // An instance stays while its config is in the store, even with no target here now:
+        // stopped and started again when a target comes back, it would replay its WAL, and
+        // remote_write (at least once: per-shard watermarks) would resend samples already
+        // delivered, out of order where the series went on at another agent.
         let stale: Vec<String> = self
             .applied
             .keys()
-            .filter(|n| !wanted.contains(*n))
+            .filter(|n| !self.configs.contains_key(*n))
             .cloned()
             .collect();
         for name in stale {
-            // Its targets were handed over or are gone (their loops wrote what they had to).
+            // Deleted: its targets' loops stopped with staleness markers.
             self.cx.manager.delete(&name, false).await;
             self.applied.remove(&name);
         }
