@@ -488,8 +488,11 @@ fn ten_thousand_configs() {
         healthy_max,
     );
     figure(&format!("api_{n}_configs_rss_mib"), a.rss_kib() / 1024);
+    // A liveness bound, not a latency target: the agent must keep answering while 8 writers
+    // PUT (no starved runtime, no lock held across the writes). How fast it answers is the
+    // figure above; on a loaded 2-core CI machine 2-3 s were seen, so the bound is generous.
     assert!(
-        healthy_max < 2_000,
+        healthy_max < 10_000,
         "healthy took {healthy_max} ms during the puts"
     );
     assert!(list_ms[0] < 5_000, "list took {list_ms:?} ms");

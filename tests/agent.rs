@@ -175,3 +175,28 @@ fn read_api_shows_the_config_in_effect() {
     assert!(!reloaded.contains("sec-read-api-3"), "{reloaded}");
     assert_eq!(agent.stop(), Some(0));
 }
+
+/// A graceful shutdown that takes long (here the lifecycler's final_sleep; in production an
+/// unreachable KV store or receiver) ends at once on a second signal, with 128 + the signal.
+#[test]
+fn a_second_sigterm_exits_at_once_during_a_long_graceful_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "metrics:\n  wal_directory: {}\n  scraping_service:\n    enabled: true\n    kvstore:\n      store: embedded\n    lifecycler:\n      final_sleep: 10m\n",
+        dir.path().join("wal").display()
+    );
+    let mut agent = Agent::builder(dir.path()).config(&config).start();
+    let before = agent.log().len();
+    agent.signal("TERM");
+    agent.wait_log_after(before, "ring state LEAVING", Duration::from_secs(30));
+    // Still shutting down gracefully (final_sleep is 10 minutes).
+    assert!(agent.is_running(), "{}", agent.log());
+    agent.signal("TERM");
+    let code = agent.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(143), "{}", agent.log());
+    let log = agent.log();
+    assert!(
+        log.contains("second signal: exiting now") && log.contains("signal=SIGTERM"),
+        "{log}"
+    );
+}

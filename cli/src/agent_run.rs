@@ -76,4 +76,19 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     };
     tracing::info!(signal = name, "shutting down");
     shutdown.cancel();
+    // The graceful shutdown can take minutes (leaving the ring through an unreachable KV store,
+    // flushing remote_write for up to remote_flush_deadline per instance). A second signal means
+    // the operator will not wait: exit at once, as a crash would. The WAL keeps what was not
+    // sent (sent after the next start) and the other agents forget the ring entry left behind.
+    let (name, code) = tokio::select! {
+        _ = term.recv() => ("SIGTERM", 128 + 15),
+        _ = int.recv() => ("SIGINT", 128 + 2),
+    };
+    tracing::warn!(
+        signal = name,
+        exit_code = code,
+        "second signal: exiting now, before the graceful shutdown finished; unsent samples stay \
+         in the WAL and are sent after the next start"
+    );
+    std::process::exit(code);
 }

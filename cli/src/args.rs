@@ -151,6 +151,10 @@ pub enum AgentCommand {
     /// Without --config.file the agent runs a single-node scraping service on an embedded KV
     /// store under ./data-agent/, with the Config Management API on 127.0.0.1:12345.
     /// Flags take the old agent's names; the single-dash spelling (-config.file=x) is accepted.
+    ///
+    /// SIGTERM or SIGINT stops it gracefully (leave the ring, flush remote_write for up to
+    /// remote_flush_deadline; exit 0). A second one exits at once (exit code 143 or 130);
+    /// unsent samples stay in the WAL and are sent after the next start.
     Run(AgentRunArgs),
 }
 
