@@ -29,6 +29,7 @@ mod ring;
 mod ring_browser;
 mod scrape;
 mod sd_vmagent;
+mod series;
 mod server_tls;
 mod sharding;
 mod shared_reload;

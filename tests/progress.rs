@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use agent::wal::{Labels, Wal, WalOptions};
+use agent::labels::{Labels, SeriesRef};
+use agent::wal::{Wal, WalOptions};
 
 use crate::support::{agentctl, bin};
 
@@ -164,14 +165,12 @@ fn config_check_over_many_files_draws_progress_on_a_terminal_only() {
 fn wal_inspect_draws_progress_on_a_terminal_only_and_never_with_json() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut wal, _) = Wal::open(&tmp.path().join("wal"), WalOptions::default()).expect("open");
-    wal.append_series(&[(
-        1,
-        Labels::from_pairs([("__name__", "up"), ("job", "node"), ("instance", "a:9100")]),
-    )])
-    .expect("series");
+    let up = Labels::from_pairs([("__name__", "up"), ("job", "node"), ("instance", "a:9100")]);
+    wal.append_series([(SeriesRef(1), up.as_view())])
+        .expect("series");
     // Enough records for progress to be reported along the way (every 4096 records).
     for i in 0..20_000 {
-        wal.append_samples(&[(1, 1_704_164_645_678 + i * 15_000, 1.0)])
+        wal.append_samples(&[(SeriesRef(1), 1_704_164_645_678 + i * 15_000, 1.0)])
             .expect("samples");
     }
     wal.commit().expect("commit");

@@ -9,6 +9,7 @@ use agent::config::duration::PromDuration;
 use agent::config::http::{BasicAuth, HttpClientConfig};
 use agent::config::remote_write::QueueConfig;
 use agent::config::secret::Secret;
+use agent::labels::{Labels, SeriesRef};
 use agent::remote_write::proto::{Label, WriteRequest};
 use agent::remote_write::{
     ClientSettings, QueueManager, QueueSettings, RemoteClient, RemoteWriteMetrics, SeriesFilter,
@@ -147,8 +148,16 @@ fn queue_config(per_send: usize) -> QueueConfig {
     }
 }
 
-fn labels(pairs: &[(&str, &str)]) -> Vec<Label> {
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    Labels::from_pairs(pairs.iter().copied())
+}
+
+fn proto_labels(pairs: &[(&str, &str)]) -> Vec<Label> {
     pairs.iter().map(|(n, v)| Label::new(*n, *v)).collect()
+}
+
+const fn r(n: u64) -> SeriesRef {
+    SeriesRef(n)
 }
 
 /// The sum of a metric's values over all its label sets, from the text exposition.
@@ -190,14 +199,14 @@ async fn delivers_100_series_x_10_samples_to_prometheus_with_external_labels() {
         if i < 10 {
             l.push(("cluster", "own"));
         }
-        (i, labels(&l))
+        (r(i), labels(&l))
     }));
     let base = agent::clock::Clock::system().unix_millis() - 20_000;
     let mut last = 0;
     for j in 0..10i64 {
         let t = base + j * 1_000;
         last = t;
-        let batch: Vec<(u64, i64, f64)> = (0..100u64).map(|i| (i, t, j as f64)).collect();
+        let batch: Vec<(SeriesRef, i64, f64)> = (0..100u64).map(|i| (r(i), t, j as f64)).collect();
         qm.append_samples(&batch).await.unwrap();
     }
     let report = qm.flush(Instant::now() + Duration::from_secs(30)).await;
@@ -274,9 +283,9 @@ async fn http_429_with_retry_after_is_retried_and_delivered_once() {
         &metrics,
         None,
     );
-    qm.store_series([(1, labels(&[("__name__", "m")]))]);
+    qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
     let start = Instant::now();
-    qm.append_samples(&[(1, 1000, 1.0), (1, 2000, 2.0), (1, 3000, 3.0)])
+    qm.append_samples(&[(r(1), 1000, 1.0), (r(1), 2000, 2.0), (r(1), 3000, 3.0)])
         .await
         .unwrap();
     let report = qm.flush(Instant::now() + Duration::from_secs(20)).await;
@@ -318,8 +327,8 @@ async fn http_503_is_retried_with_backoff_until_accepted() {
         &metrics,
         None,
     );
-    qm.store_series([(7, labels(&[("__name__", "m")]))]);
-    qm.append_samples(&[(7, 5, 1.0)]).await.unwrap();
+    qm.store_series([(r(7), labels(&[("__name__", "m")]))]);
+    qm.append_samples(&[(r(7), 5, 1.0)]).await.unwrap();
     assert!(
         qm.flush(Instant::now() + Duration::from_secs(20))
             .await
@@ -345,8 +354,8 @@ async fn http_400_is_dropped_and_counted_without_retrying() {
         &metrics,
         None,
     );
-    qm.store_series([(1, labels(&[("__name__", "m")]))]);
-    qm.append_samples(&[(1, 1000, 1.0), (1, 2000, 2.0)])
+    qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
+    qm.append_samples(&[(r(1), 1000, 1.0), (r(1), 2000, 2.0)])
         .await
         .unwrap();
     let report = qm.flush(Instant::now() + Duration::from_secs(10)).await;
@@ -388,8 +397,8 @@ async fn sends_the_protocol_headers_auth_and_sorted_labels() {
         &metrics,
         None,
     );
-    qm.store_series([(1, labels(&[("zz", "1"), ("__name__", "m"), ("b", "2")]))]);
-    qm.append_samples(&[(1, 42, 0.5)]).await.unwrap();
+    qm.store_series([(r(1), labels(&[("zz", "1"), ("__name__", "m"), ("b", "2")]))]);
+    qm.append_samples(&[(r(1), 42, 0.5)]).await.unwrap();
     assert!(
         qm.flush(Instant::now() + Duration::from_secs(10))
             .await
@@ -427,10 +436,10 @@ async fn series_filter_rewrites_or_drops_series_once() {
     let metrics = RemoteWriteMetrics::register(&mut reg);
     let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let c = calls.clone();
-    let filter: SeriesFilter = Box::new(move |l: &mut Vec<(String, String)>| {
+    let filter: SeriesFilter = Box::new(move |l: &mut agent::labels::LabelsBuilder| {
         c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        l.retain(|(n, _)| n != "secret");
-        !l.iter().any(|(n, v)| n == "drop" && v == "yes")
+        l.del("secret");
+        l.get("drop") != Some("yes")
     });
     let qm = QueueManager::new(
         client(&url, HttpClientConfig::default()),
@@ -439,11 +448,11 @@ async fn series_filter_rewrites_or_drops_series_once() {
         Some(filter),
     );
     qm.store_series([
-        (1, labels(&[("__name__", "keep"), ("secret", "s")])),
-        (2, labels(&[("__name__", "gone"), ("drop", "yes")])),
+        (r(1), labels(&[("__name__", "keep"), ("secret", "s")])),
+        (r(2), labels(&[("__name__", "gone"), ("drop", "yes")])),
     ]);
     for t in 1..=5 {
-        qm.append_samples(&[(1, t, 1.0), (2, t, 1.0), (3, t, 1.0)])
+        qm.append_samples(&[(r(1), t, 1.0), (r(2), t, 1.0), (r(3), t, 1.0)])
             .await
             .unwrap();
     }
@@ -462,7 +471,7 @@ async fn series_filter_rewrites_or_drops_series_once() {
     assert_eq!(series.len(), 5);
     assert!(series
         .iter()
-        .all(|s| s.labels == labels(&[("__name__", "keep")])));
+        .all(|s| s.labels == proto_labels(&[("__name__", "keep")])));
     // Dropped series (2) and never-stored series (3): 5 samples each.
     assert_eq!(
         metric(&reg, "prometheus_remote_storage_samples_dropped_total"),
@@ -486,11 +495,11 @@ async fn producer_waits_when_the_queue_is_full_and_flush_deadline_counts_the_res
         &metrics,
         None,
     ));
-    qm.store_series([(1, labels(&[("__name__", "m")]))]);
+    qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
     let producer = {
         let qm = qm.clone();
         tokio::spawn(async move {
-            let samples: Vec<(u64, i64, f64)> = (0..50).map(|t| (1, t, 1.0)).collect();
+            let samples: Vec<(SeriesRef, i64, f64)> = (0..50).map(|t| (r(1), t, 1.0)).collect();
             qm.append_samples(&samples).await
         })
     };
@@ -531,7 +540,7 @@ async fn producer_waits_when_the_queue_is_full_and_flush_deadline_counts_the_res
         0.0
     );
     assert_eq!(metric(&reg, "prometheus_remote_storage_samples_total"), 0.0);
-    assert!(qm.append_samples(&[(1, 99, 1.0)]).await.is_err());
+    assert!(qm.append_samples(&[(r(1), 99, 1.0)]).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,13 +561,16 @@ async fn reshards_up_for_a_slow_receiver_and_keeps_per_series_order() {
         &metrics,
         None,
     );
-    qm.store_series((0..16u64).map(|i| (i, labels(&[("__name__", "m"), ("i", &i.to_string())]))));
+    qm.store_series(
+        (0..16u64).map(|i| (r(i), labels(&[("__name__", "m"), ("i", &i.to_string())]))),
+    );
     assert_eq!(qm.shard_count().await, 1);
     let started = Instant::now();
     let mut t = 0i64;
     let mut max_shards = 1;
     while started.elapsed() < Duration::from_secs(4) {
-        let batch: Vec<(u64, i64, f64)> = (0..16u64).map(|i| (i, t * 1000, t as f64)).collect();
+        let batch: Vec<(SeriesRef, i64, f64)> =
+            (0..16u64).map(|i| (r(i), t * 1000, t as f64)).collect();
         qm.append_samples(&batch).await.unwrap();
         t += 1;
         max_shards = max_shards.max(qm.shard_count().await);
@@ -674,8 +686,8 @@ async fn send_one(url: &str, http: HttpClientConfig, reg: &mut Registry) -> bool
         &metrics,
         None,
     );
-    qm.store_series([(1, labels(&[("__name__", "m")]))]);
-    qm.append_samples(&[(1, 1, 1.0), (1, 2, 2.0)])
+    qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
+    qm.append_samples(&[(r(1), 1, 1.0), (r(1), 2, 2.0)])
         .await
         .unwrap();
     qm.flush(Instant::now() + Duration::from_secs(2))
@@ -748,13 +760,13 @@ async fn bearer_token_file_is_read_per_request() {
         &metrics,
         None,
     );
-    qm.store_series([(1, labels(&[("__name__", "m")]))]);
-    qm.append_samples(&[(1, 1, 1.0)]).await.unwrap();
+    qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
+    qm.append_samples(&[(r(1), 1, 1.0)]).await.unwrap();
     while rx.requests().is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     std::fs::write(&token, "rotated").unwrap();
-    qm.append_samples(&[(1, 2, 1.0)]).await.unwrap();
+    qm.append_samples(&[(r(1), 2, 1.0)]).await.unwrap();
     assert!(
         qm.flush(Instant::now() + Duration::from_secs(10))
             .await

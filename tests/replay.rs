@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent::wal::{Labels, Wal, WalOptions};
+use agent::labels::{Labels, SeriesRef};
+use agent::wal::{Wal, WalOptions};
 
 use crate::support::Agent;
 
@@ -33,12 +34,12 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// per series with values that do not compress away.
 fn write_wal(dir: &Path, mib: u64) {
     let (mut wal, _) = Wal::open(dir, WalOptions::default()).expect("open the WAL");
-    let series: Vec<(u64, Labels)> = (0..10_000u64)
+    let series: Vec<(SeriesRef, Labels)> = (0..10_000u64)
         .map(|i| {
             let name = format!("replay_metric_{}", i % 100);
             let instance = format!("host-{}:9100", i / 100);
             (
-                wal.alloc_ref(),
+                SeriesRef(i + 1),
                 Labels::from_pairs([
                     ("__name__", name.as_str()),
                     ("instance", instance.as_str()),
@@ -47,17 +48,18 @@ fn write_wal(dir: &Path, mib: u64) {
             )
         })
         .collect();
-    wal.append_series(&series).expect("series");
+    wal.append_series(series.iter().map(|(r, l)| (*r, l.as_view())))
+        .expect("series");
     wal.commit().expect("commit");
     let want = mib << 20;
     let mut batch = Vec::with_capacity(series.len());
     for round in 0i64.. {
         batch.clear();
-        batch.extend(series.iter().map(|(r, _)| {
-            let v = ((*r as i64 * 7919 + round * 104_729) % 1_000_003) as f64 / 7.0;
+        batch.extend(series.iter().map(|&(SeriesRef(r), _)| {
+            let v = ((r as i64 * 7919 + round * 104_729) % 1_000_003) as f64 / 7.0;
             (
-                *r,
-                1_600_000_000_000 + round * 15_000 + (*r as i64 % 1000),
+                SeriesRef(r),
+                1_600_000_000_000 + round * 15_000 + (r as i64 % 1000),
                 v,
             )
         }));

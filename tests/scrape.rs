@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use agent::config::load::parse_instance;
 use agent::config::scrape::ScrapeConfig;
 use agent::config::GlobalConfig;
-use agent::relabel::Labels;
+use agent::labels::Labels;
 use agent::scrape::appender::{is_stale_nan, MemoryStorage};
 use agent::scrape::manager::{ScrapeManager, TargetInfo};
 use axum::http::{HeaderMap, StatusCode};

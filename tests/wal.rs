@@ -42,17 +42,18 @@ fn wal_writer_process() {
         segment_size: 8 * agent::wal::PAGE_SIZE,
         compress: true,
     };
-    let (mut wal, _) = Wal::open(&dir, opts).expect("open");
-    let series: Vec<(u64, agent::wal::Labels)> = (0..n)
+    let (mut wal, replay) = Wal::open(&dir, opts).expect("open");
+    let series: Vec<(agent::labels::SeriesRef, agent::labels::Labels)> = (0..n)
         .map(|i| {
             let name = format!("m{i}");
             (
-                wal.alloc_ref(),
-                agent::wal::Labels::from_pairs([("__name__", name.as_str()), ("job", "crash")]),
+                agent::labels::SeriesRef(replay.next_ref.0 + i),
+                agent::labels::Labels::from_pairs([("__name__", name.as_str()), ("job", "crash")]),
             )
         })
         .collect();
-    wal.append_series(&series).expect("append_series");
+    wal.append_series(series.iter().map(|(r, l)| (*r, l.as_view())))
+        .expect("append_series");
     let mut batch = Vec::with_capacity(series.len());
     let stdout = std::io::stdout();
     for i in 0i64.. {
@@ -90,7 +91,7 @@ fn timestamps_by_ref(dir: &Path) -> HashMap<u64, Vec<i64>> {
             samples.clear();
             record::decode_samples(r.record(), &mut samples).expect("samples");
             for &(sref, t, _) in &samples {
-                out.entry(sref).or_default().push(t);
+                out.entry(sref.0).or_default().push(t);
             }
         }
     }

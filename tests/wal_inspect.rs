@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use agent::wal::{inspect, Labels, Wal, WalOptions};
+use agent::labels::{Labels, SeriesRef};
+use agent::wal::{inspect, Wal, WalOptions};
 
 use crate::support::{agentctl, prometheus, wait_http};
 
@@ -25,21 +26,26 @@ fn write_wal(dir: &Path) {
     let (mut wal, _) = Wal::open(&dir.join("wal"), WalOptions::default()).expect("open");
     let s = |r: u64, name: &str, inst: &str| {
         (
-            r,
+            SeriesRef(r),
             Labels::from_pairs([("__name__", name), ("job", "node"), ("instance", inst)]),
         )
     };
-    wal.append_series(&[
+    let series = [
         s(1, "up", "a:9100"),
         s(2, "node_load1", "a:9100"),
         s(3, "up", "b:9100"),
-    ])
-    .expect("series");
+    ];
+    wal.append_series(series.iter().map(|(r, l)| (*r, l.as_view())))
+        .expect("series");
     for i in 0..4 {
-        wal.append_samples(&[(1, T0 + i * 15_000, 1.0), (2, T0 + i * 15_000, 0.5)])
-            .expect("samples");
+        wal.append_samples(&[
+            (SeriesRef(1), T0 + i * 15_000, 1.0),
+            (SeriesRef(2), T0 + i * 15_000, 0.5),
+        ])
+        .expect("samples");
     }
-    wal.append_samples(&[(3, T0, 1.0)]).expect("samples");
+    wal.append_samples(&[(SeriesRef(3), T0, 1.0)])
+        .expect("samples");
     wal.commit().expect("commit");
 }
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use agent::config::duration::PromDuration;
 use agent::config::remote_write::QueueConfig;
+use agent::labels::{Labels, SeriesRef};
 use agent::remote_write::{
     ClientSettings, QueueManager, QueueSettings, RemoteClient, RemoteWriteMetrics,
 };
-use agent::wal::labels::Labels;
 use agent::wal::{Wal, WalOptions};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -43,22 +43,22 @@ fn queue(url: &str, metrics: &RemoteWriteMetrics) -> Arc<QueueManager> {
 }
 
 /// Appends `rounds` scrapes of 50 series (new series on the first call only).
-fn append(wal: &mut Wal, refs: &mut Vec<u64>, base: i64, rounds: std::ops::Range<i64>) {
+fn append(wal: &mut Wal, refs: &mut Vec<SeriesRef>, base: i64, rounds: std::ops::Range<i64>) {
     if refs.is_empty() {
-        let series: Vec<(u64, Labels)> = (0..50)
+        let series: Vec<(SeriesRef, Labels)> = (0..50)
             .map(|i| {
-                let r = wal.alloc_ref();
                 (
-                    r,
+                    SeriesRef(i + 1),
                     Labels::from_pairs([("__name__", "wal_test_metric"), ("idx", &i.to_string())]),
                 )
             })
             .collect();
         refs.extend(series.iter().map(|(r, _)| *r));
-        wal.append_series(&series).unwrap();
+        wal.append_series(series.iter().map(|(r, l)| (*r, l.as_view())))
+            .unwrap();
     }
     for j in rounds {
-        let samples: Vec<(u64, i64, f64)> = refs
+        let samples: Vec<(SeriesRef, i64, f64)> = refs
             .iter()
             .map(|r| (*r, base + j * 1000, j as f64))
             .collect();
@@ -105,6 +105,7 @@ async fn wal_watcher_delivers_everything_and_resumes_after_restart() {
         q.clone(),
         progress.clone(),
         commit_rx,
+        None,
         stop.clone(),
     ));
     wait_count(
@@ -145,6 +146,7 @@ async fn wal_watcher_delivers_everything_and_resumes_after_restart() {
         q2.clone(),
         progress,
         rx2,
+        None,
         stop2.clone(),
     ));
     wait_count(&prom, "sum(count_over_time(wal_test_metric[10m]))", 1500.0).await;

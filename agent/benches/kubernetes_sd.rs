@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use agent::config::load::parse_instance;
 use agent::config::GlobalConfig;
-use agent::relabel::Labels;
+use agent::labels::Labels;
 use agent::scrape::appender::{AppendError, Appender, SeriesRef, Storage};
 use agent::scrape::manager::ScrapeManager;
 use axum::body::{Body, Bytes};
@@ -166,9 +166,9 @@ struct NoopAppender {
 }
 
 impl Appender for NoopAppender {
-    fn new_series(&mut self, _labels: &Labels) -> SeriesRef {
-        self.next += 1;
-        self.next
+    fn new_series(&mut self, labels: Labels) -> (SeriesRef, Labels) {
+        self.next.0 += 1;
+        (self.next, labels)
     }
     fn append(&mut self, _r: SeriesRef, _t_ms: i64, _v: f64) {}
     fn commit(&mut self) -> Result<(), AppendError> {

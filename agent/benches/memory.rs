@@ -1,12 +1,13 @@
 //! Heap bytes held per active series, by component, after one scrape of `TARGETS` targets of
 //! `PER_TARGET` distinct series each (about 120 bytes of series text per series, like the
-//! harness's targets):
+//! harness's targets), with the instance's WAL storage:
 //!
-//! - the scrape cache (a `ScrapeProcessor` scraping into a no-op storage);
-//! - the WAL side (`WalStorage` + `Wal`: the ref maps, plus the WAL's buffers, which the
-//!   large series count amortises);
+//! - the label sets, held once and shared (see `agent::labels`);
+//! - the scrape caches (`ScrapeProcessor`s);
+//! - the instance's series table (`WalStorage`);
 //! - the remote-write series table (`QueueManager::store_series` with the series as the WAL
-//!   watcher hands them over).
+//!   watcher hands them over: sharing the instance's labels, and, for comparison, with copies
+//!   of its own as after a restart before the targets are scraped again).
 //!
 //! Counted with a counting global allocator (deterministic; RSS adds allocator slack and
 //! per-sample queues on top). Run: `cargo bench -p agentctl-agent --bench memory`; it also
@@ -19,12 +20,12 @@ use std::time::Duration;
 
 use agent::config::load::parse_instance;
 use agent::config::GlobalConfig;
-use agent::relabel::Labels;
-use agent::remote_write::proto::Label;
+use agent::instance::storage::WalStorage;
+use agent::labels::{Hasher, Labels, SeriesRef};
 use agent::remote_write::{
     ClientSettings, QueueManager, QueueSettings, RemoteClient, RemoteWriteMetrics,
 };
-use agent::scrape::appender::{AppendError, Appender, SeriesRef, Storage};
+use agent::scrape::appender::Storage;
 use agent::scrape::parse::Format;
 use agent::scrape::scrape_loop::ScrapeProcessor;
 use agent::wal::{Wal, WalOptions};
@@ -55,32 +56,7 @@ fn body() -> String {
     out
 }
 
-#[derive(Default)]
-struct NoopAppender {
-    next: SeriesRef,
-}
-
-impl Appender for NoopAppender {
-    fn new_series(&mut self, _labels: &Labels) -> SeriesRef {
-        self.next += 1;
-        self.next
-    }
-    fn append(&mut self, _r: SeriesRef, _t_ms: i64, _v: f64) {}
-    fn commit(&mut self) -> Result<(), AppendError> {
-        Ok(())
-    }
-    fn rollback(&mut self) {}
-}
-
-struct NoopStorage;
-
-impl Storage for NoopStorage {
-    fn appender(&self) -> Box<dyn Appender + '_> {
-        Box::new(NoopAppender::default())
-    }
-}
-
-fn processor(target: usize) -> ScrapeProcessor {
+fn processor(target: usize, hasher: Hasher) -> ScrapeProcessor {
     let yaml = "scrape_configs:\n  - job_name: bench\n    static_configs: [{targets: ['10.0.0.1:9100']}]\n";
     let (_, cfg) = parse_instance(yaml, &GlobalConfig::default()).expect("valid bench config");
     let cfg = cfg.scrape_configs.into_iter().next().expect("one job");
@@ -93,6 +69,7 @@ fn processor(target: usize) -> ScrapeProcessor {
                 format!("10.0.{}.{}:9100", target / 250, target % 250),
             ),
         ]),
+        hasher,
     )
 }
 
@@ -110,12 +87,10 @@ fn per_series(bytes: isize) -> f64 {
 fn main() {
     let body = body();
     let text_per_series = body.len() as f64 / PER_TARGET as f64;
-
-    // Scrape cache.
     let scrape_all = |storage: &dyn Storage| -> Vec<ScrapeProcessor> {
         (0..TARGETS)
             .map(|t| {
-                let mut p = processor(t);
+                let mut p = processor(t, storage.hasher());
                 let r = p.append_scrape(
                     storage,
                     Ok((body.as_bytes(), Format::PrometheusText)),
@@ -127,70 +102,95 @@ fn main() {
             })
             .collect()
     };
-    let region = Region::new(GLOBAL);
-    let p = scrape_all(&NoopStorage);
-    let cache = held(&region);
-    drop(p);
 
-    // WAL side: a second processor writing to a real WAL; its cache is subtracted.
+    // The WAL's fixed buffers (page, records), which the series count amortises.
     let dir = tempfile::tempdir().expect("temp dir");
     let region = Region::new(GLOBAL);
     let (wal, replay) = Wal::open(dir.path(), WalOptions::default()).expect("open WAL");
-    let storage = agent::instance::storage::WalStorage::new("bench", wal, &replay.series);
-    let p = scrape_all(&storage);
-    let wal_side = held(&region) - cache;
-    storage.with_wal(|w| w.sync()).expect("sync WAL");
-    drop(p);
-    drop(storage);
+    let storage = WalStorage::new("bench", wal, &replay);
+    let fixed = held(&region);
 
-    // Remote-write table, fed what the watcher reads from the WAL.
-    let (_, replay) = Wal::open(dir.path(), WalOptions::default()).expect("reopen WAL");
-    let n = replay.series.len();
+    // One instance: every target scraped once into its WAL storage. What stays held is the
+    // label sets (once), the instance's series table and the scrape caches.
+    let region = Region::new(GLOBAL);
+    let processors = scrape_all(&storage);
+    storage.sync().expect("sync WAL");
+    let scraped = held(&region);
+    let table = storage.table_heap_bytes() as isize;
+    let (_, replayed) = Wal::open(dir.path(), WalOptions::default()).expect("reopen WAL");
+    // The label sets as allocated: the bytes plus the Arc's two counters.
+    let labels: isize = replayed
+        .series
+        .iter()
+        .map(|(_, l)| l.heap_size() as isize)
+        .sum();
+    let n = replayed.series.len();
+    assert_eq!(n, SERIES + 5 * TARGETS, "every series once");
+    let cache = scraped - table - labels;
+
+    // Remote-write table, fed what the watcher reads from the WAL, sharing the instance's
+    // labels (as while the process runs) or with copies of its own (after a restart, for the
+    // series no target has scraped yet).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let table = rt.block_on(async {
+    let shared = storage.shared_labels();
+    let (rw_shared, rw_own) = rt.block_on(async {
         agent::httpclient::ensure_crypto_provider();
-        let client = RemoteClient::new(ClientSettings {
-            remote_name: "bench".into(),
-            url: reqwest::Url::parse("http://127.0.0.1:9/api/v1/write").expect("url"),
-            timeout: Duration::from_secs(1),
-            headers: Default::default(),
-            http: Default::default(),
-            retry_on_http_429: true,
-            agent_id: None,
-        })
-        .expect("client");
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = RemoteWriteMetrics::register(&mut registry);
-        let q = QueueManager::new(
-            client,
-            QueueSettings::new(Default::default(), BTreeMap::new()),
-            &metrics,
-            None,
-        );
-        // The watcher's input is built inside the region and consumed by `store_series`, so
-        // what stays held is the table.
+        let queue = || {
+            let client = RemoteClient::new(ClientSettings {
+                remote_name: "bench".into(),
+                url: reqwest::Url::parse("http://127.0.0.1:9/api/v1/write").expect("url"),
+                timeout: Duration::from_secs(1),
+                headers: Default::default(),
+                http: Default::default(),
+                retry_on_http_429: true,
+                agent_id: None,
+            })
+            .expect("client");
+            let mut registry = prometheus_client::registry::Registry::default();
+            let metrics = RemoteWriteMetrics::register(&mut registry);
+            QueueManager::new(
+                client,
+                QueueSettings::new(Default::default(), BTreeMap::new()),
+                &metrics,
+                None,
+            )
+        };
+        let q = queue();
         let region = Region::new(GLOBAL);
-        let series: Vec<(u64, Vec<Label>)> = replay
+        q.store_series(replayed.series.iter().map(|(r, l)| {
+            let l = shared.shared(*r, l.as_view()).expect("the table has it");
+            (*r, l)
+        }));
+        let with_sharing = held(&region);
+        assert_eq!(q.series_count(), n);
+        let q = queue();
+        let copies: Vec<(SeriesRef, Labels)> = replayed
             .series
             .iter()
-            .map(|(r, l)| (*r, l.iter().map(|(n, v)| Label::new(n, v)).collect()))
+            .map(|(r, l)| (*r, Labels::from_pairs(l.iter())))
             .collect();
-        q.store_series(series);
-        let held = held(&region);
-        assert_eq!(q.series_count(), n);
-        held
+        let region = Region::new(GLOBAL);
+        q.store_series(copies);
+        let with_copies = held(&region) + labels;
+        (with_sharing, with_copies)
     });
-    let rw = table;
+    drop(processors);
+    drop(storage);
 
     println!(
         "memory per series ({SERIES} series, {text_per_series:.0} bytes of exposition text each): \
-         scrape cache {:.0} B, WAL storage {:.0} B, remote-write table {:.0} B, total {:.0} B",
+         label sets (once) {:.0} B, scrape cache {:.0} B, instance series table {:.0} B, \
+         remote-write table {:.0} B ({:.0} B with its own copies, after a restart), \
+         total {:.0} B (WAL buffers {:.1} MiB, not per series)",
+        per_series(labels),
         per_series(cache),
-        per_series(wal_side),
-        per_series(rw),
-        per_series(cache + wal_side + rw),
+        per_series(table),
+        per_series(rw_shared),
+        per_series(rw_own),
+        per_series(labels + cache + table + rw_shared),
+        fixed as f64 / (1024.0 * 1024.0),
     );
 }

@@ -4,8 +4,9 @@
 
 use std::hint::black_box;
 
+use agent::labels::Labels;
 use agent::remote_write::proto::{
-    EncodedLabels, Exemplar, Label, Sample, SeriesRef, WriteRequestEncoder,
+    Exemplar, Label, Sample, SeriesLabels, SeriesRef, WriteRequestEncoder,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -57,12 +58,26 @@ fn bench(c: &mut Criterion) {
             black_box(enc.encode(views, &[]).len())
         })
     });
-    // As the queue stores labels (pre-encoded once per series).
-    let encoded: Vec<EncodedLabels> = data.iter().map(|(l, _)| EncodedLabels::new(l)).collect();
-    g.bench_function("encode_and_snappy_preencoded_labels", |b| {
+    // As the queue keeps labels (the instance's packed label sets, shared) and sends them:
+    // with the endpoint's external labels merged in at encode time.
+    let packed: Vec<Labels> = data
+        .iter()
+        .map(|(l, _)| {
+            Labels::from_pairs(
+                l.iter()
+                    .filter(|l| l.name != "cluster")
+                    .map(|l| (l.name.as_str(), l.value.as_str())),
+            )
+        })
+        .collect();
+    let external = Labels::from_pairs([("cluster", "prod-eu-1")]);
+    g.bench_function("encode_and_snappy_packed_labels_plus_external", |b| {
         b.iter(|| {
-            let views = data.iter().zip(&encoded).map(|((_, s), e)| SeriesRef {
-                labels: e.into(),
+            let views = data.iter().zip(&packed).map(|((_, s), l)| SeriesRef {
+                labels: SeriesLabels::Packed {
+                    labels: l.as_view(),
+                    external: Some(external.as_view()),
+                },
                 samples: std::slice::from_ref(s),
                 exemplars: &[],
             });

@@ -385,7 +385,8 @@ fn wal_options(compress: bool) -> crate::wal::WalOptions {
 /// Segments written by our WAL writer: series, samples, exemplars and several commits, with
 /// and without snappy, so both fragment kinds and every record type are in the corpus.
 fn wal_segments() -> Vec<Vec<u8>> {
-    use crate::wal::{Labels, RefExemplar, Wal};
+    use crate::labels::{Labels, SeriesRef};
+    use crate::wal::{RefExemplar, Wal};
     let mut out = Vec::new();
     for (compress, n) in [(false, 3u64), (true, 3), (false, 40), (true, 200)] {
         let Ok(dir) = tempfile::tempdir() else {
@@ -394,12 +395,12 @@ fn wal_segments() -> Vec<Vec<u8>> {
         let Ok((mut wal, _)) = Wal::open(dir.path(), wal_options(compress)) else {
             continue;
         };
-        let series: Vec<(u64, Labels)> = (0..n)
+        let series: Vec<(SeriesRef, Labels)> = (0..n)
             .map(|i| {
                 let name = format!("metric_{}_total", i % 7);
                 let inst = format!("10.0.0.{i}:9100");
                 (
-                    wal.alloc_ref(),
+                    SeriesRef(i + 1),
                     Labels::from_pairs([
                         ("__name__", name.as_str()),
                         ("instance", inst.as_str()),
@@ -408,7 +409,7 @@ fn wal_segments() -> Vec<Vec<u8>> {
                 )
             })
             .collect();
-        let _ = wal.append_series(&series);
+        let _ = wal.append_series(series.iter().map(|(r, l)| (*r, l.as_view())));
         for s in 0..3i64 {
             let batch: Vec<_> = series
                 .iter()
@@ -416,7 +417,7 @@ fn wal_segments() -> Vec<Vec<u8>> {
                     (
                         *r,
                         1_700_000_000_000 + s * 15_000,
-                        (*r as f64) * 1.5 + s as f64,
+                        (r.0 as f64) * 1.5 + s as f64,
                     )
                 })
                 .collect();

@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod httpclient;
 pub mod instance;
 pub mod kv;
+pub mod labels;
 pub mod logging;
 pub mod notify;
 pub mod relabel;

@@ -570,8 +570,9 @@ instance labels; --job/--instance keep the matching ones), the top 20 metric nam
 series. The directory is read only; nothing is repaired.
 
 --output json prints one object with these fields: dir, oldest_sample_ms, newest_sample_ms \
-(Unix ms or null), total_series, total_samples, hash_collisions, invalid_refs, \
-checkpoint_segment, first_segment, last_segment (numbers or null), targets [{job, instance, \
+(Unix ms or null), total_series, total_samples, hash_collisions (label sets logged under more \
+than one ref, i.e. series re-created after garbage collection; the old tool's name, but label \
+sets are compared, not only their hashes), invalid_refs, checkpoint_segment, first_segment, last_segment (numbers or null), targets [{job, instance, \
 series, samples}], metrics [{name, series}] (all names, not only 20), series (null without \
 --selector, else [{series_ref, labels, samples, oldest_sample_ms, newest_sample_ms}]).
 

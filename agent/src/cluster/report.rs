@@ -151,8 +151,7 @@ pub fn owners(state: &ShardState, query: &str) -> Vec<OwnerAnswer> {
 /// The scrape URL of published labels (`Target::url`), built without the scrape config's own
 /// `params` (the `__param_*` labels are in): enough to recognise a target by.
 fn scrape_url(labels: &BTreeMap<String, String>) -> String {
-    let l =
-        crate::relabel::Labels::from_pairs(labels.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let l = crate::labels::Labels::from_pairs(labels.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     crate::scrape::target::scrape_url(&l, &BTreeMap::new())
 }
 

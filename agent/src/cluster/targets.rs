@@ -41,7 +41,7 @@ use crate::instance::group::group_hash;
 use crate::instance::manager::InstanceManager;
 use crate::kv::configstore::ConfigStore;
 use crate::kv::KvStore;
-use crate::relabel::Labels;
+use crate::labels::Labels;
 use crate::ring::lookup::Ring;
 use crate::ring::model::Desc;
 use crate::scrape::assigned::{AssignedJob, AssignedSource, AssignedTarget, LoopEvent, Mode};

@@ -74,21 +74,9 @@ fn write_relabel_filter(
         return None;
     }
     let rules = rw.write_relabel_configs.clone();
-    Some(Box::new(move |labels: &mut Vec<(String, String)>| {
-        let set = crate::relabel::Labels::from_pairs(
-            labels.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-        );
-        match crate::relabel::process_labels(&set, &rules) {
-            Some(out) => {
-                *labels = out
-                    .iter()
-                    .map(|(n, v)| (n.to_owned(), v.to_owned()))
-                    .collect();
-                true
-            }
-            None => false,
-        }
-    }))
+    Some(Box::new(
+        move |labels: &mut crate::labels::LabelsBuilder| crate::relabel::process(labels, &rules),
+    ))
 }
 
 /// One remote_write endpoint of an instance.
@@ -373,7 +361,7 @@ impl Instance {
                 .clone(),
         };
         let storage =
-            Arc::new(WalStorage::new(&name, wal, &replay.series).with_failure_counters(counters));
+            Arc::new(WalStorage::new(&name, wal, &replay).with_failure_counters(counters));
         let stop = CancellationToken::new();
 
         let mut remotes = Vec::new();
@@ -399,6 +387,10 @@ impl Instance {
                     queue.clone(),
                     progress.clone(),
                     storage.commits(),
+                    Some(crate::remote_write::watcher::FromWriter {
+                        shared: storage.shared_labels(),
+                        dropped: storage.dropped_series(),
+                    }),
                     rstop.clone(),
                 )
                 .instrument(queue.span().clone()),
@@ -513,7 +505,7 @@ impl Instance {
     /// `remote_flush_deadline`.
     pub async fn stop(self, write_stale: bool) {
         self.scrape.stop(write_stale).await;
-        let _ = self.storage.with_wal(|w| w.sync());
+        let _ = self.storage.sync();
         self.stop.cancel();
         let _ = self.housekeeping.await;
         self.metrics.forget(&self.label);
@@ -564,7 +556,7 @@ async fn housekeeping(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let (synced, series) = storage.with_wal(|w| (w.sync(), w.series_count()));
+        let (synced, series) = (storage.sync(), storage.series_count());
         if let Err(e) = synced {
             tracing::error!(error = %e, "WAL fsync failed");
         }
@@ -611,16 +603,9 @@ async fn housekeeping(
             sent_up_to: lowest,
         };
         let s = storage.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            s.with_wal(|w| {
-                let gone = w.gc(mint);
-                (gone, w.gc_and_truncate_at(cut))
-            })
-        })
-        .await;
+        let result = tokio::task::spawn_blocking(move || s.truncate(cut)).await;
         match result {
-            Ok((gone, Ok(stats))) => {
-                storage.forget(&gone);
+            Ok(Ok(stats)) => {
                 if let Some(st) = &stats {
                     metrics.truncations.get_or_create(&label).inc();
                     if st.dropped_unsent_samples > 0 {
@@ -633,6 +618,14 @@ async fn housekeeping(
                             "WAL truncated at now - max_wal_time: samples remote_write had not sent are lost");
                     }
                 }
+                let stats = stats.map(|st| {
+                    (
+                        st.index,
+                        st.dropped_series,
+                        st.dropped_samples,
+                        st.total_series,
+                    )
+                });
                 if clamped {
                     tracing::info!(mint, lowest_sent = ?lowest, stats = ?stats,
                         "WAL truncated (cut moved forward to now - max_wal_time: remote_write is behind)");
@@ -640,8 +633,7 @@ async fn housekeeping(
                     tracing::info!(mint, stats = ?stats, "WAL truncated");
                 }
             }
-            Ok((gone, Err(e))) => {
-                storage.forget(&gone);
+            Ok(Err(e)) => {
                 metrics.truncation_failures.get_or_create(&label).inc();
                 tracing::error!(error = %e, "WAL truncation failed");
             }
@@ -664,17 +656,18 @@ mod tests {
         )
         .unwrap();
         let filter = write_relabel_filter(&cfg.remote_write[0]).expect("a filter");
-        let mut dropped = vec![("__name__".to_owned(), "other".to_owned())];
+        let mut dropped = crate::labels::Labels::from_pairs([("__name__", "other")]).builder();
         assert!(!filter(&mut dropped));
-        let mut kept = vec![
-            ("__name__".to_owned(), "keep_me".to_owned()),
-            ("a".to_owned(), "1".to_owned()),
-        ];
+        let mut kept =
+            crate::labels::Labels::from_pairs([("__name__", "keep_me"), ("a", "1")]).builder();
         assert!(filter(&mut kept));
         assert_eq!(
-            kept,
-            [("__name__", "keep_me"), ("a", "1"), ("env", "prod")]
-                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            kept.labels(),
+            crate::labels::Labels::from_pairs([
+                ("__name__", "keep_me"),
+                ("a", "1"),
+                ("env", "prod")
+            ])
         );
         let (_, plain) = crate::config::load::parse_instance(
             "remote_write:\n  - url: http://r/\n",

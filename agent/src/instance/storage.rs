@@ -1,10 +1,18 @@
-//! The scrape side's [`Storage`] on an instance's WAL.
+//! The scrape side's [`Storage`] on an instance's WAL, and the instance's one series table.
 //!
-//! Each scrape gets a [`WalAppender`] that buffers its new series and samples; `commit` writes
-//! them to the WAL as one Series and one Samples record (the WAL's own batching), then bumps a
-//! commit counter the remote_write watchers wait on. New series are deduplicated by a 64-bit
-//! hash of their labels (what the scrape cache forgets and finds again gets its old ref back);
-//! the table keeps 16 bytes per series, not the labels (the WAL and the scrape cache have them).
+//! **The series table** ([`SeriesTable`]) holds every active series of the instance once: its
+//! [`Labels`] (shared with the scrape caches and the remote_write tables, see
+//! [`crate::labels`]), its ref and the timestamp of its newest sample. It is indexed by labels
+//! (a hash table of slot numbers: the hash finds candidates, the labels' bytes are compared,
+//! so two label sets with an equal hash are two series) and by ref. Series that received no
+//! sample since the truncation point are garbage collected at each WAL truncation, as
+//! Prometheus's agent does: they stay in `deleted` (ref -> newest segment that refers to them)
+//! until a checkpoint has passed that segment, which is what the checkpoint's keep rule reads.
+//!
+//! **Writes.** Each scrape gets a [`WalAppender`] that buffers its new series and samples;
+//! `commit` writes them to the WAL as one Series and one Samples record (the WAL's own
+//! batching), then bumps a commit counter the remote_write watchers wait on. The table and
+//! the WAL have separate mutexes, and no lock is held while the other is taken.
 //!
 //! Exemplars are always written to the WAL (as Prometheus in agent mode does, without a
 //! feature flag): whether an endpoint sends them is its `send_exemplars`, decided when the
@@ -12,42 +20,301 @@
 //! removed, label sets longer than 128 runes (names plus values, Prometheus's
 //! `ExemplarMaxLabelSetLength`) are dropped, and an exemplar equal to the last one written for
 //! its series (same timestamp, value and labels: a target shows its latest exemplar on every
-//! scrape until a new observation replaces it) is not written again. That costs 24 bytes per
-//! series that has exemplars.
-//! Two different label sets with the same 64-bit hash would share a ref; at a million series
-//! the chance is about 3 in 10^8.
+//! scrape until a new observation replaces it) is not written again.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use hashbrown::HashTable;
 use tokio::sync::watch;
 
-use crate::relabel::Labels;
-use crate::scrape::appender::{AppendError, Appender, SeriesRef, Storage};
-use crate::wal::labels::Labels as WalLabels;
-use crate::wal::{RefExemplar, Wal, WalError};
+use crate::labels::{Hasher, Labels, LabelsRef, RefMap, SeriesRef, SharedLabels};
+use crate::scrape::appender::{AppendError, Appender, Storage};
+use crate::wal::{
+    CheckpointStats, Cut, DroppedSeries, RefExemplar, RefSample, ReplayState, Wal, WalError,
+};
 
 /// Prometheus's `exemplar.ExemplarMaxLabelSetLength`: runes of names and values together.
 pub const EXEMPLAR_MAX_LABEL_SET_LENGTH: usize = 128;
 
-/// The last exemplar written for a series: timestamp, value bits, label hash.
-type LastExemplar = (i64, u64, u64);
+/// One series of the table. A free slot has no labels.
+struct Slot {
+    labels: Option<Labels>,
+    r: SeriesRef,
+    /// Timestamp (ms) of the newest sample, or for a series without a sample yet
+    /// [`pending`]`(the garbage collection round it was created in)`.
+    newest: i64,
+}
 
-struct Inner {
+/// `newest` of a series without samples: far below any real timestamp, counting the garbage
+/// collection rounds, so that a series created just before a collection (its samples not yet
+/// committed) survives it, and one that never got a sample goes at the next.
+const PENDING: i64 = i64::MIN;
+
+fn pending(round: u64) -> i64 {
+    PENDING + (round.min(1 << 60) as i64)
+}
+
+fn is_pending(newest: i64) -> bool {
+    newest < PENDING + (1 << 61)
+}
+
+/// The instance's series (see the module docs).
+pub struct SeriesTable {
+    hasher: Hasher,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Slot numbers by labels; the newest ref of a label set (a WAL may hold older ones).
+    by_labels: HashTable<u32>,
+    by_ref: RefMap<u32>,
+    /// Garbage-collected refs -> the newest segment that refers to them.
+    deleted: RefMap<u32>,
+    next_ref: u64,
+    /// Garbage collections so far.
+    gc_round: u64,
+}
+
+impl SeriesTable {
+    /// An empty table handing out refs from 1.
+    pub fn new(hasher: Hasher) -> Self {
+        SeriesTable {
+            hasher,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_labels: HashTable::new(),
+            by_ref: RefMap::default(),
+            deleted: RefMap::default(),
+            next_ref: 1,
+            gc_round: 0,
+        }
+    }
+
+    /// The table of what [`Wal::open`] replayed: every series keeps its ref; refs continue
+    /// after the highest one; a label set logged under several refs (re-created after a
+    /// garbage collection) is found under the newest.
+    pub fn from_replay(hasher: Hasher, replay: &ReplayState) -> Self {
+        let mut t = SeriesTable::new(hasher);
+        t.next_ref = replay.next_ref.0.max(1);
+        for (r, labels) in &replay.series {
+            let newest = replay.newest.get(r).copied().unwrap_or(pending(0));
+            // Sorted by ref: a later insert of equal labels takes over the labels index.
+            t.insert(*r, labels.clone(), newest);
+        }
+        t
+    }
+
+    pub fn hasher(&self) -> Hasher {
+        self.hasher
+    }
+
+    /// Active series.
+    pub fn len(&self) -> usize {
+        self.by_ref.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ref.is_empty()
+    }
+
+    fn find(&self, labels: LabelsRef<'_>, hash: u64) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_labels
+            .find(hash, |&i| {
+                slots[i as usize]
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.bytes() == labels.bytes())
+            })
+            .copied()
+    }
+
+    fn insert(&mut self, r: SeriesRef, labels: Labels, newest: i64) -> u32 {
+        let hash = self.hasher.hash(labels.as_view());
+        let slot = Slot {
+            labels: Some(labels),
+            r,
+            newest,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        if let Some(old) = self.by_ref.insert(r, i) {
+            // The same ref logged twice (a retried Series record): one slot per ref.
+            self.remove_slot(old);
+        }
+        let (slots, hasher) = (&self.slots, self.hasher);
+        let labels = slots[i as usize].labels.as_ref().map(Labels::as_view);
+        let same =
+            |&j: &u32| slots[j as usize].labels.as_ref().map(Labels::as_view) == labels && j != i;
+        match self.by_labels.find_entry(hash, same) {
+            Ok(mut e) => *e.get_mut() = i,
+            Err(_) => {
+                self.by_labels.insert_unique(hash, i, |&j| {
+                    slots[j as usize]
+                        .labels
+                        .as_ref()
+                        .map_or(0, |l| hasher.hash(l.as_view()))
+                });
+            }
+        }
+        i
+    }
+
+    /// Frees slot `i` (its ref must already be out of `by_ref`, or about to be replaced).
+    fn remove_slot(&mut self, i: u32) {
+        let Some(labels) = self.slots[i as usize].labels.take() else {
+            return;
+        };
+        let hash = self.hasher.hash(labels.as_view());
+        if let Ok(e) = self.by_labels.find_entry(hash, |&j| j == i) {
+            e.remove();
+        }
+        self.free.push(i);
+    }
+
+    /// The series with exactly `labels`, created (with a new ref) if the table has none.
+    /// Returns its ref, the table's shared copy of the labels, and whether it is new.
+    pub fn get_or_create(&mut self, labels: Labels) -> (SeriesRef, Labels, bool) {
+        let hash = self.hasher.hash(labels.as_view());
+        if let Some(i) = self.find(labels.as_view(), hash) {
+            let s = &self.slots[i as usize];
+            if let Some(l) = &s.labels {
+                return (s.r, l.clone(), false);
+            }
+        }
+        let r = SeriesRef(self.next_ref);
+        self.next_ref += 1;
+        let shared = labels.clone();
+        self.insert(r, labels, pending(self.gc_round));
+        (r, shared, true)
+    }
+
+    /// Records a sample of `r` at `t`, written to segment `segment`.
+    #[inline]
+    pub fn touch(&mut self, r: SeriesRef, t: i64, segment: u32) {
+        match self.by_ref.get(&r) {
+            Some(&i) => {
+                let s = &mut self.slots[i as usize];
+                if t > s.newest || is_pending(s.newest) {
+                    s.newest = t;
+                }
+            }
+            // Collected while a scrape still held the ref: the checkpoint must keep its Series
+            // record as long as segments with its samples exist.
+            None => {
+                if let Some(seg) = self.deleted.get_mut(&r) {
+                    *seg = (*seg).max(segment);
+                }
+            }
+        }
+    }
+
+    /// Garbage collection: forgets the series whose newest sample is older than `mint`, and
+    /// those without a sample since before the previous collection (`segment` is the one
+    /// being written). Returns how many.
+    pub fn gc(&mut self, mint: i64, segment: u32) -> usize {
+        let mut gone = Vec::new();
+        let recent = pending(self.gc_round);
+        self.gc_round += 1;
+        self.by_ref.retain(|r, &mut i| {
+            let newest = self.slots[i as usize].newest;
+            let keep = if is_pending(newest) {
+                newest >= recent
+            } else {
+                newest >= mint
+            };
+            if !keep {
+                gone.push((*r, i));
+            }
+            keep
+        });
+        for &(r, i) in &gone {
+            self.remove_slot(i);
+            self.deleted.insert(r, segment);
+        }
+        gone.len()
+    }
+
+    /// The refs checkpoint `cp` must drop: collected series whose newest segment is at or
+    /// before it (no later record refers to them).
+    pub fn dropped_at(&self, cp: u32) -> RefMap<()> {
+        self.deleted
+            .iter()
+            .filter(|(_, &seg)| seg <= cp)
+            .map(|(r, _)| (*r, ()))
+            .collect()
+    }
+
+    /// Forgets the collected series checkpoint `cp` dropped.
+    pub fn checkpointed(&mut self, cp: u32) {
+        self.deleted.retain(|_, seg| *seg > cp);
+    }
+
+    /// Heap bytes of the table itself (not the labels, which are shared).
+    pub fn heap_bytes(&self) -> usize {
+        fn hashbrown(cap: usize, entry: usize) -> usize {
+            if cap == 0 {
+                return 0;
+            }
+            let buckets = if cap < 8 {
+                (cap + 1).next_power_of_two()
+            } else {
+                (cap * 8 / 7).next_power_of_two()
+            };
+            buckets * (entry + 1) + 16
+        }
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.free.capacity() * 4
+            + hashbrown(self.by_labels.capacity(), 4)
+            + hashbrown(self.by_ref.capacity(), 16)
+            + hashbrown(self.deleted.capacity(), 16)
+    }
+}
+
+impl SharedLabels for Mutex<SeriesTable> {
+    fn shared(&self, r: SeriesRef, labels: LabelsRef<'_>) -> Option<Labels> {
+        let t = self.lock().unwrap_or_else(|e| e.into_inner());
+        let &i = t.by_ref.get(&r)?;
+        t.slots[i as usize]
+            .labels
+            .as_ref()
+            .filter(|l| l.bytes() == labels.bytes())
+            .cloned()
+    }
+}
+
+/// The last exemplar written for a series: timestamp, value bits, labels.
+type LastExemplar = (i64, u64, Labels);
+
+/// The WAL and what is written with it.
+struct Log {
     wal: Wal,
-    by_hash: HashMap<u64, SeriesRef>,
     /// Per series with exemplars, the last one written (for the duplicate check).
-    last_exemplar: HashMap<SeriesRef, LastExemplar>,
-    /// The newest sample timestamp written, for WAL truncation without remote_write.
-    newest_ms: i64,
+    last_exemplar: RefMap<LastExemplar>,
 }
 
 /// An instance's WAL as scrape storage.
 pub struct WalStorage {
-    inner: Mutex<Inner>,
+    table: Arc<Mutex<SeriesTable>>,
+    log: Mutex<Log>,
+    hasher: Hasher,
     name: String,
     commits: watch::Sender<u64>,
     failures: WriteFailureCounters,
+    /// Bumped when garbage collection forgot series (see [`Storage::generation`]).
+    generation: AtomicU64,
+    /// The newest sample timestamp committed (`i64::MIN`: none yet), for the remote_write
+    /// queues' `highest_timestamp_in`.
+    newest_ms: AtomicI64,
+    /// The last event of the checkpoints' dropped series, for the WAL's readers.
+    dropped: Mutex<Arc<DroppedSeries>>,
 }
 
 /// Counters of failed WAL writes (`agent_wal_write_failures_total`) and of the samples they
@@ -68,25 +335,36 @@ impl std::fmt::Debug for WalStorage {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update of these states is complete before its lock is released; a panic while one
+    // is held cannot leave them half-changed.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl WalStorage {
-    /// Wraps an opened WAL; `replayed` are the series [`Wal::open`] found in it, so a series
-    /// scraped again after a restart keeps its ref.
-    pub fn new(name: &str, wal: Wal, replayed: &[(SeriesRef, WalLabels)]) -> Self {
+    /// Wraps an opened WAL and the series [`Wal::open`] replayed from it (a series scraped
+    /// again after a restart keeps its ref), with a random-seed [`Hasher`].
+    pub fn new(name: &str, wal: Wal, replay: &ReplayState) -> Self {
+        WalStorage::with_hasher(name, wal, replay, Hasher::random())
+    }
+
+    /// [`WalStorage::new`] with the given hasher (tests inject a colliding one).
+    pub fn with_hasher(name: &str, wal: Wal, replay: &ReplayState, hasher: Hasher) -> Self {
         let (commits, _) = watch::channel(0);
-        let by_hash = replayed
-            .iter()
-            .map(|(r, l)| (Labels::from_pairs(l.iter()).hash(), *r))
-            .collect();
+        let table = SeriesTable::from_replay(hasher, replay);
         WalStorage {
-            inner: Mutex::new(Inner {
+            table: Arc::new(Mutex::new(table)),
+            log: Mutex::new(Log {
                 wal,
-                by_hash,
-                last_exemplar: HashMap::new(),
-                newest_ms: i64::MIN,
+                last_exemplar: RefMap::default(),
             }),
+            hasher,
             name: name.to_owned(),
             commits,
             failures: WriteFailureCounters::default(),
+            generation: AtomicU64::new(0),
+            newest_ms: AtomicI64::new(i64::MIN),
+            dropped: Mutex::new(Arc::default()),
         }
     }
 
@@ -96,38 +374,68 @@ impl WalStorage {
         self
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Notified after every commit (the value counts commits).
     pub fn commits(&self) -> watch::Receiver<u64> {
         self.commits.subscribe()
     }
 
-    /// Runs `f` on the WAL under the storage lock (truncation, sync).
-    pub fn with_wal<T>(&self, f: impl FnOnce(&mut Wal) -> T) -> T {
-        f(&mut self.lock().wal)
+    /// The series table, as the source of shared labels for the WAL's readers.
+    pub fn shared_labels(&self) -> Arc<dyn SharedLabels> {
+        self.table.clone()
     }
 
+    /// fsyncs what was committed.
+    pub fn sync(&self) -> Result<(), WalError> {
+        lock(&self.log).wal.sync()
+    }
+
+    /// The newest sample timestamp committed since the storage was opened.
     pub fn newest_timestamp(&self) -> Option<i64> {
-        let n = self.lock().newest_ms;
+        let n = self.newest_ms.load(Ordering::Acquire);
         (n != i64::MIN).then_some(n)
     }
 
+    /// Active series.
     pub fn series_count(&self) -> usize {
-        self.lock().by_hash.len()
+        lock(&self.table).len()
     }
 
-    /// Forgets series the WAL garbage-collected, so a later scrape re-creates them.
-    pub fn forget(&self, refs: &[SeriesRef]) {
-        if refs.is_empty() {
-            return;
+    /// Heap bytes of the series table (not counting the shared labels).
+    pub fn table_heap_bytes(&self) -> usize {
+        lock(&self.table).heap_bytes()
+    }
+
+    /// Garbage-collects series without samples since `cut.mint`, then truncates the WAL there
+    /// (see [`Wal::truncate`]): the checkpoint keeps the Series records of active series and of
+    /// collected ones still referred to after it.
+    pub fn truncate(&self, cut: Cut) -> Result<Option<CheckpointStats>, WalError> {
+        let mut log = lock(&self.log);
+        let segment = log.wal.segment();
+        let gone = lock(&self.table).gc(cut.mint, segment);
+        if gone > 0 {
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
-        let gone: std::collections::HashSet<SeriesRef> = refs.iter().copied().collect();
-        let mut inner = self.lock();
-        inner.by_hash.retain(|_, r| !gone.contains(r));
-        inner.last_exemplar.retain(|r, _| !gone.contains(r));
+        let table = &self.table;
+        let res = log.wal.truncate(cut, |cp| {
+            // One snapshot of what to drop per truncation, not a lock per Series entry.
+            let drop = lock(table).dropped_at(cp);
+            move |r| !drop.contains_key(&r)
+        });
+        if let Ok(Some(stats)) = &res {
+            lock(&self.table).checkpointed(stats.index);
+            let dropped: std::collections::HashSet<SeriesRef> =
+                stats.dropped_refs.iter().copied().collect();
+            log.last_exemplar.retain(|r, _| !dropped.contains(r));
+            let mut last = lock(&self.dropped);
+            *last = last.append(stats.index, stats.dropped_refs.clone());
+        }
+        res
+    }
+
+    /// Where a reader of the WAL starts following the series checkpoints drop (the last
+    /// event so far; see [`DroppedSeries`]). Take it before reading the WAL.
+    pub fn dropped_series(&self) -> Arc<DroppedSeries> {
+        lock(&self.dropped).clone()
     }
 }
 
@@ -140,19 +448,32 @@ impl Storage for WalStorage {
             exemplars: Vec::new(),
         })
     }
+
+    fn hasher(&self) -> Hasher {
+        self.hasher
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn retain_live(&self, refs: &mut Vec<SeriesRef>) {
+        let t = lock(&self.table);
+        refs.retain(|r| t.by_ref.contains_key(r));
+    }
 }
 
 /// One scrape's writes.
 pub struct WalAppender<'a> {
     storage: &'a WalStorage,
-    series: Vec<(SeriesRef, WalLabels)>,
-    samples: Vec<(SeriesRef, i64, f64)>,
-    exemplars: Vec<(RefExemplar, u64)>,
+    series: Vec<(SeriesRef, Labels)>,
+    samples: Vec<RefSample>,
+    exemplars: Vec<RefExemplar>,
 }
 
 /// The exemplar's labels without empty values, or `None` when they are longer than
 /// [`EXEMPLAR_MAX_LABEL_SET_LENGTH`] runes.
-fn exemplar_labels(labels: &Labels) -> Option<WalLabels> {
+fn exemplar_labels(labels: &Labels) -> Option<Labels> {
     let mut runes = 0;
     for (n, v) in labels.iter() {
         if !v.is_empty() {
@@ -160,21 +481,52 @@ fn exemplar_labels(labels: &Labels) -> Option<WalLabels> {
         }
     }
     (runes <= EXEMPLAR_MAX_LABEL_SET_LENGTH)
-        .then(|| WalLabels::from_pairs(labels.iter().filter(|(_, v)| !v.is_empty())))
+        .then(|| Labels::from_pairs(labels.iter().filter(|(_, v)| !v.is_empty())))
+}
+
+impl WalAppender<'_> {
+    /// Logs the series created by this appender (their refs are in use whatever happens to
+    /// the batch), then its samples and exemplars, and commits.
+    fn write(&mut self, log: &mut Log, with_samples: bool) -> Result<(), WalError> {
+        if !self.series.is_empty() {
+            log.wal
+                .append_series(self.series.iter().map(|(r, l)| (*r, l.as_view())))?;
+        }
+        if with_samples {
+            if !self.samples.is_empty() {
+                log.wal.append_samples(&self.samples)?;
+            }
+            if !self.exemplars.is_empty() {
+                let last = &mut log.last_exemplar;
+                let new: Vec<RefExemplar> = self
+                    .exemplars
+                    .drain(..)
+                    .filter(|e| {
+                        let same = last.get(&e.series_ref).is_some_and(|(t, v, l)| {
+                            *t == e.t && *v == e.v.to_bits() && *l == e.labels
+                        });
+                        if !same {
+                            last.insert(e.series_ref, (e.t, e.v.to_bits(), e.labels.clone()));
+                        }
+                        !same
+                    })
+                    .collect();
+                if !new.is_empty() {
+                    log.wal.append_exemplars(&new)?;
+                }
+            }
+        }
+        log.wal.commit()
+    }
 }
 
 impl Appender for WalAppender<'_> {
-    fn new_series(&mut self, labels: &Labels) -> SeriesRef {
-        let hash = labels.hash();
-        let mut inner = self.storage.lock();
-        if let Some(&r) = inner.by_hash.get(&hash) {
-            return r;
+    fn new_series(&mut self, labels: Labels) -> (SeriesRef, Labels) {
+        let (r, shared, new) = lock(&self.storage.table).get_or_create(labels);
+        if new {
+            self.series.push((r, shared.clone()));
         }
-        let r = inner.wal.alloc_ref();
-        inner.by_hash.insert(hash, r);
-        drop(inner);
-        self.series.push((r, WalLabels::from_pairs(labels.iter())));
-        r
+        (r, shared)
     }
 
     fn append(&mut self, r: SeriesRef, t_ms: i64, v: f64) {
@@ -182,22 +534,16 @@ impl Appender for WalAppender<'_> {
     }
 
     fn append_exemplar(&mut self, r: SeriesRef, labels: &Labels, t_ms: i64, v: f64) {
-        let Some(wal_labels) = exemplar_labels(labels) else {
-            tracing::debug!(
-                series = r,
-                "exemplar label set longer than 128 runes; dropped"
-            );
+        let Some(labels) = exemplar_labels(labels) else {
+            tracing::debug!(series = %r, "exemplar label set longer than 128 runes; dropped");
             return;
         };
-        self.exemplars.push((
-            RefExemplar {
-                series_ref: r,
-                t: t_ms,
-                v,
-                labels: wal_labels,
-            },
-            labels.hash(),
-        ));
+        self.exemplars.push(RefExemplar {
+            series_ref: r,
+            t: t_ms,
+            v,
+            labels,
+        });
     }
 
     fn commit(&mut self) -> Result<(), AppendError> {
@@ -205,36 +551,14 @@ impl Appender for WalAppender<'_> {
             storage: self.storage.name.clone(),
             message: e.to_string(),
         };
-        let mut inner = self.storage.lock();
-        let result = (|| {
-            if !self.series.is_empty() {
-                inner.wal.append_series(&self.series)?;
-            }
-            if !self.samples.is_empty() {
-                inner.wal.append_samples(&self.samples)?;
-            }
-            if !self.exemplars.is_empty() {
-                let g = &mut *inner;
-                let last = &mut g.last_exemplar;
-                let new: Vec<RefExemplar> = self
-                    .exemplars
-                    .drain(..)
-                    .filter_map(|(e, hash)| {
-                        let key = (e.t, e.v.to_bits(), hash);
-                        (last.insert(e.series_ref, key) != Some(key)).then_some(e)
-                    })
-                    .collect();
-                if !new.is_empty() {
-                    g.wal.append_exemplars(&new)?;
-                }
-            }
-            inner.wal.commit()
-        })();
+        let mut log = lock(&self.storage.log);
+        let result = self.write(&mut log, true);
+        let segment = log.wal.segment();
         if let Err(e) = &result {
             // Disk full or an I/O error: these samples cannot be made durable and are dropped
             // (counted); the segment goes back to the last commit so nothing torn stays on
             // disk, and the next commit (when space returns) appends cleanly.
-            let dropped = match inner.wal.abort() {
+            let dropped = match log.wal.abort() {
                 Ok(n) => n,
                 Err(reset) => {
                     tracing::error!(error = %reset,
@@ -252,10 +576,16 @@ impl Appender for WalAppender<'_> {
                 .samples_appended
                 .inc_by(self.samples.len() as u64);
             if let Some(max) = self.samples.iter().map(|s| s.1).max() {
-                inner.newest_ms = inner.newest_ms.max(max);
+                self.storage.newest_ms.fetch_max(max, Ordering::AcqRel);
             }
         }
-        drop(inner);
+        drop(log);
+        if result.is_ok() && !self.samples.is_empty() {
+            let mut table = lock(&self.storage.table);
+            for &(r, t, _) in &self.samples {
+                table.touch(r, t, segment);
+            }
+        }
         self.series.clear();
         self.samples.clear();
         self.exemplars.clear();
@@ -269,13 +599,9 @@ impl Appender for WalAppender<'_> {
         self.samples.clear();
         self.exemplars.clear();
         if !self.series.is_empty() {
-            let mut inner = self.storage.lock();
-            let res = inner
-                .wal
-                .append_series(&self.series)
-                .and_then(|()| inner.wal.commit());
-            if let Err(e) = res {
-                if let Err(reset) = inner.wal.abort() {
+            let mut log = lock(&self.storage.log);
+            if let Err(e) = self.write(&mut log, false) {
+                if let Err(reset) = log.wal.abort() {
                     tracing::error!(error = %reset,
                         "cannot cut the WAL segment back after a failed write");
                 }
@@ -293,7 +619,7 @@ mod tests {
     use crate::wal::reader::{Reader, SegmentSource};
     use crate::wal::{record, segment, WalOptions};
 
-    fn read_exemplars(dir: &std::path::Path) -> Vec<RefExemplar> {
+    fn read_all(dir: &std::path::Path) -> (Vec<(SeriesRef, Labels)>, Vec<RefExemplar>) {
         let segs = segment::list_segments(dir).unwrap();
         let mut r = Reader::new(
             segs.into_iter()
@@ -303,27 +629,35 @@ mod tests {
                 })
                 .collect(),
         );
-        let mut out = Vec::new();
+        let (mut series, mut exemplars) = (Vec::new(), Vec::new());
         while r.next_record().unwrap() {
-            if record::record_type(r.record()) == Some(record::EXEMPLARS) {
-                record::decode_exemplars(r.record(), &mut out).unwrap();
+            match record::record_type(r.record()) {
+                Some(record::EXEMPLARS) => {
+                    record::decode_exemplars(r.record(), &mut exemplars).unwrap()
+                }
+                Some(record::SERIES) => record::decode_series(r.record(), &mut series).unwrap(),
+                _ => {}
             }
         }
-        out
+        (series, exemplars)
+    }
+
+    fn open(dir: &std::path::Path, hasher: Hasher) -> WalStorage {
+        let (wal, replay) = Wal::open(dir, WalOptions::default()).unwrap();
+        WalStorage::with_hasher("i", wal, &replay, hasher)
     }
 
     #[test]
     fn exemplars_reach_the_wal_once_and_within_the_length_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
-        let storage = WalStorage::new("i", wal, &[]);
+        let storage = open(dir.path(), Hasher::random());
         let series = Labels::from_pairs([("__name__", "rpc_seconds_bucket"), ("le", "0.1")]);
         let ex = Labels::from_pairs([("trace_id", "abc"), ("span_id", "")]);
         let long = Labels::from_pairs([("trace_id", "x".repeat(120).as_str()), ("abcdefghi", "")]);
         let too_long = Labels::from_pairs([("trace_id", "x".repeat(121).as_str())]);
 
         let mut app = storage.appender();
-        let r = app.new_series(&series);
+        let (r, _) = app.new_series(series);
         app.append(r, 1_000, 3.0);
         app.append_exemplar(r, &ex, 990, 0.07);
         app.append_exemplar(r, &too_long, 995, 0.08);
@@ -338,16 +672,18 @@ mod tests {
         app.append(r, 3_000, 5.0);
         app.append_exemplar(r, &ex, 2_500, 0.09);
         app.append_exemplar(r, &long, 2_600, 0.01);
+        // Same timestamp and value as the last one, other labels: a different exemplar.
+        app.append_exemplar(r, &Labels::from_pairs([("trace_id", "abd")]), 2_600, 0.01);
         app.commit().unwrap();
         // Rolled back: nothing.
         let mut app = storage.appender();
         app.append_exemplar(r, &ex, 3_500, 0.02);
         app.rollback();
         drop(app);
-        storage.with_wal(|w| w.sync()).unwrap();
+        storage.sync().unwrap();
 
-        let got = read_exemplars(dir.path());
-        type View = (u64, i64, f64, Vec<(String, String)>);
+        let (_, got) = read_all(dir.path());
+        type View = (SeriesRef, i64, f64, Vec<(String, String)>);
         let view: Vec<View> = got
             .iter()
             .map(|e| {
@@ -366,7 +702,123 @@ mod tests {
                 (r, 990, 0.07, l("abc")),
                 (r, 2_500, 0.09, l("abc")),
                 (r, 2_600, 0.01, l(&"x".repeat(120))),
+                (r, 2_600, 0.01, l("abd")),
             ]
         );
+    }
+
+    /// With a hasher that maps every label set to 0, every series is still its own: distinct
+    /// refs, its own Series record, found again by its labels, also after a restart.
+    #[test]
+    fn colliding_hashes_keep_series_apart_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let collide = Hasher::with_bits(1, 0);
+        let sets: Vec<Labels> = (0..50)
+            .map(|i| Labels::from_pairs([("__name__", "m"), ("i", i.to_string().as_str())]))
+            .collect();
+        let storage = open(dir.path(), collide);
+        let mut app = storage.appender();
+        let refs: Vec<SeriesRef> = sets.iter().map(|l| app.new_series(l.clone()).0).collect();
+        for (i, r) in refs.iter().enumerate() {
+            app.append(*r, 1000, i as f64);
+        }
+        app.commit().unwrap();
+        drop(app);
+        let unique: std::collections::BTreeSet<_> = refs.iter().collect();
+        assert_eq!(unique.len(), 50);
+        // Found again by labels, with the table's copy.
+        let mut app = storage.appender();
+        for (l, r) in sets.iter().zip(&refs) {
+            let (again, shared) = app.new_series(Labels::from_pairs(l.iter()));
+            assert_eq!((again, &shared), (*r, l));
+            assert!(
+                shared.ptr_eq(l),
+                "the table's copy is shared, not a new one"
+            );
+        }
+        app.commit().unwrap();
+        drop(app);
+        storage.sync().unwrap();
+        let (series, _) = read_all(dir.path());
+        assert_eq!(
+            series,
+            refs.iter()
+                .copied()
+                .zip(sets.iter().cloned())
+                .collect::<Vec<_>>()
+        );
+        drop(storage);
+
+        let storage = open(dir.path(), collide);
+        assert_eq!(storage.series_count(), 50);
+        let mut app = storage.appender();
+        for (l, r) in sets.iter().zip(&refs) {
+            assert_eq!(app.new_series(l.clone()).0, *r);
+        }
+        let (r, _) = app.new_series(Labels::from_pairs([("__name__", "new")]));
+        assert_eq!(r, SeriesRef(51));
+        assert!(storage
+            .shared_labels()
+            .shared(refs[3], sets[3].as_view())
+            .is_some_and(|l| l == sets[3]));
+        assert!(storage
+            .shared_labels()
+            .shared(refs[3], sets[4].as_view())
+            .is_none());
+    }
+
+    #[test]
+    fn gc_forgets_idle_series_and_the_checkpoint_keeps_what_is_still_referred_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, replay) = Wal::open(
+            dir.path(),
+            WalOptions {
+                segment_size: 32 * 1024,
+                compress: false,
+            },
+        )
+        .unwrap();
+        let storage = WalStorage::with_hasher("i", wal, &replay, Hasher::with_bits(0, 2));
+        let labels =
+            |i: usize| Labels::from_pairs([("__name__", "m"), ("i", i.to_string().as_str())]);
+        let mut refs = Vec::new();
+        // 10 series; 0..5 stop at t=100, 5..10 continue to t=1000. Big enough records to fill
+        // several segments.
+        for round in 0..120i64 {
+            let mut app = storage.appender();
+            for i in 0..10 {
+                if round > 0 && i < 5 && round * 25 > 100 {
+                    continue;
+                }
+                let (r, _) = app.new_series(labels(i));
+                if round == 0 {
+                    refs.push(r);
+                }
+                for k in 0..40 {
+                    app.append(r, round * 25 + k, 1.0);
+                }
+            }
+            app.commit().unwrap();
+        }
+        assert_eq!(storage.series_count(), 10);
+        let segments = crate::wal::segment::list_segments(dir.path()).unwrap();
+        assert!(segments.len() >= 4, "{segments:?}");
+        let generation = storage.generation();
+        let stats = storage
+            .truncate(Cut::from(500))
+            .unwrap()
+            .expect("a checkpoint");
+        assert_eq!(storage.series_count(), 5);
+        assert!(storage.generation() > generation);
+        let mut live = refs.clone();
+        storage.retain_live(&mut live);
+        assert_eq!(live, refs[5..]);
+        // The idle series were collected in the segment being written, after the checkpoint:
+        // their Series records stay until a later checkpoint passes that segment.
+        assert!(stats.dropped_refs.is_empty(), "{stats:?}");
+        // A new series with the labels of a collected one gets a new ref.
+        let mut app = storage.appender();
+        let (again, _) = app.new_series(labels(0));
+        assert_ne!(again, refs[0]);
     }
 }

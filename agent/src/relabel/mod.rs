@@ -1,5 +1,5 @@
-//! The relabelling engine, behaving as Prometheus 2.42's `model/relabel.Process`, and the
-//! label set types it works on.
+//! The relabelling engine, behaving as Prometheus 2.42's `model/relabel.Process`, on
+//! [`crate::labels`]'s label sets.
 //!
 //! Rules are applied in order to a [`LabelsBuilder`]; each rule reads the state left by the
 //! previous one. For every action, `value` below is the values of `source_labels` (a missing
@@ -25,10 +25,6 @@
 //! expanded name instead); with a templated `target_label` they delete nothing, because such a
 //! name can never be present.
 
-mod labels;
-
-pub use labels::{go_quote, write_go_quoted, Labels, LabelsBuilder, LabelsIter};
-
 use std::fmt::Write as _;
 
 use md5::Digest;
@@ -36,6 +32,7 @@ use md5::Digest;
 use crate::config::regex::PromRegex;
 use crate::config::relabel::{Action, RelabelConfig, DEFAULT_REGEX};
 use crate::config::url::is_valid_label_name;
+use crate::labels::{Labels, LabelsBuilder};
 
 /// Applies `rules` in order to `lb`. Returns `false` when a rule dropped the series (the
 /// builder's contents are then unspecified).

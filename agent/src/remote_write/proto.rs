@@ -25,6 +25,8 @@
 
 use prost::Message;
 
+use crate::labels::LabelsRef;
+
 /// `prometheus.WriteRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WriteRequest {
@@ -145,11 +147,16 @@ pub struct SeriesRef<'a> {
     pub exemplars: &'a [Exemplar],
 }
 
-/// A series' labels, as structs or already encoded ([`EncodedLabels`]).
+/// A series' labels: structs, or a packed [`Labels`](crate::labels::Labels) set (the form the
+/// queue keeps, shared with the instance) with the endpoint's external labels merged in.
 #[derive(Debug, Clone, Copy)]
 pub enum SeriesLabels<'a> {
     Labels(&'a [Label]),
-    Encoded(&'a EncodedLabels),
+    /// Sorted `labels`, plus each of the sorted `external` labels whose name they lack.
+    Packed {
+        labels: LabelsRef<'a>,
+        external: Option<LabelsRef<'a>>,
+    },
 }
 
 impl<'a> From<&'a [Label]> for SeriesLabels<'a> {
@@ -170,44 +177,44 @@ impl<'a, const N: usize> From<&'a [Label; N]> for SeriesLabels<'a> {
     }
 }
 
-impl<'a> From<&'a EncodedLabels> for SeriesLabels<'a> {
-    fn from(l: &'a EncodedLabels) -> Self {
-        SeriesLabels::Encoded(l)
+impl<'a> From<&'a crate::labels::Labels> for SeriesLabels<'a> {
+    fn from(l: &'a crate::labels::Labels) -> Self {
+        SeriesLabels::Packed {
+            labels: l.as_view(),
+            external: None,
+        }
     }
 }
 
-/// A sorted label set stored as the bytes it has inside a `TimeSeries`: the `labels` fields
-/// (`0x0a <len> 0x0a <len> name 0x12 <len> value`, one per label), in one allocation.
-/// The queue manager keeps each series' labels like this: about the size of the label text
-/// instead of two `String`s per label, and encoding a sample copies the bytes.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EncodedLabels(Box<[u8]>);
-
-impl std::fmt::Debug for EncodedLabels {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.to_labels()).finish()
-    }
+/// The pairs of `labels` merged with those of `external` whose name `labels` lacks, in name
+/// order (both are sorted).
+fn merged<'a>(
+    labels: LabelsRef<'a>,
+    external: Option<LabelsRef<'a>>,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    let mut a = labels.iter().peekable();
+    let mut b = external
+        .map(LabelsRef::iter)
+        .into_iter()
+        .flatten()
+        .peekable();
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) => match x.0.cmp(y.0) {
+            std::cmp::Ordering::Less => a.next(),
+            std::cmp::Ordering::Greater => b.next(),
+            std::cmp::Ordering::Equal => {
+                b.next();
+                a.next()
+            }
+        },
+        (Some(_), None) => a.next(),
+        (None, Some(_)) => b.next(),
+        (None, None) => None,
+    })
 }
 
-impl EncodedLabels {
-    /// Encodes `labels`, which must be sorted by name.
-    pub fn new(labels: &[Label]) -> Self {
-        let mut buf = Vec::with_capacity(labels_len(labels));
-        put_labels(&mut buf, 1, labels);
-        EncodedLabels(buf.into_boxed_slice())
-    }
-
-    /// The encoded bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// Decodes the labels back (for tests and debugging; the bytes were written by
-    /// [`EncodedLabels::new`], so they always decode).
-    pub fn to_labels(&self) -> Vec<Label> {
-        let ts = <TimeSeries as prost::Message>::decode(&*self.0).unwrap_or_default();
-        ts.labels
-    }
+fn pair_body_len(n: &str, v: &str) -> usize {
+    string_field_len(n) + string_field_len(v)
 }
 
 /// Writes `WriteRequest`s into buffers it keeps and reuses, then snappy-compresses them.
@@ -336,7 +343,9 @@ fn exemplar_body_len(e: &Exemplar) -> usize {
 fn series_labels_len(l: SeriesLabels<'_>) -> usize {
     match l {
         SeriesLabels::Labels(l) => labels_len(l),
-        SeriesLabels::Encoded(e) => e.0.len(),
+        SeriesLabels::Packed { labels, external } => merged(labels, external)
+            .map(|(n, v)| len_field(pair_body_len(n, v)))
+            .sum(),
     }
 }
 
@@ -399,7 +408,14 @@ impl WriteRequestEncoder {
             put_varint(buf, series_body_len(&s) as u64);
             match s.labels {
                 SeriesLabels::Labels(l) => put_labels(buf, 1, l),
-                SeriesLabels::Encoded(e) => buf.extend_from_slice(&e.0),
+                SeriesLabels::Packed { labels, external } => {
+                    for (n, v) in merged(labels, external) {
+                        buf.push(key(1, LEN));
+                        put_varint(buf, pair_body_len(n, v) as u64);
+                        put_string(buf, 1, n);
+                        put_string(buf, 2, v);
+                    }
+                }
             }
             for x in s.samples {
                 buf.push(key(2, LEN));
@@ -681,6 +697,33 @@ mod tests {
     }
 
     proptest! {
+        /// Packed labels with external labels merged in encode as the prost model of the
+        /// merged set (the series' own value wins), sorted by name.
+        #[test]
+        fn packed_labels_with_external_labels_match_prost(
+            own in prop::collection::btree_map("[a-e_]{1,3}", "[x-z]{1,3}", 0..6),
+            ext in prop::collection::btree_map("[a-e_]{1,3}", "[0-2]{1,3}", 0..4),
+            value in arb_value(),
+        ) {
+            let labels = crate::labels::Labels::from_pairs(own.iter());
+            let external = crate::labels::Labels::from_pairs(ext.iter());
+            let mut all = ext.clone();
+            all.extend(own.clone());
+            let want_labels: Vec<Label> = all.iter().map(|(n, v)| Label::new(n, v)).collect();
+            let samples = [Sample { value, timestamp: 5 }];
+            let want = WriteRequest {
+                timeseries: vec![TimeSeries { labels: want_labels, samples: samples.to_vec(), exemplars: vec![] }],
+                metadata: vec![],
+            }.to_protobuf();
+            let mut enc = WriteRequestEncoder::new();
+            enc.encode_protobuf([SeriesRef {
+                labels: SeriesLabels::Packed { labels: labels.as_view(), external: Some(external.as_view()) },
+                samples: &samples,
+                exemplars: &[],
+            }], &[]);
+            prop_assert_eq!(enc.last_protobuf(), want.as_slice());
+        }
+
         /// The buffer-reusing encoder writes exactly what prost writes for the same request,
         /// including across reuse of one encoder.
         #[test]
@@ -701,17 +744,7 @@ mod tests {
                 prop_assert_eq!(enc.last_protobuf(), want.as_slice());
                 let back = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
                 prop_assert_eq!(back, want.clone());
-                // Pre-encoded labels (as the queue stores them) give the same bytes.
-                let encoded: Vec<EncodedLabels> =
-                    series.iter().map(|s| EncodedLabels::new(&s.labels)).collect();
-                for (e, s) in encoded.iter().zip(&series) {
-                    prop_assert_eq!(&e.to_labels(), &s.labels);
-                }
-                let views = series.iter().zip(&encoded).map(|(s, e)| SeriesRef {
-                    labels: e.into(), samples: &s.samples, exemplars: &s.exemplars,
-                });
-                enc.encode_protobuf(views, &metadata);
-                prop_assert_eq!(enc.last_protobuf(), want.as_slice());
+
             }
         }
     }

@@ -4,8 +4,9 @@
 //! Data flow:
 //!
 //! ```text
-//! store_series(ref, labels) ──► series table: ref → labels + external labels, filtered,
-//!                               sorted (or "dropped")
+//! store_series(ref, labels) ──► series table: ref → the instance's shared labels (external
+//!                               labels merged in when a request is encoded), or labels of
+//!                               its own when write relabelling changed them, or "dropped"
 //! append_samples([(ref,t,v)]) ─► shard[ref % n] (bounded channel of `capacity` samples;
 //!                               the caller waits when it is full: the WAL is the buffer)
 //! append_exemplars([(ref,ex)]) ► the same shard and channel (only with `send_exemplars`)
@@ -44,7 +45,7 @@
 //! waits until they have sent everything (so per-series order holds across the change) and
 //! starts the new ones.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -58,35 +59,41 @@ use tracing::Instrument;
 use super::client::{ClientError, ClientSettings, RemoteClient, SendError};
 use super::metrics::{EndpointMetrics, RemoteWriteMetrics};
 use super::proto::{
-    EncodedLabels, Exemplar, Label, MetricMetadata, Sample, SeriesRef as ProtoSeries,
-    WriteRequestEncoder,
+    Exemplar, MetricMetadata, Sample, SeriesLabels, SeriesRef as ProtoSeries, WriteRequestEncoder,
 };
 use crate::config::instance::RemoteWriteConfig;
 use crate::config::remote_write::QueueConfig;
-
-/// A series reference as the WAL assigns it (`chunks.HeadSeriesRef`).
-pub type SeriesRef = u64;
+pub use crate::labels::SeriesRef;
+use crate::labels::{Labels, LabelsBuilder, RefMap};
 
 /// The series filter the instance provides (its `write_relabel_configs`): called once per
 /// series with its labels (external labels already added); may rewrite them; `false` drops the
 /// series and every sample of it.
-pub type SeriesFilter = Box<dyn Fn(&mut Vec<(String, String)>) -> bool + Send + Sync>;
+pub type SeriesFilter = Box<dyn Fn(&mut LabelsBuilder) -> bool + Send + Sync>;
 
 /// The shard a series is sent by, for `n` shards (Prometheus's `ref % n`).
 pub fn shard_for(series: SeriesRef, n: usize) -> usize {
-    (series % n.max(1) as u64) as usize
+    (series.0 % n.max(1) as u64) as usize
 }
 
 /// Adds each external label the series lacks; a label the series has keeps its own value.
-pub fn add_external_labels(
-    labels: &mut Vec<(String, String)>,
-    external: &BTreeMap<String, String>,
-) {
-    for (name, value) in external {
-        if !labels.iter().any(|(n, _)| n == name) {
-            labels.push((name.clone(), value.clone()));
+pub fn add_external_labels(labels: &mut LabelsBuilder, external: &Labels) {
+    for (name, value) in external.iter() {
+        if labels.get(name).is_none() {
+            labels.set(name, value);
         }
     }
+}
+
+/// Whether `labels` are as the builder makes them: sorted by name, names unique, no empty
+/// value. Then, without write relabelling, they can be sent as they are (plus external labels).
+fn canonical(labels: &Labels) -> bool {
+    let mut prev: Option<&str> = None;
+    labels.iter().all(|(n, v)| {
+        let ok = !v.is_empty() && prev.is_none_or(|p| p < n);
+        prev = Some(n);
+        ok
+    })
 }
 
 /// How the queue behaves, from the remote_write entry and the instance.
@@ -146,8 +153,9 @@ pub struct FlushReport {
 /// pays 8 bytes for the option. The series' labels are looked up in the series table when
 /// the batch is encoded (once per sample, under one read lock per batch), not carried here:
 /// cloning a label `Arc` per sample cost an atomic increment and decrement on a counter that
-/// is a cache miss at 100k series. Series are only ever added or replaced, never removed, so
-/// a series stored when its sample was queued is still there at encode time.
+/// is a cache miss at 100k series. A series stored when its sample was queued is still there
+/// at encode time: series are removed only once every sample queued before the removal was
+/// asked for has finished (see [`QueueManager::forget_series`]).
 struct Pending {
     series: SeriesRef,
     t: i64,
@@ -155,46 +163,33 @@ struct Pending {
     exemplar: Option<Box<Exemplar>>,
 }
 
+/// What the table holds for a series.
 enum SeriesEntry {
-    /// The final labels, already protobuf-encoded: one allocation about the size of the label
-    /// text (a `Vec<Label>` with two `String`s per label was ~890 B per series), copied as is
-    /// into each request.
-    Kept(EncodedLabels),
+    /// The instance's shared labels (the same allocation as its series table and scrape
+    /// caches), sent with the endpoint's external labels merged in (where the series lacks the
+    /// name) when a request is encoded.
+    Shared(Labels),
+    /// Labels of its own, sent as they are: write relabelling changed the series (external
+    /// labels already included).
+    Own(Labels),
     Dropped,
 }
 
-/// A multiply-shift hasher for `u64` keys (the FxHash step): series refs are not chosen by an
-/// attacker (they come from our own WAL), so SipHash's DoS resistance buys nothing here.
-#[derive(Default, Clone, Copy)]
-struct RefHasher(u64);
-
-impl std::hash::Hasher for RefHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-type RefMap<V> = HashMap<SeriesRef, V, std::hash::BuildHasherDefault<RefHasher>>;
-
 /// The series table, ref → entry. Our WAL assigns refs densely and in order, so most refs
-/// index a `Vec` (`dense[r - base]`); refs far outside it (a sparse or foreign WAL, a
+/// index a deque (`dense[r - base]`); refs far outside it (a sparse or foreign WAL, a
 /// checkpoint whose series were mostly dropped) go to a hash map, so memory stays bounded by
-/// the number of series whatever the refs are.
+/// the number of series whatever the refs are. Removing series (after a checkpoint dropped
+/// them) pops the front of the deque while it is empty, and once the deque is more than half
+/// holes its sparse front moves to the map: refs keep growing under series churn, the deque
+/// does not.
 #[derive(Default)]
 struct SeriesTable {
     /// The ref of `dense[0]`; set by the first stored series.
-    base: Option<SeriesRef>,
-    dense: Vec<Option<SeriesEntry>>,
+    base: Option<u64>,
+    dense: VecDeque<Option<SeriesEntry>>,
     sparse: RefMap<SeriesEntry>,
-    len: usize,
+    /// Entries in `dense`.
+    dense_len: usize,
 }
 
 impl SeriesTable {
@@ -203,15 +198,8 @@ impl SeriesTable {
     const MAX_GAP: u64 = 1024;
 
     fn get(&self, r: SeriesRef) -> Option<&SeriesEntry> {
-        if let Some(base) = self.base {
-            if let Some(slot) = r
-                .checked_sub(base)
-                .and_then(|i| usize::try_from(i).ok())
-                .and_then(|i| self.dense.get(i))
-                .and_then(Option::as_ref)
-            {
-                return Some(slot);
-            }
+        if let Some(Some(e)) = self.dense_index(r).and_then(|i| self.dense.get(i)) {
+            return Some(e);
         }
         // Not in the dense part: sparse, possibly a ref that the dense part grew over later.
         if self.sparse.is_empty() {
@@ -220,25 +208,37 @@ impl SeriesTable {
         self.sparse.get(&r)
     }
 
+    fn dense_index(&self, r: SeriesRef) -> Option<usize> {
+        r.0.checked_sub(self.base?)
+            .and_then(|i| usize::try_from(i).ok())
+    }
+
     fn insert(&mut self, r: SeriesRef, entry: SeriesEntry) {
-        let base = *self.base.get_or_insert(r);
-        if let Some(i) = r.checked_sub(base).and_then(|i| usize::try_from(i).ok()) {
+        let base = *self.base.get_or_insert(r.0);
+        if r.0 < base && self.dense_len == 0 && self.sparse.is_empty() {
+            // Empty: start the dense part here.
+            self.dense.clear();
+            self.base = Some(r.0);
+            return self.insert(r, entry);
+        }
+        if let Some(i) = self.dense_index(r) {
             let len = self.dense.len();
-            let dense = if let Some(slot) = self.dense.get_mut(i) {
-                slot.replace(entry).is_some()
+            if let Some(slot) = self.dense.get_mut(i) {
+                if slot.replace(entry).is_none() {
+                    self.dense_len += 1;
+                }
             } else {
                 let gap = (i - len) as u64;
-                if gap > Self::MAX_GAP && gap > (self.len as u64) {
+                if gap > Self::MAX_GAP && gap > (self.len() as u64) {
                     return self.insert_sparse(r, entry);
                 }
                 self.dense.resize_with(i, || None);
-                self.dense.push(Some(entry));
-                false
-            };
+                self.dense.push_back(Some(entry));
+                self.dense_len += 1;
+            }
             // A ref stored sparsely before the dense part grew over it moves here.
-            let moved = !self.sparse.is_empty() && self.sparse.remove(&r).is_some();
-            if !dense && !moved {
-                self.len += 1;
+            if !self.sparse.is_empty() {
+                self.sparse.remove(&r);
             }
             return;
         }
@@ -246,13 +246,55 @@ impl SeriesTable {
     }
 
     fn insert_sparse(&mut self, r: SeriesRef, entry: SeriesEntry) {
-        if self.sparse.insert(r, entry).is_none() {
-            self.len += 1;
+        self.sparse.insert(r, entry);
+    }
+
+    /// Forgets `r`.
+    fn remove(&mut self, r: SeriesRef) {
+        let in_dense = self
+            .dense_index(r)
+            .and_then(|i| self.dense.get_mut(i))
+            .and_then(Option::take)
+            .is_some();
+        if in_dense {
+            self.dense_len -= 1;
+        } else if !self.sparse.is_empty() {
+            self.sparse.remove(&r);
         }
     }
 
+    /// After removals: drops the empty front of the dense part and, when it is more than half
+    /// holes, moves its entries before the longest at-least-half-full suffix to the map.
+    fn compact(&mut self) {
+        while matches!(self.dense.front(), Some(None)) {
+            self.dense.pop_front();
+            if let Some(b) = &mut self.base {
+                *b += 1;
+            }
+        }
+        if self.dense.len() as u64 <= 2 * self.dense_len as u64 + Self::MAX_GAP {
+            return;
+        }
+        // The cut: the smallest index from which the rest is at least half full.
+        let (mut live, mut cut) = (0usize, self.dense.len());
+        for (i, slot) in self.dense.iter().enumerate().rev() {
+            live += usize::from(slot.is_some());
+            if 2 * live >= self.dense.len() - i {
+                cut = i;
+            }
+        }
+        let Some(base) = self.base else { return };
+        for (i, slot) in self.dense.drain(..cut).enumerate() {
+            if let Some(e) = slot {
+                self.sparse.insert(SeriesRef(base + i as u64), e);
+                self.dense_len -= 1;
+            }
+        }
+        self.base = Some(base + cut as u64);
+    }
+
     fn len(&self) -> usize {
-        self.len
+        self.dense_len + self.sparse.len()
     }
 }
 
@@ -309,6 +351,21 @@ struct Shared {
     barrier_gen: tokio::sync::watch::Sender<u64>,
     /// Written by `store_series`, read per `append_samples` call and per batch sent.
     series: RwLock<SeriesTable>,
+    /// Series to forget once the samples queued before are finished.
+    retiring: Mutex<Vec<Retiring>>,
+    /// The endpoint's external labels, sorted.
+    external: Labels,
+}
+
+/// Series waiting to be forgotten: every shard must first finish what it had queued.
+struct Retiring {
+    barrier: Vec<(Arc<ShardState>, u64)>,
+    refs: Vec<SeriesRef>,
+}
+
+fn lock_retiring(shared: &Shared) -> std::sync::MutexGuard<'_, Vec<Retiring>> {
+    // Only whole entries are pushed and removed.
+    shared.retiring.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
@@ -317,8 +374,44 @@ impl Shared {
     }
 
     fn read_series(&self) -> std::sync::RwLockReadGuard<'_, SeriesTable> {
-        // The table is only changed by whole inserts; a panic cannot leave it inconsistent.
+        // The table is only changed by whole inserts and removals; a panic cannot leave it
+        // inconsistent.
         self.series.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_series(&self) -> std::sync::RwLockWriteGuard<'_, SeriesTable> {
+        self.series.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets the retiring series whose barrier has passed (every shard finished what it
+    /// had queued when they were retired). A shard retired by resharding drained first.
+    fn retire(&self) {
+        let ready: Vec<Vec<SeriesRef>> = {
+            let mut retiring = lock_retiring(self);
+            if retiring.is_empty() {
+                return;
+            }
+            let mut ready = Vec::new();
+            retiring.retain_mut(|r| {
+                let passed = r
+                    .barrier
+                    .iter()
+                    .all(|(s, queued)| s.done.load(Ordering::Acquire) >= *queued);
+                if passed {
+                    ready.push(std::mem::take(&mut r.refs));
+                }
+                !passed
+            });
+            ready
+        };
+        if ready.is_empty() {
+            return;
+        }
+        let mut table = self.write_series();
+        for r in ready.iter().flatten() {
+            table.remove(*r);
+        }
+        table.compact();
     }
 
     fn lock_states(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ShardState>>> {
@@ -450,6 +543,7 @@ impl QueueManager {
         // Inside the current span (the instance's). At ERROR level so that it is enabled
         // whatever `--log.level` is (see agent/src/logging.rs).
         let span = tracing::error_span!("remote_write", remote_name = %client.remote_name());
+        let external = Labels::from_pairs(settings.external_labels.iter());
         let shared = Arc::new(Shared {
             span,
             client,
@@ -473,6 +567,8 @@ impl QueueManager {
             barriers: AtomicUsize::new(0),
             barrier_gen: tokio::sync::watch::channel(0).0,
             series: RwLock::new(SeriesTable::default()),
+            retiring: Mutex::new(Vec::new()),
+            external,
         });
         let shards = Arc::new(tokio::sync::RwLock::new(start_shards(&shared, initial)));
         let reshard_task = tokio::spawn(
@@ -496,39 +592,74 @@ impl QueueManager {
         &self.shared.span
     }
 
-    /// Records (or replaces) series: external labels are added where the series lacks the
-    /// name, then the filter runs, then labels with empty values are removed and the rest
-    /// sorted by name, once per series.
-    pub fn store_series(&self, series: impl IntoIterator<Item = (SeriesRef, Vec<Label>)>) {
+    /// Records (or replaces) series, once per series: the labels are kept as they are (shared
+    /// with the instance) when they are canonical and there is no write relabelling, since
+    /// external labels are merged in when a request is encoded; otherwise external labels are
+    /// added where the series lacks the name, the filter runs, labels with empty values are
+    /// removed and the result kept as the series' own labels.
+    pub fn store_series(&self, series: impl IntoIterator<Item = (SeriesRef, Labels)>) {
+        let mut lb = LabelsBuilder::new();
         let processed: Vec<(SeriesRef, SeriesEntry)> = series
             .into_iter()
-            .map(|(r, labels)| (r, self.process_series(labels)))
+            .map(|(r, labels)| (r, self.process_series(labels, &mut lb)))
             .collect();
-        let mut table = self
-            .shared
-            .series
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut table = self.shared.write_series();
         for (r, e) in processed {
             table.insert(r, e);
         }
     }
 
-    fn process_series(&self, labels: Vec<Label>) -> SeriesEntry {
-        let mut l: Vec<(String, String)> = labels.into_iter().map(|l| (l.name, l.value)).collect();
-        add_external_labels(&mut l, &self.shared.settings.external_labels);
-        if let Some(f) = &self.filter {
-            if !f(&mut l) {
+    fn process_series(&self, labels: Labels, lb: &mut LabelsBuilder) -> SeriesEntry {
+        let external = &self.shared.external;
+        let Some(filter) = &self.filter else {
+            if labels.is_empty() && external.is_empty() {
                 return SeriesEntry::Dropped;
             }
+            if canonical(&labels) {
+                return SeriesEntry::Shared(labels);
+            }
+            lb.clear();
+            for (n, v) in labels.iter() {
+                lb.set(n, v);
+            }
+            add_external_labels(lb, external);
+            return if lb.is_empty() {
+                SeriesEntry::Dropped
+            } else {
+                SeriesEntry::Own(lb.labels())
+            };
+        };
+        lb.clear();
+        for (n, v) in labels.iter() {
+            lb.set(n, v);
         }
-        l.retain(|(_, v)| !v.is_empty());
-        if l.is_empty() {
+        add_external_labels(lb, external);
+        let merged = lb.labels();
+        if !filter(lb) || lb.is_empty() {
             return SeriesEntry::Dropped;
         }
-        l.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let labels: Vec<Label> = l.into_iter().map(|(n, v)| Label::new(n, v)).collect();
-        SeriesEntry::Kept(EncodedLabels::new(&labels))
+        if lb.equals(&merged) && canonical(&labels) {
+            SeriesEntry::Shared(labels)
+        } else {
+            SeriesEntry::Own(lb.labels())
+        }
+    }
+
+    /// Forgets series no later WAL record refers to (a checkpoint dropped them, and the
+    /// watcher has read past it). The removal waits until every sample queued so far has
+    /// finished, so a queued sample always finds its series when its batch is encoded.
+    pub fn forget_series(&self, refs: Vec<SeriesRef>) {
+        if refs.is_empty() {
+            return;
+        }
+        let barrier: Vec<(Arc<ShardState>, u64)> = self
+            .shared
+            .lock_states()
+            .iter()
+            .map(|s| (s.clone(), s.queued.load(Ordering::Acquire)))
+            .collect();
+        lock_retiring(&self.shared).push(Retiring { barrier, refs });
+        self.shared.retire();
     }
 
     /// Number of series in the table (kept and dropped).
@@ -553,7 +684,7 @@ impl QueueManager {
             let table = shared.read_series();
             for &(r, t, v) in samples {
                 match table.get(r) {
-                    Some(SeriesEntry::Kept(_)) => resolved.push((
+                    Some(SeriesEntry::Shared(_) | SeriesEntry::Own(_)) => resolved.push((
                         r,
                         Pending {
                             series: r,
@@ -606,7 +737,7 @@ impl QueueManager {
             let table = shared.read_series();
             for (r, e) in exemplars {
                 match table.get(r) {
-                    Some(SeriesEntry::Kept(_)) => resolved.push((
+                    Some(SeriesEntry::Shared(_) | SeriesEntry::Own(_)) => resolved.push((
                         r,
                         Pending {
                             series: r,
@@ -987,31 +1118,41 @@ async fn send_batch(
         .map(|p| p.t)
         .max()
         .unwrap_or(NO_TIMESTAMP);
-    // One read lock per batch. Every queued entry's series was `Kept` when it was queued and
-    // entries are never removed; a series replaced since by one the filter drops (a WAL that
-    // reuses a ref for other labels, which Prometheus never writes) loses its queued entries,
-    // counted as dropped, as if they had arrived after the replacement.
+    // One read lock per batch. Every queued entry's series was kept when it was queued and is
+    // not removed before the entry is finished; a series replaced since by one the filter
+    // drops (a WAL that reuses a ref for other labels, which Prometheus never writes) loses
+    // its queued entries, counted as dropped, as if they had arrived after the replacement.
     let lost = std::cell::Cell::new((0u64, 0u64));
     let body = {
         let table = shared.read_series();
         let views = batch.iter().zip(samples.iter()).filter_map(|(p, s)| {
-            let Some(SeriesEntry::Kept(labels)) = table.get(p.series) else {
-                let (a, b) = lost.get();
-                lost.set(if p.exemplar.is_some() {
-                    (a, b + 1)
-                } else {
-                    (a + 1, b)
-                });
-                return None;
+            let labels = match table.get(p.series) {
+                Some(SeriesEntry::Shared(l)) => SeriesLabels::Packed {
+                    labels: l.as_view(),
+                    external: Some(shared.external.as_view()),
+                },
+                Some(SeriesEntry::Own(l)) => SeriesLabels::Packed {
+                    labels: l.as_view(),
+                    external: None,
+                },
+                _ => {
+                    let (a, b) = lost.get();
+                    lost.set(if p.exemplar.is_some() {
+                        (a, b + 1)
+                    } else {
+                        (a + 1, b)
+                    });
+                    return None;
+                }
             };
             Some(match &p.exemplar {
                 None => ProtoSeries {
-                    labels: labels.into(),
+                    labels,
                     samples: std::slice::from_ref(s),
                     exemplars: &[],
                 },
                 Some(e) => ProtoSeries {
-                    labels: labels.into(),
+                    labels,
                     samples: &[],
                     exemplars: std::slice::from_ref(&**e),
                 },
@@ -1068,6 +1209,7 @@ async fn send_batch(
     m.exemplars_pending.dec_by(queued_ex as i64);
     state.pending.fetch_sub(total, Ordering::AcqRel);
     state.done.fetch_add(total as u64, Ordering::AcqRel);
+    shared.retire();
     shared
         .samples_out
         .fetch_add(total as u64, Ordering::Relaxed);
@@ -1248,14 +1390,19 @@ async fn reshard_loop(shared: Arc<Shared>, shards: Arc<tokio::sync::RwLock<Shard
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote_write::proto::Label;
 
-    fn kept(name: &str) -> SeriesEntry {
-        SeriesEntry::Kept(EncodedLabels::new(&[Label::new("__name__", name)]))
+    const fn r(n: u64) -> SeriesRef {
+        SeriesRef(n)
     }
 
-    fn name_of(t: &SeriesTable, r: SeriesRef) -> Option<String> {
-        match t.get(r)? {
-            SeriesEntry::Kept(l) => Some(l.to_labels()[0].value.clone()),
+    fn kept(name: &str) -> SeriesEntry {
+        SeriesEntry::Shared(Labels::from_pairs([("__name__", name)]))
+    }
+
+    fn name_of(t: &SeriesTable, at: SeriesRef) -> Option<String> {
+        match t.get(at)? {
+            SeriesEntry::Shared(l) | SeriesEntry::Own(l) => l.get("__name__").map(str::to_owned),
             SeriesEntry::Dropped => Some("<dropped>".into()),
         }
     }
@@ -1264,51 +1411,92 @@ mod tests {
     fn series_table_is_dense_for_ordered_refs_and_correct_for_sparse_ones() {
         let mut t = SeriesTable::default();
         // A checkpoint starting at ref 1000, then refs in order with small holes.
-        for r in (1000..1100).step_by(3) {
-            t.insert(r, kept(&r.to_string()));
+        for n in (1000..1100).step_by(3) {
+            t.insert(r(n), kept(&n.to_string()));
         }
-        t.insert(1200, SeriesEntry::Dropped);
+        t.insert(r(1200), SeriesEntry::Dropped);
         // Far away, below the base, and at the very top: the sparse map.
-        t.insert(5_000_000, kept("far"));
-        t.insert(3, kept("below"));
-        t.insert(u64::MAX, kept("max"));
+        t.insert(r(5_000_000), kept("far"));
+        t.insert(r(3), kept("below"));
+        t.insert(r(u64::MAX), kept("max"));
         assert!(t.dense.len() <= 201, "dense part {}", t.dense.len());
         assert_eq!(t.sparse.len(), 3);
         assert_eq!(t.len(), 34 + 1 + 3);
-        assert_eq!(name_of(&t, 1000).as_deref(), Some("1000"));
-        assert_eq!(name_of(&t, 1099).as_deref(), Some("1099"));
-        assert_eq!(name_of(&t, 1001), None);
-        assert_eq!(name_of(&t, 1200).as_deref(), Some("<dropped>"));
-        assert_eq!(name_of(&t, 5_000_000).as_deref(), Some("far"));
-        assert_eq!(name_of(&t, 3).as_deref(), Some("below"));
-        assert_eq!(name_of(&t, u64::MAX).as_deref(), Some("max"));
-        assert_eq!(name_of(&t, 4), None);
-        assert_eq!(name_of(&t, 999), None);
+        assert_eq!(name_of(&t, r(1000)).as_deref(), Some("1000"));
+        assert_eq!(name_of(&t, r(1099)).as_deref(), Some("1099"));
+        assert_eq!(name_of(&t, r(1001)), None);
+        assert_eq!(name_of(&t, r(1200)).as_deref(), Some("<dropped>"));
+        assert_eq!(name_of(&t, r(5_000_000)).as_deref(), Some("far"));
+        assert_eq!(name_of(&t, r(3)).as_deref(), Some("below"));
+        assert_eq!(name_of(&t, r(u64::MAX)).as_deref(), Some("max"));
+        assert_eq!(name_of(&t, r(4)), None);
+        assert_eq!(name_of(&t, r(999)), None);
         // Replacing keeps the count.
-        t.insert(1000, kept("again"));
-        t.insert(3, kept("again"));
+        t.insert(r(1000), kept("again"));
+        t.insert(r(3), kept("again"));
         assert_eq!(t.len(), 38);
-        assert_eq!(name_of(&t, 1000).as_deref(), Some("again"));
-        assert_eq!(name_of(&t, 3).as_deref(), Some("again"));
+        assert_eq!(name_of(&t, r(1000)).as_deref(), Some("again"));
+        assert_eq!(name_of(&t, r(3)).as_deref(), Some("again"));
+    }
+
+    /// Under churn refs keep growing while old series are removed: the table stays the size
+    /// of what it holds, a few long-lived series included.
+    #[test]
+    fn series_table_stays_bounded_under_churn() {
+        let mut t = SeriesTable::default();
+        for n in 1..=5 {
+            t.insert(r(n), kept("long_lived"));
+        }
+        let mut next = 6u64;
+        for _round in 0..200 {
+            let batch: Vec<u64> = (next..next + 1000).collect();
+            for &n in &batch {
+                t.insert(r(n), kept("churn"));
+            }
+            for &n in &batch[..batch.len() - 100] {
+                t.remove(r(n));
+            }
+            t.compact();
+            next += 1000;
+        }
+        assert_eq!(t.len(), 5 + 200 * 100);
+        assert!(
+            t.dense.len() <= 2 * t.len() + 2 * SeriesTable::MAX_GAP as usize,
+            "dense {}",
+            t.dense.len()
+        );
+        for n in 1..=5 {
+            assert_eq!(name_of(&t, r(n)).as_deref(), Some("long_lived"));
+        }
+        assert_eq!(name_of(&t, r(next - 1)).as_deref(), Some("churn"));
+        assert_eq!(name_of(&t, r(next - 101)), None);
     }
 
     proptest::proptest! {
         #[test]
-        fn series_table_behaves_like_a_map(refs in proptest::collection::vec(
-            proptest::prop_oneof![0u64..5_000, proptest::num::u64::ANY], 0..200)) {
+        fn series_table_behaves_like_a_map(ops in proptest::collection::vec(
+            (proptest::prop_oneof![0u64..5_000, proptest::num::u64::ANY], proptest::bool::weighted(0.3)), 0..300)) {
             let mut t = SeriesTable::default();
             let mut m = std::collections::BTreeMap::new();
-            for (i, r) in refs.iter().enumerate() {
-                t.insert(*r, kept(&i.to_string()));
-                m.insert(*r, i.to_string());
+            for (i, (n, remove)) in ops.iter().enumerate() {
+                if *remove {
+                    t.remove(r(*n));
+                    m.remove(n);
+                    if i % 7 == 0 {
+                        t.compact();
+                    }
+                } else {
+                    t.insert(r(*n), kept(&i.to_string()));
+                    m.insert(*n, i.to_string());
+                }
             }
             proptest::prop_assert_eq!(t.len(), m.len());
-            for (r, name) in &m {
-                proptest::prop_assert_eq!(name_of(&t, *r), Some(name.clone()));
+            for (n, name) in &m {
+                proptest::prop_assert_eq!(name_of(&t, r(*n)), Some(name.clone()));
             }
-            for r in [0u64, 1, 4_999, 5_000, u64::MAX - 1] {
-                if !m.contains_key(&r) {
-                    proptest::prop_assert_eq!(name_of(&t, r), None);
+            for n in [0u64, 1, 4_999, 5_000, u64::MAX - 1] {
+                if !m.contains_key(&n) {
+                    proptest::prop_assert_eq!(name_of(&t, r(n)), None);
                 }
             }
         }
@@ -1317,35 +1505,24 @@ mod tests {
     #[test]
     fn shard_assignment_is_stable_and_in_range() {
         for n in 1..8 {
-            for r in [0u64, 1, 7, 12345, u64::MAX] {
-                let a = shard_for(r, n);
+            for x in [0u64, 1, 7, 12345, u64::MAX] {
+                let a = shard_for(r(x), n);
                 assert!(a < n);
-                assert_eq!(a, shard_for(r, n));
-                assert_eq!(a as u64, r % n as u64);
+                assert_eq!(a, shard_for(r(x), n));
+                assert_eq!(a as u64, x % n as u64);
             }
         }
-        assert_eq!(shard_for(5, 0), 0);
+        assert_eq!(shard_for(r(5), 0), 0);
     }
 
     #[test]
     fn external_labels_only_fill_missing_names() {
-        let mut l = vec![
-            ("__name__".to_owned(), "up".to_owned()),
-            ("cluster".to_owned(), "own".to_owned()),
-        ];
-        let ext = BTreeMap::from([
-            ("cluster".to_owned(), "ext".to_owned()),
-            ("region".to_owned(), "eu".to_owned()),
-        ]);
+        let mut l = Labels::from_pairs([("__name__", "up"), ("cluster", "own")]).builder();
+        let ext = Labels::from_pairs([("cluster", "ext"), ("region", "eu")]);
         add_external_labels(&mut l, &ext);
-        l.sort();
         assert_eq!(
-            l,
-            vec![
-                ("__name__".to_owned(), "up".to_owned()),
-                ("cluster".to_owned(), "own".to_owned()),
-                ("region".to_owned(), "eu".to_owned()),
-            ]
+            l.labels(),
+            Labels::from_pairs([("__name__", "up"), ("cluster", "own"), ("region", "eu")])
         );
     }
 
@@ -1419,11 +1596,14 @@ mod tests {
         for send in [true, false] {
             let (url, got) = receiver().await;
             let q = queue(url, send, 500);
-            q.store_series([(1, vec![Label::new("__name__", "rpc_bucket")])]);
-            q.append_samples(&[(1, 1_000, 1.0)]).await.unwrap();
-            q.append_exemplars(vec![(1, exemplar("abc", 900)), (7, exemplar("lost", 950))])
-                .await
-                .unwrap();
+            q.store_series([(r(1), Labels::from_pairs([("__name__", "rpc_bucket")]))]);
+            q.append_samples(&[(r(1), 1_000, 1.0)]).await.unwrap();
+            q.append_exemplars(vec![
+                (r(1), exemplar("abc", 900)),
+                (r(7), exemplar("lost", 950)),
+            ])
+            .await
+            .unwrap();
             let report = q.flush(Instant::now() + Duration::from_secs(5)).await;
             assert!(report.complete);
             let series: Vec<_> = got
@@ -1459,16 +1639,53 @@ mod tests {
         }
     }
 
+    /// A series forgotten while samples of it are queued keeps its labels until they are
+    /// sent; then the table shrinks.
+    #[tokio::test]
+    async fn forgotten_series_wait_for_their_queued_samples() {
+        let (url, got) = receiver().await;
+        let q = queue(url, false, 500);
+        let l = |n: &str| Labels::from_pairs([("__name__", n)]);
+        q.store_series([(r(1), l("a")), (r(2), l("b"))]);
+        q.append_samples(&[(r(1), 1_000, 1.0), (r(2), 1_000, 2.0)])
+            .await
+            .unwrap();
+        // The batch waits for its 20 ms deadline: both samples are still queued.
+        q.forget_series(vec![r(1)]);
+        assert_eq!(q.series_count(), 2, "not before its queued sample is sent");
+        assert!(
+            q.flush(Instant::now() + Duration::from_secs(5))
+                .await
+                .complete
+        );
+        let mut names: Vec<String> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|req| req.timeseries.iter())
+            .map(|ts| ts.labels[0].value.clone())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(q.shared.metrics.samples_dropped.get(), 0);
+        assert_eq!(q.series_count(), 1);
+    }
+
     #[tokio::test]
     async fn delivered_through_waits_for_the_read_commit_and_its_samples() {
         let (url, got) = receiver().await;
         let q = Arc::new(queue(url, false, 500));
-        q.store_series((1..=8).map(|r| (r, vec![Label::new("__name__", format!("m{r}"))])));
+        q.store_series((1..=8).map(|n| {
+            (
+                r(n),
+                Labels::from_pairs([("__name__", format!("m{n}").as_str())]),
+            )
+        }));
         let barrier = {
             let q = q.clone();
             tokio::spawn(async move { q.delivered_through(3).await })
         };
-        q.append_samples(&(1..=8).map(|r| (r, 1_000, 1.0)).collect::<Vec<_>>())
+        q.append_samples(&(1..=8).map(|n| (r(n), 1_000, 1.0)).collect::<Vec<_>>())
             .await
             .unwrap();
         q.read_through(2);
@@ -1481,7 +1698,7 @@ mod tests {
         .await
         .ok();
         assert!(!barrier.is_finished(), "resolved before commit 3 was read");
-        q.append_samples(&[(1, 2_000, 2.0), (5, 2_000, 2.0)])
+        q.append_samples(&[(r(1), 2_000, 2.0), (r(5), 2_000, 2.0)])
             .await
             .unwrap();
         q.read_through(3);

@@ -38,26 +38,30 @@ use tracing::Instrument;
 
 use super::proto::{Exemplar, Label};
 use super::queue::{QueueManager, SentMarks};
+use crate::labels::{SeriesRef, SharedLabels};
 use crate::wal::checkpoint;
 use crate::wal::live::{segment_numbers, LiveReader, Position};
 use crate::wal::reader::Reader;
 use crate::wal::record;
+use crate::wal::DroppedSeries;
 
 /// What one poll found. Series records are not collected here: they go to the queue's table
 /// as each record is read (before any sample of the poll is appended, which is all the order
-/// needs), so a poll over a WAL full of new series never holds them all as `Vec<Label>`s at
-/// once (that transient copy set agentctl's peak RSS).
+/// needs), so a poll over a WAL full of new series never holds copies of them all at once.
 #[derive(Default)]
 struct Batch {
-    samples: Vec<(u64, i64, f64)>,
-    exemplars: Vec<(u64, Exemplar)>,
+    samples: Vec<(SeriesRef, i64, f64)>,
+    exemplars: Vec<(SeriesRef, Exemplar)>,
     errors: Vec<String>,
 }
 
-/// What the watcher reads besides series and samples.
-#[derive(Clone, Copy)]
+/// What the watcher reads besides series and samples, and where it finds shared labels.
+#[derive(Clone)]
 struct Wanted {
     exemplars: bool,
+    /// The instance's series table: a series read back from the WAL takes the table's copy of
+    /// its labels when the table still has that ref with those labels.
+    shared: Option<Arc<dyn SharedLabels>>,
 }
 
 impl Batch {
@@ -66,23 +70,20 @@ impl Batch {
         queue: &QueueManager,
         rec: &[u8],
         after: Option<&SentMarks>,
-        scratch: &mut Vec<(u64, i64, f64)>,
-        wanted: Wanted,
+        scratch: &mut Vec<(SeriesRef, i64, f64)>,
+        wanted: &Wanted,
     ) {
         match record::record_type(rec) {
             Some(record::SERIES) => {
-                let mut out = Vec::new();
-                match record::decode_series(rec, &mut out) {
-                    Ok(()) => queue.store_series(out.into_iter().map(|(r, l)| {
-                        (
-                            r,
-                            l.iter()
-                                .map(|(n, v)| Label {
-                                    name: n.to_owned(),
-                                    value: v.to_owned(),
-                                })
-                                .collect(),
-                        )
+                // Validate the whole record first, so a bad record stores nothing.
+                let entries: Result<Vec<_>, _> = match record::series_iter(rec) {
+                    Ok(it) => it.collect(),
+                    Err(e) => Err(e),
+                };
+                match entries {
+                    Ok(entries) => queue.store_series(entries.into_iter().map(|(r, l)| {
+                        let shared = wanted.shared.as_ref().and_then(|s| s.shared(r, l));
+                        (r, shared.unwrap_or_else(|| l.to_owned()))
                     })),
                     Err(e) => self.errors.push(e.to_string()),
                 }
@@ -230,18 +231,49 @@ async fn save_on_progress(queue: Arc<QueueManager>, path: PathBuf, shutdown: Can
     }
 }
 
+/// What the watcher gets from the instance that writes the WAL.
+pub struct FromWriter {
+    /// Its series table: a series read back from the WAL shares the table's labels instead of
+    /// keeping a copy (see [`SharedLabels`]).
+    pub shared: Arc<dyn SharedLabels>,
+    /// The series its checkpoints drop, from the point the watcher starts: forgotten by the
+    /// queue once the watcher has read past each checkpoint (see [`DroppedSeries`]). Take it
+    /// before starting the watcher.
+    pub dropped: Arc<DroppedSeries>,
+}
+
+/// Follows `dropped` as far as the reader, now at `segment`, has passed: the queue forgets
+/// the series of each checkpoint before `segment`.
+fn forget_dropped(dropped: &mut Arc<DroppedSeries>, segment: u32, queue: &QueueManager) {
+    while let Some(next) = dropped.next().cloned() {
+        if segment <= next.checkpoint {
+            return;
+        }
+        queue.forget_series(next.refs.clone());
+        *dropped = next;
+    }
+}
+
 /// Runs until `shutdown`; returns when the queue is stopped or the WAL directory is gone. Run
 /// it in the queue's span ([`QueueManager::span`]): its log lines name the endpoint from there.
+/// Without `from_writer` (a WAL nobody is writing in this process) the watcher keeps its own
+/// copies of the labels and forgets nothing.
 pub async fn run(
     wal_dir: PathBuf,
     queue: Arc<QueueManager>,
     progress_file: PathBuf,
     mut commits: watch::Receiver<u64>,
+    from_writer: Option<FromWriter>,
     shutdown: CancellationToken,
 ) {
+    let (shared, mut dropped) = match from_writer {
+        Some(f) => (Some(f.shared), Some(f.dropped)),
+        None => (None, None),
+    };
     let after = read_marks(&progress_file);
     let wanted = Wanted {
         exemplars: queue.sends_exemplars(),
+        shared,
     };
     tracing::info!(wal = %wal_dir.display(), resume_after_ms = ?after.as_ref().map(|m| m.lowest),
         resume_shards = after.as_ref().map_or(0, |m| m.shards.len()), "remote_write: reading the WAL");
@@ -257,6 +289,7 @@ pub async fn run(
     let after = Arc::new(after);
     let marks = after.clone();
     let q = queue.clone();
+    let w = wanted.clone();
     let start = tokio::task::spawn_blocking(move || -> Result<(Batch, Position), String> {
         let after = marks.as_ref().as_ref();
         let mut batch = Batch::default();
@@ -266,7 +299,7 @@ pub async fn run(
             let mut r =
                 Reader::new(checkpoint::checkpoint_sources(&cp_dir).map_err(|e| e.to_string())?);
             while r.next_record().map_err(|e| e.to_string())? {
-                batch.absorb(&q, r.record(), after, &mut scratch, wanted);
+                batch.absorb(&q, r.record(), after, &mut scratch, &w);
             }
             first_segment = cp + 1;
         }
@@ -309,11 +342,12 @@ pub async fn run(
         let seen = *commits.borrow_and_update();
         let after = after.clone();
         let q = queue.clone();
+        let w = wanted.clone();
         let polled = tokio::task::spawn_blocking(move || {
             let after = after.as_ref().as_ref();
             let mut batch = Batch::default();
             let mut scratch = Vec::new();
-            let res = r.poll(|rec| batch.absorb(&q, rec, after, &mut scratch, wanted));
+            let res = r.poll(|rec| batch.absorb(&q, rec, after, &mut scratch, &w));
             (r, batch, res)
         })
         .await;
@@ -324,6 +358,9 @@ pub async fn run(
                 break;
             }
         };
+        if let Some(d) = &mut dropped {
+            forget_dropped(d, r.position().segment, &queue);
+        }
         reader = Some(r);
         if let Err(e) = &res {
             tracing::error!(error = %e, "remote_write: cannot read the WAL tail; retrying");
@@ -417,12 +454,12 @@ mod tests {
     #[test]
     fn each_series_resumes_after_its_shards_mark() {
         let m = marks(1000, &[1000, 3000, 2000]);
-        assert_eq!(m.for_series(0), 1000);
-        assert_eq!(m.for_series(1), 3000);
-        assert_eq!(m.for_series(5), 2000);
-        assert_eq!(marks(1000, &[]).for_series(7), 1000);
+        assert_eq!(m.for_series(SeriesRef(0)), 1000);
+        assert_eq!(m.for_series(SeriesRef(1)), 3000);
+        assert_eq!(m.for_series(SeriesRef(5)), 2000);
+        assert_eq!(marks(1000, &[]).for_series(SeriesRef(7)), 1000);
         // A shard mark below the lowest (a hand-edited file) never goes below it.
-        assert_eq!(marks(1000, &[500]).for_series(0), 1000);
+        assert_eq!(marks(1000, &[500]).for_series(SeriesRef(0)), 1000);
     }
 
     #[test]

@@ -2,27 +2,29 @@
 //! implementation for tests.
 //!
 //! A scrape writes through one [`Appender`] obtained from a [`Storage`]: new series are
-//! registered once with [`Appender::new_series`], which hands back a [`SeriesRef`] the scrape
-//! loop caches and uses for every later sample of that series; the batch ends with exactly one
-//! of [`Appender::commit`] or [`Appender::rollback`].
+//! registered once with [`Appender::new_series`], which hands back a [`SeriesRef`] and the
+//! storage's shared copy of the labels; the scrape loop caches both and uses the ref for every
+//! later sample of that series; the batch ends with exactly one of [`Appender::commit`] or
+//! [`Appender::rollback`].
 //!
 //! Contract for implementations:
 //! * A ref returned by `new_series` stays valid after the batch ends, whether it was committed
 //!   or rolled back (Prometheus's head behaves the same: series creation is not transactional).
 //!   The scrape loop keeps refs in its cache across scrapes and forgets them when a series has
 //!   not been seen in a successful scrape.
-//! * Calling `new_series` again with labels the storage already knows may return the existing
-//!   ref (and should, to avoid duplicate series records).
+//! * Calling `new_series` again with labels the storage already knows returns the existing
+//!   ref and the storage's copy of the labels (equal labels, not equal hashes).
+//! * A storage may forget series that received no sample for a while (garbage collection);
+//!   it then bumps [`Storage::generation`], and a cache of refs drops the refs
+//!   [`Storage::retain_live`] no longer keeps, so their series are registered again.
 //! * Samples and exemplars become visible only on `commit`.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use thiserror::Error;
 
-use crate::relabel::Labels;
-
-/// Identifies a series within one [`Storage`]; assigned by the storage.
-pub type SeriesRef = u64;
+pub use crate::labels::SeriesRef;
+use crate::labels::{Hasher, Labels};
 
 /// The bit pattern of Prometheus's staleness marker (`value.StaleNaN`). It is a NaN that no
 /// parser produces (a NaN in a body is stored as `0x7ff8000000000001`), so readers can tell
@@ -49,9 +51,10 @@ pub enum AppendError {
 
 /// One batch of writes (one scrape). See the module docs for the contract.
 pub trait Appender: Send {
-    /// Registers a series and returns its ref. Called once per series the scrape loop has not
-    /// cached yet.
-    fn new_series(&mut self, labels: &Labels) -> SeriesRef;
+    /// Registers a series and returns its ref and the storage's copy of its labels (share
+    /// it instead of keeping `labels`). Called once per series the scrape loop has not cached
+    /// yet.
+    fn new_series(&mut self, labels: Labels) -> (SeriesRef, Labels);
 
     /// Adds a sample to series `r` (a ref this storage returned).
     fn append(&mut self, r: SeriesRef, t_ms: i64, v: f64);
@@ -71,6 +74,21 @@ pub trait Appender: Send {
 /// Hands out one appender per scrape. Shared by all scrape loops of an instance.
 pub trait Storage: Send + Sync {
     fn appender(&self) -> Box<dyn Appender + '_>;
+
+    /// The hasher of the storage's label tables, for the scrape caches' own tables.
+    fn hasher(&self) -> Hasher {
+        Hasher::random()
+    }
+
+    /// Changes whenever the storage forgot series (see the module docs).
+    fn generation(&self) -> u64 {
+        0
+    }
+
+    /// Keeps in `refs` only the refs the storage still has.
+    fn retain_live(&self, refs: &mut Vec<SeriesRef>) {
+        let _ = refs;
+    }
 }
 
 /// A committed sample as recorded by [`MemoryStorage`].
@@ -112,7 +130,7 @@ impl MemoryStorage {
 
     /// The labels of series `r`.
     pub fn labels(&self, r: SeriesRef) -> Option<Labels> {
-        let i = usize::try_from(r).ok()?;
+        let i = usize::try_from(r.0).ok()?;
         self.lock().series.get(i).cloned()
     }
 
@@ -126,7 +144,7 @@ impl MemoryStorage {
         let g = self.lock();
         g.samples
             .iter()
-            .map(|s| (g.series[s.series as usize].clone(), s.t_ms, s.v))
+            .map(|s| (g.series[s.series.0 as usize].clone(), s.t_ms, s.v))
             .collect()
     }
 
@@ -187,16 +205,16 @@ impl Storage for MemoryStorage {
 }
 
 impl Appender for MemoryAppender<'_> {
-    fn new_series(&mut self, labels: &Labels) -> SeriesRef {
+    fn new_series(&mut self, labels: Labels) -> (SeriesRef, Labels) {
         let mut g = self.storage.lock();
         g.new_series_calls += 1;
-        if let Some(&r) = g.by_labels.get(labels) {
-            return r;
+        if let Some(&r) = g.by_labels.get(&labels) {
+            return (r, g.series[r.0 as usize].clone());
         }
-        let r = g.series.len() as SeriesRef;
+        let r = SeriesRef(g.series.len() as u64);
         g.series.push(labels.clone());
         g.by_labels.insert(labels.clone(), r);
-        r
+        (r, labels)
     }
 
     fn append(&mut self, r: SeriesRef, t_ms: i64, v: f64) {
@@ -241,13 +259,13 @@ mod tests {
         let s = MemoryStorage::new();
         let l = Labels::from_pairs([("__name__", "a"), ("x", "1")]);
         let mut app = s.appender();
-        let r = app.new_series(&l);
+        let (r, _) = app.new_series(l.clone());
         app.append(r, 1, 1.0);
         app.rollback();
         drop(app);
         assert!(s.samples().is_empty());
         let mut app = s.appender();
-        assert_eq!(app.new_series(&l), r, "same labels, same ref");
+        assert_eq!(app.new_series(l.clone()).0, r, "same labels, same ref");
         app.append(r, 2, 2.0);
         app.commit().unwrap();
         drop(app);

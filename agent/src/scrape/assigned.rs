@@ -81,7 +81,7 @@ mod tests {
 
     use super::*;
     use crate::clock::Clock;
-    use crate::relabel::Labels;
+    use crate::labels::Labels;
     use crate::scrape::appender::{is_stale_nan, MemoryStorage};
     use crate::scrape::manager::ScrapeManager;
     use crate::scrape::target::{from_full_labels, populate_labels};

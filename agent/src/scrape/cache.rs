@@ -1,19 +1,29 @@
-//! The per-target series cache: raw series text → series ref, plus what staleness tracking
-//! and duplicate detection need, as Prometheus's `scrapeCache`.
+//! The per-target series cache: series text → series (ref and labels), plus what staleness
+//! tracking and duplicate detection need, as Prometheus's `scrapeCache`.
 //!
-//! Layout (chosen for a cheap hit and a small footprint):
-//! * `keys`: the series exactly as scraped (`Sample::series`, e.g. `http_requests_total{code="200"}`)
-//!   → the slot of its series, or [`DROPPED`] when `metric_relabel_configs` dropped it, plus the
-//!   iteration the key was last seen in. A hit costs one hash of the raw bytes and no parsing.
-//! * `slots`: one entry per distinct series (24 bytes): storage ref, label hash, last iteration
-//!   seen, and two staleness bits. Several keys can share a slot when different texts give the
-//!   same labels (whitespace, label order, or a relabelling that collapses series); sharing the
-//!   slot is what lets duplicates be detected per series rather than per text.
-//! * `by_hash`: label hash → slot, consulted only on a key miss. Like Prometheus's
-//!   `seriesCur`/`seriesPrev` maps it trusts the 64-bit hash without comparing labels.
+//! Layout:
+//! * `slots`: one entry per distinct series: the storage's shared [`Labels`] (the same
+//!   allocation the instance's series table and the remote_write tables hold, see
+//!   [`crate::labels`]), its ref, the last iteration it was seen in, and two staleness bits.
+//!   `slots_index` finds a slot by its labels (hash, then byte comparison), which links
+//!   several texts with the same labels (whitespace, label order, or a relabelling that
+//!   collapses series) to one series, so duplicates are detected per series.
+//! * `keys`: one entry per distinct series text (`Sample::series`, e.g.
+//!   `http_requests_total{code="200"}`): its hash, its slot (or [`DROPPED`] when
+//!   `metric_relabel_configs` dropped it) and the last iteration it was seen in. `keys_index`
+//!   finds a key by the text's hash; the hash only finds candidates, each is then compared with
+//!   the text exactly (below). A hit costs one hash of the raw bytes and no parsing.
 //!
-//! The labels themselves are not kept: the storage has them, and staleness markers are
-//! appended by ref. Per series this costs the key text plus about 70 bytes.
+//! **No copy of the text.** A key does not store its text when it can re-render it from the
+//! slot's labels: it keeps a *recipe*, the metric name and, for each `name="value"` pair in
+//! the order of the text, which string of the labels has exactly those bytes (one byte each),
+//! or the bytes themselves when no label string has them (a value changed by relabelling, an
+//! escaped value); punctuation is the canonical `{a="1",b="2"}`. The recipe is checked when
+//! the key is created to render exactly its text, so comparing a text with it (piece by piece,
+//! a `memcmp` per label string) is as exact as comparing with the stored text, whatever the
+//! relabelling. Texts that do not have the canonical shape (whitespace, a trailing comma) and
+//! texts dropped by relabelling (no labels to render from) keep their bytes instead. Per series
+//! this costs about 85 bytes instead of the text plus about 70.
 //!
 //! Iterations. Each scrape is one iteration. A series is *tracked* for staleness in an
 //! iteration when a sample of it was appended without an explicit timestamp (or with
@@ -26,44 +36,44 @@
 //! scrape, keys and series not seen in it are forgotten; after failed ones the cache is
 //! flushed the same way only once it has grown past twice its last successful size plus 1,000
 //! entries, so failing scrapes of a target with churning labels cannot grow it without bound.
+//!
+//! Series the storage garbage-collected (no sample for a long time, e.g. a target that was
+//! down for hours) are dropped from the cache when the storage's generation changes
+//! ([`SeriesCache::sync_with`]), so the next sample registers its series again.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
+use hashbrown::HashTable;
 
-use super::appender::SeriesRef;
+use super::appender::{SeriesRef, Storage};
+use crate::labels::{Hasher, Labels};
 
 /// Marks a key whose series `metric_relabel_configs` dropped.
 pub const DROPPED: u32 = u32::MAX;
 
-/// xxHash64 with a per-process random seed: fast on the short keys of the hot path, and the
-/// seed keeps a target from choosing series texts that collide.
-#[derive(Clone)]
-pub struct SeedState(twox_hash::xxhash64::State);
+/// Label sets with more labels than this keep their text (the recipe's index is on the stack).
+const MAX_RECIPE_LABELS: usize = 32;
 
-impl Default for SeedState {
-    fn default() -> Self {
-        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
-        SeedState(twox_hash::xxhash64::State::with_seed(seed))
-    }
+/// How a key recognises its text.
+enum KeyText {
+    /// A recipe of at most 22 bytes (see [`recipe`]).
+    Inline { len: u8, buf: [u8; 22] },
+    /// A longer recipe.
+    Recipe(Box<[u8]>),
+    /// The text itself.
+    Raw(Box<[u8]>),
 }
 
-impl BuildHasher for SeedState {
-    type Hasher = twox_hash::XxHash64;
-    fn build_hasher(&self) -> Self::Hasher {
-        self.0.build_hasher()
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct KeyEntry {
-    slot: u32,
-    last: u32,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    r: SeriesRef,
+struct Key {
     hash: u64,
+    slot: u32,
+    /// Iteration the key was last seen in (0 = free).
+    last: u32,
+    text: KeyText,
+}
+
+struct Slot {
+    /// `None` when free.
+    labels: Option<Labels>,
+    r: SeriesRef,
     /// Iteration the series was last seen in (0 = never, or free).
     last: u32,
     /// Appended without an explicit timestamp in iteration `last` (reset when `last` moves on).
@@ -75,7 +85,8 @@ struct Slot {
 /// What a key lookup found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// Unknown text: build its labels and call [`SeriesCache::insert_series`] or
+    /// Unknown text: build its labels, then [`SeriesCache::find_series`] and
+    /// [`SeriesCache::link`], or [`SeriesCache::insert_series`], or
     /// [`SeriesCache::insert_dropped`].
     Miss,
     /// Dropped by `metric_relabel_configs`.
@@ -89,48 +100,77 @@ pub enum Lookup {
 }
 
 /// See the module docs.
-#[derive(Default)]
 pub struct SeriesCache {
-    keys: HashMap<Box<[u8]>, KeyEntry, SeedState>,
+    hasher: Hasher,
+    keys: Vec<Key>,
+    free_keys: Vec<u32>,
+    keys_index: HashTable<u32>,
+    /// Keys seen in the current iteration (the steady state skips the eviction walk).
+    keys_seen: usize,
     slots: Vec<Slot>,
-    free: Vec<u32>,
-    by_hash: HashMap<u64, u32, SeedState>,
+    free_slots: Vec<u32>,
+    slots_index: HashTable<u32>,
     /// Current iteration, starting at 1 so that 0 means "never".
     iter: u32,
     successful_count: usize,
+    /// The storage generation the slots were checked against.
+    generation: u64,
 }
 
 impl SeriesCache {
-    pub fn new() -> Self {
+    pub fn new(hasher: Hasher) -> Self {
         SeriesCache {
+            hasher,
+            keys: Vec::new(),
+            free_keys: Vec::new(),
+            keys_index: HashTable::new(),
+            keys_seen: 0,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            slots_index: HashTable::new(),
             iter: 1,
-            ..Default::default()
+            successful_count: 0,
+            generation: 0,
         }
     }
 
     /// Number of cached keys (series texts, including dropped ones).
     pub fn keys(&self) -> usize {
-        self.keys.len()
+        self.keys_index.len()
     }
 
     /// Number of cached series.
     pub fn series(&self) -> usize {
-        self.by_hash.len()
+        self.slots.len() - self.free_slots.len()
+    }
+
+    /// The hasher of this cache's tables.
+    pub fn hasher(&self) -> Hasher {
+        self.hasher
     }
 
     /// Looks `key` up and marks it (and its series) seen in this iteration.
     #[inline]
     pub fn lookup(&mut self, key: &[u8]) -> Lookup {
-        let iter = self.iter;
-        let Some(k) = self.keys.get_mut(key) else {
+        let hash = self.hasher.hash_bytes(key);
+        let (keys, slots) = (&self.keys, &self.slots);
+        let Some(&k) = self
+            .keys_index
+            .find(hash, |&k| matches(&keys[k as usize], hash, key, slots))
+        else {
             return Lookup::Miss;
         };
-        k.last = iter;
+        let iter = self.iter;
+        let k = &mut self.keys[k as usize];
+        if k.last != iter {
+            k.last = iter;
+            self.keys_seen += 1;
+        }
         if k.slot == DROPPED {
             return Lookup::Dropped;
         }
         match self.slots.get_mut(k.slot as usize) {
-            Some(s) => {
+            Some(s) if s.labels.is_some() => {
                 let duplicate = s.last == iter;
                 s.tracked &= duplicate;
                 s.last = iter;
@@ -140,52 +180,80 @@ impl SeriesCache {
                     duplicate,
                 }
             }
-            // Cannot happen (slots are freed together with their keys); treat as unknown.
-            None => Lookup::Miss,
+            // Cannot happen (keys are freed with their slots); treat as unknown.
+            _ => Lookup::Miss,
         }
+    }
+
+    fn add_key(&mut self, text: &[u8], slot: u32, key_text: KeyText) {
+        let hash = self.hasher.hash_bytes(text);
+        let key = Key {
+            hash,
+            slot,
+            last: self.iter,
+            text: key_text,
+        };
+        let k = match self.free_keys.pop() {
+            Some(k) => {
+                self.keys[k as usize] = key;
+                k
+            }
+            None => {
+                self.keys.push(key);
+                (self.keys.len() - 1) as u32
+            }
+        };
+        let keys = &self.keys;
+        self.keys_index
+            .insert_unique(hash, k, |&j| keys[j as usize].hash);
+        self.keys_seen += 1;
     }
 
     /// Records that `key` is dropped by relabelling.
     pub fn insert_dropped(&mut self, key: &[u8]) {
-        self.keys.insert(
-            key.into(),
-            KeyEntry {
-                slot: DROPPED,
-                last: self.iter,
-            },
-        );
+        self.add_key(key, DROPPED, KeyText::Raw(key.into()));
     }
 
-    /// The slot and ref of the series with label hash `hash`, if cached (another text with
-    /// the same labels). The key is linked to it and both are marked seen; `duplicate` tells
-    /// whether the series was already seen in this iteration.
-    pub fn link_existing(&mut self, key: &[u8], hash: u64) -> Option<Lookup> {
-        let &slot = self.by_hash.get(&hash)?;
-        let s = self.slots.get_mut(slot as usize)?;
+    /// The slot of the cached series with exactly `labels`, if any.
+    pub fn find_series(&self, labels: &Labels) -> Option<u32> {
+        let hash = self.hasher.hash(labels.as_view());
+        let slots = &self.slots;
+        self.slots_index
+            .find(hash, |&i| slots[i as usize].labels.as_ref() == Some(labels))
+            .copied()
+    }
+
+    /// Links text `key` to the cached series in `slot` (another text with the same labels)
+    /// and marks both seen; `duplicate` tells whether the series was already seen in this
+    /// iteration.
+    pub fn link(&mut self, key: &[u8], slot: u32) -> Lookup {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return Lookup::Miss;
+        };
+        let Some(labels) = s.labels.clone() else {
+            return Lookup::Miss;
+        };
         let duplicate = s.last == self.iter;
         s.tracked &= duplicate;
         s.last = self.iter;
         let r = s.r;
-        self.keys.insert(
-            key.into(),
-            KeyEntry {
-                slot,
-                last: self.iter,
-            },
-        );
-        Some(Lookup::Series { slot, r, duplicate })
+        self.add_key(key, slot, key_text(key, &labels));
+        Lookup::Series { slot, r, duplicate }
     }
 
-    /// Caches a new series for `key` (seen in this iteration) and returns its slot.
-    pub fn insert_series(&mut self, key: &[u8], hash: u64, r: SeriesRef) -> u32 {
+    /// Caches a new series for `key` (seen in this iteration) and returns its slot. `labels`
+    /// should be the storage's shared copy.
+    pub fn insert_series(&mut self, key: &[u8], labels: Labels, r: SeriesRef) -> u32 {
+        let hash = self.hasher.hash(labels.as_view());
+        let text = key_text(key, &labels);
         let s = Slot {
+            labels: Some(labels),
             r,
-            hash,
             last: self.iter,
             tracked: false,
             in_prev: false,
         };
-        let slot = match self.free.pop() {
+        let slot = match self.free_slots.pop() {
             Some(i) => {
                 self.slots[i as usize] = s;
                 i
@@ -195,14 +263,14 @@ impl SeriesCache {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.by_hash.insert(hash, slot);
-        self.keys.insert(
-            key.into(),
-            KeyEntry {
-                slot,
-                last: self.iter,
-            },
-        );
+        let (slots, hasher) = (&self.slots, self.hasher);
+        self.slots_index.insert_unique(hash, slot, |&i| {
+            slots[i as usize]
+                .labels
+                .as_ref()
+                .map_or(0, |l| hasher.hash(l.as_view()))
+        });
+        self.add_key(key, slot, text);
         slot
     }
 
@@ -250,35 +318,315 @@ impl SeriesCache {
         }
     }
 
+    /// Drops the series `storage` garbage-collected since the last call (one atomic load
+    /// when nothing changed).
+    pub fn sync_with(&mut self, storage: &dyn Storage) {
+        let generation = storage.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let mut refs: Vec<SeriesRef> = self
+            .slots
+            .iter()
+            .filter(|s| s.labels.is_some())
+            .map(|s| s.r)
+            .collect();
+        let cached = refs.len();
+        storage.retain_live(&mut refs);
+        if refs.len() == cached {
+            return;
+        }
+        refs.sort_unstable();
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if s.labels.is_some() && refs.binary_search(&s.r).is_err() {
+                self.free_slot(i as u32);
+            }
+        }
+        self.retain_keys(|k, slots| {
+            k.slot == DROPPED
+                || slots
+                    .get(k.slot as usize)
+                    .is_some_and(|s| s.labels.is_some())
+        });
+    }
+
+    fn free_slot(&mut self, i: u32) {
+        let s = &mut self.slots[i as usize];
+        let Some(labels) = s.labels.take() else {
+            return;
+        };
+        s.last = 0;
+        s.in_prev = false;
+        s.tracked = false;
+        let hash = self.hasher.hash(labels.as_view());
+        if let Ok(e) = self.slots_index.find_entry(hash, |&j| j == i) {
+            e.remove();
+        }
+        self.free_slots.push(i);
+    }
+
+    /// Keeps the keys for which `keep` holds.
+    fn retain_keys(&mut self, keep: impl Fn(&Key, &[Slot]) -> bool) {
+        for k in 0..self.keys.len() {
+            let key = &self.keys[k];
+            if key.last == 0 || keep(key, &self.slots) {
+                continue;
+            }
+            let hash = key.hash;
+            if let Ok(e) = self.keys_index.find_entry(hash, |&j| j as usize == k) {
+                e.remove();
+            }
+            let key = &mut self.keys[k];
+            key.last = 0;
+            key.text = KeyText::Raw(Box::default());
+            self.free_keys.push(k as u32);
+        }
+    }
+
     fn iter_done(&mut self, mut flush: bool) {
-        let count = self.keys.len();
+        let count = self.keys();
         if flush {
             self.successful_count = count;
         } else if count > self.successful_count * 2 + 1000 {
             flush = true;
         }
-        if flush {
+        // Skip the walk when every key was seen (the steady state).
+        if flush && self.keys_seen < count {
             let iter = self.iter;
-            // Skip the walk when every key was seen (the steady state).
-            if self.keys.values().any(|k| k.last != iter) {
-                self.keys.retain(|_, k| k.last == iter);
-                for (i, s) in self.slots.iter_mut().enumerate() {
-                    if s.last != 0 && s.last != iter {
-                        self.by_hash.remove(&s.hash);
-                        s.last = 0;
-                        s.in_prev = false;
-                        self.free.push(i as u32);
-                    }
+            self.retain_keys(|k, _| k.last == iter);
+            for i in 0..self.slots.len() {
+                let s = &self.slots[i];
+                if s.last != 0 && s.last != iter {
+                    self.free_slot(i as u32);
                 }
             }
         }
+        self.keys_seen = 0;
         self.iter = self.iter.wrapping_add(1).max(1);
+    }
+}
+
+/// Whether `key` (with hash `hash`) is the key of `text`.
+#[inline]
+fn matches(key: &Key, hash: u64, text: &[u8], slots: &[Slot]) -> bool {
+    if key.hash != hash || key.last == 0 {
+        return false;
+    }
+    let recipe: &[u8] = match &key.text {
+        KeyText::Raw(t) => return **t == *text,
+        KeyText::Inline { len, buf } => &buf[..usize::from(*len)],
+        KeyText::Recipe(r) => r,
+    };
+    match slots.get(key.slot as usize).and_then(|s| s.labels.as_ref()) {
+        Some(labels) => recipe::renders(recipe, labels, text),
+        None => false,
+    }
+}
+
+/// How a new key for `text` (whose series has `labels`) recognises it: a recipe when one
+/// renders the text exactly, else the text.
+fn key_text(text: &[u8], labels: &Labels) -> KeyText {
+    match recipe::build(text, labels) {
+        Some(r) if r.len() <= 22 => {
+            let mut buf = [0u8; 22];
+            buf[..r.len()].copy_from_slice(&r);
+            KeyText::Inline {
+                len: r.len() as u8,
+                buf,
+            }
+        }
+        Some(r) => KeyText::Recipe(r.into_boxed_slice()),
+        None => KeyText::Raw(text.into()),
+    }
+}
+
+/// Recipes: a series text rendered from its labels.
+///
+/// ```text
+/// recipe := shape piece (name_piece value_piece)*
+/// shape  := 0xFF (a bare metric name) | k (k pairs inside braces, k <= 63)
+/// piece  := 0x00..=0x3F   value of label i
+///         | 0x40..=0x7F   name of label i - 0x40
+///         | 0x80 + n, n bytes (n <= 126): these bytes
+/// ```
+///
+/// The text it renders is `piece` alone for a bare name, else
+/// `piece{name="value",name="value"}` (no spaces, no trailing comma), the pieces as written
+/// (values with their escapes).
+mod recipe {
+    use super::{Labels, MAX_RECIPE_LABELS};
+
+    const BARE: u8 = 0xFF;
+    const NAME: u8 = 0x40;
+    const LITERAL: u8 = 0x80;
+    const MAX_LITERAL: usize = 0x7E;
+
+    /// Whether `recipe` renders exactly `text` from `labels`.
+    #[inline]
+    pub(super) fn renders(recipe: &[u8], labels: &Labels, text: &[u8]) -> bool {
+        let mut spans = [(0u16, 0u16); 2 * MAX_RECIPE_LABELS];
+        let Some(n) = labels.as_view().spans(&mut spans) else {
+            return false;
+        };
+        let r = Render {
+            bytes: labels.bytes(),
+            spans: &spans[..n],
+            text,
+        };
+        r.run(recipe).unwrap_or(false)
+    }
+
+    struct Render<'a> {
+        bytes: &'a [u8],
+        spans: &'a [(u16, u16)],
+        text: &'a [u8],
+    }
+
+    impl Render<'_> {
+        /// `None` when the recipe is malformed.
+        fn run(&self, recipe: &[u8]) -> Option<bool> {
+            let (&shape, mut ops) = recipe.split_first()?;
+            let mut pos = 0;
+            if !self.piece(&mut ops, &mut pos)? {
+                return Some(false);
+            }
+            if shape == BARE {
+                return Some(pos == self.text.len());
+            }
+            if !self.lit(b"{", &mut pos) {
+                return Some(false);
+            }
+            for i in 0..shape {
+                if i > 0 && !self.lit(b",", &mut pos) {
+                    return Some(false);
+                }
+                if !self.piece(&mut ops, &mut pos)? || !self.lit(b"=\"", &mut pos) {
+                    return Some(false);
+                }
+                if !self.piece(&mut ops, &mut pos)? || !self.lit(b"\"", &mut pos) {
+                    return Some(false);
+                }
+            }
+            Some(self.lit(b"}", &mut pos) && pos == self.text.len())
+        }
+
+        #[inline]
+        fn lit(&self, want: &[u8], pos: &mut usize) -> bool {
+            let ok = self.text.get(*pos..*pos + want.len()) == Some(want);
+            *pos += want.len();
+            ok
+        }
+
+        /// Matches the next piece of `ops` at `pos`.
+        #[inline]
+        fn piece(&self, ops: &mut &[u8], pos: &mut usize) -> Option<bool> {
+            let (&op, rest) = ops.split_first()?;
+            let want: &[u8] = if op >= LITERAL {
+                let n = usize::from(op - LITERAL);
+                let (lit, rest) = (rest.get(..n)?, rest.get(n..)?);
+                *ops = rest;
+                lit
+            } else {
+                *ops = rest;
+                // Name i is span 2i, its value span 2i + 1.
+                let label = usize::from(op & (NAME - 1));
+                let i = if op & NAME != 0 {
+                    2 * label
+                } else {
+                    2 * label + 1
+                };
+                let &(s, e) = self.spans.get(i)?;
+                self.bytes.get(usize::from(s)..usize::from(e))?
+            };
+            Some(self.lit(want, pos))
+        }
+    }
+
+    /// A text's raw `(name, value)` pairs; `None` for a bare metric name.
+    type Pairs<'a> = Option<Vec<(&'a [u8], &'a [u8])>>;
+
+    /// Splits a text of the canonical shape into its metric name and raw pairs.
+    fn split(text: &[u8]) -> Option<(&[u8], Pairs<'_>)> {
+        let Some(open) = memchr::memchr(b'{', text) else {
+            return Some((text, None));
+        };
+        let name = &text[..open];
+        let mut pairs = Vec::new();
+        let mut i = open + 1;
+        if text.get(i) == Some(&b'}') {
+            return (i + 1 == text.len()).then_some((name, Some(pairs)));
+        }
+        loop {
+            let eq = i + memchr::memchr(b'=', text.get(i..)?)?;
+            let n = &text[i..eq];
+            if text.get(eq + 1) != Some(&b'"') {
+                return None;
+            }
+            let start = eq + 2;
+            let mut j = start;
+            loop {
+                match *text.get(j)? {
+                    b'\\' => j += 2,
+                    b'"' => break,
+                    _ => j += 1,
+                }
+            }
+            pairs.push((n, &text[start..j]));
+            match text.get(j + 1)? {
+                b',' => i = j + 2,
+                b'}' if j + 2 == text.len() => return Some((name, Some(pairs))),
+                _ => return None,
+            }
+        }
+    }
+
+    /// A recipe that renders `text` from `labels`, if the text has the canonical shape.
+    pub(super) fn build(text: &[u8], labels: &Labels) -> Option<Vec<u8>> {
+        let (name, pairs) = split(text)?;
+        let view = labels.as_view();
+        if view.len() > MAX_RECIPE_LABELS {
+            return None;
+        }
+        let mut out = Vec::with_capacity(2 + 2 * pairs.as_ref().map_or(0, Vec::len));
+        match &pairs {
+            None => out.push(BARE),
+            Some(p) if p.len() < 64 => out.push(p.len() as u8),
+            Some(_) => return None,
+        }
+        let piece = |out: &mut Vec<u8>, bytes: &[u8], names: bool| -> Option<()> {
+            let found = view.iter().enumerate().find_map(|(i, (n, v))| {
+                let s = if names { n } else { v };
+                (s.as_bytes() == bytes).then_some(i as u8)
+            });
+            match found {
+                Some(i) if names => out.push(NAME | i),
+                Some(i) => out.push(i),
+                None if bytes.len() <= MAX_LITERAL => {
+                    out.push(LITERAL + bytes.len() as u8);
+                    out.extend_from_slice(bytes);
+                }
+                None => return None,
+            }
+            Some(())
+        };
+        piece(&mut out, name, false)?;
+        for (n, v) in pairs.iter().flatten() {
+            piece(&mut out, n, true)?;
+            piece(&mut out, v, false)?;
+        }
+        renders(&out, labels, text).then_some(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        Labels::from_pairs(pairs.iter().copied())
+    }
 
     fn stale_of(c: &mut SeriesCache, ok: bool) -> Vec<SeriesRef> {
         let mut v = Vec::new();
@@ -291,10 +639,11 @@ mod tests {
         v
     }
 
-    fn see(c: &mut SeriesCache, key: &str, r: SeriesRef) -> Lookup {
+    fn see(c: &mut SeriesCache, key: &str, r: u64) -> Lookup {
         match c.lookup(key.as_bytes()) {
             Lookup::Miss => {
-                let slot = c.insert_series(key.as_bytes(), r * 1000, r);
+                let l = labels(&[("__name__", key), ("r", &r.to_string())]);
+                let slot = c.insert_series(key.as_bytes(), l, SeriesRef(r));
                 c.set_tracked(slot, true);
                 Lookup::Miss
             }
@@ -309,7 +658,7 @@ mod tests {
 
     #[test]
     fn hits_duplicates_staleness_and_eviction() {
-        let mut c = SeriesCache::new();
+        let mut c = SeriesCache::new(Hasher::random());
         assert_eq!(see(&mut c, "a", 1), Lookup::Miss);
         assert_eq!(see(&mut c, "b", 2), Lookup::Miss);
         assert!(stale_of(&mut c, true).is_empty());
@@ -317,7 +666,7 @@ mod tests {
         assert!(matches!(
             see(&mut c, "a", 1),
             Lookup::Series {
-                r: 1,
+                r: SeriesRef(1),
                 duplicate: false,
                 ..
             }
@@ -330,36 +679,45 @@ mod tests {
             }
         ));
         // b missing: one marker, then evicted.
-        assert_eq!(stale_of(&mut c, true), vec![2]);
+        assert_eq!(stale_of(&mut c, true), vec![SeriesRef(2)]);
         assert_eq!((c.keys(), c.series()), (1, 1));
         // Nothing more for b.
         see(&mut c, "a", 1);
         assert!(stale_of(&mut c, true).is_empty());
         // A failed scrape marks everything of the last one, once.
-        assert_eq!(stale_of(&mut c, false), vec![1]);
+        assert_eq!(stale_of(&mut c, false), vec![SeriesRef(1)]);
         assert!(stale_of(&mut c, false).is_empty());
     }
 
     #[test]
     fn texts_with_the_same_labels_share_a_series() {
-        let mut c = SeriesCache::new();
-        let slot = c.insert_series(b"a{x=\"1\"}", 42, 7);
+        let mut c = SeriesCache::new(Hasher::random());
+        let l = labels(&[("__name__", "a"), ("x", "1")]);
+        let slot = c.insert_series(b"a{x=\"1\"}", l.clone(), SeriesRef(7));
         c.set_tracked(slot, true);
         assert_eq!(c.lookup(b"a{ x=\"1\" }"), Lookup::Miss);
+        assert_eq!(c.find_series(&l), Some(slot));
         assert_eq!(
-            c.link_existing(b"a{ x=\"1\" }", 42),
-            Some(Lookup::Series {
+            c.link(b"a{ x=\"1\" }", slot),
+            Lookup::Series {
                 slot,
-                r: 7,
+                r: SeriesRef(7),
                 duplicate: true
-            })
+            }
         );
         assert_eq!((c.keys(), c.series()), (2, 1));
+        assert!(matches!(
+            c.lookup(b"a{ x=\"1\" }"),
+            Lookup::Series {
+                r: SeriesRef(7),
+                ..
+            }
+        ));
     }
 
     #[test]
     fn failed_scrapes_flush_only_when_the_cache_balloons() {
-        let mut c = SeriesCache::new();
+        let mut c = SeriesCache::new(Hasher::random());
         for i in 0..10u64 {
             see(&mut c, &format!("s{i}"), i);
         }
@@ -377,7 +735,7 @@ mod tests {
 
     #[test]
     fn a_failed_scrape_keeps_what_it_appended_before_failing() {
-        let mut c = SeriesCache::new();
+        let mut c = SeriesCache::new(Hasher::random());
         for (k, r) in [("a", 1), ("b", 2), ("c", 3), ("d", 4)] {
             see(&mut c, k, r);
         }
@@ -387,12 +745,12 @@ mod tests {
         see(&mut c, "a", 1);
         see(&mut c, "b", 2);
         assert!(matches!(c.lookup(b"c"), Lookup::Series { .. }));
-        assert_eq!(stale_of(&mut c, false), vec![3, 4]);
+        assert_eq!(stale_of(&mut c, false), vec![SeriesRef(3), SeriesRef(4)]);
         // What the failed scrape kept is what the next one compares with.
         see(&mut c, "a", 1);
-        assert_eq!(stale_of(&mut c, true), vec![2]);
+        assert_eq!(stale_of(&mut c, true), vec![SeriesRef(2)]);
         // A failed fetch appends nothing: everything left is marked, once.
-        assert_eq!(stale_of(&mut c, false), vec![1]);
+        assert_eq!(stale_of(&mut c, false), vec![SeriesRef(1)]);
         assert!(stale_of(&mut c, false).is_empty());
     }
 
@@ -400,22 +758,91 @@ mod tests {
     fn a_series_that_turns_to_explicit_timestamps_is_marked() {
         // Prometheus tracks only samples without a timestamp: a tracked series whose next
         // sample carries one gets a marker at the scrape time.
-        let mut c = SeriesCache::new();
+        let mut c = SeriesCache::new(Hasher::random());
         see(&mut c, "a", 1);
         assert!(stale_of(&mut c, true).is_empty());
         let Lookup::Series { slot, .. } = c.lookup(b"a") else {
             panic!("cached")
         };
         c.set_tracked(slot, false);
-        assert_eq!(stale_of(&mut c, true), vec![1]);
+        assert_eq!(stale_of(&mut c, true), vec![SeriesRef(1)]);
     }
 
     #[test]
     fn explicit_timestamps_are_not_tracked() {
-        let mut c = SeriesCache::new();
-        let slot = c.insert_series(b"a", 1, 1);
+        let mut c = SeriesCache::new(Hasher::random());
+        let slot = c.insert_series(b"a", labels(&[("__name__", "a")]), SeriesRef(1));
         c.set_tracked(slot, false);
         stale_of(&mut c, true);
         assert!(stale_of(&mut c, true).is_empty());
+    }
+
+    /// Texts whose hashes all collide are told apart by their text, whether it is kept as a
+    /// recipe, as bytes, or dropped.
+    #[test]
+    fn colliding_text_hashes_are_compared_exactly() {
+        let mut c = SeriesCache::new(Hasher::with_bits(3, 0));
+        let target = [("instance", "h:1"), ("job", "j")];
+        let texts: Vec<String> = (0..20)
+            .map(|i| format!("m{{a=\"{i}\",b=\"x\"}}"))
+            .chain(["m".into(), "m{}".into(), "m{a=\"1\", b=\"x\"}".into()])
+            .collect();
+        for (i, t) in texts.iter().enumerate() {
+            assert_eq!(c.lookup(t.as_bytes()), Lookup::Miss, "{t}");
+            let mut l = labels(&target).builder();
+            l.set("__name__", "m");
+            l.set("text", &i.to_string());
+            c.insert_series(t.as_bytes(), l.labels(), SeriesRef(i as u64));
+        }
+        c.insert_dropped(b"dropped{a=\"1\"}");
+        for (i, t) in texts.iter().enumerate() {
+            match c.lookup(t.as_bytes()) {
+                Lookup::Series { r, .. } => assert_eq!(r, SeriesRef(i as u64), "{t}"),
+                other => panic!("{t}: {other:?}"),
+            }
+        }
+        assert_eq!(c.lookup(b"dropped{a=\"1\"}"), Lookup::Dropped);
+        assert_eq!(c.lookup(b"dropped{a=\"2\"}"), Lookup::Miss);
+        assert_eq!(c.lookup(b"m{a=\"1\",b=\"y\"}"), Lookup::Miss);
+        assert_eq!(c.lookup(b"m{a=\"1\",b=\"x\"} "), Lookup::Miss);
+    }
+
+    #[test]
+    fn recipes_render_their_text_only() {
+        let l = labels(&[
+            ("__name__", "http_requests_total"),
+            ("code", "200"),
+            ("exported_job", "api"),
+            ("instance", "h:1"),
+            ("job", "j"),
+            ("path", "/a\"b"),
+        ]);
+        // Exposition order differs from label order; `job` was renamed; an escaped value and
+        // a relabelled value are literals.
+        let text = br#"http_requests_total{job="api",path="/a\"b",code="200",le="was"}"#;
+        let r = recipe::build(text, &l).expect("canonical text");
+        assert!(recipe::renders(&r, &l, text));
+        assert!(r.len() < text.len() / 2, "recipe {} bytes", r.len());
+        assert!(!recipe::renders(
+            &r,
+            &l,
+            br#"http_requests_total{job="api",path="/a\"b",code="201",le="was"}"#
+        ));
+        assert!(!recipe::renders(&r, &l, &text[..text.len() - 1]));
+        let mut longer = text.to_vec();
+        longer.push(b' ');
+        assert!(!recipe::renders(&r, &l, &longer));
+        // Whitespace goes into a literal (still exact); a trailing comma keeps the text.
+        let spaced = br#"m{a="1", b="2"}"#;
+        assert!(recipe::renders(
+            &recipe::build(spaced, &l).unwrap(),
+            &l,
+            spaced
+        ));
+        assert!(recipe::build(br#"m{a="1",}"#, &l).is_none());
+        let bare = recipe::build(b"http_requests_total", &l).unwrap();
+        assert_eq!(bare.len(), 2);
+        assert!(recipe::renders(&bare, &l, b"http_requests_total"));
+        assert!(!recipe::renders(&bare, &l, b"http_requests_total{}"));
     }
 }

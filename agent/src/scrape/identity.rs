@@ -66,11 +66,11 @@ mod tests {
         let sc = &cfg.scrape_configs[0];
         let mut out = Vec::new();
         for group in &sc.static_configs {
-            let gl = crate::relabel::Labels::from_pairs(
+            let gl = crate::labels::Labels::from_pairs(
                 group.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             );
             for t in &group.targets {
-                let tl = crate::relabel::Labels::from_pairs([("__address__", t.as_str())]);
+                let tl = crate::labels::Labels::from_pairs([("__address__", t.as_str())]);
                 if let Some(t) = populate_labels(&gl, &tl, sc, false).expect("target") {
                     out.push(t);
                 }

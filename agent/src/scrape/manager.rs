@@ -3,9 +3,9 @@
 //!
 //! Per job (scrape config) a sync task watches the job's discovery output. On every change it
 //! populates the targets ([`populate_labels`]), keeps the ones relabelling dropped for the API,
-//! and diffs the new set against the running loops by target identity, the
-//! [`Labels::hash`] of the target's full labels (reserved `__` labels included, so scheme,
-//! address, path and params are part of it). Unchanged targets keep their loop and cache; new
+//! and diffs the new set against the running loops by target identity, the target's full
+//! labels (reserved `__` labels included, so scheme, address, path and params are part of it;
+//! compared whole, not by a hash). Unchanged targets keep their loop and cache; new
 //! ones get a loop; vanished ones are stopped with staleness markers. Identical targets within
 //! a job are scraped once.
 //!
@@ -37,7 +37,7 @@ use crate::clock::Clock;
 use crate::config::scrape::ScrapeConfig;
 use crate::discovery::{self, TargetGroup};
 use crate::httpclient::{self, HttpClient};
-use crate::relabel::Labels;
+use crate::labels::Labels;
 
 /// The user agent of scrape requests.
 pub const USER_AGENT: &str = concat!("agentctl/", env!("CARGO_PKG_VERSION"));
@@ -127,9 +127,17 @@ struct RunningTarget {
     handle: LoopHandle,
 }
 
+/// A loop's key in its pool: a discovered target's full labels (compared whole), or the key
+/// of an assigned target.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum LoopKey {
+    Target(Labels),
+    Assigned(u64),
+}
+
 #[derive(Default)]
 struct Pool {
-    loops: HashMap<u64, RunningTarget>,
+    loops: HashMap<LoopKey, RunningTarget>,
     /// Per discovery group, shared with the build cache (a sync copies no labels).
     dropped: DroppedTargets,
 }
@@ -426,7 +434,7 @@ impl ScrapeManager {
 pub(crate) struct BuiltGroup {
     /// Held so that the address the cache is keyed by cannot be reused by another group.
     group: Arc<TargetGroup>,
-    active: Vec<(u64, Arc<Target>)>,
+    active: Vec<(Labels, Arc<Target>)>,
     dropped: Arc<[Labels]>,
 }
 
@@ -437,7 +445,7 @@ fn build_group(cfg: &ScrapeConfig, group: &Arc<TargetGroup>) -> BuiltGroup {
     for t in &group.targets {
         let tl = Labels::from_pairs(t.iter());
         match populate_labels(&group_labels, &tl, cfg, false) {
-            Ok(Some(target)) => active.push((target.full_labels.hash(), Arc::new(target))),
+            Ok(Some(target)) => active.push((target.full_labels.clone(), Arc::new(target))),
             Ok(None) => dropped.push(discovered_labels(&group_labels, &tl, cfg)),
             Err(e) => {
                 tracing::warn!(source = %group.source, error = %e, "creating target failed");
@@ -461,7 +469,7 @@ pub(crate) fn build_targets(
     cfg: &ScrapeConfig,
     groups: &[Arc<TargetGroup>],
     cache: &mut HashMap<usize, BuiltGroup>,
-) -> (HashMap<u64, Arc<Target>>, DroppedTargets) {
+) -> (HashMap<Labels, Arc<Target>>, DroppedTargets) {
     let mut next = HashMap::with_capacity(groups.len());
     for g in groups {
         let key = Arc::as_ptr(g) as usize;
@@ -478,7 +486,7 @@ pub(crate) fn build_targets(
     for g in groups {
         if let Some(b) = cache.get(&(Arc::as_ptr(g) as usize)) {
             for (h, t) in &b.active {
-                active.insert(*h, t.clone());
+                active.insert(h.clone(), t.clone());
             }
             if !b.dropped.is_empty() {
                 dropped.push(b.dropped.clone());
@@ -511,14 +519,15 @@ async fn sync_job(
         let removed: Vec<RunningTarget> = {
             let mut p = lock_pool(&pool);
             p.dropped = dropped;
-            let gone: Vec<u64> = p
+            let gone: Vec<LoopKey> = p
                 .loops
                 .keys()
-                .filter(|h| !desired.contains_key(h))
-                .copied()
+                .filter(|h| !matches!(h, LoopKey::Target(l) if desired.contains_key(l)))
+                .cloned()
                 .collect();
             let removed = gone.iter().filter_map(|h| p.loops.remove(h)).collect();
             for (h, running) in p.loops.iter_mut() {
+                let LoopKey::Target(h) = h else { continue };
                 // Same identity; discovered labels may still differ (e.g. `__meta_*`).
                 if let Some(t) = desired.remove(h) {
                     if !Arc::ptr_eq(&running.target, &t) && *running.target != *t {
@@ -535,7 +544,8 @@ async fn sync_job(
                     clock,
                 )
                 .spawn();
-                p.loops.insert(h, RunningTarget { target, handle });
+                p.loops
+                    .insert(LoopKey::Target(h), RunningTarget { target, handle });
             }
             for t in p.loops.values() {
                 t.handle.set_forced_error(forced.clone());
@@ -588,11 +598,18 @@ async fn sync_assigned(
             let mut p = lock_pool(&a.pool);
             let mut gone = Vec::new();
             let mut released = Vec::new();
-            let keys: Vec<u64> = p.loops.keys().copied().collect();
+            let keys: Vec<u64> = p
+                .loops
+                .keys()
+                .filter_map(|k| match k {
+                    LoopKey::Assigned(k) => Some(*k),
+                    LoopKey::Target(_) => None,
+                })
+                .collect();
             for k in keys {
                 let wanted = job.targets.iter().any(|t| t.key == k);
                 if release.contains(&k) || !wanted {
-                    if let Some(t) = p.loops.remove(&k) {
+                    if let Some(t) = p.loops.remove(&LoopKey::Assigned(k)) {
                         if release.contains(&k) {
                             released.push((k, t));
                         } else {
@@ -606,7 +623,7 @@ async fn sync_assigned(
                 if release.contains(&t.key) {
                     continue;
                 }
-                if p.loops.contains_key(&t.key) {
+                if p.loops.contains_key(&LoopKey::Assigned(t.key)) {
                     if let Some(tx) = modes.get(&t.key) {
                         tx.send_if_modified(|m| {
                             let changed = *m != t.mode;
@@ -633,7 +650,7 @@ async fn sync_assigned(
                     modes.insert(t.key, tx);
                 }
                 p.loops.insert(
-                    t.key,
+                    LoopKey::Assigned(t.key),
                     RunningTarget {
                         target: t.target.clone(),
                         handle: lp.spawn(),
@@ -775,7 +792,7 @@ mod tests {
         assert_eq!(dropped[0].len(), 1);
         assert_eq!(dropped[0][0].get("__address__"), Some("c:3"));
         for (h, t) in &active {
-            assert_eq!(*h, t.full_labels.hash());
+            assert_eq!(*h, t.full_labels);
         }
         // The same group again is not relabelled: its targets are the very same.
         let (again, _) = build_targets(cfg, &groups, &mut cache);

@@ -76,7 +76,8 @@ use crate::clock::Clock;
 use crate::config::scrape::{Limits, ScrapeConfig};
 use crate::config::url::{is_valid_label_name, is_valid_metric_name};
 use crate::httpclient::HttpClient;
-use crate::relabel::{self, go_quote, Labels, LabelsBuilder};
+use crate::labels::{go_quote, Hasher, Labels, LabelsBuilder};
+use crate::relabel;
 
 /// The `Accept` header of Prometheus 2.42 (OpenMetrics preferred), sent unless the config sets
 /// `scrape_protocols` ([`crate::config::scrape::ScrapeProtocols::accept_header`]).
@@ -172,7 +173,9 @@ pub struct ScrapeProcessor {
 }
 
 impl ScrapeProcessor {
-    pub fn new(cfg: Arc<ScrapeConfig>, target_labels: Labels) -> Self {
+    /// A processor for the target with `target_labels`; its cache hashes with `hasher` (the
+    /// storage's, [`Storage::hasher`]).
+    pub fn new(cfg: Arc<ScrapeConfig>, target_labels: Labels, hasher: Hasher) -> Self {
         let mut parser = Parser::new(b"", Format::PrometheusText);
         // The target's labels replace scraped ones of the same name (without honor_labels),
         // so a series may repeat those names, as in Prometheus.
@@ -182,7 +185,7 @@ impl ScrapeProcessor {
         ScrapeProcessor {
             cfg,
             target_labels,
-            cache: SeriesCache::new(),
+            cache: SeriesCache::new(hasher),
             lb: LabelsBuilder::new(),
             parser: Some(parser),
             synthetic: [None; 5],
@@ -276,7 +279,7 @@ impl ScrapeProcessor {
                 Lookup::Dropped => continue,
                 Lookup::Miss => match self.add_series(app, &s, over_limit)? {
                     Outcome::Dropped => continue,
-                    Outcome::Uncached => (0, 0, true),
+                    Outcome::Uncached => (0, SeriesRef(0), true),
                     Outcome::Series {
                         slot,
                         r,
@@ -366,20 +369,18 @@ impl ScrapeProcessor {
             return Ok(Outcome::Uncached);
         }
         let labels = self.lb.labels();
-        let hash = labels.hash();
-        if let Some(Lookup::Series {
-            slot, r, duplicate, ..
-        }) = self.cache.link_existing(s.series, hash)
-        {
-            return Ok(Outcome::Series {
-                slot,
-                r,
-                duplicate,
-                new: false,
-            });
+        if let Some(slot) = self.cache.find_series(&labels) {
+            if let Lookup::Series { slot, r, duplicate } = self.cache.link(s.series, slot) {
+                return Ok(Outcome::Series {
+                    slot,
+                    r,
+                    duplicate,
+                    new: false,
+                });
+            }
         }
-        let r = app.new_series(&labels);
-        let slot = self.cache.insert_series(s.series, hash, r);
+        let (r, labels) = app.new_series(labels);
+        let slot = self.cache.insert_series(s.series, labels, r);
         Ok(Outcome::Series {
             slot,
             r,
@@ -404,6 +405,7 @@ impl ScrapeProcessor {
         t_ms: i64,
         duration: Duration,
     ) -> Result<BodyStats, ScrapeError> {
+        self.cache.sync_with(storage);
         let mut app = storage.appender();
         let (stats, error) = match fetched {
             Ok((body, format)) => match self.process_body(&mut *app, body, format, t_ms) {
@@ -457,7 +459,7 @@ impl ScrapeProcessor {
         }
         let mut lb = self.target_labels.builder();
         lb.set("__name__", SYNTHETIC_SERIES[i]);
-        let r = app.new_series(&lb.labels());
+        let (r, _) = app.new_series(lb.labels());
         self.synthetic[i] = Some(r);
         r
     }
@@ -763,7 +765,7 @@ impl ScrapeLoop {
     ) -> Self {
         let timeout = target.timeout.as_std();
         ScrapeLoop {
-            processor: ScrapeProcessor::new(cfg.clone(), target.labels.clone()),
+            processor: ScrapeProcessor::new(cfg.clone(), target.labels.clone(), storage.hasher()),
             timeout,
             timeout_header: format!("{}", timeout.as_secs_f64()),
             accept: cfg

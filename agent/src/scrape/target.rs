@@ -38,7 +38,8 @@ use thiserror::Error;
 use crate::config::duration::PromDuration;
 use crate::config::scrape::ScrapeConfig;
 use crate::config::url::is_valid_label_name;
-use crate::relabel::{self, go_quote, Labels, LabelsBuilder};
+use crate::labels::{go_quote, Labels, LabelsBuilder};
+use crate::relabel;
 
 pub const ADDRESS_LABEL: &str = "__address__";
 pub const SCHEME_LABEL: &str = "__scheme__";

@@ -17,6 +17,7 @@ use super::reader::{Reader, SegmentSource};
 use super::record::{self, RefExemplar, RefMetadata, RefSample, Tombstone};
 use super::segment::{self, list_segments, sync_dir, SegmentWriter};
 use super::WalError;
+use crate::labels::SeriesRef;
 
 pub const CHECKPOINT_PREFIX: &str = "checkpoint.";
 
@@ -92,6 +93,42 @@ pub struct CheckpointStats {
     /// not sent by its watermark when the truncation removed them. An upper bound of what is
     /// lost: some may already sit in a queue. Zero without a watermark.
     pub dropped_unsent_samples: u64,
+    /// The refs whose Series records the checkpoint did not keep: series that readers of the
+    /// WAL (remote_write) can forget once they have read past the checkpoint, since no later
+    /// record refers to them.
+    pub dropped_refs: Vec<SeriesRef>,
+}
+
+/// The series each checkpoint dropped, for the WAL's readers: a chain of events that the
+/// writer extends and each reader follows at its own pace. A reader that has read past segment
+/// [`checkpoint`](DroppedSeries::checkpoint) will meet no record of [`refs`](DroppedSeries::refs)
+/// again and can forget them (Prometheus's readers do the same by re-reading each checkpoint).
+/// Each event holds the next one, so an event every reader has moved past is freed.
+#[derive(Debug, Default)]
+pub struct DroppedSeries {
+    pub checkpoint: u32,
+    pub refs: Vec<SeriesRef>,
+    next: std::sync::OnceLock<std::sync::Arc<DroppedSeries>>,
+}
+
+impl DroppedSeries {
+    /// The event after this one, once the writer has appended it.
+    pub fn next(&self) -> Option<&std::sync::Arc<DroppedSeries>> {
+        self.next.get()
+    }
+
+    /// Appends the event of checkpoint `checkpoint` after `self` (the current last event) and
+    /// returns it, the new last event.
+    pub fn append(&self, checkpoint: u32, refs: Vec<SeriesRef>) -> std::sync::Arc<DroppedSeries> {
+        let next = std::sync::Arc::new(DroppedSeries {
+            checkpoint,
+            refs,
+            next: std::sync::OnceLock::new(),
+        });
+        // Only the writer appends, always at the last event, which has no next yet.
+        let _ = self.next.set(next.clone());
+        next
+    }
 }
 
 /// Where a truncation cuts: samples (and exemplars, tombstones) before `mint` are dropped.
@@ -118,7 +155,7 @@ pub fn checkpoint(
     dir: &Path,
     from: u32,
     to: u32,
-    keep: impl Fn(u64) -> bool,
+    keep: impl Fn(SeriesRef) -> bool,
     cut: Cut,
     segment_size: usize,
     compress: bool,
@@ -164,7 +201,7 @@ pub fn checkpoint(
     let mut exemplars: Vec<RefExemplar> = Vec::new();
     let mut tombstones: Vec<Tombstone> = Vec::new();
     let mut metadata: Vec<RefMetadata> = Vec::new();
-    let mut latest_meta: std::collections::HashMap<u64, RefMetadata> = Default::default();
+    let mut latest_meta: std::collections::HashMap<SeriesRef, RefMetadata> = Default::default();
     while reader.next_record()? {
         let rec = reader.record();
         out.clear();
@@ -178,6 +215,7 @@ pub fn checkpoint(
                         kept.push((r, l));
                     } else {
                         stats.dropped_series += 1;
+                        stats.dropped_refs.push(r);
                     }
                 }
                 if !kept.is_empty() {

@@ -2,9 +2,11 @@
 //! and `sample-stats`, docs/compat.md *WAL tools*) in one pass.
 //!
 //! Iterates the last checkpoint, then the segments after it (or all segments without a
-//! checkpoint). Series records map each ref to its `(job, instance)` bucket and count the
-//! Prometheus label hash; Samples records update the global time range and the bucket of
-//! their ref (an unknown ref is an invalid ref). Totals are sums over the buckets, so a
+//! checkpoint). Series records map each ref to its `(job, instance)` bucket and count, per
+//! label set, the refs it was logged under (the old tool counted refs per label *hash*; equal
+//! hashes of different label sets are not a series logged twice, so label sets are compared);
+//! Samples records update the global time range and the bucket of their ref (an unknown ref
+//! is an invalid ref). Totals are sums over the buckets, so a
 //! series logged twice counts twice, as in the old tool. Nothing is repaired: corruption is
 //! reported with the segment and offset.
 
@@ -14,12 +16,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::checkpoint::{checkpoint_sources, last_checkpoint};
-use super::labels::LabelsRef;
 use super::reader::{Reader, SegmentSource};
 use super::record::{self, RefSample};
 use super::segment::{list_segments, segment_path};
 use super::WalError;
 use crate::config::regex::PromRegex;
+use crate::labels::{Hasher, LabelsRef, SeriesRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -319,12 +321,16 @@ pub fn stats_with_progress(
 
     let mut buckets: Vec<TargetStats> = Vec::new();
     let mut bucket_of_target: HashMap<(String, String), usize> = HashMap::new();
-    let mut bucket_of_ref: HashMap<u64, usize> = HashMap::new();
-    // hash -> (first ref seen, already counted as a collision)
-    let mut hashes: HashMap<u64, (u64, bool)> = HashMap::new();
+    let mut bucket_of_ref: HashMap<SeriesRef, usize> = HashMap::new();
+    // Distinct label sets: (first ref seen, already counted, range in `arena`), found by hash
+    // and compared by bytes.
+    let hasher = Hasher::random();
+    let mut sets: Vec<(SeriesRef, bool, usize, usize)> = Vec::new();
+    let mut arena: Vec<u8> = Vec::new();
+    let mut index: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
     let mut metrics: HashMap<String, u64> = HashMap::new();
     let mut per_series: Vec<SeriesStats> = Vec::new();
-    let mut series_idx: HashMap<u64, usize> = HashMap::new();
+    let mut series_idx: HashMap<SeriesRef, usize> = HashMap::new();
     let mut samples: Vec<RefSample> = Vec::new();
     let (mut mint, mut maxt) = (i64::MAX, i64::MIN);
 
@@ -372,16 +378,29 @@ pub fn stats_with_progress(
                     };
                     buckets[b].series += 1;
                     bucket_of_ref.insert(sref, b);
-                    let h = labels.hash_prometheus();
-                    match hashes.get_mut(&h) {
-                        None => {
-                            hashes.insert(h, (sref, false));
-                        }
-                        Some((first, counted)) => {
+                    let h = hasher.hash(labels);
+                    let bytes = labels.bytes();
+                    let found = index.find(h, |&i| {
+                        let (_, _, a, b) = sets[i as usize];
+                        arena[a..b] == *bytes
+                    });
+                    match found {
+                        Some(&i) => {
+                            let (first, counted, _, _) = &mut sets[i as usize];
                             if *first != sref && !*counted {
                                 *counted = true;
                                 st.hash_collisions += 1;
                             }
+                        }
+                        None => {
+                            let start = arena.len();
+                            arena.extend_from_slice(bytes);
+                            sets.push((sref, false, start, arena.len()));
+                            let i = (sets.len() - 1) as u32;
+                            index.insert_unique(h, i, |&j| {
+                                let (_, _, a, b) = sets[j as usize];
+                                hasher.hash_bytes(&arena[a..b])
+                            });
                         }
                     }
                     let selected = opts.selector.as_ref().is_none_or(|s| s.matches(labels));
@@ -396,7 +415,7 @@ pub fn stats_with_progress(
                         if opts.per_series && !series_idx.contains_key(&sref) {
                             series_idx.insert(sref, per_series.len());
                             per_series.push(SeriesStats {
-                                series_ref: sref,
+                                series_ref: sref.0,
                                 labels: labels.to_string(),
                                 ..Default::default()
                             });
@@ -454,7 +473,7 @@ pub fn stats_with_progress(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::Labels;
+    use crate::labels::Labels;
 
     #[test]
     fn selector_parsing_and_matching() {
@@ -466,7 +485,7 @@ mod tests {
             ("job", "x"),
             ("instance", "10.0.0.1:9100"),
         ]);
-        assert!(s.matches(l.as_ref()));
+        assert!(s.matches(l.as_view()));
         let l2 = Labels::from_pairs([
             ("__name__", "up"),
             ("job", "x"),
@@ -474,21 +493,21 @@ mod tests {
             ("zone", "c"),
         ]);
         assert!(
-            !s.matches(l2.as_ref()),
+            !s.matches(l2.as_view()),
             "regex is anchored and the dot escaped"
         );
-        assert!(Selector::parse("{}").expect("empty").matches(l.as_ref()));
+        assert!(Selector::parse("{}").expect("empty").matches(l.as_view()));
         assert!(Selector::parse(" { } ").is_ok());
         assert!(!Selector::parse(r#"{job=~"x|"}"#)
             .expect("p")
-            .matches(Labels::from_pairs([("job", "xx")]).as_ref()));
+            .matches(Labels::from_pairs([("job", "xx")]).as_view()));
         // missing label = empty string
         assert!(Selector::parse(r#"{nope=""}"#)
             .expect("p")
-            .matches(l.as_ref()));
+            .matches(l.as_view()));
         assert!(Selector::parse(r#"{job='x'}"#)
             .expect("p")
-            .matches(l.as_ref()));
+            .matches(l.as_view()));
     }
 
     #[test]
@@ -517,20 +536,26 @@ mod tests {
         let b = Labels::from_pairs([("__name__", "up"), ("job", "j1"), ("instance", "b")]);
         let c = Labels::from_pairs([("__name__", "x_total"), ("job", "j1"), ("instance", "b")]);
         let n = Labels::from_pairs([("__name__", "x_total")]);
-        wal.append_series(&[(1, a.clone()), (2, b), (3, c), (4, n)])
-            .expect("series");
+        let r = SeriesRef;
+        wal.append_series([
+            (r(1), a.as_view()),
+            (r(2), b.as_view()),
+            (r(3), c.as_view()),
+            (r(4), n.as_view()),
+        ])
+        .expect("series");
         wal.append_samples(&[
-            (1, 1000, 1.0),
-            (2, 1000, 1.0),
-            (3, 1000, 5.0),
-            (1, 2000, 1.0),
+            (r(1), 1000, 1.0),
+            (r(2), 1000, 1.0),
+            (r(3), 1000, 5.0),
+            (r(1), 2000, 1.0),
         ])
         .expect("samples");
         // A sample for a ref without a series record.
-        wal.append_samples(&[(99, 500, 0.0)]).expect("samples");
+        wal.append_samples(&[(r(99), 500, 0.0)]).expect("samples");
         // The same label set again under a new ref (a re-created series).
-        wal.append_series(&[(5, a)]).expect("series");
-        wal.append_samples(&[(5, 3000, 1.0)]).expect("samples");
+        wal.append_series([(r(5), a.as_view())]).expect("series");
+        wal.append_samples(&[(r(5), 3000, 1.0)]).expect("samples");
         wal.commit().expect("commit");
         drop(wal);
 

@@ -281,7 +281,7 @@ impl LiveReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::labels::Labels;
+    use crate::labels::{Labels, SeriesRef};
     use crate::wal::record;
     use crate::wal::{Wal, WalOptions};
 
@@ -363,10 +363,11 @@ mod tests {
         for round in 0..40i64 {
             let mut series = Vec::new();
             for _ in 0..200 {
-                next_ref = wal.alloc_ref();
-                series.push((next_ref, labels(next_ref)));
+                next_ref += 1;
+                series.push((SeriesRef(next_ref), labels(next_ref)));
             }
-            wal.append_series(&series).unwrap();
+            wal.append_series(series.iter().map(|(r, l)| (*r, l.as_view())))
+                .unwrap();
             let samples: Vec<_> = series
                 .iter()
                 .map(|(r, _)| (*r, round * 1000, round as f64))
@@ -390,8 +391,8 @@ mod tests {
     fn a_torn_tail_is_waited_for_not_reported() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
-        let r = wal.alloc_ref();
-        wal.append_series(&[(r, labels(r))]).unwrap();
+        let l = labels(1);
+        wal.append_series([(SeriesRef(1), l.as_view())]).unwrap();
         wal.commit().unwrap();
         let seg = segment_numbers(dir.path()).unwrap()[0];
         let path = segment_path(dir.path(), seg);

@@ -5,15 +5,13 @@
 //! [`reader`]; checkpoints and the truncation policy: [`checkpoint`]; `agentctl wal inspect`
 //! data: [`inspect`].
 //!
-//! Memory: the WAL keeps, per active series, only `ref -> last appended timestamp` (16 bytes
-//! in a hash table, about 20–37 bytes with table overhead). Label sets are owned by the scrape
-//! side, which needs them anyway for its `labels -> ref` cache; [`Wal::open`] hands them over
-//! once in [`ReplayState`]. Checkpoints re-read label sets from disk rather than keeping them
-//! in memory.
+//! Memory: the WAL keeps no per-series state. Series (labels, newest timestamp, garbage
+//! collection) live in the instance's one series table (`instance::storage`), which decides
+//! what a checkpoint keeps; [`Wal::open`] hands the replayed series over once in
+//! [`ReplayState`]. Checkpoints re-read label sets from disk rather than keeping them in memory.
 
 pub mod checkpoint;
 pub mod inspect;
-pub mod labels;
 pub mod live;
 pub mod reader;
 pub mod record;
@@ -21,12 +19,14 @@ pub mod segment;
 
 use std::collections::HashMap;
 use std::fs;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use checkpoint::{clamped_by_max_wal_time, truncation_point, CheckpointStats, Cut};
-pub use labels::{Labels, LabelsRef};
+use crate::labels::{Labels, LabelsRef, RefMap, SeriesRef};
+
+pub use checkpoint::{
+    clamped_by_max_wal_time, truncation_point, CheckpointStats, Cut, DroppedSeries,
+};
 pub use reader::{Corruption, Reader, SegmentSource};
 pub use record::{RefExemplar, RefSample};
 pub use segment::{SegmentWriter, DEFAULT_SEGMENT_SIZE, PAGE_SIZE};
@@ -105,40 +105,21 @@ pub struct RepairReport {
 #[derive(Debug, Default)]
 pub struct ReplayState {
     /// Every series in the checkpoint and segments, by ref (sorted, deduplicated).
-    pub series: Vec<(u64, Labels)>,
+    pub series: Vec<(SeriesRef, Labels)>,
+    /// The newest sample timestamp of each replayed series that has samples.
+    pub newest: RefMap<i64>,
     /// Samples replayed (all, including those of unknown refs).
     pub samples: u64,
     pub exemplars: u64,
     /// Samples whose ref had no Series record before them.
     pub unknown_refs: u64,
-    /// The ref the WAL will hand out next (one past the highest seen).
-    pub next_ref: u64,
+    /// The first ref not used in the WAL (one past the highest seen): where a writer continues.
+    pub next_ref: SeriesRef,
     pub checkpoint: Option<u32>,
     /// First and last segment replayed.
     pub segments: Option<(u32, u32)>,
     pub repair: Option<RepairReport>,
 }
-
-/// Hash for series refs: a multiply keeps sequential refs spread over hashbrown's buckets
-/// (low bits) and control bytes (high bits) at a fraction of SipHash's cost.
-#[derive(Default)]
-struct RefHasher(u64);
-
-impl Hasher for RefHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type RefMap<V> = HashMap<u64, V, BuildHasherDefault<RefHasher>>;
 
 /// Flush pending records early once one reaches this size, so a huge scrape never builds a
 /// record larger than a segment.
@@ -150,12 +131,6 @@ pub struct Wal {
     dir: PathBuf,
     opts: WalOptions,
     writer: SegmentWriter,
-    /// Active series: ref -> timestamp of the last appended sample (`i64::MIN` if none yet).
-    series: RefMap<i64>,
-    /// Series removed by [`gc`](Wal::gc): ref -> segment current at removal. A checkpoint keeps
-    /// their Series record while samples of them may still be in later segments.
-    deleted: RefMap<u32>,
-    next_ref: u64,
     series_rec: Vec<u8>,
     samples_rec: Vec<u8>,
     exemplars_rec: Vec<u8>,
@@ -180,8 +155,8 @@ impl Wal {
     pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, ReplayState), WalError> {
         fs::create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
         let mut state = ReplayState::default();
-        let mut all: HashMap<u64, Labels> = HashMap::new();
-        let mut last_ts: RefMap<i64> = RefMap::default();
+        let mut all: HashMap<SeriesRef, Labels> = HashMap::new();
+        let mut newest: RefMap<i64> = RefMap::default();
         let mut max_ref = 0u64;
         let mut samples: Vec<RefSample> = Vec::new();
         let mut exemplars: Vec<RefExemplar> = Vec::new();
@@ -193,8 +168,7 @@ impl Wal {
                     let mut v = Vec::new();
                     record::decode_series(rec, &mut v)?;
                     for (r, l) in v {
-                        max_ref = max_ref.max(r);
-                        last_ts.entry(r).or_insert(i64::MIN);
+                        max_ref = max_ref.max(r.0);
                         all.insert(r, l);
                     }
                 }
@@ -203,9 +177,11 @@ impl Wal {
                     record::decode_samples(rec, &mut samples)?;
                     state.samples += samples.len() as u64;
                     for &(r, t, _) in &samples {
-                        match last_ts.get_mut(&r) {
-                            Some(ts) => *ts = (*ts).max(t),
-                            None => state.unknown_refs += 1,
+                        if all.contains_key(&r) {
+                            let ts = newest.entry(r).or_insert(t);
+                            *ts = (*ts).max(t);
+                        } else {
+                            state.unknown_refs += 1;
                         }
                     }
                 }
@@ -221,10 +197,11 @@ impl Wal {
         state.checkpoint = rep.checkpoint;
         state.segments = rep.segments;
         state.repair = rep.repair;
-        let mut series: Vec<(u64, Labels)> = all.into_iter().collect();
+        let mut series: Vec<(SeriesRef, Labels)> = all.into_iter().collect();
         series.sort_unstable_by_key(|(r, _)| *r);
         state.series = series;
-        state.next_ref = max_ref + 1;
+        state.newest = newest;
+        state.next_ref = SeriesRef(max_ref + 1);
 
         let segs = segment::list_segments(dir)?;
         let mut next = 0u32;
@@ -242,9 +219,6 @@ impl Wal {
             dir: dir.to_owned(),
             opts,
             writer,
-            series: last_ts,
-            deleted: RefMap::default(),
-            next_ref: state.next_ref,
             series_rec: Vec::new(),
             samples_rec: Vec::new(),
             exemplars_rec: Vec::new(),
@@ -267,27 +241,14 @@ impl Wal {
         self.writer.segment()
     }
 
-    /// Allocates a new series ref. Refs start at 1, only grow, and continue after a restart.
-    pub fn alloc_ref(&mut self) -> u64 {
-        let r = self.next_ref;
-        self.next_ref += 1;
-        r
-    }
-
-    /// Queues Series entries for new series (refs from [`alloc_ref`](Wal::alloc_ref)).
-    /// Written at the next [`commit`](Wal::commit), before the samples.
-    pub fn append_series(&mut self, series: &[(u64, Labels)]) -> Result<(), WalError> {
-        record::extend_series(
-            &mut self.series_rec,
-            series.iter().map(|(r, l)| (*r, l.as_ref())),
-        );
-        for (r, _) in series {
-            self.series.entry(*r).or_insert(i64::MIN);
-            self.deleted.remove(r);
-            if *r >= self.next_ref {
-                self.next_ref = *r + 1;
-            }
-        }
+    /// Queues Series entries for new series, written at the next [`commit`](Wal::commit),
+    /// before the samples. The caller assigns refs: from 1 (or [`ReplayState::next_ref`]),
+    /// growing, never reused.
+    pub fn append_series<'l>(
+        &mut self,
+        series: impl IntoIterator<Item = (SeriesRef, LabelsRef<'l>)>,
+    ) -> Result<(), WalError> {
+        record::extend_series(&mut self.series_rec, series);
         self.maybe_flush()
     }
 
@@ -295,13 +256,6 @@ impl Wal {
     pub fn append_samples(&mut self, samples: &[RefSample]) -> Result<(), WalError> {
         record::extend_samples(&mut self.samples_rec, samples);
         self.samples_since_mark += samples.len();
-        for &(r, t, _) in samples {
-            if let Some(ts) = self.series.get_mut(&r) {
-                if t > *ts {
-                    *ts = t;
-                }
-            }
-        }
         self.maybe_flush()
     }
 
@@ -396,93 +350,16 @@ impl Wal {
         self.writer.sync()
     }
 
-    /// Number of active series.
-    pub fn series_count(&self) -> usize {
-        self.series.len()
-    }
-
-    /// Heap bytes of the per-series tables (hashbrown: one control byte plus the entry per
-    /// bucket, buckets = capacity rounded up to a power of two ÷ 7/8).
-    pub fn series_heap_bytes(&self) -> usize {
-        fn table<V>(m: &RefMap<V>) -> usize {
-            let cap = m.capacity();
-            if cap == 0 {
-                return 0;
-            }
-            let buckets = if cap < 8 {
-                (cap + 1).next_power_of_two()
-            } else {
-                (cap * 8 / 7).next_power_of_two()
-            };
-            buckets * (std::mem::size_of::<(u64, V)>() + 1) + 16
-        }
-        table(&self.series) + table(&self.deleted)
-    }
-
-    /// Removes series whose last sample is older than `mint` from the active set (they can be
-    /// re-created later with a new ref). Returns the removed refs.
-    pub fn gc(&mut self, mint: i64) -> Vec<u64> {
-        let seg = self.writer.segment();
-        let mut removed = Vec::new();
-        self.series.retain(|r, ts| {
-            let keep = *ts >= mint;
-            if !keep {
-                removed.push(*r);
-            }
-            keep
-        });
-        for r in &removed {
-            self.deleted.insert(*r, seg);
-        }
-        removed
-    }
-
-    /// Truncates the WAL at `mint` with the caller's `keep(ref)` (see [`checkpoint`]): commits
-    /// pending records, cuts a new segment, checkpoints the lower two thirds of the older
-    /// segments, deletes the segments and older checkpoints it covers. Returns `None` when
-    /// there were too few segments to checkpoint.
-    pub fn truncate(
+    /// Truncates the WAL at `cut`: commits pending records, cuts a new segment, checkpoints
+    /// the lower two thirds of the older segments (see [`checkpoint`]) keeping the Series
+    /// records that `keep(checkpoint index)` accepts, deletes the segments and older
+    /// checkpoints it covers. Returns `None` when there were too few segments to checkpoint.
+    pub fn truncate<K: Fn(SeriesRef) -> bool>(
         &mut self,
-        mint: i64,
-        keep: impl Fn(u64) -> bool,
+        cut: impl Into<Cut>,
+        keep: impl FnOnce(u32) -> K,
     ) -> Result<Option<CheckpointStats>, WalError> {
-        self.truncate_with(mint.into(), |r, _| keep(r))
-    }
-
-    /// [`gc`](Wal::gc) then truncate, keeping series that are active, or were removed while a
-    /// segment after the checkpoint was current (their samples are still in the WAL). This is
-    /// the agent's own policy.
-    pub fn gc_and_truncate(&mut self, mint: i64) -> Result<Option<CheckpointStats>, WalError> {
-        self.gc_and_truncate_at(mint.into())
-    }
-
-    /// [`gc_and_truncate`](Wal::gc_and_truncate) at `cut.mint`, also counting the dropped
-    /// samples newer than `cut.sent_up_to` ([`CheckpointStats::dropped_unsent_samples`]).
-    pub fn gc_and_truncate_at(&mut self, cut: Cut) -> Result<Option<CheckpointStats>, WalError> {
-        let mint = cut.mint;
-        self.gc(mint);
-        let res = {
-            let series = std::mem::take(&mut self.series);
-            let deleted = std::mem::take(&mut self.deleted);
-            let r = self.truncate_with(cut, |r, cp| {
-                series.contains_key(&r) || deleted.get(&r).is_some_and(|&seg| seg > cp)
-            });
-            self.series = series;
-            self.deleted = deleted;
-            r
-        };
-        if let Ok(Some(stats)) = &res {
-            let cp = stats.index;
-            self.deleted.retain(|_, seg| *seg > cp);
-        }
-        res
-    }
-
-    fn truncate_with(
-        &mut self,
-        cut: Cut,
-        keep: impl Fn(u64, u32) -> bool,
-    ) -> Result<Option<CheckpointStats>, WalError> {
+        let cut = cut.into();
         self.commit()?;
         let segs = segment::list_segments(&self.dir)?;
         let (Some(&first), Some(&last)) = (segs.first(), segs.last()) else {
@@ -500,7 +377,7 @@ impl Wal {
             &self.dir,
             first,
             cp,
-            |r| keep(r, cp),
+            keep(cp),
             cut,
             self.opts.segment_size,
             self.opts.compress,

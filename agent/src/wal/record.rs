@@ -23,7 +23,7 @@
 //! and Exemplars bases are read back from the record header), which lets the WAL encode each
 //! batch as it arrives without buffering samples twice.
 
-use super::labels::{Labels, LabelsRef};
+use crate::labels::{Labels, LabelsRef, SeriesRef};
 
 pub const SERIES: u8 = 1;
 pub const SAMPLES: u8 = 2;
@@ -35,11 +35,11 @@ pub const HISTOGRAM_SAMPLES: u8 = 7;
 pub const FLOAT_HISTOGRAM_SAMPLES: u8 = 8;
 
 /// A sample for a series ref: `(ref, timestamp in ms, value)`.
-pub type RefSample = (u64, i64, f64);
+pub type RefSample = (SeriesRef, i64, f64);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefExemplar {
-    pub series_ref: u64,
+    pub series_ref: SeriesRef,
     pub t: i64,
     pub v: f64,
     pub labels: Labels,
@@ -47,14 +47,14 @@ pub struct RefExemplar {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tombstone {
-    pub series_ref: u64,
+    pub series_ref: SeriesRef,
     pub mint: i64,
     pub maxt: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefMetadata {
-    pub series_ref: u64,
+    pub series_ref: SeriesRef,
     /// 0 unknown, 1 counter, 2 gauge, 3 histogram, 4 gaugehistogram, 5 summary, 6 info,
     /// 7 stateset.
     pub metric_type: u8,
@@ -84,13 +84,7 @@ pub fn record_type(rec: &[u8]) -> Option<u8> {
 // ---------------------------------------------------------------------------------------------
 // Primitives
 
-pub(crate) fn put_uvarint(buf: &mut Vec<u8>, mut x: u64) {
-    while x >= 0x80 {
-        buf.push((x as u8) | 0x80);
-        x >>= 7;
-    }
-    buf.push(x as u8);
-}
+pub(crate) use crate::labels::put_uvarint;
 
 pub(crate) fn put_varint(buf: &mut Vec<u8>, x: i64) {
     // Go's zig-zag: non-negative n -> 2n, negative n -> -2n-1.
@@ -190,8 +184,8 @@ impl<'a> Dec<'a> {
     pub(crate) fn labels(&mut self) -> Result<LabelsRef<'a>, EntryFail> {
         let at = self.pos;
         let (l, used) = LabelsRef::parse(self.rest()).map_err(|e| match e {
-            super::labels::ParseFail::Short => EntryFail::Dec(DecFail::Short),
-            super::labels::ParseFail::Utf8 => EntryFail::Utf8(at),
+            crate::labels::ParseError::Short => EntryFail::Dec(DecFail::Short),
+            crate::labels::ParseError::Utf8(_) => EntryFail::Utf8(at),
         })?;
         self.pos += used;
         Ok(l)
@@ -249,14 +243,14 @@ fn for_each_entry<'a>(
 /// Appends Series entries to `rec`, starting the record (type byte) if `rec` is empty.
 pub fn extend_series<'l>(
     rec: &mut Vec<u8>,
-    series: impl IntoIterator<Item = (u64, LabelsRef<'l>)>,
+    series: impl IntoIterator<Item = (SeriesRef, LabelsRef<'l>)>,
 ) {
     if rec.is_empty() {
         rec.push(SERIES);
     }
     for (r, l) in series {
-        rec.extend_from_slice(&r.to_be_bytes());
-        rec.extend_from_slice(l.wire());
+        rec.extend_from_slice(&r.0.to_be_bytes());
+        rec.extend_from_slice(l.bytes());
     }
 }
 
@@ -275,14 +269,14 @@ pub struct SeriesIter<'a> {
 }
 
 impl<'a> Iterator for SeriesIter<'a> {
-    type Item = Result<(u64, LabelsRef<'a>), RecordError>;
+    type Item = Result<(SeriesRef, LabelsRef<'a>), RecordError>;
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.d.is_empty() {
             return None;
         }
         let start = self.d.pos();
-        let r = (|| -> Result<(u64, LabelsRef<'a>), EntryFail> {
-            let r = self.d.be64()?;
+        let r = (|| -> Result<(SeriesRef, LabelsRef<'a>), EntryFail> {
+            let r = SeriesRef(self.d.be64()?);
             let l = self.d.labels()?;
             Ok((r, l))
         })();
@@ -297,7 +291,7 @@ impl<'a> Iterator for SeriesIter<'a> {
 }
 
 /// Decodes a Series record, appending owned entries to `out`.
-pub fn decode_series(rec: &[u8], out: &mut Vec<(u64, Labels)>) -> Result<(), RecordError> {
+pub fn decode_series(rec: &[u8], out: &mut Vec<(SeriesRef, Labels)>) -> Result<(), RecordError> {
     for e in series_iter(rec)? {
         let (r, l) = e?;
         out.push((r, l.to_owned()));
@@ -318,20 +312,20 @@ pub fn extend_samples(rec: &mut Vec<u8>, samples: &[RefSample]) {
     // Worst case per sample: two 10-byte varints + 8 bytes.
     rec.reserve(samples.len() * 12);
     for &(r, t, v) in samples {
-        put_varint(rec, r.wrapping_sub(base_ref) as i64);
+        put_varint(rec, r.0.wrapping_sub(base_ref) as i64);
         put_varint(rec, t.wrapping_sub(base_t));
         rec.extend_from_slice(&v.to_bits().to_be_bytes());
     }
 }
 
 /// Starts a based record (Samples, Exemplars) if `rec` is empty and returns its base.
-fn start_based(rec: &mut Vec<u8>, typ: u8, r0: u64, t0: i64) -> (u64, i64) {
+fn start_based(rec: &mut Vec<u8>, typ: u8, r0: SeriesRef, t0: i64) -> (u64, i64) {
     if rec.len() < 17 {
         rec.clear();
         rec.push(typ);
-        rec.extend_from_slice(&r0.to_be_bytes());
+        rec.extend_from_slice(&r0.0.to_be_bytes());
         rec.extend_from_slice(&t0.to_be_bytes());
-        return (r0, t0);
+        return (r0.0, t0);
     }
     let mut a = [0u8; 8];
     a.copy_from_slice(&rec[1..9]);
@@ -361,7 +355,11 @@ pub fn decode_samples(rec: &[u8], out: &mut Vec<RefSample>) -> Result<(), Record
         let dr = d.varint()?;
         let dt = d.varint()?;
         let v = f64::from_bits(d.be64()?);
-        out.push((base_ref.wrapping_add(dr as u64), base_t.wrapping_add(dt), v));
+        out.push((
+            SeriesRef(base_ref.wrapping_add(dr as u64)),
+            base_t.wrapping_add(dt),
+            v,
+        ));
         Ok(())
     })
 }
@@ -381,10 +379,10 @@ pub fn extend_exemplars(rec: &mut Vec<u8>, exemplars: &[RefExemplar]) {
     let Some(e0) = exemplars.first() else { return };
     let (base_ref, base_t) = start_based(rec, EXEMPLARS, e0.series_ref, e0.t);
     for e in exemplars {
-        put_varint(rec, e.series_ref.wrapping_sub(base_ref) as i64);
+        put_varint(rec, e.series_ref.0.wrapping_sub(base_ref) as i64);
         put_varint(rec, e.t.wrapping_sub(base_t));
         rec.extend_from_slice(&e.v.to_bits().to_be_bytes());
-        rec.extend_from_slice(e.labels.wire());
+        rec.extend_from_slice(e.labels.bytes());
     }
 }
 
@@ -400,7 +398,7 @@ pub fn decode_exemplars(rec: &[u8], out: &mut Vec<RefExemplar>) -> Result<(), Re
         let v = f64::from_bits(d.be64()?);
         let labels = d.labels()?.to_owned();
         out.push(RefExemplar {
-            series_ref: base_ref.wrapping_add(dr as u64),
+            series_ref: SeriesRef(base_ref.wrapping_add(dr as u64)),
             t: base_t.wrapping_add(dt),
             v,
             labels,
@@ -416,7 +414,7 @@ pub fn encode_tombstones(rec: &mut Vec<u8>, tombstones: &[Tombstone]) {
     rec.clear();
     rec.push(TOMBSTONES);
     for t in tombstones {
-        rec.extend_from_slice(&t.series_ref.to_be_bytes());
+        rec.extend_from_slice(&t.series_ref.0.to_be_bytes());
         put_varint(rec, t.mint);
         put_varint(rec, t.maxt);
     }
@@ -425,7 +423,7 @@ pub fn encode_tombstones(rec: &mut Vec<u8>, tombstones: &[Tombstone]) {
 pub fn decode_tombstones(rec: &[u8], out: &mut Vec<Tombstone>) -> Result<(), RecordError> {
     let mut d = Dec::new(body(rec, TOMBSTONES)?);
     for_each_entry(&mut d, |d| {
-        let series_ref = d.be64()?;
+        let series_ref = SeriesRef(d.be64()?);
         let mint = d.varint()?;
         let maxt = d.varint()?;
         out.push(Tombstone {
@@ -444,7 +442,7 @@ pub fn encode_metadata(rec: &mut Vec<u8>, metadata: &[RefMetadata]) {
     rec.clear();
     rec.push(METADATA);
     for m in metadata {
-        put_uvarint(rec, m.series_ref);
+        put_uvarint(rec, m.series_ref.0);
         rec.push(m.metric_type);
         put_uvarint(rec, 2);
         put_uvarint_str(rec, "UNIT");
@@ -458,7 +456,7 @@ pub fn encode_metadata(rec: &mut Vec<u8>, metadata: &[RefMetadata]) {
 pub fn decode_metadata(rec: &[u8], out: &mut Vec<RefMetadata>) -> Result<(), RecordError> {
     let mut d = Dec::new(body(rec, METADATA)?);
     for_each_entry(&mut d, |d| {
-        let series_ref = d.uvarint()?;
+        let series_ref = SeriesRef(d.uvarint()?);
         let metric_type = d.byte()?;
         let n = d.uvarint()?;
         let mut m = RefMetadata {
@@ -486,6 +484,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const fn r(n: u64) -> SeriesRef {
+        SeriesRef(n)
+    }
+
     fn l(pairs: &[(&str, &str)]) -> Labels {
         Labels::from_pairs(pairs.iter().copied())
     }
@@ -497,7 +499,7 @@ mod tests {
         let mut rec = Vec::new();
         extend_series(
             &mut rec,
-            [(1u64, lab.as_ref()), (300u64, Labels::empty().as_ref())],
+            [(r(1), lab.as_view()), (r(300), Labels::empty().as_view())],
         );
         let mut want = vec![1u8];
         want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]);
@@ -508,7 +510,7 @@ mod tests {
         assert_eq!(rec, want);
         let mut out = Vec::new();
         decode_series(&rec, &mut out).expect("decode");
-        assert_eq!(out, vec![(1, lab), (300, Labels::empty())]);
+        assert_eq!(out, vec![(r(1), lab), (r(300), Labels::empty())]);
     }
 
     #[test]
@@ -516,7 +518,7 @@ mod tests {
         let mut rec = Vec::new();
         encode_samples(
             &mut rec,
-            &[(10, 1000, 1.0), (9, 1015, 2.5), (12, 999, -0.0)],
+            &[(r(10), 1000, 1.0), (r(9), 1015, 2.5), (r(12), 999, -0.0)],
         );
         let mut want = vec![2u8];
         want.extend_from_slice(&10u64.to_be_bytes());
@@ -534,18 +536,21 @@ mod tests {
         let mut out = Vec::new();
         decode_samples(&rec, &mut out).expect("decode");
         assert_eq!(out.len(), 3);
-        assert_eq!((out[1].0, out[1].1, out[1].2), (9, 1015, 2.5));
-        assert_eq!((out[2].0, out[2].1), (12, 999));
+        assert_eq!((out[1].0, out[1].1, out[1].2), (r(9), 1015, 2.5));
+        assert_eq!((out[2].0, out[2].1), (r(12), 999));
         assert!(out[2].2.is_sign_negative());
     }
 
     #[test]
     fn extend_continues_with_the_same_base() {
         let mut a = Vec::new();
-        extend_samples(&mut a, &[(5, 100, 1.0)]);
-        extend_samples(&mut a, &[(7, 130, 2.0), (6, 90, 3.0)]);
+        extend_samples(&mut a, &[(r(5), 100, 1.0)]);
+        extend_samples(&mut a, &[(r(7), 130, 2.0), (r(6), 90, 3.0)]);
         let mut b = Vec::new();
-        encode_samples(&mut b, &[(5, 100, 1.0), (7, 130, 2.0), (6, 90, 3.0)]);
+        encode_samples(
+            &mut b,
+            &[(r(5), 100, 1.0), (r(7), 130, 2.0), (r(6), 90, 3.0)],
+        );
         assert_eq!(a, b);
     }
 
@@ -563,7 +568,7 @@ mod tests {
             })
         );
         let mut rec = Vec::new();
-        encode_samples(&mut rec, &[(1, 1, 1.0), (2, 2, 2.0)]);
+        encode_samples(&mut rec, &[(r(1), 1, 1.0), (r(2), 2, 2.0)]);
         rec.truncate(rec.len() - 3);
         // The second entry is 2 varint bytes + 5 of its 8 value bytes.
         assert_eq!(
@@ -596,7 +601,7 @@ mod tests {
         assert_eq!(
             out,
             vec![Tombstone {
-                series_ref: 3,
+                series_ref: r(3),
                 mint: -1,
                 maxt: 64
             }]
@@ -609,7 +614,7 @@ mod tests {
     #[test]
     fn exemplars_golden() {
         let ex = RefExemplar {
-            series_ref: 2,
+            series_ref: r(2),
             t: 50,
             v: 1.5,
             labels: l(&[("trace_id", "ab")]),
@@ -638,7 +643,7 @@ mod tests {
         assert_eq!(
             out,
             vec![RefMetadata {
-                series_ref: 200,
+                series_ref: r(200),
                 metric_type: 1,
                 unit: "bytes".into(),
                 help: "hi".into()
@@ -683,6 +688,7 @@ mod tests {
         #[test]
         fn samples_roundtrip(s in proptest::collection::vec((any::<u64>(), any::<i64>(), any::<f64>()), 0..50)) {
             let mut rec = Vec::new();
+            let s: Vec<RefSample> = s.into_iter().map(|(a, t, v)| (r(a), t, v)).collect();
             encode_samples(&mut rec, &s);
             let mut out = Vec::new();
             decode_samples(&rec, &mut out).expect("decode");
@@ -695,7 +701,8 @@ mod tests {
         #[test]
         fn series_roundtrip(s in proptest::collection::vec((any::<u64>(), label_strategy()), 0..20)) {
             let mut rec = Vec::new();
-            extend_series(&mut rec, s.iter().map(|(r, l)| (*r, l.as_ref())));
+            let s: Vec<(SeriesRef, Labels)> = s.into_iter().map(|(a, l)| (r(a), l)).collect();
+            extend_series(&mut rec, s.iter().map(|(a, l)| (*a, l.as_view())));
             let mut out = Vec::new();
             decode_series(&rec, &mut out).expect("decode");
             prop_assert_eq!(out, s);

@@ -15,7 +15,7 @@ fn small() -> WalOptions {
     }
 }
 
-fn read_all(dir: &Path) -> (Vec<(u64, Labels)>, Vec<RefSample>) {
+fn read_all(dir: &Path) -> (Vec<(SeriesRef, Labels)>, Vec<RefSample>) {
     let mut series = Vec::new();
     let mut samples = Vec::new();
     let segs = segment::list_segments(dir).expect("list");
@@ -39,6 +39,10 @@ fn read_all(dir: &Path) -> (Vec<(u64, Labels)>, Vec<RefSample>) {
     (series, samples)
 }
 
+fn log_series(wal: &mut Wal, series: &[(SeriesRef, Labels)]) -> Result<(), WalError> {
+    wal.append_series(series.iter().map(|(r, l)| (*r, l.as_view())))
+}
+
 fn series_labels(i: u64) -> Labels {
     let inst = format!("10.0.{}.{}:9100", i % 7, i % 255);
     let name = format!("metric_{}_total", i % 13);
@@ -56,16 +60,20 @@ fn noise(r: u64, s: i64) -> f64 {
 }
 
 /// Writes `scrapes` scrapes of `n` series; returns what was written.
-fn write_scrapes(wal: &mut Wal, n: u64, scrapes: i64) -> (Vec<(u64, Labels)>, Vec<RefSample>) {
-    let series: Vec<(u64, Labels)> = (0..n)
-        .map(|i| (wal.alloc_ref(), series_labels(i)))
+fn write_scrapes(
+    wal: &mut Wal,
+    n: u64,
+    scrapes: i64,
+) -> (Vec<(SeriesRef, Labels)>, Vec<RefSample>) {
+    let series: Vec<(SeriesRef, Labels)> = (0..n)
+        .map(|i| (SeriesRef(i + 1), series_labels(i)))
         .collect();
-    wal.append_series(&series).expect("series");
+    log_series(wal, &series).expect("series");
     let mut all = Vec::new();
     for s in 0..scrapes {
         let batch: Vec<RefSample> = series
             .iter()
-            .map(|(r, _)| (*r, 1_700_000_000_000 + s * 15_000, noise(*r, s)))
+            .map(|(r, _)| (*r, 1_700_000_000_000 + s * 15_000, noise(r.0, s)))
             .collect();
         wal.append_samples(&batch).expect("samples");
         wal.commit().expect("commit");
@@ -78,7 +86,7 @@ fn write_scrapes(wal: &mut Wal, n: u64, scrapes: i64) -> (Vec<(u64, Labels)>, Ve
 fn write_read_across_pages_and_segments() {
     let d = tempfile::tempdir().expect("tmp");
     let (mut wal, st) = Wal::open(d.path(), small()).expect("open");
-    assert_eq!(st.next_ref, 1);
+    assert_eq!(st.next_ref, SeriesRef(1));
     let (series, samples) = write_scrapes(&mut wal, 500, 40);
     wal.sync().expect("sync");
     let segs = segment::list_segments(d.path()).expect("list");
@@ -190,10 +198,11 @@ proptest! {
         let mut want_samples = Vec::new();
         for (labels, samples) in &batches {
             let l = Labels::from_pairs(labels.iter().map(|(a, b)| (a.as_str(), b.as_str())));
-            let r = wal.alloc_ref();
-            wal.append_series(&[(r, l.clone())]).expect("series");
+            let r = SeriesRef(want_series.len() as u64 + 1);
+            log_series(&mut wal, &[(r, l.clone())]).expect("series");
             want_series.push((r, l));
-            wal.append_samples(samples).expect("samples");
+            let samples: Vec<RefSample> = samples.iter().map(|&(r, t, v)| (SeriesRef(r), t, v)).collect();
+            wal.append_samples(&samples).expect("samples");
             wal.commit().expect("commit");
             want_samples.extend(samples.iter().copied());
         }
@@ -211,8 +220,8 @@ proptest! {
         let opts = WalOptions { segment_size: 64 * PAGE_SIZE, compress };
         let (mut wal, _) = Wal::open(d.path(), opts.clone()).expect("open");
         let seg = segment::segment_path(d.path(), wal.segment());
-        let r = wal.alloc_ref();
-        wal.append_series(&[(r, series_labels(1))]).expect("series");
+        let r = SeriesRef(1);
+        log_series(&mut wal, &[(r, series_labels(1))]).expect("series");
         let mut ends = Vec::new();
         for i in 0..60i64 {
             // Varying sizes so records straddle pages.
@@ -279,16 +288,16 @@ fn corrupt_middle_segment_is_cut_and_later_segments_renamed() {
 fn checkpoint_keeps_live_series_and_drops_old_samples() {
     let d = tempfile::tempdir().expect("tmp");
     let (mut wal, _) = Wal::open(d.path(), small()).expect("open");
-    let series: Vec<(u64, Labels)> = (0..200)
-        .map(|i| (wal.alloc_ref(), series_labels(i)))
+    let series: Vec<(SeriesRef, Labels)> = (0..200)
+        .map(|i| (SeriesRef(i + 1), series_labels(i)))
         .collect();
-    wal.append_series(&series).expect("series");
+    log_series(&mut wal, &series).expect("series");
     // Series with odd refs stop receiving samples at t=50.
     for t in 0..300i64 {
         let batch: Vec<RefSample> = series
             .iter()
-            .filter(|(r, _)| r % 2 == 0 || t < 50)
-            .map(|(r, _)| (*r, t, noise(*r, t)))
+            .filter(|(r, _)| r.0 % 2 == 0 || t < 50)
+            .map(|(r, _)| (*r, t, noise(r.0, t)))
             .collect();
         wal.append_samples(&batch).expect("samples");
         wal.commit().expect("commit");
@@ -296,7 +305,7 @@ fn checkpoint_keeps_live_series_and_drops_old_samples() {
     let before = segment::list_segments(d.path()).expect("list");
     assert!(before.len() >= 6, "{before:?}");
     let stats = wal
-        .truncate(60, |r| r % 2 == 0)
+        .truncate(60, |_| |r: SeriesRef| r.0 % 2 == 0)
         .expect("truncate")
         .expect("checkpointed");
     let cp = stats.index;
@@ -314,7 +323,7 @@ fn checkpoint_keeps_live_series_and_drops_old_samples() {
     let (cs, cx) = read_all(&cp_dir);
     assert!(!cs.is_empty());
     assert_eq!(cs.len(), 100);
-    assert!(cs.iter().all(|(r, _)| r % 2 == 0), "only kept series");
+    assert!(cs.iter().all(|(r, _)| r.0 % 2 == 0), "only kept series");
     assert!(cx.iter().all(|s| s.1 >= 60));
 
     // A second truncation replaces the first checkpoint.
@@ -325,14 +334,14 @@ fn checkpoint_keeps_live_series_and_drops_old_samples() {
     for t in 300..400i64 {
         let batch: Vec<RefSample> = series
             .iter()
-            .filter(|(r, _)| r % 2 == 0)
+            .filter(|(r, _)| r.0 % 2 == 0)
             .map(|(r, _)| (*r, t, 1.0))
             .collect();
         wal.append_samples(&batch).expect("samples");
         wal.commit().expect("commit");
     }
     let s2 = wal
-        .gc_and_truncate(350)
+        .truncate(350, |_| |_| true)
         .expect("truncate")
         .expect("checkpointed");
     assert!(s2.index > cp);
@@ -352,30 +361,12 @@ fn replay_after_reopen_continues_refs() {
     let (mut wal, _) = Wal::open(d.path(), small()).expect("open");
     let (series, samples) = write_scrapes(&mut wal, 50, 3);
     drop(wal);
-    let (mut wal, st) = Wal::open(d.path(), small()).expect("reopen");
+    let (_, st) = Wal::open(d.path(), small()).expect("reopen");
     assert_eq!(st.series, series);
     assert_eq!(st.samples, samples.len() as u64);
     assert_eq!(st.unknown_refs, 0);
-    assert_eq!(st.next_ref, 51);
-    assert_eq!(wal.alloc_ref(), 51);
-    assert_eq!(wal.series_count(), 50);
-}
-
-#[test]
-fn series_memory_per_active_series() {
-    let d = tempfile::tempdir().expect("tmp");
-    let (mut wal, _) = Wal::open(d.path(), small()).expect("open");
-    let n = 100_000u64;
-    let series: Vec<(u64, Labels)> = (0..n)
-        .map(|i| (wal.alloc_ref(), series_labels(i)))
-        .collect();
-    for c in series.chunks(1000) {
-        wal.append_series(c).expect("series");
-        wal.commit().expect("commit");
-    }
-    let per = wal.series_heap_bytes() as f64 / n as f64;
-    assert!(per < 150.0, "{per} bytes per series");
-    assert!(per >= 17.0, "{per}: at least key, value and control byte");
+    assert_eq!(st.next_ref, SeriesRef(51));
+    assert_eq!(st.newest.len(), 50);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -602,7 +593,7 @@ fn independent_reader_reads_our_segments() {
             .iter()
             .map(|(r, l)| {
                 (
-                    *r,
+                    r.0,
                     l.iter()
                         .map(|(a, b)| (a.to_owned(), b.to_owned()))
                         .collect(),
@@ -614,7 +605,7 @@ fn independent_reader_reads_our_segments() {
         assert!(got_samples
             .iter()
             .zip(&samples)
-            .all(|(a, b)| a.0 == b.0 && a.1 == b.1 && a.2 == b.2));
+            .all(|(a, b)| a.0 == b.0 .0 && a.1 == b.1 && a.2 == b.2));
     }
 }
 
@@ -624,14 +615,15 @@ fn undecodable_record_is_cut_at_its_start() {
     let mut w = SegmentWriter::create(d.path(), 0, 4 * PAGE_SIZE, true).expect("create");
     let mut rec = Vec::new();
     let l = series_labels(1);
-    record::extend_series(&mut rec, [(1u64, l.as_ref())]);
+    let one = SeriesRef(1);
+    record::extend_series(&mut rec, [(one, l.as_view())]);
     w.log(&rec).expect("log");
-    record::encode_samples(&mut rec, &[(1, 10, 1.0), (1, 20, 2.0)]);
+    record::encode_samples(&mut rec, &[(one, 10, 1.0), (one, 20, 2.0)]);
     w.log(&rec).expect("log");
     let good_end = w.segment_bytes();
     // Valid fragments, but the Samples body ends inside its header.
     w.log(&[record::SAMPLES, 0, 0, 0]).expect("log");
-    record::encode_samples(&mut rec, &[(1, 30, 3.0)]);
+    record::encode_samples(&mut rec, &[(one, 30, 3.0)]);
     w.log(&rec).expect("log");
     w.close().expect("close");
 
@@ -641,7 +633,7 @@ fn undecodable_record_is_cut_at_its_start() {
     assert_eq!(rep.truncated_at, good_end);
     assert!(rep.reason.contains("bytes left in entry"), "{}", rep.reason);
     assert_eq!(st.samples, 2);
-    assert_eq!(st.series, vec![(1, l)]);
+    assert_eq!(st.series, vec![(one, l)]);
 }
 
 #[test]
@@ -682,12 +674,12 @@ fn corrupt_checkpoint_is_an_error_with_its_position() {
 fn truncation_counts_dropped_unsent_samples() {
     let d = tempfile::tempdir().expect("tmp");
     let (mut wal, _) = Wal::open(d.path(), small()).expect("open");
-    let series: Vec<(u64, Labels)> = (0..100)
-        .map(|i| (wal.alloc_ref(), series_labels(i)))
+    let series: Vec<(SeriesRef, Labels)> = (0..100)
+        .map(|i| (SeriesRef(i + 1), series_labels(i)))
         .collect();
-    wal.append_series(&series).expect("series");
+    log_series(&mut wal, &series).expect("series");
     for t in 0..300i64 {
-        let batch: Vec<RefSample> = series.iter().map(|(r, _)| (*r, t, noise(*r, t))).collect();
+        let batch: Vec<RefSample> = series.iter().map(|(r, _)| (*r, t, noise(r.0, t))).collect();
         wal.append_samples(&batch).expect("samples");
         wal.commit().expect("commit");
     }
@@ -718,10 +710,13 @@ fn truncation_counts_dropped_unsent_samples() {
     }
     assert!(expect_unsent > 0);
     let stats = wal
-        .gc_and_truncate_at(Cut {
-            mint: 250,
-            sent_up_to: Some(40),
-        })
+        .truncate(
+            Cut {
+                mint: 250,
+                sent_up_to: Some(40),
+            },
+            |_| |_| true,
+        )
         .expect("truncate")
         .expect("checkpointed");
     assert_eq!(stats.index, cp);
@@ -730,12 +725,12 @@ fn truncation_counts_dropped_unsent_samples() {
 
     // Without a watermark nothing counts as unsent.
     for t in 300..600i64 {
-        let batch: Vec<RefSample> = series.iter().map(|(r, _)| (*r, t, noise(*r, t))).collect();
+        let batch: Vec<RefSample> = series.iter().map(|(r, _)| (*r, t, noise(r.0, t))).collect();
         wal.append_samples(&batch).expect("samples");
         wal.commit().expect("commit");
     }
     let s2 = wal
-        .gc_and_truncate(500)
+        .truncate(500, |_| |_| true)
         .expect("truncate")
         .expect("checkpointed");
     assert!(s2.dropped_samples > 0);
@@ -755,10 +750,10 @@ fn abort_after_a_failed_write_cuts_back_and_keeps_series() {
 
     // A big uncommitted write that spills into the segment files (and past the segment
     // size), then torn bytes as a short write before ENOSPC would leave them.
-    let fresh: Vec<(u64, Labels)> = (100..150)
-        .map(|i| (wal.alloc_ref(), series_labels(i)))
+    let fresh: Vec<(SeriesRef, Labels)> = (100..150)
+        .map(|i| (SeriesRef(i + 1), series_labels(i)))
         .collect();
-    wal.append_series(&fresh).expect("series");
+    log_series(&mut wal, &fresh).expect("series");
     let big: Vec<RefSample> = (0..12_000)
         .map(|i| {
             (

@@ -1,6 +1,7 @@
 use std::path::Path;
 
-use agent::wal::{Labels, Wal, WalOptions};
+use agent::labels::{Labels, SeriesRef};
+use agent::wal::{Wal, WalOptions};
 
 use super::*;
 use crate::args::{OutputFormat, WalInspectArgs};
@@ -16,10 +17,10 @@ fn write_wal(dir: &Path) {
     let l = |pairs: &[(&str, &str)]| Labels::from_pairs(pairs.iter().copied());
     let a = [("job", "node"), ("instance", "10.0.0.1:9100")];
     let b = [("job", "node"), ("instance", "10.0.0.2:9100")];
-    let series = vec![
-        (1, l(&[("__name__", "up"), a[0], a[1]])),
+    let series = [
+        (SeriesRef(1), l(&[("__name__", "up"), a[0], a[1]])),
         (
-            2,
+            SeriesRef(2),
             l(&[
                 ("__name__", "node_cpu_seconds_total"),
                 ("cpu", "0"),
@@ -28,7 +29,7 @@ fn write_wal(dir: &Path) {
             ]),
         ),
         (
-            3,
+            SeriesRef(3),
             l(&[
                 ("__name__", "node_cpu_seconds_total"),
                 ("cpu", "1"),
@@ -36,32 +37,37 @@ fn write_wal(dir: &Path) {
                 a[1],
             ]),
         ),
-        (4, l(&[("__name__", "node_load1"), a[0], a[1]])),
-        (5, l(&[("__name__", "up"), b[0], b[1]])),
-        (6, l(&[("__name__", "node_load1"), b[0], b[1]])),
+        (SeriesRef(4), l(&[("__name__", "node_load1"), a[0], a[1]])),
+        (SeriesRef(5), l(&[("__name__", "up"), b[0], b[1]])),
+        (SeriesRef(6), l(&[("__name__", "node_load1"), b[0], b[1]])),
         (
-            7,
+            SeriesRef(7),
             l(&[
                 ("__name__", "up"),
                 ("job", "prometheus"),
                 ("instance", "localhost:9090"),
             ]),
         ),
-        (8, l(&[("__name__", "orphan_metric")])),
+        (SeriesRef(8), l(&[("__name__", "orphan_metric")])),
     ];
-    wal.append_series(&series).expect("series");
+    wal.append_series(series.iter().map(|(r, l)| (*r, l.as_view())))
+        .expect("series");
     for scrape in 0..3i64 {
         let t = T0 + scrape * 15_000;
-        let samples: Vec<(u64, i64, f64)> = (1..=7).map(|r| (r, t, 1.0)).collect();
+        let samples: Vec<(SeriesRef, i64, f64)> = (1..=7).map(|r| (SeriesRef(r), t, 1.0)).collect();
         wal.append_samples(&samples).expect("samples");
     }
     // A sample whose series record is missing, and a late one half a second later.
-    wal.append_samples(&[(99, T0 - 1_000, 0.0), (1, T0 + 30_500, 1.0)])
-        .expect("samples");
+    wal.append_samples(&[
+        (SeriesRef(99), T0 - 1_000, 0.0),
+        (SeriesRef(1), T0 + 30_500, 1.0),
+    ])
+    .expect("samples");
     // `up` of the first target re-created under a new ref.
-    wal.append_series(&[(9, l(&[("__name__", "up"), a[0], a[1]]))])
+    let again = l(&[("__name__", "up"), a[0], a[1]]);
+    wal.append_series([(SeriesRef(9), again.as_view())])
         .expect("series");
-    wal.append_samples(&[(9, T0 + 45_000, 1.0)])
+    wal.append_samples(&[(SeriesRef(9), T0 + 45_000, 1.0)])
         .expect("samples");
     wal.commit().expect("commit");
 }
@@ -125,13 +131,17 @@ fn report_json() {
 fn report_lists_top_20_metric_names_and_counts_the_rest() {
     let d = tempfile::tempdir().expect("tempdir");
     let (mut wal, _) = Wal::open(d.path(), WalOptions::default()).expect("open");
-    let series: Vec<(u64, Labels)> = (0..25u64)
+    let series: Vec<(SeriesRef, Labels)> = (0..25u64)
         .map(|i| {
             let name = format!("metric_{i:02}");
-            (i + 1, Labels::from_pairs([("__name__", name.as_str())]))
+            (
+                SeriesRef(i + 1),
+                Labels::from_pairs([("__name__", name.as_str())]),
+            )
         })
         .collect();
-    wal.append_series(&series).expect("series");
+    wal.append_series(series.iter().map(|(r, l)| (*r, l.as_view())))
+        .expect("series");
     wal.commit().expect("commit");
     drop(wal);
     let out = run_to_string(&inspect_args(d.path()));
@@ -250,13 +260,14 @@ fn checkpoints_are_reported() {
     for round in 0..4i64 {
         let (mut wal, _) = Wal::open(d.path(), opts.clone()).expect("open");
         if round == 0 {
-            wal.append_series(&[(1, up.clone())]).expect("series");
+            wal.append_series([(SeriesRef(1), up.as_view())])
+                .expect("series");
         }
-        wal.append_samples(&[(1, T0 + round * 1000, 1.0)])
+        wal.append_samples(&[(SeriesRef(1), T0 + round * 1000, 1.0)])
             .expect("samples");
         wal.commit().expect("commit");
         if round == 3 {
-            let cp = wal.gc_and_truncate(T0).expect("truncate");
+            let cp = wal.truncate(T0, |_| |_| true).expect("truncate");
             assert!(cp.is_some(), "a checkpoint was written");
         }
     }
@@ -342,6 +353,6 @@ fn label_values_are_escaped_into_the_target_selector() {
         .expect("parses")
         .expect("some");
     let l = Labels::from_pairs([("job", "a\"b\\c\nd")]);
-    assert!(s.matches(l.as_ref()));
+    assert!(s.matches(l.as_view()));
     assert!(target_selector(None, None).expect("ok").is_none());
 }

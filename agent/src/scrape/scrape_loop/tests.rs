@@ -31,7 +31,7 @@ struct Harness {
 impl Harness {
     fn new(extra: &str) -> Self {
         Harness {
-            p: ScrapeProcessor::new(config(extra), target_labels()),
+            p: ScrapeProcessor::new(config(extra), target_labels(), Hasher::random()),
             s: MemoryStorage::new(),
         }
     }

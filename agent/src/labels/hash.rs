@@ -1,0 +1,120 @@
+//! The label hasher and the map for series refs.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault};
+
+use super::{LabelsRef, SeriesRef};
+
+/// The one hasher for label sets (and for the series texts the scrape cache keys): xxHash64
+/// with a seed over the canonical bytes ([`Labels::bytes`](super::Labels::bytes)), so equal
+/// label sets hash equally and the hash is one pass over one buffer.
+///
+/// A hash never stands for a label set: tables hash to find candidates and compare the bytes.
+/// The seed is what keeps a target from choosing label values that all land in one bucket
+/// (which would make lookups slow, not wrong).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hasher {
+    seed: u64,
+    mask: u64,
+}
+
+impl Hasher {
+    /// A hasher with a per-process random seed, for in-memory tables.
+    pub fn random() -> Self {
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
+        Hasher {
+            seed,
+            mask: u64::MAX,
+        }
+    }
+
+    /// The fixed-seed hasher (seed 0): the same value on every agent and every run, for hashes
+    /// that must agree between processes (a target's scrape phase).
+    pub fn stable() -> Self {
+        Hasher {
+            seed: 0,
+            mask: u64::MAX,
+        }
+    }
+
+    /// A hasher that keeps only the low `bits` bits (0 = every input hashes to 0). For tests:
+    /// with few bits every table sees colliding label sets, which must stay distinct series.
+    pub fn with_bits(seed: u64, bits: u32) -> Self {
+        let mask = if bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        };
+        Hasher { seed, mask }
+    }
+
+    /// The hash of `bytes`.
+    #[inline]
+    pub fn hash_bytes(&self, bytes: &[u8]) -> u64 {
+        twox_hash::XxHash64::oneshot(self.seed, bytes) & self.mask
+    }
+
+    /// The hash of a label set.
+    #[inline]
+    pub fn hash(&self, labels: LabelsRef<'_>) -> u64 {
+        self.hash_bytes(labels.bytes())
+    }
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Hasher::random()
+    }
+}
+
+/// Hash for [`SeriesRef`] keys: a multiply (the FxHash step) keeps the sequential refs a WAL
+/// hands out spread over hashbrown's buckets (low bits) and control bytes (high bits) at a
+/// fraction of SipHash's cost. Refs come from our own WAL, not from a target, so there is no
+/// flooding to resist.
+#[derive(Default, Clone, Copy)]
+pub struct RefHasher(u64);
+
+impl std::hash::Hasher for RefHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+/// A hash map keyed by series ref.
+pub type RefMap<V> = HashMap<SeriesRef, V, BuildHasherDefault<RefHasher>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::Labels;
+
+    #[test]
+    fn seeds_and_bits() {
+        let a = Labels::from_pairs([("a", "1")]);
+        let b = Labels::from_pairs([("a", "2")]);
+        let s = Hasher::stable();
+        assert_eq!(
+            s.hash(a.as_view()),
+            twox_hash::XxHash64::oneshot(0, a.bytes())
+        );
+        assert_eq!(s, Hasher::stable());
+        assert_ne!(s.hash(a.as_view()), s.hash(b.as_view()));
+        let none = Hasher::with_bits(7, 0);
+        assert_eq!(none.hash(a.as_view()), 0);
+        assert_eq!(none.hash(b.as_view()), 0);
+        assert!(Hasher::with_bits(7, 3).hash(a.as_view()) < 8);
+        assert_eq!(
+            Hasher::with_bits(7, 64).hash(a.as_view()),
+            twox_hash::XxHash64::oneshot(7, a.bytes())
+        );
+    }
+}

@@ -1,0 +1,58 @@
+//! Label sets and series identity: the one representation every layer uses (the parser's
+//! output after relabelling, the scrape cache, the WAL, remote_write).
+//!
+//! - [`Labels`]: an immutable label set, one shared byte string in the WAL's wire form (see
+//!   [`set`] for the layout and why). Clones share the bytes, which is how an instance keeps a
+//!   series' labels once for its scrape cache, its series table and its remote_write tables.
+//! - [`LabelsRef`]: the borrowed view of the same bytes, e.g. a slice of a WAL Series record.
+//! - [`LabelsBuilder`]: a mutable set with Prometheus's `labels.Builder` semantics (relabelling).
+//! - [`SeriesRef`]: the WAL-assigned identity of a series within one instance.
+//! - [`Hasher`]: the one label hasher. A hash only ever *finds candidates*: every table keyed by
+//!   labels compares the bytes of the candidates it finds, so two label sets with an equal hash
+//!   stay two series. [`Hasher::with_bits`] lets tests make every hash collide to prove it.
+//! - [`RefMap`]: a hash map keyed by [`SeriesRef`].
+//!
+//! This module depends on nothing else in the crate: it is the bottom of the layering.
+
+mod builder;
+mod hash;
+mod set;
+
+pub use builder::LabelsBuilder;
+pub use hash::{Hasher, RefHasher, RefMap};
+pub(crate) use set::put_uvarint;
+pub use set::{go_quote, write_go_quoted, Labels, LabelsIter, LabelsRef, ParseError};
+
+use std::fmt;
+
+/// Identifies a series within one instance: assigned by its WAL (Prometheus's
+/// `chunks.HeadSeriesRef`), starting at 1, never reused while the WAL exists, and written in
+/// every Series, Samples and Exemplars record.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesRef(pub u64);
+
+impl fmt::Debug for SeriesRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for SeriesRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl From<u64> for SeriesRef {
+    fn from(r: u64) -> Self {
+        SeriesRef(r)
+    }
+}
+
+/// A source of shared label sets: the instance's series table. A reader that meets a series
+/// again (the remote_write watcher reading a Series record back from the WAL) asks for the
+/// table's copy, so the process keeps one. `None` when the table no longer has that ref with
+/// exactly these labels (the caller then keeps its own copy).
+pub trait SharedLabels: Send + Sync {
+    fn shared(&self, r: SeriesRef, labels: LabelsRef<'_>) -> Option<Labels>;
+}

@@ -1,0 +1,482 @@
+//! [`Labels`] and [`LabelsRef`]: a label set as one byte string in the WAL's wire form,
+//!
+//! ```text
+//! uvarint n, then n × (uvarint len, name bytes, uvarint len, value bytes)
+//! ```
+//!
+//! (exactly what a WAL Series record carries after each ref, `uvarint` being unsigned LEB128),
+//! with pairs sorted by name (byte order, as Go compares strings), names unique and values
+//! non-empty when built by [`LabelsBuilder`](super::LabelsBuilder). Why this form:
+//! - one allocation per label set: the label text plus one length byte per string, one count
+//!   byte and the 16-byte `Arc` header; no per-label `String`s, no offsets table;
+//! - the form is canonical, so equality and hashing work on the bytes;
+//! - writing a Series record is a `memcpy`, and a record read from disk is a [`LabelsRef`]
+//!   without copying;
+//! - `Clone` shares the bytes (`Arc`), so every holder of a series (scrape cache, the instance's
+//!   series table, each remote_write endpoint) points at one copy, freed with the last holder.
+//!
+//! Lookups walk the bytes, which is fine for the handful of labels a series has. Every
+//! constructor validates (well-formed varints, UTF-8), so accessors never fail; bytes read from
+//! another writer's WAL are taken as they are (order is not checked, Prometheus always sorts).
+
+use std::fmt;
+use std::sync::Arc;
+
+/// An immutable, shared label set (see the module docs).
+#[derive(Clone)]
+pub struct Labels(Arc<[u8]>);
+
+/// A borrowed label set in the same form, validated.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LabelsRef<'a>(&'a [u8]);
+
+/// Why bytes are not a label set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// A varint or a string runs past the end.
+    #[error("label set truncated")]
+    Short,
+    /// A name or value is not UTF-8 (at this byte offset of the label set).
+    #[error("invalid UTF-8 in label at byte {0}")]
+    Utf8(usize),
+}
+
+/// Appends `x` as an unsigned LEB128 varint.
+pub(crate) fn put_uvarint(buf: &mut Vec<u8>, mut x: u64) {
+    while x >= 0x80 {
+        buf.push((x as u8) | 0x80);
+        x >>= 7;
+    }
+    buf.push(x as u8);
+}
+
+pub(super) fn uvarint_len(mut x: u64) -> usize {
+    let mut n = 1;
+    while x >= 0x80 {
+        x >>= 7;
+        n += 1;
+    }
+    n
+}
+
+/// Reads a uvarint at `*pos`; `None` when truncated or longer than 10 bytes.
+#[inline]
+fn read_uvarint(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let first = *b.get(*pos)?;
+    if first < 0x80 {
+        *pos += 1;
+        return Some(u64::from(first));
+    }
+    let mut x = 0u64;
+    let mut shift = 0u32;
+    for i in 0..10 {
+        let byte = *b.get(*pos + i)?;
+        if byte < 0x80 {
+            if i == 9 && byte > 1 {
+                return None;
+            }
+            *pos += i + 1;
+            return Some(x | (u64::from(byte) << shift));
+        }
+        x |= u64::from(byte & 0x7f) << shift;
+        shift += 7;
+    }
+    None
+}
+
+/// Reads a length-prefixed string at `*pos` (no UTF-8 check).
+#[inline]
+fn read_bytes<'a>(b: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
+    let n = usize::try_from(read_uvarint(b, pos)?).ok()?;
+    let end = pos.checked_add(n)?;
+    let s = b.get(*pos..end)?;
+    *pos = end;
+    Some(s)
+}
+
+/// A string of validated bytes. Validation happened at construction; should the bytes
+/// somehow not be UTF-8, the empty string is the harmless answer.
+#[inline]
+fn as_str(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or("")
+}
+
+impl Labels {
+    /// The empty label set.
+    pub fn empty() -> Self {
+        Labels(Arc::from(&[0u8][..]))
+    }
+
+    /// Builds a label set from pairs in any order. Pairs with an empty value are dropped; when
+    /// a name repeats, the later pair wins (as repeated `Builder.Set` calls do).
+    pub fn from_pairs<I, N, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (N, V)>,
+        N: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut b = super::LabelsBuilder::new();
+        for (n, v) in pairs {
+            b.set(n.as_ref(), v.as_ref());
+        }
+        b.labels()
+    }
+
+    /// Takes packed bytes the caller built in the wire form (the builder).
+    pub(super) fn from_packed(bytes: &[u8]) -> Self {
+        Labels(Arc::from(bytes))
+    }
+
+    /// The borrowed view.
+    #[inline]
+    pub fn as_view(&self) -> LabelsRef<'_> {
+        LabelsRef(&self.0)
+    }
+
+    /// The wire bytes (`uvarint n` + pairs).
+    #[inline]
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Heap bytes of the shared buffer (for memory accounting): the bytes plus the `Arc`'s two
+    /// counters.
+    pub fn heap_size(&self) -> usize {
+        self.0.len() + 2 * std::mem::size_of::<usize>()
+    }
+
+    /// Whether both share one buffer (not only equal bytes).
+    pub fn ptr_eq(&self, other: &Labels) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    pub fn iter(&self) -> LabelsIter<'_> {
+        self.as_view().iter()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.as_view().get(name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_view().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A builder starting from these labels.
+    pub fn builder(&self) -> super::LabelsBuilder {
+        let mut b = super::LabelsBuilder::new();
+        b.reset(self);
+        b
+    }
+}
+
+impl Default for Labels {
+    fn default() -> Self {
+        Labels::empty()
+    }
+}
+
+impl PartialEq for Labels {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for Labels {}
+
+impl std::hash::Hash for Labels {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq<LabelsRef<'_>> for Labels {
+    fn eq(&self, other: &LabelsRef<'_>) -> bool {
+        *self.0 == *other.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Labels {
+    type Item = (&'a str, &'a str);
+    type IntoIter = LabelsIter<'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a> LabelsRef<'a> {
+    /// Parses one label set at the start of `b`, validating structure and UTF-8. Returns the
+    /// set and the number of bytes it spans.
+    pub fn parse(b: &'a [u8]) -> Result<(LabelsRef<'a>, usize), ParseError> {
+        let mut pos = 0;
+        let n = read_uvarint(b, &mut pos).ok_or(ParseError::Short)?;
+        for _ in 0..n {
+            for _ in 0..2 {
+                let at = pos;
+                let s = read_bytes(b, &mut pos).ok_or(ParseError::Short)?;
+                if std::str::from_utf8(s).is_err() {
+                    return Err(ParseError::Utf8(at));
+                }
+            }
+        }
+        Ok((LabelsRef(&b[..pos]), pos))
+    }
+
+    /// An owned copy.
+    pub fn to_owned(self) -> Labels {
+        Labels(Arc::from(self.0))
+    }
+
+    /// The wire bytes.
+    #[inline]
+    pub fn bytes(self) -> &'a [u8] {
+        self.0
+    }
+
+    #[inline]
+    pub fn iter(self) -> LabelsIter<'a> {
+        let mut pos = 0;
+        let left = read_uvarint(self.0, &mut pos).unwrap_or(0);
+        LabelsIter {
+            b: self.0,
+            pos,
+            left,
+        }
+    }
+
+    pub fn len(self) -> usize {
+        let mut pos = 0;
+        read_uvarint(self.0, &mut pos).unwrap_or(0) as usize
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(self, name: &str) -> Option<&'a str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    pub fn contains(self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Where each string lies in [`bytes`](LabelsRef::bytes): `out[2i]` is `(start, end)` of
+    /// name `i`, `out[2i + 1]` of its value. Returns the number of strings written, or `None`
+    /// when `out` is too small or an offset does not fit in 16 bits (a hot-path index for
+    /// short label sets; callers fall back to something else then).
+    #[inline]
+    pub fn spans(self, out: &mut [(u16, u16)]) -> Option<usize> {
+        let b = self.0;
+        if b.len() > usize::from(u16::MAX) {
+            return None;
+        }
+        let mut pos = 0;
+        let n = usize::try_from(read_uvarint(b, &mut pos)?)
+            .ok()?
+            .checked_mul(2)?;
+        if n > out.len() {
+            return None;
+        }
+        for span in &mut out[..n] {
+            let len = usize::try_from(read_uvarint(b, &mut pos)?).ok()?;
+            let end = pos.checked_add(len).filter(|&e| e <= b.len())?;
+            *span = (pos as u16, end as u16);
+            pos = end;
+        }
+        Some(n)
+    }
+}
+
+/// Iterator over the `(name, value)` pairs of a label set, in stored (name) order.
+#[derive(Clone)]
+pub struct LabelsIter<'a> {
+    b: &'a [u8],
+    pos: usize,
+    left: u64,
+}
+
+impl<'a> Iterator for LabelsIter<'a> {
+    type Item = (&'a str, &'a str);
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let n = read_bytes(self.b, &mut self.pos)?;
+        let v = read_bytes(self.b, &mut self.pos)?;
+        Some((as_str(n), as_str(v)))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = usize::try_from(self.left).unwrap_or(usize::MAX);
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for LabelsIter<'_> {}
+
+impl<'a> IntoIterator for LabelsRef<'a> {
+    type Item = (&'a str, &'a str);
+    type IntoIter = LabelsIter<'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+/// Prometheus's `Labels.String()`: `{a="b", c="d"}`, values quoted as Go's `strconv.Quote`.
+impl fmt::Display for LabelsRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (i, (n, v)) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(n)?;
+            f.write_str("=")?;
+            write_go_quoted(f, v)?;
+        }
+        f.write_str("}")
+    }
+}
+
+impl fmt::Debug for LabelsRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.as_view(), f)
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.as_view(), f)
+    }
+}
+
+/// Go's `strconv.Quote`: `"` and `\` escaped; printable runes (Unicode letters, marks,
+/// numbers, punctuation, symbols and U+0020) kept; `\a \b \f \n \r \t \v` for those
+/// controls; other runes below U+0020 and U+007F as `\xNN`; other non-printable runes as
+/// `\uNNNN` or `\UNNNNNNNN` (lowercase hex).
+pub fn write_go_quoted(out: &mut impl fmt::Write, s: &str) -> fmt::Result {
+    out.write_char('"')?;
+    for c in s.chars() {
+        match c {
+            '"' => out.write_str("\\\"")?,
+            '\\' => out.write_str("\\\\")?,
+            ' '..='~' => out.write_char(c)?,
+            '\u{07}' => out.write_str("\\a")?,
+            '\u{08}' => out.write_str("\\b")?,
+            '\u{0C}' => out.write_str("\\f")?,
+            '\n' => out.write_str("\\n")?,
+            '\r' => out.write_str("\\r")?,
+            '\t' => out.write_str("\\t")?,
+            '\u{0B}' => out.write_str("\\v")?,
+            c if (c as u32) < 0x20 || c == '\u{7F}' => write!(out, "\\x{:02x}", c as u32)?,
+            c if is_go_printable(c) => out.write_char(c)?,
+            c if (c as u32) < 0x1_0000 => write!(out, "\\u{:04x}", c as u32)?,
+            c => write!(out, "\\U{:08x}", c as u32)?,
+        }
+    }
+    out.write_char('"')
+}
+
+/// Go's `strconv.Quote` as a `String`.
+pub fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    // Writing into a String cannot fail.
+    let _ = write_go_quoted(&mut out, s);
+    out
+}
+
+/// Go's `unicode.IsPrint` for a non-ASCII rune. Rust's `escape_debug` keeps exactly the same
+/// categories (L, M, N, P, S; it escapes C* and Z* other than U+0020), except that a
+/// grapheme extender is escaped when it starts a string; preceding the rune with `a` avoids
+/// that case, so the rune is printable iff it comes out unescaped.
+fn is_go_printable(c: char) -> bool {
+    let mut buf = [0u8; 5];
+    buf[0] = b'a';
+    let len = 1 + c.encode_utf8(&mut buf[1..]).len();
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(s) => s.escape_debug().nth(1) == Some(c),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(pairs: &[(&str, &str)]) -> Labels {
+        Labels::from_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn sorted_unique_non_empty_in_wire_form() {
+        let ls = l(&[
+            ("job", "node"),
+            ("__name__", "up"),
+            ("c", ""),
+            ("instance", "a:1"),
+        ]);
+        assert_eq!(
+            ls.bytes(),
+            b"\x03\x08__name__\x02up\x08instance\x03a:1\x03job\x04node".as_slice()
+        );
+        assert_eq!(ls.get("job"), Some("node"));
+        assert_eq!(ls.get("c"), None);
+        assert!(!ls.contains("zz"));
+        assert_eq!(ls.len(), 3);
+        let (r, used) = LabelsRef::parse(ls.bytes()).expect("valid");
+        assert_eq!(used, ls.bytes().len());
+        assert_eq!(r.to_owned(), ls);
+        assert_eq!(ls, r);
+        assert!(Labels::empty().is_empty());
+        assert_eq!(Labels::empty().bytes(), [0u8]);
+        // Later pairs win, as repeated Builder.Set calls.
+        assert_eq!(l(&[("b", "2"), ("b", "3")]).get("b"), Some("3"));
+    }
+
+    #[test]
+    fn display_is_prometheus_form_with_go_quoting() {
+        assert_eq!(Labels::empty().to_string(), "{}");
+        let ls = l(&[("job", "api"), ("a", "x\"y\\z\n\t")]);
+        assert_eq!(ls.to_string(), r#"{a="x\"y\\z\n\t", job="api"}"#);
+        // strconv.Quote: controls as \xNN / \a..\v, non-printable as \u, printable kept.
+        assert_eq!(go_quote("\u{7}\u{1}\u{7f}"), r#""\a\x01\x7f""#);
+        assert_eq!(go_quote("é日本\u{301}"), "\"é日本\u{301}\"");
+        assert_eq!(
+            go_quote("\u{a0}\u{200b}\u{2028}"),
+            r#""\u00a0\u200b\u2028""#
+        );
+        assert_eq!(go_quote("\u{e0001}"), r#""\U000e0001""#);
+    }
+
+    #[test]
+    fn parse_rejects_bad_input_and_long_strings_round_trip() {
+        assert_eq!(
+            LabelsRef::parse(b"\x01\x01a").unwrap_err(),
+            ParseError::Short
+        );
+        assert_eq!(
+            LabelsRef::parse(b"\x01\x01\xff\x00").unwrap_err(),
+            ParseError::Utf8(1)
+        );
+        let long = "v".repeat(300);
+        let ls = l(&[("n", long.as_str())]);
+        assert_eq!(ls.get("n"), Some(long.as_str()));
+        assert_eq!(LabelsRef::parse(ls.bytes()).unwrap().1, ls.bytes().len());
+    }
+}
