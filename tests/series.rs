@@ -18,15 +18,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::config::duration::PromDuration;
 use agent::config::load::parse_instance;
-use agent::config::remote_write::QueueConfig;
 use agent::config::GlobalConfig;
 use agent::instance::storage::WalStorage;
 use agent::labels::{Hasher, Labels};
-use agent::remote_write::{
-    ClientSettings, QueueManager, QueueSettings, RemoteClient, RemoteWriteMetrics,
-};
+use agent::remote_write::{QueueManager, RemoteWriteMetrics};
 use agent::scrape::parse::Format;
 use agent::scrape::scrape_loop::ScrapeProcessor;
 use agent::wal::{inspect, Wal, WalOptions};
@@ -134,29 +130,8 @@ const PER_TARGET: u64 = 30;
 const SCRAPES: i64 = 6;
 
 fn queue(url: &str) -> Arc<QueueManager> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = RemoteClient::new(ClientSettings {
-        remote_name: "series".into(),
-        url: reqwest::Url::parse(url).unwrap(),
-        timeout: Duration::from_secs(10),
-        headers: Default::default(),
-        http: Default::default(),
-        retry_on_http_429: true,
-        agent_id: None,
-    })
-    .unwrap();
-    let cfg = QueueConfig {
-        max_samples_per_send: 100,
-        batch_send_deadline: PromDuration::from_millis(100),
-        ..QueueConfig::default()
-    };
     let metrics = RemoteWriteMetrics::register(&mut Registry::default());
-    Arc::new(QueueManager::new(
-        client,
-        QueueSettings::new(cfg, BTreeMap::new()),
-        &metrics,
-        None,
-    ))
+    crate::support::remote_write_queue("series", url, 100, &metrics)
 }
 
 /// One target's body at scrape `k`: series `i` has the value `k * 1000 + i`. Some texts name

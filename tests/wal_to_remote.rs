@@ -1,16 +1,11 @@
 //! The WAL watcher feeding remote_write into a real Prometheus: everything in the WAL arrives,
 //! and after a restart only what was not yet sent is sent again (count per series exact).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::config::duration::PromDuration;
-use agent::config::remote_write::QueueConfig;
 use agent::labels::{Labels, SeriesRef};
-use agent::remote_write::{
-    ClientSettings, QueueManager, QueueSettings, RemoteClient, RemoteWriteMetrics,
-};
+use agent::remote_write::{QueueManager, RemoteWriteMetrics};
 use agent::wal::{Wal, WalOptions};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -18,28 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::support::prometheus::Prometheus;
 
 fn queue(url: &str, metrics: &RemoteWriteMetrics) -> Arc<QueueManager> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = RemoteClient::new(ClientSettings {
-        remote_name: "wal-test".into(),
-        url: reqwest::Url::parse(url).unwrap(),
-        timeout: Duration::from_secs(10),
-        headers: Default::default(),
-        http: Default::default(),
-        retry_on_http_429: true,
-        agent_id: None,
-    })
-    .unwrap();
-    let cfg = QueueConfig {
-        max_samples_per_send: 500,
-        batch_send_deadline: PromDuration::from_millis(100),
-        ..QueueConfig::default()
-    };
-    Arc::new(QueueManager::new(
-        client,
-        QueueSettings::new(cfg, BTreeMap::new()),
-        metrics,
-        None,
-    ))
+    crate::support::remote_write_queue("wal-test", url, 500, metrics)
 }
 
 /// Appends `rounds` scrapes of 50 series (new series on the first call only).

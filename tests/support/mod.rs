@@ -239,3 +239,36 @@ pub fn placement<'a>(
 }
 
 pub mod etcd;
+
+/// A remote_write queue to `url` for tests that drive the WAL watcher and queue in process
+/// (not through an agent): `max_samples_per_send` per request, batches sent within 100 ms.
+pub fn remote_write_queue(
+    name: &str,
+    url: &str,
+    max_samples_per_send: usize,
+    metrics: &::agent::remote_write::RemoteWriteMetrics,
+) -> std::sync::Arc<::agent::remote_write::QueueManager> {
+    use ::agent::remote_write::{ClientSettings, QueueManager, QueueSettings, RemoteClient};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = RemoteClient::new(ClientSettings {
+        remote_name: name.into(),
+        url: reqwest::Url::parse(url).unwrap(),
+        timeout: Duration::from_secs(10),
+        headers: Default::default(),
+        http: Default::default(),
+        retry_on_http_429: true,
+        agent_id: None,
+    })
+    .unwrap();
+    let cfg = ::agent::config::remote_write::QueueConfig {
+        max_samples_per_send,
+        batch_send_deadline: ::agent::config::duration::PromDuration::from_millis(100),
+        ..Default::default()
+    };
+    std::sync::Arc::new(QueueManager::new(
+        client,
+        QueueSettings::new(cfg, std::collections::BTreeMap::new()),
+        metrics,
+        None,
+    ))
+}
