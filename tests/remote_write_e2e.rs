@@ -509,6 +509,87 @@ async fn e2e_sigkill_while_receiver_down_resends_the_wal() {
     stop(agent);
 }
 
+/// SIGTERM while the receiver refuses connections (stopped): the agent does not wait out
+/// `remote_flush_deadline` (5 m here, longer than the harness's minute for a stop) retrying a
+/// receiver that is down; it stops at once, and after a restart with the receiver back every
+/// scrape arrives, the unsent ones read again from the WAL (docs/compat.md, *Stopping*).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_sigterm_while_receiver_down_stops_at_once_and_loses_nothing() {
+    install_crypto();
+    let mut prom = tokio::task::spawn_blocking(Prometheus::start)
+        .await
+        .unwrap();
+    let target = Target::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = agent_yaml(dir.path());
+    let mut agent = start_agent(dir.path(), Some(&cfg));
+    let yaml = format!(
+        "{}remote_flush_deadline: 5m\n",
+        instance_yaml(&target.addr, &[&prom.write_url()], SHARDED)
+    );
+    put_config(&agent, "e2e-term", &yaml).await;
+    wait_for(
+        "first scrapes at the receiver",
+        Duration::from_secs(30),
+        || async { newest_everywhere(&prom).await.filter(|&n| n >= 3) },
+    )
+    .await;
+
+    tokio::task::block_in_place(|| prom.stop());
+    let down_at = target.served();
+    scrapes(&target, 5).await;
+    // The queue holds samples it cannot send: the shards are retrying.
+    wait_for("failed sends", Duration::from_secs(60), || async {
+        (metric(
+            &agent,
+            "prometheus_remote_storage_samples_retried_total",
+            "rw0",
+        ) > 0.0)
+            .then_some(())
+    })
+    .await;
+    let asked = Instant::now();
+    // The harness fails the test when the agent still runs a minute after SIGTERM.
+    let code = tokio::task::block_in_place(|| agent.stop());
+    let took = asked.elapsed();
+    assert_eq!(code, Some(0), "agent exit:\n{}", agent.log());
+    let stopped_at = target.served();
+    let log = agent.log();
+    assert!(
+        log.contains("remote_write receiver not accepting samples"),
+        "the stop does not say why it did not flush:\n{log}"
+    );
+
+    tokio::task::block_in_place(|| prom.restart());
+    let back = Instant::now();
+    tokio::task::block_in_place(|| agent.restart());
+    wait_instance(&agent, "e2e-term", true).await;
+    wait_for(
+        "the WAL's scrapes at the receiver",
+        Duration::from_secs(90),
+        || async { newest_everywhere(&prom).await.filter(|&n| n > stopped_at) },
+    )
+    .await;
+    let drain = back.elapsed();
+    scrapes(&target, 2).await;
+    delete_config(&agent, "e2e-term").await;
+    let total = target.served();
+    wait_settled(&prom).await;
+    let got = received(&prom, &target.addr).await;
+    // Served but maybe never committed: the scrape in flight at the SIGTERM and at the DELETE.
+    let may_miss = BTreeSet::from([stopped_at, total]);
+    let up = up(&prom).await;
+    let (expected, arrived) = check_series(&got, total, &may_miss, up)
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(dir.path(), &prom)));
+    eprintln!(
+        "e2e SIGTERM while the receiver was down: stopped in {took:?} (remote_flush_deadline \
+         5m); scrapes {down_at}..{stopped_at} unsent at the stop, all at the receiver {drain:?} \
+         after the restart; total {total} scrapes, samples served {expected} arrived {arrived}, \
+         {up:?}"
+    );
+    stop(agent);
+}
+
 /// A receiver answering a script of statuses (then `then`), recording each request.
 #[derive(Clone)]
 struct Receiver {

@@ -501,11 +501,15 @@ impl Instance {
     }
 
     /// Stops scraping (staleness markers only when `write_stale`, i.e. not when the config
-    /// moved to another agent that continues the series), then flushes remote_write for up to
-    /// `remote_flush_deadline`.
+    /// moved to another agent that continues the series), fsyncs the WAL, then flushes
+    /// remote_write while the receiver takes samples, for up to `remote_flush_deadline`, and
+    /// saves how far it got: what was not sent is read from the WAL again at the next start
+    /// (docs/compat.md, *Stopping*).
     pub async fn stop(self, write_stale: bool) {
         self.scrape.stop(write_stale).await;
-        let _ = self.storage.sync();
+        if let Err(e) = self.storage.sync() {
+            tracing::error!(error = %e, "WAL fsync on stop failed");
+        }
         self.stop.cancel();
         let _ = self.housekeeping.await;
         self.metrics.forget(&self.label);
@@ -516,7 +520,7 @@ impl Instance {
             if let Some(m) = r.metadata {
                 let _ = m.await;
             }
-            let report = r.queue.flush(deadline).await;
+            let report = r.queue.flush_while_delivering(deadline).await;
             // What the flush delivered is not sent again after a restart.
             let (q, p) = (r.queue.clone(), r.progress.clone());
             let saved = tokio::task::spawn_blocking(move || {
@@ -528,8 +532,12 @@ impl Instance {
                     tracing::warn!(file = %r.progress.display(), error = %e,
                         "cannot save remote_write progress");
                 }
-                if !report.complete {
-                    tracing::warn!(dropped = report.dropped,
+                if report.receiver_failed {
+                    tracing::warn!(unsent_samples = report.dropped,
+                        "remote_write receiver not accepting samples; stopped without waiting for it: \
+                         the unsent samples stay in the WAL and are sent when this config runs here again");
+                } else if !report.complete {
+                    tracing::warn!(unsent_samples = report.dropped,
                         "remote_write flush did not finish before remote_flush_deadline; the rest stays in the WAL");
                 }
             });

@@ -145,8 +145,11 @@ pub enum QueueError {
 pub struct FlushReport {
     /// Everything queued was delivered or refused before the deadline.
     pub complete: bool,
-    /// Samples abandoned because the deadline passed (also in `samples_dropped_total`).
+    /// Samples abandoned because the deadline passed or the receiver stopped accepting (also
+    /// in `samples_dropped_total`). They are still in the WAL and not in the saved progress.
     pub dropped: u64,
+    /// A send failed during [`QueueManager::flush_while_delivering`], which ended the flush.
+    pub receiver_failed: bool,
 }
 
 /// A queued sample, or an exemplar (then `t` and `v` are unused). Boxed so that a sample
@@ -305,6 +308,9 @@ struct ShardState {
     highest_done: AtomicI64,
     /// Samples queued or in flight.
     pending: AtomicUsize,
+    /// Samples of this shard were abandoned by a hard stop: its progress stays at
+    /// `highest_done`, the queue's highest says nothing about them.
+    abandoned: AtomicBool,
     /// Entries ever queued to this shard, and ever finished by it (delivered, refused or
     /// dropped), for [`QueueManager::delivered_through`].
     queued: AtomicU64,
@@ -326,6 +332,11 @@ struct Shared {
     hard_stop: CancellationToken,
     /// Ends the resharding loop.
     soft_stop: CancellationToken,
+    /// Set by [`QueueManager::flush_while_delivering`]: a failed send then hard-stops the queue
+    /// instead of retrying, and a retry waiting for its backoff goes at once.
+    give_up: CancellationToken,
+    /// A send failed after `give_up`.
+    receiver_failed: AtomicBool,
     stopped: AtomicBool,
     states: Mutex<Vec<Arc<ShardState>>>,
     /// Highest timestamp finished by any shard, including shards retired by resharding.
@@ -445,7 +456,9 @@ impl Shared {
             .lock_states()
             .iter()
             .map(|s| {
-                let done = if s.pending.load(Ordering::Acquire) > 0 {
+                let done = if s.pending.load(Ordering::Acquire) > 0
+                    || s.abandoned.load(Ordering::Acquire)
+                {
                     s.highest_done.load(Ordering::Acquire)
                 } else {
                     highest
@@ -551,6 +564,8 @@ impl QueueManager {
             metrics: m,
             hard_stop: CancellationToken::new(),
             soft_stop: CancellationToken::new(),
+            give_up: CancellationToken::new(),
+            receiver_failed: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             states: Mutex::new(Vec::new()),
             highest_done: AtomicI64::new(NO_TIMESTAMP),
@@ -919,9 +934,20 @@ impl QueueManager {
         }
     }
 
+    /// The flush on stop: like [`QueueManager::flush`], but only while the receiver takes
+    /// what is sent. The first failed send (refused connection, timeout, 5xx, 429; a retry
+    /// waiting for its backoff goes at once) ends it: what is still queued is abandoned, and
+    /// as its progress is not saved, it is read from the WAL again at the next start.
+    /// Waiting for a receiver that is down would only delay the stop (docs/compat.md,
+    /// *Stopping*).
+    pub async fn flush_while_delivering(&self, deadline: Instant) -> FlushReport {
+        self.shared.give_up.cancel();
+        self.flush(deadline).await
+    }
+
     /// Stops accepting samples, sends what is queued, and waits until `deadline` at most
-    /// (`remote_flush_deadline`). Whatever is still queued then is abandoned and counted as
-    /// dropped. Idempotent.
+    /// (`remote_flush_deadline`), retrying failed sends meanwhile. Whatever is still queued
+    /// then is abandoned and counted as dropped. Idempotent.
     pub async fn flush(&self, deadline: Instant) -> FlushReport {
         let shared = &self.shared;
         shared.stopped.store(true, Ordering::Release);
@@ -967,7 +993,10 @@ impl QueueManager {
                 let _ = t.await;
             }
         }
-        if !complete {
+        let receiver_failed = shared.receiver_failed.load(Ordering::Acquire);
+        if receiver_failed {
+            complete = false;
+        } else if !complete {
             shared.span.in_scope(|| {
                 tracing::warn!(
                     url = shared.client.url(),
@@ -980,6 +1009,7 @@ impl QueueManager {
         FlushReport {
             complete,
             dropped: shared.dropped_on_stop.load(Ordering::Relaxed),
+            receiver_failed,
         }
     }
 }
@@ -1004,6 +1034,7 @@ fn start_shards(shared: &Arc<Shared>, n: usize) -> Shards {
         let state = Arc::new(ShardState {
             highest_done: AtomicI64::new(start),
             pending: AtomicUsize::new(0),
+            abandoned: AtomicBool::new(false),
             queued: AtomicU64::new(0),
             done: AtomicU64::new(0),
         });
@@ -1086,6 +1117,9 @@ async fn run_shard(mut rx: mpsc::Receiver<Pending>, state: Arc<ShardState>, shar
     m.exemplars_dropped.inc_by(left_ex);
     m.exemplars_pending.dec_by(left_ex as i64);
     shared.dropped_on_stop.fetch_add(left, Ordering::Relaxed);
+    if left + left_ex > 0 {
+        state.abandoned.store(true, Ordering::Release);
+    }
     state
         .pending
         .fetch_sub((left + left_ex) as usize, Ordering::AcqRel);
@@ -1201,6 +1235,7 @@ async fn send_batch(
             m.samples_dropped.inc_by(n);
             m.exemplars_dropped.inc_by(n_ex);
             shared.dropped_on_stop.fetch_add(n, Ordering::Relaxed);
+            state.abandoned.store(true, Ordering::Release);
         }
     }
     m.samples_dropped.inc_by(lost);
@@ -1252,6 +1287,14 @@ async fn send_with_backoff(
                 retry_after,
             }) => (reason, retry_after),
         };
+        if shared.give_up.is_cancelled() {
+            // Stopping, and the receiver does not take samples: the WAL keeps them.
+            shared.receiver_failed.store(true, Ordering::Release);
+            shared.hard_stop.cancel();
+            tracing::debug!(url = shared.client.url(), error = %reason,
+                "send failed while flushing on stop; flush ends");
+            return Outcome::Cancelled;
+        }
         retried();
         let sleep = retry_after.unwrap_or(backoff);
         tracing::warn!(
@@ -1262,6 +1305,8 @@ async fn send_with_backoff(
         );
         tokio::select! {
             () = tokio::time::sleep(sleep) => {}
+            // Stopping: one more try at once, no waiting out the backoff.
+            () = shared.give_up.cancelled() => {}
             () = shared.hard_stop.cancelled() => return Outcome::Cancelled,
         }
         backoff = (sleep * 2).min(max_backoff).max(q.min_backoff.as_std());
@@ -1637,6 +1682,101 @@ mod tests {
             // Exemplar timestamps do not move the watermark: only the sample's does.
             assert_eq!(q.lowest_sent_timestamp(), Some(1_000));
         }
+    }
+
+    /// The flush on stop ends at the first failed send instead of retrying until its deadline,
+    /// and the progress it leaves covers only what was delivered: a shard whose samples were
+    /// abandoned keeps its own mark, not the queue's highest (which another shard reached).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flush_while_delivering_stops_at_a_failed_send_and_keeps_unsent_progress() {
+        // Series "a" is always accepted; series "b" once, then refused with 503.
+        let b_seen = Arc::new(AtomicUsize::new(0));
+        let seen = b_seen.clone();
+        let app = axum::Router::new().route(
+            "/write",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let req = WriteRequest::decode_snappy(&body).unwrap();
+                    let b = req.timeseries.iter().any(|t| t.labels[0].value == "b");
+                    if b && seen.fetch_add(1, Ordering::SeqCst) > 0 {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let client = RemoteClient::new(ClientSettings {
+            remote_name: "r".into(),
+            url: url::Url::parse(&format!("http://{addr}/write")).unwrap(),
+            timeout: Duration::from_secs(5),
+            headers: Default::default(),
+            http: Default::default(),
+            retry_on_http_429: true,
+            agent_id: None,
+        })
+        .unwrap();
+        let settings = QueueSettings::new(
+            QueueConfig {
+                batch_send_deadline: PromDuration::from_millis(20),
+                min_shards: 2,
+                max_shards: 2,
+                ..QueueConfig::default()
+            },
+            BTreeMap::new(),
+        );
+        let metrics =
+            RemoteWriteMetrics::register(&mut prometheus_client::registry::Registry::default());
+        let q = QueueManager::new(client, settings, &metrics, None);
+        let l = |n: &str| Labels::from_pairs([("__name__", n)]);
+        // Shard 0 sends "a" (ref 2), shard 1 sends "b" (ref 1).
+        q.store_series([(r(2), l("a")), (r(1), l("b"))]);
+        q.append_samples(&[(r(2), 1_000, 1.0), (r(1), 1_000, 1.0)])
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while q.sent_marks().is_none() {
+            assert!(Instant::now() < deadline, "first samples never delivered");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        q.append_samples(&[(r(2), 2_000, 2.0), (r(1), 2_000, 2.0)])
+            .await
+            .unwrap();
+        while b_seen.load(Ordering::SeqCst) < 2
+            || q.shared.highest_done.load(Ordering::Acquire) < 2_000
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the second batches were never sent"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = Instant::now();
+        let report = q
+            .flush_while_delivering(Instant::now() + Duration::from_secs(600))
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "waited {:?} for a refusing receiver",
+            started.elapsed()
+        );
+        assert!(report.receiver_failed && !report.complete, "{report:?}");
+        assert_eq!(report.dropped, 1, "b's sample at 2000 was not sent");
+        // "a" is through 2000; "b" only through 1000: its sample at 2000 is read again from
+        // the WAL after a restart.
+        assert_eq!(
+            q.sent_marks(),
+            Some(SentMarks {
+                lowest: 999,
+                shards: vec![1_999, 999],
+            })
+        );
     }
 
     /// A series forgotten while samples of it are queued keeps its labels until they are
