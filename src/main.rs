@@ -5,6 +5,17 @@ use std::process::ExitCode;
 use clap::Parser;
 use cli::args::{AgentCommand, Cli, Command, LogFormat, LogLevel};
 
+// The global allocator: the system's unless a feature picks another (one at most); compared
+// on the full benchmark by `bench/run --allocators` (BENCHMARKS.md).
+#[cfg(all(feature = "mimalloc", feature = "jemalloc"))]
+compile_error!("the `mimalloc` and `jemalloc` features each pick the global allocator: enable one");
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // The old agent's flags are Go flags, spelled `-config.file=x`; accept that spelling so
     // existing unit files and scripts keep working.
