@@ -26,6 +26,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process: the size of the `Run` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Serve synthetic targets on loopback until interrupted (prints their addresses).
@@ -49,6 +51,17 @@ enum Cmd {
         /// (seconds), e.g. 100x1000@5s:30+120. Replaces the default plans.
         #[arg(long = "plan", value_name = "PLAN")]
         plans: Vec<String>,
+        /// Replace every plan's warm-up and window (seconds), e.g. 10+30 for a shorter full run.
+        #[arg(long, value_name = "WARMUP+WINDOW")]
+        window: Option<String>,
+        /// Leave out the plans with more active series than this (e.g. 500000 skips 1M).
+        #[arg(long, value_name = "SERIES")]
+        max_series: Option<u64>,
+        /// Another agentctl build to measure as its own scraper (repeatable):
+        /// NAME=PATH[;KEY=VALUE]..., e.g. `jemalloc=target/release/agentctl-jemalloc;_RJEM_MALLOC_CONF=dirty_decay_ms:1000`.
+        /// Name it in --scrapers.
+        #[arg(long = "agentctl-variant", value_name = "VARIANT")]
+        variants: Vec<String>,
         /// Which scrapers, in order (comma-separated).
         #[arg(
             long,
@@ -79,6 +92,13 @@ enum Cmd {
         /// A markdown file of diagnosis and next steps to include in BENCHMARKS.md.
         #[arg(long)]
         analysis: Option<PathBuf>,
+        /// An allocator comparison (results JSON of `bench/run --allocators`) to show in
+        /// BENCHMARKS.md.
+        #[arg(long, value_name = "JSON")]
+        allocators_json: Option<PathBuf>,
+        /// Name the run (the results file's suffix) instead of full/quick/custom.
+        #[arg(long, value_name = "NAME")]
+        mode: Option<String>,
         /// perf-record agentctl after each window and put the top symbols in the results.
         #[arg(long)]
         profile: bool,
@@ -93,6 +113,9 @@ enum Cmd {
         /// A markdown file of diagnosis and next steps to include.
         #[arg(long)]
         analysis: Option<PathBuf>,
+        /// An allocator comparison (results JSON of `bench/run --allocators`) to include.
+        #[arg(long, value_name = "JSON")]
+        allocators_json: Option<PathBuf>,
     },
 }
 
@@ -151,6 +174,12 @@ fn read_analysis(path: Option<&std::path::Path>) -> anyhow::Result<Option<String
         .transpose()
 }
 
+fn read_report(path: &std::path::Path) -> anyhow::Result<report::Report> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
 fn ticks_s(ticks: u64) -> f64 {
     ticks as f64 / run::clk_tck()
 }
@@ -205,13 +234,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
             json,
             out,
             analysis,
+            allocators_json,
         } => {
             let analysis = read_analysis(analysis.as_deref())?;
-            let text = std::fs::read_to_string(&json)
-                .with_context(|| format!("reading {}", json.display()))?;
-            let r: report::Report = serde_json::from_str(&text)
-                .with_context(|| format!("parsing {}", json.display()))?;
-            let md = report::render(&r, analysis.as_deref());
+            let r = read_report(&json)?;
+            let allocators = allocators_json.as_deref().map(read_report).transpose()?;
+            let md = report::render(&r, analysis.as_deref(), allocators.as_ref());
             match out {
                 Some(p) => {
                     std::fs::write(&p, md).with_context(|| format!("writing {}", p.display()))?
@@ -223,6 +251,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Cmd::Run {
             quick,
             plans,
+            window,
+            max_series,
+            variants,
             scrapers,
             agentctl,
             prometheus,
@@ -232,11 +263,14 @@ fn real_main() -> anyhow::Result<ExitCode> {
             benchmarks_md,
             plot,
             analysis,
+            allocators_json,
+            mode: mode_name,
             profile,
             profile_seconds,
         } => {
             let analysis = read_analysis(analysis.as_deref())?;
-            let (mode, plans) = if !plans.is_empty() {
+            let allocators = allocators_json.as_deref().map(read_report).transpose()?;
+            let (mut mode, mut plans) = if !plans.is_empty() {
                 let p: Result<Vec<_>, _> = plans.iter().map(|p| run::Plan::parse(p)).collect();
                 ("custom", p.map_err(anyhow::Error::msg)?)
             } else if quick {
@@ -244,11 +278,34 @@ fn real_main() -> anyhow::Result<ExitCode> {
             } else {
                 ("full", run::full_plans())
             };
+            if let Some(w) = &window {
+                let (warmup, win) = run::parse_window(w).map_err(anyhow::Error::msg)?;
+                for p in &mut plans {
+                    p.warmup_s = warmup;
+                    p.window_s = win.max(p.interval_s);
+                }
+                mode = if mode == "full" { "short" } else { mode };
+            }
+            if let Some(max) = max_series {
+                plans.retain(|p| p.series() <= max);
+                if plans.is_empty() {
+                    anyhow::bail!("--max-series {max} leaves no plan");
+                }
+                mode = if mode == "full" { "subset" } else { mode };
+            }
+            let mode = mode_name.as_deref().unwrap_or(mode);
+            let variants = variants
+                .iter()
+                .map(|v| run::Scraper::parse_variant(v))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
             let scrapers = scrapers
                 .iter()
                 .map(|s| {
-                    run::Scraper::parse(s).ok_or_else(|| {
-                        anyhow::anyhow!("unknown scraper {s:?} (agentctl, prometheus, vmagent)")
+                    run::Scraper::parse(s, &variants).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "unknown scraper {s:?} (agentctl, prometheus, vmagent or an --agentctl-variant name)"
+                        )
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
@@ -270,6 +327,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 benchmarks_md,
                 plot: plot.map(|p| p.replace("{stem}", &stem)),
                 analysis,
+                allocators,
                 profile,
                 profile_s: profile_seconds,
                 command_line: portable_command_line(std::env::args()),

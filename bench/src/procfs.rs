@@ -9,6 +9,8 @@
 //!   call, sockets included).
 //! - `/proc/self/task/TID/stat` gives the same CPU fields per thread, which is how the
 //!   in-process targets and sink, each on its own named tokio runtime, report their own CPU.
+//! - `/proc/stat` (first line: the machine's CPU ticks by state) and `/proc/loadavg`: how busy
+//!   the machine was with everything else during a window (the benchmark shares it).
 //! - `/proc/PID/fd` and `/proc/net/tcp`: the port a process listens on (its socket inodes
 //!   among the LISTEN rows), so the scrapers can bind port 0 themselves.
 
@@ -122,6 +124,37 @@ pub fn thread_cpu_ticks(name: &str) -> u64 {
     total
 }
 
+/// The machine's busy CPU ticks so far (all CPUs): user, nice, system, irq, softirq and steal
+/// of `/proc/stat`'s `cpu` line (idle and iowait left out; guest time is inside user).
+pub fn machine_busy_ticks() -> u64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    parse_machine_busy(&text)
+}
+
+fn parse_machine_busy(text: &str) -> u64 {
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let v: Vec<u64> = line
+        .split_ascii_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    [0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| v.get(i).copied().unwrap_or(0))
+        .sum()
+}
+
+/// The 1-minute load average.
+pub fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A `Key: value kB` field of `/proc/PID/status`, in bytes.
 pub fn status_bytes(pid: u32, key: &str) -> Result<u64, ProcError> {
     let path = format!("/proc/{pid}/status");
@@ -228,6 +261,14 @@ mod tests {
         assert!(listening_port(pid).is_some());
         drop(l);
         assert!(!listening_ports(pid).contains(&port), "{port} closed");
+    }
+
+    #[test]
+    fn machine_busy_leaves_idle_and_iowait_out() {
+        let text = "cpu  100 5 20 9000 300 1 2 3 0 0\ncpu0 50 2 10 4500 150 0 1 1 0 0\n";
+        assert_eq!(parse_machine_busy(text), 100 + 5 + 20 + 1 + 2 + 3);
+        assert_eq!(parse_machine_busy("intr 1 2\n"), 0);
+        assert!(machine_busy_ticks() > 0);
     }
 
     #[test]

@@ -24,26 +24,94 @@ pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 pub const TARGETS_THREAD: &str = "bench-targets";
 pub const SINK_THREAD: &str = "bench-sink";
 
+/// The three scraper programs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scraper {
+pub enum Kind {
     Agentctl,
     Prometheus,
     Vmagent,
 }
 
-impl Scraper {
-    pub const ALL: [Scraper; 3] = [Scraper::Agentctl, Scraper::Prometheus, Scraper::Vmagent];
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Agentctl, Kind::Prometheus, Kind::Vmagent];
 
     pub fn name(self) -> &'static str {
         match self {
-            Scraper::Agentctl => "agentctl",
-            Scraper::Prometheus => "prometheus",
-            Scraper::Vmagent => "vmagent",
+            Kind::Agentctl => "agentctl",
+            Kind::Prometheus => "prometheus",
+            Kind::Vmagent => "vmagent",
+        }
+    }
+}
+
+/// One scraper to measure: one of the three programs, or a variant of agentctl (another
+/// build, e.g. another global allocator, and environment variables, e.g. its settings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scraper {
+    pub kind: Kind,
+    /// As shown in the results: the program's name or the variant's.
+    pub name: String,
+    /// The variant's binary (the `--agentctl`/`--prometheus`/`--vmagent` path otherwise).
+    pub bin: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Scraper {
+    pub fn of(kind: Kind) -> Scraper {
+        Scraper {
+            kind,
+            name: kind.name().to_owned(),
+            bin: None,
+            env: Vec::new(),
         }
     }
 
-    pub fn parse(s: &str) -> Option<Scraper> {
-        Scraper::ALL.into_iter().find(|x| x.name() == s)
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A scraper name: one of the programs or a variant defined with `--agentctl-variant`.
+    pub fn parse(s: &str, variants: &[Scraper]) -> Option<Scraper> {
+        variants.iter().find(|v| v.name == s).cloned().or_else(|| {
+            Kind::ALL
+                .into_iter()
+                .find(|k| k.name() == s)
+                .map(Scraper::of)
+        })
+    }
+
+    /// `NAME=PATH[;KEY=VALUE]...`: an agentctl build at PATH run with those environment
+    /// variables, e.g. `jemalloc=target/release/agentctl-jemalloc;_RJEM_MALLOC_CONF=dirty_decay_ms:1000`.
+    pub fn parse_variant(s: &str) -> Result<Scraper, String> {
+        let bad = || format!("agentctl variant {s:?}: expected NAME=PATH[;KEY=VALUE]...");
+        let mut parts = s.split(';');
+        let (name, path) = parts
+            .next()
+            .and_then(|p| p.split_once('='))
+            .ok_or_else(bad)?;
+        if name.is_empty()
+            || path.is_empty()
+            || Kind::ALL.iter().any(|k| k.name() == name)
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_+.".contains(c))
+        {
+            return Err(bad());
+        }
+        let env = parts
+            .map(|kv| {
+                kv.split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .ok_or_else(bad)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Scraper {
+            kind: Kind::Agentctl,
+            name: name.to_owned(),
+            bin: Some(PathBuf::from(path)),
+            env,
+        })
     }
 }
 
@@ -55,15 +123,37 @@ pub struct Plan {
     pub interval_s: u64,
     pub warmup_s: u64,
     pub window_s: u64,
+    /// Which programs run this plan (bit `1 << Kind as u8`; agentctl's variants follow
+    /// agentctl).
+    pub kinds: u8,
 }
 
 impl Plan {
-    /// `TARGETSxSERIES@INTERVALs[:WARMUP+WINDOW]`, e.g. `100x1000@5s:30+120`.
+    /// `TARGETSxSERIES@INTERVALs[:WARMUP+WINDOW][/SCRAPER,...]`, e.g. `100x1000@5s:30+120` or
+    /// `1000x1000@5s:30+60/agentctl,vmagent` (only those programs at that size).
     pub fn parse(s: &str) -> Result<Plan, String> {
         let bad = || {
-            format!("plan {s:?}: expected TARGETSxSERIES@INTERVALs[:WARMUP+WINDOW], e.g. 100x1000@5s:30+120")
+            format!("plan {s:?}: expected TARGETSxSERIES@INTERVALs[:WARMUP+WINDOW][/SCRAPER,...], e.g. 100x1000@5s:30+120")
         };
-        let (size, rest) = s.split_once('@').ok_or_else(bad)?;
+        let (s_plan, only) = match s.split_once('/') {
+            Some((p, o)) => (p, Some(o)),
+            None => (s, None),
+        };
+        let kinds = match only {
+            None => 0b111,
+            Some(list) => list.split(',').try_fold(0u8, |acc, name| {
+                Kind::ALL
+                    .iter()
+                    .find(|k| k.name() == name)
+                    .map(|k| acc | 1 << *k as u8)
+                    .ok_or_else(|| {
+                        format!(
+                            "plan {s:?}: unknown scraper {name:?} (agentctl, prometheus, vmagent)"
+                        )
+                    })
+            })?,
+        };
+        let (size, rest) = s_plan.split_once('@').ok_or_else(bad)?;
         let (t, n) = size.split_once('x').ok_or_else(bad)?;
         let (interval, times) = match rest.split_once(':') {
             Some((i, w)) => (i, Some(w)),
@@ -83,6 +173,7 @@ impl Plan {
             interval_s: num(interval)?,
             warmup_s,
             window_s,
+            kinds,
         };
         if plan.targets == 0 || plan.interval_s == 0 || plan.window_s < plan.interval_s {
             return Err(format!(
@@ -98,6 +189,14 @@ impl Plan {
         Ok(plan)
     }
 
+    pub fn includes(&self, kind: Kind) -> bool {
+        self.kinds & (1 << kind as u8) != 0
+    }
+
+    pub fn series(&self) -> u64 {
+        (self.targets * self.series_per_target) as u64
+    }
+
     pub fn label(&self) -> String {
         format!(
             "{}x{}@{}s",
@@ -111,13 +210,28 @@ impl Plan {
     }
 }
 
-/// The default full run.
+/// `WARMUP+WINDOW` in seconds, e.g. `20+60`.
+pub fn parse_window(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("window {s:?}: expected WARMUP+WINDOW in seconds, e.g. 20+60");
+    let (a, b) = s.split_once('+').ok_or_else(bad)?;
+    let num = |x: &str| x.trim_end_matches('s').parse::<u64>().map_err(|_| bad());
+    let (warmup, window) = (num(a)?, num(b)?);
+    if window == 0 {
+        return Err(bad());
+    }
+    Ok((warmup, window))
+}
+
+/// The default full run: the scaling curve at 5 s (10k to 1M active series), then 100k every
+/// second. 1M is measured for agentctl and vmagent only: Prometheus needs about 3 GiB there
+/// and its curve is clear from 500k. About 25 minutes on 2 cores.
 pub fn full_plans() -> Vec<Plan> {
     [
-        "100x1000@5s:30+120",
-        "100x1000@1s:30+120",
         "10x1000@5s:20+60",
+        "100x1000@5s:20+60",
         "500x1000@5s:20+60",
+        "1000x1000@5s:30+60/agentctl,vmagent",
+        "100x1000@1s:20+60",
     ]
     .iter()
     .filter_map(|p| Plan::parse(p).ok())
@@ -142,6 +256,8 @@ pub struct Options {
     pub plot: Option<String>,
     /// Markdown written by people (diagnosis, next steps), shown in BENCHMARKS.md.
     pub analysis: Option<String>,
+    /// An allocator comparison run, shown in BENCHMARKS.md's allocator section.
+    pub allocators: Option<Report>,
     pub profile: bool,
     pub profile_s: u64,
     pub command_line: String,
@@ -188,7 +304,7 @@ fn sleep(d: Duration, child: Option<&mut ScraperProc>) -> Result<(), RunError> {
 
 /// A scraper child process, SIGKILLed on drop (error or interrupt), with its log.
 struct ScraperProc {
-    name: &'static str,
+    name: String,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -313,7 +429,7 @@ struct Env<'a> {
 /// Starts a scraper with a fresh data dir; returns once it scrapes.
 fn start_scraper(
     env: &Env<'_>,
-    scraper: Scraper,
+    scraper: &Scraper,
     plan: &Plan,
     targets: &Targets,
     dir: &Path,
@@ -330,29 +446,29 @@ fn start_scraper(
     let scrape = scrape_configs(plan, targets);
     let write_url = format!("http://{}/api/v1/write", env.sink_addr);
     let cfg_path = dir.join("scrape.yml");
-    let (mut cmd, ready_path, instance_cfg) = match scraper {
-        Scraper::Agentctl => {
-            let mut c = Command::new(&env.opts.agentctl);
+    let (mut cmd, ready_path, instance_cfg) = match scraper.kind {
+        Kind::Agentctl => {
+            let mut c = Command::new(scraper.bin.as_ref().unwrap_or(&env.opts.agentctl));
             c.args(["agent", "run", "--server.http.address", listen])
                 .current_dir(data);
             let cfg = format!("{scrape}remote_write:\n  - url: {write_url}\n");
             (c, "/-/ready", Some(cfg))
         }
-        Scraper::Prometheus => {
+        Kind::Prometheus => {
             let cfg = format!("{scrape}remote_write:\n  - url: {write_url}\n");
             std::fs::write(&cfg_path, cfg)
                 .map_err(|e| fail(format!("{}: {e}", cfg_path.display())))?;
-            let mut c = Command::new(&env.opts.prometheus);
+            let mut c = Command::new(scraper.bin.as_ref().unwrap_or(&env.opts.prometheus));
             c.arg("--enable-feature=agent")
                 .arg(format!("--config.file={}", cfg_path.display()))
                 .arg(format!("--storage.agent.path={}", data.display()))
                 .arg(format!("--web.listen-address={listen}"));
             (c, "/-/ready", None)
         }
-        Scraper::Vmagent => {
+        Kind::Vmagent => {
             std::fs::write(&cfg_path, &scrape)
                 .map_err(|e| fail(format!("{}: {e}", cfg_path.display())))?;
-            let mut c = Command::new(&env.opts.vmagent);
+            let mut c = Command::new(scraper.bin.as_ref().unwrap_or(&env.opts.vmagent));
             c.arg(format!("-promscrape.config={}", cfg_path.display()))
                 .arg(format!("-remoteWrite.url={write_url}"))
                 .arg(format!("-remoteWrite.tmpDataPath={}", data.display()))
@@ -360,6 +476,7 @@ fn start_scraper(
             (c, "/health", None)
         }
     };
+    cmd.envs(scraper.env.iter().map(|(k, v)| (k, v)));
     let child = cmd
         .stdin(Stdio::null())
         .stdout(logf)
@@ -373,7 +490,7 @@ fn start_scraper(
             ))
         })?;
     let mut proc = ScraperProc {
-        name: scraper.name(),
+        name: scraper.name().to_owned(),
         child: Some(child),
         log,
     };
@@ -450,7 +567,10 @@ fn start_scraper(
     Ok(proc)
 }
 
-fn perf_profile(env: &Env<'_>, pid: u32, dir: &Path) -> Result<String, RunError> {
+/// The top symbols of a profile and its self time grouped by part of the program.
+type Profile = (String, Vec<(String, f64)>);
+
+fn perf_profile(env: &Env<'_>, pid: u32, dir: &Path) -> Result<Profile, RunError> {
     let data = dir.join("perf.data");
     env.clock.say(format!(
         "  perf record -g on pid {pid} for {} s",
@@ -489,16 +609,112 @@ fn perf_profile(env: &Env<'_>, pid: u32, dir: &Path) -> Result<String, RunError>
         .output()
         .map_err(|e| fail(format!("perf report: {e}")))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let top: Vec<String> = text
+    let lines: Vec<String> = text
         .lines()
         .filter(|l| {
             let t = l.trim_start();
             !t.starts_with('#') && t.contains('%')
         })
-        .take(15)
         .map(tidy_perf_line)
         .collect();
-    Ok(top.join("\n"))
+    let top = lines
+        .iter()
+        .take(15)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok((top, profile_parts(&lines)))
+}
+
+/// Self time per part of the program, largest first, from tidied `perf report` lines
+/// (`12.34% dso [.] symbol`). By symbol name, so inlined code counts where it was inlined and
+/// a libc `memcmp` counts as libc, whoever called it.
+pub fn profile_parts(lines: &[String]) -> Vec<(String, f64)> {
+    let mut parts: Vec<(String, f64)> = Vec::new();
+    for l in lines {
+        let mut it = l.splitn(4, ' ');
+        let (Some(pct), Some(dso), Some(_), Some(sym)) =
+            (it.next(), it.next(), it.next(), it.next())
+        else {
+            continue;
+        };
+        let Ok(pct) = pct.trim_end_matches('%').parse::<f64>() else {
+            continue;
+        };
+        let part = part_of(dso, sym);
+        match parts.iter_mut().find(|(p, _)| p == part) {
+            Some(p) => p.1 += pct,
+            None => parts.push((part.to_owned(), pct)),
+        }
+    }
+    parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+    parts
+}
+
+fn part_of(dso: &str, sym: &str) -> &'static str {
+    let has = |needles: &[&str]| needles.iter().any(|n| sym.contains(n));
+    if dso.contains("kernel") || dso.starts_with("[k") {
+        return "kernel (syscalls, scheduling, network, page faults)";
+    }
+    if has(&[
+        "malloc",
+        "free",
+        "realloc",
+        "calloc",
+        "_rjem_",
+        "je_",
+        "jemalloc",
+        "mi_",
+        "_mi_",
+        "tcache",
+        "arena",
+        "unlink_chunk",
+        "memalign",
+    ]) {
+        return "allocator (malloc/free)";
+    }
+    if has(&[
+        "memcmp", "bcmp", "memcpy", "memmove", "memset", "memchr", "strlen",
+    ]) && !sym.contains("::")
+    {
+        return "libc mem* (memcmp, memcpy: callers not attributed)";
+    }
+    if has(&["snap::"]) {
+        return "snappy compression (remote_write bodies)";
+    }
+    if has(&["scrape::parse"]) {
+        return "exposition parser (scrape::parse)";
+    }
+    if has(&[
+        "scrape::cache",
+        "scrape::appender",
+        "scrape::scrape_loop",
+        "agent::scrape",
+    ]) {
+        return "scrape loop and scrape cache";
+    }
+    if has(&["agent::labels", "agent::relabel"]) {
+        return "labels and relabelling";
+    }
+    if has(&["agent::wal", "instance::storage", "crc32c"]) {
+        return "WAL and series table (wal, instance::storage)";
+    }
+    if has(&["agent::remote_write"]) {
+        return "remote_write (watcher, queue, encoder)";
+    }
+    if has(&["hashbrown", "xxhash", "twox_hash", "Hasher", "hash::"]) {
+        return "hash tables and hashing";
+    }
+    if has(&["tokio::", "mio::", "parking_lot", "futures"]) {
+        return "tokio runtime";
+    }
+    if has(&["hyper::", "h2::", "reqwest::", "http::", "axum::", "tower"]) {
+        return "HTTP (hyper, reqwest)";
+    }
+    if dso.contains("libc") {
+        return "libc (other)";
+    }
+    "other"
 }
 
 /// `perf report` pads the symbol column to the widest symbol and may end lines with empty
@@ -515,7 +731,7 @@ fn tidy_perf_line(line: &str) -> String {
 /// interrupt propagates.
 fn measure(
     env: &Env<'_>,
-    scraper: Scraper,
+    scraper: &Scraper,
     plan: &Plan,
     targets: &Targets,
 ) -> Result<RunResult, RunError> {
@@ -545,7 +761,7 @@ fn measure(
 
 fn measure_inner(
     env: &Env<'_>,
-    scraper: Scraper,
+    scraper: &Scraper,
     plan: &Plan,
     targets: &Targets,
     r: &mut RunResult,
@@ -571,6 +787,8 @@ fn measure_inner(
     let disk0 = procfs::dir_bytes(&data);
     let tcpu0 = procfs::thread_cpu_ticks(TARGETS_THREAD);
     let scpu0 = procfs::thread_cpu_ticks(SINK_THREAD);
+    let busy0 = procfs::machine_busy_ticks();
+    r.load1_start = procfs::load1();
     let t0 = agent::clock::Clock::system().unix_millis();
     let start = Instant::now();
     clock.say(format!("  window {} s", plan.window_s));
@@ -597,6 +815,11 @@ fn measure_inner(
     let disk1 = procfs::dir_bytes(&data);
     let tcpu1 = procfs::thread_cpu_ticks(TARGETS_THREAD);
     let scpu1 = procfs::thread_cpu_ticks(SINK_THREAD);
+    let busy1 = procfs::machine_busy_ticks();
+    r.load1_end = procfs::load1();
+    r.jemalloc = std::fs::read_to_string(&proc.log)
+        .ok()
+        .and_then(|log| crate::report::JemallocStats::last_in(&log));
     let t1 = agent::clock::Clock::system().unix_millis();
     r.peak_rss_bytes = procfs::status_bytes(pid, "VmHWM").map_err(proc_err)?;
 
@@ -635,9 +858,12 @@ fn measure_inner(
     r.drain_s = drain_start.elapsed().as_secs_f64();
     r.delivered_samples = last.samples;
 
-    if env.opts.profile && scraper == Scraper::Agentctl {
+    if env.opts.profile && scraper.kind == Kind::Agentctl {
         match perf_profile(env, pid, dir.path()) {
-            Ok(p) => r.profile = Some(p),
+            Ok((top, parts)) => {
+                r.profile = Some(top);
+                r.profile_parts = parts;
+            }
             Err(RunError::Interrupted) => return Err(RunError::Interrupted),
             Err(RunError::Failed(e)) => clock.say(format!("  profile failed: {e}")),
         }
@@ -678,6 +904,8 @@ fn measure_inner(
     r.scrape_p99_s = env.sink.scrape_duration_quantile(t0, t1, 0.99);
     r.targets_cpu_s = (tcpu1 - tcpu0) as f64 / tck;
     r.sink_cpu_s = (scpu1 - scpu0) as f64 / tck;
+    r.others_cpu_s =
+        ((busy1 - busy0) as f64 / tck - r.cpu_s - r.targets_cpu_s - r.sink_cpu_s).max(0.0);
     Ok(())
 }
 
@@ -715,7 +943,9 @@ pub fn run(
     let total: u64 = opts
         .plans
         .iter()
-        .map(|p| p.estimate_s() * opts.scrapers.len() as u64)
+        .map(|p| {
+            p.estimate_s() * opts.scrapers.iter().filter(|s| p.includes(s.kind)).count() as u64
+        })
         .sum::<u64>()
         + if opts.profile {
             opts.profile_s * opts.plans.len() as u64
@@ -766,7 +996,7 @@ pub fn run(
             targets.layout.series(),
             targets.targets.first().map_or(0, |t| t.addr.port())
         ));
-        for &scraper in &opts.scrapers {
+        for scraper in opts.scrapers.iter().filter(|s| plan.includes(s.kind)) {
             let r = measure(&env, scraper, plan, &targets)?;
             clock.say(summary(&r));
             report.runs.push(r);
@@ -798,8 +1028,11 @@ fn write_outputs(opts: &Options, report: &Report, stem: &str) -> Result<PathBuf,
     let text = serde_json::to_string_pretty(report).map_err(fail)?;
     std::fs::write(&json, text + "\n").map_err(|e| fail(format!("{}: {e}", json.display())))?;
     if let Some(md) = &opts.benchmarks_md {
-        std::fs::write(md, crate::report::render(report, opts.analysis.as_deref()))
-            .map_err(|e| fail(format!("{}: {e}", md.display())))?;
+        std::fs::write(
+            md,
+            crate::report::render(report, opts.analysis.as_deref(), opts.allocators.as_ref()),
+        )
+        .map_err(|e| fail(format!("{}: {e}", md.display())))?;
     }
     Ok(json)
 }
@@ -817,15 +1050,21 @@ mod tests {
                 series_per_target: 1000,
                 interval_s: 5,
                 warmup_s: 30,
-                window_s: 120
+                window_s: 120,
+                kinds: 0b111,
             })
         );
+        let p = Plan::parse("1000x1000@5s:30+60/agentctl,vmagent").unwrap();
+        assert_eq!((p.targets, p.warmup_s, p.window_s), (1000, 30, 60));
+        assert!(p.includes(Kind::Agentctl) && p.includes(Kind::Vmagent));
+        assert!(!p.includes(Kind::Prometheus));
+        assert!(Plan::parse("10x1000@1s/agentctl,graphite").is_err());
         assert_eq!(Plan::parse("10x1000@1s").map(|p| p.window_s), Ok(120));
         assert!(Plan::parse("10x1000").is_err());
         assert!(Plan::parse("0x1000@1s").is_err());
         assert!(Plan::parse("10x5@1s").is_err());
         assert!(Plan::parse("10x1000@10s:5+5").is_err());
-        assert_eq!(full_plans().len(), 4);
+        assert_eq!(full_plans().len(), 5);
         assert_eq!(quick_plans().len(), 1);
     }
 
@@ -839,6 +1078,56 @@ mod tests {
             tidy_perf_line(" 1.00%  x  [.] <T as c::D>::f   "),
             "1.00% x [.] <T as c::D>::f"
         );
+    }
+
+    #[test]
+    fn profile_parts_group_symbols() {
+        let lines: Vec<String> = [
+            "10.00% libc.so.6 [.] __memcmp_evex_movbe",
+            "8.00% [kernel.kallsyms] [k] finish_task_switch.isra.0",
+            "5.00% agentctl [.] snap::compress::Encoder::compress",
+            "4.00% agentctl [.] agent::scrape::parse::parser::Parser::label_set",
+            "3.00% agentctl [.] agent::wal::Wal::append_samples",
+            "2.00% libc.so.6 [.] _int_malloc",
+            "1.50% agentctl [.] _rjem_je_malloc_default",
+            "1.00% agentctl [.] agent::scrape::parse::parser::Parser::sample",
+            "junk",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let parts = profile_parts(&lines);
+        assert_eq!(
+            parts[0].0,
+            "libc mem* (memcmp, memcpy: callers not attributed)"
+        );
+        let get = |p: &str| parts.iter().find(|(n, _)| n.starts_with(p)).map(|x| x.1);
+        assert_eq!(get("exposition parser"), Some(5.0));
+        assert_eq!(get("allocator"), Some(3.5));
+        assert_eq!(get("kernel"), Some(8.0));
+        assert_eq!(get("WAL"), Some(3.0));
+    }
+
+    #[test]
+    fn variants_parse() {
+        let v = Scraper::parse_variant("jemalloc=/x/agentctl-jemalloc;_RJEM_MALLOC_CONF=a:1,b:2")
+            .unwrap();
+        assert_eq!(v.kind, Kind::Agentctl);
+        assert_eq!(v.name, "jemalloc");
+        assert_eq!(v.bin.as_deref(), Some(Path::new("/x/agentctl-jemalloc")));
+        assert_eq!(
+            v.env,
+            vec![("_RJEM_MALLOC_CONF".to_owned(), "a:1,b:2".to_owned())]
+        );
+        assert!(Scraper::parse_variant("vmagent=/x").is_err());
+        assert!(Scraper::parse_variant("a=").is_err());
+        assert!(Scraper::parse_variant("a=/x;novalue").is_err());
+        let vs = [v];
+        assert_eq!(Scraper::parse("jemalloc", &vs).unwrap().name, "jemalloc");
+        assert_eq!(Scraper::parse("vmagent", &vs).unwrap().kind, Kind::Vmagent);
+        assert!(Scraper::parse("mimalloc", &vs).is_none());
+        assert_eq!(parse_window("10+30"), Ok((10, 30)));
+        assert!(parse_window("10").is_err());
     }
 
     #[test]
