@@ -201,12 +201,12 @@ pub fn render(r: &Report, analysis: Option<&str>, allocators: Option<&Report>) -
     let _ = writeln!(
         o,
         "```sh\n\
-         bench/run                      # full run: 10k, 100k, 500k, 1M series at 5 s and 100k at 1 s, all three (1M: agentctl, vmagent); about 25 min\n\
+         bench/run                      # full run: 10k, 100k, 500k, 1M series at 5 s and 100k at 1 s, all three (1M: agentctl, vmagent); about 20 min\n\
          bench/run --profile            # the same, and perf on agentctl after each window (+20 s each)\n\
          bench/run --window 10+30       # the same plans, shorter warm-up and window (about 15 min)\n\
          bench/run --max-series 500000  # leave out 1M\n\
          bench/run --quick              # 10 targets x 1,000 series, 1 s interval, 5 s + 15 s (about 2 min)\n\
-         bench/run --allocators         # agentctl with each global allocator (about 30 min)\n\
+         bench/run --allocators         # agentctl with each global allocator (about 25 min)\n\
          bench/run --help               # sizes, intervals, scrapers, windows\n```\n"
     );
     let _ = writeln!(
@@ -729,16 +729,43 @@ fn render_allocators(o: &mut String, a: &Report) {
         o,
         "## Global allocator (agentctl built with each, one run)\n"
     );
+    const KNOWN: [(&str, &str); 6] = [
+        (
+            "agentctl",
+            "the system allocator (glibc), the default build",
+        ),
+        ("system-arena2", "glibc with `MALLOC_ARENA_MAX=2`"),
+        ("mimalloc", "feature `mimalloc`, default settings"),
+        (
+            "jemalloc",
+            "feature `jemalloc`, default decay (dirty pages purged over 10 s)",
+        ),
+        (
+            "jemalloc-decay0",
+            "`dirty_decay_ms:0,muzzy_decay_ms:0`: freed pages returned at once",
+        ),
+        (
+            "jemalloc-bg1s",
+            "`background_thread:true,dirty_decay_ms:1000`: purged by a background thread",
+        ),
+    ];
+    let names = scrapers(a);
+    let described: Vec<String> = names
+        .iter()
+        .map(|n| match KNOWN.iter().find(|(k, _)| k == n) {
+            Some((_, d)) => format!("`{n}`: {d}"),
+            None => format!("`{n}`"),
+        })
+        .collect();
     let _ = writeln!(
         o,
-        "From `bench/run --allocators` of {} (`{}`); variants: `agentctl` = the system allocator \
-         (glibc), `system-arena2` = glibc with `MALLOC_ARENA_MAX=2`, `mimalloc` (feature \
-         `mimalloc`), `jemalloc` (feature `jemalloc`, default decay), `jemalloc-decay0` \
-         (`dirty_decay_ms:0,muzzy_decay_ms:0`: freed pages returned at once), `jemalloc-bg1s` \
-         (`background_thread:true,dirty_decay_ms:1000`). \"Held\" is jemalloc's `allocated` (what \
-         the program holds, the same for every allocator); RSS minus held is the allocator's \
-         own cost (free memory not returned, fragmentation, metadata) plus code and stacks.\n",
-        a.date, a.command_line
+        "From the allocator run of {} (`{}`). Variants: {}. \"Held\" is jemalloc's `allocated` \
+         (what the program holds, about the same whatever the allocator; jemalloc builds with \
+         `stats_interval` only); RSS minus held is what the allocator keeps beyond it (freed memory \
+         not returned, fragmentation, metadata) plus code, stacks and the runtime.\n",
+        a.date,
+        a.command_line,
+        described.join("; ")
     );
     let mut plans: Vec<(u64, u64)> = Vec::new();
     for x in &a.runs {
