@@ -228,13 +228,15 @@ fn targets(rt: &tokio::runtime::Runtime, n: usize) -> Vec<String> {
         .collect()
 }
 
-fn member(dir: &std::path::Path, etcd: &str, id: &str) -> AgentBuilder {
+/// An agent in target-sharding mode, heartbeating every second; `heartbeat_timeout` is how
+/// soon a killed agent's targets move (the tests that kill one keep it short).
+fn member(dir: &std::path::Path, etcd: &str, id: &str, heartbeat_timeout: &str) -> AgentBuilder {
     let wal = dir.join(id);
     let yaml = ClusterMember {
         id,
         etcd,
         wal_directory: &wal,
-        heartbeat_timeout: "4s",
+        heartbeat_timeout,
         auto_forget_periods: Some(2),
         reshard_interval: "30s",
         metrics_extra: "",
@@ -362,8 +364,8 @@ fn targets_are_handed_over_without_gap_overlap_staleness_or_out_of_order() {
     let dir = tempfile::tempdir().unwrap();
     let ep = etcd.endpoint();
 
-    let a1 = member(dir.path(), &ep, "agent-1").start();
-    let mut a2 = member(dir.path(), &ep, "agent-2").start();
+    let a1 = member(dir.path(), &ep, "agent-1", "4s").start();
+    let mut a2 = member(dir.path(), &ep, "agent-2", "4s").start();
     let list = addrs
         .iter()
         .map(|a| format!("'{a}'"))
@@ -394,7 +396,7 @@ fn targets_are_handed_over_without_gap_overlap_staleness_or_out_of_order() {
 
     // Join: agent-3 takes its share (ceil(12/3) = 4 at most per agent).
     let join_ms = now_ms();
-    let mut a3 = member(dir.path(), &ep, "agent-3").start();
+    let mut a3 = member(dir.path(), &ep, "agent-3", "4s").start();
     let mut joined = BTreeMap::new();
     let took = wait("agent-3 writes its share", Duration::from_secs(60), || {
         joined = wait_all_written_after(
@@ -528,4 +530,117 @@ fn targets_are_handed_over_without_gap_overlap_staleness_or_out_of_order() {
     assert!(all.max_gap_ms * 2 <= 3 * INTERVAL_MS, "{all:?}");
     assert_eq!(ooo, 0.0, "prometheus refused out-of-order samples");
     assert_eq!(bad_writes, 0.0, "prometheus refused remote-write requests");
+}
+
+/// 20 membership changes a minute (a join or a graceful leave every 3 s, two agents always
+/// up) for `seconds`: at the receiver, no scrape slot written by two agents, no gap over 1.5
+/// intervals, no staleness marker, no out-of-order sample (the recording receiver and a real
+/// Prometheus).
+///
+/// heartbeat_timeout is 15 s (the old agent's default is a minute): nobody is killed here, and
+/// at 4 s the busy CI machine delays heartbeats enough that live agents look dead now and then
+/// (they then fence themselves: a gap, which this test counts; see cluster/handoff.rs).
+fn churn(seconds: u64) {
+    const INTERVAL_MS: i64 = 2000;
+    const HEARTBEAT_TIMEOUT: &str = "15s";
+    const TARGETS: usize = 12;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rec = Recorder::default();
+    let rec_url = rec.serve(&rt);
+    let addrs = targets(&rt, TARGETS);
+    let prom = Prometheus::start();
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ep = etcd.endpoint();
+    let stable = [
+        member(dir.path(), &ep, "stable-1", HEARTBEAT_TIMEOUT).start(),
+        member(dir.path(), &ep, "stable-2", HEARTBEAT_TIMEOUT).start(),
+    ];
+    let list = addrs
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cfg = format!(
+        "scrape_configs:\n  - job_name: churn\n    scrape_interval: {INTERVAL_MS}ms\n    static_configs:\n      - targets: [{list}]\nremote_write:\n  - url: {}\n  - url: {rec_url}\n",
+        prom.write_url()
+    );
+    assert_eq!(stable[0].put_config("cfg-churn", &cfg).status, 201);
+    let start_ms = now_ms();
+    wait_all_written_after(
+        &rec,
+        &addrs,
+        start_ms,
+        &["stable-1", "stable-2"],
+        Duration::from_secs(60),
+    );
+    // Each change starts a new agent or stops (SIGTERM, not waited for) the one started
+    // first; at most two besides the stable ones.
+    let mut pool: Vec<Agent> = Vec::new();
+    let mut running: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    let t0 = Instant::now();
+    let mut changes = 0;
+    let (mut joins, mut leaves) = (0, 0);
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        let due = t0 + Duration::from_secs(3) * changes;
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        changes += 1;
+        if running.is_empty() || (running.len() < 2 && changes % 2 == 1) {
+            pool.push(
+                member(
+                    dir.path(),
+                    &ep,
+                    &format!("churn-{:02}", pool.len()),
+                    HEARTBEAT_TIMEOUT,
+                )
+                .start(),
+            );
+            running.push_back(pool.len() - 1);
+            joins += 1;
+        } else if let Some(i) = running.pop_front() {
+            pool[i].signal("TERM");
+            leaves += 1;
+        }
+    }
+    let end_ms = now_ms();
+    let f = figures(&rec, start_ms, end_ms, (0, 0));
+    let ooo = prometheus_counter(&prom, "prometheus_tsdb_out_of_order_samples_total", "");
+    eprintln!(
+        "churn {seconds} s: {joins} joins, {leaves} graceful leaves; {f:?}; prometheus out-of-order {ooo}"
+    );
+    assert!(
+        joins + leaves >= (seconds as usize / 3) * 9 / 10,
+        "{joins} + {leaves}"
+    );
+    assert!(f.moved_series > 0, "{f:?}");
+    assert_eq!(
+        f.max_overlap_slots, 0,
+        "a slot written by two agents: {f:?}"
+    );
+    assert!(
+        f.max_gap_ms * 2 <= 3 * INTERVAL_MS,
+        "a gap over 1.5 intervals: {f:?}"
+    );
+    assert_eq!(f.stale_markers, 0, "{f:?}");
+    assert_eq!(f.out_of_order, 0, "{f:?}");
+    assert_eq!(ooo, 0.0);
+}
+
+/// The CI size of [`churn`]: 2 minutes.
+#[test]
+fn churn_of_twenty_changes_a_minute_keeps_every_slot_written_once() {
+    churn(120);
+}
+
+/// The slow suite's size of [`churn`]: 10 minutes.
+#[test]
+#[ignore = "slow suite: tests/slow/run"]
+fn churn_for_ten_minutes() {
+    churn(600);
 }

@@ -34,6 +34,21 @@
 //! live or not, lists for X, this one included (a target that comes back); agents' keys stay
 //! in the store after they leave, so a leaver's last `released` entries are still read.
 //!
+//! # A writer judged dead that is not
+//!
+//! Under load (a slow host, a slow KV store) a live agent's heartbeat can look stale to the
+//! leader, which moves its targets; their new owners do not wait for a "dead" writer. Two rules
+//! keep the target to one writer then:
+//!
+//! * **Fencing** ([`Handoffs::fence`]): an agent whose own heartbeat, as the ring shows it, is
+//!   older than most of `heartbeat_timeout` stops writing every target (a release: stopped,
+//!   flushed, listed `released`) and starts none, so it has stopped before anyone can judge it
+//!   dead. With a fresh heartbeat again it writes the targets it still owns after their
+//!   `released` time.
+//! * **`started`**: an agent lists the targets it began writing (for as long as `released`
+//!   entries are kept). A writer still releasing X stops at once when X's owner lists X as
+//!   `started`, instead of waiting for a `ready` that never comes (the owner writes already).
+//!
 //! "Live" is a ring member with a fresh heartbeat and an agent key; an agent's published
 //! `epoch` is the assignment epoch its `releasing` list was computed for (both in one write).
 //! A peer at a higher epoch than B's means B is behind: B waits until it has caught up.
@@ -77,12 +92,14 @@ fn half_ms(interval: Duration) -> i64 {
     (interval.as_millis() / 2) as i64
 }
 
-/// What an agent publishes about its handoffs: `(ready, releasing, released)`.
-pub type Published = (
-    Vec<TargetKey>,
-    Vec<TargetKey>,
-    Vec<(TargetKey, Option<i64>)>,
-);
+/// What an agent publishes about its handoffs (the lists of its agent key, sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    pub ready: Vec<TargetKey>,
+    pub releasing: Vec<TargetKey>,
+    pub released: Vec<(TargetKey, Option<i64>)>,
+    pub started: Vec<TargetKey>,
+}
 
 /// What the scrape loops must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +161,8 @@ pub struct Peers {
     ready: HashMap<TargetKey, Vec<String>>,
     /// The latest `released` time any agent lists, live or not.
     released: HashMap<TargetKey, Option<i64>>,
+    /// Who lists each target as `started` (any agent: one judged dead may still be writing).
+    started: HashMap<TargetKey, Vec<String>>,
 }
 
 impl Peers {
@@ -154,6 +173,9 @@ impl Peers {
             for (k, last) in &st.released {
                 let e = p.released.entry(*k).or_insert(*last);
                 *e = (*e).max(*last);
+            }
+            for k in &st.started {
+                p.started.entry(*k).or_default().push(id.to_owned());
             }
             if !live {
                 continue;
@@ -183,6 +205,10 @@ pub struct Handoffs {
     epoch: u64,
     targets: HashMap<TargetKey, Entry>,
     released: HashMap<TargetKey, Released>,
+    /// Targets this agent began writing, until when they are listed as `started`.
+    started: HashMap<TargetKey, Instant>,
+    /// This agent's own heartbeat is too old to prove it is live (see [`Handoffs::fence`]).
+    fenced: bool,
     /// Set when the published lists changed since [`Handoffs::take_dirty`].
     dirty: bool,
 }
@@ -198,6 +224,11 @@ impl Handoffs {
     }
 
     fn set(&mut self, key: TargetKey, state: State, interval: Duration, now: Instant, now_ms: i64) {
+        if state == State::Writing {
+            self.started.insert(key, now + keep_released(interval));
+        } else {
+            self.started.remove(&key);
+        }
         self.targets.insert(
             key,
             Entry {
@@ -317,6 +348,7 @@ impl Handoffs {
 
     /// The target is gone (no longer discovered, or its config deleted); the runtime stopped it.
     pub fn forget(&mut self, key: TargetKey) {
+        self.started.remove(&key);
         if self.targets.remove(&key).is_some() {
             self.dirty = true;
         }
@@ -333,6 +365,8 @@ impl Handoffs {
             let waited = now.saturating_duration_since(entry.since);
             let interval = entry.interval;
             match &entry.state {
+                // Fenced: peers may take its targets over any moment; it writes none.
+                State::Incoming { .. } if self.fenced => {}
                 State::Incoming { .. } => {
                     let released = self.released_ms(key, peers);
                     let after_ms = if agreed && !peers.releasing.contains(&key) {
@@ -351,11 +385,20 @@ impl Handoffs {
                     actions.push(Action::Write { key, after_ms });
                 }
                 State::Releasing { owner } => {
-                    let ready = peers
-                        .ready
-                        .get(&key)
-                        .is_some_and(|ids| ids.iter().any(|id| id == owner));
-                    if !ready {
+                    let listed = |lists: &HashMap<TargetKey, Vec<String>>| {
+                        lists
+                            .get(&key)
+                            .is_some_and(|ids| ids.iter().any(|id| id == owner))
+                    };
+                    // The owner writes already: it judged this agent dead (a stale heartbeat)
+                    // and took the target over. Every sample appended from now on would be a
+                    // second writer's: stop at once.
+                    let taken = listed(&peers.started);
+                    if taken {
+                        tracing::warn!(target_key = %key, owner = %owner,
+                            "the new owner took the target over without a handoff (this agent's heartbeat was judged stale); stopping it now");
+                    }
+                    if !taken && !listed(&peers.ready) {
                         if waited < release_timeout(interval) {
                             continue;
                         }
@@ -368,12 +411,52 @@ impl Handoffs {
                 State::Writing | State::Flushing => {}
             }
         }
-        let before = self.released.len();
+        let before = self.released.len() + self.started.len();
         self.released.retain(|_, r| r.expires > now);
-        if self.released.len() != before {
+        self.started.retain(|_, expires| *expires > now);
+        if self.released.len() + self.started.len() != before {
             self.dirty = true;
         }
         actions
+    }
+
+    /// Whether this agent can still prove it is live: `fenced` when its own heartbeat, as the
+    /// ring shows it, is close enough to `heartbeat_timeout` that the others may judge it dead
+    /// and take its targets over (without a handoff: a dead writer is not waited for). Fenced,
+    /// it stops writing every target at once (released as in a handoff: stopped without
+    /// staleness markers, flushed, listed `released`) and starts writing none; once its
+    /// heartbeat is fresh again, the targets it still owns are written again after their
+    /// `released` time, as any incoming target.
+    pub fn fence(&mut self, fenced: bool, now: Instant) -> Vec<Action> {
+        if fenced == self.fenced {
+            return Vec::new();
+        }
+        self.fenced = fenced;
+        if !fenced {
+            tracing::info!("this agent's heartbeat is fresh again; writing its targets again");
+            return Vec::new();
+        }
+        let writing: Vec<(TargetKey, Duration)> = self
+            .targets
+            .iter()
+            .filter(|(_, e)| matches!(e.state, State::Writing | State::Releasing { .. }))
+            .map(|(k, e)| (*k, e.interval))
+            .collect();
+        tracing::warn!(
+            targets = writing.len(),
+            "this agent's own heartbeat in the ring is about to be judged stale (the KV store or this host is slow); it stops writing its targets until the heartbeat is fresh, so that no target gets two writers"
+        );
+        let mut actions = Vec::new();
+        for (key, interval) in writing {
+            self.set(key, State::Flushing, interval, now, 0);
+            actions.push(Action::Release(key));
+        }
+        actions
+    }
+
+    /// Whether this agent is fenced (see [`Handoffs::fence`]).
+    pub fn fenced(&self) -> bool {
+        self.fenced
     }
 
     /// The latest released time of `key`, from the peers or this agent's own entries.
@@ -392,6 +475,7 @@ impl Handoffs {
         });
         targets
             .chain(self.released.values().map(|r| r.expires))
+            .chain(self.started.values().copied())
             .min()
     }
 
@@ -400,7 +484,7 @@ impl Handoffs {
         std::mem::take(&mut self.dirty)
     }
 
-    /// `(ready, releasing, released)` for this agent's key, sorted.
+    /// The lists of this agent's key, sorted.
     pub fn published(&self) -> Published {
         let mut ready = Vec::new();
         let mut releasing = Vec::new();
@@ -415,10 +499,17 @@ impl Handoffs {
         }
         let mut released: Vec<(TargetKey, Option<i64>)> =
             self.released.iter().map(|(k, r)| (*k, r.last_ms)).collect();
+        let mut started: Vec<TargetKey> = self.started.keys().copied().collect();
         ready.sort();
         releasing.sort();
         released.sort();
-        (ready, releasing, released)
+        started.sort();
+        Published {
+            ready,
+            releasing,
+            released,
+            started,
+        }
     }
 
     /// Targets this agent writes (including those it is releasing).
@@ -483,7 +574,12 @@ mod tests {
         }
 
         fn status(&self) -> AgentStatus {
-            let (ready, releasing, released) = self.h.published();
+            let Published {
+                ready,
+                releasing,
+                released,
+                started,
+            } = self.h.published();
             AgentStatus {
                 v: 1,
                 addr: self.id.into(),
@@ -491,6 +587,7 @@ mod tests {
                 ready,
                 releasing,
                 released,
+                started,
                 targets: self.h.writing(),
                 active_series: 0,
                 updated_ms: 0,
@@ -572,7 +669,7 @@ mod tests {
             .h
             .apply_epoch(2, &HashMap::new(), owner("b"), t0, 0)
             .is_empty());
-        assert_eq!(a.h.published().1, vec![X], "a lists X releasing");
+        assert_eq!(a.h.published().releasing, vec![X], "a lists X releasing");
         assert!(a.h.is_writer(X), "a keeps writing until b is ready");
         // b has applied 2 and a too, but a releases X: b keeps holding.
         assert!(b.h.evaluate(&peers(&[&a, &b], "b"), t0).is_empty());
@@ -582,21 +679,25 @@ mod tests {
         );
         // b's first successful scrape.
         b.h.scraped(X);
-        assert_eq!(b.h.published().0, vec![X]);
+        assert_eq!(b.h.published().ready, vec![X]);
         assert_eq!(
             a.h.evaluate(&peers(&[&a, &b], "a"), t0),
             vec![Action::Release(X)]
         );
         assert_eq!(a.h.describe(X), Some("flushing"));
         assert!(!a.h.handed_over());
-        assert_eq!(a.h.published().1, vec![X], "a lists X until it is flushed");
+        assert_eq!(
+            a.h.published().releasing,
+            vec![X],
+            "a lists X until it is flushed"
+        );
         assert!(
             b.h.evaluate(&peers(&[&a, &b], "b"), t0).is_empty(),
             "a's last samples are not delivered yet: b keeps holding"
         );
         // a's last appended scrape was at 1_000_000 ms, now delivered.
         assert!(a.h.flushed(X, Some(1_000_000), false, t0, 0).is_empty());
-        assert_eq!(a.h.published().2, vec![(X, Some(1_000_000))]);
+        assert_eq!(a.h.published().released, vec![(X, Some(1_000_000))]);
         assert!(a.h.handed_over());
         assert_eq!(
             b.h.evaluate(&peers(&[&a, &b], "b"), t0),
@@ -606,7 +707,10 @@ mod tests {
             }]
         );
         assert!(b.h.is_writer(X));
-        assert!(b.h.published().0.is_empty(), "b no longer lists X ready");
+        assert!(
+            b.h.published().ready.is_empty(),
+            "b no longer lists X ready"
+        );
     }
 
     #[test]
@@ -622,6 +726,76 @@ mod tests {
             vec![Action::Write {
                 key: X,
                 after_ms: None
+            }]
+        );
+    }
+
+    #[test]
+    fn a_writer_judged_dead_stops_as_soon_as_the_new_owner_writes() {
+        let t0 = Instant::now();
+        let mut a = a_writes_x(t0);
+        let mut b = Agent::new("b");
+        // a's heartbeat looked stale: epoch 2 gives X to b, which does not wait for a.
+        a.live = false;
+        b.h.apply_epoch(2, &mine(&[X]), owner("b"), t0, 0);
+        assert_eq!(
+            b.h.evaluate(&peers(&[&a, &b], "b"), t0),
+            vec![Action::Write {
+                key: X,
+                after_ms: None
+            }]
+        );
+        assert_eq!(b.h.published().started, vec![X]);
+        // a is alive after all: it applies epoch 2 and would wait for a `ready` that never
+        // comes (b writes already) until its release timeout. b's `started` stops it at once.
+        a.live = true;
+        assert!(a
+            .h
+            .apply_epoch(2, &HashMap::new(), owner("b"), t0, 0)
+            .is_empty());
+        assert_eq!(
+            a.h.evaluate(&peers(&[&a, &b], "a"), t0),
+            vec![Action::Release(X)]
+        );
+        assert!(!a.h.is_writer(X));
+        // A `started` entry of a member that is not X's owner in a's epoch does not count.
+        let mut c = Agent::new("c");
+        let mut a2 = a_writes_x(t0);
+        a2.h.apply_epoch(2, &HashMap::new(), owner("c"), t0, 0);
+        c.h.apply_epoch(2, &mine(&[X]), owner("c"), t0, 0);
+        assert!(a2.h.evaluate(&peers(&[&a2, &b, &c], "a"), t0).is_empty());
+    }
+
+    #[test]
+    fn a_fenced_agent_stops_writing_and_writes_again_after_its_own_release() {
+        let t0 = Instant::now();
+        let mut a = a_writes_x(t0);
+        assert_eq!(a.h.published().started, vec![X]);
+        // Its own heartbeat is about to look stale: it stops X (flushing, still listed as
+        // releasing until delivered).
+        assert_eq!(a.h.fence(true, t0), vec![Action::Release(X)]);
+        assert!(a.h.fenced());
+        assert!(!a.h.is_writer(X));
+        assert!(a.h.published().started.is_empty());
+        assert_eq!(a.h.published().releasing, vec![X]);
+        assert!(a.h.fence(true, t0).is_empty(), "fencing twice does nothing");
+        // Delivered; X is still its own: it holds, and while fenced never writes, not even
+        // after the undecided timeout.
+        assert_eq!(
+            a.h.flushed(X, Some(10_000), true, t0, 0),
+            vec![Action::Hold(X)]
+        );
+        assert!(a
+            .h
+            .evaluate(&Peers::default(), t0 + decide_timeout(I) + I)
+            .is_empty());
+        // Fresh again: it writes X after its last delivered scrape.
+        assert!(a.h.fence(false, t0).is_empty());
+        assert_eq!(
+            a.h.evaluate(&Peers::default(), t0),
+            vec![Action::Write {
+                key: X,
+                after_ms: Some(12_500)
             }]
         );
     }
@@ -725,7 +899,7 @@ mod tests {
             .apply_epoch(3, &mine(&[X]), owner("a"), t0, 0)
             .is_empty());
         assert_eq!(a.h.describe(X), Some("writing"));
-        assert!(a.h.published().1.is_empty());
+        assert!(a.h.published().releasing.is_empty());
     }
 
     #[test]
@@ -784,7 +958,11 @@ mod tests {
                 after_ms: Some(1_022_500)
             }]
         );
-        assert_eq!(b.h.next_deadline(), None);
+        // Only its `started` entry expires later.
+        assert_eq!(
+            b.h.next_deadline(),
+            Some(t0 + decide_timeout(I) + keep_released(I))
+        );
     }
 
     #[test]
@@ -800,7 +978,7 @@ mod tests {
         assert!(a.h.take_dirty());
         a.h.evaluate(&Peers::default(), expiry);
         assert!(a.h.take_dirty());
-        assert_eq!(a.h.published(), (vec![], vec![], vec![]));
+        assert_eq!(a.h.published(), Published::default());
         assert_eq!(a.h.describe(X), None);
     }
 

@@ -302,6 +302,7 @@ mod tests {
             ready: vec![],
             releasing: vec![],
             released: vec![],
+            started: vec![],
             targets: 0,
             active_series: 0,
             updated_ms: 0,

@@ -290,6 +290,7 @@ mod tests {
                     ready: vec![],
                     releasing: vec![],
                     released: vec![],
+                    started: vec![],
                     targets: 3,
                     active_series: series,
                     updated_ms: 0,

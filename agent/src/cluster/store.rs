@@ -331,6 +331,11 @@ pub struct AgentStatus {
     /// appended (`None`: it never appended one); every sample up to it was delivered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub released: Vec<(TargetKey, Option<i64>)>,
+    /// Targets it began writing recently (kept as long as `released` entries), so that an
+    /// agent still writing one of them (it was judged dead, or is still waiting for a `ready`)
+    /// stops at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub started: Vec<TargetKey>,
     /// Targets it writes samples for.
     pub targets: usize,
     /// Active series in its WAL storage.

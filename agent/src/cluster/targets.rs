@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::handoff::{Action, Handoffs, Peers};
+use super::handoff::{Action, Handoffs, Peers, Published};
 use super::leader::{self, LeaderContext};
 use super::metrics::ShardingMetrics;
 use super::publish::Publisher;
@@ -205,6 +205,7 @@ impl TargetSharding {
             status: status_tx,
             written: written_rx,
             leaving: None,
+            fence_check: None,
             last_status: tokio::time::Instant::now(),
             first_epoch: true,
             cx,
@@ -364,6 +365,8 @@ struct Runtime {
     status: watch::Sender<Option<(u64, Arc<AgentStatus>)>>,
     written: watch::Receiver<u64>,
     leaving: Option<(tokio::time::Instant, oneshot::Sender<()>)>,
+    /// When this agent's own heartbeat, as the ring shows it now, gets old enough to fence it.
+    fence_check: Option<tokio::time::Instant>,
     last_status: tokio::time::Instant,
     first_epoch: bool,
 }
@@ -376,12 +379,10 @@ impl Runtime {
     ) {
         let mut ring = self.cx.ring.clone();
         loop {
-            let deadline = self
-                .handoffs
-                .next_deadline()
-                .map_or(self.last_status + STATUS_REFRESH, |d| {
-                    d.min(self.last_status + STATUS_REFRESH)
-                });
+            let deadline = [self.handoffs.next_deadline(), self.fence_check]
+                .into_iter()
+                .flatten()
+                .fold(self.last_status + STATUS_REFRESH, |a, b| a.min(b));
             tokio::select! {
                 _ = stop.cancelled() => break,
                 cmd = commands.recv() => match cmd {
@@ -529,6 +530,10 @@ impl Runtime {
         let ring = (self.cx.ring_now)();
         let timeout = ring.heartbeat_timeout();
         let wall = self.cx.clock.now();
+        let (fenced, fence_in) = fence(&ring, &self.cx.id, wall);
+        self.fence_check = fence_in.map(|d| now + d);
+        let acts = self.handoffs.fence(fenced, now);
+        self.perform(acts);
         let live: BTreeSet<&str> = ring
             .instances()
             .iter()
@@ -655,7 +660,12 @@ impl Runtime {
     }
 
     fn publish_status(&mut self, now_ms: i64) {
-        let (ready, releasing, released) = self.handoffs.published();
+        let Published {
+            ready,
+            releasing,
+            released,
+            started,
+        } = self.handoffs.published();
         let active_series = self
             .cx
             .manager
@@ -669,6 +679,7 @@ impl Runtime {
             ready,
             releasing,
             released,
+            started,
             targets: self.handoffs.writing(),
             active_series,
             updated_ms: now_ms,
@@ -680,6 +691,38 @@ impl Runtime {
     /// The number of the newest status published (0: none yet).
     fn status_seq(&self) -> u64 {
         self.status.borrow().as_ref().map_or(0, |(seq, _)| *seq)
+    }
+}
+
+/// The part of `heartbeat_timeout` an agent's own heartbeat may age before it fences itself
+/// (stops writing): the others judge it dead at the whole timeout, so it stops a quarter of
+/// the timeout (at least a second) before any of them can take a target over without a handoff.
+fn fence_age(heartbeat_timeout: Duration) -> Duration {
+    heartbeat_timeout.saturating_sub((heartbeat_timeout / 4).max(Duration::from_secs(1)))
+}
+
+/// Whether agent `id` must fence itself by its own heartbeat in `ring` (the KV-outage grace
+/// applied: during an outage nobody is judged by it, and nobody fences), and if not, how long
+/// until it must at the latest (when it will look again). Not a member (not yet registered, or
+/// forgotten): fenced, no timer (the ring wakes the runtime when it changes).
+fn fence(ring: &Ring, id: &str, now: std::time::SystemTime) -> (bool, Option<Duration>) {
+    let timeout = ring.heartbeat_timeout();
+    if timeout.is_zero() {
+        return (false, None);
+    }
+    let Some(me) = ring.instances().iter().find(|m| m.id == id) else {
+        return (true, None);
+    };
+    let age = crate::ring::lookup::heartbeat_age_nanos(me.timestamp, now).max(0) as u128;
+    let limit = fence_age(timeout).as_nanos();
+    if age > limit {
+        (true, None)
+    } else {
+        let left = (limit - age).min(u64::MAX as u128) as u64;
+        (
+            false,
+            Some(Duration::from_nanos(left) + Duration::from_millis(1)),
+        )
     }
 }
 

@@ -369,6 +369,7 @@ mod tests {
             ready: vec![],
             releasing: vec![TargetKey(1)],
             released: vec![],
+            started: vec![],
             targets: 3,
             active_series: 10,
             updated_ms: 1,
