@@ -433,7 +433,7 @@ impl Handoffs {
         }
         self.fenced = fenced;
         if !fenced {
-            tracing::info!("this agent's heartbeat is fresh again; writing its targets again");
+            tracing::debug!("this agent's heartbeat is fresh; it may write targets");
             return Vec::new();
         }
         let writing: Vec<(TargetKey, Duration)> = self
@@ -442,6 +442,11 @@ impl Handoffs {
             .filter(|(_, e)| matches!(e.state, State::Writing | State::Releasing { .. }))
             .map(|(k, e)| (*k, e.interval))
             .collect();
+        if writing.is_empty() {
+            // Starting (not in the ring yet) or nothing written: nothing to stop.
+            tracing::debug!("this agent's heartbeat is not fresh; it writes no target");
+            return Vec::new();
+        }
         tracing::warn!(
             targets = writing.len(),
             "this agent's own heartbeat in the ring is about to be judged stale (the KV store or this host is slow); it stops writing its targets until the heartbeat is fresh, so that no target gets two writers"
