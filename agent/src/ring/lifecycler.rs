@@ -474,20 +474,27 @@ impl Inner {
 
     /// The initial CAS (dskit `initRing`).
     async fn register(&self) -> Result<(), RingStoreError> {
+        // Read before taking the state, on the blocking pool.
+        let file_tokens = match self.s.tokens_file_path.clone() {
+            None => None,
+            Some(path) => {
+                match tokio::task::spawn_blocking(move || load_tokens_file(&path)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "ignoring the tokens file");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring the tokens file: its reader failed");
+                        None
+                    }
+                }
+            }
+        };
         let mut local = self.local.lock().await;
         if local.leaving {
             return Ok(());
         }
-        let file_tokens = match &self.s.tokens_file_path {
-            None => None,
-            Some(path) => match load_tokens_file(path) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ignoring the tokens file");
-                    None
-                }
-            },
-        };
         let num = self.s.num_tokens;
         let mut adopted: Option<(InstanceState, Vec<u32>, i64)> = None;
         let mut gen_error = None;
@@ -572,7 +579,9 @@ impl Inner {
                 "registered in the ring"
             );
             if state == InstanceState::Active {
-                self.save_tokens(&local.tokens);
+                let tokens = local.tokens.clone();
+                drop(local);
+                self.save_tokens(tokens).await;
             }
         }
         Ok(())
@@ -642,7 +651,9 @@ impl Inner {
         self.set_state(&mut local, target);
         tracing::info!(id = %self.s.id, state = %target, tokens = local.tokens.len(), "joined the ring");
         if target == InstanceState::Active {
-            self.save_tokens(&local.tokens);
+            let tokens = local.tokens.clone();
+            drop(local);
+            self.save_tokens(tokens).await;
             Ok(None)
         } else {
             Ok(Some(Instant::now() + self.s.observe_period))
@@ -702,7 +713,9 @@ impl Inner {
         self.set_state(&mut local, state);
         if state == InstanceState::Active {
             tracing::info!(id = %self.s.id, "ring state ACTIVE");
-            self.save_tokens(&local.tokens);
+            let tokens = local.tokens.clone();
+            drop(local);
+            self.save_tokens(tokens).await;
             Ok(None)
         } else {
             tracing::warn!(id = %self.s.id, "some tokens are also held by another member; replaced them, observing again");
@@ -781,11 +794,16 @@ impl Inner {
         Ok(report)
     }
 
-    fn save_tokens(&self, tokens: &[u32]) {
-        if let Some(path) = &self.s.tokens_file_path {
-            if let Err(e) = save_tokens_file(path, tokens) {
-                tracing::warn!(error = %e, "cannot save the tokens file");
-            }
+    /// Writes the tokens file (fsync, rename) on the blocking pool, with the state released:
+    /// only this lifecycler's own task saves, so saves keep their order.
+    async fn save_tokens(&self, tokens: Vec<u32>) {
+        let Some(path) = self.s.tokens_file_path.clone() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || save_tokens_file(&path, &tokens)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the tokens file"),
+            Err(e) => tracing::warn!(error = %e, "cannot save the tokens file: its writer failed"),
         }
     }
 }
@@ -972,7 +990,18 @@ mod tests {
         s.tokens_file_path = Some(path2.clone());
         let l2 = start(&store, s);
         wait_state(&l2, InstanceState::Active).await;
-        let saved = load_tokens_file(&path2).expect("read").expect("saved");
+        // Saved on the blocking pool once ACTIVE.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let saved = loop {
+            if let Some(t) = load_tokens_file(&path2).expect("read") {
+                break t;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tokens file never saved"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         assert_eq!(saved, l2.tokens().await);
         assert!(
             saved.iter().all(|t| !file_tokens.contains(t)),
