@@ -361,6 +361,7 @@ pub async fn run(
         if let Some(d) = &mut dropped {
             forget_dropped(d, r.position().segment, &queue);
         }
+        let caught_up = r.caught_up();
         reader = Some(r);
         if let Err(e) = &res {
             tracing::error!(error = %e, "remote_write: cannot read the WAL tail; retrying");
@@ -369,8 +370,9 @@ pub async fn run(
         if !deliver(&queue, batch).await {
             break;
         }
-        if res.is_ok() {
-            // A poll reads to the end of what is written: every commit up to `seen` is queued.
+        if res.is_ok() && caught_up {
+            // The poll read to the end of what is written: every commit up to `seen` is
+            // queued. (A poll that stopped at its budget is followed by the next at once.)
             queue.read_through(seen);
         }
         if idle {

@@ -11,6 +11,12 @@
 //! The writer finishes a segment before it creates the next one, so once segment `n + 1`
 //! exists, `n` is complete: the reader drains `n` once more and moves on. A segment that
 //! vanished (truncated away) makes the reader skip to the first segment that exists.
+//!
+//! A poll reads at most [`POLL_BUDGET`] bytes of records: what its caller collects per poll
+//! (remote_write's watcher: samples and exemplars until it hands them to the queue) stays
+//! bounded however far behind the reader is (a receiver that was down for hours, a restart
+//! with a backlog). [`LiveReader::caught_up`] says whether the last poll reached the end of
+//! what is written.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -54,7 +60,16 @@ pub struct LiveReader {
     record: Vec<u8>,
     decoded: Vec<u8>,
     max_chunk: usize,
+    /// Bytes of records one poll reads at most (it stops at the end of the chunk that
+    /// reaches it; a chunk is at most `max_chunk`), and those read by the current poll.
+    budget: usize,
+    used: usize,
+    caught_up: bool,
 }
+
+/// Bytes of WAL records one [`LiveReader::poll`] reads at most (one chunk; more only for a
+/// record larger than that): about a million samples.
+pub const POLL_BUDGET: usize = 8 << 20;
 
 /// Numbers of the segment files in `dir`, sorted.
 pub fn segment_numbers(dir: &Path) -> std::io::Result<Vec<u32>> {
@@ -76,20 +91,38 @@ impl LiveReader {
             record: Vec::new(),
             decoded: Vec::new(),
             max_chunk: 8 << 20,
+            budget: POLL_BUDGET,
+            used: 0,
+            caught_up: false,
         }
+    }
+
+    /// The same reader with another per-poll budget (tests).
+    pub fn with_budget(mut self, bytes: usize) -> Self {
+        self.budget = bytes.max(1);
+        self.max_chunk = self.max_chunk.min(self.budget);
+        self
+    }
+
+    /// Whether the last poll read everything written (rather than stopping at its budget).
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
     }
 
     pub fn position(&self) -> Position {
         self.pos
     }
 
-    /// Reads every complete record available now and hands each to `f`. Returns the number of
-    /// records read; 0 means "caught up, wait for the writer".
+    /// Reads the complete records available now, up to the budget, and hands each to `f`.
+    /// Returns the number of records read; 0 means "caught up, wait for the writer". See
+    /// [`LiveReader::caught_up`] for whether more is there already.
     pub fn poll(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize, LiveError> {
         let mut total = 0;
+        self.used = 0;
+        self.caught_up = false;
         loop {
             let path = segment_path(&self.dir, self.pos.segment);
-            let n = match self.read_segment(&path, &mut f) {
+            let (n, full) = match self.read_segment(&path, &mut f) {
                 Ok(n) => n,
                 Err(LiveError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>
@@ -107,28 +140,45 @@ impl LiveReader {
                             };
                             continue;
                         }
-                        None => return Ok(total),
+                        None => {
+                            self.caught_up = true;
+                            return Ok(total);
+                        }
                     }
                 }
                 Err(e) => return Err(e),
             };
             total += n;
+            if full {
+                return Ok(total);
+            }
             // Caught up in this segment: move on only once the next one exists (then this one
             // is complete; read it once more for what was written since).
             if segment_path(&self.dir, self.pos.segment + 1).exists() {
-                total += self.read_segment(&path, &mut f)?;
+                let (n, full) = self.read_segment(&path, &mut f)?;
+                total += n;
+                if full {
+                    return Ok(total);
+                }
                 self.pos = Position {
                     segment: self.pos.segment + 1,
                     offset: 0,
                 };
                 continue;
             }
+            self.caught_up = true;
             return Ok(total);
         }
     }
 
-    /// Reads complete records of one segment from the current offset.
-    fn read_segment(&mut self, path: &Path, f: &mut impl FnMut(&[u8])) -> Result<usize, LiveError> {
+    /// Reads complete records of one segment from the current offset; returns how many, and
+    /// whether it stopped because the poll's budget is used up (else: at the end of what is
+    /// written).
+    fn read_segment(
+        &mut self,
+        path: &Path,
+        f: &mut impl FnMut(&[u8]),
+    ) -> Result<(usize, bool), LiveError> {
         let io = |source| LiveError::Io {
             path: path.to_path_buf(),
             source,
@@ -138,7 +188,7 @@ impl LiveReader {
         loop {
             let len = file.metadata().map_err(io)?.len();
             if len <= self.pos.offset {
-                return Ok(count);
+                return Ok((count, false));
             }
             let want = ((len - self.pos.offset) as usize).min(self.max_chunk);
             file.seek(SeekFrom::Start(self.pos.offset)).map_err(io)?;
@@ -156,11 +206,15 @@ impl LiveReader {
                     self.max_chunk *= 2;
                     continue;
                 }
-                return Ok(count);
+                return Ok((count, false));
             }
             self.pos.offset += consumed as u64;
+            self.used += consumed;
+            if self.used >= self.budget {
+                return Ok((count, true));
+            }
             if self.pos.offset >= len {
-                return Ok(count);
+                return Ok((count, false));
             }
         }
     }
@@ -385,6 +439,89 @@ mod tests {
             "crossed into later segments"
         );
         assert_eq!(next_ref, 8000);
+    }
+
+    /// However far behind the reader is, one poll reads about its budget, not everything
+    /// written: what a caller collects per poll stays bounded; the polls that follow read the
+    /// rest, each record once and in order.
+    #[test]
+    fn a_poll_reads_at_most_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = WalOptions {
+            segment_size: 256 * 1024,
+            ..Default::default()
+        };
+        let (mut wal, _) = Wal::open(dir.path(), opts).unwrap();
+        let first = segment_numbers(dir.path()).unwrap()[0];
+        let mut next_ref = 0;
+        for round in 0..200i64 {
+            let mut series = Vec::new();
+            for _ in 0..50 {
+                next_ref += 1;
+                series.push((SeriesRef(next_ref), labels(next_ref)));
+            }
+            wal.append_series(series.iter().map(|(r, l)| (*r, l.as_view())))
+                .unwrap();
+            let samples: Vec<_> = series
+                .iter()
+                .map(|(r, _)| (*r, round * 1000, round as f64))
+                .collect();
+            wal.append_samples(&samples).unwrap();
+            wal.commit().unwrap();
+        }
+        let written: u64 = segment_numbers(dir.path())
+            .unwrap()
+            .iter()
+            .map(|&s| {
+                std::fs::metadata(segment_path(dir.path(), s))
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        let budget = 16 * 1024;
+        let mut reader = LiveReader::new(
+            dir.path(),
+            Position {
+                segment: first,
+                offset: 0,
+            },
+        )
+        .with_budget(budget);
+        let mut refs = Vec::new();
+        let mut polls = 0;
+        loop {
+            let before = reader.position();
+            let mut bytes = 0;
+            let n = reader
+                .poll(|r| {
+                    bytes += r.len();
+                    if record::record_type(r) == Some(record::SERIES) {
+                        let mut out = Vec::new();
+                        record::decode_series(r, &mut out).unwrap();
+                        refs.extend(out.into_iter().map(|(r, _)| r.0));
+                    }
+                })
+                .unwrap();
+            polls += 1;
+            // Records are compressed on disk at most as much as they are decoded here; one
+            // chunk past the budget at most.
+            assert!(
+                bytes <= 8 * budget,
+                "poll {polls} from {before:?} handed {bytes} bytes for a budget of {budget}"
+            );
+            if reader.caught_up() {
+                assert!(n == 0 || polls > 1);
+                break;
+            }
+            assert!(n > 0, "a poll that stopped at its budget read something");
+        }
+        assert!(
+            polls as u64 >= written / (2 * budget as u64),
+            "{polls} polls for {written} bytes"
+        );
+        assert_eq!(refs, (1..=next_ref).collect::<Vec<u64>>());
+        assert_eq!(reader.poll(|_| {}).unwrap(), 0);
+        assert!(reader.caught_up());
     }
 
     #[test]
