@@ -135,3 +135,53 @@ fn a_tls_block_is_honoured_and_an_unreadable_certificate_stops_the_agent() {
         "{stderr}"
     );
 }
+
+/// Prometheus's `storage.exemplars.max_exemplars` sizes an in-memory exemplar store that
+/// neither the old agent nor agentctl has (docs/configuration.md, Differences): the setting is
+/// refused where a user might put it, never accepted and ignored.
+#[test]
+fn max_exemplars_is_refused_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("inst.yml"),
+        "scrape_configs: []\nmax_exemplars: 100000\n",
+    )
+    .unwrap();
+    let o = agentctl(&["config", "check", "inst.yml"], d);
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("inst.yml:2:1") && err.contains("unknown field \"max_exemplars\""),
+        "{err}"
+    );
+    for (name, yaml, at) in [
+        (
+            "agent.yml",
+            "metrics:\n  wal_directory: data\n  storage:\n    exemplars:\n      max_exemplars: 10\n",
+            "agent.yml:3:3",
+        ),
+        (
+            "top.yml",
+            "metrics:\n  wal_directory: data\nstorage:\n  exemplars:\n    max_exemplars: 10\n",
+            "top.yml:3:1",
+        ),
+    ] {
+        std::fs::write(d.join(name), yaml).unwrap();
+        let o = agentctl(&["config", "check", "--kind", "agent", name], d);
+        let err = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains(at) && err.contains("unknown field \"storage\""),
+            "{name}: {err}"
+        );
+    }
+}

@@ -587,6 +587,13 @@ async fn e2e_sigterm_while_receiver_down_stops_at_once_and_loses_nothing() {
          after the restart; total {total} scrapes, samples served {expected} arrived {arrived}, \
          {up:?}"
     );
+    println!(
+        "RELIABILITY sigterm_receiver_down_stop_seconds={:.1} sigterm_receiver_down_samples_lost={}",
+        took.as_secs_f64(),
+        expected
+            .saturating_sub(arrived)
+            .saturating_sub(SERIES * (up.failed as u64 + 2)),
+    );
     stop(agent);
 }
 
