@@ -41,6 +41,7 @@ fn wal_writer_process() {
     let opts = WalOptions {
         segment_size: 8 * agent::wal::PAGE_SIZE,
         compress: true,
+        ..Default::default()
     };
     let (mut wal, replay) = Wal::open(&dir, opts).expect("open");
     let series: Vec<(agent::labels::SeriesRef, agent::labels::Labels)> = (0..n)
@@ -171,6 +172,7 @@ fn sigkilled_writer_loses_nothing_it_acknowledged() {
             WalOptions {
                 segment_size: 8 * 32768,
                 compress: true,
+                ..Default::default()
             },
         )
         .expect("reopen");

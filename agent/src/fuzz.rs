@@ -379,6 +379,7 @@ fn wal_options(compress: bool) -> crate::wal::WalOptions {
     crate::wal::WalOptions {
         segment_size: 4 * crate::wal::PAGE_SIZE,
         compress,
+        ..Default::default()
     }
 }
 

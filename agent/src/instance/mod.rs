@@ -507,7 +507,9 @@ impl Instance {
     /// (docs/compat.md, *Stopping*).
     pub async fn stop(self, write_stale: bool) {
         self.scrape.stop(write_stale).await;
-        if let Err(e) = self.storage.sync() {
+        // Everything committed is durable before the instance is gone (the WAL's disk thread
+        // does the fsync; this task only waits for it).
+        if let Err(e) = self.storage.sync_async().await {
             tracing::error!(error = %e, "WAL fsync on stop failed");
         }
         self.stop.cancel();
@@ -546,8 +548,9 @@ impl Instance {
     }
 }
 
-/// fsyncs the WAL every second, reports its newest sample to the remote_write queues, and
-/// truncates it every `wal_truncate_frequency`.
+/// Every second reports the WAL's newest sample to the remote_write queues and the active
+/// series; truncates the WAL every `wal_truncate_frequency` (on a blocking thread). The WAL's
+/// fsyncs are its disk thread's (`wal::sync`), never this task's.
 async fn housekeeping(
     cfg: InstanceConfig,
     storage: Arc<WalStorage>,
@@ -564,10 +567,7 @@ async fn housekeeping(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let (synced, series) = (storage.sync(), storage.series_count());
-        if let Err(e) = synced {
-            tracing::error!(error = %e, "WAL fsync failed");
-        }
+        let series = storage.series_count();
         // highest_timestamp_in follows what the WAL holds, as Prometheus's appender sets it: the
         // watchers raise it only as they read, and stop reading while their queue is full.
         if let Some(newest) = storage.newest_timestamp() {
@@ -731,5 +731,106 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         assert!(!text.contains("agent_wal_storage_active_series{"));
+    }
+
+    /// A WAL fsync that hangs (a slow or stuck disk) does not hold up the tokio runtime: with
+    /// one instance's housekeeping running on a single-threaded runtime and its WAL's fsync
+    /// paused, another instance's commit, made by a task on that same runtime, completes.
+    #[test]
+    fn a_stuck_wal_fsync_does_not_block_the_runtime() {
+        use crate::scrape::appender::Storage;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{mpsc, Condvar, Mutex};
+
+        #[derive(Debug, Default)]
+        struct Stuck {
+            entered: Mutex<Option<mpsc::Sender<()>>>,
+            released: (Mutex<bool>, Condvar),
+            armed: AtomicBool,
+        }
+        impl crate::wal::Faults for Stuck {
+            fn fsync(&self, _: &Path) -> std::io::Result<()> {
+                if self.armed.load(Ordering::SeqCst) {
+                    if let Some(tx) = self.entered.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                    let mut r = self.released.0.lock().unwrap();
+                    while !*r {
+                        r = self.released.1.wait(r).unwrap();
+                    }
+                }
+                Ok(())
+            }
+        }
+        let commit = |s: &WalStorage, t: i64| {
+            let mut app = s.appender();
+            let (r, _) = app.new_series(crate::labels::Labels::from_pairs([("__name__", "m")]));
+            app.append(r, t, 1.0);
+            app.commit()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let stuck = Arc::new(Stuck::default());
+        let open = |name: &str, faults: crate::wal::segment::FaultsHook| {
+            let opts = WalOptions {
+                faults,
+                ..WalOptions::default()
+            };
+            let (wal, replay) = Wal::open(&dir.path().join(name), opts).unwrap();
+            Arc::new(WalStorage::new(name, wal, &replay))
+        };
+        let a = open("a", Some(stuck.clone()));
+        let b = open("b", None);
+        commit(&a, 1_000).unwrap();
+        let (entered_tx, entered) = mpsc::channel();
+        *stuck.entered.lock().unwrap() = Some(entered_tx);
+        stuck.armed.store(true, Ordering::SeqCst);
+
+        let mut registry = Registry::default();
+        let shared = Shared::new(dir.path(), "x", &mut registry, Clock::system());
+        let (_, cfg) = crate::config::load::parse_instance(
+            "scrape_configs: []\n",
+            &crate::config::GlobalConfig::default(),
+        )
+        .unwrap();
+        let (ping_tx, mut ping) = tokio::sync::mpsc::unbounded_channel::<i64>();
+        let (pong_tx, pong) = mpsc::channel();
+        let stop = CancellationToken::new();
+        let (a2, b2, stop2) = (a.clone(), b.clone(), stop.clone());
+        let runtime = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let hk = tokio::spawn(housekeeping(
+                    cfg,
+                    a2,
+                    Vec::new(),
+                    shared.instance_metrics.clone(),
+                    instance_label("instance_name", "a"),
+                    Clock::system(),
+                    stop2.clone(),
+                ));
+                while let Some(t) = ping.recv().await {
+                    let _ = pong_tx.send(commit(&b2, t).is_ok());
+                }
+                stop2.cancel();
+                let _ = hk.await;
+            });
+        });
+        entered
+            .recv_timeout(Duration::from_secs(30))
+            .expect("instance a's WAL fsync started");
+        ping_tx.send(2_000).unwrap();
+        let answer = pong.recv_timeout(Duration::from_secs(20));
+        *stuck.released.0.lock().unwrap() = true;
+        stuck.released.1.notify_all();
+        drop(ping_tx);
+        runtime.join().unwrap();
+        assert_eq!(
+            answer,
+            Ok(true),
+            "instance b's commit on the runtime did not complete while a's fsync was stuck"
+        );
     }
 }

@@ -22,7 +22,7 @@
 //! its series (same timestamp, value and labels: a target shows its latest exemplar on every
 //! scrape until a new observation replaces it) is not written again.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::HashTable;
@@ -31,8 +31,12 @@ use tokio::sync::watch;
 use crate::labels::{Hasher, Labels, LabelsRef, RefMap, SeriesRef, SharedLabels};
 use crate::scrape::appender::{AppendError, Appender, Storage};
 use crate::wal::{
-    CheckpointStats, Cut, DroppedSeries, RefExemplar, RefSample, ReplayState, Wal, WalError,
+    CheckpointStats, Cut, DroppedSeries, RefExemplar, RefSample, ReplayState, SyncHandle, Wal,
+    WalError,
 };
+
+/// While WAL writes keep failing (a full disk), at most one log line per interval.
+pub const FAILURE_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Prometheus's `exemplar.ExemplarMaxLabelSetLength`: runes of names and values together.
 pub const EXEMPLAR_MAX_LABEL_SET_LENGTH: usize = 128;
@@ -298,12 +302,70 @@ struct Log {
     wal: Wal,
     /// Per series with exemplars, the last one written (for the duplicate check).
     last_exemplar: RefMap<LastExemplar>,
+    failures: FailureLog,
+}
+
+/// Rate-limited logging of failed WAL writes: a full disk fails every commit of every target,
+/// so the first failure is logged at once, then at most one summary per
+/// [`FAILURE_LOG_INTERVAL`] with the count, and one line when writes succeed again.
+#[derive(Debug, Default)]
+struct FailureLog {
+    /// Failed commits since writes last succeeded, and the samples they dropped.
+    failures: u64,
+    dropped: u64,
+    /// Failed commits (and their dropped samples) not in a line yet.
+    unlogged: u64,
+    unlogged_dropped: u64,
+    last_line: Option<tokio::time::Instant>,
+}
+
+impl FailureLog {
+    fn failed(&mut self, error: &WalError, dropped: usize, kept: usize) {
+        let now = tokio::time::Instant::now();
+        self.failures += 1;
+        self.dropped += dropped as u64;
+        match self.last_line {
+            Some(at) if now.duration_since(at) < FAILURE_LOG_INTERVAL => {
+                self.unlogged += 1;
+                self.unlogged_dropped += dropped as u64;
+            }
+            Some(at) => {
+                tracing::error!(error = %error, failures = self.unlogged + 1,
+                    dropped_samples = self.unlogged_dropped + dropped as u64,
+                    seconds = now.duration_since(at).as_secs(),
+                    "WAL writes still failing; the samples of the failed commits are dropped, scraping continues");
+                self.unlogged = 0;
+                self.unlogged_dropped = 0;
+                self.last_line = Some(now);
+            }
+            None => {
+                tracing::error!(error = %error, dropped_samples = dropped, kept_samples = kept,
+                    "WAL write failed; this scrape's samples are dropped, scraping continues (further failures are summarised every 30s)");
+                self.last_line = Some(now);
+            }
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::warn!(
+                failures = self.failures,
+                dropped_samples = self.dropped,
+                "WAL writes succeed again"
+            );
+            *self = FailureLog::default();
+        }
+    }
 }
 
 /// An instance's WAL as scrape storage.
 pub struct WalStorage {
     table: Arc<Mutex<SeriesTable>>,
     log: Mutex<Log>,
+    /// The WAL's disk thread, asked for fsyncs without taking `log`.
+    sync: SyncHandle,
+    /// A truncation is running (they do not overlap; commits go on meanwhile).
+    truncating: AtomicBool,
     hasher: Hasher,
     name: String,
     commits: watch::Sender<u64>,
@@ -354,9 +416,12 @@ impl WalStorage {
         let table = SeriesTable::from_replay(hasher, replay);
         WalStorage {
             table: Arc::new(Mutex::new(table)),
+            sync: wal.sync_handle(),
+            truncating: AtomicBool::new(false),
             log: Mutex::new(Log {
                 wal,
                 last_exemplar: RefMap::default(),
+                failures: FailureLog::default(),
             }),
             hasher,
             name: name.to_owned(),
@@ -384,9 +449,15 @@ impl WalStorage {
         self.table.clone()
     }
 
-    /// fsyncs what was committed.
+    /// fsyncs what was committed, on the WAL's disk thread; blocks until done (not for async
+    /// workers: see [`sync_async`](Self::sync_async)). Commits go on meanwhile.
     pub fn sync(&self) -> Result<(), WalError> {
-        lock(&self.log).wal.sync()
+        self.sync.sync_blocking()
+    }
+
+    /// [`sync`](Self::sync) for async code.
+    pub async fn sync_async(&self) -> Result<(), WalError> {
+        self.sync.sync().await
     }
 
     /// The newest sample timestamp committed since the storage was opened.
@@ -407,29 +478,45 @@ impl WalStorage {
 
     /// Garbage-collects series without samples since `cut.mint`, then truncates the WAL there
     /// (see [`Wal::truncate`]): the checkpoint keeps the Series records of active series and of
-    /// collected ones still referred to after it.
+    /// collected ones still referred to after it. Blocking disk work (run it off the async
+    /// workers); the WAL's lock is held only to cut a new segment, so commits go on while the
+    /// checkpoint is written. Returns `None` without doing anything while another truncation
+    /// runs.
     pub fn truncate(&self, cut: Cut) -> Result<Option<CheckpointStats>, WalError> {
-        let mut log = lock(&self.log);
-        let segment = log.wal.segment();
-        let gone = lock(&self.table).gc(cut.mint, segment);
-        if gone > 0 {
-            self.generation.fetch_add(1, Ordering::AcqRel);
+        if self.truncating.swap(true, Ordering::AcqRel) {
+            return Ok(None);
         }
-        let table = &self.table;
-        let res = log.wal.truncate(cut, |cp| {
-            // One snapshot of what to drop per truncation, not a lock per Series entry.
-            let drop = lock(table).dropped_at(cp);
-            move |r| !drop.contains_key(&r)
-        });
-        if let Ok(Some(stats)) = &res {
-            lock(&self.table).checkpointed(stats.index);
-            let dropped: std::collections::HashSet<SeriesRef> =
-                stats.dropped_refs.iter().copied().collect();
-            log.last_exemplar.retain(|r, _| !dropped.contains(r));
-            let mut last = lock(&self.dropped);
-            *last = last.append(stats.index, stats.dropped_refs.clone());
-        }
+        let res = self.truncate_now(cut);
+        self.truncating.store(false, Ordering::Release);
         res
+    }
+
+    fn truncate_now(&self, cut: Cut) -> Result<Option<CheckpointStats>, WalError> {
+        let job = {
+            let mut log = lock(&self.log);
+            let segment = log.wal.segment();
+            let gone = lock(&self.table).gc(cut.mint, segment);
+            if gone > 0 {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            log.wal.start_truncate()?
+        };
+        let Some(job) = job else {
+            return Ok(None);
+        };
+        // One snapshot of what to drop per truncation, not a lock per Series entry.
+        let gone = lock(&self.table).dropped_at(job.index());
+        let stats = job.run(cut, move |r| !gone.contains_key(&r))?;
+        lock(&self.table).checkpointed(stats.index);
+        let dropped: std::collections::HashSet<SeriesRef> =
+            stats.dropped_refs.iter().copied().collect();
+        lock(&self.log)
+            .last_exemplar
+            .retain(|r, _| !dropped.contains(r));
+        let mut last = lock(&self.dropped);
+        *last = last.append(stats.index, stats.dropped_refs.clone());
+        drop(last);
+        Ok(Some(stats))
     }
 
     /// Where a reader of the WAL starts following the series checkpoints drop (the last
@@ -555,22 +642,26 @@ impl Appender for WalAppender<'_> {
         let result = self.write(&mut log, true);
         let segment = log.wal.segment();
         if let Err(e) = &result {
-            // Disk full or an I/O error: these samples cannot be made durable and are dropped
-            // (counted); the segment goes back to the last commit so nothing torn stays on
-            // disk, and the next commit (when space returns) appends cleanly.
-            let dropped = match log.wal.abort() {
-                Ok(n) => n,
+            // Disk full or an I/O error: the samples not written whole cannot be made durable
+            // and are dropped (counted: what reached the file in whole records stays, a reader
+            // may have sent it already); the segment goes back to the end of the last whole
+            // record so nothing torn stays on disk, and the next commit (when space returns)
+            // appends cleanly.
+            let kept = match log.wal.abort() {
+                Ok(aborted) => aborted.kept_samples,
                 Err(reset) => {
                     tracing::error!(error = %reset,
                         "cannot cut the WAL segment back after a failed write");
-                    self.samples.len()
+                    0
                 }
             };
+            let dropped = self.samples.len().saturating_sub(kept);
             self.storage.failures.failures.inc();
             self.storage.failures.dropped_samples.inc_by(dropped as u64);
-            tracing::error!(error = %e, dropped_samples = dropped,
-                "WAL write failed; this scrape's samples are dropped, scraping continues");
+            self.storage.failures.samples_appended.inc_by(kept as u64);
+            log.failures.failed(e, dropped, kept);
         } else {
+            log.failures.succeeded();
             self.storage
                 .failures
                 .samples_appended
@@ -580,7 +671,9 @@ impl Appender for WalAppender<'_> {
             }
         }
         drop(log);
-        if result.is_ok() && !self.samples.is_empty() {
+        // Also after a failure: samples kept in the WAL count for garbage collection (touching
+        // a dropped one only keeps its series a little longer).
+        if !self.samples.is_empty() {
             let mut table = lock(&self.storage.table);
             for &(r, t, _) in &self.samples {
                 table.touch(r, t, segment);
@@ -606,7 +699,9 @@ impl Appender for WalAppender<'_> {
                         "cannot cut the WAL segment back after a failed write");
                 }
                 self.storage.failures.failures.inc();
-                tracing::error!(error = %e, "WAL write failed on rollback");
+                log.failures.failed(&e, 0, 0);
+            } else {
+                log.failures.succeeded();
             }
             self.series.clear();
         }
@@ -775,6 +870,7 @@ mod tests {
             WalOptions {
                 segment_size: 32 * 1024,
                 compress: false,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -820,5 +916,268 @@ mod tests {
         let mut app = storage.appender();
         let (again, _) = app.new_series(labels(0));
         assert_ne!(again, refs[0]);
+    }
+
+    /// Faults for the tests below: fsyncs that pause until released, and a disk with `free`
+    /// bytes left once armed (then short writes, then ENOSPC), which records the samples a
+    /// reader of the WAL finds at the moment of the first failed write (what a remote_write
+    /// watcher could have read and sent by then).
+    #[derive(Debug, Default)]
+    struct Disk {
+        pause_fsync: std::sync::atomic::AtomicBool,
+        paused: Mutex<Option<std::sync::mpsc::Sender<std::path::PathBuf>>>,
+        released: (Mutex<bool>, std::sync::Condvar),
+        free: Mutex<Option<usize>>,
+        seen_at_failure: Mutex<Option<u64>>,
+    }
+
+    impl Disk {
+        fn release(&self) {
+            *self.released.0.lock().unwrap() = true;
+            self.released.1.notify_all();
+        }
+    }
+
+    impl crate::wal::Faults for Disk {
+        fn write(&self, path: &std::path::Path, len: usize) -> std::io::Result<usize> {
+            let mut free = self.free.lock().unwrap();
+            let Some(left) = free.as_mut() else {
+                return Ok(len);
+            };
+            if *left == 0 {
+                let mut seen = self.seen_at_failure.lock().unwrap();
+                if seen.is_none() {
+                    *seen = Some(samples_readable(path.parent().unwrap()));
+                }
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            let n = len.min(*left);
+            *left -= n;
+            Ok(n)
+        }
+
+        fn fsync(&self, path: &std::path::Path) -> std::io::Result<()> {
+            if self.pause_fsync.load(Ordering::SeqCst) {
+                if let Some(tx) = self.paused.lock().unwrap().take() {
+                    let _ = tx.send(path.to_owned());
+                }
+                let mut released = self.released.0.lock().unwrap();
+                while !*released {
+                    released = self.released.1.wait(released).unwrap();
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Samples in the complete records of the WAL in `dir` (stops at the first torn one).
+    fn samples_readable(dir: &std::path::Path) -> u64 {
+        let segs = segment::list_segments(dir).unwrap();
+        let mut r = Reader::new(
+            segs.into_iter()
+                .map(|index| SegmentSource {
+                    index,
+                    path: segment::segment_path(dir, index),
+                })
+                .collect(),
+        );
+        let (mut n, mut samples) = (0, Vec::new());
+        while let Ok(true) = r.next_record() {
+            if record::record_type(r.record()) == Some(record::SAMPLES) {
+                samples.clear();
+                if record::decode_samples(r.record(), &mut samples).is_ok() {
+                    n += samples.len() as u64;
+                }
+            }
+        }
+        n
+    }
+
+    fn open_with(dir: &std::path::Path, disk: &Arc<Disk>, pages: usize) -> WalStorage {
+        let (wal, replay) = Wal::open(
+            dir,
+            WalOptions {
+                segment_size: pages * crate::wal::PAGE_SIZE,
+                compress: false,
+                faults: Some(disk.clone()),
+                ..WalOptions::default()
+            },
+        )
+        .unwrap();
+        WalStorage::with_hasher("i", wal, &replay, Hasher::random())
+    }
+
+    /// One scrape of `n` series (`m_0`..) at `t` with an exemplar per series; returns the
+    /// commit's result.
+    fn scrape(storage: &WalStorage, n: usize, t: i64) -> Result<(), AppendError> {
+        let mut app = storage.appender();
+        let ex = Labels::from_pairs([("trace_id", "0123456789abcdef")]);
+        for i in 0..n {
+            let (r, _) = app.new_series(Labels::from_pairs([
+                ("__name__", "m"),
+                ("i", i.to_string().as_str()),
+            ]));
+            app.append(r, t, (i as f64) * 1.5 + t as f64);
+            app.append_exemplar(r, &ex, t - 1, i as f64);
+        }
+        app.commit()
+    }
+
+    /// A paused fsync (a slow disk) holds up neither commits nor segment rotations: while the
+    /// WAL's fsync is stuck, other commits, including ones that fill segments, complete.
+    #[test]
+    fn a_paused_fsync_stalls_neither_commits_nor_segment_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(Disk::default());
+        let storage = Arc::new(open_with(dir.path(), &disk, 4));
+        scrape(&storage, 100, 1_000).unwrap();
+        let first = storage.log.lock().unwrap().wal.segment();
+        let (tx, paused) = std::sync::mpsc::channel();
+        *disk.paused.lock().unwrap() = Some(tx);
+        disk.pause_fsync.store(true, Ordering::SeqCst);
+        let s = storage.clone();
+        let syncer = std::thread::spawn(move || s.sync());
+        let path = paused
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the fsync started");
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let s = storage.clone();
+        let committer = std::thread::spawn(move || {
+            for k in 0..60 {
+                scrape(&s, 1_000, 2_000 + k).unwrap();
+            }
+            let _ = done_tx.send(());
+        });
+        let finished = done.recv_timeout(std::time::Duration::from_secs(60));
+        disk.release();
+        committer.join().unwrap();
+        syncer.join().unwrap().unwrap();
+        assert!(
+            finished.is_ok(),
+            "commits stalled behind an fsync of {}",
+            path.display()
+        );
+        let last = storage.log.lock().unwrap().wal.segment();
+        assert!(
+            last >= first + 3,
+            "segments {first}..{last}: no rotation tested"
+        );
+    }
+
+    /// After a write fails (disk full after a given number of bytes), the samples counted as
+    /// dropped are exactly those a reader of the WAL could not have read: samples in records
+    /// that reached the file whole (a remote_write watcher may have sent them already) stay in
+    /// the WAL and are not counted. When space returns, the WAL goes on cleanly.
+    #[test]
+    fn dropped_samples_after_a_failed_write_are_exactly_those_never_written() {
+        let n = 3_000;
+        let mut seen_some = false;
+        for free in (0..240_000).step_by(2_000) {
+            let dir = tempfile::tempdir().unwrap();
+            let disk = Arc::new(Disk::default());
+            let counters = WriteFailureCounters::default();
+            let storage = open_with(dir.path(), &disk, 8).with_failure_counters(counters.clone());
+            scrape(&storage, 10, 1_000).unwrap();
+            let before = samples_readable(dir.path());
+            *disk.free.lock().unwrap() = Some(free);
+            let result = scrape(&storage, n, 2_000);
+            let seen = disk.seen_at_failure.lock().unwrap().map(|s| s - before);
+            let Some(seen) = seen else {
+                assert!(result.is_ok(), "free {free}: {result:?}");
+                continue;
+            };
+            assert!(result.is_err(), "free {free}");
+            seen_some |= seen > 0;
+            assert_eq!(
+                counters.dropped_samples.get(),
+                n as u64 - seen,
+                "free {free}: a reader saw {seen} of the {n} samples before the write failed"
+            );
+            assert_eq!(
+                samples_readable(dir.path()) - before,
+                seen,
+                "free {free}: what a reader saw stays in the WAL"
+            );
+            // Space returns: the next scrape is written whole, after the series it needs.
+            *disk.free.lock().unwrap() = None;
+            scrape(&storage, n, 3_000).unwrap();
+            let (series, _) = read_all(dir.path());
+            let refs: std::collections::BTreeSet<SeriesRef> =
+                series.iter().map(|(r, _)| *r).collect();
+            assert_eq!(refs.len(), n, "free {free}: every series is logged");
+            assert_eq!(
+                samples_readable(dir.path()) - before,
+                seen + n as u64,
+                "free {free}"
+            );
+            assert!(
+                crate::wal::repair(dir.path()).unwrap().is_none(),
+                "free {free}"
+            );
+        }
+        assert!(
+            seen_some,
+            "no case where a record reached the file before the failure"
+        );
+    }
+
+    /// A full disk is logged at once, then summarised (with the count) at most once per
+    /// interval while it lasts, and once more when writes succeed again; not once per commit.
+    #[tokio::test(start_paused = true)]
+    async fn disk_full_is_logged_once_then_summarised() {
+        #[derive(Clone, Default)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Capture::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let lines = || {
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            text.lines()
+                .filter(|l| l.contains("WAL write"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(Disk::default());
+        let storage = open_with(dir.path(), &disk, 8);
+        scrape(&storage, 10, 1_000).unwrap();
+        *disk.free.lock().unwrap() = Some(0);
+        for k in 0..50 {
+            assert!(scrape(&storage, 10, 2_000 + k).is_err());
+            tokio::time::advance(std::time::Duration::from_millis(100)).await;
+        }
+        let got = lines();
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert!(
+            got[0].contains(&dir.path().display().to_string()),
+            "{got:#?}"
+        );
+        // Past the interval, the next failure logs a summary with the count.
+        tokio::time::advance(FAILURE_LOG_INTERVAL).await;
+        assert!(scrape(&storage, 10, 9_000).is_err());
+        let got = lines();
+        assert_eq!(got.len(), 2, "{got:#?}");
+        assert!(got[1].contains("failures=50"), "{got:#?}");
+        // Space returns: one line says so, with the failures since the summary.
+        *disk.free.lock().unwrap() = None;
+        scrape(&storage, 10, 10_000).unwrap();
+        scrape(&storage, 10, 11_000).unwrap();
+        let got = lines();
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert!(got[2].contains("failures=51"), "{got:#?}");
     }
 }

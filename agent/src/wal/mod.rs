@@ -16,6 +16,7 @@ pub mod live;
 pub mod reader;
 pub mod record;
 pub mod segment;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::fs;
@@ -29,7 +30,8 @@ pub use checkpoint::{
 };
 pub use reader::{Corruption, Reader, SegmentSource};
 pub use record::{RefExemplar, RefSample};
-pub use segment::{SegmentWriter, DEFAULT_SEGMENT_SIZE, PAGE_SIZE};
+pub use segment::{Faults, Pos, SegmentWriter, DEFAULT_SEGMENT_SIZE, PAGE_SIZE};
+pub use sync::SyncHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -77,6 +79,10 @@ pub struct WalOptions {
     pub segment_size: usize,
     /// Snappy-compress records when that makes them smaller (the agent always does).
     pub compress: bool,
+    /// How often the disk thread fsyncs the segment being written (when it was written to).
+    pub sync_interval: std::time::Duration,
+    /// Fault injection (tests): slow or failing writes and fsyncs.
+    pub faults: segment::FaultsHook,
 }
 
 impl Default for WalOptions {
@@ -84,6 +90,8 @@ impl Default for WalOptions {
         WalOptions {
             segment_size: DEFAULT_SEGMENT_SIZE,
             compress: true,
+            sync_interval: std::time::Duration::from_secs(1),
+            faults: None,
         }
     }
 }
@@ -137,15 +145,33 @@ pub struct Wal {
     max_pending: usize,
     /// Where the last successful commit left the writer.
     mark: segment::WriterMark,
-    /// Series records logged since `mark`: a failed commit puts them back to be logged again
-    /// (their refs are handed out and in use).
-    series_since_mark: Vec<Vec<u8>>,
+    /// Records logged since `mark`, in order.
+    logged: Vec<Logged>,
     /// An [`abort`](Wal::abort) could not zero the failed write's bytes yet.
     needs_reset: bool,
-    /// Samples appended since `mark` (what an abort drops).
-    samples_since_mark: usize,
+    /// Samples in `samples_rec`.
+    pending_samples: usize,
     /// Series records taken back by [`abort`](Wal::abort), logged first by the next commit.
     requeued_series: Vec<Vec<u8>>,
+}
+
+/// A record logged since the last commit.
+struct Logged {
+    end: Pos,
+    samples: usize,
+    /// A Series record's bytes: logged again if it does not reach the file (its refs are
+    /// handed out and in use).
+    series: Option<Vec<u8>>,
+}
+
+/// What [`Wal::abort`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Aborted {
+    /// Samples of records that had reached the file whole: they stay in the WAL (a reader
+    /// may have read them already).
+    pub kept_samples: usize,
+    /// Samples of records that had not (or had not been written at all): gone.
+    pub dropped_samples: usize,
 }
 
 impl Wal {
@@ -212,7 +238,9 @@ impl Wal {
         if let Some(cp) = rep.checkpoint {
             next = next.max(cp + 1);
         }
-        let writer = SegmentWriter::create(dir, next, opts.segment_size, opts.compress)?;
+        let writer = SegmentWriter::create(dir, next, opts.segment_size, opts.compress)?
+            .with_faults(opts.faults.clone())
+            .with_sync_thread(opts.sync_interval)?;
         let max_pending = MAX_PENDING_RECORD.min(opts.segment_size / 4);
         let mark = writer.mark();
         let wal = Wal {
@@ -224,9 +252,9 @@ impl Wal {
             exemplars_rec: Vec::new(),
             max_pending,
             mark,
-            series_since_mark: Vec::new(),
+            logged: Vec::new(),
             requeued_series: Vec::new(),
-            samples_since_mark: 0,
+            pending_samples: 0,
             needs_reset: false,
         };
         Ok((wal, state))
@@ -255,7 +283,7 @@ impl Wal {
     /// Queues samples; one Samples record per commit.
     pub fn append_samples(&mut self, samples: &[RefSample]) -> Result<(), WalError> {
         record::extend_samples(&mut self.samples_rec, samples);
-        self.samples_since_mark += samples.len();
+        self.pending_samples += samples.len();
         self.maybe_flush()
     }
 
@@ -280,60 +308,91 @@ impl Wal {
             self.needs_reset = false;
         }
         // Series records an aborted commit took back come first, in their order.
-        while !self.requeued_series.is_empty() {
+        while let Some(rec) = self.requeued_series.first() {
+            let end = self.writer.log(rec)?;
             let rec = self.requeued_series.remove(0);
-            self.series_since_mark.push(rec);
-            if let Some(rec) = self.series_since_mark.last() {
-                self.writer.log(rec)?;
-            }
+            self.logged.push(Logged {
+                end,
+                samples: 0,
+                series: Some(rec),
+            });
         }
         if !self.series_rec.is_empty() {
-            self.series_since_mark.push(self.series_rec.clone());
+            let end = self.writer.log(&self.series_rec)?;
+            let rec = std::mem::take(&mut self.series_rec);
+            self.logged.push(Logged {
+                end,
+                samples: 0,
+                series: Some(rec),
+            });
         }
-        for buf in [
-            &mut self.series_rec,
-            &mut self.samples_rec,
-            &mut self.exemplars_rec,
-        ] {
-            if !buf.is_empty() {
-                self.writer.log(buf)?;
-                buf.clear();
-            }
+        if !self.samples_rec.is_empty() {
+            let end = self.writer.log(&self.samples_rec)?;
+            self.samples_rec.clear();
+            self.logged.push(Logged {
+                end,
+                samples: std::mem::take(&mut self.pending_samples),
+                series: None,
+            });
+        }
+        if !self.exemplars_rec.is_empty() {
+            let end = self.writer.log(&self.exemplars_rec)?;
+            self.exemplars_rec.clear();
+            self.logged.push(Logged {
+                end,
+                samples: 0,
+                series: None,
+            });
         }
         Ok(())
     }
 
-    /// Undoes everything written since the last successful commit after a write failed
-    /// (typically ENOSPC): what reached the segment since is zeroed (page padding to every
+    /// Cleans up after a write failed since the last successful commit (typically ENOSPC).
+    /// Records logged since that commit that reached the file whole stay: readers (the
+    /// remote_write watchers) may already have read and sent them, and they are as valid as
+    /// committed ones. Everything after the last of them is zeroed (page padding to every
     /// reader, so no torn record stays on disk for the reader or the next append, see
-    /// [`SegmentWriter::reset`]), pending samples and exemplars are dropped (they cannot be
-    /// made durable; their number is returned) and the Series records since that commit are
-    /// queued again, since their refs are in use: the next commit writes them first. When the
-    /// zeroing itself fails, the next commit tries it again before writing.
-    pub fn abort(&mut self) -> Result<usize, WalError> {
-        let dropped = std::mem::take(&mut self.samples_since_mark);
-        self.samples_rec.clear();
-        self.exemplars_rec.clear();
-        let mut series = std::mem::take(&mut self.series_since_mark);
+    /// [`SegmentWriter::reset`]); the samples and exemplars in it, and those not logged yet,
+    /// are dropped (they cannot be made durable), and the Series records in it are queued
+    /// again, since their refs are in use: the next commit writes them first. When the zeroing
+    /// itself fails, the next commit tries it again before writing.
+    pub fn abort(&mut self) -> Result<Aborted, WalError> {
+        let written = self.writer.written();
+        let whole = self.logged.iter().take_while(|l| l.end <= written).count();
+        let mut out = Aborted {
+            kept_samples: self.logged[..whole].iter().map(|l| l.samples).sum(),
+            dropped_samples: std::mem::take(&mut self.pending_samples),
+        };
+        if let Some(last) = whole.checked_sub(1).map(|i| self.logged[i].end) {
+            self.mark = self.writer.mark_at(last);
+        }
+        let mut series = Vec::new();
+        for l in self.logged.drain(..).skip(whole) {
+            out.dropped_samples += l.samples;
+            series.extend(l.series);
+        }
+        series.append(&mut self.requeued_series);
         if !self.series_rec.is_empty() {
             series.push(std::mem::take(&mut self.series_rec));
         }
         self.requeued_series = series;
+        self.samples_rec.clear();
+        self.exemplars_rec.clear();
         self.needs_reset = true;
         self.writer.reset(&self.mark)?;
         self.needs_reset = false;
-        Ok(dropped)
+        Ok(out)
     }
 
     /// Writes the pending records to the segment and hands them to the OS (no fsync; see
     /// [`sync`](Wal::sync)). A process crash after `commit` loses nothing; a power loss may
-    /// lose what was committed since the last `sync`.
+    /// lose what was committed since the last fsync of the disk thread (at most its
+    /// `sync_interval` ago; a completed segment as soon as the thread has fsynced it).
     pub fn commit(&mut self) -> Result<(), WalError> {
         self.log_pending()?;
         self.writer.flush()?;
         self.mark = self.writer.mark();
-        self.series_since_mark.clear();
-        self.samples_since_mark = 0;
+        self.logged.clear();
         Ok(())
     }
 
@@ -345,21 +404,40 @@ impl Wal {
         self.commit()
     }
 
-    /// fsyncs everything committed so far.
+    /// fsyncs everything committed so far (waits for the disk thread).
     pub fn sync(&mut self) -> Result<(), WalError> {
         self.writer.sync()
     }
 
-    /// Truncates the WAL at `cut`: commits pending records, cuts a new segment, checkpoints
-    /// the lower two thirds of the older segments (see [`checkpoint`]) keeping the Series
-    /// records that `keep(checkpoint index)` accepts, deletes the segments and older
-    /// checkpoints it covers. Returns `None` when there were too few segments to checkpoint.
+    /// Asks the WAL's disk thread for fsyncs without holding the WAL (see [`sync`]).
+    pub fn sync_handle(&self) -> SyncHandle {
+        self.writer
+            .sync_handle()
+            .expect("a WAL's writer has a disk thread")
+    }
+
+    /// Truncates the WAL at `cut`: [`start_truncate`](Wal::start_truncate), then
+    /// [`Truncation::run`] keeping the Series records that `keep(checkpoint index)` accepts.
+    /// Returns `None` when there were too few segments to checkpoint.
     pub fn truncate<K: Fn(SeriesRef) -> bool>(
         &mut self,
         cut: impl Into<Cut>,
         keep: impl FnOnce(u32) -> K,
     ) -> Result<Option<CheckpointStats>, WalError> {
-        let cut = cut.into();
+        match self.start_truncate()? {
+            None => Ok(None),
+            Some(t) => {
+                let keep = keep(t.index());
+                t.run(cut.into(), keep).map(Some)
+            }
+        }
+    }
+
+    /// The writer's part of a truncation: commits pending records and cuts a new segment.
+    /// The checkpoint itself ([`Truncation::run`]) reads and deletes only segments before that
+    /// one, so it needs nothing from the writer and runs while commits go on. `None` when
+    /// there are too few segments to checkpoint.
+    pub fn start_truncate(&mut self) -> Result<Option<Truncation>, WalError> {
         self.commit()?;
         let segs = segment::list_segments(&self.dir)?;
         let (Some(&first), Some(&last)) = (segs.first(), segs.last()) else {
@@ -368,29 +446,61 @@ impl Wal {
         self.writer.next_segment()?;
         // Nothing is pending after the commit: the new segment's start is the new mark.
         self.mark = self.writer.mark();
-        self.series_since_mark.clear();
-        self.samples_since_mark = 0;
+        self.logged.clear();
         let Some(cp) = checkpoint::checkpoint_bound(first, last) else {
             return Ok(None);
         };
-        let stats = checkpoint::checkpoint(
-            &self.dir,
+        Ok(Some(Truncation {
+            dir: self.dir.clone(),
             first,
             cp,
-            keep(cp),
-            cut,
-            self.opts.segment_size,
-            self.opts.compress,
-        )?;
-        for s in segs.iter().copied().filter(|&s| s <= cp) {
-            let p = segment::segment_path(&self.dir, s);
+            segment_size: self.opts.segment_size,
+            compress: self.opts.compress,
+        }))
+    }
+}
+
+/// A checkpoint to write (see [`Wal::start_truncate`]).
+#[derive(Debug)]
+pub struct Truncation {
+    dir: PathBuf,
+    first: u32,
+    cp: u32,
+    segment_size: usize,
+    compress: bool,
+}
+
+impl Truncation {
+    /// The checkpoint's index (its last segment).
+    pub fn index(&self) -> u32 {
+        self.cp
+    }
+
+    /// Checkpoints segments `first..=cp` (see [`checkpoint`]) keeping the Series records
+    /// `keep` accepts and the samples at or after `cut`, then deletes those segments and the
+    /// older checkpoints.
+    pub fn run(
+        self,
+        cut: Cut,
+        keep: impl Fn(SeriesRef) -> bool,
+    ) -> Result<CheckpointStats, WalError> {
+        let Truncation {
+            dir,
+            first,
+            cp,
+            segment_size,
+            compress,
+        } = self;
+        let stats = checkpoint::checkpoint(&dir, first, cp, keep, cut, segment_size, compress)?;
+        for s in first..=cp {
+            let p = segment::segment_path(&dir, s);
             fs::remove_file(&p).map_err(|e| WalError::io(&p, e))?;
         }
-        checkpoint::delete_checkpoints(&self.dir, cp)?;
-        segment::sync_dir(&self.dir)?;
-        tracing::info!(dir = %self.dir.display(), checkpoint = cp, mint = cut.mint, dropped_series = stats.dropped_series,
+        checkpoint::delete_checkpoints(&dir, cp)?;
+        segment::sync_dir(&dir)?;
+        tracing::info!(dir = %dir.display(), checkpoint = cp, mint = cut.mint, dropped_series = stats.dropped_series,
             dropped_samples = stats.dropped_samples, "WAL truncated");
-        Ok(Some(stats))
+        Ok(stats)
     }
 }
 

@@ -24,12 +24,15 @@
 //! Durability policy: [`SegmentWriter::flush`] hands the bytes to the OS (a `write`), which
 //! survives a process crash but not a power loss; [`SegmentWriter::sync`] additionally fsyncs
 //! the segment. A segment is fsynced when it is cut, and the directory is fsynced when a
-//! segment is created, so only the tail written since the last `sync` can be lost on power
-//! failure. Calling `sync` periodically (timer) or per commit is the caller's choice.
+//! segment is created, so only the tail written since the last fsync can be lost on power
+//! failure. A live WAL's writer hands every fsync to its disk thread ([`super::sync`]): the
+//! cut segment is fsynced there right after the cut, the segment being written every
+//! `sync_interval` (1 s) and on request; a checkpoint's writer fsyncs itself.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::WalError;
 
@@ -92,6 +95,72 @@ pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
         .map_err(|e| WalError::io(dir, e))
 }
 
+/// Fault injection for tests: called before the WAL's writes and fsyncs reach the disk. The
+/// agent runs without one (`None` in [`WalOptions`](super::WalOptions)).
+pub trait Faults: Send + Sync + std::fmt::Debug {
+    /// Before `write(2)` of `len` bytes to `path`: how many of them reach the file (fewer makes
+    /// a short write), or the error the write fails with (e.g. ENOSPC).
+    fn write(&self, path: &Path, len: usize) -> io::Result<usize> {
+        let _ = path;
+        Ok(len)
+    }
+
+    /// Before an fsync of `path` (a segment or the WAL directory); may block (a slow disk) or
+    /// fail.
+    fn fsync(&self, path: &Path) -> io::Result<()> {
+        let _ = path;
+        Ok(())
+    }
+}
+
+/// Optional [`Faults`].
+pub type FaultsHook = Option<Arc<dyn Faults>>;
+
+/// `write(2)` of all of `buf` to `file`, through `faults`; adds what reached the file to
+/// `written` as it goes, so a failed write still says how far it got.
+pub(crate) fn write_through(
+    faults: &FaultsHook,
+    file: &mut File,
+    path: &Path,
+    buf: &[u8],
+    written: &mut usize,
+) -> Result<(), WalError> {
+    let mut rest = buf;
+    while !rest.is_empty() {
+        let allowed = match faults {
+            Some(f) => f
+                .write(path, rest.len())
+                .map_err(|e| WalError::io(path, e))?,
+            None => rest.len(),
+        };
+        // A plain `write`, not `write_all`: a short write's progress is what `written` records
+        // (what readers may already see when a later write fails); the loop writes the rest.
+        #[allow(clippy::disallowed_methods)]
+        let n = match file.write(&rest[..allowed.min(rest.len())]) {
+            Ok(0) => {
+                return Err(WalError::io(
+                    path,
+                    io::Error::new(io::ErrorKind::WriteZero, "write returned 0 bytes"),
+                ))
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(WalError::io(path, e)),
+        };
+        *written += n;
+        rest = &rest[n..];
+    }
+    Ok(())
+}
+
+/// fsyncs `file` (at `path`) through `faults`.
+pub(crate) fn fsync_file(faults: &FaultsHook, file: &File, path: &Path) -> Result<(), WalError> {
+    if let Some(f) = faults {
+        f.fsync(path).map_err(|e| WalError::io(path, e))?;
+    }
+    file.sync_data().map_err(|e| WalError::io(path, e))
+}
+
 /// Appends records to a directory of segments. See the module doc for format and durability.
 pub struct SegmentWriter {
     dir: PathBuf,
@@ -110,6 +179,17 @@ pub struct SegmentWriter {
     cbuf: Vec<u8>,
     /// Bytes written into the current segment, including unflushed ones.
     bytes_in_segment: u64,
+    faults: FaultsHook,
+    /// The WAL's disk thread, which does this writer's fsyncs (`None`: the writer fsyncs
+    /// itself, e.g. a checkpoint's).
+    syncer: Option<super::sync::Syncer>,
+}
+
+/// A position in the WAL: segment index and byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    pub segment: u32,
+    pub offset: u64,
 }
 
 impl SegmentWriter {
@@ -138,7 +218,37 @@ impl SegmentWriter {
             snappy: snap::raw::Encoder::new(),
             cbuf: Vec::new(),
             bytes_in_segment: 0,
+            faults: None,
+            syncer: None,
         })
+    }
+
+    /// Hands this writer's fsyncs to a disk thread of its own (see [`super::sync`]): segment
+    /// rotation no longer waits for an fsync, and [`sync`](Self::sync) asks the thread.
+    pub(crate) fn with_sync_thread(
+        mut self,
+        interval: std::time::Duration,
+    ) -> Result<Self, WalError> {
+        let path = segment_path(&self.dir, self.index);
+        self.syncer = Some(super::sync::Syncer::spawn(
+            &self.dir,
+            &self.file,
+            path,
+            interval,
+            self.faults.clone(),
+        )?);
+        Ok(self)
+    }
+
+    /// Asks this writer's disk thread for fsyncs without holding the writer.
+    pub fn sync_handle(&self) -> Option<super::sync::SyncHandle> {
+        self.syncer.as_ref().map(|s| s.handle())
+    }
+
+    /// Injects faults (tests).
+    pub fn with_faults(mut self, faults: FaultsHook) -> Self {
+        self.faults = faults;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -155,12 +265,29 @@ impl SegmentWriter {
     }
 
     /// Appends one record (the bytes as the record codecs produce them). The record is in the
-    /// page buffer afterwards; call [`flush`](Self::flush) to write it out.
-    pub fn log(&mut self, rec: &[u8]) -> Result<(), WalError> {
+    /// page buffer afterwards; call [`flush`](Self::flush) to write it out. Returns where the
+    /// record ends.
+    pub fn log(&mut self, rec: &[u8]) -> Result<Pos, WalError> {
         let mut cbuf = std::mem::take(&mut self.cbuf);
         let res = self.log_inner(rec, &mut cbuf);
         self.cbuf = cbuf;
-        res
+        res.map(|()| self.end())
+    }
+
+    /// Where the last record logged ends.
+    fn end(&self) -> Pos {
+        Pos {
+            segment: self.index,
+            offset: (self.done_pages * PAGE_SIZE + self.alloc) as u64,
+        }
+    }
+
+    /// How far the bytes of the current segment have reached the file (what readers can see).
+    pub fn written(&self) -> Pos {
+        Pos {
+            segment: self.index,
+            offset: (self.done_pages * PAGE_SIZE + self.flushed) as u64,
+        }
     }
 
     fn log_inner(&mut self, rec: &[u8], cbuf: &mut Vec<u8>) -> Result<(), WalError> {
@@ -198,6 +325,12 @@ impl SegmentWriter {
         }
         let mut i = 0;
         while i == 0 || !payload.is_empty() {
+            // A page with no room for a header is padded when the next fragment comes, not
+            // right after a record: a record is complete without it, so a failed write of the
+            // padding never tears the record before it.
+            if PAGE_SIZE - self.alloc < HEADER_SIZE {
+                self.flush_page(true)?;
+            }
             let room = PAGE_SIZE - self.alloc - HEADER_SIZE;
             let n = payload.len().min(room);
             let (part, rest) = payload.split_at(n);
@@ -217,9 +350,6 @@ impl SegmentWriter {
             self.alloc += n;
             self.bytes_in_segment += (HEADER_SIZE + n) as u64;
             payload = rest;
-            if PAGE_SIZE - self.alloc < HEADER_SIZE {
-                self.flush_page(true)?;
-            }
             i += 1;
         }
         Ok(())
@@ -231,10 +361,21 @@ impl SegmentWriter {
         let end = if clear { PAGE_SIZE } else { self.alloc };
         if end > self.flushed {
             let path = segment_path(&self.dir, self.index);
-            self.file
-                .write_all(&self.page[self.flushed..end])
-                .map_err(|e| WalError::io(&path, e))?;
-            self.flushed = end;
+            let mut flushed = self.flushed;
+            let res = write_through(
+                &self.faults,
+                &mut self.file,
+                &path,
+                &self.page[self.flushed..end],
+                &mut flushed,
+            );
+            if flushed > self.flushed {
+                if let Some(s) = &self.syncer {
+                    s.wrote();
+                }
+            }
+            self.flushed = flushed;
+            res?;
         }
         if clear {
             self.bytes_in_segment += (PAGE_SIZE - self.alloc) as u64;
@@ -251,26 +392,60 @@ impl SegmentWriter {
         self.flush_page(false)
     }
 
-    /// Flushes and fsyncs the current segment.
+    /// Flushes and fsyncs the current segment (and, with a disk thread, the completed segments
+    /// handed to it before), waiting for the fsync.
     pub fn sync(&mut self) -> Result<(), WalError> {
         self.flush()?;
+        if let Some(s) = &self.syncer {
+            return s.handle().sync_blocking();
+        }
         let path = segment_path(&self.dir, self.index);
-        self.file.sync_data().map_err(|e| WalError::io(&path, e))
+        fsync_file(&self.faults, &self.file, &path)
     }
 
     /// Completes the current segment (zero-padded to a page boundary, fsynced) and starts the
-    /// next one. Returns the new segment's index.
+    /// next one. Returns the new segment's index. With a disk thread, the completed segment
+    /// and the directory entry of the new one are fsynced there, without waiting.
     pub fn next_segment(&mut self) -> Result<u32, WalError> {
         if self.alloc > 0 {
             self.flush_page(true)?;
         }
-        self.sync()?;
         let next = self.index + 1;
-        self.file = create_segment(&self.dir, next)?;
+        match &self.syncer {
+            None => {
+                self.sync()?;
+                self.file = create_segment(&self.dir, next)?;
+            }
+            Some(s) => {
+                let new_path = segment_path(&self.dir, next);
+                let new = open_segment(&new_path)?;
+                let old = std::mem::replace(&mut self.file, new);
+                s.rotate(
+                    old,
+                    segment_path(&self.dir, self.index),
+                    &self.file,
+                    new_path,
+                )?;
+            }
+        }
         self.index = next;
         self.done_pages = 0;
         self.bytes_in_segment = 0;
         Ok(next)
+    }
+
+    /// A mark at `end`, the end of a record that has reached the file whole (at or before
+    /// [`written`](Self::written)).
+    pub fn mark_at(&self, end: Pos) -> WriterMark {
+        let offset = end.offset as usize;
+        WriterMark {
+            index: end.segment,
+            done_pages: offset / PAGE_SIZE,
+            alloc: offset % PAGE_SIZE,
+            flushed: offset % PAGE_SIZE,
+            bytes_in_segment: end.offset,
+            unflushed: Vec::new(),
+        }
     }
 
     /// The writer's position, to go back to with [`reset`](Self::reset) when a later write
@@ -378,14 +553,17 @@ pub struct WriterMark {
     unflushed: Vec<u8>,
 }
 
-fn create_segment(dir: &Path, index: u32) -> Result<File, WalError> {
-    let path = segment_path(dir, index);
-    let f = OpenOptions::new()
+fn open_segment(path: &Path) -> Result<File, WalError> {
+    OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&path)
-        .map_err(|e| WalError::io(&path, e))?;
+        .open(path)
+        .map_err(|e| WalError::io(path, e))
+}
+
+fn create_segment(dir: &Path, index: u32) -> Result<File, WalError> {
+    let f = open_segment(&segment_path(dir, index))?;
     sync_dir(dir)?;
     Ok(f)
 }

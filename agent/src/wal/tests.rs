@@ -12,6 +12,7 @@ fn small() -> WalOptions {
     WalOptions {
         segment_size: 2 * PAGE_SIZE,
         compress: true,
+        ..Default::default()
     }
 }
 
@@ -192,7 +193,7 @@ proptest! {
         compress in any::<bool>(),
     ) {
         let d = tempfile::tempdir().expect("tmp");
-        let opts = WalOptions { segment_size: 2 * PAGE_SIZE, compress };
+        let opts = WalOptions { segment_size: 2 * PAGE_SIZE, compress, ..Default::default() };
         let (mut wal, _) = Wal::open(d.path(), opts).expect("open");
         let mut want_series = Vec::new();
         let mut want_samples = Vec::new();
@@ -217,7 +218,7 @@ proptest! {
     #[test]
     fn torn_tail_keeps_every_complete_commit(cut_frac in 0.0f64..1.0, compress in any::<bool>()) {
         let d = tempfile::tempdir().expect("tmp");
-        let opts = WalOptions { segment_size: 64 * PAGE_SIZE, compress };
+        let opts = WalOptions { segment_size: 64 * PAGE_SIZE, compress, ..Default::default() };
         let (mut wal, _) = Wal::open(d.path(), opts.clone()).expect("open");
         let seg = segment::segment_path(d.path(), wal.segment());
         let r = SeriesRef(1);
@@ -238,7 +239,7 @@ proptest! {
         let (_, st) = Wal::open(d.path(), opts).expect("reopen");
         prop_assert_eq!(st.samples, want);
         // A second open finds nothing left to repair and the same data.
-        let (_, st2) = Wal::open(d.path(), WalOptions { segment_size: 64 * PAGE_SIZE, compress }).expect("reopen");
+        let (_, st2) = Wal::open(d.path(), WalOptions { segment_size: 64 * PAGE_SIZE, compress, ..Default::default() }).expect("reopen");
         prop_assert!(st2.repair.is_none());
         prop_assert_eq!(st2.samples, want);
     }
@@ -569,6 +570,7 @@ fn independent_reader_reads_our_segments() {
             WalOptions {
                 segment_size: 8 * PAGE_SIZE,
                 compress,
+                ..Default::default()
             },
         )
         .expect("open");
@@ -737,10 +739,10 @@ fn truncation_counts_dropped_unsent_samples() {
     assert_eq!(s2.dropped_unsent_samples, 0);
 }
 
-/// A failed commit (ENOSPC after a short write) is undone by `abort`: the torn bytes and what
-/// went to a segment started since the last commit are zeroed (padding), the pending samples
-/// are dropped (counted), the new series are written by the next commit, and the WAL reads
-/// back cleanly.
+/// A failed commit (ENOSPC after a short write) is cleaned up by `abort`: records that reached
+/// the file whole stay, the torn bytes and everything after the last whole record are zeroed
+/// (padding), the other pending samples are dropped (counted), Series records not written
+/// whole are written by the next commit, and the WAL reads back cleanly.
 #[test]
 fn abort_after_a_failed_write_cuts_back_and_keeps_series() {
     let d = tempfile::tempdir().expect("tempdir");
@@ -778,8 +780,12 @@ fn abort_after_a_failed_write_cuts_back_and_keeps_series() {
     std::io::Write::write_all(&mut f, &[0xAB; 777]).expect("torn bytes");
     drop(f);
 
-    let dropped = wal.abort().expect("abort");
-    assert_eq!(dropped, big.len());
+    let aborted = wal.abort().expect("abort");
+    // Records that reached the file whole before the failure stay (a reader may have read
+    // them); the rest of the batch is dropped.
+    assert_eq!(aborted.kept_samples + aborted.dropped_samples, big.len());
+    assert!(aborted.dropped_samples > 0, "{aborted:?}");
+    samples.extend_from_slice(&big[..aborted.kept_samples]);
 
     // Space is back: the next commit writes the requeued Series first.
     let after: Vec<RefSample> = fresh
