@@ -167,8 +167,9 @@ impl Thread {
                 }
                 Ok(Job::Current { file, path }) => {
                     self.current = Some((file, path));
-                    // Writes counted so far were to the completed segment, fsynced above.
-                    self.synced = self.written.load(Ordering::Acquire);
+                    // The writer may have written to the new segment already: the next
+                    // periodic fsync takes it whatever `written` says.
+                    self.synced = u64::MAX;
                     let res = self.sync_dir();
                     self.note(res);
                 }
