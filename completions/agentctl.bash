@@ -1314,7 +1314,7 @@ _agentctl() {
             return 0
             ;;
         agentctl__subcmd__ring__subcmd__forget)
-            opts="-a -h -V --addr --kv --ring.prefix --ca-file --cert-file --key-file --server-name --insecure-skip-verify --kv-username --kv-password-file --sharding.prefix --log.level --log.format --help --version"
+            opts="-a -h -V --addr --kv --ring.prefix --ca-file --cert-file --key-file --server-name --insecure-skip-verify --kv-username --kv-password-file --kvstore.prefix --sharding.prefix --log.level --log.format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1357,6 +1357,10 @@ _agentctl() {
                     return 0
                     ;;
                 --kv-password-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kvstore.prefix)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1450,7 +1454,7 @@ _agentctl() {
             return 0
             ;;
         agentctl__subcmd__ring__subcmd__owner)
-            opts="-a -h -V --addr --kv --ring.prefix --ca-file --cert-file --key-file --server-name --insecure-skip-verify --kv-username --kv-password-file --sharding.prefix --output --log.level --log.format --help --version"
+            opts="-a -h -V --addr --kv --ring.prefix --ca-file --cert-file --key-file --server-name --insecure-skip-verify --kv-username --kv-password-file --kvstore.prefix --sharding.prefix --output --log.level --log.format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1493,6 +1497,10 @@ _agentctl() {
                     return 0
                     ;;
                 --kv-password-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kvstore.prefix)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1520,7 +1528,7 @@ _agentctl() {
             return 0
             ;;
         agentctl__subcmd__ring__subcmd__status)
-            opts="-a -h -V --addr --kv --ring.prefix --ca-file --cert-file --key-file --server-name --insecure-skip-verify --kv-username --kv-password-file --sharding.prefix --output --tokens --ring.heartbeat-timeout --log.level --log.format --help --version"
+            opts="-a -h -V --addr --kv --ring.prefix --ca-file --cert-file --key-file --server-name --insecure-skip-verify --kv-username --kv-password-file --kvstore.prefix --sharding.prefix --output --tokens --ring.heartbeat-timeout --log.level --log.format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1563,6 +1571,10 @@ _agentctl() {
                     return 0
                     ;;
                 --kv-password-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kvstore.prefix)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

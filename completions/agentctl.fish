@@ -245,7 +245,8 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l server-name -d 'Verify the server\'s certificate against this name instead of the host' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l kv-username -d 'etcd user' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l kv-password-file -d 'File holding the etcd user\'s password (first line; a file, so it stays out of the process list and the shell history)' -r -F
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l sharding.prefix -d 'Key prefix of target sharding\'s keys in the KV store' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l kvstore.prefix -d 'Key prefix of the configs in the KV store (agent.yaml\'s `scraping_service.kvstore.prefix`); target sharding\'s keys are next to it' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l sharding.prefix -d 'Key prefix of target sharding\'s keys in the KV store [default: next to --kvstore.prefix, its last segment replaced by sharding/: configurations/ -> sharding/, prod/configurations/ -> prod/sharding/, as the agents write them]' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l output -d 'Output format' -r -f -a "table\t''
 json\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l ring.heartbeat-timeout -d 'Heartbeats older than this make a member unhealthy (the agents\' heartbeat_timeout)' -r
@@ -268,7 +269,8 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l server-name -d 'Verify the server\'s certificate against this name instead of the host' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l kv-username -d 'etcd user' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l kv-password-file -d 'File holding the etcd user\'s password (first line; a file, so it stays out of the process list and the shell history)' -r -F
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l sharding.prefix -d 'Key prefix of target sharding\'s keys in the KV store' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l kvstore.prefix -d 'Key prefix of the configs in the KV store (agent.yaml\'s `scraping_service.kvstore.prefix`); target sharding\'s keys are next to it' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l sharding.prefix -d 'Key prefix of target sharding\'s keys in the KV store [default: next to --kvstore.prefix, its last segment replaced by sharding/: configurations/ -> sharding/, prod/configurations/ -> prod/sharding/, as the agents write them]' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
 info\t''
 warn\t''
@@ -287,7 +289,8 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l server-name -d 'Verify the server\'s certificate against this name instead of the host' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l kv-username -d 'etcd user' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l kv-password-file -d 'File holding the etcd user\'s password (first line; a file, so it stays out of the process list and the shell history)' -r -F
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l sharding.prefix -d 'Key prefix of target sharding\'s keys in the KV store' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l kvstore.prefix -d 'Key prefix of the configs in the KV store (agent.yaml\'s `scraping_service.kvstore.prefix`); target sharding\'s keys are next to it' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l sharding.prefix -d 'Key prefix of target sharding\'s keys in the KV store [default: next to --kvstore.prefix, its last segment replaced by sharding/: configurations/ -> sharding/, prod/configurations/ -> prod/sharding/, as the agents write them]' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l output -d 'Output format' -r -f -a "table\t''
 json\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''

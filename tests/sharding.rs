@@ -416,6 +416,18 @@ fn targets_are_handed_over_without_gap_overlap_staleness_or_out_of_order() {
     });
     eprintln!("join: balanced 4/4/4 {took:?} after agent-3 started");
     observability_agrees(&[&a1, &a2, &a3], &joined, &ep, dir.path());
+    // agent_targets_moved_total counts what changed writer: out of agent-1 and agent-2, into
+    // agent-3 (the join moved nothing else).
+    let moved = |a: &Agent, dir: &str| {
+        a.metric("agent_targets_moved_total", &format!("direction=\"{dir}\""))
+    };
+    let changed = w.iter().filter(|(t, a)| joined[*t] != **a).count() as f64;
+    assert_eq!(changed, (TARGETS / 3) as f64, "{w:?} -> {joined:?}");
+    assert_eq!(moved(&a1, "out") + moved(&a2, "out"), changed);
+    assert_eq!(moved(&a1, "in") + moved(&a2, "in"), 0.0);
+    assert_eq!(moved(&a3, "in"), changed);
+    assert_eq!(moved(&a3, "out"), 0.0);
+    let in_before_leave = moved(&a1, "in") + moved(&a3, "in");
     std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS as u64));
 
     // Graceful leave of agent-2: its targets go to agent-1 and agent-3 (6 each).
@@ -445,6 +457,15 @@ fn targets_are_handed_over_without_gap_overlap_staleness_or_out_of_order() {
             assert_eq!(&left[t], a, "a target not on the leaver moved: {t}");
         }
     }
+    let of_leaver = joined.values().filter(|a| *a == "agent-2").count() as f64;
+    assert_eq!(
+        moved(&a1, "in") + moved(&a3, "in") - in_before_leave,
+        of_leaver,
+        "agent_targets_moved_total{{direction=\"in\"}} on the leave"
+    );
+    eprintln!(
+        "agent_targets_moved_total: join {changed} out of agent-1/2 and into agent-3, leave {of_leaver} into agent-1/3"
+    );
     std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS as u64));
     let before_kill_ms = now_ms();
     let graceful = figures(&rec, start_ms, before_kill_ms, (0, 0));

@@ -508,13 +508,29 @@ pub struct RingSourceArgs {
     #[command(flatten)]
     pub kv_auth: KvAuthArgs,
 
-    /// Key prefix of target sharding's keys in the KV store.
+    /// Key prefix of the configs in the KV store (agent.yaml's
+    /// `scraping_service.kvstore.prefix`); target sharding's keys are next to it.
     #[arg(
-        long = "sharding.prefix",
+        long = "kvstore.prefix",
         value_name = "PREFIX",
-        default_value = "sharding/"
+        default_value = "configurations/"
     )]
-    pub sharding_prefix: String,
+    pub kvstore_prefix: String,
+
+    /// Key prefix of target sharding's keys in the KV store [default: next to
+    /// --kvstore.prefix, its last segment replaced by sharding/: configurations/ -> sharding/,
+    /// prod/configurations/ -> prod/sharding/, as the agents write them]
+    #[arg(long = "sharding.prefix", value_name = "PREFIX")]
+    pub sharding_prefix: Option<String>,
+}
+
+impl RingSourceArgs {
+    /// `--sharding.prefix`, or the prefix the agents derive from `--kvstore.prefix`.
+    pub fn sharding_prefix(&self) -> String {
+        self.sharding_prefix
+            .clone()
+            .unwrap_or_else(|| agent::config::agent::sharding_prefix(&self.kvstore_prefix))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -610,4 +626,38 @@ pub struct WalInspectArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn ring_status(args: &[&str]) -> RingSourceArgs {
+        let mut argv = vec!["agentctl", "ring", "status"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Ring(RingCommand::Status(s)) => s.source,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_sharding_prefix_defaults_to_the_one_the_agents_derive_from_the_kvstore_prefix() {
+        assert_eq!(ring_status(&[]).sharding_prefix(), "sharding/");
+        assert_eq!(
+            ring_status(&["--kvstore.prefix", "prod/configurations/"]).sharding_prefix(),
+            "prod/sharding/"
+        );
+        assert_eq!(
+            ring_status(&[
+                "--kvstore.prefix",
+                "prod/configurations/",
+                "--sharding.prefix",
+                "x/"
+            ])
+            .sharding_prefix(),
+            "x/"
+        );
+    }
 }

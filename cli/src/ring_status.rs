@@ -83,7 +83,7 @@ async fn load(src: &Source, args: &RingSourceArgs) -> Result<Loaded, Error> {
             let desc = read_ring(store.as_ref(), &key)
                 .await
                 .map_err(|e| Error::Unavailable(format!("cannot read the ring: {e}")))?;
-            let layout = Layout::new(args.sharding_prefix.clone());
+            let layout = Layout::new(args.sharding_prefix());
             let sharding = load_sharding(store.as_ref(), &layout)
                 .await
                 .map_err(|e| Error::Unavailable(format!("cannot read the sharding keys: {e}")))?;
@@ -225,7 +225,7 @@ pub fn owner(
         match &src {
             Source::Kv(spec) => {
                 let store = connect(spec).await?;
-                let layout = Layout::new(args.source.sharding_prefix.clone());
+                let layout = Layout::new(args.source.sharding_prefix());
                 let state = load_sharding(store.as_ref(), &layout).await.map_err(|e| {
                     Error::Unavailable(format!("cannot read the sharding keys: {e}"))
                 })?;

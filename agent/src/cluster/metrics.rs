@@ -38,7 +38,7 @@ impl ShardingMetrics {
         );
         registry.register(
             "agent_targets_moved",
-            "Targets that moved to (direction=\"in\") or away from (\"out\") this agent",
+            "Targets that moved to (direction=\"in\") or away from (\"out\") this agent from or to another agent (a target first placed or no longer discovered is not a move)",
             m.targets_moved.clone(),
         );
         registry.register(

@@ -199,6 +199,7 @@ impl TargetSharding {
             configs: BTreeMap::new(),
             applied: BTreeMap::new(),
             mine: HashSet::new(),
+            assigned_before: HashSet::new(),
             index: Index::default(),
             owners: Owners::default(),
             built: HashMap::new(),
@@ -357,6 +358,8 @@ struct Runtime {
     applied: BTreeMap<String, InstanceConfig>,
     /// Keys this agent owns in the epoch it applied.
     mine: HashSet<TargetKey>,
+    /// Keys with an owner in the epoch it applied.
+    assigned_before: HashSet<TargetKey>,
     index: Index,
     owners: Owners,
     /// Targets built from published labels, with the config they were built for.
@@ -491,13 +494,23 @@ impl Runtime {
             );
             let keys: HashSet<TargetKey> = mine.keys().copied().collect();
             if !self.first_epoch {
-                let moved_in = keys.difference(&self.mine).count() as u64;
-                let moved_out = self.mine.difference(&keys).count() as u64;
+                // Moves only: a target new to the assignment (first placed) is not moved in,
+                // one that left it (no longer discovered) is not moved out.
+                let moved_in = keys
+                    .difference(&self.mine)
+                    .filter(|k| self.assigned_before.contains(k))
+                    .count() as u64;
+                let moved_out = self
+                    .mine
+                    .difference(&keys)
+                    .filter(|k| self.owners.by_key.contains_key(k))
+                    .count() as u64;
                 self.cx.metrics.moved("in").inc_by(moved_in);
                 self.cx.metrics.moved("out").inc_by(moved_out);
             }
             self.first_epoch = false;
             self.mine = keys;
+            self.assigned_before = self.owners.by_key.keys().copied().collect();
             self.cx.metrics.targets_assigned.set(self.mine.len() as i64);
             self.cx
                 .metrics
