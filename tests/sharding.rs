@@ -560,6 +560,212 @@ fn targets_are_handed_over_without_gap_overlap_staleness_or_out_of_order() {
     assert_eq!(bad_writes, 0.0, "prometheus refused remote-write requests");
 }
 
+/// The stored assignment: epoch, members, and the owner of every target key.
+fn assignment(
+    rt: &tokio::runtime::Runtime,
+    store: &dyn agent::kv::KvStore,
+) -> (u64, Vec<String>, HashMap<u64, String>, usize) {
+    let layout = agent::cluster::store::Layout::for_config_prefix("configurations/");
+    let state = rt
+        .block_on(agent::cluster::view::load(store, &layout))
+        .expect("read the sharding keys");
+    let a = &state.assignment;
+    let mut owners = HashMap::new();
+    for c in &a.configs {
+        for (k, &o) in c.keys.iter().zip(&c.owners) {
+            if let Some(id) = a.members.get(o as usize) {
+                owners.insert(k.0, id.clone());
+            }
+        }
+    }
+    (a.epoch, a.members.clone(), owners, state.target_count())
+}
+
+/// Busiest agent's targets over the mean.
+fn balance(owners: &HashMap<u64, String>, agents: usize) -> f64 {
+    let mut per: HashMap<&str, usize> = HashMap::new();
+    for o in owners.values() {
+        *per.entry(o).or_default() += 1;
+    }
+    let max = per.values().copied().max().unwrap_or(0) as f64;
+    max / (owners.len() as f64 / agents as f64)
+}
+
+/// The balance and movement figures with real agents: 9 agents and 10,000 targets in
+/// 50 Zipf-sized configs, the 10th joins, one leaves gracefully. In the slow suite: 10 debug
+/// agents starting 10,000 scrape loops take the 2-core CI machine for minutes.
+#[test]
+#[ignore = "slow suite: tests/slow/run"]
+fn ten_agents_ten_thousand_targets_balance_and_movement() {
+    const AGENTS: usize = 10;
+    const TARGETS: usize = 10_000;
+    const CONFIGS: usize = 50;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // One exporter for every target, blackbox style: the target is a URL parameter.
+    let exporter = {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(|| async { "probe_success 1\n" }),
+        );
+        rt.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        addr
+    };
+    let etcd = EtcdServer::start();
+    let ep = etcd.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut agents: Vec<Agent> = (1..AGENTS)
+        .map(|i| member(dir.path(), &ep, &format!("agent-{i:02}"), "15s").spawn())
+        .collect();
+    for a in &agents {
+        a.wait_ready(Duration::from_secs(60));
+    }
+    eprintln!("{} agents ready in {:?}", AGENTS - 1, t0.elapsed());
+
+    // 50 configs of Zipf-skewed sizes (the largest about 22 % of all targets).
+    let weights: Vec<f64> = (1..=CONFIGS).map(|i| 1.0 / i as f64).collect();
+    let total: f64 = weights.iter().sum();
+    let mut sizes: Vec<usize> = weights
+        .iter()
+        .map(|w| ((w / total) * TARGETS as f64).floor() as usize)
+        .collect();
+    let short = TARGETS - sizes.iter().sum::<usize>();
+    for s in sizes.iter_mut().take(short) {
+        *s += 1;
+    }
+    for (i, n) in sizes.iter().enumerate() {
+        let list = (0..*n)
+            .map(|k| format!("'c{i:02}-t{k:05}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let cfg = format!(
+            "scrape_configs:\n  - job_name: probe-{i:02}\n    scrape_interval: 1m\n    static_configs:\n      - targets: [{list}]\n    relabel_configs:\n      - source_labels: [__address__]\n        target_label: __param_target\n      - target_label: __address__\n        replacement: {exporter}\n"
+        );
+        let a = &agents[i % agents.len()];
+        let r = a
+            .try_req(
+                "PUT",
+                &format!("/agent/api/v1/config/cfg-{i:02}"),
+                &[],
+                cfg.as_bytes(),
+            )
+            .unwrap_or_else(|e| {
+                let log = a.log();
+                panic!(
+                    "PUT cfg-{i:02} on {}: {e}; its log ends:\n{}",
+                    a.name(),
+                    &log[log.len().saturating_sub(3000)..]
+                )
+            });
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let spec: agent::kv::KvSpec = format!("etcd://{ep}").parse().unwrap();
+    let store = rt.block_on(agent::kv::connect(&spec)).expect("etcd");
+    let mut before = (0, Vec::new(), HashMap::new(), 0);
+    let took = wait(
+        "10,000 targets assigned to 9 agents",
+        Duration::from_secs(60),
+        || {
+            before = assignment(&rt, &*store);
+            before.1.len() == AGENTS - 1 && before.2.len() == TARGETS && before.3 == TARGETS
+        },
+    );
+    let b9 = balance(&before.2, AGENTS - 1);
+    eprintln!(
+        "9 agents: every target assigned {took:?} after the PUTs, epoch {}, max/mean {b9:.3}",
+        before.0
+    );
+
+    // The 10th agent joins.
+    let t = Instant::now();
+    agents.push(member(dir.path(), &ep, &format!("agent-{AGENTS:02}"), "15s").start());
+    let mut after = (0, Vec::new(), HashMap::new(), 0);
+    wait(
+        "the 10th agent in the assignment",
+        Duration::from_secs(60),
+        || {
+            after = assignment(&rt, &*store);
+            after.1.len() == AGENTS && after.2.len() == TARGETS
+        },
+    );
+    let moved = before
+        .2
+        .iter()
+        .filter(|(k, o)| after.2.get(k) != Some(o))
+        .count();
+    let b10 = balance(&after.2, AGENTS);
+    eprintln!(
+        "join of the 10th: assigned {:?} after it started, {moved} targets moved ({:.2} %), max/mean {b10:.3}",
+        t.elapsed(),
+        moved as f64 * 100.0 / TARGETS as f64
+    );
+    assert!(b10 <= 1.05, "max/mean {b10}");
+    assert!(moved * 10 <= TARGETS * 12 / 10, "moved {moved}");
+    assert!(moved > 0);
+
+    // A graceful leave moves exactly the leaver's targets.
+    let leaver = "agent-05";
+    let of_leaver: BTreeSet<u64> = after
+        .2
+        .iter()
+        .filter(|(_, o)| *o == leaver)
+        .map(|(k, _)| *k)
+        .collect();
+    agents[4].signal("TERM");
+    let mut left = (0, Vec::new(), HashMap::new(), 0);
+    wait(
+        "the leaver out of the assignment",
+        Duration::from_secs(60),
+        || {
+            left = assignment(&rt, &*store);
+            !left.1.iter().any(|m| m == leaver) && left.2.len() == TARGETS
+        },
+    );
+    let moved_keys: BTreeSet<u64> = after
+        .2
+        .iter()
+        .filter(|(k, o)| left.2.get(k) != Some(o))
+        .map(|(k, _)| *k)
+        .collect();
+    let mut flows: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for k in &moved_keys {
+        let to = left.2.get(k).cloned().unwrap_or_default();
+        *flows.entry((after.2[k].clone(), to)).or_default() += 1;
+    }
+    eprintln!(
+        "graceful leave: moves (from, to): {flows:?}, epochs {} -> {}",
+        after.0, left.0
+    );
+    for a in &agents {
+        for l in a
+            .log()
+            .lines()
+            .filter(|l| l.contains("level=warn") || l.contains("level=error"))
+        {
+            eprintln!("{}: {}", a.name(), &l[..l.len().min(300)]);
+        }
+    }
+    let b_left = balance(&left.2, AGENTS - 1);
+    eprintln!(
+        "graceful leave: {} targets moved, the leaver had {}, max/mean {b_left:.3}",
+        moved_keys.len(),
+        of_leaver.len()
+    );
+    assert_eq!(moved_keys, of_leaver, "only the leaver's targets move");
+    assert!(b_left <= 1.05, "max/mean {b_left}");
+    eprintln!("whole test {:?}", t0.elapsed());
+}
+
 /// 20 membership changes a minute (a join or a graceful leave every 3 s, two agents always
 /// up) for `seconds`: at the receiver, no scrape slot written by two agents, no gap over 1.5
 /// intervals, no staleness marker, no out-of-order sample (the recording receiver and a real
