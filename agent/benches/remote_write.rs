@@ -1,6 +1,12 @@
 //! Cost of turning one batch (Prometheus's default `max_samples_per_send`, 2000 samples, one
 //! series each, realistic label sets) into a remote-write body: protobuf encoding alone, and
 //! encoding plus snappy block compression. Reported per sample via `Throughput::Elements`.
+//!
+//! `remote_write_queue`: the whole queue for 100,000 samples of 10,000 series, as the WAL
+//! watcher feeds it (`append_samples` in calls of 10,000), through 1 and through 4 shards to a
+//! receiver on loopback that answers 204 without decoding: enqueueing, batching, encoding,
+//! snappy and HTTP, until the last sample is acknowledged. Reported in process CPU time (all
+//! threads), per sample.
 
 use std::hint::black_box;
 
@@ -140,5 +146,121 @@ fn bench(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bench);
+/// User plus system CPU time of this process so far (`/proc/self/stat`, clock ticks of 10 ms).
+fn process_cpu() -> std::time::Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    std::time::Duration::from_millis(ticks * 10)
+}
+
+fn queue(c: &mut Criterion) {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use agent::config::duration::PromDuration;
+    use agent::config::remote_write::QueueConfig;
+    use agent::labels::SeriesRef as Ref;
+    use agent::remote_write::{
+        ClientSettings, QueueManager, QueueSettings, RemoteClient, RemoteWriteMetrics,
+    };
+
+    const SERIES: u64 = 10_000;
+    const SAMPLES: u64 = 100_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = rt.block_on(async {
+        agent::httpclient::ensure_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new().route(
+            "/write",
+            axum::routing::post(|_body: axum::body::Bytes| async {
+                axum::http::StatusCode::NO_CONTENT
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        reqwest::Url::parse(&format!("http://{addr}/write")).expect("url")
+    });
+    let mut g = c.benchmark_group("remote_write_queue");
+    g.throughput(Throughput::Elements(SAMPLES));
+    g.sample_size(10);
+    for shards in [1usize, 4] {
+        let q = rt.block_on(async {
+            let client = RemoteClient::new(ClientSettings {
+                remote_name: "bench".into(),
+                url: url.clone(),
+                timeout: Duration::from_secs(10),
+                headers: Default::default(),
+                http: Default::default(),
+                retry_on_http_429: true,
+                agent_id: None,
+            })
+            .expect("client");
+            let cfg = QueueConfig {
+                max_samples_per_send: 2_000,
+                capacity: 10_000,
+                min_shards: shards,
+                max_shards: shards,
+                batch_send_deadline: PromDuration::from_millis(5),
+                ..QueueConfig::default()
+            };
+            let metrics = RemoteWriteMetrics::register(&mut Default::default());
+            let q = QueueManager::new(
+                client,
+                QueueSettings::new(cfg, BTreeMap::new()),
+                &metrics,
+                None,
+            );
+            q.store_series((0..SERIES).map(|i| {
+                let name = format!("m{}", i % 40);
+                let idx = i.to_string();
+                (
+                    Ref(i + 1),
+                    Labels::from_pairs([("__name__", name.as_str()), ("idx", idx.as_str())]),
+                )
+            }));
+            q
+        });
+        let mut t = 1_700_000_000_000i64;
+        let name = format!("append_and_deliver_100k_samples_{shards}_shards");
+        g.bench_function(name, |b| {
+            // Process CPU time (all threads: producer, shards, HTTP client and the receiver),
+            // not wall time: on a shared machine the CPU a sample costs is what can be compared.
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = process_cpu();
+                    for _ in 0..iters {
+                        for _ in 0..SAMPLES / SERIES {
+                            t += 1;
+                            let batch: Vec<(Ref, i64, f64)> =
+                                (0..SERIES).map(|i| (Ref(i + 1), t, i as f64)).collect();
+                            q.append_samples(&batch).await.expect("queued");
+                        }
+                    }
+                    while q.lowest_sent_timestamp() != Some(t) {
+                        tokio::time::sleep(Duration::from_micros(500)).await;
+                    }
+                    process_cpu().saturating_sub(start)
+                })
+            })
+        });
+        rt.block_on(q.flush(tokio::time::Instant::now() + Duration::from_secs(10)));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, queue);
 criterion_main!(benches);
