@@ -503,9 +503,10 @@ async fn producer_waits_when_the_queue_is_full_and_flush_deadline_counts_the_res
             qm.append_samples(&samples).await
         })
     };
-    // 5 in the batch being retried + 5 in the queue; the producer is held on the 11th.
+    // 5 in the batch being retried + 5 in the queue (one chunk: `capacity` samples of room);
+    // the producer is held on its next chunk.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&reg, "prometheus_remote_storage_samples_pending") < 11.0
+    while metric(&reg, "prometheus_remote_storage_samples_pending") < 10.0
         || metric(&reg, "prometheus_remote_storage_samples_retried_total") < 5.0
     {
         assert!(Instant::now() < deadline, "the queue never filled up");
@@ -517,7 +518,7 @@ async fn producer_waits_when_the_queue_is_full_and_flush_deadline_counts_the_res
     );
     assert_eq!(
         metric(&reg, "prometheus_remote_storage_samples_pending"),
-        11.0
+        10.0
     );
     assert!(metric(&reg, "prometheus_remote_storage_samples_retried_total") >= 5.0);
 

@@ -7,8 +7,10 @@
 //! store_series(ref, labels) ──► series table: ref → the instance's shared labels (external
 //!                               labels merged in when a request is encoded), or labels of
 //!                               its own when write relabelling changed them, or "dropped"
-//! append_samples([(ref,t,v)]) ─► shard[ref % n] (bounded channel of `capacity` samples;
-//!                               the caller waits when it is full: the WAL is the buffer)
+//! append_samples([(ref,t,v)]) ─► shard[ref % n], in chunks of ≤ max_samples_per_send: one
+//!                               channel send per chunk, not per sample; room for `capacity`
+//!                               samples per shard (a semaphore counted in samples), the
+//!                               caller waits when it is full: the WAL is the buffer
 //! append_exemplars([(ref,ex)]) ► the same shard and channel (only with `send_exemplars`)
 //! shard task ─────────────────► batch of ≤ max_samples_per_send, sent when full or after
 //!                               batch_send_deadline; one request in flight per shard, so a
@@ -50,7 +52,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -312,14 +314,28 @@ struct ShardState {
     /// `highest_done`, the queue's highest says nothing about them.
     abandoned: AtomicBool,
     /// Entries ever queued to this shard, and ever finished by it (delivered, refused or
-    /// dropped), for [`QueueManager::delivered_through`].
+    /// dropped), for [`QueueManager::delivered_through`]. Added to once per chunk queued and
+    /// once per batch finished, by the entry count.
     queued: AtomicU64,
     done: AtomicU64,
 }
 
+/// The running shards. Entries move to a shard in chunks (one channel send per chunk of up to
+/// `max_samples_per_send` entries of that shard, in the order they were appended), never one
+/// by one.
 struct Shards {
-    senders: Vec<mpsc::Sender<Pending>>,
+    senders: Vec<ShardSender>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// The way into one shard. The channel itself is unbounded; what bounds it is `room`:
+/// `capacity` permits, one per entry. The producer takes a chunk's worth before sending it
+/// (waiting while the shard is full) and the shard gives them back as it moves entries into
+/// the batch it sends, so a shard holds at most `capacity` entries queued plus its batch,
+/// however the entries are chunked.
+struct ShardSender {
+    chunks: mpsc::UnboundedSender<Vec<Pending>>,
+    room: Arc<Semaphore>,
 }
 
 struct Shared {
@@ -547,7 +563,10 @@ impl QueueManager {
         let q = &mut settings.queue;
         q.min_shards = q.min_shards.max(1);
         q.max_shards = q.max_shards.max(q.min_shards);
-        q.capacity = q.capacity.max(1);
+        // The capacity is a semaphore's permits, taken a chunk at a time (u32).
+        q.capacity = q
+            .capacity
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         q.max_samples_per_send = q.max_samples_per_send.max(1);
         let m = metrics.for_endpoint(client.remote_name(), client.url());
         m.shards_min.set(q.min_shards as i64);
@@ -699,15 +718,12 @@ impl QueueManager {
             let table = shared.read_series();
             for &(r, t, v) in samples {
                 match table.get(r) {
-                    Some(SeriesEntry::Shared(_) | SeriesEntry::Own(_)) => resolved.push((
-                        r,
-                        Pending {
-                            series: r,
-                            t,
-                            v,
-                            exemplar: None,
-                        },
-                    )),
+                    Some(SeriesEntry::Shared(_) | SeriesEntry::Own(_)) => resolved.push(Pending {
+                        series: r,
+                        t,
+                        v,
+                        exemplar: None,
+                    }),
                     Some(SeriesEntry::Dropped) => dropped += 1,
                     None => unknown += 1,
                 }
@@ -720,10 +736,10 @@ impl QueueManager {
             );
         }
         shared.metrics.samples_dropped.inc_by(unknown + dropped);
-        if let Some(max) = resolved.iter().map(|(_, p)| p.t).max() {
+        if let Some(max) = resolved.iter().map(|p| p.t).max() {
             self.observe_wal_timestamp(max);
         }
-        self.enqueue(resolved).await
+        self.enqueue(resolved, false).await
     }
 
     /// Whether this endpoint sends exemplars (`send_exemplars`); when not, the watcher does
@@ -752,51 +768,98 @@ impl QueueManager {
             let table = shared.read_series();
             for (r, e) in exemplars {
                 match table.get(r) {
-                    Some(SeriesEntry::Shared(_) | SeriesEntry::Own(_)) => resolved.push((
-                        r,
-                        Pending {
-                            series: r,
-                            t: e.timestamp,
-                            v: e.value,
-                            exemplar: Some(Box::new(e)),
-                        },
-                    )),
+                    Some(SeriesEntry::Shared(_) | SeriesEntry::Own(_)) => resolved.push(Pending {
+                        series: r,
+                        t: e.timestamp,
+                        v: e.value,
+                        exemplar: Some(Box::new(e)),
+                    }),
                     _ => dropped += 1,
                 }
             }
         }
         shared.metrics.exemplars_dropped.inc_by(dropped);
-        self.enqueue(resolved).await
+        self.enqueue(resolved, true).await
     }
 
-    /// Hands resolved entries to their shards, waiting while a shard's queue is full.
-    async fn enqueue(&self, resolved: Vec<(SeriesRef, Pending)>) -> Result<(), QueueError> {
+    /// Hands resolved entries (all exemplars or all samples) to their shards in chunks,
+    /// waiting while a shard's queue is full. Each shard gets its entries in the order given,
+    /// so a series' samples stay in order (one producer per queue: the WAL watcher).
+    async fn enqueue(&self, entries: Vec<Pending>, exemplars: bool) -> Result<(), QueueError> {
         let shared = &self.shared;
         let shards = self.shards.read().await;
         let states: Vec<Arc<ShardState>> = shared.lock_states().clone();
         let n = shards.senders.len();
-        let total = resolved.len();
+        let total = entries.len();
         if n == 0 || states.len() != n {
             // Flushed while this call waited for the shard set.
             return Err(self.stopped_error(total));
         }
-        for (i, (r, p)) in resolved.into_iter().enumerate() {
-            let idx = shard_for(r, n);
-            let pending_gauge = if p.exemplar.is_some() {
-                &shared.metrics.exemplars_pending
-            } else {
-                &shared.metrics.samples_pending
+        if total == 0 {
+            return Ok(());
+        }
+        let pending_gauge = if exemplars {
+            &shared.metrics.exemplars_pending
+        } else {
+            &shared.metrics.samples_pending
+        };
+        // A chunk fills at most one batch, and never needs more room than a shard has.
+        let chunk_max = shared
+            .settings
+            .queue
+            .max_samples_per_send
+            .min(shared.settings.queue.capacity);
+        let first = (total / n + 1).min(chunk_max);
+        let mut open: Vec<Vec<Pending>> = (0..n).map(|_| Vec::new()).collect();
+        let mut sent = 0usize;
+        // Hands one shard's chunk over; `false` when the shard is gone (hard stop).
+        let (senders, states) = (&shards.senders, &states);
+        let send = |idx: usize, chunk: Vec<Pending>| async move {
+            let len = chunk.len();
+            let sender = &senders[idx];
+            let state = &states[idx];
+            // `len <= capacity`, which `new` keeps within u32 and the semaphore's maximum. The
+            // semaphore is closed when the shard stopped.
+            let Ok(permits) = sender.room.acquire_many(len as u32).await else {
+                return false;
             };
-            states[idx].pending.fetch_add(1, Ordering::AcqRel);
-            states[idx].queued.fetch_add(1, Ordering::AcqRel);
-            pending_gauge.inc();
-            if shards.senders[idx].send(p).await.is_err() {
-                // The shard is gone: the queue was hard-stopped while we waited.
-                states[idx].pending.fetch_sub(1, Ordering::AcqRel);
-                states[idx].queued.fetch_sub(1, Ordering::AcqRel);
-                pending_gauge.dec();
-                shared.samples_in.fetch_add(i as u64, Ordering::Relaxed);
-                return Err(self.stopped_error(total - i));
+            permits.forget();
+            state.pending.fetch_add(len, Ordering::AcqRel);
+            state.queued.fetch_add(len as u64, Ordering::AcqRel);
+            pending_gauge.inc_by(len as i64);
+            if sender.chunks.send(chunk).is_err() {
+                // Stopped between the permits and the send: never queued.
+                state.pending.fetch_sub(len, Ordering::AcqRel);
+                state.done.fetch_add(len as u64, Ordering::AcqRel);
+                pending_gauge.dec_by(len as i64);
+                return false;
+            }
+            true
+        };
+        for p in entries {
+            let idx = shard_for(p.series, n);
+            let chunk = &mut open[idx];
+            if chunk.capacity() == 0 {
+                chunk.reserve_exact(first);
+            }
+            chunk.push(p);
+            if chunk.len() >= chunk_max {
+                let full = std::mem::take(chunk);
+                if !send(idx, full).await {
+                    shared.samples_in.fetch_add(sent as u64, Ordering::Relaxed);
+                    return Err(self.stopped_error(total - sent));
+                }
+                sent += chunk_max;
+            }
+        }
+        for (idx, chunk) in open.into_iter().enumerate() {
+            let len = chunk.len();
+            if len > 0 {
+                if !send(idx, chunk).await {
+                    shared.samples_in.fetch_add(sent as u64, Ordering::Relaxed);
+                    return Err(self.stopped_error(total - sent));
+                }
+                sent += len;
             }
         }
         shared.samples_in.fetch_add(total as u64, Ordering::Relaxed);
@@ -1030,7 +1093,8 @@ fn start_shards(shared: &Arc<Shared>, n: usize) -> Shards {
     // shards they replace (a reshard drains those first).
     let start = shared.lowest_sent().unwrap_or(NO_TIMESTAMP);
     for _ in 0..n {
-        let (tx, rx) = mpsc::channel(shared.settings.queue.capacity);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(shared.settings.queue.capacity));
         let state = Arc::new(ShardState {
             highest_done: AtomicI64::new(start),
             pending: AtomicUsize::new(0),
@@ -1039,9 +1103,10 @@ fn start_shards(shared: &Arc<Shared>, n: usize) -> Shards {
             done: AtomicU64::new(0),
         });
         tasks.push(tokio::spawn(
-            run_shard(rx, state.clone(), shared.clone()).instrument(shared.span.clone()),
+            run_shard(rx, room.clone(), state.clone(), shared.clone())
+                .instrument(shared.span.clone()),
         ));
-        senders.push(tx);
+        senders.push(ShardSender { chunks: tx, room });
         states.push(state);
     }
     *shared.lock_states() = states;
@@ -1057,7 +1122,12 @@ enum Outcome {
     Cancelled,
 }
 
-async fn run_shard(mut rx: mpsc::Receiver<Pending>, state: Arc<ShardState>, shared: Arc<Shared>) {
+async fn run_shard(
+    mut rx: mpsc::UnboundedReceiver<Vec<Pending>>,
+    room: Arc<Semaphore>,
+    state: Arc<ShardState>,
+    shared: Arc<Shared>,
+) {
     let max = shared.settings.queue.max_samples_per_send;
     let deadline = shared.settings.queue.batch_send_deadline.as_std();
     let mut batch: Vec<Pending> = Vec::with_capacity(max);
@@ -1065,12 +1135,9 @@ async fn run_shard(mut rx: mpsc::Receiver<Pending>, state: Arc<ShardState>, shar
     let mut enc = WriteRequestEncoder::new();
     let timer = tokio::time::sleep(deadline);
     tokio::pin!(timer);
-    // Everything queued is taken per wake-up (up to what fills the batch), not one entry per
-    // `select!`: one poll of the stop token, the timer and the channel per wake-up instead of
-    // per sample. `batch` is below `max` here (it is sent when it reaches it), so the limit is
-    // at least 1; `recv_many` returns 0 only when the channel is closed and empty.
-    let mut incoming: Vec<Pending> = Vec::with_capacity(max);
     let mut barrier = shared.barrier_gen.subscribe();
+    // One wake-up per chunk (up to a batch of entries), not per sample: one poll of the stop
+    // token, the barrier, the timer and the channel per chunk.
     loop {
         tokio::select! {
             biased;
@@ -1081,18 +1148,37 @@ async fn run_shard(mut rx: mpsc::Receiver<Pending>, state: Arc<ShardState>, shar
                     send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
                 }
             },
-            got = rx.recv_many(&mut incoming, max - batch.len()) => {
-                if got == 0 {
+            chunk = rx.recv() => {
+                let Some(chunk) = chunk else {
+                    // Closed (flush or reshard) and empty: send what is left, then exit.
                     if !batch.is_empty() {
                         send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
                     }
                     return;
+                };
+                let mut rest = chunk.into_iter();
+                loop {
+                    if batch.is_empty() {
+                        timer.as_mut().reset(Instant::now() + deadline);
+                    }
+                    let before = batch.len();
+                    batch.extend(rest.by_ref().take(max - before));
+                    // Moved into the batch: their room goes back to the producer.
+                    room.add_permits(batch.len() - before);
+                    if batch.len() < max {
+                        break;
+                    }
+                    send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
+                    if shared.hard_stop.is_cancelled() {
+                        // Counted with the batch below.
+                        batch.extend(rest);
+                        break;
+                    }
                 }
-                if batch.is_empty() {
-                    timer.as_mut().reset(Instant::now() + deadline);
-                }
-                batch.append(&mut incoming);
-                if batch.len() >= max || shared.barriers.load(Ordering::Acquire) > 0 {
+                if !batch.is_empty()
+                    && shared.barriers.load(Ordering::Acquire) > 0
+                    && !shared.hard_stop.is_cancelled()
+                {
                     send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
                 }
             },
@@ -1101,15 +1187,15 @@ async fn run_shard(mut rx: mpsc::Receiver<Pending>, state: Arc<ShardState>, shar
             }
         }
     }
-    // Hard stop: account for everything this shard still holds.
+    // Hard stop: account for everything this shard still holds; producers waiting for room
+    // are turned away.
+    room.close();
     rx.close();
     let (mut left, mut left_ex) = count_kinds(&batch);
-    while let Ok(p) = rx.try_recv() {
-        if p.exemplar.is_some() {
-            left_ex += 1;
-        } else {
-            left += 1;
-        }
+    while let Ok(chunk) = rx.try_recv() {
+        let (s, e) = count_kinds(&chunk);
+        left += s;
+        left_ex += e;
     }
     let m = &shared.metrics;
     m.samples_dropped.inc_by(left);
@@ -1860,6 +1946,147 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), q.delivered_through(1))
             .await
             .unwrap();
+    }
+
+    fn queue_with(url: url::Url, cfg: QueueConfig) -> QueueManager {
+        let client = RemoteClient::new(ClientSettings {
+            remote_name: "r".into(),
+            url,
+            timeout: Duration::from_secs(5),
+            headers: Default::default(),
+            http: Default::default(),
+            retry_on_http_429: true,
+            agent_id: None,
+        })
+        .unwrap();
+        let metrics =
+            RemoteWriteMetrics::register(&mut prometheus_client::registry::Registry::default());
+        QueueManager::new(
+            client,
+            QueueSettings::new(cfg, BTreeMap::new()),
+            &metrics,
+            None,
+        )
+    }
+
+    /// Chunks of one call spread over several shards and batches whose sizes divide nothing:
+    /// every sample arrives once, each series' samples in order, in batches of at most
+    /// `max_samples_per_send`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_keep_each_series_in_order_across_shards_and_batches() {
+        let (url, got) = receiver().await;
+        let q = queue_with(
+            url,
+            QueueConfig {
+                min_shards: 4,
+                max_shards: 4,
+                max_samples_per_send: 7,
+                capacity: 10,
+                batch_send_deadline: PromDuration::from_millis(20),
+                ..QueueConfig::default()
+            },
+        );
+        q.store_series((1..=50).map(|n| {
+            (
+                r(n),
+                Labels::from_pairs([("__name__", format!("m{n}").as_str())]),
+            )
+        }));
+        let all: Vec<(SeriesRef, i64, f64)> = (0..20i64)
+            .flat_map(|t| (1..=50).map(move |n| (r(n), t, t as f64)))
+            .collect();
+        for call in all.chunks(13) {
+            q.append_samples(call).await.unwrap();
+        }
+        assert!(
+            q.flush(Instant::now() + Duration::from_secs(20))
+                .await
+                .complete
+        );
+        let reqs = got.lock().unwrap().clone();
+        let mut per_series: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for req in &reqs {
+            let n: usize = req.timeseries.iter().map(|t| t.samples.len()).sum();
+            assert!(n <= 7, "a batch of {n} samples");
+            for ts in &req.timeseries {
+                let name = ts.labels[0].value.clone();
+                per_series
+                    .entry(name)
+                    .or_default()
+                    .extend(ts.samples.iter().map(|s| s.timestamp));
+            }
+        }
+        assert_eq!(per_series.len(), 50);
+        for (name, ts) in &per_series {
+            assert_eq!(ts, &(0..20).collect::<Vec<i64>>(), "{name}");
+        }
+        assert_eq!(q.shared.metrics.samples.get(), 1000);
+        assert_eq!(q.shared.metrics.samples_pending.get(), 0);
+    }
+
+    /// The bound is in samples, whatever the chunking: with room for 3 samples and batches of
+    /// 10, a receiver that never accepts holds the producer at the batch being retried plus
+    /// less than the room.
+    #[tokio::test]
+    async fn a_full_shard_holds_the_producer_at_capacity_samples() {
+        let app = axum::Router::new().route(
+            "/write",
+            axum::routing::post(|| async { axum::http::StatusCode::SERVICE_UNAVAILABLE }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let url = url::Url::parse(&format!("http://{addr}/write")).unwrap();
+        let q = Arc::new(queue_with(
+            url,
+            QueueConfig {
+                max_shards: 1,
+                max_samples_per_send: 10,
+                capacity: 3,
+                // Only full batches go.
+                batch_send_deadline: PromDuration::from_secs(60),
+                min_backoff: PromDuration::from_millis(10),
+                max_backoff: PromDuration::from_millis(20),
+                ..QueueConfig::default()
+            },
+        ));
+        q.store_series([(r(1), Labels::from_pairs([("__name__", "m")]))]);
+        let producer = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let samples: Vec<(SeriesRef, i64, f64)> =
+                    (0..100).map(|t| (r(1), t, 1.0)).collect();
+                q.append_samples(&samples).await
+            })
+        };
+        let m = &q.shared.metrics;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while m.samples_retried.get() < 10 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the first batch is retried");
+        // Chunks of 3 (the room). The shard is stuck retrying its batch of 10, which took one
+        // sample of the 4th chunk; it holds the other 2, whose room is not given back, so
+        // the 5th chunk does not fit: 12 samples, capacity + batch at most.
+        let pending = m.samples_pending.get();
+        assert_eq!(pending, 12, "samples pending");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(m.samples_pending.get(), pending, "the producer kept going");
+        assert!(!producer.is_finished());
+        let report = q.flush(Instant::now() + Duration::from_millis(100)).await;
+        assert!(!report.complete);
+        let err = producer.await.unwrap().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("{} samples were not queued", 100 - pending)),
+            "{err}"
+        );
+        assert_eq!(m.samples_pending.get(), 0);
+        assert_eq!(m.samples_dropped.get() as i64, pending);
     }
 
     #[tokio::test]
