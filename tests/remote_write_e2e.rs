@@ -802,10 +802,17 @@ async fn e2e_429_then_200_and_400_through_the_agent() {
 
 /// Shards that flush at different times (a batch goes when 100 samples are queued; the 100
 /// series spread over 4 shards, ~4 scrapes per batch), then a SIGKILL with the receiver up.
-/// After the restart nothing the receiver has may be sent again beyond a series' newest sample:
-/// with progress saved once a second as one mark for all shards, the agent resent whole
-/// batches, Prometheus refused them (400 "out of order sample") and the never-delivered
-/// samples of the last scrapes before the kill were dropped with them.
+/// With progress saved once a second as one mark for all shards, the agent resent whole
+/// batches after the restart, Prometheus refused them (400 "out of order sample") and the
+/// never-delivered samples of the last scrapes before the kill were dropped with them.
+///
+/// What is guaranteed (ARCHITECTURE.md, "Remote_write is at least once"): nothing is lost,
+/// and what is sent again is at most a series' newest sample plus, per shard, what it
+/// delivered after the progress file was last saved. The save follows every delivered batch
+/// within milliseconds, but a SIGKILL can land in between (this test kills right after a
+/// scrape, when the shards send): then that shard's batch is sent again and Prometheus
+/// refuses it whole, as out of order. Here a batch is ~4 scrapes of a shard, so each shard
+/// has at most one such batch: at most 4 refused requests, and no sample may be missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_sigkill_with_shards_out_of_phase_loses_nothing() {
     install_crypto();
@@ -841,10 +848,10 @@ async fn e2e_sigkill_with_shards_out_of_phase_loses_nothing() {
     let may_miss = BTreeSet::from([killed_at, total]);
     let (expected, arrived) = check_series(&got, total, &may_miss, up)
         .unwrap_or_else(|e| panic!("{e}\n{}", logs(dir.path(), &prom)));
-    assert_eq!(
-        rejected,
-        0,
-        "samples resent that the receiver had\n{}",
+    assert!(
+        rejected <= 4,
+        "{rejected} requests refused as out of order: more than the one batch per shard that \
+         can be delivered between the last progress save and the kill\n{}",
         logs(dir.path(), &prom)
     );
     eprintln!(
