@@ -729,7 +729,7 @@ fn render_allocators(o: &mut String, a: &Report) {
         o,
         "## Global allocator (agentctl built with each, one run)\n"
     );
-    const KNOWN: [(&str, &str); 6] = [
+    const KNOWN: [(&str, &str); 7] = [
         (
             "agentctl",
             "the system allocator (glibc), the default build",
@@ -743,6 +743,10 @@ fn render_allocators(o: &mut String, a: &Report) {
         (
             "jemalloc-decay0",
             "`dirty_decay_ms:0,muzzy_decay_ms:0`: freed pages returned at once",
+        ),
+        (
+            "jemalloc-stats",
+            "feature `jemalloc` with jemalloc's statistics read at the window's end, default decay",
         ),
         (
             "jemalloc-bg1s",
