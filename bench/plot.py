@@ -4,7 +4,7 @@
 A run with several sizes at 5 s (the full run): scaling curves against the number of active
 series, one line per scraper: CPU-seconds per million samples, RSS bytes per series, and bytes
 written per sample (WAL growth and write_bytes); the 100k-at-1-s runs are marked apart.
-Any other run (quick, allocators, custom): one bar group per (series, interval), one bar per
+Any other run (quick, allocators, one size): one bar group per (series, interval), one bar per
 scraper, for CPU and RSS.
 
 Usage: bench/plot.py RESULTS.json OUT.svg"""
@@ -126,8 +126,8 @@ def main():
     with open(sys.argv[1]) as f:
         report = json.load(f)
     sizes_at_5s = {r["series"] for r in report["runs"] if r["interval_s"] == 5}
-    fig = curves(report) if len(sizes_at_5s) >= 2 else bars(report)
     mode = report.get("mode", "")
+    fig = curves(report) if len(sizes_at_5s) >= 2 and mode != "allocators" else bars(report)
     note = {"quick": " (development quick run)", "allocators": ": agentctl's global allocators"}.get(mode, "")
     fig.suptitle(f"agentctl vs Prometheus agent vs vmagent, {report.get('date', '')[:16]}{note}"
                  if mode != "allocators" else f"bench/run --allocators, {report.get('date', '')[:16]}{note}")
