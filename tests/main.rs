@@ -6,6 +6,7 @@ mod abuse;
 mod agent;
 mod api;
 mod azuread;
+mod churn;
 mod ci_examples;
 mod cli;
 mod cluster;

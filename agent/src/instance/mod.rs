@@ -133,6 +133,13 @@ pub struct InstanceMetrics {
     pub write_dropped_samples: Family<InstanceLabel, Counter>,
     /// Series the WAL tracks as active (the old agent's name, so its dashboards work).
     pub active_series: Family<InstanceLabel, Gauge>,
+    /// Series garbage-collected at a truncation that a checkpoint has not passed yet (the
+    /// old agent's name).
+    pub deleted_series: Family<InstanceLabel, Gauge>,
+    /// Series texts in the scrape caches of the instance's targets.
+    pub scrape_cache_entries: Family<InstanceLabel, Gauge>,
+    /// Series in the remote_write series tables of the instance, summed over its endpoints.
+    pub remote_write_series: Family<InstanceLabel, Gauge>,
     /// Samples written to the WAL (the old agent's name).
     pub samples_appended: Family<InstanceLabel, Counter>,
     /// Corrupt or torn WAL tails repaired when the WAL was opened.
@@ -158,6 +165,9 @@ impl InstanceMetrics {
             write_failures: Family::default(),
             write_dropped_samples: Family::default(),
             active_series: Family::default(),
+            deleted_series: Family::default(),
+            scrape_cache_entries: Family::default(),
+            remote_write_series: Family::default(),
             samples_appended: Family::default(),
             corruptions: Family::default(),
             active_by_instance: Arc::default(),
@@ -204,12 +214,32 @@ impl InstanceMetrics {
             "Current number of active series being tracked by the WAL storage",
             m.active_series.clone(),
         );
+        registry.register(
+            "agent_wal_storage_deleted_series",
+            "Series no longer scraped that stay in memory until a WAL checkpoint drops them",
+            m.deleted_series.clone(),
+        );
+        registry.register(
+            "agent_scrape_cache_entries",
+            "Series texts in the scrape caches of the instance's targets (as of each target's \
+             last scrape; dropped series included)",
+            m.scrape_cache_entries.clone(),
+        );
+        registry.register(
+            "agent_remote_write_series",
+            "Series in the instance's remote_write series tables, summed over its endpoints \
+             (forgotten once the readers passed the checkpoint that dropped them)",
+            m.remote_write_series.clone(),
+        );
         m
     }
 
     /// Drops the gauge of a stopped instance (its counters stay, as counters do).
     fn forget(&self, label: &InstanceLabel) {
         self.active_series.remove(label);
+        self.deleted_series.remove(label);
+        self.scrape_cache_entries.remove(label);
+        self.remote_write_series.remove(label);
         self.lock_active().remove(label);
     }
 
@@ -222,16 +252,41 @@ impl InstanceMetrics {
     }
 
     fn set_active_series(&self, label: &InstanceLabel, series: usize) {
-        self.active_series
-            .get_or_create(label)
-            .set(i64::try_from(series).unwrap_or(i64::MAX));
+        self.active_series.get_or_create(label).set(gauge(series));
         self.lock_active().insert(label.clone(), series as u64);
+    }
+
+    /// The sizes of the tables that hold series, so that churn is seen to be forgotten.
+    fn set_table_sizes(&self, label: &InstanceLabel, t: TableSizes) {
+        self.deleted_series
+            .get_or_create(label)
+            .set(gauge(t.deleted));
+        self.scrape_cache_entries
+            .get_or_create(label)
+            .set(gauge(t.scrape_cache));
+        self.remote_write_series
+            .get_or_create(label)
+            .set(gauge(t.remote_write));
     }
 
     /// Active series over every running instance (the ring page's load figure).
     pub fn active_series_total(&self) -> u64 {
         self.lock_active().values().sum()
     }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Series held by an instance's tables besides the active ones.
+#[derive(Debug, Clone, Copy)]
+struct TableSizes {
+    /// Garbage-collected, awaiting a checkpoint.
+    deleted: usize,
+    scrape_cache: usize,
+    /// Summed over the endpoints.
+    remote_write: usize,
 }
 
 /// What every instance of an agent shares.
@@ -436,8 +491,8 @@ impl Instance {
                 cfg.clone(),
                 storage.clone(),
                 queues,
-                shared.instance_metrics.clone(),
-                label.clone(),
+                scrape.clone(),
+                (shared.instance_metrics.clone(), label.clone()),
                 shared.clock,
                 stop.clone(),
             )
@@ -548,15 +603,15 @@ impl Instance {
     }
 }
 
-/// Every second reports the WAL's newest sample to the remote_write queues and the active
-/// series; truncates the WAL every `wal_truncate_frequency` (on a blocking thread). The WAL's
+/// Every second reports the WAL's newest sample to the remote_write queues, the active series
+/// and the sizes of the tables that hold series; truncates the WAL every `wal_truncate_frequency` (on a blocking thread). The WAL's
 /// fsyncs are its disk thread's (`wal::sync`), never this task's.
 async fn housekeeping(
     cfg: InstanceConfig,
     storage: Arc<WalStorage>,
     queues: Vec<Arc<QueueManager>>,
-    metrics: InstanceMetrics,
-    label: InstanceLabel,
+    scrape: Arc<ScrapeManager>,
+    (metrics, label): (InstanceMetrics, InstanceLabel),
     clock: Clock,
     stop: CancellationToken,
 ) {
@@ -567,7 +622,12 @@ async fn housekeeping(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let series = storage.series_count();
+        let (series, deleted) = storage.series_counts();
+        let sizes = TableSizes {
+            deleted,
+            scrape_cache: scrape.cache_entries(),
+            remote_write: queues.iter().map(|q| q.series_count()).sum(),
+        };
         // highest_timestamp_in follows what the WAL holds, as Prometheus's appender sets it: the
         // watchers raise it only as they read, and stop reading while their queue is full.
         if let Some(newest) = storage.newest_timestamp() {
@@ -576,6 +636,7 @@ async fn housekeeping(
             }
         }
         metrics.set_active_series(&label, series);
+        metrics.set_table_sizes(&label, sizes);
         if last_truncate.elapsed() < cfg.wal_truncate_frequency.as_std() {
             continue;
         }
@@ -626,19 +687,29 @@ async fn housekeeping(
                             "WAL truncated at now - max_wal_time: samples remote_write had not sent are lost");
                     }
                 }
-                let stats = stats.map(|st| {
-                    (
-                        st.index,
-                        st.dropped_series,
-                        st.dropped_samples,
-                        st.total_series,
-                    )
-                });
+                // What the tables hold after it: garbage-collected series stay until a
+                // checkpoint passes them, remote_write forgets them once it read past it.
+                let (active, collected) = storage.series_counts();
+                let remote_write_series: usize = queues.iter().map(|q| q.series_count()).sum();
+                let (checkpoint, dropped_series, dropped_samples) =
+                    stats.as_ref().map_or((None, 0, 0), |st| {
+                        (Some(st.index), st.dropped_series, st.dropped_samples)
+                    });
                 if clamped {
-                    tracing::info!(mint, lowest_sent = ?lowest, stats = ?stats,
+                    tracing::info!(mint, lowest_sent = ?lowest, checkpoint, dropped_series,
+                        dropped_samples, active_series = active, deleted_series = collected, remote_write_series,
                         "WAL truncated (cut moved forward to now - max_wal_time: remote_write is behind)");
                 } else {
-                    tracing::info!(mint, stats = ?stats, "WAL truncated");
+                    tracing::info!(
+                        mint,
+                        checkpoint,
+                        dropped_series,
+                        dropped_samples,
+                        active_series = active,
+                        deleted_series = collected,
+                        remote_write_series,
+                        "WAL truncated"
+                    );
                 }
             }
             Ok(Err(e)) => {
@@ -712,12 +783,23 @@ mod tests {
             .active_series
             .get_or_create(&l)
             .set(3);
+        shared.instance_metrics.set_table_sizes(
+            &l,
+            TableSizes {
+                deleted: 4,
+                scrape_cache: 5,
+                remote_write: 6,
+            },
+        );
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         for want in [
             "agent_wal_truncate_dropped_samples_total{instance_name=\"team/a\"} 7",
             "agent_wal_truncations_total{instance_name=\"team/a\"} 1",
             "agent_wal_storage_active_series{instance_name=\"team/a\"} 3",
+            "agent_wal_storage_deleted_series{instance_name=\"team/a\"} 4",
+            "agent_scrape_cache_entries{instance_name=\"team/a\"} 5",
+            "agent_remote_write_series{instance_name=\"team/a\"} 6",
             "agent_wal_truncation_failures_total{instance_name=\"team/a\"} 1",
             "agent_prometheus_cleaner_success_total 0",
             "agent_prometheus_cleaner_errors_total 0",
@@ -730,7 +812,14 @@ mod tests {
         shared.instance_metrics.forget(&l);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
-        assert!(!text.contains("agent_wal_storage_active_series{"));
+        for gone in [
+            "agent_wal_storage_active_series{",
+            "agent_wal_storage_deleted_series{",
+            "agent_scrape_cache_entries{",
+            "agent_remote_write_series{",
+        ] {
+            assert!(!text.contains(gone), "{gone} left after forget:\n{text}");
+        }
     }
 
     /// A WAL fsync that hangs (a slow or stuck disk) does not hold up the tokio runtime: with
@@ -802,12 +891,16 @@ mod tests {
                 .build()
                 .unwrap();
             rt.block_on(async move {
+                let scrape = Arc::new(ScrapeManager::new("a", a2.clone(), None));
                 let hk = tokio::spawn(housekeeping(
                     cfg,
                     a2,
                     Vec::new(),
-                    shared.instance_metrics.clone(),
-                    instance_label("instance_name", "a"),
+                    scrape,
+                    (
+                        shared.instance_metrics.clone(),
+                        instance_label("instance_name", "a"),
+                    ),
                     Clock::system(),
                     stop2.clone(),
                 ));

@@ -471,6 +471,12 @@ impl WalStorage {
         lock(&self.table).len()
     }
 
+    /// Active series, and garbage-collected ones a checkpoint has not dropped yet.
+    pub fn series_counts(&self) -> (usize, usize) {
+        let t = lock(&self.table);
+        (t.len(), t.deleted.len())
+    }
+
     /// Heap bytes of the series table (not counting the shared labels).
     pub fn table_heap_bytes(&self) -> usize {
         lock(&self.table).heap_bytes()

@@ -398,6 +398,21 @@ impl ScrapeManager {
             .sum()
     }
 
+    /// Series texts in the series caches of every target (dropped ones included), as of each
+    /// target's last scrape.
+    pub fn cache_entries(&self) -> usize {
+        self.jobs()
+            .values()
+            .map(|j| {
+                lock_pool(&j.pool)
+                    .loops
+                    .values()
+                    .map(|t| t.handle.cache_entries())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
     /// The metric metadata of every active target, without duplicates (several targets
     /// exposing the same family with the same type, help and unit give one entry), as
     /// Prometheus's metadata watcher collects it for remote_write.

@@ -634,6 +634,8 @@ pub struct ScrapeStatus {
     pub last_appended_ms: Option<i64>,
     /// Whether the loop holds its scrapes instead of appending them.
     pub holding: bool,
+    /// Series texts in the loop's series cache after its last scrape (dropped ones included).
+    pub cache_entries: usize,
 }
 
 impl Default for ScrapeStatus {
@@ -647,6 +649,7 @@ impl Default for ScrapeStatus {
             scrapes: 0,
             last_appended_ms: None,
             holding: false,
+            cache_entries: 0,
         }
     }
 }
@@ -728,6 +731,11 @@ impl LoopHandle {
 
     pub fn status(&self) -> ScrapeStatus {
         lock_status(&self.status).clone()
+    }
+
+    /// [`ScrapeStatus::cache_entries`], without copying the rest of the status.
+    pub fn cache_entries(&self) -> usize {
+        lock_status(&self.status).cache_entries
     }
 
     pub(crate) fn set_forced_error(&self, e: Option<String>) {
@@ -960,6 +968,7 @@ impl ScrapeLoop {
         st.last_duration = duration;
         st.last_error = error.map(|e| e.to_string());
         st.scrapes += 1;
+        st.cache_entries = self.processor.cache().keys();
         if appended {
             st.last_appended_ms = Some(t_ms);
         }
