@@ -179,6 +179,14 @@ fn used(expr: &str) -> Vec<(String, Vec<String>)> {
 fn every_metric_and_label_of_the_dashboard_and_rules_is_exposed_by_a_running_agent() {
     let tmp = tempfile::tempdir().unwrap();
     let agent = Agent::start(tmp.path(), &[]);
+    // A second agent in target-sharding mode: the sharding metrics exist only there.
+    let targets_mode = Agent::builder(tmp.path())
+        .name("targets")
+        .config(&format!(
+            "metrics:\n  wal_directory: {}\n  scraping_service:\n    enabled: true\n    sharding: targets\n    kvstore:\n      store: embedded\n",
+            tmp.path().join("targets-wal").display()
+        ))
+        .start();
     // A config scraping the agent itself, with a remote_write endpoint that refuses
     // connections: per-instance WAL metrics and per-queue remote_write metrics exist.
     let cfg = format!(
@@ -213,7 +221,10 @@ fn every_metric_and_label_of_the_dashboard_and_rules_is_exposed_by_a_running_age
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = exposed(&agent.get("/metrics").body);
+        let mut metrics = exposed(&agent.get("/metrics").body);
+        for (name, labels) in exposed(&targets_mode.get("/metrics").body) {
+            metrics.entry(name).or_default().extend(labels);
+        }
         let gaps = missing(&metrics);
         if gaps.is_empty() {
             let used: BTreeSet<String> = exprs

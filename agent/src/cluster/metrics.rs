@@ -57,6 +57,11 @@ impl ShardingMetrics {
              target of the config shares; all of them are scraped",
             m.identity_collisions.clone(),
         );
+        // Both directions exist from the start at 0, so `rate()` and a dashboard see a series
+        // before the first move.
+        for direction in ["in", "out"] {
+            m.moved(direction);
+        }
         m
     }
 
@@ -99,6 +104,7 @@ mod tests {
             "agent_targets_unassigned 1",
             "agent_assignment_epoch 12",
             "agent_target_identity_collisions{config=\"team/a\"} 2",
+            "agent_targets_moved_total{direction=\"out\"} 0",
         ] {
             assert!(out.contains(line), "{line} not in:\n{out}");
         }
