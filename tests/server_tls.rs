@@ -57,6 +57,8 @@ fn until_ok(dir: &Path, args: &[&str], timeout: Duration, agent: &Agent) -> Dura
 /// seen on a loaded machine). Either way the agent logged why (`reason`).
 fn refused(r: &Run, alert: &str, reason: &str, agent: &Agent) {
     assert_ne!(r.code, Some(0), "{}", r.out);
+    // Either way the client tool says what to check (cli/src/client.rs).
+    assert!(r.err.contains("client certificate"), "{}", r.err);
     if r.err.contains(alert) {
         return;
     }

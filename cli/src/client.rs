@@ -172,6 +172,9 @@ pub struct ApiClient {
     base: String,
     http: HttpClient,
     token: Option<String>,
+    /// `https://` with a client certificate (`--cert-file`): what a refusal by the agent's
+    /// TLS server means differs with and without one (see `explain_connection_error`).
+    tls_client_cert: Option<bool>,
 }
 
 /// One answer: status, body, and the `ETag` without quotes.
@@ -229,6 +232,7 @@ impl ApiClient {
             base: url.as_str().trim_end_matches('/').to_owned(),
             http,
             token,
+            tls_client_cert: (url.scheme() == "https").then_some(tls.cert_file.is_some()),
         })
     }
 
@@ -301,7 +305,7 @@ impl ApiClient {
                     tracing::debug!(%url, attempt, error = %e, "retrying after a connection error");
                     last_err = Some(ClientError::Unreachable {
                         url: url.clone(),
-                        message: e.to_string(),
+                        message: explain_connection_error(e.to_string(), self.tls_client_cert),
                     });
                 }
             }
@@ -459,6 +463,43 @@ fn success_data(url: &str, body: &str) -> Result<serde_json::Value, ClientError>
 
 /// The `data.error` text of an error envelope, or (for non-JSON answers such as mux's
 /// `404 page not found`) the start of the body.
+/// Adds what an operator should check when the agent's TLS server refused the client: with
+/// TLS 1.3 the server checks the client certificate after the client finished its handshake,
+/// so the refusal arrives as an alert (`CertificateRequired`, `UnknownCA`, ...) or, when the
+/// server's close arrives before the request was sent, as a closed connection ("connection
+/// was not ready"), which alone names no cause. `tls_client_cert`: `None` for plain HTTP,
+/// else whether `--cert-file` was given.
+fn explain_connection_error(message: String, tls_client_cert: Option<bool>) -> String {
+    let Some(with_cert) = tls_client_cert else {
+        return message;
+    };
+    let alert = |name: &str| message.contains(&format!("alert: {name}"));
+    let closed = [
+        "connection was not ready",
+        "connection closed",
+        "connection reset",
+    ]
+    .iter()
+    .any(|m| message.contains(m));
+    let hint = if alert("CertificateRequired") {
+        "the agent requires a client certificate: pass --cert-file and --key-file"
+    } else if alert("UnknownCA") || alert("BadCertificate") || alert("DecryptError") {
+        "the agent refused the client certificate of --cert-file: it is not signed by a CA the \
+         agent trusts for clients (server.http_tls_config.client_ca_file), or --key-file does not match it"
+    } else if alert("CertificateExpired") {
+        "the agent refused the client certificate of --cert-file: it has expired"
+    } else if closed && with_cert {
+        "the agent closed the TLS connection before answering: it may have refused the client \
+         certificate of --cert-file (its log says why: \"TLS handshake failed\")"
+    } else if closed {
+        "the agent closed the TLS connection before answering: if it requires a client \
+         certificate, pass --cert-file and --key-file (its log says why: \"TLS handshake failed\")"
+    } else {
+        return message;
+    };
+    format!("{message}; {hint}")
+}
+
 fn error_message(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
@@ -509,6 +550,26 @@ mod tests {
         assert_eq!(c.base(), "http://127.0.0.1:9");
         let c = ApiClient::new("http://h:1/prefix/", None, &TlsArgs::default()).expect("prefix");
         assert_eq!(c.base(), "http://h:1/prefix");
+    }
+
+    #[test]
+    fn a_tls_refusal_says_what_to_check() {
+        let closed = "error sending request: connection was not ready".to_owned();
+        assert_eq!(explain_connection_error(closed.clone(), None), closed);
+        assert!(explain_connection_error(closed.clone(), Some(true))
+            .ends_with("it may have refused the client certificate of --cert-file (its log says why: \"TLS handshake failed\")"));
+        assert!(explain_connection_error(closed, Some(false))
+            .contains("if it requires a client certificate, pass --cert-file and --key-file"));
+        let required = "received fatal alert: CertificateRequired".to_owned();
+        assert!(explain_connection_error(required, Some(false))
+            .ends_with("the agent requires a client certificate: pass --cert-file and --key-file"));
+        let unknown = "invalid peer certificate: received fatal alert: UnknownCA".to_owned();
+        assert!(explain_connection_error(unknown, Some(true)).contains("not signed by a CA"));
+        let refused = "tcp connect error: Connection refused (os error 111)".to_owned();
+        assert_eq!(
+            explain_connection_error(refused.clone(), Some(true)),
+            refused
+        );
     }
 
     #[test]
