@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 matplotlib.rcParams["svg.hashsalt"] = "agentctl-bench"
 METADATA = {"svg": {"Date": None}, "png": {}}
 
-COLORS = {"agentctl": "#2a7ab0", "prometheus": "#e6522c", "vmagent": "#6a3d9a"}
+# "before": an earlier agentctl build measured in the same run (--agentctl-variant before=...).
+COLORS = {"agentctl": "#2a7ab0", "before": "#8fbcd9", "prometheus": "#e6522c", "vmagent": "#6a3d9a"}
 
 
 def scrapers_of(runs):

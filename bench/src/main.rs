@@ -62,6 +62,11 @@ enum Cmd {
         /// Name it in --scrapers.
         #[arg(long = "agentctl-variant", value_name = "VARIANT")]
         variants: Vec<String>,
+        /// Measure the --agentctl-variant builds only at these plans (comma-separated
+        /// TARGETSxSERIES@INTERVALs, e.g. 100x1000@5s,500x1000@5s); default: every plan agentctl
+        /// runs.
+        #[arg(long, value_delimiter = ',', value_name = "PLANS")]
+        variant_plans: Vec<String>,
         /// Which scrapers, in order (comma-separated).
         #[arg(
             long,
@@ -254,6 +259,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             window,
             max_series,
             variants,
+            variant_plans,
             scrapers,
             agentctl,
             prometheus,
@@ -309,6 +315,19 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            if let Some(p) = variant_plans
+                .iter()
+                .find(|p| !plans.iter().any(|x| x.label() == **p))
+            {
+                anyhow::bail!(
+                    "--variant-plans {p:?} is not one of this run's plans ({})",
+                    plans
+                        .iter()
+                        .map(run::Plan::label)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             let targets_rt = runtime(run::TARGETS_THREAD, cpus())?;
             let sink_rt = runtime(run::SINK_THREAD, cpus())?;
             watch_signals(&sink_rt);
@@ -319,6 +338,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 mode: mode.to_owned(),
                 plans,
                 scrapers,
+                variant_plans,
                 agentctl,
                 prometheus,
                 vmagent,
@@ -334,6 +354,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
             };
             match run::run(&opts, &targets_rt, sink, sink_addr, &date) {
                 Ok((report, json)) => {
+                    // The verdicts at a glance (BENCHMARKS.md has them with everything else);
+                    // stdout's last line stays the results file for bench/run.
+                    eprintln!("\n{}", report::summary(&report));
                     println!("{}", json.display());
                     let failed: Vec<String> = report
                         .runs

@@ -53,6 +53,12 @@ pub struct RunResult {
     pub peak_rss_bytes: u64,
     /// Mean VmRSS sampled once a second over the window.
     pub steady_rss_bytes: u64,
+    /// `RssAnon` and `RssFile` at the end of the window: heap and stacks against mapped files
+    /// (the binary, mmapped WAL segments).
+    #[serde(default)]
+    pub rss_anon_bytes: u64,
+    #[serde(default)]
+    pub rss_file_bytes: u64,
     pub rss_bytes_per_series: f64,
     /// Growth of the data directory over the window (negative when truncation removed more).
     pub disk_growth_bytes: i64,
@@ -207,6 +213,8 @@ pub fn render(r: &Report, analysis: Option<&str>, allocators: Option<&Report>) -
          bench/run --max-series 500000  # leave out 1M\n\
          bench/run --quick              # 10 targets x 1,000 series, 1 s interval, 5 s + 15 s (about 2 min)\n\
          bench/run --allocators         # agentctl with each global allocator (about 25 min)\n\
+         bench/run --agentctl-variant before=PATH --scrapers agentctl,before,prometheus,vmagent --variant-plans 100x1000@5s,500x1000@5s,100x1000@1s  # and an earlier build at those plans\n\
+         bench/run --report bench/results/<date>-full.json  # BENCHMARKS.md and the plot again, no measuring\n\
          bench/run --help               # sizes, intervals, scrapers, windows\n```\n"
     );
     let _ = writeln!(
@@ -240,6 +248,7 @@ pub fn render(r: &Report, analysis: Option<&str>, allocators: Option<&Report>) -
         );
     }
     render_targets(&mut o, r);
+    render_variants(&mut o, r);
     render_scaling(&mut o, r);
     let _ = writeln!(o, "## Each size and interval\n");
     // Runs grouped by size and interval, in the order they ran.
@@ -298,7 +307,7 @@ pub fn render(r: &Report, analysis: Option<&str>, allocators: Option<&Report>) -
                 o,
                 "- {}: {:.2} CPU-s in the window; {}-{} scrapes per target (the interval allows {}); drained {:.1} s after the window; \
                  duplicates {}, out of order {}; targets used {:.2} CPU-s, the sink {:.2} CPU-s, other processes {:.1} CPU-s \
-                 (load {:.1} -> {:.1}){}{}",
+                 (load {:.1} -> {:.1}){}{}{}",
                 run.scraper,
                 run.cpu_s,
                 run.scrapes_min,
@@ -312,6 +321,15 @@ pub fn render(r: &Report, analysis: Option<&str>, allocators: Option<&Report>) -
                 run.others_cpu_s,
                 run.load1_start,
                 run.load1_end,
+                if run.rss_anon_bytes + run.rss_file_bytes > 0 {
+                    format!(
+                        "; RSS at the window's end {} anonymous, {} files",
+                        mib(run.rss_anon_bytes),
+                        mib(run.rss_file_bytes)
+                    )
+                } else {
+                    String::new()
+                },
                 run.jemalloc.as_ref().map_or(String::new(), |j| format!(
                     "; jemalloc: {} held, {} resident",
                     mib(j.allocated),
@@ -336,6 +354,110 @@ pub fn render(r: &Report, analysis: Option<&str>, allocators: Option<&Report>) -
     }
     let _ = writeln!(o, "{METHOD}");
     o
+}
+
+/// What `bench/run` prints at the end: the targets with their verdicts, agentctl against its
+/// other builds, and every scraper's memory per added series.
+pub fn summary(r: &Report) -> String {
+    let mut o = String::new();
+    render_targets(&mut o, r);
+    render_variants(&mut o, r);
+    let _ = writeln!(o, "{}", marginal_line(r).unwrap_or_default());
+    o
+}
+
+/// Runs by other agentctl builds (`--agentctl-variant`): every scraper that is none of the
+/// three programs.
+fn variants(r: &Report) -> Vec<&str> {
+    scrapers(r)
+        .into_iter()
+        .filter(|n| !["agentctl", "prometheus", "vmagent"].contains(n))
+        .collect()
+}
+
+/// agentctl against each other build of it measured in the same run, plan by plan.
+fn render_variants(o: &mut String, r: &Report) {
+    let names = variants(r);
+    let pairs: Vec<(&RunResult, &RunResult)> = names
+        .iter()
+        .flat_map(|n| {
+            r.runs
+                .iter()
+                .filter(move |x| x.scraper == *n)
+                .filter_map(|v| find(r, "agentctl", v.series, v.interval_s).map(|a| (a, v)))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "## agentctl against other builds of it in this run
+"
+    );
+    let _ = writeln!(
+        o,
+        "Other agentctl binaries (`--agentctl-variant NAME=PATH`, see the command line) on the \
+         same targets in the same run; change = agentctl against the other build.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| build | plan | CPU-s / M samples: agentctl / build (change) | RSS B / series: agentctl / build (change) | write_bytes / sample: agentctl / build | delivered / expected (build) |"
+    );
+    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|");
+    let change = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:+.1}%", (a / b - 1.0) * 100.0)
+        } else {
+            "n/a".to_owned()
+        }
+    };
+    for (a, v) in &pairs {
+        let _ = writeln!(
+            o,
+            "| {} | {} @{} s | {:.2} / {:.2} ({}) | {:.0} / {:.0} ({}) | {:.2} / {:.2} | {} |",
+            v.scraper,
+            size(v.series),
+            v.interval_s,
+            a.cpu_s_per_million,
+            v.cpu_s_per_million,
+            change(a.cpu_s_per_million, v.cpu_s_per_million),
+            a.rss_bytes_per_series,
+            v.rss_bytes_per_series,
+            change(a.rss_bytes_per_series, v.rss_bytes_per_series),
+            a.write_bytes_per_sample,
+            v.write_bytes_per_sample,
+            ratio(v.delivered_samples, v.expected_samples),
+        );
+    }
+    for n in &names {
+        if let (Some(a), Some(v)) = (
+            marginal_bytes(r, "agentctl", 100_000, 500_000),
+            marginal_bytes(r, n, 100_000, 500_000),
+        ) {
+            let _ = writeln!(
+                o,
+                "| {n} | memory per added series (500k minus 100k) | | {a:.0} / {v:.0} B ({}) | | |",
+                change(a, v)
+            );
+        }
+    }
+    let _ = writeln!(o);
+}
+
+/// Every scraper's memory per added series from 100k to 500k (5 s), when both were measured.
+fn marginal_line(r: &Report) -> Option<String> {
+    let marg: Vec<String> = scrapers(r)
+        .iter()
+        .filter_map(|n| marginal_bytes(r, n, 100_000, 500_000).map(|m| format!("{n} {m:.0} B")))
+        .collect();
+    (!marg.is_empty()).then(|| {
+        format!(
+            "**Memory per added series** (steady RSS at 500k minus at 100k, divided by the \
+             400,000 added series): {}.\n",
+            marg.join(", ")
+        )
+    })
 }
 
 /// The run of `scraper` at `series` active series every `interval_s`.
@@ -680,17 +802,8 @@ fn render_scaling(o: &mut String, r: &Report) {
         }
     }
     let _ = writeln!(o);
-    let marg: Vec<String> = names
-        .iter()
-        .filter_map(|n| marginal_bytes(r, n, 100_000, 500_000).map(|m| format!("{n} {m:.0} B")))
-        .collect();
-    if !marg.is_empty() {
-        let _ = writeln!(
-            o,
-            "**Memory per added series** (steady RSS at 500k minus at 100k, divided by the \
-             400,000 added series): {}.\n",
-            marg.join(", ")
-        );
+    if let Some(m) = marginal_line(r) {
+        let _ = writeln!(o, "{m}");
     }
 }
 
@@ -941,6 +1054,8 @@ mod tests {
                 run("vmagent", 500_000, 5, 1.2, 320.0),
                 run("agentctl", 100_000, 1, 0.6, 1100.0),
                 run("vmagent", 100_000, 1, 1.2, 780.0),
+                run("before", 100_000, 5, 1.0, 1100.0),
+                run("before", 500_000, 5, 1.2, 1000.0),
             ],
             ..Report::default()
         };
@@ -972,7 +1087,26 @@ mod tests {
         assert!(line("| <= 8 B per sample of `write_bytes`").contains("**missed** by 1.00 B"));
         assert!(line("| delivered / expected").ends_with("| met |"));
         assert!(md.contains("## Scaling: every 5 s"));
-        assert!(md.contains("agentctl 875 B, vmagent 220 B"));
+        assert!(md.contains("agentctl 875 B, vmagent 220 B, before 975 B"));
+        // Another build of agentctl, compared plan by plan where both ran.
+        assert_eq!(
+            line("| before | 100k @5 s"),
+            "| before | 100k @5 s | 0.90 / 1.00 (-10.0%) | 1000 / 1100 (-9.1%) | 9.00 / 9.00 | 1.000 |"
+        );
+        assert!(
+            line("| before | 500k @5 s").contains("| 1.00 / 1.20 (-16.7%) | 900 / 1000 (-10.0%) |")
+        );
+        assert!(!md.contains("| before | 100k @1 s"));
+        // (500 MB - 110 MB) / 400k = 975 B.
+        assert!(line("| before | memory per added series").contains("875 / 975 B (-10.3%)"));
+        // What bench/run prints at the end: the verdicts, the builds and the marginal figures.
+        let printed = summary(&r);
+        assert!(printed.contains("| Memory per added series"), "{printed}");
+        assert!(printed.contains("| before | 500k @5 s"), "{printed}");
+        assert!(
+            printed.contains("agentctl 875 B, vmagent 220 B, before 975 B"),
+            "{printed}"
+        );
     }
 
     #[test]

@@ -243,11 +243,13 @@ pub fn quick_plans() -> Vec<Plan> {
     Plan::parse("10x1000@1s:5+15").into_iter().collect()
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Options {
     pub mode: String,
     pub plans: Vec<Plan>,
     pub scrapers: Vec<Scraper>,
+    /// The plans (labels) at which the agentctl variants run; empty: every plan.
+    pub variant_plans: Vec<String>,
     pub agentctl: PathBuf,
     pub prometheus: PathBuf,
     pub vmagent: PathBuf,
@@ -262,6 +264,17 @@ pub struct Options {
     pub profile: bool,
     pub profile_s: u64,
     pub command_line: String,
+}
+
+impl Options {
+    /// Whether `scraper` runs at `plan`: the plan's programs, and the variants only at
+    /// `variant_plans` when given.
+    fn runs(&self, plan: &Plan, scraper: &Scraper) -> bool {
+        plan.includes(scraper.kind)
+            && (scraper.bin.is_none()
+                || self.variant_plans.is_empty()
+                || self.variant_plans.contains(&plan.label()))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -823,6 +836,9 @@ fn measure_inner(
         .and_then(|log| crate::report::JemallocStats::last_in(&log));
     let t1 = agent::clock::Clock::system().unix_millis();
     r.peak_rss_bytes = procfs::status_bytes(pid, "VmHWM").map_err(proc_err)?;
+    // What the RSS is at the window's end: the heap (anonymous) or mapped files.
+    r.rss_anon_bytes = procfs::status_bytes(pid, "RssAnon").unwrap_or(0);
+    r.rss_file_bytes = procfs::status_bytes(pid, "RssFile").unwrap_or(0);
 
     let per = targets.layout.series() as u64;
     let window: HashMap<String, (u64, u64)> = targets
@@ -859,7 +875,8 @@ fn measure_inner(
     r.drain_s = drain_start.elapsed().as_secs_f64();
     r.delivered_samples = last.samples;
 
-    if env.opts.profile && scraper.kind == Kind::Agentctl {
+    // agentctl itself, not its variants (another build's profile would double the time).
+    if env.opts.profile && scraper.kind == Kind::Agentctl && scraper.bin.is_none() {
         match perf_profile(env, pid, dir.path()) {
             Ok((top, parts)) => {
                 r.profile = Some(top);
@@ -944,9 +961,7 @@ pub fn run(
     let total: u64 = opts
         .plans
         .iter()
-        .map(|p| {
-            p.estimate_s() * opts.scrapers.iter().filter(|s| p.includes(s.kind)).count() as u64
-        })
+        .map(|p| p.estimate_s() * opts.scrapers.iter().filter(|s| opts.runs(p, s)).count() as u64)
         .sum::<u64>()
         + if opts.profile {
             opts.profile_s * opts.plans.len() as u64
@@ -997,7 +1012,7 @@ pub fn run(
             targets.layout.series(),
             targets.targets.first().map_or(0, |t| t.addr.port())
         ));
-        for scraper in opts.scrapers.iter().filter(|s| plan.includes(s.kind)) {
+        for scraper in opts.scrapers.iter().filter(|s| opts.runs(plan, s)) {
             let r = measure(&env, scraper, plan, &targets)?;
             clock.say(summary(&r));
             report.runs.push(r);
@@ -1129,6 +1144,23 @@ mod tests {
         assert!(Scraper::parse("mimalloc", &vs).is_none());
         assert_eq!(parse_window("10+30"), Ok((10, 30)));
         assert!(parse_window("10").is_err());
+    }
+
+    #[test]
+    fn variants_run_only_at_their_plans() {
+        let before = Scraper::parse_variant("before=/x/agentctl-before").unwrap();
+        let (small, big) = (
+            Plan::parse("10x1000@5s").unwrap(),
+            Plan::parse("1000x1000@5s/agentctl,vmagent").unwrap(),
+        );
+        let mut o = Options::default();
+        assert!(o.runs(&big, &before) && o.runs(&small, &before));
+        o.variant_plans = vec!["10x1000@5s".to_owned()];
+        assert!(o.runs(&small, &before));
+        assert!(!o.runs(&big, &before));
+        // The programs themselves run at every plan that names them.
+        assert!(o.runs(&big, &Scraper::of(Kind::Agentctl)));
+        assert!(!o.runs(&big, &Scraper::of(Kind::Prometheus)));
     }
 
     #[test]
