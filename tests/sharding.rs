@@ -581,6 +581,45 @@ fn assignment(
     (a.epoch, a.members.clone(), owners, state.target_count())
 }
 
+/// etcd's own counters (puts, bytes sent to clients, WAL fsyncs): how hard a phase of a test
+/// works the store, printed with the phase.
+fn etcd_load(ep: &str) -> String {
+    let Ok((200, body)) = http("GET", ep.trim_start_matches("http://"), "/metrics", b"") else {
+        return "etcd /metrics unavailable".to_owned();
+    };
+    let sum = |name: &str| -> f64 {
+        body.lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let fsyncs = sum("etcd_disk_wal_fsync_duration_seconds_count");
+    format!(
+        "etcd: {} puts, {} txns, {:.1} MB sent to clients, {} fsyncs (mean {:.1} ms)",
+        sum("etcd_mvcc_put_total"),
+        sum("etcd_mvcc_txn_total"),
+        sum("etcd_network_client_grpc_sent_bytes_total") / 1e6,
+        fsyncs,
+        sum("etcd_disk_wal_fsync_duration_seconds_sum") * 1e3 / fsyncs.max(1.0)
+    )
+}
+
+/// CPU seconds (user + system) the running agents have used, from /proc.
+fn agents_cpu_secs(agents: &[Agent]) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    agents
+        .iter()
+        .filter_map(|a| std::fs::read_to_string(format!("/proc/{}/stat", a.pid())).ok())
+        .filter_map(|stat| {
+            // Fields after the command's closing parenthesis; utime and stime are 14 and 15.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / ticks
+}
+
 /// Busiest agent's targets over the mean.
 fn balance(owners: &HashMap<u64, String>, agents: usize) -> f64 {
     let mut per: HashMap<&str, usize> = HashMap::new();
@@ -643,6 +682,12 @@ fn ten_agents_ten_thousand_targets_balance_and_movement() {
     for s in sizes.iter_mut().take(short) {
         *s += 1;
     }
+    let spec: agent::kv::KvSpec = format!("etcd://{ep}").parse().unwrap();
+    let store = rt.block_on(agent::kv::connect(&spec)).expect("etcd");
+    // Each PUT's latency next to a plain etcd write from here (another connection): what the
+    // store takes, and what the agent adds while its cluster starts the loops.
+    let mut put_latency = Vec::with_capacity(CONFIGS);
+    let mut etcd_latency = Vec::with_capacity(CONFIGS);
     for (i, n) in sizes.iter().enumerate() {
         let list = (0..*n)
             .map(|k| format!("'c{i:02}-t{k:05}'"))
@@ -652,6 +697,7 @@ fn ten_agents_ten_thousand_targets_balance_and_movement() {
             "scrape_configs:\n  - job_name: probe-{i:02}\n    scrape_interval: 1m\n    static_configs:\n      - targets: [{list}]\n    relabel_configs:\n      - source_labels: [__address__]\n        target_label: __param_target\n      - target_label: __address__\n        replacement: {exporter}\n"
         );
         let a = &agents[i % agents.len()];
+        let sent = Instant::now();
         let r = a
             .try_req(
                 "PUT",
@@ -668,9 +714,24 @@ fn ten_agents_ten_thousand_targets_balance_and_movement() {
                 )
             });
         assert_eq!(r.status, 201, "{r:?}");
+        put_latency.push(sent.elapsed());
+        let sent = Instant::now();
+        rt.block_on(store.put("probe/latency", vec![b'x'; 64]))
+            .expect("etcd put");
+        etcd_latency.push(sent.elapsed());
     }
-    let spec: agent::kv::KvSpec = format!("etcd://{ep}").parse().unwrap();
-    let store = rt.block_on(agent::kv::connect(&spec)).expect("etcd");
+    put_latency.sort();
+    etcd_latency.sort();
+    eprintln!(
+        "config PUTs while the agents start their loops: max {:?}, median {:?}, over 1 s: {}; a plain etcd put meanwhile: max {:?}, median {:?}",
+        put_latency[put_latency.len() - 1],
+        put_latency[put_latency.len() / 2],
+        put_latency.iter().filter(|d| **d > Duration::from_secs(1)).count(),
+        etcd_latency[etcd_latency.len() - 1],
+        etcd_latency[etcd_latency.len() / 2],
+    );
+    rt.block_on(store.delete("probe/latency"))
+        .expect("etcd delete");
     let mut before = (0, Vec::new(), HashMap::new(), 0);
     let took = wait(
         "10,000 targets assigned to 9 agents",
@@ -682,8 +743,10 @@ fn ten_agents_ten_thousand_targets_balance_and_movement() {
     );
     let b9 = balance(&before.2, AGENTS - 1);
     eprintln!(
-        "9 agents: every target assigned {took:?} after the PUTs, epoch {}, max/mean {b9:.3}",
-        before.0
+        "9 agents: every target assigned {took:?} after the PUTs, epoch {}, max/mean {b9:.3}; agents' CPU {:.1} s; {}",
+        before.0,
+        agents_cpu_secs(&agents),
+        etcd_load(&ep)
     );
 
     // The 10th agent joins.
@@ -755,6 +818,17 @@ fn ten_agents_ten_thousand_targets_balance_and_movement() {
             eprintln!("{}: {}", a.name(), &l[..l.len().min(300)]);
         }
     }
+    // Every assignment the leaders wrote (epoch, members): a member missing from an epoch
+    // other than the leaver's is what makes a leave move more than the leaver's targets.
+    for a in &agents {
+        for l in a
+            .log()
+            .lines()
+            .filter(|l| l.contains("target assignment written") || l.contains("heartbeat"))
+        {
+            eprintln!("{}: {}", a.name(), &l[..l.len().min(700)]);
+        }
+    }
     let b_left = balance(&left.2, AGENTS - 1);
     eprintln!(
         "graceful leave: {} targets moved, the leaver had {}, max/mean {b_left:.3}",
@@ -763,7 +837,7 @@ fn ten_agents_ten_thousand_targets_balance_and_movement() {
     );
     assert_eq!(moved_keys, of_leaver, "only the leaver's targets move");
     assert!(b_left <= 1.05, "max/mean {b_left}");
-    eprintln!("whole test {:?}", t0.elapsed());
+    eprintln!("whole test {:?}; {}", t0.elapsed(), etcd_load(&ep));
 }
 
 /// 20 membership changes a minute (a join or a graceful leave every 3 s, two agents always

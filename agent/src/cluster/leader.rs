@@ -3,11 +3,13 @@
 //! by compare-and-swap (two agents that both believe they lead during a ring change cannot both
 //! write an epoch).
 //!
-//! Eligible: a ring member healthy for ownership (ACTIVE, heartbeat fresh, with the KV-outage
-//! grace of [`super::heartbeat_grace`] already applied to the ring it is given) that publishes
-//! an agent key (it runs in target sharding mode). LEAVING members are not eligible, so a
-//! graceful leave moves exactly the leaver's targets; a dead member stops being eligible when
-//! its heartbeat is older than `heartbeat_timeout`.
+//! Eligible: an ACTIVE ring member that publishes an agent key (it runs in target sharding
+//! mode) and is alive: its heartbeat (with the KV-outage grace of [`super::heartbeat_grace`]
+//! already applied to the ring it is given) or its agent key is at most `heartbeat_timeout` old
+//! (see `agent/src/cluster/liveness.rs`: a heartbeat can lose the ring key's CAS race for
+//! longer than that while its member is alive). LEAVING members are not eligible, so a
+//! graceful leave moves exactly the leaver's targets; a dead member stops being eligible
+//! `heartbeat_timeout` after its last heartbeat or key write.
 //!
 //! The leader recomputes when the ring's topology or health changes, when a config's targets or
 //! an agent key change, and writes only when the result differs from the assignment in the
@@ -23,6 +25,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::assign::{assign, Members};
+use super::liveness;
 use super::store::{self, AssignmentDoc, ConfigOwners, Expect, Layout, TargetKey, FORMAT_VERSION};
 use super::view::ShardState;
 use crate::clock::{self, Clock};
@@ -42,8 +45,11 @@ pub fn eligible(ring: &Ring, state: &ShardState, now: SystemTime) -> Vec<String>
     let mut ids: Vec<String> = ring
         .instances()
         .iter()
-        .filter(|m| m.is_healthy(Operation::Write, ring.heartbeat_timeout(), now))
-        .filter(|m| state.agents.contains_key(&m.id))
+        .filter(|m| Operation::Write.allows(m.instance_state()))
+        .filter(|m| match state.agents.get(&m.id) {
+            Some(st) => liveness::alive(m, Some(st), ring.heartbeat_timeout(), now),
+            None => false,
+        })
         .map(|m| m.id.clone())
         .collect();
     ids.sort();
@@ -163,36 +169,54 @@ pub async fn run(
 ) {
     let mut next_gc = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut leading = false;
+    // What the last computation was given: most view changes are other agents' handoff lists,
+    // which do not change the assignment, and a computation is O(targets).
+    let mut last_inputs: Option<Inputs> = None;
+    // When a member alive now stops being alive unless seen again (nothing else wakes us then).
+    let mut recheck: Option<tokio::time::Instant> = None;
     loop {
+        let wake = recheck.map_or(next_gc, |r| r.min(next_gc));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = ring.changed() => if r.is_err() { return },
             v = view.changed() => if v.is_err() { return },
-            _ = tokio::time::sleep_until(next_gc) => {}
+            _ = tokio::time::sleep_until(wake) => {}
         }
         // Coalesce a burst (a config owner publishing many configs, a member's key and its
         // ring entry written one after the other).
         tokio::time::sleep(Duration::from_millis(50)).await;
         let r = (cx.ring)();
         let now = cx.clock.now();
+        recheck = None;
         let is_leader = r.owns(LEADER_KEY, &cx.addr, now).unwrap_or(false);
         if is_leader != leading {
             leading = is_leader;
             tracing::info!(leader = is_leader, "target assignment leadership changed");
         }
         if !is_leader {
+            last_inputs = None;
             continue;
         }
         let state = view.borrow_and_update().clone();
         let members = eligible(&r, &state, now);
-        if let Some(doc) = compute(
-            &state,
-            &members,
-            &cx.id,
-            clock::unix_millis(now),
-            cx.load_factor,
-        ) {
-            publish(&cx, &state, doc).await;
+        recheck =
+            liveness::next_expiry(&r, &state.agents, now).map(|d| tokio::time::Instant::now() + d);
+        let inputs = Inputs::of(&state, &members);
+        if last_inputs.as_ref() != Some(&inputs) {
+            let (st, m, id, lf) = (state.clone(), members, cx.id.clone(), cx.load_factor);
+            let now_ms = clock::unix_millis(now);
+            // O(targets) of CPU: off the async workers (heartbeats, the API, scrapes).
+            let doc = tokio::task::spawn_blocking(move || compute(&st, &m, &id, now_ms, lf))
+                .await
+                .ok()
+                .flatten();
+            last_inputs = Some(inputs);
+            if let Some(doc) = doc {
+                publish(&cx, &state, doc).await;
+                // Whatever the outcome, the view brings the assignment in the store, and
+                // with it another computation.
+                last_inputs = None;
+            }
         }
         if tokio::time::Instant::now() >= next_gc {
             next_gc = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -200,6 +224,37 @@ pub async fn run(
                 tracing::warn!(error = %e, "sharding: removing stale keys failed");
             }
         }
+    }
+}
+
+/// Everything [`compute`] reads, by identity: the published targets and the assignment (the
+/// view replaces a value's `Arc` when it changes; the snapshot is kept, so no address is
+/// reused meanwhile), and the eligible members. Agents' keys matter only through eligibility,
+/// and their epochs only once something is written.
+struct Inputs {
+    state: Arc<ShardState>,
+    members: Vec<String>,
+}
+
+impl Inputs {
+    fn of(state: &Arc<ShardState>, members: &[String]) -> Self {
+        Inputs {
+            state: state.clone(),
+            members: members.to_vec(),
+        }
+    }
+}
+
+impl PartialEq for Inputs {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.state, &other.state);
+        self.members == other.members
+            && Arc::ptr_eq(&a.assignment, &b.assignment)
+            && a.targets.len() == b.targets.len()
+            && a.targets
+                .iter()
+                .zip(&b.targets)
+                .all(|((n, x), (m, y))| n == m && Arc::ptr_eq(x, y))
     }
 }
 
@@ -374,6 +429,77 @@ mod tests {
             registered_timestamp: 0,
             id: id.into(),
         }
+    }
+
+    /// A graceful leave at the moment a live member's heartbeat has lost the ring key's CAS race
+    /// for longer than heartbeat_timeout (its agent key, a plain put, is fresh): only the
+    /// leaver's targets move. Judged by heartbeats alone, that member's targets moved too.
+    #[test]
+    fn a_graceful_leave_moves_only_the_leavers_targets_while_a_heartbeat_is_late() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let now_ms = 1_000_000;
+        let timeout = Duration::from_secs(15);
+        let all = ["a", "b", "c", "d"];
+        let mut s = state(&[("big", 300), ("small", 100)], &all);
+        for id in all {
+            s.agents.insert(
+                id.into(),
+                Arc::new(AgentStatus {
+                    updated_ms: now_ms - 2_000,
+                    ..(*status(1)).clone()
+                }),
+            );
+        }
+        let mut d = Desc::default();
+        for id in all {
+            d.ingesters
+                .insert(id.into(), member(id, InstanceState::Active, 999));
+        }
+        let ring = Ring::new(d.clone(), timeout);
+        let first = compute(&s, &eligible(&ring, &s, now), "a", now_ms, 1.0).expect("first");
+        assert_eq!(first.counts(), vec![100, 100, 100, 100]);
+        s.assignment = Arc::new(first.clone());
+
+        // d leaves gracefully; c's last heartbeat that landed is 20 s old.
+        d.ingesters.get_mut("d").unwrap().state = InstanceState::Leaving as i32;
+        d.ingesters.get_mut("c").unwrap().timestamp = 980;
+        let ring = Ring::new(d, timeout);
+        let members = eligible(&ring, &s, now);
+        assert_eq!(members, ids(&["a", "b", "c"]));
+        let next = compute(&s, &members, "a", now_ms, 1.0).expect("leave");
+        let owner = |doc: &AssignmentDoc| -> HashMap<u64, String> {
+            doc.configs
+                .iter()
+                .flat_map(|c| {
+                    c.keys
+                        .iter()
+                        .zip(&c.owners)
+                        .map(|(k, &o)| (k.0, doc.members[o as usize].clone()))
+                })
+                .collect()
+        };
+        let (before, after) = (owner(&first), owner(&next));
+        let moved: BTreeSet<u64> = before
+            .iter()
+            .filter(|(k, o)| after.get(*k) != Some(*o))
+            .map(|(k, _)| *k)
+            .collect();
+        let leavers: BTreeSet<u64> = before
+            .iter()
+            .filter(|(_, o)| *o == "d")
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(moved, leavers, "only the leaver's targets move");
+
+        // Once c's key is as old as its heartbeat, c is dead: its targets move too.
+        s.agents.insert(
+            "c".into(),
+            Arc::new(AgentStatus {
+                updated_ms: now_ms - 16_000,
+                ..(*status(1)).clone()
+            }),
+        );
+        assert_eq!(eligible(&ring, &s, now), ids(&["a", "b"]));
     }
 
     #[test]

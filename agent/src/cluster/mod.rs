@@ -30,6 +30,7 @@
 pub mod assign;
 pub mod handoff;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;
 pub mod publish;
 pub mod report;

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handoff::{Action, Handoffs, Peers, Published};
 use super::leader::{self, LeaderContext};
+use super::liveness;
 use super::metrics::ShardingMetrics;
 use super::publish::Publisher;
 use super::store::{self, AgentStatus, Expect, Layout, TargetKey, FORMAT_VERSION};
@@ -46,9 +47,6 @@ use crate::ring::lookup::Ring;
 use crate::ring::model::Desc;
 use crate::scrape::assigned::{AssignedJob, AssignedSource, AssignedTarget, LoopEvent, Mode};
 use crate::scrape::target::{from_full_labels, Target};
-
-/// How often the agent key is rewritten without a change (its load figures).
-const STATUS_REFRESH: Duration = Duration::from_secs(10);
 
 /// Per (instance, job): the sender of its assigned targets.
 type Jobs = HashMap<(String, String), watch::Sender<Arc<AssignedJob>>>;
@@ -161,6 +159,7 @@ impl TargetSharding {
         let (commands, rx) = mpsc::unbounded_channel();
         let registry = cx.registry.clone();
         let ring_now = cx.ring_now.clone();
+        let ring_now_timeout = ring_now().heartbeat_timeout();
         tokio::spawn(leader::run(
             LeaderContext {
                 kv: cx.kv.clone(),
@@ -197,6 +196,7 @@ impl TargetSharding {
             handoffs: Handoffs::new(),
             modes: HashMap::new(),
             configs: BTreeMap::new(),
+            instances: HashMap::new(),
             applied: BTreeMap::new(),
             mine: HashSet::new(),
             assigned_before: HashSet::new(),
@@ -207,6 +207,8 @@ impl TargetSharding {
             written: written_rx,
             leaving: None,
             fence_check: None,
+            live_check: None,
+            key_refresh: liveness::key_refresh(ring_now_timeout),
             last_status: tokio::time::Instant::now(),
             first_epoch: true,
             cx,
@@ -354,6 +356,9 @@ struct Runtime {
     modes: HashMap<TargetKey, Want>,
     /// Every valid config in the store, by name.
     configs: BTreeMap<String, InstanceConfig>,
+    /// The instance each of `configs` runs in (its group hash is a YAML rendering and an MD5:
+    /// computed once per config change, not once per target per step).
+    instances: HashMap<String, String>,
     /// Configs run as instances here.
     applied: BTreeMap<String, InstanceConfig>,
     /// Keys this agent owns in the epoch it applied.
@@ -370,6 +375,11 @@ struct Runtime {
     leaving: Option<(tokio::time::Instant, oneshot::Sender<()>)>,
     /// When this agent's own heartbeat, as the ring shows it now, gets old enough to fence it.
     fence_check: Option<tokio::time::Instant>,
+    /// When the first live peer would stop being alive unless seen again.
+    live_check: Option<tokio::time::Instant>,
+    /// How often the agent key is rewritten without a change (it is half of this agent's
+    /// liveness, see `agent/src/cluster/liveness.rs`).
+    key_refresh: Duration,
     last_status: tokio::time::Instant,
     first_epoch: bool,
 }
@@ -382,10 +392,14 @@ impl Runtime {
     ) {
         let mut ring = self.cx.ring.clone();
         loop {
-            let deadline = [self.handoffs.next_deadline(), self.fence_check]
-                .into_iter()
-                .flatten()
-                .fold(self.last_status + STATUS_REFRESH, |a, b| a.min(b));
+            let deadline = [
+                self.handoffs.next_deadline(),
+                self.fence_check,
+                self.live_check,
+            ]
+            .into_iter()
+            .flatten()
+            .fold(self.last_status + self.key_refresh, |a, b| a.min(b));
             tokio::select! {
                 _ = stop.cancelled() => break,
                 cmd = commands.recv() => match cmd {
@@ -395,6 +409,10 @@ impl Runtime {
                             all.into_iter().map(|c| (c.name.clone(), c)).collect();
                         if configs != self.configs {
                             // Targets are built again for changed scrape configs.
+                            self.instances = configs
+                                .values()
+                                .map(|c| (c.name.clone(), instance_name(c, self.cx.instance_mode)))
+                                .collect();
                             self.configs = configs;
                             self.built.clear();
                         }
@@ -402,6 +420,7 @@ impl Runtime {
                     }
                     Some(Command::Deleted(name)) => {
                         self.configs.remove(&name);
+                        self.instances.remove(&name);
                         self.publisher.deleted(&name).await;
                     }
                     Some(Command::Leave(deadline, tx)) => self.leaving = Some((deadline, tx)),
@@ -412,13 +431,14 @@ impl Runtime {
                 changed = ring.changed() => if changed.is_err() { break },
                 event = self.cx.events.recv() => match event {
                     None => break,
-                    Some(LoopEvent::Scraped { key }) => self.handoffs.scraped(TargetKey(key)),
-                    Some(LoopEvent::Released { key, last_ms }) => {
-                        let key = TargetKey(key);
-                        self.modes.remove(&key);
-                        let now = tokio::time::Instant::now();
-                        let acts = self.handoffs.flushed(key, last_ms, self.mine.contains(&key), now, self.cx.clock.unix_millis());
-                        self.perform(acts);
+                    Some(event) => {
+                        self.loop_event(event);
+                        // A burst (every loop of a new epoch reporting its first scrape) is
+                        // one step: each step is O(targets), one per event would be quadratic
+                        // and keep this runtime's workers (heartbeats, the API) waiting.
+                        while let Ok(event) = self.cx.events.try_recv() {
+                            self.loop_event(event);
+                        }
                     }
                 },
                 _ = tokio::time::sleep_until(deadline) => {}
@@ -442,6 +462,25 @@ impl Runtime {
             }
         }
         self.publisher.stop_all().await;
+    }
+
+    fn loop_event(&mut self, event: LoopEvent) {
+        match event {
+            LoopEvent::Scraped { key } => self.handoffs.scraped(TargetKey(key)),
+            LoopEvent::Released { key, last_ms } => {
+                let key = TargetKey(key);
+                self.modes.remove(&key);
+                let now = tokio::time::Instant::now();
+                let acts = self.handoffs.flushed(
+                    key,
+                    last_ms,
+                    self.mine.contains(&key),
+                    now,
+                    self.cx.clock.unix_millis(),
+                );
+                self.perform(acts);
+            }
+        }
     }
 
     fn perform(&mut self, actions: Vec<Action>) {
@@ -543,16 +582,23 @@ impl Runtime {
         let ring = (self.cx.ring_now)();
         let timeout = ring.heartbeat_timeout();
         let wall = self.cx.clock.now();
-        let (fenced, fence_in) = fence(&ring, &self.cx.id, wall);
+        let (fenced, fence_in) = fence(
+            &ring,
+            &self.cx.id,
+            state.agents.get(&self.cx.id).map(|s| &**s),
+            wall,
+        );
         self.fence_check = fence_in.map(|d| now + d);
         let acts = self.handoffs.fence(fenced, now);
         self.perform(acts);
         let live: BTreeSet<&str> = ring
             .instances()
             .iter()
-            .filter(|m| m.heartbeat_fresh(timeout, wall))
+            .filter(|m| liveness::alive(m, state.agents.get(&m.id).map(|s| &**s), timeout, wall))
             .map(|m| m.id.as_str())
             .collect();
+        // A peer that dies writes nothing: look again when the first live one would expire.
+        self.live_check = liveness::next_expiry(&ring, &state.agents, wall).map(|d| now + d);
         let peers = Peers::new(
             state
                 .agents
@@ -564,7 +610,7 @@ impl Runtime {
         self.perform(acts);
 
         self.publish_jobs(&state).await;
-        if self.handoffs.take_dirty() || now >= self.last_status + STATUS_REFRESH {
+        if self.handoffs.take_dirty() || now >= self.last_status + self.key_refresh {
             self.publish_status(now_ms);
             self.last_status = now;
         }
@@ -588,9 +634,8 @@ impl Runtime {
             let Some(sc) = cfg.scrape_configs.iter().find(|s| &s.job_name == job_name) else {
                 continue;
             };
-            let instance = match self.cx.instance_mode {
-                InstanceMode::Distinct => cfg.name.clone(),
-                InstanceMode::Shared => group_hash(cfg),
+            let Some(instance) = self.instances.get(&r.config).cloned() else {
+                continue;
             };
             wanted.insert(r.config.clone());
             let entry = jobs
@@ -707,6 +752,14 @@ impl Runtime {
     }
 }
 
+/// The instance a config runs in (the instance manager's grouping).
+fn instance_name(cfg: &InstanceConfig, mode: InstanceMode) -> String {
+    match mode {
+        InstanceMode::Distinct => cfg.name.clone(),
+        InstanceMode::Shared => group_hash(cfg),
+    }
+}
+
 /// The part of `heartbeat_timeout` an agent's own heartbeat may age before it fences itself
 /// (stops writing): the others judge it dead at the whole timeout, so it stops a quarter of
 /// the timeout (at least a second) before any of them can take a target over without a handoff.
@@ -714,11 +767,18 @@ fn fence_age(heartbeat_timeout: Duration) -> Duration {
     heartbeat_timeout.saturating_sub((heartbeat_timeout / 4).max(Duration::from_secs(1)))
 }
 
-/// Whether agent `id` must fence itself by its own heartbeat in `ring` (the KV-outage grace
-/// applied: during an outage nobody is judged by it, and nobody fences), and if not, how long
-/// until it must at the latest (when it will look again). Not a member (not yet registered, or
-/// forgotten): fenced, no timer (the ring wakes the runtime when it changes).
-fn fence(ring: &Ring, id: &str, now: std::time::SystemTime) -> (bool, Option<Duration>) {
+/// Whether agent `id` must fence itself by how the others see it alive (its heartbeat in
+/// `ring`, the KV-outage grace applied: during an outage nobody is judged by it, and nobody
+/// fences; or its own agent key `own` as the store holds it, whichever is newer: see
+/// `agent/src/cluster/liveness.rs`), and if not, how long until it must at the latest (when it
+/// will look again). Not a member (not yet registered, or forgotten): fenced, no timer (the
+/// ring wakes the runtime when it changes).
+fn fence(
+    ring: &Ring,
+    id: &str,
+    own: Option<&AgentStatus>,
+    now: std::time::SystemTime,
+) -> (bool, Option<Duration>) {
     let timeout = ring.heartbeat_timeout();
     if timeout.is_zero() {
         return (false, None);
@@ -726,7 +786,8 @@ fn fence(ring: &Ring, id: &str, now: std::time::SystemTime) -> (bool, Option<Dur
     let Some(me) = ring.instances().iter().find(|m| m.id == id) else {
         return (true, None);
     };
-    let age = crate::ring::lookup::heartbeat_age_nanos(me.timestamp, now).max(0) as u128;
+    let seen_ms = liveness::last_seen_ms(me, own);
+    let age = (crate::clock::unix_millis(now) - seen_ms).max(0) as u128 * 1_000_000;
     let limit = fence_age(timeout).as_nanos();
     if age > limit {
         (true, None)
@@ -776,5 +837,59 @@ async fn write_status(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::model::{InstanceDesc, InstanceState};
+    use std::time::SystemTime;
+
+    fn ring(heartbeat_s: i64) -> Ring {
+        let mut d = Desc::default();
+        d.ingesters.insert(
+            "me".into(),
+            InstanceDesc {
+                addr: "me:1".into(),
+                timestamp: heartbeat_s,
+                state: InstanceState::Active as i32,
+                tokens: vec![1],
+                zone: String::new(),
+                registered_timestamp: 0,
+                id: "me".into(),
+            },
+        );
+        Ring::new(d, Duration::from_secs(15))
+    }
+
+    fn key(updated_ms: i64) -> AgentStatus {
+        AgentStatus {
+            v: FORMAT_VERSION,
+            addr: String::new(),
+            epoch: 1,
+            ready: vec![],
+            releasing: vec![],
+            released: vec![],
+            started: vec![],
+            targets: 0,
+            active_series: 0,
+            updated_ms,
+        }
+    }
+
+    /// The fence follows what the others judge by: a heartbeat that keeps losing the ring CAS
+    /// does not fence an agent whose key is fresh; both old (over 15 s - 3.75 s) does.
+    #[test]
+    fn an_agent_fences_itself_only_when_neither_heartbeat_nor_key_is_fresh() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        assert!(!fence(&ring(999), "me", None, now).0);
+        assert!(fence(&ring(985), "me", None, now).0);
+        let (fenced, recheck) = fence(&ring(985), "me", Some(&key(998_000)), now);
+        assert!(!fenced);
+        // Looks again when the key gets 11.25 s old: 9.25 s from now.
+        assert_eq!(recheck, Some(Duration::from_millis(9_251)));
+        assert!(fence(&ring(985), "me", Some(&key(988_000)), now).0);
+        assert_eq!(fence(&ring(999), "other", None, now), (true, None));
     }
 }

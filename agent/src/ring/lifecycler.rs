@@ -351,6 +351,24 @@ impl Drop for Lifecycler {
     }
 }
 
+/// Warns when a heartbeat landed more than half a `heartbeat_timeout` after the previous one:
+/// peers judge this agent dead at a full timeout, so this is the early sign, split into the
+/// two causes an operator can act on: the timer firing late (this process's async workers were
+/// busy) and the ring write itself taking long (the KV store is slow or contended).
+fn late_heartbeat(s: &LifecyclerSettings, gap: Duration, timer_late: Duration, write: Duration) {
+    if s.heartbeat_timeout.is_zero() || gap <= s.heartbeat_timeout / 2 {
+        return;
+    }
+    tracing::warn!(
+        id = %s.id,
+        since_last = ?gap,
+        timer_late = ?timer_late,
+        write = ?write,
+        heartbeat_timeout = ?s.heartbeat_timeout,
+        "ring heartbeat landed late: peers judge a member dead once its heartbeat is heartbeat_timeout old (timer_late: this agent's runtime was busy; write: the KV store was slow)"
+    );
+}
+
 impl Inner {
     fn set_state(&self, local: &mut Local, state: InstanceState) {
         local.state = state;
@@ -438,17 +456,24 @@ impl Inner {
             _ => None,
         };
         let mut backoff = Backoff::new(self.s.heartbeat_period);
+        let mut landed = Instant::now();
         loop {
             let transition_at = next_transition;
             tokio::select! {
-                _ = ticker.tick() => {
-                    if let Err(e) = self.heartbeat().await {
-                        tracing::warn!(
+                due = ticker.tick() => {
+                    let started = Instant::now();
+                    match self.heartbeat().await {
+                        Ok(_) => {
+                            let now = Instant::now();
+                            late_heartbeat(&self.s, now - landed, started - due, now - started);
+                            landed = now;
+                        }
+                        Err(e) => tracing::warn!(
                             store = %self.store.describe(),
                             id = %self.s.id,
                             error = %e,
                             "ring heartbeat failed; configs stay where they are and joins/leaves wait until the store answers"
-                        );
+                        ),
                     }
                 }
                 _ = sleep_until_opt(transition_at), if transition_at.is_some() => {
