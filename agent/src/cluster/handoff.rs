@@ -449,7 +449,7 @@ impl Handoffs {
         }
         tracing::warn!(
             targets = writing.len(),
-            "this agent's own heartbeat in the ring is about to be judged stale (the KV store or this host is slow); it stops writing its targets until the heartbeat is fresh, so that no target gets two writers"
+            "this agent is about to be judged dead (neither its ring heartbeat nor its sharding key landed for most of heartbeat_timeout: the KV store or this host is slow); it stops writing its targets until one is fresh again, so that no target gets two writers"
         );
         let mut actions = Vec::new();
         for (key, interval) in writing {

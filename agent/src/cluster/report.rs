@@ -159,7 +159,7 @@ fn explain(state: &ShardState, key: TargetKey, owner: Option<&str>, since: Optio
     let a = &state.assignment;
     let Some(owner) = owner else {
         return if a.members.is_empty() {
-            "not assigned: no agent is eligible (ACTIVE, healthy, in target sharding mode)".into()
+            "not assigned: no agent is eligible (ACTIVE, alive by its heartbeat or its sharding key, in target sharding mode)".into()
         } else {
             format!(
                 "not assigned yet: epoch {} does not include it (the leader assigns new targets as soon as it sees them)",
