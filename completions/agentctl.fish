@@ -236,7 +236,7 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_s
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget owner help" -f -a "forget" -d 'Remove a member from the ring (what the Forget button of /debug/ring does)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget owner help" -f -a "owner" -d 'Which agent scrapes a target, and why (scraping_service.sharding: targets)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and not __fish_seen_subcommand_from status forget owner help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -s a -l addr -d 'URL of an agent whose /debug/ring is used [default: http://localhost:12345]' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -s a -l addr -d 'URL of an agent to ask (its /debug/ring; `ring owner`: its /agent/api/v1/ring/owner) [default: http://localhost:12345]' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l kv -d 'Read the ring from the KV store: etcd://host:port[,host:port] (etcds:// for TLS) or embedded:PATH' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l ring.prefix -d 'Key prefix of the ring in the KV store' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l ca-file -d 'CA certificates (PEM) that sign the agent\'s or etcd\'s certificate, instead of the system\'s' -r -F
@@ -260,7 +260,7 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -l tokens -d 'List each member\'s tokens'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -s a -l addr -d 'URL of an agent whose /debug/ring is used [default: http://localhost:12345]' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -s a -l addr -d 'URL of an agent to ask (its /debug/ring; `ring owner`: its /agent/api/v1/ring/owner) [default: http://localhost:12345]' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l kv -d 'Read the ring from the KV store: etcd://host:port[,host:port] (etcds:// for TLS) or embedded:PATH' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l ring.prefix -d 'Key prefix of the ring in the KV store' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l ca-file -d 'CA certificates (PEM) that sign the agent\'s or etcd\'s certificate, instead of the system\'s' -r -F
@@ -280,7 +280,7 @@ json\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -l insecure-skip-verify -d 'Accept any server certificate (for tests; the connection is then not authenticated)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -s h -l help -d 'Print help'
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from forget" -s V -l version -d 'Print version'
-complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -s a -l addr -d 'URL of an agent whose /debug/ring is used [default: http://localhost:12345]' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -s a -l addr -d 'URL of an agent to ask (its /debug/ring; `ring owner`: its /agent/api/v1/ring/owner) [default: http://localhost:12345]' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l kv -d 'Read the ring from the KV store: etcd://host:port[,host:port] (etcds:// for TLS) or embedded:PATH' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l ring.prefix -d 'Key prefix of the ring in the KV store' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand ring; and __fish_seen_subcommand_from owner" -l ca-file -d 'CA certificates (PEM) that sign the agent\'s or etcd\'s certificate, instead of the system\'s' -r -F

@@ -489,7 +489,7 @@ and the reason for its place. --addr asks an agent (GET /agent/api/v1/ring/owner
 
 #[derive(Debug, Args)]
 pub struct RingSourceArgs {
-    /// URL of an agent whose /debug/ring is used [default: http://localhost:12345]
+    /// URL of an agent to ask (its /debug/ring; `ring owner`: its /agent/api/v1/ring/owner) [default: http://localhost:12345]
     #[arg(short = 'a', long = "addr", value_name = "URL", conflicts_with = "kv")]
     pub addr: Option<String>,
 
