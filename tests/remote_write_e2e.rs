@@ -862,5 +862,247 @@ async fn e2e_sigkill_with_shards_out_of_phase_loses_nothing() {
     stop(agent);
 }
 
+/// A proxy in front of Prometheus that forwards every remote_write request and returns
+/// Prometheus's answer, except the `hold`-th request carrying samples: forwarded (Prometheus
+/// stores it) and then never answered, so the agent has its batch delivered but not
+/// acknowledged, and cannot have saved progress past it, until it is killed. That is the
+/// crash between "the receiver has it" and "the progress file says so", made certain.
+#[derive(Clone)]
+struct HoldingProxy {
+    upstream: String,
+    client: reqwest::Client,
+    hold: usize,
+    /// Every forwarded request carrying samples: Prometheus's status, and the request.
+    forwarded: Arc<Mutex<Vec<(u16, WriteRequest)>>>,
+    /// The held request, once forwarded and stored.
+    held: Arc<Mutex<Option<WriteRequest>>>,
+}
+
+impl HoldingProxy {
+    async fn serve(upstream: String, hold: usize) -> (HoldingProxy, String) {
+        let proxy = HoldingProxy {
+            upstream,
+            client: reqwest::Client::new(),
+            hold,
+            forwarded: Arc::default(),
+            held: Arc::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .route("/api/v1/write", axum::routing::post(hold_or_forward))
+            .with_state(proxy.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (proxy, format!("http://{addr}/api/v1/write"))
+    }
+
+    fn held(&self) -> Option<WriteRequest> {
+        self.held.lock().unwrap().clone()
+    }
+}
+
+async fn hold_or_forward(
+    axum::extract::State(proxy): axum::extract::State<HoldingProxy>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let req = WriteRequest::decode_snappy(&body).ok();
+    let mut upstream = proxy.client.post(&proxy.upstream).body(body.to_vec());
+    for (name, value) in &headers {
+        if name.as_str().starts_with("content-") || name.as_str().starts_with("x-") {
+            upstream = upstream.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let resp = match upstream.send().await {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let hold = match req {
+        Some(r) if r.timeseries.iter().any(|t| !t.samples.is_empty()) => {
+            let mut fwd = proxy.forwarded.lock().unwrap();
+            fwd.push((status, r.clone()));
+            let nth = fwd.iter().filter(|(s, _)| *s < 300).count();
+            let hold = status < 300 && nth == proxy.hold && proxy.held().is_none();
+            if hold {
+                *proxy.held.lock().unwrap() = Some(r);
+            }
+            hold
+        }
+        _ => false,
+    };
+    if hold {
+        // Stored at the receiver; the agent never hears so.
+        std::future::pending::<()>().await;
+    }
+    (StatusCode::from_u16(status).unwrap(), text).into_response()
+}
+
+/// The samples of one request: (series labels, timestamp), NaN staleness markers left out.
+fn samples_of(r: &WriteRequest) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for ts in &r.timeseries {
+        let key: Vec<String> = ts
+            .labels
+            .iter()
+            .map(|l| format!("{}={}", l.name, l.value))
+            .collect();
+        for s in &ts.samples {
+            if !s.value.is_nan() {
+                out.push((key.join(","), s.timestamp));
+            }
+        }
+    }
+    out
+}
+
+/// A SIGKILL right after a partial batch (sent at `batch_send_deadline`) reached Prometheus and
+/// before the agent heard back (so before the progress file could record it), with more scrapes
+/// committed behind it. After the restart the shard resends from its saved mark: the batch
+/// Prometheus already has, then the scrapes it never got. Prometheus refuses a request holding
+/// a sample older than its series' newest (400 "out of order sample") and rolls the whole
+/// request back: sent as one request, the scrapes committed behind the held batch were lost
+/// with it (every run of this test on main before the fix). Now a request refused with 400 in
+/// the resend window after a start is split until only the samples the receiver already has
+/// are refused: nothing may be missing, and exactly the resent samples older than their
+/// series' newest at the receiver may be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_sigkill_after_an_unacknowledged_partial_batch_loses_nothing() {
+    install_crypto();
+    let prom = tokio::task::spawn_blocking(Prometheus::start)
+        .await
+        .unwrap();
+    let target = Target::start().await;
+    // The third batch is held: two acknowledged before it, so progress is on disk.
+    let (proxy, url) = HoldingProxy::serve(prom.write_url(), 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = agent_yaml(dir.path());
+    let mut agent = start_agent(dir.path(), Some(&cfg));
+    // One shard; batches of ~3 scrapes (315 samples) sent at the deadline, far below
+    // max_samples_per_send: partial batches. remote_timeout outlasts the hold, so the held
+    // batch is never retried before the kill.
+    let queue = "    remote_timeout: 5m\n    queue_config:\n      min_shards: 1\n      \
+                 max_shards: 1\n      max_samples_per_send: 2000\n      \
+                 batch_send_deadline: 3s\n";
+    put_config(
+        &agent,
+        "e2e-held",
+        &instance_yaml(&target.addr, &[&url], queue),
+    )
+    .await;
+    let held = wait_for(
+        "the third batch forwarded and held",
+        Duration::from_secs(60),
+        || async { proxy.held() },
+    )
+    .await;
+    // More scrapes committed behind the held batch, queued in the blocked shard.
+    scrapes(&target, 4).await;
+    let progress = dir.path().join("wal/e2e-held/remote_write/rw0");
+    let marks = std::fs::read_to_string(&progress).unwrap_or_default();
+    agent.kill();
+    let killed_at = target.served();
+
+    // What Prometheus has from before the kill, per series: the timestamps it stored.
+    let before: Vec<(u16, WriteRequest)> = proxy.forwarded.lock().unwrap().clone();
+    let mut stored: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    let mut acknowledged_highest = i64::MIN;
+    for (status, r) in &before {
+        if *status >= 300 {
+            continue;
+        }
+        let held_one = r == &held;
+        for (series, t) in samples_of(r) {
+            stored.entry(series).or_default().insert(t);
+            if !held_one {
+                acknowledged_highest = acknowledged_highest.max(t);
+            }
+        }
+    }
+    // The shard resumes after its mark (one millisecond before the highest acknowledged
+    // timestamp): what it sends again that Prometheus holds, older than the series' newest
+    // there, is refused however it is sent.
+    let resent_stale: usize = stored
+        .values()
+        .map(|ts| {
+            let newest = *ts.iter().next_back().unwrap();
+            ts.iter()
+                .filter(|&&t| t >= acknowledged_highest && t < newest)
+                .count()
+        })
+        .sum();
+    let held_scrapes = samples_of(&held)
+        .iter()
+        .map(|(_, t)| *t)
+        .collect::<BTreeSet<_>>()
+        .len();
+
+    let agent = start_agent(dir.path(), Some(&cfg));
+    wait_instance(&agent, "e2e-held", true).await;
+    scrapes(&target, 6).await;
+    delete_config(&agent, "e2e-held").await;
+    let total = target.served();
+    wait_settled(&prom).await;
+    let got = received(&prom, &target.addr).await;
+    let up = up(&prom).await;
+    let rejected = prom.log().matches("Out of order sample").count();
+    let may_miss = BTreeSet::from([killed_at, total]);
+    let (expected, arrived) = check_series(&got, total, &may_miss, up).unwrap_or_else(|e| {
+        panic!(
+            "{e}\n(the held batch had {held_scrapes} scrapes; progress file at the kill \
+             {marks:?})\n{}",
+            logs(dir.path(), &prom)
+        )
+    });
+    let failed = metric(
+        &agent,
+        "prometheus_remote_storage_samples_failed_total",
+        "rw0",
+    );
+    let split = metric(
+        &agent,
+        "agent_remote_write_resend_split_requests_total",
+        "rw0",
+    );
+    let after: Vec<(u16, WriteRequest)> = proxy.forwarded.lock().unwrap()[before.len()..].to_vec();
+    let refused_requests = after.iter().filter(|(s, _)| *s == 400).count();
+    assert!(
+        resent_stale > 0 && held_scrapes >= 2,
+        "the held batch should hold several scrapes, resent below their series' newest: \
+         {held_scrapes} scrapes, {resent_stale} stale"
+    );
+    assert_eq!(
+        failed as usize, resent_stale,
+        "refused samples: only those Prometheus already had, older than its newest\n{}",
+        logs(dir.path(), &prom)
+    );
+    assert!(split > 0.0, "no request was split");
+    let log = agent.log();
+    assert!(
+        log.contains("resend after the start"),
+        "the restart's resend is not logged:\n{log}"
+    );
+    eprintln!(
+        "e2e SIGKILL after an unacknowledged partial batch: held batch of {held_scrapes} \
+         scrapes, killed after scrape {killed_at} (progress file {marks:?}); total {total} \
+         scrapes served, samples served {expected} arrived {arrived}, {up:?}; after the \
+         restart {} requests, {refused_requests} refused (400), {split} split requests, \
+         {failed} samples refused (all already at the receiver), Prometheus logged \
+         {rejected} out-of-order samples",
+        after.len()
+    );
+    println!(
+        "RELIABILITY sigkill_unacked_partial_batch_samples_lost={} \
+         sigkill_unacked_partial_batch_split_requests={split}",
+        expected
+            .saturating_sub(arrived)
+            .saturating_sub(SERIES * (up.failed as u64 + 2)),
+    );
+    stop(agent);
+}
+
 /// Exemplars, metadata and oauth2, end to end (they reuse this module's agent helpers).
 mod extras;
