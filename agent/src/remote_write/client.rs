@@ -82,7 +82,12 @@ pub enum SendError {
     },
     /// The receiver will never accept this batch (4xx other than a retried 429).
     #[error("{reason}")]
-    NonRecoverable { reason: String },
+    NonRecoverable {
+        reason: String,
+        /// The HTTP status (400 is what Prometheus answers for a sample older than its
+        /// series' newest, see `queue.rs`'s resend window).
+        status: u16,
+    },
 }
 
 impl SendError {
@@ -276,7 +281,10 @@ impl RemoteClient {
                 reason: reason(),
                 retry_after,
             }),
-            StatusClass::NonRecoverable => Err(SendError::NonRecoverable { reason: reason() }),
+            StatusClass::NonRecoverable => Err(SendError::NonRecoverable {
+                reason: reason(),
+                status: status.as_u16(),
+            }),
         }
     }
 }

@@ -50,6 +50,7 @@ pub struct RemoteWriteMetrics {
     shards_min: Family<Labels, Gauge>,
     shards_max: Family<Labels, Gauge>,
     batch_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    resend_split_requests: Family<Labels, Counter>,
     highest_timestamp: FloatGauge,
 }
 
@@ -85,6 +86,7 @@ impl RemoteWriteMetrics {
             shards_min: Family::default(),
             shards_max: Family::default(),
             batch_duration: Family::new_with_constructor(batch_histogram),
+            resend_split_requests: Family::default(),
             highest_timestamp: FloatGauge::default(),
         };
         let p = "prometheus_remote_storage_";
@@ -153,6 +155,14 @@ impl RemoteWriteMetrics {
             "Duration of send calls to the remote storage.",
             m.batch_duration.clone(),
         );
+        registry.register(
+            "agent_remote_write_resend_split_requests",
+            "Requests sent again in halves after the receiver refused a request with 400 in the \
+             first batches after a start (what a crash may have delivered without the progress \
+             file knowing): each refused half is split again, down to single samples, which are \
+             dropped and counted in prometheus_remote_storage_samples_failed_total.",
+            m.resend_split_requests.clone(),
+        );
         registry.register(format!("{p}highest_timestamp_in_seconds"), "Highest timestamp that has come into the remote storage via the Appender interface, in seconds since epoch.", m.highest_timestamp.clone());
         m
     }
@@ -185,6 +195,7 @@ impl RemoteWriteMetrics {
             shards_min: self.shards_min.get_or_create(&l).clone(),
             shards_max: self.shards_max.get_or_create(&l).clone(),
             batch_duration: self.batch_duration.get_or_create(&l).clone(),
+            resend_split_requests: self.resend_split_requests.get_or_create(&l).clone(),
             highest_timestamp: self.highest_timestamp.clone(),
         }
     }
@@ -214,6 +225,7 @@ pub(crate) struct EndpointMetrics {
     pub shards_min: Gauge,
     pub shards_max: Gauge,
     pub batch_duration: Histogram,
+    pub resend_split_requests: Counter,
     pub highest_timestamp: FloatGauge,
 }
 

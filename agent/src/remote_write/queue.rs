@@ -15,7 +15,9 @@
 //! shard task ─────────────────► batch of ≤ max_samples_per_send, sent when full or after
 //!                               batch_send_deadline; one request in flight per shard, so a
 //!                               series' samples arrive in order; retries until delivered,
-//!                               non-recoverably refused, or hard-stopped
+//!                               non-recoverably refused, or hard-stopped; in a shard's first
+//!                               batches after the start, a batch refused with 400 is sent
+//!                               again in halves (see `ResendWindow`)
 //! ```
 //!
 //! Every sample that enters `append_samples` ends in exactly one counter: `samples_total`
@@ -382,6 +384,11 @@ struct Shared {
     retiring: Mutex<Vec<Retiring>>,
     /// The endpoint's external labels, sorted.
     external: Labels,
+    /// What the first shards' resend windows did (see [`ResendWindow`]).
+    resend: ResendStats,
+    /// Unix milliseconds when the queue started: only samples at or before it can have been
+    /// delivered before this start.
+    started_ms: i64,
 }
 
 /// Series waiting to be forgotten: every shard must first finish what it had queued.
@@ -603,8 +610,17 @@ impl QueueManager {
             series: RwLock::new(SeriesTable::default()),
             retiring: Mutex::new(Vec::new()),
             external,
+            resend: ResendStats {
+                open: AtomicUsize::new(initial),
+                ..ResendStats::default()
+            },
+            started_ms: crate::clock::Clock::system().unix_millis(),
         });
-        let shards = Arc::new(tokio::sync::RwLock::new(start_shards(&shared, initial)));
+        let shards = Arc::new(tokio::sync::RwLock::new(start_shards(
+            &shared,
+            initial,
+            RESEND_WINDOW_BATCHES,
+        )));
         let reshard_task = tokio::spawn(
             reshard_loop(shared.clone(), shards.clone()).instrument(shared.span.clone()),
         );
@@ -901,7 +917,7 @@ impl QueueManager {
                     shared.metrics.metadata.inc_by(n);
                     shared.metrics.metadata_bytes.inc_by(len);
                 }
-                Outcome::Refused(reason) => {
+                Outcome::Refused { reason, .. } => {
                     shared.metrics.metadata_failed.inc_by(n);
                     return Err(QueueError::Metadata {
                         remote: shared.remote().to_owned(),
@@ -1085,7 +1101,9 @@ impl Drop for QueueManager {
     }
 }
 
-fn start_shards(shared: &Arc<Shared>, n: usize) -> Shards {
+/// Starts `n` shards, each with a resend window of `window` batches (see [`ResendWindow`]):
+/// the first shards of a queue have one, shards started by a reshard do not.
+fn start_shards(shared: &Arc<Shared>, n: usize, window: usize) -> Shards {
     let mut senders = Vec::with_capacity(n);
     let mut tasks = Vec::with_capacity(n);
     let mut states = Vec::with_capacity(n);
@@ -1102,8 +1120,12 @@ fn start_shards(shared: &Arc<Shared>, n: usize) -> Shards {
             queued: AtomicU64::new(0),
             done: AtomicU64::new(0),
         });
+        let window = ResendWindow {
+            shared: shared.clone(),
+            left: window,
+        };
         tasks.push(tokio::spawn(
-            run_shard(rx, room.clone(), state.clone(), shared.clone())
+            run_shard(rx, room.clone(), state.clone(), shared.clone(), window)
                 .instrument(shared.span.clone()),
         ));
         senders.push(ShardSender { chunks: tx, room });
@@ -1116,8 +1138,11 @@ fn start_shards(shared: &Arc<Shared>, n: usize) -> Shards {
 
 enum Outcome {
     Delivered,
-    /// Non-recoverable refusal, with the reason.
-    Refused(String),
+    /// Non-recoverable refusal: the reason and the HTTP status.
+    Refused {
+        reason: String,
+        status: u16,
+    },
     /// Hard stop during the send or its backoff.
     Cancelled,
 }
@@ -1127,6 +1152,7 @@ async fn run_shard(
     room: Arc<Semaphore>,
     state: Arc<ShardState>,
     shared: Arc<Shared>,
+    mut window: ResendWindow,
 ) {
     let max = shared.settings.queue.max_samples_per_send;
     let deadline = shared.settings.queue.batch_send_deadline.as_std();
@@ -1145,14 +1171,14 @@ async fn run_shard(
             // A flush barrier started waiting: what this shard holds goes now.
             r = barrier.changed(), if !batch.is_empty() => {
                 if r.is_ok() {
-                    send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
+                    send_batch(&shared, &state, &mut enc, &mut batch, &mut samples, &mut window).await;
                 }
             },
             chunk = rx.recv() => {
                 let Some(chunk) = chunk else {
                     // Closed (flush or reshard) and empty: send what is left, then exit.
                     if !batch.is_empty() {
-                        send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
+                        send_batch(&shared, &state, &mut enc, &mut batch, &mut samples, &mut window).await;
                     }
                     return;
                 };
@@ -1168,7 +1194,7 @@ async fn run_shard(
                     if batch.len() < max {
                         break;
                     }
-                    send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
+                    send_batch(&shared, &state, &mut enc, &mut batch, &mut samples, &mut window).await;
                     if shared.hard_stop.is_cancelled() {
                         // Counted with the batch below.
                         batch.extend(rest);
@@ -1179,11 +1205,11 @@ async fn run_shard(
                     && shared.barriers.load(Ordering::Acquire) > 0
                     && !shared.hard_stop.is_cancelled()
                 {
-                    send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
+                    send_batch(&shared, &state, &mut enc, &mut batch, &mut samples, &mut window).await;
                 }
             },
             () = &mut timer, if !batch.is_empty() => {
-                send_batch(&shared, &state, &mut enc, &mut batch, &mut samples).await;
+                send_batch(&shared, &state, &mut enc, &mut batch, &mut samples, &mut window).await;
             }
         }
     }
@@ -1218,111 +1244,316 @@ fn count_kinds(batch: &[Pending]) -> (u64, u64) {
     (batch.len() as u64 - ex, ex)
 }
 
+/// How many batches of each of a queue's first shards are in its resend window (see
+/// [`ResendWindow`]).
+const RESEND_WINDOW_BATCHES: usize = 4;
+
+/// A shard's resend window: its first [`RESEND_WINDOW_BATCHES`] batches after the queue
+/// started (shards started by a reshard have none). A batch in it that holds a sample from
+/// before the start (a timestamp at or before it: what can have been delivered before) and is
+/// refused with 400 is sent again in halves ([`resend_in_halves`]); any other 400 drops the
+/// batch, as in Prometheus.
+///
+/// Why: after a crash each shard resumes at the mark the progress file last saved
+/// (watcher.rs), so its first batches carry again what it delivered after that save, and
+/// Prometheus refuses a whole request holding one sample older than its series' newest
+/// (400 "out of order sample"): the samples behind them in the same request, never
+/// delivered, would be lost with them. Why the first batches and not "samples below the
+/// highest position acknowledged before the crash": recording that would need a write
+/// before every send, since the crash falls between the acknowledgement and the save. The
+/// save follows every finished batch, so what a shard delivered unrecorded is the batch (or
+/// the few) that finished while the last save ran, read again first after the start; four
+/// batches cover it with room. Bounded like this, a receiver that refuses everything costs at
+/// most `4 × (2 × max_samples_per_send − 1)` requests per shard after a start, not twice the
+/// requests forever.
+struct ResendWindow {
+    shared: Arc<Shared>,
+    /// Batches left in the window.
+    left: usize,
+}
+
+impl ResendWindow {
+    fn is_open(&self) -> bool {
+        self.left > 0
+    }
+
+    /// One batch was sent (or refused, or abandoned).
+    fn batch_done(&mut self) {
+        if self.left > 0 {
+            self.left -= 1;
+            if self.left == 0 {
+                self.shared.resend.close(&self.shared);
+            }
+        }
+    }
+}
+
+impl Drop for ResendWindow {
+    /// A shard that exits (stop, reshard) before its window ran out closes it.
+    fn drop(&mut self) {
+        if self.left > 0 {
+            self.left = 0;
+            self.shared.resend.close(&self.shared);
+        }
+    }
+}
+
+/// What the first shards' resend windows did; logged once, when the last window closes.
+#[derive(Default)]
+struct ResendStats {
+    /// Windows still open.
+    open: AtomicUsize,
+    /// Batches refused with 400 in a window, sent again in halves.
+    batches: AtomicU64,
+    /// Requests sent for those halves.
+    requests: AtomicU64,
+    /// Samples of those batches delivered, and refused on their own.
+    delivered: AtomicU64,
+    refused: AtomicU64,
+    /// The last refusal's reason.
+    reason: Mutex<String>,
+}
+
+impl ResendStats {
+    fn record(&self, t: &Tally, requests: u64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(requests, Ordering::Relaxed);
+        self.delivered.fetch_add(t.delivered.0, Ordering::Relaxed);
+        self.refused.fetch_add(t.refused.0, Ordering::Relaxed);
+        if let Some(r) = &t.reason {
+            r.clone_into(&mut self.reason.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
+    fn close(&self, shared: &Shared) {
+        if self.open.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let batches = self.batches.load(Ordering::Relaxed);
+        if batches == 0 {
+            return;
+        }
+        let reason = self
+            .reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        shared.span.in_scope(|| {
+            tracing::info!(
+                url = shared.client.url(),
+                refused_batches = batches,
+                requests = self.requests.load(Ordering::Relaxed),
+                samples_delivered = self.delivered.load(Ordering::Relaxed),
+                samples_refused = self.refused.load(Ordering::Relaxed),
+                last_error = %reason,
+                "remote_write: resend after the start: batches refused with 400 were sent again \
+                 in halves; the samples refused on their own (counted as failed) are those the \
+                 receiver already had from before the restart, or invalid ones"
+            )
+        });
+    }
+}
+
+/// What became of a batch's entries; pairs are (samples, exemplars).
+struct Tally {
+    delivered: (u64, u64),
+    refused: (u64, u64),
+    /// Abandoned by a hard stop.
+    cancelled: (u64, u64),
+    stopped: bool,
+    /// A request was delivered, carrying samples up to `highest_delivered`.
+    delivered_any: bool,
+    highest_delivered: i64,
+    bytes: u64,
+    /// The last refusal's reason.
+    reason: Option<String>,
+    /// Sent again in halves ([`resend_in_halves`]).
+    split: bool,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            delivered: (0, 0),
+            refused: (0, 0),
+            cancelled: (0, 0),
+            stopped: false,
+            delivered_any: false,
+            highest_delivered: NO_TIMESTAMP,
+            bytes: 0,
+            reason: None,
+            split: false,
+        }
+    }
+
+    /// The tally of one request carrying `kinds` entries up to `highest`.
+    fn whole(outcome: Outcome, kinds: (u64, u64), len: u64, highest: i64) -> Tally {
+        let mut t = Tally::new();
+        t.add(outcome, kinds, len, highest);
+        t
+    }
+
+    fn add(&mut self, outcome: Outcome, kinds: (u64, u64), len: u64, highest: i64) {
+        let add = |a: &mut (u64, u64)| {
+            a.0 += kinds.0;
+            a.1 += kinds.1;
+        };
+        match outcome {
+            Outcome::Delivered => {
+                add(&mut self.delivered);
+                self.bytes += len;
+                self.delivered_any = true;
+                self.highest_delivered = self.highest_delivered.max(highest);
+            }
+            Outcome::Refused { reason, .. } => {
+                add(&mut self.refused);
+                self.reason = Some(reason);
+            }
+            Outcome::Cancelled => {
+                add(&mut self.cancelled);
+                self.stopped = true;
+            }
+        }
+    }
+}
+
+/// The highest sample timestamp of `entries` (exemplars' timestamps say nothing about WAL
+/// progress).
+fn highest_sample(entries: &[Pending]) -> i64 {
+    entries
+        .iter()
+        .filter(|p| p.exemplar.is_none())
+        .map(|p| p.t)
+        .max()
+        .unwrap_or(NO_TIMESTAMP)
+}
+
+/// Encodes `entries` (and `samples`, their samples in the same order) as one request; entries
+/// whose series is gone are left out and returned as lost (samples, exemplars).
+///
+/// One read lock per request. Every queued entry's series was kept when it was queued and is
+/// not removed before the entry is finished; a series replaced since by one the filter drops
+/// (a WAL that reuses a ref for other labels, which Prometheus never writes) loses its queued
+/// entries, counted as dropped, as if they had arrived after the replacement.
+fn encode(
+    shared: &Shared,
+    enc: &mut WriteRequestEncoder,
+    entries: &[Pending],
+    samples: &[Sample],
+) -> (bytes::Bytes, (u64, u64)) {
+    let lost = std::cell::Cell::new((0u64, 0u64));
+    let table = shared.read_series();
+    let views = entries.iter().zip(samples.iter()).filter_map(|(p, s)| {
+        let labels = match table.get(p.series) {
+            Some(SeriesEntry::Shared(l)) => SeriesLabels::Packed {
+                labels: l.as_view(),
+                external: Some(shared.external.as_view()),
+            },
+            Some(SeriesEntry::Own(l)) => SeriesLabels::Packed {
+                labels: l.as_view(),
+                external: None,
+            },
+            _ => {
+                let (a, b) = lost.get();
+                lost.set(if p.exemplar.is_some() {
+                    (a, b + 1)
+                } else {
+                    (a + 1, b)
+                });
+                return None;
+            }
+        };
+        Some(match &p.exemplar {
+            None => ProtoSeries {
+                labels,
+                samples: std::slice::from_ref(s),
+                exemplars: &[],
+            },
+            Some(e) => ProtoSeries {
+                labels,
+                samples: &[],
+                exemplars: std::slice::from_ref(&**e),
+            },
+        })
+    });
+    // One copy per request into a refcounted buffer: retries reuse it, the encoder keeps its
+    // own.
+    let body = bytes::Bytes::copy_from_slice(enc.encode(views, &[]));
+    (body, lost.get())
+}
+
 async fn send_batch(
     shared: &Shared,
     state: &ShardState,
     enc: &mut WriteRequestEncoder,
     batch: &mut Vec<Pending>,
     samples: &mut Vec<Sample>,
+    window: &mut ResendWindow,
 ) {
     let total = batch.len();
-    let (n, n_ex) = count_kinds(batch);
+    let (queued, queued_ex) = count_kinds(batch);
     samples.clear();
     samples.extend(batch.iter().map(|p| Sample {
         value: p.v,
         timestamp: p.t,
     }));
-    let highest = batch
-        .iter()
-        .filter(|p| p.exemplar.is_none())
-        .map(|p| p.t)
-        .max()
-        .unwrap_or(NO_TIMESTAMP);
-    // One read lock per batch. Every queued entry's series was kept when it was queued and is
-    // not removed before the entry is finished; a series replaced since by one the filter
-    // drops (a WAL that reuses a ref for other labels, which Prometheus never writes) loses
-    // its queued entries, counted as dropped, as if they had arrived after the replacement.
-    let lost = std::cell::Cell::new((0u64, 0u64));
-    let body = {
-        let table = shared.read_series();
-        let views = batch.iter().zip(samples.iter()).filter_map(|(p, s)| {
-            let labels = match table.get(p.series) {
-                Some(SeriesEntry::Shared(l)) => SeriesLabels::Packed {
-                    labels: l.as_view(),
-                    external: Some(shared.external.as_view()),
-                },
-                Some(SeriesEntry::Own(l)) => SeriesLabels::Packed {
-                    labels: l.as_view(),
-                    external: None,
-                },
-                _ => {
-                    let (a, b) = lost.get();
-                    lost.set(if p.exemplar.is_some() {
-                        (a, b + 1)
-                    } else {
-                        (a + 1, b)
-                    });
-                    return None;
-                }
-            };
-            Some(match &p.exemplar {
-                None => ProtoSeries {
-                    labels,
-                    samples: std::slice::from_ref(s),
-                    exemplars: &[],
-                },
-                Some(e) => ProtoSeries {
-                    labels,
-                    samples: &[],
-                    exemplars: std::slice::from_ref(&**e),
-                },
-            })
-        });
-        // One copy per batch into a refcounted buffer: retries reuse it, the encoder keeps
-        // its own.
-        bytes::Bytes::copy_from_slice(enc.encode(views, &[]))
-    };
-    let (lost, lost_ex) = lost.get();
-    let (queued, queued_ex) = (n, n_ex);
-    let (n, n_ex) = (n - lost, n_ex - lost_ex);
+    let highest = highest_sample(batch);
+    let (body, (lost, lost_ex)) = encode(shared, enc, batch, samples);
+    let kinds = (queued - lost, queued_ex - lost_ex);
     let len = body.len() as u64;
     let m = &shared.metrics;
     let retried = || {
-        m.samples_retried.inc_by(n);
-        m.exemplars_retried.inc_by(n_ex);
+        m.samples_retried.inc_by(kinds.0);
+        m.exemplars_retried.inc_by(kinds.1);
     };
-    match send_with_backoff(shared, body, &retried).await {
-        Outcome::Delivered => {
-            m.samples.inc_by(n);
-            m.exemplars.inc_by(n_ex);
-            m.bytes.inc_by(len);
-            finish(shared, state, highest);
-            let prev = shared
-                .highest_delivered
-                .fetch_max(highest, Ordering::AcqRel);
-            m.highest_sent.set(prev.max(highest) as f64 / 1000.0);
-            let ms = shared.start.elapsed().as_millis() as i64;
-            shared.last_success_ms.store(ms, Ordering::Release);
+    let t = match send_with_backoff(shared, body, &retried).await {
+        Outcome::Refused {
+            reason,
+            status: 400,
+        } if window.is_open()
+            && total > 1
+            && batch
+                .iter()
+                .any(|p| p.exemplar.is_none() && p.t <= shared.started_ms) =>
+        {
+            resend_in_halves(shared, enc, batch, samples, reason).await
         }
-        Outcome::Refused(reason) => {
-            m.samples_failed.inc_by(n);
-            m.exemplars_failed.inc_by(n_ex);
-            // Refused data will never be accepted: the WAL need not keep it for us.
-            finish(shared, state, highest);
-            tracing::error!(
-                url = shared.client.url(),
-                samples = n,
-                exemplars = n_ex,
-                error = %reason,
-                "non-recoverable error sending samples; batch dropped"
-            );
-        }
-        Outcome::Cancelled => {
-            m.samples_dropped.inc_by(n);
-            m.exemplars_dropped.inc_by(n_ex);
-            shared.dropped_on_stop.fetch_add(n, Ordering::Relaxed);
-            state.abandoned.store(true, Ordering::Release);
-        }
+        outcome => Tally::whole(outcome, kinds, len, highest),
+    };
+    window.batch_done();
+    m.samples.inc_by(t.delivered.0);
+    m.exemplars.inc_by(t.delivered.1);
+    m.bytes.inc_by(t.bytes);
+    m.samples_failed.inc_by(t.refused.0);
+    m.exemplars_failed.inc_by(t.refused.1);
+    if t.stopped {
+        m.samples_dropped.inc_by(t.cancelled.0);
+        m.exemplars_dropped.inc_by(t.cancelled.1);
+        shared
+            .dropped_on_stop
+            .fetch_add(t.cancelled.0, Ordering::Relaxed);
+        state.abandoned.store(true, Ordering::Release);
+    } else {
+        // Delivered, or refused for good: the WAL need not keep it for us.
+        finish(shared, state, highest);
+    }
+    if t.delivered_any {
+        let prev = shared
+            .highest_delivered
+            .fetch_max(t.highest_delivered, Ordering::AcqRel);
+        m.highest_sent
+            .set(prev.max(t.highest_delivered) as f64 / 1000.0);
+        let ms = shared.start.elapsed().as_millis() as i64;
+        shared.last_success_ms.store(ms, Ordering::Release);
+    }
+    if let (Some(reason), false) = (&t.reason, t.split) {
+        tracing::error!(
+            url = shared.client.url(),
+            samples = t.refused.0,
+            exemplars = t.refused.1,
+            error = %reason,
+            "non-recoverable error sending samples; batch dropped"
+        );
     }
     m.samples_dropped.inc_by(lost);
     m.exemplars_dropped.inc_by(lost_ex);
@@ -1336,6 +1567,67 @@ async fn send_batch(
         .fetch_add(total as u64, Ordering::Relaxed);
     batch.clear();
     shared.finished.send_modify(|c| *c += 1);
+}
+
+/// Sends `batch` again (refused whole with 400 in the resend window, `reason`) in halves, in
+/// order, each half refused with 400 split again, down to single entries: a single entry
+/// refused is dropped (counted as failed, as a refused batch is). So of a resent batch only
+/// what the receiver refuses on its own is dropped: after a crash, the samples it already had
+/// (older than their series' newest there); those sent with them arrive. Halves keep each
+/// series' samples in order (all of a half before the next).
+async fn resend_in_halves(
+    shared: &Shared,
+    enc: &mut WriteRequestEncoder,
+    batch: &[Pending],
+    samples: &[Sample],
+    reason: String,
+) -> Tally {
+    let m = &shared.metrics;
+    let mut t = Tally::new();
+    t.split = true;
+    t.reason = Some(reason);
+    let mut requests = 0u64;
+    // Ranges still to send; the next one on top.
+    let mid = batch.len() / 2;
+    let mut todo = vec![(mid, batch.len()), (0, mid)];
+    while let Some((a, b)) = todo.pop() {
+        let (entries, range_samples) = (&batch[a..b], &samples[a..b]);
+        let (body, (lost, lost_ex)) = encode(shared, enc, entries, range_samples);
+        let (n, n_ex) = count_kinds(entries);
+        let kinds = (n - lost, n_ex - lost_ex);
+        if kinds == (0, 0) {
+            continue;
+        }
+        if t.stopped {
+            t.cancelled.0 += kinds.0;
+            t.cancelled.1 += kinds.1;
+            continue;
+        }
+        requests += 1;
+        let len = body.len() as u64;
+        let retried = || {
+            m.samples_retried.inc_by(kinds.0);
+            m.exemplars_retried.inc_by(kinds.1);
+        };
+        match send_with_backoff(shared, body, &retried).await {
+            Outcome::Refused { status: 400, .. } if b - a > 1 => {
+                let mid = a + (b - a) / 2;
+                todo.push((mid, b));
+                todo.push((a, mid));
+            }
+            outcome => t.add(outcome, kinds, len, highest_sample(entries)),
+        }
+    }
+    m.resend_split_requests.inc_by(requests);
+    shared.resend.record(&t, requests);
+    tracing::debug!(
+        url = shared.client.url(),
+        requests,
+        samples_delivered = t.delivered.0,
+        samples_refused = t.refused.0,
+        "remote_write: a batch refused with 400 in the resend window was sent again in halves"
+    );
+    t
 }
 
 fn finish(shared: &Shared, state: &ShardState, highest: i64) {
@@ -1367,7 +1659,9 @@ async fn send_with_backoff(
             .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
         let (reason, retry_after) = match res {
             Ok(()) => return Outcome::Delivered,
-            Err(SendError::NonRecoverable { reason }) => return Outcome::Refused(reason),
+            Err(SendError::NonRecoverable { reason, status }) => {
+                return Outcome::Refused { reason, status }
+            }
             Err(SendError::Recoverable {
                 reason,
                 retry_after,
@@ -1514,7 +1808,7 @@ async fn reshard_loop(shared: Arc<Shared>, shards: Arc<tokio::sync::RwLock<Shard
         if shared.hard_stop.is_cancelled() {
             return;
         }
-        *g = start_shards(&shared, desired);
+        *g = start_shards(&shared, desired, 0);
     }
 }
 
@@ -2022,6 +2316,128 @@ mod tests {
         }
         assert_eq!(q.shared.metrics.samples.get(), 1000);
         assert_eq!(q.shared.metrics.samples_pending.get(), 0);
+    }
+
+    /// A receiver that behaves like Prometheus's remote-write handler: a request holding a
+    /// sample older than its series' newest is refused whole (400) and nothing of it is
+    /// stored; a sample at the newest timestamp is taken as a duplicate. `refuse_all`: every
+    /// request is refused. Returns the URL, the stored (series, timestamp) pairs and the
+    /// number of requests.
+    async fn out_of_order_receiver(
+        newest: BTreeMap<String, i64>,
+        refuse_all: bool,
+    ) -> (url::Url, Arc<Mutex<BTreeMap<String, i64>>>, Arc<AtomicU64>) {
+        let newest = Arc::new(Mutex::new(newest));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (n, count) = (newest.clone(), requests.clone());
+        let app = axum::Router::new().route(
+            "/write",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                let req = WriteRequest::decode_snappy(&body).unwrap();
+                let mut newest = n.lock().unwrap();
+                let mut next = newest.clone();
+                for ts in &req.timeseries {
+                    let name = ts.labels[0].value.clone();
+                    for s in &ts.samples {
+                        let at = next.entry(name.clone()).or_insert(i64::MIN);
+                        if refuse_all || s.timestamp < *at {
+                            return axum::http::StatusCode::BAD_REQUEST;
+                        }
+                        *at = s.timestamp;
+                    }
+                }
+                *newest = next;
+                axum::http::StatusCode::NO_CONTENT
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (
+            url::Url::parse(&format!("http://{addr}/write")).unwrap(),
+            newest,
+            requests,
+        )
+    }
+
+    /// After a crash the shard resends what the receiver already has (up to t = 5) together
+    /// with what it never got (6..9), in one batch: refused whole, then sent again in halves
+    /// until only the samples older than their series' newest are refused on their own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_refused_in_the_resend_window_is_split_until_only_stale_samples_are_refused() {
+        let names: Vec<String> = (1..=10).map(|n| format!("m{n}")).collect();
+        let had = names.iter().map(|n| (n.clone(), 5)).collect();
+        let (url, stored, requests) = out_of_order_receiver(had, false).await;
+        let q = queue_with(
+            url,
+            QueueConfig {
+                max_samples_per_send: 100,
+                batch_send_deadline: PromDuration::from_millis(20),
+                ..QueueConfig::default()
+            },
+        );
+        q.store_series((1..=10).map(|n| {
+            (
+                r(n),
+                Labels::from_pairs([("__name__", format!("m{n}").as_str())]),
+            )
+        }));
+        let resent: Vec<(SeriesRef, i64, f64)> = (3..=9i64)
+            .flat_map(|t| (1..=10).map(move |n| (r(n), t, t as f64)))
+            .collect();
+        q.append_samples(&resent).await.unwrap();
+        assert!(
+            q.flush(Instant::now() + Duration::from_secs(20))
+                .await
+                .complete
+        );
+        let stored = stored.lock().unwrap().clone();
+        assert_eq!(stored.len(), 10);
+        assert!(stored.values().all(|&t| t == 9), "{stored:?}");
+        let m = &q.shared.metrics;
+        // t = 3 and 4 of each series: already there, older than its newest (5).
+        assert_eq!(m.samples_failed.get(), 20);
+        // t = 5 (a duplicate, accepted) to 9.
+        assert_eq!(m.samples.get(), 50);
+        let split = m.resend_split_requests.get();
+        assert_eq!(requests.load(Ordering::SeqCst), 1 + split);
+        // Each of the 20 stale samples ends refused on its own.
+        assert!((20..=70).contains(&split), "{split} split requests");
+    }
+
+    /// Only the first batches after a start are split: a receiver that refuses everything gets
+    /// `2 × n − 1` requests for each of those, then one per batch. (Samples from 1970: before
+    /// the start.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_after_the_resend_window_are_dropped_whole_on_400() {
+        let (url, stored, requests) = out_of_order_receiver(BTreeMap::new(), true).await;
+        let q = queue_with(
+            url,
+            QueueConfig {
+                max_samples_per_send: 4,
+                batch_send_deadline: PromDuration::from_millis(20),
+                ..QueueConfig::default()
+            },
+        );
+        q.store_series([(r(1), Labels::from_pairs([("__name__", "m1")]))]);
+        let samples: Vec<(SeriesRef, i64, f64)> = (0..24i64).map(|t| (r(1), t, 1.0)).collect();
+        q.append_samples(&samples).await.unwrap();
+        assert!(
+            q.flush(Instant::now() + Duration::from_secs(20))
+                .await
+                .complete
+        );
+        assert!(stored.lock().unwrap().is_empty());
+        let m = &q.shared.metrics;
+        assert_eq!(m.samples_failed.get(), 24);
+        assert_eq!(m.samples.get(), 0);
+        // 6 batches of 4: the first 4 split (1 + 2 + 4 requests each), the last 2 not.
+        assert_eq!(RESEND_WINDOW_BATCHES, 4);
+        assert_eq!(m.resend_split_requests.get(), 4 * 6);
+        assert_eq!(requests.load(Ordering::SeqCst), 4 * 7 + 2);
     }
 
     /// The bound is in samples, whatever the chunking: with room for 3 samples and batches of

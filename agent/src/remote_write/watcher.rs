@@ -28,11 +28,13 @@
 //! Timestamps are milliseconds in decimal; a file with only the first line (as written before
 //! per-shard marks) resumes every series after `<lowest>`. After a restart each series' samples
 //! at or before its mark are skipped and everything after is sent again: at most the newest
-//! already delivered sample of a series, which receivers store once, plus a batch that was in
-//! flight at a crash. Saving at once and per shard matters: Prometheus refuses a series' samples
-//! older than its newest with 400 "out of order sample" for the whole batch, and the new samples
-//! in such a batch would be lost. Without a progress file (a new endpoint) everything in the
-//! WAL is sent.
+//! already delivered sample of a series, which receivers store once, plus what a shard delivered
+//! after the last save when the process crashed. Prometheus refuses a request holding a sample
+//! older than its series' newest with 400 "out of order sample" and stores nothing of it, so
+//! the queue sends a batch refused with 400 among its first batches after a start again in
+//! halves until only those samples are refused (queue.rs, `ResendWindow`). Saving at once and
+//! per shard keeps that resend small. Without a progress file (a new endpoint) everything in
+//! the WAL is sent.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
