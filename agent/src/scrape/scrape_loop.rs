@@ -25,7 +25,11 @@
 //! `Accept-Encoding: gzip` (with `enable_compression`, else `identity`) and
 //! `X-Prometheus-Scrape-Timeout-Seconds: <scrape_timeout in seconds>`. The whole request,
 //! body included, must finish within `scrape_timeout`; a (decompressed) body of
-//! `body_size_limit` bytes or more fails the scrape. The body buffer is reused across scrapes.
+//! `body_size_limit` bytes or more fails the scrape. The body is read into a buffer taken from a
+//! small pool shared by every loop of the process ([`BodyPool`]) and given back after the scrape
+//! was appended, as Prometheus's scrape buffer pool does: a loop does not keep its body's buffer
+//! between scrapes (a 1,000-series target's body is ~128 KiB), so the buffers held are about as
+//! many as scrapes run at once, not one per target.
 //!
 //! The body is parsed in the format its `Content-Type` names and every sample goes through
 //! [`ScrapeProcessor::process_body`]: a series-cache hit appends straight away; a miss builds the
@@ -659,13 +663,97 @@ pub(crate) fn lock_status(s: &Mutex<ScrapeStatus>) -> std::sync::MutexGuard<'_, 
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Buffers for scrape bodies, shared by every scrape loop of the process: a loop takes one for
+/// a scrape and gives it back once the body was appended (see the module docs). At most
+/// [`BodyPool::KEPT`] buffers are kept, none larger than [`BodyPool::MAX_KEPT_BYTES`]; a scrape
+/// that finds none large enough gets one of its previous body's size (one allocation instead of
+/// growing while the body is read).
+pub struct BodyPool {
+    bufs: Mutex<Vec<Vec<u8>>>,
+}
+
+/// The pool of every scrape loop.
+static BODY_POOL: BodyPool = BodyPool::new();
+
+impl BodyPool {
+    /// How many buffers are kept: about how many scrapes read or append at once on a busy agent
+    /// (two workers; a fetch waits on the network with its buffer taken).
+    pub const KEPT: usize = 16;
+    /// A larger buffer is freed when given back (a body that large is rare, and the pool would
+    /// otherwise keep it for good).
+    pub const MAX_KEPT_BYTES: usize = 16 << 20;
+
+    pub const fn new() -> Self {
+        BodyPool {
+            bufs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An empty buffer: the smallest kept one of at least `size_hint` bytes, else the largest
+    /// kept one, else a new one; with at least `size_hint` bytes of capacity either way.
+    pub fn take(&self, size_hint: usize) -> Vec<u8> {
+        let mut buf = {
+            let mut bufs = self.bufs.lock().unwrap_or_else(|e| e.into_inner());
+            let fit = bufs
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= size_hint)
+                .min_by_key(|(_, b)| b.capacity())
+                .or_else(|| bufs.iter().enumerate().max_by_key(|(_, b)| b.capacity()))
+                .map(|(i, _)| i);
+            fit.map(|i| bufs.swap_remove(i)).unwrap_or_default()
+        };
+        buf.reserve_exact(size_hint);
+        buf
+    }
+
+    /// Gives `buf` back: kept when there is room (or when it is larger than the smallest kept
+    /// one, which is freed instead), freed otherwise.
+    pub fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > Self::MAX_KEPT_BYTES {
+            return;
+        }
+        buf.clear();
+        let mut bufs = self.bufs.lock().unwrap_or_else(|e| e.into_inner());
+        if bufs.len() < Self::KEPT {
+            bufs.push(buf);
+            return;
+        }
+        let freed = match bufs.iter_mut().min_by_key(|b| b.capacity()) {
+            Some(smallest) if smallest.capacity() < buf.capacity() => {
+                std::mem::replace(smallest, buf)
+            }
+            _ => buf,
+        };
+        // The smaller one is freed after the lock is released.
+        drop(bufs);
+        drop(freed);
+    }
+
+    /// Capacities of the kept buffers (tests).
+    pub fn kept(&self) -> Vec<usize> {
+        let bufs = self.bufs.lock().unwrap_or_else(|e| e.into_inner());
+        bufs.iter().map(Vec::capacity).collect()
+    }
+}
+
+impl Default for BodyPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A scrape loop: the processor plus HTTP.
 pub struct ScrapeLoop {
     target: Arc<Target>,
     client: HttpClient,
     storage: Arc<dyn Storage>,
     processor: ScrapeProcessor,
+    /// The body of the scrape in progress: a buffer from [`BODY_POOL`] between the fetch and the
+    /// append, empty (no allocation) otherwise.
     body: Vec<u8>,
+    /// The size of the last body fetched: how large a buffer the next scrape asks the pool for.
+    last_body_len: usize,
     timeout: Duration,
     timeout_header: String,
     /// [`ACCEPT_HEADER`], or the one `scrape_protocols` asks for.
@@ -787,6 +875,7 @@ impl ScrapeLoop {
             client,
             storage,
             body: Vec::new(),
+            last_body_len: 0,
             status: Arc::new(Mutex::new(ScrapeStatus::default())),
             clock,
             handover: None,
@@ -835,20 +924,20 @@ impl ScrapeLoop {
                 duration,
                 fetched,
             } = x;
-            let body;
-            let fetched = match fetched {
-                Ok((b, format)) => {
-                    body = b;
-                    Ok((body.as_slice(), format))
-                }
-                Err(e) => Err(e),
+            let (body, fetched) = match fetched {
+                Ok((b, format)) => (b, Ok(format)),
+                Err(e) => (Vec::new(), Err(e)),
             };
-            let result = self
-                .processor
-                .append_scrape(&*self.storage, fetched, t_ms, duration);
+            let result = self.processor.append_scrape(
+                &*self.storage,
+                fetched.map(|format| (body.as_slice(), format)),
+                t_ms,
+                duration,
+            );
             if !matches!(result, Err(ScrapeError::Append(_))) {
                 lock_status(&self.status).last_appended_ms = Some(t_ms);
             }
+            BODY_POOL.give(body);
         }
     }
 
@@ -935,7 +1024,13 @@ impl ScrapeLoop {
                 fetched,
             });
             if h.held.len() > MAX_HELD {
-                h.held.pop_front();
+                if let Some(Held {
+                    fetched: Ok((b, _)),
+                    ..
+                }) = h.held.pop_front()
+                {
+                    BODY_POOL.give(b);
+                }
             }
             if ok && !h.reported {
                 h.reported = true;
@@ -953,6 +1048,7 @@ impl ScrapeLoop {
         let result = self
             .processor
             .append_scrape(&*self.storage, body, t_ms, duration);
+        BODY_POOL.give(std::mem::take(&mut self.body));
         let appended = !matches!(result, Err(ScrapeError::Append(_)));
         let error = result.err();
         if let Some(e) = &error {
@@ -974,8 +1070,20 @@ impl ScrapeLoop {
         }
     }
 
-    /// GETs the target into `self.body`; returns the body's format.
+    /// GETs the target into `self.body` (a buffer from [`BODY_POOL`]); returns the body's
+    /// format.
     async fn fetch(&mut self) -> Result<Format, ScrapeError> {
+        BODY_POOL.give(std::mem::take(&mut self.body));
+        // Room for a body somewhat larger than the last one (values grow, series come and go).
+        self.body = BODY_POOL.take(self.last_body_len + self.last_body_len / 16);
+        let r = self.fetch_body().await;
+        if r.is_ok() {
+            self.last_body_len = self.body.len();
+        }
+        r
+    }
+
+    async fn fetch_body(&mut self) -> Result<Format, ScrapeError> {
         let url = &self.target.url;
         let timeout = self.timeout;
         // The deadline covers connecting, headers and the whole body.

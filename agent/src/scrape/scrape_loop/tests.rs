@@ -596,3 +596,117 @@ mod model {
         }
     }
 }
+
+#[test]
+fn the_body_pool_keeps_a_bounded_number_of_buffers_and_hands_out_the_best_fit() {
+    let pool = BodyPool::new();
+    let b = pool.take(1000);
+    assert!(b.capacity() >= 1000 && b.is_empty());
+    pool.give(b);
+    // Empty buffers are not kept; too large ones are freed.
+    pool.give(Vec::new());
+    pool.give(Vec::with_capacity(BodyPool::MAX_KEPT_BYTES + 1));
+    assert_eq!(pool.kept().len(), 1);
+    for n in 1..=BodyPool::KEPT + 4 {
+        pool.give(Vec::with_capacity(n * 100));
+    }
+    let kept = pool.kept();
+    assert_eq!(kept.len(), BodyPool::KEPT);
+    // Full: the largest ones stay.
+    assert!(kept.iter().all(|&c| c >= 500), "{kept:?}");
+    // The smallest buffer that fits, handed out cleared.
+    let mut b = pool.take(950);
+    assert!((1000..1100).contains(&b.capacity()), "{}", b.capacity());
+    b.extend_from_slice(b"abc");
+    pool.give(b);
+    let b = pool.take(1000);
+    assert!(b.is_empty());
+    // Nothing fits: the largest kept one, grown to the hint.
+    let b = pool.take(1 << 20);
+    assert!(b.capacity() >= 1 << 20);
+    assert_eq!(pool.kept().len(), BodyPool::KEPT - 2);
+}
+
+/// A target serving `text`, recording the client port of every request.
+async fn recording_target(
+    text: String,
+) -> (
+    std::net::SocketAddr,
+    Arc<Mutex<Vec<u16>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use axum::extract::ConnectInfo;
+    let ports = Arc::new(Mutex::new(Vec::new()));
+    let seen = ports.clone();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(
+            move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>| {
+                seen.lock().unwrap().push(peer.port());
+                let text = text.clone();
+                async move { text }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
+    });
+    (addr, ports, server)
+}
+
+fn loop_for(addr: std::net::SocketAddr, storage: &MemoryStorage) -> ScrapeLoop {
+    let cfg = config("");
+    let target = crate::scrape::target::populate_labels(
+        &Labels::empty(),
+        &Labels::from_pairs([("__address__", addr.to_string().as_str())]),
+        &cfg,
+        false,
+    )
+    .expect("valid target")
+    .expect("not dropped");
+    let client = HttpClient::new(&Default::default(), &Default::default()).expect("client");
+    ScrapeLoop::new(
+        cfg,
+        Arc::new(target),
+        client,
+        Arc::new(storage.clone()),
+        Clock::system(),
+    )
+}
+
+/// A loop holds no body buffer between scrapes: it takes one from the pool for the fetch and
+/// gives it back after the append, sized from the previous body. The connection is kept alive.
+#[tokio::test]
+async fn a_loop_gives_its_body_buffer_back_after_each_scrape() {
+    let text: String = (0..2000).map(|i| format!("m{{i=\"{i}\"}} 1\n")).collect();
+    let len = text.len();
+    let (addr, ports, server) = recording_target(text).await;
+    let storage = MemoryStorage::new();
+    let mut lp = loop_for(addr, &storage);
+    for _ in 0..3 {
+        lp.scrape_and_report(Clock::system().now()).await;
+        let st = lp.status.lock().unwrap().clone();
+        assert_eq!(st.last_error, None);
+        assert_eq!(st.health, Health::Up);
+        assert_eq!(lp.body.capacity(), 0, "the loop kept its body buffer");
+        assert_eq!(lp.last_body_len, len);
+    }
+    let addr = addr.to_string();
+    let m = Labels::from_pairs([
+        ("__name__", "m"),
+        ("i", "1999"),
+        ("instance", addr.as_str()),
+        ("job", "j"),
+    ]);
+    assert_eq!(storage.samples_of(&m).len(), 3);
+    let mut ports = ports.lock().unwrap().clone();
+    ports.dedup();
+    assert!(ports.len() < 3, "no connection reused: {ports:?}");
+    server.abort();
+}
