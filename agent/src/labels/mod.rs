@@ -21,7 +21,7 @@ mod set;
 pub use builder::LabelsBuilder;
 pub use hash::{Hasher, RefHasher, RefMap};
 pub(crate) use set::put_uvarint;
-pub use set::{go_quote, write_go_quoted, Labels, LabelsIter, LabelsRef, ParseError};
+pub use set::{go_quote, write_go_quoted, Labels, LabelsIter, LabelsRef, ParseError, RawPairs};
 
 use std::fmt;
 

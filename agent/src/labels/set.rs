@@ -243,9 +243,17 @@ impl<'a> LabelsRef<'a> {
 
     #[inline]
     pub fn iter(self) -> LabelsIter<'a> {
+        LabelsIter(self.raw_pairs())
+    }
+
+    /// The `(name, value)` pairs as bytes, in stored (name) order, for hot paths that only
+    /// copy or compare them (the remote_write encoder): [`iter`](LabelsRef::iter) without
+    /// re-checking UTF-8, which every constructor checked already.
+    #[inline]
+    pub fn raw_pairs(self) -> RawPairs<'a> {
         let mut pos = 0;
         let left = read_uvarint(self.0, &mut pos).unwrap_or(0);
-        LabelsIter {
+        RawPairs {
             b: self.0,
             pos,
             left,
@@ -296,16 +304,17 @@ impl<'a> LabelsRef<'a> {
     }
 }
 
-/// Iterator over the `(name, value)` pairs of a label set, in stored (name) order.
+/// Iterator over the `(name, value)` pairs of a label set as bytes, in stored (name) order
+/// ([`LabelsRef::raw_pairs`]).
 #[derive(Clone)]
-pub struct LabelsIter<'a> {
+pub struct RawPairs<'a> {
     b: &'a [u8],
     pos: usize,
     left: u64,
 }
 
-impl<'a> Iterator for LabelsIter<'a> {
-    type Item = (&'a str, &'a str);
+impl<'a> Iterator for RawPairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.left == 0 {
@@ -314,11 +323,29 @@ impl<'a> Iterator for LabelsIter<'a> {
         self.left -= 1;
         let n = read_bytes(self.b, &mut self.pos)?;
         let v = read_bytes(self.b, &mut self.pos)?;
-        Some((as_str(n), as_str(v)))
+        Some((n, v))
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         let n = usize::try_from(self.left).unwrap_or(usize::MAX);
         (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for RawPairs<'_> {}
+
+/// Iterator over the `(name, value)` pairs of a label set, in stored (name) order.
+#[derive(Clone)]
+pub struct LabelsIter<'a>(RawPairs<'a>);
+
+impl<'a> Iterator for LabelsIter<'a> {
+    type Item = (&'a str, &'a str);
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let (n, v) = self.0.next()?;
+        Some((as_str(n), as_str(v)))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
     }
 }
 
