@@ -59,14 +59,21 @@ pub(super) fn uvarint_len(mut x: u64) -> usize {
     n
 }
 
-/// Reads a uvarint at `*pos`; `None` when truncated or longer than 10 bytes.
-#[inline]
+/// Reads a uvarint at `*pos`; `None` when truncated or longer than 10 bytes. The one-byte
+/// case (every length below 128) is inlined into the hot readers; longer ones take the call.
+#[inline(always)]
 fn read_uvarint(b: &[u8], pos: &mut usize) -> Option<u64> {
     let first = *b.get(*pos)?;
     if first < 0x80 {
         *pos += 1;
         return Some(u64::from(first));
     }
+    read_uvarint_long(b, pos)
+}
+
+#[cold]
+#[inline(never)]
+fn read_uvarint_long(b: &[u8], pos: &mut usize) -> Option<u64> {
     let mut x = 0u64;
     let mut shift = 0u32;
     for i in 0..10 {

@@ -65,6 +65,19 @@ pub struct LiveReader {
     budget: usize,
     used: usize,
     caught_up: bool,
+    /// The segment being read, kept open between polls with its file position: tailing the
+    /// live segment costs one read of the new bytes (and one that finds the end), not an open,
+    /// stat, seek and close per poll. A segment removed by a truncation while open is read to
+    /// its end like any complete segment.
+    open: Option<OpenSegment>,
+}
+
+#[derive(Debug)]
+struct OpenSegment {
+    segment: u32,
+    file: File,
+    /// Where the file's read position is.
+    at: u64,
 }
 
 /// Bytes of WAL records one [`LiveReader::poll`] reads at most (one chunk; more only for a
@@ -94,6 +107,7 @@ impl LiveReader {
             budget: POLL_BUDGET,
             used: 0,
             caught_up: false,
+            open: None,
         }
     }
 
@@ -183,25 +197,47 @@ impl LiveReader {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = File::open(path).map_err(io)?;
+        if self
+            .open
+            .as_ref()
+            .is_none_or(|o| o.segment != self.pos.segment)
+        {
+            self.open = None;
+            let file = File::open(path).map_err(io)?;
+            self.open = Some(OpenSegment {
+                segment: self.pos.segment,
+                file,
+                at: 0,
+            });
+        }
         let mut count = 0;
         loop {
-            let len = file.metadata().map_err(io)?.len();
-            if len <= self.pos.offset {
+            let want = self.max_chunk;
+            let Some(open) = self.open.as_mut() else {
                 return Ok((count, false));
+            };
+            if open.at != self.pos.offset {
+                open.file
+                    .seek(SeekFrom::Start(self.pos.offset))
+                    .map_err(io)?;
+                open.at = self.pos.offset;
             }
-            let want = ((len - self.pos.offset) as usize).min(self.max_chunk);
-            file.seek(SeekFrom::Start(self.pos.offset)).map_err(io)?;
             self.buf.clear();
             self.buf.reserve(want);
-            (&mut file)
+            let read = (&mut open.file)
                 .take(want as u64)
-                .read_to_end(&mut self.buf)
-                .map_err(io)?;
+                .read_to_end(&mut self.buf);
+            // On an error the position is unknown: seek next time.
+            open.at = u64::MAX;
+            let got = read.map_err(io)?;
+            open.at = self.pos.offset + got as u64;
+            if got == 0 {
+                return Ok((count, false));
+            }
             let (consumed, n) = self.parse(path, f)?;
             count += n;
             if consumed == 0 {
-                if want == self.max_chunk {
+                if got == want {
                     // One record larger than the chunk: read more next time.
                     self.max_chunk *= 2;
                     continue;
@@ -213,7 +249,8 @@ impl LiveReader {
             if self.used >= self.budget {
                 return Ok((count, true));
             }
-            if self.pos.offset >= len {
+            if got < want {
+                // Read to the end of what is written; an incomplete record is left for later.
                 return Ok((count, false));
             }
         }
