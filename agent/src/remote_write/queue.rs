@@ -1277,13 +1277,18 @@ impl ResendWindow {
         self.left > 0
     }
 
-    /// One batch was sent (or refused, or abandoned).
-    fn batch_done(&mut self) {
-        if self.left > 0 {
-            self.left -= 1;
-            if self.left == 0 {
-                self.shared.resend.close(&self.shared);
-            }
+    /// One batch was sent (or refused, or abandoned). A batch holding only samples from after
+    /// the start closes the window at once: the watcher reads the WAL in order, so everything
+    /// from before the start was in this shard's earlier batches.
+    fn batch_done(&mut self, batch: &[Pending]) {
+        if self.left == 0 {
+            return;
+        }
+        let started = self.shared.started_ms;
+        let all_new = batch.iter().all(|p| p.exemplar.is_some() || p.t > started);
+        self.left = if all_new { 0 } else { self.left - 1 };
+        if self.left == 0 {
+            self.shared.resend.close(&self.shared);
         }
     }
 }
@@ -1520,7 +1525,7 @@ async fn send_batch(
         }
         outcome => Tally::whole(outcome, kinds, len, highest),
     };
-    window.batch_done();
+    window.batch_done(batch);
     m.samples.inc_by(t.delivered.0);
     m.exemplars.inc_by(t.delivered.1);
     m.bytes.inc_by(t.bytes);
