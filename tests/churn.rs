@@ -30,6 +30,12 @@
 //! The test paces itself by the target's scrapes (it waits for each one, with a generous
 //! timeout) and the agent's metrics, never by sleeping. Figures are printed as
 //! `RELIABILITY churn_...=value` lines; `CHURN_TRACE=1` prints every sample point.
+//!
+//! Leak or allocator? Run the agent as a `jemalloc` build with its statistics printed
+//! (`cargo build --features jemalloc`, then `AGENTCTL_TEST_BIN=<that binary>
+//! _RJEM_MALLOC_CONF=stats_interval:16777216,stats_interval_opts:mdablxeh`): every look then
+//! also reads jemalloc's `allocated` (the live heap) from the agent's log, and its slope is
+//! printed next to the RSS's. A leak raises `allocated`; memory the allocator keeps does not.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -117,6 +123,12 @@ struct Point {
     /// Its anonymous part (`RssAnon`: heap and stacks), without the pages of the binary
     /// mapped as code paths first run.
     anon_mib: f64,
+    /// jemalloc's `allocated` and `resident` (MiB) from its last statistics print in the agent's
+    /// log, when the agent is a `jemalloc` build run with `_RJEM_MALLOC_CONF=stats_interval:N`
+    /// (`AGENTCTL_TEST_BIN`): the live heap next to the RSS, to tell a leak (allocated grows)
+    /// from fragmentation (allocated flat, RSS grows). NaN otherwise.
+    heap_mib: f64,
+    je_resident_mib: f64,
     checkpoints: f64,
     /// Active plus garbage-collected series awaiting a checkpoint.
     instance: f64,
@@ -134,8 +146,32 @@ fn rss_anon_kib(agent: &Agent) -> u64 {
         .unwrap_or(0)
 }
 
+/// `allocated` and `resident` (MiB) of jemalloc's last `Allocated: N, active: N, ...,
+/// resident: N, ...` line in the agent's log.
+fn jemalloc_mib(agent: &Agent) -> (f64, f64) {
+    let log = agent.log();
+    let Some(line) = log.lines().rev().find(|l| l.starts_with("Allocated: ")) else {
+        return (f64::NAN, f64::NAN);
+    };
+    let get = |key: &str| -> f64 {
+        line.find(&format!("{key}: "))
+            .map(|at| {
+                line[at + key.len() + 2..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .and_then(|d| d.parse::<f64>().ok())
+            .map_or(f64::NAN, |b| b / 1048576.0)
+    };
+    (get("Allocated"), get("resident"))
+}
+
 fn look(agent: &Agent, t: f64) -> Point {
+    let (heap_mib, je_resident_mib) = jemalloc_mib(agent);
     Point {
+        heap_mib,
+        je_resident_mib,
         t,
         rss_mib: agent.rss_kib() as f64 / 1024.0,
         anon_mib: rss_anon_kib(agent) as f64 / 1024.0,
@@ -264,6 +300,24 @@ async fn churn_soak_keeps_memory_flat_and_delivers_every_sample() {
     let slope = slope_mib_per_min(&rss);
     let mean = rss.iter().map(|p| p.1).sum::<f64>() / rss.len() as f64;
     let pct_per_10min = slope * 10.0 / mean * 100.0;
+    // jemalloc's live heap over the same looks (a jemalloc build with statistics only).
+    let heap: Vec<(f64, f64)> = steady
+        .iter()
+        .filter(|p| p.heap_mib.is_finite())
+        .map(|p| (p.t, p.heap_mib))
+        .collect();
+    let heap_figures = if heap.len() >= 2 {
+        format!(
+            " churn_heap_steady_start_mib={:.1} churn_heap_end_mib={:.1} \
+             churn_heap_slope_mib_per_min={:.3} churn_jemalloc_resident_end_mib={:.1}",
+            heap[0].1,
+            heap[heap.len() - 1].1,
+            slope_mib_per_min(&heap),
+            steady[steady.len() - 1].je_resident_mib,
+        )
+    } else {
+        String::new()
+    };
     let rss_start = steady[0].anon_mib;
     let rss_end = steady[steady.len() - 1].anon_mib;
     let (total_start, total_end) = (steady[0].rss_mib, steady[steady.len() - 1].rss_mib);
@@ -292,7 +346,8 @@ async fn churn_soak_keeps_memory_flat_and_delivers_every_sample() {
          churn_rss_anon_slope_pct_per_10min={pct_per_10min:.2} \
          churn_rss_steady_start_mib={total_start:.1} churn_rss_end_mib={total_end:.1} \
          churn_rss_slope_mib_per_min={total_slope:.3} churn_max_instance_series={max_instance} \
-         churn_max_scrape_cache_entries={max_cache} churn_max_remote_write_series={max_remote}",
+         churn_max_scrape_cache_entries={max_cache} churn_max_remote_write_series={max_remote}\
+         {heap_figures}",
         duration.as_secs(),
         scrapes * SERIES,
         points[steady_from].t,
