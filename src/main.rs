@@ -16,64 +16,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// glibc's malloc (the default allocator) under series churn: measured with
-/// `tests/churn.rs` (10,000 new series per scrape, the WAL truncated every 5 s), the live
-/// heap stays flat (jemalloc's `allocated`, heaptrack) while glibc keeps freed memory, and the
-/// resident memory rose in steps for minutes (0.3-1.6 MiB/min after the warm-up). Two causes,
-/// two settings:
-/// - glibc raises its mmap threshold to the size of the largest mapped block freed (up to
-///   32 MiB), after which the large short-lived buffers (WAL records, decompressed segments,
-///   request bodies, checkpoints) come from the arenas, between label sets that live for
-///   minutes, and leave holes reused only in part. Fixed at 128 KiB (its initial value), such
-///   blocks are mapped and unmapped on their own: RSS ~15 MiB lower in that test.
-/// - Freed small blocks leave whole free pages inside the arenas, which glibc returns only
-///   from the top of each heap. `malloc_trim` every 30 s returns them (a walk of the free
-///   lists, milliseconds; pages reused later are faulted in again).
-///
-/// The trim runs for `agent run` only. The threshold is left alone when the user sets it
-/// (`MALLOC_MMAP_THRESHOLD_` or a `GLIBC_TUNABLES` malloc setting); neither applies with
-/// another global allocator.
-#[cfg(all(
-    target_os = "linux",
-    target_env = "gnu",
-    not(feature = "mimalloc"),
-    not(feature = "jemalloc")
-))]
-#[allow(unsafe_code)]
-fn tune_glibc_malloc(daemon: bool) {
-    let user_set = std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
-        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.mmap_threshold"));
-    if !user_set {
-        // SAFETY: mallopt changes one malloc parameter and takes no pointer; main calls this
-        // before this process starts any thread.
-        let _ = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
-    }
-    if !daemon {
-        return;
-    }
-    let _ = std::thread::Builder::new()
-        .name("malloc-trim".into())
-        .spawn(|| loop {
-            std::thread::sleep(std::time::Duration::from_secs(30));
-            // SAFETY: malloc_trim takes no pointer and locks each arena it walks.
-            let _ = unsafe { libc::malloc_trim(0) };
-        });
-}
-
-#[cfg(not(all(
-    target_os = "linux",
-    target_env = "gnu",
-    not(feature = "mimalloc"),
-    not(feature = "jemalloc")
-)))]
-fn tune_glibc_malloc(_daemon: bool) {}
-
 fn main() -> ExitCode {
     // The old agent's flags are Go flags, spelled `-config.file=x`; accept that spelling so
     // existing unit files and scripts keep working.
     let cli = Cli::parse_from(cli::compat::normalize_args(std::env::args_os()));
-    // The trim thread only for the agent; the client tools exit soon.
-    tune_glibc_malloc(matches!(cli.command, Command::Agent(AgentCommand::Run(_))));
 
     // rustls with the `ring` provider only; a second install (tests) is not an error.
     let _ = rustls::crypto::ring::default_provider().install_default();
