@@ -352,15 +352,8 @@ mod tests {
     fn status(epoch: u64) -> Arc<AgentStatus> {
         Arc::new(AgentStatus {
             v: 1,
-            addr: String::new(),
             epoch,
-            ready: vec![],
-            releasing: vec![],
-            released: vec![],
-            started: vec![],
-            targets: 0,
-            active_series: 0,
-            updated_ms: 0,
+            ..AgentStatus::default()
         })
     }
 

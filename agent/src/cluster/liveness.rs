@@ -97,15 +97,8 @@ mod tests {
     fn status(updated_ms: i64) -> Arc<AgentStatus> {
         Arc::new(AgentStatus {
             v: 1,
-            addr: String::new(),
-            epoch: 0,
-            ready: vec![],
-            releasing: vec![],
-            released: vec![],
-            started: vec![],
-            targets: 0,
-            active_series: 0,
             updated_ms,
+            ..AgentStatus::default()
         })
     }
 

@@ -314,7 +314,7 @@ impl Default for AssignmentDoc {
 }
 
 /// `sharding/agents/<id>`: what one agent does, for the others (handoffs) and for the ring page.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub v: u32,
     /// The agent's advertised address (as in the ring).

@@ -866,15 +866,9 @@ mod tests {
     fn key(updated_ms: i64) -> AgentStatus {
         AgentStatus {
             v: FORMAT_VERSION,
-            addr: String::new(),
             epoch: 1,
-            ready: vec![],
-            releasing: vec![],
-            released: vec![],
-            started: vec![],
-            targets: 0,
-            active_series: 0,
             updated_ms,
+            ..AgentStatus::default()
         }
     }
 

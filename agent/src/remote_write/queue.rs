@@ -2495,7 +2495,15 @@ mod tests {
         // the 5th chunk does not fit: 12 samples, capacity + batch at most.
         let pending = m.samples_pending.get();
         assert_eq!(pending, 12, "samples pending");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Another retry round of the stuck batch (10 to 20 ms of backoff): the producer had
+        // every chance to go on, and did not.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while m.samples_retried.get() < 20 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the batch is retried again");
         assert_eq!(m.samples_pending.get(), pending, "the producer kept going");
         assert!(!producer.is_finished());
         let report = q.flush(Instant::now() + Duration::from_millis(100)).await;
