@@ -127,10 +127,45 @@ async fn seed(store: &Arc<dyn KvStore>) {
     .expect("seed ring");
 }
 
-/// A W3C WebDriver session on chromedriver, spoken over plain HTTP.
-/// The port in chromedriver's `ChromeDriver was started successfully on port N.` line.
-async fn driver_port(log: &std::path::Path) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(20);
+/// Starts chromedriver on a port of its own choosing and returns it with that port.
+///
+/// With `--port=0` chromedriver binds `[::1]` on an ephemeral port first and then `127.0.0.1` on
+/// the same number; on a busy machine that IPv4 port can already be held by another socket, and
+/// chromedriver then prints `IPv4 port not available. Exiting...` and exits. A new process gets a
+/// new ephemeral port, so that one failure is retried (a few times, each attempt logged to its
+/// own file); any other failure fails the test with chromedriver's output.
+async fn start_chromedriver(dir: &Path) -> (ChildGuard, u16) {
+    const ATTEMPTS: usize = 5;
+    let mut refused = Vec::new();
+    for attempt in 1..=ATTEMPTS {
+        let log = dir.join(format!("chromedriver-{attempt}.log"));
+        let child = std::process::Command::new(CHROMEDRIVER)
+            .arg("--port=0")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("chromedriver log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chromedriver");
+        let mut driver = ChildGuard::new("chromedriver", child);
+        match driver_port(&log, &mut driver).await {
+            Ok(port) => return (driver, port),
+            Err(text) => {
+                let last = text.lines().last().unwrap_or_default();
+                eprintln!("chromedriver attempt {attempt} of {ATTEMPTS}: {last}");
+                refused.push(text);
+            }
+        }
+    }
+    panic!(
+        "chromedriver found no free port in {ATTEMPTS} attempts:\n{}",
+        refused.join("\n---\n")
+    );
+}
+
+/// The port in chromedriver's `ChromeDriver was started successfully on port N.` line, or
+/// `Err(its output)` when it exited saying that port was not available.
+async fn driver_port(log: &Path, driver: &mut ChildGuard) -> Result<u16, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let port = text
@@ -139,16 +174,30 @@ async fn driver_port(log: &std::path::Path) -> u16 {
             .and_then(|rest| rest.split('.').next())
             .and_then(|p| p.trim().parse().ok());
         if let Some(port) = port {
-            return port;
+            return Ok(port);
+        }
+        let exited = driver
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if exited {
+            // Everything it wrote is in the log once it has exited.
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            assert!(
+                text.contains("port not available"),
+                "chromedriver exited before it listened: {text}"
+            );
+            return Err(text);
         }
         assert!(
             Instant::now() < deadline,
-            "chromedriver did not start within 20 s: {text}"
+            "chromedriver did not start within 60 s: {text}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
+/// A W3C WebDriver session on chromedriver, spoken over plain HTTP.
 struct WebDriver {
     http: reqwest::Client,
     base: String,
@@ -179,7 +228,7 @@ impl WebDriver {
             .timeout(Duration::from_secs(60))
             .build()
             .expect("client");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let ready = match http.get(format!("{base}/status")).send().await {
                 Ok(r) => r.text().await.is_ok_and(|t| t.contains("\"ready\":true")),
@@ -190,7 +239,7 @@ impl WebDriver {
             }
             assert!(
                 Instant::now() < deadline,
-                "chromedriver did not become ready"
+                "chromedriver did not become ready within 60 s"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -342,23 +391,14 @@ async fn ring_page_in_chromium_forget_button_removes_the_member() {
 
     // 3. Click agent-4's Forget button through chromedriver. It binds port 0 itself and says
     // which port it got on standard output.
-    let driver_log = tmp.path().join("chromedriver.log");
-    let driver = std::process::Command::new(CHROMEDRIVER)
-        .arg("--port=0")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&driver_log).expect("chromedriver log"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn chromedriver");
-    let _driver = ChildGuard::new("chromedriver", driver);
-    let port = driver_port(&driver_log).await;
+    let (_driver, port) = start_chromedriver(tmp.path()).await;
     let wd = WebDriver::start(format!("http://127.0.0.1:{port}"), &tmp.path().join("p3")).await;
     wd.navigate(&url).await;
     assert!(wd.source().await.contains("<td>agent-4</td>"));
     wd.click_xpath("//tr[td[1]='agent-4']//button[text()='Forget']")
         .await;
     // The POST answers 302 to `#`: the browser lands on the page again, without agent-4.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let after = loop {
         let html = wd.source().await;
         if !html.contains("<td>agent-4</td>") && html.contains("<td>agent-1</td>") {
