@@ -13,7 +13,7 @@ fn embedded_default_starts_serves_health_and_stops_on_sigterm() {
     // Port 0: the address it bound is logged, and written to the address file.
     agent.wait_log(
         &format!("msg=\"agent listening\" addr={addr}"),
-        Duration::from_secs(1),
+        Duration::from_secs(30),
     );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("agent.addr")).unwrap(),

@@ -104,11 +104,11 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
     let (took, p) = wait_placed(
         &[&a1, &a2, &a3],
         &names,
-        Duration::from_secs(2) + t0.elapsed(),
+        Duration::from_secs(30) + t0.elapsed(),
     );
     eprintln!("30 configs placed exactly once {took:?} after the last PUT");
     // The jobs are scraped where the configs are placed, each by one agent.
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let jobs = job_placement(&[&a1, &a2, &a3]);
         let agreed = jobs.len() == 30
@@ -183,13 +183,13 @@ fn configs_run_once_and_move_on_kill_stop_join_and_delete() {
     let a4 = start_agent(dir.path(), &etcd.endpoint(), "agent-4");
     let joined = Instant::now();
     let p = loop {
-        let (_, p) = wait_placed(&[&a1, &a2, &a4], &names, Duration::from_secs(5));
+        let (_, p) = wait_placed(&[&a1, &a2, &a4], &names, Duration::from_secs(30));
         if p.values().any(|v| v[0] == "agent-4") {
             break p;
         }
         assert!(
-            joined.elapsed() < Duration::from_secs(5),
-            "agent-4 took no configs: {p:?}"
+            joined.elapsed() < Duration::from_secs(30),
+            "agent-4 took no configs within 30 s: {p:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -383,11 +383,11 @@ fn an_agent_started_before_etcd_waits_for_it_and_answers_503_meanwhile() {
     assert_eq!(a.get("/-/ready").status, 503);
     let r = a.put_config("x", &config(1));
     assert_eq!(r.status, 503, "{r:?}");
-    a.wait_log(&etcd.endpoint(), Duration::from_secs(5));
+    a.wait_log(&etcd.endpoint(), Duration::from_secs(30));
 
     etcd.restart();
     a.wait_ready(Duration::from_secs(40));
     let r = a.put_config("x", &config(1));
     assert_eq!(r.status, 201, "{r:?}");
-    wait_placed(&[&a], &["x".to_owned()], Duration::from_secs(2));
+    wait_placed(&[&a], &["x".to_owned()], Duration::from_secs(30));
 }

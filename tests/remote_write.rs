@@ -683,7 +683,13 @@ fn tls_http(tls: agent::config::http::TlsConfig) -> HttpClientConfig {
     }
 }
 
-async fn send_one(url: &str, http: HttpClientConfig, reg: &mut Registry) -> bool {
+/// Sends two samples and flushes with `deadline` left; whether everything was delivered.
+async fn send_one(
+    url: &str,
+    http: HttpClientConfig,
+    reg: &mut Registry,
+    deadline: Duration,
+) -> bool {
     let metrics = RemoteWriteMetrics::register(reg);
     let qm = QueueManager::new(
         client(url, http),
@@ -695,9 +701,7 @@ async fn send_one(url: &str, http: HttpClientConfig, reg: &mut Registry) -> bool
     qm.append_samples(&[(r(1), 1, 1.0), (r(1), 2, 2.0)])
         .await
         .unwrap();
-    qm.flush(Instant::now() + Duration::from_secs(2))
-        .await
-        .complete
+    qm.flush(Instant::now() + deadline).await.complete
 }
 
 #[tokio::test]
@@ -710,7 +714,7 @@ async fn remote_write_over_tls_verifies_against_ca_and_server_name() {
         server_name: Some("example.test".into()),
         ..Default::default()
     };
-    assert!(send_one(&url, tls_http(tls), &mut reg).await);
+    assert!(send_one(&url, tls_http(tls), &mut reg, Duration::from_secs(30)).await);
     assert_eq!(*got.lock().unwrap(), vec![2]);
     assert_eq!(metric(&reg, "prometheus_remote_storage_samples_total"), 2.0);
 
@@ -725,7 +729,7 @@ async fn remote_write_over_tls_verifies_against_ca_and_server_name() {
         ),
         ..Default::default()
     };
-    assert!(!send_one(&url, tls_http(tls), &mut reg).await);
+    assert!(!send_one(&url, tls_http(tls), &mut reg, Duration::from_secs(2)).await);
     assert_eq!(got.lock().unwrap().len(), 1, "nothing more arrived");
     assert!(metric(&reg, "prometheus_remote_storage_samples_retried_total") >= 2.0);
     assert_eq!(
@@ -742,7 +746,7 @@ async fn remote_write_over_tls_with_insecure_skip_verify() {
         insecure_skip_verify: true,
         ..Default::default()
     };
-    assert!(send_one(&url, tls_http(tls), &mut reg).await);
+    assert!(send_one(&url, tls_http(tls), &mut reg, Duration::from_secs(30)).await);
     assert_eq!(*got.lock().unwrap(), vec![2]);
 }
 

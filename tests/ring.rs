@@ -261,7 +261,7 @@ async fn ring_status_and_forget_against_etcd() {
     let store = etcd_store(&server).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let _members = fixed_members(&server, dir.path()).await;
-    wait_ring(&store, Duration::from_secs(5), "both ACTIVE", |r| {
+    wait_ring(&store, Duration::from_secs(30), "both ACTIVE", |r| {
         r.ingesters.len() == 2
             && r.ingesters
                 .values()
@@ -400,7 +400,7 @@ async fn an_etcd_outage_freezes_the_ring_and_forgets_nobody() {
         ));
     }
     let observer = etcd_store(&server).await;
-    wait_ring(&observer, Duration::from_secs(5), "both ACTIVE", |r| {
+    wait_ring(&observer, Duration::from_secs(30), "both ACTIVE", |r| {
         r.ingesters.len() == 2
             && r.ingesters
                 .values()

@@ -143,7 +143,7 @@ async fn changing_exposition_staleness_headers_and_one_up_per_scrape() {
     )))
     .await
     .unwrap();
-    wait_until("3 scrapes", Duration::from_secs(5), || t.hits() >= 3).await;
+    wait_until("3 scrapes", Duration::from_secs(30), || t.hits() >= 3).await;
     let info = m.targets();
     assert_eq!(info.len(), 1);
     let ti = &info[0];
@@ -225,7 +225,7 @@ async fn gzip_openmetrics_and_disabled_compression() {
     )))
     .await
     .unwrap();
-    wait_until("scrapes", Duration::from_secs(5), || {
+    wait_until("scrapes", Duration::from_secs(30), || {
         t.hits() >= 2 && plain.hits() >= 2
     })
     .await;
@@ -282,7 +282,7 @@ async fn slow_target_times_out_and_large_body_is_refused() {
     )))
     .await
     .unwrap();
-    wait_until("both scraped", Duration::from_secs(5), || {
+    wait_until("both scraped", Duration::from_secs(30), || {
         let ts = m.targets();
         ts.len() == 2 && ts.iter().all(|t| t.state != "unknown")
     })
@@ -329,7 +329,7 @@ async fn server_error_and_target_limit() {
     )))
     .await
     .unwrap();
-    wait_until("all scraped", Duration::from_secs(5), || {
+    wait_until("all scraped", Duration::from_secs(30), || {
         let ts = m.targets();
         ts.len() == 3 && ts.iter().all(|t| t.state != "unknown")
     })
@@ -377,10 +377,10 @@ async fn file_sd_adds_and_removes_targets_while_running() {
     );
     let cfgs = jobs(&yaml);
     m.apply(&cfgs).await.unwrap();
-    wait_until("a scraped", Duration::from_secs(5), || a.hits() >= 2).await;
+    wait_until("a scraped", Duration::from_secs(30), || a.hits() >= 2).await;
 
     write(&[a.addr, b.addr]);
-    wait_until("b scraped", Duration::from_secs(5), || b.hits() >= 2).await;
+    wait_until("b scraped", Duration::from_secs(30), || b.hits() >= 2).await;
     assert_eq!(m.targets().len(), 2);
 
     // Re-applying the same config keeps the loops (no markers, scraping goes on).
@@ -389,12 +389,12 @@ async fn file_sd_adds_and_removes_targets_while_running() {
     assert_eq!(m.targets().len(), 2);
 
     write(&[b.addr]);
-    wait_until("a removed", Duration::from_secs(5), || {
+    wait_until("a removed", Duration::from_secs(30), || {
         m.targets().len() == 1
     })
     .await;
     let a_up = series("f", a.addr, "up", &[]);
-    wait_until("a's markers", Duration::from_secs(2), || {
+    wait_until("a's markers", Duration::from_secs(30), || {
         values(&storage, &a_up).last() == Some(&None)
     })
     .await;
@@ -407,7 +407,7 @@ async fn file_sd_adds_and_removes_targets_while_running() {
     );
     // b is scraped twice more (400 ms at its interval) and a never again.
     let (hits, b_hits) = (a.hits(), b.hits());
-    wait_until("b scraped twice more", Duration::from_secs(5), || {
+    wait_until("b scraped twice more", Duration::from_secs(30), || {
         b.hits() >= b_hits + 2
     })
     .await;
@@ -432,7 +432,7 @@ async fn changed_job_config_restarts_only_that_job() {
         job("b", &[b.addr], "")
     );
     m.apply(&jobs(&v1)).await.unwrap();
-    wait_until("scraped", Duration::from_secs(5), || {
+    wait_until("scraped", Duration::from_secs(30), || {
         a.hits() >= 2 && b.hits() >= 2
     })
     .await;

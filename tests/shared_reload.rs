@@ -123,7 +123,7 @@ fn shared_mode_groups_configs_and_a_delete_drops_only_that_job() {
         );
         assert_eq!(code, 201, "{body}");
     }
-    agent.wait_until("both jobs in one instance", Duration::from_secs(5), |a| {
+    agent.wait_until("both jobs in one instance", Duration::from_secs(30), |a| {
         let j = target_jobs(a);
         j.len() == 2 && j[0].0 == j[1].0
     });
@@ -144,10 +144,10 @@ fn shared_mode_groups_configs_and_a_delete_drops_only_that_job() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(folders, std::slice::from_ref(&group));
-    agent.wait_until("both targets scraped", Duration::from_secs(5), |_| {
+    agent.wait_until("both targets scraped", Duration::from_secs(30), |_| {
         ta.hits() >= 2 && tb.hits() >= 2
     });
-    agent.wait_until("the group's WAL metric", Duration::from_secs(5), |a| {
+    agent.wait_until("the group's WAL metric", Duration::from_secs(30), |a| {
         metrics(a).contains(&format!(
             "agent_wal_storage_active_series{{instance_group_name=\"{group}\"}}"
         ))
@@ -210,7 +210,7 @@ fn reload_applies_live_fields_and_refuses_bad_or_restart_only_changes() {
     write(&cfg, &config("distinct", &[("one", "j1", &t1)]));
     let agent = Agent::builder(dir.path()).config_file(&cfg).start();
     assert_eq!(instances(&agent), ["one"]);
-    agent.wait_until("one scraped", Duration::from_secs(5), |a| {
+    agent.wait_until("one scraped", Duration::from_secs(30), |a| {
         target_jobs(a) == [("one".to_owned(), "j1".to_owned())]
     });
     assert!(metrics(&agent).contains("agent_config_last_load_successful 1"));
@@ -223,11 +223,11 @@ fn reload_applies_live_fields_and_refuses_bad_or_restart_only_changes() {
     let t = Instant::now();
     assert_eq!(call(&agent, "POST", "/-/reload", ""), (200, String::new()));
     assert_eq!(instances(&agent), ["one", "two"]);
-    agent.wait_until("both jobs in one group", Duration::from_secs(5), |a| {
+    agent.wait_until("both jobs in one group", Duration::from_secs(30), |a| {
         let j = target_jobs(a);
         j.len() == 2 && j[0].0 == j[1].0 && is_group_hash(&j[0].0)
     });
-    agent.wait_until("the new target scraped", Duration::from_secs(5), |_| {
+    agent.wait_until("the new target scraped", Duration::from_secs(30), |_| {
         t2.hits() >= 2
     });
     println!("reload to a scraped new config: {:?}", t.elapsed());
@@ -274,7 +274,7 @@ fn reload_applies_live_fields_and_refuses_bad_or_restart_only_changes() {
     // SIGHUP applies a valid change: "two" removed.
     write(&cfg, &config("shared", &[("one", "j1", &t1)]));
     agent.signal("HUP");
-    agent.wait_until("two removed by SIGHUP", Duration::from_secs(5), |a| {
+    agent.wait_until("two removed by SIGHUP", Duration::from_secs(30), |a| {
         instances(a) == ["one"]
     });
     // A scrape of two under way may still land while one is scraped twice more; after that,
@@ -310,14 +310,14 @@ fn reload_in_scraping_service_mode_applies_global_and_refuses_kvstore_changes() 
         &instance_yaml("j", &t1.addr),
     );
     assert_eq!(code, 201, "{body}");
-    agent.wait_until("c runs", Duration::from_secs(5), |a| {
+    agent.wait_until("c runs", Duration::from_secs(30), |a| {
         target_jobs(a).len() == 1
     });
 
     write(&cfg, &yaml("env: b", "configurations/"));
     assert_eq!(call(&agent, "POST", "/-/reload", ""), (200, String::new()));
     // New external labels change what remote_write sends: the instance restarts with them.
-    agent.wait_until("instance restarted", Duration::from_secs(5), |a| {
+    agent.wait_until("instance restarted", Duration::from_secs(30), |a| {
         a.log().contains("instance restarting for a changed config")
     });
     assert!(
@@ -325,7 +325,7 @@ fn reload_in_scraping_service_mode_applies_global_and_refuses_kvstore_changes() 
         "{}",
         agent.log()
     );
-    agent.wait_until("c runs again", Duration::from_secs(5), |a| {
+    agent.wait_until("c runs again", Duration::from_secs(30), |a| {
         target_jobs(a).len() == 1
     });
 
