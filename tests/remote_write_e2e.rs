@@ -93,11 +93,19 @@ async fn put_config(agent: &Agent, name: &str, yaml: &str) {
     wait_instance(agent, name, true).await;
 }
 
-/// DELETEs the config and waits until its instance stopped (flushed remote_write).
+/// DELETEs the config and waits until its instance stopped (flushed remote_write). The config
+/// leaves the agent's list at once; the instance's worker then stops scraping and flushes
+/// remote_write, and logs `instance stopped` after the flush. Each test here runs one config at
+/// a time, so the first such line after the DELETE is its instance's (in shared mode the line
+/// names the group, not the config).
 async fn delete_config(agent: &Agent, name: &str) {
+    let offset = agent.log().len();
     let r = tokio::task::block_in_place(|| agent.delete_config(name));
     assert_eq!(r.status, 200, "DELETE {name}: {r:?}");
     wait_instance(agent, name, false).await;
+    tokio::task::block_in_place(|| {
+        agent.wait_log_after(offset, "msg=\"instance stopped\"", Duration::from_secs(120))
+    });
 }
 
 async fn wait_instance(agent: &Agent, name: &str, running: bool) {
