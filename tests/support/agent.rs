@@ -124,6 +124,37 @@ pub struct Agent {
     child: Option<ChildGuard>,
 }
 
+/// How many lines of an agent's log a failing test prints (see the `Drop` impl).
+const LOG_TAIL_ON_PANIC: usize = 80;
+
+impl Drop for Agent {
+    /// When the test is failing (panicking), prints the end of this agent's log to standard
+    /// error: a test that timed out waiting for an agent says what the agent was doing,
+    /// also on a CI machine whose temporary directories are gone afterwards.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let from = lines.len().saturating_sub(LOG_TAIL_ON_PANIC);
+        eprintln!(
+            "---- the last {} of {} log lines of agent {} ({}) ----",
+            lines.len() - from,
+            lines.len(),
+            self.opts.name,
+            self.log_path().display()
+        );
+        for l in &lines[from..] {
+            let end = (0..=l.len().min(600))
+                .rev()
+                .find(|&i| l.is_char_boundary(i))
+                .unwrap_or(0);
+            eprintln!("{}: {}", self.opts.name, &l[..end]);
+        }
+    }
+}
+
 impl Agent {
     /// An agent working in `dir` (its current directory).
     pub fn builder(dir: &Path) -> AgentBuilder {
