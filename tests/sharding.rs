@@ -840,6 +840,76 @@ fn ten_agents_ten_thousand_targets_balance_and_movement() {
     eprintln!("whole test {:?}; {}", t0.elapsed(), etcd_load(&ep));
 }
 
+/// An agent killed (SIGKILL) and started again at once with the same ID is still a live ring
+/// member and still in the assignment: the leader has nothing to recompute, so no new epoch
+/// comes. The agent must scrape its targets again from the assignment it finds, whichever
+/// reaches its sharding task first at start, the assignment or the configs.
+#[test]
+fn an_agent_restarted_in_place_writes_its_targets_again_without_a_new_epoch() {
+    const INTERVAL_MS: i64 = 1000;
+    const TARGETS: usize = 6;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rec = Recorder::default();
+    let rec_url = rec.serve(&rt);
+    let addrs = targets(&rt, TARGETS);
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ep = etcd.endpoint();
+    // A heartbeat_timeout far longer than the restart: the agent is never judged dead.
+    let a1 = member(dir.path(), &ep, "agent-1", "60s").start();
+    let mut a2 = member(dir.path(), &ep, "agent-2", "60s").start();
+    let list = addrs
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cfg = format!(
+        "scrape_configs:\n  - job_name: restart\n    scrape_interval: {INTERVAL_MS}ms\n    static_configs:\n      - targets: [{list}]\nremote_write:\n  - url: {rec_url}\n"
+    );
+    assert_eq!(a1.put_config("cfg-restart", &cfg).status, 201);
+    let w = wait_all_written_after(
+        &rec,
+        &addrs,
+        now_ms(),
+        &["agent-1", "agent-2"],
+        Duration::from_secs(60),
+    );
+    let of_a2: Vec<String> = w
+        .iter()
+        .filter(|(_, a)| *a == "agent-2")
+        .map(|(t, _)| t.clone())
+        .collect();
+    assert!(!of_a2.is_empty(), "agent-2 writes no target: {w:?}");
+    let epoch = a1.metric("agent_assignment_epoch", "");
+
+    a2.restart();
+    let restarted_ms = now_ms();
+    let took = wait(
+        "agent-2 writing its targets again after its restart",
+        Duration::from_secs(60),
+        || {
+            let up = rec.latest_up();
+            of_a2.iter().all(|t| {
+                up.get(t)
+                    .is_some_and(|(ts, a)| *ts > restarted_ms && a == "agent-2")
+            })
+        },
+    );
+    eprintln!(
+        "agent-2 wrote its {} targets again {took:?} after its restart",
+        of_a2.len()
+    );
+    assert_eq!(
+        a1.metric("agent_assignment_epoch", ""),
+        epoch,
+        "the restart changed the assignment: this test no longer shows a restart in place"
+    );
+}
+
 /// 20 membership changes a minute (a join or a graceful leave every 3 s, two agents always
 /// up) for `seconds`: at the receiver, no scrape slot written by two agents, no gap over 1.5
 /// intervals, no staleness marker, no out-of-order sample (the recording receiver and a real
@@ -879,12 +949,17 @@ fn churn(seconds: u64) {
     );
     assert_eq!(stable[0].put_config("cfg-churn", &cfg).status, 201);
     let start_ms = now_ms();
+    let t_put = Instant::now();
     wait_all_written_after(
         &rec,
         &addrs,
         start_ms,
         &["stable-1", "stable-2"],
         Duration::from_secs(60),
+    );
+    eprintln!(
+        "every target written {:?} after the config PUT",
+        t_put.elapsed()
     );
     // Each change starts a new agent or stops (SIGTERM, not waited for) the one started
     // first; at most two besides the stable ones.

@@ -211,6 +211,7 @@ impl TargetSharding {
             key_refresh: liveness::key_refresh(ring_now_timeout),
             last_status: tokio::time::Instant::now(),
             first_epoch: true,
+            reapply: false,
             cx,
         };
         let task = tokio::spawn(runtime.run(rx, stop.clone()));
@@ -382,6 +383,11 @@ struct Runtime {
     key_refresh: Duration,
     last_status: tokio::time::Instant,
     first_epoch: bool,
+    /// A config this agent did not know arrived after it applied the current epoch: the
+    /// epoch's targets of that config were left out of `mine` then (see [`Runtime::step`]),
+    /// so the epoch is applied again. No new epoch may ever come (an agent restarted in place
+    /// finds itself in the assignment before its config store listing reaches this task).
+    reapply: bool,
 }
 
 impl Runtime {
@@ -408,6 +414,7 @@ impl Runtime {
                         let configs: BTreeMap<String, InstanceConfig> =
                             all.into_iter().map(|c| (c.name.clone(), c)).collect();
                         if configs != self.configs {
+                            self.reapply |= configs.keys().any(|n| !self.configs.contains_key(n));
                             // Targets are built again for changed scrape configs.
                             self.instances = configs
                                 .values()
@@ -510,7 +517,8 @@ impl Runtime {
         self.index.refresh(&state);
         self.owners.refresh(&state);
 
-        if self.first_epoch || state.assignment.epoch > self.handoffs.epoch() {
+        let new_epoch = state.assignment.epoch > self.handoffs.epoch();
+        if self.first_epoch || new_epoch || self.reapply {
             let mine: HashMap<TargetKey, Duration> = self
                 .owners
                 .by_key
@@ -518,6 +526,7 @@ impl Runtime {
                 .filter(|(_, o)| **o == self.cx.id)
                 .filter_map(|(k, _)| {
                     let r = self.index.by_key.get(k)?;
+                    // A config not known here yet is left out until it arrives (`reapply`).
                     self.configs
                         .contains_key(&r.config)
                         .then_some((*k, r.interval))
@@ -532,7 +541,7 @@ impl Runtime {
                 now_ms,
             );
             let keys: HashSet<TargetKey> = mine.keys().copied().collect();
-            if !self.first_epoch {
+            if !self.first_epoch && new_epoch {
                 // Moves only: a target new to the assignment (first placed) is not moved in,
                 // one that left it (no longer discovered) is not moved out.
                 let moved_in = keys
@@ -548,6 +557,7 @@ impl Runtime {
                 self.cx.metrics.moved("out").inc_by(moved_out);
             }
             self.first_epoch = false;
+            self.reapply = false;
             self.mine = keys;
             self.assigned_before = self.owners.by_key.keys().copied().collect();
             self.cx.metrics.targets_assigned.set(self.mine.len() as i64);
