@@ -322,13 +322,22 @@ async fn churn_soak_keeps_memory_flat_and_delivers_every_sample() {
     let rss_end = steady[steady.len() - 1].anon_mib;
     let (total_start, total_end) = (steady[0].rss_mib, steady[steady.len() - 1].rss_mib);
 
-    // Stop scraping and flush remote_write; then every scrape must be at the receiver.
+    // Stop scraping and flush remote_write; then every scrape must be at the receiver. The
+    // config leaves the instance list when the manager takes the DELETE; the scrape stop and
+    // the remote_write flush come after, and `instance stopped` is logged once they are done
+    // (agent/src/instance/mod.rs).
+    let log_offset = agent.log().len();
     let del = tokio::task::block_in_place(|| agent.delete_config("churn"));
     assert_eq!(del.status, 200, "{del:?}");
     tokio::task::block_in_place(|| {
         agent.wait_until("the instance stopped", Duration::from_secs(120), |a| {
             a.running_configs().is_some_and(|c| c.is_empty())
-        })
+        });
+        agent.wait_log_after(
+            log_offset,
+            "msg=\"instance stopped\"",
+            Duration::from_secs(120),
+        );
     });
     let scrapes = *served.borrow();
     let received = delivered_per_scrape(&prom, scrapes).await;
