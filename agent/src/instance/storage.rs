@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use hashbrown::HashTable;
 use tokio::sync::watch;
 
-use crate::labels::{Hasher, Labels, LabelsRef, RefMap, SeriesRef, SharedLabels};
+use crate::labels::{DenseRefMap, Hasher, Labels, LabelsRef, RefMap, SeriesRef, SharedLabels};
 use crate::scrape::appender::{AppendError, Appender, Storage};
 use crate::wal::{
     CheckpointStats, Cut, DroppedSeries, RefExemplar, RefSample, ReplayState, SyncHandle, Wal,
@@ -70,7 +70,9 @@ pub struct SeriesTable {
     free: Vec<u32>,
     /// Slot numbers by labels; the newest ref of a label set (a WAL may hold older ones).
     by_labels: HashTable<u32>,
-    by_ref: RefMap<u32>,
+    /// Slot numbers by ref: looked up once per sample (`touch`), so an array over the refs
+    /// (handed out in order: a scrape's samples walk it in order), not a hash table.
+    by_ref: DenseRefMap<u32>,
     /// Garbage-collected refs -> the newest segment that refers to them.
     deleted: RefMap<u32>,
     next_ref: u64,
@@ -86,7 +88,7 @@ impl SeriesTable {
             slots: Vec::new(),
             free: Vec::new(),
             by_labels: HashTable::new(),
-            by_ref: RefMap::default(),
+            by_ref: DenseRefMap::default(),
             deleted: RefMap::default(),
             next_ref: 1,
             gc_round: 0,
@@ -203,7 +205,7 @@ impl SeriesTable {
     /// Records a sample of `r` at `t`, written to segment `segment`.
     #[inline]
     pub fn touch(&mut self, r: SeriesRef, t: i64, segment: u32) {
-        match self.by_ref.get(&r) {
+        match self.by_ref.get(r) {
             Some(&i) => {
                 let s = &mut self.slots[i as usize];
                 if t > s.newest || is_pending(s.newest) {
@@ -227,15 +229,16 @@ impl SeriesTable {
         let mut gone = Vec::new();
         let recent = pending(self.gc_round);
         self.gc_round += 1;
+        let slots = &self.slots;
         self.by_ref.retain(|r, &mut i| {
-            let newest = self.slots[i as usize].newest;
+            let newest = slots[i as usize].newest;
             let keep = if is_pending(newest) {
                 newest >= recent
             } else {
                 newest >= mint
             };
             if !keep {
-                gone.push((*r, i));
+                gone.push((r, i));
             }
             keep
         });
@@ -277,7 +280,7 @@ impl SeriesTable {
         self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.free.capacity() * 4
             + hashbrown(self.by_labels.capacity(), 4)
-            + hashbrown(self.by_ref.capacity(), 16)
+            + self.by_ref.heap_bytes()
             + hashbrown(self.deleted.capacity(), 16)
     }
 }
@@ -285,7 +288,7 @@ impl SeriesTable {
 impl SharedLabels for Mutex<SeriesTable> {
     fn shared(&self, r: SeriesRef, labels: LabelsRef<'_>) -> Option<Labels> {
         let t = self.lock().unwrap_or_else(|e| e.into_inner());
-        let &i = t.by_ref.get(&r)?;
+        let &i = t.by_ref.get(r)?;
         t.slots[i as usize]
             .labels
             .as_ref()
@@ -552,7 +555,7 @@ impl Storage for WalStorage {
 
     fn retain_live(&self, refs: &mut Vec<SeriesRef>) {
         let t = lock(&self.table);
-        refs.retain(|r| t.by_ref.contains_key(r));
+        refs.retain(|r| t.by_ref.contains(*r));
     }
 }
 

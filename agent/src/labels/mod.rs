@@ -10,16 +10,19 @@
 //! - [`Hasher`]: the one label hasher. A hash only ever *finds candidates*: every table keyed by
 //!   labels compares the bytes of the candidates it finds, so two label sets with an equal hash
 //!   stay two series. [`Hasher::with_bits`] lets tests make every hash collide to prove it.
-//! - [`RefMap`]: a hash map keyed by [`SeriesRef`].
+//! - [`RefMap`]: a hash map keyed by [`SeriesRef`]; [`DenseRefMap`]: an array where the refs
+//!   are dense (the per-sample lookups by ref).
 //!
 //! This module depends on nothing else in the crate: it is the bottom of the layering.
 
 mod builder;
 mod hash;
+mod refs;
 mod set;
 
 pub use builder::LabelsBuilder;
 pub use hash::{Hasher, RefHasher, RefMap};
+pub use refs::DenseRefMap;
 pub(crate) use set::put_uvarint;
 pub use set::{go_quote, write_go_quoted, Labels, LabelsIter, LabelsRef, ParseError, RawPairs};
 

@@ -49,7 +49,7 @@
 //! waits until they have sent everything (so per-series order holds across the change) and
 //! starts the new ones.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -68,7 +68,7 @@ use super::proto::{
 use crate::config::instance::RemoteWriteConfig;
 use crate::config::remote_write::QueueConfig;
 pub use crate::labels::SeriesRef;
-use crate::labels::{Labels, LabelsBuilder, RefMap};
+use crate::labels::{DenseRefMap, Labels, LabelsBuilder};
 
 /// The series filter the instance provides (its `write_relabel_configs`): called once per
 /// series with its labels (external labels already added); may rewrite them; `false` drops the
@@ -182,128 +182,8 @@ enum SeriesEntry {
     Dropped,
 }
 
-/// The series table, ref → entry. Our WAL assigns refs densely and in order, so most refs
-/// index a deque (`dense[r - base]`); refs far outside it (a sparse or foreign WAL, a
-/// checkpoint whose series were mostly dropped) go to a hash map, so memory stays bounded by
-/// the number of series whatever the refs are. Removing series (after a checkpoint dropped
-/// them) pops the front of the deque while it is empty, and once the deque is more than half
-/// holes its sparse front moves to the map: refs keep growing under series churn, the deque
-/// does not.
-#[derive(Default)]
-struct SeriesTable {
-    /// The ref of `dense[0]`; set by the first stored series.
-    base: Option<u64>,
-    dense: VecDeque<Option<SeriesEntry>>,
-    sparse: RefMap<SeriesEntry>,
-    /// Entries in `dense`.
-    dense_len: usize,
-}
-
-impl SeriesTable {
-    /// A ref is stored densely when it falls at most this many slots past the end (or the
-    /// dense part stays at most half empty).
-    const MAX_GAP: u64 = 1024;
-
-    fn get(&self, r: SeriesRef) -> Option<&SeriesEntry> {
-        if let Some(Some(e)) = self.dense_index(r).and_then(|i| self.dense.get(i)) {
-            return Some(e);
-        }
-        // Not in the dense part: sparse, possibly a ref that the dense part grew over later.
-        if self.sparse.is_empty() {
-            return None;
-        }
-        self.sparse.get(&r)
-    }
-
-    fn dense_index(&self, r: SeriesRef) -> Option<usize> {
-        r.0.checked_sub(self.base?)
-            .and_then(|i| usize::try_from(i).ok())
-    }
-
-    fn insert(&mut self, r: SeriesRef, entry: SeriesEntry) {
-        let base = *self.base.get_or_insert(r.0);
-        if r.0 < base && self.dense_len == 0 && self.sparse.is_empty() {
-            // Empty: start the dense part here.
-            self.dense.clear();
-            self.base = Some(r.0);
-            return self.insert(r, entry);
-        }
-        if let Some(i) = self.dense_index(r) {
-            let len = self.dense.len();
-            if let Some(slot) = self.dense.get_mut(i) {
-                if slot.replace(entry).is_none() {
-                    self.dense_len += 1;
-                }
-            } else {
-                let gap = (i - len) as u64;
-                if gap > Self::MAX_GAP && gap > (self.len() as u64) {
-                    return self.insert_sparse(r, entry);
-                }
-                self.dense.resize_with(i, || None);
-                self.dense.push_back(Some(entry));
-                self.dense_len += 1;
-            }
-            // A ref stored sparsely before the dense part grew over it moves here.
-            if !self.sparse.is_empty() {
-                self.sparse.remove(&r);
-            }
-            return;
-        }
-        self.insert_sparse(r, entry);
-    }
-
-    fn insert_sparse(&mut self, r: SeriesRef, entry: SeriesEntry) {
-        self.sparse.insert(r, entry);
-    }
-
-    /// Forgets `r`.
-    fn remove(&mut self, r: SeriesRef) {
-        let in_dense = self
-            .dense_index(r)
-            .and_then(|i| self.dense.get_mut(i))
-            .and_then(Option::take)
-            .is_some();
-        if in_dense {
-            self.dense_len -= 1;
-        } else if !self.sparse.is_empty() {
-            self.sparse.remove(&r);
-        }
-    }
-
-    /// After removals: drops the empty front of the dense part and, when it is more than half
-    /// holes, moves its entries before the longest at-least-half-full suffix to the map.
-    fn compact(&mut self) {
-        while matches!(self.dense.front(), Some(None)) {
-            self.dense.pop_front();
-            if let Some(b) = &mut self.base {
-                *b += 1;
-            }
-        }
-        if self.dense.len() as u64 <= 2 * self.dense_len as u64 + Self::MAX_GAP {
-            return;
-        }
-        // The cut: the smallest index from which the rest is at least half full.
-        let (mut live, mut cut) = (0usize, self.dense.len());
-        for (i, slot) in self.dense.iter().enumerate().rev() {
-            live += usize::from(slot.is_some());
-            if 2 * live >= self.dense.len() - i {
-                cut = i;
-            }
-        }
-        let Some(base) = self.base else { return };
-        for (i, slot) in self.dense.drain(..cut).enumerate() {
-            if let Some(e) = slot {
-                self.sparse.insert(SeriesRef(base + i as u64), e);
-                self.dense_len -= 1;
-            }
-        }
-        self.base = Some(base + cut as u64);
-    }
-
-    fn len(&self) -> usize {
-        self.dense_len + self.sparse.len()
-    }
-}
+/// The series table, ref → entry (dense where the WAL's refs are: see [`DenseRefMap`]).
+type SeriesTable = DenseRefMap<SeriesEntry>;
 
 const NO_TIMESTAMP: i64 = i64::MIN;
 
@@ -1824,112 +1704,6 @@ mod tests {
 
     const fn r(n: u64) -> SeriesRef {
         SeriesRef(n)
-    }
-
-    fn kept(name: &str) -> SeriesEntry {
-        SeriesEntry::Shared(Labels::from_pairs([("__name__", name)]))
-    }
-
-    fn name_of(t: &SeriesTable, at: SeriesRef) -> Option<String> {
-        match t.get(at)? {
-            SeriesEntry::Shared(l) | SeriesEntry::Own(l) => l.get("__name__").map(str::to_owned),
-            SeriesEntry::Dropped => Some("<dropped>".into()),
-        }
-    }
-
-    #[test]
-    fn series_table_is_dense_for_ordered_refs_and_correct_for_sparse_ones() {
-        let mut t = SeriesTable::default();
-        // A checkpoint starting at ref 1000, then refs in order with small holes.
-        for n in (1000..1100).step_by(3) {
-            t.insert(r(n), kept(&n.to_string()));
-        }
-        t.insert(r(1200), SeriesEntry::Dropped);
-        // Far away, below the base, and at the very top: the sparse map.
-        t.insert(r(5_000_000), kept("far"));
-        t.insert(r(3), kept("below"));
-        t.insert(r(u64::MAX), kept("max"));
-        assert!(t.dense.len() <= 201, "dense part {}", t.dense.len());
-        assert_eq!(t.sparse.len(), 3);
-        assert_eq!(t.len(), 34 + 1 + 3);
-        assert_eq!(name_of(&t, r(1000)).as_deref(), Some("1000"));
-        assert_eq!(name_of(&t, r(1099)).as_deref(), Some("1099"));
-        assert_eq!(name_of(&t, r(1001)), None);
-        assert_eq!(name_of(&t, r(1200)).as_deref(), Some("<dropped>"));
-        assert_eq!(name_of(&t, r(5_000_000)).as_deref(), Some("far"));
-        assert_eq!(name_of(&t, r(3)).as_deref(), Some("below"));
-        assert_eq!(name_of(&t, r(u64::MAX)).as_deref(), Some("max"));
-        assert_eq!(name_of(&t, r(4)), None);
-        assert_eq!(name_of(&t, r(999)), None);
-        // Replacing keeps the count.
-        t.insert(r(1000), kept("again"));
-        t.insert(r(3), kept("again"));
-        assert_eq!(t.len(), 38);
-        assert_eq!(name_of(&t, r(1000)).as_deref(), Some("again"));
-        assert_eq!(name_of(&t, r(3)).as_deref(), Some("again"));
-    }
-
-    /// Under churn refs keep growing while old series are removed: the table stays the size
-    /// of what it holds, a few long-lived series included.
-    #[test]
-    fn series_table_stays_bounded_under_churn() {
-        let mut t = SeriesTable::default();
-        for n in 1..=5 {
-            t.insert(r(n), kept("long_lived"));
-        }
-        let mut next = 6u64;
-        for _round in 0..200 {
-            let batch: Vec<u64> = (next..next + 1000).collect();
-            for &n in &batch {
-                t.insert(r(n), kept("churn"));
-            }
-            for &n in &batch[..batch.len() - 100] {
-                t.remove(r(n));
-            }
-            t.compact();
-            next += 1000;
-        }
-        assert_eq!(t.len(), 5 + 200 * 100);
-        assert!(
-            t.dense.len() <= 2 * t.len() + 2 * SeriesTable::MAX_GAP as usize,
-            "dense {}",
-            t.dense.len()
-        );
-        for n in 1..=5 {
-            assert_eq!(name_of(&t, r(n)).as_deref(), Some("long_lived"));
-        }
-        assert_eq!(name_of(&t, r(next - 1)).as_deref(), Some("churn"));
-        assert_eq!(name_of(&t, r(next - 101)), None);
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn series_table_behaves_like_a_map(ops in proptest::collection::vec(
-            (proptest::prop_oneof![0u64..5_000, proptest::num::u64::ANY], proptest::bool::weighted(0.3)), 0..300)) {
-            let mut t = SeriesTable::default();
-            let mut m = std::collections::BTreeMap::new();
-            for (i, (n, remove)) in ops.iter().enumerate() {
-                if *remove {
-                    t.remove(r(*n));
-                    m.remove(n);
-                    if i % 7 == 0 {
-                        t.compact();
-                    }
-                } else {
-                    t.insert(r(*n), kept(&i.to_string()));
-                    m.insert(*n, i.to_string());
-                }
-            }
-            proptest::prop_assert_eq!(t.len(), m.len());
-            for (n, name) in &m {
-                proptest::prop_assert_eq!(name_of(&t, r(*n)), Some(name.clone()));
-            }
-            for n in [0u64, 1, 4_999, 5_000, u64::MAX - 1] {
-                if !m.contains_key(&n) {
-                    proptest::prop_assert_eq!(name_of(&t, r(n)), None);
-                }
-            }
-        }
     }
 
     #[test]
