@@ -3,7 +3,11 @@
 //!
 //! On start the watcher reads the last checkpoint (series and samples), then every segment
 //! after it, then tails the live segment (woken by the WAL writer's commit signal, or every
-//! 250 ms). Series records go to `store_series` as they are read, samples to `append_samples`, which waits
+//! 250 ms). While commits keep coming (one per scrape), polls start at least [`COALESCE`] apart,
+//! so the commits of that interval are read by one poll and reach the shards as one hand-over
+//! per shard: a wake-up of this task, of a blocking-pool thread and of each shard per interval
+//! rather than per scrape. A commit after a quiet spell is read at once. Series records go to
+//! `store_series` as they are read, samples to `append_samples`, which waits
 //! while the queue is full: the back-pressure stops the watcher, not the scraper. Exemplar
 //! records go to `append_exemplars` when the endpoint has `send_exemplars` (otherwise they are
 //! not decoded); after a restart, exemplars are skipped by the same per-series marks as
@@ -52,6 +56,12 @@ use crate::wal::live::{segment_numbers, LiveReader, Position};
 use crate::wal::reader::Reader;
 use crate::wal::record;
 use crate::wal::DroppedSeries;
+
+/// The shortest time from the start of one poll of the live segment to the start of the next
+/// while commits keep coming (see the module docs). It delays a sample by at most this much
+/// (Prometheus's watcher reads on a timer of 10-15 ms plus the queue's batching; the queue here
+/// sends a partial batch after `batch_send_deadline`, 5 s by default).
+pub const COALESCE: Duration = Duration::from_millis(100);
 
 /// What one poll found. Series records are not collected here: they go to the queue's table
 /// as each record is read (before any sample of the poll is appended, which is all the order
@@ -359,6 +369,7 @@ pub async fn run(
 
     let mut reader = Some(LiveReader::new(&wal_dir, start));
     while let Some(mut r) = reader.take() {
+        let started = tokio::time::Instant::now();
         // Every commit up to `seen` is in the files this poll reads.
         let seen = *commits.borrow_and_update();
         let after = after.clone();
@@ -387,23 +398,42 @@ pub async fn run(
         if let Err(e) = &res {
             tracing::error!(error = %e, "remote_write: cannot read the WAL tail; retrying");
         }
-        let idle = matches!(res, Ok(0));
         if !deliver(&queue, batch).await {
             break;
         }
-        if res.is_ok() && caught_up {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if res.is_ok() && !caught_up {
+            // Stopped at its budget: more is written already; the next poll at once.
+            continue;
+        }
+        if res.is_ok() {
             // The poll read to the end of what is written: every commit up to `seen` is
-            // queued. (A poll that stopped at its budget is followed by the next at once.)
+            // queued.
             queue.read_through(seen);
         }
-        if idle {
+        // Wait for a commit after `seen` (one may have come during the poll: then at once).
+        // A commit seen together with the stop is still read: when both are ready the commit
+        // goes first, and the loop ends after that poll.
+        let closed = tokio::select! {
+            biased;
+            changed = commits.changed() => changed.is_err(),
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => false,
+        };
+        if closed {
+            // No writer any more (only when the storage is gone): poll on the timer.
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = commits.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
-        } else if shutdown.is_cancelled() {
-            break;
+        }
+        // Commits keep coming: let those of the next few scrapes join this one. A stop during
+        // the wait polls at once (what was committed before it is read, then the loop ends).
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep_until(started + COALESCE) => {}
         }
     }
     // A last save of what was delivered, for the next start (the owner saves again after
