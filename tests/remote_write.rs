@@ -788,3 +788,93 @@ async fn bearer_token_file_is_read_per_request() {
         .collect();
     assert_eq!(auth, ["Bearer first", "Bearer rotated"]);
 }
+
+/// A commit made while the WAL watcher hands a poll's samples to a full queue, followed at once
+/// by the stop, is read and queued before the watcher ends, so the flush sends it. That is the
+/// order of `Instance::stop` (agent/src/instance/mod.rs): the scrape loops commit their
+/// staleness markers, then the watcher is stopped, while it may still be delivering the samples
+/// of its last poll (a slow receiver keeps the queue full).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_made_just_before_the_stop_is_sent_by_the_flush() {
+    use agent::wal::{Wal, WalOptions};
+    let mut rx = Receiver::new(204);
+    // 200 ms per request, 10 samples per request and 10 of room in the queue: the first
+    // poll's 100 samples keep the watcher waiting for room for about two seconds.
+    rx.delay = Duration::from_millis(200);
+    let url = rx.serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join("wal");
+    let (mut wal, _) = Wal::open(&wal_dir, WalOptions::default()).unwrap();
+    let series: Vec<(SeriesRef, Labels)> = (1..=10u64)
+        .map(|i| (r(i), labels(&[("__name__", "m"), ("i", &i.to_string())])))
+        .collect();
+    wal.append_series(series.iter().map(|(r, l)| (*r, l.as_view())))
+        .unwrap();
+    let base = agent::clock::Clock::system().unix_millis() - 60_000;
+    let scrape = |wal: &mut Wal, round: i64| {
+        let samples: Vec<(SeriesRef, i64, f64)> = series
+            .iter()
+            .map(|(r, _)| (*r, base + round * 1000, round as f64))
+            .collect();
+        wal.append_samples(&samples).unwrap();
+        wal.commit().unwrap();
+    };
+    for round in 0..10 {
+        scrape(&mut wal, round);
+    }
+
+    let mut reg = Registry::default();
+    let metrics = RemoteWriteMetrics::register(&mut reg);
+    let mut cfg = queue_config(10);
+    (cfg.capacity, cfg.min_shards, cfg.max_shards) = (10, 1, 1);
+    let qm = Arc::new(QueueManager::new(
+        client(&url, HttpClientConfig::default()),
+        QueueSettings::new(cfg, BTreeMap::new()),
+        &metrics,
+        None,
+    ));
+    let (commit_tx, commit_rx) = tokio::sync::watch::channel(0u64);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(agent::remote_write::watcher::run(
+        wal_dir,
+        qm.clone(),
+        dir.path().join("progress"),
+        commit_rx,
+        None,
+        stop.clone(),
+    ));
+    // The watcher has read the ten scrapes and waits for room in the queue.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rx.requests().is_empty() {
+        assert!(Instant::now() < deadline, "nothing reached the receiver");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!task.is_finished());
+    // One more commit, then the stop.
+    scrape(&mut wal, 10);
+    commit_tx.send_replace(1);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the watcher ends after the stop")
+        .unwrap();
+    let report = qm.flush(Instant::now() + Duration::from_secs(60)).await;
+    assert!(report.complete, "{report:?}");
+    let newest: Vec<i64> = rx
+        .requests()
+        .iter()
+        .flat_map(|s| s.request.timeseries.iter())
+        .flat_map(|t| t.samples.iter().map(|s| s.timestamp))
+        .filter(|&t| t == base + 10_000)
+        .collect();
+    assert_eq!(
+        newest.len(),
+        10,
+        "the last commit before the stop: {} of its 10 samples sent; {} samples in all",
+        newest.len(),
+        rx.requests()
+            .iter()
+            .map(|s| sample_count(&s.request))
+            .sum::<usize>()
+    );
+}

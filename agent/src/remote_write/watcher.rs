@@ -402,6 +402,12 @@ pub async fn run(
             break;
         }
         if shutdown.is_cancelled() {
+            // A commit after `seen` came while this poll read or delivered (the stop follows
+            // the scrape loops' last commit, their staleness markers, at once, and `deliver`
+            // can wait long for room in the queue): one more poll reads it, then the loop ends.
+            if res.is_ok() && commits.has_changed().unwrap_or(false) {
+                continue;
+            }
             break;
         }
         if res.is_ok() && !caught_up {
