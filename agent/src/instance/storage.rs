@@ -28,7 +28,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use hashbrown::HashTable;
 use tokio::sync::watch;
 
-use crate::labels::{DenseRefMap, Hasher, Labels, LabelsRef, RefMap, SeriesRef, SharedLabels};
+use crate::labels::{
+    DenseRefMap, Hasher, Headroom, Labels, LabelsRef, RefMap, SeriesRef, SharedLabels,
+};
 use crate::scrape::appender::{AppendError, Appender, Storage};
 use crate::wal::{
     CheckpointStats, Cut, DroppedSeries, RefExemplar, RefSample, ReplayState, SyncHandle, Wal,
@@ -63,6 +65,16 @@ fn is_pending(newest: i64) -> bool {
     newest < PENDING + (1 << 61)
 }
 
+/// The hash of the labels of the slot a `by_labels` entry names (for its rehashes).
+fn slot_hash(slots: &[Slot], hasher: Hasher) -> impl Fn(&u32) -> u64 + '_ {
+    move |&j| {
+        slots[j as usize]
+            .labels
+            .as_ref()
+            .map_or(0, |l| hasher.hash(l.as_view()))
+    }
+}
+
 /// The instance's series (see the module docs).
 pub struct SeriesTable {
     hasher: Hasher,
@@ -70,6 +82,8 @@ pub struct SeriesTable {
     free: Vec<u32>,
     /// Slot numbers by labels; the newest ref of a label set (a WAL may hold older ones).
     by_labels: HashTable<u32>,
+    /// `by_labels`'s size under churn (see [`Headroom`]).
+    by_labels_room: Headroom,
     /// Slot numbers by ref: looked up once per sample (`touch`), so an array over the refs
     /// (handed out in order: a scrape's samples walk it in order), not a hash table.
     by_ref: DenseRefMap<u32>,
@@ -88,6 +102,7 @@ impl SeriesTable {
             slots: Vec::new(),
             free: Vec::new(),
             by_labels: HashTable::new(),
+            by_labels_room: Headroom::default(),
             by_ref: DenseRefMap::default(),
             deleted: RefMap::default(),
             next_ref: 1,
@@ -162,12 +177,8 @@ impl SeriesTable {
         match self.by_labels.find_entry(hash, same) {
             Ok(mut e) => *e.get_mut() = i,
             Err(_) => {
-                self.by_labels.insert_unique(hash, i, |&j| {
-                    slots[j as usize]
-                        .labels
-                        .as_ref()
-                        .map_or(0, |l| hasher.hash(l.as_view()))
-                });
+                self.by_labels
+                    .insert_unique(hash, i, slot_hash(slots, hasher));
             }
         }
         i
@@ -226,6 +237,12 @@ impl SeriesTable {
     /// those without a sample since before the previous collection (`segment` is the one
     /// being written). Returns how many.
     pub fn gc(&mut self, mint: i64, segment: u32) -> usize {
+        // The live count peaks here, before the collection: room for the tombstones of the
+        // series it removes now and later (see `Headroom`).
+        if let Some(n) = self.by_labels_room.grow(self.by_labels.len()) {
+            self.by_labels
+                .reserve(n, slot_hash(&self.slots, self.hasher));
+        }
         let mut gone = Vec::new();
         let recent = pending(self.gc_round);
         self.gc_round += 1;
@@ -245,6 +262,10 @@ impl SeriesTable {
         for &(r, i) in &gone {
             self.remove_slot(i);
             self.deleted.insert(r, segment);
+        }
+        if let Some(n) = self.by_labels_room.shrink(self.by_labels.len()) {
+            self.by_labels
+                .shrink_to(n, slot_hash(&self.slots, self.hasher));
         }
         gone.len()
     }
@@ -869,6 +890,43 @@ mod tests {
             .shared_labels()
             .shared(refs[3], sets[4].as_view())
             .is_none());
+    }
+
+    /// Series churn: every round 1,000 new series, each living for three or four rounds (as a
+    /// request-id label scraped every 5 s with a WAL truncated every 5 s). The live count
+    /// peaks at 4,000 in the first rounds and never again goes higher, so the labels index
+    /// must have its size by then: hashbrown fills the buckets of removed entries with
+    /// tombstones, and without room kept for them the index doubled again once they had used
+    /// up its spare room (round 40-100 here; 3-5 minutes into the churn soak, tests/churn.rs,
+    /// a late step in the agent's resident memory).
+    #[test]
+    fn a_churning_series_table_has_its_size_once_its_live_count_peaked() {
+        const ROUND: i64 = 1_000;
+        let mut t = SeriesTable::new(Hasher::random());
+        let mut sizes = Vec::new();
+        for round in 0..400i64 {
+            for i in 0..ROUND {
+                let id = round * ROUND + i;
+                let labels = Labels::from_pairs([("request_id", id.to_string().as_str())]);
+                let (r, _, new) = t.get_or_create(labels);
+                assert!(new);
+                t.touch(r, round, 0);
+            }
+            t.gc(round - 2, 0);
+            t.checkpointed(0);
+            assert_eq!(t.len() as i64, ROUND * (round + 1).min(3));
+            sizes.push((round, t.by_labels.allocation_size()));
+        }
+        let settled = sizes[4].1;
+        let changed = sizes[4..].iter().find(|s| s.1 != settled);
+        assert_eq!(
+            changed, None,
+            "the labels index changed size after round 4 ({settled} bytes)"
+        );
+        // A live count that falls far below its high gives the room back.
+        t.gc(i64::MAX, 0);
+        t.checkpointed(0);
+        assert!(t.by_labels.allocation_size() < settled / 4);
     }
 
     #[test]

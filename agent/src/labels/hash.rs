@@ -92,10 +92,79 @@ impl std::hash::Hasher for RefHasher {
 /// A hash map keyed by series ref.
 pub type RefMap<V> = HashMap<SeriesRef, V, BuildHasherDefault<RefHasher>>;
 
+/// Room kept in a hash table whose entries churn (series come and go), so that the table has
+/// its size once its live count peaked, not minutes later.
+///
+/// hashbrown (behind `HashMap` and `HashTable`) leaves a tombstone in the bucket of a removed
+/// entry when its probe group is crowded, and tombstones use up the spare room as entries do.
+/// When the room is gone, the next insert rehashes: in place if the table is at most half
+/// full, otherwise into twice the buckets. A table keyed by a random hash whose live count sits
+/// above half its capacity therefore doubles long after its live count stopped growing, when
+/// its tombstones run out (the instance series table's labels index did, 3-5 minutes into the
+/// churn soak of tests/churn.rs: a late step in resident memory). [`grow`](Self::grow) makes
+/// a new high of the live count reserve room for twice that count at once, so that every
+/// later rehash is in place; [`shrink`](Self::shrink) gives the room back when the live
+/// count has fallen to an eighth of its high (far enough below it not to flap). Tables keyed
+/// by [`RefHasher`] do not need it: sequential refs spread evenly and leave no tombstones.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Headroom {
+    high: usize,
+}
+
+impl Headroom {
+    /// With `len` live entries (call it where the live count peaks, before removals): the
+    /// number of entries to `reserve` when `len` is a new high, which leaves room for twice it.
+    #[must_use]
+    pub fn grow(&mut self, len: usize) -> Option<usize> {
+        if len <= self.high {
+            return None;
+        }
+        self.high = len;
+        Some(len + 2)
+    }
+
+    /// After removals, with `len` live entries left: the capacity to `shrink_to` when the
+    /// live count has fallen below an eighth of its high (which then starts again from `len`).
+    #[must_use]
+    pub fn shrink(&mut self, len: usize) -> Option<usize> {
+        if len >= self.high / 8 {
+            return None;
+        }
+        self.high = len;
+        Some(2 * len + 2)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::labels::Labels;
+
+    #[test]
+    fn headroom_grows_at_a_new_high_and_shrinks_far_below_it() {
+        let mut h = Headroom::default();
+        assert_eq!(h.grow(0), None);
+        assert_eq!(h.grow(100), Some(102));
+        assert_eq!(h.grow(100), None);
+        assert_eq!(h.grow(60), None);
+        assert_eq!(h.shrink(13), None);
+        assert_eq!(h.grow(101), Some(103));
+        assert_eq!(h.shrink(12), None);
+        assert_eq!(h.shrink(11), Some(24));
+        assert_eq!(h.grow(11), None);
+        assert_eq!(h.grow(12), Some(14));
+        // A table that does as told: twice its high, rehashed in place from then on.
+        let mut t = hashbrown::HashTable::<u64>::new();
+        let mut h = Headroom::default();
+        let hash = |v: &u64| v.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for v in 0..1000u64 {
+            t.insert_unique(hash(&v), v, hash);
+        }
+        if let Some(n) = h.grow(t.len()) {
+            t.reserve(n, hash);
+        }
+        assert!(t.capacity() >= 2 * 1000 + 2, "{}", t.capacity());
+    }
 
     #[test]
     fn seeds_and_bits() {

@@ -12,6 +12,7 @@
 //!   stay two series. [`Hasher::with_bits`] lets tests make every hash collide to prove it.
 //! - [`RefMap`]: a hash map keyed by [`SeriesRef`]; [`DenseRefMap`]: an array where the refs
 //!   are dense (the per-sample lookups by ref).
+//! - [`Headroom`]: the sizing rule of tables keyed by label hashes whose entries churn.
 //!
 //! This module depends on nothing else in the crate: it is the bottom of the layering.
 
@@ -21,7 +22,7 @@ mod refs;
 mod set;
 
 pub use builder::LabelsBuilder;
-pub use hash::{Hasher, RefHasher, RefMap};
+pub use hash::{Hasher, Headroom, RefHasher, RefMap};
 pub use refs::DenseRefMap;
 pub(crate) use set::put_uvarint;
 pub use set::{go_quote, write_go_quoted, Labels, LabelsIter, LabelsRef, ParseError, RawPairs};

@@ -44,7 +44,7 @@
 use hashbrown::HashTable;
 
 use super::appender::{SeriesRef, Storage};
-use crate::labels::{Hasher, Labels};
+use crate::labels::{Hasher, Headroom, Labels};
 
 /// Marks a key whose series `metric_relabel_configs` dropped.
 pub const DROPPED: u32 = u32::MAX;
@@ -115,6 +115,9 @@ pub struct SeriesCache {
     successful_count: usize,
     /// The storage generation the slots were checked against.
     generation: u64,
+    /// The indexes' sizes under churn (see [`Headroom`]).
+    keys_room: Headroom,
+    slots_room: Headroom,
 }
 
 impl SeriesCache {
@@ -131,6 +134,8 @@ impl SeriesCache {
             iter: 1,
             successful_count: 0,
             generation: 0,
+            keys_room: Headroom::default(),
+            slots_room: Headroom::default(),
         }
     }
 
@@ -263,13 +268,8 @@ impl SeriesCache {
                 (self.slots.len() - 1) as u32
             }
         };
-        let (slots, hasher) = (&self.slots, self.hasher);
-        self.slots_index.insert_unique(hash, slot, |&i| {
-            slots[i as usize]
-                .labels
-                .as_ref()
-                .map_or(0, |l| hasher.hash(l.as_view()))
-        });
+        self.slots_index
+            .insert_unique(hash, slot, slot_hash(&self.slots, self.hasher));
         self.add_key(key, slot, text);
         slot
     }
@@ -338,6 +338,7 @@ impl SeriesCache {
             return;
         }
         refs.sort_unstable();
+        self.before_removals();
         for i in 0..self.slots.len() {
             let s = &self.slots[i];
             if s.labels.is_some() && refs.binary_search(&s.r).is_err() {
@@ -350,6 +351,33 @@ impl SeriesCache {
                     .get(k.slot as usize)
                     .is_some_and(|s| s.labels.is_some())
         });
+        self.after_removals();
+    }
+
+    /// Before evicting (the live counts peak): room for the tombstones of the entries removed
+    /// now and later, so that churn does not double the indexes long after their live counts
+    /// stopped growing (see [`Headroom`]).
+    fn before_removals(&mut self) {
+        if let Some(n) = self.keys_room.grow(self.keys_index.len()) {
+            let keys = &self.keys;
+            self.keys_index.reserve(n, |&j| keys[j as usize].hash);
+        }
+        if let Some(n) = self.slots_room.grow(self.slots_index.len()) {
+            self.slots_index
+                .reserve(n, slot_hash(&self.slots, self.hasher));
+        }
+    }
+
+    /// After evicting: the room back when the live counts fell far below their highs.
+    fn after_removals(&mut self) {
+        if let Some(n) = self.keys_room.shrink(self.keys_index.len()) {
+            let keys = &self.keys;
+            self.keys_index.shrink_to(n, |&j| keys[j as usize].hash);
+        }
+        if let Some(n) = self.slots_room.shrink(self.slots_index.len()) {
+            self.slots_index
+                .shrink_to(n, slot_hash(&self.slots, self.hasher));
+        }
     }
 
     fn free_slot(&mut self, i: u32) {
@@ -395,6 +423,7 @@ impl SeriesCache {
         // Skip the walk when every key was seen (the steady state).
         if flush && self.keys_seen < count {
             let iter = self.iter;
+            self.before_removals();
             self.retain_keys(|k, _| k.last == iter);
             for i in 0..self.slots.len() {
                 let s = &self.slots[i];
@@ -402,9 +431,20 @@ impl SeriesCache {
                     self.free_slot(i as u32);
                 }
             }
+            self.after_removals();
         }
         self.keys_seen = 0;
         self.iter = self.iter.wrapping_add(1).max(1);
+    }
+}
+
+/// The hash of the labels of the slot a `slots_index` entry names (for its rehashes).
+fn slot_hash(slots: &[Slot], hasher: Hasher) -> impl Fn(&u32) -> u64 + '_ {
+    move |&i| {
+        slots[i as usize]
+            .labels
+            .as_ref()
+            .map_or(0, |l| hasher.hash(l.as_view()))
     }
 }
 
@@ -654,6 +694,45 @@ mod tests {
                 hit
             }
         }
+    }
+
+    /// A target whose series all change every scrape (a request-id label): the cache holds
+    /// one or two scrapes' worth, so its indexes must have their size after the first
+    /// scrapes. Without room for the tombstones of the evicted entries they doubled again
+    /// when those had used up the spare room, long after (a late step in resident memory).
+    #[test]
+    fn a_churning_cache_has_its_size_after_the_first_scrapes() {
+        const SCRAPE: u64 = 1_500;
+        let mut c = SeriesCache::new(Hasher::random());
+        let mut sizes = Vec::new();
+        for n in 0..300u64 {
+            for i in 0..SCRAPE {
+                let id = n * SCRAPE + i;
+                assert_eq!(see(&mut c, &format!("m{id:x}"), id + 1), Lookup::Miss);
+            }
+            stale_of(&mut c, true);
+            assert_eq!(c.series() as u64, SCRAPE);
+            sizes.push((
+                n,
+                c.keys_index.allocation_size(),
+                c.slots_index.allocation_size(),
+            ));
+        }
+        let settled = sizes[3];
+        let changed = sizes[3..]
+            .iter()
+            .find(|s| (s.1, s.2) != (settled.1, settled.2));
+        assert_eq!(
+            changed, None,
+            "the indexes changed size after scrape 3 ({settled:?})"
+        );
+        // A target that shrinks for good gives the room back.
+        for _ in 0..2 {
+            see(&mut c, "m0", 1);
+            stale_of(&mut c, true);
+        }
+        assert!(c.slots_index.allocation_size() < settled.2 / 4);
+        assert!(c.keys_index.allocation_size() < settled.1 / 4);
     }
 
     #[test]
