@@ -130,3 +130,87 @@ async fn wal_watcher_delivers_everything_and_resumes_after_restart() {
     stop2.cancel();
     task2.await.unwrap();
 }
+
+/// What was committed before the watcher is stopped is queued for the flush on stop (an
+/// instance stops its watchers right after the scrape loops' last commits, e.g. their staleness
+/// markers), whether the stop finds the watcher waiting for a commit, waiting out its
+/// coalescing interval, or reading. Each case restarts the watcher on the same WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_made_before_the_watcher_stops_are_flushed() {
+    let prom = tokio::task::spawn_blocking(Prometheus::start)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join("wal");
+    let progress = dir.path().join("remote_write").join("wal-test");
+    let (mut wal, _) = Wal::open(&wal_dir, WalOptions::default()).unwrap();
+    let mut refs = Vec::new();
+    let base = agent::clock::Clock::system().unix_millis() - 60_000;
+    let total = "sum(count_over_time(wal_test_metric[10m]))";
+    let mut round = 0i64;
+    for case in 0..9 {
+        let mut reg = Registry::default();
+        let metrics = RemoteWriteMetrics::register(&mut reg);
+        let q = queue(&prom.write_url(), &metrics);
+        let (commit_tx, commit_rx) = tokio::sync::watch::channel(0u64);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(agent::remote_write::watcher::run(
+            wal_dir.clone(),
+            q.clone(),
+            progress.clone(),
+            commit_rx,
+            None,
+            stop.clone(),
+        ));
+        // One scrape read and delivered first: the watcher is at the live tail.
+        append(&mut wal, &mut refs, base, round..round + 1);
+        round += 1;
+        commit_tx.send_replace(1);
+        wait_count(&prom, total, (round * 50) as f64).await;
+        // The last scrapes, then the stop: at once, after a yield, or a little later (inside
+        // the watcher's coalescing interval). The outcome must not depend on which.
+        append(&mut wal, &mut refs, base, round..round + 1);
+        round += 1;
+        commit_tx.send_replace(2);
+        match case % 3 {
+            0 => {}
+            1 => tokio::task::yield_now().await,
+            _ => tokio::time::sleep(Duration::from_millis(30)).await,
+        }
+        append(&mut wal, &mut refs, base, round..round + 1);
+        round += 1;
+        commit_tx.send_replace(3);
+        stop.cancel();
+        task.await.unwrap();
+        q.flush(tokio::time::Instant::now() + Duration::from_secs(10))
+            .await;
+        agent::remote_write::watcher::save_progress(&q, &progress, true).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = prom.query_scalar(total).await;
+            if got == Some((round * 50) as f64) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "case {case}: {total}: want {}, have {got:?} (the last commits before the stop \
+                 were not flushed)",
+                round * 50
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Nothing stored twice across the restarts.
+    wait_count(
+        &prom,
+        "max(count_over_time(wal_test_metric[10m]))",
+        round as f64,
+    )
+    .await;
+    wait_count(
+        &prom,
+        "min(count_over_time(wal_test_metric[10m]))",
+        round as f64,
+    )
+    .await;
+}
