@@ -292,7 +292,8 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
     // more second of slack for a loaded machine.
     let converge_deadline = Duration::from_secs(3);
     let converged = loop {
-        let p = placement(&[&a1, &a2, &a3]);
+        // agent-3's state first, the placement after it: a placement read before agent-3 got
+        // ready would miss what it runs once ready.
         let ring = http_full(
             "GET",
             a1.addr(),
@@ -308,6 +309,7 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
                 .iter()
                 .any(|m| m["id"] == "agent-3" && m["state"] == "ACTIVE")
         }) && status(&a3, "/-/ready") == 200;
+        let p = placement(&[&a1, &a2, &a3]);
         if a3_active && placed_once(&p, &names) {
             break t_up.elapsed();
         }
