@@ -228,6 +228,30 @@ fn targets(rt: &tokio::runtime::Runtime, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// A runtime for a test's in-process servers (targets, the recording receiver): two workers,
+/// so they keep answering while the test thread blocks on agents.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An instance config scraping `addrs` as job `job` every `interval_ms`, remote-writing to
+/// every URL of `urls`.
+fn static_config(job: &str, interval_ms: i64, addrs: &[String], urls: &[&str]) -> String {
+    let list = addrs
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let writes: String = urls.iter().map(|u| format!("  - url: {u}\n")).collect();
+    format!(
+        "scrape_configs:\n  - job_name: {job}\n    scrape_interval: {interval_ms}ms\n    static_configs:\n      - targets: [{list}]\nremote_write:\n{writes}"
+    )
+}
+
 /// An agent in target-sharding mode, heartbeating every second; `heartbeat_timeout` is how
 /// soon a killed agent's targets move (the tests that kill one keep it short).
 fn member(dir: &std::path::Path, etcd: &str, id: &str, heartbeat_timeout: &str) -> AgentBuilder {
@@ -368,11 +392,7 @@ fn targets_are_handed_over_without_gap_overlap_staleness_or_out_of_order() {
     const HEARTBEAT_TIMEOUT_MS: i64 = 6000;
     const TARGETS: usize = 12;
     let timeout = format!("{HEARTBEAT_TIMEOUT_MS}ms");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let rec = Recorder::default();
     let rec_url = rec.serve(&rt);
     let addrs = targets(&rt, TARGETS);
@@ -383,15 +403,7 @@ fn targets_are_handed_over_without_gap_overlap_staleness_or_out_of_order() {
 
     let a1 = member(dir.path(), &ep, "agent-1", &timeout).start();
     let mut a2 = member(dir.path(), &ep, "agent-2", &timeout).start();
-    let list = addrs
-        .iter()
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let cfg = format!(
-        "scrape_configs:\n  - job_name: shard\n    scrape_interval: {INTERVAL_MS}ms\n    static_configs:\n      - targets: [{list}]\nremote_write:\n  - url: {}\n  - url: {rec_url}\n",
-        prom.write_url()
-    );
+    let cfg = static_config("shard", INTERVAL_MS, &addrs, &[&prom.write_url(), &rec_url]);
     let r = a1.put_config("cfg-a", &cfg);
     assert_eq!(r.status, 201, "{r:?}");
     let start_ms = now_ms();
@@ -653,11 +665,7 @@ fn ten_agents_ten_thousand_targets_balance_and_movement() {
     const AGENTS: usize = 10;
     const TARGETS: usize = 10_000;
     const CONFIGS: usize = 50;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     // One exporter for every target, blackbox style: the target is a URL parameter.
     let exporter = {
         let listener = rt
@@ -862,11 +870,7 @@ fn ten_agents_ten_thousand_targets_balance_and_movement() {
 fn an_agent_restarted_in_place_writes_its_targets_again_without_a_new_epoch() {
     const INTERVAL_MS: i64 = 1000;
     const TARGETS: usize = 6;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let rec = Recorder::default();
     let rec_url = rec.serve(&rt);
     let addrs = targets(&rt, TARGETS);
@@ -876,14 +880,7 @@ fn an_agent_restarted_in_place_writes_its_targets_again_without_a_new_epoch() {
     // A heartbeat_timeout far longer than the restart: the agent is never judged dead.
     let a1 = member(dir.path(), &ep, "agent-1", "60s").start();
     let mut a2 = member(dir.path(), &ep, "agent-2", "60s").start();
-    let list = addrs
-        .iter()
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let cfg = format!(
-        "scrape_configs:\n  - job_name: restart\n    scrape_interval: {INTERVAL_MS}ms\n    static_configs:\n      - targets: [{list}]\nremote_write:\n  - url: {rec_url}\n"
-    );
+    let cfg = static_config("restart", INTERVAL_MS, &addrs, &[&rec_url]);
     assert_eq!(a1.put_config("cfg-restart", &cfg).status, 201);
     let w = wait_all_written_after(
         &rec,
@@ -937,11 +934,7 @@ fn churn(seconds: u64) {
     const INTERVAL_MS: i64 = 2000;
     const HEARTBEAT_TIMEOUT: &str = "15s";
     const TARGETS: usize = 12;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let rec = Recorder::default();
     let rec_url = rec.serve(&rt);
     let addrs = targets(&rt, TARGETS);
@@ -953,15 +946,7 @@ fn churn(seconds: u64) {
         member(dir.path(), &ep, "stable-1", HEARTBEAT_TIMEOUT).start(),
         member(dir.path(), &ep, "stable-2", HEARTBEAT_TIMEOUT).start(),
     ];
-    let list = addrs
-        .iter()
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let cfg = format!(
-        "scrape_configs:\n  - job_name: churn\n    scrape_interval: {INTERVAL_MS}ms\n    static_configs:\n      - targets: [{list}]\nremote_write:\n  - url: {}\n  - url: {rec_url}\n",
-        prom.write_url()
-    );
+    let cfg = static_config("churn", INTERVAL_MS, &addrs, &[&prom.write_url(), &rec_url]);
     assert_eq!(stable[0].put_config("cfg-churn", &cfg).status, 201);
     let start_ms = now_ms();
     let t_put = Instant::now();
