@@ -239,10 +239,8 @@ impl SeriesTable {
     pub fn gc(&mut self, mint: i64, segment: u32) -> usize {
         // The live count peaks here, before the collection: room for the tombstones of the
         // series it removes now and later (see `Headroom`).
-        if let Some(n) = self.by_labels_room.grow(self.by_labels.len()) {
-            self.by_labels
-                .reserve(n, slot_hash(&self.slots, self.hasher));
-        }
+        self.by_labels_room
+            .before_removals(&mut self.by_labels, slot_hash(&self.slots, self.hasher));
         let mut gone = Vec::new();
         let recent = pending(self.gc_round);
         self.gc_round += 1;
@@ -263,10 +261,8 @@ impl SeriesTable {
             self.remove_slot(i);
             self.deleted.insert(r, segment);
         }
-        if let Some(n) = self.by_labels_room.shrink(self.by_labels.len()) {
-            self.by_labels
-                .shrink_to(n, slot_hash(&self.slots, self.hasher));
-        }
+        self.by_labels_room
+            .after_removals(&mut self.by_labels, slot_hash(&self.slots, self.hasher));
         gone.len()
     }
 

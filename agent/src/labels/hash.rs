@@ -115,7 +115,7 @@ impl Headroom {
     /// With `len` live entries (call it where the live count peaks, before removals): the
     /// number of entries to `reserve` when `len` is a new high, which leaves room for twice it.
     #[must_use]
-    pub fn grow(&mut self, len: usize) -> Option<usize> {
+    fn grow(&mut self, len: usize) -> Option<usize> {
         if len <= self.high {
             return None;
         }
@@ -126,12 +126,35 @@ impl Headroom {
     /// After removals, with `len` live entries left: the capacity to `shrink_to` when the
     /// live count has fallen below an eighth of its high (which then starts again from `len`).
     #[must_use]
-    pub fn shrink(&mut self, len: usize) -> Option<usize> {
+    fn shrink(&mut self, len: usize) -> Option<usize> {
         if len >= self.high / 8 {
             return None;
         }
         self.high = len;
         Some(2 * len + 2)
+    }
+
+    /// Before removals (the live count peaks here): room in `table` for the tombstones of the
+    /// entries removed now and later, at a new high of its live count.
+    pub fn before_removals<T>(
+        &mut self,
+        table: &mut hashbrown::HashTable<T>,
+        hash: impl Fn(&T) -> u64,
+    ) {
+        if let Some(n) = self.grow(table.len()) {
+            table.reserve(n, hash);
+        }
+    }
+
+    /// After removals: `table`'s room back when its live count fell far below its high.
+    pub fn after_removals<T>(
+        &mut self,
+        table: &mut hashbrown::HashTable<T>,
+        hash: impl Fn(&T) -> u64,
+    ) {
+        if let Some(n) = self.shrink(table.len()) {
+            table.shrink_to(n, hash);
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! On start the watcher reads the last checkpoint (series and samples), then every segment
 //! after it, then tails the live segment (woken by the WAL writer's commit signal, or every
-//! 250 ms). While commits keep coming (one per scrape), polls start at least [`COALESCE`] apart,
+//! [`IDLE_POLL`]). While commits keep coming (one per scrape), polls start at least [`COALESCE`] apart,
 //! so the commits of that interval are read by one poll and reach the shards as one hand-over
 //! per shard: a wake-up of this task, of a blocking-pool thread and of each shard per interval
 //! rather than per scrape. A commit after a quiet spell is read at once. Series records go to
@@ -62,6 +62,9 @@ use crate::wal::DroppedSeries;
 /// (Prometheus's watcher reads on a timer of 10-15 ms plus the queue's batching; the queue here
 /// sends a partial batch after `batch_send_deadline`, 5 s by default).
 pub const COALESCE: Duration = Duration::from_millis(100);
+
+/// How often the live segment is read without a commit signal.
+const IDLE_POLL: Duration = Duration::from_millis(250);
 
 /// What one poll found. Series records are not collected here: they go to the queue's table
 /// as each record is read (before any sample of the poll is appended, which is all the order
@@ -426,13 +429,13 @@ pub async fn run(
             biased;
             changed = commits.changed() => changed.is_err(),
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(250)) => false,
+            _ = tokio::time::sleep(IDLE_POLL) => false,
         };
         if closed {
             // No writer any more (only when the storage is gone): poll on the timer.
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
             }
         }
         // Commits keep coming: let those of the next few scrapes join this one. A stop during

@@ -358,26 +358,20 @@ impl SeriesCache {
     /// now and later, so that churn does not double the indexes long after their live counts
     /// stopped growing (see [`Headroom`]).
     fn before_removals(&mut self) {
-        if let Some(n) = self.keys_room.grow(self.keys_index.len()) {
-            let keys = &self.keys;
-            self.keys_index.reserve(n, |&j| keys[j as usize].hash);
-        }
-        if let Some(n) = self.slots_room.grow(self.slots_index.len()) {
-            self.slots_index
-                .reserve(n, slot_hash(&self.slots, self.hasher));
-        }
+        let keys = &self.keys;
+        self.keys_room
+            .before_removals(&mut self.keys_index, |&j| keys[j as usize].hash);
+        self.slots_room
+            .before_removals(&mut self.slots_index, slot_hash(&self.slots, self.hasher));
     }
 
     /// After evicting: the room back when the live counts fell far below their highs.
     fn after_removals(&mut self) {
-        if let Some(n) = self.keys_room.shrink(self.keys_index.len()) {
-            let keys = &self.keys;
-            self.keys_index.shrink_to(n, |&j| keys[j as usize].hash);
-        }
-        if let Some(n) = self.slots_room.shrink(self.slots_index.len()) {
-            self.slots_index
-                .shrink_to(n, slot_hash(&self.slots, self.hasher));
-        }
+        let keys = &self.keys;
+        self.keys_room
+            .after_removals(&mut self.keys_index, |&j| keys[j as usize].hash);
+        self.slots_room
+            .after_removals(&mut self.slots_index, slot_hash(&self.slots, self.hasher));
     }
 
     fn free_slot(&mut self, i: u32) {
