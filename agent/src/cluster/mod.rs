@@ -354,7 +354,13 @@ impl Cluster {
         let mut kv_rx = self.lifecycler.subscribe_kv_health();
         // When the grace after a KV outage ends, members that still have not heartbeated are
         // really gone: reshard then (the ring view does not wake for it, the grace is ours).
-        let mut grace_end: Option<tokio::time::Instant> = None;
+        // An agent that registered after failing to reach the store is in that grace already.
+        let grace_after =
+            |at: tokio::time::Instant| at + self.heartbeat_timeout + Duration::from_millis(100);
+        let mut grace_end = match *kv_rx.borrow_and_update() {
+            KvHealth::RecoveredAt(at) => Some(grace_after(at)),
+            KvHealth::Ok | KvHealth::Failing => None,
+        };
         while !shutdown.is_cancelled() {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -362,7 +368,7 @@ impl Cluster {
                     if changed.is_err() { break; }
                     let health = *kv_rx.borrow_and_update();
                     if let KvHealth::RecoveredAt(at) = health {
-                        grace_end = Some(at + self.heartbeat_timeout + Duration::from_millis(100));
+                        grace_end = Some(grace_after(at));
                         self.refresh().await;
                     }
                 }
@@ -585,6 +591,13 @@ fn ring_with_grace(
 /// without this, the first ring read after the outage shows every other member (and this one)
 /// unhealthy and configs would move around and back within a heartbeat period. A member that
 /// died during the outage is noticed `heartbeat_timeout` after the store returned.
+///
+/// An agent started during the outage gets the same rule: its failed registrations are
+/// `Failing`, and the registration that lands is `RecoveredAt` (see [`KvHealth`]). Without it,
+/// it would judge the members that ran through the outage by heartbeats as old as the outage
+/// and run every config they run a second time until they heartbeat again. An agent whose
+/// first registration lands judges the ring at once: a member silent for `heartbeat_timeout`
+/// then is dead for it as for every other member, and its configs move without waiting.
 pub fn heartbeat_grace(
     desc: &mut Desc,
     health: KvHealth,
@@ -636,6 +649,88 @@ mod tests {
 
     fn unix(t: SystemTime) -> i64 {
         crate::clock::unix_secs(t)
+    }
+
+    /// The rule through a real lifecycler: an agent started while the store is down, registered
+    /// once it is back, judges a member whose heartbeat is as old as the outage alive (the
+    /// member still owns its configs: nothing runs twice); one started with the store up judges
+    /// the same member dead at once (its configs move without waiting).
+    #[tokio::test]
+    async fn an_agent_registered_after_store_failures_gives_stale_members_the_grace() {
+        use crate::kv::testing::FaultyStore;
+        use crate::kv::InMemoryStore;
+        use crate::ring::store::{modify_ring, read_ring};
+
+        const KEY: &str = "collectors/agent";
+        let timeout = Duration::from_secs(4);
+        let clock = Clock::system();
+        let settings = |id: &str| LifecyclerSettings {
+            ring_key: KEY.into(),
+            id: id.into(),
+            addr: format!("{id}:80"),
+            zone: String::new(),
+            num_tokens: 64,
+            heartbeat_period: Duration::from_secs(3600),
+            heartbeat_timeout: timeout,
+            observe_period: Duration::ZERO,
+            join_after: Duration::ZERO,
+            final_sleep: Duration::ZERO,
+            tokens_file_path: None,
+            unregister_on_shutdown: false,
+            auto_forget_unhealthy_periods: 0,
+        };
+        // Configs the ring gives "old" (heartbeat 60 s ago) once `joiner` joined it.
+        let owned_by_old = |ring: &Ring| {
+            (0..200)
+                .filter(|i| {
+                    ring.owner(&format!("cfg-{i}"), clock.now())
+                        .is_ok_and(|o| o.id == "old")
+                })
+                .count()
+        };
+        for store_down_at_start in [true, false] {
+            let faulty = FaultyStore::new(Arc::new(InMemoryStore::new()));
+            let store: Arc<dyn KvStore> = faulty.clone();
+            let mut old = desc(&[("old", unix(clock.now()) - 60)]).ingesters["old"].clone();
+            old.tokens = (0..64).map(|i| i * (u32::MAX / 64)).collect();
+            modify_ring(store.as_ref(), KEY, "seed", |d| {
+                d.ingesters.insert("old".into(), old.clone());
+                true
+            })
+            .await
+            .expect("seed");
+            faulty.set_down(store_down_at_start);
+            let joiner = Lifecycler::start(store.clone(), settings("joiner"), clock);
+            let mut health = joiner.subscribe_kv_health();
+            if store_down_at_start {
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    health.wait_for(|h| *h == KvHealth::Failing),
+                )
+                .await
+                .expect("registration failed")
+                .expect("health");
+                faulty.set_down(false);
+            }
+            let mut state = joiner.subscribe_state();
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                state.wait_for(|s| *s == InstanceState::Active),
+            )
+            .await
+            .expect("ACTIVE")
+            .expect("state");
+            let desc = read_ring(store.as_ref(), KEY).await.expect("ring");
+            let health = *health.borrow();
+            let ring = ring_with_grace(&desc, health, timeout, clock);
+            if store_down_at_start {
+                assert!(matches!(health, KvHealth::RecoveredAt(_)), "{health:?}");
+                assert!(owned_by_old(&ring) > 0, "the stale member lost its configs");
+            } else {
+                assert_eq!(health, KvHealth::Ok);
+                assert_eq!(owned_by_old(&ring), 0, "the dead member kept configs");
+            }
+        }
     }
 
     #[test]

@@ -135,19 +135,26 @@ pub struct HeartbeatReport {
     pub forgotten: Vec<(String, u64)>,
 }
 
-/// Whether this member's heartbeats reach the KV store. While they do not, nobody's do (the
-/// store is down or unreachable from here) and the heartbeat ages in the ring say nothing about
-/// the members; right after they land again, every other member still needs up to one
-/// heartbeat period to refresh its own. The cluster uses this to not move configs away from
-/// members that are only "unhealthy" because the store was gone (see
-/// [`crate::cluster::heartbeat_grace`]).
+/// Whether this member's ring writes (its registration, then its heartbeats) reach the KV
+/// store. While they do not, nobody's do (the store is down or unreachable from here) and the
+/// heartbeat ages in the ring say nothing about the members; right after they land again, every
+/// other member still needs up to one heartbeat period to refresh its own. The cluster uses
+/// this to not move configs away from members that are only "unhealthy" because the store was
+/// gone (see [`crate::cluster::heartbeat_grace`]).
+///
+/// Registration counts like a heartbeat: an agent started while the store is down fails to
+/// register (`Failing`), and its first ring write that lands is a recovery (`RecoveredAt`). It
+/// has never seen the others heartbeat, but what it saw, the store failing, is what the members
+/// that ran through the outage saw: their heartbeats are as old as the outage, and it gives them
+/// the same grace those members give each other, rather than judging them dead and running
+/// every config they run a second time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvHealth {
-    /// Every heartbeat since the start landed (or none was tried yet).
+    /// Every ring write since the start landed (or none was tried yet).
     Ok,
-    /// The last heartbeat failed.
+    /// The last registration attempt or heartbeat failed.
     Failing,
-    /// Heartbeats land again since this instant, after failing.
+    /// Ring writes land again since this instant, after failing.
     RecoveredAt(Instant),
 }
 
@@ -438,6 +445,7 @@ impl Inner {
             match self.register().await {
                 Ok(()) => break,
                 Err(e) => {
+                    self.kv_failed();
                     tracing::warn!(
                         store = %self.store.describe(),
                         id = %self.s.id,
@@ -602,6 +610,9 @@ impl Inner {
                 state = %state,
                 tokens = local.tokens.len(),
                 "registered in the ring"
+            );
+            self.kv_landed(
+                "registered after failing to reach the KV store: the members' heartbeats (as old as the outage) get a grace of one heartbeat_timeout",
             );
             if state == InstanceState::Active {
                 let tokens = local.tokens.clone();
@@ -788,23 +799,12 @@ impl Inner {
         .await;
         if let Err(e) = result {
             local.kv_ok_since = None;
-            self.kv_health_tx.send_if_modified(|h| {
-                let was = *h;
-                *h = KvHealth::Failing;
-                was != KvHealth::Failing
-            });
+            self.kv_failed();
             return Err(e);
         }
-        self.kv_health_tx.send_if_modified(|h| {
-            if *h == KvHealth::Failing {
-                tracing::info!(store = %self.store.describe(), id = %self.s.id,
-                    "ring heartbeats land again; members' heartbeat ages get a grace of one heartbeat_timeout");
-                *h = KvHealth::RecoveredAt(Instant::now());
-                true
-            } else {
-                false
-            }
-        });
+        self.kv_landed(
+            "ring heartbeats land again; members' heartbeat ages get a grace of one heartbeat_timeout",
+        );
         if local.kv_ok_since.is_none() {
             local.kv_ok_since = Some(Instant::now());
         }
@@ -817,6 +817,29 @@ impl Inner {
             tracing::warn!(id = %id, last_heartbeat_age = ?last_heartbeat_age, "forgot unhealthy ring member");
         }
         Ok(report)
+    }
+
+    /// A registration attempt or heartbeat failed: [`KvHealth::Failing`].
+    fn kv_failed(&self) {
+        self.kv_health_tx.send_if_modified(|h| {
+            let was = *h;
+            *h = KvHealth::Failing;
+            was != KvHealth::Failing
+        });
+    }
+
+    /// A registration or heartbeat landed: after failures, [`KvHealth::RecoveredAt`] now, logged
+    /// with `msg`.
+    fn kv_landed(&self, msg: &'static str) {
+        self.kv_health_tx.send_if_modified(|h| {
+            if *h == KvHealth::Failing {
+                tracing::info!(store = %self.store.describe(), id = %self.s.id, "{msg}");
+                *h = KvHealth::RecoveredAt(Instant::now());
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Writes the tokens file (fsync, rename) on the blocking pool, with the state released:
@@ -1174,6 +1197,41 @@ mod tests {
         let at = *health.borrow();
         l.heartbeat().await.expect("heartbeat");
         assert_eq!(*health.borrow(), at);
+    }
+
+    /// Started while the store is down: failed registrations report `Failing`, and the
+    /// registration that finally lands is the recovery (the cluster's grace runs from it, as for
+    /// the members that ran through the outage). Started with the store up: `Ok` throughout.
+    #[tokio::test]
+    async fn a_registration_after_failures_is_a_recovery() {
+        let sw = FaultyStore::new(Arc::new(InMemoryStore::new()));
+        sw.set_down(true);
+        let store: Arc<dyn KvStore> = sw.clone();
+        let mut s = settings("late");
+        s.heartbeat_period = Duration::from_secs(3600);
+        let l = start(&store, s);
+        let mut health = l.subscribe_kv_health();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            health.wait_for(|h| *h == KvHealth::Failing),
+        )
+        .await
+        .expect("a failed registration reports Failing")
+        .expect("health channel");
+        assert_eq!(l.state(), InstanceState::Pending);
+
+        let before = Instant::now();
+        sw.set_down(false);
+        wait_state(&l, InstanceState::Active).await;
+        match *health.borrow() {
+            KvHealth::RecoveredAt(at) => assert!(at >= before, "recovered before the store was up"),
+            other => panic!("after registering once the store is back: {other:?}"),
+        }
+
+        let fine: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
+        let l = start(&fine, settings("early"));
+        wait_state(&l, InstanceState::Active).await;
+        assert_eq!(*l.subscribe_kv_health().borrow(), KvHealth::Ok);
     }
 
     #[tokio::test]
