@@ -1,5 +1,5 @@
 //! Fault tests against real processes: etcd stopped for 60 s under a running
-//! cluster, the WAL's disk full, a torn WAL tail. (SIGKILL/SIGTERM of an agent are in
+//! cluster, an agent started while etcd is down, the WAL's disk full, a torn WAL tail. (SIGKILL/SIGTERM of an agent are in
 //! `cluster.rs`, the receiver outage and the SIGKILL mid-stream in `remote_write_e2e.rs`.)
 //!
 //! Each test prints its measured figures as `RELIABILITY name=value` lines on stdout (run with
@@ -16,6 +16,7 @@ use agent::clock::Clock;
 
 use crate::support::agent::{placement, ClusterMember};
 use crate::support::etcd::{EtcdCluster, EtcdServer};
+use crate::support::gate::TcpGate;
 use crate::support::prometheus::Prometheus;
 use crate::support::tls::Pki;
 use crate::support::{http_full, Agent};
@@ -385,6 +386,169 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
         "RELIABILITY etcd_down_seconds={} etcd_down_max_up_gap_seconds={worst:.2} \
          etcd_back_converge_seconds={:.2}",
         outage.as_secs(),
+        converged.as_secs_f64()
+    );
+}
+
+/// The names of the configs `log` says the agent started running (`msg="running config"`
+/// lines' `config=`), in log order, each once.
+fn configs_run(log: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in log.lines().filter(|l| l.contains("running config")) {
+        let Some(at) = line.find(" config=") else {
+            continue;
+        };
+        let name: String = line[at + 8..]
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_owned();
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// An agent started while etcd is down, joining when etcd returns, before the members that ran
+/// through the outage heartbeated again: their heartbeats are as old as the outage, but they are
+/// alive and still run their configs. The newcomer must give them the same grace the members
+/// give each other after an outage (one heartbeat_timeout from its first ring write) instead of
+/// judging them dead and running every config a second time.
+///
+/// Two agents reach etcd through a [`TcpGate`] that stays closed after etcd returns until the
+/// newcomer is ready: the late heartbeat a busy machine or a long heartbeat_period gives (up to
+/// one heartbeat_period), made as long as the test needs it. Asserts, exactly (from the agents'
+/// own logs, not a sampled placement): agent-3 never starts a config that it does not run once
+/// everything settled (before the fix it ran all twenty for as long as the gate was closed,
+/// ready meanwhile); agent-1/2 stop only what moved to agent-3; agent-3 gets a share.
+#[test]
+fn agent_started_during_etcd_outage_runs_only_its_share_when_etcd_returns() {
+    // Long enough that agent-3 joining and the gate opening fit in the grace with a wide
+    // margin on a slow machine; the outage is longer, so agent-1/2's heartbeats are stale.
+    let heartbeat_timeout = Duration::from_secs(15);
+    let mut etcd = EtcdServer::start();
+    let gate = TcpGate::start(&etcd.endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let member = |id: &str, etcd: &str| {
+        ClusterMember {
+            id,
+            etcd,
+            etcd_extra: "",
+            wal_directory: &d.join(format!("wal-{id}")),
+            heartbeat_timeout: &format!("{}s", heartbeat_timeout.as_secs()),
+            auto_forget_periods: None,
+            reshard_interval: "30s",
+            metrics_extra: "",
+        }
+        .yaml()
+    };
+    let a1 = spawn(d, "agent-1", &member("agent-1", gate.addr()));
+    let a2 = spawn(d, "agent-2", &member("agent-2", gate.addr()));
+    a1.wait_ready(Duration::from_secs(30));
+    a2.wait_ready(Duration::from_secs(30));
+    let names: Vec<String> = (0..20).map(|i| format!("{i}-late-joiner")).collect();
+    for (i, n) in names.iter().enumerate() {
+        let yaml = format!(
+            "scrape_configs:\n  - job_name: late-{i}\n    scrape_interval: 1s\n    \
+             static_configs:\n      - targets: ['127.0.0.1:9']\n"
+        );
+        let r = a1.put_config(n, &yaml);
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !placed_once(&placement(&[&a1, &a2]), &names) {
+        assert!(
+            Instant::now() < deadline,
+            "not placed: {:?}",
+            placement(&[&a1, &a2])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    gate.close();
+    etcd.kill();
+    let t_down = Instant::now();
+    let a3 = spawn(d, "agent-3", &member("agent-3", &etcd.endpoint()));
+    // agent-3 really started during the outage; agent-1/2 noticed it (they judge nobody now).
+    a3.wait_log("cannot register in the ring", Duration::from_secs(30));
+    a1.wait_log("ring heartbeat failed", Duration::from_secs(30));
+    a2.wait_log("ring heartbeat failed", Duration::from_secs(30));
+    // agent-1/2's last heartbeats (before t_down) older than heartbeat_timeout, with 2 s for the
+    // ring's whole-second timestamps: the condition is the time itself.
+    while t_down.elapsed() < heartbeat_timeout + Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    etcd.restart();
+    let t_up = Instant::now();
+    a3.wait_ready(Duration::from_secs(60));
+    let ready_after = t_up.elapsed();
+    // What runs while agent-1/2 have not heartbeated yet. They do not see agent-3 either, so
+    // agent-3's own share runs twice until they do (as in any join: make before break).
+    let held = placement(&[&a1, &a2, &a3]);
+    gate.open();
+    let t_open = Instant::now();
+
+    // Converged: agent-1/2 heartbeat again, every config runs once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let settled = loop {
+        let p = placement(&[&a1, &a2, &a3]);
+        let back = [&a1, &a2]
+            .iter()
+            .all(|a| a.log().contains("ring heartbeats land again"));
+        if back && placed_once(&p, &names) {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not converged after the gate opened: {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let converged = t_open.elapsed();
+    let mut on_3: Vec<String> = settled
+        .iter()
+        .filter(|(_, v)| v[0] == "agent-3")
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut started_on_3 = configs_run(&a3.log());
+    on_3.sort();
+    started_on_3.sort();
+    let foreign = started_on_3.iter().filter(|n| !on_3.contains(n)).count();
+    assert_eq!(
+        started_on_3, on_3,
+        "agent-3 started {foreign} configs that agent-1/2 run (ready {ready_after:?} after etcd \
+         returned; while agent-1/2 had not heartbeated yet: {held:?})"
+    );
+    assert!(
+        !on_3.is_empty(),
+        "agent-3 got no config of {}: {settled:?}",
+        names.len()
+    );
+    let stops: usize = [&a1, &a2]
+        .iter()
+        .map(|a| a.log().matches("stopping instance").count())
+        .sum();
+    assert_eq!(
+        stops,
+        on_3.len(),
+        "instances stopped on agent-1/2 vs configs moved to agent-3"
+    );
+    eprintln!(
+        "agent-3 started during a {:?} etcd outage: ready {ready_after:?} after etcd returned, \
+         ran {foreign} configs of agent-1/2 while they had not heartbeated yet; took {} of {} \
+         configs; every config once {converged:?} after agent-1/2 reached etcd again",
+        t_up - t_down,
+        on_3.len(),
+        names.len()
+    );
+    println!(
+        "RELIABILITY late_joiner_ready_seconds={:.2} late_joiner_foreign_configs={foreign} \
+         late_joiner_configs={} late_joiner_converge_seconds={:.2}",
+        ready_after.as_secs_f64(),
+        on_3.len(),
         converged.as_secs_f64()
     );
 }

@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod consul;
+pub mod gate;
 pub mod kube;
 pub mod prometheus;
 pub mod tls;
