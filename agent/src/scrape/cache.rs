@@ -25,6 +25,15 @@
 //! texts dropped by relabelling (no labels to render from) keep their bytes instead. Per series
 //! this costs about 85 bytes instead of the text plus about 70.
 //!
+//! **The key expected next.** Keys are added in the order of the first scrape, and a target
+//! exposes its series in the same order every scrape, so the key after the one last looked up
+//! is nearly always the next line's. [`SeriesCache::expected_len`] compares a line's start with
+//! that key's text (the same exact compare as a hit); when it matches, the scrape loop takes
+//! the key with [`SeriesCache::take_expected`] and the parser skips the series
+//! (`Parser::next_known`): no label parse, no hash of the text, no probe of `keys_index` (a
+//! cache miss per line once the other targets' scrapes have evicted this cache). Any other
+//! line goes through [`SeriesCache::lookup`]. It costs one `u32` per target.
+//!
 //! Iterations. Each scrape is one iteration. A series is *tracked* for staleness in an
 //! iteration when a sample of it was appended without an explicit timestamp (or with
 //! `track_timestamps_staleness`). At the end of every iteration, successful or failed, the
@@ -118,6 +127,9 @@ pub struct SeriesCache {
     /// The indexes' sizes under churn (see [`Headroom`]).
     keys_room: Headroom,
     slots_room: Headroom,
+    /// The key expected next: the one after the key last looked up or added, in `keys`'
+    /// order (see [`SeriesCache::expected_len`]).
+    next_key: u32,
 }
 
 impl SeriesCache {
@@ -136,6 +148,7 @@ impl SeriesCache {
             generation: 0,
             keys_room: Headroom::default(),
             slots_room: Headroom::default(),
+            next_key: 0,
         }
     }
 
@@ -165,6 +178,45 @@ impl SeriesCache {
         else {
             return Lookup::Miss;
         };
+        self.hit(k)
+    }
+
+    /// When `line` starts with the text of the key expected next (the one after the key last
+    /// looked up or added: a target exposes its series in the same order every scrape, and
+    /// keys are added in the order of the first scrape), that text's length. Exact: the text
+    /// is compared byte for byte, as [`lookup`](Self::lookup) compares it.
+    #[inline]
+    pub fn expected_len(&self, line: &[u8]) -> Option<usize> {
+        let key = self.keys.get(self.next_key as usize)?;
+        if key.last == 0 {
+            return None;
+        }
+        let recipe: &[u8] = match &key.text {
+            KeyText::Raw(t) => {
+                let live = key.slot == DROPPED
+                    || self
+                        .slots
+                        .get(key.slot as usize)
+                        .is_some_and(|s| s.labels.is_some());
+                return (live && !t.is_empty() && line.starts_with(t)).then_some(t.len());
+            }
+            KeyText::Inline { len, buf } => &buf[..usize::from(*len)],
+            KeyText::Recipe(r) => r,
+        };
+        let labels = self.slots.get(key.slot as usize)?.labels.as_ref()?;
+        recipe::rendered_prefix(recipe, labels, line)
+    }
+
+    /// Marks the key [`expected_len`](Self::expected_len) found seen, as
+    /// [`lookup`](Self::lookup) marks the key it finds.
+    #[inline]
+    pub fn take_expected(&mut self) -> Lookup {
+        self.hit(self.next_key)
+    }
+
+    #[inline]
+    fn hit(&mut self, k: u32) -> Lookup {
+        self.next_key = k.wrapping_add(1);
         let iter = self.iter;
         let k = &mut self.keys[k as usize];
         if k.last != iter {
@@ -212,6 +264,7 @@ impl SeriesCache {
         self.keys_index
             .insert_unique(hash, k, |&j| keys[j as usize].hash);
         self.keys_seen += 1;
+        self.next_key = k.wrapping_add(1);
     }
 
     /// Records that `key` is dropped by relabelling.
@@ -428,6 +481,7 @@ impl SeriesCache {
             self.after_removals();
         }
         self.keys_seen = 0;
+        self.next_key = 0;
         self.iter = self.iter.wrapping_add(1).max(1);
     }
 }
@@ -509,7 +563,20 @@ mod recipe {
             spans: &spans[..n],
             text,
         };
-        r.run(recipe).unwrap_or(false)
+        r.run(recipe) == Some(text.len())
+    }
+
+    /// When `text` starts with what `recipe` renders from `labels`, the rendered length.
+    #[inline]
+    pub(super) fn rendered_prefix(recipe: &[u8], labels: &Labels, text: &[u8]) -> Option<usize> {
+        let mut spans = [(0u16, 0u16); 2 * MAX_RECIPE_LABELS];
+        let n = labels.as_view().spans(&mut spans)?;
+        let r = Render {
+            bytes: labels.bytes(),
+            spans: &spans[..n],
+            text,
+        };
+        r.run(recipe)
     }
 
     struct Render<'a> {
@@ -519,31 +586,24 @@ mod recipe {
     }
 
     impl Render<'_> {
-        /// `None` when the recipe is malformed.
-        fn run(&self, recipe: &[u8]) -> Option<bool> {
+        /// The length of the text's prefix the recipe renders; `None` when the text does not
+        /// start with it or the recipe is malformed.
+        fn run(&self, recipe: &[u8]) -> Option<usize> {
             let (&shape, mut ops) = recipe.split_first()?;
             let mut pos = 0;
-            if !self.piece(&mut ops, &mut pos)? {
-                return Some(false);
-            }
+            let ok = |matched: bool| matched.then_some(());
+            ok(self.piece(&mut ops, &mut pos)?)?;
             if shape == BARE {
-                return Some(pos == self.text.len());
+                return Some(pos);
             }
-            if !self.lit(b"{", &mut pos) {
-                return Some(false);
-            }
+            ok(self.lit(b"{", &mut pos))?;
             for i in 0..shape {
-                if i > 0 && !self.lit(b",", &mut pos) {
-                    return Some(false);
-                }
-                if !self.piece(&mut ops, &mut pos)? || !self.lit(b"=\"", &mut pos) {
-                    return Some(false);
-                }
-                if !self.piece(&mut ops, &mut pos)? || !self.lit(b"\"", &mut pos) {
-                    return Some(false);
-                }
+                ok(i == 0 || self.lit(b",", &mut pos))?;
+                ok(self.piece(&mut ops, &mut pos)? && self.lit(b"=\"", &mut pos))?;
+                ok(self.piece(&mut ops, &mut pos)? && self.lit(b"\"", &mut pos))?;
             }
-            Some(self.lit(b"}", &mut pos) && pos == self.text.len())
+            ok(self.lit(b"}", &mut pos))?;
+            Some(pos)
         }
 
         #[inline]
@@ -917,5 +977,81 @@ mod tests {
         assert_eq!(bare.len(), 2);
         assert!(recipe::renders(&bare, &l, b"http_requests_total"));
         assert!(!recipe::renders(&bare, &l, b"http_requests_total{}"));
+    }
+
+    /// The key expected next is the one after the key last looked up or added (the first
+    /// scrape's order), found by an exact compare of the line's start with its text.
+    #[test]
+    fn the_next_key_is_expected_in_the_order_of_the_first_scrape() {
+        let mut c = SeriesCache::new(Hasher::random());
+        let series = [
+            ("a{x=\"1\"}", labels(&[("__name__", "a"), ("x", "1")])),
+            ("a{x=\"2\"}", labels(&[("__name__", "a"), ("x", "2")])),
+            ("b", labels(&[("__name__", "b")])),
+            (
+                "c { y=\"a b\" }",
+                labels(&[("__name__", "c"), ("y", "a b")]),
+            ),
+        ];
+        for (i, (text, l)) in series.iter().enumerate() {
+            assert_eq!(c.lookup(text.as_bytes()), Lookup::Miss);
+            c.insert_series(text.as_bytes(), l.clone(), SeriesRef(i as u64));
+        }
+        assert_eq!(c.lookup(b"d"), Lookup::Miss);
+        c.insert_dropped(b"d");
+        c.end_successful(true, |_| {});
+
+        for (i, (text, _)) in series.iter().enumerate() {
+            assert_eq!(
+                c.expected_len(format!("{text} 5").as_bytes()),
+                Some(text.len())
+            );
+            assert_eq!(
+                c.take_expected(),
+                Lookup::Series {
+                    slot: i as u32,
+                    r: SeriesRef(i as u64),
+                    duplicate: false
+                }
+            );
+        }
+        assert_eq!(c.expected_len(b"d 1"), Some(1));
+        assert_eq!(c.take_expected(), Lookup::Dropped);
+        assert_eq!(
+            c.expected_len(b"a{x=\"1\"} 1"),
+            None,
+            "no key after the last"
+        );
+        c.end_successful(true, |_| {});
+
+        // A new scrape expects the first key again; another text is not taken for it.
+        assert_eq!(c.expected_len(b"a{x=\"2\"} 1"), None);
+        assert_eq!(c.expected_len(b"a{x=\"1\""), None);
+        assert_eq!(c.expected_len(b"a{x=\"1\"}"), Some(8));
+        // A lookup moves the expectation to the key after the one it found.
+        assert!(matches!(
+            c.lookup(series[3].0.as_bytes()),
+            Lookup::Series { slot: 3, .. }
+        ));
+        assert_eq!(c.expected_len(b"a{x=\"1\"} 1"), None);
+        assert_eq!(c.expected_len(b"d 1"), Some(1));
+        // Seen twice in one scrape: a duplicate, as a lookup says.
+        assert!(matches!(c.take_expected(), Lookup::Dropped));
+        assert!(matches!(
+            c.lookup(series[2].0.as_bytes()),
+            Lookup::Series {
+                slot: 2,
+                duplicate: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            c.lookup(series[2].0.as_bytes()),
+            Lookup::Series {
+                slot: 2,
+                duplicate: true,
+                ..
+            }
+        ));
     }
 }

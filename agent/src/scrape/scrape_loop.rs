@@ -74,7 +74,7 @@ use super::appender::{stale_nan, AppendError, Appender, SeriesRef, Storage};
 use super::assigned::{AssignedSource, LoopEvent, Mode};
 use super::cache::{Lookup, SeriesCache};
 use super::metadata::{self, SharedMetadata};
-use super::parse::{Entry, Format, ParseError, ParseErrorKind, Parser, Sample};
+use super::parse::{Entry, Exemplar, Format, ParseError, ParseErrorKind, Parsed, Parser, Sample};
 use super::target::{merge_target_labels_into, Target};
 use crate::clock::Clock;
 use crate::config::scrape::{Limits, ScrapeConfig};
@@ -174,6 +174,9 @@ pub struct ScrapeProcessor {
     synthetic: [Option<SeriesRef>; 5],
     /// The target's `# TYPE`/`# HELP`/`# UNIT` per family, read by remote_write.
     metadata: SharedMetadata,
+    /// Whether 0.0.4 lines starting with the series the cache expects skip its parse (see
+    /// `Parser::next_known`); off only in tests, to compare with the full parse.
+    known_shortcut: bool,
 }
 
 impl ScrapeProcessor {
@@ -194,6 +197,7 @@ impl ScrapeProcessor {
             parser: Some(parser),
             synthetic: [None; 5],
             metadata: SharedMetadata::default(),
+            known_shortcut: true,
         }
     }
 
@@ -241,15 +245,38 @@ impl ScrapeProcessor {
         stats: &mut BodyStats,
     ) -> Result<(), ScrapeError> {
         let limits = self.cfg.limits;
-        let honor_timestamps = self.cfg.honor_timestamps;
-        let track_ts = self.cfg.track_timestamps_staleness;
         let mut over_limit = false;
         // One lock per scrape; readers take it once per send interval.
         let metadata = self.metadata.clone();
         let mut metadata = metadata::lock(&metadata);
+        // Only a 0.0.4 body takes the known-series shortcut (see `Parser::next_known`): a
+        // text validated in either format is valid 0.0.4, not always valid OpenMetrics.
+        let shortcut = self.known_shortcut && parser.format() == Format::PrometheusText;
         loop {
-            let entry = match parser.next_entry() {
-                Ok(Some(entry)) => entry,
+            let parsed = if shortcut {
+                let cache = &self.cache;
+                parser.next_known(&mut |line| cache.expected_len(line))
+            } else {
+                parser.next_entry().map(|e| e.map(Parsed::Entry))
+            };
+            let entry = match parsed {
+                Ok(Some(Parsed::Entry(entry))) => entry,
+                Ok(Some(Parsed::Known(k))) => {
+                    stats.scraped += 1;
+                    let Lookup::Series { slot, r, duplicate } = self.cache.take_expected() else {
+                        // Dropped by relabelling (`expected_len` finds only live keys).
+                        continue;
+                    };
+                    self.append_sample(
+                        stats,
+                        app,
+                        &mut over_limit,
+                        (slot, r, duplicate),
+                        (k.value, k.timestamp, None),
+                        t_ms,
+                    );
+                    continue;
+                }
                 Ok(None) => break,
                 // Prometheus's parser lets a repeated label name through and its storage
                 // refuses the sample: the line counts as scraped.
@@ -297,29 +324,14 @@ impl ScrapeProcessor {
                     }
                 },
             };
-            stats.post_relabel += 1;
-            if limits.sample_limit > 0 && stats.post_relabel > limits.sample_limit {
-                // Keep counting the rest for the report, as Prometheus does; the batch is
-                // rolled back by the caller.
-                over_limit = true;
-            }
-            if over_limit {
-                continue;
-            }
-            if duplicate {
-                stats.duplicates += 1;
-                continue;
-            }
-            let (t, explicit) = match s.timestamp {
-                Some(ts) if honor_timestamps => (ts, true),
-                _ => (t_ms, false),
-            };
-            self.cache.set_tracked(slot, !explicit || track_ts);
-            app.append(r, t, s.value);
-            if let Some(ex) = &s.exemplar {
-                let labels = Labels::from_pairs(ex.labels.iter());
-                app.append_exemplar(r, &labels, ex.timestamp.unwrap_or(t), ex.value);
-            }
+            self.append_sample(
+                stats,
+                app,
+                &mut over_limit,
+                (slot, r, duplicate),
+                (s.value, s.timestamp, s.exemplar.as_ref()),
+                t_ms,
+            );
         }
         metadata.end_scrape();
         if over_limit {
@@ -329,6 +341,45 @@ impl ScrapeProcessor {
             });
         }
         Ok(())
+    }
+
+    /// Appends one sample of a cached series (`slot`, `r`) unless the sample limit is
+    /// exceeded or the series was already seen in this scrape.
+    #[inline]
+    fn append_sample(
+        &mut self,
+        stats: &mut BodyStats,
+        app: &mut dyn Appender,
+        over_limit: &mut bool,
+        (slot, r, duplicate): (u32, SeriesRef, bool),
+        (value, timestamp, exemplar): (f64, Option<i64>, Option<&Exemplar<'_>>),
+        t_ms: i64,
+    ) {
+        let limits = &self.cfg.limits;
+        stats.post_relabel += 1;
+        if limits.sample_limit > 0 && stats.post_relabel > limits.sample_limit {
+            // Keep counting the rest for the report, as Prometheus does; the batch is
+            // rolled back by the caller.
+            *over_limit = true;
+        }
+        if *over_limit {
+            return;
+        }
+        if duplicate {
+            stats.duplicates += 1;
+            return;
+        }
+        let (t, explicit) = match timestamp {
+            Some(ts) if self.cfg.honor_timestamps => (ts, true),
+            _ => (t_ms, false),
+        };
+        self.cache
+            .set_tracked(slot, !explicit || self.cfg.track_timestamps_staleness);
+        app.append(r, t, value);
+        if let Some(ex) = exemplar {
+            let labels = Labels::from_pairs(ex.labels.iter());
+            app.append_exemplar(r, &labels, ex.timestamp.unwrap_or(t), ex.value);
+        }
     }
 
     /// The slow path for a series text not in the cache.

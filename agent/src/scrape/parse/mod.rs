@@ -282,6 +282,26 @@ pub struct Exemplar<'a> {
     pub timestamp: Option<i64>,
 }
 
+/// What [`Parser::next_known`] yields.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Parsed<'a> {
+    Entry(Entry<'a>),
+    /// A sample whose series text the caller knew (see [`Parser::next_known`]).
+    Known(Known<'a>),
+}
+
+/// A 0.0.4 sample line that starts with a series text the caller said it knows: the text,
+/// and what follows it, parsed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Known<'a> {
+    /// The series text, as the caller knew it.
+    pub series: &'a [u8],
+    /// As [`Sample::value`].
+    pub value: f64,
+    /// As [`Sample::timestamp`].
+    pub timestamp: Option<i64>,
+}
+
 /// Parses a whole body into entries, stopping at the first error. Convenience for tests and
 /// tools; the scrape loop uses [`Parser`] directly to avoid collecting.
 pub fn parse_all(body: &[u8], format: Format) -> Result<Vec<Entry<'_>>, ParseError> {

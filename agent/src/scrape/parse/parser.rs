@@ -3,7 +3,7 @@
 use super::error::{excerpt, ParseError, ParseErrorKind};
 use super::float::parse_go_float;
 use super::labels::{unescape, Labels};
-use super::{Entry, Exemplar, Format, MetricType, Sample};
+use super::{Entry, Exemplar, Format, Known, MetricType, Parsed, Sample};
 
 /// Up to this many labels, duplicates are found by comparing each new name with the previous
 /// ones; above it, by sorting the names once at the end (a body with thousands of labels on
@@ -59,6 +59,13 @@ fn token_end(b: &[u8], i: usize, stop_at_brace: bool) -> usize {
         .unwrap_or(rest.len());
     i + len
 }
+
+/// The caller's answer to "does this line start with a series text you know, and how long is
+/// it" (see [`Parser::next_known`]).
+/// A sample line's value, timestamp and exemplar.
+type Tail<'a> = (f64, Option<i64>, Option<Exemplar<'a>>);
+
+type KnownSeries<'f> = &'f mut dyn FnMut(&[u8]) -> Option<usize>;
 
 /// Pull parser over one body. Yields entries until the end of the body, `# EOF` or the first
 /// error; after either of the last two it yields nothing more.
@@ -129,14 +136,46 @@ impl<'a> Parser<'a> {
 
     /// The next entry, `Ok(None)` at the end.
     pub fn next_entry(&mut self) -> Result<Option<Entry<'a>>, ParseError> {
-        let result = self.next_inner();
+        let result = self.next_inner(None);
+        if result.is_err() {
+            self.done = true;
+        }
+        match result {
+            Ok(Some(Parsed::Entry(e))) => Ok(Some(e)),
+            // Only `next_known` yields known samples.
+            Ok(Some(Parsed::Known(_)) | None) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Like [`next_entry`](Self::next_entry), with a shortcut for sample lines whose series
+    /// text was seen before. For each 0.0.4 sample line, `known` is asked whether the line
+    /// starts with a series text that this parser (with the same [`tolerate`](Self::tolerate)
+    /// list, in either format) already returned as [`Sample::series`]; it answers with that
+    /// text's length. The line then yields a [`Known`] sample: its series is not parsed again
+    /// (the label set was validated when the text was first seen, and the parse of a series
+    /// depends on its bytes alone), only the value and timestamp after it are. Everything
+    /// else, OpenMetrics lines included, is as `next_entry` returns it, and every error is the
+    /// one `next_entry` would return.
+    ///
+    /// The scrape cache answers `known` with the series it expects next (targets expose their
+    /// series in the same order every scrape), which spares a hit the label parsing and the
+    /// hash lookup of the text.
+    pub fn next_known(
+        &mut self,
+        known: &mut dyn FnMut(&[u8]) -> Option<usize>,
+    ) -> Result<Option<Parsed<'a>>, ParseError> {
+        let result = self.next_inner(Some(known));
         if result.is_err() {
             self.done = true;
         }
         result
     }
 
-    fn next_inner(&mut self) -> Result<Option<Entry<'a>>, ParseError> {
+    fn next_inner(
+        &mut self,
+        mut known: Option<KnownSeries<'_>>,
+    ) -> Result<Option<Parsed<'a>>, ParseError> {
         loop {
             if self.done {
                 return Ok(None);
@@ -158,8 +197,10 @@ impl<'a> Parser<'a> {
             let number = self.line;
             self.line += 1;
             let entry = match self.format {
-                Format::PrometheusText => self.prometheus_line(line, number)?,
-                Format::OpenMetrics => self.openmetrics_line(line, number, has_newline)?,
+                Format::PrometheusText => self.prometheus_line(line, number, &mut known)?,
+                Format::OpenMetrics => self
+                    .openmetrics_line(line, number, has_newline)?
+                    .map(Parsed::Entry),
             };
             if let Some(entry) = entry {
                 return Ok(Some(entry));
@@ -171,15 +212,30 @@ impl<'a> Parser<'a> {
         &mut self,
         line: &'a [u8],
         number: usize,
-    ) -> Result<Option<Entry<'a>>, ParseError> {
+        known: &mut Option<KnownSeries<'_>>,
+    ) -> Result<Option<Parsed<'a>>, ParseError> {
         let start = skip_ws(line, 0);
         match line.get(start) {
             None => Ok(None),
-            Some(b'#') => self.prometheus_comment(line, start, number).map(Some),
+            Some(b'#') => self
+                .prometheus_comment(line, start, number)
+                .map(|e| Some(Parsed::Entry(e))),
             Some(_) => {
                 let text = utf8(line, number)?;
+                if let Some(end) = known
+                    .as_mut()
+                    .and_then(|k| k(line))
+                    .filter(|&n| series_ends_at(line, n))
+                {
+                    let (value, timestamp, _) = self.sample_tail(text, end, number, false)?;
+                    return Ok(Some(Parsed::Known(Known {
+                        series: &line[..end],
+                        value,
+                        timestamp,
+                    })));
+                }
                 self.sample(text, start, number, false)
-                    .map(|s| Some(Entry::Sample(s)))
+                    .map(|s| Some(Parsed::Entry(Entry::Sample(s))))
             }
         }
     }
@@ -367,7 +423,27 @@ impl<'a> Parser<'a> {
             (Labels::default(), name_end)
         };
         let series = &b[start..series_end];
+        let (value, timestamp, exemplar) = self.sample_tail(text, i, number, om)?;
+        Ok(Sample {
+            series,
+            name,
+            labels,
+            value,
+            timestamp,
+            exemplar,
+            family: self.family,
+        })
+    }
 
+    /// The rest of a sample line after its series (at `i`): value, timestamp, exemplar.
+    fn sample_tail(
+        &mut self,
+        text: &'a str,
+        mut i: usize,
+        number: usize,
+        om: bool,
+    ) -> Result<Tail<'a>, ParseError> {
+        let b = text.as_bytes();
         // Value.
         if om {
             if b.get(i) != Some(&b' ') {
@@ -422,15 +498,7 @@ impl<'a> Parser<'a> {
             }
         }
 
-        Ok(Sample {
-            series,
-            name,
-            labels,
-            value,
-            timestamp,
-            exemplar,
-            family: self.family,
-        })
+        Ok((value, timestamp, exemplar))
     }
 
     /// An OpenMetrics exemplar starting at `i` (the `{`), to the end of the line.
@@ -605,6 +673,21 @@ impl<'a> Iterator for Parser<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         self.next_entry().transpose()
+    }
+}
+
+/// Whether a 0.0.4 sample line's series ends after its first `n` bytes when they are a series
+/// text the parser returned before: a text with a label set ends at its `}` whatever follows,
+/// a bare name only where the name cannot go on (`m` is not the series of `m_total 1`) and no
+/// label set follows after whitespace (nor of `m {a="1"} 1`).
+fn series_ends_at(line: &[u8], n: usize) -> bool {
+    match n.checked_sub(1).and_then(|last| line.get(last)) {
+        None => false,
+        Some(b'}') => true,
+        Some(_) => {
+            matches!(line.get(n), None | Some(b' ' | b'\t'))
+                && line.get(skip_ws(line, n)) != Some(&b'{')
+        }
     }
 }
 

@@ -849,3 +849,78 @@ fn huge_label_value_is_kept_whole() {
     assert_eq!(s[0].labels.get("after").as_deref(), Some("2"));
     assert_eq!(s[1].name, "next");
 }
+
+/// `next_known` with every series text seen before offered for every line it starts: a line
+/// whose series is such a text yields a `Known` sample with what `next_entry` yields for it;
+/// a text that is only a prefix of the line's series is refused; errors are the same.
+#[test]
+fn next_known_yields_what_next_entry_yields() {
+    let seen_body =
+        "m 1\nm{a=\"1\"} 1\nm {a=\"1\"} 1\nm{ a = \"1\" ,} 1\nm_total 1\nn{a=\"x\\\"}\"} 1\n";
+    let seen: Vec<&[u8]> = samples(&prom(seen_body).unwrap())
+        .iter()
+        .map(|s| s.series)
+        .collect();
+    let lines = [
+        "m 2",
+        "m  2 17",
+        "m\t2",
+        "m",
+        "m_total 3",
+        "m_totalx 3",
+        "m{a=\"1\"} 4",
+        "m{a=\"1\"}4",
+        "m{a=\"1\"} 4 5",
+        "m{a=\"1\"}x",
+        "m{a=\"1\"}} 4",
+        "m{a=\"1\"} 4 5 6",
+        "m {a=\"1\"} 5",
+        "m {a=\"1\"}",
+        "m{ a = \"1\" ,} 6",
+        "n{a=\"x\\\"}\"} 7",
+        "n{a=\"x\\\"}\"}",
+        "m{a=\"1\",b=\"2\"} 8",
+        "m {b=\"1\"} 9",
+        "m{a=\"1\"} NaN",
+        "m 1e400",
+    ];
+    for line in lines {
+        for text in &seen {
+            if !line.as_bytes().starts_with(text) {
+                continue;
+            }
+            let mut full = Parser::new(line.as_bytes(), Format::PrometheusText);
+            let want = full.next_entry();
+            let mut fast = Parser::new(line.as_bytes(), Format::PrometheusText);
+            let got = fast.next_known(&mut |l| l.starts_with(text).then_some(text.len()));
+            let ctx = format!("{line:?} with {:?}", String::from_utf8_lossy(text));
+            match (want, got) {
+                (Err(w), Err(g)) => assert_eq!(w, g, "{ctx}"),
+                (Ok(Some(Entry::Sample(w))), Ok(Some(Parsed::Known(g)))) => {
+                    assert_eq!(
+                        w.series, *text,
+                        "{ctx}: known only when the series is the text"
+                    );
+                    assert_eq!(
+                        (w.value.to_bits(), w.timestamp),
+                        (g.value.to_bits(), g.timestamp),
+                        "{ctx}"
+                    );
+                    assert_eq!(g.series, *text, "{ctx}");
+                }
+                (Ok(Some(Entry::Sample(w))), Ok(Some(Parsed::Entry(Entry::Sample(g))))) => {
+                    assert_ne!(
+                        w.series, *text,
+                        "{ctx}: the text is the series, known expected"
+                    );
+                    assert_eq!(format!("{w:?}"), format!("{g:?}"), "{ctx}");
+                }
+                (w, g) => panic!("{ctx}: {w:?} against {g:?}"),
+            }
+        }
+    }
+    // OpenMetrics lines are never known.
+    let mut p = Parser::new(b"m 1\n# EOF\n", Format::OpenMetrics);
+    let first = p.next_known(&mut |_| Some(1)).unwrap();
+    assert!(matches!(first, Some(Parsed::Entry(Entry::Sample(_)))));
+}

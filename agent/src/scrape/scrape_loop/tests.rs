@@ -710,3 +710,71 @@ async fn a_loop_gives_its_body_buffer_back_after_each_scrape() {
     assert!(ports.len() < 3, "no connection reused: {ports:?}");
     server.abort();
 }
+
+mod known_series {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Lines whose series texts are prefixes of one another's lines, in both orders, with
+    /// whitespace, label order, escapes, a relabelled and a dropped series, and errors after a
+    /// series text (value, timestamp, a second `}`).
+    const LINES: &[&str] = &[
+        "m 1",
+        "m_total 2",
+        "m {a=\"1\"} 3",
+        "m{a=\"1\"} 4",
+        "m{a=\"1\",} 5",
+        "m{ a = \"1\" } 6",
+        "m{a=\"1\"}x 7",
+        "m{a=\"1\"} 8 1700",
+        "m  9",
+        "m\t10",
+        "m{a=\"x\\\"y\"} 11",
+        "m{b=\"2\",a=\"1\"} 12",
+        "m{a=\"1\"}13",
+        "m",
+        "n{a=\"1\"} 14",
+        "n{a=\"1\"}} 15",
+        "m{a=\"1\"} 1 2",
+        "dropme{a=\"1\"} 16",
+        "renamed{a=\"1\"} 17",
+        "m{a=\"1\"} 18 -5",
+        "m{a=\"1\",b=\"2\"} 19",
+        "m{job=\"x\"} 20",
+    ];
+
+    const RELABEL: &str = "    metric_relabel_configs:\n      - source_labels: [__name__]\n        regex: dropme\n        action: drop\n      - source_labels: [__name__]\n        regex: renamed\n        target_label: __name__\n        replacement: other\n";
+
+    fn run(h: &mut Harness, bodies: &[Vec<usize>]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (k, lines) in bodies.iter().enumerate() {
+            let body: String = lines.iter().map(|&i| format!("{}\n", LINES[i])).collect();
+            let res = h.scrape(&body, 1000 * (k as i64 + 1));
+            out.push(format!("{res:?}"));
+        }
+        for (l, t, v) in h.s.samples() {
+            out.push(format!("{l:?} {t} {:x}", v.to_bits()));
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Scrapes that take the known-series shortcut store and report exactly what the
+        /// full parse does, whatever the order of the lines from one scrape to the next.
+        #[test]
+        fn the_known_series_shortcut_changes_nothing(
+            bodies in proptest::collection::vec(
+                proptest::collection::vec(0..LINES.len(), 0..12),
+                1..6,
+            )
+        ) {
+            let mut fast = Harness::new(RELABEL);
+            let mut full = Harness::new(RELABEL);
+            full.p.known_shortcut = false;
+            prop_assert_eq!(run(&mut fast, &bodies), run(&mut full, &bodies));
+        }
+    }
+}
