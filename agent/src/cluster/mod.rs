@@ -342,7 +342,19 @@ impl Cluster {
             _ = shutdown.cancelled() => {}
             _ = state.wait_for(|s| *s == crate::ring::model::InstanceState::Active) => {}
         }
-        self.view.wait_ready().await;
+        // The first reshard judges the ring as this agent's view holds it, which follows the
+        // store through a watch: the lifecycler hears its ACTIVE write land before or after the
+        // watch delivers it. Judged before, this agent owns nothing in it and would be ready
+        // before running its configs.
+        let id = self.lifecycler.id().to_owned();
+        let mut own = self.view.subscribe();
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = own.wait_for(|d| {
+                d.ingesters.get(&id).and_then(|m| m.instance_state())
+                    == Some(crate::ring::model::InstanceState::Active)
+            }) => {}
+        }
         self.refresh().await;
         // Ready once the instances it owns started (or failed and are retried).
         tokio::select! {
@@ -649,6 +661,85 @@ mod tests {
 
     fn unix(t: SystemTime) -> i64 {
         crate::clock::unix_secs(t)
+    }
+
+    /// The ring view follows the store through a watch that may deliver this agent's own ACTIVE
+    /// write after the lifecycler heard it land (etcd: two streams): the first reshard waits
+    /// for the view to show it, so the agent is ready only once its configs run (before, it
+    /// owned nothing in the lagging view, was ready at once, and started its configs when the
+    /// watch caught up, here half a second later).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ready_only_once_the_view_shows_this_agent_active() {
+        use crate::config::agent::InstanceMode;
+        use crate::kv::testing::FaultyStore;
+        use crate::kv::InMemoryStore;
+
+        let clock = Clock::system();
+        let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
+        let lagging = FaultyStore::new(store.clone());
+        lagging.set_watch_delay(Duration::from_millis(500));
+        let configs = Arc::new(ConfigStore::new(store.clone()));
+        configs
+            .put(
+                "c1",
+                "scrape_configs:\n  - job_name: j\n    static_configs:\n      - targets: ['127.0.0.1:9']\n",
+            )
+            .await
+            .expect("put");
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let manager = InstanceManager::new(
+            crate::instance::Shared::new(dir.path(), "t", &mut registry, clock),
+            Duration::from_millis(200),
+            InstanceMode::Distinct,
+        );
+        let settings = LifecyclerSettings {
+            ring_key: "collectors/agent".into(),
+            id: "a".into(),
+            addr: "a:80".into(),
+            zone: String::new(),
+            num_tokens: 16,
+            heartbeat_period: Duration::from_secs(3600),
+            heartbeat_timeout: Duration::from_secs(60),
+            observe_period: Duration::ZERO,
+            join_after: Duration::ZERO,
+            final_sleep: Duration::ZERO,
+            tokens_file_path: None,
+            unregister_on_shutdown: true,
+            auto_forget_unhealthy_periods: 0,
+        };
+        let view = RingView::start(
+            lagging.clone(),
+            settings.ring_key.clone(),
+            settings.heartbeat_timeout,
+            clock,
+        );
+        let lifecycler = Lifecycler::start(store.clone(), settings, clock);
+        let cluster = Cluster::new(
+            configs,
+            lifecycler,
+            view,
+            manager.clone(),
+            GlobalConfig::default(),
+            Duration::from_secs(3600),
+            clock,
+            None,
+        );
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(cluster.clone().run(shutdown.clone()));
+        let mut ready = cluster.ready();
+        tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
+            .await
+            .expect("ready within 10 s")
+            .expect("ready channel");
+        assert_eq!(
+            manager.names(),
+            ["c1"],
+            "ready, running {:?}",
+            manager.names()
+        );
+        shutdown.cancel();
+        task.await.expect("run");
     }
 
     /// The rule through a real lifecycler: an agent started while the store is down, registered

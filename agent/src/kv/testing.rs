@@ -37,12 +37,16 @@ struct Faults {
     /// While set, every operation fails as an unreachable etcd does.
     down: bool,
     interference: Vec<Interference>,
+    /// Each event of a watch started from now on is delivered this late.
+    watch_delay: Duration,
 }
 
 /// A [`KvStore`] that forwards to `inner` unless told to fail: [`FaultyStore::set_down`]
-/// makes every operation fail like an unreachable etcd (`KvError::EtcdTimeout`), and
+/// makes every operation fail like an unreachable etcd (`KvError::EtcdTimeout`),
 /// [`FaultyStore::before`] lets another writer change the store just before an operation (a
-/// lost CAS race, a config changed between a read and a conditional delete).
+/// lost CAS race, a config changed between a read and a conditional delete), and
+/// [`FaultyStore::set_watch_delay`] makes watches lag behind the writes (etcd delivers a
+/// write's watch event on its own stream, after or before the writer hears back).
 pub struct FaultyStore {
     inner: Arc<dyn KvStore>,
     faults: Mutex<Faults>,
@@ -78,6 +82,11 @@ impl FaultyStore {
     /// Down: every operation fails until set up again.
     pub fn set_down(&self, down: bool) {
         self.faults().down = down;
+    }
+
+    /// Watches started from now on deliver each event `delay` after it happened, in order.
+    pub fn set_watch_delay(&self, delay: Duration) {
+        self.faults().watch_delay = delay;
     }
 
     /// Runs `hook` on the wrapped store just before the next `op` (or before every one, with
@@ -197,7 +206,33 @@ impl KvStore for FaultyStore {
     fn watch_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Watch, KvError>> {
         Box::pin(async move {
             self.enter(Op::WatchPrefix, prefix).await?;
-            self.inner.watch_prefix(prefix).await
+            let mut inner = self.inner.watch_prefix(prefix).await?;
+            let delay = self.faults().watch_delay;
+            if delay.is_zero() {
+                return Ok(inner);
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel(super::WATCH_CHANNEL);
+            let task = tokio::spawn(async move {
+                // Each event stamped on arrival, forwarded `delay` later, in order.
+                let (stamped_tx, mut stamped) = tokio::sync::mpsc::unbounded_channel();
+                let forward = async move {
+                    while let Some((at, ev)) = stamped.recv().await {
+                        tokio::time::sleep_until(at + delay).await;
+                        if tx.send(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let receive = async move {
+                    while let Some(ev) = inner.recv().await {
+                        if stamped_tx.send((tokio::time::Instant::now(), ev)).is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::join!(forward, receive);
+            });
+            Ok(Watch::new(rx, task))
         })
     }
 
