@@ -1,7 +1,7 @@
 //! The one HTTP client (agent/src/httpclient): every field of Prometheus's HTTP client config,
-//! against TLS servers with generated certificates, a CONNECT proxy and credential files, and a
-//! real Prometheus serving TLS with client-certificate auth (as a scrape target and as the
-//! remote-write receiver).
+//! against TLS servers with generated certificates, a CONNECT proxy, credential files,
+//! redirecting servers and HTTP/2 negotiation, and a real Prometheus serving TLS with
+//! client-certificate auth (as a scrape target and as the remote-write receiver).
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -348,6 +348,121 @@ async fn credential_files_are_read_per_request() {
     assert_eq!(get(&c, &url).await.unwrap().1, "Custom x");
     let c = client(&format!("bearer_token_file: {}\n", token.display()));
     assert_eq!(get(&c, &url).await.unwrap().1, "Bearer tok-1");
+}
+
+/// A plain HTTP server for the redirect test: `/moved` redirects to `/final` on the same
+/// server, `/away` to `away` (another port: another origin), `/loop` to itself; `/final`
+/// answers with the `Authorization` header it was sent. Counts the requests to `/loop`.
+async fn redirecting_server(away: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::http::{header, StatusCode};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let loops = Arc::new(AtomicUsize::new(0));
+    let counted = loops.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/moved",
+            axum::routing::get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/final")]) }),
+        )
+        .route(
+            "/away",
+            axum::routing::get(move || {
+                let away = away.clone();
+                async move { (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, away)]) }
+            }),
+        )
+        .route(
+            "/loop",
+            axum::routing::get(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { (StatusCode::FOUND, [(header::LOCATION, "/loop")]) }
+            }),
+        )
+        .route(
+            "/final",
+            axum::routing::get(|h: HeaderMap| async move {
+                let auth = h
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                format!("final {auth}")
+            }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), loops)
+}
+
+/// `follow_redirects` (default true) follows a redirect with the configured credentials when it
+/// stays on the same host and port, and without them when it leaves it (reqwest's rule; Prometheus
+/// 2.42 sends them to any host: docs/configuration.md); a chain longer than 10 redirects fails.
+/// `follow_redirects: false` returns the redirect itself, which a scrape reports as its status.
+#[tokio::test]
+async fn redirects_follow_the_config_and_credentials_stay_on_their_origin() {
+    install_crypto();
+    let away = echo_auth_server().await;
+    let (base, loops) = redirecting_server(away).await;
+    let c = client("authorization:\n  credentials: sec-redirect-1\n");
+    assert_eq!(
+        get(&c, &format!("{base}/moved")).await.unwrap(),
+        (200, "final Bearer sec-redirect-1".into())
+    );
+    assert_eq!(
+        get(&c, &format!("{base}/away")).await.unwrap(),
+        (200, String::new()),
+        "the credentials were sent to another origin"
+    );
+    let err = get(&c, &format!("{base}/loop")).await.unwrap_err();
+    assert!(err.contains("redirect"), "{err}");
+    assert_eq!(loops.load(std::sync::atomic::Ordering::SeqCst), 11);
+
+    let c = client("authorization:\n  credentials: sec-redirect-1\nfollow_redirects: false\n");
+    assert_eq!(get(&c, &format!("{base}/moved")).await.unwrap().0, 302);
+}
+
+/// `enable_http2` (default true) offers HTTP/2 through ALPN on TLS connections, and a server
+/// that takes it is spoken to in HTTP/2; `false` offers HTTP/1.1 only. Plain HTTP is HTTP/1.1
+/// either way (no cleartext HTTP/2, as in Prometheus).
+#[tokio::test]
+async fn http2_is_negotiated_over_tls_unless_disabled() {
+    install_crypto();
+    let ca = Ca::new("ca");
+    let cfg = Arc::new(RwLock::new(tls::server_config(
+        &ca.server(&["127.0.0.1"]),
+        None,
+    )));
+    let app = || {
+        axum::Router::new().route(
+            "/version",
+            axum::routing::get(|v: axum::http::Version| async move { format!("{v:?}") }),
+        )
+    };
+    let addr = tls::serve(app(), cfg).await;
+    let url = format!("https://127.0.0.1:{}/version", addr.port());
+    let tls_yaml = "tls_config:\n  insecure_skip_verify: true\n";
+    assert_eq!(
+        get(&client(tls_yaml), &url).await.unwrap(),
+        (200, "HTTP/2.0".into())
+    );
+    assert_eq!(
+        get(&client(&format!("{tls_yaml}enable_http2: false\n")), &url)
+            .await
+            .unwrap(),
+        (200, "HTTP/1.1".into())
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app()).await;
+    });
+    assert_eq!(
+        get(&client(""), &format!("http://{plain}/version"))
+            .await
+            .unwrap(),
+        (200, "HTTP/1.1".into())
+    );
 }
 
 /// The validation texts of the fields this client added (Prometheus's, from
