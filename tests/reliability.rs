@@ -332,10 +332,7 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
     let on_3 = p.values().filter(|v| v[0] == "agent-3").count();
     // Nothing that ran through the outage was stopped and started again when etcd returned
     // (a stale ring read must not move configs around and back).
-    let stops: usize = [&a1, &a2]
-        .iter()
-        .map(|a| a.log().matches("stopping instance").count())
-        .sum();
+    let stops = instances_stopped(&[&a1, &a2]);
     assert_eq!(
         stops,
         on_3,
@@ -388,6 +385,14 @@ fn etcd_down_60s_agents_keep_scraping_and_converge_after() {
         outage.as_secs(),
         converged.as_secs_f64()
     );
+}
+
+/// How many instances the agents have stopped so far (their `stopping instance` log lines).
+fn instances_stopped(agents: &[&Agent]) -> usize {
+    agents
+        .iter()
+        .map(|a| a.log().matches("stopping instance").count())
+        .sum()
 }
 
 /// The names of the configs `log` says the agent started running (`msg="running config"`
@@ -527,10 +532,7 @@ fn agent_started_during_etcd_outage_runs_only_its_share_when_etcd_returns() {
         "agent-3 got no config of {}: {settled:?}",
         names.len()
     );
-    let stops: usize = [&a1, &a2]
-        .iter()
-        .map(|a| a.log().matches("stopping instance").count())
-        .sum();
+    let stops = instances_stopped(&[&a1, &a2]);
     assert_eq!(
         stops,
         on_3.len(),
