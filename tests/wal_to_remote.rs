@@ -56,51 +56,101 @@ async fn wait_count(prom: &Prometheus, query: &str, want: f64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wal_watcher_delivers_everything_and_resumes_after_restart() {
+/// A real Prometheus receiver and an empty WAL in a temp dir (returned beside it, so a test can
+/// close it), with the watcher's progress file path and the base timestamp of `append`'s samples.
+struct Setup {
+    prom: Prometheus,
+    _dir: tempfile::TempDir,
+    wal_dir: std::path::PathBuf,
+    progress: std::path::PathBuf,
+    base: i64,
+}
+
+async fn setup() -> (Setup, Wal) {
     let prom = tokio::task::spawn_blocking(Prometheus::start)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let wal_dir = dir.path().join("wal");
     let progress = dir.path().join("remote_write").join("wal-test");
-    let (mut wal, _) = Wal::open(&wal_dir, WalOptions::default()).unwrap();
-    let mut refs = Vec::new();
+    let (wal, _) = Wal::open(&wal_dir, WalOptions::default()).unwrap();
     let base = agent::clock::Clock::system().unix_millis() - 60_000;
+    let s = Setup {
+        prom,
+        _dir: dir,
+        wal_dir,
+        progress,
+        base,
+    };
+    (s, wal)
+}
+
+/// A watcher running on the WAL of a [`Setup`] into a new queue to its receiver.
+struct Watcher {
+    _reg: Registry,
+    q: Arc<QueueManager>,
+    commit_tx: tokio::sync::watch::Sender<u64>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watcher {
+    fn start(s: &Setup) -> Watcher {
+        let mut reg = Registry::default();
+        let metrics = RemoteWriteMetrics::register(&mut reg);
+        let q = queue(&s.prom.write_url(), &metrics);
+        let (commit_tx, commit_rx) = tokio::sync::watch::channel(0u64);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(agent::remote_write::watcher::run(
+            s.wal_dir.clone(),
+            q.clone(),
+            s.progress.clone(),
+            commit_rx,
+            None,
+            stop.clone(),
+        ));
+        Watcher {
+            _reg: reg,
+            q,
+            commit_tx,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops the watcher; then, as `Instance::stop` does, flushes its queue and saves the
+    /// progress once more.
+    async fn stop_and_flush(self, s: &Setup) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        self.q
+            .flush(tokio::time::Instant::now() + Duration::from_secs(10))
+            .await;
+        agent::remote_write::watcher::save_progress(&self.q, &s.progress, true).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_watcher_delivers_everything_and_resumes_after_restart() {
+    let (s, mut wal) = setup().await;
+    let (prom, base, mut refs) = (&s.prom, s.base, Vec::new());
     append(&mut wal, &mut refs, base, 0..10);
 
-    let mut reg = Registry::default();
-    let metrics = RemoteWriteMetrics::register(&mut reg);
-    let (commit_tx, commit_rx) = tokio::sync::watch::channel(0u64);
-    let stop = CancellationToken::new();
-    let q = queue(&prom.write_url(), &metrics);
-    let task = tokio::spawn(agent::remote_write::watcher::run(
-        wal_dir.clone(),
-        q.clone(),
-        progress.clone(),
-        commit_rx,
-        None,
-        stop.clone(),
-    ));
+    let w = Watcher::start(&s);
     wait_count(
-        &prom,
+        prom,
         "count_over_time(wal_test_metric{idx=\"7\"}[10m])",
         10.0,
     )
     .await;
     // Live tailing: samples committed while the watcher runs arrive too.
     append(&mut wal, &mut refs, base, 10..20);
-    commit_tx.send_replace(1);
-    wait_count(&prom, "sum(count_over_time(wal_test_metric[10m]))", 1000.0).await;
+    w.commit_tx.send_replace(1);
+    wait_count(prom, "sum(count_over_time(wal_test_metric[10m]))", 1000.0).await;
 
     // Stop (as a restart would), write more while nothing sends, start again.
-    stop.cancel();
-    task.await.unwrap();
-    q.flush(tokio::time::Instant::now() + Duration::from_secs(10))
-        .await;
-    // The owner saves once more after the flush (as `Instance::stop` does).
-    agent::remote_write::watcher::save_progress(&q, &progress, true).unwrap();
-    let saved = agent::remote_write::watcher::read_progress(&progress);
+    w.stop_and_flush(&s).await;
+    let saved = agent::remote_write::watcher::read_progress(&s.progress);
     // A mark is 1 ms before the newest finished sample (the rest of its scrape may have been
     // queued still), so resuming sends at most that newest sample again.
     assert!(
@@ -110,25 +160,13 @@ async fn wal_watcher_delivers_everything_and_resumes_after_restart() {
     append(&mut wal, &mut refs, base, 20..30);
     drop(wal);
 
-    let mut reg2 = Registry::default();
-    let metrics2 = RemoteWriteMetrics::register(&mut reg2);
-    let q2 = queue(&prom.write_url(), &metrics2);
-    let stop2 = CancellationToken::new();
-    let (_tx2, rx2) = tokio::sync::watch::channel(0u64);
-    let task2 = tokio::spawn(agent::remote_write::watcher::run(
-        wal_dir,
-        q2.clone(),
-        progress,
-        rx2,
-        None,
-        stop2.clone(),
-    ));
-    wait_count(&prom, "sum(count_over_time(wal_test_metric[10m]))", 1500.0).await;
+    let w = Watcher::start(&s);
+    wait_count(prom, "sum(count_over_time(wal_test_metric[10m]))", 1500.0).await;
     // Exactly 30 samples per series: nothing lost, nothing stored twice.
-    wait_count(&prom, "max(count_over_time(wal_test_metric[10m]))", 30.0).await;
-    wait_count(&prom, "min(count_over_time(wal_test_metric[10m]))", 30.0).await;
-    stop2.cancel();
-    task2.await.unwrap();
+    wait_count(prom, "max(count_over_time(wal_test_metric[10m]))", 30.0).await;
+    wait_count(prom, "min(count_over_time(wal_test_metric[10m]))", 30.0).await;
+    w.stop.cancel();
+    w.task.await.unwrap();
 }
 
 /// What was committed before the watcher is stopped is queued for the flush on stop (an
@@ -137,41 +175,22 @@ async fn wal_watcher_delivers_everything_and_resumes_after_restart() {
 /// coalescing interval, or reading. Each case restarts the watcher on the same WAL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_made_before_the_watcher_stops_are_flushed() {
-    let prom = tokio::task::spawn_blocking(Prometheus::start)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let wal_dir = dir.path().join("wal");
-    let progress = dir.path().join("remote_write").join("wal-test");
-    let (mut wal, _) = Wal::open(&wal_dir, WalOptions::default()).unwrap();
-    let mut refs = Vec::new();
-    let base = agent::clock::Clock::system().unix_millis() - 60_000;
+    let (s, mut wal) = setup().await;
+    let (prom, base, mut refs) = (&s.prom, s.base, Vec::new());
     let total = "sum(count_over_time(wal_test_metric[10m]))";
     let mut round = 0i64;
     for case in 0..9 {
-        let mut reg = Registry::default();
-        let metrics = RemoteWriteMetrics::register(&mut reg);
-        let q = queue(&prom.write_url(), &metrics);
-        let (commit_tx, commit_rx) = tokio::sync::watch::channel(0u64);
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(agent::remote_write::watcher::run(
-            wal_dir.clone(),
-            q.clone(),
-            progress.clone(),
-            commit_rx,
-            None,
-            stop.clone(),
-        ));
+        let w = Watcher::start(&s);
         // One scrape read and delivered first: the watcher is at the live tail.
         append(&mut wal, &mut refs, base, round..round + 1);
         round += 1;
-        commit_tx.send_replace(1);
-        wait_count(&prom, total, (round * 50) as f64).await;
+        w.commit_tx.send_replace(1);
+        wait_count(prom, total, (round * 50) as f64).await;
         // The last scrapes, then the stop: at once, after a yield, or a little later (inside
         // the watcher's coalescing interval). The outcome must not depend on which.
         append(&mut wal, &mut refs, base, round..round + 1);
         round += 1;
-        commit_tx.send_replace(2);
+        w.commit_tx.send_replace(2);
         match case % 3 {
             0 => {}
             1 => tokio::task::yield_now().await,
@@ -179,25 +198,21 @@ async fn commits_made_before_the_watcher_stops_are_flushed() {
         }
         append(&mut wal, &mut refs, base, round..round + 1);
         round += 1;
-        commit_tx.send_replace(3);
-        stop.cancel();
-        task.await.unwrap();
-        q.flush(tokio::time::Instant::now() + Duration::from_secs(10))
-            .await;
-        agent::remote_write::watcher::save_progress(&q, &progress, true).unwrap();
+        w.commit_tx.send_replace(3);
+        w.stop_and_flush(&s).await;
         // A timeout here: this case's last commits before the stop were not flushed.
         eprintln!("case {case}: every commit before the stop at the receiver");
-        wait_count(&prom, total, (round * 50) as f64).await;
+        wait_count(prom, total, (round * 50) as f64).await;
     }
     // Nothing stored twice across the restarts.
     wait_count(
-        &prom,
+        prom,
         "max(count_over_time(wal_test_metric[10m]))",
         round as f64,
     )
     .await;
     wait_count(
-        &prom,
+        prom,
         "min(count_over_time(wal_test_metric[10m]))",
         round as f64,
     )
