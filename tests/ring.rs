@@ -313,6 +313,21 @@ async fn ring_status_and_forget_against_etcd() {
             .any(|l| l.starts_with("agent-dead") && l.ends_with("unhealthy")),
         "{table}"
     );
+    // Read from the store, the CLI cannot know the agents' grace after a KV store outage: it
+    // says so under the table.
+    let note = table
+        .lines()
+        .find(|l| l.starts_with("note: "))
+        .unwrap_or_else(|| panic!("no note under the table: {table}"));
+    assert!(
+        note.contains("after a KV store outage") && note.contains("--addr"),
+        "{note}"
+    );
+    let table_without_note: String = table
+        .lines()
+        .filter(|l| !l.starts_with("note: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
     // With a longer timeout it is healthy again.
     let out = agentctl_async(&[
         "ring",
@@ -338,11 +353,47 @@ async fn ring_status_and_forget_against_etcd() {
         configs_owned,
         clock: Clock::system(),
         targets: None,
+        kv_health: None,
     };
     tokio::spawn(async move { axum::serve(listener, router(page)).await });
     let out = agentctl_async(&["ring", "status", "--addr", &addr]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert_eq!(normalize(&text(&out.stdout)), normalize(&table));
+    assert_eq!(
+        normalize(&text(&out.stdout)),
+        normalize(&table_without_note)
+    );
+
+    // An agent whose ring writes landed again just now, after an outage: it gives the stale
+    // member the grace (it keeps its configs), and `ring status --addr` shows that judgement,
+    // labelled, and exits 0 as the agent sees nothing to worry about.
+    let (_health_tx, kv_health) = tokio::sync::watch::channel(
+        agent::ring::lifecycler::KvHealth::RecoveredAt(tokio::time::Instant::now()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let graced_addr = format!("http://{}", listener.local_addr().expect("addr"));
+    let page = RingPageState {
+        store: store.clone(),
+        ring_key: KEY.into(),
+        heartbeat_timeout: Duration::from_secs(60),
+        configs_owned: tokio::sync::watch::channel(HashMap::new()).1,
+        clock: Clock::system(),
+        targets: None,
+        kv_health: Some(kv_health),
+    };
+    tokio::spawn(async move { axum::serve(listener, router(page)).await });
+    let out = agentctl_async(&["ring", "status", "--addr", &graced_addr]).await;
+    let graced = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{graced}{}", text(&out.stderr));
+    assert!(
+        graced
+            .lines()
+            .any(|l| l.starts_with("agent-dead") && l.ends_with("healthy (grace)")),
+        "{graced}"
+    );
+    assert!(graced.contains("heartbeats again at"), "{graced}");
+    assert!(!graced.contains("note: "), "{graced}");
 
     // Forget through the agent (the Forget button's POST), then through the KV store.
     let out = agentctl_async(&["ring", "forget", "agent-dead", "--addr", &addr]).await;

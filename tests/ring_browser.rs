@@ -341,6 +341,7 @@ async fn ring_page_in_chromium_forget_button_removes_the_member() {
         configs_owned,
         clock: Clock::system(),
         targets: None,
+        kv_health: None,
     };
     tokio::spawn(async move { axum::serve(listener, router(page)).await });
     let tmp = tempfile::tempdir().expect("tempdir");

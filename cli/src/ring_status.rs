@@ -3,6 +3,15 @@
 //! The ring comes from an agent's `/debug/ring` (JSON, `--addr`) or straight from the KV store
 //! (`--kv`, key `<ring.prefix>agent`). Both end up as a `Desc` and the agent's notion of "now",
 //! shown by the same functions the ring page uses.
+//!
+//! Health after a KV store outage: the agents do not judge a member by a heartbeat that the
+//! outage made old (for one heartbeat timeout after the store returns, see
+//! `agent::cluster::heartbeat_grace`), and an agent's ring page says when it does that. With
+//! `--addr` the table shows that agent's judgement (and the exit code follows it). With `--kv`
+//! the CLI sees only the heartbeats in the store, not when each agent's writes failed or landed
+//! again, so it judges by heartbeat age alone; a guess from the heartbeats (e.g. "everyone is
+//! stale, so the store was down") would also hide members that really died. It says so under the
+//! table when a member is stale, and points to `--addr`.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -13,6 +22,7 @@ use agent::cluster::report::{owners, summary, OwnerAnswer};
 use agent::cluster::store::Layout;
 use agent::cluster::view::load as load_sharding;
 use agent::kv::{KvSpec, KvStore};
+use agent::ring::lifecycler::HeartbeatGrace;
 use agent::ring::render::{
     render_json, render_status_table, status_exit_code, StatusJson, TargetsSummary,
 };
@@ -70,8 +80,14 @@ async fn connect(spec: &KvSpec) -> Result<Arc<dyn KvStore>, Error> {
 }
 
 /// What `ring status` shows: the ring, the "now" to judge heartbeats against (the agent's
-/// clock for `--addr`), and target sharding's figures when the cluster shards targets.
-type Loaded = (Desc, SystemTime, Option<TargetsSummary>);
+/// clock for `--addr`), target sharding's figures when the cluster shards targets, and the
+/// agent's heartbeat grace after a KV store outage (`--addr` only).
+type Loaded = (
+    Desc,
+    SystemTime,
+    Option<TargetsSummary>,
+    Option<HeartbeatGrace>,
+);
 
 async fn load(src: &Source, args: &RingSourceArgs) -> Result<Loaded, Error> {
     let ring_prefix = &args.ring_prefix;
@@ -89,7 +105,7 @@ async fn load(src: &Source, args: &RingSourceArgs) -> Result<Loaded, Error> {
                 .map_err(|e| Error::Unavailable(format!("cannot read the sharding keys: {e}")))?;
             let targets = (!sharding.agents.is_empty() || sharding.assignment.epoch > 0)
                 .then(|| summary(&sharding));
-            Ok((desc, agent::clock::Clock::system().now(), targets))
+            Ok((desc, agent::clock::Clock::system().now(), targets, None))
         }
         Source::Agent(base) => {
             let url = format!("{base}/debug/ring");
@@ -116,26 +132,44 @@ async fn load(src: &Source, args: &RingSourceArgs) -> Result<Loaded, Error> {
             let json: StatusJson = serde_json::from_str(&body)
                 .map_err(|e| fail(format!("the answer is not the ring's JSON: {e}")))?;
             let (desc, now) = json.to_desc().map_err(|e| fail(e.to_string()))?;
-            Ok((desc, now, json.targets))
+            let grace = json.grace().map_err(|e| fail(e.to_string()))?;
+            Ok((desc, now, json.targets, grace))
         }
     }
 }
 
+/// Under the table read from the store (`--kv`) when a member's heartbeat is stale: what the
+/// CLI cannot see (see the module docs).
+pub const KV_STALE_NOTE: &str = "note: HEALTH is judged here by heartbeat age in the KV store. \
+For one heartbeat timeout after a KV store outage, every member's heartbeat is as old as the \
+outage and the agents still count such members healthy (their configs do not move); reading \
+the store, this command cannot see that. `agentctl ring status --addr <agent>` shows an \
+agent's own judgement.";
+
 /// `agentctl ring status`: exit 0 when every member is ACTIVE and healthy, 1 otherwise, 2 when
-/// the ring cannot be read.
+/// the ring cannot be read. With `--addr`, "healthy" is the agent's judgement (its grace after
+/// a KV store outage included).
 pub fn status(args: &RingStatusArgs, out: &mut dyn Write) -> Result<ExitCode, Error> {
     let src = source(&args.source)?;
-    let (desc, now, targets) = runtime()?.block_on(load(&src, &args.source))?;
+    let (desc, now, targets, grace) = runtime()?.block_on(load(&src, &args.source))?;
     let timeout = args.heartbeat_timeout;
     let text = match args.output {
         OutputFormat::Json => {
-            let mut s = render_json(&desc, now, timeout, targets.as_ref());
+            let mut s = render_json(&desc, now, timeout, grace, targets.as_ref());
             s.push('\n');
             s
         }
         OutputFormat::Table => {
             let color = std::io::stdout().is_terminal();
-            let mut s = render_status_table(&desc, now, timeout, color, targets.as_ref());
+            let mut s = render_status_table(&desc, now, timeout, grace, color, targets.as_ref());
+            let stale = desc
+                .ingesters
+                .values()
+                .any(|m| !m.heartbeat_fresh(timeout, now));
+            if matches!(src, Source::Kv(_)) && stale {
+                s.push_str(KV_STALE_NOTE);
+                s.push('\n');
+            }
             if args.tokens {
                 for inst in desc.ingesters.values() {
                     let list: Vec<String> = inst.tokens.iter().map(u32::to_string).collect();
@@ -153,7 +187,9 @@ pub fn status(args: &RingStatusArgs, out: &mut dyn Write) -> Result<ExitCode, Er
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| io("writing the ring status", e))?;
-    Ok(ExitCode::from(status_exit_code(&desc, now, timeout) as u8))
+    Ok(ExitCode::from(
+        status_exit_code(&desc, now, timeout, grace) as u8
+    ))
 }
 
 /// `agentctl ring forget ID`: a CAS on the KV store (`--kv`) or the ring page's Forget button

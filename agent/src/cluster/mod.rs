@@ -146,6 +146,7 @@ impl Cluster {
         let heartbeat_timeout = s.lifecycler.heartbeat_timeout;
         tracing::info!(id = %s.lifecycler.id, addr = %s.lifecycler.addr, ring = %ring_key, "joining the ring");
         let lifecycler = Lifecycler::start(ring_kv.clone(), s.lifecycler, s.clock);
+        let kv_health = lifecycler.subscribe_kv_health();
         let view = RingView::start(
             ring_kv.clone(),
             ring_key.clone(),
@@ -207,6 +208,7 @@ impl Cluster {
             configs_owned: cluster.owned_counts(),
             clock: s.clock,
             targets: summary,
+            kv_health: Some(kv_health),
         })
         .merge(report::router(state));
         (cluster, page)
@@ -616,22 +618,8 @@ pub fn heartbeat_grace(
     heartbeat_timeout: Duration,
     now: SystemTime,
 ) {
-    let floor = match health {
-        KvHealth::Ok => return,
-        KvHealth::Failing => now,
-        KvHealth::RecoveredAt(at) => {
-            let since = at.elapsed();
-            if since >= heartbeat_timeout {
-                return;
-            }
-            now.checked_sub(since).unwrap_or(now)
-        }
-    };
-    let floor_secs = crate::clock::unix_secs(floor);
-    for member in desc.ingesters.values_mut() {
-        if member.timestamp < floor_secs {
-            member.timestamp = floor_secs;
-        }
+    if let Some(grace) = health.grace(heartbeat_timeout, now) {
+        grace.apply(desc);
     }
 }
 

@@ -9,6 +9,9 @@
 //!   `error forgetting instance '<id>': <error>`.
 //!
 //! The ring is read from the KV store on every request, so the page never shows a stale view.
+//! During and just after a KV store outage, members are judged with the agent's own heartbeat
+//! grace (the one it assigns configs by, [`KvHealth::grace`]), and the page says so: the JSON's
+//! `state` is that judgement and `heartbeat_grace` (`{"from","until"}`) says which grace.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +27,8 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::kv::KvStore;
+
+use super::lifecycler::KvHealth;
 
 use super::render::{render_html, render_json, TargetsSummary};
 use super::store::{forget, read_ring};
@@ -41,6 +46,9 @@ pub struct RingPageState {
     pub clock: Clock,
     /// Under target sharding: who scrapes how many targets (`None` in config sharding).
     pub targets: Option<TargetsSource>,
+    /// This agent's ring writes reaching the store (its lifecycler's); `None`: heartbeats are
+    /// judged by age alone.
+    pub kv_health: Option<watch::Receiver<KvHealth>>,
 }
 
 /// Computes the target sharding figures when the page is read.
@@ -115,6 +123,10 @@ async fn ring_page(
         }
     };
     let now = state.clock.now();
+    let grace = state
+        .kv_health
+        .as_ref()
+        .and_then(|h| h.borrow().grace(state.heartbeat_timeout, now));
     let targets = state.targets.as_ref().map(|t| (t.0)());
     let wants_json = headers
         .get_all(header::ACCEPT)
@@ -124,7 +136,7 @@ async fn ring_page(
         return (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
-            render_json(&desc, now, state.heartbeat_timeout, targets.as_ref()),
+            render_json(&desc, now, state.heartbeat_timeout, grace, targets.as_ref()),
         )
             .into_response();
     }
@@ -137,6 +149,7 @@ async fn ring_page(
             &desc,
             now,
             state.heartbeat_timeout,
+            grace,
             show_tokens,
             &owned,
             targets.as_ref(),
@@ -181,6 +194,7 @@ mod tests {
             configs_owned,
             clock: Clock::system(),
             targets: None,
+            kv_health: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -248,6 +262,140 @@ mod tests {
             .await
             .expect("ring");
         assert_eq!(ring.ingesters.keys().collect::<Vec<_>>(), vec!["agent-1"]);
+    }
+
+    /// After a KV store outage the page shows what the agent decides on: a member whose
+    /// heartbeat the outage made old is ACTIVE (the agent's grace, labelled as such), not
+    /// UNHEALTHY as a page judging by heartbeat age alone shows it (the page before, and the
+    /// same page here without the agent's KV health).
+    #[tokio::test]
+    async fn after_a_store_outage_the_page_shows_the_agents_grace() {
+        use crate::kv::testing::FaultyStore;
+        use crate::ring::lifecycler::{KvHealth, Lifecycler, LifecyclerSettings};
+
+        const KEY: &str = "collectors/agent";
+        // Long enough that the page is read well within the grace on a slow machine.
+        let timeout = Duration::from_secs(60);
+        let faulty = FaultyStore::new(Arc::new(InMemoryStore::new()));
+        let store: Arc<dyn KvStore> = faulty.clone();
+        let stale = Clock::system().unix_secs() - 300;
+        modify_ring(store.as_ref(), KEY, "seed", |d| {
+            d.ingesters.insert(
+                "old".into(),
+                InstanceDesc {
+                    addr: "old:80".into(),
+                    timestamp: stale,
+                    state: InstanceState::Active as i32,
+                    tokens: vec![1 << 31],
+                    id: "old".into(),
+                    ..Default::default()
+                },
+            );
+            true
+        })
+        .await
+        .expect("seed");
+        // This agent starts while the store is down, and registers once it is back.
+        faulty.set_down(true);
+        let me = Lifecycler::start(
+            store.clone(),
+            LifecyclerSettings {
+                ring_key: KEY.into(),
+                id: "me".into(),
+                addr: "me:80".into(),
+                zone: String::new(),
+                num_tokens: 8,
+                heartbeat_period: Duration::from_secs(3600),
+                heartbeat_timeout: timeout,
+                observe_period: Duration::ZERO,
+                join_after: Duration::ZERO,
+                final_sleep: Duration::ZERO,
+                tokens_file_path: None,
+                unregister_on_shutdown: false,
+                auto_forget_unhealthy_periods: 0,
+            },
+            Clock::system(),
+        );
+        let mut health = me.subscribe_kv_health();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            health.wait_for(|h| *h == KvHealth::Failing),
+        )
+        .await
+        .expect("registration failed while the store was down")
+        .expect("health");
+        faulty.set_down(false);
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            health.wait_for(|h| matches!(h, KvHealth::RecoveredAt(_))),
+        )
+        .await
+        .expect("registered once the store was back")
+        .expect("health");
+
+        let serve = |kv_health: Option<watch::Receiver<KvHealth>>| {
+            let store = store.clone();
+            async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let url = format!("http://{}/debug/ring", listener.local_addr().expect("addr"));
+                let state = RingPageState {
+                    store,
+                    ring_key: KEY.into(),
+                    heartbeat_timeout: timeout,
+                    configs_owned: watch::channel(HashMap::new()).1,
+                    clock: Clock::system(),
+                    targets: None,
+                    kv_health,
+                };
+                tokio::spawn(async move { axum::serve(listener, router(state)).await });
+                url
+            }
+        };
+        let c = client();
+        let json = |url: String| {
+            let req = c.get(url).header(header::ACCEPT, "application/json");
+            async move {
+                let (code, _, body) = send(req).await;
+                assert_eq!(code, StatusCode::OK, "{body}");
+                serde_json::from_str::<serde_json::Value>(&body).expect("JSON")
+            }
+        };
+        let old = |v: &serde_json::Value| {
+            v["shards"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["id"] == "old"))
+                .cloned()
+                .unwrap_or_else(|| panic!("no member old: {v}"))
+        };
+
+        // By heartbeat age alone (no KV health): UNHEALTHY.
+        let plain = json(serve(None).await).await;
+        assert_eq!(old(&plain)["state"], "UNHEALTHY", "{plain}");
+        assert!(plain.get("heartbeat_grace").is_none(), "{plain}");
+
+        // As the agent judges it: ACTIVE, with the grace said, the stored heartbeat unchanged.
+        let url = serve(Some(me.subscribe_kv_health())).await;
+        let v = json(url.clone()).await;
+        assert_eq!(old(&v)["state"], "ACTIVE", "{v}");
+        assert_eq!(
+            old(&v)["timestamp"],
+            crate::ring::render::rfc3339_seconds(stale),
+            "{v}"
+        );
+        let grace = &v["heartbeat_grace"];
+        assert!(
+            grace["from"].is_string() && grace["until"].is_string(),
+            "{v}"
+        );
+        let (code, _, html) = send(c.get(&url)).await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(
+            html.contains("heartbeats again at") && html.contains("healthy by the KV outage grace"),
+            "{html}"
+        );
+        assert!(!html.contains(">UNHEALTHY<"), "{html}");
     }
 
     #[tokio::test]

@@ -30,14 +30,14 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
+use crate::clock::{unix_secs, Clock};
 use crate::config::agent::LifecyclerConfig;
 use crate::kv::KvStore;
 
@@ -156,6 +156,65 @@ pub enum KvHealth {
     Failing,
     /// Ring writes land again since this instant, after failing.
     RecoveredAt(Instant),
+}
+
+impl KvHealth {
+    /// The grace to give heartbeats at `now` (see [`HeartbeatGrace`]): none while every write
+    /// landed or once a heartbeat timeout has passed since the store came back; while writes
+    /// fail, every heartbeat counts as made now (nobody could heartbeat); after they land again,
+    /// a heartbeat older than the store's return counts as made then, for one heartbeat
+    /// timeout.
+    pub fn grace(self, heartbeat_timeout: Duration, now: SystemTime) -> Option<HeartbeatGrace> {
+        match self {
+            KvHealth::Ok => None,
+            KvHealth::Failing => Some(HeartbeatGrace {
+                from: unix_secs(now),
+                until: None,
+            }),
+            KvHealth::RecoveredAt(at) => {
+                let since = at.elapsed();
+                if since >= heartbeat_timeout {
+                    return None;
+                }
+                let back = now.checked_sub(since).unwrap_or(now);
+                Some(HeartbeatGrace {
+                    from: unix_secs(back),
+                    until: Some(unix_secs(back + heartbeat_timeout)),
+                })
+            }
+        }
+    }
+}
+
+/// How an agent judges heartbeats during and just after a KV store outage
+/// ([`KvHealth::grace`]): a member whose last heartbeat is older than `from` counts as having
+/// heartbeated at `from`. The cluster decides config ownership with it
+/// ([`crate::cluster::heartbeat_grace`]) and the ring page shows it, so that what an operator
+/// reads is what the agent acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatGrace {
+    /// Unix seconds: the store's return, or now while this agent's writes still fail.
+    pub from: i64,
+    /// Unix seconds when the grace ends (the store's return plus the heartbeat timeout);
+    /// `None` while this agent's writes still fail.
+    pub until: Option<i64>,
+}
+
+impl HeartbeatGrace {
+    /// Whether a member with this heartbeat is judged by the grace rather than by its
+    /// heartbeat.
+    pub fn covers(&self, timestamp: i64) -> bool {
+        timestamp < self.from
+    }
+
+    /// `desc` as judged: heartbeats older than `from` raised to it.
+    pub fn apply(&self, desc: &mut Desc) {
+        for member in desc.ingesters.values_mut() {
+            if self.covers(member.timestamp) {
+                member.timestamp = self.from;
+            }
+        }
+    }
 }
 
 /// This member's view of its own entry. Guarded by one async mutex that every ring write

@@ -3,7 +3,10 @@
 //! HTTP handler and the CLI share them and tests can snapshot them.
 //!
 //! Health shown here is the old ring page's: a member is `UNHEALTHY` when its last heartbeat
-//! is older than `heartbeat_timeout` (dskit's `Reporting` operation accepts every state).
+//! is older than `heartbeat_timeout` (dskit's `Reporting` operation accepts every state). An
+//! agent's page passes its [`HeartbeatGrace`] during and just after a KV store outage: members
+//! are then judged as the agent judges them when it decides who owns what, and the page says
+//! so; the heartbeat shown is still the store's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -11,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::lifecycler::HeartbeatGrace;
 use super::lookup::{heartbeat_age_nanos, Operation, Ring};
 use super::model::{Desc, InstanceDesc, InstanceState};
 use crate::clock::{parse_rfc3339, rfc3339, unix_nanos, Fraction};
@@ -104,6 +108,55 @@ fn page_state(inst: &InstanceDesc, heartbeat_timeout: Duration, now: SystemTime)
     }
 }
 
+/// `desc` as an agent with `grace` judges it (heartbeats older than the grace raised to it).
+fn judged(desc: &Desc, grace: Option<HeartbeatGrace>) -> Desc {
+    let mut d = desc.clone();
+    if let Some(g) = grace {
+        g.apply(&mut d);
+    }
+    d
+}
+
+/// The heartbeat in the store of `inst` (a member of the judged copy of `desc`).
+fn stored_timestamp(desc: &Desc, inst: &InstanceDesc) -> i64 {
+    desc.ingesters
+        .get(&inst.id)
+        .map_or(inst.timestamp, |m| m.timestamp)
+}
+
+/// Whether a member is healthy only because of the grace: stale by its stored heartbeat.
+fn only_by_grace(
+    grace: Option<HeartbeatGrace>,
+    stored: i64,
+    heartbeat_timeout: Duration,
+    now: SystemTime,
+) -> bool {
+    grace.is_some_and(|g| g.covers(stored))
+        && !heartbeat_timeout.is_zero()
+        && heartbeat_age_nanos(stored, now) > heartbeat_timeout.as_nanos() as i128
+}
+
+/// One sentence on the grace, for the page and the terminal.
+pub fn grace_text(grace: &HeartbeatGrace) -> String {
+    match grace.until {
+        Some(until) => format!(
+            "The KV store was unreachable and took this agent's heartbeats again at {}: until {} \
+             (one heartbeat timeout later) a member whose last heartbeat is older counts as having \
+             heartbeated at {}, because no member could heartbeat during the outage. Health \
+             shown is this agent's judgement, the one it assigns configs by; heartbeats are the \
+             store's.",
+            rfc3339_seconds(grace.from),
+            rfc3339_seconds(until),
+            rfc3339_seconds(grace.from),
+        ),
+        None => "This agent cannot write its heartbeat to the KV store: until the store is back, \
+                 no member is judged by heartbeat age (none can heartbeat) and configs stay where \
+                 they run. Health shown is this agent's judgement, the one it assigns configs by; \
+                 heartbeats are the store's."
+            .to_owned(),
+    }
+}
+
 fn registered_at(inst: &InstanceDesc) -> String {
     if inst.registered_timestamp == 0 {
         String::new()
@@ -153,11 +206,12 @@ pub fn render_html(
     desc: &Desc,
     now: SystemTime,
     heartbeat_timeout: Duration,
+    grace: Option<HeartbeatGrace>,
     show_tokens: bool,
     configs_owned: &HashMap<String, usize>,
     targets: Option<&TargetsSummary>,
 ) -> String {
-    let ring = Ring::new(desc.clone(), heartbeat_timeout);
+    let ring = Ring::new(judged(desc, grace), heartbeat_timeout);
     let ownership = ring.ownership();
     let mut h = String::new();
     // `write!` to a String cannot fail; the results are ignored for that reason.
@@ -171,6 +225,9 @@ pub fn render_html(
         go_duration(heartbeat_timeout),
         ring.instances().len(),
     );
+    if let Some(g) = &grace {
+        let _ = writeln!(h, "<p class=\"grace\">{}</p>", html_escape(&grace_text(g)));
+    }
     if let Some(t) = targets {
         let _ = writeln!(
             h,
@@ -189,11 +246,17 @@ pub fn render_html(
     h.push_str("<th>Actions</th></tr>\n</thead>\n<tbody>\n");
     for inst in ring.instances() {
         let state = page_state(inst, heartbeat_timeout, now);
+        let stored = stored_timestamp(desc, inst);
+        let graced = if only_by_grace(grace, stored, heartbeat_timeout, now) {
+            " &mdash; healthy by the KV outage grace"
+        } else {
+            ""
+        };
         let id = html_escape(&inst.id);
         let _ = writeln!(
             h,
             "<tr><td>{id}</td><td>{zone}</td><td class=\"state-{state_class}\">{state}</td>\
-             <td>{addr}</td><td>{registered}</td><td>{heartbeat} ({age})</td>\
+             <td>{addr}</td><td>{registered}</td><td>{heartbeat} ({age}){graced}</td>\
              <td class=\"num\">{tokens}</td><td class=\"num\">{own:.2}%</td>\
              <td class=\"num\">{configs}</td>{sharding}\
              <td><form method=\"post\"><input type=\"hidden\" name=\"forget\" value=\"{id}\">\
@@ -203,8 +266,8 @@ pub fn render_html(
             state = html_escape(&state),
             addr = html_escape(&inst.addr),
             registered = registered_at(inst),
-            heartbeat = rfc3339_seconds(inst.timestamp),
-            age = heartbeat_age(inst.timestamp, now),
+            heartbeat = rfc3339_seconds(stored),
+            age = heartbeat_age(stored, now),
             tokens = inst.tokens.len(),
             own = ownership.get(&inst.id).copied().unwrap_or(0.0),
             configs = configs_owned.get(&inst.id).copied().unwrap_or(0),
@@ -271,6 +334,20 @@ pub struct StatusJson {
     pub now: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targets: Option<TargetsSummary>,
+    /// The agent's heartbeat grace during or after a KV store outage, when one applies:
+    /// `state` is then judged with it. Absent in the old agent's JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_grace: Option<GraceJson>,
+}
+
+/// [`HeartbeatGrace`] in the JSON ring status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraceJson {
+    /// RFC 3339: a member whose last heartbeat is older counts as having heartbeated then.
+    pub from: String,
+    /// RFC 3339: when the grace ends; absent while the agent's own heartbeats still fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }
 
 /// Why a JSON ring status could not be turned back into a ring.
@@ -284,6 +361,8 @@ pub enum StatusJsonError {
     },
     #[error("\"now\" {0:?} is not an RFC 3339 time")]
     Now(String),
+    #[error("heartbeat_grace: {0:?} is not an RFC 3339 time")]
+    Grace(String),
 }
 
 impl StatusJson {
@@ -340,6 +419,22 @@ impl StatusJson {
         }
         Ok((desc, now))
     }
+
+    /// The agent's heartbeat grace, when it reported one.
+    pub fn grace(&self) -> Result<Option<HeartbeatGrace>, StatusJsonError> {
+        let Some(g) = &self.heartbeat_grace else {
+            return Ok(None);
+        };
+        let secs = |v: &str| {
+            parse_rfc3339(v)
+                .map(|ns| ns.div_euclid(1_000_000_000) as i64)
+                .ok_or_else(|| StatusJsonError::Grace(v.to_owned()))
+        };
+        Ok(Some(HeartbeatGrace {
+            from: secs(&g.from)?,
+            until: g.until.as_deref().map(secs).transpose()?,
+        }))
+    }
 }
 
 /// The JSON ring status as a value, members sorted by ID.
@@ -347,9 +442,10 @@ pub fn status_json(
     desc: &Desc,
     now: SystemTime,
     heartbeat_timeout: Duration,
+    grace: Option<HeartbeatGrace>,
     targets: Option<&TargetsSummary>,
 ) -> StatusJson {
-    let ring = Ring::new(desc.clone(), heartbeat_timeout);
+    let ring = Ring::new(judged(desc, grace), heartbeat_timeout);
     let ownership = ring.ownership();
     let shards = ring
         .instances()
@@ -358,7 +454,7 @@ pub fn status_json(
             id: inst.id.clone(),
             state: page_state(inst, heartbeat_timeout, now),
             address: inst.addr.clone(),
-            timestamp: rfc3339_seconds(inst.timestamp),
+            timestamp: rfc3339_seconds(stored_timestamp(desc, inst)),
             registered_timestamp: registered_at(inst),
             zone: inst.zone.clone(),
             tokens: inst.tokens.clone(),
@@ -370,6 +466,10 @@ pub fn status_json(
         shards,
         now: now_rfc3339(now),
         targets: targets.cloned(),
+        heartbeat_grace: grace.map(|g| GraceJson {
+            from: rfc3339_seconds(g.from),
+            until: g.until.map(rfc3339_seconds),
+        }),
     }
 }
 
@@ -378,10 +478,12 @@ pub fn render_json(
     desc: &Desc,
     now: SystemTime,
     heartbeat_timeout: Duration,
+    grace: Option<HeartbeatGrace>,
     targets: Option<&TargetsSummary>,
 ) -> String {
     // Serializing plain strings, integers and finite floats cannot fail.
-    serde_json::to_string(&status_json(desc, now, heartbeat_timeout, targets)).unwrap_or_default()
+    serde_json::to_string(&status_json(desc, now, heartbeat_timeout, grace, targets))
+        .unwrap_or_default()
 }
 
 /// Terminal output must not carry control characters (an ID could hold an escape sequence).
@@ -408,16 +510,19 @@ fn state_color(state: Option<InstanceState>) -> &'static str {
 }
 
 /// The `agentctl ring status` table: ID, STATE, ADDRESS, ZONE, HEARTBEAT, TOKENS, OWNERSHIP,
-/// HEALTH (`healthy` or `unhealthy` by heartbeat age); under target sharding also TARGETS and
-/// SERIES per member and the headline under the table. ANSI colours only when `color`.
+/// HEALTH (`healthy` or `unhealthy` by heartbeat age; `healthy (grace)` when only an agent's
+/// [`HeartbeatGrace`] makes it so, explained under the table); under target sharding also
+/// TARGETS and SERIES per member and the headline under the table. ANSI colours only when
+/// `color`.
 pub fn render_status_table(
     desc: &Desc,
     now: SystemTime,
     heartbeat_timeout: Duration,
+    grace: Option<HeartbeatGrace>,
     color: bool,
     targets: Option<&TargetsSummary>,
 ) -> String {
-    let ring = Ring::new(desc.clone(), heartbeat_timeout);
+    let ring = Ring::new(judged(desc, grace), heartbeat_timeout);
     let ownership = ring.ownership();
     let mut header = vec![
         "ID",
@@ -443,6 +548,7 @@ pub fn render_status_table(
         .iter()
         .map(|inst| {
             let healthy = inst.heartbeat_fresh(heartbeat_timeout, now);
+            let stored = stored_timestamp(desc, inst);
             let zone = if inst.zone.is_empty() {
                 "-".to_owned()
             } else {
@@ -453,7 +559,7 @@ pub fn render_status_table(
                 inst.state_name(),
                 terminal_safe(&inst.addr),
                 zone,
-                heartbeat_age(inst.timestamp, now),
+                heartbeat_age(stored, now),
                 inst.tokens.len().to_string(),
                 format!("{:.2}%", ownership.get(&inst.id).copied().unwrap_or(0.0)),
             ];
@@ -462,7 +568,16 @@ pub fn render_status_table(
                 cells.push(m.targets.to_string());
                 cells.push(m.active_series.to_string());
             }
-            cells.push(if healthy { "healthy" } else { "unhealthy" }.to_owned());
+            cells.push(
+                if !healthy {
+                    "unhealthy"
+                } else if only_by_grace(grace, stored, heartbeat_timeout, now) {
+                    "healthy (grace)"
+                } else {
+                    "healthy"
+                }
+                .to_owned(),
+            );
             Row {
                 cells,
                 state_color: state_color(inst.instance_state()),
@@ -522,12 +637,23 @@ pub fn render_status_table(
         out.push_str(&t.headline());
         out.push('\n');
     }
+    if let Some(g) = &grace {
+        out.push_str(&grace_text(g));
+        out.push('\n');
+    }
     out
 }
 
 /// Exit code for `agentctl ring status`: 0 when the ring has members and every one is ACTIVE
-/// with a fresh heartbeat, 1 otherwise (including an empty ring, which can own nothing).
-pub fn status_exit_code(desc: &Desc, now: SystemTime, heartbeat_timeout: Duration) -> i32 {
+/// with a fresh heartbeat (as judged with the agent's `grace`, when it reported one), 1
+/// otherwise (including an empty ring, which can own nothing).
+pub fn status_exit_code(
+    desc: &Desc,
+    now: SystemTime,
+    heartbeat_timeout: Duration,
+    grace: Option<HeartbeatGrace>,
+) -> i32 {
+    let desc = judged(desc, grace);
     let all_good = !desc.ingesters.is_empty()
         && desc
             .ingesters
@@ -633,7 +759,7 @@ mod tests {
     fn html_page() {
         let configs: HashMap<String, usize> =
             [("agent-1".to_owned(), 4), ("agent-2".to_owned(), 7)].into();
-        let page = render_html(&sample(), now(), TIMEOUT, false, &configs, None);
+        let page = render_html(&sample(), now(), TIMEOUT, None, false, &configs, None);
         assert!(!page.contains("<script>"), "IDs are escaped");
         assert!(!page.contains("<script"), "no JavaScript at all");
         assert!(
@@ -645,14 +771,14 @@ mod tests {
 
     #[test]
     fn html_page_with_tokens() {
-        let page = render_html(&sample(), now(), TIMEOUT, true, &HashMap::new(), None);
+        let page = render_html(&sample(), now(), TIMEOUT, None, true, &HashMap::new(), None);
         assert!(page.contains("Tokens: 1000 2147483648"));
         insta::assert_snapshot!("ring_page_html_tokens", page);
     }
 
     #[test]
     fn json_status() {
-        let json = render_json(&sample(), now(), TIMEOUT, None);
+        let json = render_json(&sample(), now(), TIMEOUT, None, None);
         let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         let total: f64 = v["shards"]
             .as_array()
@@ -673,13 +799,13 @@ mod tests {
 
     #[test]
     fn json_status_round_trips_to_the_same_table() {
-        let json = render_json(&sample(), now(), TIMEOUT, None);
+        let json = render_json(&sample(), now(), TIMEOUT, None, None);
         let status: StatusJson = serde_json::from_str(&json).expect("parse");
         let (desc, agent_now) = status.to_desc().expect("to_desc");
         assert_eq!(agent_now, now());
         assert_eq!(
-            render_status_table(&desc, agent_now, TIMEOUT, false, None),
-            render_status_table(&sample(), now(), TIMEOUT, false, None)
+            render_status_table(&desc, agent_now, TIMEOUT, None, false, None),
+            render_status_table(&sample(), now(), TIMEOUT, None, false, None)
         );
         // The old agent's JSON: no ownership, no member_state, UNHEALTHY hides the state.
         let old = r#"{"shards":[{"id":"a","state":"UNHEALTHY","address":"1.2.3.4:80","timestamp":"2025-11-24T15:00:00.123456789+00:00","registered_timestamp":"0001-01-01T00:00:00Z","zone":"","tokens":[5,1]}],"now":"2025-11-24T16:00:00Z"}"#;
@@ -687,22 +813,22 @@ mod tests {
         let (desc, _) = status.to_desc().expect("to_desc");
         assert_eq!(desc.ingesters["a"].tokens, vec![1, 5]);
         assert_eq!(desc.ingesters["a"].timestamp, NOW_SECS - 3600);
-        assert_eq!(status_exit_code(&desc, now(), TIMEOUT), 1);
+        assert_eq!(status_exit_code(&desc, now(), TIMEOUT, None), 1);
     }
 
     #[test]
     fn terminal_table() {
         insta::assert_snapshot!(
             "ring_status_table",
-            render_status_table(&sample(), now(), TIMEOUT, false, None)
+            render_status_table(&sample(), now(), TIMEOUT, None, false, None)
         );
-        let colored = render_status_table(&sample(), now(), TIMEOUT, true, None);
+        let colored = render_status_table(&sample(), now(), TIMEOUT, None, true, None);
         assert!(colored.contains("\x1b[32mACTIVE"));
         assert!(colored.contains("\x1b[33mLEAVING"));
         assert!(colored.contains("\x1b[31munhealthy"));
         insta::assert_snapshot!("ring_status_table_color", colored.replace('\x1b', "<ESC>"));
         assert_eq!(
-            render_status_table(&Desc::default(), now(), TIMEOUT, false, None),
+            render_status_table(&Desc::default(), now(), TIMEOUT, None, false, None),
             "ID  STATE  ADDRESS  ZONE  HEARTBEAT  TOKENS  OWNERSHIP  HEALTH\n\
              (the ring has no members)\n"
         );
@@ -718,22 +844,80 @@ mod tests {
                 ..Default::default()
             },
         );
-        let t = render_status_table(&d, now(), TIMEOUT, false, None);
+        let t = render_status_table(&d, now(), TIMEOUT, None, false, None);
         assert!(!t.contains('\x1b'), "{t:?}");
         assert!(t.contains("a\\u{1b}[2Jb"), "{t}");
     }
 
     #[test]
     fn exit_code() {
-        assert_eq!(status_exit_code(&sample(), now(), TIMEOUT), 1);
+        assert_eq!(status_exit_code(&sample(), now(), TIMEOUT, None), 1);
         let mut d = sample();
         d.ingesters
             .retain(|id, _| id == "agent-1" || id == "agent-2");
-        assert_eq!(status_exit_code(&d, now(), TIMEOUT), 1, "agent-1 is stale");
-        assert_eq!(status_exit_code(&d, now(), Duration::ZERO), 0);
+        assert_eq!(
+            status_exit_code(&d, now(), TIMEOUT, None),
+            1,
+            "agent-1 is stale"
+        );
+        assert_eq!(status_exit_code(&d, now(), Duration::ZERO, None), 0);
         d.ingesters.remove("agent-1");
-        assert_eq!(status_exit_code(&d, now(), TIMEOUT), 0);
-        assert_eq!(status_exit_code(&Desc::default(), now(), TIMEOUT), 1);
+        assert_eq!(status_exit_code(&d, now(), TIMEOUT, None), 0);
+        assert_eq!(status_exit_code(&Desc::default(), now(), TIMEOUT, None), 1);
+    }
+
+    #[test]
+    fn an_agents_grace_after_a_kv_outage_is_shown_and_counts() {
+        let mut d = sample();
+        d.ingesters
+            .retain(|id, _| id == "agent-1" || id == "agent-2");
+        let stale = d.ingesters["agent-1"].timestamp;
+        // The store came back 10 s ago: agent-1's older heartbeat counts as made then.
+        let grace = HeartbeatGrace {
+            from: NOW_SECS - 10,
+            until: Some(NOW_SECS + 50),
+        };
+        assert!(grace.covers(stale));
+        assert_eq!(status_exit_code(&d, now(), TIMEOUT, Some(grace)), 0);
+        let t = render_status_table(&d, now(), TIMEOUT, Some(grace), false, None);
+        let row = |id: &str| t.lines().find(|l| l.starts_with(id)).unwrap_or_default();
+        assert!(row("agent-1").ends_with("healthy (grace)"), "{t}");
+        assert!(row("agent-2").ends_with("  healthy"), "{t}");
+        assert!(
+            row("agent-1").contains(&heartbeat_age(stale, now())),
+            "the stored heartbeat is shown: {t}"
+        );
+        assert!(
+            t.contains("heartbeats again at 2025-11-24T15:59:50Z"),
+            "{t}"
+        );
+        // The JSON says the same, and reads back.
+        let json: StatusJson =
+            serde_json::from_str(&render_json(&d, now(), TIMEOUT, Some(grace), None)).unwrap();
+        assert_eq!(json.shards[0].state, "ACTIVE");
+        assert_eq!(json.shards[0].timestamp, rfc3339_seconds(stale));
+        assert_eq!(json.grace(), Ok(Some(grace)));
+        // Without the grace (a page or CLI judging by age alone) agent-1 is unhealthy.
+        let t = render_status_table(&d, now(), TIMEOUT, None, false, None);
+        assert!(t
+            .lines()
+            .any(|l| l.starts_with("agent-1") && l.ends_with("unhealthy")));
+        // While the agent's own writes fail, nobody is judged by age.
+        let failing = HeartbeatGrace {
+            from: NOW_SECS,
+            until: None,
+        };
+        assert_eq!(status_exit_code(&d, now(), TIMEOUT, Some(failing)), 0);
+        let page = render_html(
+            &d,
+            now(),
+            TIMEOUT,
+            Some(failing),
+            false,
+            &HashMap::new(),
+            None,
+        );
+        assert!(page.contains("cannot write its heartbeat"), "{page}");
     }
 
     fn targets_summary() -> TargetsSummary {
@@ -774,7 +958,15 @@ mod tests {
     #[test]
     fn targets_on_the_page_the_json_and_the_table() {
         let t = targets_summary();
-        let page = render_html(&sample(), now(), TIMEOUT, false, &HashMap::new(), Some(&t));
+        let page = render_html(
+            &sample(),
+            now(),
+            TIMEOUT,
+            None,
+            false,
+            &HashMap::new(),
+            Some(&t),
+        );
         assert!(page.contains("<th>Targets</th><th>Active series</th>"));
         assert!(page.contains(
             "target sharding: epoch 42 (leader agent-1), 2990 targets, 0 unassigned, cap 1000 per member, balance max/mean 1.003"
@@ -782,15 +974,15 @@ mod tests {
         assert!(page.contains("<td class=\"num\">995</td><td class=\"num\">51200</td>"));
 
         let json: StatusJson =
-            serde_json::from_str(&render_json(&sample(), now(), TIMEOUT, Some(&t))).unwrap();
+            serde_json::from_str(&render_json(&sample(), now(), TIMEOUT, None, Some(&t))).unwrap();
         assert_eq!(json.targets, Some(t.clone()));
         let plain: StatusJson =
-            serde_json::from_str(&render_json(&sample(), now(), TIMEOUT, None)).unwrap();
+            serde_json::from_str(&render_json(&sample(), now(), TIMEOUT, None, None)).unwrap();
         assert_eq!(plain.targets, None);
 
         insta::assert_snapshot!(
             "ring_status_table_targets",
-            render_status_table(&sample(), now(), TIMEOUT, false, Some(&t))
+            render_status_table(&sample(), now(), TIMEOUT, None, false, Some(&t))
         );
     }
 }
