@@ -17,6 +17,15 @@
 //! bounded however far behind the reader is (a receiver that was down for hours, a restart
 //! with a backlog). [`LiveReader::caught_up`] says whether the last poll reached the end of
 //! what is written.
+//!
+//! The read buffer follows what the polls need: it starts at [`MIN_CHUNK`], doubles while reads
+//! fill it (a backlog: up to the budget; one record larger than that: until it fits), and is
+//! given back once the reader has tailed for [`SIZING_WINDOW`] to 2 x that many + 1 caught-up
+//! polls that each needed at most a quarter of it (then it is sized to twice their largest
+//! read). So an instance that resent a large WAL after a restart does not keep an 8 MiB buffer
+//! for its life, while a caught-up reader whose tails stay about the same size keeps its
+//! buffer from poll to poll: it grows only when a read fills it and shrinks only 4x below
+//! need. The buffers of the record being assembled and decompressed follow the same rule.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -59,7 +68,14 @@ pub struct LiveReader {
     buf: Vec<u8>,
     record: Vec<u8>,
     decoded: Vec<u8>,
+    /// Bytes one read asks for: from [`MIN_CHUNK`], doubled while reads fill it, up to
+    /// `max_chunk` (beyond it only for a record that does not fit).
+    chunk: usize,
     max_chunk: usize,
+    /// What the polls of this sizing window and of the one before needed (see the module docs).
+    needs: Needs,
+    needs_before: Needs,
+    window_polls: u32,
     /// Bytes of records one poll reads at most (it stops at the end of the chunk that
     /// reaches it; a chunk is at most `max_chunk`), and those read by the current poll.
     budget: usize,
@@ -84,6 +100,45 @@ struct OpenSegment {
 /// record larger than that): about a million samples.
 pub const POLL_BUDGET: usize = 8 << 20;
 
+/// The read size a reader starts with and never shrinks below: a few seconds of commits of an
+/// instance with tens of thousands of series.
+pub const MIN_CHUNK: usize = 64 << 10;
+
+/// Caught-up polls per sizing window (see the module docs): a buffer is given back at the
+/// latest 2 x this many + 1 caught-up polls after the last poll that needed it, a few seconds
+/// at the watcher's poll cadence (at least every 250 ms).
+pub const SIZING_WINDOW: u32 = 32;
+
+/// The largest read, assembled record and decompressed record of a window's polls.
+#[derive(Debug, Default, Clone, Copy)]
+struct Needs {
+    read: usize,
+    record: usize,
+    decoded: usize,
+}
+
+impl Needs {
+    fn max(self, o: Needs) -> Needs {
+        Needs {
+            read: self.read.max(o.read),
+            record: self.record.max(o.record),
+            decoded: self.decoded.max(o.decoded),
+        }
+    }
+}
+
+/// Gives `v`'s memory back when it holds more than 4x `need` and more than [`MIN_CHUNK`];
+/// `true` when it did. The next use allocates what it needs (at most about 2x `need`, or
+/// [`MIN_CHUNK`], when the need stays the same, so this does not fire again).
+fn give_back(v: &mut Vec<u8>, need: usize) -> bool {
+    if v.capacity() > (4 * need).max(MIN_CHUNK) {
+        *v = Vec::new();
+        true
+    } else {
+        false
+    }
+}
+
 /// Numbers of the segment files in `dir`, sorted.
 pub fn segment_numbers(dir: &Path) -> std::io::Result<Vec<u32>> {
     let mut out: Vec<u32> = std::fs::read_dir(dir)?
@@ -103,7 +158,11 @@ impl LiveReader {
             buf: Vec::new(),
             record: Vec::new(),
             decoded: Vec::new(),
-            max_chunk: 8 << 20,
+            chunk: MIN_CHUNK,
+            max_chunk: POLL_BUDGET,
+            needs: Needs::default(),
+            needs_before: Needs::default(),
+            window_polls: 0,
             budget: POLL_BUDGET,
             used: 0,
             caught_up: false,
@@ -115,6 +174,7 @@ impl LiveReader {
     pub fn with_budget(mut self, bytes: usize) -> Self {
         self.budget = bytes.max(1);
         self.max_chunk = self.max_chunk.min(self.budget);
+        self.chunk = self.chunk.min(self.max_chunk);
         self
     }
 
@@ -130,7 +190,34 @@ impl LiveReader {
     /// Reads the complete records available now, up to the budget, and hands each to `f`.
     /// Returns the number of records read; 0 means "caught up, wait for the writer". See
     /// [`LiveReader::caught_up`] for whether more is there already.
-    pub fn poll(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize, LiveError> {
+    pub fn poll(&mut self, f: impl FnMut(&[u8])) -> Result<usize, LiveError> {
+        let result = self.poll_inner(f);
+        if self.caught_up {
+            self.settle();
+        }
+        result
+    }
+
+    /// After a caught-up poll: counts it in the sizing window and gives back the buffers the
+    /// last two windows needed at most a quarter of.
+    fn settle(&mut self) {
+        let need = self.needs.max(self.needs_before);
+        if give_back(&mut self.buf, need.read) {
+            self.chunk = (2 * need.read)
+                .next_power_of_two()
+                .max(MIN_CHUNK)
+                .min(self.max_chunk);
+        }
+        give_back(&mut self.record, need.record);
+        give_back(&mut self.decoded, need.decoded);
+        self.window_polls += 1;
+        if self.window_polls >= SIZING_WINDOW {
+            self.needs_before = std::mem::take(&mut self.needs);
+            self.window_polls = 0;
+        }
+    }
+
+    fn poll_inner(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize, LiveError> {
         let mut total = 0;
         self.used = 0;
         self.caught_up = false;
@@ -212,7 +299,7 @@ impl LiveReader {
         }
         let mut count = 0;
         loop {
-            let want = self.max_chunk;
+            let want = self.chunk;
             let Some(open) = self.open.as_mut() else {
                 return Ok((count, false));
             };
@@ -223,7 +310,10 @@ impl LiveReader {
                 open.at = self.pos.offset;
             }
             self.buf.clear();
-            self.buf.reserve(want);
+            if self.buf.capacity() < want {
+                // A fresh allocation: nothing in the old one is needed (no copy).
+                self.buf = Vec::with_capacity(want);
+            }
             let read = (&mut open.file)
                 .take(want as u64)
                 .read_to_end(&mut self.buf);
@@ -234,15 +324,20 @@ impl LiveReader {
             if got == 0 {
                 return Ok((count, false));
             }
+            self.needs.read = self.needs.read.max(got);
             let (consumed, n) = self.parse(path, f)?;
             count += n;
             if consumed == 0 {
                 if got == want {
-                    // One record larger than the chunk: read more next time.
-                    self.max_chunk *= 2;
+                    // One record larger than the chunk: read more at once.
+                    self.chunk *= 2;
                     continue;
                 }
                 return Ok((count, false));
+            }
+            if got == want && self.chunk < self.max_chunk {
+                // More is written than one read takes: read in larger steps.
+                self.chunk = (self.chunk * 2).min(self.max_chunk);
             }
             self.pos.offset += consumed as u64;
             self.used += consumed;
@@ -346,10 +441,11 @@ impl LiveReader {
             }
             p += HEADER_SIZE + len;
             if !in_record {
+                self.needs.record = self.needs.record.max(self.record.len());
                 let rec: &[u8] = if compressed {
-                    match snap::raw::Decoder::new().decompress_vec(&self.record) {
-                        Ok(d) => {
-                            self.decoded = d;
+                    match decompress_into(&self.record, &mut self.decoded) {
+                        Ok(()) => {
+                            self.needs.decoded = self.needs.decoded.max(self.decoded.len());
                             &self.decoded
                         }
                         Err(e) => {
@@ -367,6 +463,16 @@ impl LiveReader {
         self.buf = buf;
         result.map(|()| (consumed, records))
     }
+}
+
+/// Decompresses a snappy block into `out` (reusing its memory).
+fn decompress_into(input: &[u8], out: &mut Vec<u8>) -> Result<(), snap::Error> {
+    let len = snap::raw::decompress_len(input)?;
+    out.clear();
+    out.resize(len, 0);
+    let n = snap::raw::Decoder::new().decompress(input, out)?;
+    out.truncate(n);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -559,6 +665,133 @@ mod tests {
         assert_eq!(refs, (1..=next_ref).collect::<Vec<u64>>());
         assert_eq!(reader.poll(|_| {}).unwrap(), 0);
         assert!(reader.caught_up());
+    }
+
+    /// Bytes the reader's buffers hold between polls.
+    fn retained(r: &LiveReader) -> usize {
+        r.buf.capacity() + r.record.capacity() + r.decoded.capacity()
+    }
+
+    const START: Position = Position {
+        segment: 0,
+        offset: 0,
+    };
+
+    /// After a backlog larger than a poll's budget (a restart with a WAL to resend), the reader
+    /// gives its large read buffer back within two sizing windows of tailing small commits,
+    /// instead of keeping it for its life (8 MiB per instance before).
+    #[test]
+    fn the_read_buffer_is_given_back_once_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = crate::wal::SegmentWriter::create(dir.path(), 0, 64 << 20, false).unwrap();
+        let big = vec![7u8; 30 << 10];
+        for _ in 0..400 {
+            w.log(&big).unwrap();
+        }
+        w.flush().unwrap();
+        let mut r = LiveReader::new(dir.path(), START);
+        let (mut records, mut peak) = (0, 0);
+        loop {
+            records += r.poll(|_| {}).unwrap();
+            peak = peak.max(retained(&r));
+            if r.caught_up() {
+                break;
+            }
+        }
+        assert_eq!(records, 400);
+        assert!(
+            peak >= 4 << 20,
+            "the backlog was read in large chunks: {peak}"
+        );
+        for _ in 0..=2 * SIZING_WINDOW {
+            w.log(b"a small commit").unwrap();
+            w.flush().unwrap();
+            assert_eq!(r.poll(|_| {}).unwrap(), 1);
+        }
+        let kept = retained(&r);
+        assert!(
+            kept <= 2 * MIN_CHUNK,
+            "kept {kept} bytes after catching up (peak {peak})"
+        );
+        // And it still reads a backlog in large steps when one comes again.
+        for _ in 0..100 {
+            w.log(&big).unwrap();
+        }
+        w.flush().unwrap();
+        assert_eq!(r.poll(|_| {}).unwrap(), 100);
+        assert!(r.chunk > MIN_CHUNK);
+    }
+
+    /// A record larger than the budget is read whole (the chunk doubles until it fits), then
+    /// neither the chunk nor the buffers that held it stay that large.
+    #[test]
+    fn an_oversized_record_is_not_kept_after_it_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // Compressed, so the buffer of the decompressed record is exercised too.
+        let mut w = crate::wal::SegmentWriter::create(dir.path(), 0, 64 << 20, true).unwrap();
+        let budget = 16 << 10;
+        let mut r = LiveReader::new(dir.path(), START).with_budget(budget);
+        let huge: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+        w.log(&huge).unwrap();
+        w.flush().unwrap();
+        let mut got = Vec::new();
+        while got.is_empty() {
+            r.poll(|rec| got.push(rec.to_vec())).unwrap();
+        }
+        assert_eq!(got, [huge]);
+        assert!(r.chunk > budget, "read in one piece: chunk {}", r.chunk);
+        let peak = retained(&r);
+        for _ in 0..=2 * SIZING_WINDOW {
+            w.log(b"a small commit").unwrap();
+            w.flush().unwrap();
+            assert_eq!(r.poll(|_| {}).unwrap(), 1);
+        }
+        assert!(r.chunk <= budget, "chunk {} after the record", r.chunk);
+        let kept = retained(&r);
+        assert!(
+            kept <= 2 * MIN_CHUNK,
+            "kept {kept} bytes after the record (peak {peak})"
+        );
+    }
+
+    /// The steady state: a caught-up reader tailing commits of varying size (some polls find
+    /// nothing) keeps its buffers from poll to poll once they fit the largest of them; no
+    /// allocation per poll.
+    #[test]
+    fn tailing_commits_of_varying_size_keeps_the_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = crate::wal::SegmentWriter::create(dir.path(), 0, 128 << 20, true).unwrap();
+        let mut r = LiveReader::new(dir.path(), START);
+        let sizes = [150 << 10, 0, 40 << 10, 120 << 10, 0, 20 << 10, 3 << 10];
+        let mut commit = |i: usize| {
+            let n = sizes[i % sizes.len()];
+            if n > 0 {
+                let rec: Vec<u8> = (0..n as u32)
+                    .map(|x| (x.wrapping_mul(2654435761) >> 24) as u8)
+                    .collect();
+                w.log(&rec).unwrap();
+                w.flush().unwrap();
+            }
+            n > 0
+        };
+        let buffers = |r: &LiveReader| {
+            [
+                (r.buf.as_ptr() as usize, r.buf.capacity()),
+                (r.record.as_ptr() as usize, r.record.capacity()),
+                (r.decoded.as_ptr() as usize, r.decoded.capacity()),
+            ]
+        };
+        for i in 0..sizes.len() * 2 {
+            let wrote = commit(i);
+            assert_eq!(r.poll(|_| {}).unwrap(), usize::from(wrote));
+        }
+        let settled = buffers(&r);
+        for i in 0..4 * SIZING_WINDOW as usize {
+            let wrote = commit(i);
+            assert_eq!(r.poll(|_| {}).unwrap(), usize::from(wrote));
+            assert!(r.caught_up());
+            assert_eq!(buffers(&r), settled, "poll {i}: a buffer was reallocated");
+        }
     }
 
     #[test]
