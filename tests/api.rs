@@ -3,6 +3,7 @@
 //! (ETag/If-Match, hashes, body limit, bearer auth, redaction).
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::support::{bin, Agent, HttpResponse};
 
@@ -264,6 +265,68 @@ fn secrets_are_never_shown_and_configs_survive_a_restart() {
         !log.contains("hunter2-secret") && !log.contains("tok-secret-9"),
         "{log}"
     );
+}
+
+/// The embedded store writes ring heartbeats to its file only with the next ordinary write
+/// (kv/embedded.rs): a config written through the API survives a SIGKILL between heartbeats
+/// exactly as before, and the restarted agent is in the ring again.
+#[test]
+fn configs_survive_a_sigkill_between_deferred_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "metrics:\n  wal_directory: {}\n  scraping_service:\n    enabled: true\n    kvstore:\n      store: embedded\n    lifecycler:\n      heartbeat_period: 100ms\n",
+        dir.path().join("wal").display()
+    );
+    let mut a = Agent::builder(dir.path()).config(&yaml).start();
+    assert_eq!(a.put_config("x", CFG).status, 201);
+    let heartbeat = |a: &Agent| {
+        let r = a.req("GET", "/debug/ring", &[("Accept", "application/json")], "");
+        let ring = serde_json::from_str::<serde_json::Value>(&r.body).unwrap_or_default();
+        ring["shards"][0]["timestamp"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    // Heartbeats after the PUT (deferred: in memory only) until the ring's second-resolution
+    // timestamp moved twice.
+    let at_put = heartbeat(&a);
+    a.wait_until(
+        "a heartbeat a second after the PUT",
+        Duration::from_secs(30),
+        |a| {
+            let now = heartbeat(a);
+            !now.is_empty() && now != at_put
+        },
+    );
+    let later = heartbeat(&a);
+    a.wait_until(
+        "a heartbeat two seconds after the PUT",
+        Duration::from_secs(30),
+        |a| {
+            let now = heartbeat(a);
+            !now.is_empty() && now != later
+        },
+    );
+    a.kill();
+    a.restart();
+    let list = a.req("GET", "/agent/api/v1/configs", &[], "");
+    assert_eq!(
+        list.body,
+        r#"{"status":"success","data":{"configs":["x"]}}"#
+    );
+    let got = a.req("GET", "/agent/api/v1/configs/x", &[], "");
+    assert_eq!(got.status, 200);
+    assert!(got.body.contains("job-a"), "{}", got.body);
+    a.wait_until(
+        "the agent ACTIVE in the ring again",
+        Duration::from_secs(30),
+        |a| {
+            let r = a.req("GET", "/debug/ring", &[("Accept", "application/json")], "");
+            let ring = serde_json::from_str::<serde_json::Value>(&r.body).unwrap_or_default();
+            ring["shards"][0]["state"] == "ACTIVE"
+        },
+    );
+    assert_eq!(a.stop(), Some(0));
 }
 
 #[test]

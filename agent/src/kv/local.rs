@@ -33,6 +33,8 @@ pub(crate) enum WriteOp<'a> {
         key: &'a str,
         value: &'a [u8],
         expect: Expect,
+        /// The write may reach the disk later (see `KvStore::put_if_revision_deferred`).
+        deferred: bool,
     },
     Delete {
         key: &'a str,
@@ -115,6 +117,7 @@ impl<B: Backend> LocalStore<B> {
         key: &str,
         value: Option<Vec<u8>>,
         expect: Expect,
+        deferred: bool,
     ) -> Result<bool, KvError> {
         let key = key.to_owned();
         self.blocking(move |shared| {
@@ -125,6 +128,7 @@ impl<B: Backend> LocalStore<B> {
                         key: &key,
                         value: v,
                         expect,
+                        deferred,
                     })?,
                     WatchEvent::Put {
                         key: key.clone(),
@@ -190,11 +194,15 @@ impl<B: Backend> KvStore for LocalStore<B> {
     }
 
     fn put<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<(), KvError>> {
-        Box::pin(async move { self.write(key, Some(value), Expect::Any).await.map(|_| ()) })
+        Box::pin(async move {
+            self.write(key, Some(value), Expect::Any, false)
+                .await
+                .map(|_| ())
+        })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, KvError>> {
-        Box::pin(self.write(key, None, Expect::Any))
+        Box::pin(self.write(key, None, Expect::Any, false))
     }
 
     fn delete_if_revision<'a>(
@@ -202,7 +210,7 @@ impl<B: Backend> KvStore for LocalStore<B> {
         key: &'a str,
         expected: u64,
     ) -> BoxFuture<'a, Result<bool, KvError>> {
-        Box::pin(self.write(key, None, Expect::Revision(expected)))
+        Box::pin(self.write(key, None, Expect::Revision(expected), false))
     }
 
     fn put_if_revision<'a>(
@@ -212,7 +220,17 @@ impl<B: Backend> KvStore for LocalStore<B> {
         value: Vec<u8>,
     ) -> BoxFuture<'a, Result<bool, KvError>> {
         let expect = expected.map_or(Expect::Absent, Expect::Revision);
-        Box::pin(self.write(key, Some(value), expect))
+        Box::pin(self.write(key, Some(value), expect, false))
+    }
+
+    fn put_if_revision_deferred<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<u64>,
+        value: Vec<u8>,
+    ) -> BoxFuture<'a, Result<bool, KvError>> {
+        let expect = expected.map_or(Expect::Absent, Expect::Revision);
+        Box::pin(self.write(key, Some(value), expect, true))
     }
 
     fn watch_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Watch, KvError>> {
@@ -371,7 +389,10 @@ impl Backend for MemBackend {
     fn write(&self, op: &WriteOp<'_>) -> Result<Option<u64>, KvError> {
         let mut state = lock(&self.state);
         match *op {
-            WriteOp::Put { key, value, expect } => {
+            // Nothing here reaches a disk: a deferred write is like any other.
+            WriteOp::Put {
+                key, value, expect, ..
+            } => {
                 let current = state.entries.get(key).map(|v| v.revision);
                 if !expect_holds(expect, current) {
                     return Ok(None);
@@ -455,6 +476,14 @@ macro_rules! delegate_kv_store {
                 value: Vec<u8>,
             ) -> $crate::kv::BoxFuture<'a, Result<bool, $crate::kv::KvError>> {
                 self.0.put_if_revision(key, expected, value)
+            }
+            fn put_if_revision_deferred<'a>(
+                &'a self,
+                key: &'a str,
+                expected: Option<u64>,
+                value: Vec<u8>,
+            ) -> $crate::kv::BoxFuture<'a, Result<bool, $crate::kv::KvError>> {
+                self.0.put_if_revision_deferred(key, expected, value)
             }
             fn delete_if_revision<'a>(
                 &'a self,

@@ -57,6 +57,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Keys with their values, sorted by key.
 pub type KeyValues = Vec<(String, Vec<u8>)>;
 
+/// How many deferred writes ([`KvStore::put_if_revision_deferred`]) the embedded store keeps in
+/// memory at most before it writes them to disk (about 5 minutes of ring heartbeats at the
+/// default 5 s period).
+pub const DEFERRED_WRITES_MAX: u32 = 60;
+
 /// Default number of CAS attempts (dskit's etcd `max_retries` default).
 pub const DEFAULT_CAS_RETRIES: u32 = 10;
 
@@ -192,6 +197,21 @@ pub trait KvStore: Send + Sync + fmt::Debug {
         value: Vec<u8>,
     ) -> BoxFuture<'a, Result<bool, KvError>>;
 
+    /// [`KvStore::put_if_revision`] for a value the next write of the same kind replaces (a
+    /// ring heartbeat): the store may apply it at once but write it to disk later, so a crash
+    /// of the process or the machine may lose it. Reads, watches and CAS see it like any
+    /// write. The embedded store keeps such writes in memory until its next ordinary write, a
+    /// clean close, or [`DEFERRED_WRITES_MAX`] of them; etcd and the in-memory store write every
+    /// write the same way (this default).
+    fn put_if_revision_deferred<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<u64>,
+        value: Vec<u8>,
+    ) -> BoxFuture<'a, Result<bool, KvError>> {
+        self.put_if_revision(key, expected, value)
+    }
+
     /// Watches every key under `prefix` from the current revision on; see the module docs.
     fn watch_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Watch, KvError>>;
 
@@ -209,7 +229,27 @@ impl dyn KvStore {
     /// Read-modify-write of `key`. `f` gets the current value (`None` when absent) and returns
     /// the new value, or `None` to write nothing. On a conflict (someone else wrote in between)
     /// `f` is called again with the fresh value, up to [`KvStore::cas_retries`] attempts.
-    pub async fn cas<E, F>(&self, key: &str, mut f: F) -> Result<CasOutcome, CasError<E>>
+    pub async fn cas<E, F>(&self, key: &str, f: F) -> Result<CasOutcome, CasError<E>>
+    where
+        F: FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
+    {
+        self.cas_with(key, false, f).await
+    }
+
+    /// [`cas`](Self::cas) whose write is deferred: see [`KvStore::put_if_revision_deferred`].
+    pub async fn cas_deferred<E, F>(&self, key: &str, f: F) -> Result<CasOutcome, CasError<E>>
+    where
+        F: FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
+    {
+        self.cas_with(key, true, f).await
+    }
+
+    async fn cas_with<E, F>(
+        &self,
+        key: &str,
+        deferred: bool,
+        mut f: F,
+    ) -> Result<CasOutcome, CasError<E>>
     where
         F: FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
     {
@@ -229,7 +269,12 @@ impl dyn KvStore {
                 return Ok(CasOutcome::Unchanged);
             };
             let expected = current.as_ref().map(|v| v.revision);
-            if self.put_if_revision(key, expected, next).await? {
+            let written = if deferred {
+                self.put_if_revision_deferred(key, expected, next).await?
+            } else {
+                self.put_if_revision(key, expected, next).await?
+            };
+            if written {
                 return Ok(if current.is_some() {
                     CasOutcome::Updated
                 } else {

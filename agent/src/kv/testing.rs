@@ -406,7 +406,8 @@ pub mod conformance {
         assert_eq!(err.to_string(), "refused");
     }
 
-    /// No increment is lost or applied twice when tasks race through CAS. A CAS that gave up
+    /// No increment is lost or applied twice when tasks race through CAS, ordinary and deferred
+    /// (`cas_deferred`) in turn. A CAS that gave up
     /// (`TooManyConflicts`: every attempt lost the race, which a loaded machine can make
     /// happen for any bound) wrote nothing, so the task tries again: what is checked is the
     /// counter, not how many attempts sufficed.
@@ -416,19 +417,23 @@ pub mod conformance {
             let store = Arc::clone(store);
             handles.push(tokio::spawn(async move {
                 let mut gave_up = 0u32;
-                for _ in 0..c.each {
+                for i in 0..c.each {
                     loop {
-                        let done = store
-                            .cas("c/counter", |old| {
-                                let n: u64 = match old {
-                                    None => 0,
-                                    Some(b) => String::from_utf8_lossy(b)
-                                        .parse()
-                                        .map_err(|e| format!("counter: {e}"))?,
-                                };
-                                Ok::<_, String>(Some((n + 1).to_string().into_bytes()))
-                            })
-                            .await;
+                        let increment = |old: Option<&[u8]>| {
+                            let n: u64 = match old {
+                                None => 0,
+                                Some(b) => String::from_utf8_lossy(b)
+                                    .parse()
+                                    .map_err(|e| format!("counter: {e}"))?,
+                            };
+                            Ok::<_, String>(Some((n + 1).to_string().into_bytes()))
+                        };
+                        // Deferred writes (ring heartbeats) and ordinary ones interleave.
+                        let done = if i % 2 == 0 {
+                            store.cas("c/counter", increment).await
+                        } else {
+                            store.cas_deferred("c/counter", increment).await
+                        };
                         match done {
                             Ok(_) => break,
                             Err(CasError::TooManyConflicts { .. }) => gave_up += 1,

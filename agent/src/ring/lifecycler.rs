@@ -43,7 +43,7 @@ use crate::kv::KvStore;
 
 use super::lookup::{heartbeat_age_nanos, members_to_forget};
 use super::model::{Desc, InstanceDesc, InstanceState};
-use super::store::{modify_ring, ring_key, RingStoreError};
+use super::store::{modify_ring, modify_ring_deferred, ring_key, RingStoreError};
 use super::tokens::{generate_tokens, load_tokens_file, save_tokens_file, TokenRng};
 
 /// Everything the lifecycler needs, resolved (identity decided, durations parsed).
@@ -830,32 +830,36 @@ impl Inner {
                 .is_some_and(|t| t.elapsed() >= self.s.heartbeat_timeout);
         let mut report = HeartbeatReport::default();
         let loc: &Local = &local;
-        let result = modify_ring(self.store.as_ref(), &self.s.ring_key, "heartbeat", |desc| {
-            // Decided again on every attempt's fresh value: only the write that lands counts.
-            report = HeartbeatReport::default();
-            if forget {
-                let now = self.clock.now();
-                for id in members_to_forget(
-                    desc,
-                    now,
-                    self.s.heartbeat_timeout,
-                    self.s.auto_forget_unhealthy_periods,
-                ) {
-                    if id == self.s.id {
-                        continue;
-                    }
-                    if let Some(dead) = desc.ingesters.remove(&id) {
-                        let age = heartbeat_age_nanos(dead.timestamp, now).max(0) / 1_000_000_000;
-                        report
-                            .forgotten
-                            .push((id, age.min(u64::MAX as i128) as u64));
+        // Deferred: a crash may lose the newest heartbeats (the embedded store writes them with
+        // its next ordinary write), and this agent registers again when it starts.
+        let result =
+            modify_ring_deferred(self.store.as_ref(), &self.s.ring_key, "heartbeat", |desc| {
+                // Decided again on every attempt's fresh value: only the write that lands counts.
+                report = HeartbeatReport::default();
+                if forget {
+                    let now = self.clock.now();
+                    for id in members_to_forget(
+                        desc,
+                        now,
+                        self.s.heartbeat_timeout,
+                        self.s.auto_forget_unhealthy_periods,
+                    ) {
+                        if id == self.s.id {
+                            continue;
+                        }
+                        if let Some(dead) = desc.ingesters.remove(&id) {
+                            let age =
+                                heartbeat_age_nanos(dead.timestamp, now).max(0) / 1_000_000_000;
+                            report
+                                .forgotten
+                                .push((id, age.min(u64::MAX as i128) as u64));
+                        }
                     }
                 }
-            }
-            report.re_added = self.write_entry(desc, loc);
-            true
-        })
-        .await;
+                report.re_added = self.write_entry(desc, loc);
+                true
+            })
+            .await;
         if let Err(e) = result {
             local.kv_ok_since = None;
             self.kv_failed();

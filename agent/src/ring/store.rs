@@ -93,29 +93,61 @@ pub async fn modify_ring<F>(
     store: &(dyn KvStore + 'static),
     key: &str,
     action: &'static str,
+    f: F,
+) -> Result<CasOutcome, RingStoreError>
+where
+    F: FnMut(&mut Desc) -> bool,
+{
+    modify_ring_with(store, key, action, false, f).await
+}
+
+/// [`modify_ring`] for a heartbeat: the store may write it to disk later (see
+/// `KvStore::put_if_revision_deferred`), since the next heartbeat replaces it and an agent
+/// registers again when it starts. Joins, state changes, leaves and forgets use
+/// [`modify_ring`].
+pub async fn modify_ring_deferred<F>(
+    store: &(dyn KvStore + 'static),
+    key: &str,
+    action: &'static str,
+    f: F,
+) -> Result<CasOutcome, RingStoreError>
+where
+    F: FnMut(&mut Desc) -> bool,
+{
+    modify_ring_with(store, key, action, true, f).await
+}
+
+async fn modify_ring_with<F>(
+    store: &(dyn KvStore + 'static),
+    key: &str,
+    action: &'static str,
+    deferred: bool,
     mut f: F,
 ) -> Result<CasOutcome, RingStoreError>
 where
     F: FnMut(&mut Desc) -> bool,
 {
-    store
-        .cas(key, |current| {
-            let mut desc = match current {
-                None => Desc::default(),
-                Some(bytes) => decode_value(bytes)?,
-            };
-            if !f(&mut desc) {
-                return Ok(None);
-            }
-            codec::encode(&desc).map(Some)
-        })
-        .await
-        .map_err(|source| RingStoreError::Cas {
-            store: store.describe(),
-            key: key.to_owned(),
-            action,
-            source,
-        })
+    let update = |current: Option<&[u8]>| -> Result<Option<Vec<u8>>, Error> {
+        let mut desc = match current {
+            None => Desc::default(),
+            Some(bytes) => decode_value(bytes)?,
+        };
+        if !f(&mut desc) {
+            return Ok(None);
+        }
+        codec::encode(&desc).map(Some)
+    };
+    let outcome = if deferred {
+        store.cas_deferred(key, update).await
+    } else {
+        store.cas(key, update).await
+    };
+    outcome.map_err(|source| RingStoreError::Cas {
+        store: store.describe(),
+        key: key.to_owned(),
+        action,
+        source,
+    })
 }
 
 /// Removes member `id` from the ring (the Forget button, `agentctl ring forget`). `Ok(true)`
