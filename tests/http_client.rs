@@ -282,6 +282,130 @@ async fn proxy_url_connect_headers_and_no_proxy() {
     assert_eq!(seen.lock().unwrap().len(), 1, "no_proxy bypassed the proxy");
 }
 
+/// A forward proxy for plain-HTTP targets: records each request's head and answers it itself.
+async fn forward_proxy() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if sock.read_exact(&mut byte).await.is_err() {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    record
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nproxied";
+                    if sock.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("{addr}"), seen)
+}
+
+/// A plain-HTTP target behind `proxy_url` is asked through the proxy in absolute form, with the
+/// proxy URL's credentials as `Proxy-Authorization` and `proxy_connect_header` (reqwest sends
+/// the custom proxy headers on forwarded requests too); `no_proxy` bypasses it.
+#[tokio::test]
+async fn plain_http_targets_are_forwarded_through_the_proxy() {
+    install_crypto();
+    let (proxy, seen) = forward_proxy().await;
+    let target = echo_auth_server().await;
+    let c = client(&format!(
+        "proxy_url: http://pxuser:pxpass@{proxy}\nproxy_connect_header:\n  X-Proxy-Token: [sec-proxy-2]\n"
+    ));
+    let url = "http://scrape-target.test:9100/metrics";
+    assert_eq!(get(&c, url).await.unwrap(), (200, "proxied".into()));
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let head = seen[0].to_ascii_lowercase();
+        assert!(head.starts_with(&format!("get {url} http/1.1\r\n")), "{head}");
+        // base64("pxuser:pxpass")
+        assert!(
+            head.contains("proxy-authorization: basic chh1c2vyonb4cgfzcw==\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("x-proxy-token: sec-proxy-2\r\n"), "{head}");
+    }
+    let c = client(&format!(
+        "proxy_url: http://{proxy}\nno_proxy: 127.0.0.1\nauthorization:\n  credentials: direct\n"
+    ));
+    assert_eq!(get(&c, &target).await.unwrap(), (200, "Bearer direct".into()));
+    assert_eq!(seen.lock().unwrap().len(), 1, "no_proxy bypassed the proxy");
+}
+
+/// `oauth2`: the token from the token endpoint is sent as a bearer token and cached; a 401
+/// (the token was revoked before its expiry) drops it, and the request is sent once more with a
+/// new token, so the caller sees the 200.
+#[tokio::test]
+async fn oauth2_tokens_are_cached_and_a_401_fetches_a_new_one() {
+    use axum::http::StatusCode;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    install_crypto();
+    let issued = Arc::new(AtomicUsize::new(0));
+    let (i1, i2) = (issued.clone(), issued.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/token",
+            axum::routing::post(move || {
+                let n = i1.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    axum::Json(serde_json::json!({
+                        "access_token": format!("tok-{n}"), "token_type": "bearer", "expires_in": 3600
+                    }))
+                }
+            }),
+        )
+        .route(
+            "/data",
+            // Only the newest token is valid.
+            axum::routing::get(move |h: HeaderMap| {
+                let newest = format!("Bearer tok-{}", i2.load(Ordering::SeqCst));
+                async move {
+                    let auth = h.get("authorization").and_then(|v| v.to_str().ok());
+                    if auth == Some(newest.as_str()) {
+                        (StatusCode::OK, newest)
+                    } else {
+                        (StatusCode::UNAUTHORIZED, String::new())
+                    }
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let c = client(&format!(
+        "oauth2:\n  client_id: agent\n  client_secret: s3cret\n  token_url: http://{addr}/token\n"
+    ));
+    let url = format!("http://{addr}/data");
+    assert_eq!(get(&c, &url).await.unwrap(), (200, "Bearer tok-1".into()));
+    assert_eq!(get(&c, &url).await.unwrap(), (200, "Bearer tok-1".into()));
+    assert_eq!(issued.load(Ordering::SeqCst), 1, "the token is cached");
+    // The server revokes tok-1.
+    issued.fetch_add(1, Ordering::SeqCst);
+    assert_eq!(get(&c, &url).await.unwrap(), (200, "Bearer tok-3".into()));
+    assert_eq!(issued.load(Ordering::SeqCst), 3);
+}
+
 /// A plain HTTP server answering with the request's Authorization header.
 async fn echo_auth_server() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
