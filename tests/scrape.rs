@@ -273,18 +273,33 @@ async fn slow_target_times_out_and_large_body_is_refused() {
         ([("content-type", "text/plain")], s).into_response()
     }))
     .await;
+    // The limit counts decoded bytes: ~60 bytes of gzip that decode to 3,000.
+    let bomb = TestTarget::start(Arc::new(|_| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all("big_series_z 1\n".repeat(200).as_bytes())
+            .unwrap();
+        let bytes = gz.finish().unwrap();
+        assert!(bytes.len() < 1024, "{}", bytes.len());
+        (
+            [("content-type", "text/plain"), ("content-encoding", "gzip")],
+            bytes,
+        )
+            .into_response()
+    }))
+    .await;
     let storage = MemoryStorage::new();
     let m = manager(&storage);
     m.apply(&jobs(&format!(
-        "scrape_configs:\n{}{}",
+        "scrape_configs:\n{}{}{}",
         job("slow", &[slow_addr], ""),
-        job("big", &[big.addr], "    body_size_limit: 1KB\n")
+        job("big", &[big.addr], "    body_size_limit: 1KB\n"),
+        job("bomb", &[bomb.addr], "    body_size_limit: 1KB\n")
     )))
     .await
     .unwrap();
-    wait_until("both scraped", Duration::from_secs(30), || {
+    wait_until("all three scraped", Duration::from_secs(30), || {
         let ts = m.targets();
-        ts.len() == 2 && ts.iter().all(|t| t.state != "unknown")
+        ts.len() == 3 && ts.iter().all(|t| t.state != "unknown")
     })
     .await;
     let ts = m.targets();
@@ -299,6 +314,12 @@ async fn slow_target_times_out_and_large_body_is_refused() {
     assert_eq!(b.state, "down");
     assert_eq!(
         b.scrape_error,
+        "body size limit exceeded (body_size_limit: 1024 bytes)"
+    );
+    let z = target(&ts, bomb.addr);
+    assert_eq!(z.state, "down");
+    assert_eq!(
+        z.scrape_error,
         "body size limit exceeded (body_size_limit: 1024 bytes)"
     );
     m.stop(true).await;
