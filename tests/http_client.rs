@@ -25,22 +25,68 @@ fn settings(yaml: &str) -> agent::config::http::HttpClientSettings {
     sc.http_client().settings().expect("valid")
 }
 
-fn client(yaml: &str) -> HttpClient {
+/// Which of the client's two transports a test's requests take: reqwest (`HttpClient::send`:
+/// service discovery, remote_write, token requests) or the scrape transport (`HttpClient::fetch`).
+/// Every test below runs once with each ([`both!`]).
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    Reqwest,
+    Scrape,
+}
+
+struct TestClient(HttpClient, Via);
+
+fn client(via: Via, yaml: &str) -> TestClient {
     install_crypto();
-    HttpClient::new(
+    let c = HttpClient::new(
         &settings(yaml),
         &Options {
             timeout: Some(Duration::from_secs(10)),
+            scrape: matches!(via, Via::Scrape),
             ..Default::default()
         },
     )
-    .expect("client")
+    .expect("client");
+    TestClient(c, via)
 }
 
-async fn get(c: &HttpClient, url: &str) -> Result<(u16, String), String> {
-    let resp = c.send(c.get(url)).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    Ok((status, resp.text().await.map_err(|e| e.to_string())?))
+async fn get(c: &TestClient, url: &str) -> Result<(u16, String), String> {
+    match c.1 {
+        Via::Reqwest => {
+            let c = &c.0;
+            let resp = c.send(c.get(url)).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            Ok((status, resp.text().await.map_err(|e| e.to_string())?))
+        }
+        Via::Scrape => {
+            let resp =
+                c.0.fetch(url, Default::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let mut body = Vec::new();
+            resp.read_into(&mut body, 0)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((status, String::from_utf8(body).map_err(|e| e.to_string())?))
+        }
+    }
+}
+
+/// `both!(test)`: `test::reqwest` and `test::scrape`, running `test(Via::..)`.
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn reqwest() {
+                super::$name(super::Via::Reqwest).await
+            }
+            #[tokio::test]
+            async fn scrape() {
+                super::$name(super::Via::Scrape).await
+            }
+        }
+    };
 }
 
 /// Polls `f` until it returns `Some`, for up to 20 s.
@@ -85,8 +131,7 @@ async fn whoami_server(
 /// client: client-1 → client-2 (same CA), then a server certificate from a new CA with the
 /// client's `ca_file` rewritten. `server_name` verifies a certificate that does not name the
 /// URL's host (refused for scrapes before the one client).
-#[tokio::test]
-async fn rotated_certificate_files_are_used_without_a_restart() {
+async fn rotated_certificate_files_are_used_without_a_restart(via: Via) {
     install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let ca1 = Ca::new("ca-1");
@@ -104,12 +149,15 @@ async fn rotated_certificate_files_are_used_without_a_restart() {
     .await;
     let ca_file = ca1.write(dir.path(), "ca.pem");
     let (cert_file, key_file) = c1.write(dir.path(), "client");
-    let c = client(&format!(
+    let c = client(
+        via,
+        &format!(
         "tls_config:\n  ca_file: {}\n  cert_file: {}\n  key_file: {}\n  server_name: agent.test\n",
         ca_file.display(),
         cert_file.display(),
         key_file.display()
-    ));
+    ),
+    );
     let url = format!("https://127.0.0.1:{}/whoami", addr.port());
     assert_eq!(get(&c, &url).await.unwrap(), (200, "client-1".into()));
 
@@ -130,20 +178,22 @@ async fn rotated_certificate_files_are_used_without_a_restart() {
     .await;
     // A new client that still trusts only the old CA is refused by the rotated server.
     std::fs::write(dir.path().join("old-ca.pem"), ca1.pem()).unwrap();
-    let stale = client(&format!(
+    let stale = client(
+        via,
+        &format!(
         "tls_config:\n  ca_file: {}\n  cert_file: {}\n  key_file: {}\n  server_name: agent.test\n",
         dir.path().join("old-ca.pem").display(),
         cert_file.display(),
         key_file.display()
-    ));
+    ),
+    );
     let err = get(&stale, &url).await.unwrap_err();
     assert!(err.contains("certificate"), "{err}");
 }
 
 /// Without `server_name`, a certificate that does not name the URL's host is refused, with the
 /// reason in the error; `insecure_skip_verify` accepts it; `min_version: TLS13` still connects.
-#[tokio::test]
-async fn certificate_checks_and_their_errors() {
+async fn certificate_checks_and_their_errors(via: Via) {
     install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("ca");
@@ -155,30 +205,39 @@ async fn certificate_checks_and_their_errors() {
     let ca_file = ca.write(dir.path(), "ca.pem");
     let url = format!("https://127.0.0.1:{}/whoami", addr.port());
     let err = get(
-        &client(&format!("tls_config:\n  ca_file: {}\n", ca_file.display())),
+        &client(
+            via,
+            &format!("tls_config:\n  ca_file: {}\n", ca_file.display()),
+        ),
         &url,
     )
     .await
     .unwrap_err();
     assert!(err.contains("certificate not valid for name"), "{err}");
     // The system roots do not know the test CA.
-    let err = get(&client(""), &url).await.unwrap_err();
+    let err = get(&client(via, ""), &url).await.unwrap_err();
     assert!(err.contains("certificate"), "{err}");
     assert_eq!(
-        get(&client("tls_config:\n  insecure_skip_verify: true\n"), &url)
-            .await
-            .unwrap(),
+        get(
+            &client(via, "tls_config:\n  insecure_skip_verify: true\n"),
+            &url
+        )
+        .await
+        .unwrap(),
         (200, "unknown".into())
     );
     assert_eq!(
         get(
-            &client(&format!(
-                "tls_config:\n  ca: |\n{}  server_name: agent.test\n  min_version: TLS13\n",
-                ca.pem()
-                    .lines()
-                    .map(|l| format!("    {l}\n"))
-                    .collect::<String>()
-            )),
+            &client(
+                via,
+                &format!(
+                    "tls_config:\n  ca: |\n{}  server_name: agent.test\n  min_version: TLS13\n",
+                    ca.pem()
+                        .lines()
+                        .map(|l| format!("    {l}\n"))
+                        .collect::<String>()
+                )
+            ),
             &url
         )
         .await
@@ -193,7 +252,10 @@ async fn certificate_checks_and_their_errors() {
     )));
     let addr = whoami_server(strict, vec![]).await;
     let err = get(
-        &client(&format!("tls_config:\n  ca_file: {}\n", ca_file.display())),
+        &client(
+            via,
+            &format!("tls_config:\n  ca_file: {}\n", ca_file.display()),
+        ),
         &format!("https://127.0.0.1:{}/whoami", addr.port()),
     )
     .await
@@ -244,8 +306,7 @@ async fn connect_proxy() -> (String, Arc<Mutex<Vec<String>>>) {
 
 /// `proxy_url` with `proxy_connect_header` (once remote_write only) for any client; `no_proxy`
 /// bypasses the proxy.
-#[tokio::test]
-async fn proxy_url_connect_headers_and_no_proxy() {
+async fn proxy_url_connect_headers_and_no_proxy(via: Via) {
     install_crypto();
     let ca = Ca::new("ca");
     let cfg = Arc::new(RwLock::new(tls::server_config(
@@ -255,7 +316,7 @@ async fn proxy_url_connect_headers_and_no_proxy() {
     let addr = whoami_server(cfg, vec![]).await;
     let (proxy, seen) = connect_proxy().await;
     let url = format!("https://127.0.0.1:{}/whoami", addr.port());
-    let c = client(&format!(
+    let c = client(via, &format!(
         "tls_config:\n  insecure_skip_verify: true\nproxy_url: {proxy}\nproxy_connect_header:\n  X-Proxy-Token: [sec-proxy-1]\n"
     ));
     assert_eq!(get(&c, &url).await.unwrap().0, 200);
@@ -275,9 +336,12 @@ async fn proxy_url_connect_headers_and_no_proxy() {
             seen[0]
         );
     }
-    let c = client(&format!(
-        "tls_config:\n  insecure_skip_verify: true\nproxy_url: {proxy}\nno_proxy: 127.0.0.1\n"
-    ));
+    let c = client(
+        via,
+        &format!(
+            "tls_config:\n  insecure_skip_verify: true\nproxy_url: {proxy}\nno_proxy: 127.0.0.1\n"
+        ),
+    );
     assert_eq!(get(&c, &url).await.unwrap().0, 200);
     assert_eq!(seen.lock().unwrap().len(), 1, "no_proxy bypassed the proxy");
 }
@@ -322,12 +386,11 @@ async fn forward_proxy() -> (String, Arc<Mutex<Vec<String>>>) {
 /// A plain-HTTP target behind `proxy_url` is asked through the proxy in absolute form, with the
 /// proxy URL's credentials as `Proxy-Authorization` and `proxy_connect_header` (reqwest sends
 /// the custom proxy headers on forwarded requests too); `no_proxy` bypasses it.
-#[tokio::test]
-async fn plain_http_targets_are_forwarded_through_the_proxy() {
+async fn plain_http_targets_are_forwarded_through_the_proxy(via: Via) {
     install_crypto();
     let (proxy, seen) = forward_proxy().await;
     let target = echo_auth_server().await;
-    let c = client(&format!(
+    let c = client(via, &format!(
         "proxy_url: http://pxuser:pxpass@{proxy}\nproxy_connect_header:\n  X-Proxy-Token: [sec-proxy-2]\n"
     ));
     let url = "http://scrape-target.test:9100/metrics";
@@ -336,7 +399,10 @@ async fn plain_http_targets_are_forwarded_through_the_proxy() {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 1, "{seen:?}");
         let head = seen[0].to_ascii_lowercase();
-        assert!(head.starts_with(&format!("get {url} http/1.1\r\n")), "{head}");
+        assert!(
+            head.starts_with(&format!("get {url} http/1.1\r\n")),
+            "{head}"
+        );
         // base64("pxuser:pxpass")
         assert!(
             head.contains("proxy-authorization: basic chh1c2vyonb4cgfzcw==\r\n"),
@@ -344,18 +410,23 @@ async fn plain_http_targets_are_forwarded_through_the_proxy() {
         );
         assert!(head.contains("x-proxy-token: sec-proxy-2\r\n"), "{head}");
     }
-    let c = client(&format!(
+    let c = client(
+        via,
+        &format!(
         "proxy_url: http://{proxy}\nno_proxy: 127.0.0.1\nauthorization:\n  credentials: direct\n"
-    ));
-    assert_eq!(get(&c, &target).await.unwrap(), (200, "Bearer direct".into()));
+    ),
+    );
+    assert_eq!(
+        get(&c, &target).await.unwrap(),
+        (200, "Bearer direct".into())
+    );
     assert_eq!(seen.lock().unwrap().len(), 1, "no_proxy bypassed the proxy");
 }
 
 /// `oauth2`: the token from the token endpoint is sent as a bearer token and cached; a 401
 /// (the token was revoked before its expiry) drops it, and the request is sent once more with a
 /// new token, so the caller sees the 200.
-#[tokio::test]
-async fn oauth2_tokens_are_cached_and_a_401_fetches_a_new_one() {
+async fn oauth2_tokens_are_cached_and_a_401_fetches_a_new_one(via: Via) {
     use axum::http::StatusCode;
     use std::sync::atomic::{AtomicUsize, Ordering};
     install_crypto();
@@ -393,9 +464,12 @@ async fn oauth2_tokens_are_cached_and_a_401_fetches_a_new_one() {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    let c = client(&format!(
+    let c = client(
+        via,
+        &format!(
         "oauth2:\n  client_id: agent\n  client_secret: s3cret\n  token_url: http://{addr}/token\n"
-    ));
+    ),
+    );
     let url = format!("http://{addr}/data");
     assert_eq!(get(&c, &url).await.unwrap(), (200, "Bearer tok-1".into()));
     assert_eq!(get(&c, &url).await.unwrap(), (200, "Bearer tok-1".into()));
@@ -437,8 +511,7 @@ fn basic(user: &str, pass: &str) -> String {
 
 /// `basic_auth.username_file` (new in the old agent's last Prometheus) and `password_file` are
 /// read on every request; `authorization.credentials_file` too; `type` defaults to Bearer.
-#[tokio::test]
-async fn credential_files_are_read_per_request() {
+async fn credential_files_are_read_per_request(via: Via) {
     install_crypto();
     let url = echo_auth_server().await;
     let dir = tempfile::tempdir().unwrap();
@@ -446,11 +519,14 @@ async fn credential_files_are_read_per_request() {
     let pass = dir.path().join("pass");
     std::fs::write(&user, "alice\n").unwrap();
     std::fs::write(&pass, "pw-1\n").unwrap();
-    let c = client(&format!(
-        "basic_auth:\n  username_file: {}\n  password_file: {}\n",
-        user.display(),
-        pass.display()
-    ));
+    let c = client(
+        via,
+        &format!(
+            "basic_auth:\n  username_file: {}\n  password_file: {}\n",
+            user.display(),
+            pass.display()
+        ),
+    );
     assert_eq!(get(&c, &url).await.unwrap().1, basic("alice", "pw-1"));
     std::fs::write(&pass, "pw-2").unwrap();
     assert_eq!(get(&c, &url).await.unwrap().1, basic("alice", "pw-2"));
@@ -463,14 +539,14 @@ async fn credential_files_are_read_per_request() {
 
     let token = dir.path().join("token");
     std::fs::write(&token, "tok-1\n").unwrap();
-    let c = client(&format!(
-        "authorization:\n  credentials_file: {}\n",
-        token.display()
-    ));
+    let c = client(
+        via,
+        &format!("authorization:\n  credentials_file: {}\n", token.display()),
+    );
     assert_eq!(get(&c, &url).await.unwrap().1, "Bearer tok-1");
-    let c = client("authorization:\n  type: Custom\n  credentials: x\n");
+    let c = client(via, "authorization:\n  type: Custom\n  credentials: x\n");
     assert_eq!(get(&c, &url).await.unwrap().1, "Custom x");
-    let c = client(&format!("bearer_token_file: {}\n", token.display()));
+    let c = client(via, &format!("bearer_token_file: {}\n", token.display()));
     assert_eq!(get(&c, &url).await.unwrap().1, "Bearer tok-1");
 }
 
@@ -523,12 +599,11 @@ async fn redirecting_server(away: String) -> (String, Arc<std::sync::atomic::Ato
 /// stays on the same host and port, and without them when it leaves it (reqwest's rule; Prometheus
 /// 2.42 sends them to any host: docs/configuration.md); a chain longer than 10 redirects fails.
 /// `follow_redirects: false` returns the redirect itself, which a scrape reports as its status.
-#[tokio::test]
-async fn redirects_follow_the_config_and_credentials_stay_on_their_origin() {
+async fn redirects_follow_the_config_and_credentials_stay_on_their_origin(via: Via) {
     install_crypto();
     let away = echo_auth_server().await;
     let (base, loops) = redirecting_server(away).await;
-    let c = client("authorization:\n  credentials: sec-redirect-1\n");
+    let c = client(via, "authorization:\n  credentials: sec-redirect-1\n");
     assert_eq!(
         get(&c, &format!("{base}/moved")).await.unwrap(),
         (200, "final Bearer sec-redirect-1".into())
@@ -542,15 +617,17 @@ async fn redirects_follow_the_config_and_credentials_stay_on_their_origin() {
     assert!(err.contains("redirect"), "{err}");
     assert_eq!(loops.load(std::sync::atomic::Ordering::SeqCst), 11);
 
-    let c = client("authorization:\n  credentials: sec-redirect-1\nfollow_redirects: false\n");
+    let c = client(
+        via,
+        "authorization:\n  credentials: sec-redirect-1\nfollow_redirects: false\n",
+    );
     assert_eq!(get(&c, &format!("{base}/moved")).await.unwrap().0, 302);
 }
 
 /// `enable_http2` (default true) offers HTTP/2 through ALPN on TLS connections, and a server
 /// that takes it is spoken to in HTTP/2; `false` offers HTTP/1.1 only. Plain HTTP is HTTP/1.1
 /// either way (no cleartext HTTP/2, as in Prometheus).
-#[tokio::test]
-async fn http2_is_negotiated_over_tls_unless_disabled() {
+async fn http2_is_negotiated_over_tls_unless_disabled(via: Via) {
     install_crypto();
     let ca = Ca::new("ca");
     let cfg = Arc::new(RwLock::new(tls::server_config(
@@ -567,13 +644,16 @@ async fn http2_is_negotiated_over_tls_unless_disabled() {
     let url = format!("https://127.0.0.1:{}/version", addr.port());
     let tls_yaml = "tls_config:\n  insecure_skip_verify: true\n";
     assert_eq!(
-        get(&client(tls_yaml), &url).await.unwrap(),
+        get(&client(via, tls_yaml), &url).await.unwrap(),
         (200, "HTTP/2.0".into())
     );
     assert_eq!(
-        get(&client(&format!("{tls_yaml}enable_http2: false\n")), &url)
-            .await
-            .unwrap(),
+        get(
+            &client(via, &format!("{tls_yaml}enable_http2: false\n")),
+            &url
+        )
+        .await
+        .unwrap(),
         (200, "HTTP/1.1".into())
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -582,7 +662,7 @@ async fn http2_is_negotiated_over_tls_unless_disabled() {
         let _ = axum::serve(listener, app()).await;
     });
     assert_eq!(
-        get(&client(""), &format!("http://{plain}/version"))
+        get(&client(via, ""), &format!("http://{plain}/version"))
             .await
             .unwrap(),
         (200, "HTTP/1.1".into())
@@ -624,3 +704,12 @@ fn validation_texts_of_new_fields() {
         Default::default()
     );
 }
+
+both!(rotated_certificate_files_are_used_without_a_restart);
+both!(certificate_checks_and_their_errors);
+both!(proxy_url_connect_headers_and_no_proxy);
+both!(plain_http_targets_are_forwarded_through_the_proxy);
+both!(oauth2_tokens_are_cached_and_a_401_fetches_a_new_one);
+both!(credential_files_are_read_per_request);
+both!(redirects_follow_the_config_and_credentials_stay_on_their_origin);
+both!(http2_is_negotiated_over_tls_unless_disabled);

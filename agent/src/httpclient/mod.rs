@@ -19,11 +19,16 @@
 //!   with `no_proxy`, or `proxy_from_environment` (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` and
 //!   their lowercase forms, read when the client is built); `proxy_connect_header` is sent with
 //!   each CONNECT.
+//! - Scrapes (a client built with [`Options::scrape`]) go through [`HttpClient::fetch`] on the
+//!   scrape transport ([`transport`]): hyper-util's client with a bounded read buffer per
+//!   connection, the same TLS, proxy, auth, redirect and gzip behaviour as reqwest's. Every other
+//!   request (service discovery, remote_write, token requests) goes through reqwest.
 
 pub mod azuread;
 pub mod oauth2;
 pub mod sigv4;
 pub mod tls;
+pub mod transport;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -75,6 +80,9 @@ pub enum Error {
     /// (without the URL, which callers show redacted).
     #[error("{}", error_chain(.0))]
     Http(reqwest::Error),
+    /// The scrape transport's error, with its cause chain.
+    #[error("{0}")]
+    Transport(String),
 }
 
 /// reqwest's top-level message hides the cause ("error sending request"); walk the chain.
@@ -110,6 +118,8 @@ pub struct Options {
     /// Ask for gzip and decode it.
     pub gzip: bool,
     pub user_agent: Option<String>,
+    /// Also build the scrape transport ([`transport`]), which [`HttpClient::fetch`] uses.
+    pub scrape: bool,
 }
 
 /// The runtime form of the config's [`Auth`]: the same choice, with live state (token caches).
@@ -141,10 +151,18 @@ struct Inner {
     opts: Options,
     /// `tls_config` with relative paths resolved.
     tls: TlsSettings,
-    client: RwLock<reqwest::Client>,
+    client: RwLock<Clients>,
     auth: Authorizer,
     /// Set when `tls_config` names files: what they held when `client` was built.
     reload: Option<Reload>,
+}
+
+/// The connection pools built from one version of the TLS material.
+#[derive(Debug)]
+struct Clients {
+    reqwest: reqwest::Client,
+    /// With [`Options::scrape`].
+    scrape: Option<Arc<transport::Transport>>,
 }
 
 #[derive(Debug)]
@@ -182,6 +200,16 @@ fn header_pair(
     let mut v = HeaderValue::from_str(value).map_err(|e| err(e.to_string()))?;
     v.set_sensitive(true);
     Ok((n, v))
+}
+
+/// `Basic base64(user:password)`, marked sensitive (as reqwest's `basic_auth`).
+fn basic_auth(user: &str, pass: &str) -> HeaderValue {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    let mut v =
+        HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value");
+    v.set_sensitive(true);
+    v
 }
 
 /// Go's `httpproxy.FromEnvironment`: the upper-case variable first, then the lower-case one.
@@ -286,6 +314,78 @@ fn build_reqwest(
     b.build().map_err(|e| Error::Build(error_chain(&e)))
 }
 
+/// The proxies of `s` as hyper-util's matcher, built as reqwest builds it from the same settings
+/// (`reqwest::Proxy::all` + `no_proxy`; `env_proxies`' variables); `None` for no proxy.
+fn proxy_matcher(
+    s: &HttpClientSettings,
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Option<hyper_util::client::proxy::matcher::Matcher> {
+    use hyper_util::client::proxy::matcher::Matcher;
+    match &s.proxy {
+        Proxy::None => None,
+        Proxy::Url { url, no_proxy, .. } => Some(
+            Matcher::builder()
+                .all(url.as_url().as_str())
+                .no(no_proxy.as_deref().unwrap_or(""))
+                .build(),
+        ),
+        Proxy::FromEnvironment { .. } => {
+            let http = env_var(get, "HTTP_PROXY");
+            let https = env_var(get, "HTTPS_PROXY");
+            if http.is_none() && https.is_none() {
+                return None;
+            }
+            Some(
+                Matcher::builder()
+                    .http(http.unwrap_or_default())
+                    .https(https.unwrap_or_default())
+                    .no(env_var(get, "NO_PROXY").unwrap_or_default())
+                    .build(),
+            )
+        }
+    }
+}
+
+/// Both pools (the scrape transport only with [`Options::scrape`]) for `s` with the PEM data in
+/// `material`.
+fn build_clients(
+    s: &HttpClientSettings,
+    tls: &TlsSettings,
+    opts: &Options,
+    material: &tls::Material,
+) -> Result<Clients, Error> {
+    let reqwest = build_reqwest(s, tls, opts, material)?;
+    let scrape = if opts.scrape {
+        let proxy_headers = match &s.proxy {
+            Proxy::None => HeaderMap::new(),
+            Proxy::Url { connect_header, .. } | Proxy::FromEnvironment { connect_header } => {
+                connect_headers(connect_header)?
+            }
+        };
+        let user_agent = match &opts.user_agent {
+            Some(ua) => Some(
+                HeaderValue::from_str(ua)
+                    .map_err(|e| Error::Build(format!("user agent {ua:?}: {e}")))?,
+            ),
+            None => None,
+        };
+        Some(Arc::new(transport::Transport::new(transport::Settings {
+            tls: material,
+            tls_settings: tls,
+            enable_http2: s.enable_http2,
+            follow_redirects: s.follow_redirects,
+            gzip: opts.gzip,
+            user_agent,
+            connect_timeout: opts.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            proxies: proxy_matcher(s, &|k| std::env::var(k).ok()),
+            proxy_headers,
+        })?))
+    } else {
+        None
+    };
+    Ok(Clients { reqwest, scrape })
+}
+
 /// A client without auth for a token endpoint.
 fn token_client(tls: TlsSettings, proxy: Proxy, opts: &Options) -> Result<HttpClient, Error> {
     HttpClient::new(
@@ -300,6 +400,7 @@ fn token_client(tls: TlsSettings, proxy: Proxy, opts: &Options) -> Result<HttpCl
             base_dir: opts.base_dir.clone(),
             gzip: false,
             user_agent: opts.user_agent.clone(),
+            scrape: false,
         },
     )
 }
@@ -312,7 +413,12 @@ impl HttpClient {
         let base = opts.base_dir.as_deref();
         let tls = resolve_tls(&settings.tls, base);
         let material = tls::Material::load_blocking(&tls)?;
-        let client = build_reqwest(settings, &tls, opts, &material)?;
+        if opts.scrape && matches!(settings.auth, Auth::SigV4(_)) {
+            return Err(Error::Build(
+                "sigv4 signs remote_write requests only, not scrapes".into(),
+            ));
+        }
+        let client = build_clients(settings, &tls, opts, &material)?;
         let auth = match &settings.auth {
             Auth::None => Authorizer::None,
             Auth::Basic { username, password } => Authorizer::Basic {
@@ -396,6 +502,16 @@ impl HttpClient {
             .client
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .reqwest
+            .clone()
+    }
+
+    fn current_scrape(&self) -> Option<Arc<transport::Transport>> {
+        self.inner
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .scrape
             .clone()
     }
 
@@ -428,7 +544,7 @@ impl HttpClient {
             return;
         }
         let inner = &*self.inner;
-        match build_reqwest(&inner.settings, &inner.tls, &inner.opts, &material) {
+        match build_clients(&inner.settings, &inner.tls, &inner.opts, &material) {
             Ok(client) => {
                 *inner.client.write().unwrap_or_else(|e| e.into_inner()) = client;
                 reload
@@ -444,12 +560,22 @@ impl HttpClient {
         }
     }
 
-    /// Adds the static auth (basic, `Authorization`) to `rb`; returns the token header used,
+    /// Adds the auth (basic, `Authorization`, a token) to `rb`; returns the token header used,
     /// for token auths.
     async fn authorize(
         &self,
         rb: reqwest::RequestBuilder,
     ) -> Result<(reqwest::RequestBuilder, Option<String>), Error> {
+        let (header, token) = self.authorization().await?;
+        Ok(match header {
+            Some(v) => (rb.header(reqwest::header::AUTHORIZATION, v), token),
+            None => (rb, token),
+        })
+    }
+
+    /// The `Authorization` value of the auth (`None` for none, and for sigv4, which signs the
+    /// complete request) and, for token auths, the token header used.
+    async fn authorization(&self) -> Result<(Option<HeaderValue>, Option<String>), Error> {
         let read = |field: &'static str, src: &SecretSource| {
             let src = src.clone();
             async move {
@@ -462,14 +588,14 @@ impl HttpClient {
         };
         Ok(match &self.inner.auth {
             // Signed in `send`, once the request is complete.
-            Authorizer::None | Authorizer::SigV4(_) => (rb, None),
+            Authorizer::None | Authorizer::SigV4(_) => (None, None),
             Authorizer::AzureManagedIdentity(m) => {
                 let header = m
                     .authorization()
                     .await
                     .map_err(|e| Error::AzureAd(e.to_string()))?;
-                let (n, v) = header_pair("azuread", "Authorization", &header)?;
-                (rb.header(n, v), Some(header))
+                let (_, v) = header_pair("azuread", "Authorization", &header)?;
+                (Some(v), Some(header))
             }
             Authorizer::Basic { username, password } => {
                 let user = match username {
@@ -480,20 +606,20 @@ impl HttpClient {
                     Some(p) => read("password_file", p).await?.expose().to_owned(),
                     None => String::new(),
                 };
-                (rb.basic_auth(user, Some(pass)), None)
+                (Some(basic_auth(&user, &pass)), None)
             }
             Authorizer::Header { kind, credentials } => {
                 let c = match credentials {
                     Some(c) => read("credentials_file", c).await?.expose().to_owned(),
                     None => String::new(),
                 };
-                let (n, v) = header_pair("authorization", "Authorization", &format!("{kind} {c}"))?;
-                (rb.header(n, v), None)
+                let (_, v) = header_pair("authorization", "Authorization", &format!("{kind} {c}"))?;
+                (Some(v), None)
             }
             Authorizer::OAuth2(ts) => {
                 let header = ts.authorization().await?;
-                let (n, v) = header_pair("oauth2", "Authorization", &header)?;
-                (rb.header(n, v), Some(header))
+                let (_, v) = header_pair("oauth2", "Authorization", &header)?;
+                (Some(v), Some(header))
             }
         })
     }
@@ -538,6 +664,43 @@ impl HttpClient {
         };
         let (again, _) = self.authorize(again).await?;
         self.execute(again).await
+    }
+
+    /// GETs `url` with `headers` and the auth on the scrape transport (a client built with
+    /// [`Options::scrape`]), with [`send`](Self::send)'s 401 handling for token auths. Any
+    /// status is returned as is; the body is read with [`transport::Response::read_into`].
+    pub async fn fetch(&self, url: &str, headers: HeaderMap) -> Result<transport::Response, Error> {
+        self.reload_tls().await;
+        let Some(transport) = self.current_scrape() else {
+            return Err(Error::Build(
+                "this client was not built for scrapes (Options::scrape)".into(),
+            ));
+        };
+        let get = |auth: Option<HeaderValue>| {
+            let mut headers = headers.clone();
+            if let Some(v) = auth {
+                headers.insert(reqwest::header::AUTHORIZATION, v);
+            }
+            let transport = transport.clone();
+            async move { transport.get(url, headers).await.map_err(Error::Transport) }
+        };
+        let (auth, token) = self.authorization().await?;
+        let resp = get(auth).await?;
+        if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        if let Authorizer::AzureManagedIdentity(m) = &self.inner.auth {
+            // The next request fetches a new token.
+            m.clear().await;
+            return Ok(resp);
+        }
+        let (Authorizer::OAuth2(ts), Some(token)) = (&self.inner.auth, token) else {
+            return Ok(resp);
+        };
+        ts.invalidate(&token).await;
+        drop(resp);
+        let (auth, _) = self.authorization().await?;
+        get(auth).await
     }
 
     /// Sends `rb` as it is, without this client's auth (the token requests of `oauth2`).

@@ -286,6 +286,7 @@ impl ScrapeManager {
                 base_dir: self.base_dir.clone(),
                 gzip: cfg.enable_compression,
                 user_agent: Some(USER_AGENT.to_owned()),
+                scrape: true,
                 ..Default::default()
             },
         )

@@ -79,6 +79,7 @@ use super::target::{merge_target_labels_into, Target};
 use crate::clock::Clock;
 use crate::config::scrape::{Limits, ScrapeConfig};
 use crate::config::url::{is_valid_label_name, is_valid_metric_name};
+use crate::httpclient::transport::BodyError;
 use crate::httpclient::HttpClient;
 use crate::labels::{go_quote, Hasher, Labels, LabelsBuilder};
 use crate::relabel;
@@ -1173,18 +1174,27 @@ async fn fetch_into(
         url: url.to_owned(),
         message,
     };
-    let rb = client
-        .get(url)
-        .header(reqwest::header::ACCEPT, accept)
-        .header("X-Prometheus-Scrape-Timeout-Seconds", timeout_header);
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = |v: &str| {
+        reqwest::header::HeaderValue::from_str(v).map_err(|e| http(format!("header {v:?}: {e}")))
+    };
+    headers.insert(reqwest::header::ACCEPT, value(accept)?);
+    headers.insert(
+        "X-Prometheus-Scrape-Timeout-Seconds",
+        value(timeout_header)?,
+    );
     // With compression the client was built with gzip on: it sends `Accept-Encoding: gzip`
     // itself and decodes the body.
-    let rb = if compression {
-        rb
-    } else {
-        rb.header(reqwest::header::ACCEPT_ENCODING, "identity")
-    };
-    let mut resp = client.send(rb).await.map_err(|e| http(e.to_string()))?;
+    if !compression {
+        headers.insert(
+            reqwest::header::ACCEPT_ENCODING,
+            reqwest::header::HeaderValue::from_static("identity"),
+        );
+    }
+    let resp = client
+        .fetch(url, headers)
+        .await
+        .map_err(|e| http(e.to_string()))?;
     if resp.status() != reqwest::StatusCode::OK {
         let s = resp.status();
         return Err(ScrapeError::Status {
@@ -1196,17 +1206,11 @@ async fn fetch_into(
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| http(crate::httpclient::error_chain(&e.without_url())))?
-    {
-        // A body that reaches the limit fails, as in Prometheus (`n >= limit`).
-        if limit > 0 && (body.len() + chunk.len()) as u64 >= limit {
-            return Err(ScrapeError::BodySizeLimit { limit });
-        }
-        body.extend_from_slice(&chunk);
-    }
+    // A body that reaches the limit fails, as in Prometheus (`n >= limit`).
+    resp.read_into(body, limit).await.map_err(|e| match e {
+        BodyError::Limit => ScrapeError::BodySizeLimit { limit },
+        BodyError::Read(message) => http(message),
+    })?;
     Ok(format)
 }
 

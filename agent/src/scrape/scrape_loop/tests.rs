@@ -457,7 +457,7 @@ async fn the_loop_stamps_every_scrape_with_its_slot_across_restarts() {
     .expect("not dropped");
     let (hash, iv) = (target.scrape_hash(), Duration::from_secs(10));
     let target = Arc::new(target);
-    let client = HttpClient::new(&Default::default(), &Default::default()).expect("client");
+    let client = HttpClient::new(&Default::default(), &scrape_options()).expect("client");
     let storage = MemoryStorage::new();
     let epoch = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
     let clock = Clock::following_tokio(epoch);
@@ -670,7 +670,7 @@ fn loop_for(addr: std::net::SocketAddr, storage: &MemoryStorage) -> ScrapeLoop {
     )
     .expect("valid target")
     .expect("not dropped");
-    let client = HttpClient::new(&Default::default(), &Default::default()).expect("client");
+    let client = HttpClient::new(&Default::default(), &scrape_options()).expect("client");
     ScrapeLoop::new(
         cfg,
         Arc::new(target),
@@ -776,5 +776,13 @@ mod known_series {
             full.p.known_shortcut = false;
             prop_assert_eq!(run(&mut fast, &bodies), run(&mut full, &bodies));
         }
+    }
+}
+
+/// The client options of a scrape job (the scrape transport).
+fn scrape_options() -> crate::httpclient::Options {
+    crate::httpclient::Options {
+        scrape: true,
+        ..Default::default()
     }
 }
