@@ -17,9 +17,10 @@
 //! queue's [`SentMarks`] (how far each shard got) to a progress file: written at once (a killed
 //! process loses nothing of it), fsynced at most every [`PROGRESS_FSYNC_EVERY`] and on stop.
 //! Each fsync after a write costs a 4 KiB page of disk writes (the page, clean after the fsync,
-//! is dirtied again by the next save): at 1 s that was about 1.2 B per sample at 2,000 samples/s,
-//! for what only a machine crash needs (then up to that much of delivered samples is sent
-//! again, see below). The file is created atomically (write, fsync, rename) and then
+//! is dirtied again by the next save): about 1.2 B per sample at 2,000 samples/s, nothing at
+//! scale. A longer period would save that at small scale but widen what a machine crash sends
+//! again past the queue's resend window (below), where a refused resend can take new samples
+//! with it: the period stays at the WAL's own fsync period. The file is created atomically (write, fsync, rename) and then
 //! overwritten in place, one `write` of the whole text at offset 0 (well under a disk sector)
 //! and a truncation when it got shorter: a new file and rename per batch cost a fresh 4 KiB
 //! page of disk writes each (several per second, more than the WAL's own overhead), while
@@ -38,10 +39,10 @@
 //! at or before its mark are skipped and everything after is sent again: at most the newest
 //! already delivered sample of a series, which receivers store once, plus what a shard delivered
 //! after the last save when the process crashed, or after the last fsync (up to
-//! [`PROGRESS_FSYNC_EVERY`] of deliveries) when the machine did. Prometheus refuses a request holding a sample
-//! older than its series' newest with 400 "out of order sample" and stores nothing of it, so
-//! the queue sends a batch refused with 400 among its first batches after a start again in
-//! halves until only those samples are refused (queue.rs, `ResendWindow`). Saving at once and
+//! [`PROGRESS_FSYNC_EVERY`] of deliveries) when the machine did. Prometheus refuses a request
+//! holding a sample older than its series' newest with 400 "out of order sample" and stores
+//! nothing of it, so the queue sends a batch refused with 400 among its first batches after a
+//! start again in halves until only those samples are refused (queue.rs, `ResendWindow`). Saving at once and
 //! per shard keeps that resend small. Without a progress file (a new endpoint) everything in
 //! the WAL is sent.
 
@@ -69,7 +70,7 @@ use crate::wal::DroppedSeries;
 pub const COALESCE: Duration = Duration::from_millis(100);
 
 /// How often the progress file is fsynced at most while batches finish (also on stop).
-pub const PROGRESS_FSYNC_EVERY: Duration = Duration::from_secs(5);
+pub const PROGRESS_FSYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the live segment is read without a commit signal.
 const IDLE_POLL: Duration = Duration::from_millis(250);
