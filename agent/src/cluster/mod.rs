@@ -682,19 +682,8 @@ mod tests {
             InstanceMode::Distinct,
         );
         let settings = LifecyclerSettings {
-            ring_key: "collectors/agent".into(),
-            id: "a".into(),
-            addr: "a:80".into(),
-            zone: String::new(),
-            num_tokens: 16,
-            heartbeat_period: Duration::from_secs(3600),
-            heartbeat_timeout: Duration::from_secs(60),
-            observe_period: Duration::ZERO,
-            join_after: Duration::ZERO,
-            final_sleep: Duration::ZERO,
-            tokens_file_path: None,
             unregister_on_shutdown: true,
-            auto_forget_unhealthy_periods: 0,
+            ..LifecyclerSettings::for_test("collectors/agent", "a")
         };
         let view = RingView::start(
             lagging.clone(),
@@ -744,19 +733,9 @@ mod tests {
         let timeout = Duration::from_secs(4);
         let clock = Clock::system();
         let settings = |id: &str| LifecyclerSettings {
-            ring_key: KEY.into(),
-            id: id.into(),
-            addr: format!("{id}:80"),
-            zone: String::new(),
             num_tokens: 64,
-            heartbeat_period: Duration::from_secs(3600),
             heartbeat_timeout: timeout,
-            observe_period: Duration::ZERO,
-            join_after: Duration::ZERO,
-            final_sleep: Duration::ZERO,
-            tokens_file_path: None,
-            unregister_on_shutdown: false,
-            auto_forget_unhealthy_periods: 0,
+            ..LifecyclerSettings::for_test(KEY, id)
         };
         // Configs the ring gives "old" (heartbeat 60 s ago) once `joiner` joined it.
         let owned_by_old = |ring: &Ring| {

@@ -647,18 +647,10 @@ impl HttpClient {
         };
         let (rb, token) = self.authorize(rb).await?;
         let resp = self.execute(rb).await?;
-        if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
+        if resp.status() != reqwest::StatusCode::UNAUTHORIZED || !self.retry_after_401(token).await
+        {
             return Ok(resp);
         }
-        if let Authorizer::AzureManagedIdentity(m) = &self.inner.auth {
-            // The next request fetches a new token.
-            m.clear().await;
-            return Ok(resp);
-        }
-        let (Authorizer::OAuth2(ts), Some(token)) = (&self.inner.auth, token) else {
-            return Ok(resp);
-        };
-        ts.invalidate(&token).await;
         let Some(again) = retry else {
             return Ok(resp);
         };
@@ -686,21 +678,31 @@ impl HttpClient {
         };
         let (auth, token) = self.authorization().await?;
         let resp = get(auth).await?;
-        if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
+        if resp.status() != reqwest::StatusCode::UNAUTHORIZED || !self.retry_after_401(token).await
+        {
             return Ok(resp);
         }
-        if let Authorizer::AzureManagedIdentity(m) = &self.inner.auth {
-            // The next request fetches a new token.
-            m.clear().await;
-            return Ok(resp);
-        }
-        let (Authorizer::OAuth2(ts), Some(token)) = (&self.inner.auth, token) else {
-            return Ok(resp);
-        };
-        ts.invalidate(&token).await;
         drop(resp);
         let (auth, _) = self.authorization().await?;
         get(auth).await
+    }
+
+    /// After a 401 to a request that carried `token` (the header value of a token auth):
+    /// whether to send it once more. An OAuth2 token is dropped, so the next `authorization`
+    /// fetches a new one, and the request is retried; an Azure managed-identity token is
+    /// cleared for the next request; other auths return the 401 as is.
+    async fn retry_after_401(&self, token: Option<String>) -> bool {
+        match (&self.inner.auth, token) {
+            (Authorizer::AzureManagedIdentity(m), _) => {
+                m.clear().await;
+                false
+            }
+            (Authorizer::OAuth2(ts), Some(token)) => {
+                ts.invalidate(&token).await;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Sends `rb` as it is, without this client's auth (the token requests of `oauth2`).

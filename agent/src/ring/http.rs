@@ -300,19 +300,9 @@ mod tests {
         let me = Lifecycler::start(
             store.clone(),
             LifecyclerSettings {
-                ring_key: KEY.into(),
-                id: "me".into(),
-                addr: "me:80".into(),
-                zone: String::new(),
                 num_tokens: 8,
-                heartbeat_period: Duration::from_secs(3600),
                 heartbeat_timeout: timeout,
-                observe_period: Duration::ZERO,
-                join_after: Duration::ZERO,
-                final_sleep: Duration::ZERO,
-                tokens_file_path: None,
-                unregister_on_shutdown: false,
-                auto_forget_unhealthy_periods: 0,
+                ..LifecyclerSettings::for_test(KEY, "me")
             },
             Clock::system(),
         );

@@ -94,6 +94,30 @@ impl LifecyclerSettings {
     }
 }
 
+#[cfg(test)]
+impl LifecyclerSettings {
+    /// Settings for tests: ring `key`, `id` at `{id}:80`, 16 tokens, no waits, heartbeats an
+    /// hour apart and judged after 60 s, nothing forgotten, the entry kept at shutdown.
+    /// Tests override what they exercise with struct update syntax.
+    pub(crate) fn for_test(key: &str, id: &str) -> Self {
+        LifecyclerSettings {
+            ring_key: key.into(),
+            id: id.into(),
+            addr: format!("{id}:80"),
+            zone: String::new(),
+            num_tokens: 16,
+            heartbeat_period: Duration::from_secs(3600),
+            heartbeat_timeout: Duration::from_secs(60),
+            observe_period: Duration::ZERO,
+            join_after: Duration::ZERO,
+            final_sleep: Duration::ZERO,
+            tokens_file_path: None,
+            unregister_on_shutdown: false,
+            auto_forget_unhealthy_periods: 0,
+        }
+    }
+}
+
 fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
@@ -957,19 +981,13 @@ mod tests {
 
     fn settings(id: &str) -> LifecyclerSettings {
         LifecyclerSettings {
-            ring_key: KEY.into(),
-            id: id.into(),
             addr: format!("{id}:9095"),
             zone: "z1".into(),
-            num_tokens: 16,
             heartbeat_period: Duration::from_millis(50),
             heartbeat_timeout: Duration::from_secs(1),
-            observe_period: Duration::ZERO,
-            join_after: Duration::ZERO,
-            final_sleep: Duration::ZERO,
-            tokens_file_path: None,
             unregister_on_shutdown: true,
             auto_forget_unhealthy_periods: 2,
+            ..LifecyclerSettings::for_test(KEY, id)
         }
     }
 
