@@ -191,6 +191,50 @@ async fn rotated_certificate_files_are_used_without_a_restart(via: Via) {
     assert!(err.contains("certificate"), "{err}");
 }
 
+/// The server name a TLS target sees (SNI): for scrapes, `server_name` when set, as Prometheus
+/// sends it (a server or proxy that routes by SNI sees the name the certificate is verified
+/// against); without it the URL's host (none for an IP address). reqwest (service discovery,
+/// remote_write) always names the URL's host: docs/configuration.md says so.
+async fn the_server_name_is_sent_as_sni_by_scrapes(via: Via) {
+    install_crypto();
+    let ca = Ca::new("ca");
+    let config = Arc::new(RwLock::new(tls::server_config(
+        &ca.server(&["agent.test", "localhost", "127.0.0.1"]),
+        None,
+    )));
+    let app = axum::Router::new().route(
+        "/sni",
+        axum::routing::get(|ConnectInfo(peer): ConnectInfo<TlsPeer>| async move {
+            peer.sni.unwrap_or_else(|| "(none)".into())
+        }),
+    );
+    let addr = tls::serve(app, config).await;
+    let ca_pem: String = ca.pem().lines().map(|l| format!("    {l}\n")).collect();
+    let named = client(
+        via,
+        &format!("tls_config:\n  ca: |\n{ca_pem}  server_name: agent.test\n"),
+    );
+    let unnamed = client(via, &format!("tls_config:\n  ca: |\n{ca_pem}"));
+    let by_ip = format!("https://127.0.0.1:{}/sni", addr.port());
+    let by_host = format!("https://localhost:{}/sni", addr.port());
+    let expected = match via {
+        Via::Scrape => "agent.test",
+        Via::Reqwest => "(none)",
+    };
+    assert_eq!(get(&named, &by_ip).await.unwrap(), (200, expected.into()));
+    let expected = match via {
+        Via::Scrape => "agent.test",
+        Via::Reqwest => "localhost",
+    };
+    assert_eq!(get(&named, &by_host).await.unwrap(), (200, expected.into()));
+    assert_eq!(
+        get(&unnamed, &by_host).await.unwrap(),
+        (200, "localhost".into())
+    );
+    assert_eq!(get(&unnamed, &by_ip).await.unwrap(), (200, "(none)".into()));
+}
+both!(the_server_name_is_sent_as_sni_by_scrapes);
+
 /// Without `server_name`, a certificate that does not name the URL's host is refused, with the
 /// reason in the error; `insecure_skip_verify` accepts it; `min_version: TLS13` still connects.
 async fn certificate_checks_and_their_errors(via: Via) {

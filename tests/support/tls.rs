@@ -145,6 +145,8 @@ pub fn server_config(leaf: &Leaf, client_ca: Option<&Ca>) -> Arc<rustls::ServerC
 pub struct TlsPeer {
     pub addr: SocketAddr,
     pub client_cert: Option<Vec<u8>>,
+    /// The server name the client sent (SNI), if any.
+    pub sni: Option<String>,
 }
 
 /// The TLS config a [`serve`]d server uses for new connections; replace it to rotate.
@@ -173,7 +175,15 @@ impl axum::serve::Listener for TlsListener {
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .map(|c| c.to_vec());
-                return (tls, TlsPeer { addr, client_cert });
+                let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                return (
+                    tls,
+                    TlsPeer {
+                        addr,
+                        client_cert,
+                        sni,
+                    },
+                );
             }
         }
     }
@@ -182,6 +192,7 @@ impl axum::serve::Listener for TlsListener {
         Ok(TlsPeer {
             addr: self.tcp.local_addr()?,
             client_cert: None,
+            sni: None,
         })
     }
 }

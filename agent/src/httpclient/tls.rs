@@ -4,7 +4,7 @@
 //! - `ca` / `ca_file` replaces the system roots (as Go does); without it the platform verifier
 //!   checks against the system's trust store.
 //! - `server_name`: the server's certificate is verified against this name instead of the URL's
-//!   host. The SNI sent stays the URL's host (reqwest derives it from the URL).
+//!   host. Scrapes send it as SNI too (transport.rs); reqwest's requests send the URL's host.
 //! - `min_version` / `max_version`: rustls speaks TLS 1.2 and 1.3 only, so `TLS10`/`TLS11` as a
 //!   minimum mean 1.2 (Go's client default minimum is 1.2 as well).
 //! - `insecure_skip_verify`: any certificate is accepted, but the handshake signature is still

@@ -13,7 +13,8 @@
 //! the fields of that config, with reqwest's rules:
 //! - TLS: the rustls config of [`tls::client_config`] (CA, client certificate, `server_name`,
 //!   `insecure_skip_verify`, versions); ALPN offers `h2` when `enable_http2`, and a server that
-//!   picks it is spoken to in HTTP/2. The server name sent (SNI) is the URL's host.
+//!   picks it is spoken to in HTTP/2. The server name sent (SNI) is `server_name` when set (as
+//!   Prometheus sends it), else the URL's host; reqwest always sends the URL's host.
 //! - Proxies: hyper-util's proxy matcher built as reqwest builds it (`proxy_url` + `no_proxy`, or
 //!   the environment's variables); `https` targets through a CONNECT tunnel carrying the proxy
 //!   URL's credentials, `proxy_connect_header` and the User-Agent; `http` targets forwarded in
@@ -48,6 +49,7 @@ use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -112,6 +114,19 @@ impl Transport {
             s.tls,
             &[b"http/1.1"],
         )?));
+        // The name a target sees in the TLS handshake (SNI): `server_name` when it is set, as
+        // Prometheus sends it (a server or proxy that picks its certificate or backend by SNI
+        // then sees the name the certificate is verified against), else the URL's host.
+        let sni =
+            match &s.tls_settings.server_name {
+                Some(name) => Some(ServerName::try_from(name.clone()).map_err(|e| {
+                    tls::TlsError::Invalid {
+                        field: "server_name",
+                        message: format!("{name:?}: {e}"),
+                    }
+                })?),
+                None => None,
+            };
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -120,10 +135,13 @@ impl Transport {
             direct: Direct {
                 http: http.clone(),
                 tls,
+                sni,
             },
+            // A proxy reached over TLS is named by its own URL.
             proxy: Direct {
                 http,
                 tls: proxy_tls,
+                sni: None,
             },
             proxies: proxies.clone(),
             tunnel_headers: {
@@ -406,6 +424,8 @@ impl AsyncWrite for Stream {
 struct Direct {
     http: HttpConnector,
     tls: TlsConnector,
+    /// The SNI sent instead of the URL's host (`server_name`).
+    sni: Option<ServerName<'static>>,
 }
 
 impl Direct {
@@ -420,10 +440,14 @@ impl Direct {
     }
 
     async fn handshake(&self, dst: &Uri, io: Stream) -> Result<(Stream, bool), BoxError> {
-        let host = dst.host().ok_or("no host in url")?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|_| "Invalid Server Name")?;
+        let name = match &self.sni {
+            Some(name) => name.clone(),
+            None => {
+                let host = dst.host().ok_or("no host in url")?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                ServerName::try_from(host.to_owned()).map_err(|_| "Invalid Server Name")?
+            }
+        };
         let tls = self.tls.connect(name, io).await?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         Ok((Stream::Tls(Box::new(tls)), h2))
