@@ -193,6 +193,20 @@ pub fn versions(
     Ok(out)
 }
 
+/// `server_name` as rustls takes it: the name certificates are verified against, and the SNI
+/// scrapes send (transport.rs).
+pub fn server_name(t: &TlsSettings) -> Result<Option<ServerName<'static>>, TlsError> {
+    t.server_name
+        .as_ref()
+        .map(|name| {
+            ServerName::try_from(name.clone()).map_err(|e| TlsError::Invalid {
+                field: "server_name",
+                message: format!("{name:?}: {e}"),
+            })
+        })
+        .transpose()
+}
+
 /// The rustls client config for `t` with the PEM data in `m`. `alpn` is offered as given (reqwest
 /// leaves ALPN to a preconfigured config).
 pub fn client_config(
@@ -222,14 +236,8 @@ pub fn client_config(
             })?,
             None => system_verifier(&provider)?,
         };
-        match &t.server_name {
-            Some(name) => {
-                let name = ServerName::try_from(name.clone()).map_err(|e| TlsError::Invalid {
-                    field: "server_name",
-                    message: format!("{name:?}: {e}"),
-                })?;
-                Arc::new(FixedServerName { inner: base, name })
-            }
+        match server_name(t)? {
+            Some(name) => Arc::new(FixedServerName { inner: base, name }),
             None => base,
         }
     };

@@ -117,16 +117,7 @@ impl Transport {
         // The name a target sees in the TLS handshake (SNI): `server_name` when it is set, as
         // Prometheus sends it (a server or proxy that picks its certificate or backend by SNI
         // then sees the name the certificate is verified against), else the URL's host.
-        let sni =
-            match &s.tls_settings.server_name {
-                Some(name) => Some(ServerName::try_from(name.clone()).map_err(|e| {
-                    tls::TlsError::Invalid {
-                        field: "server_name",
-                        message: format!("{name:?}: {e}"),
-                    }
-                })?),
-                None => None,
-            };
+        let sni = tls::server_name(s.tls_settings)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
