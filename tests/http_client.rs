@@ -727,6 +727,10 @@ fn validation_texts_of_new_fields() {
         "at most one of basic_auth username & username_file must be configured"
     );
     assert_eq!(
+        err("tls_config:\n  server_name: \"bad name!\"\n"),
+        "server_name \"bad name!\": invalid dns name"
+    );
+    assert_eq!(
         err("proxy_connect_header:\n  A: [b]\n"),
         "if proxy_connect_header is configured, proxy_url or proxy_from_environment must also be configured"
     );

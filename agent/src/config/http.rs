@@ -98,13 +98,21 @@ impl TlsConfig {
         let pem = |s: &Option<String>| s.as_ref().filter(|s| !s.is_empty()).map(Secret::new);
         let cert = SecretSource::from_fields(pem(&self.cert).as_ref(), self.cert_file.as_deref());
         let key = SecretSource::from_fields(key, self.key_file.as_deref());
+        let server_name = self.server_name.clone().filter(|s| !s.is_empty());
+        if let Some(name) = &server_name {
+            // Refused when the config is checked or stored, not when its job's client is built
+            // (httpclient/tls.rs parses it the same way): no certificate names it, so every
+            // request would fail.
+            rustls::pki_types::ServerName::try_from(name.as_str())
+                .map_err(|e| format!("server_name {name:?}: {e}"))?;
+        }
         Ok(TlsSettings {
             ca: SecretSource::from_fields(pem(&self.ca).as_ref(), self.ca_file.as_deref()),
             client_cert: match (cert, key) {
                 (Some(cert), Some(key)) => Some(ClientCert { cert, key }),
                 _ => None,
             },
-            server_name: self.server_name.clone().filter(|s| !s.is_empty()),
+            server_name,
             insecure_skip_verify: self.insecure_skip_verify,
             min_version: version(&self.min_version)?,
             max_version: version(&self.max_version)?,
