@@ -354,6 +354,8 @@ async fn ring_status_and_forget_against_etcd() {
         clock: Clock::system(),
         targets: None,
         kv_health: None,
+        last_read: None,
+        kv_outage: None,
     };
     tokio::spawn(async move { axum::serve(listener, router(page)).await });
     let out = agentctl_async(&["ring", "status", "--addr", &addr]).await;
@@ -381,6 +383,8 @@ async fn ring_status_and_forget_against_etcd() {
         clock: Clock::system(),
         targets: None,
         kv_health: Some(kv_health),
+        last_read: None,
+        kv_outage: None,
     };
     tokio::spawn(async move { axum::serve(listener, router(page)).await });
     let out = agentctl_async(&["ring", "status", "--addr", &graced_addr]).await;

@@ -342,6 +342,8 @@ async fn ring_page_in_chromium_forget_button_removes_the_member() {
         clock: Clock::system(),
         targets: None,
         kv_health: None,
+        last_read: None,
+        kv_outage: None,
     };
     tokio::spawn(async move { axum::serve(listener, router(page)).await });
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -467,7 +467,7 @@ pub struct ConfigDeleteArgs {
 pub enum RingCommand {
     /// Show the ring's members, states, heartbeats and token ownership.
     #[command(
-        after_help = "Health is judged by heartbeat age. For one heartbeat timeout after a KV store outage,\nevery member's heartbeat is as old as the outage, and the agents still count such members\nhealthy (their configs do not move). With --addr the table shows that agent's judgement\n(HEALTH `healthy (grace)`, explained under the table) and the exit code follows it. With\n--kv only the heartbeats in the store are visible: members can look unhealthy then, and a\nnote under the table says so.\n\nExit codes:\n  0  every member is ACTIVE and healthy\n  1  a member is not\n  2  the ring cannot be read"
+        after_help = "Health is judged by heartbeat age. For one heartbeat timeout after a KV store outage,\nevery member's heartbeat is as old as the outage, and the agents still count such members\nhealthy (their configs do not move). With --addr the table shows that agent's judgement\n(HEALTH `healthy (grace)`, explained under the table) and the exit code follows it. With\n--kv only the heartbeats in the store are visible: members can look unhealthy then, and a\nnote under the table says so.\n\nWhile an agent cannot read the KV store, --addr shows the ring that agent last read, under a\nline saying since when the store is unreachable, why, and when that ring was read.\n\nExit codes:\n  0  every member is ACTIVE and healthy\n  1  a member is not, or the agent (--addr) cannot read the KV store (the ring shown is\n     the one it last read)\n  2  the ring cannot be read (an agent that never read it answers why)"
     )]
     Status(RingStatusArgs),
 

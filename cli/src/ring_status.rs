@@ -12,6 +12,12 @@
 //! again, so it judges by heartbeat age alone; a guess from the heartbeats (e.g. "everyone is
 //! stale, so the store was down") would also hide members that really died. It says so under the
 //! table when a member is stale, and points to `--addr`.
+//!
+//! During a KV store outage an agent's page shows the ring it last read, with
+//! `kv_store_unreachable` (since when, why, when the ring shown was read): `--addr` prints that
+//! banner above the table (and keeps it in `--output json`), and exits 1 whatever the members'
+//! health (the ring shown may be out of date, and the store needs attention). An agent that has
+//! never read the ring answers 503 with the reason: exit 2, as for any ring that cannot be read.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -24,7 +30,7 @@ use agent::cluster::view::load as load_sharding;
 use agent::kv::{KvSpec, KvStore};
 use agent::ring::lifecycler::HeartbeatGrace;
 use agent::ring::render::{
-    render_json, render_status_table, status_exit_code, StatusJson, TargetsSummary,
+    render_status_table, status_exit_code, status_json, KvUnreachable, StatusJson, TargetsSummary,
 };
 use agent::ring::{read_ring, ring_key, Desc};
 
@@ -80,14 +86,16 @@ async fn connect(spec: &KvSpec) -> Result<Arc<dyn KvStore>, Error> {
 }
 
 /// What `ring status` shows: the ring, the "now" to judge heartbeats against (the agent's
-/// clock for `--addr`), target sharding's figures when the cluster shards targets, and the
-/// agent's heartbeat grace after a KV store outage (`--addr` only).
-type Loaded = (
-    Desc,
-    SystemTime,
-    Option<TargetsSummary>,
-    Option<HeartbeatGrace>,
-);
+/// clock for `--addr`), target sharding's figures when the cluster shards targets, the
+/// agent's heartbeat grace after a KV store outage and, while it cannot read the store, that
+/// (`--addr` only).
+struct Loaded {
+    desc: Desc,
+    now: SystemTime,
+    targets: Option<TargetsSummary>,
+    grace: Option<HeartbeatGrace>,
+    unreachable: Option<KvUnreachable>,
+}
 
 async fn load(src: &Source, args: &RingSourceArgs) -> Result<Loaded, Error> {
     let ring_prefix = &args.ring_prefix;
@@ -105,7 +113,13 @@ async fn load(src: &Source, args: &RingSourceArgs) -> Result<Loaded, Error> {
                 .map_err(|e| Error::Unavailable(format!("cannot read the sharding keys: {e}")))?;
             let targets = (!sharding.agents.is_empty() || sharding.assignment.epoch > 0)
                 .then(|| summary(&sharding));
-            Ok((desc, agent::clock::Clock::system().now(), targets, None))
+            Ok(Loaded {
+                desc,
+                now: agent::clock::Clock::system().now(),
+                targets,
+                grace: None,
+                unreachable: None,
+            })
         }
         Source::Agent(base) => {
             let url = format!("{base}/debug/ring");
@@ -133,7 +147,13 @@ async fn load(src: &Source, args: &RingSourceArgs) -> Result<Loaded, Error> {
                 .map_err(|e| fail(format!("the answer is not the ring's JSON: {e}")))?;
             let (desc, now) = json.to_desc().map_err(|e| fail(e.to_string()))?;
             let grace = json.grace().map_err(|e| fail(e.to_string()))?;
-            Ok((desc, now, json.targets, grace))
+            Ok(Loaded {
+                desc,
+                now,
+                targets: json.targets,
+                grace,
+                unreachable: json.kv_store_unreachable,
+            })
         }
     }
 }
@@ -146,22 +166,58 @@ outage and the agents still count such members healthy (their configs do not mov
 the store, this command cannot see that. `agentctl ring status --addr <agent>` shows an \
 agent's own judgement.";
 
-/// `agentctl ring status`: exit 0 when every member is ACTIVE and healthy, 1 otherwise, 2 when
-/// the ring cannot be read. With `--addr`, "healthy" is the agent's judgement (its grace after
-/// a KV store outage included).
+/// `agentctl ring status`: exit 0 when every member is ACTIVE and healthy, 1 otherwise or when
+/// the agent (`--addr`) cannot read the KV store and shows the ring it last read, 2 when the
+/// ring cannot be read. With `--addr`, "healthy" is the agent's judgement (its grace after a KV
+/// store outage included).
 pub fn status(args: &RingStatusArgs, out: &mut dyn Write) -> Result<ExitCode, Error> {
     let src = source(&args.source)?;
-    let (desc, now, targets, grace) = runtime()?.block_on(load(&src, &args.source))?;
+    let Loaded {
+        desc,
+        now,
+        targets,
+        grace,
+        unreachable,
+    } = runtime()?.block_on(load(&src, &args.source))?;
     let timeout = args.heartbeat_timeout;
     let text = match args.output {
         OutputFormat::Json => {
-            let mut s = render_json(&desc, now, timeout, grace, targets.as_ref());
+            let json = StatusJson {
+                kv_store_unreachable: unreachable.clone(),
+                ..status_json(&desc, now, timeout, grace, targets.as_ref())
+            };
+            let mut s = serde_json::to_string(&json).unwrap_or_default();
             s.push('\n');
             s
         }
         OutputFormat::Table => {
             let color = std::io::stdout().is_terminal();
-            let mut s = render_status_table(&desc, now, timeout, grace, color, targets.as_ref());
+            let mut s = String::new();
+            if let Some(u) = &unreachable {
+                // No control characters from the agent's error text on a terminal.
+                let text: String = u
+                    .text()
+                    .chars()
+                    .flat_map(|c| {
+                        let escaped: Vec<char> = if c.is_control() {
+                            c.escape_default().collect()
+                        } else {
+                            vec![c]
+                        };
+                        escaped
+                    })
+                    .collect();
+                s.push_str(&text);
+                s.push('\n');
+            }
+            s.push_str(&render_status_table(
+                &desc,
+                now,
+                timeout,
+                grace,
+                color,
+                targets.as_ref(),
+            ));
             let stale = desc
                 .ingesters
                 .values()
@@ -187,9 +243,12 @@ pub fn status(args: &RingStatusArgs, out: &mut dyn Write) -> Result<ExitCode, Er
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| io("writing the ring status", e))?;
-    Ok(ExitCode::from(
-        status_exit_code(&desc, now, timeout, grace) as u8
-    ))
+    let code = if unreachable.is_some() {
+        1
+    } else {
+        status_exit_code(&desc, now, timeout, grace)
+    };
+    Ok(ExitCode::from(code as u8))
 }
 
 /// `agentctl ring forget ID`: a CAS on the KV store (`--kv`) or the ring page's Forget button
@@ -376,4 +435,122 @@ fn owner_text(a: &OwnerAnswer) -> String {
     }
     s.push_str(&format!("  why:     {}\n", safe(&a.why)));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent::ring::model::{InstanceDesc, InstanceState};
+    use clap::Parser;
+    use std::io::Read;
+
+    /// Serves `answers` (status line and body, in order, one per connection) on loopback.
+    fn serve(answers: Vec<(&'static str, String)>) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for (status, body) in answers {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    return;
+                };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn args(addr: &str, output: &str) -> RingStatusArgs {
+        let argv = [
+            "agentctl", "ring", "status", "--addr", addr, "--output", output,
+        ];
+        match crate::args::Cli::try_parse_from(argv)
+            .expect("args")
+            .command
+        {
+            crate::args::Command::Ring(crate::args::RingCommand::Status(s)) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The page of an agent that cannot read the KV store: its last ring, healthy members,
+    /// and `kv_store_unreachable`. `ring status --addr` shows the banner above the table,
+    /// keeps it in JSON, and exits 1; an agent that never read the ring (503) is exit 2's
+    /// error with the agent's reason.
+    #[test]
+    fn an_agent_that_cannot_read_the_store_shows_its_last_ring_and_exit_1() {
+        let now = agent::clock::Clock::system().now();
+        let secs = agent::clock::unix_secs(now);
+        let mut desc = Desc::default();
+        desc.ingesters.insert(
+            "a".into(),
+            InstanceDesc {
+                addr: "a:80".into(),
+                timestamp: secs,
+                state: InstanceState::Active as i32,
+                tokens: vec![1],
+                id: "a".into(),
+                ..Default::default()
+            },
+        );
+        let unreachable = KvUnreachable {
+            since: "2026-12-05T03:00:00Z".into(),
+            error: "etcd at 10.0.0.1:2379: get \"collectors/agent\" got no answer".into(),
+            ring_read_at: "2026-12-05T02:59:58Z".into(),
+        };
+        let page = serde_json::to_string(&StatusJson {
+            kv_store_unreachable: Some(unreachable.clone()),
+            ..status_json(&desc, now, Duration::from_secs(60), None, None)
+        })
+        .expect("json");
+        let addr = serve(vec![
+            ("200 OK", page.clone()),
+            ("200 OK", page),
+            (
+                "503 Service Unavailable",
+                "this agent has not read the ring from the KV store since it started".into(),
+            ),
+        ]);
+
+        let mut out = Vec::new();
+        let code = status(&args(&addr, "table"), &mut out).expect("status");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(
+            text.lines().next(),
+            Some(unreachable.text().as_str()),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("a ") && l.ends_with("healthy")),
+            "{text}"
+        );
+        assert_eq!(code, ExitCode::from(1), "{text}");
+
+        let mut out = Vec::new();
+        let code = status(&args(&addr, "json"), &mut out).expect("status");
+        let json: StatusJson = serde_json::from_slice(&out).expect("json");
+        assert_eq!(json.kv_store_unreachable, Some(unreachable));
+        assert_eq!(json.shards[0].id, "a");
+        assert_eq!(code, ExitCode::from(1));
+
+        let err = status(&args(&addr, "table"), &mut Vec::new()).expect_err("503");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("HTTP 503") && msg.contains("has not read the ring"),
+            "{msg}"
+        );
+        assert!(matches!(err, Error::Unavailable(_)), "exit 2: {err:?}");
+    }
 }

@@ -209,6 +209,8 @@ impl Cluster {
             clock: s.clock,
             targets: summary,
             kv_health: Some(kv_health),
+            last_read: Some(cluster.view.last_read()),
+            kv_outage: Some(cluster.lifecycler.subscribe_kv_outage()),
         })
         .merge(report::router(state));
         (cluster, page)

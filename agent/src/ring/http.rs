@@ -8,14 +8,19 @@
 //!   `302 Found` with `Location: #`; on failure `500` and
 //!   `error forgetting instance '<id>': <error>`.
 //!
-//! The ring is read from the KV store on every request, so the page never shows a stale view.
+//! The ring is read from the KV store on every request, so the page never shows a stale view,
+//! except while the store cannot be read: then the page shows the ring this agent last read
+//! (its ring view's) under a banner "KV store unreachable since <time> (<error>); showing the
+//! ring as read at <time>" (JSON: `kv_store_unreachable`, `{"since","error","ring_read_at"}`),
+//! and answers 503 with the reason only when the agent has never read it. A ring value that
+//! does not decode is still a 500.
 //! During and just after a KV store outage, members are judged with the agent's own heartbeat
 //! grace (the one it assigns configs by, [`KvHealth::grace`]), and the page says so: the JSON's
 //! `state` is that judgement and `heartbeat_grace` (`{"from","until"}`) says which grace.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -25,13 +30,17 @@ use axum::routing::any;
 use axum::Router;
 use tokio::sync::watch;
 
-use crate::clock::Clock;
+use crate::clock::{unix_secs, Clock};
 use crate::kv::KvStore;
 
-use super::lifecycler::KvHealth;
+use super::lifecycler::{KvHealth, KvOutage};
+use super::view::LastRead;
 
-use super::render::{render_html, render_json, TargetsSummary};
-use super::store::{forget, read_ring};
+use super::model::Desc;
+use super::render::{
+    render_html, rfc3339_seconds, status_json, KvUnreachable, StatusJson, TargetsSummary,
+};
+use super::store::{forget, read_ring, RingStoreError};
 
 /// What the ring page needs.
 #[derive(Clone, Debug)]
@@ -49,6 +58,11 @@ pub struct RingPageState {
     /// This agent's ring writes reaching the store (its lifecycler's); `None`: heartbeats are
     /// judged by age alone.
     pub kv_health: Option<watch::Receiver<KvHealth>>,
+    /// The ring this agent last read (its ring view's), shown while the store cannot be read;
+    /// `None`: the page answers 503 then.
+    pub last_read: Option<LastRead>,
+    /// Since when and why this agent's ring writes fail (its lifecycler's).
+    pub kv_outage: Option<watch::Receiver<Option<KvOutage>>>,
 }
 
 /// Computes the target sharding figures when the page is read.
@@ -61,11 +75,82 @@ impl std::fmt::Debug for TargetsSource {
     }
 }
 
+/// The page's state and, while its reads of the store fail, since when.
+struct Page {
+    s: RingPageState,
+    failing_since: StdMutex<Option<SystemTime>>,
+}
+
 /// A router serving `/debug/ring` (any method).
 pub fn router(state: RingPageState) -> Router {
     Router::new()
         .route("/debug/ring", any(ring_page))
-        .with_state(Arc::new(state))
+        .with_state(Arc::new(Page {
+            s: state,
+            failing_since: StdMutex::new(None),
+        }))
+}
+
+/// The ring to show: read from the store now, or, while the store cannot be read, the one this
+/// agent last read with why; `Err` is the answer when there is none to show.
+async fn ring_to_show(
+    page: &Page,
+    now: SystemTime,
+) -> Result<(Desc, Option<KvUnreachable>), Response> {
+    let state = &page.s;
+    let failing_since = || {
+        page.failing_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let error = match read_ring(state.store.as_ref(), &state.ring_key).await {
+        Ok(d) => {
+            *failing_since() = None;
+            return Ok((d, None));
+        }
+        // The store answered with a value that does not decode: nothing to wait out.
+        Err(e @ RingStoreError::Decode { .. }) => {
+            return Err(plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("error reading the ring: {e}\n"),
+            ))
+        }
+        Err(e) => e,
+    };
+    let last = state
+        .last_read
+        .as_ref()
+        .and_then(|l| Some(((**l.ring.borrow()).clone(), (*l.read_at.borrow())?)));
+    // The earliest failure known: this agent's ring writes', or this page's reads' (unless the
+    // ring view read the store after those: then this is another outage).
+    let mut since = {
+        let mut f = failing_since();
+        if f.is_some_and(|t| last.as_ref().is_some_and(|(_, read_at)| *read_at > t)) {
+            *f = None;
+        }
+        *f.get_or_insert(now)
+    };
+    if let Some(o) = state.kv_outage.as_ref().and_then(|o| o.borrow().clone()) {
+        since = since.min(o.since);
+    }
+    let since = rfc3339_seconds(unix_secs(since));
+    match last {
+        Some((desc, read_at)) => Ok((
+            desc,
+            Some(KvUnreachable {
+                since,
+                error: error.to_string(),
+                ring_read_at: rfc3339_seconds(unix_secs(read_at)),
+            }),
+        )),
+        None => Err(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this agent has not read the ring from the KV store since it started, and the \
+                 store is unreachable (since {since}): {error}\n"
+            ),
+        )),
+    }
 }
 
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
@@ -84,12 +169,13 @@ fn plain(code: StatusCode, body: String) -> Response {
 }
 
 async fn ring_page(
-    State(state): State<Arc<RingPageState>>,
+    State(page): State<Arc<Page>>,
     method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
+    let state = &page.s;
     if method == Method::POST {
         // Like Go's FormValue: the body's field, else the query's; a missing field forgets
         // nothing and still redirects.
@@ -113,16 +199,11 @@ async fn ring_page(
         }
         return (StatusCode::FOUND, [(header::LOCATION, "#")]).into_response();
     }
-    let desc = match read_ring(state.store.as_ref(), &state.ring_key).await {
-        Ok(d) => d,
-        Err(e) => {
-            return plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("error reading the ring: {e}\n"),
-            )
-        }
-    };
     let now = state.clock.now();
+    let (desc, unreachable) = match ring_to_show(&page, now).await {
+        Ok(shown) => shown,
+        Err(answer) => return answer,
+    };
     let grace = state
         .kv_health
         .as_ref()
@@ -136,7 +217,12 @@ async fn ring_page(
         return (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
-            render_json(&desc, now, state.heartbeat_timeout, grace, targets.as_ref()),
+            // Serializing plain strings, integers and finite floats cannot fail.
+            serde_json::to_string(&StatusJson {
+                kv_store_unreachable: unreachable,
+                ..status_json(&desc, now, state.heartbeat_timeout, grace, targets.as_ref())
+            })
+            .unwrap_or_default(),
         )
             .into_response();
     }
@@ -153,6 +239,7 @@ async fn ring_page(
             show_tokens,
             &owned,
             targets.as_ref(),
+            unreachable.as_ref(),
         ),
     )
         .into_response()
@@ -195,6 +282,8 @@ mod tests {
             clock: Clock::system(),
             targets: None,
             kv_health: None,
+            last_read: None,
+            kv_outage: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -338,6 +427,8 @@ mod tests {
                     clock: Clock::system(),
                     targets: None,
                     kv_health,
+                    last_read: None,
+                    kv_outage: None,
                 };
                 tokio::spawn(async move { axum::serve(listener, router(state)).await });
                 url
@@ -386,6 +477,152 @@ mod tests {
             "{html}"
         );
         assert!(!html.contains(">UNHEALTHY<"), "{html}");
+    }
+
+    /// While the KV store is down the page shows the ring the agent last read (its ring view),
+    /// with a banner saying since when the store is unreachable, why, and when the ring shown was
+    /// read; the agent's own health judgement (its lifecycler failing: nobody judged by age);
+    /// the same in the JSON (`kv_store_unreachable`, the old fields as they are). Before the
+    /// agent has ever read the ring: 503 saying so. (Both were 500 "error reading the ring".)
+    #[tokio::test]
+    async fn while_the_store_is_down_the_page_shows_the_last_ring_read() {
+        use crate::kv::testing::FaultyStore;
+        use crate::ring::lifecycler::{Lifecycler, LifecyclerSettings};
+        use crate::ring::view::RingView;
+
+        const KEY: &str = "collectors/agent";
+        let timeout = Duration::from_secs(60);
+        let faulty = FaultyStore::new(Arc::new(InMemoryStore::new()));
+        let store: Arc<dyn KvStore> = faulty.clone();
+        let now = Clock::system().unix_secs();
+        modify_ring(store.as_ref(), KEY, "seed", |d| {
+            d.ingesters.insert(
+                "other".into(),
+                InstanceDesc {
+                    addr: "other:80".into(),
+                    timestamp: now,
+                    state: InstanceState::Active as i32,
+                    tokens: vec![1 << 31],
+                    id: "other".into(),
+                    ..Default::default()
+                },
+            );
+            true
+        })
+        .await
+        .expect("seed");
+        let me = Lifecycler::start(
+            store.clone(),
+            LifecyclerSettings {
+                num_tokens: 8,
+                heartbeat_timeout: timeout,
+                heartbeat_period: Duration::from_millis(100),
+                ..LifecyclerSettings::for_test(KEY, "me")
+            },
+            Clock::system(),
+        );
+        let view = RingView::start(store.clone(), KEY.into(), timeout, Clock::system());
+        // The view has read the ring with both members in it.
+        let mut ring = view.subscribe();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            ring.wait_for(|d| d.ingesters.len() == 2),
+        )
+        .await
+        .expect("the view read both members")
+        .expect("view");
+        let serve = |last_read: Option<LastRead>| {
+            let state = RingPageState {
+                store: store.clone(),
+                ring_key: KEY.into(),
+                heartbeat_timeout: timeout,
+                configs_owned: watch::channel(HashMap::new()).1,
+                clock: Clock::system(),
+                targets: None,
+                kv_health: Some(me.subscribe_kv_health()),
+                last_read,
+                kv_outage: Some(me.subscribe_kv_outage()),
+            };
+            async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let url = format!("http://{}/debug/ring", listener.local_addr().expect("addr"));
+                tokio::spawn(async move { axum::serve(listener, router(state)).await });
+                url
+            }
+        };
+        let url = serve(Some(view.last_read())).await;
+        let never_read = serve(None).await;
+
+        faulty.set_down(true);
+        // The agent's heartbeats fail (its judgement: nobody is judged by heartbeat age).
+        let mut outage = me.subscribe_kv_outage();
+        tokio::time::timeout(Duration::from_secs(30), outage.wait_for(Option::is_some))
+            .await
+            .expect("the lifecycler's heartbeat failed")
+            .expect("outage");
+        let since = outage.borrow().clone().expect("outage").since;
+
+        let c = client();
+        let (code, headers, html) = send(c.get(&url)).await;
+        assert_eq!(code, StatusCode::OK, "{html}");
+        assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert!(
+            html.contains("<td>me</td>") && html.contains("<td>other</td>"),
+            "{html}"
+        );
+        let read_at = view.last_read().read_at.borrow().expect("read");
+        let banner = format!(
+            "KV store unreachable since {} (",
+            crate::ring::render::rfc3339_seconds(crate::clock::unix_secs(since))
+        );
+        assert!(html.contains(&banner), "{banner}: {html}");
+        assert!(html.contains("faulty in-memory"), "the error: {html}");
+        assert!(
+            html.contains(&format!(
+                "showing the ring as read at {}.",
+                crate::ring::render::rfc3339_seconds(crate::clock::unix_secs(read_at))
+            )),
+            "{html}"
+        );
+        assert!(html.contains("cannot write its heartbeat"), "{html}");
+
+        let req = c.get(&url).header(header::ACCEPT, "application/json");
+        let (code, _, json) = send(req).await;
+        assert_eq!(code, StatusCode::OK, "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(v["shards"][0]["id"], "me", "{v}");
+        assert_eq!(v["shards"][1]["id"], "other", "{v}");
+        assert_eq!(v["shards"][1]["state"], "ACTIVE", "{v}");
+        assert!(v["now"].is_string(), "{v}");
+        let u = &v["kv_store_unreachable"];
+        assert!(
+            u["since"].is_string() && u["ring_read_at"].is_string(),
+            "{v}"
+        );
+        assert!(
+            u["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("faulty in-memory"),
+            "{v}"
+        );
+        assert!(v["heartbeat_grace"]["from"].is_string(), "{v}");
+
+        // Never read: 503 with the reason.
+        let (code, _, body) = send(c.get(&never_read)).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            body.contains("has not read the ring") && body.contains("faulty in-memory"),
+            "{body}"
+        );
+
+        // Back: read fresh, no banner.
+        faulty.set_down(false);
+        let (code, _, html) = send(c.get(&url)).await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(!html.contains("KV store unreachable"), "{html}");
     }
 
     #[tokio::test]

@@ -210,6 +210,14 @@ impl KvHealth {
     }
 }
 
+/// This member's ring writes failing ([`KvHealth::Failing`]): since when (the first failure
+/// of this run of failures, by the lifecycler's clock) and the latest error. For the ring page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvOutage {
+    pub since: SystemTime,
+    pub error: String,
+}
+
 /// How an agent judges heartbeats during and just after a KV store outage
 /// ([`KvHealth::grace`]): a member whose last heartbeat is older than `from` counts as having
 /// heartbeated at `from`. The cluster decides config ownership with it
@@ -262,6 +270,7 @@ struct Inner {
     local: Mutex<Local>,
     state_tx: watch::Sender<InstanceState>,
     kv_health_tx: watch::Sender<KvHealth>,
+    kv_outage_tx: watch::Sender<Option<KvOutage>>,
 }
 
 /// A running lifecycler. Dropping it stops heartbeating without leaving (like a crash);
@@ -331,6 +340,7 @@ impl Lifecycler {
             }),
             state_tx,
             kv_health_tx: watch::channel(KvHealth::Ok).0,
+            kv_outage_tx: watch::channel(None).0,
         });
         let stop = CancellationToken::new();
         let task = tokio::spawn({
@@ -375,6 +385,11 @@ impl Lifecycler {
     /// Follows whether this member's heartbeats reach the KV store.
     pub fn subscribe_kv_health(&self) -> watch::Receiver<KvHealth> {
         self.inner.kv_health_tx.subscribe()
+    }
+
+    /// Follows since when and why this member's ring writes fail (`None` while they land).
+    pub fn subscribe_kv_outage(&self) -> watch::Receiver<Option<KvOutage>> {
+        self.inner.kv_outage_tx.subscribe()
     }
 
     /// This member's tokens, sorted.
@@ -528,7 +543,7 @@ impl Inner {
             match self.register().await {
                 Ok(()) => break,
                 Err(e) => {
-                    self.kv_failed();
+                    self.kv_failed(&e);
                     tracing::warn!(
                         store = %self.store.describe(),
                         id = %self.s.id,
@@ -886,7 +901,7 @@ impl Inner {
             .await;
         if let Err(e) = result {
             local.kv_ok_since = None;
-            self.kv_failed();
+            self.kv_failed(&e);
             return Err(e);
         }
         self.kv_landed(
@@ -906,8 +921,17 @@ impl Inner {
         Ok(report)
     }
 
-    /// A registration attempt or heartbeat failed: [`KvHealth::Failing`].
-    fn kv_failed(&self) {
+    /// A registration attempt or heartbeat failed: [`KvHealth::Failing`], and the
+    /// [`KvOutage`] (its start kept, its error replaced).
+    fn kv_failed(&self, error: &dyn std::fmt::Display) {
+        let now = self.clock.now();
+        self.kv_outage_tx.send_modify(|o| {
+            let since = o.as_ref().map_or(now, |o| o.since);
+            *o = Some(KvOutage {
+                since,
+                error: error.to_string(),
+            });
+        });
         self.kv_health_tx.send_if_modified(|h| {
             let was = *h;
             *h = KvHealth::Failing;
@@ -918,6 +942,7 @@ impl Inner {
     /// A registration or heartbeat landed: after failures, [`KvHealth::RecoveredAt`] now, logged
     /// with `msg`.
     fn kv_landed(&self, msg: &'static str) {
+        self.kv_outage_tx.send_if_modified(|o| o.take().is_some());
         self.kv_health_tx.send_if_modified(|h| {
             if *h == KvHealth::Failing {
                 tracing::info!(store = %self.store.describe(), id = %self.s.id, "{msg}");

@@ -201,7 +201,9 @@ p.tokens { font-family: monospace; word-break: break-all; }
 /// The `/debug/ring` HTML page: a complete document, no JavaScript, no external assets.
 ///
 /// `configs_owned` maps instance ID to the number of configs it owns (missing = 0). Each row's
-/// Forget button posts the form field `forget=<instance id>` to the page itself.
+/// Forget button posts the form field `forget=<instance id>` to the page itself. With
+/// `unreachable`, `desc` is the ring as last read, and a banner above the table says so.
+#[allow(clippy::too_many_arguments)]
 pub fn render_html(
     desc: &Desc,
     now: SystemTime,
@@ -210,6 +212,7 @@ pub fn render_html(
     show_tokens: bool,
     configs_owned: &HashMap<String, usize>,
     targets: Option<&TargetsSummary>,
+    unreachable: Option<&KvUnreachable>,
 ) -> String {
     let ring = Ring::new(judged(desc, grace), heartbeat_timeout);
     let ownership = ring.ownership();
@@ -225,6 +228,14 @@ pub fn render_html(
         go_duration(heartbeat_timeout),
         ring.instances().len(),
     );
+    if let Some(u) = unreachable {
+        let _ = writeln!(
+            h,
+            "<p class=\"kv-unreachable\" style=\"border: 2px solid #cf222e; padding: 0.5em; \
+             color: #cf222e; font-weight: bold;\">{}</p>",
+            html_escape(&u.text())
+        );
+    }
     if let Some(g) = &grace {
         let _ = writeln!(h, "<p class=\"grace\">{}</p>", html_escape(&grace_text(g)));
     }
@@ -338,6 +349,33 @@ pub struct StatusJson {
     /// `state` is then judged with it. Absent in the old agent's JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_grace: Option<GraceJson>,
+    /// The agent cannot read the ring from the KV store: `shards` is the ring as it last read
+    /// it. Absent when the ring was read for this answer, and in the old agent's JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_store_unreachable: Option<KvUnreachable>,
+}
+
+/// The ring page while the agent cannot read the ring from the KV store: it shows the ring as
+/// it last read it (its ring view's), and says so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvUnreachable {
+    /// RFC 3339: the first failure the agent knows of in this outage (its ring writes', or the
+    /// page's own reads').
+    pub since: String,
+    /// The error of the page's read.
+    pub error: String,
+    /// RFC 3339: when the agent last received the ring from the store (the ring shown).
+    pub ring_read_at: String,
+}
+
+impl KvUnreachable {
+    /// The banner above the page's table and the terminal's.
+    pub fn text(&self) -> String {
+        format!(
+            "KV store unreachable since {} ({}); showing the ring as read at {}.",
+            self.since, self.error, self.ring_read_at
+        )
+    }
 }
 
 /// [`HeartbeatGrace`] in the JSON ring status.
@@ -470,6 +508,7 @@ pub fn status_json(
             from: rfc3339_seconds(g.from),
             until: g.until.map(rfc3339_seconds),
         }),
+        kv_store_unreachable: None,
     }
 }
 
@@ -759,7 +798,7 @@ mod tests {
     fn html_page() {
         let configs: HashMap<String, usize> =
             [("agent-1".to_owned(), 4), ("agent-2".to_owned(), 7)].into();
-        let page = render_html(&sample(), now(), TIMEOUT, None, false, &configs, None);
+        let page = render_html(&sample(), now(), TIMEOUT, None, false, &configs, None, None);
         assert!(!page.contains("<script>"), "IDs are escaped");
         assert!(!page.contains("<script"), "no JavaScript at all");
         assert!(
@@ -771,7 +810,16 @@ mod tests {
 
     #[test]
     fn html_page_with_tokens() {
-        let page = render_html(&sample(), now(), TIMEOUT, None, true, &HashMap::new(), None);
+        let page = render_html(
+            &sample(),
+            now(),
+            TIMEOUT,
+            None,
+            true,
+            &HashMap::new(),
+            None,
+            None,
+        );
         assert!(page.contains("Tokens: 1000 2147483648"));
         insta::assert_snapshot!("ring_page_html_tokens", page);
     }
@@ -916,6 +964,7 @@ mod tests {
             false,
             &HashMap::new(),
             None,
+            None,
         );
         assert!(page.contains("cannot write its heartbeat"), "{page}");
     }
@@ -966,6 +1015,7 @@ mod tests {
             false,
             &HashMap::new(),
             Some(&t),
+            None,
         );
         assert!(page.contains("<th>Targets</th><th>Active series</th>"));
         assert!(page.contains(

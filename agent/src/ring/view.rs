@@ -44,7 +44,18 @@ fn topology(desc: &Desc, heartbeat_timeout: Duration, now: SystemTime) -> Topolo
 pub struct RingView {
     rx: watch::Receiver<Arc<Desc>>,
     ready: watch::Receiver<bool>,
+    read_at: watch::Receiver<Option<SystemTime>>,
     task: JoinHandle<()>,
+}
+
+/// The ring a [`RingView`] holds and when it last came from the store, for showing it while
+/// the store cannot be read (the ring page during a KV store outage).
+#[derive(Clone, Debug)]
+pub struct LastRead {
+    pub ring: watch::Receiver<Arc<Desc>>,
+    /// When the view last received the ring from the store (a read or a watched write, by its
+    /// clock); `None` until the first.
+    pub read_at: watch::Receiver<Option<SystemTime>>,
 }
 
 impl RingView {
@@ -59,6 +70,7 @@ impl RingView {
     ) -> Self {
         let (tx, rx) = watch::channel(Arc::new(Desc::default()));
         let (ready_tx, ready) = watch::channel(false);
+        let (read_at_tx, read_at) = watch::channel(None);
         let task = tokio::spawn(follow(
             store,
             ring_key,
@@ -66,8 +78,22 @@ impl RingView {
             clock,
             tx,
             ready_tx,
+            read_at_tx,
         ));
-        RingView { rx, ready, task }
+        RingView {
+            rx,
+            ready,
+            read_at,
+            task,
+        }
+    }
+
+    /// The ring held and when it was read, followed.
+    pub fn last_read(&self) -> LastRead {
+        LastRead {
+            ring: self.rx.clone(),
+            read_at: self.read_at.clone(),
+        }
     }
 
     /// The ring, updated on every write; `changed()` fires on topology changes only.
@@ -104,8 +130,13 @@ async fn follow(
     clock: Clock,
     tx: watch::Sender<Arc<Desc>>,
     ready: watch::Sender<bool>,
+    read_at: watch::Sender<Option<SystemTime>>,
 ) {
     let mut last: Option<Topology> = None;
+    // From the store: noted as read now. The health timer re-publishes what is held.
+    let from_store = |read_at: &watch::Sender<Option<SystemTime>>| {
+        read_at.send_replace(Some(clock.now()));
+    };
     let mut publish = |desc: Desc, tx: &watch::Sender<Arc<Desc>>| {
         let topo = topology(&desc, heartbeat_timeout, clock.now());
         let changed = last.as_ref() != Some(&topo);
@@ -130,7 +161,10 @@ async fn follow(
             }
         };
         match read_ring(store.as_ref(), &key).await {
-            Ok(desc) => publish(desc, &tx),
+            Ok(desc) => {
+                from_store(&read_at);
+                publish(desc, &tx);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the ring; retrying");
                 tokio::time::sleep(retry).await;
@@ -147,13 +181,19 @@ async fn follow(
                 event = watch.recv() => match event {
                     None => break,
                     Some(WatchEvent::Put { key: k, value }) if k == key => match decode_value(&value) {
-                        Ok(desc) => publish(desc, &tx),
+                        Ok(desc) => {
+                            from_store(&read_at);
+                            publish(desc, &tx);
+                        }
                         Err(e) => tracing::warn!(
                             store = %store.describe(), key, error = %e,
                             "ignoring an unreadable ring value; keeping the last one"
                         ),
                     },
-                    Some(WatchEvent::Delete { key: k }) if k == key => publish(Desc::default(), &tx),
+                    Some(WatchEvent::Delete { key: k }) if k == key => {
+                        from_store(&read_at);
+                        publish(Desc::default(), &tx);
+                    }
                     Some(_) => {}
                 },
                 _ = health.tick() => {
