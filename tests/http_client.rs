@@ -753,6 +753,106 @@ fn validation_texts_of_new_fields() {
     );
 }
 
+/// A loopback address whose connects hang: a listener with a backlog of 1 that never accepts,
+/// its queue filled by two connections, so Linux drops further SYNs (the client then retries
+/// them for about two minutes, `tcp_syn_retries`). Keep the returned values alive.
+async fn hanging_address() -> (
+    std::net::SocketAddr,
+    tokio::net::TcpListener,
+    Vec<tokio::net::TcpStream>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        let conn = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        .expect("the accept queue takes two connections")
+        .expect("connect");
+        queued.push(conn);
+    }
+    // The precondition the test stands on: a third connect does not complete.
+    let third =
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await;
+    assert!(
+        third.is_err(),
+        "a connect to a full accept queue completed ({third:?}): the test cannot make one hang"
+    );
+    (addr, listener, queued)
+}
+
+/// A connect that never completes fails at the client's connect timeout, not after the OS's
+/// SYN retries (~2 min): with no request timeout at all, only the connect timeout (1 s here)
+/// ends the request, and the error says it timed out. For scrapes the target's error also names
+/// the URL (`Get "<url>": ...`); there the scrape timeout bounds the whole scrape, connecting
+/// included.
+async fn a_connect_that_hangs_fails_at_the_connect_timeout(via: Via) {
+    install_crypto();
+    let (addr, _listener, _queued) = hanging_address().await;
+    let c = TestClient(
+        HttpClient::new(
+            &settings(""),
+            &Options {
+                timeout: None,
+                connect_timeout: Some(Duration::from_secs(1)),
+                scrape: matches!(via, Via::Scrape),
+                ..Default::default()
+            },
+        )
+        .expect("client"),
+        via,
+    );
+    let url = format!("http://{addr}/metrics");
+    let start = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(60), get(&c, &url))
+        .await
+        .expect("the request ended within 60 s (the OS gives up on a SYN after ~2 min)")
+        .expect_err("nothing accepts the connection");
+    let took = start.elapsed();
+    // Not the default connect timeout (30 s) either: the configured one.
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(20),
+        "failed after {took:?}: {err}"
+    );
+    // Each transport's words for it.
+    let said = match via {
+        Via::Reqwest => "tcp connect error: deadline has elapsed",
+        Via::Scrape => "connect timed out after 1s",
+    };
+    assert!(err.contains(said), "{err}");
+
+    if let Via::Scrape = via {
+        use agent::scrape::appender::MemoryStorage;
+        use agent::scrape::manager::ScrapeManager;
+        let (_, cfg) = agent::config::load::parse_instance(
+            &format!(
+                "scrape_configs:\n  - job_name: hang\n    scrape_interval: 2s\n    scrape_timeout: 1s\n    static_configs: [{{targets: ['{addr}']}}]\n"
+            ),
+            &agent::config::GlobalConfig::default(),
+        )
+        .expect("valid config");
+        let storage = MemoryStorage::new();
+        let m = ScrapeManager::new("inst", Arc::new(storage.clone()), None);
+        m.apply(&cfg.scrape_configs).await.expect("apply");
+        let error = eventually("the scrape of the hanging target failed", || async {
+            let t = m.targets().into_iter().next()?;
+            (t.state == "down").then_some(t.scrape_error)
+        })
+        .await;
+        m.stop(false).await;
+        assert_eq!(
+            error,
+            format!("Get \"{url}\": context deadline exceeded (scrape_timeout 1s)")
+        );
+    }
+}
+
+both!(a_connect_that_hangs_fails_at_the_connect_timeout);
 both!(rotated_certificate_files_are_used_without_a_restart);
 both!(certificate_checks_and_their_errors);
 both!(proxy_url_connect_headers_and_no_proxy);
