@@ -212,23 +212,41 @@ async fn gzip_openmetrics_and_disabled_compression() {
     }))
     .await;
     let plain = TestTarget::start(Arc::new(|_| text("p 1\n"))).await;
+    // gzip although the scrape asked for `identity` (a proxy or an exporter that always
+    // compresses): decoded by its Content-Encoding, as Prometheus decodes it whatever
+    // enable_compression says.
+    let unasked = TestTarget::start(Arc::new(|_| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"unasked_total 3\n").unwrap();
+        (
+            [
+                ("content-type", "text/plain; version=0.0.4"),
+                ("content-encoding", "gzip"),
+            ],
+            gz.finish().unwrap(),
+        )
+            .into_response()
+    }))
+    .await;
     let storage = MemoryStorage::new();
     let m = manager(&storage);
     m.apply(&jobs(&format!(
-        "scrape_configs:\n{}{}",
+        "scrape_configs:\n{}{}{}",
         job("gz", &[t.addr], ""),
         job(
             "plain",
             &[plain.addr],
             "    enable_compression: false\n    scrape_protocols: [PrometheusText0.0.4, PrometheusProto, OpenMetricsText1.0.0]\n"
-        )
+        ),
+        job("unasked", &[unasked.addr], "    enable_compression: false\n")
     )))
     .await
     .unwrap();
     wait_until("scrapes", Duration::from_secs(30), || {
-        t.hits() >= 2 && plain.hits() >= 2
+        t.hits() >= 2 && plain.hits() >= 2 && unasked.hits() >= 2
     })
     .await;
+    let unasked_target = target(&m.targets(), unasked.addr).clone();
     m.stop(false).await;
     let c = storage.samples_of(&series("gz", t.addr, "c_total", &[("k", "v")]));
     assert!(!c.is_empty());
@@ -247,6 +265,20 @@ async fn gzip_openmetrics_and_disabled_compression() {
         "text/plain;version=0.0.4;q=0.5,application/openmetrics-text;version=1.0.0;q=0.3,*/*;q=0.2"
     );
     assert!(!values(&storage, &series("plain", plain.addr, "p", &[])).is_empty());
+    assert_eq!(
+        unasked.requests.lock().unwrap()[0]["accept-encoding"],
+        "identity"
+    );
+    assert_eq!(
+        (unasked_target.state, unasked_target.scrape_error.as_str()),
+        ("up", ""),
+        "{unasked_target:?}"
+    );
+    let u = values(
+        &storage,
+        &series("unasked", unasked.addr, "unasked_total", &[]),
+    );
+    assert!(!u.is_empty() && u.iter().all(|v| *v == Some(3.0)), "{u:?}");
 }
 
 #[tokio::test]

@@ -24,8 +24,11 @@
 //!   at most [`MAX_REDIRECTS`]; a hop to another scheme, host or port drops `Authorization`,
 //!   `Cookie`, `Proxy-Authorization` and `WWW-Authenticate`; `Referer` names the previous URL
 //!   (not from `https` to `http`).
-//! - `Accept-Encoding: gzip` unless the request names an encoding, and a `Content-Encoding:
-//!   gzip` body decoded (when the client was built with `gzip`).
+//! - `Accept-Encoding: gzip` (when the client was built with `gzip`) unless the request names an
+//!   encoding. A `Content-Encoding: gzip` body is decoded whatever was asked for: Prometheus's
+//!   scrape decodes by that header alone, so a target that compresses although the scrape sent
+//!   `Accept-Encoding: identity` (`enable_compression: false`) is still read (reqwest built
+//!   without gzip would hand back the compressed bytes).
 //! - Connecting (TCP, TLS, the CONNECT) is bounded by the client's connect timeout; idle
 //!   connections are closed after 300 s.
 
@@ -201,10 +204,7 @@ impl Transport {
                 .and_then(|l| std::str::from_utf8(l.as_bytes()).ok())
                 .and_then(|l| url.join(l).ok());
             let Some(next) = next.filter(|_| self.follow_redirects) else {
-                return Ok(Response {
-                    inner: resp,
-                    gzip: self.gzip,
-                });
+                return Ok(Response { inner: resp });
             };
             if followed == MAX_REDIRECTS {
                 return Err("error following redirect: too many redirects".into());
@@ -266,7 +266,6 @@ fn referer(next: &url::Url, previous: &url::Url) -> Option<HeaderValue> {
 #[derive(Debug)]
 pub struct Response {
     inner: hyper::Response<Incoming>,
-    gzip: bool,
 }
 
 /// Why a body could not be read.
@@ -288,16 +287,15 @@ impl Response {
         self.inner.headers()
     }
 
-    /// Appends the body (decoded, for a gzip body of a client built with `gzip`) to `body`;
-    /// fails once `body` holds `limit` bytes or more (`0`: no limit).
+    /// Appends the body (decoded when its `Content-Encoding` is gzip, whether or not gzip was
+    /// asked for) to `body`; fails once `body` holds `limit` bytes or more (`0`: no limit).
     pub async fn read_into(self, body: &mut Vec<u8>, limit: u64) -> Result<(), BodyError> {
-        let gzip = self.gzip
-            && self
-                .inner
-                .headers()
-                .get_all(CONTENT_ENCODING)
-                .iter()
-                .any(|e| e == "gzip");
+        let gzip = self
+            .inner
+            .headers()
+            .get_all(CONTENT_ENCODING)
+            .iter()
+            .any(|e| e == "gzip");
         let over = |b: &Vec<u8>| limit > 0 && b.len() as u64 >= limit;
         let mut incoming = self.inner.into_body();
         let read_err = |e: hyper::Error| {

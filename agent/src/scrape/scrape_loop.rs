@@ -1184,7 +1184,7 @@ async fn fetch_into(
         value(timeout_header)?,
     );
     // With compression the client was built with gzip on: it sends `Accept-Encoding: gzip`
-    // itself and decodes the body.
+    // itself. A gzip body is decoded either way (agent/src/httpclient/transport.rs).
     if !compression {
         headers.insert(
             reqwest::header::ACCEPT_ENCODING,
