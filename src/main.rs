@@ -16,10 +16,57 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+// glibc's malloc thresholds fixed at start, and the agent's free pages given back every few
+// seconds, in the default build on glibc (src/glibc_malloc.rs says why); not with another
+// allocator.
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(feature = "mimalloc"),
+    not(feature = "jemalloc")
+))]
+mod glibc_malloc;
+
+/// Applies glibc's malloc settings and, for `agent run`, starts the periodic trim
+/// (src/glibc_malloc.rs); says what it did, for the log. `None` in a build whose allocator is
+/// not glibc's.
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(feature = "mimalloc"),
+    not(feature = "jemalloc")
+))]
+fn tune_malloc(agent: bool) -> Option<String> {
+    let applied = glibc_malloc::apply(|name| std::env::var_os(name));
+    let trim = if !applied.periodic_trim {
+        "off (trim threshold from the environment)".to_owned()
+    } else if !agent {
+        "off".to_owned()
+    } else {
+        match glibc_malloc::trim_every() {
+            Ok(()) => format!("every {:?}", glibc_malloc::TRIM_EVERY),
+            Err(e) => format!("off (cannot start its thread: {e})"),
+        }
+    };
+    Some(format!("{} malloc_trim={trim}", applied.describe()))
+}
+#[cfg(not(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(feature = "mimalloc"),
+    not(feature = "jemalloc")
+)))]
+fn tune_malloc(_agent: bool) -> Option<String> {
+    None
+}
+
 fn main() -> ExitCode {
     // The old agent's flags are Go flags, spelled `-config.file=x`; accept that spelling so
     // existing unit files and scripts keep working.
     let cli = Cli::parse_from(cli::compat::normalize_args(std::env::args_os()));
+
+    // Before the async runtime or anything else starts a thread.
+    let malloc = tune_malloc(matches!(cli.command, Command::Agent(AgentCommand::Run(_))));
 
     // rustls with the `ring` provider only; a second install (tests) is not an error.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -37,7 +84,12 @@ fn main() -> ExitCode {
     agent::logging::init(level, format);
 
     let result = match cli.command {
-        Command::Agent(AgentCommand::Run(args)) => run_agent(args),
+        Command::Agent(AgentCommand::Run(args)) => {
+            if let Some(settings) = malloc {
+                tracing::info!(%settings, "glibc malloc");
+            }
+            run_agent(args)
+        }
         other => cli::run(other),
     };
     match result {

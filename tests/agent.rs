@@ -200,3 +200,79 @@ fn a_second_sigterm_exits_at_once_during_a_long_graceful_shutdown() {
         "{log}"
     );
 }
+
+/// glibc's malloc thresholds are fixed when the agent starts and a thread gives the free pages
+/// inside its arenas back every 5 s (src/glibc_malloc.rs: without them glibc's free memory
+/// crept up for minutes under series churn, docs/churn-soak.md); each threshold unless the
+/// operator set it in the environment, the trim not when the operator set the trim threshold.
+/// The log says which. The default build on glibc only.
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(feature = "mimalloc"),
+    not(feature = "jemalloc")
+))]
+#[test]
+fn glibc_malloc_thresholds_and_trim_are_set_at_start_unless_the_environment_sets_them() {
+    // The tests' own environment must not decide the outcome.
+    let builder = |dir: &std::path::Path| {
+        [
+            "MALLOC_MMAP_THRESHOLD_",
+            "MALLOC_TRIM_THRESHOLD_",
+            "GLIBC_TUNABLES",
+        ]
+        .into_iter()
+        .fold(Agent::builder(dir), |b, key| b.env_remove(key))
+    };
+    // The names of the agent's threads.
+    let threads = |agent: &Agent| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/task", agent.pid()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = builder(dir.path()).start();
+    agent.wait_log(
+        "msg=\"glibc malloc\" settings=\"M_MMAP_THRESHOLD=1048576 M_TRIM_THRESHOLD=262144 \
+         malloc_trim=every 5s\"",
+        Duration::from_secs(30),
+    );
+    assert!(
+        threads(&agent).iter().any(|t| t == "malloc-trim"),
+        "{:?}",
+        threads(&agent)
+    );
+    assert_eq!(agent.stop(), Some(0));
+
+    // Set by the variable or by a tunable: glibc's own reading of it stays.
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = builder(dir.path())
+        .env("MALLOC_TRIM_THRESHOLD_", "131072")
+        .start();
+    agent.wait_log(
+        "settings=\"M_MMAP_THRESHOLD=1048576 M_TRIM_THRESHOLD=(from MALLOC_TRIM_THRESHOLD_) \
+         malloc_trim=off (trim threshold from the environment)\"",
+        Duration::from_secs(30),
+    );
+    assert!(
+        !threads(&agent).iter().any(|t| t == "malloc-trim"),
+        "{:?}",
+        threads(&agent)
+    );
+    assert_eq!(agent.stop(), Some(0));
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = builder(dir.path())
+        .env(
+            "GLIBC_TUNABLES",
+            "glibc.malloc.arena_max=4:glibc.malloc.mmap_threshold=65536",
+        )
+        .start();
+    agent.wait_log(
+        "settings=\"M_MMAP_THRESHOLD=(from GLIBC_TUNABLES) M_TRIM_THRESHOLD=262144 \
+         malloc_trim=every 5s\"",
+        Duration::from_secs(30),
+    );
+    assert_eq!(agent.stop(), Some(0));
+}

@@ -37,7 +37,8 @@ pub struct AgentBuilder {
     config: Option<PathBuf>,
     ready_timeout: Duration,
     binary: Option<PathBuf>,
-    env: Vec<(OsString, OsString)>,
+    /// Variables set (`Some`) or removed (`None`) from the inherited environment, in order.
+    env: Vec<(OsString, Option<OsString>)>,
 }
 
 impl AgentBuilder {
@@ -86,7 +87,13 @@ impl AgentBuilder {
 
     /// An environment variable of the process.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
-        self.env.push((key.into(), value.into()));
+        self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// An environment variable of the tests' process that the agent does not inherit.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), None));
         self
     }
 
@@ -193,7 +200,12 @@ impl Agent {
             .open(self.log_path())
             .expect("agent log file");
         let mut cmd = Command::new(self.opts.binary.clone().unwrap_or_else(bin));
-        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
+        for (key, value) in &self.opts.env {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
         cmd.args(["agent", "run", "--server.http.address", "127.0.0.1:0"])
             .arg("--server.http.address-file")
             .arg(&addr_file);
