@@ -11,7 +11,8 @@
 //!   more are mapped and given back when freed, and an arena's free top above 256 KiB is given
 //!   back;
 //! - gives the free pages inside the arenas back every [`TRIM_EVERY`] (`malloc_trim(0)`, from a
-//!   thread of its own, `malloc-trim`).
+//!   thread of its own, `malloc-trim`), or less often when the heap is large enough that a trim
+//!   takes more than a thousandth of that ([`pause_after`]).
 //!
 //! An operator's own setting wins: a parameter set in the environment (`MALLOC_*_` or a
 //! `glibc.malloc.*` entry of `GLIBC_TUNABLES`, both read by glibc itself before `main`) is left
@@ -54,8 +55,22 @@ const TRIM_THRESHOLD: Setting = Setting {
 /// The agent's settings: see the module docs and docs/churn-soak.md for the measurements.
 pub const SETTINGS: &[Setting] = &[MMAP_THRESHOLD, TRIM_THRESHOLD];
 
-/// How often the free pages inside the arenas are given back.
+/// The shortest pause between two trims.
 pub const TRIM_EVERY: Duration = Duration::from_secs(5);
+
+/// The pause after a trim is at least this many times the trim's own duration, so trimming
+/// takes at most a thousandth of one core whatever the heap's size. `malloc_trim` walks every
+/// arena's chunks under the arena's lock, so its time grows with the heap: a 5 s period cost
+/// +5 and +10 % CPU per sample at 500k series in two interleaved pairs of `agentctl-bench`
+/// (docs/churn-soak.md), while at the churn soak's heap a trim takes well under 5 ms and the
+/// period stays 5 s.
+pub const TRIM_PAUSE_FACTOR: u32 = 1000;
+
+/// How long the `malloc-trim` thread waits after a trim that took `took`: [`TRIM_EVERY`], or
+/// [`TRIM_PAUSE_FACTOR`] times `took` when that is longer.
+pub fn pause_after(took: Duration) -> Duration {
+    TRIM_EVERY.max(took.saturating_mul(TRIM_PAUSE_FACTOR))
+}
 
 /// What became of one setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,13 +142,19 @@ impl Applied {
 }
 
 /// Starts the thread `malloc-trim`, which gives the free pages inside glibc's arenas back to
-/// the system every [`TRIM_EVERY`] (`malloc_trim(0)`), for the life of the process.
+/// the system (`malloc_trim(0)`) for the life of the process: first after [`TRIM_EVERY`], then
+/// after each trim's [`pause_after`].
 pub fn trim_every() -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("malloc-trim".into())
-        .spawn(|| loop {
-            std::thread::sleep(TRIM_EVERY);
-            glibc(Call::Trim);
+        .spawn(|| {
+            let mut pause = TRIM_EVERY;
+            loop {
+                std::thread::sleep(pause);
+                let start = std::time::Instant::now();
+                glibc(Call::Trim);
+                pause = pause_after(start.elapsed());
+            }
         })
         .map(drop)
 }
@@ -171,6 +192,21 @@ mod tests {
                 .find(|(name, _)| *name == k)
                 .map(|(_, v)| OsString::from(v))
         }
+    }
+
+    #[test]
+    fn trims_take_at_most_a_thousandth_of_a_core() {
+        assert_eq!(pause_after(Duration::ZERO), TRIM_EVERY);
+        assert_eq!(pause_after(Duration::from_millis(5)), TRIM_EVERY);
+        assert_eq!(
+            pause_after(Duration::from_millis(30)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            pause_after(Duration::from_secs(2)),
+            Duration::from_secs(2000)
+        );
+        assert_eq!(pause_after(Duration::MAX), Duration::MAX);
     }
 
     #[test]

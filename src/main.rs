@@ -44,7 +44,11 @@ fn tune_malloc(agent: bool) -> Option<String> {
         "off".to_owned()
     } else {
         match glibc_malloc::trim_every() {
-            Ok(()) => format!("every {:?}", glibc_malloc::TRIM_EVERY),
+            Ok(()) => format!(
+                "every {:?} or {}x its duration",
+                glibc_malloc::TRIM_EVERY,
+                glibc_malloc::TRIM_PAUSE_FACTOR
+            ),
             Err(e) => format!("off (cannot start its thread: {e})"),
         }
     };
