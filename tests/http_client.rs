@@ -819,12 +819,14 @@ async fn a_connect_that_hangs_fails_at_the_connect_timeout(via: Via) {
         took >= Duration::from_millis(900) && took < Duration::from_secs(20),
         "failed after {took:?}: {err}"
     );
-    // Each transport's words for it.
-    let said = match via {
-        Via::Reqwest => "tcp connect error: deadline has elapsed",
-        Via::Scrape => "connect timed out after 1s",
+    // Each transport's words for it: reqwest says "tcp connect error: deadline has elapsed" or
+    // "client error (Connect): operation timed out" depending on where in the connect the
+    // deadline falls (both seen in CI); the timing above is what shows the setting is honoured.
+    let said: &[&str] = match via {
+        Via::Reqwest => &["deadline has elapsed", "operation timed out"],
+        Via::Scrape => &["connect timed out after 1s"],
     };
-    assert!(err.contains(said), "{err}");
+    assert!(said.iter().any(|s| err.contains(s)), "{err}");
 
     if let Via::Scrape = via {
         use agent::scrape::appender::MemoryStorage;
