@@ -414,6 +414,17 @@ fn targets_are_handed_over_without_gap_overlap_staleness_or_out_of_order() {
         &["agent-1", "agent-2"],
         Duration::from_secs(60),
     );
+    // Every target written, by `agents`, from scrapes at least two intervals later than now:
+    // two or three more scrapes of each delivered, whatever the machine's load.
+    let steady = |agents: &[&str]| {
+        wait_all_written_after(
+            &rec,
+            &addrs,
+            now_ms() + 2 * INTERVAL_MS,
+            agents,
+            Duration::from_secs(90),
+        );
+    };
     let per = |w: &BTreeMap<String, String>, id: &str| w.values().filter(|a| *a == id).count();
     eprintln!(
         "2 agents: agent-1 {} / agent-2 {} targets",
@@ -421,7 +432,7 @@ fn targets_are_handed_over_without_gap_overlap_staleness_or_out_of_order() {
         per(&w, "agent-2")
     );
     // Steady for a few intervals before the first change.
-    std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS as u64));
+    steady(&["agent-1", "agent-2"]);
 
     // Join: agent-3 takes its share (ceil(12/3) = 4 at most per agent).
     let join_ms = now_ms();
@@ -453,7 +464,7 @@ fn targets_are_handed_over_without_gap_overlap_staleness_or_out_of_order() {
     assert_eq!(moved(&a3, "in"), changed);
     assert_eq!(moved(&a3, "out"), 0.0);
     let in_before_leave = moved(&a1, "in") + moved(&a3, "in");
-    std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS as u64));
+    steady(&["agent-1", "agent-2", "agent-3"]);
 
     // Graceful leave of agent-2: its targets go to agent-1 and agent-3 (6 each).
     let leave_ms = now_ms();
@@ -491,7 +502,7 @@ fn targets_are_handed_over_without_gap_overlap_staleness_or_out_of_order() {
     eprintln!(
         "agent_targets_moved_total: join {changed} out of agent-1/2 and into agent-3, leave {of_leaver} into agent-1/3"
     );
-    std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS as u64));
+    steady(&["agent-1", "agent-3"]);
     let before_kill_ms = now_ms();
     let graceful = figures(&rec, start_ms, before_kill_ms, (0, 0));
     eprintln!("join + graceful leave, every series: {graceful:?}");
@@ -534,7 +545,7 @@ fn targets_are_handed_over_without_gap_overlap_staleness_or_out_of_order() {
         first_after_kill <= HEARTBEAT_TIMEOUT_MS + 2 * 1000 + INTERVAL_MS,
         "{first_after_kill} ms"
     );
-    std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS as u64));
+    steady(&["agent-1"]);
     let end_ms = now_ms();
     let all = figures(
         &rec,

@@ -189,6 +189,12 @@ impl Peers {
         p
     }
 
+    /// Another agent lists the target as `releasing` (a live one) or `released` (any): it
+    /// was written elsewhere and is being, or was, handed over.
+    pub fn handing_over(&self, key: TargetKey) -> bool {
+        self.releasing.contains(&key) || self.released.contains_key(&key)
+    }
+
     /// Some live peer has applied a higher epoch than `epoch`.
     fn ahead_of(&self, epoch: u64) -> bool {
         self.epochs.iter().any(|&e| e > epoch)

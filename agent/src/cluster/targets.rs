@@ -199,7 +199,7 @@ impl TargetSharding {
             instances: HashMap::new(),
             applied: BTreeMap::new(),
             mine: HashSet::new(),
-            assigned_before: HashSet::new(),
+            moves: Moves::default(),
             index: Index::default(),
             owners: Owners::default(),
             built: HashMap::new(),
@@ -364,8 +364,8 @@ struct Runtime {
     applied: BTreeMap<String, InstanceConfig>,
     /// Keys this agent owns in the epoch it applied.
     mine: HashSet<TargetKey>,
-    /// Keys with an owner in the epoch it applied.
-    assigned_before: HashSet<TargetKey>,
+    /// `agent_targets_moved_total`'s counting.
+    moves: Moves,
     index: Index,
     owners: Owners,
     /// Targets built from published labels, with the config they were built for.
@@ -541,25 +541,17 @@ impl Runtime {
                 now_ms,
             );
             let keys: HashSet<TargetKey> = mine.keys().copied().collect();
-            if !self.first_epoch && new_epoch {
-                // Moves only: a target new to the assignment (first placed) is not moved in,
-                // one that left it (no longer discovered) is not moved out.
-                let moved_in = keys
-                    .difference(&self.mine)
-                    .filter(|k| self.assigned_before.contains(k))
-                    .count() as u64;
-                let moved_out = self
-                    .mine
-                    .difference(&keys)
-                    .filter(|k| self.owners.by_key.contains_key(k))
-                    .count() as u64;
-                self.cx.metrics.moved("in").inc_by(moved_in);
-                self.cx.metrics.moved("out").inc_by(moved_out);
-            }
+            let (moved_in, moved_out) = self.moves.applied(
+                state.assignment.epoch,
+                &self.mine,
+                &keys,
+                &self.owners.by_key,
+            );
+            self.cx.metrics.moved("in").inc_by(moved_in);
+            self.cx.metrics.moved("out").inc_by(moved_out);
             self.first_epoch = false;
             self.reapply = false;
             self.mine = keys;
-            self.assigned_before = self.owners.by_key.keys().copied().collect();
             self.cx.metrics.targets_assigned.set(self.mine.len() as i64);
             self.cx
                 .metrics
@@ -616,8 +608,12 @@ impl Runtime {
                 .filter(|(id, _)| **id != self.cx.id)
                 .map(|(id, st)| (id.as_str(), &**st, live.contains(id.as_str()))),
         );
+        let moved_in = self.moves.peers_seen(&peers);
+        self.cx.metrics.moved("in").inc_by(moved_in);
         let acts = self.handoffs.evaluate(&peers, now);
         self.perform(acts);
+        let handoffs = &self.handoffs;
+        self.moves.written(|k| handoffs.is_writer(k));
 
         self.publish_jobs(&state).await;
         if self.handoffs.take_dirty() || now >= self.last_status + self.key_refresh {
@@ -850,6 +846,77 @@ async fn write_status(
     }
 }
 
+/// What `agent_targets_moved_total` counts: targets that change agent, in (`in`) or out
+/// (`out`) of this one, and not a target first placed (new to the assignment) nor one that
+/// left it (no longer discovered). Between two epochs the agent applied, a move is a target
+/// that had an owner in the earlier one and changes to or from this agent in the later one.
+/// The first epoch an agent applies has no earlier one here: a joining agent may first read
+/// the assignment after the leader already gave it its share, so its targets are sorted by
+/// what the other agents publish instead: moved in when another agent lists one as
+/// `releasing` or `released` (it was written there), first placed (or kept across a restart
+/// of this agent) when this agent starts writing it without that.
+#[derive(Debug, Default)]
+struct Moves {
+    /// The first and the last epoch the agent applied, and the keys with an owner in the
+    /// last; `None` before the first.
+    applied: Option<(u64, u64, HashSet<TargetKey>)>,
+    /// Targets of the first epoch not sorted yet.
+    unsorted: HashSet<TargetKey>,
+}
+
+impl Moves {
+    /// `epoch` was applied (or applied again, when a config it names arrived late): this
+    /// agent had `before` and has `mine`; `owners` is the epoch's assignment. Returns the
+    /// targets moved (in, out).
+    fn applied(
+        &mut self,
+        epoch: u64,
+        before: &HashSet<TargetKey>,
+        mine: &HashSet<TargetKey>,
+        owners: &HashMap<TargetKey, String>,
+    ) -> (u64, u64) {
+        let Some((first, last, assigned_before)) = &mut self.applied else {
+            self.unsorted = mine.clone();
+            self.applied = Some((epoch, epoch, owners.keys().copied().collect()));
+            return (0, 0);
+        };
+        if epoch == *last {
+            // Applied again: targets of a late config are added, none moved.
+            if epoch == *first {
+                self.unsorted.extend(mine.difference(before).copied());
+            }
+            return (0, 0);
+        }
+        let moved_in = mine
+            .difference(before)
+            .filter(|k| assigned_before.contains(k))
+            .count() as u64;
+        let moved_out = before
+            .difference(mine)
+            .filter(|k| owners.contains_key(k))
+            .count() as u64;
+        *last = epoch;
+        *assigned_before = owners.keys().copied().collect();
+        // A first-epoch target that moved away again is settled by that move.
+        self.unsorted.retain(|k| mine.contains(k));
+        (moved_in, moved_out)
+    }
+
+    /// The other agents' published lists were read: returns the first-epoch targets they
+    /// show handed over to this agent (moved in).
+    fn peers_seen(&mut self, peers: &Peers) -> u64 {
+        let before = self.unsorted.len();
+        self.unsorted.retain(|k| !peers.handing_over(*k));
+        (before - self.unsorted.len()) as u64
+    }
+
+    /// After the handoff decisions: first-epoch targets this agent writes without anyone
+    /// having handed them over were placed here first.
+    fn written(&mut self, is_writer: impl Fn(TargetKey) -> bool) {
+        self.unsorted.retain(|k| !is_writer(*k));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -895,5 +962,79 @@ mod tests {
         assert_eq!(recheck, Some(Duration::from_millis(9_251)));
         assert!(fence(&ring(985), "me", Some(&key(988_000)), now).0);
         assert_eq!(fence(&ring(999), "other", None, now), (true, None));
+    }
+
+    fn keys(ks: &[u64]) -> HashSet<TargetKey> {
+        ks.iter().map(|k| TargetKey(*k)).collect()
+    }
+
+    fn owners(of: &[(u64, &str)]) -> HashMap<TargetKey, String> {
+        of.iter()
+            .map(|(k, o)| (TargetKey(*k), (*o).to_owned()))
+            .collect()
+    }
+
+    fn peer(releasing: &[u64], released: &[u64]) -> AgentStatus {
+        AgentStatus {
+            releasing: releasing.iter().map(|k| TargetKey(*k)).collect(),
+            released: released.iter().map(|k| (TargetKey(*k), Some(1))).collect(),
+            ..AgentStatus::default()
+        }
+    }
+
+    /// The join race of tests/sharding.rs: agent-3 first reads the assignment after the leader
+    /// gave it targets 1 and 2 (moved from agent-1) and 3 (first placed). The first epoch has
+    /// nothing to compare with, so the handovers the others publish decide: 1 and 2 count as
+    /// moved in when agent-1 lists them releasing or released, 3 is written without a handover.
+    #[test]
+    fn a_joining_agent_counts_moves_of_its_first_epoch_from_the_handovers() {
+        let mut m = Moves::default();
+        let assigned = owners(&[(1, "a3"), (2, "a3"), (3, "a3"), (4, "a1")]);
+        assert_eq!(
+            m.applied(7, &keys(&[]), &keys(&[1, 2, 3]), &assigned),
+            (0, 0)
+        );
+        // agent-1 has not applied epoch 7 yet: nothing is known.
+        let a1 = peer(&[], &[]);
+        assert_eq!(m.peers_seen(&Peers::new([("a1", &a1, true)])), 0);
+        // Target 3 has no writer elsewhere: agent-3 writes it at once, a first placement.
+        m.written(|k| k == TargetKey(3));
+        let a1 = peer(&[1, 2], &[]);
+        assert_eq!(m.peers_seen(&Peers::new([("a1", &a1, true)])), 2);
+        m.written(|_| false);
+        // Released later, and seen again: counted once.
+        let a1 = peer(&[], &[1, 2, 3]);
+        assert_eq!(m.peers_seen(&Peers::new([("a1", &a1, true)])), 0);
+        assert!(m.unsorted.is_empty());
+        // The next epoch moves 3 to agent-1 and brings 4: counted by the epochs.
+        let next = owners(&[(1, "a3"), (2, "a3"), (3, "a1"), (4, "a3")]);
+        assert_eq!(
+            m.applied(8, &keys(&[1, 2, 3]), &keys(&[1, 2, 4]), &next),
+            (1, 1)
+        );
+    }
+
+    /// A target first placed in the first epoch, and one of a config that arrived after that
+    /// epoch was applied (it is applied again), are not moves unless handed over; a later
+    /// epoch applied again for a late config moves nothing.
+    #[test]
+    fn first_placements_and_late_configs_are_not_moves() {
+        let mut m = Moves::default();
+        let assigned = owners(&[(1, "a1"), (2, "a1")]);
+        assert_eq!(m.applied(1, &keys(&[]), &keys(&[1]), &assigned), (0, 0));
+        assert_eq!(m.applied(1, &keys(&[1]), &keys(&[1, 2]), &assigned), (0, 0));
+        assert_eq!(m.unsorted, keys(&[1, 2]));
+        m.written(|_| true);
+        let a2 = peer(&[], &[1, 2]);
+        assert_eq!(m.peers_seen(&Peers::new([("a2", &a2, true)])), 0);
+        let next = owners(&[(1, "a1"), (2, "a1"), (3, "a1"), (5, "a1")]);
+        assert_eq!(
+            m.applied(2, &keys(&[1, 2]), &keys(&[1, 2, 3]), &next),
+            (0, 0)
+        );
+        assert_eq!(
+            m.applied(2, &keys(&[1, 2, 3]), &keys(&[1, 2, 3, 5]), &next),
+            (0, 0)
+        );
     }
 }
