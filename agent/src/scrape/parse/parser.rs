@@ -221,19 +221,30 @@ impl<'a> Parser<'a> {
                 .prometheus_comment(line, start, number)
                 .map(|e| Some(Parsed::Entry(e))),
             Some(_) => {
-                let text = utf8(line, number)?;
                 if let Some(end) = known
                     .as_mut()
                     .and_then(|k| k(line))
                     .filter(|&n| series_ends_at(line, n))
                 {
-                    let (value, timestamp, _) = self.sample_tail(text, end, number, false)?;
+                    // `line[..end]` has exactly the bytes of a series text the caller knows,
+                    // which was UTF-8 when it was learnt: only the rest is checked (the same
+                    // error, at the same column, as checking the whole line).
+                    let tail = &line[end..];
+                    let text = std::str::from_utf8(tail).map_err(|e| {
+                        err(number, end + e.valid_up_to(), ParseErrorKind::InvalidUtf8)
+                    })?;
+                    let (value, timestamp, _) =
+                        self.sample_tail(text, 0, number, false).map_err(|mut e| {
+                            e.column += end;
+                            e
+                        })?;
                     return Ok(Some(Parsed::Known(Known {
                         series: &line[..end],
                         value,
                         timestamp,
                     })));
                 }
+                let text = utf8(line, number)?;
                 self.sample(text, start, number, false)
                     .map(|s| Some(Parsed::Entry(Entry::Sample(s))))
             }

@@ -884,16 +884,29 @@ fn next_known_yields_what_next_entry_yields() {
         "m{a=\"1\"} NaN",
         "m 1e400",
     ];
+    // Invalid UTF-8 after a known series (only the rest of the line is checked there).
+    let invalid: [&[u8]; 5] = [
+        b"m{a=\"1\"} 4\xff",
+        b"m{a=\"1\"}\xff 4",
+        b"m 2 \xc3",
+        b"m \xe2\x82",
+        b"m{a=\"1\"} 4 \xc3\xa4",
+    ];
+    let lines = lines.iter().map(|l| l.as_bytes()).chain(invalid);
     for line in lines {
         for text in &seen {
-            if !line.as_bytes().starts_with(text) {
+            if !line.starts_with(text) {
                 continue;
             }
-            let mut full = Parser::new(line.as_bytes(), Format::PrometheusText);
+            let mut full = Parser::new(line, Format::PrometheusText);
             let want = full.next_entry();
-            let mut fast = Parser::new(line.as_bytes(), Format::PrometheusText);
+            let mut fast = Parser::new(line, Format::PrometheusText);
             let got = fast.next_known(&mut |l| l.starts_with(text).then_some(text.len()));
-            let ctx = format!("{line:?} with {:?}", String::from_utf8_lossy(text));
+            let ctx = format!(
+                "{:?} with {:?}",
+                String::from_utf8_lossy(line),
+                String::from_utf8_lossy(text)
+            );
             match (want, got) {
                 (Err(w), Err(g)) => assert_eq!(w, g, "{ctx}"),
                 (Ok(Some(Entry::Sample(w))), Ok(Some(Parsed::Known(g)))) => {
