@@ -875,6 +875,13 @@ impl Moves {
         mine: &HashSet<TargetKey>,
         owners: &HashMap<TargetKey, String>,
     ) -> (u64, u64) {
+        // An assignment that gave nothing to anyone is no earlier epoch to compare with: it is
+        // what an agent holds before its first read of the store (so a joining agent that
+        // reads its first assignment only after the leader gave it its share goes from it
+        // straight to that share), or a cluster with no targets yet.
+        if self.applied.as_ref().is_some_and(|(_, _, a)| a.is_empty()) {
+            self.applied = None;
+        }
         let Some((first, last, assigned_before)) = &mut self.applied else {
             self.unsorted = mine.clone();
             self.applied = Some((epoch, epoch, owners.keys().copied().collect()));
@@ -882,6 +889,7 @@ impl Moves {
         };
         if epoch == *last {
             // Applied again: targets of a late config are added, none moved.
+            self.unsorted.retain(|k| mine.contains(k));
             if epoch == *first {
                 self.unsorted.extend(mine.difference(before).copied());
             }
@@ -1011,6 +1019,33 @@ mod tests {
         assert_eq!(
             m.applied(8, &keys(&[1, 2, 3]), &keys(&[1, 2, 4]), &next),
             (1, 1)
+        );
+    }
+
+    /// The join as it happens: the agent's first step applies the empty assignment it holds
+    /// before its first read of the store (epoch 0); its key goes out, the leader gives it its
+    /// share, and the first assignment it reads already has it. Moves are then counted from
+    /// the handovers, as for a first epoch.
+    #[test]
+    fn a_joiner_that_first_applied_the_empty_assignment_counts_its_share() {
+        let mut m = Moves::default();
+        assert_eq!(
+            m.applied(0, &keys(&[]), &keys(&[]), &HashMap::new()),
+            (0, 0)
+        );
+        let assigned = owners(&[(1, "a3"), (2, "a3"), (4, "a1")]);
+        assert_eq!(m.applied(7, &keys(&[]), &keys(&[1, 2]), &assigned), (0, 0));
+        let a1 = peer(&[1], &[2]);
+        assert_eq!(m.peers_seen(&Peers::new([("a1", &a1, true)])), 2);
+        // A cluster's very first assignment after an empty one: first placements.
+        let mut m = Moves::default();
+        m.applied(0, &keys(&[]), &keys(&[]), &HashMap::new());
+        let assigned = owners(&[(1, "a1"), (2, "a2")]);
+        assert_eq!(m.applied(1, &keys(&[]), &keys(&[1]), &assigned), (0, 0));
+        m.written(|_| true);
+        assert_eq!(
+            m.peers_seen(&Peers::new([("a2", &peer(&[], &[]), true)])),
+            0
         );
     }
 

@@ -229,6 +229,7 @@ impl<'a> Parser<'a> {
                     // `line[..end]` has exactly the bytes of a series text the caller knows,
                     // which was UTF-8 when it was learnt: only the rest is checked (the same
                     // error, at the same column, as checking the whole line).
+                    debug_assert!(std::str::from_utf8(&line[..end]).is_ok());
                     let tail = &line[end..];
                     let text = std::str::from_utf8(tail).map_err(|e| {
                         err(number, end + e.valid_up_to(), ParseErrorKind::InvalidUtf8)
