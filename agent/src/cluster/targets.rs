@@ -854,7 +854,10 @@ async fn write_status(
 /// the assignment after the leader already gave it its share, so its targets are sorted by
 /// what the other agents publish instead: moved in when another agent lists one as
 /// `releasing` or `released` (it was written there), first placed (or kept across a restart
-/// of this agent) when this agent starts writing it without that.
+/// of this agent) when this agent starts writing it without that. Limits: a first-epoch target
+/// taken over from an agent that died publishes no handover and is not counted in; an agent
+/// restarted while another still lists a target it had just received as `released` (for
+/// 2 x decide_timeout) counts that target in again, as its counter started again at 0.
 #[derive(Debug, Default)]
 struct Moves {
     /// The first and the last epoch the agent applied, and the keys with an owner in the

@@ -252,6 +252,27 @@ mod tests {
     use crate::ring::model::{InstanceDesc, InstanceState};
     use crate::ring::store::modify_ring;
 
+    /// Puts an ACTIVE member `id`, with one token and its heartbeat at `heartbeat` (Unix
+    /// seconds), into the ring at `key`.
+    async fn seed_member(store: &(dyn KvStore + 'static), key: &str, id: &str, heartbeat: i64) {
+        modify_ring(store, key, "seed", |d| {
+            d.ingesters.insert(
+                id.into(),
+                InstanceDesc {
+                    addr: format!("{id}:80"),
+                    timestamp: heartbeat,
+                    state: InstanceState::Active as i32,
+                    tokens: vec![1 << 31],
+                    id: id.into(),
+                    ..Default::default()
+                },
+            );
+            true
+        })
+        .await
+        .expect("seed");
+    }
+
     async fn app() -> (String, Arc<dyn KvStore>) {
         let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
         let now = Clock::system().unix_secs();
@@ -368,22 +389,7 @@ mod tests {
         let faulty = FaultyStore::new(Arc::new(InMemoryStore::new()));
         let store: Arc<dyn KvStore> = faulty.clone();
         let stale = Clock::system().unix_secs() - 300;
-        modify_ring(store.as_ref(), KEY, "seed", |d| {
-            d.ingesters.insert(
-                "old".into(),
-                InstanceDesc {
-                    addr: "old:80".into(),
-                    timestamp: stale,
-                    state: InstanceState::Active as i32,
-                    tokens: vec![1 << 31],
-                    id: "old".into(),
-                    ..Default::default()
-                },
-            );
-            true
-        })
-        .await
-        .expect("seed");
+        seed_member(store.as_ref(), KEY, "old", stale).await;
         // This agent starts while the store is down, and registers once it is back.
         faulty.set_down(true);
         let me = Lifecycler::start(
@@ -494,23 +500,7 @@ mod tests {
         let timeout = Duration::from_secs(60);
         let faulty = FaultyStore::new(Arc::new(InMemoryStore::new()));
         let store: Arc<dyn KvStore> = faulty.clone();
-        let now = Clock::system().unix_secs();
-        modify_ring(store.as_ref(), KEY, "seed", |d| {
-            d.ingesters.insert(
-                "other".into(),
-                InstanceDesc {
-                    addr: "other:80".into(),
-                    timestamp: now,
-                    state: InstanceState::Active as i32,
-                    tokens: vec![1 << 31],
-                    id: "other".into(),
-                    ..Default::default()
-                },
-            );
-            true
-        })
-        .await
-        .expect("seed");
+        seed_member(store.as_ref(), KEY, "other", Clock::system().unix_secs()).await;
         let me = Lifecycler::start(
             store.clone(),
             LifecyclerSettings {
