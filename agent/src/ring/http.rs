@@ -254,15 +254,21 @@ mod tests {
 
     /// Puts an ACTIVE member `id`, with one token and its heartbeat at `heartbeat` (Unix
     /// seconds), into the ring at `key`.
-    async fn seed_member(store: &(dyn KvStore + 'static), key: &str, id: &str, heartbeat: i64) {
+    async fn seed_member(
+        store: &(dyn KvStore + 'static),
+        key: &str,
+        id: &str,
+        token: u32,
+        heartbeat: i64,
+    ) {
         modify_ring(store, key, "seed", |d| {
             d.ingesters.insert(
                 id.into(),
                 InstanceDesc {
-                    addr: format!("{id}:80"),
+                    addr: format!("{id}:12345"),
                     timestamp: heartbeat,
                     state: InstanceState::Active as i32,
-                    tokens: vec![1 << 31],
+                    tokens: vec![token],
                     id: id.into(),
                     ..Default::default()
                 },
@@ -276,24 +282,9 @@ mod tests {
     async fn app() -> (String, Arc<dyn KvStore>) {
         let store: Arc<dyn KvStore> = Arc::new(InMemoryStore::new());
         let now = Clock::system().unix_secs();
-        modify_ring(store.as_ref(), "collectors/agent", "seed", |d| {
-            for (id, token) in [("agent-1", 100u32), ("agent-2", 1 << 31)] {
-                d.ingesters.insert(
-                    id.into(),
-                    InstanceDesc {
-                        addr: format!("{id}:12345"),
-                        timestamp: now,
-                        state: InstanceState::Active as i32,
-                        tokens: vec![token],
-                        id: id.into(),
-                        ..Default::default()
-                    },
-                );
-            }
-            true
-        })
-        .await
-        .expect("seed");
+        for (id, token) in [("agent-1", 100u32), ("agent-2", 1 << 31)] {
+            seed_member(store.as_ref(), "collectors/agent", id, token, now).await;
+        }
         let (tx, configs_owned) = watch::channel(HashMap::from([("agent-1".to_owned(), 3)]));
         let state = RingPageState {
             store: store.clone(),
@@ -389,7 +380,7 @@ mod tests {
         let faulty = FaultyStore::new(Arc::new(InMemoryStore::new()));
         let store: Arc<dyn KvStore> = faulty.clone();
         let stale = Clock::system().unix_secs() - 300;
-        seed_member(store.as_ref(), KEY, "old", stale).await;
+        seed_member(store.as_ref(), KEY, "old", 1 << 31, stale).await;
         // This agent starts while the store is down, and registers once it is back.
         faulty.set_down(true);
         let me = Lifecycler::start(
@@ -500,7 +491,14 @@ mod tests {
         let timeout = Duration::from_secs(60);
         let faulty = FaultyStore::new(Arc::new(InMemoryStore::new()));
         let store: Arc<dyn KvStore> = faulty.clone();
-        seed_member(store.as_ref(), KEY, "other", Clock::system().unix_secs()).await;
+        seed_member(
+            store.as_ref(),
+            KEY,
+            "other",
+            1 << 31,
+            Clock::system().unix_secs(),
+        )
+        .await;
         let me = Lifecycler::start(
             store.clone(),
             LifecyclerSettings {
