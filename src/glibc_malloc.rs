@@ -159,6 +159,23 @@ pub fn trim_every() -> std::io::Result<()> {
         .map(drop)
 }
 
+/// Applies the settings and, for `agent run`, starts the periodic trim; says what it did, for
+/// the log.
+pub fn tune(agent: bool) -> Option<String> {
+    let applied = apply(|name| std::env::var_os(name));
+    let trim = if !applied.periodic_trim {
+        "off (trim threshold from the environment)".to_owned()
+    } else if !agent {
+        "off".to_owned()
+    } else {
+        match trim_every() {
+            Ok(()) => format!("every {TRIM_EVERY:?} or {TRIM_PAUSE_FACTOR}x its duration"),
+            Err(e) => format!("off (cannot start its thread: {e})"),
+        }
+    };
+    Some(format!("{} malloc_trim={trim}", applied.describe()))
+}
+
 /// A call into glibc's malloc.
 #[derive(Debug, Clone, Copy)]
 enum Call {

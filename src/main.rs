@@ -18,7 +18,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 // glibc's malloc thresholds fixed at start, and the agent's free pages given back every few
 // seconds, in the default build on glibc (src/glibc_malloc.rs says why); not with another
-// allocator.
+// allocator, where `tune` does nothing.
 #[cfg(all(
     target_os = "linux",
     target_env = "gnu",
@@ -26,42 +26,17 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
     not(feature = "jemalloc")
 ))]
 mod glibc_malloc;
-
-/// Applies glibc's malloc settings and, for `agent run`, starts the periodic trim
-/// (src/glibc_malloc.rs); says what it did, for the log. `None` in a build whose allocator is
-/// not glibc's.
-#[cfg(all(
-    target_os = "linux",
-    target_env = "gnu",
-    not(feature = "mimalloc"),
-    not(feature = "jemalloc")
-))]
-fn tune_malloc(agent: bool) -> Option<String> {
-    let applied = glibc_malloc::apply(|name| std::env::var_os(name));
-    let trim = if !applied.periodic_trim {
-        "off (trim threshold from the environment)".to_owned()
-    } else if !agent {
-        "off".to_owned()
-    } else {
-        match glibc_malloc::trim_every() {
-            Ok(()) => format!(
-                "every {:?} or {}x its duration",
-                glibc_malloc::TRIM_EVERY,
-                glibc_malloc::TRIM_PAUSE_FACTOR
-            ),
-            Err(e) => format!("off (cannot start its thread: {e})"),
-        }
-    };
-    Some(format!("{} malloc_trim={trim}", applied.describe()))
-}
 #[cfg(not(all(
     target_os = "linux",
     target_env = "gnu",
     not(feature = "mimalloc"),
     not(feature = "jemalloc")
 )))]
-fn tune_malloc(_agent: bool) -> Option<String> {
-    None
+mod glibc_malloc {
+    /// The allocator is not glibc's: nothing to set.
+    pub fn tune(_agent: bool) -> Option<String> {
+        None
+    }
 }
 
 fn main() -> ExitCode {
@@ -70,7 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(cli::compat::normalize_args(std::env::args_os()));
 
     // Before the async runtime or anything else starts a thread.
-    let malloc = tune_malloc(matches!(cli.command, Command::Agent(AgentCommand::Run(_))));
+    let malloc = glibc_malloc::tune(matches!(cli.command, Command::Agent(AgentCommand::Run(_))));
 
     // rustls with the `ring` provider only; a second install (tests) is not an error.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -2,6 +2,8 @@
 //! synthetic targets, delivery checked at a counting remote-write receiver. See BENCHMARKS.md;
 //! `bench/run` builds and runs it.
 
+#![forbid(unsafe_code)]
+
 mod http;
 mod procfs;
 mod report;
