@@ -204,9 +204,8 @@ fn a_second_sigterm_exits_at_once_during_a_long_graceful_shutdown() {
 /// glibc's malloc thresholds are fixed when the agent starts and a thread gives the free pages
 /// inside its arenas back every 5 s, less often on a large heap (src/glibc_malloc.rs: without
 /// them glibc's free memory crept up for minutes under series churn, docs/churn-soak.md); each
-/// threshold unless the
-/// operator set it in the environment, the trim not when the operator set the trim threshold.
-/// The log says which. The default build on glibc only.
+/// threshold unless the operator set it in the environment, the trim not when the operator set
+/// the trim threshold. The log says which. The default build on glibc only.
 #[cfg(all(
     target_os = "linux",
     target_env = "gnu",
