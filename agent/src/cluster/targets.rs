@@ -860,10 +860,11 @@ async fn write_status(
 /// 2 x decide_timeout) counts that target in again, as its counter started again at 0.
 #[derive(Debug, Default)]
 struct Moves {
-    /// The first and the last epoch the agent applied, and the keys with an owner in the
-    /// last; `None` before the first.
-    applied: Option<(u64, u64, HashSet<TargetKey>)>,
-    /// Targets of the first epoch not sorted yet.
+    /// The last epoch the agent applied and the keys with an owner in it; `None` before the
+    /// first.
+    applied: Option<(u64, HashSet<TargetKey>)>,
+    /// Targets of the first epoch, or of a config that arrived after its epoch was applied,
+    /// not sorted yet.
     unsorted: HashSet<TargetKey>,
 }
 
@@ -882,20 +883,20 @@ impl Moves {
         // what an agent holds before its first read of the store (so a joining agent that
         // reads its first assignment only after the leader gave it its share goes from it
         // straight to that share), or a cluster with no targets yet.
-        if self.applied.as_ref().is_some_and(|(_, _, a)| a.is_empty()) {
+        if self.applied.as_ref().is_some_and(|(_, a)| a.is_empty()) {
             self.applied = None;
         }
-        let Some((first, last, assigned_before)) = &mut self.applied else {
+        let Some((last, assigned_before)) = &mut self.applied else {
             self.unsorted = mine.clone();
-            self.applied = Some((epoch, epoch, owners.keys().copied().collect()));
+            self.applied = Some((epoch, owners.keys().copied().collect()));
             return (0, 0);
         };
         if epoch == *last {
-            // Applied again: targets of a late config are added, none moved.
+            // Applied again for a config that arrived late (a joining agent often reads the
+            // assignment before its config listing): its targets had no earlier epoch here
+            // either, so they are sorted from the handovers too.
             self.unsorted.retain(|k| mine.contains(k));
-            if epoch == *first {
-                self.unsorted.extend(mine.difference(before).copied());
-            }
+            self.unsorted.extend(mine.difference(before).copied());
             return (0, 0);
         }
         let moved_in = mine
@@ -1050,6 +1051,23 @@ mod tests {
             m.peers_seen(&Peers::new([("a2", &peer(&[], &[]), true)])),
             0
         );
+    }
+
+    /// The join as CI saw it fail: the agent applied an assignment (without itself), then the
+    /// one with its share, before its config listing arrived (so nothing of that config was
+    /// its own yet), then the config: the epoch applied again brings the share, which is
+    /// sorted from the handovers.
+    #[test]
+    fn a_share_that_arrives_with_a_late_config_counts_from_the_handovers() {
+        let mut m = Moves::default();
+        let before = owners(&[(1, "a1"), (2, "a2")]);
+        assert_eq!(m.applied(6, &keys(&[]), &keys(&[]), &before), (0, 0));
+        let share = owners(&[(1, "a3"), (2, "a2")]);
+        // The config is not known here yet: no target is this agent's.
+        assert_eq!(m.applied(7, &keys(&[]), &keys(&[]), &share), (0, 0));
+        assert_eq!(m.applied(7, &keys(&[]), &keys(&[1]), &share), (0, 0));
+        let a1 = peer(&[1], &[]);
+        assert_eq!(m.peers_seen(&Peers::new([("a1", &a1, true)])), 1);
     }
 
     /// A target first placed in the first epoch, and one of a config that arrived after that
