@@ -20,6 +20,7 @@ mod builder;
 mod hash;
 mod refs;
 mod set;
+mod thin;
 
 pub use builder::LabelsBuilder;
 pub use hash::{Hasher, Headroom, RefHasher, RefMap};

@@ -8,23 +8,26 @@
 //! with pairs sorted by name (byte order, as Go compares strings), names unique and values
 //! non-empty when built by [`LabelsBuilder`](super::LabelsBuilder). Why this form:
 //! - one allocation per label set: the label text plus one length byte per string, one count
-//!   byte and the 16-byte `Arc` header; no per-label `String`s, no offsets table;
+//!   byte and an 8-byte header (reference count and length, see [`super::thin`]); no
+//!   per-label `String`s, no offsets table;
 //! - the form is canonical, so equality and hashing work on the bytes;
 //! - writing a Series record is a `memcpy`, and a record read from disk is a [`LabelsRef`]
 //!   without copying;
-//! - `Clone` shares the bytes (`Arc`), so every holder of a series (scrape cache, the instance's
-//!   series table, each remote_write endpoint) points at one copy, freed with the last holder.
+//! - `Clone` shares the bytes (reference-counted, behind a one-word pointer), so every holder
+//!   of a series (scrape cache, the instance's series table, each remote_write endpoint)
+//!   points at one copy, freed with the last holder.
 //!
 //! Lookups walk the bytes, which is fine for the handful of labels a series has. Every
 //! constructor validates (well-formed varints, UTF-8), so accessors never fail; bytes read from
 //! another writer's WAL are taken as they are (order is not checked, Prometheus always sorts).
 
 use std::fmt;
-use std::sync::Arc;
+
+use super::thin::SharedBytes;
 
 /// An immutable, shared label set (see the module docs).
 #[derive(Clone)]
-pub struct Labels(Arc<[u8]>);
+pub struct Labels(SharedBytes);
 
 /// A borrowed label set in the same form, validated.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,7 +114,7 @@ fn as_str(b: &[u8]) -> &str {
 impl Labels {
     /// The empty label set.
     pub fn empty() -> Self {
-        Labels(Arc::from(&[0u8][..]))
+        Labels(SharedBytes::new(&[0u8]))
     }
 
     /// Builds a label set from pairs in any order. Pairs with an empty value are dropped; when
@@ -131,30 +134,30 @@ impl Labels {
 
     /// Takes packed bytes the caller built in the wire form (the builder).
     pub(super) fn from_packed(bytes: &[u8]) -> Self {
-        Labels(Arc::from(bytes))
+        Labels(SharedBytes::new(bytes))
     }
 
     /// The borrowed view.
     #[inline]
     pub fn as_view(&self) -> LabelsRef<'_> {
-        LabelsRef(&self.0)
+        LabelsRef(self.0.as_slice())
     }
 
     /// The wire bytes (`uvarint n` + pairs).
     #[inline]
     pub fn bytes(&self) -> &[u8] {
-        &self.0
+        self.0.as_slice()
     }
 
-    /// Heap bytes of the shared buffer (for memory accounting): the bytes plus the `Arc`'s two
-    /// counters.
+    /// Heap bytes of the shared buffer (for memory accounting): the bytes plus its count and
+    /// length.
     pub fn heap_size(&self) -> usize {
-        self.0.len() + 2 * std::mem::size_of::<usize>()
+        self.0.heap_size()
     }
 
     /// Whether both share one buffer (not only equal bytes).
     pub fn ptr_eq(&self, other: &Labels) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        self.0.ptr_eq(&other.0)
     }
 
     pub fn iter(&self) -> LabelsIter<'_> {
@@ -193,7 +196,7 @@ impl Default for Labels {
 
 impl PartialEq for Labels {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+        self.0.ptr_eq(&other.0) || self.bytes() == other.bytes()
     }
 }
 
@@ -201,13 +204,13 @@ impl Eq for Labels {}
 
 impl std::hash::Hash for Labels {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
+        self.bytes().hash(state);
     }
 }
 
 impl PartialEq<LabelsRef<'_>> for Labels {
     fn eq(&self, other: &LabelsRef<'_>) -> bool {
-        *self.0 == *other.0
+        self.bytes() == other.0
     }
 }
 
@@ -239,7 +242,7 @@ impl<'a> LabelsRef<'a> {
 
     /// An owned copy.
     pub fn to_owned(self) -> Labels {
-        Labels(Arc::from(self.0))
+        Labels(SharedBytes::new(self.0))
     }
 
     /// The wire bytes.
