@@ -52,6 +52,22 @@ struct Slot {
     newest: i64,
 }
 
+/// A slot number in `by_ref`, stored plus one so that an empty entry of the array
+/// (`Option<SlotNo>`) is 4 bytes instead of 8.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct SlotNo(std::num::NonZeroU32);
+
+impl SlotNo {
+    fn new(i: u32) -> Self {
+        // Slot numbers index a Vec of 24-byte slots: far below u32::MAX.
+        SlotNo(std::num::NonZeroU32::MIN.saturating_add(i))
+    }
+
+    fn get(self) -> u32 {
+        self.0.get() - 1
+    }
+}
+
 /// `newest` of a series without samples: far below any real timestamp, counting the garbage
 /// collection rounds, so that a series created just before a collection (its samples not yet
 /// committed) survives it, and one that never got a sample goes at the next.
@@ -86,7 +102,7 @@ pub struct SeriesTable {
     by_labels_room: Headroom,
     /// Slot numbers by ref: looked up once per sample (`touch`), so an array over the refs
     /// (handed out in order: a scrape's samples walk it in order), not a hash table.
-    by_ref: DenseRefMap<u32>,
+    by_ref: DenseRefMap<SlotNo>,
     /// Garbage-collected refs -> the newest segment that refers to them.
     deleted: RefMap<u32>,
     next_ref: u64,
@@ -166,9 +182,9 @@ impl SeriesTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        if let Some(old) = self.by_ref.insert(r, i) {
+        if let Some(old) = self.by_ref.insert(r, SlotNo::new(i)) {
             // The same ref logged twice (a retried Series record): one slot per ref.
-            self.remove_slot(old);
+            self.remove_slot(old.get());
         }
         let (slots, hasher) = (&self.slots, self.hasher);
         let labels = slots[i as usize].labels.as_ref().map(Labels::as_view);
@@ -218,7 +234,7 @@ impl SeriesTable {
     pub fn touch(&mut self, r: SeriesRef, t: i64, segment: u32) {
         match self.by_ref.get(r) {
             Some(&i) => {
-                let s = &mut self.slots[i as usize];
+                let s = &mut self.slots[i.get() as usize];
                 if t > s.newest || is_pending(s.newest) {
                     s.newest = t;
                 }
@@ -246,6 +262,7 @@ impl SeriesTable {
         self.gc_round += 1;
         let slots = &self.slots;
         self.by_ref.retain(|r, &mut i| {
+            let i = i.get();
             let newest = slots[i as usize].newest;
             let keep = if is_pending(newest) {
                 newest >= recent
@@ -306,7 +323,7 @@ impl SharedLabels for Mutex<SeriesTable> {
     fn shared(&self, r: SeriesRef, labels: LabelsRef<'_>) -> Option<Labels> {
         let t = self.lock().unwrap_or_else(|e| e.into_inner());
         let &i = t.by_ref.get(r)?;
-        t.slots[i as usize]
+        t.slots[i.get() as usize]
             .labels
             .as_ref()
             .filter(|l| l.bytes() == labels.bytes())
@@ -739,6 +756,17 @@ mod tests {
     use super::*;
     use crate::wal::reader::{Reader, SegmentSource};
     use crate::wal::{record, segment, WalOptions};
+
+    #[test]
+    fn a_series_costs_24_bytes_of_slot_and_4_of_ref_index() {
+        // What the table's memory per series is made of (BENCHMARKS.md counts it): a slot
+        // (one-word labels, ref, newest) and an entry of the array by ref.
+        assert_eq!(std::mem::size_of::<Slot>(), 24);
+        assert_eq!(std::mem::size_of::<Option<SlotNo>>(), 4);
+        for i in [0, 1, 77, u32::MAX - 2] {
+            assert_eq!(SlotNo::new(i).get(), i);
+        }
+    }
 
     fn read_all(dir: &std::path::Path) -> (Vec<(SeriesRef, Labels)>, Vec<RefExemplar>) {
         let segs = segment::list_segments(dir).unwrap();
