@@ -118,7 +118,7 @@ fn main() {
     let scraped = held(&region);
     let table = storage.table_heap_bytes() as isize;
     let (_, replayed) = Wal::open(dir.path(), WalOptions::default()).expect("reopen WAL");
-    // The label sets as allocated: the bytes plus the Arc's two counters.
+    // The label sets as allocated: the bytes plus their count and length (labels/thin.rs).
     let labels: isize = replayed
         .series
         .iter()

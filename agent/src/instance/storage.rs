@@ -52,14 +52,15 @@ struct Slot {
     newest: i64,
 }
 
-/// A slot number in `by_ref`, stored plus one so that an empty entry of the array
-/// (`Option<SlotNo>`) is 4 bytes instead of 8.
+/// A slot number in `by_ref`, stored plus one so that an entry of the array (`Option<SlotNo>`,
+/// empty or not) is 4 bytes instead of 8.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct SlotNo(std::num::NonZeroU32);
 
 impl SlotNo {
     fn new(i: u32) -> Self {
         // Slot numbers index a Vec of 24-byte slots: far below u32::MAX.
+        debug_assert!(i < u32::MAX, "slot number {i} out of range");
         SlotNo(std::num::NonZeroU32::MIN.saturating_add(i))
     }
 
@@ -759,8 +760,8 @@ mod tests {
 
     #[test]
     fn a_series_costs_24_bytes_of_slot_and_4_of_ref_index() {
-        // What the table's memory per series is made of (BENCHMARKS.md counts it): a slot
-        // (one-word labels, ref, newest) and an entry of the array by ref.
+        // What the table's memory per series is made of: a slot (one-word labels, ref,
+        // newest) and an entry of the array by ref.
         assert_eq!(std::mem::size_of::<Slot>(), 24);
         assert_eq!(std::mem::size_of::<Option<SlotNo>>(), 4);
         for i in [0, 1, 77, u32::MAX - 2] {

@@ -159,7 +159,7 @@ pub struct FlushReport {
 /// A queued sample, or an exemplar (then `t` and `v` are unused). Boxed so that a sample
 /// pays 8 bytes for the option. The series' labels are looked up in the series table when
 /// the batch is encoded (once per sample, under one read lock per batch), not carried here:
-/// cloning a label `Arc` per sample cost an atomic increment and decrement on a counter that
+/// cloning a label set per sample cost an atomic increment and decrement on a counter that
 /// is a cache miss at 100k series. A series stored when its sample was queued is still there
 /// at encode time: series are removed only once every sample queued before the removal was
 /// asked for has finished (see [`QueueManager::forget_series`]).
