@@ -161,7 +161,7 @@ impl SeriesTable {
                 slots[i as usize]
                     .labels
                     .as_ref()
-                    .is_some_and(|l| l.bytes() == labels.bytes())
+                    .is_some_and(|l| *l == labels)
             })
             .copied()
     }
@@ -327,7 +327,7 @@ impl SharedLabels for Mutex<SeriesTable> {
         t.slots[i.get() as usize]
             .labels
             .as_ref()
-            .filter(|l| l.bytes() == labels.bytes())
+            .filter(|l| **l == labels)
             .cloned()
     }
 }

@@ -4,11 +4,10 @@
 //! Resetting from a [`Labels`] copies its strings; a `set` appends text and updates or inserts
 //! one entry; a `del` removes one entry. Once the buffers have grown to the working size,
 //! relabelling a series through a reused builder allocates nothing until the final
-//! [`LabelsBuilder::labels`], which packs the result into one allocation.
+//! [`LabelsBuilder::labels`], which interns the result into one allocation.
 
 use std::fmt;
 
-use super::set::{put_uvarint, uvarint_len};
 use super::Labels;
 
 /// One label in a [`LabelsBuilder`]: byte ranges of its name and value in the arena.
@@ -25,8 +24,6 @@ pub(crate) struct Entry {
 pub struct LabelsBuilder {
     arena: String,
     entries: Vec<Entry>,
-    /// The packed form under construction in [`LabelsBuilder::labels`].
-    packed: Vec<u8>,
     /// Scratch buffers for the relabel engine, kept here so they are reused across series.
     pub(crate) scratch: [String; 3],
     pub(crate) snapshot: Vec<Entry>,
@@ -148,30 +145,15 @@ impl LabelsBuilder {
         labels.len() == self.entries.len() && self.iter().eq(labels.iter())
     }
 
-    /// The current label set, packed into one new allocation.
+    /// The current label set, as a new kept set (its strings interned, see
+    /// `super::symbols`).
     pub fn labels(&mut self) -> Labels {
-        let total: usize = self
-            .entries
-            .iter()
-            .map(|e| {
-                let (n, v) = (e.name.1 - e.name.0, e.value.1 - e.value.0);
-                uvarint_len(n as u64) + n + uvarint_len(v as u64) + v
-            })
-            .sum::<usize>()
-            + uvarint_len(self.entries.len() as u64);
-        let mut packed = std::mem::take(&mut self.packed);
-        packed.clear();
-        packed.reserve(total);
-        put_uvarint(&mut packed, self.entries.len() as u64);
-        for e in &self.entries {
-            for r in [e.name, e.value] {
-                put_uvarint(&mut packed, (r.1 - r.0) as u64);
-                packed.extend_from_slice(self.text(r).as_bytes());
-            }
-        }
-        let labels = Labels::from_packed(&packed);
-        self.packed = packed;
-        labels
+        Labels::from_strings(
+            self.entries.len(),
+            self.entries
+                .iter()
+                .flat_map(|e| [self.text(e.name).as_bytes(), self.text(e.value).as_bytes()]),
+        )
     }
 }
 
@@ -243,9 +225,14 @@ mod tests {
             for (k, v) in &model {
                 prop_assert_eq!(got.get(k), Some(v.as_str()));
             }
-            // Packed bytes parse back to the same set.
-            let (view, used) = super::super::LabelsRef::parse(got.bytes()).unwrap();
-            prop_assert_eq!(used, got.bytes().len());
+            // The wire form parses back to the same set, which compares and hashes equal.
+            let mut wire = Vec::new();
+            got.as_view().write_wire(&mut wire);
+            let (view, used) = super::super::LabelsRef::parse(&wire).unwrap();
+            prop_assert_eq!(used, wire.len());
+            prop_assert!(view == got.as_view());
+            let h = super::super::Hasher::random();
+            prop_assert_eq!(h.hash(view), h.hash(got.as_view()));
             prop_assert_eq!(view.to_owned(), got);
         }
     }

@@ -6,8 +6,8 @@ use std::hash::{BuildHasher, BuildHasherDefault};
 use super::{LabelsRef, SeriesRef};
 
 /// The one hasher for label sets (and for the series texts the scrape cache keys): xxHash64
-/// with a seed over the canonical bytes ([`Labels::bytes`](super::Labels::bytes)), so equal
-/// label sets hash equally and the hash is one pass over one buffer.
+/// with a seed over the set's wire form ([`LabelsRef::write_wire`]), so equal label sets hash
+/// equally whichever form they are in.
 ///
 /// A hash never stands for a label set: tables hash to find candidates and compare the bytes.
 /// The seed is what keeps a target from choosing label values that all land in one bucket
@@ -21,7 +21,7 @@ pub struct Hasher {
 impl Hasher {
     /// A hasher with a per-process random seed, for in-memory tables.
     pub fn random() -> Self {
-        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
+        let seed = Self::random_seed();
         Hasher {
             seed,
             mask: u64::MAX,
@@ -48,6 +48,11 @@ impl Hasher {
         Hasher { seed, mask }
     }
 
+    /// A random seed, per call (the symbol table's index, `super::symbols`).
+    pub(super) fn random_seed() -> u64 {
+        std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
+    }
+
     /// The hash of `bytes`.
     #[inline]
     pub fn hash_bytes(&self, bytes: &[u8]) -> u64 {
@@ -57,7 +62,7 @@ impl Hasher {
     /// The hash of a label set.
     #[inline]
     pub fn hash(&self, labels: LabelsRef<'_>) -> u64 {
-        self.hash_bytes(labels.bytes())
+        labels.with_wire(|b| self.hash_bytes(b))
     }
 }
 
@@ -196,7 +201,7 @@ mod tests {
         let s = Hasher::stable();
         assert_eq!(
             s.hash(a.as_view()),
-            twox_hash::XxHash64::oneshot(0, a.bytes())
+            twox_hash::XxHash64::oneshot(0, &a.wire())
         );
         assert_eq!(s, Hasher::stable());
         assert_ne!(s.hash(a.as_view()), s.hash(b.as_view()));
@@ -206,7 +211,7 @@ mod tests {
         assert!(Hasher::with_bits(7, 3).hash(a.as_view()) < 8);
         assert_eq!(
             Hasher::with_bits(7, 64).hash(a.as_view()),
-            twox_hash::XxHash64::oneshot(7, a.bytes())
+            twox_hash::XxHash64::oneshot(7, &a.wire())
         );
     }
 }

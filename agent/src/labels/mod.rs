@@ -20,13 +20,16 @@ mod builder;
 mod hash;
 mod refs;
 mod set;
+mod symbols;
 mod thin;
 
 pub use builder::LabelsBuilder;
 pub use hash::{Hasher, Headroom, RefHasher, RefMap};
 pub use refs::DenseRefMap;
 pub(crate) use set::put_uvarint;
-pub use set::{go_quote, write_go_quoted, Labels, LabelsIter, LabelsRef, ParseError, RawPairs};
+pub use set::{
+    go_quote, write_go_quoted, Labels, LabelsIter, LabelsRef, ParseError, RawPairs, Strings,
+};
 
 use std::fmt;
 

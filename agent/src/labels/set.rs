@@ -1,37 +1,51 @@
-//! [`Labels`] and [`LabelsRef`]: a label set as one byte string in the WAL's wire form,
+//! [`Labels`] and [`LabelsRef`]: a label set, pairs sorted by name (byte order, as Go compares
+//! strings), names unique and values non-empty when built by
+//! [`LabelsBuilder`](super::LabelsBuilder). Two forms:
 //!
-//! ```text
-//! uvarint n, then n × (uvarint len, name bytes, uvarint len, value bytes)
-//! ```
+//! - **Kept: [`Labels`]**, the set as symbols into the process's table of label strings
+//!   ([`super::symbols`]): one allocation per set holding a count byte and a varint symbol
+//!   per string (about 18 bytes for 8 labels, plus an 8-byte header), each distinct string
+//!   stored once in the process. `Clone` shares the allocation (reference-counted, behind a
+//!   one-word pointer), so every holder of a series (scrape cache, the instance's series
+//!   table, each remote_write endpoint) points at one copy, freed with the last holder.
+//!   Equal sets have equal symbols, so equality compares those bytes.
+//! - **On the wire: the WAL's form**, what a WAL Series record carries after each ref
+//!   (`uvarint` being unsigned LEB128):
 //!
-//! (exactly what a WAL Series record carries after each ref, `uvarint` being unsigned LEB128),
-//! with pairs sorted by name (byte order, as Go compares strings), names unique and values
-//! non-empty when built by [`LabelsBuilder`](super::LabelsBuilder). Why this form:
-//! - one allocation per label set: the label text plus one length byte per string, one count
-//!   byte and an 8-byte header (reference count and length, see [`super::thin`]); no
-//!   per-label `String`s, no offsets table;
-//! - the form is canonical, so equality and hashing work on the bytes;
-//! - writing a Series record is a `memcpy`, and a record read from disk is a [`LabelsRef`]
-//!   without copying;
-//! - `Clone` shares the bytes (reference-counted, behind a one-word pointer), so every holder
-//!   of a series (scrape cache, the instance's series table, each remote_write endpoint)
-//!   points at one copy, freed with the last holder.
+//!   ```text
+//!   uvarint n, then n × (uvarint len, name bytes, uvarint len, value bytes)
+//!   ```
 //!
-//! Lookups walk the bytes, which is fine for the handful of labels a series has. Every
-//! constructor validates (well-formed varints, UTF-8), so accessors never fail; bytes read from
-//! another writer's WAL are taken as they are (order is not checked, Prometheus always sorts).
+//!   A record read from disk is a [`LabelsRef`] over these bytes without copying; a kept set
+//!   is written in this form ([`LabelsRef::write_wire`]) and hashed over it, so both forms of
+//!   one set hash and compare equal.
+//!
+//! A [`LabelsRef`] is either form, borrowed. Lookups walk the set, which is fine for the
+//! handful of labels a series has. Every constructor validates (well-formed varints, UTF-8),
+//! so accessors never fail; bytes read from another writer's WAL are taken as they are (order
+//! is not checked, Prometheus always sorts).
 
 use std::fmt;
 
-use super::thin::SharedBytes;
+use std::cell::RefCell;
+
+use super::symbols::{SymbolIndex, SymbolPairs, SymbolSet};
 
 /// An immutable, shared label set (see the module docs).
 #[derive(Clone)]
-pub struct Labels(SharedBytes);
+pub struct Labels(SymbolSet);
 
-/// A borrowed label set in the same form, validated.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LabelsRef<'a>(&'a [u8]);
+/// A borrowed label set in either form (see the module docs), validated.
+#[derive(Clone, Copy)]
+pub struct LabelsRef<'a>(Repr<'a>);
+
+#[derive(Clone, Copy)]
+enum Repr<'a> {
+    /// The WAL's form.
+    Wire(&'a [u8]),
+    /// A kept set.
+    Sym(&'a SymbolSet),
+}
 
 /// Why bytes are not a label set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -53,19 +67,10 @@ pub(crate) fn put_uvarint(buf: &mut Vec<u8>, mut x: u64) {
     buf.push(x as u8);
 }
 
-pub(super) fn uvarint_len(mut x: u64) -> usize {
-    let mut n = 1;
-    while x >= 0x80 {
-        x >>= 7;
-        n += 1;
-    }
-    n
-}
-
 /// Reads a uvarint at `*pos`; `None` when truncated or longer than 10 bytes. The one-byte
 /// case (every length below 128) is inlined into the hot readers; longer ones take the call.
 #[inline(always)]
-fn read_uvarint(b: &[u8], pos: &mut usize) -> Option<u64> {
+pub(super) fn read_uvarint(b: &[u8], pos: &mut usize) -> Option<u64> {
     let first = *b.get(*pos)?;
     if first < 0x80 {
         *pos += 1;
@@ -114,7 +119,7 @@ fn as_str(b: &[u8]) -> &str {
 impl Labels {
     /// The empty label set.
     pub fn empty() -> Self {
-        Labels(SharedBytes::new(&[0u8]))
+        Labels(SymbolSet::new(0, std::iter::empty()))
     }
 
     /// Builds a label set from pairs in any order. Pairs with an empty value are dropped; when
@@ -132,25 +137,35 @@ impl Labels {
         b.labels()
     }
 
-    /// Takes packed bytes the caller built in the wire form (the builder).
-    pub(super) fn from_packed(bytes: &[u8]) -> Self {
-        Labels(SharedBytes::new(bytes))
+    /// The set of `n` pairs whose validated strings, in the set's order, `strings` yields
+    /// (name, value, name, value, ...): the builder's.
+    pub(super) fn from_strings<'s>(n: usize, strings: impl Iterator<Item = &'s [u8]>) -> Self {
+        Labels(SymbolSet::new(n, strings))
     }
 
     /// The borrowed view.
     #[inline]
     pub fn as_view(&self) -> LabelsRef<'_> {
-        LabelsRef(self.0.as_slice())
+        LabelsRef(Repr::Sym(&self.0))
     }
 
-    /// The wire bytes (`uvarint n` + pairs).
+    /// The strings by position, for reading them out of order (the scrape cache's compare):
+    /// `None` for a set of more than 32 labels.
     #[inline]
-    pub fn bytes(&self) -> &[u8] {
-        self.0.as_slice()
+    pub fn strings(&self) -> Option<Strings<'_>> {
+        self.0.index().map(Strings)
     }
 
-    /// Heap bytes of the shared buffer (for memory accounting): the bytes plus its count and
-    /// length.
+    /// The set in the wire form (tests).
+    #[cfg(test)]
+    pub(crate) fn wire(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.as_view().write_wire(&mut out);
+        out
+    }
+
+    /// Heap bytes of the set's own allocation (for memory accounting): its symbols plus its
+    /// count and length. The strings are the process table's, shared by every set.
     pub fn heap_size(&self) -> usize {
         self.0.heap_size()
     }
@@ -195,8 +210,9 @@ impl Default for Labels {
 }
 
 impl PartialEq for Labels {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
-        self.0.ptr_eq(&other.0) || self.bytes() == other.bytes()
+        self.0.ptr_eq(&other.0) || self.0.symbol_bytes() == other.0.symbol_bytes()
     }
 }
 
@@ -204,14 +220,65 @@ impl Eq for Labels {}
 
 impl std::hash::Hash for Labels {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.bytes().hash(state);
+        self.as_view().hash(state);
     }
 }
 
 impl PartialEq<LabelsRef<'_>> for Labels {
     fn eq(&self, other: &LabelsRef<'_>) -> bool {
-        self.bytes() == other.0
+        self.as_view() == *other
     }
+}
+
+impl PartialEq for LabelsRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self.0, other.0) {
+            (Repr::Wire(a), Repr::Wire(b)) => a == b,
+            (Repr::Sym(a), Repr::Sym(b)) => a.ptr_eq(b) || a.symbol_bytes() == b.symbol_bytes(),
+            _ => self.len() == other.len() && self.raw_pairs().eq(other.raw_pairs()),
+        }
+    }
+}
+
+impl Eq for LabelsRef<'_> {}
+
+/// Over the pairs, so both forms of one set hash alike.
+impl std::hash::Hash for LabelsRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_usize(self.len());
+        for (n, v) in self.raw_pairs() {
+            n.hash(state);
+            v.hash(state);
+        }
+    }
+}
+
+/// A kept set's strings by position ([`Labels::strings`]): name `i` at `2i`, its value at
+/// `2i + 1`.
+pub struct Strings<'a>(SymbolIndex<'a>);
+
+impl<'a> Strings<'a> {
+    /// Labels of the largest set that has a [`Strings`].
+    pub const MAX_LABELS: usize = super::symbols::MAX_INDEXED / 2;
+
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<&'a [u8]> {
+        self.0.get(i)
+    }
+
+    /// How many strings (twice the labels).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+thread_local! {
+    /// [`LabelsRef::with_wire`]'s buffer for kept sets.
+    static WIRE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl<'a> IntoIterator for &'a Labels {
@@ -237,18 +304,59 @@ impl<'a> LabelsRef<'a> {
                 }
             }
         }
-        Ok((LabelsRef(&b[..pos]), pos))
+        Ok((LabelsRef(Repr::Wire(&b[..pos])), pos))
     }
 
-    /// An owned copy.
+    /// A kept set with these labels (the same allocation when this is a view of one).
     pub fn to_owned(self) -> Labels {
-        Labels(SharedBytes::new(self.0))
+        match self.0 {
+            Repr::Sym(s) => Labels(s.clone()),
+            Repr::Wire(_) => Labels::from_strings(
+                self.len(),
+                self.raw_pairs().flat_map(|(n, v)| [n, v]),
+            ),
+        }
     }
 
-    /// The wire bytes.
-    #[inline]
-    pub fn bytes(self) -> &'a [u8] {
-        self.0
+    /// Appends the set in the wire form (a WAL Series record's labels).
+    pub fn write_wire(self, out: &mut Vec<u8>) {
+        match self.0 {
+            Repr::Wire(b) => out.extend_from_slice(b),
+            Repr::Sym(_) => {
+                put_uvarint(out, self.len() as u64);
+                for (n, v) in self.raw_pairs() {
+                    put_uvarint(out, n.len() as u64);
+                    out.extend_from_slice(n);
+                    put_uvarint(out, v.len() as u64);
+                    out.extend_from_slice(v);
+                }
+            }
+        }
+    }
+
+    /// Calls `f` with the set in the wire form: the bytes themselves for a record's view, a
+    /// per-thread buffer written by [`write_wire`](Self::write_wire) for a kept set.
+    pub fn with_wire<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        match self.0 {
+            Repr::Wire(b) => f(b),
+            Repr::Sym(_) => WIRE.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut buf) => {
+                    buf.clear();
+                    self.write_wire(&mut buf);
+                    let r = f(&buf);
+                    if buf.capacity() > 1 << 16 {
+                        *buf = Vec::new();
+                    }
+                    r
+                }
+                // `f` itself asked for a set's wire form.
+                Err(_) => {
+                    let mut buf = Vec::new();
+                    self.write_wire(&mut buf);
+                    f(&buf)
+                }
+            }),
+        }
     }
 
     /// Starts bringing the bytes into the CPU cache ahead of a read that needs them (a hint:
@@ -259,7 +367,10 @@ impl<'a> LabelsRef<'a> {
     /// A plain load kept alive by `black_box` (the prefetch instruction needs `unsafe`).
     #[inline]
     pub fn warm(self) {
-        let b = self.0;
+        let b = match self.0 {
+            Repr::Wire(b) => b,
+            Repr::Sym(s) => return s.warm(),
+        };
         let mut x = b.last().copied().unwrap_or(0);
         for i in (0..b.len()).step_by(64) {
             x ^= b[i];
@@ -277,18 +388,24 @@ impl<'a> LabelsRef<'a> {
     /// re-checking UTF-8, which every constructor checked already.
     #[inline]
     pub fn raw_pairs(self) -> RawPairs<'a> {
-        let mut pos = 0;
-        let left = read_uvarint(self.0, &mut pos).unwrap_or(0);
-        RawPairs {
-            b: self.0,
-            pos,
-            left,
+        match self.0 {
+            Repr::Wire(b) => {
+                let mut pos = 0;
+                let left = read_uvarint(b, &mut pos).unwrap_or(0);
+                RawPairs(PairsRepr::Wire { b, pos, left })
+            }
+            Repr::Sym(s) => RawPairs(PairsRepr::Sym(s.pairs())),
         }
     }
 
     pub fn len(self) -> usize {
-        let mut pos = 0;
-        read_uvarint(self.0, &mut pos).unwrap_or(0) as usize
+        match self.0 {
+            Repr::Wire(b) => {
+                let mut pos = 0;
+                read_uvarint(b, &mut pos).unwrap_or(0) as usize
+            }
+            Repr::Sym(s) => s.len(),
+        }
     }
 
     pub fn is_empty(self) -> bool {
@@ -302,57 +419,42 @@ impl<'a> LabelsRef<'a> {
     pub fn contains(self, name: &str) -> bool {
         self.get(name).is_some()
     }
-
-    /// Where each string lies in [`bytes`](LabelsRef::bytes): `out[2i]` is `(start, end)` of
-    /// name `i`, `out[2i + 1]` of its value. Returns the number of strings written, or `None`
-    /// when `out` is too small or an offset does not fit in 16 bits (a hot-path index for
-    /// short label sets; callers fall back to something else then).
-    #[inline]
-    pub fn spans(self, out: &mut [(u16, u16)]) -> Option<usize> {
-        let b = self.0;
-        if b.len() > usize::from(u16::MAX) {
-            return None;
-        }
-        let mut pos = 0;
-        let n = usize::try_from(read_uvarint(b, &mut pos)?)
-            .ok()?
-            .checked_mul(2)?;
-        if n > out.len() {
-            return None;
-        }
-        for span in &mut out[..n] {
-            let len = usize::try_from(read_uvarint(b, &mut pos)?).ok()?;
-            let end = pos.checked_add(len).filter(|&e| e <= b.len())?;
-            *span = (pos as u16, end as u16);
-            pos = end;
-        }
-        Some(n)
-    }
 }
 
 /// Iterator over the `(name, value)` pairs of a label set as bytes, in stored (name) order
 /// ([`LabelsRef::raw_pairs`]).
 #[derive(Clone)]
-pub struct RawPairs<'a> {
-    b: &'a [u8],
-    pos: usize,
-    left: u64,
+pub struct RawPairs<'a>(PairsRepr<'a>);
+
+#[derive(Clone)]
+enum PairsRepr<'a> {
+    Wire { b: &'a [u8], pos: usize, left: u64 },
+    Sym(SymbolPairs<'a>),
 }
 
 impl<'a> Iterator for RawPairs<'a> {
     type Item = (&'a [u8], &'a [u8]);
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
+        match &mut self.0 {
+            PairsRepr::Wire { b, pos, left } => {
+                if *left == 0 {
+                    return None;
+                }
+                *left -= 1;
+                let n = read_bytes(b, pos)?;
+                let v = read_bytes(b, pos)?;
+                Some((n, v))
+            }
+            PairsRepr::Sym(p) => p.next(),
         }
-        self.left -= 1;
-        let n = read_bytes(self.b, &mut self.pos)?;
-        let v = read_bytes(self.b, &mut self.pos)?;
-        Some((n, v))
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = usize::try_from(self.left).unwrap_or(usize::MAX);
+        let left = match &self.0 {
+            PairsRepr::Wire { left, .. } => *left,
+            PairsRepr::Sym(p) => p.remaining(),
+        };
+        let n = usize::try_from(left).unwrap_or(usize::MAX);
         (n, Some(n))
     }
 }
@@ -485,19 +587,20 @@ mod tests {
             ("instance", "a:1"),
         ]);
         assert_eq!(
-            ls.bytes(),
+            ls.wire(),
             b"\x03\x08__name__\x02up\x08instance\x03a:1\x03job\x04node".as_slice()
         );
         assert_eq!(ls.get("job"), Some("node"));
         assert_eq!(ls.get("c"), None);
         assert!(!ls.contains("zz"));
         assert_eq!(ls.len(), 3);
-        let (r, used) = LabelsRef::parse(ls.bytes()).expect("valid");
-        assert_eq!(used, ls.bytes().len());
+        let wire = ls.wire();
+        let (r, used) = LabelsRef::parse(&wire).expect("valid");
+        assert_eq!(used, ls.wire().len());
         assert_eq!(r.to_owned(), ls);
         assert_eq!(ls, r);
         assert!(Labels::empty().is_empty());
-        assert_eq!(Labels::empty().bytes(), [0u8]);
+        assert_eq!(Labels::empty().wire(), [0u8]);
         // Later pairs win, as repeated Builder.Set calls.
         assert_eq!(l(&[("b", "2"), ("b", "3")]).get("b"), Some("3"));
     }
@@ -530,6 +633,6 @@ mod tests {
         let long = "v".repeat(300);
         let ls = l(&[("n", long.as_str())]);
         assert_eq!(ls.get("n"), Some(long.as_str()));
-        assert_eq!(LabelsRef::parse(ls.bytes()).unwrap().1, ls.bytes().len());
+        assert_eq!(LabelsRef::parse(&ls.wire()).unwrap().1, ls.wire().len());
     }
 }

@@ -114,6 +114,52 @@ impl SharedBytes {
     pub(super) fn heap_size(&self) -> usize {
         layout(self.header().len as usize).size()
     }
+
+    /// Gives up this reference: `Some` (holding the allocation's only count) when it was the
+    /// last one, so the caller can read the bytes one last time before they are freed (the
+    /// symbol table releases a set's strings that way, `super::symbols`); `None` otherwise.
+    pub(super) fn into_last(self) -> Option<SharedBytes> {
+        let this = std::mem::ManuallyDrop::new(self);
+        if this.header().count.fetch_sub(1, Ordering::Release) != 1 {
+            return None;
+        }
+        // As in `drop`: every other holder's use happens before this point.
+        fence(Ordering::Acquire);
+        // Nobody else can see the allocation any more; the returned value owns it.
+        this.header().count.store(1, Ordering::Relaxed);
+        Some(SharedBytes { ptr: this.ptr })
+    }
+
+    /// The pointer, keeping this reference's count (for a table of pointers that holds the
+    /// references itself, `super::symbols`); [`SharedBytes::from_raw`] takes it back.
+    pub(super) fn into_raw(self) -> NonNull<u8> {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.ptr.cast()
+    }
+
+    /// Takes back a reference given up by [`SharedBytes::into_raw`].
+    ///
+    /// # Safety
+    /// `ptr` came from `into_raw` and its reference was not taken back before.
+    pub(super) unsafe fn from_raw(ptr: NonNull<u8>) -> SharedBytes {
+        SharedBytes { ptr: ptr.cast() }
+    }
+
+    /// The bytes behind a pointer from [`SharedBytes::into_raw`].
+    ///
+    /// # Safety
+    /// The reference given up for `ptr` is not taken back (so the allocation lives) during
+    /// `'a`.
+    #[inline]
+    pub(super) unsafe fn raw_slice<'a>(ptr: NonNull<u8>) -> &'a [u8] {
+        let header = ptr.cast::<Header>();
+        // SAFETY: by the caller's promise the allocation lives during 'a; `len` initialised
+        // bytes follow its header and are never written after `new`.
+        unsafe {
+            let len = header.as_ref().len as usize;
+            std::slice::from_raw_parts(ptr.as_ptr().add(size_of::<Header>()), len)
+        }
+    }
 }
 
 impl Clone for SharedBytes {

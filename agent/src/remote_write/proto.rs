@@ -186,9 +186,20 @@ impl<'a> From<&'a crate::labels::Labels> for SeriesLabels<'a> {
     }
 }
 
-/// Writes one `Label` message (field `field`) from raw name and value bytes.
+/// Writes one `Label` message (field `field`) from raw name and value bytes: the usual pair
+/// (both strings non-empty and under 128 bytes, the message too) with its five one-byte keys
+/// and lengths written at once.
 #[inline]
 fn put_pair(buf: &mut Vec<u8>, field: u8, n: &[u8], v: &[u8]) {
+    let body = n.len() + v.len() + 4;
+    if body < 0x80 && !n.is_empty() && !v.is_empty() {
+        buf.reserve(body + 2);
+        buf.extend_from_slice(&[key(field, LEN), body as u8, key(1, LEN), n.len() as u8]);
+        buf.extend_from_slice(n);
+        buf.extend_from_slice(&[key(2, LEN), v.len() as u8]);
+        buf.extend_from_slice(v);
+        return;
+    }
     buf.push(key(field, LEN));
     put_varint(buf, (bytes_field_len(n) + bytes_field_len(v)) as u64);
     put_bytes(buf, 1, n);
@@ -197,7 +208,7 @@ fn put_pair(buf: &mut Vec<u8>, field: u8, n: &[u8], v: &[u8]) {
 
 /// Writes the pairs of `labels` merged with those of `external` whose name `labels` lacks, in
 /// name order (both are sorted by name; byte order is the order of the names as strings).
-/// Works on the packed bytes: one walk, no UTF-8 re-check (the sets were validated when built).
+/// One walk over each, no UTF-8 re-check (the sets were validated when built).
 fn put_packed(buf: &mut Vec<u8>, labels: LabelsRef<'_>, external: Option<LabelsRef<'_>>) {
     let Some(external) = external.filter(|e| !e.is_empty()) else {
         put_own(buf, labels);
@@ -242,79 +253,10 @@ fn put_packed(buf: &mut Vec<u8>, labels: LabelsRef<'_>, external: Option<LabelsR
     }
 }
 
-/// Writes the pairs of `labels` alone. A `Label` message is the pair's two strings, each
-/// behind its field key and its length varint, and the packed set holds each string behind
-/// that same varint: so each string is copied with its length as it is in the set (one-byte
-/// lengths, minimal by construction), with one reserve per set and, for strings of up to
-/// [`CHUNK`] bytes, a fixed-size copy cut back to the string (no `memcpy` call per string).
-/// A pair with a string of 128 bytes or more, or a message of 128 bytes or more, goes through
-/// [`put_pair`], and so do the pairs after it.
+/// Writes the pairs of `labels` alone.
 fn put_own(buf: &mut Vec<u8>, labels: LabelsRef<'_>) {
-    let b = labels.bytes();
-    let n = usize::from(b.first().copied().unwrap_or(0));
-    if n >= 0x80 {
-        for (n, v) in labels.raw_pairs() {
-            put_pair(buf, 1, n, v);
-        }
-        return;
-    }
-    // Each pair's message is its two strings with their lengths, plus three bytes.
-    buf.reserve(b.len() + 3 * n + CHUNK);
-    let mut at = 1;
-    for i in 0..n {
-        match put_packed_pair(buf, b, at) {
-            Some(next) => at = next,
-            None => {
-                for (n, v) in labels.raw_pairs().skip(i) {
-                    put_pair(buf, 1, n, v);
-                }
-                return;
-            }
-        }
-    }
-}
-
-/// Strings up to this long are copied by [`copy_short`] without a call to `memcpy`.
-const CHUNK: usize = 32;
-
-/// Writes the pair whose name's length byte is `b[at]` as a `Label` message (field 1) and
-/// returns where the next pair starts; `None`, having written nothing, when a length or the
-/// message's length does not fit in one byte.
-#[inline]
-fn put_packed_pair(buf: &mut Vec<u8>, b: &[u8], at: usize) -> Option<usize> {
-    let name_len = *b.get(at)?;
-    if name_len >= 0x80 {
-        return None;
-    }
-    let value_at = at + 1 + usize::from(name_len);
-    let value_len = *b.get(value_at)?;
-    if value_len >= 0x80 {
-        return None;
-    }
-    let end = value_at + 1 + usize::from(value_len);
-    // Two field keys and the two length-prefixed strings.
-    let body = end.checked_sub(at)? + 2;
-    if end > b.len() || body >= 0x80 {
-        return None;
-    }
-    buf.extend_from_slice(&[key(1, LEN), body as u8, key(1, LEN)]);
-    copy_short(buf, b, at, value_at);
-    buf.push(key(2, LEN));
-    copy_short(buf, b, value_at, end);
-    Some(end)
-}
-
-/// Appends `b[from..to]`: when it is at most [`CHUNK`] bytes and `b` has [`CHUNK`] bytes from
-/// `from`, as a copy of that fixed size (inlined moves) cut back to `to - from` bytes.
-#[inline]
-fn copy_short(buf: &mut Vec<u8>, b: &[u8], from: usize, to: usize) {
-    let len = to - from;
-    match b.get(from..from + CHUNK).map(<&[u8; CHUNK]>::try_from) {
-        Some(Ok(chunk)) if len <= CHUNK => {
-            buf.extend_from_slice(chunk);
-            buf.truncate(buf.len() - (CHUNK - len));
-        }
-        _ => buf.extend_from_slice(&b[from..to]),
+    for (n, v) in labels.raw_pairs() {
+        put_pair(buf, 1, n, v);
     }
 }
 

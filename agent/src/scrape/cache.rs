@@ -59,7 +59,7 @@ use crate::labels::{Hasher, Headroom, Labels};
 pub const DROPPED: u32 = u32::MAX;
 
 /// Label sets with more labels than this keep their text (the recipe's index is on the stack).
-const MAX_RECIPE_LABELS: usize = 32;
+const MAX_RECIPE_LABELS: usize = crate::labels::Strings::MAX_LABELS;
 
 /// How a key recognises its text.
 enum KeyText {
@@ -561,6 +561,7 @@ fn key_text(text: &[u8], labels: &Labels) -> KeyText {
 /// (values with their escapes).
 mod recipe {
     use super::{Labels, MAX_RECIPE_LABELS};
+    use crate::labels::Strings;
 
     const BARE: u8 = 0xFF;
     const NAME: u8 = 0x40;
@@ -570,13 +571,11 @@ mod recipe {
     /// Whether `recipe` renders exactly `text` from `labels`.
     #[inline]
     pub(super) fn renders(recipe: &[u8], labels: &Labels, text: &[u8]) -> bool {
-        let mut spans = [(0u16, 0u16); 2 * MAX_RECIPE_LABELS];
-        let Some(n) = labels.as_view().spans(&mut spans) else {
+        let Some(strings) = labels.strings() else {
             return false;
         };
         let r = Render {
-            bytes: labels.bytes(),
-            spans: &spans[..n],
+            strings: &strings,
             text,
         };
         r.run(recipe) == Some(text.len())
@@ -585,19 +584,16 @@ mod recipe {
     /// When `text` starts with what `recipe` renders from `labels`, the rendered length.
     #[inline]
     pub(super) fn rendered_prefix(recipe: &[u8], labels: &Labels, text: &[u8]) -> Option<usize> {
-        let mut spans = [(0u16, 0u16); 2 * MAX_RECIPE_LABELS];
-        let n = labels.as_view().spans(&mut spans)?;
+        let strings = labels.strings()?;
         let r = Render {
-            bytes: labels.bytes(),
-            spans: &spans[..n],
+            strings: &strings,
             text,
         };
         r.run(recipe)
     }
 
     struct Render<'a> {
-        bytes: &'a [u8],
-        spans: &'a [(u16, u16)],
+        strings: &'a Strings<'a>,
         text: &'a [u8],
     }
 
@@ -647,8 +643,7 @@ mod recipe {
                 } else {
                     2 * label + 1
                 };
-                let &(s, e) = self.spans.get(i)?;
-                self.bytes.get(usize::from(s)..usize::from(e))?
+                self.strings.get(i)?
             };
             Some(self.lit(want, pos))
         }

@@ -327,6 +327,7 @@ pub fn stats_with_progress(
     let hasher = Hasher::random();
     let mut sets: Vec<(SeriesRef, bool, usize, usize)> = Vec::new();
     let mut arena: Vec<u8> = Vec::new();
+    let mut wire: Vec<u8> = Vec::new();
     let mut index: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
     let mut metrics: HashMap<String, u64> = HashMap::new();
     let mut per_series: Vec<SeriesStats> = Vec::new();
@@ -379,7 +380,9 @@ pub fn stats_with_progress(
                     buckets[b].series += 1;
                     bucket_of_ref.insert(sref, b);
                     let h = hasher.hash(labels);
-                    let bytes = labels.bytes();
+                    wire.clear();
+                    labels.write_wire(&mut wire);
+                    let bytes = &wire[..];
                     let found = index.find(h, |&i| {
                         let (_, _, a, b) = sets[i as usize];
                         arena[a..b] == *bytes

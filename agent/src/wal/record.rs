@@ -250,7 +250,7 @@ pub fn extend_series<'l>(
     }
     for (r, l) in series {
         rec.extend_from_slice(&r.0.to_be_bytes());
-        rec.extend_from_slice(l.bytes());
+        l.write_wire(rec);
     }
 }
 
@@ -382,7 +382,7 @@ pub fn extend_exemplars(rec: &mut Vec<u8>, exemplars: &[RefExemplar]) {
         put_varint(rec, e.series_ref.0.wrapping_sub(base_ref) as i64);
         put_varint(rec, e.t.wrapping_sub(base_t));
         rec.extend_from_slice(&e.v.to_bits().to_be_bytes());
-        rec.extend_from_slice(e.labels.bytes());
+        e.labels.as_view().write_wire(rec);
     }
 }
 

@@ -1,0 +1,467 @@
+//! [`SymbolSet`]: a label set stored as numbers into the process's table of label strings.
+//!
+//! The strings of label sets repeat: every series of a target has the same `job` and
+//! `instance`, a metric's series share its name, and label names are few. A [`SymbolSet`] is
+//! the set's count and, for each pair, the numbers (symbols) of its name and its value, each a
+//! varint:
+//!
+//! ```text
+//! uvarint n, then n × (uvarint name symbol, uvarint value symbol)
+//! ```
+//!
+//! in one [`SharedBytes`] allocation, so a series with 8 labels (about 160 bytes of text) keeps
+//! about 18 bytes plus the allocation's header. Each distinct string is kept once by the
+//! process-wide table, whatever the number of sets, instances or remote_write endpoints that
+//! use it (the layout of this form was chosen by measurement, bench/analysis.md).
+//!
+//! The table:
+//! - **Reading is lock-free.** Symbol `id` lives in a slot of a segmented array that never
+//!   moves (segment `k` has `64 << k` slots, allocated once when first needed); a slot holds a
+//!   pointer to the string's [`SharedBytes`]. Reading a string is two loads and the string's
+//!   own.
+//! - **Interning and releasing take one lock** (a mutex around the string -> symbol index and
+//!   each symbol's count), once per set built or freed, never per sample.
+//! - **A symbol is counted once per occurrence in a live set** and freed with its last
+//!   occurrence; its number is then reused. A set holds its symbols for its whole life, so a
+//!   string read through a set is alive while the set is borrowed: that is what makes the
+//!   lock-free read sound (the only thing the `unsafe` below relies on).
+//!
+//! This module and [`super::thin`] are the crate's only `unsafe` code (`agent/src/lib.rs`
+//! denies it elsewhere; scripts/test checks that no other module allows it).
+
+#![allow(unsafe_code)]
+
+use std::mem::ManuallyDrop;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use hashbrown::HashTable;
+
+use super::set::{put_uvarint, read_uvarint};
+use super::thin::SharedBytes;
+
+/// Slots of the first segment; segment `k` has `FIRST << k`.
+const FIRST: usize = 64;
+/// Enough segments for every `u32` symbol.
+const SEGMENTS: usize = 27;
+
+struct Table {
+    segments: [OnceLock<Box<[AtomicPtr<u8>]>>; SEGMENTS],
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Symbols by their string's hash (the string compared on a match).
+    index: HashTable<u32>,
+    /// Occurrences of each symbol in live sets (0: free).
+    counts: Vec<u32>,
+    /// Free symbols, reused first.
+    free: Vec<u32>,
+    /// The index's hash seed, random per process (see [`super::Hasher`]).
+    seed: u64,
+}
+
+static TABLE: Table = Table {
+    segments: [const { OnceLock::new() }; SEGMENTS],
+    state: Mutex::new(State {
+        index: HashTable::new(),
+        counts: Vec::new(),
+        free: Vec::new(),
+        seed: 0,
+    }),
+};
+
+/// The segment and the offset in it of symbol `id`.
+#[inline]
+fn locate(id: u32) -> (usize, usize) {
+    let j = id as usize + FIRST;
+    let seg = (usize::BITS - 1 - j.leading_zeros() - FIRST.trailing_zeros()) as usize;
+    (seg, j - (FIRST << seg))
+}
+
+#[inline]
+fn slot(id: u32) -> Option<&'static AtomicPtr<u8>> {
+    let (seg, off) = locate(id);
+    TABLE.segments.get(seg)?.get()?.get(off)
+}
+
+/// The string of symbol `id`.
+///
+/// # Safety
+/// The caller holds an occurrence of `id` (a live [`SymbolSet`] containing it, or the table's
+/// lock with `id` counted) during `'a`.
+#[inline]
+unsafe fn resolve<'a>(id: u32) -> &'a [u8] {
+    match slot(id).and_then(|s| NonNull::new(s.load(Ordering::Acquire))) {
+        // SAFETY: the slot's reference is given back only when the symbol's count reaches
+        // zero, which the caller's occurrence prevents during 'a.
+        Some(p) => unsafe { SharedBytes::raw_slice(p) },
+        None => b"",
+    }
+}
+
+fn lock() -> MutexGuard<'static, State> {
+    // The state is consistent at every unlock: nothing in it panics half-way (counts that
+    // would overflow abort).
+    TABLE.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl State {
+    fn hash(&self, s: &[u8]) -> u64 {
+        twox_hash::XxHash64::oneshot(self.seed, s)
+    }
+
+    /// The symbol of `s`, counted once more.
+    fn intern(&mut self, s: &[u8]) -> u32 {
+        if self.seed == 0 {
+            self.seed = super::Hasher::random_seed() | 1;
+        }
+        let h = self.hash(s);
+        // SAFETY (both closures): every symbol in the index is counted, and the lock is held.
+        if let Some(&id) = self.index.find(h, |&id| unsafe { resolve(id) } == s) {
+            let c = &mut self.counts[id as usize];
+            *c = c.checked_add(1).unwrap_or_else(|| std::process::abort());
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                let id = u32::try_from(self.counts.len()).expect("fewer than 2^32 label strings");
+                self.counts.push(0);
+                id
+            }
+        };
+        let (seg, off) = locate(id);
+        let segment = TABLE.segments[seg].get_or_init(|| {
+            (0..FIRST << seg)
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect()
+        });
+        let ptr = SharedBytes::new(s).into_raw();
+        // Release: a set carrying `id` reaches other threads after this store.
+        segment[off].store(ptr.as_ptr(), Ordering::Release);
+        self.counts[id as usize] = 1;
+        let seed = self.seed;
+        self.index.insert_unique(h, id, |&id| {
+            twox_hash::XxHash64::oneshot(seed, unsafe { resolve(id) })
+        });
+        id
+    }
+
+    /// Counts one occurrence of `id` fewer, freeing the symbol with its last.
+    fn release(&mut self, id: u32) {
+        let Some(c) = self.counts.get_mut(id as usize).filter(|c| **c > 0) else {
+            return;
+        };
+        *c -= 1;
+        if *c > 0 {
+            return;
+        }
+        // SAFETY: `id` was counted until now and the lock is held.
+        let h = self.hash(unsafe { resolve(id) });
+        if let Ok(entry) = self.index.find_entry(h, |&x| x == id) {
+            entry.remove();
+        }
+        if let Some(p) = slot(id).and_then(|s| NonNull::new(s.swap(std::ptr::null_mut(), Ordering::Relaxed))) {
+            // SAFETY: the slot held the reference `intern` gave up; no set holds `id` any more,
+            // so nothing reads the string.
+            drop(unsafe { SharedBytes::from_raw(p) });
+        }
+        self.free.push(id);
+    }
+}
+
+/// A label set as symbols (see the module docs). Clones share one allocation.
+pub(super) struct SymbolSet(ManuallyDrop<SharedBytes>);
+
+impl SymbolSet {
+    /// The set of `n` pairs whose strings `strings` yields (name, value, name, value, ...),
+    /// already validated and in the set's order.
+    pub(super) fn new<'s>(n: usize, strings: impl Iterator<Item = &'s [u8]>) -> SymbolSet {
+        let mut bytes = Vec::with_capacity(1 + 4 * n);
+        put_uvarint(&mut bytes, n as u64);
+        {
+            let mut state = lock();
+            for s in strings {
+                put_uvarint(&mut bytes, u64::from(state.intern(s)));
+            }
+        }
+        SymbolSet(ManuallyDrop::new(SharedBytes::new(&bytes)))
+    }
+
+    /// The count and the symbols: equal sets have equal bytes (one table, one symbol per
+    /// string).
+    #[inline]
+    pub(super) fn symbol_bytes(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+
+    #[inline]
+    pub(super) fn len(&self) -> usize {
+        let mut pos = 0;
+        read_uvarint(self.0.as_slice(), &mut pos).unwrap_or(0) as usize
+    }
+
+    /// The pairs' strings in order.
+    #[inline]
+    pub(super) fn pairs(&self) -> SymbolPairs<'_> {
+        let b = self.0.as_slice();
+        let mut pos = 0;
+        let left = read_uvarint(b, &mut pos).unwrap_or(0);
+        SymbolPairs { b, pos, left }
+    }
+
+    /// The set's strings by position, for reading them out of order (`None` past
+    /// [`MAX_INDEXED`] strings).
+    #[inline]
+    pub(super) fn index(&self) -> Option<SymbolIndex<'_>> {
+        let b = self.0.as_slice();
+        let mut pos = 0;
+        let n = usize::try_from(read_uvarint(b, &mut pos)?).ok()?.checked_mul(2)?;
+        let mut ids = [0u32; MAX_INDEXED];
+        for o in ids.get_mut(..n)? {
+            *o = u32::try_from(read_uvarint(b, &mut pos)?).ok()?;
+        }
+        Some(SymbolIndex {
+            ids,
+            n: n as u8,
+            _set: std::marker::PhantomData,
+        })
+    }
+
+    #[inline]
+    pub(super) fn ptr_eq(&self, other: &SymbolSet) -> bool {
+        self.0.ptr_eq(&other.0)
+    }
+
+    /// Heap bytes of the set's own allocation (the strings are the table's, shared).
+    pub(super) fn heap_size(&self) -> usize {
+        self.0.heap_size()
+    }
+
+    /// Starts loading the set into the CPU cache (see `LabelsRef::warm` in set.rs).
+    #[inline]
+    pub(super) fn warm(&self) {
+        std::hint::black_box(self.0.as_slice().first().copied());
+    }
+}
+
+impl Clone for SymbolSet {
+    #[inline]
+    fn clone(&self) -> Self {
+        SymbolSet(ManuallyDrop::new((*self.0).clone()))
+    }
+}
+
+impl Drop for SymbolSet {
+    fn drop(&mut self) {
+        // SAFETY: `self.0` is not used after this (the value is being dropped).
+        let shared = unsafe { ManuallyDrop::take(&mut self.0) };
+        let Some(last) = shared.into_last() else {
+            return;
+        };
+        let b = last.as_slice();
+        let mut pos = 0;
+        let n = read_uvarint(b, &mut pos).unwrap_or(0).saturating_mul(2);
+        let mut state = lock();
+        for _ in 0..n {
+            let Some(id) = read_uvarint(b, &mut pos).and_then(|x| u32::try_from(x).ok()) else {
+                break;
+            };
+            state.release(id);
+        }
+    }
+}
+
+/// Strings a [`SymbolIndex`] holds at most (32 pairs).
+pub(super) const MAX_INDEXED: usize = 64;
+
+/// A [`SymbolSet`]'s strings by position: name `i` at `2i`, its value at `2i + 1`.
+pub(super) struct SymbolIndex<'a> {
+    /// Symbols read from the set (only those: the field is private to this module).
+    ids: [u32; MAX_INDEXED],
+    n: u8,
+    _set: std::marker::PhantomData<&'a SymbolSet>,
+}
+
+impl<'a> SymbolIndex<'a> {
+    /// String `i`.
+    #[inline]
+    pub(super) fn get(&self, i: usize) -> Option<&'a [u8]> {
+        let &id = self.ids[..usize::from(self.n)].get(i)?;
+        // SAFETY: `id` was read from the set borrowed for 'a, which holds it.
+        Some(unsafe { resolve(id) })
+    }
+
+    pub(super) fn len(&self) -> usize {
+        usize::from(self.n)
+    }
+}
+
+/// Iterator over a [`SymbolSet`]'s pairs as strings.
+#[derive(Clone)]
+pub(super) struct SymbolPairs<'a> {
+    b: &'a [u8],
+    pos: usize,
+    left: u64,
+}
+
+impl<'a> SymbolPairs<'a> {
+    #[inline]
+    fn next_string(&mut self) -> Option<&'a [u8]> {
+        let id = u32::try_from(read_uvarint(self.b, &mut self.pos)?).ok()?;
+        // SAFETY: `id` was read from the set borrowed for 'a, which holds it.
+        Some(unsafe { resolve(id) })
+    }
+
+    pub(super) fn remaining(&self) -> u64 {
+        self.left
+    }
+}
+
+impl<'a> Iterator for SymbolPairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let n = self.next_string()?;
+        let v = self.next_string()?;
+        Some((n, v))
+    }
+}
+
+/// How many occurrences of `s` live sets hold (tests).
+#[cfg(test)]
+fn count_of(s: &[u8]) -> u32 {
+    let state = lock();
+    let h = state.hash(s);
+    // SAFETY: counted, lock held.
+    state
+        .index
+        .find(h, |&id| unsafe { resolve(id) } == s)
+        .map_or(0, |&id| state.counts[id as usize])
+}
+
+#[cfg(test)]
+mod tests {
+    //! Also run under valgrind with labels::thin's command (`labels::symbols` as the filter).
+
+    use super::*;
+
+    fn set(strings: &[&str]) -> SymbolSet {
+        SymbolSet::new(strings.len() / 2, strings.iter().map(|s| s.as_bytes()))
+    }
+
+    fn strings(s: &SymbolSet) -> Vec<String> {
+        s.pairs()
+            .flat_map(|(n, v)| [n, v])
+            .map(|b| String::from_utf8(b.to_vec()).expect("utf8"))
+            .collect()
+    }
+
+    #[test]
+    fn segments_cover_every_symbol_once() {
+        assert_eq!(locate(0), (0, 0));
+        assert_eq!(locate(63), (0, 63));
+        assert_eq!(locate(64), (1, 0));
+        assert_eq!(locate(64 + 127), (1, 127));
+        assert_eq!(locate(64 + 128), (2, 0));
+        let (seg, off) = locate(u32::MAX);
+        assert!(seg < SEGMENTS && off < FIRST << seg);
+    }
+
+    #[test]
+    fn equal_sets_have_equal_symbols_and_each_string_is_counted_per_occurrence() {
+        let a = set(&["symbols-test-name", "symbols-test-v1", "symbols-test-x", "symbols-test-v1"]);
+        let b = set(&["symbols-test-name", "symbols-test-v1", "symbols-test-x", "symbols-test-v1"]);
+        assert!(!a.ptr_eq(&b));
+        assert_eq!(a.symbol_bytes(), b.symbol_bytes());
+        assert_eq!(
+            strings(&a),
+            ["symbols-test-name", "symbols-test-v1", "symbols-test-x", "symbols-test-v1"]
+        );
+        assert_eq!(a.len(), 2);
+        assert_eq!(count_of(b"symbols-test-v1"), 4);
+        // A clone is the same allocation and counts nothing more.
+        let c = a.clone();
+        assert!(c.ptr_eq(&a));
+        assert_eq!(count_of(b"symbols-test-v1"), 4);
+        drop(a);
+        assert_eq!(count_of(b"symbols-test-v1"), 4, "c still holds the set");
+        drop(c);
+        assert_eq!(count_of(b"symbols-test-v1"), 2);
+        drop(b);
+        assert_eq!(count_of(b"symbols-test-v1"), 0);
+        assert_eq!(count_of(b"symbols-test-name"), 0, "freed with its last set");
+    }
+
+    #[test]
+    fn a_set_of_eight_labels_is_its_symbols_and_a_header() {
+        let names = ["__name__", "code", "handler", "instance", "job", "method", "pod", "service"];
+        let values = [
+            "http_requests_total",
+            "200",
+            "/api/v1/items",
+            "127.0.0.1:9100",
+            "bench",
+            "GET",
+            "checkout-7d9f8c6b5-0000a",
+            "checkout",
+        ];
+        let all: Vec<&str> = names.iter().zip(values).flat_map(|(n, v)| [*n, v]).collect();
+        let s = set(&all);
+        // One count byte and 16 symbols of one or two bytes.
+        assert!(s.symbol_bytes().len() <= 33, "{}", s.symbol_bytes().len());
+        assert_eq!(s.heap_size(), 8 + s.symbol_bytes().len());
+        let index = s.index().expect("8 labels");
+        assert_eq!(index.len(), 16);
+        assert_eq!(index.get(13), Some(&b"checkout-7d9f8c6b5-0000a"[..]));
+        assert_eq!(index.get(16), None);
+    }
+
+    #[test]
+    fn the_index_stops_at_32_labels() {
+        let many: Vec<String> = (0..66).map(|i| format!("symbols-idx-{i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(set(&refs[..64]).index().is_some());
+        assert!(set(&refs[..66]).index().is_none());
+        assert_eq!(set(&refs[..66]).pairs().count(), 33);
+    }
+
+    #[test]
+    fn sets_built_and_dropped_on_many_threads_keep_their_strings() {
+        // Threads build sets from overlapping strings and drop them while others read theirs,
+        // so symbols are freed and their numbers reused all the time; every set must still read
+        // back its own strings (valgrind would also report a read of a freed string).
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut kept = Vec::new();
+                    for i in 0..2000 {
+                        let mine = format!("symbols-mt-{t}-{i}");
+                        let shared = format!("symbols-mt-shared-{}", i % 7);
+                        let s = set(&["symbols-mt-n", &shared, "symbols-mt-own", &mine]);
+                        assert_eq!(strings(&s), ["symbols-mt-n", &shared, "symbols-mt-own", &mine]);
+                        kept.push((s, shared, mine));
+                        if kept.len() > 50 {
+                            let (s, shared, mine) = kept.swap_remove(i % 50);
+                            assert_eq!(
+                                strings(&s),
+                                ["symbols-mt-n", &shared, "symbols-mt-own", &mine]
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread");
+        }
+        assert_eq!(count_of(b"symbols-mt-n"), 0);
+        assert_eq!(count_of(b"symbols-mt-shared-3"), 0);
+    }
+}
