@@ -2,7 +2,8 @@
 //! `PER_TARGET` distinct series each (about 120 bytes of series text per series, like the
 //! harness's targets), with the instance's WAL storage:
 //!
-//! - the label sets, held once and shared (see `agent::labels`);
+//! - the label sets, held once and shared, and the process's table of the label strings they
+//!   use (see `agent::labels`);
 //! - the scrape caches (`ScrapeProcessor`s);
 //! - the instance's series table (`WalStorage`);
 //! - the remote-write series table (`QueueManager::store_series` with the series as the WAL
@@ -111,22 +112,25 @@ fn main() {
     let fixed = held(&region);
 
     // One instance: every target scraped once into its WAL storage. What stays held is the
-    // label sets (once), the instance's series table and the scrape caches.
+    // label sets (once), their strings, the instance's series table and the scrape caches.
     let region = Region::new(GLOBAL);
     let processors = scrape_all(&storage);
     storage.sync().expect("sync WAL");
     let scraped = held(&region);
     let table = storage.table_heap_bytes() as isize;
     let (_, replayed) = Wal::open(dir.path(), WalOptions::default()).expect("reopen WAL");
-    // The label sets as allocated: the bytes plus their count and length (labels/thin.rs).
+    // The label sets as allocated: their symbols plus their count and length
+    // (labels/symbols.rs, labels/thin.rs), and the process's table of label strings.
     let labels: isize = replayed
         .series
         .iter()
         .map(|(_, l)| l.heap_size() as isize)
         .sum();
+    let (symbols, strings) = agent::labels::symbol_table_stats();
+    let strings = strings as isize;
     let n = replayed.series.len();
     assert_eq!(n, SERIES + 5 * TARGETS, "every series once");
-    let cache = scraped - table - labels;
+    let cache = scraped - table - labels - strings;
 
     // Remote-write table, fed what the watcher reads from the WAL, sharing the instance's
     // labels (as while the process runs) or with copies of its own (after a restart, for the
@@ -182,15 +186,16 @@ fn main() {
 
     println!(
         "memory per series ({SERIES} series, {text_per_series:.0} bytes of exposition text each): \
-         label sets (once) {:.0} B, scrape cache {:.0} B, instance series table {:.0} B, \
+         label sets (once) {:.0} B, label strings ({symbols} in one table) {:.1} B, scrape cache {:.0} B, instance series table {:.0} B, \
          remote-write table {:.0} B ({:.0} B with its own copies, after a restart), \
          total {:.0} B (WAL buffers {:.1} MiB, not per series)",
         per_series(labels),
+        per_series(strings),
         per_series(cache),
         per_series(table),
         per_series(rw_shared),
         per_series(rw_own),
-        per_series(labels + cache + table + rw_shared),
+        per_series(labels + strings + cache + table + rw_shared),
         fixed as f64 / (1024.0 * 1024.0),
     );
 }

@@ -1,14 +1,17 @@
 //! Label sets and series identity: the one representation every layer uses (the parser's
 //! output after relabelling, the scrape cache, the WAL, remote_write).
 //!
-//! - [`Labels`]: an immutable label set, one shared byte string in the WAL's wire form (see
-//!   [`set`] for the layout and why). Clones share the bytes, which is how an instance keeps a
-//!   series' labels once for its scrape cache, its series table and its remote_write tables.
-//! - [`LabelsRef`]: the borrowed view of the same bytes, e.g. a slice of a WAL Series record.
+//! - [`Labels`]: an immutable label set, kept as symbols into the process's one table of label
+//!   strings ([`symbols`]; see [`set`] for the layout and why). Clones share one allocation,
+//!   which is how an instance keeps a series' labels once for its scrape cache, its series
+//!   table and its remote_write tables.
+//! - [`LabelsRef`]: a borrowed set, either a kept one or the WAL's wire form (a slice of a WAL
+//!   Series record); both forms of one set compare and hash equal.
+//! - [`Strings`]: a kept set's strings by position (the scrape cache's exact compare).
 //! - [`LabelsBuilder`]: a mutable set with Prometheus's `labels.Builder` semantics (relabelling).
 //! - [`SeriesRef`]: the WAL-assigned identity of a series within one instance.
 //! - [`Hasher`]: the one label hasher. A hash only ever *finds candidates*: every table keyed by
-//!   labels compares the bytes of the candidates it finds, so two label sets with an equal hash
+//!   labels compares the candidates it finds, so two label sets with an equal hash
 //!   stay two series. [`Hasher::with_bits`] lets tests make every hash collide to prove it.
 //! - [`RefMap`]: a hash map keyed by [`SeriesRef`]; [`DenseRefMap`]: an array where the refs
 //!   are dense (the per-sample lookups by ref).
@@ -27,6 +30,7 @@ pub use builder::LabelsBuilder;
 pub use hash::{Hasher, Headroom, RefHasher, RefMap};
 pub use refs::DenseRefMap;
 pub(crate) use set::put_uvarint;
+pub use symbols::table_stats as symbol_table_stats;
 pub use set::{
     go_quote, write_go_quoted, Labels, LabelsIter, LabelsRef, ParseError, RawPairs, Strings,
 };

@@ -15,10 +15,11 @@
 //! use it (the layout of this form was chosen by measurement, bench/analysis.md).
 //!
 //! The table:
-//! - **Reading is lock-free.** Symbol `id` lives in a slot of a segmented array that never
-//!   moves (segment `k` has `64 << k` slots, allocated once when first needed); a slot holds a
-//!   pointer to the string's [`SharedBytes`]. Reading a string is two loads and the string's
-//!   own.
+//! - **Reading is lock-free.** Symbol `id` is slot `id` of an array of slots, each the
+//!   address and length of the string; reading a string is a load of the array's address,
+//!   one of the slot and the string's own. A full array is replaced by a copy twice its size,
+//!   and the old one is kept, so a reader that loaded it a moment before still reads a valid
+//!   slot (the arrays made before the current one hold fewer slots than it in all).
 //! - **Interning and releasing take one lock** (a mutex around the string -> symbol index and
 //!   each symbol's count), once per set built or freed, never per sample.
 //! - **A symbol is counted once per occurrence in a live set** and freed with its last
@@ -32,22 +33,35 @@
 #![allow(unsafe_code)]
 
 use std::mem::ManuallyDrop;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use hashbrown::HashTable;
 
 use super::set::{put_uvarint, read_uvarint};
 use super::thin::SharedBytes;
 
-/// Slots of the first segment; segment `k` has `FIRST << k`.
+/// Slots of the first array; each next one has twice as many.
 const FIRST: usize = 64;
-/// Enough segments for every `u32` symbol.
-const SEGMENTS: usize = 27;
+
+/// A symbol's string: a leaked `Box<[u8]>` (null when the symbol is free).
+struct Slot {
+    ptr: AtomicPtr<u8>,
+    len: AtomicUsize,
+}
+
+impl Slot {
+    fn free() -> Slot {
+        Slot {
+            ptr: AtomicPtr::new(std::ptr::null_mut()),
+            len: AtomicUsize::new(0),
+        }
+    }
+}
 
 struct Table {
-    segments: [OnceLock<Box<[AtomicPtr<u8>]>>; SEGMENTS],
+    /// The first slot of the current array, indexed by symbol.
+    slots: AtomicPtr<Slot>,
     state: Mutex<State>,
 }
 
@@ -60,45 +74,50 @@ struct State {
     free: Vec<u32>,
     /// The index's hash seed, random per process (see [`super::Hasher`]).
     seed: u64,
+    /// Every slot array made, the current one last. An array that is full is replaced by a
+    /// copy twice its size; the old ones are kept (never freed, at most as many slots as the
+    /// current one in all) because a reader may have loaded one just before.
+    arrays: Vec<Box<[Slot]>>,
 }
 
 static TABLE: Table = Table {
-    segments: [const { OnceLock::new() }; SEGMENTS],
+    slots: AtomicPtr::new(std::ptr::null_mut()),
     state: Mutex::new(State {
         index: HashTable::new(),
         counts: Vec::new(),
         free: Vec::new(),
         seed: 0,
+        arrays: Vec::new(),
     }),
 };
-
-/// The segment and the offset in it of symbol `id`.
-#[inline]
-fn locate(id: u32) -> (usize, usize) {
-    let j = id as usize + FIRST;
-    let seg = (usize::BITS - 1 - j.leading_zeros() - FIRST.trailing_zeros()) as usize;
-    (seg, j - (FIRST << seg))
-}
-
-#[inline]
-fn slot(id: u32) -> Option<&'static AtomicPtr<u8>> {
-    let (seg, off) = locate(id);
-    TABLE.segments.get(seg)?.get()?.get(off)
-}
 
 /// The string of symbol `id`.
 ///
 /// # Safety
 /// The caller holds an occurrence of `id` (a live [`SymbolSet`] containing it, or the table's
 /// lock with `id` counted) during `'a`.
+///
+/// Why the array read is in bounds and current: `id` was given a slot, in the array current
+/// then, before any set holding it existed, and the caller got its set (or the lock) after
+/// that; the array pointer only ever moves to larger copies, which are made under the lock
+/// with every counted slot copied. So whichever array the load returns has slot `id`, and it
+/// holds `id`'s string: a slot changes only when its symbol is freed (the count reaching zero,
+/// which the caller's occurrence prevents) or given out again after that.
 #[inline]
 unsafe fn resolve<'a>(id: u32) -> &'a [u8] {
-    match slot(id).and_then(|s| NonNull::new(s.load(Ordering::Acquire))) {
-        // SAFETY: the slot's reference is given back only when the symbol's count reaches
-        // zero, which the caller's occurrence prevents during 'a.
-        Some(p) => unsafe { SharedBytes::raw_slice(p) },
-        None => b"",
+    let base = TABLE.slots.load(Ordering::Acquire);
+    if base.is_null() {
+        return b"";
     }
+    // SAFETY: see above: `id` is within the array `base` points at, which is never freed.
+    let slot = unsafe { &*base.add(id as usize) };
+    let ptr = slot.ptr.load(Ordering::Acquire);
+    if ptr.is_null() {
+        return b"";
+    }
+    let len = slot.len.load(Ordering::Relaxed);
+    // SAFETY: `ptr` and `len` are a leaked `Box<[u8]>`, freed only with the symbol (above).
+    unsafe { std::slice::from_raw_parts(ptr, len) }
 }
 
 fn lock() -> MutexGuard<'static, State> {
@@ -110,6 +129,11 @@ fn lock() -> MutexGuard<'static, State> {
 impl State {
     fn hash(&self, s: &[u8]) -> u64 {
         twox_hash::XxHash64::oneshot(self.seed, s)
+    }
+
+    /// The current slot array (the lock is held, so it is the last one made).
+    fn slots(&self) -> &[Slot] {
+        self.arrays.last().map_or(&[], |a| &a[..])
     }
 
     /// The symbol of `s`, counted once more.
@@ -132,21 +156,43 @@ impl State {
                 id
             }
         };
-        let (seg, off) = locate(id);
-        let segment = TABLE.segments[seg].get_or_init(|| {
-            (0..FIRST << seg)
-                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-                .collect()
-        });
-        let ptr = SharedBytes::new(s).into_raw();
+        if id as usize >= self.slots().len() {
+            self.grow();
+        }
+        let (ptr, len) = {
+            let b: Box<[u8]> = s.into();
+            let len = b.len();
+            (Box::into_raw(b).cast::<u8>(), len)
+        };
+        let slot = &self.slots()[id as usize];
+        slot.len.store(len, Ordering::Relaxed);
         // Release: a set carrying `id` reaches other threads after this store.
-        segment[off].store(ptr.as_ptr(), Ordering::Release);
+        slot.ptr.store(ptr, Ordering::Release);
         self.counts[id as usize] = 1;
         let seed = self.seed;
         self.index.insert_unique(h, id, |&id| {
             twox_hash::XxHash64::oneshot(seed, unsafe { resolve(id) })
         });
         id
+    }
+
+    /// Replaces the slot array by a copy twice its size (see [`State::arrays`]).
+    fn grow(&mut self) {
+        let old = self.slots();
+        let new: Box<[Slot]> = (0..(2 * old.len()).max(FIRST))
+            .map(|i| match old.get(i) {
+                Some(o) => Slot {
+                    ptr: AtomicPtr::new(o.ptr.load(Ordering::Relaxed)),
+                    len: AtomicUsize::new(o.len.load(Ordering::Relaxed)),
+                },
+                None => Slot::free(),
+            })
+            .collect();
+        // Release: a reader that loads the new array sees the copied slots.
+        TABLE
+            .slots
+            .store(new.as_ptr().cast_mut(), Ordering::Release);
+        self.arrays.push(new);
     }
 
     /// Counts one occurrence of `id` fewer, freeing the symbol with its last.
@@ -163,10 +209,14 @@ impl State {
         if let Ok(entry) = self.index.find_entry(h, |&x| x == id) {
             entry.remove();
         }
-        if let Some(p) = slot(id).and_then(|s| NonNull::new(s.swap(std::ptr::null_mut(), Ordering::Relaxed))) {
-            // SAFETY: the slot held the reference `intern` gave up; no set holds `id` any more,
-            // so nothing reads the string.
-            drop(unsafe { SharedBytes::from_raw(p) });
+        let slot = &self.slots()[id as usize];
+        let ptr = slot.ptr.swap(std::ptr::null_mut(), Ordering::Relaxed);
+        if !ptr.is_null() {
+            let len = slot.len.load(Ordering::Relaxed);
+            // SAFETY: the slot held the `Box<[u8]>` `intern` leaked; no set holds `id` any
+            // more, so nothing reads the string (older arrays still point at it, but only
+            // holders of `id` read slot `id`).
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) });
         }
         self.free.push(id);
     }
@@ -334,6 +384,29 @@ impl<'a> Iterator for SymbolPairs<'a> {
     }
 }
 
+/// The table's size: symbols in use, and the heap bytes of the table (the strings, the index,
+/// the counts and the slot arrays).
+pub fn table_stats() -> (usize, usize) {
+    let state = lock();
+    let mut live = 0;
+    let mut bytes = state.index.allocation_size()
+        + state.counts.capacity() * size_of::<u32>()
+        + state.free.capacity() * size_of::<u32>()
+        + state
+            .arrays
+            .iter()
+            .map(|a| a.len() * size_of::<Slot>())
+            .sum::<usize>();
+    for (id, &c) in state.counts.iter().enumerate() {
+        if c > 0 {
+            live += 1;
+            // SAFETY: counted, lock held.
+            bytes += unsafe { resolve(id as u32) }.len();
+        }
+    }
+    (live, bytes)
+}
+
 /// How many occurrences of `s` live sets hold (tests).
 #[cfg(test)]
 fn count_of(s: &[u8]) -> u32 {
@@ -361,17 +434,6 @@ mod tests {
             .flat_map(|(n, v)| [n, v])
             .map(|b| String::from_utf8(b.to_vec()).expect("utf8"))
             .collect()
-    }
-
-    #[test]
-    fn segments_cover_every_symbol_once() {
-        assert_eq!(locate(0), (0, 0));
-        assert_eq!(locate(63), (0, 63));
-        assert_eq!(locate(64), (1, 0));
-        assert_eq!(locate(64 + 127), (1, 127));
-        assert_eq!(locate(64 + 128), (2, 0));
-        let (seg, off) = locate(u32::MAX);
-        assert!(seg < SEGMENTS && off < FIRST << seg);
     }
 
     #[test]

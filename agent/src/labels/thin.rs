@@ -1,7 +1,8 @@
 //! [`SharedBytes`]: an immutable, reference-counted byte string behind a one-word pointer.
 //!
-//! Every series keeps its label set in one shared allocation, pointed at by the scrape cache,
-//! the instance's series table and each remote_write endpoint's table. `Arc<[u8]>` is a
+//! Every series keeps its label set (its symbols, `super::symbols`) in one shared allocation,
+//! pointed at by the scrape cache, the instance's series table and each remote_write
+//! endpoint's table. `Arc<[u8]>` is a
 //! two-word pointer (address and length) with two counters in the allocation; this is one word
 //! (the length lives in the allocation, next to one counter), so each holder of a series saves
 //! 8 bytes and each allocation 8 more, per series, at no cost on access (the length is read
@@ -20,8 +21,9 @@
 //! an `Acquire` fence before the free; a count that would pass `i32::MAX` aborts, as `Arc`
 //! does past `isize::MAX` (only a leak of clones can get there).
 //!
-//! This is the crate's only `unsafe` code (`agent/src/lib.rs` denies it everywhere else;
-//! scripts/test checks that no other module allows it). Its tests were also run under
+//! This module and `super::symbols` (the table of label strings) are the crate's only `unsafe`
+//! code (`agent/src/lib.rs` denies it everywhere
+//! else; scripts/test checks that no other module allows it). Its tests were also run under
 //! valgrind (the tests module names the command).
 
 #![allow(unsafe_code)]
@@ -129,37 +131,6 @@ impl SharedBytes {
         this.header().count.store(1, Ordering::Relaxed);
         Some(SharedBytes { ptr: this.ptr })
     }
-
-    /// The pointer, keeping this reference's count (for a table of pointers that holds the
-    /// references itself, `super::symbols`); [`SharedBytes::from_raw`] takes it back.
-    pub(super) fn into_raw(self) -> NonNull<u8> {
-        let this = std::mem::ManuallyDrop::new(self);
-        this.ptr.cast()
-    }
-
-    /// Takes back a reference given up by [`SharedBytes::into_raw`].
-    ///
-    /// # Safety
-    /// `ptr` came from `into_raw` and its reference was not taken back before.
-    pub(super) unsafe fn from_raw(ptr: NonNull<u8>) -> SharedBytes {
-        SharedBytes { ptr: ptr.cast() }
-    }
-
-    /// The bytes behind a pointer from [`SharedBytes::into_raw`].
-    ///
-    /// # Safety
-    /// The reference given up for `ptr` is not taken back (so the allocation lives) during
-    /// `'a`.
-    #[inline]
-    pub(super) unsafe fn raw_slice<'a>(ptr: NonNull<u8>) -> &'a [u8] {
-        let header = ptr.cast::<Header>();
-        // SAFETY: by the caller's promise the allocation lives during 'a; `len` initialised
-        // bytes follow its header and are never written after `new`.
-        unsafe {
-            let len = header.as_ref().len as usize;
-            std::slice::from_raw_parts(ptr.as_ptr().add(size_of::<Header>()), len)
-        }
-    }
 }
 
 impl Clone for SharedBytes {
@@ -226,6 +197,18 @@ mod tests {
         assert_eq!(b.as_slice(), b"abc");
         let c = SharedBytes::new(b"abc");
         assert!(!b.ptr_eq(&c));
+    }
+
+    #[test]
+    fn into_last_is_some_only_for_the_last_reference() {
+        let a = SharedBytes::new(b"last");
+        let b = a.clone();
+        assert!(a.into_last().is_none());
+        let last = b.into_last().expect("the last reference");
+        assert_eq!(last.as_slice(), b"last");
+        assert_eq!(last.header().count.load(Ordering::Relaxed), 1);
+        // Dropping it frees the allocation (valgrind would report a leak otherwise).
+        drop(last);
     }
 
     #[test]

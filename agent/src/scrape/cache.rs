@@ -5,7 +5,7 @@
 //! * `slots`: one entry per distinct series: the storage's shared [`Labels`] (the same
 //!   allocation the instance's series table and the remote_write tables hold, see
 //!   [`crate::labels`]), its ref, the last iteration it was seen in, and two staleness bits.
-//!   `slots_index` finds a slot by its labels (hash, then byte comparison), which links
+//!   `slots_index` finds a slot by its labels (hash, then an exact comparison), which links
 //!   several texts with the same labels (whitespace, label order, or a relabelling that
 //!   collapses series) to one series, so duplicates are detected per series.
 //! * `keys`: one entry per distinct series text (`Sample::series`, e.g.
