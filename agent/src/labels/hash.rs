@@ -9,7 +9,7 @@ use super::{LabelsRef, SeriesRef};
 /// with a seed over the set's wire form ([`LabelsRef::write_wire`]), so equal label sets hash
 /// equally whichever form they are in.
 ///
-/// A hash never stands for a label set: tables hash to find candidates and compare the bytes.
+/// A hash never stands for a label set: tables hash to find candidates and compare the sets.
 /// The seed is what keeps a target from choosing label values that all land in one bucket
 /// (which would make lookups slow, not wrong).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

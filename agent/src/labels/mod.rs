@@ -30,10 +30,10 @@ pub use builder::LabelsBuilder;
 pub use hash::{Hasher, Headroom, RefHasher, RefMap};
 pub use refs::DenseRefMap;
 pub(crate) use set::put_uvarint;
-pub use symbols::table_stats as symbol_table_stats;
 pub use set::{
     go_quote, write_go_quoted, Labels, LabelsIter, LabelsRef, ParseError, RawPairs, Strings,
 };
+pub use symbols::table_stats as symbol_table_stats;
 
 use std::fmt;
 

@@ -4,7 +4,7 @@
 //!
 //! - **Kept: [`Labels`]**, the set as symbols into the process's table of label strings
 //!   ([`super::symbols`]): one allocation per set holding a count byte and a varint symbol
-//!   per string (about 18 bytes for 8 labels, plus an 8-byte header), each distinct string
+//!   per string (17 to 33 bytes for 8 labels, plus an 8-byte header), each distinct string
 //!   stored once in the process. `Clone` shares the allocation (reference-counted, behind a
 //!   one-word pointer), so every holder of a series (scrape cache, the instance's series
 //!   table, each remote_write endpoint) points at one copy, freed with the last holder.
@@ -56,6 +56,11 @@ pub enum ParseError {
     /// A name or value is not UTF-8 (at this byte offset of the label set).
     #[error("invalid UTF-8 in label at byte {0}")]
     Utf8(usize),
+    /// A varint longer than it needs to be (at this byte offset): Prometheus and agentctl
+    /// always write the shortest, and the form must be canonical for a set read from disk to
+    /// compare and hash equal to the same set kept in memory.
+    #[error("label set has an over-long varint at byte {0}")]
+    NonMinimal(usize),
 }
 
 /// Appends `x` as an unsigned LEB128 varint.
@@ -293,13 +298,29 @@ impl<'a> LabelsRef<'a> {
     /// Parses one label set at the start of `b`, validating structure and UTF-8. Returns the
     /// set and the number of bytes it spans.
     pub fn parse(b: &'a [u8]) -> Result<(LabelsRef<'a>, usize), ParseError> {
+        // A varint of more than one byte ending in a zero byte is over-long.
+        let minimal = |at: usize, end: usize| {
+            if end - at > 1 && b[end - 1] == 0 {
+                Err(ParseError::NonMinimal(at))
+            } else {
+                Ok(())
+            }
+        };
         let mut pos = 0;
         let n = read_uvarint(b, &mut pos).ok_or(ParseError::Short)?;
+        minimal(0, pos)?;
         for _ in 0..n {
             for _ in 0..2 {
                 let at = pos;
-                let s = read_bytes(b, &mut pos).ok_or(ParseError::Short)?;
-                if std::str::from_utf8(s).is_err() {
+                let len = read_uvarint(b, &mut pos).ok_or(ParseError::Short)?;
+                minimal(at, pos)?;
+                let start = pos;
+                pos = usize::try_from(len)
+                    .ok()
+                    .and_then(|l| pos.checked_add(l))
+                    .filter(|&end| end <= b.len())
+                    .ok_or(ParseError::Short)?;
+                if std::str::from_utf8(&b[start..pos]).is_err() {
                     return Err(ParseError::Utf8(at));
                 }
             }
@@ -311,10 +332,9 @@ impl<'a> LabelsRef<'a> {
     pub fn to_owned(self) -> Labels {
         match self.0 {
             Repr::Sym(s) => Labels(s.clone()),
-            Repr::Wire(_) => Labels::from_strings(
-                self.len(),
-                self.raw_pairs().flat_map(|(n, v)| [n, v]),
-            ),
+            Repr::Wire(_) => {
+                Labels::from_strings(self.len(), self.raw_pairs().flat_map(|(n, v)| [n, v]))
+            }
         }
     }
 
@@ -336,35 +356,40 @@ impl<'a> LabelsRef<'a> {
 
     /// Calls `f` with the set in the wire form: the bytes themselves for a record's view, a
     /// per-thread buffer written by [`write_wire`](Self::write_wire) for a kept set.
-    pub fn with_wire<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+    pub fn with_wire<R>(self, mut f: impl FnMut(&[u8]) -> R) -> R {
         match self.0 {
             Repr::Wire(b) => f(b),
-            Repr::Sym(_) => WIRE.with(|cell| match cell.try_borrow_mut() {
-                Ok(mut buf) => {
+            Repr::Sym(_) => {
+                let reused = WIRE.try_with(|cell| {
+                    // Busy when `f` itself asked for a set's wire form.
+                    let mut buf = cell.try_borrow_mut().ok()?;
                     buf.clear();
                     self.write_wire(&mut buf);
                     let r = f(&buf);
                     if buf.capacity() > 1 << 16 {
                         *buf = Vec::new();
                     }
-                    r
+                    Some(r)
+                });
+                if let Ok(Some(r)) = reused {
+                    return r;
                 }
-                // `f` itself asked for a set's wire form.
-                Err(_) => {
-                    let mut buf = Vec::new();
-                    self.write_wire(&mut buf);
-                    f(&buf)
-                }
-            }),
+                // No buffer to reuse (busy, or the thread is exiting).
+                let mut buf = Vec::new();
+                self.write_wire(&mut buf);
+                f(&buf)
+            }
         }
     }
 
-    /// Starts bringing the bytes into the CPU cache ahead of a read that needs them (a hint:
-    /// nothing observable changes). A label set cold in memory costs a cache miss per 64-byte
-    /// line, and walking it (each string's length says where the next one starts) waits for
-    /// those misses one after the other; this issues one load per line, independent of each
-    /// other, so the misses overlap with each other and with the caller's work until the walk.
-    /// A plain load kept alive by `black_box` (the prefetch instruction needs `unsafe`).
+    /// Starts bringing the set into the CPU cache ahead of a read that needs it (a hint:
+    /// nothing observable changes). A wire-form set cold in memory costs a cache miss per
+    /// 64-byte line, and walking it (each string's length says where the next one starts)
+    /// waits for those misses one after the other; this issues one load per line, independent
+    /// of each other, so the misses overlap with each other and with the caller's work until
+    /// the walk. A kept set's symbols are one line (its strings are the table's, which stay
+    /// cached): one load. A plain load kept alive by `black_box` (the prefetch instruction
+    /// needs `unsafe`).
     #[inline]
     pub fn warm(self) {
         let b = match self.0 {
@@ -606,6 +631,27 @@ mod tests {
     }
 
     #[test]
+    fn a_wire_view_and_a_kept_set_compare_and_hash_alike() {
+        let kept = l(&[("job", "node"), ("__name__", "up"), ("instance", "a:1")]);
+        let wire = kept.wire();
+        let (view, _) = LabelsRef::parse(&wire).expect("valid");
+        assert!(view == kept.as_view() && kept.as_view() == view);
+        assert_eq!(kept, view);
+        let h = crate::labels::Hasher::random();
+        assert_eq!(h.hash(view), h.hash(kept.as_view()));
+        let state = std::collections::hash_map::RandomState::new();
+        assert_eq!(
+            std::hash::BuildHasher::hash_one(&state, view),
+            std::hash::BuildHasher::hash_one(&state, kept.as_view())
+        );
+        // One label different: unequal in both directions and across forms.
+        let other = l(&[("job", "node"), ("__name__", "up"), ("instance", "a:2")]);
+        assert!(view != other.as_view() && other.as_view() != view);
+        assert!(kept != other);
+        assert_eq!(view.to_owned(), kept);
+    }
+
+    #[test]
     fn display_is_prometheus_form_with_go_quoting() {
         assert_eq!(Labels::empty().to_string(), "{}");
         let ls = l(&[("job", "api"), ("a", "x\"y\\z\n\t")]);
@@ -629,6 +675,15 @@ mod tests {
         assert_eq!(
             LabelsRef::parse(b"\x01\x01\xff\x00").unwrap_err(),
             ParseError::Utf8(1)
+        );
+        // Over-long varints (1 written as two bytes), as a count and as a length.
+        assert_eq!(
+            LabelsRef::parse(b"\x81\x00\x01a\x01b").unwrap_err(),
+            ParseError::NonMinimal(0)
+        );
+        assert_eq!(
+            LabelsRef::parse(b"\x01\x81\x00a\x01b").unwrap_err(),
+            ParseError::NonMinimal(1)
         );
         let long = "v".repeat(300);
         let ls = l(&[("n", long.as_str())]);

@@ -9,10 +9,16 @@
 //! uvarint n, then n × (uvarint name symbol, uvarint value symbol)
 //! ```
 //!
-//! in one [`SharedBytes`] allocation, so a series with 8 labels (about 160 bytes of text) keeps
-//! about 18 bytes plus the allocation's header. Each distinct string is kept once by the
-//! process-wide table, whatever the number of sets, instances or remote_write endpoints that
-//! use it (the layout of this form was chosen by measurement, bench/analysis.md).
+//! in one [`SharedBytes`] allocation: a symbol is 1 byte below 128, 2 below 16,384, 3 below
+//! about 2 million (free numbers are reused smallest first), so a series with 8 labels (about
+//! 160 bytes of text) keeps 17 to 33 bytes plus the allocation's 8-byte header. Each distinct
+//! string is kept once by the process-wide table, whatever the number of sets, instances or
+//! remote_write endpoints that use it. A string that only one series uses (a unique id as a
+//! label value) costs more than inline text would: its slot (16 bytes), count, index entry and
+//! allocation. The measured effect is in bench/analysis.md.
+//!
+//! The table never shrinks its slot array, counts or index (about 40 bytes per symbol at its
+//! peak); the strings themselves are freed.
 //!
 //! The table:
 //! - **Reading is lock-free.** Symbol `id` is slot `id` of an array of slots, each the
@@ -32,6 +38,8 @@
 
 #![allow(unsafe_code)]
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -70,8 +78,8 @@ struct State {
     index: HashTable<u32>,
     /// Occurrences of each symbol in live sets (0: free).
     counts: Vec<u32>,
-    /// Free symbols, reused first.
-    free: Vec<u32>,
+    /// Free symbols, reused first, smallest first (a smaller number is a shorter varint).
+    free: BinaryHeap<Reverse<u32>>,
     /// The index's hash seed, random per process (see [`super::Hasher`]).
     seed: u64,
     /// Every slot array made, the current one last. An array that is full is replaced by a
@@ -85,7 +93,7 @@ static TABLE: Table = Table {
     state: Mutex::new(State {
         index: HashTable::new(),
         counts: Vec::new(),
-        free: Vec::new(),
+        free: BinaryHeap::new(),
         seed: 0,
         arrays: Vec::new(),
     }),
@@ -149,7 +157,7 @@ impl State {
             return id;
         }
         let id = match self.free.pop() {
-            Some(id) => id,
+            Some(Reverse(id)) => id,
             None => {
                 let id = u32::try_from(self.counts.len()).expect("fewer than 2^32 label strings");
                 self.counts.push(0);
@@ -218,7 +226,7 @@ impl State {
             // holders of `id` read slot `id`).
             drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) });
         }
-        self.free.push(id);
+        self.free.push(Reverse(id));
     }
 }
 
@@ -229,11 +237,15 @@ impl SymbolSet {
     /// The set of `n` pairs whose strings `strings` yields (name, value, name, value, ...),
     /// already validated and in the set's order.
     pub(super) fn new<'s>(n: usize, strings: impl Iterator<Item = &'s [u8]>) -> SymbolSet {
-        let mut bytes = Vec::with_capacity(1 + 4 * n);
+        // Collected first: the caller's iterator does not run under the table's lock (were it
+        // to build or drop a set, it would take the lock again).
+        let strings: Vec<&[u8]> = strings.collect();
+        debug_assert_eq!(strings.len(), 2 * n, "two strings per pair");
+        let mut bytes = Vec::with_capacity(1 + 2 * strings.len());
         put_uvarint(&mut bytes, n as u64);
         {
             let mut state = lock();
-            for s in strings {
+            for s in &strings {
                 put_uvarint(&mut bytes, u64::from(state.intern(s)));
             }
         }
@@ -268,7 +280,9 @@ impl SymbolSet {
     pub(super) fn index(&self) -> Option<SymbolIndex<'_>> {
         let b = self.0.as_slice();
         let mut pos = 0;
-        let n = usize::try_from(read_uvarint(b, &mut pos)?).ok()?.checked_mul(2)?;
+        let n = usize::try_from(read_uvarint(b, &mut pos)?)
+            .ok()?
+            .checked_mul(2)?;
         let mut ids = [0u32; MAX_INDEXED];
         for o in ids.get_mut(..n)? {
             *o = u32::try_from(read_uvarint(b, &mut pos)?).ok()?;
@@ -438,13 +452,28 @@ mod tests {
 
     #[test]
     fn equal_sets_have_equal_symbols_and_each_string_is_counted_per_occurrence() {
-        let a = set(&["symbols-test-name", "symbols-test-v1", "symbols-test-x", "symbols-test-v1"]);
-        let b = set(&["symbols-test-name", "symbols-test-v1", "symbols-test-x", "symbols-test-v1"]);
+        let a = set(&[
+            "symbols-test-name",
+            "symbols-test-v1",
+            "symbols-test-x",
+            "symbols-test-v1",
+        ]);
+        let b = set(&[
+            "symbols-test-name",
+            "symbols-test-v1",
+            "symbols-test-x",
+            "symbols-test-v1",
+        ]);
         assert!(!a.ptr_eq(&b));
         assert_eq!(a.symbol_bytes(), b.symbol_bytes());
         assert_eq!(
             strings(&a),
-            ["symbols-test-name", "symbols-test-v1", "symbols-test-x", "symbols-test-v1"]
+            [
+                "symbols-test-name",
+                "symbols-test-v1",
+                "symbols-test-x",
+                "symbols-test-v1"
+            ]
         );
         assert_eq!(a.len(), 2);
         assert_eq!(count_of(b"symbols-test-v1"), 4);
@@ -463,7 +492,9 @@ mod tests {
 
     #[test]
     fn a_set_of_eight_labels_is_its_symbols_and_a_header() {
-        let names = ["__name__", "code", "handler", "instance", "job", "method", "pod", "service"];
+        let names = [
+            "__name__", "code", "handler", "instance", "job", "method", "pod", "service",
+        ];
         let values = [
             "http_requests_total",
             "200",
@@ -474,7 +505,11 @@ mod tests {
             "checkout-7d9f8c6b5-0000a",
             "checkout",
         ];
-        let all: Vec<&str> = names.iter().zip(values).flat_map(|(n, v)| [*n, v]).collect();
+        let all: Vec<&str> = names
+            .iter()
+            .zip(values)
+            .flat_map(|(n, v)| [*n, v])
+            .collect();
         let s = set(&all);
         // One count byte and 16 symbols of one or two bytes.
         assert!(s.symbol_bytes().len() <= 33, "{}", s.symbol_bytes().len());
@@ -507,7 +542,10 @@ mod tests {
                         let mine = format!("symbols-mt-{t}-{i}");
                         let shared = format!("symbols-mt-shared-{}", i % 7);
                         let s = set(&["symbols-mt-n", &shared, "symbols-mt-own", &mine]);
-                        assert_eq!(strings(&s), ["symbols-mt-n", &shared, "symbols-mt-own", &mine]);
+                        assert_eq!(
+                            strings(&s),
+                            ["symbols-mt-n", &shared, "symbols-mt-own", &mine]
+                        );
                         kept.push((s, shared, mine));
                         if kept.len() > 50 {
                             let (s, shared, mine) = kept.swap_remove(i % 50);

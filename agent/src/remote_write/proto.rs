@@ -147,7 +147,7 @@ pub struct SeriesRef<'a> {
     pub exemplars: &'a [Exemplar],
 }
 
-/// A series' labels: structs, or a packed [`Labels`](crate::labels::Labels) set (the form the
+/// A series' labels: structs, or a kept [`Labels`](crate::labels::Labels) set (the form the
 /// queue keeps, shared with the instance) with the endpoint's external labels merged in.
 #[derive(Debug, Clone, Copy)]
 pub enum SeriesLabels<'a> {

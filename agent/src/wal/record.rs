@@ -74,6 +74,8 @@ pub enum RecordError {
     VarintOverflow { offset: usize },
     #[error("invalid UTF-8 in label at record byte {offset}")]
     InvalidUtf8 { offset: usize },
+    #[error("over-long varint in a label set at record byte {offset} (not written by Prometheus or agentctl)")]
+    OverlongVarint { offset: usize },
 }
 
 /// The record's type byte, or `None` for an empty record.
@@ -186,6 +188,7 @@ impl<'a> Dec<'a> {
         let (l, used) = LabelsRef::parse(self.rest()).map_err(|e| match e {
             crate::labels::ParseError::Short => EntryFail::Dec(DecFail::Short),
             crate::labels::ParseError::Utf8(_) => EntryFail::Utf8(at),
+            crate::labels::ParseError::NonMinimal(o) => EntryFail::Overlong(at + o),
         })?;
         self.pos += used;
         Ok(l)
@@ -197,6 +200,7 @@ impl<'a> Dec<'a> {
 pub(crate) enum EntryFail {
     Dec(DecFail),
     Utf8(usize),
+    Overlong(usize),
 }
 
 impl From<DecFail> for EntryFail {
@@ -212,6 +216,7 @@ impl EntryFail {
             EntryFail::Dec(DecFail::Short) => RecordError::BytesLeft(d.b.len() - entry_start),
             EntryFail::Dec(DecFail::Overflow) => RecordError::VarintOverflow { offset: d.pos + 1 },
             EntryFail::Utf8(at) => RecordError::InvalidUtf8 { offset: at + 1 },
+            EntryFail::Overlong(at) => RecordError::OverlongVarint { offset: at + 1 },
         }
     }
 }
@@ -511,6 +516,18 @@ mod tests {
         let mut out = Vec::new();
         decode_series(&rec, &mut out).expect("decode");
         assert_eq!(out, vec![(r(1), lab), (r(300), Labels::empty())]);
+    }
+
+    #[test]
+    fn a_series_record_with_an_over_long_varint_is_refused_naming_the_byte() {
+        // Ref 1, then a set whose count (1) is written in two bytes.
+        let mut rec = vec![1u8, 0, 0, 0, 0, 0, 0, 0, 1];
+        rec.extend_from_slice(b"\x81\x00\x01a\x01b");
+        let mut out = Vec::new();
+        assert_eq!(
+            decode_series(&rec, &mut out).unwrap_err(),
+            RecordError::OverlongVarint { offset: 9 }
+        );
     }
 
     #[test]
