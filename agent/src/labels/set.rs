@@ -72,14 +72,21 @@ pub(crate) fn put_uvarint(buf: &mut Vec<u8>, mut x: u64) {
     buf.push(x as u8);
 }
 
-/// Reads a uvarint at `*pos`; `None` when truncated or longer than 10 bytes. The one-byte
-/// case (every length below 128) is inlined into the hot readers; longer ones take the call.
+/// Reads a uvarint at `*pos`; `None` when truncated or longer than 10 bytes. The one- and
+/// two-byte cases (every length below 128, every symbol below 16,384) are inlined into the hot
+/// readers; longer ones take the call.
 #[inline(always)]
 pub(super) fn read_uvarint(b: &[u8], pos: &mut usize) -> Option<u64> {
     let first = *b.get(*pos)?;
     if first < 0x80 {
         *pos += 1;
         return Some(u64::from(first));
+    }
+    if let Some(&second) = b.get(*pos + 1) {
+        if second < 0x80 {
+            *pos += 2;
+            return Some(u64::from(first & 0x7f) | (u64::from(second) << 7));
+        }
     }
     read_uvarint_long(b, pos)
 }
@@ -486,6 +493,29 @@ impl<'a> Iterator for RawPairs<'a> {
 
 impl ExactSizeIterator for RawPairs<'_> {}
 
+impl<'a> RawPairs<'a> {
+    /// The next pair like [`next`](Iterator::next), each string with the bytes readable from
+    /// its start in the set's memory (at least 32 for a kept set's strings; what is left of the
+    /// record for the wire form): lets a copy of a short string be one fixed-size move.
+    #[inline]
+    pub fn next_readable(&mut self) -> Option<[(&'a [u8], &'a [u8]); 2]> {
+        match &mut self.0 {
+            PairsRepr::Wire { b, pos, left } => {
+                if *left == 0 {
+                    return None;
+                }
+                *left -= 1;
+                let mut next = || {
+                    let s = read_bytes(b, pos)?;
+                    Some((s, &b[*pos - s.len()..]))
+                };
+                Some([next()?, next()?])
+            }
+            PairsRepr::Sym(p) => p.next_readable(),
+        }
+    }
+}
+
 /// Iterator over the `(name, value)` pairs of a label set, in stored (name) order.
 #[derive(Clone)]
 pub struct LabelsIter<'a>(RawPairs<'a>);
@@ -649,6 +679,24 @@ mod tests {
         assert!(view != other.as_view() && other.as_view() != view);
         assert!(kept != other);
         assert_eq!(view.to_owned(), kept);
+    }
+
+    #[test]
+    fn readable_pairs_are_the_pairs_with_their_bytes_after_them() {
+        let long = "v".repeat(40);
+        let kept = l(&[("a", "1"), ("b", long.as_str()), ("c", "")]);
+        let wire = kept.wire();
+        let (view, _) = LabelsRef::parse(&wire).expect("valid");
+        for (set, min_readable) in [(kept.as_view(), 32), (view, 0)] {
+            let mut pairs = set.raw_pairs();
+            let mut got = Vec::new();
+            while let Some([(n, nr), (v, vr)]) = pairs.next_readable() {
+                assert!(nr.starts_with(n) && vr.starts_with(v));
+                assert!(nr.len() >= min_readable && vr.len() >= min_readable);
+                got.push((n, v));
+            }
+            assert_eq!(got, set.raw_pairs().collect::<Vec<_>>());
+        }
     }
 
     #[test]

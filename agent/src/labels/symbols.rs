@@ -99,6 +99,32 @@ static TABLE: Table = Table {
     }),
 };
 
+/// Every string's allocation has at least this many bytes (zero after the string), so a
+/// copy of a short string can be one fixed-size move (the remote_write encoder's).
+pub(super) const READABLE: usize = 32;
+
+/// The string of symbol `id` and the bytes readable from its start (at least [`READABLE`]).
+///
+/// # Safety
+/// As for [`resolve`].
+#[inline]
+unsafe fn resolve_readable<'a>(id: u32) -> (&'a [u8], &'a [u8]) {
+    let base = TABLE.slots.load(Ordering::Acquire);
+    if base.is_null() {
+        return (b"", b"");
+    }
+    // SAFETY: as in `resolve`.
+    let slot = unsafe { &*base.add(id as usize) };
+    let ptr = slot.ptr.load(Ordering::Acquire);
+    if ptr.is_null() {
+        return (b"", b"");
+    }
+    let len = slot.len.load(Ordering::Relaxed);
+    // SAFETY: as in `resolve`; the allocation is `len.max(READABLE)` bytes, all initialised.
+    let readable = unsafe { std::slice::from_raw_parts(ptr, len.max(READABLE)) };
+    (&readable[..len], readable)
+}
+
 /// The string of symbol `id`.
 ///
 /// # Safety
@@ -168,9 +194,10 @@ impl State {
             self.grow();
         }
         let (ptr, len) = {
-            let b: Box<[u8]> = s.into();
-            let len = b.len();
-            (Box::into_raw(b).cast::<u8>(), len)
+            // Zero-padded to at least `READABLE` bytes (see `resolve_readable`).
+            let mut b = vec![0u8; s.len().max(READABLE)].into_boxed_slice();
+            b[..s.len()].copy_from_slice(s);
+            (Box::into_raw(b).cast::<u8>(), s.len())
         };
         let slot = &self.slots()[id as usize];
         slot.len.store(len, Ordering::Relaxed);
@@ -224,7 +251,9 @@ impl State {
             // SAFETY: the slot held the `Box<[u8]>` `intern` leaked; no set holds `id` any
             // more, so nothing reads the string (older arrays still point at it, but only
             // holders of `id` read slot `id`).
-            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) });
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len.max(READABLE)))
+            });
         }
         self.free.push(Reverse(id));
     }
@@ -381,6 +410,21 @@ impl<'a> SymbolPairs<'a> {
 
     pub(super) fn remaining(&self) -> u64 {
         self.left
+    }
+
+    /// The next pair, each string with the bytes readable from its start (see [`READABLE`]).
+    #[inline]
+    pub(super) fn next_readable(&mut self) -> Option<[(&'a [u8], &'a [u8]); 2]> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let mut next = || {
+            let id = u32::try_from(read_uvarint(self.b, &mut self.pos)?).ok()?;
+            // SAFETY: `id` was read from the set borrowed for 'a, which holds it.
+            Some(unsafe { resolve_readable(id) })
+        };
+        Some([next()?, next()?])
     }
 }
 
