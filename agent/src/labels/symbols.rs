@@ -15,10 +15,11 @@
 //! string is kept once by the process-wide table, whatever the number of sets, instances or
 //! remote_write endpoints that use it. A string that only one series uses (a unique id as a
 //! label value) costs more than inline text would: its slot (16 bytes), count, index entry and
-//! allocation. The measured effect is in bench/analysis.md.
+//! allocation (at least 32 bytes, see [`READABLE`]). The measured effect is in
+//! bench/analysis.md.
 //!
-//! The table never shrinks its slot array, counts or index (about 40 bytes per symbol at its
-//! peak); the strings themselves are freed.
+//! The table never shrinks its slot arrays, counts or index (about 50 bytes per symbol at its
+//! peak, the kept smaller arrays included); the strings themselves are freed.
 //!
 //! The table:
 //! - **Reading is lock-free.** Symbol `id` is slot `id` of an array of slots, each the
@@ -458,8 +459,8 @@ pub fn table_stats() -> (usize, usize) {
     for (id, &c) in state.counts.iter().enumerate() {
         if c > 0 {
             live += 1;
-            // SAFETY: counted, lock held.
-            bytes += unsafe { resolve(id as u32) }.len();
+            // SAFETY: counted, lock held. The allocation is padded (see `intern`).
+            bytes += unsafe { resolve(id as u32) }.len().max(READABLE);
         }
     }
     (live, bytes)
