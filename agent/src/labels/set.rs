@@ -277,15 +277,6 @@ impl<'a> Strings<'a> {
     pub fn get(&self, i: usize) -> Option<&'a [u8]> {
         self.0.get(i)
     }
-
-    /// How many strings (twice the labels).
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 thread_local! {
@@ -468,18 +459,7 @@ impl<'a> Iterator for RawPairs<'a> {
     type Item = (&'a [u8], &'a [u8]);
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        match &mut self.0 {
-            PairsRepr::Wire { b, pos, left } => {
-                if *left == 0 {
-                    return None;
-                }
-                *left -= 1;
-                let n = read_bytes(b, pos)?;
-                let v = read_bytes(b, pos)?;
-                Some((n, v))
-            }
-            PairsRepr::Sym(p) => p.next(),
-        }
+        self.next_readable().map(|[(n, _), (v, _)]| (n, v))
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         let left = match &self.0 {

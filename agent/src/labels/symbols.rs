@@ -107,28 +107,6 @@ pub(super) const READABLE: usize = 32;
 /// The string of symbol `id` and the bytes readable from its start (at least [`READABLE`]).
 ///
 /// # Safety
-/// As for [`resolve`].
-#[inline]
-unsafe fn resolve_readable<'a>(id: u32) -> (&'a [u8], &'a [u8]) {
-    let base = TABLE.slots.load(Ordering::Acquire);
-    if base.is_null() {
-        return (b"", b"");
-    }
-    // SAFETY: as in `resolve`.
-    let slot = unsafe { &*base.add(id as usize) };
-    let ptr = slot.ptr.load(Ordering::Acquire);
-    if ptr.is_null() {
-        return (b"", b"");
-    }
-    let len = slot.len.load(Ordering::Relaxed);
-    // SAFETY: as in `resolve`; the allocation is `len.max(READABLE)` bytes, all initialised.
-    let readable = unsafe { std::slice::from_raw_parts(ptr, len.max(READABLE)) };
-    (&readable[..len], readable)
-}
-
-/// The string of symbol `id`.
-///
-/// # Safety
 /// The caller holds an occurrence of `id` (a live [`SymbolSet`] containing it, or the table's
 /// lock with `id` counted) during `'a`.
 ///
@@ -139,20 +117,32 @@ unsafe fn resolve_readable<'a>(id: u32) -> (&'a [u8], &'a [u8]) {
 /// holds `id`'s string: a slot changes only when its symbol is freed (the count reaching zero,
 /// which the caller's occurrence prevents) or given out again after that.
 #[inline]
-unsafe fn resolve<'a>(id: u32) -> &'a [u8] {
+unsafe fn resolve_readable<'a>(id: u32) -> (&'a [u8], &'a [u8]) {
     let base = TABLE.slots.load(Ordering::Acquire);
     if base.is_null() {
-        return b"";
+        return (b"", b"");
     }
     // SAFETY: see above: `id` is within the array `base` points at, which is never freed.
     let slot = unsafe { &*base.add(id as usize) };
     let ptr = slot.ptr.load(Ordering::Acquire);
     if ptr.is_null() {
-        return b"";
+        return (b"", b"");
     }
     let len = slot.len.load(Ordering::Relaxed);
-    // SAFETY: `ptr` and `len` are a leaked `Box<[u8]>`, freed only with the symbol (above).
-    unsafe { std::slice::from_raw_parts(ptr, len) }
+    // SAFETY: `ptr` is a leaked `Box<[u8]>` of `len.max(READABLE)` initialised bytes, freed
+    // only with the symbol (above).
+    let readable = unsafe { std::slice::from_raw_parts(ptr, len.max(READABLE)) };
+    (&readable[..len], readable)
+}
+
+/// The string of symbol `id`.
+///
+/// # Safety
+/// As for [`resolve_readable`].
+#[inline]
+unsafe fn resolve<'a>(id: u32) -> &'a [u8] {
+    // SAFETY: the caller's promise is the one `resolve_readable` needs.
+    unsafe { resolve_readable(id) }.0
 }
 
 fn lock() -> MutexGuard<'static, State> {
@@ -387,10 +377,6 @@ impl<'a> SymbolIndex<'a> {
         // SAFETY: `id` was read from the set borrowed for 'a, which holds it.
         Some(unsafe { resolve(id) })
     }
-
-    pub(super) fn len(&self) -> usize {
-        usize::from(self.n)
-    }
 }
 
 /// Iterator over a [`SymbolSet`]'s pairs as strings.
@@ -402,13 +388,6 @@ pub(super) struct SymbolPairs<'a> {
 }
 
 impl<'a> SymbolPairs<'a> {
-    #[inline]
-    fn next_string(&mut self) -> Option<&'a [u8]> {
-        let id = u32::try_from(read_uvarint(self.b, &mut self.pos)?).ok()?;
-        // SAFETY: `id` was read from the set borrowed for 'a, which holds it.
-        Some(unsafe { resolve(id) })
-    }
-
     pub(super) fn remaining(&self) -> u64 {
         self.left
     }
@@ -433,13 +412,7 @@ impl<'a> Iterator for SymbolPairs<'a> {
     type Item = (&'a [u8], &'a [u8]);
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        let n = self.next_string()?;
-        let v = self.next_string()?;
-        Some((n, v))
+        self.next_readable().map(|[(n, _), (v, _)]| (n, v))
     }
 }
 
@@ -560,7 +533,7 @@ mod tests {
         assert!(s.symbol_bytes().len() <= 33, "{}", s.symbol_bytes().len());
         assert_eq!(s.heap_size(), 8 + s.symbol_bytes().len());
         let index = s.index().expect("8 labels");
-        assert_eq!(index.len(), 16);
+        assert!(index.get(15).is_some());
         assert_eq!(index.get(13), Some(&b"checkout-7d9f8c6b5-0000a"[..]));
         assert_eq!(index.get(16), None);
     }
