@@ -2,7 +2,7 @@
 //! `PER_TARGET` distinct series each (about 120 bytes of series text per series, like the
 //! harness's targets), with the instance's WAL storage:
 //!
-//! - the label sets, held once and shared, and the process's table of the label strings they
+//! - the label sets, held once and shared, and the process's table of the label pairs they
 //!   use (see `agent::labels`);
 //! - the scrape caches (`ScrapeProcessor`s);
 //! - the instance's series table (`WalStorage`);
@@ -120,7 +120,7 @@ fn main() {
     let table = storage.table_heap_bytes() as isize;
     let (_, replayed) = Wal::open(dir.path(), WalOptions::default()).expect("reopen WAL");
     // The label sets as allocated: their symbols plus their count and length
-    // (labels/symbols.rs, labels/thin.rs), and the process's table of label strings.
+    // (labels/symbols.rs, labels/thin.rs), and the process's table of label pairs.
     let labels: isize = replayed
         .series
         .iter()
@@ -186,7 +186,7 @@ fn main() {
 
     println!(
         "memory per series ({SERIES} series, {text_per_series:.0} bytes of exposition text each): \
-         label sets (once) {:.0} B, label strings ({symbols} in one table) {:.1} B, scrape cache {:.0} B, instance series table {:.0} B, \
+         label sets (once) {:.0} B, label pairs ({symbols} in one table) {:.1} B, scrape cache {:.0} B, instance series table {:.0} B, \
          remote-write table {:.0} B ({:.0} B with its own copies, after a restart), \
          total {:.0} B (WAL buffers {:.1} MiB, not per series)",
         per_series(labels),

@@ -1,7 +1,7 @@
 //! The agentctl daemon library: configuration, KV store, hash ring, scraping, write-ahead log,
 //! remote_write, cluster membership and the HTTP API.
 // Denied everywhere but in two audited modules: `labels::thin` (a one-word shared byte string,
-// see agent/src/labels/thin.rs for why) and `labels::symbols` (the table of label strings with
+// see agent/src/labels/thin.rs for why) and `labels::symbols` (the table of label pairs with
 // lock-free reads, agent/src/labels/symbols.rs).
 #![deny(unsafe_code)]
 

@@ -2,7 +2,7 @@
 //! output after relabelling, the scrape cache, the WAL, remote_write).
 //!
 //! - [`Labels`]: an immutable label set, kept as symbols into the process's one table of label
-//!   strings ([`symbols`]; see [`set`] for the layout and why). Clones share one allocation,
+//!   pairs ([`symbols`]; see [`set`] for the layout and why). Clones share one allocation,
 //!   which is how an instance keeps a series' labels once for its scrape cache, its series
 //!   table and its remote_write tables.
 //! - [`LabelsRef`]: a borrowed set, either a kept one or the WAL's wire form (a slice of a WAL
@@ -31,7 +31,8 @@ pub use hash::{Hasher, Headroom, RefHasher, RefMap};
 pub use refs::DenseRefMap;
 pub(crate) use set::put_uvarint;
 pub use set::{
-    go_quote, write_go_quoted, Labels, LabelsIter, LabelsRef, ParseError, RawPairs, Strings,
+    go_quote, write_go_quoted, LabelPair, Labels, LabelsIter, LabelsRef, ParseError, RawPairs,
+    Strings,
 };
 pub use symbols::table_stats as symbol_table_stats;
 

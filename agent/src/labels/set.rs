@@ -2,10 +2,10 @@
 //! strings), names unique and values non-empty when built by
 //! [`LabelsBuilder`](super::LabelsBuilder). Two forms:
 //!
-//! - **Kept: [`Labels`]**, the set as symbols into the process's table of label strings
+//! - **Kept: [`Labels`]**, the set as symbols into the process's table of label pairs
 //!   ([`super::symbols`]): one allocation per set holding a count byte and a varint symbol
-//!   per string (17 to 33 bytes for 8 labels, plus an 8-byte header), each distinct string
-//!   stored once in the process. `Clone` shares the allocation (reference-counted, behind a
+//!   per pair (9 to 17 bytes for 8 labels, plus an 8-byte header), each distinct pair
+//!   stored once in the process, in the form the remote_write encoder copies. `Clone` shares the allocation (reference-counted, behind a
 //!   one-word pointer), so every holder of a series (scrape cache, the instance's series
 //!   table, each remote_write endpoint) points at one copy, freed with the last holder.
 //!   Equal sets have equal symbols, so equality compares those bytes.
@@ -29,7 +29,7 @@ use std::fmt;
 
 use std::cell::RefCell;
 
-use super::symbols::{SymbolIndex, SymbolPairs, SymbolSet};
+use super::symbols::{pair_name, SymbolIndex, SymbolPairs, SymbolSet};
 
 /// An immutable, shared label set (see the module docs).
 #[derive(Clone)]
@@ -177,7 +177,7 @@ impl Labels {
     }
 
     /// Heap bytes of the set's own allocation (for memory accounting): its symbols plus its
-    /// count and length. The strings are the process table's, shared by every set.
+    /// count and length. The pairs are the process table's, shared by every set.
     pub fn heap_size(&self) -> usize {
         self.0.heap_size()
     }
@@ -271,11 +271,12 @@ pub struct Strings<'a>(SymbolIndex<'a>);
 
 impl<'a> Strings<'a> {
     /// Labels of the largest set that has a [`Strings`].
-    pub const MAX_LABELS: usize = super::symbols::MAX_INDEXED / 2;
+    pub const MAX_LABELS: usize = super::symbols::MAX_INDEXED;
 
     #[inline]
     pub fn get(&self, i: usize) -> Option<&'a [u8]> {
-        self.0.get(i)
+        let (name, value) = self.0.get(i / 2)?;
+        Some(if i % 2 == 0 { name } else { value })
     }
 }
 
@@ -459,7 +460,16 @@ impl<'a> Iterator for RawPairs<'a> {
     type Item = (&'a [u8], &'a [u8]);
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        self.next_readable().map(|[(n, _), (v, _)]| (n, v))
+        match &mut self.0 {
+            PairsRepr::Wire { b, pos, left } => {
+                if *left == 0 {
+                    return None;
+                }
+                *left -= 1;
+                Some((read_bytes(b, pos)?, read_bytes(b, pos)?))
+            }
+            PairsRepr::Sym(p) => p.next(),
+        }
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         let left = match &self.0 {
@@ -474,24 +484,41 @@ impl<'a> Iterator for RawPairs<'a> {
 impl ExactSizeIterator for RawPairs<'_> {}
 
 impl<'a> RawPairs<'a> {
-    /// The next pair like [`next`](Iterator::next), each string with the bytes readable from
-    /// its start in the set's memory (at least 32 for a kept set's strings; what is left of the
-    /// record for the wire form): lets a copy of a short string be one fixed-size move.
+    /// The next pair in the form the remote_write encoder takes it: a kept set's pairs are
+    /// already encoded ([`super::symbols`]), a wire-form set's are its strings.
     #[inline]
-    pub fn next_readable(&mut self) -> Option<[(&'a [u8], &'a [u8]); 2]> {
+    pub fn next_label(&mut self) -> Option<LabelPair<'a>> {
         match &mut self.0 {
-            PairsRepr::Wire { b, pos, left } => {
-                if *left == 0 {
-                    return None;
-                }
-                *left -= 1;
-                let mut next = || {
-                    let s = read_bytes(b, pos)?;
-                    Some((s, &b[*pos - s.len()..]))
-                };
-                Some([next()?, next()?])
-            }
-            PairsRepr::Sym(p) => p.next_readable(),
+            PairsRepr::Sym(p) => p
+                .next_encoded()
+                .map(|(field, readable)| LabelPair::Encoded { field, readable }),
+            PairsRepr::Wire { .. } => self.next().map(|(n, v)| LabelPair::Strings(n, v)),
+        }
+    }
+}
+
+/// A pair as [`RawPairs::next_label`] gives it.
+#[derive(Clone, Copy, Debug)]
+pub enum LabelPair<'a> {
+    /// The `prometheus.Label` message as field 1 of a `prometheus.TimeSeries` (key, length,
+    /// message: the encoding agent/src/remote_write/proto.rs writes), and the bytes readable
+    /// from its start (at least [`LabelPair::READABLE`], zero after the field), so a short
+    /// field can be copied as one fixed-size move.
+    Encoded { field: &'a [u8], readable: &'a [u8] },
+    /// The name and value.
+    Strings(&'a [u8], &'a [u8]),
+}
+
+impl<'a> LabelPair<'a> {
+    /// Bytes readable from the start of an [`LabelPair::Encoded`] field, at least.
+    pub const READABLE: usize = super::symbols::READABLE;
+
+    /// The label's name.
+    #[inline]
+    pub fn name(self) -> &'a [u8] {
+        match self {
+            LabelPair::Encoded { field, .. } => pair_name(field),
+            LabelPair::Strings(n, _) => n,
         }
     }
 }
@@ -662,20 +689,27 @@ mod tests {
     }
 
     #[test]
-    fn readable_pairs_are_the_pairs_with_their_bytes_after_them() {
+    fn label_pairs_are_the_pairs_encoded_or_as_strings() {
         let long = "v".repeat(40);
         let kept = l(&[("a", "1"), ("b", long.as_str()), ("c", "")]);
         let wire = kept.wire();
         let (view, _) = LabelsRef::parse(&wire).expect("valid");
-        for (set, min_readable) in [(kept.as_view(), 32), (view, 0)] {
+        for set in [kept.as_view(), view] {
             let mut pairs = set.raw_pairs();
             let mut got = Vec::new();
-            while let Some([(n, nr), (v, vr)]) = pairs.next_readable() {
-                assert!(nr.starts_with(n) && vr.starts_with(v));
-                assert!(nr.len() >= min_readable && vr.len() >= min_readable);
-                got.push((n, v));
+            while let Some(p) = pairs.next_label() {
+                match (p, set.0) {
+                    (LabelPair::Encoded { field, readable }, Repr::Sym(_)) => {
+                        assert!(readable.starts_with(field));
+                        assert!(readable.len() >= LabelPair::READABLE);
+                        assert_eq!(field[0], 0x0a, "field 1, length-delimited");
+                    }
+                    (LabelPair::Strings(..), Repr::Wire(_)) => {}
+                    _ => panic!("{p:?} from the other form"),
+                }
+                got.push(p.name());
             }
-            assert_eq!(got, set.raw_pairs().collect::<Vec<_>>());
+            assert_eq!(got, [&b"a"[..], b"b"]);
         }
     }
 

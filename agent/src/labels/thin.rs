@@ -21,7 +21,7 @@
 //! an `Acquire` fence before the free; a count that would pass `i32::MAX` aborts, as `Arc`
 //! does past `isize::MAX` (only a leak of clones can get there).
 //!
-//! This module and `super::symbols` (the table of label strings) are the crate's only `unsafe`
+//! This module and `super::symbols` (the table of label pairs) are the crate's only `unsafe`
 //! code (`agent/src/lib.rs` denies it everywhere
 //! else; scripts/test checks that no other module allows it). Its tests were also run under
 //! valgrind (the tests module names the command).

@@ -25,7 +25,7 @@
 
 use prost::Message;
 
-use crate::labels::LabelsRef;
+use crate::labels::{LabelPair, LabelsRef};
 
 /// `prometheus.WriteRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -186,46 +186,32 @@ impl<'a> From<&'a crate::labels::Labels> for SeriesLabels<'a> {
     }
 }
 
-/// A string and the bytes readable from its start in the set's memory
-/// (`labels::RawPairs::next_readable`).
-type Readable<'a> = (&'a [u8], &'a [u8]);
-
-/// Writes one `Label` message (field 1 of a `TimeSeries`): the usual pair (both strings
-/// non-empty and under 128 bytes, the message too) with its one-byte keys and lengths written
-/// at once and each string of up to [`CHUNK`] bytes copied as one fixed-size move cut back to
-/// its length (no `memcpy` call per string); any other pair field by field.
+/// Writes one `Label` message (field 1 of a `TimeSeries`). A kept set's pair is already in
+/// this form (`labels::LabelPair::Encoded`): copied as it is, one fixed-size move cut back to
+/// its length when it is at most [`LabelPair::READABLE`] bytes (no `memcpy` call per pair).
 #[inline]
-fn put_pair(buf: &mut Vec<u8>, [(n, n_readable), (v, v_readable)]: [Readable<'_>; 2]) {
-    let body = n.len() + v.len() + 4;
-    if body < 0x80 && !n.is_empty() && !v.is_empty() {
-        buf.reserve(body + 2 + 2 * CHUNK);
-        buf.extend_from_slice(&[key(1, LEN), body as u8, key(1, LEN), n.len() as u8]);
-        copy_short(buf, n, n_readable);
-        buf.extend_from_slice(&[key(2, LEN), v.len() as u8]);
-        copy_short(buf, v, v_readable);
-        return;
-    }
-    buf.push(key(1, LEN));
-    put_varint(buf, (bytes_field_len(n) + bytes_field_len(v)) as u64);
-    put_bytes(buf, 1, n);
-    put_bytes(buf, 2, v);
-}
-
-/// Strings up to this long are copied by [`copy_short`] without a call to `memcpy`.
-const CHUNK: usize = 32;
-
-/// Appends `s`: when it is at most [`CHUNK`] bytes and `readable` (which starts with `s`) has
-/// [`CHUNK`] bytes, as a copy of that fixed size cut back to `s`'s length.
-#[inline]
-fn copy_short(buf: &mut Vec<u8>, s: &[u8], readable: &[u8]) {
-    match readable.get(..CHUNK).map(<&[u8; CHUNK]>::try_from) {
-        Some(Ok(chunk)) if s.len() <= CHUNK => {
-            buf.extend_from_slice(chunk);
-            buf.truncate(buf.len() - (CHUNK - s.len()));
+fn put_pair(buf: &mut Vec<u8>, pair: LabelPair<'_>) {
+    match pair {
+        LabelPair::Encoded { field, readable } => {
+            match readable.get(..CHUNK).map(<&[u8; CHUNK]>::try_from) {
+                Some(Ok(chunk)) if field.len() <= CHUNK => {
+                    buf.extend_from_slice(chunk);
+                    buf.truncate(buf.len() - (CHUNK - field.len()));
+                }
+                _ => buf.extend_from_slice(field),
+            }
         }
-        _ => buf.extend_from_slice(s),
+        LabelPair::Strings(n, v) => {
+            buf.push(key(1, LEN));
+            put_varint(buf, (bytes_field_len(n) + bytes_field_len(v)) as u64);
+            put_bytes(buf, 1, n);
+            put_bytes(buf, 2, v);
+        }
     }
 }
+
+/// Pairs up to this long are copied by [`put_pair`] without a call to `memcpy`.
+const CHUNK: usize = LabelPair::READABLE;
 
 /// Writes the pairs of `labels` merged with those of `external` whose name `labels` lacks, in
 /// name order (both are sorted by name; byte order is the order of the names as strings).
@@ -233,40 +219,40 @@ fn copy_short(buf: &mut Vec<u8>, s: &[u8], readable: &[u8]) {
 fn put_packed(buf: &mut Vec<u8>, labels: LabelsRef<'_>, external: Option<LabelsRef<'_>>) {
     let mut a = labels.raw_pairs();
     let Some(external) = external.filter(|e| !e.is_empty()) else {
-        while let Some(p) = a.next_readable() {
+        while let Some(p) = a.next_label() {
             put_pair(buf, p);
         }
         return;
     };
     let mut b = external.raw_pairs();
-    let (mut x, mut y) = (a.next_readable(), b.next_readable());
+    let (mut x, mut y) = (a.next_label(), b.next_label());
     loop {
         match (x, y) {
-            (Some(p), Some(q)) => match p[0].0.cmp(q[0].0) {
+            (Some(p), Some(q)) => match p.name().cmp(q.name()) {
                 std::cmp::Ordering::Less => {
                     put_pair(buf, p);
-                    x = a.next_readable();
+                    x = a.next_label();
                 }
                 std::cmp::Ordering::Greater => {
                     put_pair(buf, q);
-                    y = b.next_readable();
+                    y = b.next_label();
                 }
                 std::cmp::Ordering::Equal => {
                     put_pair(buf, p);
-                    x = a.next_readable();
-                    y = b.next_readable();
+                    x = a.next_label();
+                    y = b.next_label();
                 }
             },
             (Some(p), None) => {
                 put_pair(buf, p);
-                while let Some(p) = a.next_readable() {
+                while let Some(p) = a.next_label() {
                     put_pair(buf, p);
                 }
                 return;
             }
             (None, Some(q)) => {
                 put_pair(buf, q);
-                while let Some(q) = b.next_readable() {
+                while let Some(q) = b.next_label() {
                     put_pair(buf, q);
                 }
                 return;
