@@ -112,7 +112,8 @@ fn main() {
     let fixed = held(&region);
 
     // One instance: every target scraped once into its WAL storage. What stays held is the
-    // label sets (once), their strings, the instance's series table and the scrape caches.
+    // label sets (once), the table of their pairs, the instance's series table and the scrape
+    // caches.
     let region = Region::new(GLOBAL);
     let processors = scrape_all(&storage);
     storage.sync().expect("sync WAL");
@@ -126,11 +127,11 @@ fn main() {
         .iter()
         .map(|(_, l)| l.heap_size() as isize)
         .sum();
-    let (symbols, strings) = agent::labels::symbol_table_stats();
-    let strings = strings as isize;
+    let (symbols, table_bytes) = agent::labels::symbol_table_stats();
+    let pairs = table_bytes as isize;
     let n = replayed.series.len();
     assert_eq!(n, SERIES + 5 * TARGETS, "every series once");
-    let cache = scraped - table - labels - strings;
+    let cache = scraped - table - labels - pairs;
 
     // Remote-write table, fed what the watcher reads from the WAL, sharing the instance's
     // labels (as while the process runs) or with copies of its own (after a restart, for the
@@ -190,12 +191,12 @@ fn main() {
          remote-write table {:.0} B ({:.0} B with its own copies, after a restart), \
          total {:.0} B (WAL buffers {:.1} MiB, not per series)",
         per_series(labels),
-        per_series(strings),
+        per_series(pairs),
         per_series(cache),
         per_series(table),
         per_series(rw_shared),
         per_series(rw_own),
-        per_series(labels + strings + cache + table + rw_shared),
+        per_series(labels + pairs + cache + table + rw_shared),
         fixed as f64 / (1024.0 * 1024.0),
     );
 }

@@ -145,7 +145,7 @@ impl LabelsBuilder {
         labels.len() == self.entries.len() && self.iter().eq(labels.iter())
     }
 
-    /// The current label set, as a new kept set (its strings interned, see
+    /// The current label set, as a new kept set (its pairs interned, see
     /// `super::symbols`).
     pub fn labels(&mut self) -> Labels {
         Labels::from_strings(

@@ -8,6 +8,8 @@
 //! - [`LabelsRef`]: a borrowed set, either a kept one or the WAL's wire form (a slice of a WAL
 //!   Series record); both forms of one set compare and hash equal.
 //! - [`Strings`]: a kept set's strings by position (the scrape cache's exact compare).
+//! - [`LabelPair`]: a pair as the remote_write encoder takes it: a kept set's pairs are
+//!   already encoded as the encoder's `Label` field ([`symbols`]).
 //! - [`LabelsBuilder`]: a mutable set with Prometheus's `labels.Builder` semantics (relabelling).
 //! - [`SeriesRef`]: the WAL-assigned identity of a series within one instance.
 //! - [`Hasher`]: the one label hasher. A hash only ever *finds candidates*: every table keyed by
@@ -17,7 +19,9 @@
 //!   are dense (the per-sample lookups by ref).
 //! - [`Headroom`]: the sizing rule of tables keyed by label hashes whose entries churn.
 //!
-//! This module depends on nothing else in the crate: it is the bottom of the layering.
+//! This module depends on nothing else in the crate: it is the bottom of the layering. It
+//! knows one outside format: the remote_write `Label` field its pairs are kept in
+//! (symbols.rs; the layout is agent/src/remote_write/proto.rs's).
 
 mod builder;
 mod hash;
@@ -29,11 +33,12 @@ mod thin;
 pub use builder::LabelsBuilder;
 pub use hash::{Hasher, Headroom, RefHasher, RefMap};
 pub use refs::DenseRefMap;
-pub(crate) use set::put_uvarint;
 pub use set::{
     go_quote, write_go_quoted, LabelPair, Labels, LabelsIter, LabelsRef, ParseError, RawPairs,
     Strings,
 };
+pub(crate) use set::{put_uvarint, uvarint_len};
+pub(crate) use symbols::put_label;
 pub use symbols::table_stats as symbol_table_stats;
 
 use std::fmt;

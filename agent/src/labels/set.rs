@@ -5,9 +5,10 @@
 //! - **Kept: [`Labels`]**, the set as symbols into the process's table of label pairs
 //!   ([`super::symbols`]): one allocation per set holding a count byte and a varint symbol
 //!   per pair (9 to 17 bytes for 8 labels, plus an 8-byte header), each distinct pair
-//!   stored once in the process, in the form the remote_write encoder copies. `Clone` shares the allocation (reference-counted, behind a
-//!   one-word pointer), so every holder of a series (scrape cache, the instance's series
-//!   table, each remote_write endpoint) points at one copy, freed with the last holder.
+//!   stored once in the process, in the form the remote_write encoder copies. `Clone`
+//!   shares the allocation (reference-counted, behind a one-word pointer), so every holder
+//!   of a series (scrape cache, the instance's series table, each remote_write endpoint)
+//!   points at one copy, freed with the last holder.
 //!   Equal sets have equal symbols, so equality compares those bytes.
 //! - **On the wire: the WAL's form**, what a WAL Series record carries after each ref
 //!   (`uvarint` being unsigned LEB128):
@@ -70,6 +71,16 @@ pub(crate) fn put_uvarint(buf: &mut Vec<u8>, mut x: u64) {
         x >>= 7;
     }
     buf.push(x as u8);
+}
+
+/// Bytes of `x` as an unsigned LEB128 varint.
+pub(crate) fn uvarint_len(mut x: u64) -> usize {
+    let mut n = 1;
+    while x >= 0x80 {
+        x >>= 7;
+        n += 1;
+    }
+    n
 }
 
 /// Reads a uvarint at `*pos`; `None` when truncated or longer than 10 bytes. The one- and
@@ -386,7 +397,7 @@ impl<'a> LabelsRef<'a> {
     /// 64-byte line, and walking it (each string's length says where the next one starts)
     /// waits for those misses one after the other; this issues one load per line, independent
     /// of each other, so the misses overlap with each other and with the caller's work until
-    /// the walk. A kept set's symbols are one line (its strings are the table's, which stay
+    /// the walk. A kept set's symbols are one line (its pairs are the table's, which stay
     /// cached): one load. A plain load kept alive by `black_box` (the prefetch instruction
     /// needs `unsafe`).
     #[inline]
@@ -407,9 +418,10 @@ impl<'a> LabelsRef<'a> {
         LabelsIter(self.raw_pairs())
     }
 
-    /// The `(name, value)` pairs as bytes, in stored (name) order, for hot paths that only
-    /// copy or compare them (the remote_write encoder): [`iter`](LabelsRef::iter) without
-    /// re-checking UTF-8, which every constructor checked already.
+    /// The `(name, value)` pairs as bytes, in stored (name) order, for paths that only copy,
+    /// hash or compare them: [`iter`](LabelsRef::iter) without re-checking UTF-8, which every
+    /// constructor checked already. The remote_write encoder takes a kept set's pairs encoded
+    /// instead ([`RawPairs::next_label`]).
     #[inline]
     pub fn raw_pairs(self) -> RawPairs<'a> {
         match self.0 {

@@ -27,8 +27,8 @@
 //!
 //! (a field is left out when its string is empty, as protobuf's encoders do). The encoder
 //! copies each pair as it is, once per sample, which is the table's hottest read; the other
-//! readers (the name and value, once per new series or per cache compare) read them out of
-//! it ([`split`]).
+//! readers of names and values (the series cache's compare of each scraped line, hashing and
+//! writing a new series) read them out of it ([`split`]).
 //!
 //! The table never shrinks its slot arrays, counts or index (about 50 bytes per symbol at its
 //! peak, the kept smaller arrays included); the pairs themselves are freed.
@@ -59,7 +59,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use hashbrown::HashTable;
 
-use super::set::{put_uvarint, read_uvarint};
+use super::set::{put_uvarint, read_uvarint, uvarint_len};
 use super::thin::SharedBytes;
 
 /// Slots of the first array; each next one has twice as many.
@@ -116,21 +116,24 @@ static TABLE: Table = Table {
 /// a short pair can be one fixed-size move (the remote_write encoder's).
 pub(super) const READABLE: usize = 64;
 
-/// The protobuf keys of a pair's encoding (see the module docs): field 1 and field 2, both
-/// length-delimited.
+/// The protobuf keys of a pair's encoding (see the module docs), each length-delimited:
+/// `TimeSeries.labels` (field 1), and in the `Label` message its `name` (1) and `value` (2).
+const KEY_LABELS: u8 = 0x0a;
 const KEY_NAME: u8 = 0x0a;
 const KEY_VALUE: u8 = 0x12;
 
-/// Appends the encoding of the pair `(name, value)` (see the module docs).
-fn encode_pair(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends the pair `(name, value)` as a `prometheus.Label` message in field 1 (see the
+/// module docs): the form the table keeps a pair in, and what the remote_write encoder writes
+/// for every label it does not copy from the table.
+pub(crate) fn put_label(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     let field = |s: &[u8]| {
         if s.is_empty() {
             0
         } else {
-            1 + uvarint_len(s.len()) + s.len()
+            1 + uvarint_len(s.len() as u64) + s.len()
         }
     };
-    out.push(KEY_NAME);
+    out.push(KEY_LABELS);
     put_uvarint(out, (field(name) + field(value)) as u64);
     for (key, s) in [(KEY_NAME, name), (KEY_VALUE, value)] {
         if !s.is_empty() {
@@ -141,37 +144,40 @@ fn encode_pair(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     }
 }
 
-fn uvarint_len(mut x: usize) -> usize {
-    let mut n = 1;
-    while x >= 0x80 {
-        x >>= 7;
-        n += 1;
-    }
-    n
-}
-
-/// The name and value of an encoded pair (see [`encode_pair`]; the table only holds pairs it
+/// The name and value of an encoded pair (see [`put_label`]; the table only holds pairs it
 /// encoded, so anything else reads as empty strings).
 #[inline]
 fn split(pair: &[u8]) -> (&[u8], &[u8]) {
-    let mut pos = 1;
-    if read_uvarint(pair, &mut pos).is_none() {
-        return (b"", b"");
+    let mut pos = 0;
+    let name = name_at(pair, &mut pos);
+    (name, field(pair, &mut pos, KEY_VALUE))
+}
+
+/// The name of an encoded pair, leaving `*pos` after it.
+#[inline]
+fn name_at<'a>(pair: &'a [u8], pos: &mut usize) -> &'a [u8] {
+    *pos = 1;
+    if read_uvarint(pair, pos).is_none() {
+        *pos = pair.len();
+        return b"";
     }
-    let mut field = |key: u8| -> &[u8] {
-        if pair.get(pos) != Some(&key) {
-            return b"";
-        }
-        pos += 1;
-        let Some(len) = read_uvarint(pair, &mut pos) else {
-            return b"";
-        };
-        let start = pos;
-        pos = start.saturating_add(len as usize);
-        pair.get(start..pos).unwrap_or(b"")
+    field(pair, pos, KEY_NAME)
+}
+
+/// The string of the field with key `key` at `*pos`, moving past it; empty when the field is
+/// not there (an empty string is left out) or is cut short.
+#[inline]
+fn field<'a>(pair: &'a [u8], pos: &mut usize, key: u8) -> &'a [u8] {
+    if pair.get(*pos) != Some(&key) {
+        return b"";
+    }
+    *pos += 1;
+    let Some(len) = read_uvarint(pair, pos) else {
+        return b"";
     };
-    let name = field(KEY_NAME);
-    (name, field(KEY_VALUE))
+    let start = *pos;
+    *pos = start.saturating_add(len as usize);
+    pair.get(start..*pos).unwrap_or(b"")
 }
 
 /// The encoded pair of symbol `id` and the bytes readable from its start (at least
@@ -189,15 +195,17 @@ fn split(pair: &[u8]) -> (&[u8], &[u8]) {
 /// which the caller's occurrence prevents) or given out again after that.
 #[inline]
 unsafe fn resolve_readable<'a>(id: u32) -> (&'a [u8], &'a [u8]) {
+    // What a symbol without a pair reads as (not reached: a held symbol has its pair).
+    static NONE: [u8; READABLE] = [0; READABLE];
     let base = TABLE.slots.load(Ordering::Acquire);
     if base.is_null() {
-        return (b"", b"");
+        return (&NONE[..0], &NONE);
     }
     // SAFETY: see above: `id` is within the array `base` points at, which is never freed.
     let slot = unsafe { &*base.add(id as usize) };
     let ptr = slot.ptr.load(Ordering::Acquire);
     if ptr.is_null() {
-        return (b"", b"");
+        return (&NONE[..0], &NONE);
     }
     let len = slot.len.load(Ordering::Relaxed);
     // SAFETY: `ptr` is a leaked `Box<[u8]>` of `len.max(READABLE)` initialised bytes, freed
@@ -327,15 +335,16 @@ pub(super) struct SymbolSet(ManuallyDrop<SharedBytes>);
 impl SymbolSet {
     /// The set of `n` pairs whose strings `strings` yields (name, value, name, value, ...),
     /// already validated and in the set's order.
-    pub(super) fn new<'s>(n: usize, mut strings: impl Iterator<Item = &'s [u8]>) -> SymbolSet {
+    pub(super) fn new<'s>(n: usize, strings: impl Iterator<Item = &'s [u8]>) -> SymbolSet {
         // Encoded first: the caller's iterator does not run under the table's lock (were it
         // to build or drop a set, it would take the lock again).
         let mut encoded = Vec::new();
         let mut ends = Vec::with_capacity(n);
+        let mut strings = strings.fuse();
         while let Some(name) = strings.next() {
             let value = strings.next();
             debug_assert!(value.is_some(), "two strings per pair");
-            encode_pair(&mut encoded, name, value.unwrap_or(b""));
+            put_label(&mut encoded, name, value.unwrap_or(b""));
             ends.push(encoded.len());
         }
         debug_assert_eq!(ends.len(), n, "n pairs");
@@ -492,10 +501,10 @@ impl<'a> Iterator for SymbolPairs<'a> {
     }
 }
 
-/// The name of an encoded pair ([`SymbolPairs::next_encoded`]).
+/// The name of an encoded pair ([`SymbolPairs::next_encoded`]), without reading its value.
 #[inline]
 pub(super) fn pair_name(pair: &[u8]) -> &[u8] {
-    split(pair).0
+    name_at(pair, &mut 0)
 }
 
 /// The table's size: symbols in use, and the heap bytes of the table (the pairs, the index,
@@ -525,7 +534,7 @@ pub fn table_stats() -> (usize, usize) {
 #[cfg(test)]
 fn count_of(name: &str, value: &str) -> u32 {
     let mut s = Vec::new();
-    encode_pair(&mut s, name.as_bytes(), value.as_bytes());
+    put_label(&mut s, name.as_bytes(), value.as_bytes());
     let state = lock();
     let h = state.hash(&s);
     // SAFETY: counted, lock held.
@@ -611,9 +620,10 @@ mod tests {
             ("n", long.as_str(), long_want),
         ] {
             let mut pair = Vec::new();
-            encode_pair(&mut pair, name.as_bytes(), value.as_bytes());
+            put_label(&mut pair, name.as_bytes(), value.as_bytes());
             assert_eq!(pair, want, "{name}={value}");
             assert_eq!(split(&pair), (name.as_bytes(), value.as_bytes()));
+            assert_eq!(pair_name(&pair), name.as_bytes());
         }
         // Malformed (never in the table): empty strings, no panic.
         assert_eq!(split(b"\x0a"), (&b""[..], &b""[..]));

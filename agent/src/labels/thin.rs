@@ -119,7 +119,7 @@ impl SharedBytes {
 
     /// Gives up this reference: `Some` (holding the allocation's only count) when it was the
     /// last one, so the caller can read the bytes one last time before they are freed (the
-    /// symbol table releases a set's strings that way, `super::symbols`); `None` otherwise.
+    /// symbol table releases a set's pairs that way, `super::symbols`); `None` otherwise.
     pub(super) fn into_last(self) -> Option<SharedBytes> {
         let this = std::mem::ManuallyDrop::new(self);
         if this.header().count.fetch_sub(1, Ordering::Release) != 1 {

@@ -25,7 +25,7 @@
 
 use prost::Message;
 
-use crate::labels::{LabelPair, LabelsRef};
+use crate::labels::{put_label, put_uvarint, uvarint_len, LabelPair, LabelsRef};
 
 /// `prometheus.WriteRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -201,12 +201,7 @@ fn put_pair(buf: &mut Vec<u8>, pair: LabelPair<'_>) {
                 _ => buf.extend_from_slice(field),
             }
         }
-        LabelPair::Strings(n, v) => {
-            buf.push(key(1, LEN));
-            put_varint(buf, (bytes_field_len(n) + bytes_field_len(v)) as u64);
-            put_bytes(buf, 1, n);
-            put_bytes(buf, 2, v);
-        }
+        LabelPair::Strings(n, v) => put_label(buf, n, v),
     }
 }
 
@@ -270,7 +265,7 @@ const SERIES_LEN_GUESS: usize = 2;
 /// `buf`) as a varint there, moving the body when the varint is not `reserved` bytes long.
 fn patch_len(buf: &mut Vec<u8>, at: usize, reserved: usize) {
     let body = buf.len() - at - reserved;
-    let n = varint_len(body as u64);
+    let n = uvarint_len(body as u64);
     if n != reserved {
         let old = buf.len();
         if n < reserved {
@@ -315,26 +310,9 @@ const fn key(field: u8, wire: u8) -> u8 {
     (field << 3) | wire
 }
 
-fn varint_len(mut v: u64) -> usize {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
-    }
-    n
-}
-
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
 /// Length of a length-delimited field (key + length prefix + body) with a body of `len` bytes.
 fn len_field(len: usize) -> usize {
-    1 + varint_len(len as u64) + len
+    1 + uvarint_len(len as u64) + len
 }
 
 fn string_field_len(s: &str) -> usize {
@@ -358,7 +336,7 @@ fn put_string(buf: &mut Vec<u8>, field: u8, s: &str) {
 fn put_bytes(buf: &mut Vec<u8>, field: u8, s: &[u8]) {
     if !s.is_empty() {
         buf.push(key(field, LEN));
-        put_varint(buf, s.len() as u64);
+        put_uvarint(buf, s.len() as u64);
         buf.extend_from_slice(s);
     }
 }
@@ -385,13 +363,13 @@ fn put_int64(buf: &mut Vec<u8>, field: u8, v: i64) {
     if v != 0 {
         buf.push(key(field, VARINT));
         // int64 is a plain (not zigzag) varint: negatives take 10 bytes.
-        put_varint(buf, v as u64);
+        put_uvarint(buf, v as u64);
     }
 }
 
 fn int64_len(v: i64) -> usize {
     if v != 0 {
-        1 + varint_len(v as u64)
+        1 + uvarint_len(v as u64)
     } else {
         0
     }
@@ -405,12 +383,10 @@ fn labels_len(labels: &[Label]) -> usize {
     labels.iter().map(|l| len_field(label_body_len(l))).sum()
 }
 
-fn put_labels(buf: &mut Vec<u8>, field: u8, labels: &[Label]) {
+/// Writes `labels` as field 1 of their message (`TimeSeries` or `Exemplar`).
+fn put_labels(buf: &mut Vec<u8>, labels: &[Label]) {
     for l in labels {
-        buf.push(key(field, LEN));
-        put_varint(buf, label_body_len(l) as u64);
-        put_string(buf, 1, &l.name);
-        put_string(buf, 2, &l.value);
+        put_label(buf, l.name.as_bytes(), l.value.as_bytes());
     }
 }
 
@@ -483,19 +459,19 @@ impl WriteRequestEncoder {
             let at = buf.len();
             buf.resize(at + SERIES_LEN_GUESS, 0);
             match s.labels {
-                SeriesLabels::Labels(l) => put_labels(buf, 1, l),
+                SeriesLabels::Labels(l) => put_labels(buf, l),
                 SeriesLabels::Packed { labels, external } => put_packed(buf, labels, external),
             }
             for x in s.samples {
                 buf.push(key(2, LEN));
-                put_varint(buf, sample_body_len(x) as u64);
+                put_uvarint(buf, sample_body_len(x) as u64);
                 put_double(buf, 1, x.value);
                 put_int64(buf, 2, x.timestamp);
             }
             for e in s.exemplars {
                 buf.push(key(3, LEN));
-                put_varint(buf, exemplar_body_len(e) as u64);
-                put_labels(buf, 1, &e.labels);
+                put_uvarint(buf, exemplar_body_len(e) as u64);
+                put_labels(buf, &e.labels);
                 put_double(buf, 2, e.value);
                 put_int64(buf, 3, e.timestamp);
             }
@@ -503,7 +479,7 @@ impl WriteRequestEncoder {
         }
         for m in metadata {
             buf.push(key(3, LEN));
-            put_varint(buf, metadata_body_len(m) as u64);
+            put_uvarint(buf, metadata_body_len(m) as u64);
             // An enum is an int32 varint; negative values (never produced) would take 10 bytes.
             put_int64(buf, 1, i64::from(m.r#type));
             put_string(buf, 2, &m.metric_family_name);
@@ -780,7 +756,7 @@ mod tests {
                 buf.extend((0..body).map(|i| i as u8));
                 patch_len(&mut buf, at, reserved);
                 let mut want = vec![7u8; 3];
-                put_varint(&mut want, body as u64);
+                put_uvarint(&mut want, body as u64);
                 want.extend((0..body).map(|i| i as u8));
                 assert!(buf == want, "body {body}, reserved {reserved}");
             }
@@ -790,7 +766,9 @@ mod tests {
     proptest! {
         /// Packed labels with external labels merged in encode as the prost model of the
         /// merged set (the series' own value wins), sorted by name; without external labels
-        /// (each pair copied alone: strings and messages on both sides of 128 bytes) too.
+        /// too. Pairs on both sides of `LabelPair::READABLE` (64) and of 128 bytes; each set
+        /// kept (its pairs copied encoded) and in the wire form (written field by field), in
+        /// all four combinations.
         #[test]
         fn packed_labels_with_external_labels_match_prost(
             own in prop::collection::btree_map("[a-e_]{1,3}", "[x-z]{1,140}", 0..6),
@@ -807,13 +785,23 @@ mod tests {
                 timeseries: vec![TimeSeries { labels: want_labels, samples: samples.to_vec(), exemplars: vec![] }],
                 metadata: vec![],
             }.to_protobuf();
+            let (labels_wire, external_wire) = (labels.wire(), external.wire());
+            let labels_view = crate::labels::LabelsRef::parse(&labels_wire).expect("valid").0;
+            let external_view = crate::labels::LabelsRef::parse(&external_wire).expect("valid").0;
             let mut enc = WriteRequestEncoder::new();
-            enc.encode_protobuf([SeriesRef {
-                labels: SeriesLabels::Packed { labels: labels.as_view(), external: Some(external.as_view()) },
-                samples: &samples,
-                exemplars: &[],
-            }], &[]);
-            prop_assert_eq!(enc.last_protobuf(), want.as_slice());
+            for (l, e) in [
+                (labels.as_view(), external.as_view()),
+                (labels_view, external.as_view()),
+                (labels.as_view(), external_view),
+                (labels_view, external_view),
+            ] {
+                enc.encode_protobuf([SeriesRef {
+                    labels: SeriesLabels::Packed { labels: l, external: Some(e) },
+                    samples: &samples,
+                    exemplars: &[],
+                }], &[]);
+                prop_assert_eq!(enc.last_protobuf(), want.as_slice());
+            }
         }
 
         /// The buffer-reusing encoder writes exactly what prost writes for the same request,
