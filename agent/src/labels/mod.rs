@@ -7,7 +7,7 @@
 //!   table and its remote_write tables.
 //! - [`LabelsRef`]: a borrowed set, either a kept one or the WAL's wire form (a slice of a WAL
 //!   Series record); both forms of one set compare and hash equal.
-//! - [`Strings`]: a kept set's strings by position (the scrape cache's exact compare).
+//! - [`LabelIndex`]: a kept set's labels by position (the scrape cache's exact compare).
 //! - [`LabelPair`]: a pair as the remote_write encoder takes it: a kept set's pairs are
 //!   already encoded as the encoder's `Label` field ([`symbols`]).
 //! - [`LabelsBuilder`]: a mutable set with Prometheus's `labels.Builder` semantics (relabelling).
@@ -34,8 +34,8 @@ pub use builder::LabelsBuilder;
 pub use hash::{Hasher, Headroom, RefHasher, RefMap};
 pub use refs::DenseRefMap;
 pub use set::{
-    go_quote, write_go_quoted, LabelPair, Labels, LabelsIter, LabelsRef, ParseError, RawPairs,
-    Strings,
+    go_quote, write_go_quoted, LabelIndex, LabelPair, Labels, LabelsIter, LabelsRef, ParseError,
+    RawPairs,
 };
 pub(crate) use set::{put_uvarint, uvarint_len};
 pub(crate) use symbols::put_label;

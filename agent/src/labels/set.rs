@@ -172,11 +172,11 @@ impl Labels {
         LabelsRef(Repr::Sym(&self.0))
     }
 
-    /// The strings by position, for reading them out of order (the scrape cache's compare):
+    /// The labels by position, for reading them out of order (the scrape cache's compare):
     /// `None` for a set of more than 32 labels.
     #[inline]
-    pub fn strings(&self) -> Option<Strings<'_>> {
-        self.0.index().map(Strings)
+    pub fn index(&self) -> Option<LabelIndex<'_>> {
+        self.0.index().map(LabelIndex)
     }
 
     /// The set in the wire form (tests).
@@ -276,18 +276,17 @@ impl std::hash::Hash for LabelsRef<'_> {
     }
 }
 
-/// A kept set's strings by position ([`Labels::strings`]): name `i` at `2i`, its value at
-/// `2i + 1`.
-pub struct Strings<'a>(SymbolIndex<'a>);
+/// A kept set's labels by position ([`Labels::strings`]).
+pub struct LabelIndex<'a>(SymbolIndex<'a>);
 
-impl<'a> Strings<'a> {
-    /// Labels of the largest set that has a [`Strings`].
+impl<'a> LabelIndex<'a> {
+    /// Labels of the largest set that has a [`LabelIndex`].
     pub const MAX_LABELS: usize = super::symbols::MAX_INDEXED;
 
+    /// The name and value of label `i`.
     #[inline]
-    pub fn get(&self, i: usize) -> Option<&'a [u8]> {
-        let (name, value) = self.0.get(i / 2)?;
-        Some(if i % 2 == 0 { name } else { value })
+    pub fn label(&self, i: usize) -> Option<(&'a [u8], &'a [u8])> {
+        self.0.get(i)
     }
 }
 

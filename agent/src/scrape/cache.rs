@@ -59,7 +59,7 @@ use crate::labels::{Hasher, Headroom, Labels};
 pub const DROPPED: u32 = u32::MAX;
 
 /// Label sets with more labels than this keep their text (the recipe's index is on the stack).
-const MAX_RECIPE_LABELS: usize = crate::labels::Strings::MAX_LABELS;
+const MAX_RECIPE_LABELS: usize = crate::labels::LabelIndex::MAX_LABELS;
 
 /// How a key recognises its text.
 enum KeyText {
@@ -560,8 +560,10 @@ fn key_text(text: &[u8], labels: &Labels) -> KeyText {
 /// `piece{name="value",name="value"}` (no spaces, no trailing comma), the pieces as written
 /// (values with their escapes).
 mod recipe {
+    use std::cell::Cell;
+
     use super::{Labels, MAX_RECIPE_LABELS};
-    use crate::labels::Strings;
+    use crate::labels::LabelIndex;
 
     const BARE: u8 = 0xFF;
     const NAME: u8 = 0x40;
@@ -571,12 +573,13 @@ mod recipe {
     /// Whether `recipe` renders exactly `text` from `labels`.
     #[inline]
     pub(super) fn renders(recipe: &[u8], labels: &Labels, text: &[u8]) -> bool {
-        let Some(strings) = labels.strings() else {
+        let Some(index) = labels.index() else {
             return false;
         };
         let r = Render {
-            strings: &strings,
+            index: &index,
             text,
+            last: Cell::new(None),
         };
         r.run(recipe) == Some(text.len())
     }
@@ -584,18 +587,24 @@ mod recipe {
     /// When `text` starts with what `recipe` renders from `labels`, the rendered length.
     #[inline]
     pub(super) fn rendered_prefix(recipe: &[u8], labels: &Labels, text: &[u8]) -> Option<usize> {
-        let strings = labels.strings()?;
+        let index = labels.index()?;
         let r = Render {
-            strings: &strings,
+            index: &index,
             text,
+            last: Cell::new(None),
         };
         r.run(recipe)
     }
 
     struct Render<'a> {
-        strings: &'a Strings<'a>,
+        index: &'a LabelIndex<'a>,
         text: &'a [u8],
+        /// The label read last: a recipe names a label's name, then its value.
+        last: Cell<Option<(u8, Label<'a>)>>,
     }
+
+    /// A label's name and value.
+    type Label<'a> = (&'a [u8], &'a [u8]);
 
     impl Render<'_> {
         /// The length of the text's prefix the recipe renders; `None` when the text does not
@@ -636,14 +645,20 @@ mod recipe {
                 lit
             } else {
                 *ops = rest;
-                // Name i is span 2i, its value span 2i + 1.
-                let label = usize::from(op & (NAME - 1));
-                let i = if op & NAME != 0 {
-                    2 * label
-                } else {
-                    2 * label + 1
+                let label = op & (NAME - 1);
+                let (name, value) = match self.last.get() {
+                    Some((l, pair)) if l == label => pair,
+                    _ => {
+                        let pair = self.index.label(usize::from(label))?;
+                        self.last.set(Some((label, pair)));
+                        pair
+                    }
                 };
-                self.strings.get(i)?
+                if op & NAME != 0 {
+                    name
+                } else {
+                    value
+                }
             };
             Some(self.lit(want, pos))
         }
