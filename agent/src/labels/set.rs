@@ -276,7 +276,7 @@ impl std::hash::Hash for LabelsRef<'_> {
     }
 }
 
-/// A kept set's labels by position ([`Labels::strings`]).
+/// A kept set's labels by position ([`Labels::index`]).
 pub struct LabelIndex<'a>(SymbolIndex<'a>);
 
 impl<'a> LabelIndex<'a> {

@@ -573,15 +573,7 @@ mod recipe {
     /// Whether `recipe` renders exactly `text` from `labels`.
     #[inline]
     pub(super) fn renders(recipe: &[u8], labels: &Labels, text: &[u8]) -> bool {
-        let Some(index) = labels.index() else {
-            return false;
-        };
-        let r = Render {
-            index: &index,
-            text,
-            last: Cell::new(None),
-        };
-        r.run(recipe) == Some(text.len())
+        rendered_prefix(recipe, labels, text) == Some(text.len())
     }
 
     /// When `text` starts with what `recipe` renders from `labels`, the rendered length.
