@@ -9,10 +9,12 @@
 //!   several texts with the same labels (whitespace, label order, or a relabelling that
 //!   collapses series) to one series, so duplicates are detected per series.
 //! * `keys`: one entry per distinct series text (`Sample::series`, e.g.
-//!   `http_requests_total{code="200"}`): its hash, its slot (or [`DROPPED`] when
-//!   `metric_relabel_configs` dropped it) and the last iteration it was seen in. `keys_index`
-//!   finds a key by the text's hash; the hash only finds candidates, each is then compared with
-//!   the text exactly (below). A hit costs one hash of the raw bytes and no parsing.
+//!   `http_requests_total{code="200"}`): its slot (or [`DROPPED`] when
+//!   `metric_relabel_configs` dropped it) and the last iteration it was seen in, 32 bytes.
+//!   `keys_index` finds a key by the text's hash; the hash only finds candidates, each is then
+//!   compared with the text exactly (below). A hit costs one hash of the raw bytes and no
+//!   parsing. The hash is not kept: the index's rehashes (when it grows or shrinks) render each
+//!   key's text again to hash it.
 //!
 //! **No copy of the text.** A key does not store its text when it can re-render it from the
 //! slot's labels: it keeps a *recipe*, the metric name and, for each `name="value"` pair in
@@ -71,8 +73,10 @@ enum KeyText {
     Raw(Box<[u8]>),
 }
 
+/// 32 bytes: no hash is kept. A lookup hashes the text it looks for, and the index's rehashes
+/// (growing, [`Headroom`]) hash each key's text again, rendered from its recipe
+/// ([`key_hash`]).
 struct Key {
-    hash: u64,
     slot: u32,
     /// Iteration the key was last seen in (0 = free).
     last: u32,
@@ -174,7 +178,7 @@ impl SeriesCache {
         let (keys, slots) = (&self.keys, &self.slots);
         let Some(&k) = self
             .keys_index
-            .find(hash, |&k| matches(&keys[k as usize], hash, key, slots))
+            .find(hash, |&k| matches(&keys[k as usize], key, slots))
         else {
             return Lookup::Miss;
         };
@@ -261,7 +265,6 @@ impl SeriesCache {
     fn add_key(&mut self, text: &[u8], slot: u32, key_text: KeyText) {
         let hash = self.hasher.hash_bytes(text);
         let key = Key {
-            hash,
             slot,
             last: self.iter,
             text: key_text,
@@ -276,9 +279,8 @@ impl SeriesCache {
                 (self.keys.len() - 1) as u32
             }
         };
-        let keys = &self.keys;
         self.keys_index
-            .insert_unique(hash, k, |&j| keys[j as usize].hash);
+            .insert_unique(hash, k, key_hash(&self.keys, &self.slots, self.hasher));
         self.keys_seen += 1;
         self.next_key = k.wrapping_add(1);
     }
@@ -427,18 +429,20 @@ impl SeriesCache {
     /// now and later, so that churn does not double the indexes long after their live counts
     /// stopped growing (see [`Headroom`]).
     fn before_removals(&mut self) {
-        let keys = &self.keys;
-        self.keys_room
-            .before_removals(&mut self.keys_index, |&j| keys[j as usize].hash);
+        self.keys_room.before_removals(
+            &mut self.keys_index,
+            key_hash(&self.keys, &self.slots, self.hasher),
+        );
         self.slots_room
             .before_removals(&mut self.slots_index, slot_hash(&self.slots, self.hasher));
     }
 
     /// After evicting: the room back when the live counts fell far below their highs.
     fn after_removals(&mut self) {
-        let keys = &self.keys;
-        self.keys_room
-            .after_removals(&mut self.keys_index, |&j| keys[j as usize].hash);
+        self.keys_room.after_removals(
+            &mut self.keys_index,
+            key_hash(&self.keys, &self.slots, self.hasher),
+        );
         self.slots_room
             .after_removals(&mut self.slots_index, slot_hash(&self.slots, self.hasher));
     }
@@ -458,21 +462,25 @@ impl SeriesCache {
         self.free_slots.push(i);
     }
 
-    /// Keeps the keys for which `keep` holds.
+    /// Keeps the keys for which `keep` holds. Call it before freeing the slots of the keys
+    /// it removes, or after: the index is walked, not probed (a key whose slot is freed cannot
+    /// render its text to hash it).
     fn retain_keys(&mut self, keep: impl Fn(&Key, &[Slot]) -> bool) {
+        let mut removed = false;
         for k in 0..self.keys.len() {
             let key = &self.keys[k];
             if key.last == 0 || keep(key, &self.slots) {
                 continue;
             }
-            let hash = key.hash;
-            if let Ok(e) = self.keys_index.find_entry(hash, |&j| j as usize == k) {
-                e.remove();
-            }
             let key = &mut self.keys[k];
             key.last = 0;
             key.text = KeyText::Raw(Box::default());
             self.free_keys.push(k as u32);
+            removed = true;
+        }
+        if removed {
+            let keys = &self.keys;
+            self.keys_index.retain(|&mut j| keys[j as usize].last != 0);
         }
     }
 
@@ -502,6 +510,31 @@ impl SeriesCache {
     }
 }
 
+/// The hash of the text of the key a `keys_index` entry names (for its rehashes): the text
+/// itself, or rendered from the recipe into a buffer kept for the whole rehash. Every key in
+/// the index can render (its slot is freed only after it left the index, see
+/// [`SeriesCache::retain_keys`]); one that could not would hash as 0 and only be found by the
+/// next walk that removes it.
+fn key_hash<'a>(keys: &'a [Key], slots: &'a [Slot], hasher: Hasher) -> impl Fn(&u32) -> u64 + 'a {
+    let text = std::cell::RefCell::new(Vec::new());
+    move |&k| {
+        let key = &keys[k as usize];
+        let recipe: &[u8] = match &key.text {
+            KeyText::Raw(t) => return hasher.hash_bytes(t),
+            KeyText::Inline { len, buf } => &buf[..usize::from(*len)],
+            KeyText::Recipe(r) => r,
+        };
+        let mut text = text.borrow_mut();
+        text.clear();
+        let rendered = slots
+            .get(key.slot as usize)
+            .and_then(|s| s.labels.as_ref())
+            .and_then(|labels| recipe::render(recipe, labels, &mut text));
+        debug_assert!(rendered.is_some(), "a key in the index renders its text");
+        rendered.map_or(0, |()| hasher.hash_bytes(&text))
+    }
+}
+
 /// The hash of the labels of the slot a `slots_index` entry names (for its rehashes).
 fn slot_hash(slots: &[Slot], hasher: Hasher) -> impl Fn(&u32) -> u64 + '_ {
     move |&i| {
@@ -512,10 +545,10 @@ fn slot_hash(slots: &[Slot], hasher: Hasher) -> impl Fn(&u32) -> u64 + '_ {
     }
 }
 
-/// Whether `key` (with hash `hash`) is the key of `text`.
+/// Whether `key` is the key of `text` (the index found it by the text's hash).
 #[inline]
-fn matches(key: &Key, hash: u64, text: &[u8], slots: &[Slot]) -> bool {
-    if key.hash != hash || key.last == 0 {
+fn matches(key: &Key, text: &[u8], slots: &[Slot]) -> bool {
+    if key.last == 0 {
         return false;
     }
     let recipe: &[u8] = match &key.text {
@@ -579,18 +612,56 @@ mod recipe {
     /// When `text` starts with what `recipe` renders from `labels`, the rendered length.
     #[inline]
     pub(super) fn rendered_prefix(recipe: &[u8], labels: &Labels, text: &[u8]) -> Option<usize> {
+        let mut compare = Compare { text, pos: 0 };
+        run(recipe, labels, &mut compare)?;
+        Some(compare.pos)
+    }
+
+    /// Appends the text `recipe` renders from `labels` to `out`; `None` when the recipe is
+    /// malformed or names a label `labels` lacks (`out` then holds part of the text).
+    pub(super) fn render(recipe: &[u8], labels: &Labels, out: &mut Vec<u8>) -> Option<()> {
+        run(recipe, labels, out)
+    }
+
+    fn run(recipe: &[u8], labels: &Labels, sink: &mut impl Sink) -> Option<()> {
         let index = labels.index()?;
         let r = Render {
             index: &index,
-            text,
             last: Cell::new(None),
         };
-        r.run(recipe)
+        r.run(recipe, sink)
+    }
+
+    /// Where a rendering goes: compared with a text as it is rendered, or written out.
+    trait Sink {
+        /// Takes the next bytes of the rendering; `false` when they differ from the text's.
+        fn put(&mut self, bytes: &[u8]) -> bool;
+    }
+
+    /// Compares with `text` from its start; `pos` is where the next bytes go.
+    struct Compare<'a> {
+        text: &'a [u8],
+        pos: usize,
+    }
+
+    impl Sink for Compare<'_> {
+        #[inline]
+        fn put(&mut self, want: &[u8]) -> bool {
+            let ok = self.text.get(self.pos..self.pos + want.len()) == Some(want);
+            self.pos += want.len();
+            ok
+        }
+    }
+
+    impl Sink for Vec<u8> {
+        fn put(&mut self, bytes: &[u8]) -> bool {
+            self.extend_from_slice(bytes);
+            true
+        }
     }
 
     struct Render<'a> {
         index: &'a LabelIndex<'a>,
-        text: &'a [u8],
         /// The label read last: a recipe names a label's name, then its value.
         last: Cell<Option<(u8, Label<'a>)>>,
     }
@@ -599,36 +670,27 @@ mod recipe {
     type Label<'a> = (&'a [u8], &'a [u8]);
 
     impl Render<'_> {
-        /// The length of the text's prefix the recipe renders; `None` when the text does not
-        /// start with it or the recipe is malformed.
-        fn run(&self, recipe: &[u8]) -> Option<usize> {
+        /// Renders the recipe into `sink`; `None` when the sink refuses a piece or the recipe
+        /// is malformed.
+        fn run(&self, recipe: &[u8], sink: &mut impl Sink) -> Option<()> {
             let (&shape, mut ops) = recipe.split_first()?;
-            let mut pos = 0;
             let ok = |matched: bool| matched.then_some(());
-            ok(self.piece(&mut ops, &mut pos)?)?;
+            ok(self.piece(&mut ops, sink)?)?;
             if shape == BARE {
-                return Some(pos);
+                return Some(());
             }
-            ok(self.lit(b"{", &mut pos))?;
+            ok(sink.put(b"{"))?;
             for i in 0..shape {
-                ok(i == 0 || self.lit(b",", &mut pos))?;
-                ok(self.piece(&mut ops, &mut pos)? && self.lit(b"=\"", &mut pos))?;
-                ok(self.piece(&mut ops, &mut pos)? && self.lit(b"\"", &mut pos))?;
+                ok(i == 0 || sink.put(b","))?;
+                ok(self.piece(&mut ops, sink)? && sink.put(b"=\""))?;
+                ok(self.piece(&mut ops, sink)? && sink.put(b"\""))?;
             }
-            ok(self.lit(b"}", &mut pos))?;
-            Some(pos)
+            ok(sink.put(b"}"))
         }
 
+        /// Puts the next piece of `ops` into `sink`.
         #[inline]
-        fn lit(&self, want: &[u8], pos: &mut usize) -> bool {
-            let ok = self.text.get(*pos..*pos + want.len()) == Some(want);
-            *pos += want.len();
-            ok
-        }
-
-        /// Matches the next piece of `ops` at `pos`.
-        #[inline]
-        fn piece(&self, ops: &mut &[u8], pos: &mut usize) -> Option<bool> {
+        fn piece(&self, ops: &mut &[u8], sink: &mut impl Sink) -> Option<bool> {
             let (&op, rest) = ops.split_first()?;
             let want: &[u8] = if op >= LITERAL {
                 let n = usize::from(op - LITERAL);
@@ -652,7 +714,7 @@ mod recipe {
                     value
                 }
             };
-            Some(self.lit(want, pos))
+            Some(sink.put(want))
         }
     }
 
@@ -765,6 +827,81 @@ mod tests {
                 }
                 hit
             }
+        }
+    }
+
+    /// Keys keep no hash (32 bytes each): the index's rehashes hash each key's text again,
+    /// rendered from its recipe. Every kind of key (an inline recipe, a long recipe, a text
+    /// kept as it is, a dropped text) is found after the index grew many times and after
+    /// half of them were evicted (the index shrunk), and each hashes as its text. Seen
+    /// failing with the rendering's closing quote left out.
+    #[test]
+    fn keys_are_found_after_the_index_grew_and_shrank() {
+        assert_eq!(std::mem::size_of::<Key>(), 32);
+        let mut c = SeriesCache::new(Hasher::random());
+        let long = "v".repeat(40);
+        let text = |i: u64| match i % 4 {
+            0 => format!("m{i}"),
+            1 => format!("m{{a=\"{i}\",b=\"{long}\"}}"),
+            2 => format!("m{{a=\"{i}\",b=\"x\",}}"),
+            _ => format!("dropped{i}"),
+        };
+        let add = |c: &mut SeriesCache, i: u64| {
+            let t = text(i);
+            assert_eq!(c.lookup(t.as_bytes()), Lookup::Miss, "{t}");
+            if i % 4 == 3 {
+                c.insert_dropped(t.as_bytes());
+                return;
+            }
+            let l = match i % 4 {
+                0 => labels(&[("__name__", &t)]),
+                // `b` relabelled: the recipe holds the text's value (a long recipe).
+                1 => labels(&[("__name__", "m"), ("a", &i.to_string()), ("b", "w")]),
+                _ => labels(&[("__name__", "m"), ("a", &i.to_string()), ("b", "x")]),
+            };
+            let slot = c.insert_series(t.as_bytes(), l, SeriesRef(i + 1));
+            c.set_tracked(slot, true);
+        };
+        let kinds = |c: &SeriesCache| {
+            let mut n = [0; 4];
+            for k in &c.keys {
+                match (&k.text, k.slot) {
+                    (KeyText::Inline { .. }, _) => n[0] += 1,
+                    (KeyText::Recipe(_), _) => n[1] += 1,
+                    (KeyText::Raw(_), DROPPED) => n[3] += 1,
+                    (KeyText::Raw(_), _) => n[2] += 1,
+                }
+            }
+            n
+        };
+        for i in 0..4_000 {
+            add(&mut c, i);
+        }
+        assert_eq!(kinds(&c), [1_000; 4]);
+        let found = |c: &mut SeriesCache, i: u64| c.lookup(text(i).as_bytes()) != Lookup::Miss;
+        assert!((0..4_000).all(|i| found(&mut c, i)));
+        stale_of(&mut c, true);
+        // The next scrape has the first half only: the rest is evicted.
+        assert!((0..2_000).all(|i| found(&mut c, i)));
+        stale_of(&mut c, true);
+        assert_eq!(c.keys(), 2_000);
+        assert!((0..2_000).all(|i| found(&mut c, i)));
+        assert!((2_000..4_000).all(|i| !found(&mut c, i)));
+        let hash = key_hash(&c.keys, &c.slots, c.hasher);
+        for (k, key) in c.keys.iter().enumerate().filter(|(_, k)| k.last != 0) {
+            let i = match &key.text {
+                KeyText::Raw(t) if key.slot == DROPPED => {
+                    assert_eq!(hash(&(k as u32)), c.hasher.hash_bytes(t));
+                    continue;
+                }
+                _ => c.slots[key.slot as usize].r.0 - 1,
+            };
+            assert_eq!(
+                hash(&(k as u32)),
+                c.hasher.hash_bytes(text(i).as_bytes()),
+                "{}",
+                text(i)
+            );
         }
     }
 
