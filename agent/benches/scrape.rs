@@ -2,7 +2,9 @@
 //! `replica` label making every counter series distinct: counters, gauges and a histogram,
 //! five or six labels per series, ~160 KB) through
 //! [`ScrapeProcessor::process_body`] into a no-op appender, in steady state (every series
-//! cached), plus the cold first scrape for comparison.
+//! cached), plus the cold first scrape for comparison, and under churn: every scrape half
+//! new series (`churn_half_new_process_body`: the series cache's inserts, evictions and its
+//! indexes' rehashes).
 //!
 //! Before benchmarking, `main` counts allocations of steady-state scrapes under a counting
 //! global allocator and fails if they grow with the number of samples (the target is O(1) per
@@ -215,6 +217,35 @@ fn quick_numbers(body: &[u8]) {
     black_box(app.sum);
 }
 
+/// Bodies whose every other series carries `churn="k"` (k = the body's number), cycled: each
+/// scrape has the other half of the series of the one before and a new half (the previous
+/// body's churning series are evicted, as a target's with a request-id label are).
+fn churn_bodies(body: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|k| {
+            let mut out = String::with_capacity(body.len() + SERIES * 12);
+            let mut sample = 0;
+            for line in body.lines() {
+                match line.find('{') {
+                    Some(i) if !line.starts_with('#') => {
+                        sample += 1;
+                        if sample % 2 == 0 {
+                            out.push_str(&line[..=i]);
+                            out.push_str(&format!("churn=\"{k}\","));
+                            out.push_str(&line[i + 1..]);
+                        } else {
+                            out.push_str(line);
+                        }
+                    }
+                    _ => out.push_str(line),
+                }
+                out.push('\n');
+            }
+            out.into_bytes()
+        })
+        .collect()
+}
+
 fn bench(c: &mut Criterion, body: &[u8]) {
     let mut group = c.benchmark_group("scrape_1000_series");
     group.throughput(Throughput::Elements(SERIES as u64));
@@ -237,6 +268,20 @@ fn bench(c: &mut Criterion, body: &[u8]) {
                 t,
                 Duration::from_millis(3),
             ))
+        })
+    });
+    let churn = churn_bodies(std::str::from_utf8(body).expect("UTF-8 body"), 64);
+    let mut p = processor();
+    for b in &churn[..2] {
+        t += 1;
+        scrape(&mut p, &mut app, b, t);
+    }
+    let mut k = 2;
+    group.bench_function("churn_half_new_process_body", |b| {
+        b.iter(|| {
+            t += 1;
+            k = (k + 1) % churn.len();
+            scrape(&mut p, &mut app, &churn[k], t);
         })
     });
     group.finish();
