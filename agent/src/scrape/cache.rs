@@ -64,10 +64,10 @@ pub const DROPPED: u32 = u32::MAX;
 /// Label sets with more labels than this keep their text (the recipe's index is on the stack).
 const MAX_RECIPE_LABELS: usize = crate::labels::LabelIndex::MAX_LABELS;
 
-/// How a key recognises its text.
 // Two keys to a cache line, also on 32-bit targets.
 const _: () = assert!(std::mem::size_of::<Key>() == 32);
 
+/// How a key recognises its text.
 enum KeyText {
     /// A recipe of at most 22 bytes (see [`recipe`]).
     Inline { len: u8, buf: [u8; 22] },
