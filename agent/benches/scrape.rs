@@ -218,7 +218,7 @@ fn quick_numbers(body: &[u8]) {
 }
 
 /// Bodies whose every other series carries `churn="k"` (k = the body's number), cycled: each
-/// scrape has the other half of the series of the one before and a new half (the previous
+/// scrape has the stable half of the series the one before had and a new half (the previous
 /// body's churning series are evicted, as a target's with a request-id label are).
 fn churn_bodies(body: &str, n: usize) -> Vec<Vec<u8>> {
     (0..n)
