@@ -659,32 +659,43 @@ impl HttpClient {
     }
 
     /// GETs `url` with `headers` and the auth on the scrape transport (a client built with
-    /// [`Options::scrape`]), with [`send`](Self::send)'s 401 handling for token auths. Any
-    /// status is returned as is; the body is read with [`transport::Response::read_into`].
-    pub async fn fetch(&self, url: &str, headers: HeaderMap) -> Result<transport::Response, Error> {
+    /// [`Options::scrape`]), over the connections of `session` (the scrape loop's), with
+    /// [`send`](Self::send)'s 401 handling for token auths. Any status is returned as is; the
+    /// body is read with [`transport::Response::read_into`] on the same session.
+    pub async fn fetch(
+        &self,
+        session: &mut transport::Session,
+        url: &str,
+        headers: HeaderMap,
+    ) -> Result<transport::Response, Error> {
         self.reload_tls().await;
         let Some(transport) = self.current_scrape() else {
             return Err(Error::Build(
                 "this client was not built for scrapes (Options::scrape)".into(),
             ));
         };
-        let get = |auth: Option<HeaderValue>| {
+        let with_auth = |auth: Option<HeaderValue>| {
             let mut headers = headers.clone();
             if let Some(v) = auth {
                 headers.insert(reqwest::header::AUTHORIZATION, v);
             }
-            let transport = transport.clone();
-            async move { transport.get(url, headers).await.map_err(Error::Transport) }
+            headers
         };
         let (auth, token) = self.authorization().await?;
-        let resp = get(auth).await?;
+        let resp = transport
+            .get(session, url, with_auth(auth))
+            .await
+            .map_err(Error::Transport)?;
         if resp.status() != reqwest::StatusCode::UNAUTHORIZED || !self.retry_after_401(token).await
         {
             return Ok(resp);
         }
         drop(resp);
         let (auth, _) = self.authorization().await?;
-        get(auth).await
+        transport
+            .get(session, url, with_auth(auth))
+            .await
+            .map_err(Error::Transport)
     }
 
     /// After a 401 to a request that carried `token` (the header value of a token auth):

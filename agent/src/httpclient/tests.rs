@@ -149,11 +149,12 @@ async fn scrape_connections_read_in_bounded_reads_and_stay_alive() {
     )
     .unwrap();
     let url = format!("http://{addr}/metrics");
+    let mut session = transport::Session::default();
     for _ in 0..2 {
-        let resp = c.fetch(&url, HeaderMap::new()).await.unwrap();
+        let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
         assert_eq!(resp.status(), reqwest::StatusCode::OK);
         let mut got = Vec::new();
-        resp.read_into(&mut got, 0).await.unwrap();
+        resp.read_into(&mut session, &mut got, 0).await.unwrap();
         assert_eq!(got.len(), 1 << 20);
     }
     assert_eq!(
@@ -161,9 +162,134 @@ async fn scrape_connections_read_in_bounded_reads_and_stay_alive() {
         1,
         "one kept-alive connection"
     );
+    assert_eq!(session.connections(), 1);
     let largest = transport::LARGEST_READ.load(Ordering::Relaxed);
     assert!(
         largest > 0 && largest <= transport::READ_BUF,
         "largest read {largest}"
     );
+}
+
+/// A scrape target on loopback answering every request on a connection with `body`; with
+/// `close`, it closes each connection after its first response (keep-alive in the header all
+/// the same, as a restarted target or a load balancer's idle cut does). Returns its address, the
+/// count of connections it accepted and the count it closed.
+async fn keep_alive_target(
+    body: Vec<u8>,
+    close: bool,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::sync::watch::Receiver<usize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let (closed_tx, closed) = tokio::sync::watch::channel(0usize);
+    let closed_tx = Arc::new(closed_tx);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let body = body.clone();
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                loop {
+                    head.clear();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if sock.read_exact(&mut byte).await.is_err() {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let h = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                    if sock.write_all(h.as_bytes()).await.is_err()
+                        || sock.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
+                    if close {
+                        drop(sock);
+                        closed_tx.send_modify(|n| *n += 1);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted, closed)
+}
+
+fn scrape_client() -> HttpClient {
+    HttpClient::new(
+        &HttpClientSettings::default(),
+        &Options {
+            scrape: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// A target that closed the kept connection while it idled: the next scrape notices the close
+/// when it takes the connection and makes a new one, with no failed scrape in between.
+#[tokio::test]
+async fn a_connection_the_target_closed_is_replaced_before_the_next_scrape() {
+    use std::sync::atomic::Ordering;
+    let (addr, accepted, mut closed) = keep_alive_target(b"up 1\n".to_vec(), true).await;
+    let c = scrape_client();
+    let url = format!("http://{addr}/metrics");
+    let mut session = transport::Session::default();
+    for n in 1..=3 {
+        let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
+        let mut got = Vec::new();
+        resp.read_into(&mut session, &mut got, 0).await.unwrap();
+        assert_eq!(got, b"up 1\n", "scrape {n}");
+        assert_eq!(session.connections(), 1, "kept after scrape {n}");
+        // The target closed the connection after the body (on loopback its FIN is then in
+        // this side's socket already).
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            closed.wait_for(|c| *c >= n),
+        )
+        .await
+        .expect("the target closes")
+        .unwrap();
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "one connection per scrape"
+    );
+}
+
+/// A response whose body was not read (a scrape that timed out mid-body, a body over the
+/// limit) leaves its connection mid-response: it is closed, and the next scrape gets a new
+/// connection and the whole body.
+#[tokio::test]
+async fn a_connection_left_mid_body_is_not_used_again() {
+    use std::sync::atomic::Ordering;
+    let body = vec![b'x'; 1 << 20];
+    let (addr, accepted, _) = keep_alive_target(body.clone(), false).await;
+    let c = scrape_client();
+    let url = format!("http://{addr}/metrics");
+    let mut session = transport::Session::default();
+    let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
+    let mut got = Vec::new();
+    let over = resp.read_into(&mut session, &mut got, 1000).await;
+    assert!(matches!(over, Err(transport::BodyError::Limit)), "{over:?}");
+    assert_eq!(session.connections(), 0, "the unread connection is closed");
+    // A response dropped without reading its body, as a timed-out scrape leaves it.
+    let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
+    drop(resp);
+    let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
+    let mut got = Vec::new();
+    resp.read_into(&mut session, &mut got, 0).await.unwrap();
+    assert_eq!(got, body);
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(session.connections(), 1);
 }

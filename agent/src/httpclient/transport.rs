@@ -1,12 +1,22 @@
-//! The scrape transport: the connections scrapes are made on, with a bounded read buffer.
+//! The scrape transport: the connections scrapes are made on, with a bounded read buffer, each
+//! driven by the scrape loop's own task.
 //!
 //! reqwest (every other request of the process) reads a response into hyper's adaptive read
 //! buffer, which grows to the size of the reads (up to ~400 KiB) and stays that large while the
 //! connection idles in the keep-alive pool. A scrape target is asked once per interval and its
 //! connection idles in between, so every target kept ~128 KiB of buffer between scrapes (a
-//! 1,000-series target's body). This transport is hyper-util's legacy client (the one reqwest is
-//! built on) with [`READ_BUF`]-byte reads (`http1_read_buf_exact_size`): a body is read in
-//! 16 KiB reads straight into the scrape's pooled body buffer, and an idle connection keeps 16 KiB.
+//! 1,000-series target's body). Here hyper's HTTP/1 connections read [`READ_BUF`] bytes at a
+//! time (`read_buf_exact_size`): a body is read in 16 KiB reads straight into the scrape's
+//! pooled body buffer, and an idle connection keeps 16 KiB.
+//!
+//! A pooled client (hyper-util's, reqwest's) runs each connection as a task of its own and hands
+//! the body to the caller frame by frame over a channel: per 16 KiB read the connection task and
+//! the scrape woke each other, and after three such hand-offs in a row the runtime put the woken
+//! task in its shared queue and woke its other worker, which mostly found nothing to do. Here a
+//! scrape loop keeps its connections in a [`Session`] and polls an HTTP/1 connection itself, in
+//! the same task that reads the response ([`Driver`]): a body is read without a hand-off
+//! between tasks and without waking another thread. An HTTP/2 connection (a TLS target that
+//! picks `h2`) runs as its own task, as in a pooled client.
 //!
 //! It is built by [`HttpClient::new`](super::HttpClient::new) from the same validated
 //! `http_client_config` and TLS material as the reqwest client, and does what reqwest does for
@@ -29,27 +39,33 @@
 //!   scrape decodes by that header alone, so a target that compresses although the scrape sent
 //!   `Accept-Encoding: identity` (`enable_compression: false`) is still read (reqwest built
 //!   without gzip would hand back the compressed bytes).
-//! - Connecting (TCP, TLS, the CONNECT) is bounded by the client's connect timeout; idle
-//!   connections are closed after 300 s.
+//! - Connecting (TCP, TLS, the CONNECT) is bounded by the client's connect timeout; a
+//!   connection idle for [`IDLE_TIMEOUT`] is closed before the next scrape, as a pooled client
+//!   closes it. A request that a reused connection closed before sending it is sent once more on
+//!   a new connection (hyper-util's rule for its pool); a response that was not read to its end
+//!   (an error, a timeout, a body over the limit, a redirect's body) closes its connection.
 
 use std::error::Error as StdError;
 use std::future::Future;
 use std::io::{self, Write as _};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper::header::{
-    HeaderMap, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, COOKIE, LOCATION,
-    PROXY_AUTHORIZATION, RANGE, REFERER, USER_AGENT, WWW_AUTHENTICATE,
+    HeaderMap, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, COOKIE, HOST,
+    LOCATION, PROXY_AUTHORIZATION, RANGE, REFERER, USER_AGENT, WWW_AUTHENTICATE,
 };
+use hyper::http::uri::{Authority, Scheme};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
@@ -65,9 +81,21 @@ use super::tls;
 pub const READ_BUF: usize = 16 * 1024;
 /// The longest redirect chain followed (reqwest's and Go's default).
 pub const MAX_REDIRECTS: usize = 10;
+/// A connection idle this long is closed rather than used again (hyper-util's pool setting
+/// that this transport had before it kept its own connections).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The connections a [`Session`] keeps: its target's, plus the origins its redirects lead to.
+const MAX_LINKS: usize = 4;
+/// How many times [`Driver`] polls in one turn of its task before it lets others run.
+const DRIVE_BUDGET: usize = 32;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+/// Numbers transports, so a session drops the connections of one that a TLS reload replaced.
+static TRANSPORTS: AtomicU64 = AtomicU64::new(0);
+/// Numbers connections, so a [`Response`] finds the one its body comes over.
+static LINKS: AtomicU64 = AtomicU64::new(0);
 
 /// What the transport is built from (the caller's part of [`super::Options`] and the config).
 pub(crate) struct Settings<'a> {
@@ -84,9 +112,11 @@ pub(crate) struct Settings<'a> {
     pub proxy_headers: HeaderMap,
 }
 
-/// The scrape transport of one [`HttpClient`](super::HttpClient). Cheap to share.
+/// The scrape transport of one [`HttpClient`](super::HttpClient). Cheap to share; the
+/// connections are in each scrape loop's [`Session`].
 pub(crate) struct Transport {
-    client: hyper_util::client::legacy::Client<Connector, Empty<Bytes>>,
+    id: u64,
+    connector: Connector,
     proxies: Option<Arc<Matcher>>,
     proxy_headers: HeaderMap,
     user_agent: Option<HeaderValue>,
@@ -147,15 +177,9 @@ impl Transport {
             },
             timeout: s.connect_timeout,
         };
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .http1_read_buf_exact_size(READ_BUF)
-            .http2_only(false)
-            .pool_idle_timeout(Duration::from_secs(300))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Ok(Transport {
-            client,
+            id: TRANSPORTS.fetch_add(1, Ordering::Relaxed),
+            connector,
             proxies,
             proxy_headers: s.proxy_headers,
             user_agent: s.user_agent,
@@ -164,8 +188,15 @@ impl Transport {
         })
     }
 
-    /// GETs `url` with `headers`, following redirects as configured. Any status is returned.
-    pub(crate) async fn get(&self, url: &str, mut headers: HeaderMap) -> Result<Response, String> {
+    /// GETs `url` with `headers` over `session`'s connections, following redirects as
+    /// configured. Any status is returned; its body is read with [`Response::read_into`] on the
+    /// same session.
+    pub(crate) async fn get(
+        &self,
+        session: &mut Session,
+        url: &str,
+        mut headers: HeaderMap,
+    ) -> Result<Response, String> {
         let mut url = url::Url::parse(url).map_err(|e| format!("builder error: {e}"))?;
         if let Some(ua) = &self.user_agent {
             headers.entry(USER_AGENT).or_insert_with(|| ua.clone());
@@ -179,16 +210,9 @@ impl Transport {
                 .as_str()
                 .parse()
                 .map_err(|e| format!("builder error: {e}"))?;
-            let mut req = Request::get(uri.clone())
-                .body(Empty::new())
-                .map_err(|e| format!("builder error: {e}"))?;
-            *req.headers_mut() = headers.clone();
-            self.forward_proxy_headers(&uri, req.headers_mut());
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| format!("error sending request: {}", super::error_chain(&e)))?;
+            let mut hop = headers.clone();
+            self.forward_proxy_headers(&uri, &mut hop);
+            let resp = self.send(session, uri, hop).await?;
             let status = resp.status();
             let redirect = matches!(
                 status,
@@ -204,7 +228,7 @@ impl Transport {
                 .and_then(|l| std::str::from_utf8(l.as_bytes()).ok())
                 .and_then(|l| url.join(l).ok());
             let Some(next) = next.filter(|_| self.follow_redirects) else {
-                return Ok(Response { inner: resp });
+                return Ok(resp);
             };
             if followed == MAX_REDIRECTS {
                 return Err("error following redirect: too many redirects".into());
@@ -227,6 +251,131 @@ impl Transport {
             }
             url = next;
         }
+    }
+
+    /// One request on a connection of `session` to `uri`'s origin, kept or new. A request that
+    /// a kept connection closed before sending it goes once more on a new one.
+    async fn send(
+        &self,
+        session: &mut Session,
+        uri: Uri,
+        headers: HeaderMap,
+    ) -> Result<Response, String> {
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            return Err(format!("builder error: URL has no host: {uri}"));
+        };
+        let origin = (scheme, authority);
+        loop {
+            let (i, reused) = self.link(session, &origin).await?;
+            let link = &mut session.links[i];
+            link.idle_since = None;
+            let req = link.request(&uri, &headers)?;
+            let sent = match &mut link.kind {
+                Kind::H1(h) => {
+                    let fut = h.sender.try_send_request(req);
+                    match h.driver.drive(fut).await {
+                        Some(r) => r.map_err(|mut e| (e.take_message().is_some(), e.into_error())),
+                        None => return Err(session.close(i, "error sending request")),
+                    }
+                }
+                Kind::H2(s) => s
+                    .try_send_request(req)
+                    .await
+                    .map_err(|mut e| (e.take_message().is_some(), e.into_error())),
+            };
+            match sent {
+                Ok(inner) => {
+                    let link = link.id;
+                    return Ok(Response { inner, link });
+                }
+                Err((unsent, e)) => {
+                    session.links.remove(i);
+                    if !(unsent && reused) {
+                        return Err(format!("error sending request: {}", super::error_chain(&e)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The index in `session` of an open connection to `origin` made by this transport, and
+    /// whether it was kept from before; a new one when there is none.
+    async fn link(
+        &self,
+        session: &mut Session,
+        origin: &(Scheme, Authority),
+    ) -> Result<(usize, bool), String> {
+        let now = Instant::now();
+        session.links.retain(|l| {
+            l.transport == self.id
+                && l.idle_since
+                    .is_some_and(|t| now.saturating_duration_since(t) < IDLE_TIMEOUT)
+        });
+        if let Some(i) = session.links.iter().position(|l| &l.origin == origin) {
+            let open = match &mut session.links[i].kind {
+                // Polling the connection reads a close the server sent while it idled.
+                Kind::H1(h) => {
+                    let ready = h.sender.ready();
+                    matches!(h.driver.drive(ready).await, Some(Ok(())))
+                }
+                Kind::H2(s) => !s.is_closed(),
+            };
+            if open {
+                return Ok((i, true));
+            }
+            session.links.remove(i);
+        }
+        let dst = Uri::from_parts({
+            let mut p = hyper::http::uri::Parts::default();
+            p.scheme = Some(origin.0.clone());
+            p.authority = Some(origin.1.clone());
+            p.path_and_query = Some(hyper::http::uri::PathAndQuery::from_static("/"));
+            p
+        })
+        .map_err(|e| format!("builder error: {e}"))?;
+        let conn = self.connector.clone().oneshot(dst).await.map_err(|e| {
+            format!(
+                "error sending request: client error (Connect): {}",
+                super::error_chain(&*e)
+            )
+        })?;
+        let proxied = conn.proxied;
+        let kind = if conn.h2 {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(conn)
+                .await
+                .map_err(|e| format!("error sending request: {}", super::error_chain(&e)))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "scrape connection (HTTP/2) ended");
+                }
+            });
+            Kind::H2(sender)
+        } else {
+            let (sender, connection) = http1::Builder::new()
+                .read_buf_exact_size(Some(READ_BUF))
+                .handshake(conn)
+                .await
+                .map_err(|e| format!("error sending request: {}", super::error_chain(&e)))?;
+            Kind::H1(Box::new(H1 {
+                sender,
+                driver: Driver::new(connection),
+            }))
+        };
+        if session.links.len() >= MAX_LINKS {
+            session.links.remove(0);
+        }
+        session.links.push(Link {
+            id: LINKS.fetch_add(1, Ordering::Relaxed),
+            origin: origin.clone(),
+            transport: self.id,
+            proxied,
+            idle_since: None,
+            kind,
+        });
+        Ok((session.links.len() - 1, false))
     }
 
     /// An `http` target forwarded through a proxy: the proxy's credentials and headers go on
@@ -262,10 +411,210 @@ fn referer(next: &url::Url, previous: &url::Url) -> Option<HeaderValue> {
     r.as_str().parse().ok()
 }
 
+/// A scrape loop's connections, kept between its scrapes (one per origin, at most
+/// [`MAX_LINKS`]). Dropping it closes them.
+#[derive(Default)]
+pub struct Session {
+    links: Vec<Link>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("connections", &self.links.len())
+            .finish()
+    }
+}
+
+impl Session {
+    /// Closes connection `i` and says why a request on it failed.
+    fn close(&mut self, i: usize, what: &str) -> String {
+        let link = self.links.remove(i);
+        let why = match &link.kind {
+            Kind::H1(h) => h.driver.ended.as_deref(),
+            Kind::H2(_) => None,
+        };
+        format!("{what}: {}", why.unwrap_or("connection closed"))
+    }
+
+    /// How many connections are kept (tests).
+    #[cfg(test)]
+    pub(crate) fn connections(&self) -> usize {
+        self.links.len()
+    }
+}
+
+/// One kept connection.
+struct Link {
+    id: u64,
+    origin: (Scheme, Authority),
+    /// The [`Transport`] that made it.
+    transport: u64,
+    /// Through an HTTP proxy that is sent whole URLs (an `http` target through a proxy).
+    proxied: bool,
+    /// Since when it waits for a request; `None` while a response is on its way or was left
+    /// unread, and such a connection is not used again.
+    idle_since: Option<Instant>,
+    kind: Kind,
+}
+
+enum Kind {
+    H1(Box<H1>),
+    /// Runs as its own task (hyper's HTTP/2 client spawns the streams' tasks anyway).
+    H2(http2::SendRequest<Empty<Bytes>>),
+}
+
+struct H1 {
+    sender: http1::SendRequest<Empty<Bytes>>,
+    driver: Driver,
+}
+
+impl Link {
+    /// The request for `uri` as this connection sends it: on HTTP/1 with a `Host` header and
+    /// the path only, or the whole URL to a proxy (hyper-util's pooled client's rules).
+    fn request(&self, uri: &Uri, headers: &HeaderMap) -> Result<Request<Empty<Bytes>>, String> {
+        let mut req = Request::get(uri.clone())
+            .body(Empty::new())
+            .map_err(|e| format!("builder error: {e}"))?;
+        *req.headers_mut() = headers.clone();
+        if let Kind::H1(_) = self.kind {
+            if !req.headers().contains_key(HOST) {
+                let host = uri.host().unwrap_or_default();
+                let default_port = if uri.scheme() == Some(&Scheme::HTTPS) {
+                    443
+                } else {
+                    80
+                };
+                let value = match uri.port_u16().filter(|p| *p != default_port) {
+                    Some(port) => HeaderValue::from_str(&format!("{host}:{port}")),
+                    None => HeaderValue::from_str(host),
+                };
+                req.headers_mut().insert(
+                    HOST,
+                    value.map_err(|e| format!("builder error: host {host:?}: {e}"))?,
+                );
+            }
+            if !self.proxied {
+                *req.uri_mut() = match uri.path_and_query() {
+                    Some(pq) if pq.as_str() != "/" => Uri::from(pq.clone()),
+                    _ => Uri::from_static("/"),
+                };
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// Polls an HTTP/1 connection in the task that waits on it (module doc).
+///
+/// The connection and the future waiting on it (a response, a body frame) are polled with one
+/// waker, [`Relay`]: a wake from either of them while they are being polled means only "poll
+/// once more", which `drive` does in the same turn, up to [`DRIVE_BUDGET`] times; a wake from
+/// elsewhere (the socket became readable) wakes the task.
+struct Driver {
+    conn: http1::Connection<Conn, Empty<Bytes>>,
+    /// Why the connection ended; it is not polled again once it has.
+    ended: Option<String>,
+    relay: Arc<Relay>,
+    waker: Waker,
+}
+
+impl Driver {
+    fn new(conn: http1::Connection<Conn, Empty<Bytes>>) -> Self {
+        let relay = Arc::new(Relay::default());
+        Driver {
+            conn,
+            ended: None,
+            waker: Waker::from(relay.clone()),
+            relay,
+        }
+    }
+
+    /// `fut`'s output, with the connection polled alongside; `None` when the connection ended
+    /// and `fut` still waits.
+    async fn drive<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| self.poll(cx, fut.as_mut())).await
+    }
+
+    fn poll<F: Future>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut fut: Pin<&mut F>,
+    ) -> Poll<Option<F::Output>> {
+        self.relay.watch(cx.waker());
+        let mut inner = Context::from_waker(&self.waker);
+        for _ in 0..DRIVE_BUDGET {
+            self.relay.state.store(POLLING, Ordering::SeqCst);
+            if self.ended.is_none() {
+                if let Poll::Ready(r) = Pin::new(&mut self.conn).poll(&mut inner) {
+                    self.ended = Some(match r {
+                        Ok(()) => "connection closed".to_owned(),
+                        Err(e) => super::error_chain(&e),
+                    });
+                }
+            }
+            if let Poll::Ready(v) = fut.as_mut().poll(&mut inner) {
+                self.relay.state.store(0, Ordering::SeqCst);
+                return Poll::Ready(Some(v));
+            }
+            if self.relay.state.load(Ordering::SeqCst) & WOKEN == 0 {
+                break;
+            }
+        }
+        // A wake that came after the last look (from the driver's thread), or the budget spent
+        // with work left: the task is polled again.
+        if self.relay.state.swap(0, Ordering::SeqCst) & WOKEN != 0 {
+            cx.waker().wake_by_ref();
+        } else if self.ended.is_some() {
+            // Nothing will wake `fut` any more.
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+}
+
+const POLLING: u8 = 1;
+const WOKEN: u8 = 2;
+
+/// The waker a [`Driver`] polls with: while the driver polls, a wake is only noted; otherwise it
+/// wakes the task that polled last.
+#[derive(Default)]
+struct Relay {
+    state: AtomicU8,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Relay {
+    fn watch(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if !task.as_ref().is_some_and(|t| t.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+    }
+}
+
+impl Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.state.fetch_or(WOKEN, Ordering::SeqCst) & POLLING == 0 {
+            let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(t) = task {
+                t.wake();
+            }
+        }
+    }
+}
+
 /// A response of the scrape transport; its body is read by [`Response::read_into`].
 #[derive(Debug)]
 pub struct Response {
     inner: hyper::Response<Incoming>,
+    /// The connection it came over ([`Link::id`]).
+    link: u64,
 }
 
 /// Why a body could not be read.
@@ -289,59 +638,106 @@ impl Response {
 
     /// Appends the body (decoded when its `Content-Encoding` is gzip, whether or not gzip was
     /// asked for) to `body`; fails once `body` holds `limit` bytes or more (`0`: no limit).
-    pub async fn read_into(self, body: &mut Vec<u8>, limit: u64) -> Result<(), BodyError> {
-        let gzip = self
-            .inner
-            .headers()
-            .get_all(CONTENT_ENCODING)
-            .iter()
-            .any(|e| e == "gzip");
-        let over = |b: &Vec<u8>| limit > 0 && b.len() as u64 >= limit;
-        let mut incoming = self.inner.into_body();
-        let read_err = |e: hyper::Error| {
+    /// `session` is the one the response came over; its connection is kept for the next
+    /// request once the body was read to its end, and closed otherwise.
+    pub async fn read_into(
+        self,
+        session: &mut Session,
+        body: &mut Vec<u8>,
+        limit: u64,
+    ) -> Result<(), BodyError> {
+        let Some(i) = session.links.iter().position(|l| l.id == self.link) else {
+            return Err(BodyError::Read(
+                "error reading a body from connection: the connection is gone".into(),
+            ));
+        };
+        let read = read_body(self.inner, &mut session.links[i], body, limit).await;
+        match read {
+            Ok(()) => session.links[i].idle_since = Some(Instant::now()),
+            Err(_) => {
+                session.links.remove(i);
+            }
+        }
+        read
+    }
+}
+
+/// The next frame of `incoming`, the connection polled alongside on HTTP/1.
+async fn next_frame(
+    link: &mut Link,
+    incoming: &mut Incoming,
+) -> Option<Result<hyper::body::Frame<Bytes>, BodyError>> {
+    let frame = match &mut link.kind {
+        Kind::H1(h) => match h.driver.drive(incoming.frame()).await {
+            Some(f) => f,
+            None => {
+                return Some(Err(BodyError::Read(format!(
+                    "error reading a body from connection: {}",
+                    h.driver.ended.as_deref().unwrap_or("connection closed")
+                ))))
+            }
+        },
+        Kind::H2(_) => incoming.frame().await,
+    };
+    frame.map(|f| {
+        f.map_err(|e| {
             BodyError::Read(format!(
                 "error reading a body from connection: {}",
                 super::error_chain(&e)
             ))
-        };
-        if !gzip {
-            while let Some(frame) = incoming.frame().await {
-                if let Ok(data) = frame.map_err(read_err)?.into_data() {
-                    // The limit is checked before the bytes are kept, as Prometheus does.
-                    if limit > 0 && (body.len() + data.len()) as u64 >= limit {
-                        return Err(BodyError::Limit);
-                    }
-                    body.extend_from_slice(&data);
-                }
-            }
-            return Ok(());
-        }
-        let decode_err =
-            |e: io::Error| BodyError::Read(format!("error decoding response body: {e}"));
-        let mut decoder = flate2::write::GzDecoder::new(body);
-        let mut fed = false;
-        while let Some(frame) = incoming.frame().await {
-            let Ok(data) = frame.map_err(read_err)?.into_data() else {
-                continue;
-            };
-            fed |= !data.is_empty();
-            // Fed in small pieces, so the limit stops a body that inflates far beyond it early
-            // (deflate expands 512 bytes to at most ~0.5 MiB).
-            for piece in data.chunks(512) {
-                decoder.write_all(piece).map_err(decode_err)?;
-                if over(decoder.get_ref()) {
+        })
+    })
+}
+
+async fn read_body(
+    resp: hyper::Response<Incoming>,
+    link: &mut Link,
+    body: &mut Vec<u8>,
+    limit: u64,
+) -> Result<(), BodyError> {
+    let gzip = resp
+        .headers()
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .any(|e| e == "gzip");
+    let over = |b: &Vec<u8>| limit > 0 && b.len() as u64 >= limit;
+    let mut incoming = resp.into_body();
+    if !gzip {
+        while let Some(frame) = next_frame(link, &mut incoming).await {
+            if let Ok(data) = frame?.into_data() {
+                // The limit is checked before the bytes are kept, as Prometheus does.
+                if limit > 0 && (body.len() + data.len()) as u64 >= limit {
                     return Err(BodyError::Limit);
                 }
+                body.extend_from_slice(&data);
             }
         }
-        if fed {
-            decoder.try_finish().map_err(decode_err)?;
+        return Ok(());
+    }
+    let decode_err = |e: io::Error| BodyError::Read(format!("error decoding response body: {e}"));
+    let mut decoder = flate2::write::GzDecoder::new(body);
+    let mut fed = false;
+    while let Some(frame) = next_frame(link, &mut incoming).await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        fed |= !data.is_empty();
+        // Fed in small pieces, so the limit stops a body that inflates far beyond it early
+        // (deflate expands 512 bytes to at most ~0.5 MiB).
+        for piece in data.chunks(512) {
+            decoder.write_all(piece).map_err(decode_err)?;
             if over(decoder.get_ref()) {
                 return Err(BodyError::Limit);
             }
         }
-        Ok(())
     }
+    if fed {
+        decoder.try_finish().map_err(decode_err)?;
+        if over(decoder.get_ref()) {
+            return Err(BodyError::Limit);
+        }
+    }
+    Ok(())
 }
 
 /// A connection: TCP, or TLS over TCP or over a CONNECT tunnel (itself TCP or TLS to a proxy).
@@ -459,7 +855,7 @@ impl Service<Uri> for Direct {
     }
 }
 
-/// The legacy client's connector: direct, tunnelled or forwarded, as the proxy matcher says.
+/// The scrape connector: direct, tunnelled or forwarded, as the proxy matcher says.
 #[derive(Clone)]
 struct Connector {
     direct: Direct,
@@ -514,7 +910,7 @@ impl Service<Uri> for Connector {
     }
 }
 
-/// One connection as hyper sees it.
+/// One connection as hyper sees it: the stream, and how it was made.
 pub(crate) struct Conn {
     io: TokioIo<Stream>,
     proxied: bool,
@@ -575,16 +971,5 @@ impl hyper::rt::Write for Conn {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-impl Connection for Conn {
-    fn connected(&self) -> Connected {
-        let c = Connected::new().proxy(self.proxied);
-        if self.h2 {
-            c.negotiated_h2()
-        } else {
-            c
-        }
     }
 }

@@ -79,7 +79,7 @@ use super::target::{merge_target_labels_into, Target};
 use crate::clock::Clock;
 use crate::config::scrape::{Limits, ScrapeConfig};
 use crate::config::url::{is_valid_label_name, is_valid_metric_name};
-use crate::httpclient::transport::BodyError;
+use crate::httpclient::transport::{BodyError, Session};
 use crate::httpclient::HttpClient;
 use crate::labels::{go_quote, Hasher, Labels, LabelsBuilder};
 use crate::relabel;
@@ -799,6 +799,9 @@ impl Default for BodyPool {
 pub struct ScrapeLoop {
     target: Arc<Target>,
     client: HttpClient,
+    /// The target's connection, kept between scrapes and polled by this loop's task
+    /// (agent/src/httpclient/transport.rs).
+    session: Session,
     storage: Arc<dyn Storage>,
     processor: ScrapeProcessor,
     /// The body of the scrape in progress: a buffer from [`BODY_POOL`] between the fetch and the
@@ -925,6 +928,7 @@ impl ScrapeLoop {
             body_size_limit: cfg.limits.body_size_limit,
             target,
             client,
+            session: Session::default(),
             storage,
             body: Vec::new(),
             last_body_len: 0,
@@ -1141,6 +1145,7 @@ impl ScrapeLoop {
         // The deadline covers connecting, headers and the whole body.
         let fut = fetch_into(
             &self.client,
+            &mut self.session,
             url,
             &self.timeout_header,
             &self.accept,
@@ -1158,8 +1163,10 @@ impl ScrapeLoop {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn fetch_into(
     client: &HttpClient,
+    session: &mut Session,
     url: &str,
     timeout_header: &str,
     accept: &str,
@@ -1192,7 +1199,7 @@ async fn fetch_into(
         );
     }
     let resp = client
-        .fetch(url, headers)
+        .fetch(session, url, headers)
         .await
         .map_err(|e| http(e.to_string()))?;
     if resp.status() != reqwest::StatusCode::OK {
@@ -1207,10 +1214,12 @@ async fn fetch_into(
             .and_then(|v| v.to_str().ok()),
     );
     // A body that reaches the limit fails, as in Prometheus (`n >= limit`).
-    resp.read_into(body, limit).await.map_err(|e| match e {
-        BodyError::Limit => ScrapeError::BodySizeLimit { limit },
-        BodyError::Read(message) => http(message),
-    })?;
+    resp.read_into(session, body, limit)
+        .await
+        .map_err(|e| match e {
+            BodyError::Limit => ScrapeError::BodySizeLimit { limit },
+            BodyError::Read(message) => http(message),
+        })?;
     Ok(format)
 }
 
