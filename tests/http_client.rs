@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use agent::config::http::HttpClientConfig;
+use agent::httpclient::transport::Session;
 use agent::httpclient::{HttpClient, Options};
 use axum::extract::ConnectInfo;
 use axum::http::HeaderMap;
@@ -34,7 +35,9 @@ enum Via {
     Scrape,
 }
 
-struct TestClient(HttpClient, Via);
+/// A client, and for the scrape transport the connections it keeps between requests (a scrape
+/// loop's `Session`).
+struct TestClient(HttpClient, Via, tokio::sync::Mutex<Session>);
 
 fn client(via: Via, yaml: &str) -> TestClient {
     install_crypto();
@@ -47,7 +50,7 @@ fn client(via: Via, yaml: &str) -> TestClient {
         },
     )
     .expect("client");
-    TestClient(c, via)
+    TestClient(c, via, Default::default())
 }
 
 async fn get(c: &TestClient, url: &str) -> Result<(u16, String), String> {
@@ -59,13 +62,14 @@ async fn get(c: &TestClient, url: &str) -> Result<(u16, String), String> {
             Ok((status, resp.text().await.map_err(|e| e.to_string())?))
         }
         Via::Scrape => {
+            let mut session = c.2.lock().await;
             let resp =
-                c.0.fetch(url, Default::default())
+                c.0.fetch(&mut session, url, Default::default())
                     .await
                     .map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
             let mut body = Vec::new();
-            resp.read_into(&mut body, 0)
+            resp.read_into(&mut session, &mut body, 0)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok((status, String::from_utf8(body).map_err(|e| e.to_string())?))
@@ -806,6 +810,7 @@ async fn a_connect_that_hangs_fails_at_the_connect_timeout(via: Via) {
         )
         .expect("client"),
         via,
+        Default::default(),
     );
     let url = format!("http://{addr}/metrics");
     let start = Instant::now();
