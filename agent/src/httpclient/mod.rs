@@ -690,7 +690,7 @@ impl HttpClient {
         {
             return Ok(resp);
         }
-        drop(resp);
+        resp.discard(session).await;
         let (auth, _) = self.authorization().await?;
         transport
             .get(session, url, with_auth(auth))

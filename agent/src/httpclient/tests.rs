@@ -170,13 +170,23 @@ async fn scrape_connections_read_in_bounded_reads_and_stay_alive() {
     );
 }
 
-/// A scrape target on loopback answering every request on a connection with `body`; with
-/// `close`, it closes each connection after its first response (keep-alive in the header all
-/// the same, as a restarted target or a load balancer's idle cut does). Returns its address, the
+/// When [`keep_alive_target`] closes a connection.
+#[derive(Clone)]
+enum Close {
+    Never,
+    /// Right after its first response.
+    AtOnce,
+    /// After its first response, once told (the client has gone idle by then).
+    When(Arc<tokio::sync::Notify>),
+}
+
+/// A scrape target on loopback answering every request on a connection with `body` (head and
+/// body in one write); it closes connections as `close` says (keep-alive in the header all the
+/// same, as a restarted target or a load balancer's idle cut does). Returns its address, the
 /// count of connections it accepted and the count it closed.
 async fn keep_alive_target(
     body: Vec<u8>,
-    close: bool,
+    close: Close,
 ) -> (
     std::net::SocketAddr,
     Arc<std::sync::atomic::AtomicUsize>,
@@ -195,6 +205,7 @@ async fn keep_alive_target(
             counted.fetch_add(1, Ordering::SeqCst);
             let body = body.clone();
             let closed_tx = closed_tx.clone();
+            let close = close.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut byte = [0u8; 1];
@@ -206,17 +217,21 @@ async fn keep_alive_target(
                         }
                         head.push(byte[0]);
                     }
-                    let h = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
-                    if sock.write_all(h.as_bytes()).await.is_err()
-                        || sock.write_all(&body).await.is_err()
-                    {
+                    let mut response =
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len())
+                            .into_bytes();
+                    response.extend_from_slice(&body);
+                    if sock.write_all(&response).await.is_err() {
                         return;
                     }
-                    if close {
-                        drop(sock);
-                        closed_tx.send_modify(|n| *n += 1);
-                        return;
+                    match &close {
+                        Close::Never => continue,
+                        Close::AtOnce => {}
+                        Close::When(told) => told.notified().await,
                     }
+                    drop(sock);
+                    closed_tx.send_modify(|n| *n += 1);
+                    return;
                 }
             });
         }
@@ -235,12 +250,26 @@ fn scrape_client() -> HttpClient {
     .unwrap()
 }
 
-/// A target that closed the kept connection while it idled: the next scrape notices the close
-/// when it takes the connection and makes a new one, with no failed scrape in between.
+/// A target that closed the kept connection while it idled (right after the response, or
+/// later, once this side had gone idle: a keep-alive timeout shorter than the interval): the
+/// next scrape notices the close when it takes the connection, or its request comes back unsent,
+/// and it goes on a new connection, with no failed scrape in between.
 #[tokio::test]
 async fn a_connection_the_target_closed_is_replaced_before_the_next_scrape() {
+    for close_later in [false, true] {
+        let told = Arc::new(tokio::sync::Notify::new());
+        let close = if close_later {
+            Close::When(told.clone())
+        } else {
+            Close::AtOnce
+        };
+        scrapes_across_closes(close, &told).await;
+    }
+}
+
+async fn scrapes_across_closes(close: Close, told: &tokio::sync::Notify) {
     use std::sync::atomic::Ordering;
-    let (addr, accepted, mut closed) = keep_alive_target(b"up 1\n".to_vec(), true).await;
+    let (addr, accepted, mut closed) = keep_alive_target(b"up 1\n".to_vec(), close).await;
     let c = scrape_client();
     let url = format!("http://{addr}/metrics");
     let mut session = transport::Session::default();
@@ -250,8 +279,9 @@ async fn a_connection_the_target_closed_is_replaced_before_the_next_scrape() {
         resp.read_into(&mut session, &mut got, 0).await.unwrap();
         assert_eq!(got, b"up 1\n", "scrape {n}");
         assert_eq!(session.connections(), 1, "kept after scrape {n}");
-        // The target closed the connection after the body (on loopback its FIN is then in
-        // this side's socket already).
+        // The target closes the connection after the body, at once or now that this side went
+        // idle (on loopback its FIN is in this side's socket once it has).
+        told.notify_one();
         tokio::time::timeout(
             std::time::Duration::from_secs(30),
             closed.wait_for(|c| *c >= n),
@@ -274,7 +304,7 @@ async fn a_connection_the_target_closed_is_replaced_before_the_next_scrape() {
 async fn a_connection_left_mid_body_is_not_used_again() {
     use std::sync::atomic::Ordering;
     let body = vec![b'x'; 1 << 20];
-    let (addr, accepted, _) = keep_alive_target(body.clone(), false).await;
+    let (addr, accepted, _) = keep_alive_target(body.clone(), Close::Never).await;
     let c = scrape_client();
     let url = format!("http://{addr}/metrics");
     let mut session = transport::Session::default();
@@ -286,10 +316,95 @@ async fn a_connection_left_mid_body_is_not_used_again() {
     // A response dropped without reading its body, as a timed-out scrape leaves it.
     let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
     drop(resp);
+    assert_eq!(session.connections(), 1);
+    session.finish(std::time::Duration::from_secs(15));
+    assert_eq!(
+        session.connections(),
+        0,
+        "closed after the scrape, not at the next one"
+    );
     let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
     let mut got = Vec::new();
     resp.read_into(&mut session, &mut got, 0).await.unwrap();
     assert_eq!(got, body);
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
     assert_eq!(session.connections(), 1);
+}
+
+/// A response dropped on purpose (an error status, a redirect, a 401 answered again) whose small
+/// body is already here is read to its end and its connection kept; a scrape loop that scrapes
+/// less often than the idle timeout keeps no connection between scrapes.
+#[tokio::test]
+async fn a_discarded_small_response_keeps_its_connection() {
+    use std::sync::atomic::Ordering;
+    let (addr, accepted, _) = keep_alive_target(b"not found\n".to_vec(), Close::Never).await;
+    let c = scrape_client();
+    let url = format!("http://{addr}/metrics");
+    let mut session = transport::Session::default();
+    for _ in 0..3 {
+        let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
+        resp.discard(&mut session).await;
+        session.finish(std::time::Duration::from_secs(15));
+        assert_eq!(session.connections(), 1);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection for all three"
+    );
+    session.finish(transport::IDLE_TIMEOUT);
+    assert_eq!(session.connections(), 0);
+}
+
+/// A body that arrives in pieces, on a runtime with two workers: each piece's readiness comes
+/// from the I/O driver, on whichever thread runs it, while the loop polls or while it waits, and
+/// each wakes the scrape's task ([`transport`]'s `Relay`): every body is read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_arrives_in_pieces_is_read_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body: Vec<u8> = (0..(200 * 1024)).map(|i| (i % 251) as u8).collect();
+    let served = body.clone();
+    tokio::spawn(async move {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            head.clear();
+            while !head.ends_with(b"\r\n\r\n") {
+                if sock.read_exact(&mut byte).await.is_err() {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let h = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                served.len()
+            );
+            if sock.write_all(h.as_bytes()).await.is_err() {
+                return;
+            }
+            for piece in served.chunks(5000) {
+                if sock.write_all(piece).await.is_err() {
+                    return;
+                }
+                // Lets the client drain what came, so the next piece finds it waiting.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let c = scrape_client();
+    let url = format!("http://{addr}/metrics");
+    let mut session = transport::Session::default();
+    for n in 0..5 {
+        let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
+        let mut got = Vec::new();
+        resp.read_into(&mut session, &mut got, 0).await.unwrap();
+        assert!(got == body, "scrape {n}: {} bytes", got.len());
+        session.finish(std::time::Duration::from_secs(15));
+        assert_eq!(session.connections(), 1, "scrape {n}");
+    }
 }

@@ -12,7 +12,8 @@
 //! A pooled client (hyper-util's, reqwest's) runs each connection as a task of its own and hands
 //! the body to the caller frame by frame over a channel: per 16 KiB read the connection task and
 //! the scrape woke each other, and after three such hand-offs in a row the runtime put the woken
-//! task in its shared queue and woke its other worker, which mostly found nothing to do. Here a
+//! task at the back of its run queue (where other workers steal from) and woke another worker,
+//! which mostly found nothing to do. Here a
 //! scrape loop keeps its connections in a [`Session`] and polls an HTTP/1 connection itself, in
 //! the same task that reads the response ([`Driver`]): a body is read without a hand-off
 //! between tasks and without waking another thread. An HTTP/2 connection (a TLS target that
@@ -39,11 +40,14 @@
 //!   scrape decodes by that header alone, so a target that compresses although the scrape sent
 //!   `Accept-Encoding: identity` (`enable_compression: false`) is still read (reqwest built
 //!   without gzip would hand back the compressed bytes).
-//! - Connecting (TCP, TLS, the CONNECT) is bounded by the client's connect timeout; a
-//!   connection idle for [`IDLE_TIMEOUT`] is closed before the next scrape, as a pooled client
-//!   closes it. A request that a reused connection closed before sending it is sent once more on
-//!   a new connection (hyper-util's rule for its pool); a response that was not read to its end
-//!   (an error, a timeout, a body over the limit, a redirect's body) closes its connection.
+//! - Connecting (TCP, TLS, the CONNECT) is bounded by the client's connect timeout. A
+//!   connection idle for [`IDLE_TIMEOUT`] is not used again, and a loop that scrapes less often
+//!   than that closes its connection after each scrape ([`Session::finish`]). A request that a
+//!   reused connection closed before sending it is sent once more on a new connection
+//!   (hyper-util's rule for its pool). A response not read to its end is closed after the
+//!   scrape (a timeout, an error, a body over the limit); one dropped on purpose (a redirect, an
+//!   error status, a 401 answered again) has what is left of its body read if it is already
+//!   here and small, and its connection kept, as a pooled client does ([`Response::discard`]).
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -86,6 +90,8 @@ pub const MAX_REDIRECTS: usize = 10;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// The connections a [`Session`] keeps: its target's, plus the origins its redirects lead to.
 const MAX_LINKS: usize = 4;
+/// The most of a body [`Response::discard`] reads to keep its connection.
+const DRAIN: u64 = 64 * 1024;
 /// How many times [`Driver`] polls in one turn of its task before it lets others run.
 const DRIVE_BUDGET: usize = 32;
 
@@ -230,6 +236,7 @@ impl Transport {
             let Some(next) = next.filter(|_| self.follow_redirects) else {
                 return Ok(resp);
             };
+            resp.discard(session).await;
             if followed == MAX_REDIRECTS {
                 return Err("error following redirect: too many redirects".into());
             }
@@ -276,7 +283,10 @@ impl Transport {
                     let fut = h.sender.try_send_request(req);
                     match h.driver.drive(fut).await {
                         Some(r) => r.map_err(|mut e| (e.take_message().is_some(), e.into_error())),
-                        None => return Err(session.close(i, "error sending request")),
+                        None => {
+                            let what = "error sending request: client error (SendRequest)";
+                            return Err(session.close(i, what));
+                        }
                     }
                 }
                 Kind::H2(s) => s
@@ -292,7 +302,10 @@ impl Transport {
                 Err((unsent, e)) => {
                     session.links.remove(i);
                     if !(unsent && reused) {
-                        return Err(format!("error sending request: {}", super::error_chain(&e)));
+                        return Err(format!(
+                            "error sending request: client error (SendRequest): {}",
+                            super::error_chain(&e)
+                        ));
                     }
                 }
             }
@@ -317,7 +330,8 @@ impl Transport {
                 // Polling the connection reads a close the server sent while it idled.
                 Kind::H1(h) => {
                     let ready = h.sender.ready();
-                    matches!(h.driver.drive(ready).await, Some(Ok(())))
+                    let ready = matches!(h.driver.drive(ready).await, Some(Ok(())));
+                    ready && h.driver.conn.is_some()
                 }
                 Kind::H2(s) => !s.is_closed(),
             };
@@ -346,7 +360,10 @@ impl Transport {
                 .timer(TokioTimer::new())
                 .handshake(conn)
                 .await
-                .map_err(|e| format!("error sending request: {}", super::error_chain(&e)))?;
+                .map_err(|e| {
+                    let e = super::error_chain(&e);
+                    format!("error sending request: client error (Connect): {e}")
+                })?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "scrape connection (HTTP/2) ended");
@@ -358,7 +375,10 @@ impl Transport {
                 .read_buf_exact_size(Some(READ_BUF))
                 .handshake(conn)
                 .await
-                .map_err(|e| format!("error sending request: {}", super::error_chain(&e)))?;
+                .map_err(|e| {
+                    let e = super::error_chain(&e);
+                    format!("error sending request: client error (Connect): {e}")
+                })?;
             Kind::H1(Box::new(H1 {
                 sender,
                 driver: Driver::new(connection),
@@ -437,6 +457,18 @@ impl Session {
         format!("{what}: {}", why.unwrap_or("connection closed"))
     }
 
+    /// After a scrape: closes at once a connection whose response was not read to its end (a
+    /// timeout, an error; a pooled client's connection task closed it at once too), and every
+    /// connection when the next scrape is `next_use_in` away and it would be idle too long by
+    /// then ([`IDLE_TIMEOUT`]).
+    pub fn finish(&mut self, next_use_in: Duration) {
+        if next_use_in >= IDLE_TIMEOUT {
+            self.links.clear();
+        } else {
+            self.links.retain(|l| l.idle_since.is_some());
+        }
+    }
+
     /// How many connections are kept (tests).
     #[cfg(test)]
     pub(crate) fn connections(&self) -> usize {
@@ -508,12 +540,15 @@ impl Link {
 /// Polls an HTTP/1 connection in the task that waits on it (module doc).
 ///
 /// The connection and the future waiting on it (a response, a body frame) are polled with one
-/// waker, [`Relay`]: a wake from either of them while they are being polled means only "poll
-/// once more", which `drive` does in the same turn, up to [`DRIVE_BUDGET`] times; a wake from
-/// elsewhere (the socket became readable) wakes the task.
+/// waker, [`Relay`]: a wake while they are being polled (from either of them, or the socket
+/// becoming readable meanwhile) means only "poll once more", which `drive` does in the same
+/// turn, up to [`DRIVE_BUDGET`] times; a wake while the task waits wakes the task.
 struct Driver {
-    conn: http1::Connection<Conn, Empty<Bytes>>,
-    /// Why the connection ended; it is not polled again once it has.
+    /// Dropped as soon as it ends: only then does hyper tell the sender, and a request waiting
+    /// in its queue, that it is closed (the request comes back unsent, and is sent again on a
+    /// new connection).
+    conn: Option<http1::Connection<Conn, Empty<Bytes>>>,
+    /// Why the connection ended.
     ended: Option<String>,
     relay: Arc<Relay>,
     waker: Waker,
@@ -523,7 +558,7 @@ impl Driver {
     fn new(conn: http1::Connection<Conn, Empty<Bytes>>) -> Self {
         let relay = Arc::new(Relay::default());
         Driver {
-            conn,
+            conn: Some(conn),
             ended: None,
             waker: Waker::from(relay.clone()),
             relay,
@@ -546,12 +581,14 @@ impl Driver {
         let mut inner = Context::from_waker(&self.waker);
         for _ in 0..DRIVE_BUDGET {
             self.relay.state.store(POLLING, Ordering::SeqCst);
-            if self.ended.is_none() {
-                if let Poll::Ready(r) = Pin::new(&mut self.conn).poll(&mut inner) {
+            if let Some(conn) = self.conn.as_mut() {
+                if let Poll::Ready(r) = Pin::new(conn).poll(&mut inner) {
                     self.ended = Some(match r {
                         Ok(()) => "connection closed".to_owned(),
                         Err(e) => super::error_chain(&e),
                     });
+                    // Wakes (through the relay) what waits on it, which is polled again below.
+                    self.conn = None;
                 }
             }
             if let Poll::Ready(v) = fut.as_mut().poll(&mut inner) {
@@ -566,7 +603,7 @@ impl Driver {
         // with work left: the task is polled again.
         if self.relay.state.swap(0, Ordering::SeqCst) & WOKEN != 0 {
             cx.waker().wake_by_ref();
-        } else if self.ended.is_some() {
+        } else if self.conn.is_none() {
             // Nothing will wake `fut` any more.
             return Poll::Ready(None);
         }
@@ -659,6 +696,23 @@ impl Response {
             }
         }
         read
+    }
+}
+
+impl Response {
+    /// Drops the response, reading first what is left of its body if that is already here and
+    /// at most [`DRAIN`] bytes (a redirect's, an error page's), so that its connection can be
+    /// used again; the connection is closed otherwise. Never waits for the network.
+    pub async fn discard(self, session: &mut Session) {
+        let link = self.link;
+        let mut sink = Vec::new();
+        let done = {
+            let mut read = std::pin::pin!(self.read_into(session, &mut sink, DRAIN));
+            std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx).is_ready())).await
+        };
+        if !done {
+            session.links.retain(|l| l.id != link);
+        }
     }
 }
 

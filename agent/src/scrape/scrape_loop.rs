@@ -1153,13 +1153,15 @@ impl ScrapeLoop {
             self.body_size_limit,
             &mut self.body,
         );
-        match tokio::time::timeout(timeout, fut).await {
+        let r = match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(ScrapeError::Timeout {
                 url: url.clone(),
                 timeout,
             }),
-        }
+        };
+        self.session.finish(self.target.interval.as_std());
+        r
     }
 }
 
@@ -1204,6 +1206,7 @@ async fn fetch_into(
         .map_err(|e| http(e.to_string()))?;
     if resp.status() != reqwest::StatusCode::OK {
         let s = resp.status();
+        resp.discard(session).await;
         return Err(ScrapeError::Status {
             status: format!("{} {}", s.as_u16(), s.canonical_reason().unwrap_or("")),
         });
