@@ -41,11 +41,12 @@
 //!   `Accept-Encoding: identity` (`enable_compression: false`) is still read (reqwest built
 //!   without gzip would hand back the compressed bytes).
 //! - Connecting (TCP, TLS, the CONNECT) is bounded by the client's connect timeout. A
-//!   connection idle for [`IDLE_TIMEOUT`] is not used again, and a loop that scrapes less often
-//!   than that closes its connection after each scrape ([`Session::finish`]). A request that a
-//!   reused connection closed before sending it is sent once more on a new connection
-//!   (hyper-util's rule for its pool). A response not read to its end is closed after the
-//!   scrape (a timeout, an error, a body over the limit); one dropped on purpose (a redirect, an
+//!   connection idle for [`IDLE_TIMEOUT`] is not used again, and a loop whose scrapes are that
+//!   far apart or more closes its connections after each scrape ([`Session::finish`]). A request
+//!   that a reused connection closed before sending it is sent once more on a new connection
+//!   (hyper-util's rule for its pool). A body over the limit or that fails to read closes its
+//!   connection at once, one left unread closes it after the scrape (a timeout, an error
+//!   before the body); one dropped on purpose (a redirect, an
 //!   error status, a 401 answered again) has what is left of its body read if it is already
 //!   here and small, and its connection kept, as a pooled client does ([`Response::discard`]).
 
@@ -276,8 +277,8 @@ impl Transport {
         loop {
             let (i, reused) = self.link(session, &origin).await?;
             let link = &mut session.links[i];
-            link.idle_since = None;
             let req = link.request(&uri, &headers)?;
+            link.idle_since = None;
             let sent = match &mut link.kind {
                 Kind::H1(h) => {
                     let fut = h.sender.try_send_request(req);
@@ -302,8 +303,10 @@ impl Transport {
                 Err((unsent, e)) => {
                     session.links.remove(i);
                     if !(unsent && reused) {
+                        // hyper-util's words: a request handed back unsent was "canceled".
+                        let kind = if unsent { "Canceled" } else { "SendRequest" };
                         return Err(format!(
-                            "error sending request: client error (SendRequest): {}",
+                            "error sending request: client error ({kind}): {}",
                             super::error_chain(&e)
                         ));
                     }
@@ -362,7 +365,7 @@ impl Transport {
                 .await
                 .map_err(|e| {
                     let e = super::error_chain(&e);
-                    format!("error sending request: client error (Connect): {e}")
+                    format!("error sending request: client error (SendRequest): {e}")
                 })?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
@@ -377,7 +380,7 @@ impl Transport {
                 .await
                 .map_err(|e| {
                     let e = super::error_chain(&e);
-                    format!("error sending request: client error (Connect): {e}")
+                    format!("error sending request: client error (SendRequest): {e}")
                 })?;
             Kind::H1(Box::new(H1 {
                 sender,
