@@ -108,46 +108,9 @@ fn scrape_transport_environment_proxies() {
 /// adaptive buffer grows to ~400 KiB on such bodies and keeps it while the connection idles).
 #[tokio::test]
 async fn scrape_connections_read_in_bounded_reads_and_stay_alive() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = accepted.clone();
-    let body = vec![b'x'; 1 << 20];
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                loop {
-                    head.clear();
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if sock.read_exact(&mut byte).await.is_err() {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let h = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
-                    if sock.write_all(h.as_bytes()).await.is_err()
-                        || sock.write_all(&body).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    let c = HttpClient::new(
-        &HttpClientSettings::default(),
-        &Options {
-            scrape: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    use std::sync::atomic::Ordering;
+    let (addr, accepted, _) = keep_alive_target(vec![b'x'; 1 << 20], Close::Never).await;
+    let c = scrape_client();
     let url = format!("http://{addr}/metrics");
     let mut session = transport::Session::default();
     for _ in 0..2 {
@@ -168,6 +131,21 @@ async fn scrape_connections_read_in_bounded_reads_and_stay_alive() {
         largest > 0 && largest <= transport::READ_BUF,
         "largest read {largest}"
     );
+}
+
+/// Reads one request's head off `sock` (the test servers' requests have no body); `false` once
+/// the client closed the connection.
+async fn read_request_head(sock: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if sock.read_exact(&mut byte).await.is_err() {
+            return false;
+        }
+        head.push(byte[0]);
+    }
+    true
 }
 
 /// When [`keep_alive_target`] closes a connection.
@@ -193,7 +171,7 @@ async fn keep_alive_target(
     tokio::sync::watch::Receiver<usize>,
 ) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -207,16 +185,7 @@ async fn keep_alive_target(
             let closed_tx = closed_tx.clone();
             let close = close.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                loop {
-                    head.clear();
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if sock.read_exact(&mut byte).await.is_err() {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
+                while read_request_head(&mut sock).await {
                     let mut response =
                         format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len())
                             .into_bytes();
@@ -362,7 +331,7 @@ async fn a_discarded_small_response_keeps_its_connection() {
 /// each wakes the scrape's task ([`transport`]'s `Relay`): every body is read whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_arrives_in_pieces_is_read_whole() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let body: Vec<u8> = (0..(200 * 1024)).map(|i| (i % 251) as u8).collect();
@@ -371,16 +340,7 @@ async fn a_body_that_arrives_in_pieces_is_read_whole() {
         let Ok((mut sock, _)) = listener.accept().await else {
             return;
         };
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        loop {
-            head.clear();
-            while !head.ends_with(b"\r\n\r\n") {
-                if sock.read_exact(&mut byte).await.is_err() {
-                    return;
-                }
-                head.push(byte[0]);
-            }
+        while read_request_head(&mut sock).await {
             let h = format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
                 served.len()

@@ -358,15 +358,17 @@ impl Transport {
             )
         })?;
         let proxied = conn.proxied;
+        // hyper-util's words for a failed handshake.
+        let handshake_error = |e: hyper::Error| {
+            let e = super::error_chain(&e);
+            format!("error sending request: client error (SendRequest): {e}")
+        };
         let kind = if conn.h2 {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .handshake(conn)
                 .await
-                .map_err(|e| {
-                    let e = super::error_chain(&e);
-                    format!("error sending request: client error (SendRequest): {e}")
-                })?;
+                .map_err(handshake_error)?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "scrape connection (HTTP/2) ended");
@@ -378,10 +380,7 @@ impl Transport {
                 .read_buf_exact_size(Some(READ_BUF))
                 .handshake(conn)
                 .await
-                .map_err(|e| {
-                    let e = super::error_chain(&e);
-                    format!("error sending request: client error (SendRequest): {e}")
-                })?;
+                .map_err(handshake_error)?;
             Kind::H1(Box::new(H1 {
                 sender,
                 driver: Driver::new(connection),
