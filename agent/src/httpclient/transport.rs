@@ -267,7 +267,7 @@ impl Transport {
         &self,
         session: &mut Session,
         uri: Uri,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
     ) -> Result<Response, String> {
         let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
         else {
@@ -277,13 +277,13 @@ impl Transport {
         loop {
             let (i, reused) = self.link(session, &origin).await?;
             let link = &mut session.links[i];
-            let req = link.request(&uri, &headers)?;
+            let req = link.request(&uri, headers)?;
             link.idle_since = None;
             let sent = match &mut link.kind {
                 Kind::H1(h) => {
                     let fut = h.sender.try_send_request(req);
                     match h.driver.drive(fut).await {
-                        Some(r) => r.map_err(|mut e| (e.take_message().is_some(), e.into_error())),
+                        Some(r) => r.map_err(|mut e| (e.take_message(), e.into_error())),
                         None => {
                             let what = "error sending request: client error (SendRequest)";
                             return Err(session.close(i, what));
@@ -293,7 +293,7 @@ impl Transport {
                 Kind::H2(s) => s
                     .try_send_request(req)
                     .await
-                    .map_err(|mut e| (e.take_message().is_some(), e.into_error())),
+                    .map_err(|mut e| (e.take_message(), e.into_error())),
             };
             match sent {
                 Ok(inner) => {
@@ -302,13 +302,22 @@ impl Transport {
                 }
                 Err((unsent, e)) => {
                     session.links.remove(i);
-                    if !(unsent && reused) {
-                        // hyper-util's words: a request handed back unsent was "canceled".
-                        let kind = if unsent { "Canceled" } else { "SendRequest" };
-                        return Err(format!(
-                            "error sending request: client error ({kind}): {}",
-                            super::error_chain(&e)
-                        ));
+                    match unsent {
+                        // Its headers go on the next try (with the `Host` this link added,
+                        // the same for the same origin).
+                        Some(req) if reused => headers = req.into_parts().0.headers,
+                        _ => {
+                            // hyper-util's words: a request handed back unsent was "canceled".
+                            let kind = if unsent.is_some() {
+                                "Canceled"
+                            } else {
+                                "SendRequest"
+                            };
+                            return Err(format!(
+                                "error sending request: client error ({kind}): {}",
+                                super::error_chain(&e)
+                            ));
+                        }
                     }
                 }
             }
@@ -506,11 +515,11 @@ struct H1 {
 impl Link {
     /// The request for `uri` as this connection sends it: on HTTP/1 with a `Host` header and
     /// the path only, or the whole URL to a proxy (hyper-util's pooled client's rules).
-    fn request(&self, uri: &Uri, headers: &HeaderMap) -> Result<Request<Empty<Bytes>>, String> {
+    fn request(&self, uri: &Uri, headers: HeaderMap) -> Result<Request<Empty<Bytes>>, String> {
         let mut req = Request::get(uri.clone())
             .body(Empty::new())
             .map_err(|e| format!("builder error: {e}"))?;
-        *req.headers_mut() = headers.clone();
+        *req.headers_mut() = headers;
         if let Kind::H1(_) = self.kind {
             if !req.headers().contains_key(HOST) {
                 let host = uri.host().unwrap_or_default();
