@@ -326,9 +326,10 @@ async fn a_discarded_small_response_keeps_its_connection() {
     assert_eq!(session.connections(), 0);
 }
 
-/// A body that arrives in pieces, on a runtime with two workers: each piece's readiness comes
-/// from the I/O driver, on whichever thread runs it, while the loop polls or while it waits, and
-/// each wakes the scrape's task ([`transport`]'s `Relay`): every body is read whole.
+/// A body that arrives in pieces, on a runtime with two workers: the socket's readiness comes
+/// from the I/O driver on a worker thread (the test's own thread never runs it), while the loop
+/// polls or while it waits, and wakes the scrape's task through [`transport`]'s `Relay`: every
+/// body is read whole, and a lost wake fails the test at its timeout instead of hanging it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_arrives_in_pieces_is_read_whole() {
     use tokio::io::AsyncWriteExt;
@@ -352,8 +353,10 @@ async fn a_body_that_arrives_in_pieces_is_read_whole() {
                 if sock.write_all(piece).await.is_err() {
                     return;
                 }
-                // Lets the client drain what came, so the next piece finds it waiting.
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                // Each piece its own write, with a turn for the client in between: the
+                // client's reads meet an empty socket between pieces (how often depends on
+                // the threads; the assertions hold whichever way they fall).
+                tokio::task::yield_now().await;
             }
         }
     });
