@@ -379,3 +379,89 @@ async fn a_body_that_arrives_in_pieces_is_read_whole() {
         assert_eq!(session.connections(), 1, "scrape {n}");
     }
 }
+
+/// The wakes of the task that polls a future, counted by [`counted`]: all of them, and those
+/// that came while the task was being polled. A task woken during its own poll is queued again
+/// when the poll ends, and a multi-thread runtime wakes another worker to take it.
+#[derive(Default)]
+struct Wakes {
+    polling: std::sync::atomic::AtomicBool,
+    during_poll: std::sync::atomic::AtomicUsize,
+    total: std::sync::atomic::AtomicUsize,
+    task: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl std::task::Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        self.total.fetch_add(1, Ordering::SeqCst);
+        if self.polling.load(Ordering::SeqCst) {
+            self.during_poll.fetch_add(1, Ordering::SeqCst);
+        }
+        if let Some(task) = self.task.lock().unwrap().clone() {
+            task.wake();
+        }
+    }
+}
+
+/// Runs `fut`, counting its task's wakes into `wakes`.
+async fn counted<F: std::future::Future>(wakes: &Arc<Wakes>, fut: F) -> F::Output {
+    use std::sync::atomic::Ordering;
+    let waker = std::task::Waker::from(wakes.clone());
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        *wakes.task.lock().unwrap() = Some(cx.waker().clone());
+        wakes.polling.store(true, Ordering::SeqCst);
+        let r = fut
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker));
+        wakes.polling.store(false, Ordering::SeqCst);
+        r
+    })
+    .await
+}
+
+/// Scrapes over a kept connection wake their task only to go on: never during its own poll
+/// (the request going into the connection's queue woke it once per scrape, and the runtime
+/// then woke the other worker for nothing), and not while no request waits (the connection
+/// settling after a response, a close while it idles).
+#[tokio::test]
+async fn a_scrape_over_a_kept_connection_does_not_wake_itself() {
+    use std::sync::atomic::Ordering;
+    let (addr, accepted, _) = keep_alive_target(b"up 1\n".to_vec(), Close::Never).await;
+    let c = scrape_client();
+    let url = format!("http://{addr}/metrics");
+    let mut session = transport::Session::default();
+    let wakes = Arc::new(Wakes::default());
+    for n in 0..5 {
+        let scrape = async {
+            let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
+            let mut got = Vec::new();
+            resp.read_into(&mut session, &mut got, 0).await.unwrap();
+            got
+        };
+        assert_eq!(counted(&wakes, scrape).await, b"up 1\n", "scrape {n}");
+        session.finish(std::time::Duration::from_secs(15));
+        let after = wakes.total.load(Ordering::SeqCst);
+        // Time for the connection's own events after the response (none wake the task).
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            wakes.total.load(Ordering::SeqCst),
+            after,
+            "woken between scrapes (after scrape {n})"
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one kept connection");
+    assert_eq!(
+        wakes.during_poll.load(Ordering::SeqCst),
+        0,
+        "wakes during the scrape's own poll ({} wakes in all)",
+        wakes.total.load(Ordering::SeqCst)
+    );
+}

@@ -553,7 +553,12 @@ impl Link {
 /// The connection and the future waiting on it (a response, a body frame) are polled with one
 /// waker, [`Relay`]: a wake while they are being polled (from either of them, or the socket
 /// becoming readable meanwhile) means only "poll once more", which `drive` does in the same
-/// turn, up to [`DRIVE_BUDGET`] times; a wake while the task waits wakes the task.
+/// turn, up to [`DRIVE_BUDGET`] times; a wake while the task waits in `drive` wakes the task.
+/// A wake while no `drive` waits (the request going into the connection's queue, the
+/// connection settling after a response, a close while it idles) is only noted: nothing but a
+/// `drive` polls the connection, and the next one polls it first. Waking the task then would
+/// make the runtime queue the task again (it is often running: the request is queued from its
+/// own poll) and wake another worker for it, once per scrape for nothing.
 struct Driver {
     /// Dropped as soon as it ends: only then does hyper tell the sender, and a request waiting
     /// in its queue, that it is closed (the request comes back unsent, and is sent again on a
@@ -610,23 +615,31 @@ impl Driver {
                 break;
             }
         }
-        // A wake that came after the last look (from the driver's thread), or the budget spent
-        // with work left: the task is polled again.
-        if self.relay.state.swap(0, Ordering::SeqCst) & WOKEN != 0 {
+        // From here a wake wakes the task. A wake that came after the last look (from the
+        // driver's thread), or the budget spent with work left: the task is polled again.
+        if self.relay.state.swap(WAITING, Ordering::SeqCst) & WOKEN != 0 {
             cx.waker().wake_by_ref();
         } else if self.conn.is_none() {
             // Nothing will wake `fut` any more.
+            self.relay.state.store(0, Ordering::SeqCst);
             return Poll::Ready(None);
         }
+        // A `drive` dropped while waiting (a scrape's timeout) leaves `WAITING` set: its link is
+        // closed by `Session::finish` right after, with the connection and this relay.
         Poll::Pending
     }
 }
 
+/// [`Relay::state`]: a [`Driver`] is polling.
 const POLLING: u8 = 1;
+/// [`Relay::state`]: woken since the driver last looked.
 const WOKEN: u8 = 2;
+/// [`Relay::state`]: a [`Driver::drive`] waits for a wake.
+const WAITING: u8 = 4;
 
-/// The waker a [`Driver`] polls with: while the driver polls, a wake is only noted; otherwise it
-/// wakes the task that polled last.
+/// The waker a [`Driver`] polls with: it wakes the task that polled last only while a `drive`
+/// waits; while the driver polls, or while no `drive` waits, a wake is only noted (see
+/// [`Driver`]).
 #[derive(Default)]
 struct Relay {
     state: AtomicU8,
@@ -648,7 +661,7 @@ impl Wake for Relay {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if self.state.fetch_or(WOKEN, Ordering::SeqCst) & POLLING == 0 {
+        if self.state.fetch_or(WOKEN, Ordering::SeqCst) & (POLLING | WAITING) == WAITING {
             let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if let Some(t) = task {
                 t.wake();
