@@ -24,7 +24,10 @@
 //! overwritten in place, one `write` of the whole text at offset 0 (well under a disk sector)
 //! and a truncation when it got shorter: a new file and rename per batch cost a fresh 4 KiB
 //! page of disk writes each (several per second, more than the WAL's own overhead), while
-//! rewriting the same page is written out once per fsync. A process killed between the write
+//! rewriting the same page is written out once per fsync. The saving task keeps the file open
+//! and the marks it wrote in memory ([`ProgressFile`]): a save is that one `write`, made on the
+//! async worker as the WAL's commit is; opening the file and its fsyncs run on the blocking
+//! pool. A process killed between the write
 //! and the truncation leaves the old text's tail after the new last line, which the reader
 //! ignores (it reads two lines):
 //!
@@ -183,8 +186,7 @@ fn write_progress(path: &Path, marks: &SentMarks, fsync: bool) -> std::io::Resul
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let shards: Vec<String> = marks.shards.iter().map(i64::to_string).collect();
-    let text = format!("{}\n{}\n", marks.lowest, shards.join(" "));
+    let text = progress_text(marks);
     match std::fs::OpenOptions::new().write(true).open(path) {
         Ok(f) => {
             use std::os::unix::fs::FileExt as _;
@@ -205,6 +207,100 @@ fn write_progress(path: &Path, marks: &SentMarks, fsync: bool) -> std::io::Resul
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// The text of a progress file holding `marks` (module doc).
+fn progress_text(marks: &SentMarks) -> String {
+    let shards: Vec<String> = marks.shards.iter().map(i64::to_string).collect();
+    format!("{}\n{}\n", marks.lowest, shards.join(" "))
+}
+
+/// An endpoint's progress file as [`save_on_progress`] keeps it between saves: open, with the
+/// marks it holds and its length. Opening it (creating it when missing) and its fsyncs are
+/// blocking work, for the blocking pool; once it is open, [`save`](Self::save) is one `pwrite`
+/// into the page cache (and a truncation when the text got shorter), the kind of write the
+/// WAL's commit does on the async worker too (ARCHITECTURE.md). Per finished batch that is
+/// one system call, and no hand-over to a blocking thread and back (two thread wakes each).
+struct ProgressFile {
+    path: PathBuf,
+    /// `None` until opened, and after a failed write (the next save opens it again).
+    file: Option<std::fs::File>,
+    /// The marks in the file (`None`: it had none that could be read).
+    saved: Option<SentMarks>,
+    /// The file's length.
+    len: u64,
+    /// Written since the last fsync.
+    unsynced: bool,
+}
+
+impl ProgressFile {
+    fn new(path: PathBuf) -> Self {
+        ProgressFile {
+            path,
+            file: None,
+            saved: None,
+            len: 0,
+            unsynced: false,
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Opens the file, or creates it holding `now` (write, fsync, rename) when missing, and
+    /// saves `now` into it; with `fsync`, then syncs what was written since the last fsync.
+    /// Blocking.
+    fn save_blocking(&mut self, now: SentMarks, fsync: bool) -> std::io::Result<()> {
+        if self.file.is_none() {
+            self.saved = read_marks(&self.path);
+            let file = match std::fs::OpenOptions::new().write(true).open(&self.path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    write_progress(&self.path, &now, true)?;
+                    self.saved = Some(now.clone());
+                    std::fs::OpenOptions::new().write(true).open(&self.path)?
+                }
+                opened => opened?,
+            };
+            self.len = file.metadata()?.len();
+            self.file = Some(file);
+        }
+        self.save(now)?;
+        if let (true, true, Some(file)) = (fsync, self.unsynced, &self.file) {
+            file.sync_data()?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Writes `now` merged into the file's marks ([`next_marks`]) over the file's text, when
+    /// that changes it; the file must be open.
+    fn save(&mut self, now: SentMarks) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        let Some(file) = &self.file else {
+            return Err(std::io::Error::other("the progress file is not open"));
+        };
+        let Some(next) = next_marks(self.saved.as_ref(), now) else {
+            return Ok(());
+        };
+        let text = progress_text(&next);
+        let len = text.len() as u64;
+        let written = file.write_all_at(text.as_bytes(), 0).and_then(|()| {
+            if self.len > len {
+                file.set_len(len)?;
+            }
+            Ok(())
+        });
+        if written.is_err() {
+            // Opened again, and its marks read again, by the next save.
+            self.file = None;
+            return written;
+        }
+        self.len = len;
+        self.saved = Some(next);
+        self.unsynced = true;
+        Ok(())
+    }
 }
 
 /// What to save given the saved marks `prev` and the queue's `now`; `None` when the file
@@ -245,30 +341,49 @@ pub fn save_progress(queue: &QueueManager, path: &Path, fsync: bool) -> std::io:
     }
 }
 
-/// Saves progress after every finished batch until `shutdown`.
+/// Saves progress after every finished batch until `shutdown`: in place on this task while the
+/// file is open and no fsync is due, else on the blocking pool ([`ProgressFile`]).
 async fn save_on_progress(queue: Arc<QueueManager>, path: PathBuf, shutdown: CancellationToken) {
     let mut finished = queue.finished_batches();
     let mut last_fsync = std::time::Instant::now();
+    let mut file = ProgressFile::new(path.clone());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = finished.changed() => if changed.is_err() { return },
         }
+        let Some(now) = queue.sent_marks() else {
+            continue;
+        };
         let fsync = last_fsync.elapsed() >= PROGRESS_FSYNC_EVERY;
-        let q = queue.clone();
-        let p = path.clone();
-        match tokio::task::spawn_blocking(move || save_progress(&q, &p, fsync)).await {
-            Ok(Ok(())) => {
+        let saved = if file.is_open() && !fsync {
+            file.save(now)
+        } else {
+            let mut f = file;
+            match tokio::task::spawn_blocking(move || {
+                let r = f.save_blocking(now, fsync);
+                (f, r)
+            })
+            .await
+            {
+                Ok((f, r)) => {
+                    file = f;
+                    r
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "remote_write: progress task failed");
+                    return;
+                }
+            }
+        };
+        match saved {
+            Ok(()) => {
                 if fsync {
                     last_fsync = std::time::Instant::now();
                 }
             }
-            Ok(Err(e)) => {
-                tracing::warn!(file = %path.display(), error = %e, "remote_write: cannot save progress")
-            }
             Err(e) => {
-                tracing::error!(error = %e, "remote_write: progress task failed");
-                return;
+                tracing::warn!(file = %path.display(), error = %e, "remote_write: cannot save progress")
             }
         }
     }
@@ -516,6 +631,52 @@ mod tests {
         assert!(!path.with_extension("tmp").exists());
         std::fs::write(&path, "3000\n3000 7\n0 3000000\n").unwrap();
         assert_eq!(read_marks(&path), Some(marks(3000, &[3000, 7])));
+    }
+
+    /// The saver's open file: created with the first marks where there was none, then each
+    /// save rewrites it in place (same inode), merged with what it holds, shorter texts leave
+    /// no tail, marks never go back, and a file that was already there is merged with, not
+    /// overwritten.
+    #[test]
+    fn the_kept_progress_file_is_created_then_rewritten_in_place() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("remote_write").join("rw");
+        let mut file = ProgressFile::new(path.clone());
+        assert!(!file.is_open());
+        assert!(file.save(marks(1, &[1])).is_err(), "not open yet");
+        file.save_blocking(marks(1000, &[1000, 3_000_000]), false)
+            .unwrap();
+        assert!(file.is_open());
+        assert_eq!(read_marks(&path), Some(marks(1000, &[1000, 3_000_000])));
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        file.save(marks(2000, &[2000, 5])).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "2000\n2000 3000000\n",
+            "merged shard by shard"
+        );
+        file.save(marks(1500, &[1500, 4_000_000])).unwrap();
+        assert_eq!(read_marks(&path), Some(marks(2000, &[2000, 4_000_000])));
+        // A restarted queue with other shards: the old marks stay until `lowest` passes them.
+        file.save(marks(3000, &[3000])).unwrap();
+        assert_eq!(read_marks(&path), Some(marks(2000, &[2000, 4_000_000])));
+        file.save(marks(4_000_001, &[4_000_001])).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "4000001\n4000001\n",
+            "no stale tail"
+        );
+        file.save_blocking(marks(4_000_002, &[4_000_002]), true)
+            .unwrap();
+        assert!(!file.unsynced);
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
+        assert!(!path.with_extension("tmp").exists());
+
+        // A file from an earlier run is read, not overwritten with lower marks.
+        let mut again = ProgressFile::new(path.clone());
+        again.save_blocking(marks(10, &[10]), false).unwrap();
+        assert_eq!(read_marks(&path), Some(marks(4_000_002, &[4_000_002])));
     }
 
     #[test]
