@@ -5,8 +5,14 @@
 //! after it, then tails the live segment (woken by the WAL writer's commit signal, or every
 //! [`IDLE_POLL`]). While commits keep coming (one per scrape), polls start at least [`COALESCE`] apart,
 //! so the commits of that interval are read by one poll and reach the shards as one hand-over
-//! per shard: a wake-up of this task, of a blocking-pool thread and of each shard per interval
-//! rather than per scrape. A commit after a quiet spell is read at once. Series records go to
+//! per shard: a wake-up of this task and of each shard per interval rather than per scrape. A
+//! commit after a quiet spell is read at once. Reading the checkpoint and the segments, and
+//! any poll after one that stopped short of the end (a backlog) or whose delivery waited over
+//! [`TAIL_DELIVERY`] for room in the queue, run on the blocking pool. A poll after one that read
+//! to the end runs on this task: it reads only what was committed since, pages this process
+//! wrote moments ago and still in the page cache (as the WAL's commit writes into it on the
+//! scrape's task), and saves a hand-over to a blocking thread and back (two thread wakes) per
+//! interval. Series records go to
 //! `store_series` as they are read, samples to `append_samples`, which waits
 //! while the queue is full: the back-pressure stops the watcher, not the scraper. Exemplar
 //! records go to `append_exemplars` when the endpoint has `send_exemplars` (otherwise they are
@@ -74,6 +80,10 @@ pub const COALESCE: Duration = Duration::from_millis(100);
 
 /// How often the progress file is fsynced at most while batches finish (also on stop).
 pub const PROGRESS_FSYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest a poll's delivery may wait for room in the queue for the next poll to still
+/// read on this task (module doc).
+const TAIL_DELIVERY: Duration = Duration::from_secs(1);
 
 /// How often the live segment is read without a commit signal.
 const IDLE_POLL: Duration = Duration::from_millis(250);
@@ -495,6 +505,8 @@ pub async fn run(
     }
 
     let mut reader = Some(LiveReader::new(&wal_dir, start));
+    // The last poll read to the end of what was written.
+    let mut tailing = false;
     while let Some(mut r) = reader.take() {
         let started = tokio::time::Instant::now();
         // Every commit up to `seen` is in the files this poll reads.
@@ -502,19 +514,24 @@ pub async fn run(
         let after = after.clone();
         let q = queue.clone();
         let w = wanted.clone();
-        let polled = tokio::task::spawn_blocking(move || {
+        let poll = move || {
             let after = after.as_ref().as_ref();
             let mut batch = Batch::default();
             let mut scratch = Vec::new();
             let res = r.poll(|rec| batch.absorb(&q, rec, after, &mut scratch, &w));
             (r, batch, res)
-        })
-        .await;
-        let (r, batch, res) = match polled {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "remote_write: WAL reader task failed");
-                break;
+        };
+        let (r, batch, res) = if tailing {
+            // Only what was committed since the last poll, which read to the end: pages this
+            // process wrote moments ago, read from the page cache here (module doc).
+            poll()
+        } else {
+            match tokio::task::spawn_blocking(poll).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(error = %e, "remote_write: WAL reader task failed");
+                    break;
+                }
             }
         };
         if let Some(d) = &mut dropped {
@@ -525,9 +542,13 @@ pub async fn run(
         if let Err(e) = &res {
             tracing::error!(error = %e, "remote_write: cannot read the WAL tail; retrying");
         }
+        let delivering = tokio::time::Instant::now();
         if !deliver(&queue, batch).await {
             break;
         }
+        // After a long wait for room in the queue (a receiver that is down or slow) much may
+        // have been written meanwhile: the next poll reads it on the blocking pool.
+        tailing = res.is_ok() && caught_up && delivering.elapsed() < TAIL_DELIVERY;
         if shutdown.is_cancelled() {
             // A commit after `seen` came while this poll read or delivered (the stop follows
             // the scrape loops' last commit, their staleness markers, at once, and `deliver`
