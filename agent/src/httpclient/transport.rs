@@ -624,8 +624,10 @@ impl Driver {
             self.relay.state.store(0, Ordering::SeqCst);
             return Poll::Ready(None);
         }
-        // A `drive` dropped while waiting (a scrape's timeout) leaves `WAITING` set: its link is
-        // closed by `Session::finish` right after, with the connection and this relay.
+        // A `drive` dropped while waiting (a scrape's timeout) leaves `WAITING` set until the
+        // next `drive`: a request's or a body's link is closed by `Session::finish` right after
+        // (with the connection and this relay); a kept link whose check in `link` was dropped
+        // only passes its connection's wakes to the task meanwhile, as before `WAITING`.
         Poll::Pending
     }
 }

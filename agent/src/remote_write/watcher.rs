@@ -7,11 +7,12 @@
 //! so the commits of that interval are read by one poll and reach the shards as one hand-over
 //! per shard: a wake-up of this task and of each shard per interval rather than per scrape. A
 //! commit after a quiet spell is read at once. Reading the checkpoint and the segments, and
-//! any poll after one that stopped short of the end (a backlog) or whose delivery waited over
-//! [`TAIL_DELIVERY`] for room in the queue, run on the blocking pool. A poll after one that read
-//! to the end runs on this task: it reads only what was committed since, pages this process
-//! wrote moments ago and still in the page cache (as the WAL's commit writes into it on the
-//! scrape's task), and saves a hand-over to a blocking thread and back (two thread wakes) per
+//! any poll after one that failed, stopped short of the end (a backlog) or whose delivery
+//! waited over [`TAIL_DELIVERY`] for room in the queue, run on the blocking pool. A poll after
+//! one that read to the end runs on this task, and reads at most [`TAIL_BUDGET`]: what was
+//! committed since, pages this process wrote moments ago and still in the page cache (as the
+//! WAL's commit writes into it on the scrape's task; at a segment switch it also opens the next
+//! segment). That saves a hand-over to a blocking thread and back (two thread wakes) per
 //! interval. Series records go to
 //! `store_series` as they are read, samples to `append_samples`, which waits
 //! while the queue is full: the back-pressure stops the watcher, not the scraper. Exemplar
@@ -67,7 +68,7 @@ use super::proto::{Exemplar, Label};
 use super::queue::{QueueManager, SentMarks};
 use crate::labels::{SeriesRef, SharedLabels};
 use crate::wal::checkpoint;
-use crate::wal::live::{segment_numbers, LiveReader, Position};
+use crate::wal::live::{self, segment_numbers, LiveReader, Position};
 use crate::wal::reader::Reader;
 use crate::wal::record;
 use crate::wal::DroppedSeries;
@@ -84,6 +85,11 @@ pub const PROGRESS_FSYNC_EVERY: Duration = Duration::from_secs(1);
 /// The longest a poll's delivery may wait for room in the queue for the next poll to still
 /// read on this task (module doc).
 const TAIL_DELIVERY: Duration = Duration::from_secs(1);
+
+/// Bytes of WAL records a poll on the watcher's task reads at most (module doc): at 3 to 4
+/// bytes per sample, some 70,000 samples, the commits of 100 ms at 700,000 samples a second.
+/// A poll that stops at it is not caught up, and the next one runs on the blocking pool.
+const TAIL_BUDGET: usize = 256 << 10;
 
 /// How often the live segment is read without a commit signal.
 const IDLE_POLL: Duration = Duration::from_millis(250);
@@ -276,7 +282,15 @@ impl ProgressFile {
             self.file = Some(file);
         }
         self.save(now)?;
-        if let (true, true, Some(file)) = (fsync, self.unsynced, &self.file) {
+        if fsync {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Syncs what was written since the last fsync (blocking).
+    fn sync(&mut self) -> std::io::Result<()> {
+        if let (true, Some(file)) = (self.unsynced, &self.file) {
             file.sync_data()?;
             self.unsynced = false;
         }
@@ -358,9 +372,20 @@ async fn save_on_progress(queue: Arc<QueueManager>, path: PathBuf, shutdown: Can
     let mut last_fsync = std::time::Instant::now();
     let mut file = ProgressFile::new(path.clone());
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = finished.changed() => if changed.is_err() { return },
+        let stop = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            changed = finished.changed() => changed.is_err(),
+        };
+        if stop {
+            // What was written in place since the last fsync is synced now (the final save
+            // after this writes only when the marks moved since).
+            if file.unsynced {
+                let synced = tokio::task::spawn_blocking(move || file.sync()).await;
+                if let Ok(Err(e)) = synced {
+                    tracing::warn!(file = %path.display(), error = %e, "remote_write: cannot save progress");
+                }
+            }
+            return;
         }
         let Some(now) = queue.sent_marks() else {
             continue;
@@ -514,24 +539,29 @@ pub async fn run(
         let after = after.clone();
         let q = queue.clone();
         let w = wanted.clone();
-        let poll = move || {
+        let poll = move |budget: usize| {
             let after = after.as_ref().as_ref();
             let mut batch = Batch::default();
             let mut scratch = Vec::new();
-            let res = r.poll(|rec| batch.absorb(&q, rec, after, &mut scratch, &w));
+            let res = r.poll_within(budget, |rec| batch.absorb(&q, rec, after, &mut scratch, &w));
             (r, batch, res)
         };
-        let (r, batch, res) = if tailing {
-            // Only what was committed since the last poll, which read to the end: pages this
-            // process wrote moments ago, read from the page cache here (module doc).
-            poll()
+        let polled = if tailing {
+            // What was committed since the last poll, which read to the end: pages this
+            // process wrote moments ago, read from the page cache here, at most TAIL_BUDGET
+            // (module doc). A panic ends the watcher as one on the blocking pool does.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll(TAIL_BUDGET)))
+                .map_err(|_| "a panic while reading the WAL tail".to_owned())
         } else {
-            match tokio::task::spawn_blocking(poll).await {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::error!(error = %e, "remote_write: WAL reader task failed");
-                    break;
-                }
+            tokio::task::spawn_blocking(move || poll(live::POLL_BUDGET))
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let (r, batch, res) = match polled {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "remote_write: WAL reader task failed");
+                break;
             }
         };
         if let Some(d) = &mut dropped {

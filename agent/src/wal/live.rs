@@ -198,6 +198,16 @@ impl LiveReader {
         result
     }
 
+    /// [`poll`](Self::poll) with a budget of at most `budget` bytes of records for this poll
+    /// only (it still reads at least one chunk).
+    pub fn poll_within(&mut self, budget: usize, f: impl FnMut(&[u8])) -> Result<usize, LiveError> {
+        let full = self.budget;
+        self.budget = budget.clamp(1, full);
+        let result = self.poll(f);
+        self.budget = full;
+        result
+    }
+
     /// After a caught-up poll: counts it in the sizing window and gives back the buffers the
     /// last two windows needed at most a quarter of.
     fn settle(&mut self) {
@@ -587,6 +597,26 @@ mod tests {
     /// However far behind the reader is, one poll reads about its budget, not everything
     /// written: what a caller collects per poll stays bounded; the polls that follow read the
     /// rest, each record once and in order.
+    /// `poll_within` lowers the budget of one poll only: it stops early (not caught up) and the
+    /// next `poll` reads the rest with the reader's own budget.
+    #[test]
+    fn poll_within_lowers_the_budget_of_one_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = crate::wal::SegmentWriter::create(dir.path(), 0, 64 << 20, false).unwrap();
+        let record = vec![7u8; 1000];
+        for _ in 0..400 {
+            w.log(&record).unwrap();
+        }
+        w.flush().unwrap();
+        let mut r = LiveReader::new(dir.path(), START);
+        let first = r.poll_within(4 << 10, |_| {}).unwrap();
+        assert!(!r.caught_up(), "stopped at the lower budget");
+        assert!((1..400).contains(&first), "{first} records");
+        let rest = r.poll(|_| {}).unwrap();
+        assert!(r.caught_up(), "the reader's own budget again");
+        assert_eq!(first + rest, 400);
+    }
+
     #[test]
     fn a_poll_reads_at_most_its_budget() {
         let dir = tempfile::tempdir().unwrap();
