@@ -419,7 +419,10 @@ impl Instance {
             Arc::new(WalStorage::new(&name, wal, &replay).with_failure_counters(counters));
         let stop = CancellationToken::new();
 
-        let mut remotes = Vec::new();
+        // Every endpoint's queue first: one that cannot be built (an unreadable CA file) fails
+        // the start before any watcher runs, so a failed start (retried by the instance's
+        // worker) leaves no watcher of an earlier endpoint running behind it.
+        let mut queues = Vec::with_capacity(cfg.remote_write.len());
         for rw in &cfg.remote_write {
             let queue = QueueManager::from_config(
                 rw,
@@ -433,7 +436,10 @@ impl Instance {
                 remote: rw.name.clone(),
                 message: e.to_string(),
             })?;
-            let queue = Arc::new(queue);
+            queues.push(Arc::new(queue));
+        }
+        let mut remotes = Vec::new();
+        for (rw, queue) in cfg.remote_write.iter().zip(queues) {
             let rstop = stop.child_token();
             let progress = dir.join("remote_write").join(dir_name(&rw.name));
             let watcher = tokio::spawn(
@@ -821,6 +827,52 @@ mod tests {
         )
         .unwrap();
         assert!(write_relabel_filter(&plain.remote_write[0]).is_none());
+    }
+
+    /// A start that fails at its second remote_write endpoint (a CA file that is not there)
+    /// leaves nothing of the first running: the instance's worker retries a failed start, and
+    /// each attempt used to leave the first endpoint's watcher, saver and shards behind, all
+    /// sending the same WAL.
+    #[tokio::test]
+    async fn a_start_that_fails_at_an_endpoint_leaves_no_tasks_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::default();
+        let shared = Shared::new(dir.path(), "a", &mut registry, Clock::system());
+        let missing = dir.path().join("missing-ca.pem");
+        let (_, cfg) = crate::config::load::parse_instance(
+            &format!(
+                "remote_write:\n  - url: http://127.0.0.1:1/a\n  - url: https://127.0.0.1:1/b\n    tls_config:\n      ca_file: {}\n",
+                missing.display()
+            ),
+            &crate::config::GlobalConfig::default(),
+        )
+        .unwrap();
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = tasks();
+        for attempt in 0..3 {
+            let err = Instance::start(cfg.clone(), &shared, "instance_name")
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("attempt {attempt} started"));
+            assert!(
+                matches!(err, InstanceError::RemoteWrite { .. }),
+                "attempt {attempt}: {err}"
+            );
+        }
+        // Tasks that stop on their own would be gone well within this; left-behind ones never.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tasks() > before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} tasks left behind by failed starts",
+                tasks() - before
+            );
+            tokio::task::yield_now().await;
+        }
     }
 
     /// The exposed names are the ones the docs and the old agent's dashboards use.
