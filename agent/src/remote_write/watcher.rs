@@ -197,30 +197,16 @@ pub fn read_marks(path: &Path) -> Option<SentMarks> {
     Some(SentMarks { lowest, shards })
 }
 
-fn write_progress(path: &Path, marks: &SentMarks, fsync: bool) -> std::io::Result<()> {
+/// Creates the progress file holding `marks`: written to a temp file, fsynced and renamed over
+/// `path` (later saves rewrite it in place: [`ProgressFile`]).
+fn create_progress(path: &Path, marks: &SentMarks) -> std::io::Result<()> {
     use std::io::Write as _;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let text = progress_text(marks);
-    match std::fs::OpenOptions::new().write(true).open(path) {
-        Ok(f) => {
-            use std::os::unix::fs::FileExt as _;
-            f.write_all_at(text.as_bytes(), 0)?;
-            if f.metadata()?.len() > text.len() as u64 {
-                f.set_len(text.len() as u64)?;
-            }
-            if fsync {
-                f.sync_data()?;
-            }
-            return Ok(());
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
+    f.write_all(progress_text(marks).as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
@@ -272,7 +258,7 @@ impl ProgressFile {
             self.saved = read_marks(&self.path);
             let file = match std::fs::OpenOptions::new().write(true).open(&self.path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    write_progress(&self.path, &now, true)?;
+                    create_progress(&self.path, &now)?;
                     self.saved = Some(now.clone());
                     std::fs::OpenOptions::new().write(true).open(&self.path)?
                 }
@@ -356,11 +342,8 @@ fn next_marks(prev: Option<&SentMarks>, now: SentMarks) -> Option<SentMarks> {
 /// Saves the queue's progress to `path` when it moved; `fsync` for durability beyond a process
 /// crash. Only one task may save to a given file at a time (the temp file is shared).
 pub fn save_progress(queue: &QueueManager, path: &Path, fsync: bool) -> std::io::Result<()> {
-    let Some(now) = queue.sent_marks() else {
-        return Ok(());
-    };
-    match next_marks(read_marks(path).as_ref(), now) {
-        Some(next) => write_progress(path, &next, fsync),
+    match queue.sent_marks() {
+        Some(now) => ProgressFile::new(path.to_path_buf()).save_blocking(now, fsync),
         None => Ok(()),
     }
 }
@@ -665,21 +648,12 @@ mod tests {
         }
     }
 
-    /// After the first save the file is rewritten in place (same inode: no new page of disk
-    /// writes per batch), shorter texts leave no stale tail, and a tail left by a process
-    /// killed before the truncation is ignored.
+    /// A tail left by a process killed between a rewrite in place and its truncation is
+    /// ignored.
     #[test]
-    fn progress_is_rewritten_in_place_and_a_stale_tail_is_ignored() {
-        use std::os::unix::fs::MetadataExt as _;
+    fn a_stale_tail_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("remote_write").join("rw");
-        write_progress(&path, &marks(1000, &[1000, 3_000_000]), true).unwrap();
-        let ino = std::fs::metadata(&path).unwrap().ino();
-        write_progress(&path, &marks(2000, &[2000, 5]), false).unwrap();
-        write_progress(&path, &marks(2001, &[2001, 6]), true).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "2001\n2001 6\n");
-        assert!(!path.with_extension("tmp").exists());
+        let path = dir.path().join("rw");
         std::fs::write(&path, "3000\n3000 7\n0 3000000\n").unwrap();
         assert_eq!(read_marks(&path), Some(marks(3000, &[3000, 7])));
     }
@@ -735,7 +709,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("remote_write").join("rw");
         let m = marks(1000, &[1000, 3000, 2000]);
-        write_progress(&path, &m, true).unwrap();
+        create_progress(&path, &m).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "1000\n1000 3000 2000\n"
