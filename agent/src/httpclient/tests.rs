@@ -114,10 +114,7 @@ async fn scrape_connections_read_in_bounded_reads_and_stay_alive() {
     let url = format!("http://{addr}/metrics");
     let mut session = transport::Session::default();
     for _ in 0..2 {
-        let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
-        assert_eq!(resp.status(), reqwest::StatusCode::OK);
-        let mut got = Vec::new();
-        resp.read_into(&mut session, &mut got, 0).await.unwrap();
+        let got = scrape_whole(&c, &mut session, &url).await;
         assert_eq!(got.len(), 1 << 20);
     }
     assert_eq!(
@@ -208,6 +205,15 @@ async fn keep_alive_target(
     (addr, accepted, closed)
 }
 
+/// GETs `url` over `session` and reads its whole body, as a scrape does (status 200 asserted).
+async fn scrape_whole(c: &HttpClient, session: &mut transport::Session, url: &str) -> Vec<u8> {
+    let resp = c.fetch(session, url, HeaderMap::new()).await.unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    let mut got = Vec::new();
+    resp.read_into(session, &mut got, 0).await.unwrap();
+    got
+}
+
 fn scrape_client() -> HttpClient {
     HttpClient::new(
         &HttpClientSettings::default(),
@@ -244,9 +250,7 @@ async fn scrapes_across_closes(close: Close, told: &tokio::sync::Notify) {
     let url = format!("http://{addr}/metrics");
     let mut session = transport::Session::default();
     for n in 1..=3 {
-        let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
-        let mut got = Vec::new();
-        resp.read_into(&mut session, &mut got, 0).await.unwrap();
+        let got = scrape_whole(&c, &mut session, &url).await;
         assert_eq!(got, b"up 1\n", "scrape {n}");
         assert_eq!(session.connections(), 1, "kept after scrape {n}");
         // The target closes the connection after the body, at once or now that this side went
@@ -293,9 +297,7 @@ async fn a_connection_left_mid_body_is_not_used_again() {
         0,
         "closed after the scrape, not at the next one"
     );
-    let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
-    let mut got = Vec::new();
-    resp.read_into(&mut session, &mut got, 0).await.unwrap();
+    let got = scrape_whole(&c, &mut session, &url).await;
     assert_eq!(got, body);
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
     assert_eq!(session.connections(), 1);
@@ -365,12 +367,7 @@ async fn a_body_that_arrives_in_pieces_is_read_whole() {
     let mut session = transport::Session::default();
     for n in 0..5 {
         // A lost wake would hang the read: bounded, so it fails instead.
-        let read = async {
-            let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
-            let mut got = Vec::new();
-            resp.read_into(&mut session, &mut got, 0).await.unwrap();
-            got
-        };
+        let read = scrape_whole(&c, &mut session, &url);
         let got = tokio::time::timeout(std::time::Duration::from_secs(60), read)
             .await
             .unwrap_or_else(|_| panic!("scrape {n} did not finish"));
@@ -438,12 +435,7 @@ async fn a_scrape_over_a_kept_connection_does_not_wake_itself() {
     let mut session = transport::Session::default();
     let wakes = Arc::new(Wakes::default());
     for n in 0..5 {
-        let scrape = async {
-            let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
-            let mut got = Vec::new();
-            resp.read_into(&mut session, &mut got, 0).await.unwrap();
-            got
-        };
+        let scrape = scrape_whole(&c, &mut session, &url);
         assert_eq!(counted(&wakes, scrape).await, b"up 1\n", "scrape {n}");
         session.finish(std::time::Duration::from_secs(15));
         let after = wakes.total.load(Ordering::SeqCst);
