@@ -63,8 +63,9 @@ async fn get(c: &TestClient, url: &str) -> Result<(u16, String), String> {
         }
         Via::Scrape => {
             let mut session = c.2.lock().await;
+            let url = agent::httpclient::transport::RequestUrl::parse(url)?;
             let resp =
-                c.0.fetch(&mut session, url, Default::default())
+                c.0.fetch(&mut session, &url, &Default::default())
                     .await
                     .map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();

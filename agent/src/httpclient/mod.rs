@@ -665,8 +665,8 @@ impl HttpClient {
     pub async fn fetch(
         &self,
         session: &mut transport::Session,
-        url: &str,
-        headers: HeaderMap,
+        url: &transport::RequestUrl,
+        headers: &HeaderMap,
     ) -> Result<transport::Response, Error> {
         self.reload_tls().await;
         let Some(transport) = self.current_scrape() else {

@@ -205,9 +205,19 @@ async fn keep_alive_target(
     (addr, accepted, closed)
 }
 
+/// GETs `url` over `session`, as a scrape does (no headers of its own).
+async fn get_on(
+    c: &HttpClient,
+    session: &mut transport::Session,
+    url: &str,
+) -> transport::Response {
+    let url = transport::RequestUrl::parse(url).unwrap();
+    c.fetch(session, &url, &HeaderMap::new()).await.unwrap()
+}
+
 /// GETs `url` over `session` and reads its whole body, as a scrape does (status 200 asserted).
 async fn scrape_whole(c: &HttpClient, session: &mut transport::Session, url: &str) -> Vec<u8> {
-    let resp = c.fetch(session, url, HeaderMap::new()).await.unwrap();
+    let resp = get_on(c, session, url).await;
     assert_eq!(resp.status(), reqwest::StatusCode::OK);
     let mut got = Vec::new();
     resp.read_into(session, &mut got, 0).await.unwrap();
@@ -282,13 +292,13 @@ async fn a_connection_left_mid_body_is_not_used_again() {
     let c = scrape_client();
     let url = format!("http://{addr}/metrics");
     let mut session = transport::Session::default();
-    let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
+    let resp = get_on(&c, &mut session, &url).await;
     let mut got = Vec::new();
     let over = resp.read_into(&mut session, &mut got, 1000).await;
     assert!(matches!(over, Err(transport::BodyError::Limit)), "{over:?}");
     assert_eq!(session.connections(), 0, "the unread connection is closed");
     // A response dropped without reading its body, as a timed-out scrape leaves it.
-    let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
+    let resp = get_on(&c, &mut session, &url).await;
     drop(resp);
     assert_eq!(session.connections(), 1);
     session.finish(std::time::Duration::from_secs(15));
@@ -314,7 +324,7 @@ async fn a_discarded_small_response_keeps_its_connection() {
     let url = format!("http://{addr}/metrics");
     let mut session = transport::Session::default();
     for _ in 0..3 {
-        let resp = c.fetch(&mut session, &url, HeaderMap::new()).await.unwrap();
+        let resp = get_on(&c, &mut session, &url).await;
         resp.discard(&mut session).await;
         session.finish(std::time::Duration::from_secs(15));
         assert_eq!(session.connections(), 1);

@@ -201,25 +201,24 @@ impl Transport {
     pub(crate) async fn get(
         &self,
         session: &mut Session,
-        url: &str,
+        url: &RequestUrl,
         mut headers: HeaderMap,
     ) -> Result<Response, String> {
-        let mut url = url::Url::parse(url).map_err(|e| format!("builder error: {e}"))?;
         if let Some(ua) = &self.user_agent {
             headers.entry(USER_AGENT).or_insert_with(|| ua.clone());
         }
         if self.gzip && !headers.contains_key(ACCEPT_ENCODING) && !headers.contains_key(RANGE) {
             headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         }
+        // The first hop is the caller's URL, parsed when it was made; a redirect's target is
+        // parsed here.
+        let mut redirected: Option<RequestUrl> = None;
         let mut followed = 0;
         loop {
-            let uri: Uri = url
-                .as_str()
-                .parse()
-                .map_err(|e| format!("builder error: {e}"))?;
+            let here = redirected.as_ref().unwrap_or(url);
             let mut hop = headers.clone();
-            self.forward_proxy_headers(&uri, &mut hop);
-            let resp = self.send(session, uri, hop).await?;
+            self.forward_proxy_headers(&here.uri, &mut hop);
+            let resp = self.send(session, here.uri.clone(), hop).await?;
             let status = resp.status();
             let redirect = matches!(
                 status,
@@ -233,7 +232,7 @@ impl Transport {
                 .then(|| resp.headers().get(LOCATION))
                 .flatten()
                 .and_then(|l| std::str::from_utf8(l.as_bytes()).ok())
-                .and_then(|l| url.join(l).ok());
+                .and_then(|l| here.url.join(l).ok());
             let Some(next) = next.filter(|_| self.follow_redirects) else {
                 return Ok(resp);
             };
@@ -245,19 +244,19 @@ impl Transport {
                 return Err(format!("URL scheme is not allowed: {}", next.scheme()));
             }
             followed += 1;
-            let cross_origin = next.host_str() != url.host_str()
-                || next.port_or_known_default() != url.port_or_known_default()
-                || next.scheme() != url.scheme();
+            let cross_origin = next.host_str() != here.url.host_str()
+                || next.port_or_known_default() != here.url.port_or_known_default()
+                || next.scheme() != here.url.scheme();
             if cross_origin {
                 for h in [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, WWW_AUTHENTICATE] {
                     headers.remove(h);
                 }
                 headers.remove("cookie2");
             }
-            if let Some(r) = referer(&next, &url) {
+            if let Some(r) = referer(&next, &here.url) {
                 headers.insert(REFERER, r);
             }
-            url = next;
+            redirected = Some(RequestUrl::from_url(next)?);
         }
     }
 
@@ -426,6 +425,35 @@ impl Transport {
         for (name, value) in &self.proxy_headers {
             headers.insert(name, value.clone());
         }
+    }
+}
+
+/// A URL to GET, parsed once for both uses: [`url::Url`] to resolve a redirect's `Location`
+/// against and to compare origins, [`Uri`] for the request. A scrape loop makes its target's
+/// when it starts (agent/src/scrape/scrape_loop.rs), not at every scrape.
+#[derive(Clone, Debug)]
+pub struct RequestUrl {
+    url: url::Url,
+    uri: Uri,
+}
+
+impl RequestUrl {
+    /// Parses `s`; the error text is reqwest's for a URL it cannot build a request for.
+    pub fn parse(s: &str) -> Result<RequestUrl, String> {
+        let url = url::Url::parse(s).map_err(|e| format!("builder error: {e}"))?;
+        RequestUrl::from_url(url)
+    }
+
+    fn from_url(url: url::Url) -> Result<RequestUrl, String> {
+        let uri: Uri = url
+            .as_str()
+            .parse()
+            .map_err(|e| format!("builder error: {e}"))?;
+        Ok(RequestUrl { url, uri })
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.url.as_str()
     }
 }
 

@@ -23,7 +23,10 @@
 //! `Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1`
 //! (or, with `scrape_protocols`, the weighted list Prometheus 2.49 sends),
 //! `Accept-Encoding: gzip` (with `enable_compression`, else `identity`) and
-//! `X-Prometheus-Scrape-Timeout-Seconds: <scrape_timeout in seconds>`. The whole request,
+//! `X-Prometheus-Scrape-Timeout-Seconds: <scrape_timeout in seconds>`. The URL is parsed and
+//! those headers are made once, when the loop is made (`ScrapeRequest`); a URL the client
+//! cannot parse fails every scrape with the client's reason, as in Prometheus (the target stays
+//! listed, down). The whole request,
 //! body included, must finish within `scrape_timeout`; a (decompressed) body of
 //! `body_size_limit` bytes or more fails the scrape. The body is read into a buffer taken from a
 //! small pool shared by every loop of the process ([`BodyPool`]) and given back after the scrape
@@ -64,6 +67,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, ACCEPT_ENCODING, CONTENT_TYPE};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -79,7 +83,7 @@ use super::target::{merge_target_labels_into, Target};
 use crate::clock::Clock;
 use crate::config::scrape::{Limits, ScrapeConfig};
 use crate::config::url::{is_valid_label_name, is_valid_metric_name};
-use crate::httpclient::transport::{BodyError, Session};
+use crate::httpclient::transport::{BodyError, RequestUrl, Session};
 use crate::httpclient::HttpClient;
 use crate::labels::{go_quote, Hasher, Labels, LabelsBuilder};
 use crate::relabel;
@@ -810,10 +814,9 @@ pub struct ScrapeLoop {
     /// The size of the last body fetched: how large a buffer the next scrape asks the pool for.
     last_body_len: usize,
     timeout: Duration,
-    timeout_header: String,
-    /// [`ACCEPT_HEADER`], or the one `scrape_protocols` asks for.
-    accept: Cow<'static, str>,
-    compression: bool,
+    /// The target's URL and the scrape's headers, made when the loop is made; an error here
+    /// (a URL the HTTP client cannot parse) is every scrape's error.
+    request: Result<ScrapeRequest, String>,
     body_size_limit: u64,
     status: Arc<Mutex<ScrapeStatus>>,
     clock: Clock,
@@ -918,13 +921,7 @@ impl ScrapeLoop {
         ScrapeLoop {
             processor: ScrapeProcessor::new(cfg.clone(), target.labels.clone(), storage.hasher()),
             timeout,
-            timeout_header: format!("{}", timeout.as_secs_f64()),
-            accept: cfg
-                .scrape_protocols
-                .map_or(Cow::Borrowed(ACCEPT_HEADER), |p| {
-                    Cow::Owned(p.accept_header())
-                }),
-            compression: cfg.enable_compression,
+            request: ScrapeRequest::new(&target.url, timeout, &cfg),
             body_size_limit: cfg.limits.body_size_limit,
             target,
             client,
@@ -1141,15 +1138,22 @@ impl ScrapeLoop {
 
     async fn fetch_body(&mut self) -> Result<Format, ScrapeError> {
         let url = &self.target.url;
+        let request = match &self.request {
+            Ok(r) => r,
+            Err(message) => {
+                return Err(ScrapeError::Http {
+                    url: url.clone(),
+                    message: message.clone(),
+                })
+            }
+        };
         let timeout = self.timeout;
         // The deadline covers connecting, headers and the whole body.
         let fut = fetch_into(
             &self.client,
             &mut self.session,
             url,
-            &self.timeout_header,
-            &self.accept,
-            self.compression,
+            request,
             self.body_size_limit,
             &mut self.body,
         );
@@ -1165,14 +1169,45 @@ impl ScrapeLoop {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every scrape of one target sends: its URL, parsed once, and the headers that do not
+/// change between scrapes.
+#[derive(Debug)]
+struct ScrapeRequest {
+    url: RequestUrl,
+    headers: HeaderMap,
+}
+
+impl ScrapeRequest {
+    /// The request for `url`, scraped with `cfg` and `timeout`; the error is the text a scrape
+    /// reports (the client's, naming what it could not parse).
+    fn new(url: &str, timeout: Duration, cfg: &ScrapeConfig) -> Result<ScrapeRequest, String> {
+        let url = RequestUrl::parse(url)?;
+        let value = |v: &str| HeaderValue::from_str(v).map_err(|e| format!("header {v:?}: {e}"));
+        let mut headers = HeaderMap::new();
+        let accept = cfg
+            .scrape_protocols
+            .map_or(Cow::Borrowed(ACCEPT_HEADER), |p| {
+                Cow::Owned(p.accept_header())
+            });
+        headers.insert(ACCEPT, value(&accept)?);
+        headers.insert(
+            "X-Prometheus-Scrape-Timeout-Seconds",
+            value(&timeout.as_secs_f64().to_string())?,
+        );
+        // With compression the client was built with gzip on: it sends `Accept-Encoding: gzip`
+        // itself. A gzip body is decoded either way (agent/src/httpclient/transport.rs).
+        if !cfg.enable_compression {
+            headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        }
+        Ok(ScrapeRequest { url, headers })
+    }
+}
+
 async fn fetch_into(
     client: &HttpClient,
     session: &mut Session,
     url: &str,
-    timeout_header: &str,
-    accept: &str,
-    compression: bool,
+    request: &ScrapeRequest,
     limit: u64,
     body: &mut Vec<u8>,
 ) -> Result<Format, ScrapeError> {
@@ -1183,25 +1218,8 @@ async fn fetch_into(
         url: url.to_owned(),
         message,
     };
-    let mut headers = reqwest::header::HeaderMap::new();
-    let value = |v: &str| {
-        reqwest::header::HeaderValue::from_str(v).map_err(|e| http(format!("header {v:?}: {e}")))
-    };
-    headers.insert(reqwest::header::ACCEPT, value(accept)?);
-    headers.insert(
-        "X-Prometheus-Scrape-Timeout-Seconds",
-        value(timeout_header)?,
-    );
-    // With compression the client was built with gzip on: it sends `Accept-Encoding: gzip`
-    // itself. A gzip body is decoded either way (agent/src/httpclient/transport.rs).
-    if !compression {
-        headers.insert(
-            reqwest::header::ACCEPT_ENCODING,
-            reqwest::header::HeaderValue::from_static("identity"),
-        );
-    }
     let resp = client
-        .fetch(session, url, headers)
+        .fetch(session, &request.url, &request.headers)
         .await
         .map_err(|e| http(e.to_string()))?;
     if resp.status() != reqwest::StatusCode::OK {
@@ -1213,7 +1231,7 @@ async fn fetch_into(
     }
     let format = Format::from_content_type(
         resp.headers()
-            .get(reqwest::header::CONTENT_TYPE)
+            .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
     // A body that reaches the limit fails, as in Prometheus (`n >= limit`).

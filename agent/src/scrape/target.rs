@@ -78,8 +78,6 @@ pub enum TargetError {
     TimeoutGreaterThanInterval { timeout: String, interval: String },
     #[error("{} is not a valid label name", go_quote(.0))]
     InvalidLabelName(String),
-    #[error("invalid scrape URL {url:?}: {reason}")]
-    InvalidUrl { url: String, reason: String },
 }
 
 /// A target ready to scrape.
@@ -127,14 +125,6 @@ impl Target {
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
         h
-    }
-
-    /// The scrape URL parsed for an HTTP client.
-    pub fn http_url(&self) -> Result<url::Url, TargetError> {
-        url::Url::parse(&self.url).map_err(|e| TargetError::InvalidUrl {
-            url: self.url.clone(),
-            reason: e.to_string(),
-        })
     }
 }
 

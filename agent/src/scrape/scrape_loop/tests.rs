@@ -660,7 +660,7 @@ async fn recording_target(
     (addr, ports, server)
 }
 
-fn loop_for(addr: std::net::SocketAddr, storage: &MemoryStorage) -> ScrapeLoop {
+fn loop_for(addr: impl ToString, storage: &MemoryStorage) -> ScrapeLoop {
     let cfg = config("");
     let target = crate::scrape::target::populate_labels(
         &Labels::empty(),
@@ -709,6 +709,35 @@ async fn a_loop_gives_its_body_buffer_back_after_each_scrape() {
     ports.dedup();
     assert!(ports.len() < 3, "no connection reused: {ports:?}");
     server.abort();
+}
+
+/// A target URL the HTTP client cannot parse (Prometheus keeps such a target and fails its
+/// scrapes) is parsed once, when the loop is made, and every scrape reports that error.
+#[tokio::test]
+async fn a_url_the_client_cannot_parse_fails_every_scrape_with_the_reason() {
+    let storage = MemoryStorage::new();
+    let mut lp = loop_for("exa mple:9100", &storage);
+    assert_eq!(lp.target.url, "http://exa%20mple:9100/metrics");
+    assert!(lp.request.is_err(), "parsed when the loop was made");
+    for _ in 0..2 {
+        lp.scrape_and_report(Clock::system().now()).await;
+        let st = lp.status.lock().unwrap().clone();
+        assert_eq!(st.health, Health::Down);
+        assert_eq!(
+            st.last_error.as_deref(),
+            Some(
+                "Get \"http://exa%20mple:9100/metrics\": builder error: invalid international \
+                 domain name"
+            )
+        );
+    }
+    let up = Labels::from_pairs([
+        ("__name__", "up"),
+        ("instance", "exa mple:9100"),
+        ("job", "j"),
+    ]);
+    let ups: Vec<f64> = storage.samples_of(&up).iter().map(|s| s.1).collect();
+    assert_eq!(ups, [0.0, 0.0]);
 }
 
 mod known_series {

@@ -88,10 +88,6 @@ fn regular_population() {
     assert_eq!(t.url, "https://1.2.3.4:1000/metrics");
     assert_eq!(t.interval, PromDuration::from_secs(1));
     assert_eq!(t.timeout, PromDuration::from_secs(1));
-    assert_eq!(
-        t.http_url().expect("url").as_str(),
-        "https://1.2.3.4:1000/metrics"
-    );
 }
 
 #[test]
