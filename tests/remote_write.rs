@@ -312,6 +312,44 @@ async fn http_429_with_retry_after_is_retried_and_delivered_once() {
     assert_eq!(qm.lowest_sent_timestamp(), Some(3000));
 }
 
+/// A receiver may ask for any wait in `Retry-After`; a stop cuts the wait short and tries once
+/// more at once. The shard used to double the asked wait on the way and panic (`Duration`
+/// overflow), losing the batch.
+#[tokio::test]
+async fn a_stop_during_a_retry_after_of_any_length_still_delivers() {
+    let rx = Receiver::new(204).then(503, vec![("Retry-After", "10000000000000000000")]);
+    let url = rx.serve().await;
+    let mut reg = Registry::default();
+    let metrics = RemoteWriteMetrics::register(&mut reg);
+    let qm = QueueManager::new(
+        client(&url, HttpClientConfig::default()),
+        QueueSettings::new(queue_config(100), BTreeMap::new()),
+        &metrics,
+        None,
+    );
+    qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
+    qm.append_samples(&[(r(1), 1000, 1.0), (r(1), 2000, 2.0)])
+        .await
+        .unwrap();
+    // Counted as retried right before the shard starts waiting.
+    let waited = Instant::now();
+    while metric(&reg, "prometheus_remote_storage_samples_retried_total") < 2.0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "the refused batch was never set to wait"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let report = qm
+        .flush_while_delivering(Instant::now() + Duration::from_secs(20))
+        .await;
+    assert!(report.complete, "{report:?}");
+    assert_eq!(rx.requests().len(), 2, "one refused, one accepted");
+    assert_eq!(rx.delivered_samples(&[503, 204]), 2);
+    assert_eq!(metric(&reg, "prometheus_remote_storage_samples_total"), 2.0);
+    assert_eq!(qm.lowest_sent_timestamp(), Some(2000));
+}
+
 #[tokio::test]
 async fn http_503_is_retried_with_backoff_until_accepted() {
     let rx = Receiver::new(200)

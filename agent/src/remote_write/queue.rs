@@ -1574,7 +1574,12 @@ async fn send_with_backoff(
             () = shared.give_up.cancelled() => {}
             () = shared.hard_stop.cancelled() => return Outcome::Cancelled,
         }
-        backoff = (sleep * 2).min(max_backoff).max(q.min_backoff.as_std());
+        // Saturating: `Retry-After` may ask for any number of seconds (a stop ends the wait
+        // early and lands here with it).
+        backoff = sleep
+            .saturating_mul(2)
+            .min(max_backoff)
+            .max(q.min_backoff.as_std());
     }
 }
 
