@@ -215,7 +215,10 @@ impl InstanceConfigRaw {
                     "scrape_timeout",
                 ));
             }
-            if interval.millis() * 1_000_000 > wal_truncate_frequency.nanos() {
+            // In u128: a scrape interval of centuries is accepted by the parser.
+            if u128::from(interval.millis()) * 1_000_000
+                > u128::from(wal_truncate_frequency.nanos())
+            {
                 return Err(at(
                     format!("scrape interval greater than wal_truncate_frequency for scrape config with job name {job:?}"),
                     "scrape_interval",

@@ -703,6 +703,44 @@ mod tests {
         assert_eq!((e.line, e.column), (Some(5), Some(5)));
     }
 
+    /// A discovery's `refresh_interval: 0s` is refused at its line (it panicked the consul
+    /// discovery task; the others refreshed without a pause).
+    #[test]
+    fn a_refresh_interval_of_zero_is_refused_at_its_line() {
+        for (kind, entry) in [
+            ("file_sd_configs", "files: [a.json]"),
+            ("http_sd_configs", "url: http://sd.example/"),
+            ("dns_sd_configs", "names: [a.example]"),
+            ("consul_sd_configs", "server: consul.example:8500"),
+        ] {
+            let text = format!(
+                "scrape_configs:\n  - job_name: j\n    {kind}:\n      - {entry}\n        refresh_interval: 0s\n"
+            );
+            let e = inst(&text).unwrap_err();
+            assert!(
+                e.message.contains(&format!(
+                    "{kind}[0]: refresh_interval must be greater than 0s"
+                )),
+                "{e}"
+            );
+            assert_eq!((e.line, e.column), (Some(5), Some(9)), "{kind}: {e}");
+            let ok = text.replace("0s", "1s");
+            inst(&ok).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        }
+    }
+
+    /// A scrape interval of centuries is compared with `wal_truncate_frequency` without
+    /// overflowing (debug builds panicked; release builds wrapped and let it through).
+    #[test]
+    fn a_scrape_interval_of_centuries_is_greater_than_wal_truncate_frequency() {
+        let e = inst("scrape_configs:\n  - job_name: j\n    scrape_interval: 600y\n").unwrap_err();
+        assert_eq!(
+            e.message,
+            "scrape interval greater than wal_truncate_frequency for scrape config with job name \"j\""
+        );
+        assert_eq!(e.line, Some(3));
+    }
+
     #[test]
     fn defaults_follow_global() {
         let c =

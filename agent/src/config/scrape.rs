@@ -567,6 +567,22 @@ impl ScrapeConfigRaw {
                 Invalid::at(format!("static_configs[{i}]: {e}"), path)
             })?;
         }
+        refresh_intervals_positive(
+            "file_sd_configs",
+            self.file_sd_configs.iter().map(|s| s.refresh_interval),
+        )?;
+        refresh_intervals_positive(
+            "http_sd_configs",
+            self.http_sd_configs.iter().map(|s| s.refresh_interval),
+        )?;
+        refresh_intervals_positive(
+            "dns_sd_configs",
+            self.dns_sd_configs.iter().map(|s| s.refresh_interval),
+        )?;
+        refresh_intervals_positive(
+            "consul_sd_configs",
+            self.consul_sd_configs.iter().map(|s| s.refresh_interval),
+        )?;
         for (i, s) in self.file_sd_configs.iter().enumerate() {
             s.validate().map_err(|e| {
                 Invalid::at(
@@ -799,6 +815,24 @@ fn opaque_http_file_field(v: &serde_yaml::Value) -> Option<&'static str> {
         return Some("client_secret_file");
     }
     opaque_tls_file_field(v).or_else(|| v.get("oauth2").and_then(opaque_tls_file_field))
+}
+
+/// A service discovery's `refresh_interval` of 0 is refused, naming the entry: Prometheus
+/// starts a ticker with it, which panics after the first refresh, and here it would be a
+/// refresh loop without a pause.
+fn refresh_intervals_positive(
+    kind: &'static str,
+    intervals: impl Iterator<Item = Option<PromDuration>>,
+) -> Result<(), Invalid> {
+    for (i, r) in intervals.enumerate() {
+        if r.is_some_and(PromDuration::is_zero) {
+            return Err(Invalid::at(
+                format!("{kind}[{i}]: refresh_interval must be greater than 0s"),
+                path![kind, i, "refresh_interval"],
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
