@@ -350,6 +350,31 @@ async fn a_stop_during_a_retry_after_of_any_length_still_delivers() {
     assert_eq!(qm.lowest_sent_timestamp(), Some(2000));
 }
 
+/// `max_samples_per_send` has no upper bound (as in Prometheus): a huge one is a batch that
+/// fills until `batch_send_deadline`. The shard used to allocate room for a whole batch up
+/// front and panicked ("capacity overflow"), or aborted the process on a failed allocation.
+#[tokio::test]
+async fn a_huge_max_samples_per_send_sends_at_the_deadline() {
+    let rx = Receiver::new(204);
+    let url = rx.serve().await;
+    let mut reg = Registry::default();
+    let metrics = RemoteWriteMetrics::register(&mut reg);
+    let qm = QueueManager::new(
+        client(&url, HttpClientConfig::default()),
+        QueueSettings::new(queue_config(usize::MAX / 2), BTreeMap::new()),
+        &metrics,
+        None,
+    );
+    qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
+    qm.append_samples(&[(r(1), 1000, 1.0), (r(1), 2000, 2.0)])
+        .await
+        .unwrap();
+    let report = qm.flush(Instant::now() + Duration::from_secs(20)).await;
+    assert!(report.complete, "{report:?}");
+    assert_eq!(rx.delivered_samples(&[204]), 2);
+    assert_eq!(metric(&reg, "prometheus_remote_storage_samples_total"), 2.0);
+}
+
 #[tokio::test]
 async fn http_503_is_retried_with_backoff_until_accepted() {
     let rx = Receiver::new(200)

@@ -742,6 +742,18 @@ mod tests {
     }
 
     #[test]
+    fn min_shards_beyond_the_limit_is_refused_at_its_endpoint() {
+        let e = inst("remote_write:\n  - url: http://a/\n    queue_config:\n      min_shards: 100000000000\n      max_shards: 100000000000\n").unwrap_err();
+        assert!(
+            e.message
+                .contains("queue_config: min_shards 100000000000 is more than 10000"),
+            "{e}"
+        );
+        assert_eq!(e.line, Some(2), "{e}");
+        inst("remote_write:\n  - url: http://a/\n    queue_config:\n      min_shards: 10000\n      max_shards: 100000000000\n").unwrap();
+    }
+
+    #[test]
     fn defaults_follow_global() {
         let c =
             inst("scrape_configs:\n  - job_name: j\n    scrape_interval: 5s\n  - job_name: k\n")

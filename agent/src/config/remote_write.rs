@@ -115,6 +115,11 @@ with_http_client! {
 }
 
 /// Headers remote_write sets itself; Prometheus refuses to let configs change them.
+/// The most shards `queue_config.min_shards` may start with. Prometheus has no limit; a value
+/// past this one is a typo that would take the process down at start (out of memory), and with
+/// it every agent the config is assigned to.
+pub const MAX_MIN_SHARDS: usize = 10_000;
+
 const RESERVED_HEADERS: [&str; 12] = [
     "authorization",
     "host",
@@ -234,6 +239,12 @@ impl RemoteWriteConfigRaw {
         let queue = self.queue();
         if queue.min_shards > queue.max_shards {
             return Err("queue_config: min_shards must not be greater than max_shards".into());
+        }
+        if queue.min_shards > MAX_MIN_SHARDS {
+            return Err(format!(
+                "queue_config: min_shards {} is more than {MAX_MIN_SHARDS}: every shard starts at once, each a task with its own batch buffers",
+                queue.min_shards
+            ));
         }
         Ok(RemoteWriteConfig {
             name,

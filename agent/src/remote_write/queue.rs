@@ -1036,8 +1036,10 @@ async fn run_shard(
 ) {
     let max = shared.settings.queue.max_samples_per_send;
     let deadline = shared.settings.queue.batch_send_deadline.as_std();
-    let mut batch: Vec<Pending> = Vec::with_capacity(max);
-    let mut samples: Vec<Sample> = Vec::with_capacity(max);
+    // Room for a whole batch up front, unless `max_samples_per_send` is beyond any real batch
+    // (it has no upper bound): then the buffers grow as a batch does.
+    let mut batch: Vec<Pending> = Vec::with_capacity(max.min(BATCH_PREALLOCATION));
+    let mut samples: Vec<Sample> = Vec::with_capacity(max.min(BATCH_PREALLOCATION));
     let mut enc = WriteRequestEncoder::new();
     let timer = tokio::time::sleep(deadline);
     tokio::pin!(timer);
@@ -1117,6 +1119,9 @@ async fn run_shard(
         .fetch_sub((left + left_ex) as usize, Ordering::AcqRel);
     state.done.fetch_add(left + left_ex, Ordering::AcqRel);
 }
+
+/// The most samples a shard's batch buffers are made for before the first batch.
+const BATCH_PREALLOCATION: usize = 1 << 16;
 
 /// (samples, exemplars) in a batch.
 fn count_kinds(batch: &[Pending]) -> (u64, u64) {
