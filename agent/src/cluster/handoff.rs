@@ -376,14 +376,15 @@ impl Handoffs {
                 State::Incoming { .. } => {
                     let released = self.released_ms(key, peers);
                     let after_ms = if agreed && !peers.releasing.contains(&key) {
-                        released.map(|t| t + half_ms(interval))
+                        // Saturating: `t` comes from a peer's entry in the KV store.
+                        released.map(|t| t.saturating_add(half_ms(interval)))
                     } else if waited >= decide_timeout(interval) {
                         tracing::warn!(target_key = %key, waited = ?waited,
                             "handoff undecided (KV store unreachable or a peer not publishing); writing the target anyway");
                         let own = entry.since_ms
                             + release_timeout(interval).as_millis() as i64
                             + half_ms(interval);
-                        Some(released.map_or(own, |t| (t + half_ms(interval)).max(own)))
+                        Some(released.map_or(own, |t| t.saturating_add(half_ms(interval)).max(own)))
                     } else {
                         continue;
                     };

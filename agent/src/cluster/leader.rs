@@ -95,10 +95,11 @@ pub fn compute(
         }
     }
     let plan = assign(&keys, &members, &previous, load_factor);
+    // Saturating: the epochs come from the KV store.
     let epoch = prev
         .epoch
         .max(state.agents.values().map(|a| a.epoch).max().unwrap_or(0))
-        + 1;
+        .saturating_add(1);
     let configs: Vec<ConfigOwners> = state
         .targets
         .iter()

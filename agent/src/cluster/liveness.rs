@@ -51,9 +51,11 @@ pub fn alive(
     heartbeat_timeout: Duration,
     now: SystemTime,
 ) -> bool {
+    // Saturating: the timestamps come from the KV store, and one far in the past must read as
+    // old, not wrap around to young.
     heartbeat_timeout.is_zero()
-        || crate::clock::unix_millis(now) - last_seen_ms(member, status)
-            <= heartbeat_timeout.as_millis() as i64
+        || crate::clock::unix_millis(now).saturating_sub(last_seen_ms(member, status))
+            <= i64::try_from(heartbeat_timeout.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// How long until the first member alive at `now` stops being alive unless it is seen again:
@@ -71,10 +73,13 @@ pub fn next_expiry(
     let now_ms = crate::clock::unix_millis(now);
     ring.instances()
         .iter()
-        .map(|m| last_seen_ms(m, agents.get(&m.id).map(|a| &**a)) + timeout.as_millis() as i64)
+        .map(|m| {
+            last_seen_ms(m, agents.get(&m.id).map(|a| &**a))
+                .saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX))
+        })
         .filter(|&until| until >= now_ms)
         .min()
-        .map(|until| Duration::from_millis((until - now_ms) as u64 + 1))
+        .map(|until| Duration::from_millis(until.abs_diff(now_ms).saturating_add(1)))
 }
 
 #[cfg(test)]
@@ -134,5 +139,24 @@ mod tests {
         );
         assert_eq!(key_refresh(Duration::from_secs(15)), Duration::from_secs(5));
         assert_eq!(key_refresh(Duration::from_secs(60)), STATUS_REFRESH);
+    }
+
+    /// Timestamps come from the KV store: one at either end of the range is very old or very
+    /// new, never an overflow (a debug build panicked; a release build took the oldest for
+    /// alive).
+    #[test]
+    fn timestamps_at_the_ends_of_the_range_neither_overflow_nor_wrap() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let t = Duration::from_secs(15);
+        assert!(!alive(&member("old", i64::MIN), None, t, now));
+        assert!(alive(&member("new", i64::MAX), None, t, now));
+        assert!(alive(&member("a", 0), Some(&status(i64::MAX)), t, now));
+        let mut d = Desc::default();
+        for m in [member("old", i64::MIN), member("new", i64::MAX)] {
+            d.ingesters.insert(m.id.clone(), m);
+        }
+        let ring = Ring::new(d, t);
+        let far = next_expiry(&ring, &BTreeMap::new(), now).expect("one alive");
+        assert!(far > Duration::from_secs(1 << 40), "{far:?}");
     }
 }

@@ -477,7 +477,7 @@ pub async fn run(
             while r.next_record().map_err(|e| e.to_string())? {
                 batch.absorb(&q, r.record(), after, &mut scratch, &w);
             }
-            first_segment = cp + 1;
+            first_segment = cp.saturating_add(1);
         }
         let numbers = segment_numbers(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let segment = numbers

@@ -308,7 +308,7 @@ pub fn stats_with_progress(
     let mut after = 0;
     if let Some((i, cp_dir)) = &cp {
         sources.extend(checkpoint_sources(cp_dir)?);
-        after = i + 1;
+        after = i.saturating_add(1);
     }
     sources.extend(
         segs.iter()

@@ -227,16 +227,26 @@ impl Wal {
         series.sort_unstable_by_key(|(r, _)| *r);
         state.series = series;
         state.newest = newest;
-        state.next_ref = SeriesRef(max_ref + 1);
+        state.next_ref = SeriesRef(max_ref.saturating_add(1));
 
         let segs = segment::list_segments(dir)?;
+        // A segment or checkpoint numbered u32::MAX leaves no number to write next (wrapping
+        // would overwrite segment 0).
+        let exhausted = |n: u32| {
+            n.checked_add(1).ok_or_else(|| {
+                WalError::io(
+                    dir,
+                    io::Error::other(format!("segment number {n} is the last possible one")),
+                )
+            })
+        };
         let mut next = 0u32;
         if let Some(&last) = segs.last() {
             segment::pad_to_page(&segment::segment_path(dir, last))?;
-            next = last + 1;
+            next = exhausted(last)?;
         }
         if let Some(cp) = rep.checkpoint {
-            next = next.max(cp + 1);
+            next = next.max(exhausted(cp)?);
         }
         let writer = SegmentWriter::create(dir, next, opts.segment_size, opts.compress)?
             .with_faults(opts.faults.clone())
@@ -527,7 +537,7 @@ pub(crate) fn replay(
             f(r.record()).map_err(|e| r.record_error(e))?;
         }
     }
-    let after = cp.as_ref().map(|(i, _)| i + 1).unwrap_or(0);
+    let after = cp.as_ref().map(|(i, _)| i.saturating_add(1)).unwrap_or(0);
     let segs: Vec<u32> = segment::list_segments(dir)?
         .into_iter()
         .filter(|&s| s >= after)

@@ -370,6 +370,25 @@ fn replay_after_reopen_continues_refs() {
     assert_eq!(st.newest.len(), 50);
 }
 
+/// A segment numbered u32::MAX leaves no number for the next one: opening is an error, not an
+/// overflow (debug) or a wrap to segment 0 that would overwrite it (release).
+#[test]
+fn a_segment_numbered_u32_max_is_an_error_on_open() {
+    let d = tempfile::tempdir().expect("tmp");
+    fs::write(d.path().join("00000000"), b"").expect("segment 0");
+    fs::write(d.path().join("4294967295"), b"").expect("last segment");
+    // Not sequential: refused before anything is written.
+    assert!(Wal::open(d.path(), small()).is_err());
+    fs::remove_file(d.path().join("00000000")).expect("rm");
+    let e = Wal::open(d.path(), small()).err().expect("an error");
+    assert!(
+        e.to_string()
+            .contains("segment number 4294967295 is the last possible one"),
+        "{e}"
+    );
+    assert!(!d.path().join("00000000").exists(), "segment 0 was written");
+}
+
 // ---------------------------------------------------------------------------------------------
 // An independent reader, written from the format description alone (no code shared with the
 // implementation): bitwise CRC-32C, fragment walk, a minimal snappy block decoder, and the
