@@ -32,8 +32,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::segment::{
-    segment_path, FLAG_SNAPPY, FLAG_ZSTD, HEADER_SIZE, PAGE_SIZE, REC_FIRST, REC_FULL, REC_LAST,
-    REC_MIDDLE, REC_PAGE_TERM, TYPE_MASK,
+    decompress_record, segment_path, FLAG_SNAPPY, FLAG_ZSTD, HEADER_SIZE, PAGE_SIZE, REC_FIRST,
+    REC_FULL, REC_LAST, REC_MIDDLE, REC_PAGE_TERM, TYPE_MASK,
 };
 
 /// Why the tail could not be read.
@@ -453,7 +453,7 @@ impl LiveReader {
             if !in_record {
                 self.needs.record = self.needs.record.max(self.record.len());
                 let rec: &[u8] = if compressed {
-                    match decompress_into(&self.record, &mut self.decoded) {
+                    match decompress_record(&self.record, &mut self.decoded) {
                         Ok(()) => {
                             self.needs.decoded = self.needs.decoded.max(self.decoded.len());
                             &self.decoded
@@ -473,16 +473,6 @@ impl LiveReader {
         self.buf = buf;
         result.map(|()| (consumed, records))
     }
-}
-
-/// Decompresses a snappy block into `out` (reusing its memory).
-fn decompress_into(input: &[u8], out: &mut Vec<u8>) -> Result<(), snap::Error> {
-    let len = snap::raw::decompress_len(input)?;
-    out.clear();
-    out.resize(len, 0);
-    let n = snap::raw::Decoder::new().decompress(input, out)?;
-    out.truncate(n);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 
 use super::segment::{
-    FLAG_SNAPPY, FLAG_ZSTD, HEADER_SIZE, PAGE_SIZE, REC_FIRST, REC_FULL, REC_LAST, REC_MIDDLE,
-    REC_PAGE_TERM, TYPE_MASK,
+    decompress_record, FLAG_SNAPPY, FLAG_ZSTD, HEADER_SIZE, PAGE_SIZE, REC_FIRST, REC_FULL,
+    REC_LAST, REC_MIDDLE, REC_PAGE_TERM, TYPE_MASK,
 };
 use super::WalError;
 
@@ -62,7 +62,6 @@ pub struct Reader {
     rec: Vec<u8>,
     out: Vec<u8>,
     decompressed: bool,
-    snappy: snap::raw::Decoder,
 }
 
 impl Reader {
@@ -77,7 +76,6 @@ impl Reader {
             rec: Vec::new(),
             out: Vec::new(),
             decompressed: false,
-            snappy: snap::raw::Decoder::new(),
         }
     }
 
@@ -219,18 +217,13 @@ impl Reader {
         if flags & FLAG_ZSTD != 0 {
             return Err(self.corrupt(self.rec_start, Corruption::Zstd));
         }
-        self.last_good = end;
         if flags & FLAG_SNAPPY != 0 {
-            let n = snap::raw::decompress_len(&self.rec)
-                .map_err(|e| self.corrupt(self.rec_start, Corruption::Snappy(e.to_string())))?;
-            self.out.resize(n, 0);
-            let n = self
-                .snappy
-                .decompress(&self.rec, &mut self.out)
-                .map_err(|e| self.corrupt(self.rec_start, Corruption::Snappy(e.to_string())))?;
-            self.out.truncate(n);
+            decompress_record(&self.rec, &mut self.out)
+                .map_err(|e| self.corrupt(self.rec_start, Corruption::Snappy(e)))?;
             self.decompressed = true;
         }
+        // Good only once it decompressed: a repair cuts a record that does not at its start.
+        self.last_good = end;
         Ok(true)
     }
 

@@ -49,6 +49,26 @@ pub const TYPE_MASK: u8 = 0x07;
 pub const FLAG_SNAPPY: u8 = 0x08;
 pub const FLAG_ZSTD: u8 = 0x10;
 
+/// Decompresses a record's snappy block into `out` (reusing its memory). The length its header
+/// claims is checked first against the most a block of this size can hold (a 3-byte copy
+/// writes at most 64 bytes), so a corrupt header cannot make a reader allocate up to 4 GiB.
+pub(crate) fn decompress_record(input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let len = snap::raw::decompress_len(input).map_err(|e| e.to_string())?;
+    if len / 22 > input.len() {
+        return Err(format!(
+            "the header claims {len} bytes, more than {} compressed bytes can hold",
+            input.len()
+        ));
+    }
+    out.clear();
+    out.resize(len, 0);
+    let n = snap::raw::Decoder::new()
+        .decompress(input, out)
+        .map_err(|e| e.to_string())?;
+    out.truncate(n);
+    Ok(())
+}
+
 /// `%08d`.
 pub fn segment_name(index: u32) -> String {
     format!("{index:08}")

@@ -370,6 +370,42 @@ fn replay_after_reopen_continues_refs() {
     assert_eq!(st.newest.len(), 50);
 }
 
+/// A snappy header that claims far more than its block can hold is corruption, found before
+/// anything is allocated for it (a reader used to allocate the claimed 4 GiB first).
+#[test]
+fn a_snappy_header_claiming_4_gib_is_corruption_without_the_allocation() {
+    let d = tempfile::tempdir().expect("tmp");
+    let mut w = SegmentWriter::create(d.path(), 0, 4 * PAGE_SIZE, true).expect("create");
+    let mut rec = Vec::new();
+    let one = SeriesRef(1);
+    record::extend_series(&mut rec, [(one, series_labels(1).as_view())]);
+    w.log(&rec).expect("log");
+    let good_end = w.segment_bytes();
+    w.close().expect("close");
+    // One full fragment, snappy flag set: a length header of u32::MAX, then a 1-byte literal.
+    let payload = [0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0x00, b'x'];
+    let mut frag = vec![segment::REC_FULL | segment::FLAG_SNAPPY];
+    frag.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    frag.extend_from_slice(&independent::crc32c(&payload).to_be_bytes());
+    frag.extend_from_slice(&payload);
+    let path = segment::segment_path(d.path(), 0);
+    let mut bytes = fs::read(&path).expect("read");
+    bytes.truncate(good_end as usize);
+    bytes.extend_from_slice(&frag);
+    fs::write(&path, bytes).expect("write");
+
+    let (_, st) = Wal::open(d.path(), small()).expect("open");
+    let rep = st.repair.expect("repaired");
+    assert_eq!(rep.truncated_at, good_end);
+    assert!(
+        rep.reason
+            .contains("the header claims 4294967295 bytes, more than 7 compressed bytes can hold"),
+        "{}",
+        rep.reason
+    );
+    assert_eq!(st.series.len(), 1);
+}
+
 /// A segment numbered u32::MAX leaves no number for the next one: opening is an error, not an
 /// overflow (debug) or a wrap to segment 0 that would overwrite it (release).
 #[test]
