@@ -146,14 +146,45 @@ fn expand(pattern: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Go's `filepath.Match` for one path element: `*`, `?`, `[a-z]`, `[^...]`, `\` escapes.
+/// Go's `filepath.Match` for one path element: `*`, `?`, `[a-z]`, `[^...]`, `\\` escapes.
+///
+/// In linear passes with one backtracking point (the last `*`), as Go does: a recursive match
+/// tries every split at every `*` and takes exponential time on a pattern like `*a*a*a*a*b`.
 fn glob_match(p: &[u8], s: &[u8]) -> bool {
-    match p.first() {
-        None => s.is_empty(),
-        Some(b'*') => (0..=s.len()).any(|i| glob_match(&p[1..], &s[i..])),
-        Some(b'?') => !s.is_empty() && glob_match(&p[1..], &s[1..]),
-        Some(b'[') => {
-            let Some(&c) = s.first() else { return false };
+    let (mut pi, mut si) = (0, 0);
+    // After the last `*` seen: where the pattern goes on, and how much of `s` it swallowed.
+    let mut star: Option<(usize, usize)> = None;
+    loop {
+        if p.get(pi) == Some(&b'*') {
+            pi += 1;
+            star = Some((pi, si));
+            continue;
+        }
+        let Some(&c) = s.get(si) else {
+            return p[pi..].iter().all(|&b| b == b'*');
+        };
+        if let Some(n) = match_one(&p[pi..], c) {
+            pi += n;
+            si += 1;
+            continue;
+        }
+        // Let the last `*` take one more byte and try again from there.
+        match star {
+            Some((after, taken)) => {
+                pi = after;
+                si = taken + 1;
+                star = Some((after, taken + 1));
+            }
+            None => return false,
+        }
+    }
+}
+
+/// Whether the pattern's first element (not `*`) matches byte `c`; its length in the pattern.
+fn match_one(p: &[u8], c: u8) -> Option<usize> {
+    match p.first()? {
+        b'?' => Some(1),
+        b'[' => {
             let mut i = 1;
             let negate = p.get(1) == Some(&b'^');
             if negate {
@@ -172,13 +203,11 @@ fn glob_match(p: &[u8], s: &[u8]) -> bool {
                     i += 1;
                 }
             }
-            if i >= p.len() {
-                return false;
-            }
-            matched != negate && glob_match(&p[i + 1..], &s[1..])
+            // An unterminated class matches nothing.
+            (i < p.len() && matched != negate).then_some(i + 1)
         }
-        Some(b'\\') if p.len() > 1 => s.first() == Some(&p[1]) && glob_match(&p[2..], &s[1..]),
-        Some(&c) => s.first() == Some(&c) && glob_match(&p[1..], &s[1..]),
+        b'\\' if p.len() > 1 => (p[1] == c).then_some(2),
+        &l => (l == c).then_some(1),
     }
 }
 
@@ -193,6 +222,39 @@ mod tests {
         assert!(glob_match(b"t?.yml", b"t1.yml"));
         assert!(glob_match(b"[a-c]x", b"bx"));
         assert!(!glob_match(b"[^a-c]x", b"bx"));
+        assert!(glob_match(b"**", b""));
+        assert!(glob_match(b"a\\*b", b"a*b"));
+        assert!(!glob_match(b"a\\*b", b"axb"));
+        assert!(!glob_match(b"[ab", b"a"));
+        // 15 stars over 40 bytes: the recursive match tried billions of splits (it did not end).
+        let p = [b"*a".repeat(15), b"*b".to_vec()].concat();
+        assert!(!glob_match(&p, &[b'a'; 40]));
+        assert!(glob_match(&p, &[[b'a'; 40].as_slice(), b"b"].concat()));
+    }
+
+    /// The recursive definition the matcher replaced, as the reference.
+    fn glob_reference(p: &[u8], s: &[u8]) -> bool {
+        match p.first() {
+            None => s.is_empty(),
+            Some(b'*') => (0..=s.len()).any(|i| glob_reference(&p[1..], &s[i..])),
+            Some(_) => s
+                .first()
+                .and_then(|&c| match_one(p, c))
+                .is_some_and(|n| glob_reference(&p[n..], &s[1..])),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_linear_match_agrees_with_the_recursive_one(
+            p in "[ab*?\\[\\]^\\\\-]{0,8}",
+            s in "[ab*?-]{0,8}",
+        ) {
+            proptest::prop_assert_eq!(
+                glob_match(p.as_bytes(), s.as_bytes()),
+                glob_reference(p.as_bytes(), s.as_bytes())
+            );
+        }
     }
 
     #[test]
