@@ -375,6 +375,47 @@ async fn a_huge_max_samples_per_send_sends_at_the_deadline() {
     assert_eq!(metric(&reg, "prometheus_remote_storage_samples_total"), 2.0);
 }
 
+/// `sample_age_limit`: samples older than the limit when they are read from the WAL are
+/// dropped and counted, the others sent. The setting used to be parsed and ignored.
+#[tokio::test]
+async fn samples_older_than_sample_age_limit_are_dropped_not_sent() {
+    let rx = Receiver::new(204);
+    let url = rx.serve().await;
+    let mut reg = Registry::default();
+    let metrics = RemoteWriteMetrics::register(&mut reg);
+    let mut q = queue_config(100);
+    q.sample_age_limit = PromDuration::from_secs(60);
+    let qm = QueueManager::new(
+        client(&url, HttpClientConfig::default()),
+        QueueSettings::new(q, BTreeMap::new()),
+        &metrics,
+        None,
+    );
+    qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
+    let now = agent::clock::Clock::system().unix_millis();
+    qm.append_samples(&[
+        (r(1), now - 600_000, 1.0),
+        (r(1), now - 120_000, 2.0),
+        (r(1), now - 1_000, 3.0),
+        (r(1), now, 4.0),
+    ])
+    .await
+    .unwrap();
+    let report = qm.flush(Instant::now() + Duration::from_secs(20)).await;
+    assert!(report.complete, "{report:?}");
+    let sent: Vec<f64> = rx
+        .requests()
+        .iter()
+        .flat_map(|s| s.request.timeseries.iter())
+        .flat_map(|t| t.samples.iter().map(|s| s.value))
+        .collect();
+    assert_eq!(sent, [3.0, 4.0]);
+    assert_eq!(
+        metric(&reg, "prometheus_remote_storage_samples_dropped_total"),
+        2.0
+    );
+}
+
 #[tokio::test]
 async fn http_503_is_retried_with_backoff_until_accepted() {
     let rx = Receiver::new(200)

@@ -30,6 +30,7 @@ use tracing::Instrument;
 use crate::clock::Clock;
 use crate::config::InstanceConfig;
 use crate::remote_write::{QueueManager, RemoteWriteMetrics};
+use crate::scrape::host_filter::HostFilter;
 use crate::scrape::manager::{ScrapeManager, TargetInfo};
 use crate::wal::{Wal, WalOptions};
 use storage::WalStorage;
@@ -467,6 +468,14 @@ impl Instance {
 
         let mut scrape = ScrapeManager::new(name.clone(), storage.clone(), shared.base_dir.clone())
             .with_clock(shared.clock);
+        if cfg.host_filter && shared.assigned.is_some() {
+            // The cluster's leader assigns targets to agents: no agent decides by its host.
+            tracing::warn!("host_filter is not applied with scraping_service.sharding: targets (targets are assigned to agents by the ring, not by host)");
+        } else if cfg.host_filter {
+            let filter = HostFilter::for_this_host(cfg.host_filter_relabel_configs.clone());
+            tracing::info!(host = %filter.host(), "host_filter: scraping only the targets on this host");
+            scrape = scrape.with_host_filter(filter);
+        }
         if let Some(source) = &shared.assigned {
             let queues: Vec<Arc<QueueManager>> = remotes.iter().map(|r| r.queue.clone()).collect();
             scrape = scrape.with_assigned(source.clone(), flush_barrier(storage.commits(), queues));
@@ -561,13 +570,16 @@ impl Instance {
         self.scrape.clone()
     }
 
-    /// Stops scraping (staleness markers only when `write_stale`, i.e. not when the config
-    /// moved to another agent that continues the series), fsyncs the WAL, then flushes
-    /// remote_write while the receiver takes samples, for up to `remote_flush_deadline`, and
-    /// saves how far it got: what was not sent is read from the WAL again at the next start
-    /// (docs/compat.md, *Stopping*).
+    /// Stops scraping, fsyncs the WAL, then flushes remote_write while the receiver takes
+    /// samples, for up to `remote_flush_deadline`, and saves how far it got: what was not sent
+    /// is read from the WAL again at the next start (docs/compat.md, *Stopping*). Staleness
+    /// markers are written when `write_stale` (the config was deleted) or when the config
+    /// sets `write_stale_on_shutdown`, as the old agent does: then also at a shutdown and
+    /// when the config only moved to another agent.
     pub async fn stop(self, write_stale: bool) {
-        self.scrape.stop(write_stale).await;
+        self.scrape
+            .stop(write_stale || self.cfg.write_stale_on_shutdown)
+            .await;
         // Everything committed is durable before the instance is gone (the WAL's disk thread
         // does the fsync; this task only waits for it).
         if let Err(e) = self.storage.sync_async().await {
@@ -872,6 +884,103 @@ mod tests {
                 tasks() - before
             );
             tokio::task::yield_now().await;
+        }
+    }
+
+    /// `write_stale_on_shutdown: true` writes a staleness marker for every series at a stop
+    /// that does not ask for them (a shutdown, a config that moved), as the old agent does;
+    /// without it, such a stop writes none. The setting used to be parsed and ignored.
+    #[tokio::test]
+    async fn write_stale_on_shutdown_marks_the_series_stale_at_any_stop() {
+        let app = axum::Router::new().route("/metrics", axum::routing::get(|| async { "m 1\n" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        for setting in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut registry = Registry::default();
+            let shared = Shared::new(dir.path(), "a", &mut registry, Clock::system());
+            let (_, cfg) = crate::config::load::parse_instance(
+                &format!(
+                    "write_stale_on_shutdown: {setting}\nscrape_configs:\n  - job_name: j\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{addr}']\n"
+                ),
+                &crate::config::GlobalConfig::default(),
+            )
+            .unwrap();
+            let inst = Instance::start(cfg, &shared, "i").await.unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !inst.targets().iter().any(|t| t.state == "up") {
+                assert!(tokio::time::Instant::now() < deadline, "never scraped");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            inst.stop(false).await;
+            let mut values = Vec::new();
+            let mut samples = Vec::new();
+            crate::wal::replay(
+                &shared.wal_directory.join(dir_name("config")).join("wal"),
+                |rec| {
+                    if crate::wal::record::record_type(rec) == Some(crate::wal::record::SAMPLES) {
+                        samples.clear();
+                        crate::wal::record::decode_samples(rec, &mut samples)?;
+                        values.extend(samples.iter().map(|s| s.2));
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+            let stale = values
+                .iter()
+                .filter(|v| crate::scrape::appender::is_stale_nan(**v))
+                .count();
+            assert!(values.contains(&1.0), "setting {setting}: {values:?}");
+            // `m` and the five synthetic series of the target.
+            assert_eq!(
+                stale,
+                if setting { 6 } else { 0 },
+                "setting {setting}: {values:?}"
+            );
+        }
+        server.abort();
+    }
+
+    /// `host_filter: true` leaves out the discovered targets that are not on this host (here:
+    /// one named by a host that is not this one); without it both are scraped. The setting
+    /// used to be parsed and ignored.
+    #[tokio::test]
+    async fn host_filter_leaves_out_targets_on_other_hosts() {
+        for setting in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut registry = Registry::default();
+            let shared = Shared::new(dir.path(), "a", &mut registry, Clock::system());
+            let (_, cfg) = crate::config::load::parse_instance(
+                &format!(
+                    "host_filter: {setting}\nscrape_configs:\n  - job_name: j\n    static_configs:\n      - targets: ['127.0.0.1:1', 'not-this-host.invalid:1']\n"
+                ),
+                &crate::config::GlobalConfig::default(),
+            )
+            .unwrap();
+            let inst = Instance::start(cfg, &shared, "i").await.unwrap();
+            // Both come from one discovery group, so both are built in the same pass.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while inst.targets().is_empty() {
+                assert!(tokio::time::Instant::now() < deadline, "no target");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let mut found: Vec<String> = inst
+                .targets()
+                .iter()
+                .map(|t| t.labels["instance"].clone())
+                .collect();
+            found.sort();
+            let want: &[&str] = if setting {
+                &["127.0.0.1:1"]
+            } else {
+                &["127.0.0.1:1", "not-this-host.invalid:1"]
+            };
+            assert_eq!(found, want, "host_filter: {setting}");
+            inst.stop(true).await;
         }
     }
 

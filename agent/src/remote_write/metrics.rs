@@ -97,7 +97,7 @@ impl RemoteWriteMetrics {
         );
         registry.register(format!("{p}samples_failed"), "Total number of samples which failed on send to remote storage, non-recoverable errors.", m.samples_failed.clone());
         registry.register(format!("{p}samples_retried"), "Total number of samples which failed on send to remote storage but were retried because the send error was recoverable.", m.samples_retried.clone());
-        registry.register(format!("{p}samples_dropped"), "Total number of samples which were dropped after being read from the WAL before being sent via remote write, either via relabelling, due to being unknown series, or because the queue was stopped before they could be sent.", m.samples_dropped.clone());
+        registry.register(format!("{p}samples_dropped"), "Total number of samples which were dropped after being read from the WAL before being sent via remote write, either via relabelling, due to being unknown series, because they were older than sample_age_limit, or because the queue was stopped before they could be sent.", m.samples_dropped.clone());
         registry.register(
             format!("{p}samples_pending"),
             "The number of samples pending in the queues shards to be sent to the remote storage.",

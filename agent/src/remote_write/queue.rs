@@ -610,9 +610,24 @@ impl QueueManager {
         let mut resolved = Vec::with_capacity(samples.len());
         let mut unknown = 0u64;
         let mut dropped = 0u64;
+        // `sample_age_limit`: a sample older than that when it is read from the WAL is dropped,
+        // not sent (Prometheus's rule, from 2.49; 0 = no limit).
+        let limit = shared.settings.queue.sample_age_limit.millis();
+        let oldest = if limit == 0 {
+            i64::MIN
+        } else {
+            crate::clock::Clock::system()
+                .unix_millis()
+                .saturating_sub(i64::try_from(limit).unwrap_or(i64::MAX))
+        };
+        let mut too_old = 0u64;
         {
             let table = shared.read_series();
             for &(r, t, v) in samples {
+                if t < oldest {
+                    too_old += 1;
+                    continue;
+                }
                 match table.get(r) {
                     Some(SeriesEntry::Shared(_) | SeriesEntry::Own(_)) => resolved.push(Pending {
                         series: r,
@@ -631,7 +646,10 @@ impl QueueManager {
                 "dropped samples of series that were never stored"
             );
         }
-        shared.metrics.samples_dropped.inc_by(unknown + dropped);
+        shared
+            .metrics
+            .samples_dropped
+            .inc_by(unknown + dropped + too_old);
         if let Some(max) = resolved.iter().map(|p| p.t).max() {
             self.observe_wal_timestamp(max);
         }

@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 use super::appender::Storage;
 use super::assigned::{AssignedJob, AssignedSource, Barrier, LoopEvent, Mode};
+use super::host_filter::HostFilter;
 use super::metadata::{self, MetricMetadata};
 use super::scrape_loop::{Health, LoopHandle, ScrapeLoop};
 use super::target::{discovered_labels, populate_labels, Target};
@@ -197,6 +198,8 @@ pub struct ScrapeManager {
     apply_lock: tokio::sync::Mutex<()>,
     /// Target sharding: jobs take their targets from here instead of discovery.
     assigned: Option<(Arc<dyn AssignedSource>, Barrier)>,
+    /// `host_filter`: discovered targets not on this host are left out.
+    host_filter: Option<Arc<HostFilter>>,
 }
 
 impl ScrapeManager {
@@ -215,7 +218,15 @@ impl ScrapeManager {
             jobs: Mutex::new(BTreeMap::new()),
             apply_lock: tokio::sync::Mutex::new(()),
             assigned: None,
+            host_filter: None,
         }
+    }
+
+    /// Discovered targets that `filter` does not keep are left out, before relabelling (see
+    /// [`crate::scrape::host_filter`]).
+    pub fn with_host_filter(mut self, filter: HostFilter) -> Self {
+        self.host_filter = Some(Arc::new(filter));
+        self
     }
 
     /// Jobs take their targets from `source` (target sharding: see
@@ -331,12 +342,15 @@ impl ScrapeManager {
             .targets;
         let task = tokio::spawn(
             sync_job(
-                cfg.clone(),
+                Discovered {
+                    cfg: cfg.clone(),
+                    pool: pool.clone(),
+                    client,
+                    storage: self.storage.clone(),
+                    clock: self.clock,
+                    host_filter: self.host_filter.clone(),
+                },
                 rx,
-                pool.clone(),
-                client,
-                self.storage.clone(),
-                self.clock,
                 cancel.clone(),
             )
             .instrument(span.clone()),
@@ -454,12 +468,20 @@ pub(crate) struct BuiltGroup {
     dropped: Arc<[Labels]>,
 }
 
-fn build_group(cfg: &ScrapeConfig, group: &Arc<TargetGroup>) -> BuiltGroup {
+fn build_group(
+    cfg: &ScrapeConfig,
+    group: &Arc<TargetGroup>,
+    host_filter: Option<&HostFilter>,
+) -> BuiltGroup {
     let mut active = Vec::new();
     let mut dropped = Vec::new();
     let group_labels = Labels::from_pairs(group.labels.iter());
     for t in &group.targets {
         let tl = Labels::from_pairs(t.iter());
+        // Not on this host: left out as if not discovered (not a dropped target).
+        if host_filter.is_some_and(|f| !f.keeps(&group_labels, &tl)) {
+            continue;
+        }
         match populate_labels(&group_labels, &tl, cfg, false) {
             Ok(Some(target)) => active.push((target.full_labels.clone(), Arc::new(target))),
             Ok(None) => dropped.push(discovered_labels(&group_labels, &tl, cfg)),
@@ -480,18 +502,20 @@ pub(crate) type DroppedTargets = Vec<Arc<[Labels]>>;
 
 /// The targets of a discovery snapshot, relabelling only groups not seen before: `cache` holds
 /// the groups of the previous snapshot by address, and discovery hands unchanged groups over
-/// as the same `Arc`, so one changed pod among 10,000 costs one group's relabelling.
+/// as the same `Arc`, so one changed pod among 10,000 costs one group's relabelling. The host
+/// filter is the same for the cache's whole life (a changed one restarts the instance).
 pub(crate) fn build_targets(
     cfg: &ScrapeConfig,
     groups: &[Arc<TargetGroup>],
     cache: &mut HashMap<usize, BuiltGroup>,
+    host_filter: Option<&HostFilter>,
 ) -> (HashMap<Labels, Arc<Target>>, DroppedTargets) {
     let mut next = HashMap::with_capacity(groups.len());
     for g in groups {
         let key = Arc::as_ptr(g) as usize;
         let built = match cache.remove(&key) {
             Some(b) if Arc::ptr_eq(&b.group, g) => b,
-            _ => build_group(cfg, g),
+            _ => build_group(cfg, g, host_filter),
         };
         next.insert(key, built);
     }
@@ -512,19 +536,30 @@ pub(crate) fn build_targets(
     (active, dropped)
 }
 
-async fn sync_job(
+/// What the sync task of a job on discovered targets works with.
+struct Discovered {
     cfg: Arc<ScrapeConfig>,
-    mut rx: discovery::Targets,
     pool: Arc<Mutex<Pool>>,
     client: HttpClient,
     storage: Arc<dyn Storage>,
     clock: Clock,
-    cancel: CancellationToken,
-) {
+    host_filter: Option<Arc<HostFilter>>,
+}
+
+async fn sync_job(job: Discovered, mut rx: discovery::Targets, cancel: CancellationToken) {
+    let Discovered {
+        cfg,
+        pool,
+        client,
+        storage,
+        clock,
+        host_filter,
+    } = job;
     let mut cache = HashMap::new();
     loop {
         let groups = rx.borrow_and_update().clone();
-        let (mut desired, dropped) = build_targets(&cfg, &groups, &mut cache);
+        let (mut desired, dropped) =
+            build_targets(&cfg, &groups, &mut cache, host_filter.as_deref());
         let limit = cfg.limits.target_limit;
         let forced = (limit > 0 && desired.len() as u64 > limit).then(|| {
             format!(
@@ -802,7 +837,7 @@ mod tests {
             labels: Default::default(),
         })];
         let mut cache = HashMap::new();
-        let (active, dropped) = build_targets(cfg, &groups, &mut cache);
+        let (active, dropped) = build_targets(cfg, &groups, &mut cache, None);
         assert_eq!(active.len(), 2, "duplicates collapse");
         assert_eq!(dropped.len(), 1);
         assert_eq!(dropped[0].len(), 1);
@@ -811,13 +846,13 @@ mod tests {
             assert_eq!(*h, t.full_labels);
         }
         // The same group again is not relabelled: its targets are the very same.
-        let (again, _) = build_targets(cfg, &groups, &mut cache);
+        let (again, _) = build_targets(cfg, &groups, &mut cache, None);
         for (h, t) in &again {
             assert!(Arc::ptr_eq(t, &active[h]));
         }
         // A new group (even an equal one) is built anew, and the old one leaves the cache.
         let other = vec![Arc::new((*groups[0]).clone())];
-        let (fresh, _) = build_targets(cfg, &other, &mut cache);
+        let (fresh, _) = build_targets(cfg, &other, &mut cache, None);
         assert_eq!(fresh.len(), 2);
         for (h, t) in &fresh {
             assert!(!Arc::ptr_eq(t, &active[h]));

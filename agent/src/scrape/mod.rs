@@ -3,6 +3,7 @@
 pub mod appender;
 pub mod assigned;
 pub mod cache;
+pub mod host_filter;
 pub mod identity;
 pub mod manager;
 pub mod metadata;

@@ -269,7 +269,7 @@ fn finish(
 }
 
 /// Go's `net.SplitHostPort`, returning `None` where Go returns an error.
-fn split_host_port(hostport: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_host_port(hostport: &str) -> Option<(&str, &str)> {
     let i = hostport.rfind(':')?;
     let (host, j, k) = if hostport.starts_with('[') {
         let end = hostport.find(']')?;
