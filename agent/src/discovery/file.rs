@@ -2,7 +2,8 @@
 //! size or modification time, checked every 250 ms, so a change is seen within a second) and
 //! every `refresh_interval`. The last element of a path may be a glob (`*`, `?`, `[...]`).
 //! A file that fails to parse keeps its previous groups (logged with the file); a file that
-//! disappears removes its groups. Each group gets `__meta_filepath`.
+//! disappears removes its groups. Each group gets `__meta_filepath`. The polls (directory
+//! listing, stats, reads) run on the blocking pool.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,8 @@ pub(crate) async fn run(
             _ => PathBuf::from(f),
         })
         .collect();
-    let mut seen: BTreeMap<PathBuf, (Stamp, Vec<TargetGroup>)> = BTreeMap::new();
+    let patterns: std::sync::Arc<[PathBuf]> = patterns.into();
+    let mut seen: Seen = BTreeMap::new();
     let mut last_full = Instant::now();
     let mut first = true;
     loop {
@@ -50,39 +52,23 @@ pub(crate) async fn run(
         if force {
             last_full = Instant::now();
         }
-        let files: Vec<PathBuf> = patterns.iter().flat_map(|p| expand(p)).collect();
-        let mut changed = first;
-        seen.retain(|path, _| {
-            let keep = files.contains(path);
-            changed |= !keep;
-            keep
-        });
-        for path in files {
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            let stamp = Stamp {
-                len: meta.len(),
-                modified: meta.modified().ok(),
-            };
-            if !force && seen.get(&path).is_some_and(|(s, _)| *s == stamp) {
-                continue;
+        // The directory listing, the stats and the reads are disk work: off the async workers.
+        let p = patterns.clone();
+        // Its log lines keep the job's fields.
+        let span = tracing::Span::current();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let changed = span.in_scope(|| scan(&p, &mut seen, force)) || first;
+            (seen, changed)
+        })
+        .await;
+        let changed;
+        (seen, changed) = match scanned {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "file_sd: the scan of the target files failed; this discovery stops");
+                return;
             }
-            match read_file(&path) {
-                Ok(groups) => {
-                    if seen.get(&path).is_none_or(|(_, g)| *g != groups) {
-                        changed = true;
-                    }
-                    seen.insert(path, (stamp, groups));
-                }
-                Err(e) => {
-                    tracing::error!(file = %path.display(), error = %e, "file_sd: cannot read target file; keeping its previous targets");
-                    // Remember the stamp so the error is logged once per change, not per poll.
-                    let previous = seen.remove(&path).map(|(_, g)| g).unwrap_or_default();
-                    seen.insert(path, (stamp, previous));
-                }
-            }
-        }
+        };
         if changed {
             let all = seen.values().flat_map(|(_, g)| g.iter().cloned()).collect();
             if tx.send((slot, all)).await.is_err() {
@@ -95,6 +81,49 @@ pub(crate) async fn run(
             _ = tokio::time::sleep(POLL) => {}
         }
     }
+}
+
+/// The groups of each file read, with what the file looked like then.
+type Seen = BTreeMap<PathBuf, (Stamp, Vec<TargetGroup>)>;
+
+/// Brings `seen` up to date with the files the patterns name now: files gone are forgotten,
+/// files changed since they were read (or all, with `force`) are read again. Whether any
+/// file's groups changed.
+fn scan(patterns: &[PathBuf], seen: &mut Seen, force: bool) -> bool {
+    let files: Vec<PathBuf> = patterns.iter().flat_map(|p| expand(p)).collect();
+    let mut changed = false;
+    seen.retain(|path, _| {
+        let keep = files.contains(path);
+        changed |= !keep;
+        keep
+    });
+    for path in files {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let stamp = Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        };
+        if !force && seen.get(&path).is_some_and(|(s, _)| *s == stamp) {
+            continue;
+        }
+        match read_file(&path) {
+            Ok(groups) => {
+                if seen.get(&path).is_none_or(|(_, g)| *g != groups) {
+                    changed = true;
+                }
+                seen.insert(path, (stamp, groups));
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "file_sd: cannot read target file; keeping its previous targets");
+                // Remember the stamp so the error is logged once per change, not per poll.
+                let previous = seen.remove(&path).map(|(_, g)| g).unwrap_or_default();
+                seen.insert(path, (stamp, previous));
+            }
+        }
+    }
+    changed
 }
 
 /// Reads one target file (JSON when it ends in `.json`, YAML otherwise).
