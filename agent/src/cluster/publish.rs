@@ -51,7 +51,7 @@ pub fn published(config: &str, jobs: &[JobTargets<'_>]) -> (PublishedTargets, us
     let mut collisions = 0;
     for (cfg, groups) in jobs {
         // Every group is relabelled again here: this runs once per second at most.
-        let (active, _dropped) = build_targets(cfg, groups, &mut HashMap::new(), None);
+        let active = build_targets(cfg, groups, &mut HashMap::new(), None);
         collisions += count_collisions(active.values().map(|t| t.identity(&cfg.job_name)));
         let limit = cfg.limits.target_limit;
         let forced_error = (limit > 0 && active.len() as u64 > limit).then(|| {

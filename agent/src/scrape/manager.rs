@@ -2,8 +2,8 @@
 //! service discovery and with config reloads.
 //!
 //! Per job (scrape config) a sync task watches the job's discovery output. On every change it
-//! populates the targets ([`populate_labels`]), keeps the ones relabelling dropped for the API,
-//! and diffs the new set against the running loops by target identity, the target's full
+//! populates the targets ([`populate_labels`]; the ones relabelling drops are not kept: no API
+//! lists them) and diffs the new set against the running loops by target identity, the target's full
 //! labels (reserved `__` labels included, so scheme, address, path and params are part of it;
 //! compared whole, not by a hash). Unchanged targets keep their loop and cache; new
 //! ones get a loop; vanished ones are stopped with staleness markers. Identical targets within
@@ -33,7 +33,7 @@ use super::assigned::{AssignedJob, AssignedSource, Barrier, LoopEvent, Mode};
 use super::host_filter::HostFilter;
 use super::metadata::{self, MetricMetadata};
 use super::scrape_loop::{Health, LoopHandle, ScrapeLoop};
-use super::target::{discovered_labels, populate_labels, Target};
+use super::target::{populate_labels, Target};
 use crate::clock::Clock;
 use crate::config::scrape::ScrapeConfig;
 use crate::discovery::{self, TargetGroup};
@@ -75,13 +75,6 @@ pub struct TargetInfo {
     pub last_scrape: String,
     pub scrape_duration_ms: i64,
     pub scrape_error: String,
-}
-
-/// A target relabelling dropped, for the API.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DroppedTarget {
-    pub job: String,
-    pub discovered_labels: Labels,
 }
 
 fn to_map(l: &Labels) -> BTreeMap<String, String> {
@@ -139,8 +132,6 @@ enum LoopKey {
 #[derive(Default)]
 struct Pool {
     loops: HashMap<LoopKey, RunningTarget>,
-    /// Per discovery group, shared with the build cache (a sync copies no labels).
-    dropped: DroppedTargets,
 }
 
 struct Job {
@@ -442,30 +433,13 @@ impl ScrapeManager {
         all.retain(|m| seen.insert(m.clone()));
         all
     }
-
-    /// Targets dropped by `relabel_configs`, per job.
-    pub fn dropped_targets(&self) -> Vec<DroppedTarget> {
-        let jobs = self.jobs();
-        let mut out = Vec::new();
-        for (name, job) in jobs.iter() {
-            for l in lock_pool(&job.pool).dropped.iter().flat_map(|d| d.iter()) {
-                out.push(DroppedTarget {
-                    job: name.clone(),
-                    discovered_labels: l.clone(),
-                });
-            }
-        }
-        out
-    }
 }
 
-/// The targets built from one discovery group: active ones with their identity, and the
-/// discovered labels of the ones relabelling dropped.
+/// The targets built from one discovery group, with their identity.
 pub(crate) struct BuiltGroup {
     /// Held so that the address the cache is keyed by cannot be reused by another group.
     group: Arc<TargetGroup>,
     active: Vec<(Labels, Arc<Target>)>,
-    dropped: Arc<[Labels]>,
 }
 
 fn build_group(
@@ -474,7 +448,6 @@ fn build_group(
     host_filter: Option<&HostFilter>,
 ) -> BuiltGroup {
     let mut active = Vec::new();
-    let mut dropped = Vec::new();
     let group_labels = Labels::from_pairs(group.labels.iter());
     for t in &group.targets {
         let tl = Labels::from_pairs(t.iter());
@@ -484,7 +457,7 @@ fn build_group(
         }
         match populate_labels(&group_labels, &tl, cfg, false) {
             Ok(Some(target)) => active.push((target.full_labels.clone(), Arc::new(target))),
-            Ok(None) => dropped.push(discovered_labels(&group_labels, &tl, cfg)),
+            Ok(None) => {}
             Err(e) => {
                 tracing::warn!(source = %group.source, error = %e, "creating target failed");
             }
@@ -493,12 +466,8 @@ fn build_group(
     BuiltGroup {
         group: group.clone(),
         active,
-        dropped: dropped.into(),
     }
 }
-
-/// The dropped targets of a snapshot, one slice per group (shared with the build cache).
-pub(crate) type DroppedTargets = Vec<Arc<[Labels]>>;
 
 /// The targets of a discovery snapshot, relabelling only groups not seen before: `cache` holds
 /// the groups of the previous snapshot by address, and discovery hands unchanged groups over
@@ -509,7 +478,7 @@ pub(crate) fn build_targets(
     groups: &[Arc<TargetGroup>],
     cache: &mut HashMap<usize, BuiltGroup>,
     host_filter: Option<&HostFilter>,
-) -> (HashMap<Labels, Arc<Target>>, DroppedTargets) {
+) -> HashMap<Labels, Arc<Target>> {
     let mut next = HashMap::with_capacity(groups.len());
     for g in groups {
         let key = Arc::as_ptr(g) as usize;
@@ -521,19 +490,15 @@ pub(crate) fn build_targets(
     }
     *cache = next;
     let mut active = HashMap::new();
-    let mut dropped = Vec::new();
     // In snapshot order: of identical targets the last one's discovered labels are kept.
     for g in groups {
         if let Some(b) = cache.get(&(Arc::as_ptr(g) as usize)) {
             for (h, t) in &b.active {
                 active.insert(h.clone(), t.clone());
             }
-            if !b.dropped.is_empty() {
-                dropped.push(b.dropped.clone());
-            }
         }
     }
-    (active, dropped)
+    active
 }
 
 /// What the sync task of a job on discovered targets works with.
@@ -558,8 +523,7 @@ async fn sync_job(job: Discovered, mut rx: discovery::Targets, cancel: Cancellat
     let mut cache = HashMap::new();
     loop {
         let groups = rx.borrow_and_update().clone();
-        let (mut desired, dropped) =
-            build_targets(&cfg, &groups, &mut cache, host_filter.as_deref());
+        let mut desired = build_targets(&cfg, &groups, &mut cache, host_filter.as_deref());
         let limit = cfg.limits.target_limit;
         let forced = (limit > 0 && desired.len() as u64 > limit).then(|| {
             format!(
@@ -569,7 +533,6 @@ async fn sync_job(job: Discovered, mut rx: discovery::Targets, cancel: Cancellat
         });
         let removed: Vec<RunningTarget> = {
             let mut p = lock_pool(&pool);
-            p.dropped = dropped;
             let gone: Vec<LoopKey> = p
                 .loops
                 .keys()
@@ -822,7 +785,7 @@ mod tests {
     }
 
     #[test]
-    fn targets_are_identified_by_full_labels_and_dropped_ones_kept() {
+    fn targets_are_identified_by_full_labels_and_dropped_ones_left_out() {
         let yaml = "scrape_configs:\n  - job_name: j\n    static_configs: [{targets: ['a:1', 'a:1', 'b:2', 'c:3']}]\n    relabel_configs:\n      - source_labels: [__address__]\n        regex: 'c:3'\n        action: drop\n";
         let (_, cfg) =
             crate::config::load::parse_instance(yaml, &crate::config::GlobalConfig::default())
@@ -837,22 +800,20 @@ mod tests {
             labels: Default::default(),
         })];
         let mut cache = HashMap::new();
-        let (active, dropped) = build_targets(cfg, &groups, &mut cache, None);
-        assert_eq!(active.len(), 2, "duplicates collapse");
-        assert_eq!(dropped.len(), 1);
-        assert_eq!(dropped[0].len(), 1);
-        assert_eq!(dropped[0][0].get("__address__"), Some("c:3"));
+        let active = build_targets(cfg, &groups, &mut cache, None);
+        assert_eq!(active.len(), 2, "duplicates collapse, c:3 is dropped");
+        assert!(active.values().all(|t| t.url != "http://c:3/metrics"));
         for (h, t) in &active {
             assert_eq!(*h, t.full_labels);
         }
         // The same group again is not relabelled: its targets are the very same.
-        let (again, _) = build_targets(cfg, &groups, &mut cache, None);
+        let again = build_targets(cfg, &groups, &mut cache, None);
         for (h, t) in &again {
             assert!(Arc::ptr_eq(t, &active[h]));
         }
         // A new group (even an equal one) is built anew, and the old one leaves the cache.
         let other = vec![Arc::new((*groups[0]).clone())];
-        let (fresh, _) = build_targets(cfg, &other, &mut cache, None);
+        let fresh = build_targets(cfg, &other, &mut cache, None);
         assert_eq!(fresh.len(), 2);
         for (h, t) in &fresh {
             assert!(!Arc::ptr_eq(t, &active[h]));

@@ -130,10 +130,6 @@ impl Target {
 
 /// The discovered labels of a target (step 1): `group` overlaid with `target`, plus the
 /// scrape config's defaults and params.
-pub fn discovered_labels(group: &Labels, target: &Labels, cfg: &ScrapeConfig) -> Labels {
-    discovered_builder(group, target, cfg).labels()
-}
-
 fn discovered_builder(group: &Labels, target: &Labels, cfg: &ScrapeConfig) -> LabelsBuilder {
     let mut lb = group.builder();
     for (n, v) in target {
