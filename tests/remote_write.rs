@@ -148,6 +148,19 @@ fn queue_config(per_send: usize) -> QueueConfig {
     }
 }
 
+/// A queue to `url` with `q` and default client settings, and the registry of its metrics.
+fn queue_for(url: &str, q: QueueConfig) -> (Registry, QueueManager) {
+    let mut reg = Registry::default();
+    let metrics = RemoteWriteMetrics::register(&mut reg);
+    let qm = QueueManager::new(
+        client(url, HttpClientConfig::default()),
+        QueueSettings::new(q, BTreeMap::new()),
+        &metrics,
+        None,
+    );
+    (reg, qm)
+}
+
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     Labels::from_pairs(pairs.iter().copied())
 }
@@ -275,14 +288,7 @@ async fn delivers_100_series_x_10_samples_to_prometheus_with_external_labels() {
 async fn http_429_with_retry_after_is_retried_and_delivered_once() {
     let rx = Receiver::new(204).then(429, vec![("Retry-After", "1")]);
     let url = rx.serve().await;
-    let mut reg = Registry::default();
-    let metrics = RemoteWriteMetrics::register(&mut reg);
-    let qm = QueueManager::new(
-        client(&url, HttpClientConfig::default()),
-        QueueSettings::new(queue_config(100), BTreeMap::new()),
-        &metrics,
-        None,
-    );
+    let (reg, qm) = queue_for(&url, queue_config(100));
     qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
     let start = Instant::now();
     qm.append_samples(&[(r(1), 1000, 1.0), (r(1), 2000, 2.0), (r(1), 3000, 3.0)])
@@ -319,14 +325,7 @@ async fn http_429_with_retry_after_is_retried_and_delivered_once() {
 async fn a_stop_during_a_retry_after_of_any_length_still_delivers() {
     let rx = Receiver::new(204).then(503, vec![("Retry-After", "10000000000000000000")]);
     let url = rx.serve().await;
-    let mut reg = Registry::default();
-    let metrics = RemoteWriteMetrics::register(&mut reg);
-    let qm = QueueManager::new(
-        client(&url, HttpClientConfig::default()),
-        QueueSettings::new(queue_config(100), BTreeMap::new()),
-        &metrics,
-        None,
-    );
+    let (reg, qm) = queue_for(&url, queue_config(100));
     qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
     qm.append_samples(&[(r(1), 1000, 1.0), (r(1), 2000, 2.0)])
         .await
@@ -357,14 +356,7 @@ async fn a_stop_during_a_retry_after_of_any_length_still_delivers() {
 async fn a_huge_max_samples_per_send_sends_at_the_deadline() {
     let rx = Receiver::new(204);
     let url = rx.serve().await;
-    let mut reg = Registry::default();
-    let metrics = RemoteWriteMetrics::register(&mut reg);
-    let qm = QueueManager::new(
-        client(&url, HttpClientConfig::default()),
-        QueueSettings::new(queue_config(usize::MAX / 2), BTreeMap::new()),
-        &metrics,
-        None,
-    );
+    let (reg, qm) = queue_for(&url, queue_config(usize::MAX / 2));
     qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
     qm.append_samples(&[(r(1), 1000, 1.0), (r(1), 2000, 2.0)])
         .await
@@ -381,16 +373,9 @@ async fn a_huge_max_samples_per_send_sends_at_the_deadline() {
 async fn samples_older_than_sample_age_limit_are_dropped_not_sent() {
     let rx = Receiver::new(204);
     let url = rx.serve().await;
-    let mut reg = Registry::default();
-    let metrics = RemoteWriteMetrics::register(&mut reg);
     let mut q = queue_config(100);
     q.sample_age_limit = PromDuration::from_secs(60);
-    let qm = QueueManager::new(
-        client(&url, HttpClientConfig::default()),
-        QueueSettings::new(q, BTreeMap::new()),
-        &metrics,
-        None,
-    );
+    let (reg, qm) = queue_for(&url, q);
     qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
     let now = agent::clock::Clock::system().unix_millis();
     qm.append_samples(&[
@@ -423,14 +408,7 @@ async fn http_503_is_retried_with_backoff_until_accepted() {
         .then(500, vec![])
         .then(503, vec![]);
     let url = rx.serve().await;
-    let mut reg = Registry::default();
-    let metrics = RemoteWriteMetrics::register(&mut reg);
-    let qm = QueueManager::new(
-        client(&url, HttpClientConfig::default()),
-        QueueSettings::new(queue_config(100), BTreeMap::new()),
-        &metrics,
-        None,
-    );
+    let (reg, qm) = queue_for(&url, queue_config(100));
     qm.store_series([(r(7), labels(&[("__name__", "m")]))]);
     qm.append_samples(&[(r(7), 5, 1.0)]).await.unwrap();
     assert!(
@@ -450,14 +428,7 @@ async fn http_503_is_retried_with_backoff_until_accepted() {
 async fn http_400_is_dropped_and_counted_without_retrying() {
     let rx = Receiver::new(400);
     let url = rx.serve().await;
-    let mut reg = Registry::default();
-    let metrics = RemoteWriteMetrics::register(&mut reg);
-    let qm = QueueManager::new(
-        client(&url, HttpClientConfig::default()),
-        QueueSettings::new(queue_config(100), BTreeMap::new()),
-        &metrics,
-        None,
-    );
+    let (reg, qm) = queue_for(&url, queue_config(100));
     qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
     // Samples from after the queue started: a batch holding older ones (what a crash may have
     // delivered already) is split on 400 in a shard's first batches (remote_write/queue.rs,

@@ -887,6 +887,18 @@ mod tests {
         }
     }
 
+    /// An instance started from the config text `yaml` (named `config`), in a new directory.
+    async fn started(yaml: &str) -> (tempfile::TempDir, Shared, Instance) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::default();
+        let shared = Shared::new(dir.path(), "a", &mut registry, Clock::system());
+        let (_, cfg) =
+            crate::config::load::parse_instance(yaml, &crate::config::GlobalConfig::default())
+                .unwrap();
+        let inst = Instance::start(cfg, &shared, "i").await.unwrap();
+        (dir, shared, inst)
+    }
+
     /// `write_stale_on_shutdown: true` writes a staleness marker for every series at a stop
     /// that does not ask for them (a shutdown, a config that moved), as the old agent does;
     /// without it, such a stop writes none. The setting used to be parsed and ignored.
@@ -899,17 +911,10 @@ mod tests {
             let _ = axum::serve(listener, app).await;
         });
         for setting in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let mut registry = Registry::default();
-            let shared = Shared::new(dir.path(), "a", &mut registry, Clock::system());
-            let (_, cfg) = crate::config::load::parse_instance(
-                &format!(
-                    "write_stale_on_shutdown: {setting}\nscrape_configs:\n  - job_name: j\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{addr}']\n"
-                ),
-                &crate::config::GlobalConfig::default(),
-            )
-            .unwrap();
-            let inst = Instance::start(cfg, &shared, "i").await.unwrap();
+            let (_dir, shared, inst) = started(&format!(
+                "write_stale_on_shutdown: {setting}\nscrape_configs:\n  - job_name: j\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{addr}']\n"
+            ))
+            .await;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             while !inst.targets().iter().any(|t| t.state == "up") {
                 assert!(tokio::time::Instant::now() < deadline, "never scraped");
@@ -951,17 +956,10 @@ mod tests {
     #[tokio::test]
     async fn host_filter_leaves_out_targets_on_other_hosts() {
         for setting in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let mut registry = Registry::default();
-            let shared = Shared::new(dir.path(), "a", &mut registry, Clock::system());
-            let (_, cfg) = crate::config::load::parse_instance(
-                &format!(
-                    "host_filter: {setting}\nscrape_configs:\n  - job_name: j\n    static_configs:\n      - targets: ['127.0.0.1:1', 'not-this-host.invalid:1']\n"
-                ),
-                &crate::config::GlobalConfig::default(),
-            )
-            .unwrap();
-            let inst = Instance::start(cfg, &shared, "i").await.unwrap();
+            let (_dir, _shared, inst) = started(&format!(
+                "host_filter: {setting}\nscrape_configs:\n  - job_name: j\n    static_configs:\n      - targets: ['127.0.0.1:1', 'not-this-host.invalid:1']\n"
+            ))
+            .await;
             // Both come from one discovery group, so both are built in the same pass.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             while inst.targets().is_empty() {
