@@ -95,11 +95,15 @@ pub fn compute(
         }
     }
     let plan = assign(&keys, &members, &previous, load_factor);
-    // Saturating: the epochs come from the KV store.
-    let epoch = prev
+    // Saturating: the epochs come from the KV store. At the end of the range no plan can be
+    // newer than the last one, which agents need to take it: said once per plan.
+    let newest = prev
         .epoch
-        .max(state.agents.values().map(|a| a.epoch).max().unwrap_or(0))
-        .saturating_add(1);
+        .max(state.agents.values().map(|a| a.epoch).max().unwrap_or(0));
+    if newest == u64::MAX {
+        tracing::error!("target assignment epoch in the KV store is at its maximum (a corrupt value?); agents will not take new plans until sharding/assignment and sharding/agents/* are removed from it");
+    }
+    let epoch = newest.saturating_add(1);
     let configs: Vec<ConfigOwners> = state
         .targets
         .iter()

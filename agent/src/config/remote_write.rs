@@ -114,12 +114,12 @@ with_http_client! {
     }
 }
 
-/// Headers remote_write sets itself; Prometheus refuses to let configs change them.
 /// The most shards `queue_config.min_shards` may start with. Prometheus has no limit; a value
 /// past this one is a typo that would take the process down at start (out of memory), and with
 /// it every agent the config is assigned to.
 pub const MAX_MIN_SHARDS: usize = 10_000;
 
+/// Headers remote_write sets itself; Prometheus refuses to let configs change them.
 const RESERVED_HEADERS: [&str; 12] = [
     "authorization",
     "host",

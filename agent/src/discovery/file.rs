@@ -64,6 +64,8 @@ pub(crate) async fn run(
         let changed;
         (seen, changed) = match scanned {
             Ok(s) => s,
+            // The runtime is shutting down.
+            Err(e) if e.is_cancelled() => return,
             Err(e) => {
                 tracing::error!(error = %e, "file_sd: the scan of the target files failed; this discovery stops");
                 return;

@@ -101,6 +101,9 @@ pub struct Instance {
     stop: CancellationToken,
     metrics: InstanceMetrics,
     label: InstanceLabel,
+    /// `write_stale_on_shutdown`, unless targets are assigned by the ring (then a target's
+    /// series go on at its next owner and markers would cut them).
+    stale_at_any_stop: bool,
 }
 
 impl std::fmt::Debug for Instance {
@@ -468,6 +471,10 @@ impl Instance {
 
         let mut scrape = ScrapeManager::new(name.clone(), storage.clone(), shared.base_dir.clone())
             .with_clock(shared.clock);
+        if cfg.write_stale_on_shutdown && shared.assigned.is_some() {
+            tracing::warn!("write_stale_on_shutdown is not applied with scraping_service.sharding: targets (a target's series continue at the agent it moves to; staleness markers are written when it is gone from discovery)");
+        }
+        let cfg_stale_at_any_stop = cfg.write_stale_on_shutdown && shared.assigned.is_none();
         if cfg.host_filter && shared.assigned.is_some() {
             // The cluster's leader assigns targets to agents: no agent decides by its host.
             tracing::warn!("host_filter is not applied with scraping_service.sharding: targets (targets are assigned to agents by the ring, not by host)");
@@ -529,6 +536,7 @@ impl Instance {
             stop,
             metrics: shared.instance_metrics.clone(),
             label,
+            stale_at_any_stop: cfg_stale_at_any_stop,
         })
     }
 
@@ -541,7 +549,8 @@ impl Instance {
     }
 
     /// Applies a changed config in place when only scrape configs changed; `false` when the
-    /// instance must be restarted (remote_write or WAL settings changed).
+    /// instance must be restarted (remote_write, WAL or host filter settings changed: the
+    /// scrape manager was built with the host filter).
     pub async fn update(&mut self, cfg: InstanceConfig) -> bool {
         let same_rest = cfg.remote_write == self.cfg.remote_write
             && cfg.external_labels == self.cfg.external_labels
@@ -550,7 +559,8 @@ impl Instance {
             && cfg.max_wal_time == self.cfg.max_wal_time
             && cfg.remote_flush_deadline == self.cfg.remote_flush_deadline
             && cfg.write_stale_on_shutdown == self.cfg.write_stale_on_shutdown
-            && cfg.host_filter == self.cfg.host_filter;
+            && cfg.host_filter == self.cfg.host_filter
+            && cfg.host_filter_relabel_configs == self.cfg.host_filter_relabel_configs;
         if !same_rest {
             return false;
         }
@@ -575,10 +585,11 @@ impl Instance {
     /// is read from the WAL again at the next start (docs/compat.md, *Stopping*). Staleness
     /// markers are written when `write_stale` (the config was deleted) or when the config
     /// sets `write_stale_on_shutdown`, as the old agent does: then also at a shutdown and
-    /// when the config only moved to another agent.
+    /// when the config only moved to another agent (not with target sharding, see
+    /// `stale_at_any_stop`).
     pub async fn stop(self, write_stale: bool) {
         self.scrape
-            .stop(write_stale || self.cfg.write_stale_on_shutdown)
+            .stop(write_stale || self.stale_at_any_stop)
             .await;
         // Everything committed is durable before the instance is gone (the WAL's disk thread
         // does the fsync; this task only waits for it).
@@ -980,6 +991,32 @@ mod tests {
             assert_eq!(found, want, "host_filter: {setting}");
             inst.stop(true).await;
         }
+    }
+
+    /// The scrape manager is built with the host filter: a change to its rules restarts the
+    /// instance instead of being taken in place (and ignored).
+    #[tokio::test]
+    async fn a_changed_host_filter_rule_restarts_the_instance() {
+        let text = |regex: &str| {
+            format!(
+                "host_filter: true\nhost_filter_relabel_configs:\n  - source_labels: [__meta_x]\n    regex: '{regex}'\n    target_label: __host__\nscrape_configs:\n  - job_name: j\n    static_configs:\n      - targets: ['127.0.0.1:1']\n"
+            )
+        };
+        let (_dir, _shared, mut inst) = started(&text("(.*)")).await;
+        let parse = |t: &str| {
+            crate::config::load::parse_instance(t, &crate::config::GlobalConfig::default())
+                .unwrap()
+                .1
+        };
+        assert!(
+            inst.update(parse(&text("(.*)"))).await,
+            "unchanged: in place"
+        );
+        assert!(
+            !inst.update(parse(&text("node-(.*)"))).await,
+            "rules changed: restart"
+        );
+        inst.stop(true).await;
     }
 
     /// The exposed names are the ones the docs and the old agent's dashboards use.

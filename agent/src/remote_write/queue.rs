@@ -610,16 +610,7 @@ impl QueueManager {
         let mut resolved = Vec::with_capacity(samples.len());
         let mut unknown = 0u64;
         let mut dropped = 0u64;
-        // `sample_age_limit`: a sample older than that when it is read from the WAL is dropped,
-        // not sent (Prometheus's rule, from 2.49; 0 = no limit).
-        let limit = shared.settings.queue.sample_age_limit.millis();
-        let oldest = if limit == 0 {
-            i64::MIN
-        } else {
-            crate::clock::Clock::system()
-                .unix_millis()
-                .saturating_sub(i64::try_from(limit).unwrap_or(i64::MAX))
-        };
+        let oldest = self.oldest_to_send();
         let mut too_old = 0u64;
         {
             let table = shared.read_series();
@@ -662,9 +653,22 @@ impl QueueManager {
         self.shared.settings.send_exemplars
     }
 
+    /// `sample_age_limit`: a sample or exemplar older than this timestamp when it is read from
+    /// the WAL is dropped, not sent (Prometheus's rule, from 2.49; `i64::MIN` without a limit).
+    fn oldest_to_send(&self) -> i64 {
+        let limit = self.shared.settings.queue.sample_age_limit.millis();
+        if limit == 0 {
+            return i64::MIN;
+        }
+        crate::clock::Clock::system()
+            .unix_millis()
+            .saturating_sub(i64::try_from(limit).unwrap_or(i64::MAX))
+    }
+
     /// Queues exemplars of series (their labels as read from the WAL). Without
     /// `send_exemplars` they are ignored (not counted: they were never meant for this
-    /// endpoint). Exemplars of dropped or unknown series are counted as dropped.
+    /// endpoint). Exemplars of dropped or unknown series, or older than `sample_age_limit`, are
+    /// counted as dropped.
     pub async fn append_exemplars(
         &self,
         exemplars: Vec<(SeriesRef, Exemplar)>,
@@ -678,9 +682,14 @@ impl QueueManager {
         }
         let mut resolved = Vec::with_capacity(exemplars.len());
         let mut dropped = 0u64;
+        let oldest = self.oldest_to_send();
         {
             let table = shared.read_series();
             for (r, e) in exemplars {
+                if e.timestamp < oldest {
+                    dropped += 1;
+                    continue;
+                }
                 match table.get(r) {
                     Some(SeriesEntry::Shared(_) | SeriesEntry::Own(_)) => resolved.push(Pending {
                         series: r,
