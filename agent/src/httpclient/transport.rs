@@ -451,10 +451,6 @@ impl RequestUrl {
             .map_err(|e| format!("builder error: {e}"))?;
         Ok(RequestUrl { url, uri })
     }
-
-    pub fn as_str(&self) -> &str {
-        self.url.as_str()
-    }
 }
 
 /// reqwest's `Referer`: the previous URL without credentials or fragment, none from https to
