@@ -131,45 +131,29 @@ impl Provider {
         }
     }
 
+    /// Every name's result when no resolver could be made.
+    fn all_failed(&self, msg: &str) -> Vec<(&str, Result<TargetGroup, LookupError>)> {
+        self.names
+            .iter()
+            .map(|n| (n.as_str(), Err(LookupError::Config(msg.to_owned()))))
+            .collect()
+    }
+
     /// Looks every name up once, concurrently, in configuration order.
     async fn refresh(&self) -> Vec<(&str, Result<TargetGroup, LookupError>)> {
-        let resolver = match self.resolver() {
-            Ok(r) => r,
-            Err(e) => {
-                let msg = e.to_string();
-                return self
-                    .names
-                    .iter()
-                    .map(|n| (n.as_str(), Err(LookupError::Config(msg.clone()))))
-                    .collect();
-            }
+        // Building the system resolver reads /etc/resolv.conf: off the async workers.
+        let nameserver = self.nameserver;
+        let built = tokio::task::spawn_blocking(move || resolver(nameserver)).await;
+        let resolver = match built {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return self.all_failed(&e.to_string()),
+            Err(e) => return self.all_failed(&format!("resolver setup failed: {e}")),
         };
         let lookups = self.names.iter().map(|name| {
             let resolver = &resolver;
             async move { (name.as_str(), self.lookup_one(resolver, name).await) }
         });
         join_all(lookups).await
-    }
-
-    /// A fresh resolver per refresh: resolv.conf changes are picked up, and nothing is
-    /// cached between refreshes (Prometheus asks the servers every time).
-    fn resolver(&self) -> Result<TokioResolver, ResolveError> {
-        let mut builder = match self.nameserver {
-            Nameserver::System => TokioResolver::builder_tokio()?,
-            Nameserver::At(addr) => TokioResolver::builder_with_config(
-                ResolverConfig::from_parts(
-                    None,
-                    Vec::new(),
-                    NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true),
-                ),
-                TokioConnectionProvider::default(),
-            ),
-        };
-        let opts = builder.options_mut();
-        opts.use_hosts_file = ResolveHosts::Never;
-        // Answers from the servers as they are; CNAMEs in them are skipped below.
-        opts.preserve_intermediates = true;
-        Ok(builder.build())
     }
 
     async fn lookup_one(
@@ -304,6 +288,27 @@ async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> V
     })
     .await;
     out.into_iter().flatten().collect()
+}
+
+/// A fresh resolver per refresh: resolv.conf changes are picked up, and nothing is
+/// cached between refreshes (Prometheus asks the servers every time).
+fn resolver(nameserver: Nameserver) -> Result<TokioResolver, ResolveError> {
+    let mut builder = match nameserver {
+        Nameserver::System => TokioResolver::builder_tokio()?,
+        Nameserver::At(addr) => TokioResolver::builder_with_config(
+            ResolverConfig::from_parts(
+                None,
+                Vec::new(),
+                NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true),
+            ),
+            TokioConnectionProvider::default(),
+        ),
+    };
+    let opts = builder.options_mut();
+    opts.use_hosts_file = ResolveHosts::Never;
+    // Answers from the servers as they are; CNAMEs in them are skipped below.
+    opts.preserve_intermediates = true;
+    Ok(builder.build())
 }
 
 #[cfg(test)]

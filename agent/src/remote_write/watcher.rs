@@ -446,7 +446,14 @@ pub async fn run(
         Some(f) => (Some(f.shared), Some(f.dropped)),
         None => (None, None),
     };
-    let after = read_marks(&progress_file);
+    // A file read: off the async workers.
+    let path = progress_file.clone();
+    let after = tokio::task::spawn_blocking(move || read_marks(&path))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read remote_write progress; resending what the WAL holds");
+            None
+        });
     let wanted = Wanted {
         exemplars: queue.sends_exemplars(),
         shared,
