@@ -177,7 +177,7 @@ fn expand(pattern: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Go's `filepath.Match` for one path element: `*`, `?`, `[a-z]`, `[^...]`, `\\` escapes.
+/// Go's `filepath.Match` for one path element: `*`, `?`, `[a-z]`, `[^...]`, `\` escapes.
 ///
 /// In linear passes with one backtracking point (the last `*`), as Go does: a recursive match
 /// tries every split at every `*` and takes exponential time on a pattern like `*a*a*a*a*b`.

@@ -910,6 +910,15 @@ mod tests {
         (dir, shared, inst)
     }
 
+    /// Waits for the instance's first WAL commit (a scrape appended).
+    async fn first_commit(inst: &Instance) {
+        let mut commits = inst.storage.commits();
+        tokio::time::timeout(Duration::from_secs(30), commits.wait_for(|n| *n > 0))
+            .await
+            .expect("a scrape committed within 30 s")
+            .expect("the storage is open");
+    }
+
     /// `write_stale_on_shutdown: true` writes a staleness marker for every series at a stop
     /// that does not ask for them (a shutdown, a config that moved), as the old agent does;
     /// without it, such a stop writes none. The setting used to be parsed and ignored.
@@ -926,11 +935,7 @@ mod tests {
                 "write_stale_on_shutdown: {setting}\nscrape_configs:\n  - job_name: j\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{addr}']\n"
             ))
             .await;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while !inst.targets().iter().any(|t| t.state == "up") {
-                assert!(tokio::time::Instant::now() < deadline, "never scraped");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            first_commit(&inst).await;
             inst.stop(false).await;
             let mut values = Vec::new();
             let mut samples = Vec::new();
@@ -968,15 +973,12 @@ mod tests {
     async fn host_filter_leaves_out_targets_on_other_hosts() {
         for setting in [false, true] {
             let (_dir, _shared, inst) = started(&format!(
-                "host_filter: {setting}\nscrape_configs:\n  - job_name: j\n    static_configs:\n      - targets: ['127.0.0.1:1', 'not-this-host.invalid:1']\n"
+                "host_filter: {setting}\nscrape_configs:\n  - job_name: j\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['127.0.0.1:1', 'not-this-host.invalid:1']\n"
             ))
             .await;
-            // Both come from one discovery group, so both are built in the same pass.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while inst.targets().is_empty() {
-                assert!(tokio::time::Instant::now() < deadline, "no target");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            // A scrape (here a failed one: `up` 0) was committed, so its target was built; both
+            // come from one discovery group, so both are built in the same pass.
+            first_commit(&inst).await;
             let mut found: Vec<String> = inst
                 .targets()
                 .iter()

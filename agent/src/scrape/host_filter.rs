@@ -13,7 +13,7 @@
 //! `role: pod` by the field selector `spec.nodeName=<host>` to list fewer pods; agentctl keeps
 //! the entry's selectors and filters after discovery (docs/compat.md).
 
-use super::target::split_host_port;
+use super::target::{group_and_target, split_host_port};
 use crate::config::relabel::RelabelConfig;
 use crate::labels::Labels;
 use crate::relabel;
@@ -60,10 +60,7 @@ impl HostFilter {
 
     /// Whether the target with labels `target` in a group with labels `group` runs here.
     pub fn keeps(&self, group: &Labels, target: &Labels) -> bool {
-        let mut lb = group.builder();
-        for (n, v) in target {
-            lb.set(n, v);
-        }
+        let mut lb = group_and_target(group, target);
         if !relabel::process(&mut lb, &self.rules) {
             return true;
         }

@@ -128,13 +128,19 @@ impl Target {
     }
 }
 
-/// The discovered labels of a target (step 1): `group` overlaid with `target`, plus the
-/// scrape config's defaults and params.
-fn discovered_builder(group: &Labels, target: &Labels, cfg: &ScrapeConfig) -> LabelsBuilder {
+/// A discovered target's own labels over its group's.
+pub(crate) fn group_and_target(group: &Labels, target: &Labels) -> LabelsBuilder {
     let mut lb = group.builder();
     for (n, v) in target {
         lb.set(n, v);
     }
+    lb
+}
+
+/// The discovered labels of a target (step 1): `group` overlaid with `target`, plus the
+/// scrape config's defaults and params.
+fn discovered_builder(group: &Labels, target: &Labels, cfg: &ScrapeConfig) -> LabelsBuilder {
+    let mut lb = group_and_target(group, target);
     let interval = cfg.scrape_interval.to_string();
     let timeout = cfg.scrape_timeout.to_string();
     for (name, value) in [
