@@ -401,6 +401,77 @@ async fn samples_older_than_sample_age_limit_are_dropped_not_sent() {
     );
 }
 
+/// The values of each request the receiver saw, in order.
+fn values_per_request(rx: &Receiver) -> Vec<Vec<f64>> {
+    rx.requests()
+        .iter()
+        .map(|s| {
+            let series = s.request.timeseries.iter();
+            series
+                .flat_map(|t| t.samples.iter().map(|s| s.value))
+                .collect()
+        })
+        .collect()
+}
+
+/// `sample_age_limit` holds at every try, as in Prometheus: a batch retried past the limit is
+/// sent again without what grew too old while it waited.
+#[tokio::test]
+async fn a_retried_batch_leaves_out_what_grew_older_than_sample_age_limit() {
+    // The retry waits out Retry-After: 3 s.
+    let rx = Receiver::new(204).then(503, vec![("Retry-After", "3")]);
+    let url = rx.serve().await;
+    let mut q = queue_config(100);
+    q.sample_age_limit = PromDuration::from_secs(10);
+    let (reg, qm) = queue_for(&url, q);
+    qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
+    let now = agent::clock::Clock::system().unix_millis();
+    // 8 s old: within the limit at the first try, 11 s old or more at the retry.
+    qm.append_samples(&[(r(1), now - 8_000, 1.0), (r(1), now, 2.0)])
+        .await
+        .unwrap();
+    let report = qm.flush(Instant::now() + Duration::from_secs(30)).await;
+    assert!(report.complete, "{report:?}");
+    assert_eq!(values_per_request(&rx), [vec![1.0, 2.0], vec![2.0]]);
+    assert_eq!(metric(&reg, "prometheus_remote_storage_samples_total"), 1.0);
+    assert_eq!(
+        metric(&reg, "prometheus_remote_storage_samples_dropped_total"),
+        1.0
+    );
+    assert_eq!(
+        metric(&reg, "prometheus_remote_storage_samples_retried_total"),
+        2.0
+    );
+}
+
+/// A batch whose every sample grows older than `sample_age_limit` while it is retried is not
+/// sent again: it is dropped, and the queue goes on.
+#[tokio::test]
+async fn a_retried_batch_all_too_old_is_dropped_without_another_request() {
+    let rx = Receiver::new(204).then(503, vec![("Retry-After", "3")]);
+    let url = rx.serve().await;
+    let mut q = queue_config(100);
+    q.sample_age_limit = PromDuration::from_secs(10);
+    let (reg, qm) = queue_for(&url, q);
+    qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
+    let now = agent::clock::Clock::system().unix_millis();
+    qm.append_samples(&[(r(1), now - 8_000, 1.0)])
+        .await
+        .unwrap();
+    let report = qm.flush(Instant::now() + Duration::from_secs(30)).await;
+    assert!(report.complete, "{report:?}");
+    assert_eq!(values_per_request(&rx), [vec![1.0]]);
+    assert_eq!(metric(&reg, "prometheus_remote_storage_samples_total"), 0.0);
+    assert_eq!(
+        metric(&reg, "prometheus_remote_storage_samples_dropped_total"),
+        1.0
+    );
+    assert_eq!(
+        metric(&reg, "prometheus_remote_storage_samples_failed_total"),
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn http_503_is_retried_with_backoff_until_accepted() {
     let rx = Receiver::new(200)

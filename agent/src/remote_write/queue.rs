@@ -287,6 +287,19 @@ impl Shared {
         self.client.remote_name()
     }
 
+    /// `sample_age_limit`: a sample or exemplar older than this timestamp when it is read from
+    /// the WAL, or when a request holding it is encoded (before each try), is dropped, not
+    /// sent (Prometheus's rule, from 2.49; `i64::MIN` without a limit).
+    fn oldest_to_send(&self) -> i64 {
+        let limit = self.settings.queue.sample_age_limit.millis();
+        if limit == 0 {
+            return i64::MIN;
+        }
+        crate::clock::Clock::system()
+            .unix_millis()
+            .saturating_sub(i64::try_from(limit).unwrap_or(i64::MAX))
+    }
+
     fn read_series(&self) -> std::sync::RwLockReadGuard<'_, SeriesTable> {
         // The table is only changed by whole inserts and removals; a panic cannot leave it
         // inconsistent.
@@ -610,7 +623,7 @@ impl QueueManager {
         let mut resolved = Vec::with_capacity(samples.len());
         let mut unknown = 0u64;
         let mut dropped = 0u64;
-        let oldest = self.oldest_to_send();
+        let oldest = shared.oldest_to_send();
         let mut too_old = 0u64;
         {
             let table = shared.read_series();
@@ -653,18 +666,6 @@ impl QueueManager {
         self.shared.settings.send_exemplars
     }
 
-    /// `sample_age_limit`: a sample or exemplar older than this timestamp when it is read from
-    /// the WAL is dropped, not sent (Prometheus's rule, from 2.49; `i64::MIN` without a limit).
-    fn oldest_to_send(&self) -> i64 {
-        let limit = self.shared.settings.queue.sample_age_limit.millis();
-        if limit == 0 {
-            return i64::MIN;
-        }
-        crate::clock::Clock::system()
-            .unix_millis()
-            .saturating_sub(i64::try_from(limit).unwrap_or(i64::MAX))
-    }
-
     /// Queues exemplars of series (their labels as read from the WAL). Without
     /// `send_exemplars` they are ignored (not counted: they were never meant for this
     /// endpoint). Exemplars of dropped or unknown series, or older than `sample_age_limit`, are
@@ -682,7 +683,7 @@ impl QueueManager {
         }
         let mut resolved = Vec::with_capacity(exemplars.len());
         let mut dropped = 0u64;
-        let oldest = self.oldest_to_send();
+        let oldest = shared.oldest_to_send();
         {
             let table = shared.read_series();
             for (r, e) in exemplars {
@@ -816,10 +817,8 @@ impl QueueManager {
             let body = bytes::Bytes::copy_from_slice(enc.encode([], chunk));
             let len = body.len() as u64;
             let n = chunk.len() as u64;
-            let retried = || {
-                shared.metrics.metadata_retried.inc_by(n);
-            };
-            match send_with_backoff(shared, body, &retried).await {
+            let mut tries = MetadataRequest { shared, body, n };
+            match send_with_backoff(shared, &mut tries).await {
                 Outcome::Delivered => {
                     shared.metrics.metadata.inc_by(n);
                     shared.metrics.metadata_bytes.inc_by(len);
@@ -832,7 +831,8 @@ impl QueueManager {
                         reason,
                     });
                 }
-                Outcome::Cancelled => {
+                // (`Emptied` never: a metadata request is sent again as it is.)
+                Outcome::Cancelled | Outcome::Emptied => {
                     return Err(QueueError::Metadata {
                         remote: shared.remote().to_owned(),
                         url: shared.client.url().to_owned(),
@@ -1052,6 +1052,9 @@ enum Outcome {
     },
     /// Hard stop during the send or its backoff.
     Cancelled,
+    /// Nothing left to send: every entry grew older than `sample_age_limit` while the request
+    /// was retried (or was already when it was encoded), or its series is gone.
+    Emptied,
 }
 
 async fn run_shard(
@@ -1286,6 +1289,8 @@ struct Tally {
     reason: Option<String>,
     /// Sent again in halves ([`resend_in_halves`]).
     split: bool,
+    /// Left out of the requests as older than `sample_age_limit` (see [`Request`]).
+    too_old: (u64, u64),
 }
 
 impl Tally {
@@ -1300,6 +1305,7 @@ impl Tally {
             bytes: 0,
             reason: None,
             split: false,
+            too_old: (0, 0),
         }
     }
 
@@ -1311,10 +1317,7 @@ impl Tally {
     }
 
     fn add(&mut self, outcome: Outcome, kinds: (u64, u64), len: u64, highest: i64) {
-        let add = |a: &mut (u64, u64)| {
-            a.0 += kinds.0;
-            a.1 += kinds.1;
-        };
+        let add = |a: &mut (u64, u64)| add_pair(a, kinds);
         match outcome {
             Outcome::Delivered => {
                 add(&mut self.delivered);
@@ -1330,8 +1333,14 @@ impl Tally {
                 add(&mut self.cancelled);
                 self.stopped = true;
             }
+            Outcome::Emptied => {}
         }
     }
+}
+
+fn add_pair(a: &mut (u64, u64), b: (u64, u64)) {
+    a.0 += b.0;
+    a.1 += b.1;
 }
 
 /// The highest sample timestamp of `entries` (exemplars' timestamps say nothing about WAL
@@ -1345,58 +1354,170 @@ fn highest_sample(entries: &[Pending]) -> i64 {
         .unwrap_or(NO_TIMESTAMP)
 }
 
-/// Encodes `entries` (and `samples`, their samples in the same order) as one request; entries
-/// whose series is gone are left out and returned as lost (samples, exemplars).
+/// A request of `entries` (with `samples`, their samples in the same order), encoded. Entries
+/// whose series is gone are left out (`lost`), and with `sample_age_limit` those older than it
+/// when the request is encoded (`too_old`): it is encoded again before each retry once its
+/// oldest entry has grown too old, as Prometheus does (from 2.49), so a receiver that was down
+/// longer than the limit is not sent what the limit keeps out.
 ///
-/// One read lock per request. Every queued entry's series was kept when it was queued and is
-/// not removed before the entry is finished; a series replaced since by one the filter drops
-/// (a WAL that reuses a ref for other labels, which Prometheus never writes) loses its queued
-/// entries, counted as dropped, as if they had arrived after the replacement.
-fn encode(
-    shared: &Shared,
-    enc: &mut WriteRequestEncoder,
-    entries: &[Pending],
-    samples: &[Sample],
-) -> (bytes::Bytes, (u64, u64)) {
-    let lost = std::cell::Cell::new((0u64, 0u64));
-    let table = shared.read_series();
-    let views = entries.iter().zip(samples.iter()).filter_map(|(p, s)| {
-        let labels = match table.get(p.series) {
-            Some(SeriesEntry::Shared(l)) => SeriesLabels::Packed {
-                labels: l.as_view(),
-                external: Some(shared.external.as_view()),
-            },
-            Some(SeriesEntry::Own(l)) => SeriesLabels::Packed {
-                labels: l.as_view(),
-                external: None,
-            },
-            _ => {
-                let (a, b) = lost.get();
-                lost.set(if p.exemplar.is_some() {
-                    (a, b + 1)
-                } else {
-                    (a + 1, b)
-                });
+/// One read lock of the series table per encoding. Every queued entry's series was kept when
+/// it was queued and is not removed before the entry is finished; a series replaced since by
+/// one the filter drops (a WAL that reuses a ref for other labels, which Prometheus never
+/// writes) loses its queued entries, counted as dropped, as if they had arrived after the
+/// replacement.
+struct Request<'a> {
+    shared: &'a Shared,
+    enc: &'a mut WriteRequestEncoder,
+    entries: &'a [Pending],
+    samples: &'a [Sample],
+    /// One copy per encoding into a refcounted buffer: tries reuse it, the encoder keeps its
+    /// own.
+    body: bytes::Bytes,
+    /// In the body: (samples, exemplars).
+    kinds: (u64, u64),
+    /// Left out, their series gone.
+    lost: (u64, u64),
+    /// Left out, older than `sample_age_limit` at the last encoding.
+    too_old: (u64, u64),
+    /// The oldest timestamp in the body (`i64::MAX` when it is empty).
+    oldest: i64,
+    /// The highest sample timestamp in the body.
+    highest: i64,
+}
+
+impl<'a> Request<'a> {
+    fn new(
+        shared: &'a Shared,
+        enc: &'a mut WriteRequestEncoder,
+        entries: &'a [Pending],
+        samples: &'a [Sample],
+    ) -> Request<'a> {
+        let mut r = Request {
+            shared,
+            enc,
+            entries,
+            samples,
+            body: bytes::Bytes::new(),
+            kinds: (0, 0),
+            lost: (0, 0),
+            too_old: (0, 0),
+            oldest: i64::MAX,
+            highest: NO_TIMESTAMP,
+        };
+        r.encode(shared.oldest_to_send());
+        r
+    }
+
+    /// Encodes the entries at or after `limit` whose series is known.
+    fn encode(&mut self, limit: i64) {
+        let (mut kinds, mut lost, mut too_old) = ((0, 0), (0, 0), (0, 0));
+        let (mut oldest, mut highest) = (i64::MAX, NO_TIMESTAMP);
+        let count = |c: &mut (u64, u64), p: &Pending| match p.exemplar {
+            None => c.0 += 1,
+            Some(_) => c.1 += 1,
+        };
+        let (shared, entries, samples) = (self.shared, self.entries, self.samples);
+        let table = shared.read_series();
+        let views = entries.iter().zip(samples).filter_map(|(p, s)| {
+            let labels = match table.get(p.series) {
+                Some(SeriesEntry::Shared(l)) => SeriesLabels::Packed {
+                    labels: l.as_view(),
+                    external: Some(shared.external.as_view()),
+                },
+                Some(SeriesEntry::Own(l)) => SeriesLabels::Packed {
+                    labels: l.as_view(),
+                    external: None,
+                },
+                _ => {
+                    count(&mut lost, p);
+                    return None;
+                }
+            };
+            // After the series: an entry whose series is gone counts as lost at every encoding.
+            if p.t < limit {
+                count(&mut too_old, p);
                 return None;
             }
-        };
-        Some(match &p.exemplar {
-            None => ProtoSeries {
-                labels,
-                samples: std::slice::from_ref(s),
-                exemplars: &[],
-            },
-            Some(e) => ProtoSeries {
-                labels,
-                samples: &[],
-                exemplars: std::slice::from_ref(&**e),
-            },
-        })
-    });
-    // One copy per request into a refcounted buffer: retries reuse it, the encoder keeps its
-    // own.
-    let body = bytes::Bytes::copy_from_slice(enc.encode(views, &[]));
-    (body, lost.get())
+            count(&mut kinds, p);
+            oldest = oldest.min(p.t);
+            Some(match &p.exemplar {
+                None => {
+                    highest = highest.max(p.t);
+                    ProtoSeries {
+                        labels,
+                        samples: std::slice::from_ref(s),
+                        exemplars: &[],
+                    }
+                }
+                Some(e) => ProtoSeries {
+                    labels,
+                    samples: &[],
+                    exemplars: std::slice::from_ref(&**e),
+                },
+            })
+        });
+        self.body = bytes::Bytes::copy_from_slice(self.enc.encode(views, &[]));
+        drop(table);
+        (self.kinds, self.lost, self.too_old) = (kinds, lost, too_old);
+        (self.oldest, self.highest) = (oldest, highest);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.kinds == (0, 0)
+    }
+}
+
+/// What [`send_with_backoff`] sends, and does between two tries.
+trait Tries {
+    fn body(&self) -> bytes::Bytes;
+    /// Counts what the failed try carried as retried.
+    fn retried(&self);
+    /// Before the next try: whether anything is left to send.
+    fn before_retry(&mut self) -> bool;
+}
+
+impl Tries for Request<'_> {
+    fn body(&self) -> bytes::Bytes {
+        self.body.clone()
+    }
+
+    fn retried(&self) {
+        let m = &self.shared.metrics;
+        m.samples_retried.inc_by(self.kinds.0);
+        m.exemplars_retried.inc_by(self.kinds.1);
+    }
+
+    /// Encodes the request again when its oldest entry has grown older than
+    /// `sample_age_limit` since.
+    fn before_retry(&mut self) -> bool {
+        let limit = self.shared.oldest_to_send();
+        if self.oldest < limit {
+            self.encode(limit);
+        }
+        !self.is_empty()
+    }
+}
+
+/// A request of metadata: sent again as it is.
+struct MetadataRequest<'a> {
+    shared: &'a Shared,
+    body: bytes::Bytes,
+    /// Entries in it.
+    n: u64,
+}
+
+impl Tries for MetadataRequest<'_> {
+    fn body(&self) -> bytes::Bytes {
+        self.body.clone()
+    }
+
+    fn retried(&self) {
+        self.shared.metrics.metadata_retried.inc_by(self.n);
+    }
+
+    fn before_retry(&mut self) -> bool {
+        true
+    }
 }
 
 async fn send_batch(
@@ -1415,15 +1536,16 @@ async fn send_batch(
         timestamp: p.t,
     }));
     let highest = highest_sample(batch);
-    let (body, (lost, lost_ex)) = encode(shared, enc, batch, samples);
-    let kinds = (queued - lost, queued_ex - lost_ex);
-    let len = body.len() as u64;
     let m = &shared.metrics;
-    let retried = || {
-        m.samples_retried.inc_by(kinds.0);
-        m.exemplars_retried.inc_by(kinds.1);
+    let mut req = Request::new(shared, enc, batch, samples);
+    let outcome = if req.is_empty() {
+        Outcome::Emptied
+    } else {
+        send_with_backoff(shared, &mut req).await
     };
-    let t = match send_with_backoff(shared, body, &retried).await {
+    let (kinds, len, sent_highest) = (req.kinds, req.body.len() as u64, req.highest);
+    let (lost, too_old) = (req.lost, req.too_old);
+    let t = match outcome {
         Outcome::Refused {
             reason,
             status: 400,
@@ -1435,7 +1557,11 @@ async fn send_batch(
         {
             resend_in_halves(shared, enc, batch, samples, reason).await
         }
-        outcome => Tally::whole(outcome, kinds, len, highest),
+        outcome => {
+            let mut t = Tally::whole(outcome, kinds, len, sent_highest);
+            t.too_old = too_old;
+            t
+        }
     };
     window.batch_done(batch);
     m.samples.inc_by(t.delivered.0);
@@ -1458,8 +1584,11 @@ async fn send_batch(
         let prev = shared
             .highest_delivered
             .fetch_max(t.highest_delivered, Ordering::AcqRel);
-        m.highest_sent
-            .set(prev.max(t.highest_delivered) as f64 / 1000.0);
+        let highest = prev.max(t.highest_delivered);
+        // Requests of exemplars only carry no sample timestamp.
+        if highest != NO_TIMESTAMP {
+            m.highest_sent.set(highest as f64 / 1000.0);
+        }
         let ms = shared.start.elapsed().as_millis() as i64;
         shared.last_success_ms.store(ms, Ordering::Release);
     }
@@ -1472,8 +1601,8 @@ async fn send_batch(
             "non-recoverable error sending samples; batch dropped"
         );
     }
-    m.samples_dropped.inc_by(lost);
-    m.exemplars_dropped.inc_by(lost_ex);
+    m.samples_dropped.inc_by(lost.0 + t.too_old.0);
+    m.exemplars_dropped.inc_by(lost.1 + t.too_old.1);
     m.samples_pending.dec_by(queued as i64);
     m.exemplars_pending.dec_by(queued_ex as i64);
     state.pending.fetch_sub(total, Ordering::AcqRel);
@@ -1508,31 +1637,26 @@ async fn resend_in_halves(
     let mid = batch.len() / 2;
     let mut todo = vec![(mid, batch.len()), (0, mid)];
     while let Some((a, b)) = todo.pop() {
-        let (entries, range_samples) = (&batch[a..b], &samples[a..b]);
-        let (body, (lost, lost_ex)) = encode(shared, enc, entries, range_samples);
-        let (n, n_ex) = count_kinds(entries);
-        let kinds = (n - lost, n_ex - lost_ex);
-        if kinds == (0, 0) {
-            continue;
-        }
-        if t.stopped {
-            t.cancelled.0 += kinds.0;
-            t.cancelled.1 += kinds.1;
+        let mut req = Request::new(shared, enc, &batch[a..b], &samples[a..b]);
+        if req.is_empty() || t.stopped {
+            add_pair(&mut t.too_old, req.too_old);
+            add_pair(&mut t.cancelled, req.kinds);
             continue;
         }
         requests += 1;
-        let len = body.len() as u64;
-        let retried = || {
-            m.samples_retried.inc_by(kinds.0);
-            m.exemplars_retried.inc_by(kinds.1);
-        };
-        match send_with_backoff(shared, body, &retried).await {
+        let outcome = send_with_backoff(shared, &mut req).await;
+        let (kinds, len, highest) = (req.kinds, req.body.len() as u64, req.highest);
+        match outcome {
+            // The halves are encoded (and their entries counted) again.
             Outcome::Refused { status: 400, .. } if b - a > 1 => {
                 let mid = a + (b - a) / 2;
                 todo.push((mid, b));
                 todo.push((a, mid));
             }
-            outcome => t.add(outcome, kinds, len, highest_sample(entries)),
+            outcome => {
+                add_pair(&mut t.too_old, req.too_old);
+                t.add(outcome, kinds, len, highest);
+            }
         }
     }
     m.resend_split_requests.inc_by(requests);
@@ -1552,21 +1676,18 @@ fn finish(shared: &Shared, state: &ShardState, highest: i64) {
     shared.highest_done.fetch_max(highest, Ordering::AcqRel);
 }
 
-/// Sends until delivered, refused, or hard-stopped. Recoverable errors sleep `Retry-After`
-/// when the receiver gave one, else the current backoff; the next backoff is twice the sleep,
-/// capped at `max_backoff` (Prometheus's rule).
-async fn send_with_backoff(
-    shared: &Shared,
-    body: bytes::Bytes,
-    retried: &(dyn Fn() + Sync),
-) -> Outcome {
+/// Sends until delivered, refused, hard-stopped, or emptied (nothing left after
+/// [`Tries::before_retry`]). Recoverable errors sleep `Retry-After` when the receiver gave one,
+/// else the current backoff; the next backoff is twice the sleep, capped at `max_backoff`
+/// (Prometheus's rule).
+async fn send_with_backoff(shared: &Shared, tries: &mut (impl Tries + Send)) -> Outcome {
     let q = &shared.settings.queue;
     let max_backoff = q.max_backoff.as_std();
     let mut backoff = q.min_backoff.as_std();
     loop {
         let started = Instant::now();
         let res = tokio::select! {
-            r = shared.client.store(body.clone()) => r,
+            r = shared.client.store(tries.body()) => r,
             () = shared.hard_stop.cancelled() => return Outcome::Cancelled,
         };
         let took = started.elapsed();
@@ -1592,7 +1713,7 @@ async fn send_with_backoff(
                 "send failed while flushing on stop; flush ends");
             return Outcome::Cancelled;
         }
-        retried();
+        tries.retried();
         let sleep = retry_after.unwrap_or(backoff);
         tracing::warn!(
             url = shared.client.url(),
@@ -1612,6 +1733,9 @@ async fn send_with_backoff(
             .saturating_mul(2)
             .min(max_backoff)
             .max(q.min_backoff.as_std());
+        if !tries.before_retry() {
+            return Outcome::Emptied;
+        }
     }
 }
 
