@@ -425,23 +425,46 @@ impl Instance {
 
         // Every endpoint's queue first: one that cannot be built (an unreadable CA file) fails
         // the start before any watcher runs, so a failed start (retried by the instance's
-        // worker) leaves no watcher of an earlier endpoint running behind it.
-        let mut queues = Vec::with_capacity(cfg.remote_write.len());
-        for rw in &cfg.remote_write {
-            let queue = QueueManager::from_config(
-                rw,
-                &cfg.external_labels,
-                Some(&shared.agent_id),
-                &shared.metrics,
-                write_relabel_filter(rw),
-            )
-            .map_err(|e| InstanceError::RemoteWrite {
-                name: name.clone(),
-                remote: rw.name.clone(),
-                message: e.to_string(),
-            })?;
-            queues.push(Arc::new(queue));
-        }
+        // worker) leaves no watcher of an earlier endpoint running behind it. Built on the
+        // blocking pool: the clients read their `tls_config` files.
+        let queues = {
+            let (rws, external) = (cfg.remote_write.clone(), cfg.external_labels.clone());
+            let (agent_id, metrics, instance) = (
+                shared.agent_id.clone(),
+                shared.metrics.clone(),
+                name.clone(),
+            );
+            // The queues' spans are children of this one (the instance's).
+            let span = tracing::Span::current();
+            let built = tokio::task::spawn_blocking(move || {
+                let _entered = span.enter();
+                let mut queues = Vec::with_capacity(rws.len());
+                for rw in &rws {
+                    let queue = QueueManager::from_config(
+                        rw,
+                        &external,
+                        Some(&agent_id),
+                        &metrics,
+                        write_relabel_filter(rw),
+                    )
+                    .map_err(|e| InstanceError::RemoteWrite {
+                        name: instance.clone(),
+                        remote: rw.name.clone(),
+                        message: e.to_string(),
+                    })?;
+                    queues.push(Arc::new(queue));
+                }
+                Ok(queues)
+            })
+            .await;
+            built.unwrap_or_else(|e| {
+                Err(InstanceError::RemoteWrite {
+                    name: name.clone(),
+                    remote: "endpoints".to_owned(),
+                    message: format!("building the queues failed: {e}"),
+                })
+            })?
+        };
         let mut remotes = Vec::new();
         for (rw, queue) in cfg.remote_write.iter().zip(queues) {
             let rstop = stop.child_token();

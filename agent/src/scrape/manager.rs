@@ -54,6 +54,9 @@ pub enum JobError {
         #[source]
         source: httpclient::Error,
     },
+    /// The blocking task building the job failed (a panic).
+    #[error("job {job:?}: starting it failed: {message}")]
+    Start { job: String, message: String },
 }
 
 /// The jobs [`ScrapeManager::apply`] could not start; the others run.
@@ -179,14 +182,22 @@ async fn stop_all(loops: Vec<RunningTarget>, write_stale: bool) {
 
 /// The scrape side of one instance.
 pub struct ScrapeManager {
+    starter: JobStarter,
+    jobs: Mutex<BTreeMap<String, Job>>,
+    /// Serializes `apply` and `stop`.
+    apply_lock: tokio::sync::Mutex<()>,
+}
+
+/// What every job of an instance is started with. A job is built on the blocking pool: its
+/// HTTP clients read `tls_config` files, and Kubernetes and Consul discovery read their token,
+/// CA and namespace files.
+#[derive(Clone)]
+struct JobStarter {
     instance: String,
     storage: Arc<dyn Storage>,
     base_dir: Option<PathBuf>,
     /// Stamps the samples of every scrape loop.
     clock: Clock,
-    jobs: Mutex<BTreeMap<String, Job>>,
-    /// Serializes `apply` and `stop`.
-    apply_lock: tokio::sync::Mutex<()>,
     /// Target sharding: jobs take their targets from here instead of discovery.
     assigned: Option<(Arc<dyn AssignedSource>, Barrier)>,
     /// `host_filter`: discovered targets not on this host are left out.
@@ -202,21 +213,23 @@ impl ScrapeManager {
         base_dir: Option<PathBuf>,
     ) -> Self {
         ScrapeManager {
-            instance: instance.into(),
-            storage,
-            base_dir,
-            clock: Clock::system(),
+            starter: JobStarter {
+                instance: instance.into(),
+                storage,
+                base_dir,
+                clock: Clock::system(),
+                assigned: None,
+                host_filter: None,
+            },
             jobs: Mutex::new(BTreeMap::new()),
             apply_lock: tokio::sync::Mutex::new(()),
-            assigned: None,
-            host_filter: None,
         }
     }
 
     /// Discovered targets that `filter` does not keep are left out, before relabelling (see
     /// [`crate::scrape::host_filter`]).
     pub fn with_host_filter(mut self, filter: HostFilter) -> Self {
-        self.host_filter = Some(Arc::new(filter));
+        self.starter.host_filter = Some(Arc::new(filter));
         self
     }
 
@@ -224,13 +237,13 @@ impl ScrapeManager {
     /// [`crate::scrape::assigned`]) instead of running discovery; `barrier` resolves once what
     /// the instance appended so far has been delivered by its remote_write queues.
     pub fn with_assigned(mut self, source: Arc<dyn AssignedSource>, barrier: Barrier) -> Self {
-        self.assigned = Some((source, barrier));
+        self.starter.assigned = Some((source, barrier));
         self
     }
 
     /// The clock the scrape loops stamp samples with (the system clock unless given).
     pub fn with_clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
+        self.starter.clock = clock;
         self
     }
 
@@ -262,7 +275,19 @@ impl ScrapeManager {
             if self.jobs().contains_key(name) {
                 continue;
             }
-            match self.start_job(cfg) {
+            let (starter, job_cfg) = (self.starter.clone(), cfg.clone());
+            // The job's span is a child of this one (the instance's).
+            let span = tracing::Span::current();
+            let started =
+                tokio::task::spawn_blocking(move || span.in_scope(|| starter.start(job_cfg)))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(JobError::Start {
+                            job: name.to_owned(),
+                            message: e.to_string(),
+                        })
+                    });
+            match started {
                 Ok(job) => {
                     self.jobs().insert(name.to_owned(), job);
                 }
@@ -279,8 +304,90 @@ impl ScrapeManager {
         }
     }
 
-    fn start_job(&self, cfg: &ScrapeConfig) -> Result<Job, JobError> {
-        let cfg = Arc::new(cfg.clone());
+    /// Stops every job. `write_stale: false` when the instance moved to another agent, which
+    /// continues the series.
+    pub async fn stop(&self, write_stale: bool) {
+        let _guard = self.apply_lock.lock().await;
+        let jobs: Vec<Job> = std::mem::take(&mut *self.jobs()).into_values().collect();
+        for job in jobs {
+            job.stop(write_stale).await;
+        }
+    }
+
+    /// The active targets, sorted as the API wants them: by job, then `job` label, then
+    /// `instance` label (the instance is the same for all).
+    pub fn targets(&self) -> Vec<TargetInfo> {
+        let jobs = self.jobs();
+        let mut out = Vec::new();
+        for (name, job) in jobs.iter() {
+            let pool = lock_pool(&job.pool);
+            for t in pool.loops.values() {
+                let st = t.handle.status();
+                out.push(TargetInfo {
+                    instance: self.starter.instance.clone(),
+                    target_group: name.clone(),
+                    endpoint: t.target.url.clone(),
+                    state: st.health.as_str(),
+                    labels: to_map(&t.target.labels),
+                    discovered_labels: to_map(&t.target.discovered_labels),
+                    last_scrape: rfc3339_nano(st.last_scrape),
+                    scrape_duration_ms: st.last_duration.as_millis() as i64,
+                    scrape_error: if st.health == Health::Unknown {
+                        String::new()
+                    } else {
+                        st.last_error.unwrap_or_default()
+                    },
+                });
+            }
+        }
+        sort_targets(&mut out);
+        out
+    }
+
+    /// How many targets are scraped (one loop each), without building their descriptions.
+    pub fn active_targets(&self) -> usize {
+        self.jobs()
+            .values()
+            .map(|j| lock_pool(&j.pool).loops.len())
+            .sum()
+    }
+
+    /// Series texts in the series caches of every target (dropped ones included), as of each
+    /// target's last scrape.
+    pub fn cache_entries(&self) -> usize {
+        self.jobs()
+            .values()
+            .map(|j| {
+                lock_pool(&j.pool)
+                    .loops
+                    .values()
+                    .map(|t| t.handle.cache_entries())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// The metric metadata of every active target, without duplicates (several targets
+    /// exposing the same family with the same type, help and unit give one entry), as
+    /// Prometheus's metadata watcher collects it for remote_write.
+    pub fn metadata(&self) -> Vec<MetricMetadata> {
+        let mut all = Vec::new();
+        for job in self.jobs().values() {
+            for t in lock_pool(&job.pool).loops.values() {
+                metadata::lock(t.handle.metadata()).snapshot_into(&mut all);
+            }
+        }
+        let mut seen = std::collections::HashSet::with_capacity(all.len());
+        all.retain(|m| seen.insert(m.clone()));
+        all
+    }
+}
+
+impl JobStarter {
+    /// Starts one job: its HTTP client, then its targets from discovery or the assignment.
+    /// Blocking (see [`JobStarter`]); its tasks are spawned on the runtime.
+    fn start(&self, cfg: ScrapeConfig) -> Result<Job, JobError> {
+        let cfg = Arc::new(cfg);
         let client = HttpClient::new(
             &cfg.http_client,
             &httpclient::Options {
@@ -354,84 +461,6 @@ impl ScrapeManager {
             task,
             pool,
         })
-    }
-
-    /// Stops every job. `write_stale: false` when the instance moved to another agent, which
-    /// continues the series.
-    pub async fn stop(&self, write_stale: bool) {
-        let _guard = self.apply_lock.lock().await;
-        let jobs: Vec<Job> = std::mem::take(&mut *self.jobs()).into_values().collect();
-        for job in jobs {
-            job.stop(write_stale).await;
-        }
-    }
-
-    /// The active targets, sorted as the API wants them: by job, then `job` label, then
-    /// `instance` label (the instance is the same for all).
-    pub fn targets(&self) -> Vec<TargetInfo> {
-        let jobs = self.jobs();
-        let mut out = Vec::new();
-        for (name, job) in jobs.iter() {
-            let pool = lock_pool(&job.pool);
-            for t in pool.loops.values() {
-                let st = t.handle.status();
-                out.push(TargetInfo {
-                    instance: self.instance.clone(),
-                    target_group: name.clone(),
-                    endpoint: t.target.url.clone(),
-                    state: st.health.as_str(),
-                    labels: to_map(&t.target.labels),
-                    discovered_labels: to_map(&t.target.discovered_labels),
-                    last_scrape: rfc3339_nano(st.last_scrape),
-                    scrape_duration_ms: st.last_duration.as_millis() as i64,
-                    scrape_error: if st.health == Health::Unknown {
-                        String::new()
-                    } else {
-                        st.last_error.unwrap_or_default()
-                    },
-                });
-            }
-        }
-        sort_targets(&mut out);
-        out
-    }
-
-    /// How many targets are scraped (one loop each), without building their descriptions.
-    pub fn active_targets(&self) -> usize {
-        self.jobs()
-            .values()
-            .map(|j| lock_pool(&j.pool).loops.len())
-            .sum()
-    }
-
-    /// Series texts in the series caches of every target (dropped ones included), as of each
-    /// target's last scrape.
-    pub fn cache_entries(&self) -> usize {
-        self.jobs()
-            .values()
-            .map(|j| {
-                lock_pool(&j.pool)
-                    .loops
-                    .values()
-                    .map(|t| t.handle.cache_entries())
-                    .sum::<usize>()
-            })
-            .sum()
-    }
-
-    /// The metric metadata of every active target, without duplicates (several targets
-    /// exposing the same family with the same type, help and unit give one entry), as
-    /// Prometheus's metadata watcher collects it for remote_write.
-    pub fn metadata(&self) -> Vec<MetricMetadata> {
-        let mut all = Vec::new();
-        for job in self.jobs().values() {
-            for t in lock_pool(&job.pool).loops.values() {
-                metadata::lock(t.handle.metadata()).snapshot_into(&mut all);
-            }
-        }
-        let mut seen = std::collections::HashSet::with_capacity(all.len());
-        all.retain(|m| seen.insert(m.clone()));
-        all
     }
 }
 
