@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
+pub mod host;
 pub mod httpclient;
 pub mod instance;
 pub mod kv;

@@ -128,17 +128,9 @@ fn join_host_port(host: &str, port: u16) -> String {
 
 /// The host name (`os.Hostname()` in the old agent), read from the kernel.
 fn hostname() -> String {
-    kernel_hostname()
+    crate::host::kernel_hostname()
         .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| "agentctl".to_owned())
-}
-
-/// The kernel's host name, `None` when it cannot be read or is empty.
-pub(crate) fn kernel_hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
 }
 
 /// The IPv4 address the kernel would use to reach a private network. A UDP `connect` only

@@ -49,7 +49,7 @@ impl HostFilter {
         let host = std::env::var("HOSTNAME")
             .ok()
             .filter(|h| !h.is_empty())
-            .or_else(crate::ring::lifecycler::kernel_hostname)
+            .or_else(crate::host::kernel_hostname)
             .unwrap_or_default();
         HostFilter::new(host, rules)
     }
