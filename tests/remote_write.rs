@@ -414,11 +414,9 @@ fn values_per_request(rx: &Receiver) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// `sample_age_limit` holds at every try, as in Prometheus: a batch retried past the limit is
-/// sent again without what grew too old while it waited.
-#[tokio::test]
-async fn a_retried_batch_leaves_out_what_grew_older_than_sample_age_limit() {
-    // The retry waits out Retry-After: 3 s.
+/// Flushes samples of one series, `(age in ms, value)`, through a queue with
+/// `sample_age_limit: 10s` whose receiver answers the first request 503 with `Retry-After: 3`.
+async fn flushed_through_a_3s_retry(samples: &[(i64, f64)]) -> (Receiver, Registry) {
     let rx = Receiver::new(204).then(503, vec![("Retry-After", "3")]);
     let url = rx.serve().await;
     let mut q = queue_config(100);
@@ -426,12 +424,22 @@ async fn a_retried_batch_leaves_out_what_grew_older_than_sample_age_limit() {
     let (reg, qm) = queue_for(&url, q);
     qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
     let now = agent::clock::Clock::system().unix_millis();
-    // 8 s old: within the limit at the first try, 11 s old or more at the retry.
-    qm.append_samples(&[(r(1), now - 8_000, 1.0), (r(1), now, 2.0)])
-        .await
-        .unwrap();
+    let samples: Vec<_> = samples
+        .iter()
+        .map(|&(age, v)| (r(1), now - age, v))
+        .collect();
+    qm.append_samples(&samples).await.unwrap();
     let report = qm.flush(Instant::now() + Duration::from_secs(30)).await;
     assert!(report.complete, "{report:?}");
+    (rx, reg)
+}
+
+/// `sample_age_limit` holds at every try, as in Prometheus: a batch retried past the limit is
+/// sent again without what grew too old while it waited.
+#[tokio::test]
+async fn a_retried_batch_leaves_out_what_grew_older_than_sample_age_limit() {
+    // 8 s old: within the limit at the first try, 11 s old or more at the retry.
+    let (rx, reg) = flushed_through_a_3s_retry(&[(8_000, 1.0), (0, 2.0)]).await;
     assert_eq!(values_per_request(&rx), [vec![1.0, 2.0], vec![2.0]]);
     assert_eq!(metric(&reg, "prometheus_remote_storage_samples_total"), 1.0);
     assert_eq!(
@@ -448,18 +456,7 @@ async fn a_retried_batch_leaves_out_what_grew_older_than_sample_age_limit() {
 /// sent again: it is dropped, and the queue goes on.
 #[tokio::test]
 async fn a_retried_batch_all_too_old_is_dropped_without_another_request() {
-    let rx = Receiver::new(204).then(503, vec![("Retry-After", "3")]);
-    let url = rx.serve().await;
-    let mut q = queue_config(100);
-    q.sample_age_limit = PromDuration::from_secs(10);
-    let (reg, qm) = queue_for(&url, q);
-    qm.store_series([(r(1), labels(&[("__name__", "m")]))]);
-    let now = agent::clock::Clock::system().unix_millis();
-    qm.append_samples(&[(r(1), now - 8_000, 1.0)])
-        .await
-        .unwrap();
-    let report = qm.flush(Instant::now() + Duration::from_secs(30)).await;
-    assert!(report.complete, "{report:?}");
+    let (rx, reg) = flushed_through_a_3s_retry(&[(8_000, 1.0)]).await;
     assert_eq!(values_per_request(&rx), [vec![1.0]]);
     assert_eq!(metric(&reg, "prometheus_remote_storage_samples_total"), 0.0);
     assert_eq!(
