@@ -638,6 +638,48 @@ async fn synced_once_every_watch_has_listed() {
     stop.cancel();
 }
 
+/// `host_filter` with a `role: pod` discovery: the API server is asked for this node's pods
+/// only (`spec.nodeName=<host>` added to the config's own field selector), so an agent per node
+/// does not list and watch the whole cluster's pods; only this node's pods become targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_filter_asks_the_api_server_for_this_nodes_pods_only() {
+    use agent::scrape::appender::MemoryStorage;
+    use agent::scrape::host_filter::HostFilter;
+    use agent::scrape::manager::ScrapeManager;
+    let server = FakeKube::start();
+    // Loopback addresses: a scrape, if one starts, stays on this machine.
+    for (name, ip, node) in [("a", "127.0.0.11", "node-a"), ("b", "127.0.0.12", "node-b")] {
+        let mut p = pod("default", name, ip, json!({}));
+        p["spec"]["nodeName"] = json!(node);
+        server.create(p);
+    }
+    let yaml = format!(
+        "scrape_configs:\n  - job_name: k\n    scrape_interval: 1h\n    kubernetes_sd_configs:\n      - role: pod\n        api_server: {}\n        selectors: [{{role: pod, field: 'status.phase=Running'}}]\n",
+        server.url()
+    );
+    let (_, cfg) =
+        agent::config::load::parse_instance(&yaml, &agent::config::GlobalConfig::default())
+            .unwrap();
+    let m = ScrapeManager::new("inst", Arc::new(MemoryStorage::new()), None)
+        .with_host_filter(HostFilter::new("node-a", Vec::new()));
+    m.apply(&cfg.scrape_configs).await.unwrap();
+    wait_until("a target", Duration::from_secs(15), || {
+        !m.targets().is_empty()
+    })
+    .await;
+    let endpoints: Vec<String> = m.targets().into_iter().map(|t| t.endpoint).collect();
+    assert_eq!(endpoints, ["http://127.0.0.11:8080/metrics"]);
+    let fields = server.list_field_selectors("/api/v1/pods");
+    assert!(!fields.is_empty(), "no list of pods");
+    assert!(
+        fields
+            .iter()
+            .all(|f| f == "status.phase=Running,spec.nodeName=node-a"),
+        "{fields:?}"
+    );
+    m.stop(false).await;
+}
+
 /// `kubeconfig_file`: the current context's server and token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubeconfig_file_reaches_the_server() {

@@ -54,6 +54,8 @@ struct Inner {
     reject_watches: bool,
     token: Option<String>,
     lists: HashMap<String, usize>,
+    /// The `fieldSelector` of every list request, per path.
+    list_fields: HashMap<String, Vec<String>>,
     /// Requests refused for a missing or wrong token.
     refused: usize,
     watches: HashMap<String, usize>,
@@ -357,6 +359,16 @@ impl FakeKube {
             .unwrap_or_default()
     }
 
+    /// The `fieldSelector` of every list request to `path` (`""` when it had none).
+    pub fn list_field_selectors(&self, path: &str) -> Vec<String> {
+        self.shared
+            .lock()
+            .list_fields
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Every list and watch request path seen.
     pub fn paths(&self) -> Vec<String> {
         let g = self.shared.lock();
@@ -620,6 +632,10 @@ fn list(
 ) -> Response {
     let mut g = s.lock();
     *g.lists.entry(path.to_owned()).or_default() += 1;
+    g.list_fields
+        .entry(path.to_owned())
+        .or_default()
+        .push(filter.fields.clone());
     let rv = g.rv;
     let all: Vec<Value> = g
         .objects

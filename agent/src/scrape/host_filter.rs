@@ -9,12 +9,15 @@
 //! its host). As in the old agent, a target whose filter relabelling dropped it, or that has no
 //! `__address__`, is kept (the scrape side then reports or drops it).
 //!
-//! The old agent also replaced the selectors of a `kubernetes_sd_configs` entry with
-//! `role: pod` by the field selector `spec.nodeName=<host>` to list fewer pods; agentctl keeps
-//! the entry's selectors and filters after discovery (docs/compat.md).
+//! A `kubernetes_sd_configs` entry with `role: pod` asks the API server for this node's pods
+//! only ([`HostFilter::narrowed`]: the field selector `spec.nodeName=<host>`), so that agents
+//! run one per node do not each list and watch every pod of the cluster. The old agent replaced
+//! the entry's selectors with that one; agentctl adds it to them (docs/compat.md).
 
 use super::target::{group_and_target, split_host_port};
 use crate::config::relabel::RelabelConfig;
+use crate::config::scrape::ScrapeConfig;
+use crate::config::sd::KubernetesRole;
 use crate::labels::Labels;
 use crate::relabel;
 
@@ -74,15 +77,95 @@ impl HostFilter {
             })
     }
 
+    /// `cfg` with its `role: pod` Kubernetes discoveries asking for the pods on this host only:
+    /// `spec.nodeName=<host>` added to their pod field selector (see the module docs). `None`
+    /// when there is none, or the host is unknown.
+    pub fn narrowed(&self, cfg: &ScrapeConfig) -> Option<ScrapeConfig> {
+        let pods = |sd: &crate::config::sd::KubernetesSd| sd.role == KubernetesRole::Pod;
+        if self.host.is_empty() || !cfg.kubernetes_sd_configs.iter().any(pods) {
+            return None;
+        }
+        let node = format!("spec.nodeName={}", escape_field_value(&self.host));
+        let mut out = cfg.clone();
+        for sd in out.kubernetes_sd_configs.iter_mut().filter(|sd| pods(sd)) {
+            let selector = sd.selectors.entry(KubernetesRole::Pod).or_default();
+            selector.field = if selector.field.is_empty() {
+                node.clone()
+            } else {
+                format!("{},{node}", selector.field)
+            };
+        }
+        Some(out)
+    }
+
     fn names_this_host(&self, value: &str) -> bool {
         let host = split_host_port(value).map_or(value, |(h, _)| h);
         host == "localhost" || host == "127.0.0.1" || host == self.host
     }
 }
 
+/// A value in a field selector, with the characters the selector syntax gives a meaning (`\`,
+/// `,`, `=`) escaped by a backslash, as the API server reads them.
+fn escape_field_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if matches!(c, '\\' | ',' | '=') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_discovery_is_narrowed_to_this_node_and_keeps_its_own_selectors() {
+        let jobs = |yaml: &str| {
+            let text =
+                format!("scrape_configs:\n  - job_name: k\n    kubernetes_sd_configs:\n{yaml}");
+            let (_, cfg) =
+                crate::config::load::parse_instance(&text, &crate::config::GlobalConfig::default())
+                    .unwrap();
+            cfg.scrape_configs.into_iter().next().unwrap()
+        };
+        let cfg = jobs(concat!(
+            "      - role: pod\n",
+            "        api_server: http://127.0.0.1:1\n",
+            "        selectors: [{role: pod, field: 'status.phase=Running', label: 'a=b'}]\n",
+            "      - role: pod\n",
+            "        api_server: http://127.0.0.1:1\n",
+            "      - role: node\n",
+            "        api_server: http://127.0.0.1:1\n",
+        ));
+        let narrowed = HostFilter::new("node-a", Vec::new())
+            .narrowed(&cfg)
+            .unwrap();
+        let pod = |i: usize| narrowed.kubernetes_sd_configs[i].selector(KubernetesRole::Pod);
+        assert_eq!(pod(0).field, "status.phase=Running,spec.nodeName=node-a");
+        assert_eq!(pod(0).label, "a=b");
+        assert_eq!(pod(1).field, "spec.nodeName=node-a");
+        assert_eq!(
+            narrowed.kubernetes_sd_configs[2], cfg.kubernetes_sd_configs[2],
+            "a node discovery is left alone"
+        );
+        let odd = HostFilter::new(r"a,b=c\d", Vec::new())
+            .narrowed(&cfg)
+            .unwrap();
+        assert_eq!(
+            odd.kubernetes_sd_configs[1]
+                .selector(KubernetesRole::Pod)
+                .field,
+            r"spec.nodeName=a\,b\=c\\d"
+        );
+        assert!(HostFilter::new("", Vec::new()).narrowed(&cfg).is_none());
+        let nodes_only = jobs("      - role: node\n        api_server: http://127.0.0.1:1\n");
+        assert!(HostFilter::new("node-a", Vec::new())
+            .narrowed(&nodes_only)
+            .is_none());
+    }
 
     fn l(pairs: &[(&str, &str)]) -> Labels {
         Labels::from_pairs(pairs.iter().copied())

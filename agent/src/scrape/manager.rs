@@ -434,9 +434,23 @@ impl JobStarter {
                 pool,
             });
         }
+        // `host_filter`: pod discovery asks for this node's pods only. The job keeps the
+        // config as written (`apply` compares it).
+        let narrowed = self.host_filter.as_ref().and_then(|f| f.narrowed(&cfg));
+        if let (Some(f), Some(_)) = (&self.host_filter, &narrowed) {
+            span.in_scope(|| {
+                tracing::info!(
+                    field_selector = %format_args!("spec.nodeName={}", f.host()),
+                    "host_filter: Kubernetes pod discovery asks for this node's pods only"
+                )
+            });
+        }
         // Discovery's tasks are spawned in it too.
         let rx = span
-            .in_scope(|| discovery::start(&cfg, self.base_dir.as_deref(), cancel.clone()))?
+            .in_scope(|| {
+                let sd_cfg = narrowed.as_ref().unwrap_or(&cfg);
+                discovery::start(sd_cfg, self.base_dir.as_deref(), cancel.clone())
+            })?
             .targets;
         let task = tokio::spawn(
             sync_job(
