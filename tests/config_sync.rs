@@ -319,7 +319,11 @@ fn a_change_behind_the_tools_back_is_a_conflict_and_not_overwritten() {
     };
     let results = rt.block_on(async {
         let local = cli::sync::load_dir(&cfgs, false).unwrap();
-        let remote = std::sync::Arc::new(cli::sync::Remote::connect(&target).await.unwrap());
+        let remote = std::sync::Arc::new(
+            cli::sync::Remote::connect(&target, cli::sync::Access::Write, &mut std::io::sink())
+                .await
+                .unwrap(),
+        );
         let plan = cli::sync::plan(&local, &remote.hashes().await.unwrap(), true);
         let actions: Vec<(&str, cli::sync::Action)> = plan
             .items
@@ -476,6 +480,80 @@ fn crud_commands_and_exit_codes() {
     );
 }
 
+/// Mistakes found before anything is written or created, with a message that says what to do:
+/// two configs of a directory with one job name (the agent would take the first and refuse
+/// the second), and a mistyped `--kv embedded:PATH` (reads find no store there instead of
+/// creating an empty one). An empty directory against an empty store is no deletion: not
+/// refused.
+#[test]
+fn duplicate_jobs_across_files_and_a_mistyped_embedded_store_are_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfgs = tmp.path().join("configs");
+    write_twenty(&cfgs);
+    // c03.yml takes c01.yml's job.
+    std::fs::write(cfgs.join("c03.yml"), config(1)).unwrap();
+    let store = tmp.path().join("store");
+    let kv = format!("embedded:{}", store.display());
+    let o = ctl(&["config-sync", cfgs.to_str().unwrap(), "--kv", &kv]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("two configs have the job_name \"job-1\"")
+            && stderr(&o).contains("c01.yml")
+            && stderr(&o).contains("c03.yml")
+            && stderr(&o).contains("nothing was written"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!store.exists(), "nothing may be created");
+    std::fs::remove_file(cfgs.join("c03.yml")).unwrap();
+
+    // Reads of a store that is not there: refused, and nothing created.
+    for args in [
+        vec!["config", "list"],
+        vec!["config", "get", "c01"],
+        vec!["config", "diff", cfgs.to_str().unwrap()],
+        vec!["ring", "status"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--kv", &kv]);
+        let o = ctl(&all);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("no embedded KV store there"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert!(!store.exists(), "{args:?} created a store");
+    }
+
+    // A write creates it, and says so.
+    let o = ctl(&["config-sync", cfgs.to_str().unwrap(), "--kv", &kv]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("holds no embedded KV store; creating a new one"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ctl(&["config", "list", "--kv", &kv]);
+    assert_eq!(stdout(&o).lines().count(), 19, "{}", stderr(&o));
+
+    // Emptied, then an empty directory synced to the empty store: nothing to delete.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let all = ["config-sync", empty.to_str().unwrap(), "--kv", &kv];
+    let o = ctl(&all);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the guard refuses emptying a store"
+    );
+    let o = ctl(&[all.as_slice(), &["--allow-delete-all"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = ctl(&all);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("No changes"), "{}", stdout(&o));
+}
+
 #[test]
 fn writes_carry_the_bearer_token() {
     let tmp = tempfile::tempdir().unwrap();
@@ -493,7 +571,9 @@ fn writes_carry_the_bearer_token() {
         stderr(&o)
     );
     assert!(
-        stdout(&o).contains("rejected: a.b: ") && stdout(&o).contains("a bearer token is required"),
+        stdout(&o).contains("rejected: a.b: ")
+            && stdout(&o).contains("a bearer token is required")
+            && stdout(&o).contains("pass --token-file"),
         "{}",
         stdout(&o)
     );

@@ -259,7 +259,8 @@ const CONFIG_SYNC_LONG: &str = "\
 Make the stored configs equal a directory of YAML files: plan, then apply.
 
 Every *.yml and *.yaml file (case-sensitive) in DIR is parsed and validated first; one invalid \
-file stops the sync before anything is written. The config name is the file name without its \
+file, or two configs with the same job_name (the agent refuses the second), stops the sync \
+before anything is written. The config name is the file name without its \
 last extension (a.b.yml is a.b). Hidden files and directories are skipped. With --recursive, \
 subdirectories are read too and the name is the relative path without the extension \
 (team/a.yml is team/a).

@@ -516,11 +516,27 @@ fn excerpt(body: &str) -> String {
 }
 
 fn status_error(method: &Method, url: &str, status: StatusCode, body: &str) -> ClientError {
+    let mut message = error_message(body);
+    // What to do about the answers a user's setup causes, beside the agent's own words.
+    let hint = match status {
+        StatusCode::UNAUTHORIZED => Some("pass --token-file with the token of the agent's --api.token-file"),
+        StatusCode::FORBIDDEN => Some("the token given with --token-file is not the agent's (--api.token-file)"),
+        StatusCode::NOT_FOUND
+            if message.contains("no config store running")
+                || message.contains("not connected to store") =>
+        {
+            Some("the agent does not run the scraping service (metrics.scraping_service.enabled), so it stores no configs")
+        }
+        _ => None,
+    };
+    if let Some(h) = hint {
+        message = format!("{message} ({h})");
+    }
     ClientError::Status {
         method: method.to_string(),
         url: url.to_owned(),
         status: status.as_u16(),
-        message: error_message(body),
+        message,
     }
 }
 

@@ -80,6 +80,15 @@ fn http_client(
 }
 
 async fn connect(spec: &KvSpec) -> Result<Arc<dyn KvStore>, Error> {
+    // Opening an embedded store creates it: a mistyped path would show an empty ring.
+    if let KvSpec::Embedded(dir) = spec {
+        if !dir.join(agent::kv::EMBEDDED_DB_FILE).exists() {
+            return Err(Error::Unavailable(format!(
+                "cannot open the KV store {spec}: no embedded KV store there (no {}): check the path; an agent keeps its store in its wal_directory, or in the kvstore's embedded path",
+                agent::kv::EMBEDDED_DB_FILE
+            )));
+        }
+    }
     agent::kv::connect(spec)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot open the KV store {spec}: {e}")))
@@ -140,6 +149,12 @@ async fn load(src: &Source, args: &RingSourceArgs) -> Result<Loaded, Error> {
                 .text()
                 .await
                 .map_err(|e| fail(agent::httpclient::error_chain(&e.without_url())))?;
+            if status == reqwest::StatusCode::NOT_FOUND {
+                return Err(fail(format!(
+                    "HTTP {status}: {}; the agent serves no ring when it does not run the scraping service (metrics.scraping_service.enabled), and --addr is the agent's base URL, without /debug/ring",
+                    body.trim()
+                )));
+            }
             if !status.is_success() {
                 return Err(fail(format!("HTTP {status}: {}", body.trim())));
             }

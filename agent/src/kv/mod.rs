@@ -47,7 +47,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedStore, DB_FILE as EMBEDDED_DB_FILE};
 pub use etcd::{EtcdConfig, EtcdStore};
 pub use local::InMemoryStore;
 

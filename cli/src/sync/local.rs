@@ -119,6 +119,21 @@ pub fn load_dir(dir: &Path, recursive: bool) -> Result<Vec<LocalConfig>, SyncErr
         return Err(SyncError::InvalidFiles(errors));
     }
     configs.sort_by(|a, b| a.name.cmp(&b.name));
+    // The store refuses a config whose job name another config has (their scrape configs may
+    // be merged into one instance): found here, before anything is written, not at the PUT
+    // of the second after the first went through.
+    let mut jobs: BTreeMap<&str, &Path> = BTreeMap::new();
+    for c in &configs {
+        for job in c.raw.job_names() {
+            if let Some(first) = jobs.insert(job, &c.path) {
+                return Err(SyncError::DuplicateJob {
+                    job: job.to_owned(),
+                    first: first.to_path_buf(),
+                    second: c.path.clone(),
+                });
+            }
+        }
+    }
     Ok(configs)
 }
 
@@ -310,8 +325,13 @@ mod tests {
         // A loop back to the top, and a link to a directory outside the walk.
         std::os::unix::fs::symlink(t.path(), t.path().join("b/loop")).expect("link");
         std::os::unix::fs::symlink(t.path().join("elsewhere"), t.path().join("c")).expect("link");
-        std::os::unix::fs::symlink(t.path().join("a.yml"), t.path().join("b/file-link.yml"))
-            .expect("link");
+        // A linked file is read (its target, in a hidden directory, is not walked itself).
+        write(t.path(), ".store/l.yml", &CFG.replace("j\n", "l\n"));
+        std::os::unix::fs::symlink(
+            t.path().join(".store/l.yml"),
+            t.path().join("b/file-link.yml"),
+        )
+        .expect("link");
         let names: Vec<String> = load_dir(t.path(), true)
             .expect("valid")
             .into_iter()

@@ -26,7 +26,7 @@ use serde::Serialize;
 pub use apply::{apply, ItemResult, Outcome};
 pub use local::{load_dir, LocalConfig};
 pub use plan::{check_guard, plan, Action, MaxDelete, Plan, PlanItem};
-pub use remote::Remote;
+pub use remote::{Access, Remote};
 
 use crate::args::{
     ConfigDeleteArgs, ConfigDiffArgs, ConfigGetArgs, ConfigListArgs, ConfigPutArgs, ConfigSyncArgs,
@@ -43,6 +43,12 @@ pub enum SyncError {
     #[error("two files give the config name {name:?}: {} and {}", first.display(), second.display())]
     DuplicateName {
         name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("two configs have the job_name {job:?}: {} and {} (job names must be unique across the store: the agent refuses the second); nothing was written", first.display(), second.display())]
+    DuplicateJob {
+        job: String,
         first: PathBuf,
         second: PathBuf,
     },
@@ -85,6 +91,7 @@ impl SyncError {
         match self {
             SyncError::Dir { .. }
             | SyncError::DuplicateName { .. }
+            | SyncError::DuplicateJob { .. }
             | SyncError::InvalidFiles(_)
             | SyncError::Guard(_)
             | SyncError::Rejected(_)
@@ -169,7 +176,12 @@ pub fn run_sync(
     warn_file_reading(&local, err);
     let rt = runtime()?;
     rt.block_on(async {
-        let remote = Arc::new(Remote::connect(&args.target).await?);
+        let access = if args.dry_run {
+            Access::Read
+        } else {
+            Access::Write
+        };
+        let remote = Arc::new(Remote::connect(&args.target, access, err).await?);
         let target = remote.describe();
         let hashes = remote.hashes().await?;
         let prune = !args.no_prune;
@@ -292,7 +304,7 @@ pub fn run_diff(
     warn_file_reading(&local, err);
     let rt = runtime()?;
     rt.block_on(async {
-        let remote = Remote::connect(&args.target).await?;
+        let remote = Remote::connect(&args.target, Access::Read, err).await?;
         let hashes = remote.hashes().await?;
         let plan = plan(&local, &hashes, true);
         let progress = Progress::new(tty.stderr, diff::fetches(&plan), Unit::Items);
@@ -312,7 +324,7 @@ pub fn run_diff(
 /// `agentctl config list`.
 pub fn run_list(args: &ConfigListArgs, out: &mut dyn Write) -> Result<ExitCode, SyncError> {
     runtime()?.block_on(async {
-        let remote = Remote::connect(&args.target).await?;
+        let remote = Remote::connect(&args.target, Access::Read, &mut std::io::sink()).await?;
         let hashes = remote.hashes().await?;
         let text = match args.output {
             OutputFormat::Table => hashes.keys().map(|n| format!("{n}\n")).collect(),
@@ -332,7 +344,7 @@ pub fn run_list(args: &ConfigListArgs, out: &mut dyn Write) -> Result<ExitCode, 
 /// `agentctl config get NAME`: the config's YAML, secrets as `<secret>`.
 pub fn run_get(args: &ConfigGetArgs, out: &mut dyn Write) -> Result<ExitCode, SyncError> {
     runtime()?.block_on(async {
-        let remote = Remote::connect(&args.target).await?;
+        let remote = Remote::connect(&args.target, Access::Read, &mut std::io::sink()).await?;
         let Some(yaml) = remote.get_redacted(&args.name).await? else {
             return Err(SyncError::NotFound {
                 name: args.name.clone(),
@@ -355,7 +367,7 @@ pub fn run_put(
         .map_err(|e| SyncError::InvalidFiles(vec![e]))?;
     warn_file_reading(std::slice::from_ref(&cfg), err);
     runtime()?.block_on(async {
-        let remote = Remote::connect(&args.target).await?;
+        let remote = Remote::connect(&args.target, Access::Write, err).await?;
         let outcome = remote.put(&cfg, None).await?;
         let verb = match outcome {
             agent::kv::configstore::PutOutcome::Created => "created",
@@ -369,7 +381,7 @@ pub fn run_put(
 /// `agentctl config delete NAME`.
 pub fn run_delete(args: &ConfigDeleteArgs, out: &mut dyn Write) -> Result<ExitCode, SyncError> {
     runtime()?.block_on(async {
-        let remote = Remote::connect(&args.target).await?;
+        let remote = Remote::connect(&args.target, Access::Read, &mut std::io::sink()).await?;
         match remote.delete(&args.name, None).await {
             Ok(()) => {}
             Err(SyncError::Client(ClientError::NotFound { name })) => {

@@ -204,8 +204,8 @@ impl MaxDelete {
 }
 
 /// The delete guard. Refuses (unless `allow_delete_all`):
-/// * a directory without config files (unless nothing would be deleted because of
-///   `--no-prune`): the old tool deleted every config then;
+/// * a directory without config files (unless nothing would be deleted: `--no-prune`, or an
+///   empty store): the old tool deleted every config then;
 /// * a plan deleting every config in the store;
 /// * a plan deleting more than `max_delete`.
 pub fn check_guard(
@@ -221,7 +221,7 @@ pub fn check_guard(
         return Ok(());
     }
     let deletes = plan.counts().delete;
-    if local_count == 0 && prune {
+    if local_count == 0 && prune && plan.store_total > 0 {
         return Err(SyncError::Guard(format!(
             "{} holds no .yml or .yaml files; refusing to sync, which would delete all {} configs in {store}. Check the path, or pass --allow-delete-all to really empty the store",
             dir.display(),

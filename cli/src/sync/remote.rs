@@ -13,6 +13,15 @@ use super::SyncError;
 use crate::args::TargetArgs;
 use crate::client::{ApiClient, ClientError};
 
+/// What a command does to the store: an embedded store (`--kv embedded:PATH`) that does not
+/// exist yet is created only to be written to; a read finds nothing there (a mistyped path
+/// would otherwise create a new, empty store and report it as such).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
 /// The config store the tools talk to.
 #[derive(Debug)]
 pub enum Remote {
@@ -27,10 +36,33 @@ pub enum Remote {
 
 impl Remote {
     /// The target the flags name: `--kv` when given, else `--addr` (with `--token-file`).
-    pub async fn connect(target: &TargetArgs) -> Result<Remote, SyncError> {
+    /// `err` hears that a new embedded store was created (see [`Access`]).
+    pub async fn connect(
+        target: &TargetArgs,
+        access: Access,
+        err: &mut dyn std::io::Write,
+    ) -> Result<Remote, SyncError> {
         if let Some(spec) = &target.kv {
             let parsed: KvSpec = crate::client::kv_spec(spec, &target.tls, &target.kv_auth)
                 .map_err(SyncError::Usage)?;
+            if let KvSpec::Embedded(dir) = &parsed {
+                if !dir.join(agent::kv::EMBEDDED_DB_FILE).exists() {
+                    if access == Access::Read {
+                        return Err(SyncError::Store {
+                            target: parsed.to_string(),
+                            message: format!(
+                                "no embedded KV store there (no {}): check the path; an agent keeps its store in its wal_directory, or in the kvstore's embedded path",
+                                agent::kv::EMBEDDED_DB_FILE
+                            ),
+                        });
+                    }
+                    let _ = writeln!(
+                        err,
+                        "note: {} holds no embedded KV store; creating a new one",
+                        dir.display()
+                    );
+                }
+            }
             let kv = agent::kv::connect(&parsed)
                 .await
                 .map_err(|e| SyncError::Store {
