@@ -190,6 +190,62 @@ fn not_a_wal_exits_2_naming_the_path() {
     );
 }
 
+/// A WAL whose last record was cut off (what a crash mid-write leaves) is reported up to the
+/// damage, which is named with its segment and offset, and the command exits 1; the old
+/// commands fail as the old tool did.
+#[test]
+fn a_torn_wal_is_reported_up_to_the_damage_and_exits_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_wal(tmp.path());
+    let seg = tmp.path().join("wal").join("00000000");
+    let len = std::fs::metadata(&seg).unwrap().len();
+    // Into the last record: the samples (one record for the commit), after the series record.
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(len - 5).unwrap();
+    drop(f);
+    let dir = tmp.path().to_str().unwrap();
+
+    let out = agentctl(&["wal", "inspect", dir], tmp.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    for want in [
+        "Series:          3\n",
+        "Samples:         0\n",
+        "last record is torn (read up to there)",
+    ] {
+        assert!(text.contains(want), "{want:?} in\n{text}");
+    }
+    assert!(
+        stderr(&out).contains("is damaged: corruption in segment 0")
+            && stderr(&out).contains("last record is torn")
+            && stderr(&out).contains("The report covers what comes before the damage"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = agentctl(&["wal", "inspect", dir, "--output", "json"], tmp.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (v["total_series"].as_u64(), v["total_samples"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert!(
+        v["damage"]
+            .as_str()
+            .is_some_and(|d| d.contains("last record is torn")),
+        "{v}"
+    );
+
+    let out = agentctl(&["wal-stats", dir], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).starts_with("failed to get WAL stats: corruption in segment 0"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 /// Prometheus scrapes itself in agent mode; both command forms read its data directory.
 #[test]
 fn inspects_a_wal_written_by_prometheus_agent_mode() {

@@ -591,7 +591,8 @@ series. The directory is read only; nothing is repaired.
 than one ref, i.e. series re-created after garbage collection; the old tool's name, but label \
 sets are compared, not only their hashes), invalid_refs, checkpoint_segment, first_segment, last_segment (numbers or null), targets [{job, instance, \
 series, samples}], metrics [{name, series}] (all names, not only 20), series (null without \
---selector, else [{series_ref, labels, samples, oldest_sample_ms, newest_sample_ms}]).
+--selector, else [{series_ref, labels, samples, oldest_sample_ms, newest_sample_ms}]), and \
+damage (only when the WAL is torn or corrupt: where; the figures cover what comes before it).
 
 The old commands wal-stats DIR, target-stats DIR -j JOB -i INSTANCE and sample-stats DIR -s \
 SELECTOR still work and print the old formats.";
@@ -601,7 +602,7 @@ pub enum WalCommand {
     /// Show what a WAL holds: series, samples, time range, per target and per metric.
     #[command(
         long_about = WAL_INSPECT_LONG,
-        after_help = "Exit codes:\n  0  success\n  2  not a WAL directory or unreadable"
+        after_help = "Exit codes:\n  0  success\n  1  the WAL is damaged (torn or corrupt): the report covers what comes before the damage\n  2  not a WAL directory or unreadable"
     )]
     Inspect(WalInspectArgs),
 }

@@ -122,7 +122,7 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Ring(RingCommand::Owner(a)) => ring_status::owner(&a, &mut stdout, &mut stderr),
         Command::Wal(WalCommand::Inspect(a)) => {
             let progress = a.output == args::OutputFormat::Table && sync::Tty::detect().stderr;
-            wal_inspect::run(&a, progress, &mut stdout)
+            wal_inspect::run(&a, progress, &mut stdout, &mut stderr)
         }
         Command::LegacyWalStats { dir } => wal_inspect::run_legacy_wal_stats(&dir, &mut stdout),
         Command::LegacyTargetStats { dir, job, instance } => {

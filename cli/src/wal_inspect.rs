@@ -21,8 +21,14 @@ use crate::{io, Error};
 /// How many metric names the report lists.
 pub const TOP_METRICS: usize = 20;
 
-/// `agentctl wal inspect`; with `progress`, a bar on standard error counts the bytes read.
-pub fn run(args: &WalInspectArgs, progress: bool, out: &mut impl Write) -> Result<ExitCode, Error> {
+/// `agentctl wal inspect`; with `progress`, a bar on standard error counts the bytes read. A
+/// damaged WAL is reported up to the damage, with a warning on `err`, and exits 1.
+pub fn run(
+    args: &WalInspectArgs,
+    progress: bool,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> Result<ExitCode, Error> {
     let mut matchers = Vec::new();
     if let Some(s) = &args.selector {
         matchers.extend(
@@ -70,6 +76,15 @@ pub fn run(args: &WalInspectArgs, progress: bool, out: &mut impl Write) -> Resul
     };
     out.write_all(text.as_bytes())
         .map_err(|e| io("writing the report", e))?;
+    if let Some(d) = &st.damage {
+        writeln!(
+            err,
+            "warning: the WAL in {} is damaged: {d}. The report covers what comes before the damage; an agent opening this WAL cuts it there (logged as `WAL repaired on open`), and what follows is lost",
+            st.dir.display()
+        )
+        .map_err(|e| io("writing the warning", e))?;
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -149,6 +164,12 @@ pub fn render_report(st: &WalStats, view: &View<'_>) -> String {
         ("Checkpoint", checkpoint),
         ("Hash collisions", st.hash_collisions.to_string()),
         ("Invalid refs", st.invalid_refs.to_string()),
+        (
+            "Damaged",
+            st.damage
+                .as_deref()
+                .map_or_else(|| "no".to_owned(), |d| format!("{d} (read up to there)")),
+        ),
     ];
     for (k, v) in summary {
         let _ = writeln!(s, "{:<17}{v}", format!("{k}:"));
@@ -431,6 +452,10 @@ fn legacy_stats(
     out: &mut impl Write,
 ) -> Result<Result<WalStats, ExitCode>, Error> {
     match inspect::stats(dir, opts) {
+        // The old tool stopped at damage with the reader's error.
+        Ok(WalStats {
+            damage: Some(d), ..
+        }) => legacy_fail(out, &format!("{what}: {d}")).map(Err),
         Ok(st) => Ok(Ok(st)),
         Err(e @ InspectError::NotFound(_)) => legacy_fail(out, &e.to_string()).map(Err),
         Err(e) => legacy_fail(out, &format!("{what}: {e}")).map(Err),

@@ -264,6 +264,10 @@ pub struct WalStats {
     pub metrics: Vec<MetricCount>,
     /// Per selected series, by ref, when requested.
     pub series: Option<Vec<SeriesStats>>,
+    /// Where the WAL is damaged (a torn or corrupt record): the figures cover what comes
+    /// before it, as an agent opening this WAL keeps exactly that (it cuts the WAL there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damage: Option<String>,
 }
 
 /// Resolves the directory to read: `<dir>/wal` if that exists (instance dir or a Prometheus
@@ -347,7 +351,16 @@ pub fn stats_with_progress(
     progress(0, total_bytes);
 
     let mut r = Reader::new(sources);
-    while r.next_record()? {
+    loop {
+        match r.next_record() {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e @ WalError::Corrupt { .. }) => {
+                st.damage = Some(e.to_string());
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
         records += 1;
         if records % 4096 == 0 {
             if let Some(seg) = r.segment() {
