@@ -276,3 +276,35 @@ fn glibc_malloc_thresholds_and_trim_are_set_at_start_unless_the_environment_sets
     );
     assert_eq!(agent.stop(), Some(0));
 }
+
+/// The old agent's command line still starts agentctl: the packaged `CUSTOM_ARGS`
+/// (`-server.grpc.address=...`), `-disable-reporting` and `-enable-features=...`, written with
+/// Go's single dash. Each flag that has no effect here says so in the log.
+#[test]
+fn the_old_agents_command_line_starts_and_says_which_flags_do_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        dir.path(),
+        &[
+            "-server.grpc.address=127.0.0.1:9091",
+            "-disable-reporting",
+            "-enable-features=integrations-next,extra-scrape-metrics",
+        ],
+    );
+    let within = Duration::from_secs(30);
+    let grpc = agent.wait_log("flag=-server.grpc.address", within);
+    assert!(
+        grpc.contains("level=warn") && grpc.contains("agentctl serves no gRPC"),
+        "{grpc}"
+    );
+    let reporting = agent.wait_log("flag=-disable-reporting", within);
+    assert!(reporting.contains("sends no usage reports"), "{reporting}");
+    for feature in ["integrations-next", "extra-scrape-metrics"] {
+        let line = agent.wait_log(&format!("feature={feature}"), within);
+        assert!(
+            line.contains("level=warn") && line.contains("does not exist in agentctl"),
+            "{line}"
+        );
+    }
+    assert_eq!(http("GET", agent.addr(), "/-/healthy", b"").unwrap().0, 200);
+}

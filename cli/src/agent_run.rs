@@ -42,6 +42,27 @@ pub async fn run(args: AgentRunArgs) -> Result<ExitCode, Error> {
         }
         None => None,
     };
+    // The old agent's flags that mean nothing here: accepted, and said so.
+    if let Some(grpc) = &args.grpc_address {
+        tracing::warn!(
+            flag = "-server.grpc.address",
+            value = %grpc,
+            "the old agent's flag has no effect: agentctl serves no gRPC (agents reshard through the KV store)"
+        );
+    }
+    if args.disable_reporting {
+        tracing::info!(
+            flag = "-disable-reporting",
+            "the old agent's flag has no effect: agentctl sends no usage reports"
+        );
+    }
+    for feature in args.enable_features.iter().filter(|f| !f.is_empty()) {
+        tracing::warn!(
+            flag = "-enable-features",
+            feature = %feature,
+            "the old agent's experimental feature does not exist in agentctl: no effect"
+        );
+    }
     let address = args
         .http_address
         .unwrap_or_else(|| DEFAULT_HTTP_ADDRESS.to_owned());

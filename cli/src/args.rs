@@ -202,6 +202,21 @@ pub struct AgentRunArgs {
     /// Largest accepted config body, in bytes (larger: 413).
     #[arg(long = "api.max-body-bytes", value_name = "N", default_value_t = 4 << 20)]
     pub api_max_body_bytes: usize,
+
+    /// The old agent's gRPC listen address, accepted so that its command lines (and the
+    /// packaged CUSTOM_ARGS) still start: agentctl serves no gRPC (agents reshard through the
+    /// KV store), so it has no effect, and a warning says so.
+    #[arg(long = "server.grpc.address", value_name = "HOST:PORT")]
+    pub grpc_address: Option<String>,
+
+    /// The old agent's opt-out of usage reporting, accepted: agentctl sends no usage reports.
+    #[arg(long = "disable-reporting")]
+    pub disable_reporting: bool,
+
+    /// The old agent's experimental features (comma-separated), accepted so that its command
+    /// lines still start: none of them exists in agentctl, and a warning names each one given.
+    #[arg(long = "enable-features", value_name = "LIST", value_delimiter = ',')]
+    pub enable_features: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -3,8 +3,9 @@
 use std::ffi::OsString;
 
 /// Rewrites Go-style single-dash long flags (`-config.file=x`, `-server.http.address`) to
-/// clap's `--config.file=x`. Only arguments whose flag name contains a dot are touched, so
-/// short flags (`-d`, `-a URL`) and values are left alone.
+/// clap's `--config.file=x`. Only arguments whose flag name contains a dot, or is one of the old
+/// agent's flags without one ([`GO_FLAGS_WITHOUT_DOT`]), are touched, so short flags (`-d`,
+/// `-a URL`) and values are left alone.
 pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     args.into_iter()
         .map(|arg| match arg.to_str() {
@@ -14,6 +15,9 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
         .collect()
 }
 
+/// The old agent's flags whose names have no dot (otherwise read as bundles of short flags).
+const GO_FLAGS_WITHOUT_DOT: [&str; 2] = ["disable-reporting", "enable-features"];
+
 fn is_go_long_flag(s: &str) -> bool {
     let Some(rest) = s.strip_prefix('-') else {
         return false;
@@ -22,7 +26,7 @@ fn is_go_long_flag(s: &str) -> bool {
         return false;
     }
     let name = rest.split('=').next().unwrap_or("");
-    name.contains('.')
+    (name.contains('.') || GO_FLAGS_WITHOUT_DOT.contains(&name))
         && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
         && name
             .chars()
@@ -58,6 +62,30 @@ mod tests {
                 "--config.file=a.yaml",
                 "--server.http.address",
                 "x:1"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_old_agents_flags_without_a_dot_become_double_dash() {
+        assert_eq!(
+            norm(&[
+                "agentctl",
+                "agent",
+                "run",
+                "-disable-reporting",
+                "-enable-features=a,b",
+                "-server.grpc.address=127.0.0.1:9091",
+                "-d",
+            ]),
+            [
+                "agentctl",
+                "agent",
+                "run",
+                "--disable-reporting",
+                "--enable-features=a,b",
+                "--server.grpc.address=127.0.0.1:9091",
+                "-d",
             ]
         );
     }

@@ -88,7 +88,7 @@ fn inspect_args(dir: &Path) -> WalInspectArgs {
 
 fn run_to_string(args: &WalInspectArgs) -> String {
     let mut out = Vec::new();
-    let code = run(args, false, &mut out).expect("wal inspect");
+    let code = run(args, false, &mut out, &mut Vec::new()).expect("wal inspect");
     assert_eq!(code, ExitCode::SUCCESS);
     String::from_utf8(out).expect("utf-8")
 }
@@ -153,19 +153,31 @@ fn report_lists_top_20_metric_names_and_counts_the_rest() {
 #[test]
 fn errors_name_the_path_and_exit_2() {
     let d = tempfile::tempdir().expect("tempdir");
-    let err = run(&inspect_args(d.path()), false, &mut Vec::new()).expect_err("not a WAL");
+    let err = run(
+        &inspect_args(d.path()),
+        false,
+        &mut Vec::new(),
+        &mut Vec::new(),
+    )
+    .expect_err("not a WAL");
     assert_eq!(err.exit_code(), 2);
     assert!(
         err.to_string().contains(&d.path().display().to_string()),
         "{err}"
     );
     let missing = d.path().join("missing");
-    let err = run(&inspect_args(&missing), false, &mut Vec::new()).expect_err("missing");
+    let err = run(
+        &inspect_args(&missing),
+        false,
+        &mut Vec::new(),
+        &mut Vec::new(),
+    )
+    .expect_err("missing");
     assert_eq!(err.exit_code(), 2);
     assert!(err.to_string().contains("missing does not exist"), "{err}");
     let mut args = inspect_args(d.path());
     args.selector = Some("{job=".into());
-    let err = run(&args, false, &mut Vec::new()).expect_err("bad selector");
+    let err = run(&args, false, &mut Vec::new(), &mut Vec::new()).expect_err("bad selector");
     assert_eq!(err.exit_code(), 2);
     assert!(err.to_string().contains("--selector"), "{err}");
 }
