@@ -304,7 +304,7 @@ _agentctl() {
             return 0
             ;;
         agentctl__subcmd__agent__subcmd__run)
-            opts="-h -V --config.file --server.http.address --server.http.address-file --server.http.enable-tls --config.expand-env --config.enable-read-api --api.disable-get-config --api.token-file --api.max-body-bytes --server.grpc.address --disable-reporting --enable-features --log.level --log.format --help --version"
+            opts="-h -V --config.file --server.http.address --server.http.address-file --server.http.enable-tls --config.expand-env --config.enable-read-api --api.disable-get-config --api.token-file --api.max-body-bytes --metrics.wal-directory --server.grpc.address --disable-reporting --enable-features --log.level --log.format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -327,6 +327,10 @@ _agentctl() {
                     return 0
                     ;;
                 --api.max-body-bytes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics.wal-directory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

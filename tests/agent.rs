@@ -308,3 +308,23 @@ fn the_old_agents_command_line_starts_and_says_which_flags_do_nothing() {
     }
     assert_eq!(http("GET", agent.addr(), "/-/healthy", b"").unwrap().0, 200);
 }
+
+/// `-metrics.wal-directory` (the old agent's flag, in its Docker image's command line) puts
+/// the WAL and the embedded store where it says when the config sets no wal_directory.
+#[test]
+fn the_wal_directory_flag_places_the_wal_and_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("elsewhere");
+    let flag = format!("-metrics.wal-directory={}", wal.display());
+    let agent = Agent::start(dir.path(), &[&flag]);
+    let line = agent.wait_log("msg=\"agent listening\"", Duration::from_secs(30));
+    assert!(
+        line.contains(&format!("wal_directory={}", wal.display())),
+        "{line}"
+    );
+    assert!(
+        wal.join("kv.redb").exists(),
+        "the embedded store is in the flag's directory"
+    );
+    assert!(!dir.path().join("data-agent").exists());
+}

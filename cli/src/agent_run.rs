@@ -11,10 +11,18 @@ use crate::Error;
 
 pub async fn run(args: AgentRunArgs) -> Result<ExitCode, Error> {
     let (config, config_shown) = match &args.config_file {
-        Some(path) => load::load_agent_file_shown(path, args.expand_env)
-            .map(|(c, shown)| (c, Some(shown)))
-            .map_err(|e| Error::Invalid(format!("invalid configuration: {e}")))?,
-        None => (AgentConfig::embedded_default(), None),
+        Some(path) => {
+            load::load_agent_file_with(path, args.expand_env, args.wal_directory.as_deref())
+                .map(|(c, shown)| (c, Some(shown)))
+                .map_err(|e| Error::Invalid(format!("invalid configuration: {e}")))?
+        }
+        None => {
+            let mut c = AgentConfig::embedded_default();
+            if let Some(dir) = &args.wal_directory {
+                c.wal_directory = dir.clone();
+            }
+            (c, None)
+        }
     };
     if args.http_enable_tls && config.http_tls.is_none() {
         return Err(Error::Invalid(format!(
@@ -75,6 +83,7 @@ pub async fn run(args: AgentRunArgs) -> Result<ExitCode, Error> {
     options.api_write_token = api_write_token;
     options.api_max_body = args.api_max_body_bytes;
     options.expand_env = args.expand_env;
+    options.wal_directory_flag = args.wal_directory;
     options.reload_on_sighup = true;
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));

@@ -203,6 +203,11 @@ pub struct AgentRunArgs {
     #[arg(long = "api.max-body-bytes", value_name = "N", default_value_t = 4 << 20)]
     pub api_max_body_bytes: usize,
 
+    /// Directory of the WAL (and of the embedded KV store) when the config file sets no
+    /// metrics.wal_directory (the file wins, as in the old agent; also on a reload).
+    #[arg(long = "metrics.wal-directory", value_name = "PATH", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub wal_directory: Option<String>,
+
     /// The old agent's gRPC listen address, accepted so that its command lines (and the
     /// packaged CUSTOM_ARGS) still start: agentctl serves no gRPC (agents reshard through the
     /// KV store), so it has no effect, and a warning says so.

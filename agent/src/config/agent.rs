@@ -505,6 +505,14 @@ pub struct AgentConfig {
 }
 
 impl AgentConfigRaw {
+    /// Whether the file sets `metrics.wal_directory` (or `prometheus.wal_directory`).
+    pub fn sets_wal_directory(&self) -> bool {
+        self.metrics
+            .as_ref()
+            .or(self.prometheus.as_ref())
+            .is_some_and(|m| m.wal_directory.is_some())
+    }
+
     /// Applies defaults and the old agent's checks; errors carry the path of their node.
     pub fn validate(&self) -> Result<AgentConfig, Invalid> {
         let http_tls = match self

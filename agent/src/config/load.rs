@@ -526,8 +526,22 @@ pub fn load_agent_file_shown(
     path: &Path,
     expand_env: bool,
 ) -> Result<(AgentConfig, String), ConfigError> {
+    load_agent_file_with(path, expand_env, None)
+}
+
+/// [`load_agent_file_shown`] with the old agent's `-metrics.wal-directory`: the WAL directory
+/// when the file does not set `metrics.wal_directory` (the old agent applied the file over its
+/// flags, so the file wins).
+pub fn load_agent_file_with(
+    path: &Path,
+    expand_env: bool,
+    wal_directory_flag: Option<&str>,
+) -> Result<(AgentConfig, String), ConfigError> {
     let text = read_file(path, expand_env)?;
-    let (raw, cfg) = parse_agent(&text).map_err(|e| e.in_file(path))?;
+    let (raw, mut cfg) = parse_agent(&text).map_err(|e| e.in_file(path))?;
+    if let Some(dir) = wal_directory_flag.filter(|_| !raw.sets_wal_directory()) {
+        cfg.wal_directory = dir.to_owned();
+    }
     let shown = serde_yaml::to_string(&raw)
         .map_err(|e| ConfigError::new(format!("cannot render the config: {e}")).in_file(path))?;
     Ok((cfg, shown))
@@ -859,6 +873,26 @@ mod tests {
             e.message,
             "unable to substitute config with environment variables: missing closing brace"
         );
+    }
+
+    /// `-metrics.wal-directory` places the WAL when the file sets none; the file wins, as in the
+    /// old agent (which applied the file over its flags).
+    #[test]
+    fn the_wal_directory_flag_applies_only_where_the_file_sets_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let without = dir.path().join("without.yaml");
+        std::fs::write(&without, "metrics:\n  global: {}\n").unwrap();
+        let with = dir.path().join("with.yaml");
+        std::fs::write(&with, "metrics:\n  wal_directory: /from/file\n").unwrap();
+        let wal = |path: &Path, flag: Option<&str>| {
+            load_agent_file_with(path, false, flag)
+                .unwrap()
+                .0
+                .wal_directory
+        };
+        assert_eq!(wal(&without, None), "data-agent/");
+        assert_eq!(wal(&without, Some("/from/flag")), "/from/flag");
+        assert_eq!(wal(&with, Some("/from/flag")), "/from/file");
     }
 
     #[test]

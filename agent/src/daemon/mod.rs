@@ -88,6 +88,9 @@ pub struct Options {
     pub api_max_body: usize,
     /// `-config.expand-env`: also used when the file is re-read on a reload.
     pub expand_env: bool,
+    /// `-metrics.wal-directory`: the WAL directory when the file sets none, also on a reload
+    /// (`config::load::load_agent_file_with`).
+    pub wal_directory_flag: Option<String>,
     /// Reload the config file on SIGHUP (the CLI sets it; in-process tests leave it off).
     pub reload_on_sighup: bool,
 }
@@ -106,6 +109,7 @@ impl Options {
             api_write_token: None,
             api_max_body: api::DEFAULT_MAX_BODY,
             expand_env: false,
+            wal_directory_flag: None,
             reload_on_sighup: false,
         }
     }

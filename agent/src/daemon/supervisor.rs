@@ -296,10 +296,15 @@ impl Supervisor {
             return Ok(());
         };
         let expand_env = self.options.expand_env;
+        let wal_directory_flag = self.options.wal_directory_flag.clone();
         let loaded = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
-                crate::config::load::load_agent_file_shown(&path, expand_env)
+                crate::config::load::load_agent_file_with(
+                    &path,
+                    expand_env,
+                    wal_directory_flag.as_deref(),
+                )
             })
             .await
         };
