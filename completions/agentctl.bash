@@ -338,6 +338,10 @@ _agentctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --disable-reporting)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
                 --enable-features)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

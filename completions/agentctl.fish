@@ -61,6 +61,8 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l api.max-body-bytes -d 'Largest accepted config body, in bytes (larger: 413)' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l metrics.wal-directory -d 'Directory of the WAL (and of the embedded KV store) when the config file sets no metrics.wal_directory (the file wins, as in the old agent; also on a reload)' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l server.grpc.address -d 'The old agent\'s gRPC listen address, accepted so that its command lines (and the packaged CUSTOM_ARGS) still start: agentctl serves no gRPC (agents reshard through the KV store), so it has no effect, and a warning says so' -r
+complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l disable-reporting -d 'The old agent\'s opt-out of usage reporting, accepted: agentctl sends no usage reports' -r -f -a "true\t''
+false\t''"
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l enable-features -d 'The old agent\'s experimental features (comma-separated), accepted so that its command lines still start: none of them exists in agentctl, and a warning names each one given' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l log.level -d 'Only log messages with the given severity or above' -r -f -a "debug\t''
 info\t''
@@ -72,7 +74,6 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l config.expand-env -d 'Expand ${VAR} and ${VAR:-default} in the config file; all-digit names such as ${1} (relabel capture references) are left as written'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l config.enable-read-api -d 'Serve GET /-/config (the loaded config file, secrets redacted)'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l api.disable-get-config -d 'Do not serve GET /agent/api/v1/configs/{name} (on by default: secrets are redacted)'
-complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -l disable-reporting -d 'The old agent\'s opt-out of usage reporting, accepted: agentctl sends no usage reports'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from run" -s V -l version -d 'Print version'
 complete -c agentctl -n "__fish_agentctl_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "run" -d 'Run the clustered scraping daemon'

@@ -537,9 +537,19 @@ fn duplicate_jobs_across_files_and_a_mistyped_embedded_store_are_refused_up_fron
     let o = ctl(&["config", "list", "--kv", &kv]);
     assert_eq!(stdout(&o).lines().count(), 19, "{}", stderr(&o));
 
-    // Emptied, then an empty directory synced to the empty store: nothing to delete.
+    // Emptied, then an empty directory synced to the empty store: nothing to delete. An empty
+    // directory never creates a store.
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
+    let missing = tmp.path().join("missing");
+    let o = ctl(&[
+        "config-sync",
+        empty.to_str().unwrap(),
+        "--kv",
+        &format!("embedded:{}", missing.display()),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!missing.exists(), "an empty directory created a store");
     let all = ["config-sync", empty.to_str().unwrap(), "--kv", &kv];
     let o = ctl(&all);
     assert_eq!(

@@ -215,10 +215,12 @@ fn a_torn_wal_is_reported_up_to_the_damage_and_exits_1() {
     ] {
         assert!(text.contains(want), "{want:?} in\n{text}");
     }
+    // The newest segment ends inside a record: a write in progress, or what a crash left.
     assert!(
         stderr(&out).contains("is damaged: corruption in segment 0")
             && stderr(&out).contains("last record is torn")
-            && stderr(&out).contains("The report covers what comes before the damage"),
+            && stderr(&out).contains("The report covers what comes before the damage")
+            && stderr(&out).contains("if an agent is writing this WAL now"),
         "{}",
         stderr(&out)
     );
@@ -243,6 +245,31 @@ fn a_torn_wal_is_reported_up_to_the_damage_and_exits_1() {
         stdout(&out).starts_with("failed to get WAL stats: corruption in segment 0"),
         "{}",
         stdout(&out)
+    );
+
+    // A byte flipped inside the first record (the series): a checksum mismatch, which an
+    // agent cuts the WAL at, losing what follows.
+    let whole = tempfile::tempdir().unwrap();
+    write_wal(whole.path());
+    let seg = whole.path().join("wal").join("00000000");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&seg, bytes).unwrap();
+    let out = agentctl(
+        &["wal", "inspect", whole.path().to_str().unwrap()],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Series:          0\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("unexpected checksum")
+            && stderr(&out).contains("an agent opening this WAL cuts it there"),
+        "{}",
+        stderr(&out)
     );
 }
 

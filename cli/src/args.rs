@@ -211,11 +211,23 @@ pub struct AgentRunArgs {
     /// The old agent's gRPC listen address, accepted so that its command lines (and the
     /// packaged CUSTOM_ARGS) still start: agentctl serves no gRPC (agents reshard through the
     /// KV store), so it has no effect, and a warning says so.
-    #[arg(long = "server.grpc.address", value_name = "HOST:PORT")]
+    #[arg(
+        long = "server.grpc.address",
+        value_name = "HOST:PORT",
+        overrides_with = "grpc_address"
+    )]
     pub grpc_address: Option<String>,
 
     /// The old agent's opt-out of usage reporting, accepted: agentctl sends no usage reports.
-    #[arg(long = "disable-reporting")]
+    #[arg(
+        long = "disable-reporting",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        default_value = "false",
+        overrides_with = "disable_reporting"
+    )]
     pub disable_reporting: bool,
 
     /// The old agent's experimental features (comma-separated), accepted so that its command
@@ -654,6 +666,29 @@ pub struct WalInspectArgs {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    fn agent_run(args: &[&str]) -> AgentRunArgs {
+        let mut argv = vec!["agentctl", "agent", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Agent(AgentCommand::Run(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The old agent's flags as Go parses them: a boolean may be given `=true`/`=false`, and a
+    /// flag given twice takes the last value.
+    #[test]
+    fn old_agent_flags_parse_as_go_does() {
+        assert!(agent_run(&["--disable-reporting"]).disable_reporting);
+        assert!(!agent_run(&["--disable-reporting=false"]).disable_reporting);
+        assert!(agent_run(&["--disable-reporting=false", "--disable-reporting"]).disable_reporting);
+        assert!(!agent_run(&[]).disable_reporting);
+        let a = agent_run(&["--server.grpc.address=a:1", "--server.grpc.address=b:2"]);
+        assert_eq!(a.grpc_address.as_deref(), Some("b:2"));
+        let a = agent_run(&["--enable-features=a,b", "--enable-features=c"]);
+        assert_eq!(a.enable_features, ["a", "b", "c"]);
+    }
 
     fn ring_status(args: &[&str]) -> RingSourceArgs {
         let mut argv = vec!["agentctl", "ring", "status"];

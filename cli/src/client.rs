@@ -371,7 +371,7 @@ impl ApiClient {
         let path = format!("/agent/api/v1/configs/{}", encode_name(name));
         let a = self.send(Method::GET, &path, None, None).await?;
         let url = format!("{}{path}", self.base);
-        if a.status == StatusCode::NOT_FOUND && a.body.starts_with('{') {
+        if is_missing_config(a.status, &a.body) {
             return Err(ClientError::NotFound {
                 name: name.to_owned(),
             });
@@ -423,9 +423,11 @@ impl ApiClient {
         let a = self.send(Method::DELETE, &path, if_match, None).await?;
         match a.status {
             StatusCode::OK => Ok(()),
-            StatusCode::NOT_FOUND if a.body.starts_with('{') => Err(ClientError::NotFound {
-                name: name.to_owned(),
-            }),
+            StatusCode::NOT_FOUND if is_missing_config(a.status, &a.body) => {
+                Err(ClientError::NotFound {
+                    name: name.to_owned(),
+                })
+            }
             StatusCode::PRECONDITION_FAILED => Err(ClientError::Conflict {
                 name: name.to_owned(),
                 message: error_message(&a.body),
@@ -515,6 +517,14 @@ fn excerpt(body: &str) -> String {
     }
 }
 
+/// A 404 saying the config does not exist (not one saying there is no store, or a disabled
+/// route).
+fn is_missing_config(status: StatusCode, body: &str) -> bool {
+    status == StatusCode::NOT_FOUND
+        && body.starts_with('{')
+        && error_message(body).contains("does not exist")
+}
+
 fn status_error(method: &Method, url: &str, status: StatusCode, body: &str) -> ClientError {
     let mut message = error_message(body);
     // What to do about the answers a user's setup causes, beside the agent's own words.
@@ -526,6 +536,9 @@ fn status_error(method: &Method, url: &str, status: StatusCode, body: &str) -> C
                 || message.contains("not connected to store") =>
         {
             Some("the agent does not run the scraping service (metrics.scraping_service.enabled), so it stores no configs")
+        }
+        StatusCode::NOT_FOUND if message.contains("config endpoint is disabled") => {
+            Some("the agent was started with --api.disable-get-config")
         }
         _ => None,
     };

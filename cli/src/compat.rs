@@ -7,9 +7,15 @@ use std::ffi::OsString;
 /// agent's flags without one ([`GO_FLAGS_WITHOUT_DOT`]), are touched, so short flags (`-d`,
 /// `-a URL`) and values are left alone.
 pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    // Nothing after `--` is a flag.
+    let mut flags = true;
     args.into_iter()
         .map(|arg| match arg.to_str() {
-            Some(s) if is_go_long_flag(s) => OsString::from(format!("-{s}")),
+            Some("--") => {
+                flags = false;
+                arg
+            }
+            Some(s) if flags && is_go_long_flag(s) => OsString::from(format!("-{s}")),
             _ => arg,
         })
         .collect()
@@ -87,6 +93,14 @@ mod tests {
                 "--server.grpc.address=127.0.0.1:9091",
                 "-d",
             ]
+        );
+    }
+
+    #[test]
+    fn nothing_after_a_double_dash_is_rewritten() {
+        assert_eq!(
+            norm(&["agentctl", "config", "get", "--", "-disable-reporting"]),
+            ["agentctl", "config", "get", "--", "-disable-reporting"]
         );
     }
 

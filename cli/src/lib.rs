@@ -26,8 +26,8 @@ pub enum Error {
     /// Wrong usage (exit 2).
     #[error("{0}")]
     Usage(String),
-    /// A WAL could not be inspected: not a WAL directory, missing, unreadable or corrupt; the
-    /// message names the path (exit 2).
+    /// A WAL could not be inspected: not a WAL directory, missing or unreadable; the message
+    /// names the path (exit 2). A damaged WAL is still reported (`wal_inspect::run`, exit 1).
     #[error("{0}")]
     Wal(String),
     /// An agent or KV store could not be reached or read (exit 2).

@@ -2,7 +2,8 @@
 //! `sample-stats` (docs/compat.md, *WAL tools*), all on top of [`agent::wal::inspect::stats`].
 //!
 //! The modern command prints a readable report or the whole [`WalStats`] as JSON and exits 2
-//! when the directory is not a readable WAL. The legacy aliases print byte-for-byte the old
+//! when the directory is not a readable WAL; a torn or corrupt WAL is reported up to the
+//! damage, with a warning saying what an agent would do with it, and exits 1. The legacy aliases print byte-for-byte the old
 //! formats (Go `time.Time.String()` times, an `olekukonko/tablewriter` v0.0.5 table) and keep
 //! the old error behaviour: the message on standard output and exit 1.
 
@@ -12,7 +13,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use agent::clock::{civil_from_days, rfc3339_millis};
-use agent::wal::inspect::{self, InspectError, Selector, StatsOptions, WalStats};
+use agent::wal::inspect::{self, DamageAt, InspectError, Selector, StatsOptions, WalStats};
 
 use crate::args::{OutputFormat, WalInspectArgs};
 use crate::progress::{Progress, Unit};
@@ -77,9 +78,20 @@ pub fn run(
     out.write_all(text.as_bytes())
         .map_err(|e| io("writing the report", e))?;
     if let Some(d) = &st.damage {
+        let meaning = match st.damage_at {
+            Some(DamageAt::Checkpoint) => {
+                "an agent cannot open this WAL: its instance does not start (a checkpoint is not repaired)"
+            }
+            Some(DamageAt::TornTail) => {
+                "if an agent is writing this WAL now, that is a record being written; if not, it is what a crash left, and an agent opening the WAL cuts it off (logged as `WAL repaired on open`)"
+            }
+            _ => {
+                "an agent opening this WAL cuts it there (logged as `WAL repaired on open`), and what follows is lost"
+            }
+        };
         writeln!(
             err,
-            "warning: the WAL in {} is damaged: {d}. The report covers what comes before the damage; an agent opening this WAL cuts it there (logged as `WAL repaired on open`), and what follows is lost",
+            "warning: the WAL in {} is damaged: {d}. The report covers what comes before the damage; {meaning}",
             st.dir.display()
         )
         .map_err(|e| io("writing the warning", e))?;

@@ -440,8 +440,8 @@ impl JobStarter {
         if let (Some(f), Some(_)) = (&self.host_filter, &narrowed) {
             span.in_scope(|| {
                 tracing::info!(
-                    field_selector = %format_args!("spec.nodeName={}", f.host()),
-                    "host_filter: Kubernetes pod discovery asks for this node's pods only"
+                    node = %f.host(),
+                    "host_filter: Kubernetes pod discovery asks for this node's pods only (field selector spec.nodeName)"
                 )
             });
         }

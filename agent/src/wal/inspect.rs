@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::checkpoint::{checkpoint_sources, last_checkpoint};
-use super::reader::{Reader, SegmentSource};
+use super::reader::{Corruption, Reader, SegmentSource};
 use super::record::{self, RefSample};
 use super::segment::{list_segments, segment_path};
 use super::WalError;
@@ -265,9 +265,46 @@ pub struct WalStats {
     /// Per selected series, by ref, when requested.
     pub series: Option<Vec<SeriesStats>>,
     /// Where the WAL is damaged (a torn or corrupt record): the figures cover what comes
-    /// before it, as an agent opening this WAL keeps exactly that (it cuts the WAL there).
+    /// before it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub damage: Option<String>,
+    /// What the damage means for an agent opening this WAL.
+    #[serde(skip)]
+    pub damage_at: Option<DamageAt>,
+}
+
+/// Where a WAL's damage is, which decides what an agent opening it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DamageAt {
+    /// In the checkpoint: the agent cannot open the WAL (its instance does not start).
+    Checkpoint,
+    /// The newest segment ends inside a record: a write in progress when an agent is writing
+    /// this WAL now; else what a crash left, which an agent opening it cuts off.
+    TornTail,
+    /// In a segment: an agent opening the WAL cuts it there and loses what follows.
+    Segment,
+}
+
+impl DamageAt {
+    fn of(e: &WalError, last_segment: Option<u32>) -> DamageAt {
+        match e {
+            WalError::Corrupt { path, .. }
+                if path
+                    .parent()
+                    .and_then(Path::file_name)
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("checkpoint.")) =>
+            {
+                DamageAt::Checkpoint
+            }
+            WalError::Corrupt {
+                segment,
+                kind: Corruption::Torn,
+                ..
+            } if Some(*segment) == last_segment => DamageAt::TornTail,
+            _ => DamageAt::Segment,
+        }
+    }
 }
 
 /// Resolves the directory to read: `<dir>/wal` if that exists (instance dir or a Prometheus
@@ -351,14 +388,21 @@ pub fn stats_with_progress(
     progress(0, total_bytes);
 
     let mut r = Reader::new(sources);
-    loop {
+    let last_segment = st.last_segment;
+    // Damage ends the read: what came before it is reported, and where it is.
+    macro_rules! damaged {
+        ($label:lifetime, $e:expr) => {{
+            let e: WalError = $e;
+            st.damage_at = Some(DamageAt::of(&e, last_segment));
+            st.damage = Some(e.to_string());
+            break $label;
+        }};
+    }
+    'records: loop {
         match r.next_record() {
             Ok(true) => {}
             Ok(false) => break,
-            Err(e @ WalError::Corrupt { .. }) => {
-                st.damage = Some(e.to_string());
-                break;
-            }
+            Err(e @ WalError::Corrupt { .. }) => damaged!('records, e),
             Err(e) => return Err(e.into()),
         }
         records += 1;
@@ -373,8 +417,15 @@ pub fn stats_with_progress(
         let rec = r.record();
         match record::record_type(rec) {
             Some(record::SERIES) => {
-                for e in record::series_iter(rec).map_err(|e| r.record_error(e))? {
-                    let (sref, labels) = e.map_err(|e| r.record_error(e))?;
+                let entries = match record::series_iter(rec) {
+                    Ok(it) => it,
+                    Err(e) => damaged!('records, r.record_error(e)),
+                };
+                for e in entries {
+                    let (sref, labels) = match e {
+                        Ok(v) => v,
+                        Err(e) => damaged!('records, r.record_error(e)),
+                    };
                     let job = labels.get("job").unwrap_or("");
                     let instance = labels.get("instance").unwrap_or("");
                     let b = match bucket_of_target.get(&(job.to_owned(), instance.to_owned())) {
@@ -441,7 +492,9 @@ pub fn stats_with_progress(
             }
             Some(record::SAMPLES) => {
                 samples.clear();
-                record::decode_samples(rec, &mut samples).map_err(|e| r.record_error(e))?;
+                if let Err(e) = record::decode_samples(rec, &mut samples) {
+                    damaged!('records, r.record_error(e));
+                }
                 for &(sref, t, _) in &samples {
                     mint = mint.min(t);
                     maxt = maxt.max(t);

@@ -176,7 +176,8 @@ pub fn run_sync(
     warn_file_reading(&local, err);
     let rt = runtime()?;
     rt.block_on(async {
-        let access = if args.dry_run {
+        // A new embedded store only for a sync that writes something into it.
+        let access = if args.dry_run || local.is_empty() {
             Access::Read
         } else {
             Access::Write

@@ -46,7 +46,12 @@ impl Remote {
             let parsed: KvSpec = crate::client::kv_spec(spec, &target.tls, &target.kv_auth)
                 .map_err(SyncError::Usage)?;
             if let KvSpec::Embedded(dir) = &parsed {
-                if !dir.join(agent::kv::EMBEDDED_DB_FILE).exists() {
+                let file = dir.join(agent::kv::EMBEDDED_DB_FILE);
+                let exists = file.try_exists().map_err(|e| SyncError::Store {
+                    target: parsed.to_string(),
+                    message: format!("cannot look for {}: {e}", file.display()),
+                })?;
+                if !exists {
                     if access == Access::Read {
                         return Err(SyncError::Store {
                             target: parsed.to_string(),
