@@ -130,6 +130,23 @@ pub fn http_client(
     .map_err(|e| e.to_string())
 }
 
+/// Whether `--kv` names an embedded store that is missing (opening one creates it, so a
+/// mistyped path would read as an empty store): `Ok(true)` when there is none at `dir`.
+pub fn embedded_store_missing(dir: &std::path::Path) -> Result<bool, String> {
+    let file = dir.join(agent::kv::EMBEDDED_DB_FILE);
+    file.try_exists()
+        .map(|exists| !exists)
+        .map_err(|e| format!("cannot look for {}: {e}", file.display()))
+}
+
+/// What to say when a read finds no embedded store (see [`embedded_store_missing`]).
+pub fn no_embedded_store_message() -> String {
+    format!(
+        "no embedded KV store there (no {}): check the path; an agent keeps its store in its wal_directory, or in the kvstore's embedded path",
+        agent::kv::EMBEDDED_DB_FILE
+    )
+}
+
 /// The KV store `--kv` names, with the TLS flags (for `etcds://`) and the etcd credentials.
 pub fn kv_spec(spec: &str, tls: &TlsArgs, auth: &KvAuthArgs) -> Result<KvSpec, String> {
     let mut parsed: KvSpec = spec

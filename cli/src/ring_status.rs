@@ -82,14 +82,11 @@ fn http_client(
 async fn connect(spec: &KvSpec) -> Result<Arc<dyn KvStore>, Error> {
     // Opening an embedded store creates it: a mistyped path would show an empty ring.
     if let KvSpec::Embedded(dir) = spec {
-        let file = dir.join(agent::kv::EMBEDDED_DB_FILE);
-        let exists = file
-            .try_exists()
-            .map_err(|e| Error::Unavailable(format!("cannot look for {}: {e}", file.display())))?;
-        if !exists {
+        let missing = crate::client::embedded_store_missing(dir).map_err(Error::Unavailable)?;
+        if missing {
             return Err(Error::Unavailable(format!(
-                "cannot open the KV store {spec}: no embedded KV store there (no {}): check the path; an agent keeps its store in its wal_directory, or in the kvstore's embedded path",
-                agent::kv::EMBEDDED_DB_FILE
+                "cannot open the KV store {spec}: {}",
+                crate::client::no_embedded_store_message()
             )));
         }
     }

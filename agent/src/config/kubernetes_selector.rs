@@ -36,6 +36,19 @@ pub fn check_field_selector(selector: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `v` as a field selector value: `\`, `,` and `=` escaped by a backslash (what
+/// [`check_field_selector`] unescapes).
+pub fn escape_field_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if matches!(c, '\\' | ',' | '=') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The comma-separated terms; `\,` does not split.
 fn split_field_terms(s: &str) -> Vec<&str> {
     if s.is_empty() {

@@ -15,6 +15,7 @@
 //! the entry's selectors with that one; agentctl adds it to them (docs/compat.md).
 
 use super::target::{group_and_target, split_host_port};
+use crate::config::kubernetes_selector::escape_field_value;
 use crate::config::relabel::RelabelConfig;
 use crate::config::scrape::ScrapeConfig;
 use crate::config::sd::KubernetesRole;
@@ -104,19 +105,6 @@ impl HostFilter {
     }
 }
 
-/// A value in a field selector, with the characters the selector syntax gives a meaning (`\`,
-/// `,`, `=`) escaped by a backslash, as the API server reads them.
-fn escape_field_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        if matches!(c, '\\' | ',' | '=') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +147,15 @@ mod tests {
                 .selector(KubernetesRole::Pod)
                 .field,
             r"spec.nodeName=a\,b\=c\\d"
+        );
+        // What the config's validation reads back as one valid term.
+        assert_eq!(
+            crate::config::kubernetes_selector::check_field_selector(
+                &odd.kubernetes_sd_configs[1]
+                    .selector(KubernetesRole::Pod)
+                    .field
+            ),
+            Ok(())
         );
         assert!(HostFilter::new("", Vec::new()).narrowed(&cfg).is_none());
         let nodes_only = jobs("      - role: node\n        api_server: http://127.0.0.1:1\n");

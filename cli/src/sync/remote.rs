@@ -46,20 +46,13 @@ impl Remote {
             let parsed: KvSpec = crate::client::kv_spec(spec, &target.tls, &target.kv_auth)
                 .map_err(SyncError::Usage)?;
             if let KvSpec::Embedded(dir) = &parsed {
-                let file = dir.join(agent::kv::EMBEDDED_DB_FILE);
-                let exists = file.try_exists().map_err(|e| SyncError::Store {
+                let store_err = |message| SyncError::Store {
                     target: parsed.to_string(),
-                    message: format!("cannot look for {}: {e}", file.display()),
-                })?;
-                if !exists {
+                    message,
+                };
+                if crate::client::embedded_store_missing(dir).map_err(store_err)? {
                     if access == Access::Read {
-                        return Err(SyncError::Store {
-                            target: parsed.to_string(),
-                            message: format!(
-                                "no embedded KV store there (no {}): check the path; an agent keeps its store in its wal_directory, or in the kvstore's embedded path",
-                                agent::kv::EMBEDDED_DB_FILE
-                            ),
-                        });
+                        return Err(store_err(crate::client::no_embedded_store_message()));
                     }
                     let _ = writeln!(
                         err,
